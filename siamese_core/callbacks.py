@@ -1,0 +1,107 @@
+"""Callbacks every training run gets, whatever the loader.
+
+Order matters and is fixed by `training.train`: the NaN guard, then the
+evaluator (it writes the ``val_*`` keys into the epoch logs), then the
+diagnostics watchers, then LR/early-stopping and user callbacks (which may
+monitor ``val_*``), and last the recorder.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import keras
+import numpy as np
+
+from .errors import TrainingFailed
+from .evaluation import Evaluator, as_epoch_logs
+from .models.siamese import SiameseModels
+
+
+class NanGuard(keras.callbacks.Callback):
+    """Fail the run at the first non-finite batch loss instead of returning NaN history."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            lr = _learning_rate(self.model)
+            raise TrainingFailed(
+                "nan_loss", f"loss became {float(loss)} at epoch {self.epoch}, step {batch} "
+                f"(learning_rate={lr:.3g}); lower the learning rate or check input normalisation",
+                epoch=self.epoch)
+
+
+def _learning_rate(model: keras.Model) -> float:
+    try:
+        return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    except Exception:
+        return float("nan")
+
+
+class EpochEvaluator(keras.callbacks.Callback):
+    """Adds validation metrics, learning rate and epoch time to each epoch's logs."""
+
+    def __init__(self, models: SiameseModels, evaluator: Evaluator) -> None:
+        super().__init__()
+        self.models = models
+        self.evaluator = evaluator
+        self.last: dict[str, float] = {}
+        self._t0 = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        train_seconds = time.perf_counter() - self._t0
+        result = self.evaluator.evaluate(self.models)
+        self.last = result
+        if logs is not None:
+            logs.update(as_epoch_logs(result))
+            logs["learning_rate"] = _learning_rate(self.model)
+            logs["epoch_seconds"] = train_seconds
+        if not math.isfinite(result.get("embedding_norm_mean", 0.0)):
+            raise TrainingFailed("nan_loss", f"embeddings became non-finite at epoch {epoch}; lower the learning "
+                                             "rate or check input normalisation", epoch=epoch)
+
+
+class HistoryRecorder(keras.callbacks.Callback):
+    """Keeps one plain dict of floats per epoch (the ``history`` of a `TrainResult`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history: list[dict[str, float]] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        row = {"epoch": epoch}
+        for key, value in (logs or {}).items():
+            try:
+                row[key] = float(np.asarray(value))
+            except (TypeError, ValueError):
+                continue
+        self.history.append(row)
+
+
+class FindingBus:
+    """Fans findings out to every callback that defines ``on_finding(finding)``."""
+
+    def __init__(self) -> None:
+        self.findings: list[Any] = []
+        self._listeners: list[Callable[[Any], None]] = []
+
+    def attach(self, callbacks: list[keras.callbacks.Callback]) -> None:
+        self._listeners = [cb.on_finding for cb in callbacks if callable(getattr(cb, "on_finding", None))]
+
+    def emit(self, finding: Any) -> None:
+        if any(f.code == finding.code and f.epoch == finding.epoch for f in self.findings):
+            return
+        self.findings.append(finding)
+        for listener in self._listeners:
+            listener(finding)

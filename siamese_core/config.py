@@ -1,0 +1,365 @@
+"""`TrainConfig`: one frozen, validated description of a training run.
+
+Validation happens here, before TensorFlow is imported, so a typo costs
+milliseconds rather than a model build. Errors name the dotted field
+(``encoder.depth``) and the allowed values, in the Keras style
+"Expected ..., received: x=...".
+"""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+DATASET_NAMES = ("fashion_mnist", "mnist", "digits", "npz", "pairs_npz", "image_folder")
+LOADERS = ("memory", "tfdata", "custom")
+ENCODERS = ("conv", "mlp", "sequence")
+LOSSES = ("contrastive", "triplet", "bce")
+DISTANCES = ("euclidean", "sqeuclidean", "cosine")
+AUGMENTATIONS = ("flip", "rotate", "translate", "zoom", "contrast", "noise")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DatasetConfig(_Section):
+    """Where the data comes from and how it is split."""
+
+    name: Literal["fashion_mnist", "mnist", "digits", "npz", "pairs_npz", "image_folder"] = "fashion_mnist"
+    path: str | None = None
+    split: Literal["sample", "class"] = "sample"
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    max_train_samples: int | None = Field(None, ge=2)
+    max_eval_samples: int | None = Field(None, ge=2)
+    image_size: tuple[int, int] | None = None
+    color_mode: Literal["grayscale", "rgb"] = "grayscale"
+    index: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "DatasetConfig":
+        if self.name in ("npz", "pairs_npz", "image_folder") and not self.path:
+            raise ValueError(f"dataset.path: required for dataset '{self.name}'; received: path=None")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                "dataset.val_fraction: val_fraction + test_fraction must leave at least 10% for training; "
+                f"received: val_fraction={self.val_fraction}, test_fraction={self.test_fraction}")
+        if self.image_size is not None and min(self.image_size) < 4:
+            raise ValueError(f"dataset.image_size: expected two sizes >= 4; received: {self.image_size}")
+        if self.index is not None and self.name != "image_folder":
+            raise ValueError("dataset.index: only used with dataset 'image_folder'")
+        return self
+
+
+class PairsConfig(_Section):
+    """How many pairs (or triplets) each epoch and evaluation sees."""
+
+    pairs_per_epoch: int | None = Field(None, ge=1, le=50_000_000)
+    positive_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    val_pairs: int = Field(4000, ge=20, le=5_000_000)
+    test_pairs: int = Field(10000, ge=20, le=5_000_000)
+
+
+class EncoderConfig(_Section):
+    """The shared tower that maps one input to an embedding."""
+
+    type: str = "conv"
+    depth: int = Field(2, ge=1, le=12)
+    width: int = Field(32, ge=1, le=4096)
+    embedding_dim: int = Field(64, ge=1, le=8192)
+    l2_normalize: bool = False
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    batch_norm: bool = True
+    activation: Literal["relu", "gelu", "tanh", "elu", "swish"] = "relu"
+    kernel_size: int = Field(3, ge=1, le=11)
+    # sequence encoders
+    vocab_size: int | None = Field(None, ge=2)
+    token_embedding_dim: int = Field(64, ge=1, le=4096)
+    rnn: Literal["lstm", "gru"] = "lstm"
+    bidirectional: bool = False
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, v: str) -> str:
+        if v in ENCODERS or IMPORT_PATH.match(v):
+            return v
+        raise ValueError(f"expected one of {list(ENCODERS)} or an import path 'package.module:function'; received: {v!r}")
+
+
+class PreprocessingConfig(_Section):
+    """In-model preprocessing: normalisation, then augmentation (training only)."""
+
+    normalize: Literal["rescale", "standardize", "none"] = "rescale"
+    augmentation: tuple[Literal["flip", "rotate", "translate", "zoom", "contrast", "noise"], ...] = ()
+
+    @field_validator("augmentation", mode="before")
+    @classmethod
+    def _aug(cls, v: Any) -> Any:
+        if v is None or v == "none":
+            return ()
+        if isinstance(v, str):
+            return tuple(p.strip() for p in v.split(",") if p.strip())
+        return v
+
+
+class LossConfig(_Section):
+    """Loss on (distance, label) pairs or (anchor, positive, negative) triplets."""
+
+    type: str = "contrastive"
+    margin: float = Field(1.0, gt=0.0, le=1000.0)
+    mining: Literal["random", "batch_hard"] = "random"
+    kind: Literal["pair", "triplet"] | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, v: str) -> str:
+        if v in LOSSES or IMPORT_PATH.match(v):
+            return v
+        raise ValueError(f"expected one of {list(LOSSES)} or an import path 'package.module:function'; received: {v!r}")
+
+    @property
+    def is_triplet(self) -> bool:
+        return self.type == "triplet" or (self.type not in LOSSES and self.kind == "triplet")
+
+    @model_validator(mode="after")
+    def _check(self) -> "LossConfig":
+        if self.type not in LOSSES and self.kind is None:
+            raise ValueError("loss.kind: a user loss needs kind 'pair' or 'triplet' (see README, 'User losses'); received: kind=None")
+        if self.mining == "batch_hard" and not self.is_triplet:
+            raise ValueError(f"loss.mining: 'batch_hard' mining applies to triplet losses only; received: type={self.type!r}")
+        return self
+
+
+class OptimizerConfig(_Section):
+    name: Literal["adam", "rmsprop", "sgd"] = "adam"
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    clipnorm: float | None = Field(None, gt=0.0)
+
+
+class EarlyStoppingConfig(_Section):
+    enabled: bool = False
+    monitor: str = "val_roc_auc"
+    patience: int = Field(3, ge=0)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class ReduceLROnPlateauConfig(_Section):
+    enabled: bool = False
+    monitor: str = "val_loss"
+    factor: float = Field(0.5, gt=0.0, lt=1.0)
+    patience: int = Field(2, ge=0)
+    min_lr: float = Field(1e-6, ge=0.0)
+
+
+class DiagnosticsConfig(_Section):
+    """Checks that run during every training (see `siamese_core.diagnostics`)."""
+
+    enabled: bool = True
+    fail_on: tuple[str, ...] = ("nan_loss", "collapse")
+
+
+class TrainConfig(_Section):
+    """Everything that defines one training run. Frozen; build variants with `.with_overrides`."""
+
+    dataset: DatasetConfig = DatasetConfig()
+    loader: Literal["memory", "tfdata", "custom"] = "tfdata"
+    pairs: PairsConfig = PairsConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    preprocessing: PreprocessingConfig = PreprocessingConfig()
+    distance: Literal["euclidean", "sqeuclidean", "cosine"] = "euclidean"
+    loss: LossConfig = LossConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
+    batch_size: int = Field(128, ge=1, le=65536)
+    epochs: int = Field(5, ge=1, le=10_000)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    deterministic: bool = False
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    reduce_lr: ReduceLROnPlateauConfig = ReduceLROnPlateauConfig()
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "TrainConfig":
+        bounded = self.distance == "cosine" or (self.encoder.l2_normalize and self.distance == "euclidean")
+        if bounded and self.loss.type in ("contrastive", "triplet") and self.loss.margin > 2.0:
+            raise ValueError(
+                f"loss.margin: with distance={self.distance!r}{' and l2_normalize' if self.distance != 'cosine' else ''} "
+                f"distances lie in [0, 2], so a margin above 2 can never be met; expected 0 < margin <= 2, "
+                f"received: margin={self.loss.margin}")
+        if self.pairs.pairs_per_epoch is not None and self.batch_size > self.pairs.pairs_per_epoch:
+            raise ValueError(
+                f"batch_size: expected batch_size <= pairs.pairs_per_epoch ({self.pairs.pairs_per_epoch}); "
+                f"received: batch_size={self.batch_size}")
+        if self.loss.is_triplet and self.dataset.name == "pairs_npz":
+            raise ValueError("loss.type: triplet losses need class labels; pre-paired data (dataset 'pairs_npz') "
+                             "only has same/different labels. Use a pair loss (contrastive, bce).")
+        if self.encoder.type == "sequence" and self.preprocessing.augmentation:
+            raise ValueError("preprocessing.augmentation: image augmentations do not apply to token sequences")
+        return self
+
+    # ------------------------------------------------------------------ helpers
+    def to_dict(self) -> dict[str, Any]:
+        """Fully resolved config as plain JSON-able Python."""
+        return self.model_dump(mode="json")
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> leaf values (``encoder.depth`` -> 2), e.g. for MLflow params."""
+        return flatten(self.to_dict())
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "TrainConfig":
+        """A new config with dotted-key overrides applied and re-validated."""
+        data = self.to_dict()
+        for key, value in overrides.items():
+            set_dotted(data, key, value)
+        return TrainConfig.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        if not isinstance(data, Mapping):
+            raise ConfigError("", f"expected a mapping of config keys; received: {type(data).__name__}")
+        try:
+            return cls.model_validate(dict(data))
+        except ValidationError as exc:
+            raise config_error_from(exc) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> "TrainConfig":
+        return load_config(path, overrides)
+
+
+# ---------------------------------------------------------------------- loading
+def read_yaml_mapping(path: str | Path, *, what: str = "config") -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; errors name the file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("", f"{what} file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("", f"cannot read {what} file {p}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError("", f"{p} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("", f"{p}: expected a YAML mapping at top level; received: {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Load a YAML config (optional) and apply dotted ``--set`` overrides."""
+    data = read_yaml_mapping(path) if path is not None else {}
+    data = copy.deepcopy(data)
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    return TrainConfig.from_dict(data)
+
+
+def parse_set_options(items: list[str] | tuple[str, ...] | None) -> dict[str, Any]:
+    """Parse ``key=value`` strings; values are YAML scalars/lists (``3``, ``true``, ``[a, b]``)."""
+    result: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(key or item, f"--set expects key=value; received: {item!r}")
+        if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
+            raise ConfigError(key, "--set keys are dotted names like encoder.depth")
+        try:
+            result[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            result[key] = raw
+    return result
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``a.b.c`` inside nested dicts, creating (or replacing shorthand) levels as needed."""
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if isinstance(child, str) and part == "dataset":
+            child = {"name": child}
+        if child is None:
+            child = {}
+        if not isinstance(child, dict):
+            raise ConfigError(".".join(parts[: i + 1]), f"cannot set {key}: {'.'.join(parts[:i + 1])} is not a mapping "
+                              f"(received: {child!r})")
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _received(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    """Walk the schema along `loc` to list the keys allowed at the parent level."""
+    current: Any = model
+    for part in loc[:-1]:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        current = fields[part].annotation
+    fields = getattr(current, "model_fields", None)
+    return sorted(fields) if fields else None
+
+
+def config_error_from(exc: ValidationError, model: type[BaseModel] = TrainConfig, prefix: str = "") -> ConfigError:
+    """Turn pydantic's report into one `ConfigError` naming the first bad field."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = tuple(first["loc"])
+    field = ".".join(str(p) for p in loc)
+    msg = first["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+        # model validators already prefix their own field name
+        m = re.match(r"^([\w.]+): (.*)$", msg, re.S)
+        if m:
+            named, msg = m.group(1), m.group(2)
+            field = named if (not field or named == field or named.startswith(field + ".")) else f"{field}.{named}"
+    elif first["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, tuple(p for p in loc if isinstance(p, str)))
+        msg = f"unknown key{'; allowed keys: ' + ', '.join(allowed) if allowed else ''}"
+    else:
+        msg = f"{msg}; received: {field.rsplit('.', 1)[-1] or 'value'}={_received(first.get('input'))}"
+    if prefix:
+        field = f"{prefix}.{field}" if field else prefix
+    more = len(errors) - 1
+    if more:
+        msg += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return ConfigError(field, msg)

@@ -1,0 +1,276 @@
+"""Three ways to feed the same tuples to the same model.
+
+* ``memory``  — gathers each epoch's tuples into NumPy arrays and hands them to
+  ``model.fit`` (the classic keras.io way; memory grows with pairs per epoch).
+* ``tfdata``  — a ``tf.data`` pipeline over tuple *indices*: a vectorised
+  batch gather from the in-memory tensor (or parallel decoding of image
+  files), prefetching; memory stays flat in pairs per epoch.
+* ``custom``  — the ``tfdata`` pipeline driven by a ``tf.function``
+  ``GradientTape`` loop.
+
+All three take their tuples from the one sampler, in the same order, call the
+same Keras callbacks, and log the same per-epoch keys.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Protocol
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .pairs import Tuples
+from .types import Inputs, LabeledSplit, PairedSplit, Split, materialize
+
+# tf.data's AUTOTUNE was seen to leave fit() idle 5–40 s at epoch ends on these
+# machines (FACTS.md); fixed parallelism has no such gaps.
+PARALLEL_CALLS = 2
+PREFETCH_BATCHES = 2
+
+
+class TupleSampler(Protocol):
+    arity: int
+    pairs_per_epoch: int
+
+    def epoch(self, epoch: int) -> Tuples: ...
+
+
+@dataclass
+class TrainingPlan:
+    """What every loader needs: the split, its sampler and the batch size."""
+
+    split: Split
+    sampler: TupleSampler
+    batch_size: int
+
+    @property
+    def arity(self) -> int:
+        return self.sampler.arity
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.sampler.pairs_per_epoch / self.batch_size)
+
+    def sources(self) -> list[Inputs]:
+        """The input array each tuple position indexes into."""
+        if isinstance(self.split, PairedSplit):
+            return [self.split.x1, self.split.x2]
+        return [self.split.x] * self.arity
+
+
+def _gather(sources: list[np.ndarray], tuples: Tuples) -> tuple[np.ndarray, ...]:
+    return tuple(src[tuples.indices[:, k]] for k, src in enumerate(sources))
+
+
+class RunCallbacks(keras.callbacks.CallbackList):
+    """A callback list that spans the whole run.
+
+    The memory loader calls ``fit`` once per epoch (each epoch has new arrays);
+    this list forwards ``on_train_begin``/``on_train_end`` only once, so
+    EarlyStopping, ReduceLROnPlateau and pruning callbacks keep their state.
+    """
+
+    def __init__(self, callbacks: list[keras.callbacks.Callback], *, model: keras.Model, epochs: int,
+                 steps: int) -> None:
+        super().__init__(callbacks, add_history=True, add_progbar=False, model=model,
+                         epochs=epochs, steps=steps, verbose=0)
+        self._began = False
+        self._scoped = False
+
+    def scoped(self) -> "RunCallbacks":
+        self._scoped = True
+        return self
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if not self._began:
+            self._began = True
+            super().on_train_begin(logs)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if not self._scoped:
+            super().on_train_end(logs)
+
+    def end_run(self, logs: dict | None = None) -> None:
+        super().on_train_end(logs)
+
+
+class Loader(ABC):
+    """Feeds a `TrainingPlan` to a compiled model for ``epochs`` epochs."""
+
+    name: str
+
+    @abstractmethod
+    def run(self, model: keras.Model, plan: TrainingPlan, callbacks: list[keras.callbacks.Callback], *,
+            epochs: int, initial_epoch: int = 0) -> None: ...
+
+    @abstractmethod
+    def batches(self, plan: TrainingPlan, epoch: int, n: int) -> list[tuple[tuple[np.ndarray, ...], np.ndarray]]:
+        """The first `n` batches of `epoch` exactly as this loader feeds them (for parity checks)."""
+
+
+class MemoryLoader(Loader):
+    name = "memory"
+
+    def _sources(self, plan: TrainingPlan) -> list[np.ndarray]:
+        cache = getattr(plan, "_dense_sources", None)
+        if cache is None:
+            cache = [materialize(s) for s in plan.sources()]
+            plan._dense_sources = cache  # decoded once per plan (image folders are decoded here)
+        return cache
+
+    def epoch_arrays(self, plan: TrainingPlan, epoch: int) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        tuples = plan.sampler.epoch(epoch)
+        return _gather(self._sources(plan), tuples), tuples.targets
+
+    def run(self, model: keras.Model, plan: TrainingPlan, callbacks: list[keras.callbacks.Callback], *,
+            epochs: int, initial_epoch: int = 0) -> None:
+        cbs = RunCallbacks(callbacks, model=model, epochs=epochs, steps=plan.steps_per_epoch).scoped()
+        logs: dict = {}
+        try:
+            for epoch in range(initial_epoch, epochs):
+                x, y = self.epoch_arrays(plan, epoch)
+                history = model.fit(list(x), y, batch_size=plan.batch_size, epochs=epoch + 1, initial_epoch=epoch,
+                                    shuffle=False, verbose=0, callbacks=cbs)
+                logs = {k: v[-1] for k, v in (history.history or {}).items() if v}
+                if model.stop_training:
+                    break
+        finally:
+            cbs.end_run(logs)
+
+    def batches(self, plan: TrainingPlan, epoch: int, n: int) -> list[tuple[tuple[np.ndarray, ...], np.ndarray]]:
+        x, y = self.epoch_arrays(plan, epoch)
+        b = plan.batch_size
+        return [(tuple(a[i * b:(i + 1) * b] for a in x), y[i * b:(i + 1) * b]) for i in range(min(n, plan.steps_per_epoch))]
+
+
+class _SourceTensor:
+    """One tuple position's inputs as tf ops: a vectorised gather or a per-item decode."""
+
+    def __init__(self, source: Inputs) -> None:
+        self.dense = isinstance(source, np.ndarray)
+        if self.dense:
+            self.tensor = tf.constant(source)
+        else:
+            self.lazy = source
+            self.paths = source.tf_source()
+
+    def gather_batch(self, idx: tf.Tensor) -> tf.Tensor:
+        if self.dense:
+            return tf.gather(self.tensor, idx)
+        items = tf.gather(self.paths, idx)
+        return tf.map_fn(self.lazy.tf_decode, items, fn_output_signature=tf.as_dtype(self.lazy.dtype))
+
+
+def build_dataset(plan: TrainingPlan, *, initial_epoch: int, epochs: int) -> tf.data.Dataset:
+    """All batches of epochs ``initial_epoch .. epochs-1`` in sampler order.
+
+    Each epoch's index array comes from the sampler (one small Python call an
+    epoch); slicing into batches and gathering inputs happen in TensorFlow.
+    """
+    sources = [_SourceTensor(s) for s in plan.sources()]
+    arity, b, steps = plan.arity, plan.batch_size, plan.steps_per_epoch
+    target_shape = (None,) if arity == 2 else (None, 2)
+
+    def epoch_indices() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for epoch in range(initial_epoch, epochs):
+            t = plan.sampler.epoch(epoch)
+            yield t.indices.astype(np.int32), t.targets
+
+    per_epoch = tf.data.Dataset.from_generator(
+        epoch_indices, output_signature=(tf.TensorSpec((None, arity), tf.int32),
+                                         tf.TensorSpec(target_shape, tf.float32)))
+
+    def slice_batches(idx: tf.Tensor, y: tf.Tensor) -> tf.data.Dataset:
+        return tf.data.Dataset.range(steps).map(
+            lambda s: (idx[s * b:(s + 1) * b], y[s * b:(s + 1) * b]))
+
+    def gather(idx: tf.Tensor, y: tf.Tensor) -> tuple[tuple[tf.Tensor, ...], tf.Tensor]:
+        return tuple(src.gather_batch(idx[:, k]) for k, src in enumerate(sources)), y
+
+    ds = per_epoch.flat_map(slice_batches).map(gather, num_parallel_calls=PARALLEL_CALLS, deterministic=True)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.deterministic = True
+    return ds.prefetch(PREFETCH_BATCHES).with_options(options)
+
+
+class TfDataLoader(Loader):
+    name = "tfdata"
+
+    def run(self, model: keras.Model, plan: TrainingPlan, callbacks: list[keras.callbacks.Callback], *,
+            epochs: int, initial_epoch: int = 0) -> None:
+        ds = build_dataset(plan, initial_epoch=initial_epoch, epochs=epochs)
+        cbs = RunCallbacks(callbacks, model=model, epochs=epochs, steps=plan.steps_per_epoch)
+        model.fit(ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=plan.steps_per_epoch,
+                  shuffle=False, verbose=0, callbacks=cbs)
+
+    def batches(self, plan: TrainingPlan, epoch: int, n: int) -> list[tuple[tuple[np.ndarray, ...], np.ndarray]]:
+        ds = build_dataset(plan, initial_epoch=epoch, epochs=epoch + 1).take(n)
+        return [(tuple(np.asarray(a) for a in x), np.asarray(y)) for x, y in ds]
+
+
+class CustomLoopLoader(TfDataLoader):
+    """A ``tf.function`` GradientTape loop; calls the Keras callbacks itself."""
+
+    name = "custom"
+
+    def run(self, model: keras.Model, plan: TrainingPlan, callbacks: list[keras.callbacks.Callback], *,
+            epochs: int, initial_epoch: int = 0) -> None:
+        ds = build_dataset(plan, initial_epoch=initial_epoch, epochs=epochs)
+        train_step = make_train_step(model)
+        cbs = RunCallbacks(callbacks, model=model, epochs=epochs, steps=plan.steps_per_epoch)
+        model.stop_training = False
+        iterator = iter(ds)
+        cbs.on_train_begin()
+        epoch_logs: dict[str, float] = {}
+        for epoch in range(initial_epoch, epochs):
+            cbs.on_epoch_begin(epoch)
+            total, count = 0.0, 0
+            for step in range(plan.steps_per_epoch):
+                cbs.on_train_batch_begin(step)
+                x, y = next(iterator)
+                loss = float(train_step(x, y))
+                n = int(y.shape[0])
+                total, count = total + loss * n, count + n
+                cbs.on_train_batch_end(step, {"loss": total / count})
+                if model.stop_training:
+                    break
+            epoch_logs = {"loss": total / max(count, 1)}
+            cbs.on_epoch_end(epoch, epoch_logs)
+            if model.stop_training:
+                break
+        cbs.on_train_end(epoch_logs)
+
+
+def make_train_step(model: keras.Model) -> Callable[[Any, Any], tf.Tensor]:
+    """One optimisation step with the model's compiled loss and optimizer."""
+    loss_fn = model.loss
+    optimizer = model.optimizer
+    variables = model.trainable_variables
+
+    @tf.function(reduce_retracing=True)
+    def step(x: Any, y: Any) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            pred = model(x, training=True)
+            loss = loss_fn(y, pred)
+            total = loss + tf.add_n(model.losses) if model.losses else loss
+        grads = tape.gradient(total, variables)
+        optimizer.apply(grads, variables)
+        return total
+
+    if not optimizer.built:
+        optimizer.build(variables)
+    return step
+
+
+LOADERS: dict[str, type[Loader]] = {"memory": MemoryLoader, "tfdata": TfDataLoader, "custom": CustomLoopLoader}
+
+
+def get_loader(name: str) -> Loader:
+    try:
+        return LOADERS[name]()
+    except KeyError:
+        raise ValueError(f"Expected a loader in {sorted(LOADERS)}, received: {name!r}") from None

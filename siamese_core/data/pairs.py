@@ -1,0 +1,180 @@
+"""One deterministic sampler of pair / triplet *indices*, shared by every loader.
+
+Loaders only turn indices into tensors, so for the same ``(seed, epoch)`` the
+in-memory, tf.data and custom-loop loaders train on the same tuples in the
+same order. Sampling is vectorised NumPy (no Python loop per pair) and only
+indices are generated: memory does not grow with ``pairs_per_epoch``.
+
+Label convention: ``SAME = 1`` (same class, similar), ``DIFFERENT = 0``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DataError
+
+SAME = 1
+DIFFERENT = 0
+
+# Independent random streams, so e.g. changing pairs_per_epoch never changes val/test pairs.
+STREAM_TRAIN, STREAM_VAL, STREAM_TEST, STREAM_PROBE = 0, 1, 2, 3
+
+
+def rng_for(seed: int, stream: int, epoch: int) -> np.random.Generator:
+    """A generator that depends only on (seed, stream, epoch)."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(stream), int(epoch)]))
+
+
+@dataclass(frozen=True)
+class Tuples:
+    """A batch-independent list of training tuples.
+
+    ``indices`` has shape ``[n, 2]`` (pairs: left, right) or ``[n, 3]`` (triplets:
+    anchor, positive, negative). ``targets`` is what the loss receives as
+    ``y_true``: pair labels ``[n]`` (float32, 1 = same) or, for triplets, the
+    class ids of anchor and negative ``[n, 2]`` (float32, for batch-hard mining).
+    """
+
+    indices: np.ndarray
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    @property
+    def arity(self) -> int:
+        return int(self.indices.shape[1])
+
+    def positive_fraction(self) -> float:
+        return float(np.mean(self.targets == SAME)) if self.arity == 2 else float("nan")
+
+
+class _ClassIndex:
+    """Samples grouped by class, for O(1) vectorised draws within/outside a class."""
+
+    def __init__(self, labels: np.ndarray, *, source: str) -> None:
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or labels.size == 0:
+            raise DataError(source, f"expected a non-empty 1-D label array; received shape {labels.shape}")
+        self.n = int(labels.size)
+        self.order = np.argsort(labels, kind="stable")
+        classes, class_of_sorted, counts = np.unique(labels[self.order], return_inverse=True, return_counts=True)
+        self.classes = classes
+        self.counts = counts
+        self.starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self.class_of = np.empty(self.n, dtype=np.int64)
+        self.class_of[self.order] = class_of_sorted
+        self.rank = np.empty(self.n, dtype=np.int64)  # position of a sample inside its class block
+        self.rank[self.order] = np.arange(self.n) - self.starts[class_of_sorted]
+        self.pos_eligible = np.flatnonzero(counts[self.class_of] >= 2)
+        if classes.size < 2:
+            raise DataError(source, f"only one class ({classes[0]!r}) — no negative pairs can be built, and a "
+                                    "contrastive objective collapses to a constant map without negatives. "
+                                    "Provide at least two classes.")
+        if self.pos_eligible.size == 0:
+            raise DataError(source, "no class has two or more samples — no positive pairs can be built")
+
+    def same_class_partner(self, anchors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        c = self.class_of[anchors]
+        k = np.floor(rng.random(anchors.size) * (self.counts[c] - 1)).astype(np.int64)
+        k += k >= self.rank[anchors]  # skip the anchor itself
+        return self.order[self.starts[c] + k]
+
+    def other_class_partner(self, anchors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        c = self.class_of[anchors]
+        r = np.floor(rng.random(anchors.size) * (self.n - self.counts[c])).astype(np.int64)
+        r += np.where(r >= self.starts[c], self.counts[c], 0)  # skip the anchor's class block
+        return self.order[r]
+
+
+class PairSampler:
+    """Balanced positive/negative pairs from labelled samples, fresh every epoch.
+
+    Exactly ``round(positive_fraction * n)`` pairs per epoch are positives.
+    Anchors of negatives are uniform over samples; anchors of positives are
+    uniform over samples whose class has a second member.
+    """
+
+    arity = 2
+
+    def __init__(self, labels: np.ndarray, *, seed: int, pairs_per_epoch: int,
+                 positive_fraction: float = 0.5, stream: int = STREAM_TRAIN, source: str = "train split") -> None:
+        if not 0.0 < positive_fraction < 1.0:
+            raise ValueError(f"positive_fraction must be in (0, 1); received: {positive_fraction}")
+        self.index = _ClassIndex(labels, source=source)
+        self.labels = np.asarray(labels)
+        self.seed, self.stream = int(seed), int(stream)
+        self.pairs_per_epoch = int(pairs_per_epoch)
+        self.positive_fraction = float(positive_fraction)
+
+    def epoch(self, epoch: int) -> Tuples:
+        rng = rng_for(self.seed, self.stream, epoch)
+        n = self.pairs_per_epoch
+        n_pos = int(round(self.positive_fraction * n))
+        pos_a = self.index.pos_eligible[rng.integers(0, self.index.pos_eligible.size, n_pos)]
+        pos_b = self.index.same_class_partner(pos_a, rng)
+        neg_a = rng.integers(0, self.index.n, n - n_pos)
+        neg_b = self.index.other_class_partner(neg_a, rng)
+        left = np.concatenate([pos_a, neg_a])
+        right = np.concatenate([pos_b, neg_b])
+        y = np.concatenate([np.full(n_pos, SAME, np.float32), np.full(n - n_pos, DIFFERENT, np.float32)])
+        swap = rng.random(n) < 0.5  # so neither side is always "the anchor"
+        left, right = np.where(swap, right, left), np.where(swap, left, right)
+        perm = rng.permutation(n)
+        return Tuples(np.stack([left[perm], right[perm]], axis=1).astype(np.int64), y[perm])
+
+
+class TripletSampler:
+    """(anchor, positive, negative) triplets from labelled samples, fresh every epoch.
+
+    Targets carry the anchor's and the negative's class ids, so a batch-hard
+    loss can mine harder tuples among all embeddings of the batch.
+    """
+
+    arity = 3
+
+    def __init__(self, labels: np.ndarray, *, seed: int, triplets_per_epoch: int,
+                 stream: int = STREAM_TRAIN, source: str = "train split") -> None:
+        self.index = _ClassIndex(labels, source=source)
+        self.labels = np.asarray(labels)
+        self.seed, self.stream = int(seed), int(stream)
+        self.pairs_per_epoch = int(triplets_per_epoch)
+
+    def epoch(self, epoch: int) -> Tuples:
+        rng = rng_for(self.seed, self.stream, epoch)
+        n = self.pairs_per_epoch
+        a = self.index.pos_eligible[rng.integers(0, self.index.pos_eligible.size, n)]
+        p = self.index.same_class_partner(a, rng)
+        neg = self.index.other_class_partner(a, rng)
+        targets = np.stack([self.labels[a], self.labels[neg]], axis=1).astype(np.float32)
+        return Tuples(np.stack([a, p, neg], axis=1).astype(np.int64), targets)
+
+
+class PairShuffler:
+    """Pre-built pairs can't be re-paired: each epoch is a fresh permutation of them.
+
+    With ``pairs_per_epoch`` below the number of pairs, each epoch takes a
+    different prefix of its permutation; above it, permutations are chained.
+    """
+
+    arity = 2
+
+    def __init__(self, labels: np.ndarray, *, seed: int, pairs_per_epoch: int | None = None,
+                 stream: int = STREAM_TRAIN) -> None:
+        self.labels = np.asarray(labels, dtype=np.float32)
+        self.seed, self.stream = int(seed), int(stream)
+        self.pairs_per_epoch = int(pairs_per_epoch or self.labels.size)
+
+    def epoch(self, epoch: int) -> Tuples:
+        rng = rng_for(self.seed, self.stream, epoch)
+        n, total = self.labels.size, self.pairs_per_epoch
+        rounds = -(-total // n)
+        order = np.concatenate([rng.permutation(n) for _ in range(rounds)])[:total]
+        return Tuples(np.stack([order, order], axis=1).astype(np.int64), self.labels[order])
+
+
+def default_pairs_per_epoch(n_train: int, *, paired: bool) -> int:
+    """Two pairs per training sample (each sample is seen ~4 times an epoch); all pairs if pre-paired."""
+    return n_train if paired else 2 * n_train

@@ -1,0 +1,144 @@
+"""The shapes data takes between loading and the pair sampler.
+
+Two kinds of split exist. A `LabeledSplit` has one class label per sample, so
+the sampler can build fresh pairs/triplets each epoch. A `PairedSplit` holds
+pairs the user built already (``x1``, ``x2``, ``y`` with 1 = same); those can
+only be shuffled. Image folders keep file paths (`ImageFiles`) and decode on
+demand, so a folder can be larger than memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, Union, runtime_checkable
+
+import numpy as np
+
+InputKind = Literal["images", "tokens", "vectors"]
+
+
+@runtime_checkable
+class LazyInputs(Protocol):
+    """Inputs that are decoded on demand (e.g. image files).
+
+    `load(indices)` returns a dense array; `tf_source()` / `tf_decode` let a
+    tf.data pipeline decode in parallel. Both paths must produce identical
+    arrays, so that every loader sees the same inputs.
+    """
+
+    shape: tuple[int, ...]          # per-sample shape after decoding
+    dtype: np.dtype
+
+    def __len__(self) -> int: ...
+
+    def load(self, indices: np.ndarray | None = None) -> np.ndarray: ...
+
+    def tf_source(self) -> Any: ...           # a 1-D string tensor of paths
+
+    def tf_decode(self, item: Any) -> Any: ...  # path tensor -> decoded sample tensor
+
+    def subset(self, indices: np.ndarray) -> "LazyInputs": ...
+
+
+Inputs = Union[np.ndarray, LazyInputs]
+
+
+def input_shape(x: Inputs) -> tuple[int, ...]:
+    return tuple(x.shape[1:]) if isinstance(x, np.ndarray) else tuple(x.shape)
+
+
+def take(x: Inputs, indices: np.ndarray) -> Inputs:
+    """Rows of an array, or a lazy subset of lazy inputs (nothing decoded)."""
+    return x[indices] if isinstance(x, np.ndarray) else x.subset(indices)
+
+
+def materialize(x: Inputs, indices: np.ndarray | None = None) -> np.ndarray:
+    """Dense array of the given rows (decodes lazy inputs)."""
+    if isinstance(x, np.ndarray):
+        return x if indices is None else x[indices]
+    return x.load(indices)
+
+
+@dataclass(frozen=True)
+class LabeledSplit:
+    """Samples with integer class labels; pairs are sampled from them."""
+
+    x: Inputs
+    y: np.ndarray  # int64, shape [N]
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def classes(self) -> np.ndarray:
+        return np.unique(self.y)
+
+    paired = False
+
+
+@dataclass(frozen=True)
+class PairedSplit:
+    """Pairs built by the user: ``(x1[k], x2[k])`` labelled ``y[k]`` (1 = same, 0 = different).
+
+    The two sides may have different shapes (two-tower models).
+    """
+
+    x1: Inputs
+    x2: Inputs
+    y: np.ndarray  # float32 0/1, shape [N]
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    paired = True
+
+
+Split = Union[LabeledSplit, PairedSplit]
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the model builder and the tracker need to know about a dataset."""
+
+    name: str
+    source: str                                  # file/folder path or a description
+    kind: InputKind
+    input_shapes: tuple[tuple[int, ...], ...]    # one shape (shared tower) or two (two-tower)
+    dtype: str
+    value_range: tuple[float, float]             # declared/observed (min, max) of raw inputs
+    num_classes: int | None                      # None for pre-paired data
+    paired: bool
+    split: Literal["sample", "class"]
+    fingerprint: str                             # sha256 of content + split parameters
+    sizes: dict[str, int] = field(default_factory=dict)
+    class_names: tuple[str, ...] | None = None
+    vocab_size: int | None = None                # tokens: max id + 1
+    mean: float | None = None                    # training-split statistics (for standardize)
+    std: float | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.input_shapes[0]
+
+    @property
+    def two_tower(self) -> bool:
+        return len(self.input_shapes) == 2 and self.input_shapes[0] != self.input_shapes[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "source": self.source, "kind": self.kind,
+            "input_shapes": [list(s) for s in self.input_shapes], "dtype": self.dtype,
+            "value_range": list(self.value_range), "num_classes": self.num_classes,
+            "paired": self.paired, "split": self.split, "fingerprint": self.fingerprint,
+            "sizes": dict(self.sizes), "vocab_size": self.vocab_size,
+        }
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    train: Split
+    val: Split
+    test: Split
+    info: DataInfo
+
+    def splits(self) -> dict[str, Split]:
+        return {"train": self.train, "val": self.val, "test": self.test}

@@ -1,0 +1,113 @@
+"""Evaluate a Siamese model on a fixed set of validation or test tuples.
+
+Inputs are embedded once per unique sample, then pairs are scored from the
+embeddings — far cheaper than running the encoder twice per pair.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import metrics
+from .data.pairs import PairSampler, PairShuffler, TripletSampler, Tuples
+from .data.types import LabeledSplit, PairedSplit, Split, materialize
+from .models import distances
+from .models.siamese import SiameseModels
+
+RETRIEVAL_SAMPLES = 2000
+RECALL_K = 5
+
+
+@dataclass
+class EvalSet:
+    """Fixed pairs (and triplets, for triplet losses) drawn once from a split."""
+
+    split: Split
+    pairs: Tuples
+    triplets: Tuples | None
+    retrieval_idx: np.ndarray | None
+
+    @classmethod
+    def build(cls, split: Split, *, n_pairs: int, seed: int, stream: int, triplets: bool,
+              positive_fraction: float = 0.5) -> "EvalSet":
+        if isinstance(split, PairedSplit):
+            pairs = PairShuffler(split.y, seed=seed, pairs_per_epoch=min(n_pairs, len(split)), stream=stream).epoch(0)
+            return cls(split, pairs, None, None)
+        pairs = PairSampler(split.y, seed=seed, pairs_per_epoch=n_pairs, positive_fraction=positive_fraction,
+                            stream=stream, source="evaluation split").epoch(0)
+        trips = (TripletSampler(split.y, seed=seed, triplets_per_epoch=n_pairs, stream=stream).epoch(0)
+                 if triplets else None)
+        rng = np.random.default_rng([seed, stream, 99])
+        n = len(split)
+        ridx = np.sort(rng.choice(n, size=min(n, RETRIEVAL_SAMPLES), replace=False))
+        return cls(split, pairs, trips, ridx)
+
+
+class Evaluator:
+    """Computes the per-epoch validation metrics (and the final test metrics)."""
+
+    def __init__(self, eval_set: EvalSet, *, loss: Any, batch_size: int) -> None:
+        self.eval_set = eval_set
+        self.loss = loss
+        self.batch_size = batch_size
+
+    def _embed_sides(self, models: SiameseModels, tuples: Tuples) -> list[np.ndarray]:
+        """Embeddings for every position of `tuples` ([n, D] each), embedding each unique sample once."""
+        split = self.eval_set.split
+        out = []
+        if isinstance(split, PairedSplit):
+            for side, x in enumerate((split.x1, split.x2)):
+                idx = tuples.indices[:, side]
+                out.append(models.embed(materialize(x, idx), side=side))
+            return out
+        uniq, inverse = np.unique(tuples.indices, return_inverse=True)
+        emb = models.embed(materialize(split.x, uniq))
+        inverse = inverse.reshape(tuples.indices.shape)
+        return [emb[inverse[:, k]] for k in range(tuples.arity)]
+
+    def _mean_loss(self, y: np.ndarray, pred: np.ndarray) -> float:
+        b = self.batch_size
+        total, count = 0.0, 0
+        for i in range(0, len(y), b):
+            value = float(self.loss(y[i:i + b], pred[i:i + b]))
+            total, count = total + value * len(y[i:i + b]), count + len(y[i:i + b])
+        return total / max(count, 1)
+
+    def evaluate(self, models: SiameseModels, *, threshold: float | None = None) -> dict[str, float]:
+        """Metrics on the fixed tuples; the threshold is calibrated here unless given."""
+        pairs = self.eval_set.pairs
+        ea, eb = self._embed_sides(models, pairs)
+        scores = models.score(ea, eb)
+        y = pairs.targets
+        dist = np.asarray(distances.get(models.distance).rowwise(ea, eb)).reshape(-1)
+        result: dict[str, float] = {}
+        if self.eval_set.triplets is not None:
+            a, p, n = self._embed_sides(models, self.eval_set.triplets)
+            result["loss"] = self._mean_loss(self.eval_set.triplets.targets, np.stack([a, p, n], axis=1))
+        else:
+            result["loss"] = self._mean_loss(y, scores)
+        result.update(metrics.verification_metrics(scores, y, higher_is_same=models.higher_is_same,
+                                                   threshold=threshold))
+        result["score_std"] = float(np.std(scores)) if np.isfinite(scores).all() else float("nan")
+        result.update(metrics.embedding_norms(np.concatenate([ea, eb])))
+        result.update(metrics.distance_gap(dist, y))
+        if self.eval_set.retrieval_idx is not None and isinstance(self.eval_set.split, LabeledSplit):
+            idx = self.eval_set.retrieval_idx
+            emb = models.embed(materialize(self.eval_set.split.x, idx))
+            if np.isfinite(emb).all():
+                dm = np.asarray(distances.get(models.distance).pairwise(emb, emb))
+                result.update(metrics.retrieval(dm, self.eval_set.split.y[idx], k=RECALL_K))
+            else:
+                result.update({"precision_at_1": float("nan"), f"recall_at_{RECALL_K}": float("nan")})
+        return result
+
+
+# Keys in the per-epoch history that are NOT prefixed with "val_" although measured on validation.
+UNPREFIXED = ("embedding_norm_mean", "embedding_norm_std", "embedding_norm_min")
+
+
+def as_epoch_logs(result: dict[str, float]) -> dict[str, float]:
+    """Validation metrics -> history keys (``val_roc_auc``, ``embedding_norm_mean``, ...)."""
+    return {(k if k in UNPREFIXED else f"val_{k}"): v for k, v in result.items()}

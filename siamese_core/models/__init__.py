@@ -1,0 +1,1 @@
+"""Model pieces: distances, layers, encoders, and the Siamese assembly."""

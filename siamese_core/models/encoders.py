@@ -1,0 +1,144 @@
+"""Encoders: one input -> one embedding, with preprocessing inside the model.
+
+Preprocessing is a chain: normalisation first, then augmentation (active in
+training only), each layer fed by the previous one — the bug where
+``Rescaling`` is applied to ``inputs`` and then bypassed cannot happen here.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import keras
+
+from ..config import EncoderConfig, PreprocessingConfig
+from ..data.types import DataInfo
+from ..errors import ConfigError
+
+_AUGMENTATIONS = {
+    "flip": lambda seed: keras.layers.RandomFlip("horizontal", seed=seed, name="augment_flip"),
+    "rotate": lambda seed: keras.layers.RandomRotation(0.05, seed=seed, name="augment_rotate"),
+    "translate": lambda seed: keras.layers.RandomTranslation(0.1, 0.1, seed=seed, name="augment_translate"),
+    "zoom": lambda seed: keras.layers.RandomZoom(0.1, seed=seed, name="augment_zoom"),
+    "contrast": lambda seed: keras.layers.RandomContrast(0.2, seed=seed, value_range=(0.0, 1.0),
+                                                         name="augment_contrast"),
+    "noise": lambda seed: keras.layers.GaussianNoise(0.05, seed=seed, name="augment_noise"),
+}
+
+
+def normalization_layer(info: DataInfo, config: PreprocessingConfig) -> keras.layers.Layer:
+    """Map raw inputs to roughly unit scale (a cast to float for ``normalize: none``)."""
+    if config.normalize == "standardize" and info.mean is not None and info.std:
+        return keras.layers.Rescaling(1.0 / info.std, offset=-info.mean / info.std, name="normalize")
+    if config.normalize in ("rescale", "standardize"):
+        lo, hi = info.value_range
+        span = (hi - lo) or 1.0
+        return keras.layers.Rescaling(1.0 / span, offset=-lo / span, name="normalize")
+    return keras.layers.Rescaling(1.0, name="cast_to_float")
+
+
+def preprocess(x: Any, info: DataInfo, config: PreprocessingConfig, *, seed: int) -> Any:
+    """Apply normalisation then augmentation to a symbolic input, layer after layer."""
+    if info.kind == "tokens":
+        return x
+    x = normalization_layer(info, config)(x)
+    if info.kind == "images":
+        for i, name in enumerate(config.augmentation):
+            x = _AUGMENTATIONS[name](seed + i)(x)
+    return x
+
+
+def _conv_body(x: Any, cfg: EncoderConfig) -> Any:
+    if len(x.shape) == 3:  # [H, W] -> [H, W, 1]
+        x = keras.layers.Reshape((*x.shape[1:], 1))(x)
+    if len(x.shape) != 4:
+        raise ConfigError("encoder.type", f"'conv' expects image inputs of shape (H, W[, C]); received: {tuple(x.shape[1:])}. "
+                                          "Use encoder.type 'mlp' for vectors or 'sequence' for token ids.")
+    for block in range(cfg.depth):
+        filters = min(cfg.width * 2 ** block, cfg.width * 8)
+        x = keras.layers.Conv2D(filters, cfg.kernel_size, padding="same", use_bias=not cfg.batch_norm,
+                                name=f"conv{block + 1}")(x)
+        if cfg.batch_norm:
+            x = keras.layers.BatchNormalization(name=f"bn{block + 1}")(x)
+        x = keras.layers.Activation(cfg.activation, name=f"act{block + 1}")(x)
+        if min(x.shape[1], x.shape[2]) >= 4:
+            x = keras.layers.MaxPooling2D(2, name=f"pool{block + 1}")(x)
+    return keras.layers.GlobalAveragePooling2D(name="gap")(x)
+
+
+def _mlp_body(x: Any, cfg: EncoderConfig) -> Any:
+    if len(x.shape) > 2:
+        x = keras.layers.Flatten(name="flatten")(x)
+    for block in range(cfg.depth):
+        x = keras.layers.Dense(cfg.width, use_bias=not cfg.batch_norm, name=f"dense{block + 1}")(x)
+        if cfg.batch_norm:
+            x = keras.layers.BatchNormalization(name=f"bn{block + 1}")(x)
+        x = keras.layers.Activation(cfg.activation, name=f"act{block + 1}")(x)
+        if cfg.dropout:
+            x = keras.layers.Dropout(cfg.dropout, name=f"dropout{block + 1}")(x)
+    return x
+
+
+def _sequence_body(x: Any, cfg: EncoderConfig, info: DataInfo) -> Any:
+    vocab = cfg.vocab_size or info.vocab_size
+    if not vocab:
+        raise ConfigError("encoder.vocab_size", "the sequence encoder needs a vocabulary size; set encoder.vocab_size")
+    if info.vocab_size and vocab < info.vocab_size:
+        raise ConfigError("encoder.vocab_size", f"expected >= {info.vocab_size} (largest token id + 1 in the data); "
+                                                f"received: {vocab}")
+    x = keras.layers.Embedding(vocab, cfg.token_embedding_dim, mask_zero=True, name="token_embedding")(x)
+    rnn_cls = keras.layers.LSTM if cfg.rnn == "lstm" else keras.layers.GRU
+    for block in range(cfg.depth):
+        last = block == cfg.depth - 1
+        layer = rnn_cls(cfg.width, return_sequences=not last, dropout=cfg.dropout, name=f"{cfg.rnn}{block + 1}")
+        x = keras.layers.Bidirectional(layer, name=f"bi{cfg.rnn}{block + 1}")(x) if cfg.bidirectional else layer(x)
+    return x
+
+
+def _user_body(x: Any, cfg: EncoderConfig, input_shape: tuple[int, ...]) -> Any:
+    from ..losses import import_object
+
+    factory = import_object(cfg.type, field="encoder.type")
+    kwargs = {}
+    try:
+        if "embedding_dim" in inspect.signature(factory).parameters:
+            kwargs["embedding_dim"] = cfg.embedding_dim
+    except (TypeError, ValueError):
+        pass
+    try:
+        user_model = factory(input_shape, **kwargs)
+    except Exception as exc:
+        raise ConfigError("encoder.type", f"{cfg.type}({input_shape}) raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(user_model, keras.layers.Layer):
+        raise ConfigError("encoder.type", f"expected {cfg.type} to return a keras.Model; received: {type(user_model).__name__}")
+    x = user_model(x)
+    if len(x.shape) > 2:
+        x = keras.layers.Flatten(name="flatten_user")(x)
+    return x
+
+
+def build_encoder(info: DataInfo, cfg: EncoderConfig, pre: PreprocessingConfig, *, seed: int,
+                  tower: int = 0, name: str = "encoder") -> keras.Model:
+    """Build the encoder for one tower; embeddings have ``cfg.embedding_dim`` units."""
+    shape = info.input_shapes[tower]
+    dtype = info.dtype if info.kind != "tokens" else "int32"
+    inputs = keras.Input(shape=shape, dtype=dtype, name=f"{name}_input")
+    x = preprocess(inputs, info, pre, seed=seed)
+    builtin = cfg.type in ("conv", "mlp", "sequence")
+    if cfg.type == "conv":
+        x = _conv_body(x, cfg)
+    elif cfg.type == "mlp":
+        x = _mlp_body(x, cfg)
+    elif cfg.type == "sequence":
+        if info.kind != "tokens":
+            raise ConfigError("encoder.type", f"'sequence' expects integer token ids; this dataset holds {info.kind}")
+        x = _sequence_body(x, cfg, info)
+    else:
+        x = _user_body(x, cfg, shape)
+    if builtin:
+        if cfg.dropout and cfg.type == "conv":
+            x = keras.layers.Dropout(cfg.dropout, name="dropout")(x)
+        x = keras.layers.Dense(cfg.embedding_dim, name="embedding")(x)
+    if cfg.l2_normalize:
+        x = keras.layers.UnitNormalization(name="l2_normalize")(x)
+    return keras.Model(inputs, x, name=name)

@@ -1,0 +1,112 @@
+"""Assemble encoders, a distance (or similarity head) and the training model.
+
+The training model is a plain functional Keras model, so ``fit``, a custom
+``GradientTape`` loop and ``keras.models.load_model`` (safe mode) all work on
+it unchanged:
+
+* pair losses:    ``[left, right] -> score [B]`` (a distance; a same-probability for ``bce``)
+* triplet losses: ``[anchor, positive, negative] -> embeddings [B, 3, D]``
+
+`SiameseModels.export` builds the model users load: two inputs ->
+``{"distance", "score", "same"}`` with the calibrated threshold inside.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from ..config import TrainConfig
+from ..data.types import DataInfo
+from ..losses import score_is_similarity
+from .encoders import build_encoder
+from .layers import DistanceToSimilarity, PairDistance, SimilarityHead, StackEmbeddings, ThresholdDecision
+
+PAIR_INPUTS = ("left", "right")
+TRIPLET_INPUTS = ("anchor", "positive", "negative")
+
+
+@dataclass
+class SiameseModels:
+    """The pieces of one Siamese network; they share weights."""
+
+    training: keras.Model
+    encoders: tuple[keras.Model, ...]         # one shared tower, or two (two-tower)
+    scorer: keras.Model                       # (emb_a, emb_b) -> score [B]
+    distance: str
+    higher_is_same: bool
+    arity: int                                # 2 = pairs, 3 = triplets
+
+    def encoder_for(self, side: int) -> keras.Model:
+        return self.encoders[min(side, len(self.encoders) - 1)]
+
+    def embed(self, x: np.ndarray, *, side: int = 0, batch_size: int = 512) -> np.ndarray:
+        """Embeddings of raw inputs (inference mode)."""
+        enc = self.encoder_for(side)
+        out = [np.asarray(enc(x[i:i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, enc.output.shape[-1]), np.float32)
+
+    def score(self, emb_a: np.ndarray, emb_b: np.ndarray, *, batch_size: int = 4096) -> np.ndarray:
+        out = [np.asarray(self.scorer([emb_a[i:i + batch_size], emb_b[i:i + batch_size]], training=False))
+               for i in range(0, len(emb_a), batch_size)]
+        return np.concatenate(out).reshape(-1) if out else np.zeros((0,), np.float32)
+
+    def export(self, threshold: float, *, name: str = "siamese") -> keras.Model:
+        """The deployable model: two raw inputs -> distance, similarity score, same/different."""
+        inputs = [keras.Input(shape=enc.input.shape[1:], dtype=enc.input.dtype, name=n)
+                  for enc, n in zip((self.encoder_for(0), self.encoder_for(1)), PAIR_INPUTS)]
+        ea, eb = self.encoder_for(0)(inputs[0]), self.encoder_for(1)(inputs[1])
+        distance = PairDistance(self.distance, name="distance")([ea, eb])
+        if self.higher_is_same:  # a learned same-probability is the native score
+            score = native = self.scorer([ea, eb])
+        else:
+            score, native = DistanceToSimilarity(self.distance, name="similarity")(distance), distance
+        same = ThresholdDecision(threshold, higher_is_same=self.higher_is_same, name="same")(native)
+        outputs = {"distance": distance, "score": score, "same": same}
+        return keras.Model(inputs, outputs, name=name)
+
+
+def build_models(config: TrainConfig, info: DataInfo) -> SiameseModels:
+    """Build the encoder(s), the scorer and the training model for `config` on `info`'s inputs."""
+    seed = config.seed
+    if info.two_tower:
+        encoders = tuple(build_encoder(info, config.encoder, config.preprocessing, seed=seed, tower=t,
+                                       name=f"encoder_{side}") for t, side in enumerate(PAIR_INPUTS))
+    else:
+        encoders = (build_encoder(info, config.encoder, config.preprocessing, seed=seed),)
+    dim = encoders[0].output.shape[-1]
+    if any(e.output.shape[-1] != dim for e in encoders):
+        raise ValueError("both towers must produce embeddings of the same size")
+
+    ea, eb = keras.Input((dim,), name="embedding_a"), keras.Input((dim,), name="embedding_b")
+    similarity = score_is_similarity(config.loss)
+    score_layer = SimilarityHead(name="similarity_head") if similarity else PairDistance(config.distance, name="distance")
+    scorer = keras.Model([ea, eb], score_layer([ea, eb]), name="scorer")
+
+    arity = 3 if config.loss.is_triplet else 2
+    names = TRIPLET_INPUTS if arity == 3 else PAIR_INPUTS
+    towers = [encoders[min(i, len(encoders) - 1)] for i in range(arity)]
+    inputs = [keras.Input(shape=enc.input.shape[1:], dtype=enc.input.dtype, name=n) for enc, n in zip(towers, names)]
+    embeddings = [enc(x) for enc, x in zip(towers, inputs)]
+    if arity == 3:
+        output = StackEmbeddings(name="stacked_embeddings")(embeddings)
+    else:
+        output = scorer(embeddings)
+    training = keras.Model(inputs, output, name="siamese_training")
+    return SiameseModels(training, encoders, scorer, config.distance, similarity, arity)
+
+
+def build_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    opt = config.optimizer
+    common: dict[str, Any] = {"learning_rate": config.learning_rate}
+    if opt.weight_decay:
+        common["weight_decay"] = opt.weight_decay
+    if opt.clipnorm:
+        common["clipnorm"] = opt.clipnorm
+    if opt.name == "adam":
+        return keras.optimizers.Adam(**common)
+    if opt.name == "rmsprop":
+        return keras.optimizers.RMSprop(momentum=opt.momentum, **common)
+    return keras.optimizers.SGD(momentum=opt.momentum, **common)

@@ -1,0 +1,93 @@
+"""``siamese-sweep``: a thin command line over the Python API.
+
+Exit codes: 0 success, 2 invalid config/spec/data (one line on stderr, no
+traceback), 3 the doctor found an error-severity problem, 1 anything else.
+Each command group lives in its own module and registers itself here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_FINDINGS = 0, 1, 2, 3
+
+# modules that define `register(subparsers)`; imported lazily so `--help` stays fast
+COMMAND_MODULES = ("sweeps.commands.core", "sweeps.commands.sweep", "sweeps.commands.registry")
+
+
+def print_json(data: Any) -> None:
+    """One strict JSON object on stdout (NaN/inf become null)."""
+    print(json.dumps(_strict(data), default=str))
+
+
+def _strict(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
+def add_set_option(parser: argparse.ArgumentParser, *, what: str = "config") -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a {what} field by dotted key, e.g. --set encoder.depth=3 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="siamese-sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue  # command group not installed in this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from siamese_core.errors import InputError, TrainingFailed
+
+    from .secrets import install_secrets_filter, mask_secrets
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    install_secrets_filter()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return int(handler(args) or 0)
+    except InputError as exc:
+        print(f"error: {mask_secrets(str(exc))}", file=sys.stderr)
+        return EXIT_INPUT
+    except TrainingFailed as exc:
+        print(f"training failed: {mask_secrets(str(exc))}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        if args.debug:
+            raise
+        print(f"error: {type(exc).__name__}: {mask_secrets(str(exc))} (run with --debug for a traceback)",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
