@@ -1,0 +1,364 @@
+"""`load_dataset(config)`: read a dataset, validate it, split it, describe it.
+
+Each source (``fashion_mnist``, ``mnist``, ``digits``, ``npz``, ``pairs_npz``,
+``image_folder``) is read into a `_Labeled` or `_Paired` record of raw arrays;
+the common path then validates, splits (`splits.py`) and fills `DataInfo`.
+Everything that can be wrong with the data raises `DataError` here, before a
+model is built. uint8 sources stay uint8; float64 becomes float32 (what the
+models compute in), never the other way round.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from ..errors import DataError
+from . import validation as v
+from .idx import read_idx
+from .image_folder import ImageFiles, scan_image_folder
+from .splits import SplitParams, split_labeled, split_paired
+from .types import DataInfo, DatasetSplits, InputKind, Inputs, LabeledSplit, PairedSplit, Split, input_shape
+
+if TYPE_CHECKING:
+    from ..config import DatasetConfig, TrainConfig
+
+FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+FASHION_DIRS = ("/usr/share/datasets/fashion-mnist", "~/.keras/datasets/fashion-mnist")
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
+MNIST_FILE = "~/.keras/datasets/mnist.npz"
+STATS_SAMPLE = 256  # images decoded to estimate mean/std of a lazy folder
+
+
+@dataclass
+class _Labeled:
+    source: str
+    kind: InputKind
+    x: Inputs
+    y: np.ndarray
+    x_test: Inputs | None = None
+    y_test: np.ndarray | None = None
+    value_range: tuple[float, float] | None = None  # declared; None = observe the training split
+    class_names: tuple[str, ...] | None = None
+
+
+@dataclass
+class _Paired:
+    source: str
+    kind: InputKind
+    x1: np.ndarray
+    x2: np.ndarray
+    y: np.ndarray
+    x1_test: np.ndarray | None = None
+    x2_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+
+
+def load_dataset(config: TrainConfig) -> DatasetSplits:
+    """Load ``config.dataset``, split it deterministically from ``config.seed`` and describe it."""
+    ds = config.dataset
+    params = SplitParams.from_config(config)
+    raw = _SOURCES[ds.name](ds)
+    if isinstance(raw, _Paired):
+        splits: dict[str, Split] = dict(split_paired(raw.x1, raw.x2, raw.y, params, x1_test=raw.x1_test,
+                                                     x2_test=raw.x2_test, y_test=raw.y_test))
+    else:
+        v.check_classes(raw.y if raw.y_test is None else np.concatenate([raw.y, raw.y_test]), raw.source)
+        splits = dict(split_labeled(raw.x, raw.y, params, x_test=raw.x_test, y_test=raw.y_test, source=raw.source))
+    _check_splits(splits, raw.source, params)
+    return DatasetSplits(**splits, info=_describe(ds.name, raw, splits, params))
+
+
+# ----------------------------------------------------------------------- sources
+def load_fashion_mnist(ds: DatasetConfig) -> _Labeled:
+    """IDX files from ``dataset.path``, the Debian package, the Keras cache; else a Keras download."""
+    places = [ds.path] if ds.path else list(FASHION_DIRS)
+    for place in places:
+        folder = Path(place).expanduser()
+        present = [f for f in FASHION_FILES if (folder / f).is_file()]
+        if not present and not ds.path:
+            continue
+        missing = [f for f in FASHION_FILES if f not in present]
+        if missing:
+            raise DataError(str(folder), f"Fashion-MNIST files missing: {', '.join(missing)}; expected all of "
+                                         f"{', '.join(FASHION_FILES)} (apt-get install dataset-fashion-mnist)")
+        x, y, xt, yt = (read_idx(folder / f) for f in FASHION_FILES)
+        return _idx_dataset(str(folder), x, y, xt, yt)
+    try:
+        (x, y), (xt, yt) = _keras_fashion_mnist()
+    except Exception as exc:  # noqa: BLE001 - any download failure means "not available here"
+        raise DataError("fashion_mnist", f"dataset not found in {', '.join(places)} and the Keras download failed "
+                                         f"({type(exc).__name__}: {exc}); install it with `apt-get install "
+                                         f"dataset-fashion-mnist` or set dataset.path to a folder holding "
+                                         f"{', '.join(FASHION_FILES)}") from None
+    return _idx_dataset("keras.datasets.fashion_mnist", x, y, xt, yt)
+
+
+def _keras_fashion_mnist() -> Any:
+    """Separate so tests can replace it: the real call downloads."""
+    import keras
+    return keras.datasets.fashion_mnist.load_data()
+
+
+def _idx_dataset(source: str, x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray) -> _Labeled:
+    for key, images, labels in (("train", x, y), ("t10k", xt, yt)):
+        if images.ndim != 3 or images.dtype != np.uint8:
+            raise DataError(source, f"{key} images have shape {images.shape} and dtype {images.dtype}; expected "
+                                    f"uint8 [N, 28, 28]")
+        v.check_same_length(source, **{f"{key} images": images, f"{key} labels": labels})
+    return _Labeled(source, "images", x[..., None], v.as_class_labels(y, source, key="train labels"), xt[..., None],
+                    v.as_class_labels(yt, source, key="t10k labels"), (0.0, 255.0), FASHION_CLASSES)
+
+
+def load_mnist(ds: DatasetConfig) -> _Labeled:
+    """A Keras-format ``mnist.npz`` (``x_train``, ``y_train``, ``x_test``, ``y_test``)."""
+    path = Path(ds.path or MNIST_FILE).expanduser()
+    if path.is_dir():
+        path = path / "mnist.npz"
+    if not path.is_file() and not ds.path:
+        try:
+            (x, y), (xt, yt) = _keras_mnist()
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(str(path), f"MNIST not found and the Keras download failed ({type(exc).__name__}); "
+                                       f"set dataset.path to a Keras-format mnist.npz") from None
+        arrays, source = {"x_train": x, "y_train": y, "x_test": xt, "y_test": yt}, "keras.datasets.mnist"
+    else:
+        arrays, source = read_npz(path, required=("x_train", "y_train", "x_test", "y_test")), str(path)
+    x, kind = _inputs(arrays["x_train"], source, key="x_train")
+    xt, kind_t = _inputs(arrays["x_test"], source, key="x_test")
+    _check_compatible(source, ("x_train", x, kind), ("x_test", xt, kind_t))
+    y = v.as_class_labels(arrays["y_train"], source, key="y_train")
+    yt = v.as_class_labels(arrays["y_test"], source, key="y_test")
+    v.check_same_length(source, x_train=x, y_train=y)
+    v.check_same_length(source, x_test=xt, y_test=yt)
+    return _Labeled(source, kind, x, y, xt, yt, _declared_range(x), tuple(str(i) for i in range(10)))
+
+
+def _keras_mnist() -> Any:
+    import keras
+    return keras.datasets.mnist.load_data()
+
+
+def load_digits(ds: DatasetConfig) -> _Labeled:
+    """scikit-learn's bundled 8x8 digits: always available, the fast test dataset."""
+    from sklearn.datasets import load_digits as sk_digits
+    d = sk_digits()
+    x = d.images.astype(np.uint8)[..., None]
+    return _Labeled("sklearn.datasets.load_digits", "images", x, d.target.astype(np.int64), value_range=(0.0, 16.0),
+                    class_names=tuple(str(c) for c in d.target_names))
+
+
+def load_npz(ds: DatasetConfig) -> _Labeled:
+    """Generic ``.npz`` with ``x``, ``y`` and optionally ``x_test``, ``y_test``."""
+    source = str(Path(ds.path).expanduser())
+    a = read_npz(ds.path, required=("x", "y"), optional=("x_test", "y_test"))
+    if ("x_test" in a) != ("y_test" in a):
+        raise DataError(source, "found only one of 'x_test' and 'y_test'; provide both or neither")
+    x, kind = _inputs(a["x"], source, key="x")
+    y = v.as_class_labels(a["y"], source, key="y")
+    v.check_same_length(source, x=x, y=y)
+    xt = yt = None
+    if "x_test" in a:
+        xt, kind_t = _inputs(a["x_test"], source, key="x_test")
+        _check_compatible(source, ("x", x, kind), ("x_test", xt, kind_t))
+        yt = v.as_class_labels(a["y_test"], source, key="y_test")
+        v.check_same_length(source, x_test=xt, y_test=yt)
+    return _Labeled(source, kind, x, y, xt, yt, _declared_range(x))
+
+
+def load_pairs_npz(ds: DatasetConfig) -> _Paired:
+    """Pre-paired ``.npz``: ``x1``, ``x2``, ``y`` (1 = same); optional ``*_test``. Sides may differ in shape."""
+    source = str(Path(ds.path).expanduser())
+    a = read_npz(ds.path, required=("x1", "x2", "y"), optional=("x1_test", "x2_test", "y_test"))
+    tests = [k for k in ("x1_test", "x2_test", "y_test") if k in a]
+    if tests and len(tests) != 3:
+        raise DataError(source, f"found only {tests} of 'x1_test', 'x2_test', 'y_test'; provide all three or none")
+    x1, k1 = _inputs(a["x1"], source, key="x1")
+    x2, k2 = _inputs(a["x2"], source, key="x2")
+    if k1 != k2:
+        raise DataError(source, f"'x1' holds {k1} but 'x2' holds {k2}; both sides must be the same kind of input")
+    y = v.as_pair_labels(a["y"], source, key="y")
+    v.check_same_length(source, x1=x1, x2=x2, y=y)
+    out = _Paired(source, k1, x1, x2, y)
+    if tests:
+        t1, _ = _inputs(a["x1_test"], source, key="x1_test")
+        t2, _ = _inputs(a["x2_test"], source, key="x2_test")
+        _check_compatible(source, ("x1", x1, k1), ("x1_test", t1, _kind(t1)))
+        _check_compatible(source, ("x2", x2, k2), ("x2_test", t2, _kind(t2)))
+        yt = v.as_pair_labels(a["y_test"], source, key="y_test", required=False)
+        v.check_same_length(source, x1_test=t1, x2_test=t2, y_test=yt)
+        out.x1_test, out.x2_test, out.y_test = t1, t2, yt
+    return out
+
+
+def load_image_folder(ds: DatasetConfig) -> _Labeled:
+    files, y, classes = scan_image_folder(ds.path, index=ds.index, image_size=ds.image_size,
+                                          color_mode=ds.color_mode)
+    return _Labeled(str(files.root), "images", files, y, value_range=(0.0, 255.0), class_names=classes)
+
+
+_SOURCES: dict[str, Callable[[DatasetConfig], _Labeled | _Paired]] = {
+    "fashion_mnist": load_fashion_mnist, "mnist": load_mnist, "digits": load_digits, "npz": load_npz,
+    "pairs_npz": load_pairs_npz, "image_folder": load_image_folder,
+}
+
+
+# ----------------------------------------------------------------------- helpers
+def read_npz(path: str | os.PathLike[str], *, required: tuple[str, ...],
+             optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The named arrays of an ``.npz``; damaged archives and pickled arrays become `DataError`."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(str(p), "file not found (dataset.path)")
+    out: dict[str, np.ndarray] = {}
+    key = "<archive>"
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise DataError(str(p), "expected an .npz archive (np.savez), found a single .npy array")
+            missing = [k for k in required if k not in z.files]
+            if missing:
+                raise DataError(str(p), f"missing array(s) {missing}; found {sorted(z.files)}; expected "
+                                        f"{list(required)} (optional {list(optional)})")
+            for key in (*required, *(k for k in optional if k in z.files)):
+                out[key] = z[key]
+    except DataError:
+        raise
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "pickled" in str(exc):
+            raise DataError(str(p), f"array '{key}' holds Python objects (dtype object); save numeric arrays "
+                                    f"(e.g. x.astype('float32')) - pickled data is never loaded") from None
+        raise DataError(str(p), f"not a valid .npz archive ({exc})") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        raise DataError(str(p), f"truncated or corrupt .npz archive ({type(exc).__name__}: {exc}) while reading "
+                                f"'{key}'; re-create or re-download it") from None
+    return out
+
+
+def _kind(x: np.ndarray) -> InputKind:
+    if x.ndim >= 3:
+        return "images"
+    return "tokens" if x.dtype.kind in "iu" else "vectors"
+
+
+def _inputs(x: np.ndarray, source: str, *, key: str) -> tuple[np.ndarray, InputKind]:
+    """Validate one input array; return it in its model dtype with its kind."""
+    v.check_input_dtype(x, source, key=key)
+    v.check_rank(x, source, key=key)
+    kind = _kind(x)
+    if x.ndim == 3:
+        x = x[..., None]  # [N, H, W] -> [N, H, W, 1]
+    if kind == "tokens":
+        if x.size and x.min() < 0:
+            raise DataError(source, f"token array '{key}' has negative ids (min {x.min()}); token ids must be >= 0")
+        if x.dtype.itemsize > 4 and (x.size == 0 or x.max() < 2**31):
+            x = x.astype(np.int32)
+    elif x.dtype.kind in "iu" and x.dtype != np.uint8:
+        lo, hi = (x.min(), x.max()) if x.size else (0, 0)
+        x = x.astype(np.uint8 if 0 <= lo and hi <= 255 else np.float32)
+    elif x.dtype.kind == "f" and x.dtype != np.float32:
+        x = x.astype(np.float32)
+    v.check_finite(x, source, key=key)
+    return x, kind
+
+
+def _check_compatible(source: str, a: tuple[str, np.ndarray, str], b: tuple[str, np.ndarray, str]) -> None:
+    (ka, xa, ta), (kb, xb, tb) = a, b
+    if ta != tb or xa.shape[1:] != xb.shape[1:] or xa.dtype != xb.dtype:
+        raise DataError(source, f"'{kb}' ({tb}, per-sample shape {xb.shape[1:]}, {xb.dtype}) does not match "
+                                f"'{ka}' ({ta}, {xa.shape[1:]}, {xa.dtype}); train and test inputs must agree")
+
+
+def _declared_range(x: np.ndarray) -> tuple[float, float] | None:
+    return (0.0, 255.0) if x.dtype == np.uint8 and x.ndim == 4 else None
+
+
+def _check_splits(splits: dict[str, Split], source: str, params: SplitParams) -> None:
+    fix = {"train": "use more data or raise dataset.max_train_samples",
+           "val": "raise dataset.val_fraction or dataset.max_eval_samples",
+           "test": "raise dataset.test_fraction or dataset.max_eval_samples"}
+    for name, split in splits.items():
+        extra = " (split: class holds out whole classes; use more classes or split: sample)" \
+            if params.mode == "class" else ""
+        v.check_split(split, source, name=name, hint=fix[name] + extra)
+
+
+# ---------------------------------------------------------------------- DataInfo
+def _describe(name: str, raw: _Labeled | _Paired, splits: dict[str, Split], params: SplitParams) -> DataInfo:
+    train = splits["train"]
+    if isinstance(train, PairedSplit):
+        xs: list[Inputs] = [train.x1, train.x2]
+        shapes = (input_shape(train.x1), input_shape(train.x2))
+        num_classes, class_names, paired = None, None, True
+        all_inputs = [raw.x1, raw.x2] + ([raw.x1_test, raw.x2_test] if raw.x1_test is not None else [])
+    else:
+        assert isinstance(raw, _Labeled) and isinstance(train, LabeledSplit)
+        xs, shapes, paired = [train.x], (input_shape(train.x),), False
+        labels = raw.y if raw.y_test is None else np.concatenate([raw.y, raw.y_test])
+        num_classes, class_names = int(np.unique(labels).size), raw.class_names
+        all_inputs = [raw.x] + ([raw.x_test] if raw.x_test is not None else [])
+    stats = _train_moments(xs, raw.kind)
+    vocab = None
+    if raw.kind == "tokens":
+        vocab = int(max(int(a.max()) if a.size else 0 for a in all_inputs)) + 1
+        value_range: tuple[float, float] = (0.0, float(vocab - 1))
+    elif isinstance(raw, _Labeled) and raw.value_range is not None:
+        value_range = raw.value_range
+    else:
+        value_range = (stats.min, stats.max) if stats else (0.0, 0.0)
+    return DataInfo(
+        name=name, source=raw.source, kind=raw.kind, input_shapes=shapes, dtype=str(xs[0].dtype),
+        value_range=value_range, num_classes=num_classes, paired=paired, split=params.mode,
+        fingerprint=fingerprint(splits, params), sizes={k: len(s) for k, s in splits.items()},
+        class_names=class_names, vocab_size=vocab, mean=stats.mean if stats else None,
+        std=stats.std if stats else None)
+
+
+def _train_moments(xs: list[Inputs], kind: InputKind) -> v.Moments | None:
+    """Training-split statistics; for lazy images, an estimate from <= 256 evenly spaced files."""
+    if kind == "tokens":
+        return None
+    arrays = []
+    for x in xs:
+        if isinstance(x, ImageFiles) or not isinstance(x, np.ndarray):
+            n = len(x)
+            idx = np.unique(np.linspace(0, n - 1, num=min(n, STATS_SAMPLE)).astype(np.int64))
+            arrays.append(x.load(idx))
+        else:
+            arrays.append(x)
+    return v.moments(arrays)
+
+
+def fingerprint(splits: dict[str, Split], params: SplitParams) -> str:
+    """sha256 over every split's inputs and labels plus the split parameters.
+
+    Arrays are hashed by dtype, shape and bytes; lazy image files by their
+    (relative path, size) list and decoded shape, so no pixel is read.
+    """
+    h = hashlib.sha256(json.dumps({"split": params.as_dict()}, sort_keys=True).encode())
+    for name in sorted(splits):
+        split = splits[name]
+        h.update(f"|{name}|{type(split).__name__}|".encode())
+        parts = (split.x1, split.x2) if isinstance(split, PairedSplit) else (split.x,)
+        for part in (*parts, split.y):
+            _hash_inputs(h, part)
+    return h.hexdigest()
+
+
+def _hash_inputs(h: Any, x: Inputs) -> None:
+    if isinstance(x, np.ndarray):
+        h.update(f"{x.dtype.str}{x.shape}".encode())
+        h.update(np.ascontiguousarray(x).view(np.uint8).reshape(-1))
+    elif isinstance(x, ImageFiles):
+        h.update(json.dumps({"shape": list(x.shape), "files": x.content_key()}).encode())
+    else:
+        raise TypeError(f"cannot fingerprint inputs of type {type(x).__name__}")
