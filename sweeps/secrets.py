@@ -1,0 +1,99 @@
+"""Keep passwords out of logs, exception messages and printed URLs.
+
+Storage URLs (Optuna RDB, MLflow backend) carry passwords, and they travel
+through CLI output, log lines and tracebacks. Everything that prints a URL goes
+through :func:`mask_url` or :func:`mask_secrets`; :class:`SecretsFilter` does it
+for the logging module.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+MASK = "***"
+
+__all__ = ["MASK", "SecretsFilter", "install_secrets_filter", "mask_secrets", "mask_url"]
+
+# Query-string / DSN keys whose values are secrets (libpq DSNs, SQLAlchemy query args).
+_SECRET_KEYS = r"password|passwd|pwd|sslpassword|secret|token|api_key|apikey|access_key|secret_key"
+
+# scheme://user:password@  -- the password may itself contain '@' or ':' (unencoded);
+# it runs to the last '@' before a '/', whitespace or a quote.
+_URL_USERINFO = re.compile(
+    r"(?P<prefix>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@'\"]*:)"
+    r"(?P<secret>[^\s/'\"]*)"
+    r"(?=@[^\s@/'\"]*(?:[/?#\s'\"]|$))"
+)
+# ?password=...  &pwd=...  ;token=...
+_QUERY_SECRET = re.compile(
+    rf"(?P<prefix>[?&;](?:{_SECRET_KEYS})=)(?P<secret>[^&;#\s'\"]+)", re.IGNORECASE
+)
+# KEY=value / key: value where the key names a secret (env dumps, libpq DSNs, reprs).
+_ASSIGNED_SECRET = re.compile(
+    rf"(?P<prefix>(?<![\w?&;])[\w.\-]*(?:{_SECRET_KEYS})[\w.\-]*"
+    r"(?:\s*=\s*|:\s+|['\"]\s*[:=]\s*)['\"]?)"
+    r"(?P<secret>[^\s'\"&,;)}\]]+)",
+    re.IGNORECASE,
+)
+
+
+def _sub(pattern: re.Pattern[str], text: str) -> str:
+    def repl(m: re.Match[str]) -> str:
+        if not m.group("secret") or m.group("secret") == MASK:
+            return m.group(0)
+        return m.group("prefix") + MASK
+
+    return pattern.sub(repl, text)
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with its password (userinfo or query string) replaced by ``***``.
+
+    URLs without a password, SQLite URLs and plain file paths come back unchanged.
+    """
+    if not isinstance(url, str):
+        url = str(url)
+    return _sub(_QUERY_SECRET, _sub(_URL_USERINFO, url))
+
+
+def mask_secrets(text: str) -> str:
+    """Mask every URL password and ``password=...``-style value inside free text."""
+    if not isinstance(text, str):
+        text = str(text)
+    text = _sub(_URL_USERINFO, text)
+    text = _sub(_QUERY_SECRET, text)
+    return _sub(_ASSIGNED_SECRET, text)
+
+
+class SecretsFilter(logging.Filter):
+    """A logging filter that masks secrets in the message and any traceback.
+
+    Attach it to *handlers* (filters on a logger don't see records propagated
+    from child loggers); :func:`install_secrets_filter` does that.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: leave it to the handler
+            return True
+        record.msg = mask_secrets(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_secrets(record.exc_text)
+        if record.stack_info:
+            record.stack_info = mask_secrets(record.stack_info)
+        return True
+
+
+def install_secrets_filter(logger: logging.Logger | None = None) -> SecretsFilter:
+    """Add one :class:`SecretsFilter` to every handler of ``logger`` (root by default)."""
+    logger = logger if logger is not None else logging.getLogger()
+    flt = SecretsFilter()
+    for handler in logger.handlers:
+        if not any(isinstance(f, SecretsFilter) for f in handler.filters):
+            handler.addFilter(flt)
+    return flt

@@ -1,0 +1,129 @@
+"""docker-compose.yml, Dockerfiles and .env.example: validated without a Docker engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$", re.IGNORECASE)
+
+
+def _env_example() -> dict[str, str]:
+    out = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _compose_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    res = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+    return res.returncode == 0
+
+
+def _compose_config(env_file: Path) -> subprocess.CompletedProcess[str]:
+    # Only the env file may supply variables: drop any the caller's shell exported.
+    env = {k: v for k, v in os.environ.items() if k not in _env_example() and not k.startswith("COMPOSE_")}
+    return subprocess.run(
+        ["docker", "compose", "-f", str(COMPOSE), "--env-file", str(env_file), "config", "--format", "json"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=60,
+    )  # fmt: skip
+
+
+needs_compose = pytest.mark.skipif(not _compose_available(), reason="docker compose (v2 CLI plugin) not installed")
+
+
+# ------------------------------------------------------------------ .env.example
+def test_env_example_holds_only_placeholders() -> None:
+    values = _env_example()
+    secrets = {k: v for k, v in values.items() if SECRET_NAME.search(k)}
+    assert {"POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"} <= set(secrets)
+    for key, value in secrets.items():
+        assert value.startswith("change-me"), f"{key} must be a change-me placeholder, got {value!r}"
+    for key, value in values.items():  # nothing random-looking anywhere else either
+        assert not re.search(r"[A-Za-z0-9+/_\-]{24,}", value) or value.startswith("change-me"), key
+
+
+def test_env_example_and_real_env_are_not_in_the_worker_image() -> None:
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert ".env" in ignore and ".stack" in ignore and ".git" in ignore
+
+
+# ------------------------------------------------------------------ static structure (always runs)
+def test_compose_structure() -> None:
+    doc = yaml.safe_load(COMPOSE.read_text())
+    services = doc["services"]
+    assert set(services) >= {"postgres", "mlflow", "optuna-dashboard", "worker"}
+
+    worker = services["worker"]
+    assert "container_name" not in worker, "container_name breaks `docker compose up --scale worker=N`"
+    assert worker["build"] == {"context": ".", "dockerfile": "Dockerfile"}
+    assert "ports" not in worker
+
+    image = services["postgres"]["image"]
+    assert re.fullmatch(r"postgres:\d+\.\d+-\w+", image), f"pin a concrete postgres tag, got {image}"
+    assert "pg_isready" in str(services["postgres"]["healthcheck"]["test"])
+    for name in ("mlflow", "optuna-dashboard", "worker"):
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["worker"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert "/health" in str(services["mlflow"]["healthcheck"]["test"])
+    for svc in services.values():  # published ports stay on the host's loopback
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), port
+
+
+def test_compose_requires_secrets_from_env() -> None:
+    text = COMPOSE.read_text()
+    for var in ("POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        refs = re.findall(r"\$\{" + var + r"([^}]*)\}", text)
+        assert refs, f"{var} not used"
+        assert all(r.startswith(":?") for r in refs), f"{var} must be required (${{{var}:?...}}), got {refs}"
+    assert "password1234" not in text
+
+
+def test_images_pin_versions() -> None:
+    mlflow_df = (ROOT / "docker/mlflow/Dockerfile").read_text()
+    dash_df = (ROOT / "docker/optuna-dashboard/Dockerfile").read_text()
+    assert '"mlflow[auth]==3.17.2"' in mlflow_df and "psycopg2-binary==" in mlflow_df
+    assert '"optuna-dashboard==0.21.0"' in dash_df and '"optuna==5.0.0"' in dash_df
+    worker_df = (ROOT / "Dockerfile").read_text()
+    assert "python:3.11-slim" in worker_df and 'pip install ".[distributed]"' in worker_df
+    assert (ROOT / "docker/postgres/initdb/10-databases.sql").read_text().count("CREATE DATABASE") == 2
+
+
+# ------------------------------------------------------------------ docker compose config
+@needs_compose
+def test_docker_compose_config_accepts_env_example() -> None:
+    res = _compose_config(ENV_EXAMPLE)
+    assert res.returncode == 0, res.stderr
+    cfg = json.loads(res.stdout)
+    worker = cfg["services"]["worker"]
+    assert "container_name" not in worker
+    assert worker["build"]["dockerfile"] == "Dockerfile"
+    assert Path(worker["build"]["context"]).resolve() == ROOT
+    assert cfg["services"]["worker"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert set(cfg["volumes"]) >= {"pgdata", "mlartifacts"}
+
+
+@needs_compose
+def test_docker_compose_config_fails_clearly_without_password(tmp_path: Path) -> None:
+    env_file = tmp_path / "partial.env"
+    lines = [ln for ln in ENV_EXAMPLE.read_text().splitlines() if not ln.startswith("POSTGRES_PASSWORD=")]
+    env_file.write_text("\n".join(lines) + "\n")
+    res = _compose_config(env_file)
+    assert res.returncode != 0
+    assert "POSTGRES_PASSWORD" in res.stderr and ".env" in res.stderr

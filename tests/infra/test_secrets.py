@@ -1,0 +1,115 @@
+"""mask_url / mask_secrets / SecretsFilter: passwords never reach a log line."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+
+from sweeps.secrets import SecretsFilter, install_secrets_filter, mask_secrets, mask_url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://user:secret@host/db", "postgresql://user:***@host/db"),
+        (
+            "postgresql+psycopg2://sweeps:s3cr%40t@127.0.0.1:5432/optuna",
+            "postgresql+psycopg2://sweeps:***@127.0.0.1:5432/optuna",
+        ),
+        ("postgresql://u:p@ss:w@rd@db.local:5432/x", "postgresql://u:***@db.local:5432/x"),
+        ("http://admin:hunter2hunter2@mlflow:5000", "http://admin:***@mlflow:5000"),
+        ("postgresql://:onlypw@host/db", "postgresql://:***@host/db"),
+        ("mysql://root:pw@host", "mysql://root:***@host"),
+        # nothing to hide
+        ("postgresql://user@host/db", "postgresql://user@host/db"),
+        ("postgresql://host:5432/db", "postgresql://host:5432/db"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),
+        ("sqlite:////abs/path/optuna.db", "sqlite:////abs/path/optuna.db"),
+        ("/tmp/some:odd@path/file.db", "/tmp/some:odd@path/file.db"),
+        ("relative/path.db", "relative/path.db"),
+        ("", ""),
+        # query-string passwords
+        ("postgresql://host/db?user=u&password=secret", "postgresql://host/db?user=u&password=***"),
+        ("postgresql://host/db?password=secret&sslmode=require", "postgresql://host/db?password=***&sslmode=require"),
+        ("postgresql://u:a@h/db?PASSWORD=b", "postgresql://u:***@h/db?PASSWORD=***"),
+    ],
+)
+def test_mask_url(url: str, expected: str) -> None:
+    assert mask_url(url) == expected
+
+
+def test_mask_url_is_idempotent() -> None:
+    once = mask_url("postgresql://u:pw@h/db?password=x")
+    assert mask_url(once) == once
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "could not connect to postgresql://sweeps:topsecret@10.0.0.5:5432/optuna: timeout",
+        "storage='postgresql+psycopg2://sweeps:topsecret@db/optuna'",
+        'tracking "http://admin:topsecret@mlflow:5000/api"',
+        "export MLFLOW_TRACKING_PASSWORD=topsecret",
+        "host=127.0.0.1 port=5432 user=sweeps password=topsecret dbname=optuna",
+        "{'password': 'topsecret', 'user': 'x'}",
+        '{"admin_password": "topsecret"}',
+        "POSTGRES_PASSWORD: topsecret",
+        "url=postgresql://host/db?sslmode=disable&password=topsecret#frag",
+        "two urls: postgresql://a:topsecret@h1/x and http://b:topsecret@h2:1/",
+    ],
+)
+def test_mask_secrets_hides_the_secret(text: str) -> None:
+    masked = mask_secrets(text)
+    assert "topsecret" not in masked
+    assert "***" in masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Password must be at least 12 characters.",
+        "see sweeps/secrets.py:42 for details",
+        "connected to http://127.0.0.1:5000/health in 0.3 s",
+        "sqlite:///tmp/x.db opened",
+        "user@example.com wrote this",
+    ],
+)
+def test_mask_secrets_leaves_harmless_text_alone(text: str) -> None:
+    assert mask_secrets(text) == text
+
+
+def test_mask_secrets_keeps_user_and_host() -> None:
+    assert mask_secrets("at postgresql://sweeps:pw@db:5432/optuna now") == (
+        "at postgresql://sweeps:***@db:5432/optuna now"
+    )
+
+
+def _logger_with_stream(name: str) -> tuple[logging.Logger, io.StringIO]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger(name)
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger, stream
+
+
+def test_filter_masks_args_and_tracebacks() -> None:
+    logger, stream = _logger_with_stream("sweeps.test.secrets")
+    install_secrets_filter(logger)
+    install_secrets_filter(logger)  # idempotent: one filter per handler
+    assert sum(isinstance(f, SecretsFilter) for f in logger.handlers[0].filters) == 1
+
+    logger.info("storage %s", "postgresql://u:topsecret@h/db")
+    try:
+        raise RuntimeError("cannot reach postgresql://u:topsecret@h/db")
+    except RuntimeError:
+        logger.exception("failed")
+    out = stream.getvalue()
+    assert "topsecret" not in out
+    assert "postgresql://u:***@h/db" in out
+    assert "RuntimeError" in out
