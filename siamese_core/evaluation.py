@@ -52,6 +52,7 @@ class Evaluator:
         self.eval_set = eval_set
         self.loss = loss
         self.batch_size = batch_size
+        self.last_arrays: dict[str, np.ndarray] = {}  # raw arrays behind the last evaluation (for plots)
 
     def _embed_sides(self, models: SiameseModels, tuples: Tuples) -> list[np.ndarray]:
         """Embeddings for every position of `tuples` ([n, D] each), embedding each unique sample once."""
@@ -93,9 +94,11 @@ class Evaluator:
         result["score_std"] = float(np.std(scores)) if np.isfinite(scores).all() else float("nan")
         result.update(metrics.embedding_norms(np.concatenate([ea, eb])))
         result.update(metrics.distance_gap(dist, y))
+        self.last_arrays = {"distances": dist, "scores": scores, "labels": y}
         if self.eval_set.retrieval_idx is not None and isinstance(self.eval_set.split, LabeledSplit):
             idx = self.eval_set.retrieval_idx
             emb = models.embed(materialize(self.eval_set.split.x, idx))
+            self.last_arrays.update(embeddings=emb, embedding_labels=self.eval_set.split.y[idx])
             if np.isfinite(emb).all():
                 dm = np.asarray(distances.get(models.distance).pairwise(emb, emb))
                 result.update(metrics.retrieval(dm, self.eval_set.split.y[idx], k=RECALL_K))

@@ -1,0 +1,154 @@
+"""Files logged with each trial and each study: plots, resolved config, findings, trials table.
+
+Matplotlib with the Agg backend (no display); every plot is best-effort —
+a plot that cannot be drawn is skipped with a warning, never fails a trial.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+log = logging.getLogger(__name__)
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _safe(what: str, fn: Any, *args: Any) -> Path | None:
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - plots are best-effort
+        log.warning("could not write %s: %s: %s", what, type(exc).__name__, exc)
+        return None
+
+
+def plot_curves(history: list[dict[str, float]], path: Path) -> Path:
+    """Loss and validation accuracy/AUC per epoch."""
+    plt = _plt()
+    epochs = [h["epoch"] + 1 for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("loss", "val_loss"):
+        ax1.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=key)
+    ax1.set_xlabel("epoch"), ax1.set_title("loss"), ax1.legend()
+    for key in ("val_pair_accuracy", "val_roc_auc"):
+        ax2.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=key)
+    ax2.set_xlabel("epoch"), ax2.set_title("validation"), ax2.set_ylim(0, 1.02), ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_distance_histogram(distances: np.ndarray, labels: np.ndarray, path: Path, *,
+                            threshold: float | None = None, higher_is_same: bool = False) -> Path:
+    """Test-pair distances of same vs different pairs (well separated = good)."""
+    plt = _plt()
+    d, y = np.asarray(distances).reshape(-1), np.asarray(labels).reshape(-1).astype(bool)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(np.nanmin(d), np.nanmax(d) + 1e-9, 50)
+    ax.hist(d[y], bins=bins, alpha=0.6, label="same class (1)")
+    ax.hist(d[~y], bins=bins, alpha=0.6, label="different class (0)")
+    if threshold is not None and not higher_is_same:
+        ax.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:.3g}")
+    ax.set_xlabel("embedding distance (test pairs)"), ax.set_ylabel("pairs"), ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_embeddings(embeddings: np.ndarray, labels: np.ndarray, path: Path) -> Path:
+    """2-D PCA projection of test embeddings coloured by class."""
+    from sklearn.decomposition import PCA
+
+    plt = _plt()
+    emb = np.asarray(embeddings, dtype=np.float64)
+    xy = PCA(n_components=2).fit_transform(emb) if emb.shape[1] > 2 else emb
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=np.asarray(labels), cmap="tab10", s=6, alpha=0.7)
+    fig.colorbar(sc, ax=ax, label="class")
+    ax.set_title("test embeddings (PCA)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def write_trial_artifacts(result: Any, directory: Path, *, plots: bool = True) -> list[Path]:
+    """Resolved config, findings, summary and plots of one finished trial."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = []
+    cfg = directory / "config.yaml"
+    cfg.write_text(yaml.safe_dump(result.config.to_dict(), sort_keys=False))
+    files.append(cfg)
+    findings = directory / "diagnostics.json"
+    findings.write_text(json.dumps({"findings": [f.to_dict() for f in result.findings]}, indent=2))
+    files.append(findings)
+    if not plots:
+        return files
+    arrays = result.test_arrays or {}
+    produced = [
+        _safe("curves", plot_curves, result.history, directory / "curves.png") if result.history else None,
+        _safe("distance histogram", lambda: plot_distance_histogram(
+            arrays["distances"], arrays["labels"], directory / "distance_histogram.png",
+            threshold=result.threshold, higher_is_same=result.models.higher_is_same)) if "distances" in arrays else None,
+        _safe("embedding projection", plot_embeddings, arrays["embeddings"], arrays["embedding_labels"],
+              directory / "embeddings_pca.png") if "embeddings" in arrays else None,
+    ]
+    return files + [p for p in produced if p is not None]
+
+
+def write_study_artifacts(study: Any, directory: Path, *, plots: bool = True) -> list[Path]:
+    """The trials table and Optuna's plots for the parent run."""
+    import optuna
+
+    directory.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    table = directory / "trials.csv"
+    study.trials_dataframe(attrs=("number", "value", "values", "state", "params", "user_attrs", "duration")
+                           if study._is_multi_objective() else
+                           ("number", "value", "state", "params", "user_attrs", "duration")).to_csv(table, index=False)
+    files.append(table)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not plots or not complete:
+        return files
+    from optuna.visualization import matplotlib as ovm
+
+    plt = _plt()
+    targets = [None] if not study._is_multi_objective() else [lambda t: t.values[0]]
+    plotters = {
+        "optimization_history": lambda: ovm.plot_optimization_history(study, target=targets[0]),
+        "param_importances": lambda: ovm.plot_param_importances(study, target=targets[0]),
+        "parallel_coordinate": lambda: ovm.plot_parallel_coordinate(study, target=targets[0]),
+        "intermediate_values": lambda: ovm.plot_intermediate_values(study),
+    }
+    if study._is_multi_objective():
+        plotters["pareto_front"] = lambda: ovm.plot_pareto_front(study)
+    for name, make in plotters.items():
+        def draw(name: str = name, make: Any = make) -> Path:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = make()
+            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            path = directory / f"{name}.png"
+            fig.savefig(path, dpi=90, bbox_inches="tight")
+            plt.close(fig)
+            return path
+        if name == "param_importances" and (len(complete) < 2 or not study.best_trials[0].params):
+            continue
+        path = _safe(name, draw)
+        if path is not None:
+            files.append(path)
+    return files

@@ -1,0 +1,124 @@
+"""``run``, ``worker`` and ``status``: Optuna studies tracked in MLflow."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..cli import EXIT_ERROR, EXIT_OK, add_set_option, print_json
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", help="Optuna storage URL (default: the spec's, else sqlite:///optuna.db)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db)")
+    p.add_argument("--study", help="study name (default: the spec's study.name)")
+    p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    add_set_option(p, what="spec")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the final study status as JSON on stdout")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser("run", help="run (or resume) a sweep", description=(
+        "Create or resume a study and run it to its trial budget. Running the same command again resumes it."))
+    r.add_argument("spec", nargs="?", help="sweep spec YAML (default: the built-in quickstart)")
+    r.add_argument("--trials", type=int, help="global trial budget (COMPLETE + PRUNED), across workers and restarts")
+    r.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    _common(r)
+    r.set_defaults(handler=cmd_run)
+
+    w = sub.add_parser("worker", help="join a running study from another shell or machine")
+    w.add_argument("spec", nargs="?", help="sweep spec YAML (the same one the study was started with)")
+    w.add_argument("--threads", type=int, help="TensorFlow threads for this worker (default: all cores)")
+    w.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    w.add_argument("--no-finalize", action="store_true", help=argparse.SUPPRESS)
+    _common(w)
+    w.set_defaults(handler=cmd_worker)
+
+    s = sub.add_parser("status", help="trials by state, best trial, prune/fail reasons")
+    s.add_argument("spec", nargs="?", help="sweep spec YAML (for its storage and study name)")
+    s.add_argument("--storage", help="Optuna storage URL")
+    s.add_argument("--study", help="study name")
+    add_set_option(s, what="spec")
+    s.add_argument("--json", action="store_true", help="print the status as JSON")
+    s.set_defaults(handler=cmd_status)
+
+
+def _spec(args: argparse.Namespace):
+    from siamese_core.config import parse_set_options
+
+    from ..spec import load_spec
+    from ..specs import resolve_spec_path
+
+    return load_spec(resolve_spec_path(args.spec), parse_set_options(args.overrides))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..runner import options_from, run_sweep
+
+    spec = _spec(args)
+    if args.workers < 1:
+        from siamese_core.errors import ConfigError
+
+        raise ConfigError("--workers", f"expected >= 1; received: {args.workers}")
+    if args.trials is not None and args.trials < 1:
+        from siamese_core.errors import ConfigError
+
+        raise ConfigError("--trials", f"expected >= 1; received: {args.trials}")
+    options = options_from(spec, trials=args.trials, timeout=args.timeout, workers=args.workers,
+                           storage=args.storage, tracking_uri=args.tracking_uri, study_name=args.study,
+                           progress=not args.quiet)
+    result = run_sweep(spec, options)
+    _report(result.status, args.json)
+    return EXIT_OK if result.budget_met or args.timeout else EXIT_ERROR
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from ..runner import join_sweep, options_from
+
+    spec = _spec(args)
+    options = options_from(spec, timeout=args.timeout, storage=args.storage, tracking_uri=args.tracking_uri,
+                           study_name=args.study, progress=False)
+    options.threads, options.worker_index, options.finalize = args.threads, args.worker_index, not args.no_finalize
+    result = join_sweep(spec, options)
+    if args.json:
+        print_json(result.status)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import optuna
+
+    from ..storage import make_storage
+    from ..study import study_status
+
+    if args.spec or args.overrides or not (args.storage and args.study):
+        spec = _spec(args)
+        storage, study = args.storage or spec.study.storage, args.study or spec.study.name
+    else:
+        storage, study = args.storage, args.study
+    try:
+        st = optuna.load_study(study_name=study, storage=make_storage(storage))
+    except KeyError:
+        from siamese_core.errors import ConfigError
+
+        raise ConfigError("--study", f"no study named {study!r} in this storage") from None
+    _report(study_status(st), args.json)
+    return EXIT_OK
+
+
+def _report(status: dict, as_json: bool) -> None:
+    if as_json:
+        print_json(status)
+        return
+    counts = status["counts"]
+    print(f"study {status['study']}: " + ", ".join(f"{k.lower()} {v}" for k, v in counts.items() if v)
+          + (f" (budget {status['budget']})" if status.get("budget") else ""))
+    best = status.get("best")
+    if best:
+        print(f"best trial #{best['number']}: value={best['value']:.4f}  run={best['run_id']}")
+        for k, v in best["params"].items():
+            print(f"    {k} = {v}")
+    for b in status.get("best_trials", []):
+        print(f"pareto trial #{b['number']}: values={b['values']} run={b['run_id']}")
+    for number, info in sorted(status.get("reasons", {}).items()):
+        print(f"trial #{number}: {info['state'].lower()} ({info['reason']})", file=sys.stdout)

@@ -1,0 +1,113 @@
+"""Run KerasTuner-style search spaces (``build(hp)`` / ``HyperModel``) under Optuna.
+
+`OptunaHyperParameters` is a real ``keras_tuner.HyperParameters`` whose every
+``hp.Int/Float/Choice/Boolean`` call becomes an Optuna suggestion, so existing
+KerasTuner code gets Optuna's samplers and pruners and MLflow tracking
+unchanged. Conditional scopes carry over: only active parameters reach Optuna.
+
+In a sweep spec, ``hypermodel: my_pkg.space:build`` names a function (or a
+``HyperModel`` class/instance) whose ``build(hp)`` returns the *encoder*
+(one input -> embedding). Hyperparameters named like train-config keys
+(``learning_rate``, ``loss.margin``, ``batch_size``) also set those fields.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import keras_tuner as kt
+import optuna
+from keras_tuner.src.engine import hyperparameters as hp_types
+
+from siamese_core.errors import ConfigError
+
+CURRENT_ENCODER = "sweeps.hypermodel:current_encoder"
+_current: dict[str, Any] = {}
+
+
+def _geometric(hp: Any, cast: Callable[[float], Any]) -> list[Any]:
+    """KerasTuner's log sampling with a step multiplies: lo, lo*step, ... <= hi."""
+    out, v = [], hp.min_value
+    while v <= hp.max_value * (1 + 1e-9):
+        out.append(cast(v))
+        v *= hp.step
+    return out
+
+
+class OptunaHyperParameters(kt.HyperParameters):
+    """KerasTuner hyperparameters answered by an Optuna trial."""
+
+    def __init__(self, trial: optuna.Trial, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.trial = trial
+
+    def _retrieve(self, hp: Any) -> Any:
+        value = super()._retrieve(hp)  # registers hp; None when its condition is inactive
+        if value is None and not self.is_active(hp):
+            return None
+        name, trial = hp.name, self.trial
+        if name in trial.params:
+            v = trial.params[name]
+        elif isinstance(hp, hp_types.Fixed):
+            v = hp.value
+        elif isinstance(hp, hp_types.Boolean):
+            v = trial.suggest_categorical(name, [False, True])
+        elif isinstance(hp, hp_types.Choice):
+            v = trial.suggest_categorical(name, list(hp.values))
+        elif isinstance(hp, hp_types.Int):
+            if hp.sampling != "linear" and hp.step not in (None, 1):
+                v = trial.suggest_categorical(name, _geometric(hp, int))
+            elif hp.sampling != "linear":
+                v = trial.suggest_int(name, hp.min_value, hp.max_value, log=True)
+            else:
+                v = trial.suggest_int(name, hp.min_value, hp.max_value, step=hp.step or 1)
+        elif isinstance(hp, hp_types.Float):
+            if hp.sampling != "linear" and hp.step:
+                v = trial.suggest_categorical(name, _geometric(hp, float))
+            elif hp.sampling != "linear":
+                v = trial.suggest_float(name, hp.min_value, hp.max_value, log=True)
+            else:
+                v = trial.suggest_float(name, hp.min_value, hp.max_value, step=hp.step)
+        else:
+            raise TypeError(f"unsupported KerasTuner hyperparameter type {type(hp).__name__}")
+        self.values[name] = v
+        return v
+
+
+def load_hypermodel(path: str) -> Callable[[kt.HyperParameters], Any]:
+    """Resolve ``module:attr`` to a ``build(hp)`` callable (function, HyperModel class or instance)."""
+    from siamese_core.losses import import_object
+
+    obj = import_object(path, field="hypermodel")
+    if inspect.isclass(obj) and issubclass(obj, kt.HyperModel):
+        obj = obj()
+    if isinstance(obj, kt.HyperModel):
+        return obj.build
+    if callable(obj):
+        return obj
+    raise ConfigError("hypermodel", f"expected a build(hp) function or a keras_tuner.HyperModel; received: "
+                                    f"{type(obj).__name__}")
+
+
+def build_for_trial(trial: optuna.Trial, path: str, train_keys: set[str]) -> tuple[Any, dict[str, Any]]:
+    """Call ``build(hp)``; returns the encoder model and the train-config overrides found in ``hp.values``."""
+    hp = OptunaHyperParameters(trial)
+    model = load_hypermodel(path)(hp)
+    overrides = {k: v for k, v in hp.values.items() if k in train_keys}
+    return model, overrides
+
+
+def set_current_encoder(model: Any) -> None:
+    _current["model"] = model
+
+
+def current_encoder(input_shape: tuple[int, ...]) -> Any:
+    """The encoder built by ``build(hp)`` for the running trial (the train config points here)."""
+    model = _current.get("model")
+    if model is None:
+        raise ConfigError("hypermodel", "no encoder was built for this trial")
+    expected = tuple(model.input_shape[1:]) if hasattr(model, "input_shape") else None
+    if expected is not None and tuple(expected) != tuple(input_shape):
+        raise ConfigError("hypermodel", f"build(hp) returned a model for inputs {expected}; the dataset has "
+                                        f"{tuple(input_shape)}")
+    return model

@@ -1,0 +1,266 @@
+"""One Optuna trial = one `siamese_core.train` run, tracked in one MLflow child run.
+
+Outcomes and how they are recorded:
+
+=====================  ===============  ==================  ==========================
+what happened          Optuna state     MLflow run status   reason tag (optuna.reason)
+=====================  ===============  ==================  ==========================
+trained, all logged    COMPLETE         FINISHED            -
+pruner stopped it      PRUNED           FINISHED            ``pruned``
+diagnostic fatal       PRUNED           FAILED              the code (``nan_loss``...)
+invalid combination    FAIL             FAILED              ``invalid_config``
+crash / MLflow down    FAIL             FAILED              exception type
+Ctrl-C / SIGTERM       FAIL             KILLED              ``interrupted``
+=====================  ===============  ==================  ==========================
+"""
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+import numpy as np
+import optuna
+
+from siamese_core.errors import ConfigError, TrainingFailed
+
+from . import artifacts, modelio, space
+from .secrets import mask_secrets
+from .spec import TRIAL_METRICS, SweepSpec
+from .storage import retried_trial_number
+from .tracking import (RUN_FAILED, RUN_FINISHED, RUN_KILLED, TAG_REASON, TAG_RETRY_OF, TAG_STATE, Tracker,
+                       TrackingUnavailable, TrialRun)
+
+log = logging.getLogger(__name__)
+
+USER_ATTR_RUN = "mlflow_run_id"
+USER_ATTR_REASON = "reason"
+USER_ATTR_MODEL = "model_uri"
+REASON_TRACKING_DOWN_AT_START = "tracking_unavailable_at_start"
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM/SIGINT during a trial (a KeyboardInterrupt so Optuna marks the trial FAIL)."""
+
+
+class MlflowEpochLogger(keras.callbacks.Callback):
+    """One batched MLflow call per epoch, with ``step = epoch``; history keys as metric names."""
+
+    def __init__(self, run: TrialRun) -> None:
+        super().__init__()
+        self.run = run
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.run.log_metrics({k: float(v) for k, v in (logs or {}).items() if _is_number(v)}, step=epoch)
+
+    def on_finding(self, finding: Any) -> None:
+        try:
+            self.run.set_tags({f"diagnostics.{finding.code}": finding.severity})
+        except TrackingUnavailable as exc:
+            log.warning("could not tag finding %s: %s", finding.code, exc)
+
+
+class OptunaReporter(keras.callbacks.Callback):
+    """Report the objective metric each epoch and prune with a readable reason."""
+
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+        super().__init__()
+        self.trial = trial
+        self.metric = metric
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        value = (logs or {}).get(self.metric)
+        if value is None or not math.isfinite(float(value)):
+            return
+        self.trial.report(float(value), step=epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch + 1}: {self.metric}={float(value):.4f}")
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def measure_latency_ms(result: Any, *, batch: int = 64, repeats: int = 3) -> float:
+    """Median milliseconds to score one pair, measured on a batch of test-shaped inputs."""
+    model = result.model
+    inputs = [np.zeros((batch, *inp.shape[1:]), dtype=inp.dtype) for inp in model.inputs]
+    model(inputs, training=False)  # warm-up / trace
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        model(inputs, training=False)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) / batch * 1000.0)
+
+
+def objective_values(spec: SweepSpec, result: Any, extra: dict[str, float]) -> list[float]:
+    last = result.history[-1] if result.history else {}
+    values = []
+    for metric in spec.study.objective_metrics:
+        if metric in TRIAL_METRICS:
+            values.append(float(extra[metric]))
+        else:
+            values.append(float(last.get(metric, float("nan"))))
+    return values
+
+
+@dataclass
+class TrialContext:
+    """What every trial of one worker shares."""
+
+    spec: SweepSpec
+    tracker: Tracker
+    experiment_id: str
+    parent_run_id: str
+    study_name: str
+    load_data: Callable[[Any], Any]
+    checkpoint_root: Path | None = None
+    extra_callbacks: list[Any] = field(default_factory=list)
+
+
+class Objective:
+    """Callable for ``study.optimize``: runs, tracks and scores one trial."""
+
+    def __init__(self, ctx: TrialContext) -> None:
+        self.ctx = ctx
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        ctx = self.ctx
+        frozen = trial.study._storage.get_trial(trial._trial_id)
+        retry_of = retried_trial_number(frozen)
+        overrides = space.sample_overrides(trial, ctx.spec)
+        if ctx.spec.hypermodel:
+            overrides.update(self._hypermodel_overrides(trial))
+        tags: dict[str, Any] = {}
+        if retry_of is not None:
+            tags[TAG_RETRY_OF] = retry_of
+        try:
+            run = ctx.tracker.start_trial_run(ctx.experiment_id, ctx.parent_run_id, study_name=ctx.study_name,
+                                              trial_number=trial.number, tags=tags)
+        except TrackingUnavailable:
+            trial.set_user_attr(USER_ATTR_REASON, REASON_TRACKING_DOWN_AT_START)
+            raise
+        trial.set_user_attr(USER_ATTR_RUN, run.run_id)  # overwrites the attr a retry copies from its original
+        try:
+            return self._run(trial, run, overrides)
+        except optuna.TrialPruned:
+            raise
+        except BaseException as exc:
+            self._record_failure(trial, run, exc)
+            raise
+
+    def _hypermodel_overrides(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Build the KerasTuner-style encoder for this trial; train-config hyperparameters become overrides."""
+        from . import hypermodel
+
+        train_keys = set(self.ctx.spec.base.flat())
+        model, overrides = hypermodel.build_for_trial(trial, self.ctx.spec.hypermodel or "", train_keys)
+        hypermodel.set_current_encoder(model)
+        return {**overrides, "encoder.type": hypermodel.CURRENT_ENCODER}
+
+    # ------------------------------------------------------------------
+    def _run(self, trial: optuna.Trial, run: TrialRun, overrides: dict[str, Any]) -> float | list[float]:
+        ctx = self.ctx
+        from siamese_core.training import train
+
+        try:
+            config = space.trial_config(ctx.spec, overrides)
+        except ConfigError as exc:
+            raise InvalidTrialConfig(str(exc)) from None
+        data = ctx.load_data(config)
+        params = dict(config.flat())
+        params["dataset.fingerprint"] = data.info.fingerprint
+        params["dataset.source"] = data.info.source
+        run.log_params(params)
+        run.set_tags({"sampled_params": ",".join(sorted(trial.params))})
+        hp_only = {f"hp.{k}": v for k, v in trial.params.items() if k not in params}
+        if hp_only:
+            run.log_params({**hp_only, "hypermodel": ctx.spec.hypermodel})
+
+        callbacks: list[Any] = [MlflowEpochLogger(run)]
+        if not ctx.spec.study.multi_objective:
+            callbacks.append(OptunaReporter(trial, ctx.spec.study.objective_metrics[0]))
+        callbacks += ctx.extra_callbacks
+        try:
+            result = train(config, callbacks=callbacks, data=data)
+        except optuna.TrialPruned as exc:
+            self._end(trial, run, "PRUNED", RUN_FINISHED, reason="pruned", detail=str(exc))
+            raise
+        except TrainingFailed as exc:
+            self._end(trial, run, "PRUNED", RUN_FAILED, reason=exc.code, detail=str(exc))
+            raise optuna.TrialPruned(str(exc)) from None
+
+        extra = {"params": float(result.models.training.count_params()), "train_seconds": float(result.seconds),
+                 "latency_ms": measure_latency_ms(result)}
+        values = objective_values(ctx.spec, result, extra)
+        if not all(math.isfinite(v) for v in values):
+            self._end(trial, run, "PRUNED", RUN_FAILED, reason="nan_metric",
+                      detail=f"objective {list(ctx.spec.study.objective_metrics)} = {values}")
+            raise optuna.TrialPruned(f"objective is not finite: {values}")
+
+        final = {f"test_{k}": v for k, v in result.test.items()}
+        final.update({"threshold": result.threshold, **extra})
+        run.log_metrics(final, step=len(result.history))
+        with tempfile.TemporaryDirectory(prefix="siamese-trial-") as tmp:
+            artifacts.write_trial_artifacts(result, Path(tmp), plots=ctx.spec.tracking.log_plots)
+            run.log_artifacts(tmp)
+        if ctx.spec.tracking.log_models:
+            uri = ctx.tracker.retry("log model", lambda: modelio.log_trial_model(
+                ctx.tracker.client, run_id=run.run_id, experiment_id=ctx.experiment_id, result=result,
+                step=len(result.history)))
+            trial.set_user_attr(USER_ATTR_MODEL, uri)
+        run.set_tags({f"diagnostics.{f.code}": f.severity for f in result.findings})
+        run.flush()  # raises TrackingUnavailable: then the trial is FAIL, never COMPLETE with missing data
+        for key in ("pair_accuracy", "roc_auc", "eer"):
+            trial.set_user_attr(f"test_{key}", float(result.test[key]))
+        trial.set_user_attr("threshold", float(result.threshold))
+        trial.set_user_attr("dataset_fingerprint", result.data_info.fingerprint)
+        self._end(trial, run, "COMPLETE", RUN_FINISHED)
+        return values[0] if len(values) == 1 else values
+
+    def _end(self, trial: optuna.Trial, run: TrialRun, state: str, status: str, *, reason: str | None = None,
+             detail: str | None = None) -> None:
+        tags = {TAG_STATE: state}
+        if reason:
+            tags[TAG_REASON] = reason
+            trial.set_user_attr(USER_ATTR_REASON, reason)
+        if detail:
+            tags["optuna.reason_detail"] = mask_secrets(detail)[:1000]
+        try:
+            run.set_tags(tags)
+        finally:
+            run.end(status)
+
+    def _record_failure(self, trial: optuna.Trial, run: TrialRun, exc: BaseException) -> None:
+        if run.closed:
+            return
+        if isinstance(exc, KeyboardInterrupt):
+            reason, status = "interrupted", RUN_KILLED
+        elif isinstance(exc, InvalidTrialConfig):
+            reason, status = "invalid_config", RUN_FAILED
+        elif isinstance(exc, TrackingUnavailable):
+            reason, status = "tracking_unavailable", RUN_FAILED
+        else:
+            reason, status = type(exc).__name__, RUN_FAILED
+        try:
+            trial.set_user_attr(USER_ATTR_REASON, reason)
+        except Exception:  # noqa: BLE001 - storage trouble must not hide the original error
+            log.warning("could not record the failure reason in Optuna")
+        try:
+            self._end(trial, run, "FAIL", status, reason=reason, detail=f"{type(exc).__name__}: {exc}")
+        except Exception as end_exc:  # noqa: BLE001
+            log.warning("could not end MLflow run %s as %s: %s", run.run_id, status, end_exc)
+
+
+class InvalidTrialConfig(ValueError):
+    """The sampled combination of parameters is not a valid train config."""

@@ -1,0 +1,257 @@
+"""`run_sweep`: the main job. Validates everything up front, then runs workers.
+
+``workers=1`` runs trials in this process; ``workers=N`` starts N worker
+*processes* (Keras is not thread-safe, and processes sidestep the GIL) that
+share the storage, each with ``cores // N`` TensorFlow threads.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from . import artifacts, space
+from .secrets import mask_url
+from .spec import SweepSpec
+from .study import ATTR_BUDGET, OpenedStudy, count_states, ensure_parent_run, open_study, study_status
+from .tracking import RUN_FAILED, RUN_FINISHED, RUN_KILLED, RUN_RUNNING, Tracker
+from .worker import DataCache, SweepFatal, WorkerReport, run_worker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepOptions:
+    study_name: str
+    storage: str
+    tracking_uri: str
+    trials: int
+    timeout: float | None = None
+    workers: int = 1
+    progress: bool = True
+    finalize: bool = True
+    threads: int | None = None       # TensorFlow intra-op threads in this process
+    worker_index: int = 0
+
+
+@dataclass
+class SweepResult:
+    status: dict[str, Any]
+    parent_run_id: str
+    experiment_id: str
+    budget_met: bool
+    workers: list[WorkerReport] = field(default_factory=list)
+
+
+def options_from(spec: SweepSpec, *, trials: int | None = None, timeout: float | None = None, workers: int = 1,
+                 storage: str | None = None, tracking_uri: str | None = None, study_name: str | None = None,
+                 progress: bool = True) -> SweepOptions:
+    return SweepOptions(study_name=study_name or spec.study.name, storage=storage or spec.study.storage,
+                        tracking_uri=tracking_uri or spec.tracking.uri, trials=trials or spec.study.trials,
+                        timeout=timeout if timeout is not None else spec.study.timeout, workers=workers,
+                        progress=progress)
+
+
+def preflight(spec: SweepSpec) -> None:
+    """Everything that can be wrong with the input, checked before any study or run exists."""
+    space.check_space(spec)
+    DataCache()(spec.base)  # DataError now, not in trial 0
+    if spec.hypermodel:
+        from .hypermodel import load_hypermodel
+
+        load_hypermodel(spec.hypermodel)
+
+
+# ----------------------------------------------------------------- parent run
+def parent_best_updater(tracker: Tracker, parent_run_id: str) -> Any:
+    """After each trial: best value so far (metric, step = trial number) and best params (tags) on the parent."""
+    from mlflow.entities import Metric, RunTag
+
+    def update(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state != optuna.trial.TrialState.COMPLETE:
+            return
+        try:
+            if len(study.directions) == 1:
+                best = study.best_trial
+                now = int(time.time() * 1000)
+                tags = {"best.trial_number": str(best.number), "best.value": f"{best.value:.6g}",
+                        "best.run_id": str(best.user_attrs.get("mlflow_run_id", ""))}
+                tags.update({f"best.{k}": str(v) for k, v in best.params.items()})
+                tracker.client.log_batch(parent_run_id, metrics=[Metric("best_value", float(best.value), now,
+                                                                        trial.number)],
+                                         tags=[RunTag(k, v) for k, v in tags.items()])
+            else:
+                tracker.client.log_batch(parent_run_id, tags=[RunTag("pareto.trial_numbers", ",".join(
+                    str(t.number) for t in study.best_trials))])
+        except Exception as exc:  # noqa: BLE001 - the parent summary is refreshed at the end anyway
+            log.warning("could not update the parent run: %s", exc)
+    return update
+
+
+def finalize_parent(study: optuna.Study, tracker: Tracker, parent_run_id: str, *, status: str,
+                    plots: bool = True) -> None:
+    """Trials table, Optuna plots and the final best on the parent run; then set its status."""
+    with tempfile.TemporaryDirectory(prefix="siamese-study-") as tmp:
+        artifacts.write_study_artifacts(study, Path(tmp), plots=plots)
+        tracker.retry("log study artifacts", lambda: tracker.client.log_artifacts(parent_run_id, tmp))
+    counts = count_states(study)
+    from mlflow.entities import RunTag
+
+    tags = {f"trials.{k.lower()}": str(v) for k, v in counts.as_dict().items()}
+    tracker.retry("tag parent", lambda: tracker.client.log_batch(parent_run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
+    updater = parent_best_updater(tracker, parent_run_id)
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if complete:
+        updater(study, complete[-1])
+    tracker.terminate(parent_run_id, status)
+
+
+# ----------------------------------------------------------------- progress
+class Progress:
+    """A live bar of finished trials over the budget (stderr), with the best value so far."""
+
+    def __init__(self, total: int, initial: int, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="trials", unit="trial", file=sys.stderr,
+                            dynamic_ncols=True)
+
+    def set(self, done: int, postfix: str = "") -> None:
+        if self.bar is not None:
+            self.bar.n = min(done, self.bar.total)
+            if postfix:
+                self.bar.set_postfix_str(postfix, refresh=False)
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _postfix(study: optuna.Study) -> str:
+    try:
+        if len(study.directions) == 1 and any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+            return f"best={study.best_value:.4f}"
+    except ValueError:
+        pass
+    return ""
+
+
+# ----------------------------------------------------------------- run
+def run_sweep(spec: SweepSpec, options: SweepOptions) -> SweepResult:
+    """Create or resume the study and run it to its trial budget."""
+    preflight(spec)
+    tracker = Tracker(options.tracking_uri)
+    opened = open_study(spec, storage_url=options.storage, study_name=options.study_name,
+                        seed_offset=options.worker_index)
+    study = opened.study
+    study.set_user_attr(ATTR_BUDGET, int(options.trials))
+    experiment_id, parent = ensure_parent_run(opened, tracker, spec)
+    tracker.retry("reopen parent", lambda: tracker.client.update_run(parent, status=RUN_RUNNING))
+    log.info("study %r on %s; MLflow experiment %r on %s", study.study_name, mask_url(options.storage),
+             spec.experiment_name, mask_url(options.tracking_uri))
+    progress = Progress(options.trials, count_states(study).done, options.progress)
+    status = RUN_FAILED
+    reports: list[WorkerReport] = []
+    try:
+        if options.workers <= 1:
+            updater = parent_best_updater(tracker, parent)
+
+            def on_trial(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+                updater(st, t)
+                progress.set(count_states(st).done, _postfix(st))
+
+            reports.append(run_worker(spec, opened, tracker, budget=options.trials, timeout=options.timeout,
+                                      on_trial=on_trial))
+        else:
+            reports.extend(_run_processes(spec, options, study, progress))
+        budget_met = count_states(study).done >= options.trials
+        status = RUN_FINISHED if budget_met else RUN_KILLED
+    except KeyboardInterrupt:
+        status = RUN_KILLED
+        raise
+    finally:
+        progress.close()
+        if options.finalize:
+            try:
+                finalize_parent(study, tracker, parent, status=status, plots=spec.tracking.log_plots)
+            except Exception as exc:  # noqa: BLE001 - never hide the sweep's own outcome
+                log.warning("could not finalise the parent run: %s", exc)
+    return SweepResult(study_status(study), parent, experiment_id, status == RUN_FINISHED, reports)
+
+
+def join_sweep(spec: SweepSpec, options: SweepOptions) -> SweepResult:
+    """A worker joining a study from another shell or machine (creates the study if it is the first)."""
+    if options.threads:
+        from siamese_core.runtime import configure_threads
+
+        configure_threads(options.threads, options.threads)
+    preflight(spec)
+    tracker = Tracker(options.tracking_uri)
+    opened = open_study(spec, storage_url=options.storage, study_name=options.study_name,
+                        seed_offset=options.worker_index)
+    experiment_id, parent = ensure_parent_run(opened, tracker, spec)
+    report = run_worker(spec, opened, tracker, budget=None, timeout=options.timeout,
+                        on_trial=parent_best_updater(tracker, parent))
+    if report.budget_met and options.finalize:
+        try:
+            finalize_parent(opened.study, tracker, parent, status=RUN_FINISHED, plots=spec.tracking.log_plots)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not finalise the parent run: %s", exc)
+    return SweepResult(study_status(opened.study), parent, experiment_id, report.budget_met, [report])
+
+
+def write_resolved_spec(spec: SweepSpec, path: Path) -> Path:
+    data = spec.to_dict()
+    data["search_space"] = {k: (v.model_dump(mode="json", exclude_none=True) if hasattr(v, "model_dump") else v)
+                            for k, v in spec.search_space.items()}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _run_processes(spec: SweepSpec, options: SweepOptions, study: optuna.Study, progress: Progress) -> list[WorkerReport]:
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // options.workers)
+    with tempfile.TemporaryDirectory(prefix="siamese-sweep-") as tmp:
+        spec_path = write_resolved_spec(spec, Path(tmp) / "spec.yaml")
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+        procs = []
+        for i in range(options.workers):
+            cmd = [sys.executable, "-m", "sweeps.cli", "worker", str(spec_path), "--study", options.study_name,
+                   "--storage", options.storage, "--tracking-uri", options.tracking_uri, "--threads", str(threads),
+                   "--worker-index", str(i + 1), "--no-finalize", "--quiet"]
+            if options.timeout is not None:
+                cmd += ["--timeout", str(options.timeout)]
+            procs.append(subprocess.Popen(cmd, env=env))
+        try:
+            while any(p.poll() is None for p in procs):
+                progress.set(count_states(study).done, _postfix(study))
+                time.sleep(2.0)
+        except KeyboardInterrupt:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            raise
+        progress.set(count_states(study).done, _postfix(study))
+        failed = [p.returncode for p in procs if p.returncode != 0]
+        if failed:
+            raise SweepFatal(f"{len(failed)} of {len(procs)} worker processes exited with errors {failed}; "
+                             "see their messages above")
+    return [WorkerReport() for _ in procs]

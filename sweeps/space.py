@@ -1,0 +1,124 @@
+"""Search space -> Optuna suggestions -> train-config overrides.
+
+Parameter names are the dotted train-config keys themselves (``loss.margin``),
+so Optuna's params, MLflow's params and the config all use one vocabulary.
+A parameter with a ``when`` condition is only suggested when the condition
+holds (e.g. ``loss.margin`` only for margin losses).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import optuna
+
+from siamese_core.config import TrainConfig, flatten
+from siamese_core.errors import ConfigError
+
+from .spec import Distribution, SweepSpec
+
+
+def _condition_holds(when: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
+    for key, expected in when.items():
+        allowed = expected if isinstance(expected, (list, tuple)) else [expected]
+        if values.get(key) not in allowed:
+            return False
+    return True
+
+
+def _ordered(space: Mapping[str, Distribution]) -> list[str]:
+    """Unconditional parameters first, then those whose conditions are resolved (stable order)."""
+    done: list[str] = []
+    pending = list(space)
+    while pending:
+        progressed = False
+        for key in list(pending):
+            deps = set((space[key].when or {}).keys()) & set(space)
+            if deps <= set(done):
+                done.append(key)
+                pending.remove(key)
+                progressed = True
+        if not progressed:
+            raise ConfigError(f"search_space.{pending[0]}.when", "circular conditions between parameters")
+    return done
+
+
+def suggest(trial: optuna.Trial, name: str, dist: Distribution) -> Any:
+    if dist.type == "categorical":
+        return trial.suggest_categorical(name, list(dist.choices or ()))
+    if dist.type == "int":
+        return trial.suggest_int(name, int(dist.low), int(dist.high), step=int(dist.step or 1), log=dist.log)
+    return trial.suggest_float(name, float(dist.low), float(dist.high), step=dist.step, log=dist.log)
+
+
+def sample_overrides(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
+    """Fixed values plus one suggestion per (active) parameter, as dotted overrides."""
+    base_flat = spec.base.flat()
+    overrides: dict[str, Any] = dict(spec.fixed())
+    space = spec.distributions()
+    for key in _ordered(space):
+        dist = space[key]
+        if dist.when and not _condition_holds(dist.when, {**base_flat, **overrides}):
+            continue
+        overrides[key] = suggest(trial, key, dist)
+    return overrides
+
+
+def optuna_distributions(spec: SweepSpec) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The space as Optuna distributions (for the grid sampler and for docs)."""
+    out: dict[str, optuna.distributions.BaseDistribution] = {}
+    for key, d in spec.distributions().items():
+        if d.type == "categorical":
+            out[key] = optuna.distributions.CategoricalDistribution(list(d.choices or ()))
+        elif d.type == "int":
+            out[key] = optuna.distributions.IntDistribution(int(d.low), int(d.high), step=int(d.step or 1), log=d.log)
+        else:
+            out[key] = optuna.distributions.FloatDistribution(float(d.low), float(d.high), step=d.step, log=d.log)
+    return out
+
+
+def grid_values(spec: SweepSpec) -> dict[str, list[Any]]:
+    """Every value of every parameter, for ``GridSampler``."""
+    import numpy as np
+
+    grid: dict[str, list[Any]] = {}
+    for key, d in spec.distributions().items():
+        if d.type == "categorical":
+            grid[key] = list(d.choices or ())
+        else:
+            values = np.arange(d.low, d.high + d.step / 2, d.step)
+            grid[key] = [int(v) for v in values] if d.type == "int" else [float(v) for v in values]
+    return grid
+
+
+def check_space(spec: SweepSpec) -> None:
+    """Fail before the study starts if any single choice or bound makes the base config invalid.
+
+    Combinations can still conflict (e.g. cosine distance with margin 3); such
+    a trial fails with reason ``invalid_config`` and the sweep goes on.
+    """
+    base = spec.base
+    try:
+        fixed_config = base.with_overrides(spec.fixed()) if spec.fixed() else base
+    except ConfigError as exc:
+        raise ConfigError(f"search_space.{exc.field}", exc.detail) from None
+    for key, d in spec.distributions().items():
+        values = list(d.choices or ()) if d.type == "categorical" else [d.low, d.high]
+        if d.type == "int":
+            values = [int(v) for v in values]
+        for value in values:
+            try:
+                fixed_config.with_overrides({key: value})
+            except ConfigError as exc:
+                if exc.field != key and d.when:
+                    continue  # only valid together with its condition; checked per trial
+                if exc.field == key or exc.field.startswith(key + "."):
+                    raise ConfigError(f"search_space.{key}", f"value {value!r} is invalid for the train config: "
+                                                             f"{exc.detail}") from None
+
+
+def trial_config(spec: SweepSpec, overrides: Mapping[str, Any]) -> TrainConfig:
+    return spec.base.with_overrides(overrides)
+
+
+def flat_params(config: TrainConfig) -> dict[str, Any]:
+    return flatten(config.to_dict())

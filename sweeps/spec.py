@@ -1,0 +1,332 @@
+"""`SweepSpec`: a validated sweep file.
+
+A spec has four parts::
+
+    base:          # a train config (inline mapping, or a path to a YAML file)
+    search_space:  # dotted train-config key -> distribution, or a fixed value
+    study:         # name, direction(s), metric(s), sampler, pruner, trials, storage
+    tracking:      # MLflow URI, experiment name, what to log
+
+Every error is a `ConfigError` naming the dotted field (``study.sampler.type``,
+``search_space.loss.margin.low``), raised before any trial starts.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from siamese_core.config import TrainConfig, config_error_from, flatten, read_yaml_mapping, set_dotted
+from siamese_core.errors import ConfigError
+
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+# Objectives that are not in the per-epoch history but measured per trial.
+TRIAL_METRICS = {"params": "minimize", "latency_ms": "minimize", "train_seconds": "minimize"}
+IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Distribution(_Section):
+    """One search dimension: ``float``/``int`` in ``[low, high]`` (optionally log/step), or ``categorical``."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] | None = None
+    when: dict[str, Any] | None = None  # condition: {other_key: value or [values]}
+
+    @model_validator(mode="after")
+    def _check(self) -> "Distribution":
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("choices: a categorical parameter needs a non-empty list of choices")
+            if self.low is not None or self.high is not None:
+                raise ValueError("low: categorical parameters take 'choices', not low/high")
+            for c in self.choices:
+                if not (c is None or isinstance(c, (bool, int, float, str))):
+                    raise ValueError(f"choices: expected scalars (str, int, float, bool, null); received: {c!r}")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"choices: only for categorical parameters; received type={self.type!r}")
+        if self.low is None or self.high is None:
+            raise ValueError(f"low: a {self.type} parameter needs both low and high")
+        if not self.low < self.high:
+            raise ValueError(f"high: expected low < high; received: low={self.low}, high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"low: a log-scaled range needs low > 0; received: low={self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("step: cannot combine step with log=true")
+        if self.step is not None and self.step <= 0:
+            raise ValueError(f"step: expected step > 0; received: {self.step}")
+        if self.type == "int":
+            for name in ("low", "high"):
+                value = getattr(self, name)
+                if float(value) != int(value):
+                    raise ValueError(f"{name}: an int parameter needs integer bounds; received: {value}")
+        if abs(self.low) > 1e12 or abs(self.high) > 1e12:
+            raise ValueError(f"high: bounds beyond ±1e12 are not meaningful; received: [{self.low}, {self.high}]")
+        return self
+
+
+class SamplerSpec(_Section):
+    type: Literal["tpe", "random", "grid", "cmaes", "gp", "nsga2"] = "tpe"
+    seed: int | None = 0
+    n_startup_trials: int = Field(5, ge=0, le=10_000)
+    multivariate: bool = True
+
+
+class PrunerSpec(_Section):
+    type: Literal["median", "successive_halving", "hyperband", "none"] = "median"
+    n_startup_trials: int = Field(3, ge=0, le=10_000)
+    n_warmup_steps: int = Field(1, ge=0, le=10_000)
+    reduction_factor: int = Field(3, ge=2, le=100)
+    min_resource: int = Field(1, ge=1, le=10_000)
+
+
+class StudySpec(_Section):
+    name: str = Field("siamese-sweep", min_length=1, max_length=200)
+    direction: Literal["maximize", "minimize"] | None = None
+    directions: tuple[Literal["maximize", "minimize"], ...] | None = None
+    metric: str = "val_roc_auc"
+    metrics: tuple[str, ...] | None = None
+    sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
+    trials: int = Field(10, ge=1, le=100_000)
+    timeout: float | None = Field(None, gt=0)
+    storage: str = DEFAULT_STORAGE
+    max_failures: int = Field(5, ge=1, le=10_000)
+    heartbeat_interval: int = Field(10, ge=1, le=3600)
+    grace_period: int = Field(30, ge=2, le=86_400)
+    max_retries: int = Field(2, ge=0, le=100)
+    checkpoint_dir: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[\w.\- ]+", v):
+            raise ValueError(f"expected letters, digits, '_', '-', '.', ' '; received: {v!r}")
+        return v
+
+    @field_validator("sampler", "pruner", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"type": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _check(self) -> "StudySpec":
+        if self.metrics is not None and len(self.metrics) == 0:
+            raise ValueError("study.metrics: expected at least one metric")
+        n = len(self.objective_metrics)
+        if self.directions is not None and len(self.directions) != n:
+            raise ValueError(f"study.directions: expected {n} direction(s), one per metric; "
+                             f"received: {list(self.directions)}")
+        if n > 1 and self.sampler.type in ("cmaes", "gp"):
+            raise ValueError(f"study.sampler.type: {self.sampler.type!r} supports one objective; use 'nsga2', "
+                             f"'tpe' or 'random' for {n} objectives")
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(f"study.grace_period: expected more than heartbeat_interval ({self.heartbeat_interval}s); "
+                             f"received: {self.grace_period}")
+        return self
+
+    @property
+    def objective_metrics(self) -> tuple[str, ...]:
+        return tuple(self.metrics) if self.metrics else (self.metric,)
+
+    @property
+    def objective_directions(self) -> tuple[str, ...]:
+        if self.directions:
+            return tuple(self.directions)
+        if self.direction and len(self.objective_metrics) == 1:
+            return (self.direction,)
+        return tuple(default_direction(m) for m in self.objective_metrics)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objective_metrics) > 1
+
+
+class TrackingSpec(_Section):
+    uri: str = DEFAULT_TRACKING_URI
+    experiment: str | None = None
+    log_models: bool = True
+    log_plots: bool = True
+    registered_model: str | None = None
+
+
+class SweepSpec(_Section):
+    base: TrainConfig = TrainConfig()
+    search_space: dict[str, Distribution | Any] = Field(default_factory=dict)
+    hypermodel: str | None = None
+    study: StudySpec = StudySpec()
+    tracking: TrackingSpec = TrackingSpec()
+
+    @field_validator("hypermodel")
+    @classmethod
+    def _hypermodel(cls, v: str | None) -> str | None:
+        if v is not None and not IMPORT_PATH.match(v):
+            raise ValueError(f"expected an import path 'package.module:build'; received: {v!r}")
+        return v
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or f"siamese-sweep/{self.study.name}"
+
+    def distributions(self) -> dict[str, Distribution]:
+        return {k: v for k, v in self.search_space.items() if isinstance(v, Distribution)}
+
+    def fixed(self) -> dict[str, Any]:
+        return {k: v for k, v in self.search_space.items() if not isinstance(v, Distribution)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=False)
+
+
+def default_direction(metric: str) -> str:
+    if metric in TRIAL_METRICS:
+        return TRIAL_METRICS[metric]
+    lower = ("loss", "eer", "pos_distance", "seconds")
+    return "minimize" if any(k in metric for k in lower) else "maximize"
+
+
+# ------------------------------------------------------------------- loading
+_TRAIN_KEYS = set(flatten(TrainConfig().to_dict()))
+_SECTION_KEYS = {k.split(".")[0] for k in _TRAIN_KEYS}
+
+
+def _validate_space_key(key: str, value: Any) -> None:
+    """Search-space keys must be train-config leaves (``encoder.depth``), or whole shorthand sections."""
+    if key in _TRAIN_KEYS or key == "dataset":
+        return
+    head = key.split(".")[0]
+    if head not in _SECTION_KEYS:
+        raise ConfigError(f"search_space.{key}", f"unknown train-config key; expected one of "
+                                                  f"{sorted(_SECTION_KEYS)} or a dotted leaf like encoder.depth")
+    raise ConfigError(f"search_space.{key}", f"unknown train-config key {key!r}; "
+                                             f"keys under {head!r}: {sorted(k for k in _TRAIN_KEYS if k.startswith(head + '.'))}")
+
+
+def _parse_space(raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError("search_space", f"expected a mapping of train-config keys to distributions; "
+                                          f"received: {type(raw).__name__}")
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        # nested form {encoder: {depth: {...}}} is accepted too
+        if isinstance(value, Mapping) and "type" not in value and str(key) in _SECTION_KEYS:
+            flat.update(_nested(value, f"{key}."))
+        else:
+            flat[str(key)] = value
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        _validate_space_key(key, value)
+        if isinstance(value, Mapping):
+            try:
+                out[key] = Distribution.model_validate(dict(value))
+            except ValidationError as exc:
+                raise config_error_from(exc, Distribution, prefix=f"search_space.{key}") from None
+        else:
+            out[key] = value
+    return out
+
+
+def _nested(mapping: Mapping[str, Any], prefix: str) -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = []
+    for k, v in mapping.items():
+        if isinstance(v, Mapping) and "type" not in v:
+            items.extend(_nested(v, f"{prefix}{k}."))
+        else:
+            items.append((f"{prefix}{k}", v))
+    return items
+
+
+def _check_conditions(space: dict[str, Any]) -> None:
+    for key, dist in space.items():
+        if isinstance(dist, Distribution) and dist.when:
+            for other in dist.when:
+                if other not in space and other not in _TRAIN_KEYS:
+                    raise ConfigError(f"search_space.{key}.when", f"condition refers to unknown key {other!r}")
+                if other == key:
+                    raise ConfigError(f"search_space.{key}.when", "a parameter cannot depend on itself")
+
+
+def spec_from_dict(data: Mapping[str, Any], *, base_dir: Path | None = None) -> SweepSpec:
+    """Validate a spec mapping (already with ``--set`` overrides applied)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("", f"expected a mapping with base/search_space/study/tracking; received: {type(data).__name__}")
+    data = dict(data)
+    unknown = set(data) - {"base", "search_space", "hypermodel", "study", "tracking"}
+    if unknown:
+        raise ConfigError(sorted(unknown)[0], "unknown key; allowed keys: base, hypermodel, search_space, study, tracking")
+    base = data.get("base") or {}
+    if isinstance(base, (str, Path)):
+        path = Path(base)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        base = read_yaml_mapping(path, what="base config")
+    if not isinstance(base, Mapping):
+        raise ConfigError("base", f"expected a train config mapping or a path; received: {type(base).__name__}")
+    try:
+        base_config = TrainConfig.model_validate(dict(base))
+    except ValidationError as exc:
+        raise config_error_from(exc, TrainConfig, prefix="base") from None
+    space = _parse_space(data.get("search_space"))
+    _check_conditions(space)
+    try:
+        spec = SweepSpec.model_validate({
+            "base": base_config, "search_space": space, "hypermodel": data.get("hypermodel"),
+            "study": data.get("study") or {}, "tracking": data.get("tracking") or {}})
+    except ValidationError as exc:
+        raise config_error_from(exc, SweepSpec) from None
+    for m in spec.study.objective_metrics:
+        if not (m in TRIAL_METRICS or m.startswith("val_") or m in ("loss", "embedding_norm_mean")):
+            raise ConfigError("study.metric", f"expected a per-epoch validation metric (val_roc_auc, val_pair_accuracy, "
+                                              f"val_eer, val_loss, ...) or one of {sorted(TRIAL_METRICS)}; received: {m!r}")
+    if spec.study.sampler.type == "grid":
+        for key, dist in spec.distributions().items():
+            if dist.type != "categorical" and dist.step is None:
+                raise ConfigError(f"search_space.{key}", "the grid sampler needs categorical choices or a 'step' "
+                                                         "for every numeric parameter")
+    return spec
+
+
+def load_spec(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
+    """Read a spec YAML (optional: defaults + overrides) and apply dotted ``--set`` overrides."""
+    data = read_yaml_mapping(path, what="sweep spec") if path is not None else {}
+    data = copy.deepcopy(data)
+    base_dir = Path(path).resolve().parent if path is not None else None
+    for key, value in (overrides or {}).items():
+        if key.startswith("base.") and isinstance(data.get("base"), (str, Path)):
+            p = Path(data["base"])
+            data["base"] = read_yaml_mapping(p if p.is_absolute() or base_dir is None else base_dir / p,
+                                             what="base config")
+        if key.startswith("search_space."):
+            # search-space keys contain dots themselves: search_space.<dotted key>[.low|.high|...]
+            _set_space_override(data, key[len("search_space."):], value)
+            continue
+        set_dotted(data, key, value)
+    return spec_from_dict(data, base_dir=base_dir)
+
+
+_DIST_FIELDS = {"type", "low", "high", "log", "step", "choices", "when"}
+
+
+def _set_space_override(data: dict[str, Any], rest: str, value: Any) -> None:
+    space = data.setdefault("search_space", {}) or {}
+    data["search_space"] = space
+    head, _, last = rest.rpartition(".")
+    if head and last in _DIST_FIELDS and isinstance(space.get(head), dict):
+        space[head] = {**space[head], last: value}
+    else:
+        space[rest] = value

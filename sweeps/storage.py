@@ -1,0 +1,201 @@
+"""Optuna storages from a URL, and the lock that keeps a global trial budget exact.
+
+* ``sqlite:///optuna.db`` (default), ``postgresql://...``, ``mysql://...`` -> `RDBStorage`
+  with a heartbeat, so a dead worker's trial is failed and retried.
+* ``journal:///path/study.log`` (or a path ending in ``.log``/``.journal``) -> `JournalStorage`
+  (no heartbeat: Optuna supports it on RDB storages only).
+* ``memory`` -> in-process storage (tests, notebooks).
+
+Starting a trial is "check the budget, then create the trial". Without a
+lock two workers can both see 9 of 10 trials and both start one; the
+`BudgetLock` (PostgreSQL advisory lock, or a file lock next to a SQLite or
+journal file) makes that step atomic across processes and machines.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+from siamese_core.errors import ConfigError
+
+from .secrets import mask_url
+
+
+def _journal_path(url: str) -> Path | None:
+    if url.startswith("journal://"):
+        return Path(url[len("journal://"):])
+    if url.startswith("journal:"):
+        return Path(url[len("journal:"):])
+    if "://" not in url and url.endswith((".log", ".journal")):
+        return Path(url)
+    return None
+
+
+def sqlite_path(url: str) -> Path | None:
+    if url.startswith("sqlite:///"):
+        rest = url[len("sqlite:///"):].split("?")[0]
+        return Path(rest) if rest and rest != ":memory:" else None
+    return None
+
+
+def storage_kind(url: str) -> str:
+    if url in ("memory", "inmemory", ":memory:"):
+        return "memory"
+    if _journal_path(url) is not None:
+        return "journal"
+    scheme = url.split("://", 1)[0].split("+")[0]
+    if scheme in ("sqlite", "postgresql", "postgres", "mysql"):
+        return "postgresql" if scheme == "postgres" else scheme
+    raise ConfigError("study.storage", f"expected sqlite:///FILE, postgresql://..., mysql://..., journal:///FILE or "
+                                       f"'memory'; received: {mask_url(url)!r}")
+
+
+_MEMORY_STORAGES: dict[str, optuna.storages.InMemoryStorage] = {}
+
+
+def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 30,
+                 max_retries: int = 2) -> optuna.storages.BaseStorage:
+    """Build the Optuna storage for `url` (heartbeat + retry of stale trials on RDB storages)."""
+    kind = storage_kind(url)
+    if kind == "memory":
+        return _MEMORY_STORAGES.setdefault(url, optuna.storages.InMemoryStorage())
+    if kind == "journal":
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = _journal_path(url)
+        assert path is not None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if kind == "sqlite":
+        path = sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        # several worker processes share the file: wait for locks instead of failing
+        engine_kwargs["connect_args"] = {"timeout": 120}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                          grace_period=grace_period,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retries))
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail (and queue retries of) trials whose worker stopped sending heartbeats."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def retried_trial_number(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The number of the trial this one repeats, if it is a retry."""
+    return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+
+
+# ----------------------------------------------------------------- budget lock
+class BudgetLock:
+    """An exclusive lock around 'check the trial budget, then create a trial'."""
+
+    def acquire(self) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> "BudgetLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+class FileLock(BudgetLock):
+    """``flock`` on a file beside the storage (same machine, any number of processes)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._thread_lock = threading.Lock()
+
+    def acquire(self) -> None:
+        self._thread_lock.acquire()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+            self._thread_lock.release()
+
+
+class AdvisoryLock(BudgetLock):
+    """A PostgreSQL session advisory lock (works across machines sharing the database)."""
+
+    def __init__(self, url: str, key: str) -> None:
+        import sqlalchemy
+
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url[len("postgres://"):]
+        self._engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        self._key = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+        self._conn: Any = None
+        self._sql = sqlalchemy.text
+
+    def acquire(self) -> None:
+        self._conn = self._engine.connect()
+        self._conn.execute(self._sql("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+
+    def release(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.execute(self._sql("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+            finally:
+                self._conn.close()
+                self._conn = None
+
+
+class ThreadLock(BudgetLock):
+    _locks: dict[str, threading.Lock] = {}
+
+    def __init__(self, key: str) -> None:
+        self._lock = self._locks.setdefault(key, threading.Lock())
+
+    def acquire(self) -> None:
+        self._lock.acquire()
+
+    def release(self) -> None:
+        if self._lock.locked():
+            self._lock.release()
+
+
+def budget_lock(url: str, study_name: str) -> BudgetLock:
+    kind = storage_kind(url)
+    if kind == "postgresql":
+        return AdvisoryLock(url, f"siamese-sweep/{study_name}")
+    if kind == "sqlite":
+        path = sqlite_path(url)
+        if path is not None:
+            return FileLock(path.with_name(f"{path.name}.{_safe(study_name)}.lock"))
+    if kind == "journal":
+        path = _journal_path(url)
+        assert path is not None
+        return FileLock(path.with_name(f"{path.name}.{_safe(study_name)}.lock"))
+    return ThreadLock(f"{url}/{study_name}")
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -1,0 +1,213 @@
+"""Create or join an Optuna study, and find (or create) its MLflow parent run.
+
+Exactly one process creates a study: ``optuna.create_study`` fails with
+`DuplicatedStudyError` for the others, so the creator is the leader that
+creates the parent run and records its id in the study's user attributes.
+Joiners wait for that id, so every trial nests under one parent run.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from siamese_core.errors import ConfigError
+
+from . import space
+from .spec import SweepSpec
+from .storage import make_storage
+from .tracking import PARENT_ROLE, TAG_ROLE, TAG_STUDY, Tracker
+
+log = logging.getLogger(__name__)
+
+ATTR_PARENT = "mlflow_parent_run_id"
+ATTR_EXPERIMENT = "mlflow_experiment_id"
+ATTR_BUDGET = "trial_budget"
+ATTR_SPEC = "spec"
+DONE_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def make_sampler(spec: SweepSpec, *, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler. `seed_offset` keeps parallel or resumed workers from replaying one random stream."""
+    s = spec.study.sampler
+    seed = None if s.seed is None else s.seed + seed_offset
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if s.type == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials,
+                                              multivariate=s.multivariate, constant_liar=True)
+        if s.type == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if s.type == "grid":
+            return optuna.samplers.GridSampler(space.grid_values(spec), seed=seed)
+        if s.type == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed)
+        if s.type == "cmaes":
+            try:
+                import cmaes  # noqa: F401
+            except ImportError:
+                raise ConfigError("study.sampler.type", "'cmaes' needs the cmaes package: pip install cmaes") from None
+            return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=s.n_startup_trials)
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise ConfigError("study.sampler.type", "'gp' needs PyTorch (pip install torch); use 'cmaes' or 'tpe'") from None
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
+
+
+def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    p = spec.study.pruner
+    if p.type == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+    if p.type == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
+    if p.type == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=spec.base.epochs,
+                                              reduction_factor=p.reduction_factor)
+    return optuna.pruners.NopPruner()
+
+
+@dataclass
+class OpenedStudy:
+    study: optuna.Study
+    created: bool
+    storage_url: str
+
+
+def open_study(spec: SweepSpec, *, storage_url: str, study_name: str, seed_offset: int = 0,
+               create: bool = True) -> OpenedStudy:
+    """Create the study (this process becomes the leader) or load it if it exists."""
+    study_spec = spec.study
+    storage = make_storage(storage_url, heartbeat_interval=study_spec.heartbeat_interval,
+                           grace_period=study_spec.grace_period, max_retries=study_spec.max_retries)
+    directions = list(study_spec.objective_directions)
+    created = False
+    if create:
+        try:
+            study = optuna.create_study(storage=storage, study_name=study_name, directions=directions,
+                                        sampler=make_sampler(spec, seed_offset=seed_offset),
+                                        pruner=make_pruner(spec))
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            pass
+    if not created:
+        try:
+            existing = optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:
+            raise ConfigError("study.name", f"no study named {study_name!r} in this storage; start it with "
+                                            f"'siamese-sweep run'") from None
+        have = [d.name.lower() for d in existing.directions]
+        if have != directions:
+            raise ConfigError("study.direction", f"study {study_name!r} exists with directions {have}; this spec "
+                                                 f"asks for {directions}. Use another --study name.")
+        n_existing = len(existing.trials)
+        study = optuna.load_study(study_name=study_name, storage=storage,
+                                  sampler=make_sampler(spec, seed_offset=seed_offset + n_existing),
+                                  pruner=make_pruner(spec))
+    return OpenedStudy(study, created, storage_url)
+
+
+def ensure_parent_run(opened: OpenedStudy, tracker: Tracker, spec: SweepSpec, *, wait_s: float = 60.0) -> tuple[str, str]:
+    """(experiment id, parent run id) for this study; created by the study's leader."""
+    study = opened.study
+    attrs = study.user_attrs
+    if attrs.get(ATTR_PARENT):
+        return attrs[ATTR_EXPERIMENT], attrs[ATTR_PARENT]
+    if not opened.created:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            attrs = study.user_attrs
+            if attrs.get(ATTR_PARENT):
+                return attrs[ATTR_EXPERIMENT], attrs[ATTR_PARENT]
+        log.warning("study %s has no parent run after %.0fs; creating one", study.study_name, wait_s)
+    exp_id = tracker.experiment_id(spec.experiment_name)
+    existing = tracker.find_runs(exp_id, f"tags.`{TAG_ROLE}` = '{PARENT_ROLE}' and tags.`{TAG_STUDY}` = "
+                                         f"'{study.study_name}'")
+    if existing:  # e.g. the study storage was reset but MLflow kept the parent: reuse it
+        parent = sorted(existing, key=lambda r: (r.info.start_time, r.info.run_id))[0].info.run_id
+    else:
+        parent = tracker.create_parent_run(exp_id, study.study_name, tags={
+            "optuna.storage": _masked(opened.storage_url), "optuna.directions": ",".join(spec.study.objective_directions),
+            "optuna.metrics": ",".join(spec.study.objective_metrics)})
+    study.set_user_attr(ATTR_EXPERIMENT, exp_id)
+    study.set_user_attr(ATTR_PARENT, parent)
+    return exp_id, parent
+
+
+def _masked(url: str) -> str:
+    from .secrets import mask_url
+
+    return mask_url(url)
+
+
+def trial_budget(study: optuna.Study, default: int) -> int:
+    return int(study.user_attrs.get(ATTR_BUDGET, default))
+
+
+@dataclass
+class Counts:
+    complete: int = 0
+    pruned: int = 0
+    fail: int = 0
+    running: int = 0
+    waiting: int = 0
+
+    @property
+    def done(self) -> int:
+        return self.complete + self.pruned
+
+    def as_dict(self) -> dict[str, int]:
+        return {"COMPLETE": self.complete, "PRUNED": self.pruned, "FAIL": self.fail, "RUNNING": self.running,
+                "WAITING": self.waiting}
+
+
+def count_states(study: optuna.Study) -> Counts:
+    c = Counts()
+    S = optuna.trial.TrialState
+    for t in study.get_trials(deepcopy=False):
+        if t.state == S.COMPLETE:
+            c.complete += 1
+        elif t.state == S.PRUNED:
+            c.pruned += 1
+        elif t.state == S.FAIL:
+            c.fail += 1
+        elif t.state == S.RUNNING:
+            c.running += 1
+        elif t.state == S.WAITING:
+            c.waiting += 1
+    return c
+
+
+def study_status(study: optuna.Study) -> dict[str, Any]:
+    """Counts by state, the best trial(s), and why trials were pruned or failed."""
+    counts = count_states(study)
+    out: dict[str, Any] = {"study": study.study_name, "counts": counts.as_dict(),
+                           "budget": study.user_attrs.get(ATTR_BUDGET),
+                           "directions": [d.name.lower() for d in study.directions],
+                           "parent_run_id": study.user_attrs.get(ATTR_PARENT)}
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if complete:
+        if len(study.directions) == 1:
+            best = study.best_trial
+            out["best"] = _trial_summary(best)
+        else:
+            out["best_trials"] = [_trial_summary(t) for t in study.best_trials]
+    reasons = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.state in (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL):
+            reasons[t.number] = {"state": t.state.name, "reason": t.user_attrs.get("reason", "stale" if
+                                 t.state == optuna.trial.TrialState.FAIL else "pruned")}
+    out["reasons"] = reasons
+    return out
+
+
+def _trial_summary(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    return {"number": t.number, "value": t.value if t.values and len(t.values) == 1 else None,
+            "values": t.values, "params": t.params, "run_id": t.user_attrs.get("mlflow_run_id"),
+            "model_uri": t.user_attrs.get("model_uri"),
+            "test": {k[len("test_"):]: v for k, v in t.user_attrs.items() if k.startswith("test_")}}

@@ -1,0 +1,169 @@
+"""The worker loop: take trials from a shared study until the global budget is met.
+
+Each iteration holds the budget lock while it (1) fails stale trials of dead
+workers (queuing their retries), (2) counts finished + running + queued
+trials, and (3) creates at most one trial — the objective releases the lock
+as soon as its trial exists. So N workers on one storage run exactly
+``budget`` COMPLETE/PRUNED trials; trials that FAIL don't count and are
+replaced. A worker with nothing to start waits, because a running trial of
+another worker may still fail and need replacing.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+
+from .objective import (REASON_TRACKING_DOWN_AT_START, USER_ATTR_REASON, USER_ATTR_RUN, Interrupted, Objective,
+                        TrialContext)
+from .spec import SweepSpec
+from .storage import budget_lock, fail_stale_trials
+from .study import ATTR_BUDGET, OpenedStudy, count_states, ensure_parent_run, trial_budget
+from .tracking import RUN_KILLED, RUN_RUNNING, TAG_REASON, TAG_STATE, Tracker
+
+log = logging.getLogger(__name__)
+
+
+class SweepFatal(RuntimeError):
+    """The sweep cannot go on (tracking unreachable, every trial failing)."""
+
+
+@dataclass
+class WorkerReport:
+    trials_run: int = 0
+    states: dict[str, int] = field(default_factory=dict)
+    budget_met: bool = False
+    stopped_by: str = ""
+
+
+class DataCache:
+    """Load each distinct dataset once per worker process."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+
+    def __call__(self, config: Any) -> Any:
+        import json
+
+        from siamese_core.training import load_data
+
+        key = json.dumps([config.dataset.model_dump(mode="json"), config.seed], sort_keys=True)
+        if key not in self._cache:
+            self._cache[key] = load_data(config)
+        return self._cache[key]
+
+
+def install_signal_handlers() -> Callable[[], None]:
+    """SIGTERM behaves like Ctrl-C: the running trial is marked failed, its run KILLED."""
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(f"received signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def reconcile_runs(study: optuna.Study, tracker: Tracker, seen: set[int]) -> int:
+    """End the MLflow runs of trials that died with their worker (FAIL in Optuna, RUNNING in MLflow) as KILLED."""
+    fixed = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+        run_id = t.user_attrs.get(USER_ATTR_RUN)
+        if t.number in seen or not run_id:
+            continue
+        try:
+            status = tracker.run_status(run_id)
+            if status == RUN_RUNNING:
+                tracker.client.log_batch(run_id, tags=_tags({TAG_STATE: "FAIL", TAG_REASON: "stale_heartbeat"}))
+                tracker.terminate(run_id, RUN_KILLED)
+                fixed += 1
+            seen.add(t.number)
+        except Exception as exc:  # noqa: BLE001 - reconciliation is best-effort, retried next round
+            log.warning("could not reconcile run %s of trial %d: %s", run_id, t.number, exc)
+    return fixed
+
+
+def _tags(d: dict[str, str]) -> list[Any]:
+    from mlflow.entities import RunTag
+
+    return [RunTag(k, v) for k, v in d.items()]
+
+
+def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget: int | None = None,
+               timeout: float | None = None, on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+               checkpoint_root: Path | None = None, poll_s: float | None = None) -> WorkerReport:
+    """Run trials of `opened.study` in this process until the budget is met, time is up, or it is interrupted."""
+    import mlflow
+
+    os.environ.pop("MLFLOW_RUN_ID", None)  # would hijack run creation (see notes on MLflow 3)
+    mlflow.set_tracking_uri(tracker.uri)
+    study = opened.study
+    if budget is not None:
+        study.set_user_attr(ATTR_BUDGET, int(budget))
+    elif ATTR_BUDGET not in study.user_attrs:
+        study.set_user_attr(ATTR_BUDGET, spec.study.trials)
+    experiment_id, parent_run_id = ensure_parent_run(opened, tracker, spec)
+    ctx = TrialContext(spec=spec, tracker=tracker, experiment_id=experiment_id, parent_run_id=parent_run_id,
+                       study_name=study.study_name, load_data=DataCache(), checkpoint_root=checkpoint_root)
+    objective = Objective(ctx)
+    lock = budget_lock(opened.storage_url, study.study_name)
+    report = WorkerReport()
+    reconciled: set[int] = set()
+    consecutive_failures = 0
+    last_reason = ""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    poll = poll_s if poll_s is not None else min(5.0, float(spec.study.heartbeat_interval))
+
+    def guarded(trial: optuna.Trial) -> Any:
+        lock.release()  # the trial exists now; let other workers start theirs
+        return objective(trial)
+
+    def after_trial(st: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        nonlocal consecutive_failures, last_reason
+        report.trials_run += 1
+        report.states[frozen.state.name] = report.states.get(frozen.state.name, 0) + 1
+        if frozen.state == optuna.trial.TrialState.FAIL:
+            consecutive_failures += 1
+            last_reason = frozen.user_attrs.get(USER_ATTR_REASON, "unknown")
+        else:
+            consecutive_failures = 0
+        if on_trial is not None:
+            on_trial(st, frozen)
+
+    restore = install_signal_handlers()
+    try:
+        while True:
+            if deadline is not None and time.monotonic() >= deadline:
+                report.stopped_by = "timeout"
+                break
+            with lock:
+                fail_stale_trials(study)
+                reconcile_runs(study, tracker, reconciled)
+                counts = count_states(study)
+                target = trial_budget(study, spec.study.trials)
+                if counts.done >= target:
+                    report.budget_met, report.stopped_by = True, "budget"
+                    break
+                can_start = counts.waiting > 0 or counts.done + counts.running + counts.waiting < target
+                if can_start:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=[after_trial],
+                                       gc_after_trial=True)
+            if can_start:
+                if last_reason == REASON_TRACKING_DOWN_AT_START:
+                    raise SweepFatal(f"MLflow tracking at {tracker!r} is unreachable")
+                if consecutive_failures >= spec.study.max_failures:
+                    raise SweepFatal(f"{consecutive_failures} trials in a row failed (last reason: {last_reason}); "
+                                     f"stopping. See 'siamese-sweep status' and the failed runs in MLflow.")
+                continue
+            time.sleep(poll)  # other workers are running the remaining trials
+    finally:
+        restore()
+        lock.release()
+    return report
