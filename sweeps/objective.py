@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import keras
 import numpy as np
 import optuna
 
@@ -46,48 +45,6 @@ REASON_TRACKING_DOWN_AT_START = "tracking_unavailable_at_start"
 
 class Interrupted(KeyboardInterrupt):
     """SIGTERM/SIGINT during a trial (a KeyboardInterrupt so Optuna marks the trial FAIL)."""
-
-
-class MlflowEpochLogger(keras.callbacks.Callback):
-    """One batched MLflow call per epoch, with ``step = epoch``; history keys as metric names."""
-
-    def __init__(self, run: TrialRun) -> None:
-        super().__init__()
-        self.run = run
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.run.log_metrics({k: float(v) for k, v in (logs or {}).items() if _is_number(v)}, step=epoch)
-
-    def on_finding(self, finding: Any) -> None:
-        try:
-            self.run.set_tags({f"diagnostics.{finding.code}": finding.severity})
-        except TrackingUnavailable as exc:
-            log.warning("could not tag finding %s: %s", finding.code, exc)
-
-
-class OptunaReporter(keras.callbacks.Callback):
-    """Report the objective metric each epoch and prune with a readable reason."""
-
-    def __init__(self, trial: optuna.Trial, metric: str) -> None:
-        super().__init__()
-        self.trial = trial
-        self.metric = metric
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        value = (logs or {}).get(self.metric)
-        if value is None or not math.isfinite(float(value)):
-            return
-        self.trial.report(float(value), step=epoch)
-        if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {epoch + 1}: {self.metric}={float(value):.4f}")
-
-
-def _is_number(v: Any) -> bool:
-    try:
-        float(v)
-        return True
-    except (TypeError, ValueError):
-        return False
 
 
 def measure_latency_ms(result: Any, *, batch: int = 64, repeats: int = 3) -> float:
@@ -186,6 +143,8 @@ class Objective:
         hp_only = {f"hp.{k}": v for k, v in trial.params.items() if k not in params}
         if hp_only:
             run.log_params({**hp_only, "hypermodel": ctx.spec.hypermodel})
+
+        from .callbacks import MlflowEpochLogger, OptunaReporter  # imports Keras: only once a trial runs
 
         callbacks: list[Any] = [MlflowEpochLogger(run)]
         if not ctx.spec.study.multi_objective:

@@ -25,6 +25,7 @@ from .secrets import mask_url
 from .spec import SweepSpec
 from .study import ATTR_BUDGET, OpenedStudy, count_states, ensure_parent_run, open_study, study_status
 from .tracking import RUN_FAILED, RUN_FINISHED, RUN_KILLED, RUN_RUNNING, Tracker
+from .preflight import preflight
 from .worker import DataCache, SweepFatal, WorkerReport, run_worker
 
 log = logging.getLogger(__name__)
@@ -60,16 +61,6 @@ def options_from(spec: SweepSpec, *, trials: int | None = None, timeout: float |
                         tracking_uri=tracking_uri or spec.tracking.uri, trials=trials or spec.study.trials,
                         timeout=timeout if timeout is not None else spec.study.timeout, workers=workers,
                         progress=progress)
-
-
-def preflight(spec: SweepSpec) -> None:
-    """Everything that can be wrong with the input, checked before any study or run exists."""
-    space.check_space(spec)
-    DataCache()(spec.base)  # DataError now, not in trial 0
-    if spec.hypermodel:
-        from .hypermodel import load_hypermodel
-
-        load_hypermodel(spec.hypermodel)
 
 
 # ----------------------------------------------------------------- parent run
@@ -150,9 +141,9 @@ def _postfix(study: optuna.Study) -> str:
 
 
 # ----------------------------------------------------------------- run
-def run_sweep(spec: SweepSpec, options: SweepOptions) -> SweepResult:
-    """Create or resume the study and run it to its trial budget."""
-    preflight(spec)
+def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> SweepResult:
+    """Create or resume the study and run it to its trial budget (`data`: the preflight's, to reuse)."""
+    data = data if data is not None else preflight(spec)
     tracker = Tracker(options.tracking_uri)
     opened = open_study(spec, storage_url=options.storage, study_name=options.study_name,
                         seed_offset=options.worker_index)
@@ -174,7 +165,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions) -> SweepResult:
                 progress.set(count_states(st).done, _postfix(st))
 
             reports.append(run_worker(spec, opened, tracker, budget=options.trials, timeout=options.timeout,
-                                      on_trial=on_trial))
+                                      on_trial=on_trial, data_cache=DataCache.seeded(spec.base, data)))
         else:
             reports.extend(_run_processes(spec, options, study, progress))
         budget_met = count_states(study).done >= options.trials
@@ -192,19 +183,19 @@ def run_sweep(spec: SweepSpec, options: SweepOptions) -> SweepResult:
     return SweepResult(study_status(study), parent, experiment_id, status == RUN_FINISHED, reports)
 
 
-def join_sweep(spec: SweepSpec, options: SweepOptions) -> SweepResult:
+def join_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> SweepResult:
     """A worker joining a study from another shell or machine (creates the study if it is the first)."""
     if options.threads:
         from siamese_core.runtime import configure_threads
 
         configure_threads(options.threads, options.threads)
-    preflight(spec)
+    data = data if data is not None else preflight(spec)
     tracker = Tracker(options.tracking_uri)
     opened = open_study(spec, storage_url=options.storage, study_name=options.study_name,
                         seed_offset=options.worker_index)
     experiment_id, parent = ensure_parent_run(opened, tracker, spec)
     report = run_worker(spec, opened, tracker, budget=None, timeout=options.timeout,
-                        on_trial=parent_best_updater(tracker, parent))
+                        on_trial=parent_best_updater(tracker, parent), data_cache=DataCache.seeded(spec.base, data))
     if report.budget_met and options.finalize:
         try:
             finalize_parent(opened.study, tracker, parent, status=RUN_FINISHED, plots=spec.tracking.log_plots)
@@ -226,12 +217,13 @@ def _run_processes(spec: SweepSpec, options: SweepOptions, study: optuna.Study, 
     threads = max(1, cores // options.workers)
     with tempfile.TemporaryDirectory(prefix="siamese-sweep-") as tmp:
         spec_path = write_resolved_spec(spec, Path(tmp) / "spec.yaml")
+        # URLs go through the environment, not argv: `ps` must not show passwords
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+        env.update(OPTUNA_STORAGE=options.storage, MLFLOW_TRACKING_URI=options.tracking_uri)
         procs = []
         for i in range(options.workers):
             cmd = [sys.executable, "-m", "sweeps.cli", "worker", str(spec_path), "--study", options.study_name,
-                   "--storage", options.storage, "--tracking-uri", options.tracking_uri, "--threads", str(threads),
-                   "--worker-index", str(i + 1), "--no-finalize", "--quiet"]
+                   "--threads", str(threads), "--worker-index", str(i + 1), "--no-finalize", "--quiet"]
             if options.timeout is not None:
                 cmd += ["--timeout", str(options.timeout)]
             procs.append(subprocess.Popen(cmd, env=env))

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 ATTR_PARENT = "mlflow_parent_run_id"
 ATTR_EXPERIMENT = "mlflow_experiment_id"
 ATTR_BUDGET = "trial_budget"
-ATTR_SPEC = "spec"
+ATTR_LEADER = "siamese_sweep_leader"  # set by the creating process: joiners then wait for its parent run
 DONE_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
@@ -91,6 +91,7 @@ def open_study(spec: SweepSpec, *, storage_url: str, study_name: str, seed_offse
             study = optuna.create_study(storage=storage, study_name=study_name, directions=directions,
                                         sampler=make_sampler(spec, seed_offset=seed_offset),
                                         pruner=make_pruner(spec))
+            study.set_user_attr(ATTR_LEADER, True)
             created = True
         except optuna.exceptions.DuplicatedStudyError:
             pass
@@ -118,6 +119,11 @@ def ensure_parent_run(opened: OpenedStudy, tracker: Tracker, spec: SweepSpec, *,
     if attrs.get(ATTR_PARENT):
         return attrs[ATTR_EXPERIMENT], attrs[ATTR_PARENT]
     if not opened.created:
+        # a siamese-sweep leader creates the parent right after the study; a study made elsewhere has no leader
+        if not attrs.get(ATTR_LEADER):
+            time.sleep(2.0)
+            attrs = study.user_attrs
+            wait_s = wait_s if attrs.get(ATTR_LEADER) else 0.0
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             time.sleep(1.0)

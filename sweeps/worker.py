@@ -49,12 +49,24 @@ class DataCache:
     def __init__(self) -> None:
         self._cache: dict[str, Any] = {}
 
-    def __call__(self, config: Any) -> Any:
+    @staticmethod
+    def _key(config: Any) -> str:
         import json
 
+        return json.dumps([config.dataset.model_dump(mode="json"), config.seed], sort_keys=True)
+
+    @classmethod
+    def seeded(cls, config: Any, data: Any) -> "DataCache":
+        """A cache that already holds `data` for `config` (loaded by the preflight)."""
+        cache = cls()
+        if data is not None:
+            cache._cache[cls._key(config)] = data
+        return cache
+
+    def __call__(self, config: Any) -> Any:
         from siamese_core.training import load_data
 
-        key = json.dumps([config.dataset.model_dump(mode="json"), config.seed], sort_keys=True)
+        key = self._key(config)
         if key not in self._cache:
             self._cache[key] = load_data(config)
         return self._cache[key]
@@ -96,7 +108,8 @@ def _tags(d: dict[str, str]) -> list[Any]:
 
 def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget: int | None = None,
                timeout: float | None = None, on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
-               checkpoint_root: Path | None = None, poll_s: float | None = None) -> WorkerReport:
+               checkpoint_root: Path | None = None, poll_s: float | None = None,
+               data_cache: DataCache | None = None) -> WorkerReport:
     """Run trials of `opened.study` in this process until the budget is met, time is up, or it is interrupted."""
     import mlflow
 
@@ -109,7 +122,8 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
         study.set_user_attr(ATTR_BUDGET, spec.study.trials)
     experiment_id, parent_run_id = ensure_parent_run(opened, tracker, spec)
     ctx = TrialContext(spec=spec, tracker=tracker, experiment_id=experiment_id, parent_run_id=parent_run_id,
-                       study_name=study.study_name, load_data=DataCache(), checkpoint_root=checkpoint_root)
+                       study_name=study.study_name, load_data=data_cache or DataCache(),
+                       checkpoint_root=checkpoint_root)
     objective = Objective(ctx)
     lock = budget_lock(opened.storage_url, study.study_name)
     report = WorkerReport()

@@ -52,34 +52,59 @@ def _spec(args: argparse.Namespace):
     return load_spec(resolve_spec_path(args.spec), parse_set_options(args.overrides))
 
 
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and value <= 0:
+        from siamese_core.errors import ConfigError
+
+        raise ConfigError(name, f"expected a positive number; received: {value}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..runner import options_from, run_sweep
+    from ..preflight import preflight
 
     spec = _spec(args)
-    if args.workers < 1:
-        from siamese_core.errors import ConfigError
+    _positive("--workers", args.workers)
+    _positive("--trials", args.trials)
+    _positive("--timeout", args.timeout)
+    data = preflight(spec)  # bad spec or data: exit 2 before TensorFlow, Optuna or MLflow start work
 
-        raise ConfigError("--workers", f"expected >= 1; received: {args.workers}")
-    if args.trials is not None and args.trials < 1:
-        from siamese_core.errors import ConfigError
+    from ..runner import options_from, run_sweep
 
-        raise ConfigError("--trials", f"expected >= 1; received: {args.trials}")
     options = options_from(spec, trials=args.trials, timeout=args.timeout, workers=args.workers,
-                           storage=args.storage, tracking_uri=args.tracking_uri, study_name=args.study,
-                           progress=not args.quiet)
-    result = run_sweep(spec, options)
+                           storage=_env_or(args.storage, "OPTUNA_STORAGE"),
+                           tracking_uri=_env_or(args.tracking_uri, "MLFLOW_TRACKING_URI"),
+                           study_name=args.study, progress=not args.quiet)
+    result = run_sweep(spec, options, data=data)
     _report(result.status, args.json)
     return EXIT_OK if result.budget_met or args.timeout else EXIT_ERROR
 
 
+def _env_or(value: str | None, env: str) -> str | None:
+    """Flag, else environment (keeps passwords off command lines), else the spec's value."""
+    import os
+
+    return value or os.environ.get(env) or None
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
-    from ..runner import join_sweep, options_from
+    from ..preflight import preflight
 
     spec = _spec(args)
-    options = options_from(spec, timeout=args.timeout, storage=args.storage, tracking_uri=args.tracking_uri,
+    _positive("--timeout", args.timeout)
+    _positive("--threads", args.threads)
+    if args.threads:  # before TensorFlow initialises its thread pools
+        from siamese_core.runtime import configure_threads
+
+        configure_threads(args.threads, args.threads)
+    data = preflight(spec)
+
+    from ..runner import join_sweep, options_from
+
+    options = options_from(spec, timeout=args.timeout, storage=_env_or(args.storage, "OPTUNA_STORAGE"),
+                           tracking_uri=_env_or(args.tracking_uri, "MLFLOW_TRACKING_URI"),
                            study_name=args.study, progress=False)
-    options.threads, options.worker_index, options.finalize = args.threads, args.worker_index, not args.no_finalize
-    result = join_sweep(spec, options)
+    options.worker_index, options.finalize = args.worker_index, not args.no_finalize
+    result = join_sweep(spec, options, data=data)
     if args.json:
         print_json(result.status)
     return EXIT_OK

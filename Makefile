@@ -1,0 +1,23 @@
+# siamese-sweep — the two commands of the README, and a few helpers.
+PYTHON ?= python3
+PYTEST = $(PYTHON) -m pytest
+
+.PHONY: demo test test-fast setup setup-test ui lint
+
+demo: setup                 ## the main job: a real sweep on Fashion-MNIST with local MLflow + Optuna stores
+	siamese-sweep run quickstart
+
+test: setup-test            ## every test, slow end-to-end ones included (what CI runs)
+	$(PYTEST) -q
+
+test-fast: setup-test       ## the quick suite (no real-server end-to-end, no browser)
+	$(PYTEST) -q -m "not slow"
+
+setup:
+	bash scripts/setup.sh
+
+setup-test:
+	bash scripts/setup.sh --test
+
+ui:                         ## open the MLflow UI on the local store
+	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

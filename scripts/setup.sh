@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install everything siamese-sweep needs on a Debian/Ubuntu machine (idempotent).
+#   scripts/setup.sh          runtime: the package + Fashion-MNIST
+#   scripts/setup.sh --test   also test tools: PostgreSQL, Chromium, Playwright, docker compose plugin
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+WITH_TEST=0
+[ "${1:-}" = "--test" ] && WITH_TEST=1
+
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || { echo "setup: no apt-get; install these yourself: $*" >&2; return 0; }
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else echo "setup: not root and no sudo; install: $*" >&2; return 0; fi
+  fi
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+packages=(dataset-fashion-mnist)
+[ $WITH_TEST -eq 1 ] && packages+=(postgresql chromium)
+apt_install "${packages[@]}"
+
+extras="distributed"
+[ $WITH_TEST -eq 1 ] && extras="distributed,test"
+"$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[${extras}]"
+
+if [ $WITH_TEST -eq 1 ] && command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
+  bash docker/install-compose-plugin.sh || echo "setup: docker compose plugin not installed; its config test will skip" >&2
+fi
+echo "setup: done"

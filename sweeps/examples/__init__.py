@@ -1,0 +1,1 @@
+"""Small examples referenced by the shipped specs."""

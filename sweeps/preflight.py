@@ -1,0 +1,25 @@
+"""Checks that must fail before any study, run or trial exists (no TensorFlow import needed).
+
+A bad spec or bad data exits with code 2 and one line naming the field or
+file; nothing is created in Optuna or MLflow.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from . import space
+from .spec import SweepSpec
+
+
+def preflight(spec: SweepSpec) -> Any:
+    """Validate the search space against the base config and load the base data; returns the data."""
+    from siamese_core.training import load_data, make_sampler
+
+    space.check_space(spec)
+    data = load_data(spec.base)  # DataError now, not in trial 0
+    make_sampler(spec.base, data)  # e.g. batch_size larger than the pairs per epoch
+    if spec.hypermodel:
+        from .hypermodel import load_hypermodel
+
+        load_hypermodel(spec.hypermodel)
+    return data

@@ -1,0 +1,143 @@
+"""A real sweep on digits, checked through MlflowClient: nesting, params, per-epoch metrics, artifacts, model.
+
+Run twice: local SQLite MLflow store + SQLite Optuna storage, and a real
+``mlflow server`` on 127.0.0.1 + Optuna journal storage.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from sweeps.study import ATTR_PARENT
+from sweeps.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
+from .conftest import make_spec_dict, run_small_sweep
+
+TRIALS = 3
+EPOCHS = 2
+
+
+@pytest.fixture(scope="module", params=["sqlite", "server+journal"])
+def sweep(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    d = tmp_path_factory.mktemp(request.param.replace("+", "-"))
+    if request.param == "sqlite":
+        storage, uri = f"sqlite:///{d}/optuna.db", f"sqlite:///{d}/mlflow.db"
+    else:
+        server = request.getfixturevalue("mlflow_server_sqlite")
+        storage, uri = f"journal:///{d}/optuna.log", server.url
+    result = run_small_sweep(make_spec_dict(), storage=storage, tracking_uri=uri, study=f"s-{request.param}")
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment(result.experiment_id)
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    from sweeps.storage import make_storage
+
+    study = optuna.load_study(study_name=f"s-{request.param}", storage=make_storage(storage))
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
+    return {"result": result, "client": client, "exp": exp, "runs": runs, "children": children, "study": study,
+            "uri": uri}
+
+
+def test_one_experiment_one_parent_one_child_per_trial(sweep: dict[str, Any]) -> None:
+    runs, children, result = sweep["runs"], sweep["children"], sweep["result"]
+    parents = [r for r in runs if r.data.tags.get("siamese_sweep.role") == "parent"]
+    assert [p.info.run_id for p in parents] == [result.parent_run_id]
+    assert sweep["exp"].tags.get(EXPERIMENT_KIND_TAG) == EXPERIMENT_KIND
+    assert len(children) == TRIALS == len(runs) - 1
+    numbers = sorted(int(r.data.tags["optuna.trial_number"]) for r in children)
+    assert numbers == sorted(t.number for t in sweep["study"].trials) == list(range(TRIALS))
+    assert {r.data.tags["optuna.study_name"] for r in children} == {sweep["study"].study_name}
+    assert sweep["study"].user_attrs[ATTR_PARENT] == result.parent_run_id
+
+
+def test_states_match_between_optuna_and_mlflow(sweep: dict[str, Any]) -> None:
+    by_number = {t.number: t for t in sweep["study"].trials}
+    for run in sweep["children"]:
+        trial = by_number[int(run.data.tags["optuna.trial_number"])]
+        assert run.data.tags["optuna.trial_state"] == trial.state.name
+        assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
+        expected = "FINISHED" if trial.state.name in ("COMPLETE", "PRUNED") else "FAILED"
+        assert run.info.status == expected
+    parent = sweep["client"].get_run(sweep["result"].parent_run_id)
+    assert parent.info.status == "FINISHED"
+
+
+def test_params_are_the_full_resolved_config_with_dotted_keys(sweep: dict[str, Any]) -> None:
+    by_number = {t.number: t for t in sweep["study"].trials}
+    for run in sweep["children"]:
+        params = run.data.params
+        for key in ("encoder.depth", "loss.margin", "learning_rate", "loader", "batch_size", "epochs",
+                    "encoder.width", "dataset.name", "pairs.pairs_per_epoch", "distance", "optimizer.name"):
+            assert key in params, key
+        assert len(params["dataset.fingerprint"]) == 64
+        trial = by_number[int(run.data.tags["optuna.trial_number"])]
+        assert params["loader"] == trial.params["loader"]
+        assert int(params["encoder.depth"]) == trial.params["encoder.depth"]
+        assert float(params["learning_rate"]) == pytest.approx(trial.params["learning_rate"], rel=1e-6)
+        assert params["epochs"] == str(EPOCHS)
+
+
+def test_per_epoch_metric_histories_use_history_keys(sweep: dict[str, Any]) -> None:
+    client = sweep["client"]
+    for run in sweep["children"]:
+        for key in ("loss", "val_loss", "val_pair_accuracy", "val_roc_auc", "embedding_norm_mean",
+                    "embedding_norm_std", "val_pos_distance_mean", "val_neg_distance_mean", "val_distance_gap",
+                    "learning_rate"):
+            history = client.get_metric_history(run.info.run_id, key)
+            assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(EPOCHS)), key
+        for key in ("test_pair_accuracy", "test_roc_auc", "test_eer", "threshold", "params"):
+            assert key in run.data.metrics, key
+        assert 0.5 < run.data.metrics["test_roc_auc"] <= 1.0
+
+
+def test_objective_value_is_the_last_epoch_metric(sweep: dict[str, Any]) -> None:
+    client = sweep["client"]
+    by_number = {t.number: t for t in sweep["study"].trials}
+    for run in sweep["children"]:
+        trial = by_number[int(run.data.tags["optuna.trial_number"])]
+        history = sorted(client.get_metric_history(run.info.run_id, "val_roc_auc"), key=lambda m: m.step)
+        assert trial.value == pytest.approx(history[-1].value)
+
+
+def test_trial_artifacts_and_logged_model(sweep: dict[str, Any]) -> None:
+    import mlflow
+
+    client = sweep["client"]
+    run = sweep["children"][0]
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "diagnostics.json", "curves.png", "distance_histogram.png",
+            "embeddings_pca.png"} <= names
+    models = client.search_logged_models([sweep["exp"].experiment_id],
+                                         filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert len(models) == 1
+    assert float(models[0].params["siamese.threshold"]) == pytest.approx(run.data.metrics["threshold"], rel=1e-5)
+    mlflow.set_tracking_uri(sweep["uri"])
+    model = mlflow.keras.load_model(f"models:/{models[0].model_id}")
+    x = np.zeros((4, 8, 8, 1), dtype="uint8")
+    out = model([x, x], training=False)
+    assert set(out) == {"distance", "score", "same"}
+    assert np.all(np.asarray(out["same"]) == 1.0)  # identical inputs are "same" at any sane threshold
+
+
+def test_parent_run_summarises_the_study(sweep: dict[str, Any]) -> None:
+    client, parent_id = sweep["client"], sweep["result"].parent_run_id
+    parent = client.get_run(parent_id)
+    names = {a.path for a in client.list_artifacts(parent_id)}
+    assert {"trials.csv", "optimization_history.png", "intermediate_values.png"} <= names
+    best = sweep["study"].best_trial
+    assert parent.data.tags["best.trial_number"] == str(best.number)
+    assert parent.data.tags["best.run_id"] == best.user_attrs["mlflow_run_id"]
+    assert parent.data.tags["best.encoder.depth"] == str(best.params["encoder.depth"])
+    history = client.get_metric_history(parent_id, "best_value")
+    assert max(m.value for m in history) == pytest.approx(best.value)
+
+
+def test_status_reports_counts_and_best(sweep: dict[str, Any]) -> None:
+    status = sweep["result"].status
+    assert status["counts"]["COMPLETE"] + status["counts"]["PRUNED"] == TRIALS
+    assert status["counts"]["RUNNING"] == 0
+    assert status["best"]["run_id"] in {r.info.run_id for r in sweep["children"]}
+    assert set(status["best"]["params"]) == {"loss.margin", "encoder.depth", "learning_rate", "loader"}
