@@ -105,12 +105,12 @@ def check_space(spec: SweepSpec) -> None:
         values = list(d.choices or ()) if d.type == "categorical" else [d.low, d.high]
         if d.type == "int":
             values = [int(v) for v in values]
+        # a conditional parameter is checked in the setting where it is active
+        condition = {k: (v[0] if isinstance(v, (list, tuple)) else v) for k, v in (d.when or {}).items()}
         for value in values:
             try:
-                fixed_config.with_overrides({key: value})
+                fixed_config.with_overrides({**condition, key: value})
             except ConfigError as exc:
-                if exc.field != key and d.when:
-                    continue  # only valid together with its condition; checked per trial
                 if exc.field == key or exc.field.startswith(key + "."):
                     raise ConfigError(f"search_space.{key}", f"value {value!r} is invalid for the train config: "
                                                              f"{exc.detail}") from None

@@ -1,0 +1,144 @@
+"""Spec validation, the search space, samplers/pruners, the KerasTuner adapter, multi-objective studies."""
+from __future__ import annotations
+
+import keras_tuner as kt
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from siamese_core.errors import ConfigError
+from sweeps import space
+from sweeps.hypermodel import OptunaHyperParameters
+from sweeps.spec import load_spec, spec_from_dict
+from sweeps.specs import resolve_spec_path, shipped
+from sweeps.storage import make_storage
+from sweeps.study import make_pruner, make_sampler
+
+from .conftest import make_spec_dict, run_small_sweep
+
+
+@pytest.mark.parametrize("name", shipped())
+def test_every_shipped_spec_is_valid(name: str) -> None:
+    spec = load_spec(resolve_spec_path(name))
+    space.check_space(spec)
+    assert spec.study.trials >= 1
+
+
+def test_quickstart_searches_margin_depth_learning_rate_and_loader() -> None:
+    spec = load_spec(resolve_spec_path("quickstart"))
+    dists = spec.distributions()
+    assert {"loss.margin", "encoder.depth", "learning_rate", "loader"} <= set(dists)
+    assert dists["learning_rate"].log and spec.base.dataset.name == "fashion_mnist"
+
+
+@pytest.mark.parametrize("sampler, cls", [
+    ("tpe", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler),
+    ("cmaes", optuna.samplers.CmaEsSampler), ("nsga2", optuna.samplers.NSGAIISampler)])
+def test_samplers_by_name(sampler: str, cls: type) -> None:
+    assert isinstance(make_sampler(spec_from_dict(make_spec_dict(study={"sampler": sampler}))), cls)
+
+
+def test_grid_sampler_enumerates_steps_and_choices() -> None:
+    spec = spec_from_dict(make_spec_dict(search_space={
+        "encoder.depth": {"type": "int", "low": 1, "high": 3, "step": 1},
+        "loader": {"type": "categorical", "choices": ["memory", "tfdata"]}}, study={"sampler": "grid"}))
+    assert space.grid_values(spec) == {"encoder.depth": [1, 2, 3], "loader": ["memory", "tfdata"]}
+    assert isinstance(make_sampler(spec), optuna.samplers.GridSampler)
+
+
+def test_gp_sampler_without_torch_is_a_clear_config_error() -> None:
+    try:
+        import torch  # noqa: F401
+        pytest.skip("torch is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(ConfigError, match="study.sampler.type.*PyTorch"):
+        make_sampler(spec_from_dict(make_spec_dict(study={"sampler": "gp"})))
+
+
+@pytest.mark.parametrize("pruner, cls", [
+    ("median", optuna.pruners.MedianPruner), ("successive_halving", optuna.pruners.SuccessiveHalvingPruner),
+    ("hyperband", optuna.pruners.HyperbandPruner), ("none", optuna.pruners.NopPruner)])
+def test_pruners_by_name(pruner: str, cls: type) -> None:
+    assert isinstance(make_pruner(spec_from_dict(make_spec_dict(study={"pruner": pruner}))), cls)
+
+
+def test_fixed_values_and_conditions_become_overrides() -> None:
+    spec = spec_from_dict(make_spec_dict(search_space={
+        "batch_size": 32,
+        "loss.type": {"type": "categorical", "choices": ["contrastive", "bce"]},
+        "loss.margin": {"type": "float", "low": 0.5, "high": 1.0, "when": {"loss.type": ["contrastive"]}}}))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        overrides = space.sample_overrides(trial, spec)
+        assert overrides["batch_size"] == 32
+        assert ("loss.margin" in overrides) == (overrides["loss.type"] == "contrastive")
+        space.trial_config(spec, overrides)  # every sampled combination is a valid TrainConfig
+        seen.add(overrides["loss.type"])
+        study.tell(trial, 0.5)
+    assert seen == {"contrastive", "bce"}
+
+
+def test_space_choices_are_checked_against_the_train_config() -> None:
+    spec = spec_from_dict(make_spec_dict(search_space={"encoder.depth": {"type": "int", "low": 0, "high": 2}}))
+    with pytest.raises(ConfigError) as err:
+        space.check_space(spec)
+    assert err.value.field == "search_space.encoder.depth"
+
+
+def test_set_overrides_reach_search_space_bounds() -> None:
+    import yaml
+
+    spec = load_spec(None, {"base.dataset": "digits", "search_space.learning_rate": {"type": "float", "low": 1e-4,
+                                                                                      "high": 1e-2, "log": True},
+                            "search_space.learning_rate.high": 5e-3})
+    assert spec.distributions()["learning_rate"].high == 5e-3
+    assert yaml.safe_dump(spec.to_dict())  # serialisable (workers receive the resolved spec as YAML)
+
+
+def test_keras_tuner_hyperparameters_are_driven_by_optuna() -> None:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    kinds = set()
+    for _ in range(8):
+        trial = study.ask()
+        hp = OptunaHyperParameters(trial)
+        kind = hp.Choice("block", ["conv", "dense"])
+        with hp.conditional_scope("block", ["dense"]):
+            units = hp.Int("units", 16, 64, step=16) if kind == "dense" else None
+        width = hp.Int("width", 8, 64, step=2, sampling="log")
+        lr = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log")
+        assert isinstance(hp, kt.HyperParameters)
+        assert trial.params["block"] == kind and trial.params["learning_rate"] == lr
+        assert width in (8, 16, 32, 64)
+        assert ("units" in trial.params) == (kind == "dense") and (units is None or units % 16 == 0)
+        kinds.add(kind)
+        study.tell(trial, 0.0)
+    assert kinds == {"conv", "dense"}
+
+
+def test_hypermodel_sweep_trains_the_keras_tuner_encoder(local_stores: dict[str, str]) -> None:
+    spec = make_spec_dict(search_space={}, hypermodel="sweeps.examples.keras_tuner_space:build_encoder",
+                          study={"trials": 2})
+    result = run_small_sweep(spec, storage=local_stores["storage"], tracking_uri=local_stores["tracking_uri"])
+    study = optuna.load_study(study_name="t", storage=make_storage(local_stores["storage"]))
+    assert result.status["counts"]["COMPLETE"] + result.status["counts"]["PRUNED"] == 2
+    for t in study.trials:
+        assert {"block", "embedding_dim", "learning_rate", "loss.margin"} <= set(t.params)
+        run = MlflowClient(tracking_uri=local_stores["tracking_uri"]).get_run(t.user_attrs["mlflow_run_id"])
+        # hyperparameters named like train-config keys set the config; the rest are logged as hp.*
+        assert float(run.data.params["learning_rate"]) == pytest.approx(t.params["learning_rate"])
+        assert run.data.params["hp.block"] == t.params["block"]
+
+
+def test_multi_objective_study_keeps_a_pareto_front(local_stores: dict[str, str]) -> None:
+    spec = make_spec_dict(study={"metrics": ["val_roc_auc", "params"], "directions": ["maximize", "minimize"],
+                                 "sampler": {"type": "nsga2", "seed": 0}, "trials": 2})
+    result = run_small_sweep(spec, storage=local_stores["storage"], tracking_uri=local_stores["tracking_uri"])
+    study = optuna.load_study(study_name="t", storage=make_storage(local_stores["storage"]))
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert all(len(t.values) == 2 and t.values[1] > 100 for t in study.trials)
+    assert result.status["best_trials"]
+    parent = MlflowClient(tracking_uri=local_stores["tracking_uri"]).get_run(result.parent_run_id)
+    assert parent.data.tags["pareto.trial_numbers"]
