@@ -1,0 +1,168 @@
+"""Data checks that run before any model exists: pair balance and class count.
+
+The loader refuses unusable data with a `DataError` (right for ``train``), but
+the doctor must *report* it: these checks read the raw label arrays first, so
+a positives-only ``.npz`` becomes a `positives_only` finding with numbers
+instead of a crash. `from_data_error` maps the loader's refusals to codes for
+the sources we cannot pre-read.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+from ..findings import Finding
+from . import codes as C
+
+# A positive share outside [0.1, 0.9] (worse than 1:9) lets one kind of pair dominate the loss;
+# the sampler's default is 0.5, and the forum datasets that failed had 0% or ~2-5% negatives.
+IMBALANCE_LOW, IMBALANCE_HIGH = 0.1, 0.9
+
+
+def check_pair_labels(y: np.ndarray, source: str, *, what: str = "y") -> list[Finding]:
+    """Pre-built pair labels (1 = same): both kinds present, neither below 10%."""
+    y = np.asarray(y).reshape(-1)
+    n = int(y.size)
+    if n == 0:
+        return []
+    n_pos = int(np.count_nonzero(y == 1))
+    frac = n_pos / n
+    ev = {"source": source, "array": what, "pairs": n, "positives": n_pos, "negatives": n - n_pos,
+          "positive_fraction": round(frac, 4)}
+    if n_pos == n:
+        return [C.finding(C.POSITIVES_ONLY, f"all {n} pairs in '{what}' are labelled 1 (same): there are no negative "
+                                            f"pairs, so a contrastive objective collapses to a constant map", evidence=ev)]
+    if n_pos == 0:
+        return [C.finding(C.PAIR_IMBALANCE, f"all {n} pairs in '{what}' are labelled 0 (different): there are no "
+                                            f"positive pairs to learn similarity from", evidence=ev, severity="error",
+                          fix="add pairs labelled 1 (same), about as many as negatives")]
+    if not IMBALANCE_LOW <= frac <= IMBALANCE_HIGH:
+        kind = "negatives" if frac > IMBALANCE_HIGH else "positives"
+        return [C.finding(C.PAIR_IMBALANCE, f"only {min(frac, 1 - frac):.1%} of the pairs in '{what}' are {kind} "
+                                            f"(expected {IMBALANCE_LOW:.0%}-{IMBALANCE_HIGH:.0%})", evidence=ev)]
+    return []
+
+
+def check_class_labels(y: np.ndarray, source: str, *, what: str = "y") -> list[Finding]:
+    """Class labels: at least two classes, and some class with two samples (for positives)."""
+    y = np.asarray(y).reshape(-1)
+    if y.size == 0:
+        return []
+    classes, counts = np.unique(y, return_counts=True)
+    ev = {"source": source, "array": what, "samples": int(y.size), "classes": int(classes.size),
+          "largest_class_share": round(float(counts.max() / y.size), 4)}
+    if classes.size < 2:
+        return [C.finding(C.SINGLE_CLASS, f"every label in '{what}' is class {classes[0]!r}: no negative pair can be "
+                                          f"built and the embedding collapses to a constant", evidence=ev)]
+    if not np.any(counts >= 2):
+        return [C.finding(C.PAIR_IMBALANCE, f"no class in '{what}' has two samples, so no positive pair exists",
+                          evidence=ev, severity="error", fix="provide at least two samples of some classes")]
+    return []
+
+
+def check_raw(config: Any) -> list[Finding]:
+    """Label checks on a user's ``.npz`` before the loader validates (and maybe refuses) it."""
+    from ..data.sources import read_npz
+
+    ds = config.dataset
+    if ds.name not in ("npz", "pairs_npz") or not ds.path:
+        return []
+    source = str(Path(ds.path).expanduser())
+    try:
+        if ds.name == "pairs_npz":
+            arrays = read_npz(ds.path, required=("y",), optional=("y_test",))
+            out = check_pair_labels(arrays["y"], source, what="y")
+            if "y_test" in arrays and not any(f.is_error for f in out):
+                out += [f for f in check_pair_labels(arrays["y_test"], source, what="y_test") if f.is_error]
+            return out
+        arrays = read_npz(ds.path, required=("y",), optional=("y_test",))
+        y = arrays["y"] if "y_test" not in arrays else np.concatenate([arrays["y"].reshape(-1),
+                                                                      arrays["y_test"].reshape(-1)])
+        return check_class_labels(y, source, what="y")
+    except (DataError, ValueError, TypeError):
+        return []  # unreadable or malformed: load_dataset reports it with the precise cause
+
+
+_PATTERNS: tuple[tuple[str, str, str | None], ...] = (
+    (r"positives_only", C.POSITIVES_ONLY, None),
+    (r"negatives_only", C.PAIR_IMBALANCE, "error"),
+    (r"only one class|has only \d+ class", C.SINGLE_CLASS, None),
+    (r"no positive pairs are possible|no class has two or more samples", C.PAIR_IMBALANCE, "error"),
+)
+
+
+def from_data_error(exc: DataError) -> Finding | None:
+    """Map a loader refusal that is a known Siamese failure to its code; None for other data errors."""
+    text = str(exc)
+    for pattern, code, severity in _PATTERNS:
+        if re.search(pattern, text):
+            return C.finding(code, exc.problem, evidence={"source": exc.source},
+                             severity=severity)  # type: ignore[arg-type]
+    return None
+
+
+# Raw-input distance as a label-convention witness for user-built pairs: on digits, same pairs are closer
+# in pixel space (AUC 0.91); with keras.io's make_pairs convention (0 = same) the AUC is 0.13. Hard-negative
+# mining lowers it but was never seen below 0.5 on correctly labelled pairs. Flag below 0.3.
+RAW_INVERTED_AUC = 0.3
+RAW_PAIRS = 2000
+
+
+def raw_distance_auc(split: Any) -> float | None:
+    """AUC of 'same' vs 'different' from plain input distances (no model); None when not comparable."""
+    from .. import metrics
+
+    x1, x2, y = split.x1, split.x2, np.asarray(split.y)
+    if not (isinstance(x1, np.ndarray) and isinstance(x2, np.ndarray)) or x1.shape[1:] != x2.shape[1:]:
+        return None
+    if x1.dtype.kind in "iu" and x1.ndim == 2:  # token ids: distances between ids mean nothing
+        return None
+    n = min(len(y), RAW_PAIRS)
+    a = x1[:n].reshape(n, -1).astype(np.float32)
+    b = x2[:n].reshape(n, -1).astype(np.float32)
+    auc = metrics.roc_auc(np.linalg.norm(a - b, axis=1), y[:n], higher_is_same=False)
+    return None if not np.isfinite(auc) else float(auc)
+
+
+def check_convention(data: Any) -> list[Finding]:
+    """User-built pairs whose 'same' pairs look *less* alike than 'different' ones: 0 = same labels?"""
+    from ..data.types import PairedSplit
+
+    if not isinstance(data.train, PairedSplit):
+        return []
+    aucs = {name: raw_distance_auc(split) for name, split in data.splits().items() if isinstance(split, PairedSplit)}
+    low = [k for k, v in aucs.items() if v is not None and v < RAW_INVERTED_AUC]
+    if not low:
+        return []
+    ev = {"raw_distance_auc": {k: (round(v, 4) if v is not None else None) for k, v in aucs.items()},
+          "source": data.info.source}
+    mixed = any(v is not None and v > 1 - RAW_INVERTED_AUC for v in aucs.values())
+    msg = (f"pairs labelled 1 (same) in the {', '.join(low)} split{'s' if len(low) > 1 else ''} are *further* apart in "
+           f"raw input space than pairs labelled 0 (AUC {min(aucs[k] for k in low):.2f} from plain distances): the "
+           f"labels look like the 0 = same convention (keras.io's make_pairs)")
+    if mixed:
+        msg += "; other splits use 1 = same, so the splits disagree"
+    return [C.finding(C.LABEL_INVERTED, msg, evidence=ev, severity="error" if mixed else "warning",
+                      fix="siamese_core uses 1 = same: relabel with y = 1 - y (all of y, y_test)")]
+
+
+def check_splits(config: Any, data: Any) -> list[Finding]:
+    """Warnings on loaded data: imbalanced pre-built pairs, or a configured positive share far from 0.5."""
+    from ..data.types import PairedSplit
+
+    out: list[Finding] = []
+    if isinstance(data.train, PairedSplit):
+        out += check_pair_labels(data.train.y, data.info.source, what="train split")
+        out += check_convention(data)
+    elif not config.loss.is_triplet:
+        frac = config.pairs.positive_fraction
+        if not IMBALANCE_LOW <= frac <= IMBALANCE_HIGH:
+            out.append(C.finding(C.PAIR_IMBALANCE, f"pairs.positive_fraction={frac} makes {min(frac, 1 - frac):.0%} of "
+                                                   f"the training pairs {'negatives' if frac > 0.5 else 'positives'}",
+                                 evidence={"positive_fraction": frac},
+                                 fix="use pairs.positive_fraction between 0.3 and 0.7 (0.5 is the default)"))
+    return out

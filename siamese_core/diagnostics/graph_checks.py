@@ -1,0 +1,214 @@
+"""Model-graph checks: bypassed preprocessing, raw inputs reaching a layer, frozen encoders.
+
+Keras keeps only the layers on the path from inputs to outputs, so the forum
+bug ``x = Rescaling(1/255)(inputs); x = Conv2D(...)(inputs)`` leaves no trace
+in ``model.layers``; the Input's outbound nodes still point at the Rescaling,
+which is how we find it. Nested user models (our encoder wraps the user's
+``build_encoder`` model) are walked too. The activation check then feeds one
+real batch and measures what actually reaches the first layer with weights.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import keras
+import numpy as np
+
+from ..findings import Finding
+from . import codes as C
+
+_PREPROCESSING_MODULE = "keras.src.layers.preprocessing"
+_NOISE_LAYERS = ("GaussianNoise", "GaussianDropout")
+_NORMALISING_LAYERS = ("BatchNormalization", "LayerNormalization", "GroupNormalization")
+_NORMALISATION_TYPES = ("Rescaling", "Normalization")
+
+# What reaches the first weighted layer. Healthy pipelines give |x| <= ~3 (rescale: [0, 1]; standardize on
+# Fashion-MNIST: max 2.0, on skewed features rarely beyond 10) and std ~0.3-1. Raw pixels give max 255 and
+# std ~90 (Fashion-MNIST) / ~6 for 0-16 digits. Flag above |x| 20 or std 5; error at |x| >= 100.
+ACT_ABS_MAX = 20.0
+ACT_STD = 5.0
+ACT_ERROR_ABS_MAX = 100.0
+# Scaled twice (our rescale to [0, 1], then the user's own Rescaling(1/255)): max ~0.004. Such inputs
+# train 10-100x slower (the overfit probe stalled at 59% of its initial loss). Healthy inputs have max >= 0.5.
+ACT_TINY_ABS_MAX = 0.05
+
+
+def is_preprocessing(op: Any) -> bool:
+    """Keras preprocessing/augmentation layers, noise layers, or a Sequential made only of them."""
+    if isinstance(op, keras.Model):
+        layers = [lyr for lyr in op.layers if type(lyr).__name__ != "InputLayer"]
+        return bool(layers) and all(is_preprocessing(lyr) for lyr in layers)
+    cls = type(op)
+    return cls.__name__ in _NOISE_LAYERS or any(c.__module__.startswith(_PREPROCESSING_MODULE) for c in cls.__mro__)
+
+
+def _is_functional(m: Any) -> bool:
+    return isinstance(m, keras.Model) and hasattr(m, "_nodes_by_depth") and hasattr(m, "operations")
+
+
+def functional_models(model: keras.Model) -> Iterator[keras.Model]:
+    """`model` and every functional model nested in it (a user encoder inside ours)."""
+    seen: set[int] = set()
+    stack = [model]
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        if _is_functional(m):
+            yield m
+        stack.extend(lyr for lyr in getattr(m, "layers", []) if isinstance(lyr, keras.Model))
+
+
+def bypassed_preprocessing(model: keras.Model) -> list[dict[str, str]]:
+    """Preprocessing layers applied to a model's input whose output never reaches the model's output."""
+    found: list[dict[str, str]] = []
+    for m in functional_models(model):
+        in_model = {id(op) for op in m.operations}
+        for tensor in m.inputs:
+            history = getattr(tensor, "_keras_history", None)
+            if history is None:
+                continue
+            stack, seen = [history.operation], set()
+            while stack:
+                op = stack.pop()
+                for node in getattr(op, "_outbound_nodes", []):
+                    nxt = node.operation
+                    if id(nxt) in in_model or id(nxt) in seen or not is_preprocessing(nxt):
+                        continue
+                    seen.add(id(nxt))
+                    found.append({"layer": nxt.name, "type": type(nxt).__name__, "model": m.name})
+                    stack.append(nxt)  # a bypassed chain: Rescaling -> RandomFlip -> ...
+    return found
+
+
+def _has_weights(op: Any) -> bool:
+    return bool(getattr(op, "weights", None)) and not is_preprocessing(op)
+
+
+def _value_of(model: keras.Model, tensor: Any, x: Any) -> Any:
+    for inp, value in zip(model.inputs, x if isinstance(x, (list, tuple)) else [x]):
+        if tensor is inp:
+            return value
+    return keras.Model(model.inputs, tensor)(list(x) if isinstance(x, (list, tuple)) else [x], training=False)
+
+
+def first_weighted_input(model: keras.Model, x: Any, *, path: str = "") -> tuple[str, Any, np.ndarray] | None:
+    """``(path, layer, activations)``: what the first layer with weights receives for inputs `x`."""
+    path = f"{path}/{model.name}" if path else model.name
+    if not _is_functional(model):  # Sequential: apply layers in order
+        h = x
+        for layer in model.layers:
+            if _has_weights(layer):
+                if isinstance(layer, keras.Model):
+                    return first_weighted_input(layer, h, path=path)
+                return f"{path}/{layer.name}", layer, np.asarray(h)
+            h = layer(h, training=False)
+        return None
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            op = node.operation
+            if not _has_weights(op) or not node.input_tensors:
+                continue
+            value = _value_of(model, node.input_tensors[0], x)
+            if isinstance(op, keras.Model):
+                return first_weighted_input(op, value, path=path)
+            return f"{path}/{op.name}", op, np.asarray(value)
+    return None
+
+
+def activation_stats(a: np.ndarray) -> dict[str, float]:
+    a = np.asarray(a, dtype=np.float64)
+    return {"abs_max": float(np.max(np.abs(a))) if a.size else 0.0, "mean": float(a.mean()) if a.size else 0.0,
+            "std": float(a.std()) if a.size else 0.0}
+
+
+def check_inputs(encoders: tuple[keras.Model, ...], batches: list[np.ndarray], *, config: Any,
+                 info: Any) -> list[Finding]:
+    """`unnormalized_input` from the graph (bypassed layers) and from one real batch per tower."""
+    if info.kind == "tokens":
+        return []
+    findings: list[Finding] = []
+    for encoder, x in zip(encoders, batches):
+        bypass = bypassed_preprocessing(encoder)
+        captured = first_weighted_input(encoder, x)
+        stats, where, layer_type = None, None, None
+        if captured is not None:
+            where, layer, act = captured
+            layer_type = type(layer).__name__
+            if layer_type in _NORMALISING_LAYERS or layer_type == "Embedding":
+                captured = None  # the layer normalises (or looks up) its own input
+            else:
+                stats = activation_stats(act)
+        raw = stats is not None and (stats["abs_max"] > ACT_ABS_MAX or stats["std"] > ACT_STD)
+        tiny = stats is not None and 0.0 < stats["abs_max"] < ACT_TINY_ABS_MAX
+        if tiny and not bypass:
+            findings.append(C.finding(
+                C.UNNORMALIZED_INPUT, f"inputs reaching {where} are scaled down twice: |x| max {stats['abs_max']:.3g} "
+                                      f"(expected ~1) — preprocessing.normalize already maps the data to [0, 1] and "
+                                      f"the encoder rescales it again", severity="warning",
+                evidence={"encoder": encoder.name, "normalize": config.preprocessing.normalize, "first_layer": where,
+                          **{f"input_{k}": round(v, 6) for k, v in stats.items()}},
+                fix="normalise once: set preprocessing.normalize: none when your encoder has its own Rescaling, "
+                    "or remove the Rescaling from your encoder"))
+            continue
+        if not raw and not bypass:
+            continue
+        evidence: dict[str, Any] = {"encoder": encoder.name, "normalize": config.preprocessing.normalize,
+                                    "raw_value_range": list(info.value_range)}
+        if stats is not None:
+            evidence.update({"first_layer": where, "first_layer_type": layer_type,
+                             **{f"input_{k}": round(v, 4) for k, v in stats.items()}})
+        if bypass:
+            evidence["bypassed_layers"] = [f"{b['model']}/{b['layer']} ({b['type']})" for b in bypass]
+        findings.append(_input_finding(raw, stats, where, bypass, evidence, config))
+    return findings
+
+
+def _input_finding(raw: bool, stats: dict[str, float] | None, where: str | None, bypass: list[dict[str, str]],
+                   evidence: dict[str, Any], config: Any) -> Finding:
+    names = ", ".join(f"{b['layer']} ({b['type']})" for b in bypass)
+    one = len(bypass) == 1
+    bypass_text = (f"{names} {'is' if one else 'are'} applied to the input of '{bypass[0]['model']}' but bypassed: "
+                   f"the next layer reads `inputs` again, so Keras dropped {'it' if one else 'them'} from the model"
+                   ) if bypass else ""
+    bypass_fix = (f"feed the preprocessing output to the next layer: x = {bypass[0]['type']}(...)(inputs); "
+                  f"x = NextLayer(...)(x)  — not NextLayer(...)(inputs)") if bypass else ""
+    builtin = config.encoder.type in ("conv", "mlp", "sequence")
+    if raw:
+        assert stats is not None
+        severity = "error" if (stats["abs_max"] >= ACT_ERROR_ABS_MAX or
+                               any(b["type"] in _NORMALISATION_TYPES for b in bypass)) else "warning"
+        msg = (f"unnormalised values reach {where}: |x| max {stats['abs_max']:.4g}, std {stats['std']:.3g} "
+               f"(expected roughly [-3, 3])")
+        if bypass:
+            msg += f"; {bypass_text}"
+            fix = bypass_fix + (" — or set preprocessing.normalize: rescale" if config.preprocessing.normalize == "none"
+                                else "")
+        elif config.preprocessing.normalize == "none":
+            msg += "; preprocessing.normalize is 'none'"
+            fix = ("set preprocessing.normalize: rescale (or standardize)" if builtin else
+                   "set preprocessing.normalize: rescale, or normalise inside your encoder (Rescaling fed into "
+                   "the first layer)")
+        else:
+            fix = "normalise inside your encoder, or check preprocessing.normalize and the data's value range"
+        return C.finding(C.UNNORMALIZED_INPUT, msg, evidence=evidence, severity=severity, fix=fix)  # type: ignore[arg-type]
+    augment = [b for b in bypass if b["type"] not in _NORMALISATION_TYPES]
+    tail = (" Augmentation never runs." if augment else
+            " Inputs are still normalised by preprocessing.normalize, so the layer is dead code.")
+    return C.finding(C.UNNORMALIZED_INPUT, bypass_text + "." + tail, evidence=evidence, severity="warning",
+                     fix=bypass_fix)
+
+
+def check_trainable(models: Any) -> list[Finding]:
+    """An encoder without trainable weights never changes its embeddings: nothing can be fitted."""
+    frozen = [e.name for e in models.encoders if not e.trainable_weights]
+    if not frozen:
+        return []
+    total = int(sum(int(np.prod(w.shape)) for w in models.training.trainable_weights))
+    return [C.finding(C.CANNOT_OVERFIT, f"encoder {', '.join(frozen)} has no trainable weights (frozen with "
+                                        f"trainable = False?), so its embeddings can never change",
+                      evidence={"frozen_encoders": frozen, "trainable_params_in_model": total,
+                                "encoder_params": int(models.encoders[0].count_params())},
+                      fix="unfreeze the encoder (or add trainable layers on top of a frozen base) before training")]

@@ -1,0 +1,148 @@
+"""Checks on the loss itself: label convention, batch reduction, finite gradients.
+
+They need no training: the convention check evaluates the loss function on
+hand-made distances (the property the design promises — a same-label pair's
+loss falls as the pair moves closer); the reduction check evaluates it on the
+same tuples at two batch sizes; the gradient check takes one backward pass.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..findings import Finding
+from . import codes as C
+
+# Mean reduction gives exactly 1.0 (equal-size sub-batches); a sum over the batch gives large/small = 4.0.
+# Batch-hard mining makes the per-triplet loss grow a little with the batch (harder tuples found): measured
+# 1.0-1.3 at initialisation on digits/Fashion-MNIST. Flag outside [0.5, 2].
+REDUCTION_SMALL, REDUCTION_LARGE = 16, 64
+REDUCTION_RATIO_HIGH, REDUCTION_RATIO_LOW = 2.0, 0.5
+
+
+def _value(fn: Callable[[Any, Any], Any], y: np.ndarray, pred: np.ndarray) -> float:
+    import keras
+
+    out = fn(keras.ops.convert_to_tensor(y), keras.ops.convert_to_tensor(pred))
+    return float(np.mean(keras.ops.convert_to_numpy(out)))
+
+
+def _worse(a: float, b: float) -> bool:
+    """a > b beyond float noise."""
+    return a > b + 1e-6 * (abs(a) + abs(b)) + 1e-12
+
+
+def check_convention(config: Any, *, embedding_dim: int) -> list[Finding]:
+    """Does the loss pull same pairs together and push different pairs apart, with 1 = same?"""
+    from ..losses import build_loss_fn, score_is_similarity
+
+    if config.loss.mining == "batch_hard":
+        return []  # built-in and property-tested; its value depends on the whole batch
+    fn = build_loss_fn(config.loss, config.distance)
+    m = config.loss.margin
+    if config.loss.is_triplet:
+        return _triplet_convention(fn, m, max(int(embedding_dim), 2))
+    if score_is_similarity(config.loss):
+        close, far = 0.9, 0.1  # similarity: high = same
+    else:
+        close, far = 0.1 * m, (min(2.0 * m, 1.9) if config.distance == "cosine" else 2.0 * m)
+    ones, zeros = np.ones(2, np.float32), np.zeros(2, np.float32)
+    v = {"same_close": _value(fn, ones, np.full(2, close, np.float32)),
+         "same_far": _value(fn, ones, np.full(2, far, np.float32)),
+         "diff_close": _value(fn, zeros, np.full(2, close, np.float32)),
+         "diff_far": _value(fn, zeros, np.full(2, far, np.float32))}
+    ev = {"loss": config.loss.type, "score": "similarity" if score_is_similarity(config.loss) else "distance",
+          "close": close, "far": far, **{f"loss_{k}": round(x, 6) for k, x in v.items()}}
+    pulls = _worse(v["same_far"], v["same_close"])          # same pairs: far costs more than close
+    pushes = _worse(v["diff_close"], v["diff_far"])        # different pairs: close costs more than far
+    pulls_apart = _worse(v["same_close"], v["same_far"])
+    pushes_together = _worse(v["diff_far"], v["diff_close"])
+    if pulls_apart and pushes_together:
+        return [C.finding(C.LABEL_INVERTED, "the loss uses the opposite label convention: it rewards same pairs "
+                                            "(y=1) for moving apart and different pairs (y=0) for moving together",
+                          evidence=ev)]
+    if not pulls and not pushes:
+        return [C.finding(C.CANNOT_OVERFIT, "the loss does not depend on the pair score in the expected direction "
+                                            "for either label", evidence=ev)]
+    if pulls and not pushes:
+        return [C.finding(C.COLLAPSE, "nothing in the loss pushes different pairs (y=0) apart, so mapping every "
+                                      "input to one point minimises it", evidence=ev, severity="warning",
+                          fix="the negative term must fall as d grows: (1 - y) * max(margin - d, 0)^2, not "
+                              "max(d - margin, 0)")]
+    if pushes and not pulls:
+        return [C.finding(C.LABEL_INVERTED, "the loss does not pull same pairs (y=1) together — check the label "
+                                            "convention (1 = same)", evidence=ev, severity="warning")]
+    return []
+
+
+def _triplet_convention(fn: Callable[[Any, Any], Any], margin: float, dim: int) -> list[Finding]:
+    e1, e2 = np.eye(dim, dtype=np.float32)[0], np.eye(dim, dtype=np.float32)[1]
+    close, far = e1 + 0.1 * margin * e2, e1 + 2.0 * margin * e2
+    good = np.stack([e1, close, far])[None].repeat(2, axis=0)   # positive close, negative far
+    bad = np.stack([e1, far, close])[None].repeat(2, axis=0)    # positive far, negative close
+    targets = np.array([[0, 1], [2, 3]], np.float32)
+    v_good, v_bad = _value(fn, targets, good), _value(fn, targets, bad)
+    ev = {"loss_good_triplet": round(v_good, 6), "loss_bad_triplet": round(v_bad, 6)}
+    if _worse(v_good, v_bad):
+        return [C.finding(C.LABEL_INVERTED, "the triplet loss is lower when the negative is closer than the positive: "
+                                            "anchor/positive/negative are swapped", evidence=ev,
+                          fix="the loss must be max(d(a, p) - d(a, n) + margin, 0) for (anchor, positive, negative)")]
+    if not _worse(v_bad, v_good):
+        return [C.finding(C.CANNOT_OVERFIT, "the triplet loss is the same for a good and a bad triplet",
+                          evidence=ev)]
+    return []
+
+
+def check_reduction(loss: Any, y: np.ndarray, pred: np.ndarray, *, small: int = REDUCTION_SMALL,
+                    large: int = REDUCTION_LARGE) -> list[Finding]:
+    """The configured loss on the same tuples at two batch sizes; a mean gives the same value."""
+    n = min(large, len(y))
+    if n < 2 * small:
+        return []
+    subs = [_value(loss, y[i:i + small], pred[i:i + small]) for i in range(0, n - n % small, small)]
+    v_small, v_large = float(np.mean(subs)), _value(loss, y[:n], pred[:n])
+    if not (np.isfinite(v_small) and np.isfinite(v_large)) or max(abs(v_small), abs(v_large)) < 1e-9:
+        return []  # zero at initialisation (all hinges satisfied): inconclusive
+    ratio = v_large / v_small if v_small else float("inf")
+    ev = {"batch_small": small, "batch_large": n, "loss_at_small": round(v_small, 6), "loss_at_large": round(v_large, 6),
+          "ratio": round(ratio, 4), "ratio_if_summed": round(n / small, 2)}
+    if ratio > REDUCTION_RATIO_HIGH:
+        return [C.finding(C.LOSS_REDUCTION, f"the loss grows with the batch size: {v_large:.4g} at batch {n} vs "
+                                            f"{v_small:.4g} at batch {small} on the same tuples (x{ratio:.2f}; "
+                                            f"x{n / small:.0f} means summed over the batch)", evidence=ev)]
+    if ratio < REDUCTION_RATIO_LOW:
+        return [C.finding(C.LOSS_REDUCTION, f"the loss shrinks with the batch size (x{ratio:.2f} from batch {small} to "
+                                            f"{n}): it is divided by the batch size twice", evidence=ev)]
+    return []
+
+
+def check_gradients(model: Any, loss: Any, x: Any, y: np.ndarray, *, encoders: tuple[Any, ...]) -> list[Finding]:
+    """One backward pass at initialisation: non-finite gradients, or none reaching the encoder."""
+    import tensorflow as tf
+
+    variables = list(model.trainable_variables)
+    if not variables:
+        return []
+    with tf.GradientTape() as tape:
+        pred = model(x, training=True)
+        value = loss(tf.convert_to_tensor(y), pred)
+    grads = tape.gradient(value, variables)
+    loss_value = float(value)
+    bad = [v.path for g, v in zip(grads, variables) if g is not None and not bool(tf.reduce_all(tf.math.is_finite(g)))]
+    if not np.isfinite(loss_value) or bad:
+        what = f"the loss is {loss_value}" if not np.isfinite(loss_value) else "gradients are non-finite"
+        return [C.finding(C.NAN_LOSS, f"{what} at initialisation, before any update", evidence={"loss": loss_value,
+                                                                                         "nonfinite_gradients": bad[:5]},
+                          fix="guard sqrt/log/division in the loss or distance with maximum(x, 1e-9); check inputs "
+                              "for NaN")]
+    enc_ids = {id(v) for e in encoders for v in e.trainable_variables}
+    enc_grads = [g for g, v in zip(grads, variables) if id(v) in enc_ids]
+    norms = [float(tf.norm(g)) for g in enc_grads if g is not None]
+    if enc_ids and (not norms or max(norms) == 0.0):
+        return [C.finding(C.CANNOT_OVERFIT, "no gradient reaches the encoder's weights: the loss does not depend on "
+                                            "them (zero or missing gradients at initialisation)",
+                          evidence={"loss": round(loss_value, 6), "encoder_variables": len(enc_ids),
+                                    "with_gradient": len(norms), "max_gradient_norm": max(norms) if norms else None})]
+    return []

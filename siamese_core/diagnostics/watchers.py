@@ -1,0 +1,282 @@
+"""Callbacks that watch every training run (any loader) and emit findings on the bus.
+
+* `PreflightWatcher` (``on_train_begin``): the doctor's static checks on one
+  validation batch — bypassed preprocessing, raw inputs, frozen encoder, loss
+  convention, loss reduction, constant output at initialisation. Inference
+  mode only, so the run's weights, BatchNorm statistics and RNG are untouched.
+* `EpochWatcher` (``on_epoch_end``, after the evaluator): collapse, constant
+  output, inverted labels and no learning, read from the ``val_*`` epoch logs.
+* `nan_finding`: the evidence and likely cause when `NanGuard` stops a run.
+
+Codes in ``config.diagnostics.fail_on`` abort the run with `TrainingFailed`
+(after the finding is emitted, so listeners see it first).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+
+from ..errors import TrainingFailed
+from ..findings import SEVERITY_ORDER, Finding
+from . import codes as C
+
+log = logging.getLogger(__name__)
+
+KEYS = ("loss", "val_loss", "val_roc_auc", "val_pair_accuracy", "val_score_std", "embedding_norm_mean",
+        "val_distance_std", "val_pos_distance_mean", "val_neg_distance_mean")
+
+# --- thresholds, calibrated on healthy runs (digits: conv/mlp/triplet/bce/cosine/l2/sgd, 4 epochs;
+# Fashion-MNIST default conv, 3 epochs) and on real failures (positives-only pairs, a hinge with the wrong
+# sign, softmax over one unit, lr=10 killing every ReLU):
+# * norm collapse: healthy runs keep embedding_norm_mean >= 0.57 x its best epoch (sgd lr=10 shrank 3.9 -> 2.2);
+#   collapsing runs fell to 0.016-0.023 x within 5 epochs, dead networks to exactly 0. Flag below 0.02 x.
+NORM_DROP = 0.02
+NORM_ZERO = 1e-6
+# * point collapse: relative spread = val_distance_std / embedding scale (norm; norm^2 for sqeuclidean;
+#   1 for cosine). Healthy minimum seen: 0.016 (BatchNorm conv on digits, early epochs) and 0.0043 (cosine);
+#   softmax-over-one-unit and dead networks give exactly 0. Flag below 1e-4, or below 1e-3 after a 50x drop.
+SPREAD_FLOOR = 1e-4
+SPREAD_LOW, SPREAD_DROP = 1e-3, 0.02
+# * constant output: healthy val_score_std >= 0.008 (BCE, first epoch); constant models give 0.0.
+CONSTANT_STD = 1e-5
+CHANCE_BAND = 0.05           # |AUC - 0.5| below this is chance
+INVERTED_AUC = 0.3           # healthy runs never went below 0.6 after one epoch
+
+
+def _f(row: dict[str, float], key: str) -> float:
+    v = row.get(key)
+    return float(v) if v is not None else float("nan")
+
+
+def _scale(row: dict[str, float], distance: str) -> float:
+    norm = _f(row, "embedding_norm_mean")
+    if distance == "cosine":
+        return 1.0
+    return norm * norm if distance == "sqeuclidean" else norm
+
+
+def epoch_findings(history: list[dict[str, float]], *, distance: str, l2_normalize: bool, higher_is_same: bool,
+                   patience: int) -> list[Finding]:
+    """Findings from the per-epoch validation metrics so far (the last row is the current epoch)."""
+    row, epoch = history[-1], len(history) - 1
+    out: list[Finding] = []
+    auc, norm = _f(row, "val_roc_auc"), _f(row, "embedding_norm_mean")
+    norms = [_f(r, "embedding_norm_mean") for r in history if math.isfinite(_f(r, "embedding_norm_mean"))]
+    spreads = []
+    for r in history:
+        s = _scale(r, distance)
+        spreads.append(_f(r, "val_distance_std") / s if s > 0 else 0.0)
+    spread, best_spread = spreads[-1], max((s for s in spreads if math.isfinite(s)), default=float("nan"))
+    ev = {"epoch": epoch, "embedding_norm_mean": norm, "max_embedding_norm_mean": max(norms, default=float("nan")),
+          "relative_distance_spread": spread, "best_relative_distance_spread": best_spread,
+          "val_distance_std": _f(row, "val_distance_std"), "val_loss": _f(row, "val_loss"), "val_roc_auc": auc}
+    ev = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in ev.items()}
+
+    zero = (not l2_normalize and math.isfinite(norm) and
+            (norm < NORM_ZERO or (len(norms) >= 2 and norm < NORM_DROP * max(norms))))
+    point = math.isfinite(spread) and (spread < SPREAD_FLOOR or
+                                       (spread < SPREAD_LOW and spread < SPREAD_DROP * best_spread))
+    if zero or point:
+        what = (f"embeddings shrank to near-zero vectors (mean norm {norm:.3g}, best {max(norms):.3g})" if zero else
+                f"embeddings collapsed to one point (distance spread {spread:.2g} of the embedding scale, best "
+                f"{best_spread:.2g})")
+        out.append(C.finding(C.COLLAPSE, f"{what} at epoch {epoch}; val_loss {_f(row, 'val_loss'):.4g}",
+                             evidence=ev, epoch=epoch))
+
+    score_std = _f(row, "val_score_std")
+    mean_score = abs(np.nanmean([_f(row, "val_pos_distance_mean"), _f(row, "val_neg_distance_mean")])) \
+        if not higher_is_same else 0.5
+    chance = not math.isfinite(auc) or abs(auc - 0.5) < CHANCE_BAND
+    if math.isfinite(score_std) and score_std <= CONSTANT_STD * max(1.0, mean_score) and chance:
+        out.append(C.finding(C.CONSTANT_OUTPUT, f"every validation pair gets the same score (std {score_std:.2g}) "
+                                                f"at epoch {epoch}; accuracy {_f(row, 'val_pair_accuracy'):.3f} is the "
+                                                f"class prior", evidence={**ev, "val_score_std": score_std,
+                                                                          "val_pair_accuracy": _f(row, "val_pair_accuracy")},
+                             epoch=epoch))
+
+    if math.isfinite(auc) and auc < INVERTED_AUC:
+        out.append(C.finding(C.LABEL_INVERTED, f"validation AUC is {auc:.3f} at epoch {epoch} (well below 0.5): the "
+                                               f"model ranks same pairs as different — the loss or the labels use the "
+                                               f"opposite convention (1 = same here)", evidence=ev, epoch=epoch))
+
+    if len(history) >= patience:
+        recent = history[-patience:]
+        aucs = [_f(r, "val_roc_auc") for r in recent]
+        losses = [_f(r, "val_loss") for r in recent]
+        at_chance = all(math.isfinite(a) and abs(a - 0.5) <= CHANCE_BAND for a in aucs)
+        frozen = (all(map(math.isfinite, aucs + losses)) and max(aucs) - min(aucs) == 0.0 and
+                  max(losses) - min(losses) <= 1e-7 * max(abs(losses[0]), 1e-12))
+        if at_chance or frozen:
+            why = (f"validation AUC stayed within {CHANCE_BAND} of chance (0.5) for {patience} epochs" if at_chance else
+                   f"validation metrics did not change at all for {patience} epochs: the weights are not updating")
+            out.append(C.finding(C.NO_LEARNING, f"{why} (AUC {', '.join(f'{a:.3f}' for a in aucs)})",
+                                 evidence={"epochs": patience, "val_roc_auc": aucs, "val_loss": losses,
+                                           "train_loss": [_f(r, "loss") for r in recent]}, epoch=epoch))
+    return out
+
+
+# ------------------------------------------------------------------ NaN
+def nan_finding(*, value: float, epoch: int, step: int, learning_rate: float, config: Any = None,
+                info: Any = None) -> Finding:
+    """Why the loss went non-finite, most likely cause first."""
+    causes: list[str] = []
+    evidence: dict[str, Any] = {"loss": value, "epoch": epoch, "step": step, "learning_rate": learning_rate}
+    if config is not None:
+        opt = config.optimizer.name
+        limit = 0.1 if opt == "sgd" else 0.01
+        evidence.update({"optimizer": opt, "clipnorm": config.optimizer.clipnorm,
+                         "normalize": config.preprocessing.normalize, "loss_type": config.loss.type})
+        if math.isfinite(learning_rate) and learning_rate >= limit:
+            causes.append(f"learning_rate={learning_rate:g} is high for {opt} (typical: "
+                          f"{'1e-2' if opt == 'sgd' else '1e-3'})")
+        if info is not None and info.kind != "tokens":
+            hi = max(abs(float(v)) for v in info.value_range)
+            evidence["raw_input_max"] = hi
+            if config.preprocessing.normalize == "none" and hi > 10:
+                causes.append(f"inputs are not normalised (raw values up to {hi:g}, preprocessing.normalize: none)")
+        if not causes:
+            where = "your loss" if config.loss.type not in ("contrastive", "triplet", "bce") else "the loss or encoder"
+            causes.append(f"a non-finite operation in {where} (sqrt(0) gradient, log(0), division by zero)")
+    evidence["likely_causes"] = causes
+    message = (f"loss became {value} at epoch {epoch}, step {step} (learning_rate={learning_rate:.3g}); likely cause: "
+               f"{'; '.join(causes) if causes else 'unknown'}")
+    return C.finding(C.NAN_LOSS, message, evidence=evidence, epoch=epoch)
+
+
+# ------------------------------------------------------------------ callbacks
+class FindingCollector(keras.callbacks.Callback):
+    """Keeps every finding emitted during a run (the bus calls ``on_finding``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.findings: list[Finding] = []
+
+    def on_finding(self, finding: Finding) -> None:
+        self.findings.append(finding)
+
+
+class _Watcher(keras.callbacks.Callback):
+    def __init__(self, config: Any, bus: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.bus = bus
+        self.fail_on = set(config.diagnostics.fail_on)
+        self.reported: set[str] = set()
+
+    def report(self, findings: list[Finding]) -> None:
+        """Emit each code once per run; then abort if a code is in ``fail_on``.
+
+        A finding weaker than its code's usual severity (e.g. a constant output *before* training, a
+        loss shape that only suggests collapse) is reported but never aborts the run.
+        """
+        new = [f for f in findings if f.code not in self.reported]
+        for f in new:
+            self.reported.add(f.code)
+            self.bus.emit(f)
+        for f in new:
+            usual = C.CATALOGUE[f.code].severity if f.code in C.CATALOGUE else "error"
+            if f.code in self.fail_on and SEVERITY_ORDER[f.severity] >= SEVERITY_ORDER[usual]:
+                raise TrainingFailed(f.code, f.message, finding=f, epoch=f.epoch)
+
+
+def safely(check: Callable[..., list[Finding]], *args: Any, **kwargs: Any) -> list[Finding]:
+    """A diagnostic that fails (on user code we cannot predict) must never break the run it watches."""
+    try:
+        return check(*args, **kwargs)
+    except TrainingFailed:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        log.warning("diagnostic %s skipped: %s: %s", getattr(check, "__name__", check), type(exc).__name__, exc)
+        return []
+
+
+PREFLIGHT_TUPLES = 64
+
+
+def probe_tuples(config: Any, split: Any, *, n: int = PREFLIGHT_TUPLES) -> tuple[list[np.ndarray], np.ndarray]:
+    """`n` tuples from `split` as model inputs (a fixed stream, independent of the training pairs)."""
+    from ..data.pairs import STREAM_PROBE, PairSampler, PairShuffler, TripletSampler
+    from ..data.types import PairedSplit, materialize
+
+    if isinstance(split, PairedSplit):
+        t = PairShuffler(split.y, seed=config.seed, pairs_per_epoch=min(n, len(split)), stream=STREAM_PROBE).epoch(0)
+        return [materialize(split.x1, t.indices[:, 0]), materialize(split.x2, t.indices[:, 1])], t.targets
+    if config.loss.is_triplet:
+        t = TripletSampler(split.y, seed=config.seed, triplets_per_epoch=n, stream=STREAM_PROBE).epoch(0)
+    else:
+        t = PairSampler(split.y, seed=config.seed, pairs_per_epoch=n, positive_fraction=config.pairs.positive_fraction,
+                        stream=STREAM_PROBE, source="validation split").epoch(0)
+    return [materialize(split.x, t.indices[:, k]) for k in range(t.arity)], t.targets
+
+
+def static_findings(config: Any, data: Any, models: Any, *, loss: Any) -> list[Finding]:
+    """The checks that need a model but no training (shared by the doctor and `PreflightWatcher`)."""
+    from . import graph_checks, loss_checks
+    from .probes import score_spread
+
+    out = safely(graph_checks.check_trainable, models)
+    x, y = probe_tuples(config, data.val)
+    sides = x[:2] if len(models.encoders) == 2 else x[:1]
+    out += safely(graph_checks.check_inputs, models.encoders, sides, config=config, info=data.info)
+    out += safely(loss_checks.check_convention, config, embedding_dim=int(models.encoders[0].output.shape[-1]))
+    pred = np.asarray(models.training(x, training=False))
+    out += safely(loss_checks.check_reduction, loss, y, pred)
+    spread = score_spread(models, pred)
+    if spread < 1e-6:
+        out.append(C.finding(C.CONSTANT_OUTPUT, "the untrained model gives every pair the same score; a healthy "
+                                                "random initialisation does not", evidence={"score_spread": spread},
+                             severity="warning"))
+    return out
+
+
+class PreflightWatcher(_Watcher):
+    """Static checks once, before the first step."""
+
+    def __init__(self, config: Any, bus: Any, *, data: Any, models: Any) -> None:
+        super().__init__(config, bus)
+        self.data, self.models = data, models
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        loss = getattr(self.models.training, "loss", None)
+        if loss is None:
+            return
+        self.report(safely(static_findings, self.config, self.data, self.models, loss=loss))
+
+
+class EpochWatcher(_Watcher):
+    """Collapse, constant output, inverted labels, no learning — from the evaluator's ``val_*`` logs."""
+
+    def __init__(self, config: Any, bus: Any, *, models: Any) -> None:
+        super().__init__(config, bus)
+        self.models = models
+        self.history: list[dict[str, float]] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        if "val_roc_auc" not in logs:
+            return
+        row = {}
+        for k in KEYS:
+            try:
+                row[k] = float(np.asarray(logs[k]))
+            except (KeyError, TypeError, ValueError):
+                continue
+        self.history.append(row)
+        found = epoch_findings(self.history, distance=self.models.distance, l2_normalize=self.config.encoder.l2_normalize,
+                               higher_is_same=self.models.higher_is_same,
+                               patience=self.config.diagnostics.no_learning_patience)
+        self.report(found)
+
+
+def training_watchers(config: Any, *, data: Any, models: Any, bus: Any) -> list[keras.callbacks.Callback]:
+    """The callbacks `training.train` adds after the evaluator when ``diagnostics.enabled``."""
+    watchers: list[keras.callbacks.Callback] = []
+    if config.diagnostics.preflight:
+        watchers.append(PreflightWatcher(config, bus, data=data, models=models))
+    watchers.append(EpochWatcher(config, bus, models=models))
+    return watchers

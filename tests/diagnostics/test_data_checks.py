@@ -1,0 +1,93 @@
+"""positives_only / single_class / pair_imbalance (and label convention) from the data, before any training."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from siamese_core.diagnostics import diagnose
+from siamese_core.diagnostics.data_checks import check_pair_labels, from_data_error
+from siamese_core.errors import DataError
+
+from .conftest import codes, digits_255, make_pairs, run_cli
+
+
+def pairs_config(path) -> dict:
+    return {"dataset": {"name": "pairs_npz", "path": str(path)}, "epochs": 1}
+
+
+def test_positives_only_pairs_are_reported_not_crashed(write_npz):
+    x, y = digits_255()
+    x1, x2, _ = make_pairs(x, y, 600, positive_fraction=1.0)
+    path = write_npz("same_only.npz", x1=x1, x2=x2, y=np.ones(600))  # the forum dataset: matches only
+    findings = diagnose(pairs_config(path))
+    assert codes(findings) == {"positives_only": "error"}
+    ev = findings[0].evidence
+    assert ev["negatives"] == 0 and ev["positives"] == 600 and ev["positive_fraction"] == 1.0
+    assert "0 (different)" in findings[0].fix
+
+
+def test_positives_only_cli_json_exits_3(write_npz):
+    x, y = digits_255()
+    x1, x2, _ = make_pairs(x, y, 300, positive_fraction=1.0)
+    path = write_npz("same_only.npz", x1=x1, x2=x2, y=np.ones(300))
+    proc = run_cli("doctor", "--set", "dataset.name=pairs_npz", "--set", f"dataset.path={path}", "--json")
+    assert proc.returncode == 3, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [f["code"] for f in out["findings"]] == ["positives_only"]
+    assert {"code", "severity", "message", "evidence"} <= set(out["findings"][0])
+
+
+def test_single_class_labels(write_npz):
+    x, _ = digits_255()
+    path = write_npz("one_class.npz", x=x[:300], y=np.full(300, 7))
+    findings = diagnose({"dataset": {"name": "npz", "path": str(path)}})
+    assert codes(findings) == {"single_class": "error"}
+    assert findings[0].evidence["classes"] == 1
+
+
+def test_negatives_only_is_an_error_imbalance(write_npz):
+    x, y = digits_255()
+    x1, x2, _ = make_pairs(x, y, 400, positive_fraction=0.0)
+    findings = diagnose(pairs_config(write_npz("diff_only.npz", x1=x1, x2=x2, y=np.zeros(400))))
+    assert codes(findings) == {"pair_imbalance": "error"}
+
+
+def test_few_negatives_is_a_warning(write_npz):
+    x, y = digits_255()
+    x1, x2, labels = make_pairs(x, y, 2000, positive_fraction=0.96)
+    findings = diagnose(pairs_config(write_npz("mostly_same.npz", x1=x1, x2=x2, y=labels)), probes=False)
+    assert codes(findings).get("pair_imbalance") == "warning"
+    assert not [f for f in findings if f.is_error]
+
+
+def test_configured_positive_fraction_far_from_half():
+    findings = diagnose({"dataset": "digits", "pairs": {"positive_fraction": 0.97}}, probes=False)
+    assert codes(findings) == {"pair_imbalance": "warning"}
+
+
+def test_keras_io_make_pairs_convention_is_flagged(write_npz):
+    """keras.io's make_pairs labels matching pairs 0; siamese_core uses 1 = same."""
+    x, y = digits_255()
+    x1, x2, labels = make_pairs(x, y, 2000, zero_is_same=True)
+    findings = diagnose(pairs_config(write_npz("keras_io_pairs.npz", x1=x1, x2=x2, y=labels)), probes=False)
+    assert codes(findings).get("label_inverted") == "warning"
+    assert findings[0].evidence["raw_distance_auc"]["train"] < 0.3
+
+
+def test_balanced_pairs_have_no_data_finding():
+    x, y = digits_255()
+    _, _, labels = make_pairs(x, y, 500)
+    assert check_pair_labels(labels, "mem") == []
+
+
+@pytest.mark.parametrize("problem, code", [
+    ("positives_only: pairs 'y' are all labelled 1 (same)", "positives_only"),
+    ("only one class ([3]) in the labels: ...", "single_class"),
+    ("the val split has only 1 class(es) [2], so no negative pairs are possible", "single_class"),
+    ("file not found (dataset.path)", None),
+])
+def test_loader_refusals_map_to_codes(problem, code):
+    mapped = from_data_error(DataError("data.npz", problem))
+    assert (mapped.code if mapped else None) == code

@@ -1,0 +1,74 @@
+"""unnormalized_input from the model graph (bypassed preprocessing) and from real activations; frozen encoders."""
+from __future__ import annotations
+
+import pytest
+
+from siamese_core.diagnostics import diagnose
+from siamese_core.diagnostics.graph_checks import bypassed_preprocessing
+
+from .conftest import codes
+
+
+def npz(path, **extra) -> dict:
+    return {"dataset": {"name": "npz", "path": str(path)}, **extra}
+
+
+def test_forum_bug_bypassed_rescaling_with_raw_pixels(digits255_npz):
+    """x = Rescaling(1/255)(inputs); x = Conv2D(...)(inputs) with our normalisation switched off."""
+    cfg = npz(digits255_npz, encoder={"type": "buggy.encoders:bypassed_rescaling"},
+              preprocessing={"normalize": "none"})
+    findings = diagnose(cfg, probes=False)
+    f = next(f for f in findings if f.code == "unnormalized_input")
+    assert f.severity == "error"
+    assert f.evidence["input_abs_max"] == 255 and f.evidence["first_layer_type"] == "Conv2D"
+    assert any("Rescaling" in b for b in f.evidence["bypassed_layers"])
+    assert "(x)" in f.fix
+
+
+def test_bypassed_layers_are_found_in_the_graph():
+    from buggy import encoders
+
+    assert [b["type"] for b in bypassed_preprocessing(encoders.bypassed_rescaling((8, 8, 1)))] == ["Rescaling"]
+    assert [b["type"] for b in bypassed_preprocessing(encoders.bypassed_augmentation((8, 8, 1)))] == ["Sequential"]
+    assert bypassed_preprocessing(encoders.rescaled_conv((8, 8, 1))) == []
+    assert bypassed_preprocessing(encoders.two_models_one_input((8, 8, 1))) == []  # shared Input, no bypass
+
+
+def test_bypassed_rescaling_nested_in_our_encoder_is_dead_code(digits255_npz):
+    """With our normalisation on, the bypass is harmless but still a bug: reported as a warning."""
+    findings = diagnose(npz(digits255_npz, encoder={"type": "buggy.encoders:bypassed_rescaling"}), probes=False)
+    assert codes(findings) == {"unnormalized_input": "warning"}
+    assert "dead code" in findings[0].message
+
+
+def test_bypassed_augmentation_never_runs(digits255_npz):
+    findings = diagnose(npz(digits255_npz, encoder={"type": "buggy.encoders:bypassed_augmentation"}), probes=False)
+    assert codes(findings) == {"unnormalized_input": "warning"}
+    assert "Augmentation never runs" in findings[0].message
+
+
+def test_builtin_encoder_with_normalize_none_on_raw_pixels(digits255_npz):
+    findings = diagnose(npz(digits255_npz, preprocessing={"normalize": "none"}), probes=False)
+    f = next(f for f in findings if f.code == "unnormalized_input")
+    assert f.severity == "error" and f.evidence["first_layer"].endswith("conv1")
+    assert "preprocessing.normalize: rescale" in f.fix
+
+
+def test_double_normalisation_is_a_warning(digits255_npz):
+    """Our rescale to [0, 1] plus the user's own Rescaling(1/255): inputs of ~0.004."""
+    findings = diagnose(npz(digits255_npz, encoder={"type": "buggy.encoders:rescaled_conv"}), probes=False)
+    assert codes(findings) == {"unnormalized_input": "warning"}
+    assert findings[0].evidence["input_abs_max"] < 0.01
+
+
+@pytest.mark.parametrize("encoder", ["buggy.encoders:rescaled_conv", "buggy.encoders:two_models_one_input"])
+def test_user_encoder_that_normalises_itself_is_clean(digits255_npz, encoder):
+    findings = diagnose(npz(digits255_npz, encoder={"type": encoder}, preprocessing={"normalize": "none"}),
+                        probes=False)
+    assert findings == []
+
+
+def test_frozen_encoder_cannot_learn():
+    findings = diagnose({"dataset": "digits", "encoder": {"type": "buggy.encoders:frozen_encoder"}}, probes=False)
+    assert codes(findings).get("cannot_overfit") == "error"
+    assert findings[0].evidence["trainable_params_in_model"] == 0
