@@ -1,22 +1,47 @@
-"""Log a trained Siamese model to MLflow as an MLflow 3 LoggedModel linked to its trial run.
+"""Log a trained Siamese model as ONE MLflow 3 LoggedModel with two flavors.
 
-Pip requirements are pinned explicitly: letting MLflow infer them loads the
-model in a subprocess and costs ~25 s per trial on these machines.
+* ``keras``: ``mlflow.keras.load_model(uri)`` gives the exported Keras model (safe mode; import
+  ``siamese_core.models.layers`` first so the custom layers are registered).
+* ``python_function``: `sweeps.serving.SiameseServingModel`, for ``mlflow.pyfunc.load_model`` and
+  ``mlflow models serve`` (pairs -> distance/score/same; ``mode="embed"`` -> embeddings).
+
+Both flavors read the same file, ``artifacts/model.keras`` (the keras flavor's ``data`` points at
+``artifacts/model``, its loader appends ``.keras``): one copy of the weights. The model directory also
+holds ``artifacts/reference_embeddings.npz``: embeddings of the first test samples computed by the
+in-memory trial model, so anyone can check that a reloaded model reproduces them exactly.
+
+Everything goes through the explicit `MlflowClient` (no fluent run, no global tracking URI), the
+signature is given (no inference by calling the model) and pip requirements are pinned (inferring
+them re-loads the model in a subprocess: 8-25 s a trial). The serving input example is not
+validated at log time (that would load the model again).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-import mlflow
-from mlflow.entities import LoggedModelOutput
+import numpy as np
+
+log = logging.getLogger(__name__)
 
 MODEL_NAME = "model"
+FLAVOR_NAME = "keras+pyfunc"
+REFERENCE_ROWS = 256
+_PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+# models serve with --env-manager local uses this environment; the project itself (siamese-sweep, which
+# provides siamese_core and sweeps.serving) must be installed wherever the model is loaded.
+_PINNED = (("tensorflow-cpu", "tensorflow"), ("keras", None), ("mlflow", None), ("numpy", None), ("pandas", None))
 
 
 def pip_requirements() -> list[str]:
     reqs = []
-    for dist, fallback in (("tensorflow-cpu", "tensorflow"), ("keras", None), ("mlflow", None), ("numpy", None)):
+    for dist, fallback in _PINNED:
         for name in filter(None, (dist, fallback)):
             try:
                 reqs.append(f"{name}=={md.version(name)}")
@@ -34,15 +59,115 @@ def model_metadata(result: Any) -> dict[str, Any]:
         "siamese.distance": result.config.distance,
         "siamese.dataset_fingerprint": result.data_info.fingerprint,
         "siamese.input_shapes": [list(s) for s in result.data_info.input_shapes],
+        "siamese.input_kind": result.data_info.kind,
+        "siamese.value_range": [float(v) for v in result.data_info.value_range],
     }
 
 
+class DualFlavor:
+    """The ``flavor`` handed to MLflow's model writer: the native keras flavor + our pyfunc, one file."""
+
+    __name__ = FLAVOR_NAME
+
+    @staticmethod
+    def save_model(path: str, mlflow_model: Any, **kwargs: Any) -> None:
+        import keras
+        import mlflow.pyfunc
+
+        kwargs.pop("validate_serving_input", None)
+        mlflow_model.add_flavor("keras", data="artifacts/model", keras_version=keras.__version__,
+                                keras_backend=keras.backend.backend(), save_exported_model=False)
+        mlflow.pyfunc.save_model(path, mlflow_model=mlflow_model, **kwargs)
+
+
+def reference_embeddings(result: Any) -> np.ndarray | None:
+    """Embeddings of the first test retrieval samples, as the trial's in-memory model computed them."""
+    emb = (result.test_arrays or {}).get("embeddings")
+    if emb is None:
+        return None
+    return np.asarray(emb)[:REFERENCE_ROWS]
+
+
+def save_model_dir(result: Any, path: Path, *, model_id: str | None = None, run_id: str | None = None,
+                   artifact_path: str | None = None) -> Path:
+    """Write the dual-flavor MLflow model directory for `result` at `path` (must not exist)."""
+    from mlflow.models import Model
+
+    from . import serving
+
+    with tempfile.TemporaryDirectory(prefix="siamese-model-") as tmp:
+        keras_path = Path(tmp) / "model.keras"  # basename must stay model.keras (the keras flavor's data path)
+        result.model.save(keras_path)
+        artifacts = {serving.KERAS_ARTIFACT: str(keras_path)}
+        ref = reference_embeddings(result)
+        if ref is not None:
+            ref_path = Path(tmp) / "reference_embeddings.npz"
+            np.savez(ref_path, embeddings=ref, rows=np.arange(len(ref)))
+            artifacts[serving.REFERENCE_ARTIFACT] = str(ref_path)
+        mlflow_model = Model(artifact_path=artifact_path, run_id=run_id, model_id=model_id, model_uuid=model_id,
+                             metadata=model_metadata(result))
+        with _quiet_pyfunc():
+            DualFlavor.save_model(str(path), mlflow_model, python_model=serving.SiameseServingModel(),
+                                  artifacts=artifacts, signature=serving.signature_for(result.model),
+                                  input_example=serving.example_frame(result.model),
+                                  pip_requirements=pip_requirements())
+    return path
+
+
+@contextlib.contextmanager
+def quiet_artifacts() -> Iterator[None]:
+    """No tqdm progress bars while MLflow copies a handful of small files."""
+    old = os.environ.get(_PROGRESS_ENV)
+    os.environ[_PROGRESS_ENV] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(_PROGRESS_ENV, None)
+        else:
+            os.environ[_PROGRESS_ENV] = old
+
+
+@contextlib.contextmanager
+def _quiet_pyfunc() -> Iterator[None]:
+    """No per-trial CloudPickle warning (the wrapper is pickled by reference and holds no model)."""
+    logger = logging.getLogger("mlflow.pyfunc")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with quiet_artifacts():
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def log_trial_model(client: Any, *, run_id: str, experiment_id: str, result: Any, step: int = 0) -> str:
-    """Log ``result.model`` (Keras flavor) as a LoggedModel of `run_id`; returns ``models:/<model_id>``."""
+    """Log ``result.model`` as a keras+pyfunc LoggedModel of `run_id`; returns ``models:/<model_id>``."""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
     meta = model_metadata(result)
     logged = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id,
-                                        params={k: str(v) for k, v in meta.items()})
-    info = mlflow.keras.log_model(result.model, name=MODEL_NAME, model_id=logged.model_id,
-                                  pip_requirements=pip_requirements(), metadata=meta)
+                                        params={k: str(v) for k, v in meta.items()},
+                                        tags={"mlflow.source.flavor": FLAVOR_NAME})
+    try:
+        with tempfile.TemporaryDirectory(prefix="siamese-mlmodel-") as tmp:
+            local = save_model_dir(result, Path(tmp) / "model", model_id=logged.model_id, run_id=run_id,
+                                   artifact_path=logged.artifact_location)
+            client.log_model_artifacts(logged.model_id, str(local))
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    except BaseException:
+        try:
+            client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        except Exception:  # noqa: BLE001 - keep the original error
+            log.warning("could not mark logged model %s FAILED", logged.model_id)
+        raise
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step)])
-    return info.model_uri
+    return f"models:/{logged.model_id}"
+
+
+def model_id_from_uri(uri: str) -> str | None:
+    """``models:/m-abc`` -> ``m-abc``; None for registry URIs (``models:/name/1``, ``models:/name@alias``)."""
+    if not uri.startswith("models:/"):
+        return None
+    rest = uri[len("models:/"):].strip("/")
+    return rest if rest and "/" not in rest and "@" not in rest else None

@@ -1,0 +1,219 @@
+"""``promote`` and ``predict``: the MLflow Model Registry side of a finished sweep."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from ..cli import EXIT_OK, add_set_option, print_json
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("promote", help="register a study's best model and move a registry alias to it if better",
+                       description=(
+                           "Pick the study's best COMPLETE trial (objective or --metric; trials with error-severity "
+                           "diagnostics are skipped), re-evaluate it and the current alias holder on the same held-out "
+                           "test split, register it as a new version and move the alias only if it is better "
+                           "(or --force). --rollback moves the alias back to the previous holder."))
+    p.add_argument("spec", nargs="?", help="sweep spec YAML (optional: storage, tracking URI, registered_model)")
+    p.add_argument("--study", help="study name (default: the spec's study.name)")
+    p.add_argument("--storage", help="Optuna storage URL (default: $OPTUNA_STORAGE, the spec's, sqlite:///optuna.db)")
+    p.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, the spec's, "
+                                          "sqlite:///mlflow.db)")
+    p.add_argument("--model-name", help="registered model (default: the spec's tracking.registered_model, "
+                                        "else siamese-<study>)")
+    p.add_argument("--alias", default="champion", help="registry alias to move (default: champion)")
+    p.add_argument("--metric", help="compare by test_roc_auc (test_auc), test_pair_accuracy or test_eer (lower is "
+                                    "better); default: the study objective's test counterpart")
+    p.add_argument("--force", action="store_true", help="move the alias even if the candidate is not better")
+    p.add_argument("--dry-run", action="store_true", help="print the decision; change nothing")
+    p.add_argument("--rollback", action="store_true", help="move the alias back to its previous holder")
+    p.add_argument("--json", action="store_true", help="print the decision as one JSON object")
+    add_set_option(p, what="spec")
+    p.set_defaults(handler=cmd_promote)
+
+    q = sub.add_parser("predict", help="score one pair with a logged or registered model",
+                       description="MODEL_URI: models:/NAME@ALIAS, models:/NAME/VERSION, models:/<model_id>, a local "
+                                   "MLflow model directory or a model.keras file. A and B: image files (decoded to the "
+                                   "model's input shape and channels) or .npy arrays.")
+    q.add_argument("model_uri", metavar="MODEL_URI")
+    q.add_argument("a", metavar="A")
+    q.add_argument("b", metavar="B")
+    q.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, "
+                                          "sqlite:///mlflow.db)")
+    q.add_argument("--threshold", type=float, help="decide at this threshold instead of the stored one")
+    q.add_argument("--json", action="store_true", help='print {"distance", "score", "same", "threshold"} as JSON')
+    q.set_defaults(handler=cmd_predict)
+
+
+# ------------------------------------------------------------------ promote
+def _resolve(args: argparse.Namespace) -> dict[str, Any]:
+    spec = None
+    if args.spec or args.overrides:
+        from siamese_core.config import parse_set_options
+
+        from ..spec import load_spec
+        from ..specs import resolve_spec_path
+
+        spec = load_spec(resolve_spec_path(args.spec), parse_set_options(args.overrides))
+    from ..spec import DEFAULT_STORAGE, DEFAULT_TRACKING_URI
+
+    return {
+        "study": args.study or (spec.study.name if spec else None),
+        "storage": args.storage or os.environ.get("OPTUNA_STORAGE") or (spec.study.storage if spec else DEFAULT_STORAGE),
+        "tracking_uri": args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        or (spec.tracking.uri if spec else DEFAULT_TRACKING_URI),
+        "model_name": args.model_name or (spec.tracking.registered_model if spec else None),
+    }
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from siamese_core.errors import ConfigError
+
+    from ..promotion import promote, rollback, validate_alias
+
+    validate_alias(args.alias)  # before anything heavy is imported or touched
+    where = _resolve(args)
+    if args.rollback:
+        if args.force or args.metric:
+            raise ConfigError("--rollback", "takes no --force or --metric")
+        decision = rollback(tracking_uri=where["tracking_uri"], model_name=where["model_name"],
+                            study_name=where["study"], storage=where["storage"], alias=args.alias,
+                            dry_run=args.dry_run)
+    else:
+        if not where["study"]:
+            raise ConfigError("--study", "which study? give --study NAME (or a spec file)")
+        decision = promote(where["study"], storage=where["storage"], tracking_uri=where["tracking_uri"],
+                           model_name=where["model_name"], alias=args.alias, metric=args.metric,
+                           dry_run=args.dry_run, force=args.force)
+    if args.json:
+        print_json(decision.to_dict())
+    else:
+        print(render(decision))
+    return EXIT_OK
+
+
+def _metrics(d: dict[str, Any] | None) -> str:
+    m = (d or {}).get("metrics") or {}
+    return " ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, (int, float)))
+
+
+def render(decision: Any) -> str:
+    d = decision.to_dict()
+    target = f"{d['model_name']}@{d['alias']}"
+    lines = []
+    for s in d.get("skipped") or []:
+        lines.append(f"skipped    trial #{s['trial']}: {s['reason']}")
+    c = d.get("candidate")
+    if c:
+        repro = {True: ", embeddings reproduced", False: ", EMBEDDINGS DIFFER from the trial's"}.get(
+            c.get("embeddings_reproduced"), "")
+        lines.append(f"candidate  trial #{c['trial']} of study {d['study']} (run {c['run_id']}): test {_metrics(c)} "
+                     f"at threshold {c['threshold']:.4g}{repro}")
+    h = d.get("holder")
+    if h:
+        origin = f" (study {h['study']}, trial #{h['trial']})" if h.get("study") else ""
+        lines.append(f"holder     {target} = v{h['version']}{origin}" + (f": test {_metrics(h)}" if h.get("metrics") else ""))
+    elif d["action"] != "rollback":
+        lines.append(f"holder     {target} is not set")
+    if d["action"] == "rollback":
+        verb = f"ROLLBACK {target}: v{h['version']} -> v{d['final_holder'] if d['applied'] else d['previous']}"
+    elif d["action"] == "promote":
+        v = c.get("version") or "(new version)"
+        verb = f"PROMOTE  v{v} -> {target}" if d["applied"] else f"PROMOTE  trial #{c['trial']} -> {target}"
+    else:
+        verb = f"KEEP     {target}" + (f" = v{d['final_holder']}" if d.get("final_holder") else "")
+    lines.append(f"decision   {verb}: {d['reason']}")
+    if d["dry_run"]:
+        lines.append("           dry run: nothing was changed")
+    elif d.get("final_holder"):
+        lines.append(f"now        {target} = v{d['final_holder']}; load it with "
+                     f"mlflow.pyfunc.load_model(\"models:/{target}\")")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ predict
+def _load_model(uri: str, tracking_uri: str, tmp: str) -> tuple[Any, dict[str, Any]]:
+    """(SiameseServingModel, model metadata) for an MLflow URI, a local model directory or a .keras file."""
+    from ..serving import SiameseServingModel, load_keras
+
+    path = Path(uri)
+    if path.is_file() and path.suffix == ".keras":
+        return SiameseServingModel.from_keras(load_keras(str(path))), {}
+    import mlflow.pyfunc
+
+    from ..reevaluation import download_model, global_tracking_uri
+
+    with global_tracking_uri(tracking_uri):  # runs:/ URIs resolve through MLflow's default client
+        local = download_model(uri, tracking_uri=tracking_uri, dst=tmp)
+    model = mlflow.pyfunc.load_model(local)
+    return model.unwrap_python_model(), dict(model.metadata.metadata or {})
+
+
+def read_sample(path_str: str, shape: tuple[int, ...], dtype: str, meta: dict[str, Any], *, what: str) -> Any:
+    """An image file (decoded like the image_folder dataset, rescaled to the model's value range) or a .npy."""
+    import numpy as np
+
+    from siamese_core.errors import DataError
+
+    from ..serving import PredictError, to_batch
+
+    path = Path(path_str)
+    if not path.is_file():
+        raise DataError(path_str, f"{what}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            x = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise DataError(path_str, f"{what}: not a readable .npy array ({exc})") from None
+    elif suffix in IMAGE_SUFFIXES:
+        if len(shape) not in (2, 3):
+            raise DataError(path_str, f"{what}: this model takes inputs of shape {list(shape)}, not images; pass a .npy")
+        from siamese_core.data.image_folder import ImageFiles
+
+        channels = shape[2] if len(shape) == 3 else 1
+        files = ImageFiles(path.parent, [path.name], [path.stat().st_size], image_size=(shape[0], shape[1]),
+                           channels=channels)
+        try:
+            x = files.load().astype(np.float64)[0]
+        except Exception as exc:  # noqa: BLE001 - DataError from the loader, or a decode error
+            raise DataError(path_str, f"{what}: cannot decode the image ({exc})") from None
+        lo, hi = (meta.get("siamese.value_range") or [0.0, 255.0])[:2]
+        if (lo, hi) != (0.0, 255.0):
+            x = lo + x * (float(hi) - float(lo)) / 255.0
+    else:
+        raise DataError(path_str, f"{what}: expected an image ({', '.join(IMAGE_SUFFIXES)}) or a .npy file")
+    try:
+        return to_batch([x], shape, dtype, what=what)
+    except PredictError as exc:
+        raise DataError(path_str, str(exc)) from None
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from siamese_core.errors import DataError
+
+    for what, p in (("A", args.a), ("B", args.b)):  # before the (slow) model load
+        if not Path(p).is_file():
+            raise DataError(p, f"{what}: no such file")
+    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    with tempfile.TemporaryDirectory(prefix="siamese-predict-") as tmp:
+        model, meta = _load_model(args.model_uri, tracking_uri, tmp)
+        (shape_a, dtype_a), (shape_b, dtype_b) = model.inputs[0], model.inputs[-1]
+        a = read_sample(args.a, shape_a, dtype_a, meta, what="A")
+        b = read_sample(args.b, shape_b, dtype_b, meta, what="B")
+        out = model.score_arrays(a, b, threshold=args.threshold)
+    threshold = model.threshold if args.threshold is None else args.threshold
+    result = {"distance": float(out["distance"][0]), "score": float(out["score"][0]), "same": bool(out["same"][0]),
+              "threshold": float(threshold), "model_uri": args.model_uri}
+    if args.json:
+        print_json(result)
+    else:
+        print(f"distance={result['distance']:.6g} score={result['score']:.6g} "
+              f"same={'true' if result['same'] else 'false'} (threshold {threshold:.6g})")
+    return EXIT_OK

@@ -1,0 +1,255 @@
+"""Re-evaluate logged models on a trial's held-out test split, rebuilt exactly as the trial built it.
+
+The split comes from the trial's resolved config (the ``config.yaml`` artifact, else the run params):
+``load_data(config)`` and the fixed test pairs of `EvalSet` (seed, ``STREAM_TEST``). The dataset's
+fingerprint must equal the one recorded at training time, otherwise the comparison would be on other
+data and we refuse. Every model is scored through the same wrapper that serves it
+(`sweeps.serving.SiameseServingModel`), at the threshold stored inside the model.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from siamese_core.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+METRICS = ("pair_accuracy", "roc_auc", "eer")
+LOWER_IS_BETTER = {"eer"}
+_ALIASES = {
+    "pair_accuracy": ("pair_accuracy", "test_pair_accuracy", "val_pair_accuracy", "accuracy", "test_accuracy", "acc"),
+    "roc_auc": ("roc_auc", "test_roc_auc", "val_roc_auc", "auc", "test_auc", "val_auc"),
+    "eer": ("eer", "test_eer", "val_eer"),
+}
+_BY_NAME = {alias: canon for canon, names in _ALIASES.items() for alias in names}
+
+
+def canonical_metric(name: str | None, *, option: str = "--metric") -> str | None:
+    """``test_auc`` -> ``roc_auc``; None stays None; unknown names are a `ConfigError`."""
+    if name is None:
+        return None
+    canon = _BY_NAME.get(name.strip().lower())
+    if canon is None:
+        raise ConfigError(option, f"expected one of test_roc_auc (test_auc), test_pair_accuracy, test_eer; "
+                                  f"received: {name!r}")
+    return canon
+
+
+def objective_counterpart(objective_metric: str | None) -> str:
+    """The test metric that stands for a study objective (val_roc_auc -> roc_auc); roc_auc otherwise."""
+    return _BY_NAME.get((objective_metric or "").lower(), "roc_auc")
+
+
+def better(a: float, b: float, metric: str) -> bool:
+    """Is `a` strictly better than `b`? NaN is never better; anything beats NaN."""
+    if not np.isfinite(a):
+        return False
+    if not np.isfinite(b):
+        return True
+    return a < b if metric in LOWER_IS_BETTER else a > b
+
+
+@dataclass
+class TestSplit:
+    """The fixed test pairs of one trial's config, with the arrays to feed a pair model."""
+
+    fingerprint: str
+    left: np.ndarray
+    right: np.ndarray
+    labels: np.ndarray
+    key: str                                   # identifies (dataset, pairs): metrics with one key compare
+    reference_inputs: np.ndarray | None = None  # test samples whose embeddings the trial recorded
+    n_pairs: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {"dataset_fingerprint": self.fingerprint, "eval_key": self.key, "pairs": self.n_pairs}
+
+
+@dataclass
+class ModelEvaluation:
+    uri: str
+    metrics: dict[str, float]
+    threshold: float
+    higher_is_same: bool
+    embeddings_reproduced: bool | None = None  # the trial's recorded embeddings, bit for bit
+    embedding_max_abs_diff: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"uri": self.uri, "metrics": self.metrics, "threshold": self.threshold,
+                "embeddings_reproduced": self.embeddings_reproduced}
+
+
+# ------------------------------------------------------------------ the split
+def trial_config(client: Any, run_id: str) -> dict[str, Any]:
+    """The resolved train config a trial ran with: its config.yaml artifact, else its run params."""
+    import yaml
+
+    from .modelio import quiet_artifacts
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="siamese-cfg-") as tmp, quiet_artifacts():
+            path = client.download_artifacts(run_id, "config.yaml", tmp)
+            data = yaml.safe_load(Path(path).read_text())
+        if isinstance(data, dict):
+            return data
+    except Exception as exc:  # noqa: BLE001 - fall back to the params (older runs, no artifacts)
+        log.info("no config.yaml for run %s (%s); using its params", run_id, type(exc).__name__)
+    from siamese_core.config import set_dotted
+
+    params = client.get_run(run_id).data.params
+    data: dict[str, Any] = {}
+    for key, value in params.items():
+        if key.startswith(("hp.", "dataset.fingerprint", "dataset.source")) or key == "hypermodel":
+            continue
+        try:
+            set_dotted(data, key, yaml.safe_load(value))
+        except Exception as exc:  # noqa: BLE001 - a param that is not part of the config
+            log.debug("ignoring run param %s: %s", key, exc)
+    return data
+
+
+def _split_config(raw: dict[str, Any]) -> Any:
+    """Only what defines the data and the test pairs (the encoder may not be importable here)."""
+    from siamese_core.config import TrainConfig
+
+    pairs = raw.get("pairs") or {}
+    keep = {"dataset": raw.get("dataset") or "fashion_mnist", "seed": raw.get("seed", 0),
+            "pairs": {k: pairs[k] for k in ("test_pairs", "positive_fraction") if k in pairs}}
+    return TrainConfig.from_dict(keep)
+
+
+def build_test_split(raw_config: dict[str, Any], *, expected_fingerprint: str | None, what: str) -> TestSplit:
+    """Rebuild the trial's test pairs; `DataError` if the data is not what the trial trained on."""
+    from siamese_core.data.pairs import STREAM_TEST
+    from siamese_core.data.types import LabeledSplit, PairedSplit, materialize
+    from siamese_core.evaluation import EvalSet
+    from siamese_core.training import load_data
+
+    config = _split_config(raw_config)
+    data = load_data(config)
+    fp = data.info.fingerprint
+    if expected_fingerprint and fp != expected_fingerprint:
+        raise DataError(data.info.source, f"dataset fingerprint {fp[:12]}… differs from the one {what} was trained "
+                                          f"and tested on ({expected_fingerprint[:12]}…): the data or its split "
+                                          f"changed since training, so its test split cannot be rebuilt; "
+                                          f"restore the data or re-run the sweep")
+    test = data.test
+    es = EvalSet.build(test, n_pairs=config.pairs.test_pairs, seed=config.seed, stream=STREAM_TEST, triplets=False,
+                       positive_fraction=config.pairs.positive_fraction)
+    idx = es.pairs.indices
+    if isinstance(test, PairedSplit):
+        left, right = materialize(test.x1, idx[:, 0]), materialize(test.x2, idx[:, 1])
+    else:
+        left, right = materialize(test.x, idx[:, 0]), materialize(test.x, idx[:, 1])
+    labels = np.asarray(es.pairs.targets).reshape(-1)
+    h = hashlib.sha256(fp.encode())
+    h.update(np.ascontiguousarray(idx, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(labels, dtype=np.float32).tobytes())
+    ref = None
+    if es.retrieval_idx is not None and isinstance(test, LabeledSplit):
+        ref = materialize(test.x, es.retrieval_idx)
+    return TestSplit(fp, left, right, labels, h.hexdigest()[:16], ref, len(labels))
+
+
+# ------------------------------------------------------------------ models
+@contextlib.contextmanager
+def global_tracking_uri(uri: str) -> Iterator[None]:
+    """Temporarily make `uri` MLflow's global tracking URI, then restore both the global and
+    ``$MLFLOW_TRACKING_URI`` exactly (``set_tracking_uri(None)`` alone would delete the variable)."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    old_global = getattr(tracking_utils, "_tracking_uri", None)
+    old_env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(old_global)
+        if old_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_env
+
+
+def artifact_location(uri: str, *, tracking_uri: str) -> str:
+    """Where the files of ``models:/<id>``, ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` live.
+
+    Resolved with an explicit client: MLflow's own ``models:/`` resolution uses the global tracking URI.
+    """
+    if not uri.startswith("models:/"):
+        return uri
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    rest = uri[len("models:/"):].strip("/")
+    if "@" not in rest and "/" not in rest:
+        return client.get_logged_model(rest).artifact_location
+    if "@" in rest:
+        name, alias = rest.rsplit("@", 1)
+        mv = client.get_model_version_by_alias(name, alias)
+    else:
+        name, version = rest.rsplit("/", 1)
+        mv = client.get_model_version(name, version)
+    # a version registered from a LoggedModel: its files are the logged model's (the SQL registry store's own
+    # download-URI lookup would resolve the model id with a default client, i.e. the global tracking URI)
+    source_id = mv.source[len("models:/"):] if mv.source and mv.source.startswith("models:/") else ""
+    if source_id and "/" not in source_id and "@" not in source_id:
+        return client.get_logged_model(source_id).artifact_location
+    return client.get_model_version_download_uri(name, mv.version)
+
+
+def download_model(uri: str, *, tracking_uri: str, dst: str) -> str:
+    """A local directory holding the MLflow model at `uri` (a local path is returned as is)."""
+    if Path(uri).exists():
+        return uri
+    from mlflow.artifacts import download_artifacts
+
+    from .modelio import quiet_artifacts
+
+    with quiet_artifacts():
+        return download_artifacts(artifact_uri=artifact_location(uri, tracking_uri=tracking_uri), dst_path=dst,
+                                  tracking_uri=tracking_uri)
+
+
+def load_wrapper(uri: str, *, tracking_uri: str, dst: str) -> Any:
+    """Download `uri` and load its pyfunc wrapper (`SiameseServingModel`)."""
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(download_model(uri, tracking_uri=tracking_uri, dst=dst)).unwrap_python_model()
+
+
+def evaluate(wrapper: Any, split: TestSplit, *, uri: str) -> ModelEvaluation:
+    """Pair accuracy (the model's own same/different at its stored threshold), ROC AUC and EER."""
+    from siamese_core import metrics as m
+
+    shapes = wrapper.inputs
+    out = wrapper.score_arrays(split.left.astype(shapes[0][1], copy=False), split.right.astype(shapes[-1][1], copy=False))
+    y = split.labels
+    native = out["native"]
+    result = {"pair_accuracy": float(np.mean(out["same"] == (y >= 0.5))),
+              "roc_auc": float(m.roc_auc(native, y, higher_is_same=wrapper.higher_is_same)),
+              "eer": float(m.equal_error_rate(native, y, higher_is_same=wrapper.higher_is_same))}
+    ev = ModelEvaluation(uri, result, wrapper.threshold, wrapper.higher_is_same)
+    recorded = wrapper.reference_embeddings()
+    if split.reference_inputs is not None and recorded is not None:
+        now = wrapper.embed_arrays(split.reference_inputs)[:len(recorded)]
+        ev.embeddings_reproduced = bool(now.shape == recorded.shape and np.array_equal(now, recorded))
+        ev.embedding_max_abs_diff = float(np.max(np.abs(now - recorded))) if now.shape == recorded.shape else None
+    return ev
+
+
+def metrics_tag(ev: ModelEvaluation) -> str:
+    return json.dumps({k: round(float(v), 6) for k, v in ev.metrics.items()}, sort_keys=True)

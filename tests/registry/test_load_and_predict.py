@@ -1,0 +1,88 @@
+"""Fresh processes: load ``models:/NAME@champion`` as pyfunc and as Keras (safe mode); `siamese-sweep predict`."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sweeps.promotion import promote
+
+from .conftest import Stores, test_split
+
+NAME = "loadable"
+
+FRESH = r"""
+import json, sys
+import numpy as np, pandas as pd
+import mlflow
+uri = "models:/%s@champion"
+pyf = mlflow.pyfunc.load_model(uri)                       # no siamese import needed: the wrapper registers the layers
+x = np.load(sys.argv[1])
+df = pd.DataFrame({"left": [x[0].tolist(), x[1].tolist()], "right": [x[2].tolist(), x[3].tolist()]})
+pairs = pyf.predict(df)
+emb = pyf.predict(pd.DataFrame({"input": [x[0].tolist()]}), params={"mode": "embed"})
+import siamese_core.models.layers                          # what a user does before mlflow.keras.load_model
+km = mlflow.keras.load_model(uri, load_model_kwargs={"safe_mode": True})
+out = km.predict_on_batch([x[[0, 1]], x[[2, 3]]])
+print(json.dumps({"pairs": pairs.to_dict(orient="list"), "embedding": emb["embedding"][0],
+                  "keras_class": type(km).__name__, "keras_distance": np.asarray(out["distance"]).tolist(),
+                  "keras_same": np.asarray(out["same"]).tolist(), "flavors": sorted(pyf.metadata.flavors)}))
+""".replace("%s", NAME)
+
+
+@pytest.fixture(scope="module")
+def promoted(sqlite_stores: Stores, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    d = promote("good", **sqlite_stores.kw(model_name=NAME))
+    split, trial = test_split(sqlite_stores)
+    tmp = tmp_path_factory.mktemp("samples")
+    np.save(tmp / "x.npy", np.stack([split.left[0], split.left[1], split.right[0], split.right[1]]))
+    return {"decision": d, "split": split, "trial": trial, "dir": tmp}
+
+
+def test_fresh_process_loads_pyfunc_and_keras_by_alias(sqlite_stores: Stores, promoted: dict) -> None:
+    proc = subprocess.run([sys.executable, "-c", FRESH, str(promoted["dir"] / "x.npy")], capture_output=True,
+                          text=True, env=sqlite_stores.env(), timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["keras_class"] == "Functional" and out["flavors"] == ["keras", "python_function"]
+    np.testing.assert_allclose(out["pairs"]["distance"], out["keras_distance"], rtol=1e-6)
+    assert out["pairs"]["same"] == [bool(s) for s in out["keras_same"]]
+    thr = promoted["trial"].user_attrs["threshold"]
+    assert out["pairs"]["same"] == [d <= thr for d in out["pairs"]["distance"]]
+    assert len(out["embedding"]) == 16
+
+
+def test_cli_predict_with_npy_and_image_files(sqlite_stores: Stores, promoted: dict,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    from sweeps.cli import main
+
+    d: Path = promoted["dir"]
+    split = promoted["split"]
+    a, b = split.left[0], split.right[0]  # digits: 8x8x1 uint8 in 0..16
+    np.save(d / "a.npy", a)
+    np.save(d / "b.npy", b[None])  # a batch of one is accepted too
+    Image.fromarray((a[..., 0].astype(np.float64) * 255 / 16).round().astype(np.uint8)).save(d / "a.png")
+    uri, tracking = f"models:/{NAME}@champion", ["--tracking-uri", sqlite_stores.tracking_uri]
+    assert main(["predict", uri, str(d / "a.npy"), str(d / "b.npy"), "--json", *tracking]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"distance", "score", "same", "threshold"}
+    assert out["threshold"] == pytest.approx(promoted["trial"].user_attrs["threshold"])
+    assert out["same"] == (out["distance"] <= out["threshold"])
+    assert out["score"] == pytest.approx(1 / (1 + out["distance"]), rel=1e-5)
+    # the PNG is decoded like an image folder and rescaled to the model's value range (0..16 for digits)
+    assert main(["predict", uri, str(d / "a.png"), str(d / "b.npy"), *tracking]) == 0
+    text = capsys.readouterr().out
+    fields = dict(f.split("=") for f in text.split("(")[0].split())
+    assert float(fields["distance"]) == pytest.approx(out["distance"], rel=1e-5)
+    assert fields["same"] == str(out["same"]).lower() and "threshold" in text
+    assert main(["predict", uri, str(d / "a.npy"), str(d / "missing.npy"), *tracking]) == 2
+    assert "missing.npy" in capsys.readouterr().err
+    np.save(d / "wrong.npy", np.zeros((3, 3)))
+    assert main(["predict", uri, str(d / "a.npy"), str(d / "wrong.npy"), *tracking]) == 2
+    assert "expected 64 values" in capsys.readouterr().err
