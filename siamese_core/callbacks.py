@@ -22,9 +22,10 @@ from .models.siamese import SiameseModels
 class NanGuard(keras.callbacks.Callback):
     """Fail the run at the first non-finite batch loss instead of returning NaN history."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, bus: Any = None, config: Any = None, info: Any = None) -> None:
         super().__init__()
         self.epoch = 0
+        self.bus, self.config, self.info = bus, config, info  # for the finding's likely cause
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch = epoch
@@ -32,11 +33,13 @@ class NanGuard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            lr = _learning_rate(self.model)
-            raise TrainingFailed(
-                "nan_loss", f"loss became {float(loss)} at epoch {self.epoch}, step {batch} "
-                f"(learning_rate={lr:.3g}); lower the learning rate or check input normalisation",
-                epoch=self.epoch)
+            from .diagnostics.watchers import nan_finding
+
+            finding = nan_finding(value=float(loss), epoch=self.epoch, step=batch,
+                                  learning_rate=_learning_rate(self.model), config=self.config, info=self.info)
+            if self.bus is not None:
+                self.bus.emit(finding)
+            raise TrainingFailed("nan_loss", finding.message, finding=finding, epoch=self.epoch)
 
 
 def _learning_rate(model: keras.Model) -> float:

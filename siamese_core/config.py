@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError
 
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 DATASET_NAMES = ("fashion_mnist", "mnist", "digits", "npz", "pairs_npz", "image_folder")
 LOADERS = ("memory", "tfdata", "custom")
@@ -25,10 +26,29 @@ ENCODERS = ("conv", "mlp", "sequence")
 LOSSES = ("contrastive", "triplet", "bce")
 DISTANCES = ("euclidean", "sqeuclidean", "cosine")
 AUGMENTATIONS = ("flip", "rotate", "translate", "zoom", "contrast", "noise")
+# History keys that EarlyStopping / ReduceLROnPlateau may watch (written by callbacks.EpochEvaluator).
+MONITORS = ("loss", "val_loss", "val_pair_accuracy", "val_roc_auc", "val_eer", "val_distance_gap",
+            "val_pos_distance_mean", "val_neg_distance_mean", "val_precision_at_1", "val_recall_at_5")
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, v: Any, info: Any) -> Any:
+        # pydantic's lax mode would read `batch_size: true` as 1; a boolean is never a count or a rate
+        if isinstance(v, bool) and info.field_name in cls.model_fields:
+            annotation = cls.model_fields[info.field_name].annotation
+            if annotation is not bool and bool not in get_args(annotation):
+                raise ValueError(f"expected a number, received a boolean: {v}")
+        return v
+
+
+def _check_monitor(v: str) -> str:
+    if v not in MONITORS:
+        raise ValueError(f"expected one of {list(MONITORS)}; received: {v!r}")
+    return v
 
 
 class DatasetConfig(_Section):
@@ -57,6 +77,10 @@ class DatasetConfig(_Section):
             raise ValueError(f"dataset.image_size: expected two sizes >= 4; received: {self.image_size}")
         if self.index is not None and self.name != "image_folder":
             raise ValueError("dataset.index: only used with dataset 'image_folder'")
+        if self.name != "image_folder" and (self.image_size is not None or self.color_mode != "grayscale"):
+            key = "image_size" if self.image_size is not None else "color_mode"
+            raise ValueError(f"dataset.{key}: only used with dataset 'image_folder' (other datasets keep their "
+                             f"stored shape); received: name={self.name!r}")
         return self
 
 
@@ -73,14 +97,16 @@ class EncoderConfig(_Section):
     """The shared tower that maps one input to an embedding."""
 
     type: str = "conv"
-    depth: int = Field(2, ge=1, le=12)
-    width: int = Field(32, ge=1, le=4096)
+    depth: int = Field(3, ge=1, le=12)
+    width: int = Field(16, ge=1, le=4096)
     embedding_dim: int = Field(64, ge=1, le=8192)
-    l2_normalize: bool = False
+    l2_normalize: bool = True
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     batch_norm: bool = True
     activation: Literal["relu", "gelu", "tanh", "elu", "swish"] = "relu"
     kernel_size: int = Field(3, ge=1, le=11)
+    # conv: how the last feature map becomes a vector ("flatten" keeps where features are; "gap" averages them away)
+    pooling: Literal["flatten", "gap"] = "gap"
     # sequence encoders
     vocab_size: int | None = Field(None, ge=2)
     token_embedding_dim: int = Field(64, ge=1, le=4096)
@@ -132,6 +158,10 @@ class LossConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> "LossConfig":
+        builtin_kind = {"contrastive": "pair", "bce": "pair", "triplet": "triplet"}.get(self.type)
+        if builtin_kind and self.kind not in (None, builtin_kind):
+            raise ValueError(f"loss.kind: the built-in loss {self.type!r} is a {builtin_kind} loss; omit kind or set "
+                             f"kind: {builtin_kind}; received: kind={self.kind!r}")
         if self.type not in LOSSES and self.kind is None:
             raise ValueError("loss.kind: a user loss needs kind 'pair' or 'triplet' (see README, 'User losses'); received: kind=None")
         if self.mining == "batch_hard" and not self.is_triplet:
@@ -145,12 +175,24 @@ class OptimizerConfig(_Section):
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
     clipnorm: float | None = Field(None, gt=0.0)
 
+    @model_validator(mode="after")
+    def _check(self) -> "OptimizerConfig":
+        if self.momentum and self.name == "adam":
+            raise ValueError("optimizer.momentum: only used by 'rmsprop' and 'sgd' (Adam has its own beta_1); "
+                             f"received: momentum={self.momentum} with name='adam'")
+        return self
+
 
 class EarlyStoppingConfig(_Section):
     enabled: bool = False
     monitor: str = "val_roc_auc"
     patience: int = Field(3, ge=0)
     min_delta: float = Field(0.0, ge=0.0)
+
+    @field_validator("monitor")
+    @classmethod
+    def _monitor(cls, v: str) -> str:
+        return _check_monitor(v)
 
 
 class ReduceLROnPlateauConfig(_Section):
@@ -160,12 +202,32 @@ class ReduceLROnPlateauConfig(_Section):
     patience: int = Field(2, ge=0)
     min_lr: float = Field(1e-6, ge=0.0)
 
+    @field_validator("monitor")
+    @classmethod
+    def _monitor(cls, v: str) -> str:
+        return _check_monitor(v)
+
 
 class DiagnosticsConfig(_Section):
     """Checks that run during every training (see `siamese_core.diagnostics`)."""
 
     enabled: bool = True
     fail_on: tuple[str, ...] = ("nan_loss", "collapse")
+    preflight: bool = True                            # static model/loss checks at train begin (~0.5 s)
+    no_learning_patience: int = Field(3, ge=1, le=1000)  # epochs at chance AUC before `no_learning`
+
+    @field_validator("fail_on", mode="before")
+    @classmethod
+    def _codes(cls, v: Any) -> Any:
+        from .diagnostics.codes import CODES  # pure Python; no TensorFlow
+
+        items = (v,) if isinstance(v, str) else v
+        if items is not None and not isinstance(items, (list, tuple)):  # a TypeError here would escape pydantic
+            raise ValueError(f"expected a list of diagnostic codes; received: {v!r}")
+        unknown = [c for c in items or () if c not in CODES]
+        if unknown:
+            raise ValueError(f"unknown diagnostic code(s) {unknown}; expected any of {list(CODES)}")
+        return items
 
 
 class TrainConfig(_Section):
@@ -286,9 +348,12 @@ def parse_set_options(items: list[str] | tuple[str, ...] | None) -> dict[str, An
         if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
             raise ConfigError(key, "--set keys are dotted names like encoder.depth")
         try:
-            result[key] = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
-            result[key] = raw
+            value = raw
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads "1e-4" (no dot) as a string
+        result[key] = value
     return result
 
 
@@ -343,7 +408,7 @@ def config_error_from(exc: ValidationError, model: type[BaseModel] = TrainConfig
     errors = exc.errors(include_url=False)
     first = errors[0]
     loc = tuple(first["loc"])
-    field = ".".join(str(p) for p in loc)
+    field = ".".join(str(p) for p in loc if isinstance(p, str))  # list positions go in the message
     msg = first["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
@@ -356,7 +421,9 @@ def config_error_from(exc: ValidationError, model: type[BaseModel] = TrainConfig
         allowed = _allowed_keys(model, tuple(p for p in loc if isinstance(p, str)))
         msg = f"unknown key{'; allowed keys: ' + ', '.join(allowed) if allowed else ''}"
     else:
-        msg = f"{msg}; received: {field.rsplit('.', 1)[-1] or 'value'}={_received(first.get('input'))}"
+        name = next((str(p) for p in reversed(loc) if isinstance(p, str)), "value")
+        name += "".join(f"[{p}]" for p in loc[loc.index(name) + 1:]) if name in loc else ""
+        msg = f"{msg}; received: {name}={_received(first.get('input'))}"
     if prefix:
         field = f"{prefix}.{field}" if field else prefix
     more = len(errors) - 1

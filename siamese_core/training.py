@@ -65,6 +65,8 @@ class TrainResult:
     data_info: DataInfo
     findings: list[Finding] = field(default_factory=list)
     seconds: float = 0.0
+    test_arrays: dict[str, Any] = field(default_factory=dict)  # test pair distances/scores/labels, embedding sample
+    resumed_from_epoch: int = 0      # > 0: epochs before this one were restored from a checkpoint
 
     @property
     def encoder(self) -> Any:
@@ -128,14 +130,22 @@ def build_run(config: TrainConfig, data: DatasetSplits) -> dict[str, Any]:
 
 def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, *,
           callbacks: list[Any] | tuple[Any, ...] = (), data: DatasetSplits | None = None,
-          verbose: bool = False) -> TrainResult:
+          verbose: bool = False, checkpoint_dir: str | Path | None = None) -> TrainResult:
     """Train one Siamese model and evaluate it.
 
     `callbacks` are Keras callbacks run by every loader; those that define
     ``on_finding(finding)`` also hear diagnostics findings as they happen.
     Raises `ConfigError`/`DataError` before training for bad input and
     `TrainingFailed` when the run itself fails (NaN loss, collapse, ...).
+    With `checkpoint_dir`, every epoch is checkpointed there and a later call
+    with the same directory and config resumes after the last saved epoch (an
+    unusable checkpoint is logged and ignored: the run starts clean).
     """
+    start = time.perf_counter()
+    config = as_config(config)
+    data = data if data is not None else load_data(config)
+    make_sampler(config, data)  # batch vs data size and unusable labels fail here, before TensorFlow loads
+
     import keras
 
     from . import runtime
@@ -143,17 +153,18 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, *,
     from .data.loaders import get_loader
     from .diagnostics import training_watchers
 
-    start = time.perf_counter()
-    config = as_config(config)
-    data = data if data is not None else load_data(config)
     runtime.seed_everything(config.seed, deterministic=config.deterministic)
     run = build_run(config, data)
+    initial_epoch, restored_history = 0, []
+    if checkpoint_dir is not None:
+        run, initial_epoch, restored_history = _resume(config, data, run, Path(checkpoint_dir))
     models = run["models"]
 
     bus = FindingBus()
     evaluator_cb = EpochEvaluator(models, run["val"])
     recorder = HistoryRecorder()
-    cbs: list[Any] = [NanGuard(), evaluator_cb]
+    recorder.history.extend(restored_history)
+    cbs: list[Any] = [NanGuard(bus=bus, config=config, info=data.info), evaluator_cb]
     if config.diagnostics.enabled:
         cbs += training_watchers(config, data=data, models=models, bus=bus)
     if config.reduce_lr.enabled:
@@ -168,10 +179,15 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, *,
         cbs.append(EpochPrinter())
     cbs += list(callbacks)
     cbs.append(recorder)
+    if checkpoint_dir is not None:
+        from .checkpoint import EpochCheckpoint, config_fingerprint
+
+        cbs.append(EpochCheckpoint(checkpoint_dir, recorder.history, fingerprint=config_fingerprint(config)))
     bus.attach(cbs)
 
     loader = get_loader(config.loader)
-    loader.run(models.training, run["plan"], cbs, epochs=config.epochs)
+    if initial_epoch < config.epochs:
+        loader.run(models.training, run["plan"], cbs, epochs=config.epochs, initial_epoch=initial_epoch)
 
     val = evaluator_cb.last or run["val"].evaluate(models)
     threshold = val["threshold"]
@@ -179,7 +195,30 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, *,
     export = models.export(threshold)
     return TrainResult(config=config, history=recorder.history, test=test, threshold=threshold, model=export,
                        models=models, data_info=data.info, findings=list(bus.findings),
-                       seconds=time.perf_counter() - start)
+                       seconds=time.perf_counter() - start, test_arrays=run["test"].last_arrays,
+                       resumed_from_epoch=initial_epoch)
+
+
+def _resume(config: TrainConfig, data: DatasetSplits, run: dict[str, Any],
+            directory: Path) -> tuple[dict[str, Any], int, list[dict[str, float]]]:
+    """Restore the checkpoint in `directory` into `run`; a bad one is discarded and the run rebuilt clean."""
+    import logging
+
+    from . import runtime
+    from .checkpoint import CheckpointError, clear, config_fingerprint, restore
+
+    try:
+        restored = restore(directory, run["models"].training, fingerprint=config_fingerprint(config),
+                           epochs=config.epochs)
+    except CheckpointError as exc:
+        logging.getLogger(__name__).warning("ignoring checkpoint %s (%s); training from epoch 0", directory, exc)
+        clear(directory)
+        runtime.seed_everything(config.seed, deterministic=config.deterministic)
+        return build_run(config, data), 0, []  # a failed load may have overwritten some weights
+    if restored is None:
+        return run, 0, []
+    logging.getLogger(__name__).info("resuming from checkpoint %s at epoch %d", directory, restored.epoch)
+    return run, restored.epoch, restored.history
 
 
 def _mode(monitor: str) -> str:

@@ -132,6 +132,8 @@ def check_pair_balance(y: np.ndarray, source: str, *, what: str) -> None:
 
 def check_classes(y: np.ndarray, source: str) -> None:
     """The whole dataset needs two classes, or no negative pair exists anywhere."""
+    if y.size == 0:
+        raise DataError(source, "no samples: the label array is empty")
     classes = np.unique(y)
     if classes.size < 2:
         raise DataError(source, f"only one class ({classes.tolist()}) in the labels: {COLLAPSE}")

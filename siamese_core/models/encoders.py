@@ -15,6 +15,11 @@ from ..config import EncoderConfig, PreprocessingConfig
 from ..data.types import DataInfo
 from ..errors import ConfigError
 
+# Keras' default 0.99 leaves the moving statistics near their initial values for the first few hundred
+# steps, so short runs and early epochs were validated with a different network than the one trained
+# (val_loss 0.42 vs loss 0.24 after 40 steps on digits); 0.9 (PyTorch's default) tracks within ~20 steps.
+BN_MOMENTUM = 0.9
+
 _AUGMENTATIONS = {
     "flip": lambda seed: keras.layers.RandomFlip("horizontal", seed=seed, name="augment_flip"),
     "rotate": lambda seed: keras.layers.RandomRotation(0.05, seed=seed, name="augment_rotate"),
@@ -59,11 +64,13 @@ def _conv_body(x: Any, cfg: EncoderConfig) -> Any:
         x = keras.layers.Conv2D(filters, cfg.kernel_size, padding="same", use_bias=not cfg.batch_norm,
                                 name=f"conv{block + 1}")(x)
         if cfg.batch_norm:
-            x = keras.layers.BatchNormalization(name=f"bn{block + 1}")(x)
+            x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn{block + 1}")(x)
         x = keras.layers.Activation(cfg.activation, name=f"act{block + 1}")(x)
         if min(x.shape[1], x.shape[2]) >= 4:
             x = keras.layers.MaxPooling2D(2, name=f"pool{block + 1}")(x)
-    return keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    if cfg.pooling == "gap":
+        return keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.layers.Flatten(name="flatten")(x)
 
 
 def _mlp_body(x: Any, cfg: EncoderConfig) -> Any:
@@ -72,7 +79,7 @@ def _mlp_body(x: Any, cfg: EncoderConfig) -> Any:
     for block in range(cfg.depth):
         x = keras.layers.Dense(cfg.width, use_bias=not cfg.batch_norm, name=f"dense{block + 1}")(x)
         if cfg.batch_norm:
-            x = keras.layers.BatchNormalization(name=f"bn{block + 1}")(x)
+            x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn{block + 1}")(x)
         x = keras.layers.Activation(cfg.activation, name=f"act{block + 1}")(x)
         if cfg.dropout:
             x = keras.layers.Dropout(cfg.dropout, name=f"dropout{block + 1}")(x)

@@ -1,0 +1,127 @@
+"""Per-epoch checkpoints, so an interrupted run resumes where it stopped.
+
+A checkpoint directory holds two files:
+
+* ``weights.weights.h5`` — `Model.save_weights` of the training model, which in
+  Keras 3 includes the optimizer's variables (its step count and moments);
+* ``state.json`` — the next epoch to run, the history so far, a fingerprint of
+  the config and the SHA-256 of the weights file.
+
+Both are written under temporary names and renamed, state last, so a process
+killed mid-save leaves either the previous checkpoint or a state/weights
+mismatch — which `restore` reports as `CheckpointError` (and `train` then
+starts clean), never a half-loaded model.
+
+Why not ``keras.callbacks.BackupAndRestore``: it restores through ``fit``'s
+``on_train_begin`` and deletes its backup in ``on_train_end``; the memory loader
+calls ``fit`` once per epoch and the custom loop never calls ``fit``. A plain
+callback plus an explicit restore before training works for all three loaders,
+and it keeps the history, so a resumed run still reports every epoch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+
+WEIGHTS = "weights.weights.h5"
+STATE = "state.json"
+FORMAT = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint exists but cannot be used (corrupt, partial, or from another config)."""
+
+
+@dataclass
+class Restored:
+    epoch: int                                   # the next epoch to run
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def config_fingerprint(config: Any) -> str:
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save(directory: str | Path, model: keras.Model, *, next_epoch: int, history: list[dict[str, float]],
+         fingerprint: str) -> None:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    tmp_weights = d / f".tmp-{os.getpid()}.weights.h5"
+    model.save_weights(tmp_weights)
+    state = {"format": FORMAT, "next_epoch": int(next_epoch), "history": history, "config": fingerprint,
+             "weights_sha256": _sha256(tmp_weights)}
+    tmp_state = d / f".tmp-{os.getpid()}.state.json"
+    tmp_state.write_text(json.dumps(state))
+    os.replace(tmp_weights, d / WEIGHTS)
+    os.replace(tmp_state, d / STATE)
+
+
+def exists(directory: str | Path) -> bool:
+    return (Path(directory) / STATE).is_file() or (Path(directory) / WEIGHTS).is_file()
+
+
+def restore(directory: str | Path, model: keras.Model, *, fingerprint: str, epochs: int) -> Restored | None:
+    """Load the checkpoint into `model` (optimizer built first); None if there is none."""
+    d = Path(directory)
+    if not exists(d):
+        return None
+    try:
+        state = json.loads((d / STATE).read_text())
+        next_epoch, history = int(state["next_epoch"]), list(state["history"])
+        expected = state["weights_sha256"]
+        fmt, config = state.get("format"), state.get("config")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"unreadable {STATE}: {type(exc).__name__}: {exc}") from None
+    if fmt != FORMAT:
+        raise CheckpointError(f"checkpoint format {fmt!r}, expected {FORMAT}")
+    if config != fingerprint:
+        raise CheckpointError("checkpoint was written for a different config")
+    if not 0 < next_epoch <= epochs or len(history) != next_epoch:
+        raise CheckpointError(f"checkpoint says next epoch {next_epoch} with {len(history)} history rows "
+                              f"(run has {epochs} epochs)")
+    try:
+        actual = _sha256(d / WEIGHTS)
+    except OSError as exc:
+        raise CheckpointError(f"weights missing: {exc}") from None
+    if actual != expected:
+        raise CheckpointError("weights file does not match its recorded checksum (partial or corrupt write)")
+    try:
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(d / WEIGHTS)
+    except Exception as exc:  # noqa: BLE001 - h5py/Keras raise many types for bad files
+        raise CheckpointError(f"weights do not load: {type(exc).__name__}: {exc}") from None
+    return Restored(next_epoch, history)
+
+
+def clear(directory: str | Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Save a checkpoint at the end of every epoch (runs after the history recorder)."""
+
+    def __init__(self, directory: str | Path, history: list[dict[str, float]], *, fingerprint: str) -> None:
+        super().__init__()
+        self.directory = Path(directory)
+        self.history = history  # the recorder's list: already holds this epoch's row
+        self.fingerprint = fingerprint
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        save(self.directory, self.model, next_epoch=epoch + 1, history=list(self.history),
+             fingerprint=self.fingerprint)

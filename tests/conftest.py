@@ -1,0 +1,123 @@
+"""Shared fixtures: a tiny, fast digits config, and real PostgreSQL / MLflow servers.
+
+The server fixtures (moved here from tests/infra so the distributed and reliability suites share
+one PostgreSQL and one MLflow server per session) are thin: the logic lives in ``sweeps.stack``.
+Without PostgreSQL binaries those tests skip locally but fail under CI=true, so a CI that forgot
+``apt-get install postgresql`` cannot go green.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from sweeps.stack import MlflowServer, PostgresServer
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# tests/fixtures/user_code holds tiny importable user encoders/losses (`user_code.encoders:tiny`)
+if str(FIXTURES) not in sys.path:
+    sys.path.insert(0, str(FIXTURES))
+
+TINY = {
+    "dataset": {"name": "digits"},
+    "epochs": 1,
+    "batch_size": 64,
+    "pairs": {"pairs_per_epoch": 640, "val_pairs": 300, "test_pairs": 300},
+    "encoder": {"depth": 1, "width": 8, "embedding_dim": 16},
+    "seed": 0,
+}
+
+
+@pytest.fixture(scope="session")
+def make_tiny():
+    """Factory: a fresh dict of the tiny digits config, with top-level keys replaced by `overrides`."""
+    import copy
+
+    def make(**overrides) -> dict:
+        return {**copy.deepcopy(TINY), **overrides}
+    return make
+
+
+@pytest.fixture
+def tiny_dict(make_tiny) -> dict:
+    """A plain dict of the tiny digits config (copy; safe to mutate)."""
+    return make_tiny()
+
+
+@pytest.fixture
+def tiny_config():
+    """`TrainConfig` for the tiny digits run: one epoch, 640 pairs, a one-block conv encoder."""
+    from siamese_core import TrainConfig
+
+    return TrainConfig.from_dict(TINY)
+
+
+@pytest.fixture(scope="session")
+def digits_data():
+    """Digits loaded and split once per session (seed 0, sample split)."""
+    from siamese_core import TrainConfig
+    from siamese_core.data.sources import load_dataset
+
+    return load_dataset(TrainConfig.from_dict(TINY))
+
+
+# ---------------------------------------------------------------- real servers
+
+def _require_postgres_binaries() -> None:
+    from sweeps.stack import find_pg_bin_dir
+
+    try:
+        find_pg_bin_dir()
+    except FileNotFoundError as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL 127.0.0.1 server; ``.url`` is the app database, ``create_database()`` adds more."""
+    from sweeps.stack import PostgresServer
+
+    _require_postgres_binaries()
+    with PostgresServer(user="sweeps", database="sweeps", fsync=False) as pg:
+        yield pg
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_pg(
+    postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MlflowServer]:
+    """``mlflow server`` with basic auth on PostgreSQL (databases ``mlflow`` and ``mlflow_auth``).
+
+    Clients use ``mlflow_server_pg.env()``; tests may ``restart()`` it (same port, same stores).
+    """
+    from sweeps.stack import MlflowServer
+
+    backend = postgres_server.create_database("mlflow")
+    auth_db = postgres_server.create_database("mlflow_auth")
+    server = MlflowServer(
+        backend,
+        auth=True,
+        auth_database_uri=auth_db,
+        artifacts_destination=tmp_path_factory.mktemp("mlartifacts"),
+        workers=1,
+    )
+    with server:
+        yield server
+
+
+@pytest.fixture
+def mlflow_env(mlflow_server_pg: MlflowServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point MLflow clients in this test at ``mlflow_server_pg`` (env vars, as a worker would)."""
+    env = mlflow_server_pg.env()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    return env

@@ -1,0 +1,115 @@
+"""`siamese-sweep train CONFIG.yaml [--set key=value ...] [--json]`: output contract and exit codes."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from siamese_core.config import TrainConfig
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+TINY_SET = ["--set", "dataset=digits", "--set", "epochs=2", "--set", "batch_size=64",
+            "--set", "pairs.pairs_per_epoch=256", "--set", "pairs.val_pairs=100", "--set", "pairs.test_pairs=100",
+            "--set", "encoder.depth=1", "--set", "encoder.width=4", "--set", "encoder.embedding_dim=4"]
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    exe = shutil.which("siamese-sweep")
+    cmd = [exe] if exe else [sys.executable, "-m", "sweeps.cli"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, env=env,
+                          check=False)
+
+
+def assert_input_error(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and lines[0].startswith("error: ")
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert proc.stdout == ""
+
+
+def test_train_json_contract(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("dataset: digits\nencoder:\n  depth: 3\n  width: 8\nloader: memory\n")
+    out = tmp_path / "out"
+    proc = cli("train", str(config), *TINY_SET, "--set", "encoder.width=4", "--json", "--quiet", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1  # one JSON object, nothing else on stdout
+    s = json.loads(lines[0])
+    assert {"history", "test", "threshold", "config"} <= set(s)
+    assert len(s["history"]) == 2
+    for row in s["history"]:
+        assert {"loss", "val_loss", "val_pair_accuracy", "val_roc_auc", "embedding_norm_mean"} <= set(row)
+    assert {"pair_accuracy", "roc_auc", "eer"} <= set(s["test"])
+    assert isinstance(s["threshold"], float)
+    # the fully resolved config: file, then --set (later wins), then defaults for the rest
+    cfg = s["config"]
+    assert cfg == TrainConfig.from_dict(cfg).to_dict()
+    assert cfg["encoder"]["depth"] == 1 and cfg["encoder"]["width"] == 4 and cfg["loader"] == "memory"
+    assert cfg["optimizer"]["name"] == "adam" and cfg["loss"]["margin"] == 1.0
+    assert (out / "model.keras").is_file() and json.loads((out / "result.json").read_text())["threshold"] == \
+        pytest.approx(s["threshold"])
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--set", "encoder.depth=0"], ["encoder.depth", "greater than or equal to 1"]),
+    (["--set", "loss.margin=-1"], ["loss.margin"]),
+    (["--set", "encoder.dpth=2"], ["encoder.dpth", "unknown key", "depth"]),
+    (["--set", "loader=gpu"], ["loader", "'memory'", "'tfdata'", "'custom'"]),
+    (["--set", "epochs"], ["--set expects key=value"]),
+    (["--set", "batch_size=true"], ["batch_size", "boolean"]),
+    (["missing.yaml"], ["not found", "missing.yaml"]),
+])
+def test_bad_config_exit_2_one_line(args, words):
+    assert_input_error(cli("train", *args), *words)
+
+
+def test_bad_yaml_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1,\n")
+    assert_input_error(cli("train", str(bad)), "bad.yaml", "not valid YAML")
+
+
+def test_bad_data_exit_2_one_line(tmp_path):
+    one_class = tmp_path / "one.npz"
+    np.savez(one_class, x=np.zeros((40, 6), np.float32), y=np.zeros(40, np.int64))
+    assert_input_error(cli("train", "--set", "dataset.name=npz", "--set", f"dataset.path={one_class}"),
+                       "one.npz", "one class")
+    assert_input_error(cli("train", "--set", "dataset.name=npz", "--set", f"dataset.path={tmp_path / 'nope.npz'}"),
+                       "nope.npz", "not found")
+    assert_input_error(cli("train", "--set", "dataset=digits", "--set", "batch_size=5000"),
+                       "batch_size", "2516")
+
+
+def test_training_failure_exit_1_without_traceback(capsys, monkeypatch):
+    from sweeps.cli import main
+
+    monkeypatch.syspath_prepend(str(FIXTURES))
+    rc = main(["train", *TINY_SET, "--set", "loss.type=user_code.losses:nan_loss", "--set", "loss.kind=pair",
+               "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "training failed: [nan_loss]" in err and "Traceback" not in err
+
+
+def test_unexpected_error_exit_1(capsys, monkeypatch):
+    from siamese_core import training
+    from sweeps.cli import main
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(training, "train", boom)
+    rc = main(["train", *TINY_SET])
+    err = capsys.readouterr().err
+    assert rc == 1 and "RuntimeError: disk on fire" in err and "Traceback" not in err

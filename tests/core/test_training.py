@@ -1,0 +1,189 @@
+"""`train()` end to end on tiny data: results, saving, failure modes, callbacks, data variants."""
+from __future__ import annotations
+
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import siamese_core
+from siamese_core import DataError, TrainingFailed
+from siamese_core.config import TrainConfig
+from siamese_core.errors import ConfigError
+from siamese_core.training import TrainResult, train
+
+SUMMARY_KEYS = {"config", "history", "test", "threshold", "higher_is_same", "dataset", "findings", "params", "seconds"}
+TEST_KEYS = {"loss", "pair_accuracy", "roc_auc", "eer", "threshold", "embedding_norm_mean", "embedding_norm_std",
+             "embedding_norm_min", "pos_distance_mean", "neg_distance_mean", "distance_gap", "precision_at_1",
+             "recall_at_5"}
+
+
+@pytest.fixture(scope="module")
+def result(digits_data, make_tiny) -> TrainResult:
+    return train(make_tiny(epochs=2, learning_rate=0.003, encoder={"depth": 2, "width": 16, "embedding_dim": 16},
+                  pairs={"pairs_per_epoch": 1280, "val_pairs": 400, "test_pairs": 400}), data=digits_data)
+
+
+def test_result_and_summary(result):
+    s = result.summary()
+    assert set(s) == SUMMARY_KEYS
+    assert len(s["history"]) == 2 and [h["epoch"] for h in s["history"]] == [0, 1]
+    assert TEST_KEYS <= set(s["test"]), TEST_KEYS - set(s["test"])
+    assert s["config"] == result.config.to_dict() and s["config"]["epochs"] == 2
+    assert s["params"] == result.models.training.count_params() > 0
+    assert s["higher_is_same"] is False and s["dataset"]["name"] == "digits"
+    json.dumps(s, allow_nan=False)  # strict JSON (NaN would be refused)
+    # threshold: calibrated on validation (last epoch), then reported on test
+    assert s["threshold"] == result.history[-1]["val_threshold"] == s["test"]["threshold"]
+    assert 0.5 < s["test"]["roc_auc"] <= 1.0 and 0.5 < s["test"]["pair_accuracy"] <= 1.0
+    assert 0 <= s["test"]["eer"] < 0.5
+    assert s["test"]["neg_distance_mean"] > s["test"]["pos_distance_mean"]
+
+
+def test_learns_something(result):
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert result.test["roc_auc"] > 0.9 and result.test["pair_accuracy"] > 0.8  # digits: ~0.97 / ~0.9 here
+
+
+def test_save_and_load_in_safe_mode_reproduce_outputs(result, digits_data, tmp_path):
+    out = result.save(tmp_path / "run")
+    assert (out / "model.keras").is_file()
+    saved = json.loads((out / "result.json").read_text())
+    assert set(saved) == SUMMARY_KEYS and saved["threshold"] == pytest.approx(result.threshold)
+    loaded = siamese_core.load_model(str(out / "model.keras"))
+    x = digits_data.test.x
+    a, b = x[:40], x[40:80]
+    ref, got = result.model([a, b]), loaded([a, b])
+    for key in ("distance", "score", "same"):
+        np.testing.assert_allclose(np.asarray(got[key]), np.asarray(ref[key]), rtol=1e-5, atol=1e-6)
+    assert loaded.get_layer("same").get_config()["threshold"] == pytest.approx(result.threshold)
+    # the exported distance is the distance the metrics were computed on
+    d = np.linalg.norm(result.models.embed(a) - result.models.embed(b), axis=1)
+    np.testing.assert_allclose(np.asarray(got["distance"]), d, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("loader", ["memory", "tfdata", "custom"])
+def test_nan_loss_fails_the_run(digits_data, tiny_dict, loader):
+    tiny_dict.update(loader=loader, loss={"type": "user_code.losses:nan_loss", "kind": "pair"})
+    with pytest.raises(TrainingFailed) as info:
+        train(tiny_dict, data=digits_data)
+    assert info.value.code == "nan_loss" and info.value.epoch == 0
+    assert "loss became nan" in str(info.value) and "learning_rate=" in str(info.value)
+
+
+@pytest.mark.parametrize("loader", ["memory", "tfdata", "custom"])
+def test_early_stopping_and_user_callbacks_with_every_loader(digits_data, tiny_dict, loader):
+    seen: list[dict] = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(dict(logs or {}))
+
+    tiny_dict.update(loader=loader, epochs=6, early_stopping={"enabled": True, "monitor": "val_loss",
+                                                              "patience": 0, "min_delta": 10.0})
+    r = train(tiny_dict, data=digits_data, callbacks=[Spy()])
+    assert len(r.history) == 2  # epoch 0 sets the best; epoch 1 cannot improve by 10 -> stop
+    assert len(seen) == 2 and "val_roc_auc" in seen[0] and "loss" in seen[0]  # user callbacks see val metrics
+
+
+def test_reduce_lr_on_plateau(digits_data, tiny_dict):
+    tiny_dict.update(epochs=3, learning_rate=0.01, reduce_lr={"enabled": True, "monitor": "val_pair_accuracy",
+                                                              "patience": 0, "factor": 0.5})
+    r = train(tiny_dict, data=digits_data)
+    lrs = [h["learning_rate"] for h in r.history]
+    acc = [h["val_pair_accuracy"] for h in r.history]
+    assert lrs[0] == pytest.approx(0.01)
+    best = -math.inf
+    for k in range(len(acc) - 1):  # Keras' rule: halve after an epoch without improvement (min_delta 1e-4)
+        improved = acc[k] > best + 1e-4
+        best = max(best, acc[k]) if improved else best
+        assert lrs[k + 1] == pytest.approx(lrs[k] if improved else lrs[k] * 0.5), (k, lrs, acc)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"loss": {"type": "triplet"}},
+    {"loss": {"type": "triplet", "mining": "batch_hard", "margin": 0.5}, "distance": "cosine"},
+    {"loss": {"type": "bce"}, "optimizer": {"name": "rmsprop"}},
+    {"distance": "sqeuclidean", "optimizer": {"name": "sgd", "momentum": 0.9}, "learning_rate": 0.01},
+    {"distance": "cosine", "encoder": {"type": "mlp", "depth": 2, "width": 16, "embedding_dim": 8,
+                                       "l2_normalize": True}, "loader": "custom"},
+    {"encoder": {"type": "user_code.encoders:tiny_mlp", "embedding_dim": 6},
+     "loss": {"type": "user_code.losses:squared_hinge", "kind": "pair", "margin": 0.8}, "loader": "memory"},
+    {"loss": {"type": "user_code.losses:soft_triplet", "kind": "triplet"}},
+])
+def test_variants_train_and_report(digits_data, tiny_dict, overrides):
+    tiny_dict.update(overrides)
+    r = train(tiny_dict, data=digits_data)
+    assert len(r.history) == 1 and math.isfinite(r.history[0]["loss"])
+    assert 0.0 <= r.test["pair_accuracy"] <= 1.0 and math.isfinite(r.test["roc_auc"])
+    if r.config.loss.type == "bce":
+        assert r.models.higher_is_same and 0 <= r.threshold <= 1
+    if r.config.loss.is_triplet:
+        assert r.models.training.output.shape[1] == 3
+    if r.config.encoder.type.startswith("user_code"):
+        assert r.encoder.output.shape[-1] == 6
+
+
+def test_split_by_class_holds_out_classes(tiny_dict):
+    tiny_dict["dataset"] = {"name": "digits", "split": "class"}
+    r = train(tiny_dict)
+    from siamese_core.data.sources import load_dataset
+
+    d = load_dataset(r.config)
+    train_classes, test_classes = set(d.train.classes.tolist()), set(d.test.classes.tolist())
+    assert train_classes.isdisjoint(test_classes) and len(test_classes) >= 2
+    assert set(d.val.classes.tolist()).isdisjoint(train_classes)
+    assert r.summary()["dataset"]["split"] == "class" and math.isfinite(r.test["roc_auc"])
+
+
+def test_two_tower_pairs_npz_tokens_52_vs_600(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 120
+    y = (np.arange(n) % 2).astype(np.int64)
+    topic = rng.integers(0, 4, n)
+    x1 = rng.integers(1, 60, (n, 52)).astype(np.int32)
+    x2 = rng.integers(1, 60, (n, 600)).astype(np.int32)
+    # same pairs share a topic token; padding zeros at the end of the long side
+    other = (topic + 1 + rng.integers(0, 3, n)) % 4
+    x1[:, 0] = 60 + topic
+    x2[:, 0] = 60 + np.where(y == 1, topic, other)
+    x2[:, 400:] = 0
+    path = tmp_path / "pairs.npz"
+    np.savez(path, x1=x1, x2=x2, y=y)
+    r = train({"dataset": {"name": "pairs_npz", "path": str(path)}, "encoder": {"type": "sequence", "depth": 1,
+               "width": 4, "embedding_dim": 4, "token_embedding_dim": 4}, "distance": "cosine",
+               "loss": {"margin": 0.5}, "batch_size": 64, "epochs": 1, "pairs": {"val_pairs": 20, "test_pairs": 40},
+               "diagnostics": {"enabled": False}})
+    assert r.data_info.two_tower and r.data_info.input_shapes == ((52,), (600,))
+    assert len(r.models.encoders) == 2 and r.data_info.vocab_size == 64
+    assert math.isfinite(r.history[0]["loss"])
+    out = r.save(tmp_path / "run")
+    loaded = siamese_core.load_model(str(out / "model.keras"))
+    a, b = x1[:8], x2[:8]
+    d = np.asarray(loaded.predict_on_batch([a, b])["distance"])  # traced: an eager LSTM over 600 steps is slow
+    np.testing.assert_allclose(d, np.asarray(r.model.predict_on_batch([a, b])["distance"]), rtol=1e-5, atol=1e-6)
+    assert np.all((d >= -1e-6) & (d <= 2 + 1e-6))
+
+
+def test_bad_data_is_data_error_before_tensorflow_work(tmp_path):
+    path = tmp_path / "one_class.npz"
+    np.savez(path, x=np.zeros((50, 4), np.float32), y=np.zeros(50, np.int64))
+    with pytest.raises(DataError, match="one class"):
+        train({"dataset": {"name": "npz", "path": str(path)}, "pairs": {"pairs_per_epoch": 200}})
+
+
+def test_batch_larger_than_data_is_config_error():
+    with pytest.raises(ConfigError) as info:
+        train({"dataset": "digits", "batch_size": 4096})  # digits: 2 x 1258 = 2516 pairs per epoch
+    assert info.value.field == "batch_size" and "2516" in str(info.value)
+
+
+def test_accepts_yaml_path_and_mapping(tmp_path, digits_data):
+    path = tmp_path / "c.yaml"
+    path.write_text("dataset: digits\nepochs: 1\nbatch_size: 64\npairs: {pairs_per_epoch: 256, val_pairs: 100, "
+                    "test_pairs: 100}\nencoder: {depth: 1, width: 4, embedding_dim: 4}\n")
+    r = train(str(path), data=digits_data)
+    assert isinstance(r.config, TrainConfig) and r.config.pairs.pairs_per_epoch == 256
+    assert r.history[0]["epoch"] == 0
