@@ -121,13 +121,14 @@ def worker_command(env: Mapping[str, str], extra: list[str]) -> tuple[list[str],
     storage = env.get("OPTUNA_STORAGE") or pg_url(env, env.get("OPTUNA_DB") or "optuna")
     child["OPTUNA_STORAGE"] = storage
     child.pop("POSTGRES_PASSWORD", None)
-    tracking = env.get("MLFLOW_TRACKING_URI") or "http://mlflow:5000"
+    child["MLFLOW_TRACKING_URI"] = env.get("MLFLOW_TRACKING_URI") or "http://mlflow:5000"
     require(env, "MLFLOW_TRACKING_PASSWORD")
     # Empty SWEEP_SPEC = the built-in quickstart spec; empty SWEEP_STUDY = the spec's study.name.
+    # URLs travel in the environment (the CLI reads OPTUNA_STORAGE / MLFLOW_TRACKING_URI): argv is visible in `ps`.
     argv = ["siamese-sweep", "worker", *([env["SWEEP_SPEC"]] if env.get("SWEEP_SPEC") else [])]
     if env.get("SWEEP_STUDY"):
         argv += ["--study", env["SWEEP_STUDY"]]
-    argv += ["--storage", storage, "--tracking-uri", tracking, *extra]
+    argv += list(extra)
     return argv, child
 
 

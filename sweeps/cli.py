@@ -37,6 +37,11 @@ def _strict(value: Any) -> Any:
     return value
 
 
+def _one_line(text: str) -> str:
+    """Input errors are one line (a key may contain a newline)."""
+    return " ".join(text.split("\n"))
+
+
 def add_set_option(parser: argparse.ArgumentParser, *, what: str = "config") -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help=f"override a {what} field by dotted key, e.g. --set encoder.depth=3 (repeatable)")
@@ -73,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(handler(args) or 0)
     except InputError as exc:
-        print(f"error: {mask_secrets(str(exc))}", file=sys.stderr)
+        print(f"error: {_one_line(mask_secrets(str(exc)))}", file=sys.stderr)
         return EXIT_INPUT
     except TrainingFailed as exc:
         print(f"training failed: {mask_secrets(str(exc))}", file=sys.stderr)

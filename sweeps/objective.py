@@ -9,9 +9,17 @@ trained, all logged    COMPLETE         FINISHED            -
 pruner stopped it      PRUNED           FINISHED            ``pruned``
 diagnostic fatal       PRUNED           FAILED              the code (``nan_loss``...)
 invalid combination    FAIL             FAILED              ``invalid_config``
-crash / MLflow down    FAIL             FAILED              exception type
+crash                  FAIL             FAILED              exception type
+MLflow down            FAIL             KILLED (reconciled) ``tracking_unavailable``
 Ctrl-C / SIGTERM       FAIL             KILLED              ``interrupted``
+worker died (SIGKILL)  FAIL (stale)     KILLED (reconciled) ``stale_heartbeat``
 =====================  ===============  ==================  ==========================
+
+Trials stopped from outside (interrupted, MLflow down, worker died) are queued
+again with the same parameters; the retry records the original in the system
+attr ``failed_trial`` and the run tag ``optuna.retry_of``, and resumes from the
+original's last epoch checkpoint (``<checkpoint root>/trial-<original number>``).
+Checkpoints are deleted once a trial is COMPLETE, PRUNED or failed for its own reasons.
 """
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ from siamese_core.errors import ConfigError, TrainingFailed
 from . import artifacts, modelio, space
 from .secrets import mask_secrets
 from .spec import TRIAL_METRICS, SweepSpec
-from .storage import retried_trial_number
+from .storage import requeue_trial, retried_trial_number
 from .tracking import (RUN_FAILED, RUN_FINISHED, RUN_KILLED, TAG_REASON, TAG_RETRY_OF, TAG_STATE, Tracker,
                        TrackingUnavailable, TrialRun)
 
@@ -40,11 +48,64 @@ log = logging.getLogger(__name__)
 USER_ATTR_RUN = "mlflow_run_id"
 USER_ATTR_REASON = "reason"
 USER_ATTR_MODEL = "model_uri"
+USER_ATTR_DIAGNOSTIC_ERRORS = "diagnostics_errors"  # error-severity finding codes; `promote` skips such trials
 REASON_TRACKING_DOWN_AT_START = "tracking_unavailable_at_start"
+REASON_TRACKING_DOWN = "tracking_unavailable"
+REASON_INTERRUPTED = "interrupted"
+# stopped from outside the trial: queue it again with the same params (its checkpoint is kept)
+RETRY_REASONS = (REASON_INTERRUPTED, REASON_TRACKING_DOWN, REASON_TRACKING_DOWN_AT_START)
+
+
+USER_ATTR_WORKER = "worker"
+TAG_WORKER = "siamese_sweep.worker"
+
+
+def worker_id() -> str:
+    """``host:pid`` of this worker process."""
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Interrupted(KeyboardInterrupt):
     """SIGTERM/SIGINT during a trial (a KeyboardInterrupt so Optuna marks the trial FAIL)."""
+
+
+class StopRequest:
+    """A stop asked for by a signal, for when raising from the signal handler is not enough.
+
+    Python runs a signal handler at the next bytecode, which may be inside a ``__del__`` or a
+    weakref callback (SQLAlchemy has plenty); an exception raised there is printed and *ignored*,
+    and training would go on as if nothing happened. So the handler also sets `requested`, and
+    training checks it after every batch (`check`). Once the trial is being cleaned up
+    (`cleaning`), further signals are ignored so they cannot cut the clean-up short.
+    """
+
+    requested: bool = False
+    cleaning: bool = False
+    signum: int = 0
+
+    @classmethod
+    def check(cls) -> None:
+        if cls.requested and not cls.cleaning:
+            raise Interrupted(f"received signal {cls.signum}")
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.requested = cls.cleaning = False
+        cls.signum = 0
+
+
+def stop_check_callback() -> Any:
+    """A Keras callback that turns a pending stop request into `Interrupted` at a batch boundary."""
+    import keras
+
+    class StopCheck(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            StopRequest.check()
+
+    return StopCheck()
 
 
 def measure_latency_ms(result: Any, *, batch: int = 64, repeats: int = 3) -> float:
@@ -95,26 +156,64 @@ class Objective:
         ctx = self.ctx
         frozen = trial.study._storage.get_trial(trial._trial_id)
         retry_of = retried_trial_number(frozen)
+        if retry_of is not None and frozen.user_attrs.get(USER_ATTR_RUN):
+            trial.set_user_attr(USER_ATTR_RUN, "")  # copied from the original: not this trial's run
+        self.checkpoint = self._checkpoint_dir(trial.number if retry_of is None else retry_of)
         overrides = space.sample_overrides(trial, ctx.spec)
         if ctx.spec.hypermodel:
             overrides.update(self._hypermodel_overrides(trial))
-        tags: dict[str, Any] = {}
+        tags: dict[str, Any] = {TAG_WORKER: worker_id()}
         if retry_of is not None:
             tags[TAG_RETRY_OF] = retry_of
+        trial.set_user_attr(USER_ATTR_WORKER, tags[TAG_WORKER])  # which machine/process ran it (ops, tests)
         try:
             run = ctx.tracker.start_trial_run(ctx.experiment_id, ctx.parent_run_id, study_name=ctx.study_name,
                                               trial_number=trial.number, tags=tags)
         except TrackingUnavailable:
             trial.set_user_attr(USER_ATTR_REASON, REASON_TRACKING_DOWN_AT_START)
+            self._requeue(trial)
             raise
         trial.set_user_attr(USER_ATTR_RUN, run.run_id)  # overwrites the attr a retry copies from its original
         try:
             return self._run(trial, run, overrides)
         except optuna.TrialPruned:
+            self._clear_checkpoint()
             raise
         except BaseException as exc:
             self._record_failure(trial, run, exc)
             raise
+
+    # ------------------------------------------------------------------ checkpoints and retries
+    checkpoint: Path | None = None
+
+    def _checkpoint_dir(self, original_number: int) -> Path | None:
+        root = self.ctx.checkpoint_root
+        return None if root is None else root / f"trial-{original_number}"
+
+    def _clear_checkpoint(self) -> None:
+        if self.checkpoint is None:
+            return
+        from siamese_core.checkpoint import clear
+
+        clear(self.checkpoint)
+        try:
+            self.checkpoint.parent.rmdir()  # the study's checkpoint folder, once it is empty
+        except OSError:
+            pass
+
+    def _requeue(self, trial: optuna.Trial) -> None:
+        """Queue this trial again (same params) while it is still RUNNING, so the budget count never dips."""
+        try:
+            frozen = trial.study._storage.get_trial(trial._trial_id)
+            queued = requeue_trial(trial.study, frozen, max_retries=self.ctx.spec.study.max_retries,
+                                   drop_user_attrs=(USER_ATTR_RUN, USER_ATTR_REASON, USER_ATTR_MODEL))
+            if queued:
+                log.info("trial %d queued again with the same parameters", trial.number)
+            else:
+                log.warning("trial %d was retried %d times already; not queued again", trial.number,
+                            self.ctx.spec.study.max_retries)
+        except Exception as exc:  # noqa: BLE001 - storage trouble must not hide the original error
+            log.warning("could not queue trial %d again: %s", trial.number, exc)
 
     def _hypermodel_overrides(self, trial: optuna.Trial) -> dict[str, Any]:
         """Build the KerasTuner-style encoder for this trial; train-config hyperparameters become overrides."""
@@ -146,12 +245,12 @@ class Objective:
 
         from .callbacks import MlflowEpochLogger, OptunaReporter  # imports Keras: only once a trial runs
 
-        callbacks: list[Any] = [MlflowEpochLogger(run)]
+        callbacks: list[Any] = [stop_check_callback(), MlflowEpochLogger(run)]
         if not ctx.spec.study.multi_objective:
             callbacks.append(OptunaReporter(trial, ctx.spec.study.objective_metrics[0]))
         callbacks += ctx.extra_callbacks
         try:
-            result = train(config, callbacks=callbacks, data=data)
+            result = train(config, callbacks=callbacks, data=data, checkpoint_dir=self.checkpoint)
         except optuna.TrialPruned as exc:
             self._end(trial, run, "PRUNED", RUN_FINISHED, reason="pruned", detail=str(exc))
             raise
@@ -167,6 +266,12 @@ class Objective:
                       detail=f"objective {list(ctx.spec.study.objective_metrics)} = {values}")
             raise optuna.TrialPruned(f"objective is not finite: {values}")
 
+        if result.resumed_from_epoch:
+            # the epochs restored from the checkpoint were logged to the original trial's run, not this one
+            for row in result.history[:result.resumed_from_epoch]:
+                run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+            run.set_tags({"checkpoint.resumed_from_epoch": result.resumed_from_epoch})
+            trial.set_user_attr("resumed_from_epoch", int(result.resumed_from_epoch))
         final = {f"test_{k}": v for k, v in result.test.items()}
         final.update({"threshold": result.threshold, **extra})
         run.log_metrics(final, step=len(result.history))
@@ -184,7 +289,9 @@ class Objective:
             trial.set_user_attr(f"test_{key}", float(result.test[key]))
         trial.set_user_attr("threshold", float(result.threshold))
         trial.set_user_attr("dataset_fingerprint", result.data_info.fingerprint)
+        trial.set_user_attr(USER_ATTR_DIAGNOSTIC_ERRORS, sorted({f.code for f in result.findings if f.is_error}))
         self._end(trial, run, "COMPLETE", RUN_FINISHED)
+        self._clear_checkpoint()
         return values[0] if len(values) == 1 else values
 
     def _end(self, trial: optuna.Trial, run: TrialRun, state: str, status: str, *, reason: str | None = None,
@@ -201,16 +308,28 @@ class Objective:
             run.end(status)
 
     def _record_failure(self, trial: optuna.Trial, run: TrialRun, exc: BaseException) -> None:
-        if run.closed:
-            return
         if isinstance(exc, KeyboardInterrupt):
-            reason, status = "interrupted", RUN_KILLED
+            StopRequest.cleaning = True  # a second signal must not cut this short
+            reason, status = REASON_INTERRUPTED, RUN_KILLED
         elif isinstance(exc, InvalidTrialConfig):
             reason, status = "invalid_config", RUN_FAILED
         elif isinstance(exc, TrackingUnavailable):
-            reason, status = "tracking_unavailable", RUN_FAILED
+            reason, status = REASON_TRACKING_DOWN, RUN_FAILED
         else:
             reason, status = type(exc).__name__, RUN_FAILED
+        if reason in RETRY_REASONS:
+            self._requeue(trial)  # the checkpoint stays for the retry
+        else:
+            self._clear_checkpoint()
+        if run.closed:
+            return
+        if reason == REASON_TRACKING_DOWN:
+            # MLflow just refused calls for the whole retry budget: don't spend it three times more on
+            # tags and end_run. The worker's next reconciliation ends the run KILLED with this reason.
+            trial.set_user_attr(USER_ATTR_REASON, reason)
+            log.warning("trial %d failed: MLflow unavailable; run %s is ended when MLflow is back",
+                        trial.number, run.run_id)
+            return
         try:
             trial.set_user_attr(USER_ATTR_REASON, reason)
         except Exception:  # noqa: BLE001 - storage trouble must not hide the original error

@@ -24,7 +24,7 @@ from . import artifacts, space
 from .secrets import mask_url
 from .spec import SweepSpec
 from .study import ATTR_BUDGET, OpenedStudy, count_states, ensure_parent_run, open_study, study_status
-from .tracking import RUN_FAILED, RUN_FINISHED, RUN_KILLED, RUN_RUNNING, Tracker
+from .tracking import RUN_FAILED, RUN_FINISHED, RUN_KILLED, RUN_RUNNING, Retry, Tracker
 from .preflight import preflight
 from .worker import DataCache, SweepFatal, WorkerReport, run_worker
 
@@ -152,7 +152,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> Sw
     experiment_id, parent = ensure_parent_run(opened, tracker, spec)
     tracker.retry("reopen parent", lambda: tracker.client.update_run(parent, status=RUN_RUNNING))
     log.info("study %r on %s; MLflow experiment %r on %s", study.study_name, mask_url(options.storage),
-             spec.experiment_name, mask_url(options.tracking_uri))
+             spec.experiment_for(study.study_name), mask_url(options.tracking_uri))
     progress = Progress(options.trials, count_states(study).done, options.progress)
     status = RUN_FAILED
     reports: list[WorkerReport] = []
@@ -176,8 +176,11 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> Sw
     finally:
         progress.close()
         if options.finalize:
+            # a failed or interrupted sweep (perhaps because MLflow is down) must not wait the full
+            # retry budget per call on its way out: the rerun finalises the parent anyway
+            closing = tracker if status == RUN_FINISHED else Tracker(options.tracking_uri, retry=Retry(budget_s=5.0))
             try:
-                finalize_parent(study, tracker, parent, status=status, plots=spec.tracking.log_plots)
+                finalize_parent(study, closing, parent, status=status, plots=spec.tracking.log_plots)
             except Exception as exc:  # noqa: BLE001 - never hide the sweep's own outcome
                 log.warning("could not finalise the parent run: %s", exc)
     return SweepResult(study_status(study), parent, experiment_id, status == RUN_FINISHED, reports)
@@ -191,8 +194,10 @@ def join_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> S
         configure_threads(options.threads, options.threads)
     data = data if data is not None else preflight(spec)
     tracker = Tracker(options.tracking_uri)
+    # index i (from `run --workers N`) -> offset i * 1_000_003: `offset + existing trials` in open_study
+    # must differ between workers (1 + 1 == 2 + 0 made two workers sample the same parameters)
     opened = open_study(spec, storage_url=options.storage, study_name=options.study_name,
-                        seed_offset=options.worker_index)
+                        seed_offset=options.worker_index * 1_000_003 or _process_seed_offset())
     experiment_id, parent = ensure_parent_run(opened, tracker, spec)
     report = run_worker(spec, opened, tracker, budget=None, timeout=options.timeout,
                         on_trial=parent_best_updater(tracker, parent), data_cache=DataCache.seeded(spec.base, data))
@@ -202,6 +207,19 @@ def join_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> S
         except Exception as exc:  # noqa: BLE001
             log.warning("could not finalise the parent run: %s", exc)
     return SweepResult(study_status(opened.study), parent, experiment_id, report.budget_met, [report])
+
+
+def _process_seed_offset() -> int:
+    """A sampler seed offset for a worker started on its own (no --worker-index).
+
+    Workers started together see the same number of existing trials, so with the same offset
+    their seeded samplers would propose identical parameters (seen with three workers on one
+    PostgreSQL study: two ran the very same trial). Host and pid tell them apart.
+    """
+    import socket
+    import zlib
+
+    return 1 + zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 1_000_000_007
 
 
 def write_resolved_spec(spec: SweepSpec, path: Path) -> Path:
@@ -227,11 +245,24 @@ def _run_processes(spec: SweepSpec, options: SweepOptions, study: optuna.Study, 
             if options.timeout is not None:
                 cmd += ["--timeout", str(options.timeout)]
             procs.append(subprocess.Popen(cmd, env=env))
+
+        stop: list[int] = []
+
+        def on_signal(signum: int, frame: Any) -> None:
+            # only a flag: an exception raised here can land in a GC callback and be swallowed
+            stop.append(signum)
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             while any(p.poll() is None for p in procs):
                 progress.set(count_states(study).done, _postfix(study))
-                time.sleep(2.0)
+                for _ in range(8):
+                    if stop:
+                        raise KeyboardInterrupt(f"received signal {stop[0]}")  # forwarded to the workers below
+                    time.sleep(0.25)
         except KeyboardInterrupt:
+            for sig in previous:  # a repeated signal must not cut the clean-up short
+                signal.signal(sig, signal.SIG_IGN)
             for p in procs:
                 if p.poll() is None:
                     p.send_signal(signal.SIGTERM)
@@ -241,6 +272,9 @@ def _run_processes(spec: SweepSpec, options: SweepOptions, study: optuna.Study, 
                 except subprocess.TimeoutExpired:
                     p.kill()
             raise
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
         progress.set(count_states(study).done, _postfix(study))
         failed = [p.returncode for p in procs if p.returncode != 0]
         if failed:

@@ -179,7 +179,11 @@ class SweepSpec(_Section):
 
     @property
     def experiment_name(self) -> str:
-        return self.tracking.experiment or f"siamese-sweep/{self.study.name}"
+        return self.experiment_for(self.study.name)
+
+    def experiment_for(self, study_name: str) -> str:
+        """The MLflow experiment of a study (``--study`` renames the default experiment with it)."""
+        return self.tracking.experiment or f"siamese-sweep/{study_name}"
 
     def distributions(self) -> dict[str, Distribution]:
         return {k: v for k, v in self.search_space.items() if isinstance(v, Distribution)}

@@ -99,7 +99,28 @@ def fail_stale_trials(study: optuna.Study) -> None:
 
 def retried_trial_number(trial: optuna.trial.FrozenTrial) -> int | None:
     """The number of the trial this one repeats, if it is a retry."""
-    return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+
+
+def requeue_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, max_retries: int,
+                  drop_user_attrs: tuple[str, ...] = ()) -> bool:
+    """Queue a WAITING copy of `trial` (same params), recorded exactly as Optuna records heartbeat retries.
+
+    Used for trials that stopped for reasons outside themselves (SIGTERM, MLflow down): the
+    retry's ``failed_trial`` system attr names the original trial, like a stale trial's retry.
+    Returns False when `trial` was already retried `max_retries` times.
+    """
+    system_attrs: dict[str, Any] = {"failed_trial": trial.number, **trial.system_attrs}
+    system_attrs["retry_history"] = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if len(system_attrs["retry_history"]) > max_retries:
+        return False
+    user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in drop_user_attrs}
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, params=trial.params,
+                                              distributions=trial.distributions, user_attrs=user_attrs,
+                                              system_attrs=system_attrs))
+    return True
 
 
 # ----------------------------------------------------------------- budget lock

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 ATTR_PARENT = "mlflow_parent_run_id"
 ATTR_EXPERIMENT = "mlflow_experiment_id"
 ATTR_BUDGET = "trial_budget"
+ATTR_METRICS = "objective_metrics"
+ATTR_REGISTERED_MODEL = "registered_model"
 ATTR_LEADER = "siamese_sweep_leader"  # set by the creating process: joiners then wait for its parent run
 DONE_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -92,6 +94,9 @@ def open_study(spec: SweepSpec, *, storage_url: str, study_name: str, seed_offse
                                         sampler=make_sampler(spec, seed_offset=seed_offset),
                                         pruner=make_pruner(spec))
             study.set_user_attr(ATTR_LEADER, True)
+            study.set_user_attr(ATTR_METRICS, list(study_spec.objective_metrics))  # read by `promote`
+            if spec.tracking.registered_model:
+                study.set_user_attr(ATTR_REGISTERED_MODEL, spec.tracking.registered_model)
             created = True
         except optuna.exceptions.DuplicatedStudyError:
             pass
@@ -131,7 +136,7 @@ def ensure_parent_run(opened: OpenedStudy, tracker: Tracker, spec: SweepSpec, *,
             if attrs.get(ATTR_PARENT):
                 return attrs[ATTR_EXPERIMENT], attrs[ATTR_PARENT]
         log.warning("study %s has no parent run after %.0fs; creating one", study.study_name, wait_s)
-    exp_id = tracker.experiment_id(spec.experiment_name)
+    exp_id = tracker.experiment_id(spec.experiment_for(study.study_name))
     existing = tracker.find_runs(exp_id, f"tags.`{TAG_ROLE}` = '{PARENT_ROLE}' and tags.`{TAG_STUDY}` = "
                                          f"'{study.study_name}'")
     if existing:  # e.g. the study storage was reset but MLflow kept the parent: reuse it

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import posixpath
 import re
 import time
 from dataclasses import dataclass, field
@@ -46,16 +48,71 @@ MAX_KEY = 250
 _KEY_OK = re.compile(r"[^/\w.\- ]")
 
 
+# MLflow's HTTP client retries a refused connection 7 times with backoff (~4 minutes per call) before
+# our own `Retry` sees the error: a worker would stall for minutes per epoch while the server is down.
+# Workers use these unless the environment already sets them (see docs/reliability.md).
+MLFLOW_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
+# How long a trial keeps retrying MLflow (end-of-trial flush, artifacts, model, run creation) before it fails.
+RETRY_BUDGET_ENV = "SIAMESE_SWEEP_MLFLOW_RETRY_SECONDS"
+DEFAULT_RETRY_BUDGET_S = 120.0
+
+
+def configure_http_client() -> None:
+    """Bound MLflow's own HTTP retries (environment values set by the user win)."""
+    for key, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    # urllib3 logs every low-level retry; `Retry` below reports each failed MLflow call once
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+
+def retry_budget_s() -> float:
+    raw = os.environ.get(RETRY_BUDGET_ENV)
+    try:
+        return max(1.0, float(raw)) if raw else DEFAULT_RETRY_BUDGET_S
+    except ValueError:
+        log.warning("%s=%r is not a number; using %.0f s", RETRY_BUDGET_ENV, raw, DEFAULT_RETRY_BUDGET_S)
+        return DEFAULT_RETRY_BUDGET_S
+
+
 class TrackingUnavailable(RuntimeError):
     """MLflow did not accept a call after all retries."""
 
 
 def sanitize_key(key: str) -> str:
-    """MLflow keys allow ``/ \\w . - space`` up to 250 characters; replace anything else."""
+    """A valid MLflow key: ``/ \\w . - space`` only, at most 250 characters, and not path-like
+    (MLflow rejects keys such as ``a//b``, ``./a``, ``..`` or ``/a`` that would normalise to another name)."""
     clean = _KEY_OK.sub("_", str(key))[:MAX_KEY]
+    if _path_not_unique(clean):
+        clean = clean.replace("/", "_")
+        if _path_not_unique(clean):  # '.', '..', '..x', ''
+            clean = ("_" + clean)[:MAX_KEY]
     if clean != key:
         log.warning("MLflow key %r sanitised to %r", key, clean)
     return clean
+
+
+def _path_not_unique(name: str) -> bool:
+    norm = posixpath.normpath(name)
+    return norm != name or norm == "." or norm.startswith("..") or norm.startswith("/")
+
+
+def _unique(key: str, taken: set[str]) -> str:
+    """`key`, or `key_2`, `key_3`... if another original key was already sanitised to it."""
+    if key not in taken:
+        return key
+    i = 2
+    while True:
+        suffix = f"_{i}"
+        candidate = key[:MAX_KEY - len(suffix)] + suffix
+        if candidate not in taken:
+            log.warning("MLflow key %r already used by another parameter; logged as %r", key, candidate)
+            return candidate
+        i += 1
 
 
 def _param_value(key: str, value: Any) -> str:
@@ -113,9 +170,10 @@ class Tracker:
     """Experiment and run management for one tracking URI."""
 
     def __init__(self, uri: str, *, retry: Retry | None = None) -> None:
+        configure_http_client()
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
-        self.retry = retry or Retry()
+        self.retry = retry or Retry(budget_s=retry_budget_s())
 
     def __repr__(self) -> str:
         return f"Tracker({mask_url(self.uri)!r})"
@@ -152,9 +210,34 @@ class Tracker:
                         tags: Mapping[str, Any] = ()) -> "TrialRun":
         all_tags = {"mlflow.parentRunId": parent_run_id, TAG_STUDY: study_name, TAG_TRIAL: trial_number,
                     TAG_STATE: "RUNNING", TAG_ROLE: "trial", **dict(tags)}
-        run = self.retry("create trial run", lambda: self.client.create_run(
-            experiment_id, run_name=f"trial-{trial_number}", tags={k: _tag_value(v) for k, v in all_tags.items()}))
-        return TrialRun(self, run.info.run_id)
+        same_trial = (f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{TAG_STUDY}` = '{study_name}' "
+                      f"and tags.`{TAG_TRIAL}` = '{trial_number}'")
+        attempts = 0
+
+        def create() -> str:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:  # the failed attempt may have reached the server after all
+                found = self.client.search_runs([experiment_id], filter_string=same_trial, max_results=1)
+                if found:
+                    return found[0].info.run_id
+            return self.client.create_run(experiment_id, run_name=f"trial-{trial_number}",
+                                          tags={k: _tag_value(v) for k, v in all_tags.items()}).info.run_id
+
+        run_id = self.retry("create trial run", create)
+        self._drop_duplicate_runs(experiment_id, same_trial, keep=run_id)
+        return TrialRun(self, run_id)
+
+    def _drop_duplicate_runs(self, experiment_id: str, filter_string: str, *, keep: str) -> None:
+        """One run per trial: MLflow's HTTP client re-sends a POST whose response timed out, which can
+        create the run twice; delete the copy nobody will log to (best-effort)."""
+        try:
+            for run in self.client.search_runs([experiment_id], filter_string=filter_string, max_results=20):
+                if run.info.run_id != keep:
+                    log.warning("deleting duplicate MLflow run %s (a retried create_run)", run.info.run_id)
+                    self.client.delete_run(run.info.run_id)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not check for duplicate runs: %s", mask_secrets(str(exc))[:200])
 
     def run_status(self, run_id: str) -> str:
         return self.retry("get run", lambda: self.client.get_run(run_id)).info.status
@@ -175,18 +258,41 @@ class TrialRun:
     run_id: str
     _pending: list[Metric] = field(default_factory=list)
     closed: bool = False
+    _params: dict[str, str] = field(default_factory=dict)     # logged key -> value (params are write-once)
+    _param_keys: dict[str, str] = field(default_factory=dict)  # original key -> logged key
 
     @property
     def client(self) -> MlflowClient:
         return self.tracker.client
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        items = [Param(sanitize_key(k), _param_value(k, v)) for k, v in params.items()]
+        """Log params in batches of 100; keys sanitised and made unique, values masked and truncated.
+
+        MLflow refuses a batch with two values for one key and any change of a logged value, so keys
+        that sanitise to the same name get a ``_2`` suffix, and re-logging an identical value is skipped.
+        """
+        items = []
+        for k, v in params.items():
+            value = _param_value(k, v)
+            key = self._param_keys.get(str(k))
+            if key is None:
+                key = _unique(sanitize_key(k), set(self._params))
+                self._param_keys[str(k)] = key
+            elif self._params.get(key) == value:
+                continue
+            else:
+                log.warning("MLflow param %r already logged with another value; keeping the first", k)
+                continue
+            self._params[key] = value
+            items.append(Param(key, value))
         for chunk in _chunks(items, MAX_PARAMS_PER_CALL):
             self.tracker.retry("log params", lambda c=chunk: self.client.log_batch(self.run_id, params=c))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        items = [RunTag(sanitize_key(k), _tag_value(v)) for k, v in tags.items()]
+        merged: dict[str, str] = {}
+        for k, v in tags.items():
+            merged[sanitize_key(k)] = _tag_value(v)  # tags may be overwritten: last value for a key wins
+        items = [RunTag(k, v) for k, v in merged.items()]
         for chunk in _chunks(items, MAX_TAGS_PER_CALL):
             self.tracker.retry("set tags", lambda c=chunk: self.client.log_batch(self.run_id, tags=c))
 
@@ -194,7 +300,11 @@ class TrialRun:
         """Queue one step's metrics and try to send everything queued (never raises)."""
         now = int(time.time() * 1000)
         for key, value in metrics.items():
-            v = float(value)
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                log.warning("MLflow metric %r is not a number (%r); skipped", key, value)
+                continue
             if math.isfinite(v):
                 self._pending.append(Metric(sanitize_key(key), v, now, int(step)))
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -22,11 +23,11 @@ from typing import Any, Callable
 import optuna
 
 from .objective import (REASON_TRACKING_DOWN_AT_START, USER_ATTR_REASON, USER_ATTR_RUN, Interrupted, Objective,
-                        TrialContext)
+                        StopRequest, TrialContext)
 from .spec import SweepSpec
 from .storage import budget_lock, fail_stale_trials
 from .study import ATTR_BUDGET, OpenedStudy, count_states, ensure_parent_run, trial_budget
-from .tracking import RUN_KILLED, RUN_RUNNING, TAG_REASON, TAG_STATE, Tracker
+from .tracking import RUN_KILLED, RUN_RUNNING, TAG_REASON, TAG_STATE, Retry, Tracker, TrackingUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -73,31 +74,89 @@ class DataCache:
 
 
 def install_signal_handlers() -> Callable[[], None]:
-    """SIGTERM behaves like Ctrl-C: the running trial is marked failed, its run KILLED."""
-    def handler(signum: int, frame: Any) -> None:
-        raise Interrupted(f"received signal {signum}")
+    """SIGTERM behaves like Ctrl-C: the running trial is marked failed, its run KILLED.
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    A signal that arrives while the interrupted trial is being ended (``docker stop`` repeats,
+    impatient Ctrl-C) is logged and ignored, so it cannot cut the clean-up short and leave the run
+    RUNNING. The handler also sets `StopRequest`, checked after every batch and in the worker loop,
+    because Python may raise the handler's exception where it is swallowed (a GC callback).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    StopRequest.reset()
+
+    def handler(signum: int, frame: Any) -> None:
+        if StopRequest.cleaning:
+            log.warning("signal %d again: still ending the current trial", signum)
+            return
+        StopRequest.requested, StopRequest.signum = True, signum
+        raise Interrupted(f"received signal {signum}")  # may be swallowed: see StopRequest
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        StopRequest.reset()
+    return restore
+
+
+class _QuietStops(logging.Filter):
+    """Optuna logs every failed trial with its traceback; for a Ctrl-C/SIGTERM or an MLflow outage the
+    one-line reason says it all, so drop the traceback there (crashes of the user's code keep theirs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (KeyboardInterrupt, TrackingUnavailable)):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_optuna_log = logging.getLogger("optuna.study._optimize")
+if not any(isinstance(f, _QuietStops) for f in _optuna_log.filters):
+    _optuna_log.addFilter(_QuietStops())
+
+
+def default_checkpoint_root(spec: SweepSpec, study_name: str, parent_run_id: str) -> Path | None:
+    """``<study.checkpoint_dir or .siamese-sweep/checkpoints>/<study>-<parent run id>``; None when disabled.
+
+    The parent run id keeps two studies of the same name (say, in different storages) apart.
+    """
+    base = spec.study.checkpoint_dir
+    if base is not None and base.strip().lower() in ("", "none", "off", "false"):
+        return None
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study_name)
+    return Path(base or ".siamese-sweep/checkpoints").expanduser() / f"{safe}-{parent_run_id[:12]}"
 
 
 def reconcile_runs(study: optuna.Study, tracker: Tracker, seen: set[int]) -> int:
     """End the MLflow runs of trials that died with their worker (FAIL in Optuna, RUNNING in MLflow) as KILLED."""
     fixed = 0
+    quick = Retry(budget_s=5.0)  # best-effort and repeated every round: never stall the worker on it
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
         run_id = t.user_attrs.get(USER_ATTR_RUN)
         if t.number in seen or not run_id:
             continue
         try:
-            status = tracker.run_status(run_id)
+            status = quick("get run", lambda r=run_id: tracker.client.get_run(r)).info.status
             if status == RUN_RUNNING:
-                tracker.client.log_batch(run_id, tags=_tags({TAG_STATE: "FAIL", TAG_REASON: "stale_heartbeat"}))
-                tracker.terminate(run_id, RUN_KILLED)
+                reason = t.user_attrs.get(USER_ATTR_REASON) or "stale_heartbeat"
+                quick("tag run", lambda r=run_id, tg=reason: tracker.client.log_batch(
+                    r, tags=_tags({TAG_STATE: "FAIL", TAG_REASON: tg})))
+                quick("end run", lambda r=run_id: tracker.client.set_terminated(r, RUN_KILLED))
                 fixed += 1
             seen.add(t.number)
         except Exception as exc:  # noqa: BLE001 - reconciliation is best-effort, retried next round
             log.warning("could not reconcile run %s of trial %d: %s", run_id, t.number, exc)
     return fixed
+
+
+def _sleep(seconds: float) -> None:
+    """Sleep in short steps so a swallowed stop request is noticed promptly."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        StopRequest.check()
+        time.sleep(min(0.25, left))
 
 
 def _tags(d: dict[str, str]) -> list[Any]:
@@ -121,6 +180,8 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
     elif ATTR_BUDGET not in study.user_attrs:
         study.set_user_attr(ATTR_BUDGET, spec.study.trials)
     experiment_id, parent_run_id = ensure_parent_run(opened, tracker, spec)
+    if checkpoint_root is None:
+        checkpoint_root = default_checkpoint_root(spec, study.study_name, parent_run_id)
     ctx = TrialContext(spec=spec, tracker=tracker, experiment_id=experiment_id, parent_run_id=parent_run_id,
                        study_name=study.study_name, load_data=data_cache or DataCache(),
                        checkpoint_root=checkpoint_root)
@@ -152,6 +213,7 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
     restore = install_signal_handlers()
     try:
         while True:
+            StopRequest.check()  # a signal whose exception was swallowed (see StopRequest)
             if deadline is not None and time.monotonic() >= deadline:
                 report.stopped_by = "timeout"
                 break
@@ -176,7 +238,7 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
                     raise SweepFatal(f"{consecutive_failures} trials in a row failed (last reason: {last_reason}); "
                                      f"stopping. See 'siamese-sweep status' and the failed runs in MLflow.")
                 continue
-            time.sleep(poll)  # other workers are running the remaining trials
+            _sleep(poll)  # other workers are running the remaining trials
     finally:
         restore()
         lock.release()

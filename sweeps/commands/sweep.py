@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("status", help="trials by state, best trial, prune/fail reasons")
     s.add_argument("spec", nargs="?", help="sweep spec YAML (for its storage and study name)")
-    s.add_argument("--storage", help="Optuna storage URL")
+    s.add_argument("--storage", help="Optuna storage URL (default: $OPTUNA_STORAGE, else the spec's)")
     s.add_argument("--study", help="study name")
     add_set_option(s, what="spec")
     s.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -116,11 +116,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     from ..storage import make_storage
     from ..study import study_status
 
-    if args.spec or args.overrides or not (args.storage and args.study):
+    storage = _env_or(args.storage, "OPTUNA_STORAGE")  # like run/worker: keeps the password off argv
+    if args.spec or args.overrides or not (storage and args.study):
         spec = _spec(args)
-        storage, study = args.storage or spec.study.storage, args.study or spec.study.name
+        storage, study = storage or spec.study.storage, args.study or spec.study.name
     else:
-        storage, study = args.storage, args.study
+        study = args.study
     try:
         st = optuna.load_study(study_name=study, storage=make_storage(storage))
     except KeyError:

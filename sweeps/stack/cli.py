@@ -120,10 +120,7 @@ def up(args: argparse.Namespace) -> int:
             shown = "***" if "PASSWORD" in k else mask_url(v)
             print(f"  export {k}={shown}")
         print(f"\n  source {client_file}")
-        print(
-            '  siamese-sweep worker SPEC.yaml --study NAME --storage "$OPTUNA_STORAGE"'
-            ' --tracking-uri "$MLFLOW_TRACKING_URI"'
-        )
+        print("  siamese-sweep worker SPEC.yaml --study NAME   # reads OPTUNA_STORAGE and MLFLOW_TRACKING_*")
         print('  optuna-dashboard "$OPTUNA_STORAGE"')
         print("\nCtrl-C stops both.", flush=True)
 

@@ -102,13 +102,11 @@ def test_dashboard_toml_keeps_url_off_argv(ep: ModuleType, tmp_path: Path) -> No
 def test_worker_command_line(ep: ModuleType) -> None:
     argv, child = ep.worker_command(_env(), ["--n-trials", "3"])
     storage = ep.pg_url(_env(), "optuna")
-    assert argv == [
-        "siamese-sweep", "worker", "/specs/example.yaml", "--study", "s1",
-        "--storage", storage, "--tracking-uri", "http://mlflow:5000", "--n-trials", "3",
-    ]  # fmt: skip
-    assert child["OPTUNA_STORAGE"] == storage
+    assert argv == ["siamese-sweep", "worker", "/specs/example.yaml", "--study", "s1", "--n-trials", "3"]
+    assert child["OPTUNA_STORAGE"] == storage and child["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert NASTY not in " ".join(argv), "passwords must stay off the command line"
     bare, _ = ep.worker_command(_env(SWEEP_SPEC="", SWEEP_STUDY=""), [])  # quickstart spec, its study name
-    assert bare == ["siamese-sweep", "worker", "--storage", storage, "--tracking-uri", "http://mlflow:5000"]
+    assert bare == ["siamese-sweep", "worker"]
     with pytest.raises(SystemExit, match="MLFLOW_TRACKING_PASSWORD"):
         ep.worker_command(_env(MLFLOW_TRACKING_PASSWORD=""), [])
 

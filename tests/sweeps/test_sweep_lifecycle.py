@@ -41,7 +41,7 @@ def test_exploding_learning_rate_is_pruned_with_reason_nan_loss(local_stores: di
                           base={**make_spec_dict()["base"], "learning_rate": 10.0,
                                 "optimizer": {"name": "sgd", "momentum": 0.9}, "preprocessing": {"normalize": "none"},
                                 "encoder": {"depth": 1, "width": 8, "embedding_dim": 16, "batch_norm": False,
-                                            "activation": "elu"}})
+                                            "activation": "elu", "l2_normalize": False}})
     result = run_small_sweep(spec, storage=local_stores["storage"], tracking_uri=local_stores["tracking_uri"],
                              trials=2)
     study = optuna.load_study(study_name="t", storage=make_storage(local_stores["storage"]))

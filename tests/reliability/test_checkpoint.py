@@ -1,0 +1,109 @@
+"""Item 11: a run interrupted at epoch k resumes from its checkpoint; a bad checkpoint means a clean start.
+
+In-process and per loader (the memory loader calls ``fit`` once per epoch, ``tfdata`` calls it
+once, ``custom`` never): the resumed run must continue exactly where the interrupted one stopped —
+same weights, same optimizer step count, and the same loss at the resumed epoch as an
+uninterrupted run. The process-level version (SIGTERM, SIGKILL, MLflow outage, then a retry keyed
+by the original trial number) is in test_worker_faults.py, test_mlflow_outage.py and
+tests/distributed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import keras
+import pytest
+
+from siamese_core import TrainConfig
+from siamese_core.checkpoint import STATE, WEIGHTS
+from siamese_core.training import train
+
+EPOCHS = 3
+
+
+class _StopAt(keras.callbacks.Callback):
+    """Ctrl-C at the start of `epoch` (after epochs 0..epoch-1 were checkpointed)."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch == self.epoch:
+            raise KeyboardInterrupt(f"stopped at epoch {epoch}")
+
+
+def _config(make_tiny, loader: str, **extra) -> TrainConfig:
+    return TrainConfig.from_dict(make_tiny(epochs=EPOCHS, loader=loader, diagnostics={"enabled": False},
+                                           pairs={"pairs_per_epoch": 384, "val_pairs": 120, "test_pairs": 120},
+                                           **extra))
+
+
+@pytest.fixture(scope="module")
+def pristine(make_tiny, digits_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint left by a memory-loader run stopped at the start of epoch 2."""
+    d = tmp_path_factory.mktemp("pristine") / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(make_tiny, "memory"), data=digits_data, checkpoint_dir=d, callbacks=[_StopAt(2)])
+    return d
+
+
+@pytest.mark.parametrize("loader", ["memory", "tfdata", "custom"])
+def test_interrupted_run_resumes_where_it_stopped(loader: str, make_tiny, digits_data, tmp_path: Path) -> None:
+    config = _config(make_tiny, loader)
+    reference = train(config, data=digits_data)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data=digits_data, checkpoint_dir=ckpt, callbacks=[_StopAt(2)])
+    state = json.loads((ckpt / STATE).read_text())
+    assert state["next_epoch"] == 2 and [row["epoch"] for row in state["history"]] == [0, 1]
+
+    resumed = train(config, data=digits_data, checkpoint_dir=ckpt)
+    assert resumed.resumed_from_epoch == 2
+    assert [row["epoch"] for row in resumed.history] == [0, 1, 2]
+    steps = -(-config.pairs.pairs_per_epoch // config.batch_size)
+    assert int(resumed.models.training.optimizer.iterations) == EPOCHS * steps  # optimizer state came back
+    # the resumed epoch trains from the same weights and optimizer moments as the uninterrupted run
+    assert resumed.history[2]["loss"] == pytest.approx(reference.history[2]["loss"], rel=1e-3)
+    assert resumed.history[:2] == [{k: v for k, v in row.items()} for row in state["history"]]
+
+
+def test_a_finished_checkpoint_resumes_without_training(make_tiny, digits_data, pristine, tmp_path: Path) -> None:
+    config = _config(make_tiny, "memory")
+    shutil.copytree(pristine, tmp_path / "ckpt")
+    first = train(config, data=digits_data, checkpoint_dir=tmp_path / "ckpt")  # runs epoch 2, saves epoch 3
+    again = train(config, data=digits_data, checkpoint_dir=tmp_path / "ckpt")
+    assert first.resumed_from_epoch == 2
+    assert again.resumed_from_epoch == EPOCHS and len(again.history) == EPOCHS
+    assert again.test["roc_auc"] == pytest.approx(first.test["roc_auc"], abs=1e-6)
+    assert again.threshold == pytest.approx(first.threshold, abs=1e-6)
+
+
+@pytest.mark.parametrize("damage", ["garbage_weights", "truncated_weights", "bad_json", "other_config",
+                                    "missing_weights"])
+def test_a_corrupt_checkpoint_is_ignored_with_a_warning_and_training_starts_clean(
+        damage: str, make_tiny, digits_data, pristine, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    config = _config(make_tiny, "memory")
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(pristine, ckpt)
+    weights, state = ckpt / WEIGHTS, ckpt / STATE
+    if damage == "garbage_weights":
+        weights.write_bytes(b"\x89HDF\r\n not really" * 100)
+    elif damage == "truncated_weights":
+        weights.write_bytes(weights.read_bytes()[:500])
+    elif damage == "bad_json":
+        state.write_text('{"next_epoch": 2, "hist')
+    elif damage == "missing_weights":
+        weights.unlink()
+    else:  # a checkpoint written for another config (e.g. a reused trial number)
+        config = _config(make_tiny, "memory", learning_rate=0.01)
+    with caplog.at_level(logging.WARNING, logger="siamese_core.training"):
+        result = train(config, data=digits_data, checkpoint_dir=ckpt)
+    assert "ignoring checkpoint" in caplog.text
+    assert result.resumed_from_epoch == 0 and [row["epoch"] for row in result.history] == [0, 1, 2]
+    steps = -(-config.pairs.pairs_per_epoch // config.batch_size)
+    assert int(result.models.training.optimizer.iterations) == EPOCHS * steps
+    assert json.loads(state.read_text())["next_epoch"] == EPOCHS  # a fresh, valid checkpoint replaced it

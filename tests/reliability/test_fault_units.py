@@ -1,0 +1,179 @@
+"""Fast, in-process checks of the fault-handling pieces the slow process tests rely on."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import optuna
+import pytest
+
+from sweeps.tracking import (DEFAULT_RETRY_BUDGET_S, RETRY_BUDGET_ENV, Retry, Tracker, TrackingUnavailable, TrialRun,
+                             configure_http_client)
+
+S = optuna.trial.TrialState
+
+
+# ------------------------------------------------------------------ signals
+def test_sigterm_interrupts_and_a_repeat_cannot_cut_the_cleanup_short(caplog: pytest.LogCaptureFixture) -> None:
+    from sweeps.objective import Interrupted, StopRequest
+    from sweeps.worker import install_signal_handlers
+
+    before = signal.getsignal(signal.SIGTERM)
+    restore = install_signal_handlers()
+    try:
+        with pytest.raises(Interrupted, match="signal 15"):
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before kill() returns to Python code
+        assert StopRequest.requested
+        StopRequest.cleaning = True  # what Objective._record_failure sets while it ends the trial
+        with caplog.at_level(logging.WARNING, logger="sweeps.worker"):
+            os.kill(os.getpid(), signal.SIGTERM)  # logged, not raised
+            os.kill(os.getpid(), signal.SIGINT)
+        assert "again" in caplog.text
+        assert isinstance(Interrupted("x"), KeyboardInterrupt)  # so Optuna marks the trial FAIL
+    finally:
+        restore()
+    assert signal.getsignal(signal.SIGTERM) is before and not StopRequest.requested
+
+
+def test_a_swallowed_signal_exception_still_stops_training_at_the_next_batch() -> None:
+    """Python may run the handler inside a GC/weakref callback, where its exception is printed and ignored
+    (seen with SQLAlchemy: a forwarded SIGTERM left a worker training). The flag catches it."""
+    from sweeps.objective import Interrupted, StopRequest, stop_check_callback
+
+    callback = stop_check_callback()
+    callback.on_train_batch_end(0)  # nothing pending: no-op
+    StopRequest.requested, StopRequest.signum = True, 15  # the handler ran; its exception vanished
+    try:
+        with pytest.raises(Interrupted, match="signal 15"):
+            callback.on_train_batch_end(1)
+    finally:
+        StopRequest.reset()
+
+
+# ------------------------------------------------------------------ retries of trials
+def _running_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    trial.set_user_attr("mlflow_run_id", "run-1")
+    trial.set_user_attr("reason", "interrupted")
+    trial.set_user_attr("keep", 1)
+    return study._storage.get_trial(trial._trial_id)
+
+
+def test_requeue_records_the_original_and_respects_max_retries(tmp_path: Path) -> None:
+    from sweeps.storage import make_storage, requeue_trial, retried_trial_number
+
+    study = optuna.create_study(storage=make_storage(f"sqlite:///{tmp_path}/o.db"), study_name="s")
+    original = _running_trial(study)
+    assert requeue_trial(study, original, max_retries=2, drop_user_attrs=("mlflow_run_id", "reason"))
+    study.tell(original.number, state=S.FAIL)
+    retry = study.ask()  # a worker picks the queued copy first
+    frozen = study._storage.get_trial(retry._trial_id)
+    assert frozen.number != original.number and frozen.params == original.params
+    assert retried_trial_number(frozen) == original.number
+    assert frozen.user_attrs == {"keep": 1}
+    # a retry of the retry still names the original; the third is refused
+    assert requeue_trial(study, frozen, max_retries=2)
+    study.tell(frozen.number, state=S.FAIL)
+    third = study._storage.get_trial(study.ask()._trial_id)
+    assert retried_trial_number(third) == original.number
+    assert third.system_attrs["retry_history"] == [original.number, frozen.number]
+    assert not requeue_trial(study, third, max_retries=2)
+
+
+# ------------------------------------------------------------------ MLflow retry policy
+def test_workers_bound_mlflows_own_http_retries_but_respect_the_users(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "77")
+    configure_http_client()
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "77"
+
+
+@pytest.mark.parametrize("raw, expected", [("7", 7.0), (None, DEFAULT_RETRY_BUDGET_S), ("soon", DEFAULT_RETRY_BUDGET_S)])
+def test_retry_budget_comes_from_the_environment(raw, expected, monkeypatch, tmp_path: Path) -> None:
+    if raw is None:
+        monkeypatch.delenv(RETRY_BUDGET_ENV, raising=False)
+    else:
+        monkeypatch.setenv(RETRY_BUDGET_ENV, raw)
+    assert Tracker("http://127.0.0.1:9").retry.budget_s == expected  # no call is made
+
+
+class _FlakyClient:
+    """Stands in for MlflowClient.log_batch: refuses while `down`, records what lands."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.calls = 0
+        self.metrics: list = []
+
+    def log_batch(self, run_id, metrics=(), params=(), tags=()):
+        self.calls += 1
+        if self.down:
+            raise ConnectionError("connection refused")
+        self.metrics += list(metrics)
+
+
+def _trial_run(client: _FlakyClient) -> TrialRun:
+    tracker = Tracker.__new__(Tracker)
+    tracker.client, tracker.uri = client, "http://fake"
+    tracker.retry = Retry(budget_s=3.0)
+    return TrialRun(tracker, "run-1")
+
+
+def test_epoch_metrics_are_buffered_while_mlflow_is_down_and_flushed_in_order_later(monkeypatch) -> None:
+    fake_now = {"t": 0.0}
+    monkeypatch.setattr("sweeps.tracking.time.monotonic", lambda: fake_now["t"])
+    client = _FlakyClient()
+    run = _trial_run(client)
+    run.tracker.retry.sleep = lambda s: fake_now.__setitem__("t", fake_now["t"] + s)
+    for epoch in range(3):
+        run.log_metrics({"loss": 1.0 / (epoch + 1), "val_roc_auc": 0.5 + epoch / 10}, step=epoch)  # never raises
+    assert run.pending == 6 and client.calls >= 3
+    with pytest.raises(TrackingUnavailable, match="log metrics"):
+        run.flush()  # the end of a trial: COMPLETE only if this succeeds
+    assert run.pending == 6
+    client.down = False
+    run.flush()
+    assert run.pending == 0
+    assert [(m.key, m.step) for m in client.metrics] == [(k, e) for e in range(3) for k in ("loss", "val_roc_auc")]
+
+
+def test_permanent_errors_are_not_retried() -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    calls = []
+
+    def bad() -> None:
+        calls.append(1)
+        raise MlflowException("bad key", error_code=INVALID_PARAMETER_VALUE)
+
+    with pytest.raises(TrackingUnavailable):
+        Retry(budget_s=5, sleep=lambda s: None)("log params", bad)
+    assert len(calls) == 1
+
+
+def test_checkpoint_root_is_per_study_and_can_be_disabled(tmp_path: Path) -> None:
+    from sweeps.spec import spec_from_dict
+    from sweeps.worker import default_checkpoint_root
+
+    spec = spec_from_dict({"study": {"checkpoint_dir": str(tmp_path)}})
+    root = default_checkpoint_root(spec, "my study/1", "0123456789abcdef0123")
+    assert root == tmp_path / "my_study_1-0123456789ab"
+    assert default_checkpoint_root(spec_from_dict({"study": {"checkpoint_dir": "none"}}), "s", "p") is None
+    assert str(default_checkpoint_root(spec_from_dict({}), "s", "p")).startswith(".siamese-sweep/checkpoints")
+
+
+def test_a_trial_never_keeps_two_runs_even_if_create_run_was_sent_twice(tmp_path: Path) -> None:
+    tracker = Tracker(f"sqlite:///{tmp_path}/m.db")
+    exp = tracker.experiment_id("dupes")
+    parent = tracker.create_parent_run(exp, "s")
+    ghost = tracker.client.create_run(exp, run_name="trial-3", tags={  # what a re-sent POST leaves behind
+        "mlflow.parentRunId": parent, "optuna.study_name": "s", "optuna.trial_number": "3"})
+    run = tracker.start_trial_run(exp, parent, study_name="s", trial_number=3)
+    other = tracker.start_trial_run(exp, parent, study_name="s", trial_number=4)
+    active = {r.info.run_id for r in tracker.client.search_runs([exp])}
+    assert active == {parent, run.run_id, other.run_id}
+    assert tracker.client.get_run(ghost.info.run_id).info.lifecycle_stage == "deleted"

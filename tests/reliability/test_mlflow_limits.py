@@ -1,0 +1,81 @@
+"""Item 10: MLflow's limits never crash a trial; values are truncated or keys sanitised, with a warning.
+
+Limits (MLflow 3.17): keys ``^[/\\w.\\- ]*$``, at most 250 characters and not path-like (``a//b``,
+``./a``, ``..``); param values 6000 characters; tag values 8000; 100 params per batch; a logged param
+can never change value; one batch may not hold a key twice. Checked against a local store (fast)
+and a real ``mlflow server`` with auth on PostgreSQL (slow).
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sweeps.tracking import MAX_PARAM_VALUE, MAX_TAG_VALUE, Tracker, sanitize_key
+
+
+@pytest.fixture(params=["sqlite", pytest.param("server", marks=[pytest.mark.slow, pytest.mark.postgres])])
+def tracking_uri(request: pytest.FixtureRequest, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/mlflow.db"
+    request.getfixturevalue("mlflow_env")
+    return request.getfixturevalue("mlflow_server_pg").url
+
+
+def test_hostile_params_metrics_and_tags_never_crash_a_trial(tracking_uri: str, caplog: pytest.LogCaptureFixture,
+                                                            request: pytest.FixtureRequest) -> None:
+    tracker = Tracker(tracking_uri)
+    exp = tracker.experiment_id(f"limits-{request.node.callspec.id}")
+    parent = tracker.create_parent_run(exp, "limits")
+    run = tracker.start_trial_run(exp, parent, study_name="limits", trial_number=0)
+    params = {f"p{i:03d}": i for i in range(250)}                      # > 100 params: several batches
+    params.update({
+        "long": "x" * 10_000,                                           # > 6000 characters
+        "a:b": "colon", "a_b": "underscore",                            # collide once sanitised
+        "../up": 1, "a//b": 2, "/abs": 3, ".": 4, "": 5, "tab\tkey": 6, "ключ": 7,
+        "k" * 300: "too long a key",
+        "none": None, "nested": {"a": [1, 2]},
+        "storage": "postgresql://sweeps:hunter2-secret@db:5432/optuna",  # masked, never stored
+    })
+    with caplog.at_level(logging.WARNING, logger="sweeps.tracking"):
+        run.log_params(params)
+        run.log_params({"p000": 0, "p001": "changed"})                 # same value: skipped; changed: kept first
+        run.log_metrics({"val loss": 0.5, "odd:metric": 1.0, "nan": math.nan, "text": "abc", "k" * 300: 2.0}, step=0)
+        run.set_tags({"note": "y" * 20_000, "weird|tag": "v", "same": "1"})
+        run.set_tags({"same": "2"})                                     # tags may change
+        run.end("FINISHED")
+
+    got = tracker.client.get_run(run.run_id)
+    assert got.info.status == "FINISHED"
+    p = got.data.params
+    assert len(p) == len(params)                                         # nothing lost, nothing merged
+    assert len(p["long"]) == MAX_PARAM_VALUE and p["long"].endswith("...")
+    assert {p["a_b"], p["a_b_2"]} == {"colon", "underscore"}
+    assert p["p001"] == "1"
+    assert "hunter2-secret" not in p["storage"] and "***" in p["storage"]
+    assert len(got.data.tags["note"]) == MAX_TAG_VALUE
+    assert got.data.tags["same"] == "2"
+    assert got.data.metrics["val loss"] == 0.5 and got.data.metrics["odd_metric"] == 1.0
+    assert "nan" not in got.data.metrics and "text" not in got.data.metrics
+    assert all(len(k) <= 250 for k in p)
+    text = caplog.text
+    for expected in ("sanitised", "truncated", "already used", "already logged with another value",
+                     "is not a number"):
+        assert expected in text, expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.text(max_size=300))
+def test_every_sanitised_key_is_accepted_by_mlflows_validators(key: str) -> None:
+    from mlflow.utils.validation import _validate_metric_name, _validate_param_name, _validate_tag_name
+
+    clean = sanitize_key(key)
+    assert 0 < len(clean) <= 250
+    _validate_param_name(clean)
+    _validate_tag_name(clean)
+    _validate_metric_name(clean)
+    if clean == key:  # valid keys are kept as they are
+        assert sanitize_key(clean) == clean

@@ -1,0 +1,175 @@
+"""Items 1, 2, 3, 9 of the reliability issue, with real `siamese-sweep` processes and a real MLflow server.
+
+* four workers share one SQLite study; one is SIGKILLed mid-trial: its trial is failed through the
+  heartbeat and retried (same params, from its checkpoint), the budget is met exactly, no lock errors;
+* the only process is SIGKILLed: rerunning the same command finishes the budget, nothing left RUNNING;
+* SIGTERM: the trial is FAIL/KILLED, the process exits non-zero, and the rerun resumes the trial.
+"""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from .harness import (LONG_EPOCHS, S, Proc, check_sweep_invariants, clean_env, load_study, running_trial_after_epoch,
+                      spec_dict, wait_for, worker_pid, write_spec)
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+EPOCHS = LONG_EPOCHS["epochs"]
+
+
+@pytest.fixture
+def client(mlflow_server_pg, mlflow_env):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=mlflow_server_pg.url)
+
+
+def _run_args(spec: Path, storage: str, *extra: str) -> list[str]:
+    return ["run", str(spec), "--storage", storage, "--quiet", *extra]
+
+
+def test_four_workers_one_sigkilled_meet_the_exact_budget_without_lock_errors(
+        mlflow_server_pg, client, tmp_path: Path) -> None:
+    budget = 5
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    spec = write_spec(tmp_path / "spec.yaml", spec_dict(tmp_path, name="four", trials=budget,
+                                                        base=LONG_EPOCHS))
+    env = clean_env(OPTUNA_STORAGE=storage, **mlflow_server_pg.env())
+    workers = [Proc(["worker", str(spec), "--threads", "1"], tmp_path, env, name=f"w{i}").start() for i in range(4)]
+    try:
+        victim = wait_for(lambda: running_trial_after_epoch(storage, "four", client, 1), timeout=300,
+                          what="a trial past its second epoch", procs=workers)
+        killed = next(w for w in workers if w.pid == worker_pid(victim))
+        killed.signal(signal.SIGKILL)
+        killed.wait(30)
+        for w in workers:
+            if w is not killed:
+                assert w.wait(420) == 0, w.stderr[-3000:]
+    finally:
+        for w in workers:
+            w.kill()
+    study = load_study(storage, "four")
+    seen = check_sweep_invariants(study, client, epochs=EPOCHS, budget=budget)
+    trials = {t.number: t for t in study.trials}
+    assert trials[victim.number].state == S.FAIL
+    (retry,) = [t for t in trials.values() if t.system_attrs.get("failed_trial") == victim.number]
+    assert retry.state == S.COMPLETE and retry.params == victim.params
+    assert retry.user_attrs["resumed_from_epoch"] >= 1
+    assert seen["runs"][victim.number].info.status == "KILLED"
+    assert seen["runs"][retry.number].data.tags["optuna.retry_of"] == str(victim.number)
+    assert len(trials) == budget + 1  # the budget plus exactly the one failed trial
+    for w in workers:
+        err = w.stderr.lower()
+        assert "database is locked" not in err and "operationalerror" not in err, w.stderr[-3000:]
+        assert "traceback" not in err, w.stderr[-3000:]
+
+
+def test_sigkill_of_the_only_process_then_rerun_finishes_with_nothing_left_running(
+        mlflow_server_pg, client, tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    spec = write_spec(tmp_path / "spec.yaml", spec_dict(tmp_path, name="solo", trials=2, base=LONG_EPOCHS))
+    env = clean_env(**mlflow_server_pg.env())
+    first = Proc(_run_args(spec, storage), tmp_path, env, name="run").start()
+    try:
+        victim = wait_for(lambda: running_trial_after_epoch(storage, "solo", client, 1), timeout=240,
+                          what="a trial past its second epoch", procs=[first])
+        first.signal(signal.SIGKILL)
+        first.wait(30)
+    finally:
+        first.kill()
+    # what a crash leaves behind: a RUNNING trial and a RUNNING run
+    assert load_study(storage, "solo").trials[victim.number].state == S.RUNNING
+    assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "RUNNING"
+
+    rerun = Proc(_run_args(spec, storage), tmp_path, env, name="rerun").start()
+    assert rerun.wait(300) == 0, rerun.stderr[-3000:]
+    study = load_study(storage, "solo")
+    seen = check_sweep_invariants(study, client, epochs=EPOCHS, budget=2)
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert retry.state == S.COMPLETE and retry.params == victim.params
+    assert seen["runs"][victim.number].info.status == "KILLED"
+    assert seen["runs"][victim.number].data.tags["optuna.reason"] == "stale_heartbeat"
+    assert client.get_run(seen["parent_id"]).info.status == "FINISHED"
+
+
+def test_sigterm_fails_the_trial_kills_its_run_and_the_rerun_resumes_it(
+        mlflow_server_pg, client, tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    spec = write_spec(tmp_path / "spec.yaml", spec_dict(tmp_path, name="term", trials=2, base=LONG_EPOCHS))
+    env = clean_env(**mlflow_server_pg.env())
+    first = Proc(_run_args(spec, storage), tmp_path, env, name="run").start()
+    try:
+        victim = wait_for(lambda: running_trial_after_epoch(storage, "term", client, 1), timeout=240,
+                          what="a trial past its second epoch", procs=[first])
+        first.signal(signal.SIGTERM)
+        code = first.wait(60)
+    finally:
+        first.kill()
+    assert code == 130, first.stderr[-3000:]
+    assert "interrupted" in first.stderr
+    study = load_study(storage, "term")
+    trials = {t.number: t for t in study.trials}
+    assert trials[victim.number].state == S.FAIL
+    assert trials[victim.number].user_attrs["reason"] == "interrupted"
+    run = client.get_run(victim.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["optuna.reason"] == "interrupted"
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "KILLED"
+    (queued,) = [t for t in study.trials if t.state == S.WAITING]
+    assert queued.system_attrs["failed_trial"] == victim.number and queued.params == victim.params
+    ckpt_root = tmp_path / "checkpoints"
+    assert list(ckpt_root.glob(f"term-*/trial-{victim.number}/state.json")), "the interrupted trial's checkpoint"
+
+    rerun = Proc(_run_args(spec, storage), tmp_path, env, name="rerun").start()
+    assert rerun.wait(300) == 0, rerun.stderr[-3000:]
+    study = load_study(storage, "term")
+    seen = check_sweep_invariants(study, client, epochs=EPOCHS, budget=2)
+    retry = study.trials[queued.number]
+    assert retry.state == S.COMPLETE and retry.user_attrs["resumed_from_epoch"] >= 1
+    assert seen["runs"][retry.number].data.tags["optuna.retry_of"] == str(victim.number)
+    assert not list(ckpt_root.glob("term-*/trial-*")), "checkpoints are removed once trials complete"
+    assert client.get_run(seen["parent_id"]).info.status == "FINISHED"
+
+
+def test_sigterm_to_run_with_two_workers_reaches_both_workers(tmp_path: Path) -> None:
+    """`run --workers 2` forwards SIGTERM; both trials end FAIL/KILLED and are queued again; no worker is left."""
+    from mlflow import MlflowClient
+
+    from sweeps.stack._process import alive, descendants
+
+    storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
+    # long trials, so that both workers are still inside theirs when the signal arrives
+    spec = write_spec(tmp_path / "spec.yaml", spec_dict(tmp_path, name="pair", trials=4, base={"epochs": 10}))
+    parent = Proc(["run", str(spec), "--workers", "2", "--storage", storage, "--tracking-uri", uri, "--quiet"],
+                  tmp_path, clean_env(), name="run").start()
+    try:
+        wait_for(lambda: len(_running_with_runs(storage)) == 2, timeout=240, what="both workers inside a trial",
+                 procs=[parent], interval=0.5)
+        workers = descendants(parent.pid)
+        assert len(workers) >= 2
+        parent.signal(signal.SIGTERM)
+        code = parent.wait(90)
+    finally:
+        parent.kill()
+    assert code == 130, parent.stderr[-3000:]
+    assert not [p for p in workers if alive(p)], "a worker outlived the interrupted `run`"
+    study = load_study(storage, "pair")
+    interrupted = [t for t in study.trials if t.state == S.FAIL]
+    assert len(interrupted) == 2 and all(t.user_attrs["reason"] == "interrupted" for t in interrupted)
+    queued = [t for t in study.trials if t.state == S.WAITING]
+    assert sorted(t.system_attrs["failed_trial"] for t in queued) == sorted(t.number for t in interrupted)
+    assert not [t for t in study.trials if t.state == S.RUNNING]
+    assert interrupted[0].params != interrupted[1].params, "the two workers sampled the same parameters"
+    client = MlflowClient(tracking_uri=uri)
+    assert {client.get_run(t.user_attrs["mlflow_run_id"]).info.status for t in interrupted} == {"KILLED"}
+
+
+def _running_with_runs(storage: str) -> list:
+    from .harness import try_load_study
+
+    study = try_load_study(storage, "pair")
+    if study is None:
+        return []
+    return [t for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)) if t.user_attrs.get("mlflow_run_id")]
