@@ -1,0 +1,135 @@
+"""Shared helpers for the side-by-side benchmark scripts.
+
+* `run_child` runs one measurement in a fresh Python process and reads back
+  one JSON line; its peak RSS comes from ``os.wait4`` (that child only).
+* `keras_io_encoder` is the embedding tower of the keras.io example
+  "Image similarity estimation using a Siamese Network with a contrastive
+  loss" (5,318 parameters), usable as a user encoder
+  (``encoder.type: common:keras_io_encoder`` with ``benchmarks/`` on sys.path).
+* `markdown_table` prints results the way the README shows them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def run_child(args: Sequence[str], *, timeout: float = 3600) -> dict[str, Any]:
+    """Run ``python <args>`` in a new process; return its last JSON stdout line plus ``peak_rss_mb``.
+
+    Peak RSS is the child's own ``ru_maxrss`` from ``os.wait4`` (that process only, all its threads).
+    """
+    import tempfile
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=err, text=True, env=env)
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                os.wait4(proc.pid, 0)
+                raise TimeoutError(f"child {' '.join(args)} timed out after {timeout} s")
+            time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"child {' '.join(args)} failed (exit {proc.returncode}):\n{tail}")
+    result = json.loads(lines[-1])
+    result["peak_rss_mb"] = round(usage.ru_maxrss / 1024.0, 1)  # Linux: KiB
+    result["process_seconds"] = round(wall, 2)
+    return result
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            if math.isnan(v):
+                return "-"
+            return f"{v:.3f}" if abs(v) < 10 else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.1f}"
+        if isinstance(v, int):
+            return f"{v:,}"
+        return str(v)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def keras_io_encoder(input_shape: tuple[int, ...]) -> Any:
+    """keras.io siamese_contrastive tower: BN, Conv(4,5,tanh), AvgPool, Conv(16,5,tanh), AvgPool, Flatten, BN,
+    Dense(10, tanh)."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=input_shape)
+    x = layers.BatchNormalization()(inputs)
+    x = layers.Conv2D(4, (5, 5), activation="tanh")(x)
+    x = layers.AveragePooling2D(pool_size=(2, 2))(x)
+    x = layers.Conv2D(16, (5, 5), activation="tanh")(x)
+    x = layers.AveragePooling2D(pool_size=(2, 2))(x)
+    x = layers.Flatten()(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Dense(10, activation="tanh")(x)
+    return keras.Model(inputs, x, name="keras_io_tower")
+
+
+def keras_io_siamese(input_shape: tuple[int, ...]) -> Any:
+    """The keras.io pair model: tower -> euclidean distance -> BN -> Dense(1, sigmoid) (a similarity)."""
+    import keras
+    from keras import layers, ops
+
+    class EuclideanDistance(layers.Layer):  # the example's Lambda, as a layer
+        def call(self, inputs: Any) -> Any:
+            a, b = inputs
+            return ops.sqrt(ops.maximum(ops.sum(ops.square(a - b), axis=1, keepdims=True), 1e-7))
+
+    tower = keras_io_encoder(input_shape)
+    in1, in2 = keras.Input(shape=input_shape), keras.Input(shape=input_shape)
+    d = EuclideanDistance()([tower(in1), tower(in2)])
+    out = layers.Dense(1, activation="sigmoid")(layers.BatchNormalization()(d))
+    return keras.Model([in1, in2], out, name="keras_io_siamese"), tower
+
+
+def keras_io_loss(margin: float = 1.0) -> Any:
+    """The example's own convention: label 1 = same, the output is pushed to >= margin for same pairs."""
+    from keras import ops
+
+    def contrastive_loss(y_true: Any, y_pred: Any) -> Any:
+        y_true = ops.cast(ops.reshape(y_true, ops.shape(y_pred)), y_pred.dtype)
+        square_pred = ops.square(y_pred)
+        margin_square = ops.square(ops.maximum(margin - y_pred, 0.0))
+        return ops.mean((1 - y_true) * square_pred + y_true * margin_square)
+    return contrastive_loss

@@ -1,0 +1,151 @@
+"""Tracking overhead: the same trials with and without MLflow, against a real local ``mlflow server``.
+
+Three ways to run the same trials (random sampler with one seed, no pruner, so every condition trains
+exactly the same parameter sets on the same pairs), each in its own process, interleaved over repeats:
+
+* ``no tracking`` — the trial work alone: sample, train (our loaders, per-epoch validation, Optuna
+  reports), test evaluation, latency probe. Nothing is sent anywhere.
+* ``optuna MLflowCallback`` — the same, plus ``optuna_integration.MLflowCallback`` (what people use today:
+  after each trial one run with the params and the final value; no curves, no model, no plots).
+* ``siamese-sweep`` — ``run_sweep`` with full tracking: parent run, one child run per trial with params,
+  per-epoch metrics, tags, diagnostics, plots and the logged model (keras + pyfunc flavors), study artifacts;
+  and the same with ``tracking.log_plots: false`` (three matplotlib figures per trial less).
+
+Imports (TensorFlow, Keras, MLflow, Optuna) happen before the clock starts in every condition.
+
+Time per trial = wall time of the whole optimize loop / trials (so per-sweep costs are included).
+
+    python benchmarks/tracking_overhead.py [--trials 3] [--repeats 2] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import markdown_table, median, run_child  # noqa: E402
+
+CONDITIONS = ("no tracking", "optuna MLflowCallback", "siamese-sweep", "siamese-sweep, log_plots: false")
+
+BASE: dict[str, Any] = {
+    "dataset": "fashion_mnist", "loader": "tfdata", "epochs": 4, "batch_size": 128,
+    "pairs": {"pairs_per_epoch": 20000, "val_pairs": 2000, "test_pairs": 10000},
+}
+SPACE: dict[str, Any] = {
+    "loss.margin": {"type": "float", "low": 0.5, "high": 2.0},
+    "encoder.depth": {"type": "int", "low": 1, "high": 3},
+    "learning_rate": {"type": "float", "low": 3.0e-4, "high": 1.0e-2, "log": True},
+}
+
+
+def make_spec(base: dict[str, Any], tracking_uri: str, trials: int, name: str, *, plots: bool = True) -> Any:
+    from sweeps.spec import spec_from_dict
+
+    return spec_from_dict({
+        "base": base, "search_space": SPACE,
+        "study": {"name": name, "metric": "val_roc_auc", "trials": trials,
+                  "sampler": {"type": "random", "seed": 0}, "pruner": {"type": "none"}},
+        "tracking": {"uri": tracking_uri, "log_plots": plots},
+    })
+
+
+def child(condition: str, base: dict[str, Any], tracking_uri: str, trials: int, tag: str) -> dict[str, Any]:
+    import keras  # noqa: F401 - every condition pays its imports before the clock starts
+    import mlflow  # noqa: F401
+    import optuna
+
+    import siamese_core.training  # noqa: F401
+    import sweeps.callbacks  # noqa: F401
+    import sweeps.runner  # noqa: F401
+
+    name = f"overhead-{tag}"
+    spec = make_spec(base, tracking_uri, trials, name, plots="log_plots" not in condition)
+    if condition.startswith("siamese-sweep"):
+        from sweeps.runner import options_from, run_sweep
+
+        work = tempfile.mkdtemp(prefix="bench-overhead-")
+        opts = options_from(spec, storage=f"sqlite:///{work}/optuna.db", tracking_uri=tracking_uri,
+                            study_name=name, progress=False)
+        t0 = time.perf_counter()
+        result = run_sweep(spec, opts)
+        seconds = time.perf_counter() - t0
+        assert result.budget_met, result.status
+        return {"seconds": seconds, "trials": trials}
+
+    from siamese_core.training import train
+    from sweeps import space
+    from sweeps.callbacks import OptunaReporter
+    from sweeps.objective import measure_latency_ms
+    from sweeps.worker import DataCache
+
+    cache = DataCache()
+    values: list[float] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        config = space.trial_config(spec, space.sample_overrides(trial, spec))
+        result = train(config, callbacks=[OptunaReporter(trial, "val_roc_auc")], data=cache(config))
+        measure_latency_ms(result)
+        values.append(float(result.history[-1]["val_roc_auc"]))
+        return values[-1]
+
+    callbacks = []
+    if condition == "optuna MLflowCallback":
+        from optuna_integration.mlflow import MLflowCallback
+
+        callbacks.append(MLflowCallback(tracking_uri=tracking_uri, metric_name="val_roc_auc"))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    t0 = time.perf_counter()
+    study.optimize(objective, n_trials=trials, callbacks=callbacks)
+    return {"seconds": time.perf_counter() - t0, "trials": trials, "values": values}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="digits, tiny trials (a smoke run; overhead looks large)")
+    ap.add_argument("--child", choices=CONDITIONS, help=argparse.SUPPRESS)
+    ap.add_argument("--base", default="{}", help=argparse.SUPPRESS)
+    ap.add_argument("--uri", help=argparse.SUPPRESS)
+    ap.add_argument("--tag", default="0", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, json.loads(args.base), args.uri, args.trials, args.tag)))
+        return
+
+    base = dict(BASE)
+    if args.quick:
+        base.update({"dataset": "digits", "batch_size": 64,
+                     "pairs": {"pairs_per_epoch": 2000, "val_pairs": 500, "test_pairs": 500}})
+    from sweeps.stack import MlflowServer
+
+    work = Path(tempfile.mkdtemp(prefix="bench-overhead-server-"))
+    results: dict[str, list[float]] = {c: [] for c in CONDITIONS}
+    with MlflowServer(f"sqlite:///{work}/mlflow.db", artifacts_destination=work / "artifacts") as server:
+        print(f"# mlflow server at {server.url}", file=sys.stderr)
+        for rep in range(args.repeats):
+            for i, condition in enumerate(CONDITIONS):
+                print(f"# repeat {rep}: {condition}", file=sys.stderr, flush=True)
+                r = run_child([__file__, "--child", condition, "--base", json.dumps(base), "--uri", server.url,
+                               "--trials", str(args.trials), "--tag", f"{rep}-{i}"])
+                results[condition].append(r["seconds"] / r["trials"])
+    ref = median(results["no tracking"])
+    rows = [[c, median(v), median(v) / ref, (median(v) / ref - 1) * 100, " / ".join(f"{x:.1f}" for x in v)]
+            for c, v in results.items()]
+    print(f"\n{args.trials} trials x {base['epochs']} epochs x {base['pairs']['pairs_per_epoch']:,} pairs on "
+          f"{base['dataset']}, median of {args.repeats} interleaved repeats, local `mlflow server` (SQLite).\n")
+    print(markdown_table(["condition", "s / trial", "x no tracking", "overhead %", "repeats s/trial"], rows))
+    for c in CONDITIONS[2:]:
+        ours = (median(results[c]) / ref - 1) * 100
+        print(f"\nTarget: {c} tracking overhead < 3% of trial time: {ours:.1f}% -> {'met' if ours < 3 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
