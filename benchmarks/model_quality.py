@@ -43,10 +43,11 @@ def main() -> None:
     import optuna
 
     from sweeps.spec import load_spec
+    from sweeps.specs import resolve_spec_path
 
     storage, study_name = (args.storage, args.study) if args.storage else run_quickstart(
         Path(tempfile.mkdtemp(prefix="bench-quality-")))
-    spec = load_spec(args.spec)
+    spec = load_spec(resolve_spec_path(args.spec))
     study = optuna.load_study(study_name=study_name, storage=storage)
     best = study.best_trial
     base = spec.base
