@@ -308,7 +308,9 @@ class Objective:
             run.end(status)
 
     def _record_failure(self, trial: optuna.Trial, run: TrialRun, exc: BaseException) -> None:
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, KeyboardInterrupt) or StopRequest.requested:
+            # a stop signal was received: whatever surfaced (the signal's exception raised inside a
+            # library call can come back wrapped as another type) is a consequence of the stop
             StopRequest.cleaning = True  # a second signal must not cut this short
             reason, status = REASON_INTERRUPTED, RUN_KILLED
         elif isinstance(exc, InvalidTrialConfig):

@@ -157,7 +157,8 @@ def test_sigterm_to_run_with_two_workers_reaches_both_workers(tmp_path: Path) ->
     assert not [p for p in workers if alive(p)], "a worker outlived the interrupted `run`"
     study = load_study(storage, "pair")
     interrupted = [t for t in study.trials if t.state == S.FAIL]
-    assert len(interrupted) == 2 and all(t.user_attrs["reason"] == "interrupted" for t in interrupted)
+    assert len(interrupted) == 2 and all(t.user_attrs["reason"] == "interrupted" for t in interrupted), \
+        [(t.number, t.user_attrs.get("reason")) for t in interrupted]
     queued = [t for t in study.trials if t.state == S.WAITING]
     assert sorted(t.system_attrs["failed_trial"] for t in queued) == sorted(t.number for t in interrupted)
     assert not [t for t in study.trials if t.state == S.RUNNING]
