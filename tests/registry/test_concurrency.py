@@ -55,8 +55,10 @@ def test_stale_alias_write_is_corrected(sqlite_stores: Stores, tmp_path: Path) -
     good_version = _version_of(client, name, "good")
     assert good["final_holder"] == good_version
     gate.touch()  # the stale write happens now ...
-    out, _ = weak.communicate(timeout=240)
-    pump.join(timeout=5)
+    # stdout only: communicate() would also read stderr, racing the pump for the second 'paused' line
+    out = weak.stdout.read()
+    weak.wait(timeout=240)
+    pump.join(timeout=30)
     assert weak.returncode == 0, "".join(err)[-3000:]
     weak_decision = json.loads(out)
     assert weak_decision["candidate"]["version"] == _version_of(client, name, "weak")
