@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, median, run_child  # noqa: E402
+from common import QUICK_BASE, fresh_local_stores, markdown_table, median, run_child  # noqa: E402
 
 METHODS = ("optuna-tpe+prune", "optuna-random", "kt-random", "kt-hyperband")
 
@@ -58,9 +58,7 @@ def child_optuna(method: str, seed: int, budget: float, base: dict[str, Any]) ->
     from sweeps.runner import options_from, run_sweep
     from sweeps.spec import spec_from_dict
 
-    work = Path(tempfile.mkdtemp(prefix="bench-search-"))
-    tracking = f"sqlite:///{work}/mlflow.db"
-    MlflowClient(tracking).search_experiments()  # create the store's schema before the clock starts
+    work, tracking = fresh_local_stores("bench-search-")
     tpe = method == "optuna-tpe+prune"
     spec = spec_from_dict({
         "base": {**base, "seed": seed},
@@ -229,8 +227,7 @@ def main() -> None:
 
     base = dict(BASE)
     if args.quick:
-        base.update({"dataset": "digits", "batch_size": 64,
-                     "pairs": {"pairs_per_epoch": 2000, "val_pairs": 500, "test_pairs": 500}})
+        base.update(QUICK_BASE)
         args.budget, args.seeds = 40.0, args.seeds[:1]
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in args.methods}
     for seed in args.seeds:  # interleaved: every method sees the same machine load pattern

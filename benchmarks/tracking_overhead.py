@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, median, run_child  # noqa: E402
+from common import QUICK_BASE, markdown_table, median, run_child  # noqa: E402
 
 CONDITIONS = ("no tracking", "optuna MLflowCallback", "siamese-sweep", "siamese-sweep, log_plots: false")
 
@@ -122,8 +122,7 @@ def main() -> None:
 
     base = dict(BASE)
     if args.quick:
-        base.update({"dataset": "digits", "batch_size": 64,
-                     "pairs": {"pairs_per_epoch": 2000, "val_pairs": 500, "test_pairs": 500}})
+        base.update(QUICK_BASE)
     from sweeps.stack import MlflowServer
 
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-server-"))

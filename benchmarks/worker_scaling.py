@@ -13,13 +13,12 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, median, run_child  # noqa: E402
+from common import QUICK_BASE, fresh_local_stores, markdown_table, median, run_child  # noqa: E402
 
 BASE: dict[str, Any] = {
     "dataset": "fashion_mnist", "loader": "tfdata", "epochs": 2, "batch_size": 128,
@@ -32,14 +31,10 @@ SPACE: dict[str, Any] = {
 
 
 def child(workers: int, base: dict[str, Any], trials: int) -> dict[str, Any]:
-    from mlflow import MlflowClient
-
     from sweeps.runner import options_from, run_sweep
     from sweeps.spec import spec_from_dict
 
-    work = Path(tempfile.mkdtemp(prefix="bench-workers-"))
-    tracking = f"sqlite:///{work}/mlflow.db"
-    MlflowClient(tracking).search_experiments()  # schema exists before the clock starts
+    work, tracking = fresh_local_stores("bench-workers-")
     spec = spec_from_dict({
         "base": base, "search_space": SPACE,
         "study": {"name": f"scaling-{workers}", "metric": "val_roc_auc", "trials": trials,
@@ -68,8 +63,7 @@ def main() -> None:
         return
     base = dict(BASE)
     if args.quick:
-        base.update({"dataset": "digits", "batch_size": 64,
-                     "pairs": {"pairs_per_epoch": 2000, "val_pairs": 500, "test_pairs": 500}})
+        base.update(QUICK_BASE)
     results: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     for rep in range(args.repeats):
         for workers in (1, 2):

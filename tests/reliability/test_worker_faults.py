@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +30,20 @@ def client(mlflow_server_pg, mlflow_env):
 
 def _run_args(spec: Path, storage: str, *extra: str) -> list[str]:
     return ["run", str(spec), "--storage", storage, "--quiet", *extra]
+
+
+def _signal_mid_trial(spec: Path, storage: str, study: str, client, tmp_path: Path, env: dict[str, str],
+                      sig: int, wait_s: float) -> tuple[Proc, Any, int]:
+    """Start `run`, send `sig` once a trial is past its second epoch; return the process, that trial, its exit code."""
+    first = Proc(_run_args(spec, storage), tmp_path, env, name="run").start()
+    try:
+        victim = wait_for(lambda: running_trial_after_epoch(storage, study, client, 1), timeout=240,
+                          what="a trial past its second epoch", procs=[first])
+        first.signal(sig)
+        code = first.wait(wait_s)
+    finally:
+        first.kill()
+    return first, victim, code
 
 
 def test_four_workers_one_sigkilled_meet_the_exact_budget_without_lock_errors(
@@ -72,14 +87,7 @@ def test_sigkill_of_the_only_process_then_rerun_finishes_with_nothing_left_runni
     storage = f"sqlite:///{tmp_path}/optuna.db"
     spec = write_spec(tmp_path / "spec.yaml", spec_dict(tmp_path, name="solo", trials=2, base=LONG_EPOCHS))
     env = clean_env(**mlflow_server_pg.env())
-    first = Proc(_run_args(spec, storage), tmp_path, env, name="run").start()
-    try:
-        victim = wait_for(lambda: running_trial_after_epoch(storage, "solo", client, 1), timeout=240,
-                          what="a trial past its second epoch", procs=[first])
-        first.signal(signal.SIGKILL)
-        first.wait(30)
-    finally:
-        first.kill()
+    _, victim, _ = _signal_mid_trial(spec, storage, "solo", client, tmp_path, env, signal.SIGKILL, 30)
     # what a crash leaves behind: a RUNNING trial and a RUNNING run
     assert load_study(storage, "solo").trials[victim.number].state == S.RUNNING
     assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "RUNNING"
@@ -100,14 +108,7 @@ def test_sigterm_fails_the_trial_kills_its_run_and_the_rerun_resumes_it(
     storage = f"sqlite:///{tmp_path}/optuna.db"
     spec = write_spec(tmp_path / "spec.yaml", spec_dict(tmp_path, name="term", trials=2, base=LONG_EPOCHS))
     env = clean_env(**mlflow_server_pg.env())
-    first = Proc(_run_args(spec, storage), tmp_path, env, name="run").start()
-    try:
-        victim = wait_for(lambda: running_trial_after_epoch(storage, "term", client, 1), timeout=240,
-                          what="a trial past its second epoch", procs=[first])
-        first.signal(signal.SIGTERM)
-        code = first.wait(60)
-    finally:
-        first.kill()
+    first, victim, code = _signal_mid_trial(spec, storage, "term", client, tmp_path, env, signal.SIGTERM, 60)
     assert code == 130, first.stderr[-3000:]
     assert "interrupted" in first.stderr
     study = load_study(storage, "term")
