@@ -63,6 +63,39 @@ def run_child(args: Sequence[str], *, timeout: float = 3600) -> dict[str, Any]:
     return result
 
 
+def run_measured(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 3600) -> dict[str, Any]:
+    """Run `cmd` as a new process; its wall time and its own CPU accounting (what ``/usr/bin/time -v`` shows).
+
+    Returns ``wall``, ``user``, ``sys`` (seconds), ``minor_faults``, ``peak_rss_mb`` and ``stdout``; CPU time
+    and faults come from ``os.wait4`` (that process and nothing else).
+    """
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, text=True, env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                os.wait4(proc.pid, 0)
+                raise TimeoutError(f"{' '.join(cmd)} timed out after {timeout} s")
+            time.sleep(0.05)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        tail = "\n".join(stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {code}):\n{tail}")
+    return {"wall": wall, "user": usage.ru_utime, "sys": usage.ru_stime, "minor_faults": usage.ru_minflt,
+            "peak_rss_mb": usage.ru_maxrss / 1024.0, "stdout": stdout}
+
+
 # --quick: a smoke run on scikit-learn digits (numbers not meaningful)
 QUICK_BASE: dict[str, Any] = {"dataset": "digits", "batch_size": 64,
                               "pairs": {"pairs_per_epoch": 2000, "val_pairs": 500, "test_pairs": 500}}

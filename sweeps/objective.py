@@ -58,6 +58,8 @@ RETRY_REASONS = (REASON_INTERRUPTED, REASON_TRACKING_DOWN, REASON_TRACKING_DOWN_
 
 USER_ATTR_WORKER = "worker"
 TAG_WORKER = "siamese_sweep.worker"
+TAG_ALLOCATOR = "siamese_sweep.allocator"            # siamese_core.allocator.state() in the worker
+TAG_ALLOCATOR_REFAULTS = "siamese_sweep.allocator_refaults"  # allocator.probe(): ~0 tuned, ~1 untuned
 
 
 def worker_id() -> str:
@@ -66,6 +68,13 @@ def worker_id() -> str:
     import socket
 
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def allocator_tags() -> dict[str, str]:
+    """The memory allocator as it is in this (worker) process: the setting and a measured re-fault share."""
+    from siamese_core import allocator
+
+    return {TAG_ALLOCATOR: allocator.state(), TAG_ALLOCATOR_REFAULTS: f"{allocator.probe():.3f}"}
 
 
 class Interrupted(KeyboardInterrupt):
@@ -162,7 +171,7 @@ class Objective:
         overrides = space.sample_overrides(trial, ctx.spec)
         if ctx.spec.hypermodel:
             overrides.update(self._hypermodel_overrides(trial))
-        tags: dict[str, Any] = {TAG_WORKER: worker_id()}
+        tags: dict[str, Any] = {TAG_WORKER: worker_id(), **allocator_tags()}
         if retry_of is not None:
             tags[TAG_RETRY_OF] = retry_of
         trial.set_user_attr(USER_ATTR_WORKER, tags[TAG_WORKER])  # which machine/process ran it (ops, tests)
