@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_FINDINGS = 0, 1, 2, 3
 
 # modules that define `register(subparsers)`; imported lazily so `--help` stays fast
-COMMAND_MODULES = ("sweeps.commands.core", "sweeps.commands.sweep", "sweeps.commands.registry")
+COMMAND_MODULES = ("sweeps.commands.core", "sweeps.commands.sweep", "sweeps.commands.registry", "sweeps.commands.stack")
 
 
 def print_json(data: Any) -> None:
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from siamese_core.errors import InputError, TrainingFailed
 
-    from .secrets import install_secrets_filter, mask_secrets
+    from .secrets import install_secrets_filter, mask_secrets, read_secret_files
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -76,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
+        read_secret_files()  # OPTUNA_STORAGE_FILE=/run/secrets/... -> OPTUNA_STORAGE (Kubernetes/Docker secrets)
         return int(handler(args) or 0)
     except InputError as exc:
         print(f"error: {_one_line(mask_secrets(str(exc)))}", file=sys.stderr)
@@ -87,8 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
-        if args.debug:
-            raise
+        if args.debug:  # the traceback too may quote a URL with its password
+            import traceback
+
+            print(mask_secrets(traceback.format_exc()), file=sys.stderr, end="")
+            return EXIT_ERROR
         print(f"error: {type(exc).__name__}: {mask_secrets(str(exc))} (run with --debug for a traceback)",
               file=sys.stderr)
         return EXIT_ERROR

@@ -9,11 +9,13 @@ for the logging module.
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 MASK = "***"
 
-__all__ = ["MASK", "SecretsFilter", "install_secrets_filter", "mask_secrets", "mask_url"]
+__all__ = ["MASK", "SECRET_VARIABLES", "SecretsFilter", "install_secrets_filter", "mask_secrets", "mask_url",
+           "read_secret_files"]
 
 # Query-string / DSN keys whose values are secrets (libpq DSNs, SQLAlchemy query args).
 _SECRET_KEYS = r"password|passwd|pwd|sslpassword|secret|token|api_key|apikey|access_key|secret_key"
@@ -29,9 +31,10 @@ _URL_USERINFO = re.compile(
 _QUERY_SECRET = re.compile(
     rf"(?P<prefix>[?&;](?:{_SECRET_KEYS})=)(?P<secret>[^&;#\s'\"]+)", re.IGNORECASE
 )
-# KEY=value / key: value where the key names a secret (env dumps, libpq DSNs, reprs).
+# KEY=value / key: value where the key *ends* with a secret word (env dumps, libpq DSNs, reprs):
+# MLFLOW_TRACKING_PASSWORD=..., db.password: ...; but not encoder.token_embedding_dim: 64.
 _ASSIGNED_SECRET = re.compile(
-    rf"(?P<prefix>(?<![\w?&;])[\w.\-]*(?:{_SECRET_KEYS})[\w.\-]*"
+    rf"(?P<prefix>(?<![\w?&;])[\w.\-]*(?:{_SECRET_KEYS})"
     r"(?:\s*=\s*|:\s+|['\"]\s*[:=]\s*)['\"]?)"
     r"(?P<secret>[^\s'\"&,;)}\]]+)",
     re.IGNORECASE,
@@ -97,3 +100,62 @@ def install_secrets_filter(logger: logging.Logger | None = None) -> SecretsFilte
         if not any(isinstance(f, SecretsFilter) for f in handler.filters):
             handler.addFilter(flt)
     return flt
+
+
+# Environment variables that carry secrets. Each may instead be given as ``<NAME>_FILE``: the path of a file
+# holding the value (Kubernetes/Docker secrets mounted as files), so the value is in neither argv nor a
+# manifest. URLs are listed because they may embed a password.
+SECRET_VARIABLES = (
+    "OPTUNA_STORAGE",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "OPTUNA_DB_PASSWORD",
+    "MLFLOW_DB_PASSWORD",
+    "MLFLOW_AUTH_DB_PASSWORD",
+    "MLFLOW_ADMIN_PASSWORD",
+    "MLFLOW_WORKER_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    "POSTGRES_PASSWORD",
+    "SIAMESE_SWEEP_DASHBOARD_PASSWORD",
+)
+FILE_SUFFIX = "_FILE"
+MAX_SECRET_FILE_BYTES = 64 * 1024  # a password or URL; anything larger is a wrong path
+
+
+def read_secret_files(environ: dict[str, str] | None = None, names: tuple[str, ...] = SECRET_VARIABLES) -> list[str]:
+    """Set each ``NAME`` from the file named by ``NAME_FILE`` (one trailing newline dropped); returns the names set.
+
+    Both set with different values is an input error, as is a file that cannot be read: one line naming
+    the variable and the file, never the value.
+    """
+    from siamese_core.errors import ConfigError
+
+    env = os.environ if environ is None else environ
+    done = []
+    for name in names:
+        path = env.get(name + FILE_SUFFIX)
+        if not path:
+            continue
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read(MAX_SECRET_FILE_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(name + FILE_SUFFIX, f"cannot read the secret file {path}: {exc.strerror}") from None
+        if len(raw) > MAX_SECRET_FILE_BYTES:
+            raise ConfigError(name + FILE_SUFFIX, f"expected a file of at most {MAX_SECRET_FILE_BYTES} bytes; "
+                                                  f"received: {path}")
+        try:
+            value = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(name + FILE_SUFFIX, f"the secret file {path} is not UTF-8 text") from None
+        value = value[:-1] if value.endswith("\n") else value
+        value = value[:-1] if value.endswith("\r") else value
+        if not value:
+            raise ConfigError(name + FILE_SUFFIX, f"the secret file {path} is empty")
+        if env.get(name) and env[name] != value:
+            raise ConfigError(name, f"set either {name} or {name}{FILE_SUFFIX}, not both with different values")
+        env[name] = value
+        done.append(name)
+    return done

@@ -56,6 +56,9 @@ MLFLOW_HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+    # MLflow writes "View run ... at: URL" lines to *stdout* when it talks to a server: `--json` must stay JSON
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_PRINT_MODEL_URLS_ON_CREATION": "false",
 }
 # How long a trial keeps retrying MLflow (end-of-trial flush, artifacts, model, run creation) before it fails.
 RETRY_BUDGET_ENV = "SIAMESE_SWEEP_MLFLOW_RETRY_SECONDS"

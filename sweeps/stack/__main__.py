@@ -1,7 +1,6 @@
-"""``python -m sweeps.stack up --dir .stack``: see sweeps/stack/cli.py."""
+"""``python -m sweeps.stack ...`` = ``siamese-sweep stack ...`` (kept for scripts written before the CLI had it)."""
+import sys
 
-from __future__ import annotations
+from sweeps.cli import main
 
-from sweeps.stack.cli import main
-
-raise SystemExit(main())
+sys.exit(main(["stack", *sys.argv[1:]]))

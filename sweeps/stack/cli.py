@@ -1,90 +1,187 @@
-"""``python -m sweeps.stack up``: the docker-compose topology without Docker.
+"""``siamese-sweep stack up|down|status``: the docker-compose topology without Docker.
 
-Starts PostgreSQL (databases ``optuna``, ``mlflow``, ``mlflow_auth``) and an
-MLflow server with basic auth in the foreground; Ctrl-C stops both. Passwords
-come from the environment (POSTGRES_PASSWORD, MLFLOW_ADMIN_PASSWORD, as in
-``.env``) or are generated once into ``<dir>/secrets.env`` (0600). They are
-never printed: clients ``source <dir>/client.env``.
+``up`` starts PostgreSQL and an MLflow server with basic auth (and, with ``--dashboard``, a password-guarded
+read-only optuna-dashboard), in the foreground or with ``--detach`` in the background; ``down`` stops a
+detached stack; ``status`` says what runs where. Least privilege, as in docker-compose.yml:
+
+* one PostgreSQL role per database (``optuna``, ``mlflow``, ``mlflow_auth``), each the only one allowed to
+  connect to its database; workers hold only the ``optuna`` role's credentials;
+* workers log to MLflow as a non-admin user (``sweeps-worker``): they can create experiments and runs, but
+  cannot create users or delete what others created; the admin's credentials are for operators
+  (``promote``, the UI's user management).
+
+Passwords come from the environment (or ``NAME_FILE``) or are generated once into ``<dir>/secrets.env``
+(0600, shell-quoted) and reused, since the MLflow admin password only takes effect on an empty auth
+database. They are validated before anything starts and never printed: workers ``source <dir>/client.env``,
+operators ``source <dir>/admin.env``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
+import shlex
 import signal
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sweeps.secrets import mask_url
+from siamese_core.errors import ConfigError
+
+from sweeps.secrets import mask_url, read_secret_files
 from sweeps.stack._process import ServerStartError, port_is_free
-from sweeps.stack.mlflow_server import MlflowServer
+from sweeps.stack.mlflow_server import MIN_PASSWORD_LENGTH, MlflowServer, ensure_user
 from sweeps.stack.postgres import PostgresServer
 
-SECRET_VARS = ("POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD")
+# name -> what it protects; all generated with secrets.token_urlsafe(24) unless given
+SECRETS = {
+    "OPTUNA_DB_PASSWORD": "PostgreSQL role 'optuna' (database optuna: the Optuna study)",
+    "MLFLOW_DB_PASSWORD": "PostgreSQL role 'mlflow' (database mlflow: runs, models)",
+    "MLFLOW_AUTH_DB_PASSWORD": "PostgreSQL role 'mlflow_auth' (database mlflow_auth: MLflow users)",
+    "MLFLOW_ADMIN_PASSWORD": "MLflow admin user",
+    "MLFLOW_WORKER_PASSWORD": "MLflow user the workers log as (not an admin)",
+    "SIAMESE_SWEEP_DASHBOARD_PASSWORD": "optuna-dashboard basic auth",
+}
+MLFLOW_PASSWORDS = ("MLFLOW_ADMIN_PASSWORD", "MLFLOW_WORKER_PASSWORD")
+PLACEHOLDER_PREFIX = "change-me"
+STATE_FILE = "stack.json"
+READY_TIMEOUT_S = 300.0
 
 
-def _write_private(path: Path, lines: list[str]) -> None:
+# ---------------------------------------------------------------- files
+def write_private(path: Path, lines: list[str]) -> None:
+    """Write `lines` to a 0600 file (created 0600: never readable by others, not even briefly)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write("\n".join(lines) + "\n")
     os.chmod(path, 0o600)
 
 
-def _read_env_file(path: Path) -> dict[str, str]:
+def write_env_file(path: Path, values: dict[str, str], *, export: bool = False) -> None:
+    """``KEY='value'`` lines, shell-quoted, so ``source`` and `read_env_file` give back every value exactly."""
+    prefix = "export " if export else ""
+    write_private(path, [f"{prefix}{key}={shlex.quote(value)}" for key, value in values.items()])
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse what `write_env_file` wrote (or a plain ``KEY=value`` file): shell quoting is undone exactly."""
     out: dict[str, str] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            line = line.strip().removeprefix("export ").strip()
-            if line and not line.startswith("#") and "=" in line:
-                key, value = line.split("=", 1)
-                out[key.strip()] = value.strip().strip("'\"")
+    if not path.exists():
+        return out
+    for raw in path.read_text().splitlines():
+        line = raw.strip().removeprefix("export ").strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, rest = line.split("=", 1)
+        try:
+            words = shlex.split(rest)
+        except ValueError:  # unbalanced quote: an unquoted value from an older version, kept as written
+            words = [rest]
+        out[key.strip()] = words[0] if len(words) == 1 else rest
     return out
 
 
-def load_or_create_secrets(stack_dir: Path) -> dict[str, str]:
-    """Environment > ``secrets.env`` > newly generated (then saved, 0600).
+# ---------------------------------------------------------------- secrets
+def validate_secrets(values: dict[str, str]) -> None:
+    """Refuse values MLflow or the env/ini files cannot hold — before any server starts or any file is written."""
+    for name, value in values.items():
+        if value != value.strip() or any(c in value for c in "\r\n\0"):
+            raise ConfigError(name, "expected a password without newlines or surrounding whitespace")
+        if value.lower().startswith(PLACEHOLDER_PREFIX):
+            raise ConfigError(name, "still the placeholder value from .env.example; set a real secret")
+        if name in MLFLOW_PASSWORDS and len(value) < MIN_PASSWORD_LENGTH:
+            raise ConfigError(name, f"MLflow requires passwords of at least {MIN_PASSWORD_LENGTH} characters; "
+                                    f"received: {len(value)} characters")
 
-    The MLflow admin password only takes effect when the auth DB is empty, so it
-    must stay the same across ``up`` runs: that is why it is saved.
-    """
+
+def load_or_create_secrets(stack_dir: Path) -> dict[str, str]:
+    """Environment (or ``NAME_FILE``) > ``secrets.env`` > newly generated; validated, then saved (0600)."""
+    read_secret_files(names=tuple(SECRETS))
     path = stack_dir / "secrets.env"
-    saved = _read_env_file(path)
+    saved = read_env_file(path)
     values: dict[str, str] = {}
-    for var in SECRET_VARS:
+    for var in SECRETS:
         env_value = os.environ.get(var)
         if env_value and saved.get(var) and env_value != saved[var]:
             print(f"warning: {var} from the environment differs from {path}; using the environment", file=sys.stderr)
         values[var] = env_value or saved.get(var) or secrets.token_urlsafe(24)
-    if values != {k: saved.get(k) for k in SECRET_VARS}:
-        _write_private(path, [f"{k}={v}" for k, v in values.items()])
+    validate_secrets(values)
+    if values != {k: saved.get(k) for k in SECRETS}:
+        write_env_file(path, values)
     return values
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "'\"'\"'") + "'"
+# ---------------------------------------------------------------- state of a running stack
+@dataclass
+class StackState:
+    """What ``status``/``down`` need to find a running stack (no secrets: the file is world-readable)."""
+
+    pid: int
+    postgres: str = ""
+    mlflow: str = ""
+    dashboard: str = ""
+    ready: bool = False
+
+    @staticmethod
+    def path(stack_dir: Path) -> Path:
+        return stack_dir / STATE_FILE
+
+    def save(self, stack_dir: Path) -> None:
+        tmp = self.path(stack_dir).with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__))
+        tmp.replace(self.path(stack_dir))
+
+    @classmethod
+    def load(cls, stack_dir: Path) -> StackState | None:
+        try:
+            return cls(**json.loads(cls.path(stack_dir).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------- up
+def _check_ports(args: argparse.Namespace) -> None:
+    ports = [("--pg-port", args.pg_port), ("--mlflow-port", args.mlflow_port)]
+    if args.dashboard:
+        ports.append(("--dashboard-port", args.dashboard_port))
+    for flag, port in ports:
+        if port and not port_is_free(port, args.host):
+            raise ConfigError(flag, f"port {args.host}:{port} is in use (pass 0 for a free port)")
 
 
 def up(args: argparse.Namespace) -> int:
     stack_dir = Path(args.dir).resolve()
+    if args.detach:
+        return _up_detached(args, stack_dir)
+    previous = StackState.load(stack_dir)
+    if previous is not None and _alive(previous.pid) and previous.pid != os.getpid():
+        raise ConfigError("--dir", f"a stack is already running from {stack_dir} (pid {previous.pid}); "
+                                   f"'siamese-sweep stack down --dir {args.dir}' stops it")
+    _check_ports(args)
     stack_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(stack_dir, 0o755)  # the postgres OS user must traverse it; secrets files are 0600
-    for port in (args.pg_port, args.mlflow_port):
-        if port and not port_is_free(port, args.host):
-            print(f"error: port {args.host}:{port} is in use (pass 0 for a free port)", file=sys.stderr)
-            return 2
-    creds = load_or_create_secrets(stack_dir)
+    creds = load_or_create_secrets(stack_dir)  # validated before anything starts
 
-    pg = PostgresServer(
-        user="sweeps",
-        password=creds["POSTGRES_PASSWORD"],
-        database="optuna",
-        host=args.host,
-        port=args.pg_port or None,
-        base_dir=stack_dir / "postgres",
-    )
+    pg = PostgresServer(user="optuna", password=creds["OPTUNA_DB_PASSWORD"], database="optuna", host=args.host,
+                        port=args.pg_port or None, base_dir=stack_dir / "postgres")
     mlflow: MlflowServer | None = None
+    dashboard: subprocess.Popen[bytes] | None = None
+    state = StackState(pid=os.getpid())
 
     def on_sigterm(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -94,39 +191,36 @@ def up(args: argparse.Namespace) -> int:
         print(f"starting PostgreSQL in {stack_dir / 'postgres'} ...", flush=True)
         pg.start()
         optuna_url = pg.url
-        mlflow_db = pg.create_database("mlflow")
-        auth_db = pg.create_database("mlflow_auth")
-        mlflow = MlflowServer(
-            mlflow_db,
-            state_dir=stack_dir / "mlflow",
-            host=args.host,
-            port=args.mlflow_port or None,
-            workers=args.workers,
-            auth=not args.no_auth,
-            admin_username=args.admin_user,
-            admin_password=creds["MLFLOW_ADMIN_PASSWORD"],
-            auth_database_uri=auth_db,
-        )
+        mlflow_db = pg.create_role("mlflow", creds["MLFLOW_DB_PASSWORD"], database="mlflow")
+        auth_db = pg.create_role("mlflow_auth", creds["MLFLOW_AUTH_DB_PASSWORD"], database="mlflow_auth")
+        mlflow = MlflowServer(mlflow_db, state_dir=stack_dir / "mlflow", host=args.host, port=args.mlflow_port or None,
+                              workers=args.workers, auth=not args.no_auth, admin_username=args.admin_user,
+                              admin_password=creds["MLFLOW_ADMIN_PASSWORD"], auth_database_uri=auth_db)
         print("starting mlflow server (15-35 s on a busy machine) ...", flush=True)
         mlflow.start()
-
-        client_env = {"OPTUNA_STORAGE": optuna_url, **mlflow.env()}
-        client_file = stack_dir / "client.env"
-        _write_private(client_file, [f"export {k}={_quote(v)}" for k, v in client_env.items()])
-        print(f"\nPostgreSQL  {pg.masked_url}   (log {pg.log_path})")
-        print(f"MLflow      {mlflow.url}   auth={'on' if mlflow.auth else 'off'}   (log {mlflow.log_path})")
-        print(f"\nclient environment (passwords in {client_file}, mode 0600):")
-        for k, v in client_env.items():
-            shown = "***" if "PASSWORD" in k else mask_url(v)
-            print(f"  export {k}={shown}")
-        print(f"\n  source {client_file}")
-        print("  siamese-sweep worker SPEC.yaml --study NAME   # reads OPTUNA_STORAGE and MLFLOW_TRACKING_*")
-        print('  optuna-dashboard "$OPTUNA_STORAGE"')
-        print("\nCtrl-C stops both.", flush=True)
-
-        while pg.is_running() and mlflow.is_running():
+        worker_env = {"OPTUNA_STORAGE": optuna_url, "MLFLOW_TRACKING_URI": mlflow.url}
+        admin_env = dict(worker_env)
+        if mlflow.auth:
+            ensure_user(mlflow.url, admin_username=args.admin_user, admin_password=creds["MLFLOW_ADMIN_PASSWORD"],
+                        username=args.worker_user, password=creds["MLFLOW_WORKER_PASSWORD"])
+            worker_env.update(MLFLOW_TRACKING_USERNAME=args.worker_user,
+                              MLFLOW_TRACKING_PASSWORD=creds["MLFLOW_WORKER_PASSWORD"])
+            admin_env.update(MLFLOW_TRACKING_USERNAME=args.admin_user,
+                             MLFLOW_TRACKING_PASSWORD=creds["MLFLOW_ADMIN_PASSWORD"])
+        if args.dashboard:
+            dashboard, state.dashboard = _start_dashboard(args, stack_dir, optuna_url,
+                                                          creds["SIAMESE_SWEEP_DASHBOARD_PASSWORD"])
+            admin_env["SIAMESE_SWEEP_DASHBOARD_PASSWORD"] = creds["SIAMESE_SWEEP_DASHBOARD_PASSWORD"]
+        client_file, admin_file = stack_dir / "client.env", stack_dir / "admin.env"
+        write_env_file(client_file, worker_env, export=True)
+        write_env_file(admin_file, admin_env, export=True)
+        state.postgres, state.mlflow, state.ready = pg.masked_url, mlflow.url, True
+        state.save(stack_dir)
+        _print_summary(pg, mlflow, state, client_file, admin_file, args)
+        while pg.is_running() and mlflow.is_running() and (dashboard is None or dashboard.poll() is None):
             time.sleep(0.5)
-        which = "PostgreSQL" if not pg.is_running() else "mlflow server"
+        which = ("PostgreSQL" if not pg.is_running() else "mlflow server" if not mlflow.is_running()
+                 else "optuna-dashboard")
         print(f"error: {which} exited; stopping the stack", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -139,32 +233,171 @@ def up(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("stopping ...", flush=True)
+        if dashboard is not None and dashboard.poll() is None:
+            dashboard.terminate()
+            try:
+                dashboard.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                dashboard.kill()
         if mlflow is not None:
             mlflow.stop()
         pg.stop()
+        StackState.path(stack_dir).unlink(missing_ok=True)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sweeps.stack", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("up", help="start PostgreSQL + MLflow server in the foreground")
+def _start_dashboard(args: argparse.Namespace, stack_dir: Path, storage: str,
+                     password: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`siamese-sweep dashboard` as a child; storage and password through its environment, never argv."""
+    env = {**os.environ, "OPTUNA_STORAGE": storage, "SIAMESE_SWEEP_DASHBOARD_PASSWORD": password}
+    port = args.dashboard_port or _free_port(args.host)
+    log = open(stack_dir / "dashboard.log", "ab")  # noqa: SIM115 - kept open for the child's lifetime
+    proc = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "dashboard", "--host", args.host, "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"http://{args.host}:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerStartError(f"optuna-dashboard exited (see {stack_dir / 'dashboard.log'})")
+        if not port_is_free(port, args.host):
+            return proc, url
+        time.sleep(0.3)
+    proc.kill()
+    raise ServerStartError("optuna-dashboard did not start listening within 120 s")
+
+
+def _free_port(host: str) -> int:
+    from sweeps.stack._process import free_port
+
+    return free_port(host)
+
+
+def _print_summary(pg: PostgresServer, mlflow: MlflowServer, state: StackState, client_file: Path, admin_file: Path,
+                   args: argparse.Namespace) -> None:
+    print(f"\nPostgreSQL  {pg.masked_url}   (log {pg.log_path})")
+    print(f"MLflow      {mlflow.url}   auth={'on' if mlflow.auth else 'off'}   (log {mlflow.log_path})")
+    if state.dashboard:
+        print(f"dashboard   {state.dashboard}   read-only, basic auth (user optuna; password in {admin_file})")
+    print(f"\nworkers:   source {client_file}   (0600: Optuna role + MLflow user {args.worker_user!r})")
+    print(f"operators: source {admin_file}    (0600: MLflow admin {args.admin_user!r}, for promote and the UI)")
+    print("  siamese-sweep worker SPEC.yaml --study NAME   # reads OPTUNA_STORAGE and MLFLOW_TRACKING_*")
+    print("  siamese-sweep dashboard                       # reads OPTUNA_STORAGE; password-guarded, read-only")
+    print("\nCtrl-C stops the stack." if not args.detached_child else "", flush=True)
+
+
+def _up_detached(args: argparse.Namespace, stack_dir: Path) -> int:
+    """Start ``stack up`` in its own session, wait until it is ready, print its summary, return."""
+    stack_dir.mkdir(parents=True, exist_ok=True)
+    previous = StackState.load(stack_dir)
+    if previous is not None and _alive(previous.pid):
+        raise ConfigError("--dir", f"a stack is already running from {stack_dir} (pid {previous.pid})")
+    _check_ports(args)
+    load_or_create_secrets(stack_dir)  # bad secrets: exit 2 here, not in the background
+    argv = [sys.executable, "-m", "sweeps.cli", "stack", "up", "--detached-child", "--dir", str(stack_dir),
+            "--host", args.host, "--pg-port", str(args.pg_port), "--mlflow-port", str(args.mlflow_port),
+            "--workers", str(args.workers), "--admin-user", args.admin_user, "--worker-user", args.worker_user,
+            "--dashboard-port", str(args.dashboard_port)]
+    argv += ["--no-auth"] if args.no_auth else []
+    argv += ["--dashboard"] if args.dashboard else []
+    log_path = stack_dir / "stack.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        state = StackState.load(stack_dir)
+        if state is not None and state.pid == proc.pid and state.ready:
+            print(log_path.read_text().split("\n\n", 1)[-1].rstrip())
+            print(f"\nrunning in the background (pid {proc.pid}, log {log_path}); "
+                  f"'siamese-sweep stack down --dir {args.dir}' stops it")
+            return 0
+        if proc.poll() is not None:
+            print(f"error: the stack exited with code {proc.returncode}; see {log_path}", file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+    proc.terminate()
+    print(f"error: the stack was not ready after {READY_TIMEOUT_S:.0f} s; see {log_path}", file=sys.stderr)
+    return 1
+
+
+# ---------------------------------------------------------------- down / status
+def down(args: argparse.Namespace) -> int:
+    stack_dir = Path(args.dir).resolve()
+    state = StackState.load(stack_dir)
+    if state is None or not _alive(state.pid):
+        StackState.path(stack_dir).unlink(missing_ok=True)
+        print(f"no stack is running from {stack_dir}")
+        return 0
+    os.kill(state.pid, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline and _alive(state.pid):
+        time.sleep(0.3)
+    if _alive(state.pid):
+        print(f"error: the stack (pid {state.pid}) did not stop within {args.timeout:.0f} s", file=sys.stderr)
+        return 1
+    print(f"stopped the stack from {stack_dir}")
+    return 0
+
+
+def stack_status(stack_dir: Path) -> dict[str, Any]:
+    """Whether a stack runs from `stack_dir`, its URLs (passwords masked) and whether MLflow answers."""
+    import urllib.request
+
+    state = StackState.load(stack_dir)
+    if state is None or not _alive(state.pid):
+        return {"running": False, "dir": str(stack_dir)}
+    healthy = False
+    if state.mlflow:
+        try:
+            with urllib.request.urlopen(state.mlflow + "/health", timeout=5) as resp:
+                healthy = resp.status == 200
+        except OSError:
+            healthy = False
+    return {"running": True, "dir": str(stack_dir), "pid": state.pid, "ready": state.ready,
+            "postgres": mask_url(state.postgres), "mlflow": state.mlflow, "mlflow_healthy": healthy,
+            "dashboard": state.dashboard or None}
+
+
+def status(args: argparse.Namespace) -> int:
+    info = stack_status(Path(args.dir).resolve())
+    if args.json:
+        print(json.dumps(info))
+    elif not info["running"]:
+        print(f"no stack is running from {info['dir']}")
+    else:
+        print(f"stack from {info['dir']} (pid {info['pid']}): PostgreSQL {info['postgres']}; MLflow {info['mlflow']} "
+              f"({'healthy' if info['mlflow_healthy'] else 'NOT answering'})"
+              + (f"; dashboard {info['dashboard']}" if info["dashboard"] else ""))
+    return 0 if info["running"] else 3
+
+
+# ---------------------------------------------------------------- parser
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``stack up|down|status`` under an existing subparsers action (``siamese-sweep stack ...``)."""
+    stack = sub.add_parser("stack", help="start/stop PostgreSQL + MLflow server (+ dashboard) without Docker",
+                           description=__doc__.split("\n\n")[0])
+    verbs = stack.add_subparsers(dest="stack_command", required=True, metavar="{up,down,status}")
+    p = verbs.add_parser("up", help="start the stack (foreground; --detach for the background)")
     p.add_argument("--dir", default=".stack", help="state directory (data, logs, secrets); default .stack")
     p.add_argument("--host", default="127.0.0.1", help="bind address; default 127.0.0.1")
     p.add_argument("--pg-port", type=int, default=5432, help="PostgreSQL port (0 = any free port)")
     p.add_argument("--mlflow-port", type=int, default=5000, help="MLflow port (0 = any free port)")
     p.add_argument("--workers", type=int, default=1, help="mlflow server worker processes")
     p.add_argument("--admin-user", default="admin", help="MLflow admin user name")
+    p.add_argument("--worker-user", default="sweeps-worker", help="MLflow (non-admin) user the workers log as")
     p.add_argument("--no-auth", action="store_true", help="run MLflow without basic auth")
-    p.set_defaults(func=up)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    p.add_argument("--dashboard", action="store_true", help="also start a read-only, password-guarded optuna-dashboard")
+    p.add_argument("--dashboard-port", type=int, default=8080, help="dashboard port (0 = any free port)")
+    p.add_argument("--detach", action="store_true", help="run in the background; 'stack down' stops it")
+    p.add_argument("--detached-child", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(handler=up)
+    d = verbs.add_parser("down", help="stop a stack started with --detach")
+    d.add_argument("--dir", default=".stack")
+    d.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a clean stop")
+    d.set_defaults(handler=down)
+    s = verbs.add_parser("status", help="is a stack running from --dir, where, and is MLflow answering (exit 3: none)")
+    s.add_argument("--dir", default=".stack")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(handler=status)

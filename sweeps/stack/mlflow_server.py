@@ -343,3 +343,46 @@ def wait_port_free(port: int, host: str, timeout: float = 15.0) -> bool:
     except ServerStartError:
         return False
     return True
+
+
+def _auth_request(url: str, path: str, *, username: str, password: str, method: str = "GET",
+                  body: dict[str, object] | None = None, timeout: float = 30.0) -> tuple[int, bytes]:
+    """One call to MLflow's basic-auth REST API (``/api/2.0/mlflow/users/...``) as `username`."""
+    import base64
+    import json
+
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url.rstrip("/") + path, data=data, method=method,
+                                 headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def ensure_user(url: str, *, admin_username: str, admin_password: str, username: str, password: str) -> bool:
+    """Create the non-admin MLflow user `username` (or reset its password); True when it was created.
+
+    Workers log as this user, not as the admin: they can create experiments and runs and read the others',
+    but cannot create users or delete experiments they did not create (403) — the server refuses.
+    """
+    from urllib.parse import quote
+
+    admin = {"username": admin_username, "password": admin_password}
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise ValueError(f"MLflow requires passwords of at least {MIN_PASSWORD_LENGTH} characters")
+    status, _ = _auth_request(url, f"/api/2.0/mlflow/users/get?username={quote(username)}", **admin)
+    if status == 200:
+        status, body = _auth_request(url, "/api/2.0/mlflow/users/update-password", method="PATCH",
+                                     body={"username": username, "password": password}, **admin)
+        created = False
+    else:
+        status, body = _auth_request(url, "/api/2.0/mlflow/users/create", method="POST",
+                                     body={"username": username, "password": password}, **admin)
+        created = True
+    if status != 200:
+        raise ServerStartError(f"could not {'create' if created else 'update'} MLflow user {username!r}: HTTP {status} "
+                               f"{body[:200].decode(errors='replace')}")
+    return created

@@ -31,17 +31,18 @@ from sweeps.stack._process import ServerStartError, free_port, tail, terminate_t
 
 __all__ = ["PostgresServer", "find_pg_bin_dir"]
 
+PG_BIN_ENV = "SIAMESE_SWEEP_PG_BIN"
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 def find_pg_bin_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """Directory holding ``initdb`` and ``postgres``.
 
-    Order: ``explicit``, ``$SWEEPS_PG_BIN``, the resolved ``initdb`` on PATH,
+    Order: ``explicit``, ``$SIAMESE_SWEEP_PG_BIN``, the resolved ``initdb`` on PATH,
     then the newest ``/usr/lib/postgresql/*/bin`` (Debian keeps them off PATH).
     """
     candidates: list[Path] = []
-    for value in (explicit, os.environ.get("SWEEPS_PG_BIN")):
+    for value in (explicit, os.environ.get(PG_BIN_ENV)):
         if value:
             candidates.append(Path(value))
     on_path = shutil.which("initdb")
@@ -56,8 +57,8 @@ def find_pg_bin_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
         if (d / "initdb").is_file() and (d / "postgres").is_file():
             return d
     raise FileNotFoundError(
-        "PostgreSQL server binaries (initdb, postgres) not found; install them "
-        "(Debian/Ubuntu: apt-get install postgresql) or set SWEEPS_PG_BIN to their directory"
+        f"PostgreSQL server binaries (initdb, postgres) not found; install them "
+        f"(Debian/Ubuntu: apt-get install postgresql) or set {PG_BIN_ENV} to their directory"
     )
 
 
@@ -123,11 +124,12 @@ class PostgresServer:
     def log_path(self) -> Path:
         return self.base_dir / "postgres.log"
 
-    def url_for(self, database: str, *, driver: str = "psycopg2") -> str:
-        """SQLAlchemy URL for ``database`` as the application user (password included)."""
+    def url_for(self, database: str, *, driver: str = "psycopg2", user: str | None = None,
+                password: str | None = None) -> str:
+        """SQLAlchemy URL for ``database`` as `user` (default: the application user), password included."""
         scheme = f"postgresql+{driver}" if driver else "postgresql"
-        pw = quote(self.password, safe="")
-        return f"{scheme}://{quote(self.user, safe='')}:{pw}@{self.host}:{self.port}/{database}"
+        pw = quote(self.password if password is None else password, safe="")
+        return f"{scheme}://{quote(user or self.user, safe='')}:{pw}@{self.host}:{self.port}/{database}"
 
     @property
     def url(self) -> str:
@@ -211,18 +213,51 @@ class PostgresServer:
         conn.autocommit = True
         return conn
 
-    def create_database(self, name: str) -> str:
-        """Create ``name`` owned by the application user if missing; return its URL."""
+    def create_database(self, name: str, *, owner: str | None = None) -> str:
+        """Create ``name`` owned by `owner` (default: the application user) if missing; return its URL for the
+        application user.
+
+        Only the owner may connect: ``CONNECT`` is revoked from ``PUBLIC``, so the role of one database (say,
+        the workers' Optuna role) cannot even open another (MLflow's auth database with its password hashes).
+        """
+        from psycopg2 import sql
+
         _validate_ident("database", name)
+        owner = _validate_ident("owner", owner or self.user)
         conn = self.connect_admin()
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
                 if cur.fetchone() is None:
-                    cur.execute(f'CREATE DATABASE "{name}" OWNER "{self.user}"')
+                    cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name),
+                                                                              sql.Identifier(owner)))
+                cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
+                cur.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(sql.Identifier(name), sql.Identifier(owner)))
         finally:
             conn.close()
         return self.url_for(name)
+
+    def create_role(self, name: str, password: str, *, database: str | None = None) -> str:
+        """Create (or re-password) a login role; with `database`, also create that database owned by it.
+
+        Returns the URL of `database` (or of the application database) as that role.
+        """
+        from psycopg2 import sql
+
+        _validate_ident("role", name)
+        conn = self.connect_admin()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET log_min_error_statement = 'panic'")  # never echo a password into the server log
+                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,))
+                verb = "ALTER" if cur.fetchone() else "CREATE"
+                cur.execute(sql.SQL(verb + " ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}")
+                            .format(sql.Identifier(name), sql.Literal(password)))
+        finally:
+            conn.close()
+        if database is not None:
+            self.create_database(database, owner=name)
+        return self.url_for(database or self.database, user=name, password=password)
 
     # ---------------------------------------------------------------- internals
     def _run_as(self, argv: list[str]) -> list[str]:
@@ -321,24 +356,16 @@ class PostgresServer:
         return True
 
     def _bootstrap(self) -> None:
-        """Create (or re-password) the application role and its database."""
+        """Create (or re-password) the application role and its database; only owners connect to databases."""
         from psycopg2 import sql
 
+        self.create_role(self.user, self.password, database=self.database)
         conn = self.connect_admin()
         try:
-            with conn.cursor() as cur:
-                # never echo the password statement into the server log, even on error
-                cur.execute("SET log_min_error_statement = 'panic'")
-                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.user,))
-                verb = "ALTER" if cur.fetchone() else "CREATE"
-                cur.execute(
-                    sql.SQL(verb + " ROLE {} WITH LOGIN PASSWORD {}").format(
-                        sql.Identifier(self.user), sql.Literal(self.password)
-                    )
-                )
+            with conn.cursor() as cur:  # the maintenance database is for the superuser only
+                cur.execute(sql.SQL("REVOKE CONNECT ON DATABASE postgres FROM PUBLIC"))
         finally:
             conn.close()
-        self.create_database(self.database)
         self._check_tcp_login()
 
     def _check_tcp_login(self) -> None:

@@ -1,8 +1,10 @@
-"""``python -m sweeps.stack up``: secrets handling, and one real foreground run."""
+"""``siamese-sweep stack up|down|status``: secrets handling, least privilege, and real runs."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -10,82 +12,118 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from sweeps.stack.cli import load_or_create_secrets
+from sweeps.stack.cli import SECRETS, load_or_create_secrets, read_env_file, write_env_file
 
 ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "sweeps.cli"]
 
 
-def test_secrets_generated_once_saved_0600_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("POSTGRES_PASSWORD", raising=False)
-    monkeypatch.delenv("MLFLOW_ADMIN_PASSWORD", raising=False)
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in SECRETS and not k.startswith(("MLFLOW_TRACKING", "OPTUNA_STORAGE"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return {**env, **extra}
+
+
+@pytest.fixture
+def no_secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in SECRETS:
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var + "_FILE", raising=False)
+
+
+def test_secrets_generated_once_saved_0600_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     no_secret_env: None) -> None:
     first = load_or_create_secrets(tmp_path)
-    assert all(len(v) >= 12 for v in first.values())
+    assert set(first) == set(SECRETS) and all(len(v) >= 12 for v in first.values())
     assert (tmp_path / "secrets.env").stat().st_mode & 0o777 == 0o600
     assert load_or_create_secrets(tmp_path) == first
-    monkeypatch.setenv("POSTGRES_PASSWORD", "from-the-environment")
-    assert load_or_create_secrets(tmp_path)["POSTGRES_PASSWORD"] == "from-the-environment"
+    monkeypatch.setenv("OPTUNA_DB_PASSWORD", "from-the-environment")
+    assert load_or_create_secrets(tmp_path)["OPTUNA_DB_PASSWORD"] == "from-the-environment"
 
 
-@pytest.mark.slow
-@pytest.mark.postgres
-def test_up_runs_in_foreground_and_stops_on_ctrl_c(postgres_server: object) -> None:
-    # postgres_server: only for its skip/fail-when-binaries-are-missing logic.
-    # Not pytest's tmp_path: as root the cluster runs as 'postgres', which can't enter 0700 pytest dirs.
-    stack = Path(tempfile.mkdtemp(prefix="sweeps-stack-test-"))
-    env = {k: v for k, v in os.environ.items() if k not in ("POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sweeps.stack", "up", "--dir", str(stack), "--pg-port", "0", "--mlflow-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
-    )  # fmt: skip
-    out: list[str] = []
+@pytest.mark.parametrize("password", ["ends-with-a-quote'", "'quoted'", 'dq"inside"', "dollar$HOME`id`\\back",
+                                      "spaces inside it", "percent%s%%"])
+def test_passwords_survive_the_env_file_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                no_secret_env: None, password: str) -> None:
+    """A password ending in a quote used to change on the second start (written unquoted, read back stripped)."""
+    monkeypatch.setenv("MLFLOW_ADMIN_PASSWORD", password + "-long-enough")
+    first = load_or_create_secrets(tmp_path)
+    monkeypatch.delenv("MLFLOW_ADMIN_PASSWORD")
+    assert load_or_create_secrets(tmp_path)["MLFLOW_ADMIN_PASSWORD"] == password + "-long-enough" == \
+        first["MLFLOW_ADMIN_PASSWORD"]
+    # and what bash reads from the same file is the same value
+    out = subprocess.run(["bash", "-c", f"source {tmp_path / 'secrets.env'} && printf %s \"$MLFLOW_ADMIN_PASSWORD\""],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout == password + "-long-enough"
+
+
+def test_env_file_written_by_an_older_version_is_read_as_written(tmp_path: Path) -> None:
+    (tmp_path / "old.env").write_text("A=plain\nB=ends-with-quote'\n")
+    assert read_env_file(tmp_path / "old.env") == {"A": "plain", "B": "ends-with-quote'"}
+    write_env_file(tmp_path / "new.env", {"A": "x'y"}, export=True)
+    assert read_env_file(tmp_path / "new.env") == {"A": "x'y"}
+
+
+@pytest.mark.parametrize(("var", "value", "expected"), [
+    ("MLFLOW_ADMIN_PASSWORD", "short", "at least 12 characters"),
+    ("MLFLOW_WORKER_PASSWORD", "short", "at least 12 characters"),
+    ("OPTUNA_DB_PASSWORD", "change-me-please", "placeholder"),
+    ("MLFLOW_DB_PASSWORD", " padded-password ", "surrounding whitespace"),
+])
+def test_bad_password_exits_2_in_one_line_before_anything_starts(tmp_path: Path, var: str, value: str,
+                                                                  expected: str) -> None:
+    stack = tmp_path / "stack"
+    proc = subprocess.run(CLI + ["stack", "up", "--dir", str(stack), "--pg-port", "0", "--mlflow-port", "0"],
+                          env=_clean_env(**{var: value}), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and var in lines[0] and expected in lines[0], proc.stderr
+    assert value.strip() not in proc.stderr or len(value.strip()) < 6
+    assert not (stack / "postgres").exists() and not (stack / "secrets.env").exists()
+
+
+def test_secret_files_are_read_and_a_conflict_is_refused(tmp_path: Path, no_secret_env: None,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from siamese_core.errors import ConfigError
+    from sweeps.secrets import read_secret_files
+
+    secret = tmp_path / "pw"
+    secret.write_text("from-a-file-0123\n")
+    env = {"MLFLOW_ADMIN_PASSWORD_FILE": str(secret)}
+    assert read_secret_files(env) == ["MLFLOW_ADMIN_PASSWORD"] and env["MLFLOW_ADMIN_PASSWORD"] == "from-a-file-0123"
+    with pytest.raises(ConfigError, match="not both"):
+        read_secret_files({"OPTUNA_STORAGE": "sqlite:///a.db", "OPTUNA_STORAGE_FILE": str(secret)})
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_secret_files({"OPTUNA_STORAGE_FILE": str(tmp_path / "missing")})
+    monkeypatch.setenv("MLFLOW_ADMIN_PASSWORD_FILE", str(secret))
+    assert load_or_create_secrets(tmp_path)["MLFLOW_ADMIN_PASSWORD"] == "from-a-file-0123"
+
+
+# ---------------------------------------------------------------- a real detached stack
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _http(url: str, *, method: str = "GET", auth: tuple[str, str] | None = None,
+          body: dict | None = None) -> int:
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = _basic(*auth)
+    req = urllib.request.Request(url, method=method, headers=headers,
+                                 data=json.dumps(body).encode() if body is not None else None)
     try:
-        deadline = time.monotonic() + 240
-        assert proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            out.append(line)
-            if "Ctrl-C stops both" in line:
-                break
-        text = "".join(out)
-        assert "Ctrl-C stops both" in text, text
-
-        secrets = dict(ln.split("=", 1) for ln in (stack / "secrets.env").read_text().split())
-        for value in secrets.values():
-            assert value not in text, "a password was printed"
-        client_env = stack / "client.env"
-        assert client_env.stat().st_mode & 0o777 == 0o600
-        probe = (
-            "import os, psycopg2, urllib.request as u\n"
-            "from sqlalchemy.engine import make_url\n"
-            "url = make_url(os.environ['OPTUNA_STORAGE'])\n"
-            "psycopg2.connect(host=url.host, port=url.port, user=url.username,\n"
-            "                 password=url.password, dbname=url.database).close()\n"
-            "u.urlopen(os.environ['MLFLOW_TRACKING_URI'] + '/health')\n"
-        )
-        check = subprocess.run(
-            ["bash", "-c", f'source {client_env} && exec "$0" -c "$1"', sys.executable, probe],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        assert check.returncode == 0, check.stderr
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            rest, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            rest, _ = proc.communicate()
-        leftovers = [pid for pid, cmd in _cmdlines().items() if str(stack) in cmd]
-        shutil.rmtree(stack, ignore_errors=True)
-    assert proc.returncode == 0, "".join(out) + rest
-    assert "stopping" in rest
-    assert leftovers == [], "servers outlived the CLI"
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def _cmdlines() -> dict[int, str]:
@@ -94,3 +132,161 @@ def _cmdlines() -> dict[int, str]:
         with contextlib.suppress(OSError):
             out[int(pid)] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     return out
+
+
+@pytest.fixture(scope="module")
+def detached_stack(postgres_server: object) -> Iterator[Path]:
+    """``stack up --detach --dashboard`` once for this module; ``stack down`` at the end.
+
+    postgres_server: only for its skip/fail-when-binaries-are-missing logic. Not pytest's tmp_path: as root
+    the cluster runs as 'postgres', which can't enter 0700 pytest dirs.
+    """
+    stack = Path(tempfile.mkdtemp(prefix="sweeps-stack-test-"))
+    os.chmod(stack, 0o755)
+    up = subprocess.run(CLI + ["stack", "up", "--detach", "--dashboard", "--dir", str(stack / "s"), "--pg-port", "0",
+                               "--mlflow-port", "0", "--dashboard-port", "0"],
+                        env=_clean_env(), capture_output=True, text=True, timeout=400)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "stack down" in up.stdout
+        yield stack / "s"
+    finally:
+        down = subprocess.run(CLI + ["stack", "down", "--dir", str(stack / "s")], env=_clean_env(),
+                              capture_output=True, text=True, timeout=200)
+        leftovers = [pid for pid, cmd in _cmdlines().items() if str(stack) in cmd]
+        shutil.rmtree(stack, ignore_errors=True)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert leftovers == [], "servers outlived 'stack down'"
+
+
+def _env_of(path: Path) -> dict[str, str]:
+    return read_env_file(path)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_status_reports_the_detached_stack_and_no_password_is_printed(detached_stack: Path) -> None:
+    out = subprocess.run(CLI + ["stack", "status", "--dir", str(detached_stack), "--json"], env=_clean_env(),
+                         capture_output=True, text=True, timeout=60)
+    info = json.loads(out.stdout)
+    assert out.returncode == 0 and info["running"] and info["mlflow_healthy"] and info["dashboard"]
+    text = (detached_stack / "stack.log").read_text() + out.stdout
+    for value in read_env_file(detached_stack / "secrets.env").values():
+        assert value not in text, "a password was printed"
+    for name in ("client.env", "admin.env", "secrets.env"):
+        assert (detached_stack / name).stat().st_mode & 0o777 == 0o600
+    secrets_ = read_env_file(detached_stack / "secrets.env").values()
+    assert not [cmd for cmd in _cmdlines().values() if any(v in cmd for v in secrets_)], "a password is in argv"
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_the_workers_database_role_reaches_only_the_optuna_database(detached_stack: Path) -> None:
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    url = make_url(_env_of(detached_stack / "client.env")["OPTUNA_STORAGE"])
+    assert url.username == "optuna"
+
+    def connect(db: str) -> None:
+        psycopg2.connect(host=url.host, port=url.port, user=url.username, password=url.password, dbname=db,
+                         connect_timeout=10).close()
+
+    connect("optuna")
+    for db in ("mlflow", "mlflow_auth", "postgres"):
+        with pytest.raises(psycopg2.OperationalError, match="permission denied"):
+            connect(db)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_workers_log_as_a_non_admin_mlflow_user(detached_stack: Path) -> None:
+    worker, admin = _env_of(detached_stack / "client.env"), _env_of(detached_stack / "admin.env")
+    base = worker["MLFLOW_TRACKING_URI"]
+    w_auth = (worker["MLFLOW_TRACKING_USERNAME"], worker["MLFLOW_TRACKING_PASSWORD"])
+    a_auth = (admin["MLFLOW_TRACKING_USERNAME"], admin["MLFLOW_TRACKING_PASSWORD"])
+    assert w_auth[0] == "sweeps-worker" and w_auth != a_auth
+    assert _http(f"{base}/api/2.0/mlflow/experiments/create", method="POST", auth=a_auth,
+                 body={"name": "operators-experiment"}) == 200
+    admins = json.loads(urllib.request.urlopen(urllib.request.Request(
+        f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=operators-experiment",
+        headers={"Authorization": _basic(*a_auth)}), timeout=30).read())["experiment"]["experiment_id"]
+    # what a sweep needs works; what it does not need is refused
+    assert _http(f"{base}/api/2.0/mlflow/experiments/create", method="POST", auth=w_auth,
+                 body={"name": "workers-experiment"}) == 200
+    assert _http(f"{base}/api/2.0/mlflow/users/create", method="POST", auth=w_auth,
+                 body={"username": "intruder", "password": "intruder-password-123"}) == 403
+    assert _http(f"{base}/api/2.0/mlflow/experiments/delete", method="POST", auth=w_auth,
+                 body={"experiment_id": admins}) == 403
+    assert _http(f"{base}/api/2.0/mlflow/users/update-admin", method="PATCH", auth=w_auth,
+                 body={"username": "sweeps-worker", "is_admin": True}) == 403
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_sweep_runs_with_only_the_workers_credentials(detached_stack: Path, tmp_path: Path) -> None:
+    import yaml
+
+    spec = {"base": {"dataset": "digits", "epochs": 1, "batch_size": 64, "encoder": {"depth": 1, "width": 8},
+                     "pairs": {"pairs_per_epoch": 320, "val_pairs": 100, "test_pairs": 100}},
+            "search_space": {"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+            "study": {"name": "least-privilege", "trials": 1, "pruner": "none"}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    env = _clean_env(**_env_of(detached_stack / "client.env"))
+    proc = subprocess.run(CLI + ["run", str(tmp_path / "spec.yaml"), "--quiet", "--json"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["counts"]["COMPLETE"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_the_dashboard_needs_a_password_and_is_read_only(detached_stack: Path) -> None:
+    state = json.loads((detached_stack / "stack.json").read_text())
+    url, password = state["dashboard"], _env_of(detached_stack / "admin.env")["SIAMESE_SWEEP_DASHBOARD_PASSWORD"]
+    assert _http(f"{url}/api/studies") == 401
+    assert _http(f"{url}/api/studies", auth=("optuna", "wrong-password")) == 401
+    assert _http(f"{url}/api/studies", auth=("optuna", password)) == 200
+    assert _http(f"{url}/api/studies/0", method="DELETE", auth=("optuna", password)) == 403
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_up_in_the_foreground_stops_on_ctrl_c_and_keeps_a_quote_ending_password(postgres_server: object) -> None:
+    """Two starts of the same --dir: the saved password (ending in a quote) still lets clients in."""
+    stack = Path(tempfile.mkdtemp(prefix="sweeps-stack-test-"))
+    os.chmod(stack, 0o755)
+    try:
+        for attempt, env in enumerate((_clean_env(MLFLOW_ADMIN_PASSWORD="admin-password-ends-with'"), _clean_env())):
+            proc = subprocess.Popen(CLI + ["stack", "up", "--dir", str(stack), "--pg-port", "0", "--mlflow-port", "0"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                    start_new_session=True)
+            out: list[str] = []
+            try:
+                deadline = time.monotonic() + 240
+                assert proc.stdout is not None
+                while time.monotonic() < deadline:
+                    line = proc.stdout.readline()
+                    if not line:
+                        break
+                    out.append(line)
+                    if "Ctrl-C stops the stack" in line:
+                        break
+                assert "Ctrl-C stops the stack" in "".join(out), "".join(out)
+                admin = read_env_file(stack / "admin.env")
+                assert admin["MLFLOW_TRACKING_PASSWORD"] == "admin-password-ends-with'"
+                assert _http(f"{admin['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search?max_results=1",
+                             auth=(admin["MLFLOW_TRACKING_USERNAME"], admin["MLFLOW_TRACKING_PASSWORD"])) == 200, attempt
+            finally:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    rest, _ = proc.communicate(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    rest, _ = proc.communicate()
+            assert proc.returncode == 0, "".join(out) + rest
+            assert "stopping" in rest
+    finally:
+        leftovers = [pid for pid, cmd in _cmdlines().items() if str(stack) in cmd]
+        shutil.rmtree(stack, ignore_errors=True)
+    assert leftovers == [], "servers outlived the CLI"

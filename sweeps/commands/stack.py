@@ -1,0 +1,48 @@
+"""``stack up|down|status`` (PostgreSQL + MLflow server without Docker) and ``dashboard`` (optuna-dashboard)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..cli import EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from ..stack.cli import add_parsers
+
+    add_parsers(sub)
+    d = sub.add_parser("dashboard", help="optuna-dashboard on a study's storage: password-guarded, read-only",
+                       description="Serve optuna-dashboard for OPTUNA_STORAGE (or OPTUNA_STORAGE_FILE, or --spec's "
+                                   "storage). The storage URL never goes on a command line.")
+    d.add_argument("spec", nargs="?", help="sweep spec YAML (for its storage, when OPTUNA_STORAGE is not set)")
+    d.add_argument("--host", default="127.0.0.1", help="bind address; default 127.0.0.1")
+    d.add_argument("--port", type=int, default=8080, help="port (0 = any free port); default 8080")
+    d.add_argument("--user", default="optuna", help="basic-auth user name; default optuna")
+    d.add_argument("--allow-writes", action="store_true",
+                   help="let the dashboard change studies (notes, deletions); default read-only")
+    d.set_defaults(handler=cmd_dashboard)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from ..dashboard import dashboard_password, make_app, serve
+
+    storage = os.environ.get("OPTUNA_STORAGE")
+    if not storage:
+        from ..spec import load_spec
+        from ..specs import resolve_spec_path
+
+        storage = load_spec(resolve_spec_path(args.spec)).study.storage
+    password, path = dashboard_password()
+    app = make_app(storage, username=args.user, password=password, allow_writes=args.allow_writes)
+
+    def ready(url: str) -> None:
+        where = f"the password is in {path} (0600)" if path else "password from SIAMESE_SWEEP_DASHBOARD_PASSWORD"
+        mode = "read-write" if args.allow_writes else "read-only"
+        print(f"optuna-dashboard at {url} ({mode}; user {args.user!r}, {where}); Ctrl-C stops it", flush=True)
+
+    try:
+        serve(app, host=args.host, port=args.port, ready=ready)
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    return EXIT_OK

@@ -1,0 +1,101 @@
+"""``siamese-sweep dashboard``: optuna-dashboard on a study's storage, behind a password and read-only.
+
+optuna-dashboard has no authentication of its own: on a shared machine any local user who can reach its
+port can delete studies (an HTTP ``DELETE`` answered 204). Here its WSGI app is wrapped so that
+
+* the storage URL (with its database password) comes from the environment (``OPTUNA_STORAGE`` or
+  ``OPTUNA_STORAGE_FILE``), never from argv, where ``ps`` would show it;
+* every request needs HTTP basic auth (``SIAMESE_SWEEP_DASHBOARD_PASSWORD`` or ``..._FILE``; when neither
+  is set a password is generated and written to a 0600 file whose *path* is printed);
+* only ``GET``/``HEAD`` pass unless ``--allow-writes`` is given (notes, deletions and trial edits
+  change the study that workers are running).
+"""
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+import os
+import secrets
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PASSWORD_ENV = "SIAMESE_SWEEP_DASHBOARD_PASSWORD"
+DEFAULT_USER = "optuna"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+REALM = "siamese-sweep dashboard"
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class GuardedApp:
+    """WSGI middleware: basic auth for every request; writes only when allowed."""
+
+    def __init__(self, app: WSGIApp, *, username: str, password: str, allow_writes: bool = False) -> None:
+        if not password:
+            raise ValueError("a dashboard password is required")
+        self.app = app
+        self._expected = base64.b64encode(f"{username}:{password}".encode()).decode()
+        self.allow_writes = allow_writes
+
+    def _authorised(self, environ: dict[str, Any]) -> bool:
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        scheme, _, token = header.partition(" ")
+        return scheme.lower() == "basic" and hmac.compare_digest(token.strip().encode(), self._expected.encode())
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not self._authorised(environ):
+            start_response("401 Unauthorized", [("WWW-Authenticate", f'Basic realm="{REALM}"'),
+                                                ("Content-Type", "text/plain")])
+            return [b"authentication required\n"]
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        if method not in SAFE_METHODS and not self.allow_writes:
+            start_response("403 Forbidden", [("Content-Type", "text/plain")])
+            return [b"read-only dashboard: restart it with --allow-writes to change studies\n"]
+        return self.app(environ, start_response)
+
+
+def dashboard_password(*, state_dir: Path | None = None) -> tuple[str, Path | None]:
+    """The password from the environment, else a new one written to a 0600 file (returned with its path)."""
+    value = os.environ.get(PASSWORD_ENV)
+    if value:
+        return value, None
+    directory = state_dir or Path(tempfile.mkdtemp(prefix="siamese-dashboard-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "dashboard.password"
+    if path.exists():
+        return path.read_text().strip(), path
+    value = secrets.token_urlsafe(18)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    return value, path
+
+
+def make_app(storage_url: str, *, username: str, password: str, allow_writes: bool = False) -> GuardedApp:
+    """optuna-dashboard's WSGI app on `storage_url`, guarded."""
+    import optuna_dashboard
+
+    from .storage import make_storage
+
+    return GuardedApp(optuna_dashboard.wsgi(make_storage(storage_url)), username=username, password=password,
+                      allow_writes=allow_writes)
+
+
+def serve(app: WSGIApp, *, host: str, port: int, ready: Callable[[str], None] | None = None) -> None:
+    """Serve `app` until interrupted (wsgiref, like optuna-dashboard's own ``run_server``)."""
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+            log.debug("dashboard: " + format, *args)
+
+    with make_server(host, port, app, handler_class=QuietHandler) as server:
+        url = f"http://{host}:{server.server_port}"
+        if ready is not None:
+            ready(url)
+        server.serve_forever()
