@@ -1,26 +1,43 @@
 #!/usr/bin/env python3
-"""Entrypoint for the compose services: ``entrypoint.py {mlflow|dashboard|worker} [ARGS...]``.
+"""Entrypoint for the compose services: ``entrypoint.py {mlflow|mlflow-users|dashboard|worker} [ARGS...]``.
 
-Why a script rather than a ``command:`` line: credentials arrive as separate
-variables from ``.env`` and must be URL-quoted into database URLs, written to
-0600 config files (MLflow auth ini, optuna-dashboard TOML) instead of argv, and
-rejected clearly when missing or still the ``change-me`` placeholder.
-Standard library only: the mlflow and dashboard images don't contain the project.
+Why a script rather than a ``command:`` line: credentials arrive as separate variables (or ``NAME_FILE``
+files, as Docker/Kubernetes secrets) and must be URL-quoted into database URLs, written to 0600 config files
+(the MLflow auth ini) instead of argv, and rejected clearly when missing or still the ``change-me``
+placeholder. Least privilege: each service gets only its own credentials —
+
+* ``mlflow``: the ``mlflow`` and ``mlflow_auth`` database roles, the MLflow admin password;
+* ``mlflow-users`` (one-shot): the admin password, to create the workers' non-admin MLflow user;
+* ``dashboard``/``worker``: the ``optuna`` database role (+ the workers' MLflow user); never the PostgreSQL
+  superuser, never the MLflow admin.
+
+Standard library only (plus ``mlflow_auth``, copied next to this file in the MLflow image): that image does
+not contain the project.
 """
 
 from __future__ import annotations
 
-import configparser
-import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote
 
+try:  # the worker image has the project installed
+    from sweeps.stack.mlflow_auth import AuthConfigError, auth_ini_text, ensure_user
+except ImportError:  # the MLflow image: a copy beside this file
+    from mlflow_auth import AuthConfigError, auth_ini_text, ensure_user  # type: ignore[no-redef]
+
 PLACEHOLDER_PREFIX = "change-me"
-MIN_MLFLOW_PASSWORD = 12  # mlflow.utils.validation._validate_password
+# database -> (role, the variable holding its password)
+DATABASES = {
+    "optuna": ("optuna", "OPTUNA_DB_PASSWORD"),
+    "mlflow": ("mlflow", "MLFLOW_DB_PASSWORD"),
+    "mlflow_auth": ("mlflow_auth", "MLFLOW_AUTH_DB_PASSWORD"),
+}
+DEFAULT_WORKER_USER = "sweeps-worker"
 
 
 class ConfigError(SystemExit):
@@ -28,8 +45,15 @@ class ConfigError(SystemExit):
         super().__init__(f"entrypoint: {message}")
 
 
-def require(env: Mapping[str, str], name: str) -> str:
+def secret(env: Mapping[str, str], name: str) -> str:
+    """`name` from the environment, or from the file named by ``NAME_FILE``; refused if missing or a placeholder."""
     value = env.get(name, "")
+    path = env.get(name + "_FILE", "")
+    if not value and path:
+        try:
+            value = Path(path).read_text().removesuffix("\n")
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
     if not value:
         raise ConfigError(f"{name} is not set; copy .env.example to .env and fill it in")
     if value.lower().startswith(PLACEHOLDER_PREFIX):
@@ -38,13 +62,13 @@ def require(env: Mapping[str, str], name: str) -> str:
 
 
 def pg_url(env: Mapping[str, str], database: str, *, driver: str = "psycopg2") -> str:
-    """``postgresql+psycopg2://user:pw@host:port/db`` with user and password URL-quoted."""
-    user = quote(env.get("POSTGRES_USER") or "sweeps", safe="")
-    password = quote(require(env, "POSTGRES_PASSWORD"), safe="")
+    """``postgresql+psycopg2://ROLE:pw@host:port/DATABASE`` as the database's own role, credentials URL-quoted."""
+    role, password_var = DATABASES[database]
+    password = quote(secret(env, password_var), safe="")
     host = env.get("POSTGRES_HOST") or "postgres"
     port = env.get("POSTGRES_PORT_INTERNAL") or "5432"
     scheme = f"postgresql+{driver}" if driver else "postgresql"
-    return f"{scheme}://{user}:{password}@{host}:{port}/{database}"
+    return f"{scheme}://{quote(role, safe='')}:{password}@{host}:{port}/{database}"
 
 
 def _private_file(directory: Path, name: str, text: str) -> Path:
@@ -56,43 +80,29 @@ def _private_file(directory: Path, name: str, text: str) -> Path:
     return path
 
 
-def _ini_value(name: str, value: str) -> str:
-    if "\n" in value or "\r" in value or value != value.strip():
-        raise ConfigError(f"{name} must not contain newlines or surrounding whitespace")
-    return value.replace("%", "%%")  # mlflow reads the ini with BasicInterpolation
-
-
-def mlflow_auth_ini(env: Mapping[str, str]) -> str:
-    """MLflow 3.17 basic-auth ini (format of mlflow/server/auth/basic_auth.ini)."""
-    password = require(env, "MLFLOW_ADMIN_PASSWORD")
-    if len(password) < MIN_MLFLOW_PASSWORD:
-        raise ConfigError(f"MLFLOW_ADMIN_PASSWORD must be at least {MIN_MLFLOW_PASSWORD} characters")
-    values = {
-        "default_permission": env.get("MLFLOW_DEFAULT_PERMISSION") or "READ",
-        "database_uri": pg_url(env, env.get("MLFLOW_AUTH_DB") or "mlflow_auth"),
-        "admin_username": env.get("MLFLOW_ADMIN_USERNAME") or "admin",
-        "admin_password": password,
-        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
-        "grant_default_workspace_access": "false",
-        "auth_cache_ttl_seconds": env.get("MLFLOW_AUTH_CACHE_TTL_SECONDS") or "60",
-    }
-    text = "[mlflow]\n" + "".join(f"{k} = {_ini_value(k, v)}\n" for k, v in values.items())
-    parsed = configparser.ConfigParser()
-    parsed.read_string(text)
-    assert parsed["mlflow"]["admin_password"] == password
-    return text
+def _scrub(env: Mapping[str, str]) -> dict[str, str]:
+    """The child's environment without any secret it does not need (the caller adds back what it does)."""
+    names = [*(v for _, v in DATABASES.values()), "POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_WORKER_PASSWORD",
+             "MLFLOW_FLASK_SERVER_SECRET_KEY", "SIAMESE_SWEEP_DASHBOARD_PASSWORD"]
+    drop = set(names) | {n + "_FILE" for n in names}
+    return {k: v for k, v in env.items() if k not in drop}
 
 
 def mlflow_command(env: Mapping[str, str], config_dir: Path) -> tuple[list[str], dict[str, str]]:
-    child = dict(env)
-    child["MLFLOW_FLASK_SERVER_SECRET_KEY"] = require(env, "MLFLOW_FLASK_SERVER_SECRET_KEY")
-    child["MLFLOW_BACKEND_STORE_URI"] = pg_url(env, env.get("MLFLOW_DB") or "mlflow")
-    child["MLFLOW_AUTH_CONFIG_PATH"] = str(_private_file(config_dir, "basic_auth.ini", mlflow_auth_ini(env)))
+    try:
+        ini = auth_ini_text(admin_username=env.get("MLFLOW_ADMIN_USERNAME") or "admin",
+                            admin_password=secret(env, "MLFLOW_ADMIN_PASSWORD"),
+                            database_uri=pg_url(env, "mlflow_auth"),
+                            default_permission=env.get("MLFLOW_DEFAULT_PERMISSION") or "READ",
+                            auth_cache_ttl_seconds=int(env.get("MLFLOW_AUTH_CACHE_TTL_SECONDS") or 60))
+    except AuthConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    child = _scrub(env)
+    child["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secret(env, "MLFLOW_FLASK_SERVER_SECRET_KEY")
+    child["MLFLOW_BACKEND_STORE_URI"] = pg_url(env, "mlflow")
+    child["MLFLOW_AUTH_CONFIG_PATH"] = str(_private_file(config_dir, "basic_auth.ini", ini))
     child.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    # These would override the ini; the ini is the single source.
-    for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"):
-        child.pop(name, None)
-    for name in ("MLFLOW_ADMIN_PASSWORD", "POSTGRES_PASSWORD"):  # now in the ini / URL only
+    for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"):  # would override the ini
         child.pop(name, None)
     argv = [
         "mlflow", "server",
@@ -106,23 +116,45 @@ def mlflow_command(env: Mapping[str, str], config_dir: Path) -> tuple[list[str],
     return argv, child
 
 
-def dashboard_command(env: Mapping[str, str], config_dir: Path) -> tuple[list[str], dict[str, str]]:
-    storage = env.get("OPTUNA_STORAGE") or pg_url(env, env.get("OPTUNA_DB") or "optuna")
-    toml = f"[optuna_dashboard]\nstorage = {json.dumps(storage)}\n"  # a JSON string is a valid TOML basic string
-    path = _private_file(config_dir, "optuna-dashboard.toml", toml)
-    child = {k: v for k, v in env.items() if k not in ("POSTGRES_PASSWORD", "OPTUNA_STORAGE")}
+def create_worker_user(env: Mapping[str, str], *, timeout_s: float = 300.0) -> str:
+    """Wait for the MLflow server, then create (or re-password) the workers' non-admin user; returns its name."""
+    import urllib.request
+
+    url = env.get("MLFLOW_URL") or "http://mlflow:5000"
+    username = env.get("MLFLOW_WORKER_USERNAME") or DEFAULT_WORKER_USER
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=5):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise ConfigError(f"MLflow at {url} did not answer within {timeout_s:.0f} s") from None
+            time.sleep(2)
+    try:
+        ensure_user(url, admin_username=env.get("MLFLOW_ADMIN_USERNAME") or "admin",
+                    admin_password=secret(env, "MLFLOW_ADMIN_PASSWORD"), username=username,
+                    password=secret(env, "MLFLOW_WORKER_PASSWORD"))
+    except AuthConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    return username
+
+
+def dashboard_command(env: Mapping[str, str], extra: list[str]) -> tuple[list[str], dict[str, str]]:
+    """`siamese-sweep dashboard`: password-guarded and read-only; storage and password via the environment."""
+    child = _scrub(env)
+    child["OPTUNA_STORAGE"] = env.get("OPTUNA_STORAGE") or pg_url(env, "optuna")
+    child["SIAMESE_SWEEP_DASHBOARD_PASSWORD"] = secret(env, "SIAMESE_SWEEP_DASHBOARD_PASSWORD")
     port = env.get("OPTUNA_DASHBOARD_PORT_INTERNAL") or "8080"
-    argv = ["optuna-dashboard", "--from-config", str(path), "--host", "0.0.0.0", "--port", port]
-    return argv, child
+    return ["siamese-sweep", "dashboard", "--host", "0.0.0.0", "--port", port, *extra], child
 
 
 def worker_command(env: Mapping[str, str], extra: list[str]) -> tuple[list[str], dict[str, str]]:
-    child = dict(env)
-    storage = env.get("OPTUNA_STORAGE") or pg_url(env, env.get("OPTUNA_DB") or "optuna")
-    child["OPTUNA_STORAGE"] = storage
-    child.pop("POSTGRES_PASSWORD", None)
+    child = _scrub(env)
+    child["OPTUNA_STORAGE"] = env.get("OPTUNA_STORAGE") or pg_url(env, "optuna")
     child["MLFLOW_TRACKING_URI"] = env.get("MLFLOW_TRACKING_URI") or "http://mlflow:5000"
-    require(env, "MLFLOW_TRACKING_PASSWORD")
+    child["MLFLOW_TRACKING_USERNAME"] = env.get("MLFLOW_WORKER_USERNAME") or DEFAULT_WORKER_USER
+    child["MLFLOW_TRACKING_PASSWORD"] = secret(env, "MLFLOW_WORKER_PASSWORD")
     # Empty SWEEP_SPEC = the built-in quickstart spec; empty SWEEP_STUDY = the spec's study.name.
     # URLs travel in the environment (the CLI reads OPTUNA_STORAGE / MLFLOW_TRACKING_URI): argv is visible in `ps`.
     argv = ["siamese-sweep", "worker", *([env["SWEEP_SPEC"]] if env.get("SWEEP_SPEC") else [])]
@@ -133,17 +165,20 @@ def worker_command(env: Mapping[str, str], extra: list[str]) -> tuple[list[str],
 
 
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] not in ("mlflow", "dashboard", "worker"):
-        raise ConfigError("usage: entrypoint.py {mlflow|dashboard|worker} [extra args]")
+    roles = ("mlflow", "mlflow-users", "dashboard", "worker")
+    if not argv or argv[0] not in roles:
+        raise ConfigError(f"usage: entrypoint.py {{{'|'.join(roles)}}} [extra args]")
     role, extra = argv[0], argv[1:]
     env = dict(os.environ)
-    config_dir = Path(env.get("STACK_CONFIG_DIR") or tempfile.mkdtemp(prefix=f"{role}-"))
+    if role == "mlflow-users":
+        print(f"entrypoint: MLflow user {create_worker_user(env)!r} is ready", flush=True)
+        return
     if role == "mlflow":
+        config_dir = Path(env.get("STACK_CONFIG_DIR") or tempfile.mkdtemp(prefix="mlflow-"))
         cmd, child = mlflow_command(env, config_dir)
         cmd += extra
     elif role == "dashboard":
-        cmd, child = dashboard_command(env, config_dir)
-        cmd += extra
+        cmd, child = dashboard_command(env, extra)
     else:
         cmd, child = worker_command(env, extra)
     sys.stdout.flush()

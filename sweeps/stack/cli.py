@@ -35,7 +35,8 @@ from siamese_core.errors import ConfigError
 
 from sweeps.secrets import mask_url, read_secret_files
 from sweeps.stack._process import ServerStartError, port_is_free
-from sweeps.stack.mlflow_server import MIN_PASSWORD_LENGTH, MlflowServer, ensure_user
+from sweeps.stack.mlflow_auth import MIN_PASSWORD_LENGTH, AuthConfigError, ensure_user
+from sweeps.stack.mlflow_server import MlflowServer
 from sweeps.stack.postgres import PostgresServer
 
 # name -> what it protects; all generated with secrets.token_urlsafe(24) unless given
@@ -225,7 +226,7 @@ def up(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
-    except ServerStartError as e:
+    except (ServerStartError, AuthConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:

@@ -10,7 +10,6 @@ password in a 0600 auth ini referenced by ``MLFLOW_AUTH_CONFIG_PATH``.
 from __future__ import annotations
 
 import atexit
-import configparser
 import os
 import secrets
 import shutil
@@ -26,8 +25,9 @@ from types import TracebackType
 
 from sweeps.secrets import mask_url
 from sweeps.stack._process import ServerStartError, free_port, port_is_free, terminate_tree, wait_until
+from sweeps.stack.mlflow_auth import MIN_PASSWORD_LENGTH, ensure_user, write_auth_ini
 
-__all__ = ["MlflowServer", "write_auth_ini"]
+__all__ = ["MIN_PASSWORD_LENGTH", "MlflowServer", "ensure_user", "write_auth_ini"]
 
 # Variables of the parent that would silently override what we configure for the child.
 _SCRUBBED_ENV = (
@@ -43,62 +43,6 @@ _SCRUBBED_ENV = (
     "MLFLOW_DEFAULT_ARTIFACT_ROOT",
     "MLFLOW_REGISTRY_STORE_URI",
 )
-MIN_PASSWORD_LENGTH = 12  # mlflow.utils.validation._validate_password
-
-
-def _ini_value(name: str, value: str) -> str:
-    """Escape for ConfigParser's BasicInterpolation, which mlflow's reader uses."""
-    if "\n" in value or "\r" in value or value != value.strip():
-        raise ValueError(f"{name} must not contain newlines or surrounding whitespace")
-    return value.replace("%", "%%")
-
-
-def write_auth_ini(
-    path: Path,
-    *,
-    admin_username: str,
-    admin_password: str,
-    database_uri: str,
-    default_permission: str = "READ",
-    auth_cache_ttl_seconds: int = 60,
-) -> Path:
-    """Write MLflow's basic-auth config (mlflow/server/auth/basic_auth.ini format), mode 0600.
-
-    ``admin_password`` only bootstraps the admin user on an empty auth DB; MLflow
-    3.17 ships no default password and refuses ``password1234``.
-    """
-    if len(admin_password) < MIN_PASSWORD_LENGTH:
-        raise ValueError(f"MLflow requires admin passwords of at least {MIN_PASSWORD_LENGTH} characters")
-    if default_permission not in {"READ", "EDIT", "MANAGE", "NO_PERMISSIONS"}:
-        raise ValueError(
-            "Expected default_permission in READ, EDIT, MANAGE, NO_PERMISSIONS, "
-            f"received: default_permission={default_permission!r}"
-        )
-    lines = [
-        "[mlflow]",
-        f"default_permission = {default_permission}",
-        f"database_uri = {_ini_value('database_uri', database_uri)}",
-        f"admin_username = {_ini_value('admin_username', admin_username)}",
-        f"admin_password = {_ini_value('admin_password', admin_password)}",
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
-        "grant_default_workspace_access = false",
-        # PBKDF2 per request costs ~0.3 s on 2 cores; cache verified credentials (1 worker: no staleness).
-        f"auth_cache_ttl_seconds = {int(auth_cache_ttl_seconds)}",
-        "",
-    ]
-    path = Path(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(lines))
-    os.chmod(path, 0o600)
-    # Round-trip through the parser MLflow uses, so a bad value fails here, not in the server.
-    parsed = configparser.ConfigParser()
-    parsed.read(path)
-    if parsed["mlflow"]["admin_password"] != admin_password or parsed["mlflow"]["database_uri"] != database_uri:
-        raise ValueError("auth ini did not round-trip through configparser")
-    return path
-
-
 class MlflowServer:
     """Start, stop and restart one ``mlflow server`` (uvicorn) process tree.
 
@@ -344,45 +288,3 @@ def wait_port_free(port: int, host: str, timeout: float = 15.0) -> bool:
         return False
     return True
 
-
-def _auth_request(url: str, path: str, *, username: str, password: str, method: str = "GET",
-                  body: dict[str, object] | None = None, timeout: float = 30.0) -> tuple[int, bytes]:
-    """One call to MLflow's basic-auth REST API (``/api/2.0/mlflow/users/...``) as `username`."""
-    import base64
-    import json
-
-    token = base64.b64encode(f"{username}:{password}".encode()).decode()
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url.rstrip("/") + path, data=data, method=method,
-                                 headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def ensure_user(url: str, *, admin_username: str, admin_password: str, username: str, password: str) -> bool:
-    """Create the non-admin MLflow user `username` (or reset its password); True when it was created.
-
-    Workers log as this user, not as the admin: they can create experiments and runs and read the others',
-    but cannot create users or delete experiments they did not create (403) — the server refuses.
-    """
-    from urllib.parse import quote
-
-    admin = {"username": admin_username, "password": admin_password}
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise ValueError(f"MLflow requires passwords of at least {MIN_PASSWORD_LENGTH} characters")
-    status, _ = _auth_request(url, f"/api/2.0/mlflow/users/get?username={quote(username)}", **admin)
-    if status == 200:
-        status, body = _auth_request(url, "/api/2.0/mlflow/users/update-password", method="PATCH",
-                                     body={"username": username, "password": password}, **admin)
-        created = False
-    else:
-        status, body = _auth_request(url, "/api/2.0/mlflow/users/create", method="POST",
-                                     body={"username": username, "password": password}, **admin)
-        created = True
-    if status != 200:
-        raise ServerStartError(f"could not {'create' if created else 'update'} MLflow user {username!r}: HTTP {status} "
-                               f"{body[:200].decode(errors='replace')}")
-    return created

@@ -51,7 +51,9 @@ needs_compose = pytest.mark.skipif(not _compose_available(), reason="docker comp
 def test_env_example_holds_only_placeholders() -> None:
     values = _env_example()
     secrets = {k: v for k, v in values.items() if SECRET_NAME.search(k)}
-    assert {"POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"} <= set(secrets)
+    assert {"POSTGRES_PASSWORD", "OPTUNA_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "MLFLOW_AUTH_DB_PASSWORD",
+            "MLFLOW_ADMIN_PASSWORD", "MLFLOW_WORKER_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+            "SIAMESE_SWEEP_DASHBOARD_PASSWORD"} <= set(secrets)
     for key, value in secrets.items():
         assert value.startswith("change-me"), f"{key} must be a change-me placeholder, got {value!r}"
     for key, value in values.items():  # nothing random-looking anywhere else either
@@ -88,7 +90,9 @@ def test_compose_structure() -> None:
 
 def test_compose_requires_secrets_from_env() -> None:
     text = COMPOSE.read_text()
-    for var in ("POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+    for var in ("POSTGRES_PASSWORD", "OPTUNA_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "MLFLOW_AUTH_DB_PASSWORD",
+                "MLFLOW_ADMIN_PASSWORD", "MLFLOW_WORKER_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+                "SIAMESE_SWEEP_DASHBOARD_PASSWORD"):
         refs = re.findall(r"\$\{" + var + r"([^}]*)\}", text)
         assert refs, f"{var} not used"
         assert all(r.startswith(":?") for r in refs), f"{var} must be required (${{{var}:?...}}), got {refs}"
@@ -97,12 +101,65 @@ def test_compose_requires_secrets_from_env() -> None:
 
 def test_images_pin_versions() -> None:
     mlflow_df = (ROOT / "docker/mlflow/Dockerfile").read_text()
-    dash_df = (ROOT / "docker/optuna-dashboard/Dockerfile").read_text()
     assert '"mlflow[auth]==3.17.2"' in mlflow_df and "psycopg2-binary==" in mlflow_df
-    assert '"optuna-dashboard==0.21.0"' in dash_df and '"optuna==5.0.0"' in dash_df
+    assert "COPY sweeps/stack/mlflow_auth.py" in mlflow_df, "the MLflow image shares the auth module, no copy of it"
     worker_df = (ROOT / "Dockerfile").read_text()
     assert "python:3.11-slim" in worker_df and 'pip install ".[distributed]"' in worker_df
-    assert (ROOT / "docker/postgres/initdb/10-databases.sql").read_text().count("CREATE DATABASE") == 2
+
+
+def test_least_privilege_in_compose() -> None:
+    """No service but postgres sees the superuser password; workers see neither the MLflow admin nor MLflow's DBs."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+
+    def env_of(name: str) -> str:
+        return " ".join(f"{k}={v}" for k, v in (services[name].get("environment") or {}).items())
+
+    for name in services:
+        if name != "postgres":
+            assert "POSTGRES_PASSWORD" not in env_of(name), name
+    for name in ("worker", "optuna-dashboard"):
+        text = env_of(name)
+        assert "MLFLOW_ADMIN_PASSWORD" not in text and "MLFLOW_DB_PASSWORD" not in text
+        assert "MLFLOW_AUTH_DB_PASSWORD" not in text and "OPTUNA_DB_PASSWORD" in text
+    assert "OPTUNA_DB_PASSWORD" not in env_of("mlflow")
+    assert "MLFLOW_WORKER_PASSWORD" in env_of("worker")
+    assert services["worker"]["depends_on"]["mlflow-users"]["condition"] == "service_completed_successfully"
+
+
+@pytest.mark.postgres
+def test_the_postgres_init_script_makes_one_role_per_database(postgres_server: object, tmp_path: Path) -> None:
+    """docker/postgres/initdb/10-roles.sh run for real (psql as the superuser, as the postgres image runs it)."""
+    import psycopg2
+
+    from sweeps.stack import PostgresServer
+
+    base = Path(__import__("tempfile").mkdtemp(prefix="sweeps-initdb-test-"))
+    passwords = {"OPTUNA_DB_PASSWORD": "o'pw \"x", "MLFLOW_DB_PASSWORD": "m-pw-123", "MLFLOW_AUTH_DB_PASSWORD": "a-pw-456"}
+    (tmp_path / "auth").write_text(passwords["MLFLOW_AUTH_DB_PASSWORD"] + "\n")
+    pg = PostgresServer(user="bootstrap", database="bootstrap", base_dir=base, fsync=False)
+    try:
+        pg.start()
+        env = {"PATH": f"{pg.bin_dir}:{os.environ['PATH']}", "POSTGRES_USER": "postgres", "PGHOST": str(pg._sock_dir),
+               "PGPORT": str(pg.port), "OPTUNA_DB_PASSWORD": passwords["OPTUNA_DB_PASSWORD"],
+               "MLFLOW_DB_PASSWORD": passwords["MLFLOW_DB_PASSWORD"],
+               "MLFLOW_AUTH_DB_PASSWORD_FILE": str(tmp_path / "auth")}
+        res = subprocess.run(["sh", str(ROOT / "docker/postgres/initdb/10-roles.sh")], env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+
+        def connect(role: str, password: str, db: str) -> None:
+            psycopg2.connect(host=pg.host, port=pg.port, user=role, password=password, dbname=db,
+                             connect_timeout=10).close()
+
+        roles = {"optuna": "OPTUNA_DB_PASSWORD", "mlflow": "MLFLOW_DB_PASSWORD", "mlflow_auth": "MLFLOW_AUTH_DB_PASSWORD"}
+        for role, var in roles.items():
+            connect(role, passwords[var], role)
+            for other in (set(roles) | {"postgres"}) - {role}:
+                with pytest.raises(psycopg2.OperationalError, match="permission denied"):
+                    connect(role, passwords[var], other)
+    finally:
+        pg.stop()
+        __import__("shutil").rmtree(base, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ docker compose config
@@ -116,6 +173,7 @@ def test_docker_compose_config_accepts_env_example() -> None:
     assert worker["build"]["dockerfile"] == "Dockerfile"
     assert Path(worker["build"]["context"]).resolve() == ROOT
     assert cfg["services"]["worker"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert cfg["services"]["mlflow"]["build"]["dockerfile"] == "docker/mlflow/Dockerfile"
     assert set(cfg["volumes"]) >= {"pgdata", "mlartifacts"}
 
 

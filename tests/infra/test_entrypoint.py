@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-from sweeps.stack.mlflow_server import write_auth_ini
+from sweeps.stack.mlflow_auth import write_auth_ini
 
 ROOT = Path(__file__).resolve().parents[2]
 NASTY = "p@ss%w0rd:/é 'q\"#;x"  # every character that breaks naive URLs / ini / TOML
@@ -28,14 +28,17 @@ def ep() -> ModuleType:
 
 def _env(**over: str) -> dict[str, str]:
     base = {
-        "POSTGRES_USER": "sweeps",
-        "POSTGRES_PASSWORD": NASTY,
+        "POSTGRES_PASSWORD": "superuser-" + NASTY,
+        "OPTUNA_DB_PASSWORD": NASTY,
+        "MLFLOW_DB_PASSWORD": "mlflow-" + NASTY,
+        "MLFLOW_AUTH_DB_PASSWORD": "auth-" + NASTY,
         "MLFLOW_ADMIN_USERNAME": "admin",
         "MLFLOW_ADMIN_PASSWORD": "adm%in " + NASTY,
+        "MLFLOW_WORKER_PASSWORD": "worker-" + NASTY,
         "MLFLOW_FLASK_SERVER_SECRET_KEY": "k" * 64,
+        "SIAMESE_SWEEP_DASHBOARD_PASSWORD": "dash-" + NASTY,
         "SWEEP_SPEC": "/specs/example.yaml",
         "SWEEP_STUDY": "s1",
-        "MLFLOW_TRACKING_PASSWORD": "adm%in " + NASTY,
     }
     base.update(over)
     return base
@@ -64,13 +67,22 @@ def test_pg_url_quotes_credentials(ep: ModuleType) -> None:
     url = make_url(ep.pg_url(_env(), "optuna"))
     assert url.drivername == "postgresql+psycopg2"
     parts = (url.username, url.password, url.host, url.port, url.database)
-    assert parts == ("sweeps", NASTY, "postgres", 5432, "optuna")
+    assert parts == ("optuna", NASTY, "postgres", 5432, "optuna")
+    assert make_url(ep.pg_url(_env(), "mlflow_auth")).username == "mlflow_auth"
 
 
-@pytest.mark.parametrize("value", ["", "change-me-postgres-password", "CHANGE-ME"])
+@pytest.mark.parametrize("value", ["", "change-me-optuna-db-password", "CHANGE-ME"])
 def test_missing_or_placeholder_secret_is_refused(ep: ModuleType, value: str) -> None:
-    with pytest.raises(SystemExit, match="POSTGRES_PASSWORD"):
-        ep.pg_url(_env(POSTGRES_PASSWORD=value), "optuna")
+    with pytest.raises(SystemExit, match="OPTUNA_DB_PASSWORD"):
+        ep.pg_url(_env(OPTUNA_DB_PASSWORD=value), "optuna")
+
+
+def test_secrets_may_come_from_files(ep: ModuleType, tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text(NASTY + "\n")
+    env = _env(OPTUNA_DB_PASSWORD="", OPTUNA_DB_PASSWORD_FILE=str(tmp_path / "pw"))
+    assert ep.secret(env, "OPTUNA_DB_PASSWORD") == NASTY
+    with pytest.raises(SystemExit, match="OPTUNA_DB_PASSWORD_FILE"):
+        ep.secret(_env(OPTUNA_DB_PASSWORD="", OPTUNA_DB_PASSWORD_FILE=str(tmp_path / "missing")), "OPTUNA_DB_PASSWORD")
 
 
 def test_mlflow_ini_is_read_back_by_mlflow(ep: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,7 +94,9 @@ def test_mlflow_ini_is_read_back_by_mlflow(ep: ModuleType, tmp_path: Path, monke
     assert cfg.database_uri == ep.pg_url(_env(), "mlflow_auth")
     assert cfg.default_permission == "READ"
     assert child["MLFLOW_BACKEND_STORE_URI"] == ep.pg_url(_env(), "mlflow")
-    assert "POSTGRES_PASSWORD" not in child and "MLFLOW_ADMIN_PASSWORD" not in child
+    for name in ("POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "OPTUNA_DB_PASSWORD", "MLFLOW_WORKER_PASSWORD",
+                 "MLFLOW_DB_PASSWORD", "MLFLOW_AUTH_DB_PASSWORD"):
+        assert name not in child, name
     joined = " ".join(argv)
     assert NASTY not in joined and "--app-name basic-auth" in joined and "--serve-artifacts" in joined
 
@@ -92,11 +106,13 @@ def test_short_admin_password_is_refused(ep: ModuleType, tmp_path: Path) -> None
         ep.mlflow_command(_env(MLFLOW_ADMIN_PASSWORD="short"), tmp_path)
 
 
-def test_dashboard_toml_keeps_url_off_argv(ep: ModuleType, tmp_path: Path) -> None:
-    argv, child = ep.dashboard_command(_env(), tmp_path)
-    toml_path = Path(argv[argv.index("--from-config") + 1])
-    assert tomllib.loads(toml_path.read_text())["optuna_dashboard"]["storage"] == ep.pg_url(_env(), "optuna")
-    assert NASTY not in " ".join(argv) and "POSTGRES_PASSWORD" not in child
+def test_dashboard_runs_guarded_with_the_optuna_role_only(ep: ModuleType) -> None:
+    argv, child = ep.dashboard_command(_env(), [])
+    assert argv[:2] == ["siamese-sweep", "dashboard"] and "--allow-writes" not in argv
+    assert child["OPTUNA_STORAGE"] == ep.pg_url(_env(), "optuna")
+    assert child["SIAMESE_SWEEP_DASHBOARD_PASSWORD"] == "dash-" + NASTY
+    assert NASTY not in " ".join(argv)
+    assert not {"POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_WORKER_PASSWORD"} & set(child)
 
 
 def test_worker_command_line(ep: ModuleType) -> None:
@@ -104,11 +120,15 @@ def test_worker_command_line(ep: ModuleType) -> None:
     storage = ep.pg_url(_env(), "optuna")
     assert argv == ["siamese-sweep", "worker", "/specs/example.yaml", "--study", "s1", "--n-trials", "3"]
     assert child["OPTUNA_STORAGE"] == storage and child["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert child["MLFLOW_TRACKING_USERNAME"] == "sweeps-worker"
+    assert child["MLFLOW_TRACKING_PASSWORD"] == "worker-" + NASTY
     assert NASTY not in " ".join(argv), "passwords must stay off the command line"
+    assert not {"POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_DB_PASSWORD", "MLFLOW_AUTH_DB_PASSWORD",
+                "OPTUNA_DB_PASSWORD"} & set(child), "a worker holds only what it needs"
     bare, _ = ep.worker_command(_env(SWEEP_SPEC="", SWEEP_STUDY=""), [])  # quickstart spec, its study name
     assert bare == ["siamese-sweep", "worker"]
-    with pytest.raises(SystemExit, match="MLFLOW_TRACKING_PASSWORD"):
-        ep.worker_command(_env(MLFLOW_TRACKING_PASSWORD=""), [])
+    with pytest.raises(SystemExit, match="MLFLOW_WORKER_PASSWORD"):
+        ep.worker_command(_env(MLFLOW_WORKER_PASSWORD=""), [])
 
 
 def test_write_auth_ini_is_read_back_by_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

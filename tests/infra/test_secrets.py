@@ -113,3 +113,50 @@ def test_filter_masks_args_and_tracebacks() -> None:
     assert "topsecret" not in out
     assert "postgresql://u:***@h/db" in out
     assert "RuntimeError" in out
+
+
+def test_a_config_key_that_merely_contains_token_is_not_masked() -> None:
+    msg = "encoder.token_embedding_dim: Input should be less than or equal to 4096; received: token_embedding_dim=9999"
+    assert mask_secrets(msg) == msg
+    assert mask_secrets("MLFLOW_TRACKING_TOKEN=abc") == "MLFLOW_TRACKING_TOKEN=***"
+
+
+def test_debug_tracebacks_are_masked_too() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OPTUNA_STORAGE"}
+    res = subprocess.run([sys.executable, "-m", "sweeps.cli", "--debug", "status", "--study", "s", "--storage",
+                          "postgresql://user:debug-secret-pw@127.0.0.1:1/db"], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert res.returncode == 1
+    assert "Traceback" in res.stderr and "debug-secret-pw" not in res.stderr, res.stderr[-1500:]
+
+
+def test_dashboard_guard_needs_the_password_and_refuses_writes() -> None:
+    import base64
+
+    from sweeps.dashboard import GuardedApp
+
+    calls: list[str] = []
+
+    def app(environ, start_response):  # a stand-in for optuna-dashboard's WSGI app
+        calls.append(environ["REQUEST_METHOD"])
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    def request(guard: GuardedApp, method: str, auth: str | None) -> str:
+        status: list[str] = []
+        env = {"REQUEST_METHOD": method, **({"HTTP_AUTHORIZATION": auth} if auth else {})}
+        b"".join(guard(env, lambda s, h: status.append(s)))
+        return status[0]
+
+    good = "Basic " + base64.b64encode(b"optuna:pw-123").decode()
+    bad = "Basic " + base64.b64encode(b"optuna:nope").decode()
+    guard = GuardedApp(app, username="optuna", password="pw-123")
+    assert request(guard, "GET", None).startswith("401") and request(guard, "GET", bad).startswith("401")
+    assert request(guard, "GET", good).startswith("200")
+    assert request(guard, "DELETE", good).startswith("403") and calls == ["GET"]
+    writable = GuardedApp(app, username="optuna", password="pw-123", allow_writes=True)
+    assert request(writable, "DELETE", good).startswith("200")
