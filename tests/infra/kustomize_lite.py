@@ -74,6 +74,8 @@ def _label(obj: dict[str, Any], spec: dict[str, Any]) -> None:
     obj["metadata"].setdefault("labels", {}).update(pairs)
     if spec.get("includeTemplates") and obj["kind"] in POD_TEMPLATE_KINDS:
         obj["spec"]["template"].setdefault("metadata", {}).setdefault("labels", {}).update(pairs)
+        for claim in obj["spec"].get("volumeClaimTemplates", []):  # kustomize labels these too
+            claim.setdefault("metadata", {}).setdefault("labels", {}).update(pairs)
 
 
 def _pod_spec(obj: dict[str, Any]) -> dict[str, Any] | None:
