@@ -162,12 +162,27 @@ def time_limit_seconds(value: str) -> int | None:
 
 
 # ------------------------------------------------------------------ the spec
-def spec_yaml(spec: SweepSpec) -> str:
-    """The fully resolved spec (base inlined, defaults filled) as YAML: what every task loads."""
+# where each connection sits in a spec
+_SPEC_FIELDS = {"OPTUNA_STORAGE": ("study", "storage"), "MLFLOW_TRACKING_URI": ("tracking", "uri")}
+ENV_PLACEHOLDER = "env:"  # no storage or tracking URI has this scheme: a worker that falls back to it fails loudly
+
+
+def spec_yaml(spec: SweepSpec, *, from_env: tuple[str, ...] = ()) -> str:
+    """The fully resolved spec (base inlined, defaults filled) as YAML: what every task loads.
+
+    `from_env`: connections the tasks take from their environment. Their spec fields become
+    ``env:NAME``, so a worker that somehow ignored the environment stops with an error instead of
+    quietly running a private study in the default ``sqlite:///optuna.db`` of its temp directory.
+    """
     data = spec.to_dict()
     data["search_space"] = {k: (v.model_dump(mode="json", exclude_none=True) if hasattr(v, "model_dump") else v)
                             for k, v in spec.search_space.items()}
-    return yaml.safe_dump(data, sort_keys=False)
+    header = ""
+    for name in from_env:
+        section, key = _SPEC_FIELDS[name]
+        data[section][key] = ENV_PLACEHOLDER + name
+        header += f"# {section}.{key}: from ${name} (or ${name}{FILE_SUFFIX}) in the task's environment\n"
+    return header + yaml.safe_dump(data, sort_keys=False)
 
 
 def _is_relative_file_url(url: str) -> bool:

@@ -86,6 +86,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     check = check_spec_for_cluster(spec, text, os.environ)
     for warning in check.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    text = spec_yaml(spec, from_env=check.required_env)
     script = render_script(text, options, required_env=check.required_env)
     if args.dry_run:
         print(script)

@@ -157,6 +157,21 @@ def test_relative_or_memory_stores_are_refused_env_ones_required() -> None:
     assert len(check.warnings) == 1 and "shared file system" in check.warnings[0]
 
 
+def test_connections_from_the_environment_are_placeholders_in_the_embedded_spec() -> None:
+    from siamese_core.errors import ConfigError
+
+    from sweeps.storage import make_storage
+
+    spec = _spec()
+    text = spec_yaml(spec, from_env=("OPTUNA_STORAGE", "MLFLOW_TRACKING_URI"))
+    data = yaml.safe_load(text)
+    assert data["study"]["storage"] == "env:OPTUNA_STORAGE" and data["tracking"]["uri"] == "env:MLFLOW_TRACKING_URI"
+    assert text.startswith("# study.storage: from $OPTUNA_STORAGE")
+    # a worker that fell back to the spec's value would stop (exit 2), not open a private SQLite study
+    with pytest.raises(ConfigError):
+        make_storage(spec_from_dict(data).study.storage)
+
+
 def test_a_password_in_the_spec_is_refused() -> None:
     from siamese_core.errors import ConfigError
 
@@ -178,6 +193,7 @@ def test_cli_dry_run_prints_the_script_and_keeps_secrets_out(tmp_path: Path) -> 
     assert res.stdout.startswith("#!/bin/bash\n#SBATCH ") and "#SBATCH --array=0-2" in res.stdout
     assert secret not in res.stdout + res.stderr
     assert "trials: 7" in res.stdout
+    assert "storage: env:OPTUNA_STORAGE" in res.stdout and "uri: env:MLFLOW_TRACKING_URI" in res.stdout
 
 
 def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
