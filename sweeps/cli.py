@@ -19,7 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_FINDINGS = 0, 1, 2, 3
 
 # modules that define `register(subparsers)`; imported lazily so `--help` stays fast
-COMMAND_MODULES = ("sweeps.commands.core", "sweeps.commands.sweep", "sweeps.commands.registry", "sweeps.commands.stack")
+COMMAND_MODULES = ("sweeps.commands.core", "sweeps.commands.sweep", "sweeps.commands.registry", "sweeps.commands.stack",
+                   "sweeps.commands.slurm")
 
 
 def print_json(data: Any) -> None:

@@ -239,12 +239,15 @@ def _run_processes(spec: SweepSpec, options: SweepOptions, study: optuna.Study, 
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
         env.update(OPTUNA_STORAGE=options.storage, MLFLOW_TRACKING_URI=options.tracking_uri)
         procs = []
+        from .devices import device_plan  # one CUDA_VISIBLE_DEVICES per worker; nothing without GPUs
+
+        devices = device_plan(options.workers)
         for i in range(options.workers):
             cmd = [sys.executable, "-m", "sweeps.cli", "worker", str(spec_path), "--study", options.study_name,
                    "--threads", str(threads), "--worker-index", str(i + 1), "--no-finalize", "--quiet"]
             if options.timeout is not None:
                 cmd += ["--timeout", str(options.timeout)]
-            procs.append(subprocess.Popen(cmd, env=env))
+            procs.append(subprocess.Popen(cmd, env={**env, **devices.env_for(i)}))
 
         stop: list[int] = []
 

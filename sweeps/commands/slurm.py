@@ -1,0 +1,101 @@
+"""``slurm submit``: a sweep as a Slurm job array of ``siamese-sweep worker`` tasks (see `sweeps.slurm`)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..cli import EXIT_OK, add_set_option, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..slurm import DEFAULT_RETRIES, DEFAULT_SIGNAL_SECONDS
+
+    group = sub.add_parser("slurm", help="run a sweep on a Slurm cluster",
+                           description="Run a sweep as a Slurm job array: one worker per array task.")
+    slurm_sub = group.add_subparsers(dest="slurm_command", required=True, metavar="SUBCOMMAND")
+    p = slurm_sub.add_parser(
+        "submit", help="submit a job array of workers for one study",
+        description=(
+            "Render a self-contained sbatch script (the resolved spec embedded; no shared disk assumed) and submit "
+            "it with sbatch. Each array task runs `siamese-sweep worker`; together they meet the study's global "
+            "trial budget. Connection URLs and passwords travel only in the environment: export OPTUNA_STORAGE, "
+            "MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD (or the *_FILE variables "
+            "naming files on the nodes) before submitting. Task exit codes: 0 done, 2 bad input (never retried), "
+            "1 other error (retried in place --retries times), 130 interrupted (trial queued again)."))
+    p.add_argument("spec", nargs="?", help="sweep spec YAML (default: the built-in quickstart)")
+    p.add_argument("--study", help="study name (default: the spec's study.name)")
+    p.add_argument("--tasks", type=int, required=True, help="array tasks, i.e. worker processes (N)")
+    p.add_argument("--trials", type=int, help="global trial budget (default: the spec's study.trials)")
+    p.add_argument("--time", help="time limit per task, e.g. 30, 4:00:00, 1-12 (sbatch --time)")
+    p.add_argument("--partition", help="sbatch --partition")
+    p.add_argument("--cpus-per-task", type=int, default=1,
+                   help="CPUs per task; also the worker's TensorFlow threads (default 1)")
+    p.add_argument("--gpus-per-task", type=int, help="GPUs per task (Slurm sets CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--mem", help="memory per node, e.g. 8G (sbatch --mem)")
+    p.add_argument("--max-concurrent", type=int, help="at most this many tasks at once (--array=0-N%%M)")
+    p.add_argument("--preempt-signal-seconds", type=int, default=DEFAULT_SIGNAL_SECONDS, metavar="N",
+                   help=f"ask the worker to stop N seconds before the time limit, so it ends its trial cleanly "
+                        f"(default {DEFAULT_SIGNAL_SECONDS}; keep it above SIAMESE_SWEEP_MLFLOW_RETRY_SECONDS)")
+    p.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
+                   help=f"rerun a worker that exits 1 (storage/MLflow down) this many times (default "
+                        f"{DEFAULT_RETRIES}); exit 2 is never retried")
+    p.add_argument("--no-requeue", dest="requeue", action="store_false",
+                   help="don't let Slurm requeue tasks after preemption or node failure (default: requeue)")
+    p.add_argument("--job-name", help="sbatch --job-name (default: siamese-<study>)")
+    p.add_argument("--output", default="siamese-sweep-%x-%A_%a.out",
+                   help="task log file, relative to the job's working directory (default: %(default)s)")
+    p.add_argument("--worker-command", default="siamese-sweep",
+                   help="how a node starts the CLI, e.g. 'apptainer exec sweep.sif siamese-sweep' or "
+                        "'/opt/venv/bin/python -m sweeps.cli' (default: siamese-sweep)")
+    p.add_argument("--setup", action="append", default=[], metavar="LINE",
+                   help="a shell line run before the worker, e.g. 'module load cuda' (repeatable)")
+    p.add_argument("--sbatch-arg", action="append", default=[], metavar="--OPTION=VALUE",
+                   help="one more #SBATCH option, e.g. --sbatch-arg=--account=ml (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the batch script; submit nothing")
+    p.add_argument("--json", action="store_true", help='print {"job_id", "study", "tasks", "array"} as JSON')
+    add_set_option(p, what="spec")
+    p.set_defaults(handler=cmd_submit)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import shlex
+
+    from siamese_core.config import parse_set_options
+
+    from ..slurm import SlurmOptions, check_spec_for_cluster, describe, exported_names, render_script, spec_yaml, submit
+    from ..spec import load_spec
+    from ..specs import resolve_spec_path
+
+    overrides = parse_set_options(args.overrides)
+    if args.trials is not None:
+        if args.trials < 1:
+            from siamese_core.errors import ConfigError
+
+            raise ConfigError("--trials", f"expected a positive number; received: {args.trials}")
+        overrides["study.trials"] = args.trials
+    spec = load_spec(resolve_spec_path(args.spec), overrides)
+    study = args.study or spec.study.name
+    options = SlurmOptions(
+        study=study, tasks=args.tasks, time=args.time, partition=args.partition, cpus_per_task=args.cpus_per_task,
+        gpus_per_task=args.gpus_per_task, mem=args.mem, max_concurrent=args.max_concurrent,
+        signal_seconds=args.preempt_signal_seconds, requeue=args.requeue, retries=args.retries,
+        job_name=args.job_name, output=args.output, worker_command=tuple(shlex.split(args.worker_command)),
+        setup=tuple(args.setup), sbatch_args=tuple(args.sbatch_arg))
+    text = spec_yaml(spec)
+    check = check_spec_for_cluster(spec, text, os.environ)
+    for warning in check.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    text = spec_yaml(spec, from_env=check.required_env)
+    script = render_script(text, options, required_env=check.required_env)
+    if args.dry_run:
+        print(script)
+        return EXIT_OK
+    names = exported_names(os.environ)
+    job_id = submit(script)
+    if args.json:
+        print_json(describe(job_id, options))
+    else:
+        print(f"submitted job {job_id}: {args.tasks} worker task(s) for study {study!r} "
+              f"(environment passed: {', '.join(names) or 'none of the connection variables'})")
+    return EXIT_OK

@@ -1,0 +1,281 @@
+"""The rendered sbatch script, without Slurm: its text, and its behaviour run under plain bash with a stub worker.
+
+Fast (no TensorFlow, no cluster): the exit-code policy, the retry loop, the USR1 -> SIGTERM
+forwarding and the environment guard are exercised for real, with a tiny Python stub standing in
+for ``siamese-sweep``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweeps.slurm import (ClusterCheck, SlurmOptions, check_spec_for_cluster, render_script, spec_yaml,
+                          time_limit_seconds)
+from sweeps.spec import load_spec, spec_from_dict
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The stub: records its argv, cwd and the spec it was given; exits with $STUB_EXIT (or as told by a
+# file, per attempt); on SIGTERM writes "TERM" and exits 130 like the real worker.
+STUB = r'''
+import json, os, signal, sys, time
+log = os.environ["STUB_LOG"]
+def record(event):
+    with open(log, "a") as fh:
+        fh.write(json.dumps(event) + "\n")
+def on_term(signum, frame):
+    record({"signal": signum})
+    sys.exit(130)
+signal.signal(signal.SIGTERM, on_term)
+spec_path = sys.argv[2]
+record({"argv": sys.argv[1:], "cwd": os.getcwd(), "spec": open(spec_path).read(), "pid": os.getpid()})
+codes = os.environ.get("STUB_EXITS", "0").split(",")
+attempt = sum(1 for line in open(log) if '"argv"' in line) - 1
+code = int(codes[min(attempt, len(codes) - 1)])
+if code < 0:  # run until signalled (or for -code seconds)
+    end = time.monotonic() + (-code)
+    while time.monotonic() < end:
+        time.sleep(0.05)
+    code = 0
+sys.exit(code)
+'''
+
+
+def _events(log: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+@pytest.fixture
+def stub(tmp_path: Path) -> Path:
+    path = tmp_path / "stub.py"
+    path.write_text(STUB)
+    return path
+
+
+def _script(stub: Path, *, study: str = "s", retries: int = 2, required: tuple[str, ...] = (),
+            **extra) -> str:
+    spec = spec_yaml(load_spec(ROOT / "sweeps/specs/digits-smoke.yaml"))
+    options = SlurmOptions(study=study, tasks=2, worker_command=(sys.executable, str(stub)), retries=retries,
+                           retry_backoff_s=0, **extra)
+    return render_script(spec, options, required_env=required)
+
+
+def _start(script: str, tmp_path: Path, **env: str) -> subprocess.Popen:
+    path = tmp_path / "job.sh"
+    path.write_text(script)
+    full = {"PATH": os.environ["PATH"], "STUB_LOG": str(tmp_path / "stub.log"), "TMPDIR": str(tmp_path),
+            "SLURM_CPUS_PER_TASK": "3", **env}
+    return subprocess.Popen(["bash", str(path)], env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _run(script: str, tmp_path: Path, **env: str) -> tuple[int, str]:
+    proc = _start(script, tmp_path, **env)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+# ------------------------------------------------------------------ text
+def test_script_has_the_sbatch_lines_and_embeds_the_spec_verbatim(stub: Path) -> None:
+    spec = spec_yaml(load_spec(ROOT / "sweeps/specs/digits-smoke.yaml"))
+    options = SlurmOptions(study="fashion v1", tasks=4, time="2:00:00", partition="gpu", cpus_per_task=4,
+                           gpus_per_task=1, mem="16G", max_concurrent=2, signal_seconds=240,
+                           sbatch_args=("--account=ml",))
+    script = render_script(spec, options)
+    directives = re.findall(r"^#SBATCH (\S+)$", script, flags=re.M)
+    assert directives == ["--job-name=siamese-fashion_v1", "--array=0-3%2", "--ntasks=1", "--cpus-per-task=4",
+                          "--time=2:00:00", "--partition=gpu", "--gpus-per-task=1", "--mem=16G",
+                          "--signal=B:USR1@240", "--requeue", "--open-mode=append",
+                          "--output=siamese-sweep-%x-%A_%a.out", "--account=ml"]
+    # the heredoc body is the spec, byte for byte, and loads back to the same spec
+    tag = re.search(r"<<'(SIAMESE_SWEEP_SPEC_\w+)'", script).group(1)
+    body = script.split(f"<<'{tag}'\n", 1)[1].split(f"\n{tag}\n", 1)[0]
+    assert body + "\n" == spec
+    assert spec_from_dict(yaml.safe_load(body)) == load_spec(ROOT / "sweeps/specs/digits-smoke.yaml")
+    assert "--study 'fashion v1'" in script  # shell-quoted
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+
+
+def test_no_requeue_and_defaults() -> None:
+    script = render_script("a: 1\n", SlurmOptions(study="s", tasks=1, requeue=False))
+    assert "#SBATCH --no-requeue" in script and "#SBATCH --signal=B:USR1@180" in script
+    assert "--time" not in script.split("#\n", 1)[0]
+
+
+@pytest.mark.parametrize("kwargs, flag", [
+    ({"tasks": 0}, "--tasks"),
+    ({"time": "1", "signal_seconds": 60}, "--preempt-signal-seconds"),
+    ({"time": "ten minutes"}, "--time"),
+    ({"partition": "a b"}, "--partition"),
+    ({"sbatch_args": ("account=x",)}, "--sbatch-arg"),
+    ({"sbatch_args": ("--comment='x y'",)}, "--sbatch-arg"),
+    ({"setup": ("a\nb",)}, "--setup"),
+    ({"signal_seconds": 0}, "--preempt-signal-seconds"),
+    ({"retries": -1}, "--retries"),
+])
+def test_bad_options_are_config_errors_naming_the_flag(kwargs: dict, flag: str) -> None:
+    from siamese_core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        render_script("a: 1\n", SlurmOptions(**{"study": "s", "tasks": 1, **kwargs}))
+    assert err.value.field == flag
+
+
+@pytest.mark.parametrize("value, seconds", [("30", 1800), ("1:30", 90), ("2:00:00", 7200), ("1-12", 129600),
+                                            ("1-0:30", 88200), ("1-0:0:5", 86405), ("UNLIMITED", None)])
+def test_time_limit_seconds(value: str, seconds: int | None) -> None:
+    assert time_limit_seconds(value) == seconds
+
+
+# ------------------------------------------------------------------ the spec and the stores
+def _spec(**study):
+    return spec_from_dict({"base": {"dataset": "digits"}, "study": {"name": "s", **study}})
+
+
+def test_relative_or_memory_stores_are_refused_env_ones_required() -> None:
+    from siamese_core.errors import ConfigError
+
+    spec = _spec()
+    with pytest.raises(ConfigError, match="private study"):  # default sqlite:///optuna.db
+        check_spec_for_cluster(spec, spec_yaml(spec), {})
+    with pytest.raises(ConfigError, match="private study"):
+        check_spec_for_cluster(spec, spec_yaml(spec), {"OPTUNA_STORAGE": "memory", "MLFLOW_TRACKING_URI": "http://m"})
+    env = {"OPTUNA_STORAGE": "postgresql://u:pw@db/optuna", "MLFLOW_TRACKING_URI_FILE": "/run/secrets/uri"}
+    assert check_spec_for_cluster(spec, spec_yaml(spec), env) == ClusterCheck(
+        (), ("OPTUNA_STORAGE", "MLFLOW_TRACKING_URI"))
+    env = {"OPTUNA_STORAGE": "sqlite:////shared/optuna.db", "MLFLOW_TRACKING_URI": "http://m"}
+    check = check_spec_for_cluster(spec, spec_yaml(spec), env)
+    assert len(check.warnings) == 1 and "shared file system" in check.warnings[0]
+
+
+def test_connections_from_the_environment_are_placeholders_in_the_embedded_spec() -> None:
+    from siamese_core.errors import ConfigError
+
+    from sweeps.storage import make_storage
+
+    spec = _spec()
+    text = spec_yaml(spec, from_env=("OPTUNA_STORAGE", "MLFLOW_TRACKING_URI"))
+    data = yaml.safe_load(text)
+    assert data["study"]["storage"] == "env:OPTUNA_STORAGE" and data["tracking"]["uri"] == "env:MLFLOW_TRACKING_URI"
+    assert text.startswith("# study.storage: from $OPTUNA_STORAGE")
+    # a worker that fell back to the spec's value would stop (exit 2), not open a private SQLite study
+    with pytest.raises(ConfigError):
+        make_storage(spec_from_dict(data).study.storage)
+
+
+def test_a_password_in_the_spec_is_refused() -> None:
+    from siamese_core.errors import ConfigError
+
+    spec = _spec(storage="postgresql://u:hunter2hunter2@db/optuna")
+    with pytest.raises(ConfigError) as err:
+        check_spec_for_cluster(spec, spec_yaml(spec), {"MLFLOW_TRACKING_URI": "http://m"})
+    assert err.value.field == "study.storage" and "hunter2" not in str(err.value)
+
+
+def test_cli_dry_run_prints_the_script_and_keeps_secrets_out(tmp_path: Path) -> None:
+    secret = "pw-" + "x7" * 12
+    env = {**os.environ, "OPTUNA_STORAGE": f"postgresql://sweeps:{secret}@db:5432/optuna",
+           "MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_TRACKING_PASSWORD": secret,
+           "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-m", "sweeps.cli", "slurm", "submit", "digits-smoke", "--tasks", "3",
+                          "--time", "1:00:00", "--trials", "7", "--dry-run"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("#!/bin/bash\n#SBATCH ") and "#SBATCH --array=0-2" in res.stdout
+    assert secret not in res.stdout + res.stderr
+    assert "trials: 7" in res.stdout
+    assert "storage: env:OPTUNA_STORAGE" in res.stdout and "uri: env:MLFLOW_TRACKING_URI" in res.stdout
+
+
+def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPTUNA_", "MLFLOW_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    res = subprocess.run([sys.executable, "-m", "sweeps.cli", "slurm", "submit", "digits-smoke", "--tasks", "2",
+                          "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stdout == ""
+    assert len(res.stderr.strip().splitlines()) == 1 and "private study" in res.stderr
+
+
+# ------------------------------------------------------------------ behaviour under bash
+def test_worker_gets_the_spec_in_a_private_temp_dir_which_is_removed(stub: Path, tmp_path: Path) -> None:
+    code, err = _run(_script(stub, study="it's"), tmp_path, STUB_EXITS="0")
+    assert code == 0, err
+    (event,) = _events(tmp_path / "stub.log")
+    assert event["argv"][0] == "worker" and event["argv"][2:] == ["--study", "it's", "--threads", "3"]
+    assert event["cwd"].startswith(str(tmp_path / "siamese-sweep."))
+    assert event["argv"][1] == event["cwd"] + "/spec.yaml"
+    assert yaml.safe_load(event["spec"])["study"]["name"] == "digits-smoke"
+    assert not list(tmp_path.glob("siamese-sweep.*")), "the task's temp dir must be removed"
+    assert "siamese-sweep: done" in err
+
+
+@pytest.mark.parametrize("exits, expected_code, attempts", [
+    ("2", 2, 1),              # bad input: never retried
+    ("1,1,1,1", 1, 3),        # other error: 1 + 2 retries
+    ("1,0", 0, 2),            # transient error, then done
+    ("1,2", 2, 2),            # a retry that finds bad input stops
+    ("130", 130, 1),          # interrupted: not retried in place
+    ("137", 137, 1),
+])
+def test_exit_code_policy(stub: Path, tmp_path: Path, exits: str, expected_code: int, attempts: int) -> None:
+    code, err = _run(_script(stub, retries=2), tmp_path, STUB_EXITS=exits)
+    assert code == expected_code, err
+    assert len([e for e in _events(tmp_path / "stub.log") if "argv" in e]) == attempts, err
+    if expected_code == 2:
+        assert "not retried" in err
+
+
+def _wait_for_worker(tmp_path: Path, proc: subprocess.Popen) -> dict:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        events = [e for e in _events(tmp_path / "stub.log") if "argv" in e]
+        if events:
+            return events[-1]
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("the stub worker did not start")
+
+
+def test_usr1_warning_becomes_one_sigterm_for_the_worker_and_no_retry(stub: Path, tmp_path: Path) -> None:
+    proc = _start(_script(stub), tmp_path, STUB_EXITS="-30")
+    _wait_for_worker(tmp_path, proc)
+    proc.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@N does: the batch shell only
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    events = _events(tmp_path / "stub.log")
+    assert [e["signal"] for e in events if "signal" in e] == [signal.SIGTERM]
+    assert len([e for e in events if "argv" in e]) == 1
+    assert "time limit" in err and "queued again" in err
+
+
+def test_sigterm_to_the_shell_is_not_forwarded_and_stops_retries(stub: Path, tmp_path: Path) -> None:
+    """scancel/preemption signal the worker themselves; the shell must only wait for it, then not retry."""
+    proc = _start(_script(stub), tmp_path, STUB_EXITS="-2,0")
+    worker = _wait_for_worker(tmp_path, proc)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert proc.poll() is None, "the shell must outlive SIGTERM while its worker cleans up"
+    os.kill(worker["pid"], signal.SIGTERM)  # Slurm signals every process of the job
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    events = _events(tmp_path / "stub.log")
+    assert [e["signal"] for e in events if "signal" in e] == [signal.SIGTERM]  # one, not two
+    assert len([e for e in events if "argv" in e]) == 1
+
+
+def test_missing_connection_variables_stop_the_task_with_exit_2(stub: Path, tmp_path: Path) -> None:
+    script = _script(stub, required=("OPTUNA_STORAGE", "MLFLOW_TRACKING_URI"))
+    code, err = _run(script, tmp_path, OPTUNA_STORAGE="postgresql://db/optuna")
+    assert code == 2 and "MLFLOW_TRACKING_URI (or MLFLOW_TRACKING_URI_FILE) is not set" in err
+    assert not _events(tmp_path / "stub.log")
+    code, err = _run(script, tmp_path, OPTUNA_STORAGE_FILE="/x", MLFLOW_TRACKING_URI="http://m")
+    assert code == 0, err
