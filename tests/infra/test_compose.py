@@ -126,26 +126,75 @@ def test_least_privilege_in_compose() -> None:
     assert services["worker"]["depends_on"]["mlflow-users"]["condition"] == "service_completed_successfully"
 
 
+INIT_SCRIPT = ROOT / "deploy" / "k8s" / "base" / "postgres-initdb.sh"
+# What the postgres image's entrypoint (bash, `set -Eeo pipefail`, its own file_env) does with a non-executable
+# initdb.d/*.sh: it sources it. After that, the entrypoint must run on unchanged.
+SOURCING_ENTRYPOINT = r"""
+set -Eeo pipefail
+file_env() { echo image-file_env; }
+. "$INIT_SCRIPT"
+case $- in *u*) echo "initdb leaked set -u" >&2; exit 3;; esac
+[ "$(file_env)" = image-file_env ] || { echo "initdb redefined file_env" >&2; exit 3; }
+if type role_password >/dev/null 2>&1; then echo "initdb leaked its helper" >&2; exit 3; fi
+[ -z "${MLFLOW_AUTH_DB_PASSWORD+x}${value+x}${file+x}" ] || { echo "initdb leaked variables" >&2; exit 3; }
+echo "entrypoint continues"
+"""
+
+
+def test_the_one_postgres_init_script_is_used_by_compose_and_kubernetes() -> None:
+    postgres = yaml.safe_load(COMPOSE.read_text())["services"]["postgres"]
+    assert "./deploy/k8s/base/postgres-initdb.sh:/docker-entrypoint-initdb.d/10-roles.sh:ro" in postgres["volumes"]
+    assert not (ROOT / "docker" / "postgres").exists(), "one init script: deploy/k8s/base/postgres-initdb.sh"
+    assert os.access(INIT_SCRIPT, os.X_OK), "executable in the checkout, so the image runs it rather than sourcing it"
+    # Kubernetes: tests/infra/test_k8s_manifests.py::test_postgres_runs_the_one_init_script
+
+
+def test_the_postgres_init_script_stops_the_entrypoint_without_a_password(tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "INIT_SCRIPT": str(INIT_SCRIPT), "POSTGRES_USER": "postgres",
+           "OPTUNA_DB_PASSWORD": "x" * 12, "MLFLOW_DB_PASSWORD": "y" * 12,
+           "MLFLOW_AUTH_DB_PASSWORD_FILE": str(tmp_path / "missing")}
+    res = subprocess.run(["bash", "-c", SOURCING_ENTRYPOINT], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and "entrypoint continues" not in res.stdout
+    assert "MLFLOW_AUTH_DB_PASSWORD_FILE: cannot read" in res.stderr
+    del env["MLFLOW_AUTH_DB_PASSWORD_FILE"]
+    res = subprocess.run([str(INIT_SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and "MLFLOW_AUTH_DB_PASSWORD (or MLFLOW_AUTH_DB_PASSWORD_FILE) is not set" in res.stderr
+
+
 @pytest.mark.postgres
-def test_the_postgres_init_script_makes_one_role_per_database(postgres_server: object, tmp_path: Path) -> None:
-    """docker/postgres/initdb/10-roles.sh run for real (psql as the superuser, as the postgres image runs it)."""
+@pytest.mark.parametrize("how", ["executed", "sourced"])
+def test_the_postgres_init_script_makes_one_role_per_database(postgres_server: object, tmp_path: Path,
+                                                              how: str) -> None:
+    """deploy/k8s/base/postgres-initdb.sh run for real, by psql as the superuser, both ways the postgres image runs it.
+
+    executed: as in Kubernetes (ConfigMap mounted 0555), every password from a ``*_FILE`` Secret file;
+    sourced: as the image does with a non-executable file, in a bash like its entrypoint's, which must go on
+    unchanged; passwords as variables (docker compose) and one from a file.
+    """
     import psycopg2
 
     from sweeps.stack import PostgresServer
 
     base = Path(__import__("tempfile").mkdtemp(prefix="sweeps-initdb-test-"))
-    passwords = {"OPTUNA_DB_PASSWORD": "o'pw \"x", "MLFLOW_DB_PASSWORD": "m-pw-123", "MLFLOW_AUTH_DB_PASSWORD": "a-pw-456"}
-    (tmp_path / "auth").write_text(passwords["MLFLOW_AUTH_DB_PASSWORD"] + "\n")
+    passwords = {"OPTUNA_DB_PASSWORD": "o'pw \"x $HOME `id`", "MLFLOW_DB_PASSWORD": "m-pw-123",
+                 "MLFLOW_AUTH_DB_PASSWORD": "a-pw-456"}
     pg = PostgresServer(user="bootstrap", database="bootstrap", base_dir=base, fsync=False)
     try:
         pg.start()
         env = {"PATH": f"{pg.bin_dir}:{os.environ['PATH']}", "POSTGRES_USER": "postgres", "PGHOST": str(pg._sock_dir),
-               "PGPORT": str(pg.port), "OPTUNA_DB_PASSWORD": passwords["OPTUNA_DB_PASSWORD"],
-               "MLFLOW_DB_PASSWORD": passwords["MLFLOW_DB_PASSWORD"],
-               "MLFLOW_AUTH_DB_PASSWORD_FILE": str(tmp_path / "auth")}
-        res = subprocess.run(["sh", str(ROOT / "docker/postgres/initdb/10-roles.sh")], env=env, capture_output=True,
-                             text=True, timeout=60)
+               "PGPORT": str(pg.port), "INIT_SCRIPT": str(INIT_SCRIPT)}
+        file_vars = set(passwords) if how == "executed" else {"MLFLOW_AUTH_DB_PASSWORD"}
+        for name, value in passwords.items():
+            if name in file_vars:
+                (tmp_path / name).write_text(value + "\n")  # Secret files often end with a newline
+                env[name + "_FILE"] = str(tmp_path / name)
+            else:
+                env[name] = value
+        argv = [str(INIT_SCRIPT)] if how == "executed" else ["bash", "-c", SOURCING_ENTRYPOINT]
+        res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
         assert res.returncode == 0, res.stderr
+        assert how == "executed" or "entrypoint continues" in res.stdout
+        assert not any(v in res.stdout + res.stderr for v in passwords.values())
 
         def connect(role: str, password: str, db: str) -> None:
             psycopg2.connect(host=pg.host, port=pg.port, user=role, password=password, dbname=db,
