@@ -7,7 +7,8 @@ files, as Docker/Kubernetes secrets) and must be URL-quoted into database URLs, 
 placeholder. Least privilege: each service gets only its own credentials —
 
 * ``mlflow``: the ``mlflow`` and ``mlflow_auth`` database roles, the MLflow admin password;
-* ``mlflow-users`` (one-shot): the admin password, to create the workers' non-admin MLflow user;
+* ``mlflow-users`` (one-shot; the compose service and the Kubernetes ``mlflow-setup`` Job): the admin
+  password, to create the workers' non-admin MLflow user;
 * ``dashboard``/``worker``: the ``optuna`` database role (+ the workers' MLflow user); never the PostgreSQL
   superuser, never the MLflow admin.
 
@@ -59,6 +60,18 @@ def secret(env: Mapping[str, str], name: str) -> str:
     if value.lower().startswith(PLACEHOLDER_PREFIX):
         raise ConfigError(f"{name} still has the placeholder value from .env.example; set a real secret in .env")
     return value
+
+
+def setting(env: Mapping[str, str], name: str, default: str = "") -> str:
+    """A non-secret value (a user name): `name`, else the file named by ``NAME_FILE``, else `default`."""
+    value = env.get(name, "")
+    path = env.get(name + "_FILE", "")
+    if not value and path:
+        try:
+            value = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+    return value or default
 
 
 def pg_url(env: Mapping[str, str], database: str, *, driver: str = "psycopg2") -> str:
@@ -117,13 +130,21 @@ def mlflow_command(env: Mapping[str, str], config_dir: Path) -> tuple[list[str],
 
 
 def create_worker_user(env: Mapping[str, str], *, timeout_s: float = 300.0) -> str:
-    """Wait for the MLflow server, then create (or re-password) the workers' non-admin user; returns its name."""
+    """Wait for the MLflow server, then create (or re-password, and demote) the workers' non-admin user.
+
+    Returns its name. The ``mlflow-users`` compose service and the Kubernetes ``mlflow-setup`` Job run this.
+    """
     import urllib.request
 
     url = env.get("MLFLOW_URL") or "http://mlflow:5000"
-    username = env.get("MLFLOW_WORKER_USERNAME") or DEFAULT_WORKER_USER
+    username = setting(env, "MLFLOW_WORKER_USERNAME", DEFAULT_WORKER_USER)
+    admin_username = env.get("MLFLOW_ADMIN_USERNAME") or "admin"
+    if username == admin_username:  # re-passwording it would change the admin's password
+        raise ConfigError(f"MLFLOW_WORKER_USERNAME: the workers' MLflow user must not be the admin "
+                          f"({admin_username!r})")
+    admin_password, password = secret(env, "MLFLOW_ADMIN_PASSWORD"), secret(env, "MLFLOW_WORKER_PASSWORD")
     deadline = time.monotonic() + timeout_s
-    while True:
+    while True:  # the server may still be starting
         try:
             with urllib.request.urlopen(url + "/health", timeout=5):
                 break
@@ -132,9 +153,8 @@ def create_worker_user(env: Mapping[str, str], *, timeout_s: float = 300.0) -> s
                 raise ConfigError(f"MLflow at {url} did not answer within {timeout_s:.0f} s") from None
             time.sleep(2)
     try:
-        ensure_user(url, admin_username=env.get("MLFLOW_ADMIN_USERNAME") or "admin",
-                    admin_password=secret(env, "MLFLOW_ADMIN_PASSWORD"), username=username,
-                    password=secret(env, "MLFLOW_WORKER_PASSWORD"))
+        ensure_user(url, admin_username=admin_username, admin_password=admin_password, username=username,
+                    password=password)
     except AuthConfigError as exc:
         raise ConfigError(str(exc)) from None
     return username
@@ -153,7 +173,7 @@ def worker_command(env: Mapping[str, str], extra: list[str]) -> tuple[list[str],
     child = _scrub(env)
     child["OPTUNA_STORAGE"] = env.get("OPTUNA_STORAGE") or pg_url(env, "optuna")
     child["MLFLOW_TRACKING_URI"] = env.get("MLFLOW_TRACKING_URI") or "http://mlflow:5000"
-    child["MLFLOW_TRACKING_USERNAME"] = env.get("MLFLOW_WORKER_USERNAME") or DEFAULT_WORKER_USER
+    child["MLFLOW_TRACKING_USERNAME"] = setting(env, "MLFLOW_WORKER_USERNAME", DEFAULT_WORKER_USER)
     child["MLFLOW_TRACKING_PASSWORD"] = secret(env, "MLFLOW_WORKER_PASSWORD")
     # Empty SWEEP_SPEC = the built-in quickstart spec; empty SWEEP_STUDY = the spec's study.name.
     # URLs travel in the environment (the CLI reads OPTUNA_STORAGE / MLFLOW_TRACKING_URI): argv is visible in `ps`.

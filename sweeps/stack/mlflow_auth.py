@@ -92,18 +92,25 @@ def ensure_user(url: str, *, admin_username: str, admin_password: str, username:
 
     Workers log as this user, not as the admin: they can create experiments, runs and models and read the
     others', but cannot create users or delete experiments they did not create — the server answers 403.
+    An existing user that was made an admin is made a plain user again. Idempotent.
     """
     if len(password) < MIN_PASSWORD_LENGTH:
         raise AuthConfigError(f"MLflow requires passwords of at least {MIN_PASSWORD_LENGTH} characters")
+    if username == admin_username:
+        raise AuthConfigError(f"the workers' MLflow user must not be the admin ({admin_username!r})")
     admin = {"username": admin_username, "password": admin_password}
-    status, _ = auth_request(url, f"/api/2.0/mlflow/users/get?username={quote(username)}", **admin)
+    status, body = auth_request(url, f"/api/2.0/mlflow/users/get?username={quote(username)}", **admin)
     created = status != 200
+    was_admin = not created and bool(json.loads(body or b"{}").get("user", {}).get("is_admin"))
     if created:
         status, body = auth_request(url, "/api/2.0/mlflow/users/create", method="POST",
                                     body={"username": username, "password": password}, **admin)
     else:
         status, body = auth_request(url, "/api/2.0/mlflow/users/update-password", method="PATCH",
                                     body={"username": username, "password": password}, **admin)
+    if status == 200 and was_admin:
+        status, body = auth_request(url, "/api/2.0/mlflow/users/update-admin", method="PATCH",
+                                    body={"username": username, "is_admin": False}, **admin)
     if status != 200:
         raise AuthConfigError(f"could not {'create' if created else 'update'} MLflow user {username!r}: HTTP {status} "
                               f"{body[:200].decode(errors='replace')}")

@@ -131,6 +131,19 @@ def test_worker_command_line(ep: ModuleType) -> None:
         ep.worker_command(_env(MLFLOW_WORKER_PASSWORD=""), [])
 
 
+def test_worker_user_name_may_come_from_a_file(ep: ModuleType, tmp_path: Path) -> None:
+    (tmp_path / "username").write_text("k8s-worker\n")
+    _, child = ep.worker_command(_env(MLFLOW_WORKER_USERNAME_FILE=str(tmp_path / "username")), [])
+    assert child["MLFLOW_TRACKING_USERNAME"] == "k8s-worker"
+    _, child = ep.worker_command(_env(MLFLOW_WORKER_USERNAME="plain", MLFLOW_WORKER_USERNAME_FILE="/nonexistent"), [])
+    assert child["MLFLOW_TRACKING_USERNAME"] == "plain"
+
+
+def test_the_worker_user_is_never_the_admin(ep: ModuleType) -> None:
+    with pytest.raises(SystemExit, match="must not be the admin"):  # before any request: no server here
+        ep.create_worker_user(_env(MLFLOW_URL="http://127.0.0.1:9", MLFLOW_WORKER_USERNAME="admin"), timeout_s=0)
+
+
 def test_write_auth_ini_is_read_back_by_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_auth_ini(
         tmp_path / "auth.ini",

@@ -1,96 +1,118 @@
-"""deploy/k8s/base/mlflow-create-worker-user.py against a real MLflow basic-auth server on PostgreSQL.
+"""The workers' MLflow user, created as the Kubernetes mlflow-setup Job (and the compose mlflow-users service) does.
 
-The mlflow-setup Job runs this script; here it runs as a subprocess with its Secrets as files.
+Both run ``python /usr/local/bin/stack-entrypoint mlflow-users`` in the MLflow image: docker/entrypoint.py's
+``create_worker_user``, with every credential from a ``*_FILE`` Secret file here, as in the Job.
+(The PostgreSQL init script, shared the same way, is tested in test_compose.py.)
 """
 from __future__ import annotations
 
-import os
+import importlib.util
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+ROOT = Path(__file__).resolve().parents[2]
+ENTRYPOINT = ROOT / "docker" / "entrypoint.py"
+WORKER = "sweeps-worker-k8s"  # not the session's other users
 
-SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "base" / "mlflow-create-worker-user.py"
+
+@pytest.fixture(scope="module")
+def ep() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("stack_entrypoint_k8s", ENTRYPOINT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _run(server, tmp: Path, worker_password: str) -> subprocess.CompletedProcess[str]:
-    tmp.mkdir()
-    files = {}
-    for name, value in (("admin", server.admin_password), ("username", "sweep-worker"), ("password", worker_password)):
-        path = tmp / name
+def _secret_files(tmp: Path, **values: str) -> dict[str, str]:
+    """``NAME_FILE`` variables naming files that hold the values, as a Secret volume does."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    env = {}
+    for name, value in values.items():
+        path = tmp / name.lower()
         path.write_text(value + "\n")  # Secrets made from files often end with a newline
-        files[name] = str(path)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(MLFLOW_TRACKING_URI=server.url, MLFLOW_ADMIN_USERNAME=server.admin_username,
-               MLFLOW_ADMIN_PASSWORD_FILE=files["admin"], MLFLOW_TRACKING_USERNAME_FILE=files["username"],
-               MLFLOW_TRACKING_PASSWORD_FILE=files["password"], SETUP_TIMEOUT_SECONDS="60")
-    return subprocess.run([sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120)
+        env[name + "_FILE"] = str(path)
+    return env
 
 
-def test_creates_a_non_admin_worker_user_idempotently(mlflow_server_pg, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def _setup(ep: ModuleType, server, tmp: Path, worker_password: str, monkeypatch: pytest.MonkeyPatch,
+           capsys: pytest.CaptureFixture[str]) -> str:
+    """`stack-entrypoint mlflow-users` with the mlflow-setup Job's variables; returns what it printed."""
+    env = {"MLFLOW_URL": server.url, "MLFLOW_ADMIN_USERNAME": server.admin_username,
+           **_secret_files(tmp, MLFLOW_ADMIN_PASSWORD=server.admin_password, MLFLOW_WORKER_USERNAME=WORKER,
+                           MLFLOW_WORKER_PASSWORD=worker_password)}
+    for name in [n for n in __import__("os").environ if n.startswith("MLFLOW_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    ep.main(["mlflow-users"])
+    out = capsys.readouterr()
+    return out.out + out.err
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_creates_a_non_admin_worker_user_idempotently(ep: ModuleType, mlflow_server_pg, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     from mlflow import MlflowClient
     from mlflow.server import get_app_client
 
-    first = _run(mlflow_server_pg, tmp_path / "first", "first-pass-word-123")
-    assert first.returncode == 0, first.stderr
-    assert "created MLflow user 'sweep-worker'" in first.stdout
-    again = _run(mlflow_server_pg, tmp_path / "again", "second-pass-word-456")
-    assert again.returncode == 0, again.stderr
-    assert "exists: password reset" in again.stdout
-    for out in (first, again):
-        assert "pass-word" not in out.stdout + out.stderr
-        assert mlflow_server_pg.admin_password not in out.stdout + out.stderr
+    server = mlflow_server_pg
 
-    # the worker logs in with the new password, creates the sweep's experiment and a run
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "sweep-worker")
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "second-pass-word-456")
-    client = MlflowClient(tracking_uri=mlflow_server_pg.url)
+    def as_user(username: str, password: str):
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", username)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        return get_app_client("basic-auth", tracking_uri=server.url)
+
+    first = _setup(ep, server, tmp_path / "first", "first-pass-word-123", monkeypatch, capsys)
+    assert f"MLflow user {WORKER!r} is ready" in first
+    assert as_user(server.admin_username, server.admin_password).get_user(WORKER).is_admin is False
+    # made an admin by hand: rerunning the Job (new password from its Secret) makes it a plain user again
+    as_user(server.admin_username, server.admin_password).update_user_admin(WORKER, True)
+    assert as_user(server.admin_username, server.admin_password).get_user(WORKER).is_admin is True
+    again = _setup(ep, server, tmp_path / "again", "second-pass-word-456", monkeypatch, capsys)
+    assert f"MLflow user {WORKER!r} is ready" in again
+    for out in (first, again):
+        assert "pass-word" not in out and server.admin_password not in out
+    assert as_user(server.admin_username, server.admin_password).get_user(WORKER).is_admin is False
+
+    # the worker logs in with the new password (not the old one), creates the sweep's experiment and a run
+    as_user(WORKER, "second-pass-word-456")
+    client = MlflowClient(tracking_uri=server.url)
     run = client.create_run(client.create_experiment("k8s-setup-check"))
     client.log_metric(run.info.run_id, "x", 1.0)
     client.set_terminated(run.info.run_id)
     with pytest.raises(Exception, match="(?i)permission|403|admin"):  # not an admin: cannot manage users
-        get_app_client("basic-auth", tracking_uri=mlflow_server_pg.url).create_user("intruder", "some-pass-word-789")
+        as_user(WORKER, "second-pass-word-456").create_user("intruder", "some-pass-word-789")
+    as_user(WORKER, "first-pass-word-123")
+    with pytest.raises(Exception, match="(?i)401|unauthori[sz]ed|credentials"):
+        MlflowClient(tracking_uri=server.url).search_experiments()
 
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", mlflow_server_pg.admin_username)
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", mlflow_server_pg.admin_password)
-    assert get_app_client("basic-auth", tracking_uri=mlflow_server_pg.url).get_user("sweep-worker").is_admin is False
 
+def test_the_job_command_works_in_the_mlflow_image_layout(tmp_path: Path) -> None:
+    """docker/mlflow/Dockerfile: stack-entrypoint with mlflow_auth.py beside it and no project installed.
 
-def test_postgres_initdb_script_makes_one_role_per_database(tmp_path: Path) -> None:
-    """deploy/k8s/base/postgres-initdb.sh on a real PostgreSQL: optuna reaches only optuna, mlflow only its two.
-
-    A server of its own: the session's one already holds databases named mlflow and mlflow_auth.
+    A Secret file that cannot be read stops the Job at once (exit 1, naming the variable), before it waits
+    for the server.
     """
-    import psycopg2
-
-    from sweeps.stack import PostgresServer
-
-    secrets = tmp_path / "secrets"
-    for role in ("optuna", "mlflow"):
-        (secrets / f"{role}-db").mkdir(parents=True)
-        (secrets / f"{role}-db" / "password").write_text(f"{role}-pass-word-0123")
-    script = (SCRIPT.parent / "postgres-initdb.sh").read_text().replace("/var/run/secrets/siamese-sweep", str(secrets))
-    with PostgresServer(user="app", database="app", fsync=False) as pg:
-        admin = pg.connect_admin()  # the superuser over the private socket, as the image runs init scripts
-        socket_dir = admin.info.host
-        admin.close()
-        env = {**os.environ, "POSTGRES_USER": "postgres", "PGHOST": socket_dir, "PGPORT": str(pg.port),
-               "PATH": f"{pg.bin_dir}{os.pathsep}{os.environ['PATH']}"}
-        res = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120)
-        assert res.returncode == 0, res.stderr
-
-        def connects(role: str, database: str) -> bool:
-            try:
-                psycopg2.connect(host=pg.host, port=pg.port, user=role, dbname=database,
-                                 password=f"{role}-pass-word-0123").close()
-                return True
-            except psycopg2.OperationalError:
-                return False
-
-        assert connects("optuna", "optuna")
-        assert not connects("optuna", "mlflow") and not connects("optuna", "mlflow_auth")
-        assert connects("mlflow", "mlflow") and connects("mlflow", "mlflow_auth") and not connects("mlflow", "optuna")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shutil.copy(ENTRYPOINT, bin_dir / "stack-entrypoint")
+    shutil.copy(ROOT / "sweeps" / "stack" / "mlflow_auth.py", bin_dir / "mlflow_auth.py")
+    image_python = ("import runpy, sys; sys.modules['sweeps'] = None; sys.path.insert(0, sys.argv[1]); "
+                    "sys.argv = [sys.argv[1] + '/stack-entrypoint', *sys.argv[2:]]; "
+                    "runpy.run_path(sys.argv[0], run_name='__main__')")
+    env = {"PATH": "/usr/bin:/bin", "MLFLOW_URL": "http://127.0.0.1:9",
+           **_secret_files(tmp_path / "secrets", MLFLOW_ADMIN_PASSWORD="admin-pass-word-0",
+                           MLFLOW_WORKER_USERNAME=WORKER),
+           "MLFLOW_WORKER_PASSWORD_FILE": str(tmp_path / "secrets" / "missing")}
+    res = subprocess.run([sys.executable, "-c", image_python, str(bin_dir), "mlflow-users"], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1, res.stderr
+    assert "MLFLOW_WORKER_PASSWORD_FILE: cannot read" in res.stderr and "admin-pass-word" not in res.stderr
