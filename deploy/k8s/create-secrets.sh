@@ -6,12 +6,14 @@
 # if only some do, the script stops (the database URL and the role passwords must match).
 #
 #   Secret          keys                         mounted by
-#   postgres-admin  password                     postgres (superuser)
+#   postgres-admin  password                     postgres (superuser; used by no other component)
 #   optuna-db       password                     postgres (sets the optuna role's password at init)
 #   optuna-storage  url                          workers, optuna-dashboard (postgresql URL, role optuna)
-#   mlflow-db       password                     postgres (init), mlflow (role mlflow)
-#   mlflow-admin    password, flask-secret-key   mlflow, mlflow-setup
-#   mlflow-worker   username, password           mlflow-setup (creates the user), workers
+#   mlflow-db       password                     postgres (init), mlflow (role mlflow, database mlflow)
+#   mlflow-auth-db  password                     postgres (init), mlflow (role mlflow_auth, database mlflow_auth)
+#   mlflow-admin    password, flask-secret-key   mlflow; mlflow-setup (the password only)
+#   mlflow-worker   username, password           mlflow-setup (creates the user), workers (log in as it)
+#   dashboard       password                     optuna-dashboard (basic auth, user "optuna")
 set -euo pipefail
 ns="${1:-siamese-sweep}"
 kubectl="${KUBECTL:-kubectl}"
@@ -29,7 +31,7 @@ put() {  # put SECRET KEY VALUE: stage one key of one Secret
   printf '%s' "$3" > "$dir/$1/$2"
 }
 
-names=(postgres-admin optuna-db optuna-storage mlflow-db mlflow-admin mlflow-worker)
+names=(postgres-admin optuna-db optuna-storage mlflow-db mlflow-auth-db mlflow-admin mlflow-worker dashboard)
 existing=()
 for name in "${names[@]}"; do
   if "$kubectl" -n "$ns" get secret "$name" >/dev/null 2>&1; then existing+=("$name"); fi
@@ -48,10 +50,12 @@ put postgres-admin password "$(rand)"
 put optuna-db password "$optuna_password"
 put optuna-storage url "postgresql+psycopg2://optuna:${optuna_password}@postgres:5432/optuna"
 put mlflow-db password "$(rand)"
+put mlflow-auth-db password "$(rand)"
 put mlflow-admin password "$(rand)"
 put mlflow-admin flask-secret-key "$(rand)$(rand)"
-put mlflow-worker username worker
+put mlflow-worker username sweeps-worker
 put mlflow-worker password "$(rand)"
+put dashboard password "$(rand)"
 
 "$kubectl" create namespace "$ns" --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
 for name in "${names[@]}"; do

@@ -5,12 +5,15 @@
 * every object validated against the Kubernetes OpenAPI schemas bundled in ``kubernetes-validate``
   (strict: unknown fields are errors), for the oldest supported and the newest bundled version;
 * what a cluster admin checks: restricted pod security, resources, no public exposure of the
-  unauthenticated dashboard, secrets only as files, least privilege per component;
-* the worker Job's exit-code policy, and its command line against the real CLI parser;
-* every environment variable set is one that the code (or the program in that image) reads.
+  dashboard, secrets only as files, least privilege per component;
+* the worker Job's exit-code policy, and its and the dashboard's command lines against the real CLI parser;
+* the one contract with docker compose: the same PostgreSQL init script, and the MLflow server and the
+  mlflow-setup Job started by docker/entrypoint.py from the manifests' variables;
+* every environment variable set is one that the program in that container reads.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -18,6 +21,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -32,28 +36,23 @@ TARGETS = {"base": K8S / "base", "gpu": K8S / "overlays" / "gpu"}
 SCHEMA_VERSIONS = ("1.31.0", "1.37.0")
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|CREDENTIAL", re.IGNORECASE)
 
+ENTRYPOINT = ROOT / "docker" / "entrypoint.py"
+INIT_SCRIPT = K8S / "base" / "postgres-initdb.sh"
 # Variables read by the program in the image, not by this repository's code.
 THIRD_PARTY_ENV = {
-    "POSTGRES_USER": "postgres image",  # also docker/entrypoint.py
-    "POSTGRES_PASSWORD_FILE": "postgres image (docker-entrypoint.sh reads *_FILE)",
+    "POSTGRES_USER": "postgres image",  # also postgres-initdb.sh
     "PGDATA": "postgres image",
     "MLFLOW_SERVER_ALLOWED_HOSTS": "mlflow server",
     "MLFLOW_TRACKING_URI": "mlflow client",
     "HOME": "keras, matplotlib caches",
 }
-# TODO(integrator): *_FILE support is being added for every secret variable. Until the names module
-# lists them, a name here passes if the code reads the variable without the suffix. Then delete this.
-PENDING_FILE_SUPPORT = {
-    "OPTUNA_STORAGE_FILE", "MLFLOW_TRACKING_URI_FILE", "MLFLOW_TRACKING_USERNAME_FILE",
-    "MLFLOW_TRACKING_PASSWORD_FILE", "POSTGRES_PASSWORD_FILE", "MLFLOW_ADMIN_PASSWORD_FILE",
-    "MLFLOW_FLASK_SERVER_SECRET_KEY_FILE",
-}
-# Which Secrets each component may mount: workers hold only the Optuna role and the non-admin MLflow user.
+# Which Secrets each component may mount: workers hold only the Optuna role and the non-admin MLflow user;
+# only postgres holds the superuser; the MLflow admin password goes to the server and the setup Job only.
 ALLOWED_SECRETS = {
-    "postgres": {"postgres-admin", "optuna-db", "mlflow-db"},
-    "mlflow": {"mlflow-db", "mlflow-admin"},
+    "postgres": {"postgres-admin", "optuna-db", "mlflow-db", "mlflow-auth-db"},
+    "mlflow": {"mlflow-db", "mlflow-auth-db", "mlflow-admin"},
     "mlflow-setup": {"mlflow-admin", "mlflow-worker"},
-    "optuna-dashboard": {"optuna-storage"},
+    "optuna-dashboard": {"optuna-storage", "dashboard"},
     "worker": {"optuna-storage", "mlflow-worker"},
 }
 
@@ -91,6 +90,25 @@ def _key(o: dict[str, Any]) -> tuple[str, str, str]:
     return o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]
 
 
+def _container(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (obj,) = [o for o in _by_kind(objects, kind) if o["metadata"]["name"] == name]
+    (container,) = obj["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", [])}
+
+
+@pytest.fixture(scope="module")
+def ep() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("stack_entrypoint_manifests", ENTRYPOINT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # ------------------------------------------------------------------ rendering and schemas
 def test_lite_renderer_matches_kubectl_kustomize(target: str, objects: list[dict[str, Any]]) -> None:
     kubectl = shutil.which("kubectl")
@@ -122,7 +140,8 @@ def test_the_expected_objects_are_there(objects: list[dict[str, Any]]) -> None:
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
     assert {("StatefulSet", "postgres"), ("Deployment", "mlflow"), ("Service", "mlflow"),
             ("Deployment", "optuna-dashboard"), ("Job", "siamese-sweep-worker"), ("Job", "mlflow-setup"),
-            ("ConfigMap", "sweep-spec"), ("NetworkPolicy", "default-deny-ingress")} <= kinds
+            ("ConfigMap", "sweep-spec"), ("ConfigMap", "postgres-initdb"),
+            ("NetworkPolicy", "default-deny-ingress")} <= kinds
     assert all(o["metadata"].get("namespace") == "siamese-sweep" for o in objects if o["kind"] != "Namespace")
     assert not _by_kind(objects, "Secret"), "secrets are created by create-secrets.sh, never committed"
 
@@ -246,28 +265,153 @@ def test_worker_study_matches_the_spec(objects: list[dict[str, Any]]) -> None:
 
 # ------------------------------------------------------------------ environment variables
 def _code_corpus() -> str:
-    files = [*ROOT.glob("sweeps/**/*.py"), *ROOT.glob("siamese_core/**/*.py"), ROOT / "docker" / "entrypoint.py",
-             *K8S.glob("base/*.py"), *K8S.glob("base/*.sh")]
+    files = [*ROOT.glob("sweeps/**/*.py"), *ROOT.glob("siamese_core/**/*.py"), ENTRYPOINT, *K8S.glob("base/*.sh")]
     return "\n".join(p.read_text() for p in files)
 
 
-def test_every_environment_variable_set_is_read_somewhere(objects: list[dict[str, Any]]) -> None:
+def _file_variables(container: dict[str, Any], ep: ModuleType) -> set[str]:
+    """The NAMEs whose ``NAME_FILE`` the program this container runs reads."""
+    from sweeps.secrets import SECRET_VARIABLES
+
+    command = container.get("command") or []
+    if command[:1] == ["siamese-sweep"]:  # sweeps.cli.main: read_secret_files()
+        return set(SECRET_VARIABLES)
+    if container["image"].startswith("postgres:"):  # the image's docker-entrypoint.sh, and the init script
+        return {"POSTGRES_PASSWORD", *re.findall(r"^\s*role_password (\w+)$", INIT_SCRIPT.read_text(), flags=re.M)}
+    if "/usr/local/bin/stack-entrypoint" in command or (not command and "siamese-sweep/mlflow" in container["image"]):
+        # docker/entrypoint.py: secret() and setting() accept NAME_FILE
+        names = re.findall(r"\b(?:secret|setting)\(env, \"(\w+)\"", ENTRYPOINT.read_text())
+        return {*names, *(variable for _role, variable in ep.DATABASES.values())}
+    return set()
+
+
+def test_every_environment_variable_set_is_read_somewhere(objects: list[dict[str, Any]], ep: ModuleType) -> None:
+    """A plain variable is read by this repository's code or the image's program; a ``NAME_FILE`` variable only
+    counts if the program in that container reads NAME from the file (the CLI: ``sweeps.secrets.SECRET_VARIABLES``;
+    docker/entrypoint.py: its ``secret``/``setting`` names; postgres: the image and postgres-initdb.sh)."""
     corpus = _code_corpus()
-
-    def read_by_code(name: str) -> bool:
-        return re.search(rf"\b{re.escape(name)}\b", corpus) is not None
-
     unknown = []
     for component, pod in _workloads(objects):
         for c in pod["containers"]:
             for e in c.get("env", []):
                 name = e["name"]
-                if read_by_code(name) or name in THIRD_PARTY_ENV:
-                    continue
-                if name in PENDING_FILE_SUPPORT and read_by_code(name[: -len("_FILE")]):
-                    continue
-                unknown.append(f"{component}/{c['name']}: {name}")
+                if name.endswith("_FILE"):
+                    ok = name.removesuffix("_FILE") in _file_variables(c, ep)
+                else:
+                    ok = re.search(rf"\b{re.escape(name)}\b", corpus) is not None or name in THIRD_PARTY_ENV
+                if not ok:
+                    unknown.append(f"{component}/{c['name']}: {name}")
     assert not unknown, "set in the manifests, read by nothing: " + ", ".join(unknown)
+
+
+# ------------------------------------------------------------------ one contract with docker compose
+def test_postgres_runs_the_one_init_script(objects: list[dict[str, Any]]) -> None:
+    """The ConfigMap is postgres-initdb.sh (which compose mounts too), executable so that the image runs it."""
+    (configmap,) = [o for o in _by_kind(objects, "ConfigMap") if o["metadata"]["name"] == "postgres-initdb"]
+    assert configmap["data"] == {"10-roles.sh": INIT_SCRIPT.read_text()}
+    (sts,) = _by_kind(objects, "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v.get("configMap", {}).get("name") == "postgres-initdb"]
+    assert volume["configMap"]["defaultMode"] == 0o555
+    container = _container(objects, "StatefulSet", "postgres")
+    assert {"name": volume["name"], "mountPath": "/docker-entrypoint-initdb.d", "readOnly": True} in \
+        container["volumeMounts"]
+    env = _env(container)
+    for name in ("OPTUNA_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "MLFLOW_AUTH_DB_PASSWORD"):
+        assert name + "_FILE" in env and name not in env, name
+    assert env["POSTGRES_USER"] == "postgres"
+
+
+def _with_secret_files(env: dict[str, str], tmp: Path) -> dict[str, str]:
+    """The container's variables with every ``*_FILE`` pointing at a local file holding a made-up value."""
+    out = dict(env)
+    for name, path in env.items():
+        if name.endswith("_FILE"):
+            local = tmp / path.strip("/").replace("/", "_")
+            local.write_text(f"{Path(path).parent.name}-{Path(path).name}-value-0123456789\n")
+            out[name] = str(local)
+    return out
+
+
+def test_mlflow_server_starts_from_the_manifest_variables(objects: list[dict[str, Any]], ep: ModuleType,
+                                                          tmp_path: Path) -> None:
+    """The mlflow Deployment runs the image's entrypoint (docker/entrypoint.py mlflow) as compose does."""
+    from sqlalchemy.engine import make_url
+
+    container = _container(objects, "Deployment", "mlflow")
+    assert "command" not in container and "args" not in container, "the image's entrypoint: stack-entrypoint mlflow"
+    dockerfile = (ROOT / "docker" / "mlflow" / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["python", "/usr/local/bin/stack-entrypoint", "mlflow"]' in dockerfile
+    env = _with_secret_files(_env(container), tmp_path)
+    argv, child = ep.mlflow_command(env, tmp_path / "config")
+    backend = make_url(child["MLFLOW_BACKEND_STORE_URI"])
+    assert (backend.username, backend.host, backend.database) == ("mlflow", "postgres", "mlflow")
+    assert backend.password == "mlflow-db-password-value-0123456789"
+    ini = Path(child["MLFLOW_AUTH_CONFIG_PATH"]).read_text()
+    auth_url = "postgresql+psycopg2://mlflow_auth:mlflow-auth-db-password-value-0123456789@postgres:5432/mlflow_auth"
+    assert f"database_uri = {auth_url}\n" in ini
+    assert "admin_password = mlflow-admin-password-value-0123456789\n" in ini
+    assert child["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "mlflow-admin-flask-secret-key-value-0123456789"
+    assert not any(name.endswith("PASSWORD_FILE") for name in child), "the server keeps no path to a password"
+    assert argv[argv.index("--artifacts-destination") + 1] == "/mlartifacts"
+
+
+def test_mlflow_setup_job_runs_the_entrypoint_with_the_workers_credentials(objects: list[dict[str, Any]],
+                                                                            ep: ModuleType, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """mlflow-setup = compose's mlflow-users: same command; it creates the user the workers log in as."""
+    container = _container(objects, "Job", "mlflow-setup")
+    assert container["command"] == ["python", "/usr/local/bin/stack-entrypoint", "mlflow-users"]
+    assert container["image"].startswith("siamese-sweep/mlflow:")
+    env = _with_secret_files(_env(container), tmp_path)
+    seen = {}
+
+    class Health:  # the server answers /health
+        def __enter__(self): return self  # noqa: E704
+        def __exit__(self, *exc): return False  # noqa: E704
+
+    monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout: seen.setdefault("health", url) and Health())
+    monkeypatch.setattr(ep, "ensure_user", lambda url, **kw: seen.update(url=url, **kw))
+    assert ep.create_worker_user(env) == "mlflow-worker-username-value-0123456789"
+    assert seen["health"] == "http://mlflow:5000/health" and seen["admin_username"] == "admin"
+    assert seen["admin_password"] == "mlflow-admin-password-value-0123456789"
+    assert seen["password"] == "mlflow-worker-password-value-0123456789"
+    # ... from the very Secret keys the workers log in with
+    worker = _env(_worker(objects)["spec"]["template"]["spec"]["containers"][0])
+    setup = _env(container)
+    assert worker["MLFLOW_TRACKING_USERNAME_FILE"] == setup["MLFLOW_WORKER_USERNAME_FILE"]
+    assert worker["MLFLOW_TRACKING_PASSWORD_FILE"] == setup["MLFLOW_WORKER_PASSWORD_FILE"]
+    mlflow = _env(_container(objects, "Deployment", "mlflow"))
+    assert setup["MLFLOW_ADMIN_USERNAME"] == mlflow["MLFLOW_ADMIN_USERNAME"]
+    assert setup["MLFLOW_URL"] == worker["MLFLOW_TRACKING_URI"]
+
+
+def test_compose_and_kubernetes_give_the_entrypoint_the_same_variables(objects: list[dict[str, Any]]) -> None:
+    """Compose passes values, Kubernetes ``NAME_FILE`` paths: the same names otherwise."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    k8s_only = {"HOME", "STACK_CONFIG_DIR", "MLFLOW_ARTIFACTS_DESTINATION"}
+    for service, (kind, name) in {"mlflow": ("Deployment", "mlflow"), "mlflow-users": ("Job", "mlflow-setup")}.items():
+        k8s = {n.removesuffix("_FILE") for n in _env(_container(objects, kind, name))} - k8s_only
+        assert k8s == set(services[service]["environment"]), service
+    assert services["mlflow-users"]["entrypoint"] == _container(objects, "Job", "mlflow-setup")["command"]
+
+
+def test_dashboard_runs_the_guarded_cli_from_the_worker_image(objects: list[dict[str, Any]]) -> None:
+    from sweeps.cli import build_parser
+    from sweeps.dashboard import PASSWORD_ENV
+
+    container = _container(objects, "Deployment", "optuna-dashboard")
+    assert container["image"].split(":")[0] == _worker(objects)["spec"]["template"]["spec"]["containers"][0][
+        "image"].split(":")[0].removesuffix("-gpu")
+    assert container["command"] == ["siamese-sweep"]
+    parsed = build_parser().parse_args(container["args"])
+    assert parsed.command == "dashboard" and not parsed.allow_writes and parsed.host == "0.0.0.0"
+    (port,) = container["ports"]
+    assert parsed.port == port["containerPort"]
+    env = _env(container)
+    assert {"OPTUNA_STORAGE_FILE", PASSWORD_ENV + "_FILE"} <= set(env), "else it would make up a password"
+    for probe in ("readinessProbe", "livenessProbe"):  # without a password, HTTP answers 401
+        assert container[probe]["tcpSocket"]["port"] == port["name"], probe
 
 
 # ------------------------------------------------------------------ GPU overlay
@@ -314,19 +458,19 @@ sys.exit(f"fake kubectl: unexpected {args}")
 
 
 def _secret_files_used(objects: list[dict[str, Any]]) -> set[tuple[str, str]]:
-    """(Secret, key) pairs the pods read through *_FILE variables or init scripts."""
+    """(Secret, key) pairs the pods read through *_FILE variables (the init script too: postgres's)."""
     used = set()
     for _component, pod in _workloads(objects):
-        volumes = {v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+        volumes = {v["name"]: v["secret"] for v in pod.get("volumes", []) if "secret" in v}
         for c in pod["containers"]:
             mounts = {m["mountPath"]: volumes[m["name"]] for m in c.get("volumeMounts", []) if m["name"] in volumes}
             for e in c.get("env", []):
                 if e["name"].endswith("_FILE"):
                     path = Path(e["value"])
-                    used.add((mounts[str(path.parent)], path.name))
-    for path in re.findall(r"/var/run/secrets/siamese-sweep/([\w-]+)/([\w-]+)",
-                           (K8S / "base" / "postgres-initdb.sh").read_text()):
-        used.add(path)
+                    secret = mounts[str(path.parent)]
+                    keys = {i["path"]: i["key"] for i in secret.get("items", [])}
+                    assert not keys or path.name in keys, f"{e['name']}: {path.name} is not among the items mounted"
+                    used.add((secret["secretName"], keys.get(path.name, path.name)))
     return used
 
 
@@ -341,7 +485,8 @@ def test_create_secrets_makes_every_secret_the_pods_read_without_putting_values_
                          text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     secrets = {(d.name, f.name): f.read_text() for d in (state / "secrets").iterdir() for f in d.iterdir()}
-    assert _secret_files_used(render(TARGETS["base"])) <= set(secrets)
+    assert _secret_files_used(render(TARGETS["base"])) == set(secrets), "every Secret key the pods read, no other"
+    assert secrets[("mlflow-worker", "username")] == "sweeps-worker"
     argv = (state / "argv.log").read_text()
     for (name, key), value in secrets.items():
         if key != "username":
