@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""Entrypoint for the compose services: ``entrypoint.py {mlflow|mlflow-users|dashboard|worker} [ARGS...]``.
+"""Entrypoint of the images: ``entrypoint.py {mlflow|mlflow-users|dashboard|worker} [ARGS...]``.
+
+The compose services run it, and so do the Kubernetes mlflow Deployment and mlflow-setup Job (deploy/k8s),
+which give every secret as ``NAME_FILE``.
 
 Why a script rather than a ``command:`` line: credentials arrive as separate variables (or ``NAME_FILE``
 files, as Docker/Kubernetes secrets) and must be URL-quoted into database URLs, written to 0600 config files
