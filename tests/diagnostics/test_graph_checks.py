@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from siamese_core.diagnostics import diagnose
+from siamese_core import diagnose
 from siamese_core.diagnostics.graph_checks import bypassed_preprocessing
 
 from .conftest import codes
