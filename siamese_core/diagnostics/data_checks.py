@@ -41,7 +41,8 @@ def check_pair_labels(y: np.ndarray, source: str, *, what: str = "y") -> list[Fi
           "positive_fraction": round(frac, 4)}
     if n_pos == n:
         return [C.finding(C.POSITIVES_ONLY, f"all {n} pairs in '{what}' are labelled 1 (same): there are no negative "
-                                            f"pairs, so a contrastive objective collapses to a constant map", evidence=ev)]
+                                            f"pairs, so a contrastive objective collapses to a constant map",
+                          evidence=ev)]
     if n_pos == 0:
         return [C.finding(C.PAIR_IMBALANCE, f"all {n} pairs in '{what}' are labelled 0 (different): there are no "
                                             f"positive pairs to learn similarity from", evidence=ev, severity="error",

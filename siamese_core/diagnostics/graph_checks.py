@@ -201,8 +201,8 @@ def _input_finding(raw: bool, stats: dict[str, float] | None, where: str | None,
                f"(expected roughly [-3, 3])")
         if bypass:
             msg += f"; {bypass_text}"
-            fix = bypass_fix + (" — or set preprocessing.normalize: rescale" if config.preprocessing.normalize == "none"
-                                else "")
+            fix = bypass_fix + (" — or set preprocessing.normalize: rescale"
+                                if config.preprocessing.normalize == "none" else "")
         elif config.preprocessing.normalize == "none":
             msg += "; preprocessing.normalize is 'none'"
             fix = ("set preprocessing.normalize: rescale (or standardize)" if builtin else
@@ -210,7 +210,8 @@ def _input_finding(raw: bool, stats: dict[str, float] | None, where: str | None,
                    "the first layer)")
         else:
             fix = "normalise inside your encoder, or check preprocessing.normalize and the data's value range"
-        return C.finding(C.UNNORMALIZED_INPUT, msg, evidence=evidence, severity=severity, fix=fix)  # type: ignore[arg-type]
+        return C.finding(C.UNNORMALIZED_INPUT, msg, evidence=evidence, severity=severity,  # type: ignore[arg-type]
+                         fix=fix)
     augment = [b for b in bypass if b["type"] not in _NORMALISATION_TYPES]
     tail = (" Augmentation never runs." if augment else
             " Inputs are still normalised by preprocessing.normalize, so the layer is dead code.")

@@ -106,8 +106,8 @@ def check_reduction(loss: Callable[[Any, Any], Any], y: np.ndarray, pred: np.nda
     if not (np.isfinite(v_small) and np.isfinite(v_large)) or max(abs(v_small), abs(v_large)) < 1e-9:
         return []  # zero at initialisation (all hinges satisfied): inconclusive
     ratio = v_large / v_small if v_small else float("inf")
-    ev = {"batch_small": small, "batch_large": n, "loss_at_small": round(v_small, 6), "loss_at_large": round(v_large, 6),
-          "ratio": round(ratio, 4), "ratio_if_summed": round(n / small, 2)}
+    ev = {"batch_small": small, "batch_large": n, "loss_at_small": round(v_small, 6),
+          "loss_at_large": round(v_large, 6), "ratio": round(ratio, 4), "ratio_if_summed": round(n / small, 2)}
     if ratio > REDUCTION_RATIO_HIGH:
         return [C.finding(C.LOSS_REDUCTION, f"the loss grows with the batch size: {v_large:.4g} at batch {n} vs "
                                             f"{v_small:.4g} at batch {small} on the same tuples (x{ratio:.2f}; "
@@ -132,8 +132,8 @@ def check_gradients(model: keras.Model, loss: Callable[[Any, Any], Any], x: list
     bad = [v.path for g, v in zip(grads, variables) if g is not None and not bool(tf.reduce_all(tf.math.is_finite(g)))]
     if not np.isfinite(loss_value) or bad:
         what = f"the loss is {loss_value}" if not np.isfinite(loss_value) else "gradients are non-finite"
-        return [C.finding(C.NAN_LOSS, f"{what} at initialisation, before any update", evidence={"loss": loss_value,
-                                                                                         "nonfinite_gradients": bad[:5]},
+        return [C.finding(C.NAN_LOSS, f"{what} at initialisation, before any update",
+                          evidence={"loss": loss_value, "nonfinite_gradients": bad[:5]},
                           fix="guard sqrt/log/division in the loss or distance with maximum(x, 1e-9); check inputs "
                               "for NaN")]
     enc_ids = {id(v) for e in encoders for v in e.trainable_variables}

@@ -101,14 +101,16 @@ def epoch_findings(history: list[dict[str, float]], *, distance: str, l2_normali
     if math.isfinite(score_std) and score_std <= CONSTANT_STD * max(1.0, mean_score) and chance:
         out.append(C.finding(C.CONSTANT_OUTPUT, f"every validation pair gets the same score (std {score_std:.2g}) "
                                                 f"at epoch {epoch}; accuracy {_f(row, 'val_pair_accuracy'):.3f} is the "
-                                                f"class prior", evidence={**ev, "val_score_std": score_std,
-                                                                          "val_pair_accuracy": _f(row, "val_pair_accuracy")},
+                                                f"class prior",
+                             evidence={**ev, "val_score_std": score_std,
+                                       "val_pair_accuracy": _f(row, "val_pair_accuracy")},
                              epoch=epoch))
 
     if math.isfinite(auc) and auc < INVERTED_AUC:
         out.append(C.finding(C.LABEL_INVERTED, f"validation AUC is {auc:.3f} at epoch {epoch} (well below 0.5): the "
                                                f"model ranks same pairs as different — the loss or the labels use the "
-                                               f"opposite convention (1 = same here)", evidence=ev, epoch=epoch))
+                                               f"opposite convention (1 = same here)",
+                             evidence=ev, epoch=epoch))
 
     if len(history) >= patience:
         recent = history[-patience:]
@@ -272,7 +274,8 @@ class EpochWatcher(_Watcher):
             except (KeyError, TypeError, ValueError):
                 continue
         self.history.append(row)
-        found = epoch_findings(self.history, distance=self.models.distance, l2_normalize=self.config.encoder.l2_normalize,
+        found = epoch_findings(self.history, distance=self.models.distance,
+                               l2_normalize=self.config.encoder.l2_normalize,
                                higher_is_same=self.models.higher_is_same,
                                patience=self.config.diagnostics.no_learning_patience)
         self.report(found)

@@ -123,9 +123,11 @@ def overfit_probe(config: TrainConfig, data: DatasetSplits) -> tuple[list[Findin
             break
     pred_inf, pred_train = np.asarray(model(x, training=False)), np.asarray(model(x, training=True))
     sep = [separation(models, p, y) for p in (pred_inf, pred_train)]
-    info.update({"steps": steps, "final_loss": round(last, 6), "loss_ratio": round(last / initial, 4) if initial else None,
+    info.update({"steps": steps, "final_loss": round(last, 6),
+                 "loss_ratio": round(last / initial, 4) if initial else None,
                  "separation_inference": round(sep[0], 4), "separation_training": round(sep[1], 4),
-                 "score_spread_initial": round(spread0, 6), "score_spread_final": round(score_spread(models, pred_inf), 6),
+                 "score_spread_initial": round(spread0, 6),
+                 "score_spread_final": round(score_spread(models, pred_inf), 6),
                  "seconds": round(time.perf_counter() - t0, 2)})
     fitted = (initial > 0 and last <= OVERFIT_TARGET_RATIO * initial) or max(sep) >= OVERFIT_FIT_AUC
     what = "AUC" if models.arity == 2 else "triplet accuracy"
