@@ -99,7 +99,7 @@ def child_kerastuner(method: str, seed: int, budget: float, base: dict[str, Any]
 
     from siamese_core import verification as metrics
     from siamese_core.config import TrainConfig
-    from siamese_core.data.loaders import _gather
+    from siamese_core.data.loaders import gather
     from siamese_core.data.pairs import STREAM_VAL, make_sampler
     from siamese_core.data.sources import load_dataset
     from siamese_core.data.types import materialize
@@ -111,7 +111,7 @@ def child_kerastuner(method: str, seed: int, budget: float, base: dict[str, Any]
     data = load_dataset(base_cfg)
     x_train = materialize(data.train.x)
     pairs = make_sampler(base_cfg, data).epoch(0)  # one fixed set of pairs, the way tuner.search is used
-    (x1, x2), y = _gather([x_train, x_train], pairs), pairs.targets
+    (x1, x2), y = gather([x_train, x_train], pairs), pairs.targets
     train_ds = tf.data.Dataset.from_tensor_slices(((x1, x2), y)).batch(base_cfg.batch_size)
     options = tf.data.Options()
     # autotuning off: AUTOTUNE pipelines were seen to leave fit() idle 5-40 s at epoch ends on 2 cores; fair to
@@ -121,7 +121,7 @@ def child_kerastuner(method: str, seed: int, budget: float, base: dict[str, Any]
     val_set = EvalSet.build(data.val, n_pairs=base_cfg.pairs.val_pairs, seed=seed, stream=STREAM_VAL,
                             triplets=False)
     x_val = materialize(data.val.x)
-    v1, v2 = _gather([x_val, x_val], val_set.pairs)
+    v1, v2 = gather([x_val, x_val], val_set.pairs)
     vy = val_set.pairs.targets
     epochs: list[dict[str, Any]] = []
     trial_counter = {"n": -1}

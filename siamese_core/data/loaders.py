@@ -59,8 +59,9 @@ class TrainingPlan:
         return [self.split.x] * self.arity
 
 
-def _gather(sources: list[np.ndarray], tuples: Tuples) -> tuple[np.ndarray, ...]:
-    return tuple(src[tuples.indices[:, k]] for k, src in enumerate(sources))
+def gather(sources: list[Inputs], tuples: Tuples) -> tuple[np.ndarray, ...]:
+    """The model inputs of `tuples`: position ``k`` taken from ``sources[k]`` (lazy inputs are decoded)."""
+    return tuple(materialize(src, tuples.indices[:, k]) for k, src in enumerate(sources))
 
 
 class RunCallbacks(keras.callbacks.CallbackList):
@@ -121,7 +122,7 @@ class MemoryLoader(Loader):
 
     def epoch_arrays(self, plan: TrainingPlan, epoch: int) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
         tuples = plan.sampler.epoch(epoch)
-        return _gather(self._sources(plan), tuples), tuples.targets
+        return gather(self._sources(plan), tuples), tuples.targets
 
     def run(self, model: keras.Model, plan: TrainingPlan, callbacks: list[keras.callbacks.Callback], *,
             epochs: int, initial_epoch: int = 0) -> None:

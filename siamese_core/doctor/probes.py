@@ -19,10 +19,9 @@ import numpy as np
 
 from .. import runtime
 from ..config import TrainConfig
-from ..data.loaders import Loader, TrainingPlan, get_loader, make_train_step
-from ..data.pairs import Tuples
+from ..data.loaders import Loader, TrainingPlan, gather, get_loader, make_train_step
 from ..data.splits import stratified_choice
-from ..data.types import DatasetSplits, LabeledSplit, PairedSplit, Split, materialize, take
+from ..data.types import DatasetSplits, LabeledSplit, PairedSplit, Split, take
 from ..diagnostics import codes as C
 from ..diagnostics.scores import score_spread, separation
 from ..diagnostics.watchers import FindingCollector
@@ -76,11 +75,6 @@ def probe_data(data: DatasetSplits, *, seed: int) -> DatasetSplits:
                    test=_subset(data.test, PROBE_TEST, rng))
 
 
-def gather(plan: TrainingPlan, tuples: Tuples) -> list[np.ndarray]:
-    """The model inputs of `tuples` (decoding lazy inputs)."""
-    return [materialize(src, tuples.indices[:, k]) for k, src in enumerate(plan.sources())]
-
-
 # ------------------------------------------------------------------ overfit probe
 def overfit_probe(config: TrainConfig, data: DatasetSplits) -> tuple[list[Finding], dict[str, Any]]:
     """Fit 64 fixed tuples; a healthy model and loss get near zero loss in a few hundred steps."""
@@ -95,7 +89,7 @@ def overfit_probe(config: TrainConfig, data: DatasetSplits) -> tuple[list[Findin
     model = models.training
     model.compile(optimizer=keras.optimizers.Adam(OVERFIT_LR), loss=loss, jit_compile=False)
     tuples = plan.sampler.epoch(0)
-    x, y = gather(plan, tuples), tuples.targets
+    x, y = list(gather(plan.sources(), tuples)), tuples.targets
     n = len(y) - len(y) % OVERFIT_BATCH
     batches = [([a[i:i + OVERFIT_BATCH] for a in x], y[i:i + OVERFIT_BATCH]) for i in range(0, n, OVERFIT_BATCH)]
     initial = float(np.mean([float(loss(yb, model(xb, training=True))) for xb, yb in batches]))

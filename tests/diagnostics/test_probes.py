@@ -27,7 +27,7 @@ class NaiveZipLoader(L.MemoryLoader):
         n = plan.sampler.pairs_per_epoch
         i, j = rng.integers(0, len(labels), n), rng.integers(0, len(labels), n)
         t = Tuples(np.stack([i, j], axis=1), (labels[i] == labels[j]).astype(np.float32))
-        return L._gather(self._sources(plan), t), t.targets
+        return L.gather(self._sources(plan), t), t.targets
 
 
 class PipelineRescalingLoader(L.MemoryLoader):
@@ -50,7 +50,7 @@ class ReseededLoader(L.MemoryLoader):
         other = PairSampler(s.labels, seed=s.seed + 1, pairs_per_epoch=s.pairs_per_epoch,
                             positive_fraction=s.positive_fraction)
         t = other.epoch(epoch)
-        return L._gather(self._sources(plan), t), t.targets
+        return L.gather(self._sources(plan), t), t.targets
 
 
 @pytest.fixture(scope="module")
