@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from siamese_core.errors import InputError
+from siamese_core.errors import SiameseError
 
 try:  # the module must import without MLflow's pyfunc too (e.g. for `arrays_from_frame` in tools)
     from mlflow.pyfunc import PythonModel
@@ -34,7 +34,7 @@ MODES = ("pair", "embed")
 BATCH = 512  # the batch size the trial embedded its test samples with: same batches -> identical floats
 
 
-class PredictError(InputError, ValueError):
+class PredictError(SiameseError, ValueError):
     """A request the model cannot answer (missing column, wrong shape, unknown mode)."""
 
 
