@@ -12,7 +12,8 @@ RSS from ``os.wait4``). Rows:
 Throughput is measured over epochs 2..N (epoch 1 includes tracing) *including*
 the time between epochs, so per-epoch gathering and idle stalls count.
 ``fit_return_gap`` is the time from the last ``on_epoch_end`` to the loader
-returning (FACTS.md: ``fit()`` sometimes idles 5–40 s there). A second table
+returning (``fit()`` was seen to idle 5-40 s there, CPU idle, in 9 of 30 one-epoch
+runs on 2 cores). A second table
 shows peak RSS as ``pairs_per_epoch`` grows x10 (50 training steps each):
 tfdata/custom hold only per-epoch index arrays, so they must stay flat.
 """
@@ -75,7 +76,7 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
     from siamese_core.data.loaders import get_loader
     from siamese_core.data.sources import load_dataset
     from siamese_core.runtime import seed_everything
-    from siamese_core.training import build_run
+    from siamese_core.run import build_run
 
     overrides = {"loader": args.child, "pairs.pairs_per_epoch": args.pairs, "batch_size": args.batch,
                  "epochs": args.epochs, "seed": args.seed, "pairs.val_pairs": 20, "pairs.test_pairs": 20}
@@ -86,9 +87,9 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
     seed_everything(config.seed)
     run = build_run(config, data)
     timer = _timer(args.max_steps)
-    model = run["models"].training
+    model = run.models.training
     t_start = time.perf_counter()
-    get_loader(args.child).run(model, run["plan"], [timer], epochs=args.epochs)
+    get_loader(args.child).run(model, run.plan, [timer], epochs=args.epochs)
     t_return = time.perf_counter()
     return _summarise(args.child, timer, t_start, t_return, args.pairs, args.batch,
                       {"params": int(model.count_params())})

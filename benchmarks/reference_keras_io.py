@@ -58,11 +58,10 @@ def child_keras_io(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     from common import keras_io_loss, keras_io_siamese
 
-    from siamese_core import metrics
-    from siamese_core.data.pairs import STREAM_TEST, STREAM_VAL
+    from siamese_core import verification as metrics
+    from siamese_core.data.pairs import STREAM_TEST, STREAM_VAL, make_sampler
     from siamese_core.data.sources import load_dataset
     from siamese_core.evaluation import EvalSet
-    from siamese_core.training import make_sampler
 
     t0 = time.perf_counter()
     config = _config(args)

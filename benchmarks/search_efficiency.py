@@ -97,28 +97,31 @@ def child_kerastuner(method: str, seed: int, budget: float, base: dict[str, Any]
     import numpy as np
     import tensorflow as tf
 
+    from siamese_core import verification as metrics
     from siamese_core.config import TrainConfig
-    from siamese_core.data.loaders import _gather
-    from siamese_core.data.pairs import STREAM_VAL
+    from siamese_core.data.loaders import gather
+    from siamese_core.data.pairs import STREAM_VAL, make_sampler
+    from siamese_core.data.sources import load_dataset
     from siamese_core.data.types import materialize
     from siamese_core.evaluation import EvalSet
-    from siamese_core import metrics
-    from siamese_core.training import build_run, load_data, make_sampler
+    from siamese_core.run import build_run
 
     t0 = time.time()
     base_cfg = TrainConfig.from_dict({**base, "seed": seed})
-    data = load_data(base_cfg)
+    data = load_dataset(base_cfg)
     x_train = materialize(data.train.x)
     pairs = make_sampler(base_cfg, data).epoch(0)  # one fixed set of pairs, the way tuner.search is used
-    (x1, x2), y = _gather([x_train, x_train], pairs), pairs.targets
+    (x1, x2), y = gather([x_train, x_train], pairs), pairs.targets
     train_ds = tf.data.Dataset.from_tensor_slices(((x1, x2), y)).batch(base_cfg.batch_size)
     options = tf.data.Options()
-    options.autotune.enabled = False  # no idle stall at epoch ends (FACTS.md): fair to KerasTuner
+    # autotuning off: AUTOTUNE pipelines were seen to leave fit() idle 5-40 s at epoch ends on 2 cores; fair to
+    # KerasTuner, whose trials run on the same pipeline
+    options.autotune.enabled = False
     train_ds = train_ds.with_options(options)
     val_set = EvalSet.build(data.val, n_pairs=base_cfg.pairs.val_pairs, seed=seed, stream=STREAM_VAL,
                             triplets=False)
     x_val = materialize(data.val.x)
-    v1, v2 = _gather([x_val, x_val], val_set.pairs)
+    v1, v2 = gather([x_val, x_val], val_set.pairs)
     vy = val_set.pairs.targets
     epochs: list[dict[str, Any]] = []
     trial_counter = {"n": -1}
@@ -142,7 +145,7 @@ def child_kerastuner(method: str, seed: int, budget: float, base: dict[str, Any]
                      "encoder": {**base_cfg.encoder.model_dump(), "depth": hp.Int("encoder.depth", 1, 3),
                                  "embedding_dim": hp.Choice("encoder.embedding_dim", [16, 64, 128])}}
         cfg = TrainConfig.from_dict({**base_cfg.to_dict(), **overrides})
-        return build_run(cfg, data)["models"].training
+        return build_run(cfg, data).models.training
 
     class NoTensorBoard:
         def _configure_tensorboard_dir(self, callbacks: Any, trial: Any, execution: int = 0) -> None:

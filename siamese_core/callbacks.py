@@ -2,30 +2,42 @@
 
 Order matters and is fixed by `training.train`: the NaN guard, then the
 evaluator (it writes the ``val_*`` keys into the epoch logs), then the
-diagnostics watchers, then LR/early-stopping and user callbacks (which may
-monitor ``val_*``), and last the recorder.
+diagnostics watchers (`siamese_core.diagnostics.watchers`), then
+LR/early-stopping and user callbacks (which may monitor ``val_*``), and last
+the recorder. Findings travel on the run's `FindingBus`.
 """
 from __future__ import annotations
 
 import math
+import sys
 import time
-from typing import Any, Callable
 
 import keras
 import numpy as np
 
+from .config import TrainConfig
+from .data.types import DataInfo
+from .diagnostics.codes import NAN_LOSS
+from .diagnostics.watchers import nan_finding
 from .errors import TrainingFailed
 from .evaluation import Evaluator, as_epoch_logs
+from .findings import FindingBus
 from .models.siamese import SiameseModels
+
+__all__ = ["NanGuard", "EpochEvaluator", "HistoryRecorder", "EpochPrinter"]
 
 
 class NanGuard(keras.callbacks.Callback):
-    """Fail the run at the first non-finite batch loss instead of returning NaN history."""
+    """Fail the run at the first non-finite batch loss instead of returning NaN history.
 
-    def __init__(self, *, bus: Any = None, config: Any = None, info: Any = None) -> None:
+    The finding names the likely cause from the config and data (learning rate, normalisation).
+    """
+
+    def __init__(self, *, bus: FindingBus | None = None, config: TrainConfig | None = None,
+                 info: DataInfo | None = None) -> None:
         super().__init__()
         self.epoch = 0
-        self.bus, self.config, self.info = bus, config, info  # for the finding's likely cause
+        self.bus, self.config, self.info = bus, config, info
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch = epoch
@@ -33,13 +45,11 @@ class NanGuard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            from .diagnostics.watchers import nan_finding
-
             finding = nan_finding(value=float(loss), epoch=self.epoch, step=batch,
                                   learning_rate=_learning_rate(self.model), config=self.config, info=self.info)
             if self.bus is not None:
                 self.bus.emit(finding)
-            raise TrainingFailed("nan_loss", finding.message, finding=finding, epoch=self.epoch)
+            raise TrainingFailed(NAN_LOSS, finding.message, finding=finding, epoch=self.epoch)
 
 
 def _learning_rate(model: keras.Model) -> float:
@@ -71,8 +81,8 @@ class EpochEvaluator(keras.callbacks.Callback):
             logs["learning_rate"] = _learning_rate(self.model)
             logs["epoch_seconds"] = train_seconds
         if not math.isfinite(result.get("embedding_norm_mean", 0.0)):
-            raise TrainingFailed("nan_loss", f"embeddings became non-finite at epoch {epoch}; lower the learning "
-                                             "rate or check input normalisation", epoch=epoch)
+            raise TrainingFailed(NAN_LOSS, f"embeddings became non-finite at epoch {epoch}; lower the learning "
+                                           "rate or check input normalisation", epoch=epoch)
 
 
 class HistoryRecorder(keras.callbacks.Callback):
@@ -83,7 +93,7 @@ class HistoryRecorder(keras.callbacks.Callback):
         self.history: list[dict[str, float]] = []
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        row = {"epoch": epoch}
+        row: dict[str, float] = {"epoch": epoch}
         for key, value in (logs or {}).items():
             try:
                 row[key] = float(np.asarray(value))
@@ -92,19 +102,11 @@ class HistoryRecorder(keras.callbacks.Callback):
         self.history.append(row)
 
 
-class FindingBus:
-    """Fans findings out to every callback that defines ``on_finding(finding)``."""
+class EpochPrinter(keras.callbacks.Callback):
+    """One line per epoch on stderr (``train(..., verbose=True)``, the CLI's progress)."""
 
-    def __init__(self) -> None:
-        self.findings: list[Any] = []
-        self._listeners: list[Callable[[Any], None]] = []
+    keys = ("loss", "val_loss", "val_pair_accuracy", "val_roc_auc", "embedding_norm_mean", "epoch_seconds")
 
-    def attach(self, callbacks: list[keras.callbacks.Callback]) -> None:
-        self._listeners = [cb.on_finding for cb in callbacks if callable(getattr(cb, "on_finding", None))]
-
-    def emit(self, finding: Any) -> None:
-        if any(f.code == finding.code and f.epoch == finding.epoch for f in self.findings):
-            return
-        self.findings.append(finding)
-        for listener in self._listeners:
-            listener(finding)
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        parts = [f"{k}={float(logs[k]):.4g}" for k in self.keys if logs and k in logs]
+        print(f"epoch {epoch + 1}: " + " ".join(parts), file=sys.stderr, flush=True)

@@ -26,26 +26,31 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import keras
+
+from .config import TrainConfig
+from .errors import InfrastructureError
 
 WEIGHTS = "weights.weights.h5"
 STATE = "state.json"
 FORMAT = 1
 
 
-class CheckpointError(Exception):
+class CheckpointError(InfrastructureError):
     """A checkpoint exists but cannot be used (corrupt, partial, or from another config)."""
 
 
 @dataclass
 class Restored:
+    """What `restore` loaded besides the weights."""
+
     epoch: int                                   # the next epoch to run
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def config_fingerprint(config: Any) -> str:
+def config_fingerprint(config: TrainConfig) -> str:
+    """sha256 of the resolved config: a checkpoint resumes only the run it was written for."""
     return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -59,6 +64,7 @@ def _sha256(path: Path) -> str:
 
 def save(directory: str | Path, model: keras.Model, *, next_epoch: int, history: list[dict[str, float]],
          fingerprint: str) -> None:
+    """Write weights then state, each under a temporary name and renamed (see the module docstring)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     tmp_weights = d / f".tmp-{os.getpid()}.weights.h5"
@@ -110,6 +116,7 @@ def restore(directory: str | Path, model: keras.Model, *, fingerprint: str, epoc
 
 
 def clear(directory: str | Path) -> None:
+    """Delete the checkpoint directory (a finished or abandoned run)."""
     shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -9,26 +9,51 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping, get_args
+from typing import Annotated, Any, Literal, TypeAlias, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
+from .diagnostics.codes import CODES
 from .errors import ConfigError
+from .metrics import MONITORS
+from .registry import (AUGMENTATIONS, DATASETS, DISTANCES, ENCODERS, IMPORT_PATH, LOADERS, LOSSES,
+                       NORMALIZATIONS, OPTIMIZERS, Registry)
 
-IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
-DATASET_NAMES = ("fashion_mnist", "mnist", "digits", "npz", "pairs_npz", "image_folder")
-LOADERS = ("memory", "tfdata", "custom")
-ENCODERS = ("conv", "mlp", "sequence")
-LOSSES = ("contrastive", "triplet", "bce")
-DISTANCES = ("euclidean", "sqeuclidean", "cosine")
-AUGMENTATIONS = ("flip", "rotate", "translate", "zoom", "contrast", "noise")
-# History keys that EarlyStopping / ReduceLROnPlateau may watch (written by callbacks.EpochEvaluator).
-MONITORS = ("loss", "val_loss", "val_pair_accuracy", "val_roc_auc", "val_eer", "val_distance_gap",
-            "val_pos_distance_mean", "val_neg_distance_mean", "val_precision_at_1", "val_recall_at_5")
+
+def _registered(registry: Registry[Any], *, plugins: bool = False) -> Callable[[str], str]:
+    """A validator: the value must be a name in `registry` (or, with `plugins`, a user import path)."""
+    extra = " or an import path 'package.module:function'" if plugins else ""
+
+    def check(value: str) -> str:
+        if value in registry or (plugins and IMPORT_PATH.match(value)):
+            return value
+        # a custom error type: `config_error_from` then appends "received: field=value" with list positions
+        raise PydanticCustomError("registered_name", "expected one of {names}{extra}",
+                                  {"names": str(list(registry.names())), "extra": extra})
+    return check
+
+
+def _with(registry: Registry[Any], flag: str) -> str:
+    """The names registered with `flag` set, quoted: "'rmsprop' and 'sgd'"."""
+    names = [repr(n) for n in registry.names() if registry.info(n).get(flag)]
+    return " and ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+DatasetName: TypeAlias = Annotated[str, AfterValidator(_registered(DATASETS))]
+LoaderName: TypeAlias = Annotated[str, AfterValidator(_registered(LOADERS))]
+DistanceName: TypeAlias = Annotated[str, AfterValidator(_registered(DISTANCES))]
+OptimizerName: TypeAlias = Annotated[str, AfterValidator(_registered(OPTIMIZERS))]
+NormalizationName: TypeAlias = Annotated[str, AfterValidator(_registered(NORMALIZATIONS))]
+AugmentationName: TypeAlias = Annotated[str, AfterValidator(_registered(AUGMENTATIONS))]
+EncoderType: TypeAlias = Annotated[str, AfterValidator(_registered(ENCODERS, plugins=True))]
+LossType: TypeAlias = Annotated[str, AfterValidator(_registered(LOSSES, plugins=True))]
 
 
 class _Section(BaseModel):
@@ -46,6 +71,7 @@ class _Section(BaseModel):
 
 
 def _check_monitor(v: str) -> str:
+    """EarlyStopping/ReduceLROnPlateau watch history keys; `metrics.MONITORS` lists those with a direction."""
     if v not in MONITORS:
         raise ValueError(f"expected one of {list(MONITORS)}; received: {v!r}")
     return v
@@ -54,7 +80,7 @@ def _check_monitor(v: str) -> str:
 class DatasetConfig(_Section):
     """Where the data comes from and how it is split."""
 
-    name: Literal["fashion_mnist", "mnist", "digits", "npz", "pairs_npz", "image_folder"] = "fashion_mnist"
+    name: DatasetName = "fashion_mnist"
     path: str | None = None
     split: Literal["sample", "class"] = "sample"
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
@@ -66,8 +92,9 @@ class DatasetConfig(_Section):
     index: str | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> "DatasetConfig":
-        if self.name in ("npz", "pairs_npz", "image_folder") and not self.path:
+    def _check(self) -> DatasetConfig:
+        options = DATASETS.info(self.name)
+        if options.get("needs_path") and not self.path:
             raise ValueError(f"dataset.path: required for dataset '{self.name}'; received: path=None")
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError(
@@ -75,12 +102,12 @@ class DatasetConfig(_Section):
                 f"received: val_fraction={self.val_fraction}, test_fraction={self.test_fraction}")
         if self.image_size is not None and min(self.image_size) < 4:
             raise ValueError(f"dataset.image_size: expected two sizes >= 4; received: {self.image_size}")
-        if self.index is not None and self.name != "image_folder":
-            raise ValueError("dataset.index: only used with dataset 'image_folder'")
-        if self.name != "image_folder" and (self.image_size is not None or self.color_mode != "grayscale"):
+        if self.index is not None and not options.get("image_options"):
+            raise ValueError(f"dataset.index: only used with dataset {_with(DATASETS, 'image_options')}")
+        if not options.get("image_options") and (self.image_size is not None or self.color_mode != "grayscale"):
             key = "image_size" if self.image_size is not None else "color_mode"
-            raise ValueError(f"dataset.{key}: only used with dataset 'image_folder' (other datasets keep their "
-                             f"stored shape); received: name={self.name!r}")
+            raise ValueError(f"dataset.{key}: only used with dataset {_with(DATASETS, 'image_options')} (other "
+                             f"datasets keep their stored shape); received: name={self.name!r}")
         return self
 
 
@@ -96,7 +123,7 @@ class PairsConfig(_Section):
 class EncoderConfig(_Section):
     """The shared tower that maps one input to an embedding."""
 
-    type: str = "conv"
+    type: EncoderType = "conv"
     depth: int = Field(3, ge=1, le=12)
     width: int = Field(16, ge=1, le=4096)
     embedding_dim: int = Field(64, ge=1, le=8192)
@@ -113,19 +140,12 @@ class EncoderConfig(_Section):
     rnn: Literal["lstm", "gru"] = "lstm"
     bidirectional: bool = False
 
-    @field_validator("type")
-    @classmethod
-    def _type(cls, v: str) -> str:
-        if v in ENCODERS or IMPORT_PATH.match(v):
-            return v
-        raise ValueError(f"expected one of {list(ENCODERS)} or an import path 'package.module:function'; received: {v!r}")
-
 
 class PreprocessingConfig(_Section):
     """In-model preprocessing: normalisation, then augmentation (training only)."""
 
-    normalize: Literal["rescale", "standardize", "none"] = "rescale"
-    augmentation: tuple[Literal["flip", "rotate", "translate", "zoom", "contrast", "noise"], ...] = ()
+    normalize: NormalizationName = "rescale"
+    augmentation: tuple[AugmentationName, ...] = ()
 
     @field_validator("augmentation", mode="before")
     @classmethod
@@ -140,46 +160,48 @@ class PreprocessingConfig(_Section):
 class LossConfig(_Section):
     """Loss on (distance, label) pairs or (anchor, positive, negative) triplets."""
 
-    type: str = "contrastive"
+    type: LossType = "contrastive"
     margin: float = Field(1.0, gt=0.0, le=1000.0)
     mining: Literal["random", "batch_hard"] = "random"
     kind: Literal["pair", "triplet"] | None = None
 
-    @field_validator("type")
-    @classmethod
-    def _type(cls, v: str) -> str:
-        if v in LOSSES or IMPORT_PATH.match(v):
-            return v
-        raise ValueError(f"expected one of {list(LOSSES)} or an import path 'package.module:function'; received: {v!r}")
+    @property
+    def builtin(self) -> bool:
+        """A registered loss (else a user loss by import path)."""
+        return self.type in LOSSES
 
     @property
     def is_triplet(self) -> bool:
-        return self.type == "triplet" or (self.type not in LOSSES and self.kind == "triplet")
+        kind = LOSSES.info(self.type)["kind"] if self.builtin else self.kind
+        return kind == "triplet"
 
     @model_validator(mode="after")
-    def _check(self) -> "LossConfig":
-        builtin_kind = {"contrastive": "pair", "bce": "pair", "triplet": "triplet"}.get(self.type)
+    def _check(self) -> LossConfig:
+        builtin_kind = LOSSES.info(self.type)["kind"] if self.builtin else None
         if builtin_kind and self.kind not in (None, builtin_kind):
             raise ValueError(f"loss.kind: the built-in loss {self.type!r} is a {builtin_kind} loss; omit kind or set "
                              f"kind: {builtin_kind}; received: kind={self.kind!r}")
-        if self.type not in LOSSES and self.kind is None:
-            raise ValueError("loss.kind: a user loss needs kind 'pair' or 'triplet' (see README, 'User losses'); received: kind=None")
+        if not self.builtin and self.kind is None:
+            raise ValueError("loss.kind: a user loss needs kind 'pair' or 'triplet' (see README, 'User losses'); "
+                             "received: kind=None")
         if self.mining == "batch_hard" and not self.is_triplet:
-            raise ValueError(f"loss.mining: 'batch_hard' mining applies to triplet losses only; received: type={self.type!r}")
+            raise ValueError(f"loss.mining: 'batch_hard' mining applies to triplet losses only; "
+                             f"received: type={self.type!r}")
         return self
 
 
 class OptimizerConfig(_Section):
-    name: Literal["adam", "rmsprop", "sgd"] = "adam"
+    name: OptimizerName = "adam"
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
     clipnorm: float | None = Field(None, gt=0.0)
 
     @model_validator(mode="after")
-    def _check(self) -> "OptimizerConfig":
-        if self.momentum and self.name == "adam":
-            raise ValueError("optimizer.momentum: only used by 'rmsprop' and 'sgd' (Adam has its own beta_1); "
-                             f"received: momentum={self.momentum} with name='adam'")
+    def _check(self) -> OptimizerConfig:
+        if self.momentum and not OPTIMIZERS.info(self.name).get("momentum"):
+            hint = " (Adam has its own beta_1)" if self.name == "adam" else ""
+            raise ValueError(f"optimizer.momentum: only used by {_with(OPTIMIZERS, 'momentum')}{hint}; "
+                             f"received: momentum={self.momentum} with name={self.name!r}")
         return self
 
 
@@ -219,8 +241,6 @@ class DiagnosticsConfig(_Section):
     @field_validator("fail_on", mode="before")
     @classmethod
     def _codes(cls, v: Any) -> Any:
-        from .diagnostics.codes import CODES  # pure Python; no TensorFlow
-
         items = (v,) if isinstance(v, str) else v
         if items is not None and not isinstance(items, (list, tuple)):  # a TypeError here would escape pydantic
             raise ValueError(f"expected a list of diagnostic codes; received: {v!r}")
@@ -234,11 +254,11 @@ class TrainConfig(_Section):
     """Everything that defines one training run. Frozen; build variants with `.with_overrides`."""
 
     dataset: DatasetConfig = DatasetConfig()
-    loader: Literal["memory", "tfdata", "custom"] = "tfdata"
+    loader: LoaderName = "tfdata"
     pairs: PairsConfig = PairsConfig()
     encoder: EncoderConfig = EncoderConfig()
     preprocessing: PreprocessingConfig = PreprocessingConfig()
-    distance: Literal["euclidean", "sqeuclidean", "cosine"] = "euclidean"
+    distance: DistanceName = "euclidean"
     loss: LossConfig = LossConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
@@ -256,20 +276,22 @@ class TrainConfig(_Section):
         return {"name": v} if isinstance(v, str) else v
 
     @model_validator(mode="after")
-    def _cross_field(self) -> "TrainConfig":
+    def _cross_field(self) -> TrainConfig:
         bounded = self.distance == "cosine" or (self.encoder.l2_normalize and self.distance == "euclidean")
-        if bounded and self.loss.type in ("contrastive", "triplet") and self.loss.margin > 2.0:
+        margin_loss = self.loss.builtin and LOSSES.info(self.loss.type)["margin"]
+        if bounded and margin_loss and self.loss.margin > 2.0:
+            l2 = " and l2_normalize" if self.distance != "cosine" else ""
             raise ValueError(
-                f"loss.margin: with distance={self.distance!r}{' and l2_normalize' if self.distance != 'cosine' else ''} "
-                f"distances lie in [0, 2], so a margin above 2 can never be met; expected 0 < margin <= 2, "
-                f"received: margin={self.loss.margin}")
+                f"loss.margin: with distance={self.distance!r}{l2} distances lie in [0, 2], so a margin above 2 can "
+                f"never be met; expected 0 < margin <= 2, received: margin={self.loss.margin}")
         if self.pairs.pairs_per_epoch is not None and self.batch_size > self.pairs.pairs_per_epoch:
             raise ValueError(
                 f"batch_size: expected batch_size <= pairs.pairs_per_epoch ({self.pairs.pairs_per_epoch}); "
                 f"received: batch_size={self.batch_size}")
-        if self.loss.is_triplet and self.dataset.name == "pairs_npz":
-            raise ValueError("loss.type: triplet losses need class labels; pre-paired data (dataset 'pairs_npz') "
-                             "only has same/different labels. Use a pair loss (contrastive, bce).")
+        if self.loss.is_triplet and DATASETS.info(self.dataset.name).get("paired"):
+            pair_losses = ", ".join(n for n in LOSSES.names() if LOSSES.info(n)["kind"] == "pair")
+            raise ValueError(f"loss.type: triplet losses need class labels; pre-paired data (dataset "
+                             f"{self.dataset.name!r}) only has same/different labels. Use a pair loss ({pair_losses}).")
         if self.encoder.type == "sequence" and self.preprocessing.augmentation:
             raise ValueError("preprocessing.augmentation: image augmentations do not apply to token sequences")
         return self
@@ -283,7 +305,7 @@ class TrainConfig(_Section):
         """Dotted keys -> leaf values (``encoder.depth`` -> 2), e.g. for MLflow params."""
         return flatten(self.to_dict())
 
-    def with_overrides(self, overrides: Mapping[str, Any]) -> "TrainConfig":
+    def with_overrides(self, overrides: Mapping[str, Any]) -> TrainConfig:
         """A new config with dotted-key overrides applied and re-validated."""
         data = self.to_dict()
         for key, value in overrides.items():
@@ -291,17 +313,14 @@ class TrainConfig(_Section):
         return TrainConfig.from_dict(data)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Validate a mapping (nested or with shorthands); a `ConfigError` names the first bad field."""
         if not isinstance(data, Mapping):
             raise ConfigError("", f"expected a mapping of config keys; received: {type(data).__name__}")
         try:
             return cls.model_validate(dict(data))
         except ValidationError as exc:
             raise config_error_from(exc) from None
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> "TrainConfig":
-        return load_config(path, overrides)
 
 
 # ---------------------------------------------------------------------- loading
@@ -335,6 +354,17 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     return TrainConfig.from_dict(data)
+
+
+def as_config(config: TrainConfig | Mapping[str, Any] | str | Path | None) -> TrainConfig:
+    """Accept a `TrainConfig`, a mapping, a YAML path, or None (all defaults)."""
+    if isinstance(config, TrainConfig):
+        return config
+    if config is None:
+        return TrainConfig()
+    if isinstance(config, (str, Path)):
+        return load_config(config)
+    return TrainConfig.from_dict(config)
 
 
 def parse_set_options(items: list[str] | tuple[str, ...] | None) -> dict[str, Any]:
@@ -376,6 +406,7 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> dotted keys (``{"encoder": {"depth": 2}}`` -> ``{"encoder.depth": 2}``)."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{prefix}{key}"

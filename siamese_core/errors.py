@@ -1,18 +1,32 @@
-"""Error taxonomy.
+"""Error taxonomy: every error this project raises on purpose is a `SiameseError`.
 
-Two kinds of error reach users (after KerasTuner): errors in *their input*
-(`ConfigError`, `DataError`), raised before any training starts and naming the
-field or file, and failures of *one training run* (`TrainingFailed`), which a
-sweep records against that trial and moves on from. Anything else is a bug or
-an infrastructure fault and is fatal.
+Three kinds reach users (after KerasTuner's failed-trial vs fatal split):
+
+* `InputError` (`ConfigError`, `DataError`): *their input* is wrong. Raised before any training starts,
+  naming the field or file; the CLI exits with code 2 and one line.
+* `TrainingFailed`: *one training run* failed for a reason of its own (NaN loss, collapse); a sweep records
+  it against that trial and moves on.
+* `InfrastructureError`: the environment failed (a checkpoint file, the tracking server, a database).
+
+Anything else is a bug. A diagnostic ``code`` (see `siamese_core.diagnostics.codes`) travels on the exception
+when the raising site knows it, so nobody has to parse a message to classify an error.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .findings import Finding
 
 
 class SiameseError(Exception):
-    """Base class for every error this project raises on purpose."""
+    """Base class for every error this project raises on purpose.
+
+    `code` is a stable diagnostic code (``positives_only``, ``nan_loss``, ...) when the raising site knows
+    one, else None.
+    """
+
+    code: str | None = None
 
 
 class InputError(SiameseError):
@@ -34,12 +48,14 @@ class ConfigError(InputError, ValueError):
 class DataError(InputError, ValueError):
     """A dataset cannot be used: unreadable, malformed, or unusable for pairs.
 
-    `source` names the file or dataset; `problem` says what is wrong and how to fix it.
+    `source` names the file or dataset; `problem` says what is wrong and how to fix it; `code` is the
+    diagnostic code when the refusal is a known Siamese failure (``single_class``, ``positives_only``, ...).
     """
 
-    def __init__(self, source: str, problem: str) -> None:
+    def __init__(self, source: str, problem: str, *, code: str | None = None) -> None:
         self.source = source
         self.problem = problem
+        self.code = code
         super().__init__(f"{source}: {problem}")
 
 
@@ -51,9 +67,13 @@ class TrainingFailed(SiameseError):
     code and continues.
     """
 
-    def __init__(self, code: str, message: str, *, finding: Any | None = None,
+    def __init__(self, code: str, message: str, *, finding: Finding | None = None,
                  epoch: int | None = None) -> None:
         self.code = code
         self.finding = finding
         self.epoch = epoch
         super().__init__(f"[{code}] {message}")
+
+
+class InfrastructureError(SiameseError):
+    """Something outside the model and its data failed: a checkpoint file, a server, a database."""

@@ -1,18 +1,20 @@
 """Evaluate a Siamese model on a fixed set of validation or test tuples.
 
 Inputs are embedded once per unique sample, then pairs are scored from the
-embeddings — far cheaper than running the encoder twice per pair.
+embeddings — far cheaper than running the encoder twice per pair. The keys it
+reports are catalogued in `siamese_core.metrics`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from . import metrics
+from . import verification
 from .data.pairs import PairSampler, PairShuffler, TripletSampler, Tuples
 from .data.types import LabeledSplit, PairedSplit, Split, materialize
+from .losses import PerSampleLoss
+from .metrics import history_key
 from .models import distances
 from .models.siamese import SiameseModels
 
@@ -31,7 +33,7 @@ class EvalSet:
 
     @classmethod
     def build(cls, split: Split, *, n_pairs: int, seed: int, stream: int, triplets: bool,
-              positive_fraction: float = 0.5) -> "EvalSet":
+              positive_fraction: float = 0.5) -> EvalSet:
         if isinstance(split, PairedSplit):
             pairs = PairShuffler(split.y, seed=seed, pairs_per_epoch=min(n_pairs, len(split)), stream=stream).epoch(0)
             return cls(split, pairs, None, None)
@@ -48,7 +50,7 @@ class EvalSet:
 class Evaluator:
     """Computes the per-epoch validation metrics (and the final test metrics)."""
 
-    def __init__(self, eval_set: EvalSet, *, loss: Any, batch_size: int) -> None:
+    def __init__(self, eval_set: EvalSet, *, loss: PerSampleLoss, batch_size: int) -> None:
         self.eval_set = eval_set
         self.loss = loss
         self.batch_size = batch_size
@@ -89,11 +91,11 @@ class Evaluator:
             result["loss"] = self._mean_loss(self.eval_set.triplets.targets, np.stack([a, p, n], axis=1))
         else:
             result["loss"] = self._mean_loss(y, scores)
-        result.update(metrics.verification_metrics(scores, y, higher_is_same=models.higher_is_same,
+        result.update(verification.verification_metrics(scores, y, higher_is_same=models.higher_is_same,
                                                    threshold=threshold))
         result["score_std"] = float(np.std(scores)) if np.isfinite(scores).all() else float("nan")
-        result.update(metrics.embedding_norms(np.concatenate([ea, eb])))
-        result.update(metrics.distance_gap(dist, y))
+        result.update(verification.embedding_norms(np.concatenate([ea, eb])))
+        result.update(verification.distance_gap(dist, y))
         self.last_arrays = {"distances": dist, "scores": scores, "labels": y}
         if self.eval_set.retrieval_idx is not None and isinstance(self.eval_set.split, LabeledSplit):
             idx = self.eval_set.retrieval_idx
@@ -101,16 +103,12 @@ class Evaluator:
             self.last_arrays.update(embeddings=emb, embedding_labels=self.eval_set.split.y[idx])
             if np.isfinite(emb).all():
                 dm = np.asarray(distances.get(models.distance).pairwise(emb, emb))
-                result.update(metrics.retrieval(dm, self.eval_set.split.y[idx], k=RECALL_K))
+                result.update(verification.retrieval(dm, self.eval_set.split.y[idx], k=RECALL_K))
             else:
                 result.update({"precision_at_1": float("nan"), f"recall_at_{RECALL_K}": float("nan")})
         return result
 
 
-# Keys in the per-epoch history that are NOT prefixed with "val_" although measured on validation.
-UNPREFIXED = ("embedding_norm_mean", "embedding_norm_std", "embedding_norm_min")
-
-
 def as_epoch_logs(result: dict[str, float]) -> dict[str, float]:
     """Validation metrics -> history keys (``val_roc_auc``, ``embedding_norm_mean``, ...)."""
-    return {(k if k in UNPREFIXED else f"val_{k}"): v for k, v in result.items()}
+    return {history_key(k): v for k, v in result.items()}

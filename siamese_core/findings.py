@@ -1,4 +1,4 @@
-"""`Finding`: one named problem with evidence and a fix.
+"""`Finding`: one named problem with evidence and a fix, and the `FindingBus` that carries them.
 
 Findings are produced by the data checks, the model-graph checks, the probe
 runs of ``siamese-sweep doctor`` and the callbacks that watch every training.
@@ -6,8 +6,13 @@ Their ``code`` is stable: sweeps turn it into MLflow tags and Optuna prune reaso
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from .jsonable import jsonable
+
+__all__ = ["Finding", "FindingBus", "Severity", "SEVERITY_ORDER"]
 
 Severity = Literal["info", "warning", "error"]
 SEVERITY_ORDER = {"info": 0, "warning": 1, "error": 2}
@@ -23,8 +28,9 @@ class Finding:
     epoch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """Strict-JSON form (NaN/inf evidence becomes null)."""
         out = {"code": self.code, "severity": self.severity, "message": self.message, "fix": self.fix,
-               "evidence": _jsonable(self.evidence)}
+               "evidence": jsonable(self.evidence)}
         if self.epoch is not None:
             out["epoch"] = self.epoch
         return out
@@ -34,19 +40,24 @@ class Finding:
         return self.severity == "error"
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, float) and value != value:
-        return None
-    return value
+class FindingBus:
+    """Fans findings out, during a training run, to every callback that defines ``on_finding(finding)``.
 
+    Each (code, epoch) is delivered once; `findings` keeps them in order for the `TrainResult`.
+    """
 
-def worst(findings: list[Finding]) -> Severity | None:
-    return max((f.severity for f in findings), key=SEVERITY_ORDER.__getitem__, default=None)
+    def __init__(self) -> None:
+        self.findings: list[Finding] = []
+        self._listeners: list[Callable[[Finding], None]] = []
+
+    def attach(self, callbacks: Iterable[object]) -> None:
+        """Listen with every callback that has an ``on_finding`` method (replaces earlier listeners)."""
+        self._listeners = [cb.on_finding for cb in callbacks  # type: ignore[attr-defined]
+                           if callable(getattr(cb, "on_finding", None))]
+
+    def emit(self, finding: Finding) -> None:
+        if any(f.code == finding.code and f.epoch == finding.epoch for f in self.findings):
+            return
+        self.findings.append(finding)
+        for listener in self._listeners:
+            listener(finding)

@@ -6,16 +6,25 @@ Contract (also for user losses loaded by import path):
   and ``y_pred`` the model's pair score (a distance, or a similarity for ``bce``).
 * triplet loss: ``fn(anchor, positive, negative) -> [B]`` on embeddings ``[B, D]``.
 
-Reduction (the mean over the batch) happens in exactly one place,
-`PerSampleLoss`. A function that already sums over the batch returns a
-scalar; `PerSampleLoss` then passes it through unchanged, and the
-`loss_reduction` diagnostic flags it because its value grows with batch size.
+Three layers, after pytorch-metric-learning: the maths as plain functions
+(`contrastive_loss`, ...); small per-sample loss objects that bind a margin and
+a distance and adapt the model's output (`Contrastive`, `Triplet`, ...,
+registered by name in `siamese_core.registry.LOSSES`); and `PerSampleLoss`,
+the Keras loss around one of them. Reduction (the mean over the batch) happens
+in exactly one place, `PerSampleLoss`. A function that already sums over the
+batch returns a scalar; `PerSampleLoss` then passes it through unchanged, and
+the `loss_reduction` diagnostic flags it because its value grows with batch size.
+
+Every piece serialises (`get_config`/`from_config`), so a compiled training
+model saves and reloads in Keras safe mode. A user loss reloads when it is
+registered with ``keras.saving.register_keras_serializable`` (Keras' rule for
+any custom function).
 """
 from __future__ import annotations
 
-import importlib
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras
 from keras import ops
@@ -23,10 +32,13 @@ from keras import ops
 from .config import LossConfig
 from .errors import ConfigError
 from .models import distances
+from .registry import LOSSES, import_object
 
+PACKAGE = "siamese_core"
 PairLossFn = Callable[[Any, Any], Any]
 
 
+# ------------------------------------------------------------------ the maths
 def contrastive_loss(y_true: Any, distance: Any, margin: float = 1.0) -> Any:
     """Hadsell, Chopra & LeCun (2006): pull same pairs together, push different ones past `margin`.
 
@@ -70,52 +82,87 @@ def batch_hard_triplet_loss(embeddings: Any, labels: Any, *, margin: float = 1.0
     return ops.relu(hardest_pos - hardest_neg + margin)
 
 
-# ---------------------------------------------------------------- Keras wrapper
-@keras.saving.register_keras_serializable(package="siamese_core")
-class PerSampleLoss(keras.losses.Loss):
-    """Wraps a per-sample loss function; Keras' ``sum_over_batch_size`` is the one reduction."""
+# ------------------------------------------------------------------ per-sample loss objects
+class PerSampleFn:
+    """``fn(y_true, y_pred) -> [B]`` on the training model's output, with its options in `get_config`."""
 
-    def __init__(self, fn: Callable[[Any, Any], Any] | None = None, name: str = "siamese_loss", **kwargs: Any) -> None:
-        kwargs.setdefault("reduction", "sum_over_batch_size")
-        super().__init__(name=name, **kwargs)
-        self.fn = fn
-
-    def call(self, y_true: Any, y_pred: Any) -> Any:
-        return self.fn(y_true, y_pred)
+    def __call__(self, y_true: Any, y_pred: Any) -> Any:
+        raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
-        return {"name": self.name, "reduction": self.reduction}
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> PerSampleFn:
+        return cls(**config)
+
+    @classmethod
+    def from_loss_config(cls, config: LossConfig, distance: str) -> PerSampleFn:
+        """The object for ``config.loss`` (the registry's builder for built-in losses)."""
+        raise NotImplementedError
 
 
-def _triplet_from_stacked(fn: Callable[..., Any]) -> PairLossFn:
-    """Adapt a triplet function on (a, p, n) to the model's stacked ``[B, 3, D]`` output."""
-    def loss(y_true: Any, stacked: Any) -> Any:
-        return fn(stacked[:, 0], stacked[:, 1], stacked[:, 2])
-    return loss
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Contrastive(PerSampleFn):
+    """`contrastive_loss` on the pair distance."""
+
+    def __init__(self, margin: float = 1.0) -> None:
+        self.margin = float(margin)
+
+    def __call__(self, y_true: Any, distance: Any) -> Any:
+        return contrastive_loss(y_true, distance, self.margin)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"margin": self.margin}
+
+    @classmethod
+    def from_loss_config(cls, config: LossConfig, distance: str) -> Contrastive:
+        return cls(config.margin)
 
 
-def _batch_hard_from_stacked(margin: float, distance: str) -> PairLossFn:
-    def loss(y_true: Any, stacked: Any) -> Any:
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class BinaryCrossentropy(PerSampleFn):
+    """`binary_crossentropy_loss` on the similarity head's same-probability."""
+
+    def __call__(self, y_true: Any, probability: Any) -> Any:
+        return binary_crossentropy_loss(y_true, probability)
+
+    @classmethod
+    def from_loss_config(cls, config: LossConfig, distance: str) -> BinaryCrossentropy:
+        return cls()
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Triplet(PerSampleFn):
+    """`triplet_loss` on the stacked ``[B, 3, D]`` (anchor, positive, negative) embeddings."""
+
+    def __init__(self, margin: float = 1.0, distance: str = "euclidean") -> None:
+        self.margin = float(margin)
+        self.distance = distance
+
+    def __call__(self, y_true: Any, stacked: Any) -> Any:
+        return triplet_loss(stacked[:, 0], stacked[:, 1], stacked[:, 2], margin=self.margin, distance=self.distance)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"margin": self.margin, "distance": self.distance}
+
+    @classmethod
+    def from_loss_config(cls, config: LossConfig, distance: str) -> PerSampleFn:
+        if config.mining == "batch_hard":
+            return BatchHardTriplet(config.margin, distance)
+        return cls(config.margin, distance)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class BatchHardTriplet(Triplet):
+    """`batch_hard_triplet_loss` over all embeddings of the batch; targets carry (anchor, negative) classes."""
+
+    def __call__(self, y_true: Any, stacked: Any) -> Any:
         b = ops.shape(stacked)[0]
         emb = ops.concatenate([stacked[:, 0], stacked[:, 1], stacked[:, 2]], axis=0)
         la, ln = y_true[:, 0], y_true[:, 1]
         labels = ops.concatenate([la, la, ln], axis=0)
-        return batch_hard_triplet_loss(emb, labels, margin=margin, distance=distance, n_anchors=b)
-    return loss
-
-
-def import_object(path: str, *, field: str) -> Any:
-    """Resolve ``package.module:attribute``; errors name the config field."""
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # ImportError, or an error inside the user's module
-        raise ConfigError(field, f"cannot import module {module_name!r} from {path!r}: "
-                                 f"{type(exc).__name__}: {exc}") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ConfigError(field, f"module {module_name!r} has no attribute {attr!r}") from None
+        return batch_hard_triplet_loss(emb, labels, margin=self.margin, distance=self.distance, n_anchors=b)
 
 
 def _accepts(fn: Callable[..., Any], name: str) -> bool:
@@ -126,30 +173,76 @@ def _accepts(fn: Callable[..., Any], name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def build_loss_fn(config: LossConfig, distance: str) -> PairLossFn:
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class UserLoss(PerSampleFn):
+    """A user's pair or triplet function (``loss.type: package.module:function``), given ``margin`` if it takes one."""
+
+    def __init__(self, fn: Callable[..., Any], *, triplet: bool = False, margin: float | None = None) -> None:
+        self.fn, self.triplet, self.margin = fn, bool(triplet), margin
+
+    def __call__(self, y_true: Any, y_pred: Any) -> Any:
+        kwargs = {} if self.margin is None else {"margin": self.margin}
+        if self.triplet:
+            return self.fn(y_pred[:, 0], y_pred[:, 1], y_pred[:, 2], **kwargs)
+        return self.fn(y_true, y_pred, **kwargs)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"fn": keras.saving.serialize_keras_object(self.fn), "triplet": self.triplet, "margin": self.margin}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> UserLoss:
+        config = dict(config)
+        return cls(keras.saving.deserialize_keras_object(config.pop("fn")), **config)
+
+    @classmethod
+    def from_loss_config(cls, config: LossConfig, distance: str) -> UserLoss:
+        fn = import_object(config.type, field="loss.type")
+        if not callable(fn):
+            raise ConfigError("loss.type", f"{config.type!r} is not callable")
+        return cls(fn, triplet=config.kind == "triplet", margin=config.margin if _accepts(fn, "margin") else None)
+
+
+# ------------------------------------------------------------------ Keras wrapper
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PerSampleLoss(keras.losses.Loss):
+    """Wraps a per-sample loss function; Keras' ``sum_over_batch_size`` is the one reduction.
+
+    `fn` round-trips through `get_config` when it is serialisable (the built-ins always are).
+    """
+
+    def __init__(self, fn: PairLossFn | None = None, name: str = "siamese_loss", **kwargs: Any) -> None:
+        kwargs.setdefault("reduction", "sum_over_batch_size")
+        super().__init__(name=name, **kwargs)
+        self.fn = fn
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        if self.fn is None:
+            raise ValueError("Expected a per-sample loss function, received: fn=None")
+        return self.fn(y_true, y_pred)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name, "reduction": self.reduction, "fn": keras.saving.serialize_keras_object(self.fn)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> PerSampleLoss:
+        config = dict(config)
+        fn = config.pop("fn", None)
+        return cls(keras.saving.deserialize_keras_object(fn) if fn is not None else None, **config)
+
+
+# ------------------------------------------------------------------ from a config
+def build_loss_fn(config: LossConfig, distance: str) -> PerSampleFn:
     """The per-sample ``fn(y_true, y_pred)`` the model trains with."""
-    margin = config.margin
-    if config.type == "contrastive":
-        return lambda y, d: contrastive_loss(y, d, margin)
-    if config.type == "bce":
-        return binary_crossentropy_loss
-    if config.type == "triplet":
-        if config.mining == "batch_hard":
-            return _batch_hard_from_stacked(margin, distance)
-        return _triplet_from_stacked(lambda a, p, n: triplet_loss(a, p, n, margin=margin, distance=distance))
-    user = import_object(config.type, field="loss.type")
-    if not callable(user):
-        raise ConfigError("loss.type", f"{config.type!r} is not callable")
-    kwargs = {"margin": margin} if _accepts(user, "margin") else {}
-    if config.kind == "triplet":
-        return _triplet_from_stacked(lambda a, p, n: user(a, p, n, **kwargs))
-    return lambda y, s: user(y, s, **kwargs)
+    cls = LOSSES.get(config.type) if config.builtin else UserLoss
+    fn: PerSampleFn = cls.from_loss_config(config, distance)
+    return fn
 
 
 def build_loss(config: LossConfig, distance: str) -> PerSampleLoss:
+    """`PerSampleLoss` around `build_loss_fn` (what the training model is compiled with)."""
     return PerSampleLoss(build_loss_fn(config, distance))
 
 
 def score_is_similarity(config: LossConfig) -> bool:
     """BCE trains a same-probability (higher = same); the other losses train a distance."""
-    return config.type == "bce"
+    return bool(config.builtin and LOSSES.info(config.type)["similarity"])

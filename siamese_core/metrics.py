@@ -1,132 +1,137 @@
-"""Verification and retrieval metrics on NumPy arrays (no model, no TensorFlow).
+"""The catalogue of metric names: every key a run reports, and which way is better.
 
-Scores are oriented by ``higher_is_same``: distances (lower = same) pass
-False, learned similarities pass True. The decision threshold is calibrated
-on validation pairs (maximum accuracy) and then *reported* on test pairs —
-never tuned on the split it is reported on.
+One place for each name and direction, so early stopping, ReduceLROnPlateau, the config's ``monitor``
+validation, the training watchers and sweeps (objective directions, promotion) cannot disagree:
+
+* history keys (one row per epoch): ``loss``, ``learning_rate``, ``epoch_seconds`` from training, and the
+  validation metrics as ``val_<name>`` (embedding norms are logged without the prefix);
+* test keys (``TrainResult.test``): the evaluated metrics by their bare name.
+
+`direction` and `is_better` accept any of these spellings (``roc_auc``, ``val_roc_auc``, ``test_roc_auc``).
+The threshold decision rule (`same_at_threshold`) lives here too, beside the directions, so the metrics,
+the exported model's decision layer and serving apply one rule.
+
+Pure Python: config validation reads this module, so it imports nothing heavy. The computations are in
+`siamese_core.verification` (they need scikit-learn, which takes ~2.7 s to import on these machines).
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+__all__ = [
+    "Direction", "MetricInfo", "METRICS", "HISTORY_KEYS", "TEST_KEYS", "MONITORS",
+    "lookup", "direction", "is_better", "history_key", "same_at_threshold",
+]
+
+Direction = Literal["min", "max"]
+VAL_PREFIX, TEST_PREFIX = "val_", "test_"
 
 
-def _similarity(scores: np.ndarray, higher_is_same: bool) -> np.ndarray:
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    return s if higher_is_same else -s
+@dataclass(frozen=True)
+class MetricInfo:
+    """One reported quantity.
 
-
-def calibrate_threshold(scores: np.ndarray, y: np.ndarray, *, higher_is_same: bool) -> float:
-    """The threshold that maximises pair accuracy on (validation) `scores`.
-
-    Vectorised over all candidate cut points (midpoints between sorted scores).
+    `direction` is None for readings that are not goals (the threshold, embedding norms, the learning rate).
+    `evaluated` metrics are computed on the fixed validation and test pairs; `trained` ones are logged by
+    training itself. `monitor` marks what EarlyStopping/ReduceLROnPlateau may watch.
     """
-    s = _similarity(scores, higher_is_same)
-    y = np.asarray(y).reshape(-1).astype(bool)
-    finite = np.isfinite(s)
-    if not finite.any():
-        return float("nan")
-    s, y = s[finite], y[finite]
-    order = np.argsort(-s, kind="stable")          # most similar first
-    s_sorted, y_sorted = s[order], y[order]
-    # predicting "same" for the first k pairs: correct = positives among first k + negatives after k
-    pos_before = np.concatenate([[0], np.cumsum(y_sorted)])
-    neg_after = (~y_sorted).sum() - np.concatenate([[0], np.cumsum(~y_sorted)])
-    correct = pos_before + neg_after
-    # only cut between distinct values
-    valid = np.ones(len(s_sorted) + 1, dtype=bool)
-    valid[1:-1] = s_sorted[:-1] != s_sorted[1:]
-    k = int(np.argmax(np.where(valid, correct, -1)))
-    if k == 0:
-        cut = s_sorted[0] + 1e-6
-    elif k == len(s_sorted):
-        cut = s_sorted[-1] - 1e-6
-    else:
-        cut = (s_sorted[k - 1] + s_sorted[k]) / 2.0
-    return float(cut if higher_is_same else -cut)
+
+    name: str
+    direction: Direction | None
+    doc: str
+    evaluated: bool = True
+    trained: bool = False
+    prefixed: bool = True      # validation history key is ``val_<name>`` (False: logged as ``<name>``)
+    monitor: bool = False
 
 
-def pair_accuracy(scores: np.ndarray, y: np.ndarray, threshold: float, *, higher_is_same: bool) -> float:
-    s = np.asarray(scores).reshape(-1)
-    pred_same = s >= threshold if higher_is_same else s <= threshold
-    return float(np.mean(pred_same == np.asarray(y).reshape(-1).astype(bool)))
+METRICS: dict[str, MetricInfo] = {m.name: m for m in (
+    MetricInfo("loss", "min", "mean loss per pair/triplet", trained=True, monitor=True),
+    MetricInfo("pair_accuracy", "max", "share of pairs decided right at the calibrated threshold", monitor=True),
+    MetricInfo("roc_auc", "max", "probability that a same pair scores as more similar than a different pair",
+               monitor=True),
+    MetricInfo("eer", "min", "equal error rate: false accepts = false rejects", monitor=True),
+    MetricInfo("distance_gap", "max", "mean distance of different pairs minus that of same pairs", monitor=True),
+    MetricInfo("pos_distance_mean", "min", "mean distance of same pairs", monitor=True),
+    MetricInfo("neg_distance_mean", "max", "mean distance of different pairs", monitor=True),
+    MetricInfo("precision_at_1", "max", "share of samples whose nearest other sample has their class",
+               monitor=True),
+    MetricInfo("recall_at_5", "max", "share of samples with their class among the 5 nearest others", monitor=True),
+    MetricInfo("threshold", None, "decision threshold on the model's native score (calibrated on validation)"),
+    MetricInfo("score_std", None, "spread of the pair scores (0: a constant model)"),
+    MetricInfo("distance_std", None, "spread of the pair distances"),
+    MetricInfo("embedding_norm_mean", None, "mean L2 norm of the embeddings", prefixed=False),
+    MetricInfo("embedding_norm_std", None, "spread of the embedding norms", prefixed=False),
+    MetricInfo("embedding_norm_min", None, "smallest embedding norm", prefixed=False),
+    MetricInfo("learning_rate", None, "optimizer learning rate at the end of the epoch", evaluated=False,
+               trained=True),
+    MetricInfo("epoch_seconds", "min", "wall time of the epoch's training steps", evaluated=False, trained=True),
+)}
 
 
-def roc_auc(scores: np.ndarray, y: np.ndarray, *, higher_is_same: bool) -> float:
-    """Probability that a random same pair scores as more similar than a random different pair."""
-    y = np.asarray(y).reshape(-1)
-    s = _similarity(scores, higher_is_same)
-    if len(np.unique(y)) < 2 or not np.isfinite(s).all():
-        return float("nan")
-    return float(roc_auc_score(y, s))
+def history_key(name: str) -> str:
+    """The per-epoch history key of an evaluated metric (``roc_auc`` -> ``val_roc_auc``)."""
+    info = METRICS[name]
+    return f"{VAL_PREFIX}{name}" if info.prefixed else name
 
 
-def equal_error_rate(scores: np.ndarray, y: np.ndarray, *, higher_is_same: bool) -> float:
-    """The error rate where false accepts equal false rejects (lower is better)."""
-    y = np.asarray(y).reshape(-1)
-    s = _similarity(scores, higher_is_same)
-    if len(np.unique(y)) < 2 or not np.isfinite(s).all():
-        return float("nan")
-    fpr, tpr, _ = roc_curve(y, s)
-    fnr = 1.0 - tpr
-    diff = fnr - fpr
-    i = int(np.argmax(diff <= 0)) if (diff <= 0).any() else len(diff) - 1
-    if i == 0:
-        return float((fpr[0] + fnr[0]) / 2)
-    # linear interpolation between the two ROC points that bracket fnr == fpr
-    d0, d1 = diff[i - 1], diff[i]
-    t = d0 / (d0 - d1) if d0 != d1 else 0.0
-    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+def _history_keys() -> tuple[str, ...]:
+    keys: list[str] = []
+    for m in METRICS.values():
+        if m.trained:
+            keys.append(m.name)
+        if m.evaluated:
+            keys.append(history_key(m.name))
+    return tuple(keys)
 
 
-def embedding_norms(embeddings: np.ndarray) -> dict[str, float]:
-    norms = np.linalg.norm(np.asarray(embeddings, dtype=np.float64), axis=-1)
-    if norms.size == 0:
-        return {"embedding_norm_mean": float("nan"), "embedding_norm_std": float("nan"), "embedding_norm_min": float("nan")}
-    return {"embedding_norm_mean": float(norms.mean()), "embedding_norm_std": float(norms.std()),
-            "embedding_norm_min": float(norms.min())}
+#: Every key of a history row besides ``epoch`` (in catalogue order).
+HISTORY_KEYS: tuple[str, ...] = _history_keys()
+#: Every key of ``TrainResult.test``.
+TEST_KEYS: tuple[str, ...] = tuple(m.name for m in METRICS.values() if m.evaluated)
+#: History keys that EarlyStopping / ReduceLROnPlateau may watch.
+MONITORS: tuple[str, ...] = tuple(
+    k for m in METRICS.values() if m.monitor
+    for k in ((m.name,) if m.trained else ()) + ((history_key(m.name),) if m.evaluated else ()))
 
 
-def distance_gap(distances: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Mean distance of same and of different pairs, and the gap between them (want > 0)."""
-    d = np.asarray(distances, dtype=np.float64).reshape(-1)
-    y = np.asarray(y).reshape(-1).astype(bool)
-    pos = float(d[y].mean()) if y.any() else float("nan")
-    neg = float(d[~y].mean()) if (~y).any() else float("nan")
-    return {"pos_distance_mean": pos, "neg_distance_mean": neg, "distance_gap": neg - pos,
-            "distance_std": float(d.std()) if d.size else float("nan")}
+def lookup(key: str) -> MetricInfo:
+    """The catalogue entry for a metric name, history key or ``test_`` key; `ValueError` if unknown."""
+    if key in METRICS:
+        return METRICS[key]
+    for prefix in (VAL_PREFIX, TEST_PREFIX):
+        if key.startswith(prefix) and key[len(prefix):] in METRICS:
+            info = METRICS[key[len(prefix):]]
+            if info.evaluated and (prefix == TEST_PREFIX or info.prefixed):
+                return info
+    raise ValueError(f"Expected a metric in {list(HISTORY_KEYS)} (or a test_ key), received: {key!r}")
 
 
-def retrieval(distance_matrix: np.ndarray, labels: np.ndarray, *, k: int = 5) -> dict[str, float]:
-    """Precision@1 and Recall@k (any of the k nearest others shares the query's class).
+def direction(key: str) -> Direction:
+    """``"min"`` or ``"max"`` for `key` (Keras' ``mode``); `ValueError` for unknown keys and plain readings."""
+    info = lookup(key)
+    if info.direction is None:
+        goals = [k for k in HISTORY_KEYS if lookup(k).direction is not None]
+        raise ValueError(f"{key!r} is a reading with no better direction ({info.doc}); expected one of {goals}")
+    return info.direction
 
-    `distance_matrix` is ``[N, N]`` between the same N samples; self-matches are excluded.
+
+def is_better(a: float, b: float, key: str) -> bool:
+    """Is `a` strictly better than `b` for metric `key`? NaN is never better; any number beats NaN."""
+    if not math.isfinite(a):
+        return False
+    if not math.isfinite(b):
+        return True
+    return a < b if direction(key) == "min" else a > b
+
+
+def same_at_threshold(scores: Any, threshold: float, *, higher_is_same: bool) -> Any:
+    """The one decision rule: a pair is "same" when its score is on the same side of `threshold`.
+
+    Distances (``higher_is_same=False``) decide same at ``score <= threshold``, similarities at
+    ``score >= threshold``. Works on NumPy arrays and on backend tensors (plain comparison operators), so
+    the metrics, the exported model's `ThresholdDecision` layer and serving share it.
     """
-    d = np.array(distance_matrix, dtype=np.float64, copy=True)
-    labels = np.asarray(labels).reshape(-1)
-    n = d.shape[0]
-    if n < 2:
-        return {"precision_at_1": float("nan"), f"recall_at_{k}": float("nan")}
-    np.fill_diagonal(d, np.inf)
-    kk = min(k, n - 1)
-    nearest = np.argpartition(d, kk - 1, axis=1)[:, :kk] if kk < n else np.argsort(d, axis=1)[:, :kk]
-    order = np.take_along_axis(nearest, np.argsort(np.take_along_axis(d, nearest, axis=1), axis=1), axis=1)
-    hits = labels[order] == labels[:, None]
-    return {"precision_at_1": float(hits[:, 0].mean()), f"recall_at_{k}": float(hits.any(axis=1).mean())}
-
-
-def verification_metrics(scores: np.ndarray, y: np.ndarray, *, higher_is_same: bool,
-                         threshold: float | None = None) -> dict[str, float]:
-    """Accuracy at `threshold` (calibrated here when None), ROC AUC and EER."""
-    if threshold is None:
-        threshold = calibrate_threshold(scores, y, higher_is_same=higher_is_same)
-    acc = pair_accuracy(scores, y, threshold, higher_is_same=higher_is_same) if math.isfinite(threshold) else float("nan")
-    return {"pair_accuracy": acc, "roc_auc": roc_auc(scores, y, higher_is_same=higher_is_same),
-            "eer": equal_error_rate(scores, y, higher_is_same=higher_is_same), "threshold": float(threshold)}
-
-
-def as_float_dict(d: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in d.items()}
+    return scores >= threshold if higher_is_same else scores <= threshold

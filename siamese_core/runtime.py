@@ -1,20 +1,19 @@
-"""Process-level set-up: seeds, determinism, CPU threads, TensorFlow log noise.
+"""Process-level set-up: seeds, determinism, CPU threads.
 
 Thread counts must be set before TensorFlow runs its first op, so sweeps call
 `configure_threads` at worker start — N workers on N cores then don't
-oversubscribe the CPU.
+oversubscribe the CPU (two TensorFlow processes with default thread pools on
+2 cores slowed an epoch from about 38 s to over 60 s). TensorFlow's C++ log
+level is set where TensorFlow is first imported: `siamese_core/__init__`.
 """
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import tensorflow as tf
 
 
 def configure_threads(intra_op: int | None = None, inter_op: int | None = None) -> None:
     """Cap TensorFlow's thread pools (call before any TF op runs in this process)."""
-    import tensorflow as tf
-
     try:
         if intra_op:
             tf.config.threading.set_intra_op_parallelism_threads(int(intra_op))
@@ -26,9 +25,6 @@ def configure_threads(intra_op: int | None = None, inter_op: int | None = None) 
 
 def seed_everything(seed: int, *, deterministic: bool = False) -> None:
     """Seed Python, NumPy and TF; optionally make TF ops bit-exact (slower)."""
-    import keras
-    import tensorflow as tf
-
     keras.utils.set_random_seed(int(seed))
     if deterministic:
         tf.config.experimental.enable_op_determinism()

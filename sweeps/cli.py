@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 from typing import Any, Callable, Sequence
@@ -25,17 +24,9 @@ COMMAND_MODULES = ("sweeps.commands.core", "sweeps.commands.sweep", "sweeps.comm
 
 def print_json(data: Any) -> None:
     """One strict JSON object on stdout (NaN/inf become null)."""
-    print(json.dumps(_strict(data), default=str))
+    from siamese_core.jsonable import jsonable
 
-
-def _strict(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    return value
+    print(json.dumps(jsonable(data), default=str))
 
 
 def _one_line(text: str) -> str:

@@ -76,7 +76,7 @@ class OptunaHyperParameters(kt.HyperParameters):
 
 def load_hypermodel(path: str) -> Callable[[kt.HyperParameters], Any]:
     """Resolve ``module:attr`` to a ``build(hp)`` callable (function, HyperModel class or instance)."""
-    from siamese_core.losses import import_object
+    from siamese_core.registry import import_object
 
     obj = import_object(path, field="hypermodel")
     if inspect.isclass(obj) and issubclass(obj, kt.HyperModel):

@@ -34,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 import optuna
 
-from siamese_core.errors import ConfigError, TrainingFailed
+from siamese_core.errors import ConfigError, InputError, TrainingFailed
 
 from . import artifacts, modelio, space
 from .secrets import mask_secrets
@@ -351,5 +351,5 @@ class Objective:
             log.warning("could not end MLflow run %s as %s: %s", run.run_id, status, end_exc)
 
 
-class InvalidTrialConfig(ValueError):
+class InvalidTrialConfig(InputError, ValueError):
     """The sampled combination of parameters is not a valid train config."""

@@ -13,10 +13,11 @@ from .spec import SweepSpec
 
 def preflight(spec: SweepSpec) -> Any:
     """Validate the search space against the base config and load the base data; returns the data."""
-    from siamese_core.training import load_data, make_sampler
+    from siamese_core.data.pairs import make_sampler
+    from siamese_core.data.sources import load_dataset
 
     space.check_space(spec)
-    data = load_data(spec.base)  # DataError now, not in trial 0
+    data = load_dataset(spec.base)  # DataError now, not in trial 0
     make_sampler(spec.base, data)  # e.g. batch_size larger than the pairs per epoch
     if spec.hypermodel:
         from .hypermodel import load_hypermodel

@@ -1,7 +1,7 @@
 """Re-evaluate logged models on a trial's held-out test split, rebuilt exactly as the trial built it.
 
 The split comes from the trial's resolved config (the ``config.yaml`` artifact, else the run params):
-``load_data(config)`` and the fixed test pairs of `EvalSet` (seed, ``STREAM_TEST``). The dataset's
+``load_dataset(config)`` and the fixed test pairs of `EvalSet` (seed, ``STREAM_TEST``). The dataset's
 fingerprint must equal the one recorded at training time, otherwise the comparison would be on other
 data and we refuse. Every model is scored through the same wrapper that serves it
 (`sweeps.serving.SiameseServingModel`), at the threshold stored inside the model.
@@ -135,10 +135,10 @@ def build_test_split(raw_config: dict[str, Any], *, expected_fingerprint: str | 
     from siamese_core.data.pairs import STREAM_TEST
     from siamese_core.data.types import LabeledSplit, PairedSplit, materialize
     from siamese_core.evaluation import EvalSet
-    from siamese_core.training import load_data
+    from siamese_core.data.sources import load_dataset
 
     config = _split_config(raw_config)
-    data = load_data(config)
+    data = load_dataset(config)
     fp = data.info.fingerprint
     if expected_fingerprint and fp != expected_fingerprint:
         raise DataError(data.info.source, f"dataset fingerprint {fp[:12]}… differs from the one {what} was trained "
@@ -233,7 +233,7 @@ def load_wrapper(uri: str, *, tracking_uri: str, dst: str) -> Any:
 
 def evaluate(wrapper: Any, split: TestSplit, *, uri: str) -> ModelEvaluation:
     """Pair accuracy (the model's own same/different at its stored threshold), ROC AUC and EER."""
-    from siamese_core import metrics as m
+    from siamese_core import verification as m
 
     shapes = wrapper.inputs
     out = wrapper.score_arrays(split.left.astype(shapes[0][1], copy=False), split.right.astype(shapes[-1][1], copy=False))

@@ -9,8 +9,8 @@
 * ``mode="embed"``: one sample per row in column ``input`` (or ``left``; ``right`` with ``side="right"``).
   Returns a DataFrame with one ``embedding`` column (a list of floats per row).
 
-Only pandas and numpy here at import time: Keras is imported in `load_context`, after
-``siamese_core.models.layers`` has registered the custom layers (safe mode stays on).
+Only pandas, numpy and siamese_core's pure-Python errors here at import time: Keras is imported in
+`load_context`, after ``siamese_core.models.layers`` has registered the custom layers (safe mode stays on).
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from siamese_core.errors import SiameseError
 
 try:  # the module must import without MLflow's pyfunc too (e.g. for `arrays_from_frame` in tools)
     from mlflow.pyfunc import PythonModel
@@ -32,7 +34,7 @@ MODES = ("pair", "embed")
 BATCH = 512  # the batch size the trial embedded its test samples with: same batches -> identical floats
 
 
-class PredictError(ValueError):
+class PredictError(SiameseError, ValueError):
     """A request the model cannot answer (missing column, wrong shape, unknown mode)."""
 
 
@@ -156,7 +158,9 @@ class SiameseServingModel(PythonModel):
         if threshold is None or float(threshold) == self.threshold:
             same = out["same"] >= 0.5  # the model's own ThresholdDecision at the stored threshold
         else:
-            same = native >= threshold if self.higher_is_same else native <= threshold
+            from siamese_core.metrics import same_at_threshold
+
+            same = same_at_threshold(native, threshold, higher_is_same=self.higher_is_same)
         return {"distance": out["distance"], "score": out["score"], "same": np.asarray(same, bool), "native": native}
 
     def embed_arrays(self, x: np.ndarray, *, side: int = 0) -> np.ndarray:

@@ -24,6 +24,8 @@ from typing import Any, Callable, Mapping, TypeVar
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
+from siamese_core.errors import InfrastructureError
+
 from .secrets import mask_secrets, mask_url
 
 log = logging.getLogger(__name__)
@@ -82,7 +84,7 @@ def retry_budget_s() -> float:
         return DEFAULT_RETRY_BUDGET_S
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(InfrastructureError, RuntimeError):
     """MLflow did not accept a call after all retries."""
 
 

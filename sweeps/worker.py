@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import optuna
 
+from siamese_core.errors import SiameseError
+
 from .objective import (REASON_TRACKING_DOWN_AT_START, USER_ATTR_REASON, USER_ATTR_RUN, Interrupted, Objective,
                         StopRequest, TrialContext)
 from .spec import SweepSpec
@@ -32,7 +34,7 @@ from .tracking import RUN_KILLED, RUN_RUNNING, TAG_REASON, TAG_STATE, Retry, Tra
 log = logging.getLogger(__name__)
 
 
-class SweepFatal(RuntimeError):
+class SweepFatal(SiameseError, RuntimeError):
     """The sweep cannot go on (tracking unreachable, every trial failing)."""
 
 
@@ -65,11 +67,11 @@ class DataCache:
         return cache
 
     def __call__(self, config: Any) -> Any:
-        from siamese_core.training import load_data
+        from siamese_core.data.sources import load_dataset
 
         key = self._key(config)
         if key not in self._cache:
-            self._cache[key] = load_data(config)
+            self._cache[key] = load_dataset(config)
         return self._cache[key]
 
 

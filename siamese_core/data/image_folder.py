@@ -13,7 +13,9 @@ corrupt in the middle is found on decode: `ImageFiles.load` names it;
 `ImageFiles.verify` decodes everything for a full check.
 
 `load()` runs `tf_decode` in a tf.data map, so array loaders and tf.data
-loaders get bit-identical uint8 inputs.
+loaders get bit-identical uint8 inputs. Decoding needs TensorFlow, so this
+source is registered lazily (`siamese_core.registry.DATASETS`): the other
+datasets load without it.
 """
 from __future__ import annotations
 
@@ -21,11 +23,15 @@ import csv
 import os
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
+from ..config import DatasetConfig
 from ..errors import DataError
+from .types import RawLabeled
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 _SIGNATURES = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg", b"BM": "bmp", b"GIF87a": "gif",
@@ -61,19 +67,18 @@ class ImageFiles:
         prefix = str(self.root) + os.sep
         return np.char.add(prefix, self.relpaths) if len(self) else np.asarray([], dtype=str)
 
-    def subset(self, indices: np.ndarray) -> "ImageFiles":
+    def subset(self, indices: np.ndarray) -> ImageFiles:
         idx = np.asarray(indices, dtype=np.int64)
         return ImageFiles(self.root, self.relpaths[idx], self.sizes[idx], image_size=self.image_size,
                           channels=self.channels, parallel=self.parallel)
 
     # ------------------------------------------------------------- tf.data side
     def tf_source(self) -> Any:
-        import tensorflow as tf
+        """The file paths as a 1-D string tensor (what a tf.data pipeline maps `tf_decode` over)."""
         return tf.constant(self.paths, dtype=tf.string)
 
     def tf_decode(self, item: Any) -> Any:
         """Path tensor -> uint8 ``[H, W, C]``: decode, fix channels, resize, round."""
-        import tensorflow as tf
         img = tf.io.decode_image(tf.io.read_file(item), channels=0, expand_animations=False, dtype=tf.uint8)
         n = tf.shape(img)[-1]
         # GIF/BMP cannot be decoded to 1 channel directly: go through RGB (gray sources are replicated)
@@ -88,7 +93,6 @@ class ImageFiles:
     # --------------------------------------------------------------- numpy side
     def load(self, indices: np.ndarray | None = None, *, batch_size: int = 256) -> np.ndarray:
         """Decode the given samples (all if None) with the exact ops of `tf_decode`."""
-        import tensorflow as tf
         files = self if indices is None else self.subset(indices)
         if len(files) == 0:
             return np.zeros((0, *self.shape), np.uint8)
@@ -111,7 +115,6 @@ class ImageFiles:
 
     def _culprit(self, start: int, batch_size: int, exc: Exception) -> DataError:
         """Decode one by one from the failing batch to name the bad file."""
-        import tensorflow as tf
         for i in range(start, min(len(self), start + batch_size)):
             path = str(self.paths[i])
             try:
@@ -132,6 +135,14 @@ def _first_line(exc: Exception) -> str:
 
 
 # ---------------------------------------------------------------------- scanning
+def load_image_folder(ds: DatasetConfig) -> RawLabeled:
+    """The ``image_folder`` dataset source: class sub-folders (or an index CSV) under ``dataset.path``."""
+    assert ds.path is not None  # config validation requires it for this dataset
+    files, y, classes = scan_image_folder(ds.path, index=ds.index, image_size=ds.image_size,
+                                          color_mode=ds.color_mode)
+    return RawLabeled(str(files.root), "images", files, y, value_range=(0.0, 255.0), class_names=classes)
+
+
 def scan_image_folder(root: str | Path, *, index: str | None = None, image_size: tuple[int, int] | None = None,
                       color_mode: str = "grayscale") -> tuple[ImageFiles, np.ndarray, tuple[str, ...]]:
     """Find, check and label the images under `root`; returns (files, int64 labels, class names)."""
@@ -255,7 +266,6 @@ def _check_image(path: Path) -> int:
 
 def _first_size(path: Path) -> tuple[int, int]:
     """(height, width) of the first image, the default size for all."""
-    import tensorflow as tf
     try:
         img = tf.io.decode_image(tf.io.read_file(str(path)), channels=0, expand_animations=False)
     except (tf.errors.OpError, ValueError) as exc:

@@ -9,33 +9,29 @@
   ``GradientTape`` loop.
 
 All three take their tuples from the one sampler, in the same order, call the
-same Keras callbacks, and log the same per-epoch keys.
+same Keras callbacks, and log the same per-epoch keys. They are registered by
+name in `siamese_core.registry.LOADERS` (``loader`` in the config).
 """
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from .pairs import Tuples
-from .types import Inputs, LabeledSplit, PairedSplit, Split, materialize
+from ..registry import LOADERS
+from .pairs import Tuples, TupleSampler
+from .types import Inputs, PairedSplit, Split, materialize
 
-# tf.data's AUTOTUNE was seen to leave fit() idle 5–40 s at epoch ends on these
-# machines (FACTS.md); fixed parallelism has no such gaps.
+# With AUTOTUNE, fit() was seen to sit idle (CPU idle) for 5-40 s after the last on_epoch_end in 9 of 30
+# one-epoch runs on 2 cores; a pipeline with autotuning off and fixed parallelism had gaps <= 0.014 s.
 PARALLEL_CALLS = 2
 PREFETCH_BATCHES = 2
-
-
-class TupleSampler(Protocol):
-    arity: int
-    pairs_per_epoch: int
-
-    def epoch(self, epoch: int) -> Tuples: ...
 
 
 @dataclass
@@ -45,6 +41,8 @@ class TrainingPlan:
     split: Split
     sampler: TupleSampler
     batch_size: int
+    # the memory loader's decoded inputs, built once per plan (image folders are decoded there)
+    dense_sources: list[np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def arity(self) -> int:
@@ -61,8 +59,9 @@ class TrainingPlan:
         return [self.split.x] * self.arity
 
 
-def _gather(sources: list[np.ndarray], tuples: Tuples) -> tuple[np.ndarray, ...]:
-    return tuple(src[tuples.indices[:, k]] for k, src in enumerate(sources))
+def gather(sources: list[Inputs], tuples: Tuples) -> tuple[np.ndarray, ...]:
+    """The model inputs of `tuples`: position ``k`` taken from ``sources[k]`` (lazy inputs are decoded)."""
+    return tuple(materialize(src, tuples.indices[:, k]) for k, src in enumerate(sources))
 
 
 class RunCallbacks(keras.callbacks.CallbackList):
@@ -80,7 +79,7 @@ class RunCallbacks(keras.callbacks.CallbackList):
         self._began = False
         self._scoped = False
 
-    def scoped(self) -> "RunCallbacks":
+    def scoped(self) -> RunCallbacks:
         self._scoped = True
         return self
 
@@ -112,18 +111,18 @@ class Loader(ABC):
 
 
 class MemoryLoader(Loader):
+    """Each epoch's tuples gathered into NumPy arrays and handed to ``fit`` (one ``fit`` per epoch)."""
+
     name = "memory"
 
     def _sources(self, plan: TrainingPlan) -> list[np.ndarray]:
-        cache = getattr(plan, "_dense_sources", None)
-        if cache is None:
-            cache = [materialize(s) for s in plan.sources()]
-            plan._dense_sources = cache  # decoded once per plan (image folders are decoded here)
-        return cache
+        if plan.dense_sources is None:
+            plan.dense_sources = [materialize(s) for s in plan.sources()]
+        return plan.dense_sources
 
     def epoch_arrays(self, plan: TrainingPlan, epoch: int) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
         tuples = plan.sampler.epoch(epoch)
-        return _gather(self._sources(plan), tuples), tuples.targets
+        return gather(self._sources(plan), tuples), tuples.targets
 
     def run(self, model: keras.Model, plan: TrainingPlan, callbacks: list[keras.callbacks.Callback], *,
             epochs: int, initial_epoch: int = 0) -> None:
@@ -143,7 +142,8 @@ class MemoryLoader(Loader):
     def batches(self, plan: TrainingPlan, epoch: int, n: int) -> list[tuple[tuple[np.ndarray, ...], np.ndarray]]:
         x, y = self.epoch_arrays(plan, epoch)
         b = plan.batch_size
-        return [(tuple(a[i * b:(i + 1) * b] for a in x), y[i * b:(i + 1) * b]) for i in range(min(n, plan.steps_per_epoch))]
+        return [(tuple(a[i * b:(i + 1) * b] for a in x), y[i * b:(i + 1) * b])
+                for i in range(min(n, plan.steps_per_epoch))]
 
 
 class _SourceTensor:
@@ -198,6 +198,8 @@ def build_dataset(plan: TrainingPlan, *, initial_epoch: int, epochs: int) -> tf.
 
 
 class TfDataLoader(Loader):
+    """One ``fit`` over a `build_dataset` pipeline for all epochs."""
+
     name = "tfdata"
 
     def run(self, model: keras.Model, plan: TrainingPlan, callbacks: list[keras.callbacks.Callback], *,
@@ -282,11 +284,7 @@ def make_iterator_train_step(model: keras.Model) -> Callable[[Any], tuple[tf.Ten
     return run
 
 
-LOADERS: dict[str, type[Loader]] = {"memory": MemoryLoader, "tfdata": TfDataLoader, "custom": CustomLoopLoader}
-
-
 def get_loader(name: str) -> Loader:
-    try:
-        return LOADERS[name]()
-    except KeyError:
-        raise ValueError(f"Expected a loader in {sorted(LOADERS)}, received: {name!r}") from None
+    """A fresh loader registered as `name` (``memory``, ``tfdata``, ``custom``)."""
+    loader: Loader = LOADERS.get(name)()
+    return loader

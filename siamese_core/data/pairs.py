@@ -10,10 +10,14 @@ Label convention: ``SAME = 1`` (same class, similar), ``DIFFERENT = 0``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from ..errors import DataError
+from ..config import TrainConfig
+from ..diagnostics.codes import PAIR_IMBALANCE, SINGLE_CLASS
+from ..errors import ConfigError, DataError
+from .types import DatasetSplits, PairedSplit
 
 SAME = 1
 DIFFERENT = 0
@@ -72,9 +76,10 @@ class _ClassIndex:
         if classes.size < 2:
             raise DataError(source, f"only one class ({classes[0]!r}) — no negative pairs can be built, and a "
                                     "contrastive objective collapses to a constant map without negatives. "
-                                    "Provide at least two classes.")
+                                    "Provide at least two classes.", code=SINGLE_CLASS)
         if self.pos_eligible.size == 0:
-            raise DataError(source, "no class has two or more samples — no positive pairs can be built")
+            raise DataError(source, "no class has two or more samples — no positive pairs can be built",
+                            code=PAIR_IMBALANCE)
 
     def same_class_partner(self, anchors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         c = self.class_of[anchors]
@@ -175,6 +180,33 @@ class PairShuffler:
         return Tuples(np.stack([order, order], axis=1).astype(np.int64), self.labels[order])
 
 
+class TupleSampler(Protocol):
+    """What loaders need from a sampler: the tuples of any epoch, deterministically."""
+
+    arity: int
+    pairs_per_epoch: int
+
+    def epoch(self, epoch: int) -> Tuples: ...
+
+
 def default_pairs_per_epoch(n_train: int, *, paired: bool) -> int:
     """Two pairs per training sample (each sample is seen ~4 times an epoch); all pairs if pre-paired."""
     return n_train if paired else 2 * n_train
+
+
+def make_sampler(config: TrainConfig, data: DatasetSplits) -> PairSampler | TripletSampler | PairShuffler:
+    """The training sampler for this config: pairs, triplets, or a shuffle of pre-built pairs.
+
+    Cheap and TensorFlow-free, so batch-size and label problems fail here, before a model is built.
+    """
+    train = data.train
+    paired = isinstance(train, PairedSplit)
+    n = config.pairs.pairs_per_epoch or default_pairs_per_epoch(len(train), paired=paired)
+    if config.batch_size > n:
+        raise ConfigError("batch_size", f"expected batch_size <= pairs per epoch ({n} for this dataset); "
+                                        f"received: batch_size={config.batch_size}")
+    if isinstance(train, PairedSplit):
+        return PairShuffler(train.y, seed=config.seed, pairs_per_epoch=n)
+    if config.loss.is_triplet:
+        return TripletSampler(train.y, seed=config.seed, triplets_per_epoch=n)
+    return PairSampler(train.y, seed=config.seed, pairs_per_epoch=n, positive_fraction=config.pairs.positive_fraction)

@@ -1,11 +1,16 @@
 """`load_dataset(config)`: read a dataset, validate it, split it, describe it.
 
-Each source (``fashion_mnist``, ``mnist``, ``digits``, ``npz``, ``pairs_npz``,
-``image_folder``) is read into a `_Labeled` or `_Paired` record of raw arrays;
-the common path then validates, splits (`splits.py`) and fills `DataInfo`.
+Each source registered in `siamese_core.registry.DATASETS` (``fashion_mnist``, ``mnist``, ``digits``,
+``npz``, ``pairs_npz`` here; ``image_folder`` in `image_folder.py`) reads a `RawLabeled` or `RawPaired`
+record of raw arrays; the common path then validates, splits (`splits.py`) and fills `DataInfo`.
 Everything that can be wrong with the data raises `DataError` here, before a
 model is built. uint8 sources stay uint8; float64 becomes float32 (what the
 models compute in), never the other way round.
+
+This module imports no TensorFlow, so a sweep's preflight fails on bad data in milliseconds. The
+third-party loaders that are slow to import are named (``module:attr``) and resolved by
+`registry.import_object` only when that dataset is read: Keras' downloads (TensorFlow, 5-14 s) and
+scikit-learn's bundled digits (``sklearn.datasets``, ~3.7 s).
 """
 from __future__ import annotations
 
@@ -14,21 +19,19 @@ import json
 import os
 import zipfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
 
 import numpy as np
 
+from ..config import DatasetConfig, TrainConfig
 from ..errors import DataError
+from ..registry import DATASETS, import_object
 from . import validation as v
 from .idx import read_idx
-from .image_folder import ImageFiles, scan_image_folder
 from .splits import SplitParams, split_labeled, split_paired
-from .types import DataInfo, DatasetSplits, InputKind, Inputs, LabeledSplit, PairedSplit, Split, input_shape
-
-if TYPE_CHECKING:
-    from ..config import DatasetConfig, TrainConfig
+from .types import (DataInfo, DatasetSplits, InputKind, Inputs, LabeledSplit, LazyInputs, PairedSplit, RawLabeled,
+                    RawPaired, Split, input_shape)
 
 FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -37,38 +40,17 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
                    "Ankle boot")
 MNIST_FILE = "~/.keras/datasets/mnist.npz"
 STATS_SAMPLE = 256  # images decoded to estimate mean/std of a lazy folder
-
-
-@dataclass
-class _Labeled:
-    source: str
-    kind: InputKind
-    x: Inputs
-    y: np.ndarray
-    x_test: Inputs | None = None
-    y_test: np.ndarray | None = None
-    value_range: tuple[float, float] | None = None  # declared; None = observe the training split
-    class_names: tuple[str, ...] | None = None
-
-
-@dataclass
-class _Paired:
-    source: str
-    kind: InputKind
-    x1: np.ndarray
-    x2: np.ndarray
-    y: np.ndarray
-    x1_test: np.ndarray | None = None
-    x2_test: np.ndarray | None = None
-    y_test: np.ndarray | None = None
+KERAS_FASHION_MNIST = "keras.datasets.fashion_mnist:load_data"
+KERAS_MNIST = "keras.datasets.mnist:load_data"
+SKLEARN_DIGITS = "sklearn.datasets:load_digits"
 
 
 def load_dataset(config: TrainConfig) -> DatasetSplits:
     """Load ``config.dataset``, split it deterministically from ``config.seed`` and describe it."""
     ds = config.dataset
     params = SplitParams.from_config(config)
-    raw = _SOURCES[ds.name](ds)
-    if isinstance(raw, _Paired):
+    raw = DATASETS.get(ds.name)(ds)
+    if isinstance(raw, RawPaired):
         splits: dict[str, Split] = dict(split_paired(raw.x1, raw.x2, raw.y, params, x1_test=raw.x1_test,
                                                      x2_test=raw.x2_test, y_test=raw.y_test))
     else:
@@ -79,7 +61,7 @@ def load_dataset(config: TrainConfig) -> DatasetSplits:
 
 
 # ----------------------------------------------------------------------- sources
-def load_fashion_mnist(ds: DatasetConfig) -> _Labeled:
+def load_fashion_mnist(ds: DatasetConfig) -> RawLabeled:
     """IDX files from ``dataset.path``, the Debian package, the Keras cache; else a Keras download."""
     places = [ds.path] if ds.path else list(FASHION_DIRS)
     for place in places:
@@ -105,21 +87,20 @@ def load_fashion_mnist(ds: DatasetConfig) -> _Labeled:
 
 def _keras_fashion_mnist() -> Any:
     """Separate so tests can replace it: the real call downloads."""
-    import keras
-    return keras.datasets.fashion_mnist.load_data()
+    return import_object(KERAS_FASHION_MNIST, field="dataset.name")()
 
 
-def _idx_dataset(source: str, x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray) -> _Labeled:
+def _idx_dataset(source: str, x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarray) -> RawLabeled:
     for key, images, labels in (("train", x, y), ("t10k", xt, yt)):
         if images.ndim != 3 or images.dtype != np.uint8:
             raise DataError(source, f"{key} images have shape {images.shape} and dtype {images.dtype}; expected "
                                     f"uint8 [N, 28, 28]")
         v.check_same_length(source, **{f"{key} images": images, f"{key} labels": labels})
-    return _Labeled(source, "images", x[..., None], v.as_class_labels(y, source, key="train labels"), xt[..., None],
+    return RawLabeled(source, "images", x[..., None], v.as_class_labels(y, source, key="train labels"), xt[..., None],
                     v.as_class_labels(yt, source, key="t10k labels"), (0.0, 255.0), FASHION_CLASSES)
 
 
-def load_mnist(ds: DatasetConfig) -> _Labeled:
+def load_mnist(ds: DatasetConfig) -> RawLabeled:
     """A Keras-format ``mnist.npz`` (``x_train``, ``y_train``, ``x_test``, ``y_test``)."""
     path = Path(ds.path or MNIST_FILE).expanduser()
     if path.is_dir():
@@ -140,24 +121,22 @@ def load_mnist(ds: DatasetConfig) -> _Labeled:
     yt = v.as_class_labels(arrays["y_test"], source, key="y_test")
     v.check_same_length(source, x_train=x, y_train=y)
     v.check_same_length(source, x_test=xt, y_test=yt)
-    return _Labeled(source, kind, x, y, xt, yt, _declared_range(x), tuple(str(i) for i in range(10)))
+    return RawLabeled(source, kind, x, y, xt, yt, _declared_range(x), tuple(str(i) for i in range(10)))
 
 
 def _keras_mnist() -> Any:
-    import keras
-    return keras.datasets.mnist.load_data()
+    return import_object(KERAS_MNIST, field="dataset.name")()
 
 
-def load_digits(ds: DatasetConfig) -> _Labeled:
+def load_digits(ds: DatasetConfig) -> RawLabeled:
     """scikit-learn's bundled 8x8 digits: always available, the fast test dataset."""
-    from sklearn.datasets import load_digits as sk_digits
-    d = sk_digits()
+    d = import_object(SKLEARN_DIGITS, field="dataset.name")()
     x = d.images.astype(np.uint8)[..., None]
-    return _Labeled("sklearn.datasets.load_digits", "images", x, d.target.astype(np.int64), value_range=(0.0, 16.0),
+    return RawLabeled("sklearn.datasets.load_digits", "images", x, d.target.astype(np.int64), value_range=(0.0, 16.0),
                     class_names=tuple(str(c) for c in d.target_names))
 
 
-def load_npz(ds: DatasetConfig) -> _Labeled:
+def load_npz(ds: DatasetConfig) -> RawLabeled:
     """Generic ``.npz`` with ``x``, ``y`` and optionally ``x_test``, ``y_test``."""
     source = str(Path(ds.path).expanduser())
     a = read_npz(ds.path, required=("x", "y"), optional=("x_test", "y_test"))
@@ -172,10 +151,10 @@ def load_npz(ds: DatasetConfig) -> _Labeled:
         _check_compatible(source, ("x", x, kind), ("x_test", xt, kind_t))
         yt = v.as_class_labels(a["y_test"], source, key="y_test")
         v.check_same_length(source, x_test=xt, y_test=yt)
-    return _Labeled(source, kind, x, y, xt, yt, _declared_range(x))
+    return RawLabeled(source, kind, x, y, xt, yt, _declared_range(x))
 
 
-def load_pairs_npz(ds: DatasetConfig) -> _Paired:
+def load_pairs_npz(ds: DatasetConfig) -> RawPaired:
     """Pre-paired ``.npz``: ``x1``, ``x2``, ``y`` (1 = same); optional ``*_test``. Sides may differ in shape."""
     source = str(Path(ds.path).expanduser())
     a = read_npz(ds.path, required=("x1", "x2", "y"), optional=("x1_test", "x2_test", "y_test"))
@@ -188,7 +167,7 @@ def load_pairs_npz(ds: DatasetConfig) -> _Paired:
         raise DataError(source, f"'x1' holds {k1} but 'x2' holds {k2}; both sides must be the same kind of input")
     y = v.as_pair_labels(a["y"], source, key="y")
     v.check_same_length(source, x1=x1, x2=x2, y=y)
-    out = _Paired(source, k1, x1, x2, y)
+    out = RawPaired(source, k1, x1, x2, y)
     if tests:
         t1, _ = _inputs(a["x1_test"], source, key="x1_test")
         t2, _ = _inputs(a["x2_test"], source, key="x2_test")
@@ -198,18 +177,6 @@ def load_pairs_npz(ds: DatasetConfig) -> _Paired:
         v.check_same_length(source, x1_test=t1, x2_test=t2, y_test=yt)
         out.x1_test, out.x2_test, out.y_test = t1, t2, yt
     return out
-
-
-def load_image_folder(ds: DatasetConfig) -> _Labeled:
-    files, y, classes = scan_image_folder(ds.path, index=ds.index, image_size=ds.image_size,
-                                          color_mode=ds.color_mode)
-    return _Labeled(str(files.root), "images", files, y, value_range=(0.0, 255.0), class_names=classes)
-
-
-_SOURCES: dict[str, Callable[[DatasetConfig], _Labeled | _Paired]] = {
-    "fashion_mnist": load_fashion_mnist, "mnist": load_mnist, "digits": load_digits, "npz": load_npz,
-    "pairs_npz": load_pairs_npz, "image_folder": load_image_folder,
-}
 
 
 # ----------------------------------------------------------------------- helpers
@@ -293,7 +260,7 @@ def _check_splits(splits: dict[str, Split], source: str, params: SplitParams) ->
 
 
 # ---------------------------------------------------------------------- DataInfo
-def _describe(name: str, raw: _Labeled | _Paired, splits: dict[str, Split], params: SplitParams) -> DataInfo:
+def _describe(name: str, raw: RawLabeled | RawPaired, splits: dict[str, Split], params: SplitParams) -> DataInfo:
     train = splits["train"]
     if isinstance(train, PairedSplit):
         xs: list[Inputs] = [train.x1, train.x2]
@@ -301,7 +268,7 @@ def _describe(name: str, raw: _Labeled | _Paired, splits: dict[str, Split], para
         num_classes, class_names, paired = None, None, True
         all_inputs = [raw.x1, raw.x2] + ([raw.x1_test, raw.x2_test] if raw.x1_test is not None else [])
     else:
-        assert isinstance(raw, _Labeled) and isinstance(train, LabeledSplit)
+        assert isinstance(raw, RawLabeled) and isinstance(train, LabeledSplit)
         xs, shapes, paired = [train.x], (input_shape(train.x),), False
         labels = raw.y if raw.y_test is None else np.concatenate([raw.y, raw.y_test])
         num_classes, class_names = int(np.unique(labels).size), raw.class_names
@@ -311,7 +278,7 @@ def _describe(name: str, raw: _Labeled | _Paired, splits: dict[str, Split], para
     if raw.kind == "tokens":
         vocab = int(max(int(a.max()) if a.size else 0 for a in all_inputs)) + 1
         value_range: tuple[float, float] = (0.0, float(vocab - 1))
-    elif isinstance(raw, _Labeled) and raw.value_range is not None:
+    elif isinstance(raw, RawLabeled) and raw.value_range is not None:
         value_range = raw.value_range
     else:
         value_range = (stats.min, stats.max) if stats else (0.0, 0.0)
@@ -329,7 +296,7 @@ def _train_moments(xs: list[Inputs], kind: InputKind) -> v.Moments | None:
         return None
     arrays = []
     for x in xs:
-        if isinstance(x, ImageFiles) or not isinstance(x, np.ndarray):
+        if not isinstance(x, np.ndarray):
             n = len(x)
             idx = np.unique(np.linspace(0, n - 1, num=min(n, STATS_SAMPLE)).astype(np.int64))
             arrays.append(x.load(idx))
@@ -358,7 +325,7 @@ def _hash_inputs(h: Any, x: Inputs) -> None:
     if isinstance(x, np.ndarray):
         h.update(f"{x.dtype.str}{x.shape}".encode())
         h.update(np.ascontiguousarray(x).view(np.uint8).reshape(-1))
-    elif isinstance(x, ImageFiles):
+    elif isinstance(x, LazyInputs):
         h.update(json.dumps({"shape": list(x.shape), "files": x.content_key()}).encode())
     else:
         raise TypeError(f"cannot fingerprint inputs of type {type(x).__name__}")

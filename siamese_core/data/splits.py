@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..config import TrainConfig
 from ..errors import ConfigError, DataError
 from .types import Inputs, LabeledSplit, PairedSplit, take
 
@@ -38,7 +39,7 @@ class SplitParams:
     seed: int
 
     @classmethod
-    def from_config(cls, config: Any) -> "SplitParams":
+    def from_config(cls, config: TrainConfig) -> SplitParams:
         d = config.dataset
         return cls(d.split, d.val_fraction, d.test_fraction, d.max_train_samples, d.max_eval_samples, config.seed)
 

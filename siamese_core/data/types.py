@@ -36,7 +36,9 @@ class LazyInputs(Protocol):
 
     def tf_decode(self, item: Any) -> Any: ...  # path tensor -> decoded sample tensor
 
-    def subset(self, indices: np.ndarray) -> "LazyInputs": ...
+    def subset(self, indices: np.ndarray) -> LazyInputs: ...
+
+    def content_key(self) -> list[tuple[str, int]]: ...  # identifies the content without decoding (fingerprints)
 
 
 Inputs = Union[np.ndarray, LazyInputs]
@@ -72,8 +74,6 @@ class LabeledSplit:
     def classes(self) -> np.ndarray:
         return np.unique(self.y)
 
-    paired = False
-
 
 @dataclass(frozen=True)
 class PairedSplit:
@@ -88,8 +88,6 @@ class PairedSplit:
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
-
-    paired = True
 
 
 Split = Union[LabeledSplit, PairedSplit]
@@ -135,6 +133,8 @@ class DataInfo:
 
 @dataclass(frozen=True)
 class DatasetSplits:
+    """The three splits of one dataset and its description."""
+
     train: Split
     val: Split
     test: Split
@@ -142,3 +142,36 @@ class DatasetSplits:
 
     def splits(self) -> dict[str, Split]:
         return {"train": self.train, "val": self.val, "test": self.test}
+
+
+# ------------------------------------------------------------------ what a dataset source returns
+@dataclass
+class RawLabeled:
+    """Class-labelled samples as a source read them (validated, not yet split).
+
+    `x_test`/`y_test` are an official test split, if the source has one; `value_range` is declared by the
+    source (None: observe it on the training split).
+    """
+
+    source: str
+    kind: InputKind
+    x: Inputs
+    y: np.ndarray
+    x_test: Inputs | None = None
+    y_test: np.ndarray | None = None
+    value_range: tuple[float, float] | None = None
+    class_names: tuple[str, ...] | None = None
+
+
+@dataclass
+class RawPaired:
+    """Pre-built pairs as a source read them (1 = same); the two sides may differ in shape."""
+
+    source: str
+    kind: InputKind
+    x1: np.ndarray
+    x2: np.ndarray
+    y: np.ndarray
+    x1_test: np.ndarray | None = None
+    x2_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None

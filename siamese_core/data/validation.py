@@ -11,6 +11,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
+from ..diagnostics.codes import PAIR_IMBALANCE, POSITIVES_ONLY, SINGLE_CLASS
 from ..errors import DataError
 from .types import LabeledSplit, PairedSplit, Split
 
@@ -124,10 +125,12 @@ def check_pair_balance(y: np.ndarray, source: str, *, what: str) -> None:
     n_pos = int(np.count_nonzero(y == 1))
     if n_pos == len(y):
         raise DataError(source, f"positives_only: pairs {what} are all labelled 1 (same), so there are no negative "
-                                f"pairs; {COLLAPSE.split(';')[0]}. Add pairs labelled 0 (different).")
+                                f"pairs; {COLLAPSE.split(';')[0]}. Add pairs labelled 0 (different).",
+                        code=POSITIVES_ONLY)
     if n_pos == 0:
         raise DataError(source, f"negatives_only: pairs {what} are all labelled 0 (different), so there are no "
-                                f"positive pairs to learn similarity from. Add pairs labelled 1 (same).")
+                                f"positive pairs to learn similarity from. Add pairs labelled 1 (same).",
+                        code=PAIR_IMBALANCE)
 
 
 def check_classes(y: np.ndarray, source: str) -> None:
@@ -136,7 +139,7 @@ def check_classes(y: np.ndarray, source: str) -> None:
         raise DataError(source, "no samples: the label array is empty")
     classes = np.unique(y)
     if classes.size < 2:
-        raise DataError(source, f"only one class ({classes.tolist()}) in the labels: {COLLAPSE}")
+        raise DataError(source, f"only one class ({classes.tolist()}) in the labels: {COLLAPSE}", code=SINGLE_CLASS)
 
 
 def check_split(split: Split, source: str, *, name: str, hint: str) -> None:
@@ -150,10 +153,10 @@ def check_split(split: Split, source: str, *, name: str, hint: str) -> None:
     classes, counts = np.unique(split.y, return_counts=True)
     if classes.size < 2:
         raise DataError(source, f"the {name} split has only {classes.size} class(es) {classes.tolist()}, so no "
-                                f"negative pairs are possible; {hint}")
+                                f"negative pairs are possible; {hint}", code=SINGLE_CLASS)
     if not np.any(counts >= 2):
         raise DataError(source, f"no class in the {name} split has 2 or more samples, so no positive pairs are "
-                                f"possible; {hint}")
+                                f"possible; {hint}", code=PAIR_IMBALANCE)
 
 
 def moments(arrays: list[np.ndarray]) -> Moments:

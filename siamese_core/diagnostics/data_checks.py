@@ -3,20 +3,26 @@
 The loader refuses unusable data with a `DataError` (right for ``train``), but
 the doctor must *report* it: these checks read the raw label arrays first, so
 a positives-only ``.npz`` becomes a `positives_only` finding with numbers
-instead of a crash. `from_data_error` maps the loader's refusals to codes for
-the sources we cannot pre-read.
+instead of a crash. `from_data_error` turns the loader's refusals that carry a
+diagnostic code (``DataError.code``) into findings, for the sources we cannot
+pre-read.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from ..config import TrainConfig
+from ..data.sources import read_npz
+from ..data.types import DatasetSplits, PairedSplit
 from ..errors import DataError
 from ..findings import Finding
+from ..verification import roc_auc
 from . import codes as C
+
+# the two sources whose raw labels can be read before loading (arrays ``y``/``y_test`` of an .npz)
+NPZ, PAIRS_NPZ = "npz", "pairs_npz"
 
 # A positive share outside [0.1, 0.9] (worse than 1:9) lets one kind of pair dominate the loss;
 # the sampler's default is 0.5, and the forum datasets that failed had 0% or ~2-5% negatives.
@@ -35,7 +41,8 @@ def check_pair_labels(y: np.ndarray, source: str, *, what: str = "y") -> list[Fi
           "positive_fraction": round(frac, 4)}
     if n_pos == n:
         return [C.finding(C.POSITIVES_ONLY, f"all {n} pairs in '{what}' are labelled 1 (same): there are no negative "
-                                            f"pairs, so a contrastive objective collapses to a constant map", evidence=ev)]
+                                            f"pairs, so a contrastive objective collapses to a constant map",
+                          evidence=ev)]
     if n_pos == 0:
         return [C.finding(C.PAIR_IMBALANCE, f"all {n} pairs in '{what}' are labelled 0 (different): there are no "
                                             f"positive pairs to learn similarity from", evidence=ev, severity="error",
@@ -64,16 +71,14 @@ def check_class_labels(y: np.ndarray, source: str, *, what: str = "y") -> list[F
     return []
 
 
-def check_raw(config: Any) -> list[Finding]:
+def check_raw(config: TrainConfig) -> list[Finding]:
     """Label checks on a user's ``.npz`` before the loader validates (and maybe refuses) it."""
-    from ..data.sources import read_npz
-
     ds = config.dataset
-    if ds.name not in ("npz", "pairs_npz") or not ds.path:
+    if ds.name not in (NPZ, PAIRS_NPZ) or not ds.path:
         return []
     source = str(Path(ds.path).expanduser())
     try:
-        if ds.name == "pairs_npz":
+        if ds.name == PAIRS_NPZ:
             arrays = read_npz(ds.path, required=("y",), optional=("y_test",))
             out = check_pair_labels(arrays["y"], source, what="y")
             if "y_test" in arrays and not any(f.is_error for f in out):
@@ -87,22 +92,11 @@ def check_raw(config: Any) -> list[Finding]:
         return []  # unreadable or malformed: load_dataset reports it with the precise cause
 
 
-_PATTERNS: tuple[tuple[str, str, str | None], ...] = (
-    (r"positives_only", C.POSITIVES_ONLY, None),
-    (r"negatives_only", C.PAIR_IMBALANCE, "error"),
-    (r"only one class|has only \d+ class", C.SINGLE_CLASS, None),
-    (r"no positive pairs are possible|no class has two or more samples", C.PAIR_IMBALANCE, "error"),
-)
-
-
 def from_data_error(exc: DataError) -> Finding | None:
-    """Map a loader refusal that is a known Siamese failure to its code; None for other data errors."""
-    text = str(exc)
-    for pattern, code, severity in _PATTERNS:
-        if re.search(pattern, text):
-            return C.finding(code, exc.problem, evidence={"source": exc.source},
-                             severity=severity)  # type: ignore[arg-type]
-    return None
+    """The finding for a loader refusal that carries a diagnostic code (a refusal is always an error)."""
+    if exc.code is None:
+        return None
+    return C.finding(exc.code, exc.problem, evidence={"source": exc.source}, severity="error")
 
 
 # Raw-input distance as a label-convention witness for user-built pairs: on digits, same pairs are closer
@@ -112,10 +106,8 @@ RAW_INVERTED_AUC = 0.3
 RAW_PAIRS = 2000
 
 
-def raw_distance_auc(split: Any) -> float | None:
+def raw_distance_auc(split: PairedSplit) -> float | None:
     """AUC of 'same' vs 'different' from plain input distances (no model); None when not comparable."""
-    from .. import metrics
-
     x1, x2, y = split.x1, split.x2, np.asarray(split.y)
     if not (isinstance(x1, np.ndarray) and isinstance(x2, np.ndarray)) or x1.shape[1:] != x2.shape[1:]:
         return None
@@ -124,14 +116,12 @@ def raw_distance_auc(split: Any) -> float | None:
     n = min(len(y), RAW_PAIRS)
     a = x1[:n].reshape(n, -1).astype(np.float32)
     b = x2[:n].reshape(n, -1).astype(np.float32)
-    auc = metrics.roc_auc(np.linalg.norm(a - b, axis=1), y[:n], higher_is_same=False)
+    auc = roc_auc(np.linalg.norm(a - b, axis=1), y[:n], higher_is_same=False)
     return None if not np.isfinite(auc) else float(auc)
 
 
-def check_convention(data: Any) -> list[Finding]:
+def check_convention(data: DatasetSplits) -> list[Finding]:
     """User-built pairs whose 'same' pairs look *less* alike than 'different' ones: 0 = same labels?"""
-    from ..data.types import PairedSplit
-
     if not isinstance(data.train, PairedSplit):
         return []
     aucs = {name: raw_distance_auc(split) for name, split in data.splits().items() if isinstance(split, PairedSplit)}
@@ -150,10 +140,8 @@ def check_convention(data: Any) -> list[Finding]:
                       fix="siamese_core uses 1 = same: relabel with y = 1 - y (all of y, y_test)")]
 
 
-def check_splits(config: Any, data: Any) -> list[Finding]:
+def check_splits(config: TrainConfig, data: DatasetSplits) -> list[Finding]:
     """Warnings on loaded data: imbalanced pre-built pairs, or a configured positive share far from 0.5."""
-    from ..data.types import PairedSplit
-
     out: list[Finding] = []
     if isinstance(data.train, PairedSplit):
         out += check_pair_labels(data.train.y, data.info.source, what="train split")

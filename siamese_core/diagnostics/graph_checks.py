@@ -6,6 +6,14 @@ in ``model.layers``; the Input's outbound nodes still point at the Rescaling,
 which is how we find it. Nested user models (our encoder wraps the user's
 ``build_encoder`` model) are walked too. The activation check then feeds one
 real batch and measures what actually reaches the first layer with weights.
+
+Keras has no public API for a functional graph's *outbound* nodes or its nodes
+by depth, nor a public base class for preprocessing layers, so this module
+reads four private details: ``KerasTensor._keras_history``,
+``Operation._outbound_nodes``, ``Functional._nodes_by_depth`` and the
+``keras.src.layers.preprocessing`` module path. Each use says so, and
+``tests/diagnostics/test_graph_checks.py`` pins them (a Keras upgrade that
+moves them fails there, not silently here).
 """
 from __future__ import annotations
 
@@ -15,12 +23,18 @@ from typing import Any
 import keras
 import numpy as np
 
+from ..config import TrainConfig
+from ..data.types import DataInfo
 from ..findings import Finding
+from ..models.siamese import SiameseModels
+from ..registry import ENCODERS
 from . import codes as C
 
+# private: every Keras preprocessing/augmentation layer class lives under this module (no public base class)
 _PREPROCESSING_MODULE = "keras.src.layers.preprocessing"
-_NOISE_LAYERS = ("GaussianNoise", "GaussianDropout")
-_NORMALISING_LAYERS = ("BatchNormalization", "LayerNormalization", "GroupNormalization")
+_NOISE_LAYERS = (keras.layers.GaussianNoise, keras.layers.GaussianDropout)
+_NORMALISING_LAYERS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization,
+                       keras.layers.GroupNormalization)
 _NORMALISATION_TYPES = ("Rescaling", "Normalization")
 
 # What reaches the first weighted layer. Healthy pipelines give |x| <= ~3 (rescale: [0, 1]; standardize on
@@ -37,13 +51,14 @@ ACT_TINY_ABS_MAX = 0.05
 def is_preprocessing(op: Any) -> bool:
     """Keras preprocessing/augmentation layers, noise layers, or a Sequential made only of them."""
     if isinstance(op, keras.Model):
-        layers = [lyr for lyr in op.layers if type(lyr).__name__ != "InputLayer"]
+        layers = [lyr for lyr in op.layers if not isinstance(lyr, keras.layers.InputLayer)]
         return bool(layers) and all(is_preprocessing(lyr) for lyr in layers)
-    cls = type(op)
-    return cls.__name__ in _NOISE_LAYERS or any(c.__module__.startswith(_PREPROCESSING_MODULE) for c in cls.__mro__)
+    return isinstance(op, _NOISE_LAYERS) or any(c.__module__.startswith(_PREPROCESSING_MODULE)
+                                                for c in type(op).__mro__)
 
 
 def _is_functional(m: Any) -> bool:
+    # private `_nodes_by_depth`: only functional models (not Sequential or subclassed ones) have a node graph
     return isinstance(m, keras.Model) and hasattr(m, "_nodes_by_depth") and hasattr(m, "operations")
 
 
@@ -67,6 +82,8 @@ def bypassed_preprocessing(model: keras.Model) -> list[dict[str, str]]:
     for m in functional_models(model):
         in_model = {id(op) for op in m.operations}
         for tensor in m.inputs:
+            # private `_keras_history` (the Input's operation) and `_outbound_nodes` (who reads it): the bypassed
+            # layer is in neither `m.operations` nor `m.layers`, only at the end of these links
             history = getattr(tensor, "_keras_history", None)
             if history is None:
                 continue
@@ -106,7 +123,7 @@ def first_weighted_input(model: keras.Model, x: Any, *, path: str = "") -> tuple
                 return f"{path}/{layer.name}", layer, np.asarray(h)
             h = layer(h, training=False)
         return None
-    for depth in sorted(model._nodes_by_depth, reverse=True):
+    for depth in sorted(model._nodes_by_depth, reverse=True):  # private: nodes with their input tensors
         for node in model._nodes_by_depth[depth]:
             op = node.operation
             if not _has_weights(op) or not node.input_tensors:
@@ -124,8 +141,8 @@ def activation_stats(a: np.ndarray) -> dict[str, float]:
             "std": float(a.std()) if a.size else 0.0}
 
 
-def check_inputs(encoders: tuple[keras.Model, ...], batches: list[np.ndarray], *, config: Any,
-                 info: Any) -> list[Finding]:
+def check_inputs(encoders: tuple[keras.Model, ...], batches: list[np.ndarray], *, config: TrainConfig,
+                 info: DataInfo) -> list[Finding]:
     """`unnormalized_input` from the graph (bypassed layers) and from one real batch per tower."""
     if info.kind == "tokens":
         return []
@@ -137,7 +154,7 @@ def check_inputs(encoders: tuple[keras.Model, ...], batches: list[np.ndarray], *
         if captured is not None:
             where, layer, act = captured
             layer_type = type(layer).__name__
-            if layer_type in _NORMALISING_LAYERS or layer_type == "Embedding":
+            if isinstance(layer, (*_NORMALISING_LAYERS, keras.layers.Embedding)):
                 captured = None  # the layer normalises (or looks up) its own input
             else:
                 stats = activation_stats(act)
@@ -167,7 +184,7 @@ def check_inputs(encoders: tuple[keras.Model, ...], batches: list[np.ndarray], *
 
 
 def _input_finding(raw: bool, stats: dict[str, float] | None, where: str | None, bypass: list[dict[str, str]],
-                   evidence: dict[str, Any], config: Any) -> Finding:
+                   evidence: dict[str, Any], config: TrainConfig) -> Finding:
     names = ", ".join(f"{b['layer']} ({b['type']})" for b in bypass)
     one = len(bypass) == 1
     bypass_text = (f"{names} {'is' if one else 'are'} applied to the input of '{bypass[0]['model']}' but bypassed: "
@@ -175,7 +192,7 @@ def _input_finding(raw: bool, stats: dict[str, float] | None, where: str | None,
                    ) if bypass else ""
     bypass_fix = (f"feed the preprocessing output to the next layer: x = {bypass[0]['type']}(...)(inputs); "
                   f"x = NextLayer(...)(x)  — not NextLayer(...)(inputs)") if bypass else ""
-    builtin = config.encoder.type in ("conv", "mlp", "sequence")
+    builtin = config.encoder.type in ENCODERS
     if raw:
         assert stats is not None
         severity = "error" if (stats["abs_max"] >= ACT_ERROR_ABS_MAX or
@@ -184,8 +201,8 @@ def _input_finding(raw: bool, stats: dict[str, float] | None, where: str | None,
                f"(expected roughly [-3, 3])")
         if bypass:
             msg += f"; {bypass_text}"
-            fix = bypass_fix + (" — or set preprocessing.normalize: rescale" if config.preprocessing.normalize == "none"
-                                else "")
+            fix = bypass_fix + (" — or set preprocessing.normalize: rescale"
+                                if config.preprocessing.normalize == "none" else "")
         elif config.preprocessing.normalize == "none":
             msg += "; preprocessing.normalize is 'none'"
             fix = ("set preprocessing.normalize: rescale (or standardize)" if builtin else
@@ -193,7 +210,8 @@ def _input_finding(raw: bool, stats: dict[str, float] | None, where: str | None,
                    "the first layer)")
         else:
             fix = "normalise inside your encoder, or check preprocessing.normalize and the data's value range"
-        return C.finding(C.UNNORMALIZED_INPUT, msg, evidence=evidence, severity=severity, fix=fix)  # type: ignore[arg-type]
+        return C.finding(C.UNNORMALIZED_INPUT, msg, evidence=evidence, severity=severity,  # type: ignore[arg-type]
+                         fix=fix)
     augment = [b for b in bypass if b["type"] not in _NORMALISATION_TYPES]
     tail = (" Augmentation never runs." if augment else
             " Inputs are still normalised by preprocessing.normalize, so the layer is dead code.")
@@ -201,7 +219,7 @@ def _input_finding(raw: bool, stats: dict[str, float] | None, where: str | None,
                      fix=bypass_fix)
 
 
-def check_trainable(models: Any) -> list[Finding]:
+def check_trainable(models: SiameseModels) -> list[Finding]:
     """An encoder without trainable weights never changes its embeddings: nothing can be fitted."""
     frozen = [e.name for e in models.encoders if not e.trainable_weights]
     if not frozen:

@@ -10,9 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import keras
 import numpy as np
+import tensorflow as tf
 
+from ..config import TrainConfig
 from ..findings import Finding
+from ..losses import build_loss_fn, score_is_similarity
 from . import codes as C
 
 # Mean reduction gives exactly 1.0 (equal-size sub-batches); a sum over the batch gives large/small = 4.0.
@@ -23,8 +27,6 @@ REDUCTION_RATIO_HIGH, REDUCTION_RATIO_LOW = 2.0, 0.5
 
 
 def _value(fn: Callable[[Any, Any], Any], y: np.ndarray, pred: np.ndarray) -> float:
-    import keras
-
     out = fn(keras.ops.convert_to_tensor(y), keras.ops.convert_to_tensor(pred))
     return float(np.mean(keras.ops.convert_to_numpy(out)))
 
@@ -34,10 +36,8 @@ def _worse(a: float, b: float) -> bool:
     return a > b + 1e-6 * (abs(a) + abs(b)) + 1e-12
 
 
-def check_convention(config: Any, *, embedding_dim: int) -> list[Finding]:
+def check_convention(config: TrainConfig, *, embedding_dim: int) -> list[Finding]:
     """Does the loss pull same pairs together and push different pairs apart, with 1 = same?"""
-    from ..losses import build_loss_fn, score_is_similarity
-
     if config.loss.mining == "batch_hard":
         return []  # built-in and property-tested; its value depends on the whole batch
     fn = build_loss_fn(config.loss, config.distance)
@@ -95,7 +95,7 @@ def _triplet_convention(fn: Callable[[Any, Any], Any], margin: float, dim: int) 
     return []
 
 
-def check_reduction(loss: Any, y: np.ndarray, pred: np.ndarray, *, small: int = REDUCTION_SMALL,
+def check_reduction(loss: Callable[[Any, Any], Any], y: np.ndarray, pred: np.ndarray, *, small: int = REDUCTION_SMALL,
                     large: int = REDUCTION_LARGE) -> list[Finding]:
     """The configured loss on the same tuples at two batch sizes; a mean gives the same value."""
     n = min(large, len(y))
@@ -106,8 +106,8 @@ def check_reduction(loss: Any, y: np.ndarray, pred: np.ndarray, *, small: int = 
     if not (np.isfinite(v_small) and np.isfinite(v_large)) or max(abs(v_small), abs(v_large)) < 1e-9:
         return []  # zero at initialisation (all hinges satisfied): inconclusive
     ratio = v_large / v_small if v_small else float("inf")
-    ev = {"batch_small": small, "batch_large": n, "loss_at_small": round(v_small, 6), "loss_at_large": round(v_large, 6),
-          "ratio": round(ratio, 4), "ratio_if_summed": round(n / small, 2)}
+    ev = {"batch_small": small, "batch_large": n, "loss_at_small": round(v_small, 6),
+          "loss_at_large": round(v_large, 6), "ratio": round(ratio, 4), "ratio_if_summed": round(n / small, 2)}
     if ratio > REDUCTION_RATIO_HIGH:
         return [C.finding(C.LOSS_REDUCTION, f"the loss grows with the batch size: {v_large:.4g} at batch {n} vs "
                                             f"{v_small:.4g} at batch {small} on the same tuples (x{ratio:.2f}; "
@@ -118,10 +118,9 @@ def check_reduction(loss: Any, y: np.ndarray, pred: np.ndarray, *, small: int = 
     return []
 
 
-def check_gradients(model: Any, loss: Any, x: Any, y: np.ndarray, *, encoders: tuple[Any, ...]) -> list[Finding]:
+def check_gradients(model: keras.Model, loss: Callable[[Any, Any], Any], x: list[np.ndarray], y: np.ndarray, *,
+                    encoders: tuple[keras.Model, ...]) -> list[Finding]:
     """One backward pass at initialisation: non-finite gradients, or none reaching the encoder."""
-    import tensorflow as tf
-
     variables = list(model.trainable_variables)
     if not variables:
         return []
@@ -133,8 +132,8 @@ def check_gradients(model: Any, loss: Any, x: Any, y: np.ndarray, *, encoders: t
     bad = [v.path for g, v in zip(grads, variables) if g is not None and not bool(tf.reduce_all(tf.math.is_finite(g)))]
     if not np.isfinite(loss_value) or bad:
         what = f"the loss is {loss_value}" if not np.isfinite(loss_value) else "gradients are non-finite"
-        return [C.finding(C.NAN_LOSS, f"{what} at initialisation, before any update", evidence={"loss": loss_value,
-                                                                                         "nonfinite_gradients": bad[:5]},
+        return [C.finding(C.NAN_LOSS, f"{what} at initialisation, before any update",
+                          evidence={"loss": loss_value, "nonfinite_gradients": bad[:5]},
                           fix="guard sqrt/log/division in the loss or distance with maximum(x, 1e-9); check inputs "
                               "for NaN")]
     enc_ids = {id(v) for e in encoders for v in e.trainable_variables}

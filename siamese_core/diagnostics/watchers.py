@@ -21,14 +21,20 @@ from typing import Any
 import keras
 import numpy as np
 
+from ..config import TrainConfig
+from ..data.pairs import STREAM_PROBE, PairSampler, PairShuffler, TripletSampler
+from ..data.types import DataInfo, DatasetSplits, PairedSplit, Split, materialize
 from ..errors import TrainingFailed
-from ..findings import SEVERITY_ORDER, Finding
+from ..findings import SEVERITY_ORDER, Finding, FindingBus
+from ..losses import PerSampleLoss
+from ..metrics import HISTORY_KEYS
+from ..models.siamese import SiameseModels
+from ..registry import LOSSES
 from . import codes as C
+from . import graph_checks, loss_checks
+from .scores import score_spread
 
 log = logging.getLogger(__name__)
-
-KEYS = ("loss", "val_loss", "val_roc_auc", "val_pair_accuracy", "val_score_std", "embedding_norm_mean",
-        "val_distance_std", "val_pos_distance_mean", "val_neg_distance_mean")
 
 # --- thresholds, calibrated on healthy runs (digits: conv/mlp/triplet/bce/cosine/l2/sgd, 4 epochs;
 # Fashion-MNIST default conv, 3 epochs) and on real failures (positives-only pairs, a hinge with the wrong
@@ -95,14 +101,16 @@ def epoch_findings(history: list[dict[str, float]], *, distance: str, l2_normali
     if math.isfinite(score_std) and score_std <= CONSTANT_STD * max(1.0, mean_score) and chance:
         out.append(C.finding(C.CONSTANT_OUTPUT, f"every validation pair gets the same score (std {score_std:.2g}) "
                                                 f"at epoch {epoch}; accuracy {_f(row, 'val_pair_accuracy'):.3f} is the "
-                                                f"class prior", evidence={**ev, "val_score_std": score_std,
-                                                                          "val_pair_accuracy": _f(row, "val_pair_accuracy")},
+                                                f"class prior",
+                             evidence={**ev, "val_score_std": score_std,
+                                       "val_pair_accuracy": _f(row, "val_pair_accuracy")},
                              epoch=epoch))
 
     if math.isfinite(auc) and auc < INVERTED_AUC:
         out.append(C.finding(C.LABEL_INVERTED, f"validation AUC is {auc:.3f} at epoch {epoch} (well below 0.5): the "
                                                f"model ranks same pairs as different — the loss or the labels use the "
-                                               f"opposite convention (1 = same here)", evidence=ev, epoch=epoch))
+                                               f"opposite convention (1 = same here)",
+                             evidence=ev, epoch=epoch))
 
     if len(history) >= patience:
         recent = history[-patience:]
@@ -121,8 +129,8 @@ def epoch_findings(history: list[dict[str, float]], *, distance: str, l2_normali
 
 
 # ------------------------------------------------------------------ NaN
-def nan_finding(*, value: float, epoch: int, step: int, learning_rate: float, config: Any = None,
-                info: Any = None) -> Finding:
+def nan_finding(*, value: float, epoch: int, step: int, learning_rate: float, config: TrainConfig | None = None,
+                info: DataInfo | None = None) -> Finding:
     """Why the loss went non-finite, most likely cause first."""
     causes: list[str] = []
     evidence: dict[str, Any] = {"loss": value, "epoch": epoch, "step": step, "learning_rate": learning_rate}
@@ -140,7 +148,7 @@ def nan_finding(*, value: float, epoch: int, step: int, learning_rate: float, co
             if config.preprocessing.normalize == "none" and hi > 10:
                 causes.append(f"inputs are not normalised (raw values up to {hi:g}, preprocessing.normalize: none)")
         if not causes:
-            where = "your loss" if config.loss.type not in ("contrastive", "triplet", "bce") else "the loss or encoder"
+            where = "your loss" if config.loss.type not in LOSSES else "the loss or encoder"
             causes.append(f"a non-finite operation in {where} (sqrt(0) gradient, log(0), division by zero)")
     evidence["likely_causes"] = causes
     message = (f"loss became {value} at epoch {epoch}, step {step} (learning_rate={learning_rate:.3g}); likely cause: "
@@ -161,7 +169,9 @@ class FindingCollector(keras.callbacks.Callback):
 
 
 class _Watcher(keras.callbacks.Callback):
-    def __init__(self, config: Any, bus: Any) -> None:
+    """A callback that emits findings on the run's bus and aborts on codes in ``diagnostics.fail_on``."""
+
+    def __init__(self, config: TrainConfig, bus: FindingBus) -> None:
         super().__init__()
         self.config = config
         self.bus = bus
@@ -198,11 +208,9 @@ def safely(check: Callable[..., list[Finding]], *args: Any, **kwargs: Any) -> li
 PREFLIGHT_TUPLES = 64
 
 
-def probe_tuples(config: Any, split: Any, *, n: int = PREFLIGHT_TUPLES) -> tuple[list[np.ndarray], np.ndarray]:
+def probe_tuples(config: TrainConfig, split: Split, *, n: int = PREFLIGHT_TUPLES
+                 ) -> tuple[list[np.ndarray], np.ndarray]:
     """`n` tuples from `split` as model inputs (a fixed stream, independent of the training pairs)."""
-    from ..data.pairs import STREAM_PROBE, PairSampler, PairShuffler, TripletSampler
-    from ..data.types import PairedSplit, materialize
-
     if isinstance(split, PairedSplit):
         t = PairShuffler(split.y, seed=config.seed, pairs_per_epoch=min(n, len(split)), stream=STREAM_PROBE).epoch(0)
         return [materialize(split.x1, t.indices[:, 0]), materialize(split.x2, t.indices[:, 1])], t.targets
@@ -214,11 +222,9 @@ def probe_tuples(config: Any, split: Any, *, n: int = PREFLIGHT_TUPLES) -> tuple
     return [materialize(split.x, t.indices[:, k]) for k in range(t.arity)], t.targets
 
 
-def static_findings(config: Any, data: Any, models: Any, *, loss: Any) -> list[Finding]:
+def static_findings(config: TrainConfig, data: DatasetSplits, models: SiameseModels, *,
+                    loss: PerSampleLoss) -> list[Finding]:
     """The checks that need a model but no training (shared by the doctor and `PreflightWatcher`)."""
-    from . import graph_checks, loss_checks
-    from .probes import score_spread
-
     out = safely(graph_checks.check_trainable, models)
     x, y = probe_tuples(config, data.val)
     sides = x[:2] if len(models.encoders) == 2 else x[:1]
@@ -237,7 +243,8 @@ def static_findings(config: Any, data: Any, models: Any, *, loss: Any) -> list[F
 class PreflightWatcher(_Watcher):
     """Static checks once, before the first step."""
 
-    def __init__(self, config: Any, bus: Any, *, data: Any, models: Any) -> None:
+    def __init__(self, config: TrainConfig, bus: FindingBus, *, data: DatasetSplits,
+                 models: SiameseModels) -> None:
         super().__init__(config, bus)
         self.data, self.models = data, models
 
@@ -251,7 +258,7 @@ class PreflightWatcher(_Watcher):
 class EpochWatcher(_Watcher):
     """Collapse, constant output, inverted labels, no learning — from the evaluator's ``val_*`` logs."""
 
-    def __init__(self, config: Any, bus: Any, *, models: Any) -> None:
+    def __init__(self, config: TrainConfig, bus: FindingBus, *, models: SiameseModels) -> None:
         super().__init__(config, bus)
         self.models = models
         self.history: list[dict[str, float]] = []
@@ -261,19 +268,21 @@ class EpochWatcher(_Watcher):
         if "val_roc_auc" not in logs:
             return
         row = {}
-        for k in KEYS:
+        for k in HISTORY_KEYS:
             try:
                 row[k] = float(np.asarray(logs[k]))
             except (KeyError, TypeError, ValueError):
                 continue
         self.history.append(row)
-        found = epoch_findings(self.history, distance=self.models.distance, l2_normalize=self.config.encoder.l2_normalize,
+        found = epoch_findings(self.history, distance=self.models.distance,
+                               l2_normalize=self.config.encoder.l2_normalize,
                                higher_is_same=self.models.higher_is_same,
                                patience=self.config.diagnostics.no_learning_patience)
         self.report(found)
 
 
-def training_watchers(config: Any, *, data: Any, models: Any, bus: Any) -> list[keras.callbacks.Callback]:
+def training_watchers(config: TrainConfig, *, data: DatasetSplits, models: SiameseModels,
+                      bus: FindingBus) -> list[keras.callbacks.Callback]:
     """The callbacks `training.train` adds after the evaluator when ``diagnostics.enabled``."""
     watchers: list[keras.callbacks.Callback] = []
     if config.diagnostics.preflight:

@@ -1,4 +1,4 @@
-"""Distances between embeddings, chosen by name from a small registry.
+"""Distances between embeddings, chosen by name (`get`, backed by `siamese_core.registry.DISTANCES`).
 
 Each distance knows whether it is bounded (cosine lies in [0, 2]) and works on
 tensors and NumPy arrays alike through `keras.ops`, so training, evaluation and
@@ -6,10 +6,13 @@ retrieval use one implementation.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from keras import ops
+
+from ..registry import DISTANCES
 
 EPS = 1e-9
 
@@ -55,20 +58,12 @@ class Distance:
     upper_bound: float | None = None       # None = unbounded
 
 
-_REGISTRY: dict[str, Distance] = {
-    "euclidean": Distance("euclidean", _euclidean, _pairwise_euclidean),
-    "sqeuclidean": Distance("sqeuclidean", _sq_euclidean, _pairwise_sq_euclidean),
-    "cosine": Distance("cosine", _cosine, _pairwise_cosine, upper_bound=2.0),
-}
+EUCLIDEAN = Distance("euclidean", _euclidean, _pairwise_euclidean)
+SQEUCLIDEAN = Distance("sqeuclidean", _sq_euclidean, _pairwise_sq_euclidean)
+COSINE = Distance("cosine", _cosine, _pairwise_cosine, upper_bound=2.0)
 
 
 def get(name: str) -> Distance:
-    """Look up a distance by name (``euclidean``, ``sqeuclidean``, ``cosine``)."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"Expected a distance in {sorted(_REGISTRY)}, received: {name!r}") from None
-
-
-def names() -> list[str]:
-    return sorted(_REGISTRY)
+    """The distance registered as `name` (``euclidean``, ``sqeuclidean``, ``cosine``)."""
+    distance: Distance = DISTANCES.get(name)
+    return distance

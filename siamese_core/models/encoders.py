@@ -1,8 +1,9 @@
-"""Encoders: one input -> one embedding, with preprocessing inside the model.
+"""Encoders: one input -> one embedding, with preprocessing inside the model (`preprocessing.py`).
 
-Preprocessing is a chain: normalisation first, then augmentation (active in
-training only), each layer fed by the previous one — the bug where
-``Rescaling`` is applied to ``inputs`` and then bypassed cannot happen here.
+Built-in bodies are registered by name in `siamese_core.registry.ENCODERS`
+(``body(x, config.encoder, data_info) -> features``; the embedding layer is
+added after). A user encoder is a ``package.module:function`` that returns a
+Keras model for an input shape; our preprocessing still runs before it.
 """
 from __future__ import annotations
 
@@ -14,51 +15,23 @@ import keras
 from ..config import EncoderConfig, PreprocessingConfig
 from ..data.types import DataInfo
 from ..errors import ConfigError
+from ..registry import ENCODERS, import_object
+from .preprocessing import preprocess
 
 # Keras' default 0.99 leaves the moving statistics near their initial values for the first few hundred
 # steps, so short runs and early epochs were validated with a different network than the one trained
 # (val_loss 0.42 vs loss 0.24 after 40 steps on digits); 0.9 (PyTorch's default) tracks within ~20 steps.
 BN_MOMENTUM = 0.9
 
-_AUGMENTATIONS = {
-    "flip": lambda seed: keras.layers.RandomFlip("horizontal", seed=seed, name="augment_flip"),
-    "rotate": lambda seed: keras.layers.RandomRotation(0.05, seed=seed, name="augment_rotate"),
-    "translate": lambda seed: keras.layers.RandomTranslation(0.1, 0.1, seed=seed, name="augment_translate"),
-    "zoom": lambda seed: keras.layers.RandomZoom(0.1, seed=seed, name="augment_zoom"),
-    "contrast": lambda seed: keras.layers.RandomContrast(0.2, seed=seed, value_range=(0.0, 1.0),
-                                                         name="augment_contrast"),
-    "noise": lambda seed: keras.layers.GaussianNoise(0.05, seed=seed, name="augment_noise"),
-}
 
-
-def normalization_layer(info: DataInfo, config: PreprocessingConfig) -> keras.layers.Layer:
-    """Map raw inputs to roughly unit scale (a cast to float for ``normalize: none``)."""
-    if config.normalize == "standardize" and info.mean is not None and info.std:
-        return keras.layers.Rescaling(1.0 / info.std, offset=-info.mean / info.std, name="normalize")
-    if config.normalize in ("rescale", "standardize"):
-        lo, hi = info.value_range
-        span = (hi - lo) or 1.0
-        return keras.layers.Rescaling(1.0 / span, offset=-lo / span, name="normalize")
-    return keras.layers.Rescaling(1.0, name="cast_to_float")
-
-
-def preprocess(x: Any, info: DataInfo, config: PreprocessingConfig, *, seed: int) -> Any:
-    """Apply normalisation then augmentation to a symbolic input, layer after layer."""
-    if info.kind == "tokens":
-        return x
-    x = normalization_layer(info, config)(x)
-    if info.kind == "images":
-        for i, name in enumerate(config.augmentation):
-            x = _AUGMENTATIONS[name](seed + i)(x)
-    return x
-
-
-def _conv_body(x: Any, cfg: EncoderConfig) -> Any:
+def conv_body(x: Any, cfg: EncoderConfig, info: DataInfo) -> Any:
+    """Conv blocks (conv, batch norm, activation, pooling) over images; GAP or flatten at the end."""
     if len(x.shape) == 3:  # [H, W] -> [H, W, 1]
         x = keras.layers.Reshape((*x.shape[1:], 1))(x)
     if len(x.shape) != 4:
-        raise ConfigError("encoder.type", f"'conv' expects image inputs of shape (H, W[, C]); received: {tuple(x.shape[1:])}. "
-                                          "Use encoder.type 'mlp' for vectors or 'sequence' for token ids.")
+        raise ConfigError("encoder.type", f"'conv' expects image inputs of shape (H, W[, C]); received: "
+                                          f"{tuple(x.shape[1:])}. Use encoder.type 'mlp' for vectors or 'sequence' "
+                                          f"for token ids.")
     for block in range(cfg.depth):
         filters = min(cfg.width * 2 ** block, cfg.width * 8)
         x = keras.layers.Conv2D(filters, cfg.kernel_size, padding="same", use_bias=not cfg.batch_norm,
@@ -73,7 +46,8 @@ def _conv_body(x: Any, cfg: EncoderConfig) -> Any:
     return keras.layers.Flatten(name="flatten")(x)
 
 
-def _mlp_body(x: Any, cfg: EncoderConfig) -> Any:
+def mlp_body(x: Any, cfg: EncoderConfig, info: DataInfo) -> Any:
+    """Dense blocks over flattened inputs."""
     if len(x.shape) > 2:
         x = keras.layers.Flatten(name="flatten")(x)
     for block in range(cfg.depth):
@@ -86,7 +60,10 @@ def _mlp_body(x: Any, cfg: EncoderConfig) -> Any:
     return x
 
 
-def _sequence_body(x: Any, cfg: EncoderConfig, info: DataInfo) -> Any:
+def sequence_body(x: Any, cfg: EncoderConfig, info: DataInfo) -> Any:
+    """Token embedding, then (bi)LSTM/GRU layers; the last returns one vector per sequence."""
+    if info.kind != "tokens":
+        raise ConfigError("encoder.type", f"'sequence' expects integer token ids; this dataset holds {info.kind}")
     vocab = cfg.vocab_size or info.vocab_size
     if not vocab:
         raise ConfigError("encoder.vocab_size", "the sequence encoder needs a vocabulary size; set encoder.vocab_size")
@@ -103,8 +80,6 @@ def _sequence_body(x: Any, cfg: EncoderConfig, info: DataInfo) -> Any:
 
 
 def _user_body(x: Any, cfg: EncoderConfig, input_shape: tuple[int, ...]) -> Any:
-    from ..losses import import_object
-
     factory = import_object(cfg.type, field="encoder.type")
     kwargs = {}
     try:
@@ -117,7 +92,8 @@ def _user_body(x: Any, cfg: EncoderConfig, input_shape: tuple[int, ...]) -> Any:
     except Exception as exc:
         raise ConfigError("encoder.type", f"{cfg.type}({input_shape}) raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(user_model, keras.layers.Layer):
-        raise ConfigError("encoder.type", f"expected {cfg.type} to return a keras.Model; received: {type(user_model).__name__}")
+        raise ConfigError("encoder.type", f"expected {cfg.type} to return a keras.Model; received: "
+                                          f"{type(user_model).__name__}")
     x = user_model(x)
     if len(x.shape) > 2:
         x = keras.layers.Flatten(name="flatten_user")(x)
@@ -131,17 +107,8 @@ def build_encoder(info: DataInfo, cfg: EncoderConfig, pre: PreprocessingConfig, 
     dtype = info.dtype if info.kind != "tokens" else "int32"
     inputs = keras.Input(shape=shape, dtype=dtype, name=f"{name}_input")
     x = preprocess(inputs, info, pre, seed=seed)
-    builtin = cfg.type in ("conv", "mlp", "sequence")
-    if cfg.type == "conv":
-        x = _conv_body(x, cfg)
-    elif cfg.type == "mlp":
-        x = _mlp_body(x, cfg)
-    elif cfg.type == "sequence":
-        if info.kind != "tokens":
-            raise ConfigError("encoder.type", f"'sequence' expects integer token ids; this dataset holds {info.kind}")
-        x = _sequence_body(x, cfg, info)
-    else:
-        x = _user_body(x, cfg, shape)
+    builtin = cfg.type in ENCODERS
+    x = ENCODERS.get(cfg.type)(x, cfg, info) if builtin else _user_body(x, cfg, shape)
     if builtin:
         if cfg.dropout and cfg.type == "conv":
             x = keras.layers.Dropout(cfg.dropout, name="dropout")(x)

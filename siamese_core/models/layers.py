@@ -10,6 +10,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from ..metrics import same_at_threshold
 from . import distances
 
 PACKAGE = "siamese_core"
@@ -28,7 +29,7 @@ class PairDistance(keras.layers.Layer):
         a, b = inputs
         return self._distance.rowwise(a, b)
 
-    def compute_output_shape(self, input_shape: Any) -> tuple:
+    def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
         return (input_shape[0][0],)
 
     def get_config(self) -> dict[str, Any]:
@@ -54,7 +55,7 @@ class SimilarityHead(keras.layers.Layer):
         a, b = inputs
         return ops.squeeze(self.dense(ops.abs(a - b)), axis=-1)
 
-    def compute_output_shape(self, input_shape: Any) -> tuple:
+    def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
         return (input_shape[0][0],)
 
 
@@ -65,7 +66,7 @@ class StackEmbeddings(keras.layers.Layer):
     def call(self, inputs: Any) -> Any:
         return ops.stack(list(inputs), axis=1)
 
-    def compute_output_shape(self, input_shape: Any) -> tuple:
+    def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
         return (input_shape[0][0], len(input_shape), input_shape[0][-1])
 
 
@@ -84,10 +85,9 @@ class ThresholdDecision(keras.layers.Layer):
         self.higher_is_same = bool(higher_is_same)
 
     def call(self, score: Any) -> Any:
-        same = ops.greater_equal(score, self.threshold) if self.higher_is_same else ops.less_equal(score, self.threshold)
-        return ops.cast(same, "float32")
+        return ops.cast(same_at_threshold(score, self.threshold, higher_is_same=self.higher_is_same), "float32")
 
-    def compute_output_shape(self, input_shape: Any) -> tuple:
+    def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
         return tuple(input_shape)
 
     def get_config(self) -> dict[str, Any]:
@@ -107,7 +107,7 @@ class DistanceToSimilarity(keras.layers.Layer):
             return 1.0 - d / 2.0
         return 1.0 / (1.0 + d)
 
-    def compute_output_shape(self, input_shape: Any) -> tuple:
+    def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
         return tuple(input_shape)
 
     def get_config(self) -> dict[str, Any]:

@@ -8,11 +8,13 @@ it unchanged:
 * triplet losses: ``[anchor, positive, negative] -> embeddings [B, 3, D]``
 
 `SiameseModels.export` builds the model users load: two inputs ->
-``{"distance", "score", "same"}`` with the calibrated threshold inside.
+``{"distance", "score", "same"}`` with the calibrated threshold inside;
+`load_model` reloads it (or a compiled training model) in Keras safe mode.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -21,6 +23,7 @@ import numpy as np
 from ..config import TrainConfig
 from ..data.types import DataInfo
 from ..losses import score_is_similarity
+from ..registry import OPTIMIZERS
 from .encoders import build_encoder
 from .layers import DistanceToSimilarity, PairDistance, SimilarityHead, StackEmbeddings, ThresholdDecision
 
@@ -54,6 +57,7 @@ class SiameseModels:
         return np.concatenate(out) if out else np.zeros((0, enc.output.shape[-1]), np.float32)
 
     def score(self, emb_a: np.ndarray, emb_b: np.ndarray, *, batch_size: int = 4096) -> np.ndarray:
+        """The model's native pair score (a distance, or a same-probability) from two embedding arrays."""
         out = [np.asarray(self.scorer([emb_a[i:i + batch_size], emb_b[i:i + batch_size]], training=False))
                for i in range(0, len(emb_a), batch_size)]
         return np.concatenate(out).reshape(-1) if out else np.zeros((0,), np.float32)
@@ -87,13 +91,15 @@ def build_models(config: TrainConfig, info: DataInfo) -> SiameseModels:
 
     ea, eb = keras.Input((dim,), name="embedding_a"), keras.Input((dim,), name="embedding_b")
     similarity = score_is_similarity(config.loss)
-    score_layer = SimilarityHead(name="similarity_head") if similarity else PairDistance(config.distance, name="distance")
+    score_layer = (SimilarityHead(name="similarity_head") if similarity
+                   else PairDistance(config.distance, name="distance"))
     scorer = keras.Model([ea, eb], score_layer([ea, eb]), name="scorer")
 
     arity = 3 if config.loss.is_triplet else 2
     names = TRIPLET_INPUTS if arity == 3 else PAIR_INPUTS
     towers = [encoders[min(i, len(encoders) - 1)] for i in range(arity)]
-    inputs = [keras.Input(shape=enc.input.shape[1:], dtype=enc.input.dtype, name=n) for enc, n in zip(towers, names)]
+    inputs = [keras.Input(shape=enc.input.shape[1:], dtype=enc.input.dtype, name=n)
+              for enc, n in zip(towers, names)]
     embeddings = [enc(x) for enc, x in zip(towers, inputs)]
     if arity == 3:
         output = StackEmbeddings(name="stacked_embeddings")(embeddings)
@@ -104,14 +110,24 @@ def build_models(config: TrainConfig, info: DataInfo) -> SiameseModels:
 
 
 def build_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    """The optimizer registered as ``optimizer.name`` with the configured rate, decay, clipping, momentum."""
     opt = config.optimizer
-    common: dict[str, Any] = {"learning_rate": config.learning_rate}
+    kwargs: dict[str, Any] = {"learning_rate": config.learning_rate}
+    if OPTIMIZERS.info(opt.name).get("momentum"):
+        kwargs["momentum"] = opt.momentum
     if opt.weight_decay:
-        common["weight_decay"] = opt.weight_decay
+        kwargs["weight_decay"] = opt.weight_decay
     if opt.clipnorm:
-        common["clipnorm"] = opt.clipnorm
-    if opt.name == "adam":
-        return keras.optimizers.Adam(**common)
-    if opt.name == "rmsprop":
-        return keras.optimizers.RMSprop(momentum=opt.momentum, **common)
-    return keras.optimizers.SGD(momentum=opt.momentum, **common)
+        kwargs["clipnorm"] = opt.clipnorm
+    optimizer: keras.optimizers.Optimizer = OPTIMIZERS.get(opt.name)(**kwargs)
+    return optimizer
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """Load a saved Siamese model (``model.keras``) in Keras safe mode.
+
+    Importing this module registers every custom layer and the loss, so exported pair models and
+    compiled training models both reload without ``custom_objects``.
+    """
+    model: keras.Model = keras.models.load_model(path, safe_mode=True)
+    return model

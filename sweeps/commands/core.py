@@ -52,11 +52,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     config = _load(args)
-    from siamese_core.diagnostics import diagnose, render_report
+    from siamese_core.diagnostics import render_report, report_json
+    from siamese_core.doctor import diagnose
 
     findings = diagnose(config)
     if args.json:
-        print_json({"findings": [f.to_dict() for f in findings]})
+        print_json(report_json(findings))
     else:
         print(render_report(findings))
     return EXIT_FINDINGS if any(f.is_error for f in findings) else EXIT_OK

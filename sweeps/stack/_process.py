@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from siamese_core.errors import InfrastructureError
+
 __all__ = [
     "ServerStartError",
     "descendants",
@@ -28,7 +30,7 @@ __all__ = [
 ]
 
 
-class ServerStartError(RuntimeError):
+class ServerStartError(InfrastructureError, RuntimeError):
     """A server process exited or did not become ready in time."""
 
 

@@ -10,13 +10,13 @@ import pytest
 from pydantic import ValidationError
 
 from siamese_core.config import (
-    MONITORS,
     TrainConfig,
     load_config,
     parse_set_options,
     read_yaml_mapping,
 )
 from siamese_core.errors import ConfigError
+from siamese_core.metrics import MONITORS
 
 
 def error_for(data: dict) -> ConfigError:

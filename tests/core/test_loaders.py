@@ -10,7 +10,6 @@ import tensorflow as tf
 
 from siamese_core.config import TrainConfig
 from siamese_core.data.loaders import (
-    LOADERS,
     TrainingPlan,
     _SourceTensor,
     build_dataset,
@@ -21,6 +20,7 @@ from siamese_core.data.sources import load_dataset
 from siamese_core.data.types import PairedSplit
 from siamese_core.losses import build_loss
 from siamese_core.models.siamese import build_models, build_optimizer
+from siamese_core.registry import LOADERS
 from siamese_core.training import train
 
 NAMES = ("memory", "tfdata", "custom")

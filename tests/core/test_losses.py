@@ -195,3 +195,35 @@ def test_bad_user_loss_is_config_error(path, words):
     with pytest.raises(ConfigError, match=words) as info:
         build_loss_fn(LossConfig(type=path, kind="pair"), "euclidean")
     assert info.value.field == "loss.type"
+
+
+# ------------------------------------------------------------------ save / load
+@pytest.mark.parametrize("loss", [
+    {"type": "contrastive", "margin": 0.7},
+    {"type": "bce"},
+    {"type": "triplet", "margin": 0.5},
+    {"type": "triplet", "mining": "batch_hard"},
+])
+def test_compiled_training_model_round_trips_in_safe_mode(loss, digits_data, tmp_path):
+    """The training model, compiled with its loss, saves and reloads in Keras safe mode with the same loss."""
+    import siamese_core
+    from siamese_core import TrainConfig
+    from siamese_core.run import build_run
+
+    config = TrainConfig.from_dict({"dataset": "digits", "batch_size": 32, "loss": loss, "distance": "euclidean",
+                                    "encoder": {"depth": 1, "width": 4, "embedding_dim": 6}})
+    run = build_run(config, digits_data)
+    model = run.models.training
+    tuples = run.plan.sampler.epoch(0)
+    x = [digits_data.train.x[tuples.indices[:64, k]] for k in range(tuples.arity)]
+    y = tuples.targets[:64]
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)  # builds the optimizer state that is saved too
+    model.save(tmp_path / "training.keras")
+
+    loaded = siamese_core.load_model(tmp_path / "training.keras")
+    assert isinstance(loaded.loss, PerSampleLoss) and type(loaded.loss.fn) is type(run.loss.fn)
+    assert loaded.loss.get_config() == run.loss.get_config()
+    pred = np.asarray(model.predict_on_batch(x))
+    np.testing.assert_allclose(np.asarray(loaded.predict_on_batch(x)), pred, rtol=1e-5, atol=1e-6)
+    assert float(loaded.loss(y, pred)) == pytest.approx(float(run.loss(y, pred)), rel=1e-6)
+    assert loaded.optimizer.iterations.numpy() == model.optimizer.iterations.numpy() == 2

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from siamese_core import metrics as m
+from siamese_core import verification as m
 
 
 def sample(seed: int, n: int = 300, sep: float = 1.0, ties: bool = False):

@@ -6,7 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from siamese_core.diagnostics import diagnose
+from siamese_core import diagnose
+from siamese_core.data.sources import read_npz
+from siamese_core.data.types import LabeledSplit
+from siamese_core.data.validation import check_classes, check_pair_balance, check_split
 from siamese_core.diagnostics.data_checks import check_pair_labels, from_data_error
 from siamese_core.errors import DataError
 
@@ -82,12 +85,19 @@ def test_balanced_pairs_have_no_data_finding():
     assert check_pair_labels(labels, "mem") == []
 
 
-@pytest.mark.parametrize("problem, code", [
-    ("positives_only: pairs 'y' are all labelled 1 (same)", "positives_only"),
-    ("only one class ([3]) in the labels: ...", "single_class"),
-    ("the val split has only 1 class(es) [2], so no negative pairs are possible", "single_class"),
-    ("file not found (dataset.path)", None),
+@pytest.mark.parametrize("refuse, problem, code", [
+    (lambda: check_pair_balance(np.ones(6), "data.npz", what="'y'"),
+     "positives_only: pairs 'y' are all labelled 1 (same)", "positives_only"),
+    (lambda: check_classes(np.full(6, 3), "data.npz"), "only one class ([3]) in the labels: ", "single_class"),
+    (lambda: check_split(LabeledSplit(np.zeros((6, 2)), np.full(6, 2)), "data.npz", name="val", hint="..."),
+     "the val split has only 1 class(es) [2], so no negative pairs are possible", "single_class"),
+    (lambda: read_npz("data.npz", required=("x",)), "file not found (dataset.path)", None),
 ])
-def test_loader_refusals_map_to_codes(problem, code):
-    mapped = from_data_error(DataError("data.npz", problem))
+def test_loader_refusals_map_to_codes(refuse, problem, code, tmp_path, monkeypatch):
+    """The refusing site puts the code on the `DataError`; nothing is parsed from the message."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as info:
+        refuse()
+    assert problem in str(info.value) and info.value.code == code
+    mapped = from_data_error(info.value)
     assert (mapped.code if mapped else None) == code

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from siamese_core.diagnostics import diagnose
+from siamese_core import diagnose
 from siamese_core.diagnostics.graph_checks import bypassed_preprocessing
 
 from .conftest import codes
@@ -72,3 +72,29 @@ def test_frozen_encoder_cannot_learn():
     findings = diagnose({"dataset": "digits", "encoder": {"type": "buggy.encoders:frozen_encoder"}}, probes=False)
     assert codes(findings).get("cannot_overfit") == "error"
     assert findings[0].evidence["trainable_params_in_model"] == 0
+
+
+def test_private_keras_details_the_graph_checks_rely_on():
+    """Keras has no public API for these; if an upgrade moves them, this fails instead of the checks going blind."""
+    import keras
+
+    from siamese_core.diagnostics.graph_checks import first_weighted_input, is_preprocessing
+
+    inputs = keras.Input((8, 8, 1), name="img")
+    keras.layers.Rescaling(1 / 255, name="lost")(inputs)  # applied to the input, then bypassed
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 3, name="conv")(inputs), name="m")
+    op = inputs._keras_history.operation  # KerasTensor._keras_history: the Input's operation
+    assert [n.operation.name for n in op._outbound_nodes] == ["lost", "conv"]  # Operation._outbound_nodes
+    assert "lost" not in [layer.name for layer in model.layers]  # ...and nowhere public
+    assert model._nodes_by_depth and all(n.input_tensors is not None for ns in model._nodes_by_depth.values()
+                                          for n in ns)
+    assert bypassed_preprocessing(model) == [{"layer": "lost", "type": "Rescaling", "model": "m"}]
+    where, layer, act = first_weighted_input(model, __import__("numpy").ones((2, 8, 8, 1), "float32"))
+    assert where == "m/conv" and layer.name == "conv" and act.shape == (2, 8, 8, 1)
+    # every Keras preprocessing/augmentation layer lives under keras.src.layers.preprocessing
+    for layer in (keras.layers.Rescaling(1.0), keras.layers.Normalization(), keras.layers.RandomFlip(),
+                  keras.layers.RandomZoom(0.1), keras.layers.RandomContrast(0.1), keras.layers.Resizing(4, 4),
+                  keras.layers.GaussianNoise(0.1), keras.layers.GaussianDropout(0.1)):
+        assert is_preprocessing(layer), type(layer).__name__
+    for layer in (keras.layers.Dense(2), keras.layers.Conv2D(2, 3), keras.layers.BatchNormalization()):
+        assert not is_preprocessing(layer), type(layer).__name__

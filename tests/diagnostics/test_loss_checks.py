@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from siamese_core import TrainConfig
-from siamese_core.diagnostics import diagnose
+from siamese_core import TrainConfig, diagnose
 from siamese_core.diagnostics.loss_checks import check_convention, check_reduction
 from siamese_core.losses import build_loss
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from siamese_core import TrainConfig
+from siamese_core import TrainConfig, diagnose, registry
 from siamese_core.data import loaders as L
 from siamese_core.data.pairs import PairSampler, Tuples, rng_for
-from siamese_core.diagnostics import diagnose
-from siamese_core.diagnostics.probes import loader_parity, overfit_probe, probe_data
-from siamese_core.training import build_run
+from siamese_core.doctor.probes import loader_parity, overfit_probe, probe_data
+from siamese_core.run import build_run
 
 from .conftest import codes
 
@@ -28,7 +27,7 @@ class NaiveZipLoader(L.MemoryLoader):
         n = plan.sampler.pairs_per_epoch
         i, j = rng.integers(0, len(labels), n), rng.integers(0, len(labels), n)
         t = Tuples(np.stack([i, j], axis=1), (labels[i] == labels[j]).astype(np.float32))
-        return L._gather(self._sources(plan), t), t.targets
+        return L.gather(self._sources(plan), t), t.targets
 
 
 class PipelineRescalingLoader(L.MemoryLoader):
@@ -51,7 +50,7 @@ class ReseededLoader(L.MemoryLoader):
         other = PairSampler(s.labels, seed=s.seed + 1, pairs_per_epoch=s.pairs_per_epoch,
                             positive_fraction=s.positive_fraction)
         t = other.epoch(epoch)
-        return L._gather(self._sources(plan), t), t.targets
+        return L.gather(self._sources(plan), t), t.targets
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +58,7 @@ def digits_plan():
     cfg = TrainConfig.from_dict({"dataset": "digits", "batch_size": 64})
     from siamese_core.data.sources import load_dataset
 
-    return build_run(cfg, load_dataset(cfg))["plan"]
+    return build_run(cfg, load_dataset(cfg)).plan
 
 
 def test_builtin_loaders_feed_identical_batches(digits_plan):
@@ -88,7 +87,7 @@ def test_another_seed_is_a_warning_not_an_error(digits_plan):
 
 
 def test_doctor_finds_a_divergent_registered_loader(monkeypatch):
-    monkeypatch.setitem(L.LOADERS, "custom", NaiveZipLoader)
+    monkeypatch.setitem(registry.LOADERS, "custom", NaiveZipLoader)
     findings = diagnose({"dataset": "digits"})
     assert codes(findings).get("loader_mismatch") == "error"
     assert "'custom'" in next(f for f in findings if f.code == "loader_mismatch").message

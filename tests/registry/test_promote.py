@@ -157,14 +157,14 @@ def test_reloaded_model_reproduces_the_trials_test_embeddings_exactly(sqlite_sto
 def test_changed_dataset_is_refused(sqlite_stores: Stores, monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
 
-    from siamese_core import training
+    from siamese_core.data import sources
 
-    real = training.load_data
+    real = sources.load_dataset
 
     def tampered(config: Any) -> Any:
         data = real(config)
         return dataclasses.replace(data, info=dataclasses.replace(data.info, fingerprint="0" * 64))
-    monkeypatch.setattr(training, "load_data", tampered)
+    monkeypatch.setattr(sources, "load_dataset", tampered)
     with pytest.raises(DataError, match="fingerprint .* differs"):
         promote("good", **sqlite_stores.kw(model_name="tampered"))
     assert not _client(sqlite_stores).search_registered_models("name='tampered'")

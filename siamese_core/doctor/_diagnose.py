@@ -12,19 +12,30 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
+from .. import runtime
+from ..config import TrainConfig, as_config
+from ..data.loaders import Loader
+from ..data.pairs import make_sampler
+from ..data.sources import load_dataset
+from ..diagnostics import codes as C
+from ..diagnostics.data_checks import check_raw, check_splits, from_data_error
+from ..diagnostics.loss_checks import check_gradients
+from ..diagnostics.report import merge
+from ..diagnostics.watchers import probe_tuples, safely, static_findings
 from ..errors import DataError
 from ..findings import Finding
-from . import codes as C
-from .data_checks import check_raw, check_splits, from_data_error
-from .report import merge
+from ..run import build_run
+from .probes import loader_parity, overfit_probe, probe_data, short_run
 
 log = logging.getLogger(__name__)
 
 
-def diagnose(config: Any, *, loaders: Mapping[str, Any] | None = None, probes: bool = True,
+def diagnose(config: TrainConfig | Mapping[str, Any] | str | Path | None, *,
+             loaders: Mapping[str, Loader] | None = None, probes: bool = True,
              timings: dict[str, float] | None = None) -> list[Finding]:
     """Name every known failure of `config` (a `TrainConfig`, mapping or YAML path).
 
@@ -33,15 +44,11 @@ def diagnose(config: Any, *, loaders: Mapping[str, Any] | None = None, probes: b
     train (positives only, one class) is reported as a finding. `loaders` overrides the loader
     registry for the parity probe; `timings` (if given) receives seconds per stage.
     """
-    from ..training import as_config
-
     t = timings if timings is not None else {}
     clock = time.perf_counter()
     config = as_config(config)
     findings = check_raw(config)
     try:
-        from ..data.sources import load_dataset
-
         data = load_dataset(config)
     except DataError as exc:
         mapped = from_data_error(exc)
@@ -52,12 +59,6 @@ def diagnose(config: Any, *, loaders: Mapping[str, Any] | None = None, probes: b
     t["data"] = _lap(clock)
     if any(f.is_error for f in findings):
         return merge(findings)
-
-    from .. import runtime
-    from ..training import build_run, make_sampler
-    from .loss_checks import check_gradients
-    from .probes import loader_parity, overfit_probe, probe_data, short_run
-    from .watchers import probe_tuples, safely, static_findings
 
     try:
         make_sampler(config, data)
@@ -70,16 +71,16 @@ def diagnose(config: Any, *, loaders: Mapping[str, Any] | None = None, probes: b
     runtime.seed_everything(config.seed)
     clock = time.perf_counter()
     run = build_run(config, pdata)  # ConfigError (bad user encoder/loss import) propagates: exit 2
-    models = run["models"]
-    findings += static_findings(config, pdata, models, loss=run["loss"])
+    models = run.models
+    findings += static_findings(config, pdata, models, loss=run.loss)
     x, y = probe_tuples(config, pdata.train)
-    findings += safely(check_gradients, models.training, run["loss"], x, y, encoders=models.encoders)
+    findings += safely(check_gradients, models.training, run.loss, x, y, encoders=models.encoders)
     t["static"] = _lap(clock)
     if not probes:
         return merge(findings)
 
     clock = time.perf_counter()
-    findings += _probe("loader parity", lambda: loader_parity(run["plan"], loaders)[0])
+    findings += _probe("loader parity", lambda: loader_parity(run.plan, loaders)[0])
     t["loader_parity"] = _lap(clock)
     clock = time.perf_counter()
     findings += _probe("overfit", lambda: overfit_probe(config, pdata)[0], crash_code=C.CANNOT_OVERFIT)
@@ -95,7 +96,7 @@ def _lap(start: float) -> float:
     return time.perf_counter() - start
 
 
-def _probe(name: str, fn: Any, *, crash_code: str | None = None) -> list[Finding]:
+def _probe(name: str, fn: Callable[[], Iterable[Finding]], *, crash_code: str | None = None) -> list[Finding]:
     """Run one probe; a crash in user code becomes a finding rather than hiding the others."""
     try:
         return list(fn())

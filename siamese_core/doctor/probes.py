@@ -3,7 +3,8 @@
 Probes work on a stratified subset of the data (`probe_data`) so the whole
 doctor stays within two minutes on two cores for Fashion-MNIST. Each probe
 returns findings and never raises for a failure of the model under test: a
-crash while fitting 64 pairs *is* the finding.
+crash while fitting 64 pairs *is* the finding. They train models, so they sit
+above `siamese_core.training` (the short run calls `train`).
 """
 from __future__ import annotations
 
@@ -13,11 +14,22 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+import keras
 import numpy as np
 
+from .. import runtime
+from ..config import TrainConfig
+from ..data.loaders import Loader, TrainingPlan, gather, get_loader, make_train_step
+from ..data.splits import stratified_choice
+from ..data.types import DatasetSplits, LabeledSplit, PairedSplit, Split, take
+from ..diagnostics import codes as C
+from ..diagnostics.scores import score_spread, separation
+from ..diagnostics.watchers import FindingCollector
 from ..errors import DataError, TrainingFailed
 from ..findings import Finding
-from . import codes as C
+from ..registry import ENCODERS, LOADERS
+from ..run import build_run
+from ..training import train
 
 PROBE_TRAIN, PROBE_VAL, PROBE_TEST = 4096, 1000, 400
 
@@ -47,79 +59,37 @@ PARITY_CLASS_TV = 0.15
 
 
 # ------------------------------------------------------------------ data subset
-def _subset(split: Any, n: int, rng: np.random.Generator) -> Any:
-    from ..data.splits import stratified_choice
-    from ..data.types import LabeledSplit, take
-
+def _subset(split: Split, n: int, rng: np.random.Generator) -> Split:
     if len(split) <= n:
         return split
     idx = stratified_choice(split.y, n, rng=rng)
     if isinstance(split, LabeledSplit):
         return LabeledSplit(take(split.x, idx), split.y[idx])
-    return type(split)(take(split.x1, idx), take(split.x2, idx), split.y[idx])
+    return PairedSplit(take(split.x1, idx), take(split.x2, idx), split.y[idx])
 
 
-def probe_data(data: Any, *, seed: int) -> Any:
+def probe_data(data: DatasetSplits, *, seed: int) -> DatasetSplits:
     """A stratified subset of every split: enough to show a failure, small enough to be fast."""
     rng = np.random.default_rng([seed, 7])
     return replace(data, train=_subset(data.train, PROBE_TRAIN, rng), val=_subset(data.val, PROBE_VAL, rng),
                    test=_subset(data.test, PROBE_TEST, rng))
 
 
-def gather(plan: Any, tuples: Any) -> list[np.ndarray]:
-    from ..data.types import materialize
-
-    return [materialize(src, tuples.indices[:, k]) for k, src in enumerate(plan.sources())]
-
-
-# ------------------------------------------------------------------ scoring helpers
-def separation(models: Any, pred: np.ndarray, y: np.ndarray) -> float:
-    """AUC of same vs different pairs (pair models) or the share of triplets with d(a,p) < d(a,n)."""
-    from .. import metrics
-    from ..models import distances
-
-    if models.arity == 3:
-        dist = distances.get(models.distance).rowwise
-        dp = np.asarray(dist(pred[:, 0], pred[:, 1]))
-        dn = np.asarray(dist(pred[:, 0], pred[:, 2]))
-        return float(np.mean(dp < dn))
-    return metrics.roc_auc(np.asarray(pred).reshape(-1), y, higher_is_same=models.higher_is_same)
-
-
-def score_spread(models: Any, pred: np.ndarray) -> float:
-    """Std of the pair scores relative to their size (0 = the same score for every pair)."""
-    from ..models import distances
-
-    if models.arity == 3:
-        s = np.asarray(distances.get(models.distance).rowwise(pred[:, 0], pred[:, 1]))
-    else:
-        s = np.asarray(pred, dtype=np.float64).reshape(-1)
-    if not np.isfinite(s).all():
-        return float("nan")
-    return float(np.std(s) / max(float(np.mean(np.abs(s))), 1e-3))
-
-
 # ------------------------------------------------------------------ overfit probe
-def overfit_probe(config: Any, data: Any) -> tuple[list[Finding], dict[str, Any]]:
+def overfit_probe(config: TrainConfig, data: DatasetSplits) -> tuple[list[Finding], dict[str, Any]]:
     """Fit 64 fixed tuples; a healthy model and loss get near zero loss in a few hundred steps."""
-    import keras
-
-    from .. import runtime
-    from ..data.loaders import make_train_step
-    from ..training import build_run
-
     overrides: dict[str, Any] = {"batch_size": OVERFIT_BATCH, "pairs.pairs_per_epoch": OVERFIT_TUPLES,
                                  "preprocessing.augmentation": []}
-    if config.encoder.type in ("conv", "mlp", "sequence"):
+    if config.encoder.type in ENCODERS:
         overrides["encoder.dropout"] = 0.0
     cfg = config.with_overrides(overrides)
     runtime.seed_everything(config.seed)
     run = build_run(cfg, data)
-    models, loss, plan = run["models"], run["loss"], run["plan"]
+    models, loss, plan = run.models, run.loss, run.plan
     model = models.training
     model.compile(optimizer=keras.optimizers.Adam(OVERFIT_LR), loss=loss, jit_compile=False)
     tuples = plan.sampler.epoch(0)
-    x, y = gather(plan, tuples), tuples.targets
+    x, y = list(gather(plan.sources(), tuples)), tuples.targets
     n = len(y) - len(y) % OVERFIT_BATCH
     batches = [([a[i:i + OVERFIT_BATCH] for a in x], y[i:i + OVERFIT_BATCH]) for i in range(0, n, OVERFIT_BATCH)]
     initial = float(np.mean([float(loss(yb, model(xb, training=True))) for xb, yb in batches]))
@@ -147,9 +117,11 @@ def overfit_probe(config: Any, data: Any) -> tuple[list[Finding], dict[str, Any]
             break
     pred_inf, pred_train = np.asarray(model(x, training=False)), np.asarray(model(x, training=True))
     sep = [separation(models, p, y) for p in (pred_inf, pred_train)]
-    info.update({"steps": steps, "final_loss": round(last, 6), "loss_ratio": round(last / initial, 4) if initial else None,
+    info.update({"steps": steps, "final_loss": round(last, 6),
+                 "loss_ratio": round(last / initial, 4) if initial else None,
                  "separation_inference": round(sep[0], 4), "separation_training": round(sep[1], 4),
-                 "score_spread_initial": round(spread0, 6), "score_spread_final": round(score_spread(models, pred_inf), 6),
+                 "score_spread_initial": round(spread0, 6),
+                 "score_spread_final": round(score_spread(models, pred_inf), 6),
                  "seconds": round(time.perf_counter() - t0, 2)})
     fitted = (initial > 0 and last <= OVERFIT_TARGET_RATIO * initial) or max(sep) >= OVERFIT_FIT_AUC
     what = "AUC" if models.arity == 2 else "triplet accuracy"
@@ -202,12 +174,9 @@ def _public(v: Any) -> Any:
     return round(v, 5) if isinstance(v, float) else v
 
 
-def loader_parity(plan: Any, loaders: Mapping[str, Any] | None = None, *, epoch: int = 0,
-                  source_dtype: Any = None) -> tuple[list[Finding], dict[str, Any]]:
+def loader_parity(plan: TrainingPlan, loaders: Mapping[str, Loader] | None = None, *,
+                  epoch: int = 0) -> tuple[list[Finding], dict[str, Any]]:
     """Same plan, same epoch: every loader must feed the same tuples, or at least the same distribution."""
-    from ..data.loaders import LOADERS, get_loader
-    from ..data.types import LabeledSplit
-
     loaders = dict(loaders) if loaders is not None else {name: get_loader(name) for name in LOADERS}
     if len(loaders) < 2:
         return [], {}
@@ -270,11 +239,8 @@ def loader_parity(plan: Any, loaders: Mapping[str, Any] | None = None, *, epoch:
 
 
 # ------------------------------------------------------------------ short run
-def short_run(config: Any, data: Any) -> tuple[list[Finding], dict[str, Any]]:
+def short_run(config: TrainConfig, data: DatasetSplits) -> tuple[list[Finding], dict[str, Any]]:
     """A few mini-epochs with the configured loader, optimizer and the training watchers."""
-    from ..training import train
-    from .watchers import FindingCollector
-
     n = config.pairs.pairs_per_epoch or (2 * len(data.train) if not data.info.paired else len(data.train))
     n = max(min(n, SHORT_TUPLES), config.batch_size)
     patience = min(config.diagnostics.no_learning_patience, SHORT_EPOCHS)

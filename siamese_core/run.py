@@ -1,0 +1,47 @@
+"""`build_run(config, data) -> Run`: everything one run needs before its first step, built once.
+
+Training and the doctor's probes build their runs here, so the plan (split, sampler, batch size), the
+compiled models, the loss and the fixed validation/test pairs are the same objects whichever calls.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import TrainConfig
+from .data.loaders import TrainingPlan
+from .data.pairs import STREAM_TEST, STREAM_VAL, make_sampler
+from .data.types import DatasetSplits
+from .evaluation import EvalSet, Evaluator
+from .losses import PerSampleLoss, build_loss
+from .models.siamese import SiameseModels, build_models, build_optimizer
+
+__all__ = ["Run", "build_run"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """The pieces of one run; `models.training` is compiled with `loss` and the configured optimizer."""
+
+    config: TrainConfig
+    data: DatasetSplits
+    plan: TrainingPlan
+    models: SiameseModels
+    loss: PerSampleLoss
+    val: Evaluator      # fixed validation pairs: per-epoch metrics and the threshold
+    test: Evaluator     # fixed test pairs: the final report
+
+
+def build_run(config: TrainConfig, data: DatasetSplits) -> Run:
+    """Sampler, plan, models (compiled), loss and the validation/test evaluators for `config` on `data`."""
+    plan = TrainingPlan(data.train, make_sampler(config, data), config.batch_size)
+    models = build_models(config, data.info)
+    loss = build_loss(config.loss, config.distance)
+    models.training.compile(optimizer=build_optimizer(config), loss=loss, jit_compile=False)
+    triplets = config.loss.is_triplet
+    val_set = EvalSet.build(data.val, n_pairs=config.pairs.val_pairs, seed=config.seed, stream=STREAM_VAL,
+                            triplets=triplets, positive_fraction=config.pairs.positive_fraction)
+    test_set = EvalSet.build(data.test, n_pairs=config.pairs.test_pairs, seed=config.seed, stream=STREAM_TEST,
+                             triplets=triplets, positive_fraction=config.pairs.positive_fraction)
+    return Run(config, data, plan, models, loss,
+               val=Evaluator(val_set, loss=loss, batch_size=config.batch_size),
+               test=Evaluator(test_set, loss=loss, batch_size=config.batch_size))

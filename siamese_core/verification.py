@@ -1,0 +1,135 @@
+"""Verification and retrieval metrics on NumPy arrays (no model, no TensorFlow).
+
+Scores are oriented by ``higher_is_same``: distances (lower = same) pass
+False, learned similarities pass True. The decision threshold is calibrated
+on validation pairs (maximum accuracy) and then *reported* on test pairs —
+never tuned on the split it is reported on. The names these functions report
+and their directions are catalogued in `siamese_core.metrics`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from .metrics import same_at_threshold
+
+
+def _similarity(scores: np.ndarray, higher_is_same: bool) -> np.ndarray:
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    return s if higher_is_same else -s
+
+
+def calibrate_threshold(scores: np.ndarray, y: np.ndarray, *, higher_is_same: bool) -> float:
+    """The threshold that maximises pair accuracy on (validation) `scores`.
+
+    Vectorised over all candidate cut points (midpoints between sorted scores).
+    """
+    s = _similarity(scores, higher_is_same)
+    y = np.asarray(y).reshape(-1).astype(bool)
+    finite = np.isfinite(s)
+    if not finite.any():
+        return float("nan")
+    s, y = s[finite], y[finite]
+    order = np.argsort(-s, kind="stable")          # most similar first
+    s_sorted, y_sorted = s[order], y[order]
+    # predicting "same" for the first k pairs: correct = positives among first k + negatives after k
+    pos_before = np.concatenate([[0], np.cumsum(y_sorted)])
+    neg_after = (~y_sorted).sum() - np.concatenate([[0], np.cumsum(~y_sorted)])
+    correct = pos_before + neg_after
+    # only cut between distinct values
+    valid = np.ones(len(s_sorted) + 1, dtype=bool)
+    valid[1:-1] = s_sorted[:-1] != s_sorted[1:]
+    k = int(np.argmax(np.where(valid, correct, -1)))
+    if k == 0:
+        cut = s_sorted[0] + 1e-6
+    elif k == len(s_sorted):
+        cut = s_sorted[-1] - 1e-6
+    else:
+        cut = (s_sorted[k - 1] + s_sorted[k]) / 2.0
+    return float(cut if higher_is_same else -cut)
+
+
+def pair_accuracy(scores: np.ndarray, y: np.ndarray, threshold: float, *, higher_is_same: bool) -> float:
+    """Share of pairs decided right by `same_at_threshold`."""
+    s = np.asarray(scores).reshape(-1)
+    pred_same = same_at_threshold(s, threshold, higher_is_same=higher_is_same)
+    return float(np.mean(pred_same == np.asarray(y).reshape(-1).astype(bool)))
+
+
+def roc_auc(scores: np.ndarray, y: np.ndarray, *, higher_is_same: bool) -> float:
+    """Probability that a random same pair scores as more similar than a random different pair."""
+    y = np.asarray(y).reshape(-1)
+    s = _similarity(scores, higher_is_same)
+    if len(np.unique(y)) < 2 or not np.isfinite(s).all():
+        return float("nan")
+    return float(roc_auc_score(y, s))
+
+
+def equal_error_rate(scores: np.ndarray, y: np.ndarray, *, higher_is_same: bool) -> float:
+    """The error rate where false accepts equal false rejects (lower is better)."""
+    y = np.asarray(y).reshape(-1)
+    s = _similarity(scores, higher_is_same)
+    if len(np.unique(y)) < 2 or not np.isfinite(s).all():
+        return float("nan")
+    fpr, tpr, _ = roc_curve(y, s)
+    fnr = 1.0 - tpr
+    diff = fnr - fpr
+    i = int(np.argmax(diff <= 0)) if (diff <= 0).any() else len(diff) - 1
+    if i == 0:
+        return float((fpr[0] + fnr[0]) / 2)
+    # linear interpolation between the two ROC points that bracket fnr == fpr
+    d0, d1 = diff[i - 1], diff[i]
+    t = d0 / (d0 - d1) if d0 != d1 else 0.0
+    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+
+
+def embedding_norms(embeddings: np.ndarray) -> dict[str, float]:
+    """Mean, spread and minimum of the embeddings' L2 norms (a collapse shows here first)."""
+    norms = np.linalg.norm(np.asarray(embeddings, dtype=np.float64), axis=-1)
+    if norms.size == 0:
+        return {"embedding_norm_mean": float("nan"), "embedding_norm_std": float("nan"),
+                "embedding_norm_min": float("nan")}
+    return {"embedding_norm_mean": float(norms.mean()), "embedding_norm_std": float(norms.std()),
+            "embedding_norm_min": float(norms.min())}
+
+
+def distance_gap(distances: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Mean distance of same and of different pairs, and the gap between them (want > 0)."""
+    d = np.asarray(distances, dtype=np.float64).reshape(-1)
+    y = np.asarray(y).reshape(-1).astype(bool)
+    pos = float(d[y].mean()) if y.any() else float("nan")
+    neg = float(d[~y].mean()) if (~y).any() else float("nan")
+    return {"pos_distance_mean": pos, "neg_distance_mean": neg, "distance_gap": neg - pos,
+            "distance_std": float(d.std()) if d.size else float("nan")}
+
+
+def retrieval(distance_matrix: np.ndarray, labels: np.ndarray, *, k: int = 5) -> dict[str, float]:
+    """Precision@1 and Recall@k (any of the k nearest others shares the query's class).
+
+    `distance_matrix` is ``[N, N]`` between the same N samples; self-matches are excluded.
+    """
+    d = np.array(distance_matrix, dtype=np.float64, copy=True)
+    labels = np.asarray(labels).reshape(-1)
+    n = d.shape[0]
+    if n < 2:
+        return {"precision_at_1": float("nan"), f"recall_at_{k}": float("nan")}
+    np.fill_diagonal(d, np.inf)
+    kk = min(k, n - 1)
+    nearest = np.argpartition(d, kk - 1, axis=1)[:, :kk] if kk < n else np.argsort(d, axis=1)[:, :kk]
+    order = np.take_along_axis(nearest, np.argsort(np.take_along_axis(d, nearest, axis=1), axis=1), axis=1)
+    hits = labels[order] == labels[:, None]
+    return {"precision_at_1": float(hits[:, 0].mean()), f"recall_at_{k}": float(hits.any(axis=1).mean())}
+
+
+def verification_metrics(scores: np.ndarray, y: np.ndarray, *, higher_is_same: bool,
+                         threshold: float | None = None) -> dict[str, float]:
+    """Accuracy at `threshold` (calibrated here when None), ROC AUC and EER."""
+    if threshold is None:
+        threshold = calibrate_threshold(scores, y, higher_is_same=higher_is_same)
+    acc = (pair_accuracy(scores, y, threshold, higher_is_same=higher_is_same) if math.isfinite(threshold)
+           else float("nan"))
+    return {"pair_accuracy": acc, "roc_auc": roc_auc(scores, y, higher_is_same=higher_is_same),
+            "eer": equal_error_rate(scores, y, higher_is_same=higher_is_same), "threshold": float(threshold)}
+
