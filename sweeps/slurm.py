@@ -62,7 +62,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from siamese_core.errors import ConfigError
+from siamese_core.errors import ConfigError, InfrastructureError
 
 from .secrets import mask_secrets, mask_url
 from .spec import SweepSpec
@@ -83,7 +83,7 @@ _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 _SBATCH_VALUE = re.compile(r"^[^\s'\"\\]+$")
 
 
-class SlurmError(RuntimeError):
+class SlurmError(InfrastructureError, RuntimeError):
     """sbatch refused the job or could not reach the controller."""
 
 

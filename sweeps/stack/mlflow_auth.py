@@ -21,8 +21,14 @@ MIN_PASSWORD_LENGTH = 12  # mlflow.utils.validation._validate_password refuses s
 PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
 
 
-class AuthConfigError(ValueError):
-    """A value the auth ini cannot hold, or that MLflow would refuse."""
+try:  # inside the project every error is a SiameseError; the MLflow image has only this file
+    from siamese_core.errors import InputError as _ProjectError
+except ImportError:  # pragma: no cover - exercised in the MLflow image
+    _ProjectError = Exception  # type: ignore[assignment,misc]
+
+
+class AuthConfigError(_ProjectError, ValueError):  # type: ignore[valid-type,misc]
+    """A value the auth ini cannot hold, or that MLflow would refuse (bad input: exit 2)."""
 
 
 def _ini_value(name: str, value: str) -> str:
