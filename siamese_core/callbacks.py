@@ -74,12 +74,14 @@ class EpochEvaluator(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         train_seconds = time.perf_counter() - self._t0
+        t_eval = time.perf_counter()
         result = self.evaluator.evaluate(self.models)
         self.last = result
         if logs is not None:
             logs.update(as_epoch_logs(result))
             logs["learning_rate"] = _learning_rate(self.model)
             logs["epoch_seconds"] = train_seconds
+            logs["eval_seconds"] = time.perf_counter() - t_eval
         if not math.isfinite(result.get("embedding_norm_mean", 0.0)):
             raise TrainingFailed(NAN_LOSS, f"embeddings became non-finite at epoch {epoch}; lower the learning "
                                            "rate or check input normalisation", epoch=epoch)

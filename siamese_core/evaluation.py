@@ -47,6 +47,33 @@ class EvalSet:
         return cls(split, pairs, trips, ridx)
 
 
+class _Embeddings:
+    """Embeddings of the samples one evaluation needs, each unique sample embedded once.
+
+    The pairs, the triplets and the retrieval sample overlap (a 2,000-pair validation set and the 2,000-sample
+    retrieval set share most of their images); embedding them in separate passes re-ran the encoder on the
+    shared ones every epoch. Pre-paired data has two sides (maybe two towers) and is embedded per side.
+    """
+
+    def __init__(self, models: SiameseModels, split: Split, needed: np.ndarray | None = None) -> None:
+        self.models, self.split = models, split
+        if needed is not None and isinstance(split, LabeledSplit):
+            self.index = needed
+            self.emb = models.embed(materialize(split.x, needed))
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """Embeddings of split rows `idx` (any shape of indices -> that shape + [D])."""
+        return self.emb[np.searchsorted(self.index, idx)]
+
+    def of(self, tuples: Tuples) -> list[np.ndarray]:
+        """Embeddings for every position of `tuples` ([n, D] each)."""
+        if isinstance(self.split, PairedSplit):
+            return [self.models.embed(materialize(x, tuples.indices[:, side]), side=side)
+                    for side, x in enumerate((self.split.x1, self.split.x2))]
+        rows = self.rows(tuples.indices)
+        return [rows[:, k] for k in range(tuples.arity)]
+
+
 class Evaluator:
     """Computes the per-epoch validation metrics (and the final test metrics)."""
 
@@ -56,19 +83,17 @@ class Evaluator:
         self.batch_size = batch_size
         self.last_arrays: dict[str, np.ndarray] = {}  # raw arrays behind the last evaluation (for plots)
 
-    def _embed_sides(self, models: SiameseModels, tuples: Tuples) -> list[np.ndarray]:
-        """Embeddings for every position of `tuples` ([n, D] each), embedding each unique sample once."""
-        split = self.eval_set.split
-        out = []
-        if isinstance(split, PairedSplit):
-            for side, x in enumerate((split.x1, split.x2)):
-                idx = tuples.indices[:, side]
-                out.append(models.embed(materialize(x, idx), side=side))
-            return out
-        uniq, inverse = np.unique(tuples.indices, return_inverse=True)
-        emb = models.embed(materialize(split.x, uniq))
-        inverse = inverse.reshape(tuples.indices.shape)
-        return [emb[inverse[:, k]] for k in range(tuples.arity)]
+    def _embeddings(self, models: SiameseModels) -> _Embeddings:
+        """The split's embeddings for this evaluation (see `_Embeddings`)."""
+        es = self.eval_set
+        if isinstance(es.split, PairedSplit):
+            return _Embeddings(models, es.split)
+        parts = [es.pairs.indices.reshape(-1)]
+        if es.triplets is not None:
+            parts.append(es.triplets.indices.reshape(-1))
+        if es.retrieval_idx is not None:
+            parts.append(es.retrieval_idx)
+        return _Embeddings(models, es.split, np.unique(np.concatenate(parts)))
 
     def _mean_loss(self, y: np.ndarray, pred: np.ndarray) -> float:
         b = self.batch_size
@@ -81,13 +106,14 @@ class Evaluator:
     def evaluate(self, models: SiameseModels, *, threshold: float | None = None) -> dict[str, float]:
         """Metrics on the fixed tuples; the threshold is calibrated here unless given."""
         pairs = self.eval_set.pairs
-        ea, eb = self._embed_sides(models, pairs)
+        embeddings = self._embeddings(models)
+        ea, eb = embeddings.of(pairs)
         scores = models.score(ea, eb)
         y = pairs.targets
         dist = np.asarray(distances.get(models.distance).rowwise(ea, eb)).reshape(-1)
         result: dict[str, float] = {}
         if self.eval_set.triplets is not None:
-            a, p, n = self._embed_sides(models, self.eval_set.triplets)
+            a, p, n = embeddings.of(self.eval_set.triplets)
             result["loss"] = self._mean_loss(self.eval_set.triplets.targets, np.stack([a, p, n], axis=1))
         else:
             result["loss"] = self._mean_loss(y, scores)
@@ -99,7 +125,7 @@ class Evaluator:
         self.last_arrays = {"distances": dist, "scores": scores, "labels": y}
         if self.eval_set.retrieval_idx is not None and isinstance(self.eval_set.split, LabeledSplit):
             idx = self.eval_set.retrieval_idx
-            emb = models.embed(materialize(self.eval_set.split.x, idx))
+            emb = embeddings.rows(idx)
             self.last_arrays.update(embeddings=emb, embedding_labels=self.eval_set.split.y[idx])
             if np.isfinite(emb).all():
                 dm = np.asarray(distances.get(models.distance).pairwise(emb, emb))

@@ -68,6 +68,8 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in (
     MetricInfo("learning_rate", None, "optimizer learning rate at the end of the epoch", evaluated=False,
                trained=True),
     MetricInfo("epoch_seconds", "min", "wall time of the epoch's training steps", evaluated=False, trained=True),
+    MetricInfo("eval_seconds", "min", "wall time of the epoch's validation (metrics, retrieval)", evaluated=False,
+               trained=True),
 )}
 
 
