@@ -42,6 +42,11 @@ def _one_line(text: str) -> str:
     return " ".join(text.split("\n"))
 
 
+def flag_or_env(value: str | None, env: str) -> str | None:
+    """A flag's value, else the environment's (keeps passwords off command lines), else None."""
+    return value or os.environ.get(env) or None
+
+
 def add_set_option(parser: argparse.ArgumentParser, *, what: str = "config") -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help=f"override a {what} field by dotted key, e.g. --set encoder.depth=3 (repeatable)")

@@ -10,11 +10,11 @@ pruned                         PRUNED    FINISHED        no       the pruner sto
 <diagnostic code>              PRUNED    FAILED          no       a fatal finding stopped training (nan_loss, collapse)
 nan_metric                     PRUNED    FAILED          no       trained, but an objective value is NaN or inf
 invalid_config                 FAIL      FAILED          no       the sampled combination is not a valid config
-<exception type>               FAIL      FAILED          no       an exception in training or in user code
-tracking_unavailable           FAIL      KILLED (later)  yes      MLflow refused calls for the whole retry budget
 tracking_unavailable_at_start  FAIL      -               yes      MLflow refused to create the run; the worker stops
+tracking_unavailable           FAIL      KILLED (later)  yes      MLflow refused calls for the whole retry budget
 interrupted                    FAIL      KILLED          yes      SIGTERM or Ctrl-C
 stale_heartbeat                FAIL      KILLED (later)  yes      its worker died: failed by Optuna's heartbeat
+<exception type>               FAIL      FAILED          no       an exception in training or in user code
 =============================  ========  ==============  =======  ======================================================
 
 The ``<...>`` rows are families: the reason is the code of the `TrainingFailed` (``nan_loss``,
@@ -32,6 +32,7 @@ checkpoint. A run the trial could not end itself (worker killed, MLflow down) is
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
@@ -57,52 +58,61 @@ class Outcome:
     retried: bool                # queued again with the same parameters (checkpoint kept)
     ends_run: bool               # the trial ends its own run; False: the worker's reconciliation does
     description: str
+    raised_by: tuple[type[BaseException], ...] = ()      # `classify`: the first row whose types match wins
+    family: Callable[[BaseException], str] | None = None  # a ``<...>`` row: the member's reason from the exception
 
     def with_reason(self, reason: str) -> Outcome:
         """A member of a ``<...>`` family."""
         return dataclasses.replace(self, reason=reason)
 
 
+def _code(exc: BaseException) -> str:
+    return str(getattr(exc, "code", type(exc).__name__))
+
+
+def _type_name(exc: BaseException) -> str:
+    return type(exc).__name__
+
+
+# A new reason is one row (before CRASH, which catches everything else).
 COMPLETED = Outcome("completed", COMPLETE, FINISHED, False, True,
                     "trained; epochs, test metrics, artifacts, model logged")
-PRUNED = Outcome("pruned", PRUNED_STATE, FINISHED, False, True, "the pruner stopped it after an epoch")
+PRUNED = Outcome("pruned", PRUNED_STATE, FINISHED, False, True, "the pruner stopped it after an epoch",
+                 raised_by=(optuna.TrialPruned,))
 DIAGNOSTIC = Outcome("<diagnostic code>", PRUNED_STATE, FAILED, False, True,
-                     "a fatal finding stopped training (nan_loss, collapse)")
-NAN_METRIC = Outcome("nan_metric", PRUNED_STATE, FAILED, False, True, "trained, but an objective value is NaN or inf")
-INVALID_CONFIG = Outcome("invalid_config", FAIL, FAILED, False, True,
-                         "the sampled combination is not a valid config")
-CRASH = Outcome("<exception type>", FAIL, FAILED, False, True, "an exception in training or in user code")
-TRACKING_UNAVAILABLE = Outcome("tracking_unavailable", FAIL, KILLED, True, False,
-                               "MLflow refused calls for the whole retry budget")
+                     "a fatal finding stopped training (nan_loss, collapse)", raised_by=(TrainingFailed,), family=_code)
+NAN_METRIC = Outcome("nan_metric", PRUNED_STATE, FAILED, False, True, "trained, but an objective value is NaN or inf",
+                     raised_by=(NonFiniteObjective,))
+INVALID_CONFIG = Outcome("invalid_config", FAIL, FAILED, False, True, "the sampled combination is not a valid config",
+                         raised_by=(InvalidTrialConfig,))
 TRACKING_UNAVAILABLE_AT_START = Outcome("tracking_unavailable_at_start", FAIL, None, True, False,
                                         "MLflow refused to create the run; the worker stops")
-INTERRUPTED = Outcome("interrupted", FAIL, KILLED, True, True, "SIGTERM or Ctrl-C")
-STALE_HEARTBEAT = Outcome("stale_heartbeat", FAIL, KILLED, True, False,
-                          "its worker died: failed by Optuna's heartbeat")
+TRACKING_UNAVAILABLE = Outcome("tracking_unavailable", FAIL, KILLED, True, False,
+                               "MLflow refused calls for the whole retry budget", raised_by=(TrackingUnavailable,))
+INTERRUPTED = Outcome("interrupted", FAIL, KILLED, True, True, "SIGTERM or Ctrl-C", raised_by=(KeyboardInterrupt,))
+STALE_HEARTBEAT = Outcome("stale_heartbeat", FAIL, KILLED, True, False, "its worker died: failed by Optuna's heartbeat")
+CRASH = Outcome("<exception type>", FAIL, FAILED, False, True, "an exception in training or in user code",
+                raised_by=(BaseException,), family=_type_name)
 
-OUTCOMES: tuple[Outcome, ...] = (COMPLETED, PRUNED, DIAGNOSTIC, NAN_METRIC, INVALID_CONFIG, CRASH,
-                                 TRACKING_UNAVAILABLE, TRACKING_UNAVAILABLE_AT_START, INTERRUPTED, STALE_HEARTBEAT)
+OUTCOMES: tuple[Outcome, ...] = (COMPLETED, PRUNED, DIAGNOSTIC, NAN_METRIC, INVALID_CONFIG,
+                                 TRACKING_UNAVAILABLE_AT_START, TRACKING_UNAVAILABLE, INTERRUPTED, STALE_HEARTBEAT,
+                                 CRASH)
+_ENDED_BY_TRAINING = PRUNED.raised_by + DIAGNOSTIC.raised_by + NAN_METRIC.raised_by
 
 
 def classify(exc: BaseException, *, stop_requested: bool = False, run_started: bool = True) -> Outcome:
-    """The outcome of a trial that raised `exc`.
+    """The outcome of a trial that raised `exc`: the first row of `OUTCOMES` whose ``raised_by`` matches.
 
-    Ends decided by training itself come first; then a stop signal wins over whatever exception
-    surfaced (a signal's exception raised inside a library call can come back wrapped as another type).
+    Two rules come first. A stop signal wins over whatever exception surfaced — a signal's exception
+    raised inside a library call can come back wrapped as another type — unless training itself had
+    ended the trial. MLflow refusing before the trial has a run is ``tracking_unavailable_at_start``.
     """
-    if isinstance(exc, optuna.TrialPruned):
-        return PRUNED
-    if isinstance(exc, TrainingFailed):
-        return DIAGNOSTIC.with_reason(exc.code)
-    if isinstance(exc, NonFiniteObjective):
-        return NAN_METRIC
-    if stop_requested or isinstance(exc, KeyboardInterrupt):
+    if stop_requested and not isinstance(exc, _ENDED_BY_TRAINING):
         return INTERRUPTED
-    if isinstance(exc, InvalidTrialConfig):
-        return INVALID_CONFIG
-    if isinstance(exc, TrackingUnavailable):
-        return TRACKING_UNAVAILABLE if run_started else TRACKING_UNAVAILABLE_AT_START
-    return CRASH.with_reason(type(exc).__name__)
+    if isinstance(exc, TrackingUnavailable) and not run_started:
+        return TRACKING_UNAVAILABLE_AT_START
+    row = next(o for o in OUTCOMES if isinstance(exc, o.raised_by))
+    return row if row.family is None else row.with_reason(row.family(exc))
 
 
 def table() -> str:

@@ -88,9 +88,9 @@ def trial_config(client: Any, run_id: str) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="siamese-cfg-") as tmp, quiet_artifacts():
             path = client.download_artifacts(run_id, "config.yaml", tmp)
-            data = yaml.safe_load(Path(path).read_text())
-        if isinstance(data, dict):
-            return data
+            saved = yaml.safe_load(Path(path).read_text())
+        if isinstance(saved, dict):
+            return saved
     except Exception as exc:  # noqa: BLE001 - fall back to the params (older runs, no artifacts)
         log.info("no config.yaml for run %s (%s); using its params", run_id, type(exc).__name__)
     from siamese_core.config import set_dotted

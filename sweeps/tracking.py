@@ -195,18 +195,18 @@ class Tracker:
         return self.retry("get/create experiment", get_or_create)
 
     # ---------------------------------------------------------- runs
-    def create_parent_run(self, experiment_id: str, study_name: str, *, tags: Mapping[str, Any] = ()) -> str:
-        all_tags = {names.TAG_ROLE: names.ROLE_PARENT, names.TAG_STUDY: study_name, **dict(tags)}
+    def create_parent_run(self, experiment_id: str, study_name: str, *, tags: Mapping[str, Any] | None = None) -> str:
+        all_tags = {names.TAG_ROLE: names.ROLE_PARENT, names.TAG_STUDY: study_name, **dict(tags or {})}
         run = self.retry("create parent run", lambda: self.client.create_run(
             experiment_id, run_name=names.parent_run_name(study_name),
             tags={k: _tag_value(v) for k, v in all_tags.items()}))
         return run.info.run_id
 
     def start_trial_run(self, experiment_id: str, parent_run_id: str, *, study_name: str, trial_number: int,
-                        tags: Mapping[str, Any] = ()) -> "TrialRun":
+                        tags: Mapping[str, Any] | None = None) -> TrialRun:
         all_tags = {names.MLFLOW_PARENT_RUN_ID: parent_run_id, names.TAG_STUDY: study_name,
                     names.TAG_TRIAL_NUMBER: trial_number, names.TAG_STATE: "RUNNING",  # Optuna's state
-                    names.TAG_ROLE: names.ROLE_TRIAL, **dict(tags)}
+                    names.TAG_ROLE: names.ROLE_TRIAL, **dict(tags or {})}
         same_trial = (f"tags.`{names.MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and "
                       f"tags.`{names.TAG_STUDY}` = '{study_name}' and "
                       f"tags.`{names.TAG_TRIAL_NUMBER}` = '{trial_number}'")

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
 from .. import names
-from ..cli import EXIT_OK, add_set_option, print_json
+from ..cli import EXIT_OK, add_set_option, flag_or_env, print_json
 from ..registry import DEFAULT_ALIAS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -65,9 +64,9 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
 
     return {
         "study": args.study or (spec.study.name if spec else None),
-        "storage": args.storage or os.environ.get(names.ENV_OPTUNA_STORAGE)
+        "storage": flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE)
         or (spec.study.storage if spec else DEFAULT_STORAGE),
-        "tracking_uri": args.tracking_uri or os.environ.get(names.ENV_MLFLOW_TRACKING_URI)
+        "tracking_uri": flag_or_env(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI)
         or (spec.tracking.uri if spec else DEFAULT_TRACKING_URI),
         "model_name": args.model_name or (spec.tracking.registered_model if spec else None),
     }
@@ -207,7 +206,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise DataError(p, f"{what}: no such file")
     from ..spec import DEFAULT_TRACKING_URI
 
-    tracking_uri = args.tracking_uri or os.environ.get(names.ENV_MLFLOW_TRACKING_URI) or DEFAULT_TRACKING_URI
+    tracking_uri = flag_or_env(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI) or DEFAULT_TRACKING_URI
     with tempfile.TemporaryDirectory(prefix="siamese-predict-") as tmp:
         model, meta = _load_model(args.model_uri, tracking_uri, tmp)
         (shape_a, dtype_a), (shape_b, dtype_b) = model.inputs[0], model.inputs[-1]

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from .. import names, pruners, samplers
-from ..cli import EXIT_ERROR, EXIT_OK, add_set_option, print_json
+from ..cli import EXIT_ERROR, EXIT_OK, add_set_option, flag_or_env, print_json
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -76,19 +76,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..runner import options_from, run_sweep
 
     options = options_from(spec, trials=args.trials, timeout=args.timeout, workers=args.workers,
-                           storage=_env_or(args.storage, names.ENV_OPTUNA_STORAGE),
-                           tracking_uri=_env_or(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI),
+                           storage=flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE),
+                           tracking_uri=flag_or_env(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI),
                            study_name=args.study, progress=not args.quiet)
     result = run_sweep(spec, options, data=data)
     _report(result.status, args.json)
     return EXIT_OK if result.budget_met or args.timeout else EXIT_ERROR
-
-
-def _env_or(value: str | None, env: str) -> str | None:
-    """Flag, else environment (keeps passwords off command lines), else the spec's value."""
-    import os
-
-    return value or os.environ.get(env) or None
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -105,8 +98,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from ..runner import join_sweep, options_from
 
-    options = options_from(spec, timeout=args.timeout, storage=_env_or(args.storage, names.ENV_OPTUNA_STORAGE),
-                           tracking_uri=_env_or(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI),
+    options = options_from(spec, timeout=args.timeout, storage=flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE),
+                           tracking_uri=flag_or_env(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI),
                            study_name=args.study, progress=False)
     options.worker_index, options.finalize = args.worker_index, not args.no_finalize
     result = join_sweep(spec, options, data=data)
@@ -118,7 +111,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from ..study import load_study, study_status
 
-    storage = _env_or(args.storage, names.ENV_OPTUNA_STORAGE)  # like run/worker: keeps the password off argv
+    storage = flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE)  # like run/worker: keeps the password off argv
     if args.spec or args.overrides or not (storage and args.study):
         spec = _spec(args)
         storage, study = storage or spec.study.storage, args.study or spec.study.name

@@ -49,7 +49,7 @@ def apply(decision: PromotionDecision, facts: Facts, reg: Registry) -> Promotion
                 if str(v.version) != version and v.tags.get(eligible) == names.ELIGIBLE_TRUE:
                     reg.tag(str(v.version), {eligible: f"superseded by forced v{version}"})
         reg.tag(version, {eligible: names.ELIGIBLE_TRUE, note: decision.reason[:MAX_NOTE]})
-        final = converge(reg, alias, key, facts.metric)
+        final = converge(reg, alias=alias, key=key, metric=facts.metric)
     elif not facts.same_model:
         reg.tag(version, {eligible: names.ELIGIBLE_FALSE, note: decision.reason[:MAX_NOTE]})
         final = reg.holder(alias)
@@ -78,10 +78,11 @@ def version_tags(facts: Facts) -> dict[str, str]:
     return tags
 
 
-def converge(reg: Registry, alias: str, key: str, metric: str) -> str | None:
+def converge(reg: Registry, *, alias: str, key: str, metric: str) -> str | None:
     """Set the alias to the best eligible version until a re-read confirms it (see the module docstring)."""
     for _ in range(MAX_ROUNDS):
-        target = best_eligible([(str(v.version), dict(v.tags)) for v in reg.versions()], alias, key, metric)
+        target = best_eligible([(str(v.version), dict(v.tags)) for v in reg.versions()], alias=alias, key=key,
+                               metric=metric)
         holder = reg.holder(alias)
         if target is None or target == holder:
             return holder

@@ -167,7 +167,7 @@ def eval_of(tags: dict[str, str], key: str) -> dict[str, float] | None:
         return None
 
 
-def best_eligible(versions: list[tuple[str, dict[str, str]]], alias: str, key: str, metric: str) -> str | None:
+def best_eligible(versions: list[tuple[str, dict[str, str]]], *, alias: str, key: str, metric: str) -> str | None:
     """The alias's target: among (version, tags) marked eligible with metrics on split `key`, the best (ties:
     the older version)."""
     best: tuple[float, int] | None = None

@@ -66,7 +66,7 @@ def gather(study_name: str, *, storage: str, tracking_uri: str, model_name: str 
     study = load_study(study_name, storage)
     reg = Registry(tracking_uri, model_name or model_name_for(study, study_name))
     trial, skipped = pick_candidate(study, metric)
-    run_id = trial.user_attrs.get(names.TRIAL_ATTR_RUN_ID)
+    run_id: str = trial.user_attrs[names.TRIAL_ATTR_RUN_ID]  # a COMPLETE trial always has its run
     model_uri = trial.user_attrs[names.TRIAL_ATTR_MODEL_URI]
     model_id = model_id_from_uri(model_uri)
     test = build_test_split(trial_config(reg.client, run_id), what=f"trial #{trial.number}",

@@ -97,11 +97,11 @@ def test_best_eligible_is_the_rule_promoters_converge_on() -> None:
                 ("5", _tags("true", None)), ("6", {"siamese_sweep.eligible.champion": "true",
                                                    "siamese_sweep.eval.k1": "not json"}),
                 ("7", _tags("true", {"roc_auc": 0.95}))]
-    assert best_eligible(versions, "champion", "k1", "roc_auc") == "2"  # tie with v7: the older one
-    assert best_eligible(versions, "champion", "k1", "eer") is None  # no eer recorded
+    assert best_eligible(versions, alias="champion", key="k1", metric="roc_auc") == "2"  # tie with v7: the older one
+    assert best_eligible(versions, alias="champion", key="k1", metric="eer") is None  # no eer recorded
     assert best_eligible([("1", _tags("true", {"eer": 0.2})), ("2", _tags("true", {"eer": 0.1}))],
-                         "champion", "k1", "eer") == "2"
-    assert best_eligible([], "champion", "k1", "roc_auc") is None
+                         alias="champion", key="k1", metric="eer") == "2"
+    assert best_eligible([], alias="champion", key="k1", metric="roc_auc") is None
 
 
 def test_rollback_decisions() -> None:

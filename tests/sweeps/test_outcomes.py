@@ -54,3 +54,14 @@ def test_only_outside_stops_are_retried_and_the_reconciler_ends_what_the_trial_c
     left = [o for o in outcomes.OUTCOMES if not o.ends_run and o.run_status is not None]
     assert {o.reason for o in left} == {"tracking_unavailable", "stale_heartbeat"}
     assert {o.run_status for o in left} == {outcomes.ORPHANED_RUN_STATUS}
+
+
+def test_a_new_exception_type_is_one_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows carry the exception types that lead to them: adding a reason is adding a row (before CRASH)."""
+    class DiskFull(OSError):
+        pass
+
+    row = outcomes.Outcome("disk_full", "FAIL", "FAILED", True, True, "no space left", raised_by=(DiskFull,))
+    monkeypatch.setattr(outcomes, "OUTCOMES", (*outcomes.OUTCOMES[:-1], row, outcomes.CRASH))
+    assert outcomes.classify(DiskFull()) is row
+    assert outcomes.classify(OSError()).reason == "OSError"
