@@ -14,7 +14,9 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from .names import ENV_TF_CPP_MIN_LOG_LEVEL
+
+os.environ.setdefault(ENV_TF_CPP_MIN_LOG_LEVEL, "2")  # before anything imports TensorFlow
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_FINDINGS = 0, 1, 2, 3
 
