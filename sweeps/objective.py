@@ -26,7 +26,7 @@ from siamese_core.errors import ConfigError
 
 from . import artifacts, modelio, names, outcomes, space
 from .directions import TRIAL_METRICS
-from .errors import InvalidTrialConfig, NonFiniteObjective
+from .errors import Interrupted, InvalidTrialConfig, NonFiniteObjective
 from .outcomes import Outcome
 from .secrets import mask_secrets
 from .signals import StopRequest, begin_cleanup, stop_check_callback
@@ -109,6 +109,10 @@ class Objective:
             outcome, cause = attempt.settle(exc)
             if outcome.state == outcomes.PRUNED_STATE:
                 raise optuna.TrialPruned(str(cause)) from None
+            if outcome.reason == outcomes.INTERRUPTED.reason and not isinstance(cause, KeyboardInterrupt):
+                # the signal's exception came back as another type: Optuna would catch that and the worker
+                # would start the next trial (the queued retry) with the stop already spent
+                raise Interrupted(f"received signal {StopRequest.signum}") from cause
             if cause is exc:
                 raise
             raise cause from exc

@@ -64,6 +64,28 @@ def test_a_swallowed_signal_exception_still_stops_training_at_the_next_batch() -
         StopRequest.reset()
 
 
+def test_a_stop_that_surfaced_as_another_exception_still_stops_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal's exception can come back wrapped (seen under load): the trial is `interrupted`, and Optuna
+    must see a KeyboardInterrupt, or it would catch the error and the worker would start the next trial."""
+    from sweeps import objective
+    from sweeps.signals import StopRequest
+
+    def wrapped(self: objective.TrialAttempt) -> float:
+        StopRequest.requested, StopRequest.signum = True, signal.SIGTERM  # the handler ran; its exception is lost
+        raise RuntimeError("an error raised while the signal was being handled")
+
+    recorded = []
+    monkeypatch.setattr(objective.TrialAttempt, "run", wrapped)
+    monkeypatch.setattr(objective.TrialAttempt, "_fail", lambda self, outcome, exc: recorded.append(outcome.reason))
+    study = optuna.create_study()
+    try:
+        with pytest.raises(KeyboardInterrupt, match="signal 15"):
+            study.optimize(objective.Objective(ctx=None), n_trials=2, catch=(Exception,))  # type: ignore[arg-type]
+    finally:
+        StopRequest.reset()
+    assert recorded == ["interrupted"] and [t.state for t in study.trials] == [S.FAIL]
+
+
 # ------------------------------------------------------------------ retries of trials
 def _running_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
