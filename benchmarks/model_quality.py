@@ -42,6 +42,7 @@ def main() -> None:
     args = ap.parse_args()
     import optuna
 
+    from sweeps import names
     from sweeps.spec import load_spec
     from sweeps.specs import resolve_spec_path
 
@@ -57,8 +58,8 @@ def main() -> None:
     rows: list[list[Any]] = [[f"sweep best (trial {best.number}: "
                               + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                           for k, v in best.params.items()) + ")",
-                              best.user_attrs["test_pair_accuracy"], best.user_attrs["test_roc_auc"],
-                              best.user_attrs["test_eer"]]]
+                              *(best.user_attrs[names.TRIAL_ATTR_TEST_PREFIX + m]
+                                for m in ("pair_accuracy", "roc_auc", "eer"))]]
     ref = [str(HERE / "reference_keras_io.py"), "--epochs", str(epochs), "--pairs", str(pairs), "--seed", str(seed)]
     for child in ("ours", "keras_io"):
         r = run_child([*ref, "--child", child])

@@ -55,6 +55,7 @@ def child_optuna(method: str, seed: int, budget: float, base: dict[str, Any]) ->
     """One siamese-sweep study; epoch times come from the MLflow metric history."""
     from mlflow import MlflowClient
 
+    from sweeps import names
     from sweeps.runner import options_from, run_sweep
     from sweeps.spec import spec_from_dict
 
@@ -76,15 +77,16 @@ def child_optuna(method: str, seed: int, budget: float, base: dict[str, Any]) ->
     result = run_sweep(spec, opts)
     client = MlflowClient(tracking)
     epochs: list[dict[str, Any]] = []
-    runs = client.search_runs([result.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+    runs = client.search_runs([result.experiment_id],
+                              filter_string=f"tags.`{names.MLFLOW_PARENT_RUN_ID}` = '{result.parent_run_id}'")
     states: dict[str, int] = {}
     epochs_run = 0
     for run in runs:
         hist = client.get_metric_history(run.info.run_id, "val_roc_auc")
         epochs_run += len(hist)
-        state = run.data.tags.get("optuna.state", "?")
+        state = run.data.tags.get(names.TAG_STATE, "?")
         states[state] = states.get(state, 0) + 1
-        trial = int(run.data.tags.get("optuna.trial_number", -1))
+        trial = int(run.data.tags.get(names.TAG_TRIAL_NUMBER, -1))
         epochs += [{"t": m.timestamp / 1000.0 - t0, "auc": m.value, "trial": trial, "epoch": m.step} for m in hist]
     return {"epochs": epochs, "trials": len(runs), "states": states, "epochs_run": epochs_run,
             "max_epochs": base["epochs"]}

@@ -103,7 +103,8 @@ def write_trial_artifacts(result: Any, directory: Path, *, plots: bool = True) -
         _safe("curves", plot_curves, result.history, directory / "curves.png") if result.history else None,
         _safe("distance histogram", lambda: plot_distance_histogram(
             arrays["distances"], arrays["labels"], directory / "distance_histogram.png",
-            threshold=result.threshold, higher_is_same=result.models.higher_is_same)) if "distances" in arrays else None,
+            threshold=result.threshold, higher_is_same=result.models.higher_is_same))
+        if "distances" in arrays else None,
         _safe("embedding projection", plot_embeddings, arrays["embeddings"], arrays["embedding_labels"],
               directory / "embeddings_pca.png") if "embeddings" in arrays else None,
     ]
@@ -117,9 +118,10 @@ def write_study_artifacts(study: Any, directory: Path, *, plots: bool = True) ->
     directory.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     table = directory / "trials.csv"
-    study.trials_dataframe(attrs=("number", "value", "values", "state", "params", "user_attrs", "duration")
-                           if study._is_multi_objective() else
-                           ("number", "value", "state", "params", "user_attrs", "duration")).to_csv(table, index=False)
+    multi_objective = len(study.directions) > 1
+    columns = ("number", "value", "values", "state", "params", "user_attrs", "duration") if multi_objective else \
+        ("number", "value", "state", "params", "user_attrs", "duration")
+    study.trials_dataframe(attrs=columns).to_csv(table, index=False)
     files.append(table)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not plots or not complete:
@@ -127,14 +129,14 @@ def write_study_artifacts(study: Any, directory: Path, *, plots: bool = True) ->
     from optuna.visualization import matplotlib as ovm
 
     plt = _plt()
-    targets = [None] if not study._is_multi_objective() else [lambda t: t.values[0]]
+    targets = [lambda t: t.values[0]] if multi_objective else [None]
     plotters = {
         "optimization_history": lambda: ovm.plot_optimization_history(study, target=targets[0]),
         "param_importances": lambda: ovm.plot_param_importances(study, target=targets[0]),
         "parallel_coordinate": lambda: ovm.plot_parallel_coordinate(study, target=targets[0]),
         "intermediate_values": lambda: ovm.plot_intermediate_values(study),
     }
-    if study._is_multi_objective():
+    if multi_objective:
         plotters["pareto_front"] = lambda: ovm.plot_pareto_front(study)
     for name, make in plotters.items():
         def draw(name: str = name, make: Any = make) -> Path:

@@ -8,7 +8,9 @@ from typing import Any
 import keras
 import optuna
 
-from .tracking import TrackingUnavailable, TrialRun
+from . import names
+from .errors import TrackingUnavailable
+from .tracking import TrialRun
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
 
     def on_finding(self, finding: Any) -> None:
         try:
-            self.run.set_tags({f"diagnostics.{finding.code}": finding.severity})
+            self.run.set_tags({names.diagnostic_tag(finding.code): finding.severity})
         except TrackingUnavailable as exc:
             log.warning("could not tag finding %s: %s", finding.code, exc)
 

@@ -13,7 +13,9 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from .names import ENV_TF_CPP_MIN_LOG_LEVEL
+
+os.environ.setdefault(ENV_TF_CPP_MIN_LOG_LEVEL, "2")  # before anything imports TensorFlow
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_FINDINGS = 0, 1, 2, 3
 
@@ -32,6 +34,11 @@ def print_json(data: Any) -> None:
 def _one_line(text: str) -> str:
     """Input errors are one line (a key may contain a newline)."""
     return " ".join(text.split("\n"))
+
+
+def flag_or_env(value: str | None, env: str) -> str | None:
+    """A flag's value, else the environment's (keeps passwords off command lines), else None."""
+    return value or os.environ.get(env) or None
 
 
 def add_set_option(parser: argparse.ArgumentParser, *, what: str = "config") -> None:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import keras_tuner as kt
 import optuna
-from keras_tuner.src.engine import hyperparameters as hp_types
+from keras_tuner.engine import hyperparameters as hp_types  # the public export of the hyperparameter types
 
 from siamese_core.errors import ConfigError
 
@@ -41,6 +41,10 @@ class OptunaHyperParameters(kt.HyperParameters):
         super().__init__(**kwargs)
         self.trial = trial
 
+    # KerasTuner has no public hook for "answer a hyperparameter when it is declared": every public
+    # hp.Int/Float/Choice/Boolean/Fixed builds the hyperparameter (name scopes and conditions applied) and
+    # passes it to `_retrieve`, the one place that sees it whole. Overriding the public methods instead
+    # would re-implement name scopes and conditional scopes. tests/sweeps/test_spec_space.py pins this.
     def _retrieve(self, hp: Any) -> Any:
         value = super()._retrieve(hp)  # registers hp; None when its condition is inactive
         if value is None and not self.is_active(hp):

@@ -28,12 +28,14 @@ from typing import Any
 
 import numpy as np
 
+from . import names
+from .registry import logged_model_uri
+
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "model"
-FLAVOR_NAME = "keras+pyfunc"
+FLAVOR_NAME = names.FLAVOR_KERAS_PYFUNC
 REFERENCE_ROWS = 256
-_PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 # models serve with --env-manager local uses this environment; the project itself (siamese-sweep, which
 # provides siamese_core and sweeps.serving) must be installed wherever the model is loaded.
 _PINNED = (("tensorflow-cpu", "tensorflow"), ("keras", None), ("mlflow", None), ("numpy", None), ("pandas", None))
@@ -54,13 +56,13 @@ def pip_requirements() -> list[str]:
 def model_metadata(result: Any) -> dict[str, Any]:
     """What a user of the model needs besides the weights."""
     return {
-        "siamese.threshold": float(result.threshold),
-        "siamese.higher_is_same": bool(result.models.higher_is_same),
-        "siamese.distance": result.config.distance,
-        "siamese.dataset_fingerprint": result.data_info.fingerprint,
-        "siamese.input_shapes": [list(s) for s in result.data_info.input_shapes],
-        "siamese.input_kind": result.data_info.kind,
-        "siamese.value_range": [float(v) for v in result.data_info.value_range],
+        names.TAG_THRESHOLD: float(result.threshold),
+        names.TAG_HIGHER_IS_SAME: bool(result.models.higher_is_same),
+        names.TAG_DISTANCE: result.config.distance,
+        names.TAG_DATASET_FINGERPRINT: result.data_info.fingerprint,
+        names.TAG_INPUT_SHAPES: [list(s) for s in result.data_info.input_shapes],
+        names.TAG_INPUT_KIND: result.data_info.kind,
+        names.TAG_VALUE_RANGE: [float(v) for v in result.data_info.value_range],
     }
 
 
@@ -117,15 +119,15 @@ def save_model_dir(result: Any, path: Path, *, model_id: str | None = None, run_
 @contextlib.contextmanager
 def quiet_artifacts() -> Iterator[None]:
     """No tqdm progress bars while MLflow copies a handful of small files."""
-    old = os.environ.get(_PROGRESS_ENV)
-    os.environ[_PROGRESS_ENV] = "false"
+    old = os.environ.get(names.ENV_MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR)
+    os.environ[names.ENV_MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR] = "false"
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop(_PROGRESS_ENV, None)
+            os.environ.pop(names.ENV_MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, None)
         else:
-            os.environ[_PROGRESS_ENV] = old
+            os.environ[names.ENV_MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR] = old
 
 
 @contextlib.contextmanager
@@ -148,7 +150,7 @@ def log_trial_model(client: Any, *, run_id: str, experiment_id: str, result: Any
     meta = model_metadata(result)
     logged = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id,
                                         params={k: str(v) for k, v in meta.items()},
-                                        tags={"mlflow.source.flavor": FLAVOR_NAME})
+                                        tags={names.TAG_FLAVOR: FLAVOR_NAME})
     try:
         with tempfile.TemporaryDirectory(prefix="siamese-mlmodel-") as tmp:
             local = save_model_dir(result, Path(tmp) / "model", model_id=logged.model_id, run_id=run_id,
@@ -162,12 +164,5 @@ def log_trial_model(client: Any, *, run_id: str, experiment_id: str, result: Any
             log.warning("could not mark logged model %s FAILED", logged.model_id)
         raise
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step)])
-    return f"models:/{logged.model_id}"
+    return logged_model_uri(logged.model_id)
 
-
-def model_id_from_uri(uri: str) -> str | None:
-    """``models:/m-abc`` -> ``m-abc``; None for registry URIs (``models:/name/1``, ``models:/name@alias``)."""
-    if not uri.startswith("models:/"):
-        return None
-    rest = uri[len("models:/"):].strip("/")
-    return rest if rest and "/" not in rest and "@" not in rest else None

@@ -1,25 +1,13 @@
 """One Optuna trial = one `siamese_core.train` run, tracked in one MLflow child run.
 
-Outcomes and how they are recorded:
+`Objective` is what ``study.optimize`` calls; every call makes a `TrialAttempt`, which holds what
+belongs to that one trial (its checkpoint folder, its MLflow run). How a trial ends — Optuna state,
+MLflow run status, retried or not — is data in `sweeps.outcomes`; this module only carries it out.
 
-=====================  ===============  ==================  ==========================
-what happened          Optuna state     MLflow run status   reason tag (optuna.reason)
-=====================  ===============  ==================  ==========================
-trained, all logged    COMPLETE         FINISHED            -
-pruner stopped it      PRUNED           FINISHED            ``pruned``
-diagnostic fatal       PRUNED           FAILED              the code (``nan_loss``...)
-invalid combination    FAIL             FAILED              ``invalid_config``
-crash                  FAIL             FAILED              exception type
-MLflow down            FAIL             KILLED (reconciled) ``tracking_unavailable``
-Ctrl-C / SIGTERM       FAIL             KILLED              ``interrupted``
-worker died (SIGKILL)  FAIL (stale)     KILLED (reconciled) ``stale_heartbeat``
-=====================  ===============  ==================  ==========================
-
-Trials stopped from outside (interrupted, MLflow down, worker died) are queued
-again with the same parameters; the retry records the original in the system
-attr ``failed_trial`` and the run tag ``optuna.retry_of``, and resumes from the
-original's last epoch checkpoint (``<checkpoint root>/trial-<original number>``).
-Checkpoints are deleted once a trial is COMPLETE, PRUNED or failed for its own reasons.
+Trials stopped from outside (interrupted, MLflow down, worker died) are queued again with the same
+parameters; the retry records the original in the system attr ``failed_trial`` and the run tag
+``siamese_sweep.retry_of``, and resumes from the original's last epoch checkpoint
+(``<checkpoint root>/trial-<original number>``).
 """
 from __future__ import annotations
 
@@ -27,39 +15,30 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import optuna
 
-from siamese_core.errors import ConfigError, InputError, TrainingFailed
+from siamese_core.errors import ConfigError
 
-from . import artifacts, modelio, space
+from . import artifacts, modelio, names, outcomes, space
+from .directions import TRIAL_METRICS
+from .errors import Interrupted, InvalidTrialConfig, NonFiniteObjective
+from .outcomes import Outcome
 from .secrets import mask_secrets
-from .spec import TRIAL_METRICS, SweepSpec
-from .storage import requeue_trial, retried_trial_number
-from .tracking import (RUN_FAILED, RUN_FINISHED, RUN_KILLED, TAG_REASON, TAG_RETRY_OF, TAG_STATE, Tracker,
-                       TrackingUnavailable, TrialRun)
+from .signals import StopRequest, begin_cleanup, stop_check_callback
+from .spec import SweepSpec
+from .storage import frozen_trial, requeue_trial, retried_trial_number
+from .tracking import Tracker, TrialRun
 
 log = logging.getLogger(__name__)
 
-USER_ATTR_RUN = "mlflow_run_id"
-USER_ATTR_REASON = "reason"
-USER_ATTR_MODEL = "model_uri"
-USER_ATTR_DIAGNOSTIC_ERRORS = "diagnostics_errors"  # error-severity finding codes; `promote` skips such trials
-REASON_TRACKING_DOWN_AT_START = "tracking_unavailable_at_start"
-REASON_TRACKING_DOWN = "tracking_unavailable"
-REASON_INTERRUPTED = "interrupted"
-# stopped from outside the trial: queue it again with the same params (its checkpoint is kept)
-RETRY_REASONS = (REASON_INTERRUPTED, REASON_TRACKING_DOWN, REASON_TRACKING_DOWN_AT_START)
-
-
-USER_ATTR_WORKER = "worker"
-TAG_WORKER = "siamese_sweep.worker"
-TAG_ALLOCATOR = "siamese_sweep.allocator"            # siamese_core.allocator.state() in the worker
-TAG_ALLOCATOR_REFAULTS = "siamese_sweep.allocator_refaults"  # allocator.probe(): ~0 tuned, ~1 untuned
+MAX_DETAIL = 1000  # characters of the reason's message kept in the run tag
+# copied from the original by a retry, but not true of it
+_NOT_INHERITED = (names.TRIAL_ATTR_RUN_ID, names.TRIAL_ATTR_REASON, names.TRIAL_ATTR_MODEL_URI)
 
 
 def worker_id() -> str:
@@ -74,47 +53,7 @@ def allocator_tags() -> dict[str, str]:
     """The memory allocator as it is in this (worker) process: the setting and a measured re-fault share."""
     from siamese_core import allocator
 
-    return {TAG_ALLOCATOR: allocator.state(), TAG_ALLOCATOR_REFAULTS: f"{allocator.probe():.3f}"}
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM/SIGINT during a trial (a KeyboardInterrupt so Optuna marks the trial FAIL)."""
-
-
-class StopRequest:
-    """A stop asked for by a signal, for when raising from the signal handler is not enough.
-
-    Python runs a signal handler at the next bytecode, which may be inside a ``__del__`` or a
-    weakref callback (SQLAlchemy has plenty); an exception raised there is printed and *ignored*,
-    and training would go on as if nothing happened. So the handler also sets `requested`, and
-    training checks it after every batch (`check`). Once the trial is being cleaned up
-    (`cleaning`), further signals are ignored so they cannot cut the clean-up short.
-    """
-
-    requested: bool = False
-    cleaning: bool = False
-    signum: int = 0
-
-    @classmethod
-    def check(cls) -> None:
-        if cls.requested and not cls.cleaning:
-            raise Interrupted(f"received signal {cls.signum}")
-
-    @classmethod
-    def reset(cls) -> None:
-        cls.requested = cls.cleaning = False
-        cls.signum = 0
-
-
-def stop_check_callback() -> Any:
-    """A Keras callback that turns a pending stop request into `Interrupted` at a batch boundary."""
-    import keras
-
-    class StopCheck(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-            StopRequest.check()
-
-    return StopCheck()
+    return {names.TAG_ALLOCATOR: allocator.state(), names.TAG_ALLOCATOR_REFAULTS: f"{allocator.probe():.3f}"}
 
 
 def measure_latency_ms(result: Any, *, batch: int = 64, repeats: int = 3) -> float:
@@ -130,15 +69,11 @@ def measure_latency_ms(result: Any, *, batch: int = 64, repeats: int = 3) -> flo
     return float(np.median(times) / batch * 1000.0)
 
 
-def objective_values(spec: SweepSpec, result: Any, extra: dict[str, float]) -> list[float]:
+def objective_values(spec: SweepSpec, result: Any, measured: dict[str, float]) -> list[float]:
+    """The study's objectives: last-epoch history values, or values `measured` per trial (`TRIAL_METRICS`)."""
     last = result.history[-1] if result.history else {}
-    values = []
-    for metric in spec.study.objective_metrics:
-        if metric in TRIAL_METRICS:
-            values.append(float(extra[metric]))
-        else:
-            values.append(float(last.get(metric, float("nan"))))
-    return values
+    return [float(measured[m]) if m in TRIAL_METRICS else float(last.get(m, float("nan")))
+            for m in spec.study.objective_metrics]
 
 
 @dataclass
@@ -152,7 +87,10 @@ class TrialContext:
     study_name: str
     load_data: Callable[[Any], Any]
     checkpoint_root: Path | None = None
-    extra_callbacks: list[Any] = field(default_factory=list)
+
+    def checkpoint_dir(self, original_number: int) -> Path | None:
+        """Keyed by the original trial's number, so a retry finds the epochs its original saved."""
+        return None if self.checkpoint_root is None else self.checkpoint_root / f"trial-{original_number}"
 
 
 class Objective:
@@ -162,42 +100,199 @@ class Objective:
         self.ctx = ctx
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        ctx = self.ctx
-        frozen = trial.study._storage.get_trial(trial._trial_id)
-        retry_of = retried_trial_number(frozen)
-        if retry_of is not None and frozen.user_attrs.get(USER_ATTR_RUN):
-            trial.set_user_attr(USER_ATTR_RUN, "")  # copied from the original: not this trial's run
-        self.checkpoint = self._checkpoint_dir(trial.number if retry_of is None else retry_of)
-        overrides = space.sample_overrides(trial, ctx.spec)
-        if ctx.spec.hypermodel:
-            overrides.update(self._hypermodel_overrides(trial))
-        tags: dict[str, Any] = {TAG_WORKER: worker_id(), **allocator_tags()}
-        if retry_of is not None:
-            tags[TAG_RETRY_OF] = retry_of
-        trial.set_user_attr(USER_ATTR_WORKER, tags[TAG_WORKER])  # which machine/process ran it (ops, tests)
+        attempt = TrialAttempt(self.ctx, trial)
         try:
-            run = ctx.tracker.start_trial_run(ctx.experiment_id, ctx.parent_run_id, study_name=ctx.study_name,
-                                              trial_number=trial.number, tags=tags)
-        except TrackingUnavailable:
-            trial.set_user_attr(USER_ATTR_REASON, REASON_TRACKING_DOWN_AT_START)
-            self._requeue(trial)
-            raise
-        trial.set_user_attr(USER_ATTR_RUN, run.run_id)  # overwrites the attr a retry copies from its original
+            values = attempt.run()
+            attempt.conclude(outcomes.COMPLETED)
+            return values
+        except BaseException as exc:  # noqa: BLE001 - every end is recorded, then re-raised for Optuna
+            outcome, cause = attempt.settle(exc)
+            if outcome.state == outcomes.PRUNED_STATE:
+                raise optuna.TrialPruned(str(cause)) from None
+            if outcome.reason == outcomes.INTERRUPTED.reason and not isinstance(cause, KeyboardInterrupt):
+                # the signal's exception came back as another type: Optuna would catch that and the worker
+                # would start the next trial (the queued retry) with the stop already spent
+                raise Interrupted(f"received signal {StopRequest.signum}") from cause
+            if cause is exc:
+                raise
+            raise cause from exc
+
+
+class TrialAttempt:
+    """One trial in this worker: its checkpoint, its MLflow run, and how it ended."""
+
+    def __init__(self, ctx: TrialContext, trial: optuna.Trial) -> None:
+        self.ctx = ctx
+        self.trial = trial
+        self.checkpoint: Path | None = None
+        self.retry_of: int | None = None
+        self.mlflow_run: TrialRun | None = None
+
+    # ------------------------------------------------------------------ config -> train -> log result
+    def run(self) -> float | list[float]:
+        """Train and log the trial; returns its objective value(s), raises for any other outcome."""
+        from siamese_core.training import train
+
+        from .callbacks import MlflowEpochLogger, OptunaReporter  # import Keras: only once a trial runs
+
+        overrides = self._begin()
+        run = self.mlflow_run = self._start_run()
         try:
-            return self._run(trial, run, overrides)
-        except optuna.TrialPruned:
-            self._clear_checkpoint()
-            raise
-        except BaseException as exc:
-            self._record_failure(trial, run, exc)
-            raise
+            config = space.trial_config(self.ctx.spec, overrides)
+        except ConfigError as exc:
+            raise InvalidTrialConfig(str(exc)) from None
+        data = self.ctx.load_data(config)
+        self._log_inputs(run, config, data)
+        study = self.ctx.spec.study
+        callbacks: list[Any] = [stop_check_callback(), MlflowEpochLogger(run)]
+        if not study.multi_objective:
+            callbacks.append(OptunaReporter(self.trial, study.objective_metrics[0]))
+        result = train(config, callbacks=callbacks, data=data, checkpoint_dir=self.checkpoint)
+        measured = {"params": float(result.models.training.count_params()), "train_seconds": float(result.seconds),
+                    "latency_ms": measure_latency_ms(result)}
+        values = objective_values(self.ctx.spec, result, measured)
+        if not all(math.isfinite(v) for v in values):
+            raise NonFiniteObjective(f"objective {list(study.objective_metrics)} = {values}")
+        self._log_result(run, result, measured)
+        return values[0] if len(values) == 1 else values
+
+    def _begin(self) -> dict[str, Any]:
+        """Find out whether this trial repeats another, and sample its train-config overrides."""
+        trial, spec = self.trial, self.ctx.spec
+        frozen = frozen_trial(trial)
+        self.retry_of = retried_trial_number(frozen)
+        if self.retry_of is not None and frozen.user_attrs.get(names.TRIAL_ATTR_RUN_ID):
+            trial.set_user_attr(names.TRIAL_ATTR_RUN_ID, "")  # copied from the original: not this trial's run
+        self.checkpoint = self.ctx.checkpoint_dir(trial.number if self.retry_of is None else self.retry_of)
+        overrides = space.sample_overrides(trial, spec)
+        if spec.hypermodel:
+            overrides.update(self._hypermodel_overrides())
+        return overrides
+
+    def _hypermodel_overrides(self) -> dict[str, Any]:
+        """Build the KerasTuner-style encoder for this trial; train-config hyperparameters become overrides."""
+        from . import hypermodel
+
+        spec = self.ctx.spec
+        model, overrides = hypermodel.build_for_trial(self.trial, spec.hypermodel or "", set(spec.base.flat()))
+        hypermodel.set_current_encoder(model)
+        return {**overrides, "encoder.type": hypermodel.CURRENT_ENCODER}
+
+    def _start_run(self) -> TrialRun:
+        ctx, trial = self.ctx, self.trial
+        tags: dict[str, Any] = {names.TAG_WORKER: worker_id(), **allocator_tags()}
+        if self.retry_of is not None:
+            tags[names.TAG_RETRY_OF] = self.retry_of
+        trial.set_user_attr(names.TRIAL_ATTR_WORKER, tags[names.TAG_WORKER])  # which machine/process ran it
+        run = ctx.tracker.start_trial_run(ctx.experiment_id, ctx.parent_run_id, study_name=ctx.study_name,
+                                          trial_number=trial.number, tags=tags)
+        trial.set_user_attr(names.TRIAL_ATTR_RUN_ID, run.run_id)
+        return run
+
+    def _log_inputs(self, run: TrialRun, config: Any, data: Any) -> None:
+        params = dict(config.flat())
+        params["dataset.fingerprint"] = data.info.fingerprint
+        params["dataset.source"] = data.info.source
+        run.log_params(params)
+        run.set_tags({names.TAG_SAMPLED_PARAMS: ",".join(sorted(self.trial.params))})
+        hp_only = {f"hp.{k}": v for k, v in self.trial.params.items() if k not in params}
+        if hp_only:
+            run.log_params({**hp_only, "hypermodel": self.ctx.spec.hypermodel})
+
+    def _log_result(self, run: TrialRun, result: Any, measured: dict[str, float]) -> None:
+        """Everything a COMPLETE trial promises: metrics, artifacts, the model, then the trial's attrs."""
+        ctx, trial = self.ctx, self.trial
+        if result.resumed_from_epoch:
+            # the epochs restored from the checkpoint were logged to the original trial's run, not this one
+            for row in result.history[:result.resumed_from_epoch]:
+                run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+            run.set_tags({names.TAG_RESUMED_FROM_EPOCH: result.resumed_from_epoch})
+            trial.set_user_attr(names.TRIAL_ATTR_RESUMED_FROM_EPOCH, int(result.resumed_from_epoch))
+        final = {f"test_{k}": v for k, v in result.test.items()}
+        final.update({"threshold": result.threshold, **measured})
+        run.log_metrics(final, step=len(result.history))
+        with tempfile.TemporaryDirectory(prefix="siamese-trial-") as tmp:
+            artifacts.write_trial_artifacts(result, Path(tmp), plots=ctx.spec.tracking.log_plots)
+            run.log_artifacts(tmp)
+        if ctx.spec.tracking.log_models:
+            uri = ctx.tracker.retry("log model", lambda: modelio.log_trial_model(
+                ctx.tracker.client, run_id=run.run_id, experiment_id=ctx.experiment_id, result=result,
+                step=len(result.history)))
+            trial.set_user_attr(names.TRIAL_ATTR_MODEL_URI, uri)
+        run.set_tags({names.diagnostic_tag(f.code): f.severity for f in result.findings})
+        run.flush()  # raises TrackingUnavailable: then the trial is FAIL, never COMPLETE with missing data
+        for key in ("pair_accuracy", "roc_auc", "eer"):
+            trial.set_user_attr(names.TRIAL_ATTR_TEST_PREFIX + key, float(result.test[key]))
+        trial.set_user_attr(names.TRIAL_ATTR_THRESHOLD, float(result.threshold))
+        trial.set_user_attr(names.TRIAL_ATTR_DATASET_FINGERPRINT, result.data_info.fingerprint)
+        trial.set_user_attr(names.TRIAL_ATTR_DIAGNOSTIC_ERRORS,
+                            sorted({f.code for f in result.findings if f.is_error}))
+
+    # ------------------------------------------------------------------ recording the outcome
+    def conclude(self, outcome: Outcome, *, detail: str = "") -> None:
+        """Record a COMPLETE or PRUNED outcome. An error here (MLflow down) is raised: the trial becomes FAIL."""
+        if outcome.state != outcomes.COMPLETE:
+            self.trial.set_user_attr(names.TRIAL_ATTR_REASON, outcome.reason)
+        if self.mlflow_run is not None:
+            self._end_run(self.mlflow_run, outcome, detail)
+        self._settle_checkpoint(outcome)
+
+    def settle(self, exc: BaseException) -> tuple[Outcome, BaseException]:
+        """Record the outcome `exc` stands for; returns it and the exception Optuna should see."""
+        outcome = self._classify(exc)
+        if outcome.state != outcomes.FAIL:
+            try:
+                self.conclude(outcome, detail=str(exc))
+                return outcome, exc
+            except BaseException as lost:  # noqa: BLE001 - e.g. MLflow refused to end the run
+                exc, outcome = lost, self._classify(lost)
+        self._fail(outcome, exc)
+        return outcome, exc
+
+    def _classify(self, exc: BaseException) -> Outcome:
+        outcome = outcomes.classify(exc, stop_requested=StopRequest.requested, run_started=self.mlflow_run is not None)
+        if outcome.reason == outcomes.INTERRUPTED.reason:
+            begin_cleanup()  # a second signal must not cut the clean-up short
+        return outcome
+
+    def _fail(self, outcome: Outcome, exc: BaseException) -> None:
+        """Record a FAIL outcome; errors on the way are logged, never raised over the original one."""
+        try:
+            self.trial.set_user_attr(names.TRIAL_ATTR_REASON, outcome.reason)
+        except Exception:  # noqa: BLE001 - storage trouble must not hide the original error
+            log.warning("could not record the failure reason of trial %d in Optuna", self.trial.number)
+        self._settle_checkpoint(outcome)
+        run = self.mlflow_run
+        if run is None or run.closed:
+            return
+        if not outcome.ends_run:
+            # MLflow just refused calls for the whole retry budget: don't spend it again on tags and end_run.
+            log.warning("trial %d failed (%s); run %s is ended %s once MLflow answers", self.trial.number,
+                        outcome.reason, run.run_id, outcome.run_status)
+            return
+        try:
+            self._end_run(run, outcome, f"{type(exc).__name__}: {exc}")
+        except Exception as end_exc:  # noqa: BLE001
+            log.warning("could not end MLflow run %s as %s: %s", run.run_id, outcome.run_status, end_exc)
+
+    def _end_run(self, run: TrialRun, outcome: Outcome, detail: str) -> None:
+        tags: dict[str, Any] = {names.TAG_STATE: outcome.state}
+        if outcome.state != outcomes.COMPLETE:
+            tags[names.TAG_REASON] = outcome.reason
+        if detail:
+            tags[names.TAG_REASON_DETAIL] = mask_secrets(detail)[:MAX_DETAIL]
+        try:
+            run.set_tags(tags)
+        finally:
+            run.end(outcome.run_status or outcomes.ORPHANED_RUN_STATUS)
 
     # ------------------------------------------------------------------ checkpoints and retries
-    checkpoint: Path | None = None
-
-    def _checkpoint_dir(self, original_number: int) -> Path | None:
-        root = self.ctx.checkpoint_root
-        return None if root is None else root / f"trial-{original_number}"
+    def _settle_checkpoint(self, outcome: Outcome) -> None:
+        """A retried trial keeps its checkpoint for the retry; any other end deletes it."""
+        if outcome.retried:
+            self._requeue()
+        else:
+            self._clear_checkpoint()
 
     def _clear_checkpoint(self) -> None:
         if self.checkpoint is None:
@@ -210,146 +305,16 @@ class Objective:
         except OSError:
             pass
 
-    def _requeue(self, trial: optuna.Trial) -> None:
+    def _requeue(self) -> None:
         """Queue this trial again (same params) while it is still RUNNING, so the budget count never dips."""
+        trial, max_retries = self.trial, self.ctx.spec.study.max_retries
         try:
-            frozen = trial.study._storage.get_trial(trial._trial_id)
-            queued = requeue_trial(trial.study, frozen, max_retries=self.ctx.spec.study.max_retries,
-                                   drop_user_attrs=(USER_ATTR_RUN, USER_ATTR_REASON, USER_ATTR_MODEL))
-            if queued:
-                log.info("trial %d queued again with the same parameters", trial.number)
-            else:
-                log.warning("trial %d was retried %d times already; not queued again", trial.number,
-                            self.ctx.spec.study.max_retries)
+            queued = requeue_trial(trial.study, frozen_trial(trial), max_retries=max_retries,
+                                   drop_user_attrs=_NOT_INHERITED)
         except Exception as exc:  # noqa: BLE001 - storage trouble must not hide the original error
             log.warning("could not queue trial %d again: %s", trial.number, exc)
-
-    def _hypermodel_overrides(self, trial: optuna.Trial) -> dict[str, Any]:
-        """Build the KerasTuner-style encoder for this trial; train-config hyperparameters become overrides."""
-        from . import hypermodel
-
-        train_keys = set(self.ctx.spec.base.flat())
-        model, overrides = hypermodel.build_for_trial(trial, self.ctx.spec.hypermodel or "", train_keys)
-        hypermodel.set_current_encoder(model)
-        return {**overrides, "encoder.type": hypermodel.CURRENT_ENCODER}
-
-    # ------------------------------------------------------------------
-    def _run(self, trial: optuna.Trial, run: TrialRun, overrides: dict[str, Any]) -> float | list[float]:
-        ctx = self.ctx
-        from siamese_core.training import train
-
-        try:
-            config = space.trial_config(ctx.spec, overrides)
-        except ConfigError as exc:
-            raise InvalidTrialConfig(str(exc)) from None
-        data = ctx.load_data(config)
-        params = dict(config.flat())
-        params["dataset.fingerprint"] = data.info.fingerprint
-        params["dataset.source"] = data.info.source
-        run.log_params(params)
-        run.set_tags({"sampled_params": ",".join(sorted(trial.params))})
-        hp_only = {f"hp.{k}": v for k, v in trial.params.items() if k not in params}
-        if hp_only:
-            run.log_params({**hp_only, "hypermodel": ctx.spec.hypermodel})
-
-        from .callbacks import MlflowEpochLogger, OptunaReporter  # imports Keras: only once a trial runs
-
-        callbacks: list[Any] = [stop_check_callback(), MlflowEpochLogger(run)]
-        if not ctx.spec.study.multi_objective:
-            callbacks.append(OptunaReporter(trial, ctx.spec.study.objective_metrics[0]))
-        callbacks += ctx.extra_callbacks
-        try:
-            result = train(config, callbacks=callbacks, data=data, checkpoint_dir=self.checkpoint)
-        except optuna.TrialPruned as exc:
-            self._end(trial, run, "PRUNED", RUN_FINISHED, reason="pruned", detail=str(exc))
-            raise
-        except TrainingFailed as exc:
-            self._end(trial, run, "PRUNED", RUN_FAILED, reason=exc.code, detail=str(exc))
-            raise optuna.TrialPruned(str(exc)) from None
-
-        extra = {"params": float(result.models.training.count_params()), "train_seconds": float(result.seconds),
-                 "latency_ms": measure_latency_ms(result)}
-        values = objective_values(ctx.spec, result, extra)
-        if not all(math.isfinite(v) for v in values):
-            self._end(trial, run, "PRUNED", RUN_FAILED, reason="nan_metric",
-                      detail=f"objective {list(ctx.spec.study.objective_metrics)} = {values}")
-            raise optuna.TrialPruned(f"objective is not finite: {values}")
-
-        if result.resumed_from_epoch:
-            # the epochs restored from the checkpoint were logged to the original trial's run, not this one
-            for row in result.history[:result.resumed_from_epoch]:
-                run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
-            run.set_tags({"checkpoint.resumed_from_epoch": result.resumed_from_epoch})
-            trial.set_user_attr("resumed_from_epoch", int(result.resumed_from_epoch))
-        final = {f"test_{k}": v for k, v in result.test.items()}
-        final.update({"threshold": result.threshold, **extra})
-        run.log_metrics(final, step=len(result.history))
-        with tempfile.TemporaryDirectory(prefix="siamese-trial-") as tmp:
-            artifacts.write_trial_artifacts(result, Path(tmp), plots=ctx.spec.tracking.log_plots)
-            run.log_artifacts(tmp)
-        if ctx.spec.tracking.log_models:
-            uri = ctx.tracker.retry("log model", lambda: modelio.log_trial_model(
-                ctx.tracker.client, run_id=run.run_id, experiment_id=ctx.experiment_id, result=result,
-                step=len(result.history)))
-            trial.set_user_attr(USER_ATTR_MODEL, uri)
-        run.set_tags({f"diagnostics.{f.code}": f.severity for f in result.findings})
-        run.flush()  # raises TrackingUnavailable: then the trial is FAIL, never COMPLETE with missing data
-        for key in ("pair_accuracy", "roc_auc", "eer"):
-            trial.set_user_attr(f"test_{key}", float(result.test[key]))
-        trial.set_user_attr("threshold", float(result.threshold))
-        trial.set_user_attr("dataset_fingerprint", result.data_info.fingerprint)
-        trial.set_user_attr(USER_ATTR_DIAGNOSTIC_ERRORS, sorted({f.code for f in result.findings if f.is_error}))
-        self._end(trial, run, "COMPLETE", RUN_FINISHED)
-        self._clear_checkpoint()
-        return values[0] if len(values) == 1 else values
-
-    def _end(self, trial: optuna.Trial, run: TrialRun, state: str, status: str, *, reason: str | None = None,
-             detail: str | None = None) -> None:
-        tags = {TAG_STATE: state}
-        if reason:
-            tags[TAG_REASON] = reason
-            trial.set_user_attr(USER_ATTR_REASON, reason)
-        if detail:
-            tags["optuna.reason_detail"] = mask_secrets(detail)[:1000]
-        try:
-            run.set_tags(tags)
-        finally:
-            run.end(status)
-
-    def _record_failure(self, trial: optuna.Trial, run: TrialRun, exc: BaseException) -> None:
-        if isinstance(exc, KeyboardInterrupt) or StopRequest.requested:
-            # a stop signal was received: whatever surfaced (the signal's exception raised inside a
-            # library call can come back wrapped as another type) is a consequence of the stop
-            StopRequest.cleaning = True  # a second signal must not cut this short
-            reason, status = REASON_INTERRUPTED, RUN_KILLED
-        elif isinstance(exc, InvalidTrialConfig):
-            reason, status = "invalid_config", RUN_FAILED
-        elif isinstance(exc, TrackingUnavailable):
-            reason, status = REASON_TRACKING_DOWN, RUN_FAILED
-        else:
-            reason, status = type(exc).__name__, RUN_FAILED
-        if reason in RETRY_REASONS:
-            self._requeue(trial)  # the checkpoint stays for the retry
-        else:
-            self._clear_checkpoint()
-        if run.closed:
             return
-        if reason == REASON_TRACKING_DOWN:
-            # MLflow just refused calls for the whole retry budget: don't spend it three times more on
-            # tags and end_run. The worker's next reconciliation ends the run KILLED with this reason.
-            trial.set_user_attr(USER_ATTR_REASON, reason)
-            log.warning("trial %d failed: MLflow unavailable; run %s is ended when MLflow is back",
-                        trial.number, run.run_id)
-            return
-        try:
-            trial.set_user_attr(USER_ATTR_REASON, reason)
-        except Exception:  # noqa: BLE001 - storage trouble must not hide the original error
-            log.warning("could not record the failure reason in Optuna")
-        try:
-            self._end(trial, run, "FAIL", status, reason=reason, detail=f"{type(exc).__name__}: {exc}")
-        except Exception as end_exc:  # noqa: BLE001
-            log.warning("could not end MLflow run %s as %s: %s", run.run_id, status, end_exc)
-
-
-class InvalidTrialConfig(InputError, ValueError):
-    """The sampled combination of parameters is not a valid train config."""
+        if queued:
+            log.info("trial %d queued again with the same parameters", trial.number)
+        else:
+            log.warning("trial %d was retried %d times already; not queued again", trial.number, max_retries)

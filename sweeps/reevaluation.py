@@ -8,14 +8,11 @@ data and we refuse. Every model is scored through the same wrapper that serves i
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +22,7 @@ from siamese_core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-METRICS = ("pair_accuracy", "roc_auc", "eer")
-LOWER_IS_BETTER = {"eer"}
+METRICS = ("pair_accuracy", "roc_auc", "eer")  # what a model is re-evaluated on; directions: sweeps.directions
 _ALIASES = {
     "pair_accuracy": ("pair_accuracy", "test_pair_accuracy", "val_pair_accuracy", "accuracy", "test_accuracy", "acc"),
     "roc_auc": ("roc_auc", "test_roc_auc", "val_roc_auc", "auc", "test_auc", "val_auc"),
@@ -51,15 +47,6 @@ def objective_counterpart(objective_metric: str | None) -> str:
     return _BY_NAME.get((objective_metric or "").lower(), "roc_auc")
 
 
-def better(a: float, b: float, metric: str) -> bool:
-    """Is `a` strictly better than `b`? NaN is never better; anything beats NaN."""
-    if not np.isfinite(a):
-        return False
-    if not np.isfinite(b):
-        return True
-    return a < b if metric in LOWER_IS_BETTER else a > b
-
-
 @dataclass
 class TestSplit:
     """The fixed test pairs of one trial's config, with the arrays to feed a pair model."""
@@ -72,23 +59,23 @@ class TestSplit:
     reference_inputs: np.ndarray | None = None  # test samples whose embeddings the trial recorded
     n_pairs: int = 0
 
-    def describe(self) -> dict[str, Any]:
-        return {"dataset_fingerprint": self.fingerprint, "eval_key": self.key, "pairs": self.n_pairs}
 
+@dataclass(frozen=True)
+class Evaluation:
+    """One model scored on a test split, through its serving wrapper."""
 
-@dataclass
-class ModelEvaluation:
     uri: str
     metrics: dict[str, float]
     threshold: float
-    higher_is_same: bool
     embeddings_reproduced: bool | None = None  # the trial's recorded embeddings, bit for bit
-    embedding_max_abs_diff: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"uri": self.uri, "metrics": self.metrics, "threshold": self.threshold,
                 "embeddings_reproduced": self.embeddings_reproduced}
+
+    def metrics_json(self) -> str:
+        """The metrics as a registry version stores them (``siamese_sweep.eval.<key>``)."""
+        return json.dumps({k: round(float(v), 6) for k, v in self.metrics.items()}, sort_keys=True)
 
 
 # ------------------------------------------------------------------ the split
@@ -101,9 +88,9 @@ def trial_config(client: Any, run_id: str) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="siamese-cfg-") as tmp, quiet_artifacts():
             path = client.download_artifacts(run_id, "config.yaml", tmp)
-            data = yaml.safe_load(Path(path).read_text())
-        if isinstance(data, dict):
-            return data
+            saved = yaml.safe_load(Path(path).read_text())
+        if isinstance(saved, dict):
+            return saved
     except Exception as exc:  # noqa: BLE001 - fall back to the params (older runs, no artifacts)
         log.info("no config.yaml for run %s (%s); using its params", run_id, type(exc).__name__)
     from siamese_core.config import set_dotted
@@ -164,92 +151,30 @@ def build_test_split(raw_config: dict[str, Any], *, expected_fingerprint: str | 
 
 
 # ------------------------------------------------------------------ models
-@contextlib.contextmanager
-def global_tracking_uri(uri: str) -> Iterator[None]:
-    """Temporarily make `uri` MLflow's global tracking URI, then restore both the global and
-    ``$MLFLOW_TRACKING_URI`` exactly (``set_tracking_uri(None)`` alone would delete the variable)."""
-    import mlflow
-    from mlflow.tracking._tracking_service import utils as tracking_utils
-
-    old_global = getattr(tracking_utils, "_tracking_uri", None)
-    old_env = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(old_global)
-        if old_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old_env
-
-
-def artifact_location(uri: str, *, tracking_uri: str) -> str:
-    """Where the files of ``models:/<id>``, ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` live.
-
-    Resolved with an explicit client: MLflow's own ``models:/`` resolution uses the global tracking URI.
-    """
-    if not uri.startswith("models:/"):
-        return uri
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    rest = uri[len("models:/"):].strip("/")
-    if "@" not in rest and "/" not in rest:
-        return client.get_logged_model(rest).artifact_location
-    if "@" in rest:
-        name, alias = rest.rsplit("@", 1)
-        mv = client.get_model_version_by_alias(name, alias)
-    else:
-        name, version = rest.rsplit("/", 1)
-        mv = client.get_model_version(name, version)
-    # a version registered from a LoggedModel: its files are the logged model's (the SQL registry store's own
-    # download-URI lookup would resolve the model id with a default client, i.e. the global tracking URI)
-    source_id = mv.source[len("models:/"):] if mv.source and mv.source.startswith("models:/") else ""
-    if source_id and "/" not in source_id and "@" not in source_id:
-        return client.get_logged_model(source_id).artifact_location
-    return client.get_model_version_download_uri(name, mv.version)
-
-
-def download_model(uri: str, *, tracking_uri: str, dst: str) -> str:
-    """A local directory holding the MLflow model at `uri` (a local path is returned as is)."""
-    if Path(uri).exists():
-        return uri
-    from mlflow.artifacts import download_artifacts
-
-    from .modelio import quiet_artifacts
-
-    with quiet_artifacts():
-        return download_artifacts(artifact_uri=artifact_location(uri, tracking_uri=tracking_uri), dst_path=dst,
-                                  tracking_uri=tracking_uri)
-
-
 def load_wrapper(uri: str, *, tracking_uri: str, dst: str) -> Any:
     """Download `uri` and load its pyfunc wrapper (`SiameseServingModel`)."""
     import mlflow.pyfunc
 
+    from .registry import download_model
+
     return mlflow.pyfunc.load_model(download_model(uri, tracking_uri=tracking_uri, dst=dst)).unwrap_python_model()
 
 
-def evaluate(wrapper: Any, split: TestSplit, *, uri: str) -> ModelEvaluation:
+def evaluate(wrapper: Any, split: TestSplit, *, uri: str) -> Evaluation:
     """Pair accuracy (the model's own same/different at its stored threshold), ROC AUC and EER."""
     from siamese_core import verification as m
 
     shapes = wrapper.inputs
-    out = wrapper.score_arrays(split.left.astype(shapes[0][1], copy=False), split.right.astype(shapes[-1][1], copy=False))
+    out = wrapper.score_arrays(split.left.astype(shapes[0][1], copy=False),
+                               split.right.astype(shapes[-1][1], copy=False))
     y = split.labels
     native = out["native"]
     result = {"pair_accuracy": float(np.mean(out["same"] == (y >= 0.5))),
               "roc_auc": float(m.roc_auc(native, y, higher_is_same=wrapper.higher_is_same)),
               "eer": float(m.equal_error_rate(native, y, higher_is_same=wrapper.higher_is_same))}
-    ev = ModelEvaluation(uri, result, wrapper.threshold, wrapper.higher_is_same)
+    reproduced = None
     recorded = wrapper.reference_embeddings()
     if split.reference_inputs is not None and recorded is not None:
         now = wrapper.embed_arrays(split.reference_inputs)[:len(recorded)]
-        ev.embeddings_reproduced = bool(now.shape == recorded.shape and np.array_equal(now, recorded))
-        ev.embedding_max_abs_diff = float(np.max(np.abs(now - recorded))) if now.shape == recorded.shape else None
-    return ev
-
-
-def metrics_tag(ev: ModelEvaluation) -> str:
-    return json.dumps({k: round(float(v), 6) for k, v in ev.metrics.items()}, sort_keys=True)
+        reproduced = bool(now.shape == recorded.shape and np.array_equal(now, recorded))
+    return Evaluation(uri, result, wrapper.threshold, reproduced)

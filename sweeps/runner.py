@@ -19,14 +19,18 @@ from typing import Any
 
 import optuna
 import yaml
+from mlflow.entities import Metric, RunTag
 
-from . import artifacts, space
-from .secrets import mask_url
-from .spec import SweepSpec
-from .study import ATTR_BUDGET, OpenedStudy, count_states, ensure_parent_run, open_study, study_status
-from .tracking import RUN_FAILED, RUN_FINISHED, RUN_KILLED, RUN_RUNNING, Retry, Tracker
+from . import artifacts, names
+from .errors import SweepFatal
+from .objective import worker_id
 from .preflight import preflight
-from .worker import DataCache, SweepFatal, WorkerReport, run_worker
+from .secrets import mask_url
+from .signals import StopRequest, begin_cleanup, stop_on_signals
+from .spec import SweepSpec
+from .study import count_states, ensure_parent_run, open_study, study_status
+from .tracking import RUN_FAILED, RUN_FINISHED, RUN_KILLED, RUN_RUNNING, Retry, Tracker
+from .worker import DataCache, WorkerReport, run_worker
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +70,6 @@ def options_from(spec: SweepSpec, *, trials: int | None = None, timeout: float |
 # ----------------------------------------------------------------- parent run
 def parent_best_updater(tracker: Tracker, parent_run_id: str) -> Any:
     """After each trial: best value so far (metric, step = trial number) and best params (tags) on the parent."""
-    from mlflow.entities import Metric, RunTag
-
     def update(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state != optuna.trial.TrialState.COMPLETE:
             return
@@ -75,14 +77,14 @@ def parent_best_updater(tracker: Tracker, parent_run_id: str) -> Any:
             if len(study.directions) == 1:
                 best = study.best_trial
                 now = int(time.time() * 1000)
-                tags = {"best.trial_number": str(best.number), "best.value": f"{best.value:.6g}",
-                        "best.run_id": str(best.user_attrs.get("mlflow_run_id", ""))}
-                tags.update({f"best.{k}": str(v) for k, v in best.params.items()})
+                tags = {names.TAG_BEST_TRIAL: str(best.number), names.TAG_BEST_VALUE: f"{best.value:.6g}",
+                        names.TAG_BEST_RUN_ID: str(best.user_attrs.get(names.TRIAL_ATTR_RUN_ID, ""))}
+                tags.update({names.TAG_BEST_PARAM_PREFIX + k: str(v) for k, v in best.params.items()})
                 tracker.client.log_batch(parent_run_id, metrics=[Metric("best_value", float(best.value), now,
                                                                         trial.number)],
                                          tags=[RunTag(k, v) for k, v in tags.items()])
             else:
-                tracker.client.log_batch(parent_run_id, tags=[RunTag("pareto.trial_numbers", ",".join(
+                tracker.client.log_batch(parent_run_id, tags=[RunTag(names.TAG_PARETO_TRIALS, ",".join(
                     str(t.number) for t in study.best_trials))])
         except Exception as exc:  # noqa: BLE001 - the parent summary is refreshed at the end anyway
             log.warning("could not update the parent run: %s", exc)
@@ -96,10 +98,9 @@ def finalize_parent(study: optuna.Study, tracker: Tracker, parent_run_id: str, *
         artifacts.write_study_artifacts(study, Path(tmp), plots=plots)
         tracker.retry("log study artifacts", lambda: tracker.client.log_artifacts(parent_run_id, tmp))
     counts = count_states(study)
-    from mlflow.entities import RunTag
-
-    tags = {f"trials.{k.lower()}": str(v) for k, v in counts.as_dict().items()}
-    tracker.retry("tag parent", lambda: tracker.client.log_batch(parent_run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
+    tags = {names.TAG_TRIALS_PREFIX + k.lower(): str(v) for k, v in counts.as_dict().items()}
+    tracker.retry("tag parent", lambda: tracker.client.log_batch(parent_run_id,
+                                                                 tags=[RunTag(k, v) for k, v in tags.items()]))
     updater = parent_best_updater(tracker, parent_run_id)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     if complete:
@@ -148,7 +149,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> Sw
     opened = open_study(spec, storage_url=options.storage, study_name=options.study_name,
                         seed_offset=options.worker_index)
     study = opened.study
-    study.set_user_attr(ATTR_BUDGET, int(options.trials))
+    study.set_user_attr(names.STUDY_ATTR_BUDGET, int(options.trials))
     experiment_id, parent = ensure_parent_run(opened, tracker, spec)
     tracker.retry("reopen parent", lambda: tracker.client.update_run(parent, status=RUN_RUNNING))
     log.info("study %r on %s; MLflow experiment %r on %s", study.study_name, mask_url(options.storage),
@@ -216,10 +217,9 @@ def _process_seed_offset() -> int:
     their seeded samplers would propose identical parameters (seen with three workers on one
     PostgreSQL study: two ran the very same trial). Host and pid tell them apart.
     """
-    import socket
     import zlib
 
-    return 1 + zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 1_000_000_007
+    return 1 + zlib.crc32(worker_id().encode()) % 1_000_000_007
 
 
 def write_resolved_spec(spec: SweepSpec, path: Path) -> Path:
@@ -230,14 +230,15 @@ def write_resolved_spec(spec: SweepSpec, path: Path) -> Path:
     return path
 
 
-def _run_processes(spec: SweepSpec, options: SweepOptions, study: optuna.Study, progress: Progress) -> list[WorkerReport]:
+def _run_processes(spec: SweepSpec, options: SweepOptions, study: optuna.Study,
+                   progress: Progress) -> list[WorkerReport]:
     cores = os.cpu_count() or 1
     threads = max(1, cores // options.workers)
     with tempfile.TemporaryDirectory(prefix="siamese-sweep-") as tmp:
         spec_path = write_resolved_spec(spec, Path(tmp) / "spec.yaml")
         # URLs go through the environment, not argv: `ps` must not show passwords
-        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
-        env.update(OPTUNA_STORAGE=options.storage, MLFLOW_TRACKING_URI=options.tracking_uri)
+        env = {k: v for k, v in os.environ.items() if k != names.ENV_MLFLOW_RUN_ID}
+        env.update({names.ENV_OPTUNA_STORAGE: options.storage, names.ENV_MLFLOW_TRACKING_URI: options.tracking_uri})
         procs = []
         from .devices import device_plan  # one CUDA_VISIBLE_DEVICES per worker; nothing without GPUs
 
@@ -249,38 +250,32 @@ def _run_processes(spec: SweepSpec, options: SweepOptions, study: optuna.Study, 
                 cmd += ["--timeout", str(options.timeout)]
             procs.append(subprocess.Popen(cmd, env={**env, **devices.env_for(i)}))
 
-        stop: list[int] = []
-
-        def on_signal(signum: int, frame: Any) -> None:
-            # only a flag: an exception raised here can land in a GC callback and be swallowed
-            stop.append(signum)
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            while any(p.poll() is None for p in procs):
-                progress.set(count_states(study).done, _postfix(study))
-                for _ in range(8):
-                    if stop:
-                        raise KeyboardInterrupt(f"received signal {stop[0]}")  # forwarded to the workers below
-                    time.sleep(0.25)
-        except KeyboardInterrupt:
-            for sig in previous:  # a repeated signal must not cut the clean-up short
-                signal.signal(sig, signal.SIG_IGN)
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-            raise
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
+        with stop_on_signals(raise_at_once=False):  # checked every 0.25 s below
+            try:
+                while any(p.poll() is None for p in procs):
+                    progress.set(count_states(study).done, _postfix(study))
+                    for _ in range(8):
+                        StopRequest.check()
+                        time.sleep(0.25)
+            except KeyboardInterrupt:
+                begin_cleanup()  # a repeated signal must not cut the clean-up short
+                _stop_workers(procs)
+                raise
         progress.set(count_states(study).done, _postfix(study))
         failed = [p.returncode for p in procs if p.returncode != 0]
         if failed:
             raise SweepFatal(f"{len(failed)} of {len(procs)} worker processes exited with errors {failed}; "
                              "see their messages above")
     return [WorkerReport() for _ in procs]
+
+
+def _stop_workers(procs: list[subprocess.Popen]) -> None:
+    """Forward the stop to every worker (each ends its trial as interrupted) and wait for them."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()

@@ -56,7 +56,7 @@ def decision_layer(model: Any) -> Any:
     raise PredictError("the model has no ThresholdDecision layer; is it a siamese-sweep export?")
 
 
-def encoder_for(model: Any, side: int) -> Any:
+def exported_encoder(model: Any, side: int) -> Any:
     """The tower that embeds input `side` (0 = left, 1 = right) of an exported pair model."""
     import keras
 
@@ -146,7 +146,8 @@ class SiameseServingModel(PythonModel):
         return self
 
     # ------------------------------------------------------------------ arrays
-    def score_arrays(self, left: np.ndarray, right: np.ndarray, *, threshold: float | None = None) -> dict[str, np.ndarray]:
+    def score_arrays(self, left: np.ndarray, right: np.ndarray, *,
+                     threshold: float | None = None) -> dict[str, np.ndarray]:
         """distance, score, same (bool) and the native score the threshold applies to, for raw input arrays."""
         outs: dict[str, list[np.ndarray]] = {"distance": [], "score": [], "same": []}
         for i in range(0, len(left), BATCH):
@@ -165,7 +166,7 @@ class SiameseServingModel(PythonModel):
 
     def embed_arrays(self, x: np.ndarray, *, side: int = 0) -> np.ndarray:
         if side not in self._encoders:
-            self._encoders[side] = encoder_for(self.model, side)
+            self._encoders[side] = exported_encoder(self.model, side)
         enc = self._encoders[side]
         out = [np.asarray(enc.predict_on_batch(x[i:i + BATCH])) for i in range(0, len(x), BATCH)]
         return np.concatenate(out) if out else np.zeros((0, int(enc.output.shape[-1])), np.float32)

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import optuna
 
-from siamese_core.config import TrainConfig, flatten
+from siamese_core.config import TrainConfig
 from siamese_core.errors import ConfigError
 
 from .spec import Distribution, SweepSpec
@@ -63,19 +63,6 @@ def sample_overrides(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
     return overrides
 
 
-def optuna_distributions(spec: SweepSpec) -> dict[str, optuna.distributions.BaseDistribution]:
-    """The space as Optuna distributions (for the grid sampler and for docs)."""
-    out: dict[str, optuna.distributions.BaseDistribution] = {}
-    for key, d in spec.distributions().items():
-        if d.type == "categorical":
-            out[key] = optuna.distributions.CategoricalDistribution(list(d.choices or ()))
-        elif d.type == "int":
-            out[key] = optuna.distributions.IntDistribution(int(d.low), int(d.high), step=int(d.step or 1), log=d.log)
-        else:
-            out[key] = optuna.distributions.FloatDistribution(float(d.low), float(d.high), step=d.step, log=d.log)
-    return out
-
-
 def grid_values(spec: SweepSpec) -> dict[str, list[Any]]:
     """Every value of every parameter, for ``GridSampler``."""
     import numpy as np
@@ -119,6 +106,3 @@ def check_space(spec: SweepSpec) -> None:
 def trial_config(spec: SweepSpec, overrides: Mapping[str, Any]) -> TrainConfig:
     return spec.base.with_overrides(overrides)
 
-
-def flat_params(config: TrainConfig) -> dict[str, Any]:
-    return flatten(config.to_dict())

@@ -22,11 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from siamese_core.config import TrainConfig, config_error_from, flatten, read_yaml_mapping, set_dotted
 from siamese_core.errors import ConfigError
 
+from . import names, pruners, samplers
+from .directions import TRIAL_METRICS, Direction, metric_direction
+
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
-# Objectives that are not in the per-epoch history but measured per trial.
-TRIAL_METRICS = {"params": "minimize", "latency_ms": "minimize", "train_seconds": "minimize"}
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -78,25 +79,42 @@ class Distribution(_Section):
         return self
 
 
+def _registered_name(registry: Any, value: Any) -> str:
+    """`value` if it names a built-in of `registry` (`sweeps.samplers`, `sweeps.pruners`)."""
+    if not isinstance(value, str) or value not in registry.names():
+        raise ValueError(f"{registry.expected()}; received: type={value!r}")
+    return value
+
+
 class SamplerSpec(_Section):
-    type: Literal["tpe", "random", "grid", "cmaes", "gp", "nsga2"] = "tpe"
+    type: str = "tpe"  # a name of sweeps.samplers
     seed: int | None = 0
     n_startup_trials: int = Field(5, ge=0, le=10_000)
     multivariate: bool = True
 
+    @field_validator("type", mode="before")
+    @classmethod
+    def _type(cls, v: Any) -> str:
+        return _registered_name(samplers, v)
+
 
 class PrunerSpec(_Section):
-    type: Literal["median", "successive_halving", "hyperband", "none"] = "median"
+    type: str = "median"  # a name of sweeps.pruners
     n_startup_trials: int = Field(3, ge=0, le=10_000)
     n_warmup_steps: int = Field(1, ge=0, le=10_000)
     reduction_factor: int = Field(3, ge=2, le=100)
     min_resource: int = Field(1, ge=1, le=10_000)
 
+    @field_validator("type", mode="before")
+    @classmethod
+    def _type(cls, v: Any) -> str:
+        return _registered_name(pruners, v)
+
 
 class StudySpec(_Section):
     name: str = Field("siamese-sweep", min_length=1, max_length=200)
-    direction: Literal["maximize", "minimize"] | None = None
-    directions: tuple[Literal["maximize", "minimize"], ...] | None = None
+    direction: Direction | None = None
+    directions: tuple[Direction, ...] | None = None
     metric: str = "val_roc_auc"
     metrics: tuple[str, ...] | None = None
     sampler: SamplerSpec = SamplerSpec()
@@ -130,9 +148,10 @@ class StudySpec(_Section):
         if self.directions is not None and len(self.directions) != n:
             raise ValueError(f"study.directions: expected {n} direction(s), one per metric; "
                              f"received: {list(self.directions)}")
-        if n > 1 and self.sampler.type in ("cmaes", "gp"):
-            raise ValueError(f"study.sampler.type: {self.sampler.type!r} supports one objective; use 'nsga2', "
-                             f"'tpe' or 'random' for {n} objectives")
+        if n > 1 and not samplers.get(self.sampler.type).multi_objective:
+            usable = ", ".join(repr(s) for s in samplers.multi_objective_names())
+            raise ValueError(f"study.sampler.type: {self.sampler.type!r} supports one objective; use one of "
+                             f"{usable} for {n} objectives")
         if self.grace_period <= self.heartbeat_interval:
             raise ValueError(f"study.grace_period: expected more than heartbeat_interval ({self.heartbeat_interval}s); "
                              f"received: {self.grace_period}")
@@ -143,12 +162,12 @@ class StudySpec(_Section):
         return tuple(self.metrics) if self.metrics else (self.metric,)
 
     @property
-    def objective_directions(self) -> tuple[str, ...]:
+    def objective_directions(self) -> tuple[Direction, ...]:
         if self.directions:
             return tuple(self.directions)
         if self.direction and len(self.objective_metrics) == 1:
             return (self.direction,)
-        return tuple(default_direction(m) for m in self.objective_metrics)
+        return tuple(metric_direction(m) for m in self.objective_metrics)
 
     @property
     def multi_objective(self) -> bool:
@@ -177,13 +196,9 @@ class SweepSpec(_Section):
             raise ValueError(f"expected an import path 'package.module:build'; received: {v!r}")
         return v
 
-    @property
-    def experiment_name(self) -> str:
-        return self.experiment_for(self.study.name)
-
     def experiment_for(self, study_name: str) -> str:
         """The MLflow experiment of a study (``--study`` renames the default experiment with it)."""
-        return self.tracking.experiment or f"siamese-sweep/{study_name}"
+        return self.tracking.experiment or names.default_experiment(study_name)
 
     def distributions(self) -> dict[str, Distribution]:
         return {k: v for k, v in self.search_space.items() if isinstance(v, Distribution)}
@@ -193,13 +208,6 @@ class SweepSpec(_Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=False)
-
-
-def default_direction(metric: str) -> str:
-    if metric in TRIAL_METRICS:
-        return TRIAL_METRICS[metric]
-    lower = ("loss", "eer", "pos_distance", "seconds")
-    return "minimize" if any(k in metric for k in lower) else "maximize"
 
 
 # ------------------------------------------------------------------- loading
@@ -215,8 +223,8 @@ def _validate_space_key(key: str, value: Any) -> None:
     if head not in _SECTION_KEYS:
         raise ConfigError(f"search_space.{key}", f"unknown train-config key; expected one of "
                                                   f"{sorted(_SECTION_KEYS)} or a dotted leaf like encoder.depth")
-    raise ConfigError(f"search_space.{key}", f"unknown train-config key {key!r}; "
-                                             f"keys under {head!r}: {sorted(k for k in _TRAIN_KEYS if k.startswith(head + '.'))}")
+    under = sorted(k for k in _TRAIN_KEYS if k.startswith(head + "."))
+    raise ConfigError(f"search_space.{key}", f"unknown train-config key {key!r}; keys under {head!r}: {under}")
 
 
 def _parse_space(raw: Any) -> dict[str, Any]:
@@ -268,11 +276,13 @@ def _check_conditions(space: dict[str, Any]) -> None:
 def spec_from_dict(data: Mapping[str, Any], *, base_dir: Path | None = None) -> SweepSpec:
     """Validate a spec mapping (already with ``--set`` overrides applied)."""
     if not isinstance(data, Mapping):
-        raise ConfigError("", f"expected a mapping with base/search_space/study/tracking; received: {type(data).__name__}")
+        raise ConfigError("", "expected a mapping with base/search_space/study/tracking; "
+                              f"received: {type(data).__name__}")
     data = dict(data)
     unknown = set(data) - {"base", "search_space", "hypermodel", "study", "tracking"}
     if unknown:
-        raise ConfigError(sorted(unknown)[0], "unknown key; allowed keys: base, hypermodel, search_space, study, tracking")
+        raise ConfigError(sorted(unknown)[0],
+                          "unknown key; allowed keys: base, hypermodel, search_space, study, tracking")
     base = data.get("base") or {}
     if isinstance(base, (str, Path)):
         path = Path(base)
@@ -295,13 +305,12 @@ def spec_from_dict(data: Mapping[str, Any], *, base_dir: Path | None = None) -> 
         raise config_error_from(exc, SweepSpec) from None
     for m in spec.study.objective_metrics:
         if not (m in TRIAL_METRICS or m.startswith("val_") or m in ("loss", "embedding_norm_mean")):
-            raise ConfigError("study.metric", f"expected a per-epoch validation metric (val_roc_auc, val_pair_accuracy, "
-                                              f"val_eer, val_loss, ...) or one of {sorted(TRIAL_METRICS)}; received: {m!r}")
-    if spec.study.sampler.type == "grid":
-        for key, dist in spec.distributions().items():
-            if dist.type != "categorical" and dist.step is None:
-                raise ConfigError(f"search_space.{key}", "the grid sampler needs categorical choices or a 'step' "
-                                                         "for every numeric parameter")
+            raise ConfigError("study.metric", "expected a per-epoch validation metric (val_roc_auc, "
+                                              "val_pair_accuracy, val_eer, val_loss, ...) or one of "
+                                              f"{sorted(TRIAL_METRICS)}; received: {m!r}")
+    check = samplers.get(spec.study.sampler.type).check
+    if check is not None:
+        check(spec)
     return spec
 
 

@@ -26,6 +26,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from siamese_core.errors import ConfigError
 
+from . import names
 from .secrets import mask_url
 
 
@@ -104,6 +105,15 @@ def retried_trial_number(trial: optuna.trial.FrozenTrial) -> int | None:
         return RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
 
+def frozen_trial(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    """The running `trial` as a `FrozenTrial` (system attrs included), through public API only.
+
+    Optuna has no public ``Trial -> FrozenTrial``; the study's RUNNING trials are public and few.
+    """
+    running = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    return next(t for t in running if t.number == trial.number)
+
+
 def requeue_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, max_retries: int,
                   drop_user_attrs: tuple[str, ...] = ()) -> bool:
     """Queue a WAITING copy of `trial` (same params), recorded exactly as Optuna records heartbeat retries.
@@ -112,10 +122,12 @@ def requeue_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, max_r
     retry's ``failed_trial`` system attr names the original trial, like a stale trial's retry.
     Returns False when `trial` was already retried `max_retries` times.
     """
-    system_attrs: dict[str, Any] = {"failed_trial": trial.number, **trial.system_attrs}
-    system_attrs["retry_history"] = [*trial.system_attrs.get("retry_history", []), trial.number]
-    if len(system_attrs["retry_history"]) > max_retries:
+    history = [*trial.system_attrs.get(names.SYSTEM_ATTR_RETRY_HISTORY, []), trial.number]
+    if len(history) > max_retries:
         return False
+    # like RetryHeartbeatStaleTrialCallback: the first failed trial stays the one every retry names
+    system_attrs: dict[str, Any] = {names.SYSTEM_ATTR_FAILED_TRIAL: trial.number, **trial.system_attrs,
+                                    names.SYSTEM_ATTR_RETRY_HISTORY: history}
     user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in drop_user_attrs}
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, params=trial.params,
                                               distributions=trial.distributions, user_attrs=user_attrs,
@@ -210,13 +222,14 @@ def budget_lock(url: str, study_name: str) -> BudgetLock:
     if kind == "sqlite":
         path = sqlite_path(url)
         if path is not None:
-            return FileLock(path.with_name(f"{path.name}.{_safe(study_name)}.lock"))
+            return FileLock(path.with_name(f"{path.name}.{safe_filename(study_name)}.lock"))
     if kind == "journal":
         path = _journal_path(url)
         assert path is not None
-        return FileLock(path.with_name(f"{path.name}.{_safe(study_name)}.lock"))
+        return FileLock(path.with_name(f"{path.name}.{safe_filename(study_name)}.lock"))
     return ThreadLock(f"{url}/{study_name}")
 
 
-def _safe(name: str) -> str:
+def safe_filename(name: str) -> str:
+    """`name` with anything but letters, digits, ``-_.`` replaced by ``_`` (lock files, checkpoint folders)."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -17,60 +17,35 @@ import optuna
 
 from siamese_core.errors import ConfigError
 
-from . import space
+from . import names, outcomes, pruners, samplers
+from .secrets import mask_url
 from .spec import SweepSpec
 from .storage import make_storage
-from .tracking import PARENT_ROLE, TAG_ROLE, TAG_STUDY, Tracker
+from .tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-ATTR_PARENT = "mlflow_parent_run_id"
-ATTR_EXPERIMENT = "mlflow_experiment_id"
-ATTR_BUDGET = "trial_budget"
-ATTR_METRICS = "objective_metrics"
-ATTR_REGISTERED_MODEL = "registered_model"
-ATTR_LEADER = "siamese_sweep_leader"  # set by the creating process: joiners then wait for its parent run
-DONE_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
-
-def make_sampler(spec: SweepSpec, *, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+def optuna_sampler(spec: SweepSpec, *, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     """The spec's sampler. `seed_offset` keeps parallel or resumed workers from replaying one random stream."""
     s = spec.study.sampler
     seed = None if s.seed is None else s.seed + seed_offset
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if s.type == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials,
-                                              multivariate=s.multivariate, constant_liar=True)
-        if s.type == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        if s.type == "grid":
-            return optuna.samplers.GridSampler(space.grid_values(spec), seed=seed)
-        if s.type == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed)
-        if s.type == "cmaes":
-            try:
-                import cmaes  # noqa: F401
-            except ImportError:
-                raise ConfigError("study.sampler.type", "'cmaes' needs the cmaes package: pip install cmaes") from None
-            return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=s.n_startup_trials)
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            raise ConfigError("study.sampler.type", "'gp' needs PyTorch (pip install torch); use 'cmaes' or 'tpe'") from None
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
+        return samplers.get(s.type).build(spec, seed)
 
 
-def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
-    p = spec.study.pruner
-    if p.type == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
-    if p.type == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource, reduction_factor=p.reduction_factor)
-    if p.type == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=spec.base.epochs,
-                                              reduction_factor=p.reduction_factor)
-    return optuna.pruners.NopPruner()
+def optuna_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    """The spec's pruner."""
+    return pruners.get(spec.study.pruner.type).build(spec)
+
+
+def load_study(study_name: str, storage: str) -> optuna.Study:
+    """An existing study (`ConfigError` naming --study if there is none), for status and promote."""
+    try:
+        return optuna.load_study(study_name=study_name, storage=make_storage(storage))
+    except KeyError:
+        raise ConfigError("--study", f"no study named {study_name!r} in this storage") from None
 
 
 @dataclass
@@ -91,12 +66,12 @@ def open_study(spec: SweepSpec, *, storage_url: str, study_name: str, seed_offse
     if create:
         try:
             study = optuna.create_study(storage=storage, study_name=study_name, directions=directions,
-                                        sampler=make_sampler(spec, seed_offset=seed_offset),
-                                        pruner=make_pruner(spec))
-            study.set_user_attr(ATTR_LEADER, True)
-            study.set_user_attr(ATTR_METRICS, list(study_spec.objective_metrics))  # read by `promote`
+                                        sampler=optuna_sampler(spec, seed_offset=seed_offset),
+                                        pruner=optuna_pruner(spec))
+            study.set_user_attr(names.STUDY_ATTR_LEADER, True)
+            study.set_user_attr(names.STUDY_ATTR_METRICS, list(study_spec.objective_metrics))  # read by `promote`
             if spec.tracking.registered_model:
-                study.set_user_attr(ATTR_REGISTERED_MODEL, spec.tracking.registered_model)
+                study.set_user_attr(names.STUDY_ATTR_REGISTERED_MODEL, spec.tracking.registered_model)
             created = True
         except optuna.exceptions.DuplicatedStudyError:
             pass
@@ -112,52 +87,48 @@ def open_study(spec: SweepSpec, *, storage_url: str, study_name: str, seed_offse
                                                  f"asks for {directions}. Use another --study name.")
         n_existing = len(existing.trials)
         study = optuna.load_study(study_name=study_name, storage=storage,
-                                  sampler=make_sampler(spec, seed_offset=seed_offset + n_existing),
-                                  pruner=make_pruner(spec))
+                                  sampler=optuna_sampler(spec, seed_offset=seed_offset + n_existing),
+                                  pruner=optuna_pruner(spec))
     return OpenedStudy(study, created, storage_url)
 
 
-def ensure_parent_run(opened: OpenedStudy, tracker: Tracker, spec: SweepSpec, *, wait_s: float = 60.0) -> tuple[str, str]:
+def ensure_parent_run(opened: OpenedStudy, tracker: Tracker, spec: SweepSpec, *,
+                      wait_s: float = 60.0) -> tuple[str, str]:
     """(experiment id, parent run id) for this study; created by the study's leader."""
     study = opened.study
     attrs = study.user_attrs
-    if attrs.get(ATTR_PARENT):
-        return attrs[ATTR_EXPERIMENT], attrs[ATTR_PARENT]
+    if attrs.get(names.STUDY_ATTR_PARENT_RUN_ID):
+        return attrs[names.STUDY_ATTR_EXPERIMENT_ID], attrs[names.STUDY_ATTR_PARENT_RUN_ID]
     if not opened.created:
         # a siamese-sweep leader creates the parent right after the study; a study made elsewhere has no leader
-        if not attrs.get(ATTR_LEADER):
+        if not attrs.get(names.STUDY_ATTR_LEADER):
             time.sleep(2.0)
             attrs = study.user_attrs
-            wait_s = wait_s if attrs.get(ATTR_LEADER) else 0.0
+            wait_s = wait_s if attrs.get(names.STUDY_ATTR_LEADER) else 0.0
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             time.sleep(1.0)
             attrs = study.user_attrs
-            if attrs.get(ATTR_PARENT):
-                return attrs[ATTR_EXPERIMENT], attrs[ATTR_PARENT]
+            if attrs.get(names.STUDY_ATTR_PARENT_RUN_ID):
+                return attrs[names.STUDY_ATTR_EXPERIMENT_ID], attrs[names.STUDY_ATTR_PARENT_RUN_ID]
         log.warning("study %s has no parent run after %.0fs; creating one", study.study_name, wait_s)
     exp_id = tracker.experiment_id(spec.experiment_for(study.study_name))
-    existing = tracker.find_runs(exp_id, f"tags.`{TAG_ROLE}` = '{PARENT_ROLE}' and tags.`{TAG_STUDY}` = "
-                                         f"'{study.study_name}'")
+    existing = tracker.find_runs(exp_id, f"tags.`{names.TAG_ROLE}` = '{names.ROLE_PARENT}' and "
+                                         f"tags.`{names.TAG_STUDY}` = '{study.study_name}'")
     if existing:  # e.g. the study storage was reset but MLflow kept the parent: reuse it
         parent = sorted(existing, key=lambda r: (r.info.start_time, r.info.run_id))[0].info.run_id
     else:
         parent = tracker.create_parent_run(exp_id, study.study_name, tags={
-            "optuna.storage": _masked(opened.storage_url), "optuna.directions": ",".join(spec.study.objective_directions),
-            "optuna.metrics": ",".join(spec.study.objective_metrics)})
-    study.set_user_attr(ATTR_EXPERIMENT, exp_id)
-    study.set_user_attr(ATTR_PARENT, parent)
+            names.TAG_STORAGE: mask_url(opened.storage_url),
+            names.TAG_DIRECTIONS: ",".join(spec.study.objective_directions),
+            names.TAG_METRICS: ",".join(spec.study.objective_metrics)})
+    study.set_user_attr(names.STUDY_ATTR_EXPERIMENT_ID, exp_id)
+    study.set_user_attr(names.STUDY_ATTR_PARENT_RUN_ID, parent)
     return exp_id, parent
 
 
-def _masked(url: str) -> str:
-    from .secrets import mask_url
-
-    return mask_url(url)
-
-
 def trial_budget(study: optuna.Study, default: int) -> int:
-    return int(study.user_attrs.get(ATTR_BUDGET, default))
+    return int(study.user_attrs.get(names.STUDY_ATTR_BUDGET, default))
 
 
 @dataclass
@@ -198,9 +169,9 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
     """Counts by state, the best trial(s), and why trials were pruned or failed."""
     counts = count_states(study)
     out: dict[str, Any] = {"study": study.study_name, "counts": counts.as_dict(),
-                           "budget": study.user_attrs.get(ATTR_BUDGET),
+                           "budget": study.user_attrs.get(names.STUDY_ATTR_BUDGET),
                            "directions": [d.name.lower() for d in study.directions],
-                           "parent_run_id": study.user_attrs.get(ATTR_PARENT)}
+                           "parent_run_id": study.user_attrs.get(names.STUDY_ATTR_PARENT_RUN_ID)}
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     if complete:
         if len(study.directions) == 1:
@@ -208,17 +179,18 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
             out["best"] = _trial_summary(best)
         else:
             out["best_trials"] = [_trial_summary(t) for t in study.best_trials]
-    reasons = {}
-    for t in study.get_trials(deepcopy=False):
-        if t.state in (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL):
-            reasons[t.number] = {"state": t.state.name, "reason": t.user_attrs.get("reason", "stale" if
-                                 t.state == optuna.trial.TrialState.FAIL else "pruned")}
-    out["reasons"] = reasons
+    # a FAIL without a reason was failed by the heartbeat: its worker died before it could record one
+    unrecorded = {"FAIL": outcomes.STALE_HEARTBEAT.reason, "PRUNED": outcomes.PRUNED.reason}
+    out["reasons"] = {t.number: {"state": t.state.name,
+                                 "reason": t.user_attrs.get(names.TRIAL_ATTR_REASON, unrecorded[t.state.name])}
+                      for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,
+                                                                        optuna.trial.TrialState.FAIL))}
     return out
 
 
 def _trial_summary(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    test = names.TRIAL_ATTR_TEST_PREFIX
     return {"number": t.number, "value": t.value if t.values and len(t.values) == 1 else None,
-            "values": t.values, "params": t.params, "run_id": t.user_attrs.get("mlflow_run_id"),
-            "model_uri": t.user_attrs.get("model_uri"),
-            "test": {k[len("test_"):]: v for k, v in t.user_attrs.items() if k.startswith("test_")}}
+            "values": t.values, "params": t.params, "run_id": t.user_attrs.get(names.TRIAL_ATTR_RUN_ID),
+            "model_uri": t.user_attrs.get(names.TRIAL_ATTR_MODEL_URI),
+            "test": {k[len(test):]: v for k, v in t.user_attrs.items() if k.startswith(test)}}

@@ -24,22 +24,17 @@ from typing import Any, Callable, Mapping, TypeVar
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
-from siamese_core.errors import InfrastructureError
-
+from . import names
+from .errors import TrackingUnavailable
 from .secrets import mask_secrets, mask_url
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
-PARENT_ROLE = "parent"
-TAG_ROLE = "siamese_sweep.role"
-TAG_STUDY = "optuna.study_name"
-TAG_TRIAL = "optuna.trial_number"
-TAG_STATE = "optuna.trial_state"
-TAG_REASON = "optuna.reason"
-TAG_RETRY_OF = "optuna.retry_of"
+RUN_FINISHED = RunStatus.to_string(RunStatus.FINISHED)
+RUN_FAILED = RunStatus.to_string(RunStatus.FAILED)
+RUN_KILLED = RunStatus.to_string(RunStatus.KILLED)
+RUN_RUNNING = RunStatus.to_string(RunStatus.RUNNING)
 
 MAX_PARAMS_PER_CALL = 100
 MAX_METRICS_PER_CALL = 1000
@@ -54,16 +49,16 @@ _KEY_OK = re.compile(r"[^/\w.\- ]")
 # our own `Retry` sees the error: a worker would stall for minutes per epoch while the server is down.
 # Workers use these unless the environment already sets them (see docs/reliability.md).
 MLFLOW_HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+    names.ENV_MLFLOW_HTTP_REQUEST_MAX_RETRIES: "2",
+    names.ENV_MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR: "1",
+    names.ENV_MLFLOW_HTTP_REQUEST_BACKOFF_JITTER: "0.5",
+    names.ENV_MLFLOW_HTTP_REQUEST_TIMEOUT: "60",
     # MLflow writes "View run ... at: URL" lines to *stdout* when it talks to a server: `--json` must stay JSON
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-    "MLFLOW_PRINT_MODEL_URLS_ON_CREATION": "false",
+    names.ENV_MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT: "true",
+    names.ENV_MLFLOW_PRINT_MODEL_URLS_ON_CREATION: "false",
 }
 # How long a trial keeps retrying MLflow (end-of-trial flush, artifacts, model, run creation) before it fails.
-RETRY_BUDGET_ENV = "SIAMESE_SWEEP_MLFLOW_RETRY_SECONDS"
+RETRY_BUDGET_ENV = names.ENV_TRACKING_RETRY_SECONDS
 DEFAULT_RETRY_BUDGET_S = 120.0
 
 
@@ -82,10 +77,6 @@ def retry_budget_s() -> float:
     except ValueError:
         log.warning("%s=%r is not a number; using %.0f s", RETRY_BUDGET_ENV, raw, DEFAULT_RETRY_BUDGET_S)
         return DEFAULT_RETRY_BUDGET_S
-
-
-class TrackingUnavailable(InfrastructureError, RuntimeError):
-    """MLflow did not accept a call after all retries."""
 
 
 def sanitize_key(key: str) -> str:
@@ -186,11 +177,13 @@ class Tracker:
     # ---------------------------------------------------------- experiments
     def experiment_id(self, name: str) -> str:
         """Get or create the sweep's experiment (tagged so the UI opens it in model-training mode)."""
+        kind = names.EXPERIMENT_KIND_MODEL_TRAINING
+
         def get_or_create() -> str:
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
                 try:
-                    exp_id = self.client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+                    exp_id = self.client.create_experiment(name, tags={names.MLFLOW_EXPERIMENT_KIND: kind})
                 except Exception:  # another worker created it first
                     exp = self.client.get_experiment_by_name(name)
                     if exp is None:
@@ -199,24 +192,27 @@ class Tracker:
                 return exp_id
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
-            if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-                self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            if exp.tags.get(names.MLFLOW_EXPERIMENT_KIND) != kind:
+                self.client.set_experiment_tag(exp.experiment_id, names.MLFLOW_EXPERIMENT_KIND, kind)
             return exp.experiment_id
         return self.retry("get/create experiment", get_or_create)
 
     # ---------------------------------------------------------- runs
-    def create_parent_run(self, experiment_id: str, study_name: str, *, tags: Mapping[str, Any] = ()) -> str:
-        all_tags = {TAG_ROLE: PARENT_ROLE, TAG_STUDY: study_name, **dict(tags)}
+    def create_parent_run(self, experiment_id: str, study_name: str, *, tags: Mapping[str, Any] | None = None) -> str:
+        all_tags = {names.TAG_ROLE: names.ROLE_PARENT, names.TAG_STUDY: study_name, **dict(tags or {})}
         run = self.retry("create parent run", lambda: self.client.create_run(
-            experiment_id, run_name=f"study-{study_name}", tags={k: _tag_value(v) for k, v in all_tags.items()}))
+            experiment_id, run_name=names.parent_run_name(study_name),
+            tags={k: _tag_value(v) for k, v in all_tags.items()}))
         return run.info.run_id
 
     def start_trial_run(self, experiment_id: str, parent_run_id: str, *, study_name: str, trial_number: int,
-                        tags: Mapping[str, Any] = ()) -> "TrialRun":
-        all_tags = {"mlflow.parentRunId": parent_run_id, TAG_STUDY: study_name, TAG_TRIAL: trial_number,
-                    TAG_STATE: "RUNNING", TAG_ROLE: "trial", **dict(tags)}
-        same_trial = (f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{TAG_STUDY}` = '{study_name}' "
-                      f"and tags.`{TAG_TRIAL}` = '{trial_number}'")
+                        tags: Mapping[str, Any] | None = None) -> TrialRun:
+        all_tags = {names.MLFLOW_PARENT_RUN_ID: parent_run_id, names.TAG_STUDY: study_name,
+                    names.TAG_TRIAL_NUMBER: trial_number, names.TAG_STATE: "RUNNING",  # Optuna's state
+                    names.TAG_ROLE: names.ROLE_TRIAL, **dict(tags or {})}
+        same_trial = (f"tags.`{names.MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and "
+                      f"tags.`{names.TAG_STUDY}` = '{study_name}' and "
+                      f"tags.`{names.TAG_TRIAL_NUMBER}` = '{trial_number}'")
         attempts = 0
 
         def create() -> str:
@@ -226,7 +222,7 @@ class Tracker:
                 found = self.client.search_runs([experiment_id], filter_string=same_trial, max_results=1)
                 if found:
                     return found[0].info.run_id
-            return self.client.create_run(experiment_id, run_name=f"trial-{trial_number}",
+            return self.client.create_run(experiment_id, run_name=names.trial_run_name(trial_number),
                                           tags={k: _tag_value(v) for k, v in all_tags.items()}).info.run_id
 
         run_id = self.retry("create trial run", create)
@@ -243,9 +239,6 @@ class Tracker:
                     self.client.delete_run(run.info.run_id)
         except Exception as exc:  # noqa: BLE001
             log.warning("could not check for duplicate runs: %s", mask_secrets(str(exc))[:200])
-
-    def run_status(self, run_id: str) -> str:
-        return self.retry("get run", lambda: self.client.get_run(run_id)).info.status
 
     def terminate(self, run_id: str, status: str) -> None:
         self.retry("end run", lambda: self.client.set_terminated(run_id, status))
@@ -342,8 +335,3 @@ class TrialRun:
             self.tracker.terminate(self.run_id, status)
             self.closed = True
 
-
-RUN_FINISHED = RunStatus.to_string(RunStatus.FINISHED)
-RUN_FAILED = RunStatus.to_string(RunStatus.FAILED)
-RUN_KILLED = RunStatus.to_string(RunStatus.KILLED)
-RUN_RUNNING = RunStatus.to_string(RunStatus.RUNNING)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -21,21 +19,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
+from mlflow.entities import RunTag
 
-from siamese_core.errors import SiameseError
-
-from .objective import (REASON_TRACKING_DOWN_AT_START, USER_ATTR_REASON, USER_ATTR_RUN, Interrupted, Objective,
-                        StopRequest, TrialContext)
+from . import names, outcomes
+from .errors import SweepFatal, TrackingUnavailable
+from .objective import Objective, TrialContext
+from .signals import StopRequest, stop_on_signals
 from .spec import SweepSpec
-from .storage import budget_lock, fail_stale_trials
-from .study import ATTR_BUDGET, OpenedStudy, count_states, ensure_parent_run, trial_budget
-from .tracking import RUN_KILLED, RUN_RUNNING, TAG_REASON, TAG_STATE, Retry, Tracker, TrackingUnavailable
+from .storage import budget_lock, fail_stale_trials, safe_filename
+from .study import OpenedStudy, count_states, ensure_parent_run, trial_budget
+from .tracking import RUN_RUNNING, Retry, Tracker
 
 log = logging.getLogger(__name__)
-
-
-class SweepFatal(SiameseError, RuntimeError):
-    """The sweep cannot go on (tracking unreachable, every trial failing)."""
 
 
 @dataclass
@@ -75,34 +70,6 @@ class DataCache:
         return self._cache[key]
 
 
-def install_signal_handlers() -> Callable[[], None]:
-    """SIGTERM behaves like Ctrl-C: the running trial is marked failed, its run KILLED.
-
-    A signal that arrives while the interrupted trial is being ended (``docker stop`` repeats,
-    impatient Ctrl-C) is logged and ignored, so it cannot cut the clean-up short and leave the run
-    RUNNING. The handler also sets `StopRequest`, checked after every batch and in the worker loop,
-    because Python may raise the handler's exception where it is swallowed (a GC callback).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    StopRequest.reset()
-
-    def handler(signum: int, frame: Any) -> None:
-        if StopRequest.cleaning:
-            log.warning("signal %d again: still ending the current trial", signum)
-            return
-        StopRequest.requested, StopRequest.signum = True, signum
-        raise Interrupted(f"received signal {signum}")  # may be swallowed: see StopRequest
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def restore() -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-        StopRequest.reset()
-    return restore
-
-
 class _QuietStops(logging.Filter):
     """Optuna logs every failed trial with its traceback; for a Ctrl-C/SIGTERM or an MLflow outage the
     one-line reason says it all, so drop the traceback there (crashes of the user's code keep theirs)."""
@@ -127,25 +94,25 @@ def default_checkpoint_root(spec: SweepSpec, study_name: str, parent_run_id: str
     base = spec.study.checkpoint_dir
     if base is not None and base.strip().lower() in ("", "none", "off", "false"):
         return None
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study_name)
-    return Path(base or ".siamese-sweep/checkpoints").expanduser() / f"{safe}-{parent_run_id[:12]}"
+    return Path(base or ".siamese-sweep/checkpoints").expanduser() / f"{safe_filename(study_name)}-{parent_run_id[:12]}"
 
 
 def reconcile_runs(study: optuna.Study, tracker: Tracker, seen: set[int]) -> int:
-    """End the MLflow runs of trials that died with their worker (FAIL in Optuna, RUNNING in MLflow) as KILLED."""
+    """End the runs of FAIL trials that are still RUNNING in MLflow (worker died, MLflow was down) as
+    `outcomes.ORPHANED_RUN_STATUS`, tagged with the trial's reason (none recorded: its worker died)."""
     fixed = 0
     quick = Retry(budget_s=5.0)  # best-effort and repeated every round: never stall the worker on it
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
-        run_id = t.user_attrs.get(USER_ATTR_RUN)
+        run_id = t.user_attrs.get(names.TRIAL_ATTR_RUN_ID)
         if t.number in seen or not run_id:
             continue
         try:
             status = quick("get run", lambda r=run_id: tracker.client.get_run(r)).info.status
             if status == RUN_RUNNING:
-                reason = t.user_attrs.get(USER_ATTR_REASON) or "stale_heartbeat"
-                quick("tag run", lambda r=run_id, tg=reason: tracker.client.log_batch(
-                    r, tags=_tags({TAG_STATE: "FAIL", TAG_REASON: tg})))
-                quick("end run", lambda r=run_id: tracker.client.set_terminated(r, RUN_KILLED))
+                reason = t.user_attrs.get(names.TRIAL_ATTR_REASON) or outcomes.STALE_HEARTBEAT.reason
+                tags = [RunTag(names.TAG_STATE, outcomes.FAIL), RunTag(names.TAG_REASON, reason)]
+                quick("tag run", lambda r=run_id, tg=tags: tracker.client.log_batch(r, tags=tg))
+                quick("end run", lambda r=run_id: tracker.client.set_terminated(r, outcomes.ORPHANED_RUN_STATUS))
                 fixed += 1
             seen.add(t.number)
         except Exception as exc:  # noqa: BLE001 - reconciliation is best-effort, retried next round
@@ -161,26 +128,23 @@ def _sleep(seconds: float) -> None:
         time.sleep(min(0.25, left))
 
 
-def _tags(d: dict[str, str]) -> list[Any]:
-    from mlflow.entities import RunTag
-
-    return [RunTag(k, v) for k, v in d.items()]
+OnTrial = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 
 def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget: int | None = None,
-               timeout: float | None = None, on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+               timeout: float | None = None, on_trial: OnTrial | None = None,
                checkpoint_root: Path | None = None, poll_s: float | None = None,
                data_cache: DataCache | None = None) -> WorkerReport:
     """Run trials of `opened.study` in this process until the budget is met, time is up, or it is interrupted."""
     import mlflow
 
-    os.environ.pop("MLFLOW_RUN_ID", None)  # would hijack run creation (see notes on MLflow 3)
+    os.environ.pop(names.ENV_MLFLOW_RUN_ID, None)  # would hijack run creation (MLflow 3: it overrides parent_run_id)
     mlflow.set_tracking_uri(tracker.uri)
     study = opened.study
     if budget is not None:
-        study.set_user_attr(ATTR_BUDGET, int(budget))
-    elif ATTR_BUDGET not in study.user_attrs:
-        study.set_user_attr(ATTR_BUDGET, spec.study.trials)
+        study.set_user_attr(names.STUDY_ATTR_BUDGET, int(budget))
+    elif names.STUDY_ATTR_BUDGET not in study.user_attrs:
+        study.set_user_attr(names.STUDY_ATTR_BUDGET, spec.study.trials)
     experiment_id, parent_run_id = ensure_parent_run(opened, tracker, spec)
     if checkpoint_root is None:
         checkpoint_root = default_checkpoint_root(spec, study.study_name, parent_run_id)
@@ -206,42 +170,42 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
         report.states[frozen.state.name] = report.states.get(frozen.state.name, 0) + 1
         if frozen.state == optuna.trial.TrialState.FAIL:
             consecutive_failures += 1
-            last_reason = frozen.user_attrs.get(USER_ATTR_REASON, "unknown")
+            last_reason = frozen.user_attrs.get(names.TRIAL_ATTR_REASON, "unknown")
         else:
             consecutive_failures = 0
         if on_trial is not None:
             on_trial(st, frozen)
 
-    restore = install_signal_handlers()
-    try:
-        while True:
-            StopRequest.check()  # a signal whose exception was swallowed (see StopRequest)
-            if deadline is not None and time.monotonic() >= deadline:
-                report.stopped_by = "timeout"
-                break
-            with lock:
-                fail_stale_trials(study)
-                reconcile_runs(study, tracker, reconciled)
-                counts = count_states(study)
-                target = trial_budget(study, spec.study.trials)
-                if counts.done >= target:
-                    report.budget_met, report.stopped_by = True, "budget"
+    with stop_on_signals():
+        try:
+            while True:
+                StopRequest.check()  # a signal whose exception was swallowed (see sweeps.signals)
+                if deadline is not None and time.monotonic() >= deadline:
+                    report.stopped_by = "timeout"
                     break
-                can_start = counts.waiting > 0 or counts.done + counts.running + counts.waiting < target
+                with lock:
+                    fail_stale_trials(study)
+                    reconcile_runs(study, tracker, reconciled)
+                    counts = count_states(study)
+                    target = trial_budget(study, spec.study.trials)
+                    if counts.done >= target:
+                        report.budget_met, report.stopped_by = True, "budget"
+                        break
+                    can_start = counts.waiting > 0 or counts.done + counts.running + counts.waiting < target
+                    if can_start:
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                            study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=[after_trial],
+                                           gc_after_trial=True)
                 if can_start:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                        study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=[after_trial],
-                                       gc_after_trial=True)
-            if can_start:
-                if last_reason == REASON_TRACKING_DOWN_AT_START:
-                    raise SweepFatal(f"MLflow tracking at {tracker!r} is unreachable")
-                if consecutive_failures >= spec.study.max_failures:
-                    raise SweepFatal(f"{consecutive_failures} trials in a row failed (last reason: {last_reason}); "
-                                     f"stopping. See 'siamese-sweep status' and the failed runs in MLflow.")
-                continue
-            _sleep(poll)  # other workers are running the remaining trials
-    finally:
-        restore()
-        lock.release()
+                    if last_reason == outcomes.TRACKING_UNAVAILABLE_AT_START.reason:
+                        raise SweepFatal(f"MLflow tracking at {tracker!r} is unreachable")
+                    if consecutive_failures >= spec.study.max_failures:
+                        raise SweepFatal(f"{consecutive_failures} trials in a row failed (last reason: "
+                                         f"{last_reason}); stopping. See 'siamese-sweep status' and the failed runs "
+                                         f"in MLflow.")
+                    continue
+                _sleep(poll)  # other workers are running the remaining trials
+        finally:
+            lock.release()
     return report

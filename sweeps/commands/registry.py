@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
-from ..cli import EXIT_OK, add_set_option, print_json
+from .. import names
+from ..cli import EXIT_OK, add_set_option, flag_or_env, print_json
+from ..registry import DEFAULT_ALIAS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
@@ -25,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                           "sqlite:///mlflow.db)")
     p.add_argument("--model-name", help="registered model (default: the spec's tracking.registered_model, "
                                         "else siamese-<study>)")
-    p.add_argument("--alias", default="champion", help="registry alias to move (default: champion)")
+    p.add_argument("--alias", default=DEFAULT_ALIAS, help=f"registry alias to move (default: {DEFAULT_ALIAS})")
     p.add_argument("--metric", help="compare by test_roc_auc (test_auc), test_pair_accuracy or test_eer (lower is "
                                     "better); default: the study objective's test counterpart")
     p.add_argument("--force", action="store_true", help="move the alias even if the candidate is not better")
@@ -63,8 +64,9 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
 
     return {
         "study": args.study or (spec.study.name if spec else None),
-        "storage": args.storage or os.environ.get("OPTUNA_STORAGE") or (spec.study.storage if spec else DEFAULT_STORAGE),
-        "tracking_uri": args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        "storage": flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE)
+        or (spec.study.storage if spec else DEFAULT_STORAGE),
+        "tracking_uri": flag_or_env(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI)
         or (spec.tracking.uri if spec else DEFAULT_TRACKING_URI),
         "model_name": args.model_name or (spec.tracking.registered_model if spec else None),
     }
@@ -73,7 +75,8 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_promote(args: argparse.Namespace) -> int:
     from siamese_core.errors import ConfigError
 
-    from ..promotion import promote, rollback, validate_alias
+    from ..promotion import promote, rollback
+    from ..registry import validate_alias
 
     validate_alias(args.alias)  # before anything heavy is imported or touched
     where = _resolve(args)
@@ -116,7 +119,8 @@ def render(decision: Any) -> str:
     h = d.get("holder")
     if h:
         origin = f" (study {h['study']}, trial #{h['trial']})" if h.get("study") else ""
-        lines.append(f"holder     {target} = v{h['version']}{origin}" + (f": test {_metrics(h)}" if h.get("metrics") else ""))
+        scores = f": test {_metrics(h)}" if h.get("metrics") else ""
+        lines.append(f"holder     {target} = v{h['version']}{origin}{scores}")
     elif d["action"] != "rollback":
         lines.append(f"holder     {target} is not set")
     if d["action"] == "rollback":
@@ -145,11 +149,9 @@ def _load_model(uri: str, tracking_uri: str, tmp: str) -> tuple[Any, dict[str, A
         return SiameseServingModel.from_keras(load_keras(str(path))), {}
     import mlflow.pyfunc
 
-    from ..reevaluation import download_model, global_tracking_uri
+    from ..registry import download_model
 
-    with global_tracking_uri(tracking_uri):  # runs:/ URIs resolve through MLflow's default client
-        local = download_model(uri, tracking_uri=tracking_uri, dst=tmp)
-    model = mlflow.pyfunc.load_model(local)
+    model = mlflow.pyfunc.load_model(download_model(uri, tracking_uri=tracking_uri, dst=tmp))
     return model.unwrap_python_model(), dict(model.metadata.metadata or {})
 
 
@@ -172,7 +174,8 @@ def read_sample(path_str: str, shape: tuple[int, ...], dtype: str, meta: dict[st
             raise DataError(path_str, f"{what}: not a readable .npy array ({exc})") from None
     elif suffix in IMAGE_SUFFIXES:
         if len(shape) not in (2, 3):
-            raise DataError(path_str, f"{what}: this model takes inputs of shape {list(shape)}, not images; pass a .npy")
+            raise DataError(path_str, f"{what}: this model takes inputs of shape {list(shape)}, not images; "
+                                      "pass a .npy")
         from siamese_core.data.image_folder import ImageFiles
 
         channels = shape[2] if len(shape) == 3 else 1
@@ -182,7 +185,7 @@ def read_sample(path_str: str, shape: tuple[int, ...], dtype: str, meta: dict[st
             x = files.load().astype(np.float64)[0]
         except Exception as exc:  # noqa: BLE001 - DataError from the loader, or a decode error
             raise DataError(path_str, f"{what}: cannot decode the image ({exc})") from None
-        lo, hi = (meta.get("siamese.value_range") or [0.0, 255.0])[:2]
+        lo, hi = (meta.get(names.TAG_VALUE_RANGE) or [0.0, 255.0])[:2]
         if (lo, hi) != (0.0, 255.0):
             x = lo + x * (float(hi) - float(lo)) / 255.0
     else:
@@ -201,7 +204,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for what, p in (("A", args.a), ("B", args.b)):  # before the (slow) model load
         if not Path(p).is_file():
             raise DataError(p, f"{what}: no such file")
-    tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    from ..spec import DEFAULT_TRACKING_URI
+
+    tracking_uri = flag_or_env(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI) or DEFAULT_TRACKING_URI
     with tempfile.TemporaryDirectory(prefix="siamese-predict-") as tmp:
         model, meta = _load_model(args.model_uri, tracking_uri, tmp)
         (shape_a, dtype_a), (shape_b, dtype_b) = model.inputs[0], model.inputs[-1]

@@ -4,12 +4,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli import EXIT_ERROR, EXIT_OK, add_set_option, print_json
+from .. import names, pruners, samplers
+from ..cli import EXIT_ERROR, EXIT_OK, add_set_option, flag_or_env, print_json
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--storage", help="Optuna storage URL (default: the spec's, else sqlite:///optuna.db)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db)")
+    p.add_argument("--storage", help=f"Optuna storage URL (default: ${names.ENV_OPTUNA_STORAGE}, the spec's, "
+                                     "else sqlite:///optuna.db)")
+    p.add_argument("--tracking-uri", help=f"MLflow tracking URI (default: ${names.ENV_MLFLOW_TRACKING_URI}, the "
+                                          "spec's, else sqlite:///mlflow.db)")
     p.add_argument("--study", help="study name (default: the spec's study.name)")
     p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
     add_set_option(p, what="spec")
@@ -19,7 +22,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("run", help="run (or resume) a sweep", description=(
-        "Create or resume a study and run it to its trial budget. Running the same command again resumes it."))
+        "Create or resume a study and run it to its trial budget. Running the same command again resumes it. "
+        f"Samplers (study.sampler.type): {', '.join(samplers.names())}. "
+        f"Pruners (study.pruner.type): {', '.join(pruners.names())}."))
     r.add_argument("spec", nargs="?", help="sweep spec YAML (default: the built-in quickstart)")
     r.add_argument("--trials", type=int, help="global trial budget (COMPLETE + PRUNED), across workers and restarts")
     r.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
@@ -36,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("status", help="trials by state, best trial, prune/fail reasons")
     s.add_argument("spec", nargs="?", help="sweep spec YAML (for its storage and study name)")
-    s.add_argument("--storage", help="Optuna storage URL (default: $OPTUNA_STORAGE, else the spec's)")
+    s.add_argument("--storage", help=f"Optuna storage URL (default: ${names.ENV_OPTUNA_STORAGE}, else the spec's)")
     s.add_argument("--study", help="study name")
     add_set_option(s, what="spec")
     s.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -71,19 +76,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..runner import options_from, run_sweep
 
     options = options_from(spec, trials=args.trials, timeout=args.timeout, workers=args.workers,
-                           storage=_env_or(args.storage, "OPTUNA_STORAGE"),
-                           tracking_uri=_env_or(args.tracking_uri, "MLFLOW_TRACKING_URI"),
+                           storage=flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE),
+                           tracking_uri=flag_or_env(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI),
                            study_name=args.study, progress=not args.quiet)
     result = run_sweep(spec, options, data=data)
     _report(result.status, args.json)
     return EXIT_OK if result.budget_met or args.timeout else EXIT_ERROR
-
-
-def _env_or(value: str | None, env: str) -> str | None:
-    """Flag, else environment (keeps passwords off command lines), else the spec's value."""
-    import os
-
-    return value or os.environ.get(env) or None
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -100,8 +98,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from ..runner import join_sweep, options_from
 
-    options = options_from(spec, timeout=args.timeout, storage=_env_or(args.storage, "OPTUNA_STORAGE"),
-                           tracking_uri=_env_or(args.tracking_uri, "MLFLOW_TRACKING_URI"),
+    options = options_from(spec, timeout=args.timeout, storage=flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE),
+                           tracking_uri=flag_or_env(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI),
                            study_name=args.study, progress=False)
     options.worker_index, options.finalize = args.worker_index, not args.no_finalize
     result = join_sweep(spec, options, data=data)
@@ -111,24 +109,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import optuna
+    from ..study import load_study, study_status
 
-    from ..storage import make_storage
-    from ..study import study_status
-
-    storage = _env_or(args.storage, "OPTUNA_STORAGE")  # like run/worker: keeps the password off argv
+    storage = flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE)  # like run/worker: keeps the password off argv
     if args.spec or args.overrides or not (storage and args.study):
         spec = _spec(args)
         storage, study = storage or spec.study.storage, args.study or spec.study.name
     else:
         study = args.study
-    try:
-        st = optuna.load_study(study_name=study, storage=make_storage(storage))
-    except KeyError:
-        from siamese_core.errors import ConfigError
-
-        raise ConfigError("--study", f"no study named {study!r} in this storage") from None
-    _report(study_status(st), args.json)
+    _report(study_status(load_study(study, storage)), args.json)
     return EXIT_OK
 
 

@@ -75,9 +75,9 @@ def test_three_workers_on_postgres_and_mlflow_auth_survive_a_sigkill(
     assert sum(t.state == S.COMPLETE for t in trials.values()) == BUDGET
     killed_run, retry_run = seen["runs"][victim.number], seen["runs"][retry.number]
     assert killed_run.info.status == "KILLED"
-    assert killed_run.data.tags["optuna.reason"] == "stale_heartbeat"
-    assert retry_run.data.tags["optuna.retry_of"] == str(victim.number)
-    assert retry_run.data.tags["checkpoint.resumed_from_epoch"] == str(retry.user_attrs["resumed_from_epoch"])
+    assert killed_run.data.tags["siamese_sweep.reason"] == "stale_heartbeat"
+    assert retry_run.data.tags["siamese_sweep.retry_of"] == str(victim.number)
+    assert retry_run.data.tags["siamese_sweep.resumed_from_epoch"] == str(retry.user_attrs["resumed_from_epoch"])
     # more than one worker ran trials, and workers started together did not propose the same parameters
     assert len({t.user_attrs["worker"] for t in trials.values()}) >= 2
     fresh = [tuple(sorted(t.params.items())) for t in trials.values() if "failed_trial" not in t.system_attrs]
@@ -95,7 +95,8 @@ def test_three_workers_on_postgres_and_mlflow_auth_survive_a_sigkill(
     assert not [v for v in values for s in secrets if s in v]
     parent = client.get_run(seen["parent_id"])
     assert parent.info.status == "FINISHED"
-    assert "***" in parent.data.tags["optuna.storage"] and "postgresql" in parent.data.tags["optuna.storage"]
+    storage_tag = parent.data.tags["siamese_sweep.storage"]
+    assert "***" in storage_tag and "postgresql" in storage_tag
     for w in workers:
         for text in (w.stdout, w.stderr):
             assert not [s for s in secrets if s in text], w.name

@@ -7,8 +7,10 @@ import optuna
 import pytest
 
 from siamese_core.errors import ConfigError
+from sweeps import directions
 from sweeps import reevaluation as rev
-from sweeps.promotion import pick_candidate, rank_trials, validate_alias
+from sweeps.promotion import pick_candidate, rank_trials
+from sweeps.registry import validate_alias
 
 
 @pytest.mark.parametrize("alias", ["latest", "LATEST", "Latest", "v1", "V22", "v007"])
@@ -68,9 +70,9 @@ def test_unknown_metric_names_the_option() -> None:
 
 
 def test_eer_is_lower_is_better_and_nan_never_wins() -> None:
-    assert rev.better(0.1, 0.2, "eer") and not rev.better(0.2, 0.1, "eer")
-    assert rev.better(0.9, 0.8, "roc_auc") and not rev.better(0.8, 0.8, "roc_auc")
-    assert not rev.better(float("nan"), 0.1, "roc_auc") and rev.better(0.1, float("nan"), "roc_auc")
+    assert directions.better(0.1, 0.2, "eer") and not directions.better(0.2, 0.1, "eer")
+    assert directions.better(0.9, 0.8, "roc_auc") and not directions.better(0.8, 0.8, "roc_auc")
+    assert not directions.better(float("nan"), 0.1, "roc_auc") and directions.better(0.1, float("nan"), "roc_auc")
     assert rev.objective_counterpart("val_roc_auc") == "roc_auc"
     assert rev.objective_counterpart("val_eer") == "eer"
     assert rev.objective_counterpart("val_loss") == "roc_auc"
@@ -91,17 +93,17 @@ def test_best_trial_with_error_diagnostics_is_skipped() -> None:
         {"value": 0.97, "attrs": {"diagnostics_errors": [], "test_roc_auc": 0.99}},  # no logged model
         {"value": 0.90, "attrs": {"model_uri": "models:/m-d", "diagnostics_errors": [], "test_roc_auc": 0.97}},
     ])
-    trial, skipped = pick_candidate(study, None, client=None)
+    trial, skipped = pick_candidate(study, None)
     assert trial.number == 1
     assert [s["trial"] for s in skipped] == [0, 2]
     assert "embedding_collapse" in skipped[0]["reason"] and "no logged model" in skipped[1]["reason"]
     # by --metric: ranked on the recorded test metric instead of the objective
     assert [t.number for t in rank_trials(study, "roc_auc")] == [2, 3, 1, 0]
-    assert pick_candidate(study, "roc_auc", client=None)[0].number == 3
+    assert pick_candidate(study, "roc_auc")[0].number == 3
     assert [t.number for t in rank_trials(study, "eer")][-1] in (0, 1, 2, 3)
 
 
 def test_no_usable_trial_is_a_clear_error() -> None:
     study = _study([{"value": 0.9, "attrs": {"model_uri": "models:/m-a", "diagnostics_errors": ["nan_loss"]}}])
     with pytest.raises(ConfigError, match="no COMPLETE trial"):
-        pick_candidate(study, None, client=None)
+        pick_candidate(study, None)

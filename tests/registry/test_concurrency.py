@@ -34,7 +34,7 @@ def _collect(stream, lines: list[str]) -> threading.Thread:
 
 
 def _version_of(client: MlflowClient, name: str, study: str) -> str:
-    [v] = [v for v in client.search_model_versions(f"name='{name}'") if v.tags.get("siamese.study") == study]
+    [v] = [v for v in client.search_model_versions(f"name='{name}'") if v.tags.get("siamese_sweep.study") == study]
     return str(v.version)
 
 

@@ -12,8 +12,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from sweeps.modelio import model_id_from_uri
-from sweeps.reevaluation import download_model
+from sweeps.registry import download_model, model_id_from_uri
 from sweeps.storage import make_storage
 
 from .conftest import Stores, test_split
@@ -64,8 +63,8 @@ def test_mlmodel_has_both_flavors_over_one_weights_file(logged: dict[str, Any]) 
     assert set(inputs) == {"left", "right", "input"} and not any(c["required"] for c in inputs.values())
     assert {p["name"] for p in json.loads(sig["params"])} == {"mode", "threshold", "side"}
     meta = mlmodel["metadata"]
-    assert meta["siamese.threshold"] == pytest.approx(logged["best"].user_attrs["threshold"])
-    assert meta["siamese.dataset_fingerprint"] == logged["best"].user_attrs["dataset_fingerprint"]
+    assert meta["siamese_sweep.threshold"] == pytest.approx(logged["best"].user_attrs["threshold"])
+    assert meta["siamese_sweep.dataset_fingerprint"] == logged["best"].user_attrs["dataset_fingerprint"]
 
 
 def test_keras_flavor_loads_in_safe_mode_with_the_threshold_inside(logged: dict[str, Any]) -> None:

@@ -10,8 +10,8 @@ import pytest
 from mlflow import MlflowClient
 
 from siamese_core.errors import DataError
-from sweeps.modelio import model_id_from_uri
 from sweeps.promotion import promote, rollback
+from sweeps.registry import model_id_from_uri
 from sweeps.storage import make_storage
 
 from .conftest import Stores, test_split
@@ -47,13 +47,13 @@ def test_promotion_lifecycle(stores: Stores) -> None:
     lm = client.get_logged_model(model_id_from_uri(v1.source))
     assert client.get_model_version_download_uri(name, "1") == lm.artifact_location
     tags = v1.tags
-    assert tags["siamese.study"] == "weak" and tags["siamese.trial_number"] == str(weak.number)
-    assert tags["siamese.run_id"] == weak.user_attrs["mlflow_run_id"]
-    assert tags["siamese.dataset_fingerprint"] == weak.user_attrs["dataset_fingerprint"]
-    assert float(tags["siamese.threshold"]) == pytest.approx(weak.user_attrs["threshold"])
+    assert tags["siamese_sweep.study"] == "weak" and tags["siamese_sweep.trial_number"] == str(weak.number)
+    assert tags["siamese_sweep.run_id"] == weak.user_attrs["mlflow_run_id"]
+    assert tags["siamese_sweep.dataset_fingerprint"] == weak.user_attrs["dataset_fingerprint"]
+    assert float(tags["siamese_sweep.threshold"]) == pytest.approx(weak.user_attrs["threshold"])
     for k in ("pair_accuracy", "roc_auc", "eer"):
-        assert float(tags[f"siamese.test_{k}"]) == pytest.approx(weak.user_attrs[f"test_{k}"], abs=1e-6)
-    assert "siamese.promoted_at.champion" in tags and tags["siamese.eligible.champion"] == "true"
+        assert float(tags[f"siamese_sweep.test_{k}"]) == pytest.approx(weak.user_attrs[f"test_{k}"], abs=1e-6)
+    assert "siamese_sweep.promoted_at.champion" in tags and tags["siamese_sweep.eligible.champion"] == "true"
     assert _alias(client, name) == "1"
 
     d = promote("good", **stores.kw(model_name=name))  # better: moves
@@ -61,7 +61,7 @@ def test_promotion_lifecycle(stores: Stores) -> None:
     assert d.candidate["metrics"]["roc_auc"] > d.holder["metrics"]["roc_auc"]
     assert d.candidate["embeddings_reproduced"] is True
     assert _alias(client, name) == "2"
-    assert client.get_model_version(name, "2").tags["siamese.previous.champion"] == "1"
+    assert client.get_model_version(name, "2").tags["siamese_sweep.previous.champion"] == "1"
 
     d = promote("weak", **stores.kw(model_name=name))  # worse: does not move, and no duplicate version
     assert (d.action, d.final_holder) == ("keep", "2") and "not better" in d.reason
@@ -76,8 +76,8 @@ def test_promotion_lifecycle(stores: Stores) -> None:
 
     d = rollback(tracking_uri=stores.tracking_uri, model_name=name)
     assert d.final_holder == "1" and _alias(client, name) == "1"
-    assert client.get_model_version(name, "2").tags["siamese.eligible.champion"] == "rolled_back"
-    last = json.loads(client.get_registered_model(name).tags["siamese.last_rollback.champion"])
+    assert client.get_model_version(name, "2").tags["siamese_sweep.eligible.champion"] == "rolled_back"
+    last = json.loads(client.get_registered_model(name).tags["siamese_sweep.last_rollback.champion"])
     assert (last["from"], last["to"]) == ("2", "1")
 
     d = promote("good", **stores.kw(model_name=name))  # an explicit promotion brings it back
@@ -119,14 +119,14 @@ def test_force_and_metric(sqlite_stores: Stores) -> None:
     assert (d.metric, d.higher_is_better, d.action) == ("eer", False, "keep")
     d = promote("weak", **sqlite_stores.kw(model_name=name, force=True))
     assert (d.action, d.forced, d.final_holder) == ("promote", True, "2") and _alias(client, name) == "2"
-    assert client.get_model_version(name, "1").tags["siamese.eligible.champion"].startswith("superseded")
+    assert client.get_model_version(name, "1").tags["siamese_sweep.eligible.champion"].startswith("superseded")
     assert rollback(tracking_uri=sqlite_stores.tracking_uri, model_name=name).final_holder == "1"
 
 
 def test_reloaded_model_reproduces_the_trials_test_embeddings_exactly(sqlite_stores: Stores) -> None:
     import mlflow.pyfunc
 
-    from sweeps.reevaluation import download_model
+    from sweeps.registry import download_model
 
     name = "determinism"
     promote("good", **sqlite_stores.kw(model_name=name))

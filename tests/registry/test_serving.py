@@ -87,7 +87,7 @@ def server(sqlite_stores: Stores, tmp_path_factory: pytest.TempPathFactory) -> A
 def test_invocations_answer_the_documented_pair_request(server: dict, sqlite_stores: Stores) -> None:
     import mlflow.pyfunc
 
-    from sweeps.reevaluation import download_model
+    from sweeps.registry import download_model
 
     body = documented_request("pairs")
     status, out = _post(f"{server['url']}/invocations", body)

@@ -204,19 +204,19 @@ def check_sweep_invariants(study: optuna.Study, client: Any, *, epochs: int, bud
     experiment_id = study.user_attrs["mlflow_experiment_id"]
     all_runs = client.search_runs([experiment_id], max_results=1000)
     parents = [r for r in all_runs if r.data.tags.get("siamese_sweep.role") == "parent"
-               and r.data.tags.get("optuna.study_name") == study.study_name]
+               and r.data.tags.get("siamese_sweep.study") == study.study_name]
     assert [p.info.run_id for p in parents] == [parent_id]
     children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
     by_number: dict[int, list[Any]] = {}
     for r in children:
-        by_number.setdefault(int(r.data.tags["optuna.trial_number"]), []).append(r)
+        by_number.setdefault(int(r.data.tags["siamese_sweep.trial_number"]), []).append(r)
     duplicates = {n: len(rs) for n, rs in by_number.items() if len(rs) != 1}
     assert not duplicates, f"trials with more than one run: {duplicates}"
     # a trial that failed because MLflow was down when it started never got a run
     runless = {t.number for t in trials if t.user_attrs.get("reason") == "tracking_unavailable_at_start"}
     assert sorted(by_number) == sorted(set(numbers) - runless), (sorted(by_number), sorted(numbers), runless)
-    assert all(r.info.status != "RUNNING" for r in children), [(r.data.tags["optuna.trial_number"], r.info.status)
-                                                              for r in children]
+    assert all(r.info.status != "RUNNING" for r in children), [
+        (r.data.tags["siamese_sweep.trial_number"], r.info.status) for r in children]
     for t in trials:
         if t.number in runless:
             assert t.state == S.FAIL and not t.user_attrs.get("mlflow_run_id"), t.user_attrs
@@ -232,7 +232,7 @@ def check_sweep_invariants(study: optuna.Study, client: Any, *, epochs: int, bud
 
 def check_complete_run(client: Any, run: Any, trial: optuna.trial.FrozenTrial, *, epochs: int) -> None:
     assert run.info.status == "FINISHED", (trial.number, run.info.status)
-    assert run.data.tags.get("optuna.trial_state") == "COMPLETE", run.data.tags
+    assert run.data.tags.get("siamese_sweep.state") == "COMPLETE", run.data.tags
     for key in ("loss", "val_loss", "val_roc_auc"):
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
         assert steps == list(range(epochs)), f"trial {trial.number}: {key} logged at steps {steps}"

@@ -9,38 +9,50 @@ from pathlib import Path
 import optuna
 import pytest
 
-from sweeps.tracking import (DEFAULT_RETRY_BUDGET_S, RETRY_BUDGET_ENV, Retry, Tracker, TrackingUnavailable, TrialRun,
-                             configure_http_client)
+from sweeps.errors import TrackingUnavailable
+from sweeps.storage import frozen_trial
+from sweeps.tracking import DEFAULT_RETRY_BUDGET_S, RETRY_BUDGET_ENV, Retry, Tracker, TrialRun, configure_http_client
 
 S = optuna.trial.TrialState
 
 
 # ------------------------------------------------------------------ signals
 def test_sigterm_interrupts_and_a_repeat_cannot_cut_the_cleanup_short(caplog: pytest.LogCaptureFixture) -> None:
-    from sweeps.objective import Interrupted, StopRequest
-    from sweeps.worker import install_signal_handlers
+    from sweeps.errors import Interrupted
+    from sweeps.signals import StopRequest, begin_cleanup, stop_on_signals
 
     before = signal.getsignal(signal.SIGTERM)
-    restore = install_signal_handlers()
-    try:
+    with stop_on_signals():
         with pytest.raises(Interrupted, match="signal 15"):
             os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before kill() returns to Python code
         assert StopRequest.requested
-        StopRequest.cleaning = True  # what Objective._record_failure sets while it ends the trial
-        with caplog.at_level(logging.WARNING, logger="sweeps.worker"):
+        begin_cleanup()  # what a trial does while it ends its interrupted run
+        with caplog.at_level(logging.WARNING, logger="sweeps.signals"):
             os.kill(os.getpid(), signal.SIGTERM)  # logged, not raised
             os.kill(os.getpid(), signal.SIGINT)
         assert "again" in caplog.text
         assert isinstance(Interrupted("x"), KeyboardInterrupt)  # so Optuna marks the trial FAIL
-    finally:
-        restore()
     assert signal.getsignal(signal.SIGTERM) is before and not StopRequest.requested
+
+
+def test_the_parent_of_n_workers_only_records_the_stop_and_checks_it_in_its_loop() -> None:
+    """`run --workers N` installs the same handler without raising at once: its loop checks every 0.25 s."""
+    from sweeps.errors import Interrupted
+    from sweeps.signals import StopRequest, stop_on_signals
+
+    with stop_on_signals(raise_at_once=False):
+        os.kill(os.getpid(), signal.SIGTERM)  # recorded, not raised
+        assert StopRequest.requested and StopRequest.signum == signal.SIGTERM
+        with pytest.raises(Interrupted, match="signal 15"):
+            StopRequest.check()
+    assert not StopRequest.requested
 
 
 def test_a_swallowed_signal_exception_still_stops_training_at_the_next_batch() -> None:
     """Python may run the handler inside a GC/weakref callback, where its exception is printed and ignored
     (seen with SQLAlchemy: a forwarded SIGTERM left a worker training). The flag catches it."""
-    from sweeps.objective import Interrupted, StopRequest, stop_check_callback
+    from sweeps.errors import Interrupted
+    from sweeps.signals import StopRequest, stop_check_callback
 
     callback = stop_check_callback()
     callback.on_train_batch_end(0)  # nothing pending: no-op
@@ -52,13 +64,35 @@ def test_a_swallowed_signal_exception_still_stops_training_at_the_next_batch() -
         StopRequest.reset()
 
 
+def test_a_stop_that_surfaced_as_another_exception_still_stops_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal's exception can come back wrapped (seen under load): the trial is `interrupted`, and Optuna
+    must see a KeyboardInterrupt, or it would catch the error and the worker would start the next trial."""
+    from sweeps import objective
+    from sweeps.signals import StopRequest
+
+    def wrapped(self: objective.TrialAttempt) -> float:
+        StopRequest.requested, StopRequest.signum = True, signal.SIGTERM  # the handler ran; its exception is lost
+        raise RuntimeError("an error raised while the signal was being handled")
+
+    recorded = []
+    monkeypatch.setattr(objective.TrialAttempt, "run", wrapped)
+    monkeypatch.setattr(objective.TrialAttempt, "_fail", lambda self, outcome, exc: recorded.append(outcome.reason))
+    study = optuna.create_study()
+    try:
+        with pytest.raises(KeyboardInterrupt, match="signal 15"):
+            study.optimize(objective.Objective(ctx=None), n_trials=2, catch=(Exception,))  # type: ignore[arg-type]
+    finally:
+        StopRequest.reset()
+    assert recorded == ["interrupted"] and [t.state for t in study.trials] == [S.FAIL]
+
+
 # ------------------------------------------------------------------ retries of trials
 def _running_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     trial.set_user_attr("mlflow_run_id", "run-1")
     trial.set_user_attr("reason", "interrupted")
     trial.set_user_attr("keep", 1)
-    return study._storage.get_trial(trial._trial_id)
+    return frozen_trial(trial)
 
 
 def test_requeue_records_the_original_and_respects_max_retries(tmp_path: Path) -> None:
@@ -69,14 +103,14 @@ def test_requeue_records_the_original_and_respects_max_retries(tmp_path: Path) -
     assert requeue_trial(study, original, max_retries=2, drop_user_attrs=("mlflow_run_id", "reason"))
     study.tell(original.number, state=S.FAIL)
     retry = study.ask()  # a worker picks the queued copy first
-    frozen = study._storage.get_trial(retry._trial_id)
+    frozen = frozen_trial(retry)
     assert frozen.number != original.number and frozen.params == original.params
     assert retried_trial_number(frozen) == original.number
     assert frozen.user_attrs == {"keep": 1}
     # a retry of the retry still names the original; the third is refused
     assert requeue_trial(study, frozen, max_retries=2)
     study.tell(frozen.number, state=S.FAIL)
-    third = study._storage.get_trial(study.ask()._trial_id)
+    third = frozen_trial(study.ask())
     assert retried_trial_number(third) == original.number
     assert third.system_attrs["retry_history"] == [original.number, frozen.number]
     assert not requeue_trial(study, third, max_retries=2)
@@ -171,7 +205,7 @@ def test_a_trial_never_keeps_two_runs_even_if_create_run_was_sent_twice(tmp_path
     exp = tracker.experiment_id("dupes")
     parent = tracker.create_parent_run(exp, "s")
     ghost = tracker.client.create_run(exp, run_name="trial-3", tags={  # what a re-sent POST leaves behind
-        "mlflow.parentRunId": parent, "optuna.study_name": "s", "optuna.trial_number": "3"})
+        "mlflow.parentRunId": parent, "siamese_sweep.study": "s", "siamese_sweep.trial_number": "3"})
     run = tracker.start_trial_run(exp, parent, study_name="s", trial_number=3)
     other = tracker.start_trial_run(exp, parent, study_name="s", trial_number=4)
     active = {r.info.run_id for r in tracker.client.search_runs([exp])}

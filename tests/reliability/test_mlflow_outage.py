@@ -103,5 +103,5 @@ def test_long_outage_fails_the_trial_clearly_and_the_rerun_completes_it_without_
     assert retry.state == S.COMPLETE and retry.params == victim.params
     assert retry.user_attrs["resumed_from_epoch"] == epochs, "training finished before the outage: not redone"
     assert seen["runs"][victim.number].info.status in ("FAILED", "KILLED")
-    assert seen["runs"][victim.number].data.tags["optuna.reason"] == "tracking_unavailable"
+    assert seen["runs"][victim.number].data.tags["siamese_sweep.reason"] == "tracking_unavailable"
     assert client.get_run(seen["parent_id"]).info.status == "FINISHED"

@@ -38,7 +38,7 @@ def test_exploding_learning_rate_is_pruned_as_nan_loss_and_the_sweep_continues(t
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(exploded.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED"
-    assert run.data.tags["optuna.reason"] == "nan_loss" and run.data.tags["optuna.trial_state"] == "PRUNED"
-    assert "learning" in run.data.tags["optuna.reason_detail"].lower()  # says what to change
+    assert run.data.tags["siamese_sweep.reason"] == "nan_loss" and run.data.tags["siamese_sweep.state"] == "PRUNED"
+    assert "learning" in run.data.tags["siamese_sweep.reason_detail"].lower()  # says what to change
     assert all(math.isfinite(v) for v in run.data.metrics.values())     # no NaN ever reaches MLflow
     assert not list((tmp_path / "checkpoints").glob("*/trial-*")), "pruned and completed trials keep no checkpoint"

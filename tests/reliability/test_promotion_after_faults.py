@@ -23,7 +23,7 @@ def test_a_resumed_trial_is_promoted_by_racing_promoters_and_reproduces_its_embe
     import keras
 
     from sweeps import objective
-    from sweeps.objective import Interrupted
+    from sweeps.errors import Interrupted
     from sweeps.runner import options_from, run_sweep
     from sweeps.spec import spec_from_dict
 

@@ -74,7 +74,7 @@ def test_four_workers_one_sigkilled_meet_the_exact_budget_without_lock_errors(
     assert retry.state == S.COMPLETE and retry.params == victim.params
     assert retry.user_attrs["resumed_from_epoch"] >= 1
     assert seen["runs"][victim.number].info.status == "KILLED"
-    assert seen["runs"][retry.number].data.tags["optuna.retry_of"] == str(victim.number)
+    assert seen["runs"][retry.number].data.tags["siamese_sweep.retry_of"] == str(victim.number)
     assert len(trials) == budget + 1  # the budget plus exactly the one failed trial
     for w in workers:
         err = w.stderr.lower()
@@ -99,7 +99,7 @@ def test_sigkill_of_the_only_process_then_rerun_finishes_with_nothing_left_runni
     (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
     assert retry.state == S.COMPLETE and retry.params == victim.params
     assert seen["runs"][victim.number].info.status == "KILLED"
-    assert seen["runs"][victim.number].data.tags["optuna.reason"] == "stale_heartbeat"
+    assert seen["runs"][victim.number].data.tags["siamese_sweep.reason"] == "stale_heartbeat"
     assert client.get_run(seen["parent_id"]).info.status == "FINISHED"
 
 
@@ -116,7 +116,7 @@ def test_sigterm_fails_the_trial_kills_its_run_and_the_rerun_resumes_it(
     assert trials[victim.number].state == S.FAIL
     assert trials[victim.number].user_attrs["reason"] == "interrupted"
     run = client.get_run(victim.user_attrs["mlflow_run_id"])
-    assert run.info.status == "KILLED" and run.data.tags["optuna.reason"] == "interrupted"
+    assert run.info.status == "KILLED" and run.data.tags["siamese_sweep.reason"] == "interrupted"
     assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "KILLED"
     (queued,) = [t for t in study.trials if t.state == S.WAITING]
     assert queued.system_attrs["failed_trial"] == victim.number and queued.params == victim.params
@@ -129,7 +129,7 @@ def test_sigterm_fails_the_trial_kills_its_run_and_the_rerun_resumes_it(
     seen = check_sweep_invariants(study, client, epochs=EPOCHS, budget=2)
     retry = study.trials[queued.number]
     assert retry.state == S.COMPLETE and retry.user_attrs["resumed_from_epoch"] >= 1
-    assert seen["runs"][retry.number].data.tags["optuna.retry_of"] == str(victim.number)
+    assert seen["runs"][retry.number].data.tags["siamese_sweep.retry_of"] == str(victim.number)
     assert not list(ckpt_root.glob("term-*/trial-*")), "checkpoints are removed once trials complete"
     assert client.get_run(seen["parent_id"]).info.status == "FINISHED"
 

@@ -47,7 +47,8 @@ def test_two_worker_processes_meet_the_exact_global_budget(tmp_path: Path) -> No
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([status_experiment(client)], max_results=100)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == status["parent_run_id"]]
-    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == sorted(t.number for t in study.trials)
+    numbers = sorted(int(r.data.tags["siamese_sweep.trial_number"]) for r in children)
+    assert numbers == sorted(t.number for t in study.trials)
     assert len([r for r in runs if r.data.tags.get("siamese_sweep.role") == "parent"]) == 1
     assert all(r.info.status == "FINISHED" for r in children)
     # every trial ran in a worker process (not in `run` itself), and the allocator fix was in effect there:
@@ -73,7 +74,8 @@ def test_status_json_reports_counts_and_best(tmp_path: Path) -> None:
     assert status["counts"]["COMPLETE"] + status["counts"]["PRUNED"] == 2
     best = status["best"]
     assert {"number", "value", "params", "run_id"} <= set(best)
-    assert MlflowClient(tracking_uri=uri).get_run(best["run_id"]).data.tags["optuna.trial_number"] == str(best["number"])
+    run = MlflowClient(tracking_uri=uri).get_run(best["run_id"])
+    assert run.data.tags["siamese_sweep.trial_number"] == str(best["number"])
     human = _run(["status", "--storage", storage, "--study", "t"], tmp_path)
     assert f"best trial #{best['number']}" in human.stdout
 

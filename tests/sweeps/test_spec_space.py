@@ -12,7 +12,7 @@ from sweeps.hypermodel import OptunaHyperParameters
 from sweeps.spec import load_spec, spec_from_dict
 from sweeps.specs import resolve_spec_path, shipped
 from sweeps.storage import make_storage
-from sweeps.study import make_pruner, make_sampler
+from sweeps.study import optuna_pruner, optuna_sampler
 
 from .conftest import make_spec_dict, run_small_sweep
 
@@ -35,7 +35,7 @@ def test_quickstart_searches_margin_depth_learning_rate_and_loader() -> None:
     ("tpe", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler),
     ("cmaes", optuna.samplers.CmaEsSampler), ("nsga2", optuna.samplers.NSGAIISampler)])
 def test_samplers_by_name(sampler: str, cls: type) -> None:
-    assert isinstance(make_sampler(spec_from_dict(make_spec_dict(study={"sampler": sampler}))), cls)
+    assert isinstance(optuna_sampler(spec_from_dict(make_spec_dict(study={"sampler": sampler}))), cls)
 
 
 def test_grid_sampler_enumerates_steps_and_choices() -> None:
@@ -43,7 +43,7 @@ def test_grid_sampler_enumerates_steps_and_choices() -> None:
         "encoder.depth": {"type": "int", "low": 1, "high": 3, "step": 1},
         "loader": {"type": "categorical", "choices": ["memory", "tfdata"]}}, study={"sampler": "grid"}))
     assert space.grid_values(spec) == {"encoder.depth": [1, 2, 3], "loader": ["memory", "tfdata"]}
-    assert isinstance(make_sampler(spec), optuna.samplers.GridSampler)
+    assert isinstance(optuna_sampler(spec), optuna.samplers.GridSampler)
 
 
 def test_gp_sampler_without_torch_is_a_clear_config_error() -> None:
@@ -53,14 +53,14 @@ def test_gp_sampler_without_torch_is_a_clear_config_error() -> None:
     except ImportError:
         pass
     with pytest.raises(ConfigError, match="study.sampler.type.*PyTorch"):
-        make_sampler(spec_from_dict(make_spec_dict(study={"sampler": "gp"})))
+        optuna_sampler(spec_from_dict(make_spec_dict(study={"sampler": "gp"})))
 
 
 @pytest.mark.parametrize("pruner, cls", [
     ("median", optuna.pruners.MedianPruner), ("successive_halving", optuna.pruners.SuccessiveHalvingPruner),
     ("hyperband", optuna.pruners.HyperbandPruner), ("none", optuna.pruners.NopPruner)])
 def test_pruners_by_name(pruner: str, cls: type) -> None:
-    assert isinstance(make_pruner(spec_from_dict(make_spec_dict(study={"pruner": pruner}))), cls)
+    assert isinstance(optuna_pruner(spec_from_dict(make_spec_dict(study={"pruner": pruner}))), cls)
 
 
 def test_fixed_values_and_conditions_become_overrides() -> None:
@@ -141,4 +141,4 @@ def test_multi_objective_study_keeps_a_pareto_front(local_stores: dict[str, str]
     assert all(len(t.values) == 2 and t.values[1] > 100 for t in study.trials)
     assert result.status["best_trials"]
     parent = MlflowClient(tracking_uri=local_stores["tracking_uri"]).get_run(result.parent_run_id)
-    assert parent.data.tags["pareto.trial_numbers"]
+    assert parent.data.tags["siamese_sweep.pareto_trials"]

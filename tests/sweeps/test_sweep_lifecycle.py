@@ -27,7 +27,7 @@ def test_rerunning_resumes_the_study_without_repeating_trials(local_stores: dict
     params = [tuple(sorted(t.params.items())) for t in study.trials]
     assert len(set(params)) == 3, "a resumed sampler must not replay the first trials' parameters"
     children = _children(local_stores["tracking_uri"], second.experiment_id, second.parent_run_id)
-    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == [0, 1, 2]
+    assert sorted(int(r.data.tags["siamese_sweep.trial_number"]) for r in children) == [0, 1, 2]
     # the budget is met: running again starts nothing
     third = run_small_sweep(make_spec_dict(), storage=local_stores["storage"],
                             tracking_uri=local_stores["tracking_uri"], trials=3)
@@ -50,8 +50,8 @@ def test_exploding_learning_rate_is_pruned_with_reason_nan_loss(local_stores: di
     assert all(t.value is None for t in study.trials)  # never COMPLETE with NaN
     for run in _children(local_stores["tracking_uri"], result.experiment_id, result.parent_run_id):
         assert run.info.status == "FAILED"
-        assert run.data.tags["optuna.reason"] == "nan_loss"
-        assert run.data.tags["optuna.trial_state"] == "PRUNED"
+        assert run.data.tags["siamese_sweep.reason"] == "nan_loss"
+        assert run.data.tags["siamese_sweep.state"] == "PRUNED"
 
 
 def test_crashing_trials_fail_cleanly_and_stop_after_max_failures(local_stores: dict[str, str]) -> None:
@@ -66,8 +66,8 @@ def test_crashing_trials_fail_cleanly_and_stop_after_max_failures(local_stores: 
     for t in study.trials:
         run = client.get_run(t.user_attrs["mlflow_run_id"])
         assert run.info.status == "FAILED"
-        assert run.data.tags["optuna.reason"] == "ValueError"
-        assert "bug in the user's loss" in run.data.tags["optuna.reason_detail"]
+        assert run.data.tags["siamese_sweep.reason"] == "ValueError"
+        assert "bug in the user's loss" in run.data.tags["siamese_sweep.reason_detail"]
     parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
     assert parent.info.status != "RUNNING"
 
@@ -102,7 +102,7 @@ def test_median_pruner_prunes_with_reason(local_stores: dict[str, str]) -> None:
     assert slow.user_attrs["reason"] == "pruned"
     assert len(slow.intermediate_values) < 3
     run = MlflowClient(tracking_uri=local_stores["tracking_uri"]).get_run(slow.user_attrs["mlflow_run_id"])
-    assert run.data.tags["optuna.reason"] == "pruned"
+    assert run.data.tags["siamese_sweep.reason"] == "pruned"
     assert run.info.status == "FINISHED"
-    assert "pruned at epoch" in run.data.tags["optuna.reason_detail"]
+    assert "pruned at epoch" in run.data.tags["siamese_sweep.reason_detail"]
     assert result.status["counts"] == {"COMPLETE": 1, "PRUNED": 1, "FAIL": 0, "RUNNING": 0, "WAITING": 0}

@@ -12,8 +12,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from sweeps.study import ATTR_PARENT
-from sweeps.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+from sweeps.names import EXPERIMENT_KIND_MODEL_TRAINING, MLFLOW_EXPERIMENT_KIND, STUDY_ATTR_PARENT_RUN_ID
 
 from .conftest import make_spec_dict, run_small_sweep
 
@@ -45,19 +44,19 @@ def test_one_experiment_one_parent_one_child_per_trial(sweep: dict[str, Any]) ->
     runs, children, result = sweep["runs"], sweep["children"], sweep["result"]
     parents = [r for r in runs if r.data.tags.get("siamese_sweep.role") == "parent"]
     assert [p.info.run_id for p in parents] == [result.parent_run_id]
-    assert sweep["exp"].tags.get(EXPERIMENT_KIND_TAG) == EXPERIMENT_KIND
+    assert sweep["exp"].tags.get(MLFLOW_EXPERIMENT_KIND) == EXPERIMENT_KIND_MODEL_TRAINING
     assert len(children) == TRIALS == len(runs) - 1
-    numbers = sorted(int(r.data.tags["optuna.trial_number"]) for r in children)
+    numbers = sorted(int(r.data.tags["siamese_sweep.trial_number"]) for r in children)
     assert numbers == sorted(t.number for t in sweep["study"].trials) == list(range(TRIALS))
-    assert {r.data.tags["optuna.study_name"] for r in children} == {sweep["study"].study_name}
-    assert sweep["study"].user_attrs[ATTR_PARENT] == result.parent_run_id
+    assert {r.data.tags["siamese_sweep.study"] for r in children} == {sweep["study"].study_name}
+    assert sweep["study"].user_attrs[STUDY_ATTR_PARENT_RUN_ID] == result.parent_run_id
 
 
 def test_states_match_between_optuna_and_mlflow(sweep: dict[str, Any]) -> None:
     by_number = {t.number: t for t in sweep["study"].trials}
     for run in sweep["children"]:
-        trial = by_number[int(run.data.tags["optuna.trial_number"])]
-        assert run.data.tags["optuna.trial_state"] == trial.state.name
+        trial = by_number[int(run.data.tags["siamese_sweep.trial_number"])]
+        assert run.data.tags["siamese_sweep.state"] == trial.state.name
         assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
         expected = "FINISHED" if trial.state.name in ("COMPLETE", "PRUNED") else "FAILED"
         assert run.info.status == expected
@@ -73,7 +72,7 @@ def test_params_are_the_full_resolved_config_with_dotted_keys(sweep: dict[str, A
                     "encoder.width", "dataset.name", "pairs.pairs_per_epoch", "distance", "optimizer.name"):
             assert key in params, key
         assert len(params["dataset.fingerprint"]) == 64
-        trial = by_number[int(run.data.tags["optuna.trial_number"])]
+        trial = by_number[int(run.data.tags["siamese_sweep.trial_number"])]
         assert params["loader"] == trial.params["loader"]
         assert int(params["encoder.depth"]) == trial.params["encoder.depth"]
         assert float(params["learning_rate"]) == pytest.approx(trial.params["learning_rate"], rel=1e-6)
@@ -97,7 +96,7 @@ def test_objective_value_is_the_last_epoch_metric(sweep: dict[str, Any]) -> None
     client = sweep["client"]
     by_number = {t.number: t for t in sweep["study"].trials}
     for run in sweep["children"]:
-        trial = by_number[int(run.data.tags["optuna.trial_number"])]
+        trial = by_number[int(run.data.tags["siamese_sweep.trial_number"])]
         history = sorted(client.get_metric_history(run.info.run_id, "val_roc_auc"), key=lambda m: m.step)
         assert trial.value == pytest.approx(history[-1].value)
 
@@ -113,7 +112,7 @@ def test_trial_artifacts_and_logged_model(sweep: dict[str, Any]) -> None:
     models = client.search_logged_models([sweep["exp"].experiment_id],
                                          filter_string=f"source_run_id = '{run.info.run_id}'")
     assert len(models) == 1
-    assert float(models[0].params["siamese.threshold"]) == pytest.approx(run.data.metrics["threshold"], rel=1e-5)
+    assert float(models[0].params["siamese_sweep.threshold"]) == pytest.approx(run.data.metrics["threshold"], rel=1e-5)
     mlflow.set_tracking_uri(sweep["uri"])
     model = mlflow.keras.load_model(f"models:/{models[0].model_id}")
     x = np.zeros((4, 8, 8, 1), dtype="uint8")
@@ -128,9 +127,9 @@ def test_parent_run_summarises_the_study(sweep: dict[str, Any]) -> None:
     names = {a.path for a in client.list_artifacts(parent_id)}
     assert {"trials.csv", "optimization_history.png", "intermediate_values.png"} <= names
     best = sweep["study"].best_trial
-    assert parent.data.tags["best.trial_number"] == str(best.number)
-    assert parent.data.tags["best.run_id"] == best.user_attrs["mlflow_run_id"]
-    assert parent.data.tags["best.encoder.depth"] == str(best.params["encoder.depth"])
+    assert parent.data.tags["siamese_sweep.best_trial"] == str(best.number)
+    assert parent.data.tags["siamese_sweep.best_run_id"] == best.user_attrs["mlflow_run_id"]
+    assert parent.data.tags["siamese_sweep.best_param.encoder.depth"] == str(best.params["encoder.depth"])
     history = client.get_metric_history(parent_id, "best_value")
     assert max(m.value for m in history) == pytest.approx(best.value)
 

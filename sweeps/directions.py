@@ -1,0 +1,46 @@
+"""Which way is better for a metric: the one function sweeps asks (spec defaults, promotion, re-evaluation).
+
+`metric_direction` is the single seam: when ``siamese_core.metrics`` carries a direction catalogue,
+its body becomes a lookup there (with `TRIAL_METRICS` for what sweeps measures itself), and nothing
+else in sweeps changes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+Direction = Literal["maximize", "minimize"]
+MAXIMIZE: Direction = "maximize"
+MINIMIZE: Direction = "minimize"
+
+# Objectives measured per trial by sweeps (not in the per-epoch history), with their direction.
+TRIAL_METRICS: dict[str, Direction] = {"params": MINIMIZE, "latency_ms": MINIMIZE, "train_seconds": MINIMIZE}
+# History metrics where lower is better, by name part (val_loss, val_eer, pos_distance_mean, epoch_seconds).
+_LOWER_IS_BETTER = ("loss", "eer", "pos_distance", "seconds")
+
+
+def metric_direction(name: str) -> Direction:
+    """``"minimize"`` or ``"maximize"`` for a history, test or trial metric name."""
+    if name in TRIAL_METRICS:
+        return TRIAL_METRICS[name]
+    return MINIMIZE if any(part in name for part in _LOWER_IS_BETTER) else MAXIMIZE
+
+
+def lower_is_better(name: str) -> bool:
+    return metric_direction(name) == MINIMIZE
+
+
+def better(a: float, b: float, metric: str) -> bool:
+    """Is `a` strictly better than `b` on `metric`? NaN is never better; anything beats NaN."""
+    if not math.isfinite(a):
+        return False
+    if not math.isfinite(b):
+        return True
+    return a < b if lower_is_better(metric) else a > b
+
+
+def sort_key(value: float | None, metric: str) -> float:
+    """Ascending key, best first; a missing or non-finite value sorts last."""
+    if value is None or not math.isfinite(float(value)):
+        return math.inf
+    return float(value) if lower_is_better(metric) else -float(value)

@@ -1,0 +1,157 @@
+"""Every name siamese-sweep writes or reads outside its own code, in one place.
+
+Like MLflow's ``mlflow.utils.mlflow_tags`` and ``mlflow.environment_variables``: MLflow tags, model
+metadata keys, Optuna attribute keys and environment variables. Code uses these constants, never the
+strings; the README's "Names" table lists exactly these (a test compares the two).
+
+One prefix each: every tag or metadata key we invent is ``siamese_sweep.<name>``, every environment
+variable we invent is ``SIAMESE_SWEEP_<NAME>``. Names owned by MLflow or Optuna keep their own spelling.
+A name ending in ``.`` or ``_`` is a family: the README writes it with a placeholder (``<code>``).
+
+Only strings here (no MLflow/Optuna import): the CLI and the spec checks import this before anything heavy.
+"""
+from __future__ import annotations
+
+from siamese_core.allocator import ENV_ALLOCATOR as _CORE_ENV_ALLOCATOR
+
+PREFIX = "siamese_sweep."
+ENV_PREFIX = "SIAMESE_SWEEP_"
+
+# ---------------------------------------------------------------- MLflow run tags: every trial run
+TAG_ROLE = "siamese_sweep.role"                        # ROLE_PARENT | ROLE_TRIAL
+TAG_STUDY = "siamese_sweep.study"                      # Optuna study name (also on registry versions)
+TAG_TRIAL_NUMBER = "siamese_sweep.trial_number"        # Optuna trial number (also on registry versions)
+TAG_STATE = "siamese_sweep.state"                      # Optuna state: RUNNING, COMPLETE, PRUNED, FAIL
+TAG_REASON = "siamese_sweep.reason"                    # why PRUNED/FAIL: a reason of sweeps.outcomes
+TAG_REASON_DETAIL = "siamese_sweep.reason_detail"      # the message behind the reason (masked, <= 1000 chars)
+TAG_RETRY_OF = "siamese_sweep.retry_of"                # number of the trial this one repeats
+TAG_WORKER = "siamese_sweep.worker"                    # host:pid of the worker process
+TAG_ALLOCATOR = "siamese_sweep.allocator"              # siamese_core.allocator.state() in the worker
+TAG_ALLOCATOR_REFAULTS = "siamese_sweep.allocator_refaults"  # allocator.probe(): ~0 tuned, ~1 untuned
+TAG_SAMPLED_PARAMS = "siamese_sweep.sampled_params"    # comma-separated names Optuna sampled
+TAG_RESUMED_FROM_EPOCH = "siamese_sweep.resumed_from_epoch"  # epochs restored from a checkpoint
+TAG_DIAGNOSTICS_PREFIX = "siamese_sweep.diagnostics."  # + finding code -> severity
+
+# ---------------------------------------------------------------- MLflow run tags: the study's parent run
+TAG_STORAGE = "siamese_sweep.storage"                  # Optuna storage URL, password masked
+TAG_DIRECTIONS = "siamese_sweep.directions"            # comma-separated, one per objective
+TAG_METRICS = "siamese_sweep.metrics"                  # comma-separated objective metrics
+TAG_BEST_TRIAL = "siamese_sweep.best_trial"            # number of the best trial so far
+TAG_BEST_VALUE = "siamese_sweep.best_value"
+TAG_BEST_RUN_ID = "siamese_sweep.best_run_id"
+TAG_BEST_PARAM_PREFIX = "siamese_sweep.best_param."    # + parameter name -> value
+TAG_PARETO_TRIALS = "siamese_sweep.pareto_trials"      # multi-objective: comma-separated trial numbers
+TAG_TRIALS_PREFIX = "siamese_sweep.trials."            # + state (complete, pruned, fail, ...) -> count
+
+ROLE_PARENT = "parent"
+ROLE_TRIAL = "trial"
+
+# ---------------------------------------------------------------- logged models (tags and MLmodel metadata)
+TAG_FLAVOR = "siamese_sweep.flavor"                    # on each LoggedModel: FLAVOR_KERAS_PYFUNC
+TAG_THRESHOLD = "siamese_sweep.threshold"              # decision threshold (also on registry versions)
+TAG_HIGHER_IS_SAME = "siamese_sweep.higher_is_same"    # the threshold applies to a score (true) or a distance
+TAG_DISTANCE = "siamese_sweep.distance"
+TAG_DATASET_FINGERPRINT = "siamese_sweep.dataset_fingerprint"  # also on registry versions
+TAG_INPUT_SHAPES = "siamese_sweep.input_shapes"
+TAG_INPUT_KIND = "siamese_sweep.input_kind"
+TAG_VALUE_RANGE = "siamese_sweep.value_range"          # raw input value range (how `predict` scales images)
+
+# ---------------------------------------------------------------- Model Registry: version and model tags
+TAG_RUN_ID = "siamese_sweep.run_id"
+TAG_MODEL_ID = "siamese_sweep.model_id"
+TAG_EVAL_KEY = "siamese_sweep.eval_key"                # identifies (dataset, test pairs)
+TAG_TEST_PAIRS = "siamese_sweep.test_pairs"
+TAG_EVALUATED_AT = "siamese_sweep.evaluated_at"
+TAG_EMBEDDINGS_REPRODUCED = "siamese_sweep.embeddings_reproduced"
+TAG_TEST_METRIC_PREFIX = "siamese_sweep.test_"         # + pair_accuracy | roc_auc | eer
+TAG_EVAL_PREFIX = "siamese_sweep.eval."                # + eval key -> JSON metrics on that split
+TAG_ELIGIBLE_PREFIX = "siamese_sweep.eligible."        # + alias -> ELIGIBLE_TRUE, "false", ...
+TAG_PREVIOUS_PREFIX = "siamese_sweep.previous."        # + alias -> version it replaced (version and model)
+TAG_PROMOTED_AT_PREFIX = "siamese_sweep.promoted_at."  # + alias
+TAG_DECISION_PREFIX = "siamese_sweep.decision."        # + alias -> the reason of the last decision
+TAG_ROLLED_BACK_AT_PREFIX = "siamese_sweep.rolled_back_at."  # + alias
+TAG_LAST_ROLLBACK_PREFIX = "siamese_sweep.last_rollback."    # + alias -> JSON {from, to, at} (model tag)
+
+ELIGIBLE_TRUE = "true"
+ELIGIBLE_FALSE = "false"
+ELIGIBLE_ROLLED_BACK = "rolled_back"
+FLAVOR_KERAS_PYFUNC = "keras+pyfunc"
+
+# ---------------------------------------------------------------- MLflow's own tags we set or read
+MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"            # mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID
+MLFLOW_EXPERIMENT_KIND = "mlflow.experimentKind"       # opens the experiment in the UI's model-training mode
+EXPERIMENT_KIND_MODEL_TRAINING = "custom_model_development"
+
+# ---------------------------------------------------------------- Optuna attributes: trial user attrs
+TRIAL_ATTR_RUN_ID = "mlflow_run_id"                    # the trial's MLflow run ("" on a retry until it has one)
+TRIAL_ATTR_REASON = "reason"                           # why PRUNED/FAIL (as TAG_REASON)
+TRIAL_ATTR_MODEL_URI = "model_uri"                     # models:/<model_id> of the logged model
+TRIAL_ATTR_DIAGNOSTIC_ERRORS = "diagnostics_errors"    # error-severity finding codes; `promote` skips such trials
+TRIAL_ATTR_WORKER = "worker"                           # host:pid (as TAG_WORKER)
+TRIAL_ATTR_RESUMED_FROM_EPOCH = "resumed_from_epoch"
+TRIAL_ATTR_THRESHOLD = "threshold"
+TRIAL_ATTR_DATASET_FINGERPRINT = "dataset_fingerprint"
+TRIAL_ATTR_TEST_PREFIX = "test_"                       # + pair_accuracy | roc_auc | eer
+
+# ---------------------------------------------------------------- Optuna attributes: study user attrs
+STUDY_ATTR_PARENT_RUN_ID = "mlflow_parent_run_id"
+STUDY_ATTR_EXPERIMENT_ID = "mlflow_experiment_id"
+STUDY_ATTR_BUDGET = "trial_budget"                     # global COMPLETE + PRUNED budget
+STUDY_ATTR_METRICS = "objective_metrics"               # read by `promote`
+STUDY_ATTR_REGISTERED_MODEL = "registered_model"       # tracking.registered_model of the spec
+STUDY_ATTR_LEADER = "siamese_sweep_leader"             # set by the creating process; joiners wait for its parent run
+
+# ---------------------------------------------------------------- Optuna attributes: trial system attrs (Optuna's)
+# Written by RetryHeartbeatStaleTrialCallback on a stale trial's retry; `storage.requeue_trial` writes the same.
+SYSTEM_ATTR_FAILED_TRIAL = "failed_trial"
+SYSTEM_ATTR_RETRY_HISTORY = "retry_history"
+
+# ---------------------------------------------------------------- environment variables we invent
+ENV_TRACKING_RETRY_SECONDS = "SIAMESE_SWEEP_MLFLOW_RETRY_SECONDS"  # how long a trial keeps retrying MLflow
+ENV_PROMOTE_PAUSE = "SIAMESE_SWEEP_PROMOTE_PAUSE"      # test hook: pause before a registry alias write
+ENV_PG_BIN = "SIAMESE_SWEEP_PG_BIN"                    # PostgreSQL binaries for `python -m sweeps.stack`
+ENV_ALLOCATOR = _CORE_ENV_ALLOCATOR                    # "system": leave glibc's malloc alone (siamese_core)
+
+# ---------------------------------------------------------------- environment variables of the ecosystem
+ENV_OPTUNA_STORAGE = "OPTUNA_STORAGE"                  # default --storage (keeps passwords off argv)
+ENV_MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"        # default --tracking-uri
+ENV_MLFLOW_TRACKING_USERNAME = "MLFLOW_TRACKING_USERNAME"  # read by MLflow's client (server with auth)
+ENV_MLFLOW_TRACKING_PASSWORD = "MLFLOW_TRACKING_PASSWORD"
+ENV_MLFLOW_RUN_ID = "MLFLOW_RUN_ID"                    # removed in workers: it would hijack run creation
+ENV_MLFLOW_HTTP_REQUEST_MAX_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"  # workers default these (tracking.py)
+ENV_MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR = "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
+ENV_MLFLOW_HTTP_REQUEST_BACKOFF_JITTER = "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"
+ENV_MLFLOW_HTTP_REQUEST_TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+ENV_MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"  # workers: keep --json stdout JSON
+ENV_MLFLOW_PRINT_MODEL_URLS_ON_CREATION = "MLFLOW_PRINT_MODEL_URLS_ON_CREATION"
+ENV_MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"  # off while copying models
+ENV_TF_CPP_MIN_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"      # the CLI defaults it to 2 (TensorFlow's C++ log noise)
+
+
+# ---------------------------------------------------------------- families and derived names
+def diagnostic_tag(code: str) -> str:
+    """``siamese_sweep.diagnostics.<code>``: a finding's severity on a trial run."""
+    return TAG_DIAGNOSTICS_PREFIX + code
+
+
+def per_alias(prefix: str, alias: str) -> str:
+    """A registry tag about one alias: ``per_alias(TAG_ELIGIBLE_PREFIX, "champion")``."""
+    return prefix + alias
+
+
+def parent_run_name(study: str) -> str:
+    return f"study-{study}"
+
+
+def trial_run_name(number: int) -> str:
+    return f"trial-{number}"
+
+
+def default_experiment(study: str) -> str:
+    """The MLflow experiment of a study when the spec names none (``--study`` renames it with the study)."""
+    return f"siamese-sweep/{study}"
+
+
+def default_registered_model(study: str) -> str:
+    """The registered model `promote` uses when neither the command nor the spec names one."""
+    return f"siamese-{study}"

@@ -1,0 +1,63 @@
+"""Promote a study's best model to a registry alias, or roll the alias back.
+
+``promote`` = `gather` -> `decide` -> `apply`:
+
+* `gather` (Optuna + MLflow, read only): the best COMPLETE trial (study objective, or ``metric``) that
+  logged a model and has no error-severity diagnostics; its test split rebuilt (dataset fingerprint
+  checked); the candidate and the current alias holder re-evaluated on that one split.
+* `decide` (pure): promote if the alias is unset, if the candidate is strictly better, or ``force``.
+* `apply` (registry writes, skipped in a dry run): register the candidate's LoggedModel as a new version
+  (its source is the trial's own ``models:/<model_id>``: no copy), write the evidence, converge the alias
+  (see `sweeps.promotion.apply` for why concurrent promoters end on the best version).
+
+Moving the alias records ``siamese_sweep.previous.<alias>`` on the new holder (and on the registered
+model); ``rollback`` moves the alias back to it.
+"""
+from __future__ import annotations
+
+import tempfile
+
+from siamese_core.errors import ConfigError
+
+from .. import names
+from ..reevaluation import canonical_metric
+from ..registry import DEFAULT_ALIAS, Registry, mlflow_internals_use, validate_alias
+from ..study import load_study
+from .apply import apply, converge
+from .decision import Candidate, Facts, Holder, PromotionDecision, RollbackFacts, Split, decide, decide_rollback
+from .gather import gather, model_name_for, pick_candidate, rank_trials
+from .rollback import apply_rollback, gather_rollback
+
+__all__ = ["promote", "rollback", "gather", "decide", "apply", "converge", "decide_rollback", "PromotionDecision",
+           "Facts", "Candidate", "Holder", "Split", "RollbackFacts", "pick_candidate", "rank_trials",
+           "validate_alias"]
+
+
+def promote(study_name: str, *, storage: str, tracking_uri: str, model_name: str | None = None,
+            alias: str = DEFAULT_ALIAS, metric: str | None = None, dry_run: bool = False,
+            force: bool = False) -> PromotionDecision:
+    """Promote the study's best model to ``models:/<model_name>@<alias>`` if it beats the holder."""
+    validate_alias(alias)
+    metric = canonical_metric(metric)
+    with mlflow_internals_use(tracking_uri), tempfile.TemporaryDirectory(prefix="siamese-promote-") as tmp:
+        facts, reg = gather(study_name, storage=storage, tracking_uri=tracking_uri, model_name=model_name,
+                            alias=alias, metric=metric, force=force, workdir=tmp)
+        decision = decide(facts)
+        decision.dry_run = dry_run
+        return decision if dry_run else apply(decision, facts, reg)
+
+
+def rollback(*, tracking_uri: str, model_name: str | None = None, study_name: str | None = None,
+             storage: str | None = None, alias: str = DEFAULT_ALIAS, dry_run: bool = False) -> PromotionDecision:
+    """Move the alias back to the version that held it before the current holder."""
+    validate_alias(alias)
+    with mlflow_internals_use(tracking_uri):
+        if model_name is None:
+            if not study_name:
+                raise ConfigError("--model-name", "rollback needs --model-name (or --study to derive it)")
+            model_name = (model_name_for(load_study(study_name, storage), study_name) if storage
+                          else names.default_registered_model(study_name))
+        reg = Registry(tracking_uri, model_name)
+        decision = decide_rollback(gather_rollback(reg, alias, study=study_name))
+        decision.dry_run = dry_run
+        return decision if dry_run else apply_rollback(decision, reg)

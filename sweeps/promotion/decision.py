@@ -1,0 +1,214 @@
+"""What `promote` decides, as a pure function of plain data: no MLflow, no Optuna, no clock.
+
+`gather` turns a study and the registry into `Facts`; `decide(facts)` returns the `PromotionDecision`;
+`apply` carries it out. `best_eligible` is the rule every concurrent promoter converges on.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from siamese_core.errors import ConfigError
+
+from .. import names
+from ..directions import better, lower_is_better
+from ..reevaluation import Evaluation
+
+PROMOTE, KEEP, ROLLBACK = "promote", "keep", "rollback"
+
+
+@dataclass(frozen=True)
+class Split:
+    """The held-out test split both models are scored on."""
+
+    fingerprint: str   # the dataset's
+    key: str           # identifies (dataset, pairs): evaluations with one key compare
+    n_pairs: int
+
+    def describe(self) -> dict[str, Any]:
+        return {"dataset_fingerprint": self.fingerprint, "eval_key": self.key, "pairs": self.n_pairs}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The study's best eligible trial and its model."""
+
+    trial: int
+    run_id: str | None
+    model_uri: str
+    model_id: str | None
+    version: str | None                  # the version already registered from this model, if any
+    evaluation: Evaluation
+    trial_test: dict[str, float | None]  # the test metrics the trial recorded itself
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trial": self.trial, "run_id": self.run_id, "model_uri": self.model_uri, "model_id": self.model_id,
+                "version": self.version, **self.evaluation.to_dict(), "trial_test": self.trial_test}
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The version the alias points at now."""
+
+    version: str
+    model_uri: str | None
+    run_id: str | None
+    study: str | None
+    trial: str | None
+    dataset_fingerprint: str | None
+    evaluation: Evaluation | None = None  # None: it is the candidate, or was trained on other data
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"version": self.version, "model_uri": self.model_uri, "run_id": self.run_id, "study": self.study,
+               "trial": self.trial}
+        return out if self.evaluation is None else {**out, **self.evaluation.to_dict()}
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything `decide` needs, gathered from the study and the registry."""
+
+    model_name: str
+    alias: str
+    study: str
+    metric: str                # comparison metric: roc_auc, pair_accuracy or eer
+    force: bool
+    split: Split
+    candidate: Candidate
+    holder: Holder | None
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def same_model(self) -> bool:
+        """The candidate's model already holds the alias."""
+        return (self.holder is not None and self.candidate.version is not None
+                and self.holder.version == self.candidate.version)
+
+    @property
+    def target(self) -> str:
+        return f"{self.model_name}@{self.alias}"
+
+
+@dataclass
+class PromotionDecision:
+    """What `promote` / `rollback` decided (and did, unless ``dry_run``)."""
+
+    action: str                     # PROMOTE | KEEP | ROLLBACK
+    applied: bool                   # False in a dry run
+    model_name: str
+    alias: str
+    reason: str
+    study: str | None = None
+    metric: str | None = None       # comparison metric (roc_auc, pair_accuracy, eer)
+    higher_is_better: bool = True
+    forced: bool = False
+    candidate: dict[str, Any] | None = None
+    holder: dict[str, Any] | None = None       # the alias holder before
+    final_holder: str | None = None            # version holding the alias afterwards
+    previous: str | None = None                # what rollback would return to
+    split: dict[str, Any] | None = None
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decide(facts: Facts) -> PromotionDecision:
+    """Promote the candidate if the alias is unset, if it beats the holder on the same split, or if forced.
+
+    A holder trained on other data cannot be compared: `ConfigError`, unless forced.
+    """
+    c_val, metric, holder = facts.candidate.evaluation.metrics[facts.metric], facts.metric, facts.holder
+    if holder is not None and not _same_data(holder, facts.split) and not facts.force:
+        raise ConfigError("--alias", f"{facts.target} (v{holder.version}) was trained on dataset "
+                                     f"{(holder.dataset_fingerprint or '')[:12]}…, the candidate on "
+                                     f"{facts.split.fingerprint[:12]}…: their test splits differ, so they cannot be "
+                                     f"compared. Use another --model-name/--alias, or --force to replace it anyway")
+    h_val = None if holder is None or holder.evaluation is None else holder.evaluation.metrics[metric]
+    action, reason = KEEP, ""
+    if facts.same_model:
+        reason = f"v{holder.version} (this candidate) already holds {facts.target}"  # type: ignore[union-attr]
+    elif holder is None:
+        action, reason = PROMOTE, f"{facts.target} is not set yet"
+    elif h_val is not None and better(c_val, h_val, metric):
+        action = PROMOTE
+        reason = f"test {metric} {c_val:.4f} {'<' if lower_is_better(metric) else '>'} {h_val:.4f} of v{holder.version}"
+    elif facts.force:
+        action = PROMOTE
+        reason = (f"forced (test {metric} {c_val:.4f} vs {'n/a' if h_val is None else format(h_val, '.4f')} "
+                  f"of v{holder.version})")
+    else:
+        reason = (f"not better: test {metric} {c_val:.4f} vs {h_val:.4f} of v{holder.version}" if h_val is not None
+                  else "holder could not be compared")
+    current = None if holder is None else holder.version
+    return PromotionDecision(
+        action=action, applied=False, model_name=facts.model_name, alias=facts.alias, reason=reason,
+        study=facts.study, metric=metric, higher_is_better=not lower_is_better(metric), forced=facts.force,
+        candidate=facts.candidate.to_dict(), holder=None if holder is None else holder.to_dict(),
+        final_holder=current, previous=current if action == PROMOTE and not facts.same_model else None,
+        split=facts.split.describe(), skipped=list(facts.skipped))
+
+
+def _same_data(holder: Holder, split: Split) -> bool:
+    return holder.dataset_fingerprint is None or holder.dataset_fingerprint == split.fingerprint
+
+
+def eval_of(tags: dict[str, str], key: str) -> dict[str, float] | None:
+    """The metrics a version's tags record on split `key` (None if absent or unreadable)."""
+    raw = tags.get(names.TAG_EVAL_PREFIX + key)
+    if not raw:
+        return None
+    try:
+        return {k: float(v) for k, v in json.loads(raw).items()}
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def best_eligible(versions: list[tuple[str, dict[str, str]]], *, alias: str, key: str, metric: str) -> str | None:
+    """The alias's target: among (version, tags) marked eligible with metrics on split `key`, the best (ties:
+    the older version)."""
+    best: tuple[float, int] | None = None
+    best_version = None
+    eligible = names.per_alias(names.TAG_ELIGIBLE_PREFIX, alias)
+    for version, tags in versions:
+        if tags.get(eligible) != names.ELIGIBLE_TRUE:
+            continue
+        ev = eval_of(tags, key)
+        if ev is None or metric not in ev:
+            continue
+        value = ev[metric]
+        sign = 1.0 if lower_is_better(metric) else -1.0
+        rank = (sign * value if math.isfinite(value) else math.inf, int(version))
+        if best is None or rank < best:
+            best, best_version = rank, str(version)
+    return best_version
+
+
+@dataclass(frozen=True)
+class RollbackFacts:
+    """The alias now, and the version it replaced."""
+
+    model_name: str
+    alias: str
+    study: str | None
+    current: str | None        # the version the alias points at
+    previous: str | None       # the version it replaced (recorded when the alias moved)
+    previous_exists: bool
+
+
+def decide_rollback(facts: RollbackFacts) -> PromotionDecision:
+    """Move the alias back to `previous`; `ConfigError` when there is nothing to go back to."""
+    target = f"{facts.model_name}@{facts.alias}"
+    if facts.current is None:
+        raise ConfigError("--alias", f"{target} is not set; nothing to roll back")
+    if not facts.previous:
+        raise ConfigError("--alias", f"no previous holder recorded for {target} (v{facts.current}); nothing to "
+                                     f"roll back to")
+    if not facts.previous_exists:
+        raise ConfigError("--alias", f"previous holder v{facts.previous} of {target} no longer exists")
+    return PromotionDecision(action=ROLLBACK, applied=False, model_name=facts.model_name, alias=facts.alias,
+                             study=facts.study, reason=f"v{facts.previous} held {target} before v{facts.current}",
+                             holder={"version": facts.current}, final_holder=facts.current, previous=facts.previous)

@@ -1,0 +1,97 @@
+"""Gather what `decide` needs from the study and the registry: the candidate, the alias holder, both scored.
+
+The candidate is the best COMPLETE trial (by the objective, or by a recorded test metric) that logged a
+model and has no error-severity diagnostics. Both models are re-evaluated on the candidate's test
+split, rebuilt from its config (the dataset fingerprint must match the one recorded in training).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+
+from siamese_core.errors import ConfigError
+
+from .. import names
+from ..directions import sort_key
+from ..reevaluation import METRICS, build_test_split, evaluate, load_wrapper, objective_counterpart, trial_config
+from ..registry import Registry, model_id_from_uri, version_uri
+from ..study import load_study
+from .decision import Candidate, Facts, Holder, Split
+
+
+def study_metric(study: optuna.Study) -> str | None:
+    """The study's (first) objective metric, as the sweep recorded it."""
+    metrics = study.user_attrs.get(names.STUDY_ATTR_METRICS)
+    return metrics[0] if metrics else None
+
+
+def model_name_for(study: optuna.Study, study_name: str) -> str:
+    """The spec's ``tracking.registered_model``, else ``siamese-<study>``."""
+    return study.user_attrs.get(names.STUDY_ATTR_REGISTERED_MODEL) or names.default_registered_model(study_name)
+
+
+def rank_trials(study: optuna.Study, metric: str | None) -> list[optuna.trial.FrozenTrial]:
+    """COMPLETE trials best first: by the objective (single-objective, no `metric`), else by test_<metric>."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if metric is None and len(study.directions) == 1:
+        sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
+        return sorted(complete, key=lambda t: (sign * t.value if t.value is not None and math.isfinite(t.value)
+                                               else math.inf, t.number))
+    m = metric or objective_counterpart(study_metric(study))
+    attr = names.TRIAL_ATTR_TEST_PREFIX + m
+    return sorted(complete, key=lambda t: (sort_key(t.user_attrs.get(attr), m), t.number))
+
+
+def pick_candidate(study: optuna.Study, metric: str | None) -> tuple[optuna.trial.FrozenTrial, list[dict[str, Any]]]:
+    """The best trial `promote` may use, and the better ones it skipped (with why)."""
+    skipped = []
+    for t in rank_trials(study, metric):
+        if not t.user_attrs.get(names.TRIAL_ATTR_MODEL_URI):
+            skipped.append({"trial": t.number, "reason": "no logged model (tracking.log_models: false?)"})
+            continue
+        errors = list(t.user_attrs.get(names.TRIAL_ATTR_DIAGNOSTIC_ERRORS) or [])
+        if errors:
+            skipped.append({"trial": t.number, "reason": f"error-severity diagnostics: {', '.join(errors)}"})
+            continue
+        return t, skipped
+    raise ConfigError("--study", f"study {study.study_name!r} has no COMPLETE trial with a logged model and no "
+                                 f"error-severity diagnostics (skipped: {skipped or 'none'})")
+
+
+def gather(study_name: str, *, storage: str, tracking_uri: str, model_name: str | None, alias: str,
+           metric: str | None, force: bool, workdir: str) -> tuple[Facts, Registry]:
+    """`Facts` for `decide`, and the registry `apply` writes to. Models are downloaded under `workdir`."""
+    study = load_study(study_name, storage)
+    reg = Registry(tracking_uri, model_name or model_name_for(study, study_name))
+    trial, skipped = pick_candidate(study, metric)
+    run_id: str = trial.user_attrs[names.TRIAL_ATTR_RUN_ID]  # a COMPLETE trial always has its run
+    model_uri = trial.user_attrs[names.TRIAL_ATTR_MODEL_URI]
+    model_id = model_id_from_uri(model_uri)
+    test = build_test_split(trial_config(reg.client, run_id), what=f"trial #{trial.number}",
+                            expected_fingerprint=trial.user_attrs.get(names.TRIAL_ATTR_DATASET_FINGERPRINT))
+    split = Split(test.fingerprint, test.key, test.n_pairs)
+    existing = reg.find_version(model_id) if model_id else None
+    candidate = Candidate(
+        trial=trial.number, run_id=run_id, model_uri=model_uri, model_id=model_id,
+        version=None if existing is None else str(existing.version),
+        evaluation=evaluate(load_wrapper(model_uri, tracking_uri=tracking_uri, dst=f"{workdir}/candidate"), test,
+                            uri=model_uri),
+        trial_test={k: trial.user_attrs.get(names.TRIAL_ATTR_TEST_PREFIX + k) for k in METRICS})
+    holder = None
+    current = reg.holder(alias)
+    if current is not None:
+        hv = reg.version(current)
+        fingerprint = hv.tags.get(names.TAG_DATASET_FINGERPRINT)
+        evaluation = None
+        if current != candidate.version and fingerprint in (None, split.fingerprint):  # else nothing to compare
+            uri = version_uri(reg.name, current)
+            evaluation = evaluate(load_wrapper(uri, tracking_uri=tracking_uri, dst=f"{workdir}/holder"), test, uri=uri)
+        holder = Holder(version=current, model_uri=hv.source, run_id=hv.run_id, study=hv.tags.get(names.TAG_STUDY),
+                        trial=hv.tags.get(names.TAG_TRIAL_NUMBER), dataset_fingerprint=fingerprint,
+                        evaluation=evaluation)
+    facts = Facts(model_name=reg.name, alias=alias, study=study_name, force=force, split=split,
+                  metric=metric or objective_counterpart(study_metric(study)), candidate=candidate, holder=holder,
+                  skipped=skipped)
+    return facts, reg

@@ -1,0 +1,247 @@
+"""The MLflow Model Registry and ``models:/`` URIs: the one module that parses, resolves and writes them.
+
+URIs: ``models:/<model_id>`` (a trial's LoggedModel), ``models:/NAME/VERSION`` and ``models:/NAME@ALIAS``
+(registry). Everything goes through an explicit `MlflowClient`; where MLflow itself resolves a
+``models:/`` URI with its *default* client (the SQL registry store when it registers a LoggedModel,
+``download_artifacts`` for ``runs:/``), `mlflow_internals_use` points that default at our store for the
+duration of the call.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from siamese_core.errors import ConfigError
+
+from . import names
+
+SCHEME = "models:/"
+DEFAULT_ALIAS = "champion"
+_ALIAS_OK = re.compile(r"^[A-Za-z0-9_-]+$")
+MAX_ALIAS = 255
+
+
+# ------------------------------------------------------------------ models:/ URIs
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed ``models:/`` URI: a LoggedModel id, or a registered model with a version or an alias."""
+
+    model_id: str | None = None
+    name: str | None = None
+    version: str | None = None
+    alias: str | None = None
+
+
+def parse_model_uri(uri: str) -> ModelRef | None:
+    """``models:/m-abc`` -> ModelRef(model_id="m-abc"); ``models:/NAME/3``; ``models:/NAME@champion``; else None."""
+    if not uri.startswith(SCHEME):
+        return None
+    rest = uri[len(SCHEME):].strip("/")
+    if not rest:
+        return None
+    if "@" in rest:
+        name, alias = rest.rsplit("@", 1)
+        return ModelRef(name=name, alias=alias)
+    if "/" in rest:
+        name, version = rest.rsplit("/", 1)
+        return ModelRef(name=name, version=version)
+    return ModelRef(model_id=rest)
+
+
+def model_id_from_uri(uri: str) -> str | None:
+    """``models:/m-abc`` -> ``m-abc``; None for registry URIs (``models:/name/1``, ``models:/name@alias``)."""
+    ref = parse_model_uri(uri)
+    return None if ref is None else ref.model_id
+
+
+def logged_model_uri(model_id: str) -> str:
+    return f"{SCHEME}{model_id}"
+
+
+def version_uri(name: str, version: str) -> str:
+    return f"{SCHEME}{name}/{version}"
+
+
+def validate_alias(alias: str) -> str:
+    """MLflow's alias rules, checked before the registry is touched (`ConfigError` naming --alias)."""
+    if not isinstance(alias, str) or not alias:
+        raise ConfigError("--alias", "expected a non-empty alias name such as 'champion'")
+    if alias.lower() == "latest":
+        raise ConfigError("--alias", f"'{alias}' is reserved by MLflow (models:/NAME@latest); choose another name")
+    if re.fullmatch(r"[vV]\d+", alias):
+        raise ConfigError("--alias", f"'{alias}' is reserved by MLflow (v<number> refers to a version); "
+                                     "choose another name")
+    if not _ALIAS_OK.match(alias):
+        raise ConfigError("--alias", f"expected letters, digits, '_' and '-' only; received: {alias!r}")
+    if len(alias) > MAX_ALIAS:
+        raise ConfigError("--alias", f"expected at most {MAX_ALIAS} characters; received {len(alias)}")
+    return alias
+
+
+# ------------------------------------------------------------------ MLflow's default client
+@contextlib.contextmanager
+def mlflow_internals_use(tracking_uri: str) -> Iterator[None]:
+    """Make `tracking_uri` what MLflow's default client resolves to, then put back what was there.
+
+    Public API only: `mlflow.set_tracking_uri` also writes ``$MLFLOW_TRACKING_URI``, and
+    ``set_tracking_uri(None)`` deletes it, so the variable is restored by hand. A global URI that only
+    mirrored the variable comes back as the variable alone (MLflow resolves both the same way).
+    """
+    import mlflow
+
+    old_env = os.environ.get(names.ENV_MLFLOW_TRACKING_URI)
+    explicit = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    old_global = explicit if explicit != old_env else None
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(old_global)  # type: ignore[arg-type]  # None clears it: the code handles it, the hint omits it
+        if old_env is None:
+            os.environ.pop(names.ENV_MLFLOW_TRACKING_URI, None)
+        else:
+            os.environ[names.ENV_MLFLOW_TRACKING_URI] = old_env
+
+
+def client_for(tracking_uri: str) -> Any:
+    """An `MlflowClient` whose tracking and registry stores are both `tracking_uri`."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+# ------------------------------------------------------------------ model files
+def artifact_location(uri: str, *, tracking_uri: str) -> str:
+    """Where the files of a ``models:/`` URI live (anything else is returned as it is).
+
+    Resolved with an explicit client: MLflow's own ``models:/`` resolution uses the default client.
+    """
+    ref = parse_model_uri(uri)
+    if ref is None:
+        return uri
+    client = client_for(tracking_uri)
+    if ref.model_id is not None:
+        return client.get_logged_model(ref.model_id).artifact_location
+    if ref.alias is not None:
+        mv = client.get_model_version_by_alias(ref.name, ref.alias)
+    else:
+        mv = client.get_model_version(ref.name, ref.version)
+    # a version registered from a LoggedModel: its files are the logged model's (the SQL registry store's own
+    # download-URI lookup would resolve the model id with the default client)
+    source = parse_model_uri(mv.source or "")
+    if source is not None and source.model_id is not None:
+        return client.get_logged_model(source.model_id).artifact_location
+    return client.get_model_version_download_uri(ref.name, mv.version)
+
+
+def download_model(uri: str, *, tracking_uri: str, dst: str) -> str:
+    """A local directory holding the MLflow model at `uri` (a local path is returned as is)."""
+    if Path(uri).exists():
+        return uri
+    from mlflow.artifacts import download_artifacts
+
+    from .modelio import quiet_artifacts
+
+    with quiet_artifacts(), mlflow_internals_use(tracking_uri):  # runs:/ URIs resolve with the default client
+        return download_artifacts(artifact_uri=artifact_location(uri, tracking_uri=tracking_uri), dst_path=dst,
+                                  tracking_uri=tracking_uri)
+
+
+# ------------------------------------------------------------------ one registered model
+def now() -> str:
+    """The timestamp written in registry tags."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Registry:
+    """The registry operations promotion needs, on one client and one registered model."""
+
+    def __init__(self, tracking_uri: str, name: str) -> None:
+        self.client = client_for(tracking_uri)
+        self.name = name
+        self.uri = tracking_uri
+
+    def exists(self) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(self.name)
+            return True
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
+
+    def ensure(self) -> None:
+        from mlflow.exceptions import MlflowException
+
+        if self.exists():
+            return
+        try:
+            self.client.create_registered_model(self.name, description="Siamese models promoted by siamese-sweep")
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+
+    def holder(self, alias: str) -> str | None:
+        """The version the alias points at, or None."""
+        if not self.exists():
+            return None
+        return _str(self.client.get_registered_model(self.name).aliases.get(alias))
+
+    def versions(self) -> list[Any]:
+        return list(self.client.search_model_versions(f"name='{self.name}'"))
+
+    def version(self, version: str) -> Any:
+        return self.client.get_model_version(self.name, version)
+
+    def find_version(self, model_id: str) -> Any | None:
+        """The version registered from LoggedModel `model_id`, if any."""
+        if not self.exists():
+            return None
+        source = logged_model_uri(model_id)
+        for v in self.versions():
+            if v.source == source or v.tags.get(names.TAG_MODEL_ID) == model_id:
+                return v
+        return None
+
+    def register(self, model_uri: str, run_id: str | None, tags: dict[str, str]) -> str:
+        """A new version whose source is `model_uri` itself (no copy of the files); returns its number."""
+        self.ensure()
+        with mlflow_internals_use(self.uri):  # MLflow's SQL registry store resolves models:/ with the default client
+            mv = self.client.create_model_version(self.name, source=model_uri, run_id=run_id, tags=tags,
+                                                  model_id=model_id_from_uri(model_uri))
+        return str(mv.version)
+
+    def tag(self, version: str, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_model_version_tag(self.name, version, k, str(v))
+
+    def set_model_tag(self, key: str, value: str | None) -> None:
+        """Set (or, with None, delete) a tag of the registered model."""
+        if value is None:
+            self.client.delete_registered_model_tag(self.name, key)
+        else:
+            self.client.set_registered_model_tag(self.name, key, value)
+
+    def set_alias(self, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(self.name, alias, version)
+
+    def move_alias(self, alias: str, version: str, previous: str | None) -> None:
+        """Point the alias at `version`, recording when and which version it replaced."""
+        self.set_alias(alias, version)
+        stamp = {names.per_alias(names.TAG_PROMOTED_AT_PREFIX, alias): now()}
+        if previous and previous != version:
+            stamp[names.per_alias(names.TAG_PREVIOUS_PREFIX, alias)] = previous
+            self.set_model_tag(names.per_alias(names.TAG_PREVIOUS_PREFIX, alias), previous)
+        self.tag(version, stamp)
+
+
+def _str(v: Any) -> str | None:
+    return None if v is None else str(v)

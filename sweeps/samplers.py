@@ -1,0 +1,98 @@
+"""Optuna samplers by name: ``get(name).build(spec, seed)``; `names()` for validation, CLI help and docs.
+
+Optuna is imported inside the builders, so reading the names stays cheap (``siamese-sweep --help``).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from siamese_core.errors import ConfigError
+
+from .by_name import ByName
+
+if TYPE_CHECKING:
+    from .spec import SweepSpec
+
+
+@dataclass(frozen=True)
+class Sampler:
+    build: Callable[[SweepSpec, int | None], Any]  # (spec, seed) -> optuna.samplers.BaseSampler
+    multi_objective: bool = True
+    check: Callable[[SweepSpec], None] | None = None  # extra spec checks (ConfigError) before anything runs
+
+
+_SAMPLERS: ByName[Sampler] = ByName("sampler", field="study.sampler.type")
+get = _SAMPLERS.get
+names = _SAMPLERS.names
+expected = _SAMPLERS.expected
+
+
+def multi_objective_names() -> tuple[str, ...]:
+    return tuple(n for n in names() if get(n).multi_objective)
+
+
+def _tpe(spec: SweepSpec, seed: int | None) -> Any:
+    import optuna
+
+    s = spec.study.sampler
+    # constant_liar: parallel workers see each other's running trials and spread out
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, multivariate=s.multivariate,
+                                      constant_liar=True)
+
+
+def _random(spec: SweepSpec, seed: int | None) -> Any:
+    import optuna
+
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _grid(spec: SweepSpec, seed: int | None) -> Any:
+    import optuna
+
+    from .space import grid_values
+
+    return optuna.samplers.GridSampler(grid_values(spec), seed=seed)
+
+
+def _check_grid(spec: SweepSpec) -> None:
+    for key, dist in spec.distributions().items():
+        if dist.type != "categorical" and dist.step is None:
+            raise ConfigError(f"search_space.{key}", "the grid sampler needs categorical choices or a 'step' "
+                                                     "for every numeric parameter")
+
+
+def _cmaes(spec: SweepSpec, seed: int | None) -> Any:
+    import optuna
+
+    try:
+        import cmaes  # noqa: F401
+    except ImportError:
+        raise ConfigError("study.sampler.type", "'cmaes' needs the cmaes package: pip install cmaes") from None
+    return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=spec.study.sampler.n_startup_trials)
+
+
+def _gp(spec: SweepSpec, seed: int | None) -> Any:
+    import optuna
+
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise ConfigError("study.sampler.type",
+                          "'gp' needs PyTorch (pip install torch); use 'cmaes' or 'tpe'") from None
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=spec.study.sampler.n_startup_trials)
+
+
+def _nsga2(spec: SweepSpec, seed: int | None) -> Any:
+    import optuna
+
+    return optuna.samplers.NSGAIISampler(seed=seed)
+
+
+_SAMPLERS.register("tpe", Sampler(_tpe))
+_SAMPLERS.register("random", Sampler(_random))
+_SAMPLERS.register("grid", Sampler(_grid, check=_check_grid))
+_SAMPLERS.register("cmaes", Sampler(_cmaes, multi_objective=False))
+_SAMPLERS.register("gp", Sampler(_gp, multi_objective=False))
+_SAMPLERS.register("nsga2", Sampler(_nsga2))

@@ -1,0 +1,93 @@
+"""SIGTERM and Ctrl-C: one scheme for a worker in this process and for ``run --workers N``.
+
+SIGTERM behaves like Ctrl-C: the handler records the stop in `StopRequest` and raises `Interrupted`
+(a KeyboardInterrupt). Raising alone is not enough: Python runs a handler at the next bytecode, which
+may be inside a ``__del__`` or a weakref callback (SQLAlchemy has plenty), where the exception is
+printed and *ignored* — a forwarded SIGTERM once left a worker training. So every loop also calls
+`StopRequest.check` (training after each batch, the worker loop, the parent of N workers).
+
+While the interrupted work is being cleaned up (`begin_cleanup`: the trial's run is being ended, or the
+parent is forwarding the signal to its workers), further signals (``docker stop`` repeats, an impatient
+Ctrl-C) are logged and ignored, so they cannot cut the clean-up short and leave a run RUNNING.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from .errors import Interrupted
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopRequest:
+    """The stop asked for by a signal in this process (class attributes: there is one per process)."""
+
+    requested: bool = False
+    cleaning: bool = False
+    signum: int = 0
+
+    @classmethod
+    def check(cls) -> None:
+        """Raise `Interrupted` if a stop was requested (and its clean-up has not begun)."""
+        if cls.requested and not cls.cleaning:
+            raise Interrupted(f"received signal {cls.signum}")
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.requested = cls.cleaning = False
+        cls.signum = 0
+
+
+def begin_cleanup() -> None:
+    """From now on a stop signal is logged and ignored (the interrupted work is being ended)."""
+    StopRequest.cleaning = True
+
+
+def _handler(signum: int, frame: Any, *, raise_at_once: bool = True) -> None:
+    if StopRequest.cleaning:
+        log.warning("signal %d again: still ending the interrupted work", signum)
+        return
+    StopRequest.requested, StopRequest.signum = True, signum
+    if raise_at_once:
+        raise Interrupted(f"received signal {signum}")  # may be swallowed: hence StopRequest.check
+
+
+@contextlib.contextmanager
+def stop_on_signals(*, raise_at_once: bool = True) -> Iterator[None]:
+    """Install the handler for SIGTERM and SIGINT (main thread only); restore the previous ones after.
+
+    ``raise_at_once=False``: only record the stop, for a loop that calls `StopRequest.check` every few
+    hundred milliseconds anyway and whose storage session must stay usable (the parent of N workers
+    still finalises the study's run after the stop).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    StopRequest.reset()
+    handler = _handler if raise_at_once else functools.partial(_handler, raise_at_once=False)
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        StopRequest.reset()
+
+
+def stop_check_callback() -> Any:
+    """A Keras callback that turns a pending stop request into `Interrupted` at a batch boundary."""
+    import keras
+
+    class StopCheck(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            StopRequest.check()
+
+    return StopCheck()

@@ -1,0 +1,64 @@
+"""Where sweeps leans on another library's behaviour that its public API does not promise, pin it here."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras_tuner as kt
+import mlflow
+import optuna
+import pytest
+
+from sweeps import names
+from sweeps.hypermodel import OptunaHyperParameters
+from sweeps.registry import mlflow_internals_use
+from sweeps.storage import frozen_trial, make_storage
+
+
+@pytest.mark.parametrize("global_uri, env_uri", [(None, None), (None, "sqlite:///env.db"),
+                                                 ("sqlite:///global.db", "sqlite:///global.db"),
+                                                 ("sqlite:///global.db", "sqlite:///other.db")])
+def test_mlflow_internals_use_puts_back_what_was_there(global_uri: str | None, env_uri: str | None,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(names.ENV_MLFLOW_TRACKING_URI, raising=False)
+    mlflow.set_tracking_uri(global_uri)
+    if env_uri is None:
+        os.environ.pop(names.ENV_MLFLOW_TRACKING_URI, None)
+    else:
+        os.environ[names.ENV_MLFLOW_TRACKING_URI] = env_uri
+    before = (mlflow.get_tracking_uri(), mlflow.is_tracking_uri_set(), os.environ.get(names.ENV_MLFLOW_TRACKING_URI))
+    try:
+        with mlflow_internals_use("sqlite:///inside.db"):
+            assert mlflow.get_tracking_uri() == "sqlite:///inside.db"
+        assert (mlflow.get_tracking_uri(), mlflow.is_tracking_uri_set(),
+                os.environ.get(names.ENV_MLFLOW_TRACKING_URI)) == before
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_a_running_trial_is_found_with_its_system_attrs(tmp_path: Path) -> None:
+    """Optuna has no public Trial -> FrozenTrial; `frozen_trial` finds it among the RUNNING trials."""
+    study = optuna.create_study(storage=make_storage(f"sqlite:///{tmp_path}/o.db"))
+    study.ask()  # another RUNNING trial
+    study.enqueue_trial({"x": 0.5})  # an enqueued trial carries a system attr
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    frozen = frozen_trial(trial)
+    assert frozen.number == trial.number == 1 and frozen.state == optuna.trial.TrialState.RUNNING
+    assert frozen.params == {"x": 0.5} and frozen.system_attrs
+
+
+def test_keras_tuner_routes_every_hyperparameter_through_retrieve() -> None:
+    """`OptunaHyperParameters` overrides KerasTuner's `_retrieve` (no public hook exists): every public
+    hp.* call, with name scopes and conditions applied, must still pass through it."""
+    assert callable(getattr(kt.HyperParameters, "_retrieve", None)), "KerasTuner renamed _retrieve: update hypermodel"
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    hp = OptunaHyperParameters(trial)
+    with hp.name_scope("block"):
+        units = hp.Int("units", 8, 32, step=8)
+        on = hp.Boolean("on")
+        act = hp.Choice("act", ["relu", "tanh"])
+        rate = hp.Float("rate", 0.0, 0.5)
+    assert hp.Fixed("fixed", 3) == 3
+    assert trial.params == {"block/units": units, "block/on": on, "block/act": act, "block/rate": rate}
+    assert hp.values["block/units"] == units
