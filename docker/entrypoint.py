@@ -37,9 +37,9 @@ except ImportError:  # the MLflow image: a copy beside this file
 PLACEHOLDER_PREFIX = "change-me"
 # database -> (role, the variable holding its password)
 DATABASES = {
-    "optuna": ("optuna", "OPTUNA_DB_PASSWORD"),
-    "mlflow": ("mlflow", "MLFLOW_DB_PASSWORD"),
-    "mlflow_auth": ("mlflow_auth", "MLFLOW_AUTH_DB_PASSWORD"),
+    "optuna": ("optuna", "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD"),
+    "mlflow": ("mlflow", "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD"),
+    "mlflow_auth": ("mlflow_auth", "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD"),
 }
 DEFAULT_WORKER_USER = "sweeps-worker"
 
@@ -98,7 +98,7 @@ def _private_file(directory: Path, name: str, text: str) -> Path:
 
 def _scrub(env: Mapping[str, str]) -> dict[str, str]:
     """The child's environment without any secret it does not need (the caller adds back what it does)."""
-    names = [*(v for _, v in DATABASES.values()), "POSTGRES_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_WORKER_PASSWORD",
+    names = [*(v for _, v in DATABASES.values()), "POSTGRES_PASSWORD", "SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD", "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD",
              "MLFLOW_FLASK_SERVER_SECRET_KEY", "SIAMESE_SWEEP_DASHBOARD_PASSWORD"]
     drop = set(names) | {n + "_FILE" for n in names}
     return {k: v for k, v in env.items() if k not in drop}
@@ -106,8 +106,8 @@ def _scrub(env: Mapping[str, str]) -> dict[str, str]:
 
 def mlflow_command(env: Mapping[str, str], config_dir: Path) -> tuple[list[str], dict[str, str]]:
     try:
-        ini = auth_ini_text(admin_username=env.get("MLFLOW_ADMIN_USERNAME") or "admin",
-                            admin_password=secret(env, "MLFLOW_ADMIN_PASSWORD"),
+        ini = auth_ini_text(admin_username=env.get("SIAMESE_SWEEP_MLFLOW_ADMIN_USERNAME") or "admin",
+                            admin_password=secret(env, "SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD"),
                             database_uri=pg_url(env, "mlflow_auth"),
                             default_permission=env.get("MLFLOW_DEFAULT_PERMISSION") or "READ",
                             auth_cache_ttl_seconds=int(env.get("MLFLOW_AUTH_CACHE_TTL_SECONDS") or 60))
@@ -140,12 +140,12 @@ def create_worker_user(env: Mapping[str, str], *, timeout_s: float = 300.0) -> s
     import urllib.request
 
     url = env.get("MLFLOW_URL") or "http://mlflow:5000"
-    username = setting(env, "MLFLOW_WORKER_USERNAME", DEFAULT_WORKER_USER)
-    admin_username = env.get("MLFLOW_ADMIN_USERNAME") or "admin"
+    username = setting(env, "SIAMESE_SWEEP_MLFLOW_WORKER_USERNAME", DEFAULT_WORKER_USER)
+    admin_username = env.get("SIAMESE_SWEEP_MLFLOW_ADMIN_USERNAME") or "admin"
     if username == admin_username:  # re-passwording it would change the admin's password
-        raise ConfigError(f"MLFLOW_WORKER_USERNAME: the workers' MLflow user must not be the admin "
+        raise ConfigError(f"SIAMESE_SWEEP_MLFLOW_WORKER_USERNAME: the workers' MLflow user must not be the admin "
                           f"({admin_username!r})")
-    admin_password, password = secret(env, "MLFLOW_ADMIN_PASSWORD"), secret(env, "MLFLOW_WORKER_PASSWORD")
+    admin_password, password = secret(env, "SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD"), secret(env, "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD")
     deadline = time.monotonic() + timeout_s
     while True:  # the server may still be starting
         try:
@@ -176,13 +176,13 @@ def worker_command(env: Mapping[str, str], extra: list[str]) -> tuple[list[str],
     child = _scrub(env)
     child["OPTUNA_STORAGE"] = env.get("OPTUNA_STORAGE") or pg_url(env, "optuna")
     child["MLFLOW_TRACKING_URI"] = env.get("MLFLOW_TRACKING_URI") or "http://mlflow:5000"
-    child["MLFLOW_TRACKING_USERNAME"] = setting(env, "MLFLOW_WORKER_USERNAME", DEFAULT_WORKER_USER)
-    child["MLFLOW_TRACKING_PASSWORD"] = secret(env, "MLFLOW_WORKER_PASSWORD")
-    # Empty SWEEP_SPEC = the built-in quickstart spec; empty SWEEP_STUDY = the spec's study.name.
+    child["MLFLOW_TRACKING_USERNAME"] = setting(env, "SIAMESE_SWEEP_MLFLOW_WORKER_USERNAME", DEFAULT_WORKER_USER)
+    child["MLFLOW_TRACKING_PASSWORD"] = secret(env, "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD")
+    # Empty SIAMESE_SWEEP_SPEC = the built-in quickstart spec; empty SIAMESE_SWEEP_STUDY = the spec's study.name.
     # URLs travel in the environment (the CLI reads OPTUNA_STORAGE / MLFLOW_TRACKING_URI): argv is visible in `ps`.
-    argv = ["siamese-sweep", "worker", *([env["SWEEP_SPEC"]] if env.get("SWEEP_SPEC") else [])]
-    if env.get("SWEEP_STUDY"):
-        argv += ["--study", env["SWEEP_STUDY"]]
+    argv = ["siamese-sweep", "worker", *([env["SIAMESE_SWEEP_SPEC"]] if env.get("SIAMESE_SWEEP_SPEC") else [])]
+    if env.get("SIAMESE_SWEEP_STUDY"):
+        argv += ["--study", env["SIAMESE_SWEEP_STUDY"]]
     argv += list(extra)
     return argv, child
 

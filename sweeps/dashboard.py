@@ -22,9 +22,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from . import names
+
 log = logging.getLogger(__name__)
 
-PASSWORD_ENV = "SIAMESE_SWEEP_DASHBOARD_PASSWORD"
+PASSWORD_ENV = names.ENV_DASHBOARD_PASSWORD
 DEFAULT_USER = "optuna"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 REALM = "siamese-sweep dashboard"

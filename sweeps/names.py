@@ -109,14 +109,27 @@ SYSTEM_ATTR_RETRY_HISTORY = "retry_history"
 # ---------------------------------------------------------------- environment variables we invent
 ENV_TRACKING_RETRY_SECONDS = "SIAMESE_SWEEP_MLFLOW_RETRY_SECONDS"  # how long a trial keeps retrying MLflow
 ENV_PROMOTE_PAUSE = "SIAMESE_SWEEP_PROMOTE_PAUSE"      # test hook: pause before a registry alias write
-ENV_PG_BIN = "SIAMESE_SWEEP_PG_BIN"                    # PostgreSQL binaries for `python -m sweeps.stack`
+ENV_PG_BIN = "SIAMESE_SWEEP_PG_BIN"                    # PostgreSQL binaries for `siamese-sweep stack`
 ENV_ALLOCATOR = _CORE_ENV_ALLOCATOR                    # "system": leave glibc's malloc alone (siamese_core)
+ENV_DASHBOARD_PASSWORD = "SIAMESE_SWEEP_DASHBOARD_PASSWORD"  # basic auth of `siamese-sweep dashboard`
+# the stack's (and docker compose's, Kubernetes') secrets: one PostgreSQL role per database, two MLflow users
+ENV_DB_OPTUNA_PASSWORD = "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD"  # role `optuna`: the Optuna study (workers)
+ENV_DB_MLFLOW_PASSWORD = "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD"  # role `mlflow`: MLflow's runs (the server only)
+ENV_DB_MLFLOW_AUTH_PASSWORD = "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD"  # role `mlflow_auth`: MLflow's users
+ENV_ADMIN_USERNAME = "SIAMESE_SWEEP_MLFLOW_ADMIN_USERNAME"  # MLflow admin (operators)
+ENV_ADMIN_PASSWORD = "SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD"
+ENV_WORKER_USERNAME = "SIAMESE_SWEEP_MLFLOW_WORKER_USERNAME"  # the non-admin MLflow user workers log as
+ENV_WORKER_PASSWORD = "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD"
+ENV_SPEC = "SIAMESE_SWEEP_SPEC"                        # the container entrypoint's spec path (compose)
+ENV_STUDY = "SIAMESE_SWEEP_STUDY"                      # the container entrypoint's study name (compose)
 
 # ---------------------------------------------------------------- environment variables of the ecosystem
 ENV_OPTUNA_STORAGE = "OPTUNA_STORAGE"                  # default --storage (keeps passwords off argv)
 ENV_MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"        # default --tracking-uri
 ENV_MLFLOW_TRACKING_USERNAME = "MLFLOW_TRACKING_USERNAME"  # read by MLflow's client (server with auth)
 ENV_MLFLOW_TRACKING_PASSWORD = "MLFLOW_TRACKING_PASSWORD"
+ENV_MLFLOW_TRACKING_TOKEN = "MLFLOW_TRACKING_TOKEN"    # bearer token instead of user/password
+ENV_MLFLOW_FLASK_SERVER_SECRET_KEY = "MLFLOW_FLASK_SERVER_SECRET_KEY"  # the MLflow server's session key
 ENV_MLFLOW_RUN_ID = "MLFLOW_RUN_ID"                    # removed in workers: it would hijack run creation
 ENV_MLFLOW_HTTP_REQUEST_MAX_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"  # workers default these (tracking.py)
 ENV_MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR = "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
@@ -125,7 +138,17 @@ ENV_MLFLOW_HTTP_REQUEST_TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"
 ENV_MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"  # workers: keep --json stdout JSON
 ENV_MLFLOW_PRINT_MODEL_URLS_ON_CREATION = "MLFLOW_PRINT_MODEL_URLS_ON_CREATION"
 ENV_MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"  # off while copying models
+ENV_POSTGRES_PASSWORD = "POSTGRES_PASSWORD"            # the postgres image's superuser (compose, Kubernetes)
 ENV_TF_CPP_MIN_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"      # the CLI defaults it to 2 (TensorFlow's C++ log noise)
+
+
+# Variables that carry secrets: each may be given as `<NAME>_FILE` instead, the path of a file holding the value
+# (Docker/Kubernetes secrets mounted as files), read by `sweeps.secrets.read_secret_files` at CLI start.
+SECRET_ENV = (ENV_OPTUNA_STORAGE, ENV_MLFLOW_TRACKING_URI, ENV_MLFLOW_TRACKING_USERNAME, ENV_MLFLOW_TRACKING_PASSWORD,
+              ENV_MLFLOW_TRACKING_TOKEN, ENV_DB_OPTUNA_PASSWORD, ENV_DB_MLFLOW_PASSWORD, ENV_DB_MLFLOW_AUTH_PASSWORD,
+              ENV_ADMIN_PASSWORD, ENV_WORKER_PASSWORD, ENV_MLFLOW_FLASK_SERVER_SECRET_KEY,
+              ENV_POSTGRES_PASSWORD, ENV_DASHBOARD_PASSWORD)
+SECRET_FILE_SUFFIX = "_FILE"
 
 
 # ---------------------------------------------------------------- families and derived names

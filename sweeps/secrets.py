@@ -12,6 +12,8 @@ import logging
 import os
 import re
 
+from . import names
+
 MASK = "***"
 
 __all__ = ["MASK", "SECRET_VARIABLES", "SecretsFilter", "install_secrets_filter", "mask_secrets", "mask_url",
@@ -102,25 +104,8 @@ def install_secrets_filter(logger: logging.Logger | None = None) -> SecretsFilte
     return flt
 
 
-# Environment variables that carry secrets. Each may instead be given as ``<NAME>_FILE``: the path of a file
-# holding the value (Kubernetes/Docker secrets mounted as files), so the value is in neither argv nor a
-# manifest. URLs are listed because they may embed a password.
-SECRET_VARIABLES = (
-    "OPTUNA_STORAGE",
-    "MLFLOW_TRACKING_URI",
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-    "OPTUNA_DB_PASSWORD",
-    "MLFLOW_DB_PASSWORD",
-    "MLFLOW_AUTH_DB_PASSWORD",
-    "MLFLOW_ADMIN_PASSWORD",
-    "MLFLOW_WORKER_PASSWORD",
-    "MLFLOW_FLASK_SERVER_SECRET_KEY",
-    "POSTGRES_PASSWORD",
-    "SIAMESE_SWEEP_DASHBOARD_PASSWORD",
-)
-FILE_SUFFIX = "_FILE"
+SECRET_VARIABLES = names.SECRET_ENV
+FILE_SUFFIX = names.SECRET_FILE_SUFFIX
 MAX_SECRET_FILE_BYTES = 64 * 1024  # a password or URL; anything larger is a wrong path
 
 

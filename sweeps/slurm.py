@@ -246,7 +246,7 @@ def check_spec_for_cluster(spec: SweepSpec, text: str, env: Mapping[str, str]) -
 
 # ------------------------------------------------------------------ rendering
 def _delimiter(text: str) -> str:
-    tag = "SIAMESE_SWEEP_SPEC_" + hashlib.sha256(text.encode()).hexdigest()[:12]
+    tag = "END_OF_SPEC_" + hashlib.sha256(text.encode()).hexdigest()[:12]
     assert tag not in text.splitlines()
     return tag
 

@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 
+from .. import names
 from ..cli import EXIT_OK
 
 
@@ -27,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from ..dashboard import dashboard_password, make_app, serve
 
-    storage = os.environ.get("OPTUNA_STORAGE")
+    storage = os.environ.get(names.ENV_OPTUNA_STORAGE)
     if not storage:
         from ..spec import load_spec
         from ..specs import resolve_spec_path

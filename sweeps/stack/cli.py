@@ -33,6 +33,7 @@ from typing import Any
 
 from siamese_core.errors import ConfigError
 
+from sweeps import names
 from sweeps.secrets import mask_url, read_secret_files
 from sweeps.stack._process import ServerStartError, port_is_free
 from sweeps.stack.mlflow_auth import MIN_PASSWORD_LENGTH, AuthConfigError, ensure_user
@@ -41,14 +42,14 @@ from sweeps.stack.postgres import PostgresServer
 
 # name -> what it protects; all generated with secrets.token_urlsafe(24) unless given
 SECRETS = {
-    "OPTUNA_DB_PASSWORD": "PostgreSQL role 'optuna' (database optuna: the Optuna study)",
-    "MLFLOW_DB_PASSWORD": "PostgreSQL role 'mlflow' (database mlflow: runs, models)",
-    "MLFLOW_AUTH_DB_PASSWORD": "PostgreSQL role 'mlflow_auth' (database mlflow_auth: MLflow users)",
-    "MLFLOW_ADMIN_PASSWORD": "MLflow admin user",
-    "MLFLOW_WORKER_PASSWORD": "MLflow user the workers log as (not an admin)",
-    "SIAMESE_SWEEP_DASHBOARD_PASSWORD": "optuna-dashboard basic auth",
+    names.ENV_DB_OPTUNA_PASSWORD: "PostgreSQL role 'optuna' (database optuna: the Optuna study)",
+    names.ENV_DB_MLFLOW_PASSWORD: "PostgreSQL role 'mlflow' (database mlflow: runs, models)",
+    names.ENV_DB_MLFLOW_AUTH_PASSWORD: "PostgreSQL role 'mlflow_auth' (database mlflow_auth: MLflow users)",
+    names.ENV_ADMIN_PASSWORD: "MLflow admin user",
+    names.ENV_WORKER_PASSWORD: "MLflow user the workers log as (not an admin)",
+    names.ENV_DASHBOARD_PASSWORD: "optuna-dashboard basic auth",
 }
-MLFLOW_PASSWORDS = ("MLFLOW_ADMIN_PASSWORD", "MLFLOW_WORKER_PASSWORD")
+MLFLOW_PASSWORDS = (names.ENV_ADMIN_PASSWORD, names.ENV_WORKER_PASSWORD)
 PLACEHOLDER_PREFIX = "change-me"
 STATE_FILE = "stack.json"
 READY_TIMEOUT_S = 300.0
@@ -178,7 +179,7 @@ def up(args: argparse.Namespace) -> int:
     os.chmod(stack_dir, 0o755)  # the postgres OS user must traverse it; secrets files are 0600
     creds = load_or_create_secrets(stack_dir)  # validated before anything starts
 
-    pg = PostgresServer(user="optuna", password=creds["OPTUNA_DB_PASSWORD"], database="optuna", host=args.host,
+    pg = PostgresServer(user="optuna", password=creds[names.ENV_DB_OPTUNA_PASSWORD], database="optuna", host=args.host,
                         port=args.pg_port or None, base_dir=stack_dir / "postgres")
     mlflow: MlflowServer | None = None
     dashboard: subprocess.Popen[bytes] | None = None
@@ -192,26 +193,26 @@ def up(args: argparse.Namespace) -> int:
         print(f"starting PostgreSQL in {stack_dir / 'postgres'} ...", flush=True)
         pg.start()
         optuna_url = pg.url
-        mlflow_db = pg.create_role("mlflow", creds["MLFLOW_DB_PASSWORD"], database="mlflow")
-        auth_db = pg.create_role("mlflow_auth", creds["MLFLOW_AUTH_DB_PASSWORD"], database="mlflow_auth")
+        mlflow_db = pg.create_role("mlflow", creds[names.ENV_DB_MLFLOW_PASSWORD], database="mlflow")
+        auth_db = pg.create_role("mlflow_auth", creds[names.ENV_DB_MLFLOW_AUTH_PASSWORD], database="mlflow_auth")
         mlflow = MlflowServer(mlflow_db, state_dir=stack_dir / "mlflow", host=args.host, port=args.mlflow_port or None,
                               workers=args.workers, auth=not args.no_auth, admin_username=args.admin_user,
-                              admin_password=creds["MLFLOW_ADMIN_PASSWORD"], auth_database_uri=auth_db)
+                              admin_password=creds[names.ENV_ADMIN_PASSWORD], auth_database_uri=auth_db)
         print("starting mlflow server (15-35 s on a busy machine) ...", flush=True)
         mlflow.start()
-        worker_env = {"OPTUNA_STORAGE": optuna_url, "MLFLOW_TRACKING_URI": mlflow.url}
+        worker_env = {names.ENV_OPTUNA_STORAGE: optuna_url, names.ENV_MLFLOW_TRACKING_URI: mlflow.url}
         admin_env = dict(worker_env)
         if mlflow.auth:
-            ensure_user(mlflow.url, admin_username=args.admin_user, admin_password=creds["MLFLOW_ADMIN_PASSWORD"],
-                        username=args.worker_user, password=creds["MLFLOW_WORKER_PASSWORD"])
-            worker_env.update(MLFLOW_TRACKING_USERNAME=args.worker_user,
-                              MLFLOW_TRACKING_PASSWORD=creds["MLFLOW_WORKER_PASSWORD"])
-            admin_env.update(MLFLOW_TRACKING_USERNAME=args.admin_user,
-                             MLFLOW_TRACKING_PASSWORD=creds["MLFLOW_ADMIN_PASSWORD"])
+            ensure_user(mlflow.url, admin_username=args.admin_user, admin_password=creds[names.ENV_ADMIN_PASSWORD],
+                        username=args.worker_user, password=creds[names.ENV_WORKER_PASSWORD])
+            worker_env.update({names.ENV_MLFLOW_TRACKING_USERNAME: args.worker_user,
+                               names.ENV_MLFLOW_TRACKING_PASSWORD: creds[names.ENV_WORKER_PASSWORD]})
+            admin_env.update({names.ENV_MLFLOW_TRACKING_USERNAME: args.admin_user,
+                              names.ENV_MLFLOW_TRACKING_PASSWORD: creds[names.ENV_ADMIN_PASSWORD]})
         if args.dashboard:
             dashboard, state.dashboard = _start_dashboard(args, stack_dir, optuna_url,
-                                                          creds["SIAMESE_SWEEP_DASHBOARD_PASSWORD"])
-            admin_env["SIAMESE_SWEEP_DASHBOARD_PASSWORD"] = creds["SIAMESE_SWEEP_DASHBOARD_PASSWORD"]
+                                                          creds[names.ENV_DASHBOARD_PASSWORD])
+            admin_env[names.ENV_DASHBOARD_PASSWORD] = creds[names.ENV_DASHBOARD_PASSWORD]
         client_file, admin_file = stack_dir / "client.env", stack_dir / "admin.env"
         write_env_file(client_file, worker_env, export=True)
         write_env_file(admin_file, admin_env, export=True)
@@ -251,7 +252,7 @@ def up(args: argparse.Namespace) -> int:
 def _start_dashboard(args: argparse.Namespace, stack_dir: Path, storage: str,
                      password: str) -> tuple[subprocess.Popen[bytes], str]:
     """`siamese-sweep dashboard` as a child; storage and password through its environment, never argv."""
-    env = {**os.environ, "OPTUNA_STORAGE": storage, "SIAMESE_SWEEP_DASHBOARD_PASSWORD": password}
+    env = {**os.environ, names.ENV_OPTUNA_STORAGE: storage, names.ENV_DASHBOARD_PASSWORD: password}
     port = args.dashboard_port or _free_port(args.host)
     log = open(stack_dir / "dashboard.log", "ab")  # noqa: SIM115 - kept open for the child's lifetime
     proc = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "dashboard", "--host", args.host, "--port", str(port)],

@@ -26,12 +26,13 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
+from sweeps import names
 from sweeps.secrets import mask_url
 from sweeps.stack._process import ServerStartError, free_port, tail, terminate_tree, wait_until
 
 __all__ = ["PostgresServer", "find_pg_bin_dir"]
 
-PG_BIN_ENV = "SIAMESE_SWEEP_PG_BIN"
+PG_BIN_ENV = names.ENV_PG_BIN
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 

@@ -97,7 +97,7 @@ def test_script_has_the_sbatch_lines_and_embeds_the_spec_verbatim(stub: Path) ->
                           "--signal=B:USR1@240", "--requeue", "--open-mode=append",
                           "--output=siamese-sweep-%x-%A_%a.out", "--account=ml"]
     # the heredoc body is the spec, byte for byte, and loads back to the same spec
-    tag = re.search(r"<<'(SIAMESE_SWEEP_SPEC_\w+)'", script).group(1)
+    tag = re.search(r"<<'(END_OF_SPEC_\w+)'", script).group(1)
     body = script.split(f"<<'{tag}'\n", 1)[1].split(f"\n{tag}\n", 1)[0]
     assert body + "\n" == spec
     assert spec_from_dict(yaml.safe_load(body)) == load_spec(ROOT / "sweeps/specs/digits-smoke.yaml")

@@ -11,11 +11,11 @@ import siamese_core
 import sweeps
 from siamese_core.errors import SiameseError
 
-# BaseException-only classes are exempt: `sweeps.objective.Interrupted` is a KeyboardInterrupt on purpose.
+# BaseException-only classes are exempt: `sweeps.errors.Interrupted` is a KeyboardInterrupt on purpose.
 # Were it also an Exception (as SiameseError is), every `except Exception` on its way up would swallow a
 # Ctrl-C/SIGTERM - including Optuna's: the worker calls `study.optimize(..., catch=(Exception,))`, and Optuna
 # re-raises a failed trial's error only when it is not in `catch`, so the worker would go on after a stop.
-CONTROL_FLOW = {"sweeps.objective.Interrupted"}
+CONTROL_FLOW = {"sweeps.errors.Interrupted"}
 
 
 def _exception_classes() -> dict[str, type[BaseException]]:
@@ -36,8 +36,10 @@ EXCEPTIONS = _exception_classes()
 
 def test_the_walk_finds_the_known_exceptions():
     for name in ("siamese_core.errors.ConfigError", "siamese_core.checkpoint.CheckpointError",
-                 "sweeps.tracking.TrackingUnavailable", "sweeps.worker.SweepFatal", "sweeps.serving.PredictError",
-                 "sweeps.objective.InvalidTrialConfig", "sweeps.stack._process.ServerStartError"):
+                 "sweeps.errors.TrackingUnavailable", "sweeps.errors.SweepFatal", "sweeps.serving.PredictError",
+                 "sweeps.errors.InvalidTrialConfig", "sweeps.errors.NonFiniteObjective",
+                 "sweeps.stack._process.ServerStartError", "sweeps.slurm.SlurmError",
+                 "sweeps.stack.mlflow_auth.AuthConfigError"):
         assert name in EXCEPTIONS, name
 
 

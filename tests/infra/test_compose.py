@@ -51,8 +51,8 @@ needs_compose = pytest.mark.skipif(not _compose_available(), reason="docker comp
 def test_env_example_holds_only_placeholders() -> None:
     values = _env_example()
     secrets = {k: v for k, v in values.items() if SECRET_NAME.search(k)}
-    assert {"POSTGRES_PASSWORD", "OPTUNA_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "MLFLOW_AUTH_DB_PASSWORD",
-            "MLFLOW_ADMIN_PASSWORD", "MLFLOW_WORKER_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    assert {"POSTGRES_PASSWORD", "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD", "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD", "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD",
+            "SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD", "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
             "SIAMESE_SWEEP_DASHBOARD_PASSWORD"} <= set(secrets)
     for key, value in secrets.items():
         assert value.startswith("change-me"), f"{key} must be a change-me placeholder, got {value!r}"
@@ -90,8 +90,8 @@ def test_compose_structure() -> None:
 
 def test_compose_requires_secrets_from_env() -> None:
     text = COMPOSE.read_text()
-    for var in ("POSTGRES_PASSWORD", "OPTUNA_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "MLFLOW_AUTH_DB_PASSWORD",
-                "MLFLOW_ADMIN_PASSWORD", "MLFLOW_WORKER_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    for var in ("POSTGRES_PASSWORD", "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD", "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD", "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD",
+                "SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD", "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
                 "SIAMESE_SWEEP_DASHBOARD_PASSWORD"):
         refs = re.findall(r"\$\{" + var + r"([^}]*)\}", text)
         assert refs, f"{var} not used"
@@ -119,10 +119,10 @@ def test_least_privilege_in_compose() -> None:
             assert "POSTGRES_PASSWORD" not in env_of(name), name
     for name in ("worker", "optuna-dashboard"):
         text = env_of(name)
-        assert "MLFLOW_ADMIN_PASSWORD" not in text and "MLFLOW_DB_PASSWORD" not in text
-        assert "MLFLOW_AUTH_DB_PASSWORD" not in text and "OPTUNA_DB_PASSWORD" in text
-    assert "OPTUNA_DB_PASSWORD" not in env_of("mlflow")
-    assert "MLFLOW_WORKER_PASSWORD" in env_of("worker")
+        assert "SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD" not in text and "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD" not in text
+        assert "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD" not in text and "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD" in text
+    assert "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD" not in env_of("mlflow")
+    assert "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD" in env_of("worker")
     assert services["worker"]["depends_on"]["mlflow-users"]["condition"] == "service_completed_successfully"
 
 
@@ -136,7 +136,7 @@ file_env() { echo image-file_env; }
 case $- in *u*) echo "initdb leaked set -u" >&2; exit 3;; esac
 [ "$(file_env)" = image-file_env ] || { echo "initdb redefined file_env" >&2; exit 3; }
 if type role_password >/dev/null 2>&1; then echo "initdb leaked its helper" >&2; exit 3; fi
-[ -z "${MLFLOW_AUTH_DB_PASSWORD+x}${value+x}${file+x}" ] || { echo "initdb leaked variables" >&2; exit 3; }
+[ -z "${SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD+x}${value+x}${file+x}" ] || { echo "initdb leaked variables" >&2; exit 3; }
 echo "entrypoint continues"
 """
 
@@ -151,14 +151,14 @@ def test_the_one_postgres_init_script_is_used_by_compose_and_kubernetes() -> Non
 
 def test_the_postgres_init_script_stops_the_entrypoint_without_a_password(tmp_path: Path) -> None:
     env = {"PATH": os.environ["PATH"], "INIT_SCRIPT": str(INIT_SCRIPT), "POSTGRES_USER": "postgres",
-           "OPTUNA_DB_PASSWORD": "x" * 12, "MLFLOW_DB_PASSWORD": "y" * 12,
-           "MLFLOW_AUTH_DB_PASSWORD_FILE": str(tmp_path / "missing")}
+           "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD": "x" * 12, "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD": "y" * 12,
+           "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD_FILE": str(tmp_path / "missing")}
     res = subprocess.run(["bash", "-c", SOURCING_ENTRYPOINT], env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode != 0 and "entrypoint continues" not in res.stdout
-    assert "MLFLOW_AUTH_DB_PASSWORD_FILE: cannot read" in res.stderr
-    del env["MLFLOW_AUTH_DB_PASSWORD_FILE"]
+    assert "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD_FILE: cannot read" in res.stderr
+    del env["SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD_FILE"]
     res = subprocess.run([str(INIT_SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
-    assert res.returncode == 1 and "MLFLOW_AUTH_DB_PASSWORD (or MLFLOW_AUTH_DB_PASSWORD_FILE) is not set" in res.stderr
+    assert res.returncode == 1 and "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD (or SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD_FILE) is not set" in res.stderr
 
 
 @pytest.mark.postgres
@@ -176,14 +176,14 @@ def test_the_postgres_init_script_makes_one_role_per_database(postgres_server: o
     from sweeps.stack import PostgresServer
 
     base = Path(__import__("tempfile").mkdtemp(prefix="sweeps-initdb-test-"))
-    passwords = {"OPTUNA_DB_PASSWORD": "o'pw \"x $HOME `id`", "MLFLOW_DB_PASSWORD": "m-pw-123",
-                 "MLFLOW_AUTH_DB_PASSWORD": "a-pw-456"}
+    passwords = {"SIAMESE_SWEEP_OPTUNA_DB_PASSWORD": "o'pw \"x $HOME `id`", "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD": "m-pw-123",
+                 "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD": "a-pw-456"}
     pg = PostgresServer(user="bootstrap", database="bootstrap", base_dir=base, fsync=False)
     try:
         pg.start()
         env = {"PATH": f"{pg.bin_dir}:{os.environ['PATH']}", "POSTGRES_USER": "postgres", "PGHOST": str(pg._sock_dir),
                "PGPORT": str(pg.port), "INIT_SCRIPT": str(INIT_SCRIPT)}
-        file_vars = set(passwords) if how == "executed" else {"MLFLOW_AUTH_DB_PASSWORD"}
+        file_vars = set(passwords) if how == "executed" else {"SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD"}
         for name, value in passwords.items():
             if name in file_vars:
                 (tmp_path / name).write_text(value + "\n")  # Secret files often end with a newline
@@ -200,7 +200,7 @@ def test_the_postgres_init_script_makes_one_role_per_database(postgres_server: o
             psycopg2.connect(host=pg.host, port=pg.port, user=role, password=password, dbname=db,
                              connect_timeout=10).close()
 
-        roles = {"optuna": "OPTUNA_DB_PASSWORD", "mlflow": "MLFLOW_DB_PASSWORD", "mlflow_auth": "MLFLOW_AUTH_DB_PASSWORD"}
+        roles = {"optuna": "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD", "mlflow": "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD", "mlflow_auth": "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD"}
         for role, var in roles.items():
             connect(role, passwords[var], role)
             for other in (set(roles) | {"postgres"}) - {role}:

@@ -317,7 +317,7 @@ def test_postgres_runs_the_one_init_script(objects: list[dict[str, Any]]) -> Non
     assert {"name": volume["name"], "mountPath": "/docker-entrypoint-initdb.d", "readOnly": True} in \
         container["volumeMounts"]
     env = _env(container)
-    for name in ("OPTUNA_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "MLFLOW_AUTH_DB_PASSWORD"):
+    for name in ("SIAMESE_SWEEP_OPTUNA_DB_PASSWORD", "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD", "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD"):
         assert name + "_FILE" in env and name not in env, name
     assert env["POSTGRES_USER"] == "postgres"
 
@@ -379,10 +379,10 @@ def test_mlflow_setup_job_runs_the_entrypoint_with_the_workers_credentials(objec
     # ... from the very Secret keys the workers log in with
     worker = _env(_worker(objects)["spec"]["template"]["spec"]["containers"][0])
     setup = _env(container)
-    assert worker["MLFLOW_TRACKING_USERNAME_FILE"] == setup["MLFLOW_WORKER_USERNAME_FILE"]
-    assert worker["MLFLOW_TRACKING_PASSWORD_FILE"] == setup["MLFLOW_WORKER_PASSWORD_FILE"]
+    assert worker["MLFLOW_TRACKING_USERNAME_FILE"] == setup["SIAMESE_SWEEP_MLFLOW_WORKER_USERNAME_FILE"]
+    assert worker["MLFLOW_TRACKING_PASSWORD_FILE"] == setup["SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD_FILE"]
     mlflow = _env(_container(objects, "Deployment", "mlflow"))
-    assert setup["MLFLOW_ADMIN_USERNAME"] == mlflow["MLFLOW_ADMIN_USERNAME"]
+    assert setup["SIAMESE_SWEEP_MLFLOW_ADMIN_USERNAME"] == mlflow["SIAMESE_SWEEP_MLFLOW_ADMIN_USERNAME"]
     assert setup["MLFLOW_URL"] == worker["MLFLOW_TRACKING_URI"]
 
 

@@ -43,9 +43,9 @@ def _secret_files(tmp: Path, **values: str) -> dict[str, str]:
 def _setup(ep: ModuleType, server, tmp: Path, worker_password: str, monkeypatch: pytest.MonkeyPatch,
            capsys: pytest.CaptureFixture[str]) -> str:
     """`stack-entrypoint mlflow-users` with the mlflow-setup Job's variables; returns what it printed."""
-    env = {"MLFLOW_URL": server.url, "MLFLOW_ADMIN_USERNAME": server.admin_username,
-           **_secret_files(tmp, MLFLOW_ADMIN_PASSWORD=server.admin_password, MLFLOW_WORKER_USERNAME=WORKER,
-                           MLFLOW_WORKER_PASSWORD=worker_password)}
+    env = {"MLFLOW_URL": server.url, "SIAMESE_SWEEP_MLFLOW_ADMIN_USERNAME": server.admin_username,
+           **_secret_files(tmp, SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD=server.admin_password, SIAMESE_SWEEP_MLFLOW_WORKER_USERNAME=WORKER,
+                           SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD=worker_password)}
     for name in [n for n in __import__("os").environ if n.startswith("MLFLOW_")]:
         monkeypatch.delenv(name)
     for name, value in env.items():
@@ -109,10 +109,10 @@ def test_the_job_command_works_in_the_mlflow_image_layout(tmp_path: Path) -> Non
                     "sys.argv = [sys.argv[1] + '/stack-entrypoint', *sys.argv[2:]]; "
                     "runpy.run_path(sys.argv[0], run_name='__main__')")
     env = {"PATH": "/usr/bin:/bin", "MLFLOW_URL": "http://127.0.0.1:9",
-           **_secret_files(tmp_path / "secrets", MLFLOW_ADMIN_PASSWORD="admin-pass-word-0",
-                           MLFLOW_WORKER_USERNAME=WORKER),
-           "MLFLOW_WORKER_PASSWORD_FILE": str(tmp_path / "secrets" / "missing")}
+           **_secret_files(tmp_path / "secrets", SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD="admin-pass-word-0",
+                           SIAMESE_SWEEP_MLFLOW_WORKER_USERNAME=WORKER),
+           "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD_FILE": str(tmp_path / "secrets" / "missing")}
     res = subprocess.run([sys.executable, "-c", image_python, str(bin_dir), "mlflow-users"], env=env,
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 1, res.stderr
-    assert "MLFLOW_WORKER_PASSWORD_FILE: cannot read" in res.stderr and "admin-pass-word" not in res.stderr
+    assert "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD_FILE: cannot read" in res.stderr and "admin-pass-word" not in res.stderr

@@ -45,8 +45,8 @@ def test_secrets_generated_once_saved_0600_and_reused(tmp_path: Path, monkeypatc
     assert set(first) == set(SECRETS) and all(len(v) >= 12 for v in first.values())
     assert (tmp_path / "secrets.env").stat().st_mode & 0o777 == 0o600
     assert load_or_create_secrets(tmp_path) == first
-    monkeypatch.setenv("OPTUNA_DB_PASSWORD", "from-the-environment")
-    assert load_or_create_secrets(tmp_path)["OPTUNA_DB_PASSWORD"] == "from-the-environment"
+    monkeypatch.setenv("SIAMESE_SWEEP_OPTUNA_DB_PASSWORD", "from-the-environment")
+    assert load_or_create_secrets(tmp_path)["SIAMESE_SWEEP_OPTUNA_DB_PASSWORD"] == "from-the-environment"
 
 
 @pytest.mark.parametrize("password", ["ends-with-a-quote'", "'quoted'", 'dq"inside"', "dollar$HOME`id`\\back",
@@ -54,13 +54,13 @@ def test_secrets_generated_once_saved_0600_and_reused(tmp_path: Path, monkeypatc
 def test_passwords_survive_the_env_file_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 no_secret_env: None, password: str) -> None:
     """A password ending in a quote used to change on the second start (written unquoted, read back stripped)."""
-    monkeypatch.setenv("MLFLOW_ADMIN_PASSWORD", password + "-long-enough")
+    monkeypatch.setenv("SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD", password + "-long-enough")
     first = load_or_create_secrets(tmp_path)
-    monkeypatch.delenv("MLFLOW_ADMIN_PASSWORD")
-    assert load_or_create_secrets(tmp_path)["MLFLOW_ADMIN_PASSWORD"] == password + "-long-enough" == \
-        first["MLFLOW_ADMIN_PASSWORD"]
+    monkeypatch.delenv("SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD")
+    assert load_or_create_secrets(tmp_path)["SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD"] == password + "-long-enough" == \
+        first["SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD"]
     # and what bash reads from the same file is the same value
-    out = subprocess.run(["bash", "-c", f"source {tmp_path / 'secrets.env'} && printf %s \"$MLFLOW_ADMIN_PASSWORD\""],
+    out = subprocess.run(["bash", "-c", f"source {tmp_path / 'secrets.env'} && printf %s \"$SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD\""],
                          capture_output=True, text=True, check=True)
     assert out.stdout == password + "-long-enough"
 
@@ -73,10 +73,10 @@ def test_env_file_written_by_an_older_version_is_read_as_written(tmp_path: Path)
 
 
 @pytest.mark.parametrize(("var", "value", "expected"), [
-    ("MLFLOW_ADMIN_PASSWORD", "short", "at least 12 characters"),
-    ("MLFLOW_WORKER_PASSWORD", "short", "at least 12 characters"),
-    ("OPTUNA_DB_PASSWORD", "change-me-please", "placeholder"),
-    ("MLFLOW_DB_PASSWORD", " padded-password ", "surrounding whitespace"),
+    ("SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD", "short", "at least 12 characters"),
+    ("SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD", "short", "at least 12 characters"),
+    ("SIAMESE_SWEEP_OPTUNA_DB_PASSWORD", "change-me-please", "placeholder"),
+    ("SIAMESE_SWEEP_MLFLOW_DB_PASSWORD", " padded-password ", "surrounding whitespace"),
 ])
 def test_bad_password_exits_2_in_one_line_before_anything_starts(tmp_path: Path, var: str, value: str,
                                                                   expected: str) -> None:
@@ -97,14 +97,14 @@ def test_secret_files_are_read_and_a_conflict_is_refused(tmp_path: Path, no_secr
 
     secret = tmp_path / "pw"
     secret.write_text("from-a-file-0123\n")
-    env = {"MLFLOW_ADMIN_PASSWORD_FILE": str(secret)}
-    assert read_secret_files(env) == ["MLFLOW_ADMIN_PASSWORD"] and env["MLFLOW_ADMIN_PASSWORD"] == "from-a-file-0123"
+    env = {"SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD_FILE": str(secret)}
+    assert read_secret_files(env) == ["SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD"] and env["SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD"] == "from-a-file-0123"
     with pytest.raises(ConfigError, match="not both"):
         read_secret_files({"OPTUNA_STORAGE": "sqlite:///a.db", "OPTUNA_STORAGE_FILE": str(secret)})
     with pytest.raises(ConfigError, match="cannot read"):
         read_secret_files({"OPTUNA_STORAGE_FILE": str(tmp_path / "missing")})
-    monkeypatch.setenv("MLFLOW_ADMIN_PASSWORD_FILE", str(secret))
-    assert load_or_create_secrets(tmp_path)["MLFLOW_ADMIN_PASSWORD"] == "from-a-file-0123"
+    monkeypatch.setenv("SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD_FILE", str(secret))
+    assert load_or_create_secrets(tmp_path)["SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD"] == "from-a-file-0123"
 
 
 # ---------------------------------------------------------------- a real detached stack
@@ -257,7 +257,7 @@ def test_up_in_the_foreground_stops_on_ctrl_c_and_keeps_a_quote_ending_password(
     stack = Path(tempfile.mkdtemp(prefix="sweeps-stack-test-"))
     os.chmod(stack, 0o755)
     try:
-        for attempt, env in enumerate((_clean_env(MLFLOW_ADMIN_PASSWORD="admin-password-ends-with'"), _clean_env())):
+        for attempt, env in enumerate((_clean_env(SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD="admin-password-ends-with'"), _clean_env())):
             proc = subprocess.Popen(CLI + ["stack", "up", "--dir", str(stack), "--pg-port", "0", "--mlflow-port", "0"],
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                     start_new_session=True)

@@ -6,8 +6,8 @@
 #   optuna      -> database optuna       (workers, dashboard)
 #   mlflow      -> database mlflow       (MLflow server: runs, models)
 #   mlflow_auth -> database mlflow_auth  (MLflow server: users and password hashes)
-# Passwords come from OPTUNA_DB_PASSWORD, MLFLOW_DB_PASSWORD, MLFLOW_AUTH_DB_PASSWORD, or the files named by
-# OPTUNA_DB_PASSWORD_FILE, ...; psql reads them with \getenv, so they never appear in a process argument list.
+# Passwords come from SIAMESE_SWEEP_OPTUNA_DB_PASSWORD, SIAMESE_SWEEP_MLFLOW_DB_PASSWORD, SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD, or the files named by
+# SIAMESE_SWEEP_OPTUNA_DB_PASSWORD_FILE, ...; psql reads them with \getenv, so they never appear in a process argument list.
 #
 # The image executes an executable *.sh and *sources* any other one into its own bash. So that both work,
 # everything happens in the subshell function below: neither `set -u`, nor the helper, nor the exported
@@ -25,14 +25,14 @@ siamese_sweep_initdb_roles() (
 		if [ -z "$value" ]; then echo "initdb: $1 (or $1_FILE) is not set" >&2; exit 1; fi
 		export "$1=$value"
 	}
-	role_password OPTUNA_DB_PASSWORD
-	role_password MLFLOW_DB_PASSWORD
-	role_password MLFLOW_AUTH_DB_PASSWORD
+	role_password SIAMESE_SWEEP_OPTUNA_DB_PASSWORD
+	role_password SIAMESE_SWEEP_MLFLOW_DB_PASSWORD
+	role_password SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD
 
 	psql -v ON_ERROR_STOP=1 --no-psqlrc --username "$POSTGRES_USER" --dbname postgres <<'SQL'
-\getenv optuna_pw OPTUNA_DB_PASSWORD
-\getenv mlflow_pw MLFLOW_DB_PASSWORD
-\getenv auth_pw MLFLOW_AUTH_DB_PASSWORD
+\getenv optuna_pw SIAMESE_SWEEP_OPTUNA_DB_PASSWORD
+\getenv mlflow_pw SIAMESE_SWEEP_MLFLOW_DB_PASSWORD
+\getenv auth_pw SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD
 SET log_min_error_statement = 'panic';
 CREATE ROLE optuna LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'optuna_pw';
 CREATE ROLE mlflow LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'mlflow_pw';
