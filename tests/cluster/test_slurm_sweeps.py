@@ -27,7 +27,11 @@ import optuna
 import pytest
 import yaml
 
-from sweeps.objective import REASON_INTERRUPTED, USER_ATTR_REASON, USER_ATTR_RUN, USER_ATTR_WORKER
+from sweeps import names, outcomes
+
+REASON_INTERRUPTED = outcomes.INTERRUPTED.reason
+USER_ATTR_REASON, USER_ATTR_RUN, USER_ATTR_WORKER = (names.TRIAL_ATTR_REASON, names.TRIAL_ATTR_RUN_ID,
+                                                     names.TRIAL_ATTR_WORKER)
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
