@@ -108,7 +108,8 @@ class DataInfo:
     split: Literal["sample", "class"]
     fingerprint: str                             # sha256 of content + split parameters
     sizes: dict[str, int] = field(default_factory=dict)
-    class_names: tuple[str, ...] | None = None
+    class_names: tuple[str, ...] | None = None   # by class index (labels are 0..C-1 after loading)
+    class_ids: tuple[int, ...] | None = None     # the source's own id of each class index (None: pre-paired)
     vocab_size: int | None = None                # tokens: max id + 1
     mean: float | None = None                    # training-split statistics (for standardize)
     std: float | None = None
@@ -128,6 +129,8 @@ class DataInfo:
             "value_range": list(self.value_range), "num_classes": self.num_classes,
             "paired": self.paired, "split": self.split, "fingerprint": self.fingerprint,
             "sizes": dict(self.sizes), "vocab_size": self.vocab_size,
+            "class_ids": None if self.class_ids is None else list(self.class_ids),
+            "class_names": None if self.class_names is None else list(self.class_names),
         }
 
 
@@ -161,6 +164,7 @@ class RawLabeled:
     y_test: np.ndarray | None = None
     value_range: tuple[float, float] | None = None
     class_names: tuple[str, ...] | None = None
+    class_ids: tuple[int, ...] = ()   # the source's own class ids, set when labels are made dense (0..C-1)
 
 
 @dataclass

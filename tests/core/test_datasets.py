@@ -99,6 +99,24 @@ def test_fingerprint_depends_on_split_parameters_and_data(tmp_path):
     assert fp1 != fp2 and fp1 == fp3 and len(fp1) == 64
 
 
+def test_class_ids_become_0_to_c_minus_1_at_load_and_are_kept_for_display(tmp_path):
+    """Issue 12.4: samplers and float32 triplet targets only ever see dense ids."""
+    x, y = images_and_labels(n=60, classes=3)
+    ids = np.array([100_000_007, 5, -3])  # class k of `y` has the user's id ids[k]
+    d = load_dataset(cfg(name="npz", path=str(write_npz(tmp_path / "ids.npz", x=x, y=ids[y]))))
+    ref = load_dataset(cfg(name="npz", path=str(write_npz(tmp_path / "ref.npz", x=x, y=2 - y))))  # sorted ids
+    assert d.info.class_ids == (-3, 5, 100_000_007) and d.info.num_classes == 3
+    assert ref.info.class_ids == (0, 1, 2)
+    for name, split in d.splits().items():
+        np.testing.assert_array_equal(split.y, ref.splits()[name].y)
+        np.testing.assert_array_equal(split.x, ref.splits()[name].x)
+        assert split.y.dtype == np.int64
+    assert d.info.fingerprint != ref.info.fingerprint  # the user's ids are part of the data
+    assert d.info.to_dict()["class_ids"] == [-3, 5, 100_000_007]
+    digits = load_dataset(cfg(name="digits")).info
+    assert digits.class_ids == tuple(range(10)) and digits.class_names == tuple(str(i) for i in range(10))
+
+
 def test_max_samples_subsample_is_stratified_and_deterministic():
     c = cfg(name="digits", max_train_samples=200, max_eval_samples=50)
     a, b = load_dataset(c), load_dataset(c)

@@ -126,6 +126,29 @@ def test_variants_train_and_report(digits_data, tiny_dict, overrides):
         assert r.encoder.output.shape[-1] == 6
 
 
+def _without_timings(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in row.items() if k not in ("epoch_seconds", "eval_seconds")} for row in history]
+
+
+def test_class_ids_near_1e8_train_exactly_like_0_to_9(tmp_path, make_tiny):
+    """Issue 12.4: batch-hard mining compared raw class ids as float32, so ids 100000000 + k merged classes
+    (test ROC AUC 0.794 vs 0.984). Labels are made dense at load: the two runs are identical."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    runs = []
+    for offset in (0, 100_000_000):
+        path = tmp_path / f"digits_{offset}.npz"
+        np.savez(path, x=d.images.astype(np.uint8), y=d.target.astype(np.int64) + offset)
+        runs.append(train(make_tiny(dataset={"name": "npz", "path": str(path)}, epochs=2, deterministic=True,
+                                    loss={"type": "triplet", "mining": "batch_hard", "margin": 0.5},
+                                    diagnostics={"preflight": False})))
+    small, large = runs
+    assert _without_timings(large.history) == _without_timings(small.history)
+    assert large.test == small.test and large.threshold == small.threshold
+    assert large.data_info.class_ids == tuple(100_000_000 + k for k in range(10))
+
+
 def test_split_by_class_holds_out_classes(tiny_dict):
     tiny_dict["dataset"] = {"name": "digits", "split": "class"}
     r = train(tiny_dict)
