@@ -56,9 +56,10 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in (
     MetricInfo("distance_gap", "max", "mean distance of different pairs minus that of same pairs", monitor=True),
     MetricInfo("pos_distance_mean", "min", "mean distance of same pairs", monitor=True),
     MetricInfo("neg_distance_mean", "max", "mean distance of different pairs", monitor=True),
-    MetricInfo("precision_at_1", "max", "share of samples whose nearest other sample has their class",
-               monitor=True),
-    MetricInfo("recall_at_5", "max", "share of samples with their class among the 5 nearest others", monitor=True),
+    MetricInfo("precision_at_1", "max", "share of samples whose nearest other sample has their class (ties "
+               "counted fractionally)", monitor=True),
+    MetricInfo("recall_at_5", "max", "share of samples with their class among the 5 nearest others (ties counted "
+               "fractionally)", monitor=True),
     MetricInfo("threshold", None, "decision threshold on the model's native score (calibrated on validation)"),
     MetricInfo("score_std", None, "spread of the pair scores (0: a constant model)"),
     MetricInfo("distance_std", None, "spread of the pair distances"),

@@ -105,10 +105,38 @@ def distance_gap(distances: np.ndarray, y: np.ndarray) -> dict[str, float]:
             "distance_std": float(d.std()) if d.size else float("nan")}
 
 
-def retrieval(distance_matrix: np.ndarray, labels: np.ndarray, *, k: int = 5) -> dict[str, float]:
-    """Precision@1 and Recall@k (any of the k nearest others shares the query's class).
+# Distances closer than this share of the largest distance count as tied. Retrieval distances are computed in
+# float64 from float32 embeddings: identical embeddings then differ by <= ~3e-8 of the scale (rounding in
+# |a|^2 + |b|^2 - 2 a.b), and float32 embeddings cannot resolve differences much finer than 1e-6 of it.
+TIE_RTOL = 1e-6
 
-    `distance_matrix` is ``[N, N]`` between the same N samples; self-matches are excluded.
+
+def _expected_hit(d: np.ndarray, same: np.ndarray, k: int, tol: float) -> np.ndarray:
+    """Per query, the probability that one of its `k` nearest others shares its class, ties broken at random.
+
+    Neighbours strictly closer than the k-th nearest distance (beyond `tol`) always count; of the ``t`` tied
+    with it, ``r = k - closer`` are drawn, and the chance that none of the ``h`` same-class ones is drawn is
+    ``prod_{i<r} (t - h - i) / (t - i)`` (hypergeometric).
+    """
+    kth = np.partition(d, k - 1, axis=1)[:, k - 1:k]
+    closer = d < kth - tol
+    tied = np.abs(d - kth) <= tol
+    draws = k - closer.sum(axis=1)
+    t, h = tied.sum(axis=1), (tied & same).sum(axis=1)
+    miss = np.ones(d.shape[0])
+    for i in range(k):
+        active = i < draws
+        miss = np.where(active, miss * np.maximum(t - h - i, 0) / np.maximum(t - i, 1), miss)
+    return np.where((closer & same).any(axis=1), 1.0, 1.0 - miss)
+
+
+def retrieval(distance_matrix: np.ndarray, labels: np.ndarray, *, k: int = 5) -> dict[str, float]:
+    """Precision@1 and Recall@k (any of the k nearest others shares the query's class), robust to ties.
+
+    `distance_matrix` is ``[N, N]`` between the same N samples; self-matches are excluded. Neighbours at the
+    same distance (within `TIE_RTOL` of the largest distance) are counted fractionally: each query scores the
+    expected hit when ties are broken uniformly at random, so the result does not depend on sample order,
+    and a constant embedding scores the class prior (P@1 = share of same-class others).
     """
     d = np.array(distance_matrix, dtype=np.float64, copy=True)
     labels = np.asarray(labels).reshape(-1)
@@ -116,11 +144,11 @@ def retrieval(distance_matrix: np.ndarray, labels: np.ndarray, *, k: int = 5) ->
     if n < 2:
         return {"precision_at_1": float("nan"), f"recall_at_{k}": float("nan")}
     np.fill_diagonal(d, np.inf)
-    kk = min(k, n - 1)
-    nearest = np.argpartition(d, kk - 1, axis=1)[:, :kk] if kk < n else np.argsort(d, axis=1)[:, :kk]
-    order = np.take_along_axis(nearest, np.argsort(np.take_along_axis(d, nearest, axis=1), axis=1), axis=1)
-    hits = labels[order] == labels[:, None]
-    return {"precision_at_1": float(hits[:, 0].mean()), f"recall_at_{k}": float(hits.any(axis=1).mean())}
+    same = labels[:, None] == labels[None, :]
+    finite = np.abs(d[np.isfinite(d)])
+    tol = TIE_RTOL * float(finite.max()) if finite.size else 0.0
+    return {"precision_at_1": float(_expected_hit(d, same, 1, tol).mean()),
+            f"recall_at_{k}": float(_expected_hit(d, same, min(k, n - 1), tol).mean())}
 
 
 def verification_metrics(scores: np.ndarray, y: np.ndarray, *, higher_is_same: bool,

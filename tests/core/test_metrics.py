@@ -154,3 +154,28 @@ def test_retrieval_matches_brute_force(n, k, classes, seed):
     p1, rk = brute_retrieval(dm, labels, k)
     assert got["precision_at_1"] == pytest.approx(p1) and got[f"recall_at_{k}"] == pytest.approx(rk)
     assert np.isfinite(dm).all()  # the input matrix is not modified in place
+
+
+def test_retrieval_counts_exact_ties_fractionally_whatever_the_sample_order():
+    """Issue 12.10: ties were broken by sort order (P@1 0.106 vs 0.130 with a stable sort on one model)."""
+    from siamese_core.models import distances
+
+    # 1-D points 0, 1, -1: for the query at 0 the other two are tied at distance 1, one of each class
+    emb, labels = np.array([[0.0], [1.0], [-1.0]]), np.array([0, 0, 1])
+    for order in ([0, 1, 2], [0, 2, 1], [2, 1, 0], [1, 0, 2]):
+        dm = np.asarray(distances.get("euclidean").pairwise(emb[order], emb[order]))
+        got = m.retrieval(dm, labels[order], k=1)
+        assert got["precision_at_1"] == pytest.approx((0.5 + 1.0 + 0.0) / 3), order
+    # a constant embedding (a collapsed model) scores the class prior, exactly
+    labels = np.repeat(np.arange(10), 20)
+    const = np.asarray(distances.get("euclidean").pairwise(np.ones((200, 4)), np.ones((200, 4))))
+    got = m.retrieval(const, labels, k=5)
+    assert got["precision_at_1"] == pytest.approx(19 / 199)
+    assert got["recall_at_5"] == pytest.approx(1 - math.comb(180, 5) / math.comb(199, 5))
+    # identical embeddings whose float64 distances differ by rounding still tie
+    rng = np.random.default_rng(0)
+    e = rng.normal(size=(5, 16))[np.repeat(np.arange(5), 8)]
+    labels = rng.permutation(np.repeat(np.arange(4), 10))
+    dm = np.asarray(distances.get("euclidean").pairwise(e, e))
+    flipped = m.retrieval(dm[::-1, ::-1], labels[::-1], k=5)
+    assert m.retrieval(dm, labels, k=5) == pytest.approx(flipped)
