@@ -128,7 +128,8 @@ class Evaluator:
             emb = embeddings.rows(idx)
             self.last_arrays.update(embeddings=emb, embedding_labels=self.eval_set.split.y[idx])
             if np.isfinite(emb).all():
-                dm = np.asarray(distances.get(models.distance).pairwise(emb, emb))
+                e64 = emb.astype(np.float64)  # float64: identical embeddings give tied distances (see retrieval)
+                dm = np.asarray(distances.get(models.distance).pairwise(e64, e64))
                 result.update(verification.retrieval(dm, self.eval_set.split.y[idx], k=RECALL_K))
             else:
                 result.update({"precision_at_1": float("nan"), f"recall_at_{RECALL_K}": float("nan")})
