@@ -116,7 +116,7 @@ class Evaluator:
             a, p, n = embeddings.of(self.eval_set.triplets)
             result["loss"] = self._mean_loss(self.eval_set.triplets.targets, np.stack([a, p, n], axis=1))
         else:
-            result["loss"] = self._mean_loss(y, scores)
+            result["loss"] = self._mean_loss(y, models.pair_output(ea, eb, scores))
         result.update(verification.verification_metrics(scores, y, higher_is_same=models.higher_is_same,
                                                    threshold=threshold))
         result["score_std"] = float(np.std(scores)) if np.isfinite(scores).all() else float("nan")

@@ -45,7 +45,7 @@ def check_convention(config: TrainConfig, *, embedding_dim: int) -> list[Finding
     if config.loss.is_triplet:
         return _triplet_convention(fn, m, max(int(embedding_dim), 2))
     if score_is_similarity(config.loss):
-        close, far = 0.9, 0.1  # similarity: high = same
+        close, far = 2.0, -2.0  # the similarity head's logit: high = same
     else:
         close, far = 0.1 * m, (min(2.0 * m, 1.9) if config.distance == "cosine" else 2.0 * m)
     ones, zeros = np.ones(2, np.float32), np.zeros(2, np.float32)
