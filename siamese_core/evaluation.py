@@ -7,24 +7,30 @@ reports are catalogued in `siamese_core.metrics`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from . import verification
-from .data.pairs import PairSampler, PairShuffler, TripletSampler, Tuples
-from .data.types import LabeledSplit, PairedSplit, Split, materialize
+from .data.pairs import STREAM_TEST, STREAM_VAL, PairSampler, PairShuffler, TripletSampler, Tuples
+from .data.types import (EVAL_POSITIVE_FRACTION, RETRIEVAL_SAMPLES, DatasetSplits, EvalSpec, LabeledSplit,
+                         PairedSplit, Split, materialize)
 from .losses import PerSampleLoss
 from .metrics import history_key
 from .models import distances
 from .models.siamese import SiameseModels
 
-RETRIEVAL_SAMPLES = 2000
 RECALL_K = 5
+_STREAMS = {"val": STREAM_VAL, "test": STREAM_TEST}
 
 
 @dataclass
 class EvalSet:
-    """Fixed pairs (and triplets, for triplet losses) drawn once from a split."""
+    """Fixed pairs (and triplets, for triplet losses) drawn once from a split.
+
+    The pairs are balanced and depend only on the split and (n_pairs, seed, stream): never on a training
+    setting, so every trial of a sweep on one split is scored on the same pairs (see `EvalSpec`).
+    """
 
     split: Split
     pairs: Tuples
@@ -32,18 +38,33 @@ class EvalSet:
     retrieval_idx: np.ndarray | None
 
     @classmethod
+    def of(cls, data: DatasetSplits, which: Literal["val", "test"], *, triplets: bool = False,
+           spec: EvalSpec | None = None) -> EvalSet:
+        """The validation or test tuples of `data` as training scores them (`spec`: ``data.info.evaluation``).
+
+        Rebuilding a run's test pairs elsewhere (re-evaluation, promotion) goes through here; the tuples are the
+        ones named by ``data.info.eval_fingerprint``.
+        """
+        spec = spec if spec is not None else data.info.evaluation
+        if spec is None:
+            raise ValueError(f"Expected an EvalSpec (data.info.evaluation), received: spec=None for {which!r}")
+        n_pairs = spec.val_pairs if which == "val" else spec.test_pairs
+        return cls.build(data.splits()[which], n_pairs=n_pairs, seed=spec.seed, stream=_STREAMS[which],
+                         triplets=triplets, retrieval_samples=spec.retrieval_samples)
+
+    @classmethod
     def build(cls, split: Split, *, n_pairs: int, seed: int, stream: int, triplets: bool,
-              positive_fraction: float = 0.5) -> EvalSet:
+              retrieval_samples: int = RETRIEVAL_SAMPLES) -> EvalSet:
         if isinstance(split, PairedSplit):
             pairs = PairShuffler(split.y, seed=seed, pairs_per_epoch=min(n_pairs, len(split)), stream=stream).epoch(0)
             return cls(split, pairs, None, None)
-        pairs = PairSampler(split.y, seed=seed, pairs_per_epoch=n_pairs, positive_fraction=positive_fraction,
+        pairs = PairSampler(split.y, seed=seed, pairs_per_epoch=n_pairs, positive_fraction=EVAL_POSITIVE_FRACTION,
                             stream=stream, source="evaluation split").epoch(0)
         trips = (TripletSampler(split.y, seed=seed, triplets_per_epoch=n_pairs, stream=stream).epoch(0)
                  if triplets else None)
         rng = np.random.default_rng([seed, stream, 99])
         n = len(split)
-        ridx = np.sort(rng.choice(n, size=min(n, RETRIEVAL_SAMPLES), replace=False))
+        ridx = np.sort(rng.choice(n, size=min(n, retrieval_samples), replace=False))
         return cls(split, pairs, trips, ridx)
 
 

@@ -30,7 +30,7 @@ from ..errors import DataError
 from ..registry import DATASETS, import_object
 from . import validation as v
 from .idx import read_idx
-from .splits import SplitParams, split_labeled, split_paired
+from .splits import SplitParams, eval_spec, split_labeled, split_paired
 from .types import (DataInfo, DatasetSplits, InputKind, Inputs, LabeledSplit, LazyInputs, PairedSplit, RawLabeled,
                     RawPaired, Split, input_shape)
 
@@ -59,7 +59,8 @@ def load_dataset(config: TrainConfig) -> DatasetSplits:
         raw = dense_labels(raw)
         splits = dict(split_labeled(raw.x, raw.y, params, x_test=raw.x_test, y_test=raw.y_test, source=raw.source))
     _check_splits(splits, raw.source, params)
-    return DatasetSplits(**splits, info=_describe(ds.name, raw, splits, params))
+    info = replace(_describe(ds.name, raw, splits, params), evaluation=eval_spec(config))
+    return DatasetSplits(**splits, info=info)
 
 
 def dense_labels(raw: RawLabeled) -> RawLabeled:
@@ -303,7 +304,8 @@ def _describe(name: str, raw: RawLabeled | RawPaired, splits: dict[str, Split], 
         name=name, source=raw.source, kind=raw.kind, input_shapes=shapes, dtype=str(xs[0].dtype),
         value_range=value_range, num_classes=num_classes, paired=paired, split=params.mode,
         fingerprint=fingerprint(splits, params, class_ids=class_ids), sizes={k: len(s) for k, s in splits.items()},
-        class_names=class_names, class_ids=class_ids, vocab_size=vocab, mean=stats.mean if stats else None,
+        class_names=class_names, class_ids=class_ids, vocab_size=vocab,
+        classes_per_split={k: int(np.unique(s.y).size) for k, s in splits.items() if isinstance(s, LabeledSplit)}, mean=stats.mean if stats else None,
         std=stats.std if stats else None)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import ConfigError, DataError
-from .types import Inputs, LabeledSplit, PairedSplit, take
+from .types import EvalSpec, Inputs, LabeledSplit, PairedSplit, take
 
 # independent random streams, one per decision
 _TEST, _VAL, _CLASSES, _SUB_TRAIN, _SUB_VAL, _SUB_TEST = range(6)
@@ -48,6 +48,11 @@ class SplitParams:
 
     def rng(self, stream: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, stream])
+
+
+def eval_spec(config: TrainConfig) -> EvalSpec:
+    """The validation/test tuples `config` is scored on: its pair counts and the seed of its split."""
+    return EvalSpec(config.pairs.val_pairs, config.pairs.test_pairs, seed=SplitParams.from_config(config).seed)
 
 
 def stratified_choice(y: np.ndarray, n: int, *, rng: np.random.Generator) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..data.pairs import STREAM_PROBE, PairSampler, PairShuffler, TripletSampler
-from ..data.types import DataInfo, DatasetSplits, PairedSplit, Split, materialize
+from ..data.types import EVAL_POSITIVE_FRACTION, DataInfo, DatasetSplits, PairedSplit, Split, materialize
 from ..errors import TrainingFailed
 from ..findings import SEVERITY_ORDER, Finding, FindingBus
 from ..losses import PerSampleLoss
@@ -210,14 +210,14 @@ PREFLIGHT_TUPLES = 64
 
 def probe_tuples(config: TrainConfig, split: Split, *, n: int = PREFLIGHT_TUPLES
                  ) -> tuple[list[np.ndarray], np.ndarray]:
-    """`n` tuples from `split` as model inputs (a fixed stream, independent of the training pairs)."""
+    """`n` tuples from `split` as model inputs (a fixed stream, balanced, independent of the training pairs)."""
     if isinstance(split, PairedSplit):
         t = PairShuffler(split.y, seed=config.seed, pairs_per_epoch=min(n, len(split)), stream=STREAM_PROBE).epoch(0)
         return [materialize(split.x1, t.indices[:, 0]), materialize(split.x2, t.indices[:, 1])], t.targets
     if config.loss.is_triplet:
         t = TripletSampler(split.y, seed=config.seed, triplets_per_epoch=n, stream=STREAM_PROBE).epoch(0)
     else:
-        t = PairSampler(split.y, seed=config.seed, pairs_per_epoch=n, positive_fraction=config.pairs.positive_fraction,
+        t = PairSampler(split.y, seed=config.seed, pairs_per_epoch=n, positive_fraction=EVAL_POSITIVE_FRACTION,
                         stream=STREAM_PROBE, source="validation split").epoch(0)
     return [materialize(split.x, t.indices[:, k]) for k in range(t.arity)], t.targets
 

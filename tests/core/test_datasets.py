@@ -78,6 +78,18 @@ def test_class_split_holds_out_disjoint_classes():
     assert d.info.split == "class" and sum(d.info.sizes.values()) == 1797
 
 
+def test_class_split_records_the_classes_and_achieved_sample_share_of_each_split():
+    """Issue 12.10: with split: class the fractions count classes (10 classes -> 2 test classes), so DataInfo
+    records what a run actually got: samples, their share, and classes per split."""
+    d = load_dataset(cfg(name="digits", split="class"))
+    assert d.info.classes_per_split == {"train": 6, "val": 2, "test": 2}
+    assert d.info.fractions == {k: round(n / 1797, 4) for k, n in d.info.sizes.items()}
+    summary = d.info.to_dict()
+    assert summary["classes_per_split"] == {"train": 6, "val": 2, "test": 2}
+    assert summary["fractions"] == d.info.fractions and summary["sizes"] == d.info.sizes
+    assert load_dataset(cfg(name="digits")).info.classes_per_split == {"train": 10, "val": 10, "test": 10}
+
+
 def test_class_split_needs_enough_classes(tmp_path):
     x, y = images_and_labels(n=50, classes=5)
     path = write_npz(tmp_path / "d.npz", x=x, y=y)
