@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import zipfile
 import zlib
@@ -30,7 +31,7 @@ from ..errors import DataError
 from ..registry import DATASETS, import_object
 from . import validation as v
 from .idx import read_idx
-from .splits import SplitParams, eval_spec, split_labeled, split_paired
+from .splits import SplitParams, eval_spec, shared_rows, split_labeled, split_paired
 from .types import (DataInfo, DatasetSplits, InputKind, Inputs, LabeledSplit, LazyInputs, PairedSplit, RawLabeled,
                     RawPaired, Split, input_shape)
 
@@ -45,6 +46,8 @@ KERAS_FASHION_MNIST = "keras.datasets.fashion_mnist:load_data"
 KERAS_MNIST = "keras.datasets.mnist:load_data"
 SKLEARN_DIGITS = "sklearn.datasets:load_digits"
 
+log = logging.getLogger(__name__)
+
 
 def load_dataset(config: TrainConfig) -> DatasetSplits:
     """Load ``config.dataset``, split it deterministically from ``config.seed`` and describe it."""
@@ -53,7 +56,7 @@ def load_dataset(config: TrainConfig) -> DatasetSplits:
     raw = DATASETS.get(ds.name)(ds)
     if isinstance(raw, RawPaired):
         splits: dict[str, Split] = dict(split_paired(raw.x1, raw.x2, raw.y, params, x1_test=raw.x1_test,
-                                                     x2_test=raw.x2_test, y_test=raw.y_test))
+                                                     x2_test=raw.x2_test, y_test=raw.y_test, source=raw.source))
     else:
         v.check_classes(raw.y if raw.y_test is None else np.concatenate([raw.y, raw.y_test]), raw.source)
         raw = dense_labels(raw)
@@ -286,10 +289,14 @@ def _describe(name: str, raw: RawLabeled | RawPaired, splits: dict[str, Split], 
         shapes = (input_shape(train.x1), input_shape(train.x2))
         num_classes, class_names, class_ids, paired = None, None, None, True
         all_inputs = [raw.x1, raw.x2] + ([raw.x1_test, raw.x2_test] if raw.x1_test is not None else [])
+        shared = shared_rows({k: s for k, s in splits.items() if isinstance(s, PairedSplit)})
+        if any(shared.values()):  # only possible with official test arrays: ours keep every input in one split
+            log.warning("%s: %s of the distinct inputs of the given test pairs also occur in training pairs",
+                        raw.source, f"{shared.get('test', 0.0):.1%}")
     else:
         assert isinstance(raw, RawLabeled) and isinstance(train, LabeledSplit)
         xs, shapes, paired = [train.x], (input_shape(train.x),), False
-        num_classes, class_names, class_ids = len(raw.class_ids), raw.class_names, raw.class_ids
+        num_classes, class_names, class_ids, shared = len(raw.class_ids), raw.class_names, raw.class_ids, {}
         all_inputs = [raw.x] + ([raw.x_test] if raw.x_test is not None else [])
     stats = _train_moments(xs, raw.kind)
     vocab = None
@@ -305,7 +312,8 @@ def _describe(name: str, raw: RawLabeled | RawPaired, splits: dict[str, Split], 
         value_range=value_range, num_classes=num_classes, paired=paired, split=params.mode,
         fingerprint=fingerprint(splits, params, class_ids=class_ids), sizes={k: len(s) for k, s in splits.items()},
         class_names=class_names, class_ids=class_ids, vocab_size=vocab,
-        classes_per_split={k: int(np.unique(s.y).size) for k, s in splits.items() if isinstance(s, LabeledSplit)}, mean=stats.mean if stats else None,
+        classes_per_split={k: int(np.unique(s.y).size) for k, s in splits.items() if isinstance(s, LabeledSplit)},
+        shared_rows=shared, mean=stats.mean if stats else None,
         std=stats.std if stats else None)
 
 

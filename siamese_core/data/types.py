@@ -149,6 +149,7 @@ class DataInfo:
     mean: float | None = None                    # training-split statistics (for standardize)
     std: float | None = None
     classes_per_split: dict[str, int] = field(default_factory=dict)  # labelled data: classes in each split
+    shared_rows: dict[str, float] = field(default_factory=dict)  # pre-paired: share of val/test inputs in train
     evaluation: EvalSpec | None = None           # what decides the val/test tuples (set for a run's config)
 
     @property
@@ -178,6 +179,7 @@ class DataInfo:
             "value_range": list(self.value_range), "num_classes": self.num_classes,
             "paired": self.paired, "split": self.split, "fingerprint": self.fingerprint,
             "sizes": dict(self.sizes), "fractions": self.fractions, "classes_per_split": dict(self.classes_per_split),
+            "shared_rows": dict(self.shared_rows),
             "vocab_size": self.vocab_size,
             "class_ids": None if self.class_ids is None else list(self.class_ids),
             "class_names": None if self.class_names is None else list(self.class_names),

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from siamese_core.config import TrainConfig
 from siamese_core.data import sources
@@ -292,6 +294,73 @@ def test_pairs_npz_two_tower_tokens(tmp_path):
     for split in d.splits().values():
         assert 0 < split.y.mean() < 1
         assert split.x1.shape[0] == split.x2.shape[0] == split.y.shape[0]
+
+
+def _digit_pairs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`n` pairs of sklearn digits, half same-class, partners drawn with replacement (images recur)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = d.images.astype(np.uint8), d.target
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, len(y), n)
+    same = rng.random(n) < 0.5
+    b = np.array([rng.choice(np.flatnonzero((y == y[i]) if s else (y != y[i]))) for i, s in zip(a, same)])
+    return x[a], x[b], same.astype(np.int64)
+
+
+def _rows(*arrays: np.ndarray) -> set[bytes]:
+    return {row.tobytes() for a in arrays for row in a.reshape(len(a), -1)}
+
+
+def test_pairs_npz_split_keeps_every_image_in_one_split(tmp_path):
+    """Issue 12.5: pairs were split by pair, so most test images also sat in training pairs."""
+    x1, x2, y = _digit_pairs(800)
+    d = load_dataset(cfg(name="pairs_npz", path=str(write_npz(tmp_path / "p.npz", x1=x1, x2=x2, y=y))))
+    train, val, test = (_rows(s.x1, s.x2) for s in (d.train, d.val, d.test))
+    assert not train & test and not train & val and not val & test
+    assert d.info.shared_rows == {"val": 0.0, "test": 0.0}
+    assert sum(d.info.sizes.values()) == 800  # whole groups moved, no pair dropped
+    assert abs(d.info.fractions["test"] - 0.2) < 0.02 and abs(d.info.fractions["val"] - 0.1) < 0.02
+    for split in d.splits().values():
+        assert 0.3 < split.y.mean() < 0.7  # both labels, roughly balanced
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 60), st.integers(1, 25), st.integers(0, 10_000))
+def test_pair_groups_are_the_connected_components_of_shared_rows(n_pairs, n_rows, seed):
+    from siamese_core.data.splits import carve_groups, pair_groups
+
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, 3, (n_rows, 2)).astype(np.uint8)  # duplicates among the rows too
+    a, b = rng.integers(0, n_rows, n_pairs), rng.integers(0, n_rows, n_pairs)
+    parent = {}  # reference: union-find over row contents
+
+    def find(k):
+        while parent.setdefault(k, k) != k:
+            k = parent[k]
+        return k
+    for i, j in zip(a, b):
+        parent[find(rows[i].tobytes())] = find(rows[j].tobytes())
+    expected = np.array([find(rows[i].tobytes()) for i in a])
+    groups = pair_groups(rows[a], rows[b])
+    if groups is None:
+        assert len(set(expected)) == n_pairs
+    else:
+        same = groups[:, None] == groups[None, :]
+        np.testing.assert_array_equal(same, expected[:, None] == expected[None, :])
+        y = rng.integers(0, 2, n_pairs)
+        rest, taken = carve_groups(groups, y, n_pairs // 4, rng=rng)
+        assert not set(groups[rest]) & set(groups[taken]) and rest.size + taken.size == n_pairs
+        assert taken.size <= n_pairs // 4 + 1
+
+
+def test_pairs_npz_that_cannot_be_split_without_sharing_images_are_refused(tmp_path):
+    """5,000 pairs over 1,797 images are one connected group: refused, with the leak a split by pair makes."""
+    x1, x2, y = _digit_pairs(5000)
+    with pytest.raises(DataError, match=r"largest holds 5000 of 5000 pairs.*% of the test inputs into training") as e:
+        load_dataset(cfg(name="pairs_npz", path=str(write_npz(tmp_path / "p.npz", x1=x1, x2=x2, y=y))))
+    assert "x1_test" in str(e.value) and "'npz'" in str(e.value)
 
 
 def test_pairs_npz_label_problems(tmp_path):
