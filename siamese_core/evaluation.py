@@ -74,25 +74,27 @@ class _Embeddings:
     The pairs, the triplets and the retrieval sample overlap (a 2,000-pair validation set and the 2,000-sample
     retrieval set share most of their images); embedding them in separate passes re-ran the encoder on the
     shared ones every epoch. Pre-paired data has two sides (maybe two towers) and is embedded per side.
+    The same pass gives each embedding's norm before unit normalisation (`raw_norms`).
     """
 
     def __init__(self, models: SiameseModels, split: Split, needed: np.ndarray | None = None) -> None:
         self.models, self.split = models, split
         if needed is not None and isinstance(split, LabeledSplit):
             self.index = needed
-            self.emb = models.embed(materialize(split.x, needed))
+            self.emb, self.raw = models.embed_with_raw_norms(materialize(split.x, needed))
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """Embeddings of split rows `idx` (any shape of indices -> that shape + [D])."""
         return self.emb[np.searchsorted(self.index, idx)]
 
-    def of(self, tuples: Tuples) -> list[np.ndarray]:
-        """Embeddings for every position of `tuples` ([n, D] each)."""
+    def of(self, tuples: Tuples) -> tuple[list[np.ndarray], np.ndarray]:
+        """Embeddings for every position of `tuples` ([n, D] each), and their raw norms (all positions, flat)."""
         if isinstance(self.split, PairedSplit):
-            return [self.models.embed(materialize(x, tuples.indices[:, side]), side=side)
-                    for side, x in enumerate((self.split.x1, self.split.x2))]
-        rows = self.rows(tuples.indices)
-        return [rows[:, k] for k in range(tuples.arity)]
+            sides = [self.models.embed_with_raw_norms(materialize(x, tuples.indices[:, side]), side=side)
+                     for side, x in enumerate((self.split.x1, self.split.x2))]
+            return [e for e, _ in sides], np.concatenate([r for _, r in sides])
+        at = np.searchsorted(self.index, tuples.indices)
+        return [self.emb[at[:, k]] for k in range(tuples.arity)], self.raw[at.T.reshape(-1)]
 
 
 class Evaluator:
@@ -128,20 +130,20 @@ class Evaluator:
         """Metrics on the fixed tuples; the threshold is calibrated here unless given."""
         pairs = self.eval_set.pairs
         embeddings = self._embeddings(models)
-        ea, eb = embeddings.of(pairs)
+        (ea, eb), raw_norms = embeddings.of(pairs)
         scores = models.score(ea, eb)
         y = pairs.targets
         dist = np.asarray(distances.get(models.distance).rowwise(ea, eb)).reshape(-1)
         result: dict[str, float] = {}
         if self.eval_set.triplets is not None:
-            a, p, n = embeddings.of(self.eval_set.triplets)
+            (a, p, n), _ = embeddings.of(self.eval_set.triplets)
             result["loss"] = self._mean_loss(self.eval_set.triplets.targets, np.stack([a, p, n], axis=1))
         else:
             result["loss"] = self._mean_loss(y, models.pair_output(ea, eb, scores))
         result.update(verification.verification_metrics(scores, y, higher_is_same=models.higher_is_same,
                                                    threshold=threshold))
         result["score_std"] = float(np.std(scores)) if np.isfinite(scores).all() else float("nan")
-        result.update(verification.embedding_norms(np.concatenate([ea, eb])))
+        result.update(verification.embedding_stats(np.concatenate([ea, eb]), raw_norms))
         result.update(verification.distance_gap(dist, y))
         self.last_arrays = {"distances": dist, "scores": scores, "labels": y}
         if self.eval_set.retrieval_idx is not None and isinstance(self.eval_set.split, LabeledSplit):
@@ -158,5 +160,5 @@ class Evaluator:
 
 
 def as_epoch_logs(result: dict[str, float]) -> dict[str, float]:
-    """Validation metrics -> history keys (``val_roc_auc``, ``embedding_norm_mean``, ...)."""
+    """Validation metrics -> history keys (``val_roc_auc``, ``raw_embedding_norm_mean``, ...)."""
     return {history_key(k): v for k, v in result.items()}

@@ -85,14 +85,26 @@ def equal_error_rate(scores: np.ndarray, y: np.ndarray, *, higher_is_same: bool)
     return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
 
 
-def embedding_norms(embeddings: np.ndarray) -> dict[str, float]:
-    """Mean, spread and minimum of the embeddings' L2 norms (a collapse shows here first)."""
-    norms = np.linalg.norm(np.asarray(embeddings, dtype=np.float64), axis=-1)
-    if norms.size == 0:
-        return {"embedding_norm_mean": float("nan"), "embedding_norm_std": float("nan"),
-                "embedding_norm_min": float("nan")}
-    return {"embedding_norm_mean": float(norms.mean()), "embedding_norm_std": float(norms.std()),
-            "embedding_norm_min": float(norms.min())}
+def embedding_stats(embeddings: np.ndarray, raw_norms: np.ndarray) -> dict[str, float]:
+    """The scale of the embeddings before unit normalisation, and the spread of their directions.
+
+    ``raw_embedding_norm_mean/std/min``: L2 norms of the encoder output before ``encoder.l2_normalize`` (of the
+    embeddings themselves without it) — after it every norm is 1 by construction; a fall toward 0 is collapse.
+    ``embedding_spread``: RMS distance of the unit-length directions from their mean, ``sqrt(1 - |mean u|^2)``
+    (a zero embedding has no direction and counts as the zero vector): 0 when every embedding points the same
+    way or is zero (collapse), about 1 when they spread over the sphere.
+    """
+    raw = np.asarray(raw_norms, dtype=np.float64).reshape(-1)
+    e = np.asarray(embeddings, dtype=np.float64)
+    if raw.size == 0 or e.size == 0:
+        return {k: float("nan") for k in ("raw_embedding_norm_mean", "raw_embedding_norm_std",
+                                          "raw_embedding_norm_min", "embedding_spread")}
+    norms = np.linalg.norm(e, axis=-1, keepdims=True)
+    unit = np.divide(e, norms, out=np.zeros_like(e), where=norms > 0)
+    mean = unit.mean(axis=0)
+    spread = float(np.sqrt(max(float(np.mean(np.sum(unit ** 2, axis=-1))) - float(mean @ mean), 0.0)))
+    return {"raw_embedding_norm_mean": float(raw.mean()), "raw_embedding_norm_std": float(raw.std()),
+            "raw_embedding_norm_min": float(raw.min()), "embedding_spread": spread}
 
 
 def distance_gap(distances: np.ndarray, y: np.ndarray) -> dict[str, float]:

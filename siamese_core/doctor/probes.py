@@ -258,7 +258,8 @@ def short_run(config: TrainConfig, data: DatasetSplits) -> tuple[list[Finding], 
     try:
         result = train(cfg, data=data, callbacks=[collector])
         info["history"] = [{k: round(v, 4) for k, v in row.items() if k in ("epoch", "loss", "val_roc_auc",
-                                                                               "embedding_norm_mean")}
+                                                                               "raw_embedding_norm_mean",
+                                                                               "embedding_spread")}
                            for row in result.history]
     except TrainingFailed as exc:
         info["stopped"] = f"{exc.code} at epoch {exc.epoch}"

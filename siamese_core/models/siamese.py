@@ -24,7 +24,7 @@ from ..config import TrainConfig
 from ..data.types import DataInfo
 from ..losses import score_is_similarity
 from ..registry import OPTIMIZERS
-from .encoders import build_encoder
+from .encoders import L2_LAYER, build_encoder
 from .layers import DistanceToSimilarity, PairDistance, SimilarityHead, StackEmbeddings, ThresholdDecision
 
 PAIR_INPUTS = ("left", "right")
@@ -42,6 +42,8 @@ class SiameseModels:
     higher_is_same: bool
     arity: int                                # 2 = pairs, 3 = triplets
     pair_head: keras.Model | None = None      # (emb_a, emb_b) -> what a pair loss trains on (None: the scorer)
+    # per encoder, inference only: input -> [embedding, encoder output before unit normalisation]
+    with_raw: tuple[keras.Model, ...] = ()
 
     def encoder_for(self, side: int) -> keras.Model:
         return self.encoders[min(side, len(self.encoders) - 1)]
@@ -56,6 +58,23 @@ class SiameseModels:
         enc = self.encoder_for(side)
         out = [np.asarray(enc.predict_on_batch(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, enc.output.shape[-1]), np.float32)
+
+    def embed_with_raw_norms(self, x: np.ndarray, *, side: int = 0,
+                             batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings and the L2 norm of each before unit normalisation, in one inference pass.
+
+        With ``encoder.l2_normalize`` every embedding has norm 1, so the norm that can shrink (collapse) or grow
+        is the one of the encoder output the normalisation divides by.
+        """
+        model = self.with_raw[min(side, len(self.with_raw) - 1)]
+        emb, raw = [], []
+        for i in range(0, len(x), batch_size):
+            e, r = model.predict_on_batch(x[i:i + batch_size])
+            emb.append(np.asarray(e))
+            raw.append(np.linalg.norm(np.asarray(r, dtype=np.float64), axis=-1))
+        if not emb:
+            return np.zeros((0, model.output[0].shape[-1]), np.float32), np.zeros((0,))
+        return np.concatenate(emb), np.concatenate(raw)
 
     def score(self, emb_a: np.ndarray, emb_b: np.ndarray, *, batch_size: int = 4096) -> np.ndarray:
         """The model's native pair score (a distance, or a same-probability) from two embedding arrays."""
@@ -126,7 +145,18 @@ def build_models(config: TrainConfig, info: DataInfo) -> SiameseModels:
     else:
         output = (pair_head or scorer)(embeddings)
     training = keras.Model(inputs, output, name="siamese_training")
-    return SiameseModels(training, encoders, scorer, config.distance, similarity, arity, pair_head)
+    return SiameseModels(training, encoders, scorer, config.distance, similarity, arity, pair_head,
+                         tuple(_with_raw_output(e) for e in encoders))
+
+
+def _with_raw_output(encoder: keras.Model) -> keras.Model:
+    """``input -> [embedding, encoder output before unit normalisation]``: the same layers (shared weights),
+    the input of `build_encoder`'s ``l2_normalize`` layer as a second output (the embedding itself without it)."""
+    try:
+        raw = encoder.get_layer(L2_LAYER).input
+    except ValueError:  # no unit normalisation: the embedding is the raw output
+        raw = encoder.output
+    return keras.Model(encoder.inputs, [encoder.output, raw], name=f"{encoder.name}_with_raw")
 
 
 def build_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:

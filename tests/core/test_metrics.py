@@ -120,14 +120,19 @@ def test_verification_metrics_uses_given_threshold():
     assert calibrated["roc_auc"] == fixed["roc_auc"]
 
 
-def test_embedding_norms_and_distance_gap():
+def test_embedding_stats_and_distance_gap():
     rng = np.random.default_rng(0)
-    e = rng.normal(size=(50, 8))
-    norms = np.sqrt((e ** 2).sum(1))
-    got = m.embedding_norms(e)
-    assert got == pytest.approx({"embedding_norm_mean": norms.mean(), "embedding_norm_std": norms.std(),
-                                 "embedding_norm_min": norms.min()})
-    assert all(math.isnan(v) for v in m.embedding_norms(np.zeros((0, 8))).values())
+    raw = rng.normal(size=(50, 8))
+    norms = np.sqrt((raw ** 2).sum(1))
+    unit = raw / norms[:, None]
+    got = m.embedding_stats(unit, norms)  # what an l2-normalised encoder gives: unit vectors and the raw norms
+    spread = np.sqrt(np.mean(np.sum((unit - unit.mean(0)) ** 2, axis=1)))  # RMS distance from the mean direction
+    assert got == pytest.approx({"raw_embedding_norm_mean": norms.mean(), "raw_embedding_norm_std": norms.std(),
+                                 "raw_embedding_norm_min": norms.min(), "embedding_spread": spread})
+    assert m.embedding_stats(raw, norms)["embedding_spread"] == pytest.approx(spread)  # directions, not lengths
+    assert m.embedding_stats(np.tile(unit[:1], (50, 1)), norms)["embedding_spread"] == pytest.approx(0.0, abs=1e-6)
+    assert m.embedding_stats(np.zeros((50, 8)), np.zeros(50))["embedding_spread"] == 0.0  # dead: no direction
+    assert all(math.isnan(v) for v in m.embedding_stats(np.zeros((0, 8)), np.zeros(0)).values())
     d = np.array([0.1, 0.3, 1.0, 2.0])
     gap = m.distance_gap(d, np.array([1, 1, 0, 0]))
     assert gap["pos_distance_mean"] == pytest.approx(0.2) and gap["neg_distance_mean"] == pytest.approx(1.5)

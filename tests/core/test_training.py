@@ -15,9 +15,9 @@ from siamese_core.errors import ConfigError
 from siamese_core.training import TrainResult, train
 
 SUMMARY_KEYS = {"config", "history", "test", "threshold", "higher_is_same", "dataset", "findings", "params", "seconds"}
-TEST_KEYS = {"loss", "pair_accuracy", "roc_auc", "eer", "threshold", "embedding_norm_mean", "embedding_norm_std",
-             "embedding_norm_min", "pos_distance_mean", "neg_distance_mean", "distance_gap", "precision_at_1",
-             "recall_at_5"}
+TEST_KEYS = {"loss", "pair_accuracy", "roc_auc", "eer", "threshold", "raw_embedding_norm_mean",
+             "raw_embedding_norm_std", "raw_embedding_norm_min", "embedding_spread", "pos_distance_mean",
+             "neg_distance_mean", "distance_gap", "precision_at_1", "recall_at_5"}
 
 
 @pytest.fixture(scope="module")
