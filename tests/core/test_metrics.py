@@ -162,7 +162,7 @@ def test_retrieval_matches_brute_force(n, k, classes, seed):
 
 
 def test_retrieval_counts_exact_ties_fractionally_whatever_the_sample_order():
-    """Issue 12.10: ties were broken by sort order (P@1 0.106 vs 0.130 with a stable sort on one model)."""
+    """Issue 12.10: ties were broken by sort order, so P@1 depended on the order of the samples."""
     from siamese_core.models import distances
 
     # 1-D points 0, 1, -1: for the query at 0 the other two are tied at distance 1, one of each class

@@ -127,9 +127,9 @@ def test_variants_train_and_report(digits_data, tiny_dict, overrides):
 
 
 def test_evaluation_pairs_do_not_follow_the_training_positive_fraction(digits_data, make_tiny):
-    """Issue 12.1: val/test pairs were drawn with pairs.positive_fraction, so one fixed embedding read val pair
-    accuracy 0.602 / 0.850 at 0.5 / 0.15 and a sweep over it rewarded imbalance. They are now balanced and a
-    function of the split and pairs.val_pairs/test_pairs only, named by DataInfo.eval_fingerprint."""
+    """Issue 12.1: val/test pairs were drawn with pairs.positive_fraction, so one fixed embedding's val pair
+    accuracy followed it and a sweep over it rewarded imbalance. They are now balanced and a function of the
+    split and pairs.val_pairs/test_pairs only, named by DataInfo.eval_fingerprint."""
     from siamese_core.data.sources import load_dataset
     from siamese_core.evaluation import EvalSet
     from siamese_core.run import build_run
@@ -169,8 +169,8 @@ def _without_timings(history: list[dict[str, float]]) -> list[dict[str, float]]:
 
 
 def test_class_ids_near_1e8_train_exactly_like_0_to_9(tmp_path, make_tiny):
-    """Issue 12.4: batch-hard mining compared raw class ids as float32, so ids 100000000 + k merged classes
-    (test ROC AUC 0.794 vs 0.984). Labels are made dense at load: the two runs are identical."""
+    """Issue 12.4: batch-hard mining compared raw class ids as float32, so ids 100000000 + k merged classes.
+    Labels are made dense at load: the two runs are identical."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
