@@ -59,7 +59,7 @@ def child_keras_io(args: argparse.Namespace) -> dict[str, Any]:
     from common import keras_io_loss, keras_io_siamese
 
     from siamese_core import verification as metrics
-    from siamese_core.data.pairs import STREAM_TEST, STREAM_VAL, make_sampler
+    from siamese_core.data.pairs import make_sampler
     from siamese_core.data.sources import load_dataset
     from siamese_core.evaluation import EvalSet
 
@@ -76,15 +76,14 @@ def child_keras_io(args: argparse.Namespace) -> dict[str, Any]:
         model.fit([x[t.indices[:, 0]], x[t.indices[:, 1]]], t.targets, batch_size=config.batch_size,
                   epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0)
 
-    def scores(split: Any, stream: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-        es = EvalSet.build(split, n_pairs=n, seed=config.seed, stream=stream, triplets=False,
-                           positive_fraction=config.pairs.positive_fraction)
-        xs = split.x.astype("float32")
+    def scores(which: str) -> tuple[np.ndarray, np.ndarray]:
+        es = EvalSet.of(data, which)  # the pairs our runs are scored on
+        xs = es.split.x.astype("float32")
         p = model.predict([xs[es.pairs.indices[:, 0]], xs[es.pairs.indices[:, 1]]], batch_size=512, verbose=0)
         return p.reshape(-1), es.pairs.targets
 
-    s_val, y_val = scores(data.val, STREAM_VAL, config.pairs.val_pairs)
-    s_test, y_test = scores(data.test, STREAM_TEST, config.pairs.test_pairs)
+    s_val, y_val = scores("val")
+    s_test, y_test = scores("test")
     calibrated = metrics.calibrate_threshold(s_val, y_val, higher_is_same=True)
     return {"name": "keras.io example (own head + loss, RMSprop)",
             "acc_own": metrics.pair_accuracy(s_test, y_test, 0.5, higher_is_same=True),

@@ -82,7 +82,7 @@ class EpochEvaluator(keras.callbacks.Callback):
             logs["learning_rate"] = _learning_rate(self.model)
             logs["epoch_seconds"] = train_seconds
             logs["eval_seconds"] = time.perf_counter() - t_eval
-        if not math.isfinite(result.get("embedding_norm_mean", 0.0)):
+        if not math.isfinite(result.get("raw_embedding_norm_mean", 0.0)):
             raise TrainingFailed(NAN_LOSS, f"embeddings became non-finite at epoch {epoch}; lower the learning "
                                            "rate or check input normalisation", epoch=epoch)
 
@@ -107,7 +107,8 @@ class HistoryRecorder(keras.callbacks.Callback):
 class EpochPrinter(keras.callbacks.Callback):
     """One line per epoch on stderr (``train(..., verbose=True)``, the CLI's progress)."""
 
-    keys = ("loss", "val_loss", "val_pair_accuracy", "val_roc_auc", "embedding_norm_mean", "epoch_seconds")
+    keys = ("loss", "val_loss", "val_pair_accuracy", "val_roc_auc", "raw_embedding_norm_mean", "embedding_spread",
+            "epoch_seconds")
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         parts = [f"{k}={float(logs[k]):.4g}" for k in self.keys if logs and k in logs]

@@ -277,13 +277,14 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_field(self) -> TrainConfig:
-        bounded = self.distance == "cosine" or (self.encoder.l2_normalize and self.distance == "euclidean")
+        bounds = DISTANCES.info(self.distance)
+        bound = bounds["upper_bound"] or (bounds["unit_bound"] if self.encoder.l2_normalize else None)
         margin_loss = self.loss.builtin and LOSSES.info(self.loss.type)["margin"]
-        if bounded and margin_loss and self.loss.margin > 2.0:
-            l2 = " and l2_normalize" if self.distance != "cosine" else ""
+        if bound is not None and margin_loss and self.loss.margin > bound:
+            l2 = " and l2_normalize" if not bounds["upper_bound"] else ""
             raise ValueError(
-                f"loss.margin: with distance={self.distance!r}{l2} distances lie in [0, 2], so a margin above 2 can "
-                f"never be met; expected 0 < margin <= 2, received: margin={self.loss.margin}")
+                f"loss.margin: with distance={self.distance!r}{l2} distances lie in [0, {bound:g}], so a margin above "
+                f"{bound:g} can never be met; expected 0 < margin <= {bound:g}, received: margin={self.loss.margin}")
         if self.pairs.pairs_per_epoch is not None and self.batch_size > self.pairs.pairs_per_epoch:
             raise ValueError(
                 f"batch_size: expected batch_size <= pairs.pairs_per_epoch ({self.pairs.pairs_per_epoch}); "

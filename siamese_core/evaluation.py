@@ -7,24 +7,30 @@ reports are catalogued in `siamese_core.metrics`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from . import verification
-from .data.pairs import PairSampler, PairShuffler, TripletSampler, Tuples
-from .data.types import LabeledSplit, PairedSplit, Split, materialize
+from .data.pairs import STREAM_TEST, STREAM_VAL, PairSampler, PairShuffler, TripletSampler, Tuples
+from .data.types import (EVAL_POSITIVE_FRACTION, RETRIEVAL_SAMPLES, DatasetSplits, EvalSpec, LabeledSplit,
+                         PairedSplit, Split, materialize)
 from .losses import PerSampleLoss
 from .metrics import history_key
 from .models import distances
 from .models.siamese import SiameseModels
 
-RETRIEVAL_SAMPLES = 2000
 RECALL_K = 5
+_STREAMS = {"val": STREAM_VAL, "test": STREAM_TEST}
 
 
 @dataclass
 class EvalSet:
-    """Fixed pairs (and triplets, for triplet losses) drawn once from a split."""
+    """Fixed pairs (and triplets, for triplet losses) drawn once from a split.
+
+    The pairs are balanced and depend only on the split and (n_pairs, seed, stream): never on a training
+    setting, so every trial of a sweep on one split is scored on the same pairs (see `EvalSpec`).
+    """
 
     split: Split
     pairs: Tuples
@@ -32,18 +38,33 @@ class EvalSet:
     retrieval_idx: np.ndarray | None
 
     @classmethod
+    def of(cls, data: DatasetSplits, which: Literal["val", "test"], *, triplets: bool = False,
+           spec: EvalSpec | None = None) -> EvalSet:
+        """The validation or test tuples of `data` as training scores them (`spec`: ``data.info.evaluation``).
+
+        Rebuilding a run's test pairs elsewhere (re-evaluation, promotion) goes through here; the tuples are the
+        ones named by ``data.info.eval_fingerprint``.
+        """
+        spec = spec if spec is not None else data.info.evaluation
+        if spec is None:
+            raise ValueError(f"Expected an EvalSpec (data.info.evaluation), received: spec=None for {which!r}")
+        n_pairs = spec.val_pairs if which == "val" else spec.test_pairs
+        return cls.build(data.splits()[which], n_pairs=n_pairs, seed=spec.seed, stream=_STREAMS[which],
+                         triplets=triplets, retrieval_samples=spec.retrieval_samples)
+
+    @classmethod
     def build(cls, split: Split, *, n_pairs: int, seed: int, stream: int, triplets: bool,
-              positive_fraction: float = 0.5) -> EvalSet:
+              retrieval_samples: int = RETRIEVAL_SAMPLES) -> EvalSet:
         if isinstance(split, PairedSplit):
             pairs = PairShuffler(split.y, seed=seed, pairs_per_epoch=min(n_pairs, len(split)), stream=stream).epoch(0)
             return cls(split, pairs, None, None)
-        pairs = PairSampler(split.y, seed=seed, pairs_per_epoch=n_pairs, positive_fraction=positive_fraction,
+        pairs = PairSampler(split.y, seed=seed, pairs_per_epoch=n_pairs, positive_fraction=EVAL_POSITIVE_FRACTION,
                             stream=stream, source="evaluation split").epoch(0)
         trips = (TripletSampler(split.y, seed=seed, triplets_per_epoch=n_pairs, stream=stream).epoch(0)
                  if triplets else None)
         rng = np.random.default_rng([seed, stream, 99])
         n = len(split)
-        ridx = np.sort(rng.choice(n, size=min(n, RETRIEVAL_SAMPLES), replace=False))
+        ridx = np.sort(rng.choice(n, size=min(n, retrieval_samples), replace=False))
         return cls(split, pairs, trips, ridx)
 
 
@@ -53,25 +74,27 @@ class _Embeddings:
     The pairs, the triplets and the retrieval sample overlap (a 2,000-pair validation set and the 2,000-sample
     retrieval set share most of their images); embedding them in separate passes re-ran the encoder on the
     shared ones every epoch. Pre-paired data has two sides (maybe two towers) and is embedded per side.
+    The same pass gives each embedding's norm before unit normalisation (`raw_norms`).
     """
 
     def __init__(self, models: SiameseModels, split: Split, needed: np.ndarray | None = None) -> None:
         self.models, self.split = models, split
         if needed is not None and isinstance(split, LabeledSplit):
             self.index = needed
-            self.emb = models.embed(materialize(split.x, needed))
+            self.emb, self.raw = models.embed_with_raw_norms(materialize(split.x, needed))
 
     def rows(self, idx: np.ndarray) -> np.ndarray:
         """Embeddings of split rows `idx` (any shape of indices -> that shape + [D])."""
         return self.emb[np.searchsorted(self.index, idx)]
 
-    def of(self, tuples: Tuples) -> list[np.ndarray]:
-        """Embeddings for every position of `tuples` ([n, D] each)."""
+    def of(self, tuples: Tuples) -> tuple[list[np.ndarray], np.ndarray]:
+        """Embeddings for every position of `tuples` ([n, D] each), and their raw norms (all positions, flat)."""
         if isinstance(self.split, PairedSplit):
-            return [self.models.embed(materialize(x, tuples.indices[:, side]), side=side)
-                    for side, x in enumerate((self.split.x1, self.split.x2))]
-        rows = self.rows(tuples.indices)
-        return [rows[:, k] for k in range(tuples.arity)]
+            sides = [self.models.embed_with_raw_norms(materialize(x, tuples.indices[:, side]), side=side)
+                     for side, x in enumerate((self.split.x1, self.split.x2))]
+            return [e for e, _ in sides], np.concatenate([r for _, r in sides])
+        at = np.searchsorted(self.index, tuples.indices)
+        return [self.emb[at[:, k]] for k in range(tuples.arity)], self.raw[at.T.reshape(-1)]
 
 
 class Evaluator:
@@ -107,20 +130,20 @@ class Evaluator:
         """Metrics on the fixed tuples; the threshold is calibrated here unless given."""
         pairs = self.eval_set.pairs
         embeddings = self._embeddings(models)
-        ea, eb = embeddings.of(pairs)
+        (ea, eb), raw_norms = embeddings.of(pairs)
         scores = models.score(ea, eb)
         y = pairs.targets
         dist = np.asarray(distances.get(models.distance).rowwise(ea, eb)).reshape(-1)
         result: dict[str, float] = {}
         if self.eval_set.triplets is not None:
-            a, p, n = embeddings.of(self.eval_set.triplets)
+            (a, p, n), _ = embeddings.of(self.eval_set.triplets)
             result["loss"] = self._mean_loss(self.eval_set.triplets.targets, np.stack([a, p, n], axis=1))
         else:
-            result["loss"] = self._mean_loss(y, scores)
+            result["loss"] = self._mean_loss(y, models.pair_output(ea, eb, scores))
         result.update(verification.verification_metrics(scores, y, higher_is_same=models.higher_is_same,
                                                    threshold=threshold))
         result["score_std"] = float(np.std(scores)) if np.isfinite(scores).all() else float("nan")
-        result.update(verification.embedding_norms(np.concatenate([ea, eb])))
+        result.update(verification.embedding_stats(np.concatenate([ea, eb]), raw_norms))
         result.update(verification.distance_gap(dist, y))
         self.last_arrays = {"distances": dist, "scores": scores, "labels": y}
         if self.eval_set.retrieval_idx is not None and isinstance(self.eval_set.split, LabeledSplit):
@@ -128,7 +151,8 @@ class Evaluator:
             emb = embeddings.rows(idx)
             self.last_arrays.update(embeddings=emb, embedding_labels=self.eval_set.split.y[idx])
             if np.isfinite(emb).all():
-                dm = np.asarray(distances.get(models.distance).pairwise(emb, emb))
+                e64 = emb.astype(np.float64)  # float64: identical embeddings give tied distances (see retrieval)
+                dm = np.asarray(distances.get(models.distance).pairwise(e64, e64))
                 result.update(verification.retrieval(dm, self.eval_set.split.y[idx], k=RECALL_K))
             else:
                 result.update({"precision_at_1": float("nan"), f"recall_at_{RECALL_K}": float("nan")})
@@ -136,5 +160,5 @@ class Evaluator:
 
 
 def as_epoch_logs(result: dict[str, float]) -> dict[str, float]:
-    """Validation metrics -> history keys (``val_roc_auc``, ``embedding_norm_mean``, ...)."""
+    """Validation metrics -> history keys (``val_roc_auc``, ``raw_embedding_norm_mean``, ...)."""
     return {history_key(k): v for k, v in result.items()}

@@ -3,7 +3,7 @@
 Contract (also for user losses loaded by import path):
 
 * pair loss: ``fn(y_true, y_pred) -> [B]`` with ``y_true`` 1 = same, 0 = different
-  and ``y_pred`` the model's pair score (a distance, or a similarity for ``bce``).
+  and ``y_pred`` the training model's pair output (a distance, or the similarity head's logit for ``bce``).
 * triplet loss: ``fn(anchor, positive, negative) -> [B]`` on embeddings ``[B, D]``.
 
 Three layers, after pytorch-metric-learning: the maths as plain functions
@@ -48,8 +48,18 @@ def contrastive_loss(y_true: Any, distance: Any, margin: float = 1.0) -> Any:
     return y * ops.square(distance) + (1.0 - y) * ops.square(ops.relu(margin - distance))
 
 
-def binary_crossentropy_loss(y_true: Any, probability: Any) -> Any:
-    """Per-pair binary cross-entropy on a same-probability (1 = same)."""
+def binary_crossentropy_loss(y_true: Any, logit: Any) -> Any:
+    """Per-pair binary cross-entropy on the same-logit (1 = same): ``softplus(z) - y z``, computed stably.
+
+    From the logit, a confidently wrong pair keeps its gradient (``sigmoid(z) - y``); on a probability clipped
+    to [1e-7, 1 - 1e-7] it got exactly zero gradient.
+    """
+    y = ops.cast(ops.reshape(y_true, ops.shape(logit)), logit.dtype)
+    return ops.binary_crossentropy(y, logit, from_logits=True)
+
+
+def binary_crossentropy_on_probability(y_true: Any, probability: Any) -> Any:
+    """The former per-pair BCE on a clipped same-probability, kept only to reload models saved before logits."""
     y = ops.cast(ops.reshape(y_true, ops.shape(probability)), probability.dtype)
     p = ops.clip(probability, 1e-7, 1.0 - 1e-7)
     return -(y * ops.log(p) + (1.0 - y) * ops.log(1.0 - p))
@@ -122,14 +132,25 @@ class Contrastive(PerSampleFn):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class BinaryCrossentropy(PerSampleFn):
-    """`binary_crossentropy_loss` on the similarity head's same-probability."""
+    """`binary_crossentropy_loss` on the similarity head's logit.
 
-    def __call__(self, y_true: Any, probability: Any) -> Any:
-        return binary_crossentropy_loss(y_true, probability)
+    ``from_logits=False`` (the default of a config without the key) is how models saved before the head
+    output logits reload: their training model outputs a probability.
+    """
+
+    def __init__(self, from_logits: bool = False) -> None:
+        self.from_logits = bool(from_logits)
+
+    def __call__(self, y_true: Any, y_pred: Any) -> Any:
+        fn = binary_crossentropy_loss if self.from_logits else binary_crossentropy_on_probability
+        return fn(y_true, y_pred)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"from_logits": self.from_logits}
 
     @classmethod
     def from_loss_config(cls, config: LossConfig, distance: str) -> BinaryCrossentropy:
-        return cls()
+        return cls(from_logits=True)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -244,5 +265,5 @@ def build_loss(config: LossConfig, distance: str) -> PerSampleLoss:
 
 
 def score_is_similarity(config: LossConfig) -> bool:
-    """BCE trains a same-probability (higher = same); the other losses train a distance."""
+    """BCE trains a same-logit (scored as a same-probability, higher = same); the other losses a distance."""
     return bool(config.builtin and LOSSES.info(config.type)["similarity"])

@@ -4,7 +4,7 @@ One place for each name and direction, so early stopping, ReduceLROnPlateau, the
 validation, the training watchers and sweeps (objective directions, promotion) cannot disagree:
 
 * history keys (one row per epoch): ``loss``, ``learning_rate``, ``epoch_seconds`` from training, and the
-  validation metrics as ``val_<name>`` (embedding norms are logged without the prefix);
+  validation metrics as ``val_<name>`` (the embedding norms and spread are logged without the prefix);
 * test keys (``TrainResult.test``): the evaluated metrics by their bare name.
 
 `direction` and `is_better` accept any of these spellings (``roc_auc``, ``val_roc_auc``, ``test_roc_auc``).
@@ -33,7 +33,8 @@ VAL_PREFIX, TEST_PREFIX = "val_", "test_"
 class MetricInfo:
     """One reported quantity.
 
-    `direction` is None for readings that are not goals (the threshold, embedding norms, the learning rate).
+    `direction` is None for readings that are not goals (the threshold, embedding norms and spread, the learning
+    rate).
     `evaluated` metrics are computed on the fixed validation and test pairs; `trained` ones are logged by
     training itself. `monitor` marks what EarlyStopping/ReduceLROnPlateau may watch.
     """
@@ -56,15 +57,19 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in (
     MetricInfo("distance_gap", "max", "mean distance of different pairs minus that of same pairs", monitor=True),
     MetricInfo("pos_distance_mean", "min", "mean distance of same pairs", monitor=True),
     MetricInfo("neg_distance_mean", "max", "mean distance of different pairs", monitor=True),
-    MetricInfo("precision_at_1", "max", "share of samples whose nearest other sample has their class",
-               monitor=True),
-    MetricInfo("recall_at_5", "max", "share of samples with their class among the 5 nearest others", monitor=True),
+    MetricInfo("precision_at_1", "max", "share of samples whose nearest other sample has their class (ties "
+               "counted fractionally)", monitor=True),
+    MetricInfo("recall_at_5", "max", "share of samples with their class among the 5 nearest others (ties counted "
+               "fractionally)", monitor=True),
     MetricInfo("threshold", None, "decision threshold on the model's native score (calibrated on validation)"),
     MetricInfo("score_std", None, "spread of the pair scores (0: a constant model)"),
     MetricInfo("distance_std", None, "spread of the pair distances"),
-    MetricInfo("embedding_norm_mean", None, "mean L2 norm of the embeddings", prefixed=False),
-    MetricInfo("embedding_norm_std", None, "spread of the embedding norms", prefixed=False),
-    MetricInfo("embedding_norm_min", None, "smallest embedding norm", prefixed=False),
+    MetricInfo("raw_embedding_norm_mean", None, "mean L2 norm of the encoder output before unit normalisation "
+               "(of the embeddings without encoder.l2_normalize); a fall toward 0 is collapse", prefixed=False),
+    MetricInfo("raw_embedding_norm_std", None, "spread of those norms", prefixed=False),
+    MetricInfo("raw_embedding_norm_min", None, "smallest of those norms", prefixed=False),
+    MetricInfo("embedding_spread", None, "RMS distance of the embedding directions from their mean (0: every "
+               "embedding points the same way, collapse; ~1: spread over the sphere)", prefixed=False),
     MetricInfo("learning_rate", None, "optimizer learning rate at the end of the epoch", evaluated=False,
                trained=True),
     MetricInfo("epoch_seconds", "min", "wall time of the epoch's training steps", evaluated=False, trained=True),

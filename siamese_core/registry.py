@@ -140,11 +140,12 @@ LOSSES.register("contrastive", "siamese_core.losses:Contrastive", kind="pair", s
 LOSSES.register("triplet", "siamese_core.losses:Triplet", kind="triplet", similarity=False, margin=True)
 LOSSES.register("bce", "siamese_core.losses:BinaryCrossentropy", kind="pair", similarity=True, margin=False)
 
-# `Distance` objects (row-wise and pairwise forms)
+# `Distance` objects (row-wise and pairwise forms); upper_bound: the largest distance between any embeddings
+# (None: unbounded), unit_bound: the largest between unit-length (encoder.l2_normalize) embeddings
 DISTANCES: Registry[Any] = Registry("distance", field="distance")
-DISTANCES.register("euclidean", "siamese_core.models.distances:EUCLIDEAN")
-DISTANCES.register("sqeuclidean", "siamese_core.models.distances:SQEUCLIDEAN")
-DISTANCES.register("cosine", "siamese_core.models.distances:COSINE")
+DISTANCES.register("euclidean", "siamese_core.models.distances:EUCLIDEAN", upper_bound=None, unit_bound=2.0)
+DISTANCES.register("sqeuclidean", "siamese_core.models.distances:SQEUCLIDEAN", upper_bound=None, unit_bound=4.0)
+DISTANCES.register("cosine", "siamese_core.models.distances:COSINE", upper_bound=2.0, unit_bound=2.0)
 
 # dataset sources: source(config.dataset) -> RawLabeled | RawPaired; needs_path: dataset.path is required;
 # paired: pre-built pairs (no class ids); image_options: takes index/image_size/color_mode

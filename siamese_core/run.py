@@ -5,11 +5,12 @@ compiled models, the loss and the fixed validation/test pairs are the same objec
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .config import TrainConfig
 from .data.loaders import TrainingPlan
-from .data.pairs import STREAM_TEST, STREAM_VAL, make_sampler
+from .data.pairs import make_sampler
+from .data.splits import eval_spec
 from .data.types import DatasetSplits
 from .evaluation import EvalSet, Evaluator
 from .losses import PerSampleLoss, build_loss
@@ -23,7 +24,7 @@ class Run:
     """The pieces of one run; `models.training` is compiled with `loss` and the configured optimizer."""
 
     config: TrainConfig
-    data: DatasetSplits
+    data: DatasetSplits  # with ``info.evaluation`` describing `val` and `test`
     plan: TrainingPlan
     models: SiameseModels
     loss: PerSampleLoss
@@ -32,16 +33,19 @@ class Run:
 
 
 def build_run(config: TrainConfig, data: DatasetSplits) -> Run:
-    """Sampler, plan, models (compiled), loss and the validation/test evaluators for `config` on `data`."""
+    """Sampler, plan, models (compiled), loss and the validation/test evaluators for `config` on `data`.
+
+    `data` may have been loaded for another config of the same split (a sweep worker's cache): the run's
+    ``data.info.evaluation`` is set to what this config's evaluation tuples are drawn from.
+    """
+    spec = eval_spec(config)
+    if data.info.evaluation != spec:
+        data = replace(data, info=replace(data.info, evaluation=spec))
     plan = TrainingPlan(data.train, make_sampler(config, data), config.batch_size)
     models = build_models(config, data.info)
     loss = build_loss(config.loss, config.distance)
     models.training.compile(optimizer=build_optimizer(config), loss=loss, jit_compile=False)
     triplets = config.loss.is_triplet
-    val_set = EvalSet.build(data.val, n_pairs=config.pairs.val_pairs, seed=config.seed, stream=STREAM_VAL,
-                            triplets=triplets, positive_fraction=config.pairs.positive_fraction)
-    test_set = EvalSet.build(data.test, n_pairs=config.pairs.test_pairs, seed=config.seed, stream=STREAM_TEST,
-                             triplets=triplets, positive_fraction=config.pairs.positive_fraction)
     return Run(config, data, plan, models, loss,
-               val=Evaluator(val_set, loss=loss, batch_size=config.batch_size),
-               test=Evaluator(test_set, loss=loss, batch_size=config.batch_size))
+               val=Evaluator(EvalSet.of(data, "val", triplets=triplets), loss=loss, batch_size=config.batch_size),
+               test=Evaluator(EvalSet.of(data, "test", triplets=triplets), loss=loss, batch_size=config.batch_size))

@@ -58,6 +58,11 @@ class TrainResult:
     def encoder(self) -> keras.Model:
         return self.models.encoders[0]
 
+    @property
+    def eval_fingerprint(self) -> str | None:
+        """The data split and the val/test tuples this run was scored on (``DataInfo.eval_fingerprint``)."""
+        return self.data_info.eval_fingerprint
+
     def summary(self) -> dict[str, Any]:
         """JSON-able summary (what ``siamese-sweep train --json`` prints)."""
         return {
@@ -101,6 +106,7 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, *,
 
     runtime.seed_everything(config.seed, deterministic=config.deterministic)
     run = build_run(config, data)
+    data = run.data  # its info names this config's evaluation tuples
     initial_epoch, restored_history = 0, []
     if checkpoint_dir is not None:
         run, initial_epoch, restored_history = _resume(config, data, run, Path(checkpoint_dir))

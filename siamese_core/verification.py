@@ -85,14 +85,26 @@ def equal_error_rate(scores: np.ndarray, y: np.ndarray, *, higher_is_same: bool)
     return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
 
 
-def embedding_norms(embeddings: np.ndarray) -> dict[str, float]:
-    """Mean, spread and minimum of the embeddings' L2 norms (a collapse shows here first)."""
-    norms = np.linalg.norm(np.asarray(embeddings, dtype=np.float64), axis=-1)
-    if norms.size == 0:
-        return {"embedding_norm_mean": float("nan"), "embedding_norm_std": float("nan"),
-                "embedding_norm_min": float("nan")}
-    return {"embedding_norm_mean": float(norms.mean()), "embedding_norm_std": float(norms.std()),
-            "embedding_norm_min": float(norms.min())}
+def embedding_stats(embeddings: np.ndarray, raw_norms: np.ndarray) -> dict[str, float]:
+    """The scale of the embeddings before unit normalisation, and the spread of their directions.
+
+    ``raw_embedding_norm_mean/std/min``: L2 norms of the encoder output before ``encoder.l2_normalize`` (of the
+    embeddings themselves without it) — after it every norm is 1 by construction; a fall toward 0 is collapse.
+    ``embedding_spread``: RMS distance of the unit-length directions from their mean, ``sqrt(1 - |mean u|^2)``
+    (a zero embedding has no direction and counts as the zero vector): 0 when every embedding points the same
+    way or is zero (collapse), about 1 when they spread over the sphere.
+    """
+    raw = np.asarray(raw_norms, dtype=np.float64).reshape(-1)
+    e = np.asarray(embeddings, dtype=np.float64)
+    if raw.size == 0 or e.size == 0:
+        return {k: float("nan") for k in ("raw_embedding_norm_mean", "raw_embedding_norm_std",
+                                          "raw_embedding_norm_min", "embedding_spread")}
+    norms = np.linalg.norm(e, axis=-1, keepdims=True)
+    unit = np.divide(e, norms, out=np.zeros_like(e), where=norms > 0)
+    mean = unit.mean(axis=0)
+    spread = float(np.sqrt(max(float(np.mean(np.sum(unit ** 2, axis=-1))) - float(mean @ mean), 0.0)))
+    return {"raw_embedding_norm_mean": float(raw.mean()), "raw_embedding_norm_std": float(raw.std()),
+            "raw_embedding_norm_min": float(raw.min()), "embedding_spread": spread}
 
 
 def distance_gap(distances: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -105,10 +117,38 @@ def distance_gap(distances: np.ndarray, y: np.ndarray) -> dict[str, float]:
             "distance_std": float(d.std()) if d.size else float("nan")}
 
 
-def retrieval(distance_matrix: np.ndarray, labels: np.ndarray, *, k: int = 5) -> dict[str, float]:
-    """Precision@1 and Recall@k (any of the k nearest others shares the query's class).
+# Distances closer than this share of the largest distance count as tied. Retrieval distances are computed in
+# float64 from float32 embeddings: identical embeddings then differ by <= ~3e-8 of the scale (rounding in
+# |a|^2 + |b|^2 - 2 a.b), and float32 embeddings cannot resolve differences much finer than 1e-6 of it.
+TIE_RTOL = 1e-6
 
-    `distance_matrix` is ``[N, N]`` between the same N samples; self-matches are excluded.
+
+def _expected_hit(d: np.ndarray, same: np.ndarray, k: int, tol: float) -> np.ndarray:
+    """Per query, the probability that one of its `k` nearest others shares its class, ties broken at random.
+
+    Neighbours strictly closer than the k-th nearest distance (beyond `tol`) always count; of the ``t`` tied
+    with it, ``r = k - closer`` are drawn, and the chance that none of the ``h`` same-class ones is drawn is
+    ``prod_{i<r} (t - h - i) / (t - i)`` (hypergeometric).
+    """
+    kth = np.partition(d, k - 1, axis=1)[:, k - 1:k]
+    closer = d < kth - tol
+    tied = np.abs(d - kth) <= tol
+    draws = k - closer.sum(axis=1)
+    t, h = tied.sum(axis=1), (tied & same).sum(axis=1)
+    miss = np.ones(d.shape[0])
+    for i in range(k):
+        active = i < draws
+        miss = np.where(active, miss * np.maximum(t - h - i, 0) / np.maximum(t - i, 1), miss)
+    return np.where((closer & same).any(axis=1), 1.0, 1.0 - miss)
+
+
+def retrieval(distance_matrix: np.ndarray, labels: np.ndarray, *, k: int = 5) -> dict[str, float]:
+    """Precision@1 and Recall@k (any of the k nearest others shares the query's class), robust to ties.
+
+    `distance_matrix` is ``[N, N]`` between the same N samples; self-matches are excluded. Neighbours at the
+    same distance (within `TIE_RTOL` of the largest distance) are counted fractionally: each query scores the
+    expected hit when ties are broken uniformly at random, so the result does not depend on sample order,
+    and a constant embedding scores the class prior (P@1 = share of same-class others).
     """
     d = np.array(distance_matrix, dtype=np.float64, copy=True)
     labels = np.asarray(labels).reshape(-1)
@@ -116,11 +156,11 @@ def retrieval(distance_matrix: np.ndarray, labels: np.ndarray, *, k: int = 5) ->
     if n < 2:
         return {"precision_at_1": float("nan"), f"recall_at_{k}": float("nan")}
     np.fill_diagonal(d, np.inf)
-    kk = min(k, n - 1)
-    nearest = np.argpartition(d, kk - 1, axis=1)[:, :kk] if kk < n else np.argsort(d, axis=1)[:, :kk]
-    order = np.take_along_axis(nearest, np.argsort(np.take_along_axis(d, nearest, axis=1), axis=1), axis=1)
-    hits = labels[order] == labels[:, None]
-    return {"precision_at_1": float(hits[:, 0].mean()), f"recall_at_{k}": float(hits.any(axis=1).mean())}
+    same = labels[:, None] == labels[None, :]
+    finite = np.abs(d[np.isfinite(d)])
+    tol = TIE_RTOL * float(finite.max()) if finite.size else 0.0
+    return {"precision_at_1": float(_expected_hit(d, same, 1, tol).mean()),
+            f"recall_at_{k}": float(_expected_hit(d, same, min(k, n - 1), tol).mean())}
 
 
 def verification_metrics(scores: np.ndarray, y: np.ndarray, *, higher_is_same: bool,

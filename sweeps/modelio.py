@@ -60,6 +60,7 @@ def model_metadata(result: Any) -> dict[str, Any]:
         names.TAG_HIGHER_IS_SAME: bool(result.models.higher_is_same),
         names.TAG_DISTANCE: result.config.distance,
         names.TAG_DATASET_FINGERPRINT: result.data_info.fingerprint,
+        names.TAG_EVAL_FINGERPRINT: result.data_info.eval_fingerprint,
         names.TAG_INPUT_SHAPES: [list(s) for s in result.data_info.input_shapes],
         names.TAG_INPUT_KIND: result.data_info.kind,
         names.TAG_VALUE_RANGE: [float(v) for v in result.data_info.value_range],

@@ -52,6 +52,9 @@ TAG_THRESHOLD = "siamese_sweep.threshold"              # decision threshold (als
 TAG_HIGHER_IS_SAME = "siamese_sweep.higher_is_same"    # the threshold applies to a score (true) or a distance
 TAG_DISTANCE = "siamese_sweep.distance"
 TAG_DATASET_FINGERPRINT = "siamese_sweep.dataset_fingerprint"  # also on registry versions
+# names the validation/test tuples (data + siamese_core EvalSpec): recorded val_*/test_* metrics compare only
+# between runs with one eval fingerprint
+TAG_EVAL_FINGERPRINT = "siamese_sweep.eval_fingerprint"
 TAG_INPUT_SHAPES = "siamese_sweep.input_shapes"
 TAG_INPUT_KIND = "siamese_sweep.input_kind"
 TAG_VALUE_RANGE = "siamese_sweep.value_range"          # raw input value range (how `predict` scales images)
@@ -91,6 +94,7 @@ TRIAL_ATTR_WORKER = "worker"                           # host:pid (as TAG_WORKER
 TRIAL_ATTR_RESUMED_FROM_EPOCH = "resumed_from_epoch"
 TRIAL_ATTR_THRESHOLD = "threshold"
 TRIAL_ATTR_DATASET_FINGERPRINT = "dataset_fingerprint"
+TRIAL_ATTR_EVAL_FINGERPRINT = "eval_fingerprint"
 TRIAL_ATTR_TEST_PREFIX = "test_"                       # + pair_accuracy | roc_auc | eer
 
 # ---------------------------------------------------------------- Optuna attributes: study user attrs

@@ -220,11 +220,13 @@ class TrialAttempt:
                 step=len(result.history)))
             trial.set_user_attr(names.TRIAL_ATTR_MODEL_URI, uri)
         run.set_tags({names.diagnostic_tag(f.code): f.severity for f in result.findings})
+        run.set_tags({names.TAG_EVAL_FINGERPRINT: result.data_info.eval_fingerprint or ""})
         run.flush()  # raises TrackingUnavailable: then the trial is FAIL, never COMPLETE with missing data
         for key in ("pair_accuracy", "roc_auc", "eer"):
             trial.set_user_attr(names.TRIAL_ATTR_TEST_PREFIX + key, float(result.test[key]))
         trial.set_user_attr(names.TRIAL_ATTR_THRESHOLD, float(result.threshold))
         trial.set_user_attr(names.TRIAL_ATTR_DATASET_FINGERPRINT, result.data_info.fingerprint)
+        trial.set_user_attr(names.TRIAL_ATTR_EVAL_FINGERPRINT, result.data_info.eval_fingerprint)
         trial.set_user_attr(names.TRIAL_ATTR_DIAGNOSTIC_ERRORS,
                             sorted({f.code for f in result.findings if f.is_error}))
 

@@ -108,21 +108,25 @@ def trial_config(client: Any, run_id: str) -> dict[str, Any]:
 
 
 def _split_config(raw: dict[str, Any]) -> Any:
-    """Only what defines the data and the test pairs (the encoder may not be importable here)."""
+    """Only what defines the data and the evaluation pairs (the encoder may not be importable here).
+
+    Evaluation pairs depend on the split and `siamese_core.data.splits.eval_spec` only, never on a training
+    setting such as ``pairs.positive_fraction``: two trials of one split are scored on the same test pairs.
+    """
     from siamese_core.config import TrainConfig
 
     pairs = raw.get("pairs") or {}
     keep = {"dataset": raw.get("dataset") or "fashion_mnist", "seed": raw.get("seed", 0),
-            "pairs": {k: pairs[k] for k in ("test_pairs", "positive_fraction") if k in pairs}}
+            "pairs": {k: pairs[k] for k in ("val_pairs", "test_pairs") if k in pairs}}
     return TrainConfig.from_dict(keep)
 
 
 def build_test_split(raw_config: dict[str, Any], *, expected_fingerprint: str | None, what: str) -> TestSplit:
     """Rebuild the trial's test pairs; `DataError` if the data is not what the trial trained on."""
-    from siamese_core.data.pairs import STREAM_TEST
+    from siamese_core.data.sources import load_dataset
+    from siamese_core.data.splits import eval_spec
     from siamese_core.data.types import LabeledSplit, PairedSplit, materialize
     from siamese_core.evaluation import EvalSet
-    from siamese_core.data.sources import load_dataset
 
     config = _split_config(raw_config)
     data = load_dataset(config)
@@ -133,14 +137,14 @@ def build_test_split(raw_config: dict[str, Any], *, expected_fingerprint: str | 
                                           f"changed since training, so its test split cannot be rebuilt; "
                                           f"restore the data or re-run the sweep")
     test = data.test
-    es = EvalSet.build(test, n_pairs=config.pairs.test_pairs, seed=config.seed, stream=STREAM_TEST, triplets=False,
-                       positive_fraction=config.pairs.positive_fraction)
+    es = EvalSet.of(data, "test", spec=eval_spec(config))
     idx = es.pairs.indices
     if isinstance(test, PairedSplit):
         left, right = materialize(test.x1, idx[:, 0]), materialize(test.x2, idx[:, 1])
     else:
         left, right = materialize(test.x, idx[:, 0]), materialize(test.x, idx[:, 1])
     labels = np.asarray(es.pairs.targets).reshape(-1)
+    # the key names (dataset, pairs) by content: registry versions scored under one key compare
     h = hashlib.sha256(fp.encode())
     h.update(np.ascontiguousarray(idx, dtype=np.int64).tobytes())
     h.update(np.ascontiguousarray(labels, dtype=np.float32).tobytes())

@@ -304,7 +304,7 @@ def spec_from_dict(data: Mapping[str, Any], *, base_dir: Path | None = None) -> 
     except ValidationError as exc:
         raise config_error_from(exc, SweepSpec) from None
     for m in spec.study.objective_metrics:
-        if not (m in TRIAL_METRICS or m.startswith("val_") or m in ("loss", "embedding_norm_mean")):
+        if not (m in TRIAL_METRICS or m.startswith("val_") or m == "loss"):
             raise ConfigError("study.metric", "expected a per-epoch validation metric (val_roc_auc, "
                                               "val_pair_accuracy, val_eer, val_loss, ...) or one of "
                                               f"{sorted(TRIAL_METRICS)}; received: {m!r}")

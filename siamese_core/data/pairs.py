@@ -24,6 +24,9 @@ DIFFERENT = 0
 
 # Independent random streams, so e.g. changing pairs_per_epoch never changes val/test pairs.
 STREAM_TRAIN, STREAM_VAL, STREAM_TEST, STREAM_PROBE = 0, 1, 2, 3
+# float32 (the dtype of Keras targets) holds every integer below 2**24 exactly: triplet targets carry class
+# indices, and two classes whose ids round to one float32 would be merged by batch-hard mining.
+FLOAT32_EXACT_INTS = 2**24
 
 
 def rng_for(seed: int, stream: int, epoch: int) -> np.random.Generator:
@@ -38,7 +41,8 @@ class Tuples:
     ``indices`` has shape ``[n, 2]`` (pairs: left, right) or ``[n, 3]`` (triplets:
     anchor, positive, negative). ``targets`` is what the loss receives as
     ``y_true``: pair labels ``[n]`` (float32, 1 = same) or, for triplets, the
-    class ids of anchor and negative ``[n, 2]`` (float32, for batch-hard mining).
+    class indices (0..C-1 over the sampled split) of anchor and negative ``[n, 2]``
+    (float32, for batch-hard mining: exact below 2**24 classes, whatever the user's ids).
     """
 
     indices: np.ndarray
@@ -134,8 +138,10 @@ class PairSampler:
 class TripletSampler:
     """(anchor, positive, negative) triplets from labelled samples, fresh every epoch.
 
-    Targets carry the anchor's and the negative's class ids, so a batch-hard
-    loss can mine harder tuples among all embeddings of the batch.
+    Targets carry the anchor's and the negative's class *indices* (0..C-1, not the
+    raw ids), so a batch-hard loss can mine harder tuples among all embeddings of
+    the batch: raw ids around 1e8 collapse to a few float32 values (1,000 ids to
+    126) and merged classes make wrong positives.
     """
 
     arity = 3
@@ -143,6 +149,9 @@ class TripletSampler:
     def __init__(self, labels: np.ndarray, *, seed: int, triplets_per_epoch: int,
                  stream: int = STREAM_TRAIN, source: str = "train split") -> None:
         self.index = _ClassIndex(labels, source=source)
+        if self.index.classes.size > FLOAT32_EXACT_INTS:
+            raise DataError(source, f"{self.index.classes.size} classes: triplet targets are float32, exact only "
+                                    f"below {FLOAT32_EXACT_INTS} classes")
         self.labels = np.asarray(labels)
         self.seed, self.stream = int(seed), int(stream)
         self.pairs_per_epoch = int(triplets_per_epoch)
@@ -153,7 +162,7 @@ class TripletSampler:
         a = self.index.pos_eligible[rng.integers(0, self.index.pos_eligible.size, n)]
         p = self.index.same_class_partner(a, rng)
         neg = self.index.other_class_partner(a, rng)
-        targets = np.stack([self.labels[a], self.labels[neg]], axis=1).astype(np.float32)
+        targets = np.stack([self.index.class_of[a], self.index.class_of[neg]], axis=1).astype(np.float32)
         return Tuples(np.stack([a, p, neg], axis=1).astype(np.int64), targets)
 
 

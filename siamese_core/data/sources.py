@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import zipfile
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from ..errors import DataError
 from ..registry import DATASETS, import_object
 from . import validation as v
 from .idx import read_idx
-from .splits import SplitParams, split_labeled, split_paired
+from .splits import SplitParams, eval_spec, shared_rows, split_labeled, split_paired
 from .types import (DataInfo, DatasetSplits, InputKind, Inputs, LabeledSplit, LazyInputs, PairedSplit, RawLabeled,
                     RawPaired, Split, input_shape)
 
@@ -44,6 +46,8 @@ KERAS_FASHION_MNIST = "keras.datasets.fashion_mnist:load_data"
 KERAS_MNIST = "keras.datasets.mnist:load_data"
 SKLEARN_DIGITS = "sklearn.datasets:load_digits"
 
+log = logging.getLogger(__name__)
+
 
 def load_dataset(config: TrainConfig) -> DatasetSplits:
     """Load ``config.dataset``, split it deterministically from ``config.seed`` and describe it."""
@@ -52,12 +56,30 @@ def load_dataset(config: TrainConfig) -> DatasetSplits:
     raw = DATASETS.get(ds.name)(ds)
     if isinstance(raw, RawPaired):
         splits: dict[str, Split] = dict(split_paired(raw.x1, raw.x2, raw.y, params, x1_test=raw.x1_test,
-                                                     x2_test=raw.x2_test, y_test=raw.y_test))
+                                                     x2_test=raw.x2_test, y_test=raw.y_test, source=raw.source))
     else:
         v.check_classes(raw.y if raw.y_test is None else np.concatenate([raw.y, raw.y_test]), raw.source)
+        raw = dense_labels(raw)
         splits = dict(split_labeled(raw.x, raw.y, params, x_test=raw.x_test, y_test=raw.y_test, source=raw.source))
     _check_splits(splits, raw.source, params)
-    return DatasetSplits(**splits, info=_describe(ds.name, raw, splits, params))
+    info = replace(_describe(ds.name, raw, splits, params), evaluation=eval_spec(config))
+    return DatasetSplits(**splits, info=info)
+
+
+def dense_labels(raw: RawLabeled) -> RawLabeled:
+    """`raw` with its class ids mapped to 0..C-1 in sorted id order, once, before splitting.
+
+    Everything downstream (splits, samplers, float32 triplet targets for batch-hard mining) sees small dense
+    ids; the source's own ids are kept in `RawLabeled.class_ids` (and `DataInfo.class_ids`) for display, and
+    its class names are re-indexed to the new ids.
+    """
+    labels = raw.y if raw.y_test is None else np.concatenate([raw.y, raw.y_test])
+    ids = np.unique(labels)
+    names = raw.class_names
+    if names is not None:
+        names = tuple(names[i] for i in ids) if ids[0] >= 0 and ids[-1] < len(names) else None
+    return replace(raw, y=np.searchsorted(ids, raw.y), class_names=names, class_ids=tuple(int(i) for i in ids),
+                   y_test=None if raw.y_test is None else np.searchsorted(ids, raw.y_test))
 
 
 # ----------------------------------------------------------------------- sources
@@ -265,13 +287,16 @@ def _describe(name: str, raw: RawLabeled | RawPaired, splits: dict[str, Split], 
     if isinstance(train, PairedSplit):
         xs: list[Inputs] = [train.x1, train.x2]
         shapes = (input_shape(train.x1), input_shape(train.x2))
-        num_classes, class_names, paired = None, None, True
+        num_classes, class_names, class_ids, paired = None, None, None, True
         all_inputs = [raw.x1, raw.x2] + ([raw.x1_test, raw.x2_test] if raw.x1_test is not None else [])
+        shared = shared_rows({k: s for k, s in splits.items() if isinstance(s, PairedSplit)})
+        if any(shared.values()):  # only possible with official test arrays: ours keep every input in one split
+            log.warning("%s: %s of the distinct inputs of the given test pairs also occur in training pairs",
+                        raw.source, f"{shared.get('test', 0.0):.1%}")
     else:
         assert isinstance(raw, RawLabeled) and isinstance(train, LabeledSplit)
         xs, shapes, paired = [train.x], (input_shape(train.x),), False
-        labels = raw.y if raw.y_test is None else np.concatenate([raw.y, raw.y_test])
-        num_classes, class_names = int(np.unique(labels).size), raw.class_names
+        num_classes, class_names, class_ids, shared = len(raw.class_ids), raw.class_names, raw.class_ids, {}
         all_inputs = [raw.x] + ([raw.x_test] if raw.x_test is not None else [])
     stats = _train_moments(xs, raw.kind)
     vocab = None
@@ -285,8 +310,10 @@ def _describe(name: str, raw: RawLabeled | RawPaired, splits: dict[str, Split], 
     return DataInfo(
         name=name, source=raw.source, kind=raw.kind, input_shapes=shapes, dtype=str(xs[0].dtype),
         value_range=value_range, num_classes=num_classes, paired=paired, split=params.mode,
-        fingerprint=fingerprint(splits, params), sizes={k: len(s) for k, s in splits.items()},
-        class_names=class_names, vocab_size=vocab, mean=stats.mean if stats else None,
+        fingerprint=fingerprint(splits, params, class_ids=class_ids), sizes={k: len(s) for k, s in splits.items()},
+        class_names=class_names, class_ids=class_ids, vocab_size=vocab,
+        classes_per_split={k: int(np.unique(s.y).size) for k, s in splits.items() if isinstance(s, LabeledSplit)},
+        shared_rows=shared, mean=stats.mean if stats else None,
         std=stats.std if stats else None)
 
 
@@ -305,13 +332,18 @@ def _train_moments(xs: list[Inputs], kind: InputKind) -> v.Moments | None:
     return v.moments(arrays)
 
 
-def fingerprint(splits: dict[str, Split], params: SplitParams) -> str:
+def fingerprint(splits: dict[str, Split], params: SplitParams, *, class_ids: tuple[int, ...] | None = None) -> str:
     """sha256 over every split's inputs and labels plus the split parameters.
 
     Arrays are hashed by dtype, shape and bytes; lazy image files by their
-    (relative path, size) list and decoded shape, so no pixel is read.
+    (relative path, size) list and decoded shape, so no pixel is read. Labels are
+    the dense 0..C-1 indices; the source's own `class_ids` are hashed too unless
+    they are 0..C-1 already (so such datasets keep the fingerprint they had before
+    labels were made dense).
     """
     h = hashlib.sha256(json.dumps({"split": params.as_dict()}, sort_keys=True).encode())
+    if class_ids is not None and list(class_ids) != list(range(len(class_ids))):
+        h.update(json.dumps({"class_ids": list(class_ids)}).encode())
     for name in sorted(splits):
         split = splits[name]
         h.update(f"|{name}|{type(split).__name__}|".encode())

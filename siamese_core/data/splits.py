@@ -10,9 +10,13 @@ file indices keep lazy image reads roughly sequential.
   ``val_fraction`` *of all samples* become test and val.
 * ``split="class"`` (open-set verification): the *classes* are partitioned, so
   test classes are never seen in training. Official train+test are pooled first.
+* pre-built pairs are split so that no input (identical row) is in two splits:
+  pairs that share a row, directly or through other pairs, form a group, and
+  whole groups are assigned (`split_paired`).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -20,11 +24,16 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import ConfigError, DataError
-from .types import Inputs, LabeledSplit, PairedSplit, take
+from .types import EvalSpec, Inputs, LabeledSplit, PairedSplit, take
+
+log = logging.getLogger(__name__)
 
 # independent random streams, one per decision
 _TEST, _VAL, _CLASSES, _SUB_TRAIN, _SUB_VAL, _SUB_TEST = range(6)
 MIN_EVAL_CLASSES = 2  # a val/test split needs negative pairs
+# pre-built pairs: an evaluation split holding less than this share of the pairs asked for is reported
+SHORT_GROUP_SPLIT = 0.5
+CARVE_PASSES = 32  # first-fit passes over the groups (each takes at least one group); the quota is then ~full
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,11 @@ class SplitParams:
 
     def rng(self, stream: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, stream])
+
+
+def eval_spec(config: TrainConfig) -> EvalSpec:
+    """The validation/test tuples `config` is scored on: its pair counts and the seed of its split."""
+    return EvalSpec(config.pairs.val_pairs, config.pairs.test_pairs, seed=SplitParams.from_config(config).seed)
 
 
 def stratified_choice(y: np.ndarray, n: int, *, rng: np.random.Generator) -> np.ndarray:
@@ -130,28 +144,168 @@ def split_labeled(x: Inputs, y: np.ndarray, params: SplitParams, *, x_test: Inpu
 
 
 def split_paired(x1: Inputs, x2: Inputs, y: np.ndarray, params: SplitParams, *, x1_test: Inputs | None = None,
-                 x2_test: Inputs | None = None, y_test: np.ndarray | None = None) -> dict[str, PairedSplit]:
-    """Split pre-built pairs by pair, stratified by the 0/1 label.
+                 x2_test: Inputs | None = None, y_test: np.ndarray | None = None,
+                 source: str = "pairs") -> dict[str, PairedSplit]:
+    """Split pre-built pairs, stratified by the 0/1 label, so that no input row lands in two splits.
 
-    ``split: class`` is refused: pairs carry no class ids, so there are no
-    classes to hold out. That is a config choice, hence a `ConfigError`.
+    Pairs that share an input (identical row, on either side), directly or through other pairs, form a
+    group (`pair_groups`), and whole groups go to one split (`carve_groups`), so test images are never
+    trained on. When no row is shared every group is one pair and the split is the former stratified split
+    by pair. The achieved sizes are recorded in `DataInfo.sizes` / `fractions`; an evaluation split that
+    gets less than half of its share is logged, and one left without both labels is refused with the
+    overlap a split by pair would have had. ``split: class`` is refused: pairs carry no class ids, so
+    there are no classes to hold out. That is a config choice, hence a `ConfigError`.
     """
     if params.mode == "class":
         raise ConfigError("dataset.split", "pre-paired data (dataset 'pairs_npz') has same/different labels but no "
                                            "class ids, so classes cannot be held out; use split: sample")
+    groups = pair_groups(x1, x2)
     if x1_test is not None and x2_test is not None and y_test is not None:
-        rest, val = carve(y, _count(params.val_fraction, y.shape[0]), rng=params.rng(_VAL))
+        rest, val = carve_groups(groups, y, _count(params.val_fraction, y.shape[0]), rng=params.rng(_VAL))
         parts = {"train": (x1, x2, y, rest), "val": (x1, x2, y, val),
                  "test": (x1_test, x2_test, y_test, np.arange(y_test.shape[0]))}
     else:
-        rest, test = carve(y, _count(params.test_fraction, y.shape[0]), rng=params.rng(_TEST))
-        rest2, val = carve(y[rest], _count(params.val_fraction, y.shape[0]), rng=params.rng(_VAL))
+        rest, test = carve_groups(groups, y, _count(params.test_fraction, y.shape[0]), rng=params.rng(_TEST))
+        rest2, val = carve_groups(None if groups is None else groups[rest], y[rest],
+                                  _count(params.val_fraction, y.shape[0]), rng=params.rng(_VAL))
         parts = {"train": (x1, x2, y, rest[rest2]), "val": (x1, x2, y, rest[val]), "test": (x1, x2, y, test)}
+    _check_group_split(parts, groups, y, params, source)
     out: dict[str, PairedSplit] = {}
     for name, (a, b, ys, idx) in parts.items():
         idx = _limit(ys[idx], idx, params, name)
         out[name] = PairedSplit(take(a, idx), take(b, idx), ys[idx])
     return out
+
+
+def _check_group_split(parts: dict[str, tuple[Inputs, Inputs, np.ndarray, np.ndarray]], groups: np.ndarray | None,
+                       y: np.ndarray, params: SplitParams, source: str) -> None:
+    """Log evaluation splits far below their share; refuse one without both labels, naming the leak avoided."""
+    if groups is None:
+        return
+    sizes = np.bincount(np.unique(groups, return_inverse=True)[1])
+    wanted = {"val": params.val_fraction, "test": params.test_fraction}
+    for name in ("val", "test"):
+        a, _, ys, idx = parts[name]
+        if a is not parts["train"][0]:
+            continue  # official test arrays: not ours to split
+        got = idx.size / y.size
+        labels = np.unique(ys[idx])
+        if labels.size < 2:
+            x1, x2 = parts["train"][0], parts["train"][1]
+            overlap = _by_pair_overlap(x1, x2, y, params)
+            raise DataError(source, f"cannot split these pairs without putting one input into two splits: pairs "
+                                    f"sharing inputs form groups, the largest holds {sizes.max()} of {y.size} pairs "
+                                    f"({sizes.max() / y.size:.0%}), and the {name} split could only get {idx.size} "
+                                    f"pair(s) ({got:.1%}, labels {labels.tolist()}). A split by pair would put "
+                                    f"{overlap:.1%} of the test inputs into training pairs as well. Provide x1_test/"
+                                    f"x2_test/y_test built from other inputs, or save class labels and use dataset "
+                                    f"'npz' (pairs are then drawn within each split)")
+        if got < SHORT_GROUP_SPLIT * wanted[name]:
+            log.warning("%s: pairs share inputs (largest group %d of %d pairs); keeping each input in one split gives "
+                        "the %s split %.1f%% of the pairs instead of %.0f%%", source, sizes.max(), y.size, name,
+                        100 * got, 100 * wanted[name])
+
+
+def _by_pair_overlap(x1: Inputs, x2: Inputs, y: np.ndarray, params: SplitParams) -> float:
+    """Share of the test split's distinct inputs that a split by pair would also put into training pairs."""
+    rest, test = carve(y, _count(params.test_fraction, y.shape[0]), rng=params.rng(_TEST))
+    return shared_rows({"train": PairedSplit(take(x1, rest), take(x2, rest), y[rest]),
+                        "test": PairedSplit(take(x1, test), take(x2, test), y[test])}).get("test", 0.0)
+
+
+def _row_ids(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """One integer per row of each array, equal exactly when two rows are identical (bytes); arrays whose rows
+    differ in shape or dtype get disjoint ids."""
+    out: list[np.ndarray] = [np.empty(0, np.int64)] * len(arrays)
+    offset = 0
+    kinds: dict[tuple[Any, ...], list[int]] = {}
+    for i, a in enumerate(arrays):
+        kinds.setdefault((a.dtype.str, a.shape[1:]), []).append(i)
+    for members in kinds.values():
+        keys = []
+        for i in members:
+            flat = np.ascontiguousarray(arrays[i]).reshape(len(arrays[i]), -1)
+            keys.append(flat.view(np.dtype((np.void, flat.dtype.itemsize * flat.shape[1]))).reshape(-1))
+        uniq, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+        bounds = np.cumsum([0] + [len(k) for k in keys])
+        for j, i in enumerate(members):
+            out[i] = inverse[bounds[j]:bounds[j + 1]].astype(np.int64) + offset
+        offset += len(uniq)
+    return out
+
+
+def _components(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """The connected component of each of `n` nodes under edges ``a[k] - b[k]`` (its smallest node id).
+
+    Vectorised hooking and pointer jumping: every label is a node of the same component with a smaller or
+    equal id; roots hook onto the smaller root across each edge until every edge joins equal labels.
+    """
+    label = np.arange(n)
+    while True:
+        la, lb = label[a], label[b]
+        if np.array_equal(la, lb):
+            return label
+        low = np.minimum(la, lb)
+        np.minimum.at(label, la, low)
+        np.minimum.at(label, lb, low)
+        while True:
+            jumped = label[label]
+            if np.array_equal(jumped, label):
+                break
+            label = jumped
+
+
+def pair_groups(x1: Inputs, x2: Inputs) -> np.ndarray | None:
+    """A group id per pair: pairs sharing an input row (either side, identical bytes), directly or through
+    other pairs, get the same id. None when every pair is its own group (or the inputs are lazy files)."""
+    if not (isinstance(x1, np.ndarray) and isinstance(x2, np.ndarray)):
+        return None
+    left, right = _row_ids([x1, x2])
+    labels = _components(left, right, int(max(left.max(initial=-1), right.max(initial=-1))) + 1)
+    groups = labels[left]
+    return None if np.unique(groups).size == groups.size else groups
+
+
+def carve_groups(groups: np.ndarray | None, y: np.ndarray, n: int, *,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`carve` for grouped pairs: (rest, taken) pair indices, whole groups taken, about `n` pairs.
+
+    Groups are visited in random order and taken while they fit the remaining quota of positive and of
+    negative pairs (label shares as in `y`), in a few vectorised passes; a group larger than what is left
+    stays in `rest`. Without groups (None) this is `carve`.
+    """
+    if groups is None:
+        return carve(y, n, rng=rng)
+    ids, inverse = np.unique(groups, return_inverse=True)
+    pos = np.bincount(inverse, weights=(y == 1).astype(np.float64), minlength=ids.size).astype(np.int64)
+    neg = np.bincount(inverse, minlength=ids.size) - pos
+    n = int(min(max(n, 0), y.size))
+    quota_pos = int(round(n * pos.sum() / max(y.size, 1)))
+    left = np.array([quota_pos, n - quota_pos])
+    order = rng.permutation(ids.size)
+    taken = np.zeros(ids.size, dtype=bool)
+    for _ in range(CARVE_PASSES):  # each pass takes the longest fitting prefix of the groups that fit at all
+        cand = order[~taken[order] & (pos[order] <= left[0]) & (neg[order] <= left[1])]
+        if cand.size == 0:
+            break
+        fits = (np.cumsum(pos[cand]) <= left[0]) & (np.cumsum(neg[cand]) <= left[1])
+        k = fits.size if fits.all() else int(np.argmin(fits))  # >= 1: the first candidate fits on its own
+        taken[cand[:k]] = True
+        left -= np.array([pos[cand[:k]].sum(), neg[cand[:k]].sum()])
+    mask = taken[inverse]
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def shared_rows(splits: dict[str, PairedSplit]) -> dict[str, float]:
+    """For each split but train: the share of its distinct input rows that also occur in the training pairs."""
+    if "train" not in splits or not all(isinstance(x, np.ndarray) for s in splits.values() for x in (s.x1, s.x2)):
+        return {}
+    names = list(splits)
+    ids = _row_ids([x for name in names for x in (splits[name].x1, splits[name].x2)])
+    per_split = {name: np.unique(np.concatenate(ids[2 * i:2 * i + 2])) for i, name in enumerate(names)}
+    train = per_split["train"]
+    return {name: round(float(np.isin(rows, train).mean()), 4) if rows.size else 0.0
+            for name, rows in per_split.items() if name != "train"}
 
 
 def _count(fraction: float, total: int) -> int:

@@ -8,7 +8,9 @@ demand, so a folder can be larger than memory.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, Union, runtime_checkable
 
 import numpy as np
@@ -92,6 +94,39 @@ class PairedSplit:
 
 Split = Union[LabeledSplit, PairedSplit]
 
+# Evaluation tuples are balanced whatever pairs.positive_fraction says: accuracy at a threshold rewards the
+# majority label, so with pairs drawn at the training fraction one fixed embedding's pair accuracy followed
+# positive_fraction (its AUC did not), and a sweep over that parameter rewarded imbalance.
+EVAL_POSITIVE_FRACTION = 0.5
+RETRIEVAL_SAMPLES = 2000  # samples of a split ranked for precision_at_1 / recall_at_5
+EVAL_SCHEME = 1           # bump whenever the way evaluation tuples are drawn changes (it is fingerprinted)
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """Everything besides the split itself that decides the fixed validation and test tuples.
+
+    Evaluation tuples are a function of the data split and of these fields only — never of a training
+    setting (``pairs.positive_fraction``, ``pairs_per_epoch``, the loss, the batch size, ...): balanced pairs,
+    drawn from their own random streams, seeded by the split's seed (`SplitParams.seed`, i.e. the config's
+    ``seed``: a different seed is a different split as well as different pairs). `fingerprint` names them.
+    """
+
+    val_pairs: int
+    test_pairs: int
+    seed: int
+    positive_fraction: float = EVAL_POSITIVE_FRACTION
+    retrieval_samples: int = RETRIEVAL_SAMPLES
+    scheme: int = EVAL_SCHEME
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def fingerprint(self, data_fingerprint: str) -> str:
+        """sha256 of the data fingerprint (content and split) and this spec: equal <=> the same eval tuples."""
+        return hashlib.sha256(json.dumps({"data": data_fingerprint, **self.to_dict()}, sort_keys=True).encode()
+                              ).hexdigest()
+
 
 @dataclass(frozen=True)
 class DataInfo:
@@ -108,14 +143,30 @@ class DataInfo:
     split: Literal["sample", "class"]
     fingerprint: str                             # sha256 of content + split parameters
     sizes: dict[str, int] = field(default_factory=dict)
-    class_names: tuple[str, ...] | None = None
+    class_names: tuple[str, ...] | None = None   # by class index (labels are 0..C-1 after loading)
+    class_ids: tuple[int, ...] | None = None     # the source's own id of each class index (None: pre-paired)
     vocab_size: int | None = None                # tokens: max id + 1
     mean: float | None = None                    # training-split statistics (for standardize)
     std: float | None = None
+    classes_per_split: dict[str, int] = field(default_factory=dict)  # labelled data: classes in each split
+    shared_rows: dict[str, float] = field(default_factory=dict)  # pre-paired: share of val/test inputs in train
+    evaluation: EvalSpec | None = None           # what decides the val/test tuples (set for a run's config)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return self.input_shapes[0]
+
+    @property
+    def eval_fingerprint(self) -> str | None:
+        """Names the data split *and* its validation/test tuples: models with equal eval fingerprints were scored
+        on the same pairs, so their recorded val_*/test metrics compare (None until `evaluation` is set)."""
+        return None if self.evaluation is None else self.evaluation.fingerprint(self.fingerprint)
+
+    @property
+    def fractions(self) -> dict[str, float]:
+        """The achieved share of all samples (pairs, for pre-paired data) in each split."""
+        total = sum(self.sizes.values())
+        return {k: round(n / total, 4) for k, n in self.sizes.items()} if total else {}
 
     @property
     def two_tower(self) -> bool:
@@ -127,7 +178,13 @@ class DataInfo:
             "input_shapes": [list(s) for s in self.input_shapes], "dtype": self.dtype,
             "value_range": list(self.value_range), "num_classes": self.num_classes,
             "paired": self.paired, "split": self.split, "fingerprint": self.fingerprint,
-            "sizes": dict(self.sizes), "vocab_size": self.vocab_size,
+            "sizes": dict(self.sizes), "fractions": self.fractions, "classes_per_split": dict(self.classes_per_split),
+            "shared_rows": dict(self.shared_rows),
+            "vocab_size": self.vocab_size,
+            "class_ids": None if self.class_ids is None else list(self.class_ids),
+            "class_names": None if self.class_names is None else list(self.class_names),
+            "evaluation": None if self.evaluation is None else self.evaluation.to_dict(),
+            "eval_fingerprint": self.eval_fingerprint,
         }
 
 
@@ -161,6 +218,7 @@ class RawLabeled:
     y_test: np.ndarray | None = None
     value_range: tuple[float, float] | None = None
     class_names: tuple[str, ...] | None = None
+    class_ids: tuple[int, ...] = ()   # the source's own class ids, set when labels are made dense (0..C-1)
 
 
 @dataclass

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..data.pairs import STREAM_PROBE, PairSampler, PairShuffler, TripletSampler
-from ..data.types import DataInfo, DatasetSplits, PairedSplit, Split, materialize
+from ..data.types import EVAL_POSITIVE_FRACTION, DataInfo, DatasetSplits, PairedSplit, Split, materialize
 from ..errors import TrainingFailed
 from ..findings import SEVERITY_ORDER, Finding, FindingBus
 from ..losses import PerSampleLoss
@@ -39,13 +39,19 @@ log = logging.getLogger(__name__)
 # --- thresholds, calibrated on healthy runs (digits: conv/mlp/triplet/bce/cosine/l2/sgd, 4 epochs;
 # Fashion-MNIST default conv, 3 epochs) and on real failures (positives-only pairs, a hinge with the wrong
 # sign, softmax over one unit, lr=10 killing every ReLU):
-# * norm collapse: healthy runs keep embedding_norm_mean >= 0.57 x its best epoch (sgd lr=10 shrank 3.9 -> 2.2);
-#   collapsing runs fell to 0.016-0.023 x within 5 epochs, dead networks to exactly 0. Flag below 0.02 x.
+# * norm collapse, read from raw_embedding_norm_mean (the norm before unit normalisation): healthy runs
+#   without l2_normalize keep >= 0.57 x its best epoch (sgd lr=10 shrank 3.9 -> 2.2); collapsing runs fell to
+#   0.016-0.023 x within 5 epochs, dead networks to exactly 0. With l2_normalize, healthy runs kept >= 0.69 x
+#   (digits, 4-5 epochs, a ReLU-output user encoder at Adam 0.001-10 and SGD 5-10). Flag below 0.02 x.
+#   (Collapse under l2_normalize is one of directions, not of norms: positives-only pairs on digits drove
+#   embedding_spread to 0.03-0.07 in 4-6 epochs, healthy runs kept >= 0.24, while the raw norm *grew* —
+#   a scale-invariant loss has no gradient along the embedding. Reported, not yet a rule.)
 NORM_DROP = 0.02
 NORM_ZERO = 1e-6
-# * point collapse: relative spread = val_distance_std / embedding scale (norm; norm^2 for sqeuclidean;
-#   1 for cosine). Healthy minimum seen: 0.016 (BatchNorm conv on digits, early epochs) and 0.0043 (cosine);
-#   softmax-over-one-unit and dead networks give exactly 0. Flag below 1e-4, or below 1e-3 after a 50x drop.
+# * point collapse: relative spread = val_distance_std / embedding scale (1 for unit-length embeddings and for
+#   cosine; else the raw norm, its square for sqeuclidean). Healthy minimum seen: 0.016 (BatchNorm conv on
+#   digits, early epochs) and 0.0043 (cosine); softmax-over-one-unit and dead networks give exactly 0. Flag
+#   below 1e-4, or below 1e-3 after a 50x drop.
 SPREAD_FLOOR = 1e-4
 SPREAD_LOW, SPREAD_DROP = 1e-3, 0.02
 # * constant output: healthy val_score_std >= 0.008 (BCE, first epoch); constant models give 0.0.
@@ -59,10 +65,11 @@ def _f(row: dict[str, float], key: str) -> float:
     return float(v) if v is not None else float("nan")
 
 
-def _scale(row: dict[str, float], distance: str) -> float:
-    norm = _f(row, "embedding_norm_mean")
-    if distance == "cosine":
+def _scale(row: dict[str, float], distance: str, l2_normalize: bool) -> float:
+    """The size of the embeddings the distances are measured between."""
+    if distance == "cosine" or l2_normalize:
         return 1.0
+    norm = _f(row, "raw_embedding_norm_mean")  # the embedding's own norm without unit normalisation
     return norm * norm if distance == "sqeuclidean" else norm
 
 
@@ -71,24 +78,26 @@ def epoch_findings(history: list[dict[str, float]], *, distance: str, l2_normali
     """Findings from the per-epoch validation metrics so far (the last row is the current epoch)."""
     row, epoch = history[-1], len(history) - 1
     out: list[Finding] = []
-    auc, norm = _f(row, "val_roc_auc"), _f(row, "embedding_norm_mean")
-    norms = [_f(r, "embedding_norm_mean") for r in history if math.isfinite(_f(r, "embedding_norm_mean"))]
+    auc, norm = _f(row, "val_roc_auc"), _f(row, "raw_embedding_norm_mean")
+    norms = [_f(r, "raw_embedding_norm_mean") for r in history if math.isfinite(_f(r, "raw_embedding_norm_mean"))]
     spreads = []
     for r in history:
-        s = _scale(r, distance)
+        s = _scale(r, distance, l2_normalize)
         spreads.append(_f(r, "val_distance_std") / s if s > 0 else 0.0)
     spread, best_spread = spreads[-1], max((s for s in spreads if math.isfinite(s)), default=float("nan"))
-    ev = {"epoch": epoch, "embedding_norm_mean": norm, "max_embedding_norm_mean": max(norms, default=float("nan")),
-          "relative_distance_spread": spread, "best_relative_distance_spread": best_spread,
-          "val_distance_std": _f(row, "val_distance_std"), "val_loss": _f(row, "val_loss"), "val_roc_auc": auc}
+    ev = {"epoch": epoch, "raw_embedding_norm_mean": norm,
+          "max_raw_embedding_norm_mean": max(norms, default=float("nan")),
+          "embedding_spread": _f(row, "embedding_spread"), "relative_distance_spread": spread,
+          "best_relative_distance_spread": best_spread, "val_distance_std": _f(row, "val_distance_std"),
+          "val_loss": _f(row, "val_loss"), "val_roc_auc": auc}
     ev = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in ev.items()}
 
-    zero = (not l2_normalize and math.isfinite(norm) and
-            (norm < NORM_ZERO or (len(norms) >= 2 and norm < NORM_DROP * max(norms))))
+    zero = math.isfinite(norm) and (norm < NORM_ZERO or (len(norms) >= 2 and norm < NORM_DROP * max(norms)))
     point = math.isfinite(spread) and (spread < SPREAD_FLOOR or
                                        (spread < SPREAD_LOW and spread < SPREAD_DROP * best_spread))
     if zero or point:
-        what = (f"embeddings shrank to near-zero vectors (mean norm {norm:.3g}, best {max(norms):.3g})" if zero else
+        what = (f"embeddings shrank to near-zero vectors (mean norm before normalisation {norm:.3g}, best "
+                f"{max(norms):.3g})" if zero else
                 f"embeddings collapsed to one point (distance spread {spread:.2g} of the embedding scale, best "
                 f"{best_spread:.2g})")
         out.append(C.finding(C.COLLAPSE, f"{what} at epoch {epoch}; val_loss {_f(row, 'val_loss'):.4g}",
@@ -210,14 +219,14 @@ PREFLIGHT_TUPLES = 64
 
 def probe_tuples(config: TrainConfig, split: Split, *, n: int = PREFLIGHT_TUPLES
                  ) -> tuple[list[np.ndarray], np.ndarray]:
-    """`n` tuples from `split` as model inputs (a fixed stream, independent of the training pairs)."""
+    """`n` tuples from `split` as model inputs (a fixed stream, balanced, independent of the training pairs)."""
     if isinstance(split, PairedSplit):
         t = PairShuffler(split.y, seed=config.seed, pairs_per_epoch=min(n, len(split)), stream=STREAM_PROBE).epoch(0)
         return [materialize(split.x1, t.indices[:, 0]), materialize(split.x2, t.indices[:, 1])], t.targets
     if config.loss.is_triplet:
         t = TripletSampler(split.y, seed=config.seed, triplets_per_epoch=n, stream=STREAM_PROBE).epoch(0)
     else:
-        t = PairSampler(split.y, seed=config.seed, pairs_per_epoch=n, positive_fraction=config.pairs.positive_fraction,
+        t = PairSampler(split.y, seed=config.seed, pairs_per_epoch=n, positive_fraction=EVAL_POSITIVE_FRACTION,
                         stream=STREAM_PROBE, source="validation split").epoch(0)
     return [materialize(split.x, t.indices[:, k]) for k in range(t.arity)], t.targets
 

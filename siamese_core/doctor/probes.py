@@ -99,7 +99,8 @@ def overfit_probe(config: TrainConfig, data: DatasetSplits) -> tuple[list[Findin
     info: dict[str, Any] = {"tuples": len(y), "batch_size": OVERFIT_BATCH, "optimizer": f"adam({OVERFIT_LR})",
                             "initial_loss": round(initial, 6)}
     findings: list[Finding] = []
-    while steps < OVERFIT_MAX_STEPS:
+    already = initial == 0.0  # every hinge satisfied before the first step: nothing to fit, no gradient to follow
+    while steps < OVERFIT_MAX_STEPS and not already:
         values = []
         for xb, yb in batches:
             values.append(float(step_fn(xb, yb)))
@@ -123,7 +124,7 @@ def overfit_probe(config: TrainConfig, data: DatasetSplits) -> tuple[list[Findin
                  "score_spread_initial": round(spread0, 6),
                  "score_spread_final": round(score_spread(models, pred_inf), 6),
                  "seconds": round(time.perf_counter() - t0, 2)})
-    fitted = (initial > 0 and last <= OVERFIT_TARGET_RATIO * initial) or max(sep) >= OVERFIT_FIT_AUC
+    fitted = already or (initial > 0 and last <= OVERFIT_TARGET_RATIO * initial) or max(sep) >= OVERFIT_FIT_AUC
     what = "AUC" if models.arity == 2 else "triplet accuracy"
     if max(sep) < INVERTED_AUC:
         findings.append(C.finding(C.LABEL_INVERTED, f"fitting {len(y)} training tuples drove their {what} to "
@@ -257,7 +258,8 @@ def short_run(config: TrainConfig, data: DatasetSplits) -> tuple[list[Finding], 
     try:
         result = train(cfg, data=data, callbacks=[collector])
         info["history"] = [{k: round(v, 4) for k, v in row.items() if k in ("epoch", "loss", "val_roc_auc",
-                                                                               "embedding_norm_mean")}
+                                                                               "raw_embedding_norm_mean",
+                                                                               "embedding_spread")}
                            for row in result.history]
     except TrainingFailed as exc:
         info["stopped"] = f"{exc.code} at epoch {exc.epoch}"

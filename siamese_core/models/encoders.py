@@ -22,6 +22,7 @@ from .preprocessing import preprocess
 # steps, so short runs and early epochs were validated with a different network than the one trained
 # (val_loss 0.42 vs loss 0.24 after 40 steps on digits); 0.9 (PyTorch's default) tracks within ~20 steps.
 BN_MOMENTUM = 0.9
+L2_LAYER = "l2_normalize"  # the unit normalisation at the end of an encoder (its input is the raw embedding)
 
 
 def conv_body(x: Any, cfg: EncoderConfig, info: DataInfo) -> Any:
@@ -114,5 +115,5 @@ def build_encoder(info: DataInfo, cfg: EncoderConfig, pre: PreprocessingConfig, 
             x = keras.layers.Dropout(cfg.dropout, name="dropout")(x)
         x = keras.layers.Dense(cfg.embedding_dim, name="embedding")(x)
     if cfg.l2_normalize:
-        x = keras.layers.UnitNormalization(name="l2_normalize")(x)
+        x = keras.layers.UnitNormalization(name=L2_LAYER)(x)
     return keras.Model(inputs, x, name=name)

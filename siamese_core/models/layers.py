@@ -38,14 +38,17 @@ class PairDistance(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class SimilarityHead(keras.layers.Layer):
-    """Learned same-probability from two embeddings: ``sigmoid(w·|a-b| + c) -> [B]``.
+    """Learned same-logit from two embeddings: ``w·|a-b| + c -> [B]`` (with ``logits=False``, its sigmoid).
 
-    Used with binary cross-entropy; higher means more similar.
+    Used with binary cross-entropy, which trains on the logit; the scorer and the exported model apply a
+    sigmoid after it. Higher means more similar. ``logits=False`` is the default so that models saved when
+    the head ended in a sigmoid reload unchanged.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, logits: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.dense = keras.layers.Dense(1, activation="sigmoid", name="logit")
+        self.logits = bool(logits)
+        self.dense = keras.layers.Dense(1, activation=None if self.logits else "sigmoid", name="logit")
 
     def build(self, input_shape: Any) -> None:
         self.dense.build(input_shape[0])
@@ -57,6 +60,9 @@ class SimilarityHead(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape: Any) -> tuple[Any, ...]:
         return (input_shape[0][0],)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "logits": self.logits}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -4,7 +4,7 @@ The training model is a plain functional Keras model, so ``fit``, a custom
 ``GradientTape`` loop and ``keras.models.load_model`` (safe mode) all work on
 it unchanged:
 
-* pair losses:    ``[left, right] -> score [B]`` (a distance; a same-probability for ``bce``)
+* pair losses:    ``[left, right] -> [B]`` (a distance; for ``bce`` the same-logit, scored as its sigmoid)
 * triplet losses: ``[anchor, positive, negative] -> embeddings [B, 3, D]``
 
 `SiameseModels.export` builds the model users load: two inputs ->
@@ -24,7 +24,7 @@ from ..config import TrainConfig
 from ..data.types import DataInfo
 from ..losses import score_is_similarity
 from ..registry import OPTIMIZERS
-from .encoders import build_encoder
+from .encoders import L2_LAYER, build_encoder
 from .layers import DistanceToSimilarity, PairDistance, SimilarityHead, StackEmbeddings, ThresholdDecision
 
 PAIR_INPUTS = ("left", "right")
@@ -37,10 +37,13 @@ class SiameseModels:
 
     training: keras.Model
     encoders: tuple[keras.Model, ...]         # one shared tower, or two (two-tower)
-    scorer: keras.Model                       # (emb_a, emb_b) -> score [B]
+    scorer: keras.Model                       # (emb_a, emb_b) -> native score [B]: a distance or a probability
     distance: str
     higher_is_same: bool
     arity: int                                # 2 = pairs, 3 = triplets
+    pair_head: keras.Model | None = None      # (emb_a, emb_b) -> what a pair loss trains on (None: the scorer)
+    # per encoder, inference only: input -> [embedding, encoder output before unit normalisation]
+    with_raw: tuple[keras.Model, ...] = ()
 
     def encoder_for(self, side: int) -> keras.Model:
         return self.encoders[min(side, len(self.encoders) - 1)]
@@ -56,11 +59,36 @@ class SiameseModels:
         out = [np.asarray(enc.predict_on_batch(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, enc.output.shape[-1]), np.float32)
 
+    def embed_with_raw_norms(self, x: np.ndarray, *, side: int = 0,
+                             batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings and the L2 norm of each before unit normalisation, in one inference pass.
+
+        With ``encoder.l2_normalize`` every embedding has norm 1, so the norm that can shrink (collapse) or grow
+        is the one of the encoder output the normalisation divides by.
+        """
+        model = self.with_raw[min(side, len(self.with_raw) - 1)]
+        emb, raw = [], []
+        for i in range(0, len(x), batch_size):
+            e, r = model.predict_on_batch(x[i:i + batch_size])
+            emb.append(np.asarray(e))
+            raw.append(np.linalg.norm(np.asarray(r, dtype=np.float64), axis=-1))
+        if not emb:
+            return np.zeros((0, model.output[0].shape[-1]), np.float32), np.zeros((0,))
+        return np.concatenate(emb), np.concatenate(raw)
+
     def score(self, emb_a: np.ndarray, emb_b: np.ndarray, *, batch_size: int = 4096) -> np.ndarray:
         """The model's native pair score (a distance, or a same-probability) from two embedding arrays."""
-        out = [np.asarray(self.scorer([emb_a[i:i + batch_size], emb_b[i:i + batch_size]], training=False))
-               for i in range(0, len(emb_a), batch_size)]
-        return np.concatenate(out).reshape(-1) if out else np.zeros((0,), np.float32)
+        return _pairwise_apply(self.scorer, emb_a, emb_b, batch_size)
+
+    def pair_output(self, emb_a: np.ndarray, emb_b: np.ndarray, scores: np.ndarray | None = None, *,
+                    batch_size: int = 4096) -> np.ndarray:
+        """What the pair loss receives for two embedding arrays: the distance, or the logit for ``bce``.
+
+        `scores` (from `score`) is returned as is when the loss trains on the native score itself.
+        """
+        if self.pair_head is None:
+            return scores if scores is not None else self.score(emb_a, emb_b, batch_size=batch_size)
+        return _pairwise_apply(self.pair_head, emb_a, emb_b, batch_size)
 
     def export(self, threshold: float, *, name: str = "siamese") -> keras.Model:
         """The deployable model: two raw inputs -> distance, similarity score, same/different."""
@@ -77,6 +105,12 @@ class SiameseModels:
         return keras.Model(inputs, outputs, name=name)
 
 
+def _pairwise_apply(model: keras.Model, emb_a: np.ndarray, emb_b: np.ndarray, batch_size: int) -> np.ndarray:
+    out = [np.asarray(model([emb_a[i:i + batch_size], emb_b[i:i + batch_size]], training=False))
+           for i in range(0, len(emb_a), batch_size)]
+    return np.concatenate(out).reshape(-1) if out else np.zeros((0,), np.float32)
+
+
 def build_models(config: TrainConfig, info: DataInfo) -> SiameseModels:
     """Build the encoder(s), the scorer and the training model for `config` on `info`'s inputs."""
     seed = config.seed
@@ -91,9 +125,14 @@ def build_models(config: TrainConfig, info: DataInfo) -> SiameseModels:
 
     ea, eb = keras.Input((dim,), name="embedding_a"), keras.Input((dim,), name="embedding_b")
     similarity = score_is_similarity(config.loss)
-    score_layer = (SimilarityHead(name="similarity_head") if similarity
-                   else PairDistance(config.distance, name="distance"))
-    scorer = keras.Model([ea, eb], score_layer([ea, eb]), name="scorer")
+    pair_head = None
+    if similarity:  # BCE trains on the logit; the scorer (and the exported model) report its sigmoid
+        logit = SimilarityHead(logits=True, name="similarity_head")([ea, eb])
+        pair_head = keras.Model([ea, eb], logit, name="pair_head")
+        scorer = keras.Model([ea, eb], keras.layers.Activation("sigmoid", name="same_probability")(logit),
+                             name="scorer")
+    else:
+        scorer = keras.Model([ea, eb], PairDistance(config.distance, name="distance")([ea, eb]), name="scorer")
 
     arity = 3 if config.loss.is_triplet else 2
     names = TRIPLET_INPUTS if arity == 3 else PAIR_INPUTS
@@ -104,9 +143,20 @@ def build_models(config: TrainConfig, info: DataInfo) -> SiameseModels:
     if arity == 3:
         output = StackEmbeddings(name="stacked_embeddings")(embeddings)
     else:
-        output = scorer(embeddings)
+        output = (pair_head or scorer)(embeddings)
     training = keras.Model(inputs, output, name="siamese_training")
-    return SiameseModels(training, encoders, scorer, config.distance, similarity, arity)
+    return SiameseModels(training, encoders, scorer, config.distance, similarity, arity, pair_head,
+                         tuple(_with_raw_output(e) for e in encoders))
+
+
+def _with_raw_output(encoder: keras.Model) -> keras.Model:
+    """``input -> [embedding, encoder output before unit normalisation]``: the same layers (shared weights),
+    the input of `build_encoder`'s ``l2_normalize`` layer as a second output (the embedding itself without it)."""
+    try:
+        raw = encoder.get_layer(L2_LAYER).input
+    except ValueError:  # no unit normalisation: the embedding is the raw output
+        raw = encoder.output
+    return keras.Model(encoder.inputs, [encoder.output, raw], name=f"{encoder.name}_with_raw")
 
 
 def build_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:

@@ -39,14 +39,16 @@ def test_every_monitor_has_a_direction_and_is_a_history_key():
         assert key in metrics.HISTORY_KEYS and metrics.direction(key) in ("min", "max")
 
 
-@pytest.mark.parametrize("key", ["val_threshold", "embedding_norm_mean", "learning_rate", "val_score_std"])
+@pytest.mark.parametrize("key", ["val_threshold", "raw_embedding_norm_mean", "embedding_spread", "learning_rate",
+                                 "val_score_std"])
 def test_readings_have_no_direction(key):
     assert key in metrics.HISTORY_KEYS
     with pytest.raises(ValueError, match="no better direction"):
         metrics.direction(key)
 
 
-@pytest.mark.parametrize("key", ["val_acc", "val_embedding_norm_mean", "val_learning_rate", "auc"])
+@pytest.mark.parametrize("key", ["val_acc", "val_raw_embedding_norm_mean", "embedding_norm_mean", "val_learning_rate",
+                                 "auc"])
 def test_unknown_keys_are_refused(key):
     with pytest.raises(ValueError, match="Expected a metric"):
         metrics.lookup(key)

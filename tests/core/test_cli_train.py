@@ -49,7 +49,7 @@ def test_train_json_contract(tmp_path):
     assert {"history", "test", "threshold", "config"} <= set(s)
     assert len(s["history"]) == 2
     for row in s["history"]:
-        assert {"loss", "val_loss", "val_pair_accuracy", "val_roc_auc", "embedding_norm_mean"} <= set(row)
+        assert {"loss", "val_loss", "val_pair_accuracy", "val_roc_auc", "raw_embedding_norm_mean"} <= set(row)
     assert {"pair_accuracy", "roc_auc", "eer"} <= set(s["test"])
     assert isinstance(s["threshold"], float)
     # the fully resolved config: file, then --set (later wins), then defaults for the rest

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from siamese_core.config import TrainConfig
 from siamese_core.data import sources
@@ -78,6 +80,18 @@ def test_class_split_holds_out_disjoint_classes():
     assert d.info.split == "class" and sum(d.info.sizes.values()) == 1797
 
 
+def test_class_split_records_the_classes_and_achieved_sample_share_of_each_split():
+    """Issue 12.10: with split: class the fractions count classes (10 classes -> 2 test classes), so DataInfo
+    records what a run actually got: samples, their share, and classes per split."""
+    d = load_dataset(cfg(name="digits", split="class"))
+    assert d.info.classes_per_split == {"train": 6, "val": 2, "test": 2}
+    assert d.info.fractions == {k: round(n / 1797, 4) for k, n in d.info.sizes.items()}
+    summary = d.info.to_dict()
+    assert summary["classes_per_split"] == {"train": 6, "val": 2, "test": 2}
+    assert summary["fractions"] == d.info.fractions and summary["sizes"] == d.info.sizes
+    assert load_dataset(cfg(name="digits")).info.classes_per_split == {"train": 10, "val": 10, "test": 10}
+
+
 def test_class_split_needs_enough_classes(tmp_path):
     x, y = images_and_labels(n=50, classes=5)
     path = write_npz(tmp_path / "d.npz", x=x, y=y)
@@ -97,6 +111,24 @@ def test_fingerprint_depends_on_split_parameters_and_data(tmp_path):
     fp2 = load_dataset(cfg(name="npz", path=str(write_npz(tmp_path / "b.npz", x=x2, y=y)))).info.fingerprint
     fp3 = load_dataset(cfg(name="npz", path=str(write_npz(tmp_path / "c.npz", x=x, y=y)))).info.fingerprint
     assert fp1 != fp2 and fp1 == fp3 and len(fp1) == 64
+
+
+def test_class_ids_become_0_to_c_minus_1_at_load_and_are_kept_for_display(tmp_path):
+    """Issue 12.4: samplers and float32 triplet targets only ever see dense ids."""
+    x, y = images_and_labels(n=60, classes=3)
+    ids = np.array([100_000_007, 5, -3])  # class k of `y` has the user's id ids[k]
+    d = load_dataset(cfg(name="npz", path=str(write_npz(tmp_path / "ids.npz", x=x, y=ids[y]))))
+    ref = load_dataset(cfg(name="npz", path=str(write_npz(tmp_path / "ref.npz", x=x, y=2 - y))))  # sorted ids
+    assert d.info.class_ids == (-3, 5, 100_000_007) and d.info.num_classes == 3
+    assert ref.info.class_ids == (0, 1, 2)
+    for name, split in d.splits().items():
+        np.testing.assert_array_equal(split.y, ref.splits()[name].y)
+        np.testing.assert_array_equal(split.x, ref.splits()[name].x)
+        assert split.y.dtype == np.int64
+    assert d.info.fingerprint != ref.info.fingerprint  # the user's ids are part of the data
+    assert d.info.to_dict()["class_ids"] == [-3, 5, 100_000_007]
+    digits = load_dataset(cfg(name="digits")).info
+    assert digits.class_ids == tuple(range(10)) and digits.class_names == tuple(str(i) for i in range(10))
 
 
 def test_max_samples_subsample_is_stratified_and_deterministic():
@@ -262,6 +294,73 @@ def test_pairs_npz_two_tower_tokens(tmp_path):
     for split in d.splits().values():
         assert 0 < split.y.mean() < 1
         assert split.x1.shape[0] == split.x2.shape[0] == split.y.shape[0]
+
+
+def _digit_pairs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`n` pairs of sklearn digits, half same-class, partners drawn with replacement (images recur)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x, y = d.images.astype(np.uint8), d.target
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, len(y), n)
+    same = rng.random(n) < 0.5
+    b = np.array([rng.choice(np.flatnonzero((y == y[i]) if s else (y != y[i]))) for i, s in zip(a, same)])
+    return x[a], x[b], same.astype(np.int64)
+
+
+def _rows(*arrays: np.ndarray) -> set[bytes]:
+    return {row.tobytes() for a in arrays for row in a.reshape(len(a), -1)}
+
+
+def test_pairs_npz_split_keeps_every_image_in_one_split(tmp_path):
+    """Issue 12.5: pairs were split by pair, so most test images also sat in training pairs."""
+    x1, x2, y = _digit_pairs(800)
+    d = load_dataset(cfg(name="pairs_npz", path=str(write_npz(tmp_path / "p.npz", x1=x1, x2=x2, y=y))))
+    train, val, test = (_rows(s.x1, s.x2) for s in (d.train, d.val, d.test))
+    assert not train & test and not train & val and not val & test
+    assert d.info.shared_rows == {"val": 0.0, "test": 0.0}
+    assert sum(d.info.sizes.values()) == 800  # whole groups moved, no pair dropped
+    assert abs(d.info.fractions["test"] - 0.2) < 0.02 and abs(d.info.fractions["val"] - 0.1) < 0.02
+    for split in d.splits().values():
+        assert 0.3 < split.y.mean() < 0.7  # both labels, roughly balanced
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 60), st.integers(1, 25), st.integers(0, 10_000))
+def test_pair_groups_are_the_connected_components_of_shared_rows(n_pairs, n_rows, seed):
+    from siamese_core.data.splits import carve_groups, pair_groups
+
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, 3, (n_rows, 2)).astype(np.uint8)  # duplicates among the rows too
+    a, b = rng.integers(0, n_rows, n_pairs), rng.integers(0, n_rows, n_pairs)
+    parent = {}  # reference: union-find over row contents
+
+    def find(k):
+        while parent.setdefault(k, k) != k:
+            k = parent[k]
+        return k
+    for i, j in zip(a, b):
+        parent[find(rows[i].tobytes())] = find(rows[j].tobytes())
+    expected = np.array([find(rows[i].tobytes()) for i in a])
+    groups = pair_groups(rows[a], rows[b])
+    if groups is None:
+        assert len(set(expected)) == n_pairs
+    else:
+        same = groups[:, None] == groups[None, :]
+        np.testing.assert_array_equal(same, expected[:, None] == expected[None, :])
+        y = rng.integers(0, 2, n_pairs)
+        rest, taken = carve_groups(groups, y, n_pairs // 4, rng=rng)
+        assert not set(groups[rest]) & set(groups[taken]) and rest.size + taken.size == n_pairs
+        assert taken.size <= n_pairs // 4 + 1
+
+
+def test_pairs_npz_that_cannot_be_split_without_sharing_images_are_refused(tmp_path):
+    """5,000 pairs over 1,797 images are one connected group: refused, with the leak a split by pair makes."""
+    x1, x2, y = _digit_pairs(5000)
+    with pytest.raises(DataError, match=r"largest holds 5000 of 5000 pairs.*% of the test inputs into training") as e:
+        load_dataset(cfg(name="pairs_npz", path=str(write_npz(tmp_path / "p.npz", x1=x1, x2=x2, y=y))))
+    assert "x1_test" in str(e.value) and "'npz'" in str(e.value)
 
 
 def test_pairs_npz_label_problems(tmp_path):

@@ -106,13 +106,16 @@ def test_bce_matches_sklearn_log_loss():
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 200).astype(np.float32)
     p = rng.uniform(0.01, 0.99, 200).astype(np.float32)
-    got = np_(binary_crossentropy_loss(y, p))
+    logit = np.log(p / (1 - p)).astype(np.float32)  # the loss takes the similarity head's logit
+    got = np_(binary_crossentropy_loss(y, logit))
     assert got.shape == (200,)
     assert got.mean() == pytest.approx(log_loss(y, p), rel=1e-4)
-    # label 1 = same: a high same-probability is cheap for a same pair, expensive for a different one
-    lo, hi = np_(binary_crossentropy_loss(np.float32([SAME, DIFFERENT]), np.float32([0.9, 0.9])))
+    # label 1 = same: a high same-logit is cheap for a same pair, expensive for a different one
+    lo, hi = np_(binary_crossentropy_loss(np.float32([SAME, DIFFERENT]), np.float32([2.2, 2.2])))
     assert lo < hi
-    assert np.isfinite(np_(binary_crossentropy_loss(np.float32([1, 0]), np.float32([0.0, 1.0])))).all()
+    # confidently wrong pairs: finite, and as large as the logit (a clipped probability capped them at 16.1)
+    wrong = np_(binary_crossentropy_loss(np.float32([1, 0]), np.float32([-100.0, 100.0])))
+    np.testing.assert_allclose(wrong, [100.0, 100.0], rtol=1e-6)
 
 
 # ------------------------------------------------------------------ triplets

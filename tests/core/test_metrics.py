@@ -120,14 +120,19 @@ def test_verification_metrics_uses_given_threshold():
     assert calibrated["roc_auc"] == fixed["roc_auc"]
 
 
-def test_embedding_norms_and_distance_gap():
+def test_embedding_stats_and_distance_gap():
     rng = np.random.default_rng(0)
-    e = rng.normal(size=(50, 8))
-    norms = np.sqrt((e ** 2).sum(1))
-    got = m.embedding_norms(e)
-    assert got == pytest.approx({"embedding_norm_mean": norms.mean(), "embedding_norm_std": norms.std(),
-                                 "embedding_norm_min": norms.min()})
-    assert all(math.isnan(v) for v in m.embedding_norms(np.zeros((0, 8))).values())
+    raw = rng.normal(size=(50, 8))
+    norms = np.sqrt((raw ** 2).sum(1))
+    unit = raw / norms[:, None]
+    got = m.embedding_stats(unit, norms)  # what an l2-normalised encoder gives: unit vectors and the raw norms
+    spread = np.sqrt(np.mean(np.sum((unit - unit.mean(0)) ** 2, axis=1)))  # RMS distance from the mean direction
+    assert got == pytest.approx({"raw_embedding_norm_mean": norms.mean(), "raw_embedding_norm_std": norms.std(),
+                                 "raw_embedding_norm_min": norms.min(), "embedding_spread": spread})
+    assert m.embedding_stats(raw, norms)["embedding_spread"] == pytest.approx(spread)  # directions, not lengths
+    assert m.embedding_stats(np.tile(unit[:1], (50, 1)), norms)["embedding_spread"] == pytest.approx(0.0, abs=1e-6)
+    assert m.embedding_stats(np.zeros((50, 8)), np.zeros(50))["embedding_spread"] == 0.0  # dead: no direction
+    assert all(math.isnan(v) for v in m.embedding_stats(np.zeros((0, 8)), np.zeros(0)).values())
     d = np.array([0.1, 0.3, 1.0, 2.0])
     gap = m.distance_gap(d, np.array([1, 1, 0, 0]))
     assert gap["pos_distance_mean"] == pytest.approx(0.2) and gap["neg_distance_mean"] == pytest.approx(1.5)
@@ -154,3 +159,28 @@ def test_retrieval_matches_brute_force(n, k, classes, seed):
     p1, rk = brute_retrieval(dm, labels, k)
     assert got["precision_at_1"] == pytest.approx(p1) and got[f"recall_at_{k}"] == pytest.approx(rk)
     assert np.isfinite(dm).all()  # the input matrix is not modified in place
+
+
+def test_retrieval_counts_exact_ties_fractionally_whatever_the_sample_order():
+    """Issue 12.10: ties were broken by sort order, so P@1 depended on the order of the samples."""
+    from siamese_core.models import distances
+
+    # 1-D points 0, 1, -1: for the query at 0 the other two are tied at distance 1, one of each class
+    emb, labels = np.array([[0.0], [1.0], [-1.0]]), np.array([0, 0, 1])
+    for order in ([0, 1, 2], [0, 2, 1], [2, 1, 0], [1, 0, 2]):
+        dm = np.asarray(distances.get("euclidean").pairwise(emb[order], emb[order]))
+        got = m.retrieval(dm, labels[order], k=1)
+        assert got["precision_at_1"] == pytest.approx((0.5 + 1.0 + 0.0) / 3), order
+    # a constant embedding (a collapsed model) scores the class prior, exactly
+    labels = np.repeat(np.arange(10), 20)
+    const = np.asarray(distances.get("euclidean").pairwise(np.ones((200, 4)), np.ones((200, 4))))
+    got = m.retrieval(const, labels, k=5)
+    assert got["precision_at_1"] == pytest.approx(19 / 199)
+    assert got["recall_at_5"] == pytest.approx(1 - math.comb(180, 5) / math.comb(199, 5))
+    # identical embeddings whose float64 distances differ by rounding still tie
+    rng = np.random.default_rng(0)
+    e = rng.normal(size=(5, 16))[np.repeat(np.arange(5), 8)]
+    labels = rng.permutation(np.repeat(np.arange(4), 10))
+    dm = np.asarray(distances.get("euclidean").pairwise(e, e))
+    flipped = m.retrieval(dm[::-1, ::-1], labels[::-1], k=5)
+    assert m.retrieval(dm, labels, k=5) == pytest.approx(flipped)

@@ -11,7 +11,7 @@ from siamese_core.data.types import DataInfo
 from siamese_core.errors import ConfigError
 from siamese_core.models import distances
 from siamese_core.models.encoders import build_encoder
-from siamese_core.models.layers import PairDistance, ThresholdDecision
+from siamese_core.models.layers import PairDistance, SimilarityHead, ThresholdDecision
 from siamese_core.models.siamese import build_models, build_optimizer
 
 
@@ -165,8 +165,12 @@ def test_pair_model_outputs_distance_and_triplet_model_stacks():
     t = build_models(cfg(loss={"type": "triplet"}), info())
     assert t.arity == 3 and tuple(t.training.output.shape) == (None, 3, 6)
     b = build_models(cfg(loss={"type": "bce"}), info())
-    p = np.asarray(b.training([x, x]))
+    logit = np.asarray(b.training([x, x[::-1]]))      # BCE trains on the head's logit ...
+    ea, eb = b.embed(x), b.embed(x[::-1])
+    p = b.score(ea, eb)                                # ... and scores its sigmoid, a same-probability
     assert b.higher_is_same and np.all((p > 0) & (p < 1))
+    np.testing.assert_allclose(p, 1 / (1 + np.exp(-logit)), rtol=1e-5)
+    np.testing.assert_allclose(b.pair_output(ea, eb), logit, rtol=1e-5, atol=1e-6)
 
 
 def test_two_tower_for_different_input_shapes():
@@ -199,6 +203,44 @@ def test_export_saves_and_reloads_in_safe_mode(tmp_path, loss, distance):
     expected = native >= 0.4321 if loss == "bce" else native <= 0.4321
     np.testing.assert_array_equal(np.asarray(after["same"]).astype(bool), expected)
     assert not any(isinstance(layer, keras.layers.Lambda) for layer in all_layers(loaded))
+
+
+def test_bce_keeps_the_gradient_of_a_confidently_wrong_pair(tmp_path):
+    """Issue 12.9: BCE on a clipped probability gave a confidently wrong pair exactly zero gradient; the loss now
+    takes the head's logit, and the exported model still outputs a probability score."""
+    import tensorflow as tf
+
+    from siamese_core import DIFFERENT
+    from siamese_core.losses import build_loss
+
+    config = cfg(loss={"type": "bce"})
+    models = build_models(config, info())
+    head = next(layer for layer in all_layers(models.scorer) if isinstance(layer, SimilarityHead))
+    head.dense.kernel.assign(np.zeros(head.dense.kernel.shape))
+    head.dense.bias.assign([30.0])                     # every pair scored "same" with p = sigmoid(30)
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 17, (4, 8, 8, 1)).astype(np.uint8) for _ in range(2))
+    loss = build_loss(config.loss, config.distance)
+    with tf.GradientTape() as tape:
+        value = loss(np.full(4, DIFFERENT, np.float32), models.training([a, b], training=True))
+    grad = float(tape.gradient(value, head.dense.bias)[0])
+    assert float(value) == pytest.approx(30.0, rel=1e-4) and grad == pytest.approx(1.0, rel=1e-4)
+    export = models.export(0.5)
+    np.testing.assert_allclose(np.asarray(export([a, b])["score"]), 1.0, rtol=1e-6)
+    export.save(tmp_path / "bce.keras")
+    loaded = siamese_core.load_model(str(tmp_path / "bce.keras"))
+    np.testing.assert_allclose(np.asarray(loaded([a, b])["score"]), 1.0, rtol=1e-6)
+
+
+def test_similarity_head_and_bce_saved_before_logits_reload_as_probabilities():
+    """Configs written before the head output logits have no `logits`/`from_logits` key: they keep the sigmoid."""
+    from siamese_core.losses import BinaryCrossentropy
+
+    old_head = SimilarityHead.from_config({"name": "similarity_head", "trainable": True, "dtype": "float32"})
+    assert not old_head.logits and old_head.dense.get_config()["activation"] == "sigmoid"
+    assert not BinaryCrossentropy.from_config({}).from_logits
+    new_head = SimilarityHead.from_config(SimilarityHead(logits=True, name="h").get_config())
+    assert new_head.logits and new_head.dense.get_config()["activation"] == "linear"
 
 
 def test_layer_configs_round_trip():

@@ -108,6 +108,16 @@ def test_triplets_correct_and_deterministic():
     assert (s.epoch(5).indices != t.indices).any()
 
 
+def test_triplet_targets_are_class_indices_exact_in_float32():
+    """Ids around 1e8 round to a few float32 values; targets carry each sample's class index instead."""
+    ids = 100_000_000 + LABELS
+    assert np.unique(ids.astype(np.float32)).size < 10  # what the raw ids would have become
+    t = TripletSampler(ids, seed=2, triplets_per_epoch=1500).epoch(4)
+    np.testing.assert_array_equal(t.indices, TripletSampler(LABELS, seed=2, triplets_per_epoch=1500).epoch(4).indices)
+    a, _, n = t.indices.T
+    np.testing.assert_array_equal(t.targets, np.stack([LABELS[a], LABELS[n]], 1).astype(np.float32))
+
+
 def test_pair_shuffler_permutes_prebuilt_pairs_each_epoch():
     y = (np.arange(100) % 3 == 0).astype(np.float32)
     s = PairShuffler(y, seed=0)

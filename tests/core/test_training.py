@@ -15,9 +15,9 @@ from siamese_core.errors import ConfigError
 from siamese_core.training import TrainResult, train
 
 SUMMARY_KEYS = {"config", "history", "test", "threshold", "higher_is_same", "dataset", "findings", "params", "seconds"}
-TEST_KEYS = {"loss", "pair_accuracy", "roc_auc", "eer", "threshold", "embedding_norm_mean", "embedding_norm_std",
-             "embedding_norm_min", "pos_distance_mean", "neg_distance_mean", "distance_gap", "precision_at_1",
-             "recall_at_5"}
+TEST_KEYS = {"loss", "pair_accuracy", "roc_auc", "eer", "threshold", "raw_embedding_norm_mean",
+             "raw_embedding_norm_std", "raw_embedding_norm_min", "embedding_spread", "pos_distance_mean",
+             "neg_distance_mean", "distance_gap", "precision_at_1", "recall_at_5"}
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +124,67 @@ def test_variants_train_and_report(digits_data, tiny_dict, overrides):
         assert r.models.training.output.shape[1] == 3
     if r.config.encoder.type.startswith("user_code"):
         assert r.encoder.output.shape[-1] == 6
+
+
+def test_evaluation_pairs_do_not_follow_the_training_positive_fraction(digits_data, make_tiny):
+    """Issue 12.1: val/test pairs were drawn with pairs.positive_fraction, so one fixed embedding's val pair
+    accuracy followed it and a sweep over it rewarded imbalance. They are now balanced and a function of the
+    split and pairs.val_pairs/test_pairs only, named by DataInfo.eval_fingerprint."""
+    from siamese_core.data.sources import load_dataset
+    from siamese_core.evaluation import EvalSet
+    from siamese_core.run import build_run
+
+    def config(**pairs):
+        return TrainConfig.from_dict(make_tiny(pairs={**make_tiny()["pairs"], **pairs}))
+
+    balanced, skewed = (build_run(config(positive_fraction=f), digits_data) for f in (0.5, 0.15))
+    assert skewed.plan.sampler.epoch(0).positive_fraction() == pytest.approx(0.15, abs=1e-3)  # training follows it
+    model = balanced.models  # one fixed model, scored by both runs' evaluators
+    val = [run.val.evaluate(model) for run in (balanced, skewed)]
+    test = [run.test.evaluate(model, threshold=v["threshold"]) for run, v in zip((balanced, skewed), val)]
+    for a, b in ((balanced.val, skewed.val), (balanced.test, skewed.test)):
+        np.testing.assert_array_equal(a.eval_set.pairs.indices, b.eval_set.pairs.indices)
+        np.testing.assert_array_equal(a.eval_set.pairs.targets, b.eval_set.pairs.targets)
+        assert a.eval_set.pairs.positive_fraction() == 0.5
+    assert val[0] == val[1] and test[0] == test[1]
+    fingerprint = balanced.data.info.eval_fingerprint
+    assert fingerprint is not None and skewed.data.info.eval_fingerprint == fingerprint
+    # what the pairs do depend on changes the fingerprint: their number and the split's seed
+    assert build_run(config(test_pairs=301), digits_data).data.info.eval_fingerprint != fingerprint
+    seed1 = TrainConfig.from_dict(make_tiny(seed=1))
+    assert build_run(seed1, load_dataset(seed1)).data.info.eval_fingerprint != fingerprint
+    # the recorded fingerprint travels with the result, and the pairs can be rebuilt from a fresh load
+    result = train(config(positive_fraction=0.15), data=digits_data)
+    assert result.eval_fingerprint == fingerprint == result.summary()["dataset"]["eval_fingerprint"]
+    assert result.summary()["dataset"]["evaluation"] == {"val_pairs": 300, "test_pairs": 300, "seed": 0,
+                                                         "positive_fraction": 0.5, "retrieval_samples": 2000,
+                                                         "scheme": 1}
+    fresh = load_dataset(config(positive_fraction=0.15))
+    assert fresh.info.eval_fingerprint == fingerprint
+    np.testing.assert_array_equal(EvalSet.of(fresh, "test").pairs.indices, balanced.test.eval_set.pairs.indices)
+
+
+def _without_timings(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in row.items() if k not in ("epoch_seconds", "eval_seconds")} for row in history]
+
+
+def test_class_ids_near_1e8_train_exactly_like_0_to_9(tmp_path, make_tiny):
+    """Issue 12.4: batch-hard mining compared raw class ids as float32, so ids 100000000 + k merged classes.
+    Labels are made dense at load: the two runs are identical."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    runs = []
+    for offset in (0, 100_000_000):
+        path = tmp_path / f"digits_{offset}.npz"
+        np.savez(path, x=d.images.astype(np.uint8), y=d.target.astype(np.int64) + offset)
+        runs.append(train(make_tiny(dataset={"name": "npz", "path": str(path)}, epochs=2, deterministic=True,
+                                    loss={"type": "triplet", "mining": "batch_hard", "margin": 0.5},
+                                    diagnostics={"preflight": False})))
+    small, large = runs
+    assert _without_timings(large.history) == _without_timings(small.history)
+    assert large.test == small.test and large.threshold == small.threshold
+    assert large.data_info.class_ids == tuple(100_000_000 + k for k in range(10))
 
 
 def test_split_by_class_holds_out_classes(tiny_dict):

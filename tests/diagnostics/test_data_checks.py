@@ -59,7 +59,7 @@ def test_negatives_only_is_an_error_imbalance(write_npz):
 
 def test_few_negatives_is_a_warning(write_npz):
     x, y = digits_255()
-    x1, x2, labels = make_pairs(x, y, 2000, positive_fraction=0.96)
+    x1, x2, labels = make_pairs(x, y, 800, positive_fraction=0.96)  # few enough to split without sharing images
     findings = diagnose(pairs_config(write_npz("mostly_same.npz", x1=x1, x2=x2, y=labels)), probes=False)
     assert codes(findings).get("pair_imbalance") == "warning"
     assert not [f for f in findings if f.is_error]
@@ -73,7 +73,7 @@ def test_configured_positive_fraction_far_from_half():
 def test_keras_io_make_pairs_convention_is_flagged(write_npz):
     """keras.io's make_pairs labels matching pairs 0; siamese_core uses 1 = same."""
     x, y = digits_255()
-    x1, x2, labels = make_pairs(x, y, 2000, zero_is_same=True)
+    x1, x2, labels = make_pairs(x, y, 800, zero_is_same=True)  # few enough to split without sharing images
     findings = diagnose(pairs_config(write_npz("keras_io_pairs.npz", x1=x1, x2=x2, y=labels)), probes=False)
     assert codes(findings).get("label_inverted") == "warning"
     assert findings[0].evidence["raw_distance_auc"]["train"] < 0.3

@@ -14,7 +14,7 @@ from siamese_core.errors import ConfigError, TrainingFailed
 
 from .conftest import codes, make_pairs
 
-KEYS = ("loss", "val_loss", "val_roc_auc", "embedding_norm_mean", "val_distance_std", "val_pos_distance_mean",
+KEYS = ("loss", "val_loss", "val_roc_auc", "raw_embedding_norm_mean", "val_distance_std", "val_pos_distance_mean",
         "val_neg_distance_mean", "val_score_std")
 
 
@@ -22,7 +22,8 @@ def rows(*values: tuple[float, ...]) -> list[dict[str, float]]:
     return [dict(zip(KEYS, v)) for v in values]
 
 
-# Measured epoch logs (digits unless noted), kept as calibration evidence for the thresholds.
+# Measured epoch logs (digits unless noted; no l2_normalize, so the raw norm is the embedding's norm), kept as
+# calibration evidence for the thresholds.
 HEALTHY = {
     "conv": rows((0.828, 0.382, 0.843, 1.127, 0.028, 0.100, 0.132, 0.028), (0.234, 0.359, 0.846, 2.217, 0.038, 0.118, 0.162, 0.038),
                  (0.174, 0.334, 0.885, 3.001, 0.047, 0.135, 0.195, 0.047), (0.151, 0.31, 0.906, 3.424, 0.058, 0.155, 0.234, 0.058)),
@@ -97,7 +98,30 @@ def test_positives_only_training_pairs_collapse(digits):
     cfg = {"dataset": "digits", "epochs": 10, "encoder": {"type": "mlp", "batch_norm": False, "l2_normalize": False}}
     collector, exc = run(cfg, paired(digits, "positives_only"))
     assert exc is not None and exc.code == "collapse" and exc.epoch is not None and exc.epoch <= 7
-    assert exc.finding is collector.findings[-1] and exc.finding.evidence["embedding_norm_mean"] < 0.02
+    assert exc.finding is collector.findings[-1] and exc.finding.evidence["raw_embedding_norm_mean"] < 0.02
+
+
+def test_raw_norm_and_direction_spread_show_the_collapse_unit_norms_hide(digits):
+    """Issue 12.3: with l2_normalize (the default) the logged embedding norm was 1 +- 1e-8 in every trial. The
+    norm before normalisation is now logged, and the spread of the directions, which falls in collapse."""
+    histories = {}
+    for name, l2, data in (("healthy", True, None), ("collapse", True, paired(digits, "positives_only")),
+                           ("healthy_raw", False, None), ("collapse_raw", False, paired(digits, "positives_only"))):
+        cfg = {"dataset": "digits", "epochs": 4, "diagnostics": {"enabled": False},
+               "encoder": {"type": "mlp", "batch_norm": False, "l2_normalize": l2}}
+        histories[name] = train(TrainConfig.from_dict(cfg), data=data).history
+
+    def series(name, key):
+        return [row[key] for row in histories[name]]
+    raw = series("healthy", "raw_embedding_norm_mean")
+    assert min(abs(r - 1.0) for r in raw) > 0.01 and max(raw) - min(raw) > 0.01  # a reading, not a constant
+    # l2_normalize: the collapse is one of directions (measured 0.198 -> 0.067 vs 0.40 -> 0.50 healthy)
+    spread = series("collapse", "embedding_spread")
+    assert spread[-1] < 0.1 < 0.3 < series("healthy", "embedding_spread")[-1] and spread[-1] < spread[0]
+    # without it, the norm itself falls (measured 0.28 -> 0.018); a healthy one does not
+    for name, fall in (("collapse_raw", True), ("healthy_raw", False)):
+        norms = series(name, "raw_embedding_norm_mean")
+        assert (norms[-1] < 0.1 * max(norms)) == fall, (name, norms)
 
 
 def test_exploding_learning_rate_nan(digits):

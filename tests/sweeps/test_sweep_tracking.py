@@ -82,14 +82,28 @@ def test_params_are_the_full_resolved_config_with_dotted_keys(sweep: dict[str, A
 def test_per_epoch_metric_histories_use_history_keys(sweep: dict[str, Any]) -> None:
     client = sweep["client"]
     for run in sweep["children"]:
-        for key in ("loss", "val_loss", "val_pair_accuracy", "val_roc_auc", "embedding_norm_mean",
-                    "embedding_norm_std", "val_pos_distance_mean", "val_neg_distance_mean", "val_distance_gap",
+        for key in ("loss", "val_loss", "val_pair_accuracy", "val_roc_auc", "raw_embedding_norm_mean",
+                    "raw_embedding_norm_std", "embedding_spread", "val_pos_distance_mean", "val_neg_distance_mean", "val_distance_gap",
                     "learning_rate"):
             history = client.get_metric_history(run.info.run_id, key)
             assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(EPOCHS)), key
         for key in ("test_pair_accuracy", "test_roc_auc", "test_eer", "threshold", "params"):
             assert key in run.data.metrics, key
         assert 0.5 < run.data.metrics["test_roc_auc"] <= 1.0
+
+
+def test_trials_of_one_split_record_one_eval_fingerprint(sweep: dict[str, Any]) -> None:
+    """Every trial's val/test metrics were measured on the same pairs, and the run and trial say so."""
+    by_number = {t.number: t for t in sweep["study"].trials}
+    seen = set()
+    for run in sweep["children"]:
+        trial = by_number[int(run.data.tags["siamese_sweep.trial_number"])]
+        if trial.state.name != "COMPLETE":
+            continue
+        tag = run.data.tags["siamese_sweep.eval_fingerprint"]
+        assert len(tag) == 64 and trial.user_attrs["eval_fingerprint"] == tag
+        seen.add(tag)
+    assert len(seen) == 1
 
 
 def test_objective_value_is_the_last_epoch_metric(sweep: dict[str, Any]) -> None:
