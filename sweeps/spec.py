@@ -13,6 +13,8 @@ Every error is a `ConfigError` naming the dotted field (``study.sampler.type``,
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -209,6 +211,53 @@ class SweepSpec(_Section):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=False)
 
+    def portable(self) -> dict[str, Any]:
+        """The resolved spec as stored with its study: what any worker anywhere needs to join it.
+
+        Per-machine values are left out (the study's storage URL and the tracking URI, which may carry
+        credentials and differ between a laptop and a cluster node; the local checkpoint directory; the study
+        name, which addresses the study). `load_spec_dict` reads it back.
+        """
+        data = self.to_dict()
+        data["search_space"] = {k: (v.model_dump(mode="json", exclude_none=True) if isinstance(v, Distribution)
+                                    else v) for k, v in self.search_space.items()}
+        for key in _MACHINE_KEYS:
+            section, _, field = key.partition(".")
+            data[section].pop(field, None)
+        return data
+
+    def identity(self) -> str:
+        """sha256 of what makes trials of one study comparable: the portable spec without the runtime knobs
+        (budget, timeout, failure cap, heartbeat settings) that workers may set for themselves."""
+        return hashlib.sha256(json.dumps(_identity_dict(self.portable()), sort_keys=True).encode()).hexdigest()
+
+
+# per-machine: never stored with a study (URLs may hold passwords; paths are local)
+_MACHINE_KEYS = ("study.storage", "study.name", "study.checkpoint_dir", "tracking.uri")
+# stored with the study but a worker may differ in them without changing what its trials mean
+_RUNTIME_KEYS = ("study.trials", "study.timeout", "study.max_failures", "study.heartbeat_interval",
+                 "study.grace_period", "study.max_retries")
+
+
+def _identity_dict(portable: Mapping[str, Any]) -> dict[str, Any]:
+    data = copy.deepcopy(dict(portable))
+    for key in _RUNTIME_KEYS:
+        section, _, field = key.partition(".")
+        (data.get(section) or {}).pop(field, None)
+    return data
+
+
+def spec_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """Dotted keys (search-space keys kept whole) whose values differ between two portable specs."""
+    def flat(d: Mapping[str, Any]) -> dict[str, Any]:
+        ident = _identity_dict(d)
+        out = {f"search_space.{k}": v for k, v in (ident.pop("search_space", None) or {}).items()}
+        out.update(flatten(ident))
+        return out
+
+    fa, fb = flat(a), flat(b)
+    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
+
 
 # ------------------------------------------------------------------- loading
 _TRAIN_KEYS = set(flatten(TrainConfig().to_dict()))
@@ -317,8 +366,14 @@ def spec_from_dict(data: Mapping[str, Any], *, base_dir: Path | None = None) -> 
 def load_spec(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
     """Read a spec YAML (optional: defaults + overrides) and apply dotted ``--set`` overrides."""
     data = read_yaml_mapping(path, what="sweep spec") if path is not None else {}
-    data = copy.deepcopy(data)
     base_dir = Path(path).resolve().parent if path is not None else None
+    return load_spec_dict(data, overrides, base_dir=base_dir)
+
+
+def load_spec_dict(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, *,
+                   base_dir: Path | None = None) -> SweepSpec:
+    """A spec mapping (a file's content, or `SweepSpec.portable` stored with a study) with ``--set`` overrides."""
+    data = copy.deepcopy(dict(data))
     for key, value in (overrides or {}).items():
         if key.startswith("base.") and isinstance(data.get("base"), (str, Path)):
             p = Path(data["base"])

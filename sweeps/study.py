@@ -11,6 +11,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -19,7 +20,7 @@ from siamese_core.errors import ConfigError
 
 from . import names, outcomes, pruners, samplers
 from .secrets import mask_url
-from .spec import SweepSpec
+from .spec import SweepSpec, load_spec_dict, spec_differences
 from .storage import make_storage
 from .tracking import Tracker
 
@@ -69,6 +70,8 @@ def open_study(spec: SweepSpec, *, storage_url: str, study_name: str, seed_offse
                                         sampler=optuna_sampler(spec, seed_offset=seed_offset),
                                         pruner=optuna_pruner(spec))
             study.set_user_attr(names.STUDY_ATTR_LEADER, True)
+            study.set_user_attr(names.STUDY_ATTR_SPEC, spec.portable())
+            study.set_user_attr(names.STUDY_ATTR_SPEC_HASH, spec.identity())
             study.set_user_attr(names.STUDY_ATTR_METRICS, list(study_spec.objective_metrics))  # read by `promote`
             if spec.tracking.registered_model:
                 study.set_user_attr(names.STUDY_ATTR_REGISTERED_MODEL, spec.tracking.registered_model)
@@ -81,6 +84,7 @@ def open_study(spec: SweepSpec, *, storage_url: str, study_name: str, seed_offse
         except KeyError:
             raise ConfigError("study.name", f"no study named {study_name!r} in this storage; start it with "
                                             f"'siamese-sweep run'") from None
+        check_same_spec(existing, spec)
         have = [d.name.lower() for d in existing.directions]
         if have != directions:
             raise ConfigError("study.direction", f"study {study_name!r} exists with directions {have}; this spec "
@@ -90,6 +94,54 @@ def open_study(spec: SweepSpec, *, storage_url: str, study_name: str, seed_offse
                                   sampler=optuna_sampler(spec, seed_offset=seed_offset + n_existing),
                                   pruner=optuna_pruner(spec))
     return OpenedStudy(study, created, storage_url)
+
+
+def check_same_spec(study: optuna.Study, spec: SweepSpec) -> None:
+    """`ConfigError` (exit 2) if `study` was created with another spec: its trials would not compare.
+
+    A study created before specs were stored adopts the first joiner's spec.
+    """
+    attrs = study.user_attrs
+    stored = attrs.get(names.STUDY_ATTR_SPEC_HASH)
+    if stored is None:
+        study.set_user_attr(names.STUDY_ATTR_SPEC, spec.portable())
+        study.set_user_attr(names.STUDY_ATTR_SPEC_HASH, spec.identity())
+        return
+    if stored == spec.identity():
+        return
+    diff = spec_differences(attrs.get(names.STUDY_ATTR_SPEC) or {}, spec.portable())
+    shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
+    raise ConfigError("spec", f"study {study.study_name!r} was created with another spec (differs in: "
+                              f"{shown or 'its stored hash'}); join it with 'siamese-sweep worker --study "
+                              f"{study.study_name}' and no spec file (its own spec is stored with it), or use "
+                              f"another --study name")
+
+
+def stored_spec(storage_url: str, study_name: str, overrides: dict[str, Any] | None = None, *,
+                missing_ok: bool = False) -> SweepSpec | None:
+    """The spec `study_name` was created with (`SweepSpec.portable`, stored with the study), with ``--set``
+    overrides applied (which then must not change its identity). Without such a study or stored spec:
+    None if `missing_ok`, else `ConfigError` naming --study."""
+    missing = ConfigError("--study", f"no study named {study_name!r} in {mask_url(storage_url)}; start it with "
+                                     f"'siamese-sweep run SPEC --study {study_name}', or pass the spec file")
+    if storage_url.startswith("sqlite:///") and not Path(storage_url[len("sqlite:///"):]).exists():
+        if missing_ok:
+            return None
+        raise missing  # opening it would create an empty database file
+    try:
+        study = optuna.load_study(study_name=study_name, storage=make_storage(storage_url))
+    except KeyError:
+        if missing_ok:
+            return None
+        raise missing from None
+    data = study.user_attrs.get(names.STUDY_ATTR_SPEC)
+    if not isinstance(data, dict):
+        if missing_ok:
+            return None
+        raise ConfigError("--study", f"study {study_name!r} has no stored spec (created by an older version or "
+                                     f"by plain Optuna); pass its spec file")
+    data = {**data, "study": {**data.get("study", {}), "name": study_name, "storage": storage_url}}
+    return load_spec_dict(data, overrides)
 
 
 def ensure_parent_run(opened: OpenedStudy, tracker: Tracker, spec: SweepSpec, *,

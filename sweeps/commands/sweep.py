@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(handler=cmd_run)
 
     w = sub.add_parser("worker", help="join a running study from another shell or machine")
-    w.add_argument("spec", nargs="?", help="sweep spec YAML (the same one the study was started with)")
+    w.add_argument("spec", nargs="?", help="sweep spec YAML; without it, --study joins with the spec stored with "
+                                           "the study (a different spec is refused)")
     w.add_argument("--threads", type=int, help="TensorFlow threads for this worker (default: all cores)")
     w.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     w.add_argument("--no-finalize", action="store_true", help=argparse.SUPPRESS)
@@ -48,13 +49,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(handler=cmd_status)
 
 
-def _spec(args: argparse.Namespace):
+def _spec(args: argparse.Namespace, *, stored: str = "never"):
+    """The spec file's (default: the built-in quickstart); without a file but with --study, the spec stored
+    with that study: ``stored="required"`` (worker) or ``"if-exists"`` (run)."""
     from siamese_core.config import parse_set_options
 
-    from ..spec import load_spec
+    from ..spec import DEFAULT_STORAGE, load_spec
     from ..specs import resolve_spec_path
 
-    return load_spec(resolve_spec_path(args.spec), parse_set_options(args.overrides))
+    overrides = parse_set_options(args.overrides)
+    if stored != "never" and args.spec is None and args.study:
+        from ..study import stored_spec
+
+        storage = flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE) or DEFAULT_STORAGE
+        spec = stored_spec(storage, args.study, overrides, missing_ok=stored == "if-exists")
+        if spec is not None:
+            return spec
+    return load_spec(resolve_spec_path(args.spec), overrides)
 
 
 def _positive(name: str, value: float | None) -> None:
@@ -67,7 +78,7 @@ def _positive(name: str, value: float | None) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from ..preflight import preflight
 
-    spec = _spec(args)
+    spec = _spec(args, stored="if-exists")
     _positive("--workers", args.workers)
     _positive("--trials", args.trials)
     _positive("--timeout", args.timeout)
@@ -87,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from ..preflight import preflight
 
-    spec = _spec(args)
+    spec = _spec(args, stored="required")
     _positive("--timeout", args.timeout)
     _positive("--threads", args.threads)
     if args.threads:  # before TensorFlow initialises its thread pools

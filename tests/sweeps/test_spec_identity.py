@@ -1,0 +1,87 @@
+"""A study carries its own spec: a worker joins with ``--study`` only, and a different spec is refused (exit 2)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from sweeps.spec import load_spec, load_spec_dict, spec_differences, spec_from_dict
+from sweeps.specs import resolve_spec_path, shipped
+from sweeps.storage import make_storage
+
+from .conftest import make_spec_dict
+
+CLI = [sys.executable, "-m", "sweeps.cli"]
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "OPTUNA_STORAGE", "MLFLOW_TRACKING_URI")}
+    return subprocess.run(CLI + args, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.mark.parametrize("name", shipped())
+def test_portable_spec_round_trips_to_the_same_identity(name: str) -> None:
+    spec = load_spec(resolve_spec_path(name))
+    again = load_spec_dict(spec.portable())
+    assert again.identity() == spec.identity()
+    assert spec_differences(spec.portable(), again.portable()) == []
+
+
+def test_portable_spec_keeps_no_urls_and_identity_ignores_runtime_knobs() -> None:
+    data = make_spec_dict(study={"storage": "postgresql://u:secret@db/optuna", "name": "a"},
+                          tracking={"uri": "http://u:secret@mlflow:5000"})
+    spec = spec_from_dict(data)
+    assert "secret" not in yaml.safe_dump(spec.portable())
+    other = spec_from_dict(make_spec_dict(study={"name": "b", "trials": 50, "timeout": 60, "max_failures": 9},
+                                          tracking={"uri": "sqlite:///elsewhere.db"}))
+    assert other.identity() == spec.identity()
+    changed = spec_from_dict(make_spec_dict(base={**data["base"], "epochs": 5}))
+    assert changed.identity() != spec.identity()
+    assert spec_differences(spec.portable(), changed.portable()) == ["base.epochs"]
+    space = dict(data["search_space"], learning_rate={"type": "float", "low": 1e-4, "high": 1e-2, "log": True})
+    widened = spec_from_dict(make_spec_dict(search_space=space))
+    assert spec_differences(spec.portable(), widened.portable()) == ["search_space.learning_rate"]
+
+
+def test_worker_joins_with_the_study_alone_and_a_different_spec_is_refused(tmp_path: Path) -> None:
+    first, other = tmp_path / "laptop", tmp_path / "elsewhere"
+    first.mkdir()
+    other.mkdir()
+    spec = first / "spec.yaml"
+    spec.write_text(yaml.safe_dump(make_spec_dict()))
+    storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
+    stores = ["--storage", storage, "--tracking-uri", uri]
+    done = _cli(["run", str(spec), "--trials", "1", "--quiet", *stores], cwd=first)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    # another directory, no spec file: the stored spec (digits, not the built-in Fashion-MNIST quickstart)
+    joined = _cli(["run", "--study", "t", "--trials", "2", "--quiet", *stores], cwd=other)
+    assert joined.returncode == 0, joined.stderr[-2000:]
+    study = optuna.load_study(study_name="t", storage=make_storage(storage))
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(finished) == 2
+    assert len({t.user_attrs["dataset_fingerprint"] for t in finished}) == 1
+    assert len({t.user_attrs["eval_fingerprint"] for t in finished}) == 1
+
+    # a changed search space, or a --set that changes the trials' meaning: one line, exit 2, no new trial
+    changed = other / "changed.yaml"
+    data = make_spec_dict()
+    data["search_space"]["learning_rate"] = {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}
+    changed.write_text(yaml.safe_dump(data))
+    for args in (["worker", str(changed), "--study", "t"], ["worker", "--study", "t", "--set", "base.epochs=5"]):
+        refused = _cli([*args, *stores], cwd=other)
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert "was created with another spec" in refused.stderr
+        assert ("search_space.learning_rate" in refused.stderr) or ("base.epochs" in refused.stderr)
+        assert "Traceback" not in refused.stderr
+    assert len(optuna.load_study(study_name="t", storage=make_storage(storage)).trials) == len(study.trials)
+
+    # an unknown study on a storage that does not exist: exit 2 and no database file created
+    missing = _cli(["worker", "--study", "nope", "--storage", f"sqlite:///{other}/none.db"], cwd=other)
+    assert missing.returncode == 2 and "no study named 'nope'" in missing.stderr
+    assert not (other / "none.db").exists()
