@@ -20,6 +20,9 @@ ENV_PREFIX = "SIAMESE_SWEEP_"
 # ---------------------------------------------------------------- MLflow run tags: every trial run
 TAG_ROLE = "siamese_sweep.role"                        # ROLE_PARENT | ROLE_TRIAL
 TAG_STUDY = "siamese_sweep.study"                      # Optuna study name (also on registry versions)
+# a study's identity beyond its name (two storages may hold studies of one name logging to one MLflow server):
+# parent runs are found, and duplicate trial runs deleted, only within the same uid
+TAG_STUDY_UID = "siamese_sweep.study_uid"
 TAG_TRIAL_NUMBER = "siamese_sweep.trial_number"        # Optuna trial number (also on registry versions)
 TAG_STATE = "siamese_sweep.state"                      # Optuna state: RUNNING, COMPLETE, PRUNED, FAIL
 TAG_REASON = "siamese_sweep.reason"                    # why PRUNED/FAIL: a reason of sweeps.outcomes
@@ -104,6 +107,7 @@ STUDY_ATTR_BUDGET = "trial_budget"                     # global COMPLETE + PRUNE
 STUDY_ATTR_METRICS = "objective_metrics"               # read by `promote`
 STUDY_ATTR_REGISTERED_MODEL = "registered_model"       # tracking.registered_model of the spec
 STUDY_ATTR_LEADER = "siamese_sweep_leader"             # set by the creating process; joiners wait for its parent run
+STUDY_ATTR_UID = "siamese_sweep_uid"                   # random, set at creation (as TAG_STUDY_UID)
 STUDY_ATTR_SPEC = "spec"                                # SweepSpec.portable(): workers join with --study only
 STUDY_ATTR_SPEC_HASH = "spec_sha256"                    # SweepSpec.identity(): a worker with another spec is refused
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,7 @@ def open_study(spec: SweepSpec, *, storage_url: str, study_name: str, seed_offse
                                         sampler=optuna_sampler(spec, seed_offset=seed_offset),
                                         pruner=optuna_pruner(spec))
             study.set_user_attr(names.STUDY_ATTR_LEADER, True)
+            study.set_user_attr(names.STUDY_ATTR_UID, uuid.uuid4().hex)
             study.set_user_attr(names.STUDY_ATTR_SPEC, spec.portable())
             study.set_user_attr(names.STUDY_ATTR_SPEC_HASH, spec.identity())
             study.set_user_attr(names.STUDY_ATTR_METRICS, list(study_spec.objective_metrics))  # read by `promote`
@@ -165,18 +167,32 @@ def ensure_parent_run(opened: OpenedStudy, tracker: Tracker, spec: SweepSpec, *,
                 return attrs[names.STUDY_ATTR_EXPERIMENT_ID], attrs[names.STUDY_ATTR_PARENT_RUN_ID]
         log.warning("study %s has no parent run after %.0fs; creating one", study.study_name, wait_s)
     exp_id = tracker.experiment_id(spec.experiment_for(study.study_name))
+    uid = study_uid(study)
+    # only this very study's parent (one whose creator died before recording it): a study of the same name in
+    # another storage is another study, and reusing its parent would mix (and de-duplicate away) its runs
     existing = tracker.find_runs(exp_id, f"tags.`{names.TAG_ROLE}` = '{names.ROLE_PARENT}' and "
-                                         f"tags.`{names.TAG_STUDY}` = '{study.study_name}'")
-    if existing:  # e.g. the study storage was reset but MLflow kept the parent: reuse it
+                                         f"tags.`{names.TAG_STUDY_UID}` = '{uid}'")
+    if existing:
         parent = sorted(existing, key=lambda r: (r.info.start_time, r.info.run_id))[0].info.run_id
     else:
         parent = tracker.create_parent_run(exp_id, study.study_name, tags={
+            names.TAG_STUDY_UID: uid,
             names.TAG_STORAGE: mask_url(opened.storage_url),
             names.TAG_DIRECTIONS: ",".join(spec.study.objective_directions),
             names.TAG_METRICS: ",".join(spec.study.objective_metrics)})
     study.set_user_attr(names.STUDY_ATTR_EXPERIMENT_ID, exp_id)
     study.set_user_attr(names.STUDY_ATTR_PARENT_RUN_ID, parent)
     return exp_id, parent
+
+
+def study_uid(study: optuna.Study) -> str:
+    """The study's random identity (set at creation; a study made by an older version or by plain Optuna gets
+    one on first use, which joiners then read)."""
+    uid = study.user_attrs.get(names.STUDY_ATTR_UID)
+    if not uid:
+        uid = uuid.uuid4().hex
+        study.set_user_attr(names.STUDY_ATTR_UID, uid)
+    return str(uid)
 
 
 def trial_budget(study: optuna.Study, default: int) -> int:

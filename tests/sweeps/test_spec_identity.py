@@ -85,3 +85,26 @@ def test_worker_joins_with_the_study_alone_and_a_different_spec_is_refused(tmp_p
     missing = _cli(["worker", "--study", "nope", "--storage", f"sqlite:///{other}/none.db"], cwd=other)
     assert missing.returncode == 2 and "no study named 'nope'" in missing.stderr
     assert not (other / "none.db").exists()
+
+
+def test_two_studies_of_one_name_on_one_tracking_store_stay_apart(tmp_path: Path) -> None:
+    """Two people with their own optuna.db and one MLflow store: neither study reuses or deletes the other's runs."""
+    from mlflow import MlflowClient
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(make_spec_dict()))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    for who in ("alice", "bob"):
+        (tmp_path / who).mkdir()
+        done = _cli(["run", str(spec), "--trials", "1", "--quiet", "--storage", f"sqlite:///{tmp_path}/{who}.db",
+                     "--tracking-uri", uri], cwd=tmp_path / who)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "deleting duplicate" not in done.stderr
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("siamese-sweep/t")
+    runs = client.search_runs([exp.experiment_id], run_view_type=3, max_results=100)  # ALL: deleted ones too
+    parents = [r for r in runs if r.data.tags.get("siamese_sweep.role") == "parent"]
+    trials = [r for r in runs if r.data.tags.get("siamese_sweep.role") == "trial"]
+    assert len(parents) == 2 and len({p.data.tags["siamese_sweep.study_uid"] for p in parents}) == 2
+    assert len(trials) == 2 and all(r.info.lifecycle_stage == "active" for r in trials)
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {p.info.run_id for p in parents}
