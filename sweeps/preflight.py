@@ -5,10 +5,18 @@ file; nothing is created in Optuna or MLflow.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
+
+from siamese_core.errors import ConfigError
 
 from . import space
 from .spec import SweepSpec
+
+# as StudySpec.name: a name given with --study must also be usable inside MLflow search filters
+_STUDY_NAME = re.compile(r"[\w.\- ]{1,200}")
+# a reachability check must answer quickly; the sweep's own calls keep their longer retry budget
+_PING_BUDGET_S = 5.0
 
 
 def preflight(spec: SweepSpec) -> Any:
@@ -17,6 +25,7 @@ def preflight(spec: SweepSpec) -> Any:
     from siamese_core.data.sources import load_dataset
 
     space.check_space(spec)
+    _check_user_code(spec)
     data = load_dataset(spec.base)  # DataError now, not in trial 0
     make_sampler(spec.base, data)  # e.g. batch_size larger than the pairs per epoch
     if spec.hypermodel:
@@ -24,3 +33,48 @@ def preflight(spec: SweepSpec) -> Any:
 
         load_hypermodel(spec.hypermodel)
     return data
+
+
+def _check_user_code(spec: SweepSpec) -> None:
+    """Import every ``package.module:attr`` the base config or the search space names (encoder, loss), so an
+    unimportable one is one line and exit 2 before a study, a parent run or a failed trial exists."""
+    from siamese_core.registry import IMPORT_PATH, import_object
+
+    named: list[tuple[str, str]] = [("base.encoder.type", spec.base.encoder.type), ("base.loss.type", spec.base.loss.type)]
+    for key, dist in spec.distributions().items():
+        if key in ("encoder.type", "loss.type"):
+            named += [(f"search_space.{key}", str(c)) for c in (dist.choices or [])]
+    for key, value in spec.fixed().items():
+        if key in ("encoder.type", "loss.type"):
+            named.append((f"search_space.{key}", str(value)))
+    for field, path in named:
+        if IMPORT_PATH.match(path):
+            import_object(path, field=field)
+
+
+def preflight_stores(*, storage: str, tracking_uri: str, study_name: str) -> None:
+    """Everything about where a sweep writes that can be checked before it writes anything: the study name,
+    the storage URL's scheme and, for an HTTP tracking server, that it answers and accepts the credentials
+    (a `ConfigError` for refused credentials, `SweepFatal` when it cannot be reached)."""
+    from .errors import SweepFatal, TrackingUnavailable
+    from .secrets import mask_url
+    from .storage import storage_kind
+
+    if not _STUDY_NAME.fullmatch(study_name or ""):
+        raise ConfigError("--study", f"expected 1-200 letters, digits, '_', '-', '.', ' '; received: {study_name!r}")
+    storage_kind(storage)
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    from .tracking import Retry, Tracker
+
+    tracker = Tracker(tracking_uri, retry=Retry(budget_s=_PING_BUDGET_S))
+    try:
+        tracker.retry("reachability check", lambda: tracker.client.search_experiments(max_results=1))
+    except TrackingUnavailable as exc:
+        text = str(exc)
+        if any(code in text for code in ("401", "403", "Unauthorized", "PERMISSION_DENIED", "UNAUTHENTICATED")):
+            raise ConfigError("MLFLOW_TRACKING_USERNAME", f"the MLflow server at {mask_url(tracking_uri)} refused "
+                                                          "the credentials (check MLFLOW_TRACKING_USERNAME/"
+                                                          "MLFLOW_TRACKING_PASSWORD)") from None
+        raise SweepFatal(f"cannot reach the MLflow server at {mask_url(tracking_uri)}; nothing was created "
+                         f"({text[:200]})") from None

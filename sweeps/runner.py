@@ -24,7 +24,7 @@ from mlflow.entities import Metric, RunTag
 from . import artifacts, names
 from .errors import SweepFatal
 from .objective import worker_id
-from .preflight import preflight
+from .preflight import preflight, preflight_stores
 from .secrets import mask_url
 from .signals import StopRequest, begin_cleanup, stop_on_signals
 from .spec import SweepSpec
@@ -145,6 +145,7 @@ def _postfix(study: optuna.Study) -> str:
 def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> SweepResult:
     """Create or resume the study and run it to its trial budget (`data`: the preflight's, to reuse)."""
     data = data if data is not None else preflight(spec)
+    preflight_stores(storage=options.storage, tracking_uri=options.tracking_uri, study_name=options.study_name)
     tracker = Tracker(options.tracking_uri)
     opened = open_study(spec, storage_url=options.storage, study_name=options.study_name,
                         seed_offset=options.worker_index)
@@ -194,6 +195,7 @@ def join_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> S
 
         configure_threads(options.threads, options.threads)
     data = data if data is not None else preflight(spec)
+    preflight_stores(storage=options.storage, tracking_uri=options.tracking_uri, study_name=options.study_name)
     tracker = Tracker(options.tracking_uri)
     # index i (from `run --workers N`) -> offset i * 1_000_003: `offset + existing trials` in open_study
     # must differ between workers (1 + 1 == 2 + 0 made two workers sample the same parameters)

@@ -12,7 +12,6 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -22,7 +21,7 @@ from siamese_core.errors import ConfigError
 from . import names, outcomes, pruners, samplers
 from .secrets import mask_url
 from .spec import SweepSpec, load_spec_dict, spec_differences
-from .storage import make_storage
+from .storage import make_storage, sqlite_path
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -44,6 +43,9 @@ def optuna_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
 
 def load_study(study_name: str, storage: str) -> optuna.Study:
     """An existing study (`ConfigError` naming --study if there is none), for status and promote."""
+    path = sqlite_path(storage)
+    if path is not None and not path.exists():  # opening it would create an empty database file
+        raise ConfigError("--storage", f"no such SQLite file: {path}")
     try:
         return optuna.load_study(study_name=study_name, storage=make_storage(storage))
     except KeyError:
@@ -126,7 +128,8 @@ def stored_spec(storage_url: str, study_name: str, overrides: dict[str, Any] | N
     None if `missing_ok`, else `ConfigError` naming --study."""
     missing = ConfigError("--study", f"no study named {study_name!r} in {mask_url(storage_url)}; start it with "
                                      f"'siamese-sweep run SPEC --study {study_name}', or pass the spec file")
-    if storage_url.startswith("sqlite:///") and not Path(storage_url[len("sqlite:///"):]).exists():
+    path = sqlite_path(storage_url)
+    if path is not None and not path.exists():
         if missing_ok:
             return None
         raise missing  # opening it would create an empty database file

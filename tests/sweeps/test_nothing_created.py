@@ -1,0 +1,81 @@
+"""Bad input to ``run``/``worker``/``status``: one line, exit 2 (exit 1 for an unreachable server), and no
+study, database file or MLflow store created."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import make_spec_dict
+
+CLI = [sys.executable, "-m", "sweeps.cli"]
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "OPTUNA_STORAGE", "MLFLOW_TRACKING_URI")}
+    return subprocess.run(CLI + args, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spec(tmp_path: Path, **sections) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(make_spec_dict(**sections)))
+    return path
+
+
+def _stores(tmp_path: Path) -> list[str]:
+    return ["--storage", f"sqlite:///{tmp_path}/optuna.db", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+
+
+def _assert_refused(done: subprocess.CompletedProcess, tmp_path: Path, *, text: str, code: int = 2) -> None:
+    assert done.returncode == code, done.stderr[-2000:]
+    assert text in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]  # no optuna.db, mlflow.db, checkpoints
+
+
+@pytest.mark.parametrize("field", ["encoder", "loss"])
+def test_unimportable_user_code_creates_nothing(tmp_path: Path, field: str) -> None:
+    base = make_spec_dict()["base"]
+    base[field] = {**base.get(field, {}), "type": "no_such_module.sub:build", **({"kind": "pair"} if field == "loss" else {})}
+    done = _cli(["run", str(_spec(tmp_path, base=base)), *_stores(tmp_path), "--quiet"], cwd=tmp_path)
+    _assert_refused(done, tmp_path, text=f"base.{field}.type")
+
+
+def test_unimportable_choice_in_the_search_space_creates_nothing(tmp_path: Path) -> None:
+    space = dict(make_spec_dict()["search_space"])
+    space["encoder.type"] = {"type": "categorical", "choices": ["conv", "no_such_module:build"]}
+    done = _cli(["run", str(_spec(tmp_path, search_space=space)), *_stores(tmp_path), "--quiet"], cwd=tmp_path)
+    _assert_refused(done, tmp_path, text="search_space.encoder.type")
+
+
+def test_study_name_unusable_in_mlflow_filters_creates_nothing(tmp_path: Path) -> None:
+    done = _cli(["run", str(_spec(tmp_path)), "--study", "it's", *_stores(tmp_path), "--quiet"], cwd=tmp_path)
+    _assert_refused(done, tmp_path, text="--study")
+
+
+def test_bad_storage_scheme_creates_no_mlflow_store(tmp_path: Path) -> None:
+    done = _cli(["run", str(_spec(tmp_path)), "--storage", "redis://localhost/0", "--tracking-uri",
+                 f"sqlite:///{tmp_path}/mlflow.db", "--quiet"], cwd=tmp_path)
+    _assert_refused(done, tmp_path, text="study.storage")
+
+
+def test_unreachable_tracking_server_creates_no_study(tmp_path: Path) -> None:
+    done = _cli(["run", str(_spec(tmp_path)), "--storage", f"sqlite:///{tmp_path}/optuna.db", "--tracking-uri",
+                 f"http://127.0.0.1:{_free_port()}", "--quiet"], cwd=tmp_path)
+    _assert_refused(done, tmp_path, text="cannot reach the MLflow server", code=1)
+
+
+def test_status_with_a_mistyped_sqlite_path_creates_no_file(tmp_path: Path) -> None:
+    _spec(tmp_path)
+    done = _cli(["status", "--study", "t", "--storage", f"sqlite:///{tmp_path}/optuan.db"], cwd=tmp_path)
+    _assert_refused(done, tmp_path, text="no such SQLite file")
