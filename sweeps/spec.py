@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -63,6 +64,9 @@ class Distribution(_Section):
             raise ValueError(f"choices: only for categorical parameters; received type={self.type!r}")
         if self.low is None or self.high is None:
             raise ValueError(f"low: a {self.type} parameter needs both low and high")
+        for name in ("low", "high"):  # .inf in an int range overflowed int() with an OverflowError (exit 1)
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name}: expected a finite number; received: {getattr(self, name)}")
         if not self.low < self.high:
             raise ValueError(f"high: expected low < high; received: low={self.low}, high={self.high}")
         if self.log and self.low <= 0:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from .. import names, pruners, samplers
@@ -69,7 +70,7 @@ def _spec(args: argparse.Namespace, *, stored: str = "never"):
 
 
 def _positive(name: str, value: float | None) -> None:
-    if value is not None and value <= 0:
+    if value is not None and not (value > 0 and math.isfinite(value)):  # `--timeout nan` passed `<= 0`
         from siamese_core.errors import ConfigError
 
         raise ConfigError(name, f"expected a positive number; received: {value}")

@@ -211,3 +211,28 @@ def test_validation_never_imports_tensorflow(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY=\n" in proc.stdout, proc.stdout
     assert "encoder.depth" in proc.stderr
+
+
+def test_yaml_alias_bomb_is_refused_before_it_expands(tmp_path) -> None:
+    """Nine levels of ten aliases each: ~10^9 values from a few hundred bytes (cost 56 s and 2.2 GB before)."""
+    from siamese_core.config import read_yaml_mapping
+    from siamese_core.errors import ConfigError
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="expands to more than"):
+        read_yaml_mapping(bomb)
+
+
+def test_a_fifo_as_config_path_is_refused_not_read(tmp_path) -> None:
+    import os
+
+    from siamese_core.config import read_yaml_mapping
+    from siamese_core.errors import ConfigError
+
+    fifo = tmp_path / "spec.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        read_yaml_mapping(fifo)

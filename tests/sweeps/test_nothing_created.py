@@ -79,3 +79,9 @@ def test_status_with_a_mistyped_sqlite_path_creates_no_file(tmp_path: Path) -> N
     _spec(tmp_path)
     done = _cli(["status", "--study", "t", "--storage", f"sqlite:///{tmp_path}/optuan.db"], cwd=tmp_path)
     _assert_refused(done, tmp_path, text="no such SQLite file")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_non_finite_timeout_is_refused(tmp_path: Path, value: str) -> None:
+    done = _cli(["run", str(_spec(tmp_path)), "--timeout", value, *_stores(tmp_path), "--quiet"], cwd=tmp_path)
+    _assert_refused(done, tmp_path, text="--timeout")

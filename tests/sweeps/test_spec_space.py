@@ -142,3 +142,14 @@ def test_multi_objective_study_keeps_a_pareto_front(local_stores: dict[str, str]
     assert result.status["best_trials"]
     parent = MlflowClient(tracking_uri=local_stores["tracking_uri"]).get_run(result.parent_run_id)
     assert parent.data.tags["siamese_sweep.pareto_trials"]
+
+
+@pytest.mark.parametrize("bounds", [{"low": 1, "high": float("inf")}, {"low": float("-inf"), "high": 3},
+                                    {"low": 1, "high": float("nan")}])
+def test_non_finite_int_bounds_are_a_config_error(bounds) -> None:
+    """``high: .inf`` in an int range overflowed int() (OverflowError, exit 1) instead of a ConfigError."""
+    from siamese_core.errors import ConfigError
+    from sweeps.spec import spec_from_dict
+
+    with pytest.raises(ConfigError, match="search_space|high|low"):
+        spec_from_dict({"search_space": {"encoder.depth": {"type": "int", **bounds}}})
