@@ -26,7 +26,7 @@ from .errors import SweepFatal, TrackingUnavailable
 from .objective import Objective, TrialContext
 from .signals import StopRequest, stop_on_signals
 from .spec import SweepSpec
-from .storage import budget_lock, fail_stale_trials, safe_filename
+from .storage import budget_lock, fail_stale_trials, retried_trial_number, safe_filename
 from .study import OpenedStudy, count_states, ensure_parent_run, trial_budget
 from .tracking import RUN_RUNNING, Retry, Tracker
 
@@ -208,4 +208,34 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
                 _sleep(poll)  # other workers are running the remaining trials
         finally:
             lock.release()
+    if report.budget_met:
+        clear_finished_checkpoints(study, checkpoint_root)
     return report
+
+
+def clear_finished_checkpoints(study: optuna.Study, root: Path | None) -> int:
+    """Delete this machine's checkpoints of trials that nothing will resume; returns how many.
+
+    A trial clears its own checkpoint when it ends, unless it is retried; a worker killed mid-trial cannot, and
+    a retry that never runs (``max_retries`` used up, budget met) leaves it behind. Once the budget is met, a
+    checkpoint whose trial, and every retry of it, has finished is such a leftover.
+    """
+    if root is None or not root.is_dir():
+        return 0
+    import shutil
+
+    live = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING))
+    pending = {t.number for t in live} | {n for n in (retried_trial_number(t) for t in live) if n is not None}
+    removed = 0
+    for folder in root.glob("trial-*"):
+        number = folder.name[len("trial-"):]
+        if number.isdigit() and int(number) not in pending:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    try:
+        root.rmdir()  # once empty
+    except OSError:
+        pass
+    if removed:
+        log.info("removed %d leftover checkpoint folder(s) under %s", removed, root)
+    return removed
