@@ -168,14 +168,21 @@ def scan_image_folder(root: str | Path, *, index: str | None = None, image_size:
 
 
 def _walk_classes(base: Path) -> tuple[list[str], list[str]]:
+    """Images under ``base/<class>/...``; like index mode, nothing that resolves outside `base` (a symlinked
+    class folder or image pointing elsewhere is a `DataError`, never read)."""
     rel: list[str] = []
     names: list[str] = []
+    root = base.resolve()
     for cls in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not cls.resolve().is_relative_to(root):
+            raise DataError(str(cls), f"class folder resolves to {cls.resolve()}, outside the data folder {root} "
+                                      f"(symlink?); refusing to read it")
         for dirpath, dirnames, filenames in os.walk(cls):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fn in sorted(filenames):
                 if fn.lower().endswith(EXTENSIONS) and not fn.startswith("."):
-                    rel.append(os.path.relpath(os.path.join(dirpath, fn), base))
+                    path = os.path.join(dirpath, fn)
+                    rel.append(_safe_relpath(base, os.path.relpath(path, base), path))
                     names.append(cls.name)
     return rel, names
 

@@ -451,6 +451,24 @@ def test_index_csv_escaping_the_folder_is_refused(tmp_path):
     assert sum(d.info.sizes.values()) == 12 and d.info.class_names == ("cat", "dog")
 
 
+def test_walk_mode_refuses_symlinks_out_of_the_folder(tmp_path):
+    """Index mode refused them; walking the class folders followed them (read a file outside the folder)."""
+    root = make_folder(tmp_path / "imgs")
+    outside = tmp_path / "secret.png"
+    outside.write_bytes((root / "cat" / "1.png").read_bytes())
+    os.symlink(outside, root / "cat" / "link.png")
+    with pytest.raises(DataError, match="outside the data folder"):
+        load_dataset(folder_cfg(root))
+    os.remove(root / "cat" / "link.png")
+    elsewhere = make_folder(tmp_path / "elsewhere")
+    os.symlink(elsewhere / "dog", root / "bird")
+    with pytest.raises(DataError, match="outside the data folder"):
+        load_dataset(folder_cfg(root))
+    os.remove(root / "bird")
+    os.symlink(root / "cat" / "1.png", root / "dog" / "inside-link.png")  # inside the folder: fine
+    assert load_dataset(folder_cfg(root)).info.class_names == ("cat", "dog")
+
+
 def test_corrupt_or_missing_images_are_named(tmp_path):
     root = make_folder(tmp_path / "imgs")
     target = root / "dog" / "4.png"
