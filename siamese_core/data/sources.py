@@ -211,14 +211,17 @@ def read_npz(path: str | os.PathLike[str], *, required: tuple[str, ...],
     out: dict[str, np.ndarray] = {}
     key = "<archive>"
     try:
+        with open(p, "rb") as f:  # np.load would return a .npy's array, which is no archive (exit 1 before)
+            if f.read(6) == b"\x93NUMPY":
+                raise DataError(str(p), "expected an .npz archive (np.savez), found a single .npy array; save "
+                                        "with np.savez(path, x=..., y=...)")
         with np.load(p, allow_pickle=False) as z:
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise DataError(str(p), "expected an .npz archive (np.savez), found a single .npy array")
             missing = [k for k in required if k not in z.files]
             if missing:
                 raise DataError(str(p), f"missing array(s) {missing}; found {sorted(z.files)}; expected "
                                         f"{list(required)} (optional {list(optional)})")
             for key in (*required, *(k for k in optional if k in z.files)):
+                _check_declared_size(z, key, p)
                 out[key] = z[key]
     except DataError:
         raise
@@ -231,6 +234,23 @@ def read_npz(path: str | os.PathLike[str], *, required: tuple[str, ...],
         raise DataError(str(p), f"truncated or corrupt .npz archive ({type(exc).__name__}: {exc}) while reading "
                                 f"'{key}'; re-create or re-download it") from None
     return out
+
+
+def _check_declared_size(z: Any, key: str, path: Path) -> None:
+    """Refuse a member whose header declares more data than the member holds, before numpy allocates it
+    (a 1 kB archive declaring a 10^12-element array would otherwise end in a MemoryError)."""
+    member = f"{key}.npy"
+    info = z.zip.getinfo(member)
+    with z.zip.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0(f))
+    if np.dtype(dtype).hasobject:
+        return  # pickled objects: refused when read (allow_pickle=False), with its own message
+    declared = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+    if declared > info.file_size:
+        raise DataError(str(path), f"array '{key}' declares shape {tuple(shape)} ({declared:,} bytes) but holds "
+                                   f"{info.file_size:,} bytes; the file is damaged or crafted")
 
 
 def _kind(x: np.ndarray) -> InputKind:
@@ -247,8 +267,7 @@ def _inputs(x: np.ndarray, source: str, *, key: str) -> tuple[np.ndarray, InputK
     if x.ndim == 3:
         x = x[..., None]  # [N, H, W] -> [N, H, W, 1]
     if kind == "tokens":
-        if x.size and x.min() < 0:
-            raise DataError(source, f"token array '{key}' has negative ids (min {x.min()}); token ids must be >= 0")
+        v.check_token_ids(x, source, key=key)
         if x.dtype.itemsize > 4 and (x.size == 0 or x.max() < 2**31):
             x = x.astype(np.int32)
     elif x.dtype.kind in "iu" and x.dtype != np.uint8:

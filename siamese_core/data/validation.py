@@ -55,6 +55,26 @@ def check_rank(x: np.ndarray, source: str, *, key: str, min_rank: int = 2, max_r
     if not min_rank <= x.ndim <= max_rank:
         raise DataError(source, f"array '{key}' has shape {x.shape} (rank {x.ndim}); expected rank {min_rank}-"
                                 f"{max_rank}: [N, features], [N, H, W] or [N, H, W, C]")
+    if x.ndim >= 2 and 0 in x.shape[1:]:
+        raise DataError(source, f"array '{key}' has shape {x.shape}: a sample with no features (a zero-width "
+                                f"dimension); expected every feature dimension >= 1")
+
+
+# Token ids index an embedding table of max id + 1 rows: 10 million rows x 32 dims is already 1.3 GB of float32;
+# larger ids are almost always hashes or raw codes that need a vocabulary mapping first.
+MAX_TOKEN_ID = 10_000_000
+
+
+def check_token_ids(x: np.ndarray, source: str, *, key: str) -> None:
+    """Token ids in [0, MAX_TOKEN_ID): the sequence encoder's embedding table is sized by the largest id."""
+    if not x.size:
+        return
+    lo, hi = int(x.min()), int(x.max())
+    if lo < 0:
+        raise DataError(source, f"token array '{key}' has negative ids (min {lo}); token ids must be >= 0")
+    if hi >= MAX_TOKEN_ID:
+        raise DataError(source, f"token array '{key}' has ids up to {hi}; expected ids below {MAX_TOKEN_ID:,} "
+                                f"(the embedding table has max id + 1 rows): map tokens to a dense vocabulary first")
 
 
 def check_finite(x: np.ndarray, source: str, *, key: str) -> None:

@@ -494,3 +494,35 @@ def test_corrupt_or_missing_images_are_named(tmp_path):
     (root / "index.csv").write_text("path,label\ndog/4.png,dog\ncat/1.png,cat\n")
     with pytest.raises(DataError, match="not found"):
         load_dataset(folder_cfg(root, index="index.csv"))
+
+
+def test_npz_inputs_that_used_to_exit_1_are_data_errors(tmp_path):
+    """A .npy given as the archive, a header declaring a huge array, zero-width features, ids beyond any
+    vocabulary: each a DataError naming the file (exit 2), before anything large is allocated."""
+    import io
+    import zipfile
+
+    y = np.repeat(np.arange(4), 10)
+    npy = tmp_path / "x.npy"
+    np.save(npy, np.zeros((40, 3), np.float32))
+    with pytest.raises(DataError, match="expected an .npz archive"):
+        load_dataset(cfg(name="npz", path=str(npy)))
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 8)})
+    crafted = tmp_path / "crafted.npz"
+    with zipfile.ZipFile(crafted, "w") as zf:
+        zf.writestr("x.npy", buf.getvalue() + b"\0" * 64)
+        zbuf = io.BytesIO()
+        np.save(zbuf, y)
+        zf.writestr("y.npy", zbuf.getvalue())
+    with pytest.raises(DataError, match="declares shape"):
+        load_dataset(cfg(name="npz", path=str(crafted)))
+
+    with pytest.raises(DataError, match="zero-width"):
+        load_dataset(cfg(name="npz", path=str(write_npz(tmp_path / "w.npz", x=np.zeros((40, 0), np.float32), y=y))))
+
+    tokens = np.random.default_rng(0).integers(0, 50, size=(40, 6)).astype(np.int64)
+    tokens[3, 2] = 2**40
+    with pytest.raises(DataError, match="ids up to"):
+        load_dataset(cfg(name="npz", path=str(write_npz(tmp_path / "t.npz", x=tokens, y=y))))
