@@ -104,6 +104,7 @@ STUDY_ATTR_BUDGET = "trial_budget"                     # global COMPLETE + PRUNE
 STUDY_ATTR_METRICS = "objective_metrics"               # read by `promote`
 STUDY_ATTR_REGISTERED_MODEL = "registered_model"       # tracking.registered_model of the spec
 STUDY_ATTR_LEADER = "siamese_sweep_leader"             # set by the creating process; joiners wait for its parent run
+STUDY_ATTR_STOPPED = "stopped"                         # why study.stop ended the study early (target, patience)
 
 # ---------------------------------------------------------------- Optuna attributes: trial system attrs (Optuna's)
 # Written by RetryHeartbeatStaleTrialCallback on a stale trial's retry; `storage.requeue_trial` writes the same.

@@ -19,7 +19,7 @@ from siamese_core.errors import ConfigError
 
 from . import names, outcomes, pruners, samplers
 from .secrets import mask_url
-from .spec import SweepSpec
+from .spec import SweepSpec, enqueued_params
 from .storage import make_storage
 from .tracking import Tracker
 
@@ -127,6 +127,20 @@ def ensure_parent_run(opened: OpenedStudy, tracker: Tracker, spec: SweepSpec, *,
     return exp_id, parent
 
 
+def enqueue_known(study: optuna.Study, spec: SweepSpec) -> int:
+    """Queue ``study.enqueue``'s configurations unless the study already has them (a resume, another
+    worker): Optuna's ``skip_if_exists``. Returns how many were queued now. Call under the budget lock."""
+    before = len(study.get_trials(deepcopy=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for params in enqueued_params(spec):
+            study.enqueue_trial(params, skip_if_exists=True)
+    queued = len(study.get_trials(deepcopy=False)) - before
+    if queued:
+        log.info("study %s: queued %d known configuration(s) from study.enqueue", study.study_name, queued)
+    return queued
+
+
 def trial_budget(study: optuna.Study, default: int) -> int:
     return int(study.user_attrs.get(names.STUDY_ATTR_BUDGET, default))
 
@@ -171,7 +185,8 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
     out: dict[str, Any] = {"study": study.study_name, "counts": counts.as_dict(),
                            "budget": study.user_attrs.get(names.STUDY_ATTR_BUDGET),
                            "directions": [d.name.lower() for d in study.directions],
-                           "parent_run_id": study.user_attrs.get(names.STUDY_ATTR_PARENT_RUN_ID)}
+                           "parent_run_id": study.user_attrs.get(names.STUDY_ATTR_PARENT_RUN_ID),
+                           "stopped": study.user_attrs.get(names.STUDY_ATTR_STOPPED)}
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     if complete:
         if len(study.directions) == 1:
