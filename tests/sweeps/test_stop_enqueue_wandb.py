@@ -73,6 +73,17 @@ def test_a_reached_target_stops_the_sweep_before_its_budget(tmp_path: Path) -> N
     assert len(study.trials) == 1 and study.user_attrs["stopped"] == result.status["stopped"]
 
 
+@pytest.mark.slow  # two worker processes, each importing TensorFlow: minutes on 2 busy cores
+def test_parallel_worker_processes_stop_together(tmp_path: Path) -> None:
+    """Two worker processes: each reads the reached target from the shared study and starts nothing more."""
+    storage, uri = _stores(tmp_path)
+    result = run_small_sweep(_spec(trials=8, stop={"target": 0.0}), storage=storage, tracking_uri=uri, workers=2)
+    assert result.stopped_by == "target" and result.finished
+    done = result.status["counts"]["COMPLETE"] + result.status["counts"]["PRUNED"]
+    assert 1 <= done <= 2 and result.status["counts"]["RUNNING"] == 0  # at most the trials already started
+    assert MlflowClient(uri).get_run(result.parent_run_id).info.status == "FINISHED"
+
+
 # ------------------------------------------------------------------ study.enqueue
 KNOWN = [{"loss.margin": 1.25, "encoder.depth": 2, "loader": "custom"},
          {"loss.margin": 0.75, "encoder.depth": 1, "loader": "memory"}]
