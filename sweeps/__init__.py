@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["sweep", "resolve_spec", "SweepResult", "SweepSpec", "load_spec", "StudyStop"]
+__all__ = ["StudyStop", "SweepResult", "SweepSpec", "load_spec", "resolve_spec", "sweep"]
 
 # public name -> (module, attribute)
 _LAZY = {

@@ -46,10 +46,11 @@ class StudyStop:
         best = None
         if complete:
             best = (max if maximize else min)(complete, key=lambda t: t.value)
-        if self.target is not None and best is not None:
-            if (best.value >= self.target) if maximize else (best.value <= self.target):
-                return StopDecision("target", f"trial {best.number} reached {best.value:.6g} "
-                                              f"({'>=' if maximize else '<='} target {self.target:g})")
+        reached = best is not None and self.target is not None and (
+            best.value >= self.target if maximize else best.value <= self.target)
+        if reached:
+            return StopDecision("target", f"trial {best.number} reached {best.value:.6g} "
+                                          f"({'>=' if maximize else '<='} target {self.target:g})")
         if self.patience_trials is not None:
             since = (best.datetime_complete or _EPOCH) if best is not None else _EPOCH
             later = [t for t in trials
