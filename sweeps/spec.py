@@ -424,9 +424,8 @@ def load_spec(path: str | Path | None, overrides: Mapping[str, Any] | None = Non
     data = read_yaml_mapping(path, what="sweep spec") if path is not None else {}
     if looks_like_wandb(data):
         data, notes = from_wandb(data)
-        log.info("%s is a W&B sweep file: converted it (siamese-sweep convert %s prints the spec)", path, path)
-        for note in notes:
-            log.info("W&B conversion: %s", note)
+        log.info("%s is a W&B sweep file: converted it (siamese-sweep convert %s prints the spec)%s", path, path,
+                 "".join(f"; {note}" for note in notes))
     return spec_from_data(data, overrides, base_dir=Path(path).resolve().parent if path is not None else None)
 
 
