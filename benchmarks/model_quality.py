@@ -37,7 +37,7 @@ def run_quickstart(work: Path) -> tuple[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--storage", help="Optuna storage of a finished sweep (default: run the quickstart)")
-    ap.add_argument("--study", default="quickstart")
+    ap.add_argument("--study", "--study-name", dest="study", default="quickstart")
     ap.add_argument("--spec", default="quickstart", help="the spec that study ran (for epochs and pairs)")
     args = ap.parse_args()
     import optuna

@@ -15,6 +15,7 @@ Imports (TensorFlow, Keras, MLflow, Optuna) happen before the clock starts in ev
 
 Time per trial = wall time of the whole optimize loop / trials (so per-sweep costs are included).
 
+    pip install "siamese-sweep[bench]"      # optuna-integration, for the MLflowCallback condition
     python benchmarks/tracking_overhead.py [--trials 3] [--repeats 2] [--quick]
 """
 from __future__ import annotations
@@ -95,7 +96,7 @@ def child(condition: str, base: dict[str, Any], tracking_uri: str, trials: int, 
 
     callbacks = []
     if condition == "optuna MLflowCallback":
-        from optuna_integration.mlflow import MLflowCallback
+        from optuna_integration.mlflow import MLflowCallback  # checked by main() before anything starts
 
         callbacks.append(MLflowCallback(tracking_uri=tracking_uri, metric_name="val_roc_auc"))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -120,6 +121,11 @@ def main() -> None:
         print(json.dumps(child(args.child, json.loads(args.base), args.uri, args.trials, args.tag)))
         return
 
+    import importlib.util
+
+    if importlib.util.find_spec("optuna_integration") is None:  # not a runtime dependency of siamese-sweep
+        raise SystemExit("the 'optuna MLflowCallback' condition needs optuna-integration: "
+                         "pip install 'siamese-sweep[bench]'")
     base = dict(BASE)
     if args.quick:
         base.update(QUICK_BASE)

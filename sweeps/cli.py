@@ -46,6 +46,12 @@ def add_set_option(parser: argparse.ArgumentParser, *, what: str = "config") -> 
                         help=f"override a {what} field by dotted key, e.g. --set encoder.depth=3 (repeatable)")
 
 
+def add_study_option(parser: argparse.ArgumentParser, *, help: str = "study name (default: the spec's study.name)"
+                     ) -> None:
+    """``--study NAME``, also spelled ``--study-name`` (Optuna's own word: ``optuna.load_study(study_name=...)``)."""
+    parser.add_argument("--study", "--study-name", dest="study", metavar="NAME", help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 

@@ -8,14 +8,17 @@ W&B                             siamese-sweep
 ==============================  ==============================================================
 ``method: bayes|random|grid``   ``study.sampler.type: tpe|random|grid``
 ``metric.name`` / ``goal``      ``study.metric`` / ``study.direction``
-``metric.target``               ``study.stop.target`` (the study ends once a trial reaches it)
-``run_cap``                     ``study.trials``
+``metric.target``               ``study.stop.target`` (no worker starts a trial once one reached it)
+``run_cap``                     ``study.trials`` (the global COMPLETE + PRUNED budget)
 ``early_terminate: hyperband``  ``study.pruner: {type: hyperband, min_resource: min_iter,
                                 reduction_factor: eta}``
 ``values`` / ``value``          ``{type: categorical, choices}`` / a fixed value
 ``min``/``max`` (+ distribution) ``{type: float|int, low, high, log, step}``
 nested ``parameters``           dotted keys (``optimizer.parameters.name`` -> ``optimizer.name``)
 ==============================  ==============================================================
+
+W&B's ``early_terminate`` stops single runs, so it is a pruner here; the study-level stop is
+``metric.target``. ``load_spec`` converts a W&B file it is given; ``siamese-sweep convert`` prints the result.
 
 Parameter names must be train-config keys (``learning_rate``, ``loss.margin``, ``encoder.depth``...);
 the spec's validation names any that are not. Unbounded distributions (``normal``, ``log_normal``...) have

@@ -110,6 +110,7 @@ STUDY_ATTR_LEADER = "siamese_sweep_leader"             # set by the creating pro
 STUDY_ATTR_UID = "siamese_sweep_uid"                   # random, set at creation (as TAG_STUDY_UID)
 STUDY_ATTR_SPEC = "spec"                                # SweepSpec.portable(): workers join with --study only
 STUDY_ATTR_SPEC_HASH = "spec_sha256"                    # SweepSpec.identity(): a worker with another spec is refused
+STUDY_ATTR_STOPPED = "stopped"                         # why study.stop ended the study early (target, patience)
 
 # ---------------------------------------------------------------- Optuna attributes: trial system attrs (Optuna's)
 # Written by RetryHeartbeatStaleTrialCallback on a stale trial's retry; `storage.requeue_trial` writes the same.

@@ -51,11 +51,32 @@ class SweepOptions:
 
 @dataclass
 class SweepResult:
+    """What a sweep did: `status` is `siamese-sweep status --json` (counts, best trial, reasons)."""
+
     status: dict[str, Any]
     parent_run_id: str
     experiment_id: str
     budget_met: bool
     workers: list[WorkerReport] = field(default_factory=list)
+    stopped_by: str = ""    # "budget", "target" / "patience" (study.stop), "timeout", "" (interrupted)
+
+    @property
+    def finished(self) -> bool:
+        """The study ended as planned: its budget met or its ``study.stop`` reached."""
+        return self.budget_met or self.stopped_by in ("target", "patience")
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The best trial (number, value, params, run_id, model_uri, test metrics); None before one completes."""
+        return self.status.get("best")
+
+    @property
+    def best_params(self) -> dict[str, Any]:
+        return dict(self.best["params"]) if self.best else {}
+
+    @property
+    def best_value(self) -> float | None:
+        return self.best["value"] if self.best else None
 
 
 def options_from(spec: SweepSpec, *, trials: int | None = None, timeout: float | None = None, workers: int = 1,
@@ -115,7 +136,7 @@ class Progress:
     def __init__(self, total: int, initial: int, enabled: bool) -> None:
         self.bar = None
         if enabled:
-            from tqdm import tqdm
+            from tqdm.auto import tqdm  # a widget in Jupyter (with ipywidgets), text on a terminal
 
             self.bar = tqdm(total=total, initial=initial, desc="trials", unit="trial", file=sys.stderr,
                             dynamic_ncols=True)
@@ -158,6 +179,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> Sw
     progress = Progress(options.trials, count_states(study).done, options.progress)
     status = RUN_FAILED
     reports: list[WorkerReport] = []
+    stopped_by, budget_met = "", False
     try:
         if options.workers <= 1:
             updater = parent_best_updater(tracker, parent)
@@ -171,7 +193,8 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> Sw
         else:
             reports.extend(_run_processes(spec, options, study, progress))
         budget_met = count_states(study).done >= options.trials
-        status = RUN_FINISHED if budget_met else RUN_KILLED
+        stopped_by = "budget" if budget_met else _stopped_by(spec, study, reports, options)
+        status = RUN_FINISHED if budget_met or stopped_by in ("target", "patience") else RUN_KILLED
     except KeyboardInterrupt:
         status = RUN_KILLED
         raise
@@ -185,7 +208,18 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> Sw
                 finalize_parent(study, closing, parent, status=status, plots=spec.tracking.log_plots)
             except Exception as exc:  # noqa: BLE001 - never hide the sweep's own outcome
                 log.warning("could not finalise the parent run: %s", exc)
-    return SweepResult(study_status(study), parent, experiment_id, status == RUN_FINISHED, reports)
+    return SweepResult(study_status(study), parent, experiment_id, budget_met, reports, stopped_by)
+
+
+def _stopped_by(spec: SweepSpec, study: optuna.Study, reports: list[WorkerReport], options: SweepOptions) -> str:
+    """Why the workers ended short of the budget: study.stop (re-read from the shared study), else a timeout."""
+    from .stopping import from_spec
+
+    stopper = from_spec(spec)
+    decision = stopper.decision(study) if stopper is not None else None
+    if decision is not None:
+        return decision.reason
+    return "timeout" if options.timeout is not None or any(r.stopped_by == "timeout" for r in reports) else ""
 
 
 def join_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> SweepResult:
@@ -204,12 +238,15 @@ def join_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> S
     experiment_id, parent = ensure_parent_run(opened, tracker, spec)
     report = run_worker(spec, opened, tracker, budget=None, timeout=options.timeout,
                         on_trial=parent_best_updater(tracker, parent), data_cache=DataCache.seeded(spec.base, data))
-    if report.budget_met and options.finalize:
+    result = SweepResult(study_status(opened.study), parent, experiment_id, report.budget_met, [report],
+                         report.stopped_by)
+    if result.finished and options.finalize:
         try:
             finalize_parent(opened.study, tracker, parent, status=RUN_FINISHED, plots=spec.tracking.log_plots)
         except Exception as exc:  # noqa: BLE001
             log.warning("could not finalise the parent run: %s", exc)
-    return SweepResult(study_status(opened.study), parent, experiment_id, report.budget_met, [report])
+        result.status = study_status(opened.study)
+    return result
 
 
 def _process_seed_offset() -> int:
@@ -225,10 +262,7 @@ def _process_seed_offset() -> int:
 
 
 def write_resolved_spec(spec: SweepSpec, path: Path) -> Path:
-    data = spec.to_dict()
-    data["search_space"] = {k: (v.model_dump(mode="json", exclude_none=True) if hasattr(v, "model_dump") else v)
-                            for k, v in spec.search_space.items()}
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.write_text(yaml.safe_dump(spec.resolved_dict(), sort_keys=False))
     return path
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import math
 import re
 from pathlib import Path
@@ -26,7 +27,10 @@ from siamese_core.config import TrainConfig, config_error_from, flatten, read_ya
 from siamese_core.errors import ConfigError
 
 from . import names, pruners, samplers
+from .convert import from_wandb, looks_like_wandb
 from .directions import TRIAL_METRICS, Direction, metric_direction
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -117,6 +121,22 @@ class PrunerSpec(_Section):
         return _registered_name(pruners, v)
 
 
+class StopSpec(_Section):
+    """End the whole study before its budget: once the best value reaches `target`, or once
+    `patience_trials` trials have finished (COMPLETE or PRUNED) since the last new best."""
+
+    target: float | None = None
+    patience_trials: int | None = Field(None, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> "StopSpec":
+        if self.target is None and self.patience_trials is None:
+            raise ValueError("study.stop: expected target (a value of the objective) and/or patience_trials")
+        if self.target is not None and not math.isfinite(self.target):
+            raise ValueError(f"target: expected a finite number; received: {self.target}")
+        return self
+
+
 class StudySpec(_Section):
     name: str = Field("siamese-sweep", min_length=1, max_length=200)
     direction: Direction | None = None
@@ -133,6 +153,8 @@ class StudySpec(_Section):
     grace_period: int = Field(30, ge=2, le=86_400)
     max_retries: int = Field(2, ge=0, le=100)
     checkpoint_dir: str | None = None
+    stop: StopSpec | None = None
+    enqueue: tuple[dict[str, Any], ...] = ()  # known-good configurations, run first
 
     @field_validator("name")
     @classmethod
@@ -158,6 +180,12 @@ class StudySpec(_Section):
             usable = ", ".join(repr(s) for s in samplers.multi_objective_names())
             raise ValueError(f"study.sampler.type: {self.sampler.type!r} supports one objective; use one of "
                              f"{usable} for {n} objectives")
+        if self.stop is not None and n > 1:
+            raise ValueError("study.stop: only for one objective (a Pareto front has no single best value to "
+                             "reach or improve)")
+        if len(self.enqueue) > self.trials:
+            raise ValueError(f"study.enqueue: {len(self.enqueue)} configurations but a budget of {self.trials} "
+                             "trials; raise study.trials or enqueue fewer")
         if self.grace_period <= self.heartbeat_interval:
             raise ValueError(f"study.grace_period: expected more than heartbeat_interval ({self.heartbeat_interval}s); "
                              f"received: {self.grace_period}")
@@ -215,16 +243,21 @@ class SweepSpec(_Section):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=False)
 
+    def resolved_dict(self) -> dict[str, Any]:
+        """A mapping `spec_from_dict` reads back into this spec (distributions without their unset fields)."""
+        data = self.to_dict()
+        data["search_space"] = {k: (v.model_dump(mode="json", exclude_none=True) if isinstance(v, Distribution)
+                                    else v) for k, v in self.search_space.items()}
+        return data
+
     def portable(self) -> dict[str, Any]:
         """The resolved spec as stored with its study: what any worker anywhere needs to join it.
 
         Per-machine values are left out (the study's storage URL and the tracking URI, which may carry
         credentials and differ between a laptop and a cluster node; the local checkpoint directory; the study
-        name, which addresses the study). `load_spec_dict` reads it back.
+        name, which addresses the study). `spec_from_data` reads it back.
         """
-        data = self.to_dict()
-        data["search_space"] = {k: (v.model_dump(mode="json", exclude_none=True) if isinstance(v, Distribution)
-                                    else v) for k, v in self.search_space.items()}
+        data = self.resolved_dict()
         for key in _MACHINE_KEYS:
             section, _, field = key.partition(".")
             data[section].pop(field, None)
@@ -364,19 +397,93 @@ def spec_from_dict(data: Mapping[str, Any], *, base_dir: Path | None = None) -> 
     check = samplers.get(spec.study.sampler.type).check
     if check is not None:
         check(spec)
+    enqueued_params(spec)
     return spec
 
 
+# ------------------------------------------------------------------- warm start
+def _same_choice(value: Any, choice: Any) -> bool:
+    """`value == choice` without Python's ``True == 1`` (a bool is not a number here)."""
+    return value == choice and isinstance(value, bool) == isinstance(choice, bool)
+
+
+def _enqueued_value(field: str, dist: Distribution, value: Any) -> Any:
+    """`value` as Optuna will store it for `dist`, or a `ConfigError` naming `field`."""
+    if dist.type == "categorical":
+        choices = list(dist.choices or ())
+        for c in choices:
+            if _same_choice(value, c):
+                return c
+        raise ConfigError(field, f"expected one of the search space's choices {choices}; received: {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        raise ConfigError(field, f"expected a number in [{dist.low}, {dist.high}]; received: {value!r}")
+    if dist.type == "int" and float(value) != int(value):
+        raise ConfigError(field, f"expected an integer in [{int(dist.low)}, {int(dist.high)}]; received: {value!r}")
+    if not dist.low <= value <= dist.high:
+        raise ConfigError(field, f"expected a value in the search space's range [{dist.low}, {dist.high}]; "
+                                 f"received: {value!r}")
+    if dist.step is not None:
+        k = (value - dist.low) / dist.step
+        if abs(k - round(k)) > 1e-8:
+            raise ConfigError(field, f"expected low + k * step ({dist.low} + k * {dist.step}); received: {value!r}")
+    return int(value) if dist.type == "int" else float(value)
+
+
+def enqueued_params(spec: SweepSpec) -> list[dict[str, Any]]:
+    """``study.enqueue`` checked against the search space, as Optuna params (``ConfigError`` naming
+    ``study.enqueue[i].<param>`` otherwise). A parameter left out is sampled as usual."""
+    space = spec.distributions()
+    out: list[dict[str, Any]] = []
+    for i, entry in enumerate(spec.study.enqueue):
+        where = f"study.enqueue[{i}]"
+        if not entry:
+            raise ConfigError(where, "expected a mapping of search-space parameters to values; received: {}")
+        params: dict[str, Any] = {}
+        for key, value in entry.items():
+            field = f"{where}.{key}"
+            if key in space:
+                params[key] = _enqueued_value(field, space[key], value)
+            elif spec.hypermodel is not None:
+                params[key] = value  # a hypermodel's own hp.* name: only its build() knows the range
+            elif key in spec.fixed():
+                raise ConfigError(field, f"fixed in the search space ({key}: {spec.fixed()[key]!r}); only sampled "
+                                         f"parameters can be enqueued")
+            else:
+                raise ConfigError(field, f"not a parameter of the search space; expected one of {sorted(space)}")
+        # what decides a condition: the entry's own values, fixed values, and base values nobody samples
+        known = {k: v for k, v in {**spec.base.flat(), **spec.fixed()}.items() if k not in space} | params
+        for key in params:
+            dist = space.get(key)
+            if dist is None or not dist.when:
+                continue
+            for other, allowed in dist.when.items():
+                allowed = list(allowed) if isinstance(allowed, (list, tuple)) else [allowed]
+                if other in known and known[other] not in allowed:
+                    raise ConfigError(f"{where}.{key}", f"never sampled when {other}={known[other]!r} (its "
+                                                        f"condition: {other} in {allowed}); drop it from this entry")
+        out.append(params)
+    return out
+
+
 def load_spec(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
-    """Read a spec YAML (optional: defaults + overrides) and apply dotted ``--set`` overrides."""
+    """Read a spec YAML (optional: defaults + overrides) and apply dotted ``--set`` overrides.
+
+    A Weights & Biases sweep file (`sweeps.convert.looks_like_wandb`) is converted first, so
+    ``--set base.dataset=digits`` and the like apply to the converted spec.
+    """
     data = read_yaml_mapping(path, what="sweep spec") if path is not None else {}
-    base_dir = Path(path).resolve().parent if path is not None else None
-    return load_spec_dict(data, overrides, base_dir=base_dir)
+    if looks_like_wandb(data):
+        data, notes = from_wandb(data)
+        log.info("%s is a W&B sweep file: converted it (siamese-sweep convert %s prints the spec)%s", path, path,
+                 "".join(f"; {note}" for note in notes))
+    return spec_from_data(data, overrides, base_dir=Path(path).resolve().parent if path is not None else None)
 
 
-def load_spec_dict(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, *,
+def spec_from_data(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, *,
                    base_dir: Path | None = None) -> SweepSpec:
-    """A spec mapping (a file's content, or `SweepSpec.portable` stored with a study) with ``--set`` overrides."""
+    """A spec mapping with dotted overrides applied (``search_space.<key>.low`` included), validated."""
+    if not isinstance(data, Mapping):
+        return spec_from_dict(data, base_dir=base_dir)  # the one error message for a non-mapping
     data = copy.deepcopy(dict(data))
     for key, value in (overrides or {}).items():
         if key.startswith("base.") and isinstance(data.get("base"), (str, Path)):

@@ -20,7 +20,7 @@ from siamese_core.errors import ConfigError
 
 from . import names, outcomes, pruners, samplers
 from .secrets import mask_url
-from .spec import SweepSpec, load_spec_dict, spec_differences
+from .spec import SweepSpec, enqueued_params, spec_differences, spec_from_data
 from .storage import make_storage, sqlite_path
 from .tracking import Tracker
 
@@ -146,7 +146,7 @@ def stored_spec(storage_url: str, study_name: str, overrides: dict[str, Any] | N
         raise ConfigError("--study", f"study {study_name!r} has no stored spec (created by an older version or "
                                      f"by plain Optuna); pass its spec file")
     data = {**data, "study": {**data.get("study", {}), "name": study_name, "storage": storage_url}}
-    return load_spec_dict(data, overrides)
+    return spec_from_data(data, overrides)
 
 
 def ensure_parent_run(opened: OpenedStudy, tracker: Tracker, spec: SweepSpec, *,
@@ -198,6 +198,20 @@ def study_uid(study: optuna.Study) -> str:
     return str(uid)
 
 
+def enqueue_known(study: optuna.Study, spec: SweepSpec) -> int:
+    """Queue ``study.enqueue``'s configurations unless the study already has them (a resume, another
+    worker): Optuna's ``skip_if_exists``. Returns how many were queued now. Call under the budget lock."""
+    before = len(study.get_trials(deepcopy=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for params in enqueued_params(spec):
+            study.enqueue_trial(params, skip_if_exists=True)
+    queued = len(study.get_trials(deepcopy=False)) - before
+    if queued:
+        log.info("study %s: queued %d known configuration(s) from study.enqueue", study.study_name, queued)
+    return queued
+
+
 def trial_budget(study: optuna.Study, default: int) -> int:
     return int(study.user_attrs.get(names.STUDY_ATTR_BUDGET, default))
 
@@ -242,7 +256,8 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
     out: dict[str, Any] = {"study": study.study_name, "counts": counts.as_dict(),
                            "budget": study.user_attrs.get(names.STUDY_ATTR_BUDGET),
                            "directions": [d.name.lower() for d in study.directions],
-                           "parent_run_id": study.user_attrs.get(names.STUDY_ATTR_PARENT_RUN_ID)}
+                           "parent_run_id": study.user_attrs.get(names.STUDY_ATTR_PARENT_RUN_ID),
+                           "stopped": study.user_attrs.get(names.STUDY_ATTR_STOPPED)}
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     if complete:
         if len(study.directions) == 1:

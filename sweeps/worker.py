@@ -27,7 +27,8 @@ from .objective import Objective, TrialContext
 from .signals import StopRequest, stop_on_signals
 from .spec import SweepSpec
 from .storage import budget_lock, fail_stale_trials, retried_trial_number, safe_filename
-from .study import OpenedStudy, count_states, ensure_parent_run, trial_budget
+from .stopping import from_spec as study_stop_from
+from .study import OpenedStudy, count_states, enqueue_known, ensure_parent_run, trial_budget
 from .tracking import RUN_RUNNING, Retry, Tracker
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,10 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
     last_reason = ""
     deadline = None if timeout is None else time.monotonic() + timeout
     poll = poll_s if poll_s is not None else min(5.0, float(spec.study.heartbeat_interval))
+    stopper = study_stop_from(spec)
+    if spec.study.enqueue:
+        with lock:  # Optuna's skip_if_exists is not atomic across processes: one worker at a time
+            enqueue_known(study, spec)
 
     def guarded(trial: optuna.Trial) -> Any:
         lock.release()  # the trial exists now; let other workers start theirs
@@ -191,12 +196,19 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
                     if counts.done >= target:
                         report.budget_met, report.stopped_by = True, "budget"
                         break
+                    decision = stopper.decision(study) if stopper is not None else None
+                    if decision is not None:  # study.stop: the same decision in every worker (shared study)
+                        report.stopped_by = decision.reason
+                        if study.user_attrs.get(names.STUDY_ATTR_STOPPED) != str(decision):
+                            study.set_user_attr(names.STUDY_ATTR_STOPPED, str(decision))
+                            log.info("study %s stops before its budget: %s", study.study_name, decision)
+                        break
                     can_start = counts.waiting > 0 or counts.done + counts.running + counts.waiting < target
                     if can_start:
                         with warnings.catch_warnings():
                             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                            study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=[after_trial],
-                                           gc_after_trial=True)
+                            study.optimize(guarded, n_trials=1, catch=(Exception,), gc_after_trial=True,
+                                           callbacks=[after_trial] + ([stopper] if stopper is not None else []))
                 if can_start:
                     if last_reason == outcomes.TRACKING_UNAVAILABLE_AT_START.reason:
                         raise SweepFatal(f"MLflow tracking at {tracker!r} is unreachable")

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import names
-from ..cli import EXIT_OK, add_set_option, flag_or_env, print_json
+from ..cli import EXIT_OK, add_set_option, add_study_option, flag_or_env, print_json
 from ..registry import DEFAULT_ALIAS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "test split, register it as a new version and move the alias only if it is better "
                            "(or --force). --rollback moves the alias back to the previous holder."))
     p.add_argument("spec", nargs="?", help="sweep spec YAML (optional: storage, tracking URI, registered_model)")
-    p.add_argument("--study", help="study name (default: the spec's study.name)")
+    add_study_option(p)
     p.add_argument("--storage", help="Optuna storage URL (default: $OPTUNA_STORAGE, the spec's, sqlite:///optuna.db)")
     p.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, the spec's, "
                                           "sqlite:///mlflow.db)")

@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from ..cli import EXIT_OK, add_set_option, print_json
+from ..cli import EXIT_OK, add_set_option, add_study_option, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "naming files on the nodes) before submitting. Task exit codes: 0 done, 2 bad input (never retried), "
             "1 other error (retried in place --retries times), 130 interrupted (trial queued again)."))
     p.add_argument("spec", nargs="?", help="sweep spec YAML (default: the built-in quickstart)")
-    p.add_argument("--study", help="study name (default: the spec's study.name)")
+    add_study_option(p)
     p.add_argument("--tasks", type=int, required=True, help="array tasks, i.e. worker processes (N)")
     p.add_argument("--trials", type=int, help="global trial budget (default: the spec's study.trials)")
     p.add_argument("--time", help="time limit per task, e.g. 30, 4:00:00, 1-12 (sbatch --time)")

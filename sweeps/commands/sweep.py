@@ -6,7 +6,7 @@ import math
 import sys
 
 from .. import names, pruners, samplers
-from ..cli import EXIT_ERROR, EXIT_OK, add_set_option, flag_or_env, print_json
+from ..cli import EXIT_ERROR, EXIT_OK, add_set_option, add_study_option, flag_or_env, print_json
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -14,7 +14,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                                      "else sqlite:///optuna.db)")
     p.add_argument("--tracking-uri", help=f"MLflow tracking URI (default: ${names.ENV_MLFLOW_TRACKING_URI}, the "
                                           "spec's, else sqlite:///mlflow.db)")
-    p.add_argument("--study", help="study name (default: the spec's study.name)")
+    add_study_option(p)
     p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
     add_set_option(p, what="spec")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -44,10 +44,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("status", help="trials by state, best trial, prune/fail reasons")
     s.add_argument("spec", nargs="?", help="sweep spec YAML (for its storage and study name)")
     s.add_argument("--storage", help=f"Optuna storage URL (default: ${names.ENV_OPTUNA_STORAGE}, else the spec's)")
-    s.add_argument("--study", help="study name")
+    add_study_option(s, help="study name")
     add_set_option(s, what="spec")
     s.add_argument("--json", action="store_true", help="print the status as JSON")
     s.set_defaults(handler=cmd_status)
+
+    c = sub.add_parser("convert", help="turn a W&B sweep file into a siamese-sweep spec", description=(
+        "Convert a Weights & Biases sweep config (method, metric {name, goal, target}, parameters, early_terminate, "
+        "run_cap) into a spec and print it (or write it with -o). 'run' and 'worker' also read a W&B file "
+        "directly; this shows what they make of it. What has no equivalent is listed on stderr."))
+    c.add_argument("source", metavar="WANDB_YAML", help="the W&B sweep file")
+    c.add_argument("-o", "--output", metavar="SPEC_YAML", help="write the spec here instead of printing it")
+    add_study_option(c, help="study name (default: the W&B sweep's name, else siamese-sweep)")
+    c.set_defaults(handler=cmd_convert)
 
 
 def _spec(args: argparse.Namespace, *, stored: str = "never"):
@@ -77,23 +86,19 @@ def _positive(name: str, value: float | None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..preflight import preflight
+    from ..api import sweep
 
     spec = _spec(args, stored="if-exists")
     _positive("--workers", args.workers)
     _positive("--trials", args.trials)
     _positive("--timeout", args.timeout)
-    data = preflight(spec)  # bad spec or data: exit 2 before TensorFlow, Optuna or MLflow start work
-
-    from ..runner import options_from, run_sweep
-
-    options = options_from(spec, trials=args.trials, timeout=args.timeout, workers=args.workers,
-                           storage=flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE),
-                           tracking_uri=flag_or_env(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI),
-                           study_name=args.study, progress=not args.quiet)
-    result = run_sweep(spec, options, data=data)
+    # `sweep` runs the preflight: a bad spec or data exits 2 before Optuna or MLflow create anything
+    result = sweep(spec, trials=args.trials, timeout=args.timeout, workers=args.workers,
+                   storage=flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE),
+                   tracking_uri=flag_or_env(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI),
+                   study_name=args.study, progress=not args.quiet)
     _report(result.status, args.json)
-    return EXIT_OK if result.budget_met or args.timeout else EXIT_ERROR
+    return EXIT_OK if result.finished or args.timeout else EXIT_ERROR
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -133,6 +138,34 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+    from siamese_core.config import read_yaml_mapping
+    from siamese_core.errors import ConfigError
+
+    from ..convert import from_wandb, looks_like_wandb
+    from ..spec import spec_from_dict
+
+    source = Path(args.source)
+    data = read_yaml_mapping(source, what="W&B sweep")
+    if not looks_like_wandb(data):
+        raise ConfigError("", f"{source} is not a W&B sweep file (expected a 'parameters' section and no "
+                              "search_space or base); siamese-sweep specs need no conversion")
+    spec, notes = from_wandb(data, study_name=args.study)
+    spec_from_dict(spec)  # a converted file that would not run is refused here, with the field named
+    text = f"# converted from {source.name} by siamese-sweep convert\n" + yaml.safe_dump(spec, sort_keys=False)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return EXIT_OK
+
+
 def _report(status: dict, as_json: bool) -> None:
     if as_json:
         print_json(status)
@@ -140,6 +173,8 @@ def _report(status: dict, as_json: bool) -> None:
     counts = status["counts"]
     print(f"study {status['study']}: " + ", ".join(f"{k.lower()} {v}" for k, v in counts.items() if v)
           + (f" (budget {status['budget']})" if status.get("budget") else ""))
+    if status.get("stopped"):
+        print(f"stopped early by study.stop: {status['stopped']}")
     best = status.get("best")
     if best:
         print(f"best trial #{best['number']}: value={best['value']:.4f}  run={best['run_id']}")

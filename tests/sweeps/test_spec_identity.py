@@ -10,7 +10,7 @@ import optuna
 import pytest
 import yaml
 
-from sweeps.spec import load_spec, load_spec_dict, spec_differences, spec_from_dict
+from sweeps.spec import load_spec, spec_from_data, spec_differences, spec_from_dict
 from sweeps.specs import resolve_spec_path, shipped
 from sweeps.storage import make_storage
 
@@ -27,7 +27,7 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("name", shipped())
 def test_portable_spec_round_trips_to_the_same_identity(name: str) -> None:
     spec = load_spec(resolve_spec_path(name))
-    again = load_spec_dict(spec.portable())
+    again = spec_from_data(spec.portable())
     assert again.identity() == spec.identity()
     assert spec_differences(spec.portable(), again.portable()) == []
 

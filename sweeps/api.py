@@ -1,0 +1,83 @@
+"""`sweep`: the Python entry point of ``siamese-sweep run``, for notebooks and scripts.
+
+    from sweeps import sweep
+    result = sweep({"base": {"dataset": "digits"}, "search_space": {...}}, trials=4,
+                   storage="sqlite:///optuna.db", tracking_uri="sqlite:///mlflow.db")
+    result.best_params, result.best_value, result.status["counts"]
+
+``siamese-sweep run`` is a thin layer over this function. Called from a thread other than the main
+one (a notebook's background thread, a web server's worker) it installs no signal handlers: Python
+allows them only in the main thread, and a library must not take over the host's Ctrl-C.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from siamese_core.errors import ConfigError
+
+from . import names
+from .convert import from_wandb, looks_like_wandb
+from .spec import SweepSpec, load_spec, spec_from_data
+
+if TYPE_CHECKING:
+    from .runner import SweepResult
+
+log = logging.getLogger(__name__)
+
+SpecLike = SweepSpec | Mapping[str, Any] | str | Path | None
+
+
+def resolve_spec(spec: SpecLike = None, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
+    """A `SweepSpec` from a spec object, a mapping (ours or a W&B sweep config), a YAML path or the name of
+    a built-in spec (``quickstart``, ``digits-smoke``...; None = ``quickstart``), with dotted overrides."""
+    if isinstance(spec, SweepSpec):
+        return spec_from_data(spec.resolved_dict(), overrides) if overrides else spec
+    if isinstance(spec, Mapping):
+        data: Mapping[str, Any] = spec
+        if looks_like_wandb(data):
+            data, notes = from_wandb(data)
+            log.info("a W&B sweep config: converted it (%s)", "; ".join(notes) or "nothing dropped")
+        return spec_from_data(data, overrides)
+    if spec is None or isinstance(spec, (str, Path)):
+        from .specs import resolve_spec_path
+
+        return load_spec(resolve_spec_path(None if spec is None else str(spec)), overrides)
+    raise ConfigError("spec", f"expected a SweepSpec, a mapping, a YAML path or a built-in spec name; "
+                              f"received: {type(spec).__name__}")
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and (isinstance(value, bool) or not value > 0):
+        raise ConfigError(name, f"expected a positive number; received: {value!r}")
+
+
+def sweep(spec: SpecLike = None, *, trials: int | None = None, storage: str | None = None,
+          tracking_uri: str | None = None, study_name: str | None = None, workers: int = 1,
+          timeout: float | None = None, overrides: Mapping[str, Any] | None = None,
+          progress: bool = True) -> SweepResult:
+    """Create or resume a study and run it to its trial budget (or its ``study.stop``); see `resolve_spec`.
+
+    `storage` / `tracking_uri` default to ``$OPTUNA_STORAGE`` / ``$MLFLOW_TRACKING_URI``, then the spec's.
+    `trials` is the global budget (COMPLETE + PRUNED, across workers and resumes); `workers` > 1 starts
+    worker processes. Input errors raise `ConfigError` / `DataError` before anything is created.
+    """
+    resolved = resolve_spec(spec, overrides)
+    _positive("trials", trials)
+    _positive("workers", workers)
+    _positive("timeout", timeout)
+
+    from .preflight import preflight
+
+    data = preflight(resolved)  # bad spec or data: before Optuna or MLflow create anything
+
+    from .runner import options_from, run_sweep
+
+    options = options_from(resolved, trials=trials, timeout=timeout, workers=int(workers),
+                           storage=storage or os.environ.get(names.ENV_OPTUNA_STORAGE) or None,
+                           tracking_uri=tracking_uri or os.environ.get(names.ENV_MLFLOW_TRACKING_URI) or None,
+                           study_name=study_name, progress=progress)
+    return run_sweep(resolved, options, data=data)

@@ -1,0 +1,74 @@
+"""``study.stop``: end a whole study before its trial budget (W&B's ``metric.target``, plus patience).
+
+`StudyStop` reads only the shared study, so every worker — in this process, in ``run --workers N``, on
+other machines — reaches the same decision from the same storage: each checks it before starting a
+trial, and trials already running finish normally (like ``optuna.Study.stop``). It is also an
+ordinary Optuna callback for a plain ``study.optimize(..., callbacks=[StudyStop(target=0.95)])``.
+"""
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import optuna
+
+if TYPE_CHECKING:
+    from .spec import SweepSpec
+
+_DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+_EPOCH = datetime.datetime.min
+
+
+@dataclass(frozen=True)
+class StopDecision:
+    reason: str   # "target" or "patience"
+    detail: str   # one line for logs, `status` and the study's `stopped` attribute
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+
+class StudyStop:
+    """Stop once the best value reaches `target`, or after `patience_trials` finished trials without a new best."""
+
+    def __init__(self, *, target: float | None = None, patience_trials: int | None = None) -> None:
+        if target is None and patience_trials is None:
+            raise ValueError("StudyStop needs target and/or patience_trials")
+        self.target = target
+        self.patience_trials = patience_trials
+
+    def decision(self, study: optuna.Study) -> StopDecision | None:
+        """None while the study should go on."""
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        trials = study.get_trials(deepcopy=False, states=_DONE)
+        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+        best = None
+        if complete:
+            best = (max if maximize else min)(complete, key=lambda t: t.value)
+        reached = best is not None and self.target is not None and (
+            best.value >= self.target if maximize else best.value <= self.target)
+        if reached:
+            return StopDecision("target", f"trial {best.number} reached {best.value:.6g} "
+                                          f"({'>=' if maximize else '<='} target {self.target:g})")
+        if self.patience_trials is not None:
+            since = (best.datetime_complete or _EPOCH) if best is not None else _EPOCH
+            later = [t for t in trials
+                     if (best is None or t.number != best.number) and (t.datetime_complete or _EPOCH) >= since]
+            if len(later) >= self.patience_trials:
+                where = f"trial {best.number} ({best.value:.6g})" if best is not None else "any complete trial"
+                return StopDecision("patience", f"{len(later)} finished trials without improving on {where} "
+                                                f"(patience_trials {self.patience_trials})")
+        return None
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.decision(study) is not None:
+            study.stop()
+
+
+def from_spec(spec: SweepSpec) -> StudyStop | None:
+    """The spec's ``study.stop`` (None when it has none)."""
+    stop = spec.study.stop
+    if stop is None:
+        return None
+    return StudyStop(target=stop.target, patience_trials=stop.patience_trials)
