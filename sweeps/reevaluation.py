@@ -156,12 +156,12 @@ def build_test_split(raw_config: dict[str, Any], *, expected_fingerprint: str | 
 
 # ------------------------------------------------------------------ models
 def load_wrapper(uri: str, *, tracking_uri: str, dst: str) -> Any:
-    """Download `uri` and load its pyfunc wrapper (`SiameseServingModel`)."""
-    import mlflow.pyfunc
-
+    """Download `uri` and build its `SiameseServingModel` from data only (`serving.load_model_dir`: nothing in
+    the artifact store is unpickled or executed on the promoting host)."""
     from .registry import download_model
+    from .serving import load_model_dir
 
-    return mlflow.pyfunc.load_model(download_model(uri, tracking_uri=tracking_uri, dst=dst)).unwrap_python_model()
+    return load_model_dir(download_model(uri, tracking_uri=tracking_uri, dst=dst))[0]
 
 
 def evaluate(wrapper: Any, split: TestSplit, *, uri: str) -> Evaluation:

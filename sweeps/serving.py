@@ -14,6 +14,7 @@ Only pandas, numpy and siamese_core's pure-Python errors here at import time: Ke
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -110,6 +111,42 @@ def input_spec(model: Any) -> list[tuple[tuple[int, ...], str]]:
     return [(tuple(int(d) for d in inp.shape[1:]), str(inp.dtype).replace("tf.", "")) for inp in model.inputs]
 
 
+def load_model_dir(model_dir: str | Path) -> tuple[SiameseServingModel, dict[str, Any]]:
+    """(wrapper, model metadata) from a downloaded MLflow model directory, without unpickling anything.
+
+    ``mlflow.pyfunc.load_model`` unpickles ``python_model.pkl`` with cloudpickle: whoever can write the
+    artifact store could run code on the host that loads it (a tampered model ran ``id`` during predict).
+    Here the wrapper comes from this installed package and only data is read from the directory: the
+    ``MLmodel`` YAML (safe_load), the Keras archive in safe mode and the reference embeddings without pickle.
+    `predict` and `promote` load models this way.
+    """
+    import yaml
+
+    root = Path(model_dir).resolve()
+    try:
+        conf = yaml.safe_load((root / "MLmodel").read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise PredictError(f"{model_dir}: not an MLflow model directory ({type(exc).__name__}: {exc})") from None
+    artifacts = ((conf.get("flavors") or {}).get("python_function") or {}).get("artifacts") or {}
+
+    def artifact(name: str) -> str | None:
+        entry = artifacts.get(name)
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            return None
+        path = (root / entry["path"]).resolve()
+        if not path.is_relative_to(root):
+            raise PredictError(f"{model_dir}: artifact {name!r} points outside the model directory ({path})")
+        return str(path)
+
+    keras_path = artifact(KERAS_ARTIFACT)
+    if keras_path is None:
+        raise PredictError(f"{model_dir}: no {KERAS_ARTIFACT!r} artifact; is it a siamese-sweep model?")
+    wrapper = SiameseServingModel().load(keras_path)
+    wrapper.reference_path = artifact(REFERENCE_ARTIFACT)
+    metadata = conf.get("metadata")
+    return wrapper, dict(metadata) if isinstance(metadata, dict) else {}
+
+
 class SiameseServingModel(PythonModel):
     """Pair scoring and embedding for an exported Siamese model (see the module docstring)."""
 
@@ -123,7 +160,10 @@ class SiameseServingModel(PythonModel):
     def reference_embeddings(self) -> np.ndarray | None:
         """Embeddings of the first test samples as the trial's in-memory model computed them (if recorded)."""
         path = getattr(self, "reference_path", None)
-        return np.load(path)["embeddings"] if path else None
+        if not path:
+            return None
+        with np.load(path, allow_pickle=False) as z:
+            return z["embeddings"]
 
     def load(self, keras_path: str) -> SiameseServingModel:
         self.model = load_keras(keras_path)

@@ -147,12 +147,10 @@ def _load_model(uri: str, tracking_uri: str, tmp: str) -> tuple[Any, dict[str, A
     path = Path(uri)
     if path.is_file() and path.suffix == ".keras":
         return SiameseServingModel.from_keras(load_keras(str(path))), {}
-    import mlflow.pyfunc
-
     from ..registry import download_model
+    from ..serving import load_model_dir
 
-    model = mlflow.pyfunc.load_model(download_model(uri, tracking_uri=tracking_uri, dst=tmp))
-    return model.unwrap_python_model(), dict(model.metadata.metadata or {})
+    return load_model_dir(download_model(uri, tracking_uri=tracking_uri, dst=tmp))  # never unpickles
 
 
 def read_sample(path_str: str, shape: tuple[int, ...], dtype: str, meta: dict[str, Any], *, what: str) -> Any:

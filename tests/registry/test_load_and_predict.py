@@ -86,3 +86,40 @@ def test_cli_predict_with_npy_and_image_files(sqlite_stores: Stores, promoted: d
     np.save(d / "wrong.npy", np.zeros((3, 3)))
     assert main(["predict", uri, str(d / "a.npy"), str(d / "wrong.npy"), *tracking]) == 2
     assert "expected 64 values" in capsys.readouterr().err
+
+
+class _Marker:
+    """Unpickling this writes a file: what a tampered python_model.pkl could do on the loading host."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.path), "pwned"))
+
+
+def test_predict_and_promote_never_unpickle_the_model(sqlite_stores: Stores, promoted: dict, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import pickle
+
+    import mlflow
+
+    from sweeps.cli import main
+    from sweeps.reevaluation import load_wrapper
+
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion", dst_path=str(tmp_path / "m"),
+                                                     tracking_uri=sqlite_stores.tracking_uri))
+    marker = tmp_path / "marker"
+    (local / "python_model.pkl").write_bytes(pickle.dumps(_Marker(str(marker))))
+    d: Path = promoted["dir"]
+    np.save(d / "a.npy", promoted["split"].left[0])
+    np.save(d / "b.npy", promoted["split"].right[0])
+    assert main(["predict", str(local), str(d / "a.npy"), str(d / "b.npy"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["threshold"] == pytest.approx(promoted["trial"].user_attrs["threshold"])
+    wrapper = load_wrapper(str(local), tracking_uri=sqlite_stores.tracking_uri, dst=str(tmp_path / "w"))
+    assert wrapper.threshold == pytest.approx(out["threshold"])
+    assert not marker.exists()
+    with pytest.raises(Exception):  # the same directory through mlflow.pyfunc does unpickle it (documented)
+        mlflow.pyfunc.load_model(str(local))
+    assert marker.exists()
