@@ -33,6 +33,12 @@ PAIR_COLUMNS = ("left", "right")
 EMBED_COLUMN = "input"
 MODES = ("pair", "embed")
 BATCH = 512  # the batch size the trial embedded its test samples with: same batches -> identical floats
+# One request is scored in one process; 10,000 pairs of 28x28 images is ~60 MB of floats and ~20 s on 2 cores.
+# Larger batches belong to `score_arrays` in a job, not to an HTTP request (MLflow's server has no body limit).
+MAX_ROWS = 10_000
+# No model input is meaningfully this large (pixels are <= 255, standardised features a few units): such values
+# (1e300, an unscaled ID) would give a confident but meaningless answer.
+MAX_ABS_INPUT = 1e6
 
 
 class PredictError(SiameseError, ValueError):
@@ -99,6 +105,18 @@ def to_batch(column: Any, shape: tuple[int, ...], dtype: str, *, what: str) -> n
     if not rows:
         return np.zeros((0, *shape), dtype=dtype)
     x = np.stack(rows)
+    if x.dtype.kind == "f" or x.dtype.kind in "iu":
+        finite = np.isfinite(x) if x.dtype.kind == "f" else np.ones(x.shape, bool)
+        if not finite.all():
+            row = int(np.argwhere(~finite)[0][0])
+            raise PredictError(f"column {what!r}, row {row}: NaN or infinite values; inputs must be finite")
+        big = np.abs(x.astype(np.float64, copy=False)) > MAX_ABS_INPUT
+        if big.any():
+            row = int(np.argwhere(big)[0][0])
+            raise PredictError(f"column {what!r}, row {row}: values beyond ±{MAX_ABS_INPUT:g}; no model input is "
+                               f"that large (unscaled data?)")
+    else:
+        raise PredictError(f"column {what!r}: expected numbers; received dtype {x.dtype}")
     target = np.dtype(dtype)
     if np.issubdtype(target, np.integer) and not np.issubdtype(x.dtype, np.integer):
         info = np.iinfo(target)
@@ -213,11 +231,26 @@ class SiameseServingModel(PythonModel):
 
     # ------------------------------------------------------------------ pyfunc
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Score pairs or embed samples; a bad request is an MLflow ``INVALID_PARAMETER_VALUE`` (HTTP 400 from
+        ``mlflow models serve``) with one message and no stack trace."""
+        try:
+            return self._predict(model_input, params)
+        except PredictError as exc:
+            try:
+                from mlflow.exceptions import MlflowException
+                from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+            except ImportError:  # pragma: no cover - MLflow is a dependency; keep the plain error without it
+                raise exc from None
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+
+    def _predict(self, model_input: pd.DataFrame, params: dict[str, Any] | None) -> pd.DataFrame:
         params = dict(params or {})
         mode = params.get("mode") or "pair"
         if mode not in MODES:
             raise PredictError(f"params.mode: expected one of {list(MODES)}; received: {mode!r}")
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if len(frame) > MAX_ROWS:
+            raise PredictError(f"{len(frame)} rows in one request; at most {MAX_ROWS:,} (split the request)")
         if mode == "embed":
             side = 1 if str(params.get("side") or "left") == "right" else 0
             column = EMBED_COLUMN if EMBED_COLUMN in frame else PAIR_COLUMNS[side]
@@ -234,7 +267,14 @@ class SiameseServingModel(PythonModel):
         left = to_batch(frame["left"], *self.inputs[0], what="left")
         right = to_batch(frame["right"], *self.inputs[-1], what="right")
         threshold = params.get("threshold")
-        out = self.score_arrays(left, right, threshold=None if threshold is None else float(threshold))
+        if threshold is not None:
+            try:
+                threshold = float(threshold)
+            except (TypeError, ValueError):
+                raise PredictError(f"params.threshold: expected a number; received: {threshold!r}") from None
+            if not np.isfinite(threshold):
+                raise PredictError(f"params.threshold: expected a finite number; received: {threshold}")
+        out = self.score_arrays(left, right, threshold=threshold)
         return pd.DataFrame({"distance": out["distance"].astype(float), "score": out["score"].astype(float),
                              "same": out["same"]})
 

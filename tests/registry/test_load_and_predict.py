@@ -123,3 +123,30 @@ def test_predict_and_promote_never_unpickle_the_model(sqlite_stores: Stores, pro
     with pytest.raises(Exception):  # the same directory through mlflow.pyfunc does unpickle it (documented)
         mlflow.pyfunc.load_model(str(local))
     assert marker.exists()
+
+
+def test_bad_requests_are_one_clear_invalid_parameter_error(sqlite_stores: Stores, promoted: dict,
+                                                            tmp_path: Path) -> None:
+    """NaN, ±inf, 1e300 inputs and a NaN threshold got a confident answer; now HTTP 400-class errors."""
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from sweeps.reevaluation import load_wrapper
+    from sweeps.serving import MAX_ROWS
+
+    wrapper = load_wrapper(f"models:/{NAME}@champion", tracking_uri=sqlite_stores.tracking_uri, dst=str(tmp_path))
+    a, b = promoted["split"].left[0].astype(float), promoted["split"].right[0].astype(float)
+    ok = wrapper.predict(None, pd.DataFrame({"left": [a.tolist()], "right": [b.tolist()]}))
+    assert len(ok) == 1
+    for value, text in ((np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"), (1e300, "beyond")):
+        bad = a.copy()
+        bad.flat[5] = value
+        with pytest.raises(MlflowException, match=text) as err:
+            wrapper.predict(None, pd.DataFrame({"left": [a.tolist(), bad.tolist()], "right": [b.tolist()] * 2}))
+        assert err.value.error_code == "INVALID_PARAMETER_VALUE" and "row 1" in err.value.message
+    with pytest.raises(MlflowException, match="params.threshold"):
+        wrapper.predict(None, pd.DataFrame({"left": [a.tolist()], "right": [b.tolist()]}),
+                        params={"threshold": float("nan")})
+    with pytest.raises(MlflowException, match="at most"):
+        wrapper.predict(None, pd.DataFrame({"left": [a.tolist()] * (MAX_ROWS + 1),
+                                            "right": [b.tolist()] * (MAX_ROWS + 1)}))

@@ -121,3 +121,9 @@ def test_invocations_embed_mode_and_bad_requests(server: dict) -> None:
     status, out = _post(f"{server['url']}/invocations",
                         {"dataframe_split": {"columns": ["left"], "data": [[[[[0]] * 8] * 8]]}})
     assert status >= 400 and "right" in str(out)
+    cell = [[[0.0]] * 8] * 8
+    huge = [[[1e300]] * 8] * 8
+    status, out = _post(f"{server['url']}/invocations",
+                        {"dataframe_split": {"columns": ["left", "right"], "data": [[cell, huge]]}})
+    assert status == 400 and "beyond" in str(out), out
+    assert "Traceback" not in str(out) and "stack_trace" not in str(out)
