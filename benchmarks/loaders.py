@@ -57,7 +57,7 @@ def _timer(max_steps: int | None) -> Any:
 
 def _summarise(name: str, timer: Any, t_start: float, t_return: float, pairs: int, batch: int,
                extra: dict[str, Any]) -> dict[str, Any]:
-    durations = [e - b for b, e in zip(timer.begin, timer.end)]
+    durations = [e - b for b, e in zip(timer.begin, timer.end, strict=False)]
     gaps = [timer.begin[k + 1] - timer.end[k] for k in range(len(timer.end) - 1)]
     n = len(timer.end)
     steady = (pairs * (n - 1) / (timer.end[-1] - timer.end[0])) if n > 1 else pairs / durations[0]
@@ -75,8 +75,8 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
     from siamese_core.config import TrainConfig
     from siamese_core.data.loaders import get_loader
     from siamese_core.data.sources import load_dataset
-    from siamese_core.runtime import seed_everything
     from siamese_core.run import build_run
+    from siamese_core.runtime import seed_everything
 
     overrides = {"loader": args.child, "pairs.pairs_per_epoch": args.pairs, "batch_size": args.batch,
                  "epochs": args.epochs, "seed": args.seed, "pairs.val_pairs": 20, "pairs.test_pairs": 20}

@@ -256,7 +256,7 @@ def main() -> None:
         n_epochs = [len(eps) for eps in in_budget]
         if method == "optuna-tpe+prune":
             full = [r["trials"] * r["max_epochs"] for r in runs]
-            saved = median([1 - r["epochs_run"] / f for r, f in zip(runs, full) if f])
+            saved = median([1 - r["epochs_run"] / f for r, f in zip(runs, full, strict=True) if f])
         else:
             saved = float("nan")
         rows.append([method] + [median([c[i] for c in curves]) for i in range(len(checkpoints))]

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -47,7 +48,7 @@ class Distribution(_Section):
     when: dict[str, Any] | None = None  # condition: {other_key: value or [values]}
 
     @model_validator(mode="after")
-    def _check(self) -> "Distribution":
+    def _check(self) -> Distribution:
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("choices: a categorical parameter needs a non-empty list of choices")
@@ -141,7 +142,7 @@ class StudySpec(_Section):
         return {"type": v} if isinstance(v, str) else v
 
     @model_validator(mode="after")
-    def _check(self) -> "StudySpec":
+    def _check(self) -> StudySpec:
         if self.metrics is not None and len(self.metrics) == 0:
             raise ValueError("study.metrics: expected at least one metric")
         n = len(self.objective_metrics)
