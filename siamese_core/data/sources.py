@@ -298,7 +298,7 @@ def _check_splits(splits: dict[str, Split], source: str, params: SplitParams) ->
 def _describe(name: str, raw: RawLabeled | RawPaired, splits: dict[str, Split], params: SplitParams) -> DataInfo:
     train = splits["train"]
     shapes: tuple[tuple[int, ...], ...]
-    all_inputs: list[Inputs | None]  # (None only where a branch checked another test side)
+    all_inputs: list[Inputs | None]  # None never occurs: the loaders give all test arrays or none
     if isinstance(train, PairedSplit):
         assert isinstance(raw, RawPaired)  # only pre-paired data splits into pairs
         xs: list[Inputs] = [train.x1, train.x2]
