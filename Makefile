@@ -13,6 +13,10 @@ test: setup-test            ## every test, slow end-to-end ones included (what C
 test-fast: setup-test       ## the quick suite (no real-server end-to-end, no browser)
 	$(PYTEST) -q -m "not slow"
 
+lint: setup-test            ## ruff (style, imports, bug patterns) and mypy (types); both configured in pyproject.toml
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
+
 setup:
 	bash scripts/setup.sh
 

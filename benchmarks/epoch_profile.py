@@ -58,7 +58,8 @@ def step_flops(config: Any) -> float:
     b = config.batch_size
     x = [tf.convert_to_tensor(a[:b]) for a in gather(run.plan.sources(), tuples)]
     y = tf.convert_to_tensor(tuples.targets[:b])
-    graph = make_train_step(run.models.training).get_concrete_function(x, y).graph
+    step: Any = make_train_step(run.models.training)  # a tf.function, typed as a plain callable
+    graph = step.get_concrete_function(x, y).graph
     opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     opts["output"] = "none"
     return float(tf.compat.v1.profiler.profile(graph, options=opts).total_float_ops)

@@ -57,7 +57,7 @@ def _timer(max_steps: int | None) -> Any:
 
 def _summarise(name: str, timer: Any, t_start: float, t_return: float, pairs: int, batch: int,
                extra: dict[str, Any]) -> dict[str, Any]:
-    durations = [e - b for b, e in zip(timer.begin, timer.end)]
+    durations = [e - b for b, e in zip(timer.begin, timer.end, strict=False)]
     gaps = [timer.begin[k + 1] - timer.end[k] for k in range(len(timer.end) - 1)]
     n = len(timer.end)
     steady = (pairs * (n - 1) / (timer.end[-1] - timer.end[0])) if n > 1 else pairs / durations[0]
@@ -75,8 +75,8 @@ def child_ours(args: argparse.Namespace) -> dict[str, Any]:
     from siamese_core.config import TrainConfig
     from siamese_core.data.loaders import get_loader
     from siamese_core.data.sources import load_dataset
-    from siamese_core.runtime import seed_everything
     from siamese_core.run import build_run
+    from siamese_core.runtime import seed_everything
 
     overrides = {"loader": args.child, "pairs.pairs_per_epoch": args.pairs, "batch_size": args.batch,
                  "epochs": args.epochs, "seed": args.seed, "pairs.val_pairs": 20, "pairs.test_pairs": 20}
@@ -104,12 +104,14 @@ def child_plain(args: argparse.Namespace) -> dict[str, Any]:
     from siamese_core.config import TrainConfig
     from siamese_core.data.pairs import PairSampler
     from siamese_core.data.sources import load_dataset
+    from siamese_core.data.types import LabeledSplit, materialize
 
     config = TrainConfig().with_overrides({"seed": args.seed})
     data = load_dataset(config)
     keras.utils.set_random_seed(args.seed)
     t = PairSampler(data.train.y, seed=args.seed, pairs_per_epoch=args.pairs).epoch(0)
-    x = data.train.x.astype("float32")  # keras.io: float pixels 0..255, BatchNormalization first
+    assert isinstance(data.train, LabeledSplit)  # Fashion-MNIST: class-labelled images
+    x = materialize(data.train.x).astype("float32")  # keras.io: float pixels 0..255, BatchNormalization first
     x1, x2 = x[t.indices[:, 0]], x[t.indices[:, 1]]
     model, _ = keras_io_siamese(x.shape[1:])
     model.compile(loss=keras_io_loss(1.0), optimizer="rmsprop")
@@ -197,7 +199,7 @@ def main() -> None:
         print("\n### Peak RSS as pairs_per_epoch grows x10 (50 steps each)\n")
         print(markdown_table(["loader", f"{args.rss_pairs:,} pairs MiB", f"{args.rss_pairs * 10:,} pairs MiB",
                               "ratio"], rss_rows))
-        results["rss_scaling"] = [r for rs in scaling.values() for r in rs]  # type: ignore[assignment]
+        results["rss_scaling"] = [r for rs in scaling.values() for r in rs]
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -22,7 +22,7 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, Literal
 
 from common import markdown_table, run_child
 
@@ -61,6 +61,7 @@ def child_keras_io(args: argparse.Namespace) -> dict[str, Any]:
     from siamese_core import verification as metrics
     from siamese_core.data.pairs import make_sampler
     from siamese_core.data.sources import load_dataset
+    from siamese_core.data.types import LabeledSplit, materialize
     from siamese_core.evaluation import EvalSet
 
     t0 = time.perf_counter()
@@ -68,7 +69,8 @@ def child_keras_io(args: argparse.Namespace) -> dict[str, Any]:
     data = load_dataset(config)
     keras.utils.set_random_seed(config.seed)
     sampler = make_sampler(config, data)  # the very sampler our run trains on
-    x = data.train.x.astype("float32")
+    assert isinstance(data.train, LabeledSplit)  # keras.io's example: class-labelled images
+    x = materialize(data.train.x).astype("float32")
     model, _ = keras_io_siamese(x.shape[1:])
     model.compile(loss=keras_io_loss(1.0), optimizer=keras.optimizers.RMSprop())
     for epoch in range(config.epochs):
@@ -76,9 +78,10 @@ def child_keras_io(args: argparse.Namespace) -> dict[str, Any]:
         model.fit([x[t.indices[:, 0]], x[t.indices[:, 1]]], t.targets, batch_size=config.batch_size,
                   epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=0)
 
-    def scores(which: str) -> tuple[np.ndarray, np.ndarray]:
+    def scores(which: Literal["val", "test"]) -> tuple[np.ndarray, np.ndarray]:
         es = EvalSet.of(data, which)  # the pairs our runs are scored on
-        xs = es.split.x.astype("float32")
+        assert isinstance(es.split, LabeledSplit)
+        xs = materialize(es.split.x).astype("float32")
         p = model.predict([xs[es.pairs.indices[:, 0]], xs[es.pairs.indices[:, 1]]], batch_size=512, verbose=0)
         return p.reshape(-1), es.pairs.targets
 

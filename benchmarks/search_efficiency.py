@@ -104,13 +104,14 @@ def child_kerastuner(method: str, seed: int, budget: float, base: dict[str, Any]
     from siamese_core.data.loaders import gather
     from siamese_core.data.pairs import STREAM_VAL, make_sampler
     from siamese_core.data.sources import load_dataset
-    from siamese_core.data.types import materialize
+    from siamese_core.data.types import LabeledSplit, materialize
     from siamese_core.evaluation import EvalSet
     from siamese_core.run import build_run
 
     t0 = time.time()
     base_cfg = TrainConfig.from_dict({**base, "seed": seed})
     data = load_dataset(base_cfg)
+    assert isinstance(data.train, LabeledSplit) and isinstance(data.val, LabeledSplit)  # class-labelled images
     x_train = materialize(data.train.x)
     pairs = make_sampler(base_cfg, data).epoch(0)  # one fixed set of pairs, the way tuner.search is used
     (x1, x2), y = gather([x_train, x_train], pairs), pairs.targets
@@ -256,7 +257,7 @@ def main() -> None:
         n_epochs = [len(eps) for eps in in_budget]
         if method == "optuna-tpe+prune":
             full = [r["trials"] * r["max_epochs"] for r in runs]
-            saved = median([1 - r["epochs_run"] / f for r, f in zip(runs, full) if f])
+            saved = median([1 - r["epochs_run"] / f for r, f in zip(runs, full, strict=True) if f])
         else:
             saved = float("nan")
         rows.append([method] + [median([c[i] for c in curves]) for i in range(len(checkpoints))]

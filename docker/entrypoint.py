@@ -98,8 +98,9 @@ def _private_file(directory: Path, name: str, text: str) -> Path:
 
 def _scrub(env: Mapping[str, str]) -> dict[str, str]:
     """The child's environment without any secret it does not need (the caller adds back what it does)."""
-    names = [*(v for _, v in DATABASES.values()), "POSTGRES_PASSWORD", "SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD", "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD",
-             "MLFLOW_FLASK_SERVER_SECRET_KEY", "SIAMESE_SWEEP_DASHBOARD_PASSWORD"]
+    names = [*(v for _, v in DATABASES.values()), "POSTGRES_PASSWORD", "SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD",
+             "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+             "SIAMESE_SWEEP_DASHBOARD_PASSWORD"]
     drop = set(names) | {n + "_FILE" for n in names}
     return {k: v for k, v in env.items() if k not in drop}
 
@@ -145,7 +146,8 @@ def create_worker_user(env: Mapping[str, str], *, timeout_s: float = 300.0) -> s
     if username == admin_username:  # re-passwording it would change the admin's password
         raise ConfigError(f"SIAMESE_SWEEP_MLFLOW_WORKER_USERNAME: the workers' MLflow user must not be the admin "
                           f"({admin_username!r})")
-    admin_password, password = secret(env, "SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD"), secret(env, "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD")
+    admin_password = secret(env, "SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD")
+    password = secret(env, "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD")
     deadline = time.monotonic() + timeout_s
     while True:  # the server may still be starting
         try:

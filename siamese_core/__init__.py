@@ -21,8 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any submodule impor
 
 from .config import TrainConfig, load_config, parse_set_options  # noqa: E402
 from .data.pairs import DIFFERENT, SAME  # noqa: E402
-from .errors import (ConfigError, DataError, InfrastructureError, InputError, SiameseError,  # noqa: E402
-                     TrainingFailed)
+from .errors import ConfigError, DataError, InfrastructureError, InputError, SiameseError, TrainingFailed  # noqa: E402
 from .findings import Finding  # noqa: E402
 
 __all__ = [

@@ -29,7 +29,6 @@ import os
 import platform
 import resource
 
-
 # glibc's mallopt parameter numbers (malloc.h)
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
@@ -119,7 +118,7 @@ def probe(rounds: int = 20) -> float:
     before = page_faults()
     for _ in range(rounds):
         blocks = [libc.malloc(size) for size in PROBE_SIZES]
-        for block, size in zip(blocks, PROBE_SIZES):
+        for block, size in zip(blocks, PROBE_SIZES, strict=True):
             if block:
                 ctypes.memset(block, 1, size)
         for block in blocks:

@@ -14,15 +14,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeAlias, get_args
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from .diagnostics.codes import CODES
 from .errors import ConfigError
 from .metrics import MONITORS
-from .registry import (AUGMENTATIONS, DATASETS, DISTANCES, ENCODERS, IMPORT_PATH, LOADERS, LOSSES,
-                       NORMALIZATIONS, OPTIMIZERS, Registry)
+from .registry import (
+    AUGMENTATIONS,
+    DATASETS,
+    DISTANCES,
+    ENCODERS,
+    IMPORT_PATH,
+    LOADERS,
+    LOSSES,
+    NORMALIZATIONS,
+    OPTIMIZERS,
+    Registry,
+)
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 

@@ -13,8 +13,16 @@ import numpy as np
 
 from . import verification
 from .data.pairs import STREAM_TEST, STREAM_VAL, PairSampler, PairShuffler, TripletSampler, Tuples
-from .data.types import (EVAL_POSITIVE_FRACTION, RETRIEVAL_SAMPLES, DatasetSplits, EvalSpec, LabeledSplit,
-                         PairedSplit, Split, materialize)
+from .data.types import (
+    EVAL_POSITIVE_FRACTION,
+    RETRIEVAL_SAMPLES,
+    DatasetSplits,
+    EvalSpec,
+    LabeledSplit,
+    PairedSplit,
+    Split,
+    materialize,
+)
 from .losses import PerSampleLoss
 from .metrics import history_key
 from .models import distances

@@ -86,14 +86,14 @@ class Registry(MutableMapping[str, T]):
         """The metadata `name` was registered with (read without loading the target)."""
         return self._entry(name).info
 
-    def get(self, name: str, default: Any = _MISSING) -> T:  # type: ignore[override]
+    def get(self, name: str, default: Any = _MISSING) -> T:
         """The target registered as `name`; a `ConfigError` listing the names if there is none."""
         if name not in self._entries and default is not _MISSING:
-            return default  # type: ignore[no-any-return]
+            return default
         entry = self._entry(name)
         if entry.lazy:
             entry.target, entry.lazy = import_object(entry.target, field=self.field), False
-        return entry.target  # type: ignore[no-any-return]
+        return entry.target
 
     def _entry(self, name: str) -> _Entry:
         try:

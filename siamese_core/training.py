@@ -107,7 +107,8 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, *,
     runtime.seed_everything(config.seed, deterministic=config.deterministic)
     run = build_run(config, data)
     data = run.data  # its info names this config's evaluation tuples
-    initial_epoch, restored_history = 0, []
+    initial_epoch = 0
+    restored_history: list[dict[str, float]] = []
     if checkpoint_dir is not None:
         run, initial_epoch, restored_history = _resume(config, data, run, Path(checkpoint_dir))
     models = run.models

@@ -13,7 +13,8 @@ In a sweep spec, ``hypermodel: my_pkg.space:build`` names a function (or a
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras_tuner as kt
 import optuna

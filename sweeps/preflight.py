@@ -40,7 +40,8 @@ def _check_user_code(spec: SweepSpec) -> None:
     unimportable one is one line and exit 2 before a study, a parent run or a failed trial exists."""
     from siamese_core.registry import IMPORT_PATH, import_object
 
-    named: list[tuple[str, str]] = [("base.encoder.type", spec.base.encoder.type), ("base.loss.type", spec.base.loss.type)]
+    named: list[tuple[str, str]] = [("base.encoder.type", spec.base.encoder.type),
+                                    ("base.loss.type", spec.base.loss.type)]
     for key, dist in spec.distributions().items():
         if key in ("encoder.type", "loss.type"):
             named += [(f"search_space.{key}", str(c)) for c in (dist.choices or [])]

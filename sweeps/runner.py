@@ -97,6 +97,7 @@ def parent_best_updater(tracker: Tracker, parent_run_id: str) -> Any:
         try:
             if len(study.directions) == 1:
                 best = study.best_trial
+                assert best.value is not None  # a best trial is a complete one
                 now = int(time.time() * 1000)
                 tags = {names.TAG_BEST_TRIAL: str(best.number), names.TAG_BEST_VALUE: f"{best.value:.6g}",
                         names.TAG_BEST_RUN_ID: str(best.user_attrs.get(names.TRIAL_ATTR_RUN_ID, ""))}
@@ -143,6 +144,7 @@ class Progress:
 
     def set(self, done: int, postfix: str = "") -> None:
         if self.bar is not None:
+            assert self.bar.total is not None  # the bar is created with a total
             self.bar.n = min(done, self.bar.total)
             if postfix:
                 self.bar.set_postfix_str(postfix, refresh=False)

@@ -296,6 +296,7 @@ def signature_for(model: Any) -> Any:
         ParamSchema,
         ParamSpec,
         Schema,
+        TensorSpec,
     )
 
     def array_type(shape: tuple[int, ...]) -> Any:
@@ -305,9 +306,9 @@ def signature_for(model: Any) -> Any:
         return t
 
     spec = input_spec(model)
-    cols = [ColSpec(array_type(spec[0][0]), "left", required=False),
-            ColSpec(array_type(spec[-1][0]), "right", required=False),
-            ColSpec(array_type(spec[0][0]), EMBED_COLUMN, required=False)]
+    cols: list[ColSpec | TensorSpec] = [ColSpec(array_type(spec[0][0]), "left", required=False),
+                                        ColSpec(array_type(spec[-1][0]), "right", required=False),
+                                        ColSpec(array_type(spec[0][0]), EMBED_COLUMN, required=False)]
     outputs = Schema([ColSpec(DataType.double, "distance"), ColSpec(DataType.double, "score"),
                       ColSpec(DataType.boolean, "same")])
     params = ParamSchema([ParamSpec("mode", DataType.string, "pair"), ParamSpec("threshold", DataType.double, None),

@@ -57,8 +57,9 @@ import re
 import shlex
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -335,7 +336,8 @@ threads="${{SLURM_CPUS_PER_TASK:-{cpus}}}"
 attempt=0
 while :; do
   attempt=$((attempt + 1))
-  echo "siamese-sweep: task ${{SLURM_ARRAY_TASK_ID:-0}} of job ${{SLURM_ARRAY_JOB_ID:-${{SLURM_JOB_ID:-?}}}} on $(hostname), attempt $attempt" >&2
+  job="${{SLURM_ARRAY_JOB_ID:-${{SLURM_JOB_ID:-?}}}}"
+  echo "siamese-sweep: task ${{SLURM_ARRAY_TASK_ID:-0}} of job $job on $(hostname), attempt $attempt" >&2
   {worker} "$work/spec.yaml" --study {study} --threads "$threads" &
   worker=$!
   rc=""; last=""

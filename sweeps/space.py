@@ -7,7 +7,8 @@ holds (e.g. ``loss.margin`` only for margin losses).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import optuna
 
@@ -45,6 +46,7 @@ def _ordered(space: Mapping[str, Distribution]) -> list[str]:
 def suggest(trial: optuna.Trial, name: str, dist: Distribution) -> Any:
     if dist.type == "categorical":
         return trial.suggest_categorical(name, list(dist.choices or ()))
+    assert dist.low is not None and dist.high is not None  # Distribution checks: numeric ones have both bounds
     if dist.type == "int":
         return trial.suggest_int(name, int(dist.low), int(dist.high), step=int(dist.step or 1), log=dist.log)
     return trial.suggest_float(name, float(dist.low), float(dist.high), step=dist.step, log=dist.log)
@@ -72,6 +74,8 @@ def grid_values(spec: SweepSpec) -> dict[str, list[Any]]:
         if d.type == "categorical":
             grid[key] = list(d.choices or ())
         else:
+            # bounds checked by Distribution, the step by the grid sampler's check
+            assert d.low is not None and d.high is not None and d.step is not None
             values = np.arange(d.low, d.high + d.step / 2, d.step)
             grid[key] = [int(v) for v in values] if d.type == "int" else [float(v) for v in values]
     return grid
@@ -89,7 +93,7 @@ def check_space(spec: SweepSpec) -> None:
     except ConfigError as exc:
         raise ConfigError(f"search_space.{exc.field}", exc.detail) from None
     for key, d in spec.distributions().items():
-        values = list(d.choices or ()) if d.type == "categorical" else [d.low, d.high]
+        values: list[Any] = list(d.choices or ()) if d.type == "categorical" else [d.low, d.high]
         if d.type == "int":
             values = [int(v) for v in values]
         # a conditional parameter is checked in the setting where it is active

@@ -18,8 +18,9 @@ import json
 import logging
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -54,7 +55,7 @@ class Distribution(_Section):
     when: dict[str, Any] | None = None  # condition: {other_key: value or [values]}
 
     @model_validator(mode="after")
-    def _check(self) -> "Distribution":
+    def _check(self) -> Distribution:
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("choices: a categorical parameter needs a non-empty list of choices")
@@ -129,7 +130,7 @@ class StopSpec(_Section):
     patience_trials: int | None = Field(None, ge=1, le=100_000)
 
     @model_validator(mode="after")
-    def _check(self) -> "StopSpec":
+    def _check(self) -> StopSpec:
         if self.target is None and self.patience_trials is None:
             raise ValueError("study.stop: expected target (a value of the objective) and/or patience_trials")
         if self.target is not None and not math.isfinite(self.target):
@@ -169,7 +170,7 @@ class StudySpec(_Section):
         return {"type": v} if isinstance(v, str) else v
 
     @model_validator(mode="after")
-    def _check(self) -> "StudySpec":
+    def _check(self) -> StudySpec:
         if self.metrics is not None and len(self.metrics) == 0:
             raise ValueError("study.metrics: expected at least one metric")
         n = len(self.objective_metrics)
@@ -415,6 +416,7 @@ def _enqueued_value(field: str, dist: Distribution, value: Any) -> Any:
             if _same_choice(value, c):
                 return c
         raise ConfigError(field, f"expected one of the search space's choices {choices}; received: {value!r}")
+    assert dist.low is not None and dist.high is not None  # numeric distributions have both (validated)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
         raise ConfigError(field, f"expected a number in [{dist.low}, {dist.high}]; received: {value!r}")
     if dist.type == "int" and float(value) != int(value):
@@ -484,18 +486,18 @@ def spec_from_data(data: Mapping[str, Any], overrides: Mapping[str, Any] | None 
     """A spec mapping with dotted overrides applied (``search_space.<key>.low`` included), validated."""
     if not isinstance(data, Mapping):
         return spec_from_dict(data, base_dir=base_dir)  # the one error message for a non-mapping
-    data = copy.deepcopy(dict(data))
+    raw: dict[str, Any] = copy.deepcopy(dict(data))
     for key, value in (overrides or {}).items():
-        if key.startswith("base.") and isinstance(data.get("base"), (str, Path)):
-            p = Path(data["base"])
-            data["base"] = read_yaml_mapping(p if p.is_absolute() or base_dir is None else base_dir / p,
+        if key.startswith("base.") and isinstance(raw.get("base"), (str, Path)):
+            p = Path(raw["base"])
+            raw["base"] = read_yaml_mapping(p if p.is_absolute() or base_dir is None else base_dir / p,
                                              what="base config")
         if key.startswith("search_space."):
             # search-space keys contain dots themselves: search_space.<dotted key>[.low|.high|...]
-            _set_space_override(data, key[len("search_space."):], value)
+            _set_space_override(raw, key[len("search_space."):], value)
             continue
-        set_dotted(data, key, value)
-    return spec_from_dict(data, base_dir=base_dir)
+        set_dotted(raw, key, value)
+    return spec_from_dict(raw, base_dir=base_dir)
 
 
 _DIST_FIELDS = {"type", "low", "high", "log", "step", "choices", "when"}

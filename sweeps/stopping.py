@@ -45,10 +45,10 @@ class StudyStop:
         complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
         best = None
         if complete:
-            best = (max if maximize else min)(complete, key=lambda t: t.value)
-        reached = best is not None and self.target is not None and (
+            best = (max if maximize else min)(complete, key=lambda t: float(t.value or 0.0))
+        reached = best is not None and best.value is not None and self.target is not None and (
             best.value >= self.target if maximize else best.value <= self.target)
-        if reached:
+        if reached and best is not None:
             return StopDecision("target", f"trial {best.number} reached {best.value:.6g} "
                                           f"({'>=' if maximize else '<='} target {self.target:g})")
         if self.patience_trials is not None:

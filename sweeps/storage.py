@@ -145,7 +145,7 @@ class BudgetLock:
     def release(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> "BudgetLock":
+    def __enter__(self) -> BudgetLock:
         self.acquire()
         return self
 

@@ -18,8 +18,10 @@ import os
 import posixpath
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, TypeVar
+from functools import partial
+from typing import Any, TypeVar
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
@@ -284,7 +286,7 @@ class TrialRun:
             self._params[key] = value
             items.append(Param(key, value))
         for chunk in _chunks(items, MAX_PARAMS_PER_CALL):
-            self.tracker.retry("log params", lambda c=chunk: self.client.log_batch(self.run_id, params=c))
+            self.tracker.retry("log params", partial(self.client.log_batch, self.run_id, params=chunk))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         merged: dict[str, str] = {}
@@ -292,7 +294,7 @@ class TrialRun:
             merged[sanitize_key(k)] = _tag_value(v)  # tags may be overwritten: last value for a key wins
         items = [RunTag(k, v) for k, v in merged.items()]
         for chunk in _chunks(items, MAX_TAGS_PER_CALL):
-            self.tracker.retry("set tags", lambda c=chunk: self.client.log_batch(self.run_id, tags=c))
+            self.tracker.retry("set tags", partial(self.client.log_batch, self.run_id, tags=chunk))
 
     def log_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
         """Queue one step's metrics and try to send everything queued (never raises)."""
@@ -315,7 +317,7 @@ class TrialRun:
         retry = self.tracker.retry if budget_s is None else Retry(budget_s=budget_s, sleep=self.tracker.retry.sleep)
         while self._pending:
             chunk = self._pending[:MAX_METRICS_PER_CALL]
-            retry("log metrics", lambda c=chunk: self.client.log_batch(self.run_id, metrics=c))
+            retry("log metrics", partial(self.client.log_batch, self.run_id, metrics=chunk))
             del self._pending[:len(chunk)]
 
     @property

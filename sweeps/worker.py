@@ -14,9 +14,11 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from mlflow.entities import RunTag
@@ -26,8 +28,8 @@ from .errors import SweepFatal, TrackingUnavailable
 from .objective import Objective, TrialContext
 from .signals import StopRequest, stop_on_signals
 from .spec import SweepSpec
-from .storage import budget_lock, fail_stale_trials, retried_trial_number, safe_filename
 from .stopping import from_spec as study_stop_from
+from .storage import budget_lock, fail_stale_trials, retried_trial_number, safe_filename
 from .study import OpenedStudy, count_states, enqueue_known, ensure_parent_run, trial_budget
 from .tracking import RUN_RUNNING, Retry, Tracker
 
@@ -55,7 +57,7 @@ class DataCache:
         return json.dumps([config.dataset.model_dump(mode="json"), config.seed], sort_keys=True)
 
     @classmethod
-    def seeded(cls, config: Any, data: Any) -> "DataCache":
+    def seeded(cls, config: Any, data: Any) -> DataCache:
         """A cache that already holds `data` for `config` (loaded by the preflight)."""
         cache = cls()
         if data is not None:
@@ -108,12 +110,12 @@ def reconcile_runs(study: optuna.Study, tracker: Tracker, seen: set[int]) -> int
         if t.number in seen or not run_id:
             continue
         try:
-            status = quick("get run", lambda r=run_id: tracker.client.get_run(r)).info.status
+            status = quick("get run", partial(tracker.client.get_run, run_id)).info.status
             if status == RUN_RUNNING:
                 reason = t.user_attrs.get(names.TRIAL_ATTR_REASON) or outcomes.STALE_HEARTBEAT.reason
                 tags = [RunTag(names.TAG_STATE, outcomes.FAIL), RunTag(names.TAG_REASON, reason)]
-                quick("tag run", lambda r=run_id, tg=tags: tracker.client.log_batch(r, tags=tg))
-                quick("end run", lambda r=run_id: tracker.client.set_terminated(r, outcomes.ORPHANED_RUN_STATUS))
+                quick("tag run", partial(tracker.client.log_batch, run_id, tags=tags))
+                quick("end run", partial(tracker.client.set_terminated, run_id, outcomes.ORPHANED_RUN_STATUS))
                 fixed += 1
             seen.add(t.number)
         except Exception as exc:  # noqa: BLE001 - reconciliation is best-effort, retried next round

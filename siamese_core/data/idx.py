@@ -9,10 +9,10 @@ file, never a zlib or EOFError traceback.
 from __future__ import annotations
 
 import gzip
+import io
 import struct
 import zlib
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -44,7 +44,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     return out.astype(out.dtype.newbyteorder("="), copy=False)
 
 
-def _read_header(f: BinaryIO, p: Path) -> tuple[tuple[int, ...], str]:
+def _read_header(f: io.BufferedIOBase, p: Path) -> tuple[tuple[int, ...], str]:
     head = f.read(4)
     if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _DTYPES or head[3] == 0:
         raise DataError(str(p), f"not an IDX file (magic bytes {head.hex() or 'missing'}); expected 0x0000 followed "
@@ -56,9 +56,9 @@ def _read_header(f: BinaryIO, p: Path) -> tuple[tuple[int, ...], str]:
     return tuple(struct.unpack(f">{ndim}I", dims)), _DTYPES[head[2]]
 
 
-def _read_exactly(f: BinaryIO, out: np.ndarray, p: Path) -> None:
+def _read_exactly(f: io.BufferedIOBase, out: np.ndarray, p: Path) -> None:
     """Fill `out` from `f`; a short read means the header promises more than the file has."""
-    view = memoryview(out.reshape(-1).view(np.uint8))
+    view = out.reshape(-1).view(np.uint8).data  # a writable memoryview of the bytes
     got = 0
     while got < len(view):
         n = f.readinto(view[got:])

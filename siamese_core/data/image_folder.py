@@ -22,8 +22,8 @@ from __future__ import annotations
 import csv
 import os
 import re
-from pathlib import Path, PurePosixPath, PureWindowsPath
 from collections.abc import Sequence
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -45,14 +45,14 @@ class ImageFiles:
 
     dtype = np.dtype(np.uint8)
 
-    def __init__(self, root: str | Path, relpaths: Sequence[str], sizes: Sequence[int], *,
+    def __init__(self, root: str | Path, relpaths: Sequence[str] | np.ndarray, sizes: Sequence[int] | np.ndarray, *,
                  image_size: tuple[int, int], channels: int, parallel: int | None = None) -> None:
         self.root = Path(root)
         self.relpaths = np.asarray(relpaths, dtype=str)
         self.sizes = np.asarray(sizes, dtype=np.int64)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.channels = int(channels)
-        self.shape = (*self.image_size, self.channels)
+        self.shape: tuple[int, ...] = (*self.image_size, self.channels)
         self.parallel = parallel or min(4, os.cpu_count() or 1)
 
     def __len__(self) -> int:
@@ -125,7 +125,7 @@ class ImageFiles:
 
     def content_key(self) -> list[tuple[str, int]]:
         """(relative path, size) per sample, for fingerprints without reading pixels."""
-        return list(zip(self.relpaths.tolist(), self.sizes.tolist()))
+        return list(zip(self.relpaths.tolist(), self.sizes.tolist(), strict=True))
 
 
 def _first_line(exc: Exception) -> str:
@@ -161,7 +161,7 @@ def scan_image_folder(root: str | Path, *, index: str | None = None, image_size:
     lookup = {c: i for i, c in enumerate(classes)}
     sizes = [_check_image(base / r) for r in rel]
     channels = 1 if color_mode == "grayscale" else 3
-    size = tuple(image_size) if image_size is not None else _first_size(base / rel[0])
+    size = image_size if image_size is not None else _first_size(base / rel[0])
     files = ImageFiles(base, rel, sizes, image_size=size, channels=channels)
     files.subset(np.array([0])).load()  # decode the first image now: fails fast on a broken pipeline
     return files, np.array([lookup[n] for n in names], dtype=np.int64), tuple(classes)

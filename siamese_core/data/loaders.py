@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +59,7 @@ class TrainingPlan:
         return [self.split.x] * self.arity
 
 
-def gather(sources: list[Inputs], tuples: Tuples) -> tuple[np.ndarray, ...]:
+def gather(sources: Sequence[Inputs], tuples: Tuples) -> tuple[np.ndarray, ...]:
     """The model inputs of `tuples`: position ``k`` taken from ``sources[k]`` (lazy inputs are decoded)."""
     return tuple(materialize(src, tuples.indices[:, k]) for k, src in enumerate(sources))
 
@@ -151,7 +151,7 @@ class _SourceTensor:
 
     def __init__(self, source: Inputs) -> None:
         self.dense = isinstance(source, np.ndarray)
-        if self.dense:
+        if isinstance(source, np.ndarray):
             self.tensor = tf.constant(source)
         else:
             self.lazy = source

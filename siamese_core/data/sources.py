@@ -22,7 +22,7 @@ import zipfile
 import zlib
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -32,8 +32,19 @@ from ..registry import DATASETS, import_object
 from . import validation as v
 from .idx import read_idx
 from .splits import SplitParams, eval_spec, shared_rows, split_labeled, split_paired
-from .types import (DataInfo, DatasetSplits, InputKind, Inputs, LabeledSplit, LazyInputs, PairedSplit, RawLabeled,
-                    RawPaired, Split, input_shape)
+from .types import (
+    DataInfo,
+    DatasetSplits,
+    InputKind,
+    Inputs,
+    LabeledSplit,
+    LazyInputs,
+    PairedSplit,
+    RawLabeled,
+    RawPaired,
+    Split,
+    input_shape,
+)
 
 FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -160,6 +171,7 @@ def load_digits(ds: DatasetConfig) -> RawLabeled:
 
 def load_npz(ds: DatasetConfig) -> RawLabeled:
     """Generic ``.npz`` with ``x``, ``y`` and optionally ``x_test``, ``y_test``."""
+    assert ds.path is not None  # config validation requires it for this dataset
     source = str(Path(ds.path).expanduser())
     a = read_npz(ds.path, required=("x", "y"), optional=("x_test", "y_test"))
     if ("x_test" in a) != ("y_test" in a):
@@ -178,6 +190,7 @@ def load_npz(ds: DatasetConfig) -> RawLabeled:
 
 def load_pairs_npz(ds: DatasetConfig) -> RawPaired:
     """Pre-paired ``.npz``: ``x1``, ``x2``, ``y`` (1 = same); optional ``*_test``. Sides may differ in shape."""
+    assert ds.path is not None  # config validation requires it for this dataset
     source = str(Path(ds.path).expanduser())
     a = read_npz(ds.path, required=("x1", "x2", "y"), optional=("x1_test", "x2_test", "y_test"))
     tests = [k for k in ("x1_test", "x2_test", "y_test") if k in a]
@@ -303,11 +316,14 @@ def _check_splits(splits: dict[str, Split], source: str, params: SplitParams) ->
 # ---------------------------------------------------------------------- DataInfo
 def _describe(name: str, raw: RawLabeled | RawPaired, splits: dict[str, Split], params: SplitParams) -> DataInfo:
     train = splits["train"]
+    shapes: tuple[tuple[int, ...], ...]
+    all_inputs: list[Inputs | None]  # None never occurs: the loaders give all test arrays or none
     if isinstance(train, PairedSplit):
+        assert isinstance(raw, RawPaired)  # only pre-paired data splits into pairs
         xs: list[Inputs] = [train.x1, train.x2]
         shapes = (input_shape(train.x1), input_shape(train.x2))
         num_classes, class_names, class_ids, paired = None, None, None, True
-        all_inputs = [raw.x1, raw.x2] + ([raw.x1_test, raw.x2_test] if raw.x1_test is not None else [])
+        all_inputs = [raw.x1, raw.x2, *([raw.x1_test, raw.x2_test] if raw.x1_test is not None else [])]
         shared = shared_rows({k: s for k, s in splits.items() if isinstance(s, PairedSplit)})
         if any(shared.values()):  # only possible with official test arrays: ours keep every input in one split
             log.warning("%s: %s of the distinct inputs of the given test pairs also occur in training pairs",
@@ -316,11 +332,12 @@ def _describe(name: str, raw: RawLabeled | RawPaired, splits: dict[str, Split], 
         assert isinstance(raw, RawLabeled) and isinstance(train, LabeledSplit)
         xs, shapes, paired = [train.x], (input_shape(train.x),), False
         num_classes, class_names, class_ids, shared = len(raw.class_ids), raw.class_names, raw.class_ids, {}
-        all_inputs = [raw.x] + ([raw.x_test] if raw.x_test is not None else [])
+        all_inputs = [raw.x, *([raw.x_test] if raw.x_test is not None else [])]
     stats = _train_moments(xs, raw.kind)
     vocab = None
     if raw.kind == "tokens":
-        vocab = int(max(int(a.max()) if a.size else 0 for a in all_inputs)) + 1
+        tokens = cast(list[np.ndarray], all_inputs)  # token inputs are arrays, never lazy
+        vocab = int(max(int(a.max()) if a.size else 0 for a in tokens)) + 1
         value_range: tuple[float, float] = (0.0, float(vocab - 1))
     elif isinstance(raw, RawLabeled) and raw.value_range is not None:
         value_range = raw.value_range

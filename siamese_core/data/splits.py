@@ -137,9 +137,9 @@ def split_labeled(x: Inputs, y: np.ndarray, params: SplitParams, *, x_test: Inpu
         rest2, val = carve(y[rest], _count(params.val_fraction, y.shape[0]), rng=params.rng(_VAL))
         parts = {"train": (x, y, rest[rest2]), "val": (x, y, rest[val]), "test": (x, y, test)}
     out: dict[str, LabeledSplit] = {}
-    for name, (xs, ys, idx) in parts.items():
-        idx = _limit(ys[idx], idx, params, name)
-        out[name] = LabeledSplit(take(xs, idx), ys[idx])
+    for name, (xs, ys, rows) in parts.items():
+        rows = _limit(ys[rows], rows, params, name)
+        out[name] = LabeledSplit(take(xs, rows), ys[rows])
     return out
 
 
@@ -301,7 +301,8 @@ def shared_rows(splits: dict[str, PairedSplit]) -> dict[str, float]:
     if "train" not in splits or not all(isinstance(x, np.ndarray) for s in splits.values() for x in (s.x1, s.x2)):
         return {}
     names = list(splits)
-    ids = _row_ids([x for name in names for x in (splits[name].x1, splits[name].x2)])
+    # all dense (checked above); the isinstance only tells the type checker
+    ids = _row_ids([x for name in names for x in (splits[name].x1, splits[name].x2) if isinstance(x, np.ndarray)])
     per_split = {name: np.unique(np.concatenate(ids[2 * i:2 * i + 2])) for i, name in enumerate(names)}
     train = per_split["train"]
     return {name: round(float(np.isin(rows, train).mean()), 4) if rows.size else 0.0

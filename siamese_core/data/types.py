@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol, Union, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -43,7 +43,7 @@ class LazyInputs(Protocol):
     def content_key(self) -> list[tuple[str, int]]: ...  # identifies the content without decoding (fingerprints)
 
 
-Inputs = Union[np.ndarray, LazyInputs]
+Inputs = np.ndarray | LazyInputs
 
 
 def input_shape(x: Inputs) -> tuple[int, ...]:
@@ -92,7 +92,7 @@ class PairedSplit:
         return int(self.y.shape[0])
 
 
-Split = Union[LabeledSplit, PairedSplit]
+Split = LabeledSplit | PairedSplit
 
 # Evaluation tuples are balanced whatever pairs.positive_fraction says: accuracy at a threshold rewards the
 # majority label, so with pairs drawn at the training fraction one fixed embedding's pair accuracy followed

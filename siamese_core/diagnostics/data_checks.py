@@ -125,14 +125,15 @@ def check_convention(data: DatasetSplits) -> list[Finding]:
     if not isinstance(data.train, PairedSplit):
         return []
     aucs = {name: raw_distance_auc(split) for name, split in data.splits().items() if isinstance(split, PairedSplit)}
-    low = [k for k, v in aucs.items() if v is not None and v < RAW_INVERTED_AUC]
+    low_aucs = {k: v for k, v in aucs.items() if v is not None and v < RAW_INVERTED_AUC}
+    low = list(low_aucs)
     if not low:
         return []
     ev = {"raw_distance_auc": {k: (round(v, 4) if v is not None else None) for k, v in aucs.items()},
           "source": data.info.source}
     mixed = any(v is not None and v > 1 - RAW_INVERTED_AUC for v in aucs.values())
     msg = (f"pairs labelled 1 (same) in the {', '.join(low)} split{'s' if len(low) > 1 else ''} are *further* apart in "
-           f"raw input space than pairs labelled 0 (AUC {min(aucs[k] for k in low):.2f} from plain distances): the "
+           f"raw input space than pairs labelled 0 (AUC {min(low_aucs.values()):.2f} from plain distances): the "
            f"labels look like the 0 = same convention (keras.io's make_pairs)")
     if mixed:
         msg += "; other splits use 1 = same, so the splits disagree"

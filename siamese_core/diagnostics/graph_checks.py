@@ -110,7 +110,7 @@ def _has_weights(op: Any) -> bool:
 
 
 def _value_of(model: keras.Model, tensor: Any, x: Any) -> Any:
-    for inp, value in zip(model.inputs, x if isinstance(x, (list, tuple)) else [x]):
+    for inp, value in zip(model.inputs, x if isinstance(x, (list, tuple)) else [x], strict=False):
         if tensor is inp:
             return value
     return keras.Model(model.inputs, tensor)(list(x) if isinstance(x, (list, tuple)) else [x], training=False)
@@ -157,7 +157,7 @@ def check_inputs(encoders: tuple[keras.Model, ...], batches: list[np.ndarray], *
     if info.kind == "tokens":
         return []
     findings: list[Finding] = []
-    for encoder, x in zip(encoders, batches):
+    for encoder, x in zip(encoders, batches, strict=True):
         bypass = bypassed_preprocessing(encoder)
         captured = first_weighted_input(encoder, x)
         stats, where, layer_type = None, None, None
@@ -170,7 +170,7 @@ def check_inputs(encoders: tuple[keras.Model, ...], batches: list[np.ndarray], *
                 stats = activation_stats(act)
         raw = stats is not None and (stats["abs_q99"] > ACT_ABS_Q99 or stats["spread"] > ACT_SPREAD)
         tiny = stats is not None and 0.0 < stats["abs_max"] < ACT_TINY_ABS_MAX
-        if tiny and not bypass:
+        if tiny and stats is not None and not bypass:  # (tiny implies stats; mypy cannot see it)
             findings.append(C.finding(
                 C.UNNORMALIZED_INPUT, f"inputs reaching {where} are scaled down twice: |x| max {stats['abs_max']:.3g} "
                                       f"(expected ~1) — preprocessing.normalize already maps the data to [0, 1] and "

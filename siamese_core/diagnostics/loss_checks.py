@@ -136,7 +136,8 @@ def check_gradients(model: keras.Model, loss: Callable[[Any, Any], Any], x: list
         value = loss(tf.convert_to_tensor(y), pred)
     grads = tape.gradient(value, variables)
     loss_value = float(value)
-    bad = [v.path for g, v in zip(grads, variables) if g is not None and not bool(tf.reduce_all(tf.math.is_finite(g)))]
+    bad = [v.path for g, v in zip(grads, variables, strict=True)
+           if g is not None and not bool(tf.reduce_all(tf.math.is_finite(g)))]
     if not np.isfinite(loss_value) or bad:
         what = f"the loss is {loss_value}" if not np.isfinite(loss_value) else "gradients are non-finite"
         return [C.finding(C.NAN_LOSS, f"{what} at initialisation, before any update",
@@ -146,7 +147,7 @@ def check_gradients(model: keras.Model, loss: Callable[[Any, Any], Any], x: list
     if loss_value == 0.0:
         return []  # every hinge is already satisfied (a trained model, a tiny margin): no gradient is due
     enc_ids = {id(v) for e in encoders for v in e.trainable_variables}
-    enc_grads = [g for g, v in zip(grads, variables) if id(v) in enc_ids]
+    enc_grads = [g for g, v in zip(grads, variables, strict=True) if id(v) in enc_ids]
     norms = [float(tf.norm(g)) for g in enc_grads if g is not None]
     if enc_ids and (not norms or max(norms) == 0.0):
         return [C.finding(C.CANNOT_OVERFIT, "no gradient reaches the encoder's weights: the loss does not depend on "

@@ -160,8 +160,8 @@ def _summary(batches: list[tuple[tuple[np.ndarray, ...], np.ndarray]], arity: in
     if arity == 2:
         out["positive_fraction"] = float(np.mean(y == 1))
     if lookup is not None and labels is not None:
-        idx = [lookup.get(np.ascontiguousarray(row).tobytes(), -1) for a in xs for row in a.reshape(len(a), -1)]
-        idx = np.asarray(idx)
+        idx = np.asarray([lookup.get(np.ascontiguousarray(row).tobytes(), -1)
+                          for a in xs for row in a.reshape(len(a), -1)])
         if np.mean(idx >= 0) >= 0.9:
             found = labels[idx[idx >= 0]]
             out["class_mix"] = np.bincount(found, minlength=int(labels.max()) + 1) / max(1, found.size)
@@ -202,7 +202,7 @@ def loader_parity(plan: TrainingPlan, loaders: Mapping[str, Loader] | None = Non
         if name == ref_name:
             continue
         same = (np.array_equal(s["_y"], ref["_y"]) and len(s["_x"]) == len(ref["_x"]) and
-                all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(s["_x"], ref["_x"])))
+                all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(s["_x"], ref["_x"], strict=True)))
         public[name]["identical_to_" + ref_name] = bool(same)
         if same:
             continue

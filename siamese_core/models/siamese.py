@@ -93,7 +93,7 @@ class SiameseModels:
     def export(self, threshold: float, *, name: str = "siamese") -> keras.Model:
         """The deployable model: two raw inputs -> distance, similarity score, same/different."""
         inputs = [keras.Input(shape=enc.input.shape[1:], dtype=enc.input.dtype, name=n)
-                  for enc, n in zip((self.encoder_for(0), self.encoder_for(1)), PAIR_INPUTS)]
+                  for enc, n in zip((self.encoder_for(0), self.encoder_for(1)), PAIR_INPUTS, strict=True)]
         ea, eb = self.encoder_for(0)(inputs[0]), self.encoder_for(1)(inputs[1])
         distance = PairDistance(self.distance, name="distance")([ea, eb])
         if self.higher_is_same:  # a learned same-probability is the native score
@@ -138,8 +138,8 @@ def build_models(config: TrainConfig, info: DataInfo) -> SiameseModels:
     names = TRIPLET_INPUTS if arity == 3 else PAIR_INPUTS
     towers = [encoders[min(i, len(encoders) - 1)] for i in range(arity)]
     inputs = [keras.Input(shape=enc.input.shape[1:], dtype=enc.input.dtype, name=n)
-              for enc, n in zip(towers, names)]
-    embeddings = [enc(x) for enc, x in zip(towers, inputs)]
+              for enc, n in zip(towers, names, strict=True)]
+    embeddings = [enc(x) for enc, x in zip(towers, inputs, strict=True)]
     if arity == 3:
         output = StackEmbeddings(name="stacked_embeddings")(embeddings)
     else:

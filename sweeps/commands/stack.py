@@ -9,7 +9,7 @@ from .. import names
 from ..cli import EXIT_OK
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     from ..stack.cli import add_parsers
 
     add_parsers(sub)

@@ -142,6 +142,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import yaml
+
     from siamese_core.config import read_yaml_mapping
     from siamese_core.errors import ConfigError
 

@@ -17,7 +17,7 @@ def build_encoder(hp) -> keras.Model:
     kind = hp.Choice("block", ["conv", "dense"])
     with hp.conditional_scope("block", ["conv"]):
         if kind == "conv":
-            for i in range(hp.Int("conv_layers", 1, 2)):
+            for _ in range(hp.Int("conv_layers", 1, 2)):
                 x = keras.layers.Conv2D(hp.Int("filters", 8, 32, step=8), 3, padding="same", activation="relu")(x)
             x = keras.layers.GlobalAveragePooling2D()(x)
     with hp.conditional_scope("block", ["dense"]):

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from siamese_core.errors import ConfigError
-
 from sweeps import names
 from sweeps.secrets import mask_url, read_secret_files
 from sweeps.stack._process import ServerStartError, port_is_free
@@ -376,7 +375,7 @@ def status(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- parser
-def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     """``stack up|down|status`` under an existing subparsers action (``siamese-sweep stack ...``)."""
     stack = sub.add_parser("stack", help="start/stop PostgreSQL + MLflow server (+ dashboard) without Docker",
                            description=__doc__.split("\n\n")[0])

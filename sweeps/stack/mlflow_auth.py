@@ -13,6 +13,7 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TypedDict
 from urllib.parse import quote
 
 __all__ = ["MIN_PASSWORD_LENGTH", "auth_ini_text", "auth_request", "ensure_user", "write_auth_ini"]
@@ -27,7 +28,7 @@ except ImportError:  # pragma: no cover - exercised in the MLflow image
     _ProjectError = Exception  # type: ignore[assignment,misc]
 
 
-class AuthConfigError(_ProjectError, ValueError):  # type: ignore[valid-type,misc]
+class AuthConfigError(_ProjectError, ValueError):
     """A value the auth ini cannot hold, or that MLflow would refuse (bad input: exit 2)."""
 
 
@@ -93,6 +94,13 @@ def auth_request(url: str, path: str, *, username: str, password: str, method: s
         return exc.code, exc.read()
 
 
+class _Credentials(TypedDict):
+    """Basic-auth keyword arguments of `auth_request`."""
+
+    username: str
+    password: str
+
+
 def ensure_user(url: str, *, admin_username: str, admin_password: str, username: str, password: str) -> bool:
     """Create the non-admin MLflow user `username` (or reset its password); True when it was created.
 
@@ -104,7 +112,7 @@ def ensure_user(url: str, *, admin_username: str, admin_password: str, username:
         raise AuthConfigError(f"MLflow requires passwords of at least {MIN_PASSWORD_LENGTH} characters")
     if username == admin_username:
         raise AuthConfigError(f"the workers' MLflow user must not be the admin ({admin_username!r})")
-    admin = {"username": admin_username, "password": admin_password}
+    admin: _Credentials = {"username": admin_username, "password": admin_password}
     status, body = auth_request(url, f"/api/2.0/mlflow/users/get?username={quote(username)}", **admin)
     created = status != 200
     was_admin = not created and bool(json.loads(body or b"{}").get("user", {}).get("is_admin"))

@@ -233,7 +233,8 @@ class PostgresServer:
                     cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name),
                                                                               sql.Identifier(owner)))
                 cur.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
-                cur.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(sql.Identifier(name), sql.Identifier(owner)))
+                cur.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(sql.Identifier(name),
+                                                                             sql.Identifier(owner)))
         finally:
             conn.close()
         return self.url_for(name)

@@ -154,7 +154,7 @@ class LocalSlurmCluster:
         return env
 
     # ------------------------------------------------------------------ lifecycle
-    def __enter__(self) -> "LocalSlurmCluster":
+    def __enter__(self) -> LocalSlurmCluster:
         self.start()
         return self
 

@@ -17,8 +17,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeps.slurm import (ClusterCheck, SlurmOptions, check_spec_for_cluster, render_script, spec_yaml,
-                          time_limit_seconds)
+from sweeps.slurm import (
+    ClusterCheck,
+    SlurmOptions,
+    check_spec_for_cluster,
+    render_script,
+    spec_yaml,
+    time_limit_seconds,
+)
 from sweeps.spec import load_spec, spec_from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,7 +165,6 @@ def test_relative_or_memory_stores_are_refused_env_ones_required() -> None:
 
 def test_connections_from_the_environment_are_placeholders_in_the_embedded_spec() -> None:
     from siamese_core.errors import ConfigError
-
     from sweeps.storage import make_storage
 
     spec = _spec()

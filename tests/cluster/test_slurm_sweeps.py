@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -169,7 +169,8 @@ class Sweep:
         assert statuses and RUN_STATUS_RUNNING not in statuses.values(), statuses
         if sweep_finished:
             runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
-            assert all(r.info.status != RUN_STATUS_RUNNING for r in runs), [(r.info.run_id, r.info.status) for r in runs]
+            assert all(r.info.status != RUN_STATUS_RUNNING for r in runs), \
+                [(r.info.run_id, r.info.status) for r in runs]
 
 
 def _pid(trial: optuna.trial.FrozenTrial) -> int:
@@ -233,7 +234,8 @@ def test_job_array_of_two_workers_meets_the_exact_budget(slurm_cluster, make_swe
     sweep.assert_no_run_left_running()
 
 
-def test_scancel_of_a_running_task_requeues_its_trial_and_kills_its_run(slurm_cluster, make_sweep, tmp_path: Path) -> None:
+def test_scancel_of_a_running_task_requeues_its_trial_and_kills_its_run(slurm_cluster, make_sweep,
+                                                                        tmp_path: Path) -> None:
     sweep = make_sweep("cancel")
     sweep.submit(_spec(tmp_path, "cancel", trials=2, base=SIGNALLED), "--tasks", "2")
     victim = sweep.poll(sweep.training_trial, timeout=180, what="a trial in training")
@@ -286,7 +288,8 @@ def _seconds(run_time: str) -> int:
     return int(days or 0) * 86400 + h * 3600 + m * 60 + sec
 
 
-def test_the_time_limit_warning_ends_the_trial_cleanly_before_the_limit(slurm_cluster, make_sweep, tmp_path: Path) -> None:
+def test_the_time_limit_warning_ends_the_trial_cleanly_before_the_limit(slurm_cluster, make_sweep,
+                                                                        tmp_path: Path) -> None:
     warning_s = 120
     sweep = make_sweep("timelimit")
     sweep.submit(_spec(tmp_path, "timelimit", trials=2, base=ENDLESS), "--tasks", "1", "--time", "10",

@@ -54,8 +54,9 @@ def test_tuning_leaves_training_bit_identical(tmp_path: Path) -> None:
     """Same command, both allocators: identical losses and test metrics."""
     def run(**env: str) -> dict:
         clean = {k: v for k, v in os.environ.items() if k != "SIAMESE_SWEEP_ALLOCATOR"}
-        out = subprocess.run([sys.executable, "-m", "sweeps.cli", "train", "--set", "dataset=digits", "--set", "epochs=2",
-                              "--set", "deterministic=true", "--json", "--quiet"], env={**clean, **env},
+        out = subprocess.run([sys.executable, "-m", "sweeps.cli", "train", "--set", "dataset=digits",
+                              "--set", "epochs=2", "--set", "deterministic=true", "--json", "--quiet"],
+                             env={**clean, **env},
                              capture_output=True, text=True, check=True, timeout=600, cwd=tmp_path)
         return json.loads(out.stdout.strip().splitlines()[-1])
 

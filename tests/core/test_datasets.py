@@ -170,7 +170,7 @@ def test_fashion_mnist_explicit_folder_and_missing_files(tmp_path):
     rng = np.random.default_rng(0)
     x, xt = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8), rng.integers(0, 256, (20, 28, 28), dtype=np.uint8)
     for name, arr in zip(sources.FASHION_FILES, (x, np.arange(40, dtype=np.uint8) % 2, xt,
-                                                  np.arange(20, dtype=np.uint8) % 2)):
+                                                  np.arange(20, dtype=np.uint8) % 2), strict=True):
         write_idx(tmp_path / name, arr)
     d = load_dataset(cfg(name="fashion_mnist", path=str(tmp_path)))
     assert d.info.sizes == {"train": 36, "val": 4, "test": 20}
@@ -305,7 +305,7 @@ def _digit_pairs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndar
     rng = np.random.default_rng(seed)
     a = rng.integers(0, len(y), n)
     same = rng.random(n) < 0.5
-    b = np.array([rng.choice(np.flatnonzero((y == y[i]) if s else (y != y[i]))) for i, s in zip(a, same)])
+    b = np.array([rng.choice(np.flatnonzero((y == y[i]) if s else (y != y[i]))) for i, s in zip(a, same, strict=True)])
     return x[a], x[b], same.astype(np.int64)
 
 
@@ -340,7 +340,7 @@ def test_pair_groups_are_the_connected_components_of_shared_rows(n_pairs, n_rows
         while parent.setdefault(k, k) != k:
             k = parent[k]
         return k
-    for i, j in zip(a, b):
+    for i, j in zip(a, b, strict=True):
         parent[find(rows[i].tobytes())] = find(rows[j].tobytes())
     expected = np.array([find(rows[i].tobytes()) for i in a])
     groups = pair_groups(rows[a], rows[b])
@@ -384,7 +384,7 @@ def test_pairs_npz_label_problems(tmp_path):
 def make_folder(root: Path, *, per_class: int = 10, classes=("cat", "dog")) -> Path:
     from PIL import Image
     rng = np.random.default_rng(0)
-    for c, name in enumerate(classes):
+    for name in classes:
         (root / name).mkdir(parents=True)
         for i in range(per_class):
             arr = rng.integers(0, 256, (10, 12), dtype=np.uint8)

@@ -55,9 +55,9 @@ def test_batches_identical_across_loaders(plan, epoch):
     for name in NAMES:
         got = get_loader(name).batches(plan, epoch, 100)
         assert len(got) == len(expected) == plan.steps_per_epoch == 11, name
-        for (gx, gy), (ex, ey) in zip(got, expected):
+        for (gx, gy), (ex, ey) in zip(got, expected, strict=True):
             assert len(gx) == 2
-            for a, b in zip(gx, ex):
+            for a, b in zip(gx, ex, strict=True):
                 np.testing.assert_array_equal(a, b)
             np.testing.assert_array_equal(gy, ey)
     assert not np.array_equal(expected[0][0][0], expected_batches(plan, epoch + 1)[0][0][0])
@@ -70,9 +70,9 @@ def test_triplet_batches_identical_across_loaders(digits_data):
     for name in ("tfdata", "custom"):
         got = get_loader(name).batches(plan, 1, 10)
         assert len(got) == 4
-        for (gx, gy), (ex, ey) in zip(got, ref[0]):
+        for (gx, gy), (ex, ey) in zip(got, ref[0], strict=True):
             assert len(gx) == 3 and gy.shape == (50, 2)
-            for a, b in zip(gx, ex):
+            for a, b in zip(gx, ex, strict=True):
                 np.testing.assert_array_equal(a, b)
             np.testing.assert_array_equal(gy, ey)
 
@@ -167,8 +167,8 @@ def test_model_receives_epoch_k_pairs_at_epoch_k(digits_data, plan, name):
         expected = expected_batches(plan, epoch)
         got_x, got_y = sink.x[epoch], sink.y[epoch]
         assert len(got_x) == len(got_y) == len(expected) == 11, (name, epoch, len(got_x))
-        for (ex, ey), gx, gy in zip(expected, got_x, got_y):
-            for a, b in zip(gx, ex):
+        for (ex, ey), gx, gy in zip(expected, got_x, got_y, strict=True):
+            for a, b in zip(gx, ex, strict=True):
                 np.testing.assert_array_equal(a, b)
             np.testing.assert_array_equal(gy, ey)
     # the same callbacks, in the same order, once per run / epoch / batch
@@ -252,9 +252,9 @@ def test_image_folder_tfdata_streams_and_equals_memory(image_folder):
     mem = get_loader("memory").batches(plan, 1, 10)
     tfd = get_loader("tfdata").batches(plan, 1, 10)
     assert len(mem) == len(tfd) == 5
-    for (mx, my), (tx, ty) in zip(mem, tfd):
+    for (mx, my), (tx, ty) in zip(mem, tfd, strict=True):
         assert mx[0].shape == (8, 10, 12, 1) and mx[0].dtype == np.uint8
-        for a, b in zip(mx, tx):
+        for a, b in zip(mx, tx, strict=True):
             np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(my, ty)
 
@@ -266,9 +266,9 @@ def test_paired_split_loaders_agree():
     plan = TrainingPlan(split, PairShuffler(split.y, seed=0, pairs_per_epoch=30), 10)
     ref = get_loader("memory").batches(plan, 1, 5)
     got = get_loader("tfdata").batches(plan, 1, 5)
-    for (mx, my), (tx, ty) in zip(ref, got):
+    for (mx, my), (tx, ty) in zip(ref, got, strict=True):
         assert mx[0].shape == (10, 5) and mx[1].shape == (10, 9)
-        for a, b in zip(mx, tx):
+        for a, b in zip(mx, tx, strict=True):
             np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(my, ty)
     first = plan.sampler.epoch(1).indices[:10, 0]

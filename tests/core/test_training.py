@@ -141,7 +141,7 @@ def test_evaluation_pairs_do_not_follow_the_training_positive_fraction(digits_da
     assert skewed.plan.sampler.epoch(0).positive_fraction() == pytest.approx(0.15, abs=1e-3)  # training follows it
     model = balanced.models  # one fixed model, scored by both runs' evaluators
     val = [run.val.evaluate(model) for run in (balanced, skewed)]
-    test = [run.test.evaluate(model, threshold=v["threshold"]) for run, v in zip((balanced, skewed), val)]
+    test = [run.test.evaluate(model, threshold=v["threshold"]) for run, v in zip((balanced, skewed), val, strict=True)]
     for a, b in ((balanced.val, skewed.val), (balanced.test, skewed.test)):
         np.testing.assert_array_equal(a.eval_set.pairs.indices, b.eval_set.pairs.indices)
         np.testing.assert_array_equal(a.eval_set.pairs.targets, b.eval_set.pairs.targets)

@@ -31,7 +31,7 @@ def make_pairs(x: np.ndarray, y: np.ndarray, n: int, *, positive_fraction: float
     rng = np.random.default_rng(seed)
     a = rng.integers(0, len(y), n)
     same = rng.random(n) < positive_fraction
-    b = np.array([rng.choice(np.flatnonzero((y == y[i]) if s else (y != y[i]))) for i, s in zip(a, same)])
+    b = np.array([rng.choice(np.flatnonzero((y == y[i]) if s else (y != y[i]))) for i, s in zip(a, same, strict=True)])
     labels = same.astype(np.float32)
     return x[a], x[b], (1.0 - labels) if zero_is_same else labels
 

@@ -15,8 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from ..reliability.harness import (LONG_EPOCHS, S, Proc, all_param_and_tag_values, check_sweep_invariants, clean_env,
-                                   load_study, running_trial_after_epoch, spec_dict, wait_for, worker_pid, write_spec)
+from ..reliability.harness import (
+    LONG_EPOCHS,
+    Proc,
+    S,
+    all_param_and_tag_values,
+    check_sweep_invariants,
+    clean_env,
+    load_study,
+    running_trial_after_epoch,
+    spec_dict,
+    wait_for,
+    worker_pid,
+    write_spec,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

@@ -51,8 +51,9 @@ needs_compose = pytest.mark.skipif(not _compose_available(), reason="docker comp
 def test_env_example_holds_only_placeholders() -> None:
     values = _env_example()
     secrets = {k: v for k, v in values.items() if SECRET_NAME.search(k)}
-    assert {"POSTGRES_PASSWORD", "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD", "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD", "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD",
-            "SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD", "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    assert {"POSTGRES_PASSWORD", "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD", "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD",
+            "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD", "SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD",
+            "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
             "SIAMESE_SWEEP_DASHBOARD_PASSWORD"} <= set(secrets)
     for key, value in secrets.items():
         assert value.startswith("change-me"), f"{key} must be a change-me placeholder, got {value!r}"
@@ -90,8 +91,9 @@ def test_compose_structure() -> None:
 
 def test_compose_requires_secrets_from_env() -> None:
     text = COMPOSE.read_text()
-    for var in ("POSTGRES_PASSWORD", "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD", "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD", "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD",
-                "SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD", "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    for var in ("POSTGRES_PASSWORD", "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD", "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD",
+                "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD", "SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD",
+                "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
                 "SIAMESE_SWEEP_DASHBOARD_PASSWORD"):
         refs = re.findall(r"\$\{" + var + r"([^}]*)\}", text)
         assert refs, f"{var} not used"
@@ -136,7 +138,8 @@ file_env() { echo image-file_env; }
 case $- in *u*) echo "initdb leaked set -u" >&2; exit 3;; esac
 [ "$(file_env)" = image-file_env ] || { echo "initdb redefined file_env" >&2; exit 3; }
 if type role_password >/dev/null 2>&1; then echo "initdb leaked its helper" >&2; exit 3; fi
-[ -z "${SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD+x}${value+x}${file+x}" ] || { echo "initdb leaked variables" >&2; exit 3; }
+[ -z "${SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD+x}${value+x}${file+x}" ] ||
+  { echo "initdb leaked variables" >&2; exit 3; }
 echo "entrypoint continues"
 """
 
@@ -158,7 +161,9 @@ def test_the_postgres_init_script_stops_the_entrypoint_without_a_password(tmp_pa
     assert "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD_FILE: cannot read" in res.stderr
     del env["SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD_FILE"]
     res = subprocess.run([str(INIT_SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
-    assert res.returncode == 1 and "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD (or SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD_FILE) is not set" in res.stderr
+    assert res.returncode == 1
+    assert ("SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD (or SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD_FILE) is not set"
+            in res.stderr)
 
 
 @pytest.mark.postgres
@@ -176,8 +181,8 @@ def test_the_postgres_init_script_makes_one_role_per_database(postgres_server: o
     from sweeps.stack import PostgresServer
 
     base = Path(__import__("tempfile").mkdtemp(prefix="sweeps-initdb-test-"))
-    passwords = {"SIAMESE_SWEEP_OPTUNA_DB_PASSWORD": "o'pw \"x $HOME `id`", "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD": "m-pw-123",
-                 "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD": "a-pw-456"}
+    passwords = {"SIAMESE_SWEEP_OPTUNA_DB_PASSWORD": "o'pw \"x $HOME `id`",
+                 "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD": "m-pw-123", "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD": "a-pw-456"}
     pg = PostgresServer(user="bootstrap", database="bootstrap", base_dir=base, fsync=False)
     try:
         pg.start()
@@ -200,7 +205,8 @@ def test_the_postgres_init_script_makes_one_role_per_database(postgres_server: o
             psycopg2.connect(host=pg.host, port=pg.port, user=role, password=password, dbname=db,
                              connect_timeout=10).close()
 
-        roles = {"optuna": "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD", "mlflow": "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD", "mlflow_auth": "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD"}
+        roles = {"optuna": "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD", "mlflow": "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD",
+                 "mlflow_auth": "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD"}
         for role, var in roles.items():
             connect(role, passwords[var], role)
             for other in (set(roles) | {"postgres"}) - {role}:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import tomllib
 from pathlib import Path
 from types import ModuleType
 
@@ -82,7 +81,9 @@ def test_secrets_may_come_from_files(ep: ModuleType, tmp_path: Path) -> None:
     env = _env(SIAMESE_SWEEP_OPTUNA_DB_PASSWORD="", SIAMESE_SWEEP_OPTUNA_DB_PASSWORD_FILE=str(tmp_path / "pw"))
     assert ep.secret(env, "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD") == NASTY
     with pytest.raises(SystemExit, match="SIAMESE_SWEEP_OPTUNA_DB_PASSWORD_FILE"):
-        ep.secret(_env(SIAMESE_SWEEP_OPTUNA_DB_PASSWORD="", SIAMESE_SWEEP_OPTUNA_DB_PASSWORD_FILE=str(tmp_path / "missing")), "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD")
+        ep.secret(_env(SIAMESE_SWEEP_OPTUNA_DB_PASSWORD="",
+                       SIAMESE_SWEEP_OPTUNA_DB_PASSWORD_FILE=str(tmp_path / "missing")),
+                  "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD")
 
 
 def test_mlflow_ini_is_read_back_by_mlflow(ep: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,8 +95,9 @@ def test_mlflow_ini_is_read_back_by_mlflow(ep: ModuleType, tmp_path: Path, monke
     assert cfg.database_uri == ep.pg_url(_env(), "mlflow_auth")
     assert cfg.default_permission == "READ"
     assert child["MLFLOW_BACKEND_STORE_URI"] == ep.pg_url(_env(), "mlflow")
-    for name in ("POSTGRES_PASSWORD", "SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD", "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD", "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD",
-                 "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD", "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD"):
+    for name in ("POSTGRES_PASSWORD", "SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD", "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD",
+                 "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD", "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD",
+                 "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD"):
         assert name not in child, name
     joined = " ".join(argv)
     assert NASTY not in joined and "--app-name basic-auth" in joined and "--serve-artifacts" in joined
@@ -112,7 +114,8 @@ def test_dashboard_runs_guarded_with_the_optuna_role_only(ep: ModuleType) -> Non
     assert child["OPTUNA_STORAGE"] == ep.pg_url(_env(), "optuna")
     assert child["SIAMESE_SWEEP_DASHBOARD_PASSWORD"] == "dash-" + NASTY
     assert NASTY not in " ".join(argv)
-    assert not {"POSTGRES_PASSWORD", "SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD", "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD"} & set(child)
+    assert not {"POSTGRES_PASSWORD", "SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD",
+                "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD"} & set(child)
 
 
 def test_worker_command_line(ep: ModuleType) -> None:
@@ -123,9 +126,11 @@ def test_worker_command_line(ep: ModuleType) -> None:
     assert child["MLFLOW_TRACKING_USERNAME"] == "sweeps-worker"
     assert child["MLFLOW_TRACKING_PASSWORD"] == "worker-" + NASTY
     assert NASTY not in " ".join(argv), "passwords must stay off the command line"
-    assert not {"POSTGRES_PASSWORD", "SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD", "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD", "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD",
-                "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD"} & set(child), "a worker holds only what it needs"
-    bare, _ = ep.worker_command(_env(SIAMESE_SWEEP_SPEC="", SIAMESE_SWEEP_STUDY=""), [])  # quickstart spec, its study name
+    assert not {"POSTGRES_PASSWORD", "SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD", "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD",
+                "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD", "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD"} & set(child), \
+        "a worker holds only what it needs"
+    # the quickstart spec, its study name
+    bare, _ = ep.worker_command(_env(SIAMESE_SWEEP_SPEC="", SIAMESE_SWEEP_STUDY=""), [])
     assert bare == ["siamese-sweep", "worker"]
     with pytest.raises(SystemExit, match="SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD"):
         ep.worker_command(_env(SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD=""), [])
@@ -135,13 +140,15 @@ def test_worker_user_name_may_come_from_a_file(ep: ModuleType, tmp_path: Path) -
     (tmp_path / "username").write_text("k8s-worker\n")
     _, child = ep.worker_command(_env(SIAMESE_SWEEP_MLFLOW_WORKER_USERNAME_FILE=str(tmp_path / "username")), [])
     assert child["MLFLOW_TRACKING_USERNAME"] == "k8s-worker"
-    _, child = ep.worker_command(_env(SIAMESE_SWEEP_MLFLOW_WORKER_USERNAME="plain", SIAMESE_SWEEP_MLFLOW_WORKER_USERNAME_FILE="/nonexistent"), [])
+    _, child = ep.worker_command(_env(SIAMESE_SWEEP_MLFLOW_WORKER_USERNAME="plain",
+                                      SIAMESE_SWEEP_MLFLOW_WORKER_USERNAME_FILE="/nonexistent"), [])
     assert child["MLFLOW_TRACKING_USERNAME"] == "plain"
 
 
 def test_the_worker_user_is_never_the_admin(ep: ModuleType) -> None:
     with pytest.raises(SystemExit, match="must not be the admin"):  # before any request: no server here
-        ep.create_worker_user(_env(MLFLOW_URL="http://127.0.0.1:9", SIAMESE_SWEEP_MLFLOW_WORKER_USERNAME="admin"), timeout_s=0)
+        ep.create_worker_user(_env(MLFLOW_URL="http://127.0.0.1:9", SIAMESE_SWEEP_MLFLOW_WORKER_USERNAME="admin"),
+                              timeout_s=0)
 
 
 def test_write_auth_ini_is_read_back_by_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -317,7 +317,8 @@ def test_postgres_runs_the_one_init_script(objects: list[dict[str, Any]]) -> Non
     assert {"name": volume["name"], "mountPath": "/docker-entrypoint-initdb.d", "readOnly": True} in \
         container["volumeMounts"]
     env = _env(container)
-    for name in ("SIAMESE_SWEEP_OPTUNA_DB_PASSWORD", "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD", "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD"):
+    for name in ("SIAMESE_SWEEP_OPTUNA_DB_PASSWORD", "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD",
+                 "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD"):
         assert name + "_FILE" in env and name not in env, name
     assert env["POSTGRES_USER"] == "postgres"
 
@@ -424,7 +425,8 @@ def test_gpu_overlay_gives_each_worker_one_gpu() -> None:
     assert gc["image"].startswith("siamese-sweep/worker-gpu:")
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
         _worker(gpu)["spec"]["template"]["spec"]["tolerations"]
-    others = lambda objs: {_key(o): o for o in objs if o["kind"] != "Job" or o["metadata"]["name"] != "siamese-sweep-worker"}  # noqa: E731
+    others = lambda objs: {_key(o): o for o in objs  # noqa: E731
+                           if o["kind"] != "Job" or o["metadata"]["name"] != "siamese-sweep-worker"}
     assert others(base) == others(gpu), "the overlay touches only the workers"
 
 

@@ -44,7 +44,8 @@ def _setup(ep: ModuleType, server, tmp: Path, worker_password: str, monkeypatch:
            capsys: pytest.CaptureFixture[str]) -> str:
     """`stack-entrypoint mlflow-users` with the mlflow-setup Job's variables; returns what it printed."""
     env = {"MLFLOW_URL": server.url, "SIAMESE_SWEEP_MLFLOW_ADMIN_USERNAME": server.admin_username,
-           **_secret_files(tmp, SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD=server.admin_password, SIAMESE_SWEEP_MLFLOW_WORKER_USERNAME=WORKER,
+           **_secret_files(tmp, SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD=server.admin_password,
+                           SIAMESE_SWEEP_MLFLOW_WORKER_USERNAME=WORKER,
                            SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD=worker_password)}
     for name in [n for n in __import__("os").environ if n.startswith("MLFLOW_")]:
         monkeypatch.delenv(name)
@@ -115,4 +116,5 @@ def test_the_job_command_works_in_the_mlflow_image_layout(tmp_path: Path) -> Non
     res = subprocess.run([sys.executable, "-c", image_python, str(bin_dir), "mlflow-users"], env=env,
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 1, res.stderr
-    assert "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD_FILE: cannot read" in res.stderr and "admin-pass-word" not in res.stderr
+    assert "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD_FILE: cannot read" in res.stderr
+    assert "admin-pass-word" not in res.stderr

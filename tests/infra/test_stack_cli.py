@@ -60,8 +60,8 @@ def test_passwords_survive_the_env_file_exactly(tmp_path: Path, monkeypatch: pyt
     assert load_or_create_secrets(tmp_path)["SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD"] == password + "-long-enough" == \
         first["SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD"]
     # and what bash reads from the same file is the same value
-    out = subprocess.run(["bash", "-c", f"source {tmp_path / 'secrets.env'} && printf %s \"$SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD\""],
-                         capture_output=True, text=True, check=True)
+    script = f"source {tmp_path / 'secrets.env'} && printf %s \"$SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD\""
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout == password + "-long-enough"
 
 
@@ -98,7 +98,8 @@ def test_secret_files_are_read_and_a_conflict_is_refused(tmp_path: Path, no_secr
     secret = tmp_path / "pw"
     secret.write_text("from-a-file-0123\n")
     env = {"SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD_FILE": str(secret)}
-    assert read_secret_files(env) == ["SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD"] and env["SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD"] == "from-a-file-0123"
+    assert read_secret_files(env) == ["SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD"]
+    assert env["SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD"] == "from-a-file-0123"
     with pytest.raises(ConfigError, match="not both"):
         read_secret_files({"OPTUNA_STORAGE": "sqlite:///a.db", "OPTUNA_STORAGE_FILE": str(secret)})
     with pytest.raises(ConfigError, match="cannot read"):
@@ -257,7 +258,8 @@ def test_up_in_the_foreground_stops_on_ctrl_c_and_keeps_a_quote_ending_password(
     stack = Path(tempfile.mkdtemp(prefix="sweeps-stack-test-"))
     os.chmod(stack, 0o755)
     try:
-        for attempt, env in enumerate((_clean_env(SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD="admin-password-ends-with'"), _clean_env())):
+        envs = (_clean_env(SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD="admin-password-ends-with'"), _clean_env())
+        for attempt, env in enumerate(envs):
             proc = subprocess.Popen(CLI + ["stack", "up", "--dir", str(stack), "--pg-port", "0", "--mlflow-port", "0"],
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                     start_new_session=True)
@@ -275,8 +277,9 @@ def test_up_in_the_foreground_stops_on_ctrl_c_and_keeps_a_quote_ending_password(
                 assert "Ctrl-C stops the stack" in "".join(out), "".join(out)
                 admin = read_env_file(stack / "admin.env")
                 assert admin["MLFLOW_TRACKING_PASSWORD"] == "admin-password-ends-with'"
+                auth = (admin["MLFLOW_TRACKING_USERNAME"], admin["MLFLOW_TRACKING_PASSWORD"])
                 assert _http(f"{admin['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search?max_results=1",
-                             auth=(admin["MLFLOW_TRACKING_USERNAME"], admin["MLFLOW_TRACKING_PASSWORD"])) == 200, attempt
+                             auth=auth) == 200, attempt
             finally:
                 proc.send_signal(signal.SIGINT)
                 try:

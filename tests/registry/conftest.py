@@ -30,7 +30,8 @@ GOOD = {
         "encoder.depth": {"type": "int", "low": 1, "high": 2},
         "learning_rate": {"type": "float", "low": 3e-3, "high": 1e-2, "log": True},
     },
-    "study": {"name": "good", "trials": 3, "pruner": "none", "sampler": {"type": "tpe", "seed": 0, "n_startup_trials": 2}},
+    "study": {"name": "good", "trials": 3, "pruner": "none",
+              "sampler": {"type": "tpe", "seed": 0, "n_startup_trials": 2}},
     "tracking": {"log_plots": False},
 }
 WEAK = {

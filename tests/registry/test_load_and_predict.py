@@ -120,8 +120,10 @@ def test_predict_and_promote_never_unpickle_the_model(sqlite_stores: Stores, pro
     wrapper = load_wrapper(str(local), tracking_uri=sqlite_stores.tracking_uri, dst=str(tmp_path / "w"))
     assert wrapper.threshold == pytest.approx(out["threshold"])
     assert not marker.exists()
-    with pytest.raises(Exception):  # the same directory through mlflow.pyfunc does unpickle it (documented)
+    try:  # the same directory through mlflow.pyfunc does unpickle it (the README says so)
         mlflow.pyfunc.load_model(str(local))
+    except Exception:  # noqa: BLE001 - the unpickled object is no model; only the side effect matters
+        pass
     assert marker.exists()
 
 

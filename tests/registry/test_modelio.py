@@ -100,7 +100,8 @@ def test_pyfunc_pairs_embeddings_and_errors(logged: dict[str, Any]) -> None:
         model.predict(flat)
     wrapper = model.unwrap_python_model()  # the wrapper itself reshapes flattened cells
     np.testing.assert_allclose(wrapper.predict(None, flat)["distance"], out["distance"][:2], rtol=1e-5)
-    ints = pd.DataFrame({"left": [split.left[0].astype(int).tolist()], "right": [split.right[0].astype(float).tolist()]})
+    ints = pd.DataFrame({"left": [split.left[0].astype(int).tolist()],
+                         "right": [split.right[0].astype(float).tolist()]})
     assert model.predict(ints)["distance"][0] == pytest.approx(out["distance"][0], rel=1e-5)
     emb = model.predict(pd.DataFrame({"input": [x.tolist() for x in split.left[:3]]}), params={"mode": "embed"})
     assert list(emb.columns) == ["embedding"] and len(emb["embedding"][0]) == 16

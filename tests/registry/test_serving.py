@@ -63,10 +63,10 @@ def server(sqlite_stores: Stores, tmp_path_factory: pytest.TempPathFactory) -> A
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**sqlite_stores.env(), "MLFLOW_TRACKING_URI": sqlite_stores.tracking_uri}
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(["mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
-                                 "-h", "127.0.0.1", "-p", str(port)], stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)  # its own process group: uvicorn is a child
+    with open(log, "w") as fh:  # the server gets its own process group: uvicorn is a child
+        proc = subprocess.Popen(["mlflow", "models", "serve", "-m", f"models:/{NAME}@champion",
+                                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                                stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -108,7 +108,7 @@ def test_invocations_answer_the_documented_pair_request(server: dict, sqlite_sto
 
     status, out = _post(f"{server['url']}/invocations", {**body, "params": {"threshold": 1e9}})
     assert status == 200 and all(p["same"] for p in out["predictions"])
-    records = {"dataframe_records": [dict(zip(split["columns"], row)) for row in split["data"]]}
+    records = {"dataframe_records": [dict(zip(split["columns"], row, strict=True)) for row in split["data"]]}
     status, out = _post(f"{server['url']}/invocations", records)
     assert status == 200 and len(out["predictions"]) == 2
 

@@ -12,9 +12,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import optuna
 import yaml
@@ -88,7 +89,7 @@ class Proc:
         self.out_path = logs / f"{self.name}{i}.out"
         self.err_path = logs / f"{self.name}{i}.err"
 
-    def start(self) -> "Proc":
+    def start(self) -> Proc:
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             self.popen = subprocess.Popen(cli() + self.args, cwd=self.cwd, env=self.env, stdout=out, stderr=err,
                                           stdin=subprocess.DEVNULL)
@@ -106,7 +107,8 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait()
-            raise AssertionError(f"{self.name} did not finish within {timeout:.0f}s; stderr:\n{self.stderr[-3000:]}") from None
+            raise AssertionError(f"{self.name} did not finish within {timeout:.0f}s; "
+                                 f"stderr:\n{self.stderr[-3000:]}") from None
 
     def signal(self, sig: int) -> None:
         assert self.popen is not None

@@ -9,8 +9,8 @@ from __future__ import annotations
 import gzip
 import struct
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest

@@ -125,7 +125,8 @@ def test_workers_bound_mlflows_own_http_retries_but_respect_the_users(monkeypatc
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "77"
 
 
-@pytest.mark.parametrize("raw, expected", [("7", 7.0), (None, DEFAULT_RETRY_BUDGET_S), ("soon", DEFAULT_RETRY_BUDGET_S)])
+@pytest.mark.parametrize("raw, expected",
+                         [("7", 7.0), (None, DEFAULT_RETRY_BUDGET_S), ("soon", DEFAULT_RETRY_BUDGET_S)])
 def test_retry_budget_comes_from_the_environment(raw, expected, monkeypatch, tmp_path: Path) -> None:
     if raw is None:
         monkeypatch.delenv(RETRY_BUDGET_ENV, raising=False)

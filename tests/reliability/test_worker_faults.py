@@ -13,8 +13,19 @@ from typing import Any
 
 import pytest
 
-from .harness import (LONG_EPOCHS, S, Proc, check_sweep_invariants, clean_env, load_study, running_trial_after_epoch,
-                      spec_dict, wait_for, worker_pid, write_spec)
+from .harness import (
+    LONG_EPOCHS,
+    Proc,
+    S,
+    check_sweep_invariants,
+    clean_env,
+    load_study,
+    running_trial_after_epoch,
+    spec_dict,
+    wait_for,
+    worker_pid,
+    write_spec,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

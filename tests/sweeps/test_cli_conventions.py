@@ -16,7 +16,8 @@ from sweeps.cli import build_parser, main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], argparse.ArgumentParser]:
+def _commands(parser: argparse.ArgumentParser,
+              prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], argparse.ArgumentParser]:
     """Every (sub)command's parser. argparse has no public API to list sub-parsers: `_actions` and
     `_SubParsersAction` are its internals (stable since Python 3.2), fine for a test."""
     out = {prefix: parser}

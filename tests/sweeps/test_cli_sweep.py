@@ -82,7 +82,8 @@ def test_status_json_reports_counts_and_best(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("content, field", [
     ("base: {dataset: digits}\nstudy: {trials: 0}\n", "study.trials"),
-    ("base: {dataset: digits}\nsearch_space: {encoder.depht: {type: int, low: 1, high: 2}}\n", "search_space.encoder.depht"),
+    ("base: {dataset: digits}\nsearch_space: {encoder.depht: {type: int, low: 1, high: 2}}\n",
+     "search_space.encoder.depht"),
     ("base: {dataset: digits, encoder: {depth: 0}}\n", "base.encoder.depth"),
     ("base: [unclosed\n", "not valid YAML"),
     ("base: {dataset: digits}\nstudy: {sampler: {type: annealing}}\n", "study.sampler.type"),

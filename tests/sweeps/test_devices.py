@@ -11,8 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.devices import (ALLOW_GROWTH, VISIBLE, assign_devices, detect_gpus, device_plan, parse_nvidia_smi,
-                            parse_visible)
+from sweeps.devices import (
+    ALLOW_GROWTH,
+    VISIBLE,
+    assign_devices,
+    detect_gpus,
+    device_plan,
+    parse_nvidia_smi,
+    parse_visible,
+)
 
 SMI_TWO = """GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-11111111-2222-3333-4444-555555555555)
 GPU 1: NVIDIA A100-SXM4-40GB (UUID: GPU-66666666-7777-8888-9999-000000000000)
@@ -72,7 +79,8 @@ def test_plan_env_per_worker_and_sharing_is_logged(caplog: pytest.LogCaptureFixt
     with caplog.at_level(logging.INFO, logger="sweeps.devices"):
         plan = device_plan(3, gpus=["0", "1"])
     assert [plan.env_for(i) for i in range(3)] == [
-        {VISIBLE: "0", ALLOW_GROWTH: "true"}, {VISIBLE: "1", ALLOW_GROWTH: "true"}, {VISIBLE: "0", ALLOW_GROWTH: "true"}]
+        {VISIBLE: "0", ALLOW_GROWTH: "true"}, {VISIBLE: "1", ALLOW_GROWTH: "true"},
+        {VISIBLE: "0", ALLOW_GROWTH: "true"}]
     assert "share them round-robin" in caplog.text and "worker 3 -> 0" in caplog.text
     one_each = device_plan(2, gpus=["0", "1"])
     assert [one_each.env_for(i) for i in range(2)] == [{VISIBLE: "0"}, {VISIBLE: "1"}]

@@ -42,7 +42,8 @@ def test_one_prefix_for_what_we_invent() -> None:
     for const, value in _defined().items():
         if const.startswith("TAG_"):
             assert value.startswith(names.PREFIX), const
-        if const.startswith("ENV_") and not const.startswith(("ENV_MLFLOW_", "ENV_OPTUNA_", "ENV_TF_", "ENV_POSTGRES_")):
+        foreign = ("ENV_MLFLOW_", "ENV_OPTUNA_", "ENV_TF_", "ENV_POSTGRES_")
+        if const.startswith("ENV_") and not const.startswith(foreign):
             assert value.startswith(names.ENV_PREFIX), const
 
 

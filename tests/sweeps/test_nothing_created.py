@@ -46,7 +46,8 @@ def _assert_refused(done: subprocess.CompletedProcess, tmp_path: Path, *, text: 
 @pytest.mark.parametrize("field", ["encoder", "loss"])
 def test_unimportable_user_code_creates_nothing(tmp_path: Path, field: str) -> None:
     base = make_spec_dict()["base"]
-    base[field] = {**base.get(field, {}), "type": "no_such_module.sub:build", **({"kind": "pair"} if field == "loss" else {})}
+    extra = {"kind": "pair"} if field == "loss" else {}
+    base[field] = {**base.get(field, {}), "type": "no_such_module.sub:build", **extra}
     done = _cli(["run", str(_spec(tmp_path, base=base)), *_stores(tmp_path), "--quiet"], cwd=tmp_path)
     _assert_refused(done, tmp_path, text=f"base.{field}.type")
 

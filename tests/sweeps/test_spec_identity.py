@@ -10,7 +10,7 @@ import optuna
 import pytest
 import yaml
 
-from sweeps.spec import load_spec, spec_from_data, spec_differences, spec_from_dict
+from sweeps.spec import load_spec, spec_differences, spec_from_data, spec_from_dict
 from sweeps.specs import resolve_spec_path, shipped
 from sweeps.storage import make_storage
 

@@ -83,8 +83,8 @@ def test_per_epoch_metric_histories_use_history_keys(sweep: dict[str, Any]) -> N
     client = sweep["client"]
     for run in sweep["children"]:
         for key in ("loss", "val_loss", "val_pair_accuracy", "val_roc_auc", "raw_embedding_norm_mean",
-                    "raw_embedding_norm_std", "embedding_spread", "val_pos_distance_mean", "val_neg_distance_mean", "val_distance_gap",
-                    "learning_rate"):
+                    "raw_embedding_norm_std", "embedding_spread", "val_pos_distance_mean", "val_neg_distance_mean",
+                    "val_distance_gap", "learning_rate"):
             history = client.get_metric_history(run.info.run_id, key)
             assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(EPOCHS)), key
         for key in ("test_pair_accuracy", "test_roc_auc", "test_eer", "threshold", "params"):
