@@ -37,6 +37,9 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 _SIGNATURES = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg", b"BM": "bmp", b"GIF87a": "gif",
                b"GIF89a": "gif"}
 _TAIL = 1024
+# Decoded pixels allowed per image: 50 million is above any camera photo (a 50 MP sensor is 8160 x 6120).
+# A 97 kB PNG declaring 10000 x 10000 cost 3 GB to decode and resize; the header says so before decoding.
+MAX_IMAGE_PIXELS = 50_000_000
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, as in PIL's "L" mode
 
 
@@ -159,7 +162,7 @@ def scan_image_folder(root: str | Path, *, index: str | None = None, image_size:
                                    f"<folder>/<class name>/<image> or an index CSV")
     classes = _sorted_classes(set(names))
     lookup = {c: i for i, c in enumerate(classes)}
-    sizes = [_check_image(base / r) for r in rel]
+    sizes = [check_image(base / r) for r in rel]
     channels = 1 if color_mode == "grayscale" else 3
     size = image_size if image_size is not None else _first_size(base / rel[0])
     files = ImageFiles(base, rel, sizes, image_size=size, channels=channels)
@@ -242,7 +245,7 @@ def _sorted_classes(names: set[str]) -> list[str]:
     return sorted(names)
 
 
-def _check_image(path: Path) -> int:
+def check_image(path: Path) -> int:
     """Cheap per-file check (stat + a few bytes at both ends); returns the size in bytes."""
     try:
         size = path.stat().st_size
@@ -251,7 +254,7 @@ def _check_image(path: Path) -> int:
         if size == 0:
             raise DataError(str(path), "empty file (0 bytes); replace or remove it")
         with open(path, "rb") as f:
-            head = f.read(16)
+            head = f.read(32)
             f.seek(max(0, size - _TAIL))
             tail = f.read()
     except FileNotFoundError:
@@ -268,7 +271,29 @@ def _check_image(path: Path) -> int:
     if truncated:
         raise DataError(str(path), f"truncated {fmt.upper()} file ({size} bytes, end marker missing); "
                                    f"replace or remove it")
+    width, height = _declared_size(path, fmt, head)
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DataError(str(path), f"image declares {width} x {height} pixels (more than {MAX_IMAGE_PIXELS:,}); "
+                                   f"refusing to decode it (downscale it first)")
     return size
+
+
+def _declared_size(path: Path, fmt: str, head: bytes) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding pixels."""
+    if fmt == "png" and len(head) >= 24:
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if fmt == "gif" and len(head) >= 10:
+        return int.from_bytes(head[6:8], "little"), int.from_bytes(head[8:10], "little")
+    if fmt == "bmp" and len(head) >= 26:
+        return abs(int.from_bytes(head[18:22], "little", signed=True)), abs(
+            int.from_bytes(head[22:26], "little", signed=True))
+    from PIL import Image  # JPEG: the SOF marker may sit anywhere in the header; PIL reads only the header
+
+    try:
+        with Image.open(path) as img:
+            return int(img.size[0]), int(img.size[1])
+    except Exception as exc:  # noqa: BLE001 - any unreadable header is a bad file
+        raise DataError(str(path), f"cannot read the image header ({type(exc).__name__}: {exc})") from None
 
 
 def _first_size(path: Path) -> tuple[int, int]:

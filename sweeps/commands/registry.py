@@ -174,9 +174,10 @@ def read_sample(path_str: str, shape: tuple[int, ...], dtype: str, meta: dict[st
         if len(shape) not in (2, 3):
             raise DataError(path_str, f"{what}: this model takes inputs of shape {list(shape)}, not images; "
                                       "pass a .npy")
-        from siamese_core.data.image_folder import ImageFiles
+        from siamese_core.data.image_folder import ImageFiles, check_image
 
         channels = shape[2] if len(shape) == 3 else 1
+        check_image(path)  # signature, truncation and declared size (a 97 kB PNG may declare 10^8 pixels)
         files = ImageFiles(path.parent, [path.name], [path.stat().st_size], image_size=(shape[0], shape[1]),
                            channels=channels)
         try:

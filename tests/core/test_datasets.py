@@ -526,3 +526,28 @@ def test_npz_inputs_that_used_to_exit_1_are_data_errors(tmp_path):
     tokens[3, 2] = 2**40
     with pytest.raises(DataError, match="ids up to"):
         load_dataset(cfg(name="npz", path=str(write_npz(tmp_path / "t.npz", x=tokens, y=y))))
+
+
+def test_image_declaring_huge_dimensions_is_refused_before_decoding(tmp_path):
+    """A small PNG whose header declares 10000 x 10000 pixels (3 GB to decode) is a DataError at scan time."""
+    import struct
+    import zlib
+
+    from siamese_core.data.image_folder import MAX_IMAGE_PIXELS, check_image
+
+    root = make_folder(tmp_path / "imgs")
+    side = 10_000
+    assert side * side > MAX_IMAGE_PIXELS
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"".join(b"\0" + bytes(side) for _ in range(side)), 9)  # grayscale, all black
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+           + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    assert len(png) < 200_000
+    (root / "cat" / "bomb.png").write_bytes(png)
+    with pytest.raises(DataError, match="declares 10000 x 10000"):
+        check_image(root / "cat" / "bomb.png")
+    with pytest.raises(DataError, match="declares 10000 x 10000"):
+        load_dataset(folder_cfg(root))
