@@ -5,7 +5,10 @@ file; nothing is created in Optuna or MLflow.
 """
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
+
+from siamese_core.errors import ConfigError
 
 from . import space
 from .spec import SweepSpec
@@ -17,6 +20,9 @@ def preflight(spec: SweepSpec) -> Any:
     from siamese_core.data.sources import load_dataset
 
     space.check_space(spec)
+    if spec.tracking.system_metrics and importlib.util.find_spec("psutil") is None:
+        raise ConfigError("tracking.system_metrics", "MLflow's system metrics need psutil: "
+                                                     "pip install 'siamese-sweep[system-metrics]'")
     data = load_dataset(spec.base)  # DataError now, not in trial 0
     make_sampler(spec.base, data)  # e.g. batch_size larger than the pairs per epoch
     if spec.hypermodel:
