@@ -425,4 +425,4 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
     base = ui_base_url(tracking_uri)
     if base is None:
         return None
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType={names.MLFLOW_UI_WORKFLOW_TRAINING}"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType={names.UI_WORKFLOW_TYPE_TRAINING}"
