@@ -355,7 +355,9 @@ class TrialRun:
 
         from .registry import mlflow_internals_use
 
-        with mlflow_internals_use(self.tracker.uri):  # fluent calls resolve the default client's store
+        # fluent calls use the default client: point it at our store unless it is already (workers set it)
+        same = mlflow.is_tracking_uri_set() and mlflow.get_tracking_uri() == self.tracker.uri
+        with contextlib.nullcontext() if same else mlflow_internals_use(self.tracker.uri):
             self.tracker.retry("activate run", lambda: mlflow.start_run(
                 run_id=self.run_id, nested=True, log_system_metrics=True if system_metrics else None))
             try:
