@@ -172,3 +172,39 @@ def test_system_metrics_without_psutil_exit_2_and_create_nothing(tmp_path: Path,
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "tracking.system_metrics" in lines[0] and "system-metrics" in lines[0]
     assert not (tmp_path / "o.db").exists() and not (tmp_path / "m.db").exists()
+
+
+def test_the_active_run_is_per_thread_and_released_without_ending(tmp_path: Path) -> None:
+    """A trial in a worker thread makes its run active there only; releasing it leaves the status to `end`."""
+    import threading
+
+    import mlflow
+
+    from sweeps.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = tracker.experiment_id("threads")
+    parent = tracker.create_parent_run(exp, "threads")
+    run = tracker.start_trial_run(exp, parent, study_name="threads", trial_number=0)
+    seen: dict[str, Any] = {}
+
+    def trial() -> None:
+        with run.active():
+            seen["inside"] = mlflow.active_run().info.run_id
+            mlflow.log_metric("user.metric", 3.0)
+            started.set()
+            main_checked.wait(60)
+        seen["after"] = mlflow.active_run()
+
+    started, main_checked = threading.Event(), threading.Event()
+    worker = threading.Thread(target=trial)
+    worker.start()
+    assert started.wait(60)
+    seen["main"] = mlflow.active_run()  # the main thread has no active run meanwhile
+    main_checked.set()
+    worker.join(60)
+    assert seen == {"inside": run.run_id, "main": None, "after": None}
+    assert tracker.client.get_run(run.run_id).info.status == "RUNNING"  # released, not ended
+    assert tracker.client.get_run(run.run_id).data.metrics["user.metric"] == 3.0
+    run.end("FAILED")
+    assert tracker.client.get_run(run.run_id).info.status == "FAILED"
