@@ -144,12 +144,14 @@ def _quiet_pyfunc() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def log_trial_model(client: Any, *, run_id: str, experiment_id: str, result: Any, step: int = 0) -> str:
-    """Log ``result.model`` as a keras+pyfunc LoggedModel of `run_id`; returns ``models:/<model_id>``."""
+def log_trial_model(client: Any, *, run_id: str, experiment_id: str, result: Any, step: int = 0,
+                    name: str = MODEL_NAME) -> str:
+    """Log ``result.model`` as a keras+pyfunc LoggedModel `name` of `run_id`; returns ``models:/<model_id>``
+    (sweeps name it after the trial; the URI, not the name, is what promotion and serving use)."""
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 
     meta = model_metadata(result)
-    logged = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id,
+    logged = client.create_logged_model(experiment_id, name=name, source_run_id=run_id,
                                         params={k: str(v) for k, v in meta.items()},
                                         tags={names.TAG_FLAVOR: FLAVOR_NAME})
     try:

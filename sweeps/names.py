@@ -45,6 +45,7 @@ TAG_BEST_RUN_ID = "siamese_sweep.best_run_id"
 TAG_BEST_PARAM_PREFIX = "siamese_sweep.best_param."    # + parameter name -> value
 TAG_PARETO_TRIALS = "siamese_sweep.pareto_trials"      # multi-objective: comma-separated trial numbers
 TAG_TRIALS_PREFIX = "siamese_sweep.trials."            # + state (complete, pruned, fail, ...) -> count
+TAG_DASHBOARD_URL = "siamese_sweep.dashboard_url"      # the study in optuna-dashboard (ENV_DASHBOARD_URL set)
 
 ROLE_PARENT = "parent"
 ROLE_TRIAL = "trial"
@@ -87,9 +88,13 @@ FLAVOR_KERAS_PYFUNC = "keras+pyfunc"
 MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"            # mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID
 MLFLOW_EXPERIMENT_KIND = "mlflow.experimentKind"       # opens the experiment in the UI's model-training mode
 EXPERIMENT_KIND_MODEL_TRAINING = "custom_model_development"
+# MLflow 3.17's UI keeps a global GenAI/model-training toggle that wins over the experiment kind; a link
+# with ``?workflowType=machine_learning`` opens in model-training mode
+UI_WORKFLOW_TYPE_TRAINING = "machine_learning"
 
 # ---------------------------------------------------------------- Optuna attributes: trial user attrs
 TRIAL_ATTR_RUN_ID = "mlflow_run_id"                    # the trial's MLflow run ("" on a retry until it has one)
+TRIAL_ATTR_RUN_URL = "mlflow_run_url"                  # its page in the MLflow UI (http(s) tracking URIs only)
 TRIAL_ATTR_REASON = "reason"                           # why PRUNED/FAIL (as TAG_REASON)
 TRIAL_ATTR_MODEL_URI = "model_uri"                     # models:/<model_id> of the logged model
 TRIAL_ATTR_DIAGNOSTIC_ERRORS = "diagnostics_errors"    # error-severity finding codes; `promote` skips such trials
@@ -123,6 +128,7 @@ ENV_PROMOTE_PAUSE = "SIAMESE_SWEEP_PROMOTE_PAUSE"      # test hook: pause before
 ENV_PG_BIN = "SIAMESE_SWEEP_PG_BIN"                    # PostgreSQL binaries for `siamese-sweep stack`
 ENV_ALLOCATOR = _CORE_ENV_ALLOCATOR                    # "system": leave glibc's malloc alone (siamese_core)
 ENV_DASHBOARD_PASSWORD = "SIAMESE_SWEEP_DASHBOARD_PASSWORD"  # basic auth of `siamese-sweep dashboard`
+ENV_DASHBOARD_URL = "SIAMESE_SWEEP_DASHBOARD_URL"      # where users open the dashboard: parent runs link to it
 # the stack's (and docker compose's, Kubernetes') secrets: one PostgreSQL role per database, two MLflow users
 ENV_DB_OPTUNA_PASSWORD = "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD"  # role `optuna`: the Optuna study (workers)
 ENV_DB_MLFLOW_PASSWORD = "SIAMESE_SWEEP_MLFLOW_DB_PASSWORD"  # role `mlflow`: MLflow's runs (the server only)
@@ -150,6 +156,7 @@ ENV_MLFLOW_HTTP_REQUEST_TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"
 ENV_MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 ENV_MLFLOW_PRINT_MODEL_URLS_ON_CREATION = "MLFLOW_PRINT_MODEL_URLS_ON_CREATION"
 ENV_MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"  # off while copying models
+ENV_MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"  # seconds (default 10)
 ENV_POSTGRES_PASSWORD = "POSTGRES_PASSWORD"            # the postgres image's superuser (compose, Kubernetes)
 ENV_TF_CPP_MIN_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"      # the CLI defaults it to 2 (TensorFlow's C++ log noise)
 
@@ -180,6 +187,16 @@ def parent_run_name(study: str) -> str:
 
 def trial_run_name(number: int) -> str:
     return f"trial-{number}"
+
+
+def logged_model_name(number: int) -> str:
+    """A trial's LoggedModel is named like its run, so the Models tab tells trials apart."""
+    return f"trial-{number}"
+
+
+def dashboard_study_url(base: str, study_id: int) -> str:
+    """optuna-dashboard's page of one study (its routes use the storage's numeric study id)."""
+    return f"{base.rstrip('/')}/dashboard/studies/{study_id}"
 
 
 def default_experiment(study: str) -> str:

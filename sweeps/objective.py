@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+from mlflow.entities import Dataset
 
 from siamese_core.errors import ConfigError
 
@@ -29,11 +30,12 @@ from . import artifacts, modelio, names, outcomes, space
 from .directions import TRIAL_METRICS
 from .errors import Interrupted, InvalidTrialConfig, NonFiniteObjective
 from .outcomes import Outcome
+from .registry import model_id_from_uri
 from .secrets import mask_secrets
 from .signals import StopRequest, begin_cleanup, stop_check_callback
 from .spec import SweepSpec
 from .storage import frozen_trial, requeue_trial, retried_trial_number
-from .tracking import Tracker, TrialRun
+from .tracking import Tracker, TrialRun, dataset_entity, run_url
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +130,7 @@ class TrialAttempt:
         self.checkpoint: Path | None = None
         self.retry_of: int | None = None
         self.mlflow_run: TrialRun | None = None
+        self.dataset: Dataset | None = None  # the MLflow dataset input of this trial's run
 
     # ------------------------------------------------------------------ config -> train -> log result
     def run(self) -> float | list[float]:
@@ -142,13 +145,15 @@ class TrialAttempt:
             config = space.trial_config(self.ctx.spec, overrides)
         except ConfigError as exc:
             raise InvalidTrialConfig(str(exc)) from None
-        data = self.ctx.load_data(config)
-        self._log_inputs(run, config, data)
         study = self.ctx.spec.study
-        callbacks: list[Any] = [stop_check_callback(), MlflowEpochLogger(run)]
-        if not study.multi_objective:
-            callbacks.append(OptunaReporter(self.trial, study.objective_metrics[0]))
-        result = train(config, callbacks=callbacks, data=data, checkpoint_dir=self.checkpoint)
+        # the user's own mlflow.log_* / autolog calls (dataset loader, encoder, loss, callbacks) land in this run
+        with run.active(system_metrics=self.ctx.spec.tracking.system_metrics):
+            data = self.ctx.load_data(config)
+            self._log_inputs(run, config, data)
+            callbacks: list[Any] = [stop_check_callback(), MlflowEpochLogger(run)]
+            if not study.multi_objective:
+                callbacks.append(OptunaReporter(self.trial, study.objective_metrics[0]))
+            result = train(config, callbacks=callbacks, data=data, checkpoint_dir=self.checkpoint)
         measured = {"params": float(result.models.training.count_params()), "train_seconds": float(result.seconds),
                     "latency_ms": measure_latency_ms(result)}
         values = objective_values(self.ctx.spec, result, measured)
@@ -188,6 +193,9 @@ class TrialAttempt:
         run = ctx.tracker.start_trial_run(ctx.experiment_id, ctx.parent_run_id, study_name=ctx.study_name,
                                           trial_number=trial.number, tags=tags)
         trial.set_user_attr(names.TRIAL_ATTR_RUN_ID, run.run_id)
+        url = run_url(ctx.tracker.uri, ctx.experiment_id, run.run_id)
+        if url:  # optuna-dashboard shows user attrs: one click from a trial to its run
+            trial.set_user_attr(names.TRIAL_ATTR_RUN_URL, url)
         return run
 
     def _log_inputs(self, run: TrialRun, config: Any, data: Any) -> None:
@@ -195,6 +203,8 @@ class TrialAttempt:
         params["dataset.fingerprint"] = data.info.fingerprint
         params["dataset.source"] = data.info.source
         run.log_params(params)
+        self.dataset = dataset_entity(data.info)
+        run.log_dataset(self.dataset)
         run.set_tags({names.TAG_SAMPLED_PARAMS: ",".join(sorted(self.trial.params))})
         hp_only = {f"hp.{k}": v for k, v in self.trial.params.items() if k not in params}
         if hp_only:
@@ -209,17 +219,22 @@ class TrialAttempt:
                 run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
             run.set_tags({names.TAG_RESUMED_FROM_EPOCH: result.resumed_from_epoch})
             trial.set_user_attr(names.TRIAL_ATTR_RESUMED_FROM_EPOCH, int(result.resumed_from_epoch))
-        final = {f"test_{k}": v for k, v in result.test.items()}
-        final.update({"threshold": result.threshold, **measured})
-        run.log_metrics(final, step=len(result.history))
         with tempfile.TemporaryDirectory(prefix="siamese-trial-") as tmp:
             artifacts.write_trial_artifacts(result, Path(tmp), plots=ctx.spec.tracking.log_plots)
             run.log_artifacts(tmp)
+        model_id = None
         if ctx.spec.tracking.log_models:
             uri = ctx.tracker.retry("log model", lambda: modelio.log_trial_model(
                 ctx.tracker.client, run_id=run.run_id, experiment_id=ctx.experiment_id, result=result,
-                step=len(result.history)))
+                step=len(result.history), name=names.logged_model_name(trial.number)))
             trial.set_user_attr(names.TRIAL_ATTR_MODEL_URI, uri)
+            model_id = model_id_from_uri(uri)
+        # final metrics are the LoggedModel's too (MLflow 3's Models tab, and registry versions made from it);
+        # test_* name the dataset they were measured on
+        step = len(result.history)
+        run.log_metrics({f"test_{k}": v for k, v in result.test.items()}, step=step, model_id=model_id,
+                        dataset=self.dataset)
+        run.log_metrics({"threshold": result.threshold, **measured}, step=step, model_id=model_id)
         run.set_tags({names.diagnostic_tag(f.code): f.severity for f in result.findings})
         run.set_tags({names.TAG_EVAL_FINGERPRINT: result.data_info.eval_fingerprint or ""})
         run.flush()  # raises TrackingUnavailable: then the trial is FAIL, never COMPLETE with missing data

@@ -5,6 +5,7 @@ file; nothing is created in Optuna or MLflow.
 """
 from __future__ import annotations
 
+import importlib.util
 import re
 from typing import Any
 
@@ -26,6 +27,9 @@ def preflight(spec: SweepSpec) -> Any:
 
     space.check_space(spec)
     _check_user_code(spec)
+    if spec.tracking.system_metrics and importlib.util.find_spec("psutil") is None:
+        raise ConfigError("tracking.system_metrics", "MLflow's system metrics need psutil: "
+                                                     "pip install 'siamese-sweep[system-metrics]'")
     data = load_dataset(spec.base)  # DataError now, not in trial 0
     make_sampler(spec.base, data)  # e.g. batch_size larger than the pairs per epoch
     if spec.hypermodel:

@@ -211,13 +211,19 @@ class Registry:
                 return v
         return None
 
-    def register(self, model_uri: str, run_id: str | None, tags: dict[str, str]) -> str:
-        """A new version whose source is `model_uri` itself (no copy of the files); returns its number."""
+    def register(self, model_uri: str, run_id: str | None, tags: dict[str, str], *,
+                 description: str | None = None) -> str:
+        """A new version whose source is `model_uri` itself (no copy of the files); returns its number.
+
+        From a LoggedModel (``models:/<model_id>``) the version carries that model's metrics and dataset."""
         self.ensure()
         with mlflow_internals_use(self.uri):  # MLflow's SQL registry store resolves models:/ with the default client
             mv = self.client.create_model_version(self.name, source=model_uri, run_id=run_id, tags=tags,
-                                                  model_id=model_id_from_uri(model_uri))
+                                                  model_id=model_id_from_uri(model_uri), description=description)
         return str(mv.version)
+
+    def describe(self, version: str, description: str) -> None:
+        self.client.update_model_version(self.name, version, description=description)
 
     def tag(self, version: str, tags: dict[str, Any]) -> None:
         for k, v in tags.items():

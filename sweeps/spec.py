@@ -215,6 +215,7 @@ class TrackingSpec(_Section):
     log_models: bool = True
     log_plots: bool = True
     registered_model: str | None = None
+    system_metrics: bool = False  # MLflow's CPU/memory/GPU monitor in each trial's run (extra: system-metrics)
 
 
 class SweepSpec(_Section):

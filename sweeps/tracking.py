@@ -1,9 +1,10 @@
 """MLflow side of a sweep: one experiment, one parent run per study, one child run per trial.
 
-Everything goes through `MlflowClient` with explicit run ids — no fluent
-"active run" — so a trial in any process or machine nests under the parent
-(``mlflow.parentRunId``), and a process that dies can't have an atexit hook
-mark its run FINISHED.
+Everything we log goes through `MlflowClient` with explicit run ids, so a trial in any process or
+machine nests under the parent (``mlflow.parentRunId``). While a trial trains, its run is also MLflow's
+*active* run in that thread (`TrialRun.active`), so the user's own ``mlflow.log_*`` / ``mlflow.autolog()``
+calls land in it; it is released with status RUNNING, never ended there, so the run's final status is
+only ever set by `TrialRun.end` (an atexit hook can't mark a failed trial's run FINISHED).
 
 Logging is batched (one ``log_batch`` per epoch) and resilient: failed calls
 are retried with backoff, and per-epoch metrics are buffered until they land
@@ -12,19 +13,20 @@ holds all its data.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import posixpath
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, Metric, Param, RunStatus, RunTag
 
 from . import names
 from .errors import TrackingUnavailable
@@ -296,8 +298,13 @@ class TrialRun:
         for chunk in _chunks(items, MAX_TAGS_PER_CALL):
             self.tracker.retry("set tags", partial(self.client.log_batch, self.run_id, tags=chunk))
 
-    def log_metrics(self, metrics: Mapping[str, float], *, step: int) -> None:
-        """Queue one step's metrics and try to send everything queued (never raises)."""
+    def log_metrics(self, metrics: Mapping[str, float], *, step: int, model_id: str | None = None,
+                    dataset: Dataset | None = None) -> None:
+        """Queue one step's metrics and try to send everything queued (never raises).
+
+        `model_id` also records them as metrics of that LoggedModel (MLflow 3's Models tab and the registry
+        versions made from it); `dataset` names the logged dataset input they were measured on.
+        """
         now = int(time.time() * 1000)
         for key, value in metrics.items():
             try:
@@ -306,7 +313,9 @@ class TrialRun:
                 log.warning("MLflow metric %r is not a number (%r); skipped", key, value)
                 continue
             if math.isfinite(v):
-                self._pending.append(Metric(sanitize_key(key), v, now, int(step)))
+                self._pending.append(Metric(sanitize_key(key), v, now, int(step), model_id=model_id,
+                                            dataset_name=dataset.name if dataset else None,
+                                            dataset_digest=dataset.digest if dataset else None))
         try:
             self.flush(budget_s=5.0)
         except TrackingUnavailable as exc:
@@ -324,6 +333,47 @@ class TrialRun:
     def pending(self) -> int:
         return len(self._pending)
 
+    def log_dataset(self, dataset: Dataset) -> None:
+        """The run's dataset input (the runs table's Dataset column; metrics can then name it).
+
+        No ``mlflow.data.context`` tag: one dataset holds the train, validation and test splits."""
+        self.tracker.retry("log dataset", lambda: self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset)]))
+
+    @contextlib.contextmanager
+    def active(self, *, system_metrics: bool = False) -> Iterator[None]:
+        """This run is MLflow's active run in this thread while the block runs.
+
+        User code that calls ``mlflow.log_metric``, ``mlflow.autolog()`` or ``mlflow.keras`` inside an encoder,
+        loss or callback then writes into the trial's run instead of starting a stray top-level run.
+        `system_metrics` starts MLflow's own system-metrics monitor (needs ``psutil``); without it
+        ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` still decides, as for any MLflow run.
+
+        Public API only: ``mlflow.start_run(run_id=...)`` resumes the run (``nested=True``: a notebook may
+        have its own run active), and ``mlflow.end_run(status="RUNNING")`` releases it without ending it —
+        the final status is `end`'s, written once the trial's outcome and all its data are known.
+        """
+        import mlflow
+
+        from .registry import mlflow_internals_use
+
+        # fluent calls use the default client: point it at our store unless it is already (workers set it)
+        same = mlflow.is_tracking_uri_set() and mlflow.get_tracking_uri() == self.tracker.uri
+        with contextlib.nullcontext() if same else mlflow_internals_use(self.tracker.uri):
+            self.tracker.retry("activate run", lambda: mlflow.start_run(
+                run_id=self.run_id, nested=True, log_system_metrics=True if system_metrics else None))
+            try:
+                yield
+            finally:
+                current = mlflow.active_run()
+                if current is not None and current.info.run_id == self.run_id:
+                    try:
+                        mlflow.end_run(status=RUN_RUNNING)  # stops the system-metrics monitor too
+                    except Exception as exc:  # noqa: BLE001 - `end` sets the status anyway
+                        log.warning("could not release MLflow run %s: %s", self.run_id, mask_secrets(str(exc))[:200])
+                else:
+                    log.warning("the trial's MLflow run %s was no longer the active run after training (user "
+                                "code ended it or left another run active)", self.run_id)
+
     def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
         self.tracker.retry("log artifacts", lambda: self.client.log_artifacts(self.run_id, local_dir, artifact_path))
 
@@ -337,3 +387,45 @@ class TrialRun:
             self.tracker.terminate(self.run_id, status)
             self.closed = True
 
+
+
+# ---------------------------------------------------------------- datasets and links
+DATASET_DIGEST_CHARS = 16  # MLflow stores a dataset digest in 36 characters; a fingerprint has 64
+
+
+def dataset_entity(info: Any) -> Dataset:
+    """The MLflow dataset of a `siamese_core` DataInfo: name, digest = the start of its fingerprint,
+    and a profile with the split sizes (the full fingerprint is in it and in the ``dataset.fingerprint`` param)."""
+    import json
+
+    source = str(info.source)
+    local = os.path.exists(source)
+    profile = {"num_rows": int(sum(info.sizes.values())), "splits": {k: int(v) for k, v in info.sizes.items()},
+               "fingerprint": info.fingerprint, "split_by": info.split}
+    if info.num_classes is not None:
+        profile["num_classes"] = int(info.num_classes)
+    return Dataset(name=str(info.name), digest=str(info.fingerprint)[:DATASET_DIGEST_CHARS],
+                   source_type="local" if local else "code",
+                   source=json.dumps({"uri": os.path.abspath(source)} if local else {"description": source}),
+                   profile=json.dumps(profile))
+
+
+def ui_base_url(tracking_uri: str) -> str | None:
+    """Where the MLflow UI of `tracking_uri` lives: the server's own URL without credentials; None for
+    local stores (``sqlite:``, files), which have no URL until someone runs ``mlflow ui`` on them."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(tracking_uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The run's page in the MLflow UI, opened in model-training mode; None for local stores."""
+    base = ui_base_url(tracking_uri)
+    if base is None:
+        return None
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType={names.UI_WORKFLOW_TYPE_TRAINING}"

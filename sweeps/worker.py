@@ -123,6 +123,25 @@ def reconcile_runs(study: optuna.Study, tracker: Tracker, seen: set[int]) -> int
     return fixed
 
 
+def link_dashboard(opened: OpenedStudy, tracker: Tracker, parent_run_id: str) -> str | None:
+    """Tag the parent run with the study's optuna-dashboard page when ``$SIAMESE_SWEEP_DASHBOARD_URL`` says
+    where the dashboard is served (`siamese-sweep dashboard`); best-effort, returns the URL."""
+    base = os.environ.get(names.ENV_DASHBOARD_URL, "").strip()
+    if not base:
+        return None
+    try:
+        from .storage import make_storage
+
+        # the dashboard's routes use the storage's numeric study id (public storage API; Study keeps it private)
+        study_id = make_storage(opened.storage_url).get_study_id_from_name(opened.study.study_name)
+        url = names.dashboard_study_url(base, study_id)
+        tracker.client.set_tag(parent_run_id, names.TAG_DASHBOARD_URL, url)
+        return url
+    except Exception as exc:  # noqa: BLE001 - a missing link must not stop the sweep
+        log.warning("could not link the parent run to optuna-dashboard: %s", exc)
+        return None
+
+
 def _sleep(seconds: float) -> None:
     """Sleep in short steps so a swallowed stop request is noticed promptly."""
     end = time.monotonic() + seconds
@@ -149,6 +168,7 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
     elif names.STUDY_ATTR_BUDGET not in study.user_attrs:
         study.set_user_attr(names.STUDY_ATTR_BUDGET, spec.study.trials)
     experiment_id, parent_run_id = ensure_parent_run(opened, tracker, spec)
+    link_dashboard(opened, tracker, parent_run_id)
     if checkpoint_root is None:
         checkpoint_root = default_checkpoint_root(spec, study.study_name, parent_run_id)
     ctx = TrialContext(spec=spec, tracker=tracker, experiment_id=experiment_id, parent_run_id=parent_run_id,

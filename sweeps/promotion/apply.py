@@ -34,10 +34,11 @@ def apply(decision: PromotionDecision, facts: Facts, reg: Registry) -> Promotion
     candidate, holder = facts.candidate, facts.holder
     tags = version_tags(facts)
     if candidate.version is None:
-        version = reg.register(candidate.model_uri, candidate.run_id, tags)
+        version = reg.register(candidate.model_uri, candidate.run_id, tags, description=version_description(facts))
     else:
         version = candidate.version
         reg.tag(version, tags)
+        reg.describe(version, version_description(facts))
     assert decision.candidate is not None
     decision.candidate["version"] = version
     if holder is not None and holder.evaluation is not None and holder.version != version:
@@ -76,6 +77,16 @@ def version_tags(facts: Facts) -> dict[str, str]:
     if ev.embeddings_reproduced is not None:
         tags[names.TAG_EMBEDDINGS_REPRODUCED] = str(ev.embeddings_reproduced).lower()
     return tags
+
+
+def version_description(facts: Facts) -> str:
+    """One line a person reads in the registry: where the version came from and how it scored."""
+    c, split = facts.candidate, facts.split
+    m = c.evaluation.metrics
+    scores = ", ".join(f"{label} {float(m[k]):.4f}" for k, label in
+                       (("roc_auc", "AUC"), ("pair_accuracy", "accuracy"), ("eer", "EER")) if k in m)
+    return (f"study {facts.study}, trial {c.trial}: test {scores} at threshold {float(c.evaluation.threshold):.4g} "
+            f"({split.n_pairs} test pairs, dataset {split.fingerprint[:12]})")
 
 
 def converge(reg: Registry, *, alias: str, key: str, metric: str) -> str | None:

@@ -212,6 +212,7 @@ def up(args: argparse.Namespace) -> int:
             dashboard, state.dashboard = _start_dashboard(args, stack_dir, optuna_url,
                                                           creds[names.ENV_DASHBOARD_PASSWORD])
             admin_env[names.ENV_DASHBOARD_PASSWORD] = creds[names.ENV_DASHBOARD_PASSWORD]
+            worker_env[names.ENV_DASHBOARD_URL] = state.dashboard  # workers tag parent runs with the study's page
         client_file, admin_file = stack_dir / "client.env", stack_dir / "admin.env"
         write_env_file(client_file, worker_env, export=True)
         write_env_file(admin_file, admin_env, export=True)

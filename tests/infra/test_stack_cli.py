@@ -237,7 +237,26 @@ def test_a_sweep_runs_with_only_the_workers_credentials(detached_stack: Path, tm
     proc = subprocess.run(CLI + ["run", str(tmp_path / "spec.yaml"), "--quiet", "--json"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout)["counts"]["COMPLETE"] == 1
+    status = json.loads(proc.stdout)
+    assert status["counts"]["COMPLETE"] == 1
+    # linked both ways: the parent run names the study's dashboard page, the trial its run's page
+    import optuna
+    from mlflow import MlflowClient
+
+    admin = _env_of(detached_stack / "admin.env")
+    dashboard = json.loads((detached_stack / "stack.json").read_text())["dashboard"]
+    study = optuna.load_study(study_name="least-privilege", storage=env["OPTUNA_STORAGE"])
+    trial = study.trials[0]
+    assert trial.user_attrs["mlflow_run_url"].startswith(env["MLFLOW_TRACKING_URI"].rstrip("/") + "/#/experiments/")
+    assert trial.user_attrs["mlflow_run_url"].split("/runs/")[1].split("?")[0] == trial.user_attrs["mlflow_run_id"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", env["MLFLOW_TRACKING_USERNAME"])
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", env["MLFLOW_TRACKING_PASSWORD"])
+        parent = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(study.user_attrs["mlflow_parent_run_id"])
+    link = parent.data.tags["siamese_sweep.dashboard_url"]
+    assert link.startswith(dashboard + "/dashboard/studies/")
+    api = link.replace("/dashboard/studies/", "/api/studies/")
+    assert _http(api, auth=("optuna", admin["SIAMESE_SWEEP_DASHBOARD_PASSWORD"])) == 200  # the study behind the link
 
 
 @pytest.mark.slow

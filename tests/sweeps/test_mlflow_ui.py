@@ -83,3 +83,49 @@ def test_per_epoch_metric_chart_renders(browser: Any, ui_sweep: dict[str, Any]) 
     points = page.locator(".js-plotly-plot .scatterlayer .trace .points path").count()
     assert points == len(client.get_metric_history(child.info.run_id, "val_roc_auc"))
     page.close()
+
+
+def _headers(page: Any, wanted: str, timeout_s: float = 60) -> list[str]:
+    """The grid's column headers once `wanted` is among them (the grids render columns lazily)."""
+    deadline = time.monotonic() + timeout_s
+    headers: list[str] = []
+    while time.monotonic() < deadline:
+        headers = page.locator("[role=columnheader]").all_inner_texts()
+        if any(wanted in h for h in headers):
+            break
+        time.sleep(0.5)
+    return headers
+
+
+def _digest(ui_sweep: dict[str, Any]) -> str:
+    from mlflow import MlflowClient
+
+    child = next(r for r in MlflowClient(tracking_uri=ui_sweep["url"]).search_runs([ui_sweep["exp"]])
+                 if r.data.tags.get("mlflow.parentRunId") == ui_sweep["parent"])
+    return child.inputs.dataset_inputs[0].dataset.digest
+
+
+def test_models_tab_lists_trial_models_with_test_metrics_per_dataset(browser: Any, ui_sweep: dict[str, Any]) -> None:
+    """MLflow 3's Models tab: one model per trial, named after it, with test metric columns under the dataset."""
+    page = browser.new_page(viewport={"width": 4000, "height": 900})  # wide: the grid skips off-screen columns
+    page.goto(f"{ui_sweep['url']}/#/experiments/{ui_sweep['exp']}/models?workflowType=machine_learning",
+              wait_until="load")
+    for n in range(TRIALS):
+        _wait_text(page, f"trial-{n}")
+    headers = _headers(page, "test_roc_auc")
+    assert "test_roc_auc" in headers and "test_pair_accuracy" in headers and "test_eer" in headers, headers
+    assert any(h.startswith("Dataset:") and f"digits (#{_digest(ui_sweep)})" in h for h in headers), headers
+    page.close()
+
+
+def test_runs_table_dataset_column_names_the_dataset(browser: Any, ui_sweep: dict[str, Any]) -> None:
+    page = browser.new_page(viewport={"width": 1800, "height": 1000})
+    page.goto(f"{ui_sweep['url']}/#/experiments/{ui_sweep['exp']}/runs?workflowType=machine_learning",
+              wait_until="load")
+    _wait_text(page, "study-ui-study")
+    page.locator("[role=row]", has_text="study-ui-study").locator("button").first.click()
+    digest = _digest(ui_sweep)
+    _wait_text(page, f"digits ({digest})")
+    rows = [r for r in page.locator("[role=row]").all_inner_texts() if f"digits ({digest})" in r]
+    assert len(rows) == TRIALS, rows  # each trial's row, not "-"; the parent run has no dataset
+    page.close()

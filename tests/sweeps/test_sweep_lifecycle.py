@@ -70,6 +70,9 @@ def test_crashing_trials_fail_cleanly_and_stop_after_max_failures(local_stores: 
         assert "bug in the user's loss" in run.data.tags["siamese_sweep.reason_detail"]
     parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
     assert parent.info.status != "RUNNING"
+    import mlflow
+
+    assert mlflow.active_run() is None  # released while failing: an atexit end_run would mark it FINISHED
 
 
 def test_conditional_parameters_are_only_sampled_when_active(local_stores: dict[str, str]) -> None:

@@ -154,3 +154,16 @@ def test_status_reports_counts_and_best(sweep: dict[str, Any]) -> None:
     assert status["counts"]["RUNNING"] == 0
     assert status["best"]["run_id"] in {r.info.run_id for r in sweep["children"]}
     assert set(status["best"]["params"]) == {"loss.margin", "encoder.depth", "learning_rate", "loader"}
+
+
+def test_trials_link_to_their_run_page_on_a_server_only(sweep: dict[str, Any]) -> None:
+    """optuna-dashboard shows user attrs: `mlflow_run_url` opens the trial's run (model-training mode)."""
+    by_id = {r.info.run_id: r for r in sweep["children"]}
+    for trial in sweep["study"].trials:
+        run = by_id[trial.user_attrs["mlflow_run_id"]]
+        if sweep["uri"].startswith("http"):
+            assert trial.user_attrs["mlflow_run_url"] == (
+                f"{sweep['uri'].rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+                "?workflowType=machine_learning")
+        else:
+            assert "mlflow_run_url" not in trial.user_attrs
