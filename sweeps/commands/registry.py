@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("promote", help="register a study's best model and move a registry alias to it if better",
                        description=(
-                           "Pick the study's best COMPLETE trial (objective or --metric; trials with error-severity "
-                           "diagnostics are skipped), re-evaluate it and the current alias holder on the same held-out "
-                           "test split, register it as a new version and move the alias only if it is better "
+                           "Pick the study's best COMPLETE trial (objective or --metric, both on validation; trials "
+                           "with error-severity diagnostics are skipped), re-evaluate it and the current alias holder "
+                           "on the same rebuilt validation pairs (which decide) and test pairs (reported only), "
+                           "register it as a new version and move the alias only if it is better on validation "
                            "(or --force). --rollback moves the alias back to the previous holder."))
     p.add_argument("spec", nargs="?", help="sweep spec YAML (optional: storage, tracking URI, registered_model)")
     p.add_argument("--study", help="study name (default: the spec's study.name)")
@@ -27,8 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-name", help="registered model (default: the spec's tracking.registered_model, "
                                         "else siamese-<study>)")
     p.add_argument("--alias", default=DEFAULT_ALIAS, help=f"registry alias to move (default: {DEFAULT_ALIAS})")
-    p.add_argument("--metric", help="compare by test_roc_auc (test_auc), test_pair_accuracy or test_eer (lower is "
-                                    "better); default: the study objective's test counterpart")
+    p.add_argument("--metric", help="select and decide by val_roc_auc (roc_auc, auc), val_pair_accuracy or val_eer "
+                                    "(lower is better); default: the study objective. A test_* name is mapped to its "
+                                    "validation counterpart (with a notice): test metrics are only reported")
     p.add_argument("--force", action="store_true", help="move the alias even if the candidate is not better")
     p.add_argument("--dry-run", action="store_true", help="print the decision; change nothing")
     p.add_argument("--rollback", action="store_true", help="move the alias back to its previous holder")
@@ -89,8 +92,13 @@ def cmd_promote(args: argparse.Namespace) -> int:
     else:
         if not where["study"]:
             raise ConfigError("--study", "which study? give --study NAME (or a spec file)")
+        from ..reevaluation import selection_metric
+
+        metric, notice = selection_metric(args.metric)  # a bad name: exit 2 before anything is touched
+        if notice:
+            print(f"promote: {notice}", file=sys.stderr)
         decision = promote(where["study"], storage=where["storage"], tracking_uri=where["tracking_uri"],
-                           model_name=where["model_name"], alias=args.alias, metric=args.metric,
+                           model_name=where["model_name"], alias=args.alias, metric=metric,
                            dry_run=args.dry_run, force=args.force)
     if args.json:
         print_json(decision.to_dict())
@@ -99,9 +107,22 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _metrics(d: dict[str, Any] | None) -> str:
-    m = (d or {}).get("metrics") or {}
-    return " ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, (int, float)))
+def _metrics(m: dict[str, Any] | None) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in (m or {}).items() if isinstance(v, (int, float)))
+
+
+def _scores(d: dict[str, Any]) -> str:
+    """``val ... | test (reported) ...``: which numbers decided and which only report."""
+    test = d.get("test_metrics")
+    return f"val {_metrics(d.get('val_metrics'))}" + (f" | test {_metrics(test)}" if test else "")
+
+
+def _pairs(split: dict[str, Any] | None, what: str) -> str:
+    if not split:
+        return what
+    fp = split.get("eval_fingerprint")
+    return (f"{what} pairs ({split['pairs']} pairs, eval key {split['eval_key']}"
+            + (f", eval fingerprint {fp[:12]}…" if fp else "") + ")")
 
 
 def render(decision: Any) -> str:
@@ -114,15 +135,18 @@ def render(decision: Any) -> str:
     if c:
         repro = {True: ", embeddings reproduced", False: ", EMBEDDINGS DIFFER from the trial's"}.get(
             c.get("embeddings_reproduced"), "")
-        lines.append(f"candidate  trial #{c['trial']} of study {d['study']} (run {c['run_id']}): test {_metrics(c)} "
+        lines.append(f"candidate  trial #{c['trial']} of study {d['study']} (run {c['run_id']}): {_scores(c)} "
                      f"at threshold {c['threshold']:.4g}{repro}")
     h = d.get("holder")
     if h:
         origin = f" (study {h['study']}, trial #{h['trial']})" if h.get("study") else ""
-        scores = f": test {_metrics(h)}" if h.get("metrics") else ""
+        scores = f": {_scores(h)}" if h.get("val_metrics") else ""
         lines.append(f"holder     {target} = v{h['version']}{origin}{scores}")
     elif d["action"] != "rollback":
         lines.append(f"holder     {target} is not set")
+    if d["action"] != "rollback" and d.get("decided_on"):
+        lines.append(f"decided on {_pairs(d['decided_on'], 'validation')} by val {d['metric']}; "
+                     f"reported: {_pairs(d.get('reported_on'), 'test')}, never used to choose")
     if d["action"] == "rollback":
         verb = f"ROLLBACK {target}: v{h['version']} -> v{d['final_holder'] if d['applied'] else d['previous']}"
     elif d["action"] == "promote":
