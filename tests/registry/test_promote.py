@@ -148,6 +148,35 @@ def test_selection_is_by_validation_when_test_disagrees(sqlite_stores: Stores) -
     assert version.tags["siamese_sweep.trial_number"] == "1"
 
 
+def test_champion_vs_challenger_is_decided_on_validation(sqlite_stores: Stores) -> None:
+    """Two real models of the `good` sweep that order one way on the validation pairs and the other way on the
+    test pairs: the one better on validation takes the alias from the one better on test."""
+    from sweeps.directions import better
+
+    trials = optuna.load_study(study_name="good", storage=make_storage(sqlite_stores.storage)).trials
+    found = [(a, b, m) for a in trials for b in trials for m in ("pair_accuracy", "roc_auc", "eer")
+             if better(a.user_attrs[f"val_{m}"], b.user_attrs[f"val_{m}"], m)
+             and better(b.user_attrs[f"test_{m}"], a.user_attrs[f"test_{m}"], m)]
+    assert found, "the good sweep's models order alike on validation and test: no disagreement to test with"
+    on_val, on_test, metric = found[0]
+    for study_name, t in (("by-test", on_test), ("by-val", on_val)):
+        study = optuna.create_study(study_name=study_name, storage=make_storage(sqlite_stores.storage))
+        study.set_user_attr("objective_metrics", [f"val_{metric}"])
+        study.add_trial(_copy_trial(t, [t.user_attrs[f"val_{metric}"]]))
+    name = "val-decides"
+    assert promote("by-test", **sqlite_stores.kw(model_name=name, metric=metric)).final_holder == "1"
+    d = promote("by-val", **sqlite_stores.kw(model_name=name, metric=metric))
+    c, h = d.candidate, d.holder
+    assert better(c["test_metrics"][metric], h["test_metrics"][metric], metric) is False  # test says keep ...
+    assert better(c["val_metrics"][metric], h["val_metrics"][metric], metric)           # ... validation decides
+    assert (d.action, d.final_holder) == ("promote", "2") and d.reason.startswith(f"val {metric}")
+    assert _alias(_client(sqlite_stores), name) == "2"
+    v2 = _client(sqlite_stores).get_model_version(name, "2")
+    assert v2.source == on_val.user_attrs["model_uri"]
+    assert float(v2.tags[f"siamese_sweep.test_{metric}"]) == pytest.approx(on_val.user_attrs[f"test_{metric}"],
+                                                                           abs=1e-6)  # reported as measured
+
+
 def test_default_model_name_comes_from_the_spec(sqlite_stores: Stores) -> None:
     assert promote("good", **sqlite_stores.kw(dry_run=True)).model_name == "siamese-good"
     assert promote("weak", **sqlite_stores.kw(dry_run=True)).model_name == "weak-models"  # tracking.registered_model
