@@ -77,6 +77,7 @@ TAG_PROMOTED_AT_PREFIX = "siamese_sweep.promoted_at."  # + alias
 TAG_DECISION_PREFIX = "siamese_sweep.decision."        # + alias -> the reason of the last decision
 TAG_ROLLED_BACK_AT_PREFIX = "siamese_sweep.rolled_back_at."  # + alias
 TAG_LAST_ROLLBACK_PREFIX = "siamese_sweep.last_rollback."    # + alias -> JSON {from, to, at} (model tag)
+TAG_HOLD_PREFIX = "siamese_sweep.hold."                # + alias -> JSON {version, from, at}: a rollback pins the alias
 
 ELIGIBLE_TRUE = "true"
 ELIGIBLE_FALSE = "false"

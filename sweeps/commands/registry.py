@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "with error-severity diagnostics are skipped), re-evaluate it and the current alias holder "
                            "on the same rebuilt validation pairs (which decide) and test pairs (reported only), "
                            "register it as a new version and move the alias only if it is better on validation "
-                           "(or --force). --rollback moves the alias back to the previous holder."))
+                           "(or --force). --rollback moves the alias back to the previous holder and holds it there "
+                           "until --lift-rollback (or --force)."))
     p.add_argument("spec", nargs="?", help="sweep spec YAML (optional: storage, tracking URI, registered_model)")
     p.add_argument("--study", help="study name (default: the spec's study.name)")
     p.add_argument("--storage", help="Optuna storage URL (default: $OPTUNA_STORAGE, the spec's, sqlite:///optuna.db)")
@@ -34,7 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "validation counterpart (with a notice): test metrics are only reported")
     p.add_argument("--force", action="store_true", help="move the alias even if the candidate is not better")
     p.add_argument("--dry-run", action="store_true", help="print the decision; change nothing")
-    p.add_argument("--rollback", action="store_true", help="move the alias back to its previous holder")
+    p.add_argument("--rollback", action="store_true", help="move the alias back to its previous holder and hold it "
+                                                            "there: later promotions keep it until --lift-rollback")
+    p.add_argument("--lift-rollback", action="store_true", help="release a rollback's hold on the alias, then decide "
+                                                                 "as usual (better on validation moves it)")
     p.add_argument("--json", action="store_true", help="print the decision as one JSON object")
     add_set_option(p, what="spec")
     p.set_defaults(handler=cmd_promote)
@@ -84,8 +88,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
     validate_alias(args.alias)  # before anything heavy is imported or touched
     where = _resolve(args)
     if args.rollback:
-        if args.force or args.metric:
-            raise ConfigError("--rollback", "takes no --force or --metric")
+        if args.force or args.metric or args.lift_rollback:
+            raise ConfigError("--rollback", "takes no --force, --metric or --lift-rollback")
         decision = rollback(tracking_uri=where["tracking_uri"], model_name=where["model_name"],
                             study_name=where["study"], storage=where["storage"], alias=args.alias,
                             dry_run=args.dry_run)
@@ -99,7 +103,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
             print(f"promote: {notice}", file=sys.stderr)
         decision = promote(where["study"], storage=where["storage"], tracking_uri=where["tracking_uri"],
                            model_name=where["model_name"], alias=args.alias, metric=metric,
-                           dry_run=args.dry_run, force=args.force)
+                           dry_run=args.dry_run, force=args.force, lift_hold=args.lift_rollback)
     if args.json:
         print_json(decision.to_dict())
     else:
@@ -147,6 +151,11 @@ def render(decision: Any) -> str:
     if d["action"] != "rollback" and d.get("decided_on"):
         lines.append(f"decided on {_pairs(d['decided_on'], 'validation')} by val {d['metric']}; "
                      f"reported: {_pairs(d.get('reported_on'), 'test')}, never used to choose")
+    hold = d.get("hold")
+    if hold and d["action"] != "rollback":
+        lifted = ("lifted by this promotion" if d["applied"] else "would be lifted") if d.get("lifts_hold") else "holds"
+        lines.append(f"hold       rollback to v{hold.get('version')} (from v{hold.get('from')}, {hold.get('at')}): "
+                     f"{lifted}")
     if d["action"] == "rollback":
         verb = f"ROLLBACK {target}: v{h['version']} -> v{d['final_holder'] if d['applied'] else d['previous']}"
     elif d["action"] == "promote":

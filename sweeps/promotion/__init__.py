@@ -14,7 +14,9 @@
   (see `sweeps.promotion.apply` for why concurrent promoters end on the best version).
 
 Moving the alias records ``siamese_sweep.previous.<alias>`` on the new holder (and on the registered
-model); ``rollback`` moves the alias back to it.
+model); ``rollback`` moves the alias back to it and *holds* it there (``siamese_sweep.hold.<alias>`` on the
+registered model): routine promotions keep the alias until a human lifts the hold (``lift_hold``,
+``--lift-rollback``) or forces a promotion.
 """
 from __future__ import annotations
 
@@ -41,9 +43,10 @@ log = logging.getLogger(__name__)
 
 def promote(study_name: str, *, storage: str, tracking_uri: str, model_name: str | None = None,
             alias: str = DEFAULT_ALIAS, metric: str | None = None, dry_run: bool = False,
-            force: bool = False) -> PromotionDecision:
+            force: bool = False, lift_hold: bool = False) -> PromotionDecision:
     """Promote the study's best model to ``models:/<model_name>@<alias>`` if it beats the holder on validation.
 
+    `lift_hold`: release a rollback's hold on the alias, then decide as usual.
     `metric`: the selection metric (``val_roc_auc``, ``roc_auc``, ...; a ``test_*`` name is mapped to its
     validation counterpart with a logged notice, see `sweeps.reevaluation.selection_metric`).
     """
@@ -53,7 +56,8 @@ def promote(study_name: str, *, storage: str, tracking_uri: str, model_name: str
         log.warning("%s", notice)
     with mlflow_internals_use(tracking_uri), tempfile.TemporaryDirectory(prefix="siamese-promote-") as tmp:
         facts, reg = gather(study_name, storage=storage, tracking_uri=tracking_uri, model_name=model_name,
-                            alias=alias, metric=metric, force=force, workdir=tmp)
+                            alias=alias, metric=metric, force=force, workdir=tmp,
+                            lift_hold=lift_hold)
         decision = decide(facts)
         decision.dry_run = dry_run
         return decision if dry_run else apply(decision, facts, reg)

@@ -18,7 +18,7 @@ import sys
 import time
 
 from .. import names
-from ..registry import Registry, now
+from ..registry import READY, Registry, now
 from .decision import PROMOTE, Facts, PromotionDecision, best_eligible
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,9 @@ def apply(decision: PromotionDecision, facts: Facts, reg: Registry) -> Promotion
         if holder.test is not None:
             evidence[names.TAG_EVAL_PREFIX + facts.reported_on.key] = holder.test.metrics_json()
         reg.tag(holder.version, evidence)
+    if decision.lifts_hold:  # a human released the rollback's hold (--lift-rollback or --force)
+        reg.set_model_tag(names.per_alias(names.TAG_HOLD_PREFIX, alias), None)
+        log.info("%s: rollback hold lifted", facts.target)
     if decision.action == PROMOTE:
         if facts.force:
             for v in reg.versions():
@@ -86,10 +89,13 @@ def version_tags(facts: Facts) -> dict[str, str]:
 
 
 def converge(reg: Registry, *, alias: str, key: str, metric: str) -> str | None:
-    """Set the alias to the best eligible version until a re-read confirms it (see the module docstring)."""
+    """Set the alias to the best eligible version until a re-read confirms it (see the module docstring); never
+    while a rollback holds the alias."""
     for _ in range(MAX_ROUNDS):
-        target = best_eligible([(str(v.version), dict(v.tags)) for v in reg.versions()], alias=alias, key=key,
-                               metric=metric)
+        if reg.hold(alias) is not None:  # a rollback since this promoter decided: the alias stays where it is
+            return reg.holder(alias)
+        ready = [(str(v.version), dict(v.tags)) for v in reg.versions() if str(v.status or READY) == READY]
+        target = best_eligible(ready, alias=alias, key=key, metric=metric)  # an alias only points at READY versions
         holder = reg.holder(alias)
         if target is None or target == holder:
             return holder

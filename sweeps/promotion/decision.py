@@ -95,6 +95,8 @@ class Facts:
     candidate: Candidate
     holder: Holder | None
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    hold: dict[str, Any] | None = None  # set by ``--rollback``: {version, from, at}; routine promotions keep the alias
+    lift_hold: bool = False             # ``--lift-rollback``: a human releases the hold, then the usual comparison
 
     @property
     def same_model(self) -> bool:
@@ -124,6 +126,8 @@ class PromotionDecision:
     holder: dict[str, Any] | None = None       # the alias holder before
     final_holder: str | None = None            # version holding the alias afterwards
     previous: str | None = None                # what rollback would return to
+    hold: dict[str, Any] | None = None         # the rollback hold on the alias (before this decision)
+    lifts_hold: bool = False                   # this decision releases it (--force or --lift-rollback)
     decided_on: dict[str, Any] | None = None   # the validation pairs that chose the trial and decided
     reported_on: dict[str, Any] | None = None  # the test pairs, reported only
     skipped: list[dict[str, Any]] = field(default_factory=list)
@@ -137,6 +141,7 @@ def decide(facts: Facts) -> PromotionDecision:
     """Promote the candidate if the alias is unset, if it beats the holder on the same validation pairs, or if
     forced. The test metrics are carried along for the report and never consulted.
 
+    A rollback holds: while the alias carries a hold, nothing but ``force`` or ``lift_hold`` (a human) moves it.
     A holder trained on other data cannot be compared: `ConfigError`, unless forced.
     """
     c_val, metric, holder = facts.candidate.val.metrics[facts.metric], facts.metric, facts.holder
@@ -148,8 +153,14 @@ def decide(facts: Facts) -> PromotionDecision:
                                      f"--force to replace it anyway")
     h_val = None if holder is None or holder.val is None else holder.val.metrics[metric]
     action, reason = KEEP, ""
+    held = facts.hold is not None and not (facts.force or facts.lift_hold)
     if facts.same_model:
         reason = f"v{holder.version} (this candidate) already holds {facts.target}"  # type: ignore[union-attr]
+    elif held:
+        hold = facts.hold or {}
+        reason = (f"{facts.target} is held at v{hold.get('version')} by a rollback from v{hold.get('from')} "
+                  f"({hold.get('at')}); a routine promotion does not move it: --lift-rollback releases the hold "
+                  f"(then better on validation wins), --force promotes regardless")
     elif holder is None:
         action, reason = PROMOTE, f"{facts.target} is not set yet"
     elif h_val is not None and better(c_val, h_val, metric):
@@ -168,6 +179,7 @@ def decide(facts: Facts) -> PromotionDecision:
         study=facts.study, metric=metric, higher_is_better=not lower_is_better(metric), forced=facts.force,
         candidate=facts.candidate.to_dict(), holder=None if holder is None else holder.to_dict(),
         final_holder=current, previous=current if action == PROMOTE and not facts.same_model else None,
+        hold=facts.hold, lifts_hold=facts.hold is not None and (facts.force or facts.lift_hold),
         decided_on=facts.decided_on.describe(), reported_on=facts.reported_on.describe(),
         skipped=list(facts.skipped))
 

@@ -95,7 +95,7 @@ def pick_candidate(study: optuna.Study, metric: str | None, *, recorded: Recorde
 
 
 def gather(study_name: str, *, storage: str, tracking_uri: str, model_name: str | None, alias: str,
-           metric: str | None, force: bool, workdir: str) -> tuple[Facts, Registry]:
+           metric: str | None, force: bool, workdir: str, lift_hold: bool = False) -> tuple[Facts, Registry]:
     """`Facts` for `decide`, and the registry `apply` writes to. Models are downloaded under `workdir`."""
     study = load_study(study_name, storage)
     reg = Registry(tracking_uri, model_name or model_name_for(study, study_name))
@@ -129,7 +129,7 @@ def gather(study_name: str, *, storage: str, tracking_uri: str, model_name: str 
                         val=h_val, test=h_test)
     facts = Facts(model_name=reg.name, alias=alias, study=study_name, force=force, decided_on=_split(val),
                   reported_on=_split(test), metric=metric or objective_counterpart(study_metric(study)),
-                  candidate=candidate, holder=holder, skipped=skipped)
+                  candidate=candidate, holder=holder, skipped=skipped, hold=reg.hold(alias), lift_hold=lift_hold)
     return facts, reg
 
 

@@ -77,6 +77,22 @@ def test_validation_decides_and_test_never_does() -> None:
     assert decide(facts).action == "promote"
 
 
+def test_a_rollback_holds_until_lifted_or_forced() -> None:
+    hold = {"version": "3", "from": "4", "at": "2026-01-01T00:00:00Z"}
+    held = _facts(auc=0.99, holder=_holder(0.90))
+    d = decide(Facts(**{**held.__dict__, "hold": hold}))  # better on validation, but the operator rolled back
+    assert (d.action, d.final_holder, d.lifts_hold, d.hold) == ("keep", "3", False, hold)
+    assert "held at v3 by a rollback from v4" in d.reason and "--lift-rollback" in d.reason
+    d = decide(Facts(**{**held.__dict__, "hold": hold, "lift_hold": True}))  # a human lifts it: the usual rule
+    assert (d.action, d.lifts_hold) == ("promote", True) and d.reason.startswith("val roc_auc")
+    worse = _facts(auc=0.5, holder=_holder(0.90))
+    d = decide(Facts(**{**worse.__dict__, "hold": hold, "lift_hold": True}))
+    assert (d.action, d.lifts_hold) == ("keep", True) and d.reason.startswith("not better")
+    d = decide(Facts(**{**worse.__dict__, "hold": hold, "force": True}))
+    assert (d.action, d.lifts_hold, d.forced) == ("promote", True, True)
+    assert decide(held).lifts_hold is False  # no hold, nothing to lift
+
+
 def test_lower_is_better_for_eer() -> None:
     d = decide(_facts(metric="eer", eer=0.05, holder=_holder(eer=0.08)))
     assert d.action == "promote" and "<" in d.reason and not d.higher_is_better

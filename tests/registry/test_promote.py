@@ -86,8 +86,20 @@ def test_promotion_lifecycle(stores: Stores) -> None:
     last = json.loads(client.get_registered_model(name).tags["siamese_sweep.last_rollback.champion"])
     assert (last["from"], last["to"]) == ("2", "1")
 
-    d = promote("good", **stores.kw(model_name=name))  # an explicit promotion brings it back
+    hold = json.loads(client.get_registered_model(name).tags["siamese_sweep.hold.champion"])
+    assert (hold["version"], hold["from"]) == ("1", "2")
+
+    d = promote("good", **stores.kw(model_name=name))  # a routine promotion: the rollback holds
+    assert (d.action, d.final_holder) == ("keep", "1") and "held at v1 by a rollback from v2" in d.reason
+    assert _alias(client, name) == "1"
+    assert client.get_model_version(name, "2").tags["siamese_sweep.eligible.champion"] != "true"
+    d = promote("good", **stores.kw(model_name=name, lift_hold=True, dry_run=True))
+    assert (d.action, d.lifts_hold) == ("promote", True) and _alias(client, name) == "1"  # a dry run lifts nothing
+    assert "siamese_sweep.hold.champion" in client.get_registered_model(name).tags
+
+    d = promote("good", **stores.kw(model_name=name, lift_hold=True))  # a human lifts it: better moves again
     assert d.final_holder == "2" and _alias(client, name) == "2"
+    assert "siamese_sweep.hold.champion" not in client.get_registered_model(name).tags
 
 
 def test_cli_promote_json_dry_run_and_rollback_errors(sqlite_stores: Stores, capsys: pytest.CaptureFixture[str],
@@ -119,6 +131,8 @@ def test_cli_promote_json_dry_run_and_rollback_errors(sqlite_stores: Stores, cap
     assert len(_client(sqlite_stores).search_model_versions(f"name='{name}'")) == 1  # dry run registered nothing
     assert main(["promote", "--rollback", "--model-name", name]) == 2
     assert "no previous holder" in capsys.readouterr().err
+    assert main(["promote", "--rollback", "--lift-rollback", "--model-name", name]) == 2
+    assert "--lift-rollback" in capsys.readouterr().err
     assert main(["promote", "--rollback", "--model-name", "never-registered"]) == 2
     assert "not set" in capsys.readouterr().err
 
