@@ -190,7 +190,9 @@ class Registry:
     def call(self, what: str, fn: Callable[[], T]) -> T:
         """`fn()` retried on transient errors; a permanent MLflow error is re-raised unchanged."""
         from .errors import TrackingUnavailable
-        from .tracking import _permanent  # one definition of "retrying cannot fix this" for tracking and registry
+        from .tracking import (
+            _permanent,  # one definition of "retrying cannot fix this" for tracking and registry
+        )
 
         try:
             return self._retry(f"registry {what}", fn)

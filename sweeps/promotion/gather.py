@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 
@@ -17,8 +18,17 @@ from siamese_core.errors import ConfigError
 
 from .. import names
 from ..directions import sort_key
-from ..reevaluation import (METRICS, REPORT_SPLIT, SELECTION_SPLIT, EvalPairs, build_eval_pairs, evaluate,
-                            load_wrapper, objective_counterpart, trial_config)
+from ..reevaluation import (
+    METRICS,
+    REPORT_SPLIT,
+    SELECTION_SPLIT,
+    EvalPairs,
+    build_eval_pairs,
+    evaluate,
+    load_wrapper,
+    objective_counterpart,
+    trial_config,
+)
 from ..registry import Registry, model_id_from_uri, version_uri
 from ..study import load_study
 from .decision import Candidate, Facts, Holder, Split

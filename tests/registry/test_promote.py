@@ -121,7 +121,7 @@ def test_cli_promote_json_dry_run_and_rollback_errors(sqlite_stores: Stores, cap
     out = capsys.readouterr().out
     assert "KEEP" in out and "not better: val roc_auc" in out and "dry run" in out
     fp = best.user_attrs["eval_fingerprint"][:12]
-    assert f"decided on validation pairs (200 pairs, eval key " in out and f"eval fingerprint {fp}…" in out
+    assert "decided on validation pairs (200 pairs, eval key " in out and f"eval fingerprint {fp}…" in out
     assert "reported: test pairs" in out and "never used to choose" in out
     assert main(["promote", "--study", "weak", "--model-name", name, "--dry-run", "--metric", "test_auc"]) == 0
     captured = capsys.readouterr()

@@ -33,7 +33,9 @@ class Faulty:
         if self.status_of is None or str(mv.version) != self.status_of[0] or not self.status_of[1]:
             return mv
         fake = copy.copy(mv)
-        fake._status = self.status_of[1].pop(0)  # what an asynchronous registry reports while it copies
+        # what an asynchronous registry reports while it copies; ModelVersion has no public setter, and promotion
+        # reads the public `.status` property (this test pins that it waits on it)
+        fake._status = self.status_of[1].pop(0)
         return fake
 
     def __getattr__(self, name: str) -> Any:
@@ -101,7 +103,7 @@ def test_an_alias_waits_for_a_ready_version_and_never_points_at_a_failed_one(sql
                                                                               tmp_path: Any) -> None:
     name = "ready-only"
     pending = ["PENDING_REGISTRATION"] * 3
-    d, client = _promote_with(sqlite_stores, "good", name, tmp_path, fail={}, status_of=("1", pending))
+    d, _ = _promote_with(sqlite_stores, "good", name, tmp_path, fail={}, status_of=("1", pending))
     assert d.final_holder == "1" and _alias(sqlite_stores, name) == "1" and not pending  # waited through them
     name = "failed-registration"
     with pytest.raises(RegistryUnavailable, match="FAILED_REGISTRATION"):
