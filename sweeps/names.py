@@ -66,11 +66,14 @@ TAG_VALUE_RANGE = "siamese_sweep.value_range"          # raw input value range (
 # ---------------------------------------------------------------- Model Registry: version and model tags
 TAG_RUN_ID = "siamese_sweep.run_id"
 TAG_MODEL_ID = "siamese_sweep.model_id"
-TAG_EVAL_KEY = "siamese_sweep.eval_key"                # identifies (dataset, test pairs)
+TAG_SELECTION_KEY = "siamese_sweep.selection_key"      # identifies (dataset, validation pairs): decides the alias
+TAG_VAL_PAIRS = "siamese_sweep.val_pairs"
+TAG_EVAL_KEY = "siamese_sweep.eval_key"                # identifies (dataset, test pairs): reported only
 TAG_TEST_PAIRS = "siamese_sweep.test_pairs"
 TAG_EVALUATED_AT = "siamese_sweep.evaluated_at"
 TAG_EMBEDDINGS_REPRODUCED = "siamese_sweep.embeddings_reproduced"
-TAG_TEST_METRIC_PREFIX = "siamese_sweep.test_"         # + pair_accuracy | roc_auc | eer
+TAG_VAL_METRIC_PREFIX = "siamese_sweep.val_"           # + pair_accuracy | roc_auc | eer: re-scored, decides
+TAG_TEST_METRIC_PREFIX = "siamese_sweep.test_"         # + pair_accuracy | roc_auc | eer: re-scored, reported
 TAG_EVAL_PREFIX = "siamese_sweep.eval."                # + eval key -> JSON metrics on that split
 TAG_ELIGIBLE_PREFIX = "siamese_sweep.eligible."        # + alias -> ELIGIBLE_TRUE, "false", ...
 TAG_PREVIOUS_PREFIX = "siamese_sweep.previous."        # + alias -> version it replaced (version and model)
@@ -78,6 +81,7 @@ TAG_PROMOTED_AT_PREFIX = "siamese_sweep.promoted_at."  # + alias
 TAG_DECISION_PREFIX = "siamese_sweep.decision."        # + alias -> the reason of the last decision
 TAG_ROLLED_BACK_AT_PREFIX = "siamese_sweep.rolled_back_at."  # + alias
 TAG_LAST_ROLLBACK_PREFIX = "siamese_sweep.last_rollback."    # + alias -> JSON {from, to, at} (model tag)
+TAG_HOLD_PREFIX = "siamese_sweep.hold."                # + alias -> JSON {version, from, at}: a rollback pins the alias
 
 ELIGIBLE_TRUE = "true"
 ELIGIBLE_FALSE = "false"
@@ -104,6 +108,7 @@ TRIAL_ATTR_THRESHOLD = "threshold"
 TRIAL_ATTR_DATASET_FINGERPRINT = "dataset_fingerprint"
 TRIAL_ATTR_EVAL_FINGERPRINT = "eval_fingerprint"
 TRIAL_ATTR_TEST_PREFIX = "test_"                       # + pair_accuracy | roc_auc | eer
+TRIAL_ATTR_VAL_PREFIX = "val_"                         # + pair_accuracy | roc_auc | eer (last epoch): `promote` ranks
 
 # ---------------------------------------------------------------- Optuna attributes: study user attrs
 STUDY_ATTR_PARENT_RUN_ID = "mlflow_parent_run_id"

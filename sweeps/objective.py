@@ -238,8 +238,11 @@ class TrialAttempt:
         run.set_tags({names.diagnostic_tag(f.code): f.severity for f in result.findings})
         run.set_tags({names.TAG_EVAL_FINGERPRINT: result.data_info.eval_fingerprint or ""})
         run.flush()  # raises TrackingUnavailable: then the trial is FAIL, never COMPLETE with missing data
+        last = result.history[-1] if result.history else {}
         for key in ("pair_accuracy", "roc_auc", "eer"):
             trial.set_user_attr(names.TRIAL_ATTR_TEST_PREFIX + key, float(result.test[key]))
+            # what `promote --metric` ranks by (it never ranks by test)
+            trial.set_user_attr(names.TRIAL_ATTR_VAL_PREFIX + key, float(last.get(f"val_{key}", math.nan)))
         trial.set_user_attr(names.TRIAL_ATTR_THRESHOLD, float(result.threshold))
         trial.set_user_attr(names.TRIAL_ATTR_DATASET_FINGERPRINT, result.data_info.fingerprint)
         trial.set_user_attr(names.TRIAL_ATTR_EVAL_FINGERPRINT, result.data_info.eval_fingerprint)

@@ -1,10 +1,15 @@
-"""Re-evaluate logged models on a trial's held-out test split, rebuilt exactly as the trial built it.
+"""Re-evaluate logged models on a trial's validation and test pairs, rebuilt exactly as the trial built them.
 
-The split comes from the trial's resolved config (the ``config.yaml`` artifact, else the run params):
-``load_dataset(config)`` and the fixed test pairs of `EvalSet` (seed, ``STREAM_TEST``). The dataset's
-fingerprint must equal the one recorded at training time, otherwise the comparison would be on other
-data and we refuse. Every model is scored through the same wrapper that serves it
+The pairs come from the trial's resolved config (the ``config.yaml`` artifact, else the run params):
+``load_dataset(config)`` and the fixed pairs of `EvalSet` (``EvalSet.of(data, "val" | "test")``). The
+dataset's fingerprint must equal the one recorded at training time, otherwise the comparison would be on
+other data and we refuse. Every model is scored through the same wrapper that serves it
 (`sweeps.serving.SiameseServingModel`), at the threshold stored inside the model.
+
+Which split decides: promotion selects and decides on the **validation** pairs (`SELECTION_SPLIT`) and
+only reports the **test** pairs (`REPORT_SPLIT`). Choosing the better of two models by their test score
+and then quoting that score biases it upward (the winner's test number includes the luck that made it
+win); the test pairs stay an estimate only if nothing is chosen by them.
 """
 from __future__ import annotations
 
@@ -23,33 +28,50 @@ from siamese_core.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 METRICS = ("pair_accuracy", "roc_auc", "eer")  # what a model is re-evaluated on; directions: sweeps.directions
+SELECTION_SPLIT, REPORT_SPLIT = "val", "test"  # promotion decides on the first and only reports the second
 _ALIASES = {
-    "pair_accuracy": ("pair_accuracy", "test_pair_accuracy", "val_pair_accuracy", "accuracy", "test_accuracy", "acc"),
-    "roc_auc": ("roc_auc", "test_roc_auc", "val_roc_auc", "auc", "test_auc", "val_auc"),
-    "eer": ("eer", "test_eer", "val_eer"),
+    "pair_accuracy": ("pair_accuracy", "val_pair_accuracy", "accuracy", "val_accuracy", "acc"),
+    "roc_auc": ("roc_auc", "val_roc_auc", "auc", "val_auc"),
+    "eer": ("eer", "val_eer"),
 }
 _BY_NAME = {alias: canon for canon, names in _ALIASES.items() for alias in names}
+# test names a user may still type (older docs, habit): mapped to their validation counterpart, with a notice
+_TEST_NAMES = {"test_" + alias: canon for alias, canon in _BY_NAME.items() if not alias.startswith("val_")}
+
+
+def selection_metric(name: str | None, *, option: str = "--metric") -> tuple[str | None, str | None]:
+    """(canonical metric, notice): ``val_auc`` -> ``roc_auc``; ``test_auc`` -> ``roc_auc`` plus a one-line notice
+    that the validation counterpart is used (selection on test is what promotion must not do).
+
+    None stays None; unknown names are a `ConfigError`.
+    """
+    if name is None:
+        return None, None
+    key = name.strip().lower()
+    canon = _BY_NAME.get(key)
+    if canon is not None:
+        return canon, None
+    canon = _TEST_NAMES.get(key)
+    if canon is None:
+        raise ConfigError(option, f"expected one of val_roc_auc (roc_auc, auc), val_pair_accuracy, val_eer; "
+                                  f"received: {name!r}")
+    return canon, (f"{option} {name}: promote selects and decides on validation pairs, so it uses val_{canon}; "
+                   f"test metrics are only reported")
 
 
 def canonical_metric(name: str | None, *, option: str = "--metric") -> str | None:
-    """``test_auc`` -> ``roc_auc``; None stays None; unknown names are a `ConfigError`."""
-    if name is None:
-        return None
-    canon = _BY_NAME.get(name.strip().lower())
-    if canon is None:
-        raise ConfigError(option, f"expected one of test_roc_auc (test_auc), test_pair_accuracy, test_eer; "
-                                  f"received: {name!r}")
-    return canon
+    """``val_auc`` (or ``test_auc``, see `selection_metric`) -> ``roc_auc``; None stays None."""
+    return selection_metric(name, option=option)[0]
 
 
 def objective_counterpart(objective_metric: str | None) -> str:
-    """The test metric that stands for a study objective (val_roc_auc -> roc_auc); roc_auc otherwise."""
+    """The re-evaluated metric that stands for a study objective (val_roc_auc -> roc_auc); roc_auc otherwise."""
     return _BY_NAME.get((objective_metric or "").lower(), "roc_auc")
 
 
 @dataclass
-class TestSplit:
-    """The fixed test pairs of one trial's config, with the arrays to feed a pair model."""
+class EvalPairs:
+    """The fixed validation or test pairs of one trial's config, with the arrays to feed a pair model."""
 
     fingerprint: str
     left: np.ndarray
@@ -58,11 +80,16 @@ class TestSplit:
     key: str                                   # identifies (dataset, pairs): metrics with one key compare
     reference_inputs: np.ndarray | None = None  # test samples whose embeddings the trial recorded
     n_pairs: int = 0
+    which: str = REPORT_SPLIT                  # "val" or "test"
+    eval_fingerprint: str | None = None        # DataInfo.eval_fingerprint: the split and its val/test tuples
+
+
+TestSplit = EvalPairs  # the name before validation pairs were rebuilt too
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One model scored on a test split, through its serving wrapper."""
+    """One model scored on one split's pairs (validation or test), through its serving wrapper."""
 
     uri: str
     metrics: dict[str, float]
@@ -121,8 +148,10 @@ def _split_config(raw: dict[str, Any]) -> Any:
     return TrainConfig.from_dict(keep)
 
 
-def build_test_split(raw_config: dict[str, Any], *, expected_fingerprint: str | None, what: str) -> TestSplit:
-    """Rebuild the trial's test pairs; `DataError` if the data is not what the trial trained on."""
+def build_eval_pairs(raw_config: dict[str, Any], *, expected_fingerprint: str | None, what: str,
+                     which: tuple[str, ...] = (SELECTION_SPLIT, REPORT_SPLIT)) -> dict[str, EvalPairs]:
+    """Rebuild the trial's validation and/or test pairs (one dataset load); `DataError` if the data is not what
+    the trial trained on."""
     from siamese_core.data.sources import load_dataset
     from siamese_core.data.splits import eval_spec
     from siamese_core.data.types import LabeledSplit, PairedSplit, materialize
@@ -134,24 +163,35 @@ def build_test_split(raw_config: dict[str, Any], *, expected_fingerprint: str | 
     if expected_fingerprint and fp != expected_fingerprint:
         raise DataError(data.info.source, f"dataset fingerprint {fp[:12]}… differs from the one {what} was trained "
                                           f"and tested on ({expected_fingerprint[:12]}…): the data or its split "
-                                          f"changed since training, so its test split cannot be rebuilt; "
-                                          f"restore the data or re-run the sweep")
-    test = data.test
-    es = EvalSet.of(data, "test", spec=eval_spec(config))
-    idx = es.pairs.indices
-    if isinstance(test, PairedSplit):
-        left, right = materialize(test.x1, idx[:, 0]), materialize(test.x2, idx[:, 1])
-    else:
-        left, right = materialize(test.x, idx[:, 0]), materialize(test.x, idx[:, 1])
-    labels = np.asarray(es.pairs.targets).reshape(-1)
-    # the key names (dataset, pairs) by content: registry versions scored under one key compare
-    h = hashlib.sha256(fp.encode())
-    h.update(np.ascontiguousarray(idx, dtype=np.int64).tobytes())
-    h.update(np.ascontiguousarray(labels, dtype=np.float32).tobytes())
-    ref = None
-    if es.retrieval_idx is not None and isinstance(test, LabeledSplit):
-        ref = materialize(test.x, es.retrieval_idx)
-    return TestSplit(fp, left, right, labels, h.hexdigest()[:16], ref, len(labels))
+                                          f"changed since training, so its validation and test pairs cannot be "
+                                          f"rebuilt; restore the data or re-run the sweep")
+    spec = eval_spec(config)
+    out = {}
+    for name in which:
+        split = data.splits()[name]
+        es = EvalSet.of(data, name, spec=spec)  # type: ignore[arg-type]
+        idx = es.pairs.indices
+        if isinstance(split, PairedSplit):
+            left, right = materialize(split.x1, idx[:, 0]), materialize(split.x2, idx[:, 1])
+        else:
+            left, right = materialize(split.x, idx[:, 0]), materialize(split.x, idx[:, 1])
+        labels = np.asarray(es.pairs.targets).reshape(-1)
+        # the key names (dataset, pairs) by content: registry versions scored under one key compare
+        h = hashlib.sha256(fp.encode())
+        h.update(np.ascontiguousarray(idx, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(labels, dtype=np.float32).tobytes())
+        ref = None
+        if name == REPORT_SPLIT and es.retrieval_idx is not None and isinstance(split, LabeledSplit):
+            ref = materialize(split.x, es.retrieval_idx)  # the trial recorded embeddings of these test samples
+        out[name] = EvalPairs(fp, left, right, labels, h.hexdigest()[:16], ref, len(labels), name,
+                              spec.fingerprint(fp))
+    return out
+
+
+def build_test_split(raw_config: dict[str, Any], *, expected_fingerprint: str | None, what: str) -> EvalPairs:
+    """Rebuild the trial's test pairs only (see `build_eval_pairs`)."""
+    return build_eval_pairs(raw_config, expected_fingerprint=expected_fingerprint, what=what,
+                            which=(REPORT_SPLIT,))[REPORT_SPLIT]
 
 
 # ------------------------------------------------------------------ models
@@ -164,7 +204,7 @@ def load_wrapper(uri: str, *, tracking_uri: str, dst: str) -> Any:
     return load_model_dir(download_model(uri, tracking_uri=tracking_uri, dst=dst))[0]
 
 
-def evaluate(wrapper: Any, split: TestSplit, *, uri: str) -> Evaluation:
+def evaluate(wrapper: Any, split: EvalPairs, *, uri: str) -> Evaluation:
     """Pair accuracy (the model's own same/different at its stored threshold), ROC AUC and EER."""
     from siamese_core import verification as m
 

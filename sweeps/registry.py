@@ -9,15 +9,18 @@ duration of the call.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from siamese_core.errors import ConfigError
+from siamese_core.errors import ConfigError, InfrastructureError
 
 from . import names
 
@@ -25,6 +28,7 @@ SCHEME = "models:/"
 DEFAULT_ALIAS = "champion"
 _ALIAS_OK = re.compile(r"^[A-Za-z0-9_-]+$")
 MAX_ALIAS = 255
+T = TypeVar("T")
 
 
 # ------------------------------------------------------------------ models:/ URIs
@@ -159,19 +163,51 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-class Registry:
-    """The registry operations promotion needs, on one client and one registered model."""
+READY = "READY"                              # ModelVersionStatus names (mlflow.entities.model_registry)
+FAILED_REGISTRATION = "FAILED_REGISTRATION"
+READY_TIMEOUT_S = 120.0                      # how long a new version may stay PENDING_REGISTRATION
 
-    def __init__(self, tracking_uri: str, name: str) -> None:
+
+class RegistryUnavailable(InfrastructureError, RuntimeError):
+    """A version never became READY, so no alias may point at it."""
+
+
+class Registry:
+    """The registry operations promotion needs, on one client and one registered model.
+
+    Every call is retried like the tracking calls (`sweeps.tracking.Retry`: exponential backoff within
+    ``$SIAMESE_SWEEP_MLFLOW_RETRY_SECONDS``); errors that retrying cannot fix (a missing model, bad input,
+    permission) are raised as MLflow raised them. An alias only ever points at a READY version.
+    """
+
+    def __init__(self, tracking_uri: str, name: str, *, retry: Any = None) -> None:
+        from .tracking import Retry, retry_budget_s
+
         self.client = client_for(tracking_uri)
         self.name = name
         self.uri = tracking_uri
+        self._retry = retry or Retry(budget_s=retry_budget_s())
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        """`fn()` retried on transient errors; a permanent MLflow error is re-raised unchanged."""
+        from .errors import TrackingUnavailable
+        from .tracking import (
+            _permanent,  # one definition of "retrying cannot fix this" for tracking and registry
+        )
+
+        try:
+            return self._retry(f"registry {what}", fn)
+        except TrackingUnavailable as exc:
+            cause = exc.__cause__
+            if isinstance(cause, Exception) and _permanent(cause):
+                raise cause from None
+            raise
 
     def exists(self) -> bool:
         from mlflow.exceptions import MlflowException
 
         try:
-            self.client.get_registered_model(self.name)
+            self.call("get model", lambda: self.client.get_registered_model(self.name))
             return True
         except MlflowException as exc:
             if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
@@ -184,22 +220,39 @@ class Registry:
         if self.exists():
             return
         try:
-            self.client.create_registered_model(self.name, description="Siamese models promoted by siamese-sweep")
+            self.call("create model", lambda: self.client.create_registered_model(
+                self.name, description="Siamese models promoted by siamese-sweep"))
         except MlflowException as exc:
             if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
                 raise
+
+    def _model(self) -> Any:
+        return self.call("get model", lambda: self.client.get_registered_model(self.name))
 
     def holder(self, alias: str) -> str | None:
         """The version the alias points at, or None."""
         if not self.exists():
             return None
-        return _str(self.client.get_registered_model(self.name).aliases.get(alias))
+        return _str(self._model().aliases.get(alias))
+
+    def hold(self, alias: str) -> dict[str, Any] | None:
+        """The rollback hold on `alias` ({version, from, at}), or None."""
+        if not self.exists():
+            return None
+        raw = self._model().tags.get(names.per_alias(names.TAG_HOLD_PREFIX, alias))
+        if not raw:
+            return None
+        try:
+            hold = json.loads(raw)
+        except ValueError:
+            hold = None
+        return hold if isinstance(hold, dict) else {"version": None, "from": None, "at": raw}  # unreadable: held
 
     def versions(self) -> list[Any]:
-        return list(self.client.search_model_versions(f"name='{self.name}'"))
+        return list(self.call("search versions", lambda: self.client.search_model_versions(f"name='{self.name}'")))
 
     def version(self, version: str) -> Any:
-        return self.client.get_model_version(self.name, version)
+        return self.call("get version", lambda: self.client.get_model_version(self.name, version))
 
     def find_version(self, model_id: str) -> Any | None:
         """The version registered from LoggedModel `model_id`, if any."""
@@ -213,40 +266,75 @@ class Registry:
 
     def register(self, model_uri: str, run_id: str | None, tags: dict[str, str], *,
                  description: str | None = None) -> str:
-        """A new version whose source is `model_uri` itself (no copy of the files); returns its number.
+        """A new version whose source is `model_uri` itself (no copy of the files), READY; returns its number.
 
-        From a LoggedModel (``models:/<model_id>``) the version carries that model's metrics and dataset."""
+        From a LoggedModel (``models:/<model_id>``) the version carries that model's metrics and dataset.
+
+        A retried create first looks for the version an earlier attempt may have created (a timeout after the
+        server committed it), so a retry never registers the model twice.
+        """
         self.ensure()
-        with mlflow_internals_use(self.uri):  # MLflow's SQL registry store resolves models:/ with the default client
-            mv = self.client.create_model_version(self.name, source=model_uri, run_id=run_id, tags=tags,
-                                                  model_id=model_id_from_uri(model_uri), description=description)
-        return str(mv.version)
+        model_id = model_id_from_uri(model_uri)
+
+        def create() -> str:
+            if model_id and (existing := self.find_version(model_id)) is not None:
+                return str(existing.version)
+            # MLflow's SQL registry store resolves models:/ with the default client
+            with mlflow_internals_use(self.uri):
+                return str(self.client.create_model_version(self.name, source=model_uri, run_id=run_id, tags=tags,
+                                                            model_id=model_id, description=description).version)
+        version = self.call("create version", create)
+        self.wait_ready(version)
+        return version
+
+    def wait_ready(self, version: str, *, timeout_s: float = READY_TIMEOUT_S, poll_s: float = 0.5) -> None:
+        """Return once `version` is READY; `RegistryUnavailable` if it failed or is still pending at the timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            mv = self.version(version)
+            status = str(getattr(mv, "status", READY) or READY)
+            if status == READY:
+                return
+            if status == FAILED_REGISTRATION or time.monotonic() > deadline:
+                raise RegistryUnavailable(f"{self.name} v{version} is {status}"
+                                          + (f" ({mv.status_message})" if getattr(mv, "status_message", None) else "")
+                                          + ": no alias may point at it")
+            time.sleep(poll_s)
 
     def describe(self, version: str, description: str) -> None:
-        self.client.update_model_version(self.name, version, description=description)
+        self.call("describe version", partial(self.client.update_model_version, self.name, version,
+                                              description=description))
 
     def tag(self, version: str, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
-            self.client.set_model_version_tag(self.name, version, k, str(v))
+            self.call("tag version", partial(self.client.set_model_version_tag, self.name, version, k, str(v)))
 
     def set_model_tag(self, key: str, value: str | None) -> None:
         """Set (or, with None, delete) a tag of the registered model."""
         if value is None:
-            self.client.delete_registered_model_tag(self.name, key)
+            from mlflow.exceptions import MlflowException
+
+            try:
+                self.call("delete model tag", lambda: self.client.delete_registered_model_tag(self.name, key))
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # a retried delete that had gone through
+                    raise
         else:
-            self.client.set_registered_model_tag(self.name, key, value)
+            self.call("tag model", lambda: self.client.set_registered_model_tag(self.name, key, value))
 
     def set_alias(self, alias: str, version: str) -> None:
-        self.client.set_registered_model_alias(self.name, alias, version)
+        """Point `alias` at `version`, which must be READY (setting an alias is idempotent: retried freely)."""
+        self.wait_ready(version)
+        self.call("set alias", lambda: self.client.set_registered_model_alias(self.name, alias, version))
 
     def move_alias(self, alias: str, version: str, previous: str | None) -> None:
-        """Point the alias at `version`, recording when and which version it replaced."""
-        self.set_alias(alias, version)
-        stamp = {names.per_alias(names.TAG_PROMOTED_AT_PREFIX, alias): now()}
+        """Point the alias at `version`. The version it replaces is recorded *first*: if the move then fails,
+        the alias has not moved; if it succeeds, a rollback always finds where to go back to."""
         if previous and previous != version:
-            stamp[names.per_alias(names.TAG_PREVIOUS_PREFIX, alias)] = previous
+            self.tag(version, {names.per_alias(names.TAG_PREVIOUS_PREFIX, alias): previous})
             self.set_model_tag(names.per_alias(names.TAG_PREVIOUS_PREFIX, alias), previous)
-        self.tag(version, stamp)
+        self.set_alias(alias, version)
+        self.tag(version, {names.per_alias(names.TAG_PROMOTED_AT_PREFIX, alias): now()})
 
 
 def _str(v: Any) -> str | None:

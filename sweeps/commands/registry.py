@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("promote", help="register a study's best model and move a registry alias to it if better",
                        description=(
-                           "Pick the study's best COMPLETE trial (objective or --metric; trials with error-severity "
-                           "diagnostics are skipped), re-evaluate it and the current alias holder on the same held-out "
-                           "test split, register it as a new version and move the alias only if it is better "
-                           "(or --force). --rollback moves the alias back to the previous holder."))
+                           "Pick the study's best COMPLETE trial (objective or --metric, both on validation; trials "
+                           "with error-severity diagnostics are skipped), re-evaluate it and the current alias holder "
+                           "on the same rebuilt validation pairs (which decide) and test pairs (reported only), "
+                           "register it as a new version and move the alias only if it is better on validation "
+                           "(or --force). --rollback moves the alias back to the previous holder and holds it there "
+                           "until --lift-rollback (or --force)."))
     p.add_argument("spec", nargs="?", help="sweep spec YAML (optional: storage, tracking URI, registered_model)")
     add_study_option(p)
     p.add_argument("--storage", help="Optuna storage URL (default: $OPTUNA_STORAGE, the spec's, sqlite:///optuna.db)")
@@ -27,11 +30,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-name", help="registered model (default: the spec's tracking.registered_model, "
                                         "else siamese-<study>)")
     p.add_argument("--alias", default=DEFAULT_ALIAS, help=f"registry alias to move (default: {DEFAULT_ALIAS})")
-    p.add_argument("--metric", help="compare by test_roc_auc (test_auc), test_pair_accuracy or test_eer (lower is "
-                                    "better); default: the study objective's test counterpart")
+    p.add_argument("--metric", help="select and decide by val_roc_auc (roc_auc, auc), val_pair_accuracy or val_eer "
+                                    "(lower is better); default: the study objective. A test_* name is mapped to its "
+                                    "validation counterpart (with a notice): test metrics are only reported")
     p.add_argument("--force", action="store_true", help="move the alias even if the candidate is not better")
     p.add_argument("--dry-run", action="store_true", help="print the decision; change nothing")
-    p.add_argument("--rollback", action="store_true", help="move the alias back to its previous holder")
+    p.add_argument("--rollback", action="store_true", help="move the alias back to its previous holder and hold it "
+                                                            "there: later promotions keep it until --lift-rollback")
+    p.add_argument("--lift-rollback", action="store_true", help="release a rollback's hold on the alias, then decide "
+                                                                 "as usual (better on validation moves it)")
     p.add_argument("--json", action="store_true", help="print the decision as one JSON object")
     add_set_option(p, what="spec")
     p.set_defaults(handler=cmd_promote)
@@ -81,17 +88,22 @@ def cmd_promote(args: argparse.Namespace) -> int:
     validate_alias(args.alias)  # before anything heavy is imported or touched
     where = _resolve(args)
     if args.rollback:
-        if args.force or args.metric:
-            raise ConfigError("--rollback", "takes no --force or --metric")
+        if args.force or args.metric or args.lift_rollback:
+            raise ConfigError("--rollback", "takes no --force, --metric or --lift-rollback")
         decision = rollback(tracking_uri=where["tracking_uri"], model_name=where["model_name"],
                             study_name=where["study"], storage=where["storage"], alias=args.alias,
                             dry_run=args.dry_run)
     else:
         if not where["study"]:
             raise ConfigError("--study", "which study? give --study NAME (or a spec file)")
+        from ..reevaluation import selection_metric
+
+        metric, notice = selection_metric(args.metric)  # a bad name: exit 2 before anything is touched
+        if notice:
+            print(f"promote: {notice}", file=sys.stderr)
         decision = promote(where["study"], storage=where["storage"], tracking_uri=where["tracking_uri"],
-                           model_name=where["model_name"], alias=args.alias, metric=args.metric,
-                           dry_run=args.dry_run, force=args.force)
+                           model_name=where["model_name"], alias=args.alias, metric=metric,
+                           dry_run=args.dry_run, force=args.force, lift_hold=args.lift_rollback)
     if args.json:
         print_json(decision.to_dict())
     else:
@@ -99,9 +111,22 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _metrics(d: dict[str, Any] | None) -> str:
-    m = (d or {}).get("metrics") or {}
-    return " ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, (int, float)))
+def _metrics(m: dict[str, Any] | None) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in (m or {}).items() if isinstance(v, (int, float)))
+
+
+def _scores(d: dict[str, Any]) -> str:
+    """``val ... | test (reported) ...``: which numbers decided and which only report."""
+    test = d.get("test_metrics")
+    return f"val {_metrics(d.get('val_metrics'))}" + (f" | test {_metrics(test)}" if test else "")
+
+
+def _pairs(split: dict[str, Any] | None, what: str) -> str:
+    if not split:
+        return what
+    fp = split.get("eval_fingerprint")
+    return (f"{what} pairs ({split['pairs']} pairs, eval key {split['eval_key']}"
+            + (f", eval fingerprint {fp[:12]}…" if fp else "") + ")")
 
 
 def render(decision: Any) -> str:
@@ -114,15 +139,23 @@ def render(decision: Any) -> str:
     if c:
         repro = {True: ", embeddings reproduced", False: ", EMBEDDINGS DIFFER from the trial's"}.get(
             c.get("embeddings_reproduced"), "")
-        lines.append(f"candidate  trial #{c['trial']} of study {d['study']} (run {c['run_id']}): test {_metrics(c)} "
+        lines.append(f"candidate  trial #{c['trial']} of study {d['study']} (run {c['run_id']}): {_scores(c)} "
                      f"at threshold {c['threshold']:.4g}{repro}")
     h = d.get("holder")
     if h:
         origin = f" (study {h['study']}, trial #{h['trial']})" if h.get("study") else ""
-        scores = f": test {_metrics(h)}" if h.get("metrics") else ""
+        scores = f": {_scores(h)}" if h.get("val_metrics") else ""
         lines.append(f"holder     {target} = v{h['version']}{origin}{scores}")
     elif d["action"] != "rollback":
         lines.append(f"holder     {target} is not set")
+    if d["action"] != "rollback" and d.get("decided_on"):
+        lines.append(f"decided on {_pairs(d['decided_on'], 'validation')} by val {d['metric']}; "
+                     f"reported: {_pairs(d.get('reported_on'), 'test')}, never used to choose")
+    hold = d.get("hold")
+    if hold and d["action"] != "rollback":
+        lifted = ("lifted by this promotion" if d["applied"] else "would be lifted") if d.get("lifts_hold") else "holds"
+        lines.append(f"hold       rollback to v{hold.get('version')} (from v{hold.get('from')}, {hold.get('at')}): "
+                     f"{lifted}")
     if d["action"] == "rollback":
         verb = f"ROLLBACK {target}: v{h['version']} -> v{d['final_holder'] if d['applied'] else d['previous']}"
     elif d["action"] == "promote":

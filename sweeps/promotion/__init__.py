@@ -2,25 +2,31 @@
 
 ``promote`` = `gather` -> `decide` -> `apply`:
 
-* `gather` (Optuna + MLflow, read only): the best COMPLETE trial (study objective, or ``metric``) that
-  logged a model and has no error-severity diagnostics; its test split rebuilt (dataset fingerprint
-  checked); the candidate and the current alias holder re-evaluated on that one split.
-* `decide` (pure): promote if the alias is unset, if the candidate is strictly better, or ``force``.
+* `gather` (Optuna + MLflow, read only): the best COMPLETE trial (study objective, or the validation
+  ``metric`` the trials recorded) that logged a model and has no error-severity diagnostics; its
+  validation and test pairs rebuilt (dataset fingerprint checked); the candidate and the current alias
+  holder re-evaluated on both.
+* `decide` (pure): promote if the alias is unset, if the candidate is strictly better **on the
+  validation pairs**, or ``force``. The test metrics are reported, never used to choose: a model chosen
+  by its test score would carry that score biased upward.
 * `apply` (registry writes, skipped in a dry run): register the candidate's LoggedModel as a new version
   (its source is the trial's own ``models:/<model_id>``: no copy), write the evidence, converge the alias
   (see `sweeps.promotion.apply` for why concurrent promoters end on the best version).
 
 Moving the alias records ``siamese_sweep.previous.<alias>`` on the new holder (and on the registered
-model); ``rollback`` moves the alias back to it.
+model); ``rollback`` moves the alias back to it and *holds* it there (``siamese_sweep.hold.<alias>`` on the
+registered model): routine promotions keep the alias until a human lifts the hold (``lift_hold``,
+``--lift-rollback``) or forces a promotion.
 """
 from __future__ import annotations
 
+import logging
 import tempfile
 
 from siamese_core.errors import ConfigError
 
 from .. import names
-from ..reevaluation import canonical_metric
+from ..reevaluation import selection_metric
 from ..registry import DEFAULT_ALIAS, Registry, mlflow_internals_use, validate_alias
 from ..study import load_study
 from .apply import apply, converge
@@ -32,16 +38,26 @@ __all__ = ["promote", "rollback", "gather", "decide", "apply", "converge", "deci
            "Facts", "Candidate", "Holder", "Split", "RollbackFacts", "pick_candidate", "rank_trials",
            "validate_alias"]
 
+log = logging.getLogger(__name__)
+
 
 def promote(study_name: str, *, storage: str, tracking_uri: str, model_name: str | None = None,
             alias: str = DEFAULT_ALIAS, metric: str | None = None, dry_run: bool = False,
-            force: bool = False) -> PromotionDecision:
-    """Promote the study's best model to ``models:/<model_name>@<alias>`` if it beats the holder."""
+            force: bool = False, lift_hold: bool = False) -> PromotionDecision:
+    """Promote the study's best model to ``models:/<model_name>@<alias>`` if it beats the holder on validation.
+
+    `lift_hold`: release a rollback's hold on the alias, then decide as usual.
+    `metric`: the selection metric (``val_roc_auc``, ``roc_auc``, ...; a ``test_*`` name is mapped to its
+    validation counterpart with a logged notice, see `sweeps.reevaluation.selection_metric`).
+    """
     validate_alias(alias)
-    metric = canonical_metric(metric)
+    metric, notice = selection_metric(metric)
+    if notice:
+        log.warning("%s", notice)
     with mlflow_internals_use(tracking_uri), tempfile.TemporaryDirectory(prefix="siamese-promote-") as tmp:
         facts, reg = gather(study_name, storage=storage, tracking_uri=tracking_uri, model_name=model_name,
-                            alias=alias, metric=metric, force=force, workdir=tmp)
+                            alias=alias, metric=metric, force=force, workdir=tmp,
+                            lift_hold=lift_hold)
         decision = decide(facts)
         decision.dry_run = dry_run
         return decision if dry_run else apply(decision, facts, reg)

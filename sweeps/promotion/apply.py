@@ -2,9 +2,10 @@
 
 ``set_registered_model_alias`` is last-writer-wins, so a plain check-then-set can leave the alias on a
 worse version when two promoters race. So every promotion writes its evidence first —
-``siamese_sweep.eval.<key>`` (metrics on the split ``key``) and ``siamese_sweep.eligible.<alias>`` =
+``siamese_sweep.eval.<key>`` (metrics on the pairs ``key``: the validation pairs that decide, and the test
+pairs, reported only) and ``siamese_sweep.eligible.<alias>`` =
 ``true`` for a version that won its comparison (the incumbent counts too) — and the alias's target is
-*defined* as the best eligible version on that key (`decision.best_eligible`). Every promoter converges
+*defined* as the best eligible version on the validation key (`decision.best_eligible`). Every promoter converges
 on it: compute the target, set the alias if it differs, re-read, repeat. Whoever writes last has just
 verified the target against every version tagged before its re-read, and a version tagged later belongs
 to a promoter that is still converging, so the final alias is the best version whatever the interleaving.
@@ -17,7 +18,7 @@ import sys
 import time
 
 from .. import names
-from ..registry import Registry, now
+from ..registry import READY, Registry, now
 from .decision import PROMOTE, Facts, PromotionDecision, best_eligible
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ MAX_NOTE = 500  # characters of the decision's reason kept on the version
 
 def apply(decision: PromotionDecision, facts: Facts, reg: Registry) -> PromotionDecision:
     """Register (or re-tag) the candidate, mark who is eligible, converge the alias; returns `decision` updated."""
-    alias, key = facts.alias, facts.split.key
+    alias, key = facts.alias, facts.decided_on.key
     eligible = names.per_alias(names.TAG_ELIGIBLE_PREFIX, alias)
     note = names.per_alias(names.TAG_DECISION_PREFIX, alias)
     candidate, holder = facts.candidate, facts.holder
@@ -41,9 +42,14 @@ def apply(decision: PromotionDecision, facts: Facts, reg: Registry) -> Promotion
         reg.describe(version, version_description(facts))
     assert decision.candidate is not None
     decision.candidate["version"] = version
-    if holder is not None and holder.evaluation is not None and holder.version != version:
-        reg.tag(holder.version, {names.TAG_EVAL_PREFIX + key: holder.evaluation.metrics_json(),
-                                 eligible: names.ELIGIBLE_TRUE})
+    if holder is not None and holder.val is not None and holder.version != version:
+        evidence = {names.TAG_EVAL_PREFIX + key: holder.val.metrics_json(), eligible: names.ELIGIBLE_TRUE}
+        if holder.test is not None:
+            evidence[names.TAG_EVAL_PREFIX + facts.reported_on.key] = holder.test.metrics_json()
+        reg.tag(holder.version, evidence)
+    if decision.lifts_hold:  # a human released the rollback's hold (--lift-rollback or --force)
+        reg.set_model_tag(names.per_alias(names.TAG_HOLD_PREFIX, alias), None)
+        log.info("%s: rollback hold lifted", facts.target)
     if decision.action == PROMOTE:
         if facts.force:
             for v in reg.versions():
@@ -65,35 +71,45 @@ def apply(decision: PromotionDecision, facts: Facts, reg: Registry) -> Promotion
 
 
 def version_tags(facts: Facts) -> dict[str, str]:
-    """What a registered version records about where it came from and how it scored."""
-    c, split = facts.candidate, facts.split
-    ev = c.evaluation
+    """What a registered version records about where it came from and how it scored: on the validation pairs
+    (``siamese_sweep.val_*``, which decide) and on the test pairs (``siamese_sweep.test_*``, reported only)."""
+    c, val, test = facts.candidate, facts.decided_on, facts.reported_on
     tags = {names.TAG_STUDY: facts.study, names.TAG_TRIAL_NUMBER: str(c.trial), names.TAG_RUN_ID: str(c.run_id),
-            names.TAG_MODEL_ID: str(c.model_id), names.TAG_DATASET_FINGERPRINT: split.fingerprint,
-            names.TAG_EVAL_KEY: split.key, names.TAG_TEST_PAIRS: str(split.n_pairs),
-            names.TAG_THRESHOLD: repr(float(ev.threshold)), names.TAG_EVALUATED_AT: now(),
-            names.TAG_EVAL_PREFIX + split.key: ev.metrics_json()}
-    tags.update({names.TAG_TEST_METRIC_PREFIX + k: repr(round(float(v), 6)) for k, v in ev.metrics.items()})
-    if ev.embeddings_reproduced is not None:
-        tags[names.TAG_EMBEDDINGS_REPRODUCED] = str(ev.embeddings_reproduced).lower()
+            names.TAG_MODEL_ID: str(c.model_id), names.TAG_DATASET_FINGERPRINT: val.fingerprint,
+            names.TAG_SELECTION_KEY: val.key, names.TAG_VAL_PAIRS: str(val.n_pairs),
+            names.TAG_EVAL_KEY: test.key, names.TAG_TEST_PAIRS: str(test.n_pairs),
+            names.TAG_THRESHOLD: repr(float(c.val.threshold)), names.TAG_EVALUATED_AT: now(),
+            names.TAG_EVAL_PREFIX + val.key: c.val.metrics_json(),
+            names.TAG_EVAL_PREFIX + test.key: c.test.metrics_json()}
+    if val.eval_fingerprint:
+        tags[names.TAG_EVAL_FINGERPRINT] = val.eval_fingerprint
+    tags.update({names.TAG_VAL_METRIC_PREFIX + k: repr(round(float(v), 6)) for k, v in c.val.metrics.items()})
+    tags.update({names.TAG_TEST_METRIC_PREFIX + k: repr(round(float(v), 6)) for k, v in c.test.metrics.items()})
+    if c.test.embeddings_reproduced is not None:
+        tags[names.TAG_EMBEDDINGS_REPRODUCED] = str(c.test.embeddings_reproduced).lower()
     return tags
 
 
 def version_description(facts: Facts) -> str:
     """One line a person reads in the registry: where the version came from and how it scored."""
-    c, split = facts.candidate, facts.split
-    m = c.evaluation.metrics
+    c, split = facts.candidate, facts.reported_on
+    m = c.test.metrics
     scores = ", ".join(f"{label} {float(m[k]):.4f}" for k, label in
                        (("roc_auc", "AUC"), ("pair_accuracy", "accuracy"), ("eer", "EER")) if k in m)
-    return (f"study {facts.study}, trial {c.trial}: test {scores} at threshold {float(c.evaluation.threshold):.4g} "
-            f"({split.n_pairs} test pairs, dataset {split.fingerprint[:12]})")
+    val = c.val.metrics.get(facts.metric)
+    chosen = f"; chosen by validation {facts.metric} {float(val):.4f}" if val is not None else ""
+    return (f"study {facts.study}, trial {c.trial}: test {scores} at threshold {float(c.test.threshold):.4g} "
+            f"({split.n_pairs} test pairs, dataset {split.fingerprint[:12]}){chosen}")
 
 
 def converge(reg: Registry, *, alias: str, key: str, metric: str) -> str | None:
-    """Set the alias to the best eligible version until a re-read confirms it (see the module docstring)."""
+    """Set the alias to the best eligible version until a re-read confirms it (see the module docstring); never
+    while a rollback holds the alias."""
     for _ in range(MAX_ROUNDS):
-        target = best_eligible([(str(v.version), dict(v.tags)) for v in reg.versions()], alias=alias, key=key,
-                               metric=metric)
+        if reg.hold(alias) is not None:  # a rollback since this promoter decided: the alias stays where it is
+            return reg.holder(alias)
+        ready = [(str(v.version), dict(v.tags)) for v in reg.versions() if str(v.status or READY) == READY]
+        target = best_eligible(ready, alias=alias, key=key, metric=metric)  # an alias only points at READY versions
         holder = reg.holder(alias)
         if target is None or target == holder:
             return holder

@@ -1,12 +1,15 @@
 """Gather what `decide` needs from the study and the registry: the candidate, the alias holder, both scored.
 
-The candidate is the best COMPLETE trial (by the objective, or by a recorded test metric) that logged a
-model and has no error-severity diagnostics. Both models are re-evaluated on the candidate's test
-split, rebuilt from its config (the dataset fingerprint must match the one recorded in training).
+The candidate is the best COMPLETE trial (by the objective, or by a recorded *validation* metric) that
+logged a model and has no error-severity diagnostics. Both models are re-evaluated on the candidate's
+validation pairs (which decide) and test pairs (reported only), rebuilt from its config (the dataset
+fingerprint must match the one recorded in training). Nothing here ranks or chooses by a test metric.
 """
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -15,10 +18,23 @@ from siamese_core.errors import ConfigError
 
 from .. import names
 from ..directions import sort_key
-from ..reevaluation import METRICS, build_test_split, evaluate, load_wrapper, objective_counterpart, trial_config
+from ..reevaluation import (
+    METRICS,
+    REPORT_SPLIT,
+    SELECTION_SPLIT,
+    EvalPairs,
+    build_eval_pairs,
+    evaluate,
+    load_wrapper,
+    objective_counterpart,
+    trial_config,
+)
 from ..registry import Registry, model_id_from_uri, version_uri
 from ..study import load_study
 from .decision import Candidate, Facts, Holder, Split
+
+log = logging.getLogger(__name__)
+Recorded = Callable[[optuna.trial.FrozenTrial], "dict[str, float]"]
 
 
 def study_metric(study: optuna.Study) -> str | None:
@@ -32,22 +48,50 @@ def model_name_for(study: optuna.Study, study_name: str) -> str:
     return study.user_attrs.get(names.STUDY_ATTR_REGISTERED_MODEL) or names.default_registered_model(study_name)
 
 
-def rank_trials(study: optuna.Study, metric: str | None) -> list[optuna.trial.FrozenTrial]:
-    """COMPLETE trials best first: by the objective (single-objective, no `metric`), else by test_<metric>."""
+def rank_trials(study: optuna.Study, metric: str | None, *,
+                recorded: Recorded | None = None) -> list[optuna.trial.FrozenTrial]:
+    """COMPLETE trials best first: by the objective (single-objective, no `metric`; objectives are validation or
+    trial metrics), else by the validation metric ``val_<metric>`` the trial recorded — never by a test metric.
+
+    `recorded(trial)` supplies the validation metrics of a trial that has no ``val_<metric>`` attribute (studies
+    swept before it was recorded: the last ``val_<metric>`` of its MLflow run).
+    """
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if metric is None and len(study.directions) == 1:
         sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
         return sorted(complete, key=lambda t: (sign * t.value if t.value is not None and math.isfinite(t.value)
                                                else math.inf, t.number))
     m = metric or objective_counterpart(study_metric(study))
-    attr = names.TRIAL_ATTR_TEST_PREFIX + m
-    return sorted(complete, key=lambda t: (sort_key(t.user_attrs.get(attr), m), t.number))
+    attr = names.TRIAL_ATTR_VAL_PREFIX + m
+
+    def value(t: optuna.trial.FrozenTrial) -> float | None:
+        v = t.user_attrs.get(attr)
+        if v is None and recorded is not None:
+            v = recorded(t).get(m)
+        return v
+    return sorted(complete, key=lambda t: (sort_key(value(t), m), t.number))
 
 
-def pick_candidate(study: optuna.Study, metric: str | None) -> tuple[optuna.trial.FrozenTrial, list[dict[str, Any]]]:
+def _recorded_val(client: Any) -> Recorded:
+    """The last validation metrics a trial's MLflow run logged (for trials without ``val_*`` attributes)."""
+    def read(t: optuna.trial.FrozenTrial) -> dict[str, float]:
+        run_id = t.user_attrs.get(names.TRIAL_ATTR_RUN_ID)
+        if not run_id:
+            return {}
+        try:
+            logged = client.get_run(run_id).data.metrics
+        except Exception as exc:  # noqa: BLE001 - a deleted run: the trial ranks last
+            log.info("trial #%d: cannot read run %s (%s)", t.number, run_id, type(exc).__name__)
+            return {}
+        return {k: float(logged[f"val_{k}"]) for k in METRICS if f"val_{k}" in logged}
+    return read
+
+
+def pick_candidate(study: optuna.Study, metric: str | None, *, recorded: Recorded | None = None
+                   ) -> tuple[optuna.trial.FrozenTrial, list[dict[str, Any]]]:
     """The best trial `promote` may use, and the better ones it skipped (with why)."""
     skipped = []
-    for t in rank_trials(study, metric):
+    for t in rank_trials(study, metric, recorded=recorded):
         if not t.user_attrs.get(names.TRIAL_ATTR_MODEL_URI):
             skipped.append({"trial": t.number, "reason": "no logged model (tracking.log_models: false?)"})
             continue
@@ -61,37 +105,43 @@ def pick_candidate(study: optuna.Study, metric: str | None) -> tuple[optuna.tria
 
 
 def gather(study_name: str, *, storage: str, tracking_uri: str, model_name: str | None, alias: str,
-           metric: str | None, force: bool, workdir: str) -> tuple[Facts, Registry]:
+           metric: str | None, force: bool, workdir: str, lift_hold: bool = False) -> tuple[Facts, Registry]:
     """`Facts` for `decide`, and the registry `apply` writes to. Models are downloaded under `workdir`."""
     study = load_study(study_name, storage)
     reg = Registry(tracking_uri, model_name or model_name_for(study, study_name))
-    trial, skipped = pick_candidate(study, metric)
+    trial, skipped = pick_candidate(study, metric, recorded=_recorded_val(reg.client))
     run_id: str = trial.user_attrs[names.TRIAL_ATTR_RUN_ID]  # a COMPLETE trial always has its run
     model_uri = trial.user_attrs[names.TRIAL_ATTR_MODEL_URI]
     model_id = model_id_from_uri(model_uri)
-    test = build_test_split(trial_config(reg.client, run_id), what=f"trial #{trial.number}",
-                            expected_fingerprint=trial.user_attrs.get(names.TRIAL_ATTR_DATASET_FINGERPRINT))
-    split = Split(test.fingerprint, test.key, test.n_pairs)
+    pairs = build_eval_pairs(trial_config(reg.client, run_id), what=f"trial #{trial.number}",
+                             expected_fingerprint=trial.user_attrs.get(names.TRIAL_ATTR_DATASET_FINGERPRINT))
+    val, test = pairs[SELECTION_SPLIT], pairs[REPORT_SPLIT]
     existing = reg.find_version(model_id) if model_id else None
+    wrapper = load_wrapper(model_uri, tracking_uri=tracking_uri, dst=f"{workdir}/candidate")
     candidate = Candidate(
         trial=trial.number, run_id=run_id, model_uri=model_uri, model_id=model_id,
         version=None if existing is None else str(existing.version),
-        evaluation=evaluate(load_wrapper(model_uri, tracking_uri=tracking_uri, dst=f"{workdir}/candidate"), test,
-                            uri=model_uri),
-        trial_test={k: trial.user_attrs.get(names.TRIAL_ATTR_TEST_PREFIX + k) for k in METRICS})
+        val=evaluate(wrapper, val, uri=model_uri), test=evaluate(wrapper, test, uri=model_uri),
+        trial_test={k: trial.user_attrs.get(names.TRIAL_ATTR_TEST_PREFIX + k) for k in METRICS},
+        trial_val={k: trial.user_attrs.get(names.TRIAL_ATTR_VAL_PREFIX + k) for k in METRICS})
     holder = None
     current = reg.holder(alias)
     if current is not None:
         hv = reg.version(current)
         fingerprint = hv.tags.get(names.TAG_DATASET_FINGERPRINT)
-        evaluation = None
-        if current != candidate.version and fingerprint in (None, split.fingerprint):  # else nothing to compare
+        h_val = h_test = None
+        if current != candidate.version and fingerprint in (None, val.fingerprint):  # else nothing to compare
             uri = version_uri(reg.name, current)
-            evaluation = evaluate(load_wrapper(uri, tracking_uri=tracking_uri, dst=f"{workdir}/holder"), test, uri=uri)
+            h_wrapper = load_wrapper(uri, tracking_uri=tracking_uri, dst=f"{workdir}/holder")
+            h_val, h_test = evaluate(h_wrapper, val, uri=uri), evaluate(h_wrapper, test, uri=uri)
         holder = Holder(version=current, model_uri=hv.source, run_id=hv.run_id, study=hv.tags.get(names.TAG_STUDY),
                         trial=hv.tags.get(names.TAG_TRIAL_NUMBER), dataset_fingerprint=fingerprint,
-                        evaluation=evaluation)
-    facts = Facts(model_name=reg.name, alias=alias, study=study_name, force=force, split=split,
-                  metric=metric or objective_counterpart(study_metric(study)), candidate=candidate, holder=holder,
-                  skipped=skipped)
+                        val=h_val, test=h_test)
+    facts = Facts(model_name=reg.name, alias=alias, study=study_name, force=force, decided_on=_split(val),
+                  reported_on=_split(test), metric=metric or objective_counterpart(study_metric(study)),
+                  candidate=candidate, holder=holder, skipped=skipped, hold=reg.hold(alias), lift_hold=lift_hold)
     return facts, reg
+
+
+def _split(pairs: EvalPairs) -> Split:
+    return Split(pairs.fingerprint, pairs.key, pairs.n_pairs, pairs.which, pairs.eval_fingerprint)

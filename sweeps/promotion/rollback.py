@@ -1,7 +1,9 @@
 """``promote --rollback``: the alias goes back to the version it replaced.
 
 The version it leaves is marked ``siamese_sweep.eligible.<alias> = rolled_back``, so a later convergence
-does not bring it back; an explicit promotion can.
+does not bring it back, and the alias is *held* (``siamese_sweep.hold.<alias>`` on the registered model):
+routine promotions keep it where the operator put it until a human lifts the hold (``promote
+--lift-rollback``) or forces a promotion (``--force``). Both are recorded before the alias moves.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ def apply_rollback(decision: PromotionDecision, reg: Registry) -> PromotionDecis
     reg.tag(current, {eligible: names.ELIGIBLE_ROLLED_BACK,
                       names.per_alias(names.TAG_ROLLED_BACK_AT_PREFIX, alias): stamp})
     reg.tag(previous, {eligible: names.ELIGIBLE_TRUE})
+    reg.set_model_tag(names.per_alias(names.TAG_HOLD_PREFIX, alias),
+                      json.dumps({"version": previous, "from": current, "at": stamp}))
     reg.set_alias(alias, previous)
     reg.set_model_tag(names.per_alias(names.TAG_LAST_ROLLBACK_PREFIX, alias),
                       json.dumps({"from": current, "to": previous, "at": stamp}))

@@ -56,17 +56,26 @@ def test_cli_rollback_bad_alias_exits_2(tmp_path: Path, capsys: pytest.CaptureFi
     assert not (tmp_path / "m.db").exists()
 
 
-@pytest.mark.parametrize("name,canon", [("test_auc", "roc_auc"), ("test_roc_auc", "roc_auc"), ("AUC", "roc_auc"),
-                                        ("test_pair_accuracy", "pair_accuracy"), ("test_eer", "eer"),
-                                        ("eer", "eer"), (None, None)])
+@pytest.mark.parametrize("name,canon", [("val_auc", "roc_auc"), ("val_roc_auc", "roc_auc"), ("AUC", "roc_auc"),
+                                        ("roc_auc", "roc_auc"), ("val_pair_accuracy", "pair_accuracy"),
+                                        ("val_eer", "eer"), ("eer", "eer"), (None, None)])
 def test_metric_names(name: str | None, canon: str | None) -> None:
-    assert rev.canonical_metric(name) == canon
+    assert rev.selection_metric(name) == (canon, None)
+
+
+@pytest.mark.parametrize("name,canon", [("test_auc", "roc_auc"), ("test_roc_auc", "roc_auc"),
+                                        ("TEST_PAIR_ACCURACY", "pair_accuracy"), ("test_eer", "eer")])
+def test_a_test_metric_is_mapped_to_validation_with_a_notice(name: str, canon: str) -> None:
+    got, notice = rev.selection_metric(name)
+    assert got == canon and f"uses val_{canon}" in notice and "only reported" in notice and "\n" not in notice
 
 
 def test_unknown_metric_names_the_option() -> None:
-    with pytest.raises(ConfigError, match="test_roc_auc") as info:
+    with pytest.raises(ConfigError, match="val_roc_auc") as info:
         rev.canonical_metric("test_f1")
     assert info.value.field == "--metric"
+    with pytest.raises(ConfigError):
+        rev.canonical_metric("test_val_auc")
 
 
 def test_eer_is_lower_is_better_and_nan_never_wins() -> None:
@@ -88,19 +97,28 @@ def _study(trials: list[dict]) -> optuna.Study:
 def test_best_trial_with_error_diagnostics_is_skipped() -> None:
     study = _study([
         {"value": 0.99, "attrs": {"model_uri": "models:/m-a", "diagnostics_errors": ["embedding_collapse"],
-                                  "test_roc_auc": 0.5}},
-        {"value": 0.95, "attrs": {"model_uri": "models:/m-b", "diagnostics_errors": [], "test_roc_auc": 0.93}},
-        {"value": 0.97, "attrs": {"diagnostics_errors": [], "test_roc_auc": 0.99}},  # no logged model
-        {"value": 0.90, "attrs": {"model_uri": "models:/m-d", "diagnostics_errors": [], "test_roc_auc": 0.97}},
+                                  "val_roc_auc": 0.5, "test_roc_auc": 0.99}},
+        {"value": 0.95, "attrs": {"model_uri": "models:/m-b", "diagnostics_errors": [], "val_roc_auc": 0.93,
+                                  "test_roc_auc": 0.90}},
+        {"value": 0.97, "attrs": {"diagnostics_errors": [], "val_roc_auc": 0.99}},  # no logged model
+        {"value": 0.90, "attrs": {"model_uri": "models:/m-d", "diagnostics_errors": [], "val_roc_auc": 0.97,
+                                  "test_roc_auc": 0.80}},
+        {"value": 0.80, "attrs": {"model_uri": "models:/m-e", "diagnostics_errors": [], "val_roc_auc": 0.60,
+                                  "test_roc_auc": 0.999}},  # best on test: never chosen for it
     ])
     trial, skipped = pick_candidate(study, None)
     assert trial.number == 1
     assert [s["trial"] for s in skipped] == [0, 2]
     assert "embedding_collapse" in skipped[0]["reason"] and "no logged model" in skipped[1]["reason"]
-    # by --metric: ranked on the recorded test metric instead of the objective
-    assert [t.number for t in rank_trials(study, "roc_auc")] == [2, 3, 1, 0]
+    # by --metric: ranked on the recorded validation metric instead of the objective, never on test
+    assert [t.number for t in rank_trials(study, "roc_auc")] == [2, 3, 1, 4, 0]
     assert pick_candidate(study, "roc_auc")[0].number == 3
-    assert [t.number for t in rank_trials(study, "eer")][-1] in (0, 1, 2, 3)
+    assert [t.number for t in rank_trials(study, "eer")][-1] in (0, 1, 2, 3, 4)
+    # a trial without val_* attributes (swept before they were recorded): its run's logged value stands in
+    old = _study([{"value": 0.9, "attrs": {"model_uri": "models:/m-a", "test_roc_auc": 0.99}},
+                  {"value": 0.8, "attrs": {"model_uri": "models:/m-b", "test_roc_auc": 0.70}}])
+    logged = {0: {"roc_auc": 0.7}, 1: {"roc_auc": 0.8}}
+    assert [t.number for t in rank_trials(old, "roc_auc", recorded=lambda t: logged[t.number])] == [1, 0]
 
 
 def test_no_usable_trial_is_a_clear_error() -> None:

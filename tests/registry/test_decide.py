@@ -12,7 +12,8 @@ from sweeps.promotion.decision import RollbackFacts, best_eligible, decide_rollb
 from sweeps.reevaluation import Evaluation
 from sweeps.registry import ModelRef, model_id_from_uri, parse_model_uri
 
-SPLIT = Split(fingerprint="f" * 64, key="k1", n_pairs=200)
+VAL = Split(fingerprint="f" * 64, key="k1", n_pairs=200, which="val", eval_fingerprint="e" * 64)
+TEST = Split(fingerprint="f" * 64, key="t1", n_pairs=300, which="test", eval_fingerprint="e" * 64)
 
 
 def _eval(auc: float, eer: float = 0.1, uri: str = "models:/m-x") -> Evaluation:
@@ -21,36 +22,75 @@ def _eval(auc: float, eer: float = 0.1, uri: str = "models:/m-x") -> Evaluation:
 
 
 def _facts(*, auc: float = 0.95, holder: Holder | None = None, version: str | None = None, metric: str = "roc_auc",
-           force: bool = False, eer: float = 0.1) -> Facts:
+           force: bool = False, eer: float = 0.1, test_auc: float = 0.93) -> Facts:
+    """The candidate scores `auc` on the validation pairs and `test_auc` on the test pairs."""
     candidate = Candidate(trial=7, run_id="r7", model_uri="models:/m-7", model_id="m-7", version=version,
-                          evaluation=_eval(auc, eer, "models:/m-7"), trial_test={"roc_auc": auc})
-    return Facts(model_name="siamese-s", alias="champion", study="s", metric=metric, force=force, split=SPLIT,
-                 candidate=candidate, holder=holder, skipped=[{"trial": 9, "reason": "no logged model"}])
+                          val=_eval(auc, eer, "models:/m-7"), test=_eval(test_auc, eer, "models:/m-7"),
+                          trial_test={"roc_auc": test_auc}, trial_val={"roc_auc": auc})
+    return Facts(model_name="siamese-s", alias="champion", study="s", metric=metric, force=force, decided_on=VAL,
+                 reported_on=TEST, candidate=candidate, holder=holder,
+                 skipped=[{"trial": 9, "reason": "no logged model"}])
 
 
 def _holder(auc: float | None = 0.90, *, version: str = "3", fingerprint: str | None = "f" * 64,
-            eer: float = 0.1) -> Holder:
+            eer: float = 0.1, test_auc: float = 0.91) -> Holder:
     return Holder(version=version, model_uri="models:/m-3", run_id="r3", study="s", trial="2",
-                  dataset_fingerprint=fingerprint, evaluation=None if auc is None else _eval(auc, eer, "models:/s/3"))
+                  dataset_fingerprint=fingerprint, val=None if auc is None else _eval(auc, eer, "models:/s/3"),
+                  test=None if auc is None else _eval(test_auc, eer, "models:/s/3"))
 
 
 def test_an_unset_alias_is_taken() -> None:
     d = decide(_facts())
     assert (d.action, d.applied, d.final_holder, d.previous) == ("promote", False, None, None)
     assert d.reason == "siamese-s@champion is not set yet"
-    assert d.candidate["trial"] == 7 and d.candidate["metrics"]["roc_auc"] == 0.95 and d.holder is None
-    assert d.split == {"dataset_fingerprint": "f" * 64, "eval_key": "k1", "pairs": 200}
+    assert d.candidate["trial"] == 7 and d.candidate["val_metrics"]["roc_auc"] == 0.95 and d.holder is None
+    assert d.candidate["test_metrics"]["roc_auc"] == 0.93  # reported alongside
+    assert d.decided_on == {"split": "val", "dataset_fingerprint": "f" * 64, "eval_fingerprint": "e" * 64,
+                            "eval_key": "k1", "pairs": 200}
+    assert d.reported_on["split"] == "test" and d.reported_on["eval_key"] == "t1"
     assert d.skipped == [{"trial": 9, "reason": "no logged model"}]
 
 
 def test_better_moves_worse_keeps() -> None:
     d = decide(_facts(auc=0.95, holder=_holder(0.90)))
     assert (d.action, d.final_holder, d.previous) == ("promote", "3", "3")
-    assert d.reason == "test roc_auc 0.9500 > 0.9000 of v3" and d.higher_is_better
+    assert d.reason == "val roc_auc 0.9500 > 0.9000 of v3" and d.higher_is_better
     d = decide(_facts(auc=0.85, holder=_holder(0.90)))
     assert (d.action, d.previous) == ("keep", None) and d.reason.startswith("not better")
     d = decide(_facts(auc=0.90, holder=_holder(0.90)))  # strictly better only
     assert d.action == "keep"
+
+
+def test_validation_decides_and_test_never_does() -> None:
+    """Test and validation disagree: the validation order wins both ways (the test numbers are only reported)."""
+    # better on test (0.99 vs 0.91) but worse on validation (0.85 vs 0.90): kept
+    d = decide(_facts(auc=0.85, test_auc=0.99, holder=_holder(0.90, test_auc=0.91)))
+    assert d.action == "keep" and d.reason == "not better: val roc_auc 0.8500 vs 0.9000 of v3"
+    assert (d.candidate["test_metrics"]["roc_auc"], d.holder["test_metrics"]["roc_auc"]) == (0.99, 0.91)
+    # worse on test (0.80 vs 0.97) but better on validation (0.95 vs 0.90): promoted
+    d = decide(_facts(auc=0.95, test_auc=0.80, holder=_holder(0.90, test_auc=0.97)))
+    assert d.action == "promote" and d.reason.startswith("val roc_auc 0.9500 >")
+    # EER too: lower validation EER wins whatever the test EER says
+    facts = _facts(metric="eer", eer=0.05, holder=_holder(eer=0.08))
+    facts = Facts(**{**facts.__dict__, "candidate": Candidate(**{**facts.candidate.__dict__,
+                                                                 "test": _eval(0.9, 0.30)})})
+    assert decide(facts).action == "promote"
+
+
+def test_a_rollback_holds_until_lifted_or_forced() -> None:
+    hold = {"version": "3", "from": "4", "at": "2026-01-01T00:00:00Z"}
+    held = _facts(auc=0.99, holder=_holder(0.90))
+    d = decide(Facts(**{**held.__dict__, "hold": hold}))  # better on validation, but the operator rolled back
+    assert (d.action, d.final_holder, d.lifts_hold, d.hold) == ("keep", "3", False, hold)
+    assert "held at v3 by a rollback from v4" in d.reason and "--lift-rollback" in d.reason
+    d = decide(Facts(**{**held.__dict__, "hold": hold, "lift_hold": True}))  # a human lifts it: the usual rule
+    assert (d.action, d.lifts_hold) == ("promote", True) and d.reason.startswith("val roc_auc")
+    worse = _facts(auc=0.5, holder=_holder(0.90))
+    d = decide(Facts(**{**worse.__dict__, "hold": hold, "lift_hold": True}))
+    assert (d.action, d.lifts_hold) == ("keep", True) and d.reason.startswith("not better")
+    d = decide(Facts(**{**worse.__dict__, "hold": hold, "force": True}))
+    assert (d.action, d.lifts_hold, d.forced) == ("promote", True, True)
+    assert decide(held).lifts_hold is False  # no hold, nothing to lift
 
 
 def test_lower_is_better_for_eer() -> None:

@@ -51,14 +51,20 @@ def test_promotion_lifecycle(stores: Stores) -> None:
     assert tags["siamese_sweep.run_id"] == weak.user_attrs["mlflow_run_id"]
     assert tags["siamese_sweep.dataset_fingerprint"] == weak.user_attrs["dataset_fingerprint"]
     assert float(tags["siamese_sweep.threshold"]) == pytest.approx(weak.user_attrs["threshold"])
-    for k in ("pair_accuracy", "roc_auc", "eer"):
+    for k in ("pair_accuracy", "roc_auc", "eer"):  # re-scored on the rebuilt pairs = what the trial measured
         assert float(tags[f"siamese_sweep.test_{k}"]) == pytest.approx(weak.user_attrs[f"test_{k}"], abs=1e-6)
+        assert float(tags[f"siamese_sweep.val_{k}"]) == pytest.approx(weak.user_attrs[f"val_{k}"], abs=1e-6)
+    assert tags["siamese_sweep.eval_fingerprint"] == weak.user_attrs["eval_fingerprint"]
+    assert tags["siamese_sweep.selection_key"] != tags["siamese_sweep.eval_key"]  # validation vs test pairs
+    assert json.loads(tags["siamese_sweep.eval." + tags["siamese_sweep.selection_key"]])["roc_auc"] == \
+        pytest.approx(weak.user_attrs["val_roc_auc"], abs=1e-6)
     assert "siamese_sweep.promoted_at.champion" in tags and tags["siamese_sweep.eligible.champion"] == "true"
     assert _alias(client, name) == "1"
 
     d = promote("good", **stores.kw(model_name=name))  # better: moves
     assert (d.action, d.final_holder, d.previous) == ("promote", "2", "1")
-    assert d.candidate["metrics"]["roc_auc"] > d.holder["metrics"]["roc_auc"]
+    assert d.candidate["val_metrics"]["roc_auc"] > d.holder["val_metrics"]["roc_auc"]
+    assert d.reason.startswith("val roc_auc") and d.decided_on["split"] == "val" and d.reported_on["split"] == "test"
     assert d.candidate["embeddings_reproduced"] is True
     assert _alias(client, name) == "2"
     assert client.get_model_version(name, "2").tags["siamese_sweep.previous.champion"] == "1"
@@ -80,8 +86,20 @@ def test_promotion_lifecycle(stores: Stores) -> None:
     last = json.loads(client.get_registered_model(name).tags["siamese_sweep.last_rollback.champion"])
     assert (last["from"], last["to"]) == ("2", "1")
 
-    d = promote("good", **stores.kw(model_name=name))  # an explicit promotion brings it back
+    hold = json.loads(client.get_registered_model(name).tags["siamese_sweep.hold.champion"])
+    assert (hold["version"], hold["from"]) == ("1", "2")
+
+    d = promote("good", **stores.kw(model_name=name))  # a routine promotion: the rollback holds
+    assert (d.action, d.final_holder) == ("keep", "1") and "held at v1 by a rollback from v2" in d.reason
+    assert _alias(client, name) == "1"
+    assert client.get_model_version(name, "2").tags["siamese_sweep.eligible.champion"] != "true"
+    d = promote("good", **stores.kw(model_name=name, lift_hold=True, dry_run=True))
+    assert (d.action, d.lifts_hold) == ("promote", True) and _alias(client, name) == "1"  # a dry run lifts nothing
+    assert "siamese_sweep.hold.champion" in client.get_registered_model(name).tags
+
+    d = promote("good", **stores.kw(model_name=name, lift_hold=True))  # a human lifts it: better moves again
     assert d.final_holder == "2" and _alias(client, name) == "2"
+    assert "siamese_sweep.hold.champion" not in client.get_registered_model(name).tags
 
 
 def test_cli_promote_json_dry_run_and_rollback_errors(sqlite_stores: Stores, capsys: pytest.CaptureFixture[str],
@@ -95,16 +113,82 @@ def test_cli_promote_json_dry_run_and_rollback_errors(sqlite_stores: Stores, cap
     assert main(["promote", "--study", "good", "--model-name", name, "--json"]) == 0
     decision = json.loads(capsys.readouterr().out)
     assert decision["action"] == "promote" and decision["final_holder"] == "1" and decision["applied"]
-    assert decision["candidate"]["metrics"]["roc_auc"] == pytest.approx(
-        _best(sqlite_stores, "good").user_attrs["test_roc_auc"], abs=1e-6)
+    best = _best(sqlite_stores, "good")
+    assert decision["candidate"]["test_metrics"]["roc_auc"] == pytest.approx(best.user_attrs["test_roc_auc"], abs=1e-6)
+    assert decision["candidate"]["val_metrics"]["roc_auc"] == pytest.approx(best.user_attrs["val_roc_auc"], abs=1e-6)
+    assert decision["decided_on"]["split"] == "val" and decision["reported_on"]["split"] == "test"
     assert main(["promote", "--study", "weak", "--model-name", name, "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "KEEP" in out and "not better" in out and "dry run" in out
+    assert "KEEP" in out and "not better: val roc_auc" in out and "dry run" in out
+    fp = best.user_attrs["eval_fingerprint"][:12]
+    assert "decided on validation pairs (200 pairs, eval key " in out and f"eval fingerprint {fp}…" in out
+    assert "reported: test pairs" in out and "never used to choose" in out
+    assert main(["promote", "--study", "weak", "--model-name", name, "--dry-run", "--metric", "test_auc"]) == 0
+    captured = capsys.readouterr()
+    assert "uses val_roc_auc; test metrics are only reported" in captured.err and "by val roc_auc" in captured.out
+    assert main(["promote", "--study", "weak", "--model-name", name, "--metric", "test_f1"]) == 2
+    assert "--metric" in capsys.readouterr().err
     assert len(_client(sqlite_stores).search_model_versions(f"name='{name}'")) == 1  # dry run registered nothing
     assert main(["promote", "--rollback", "--model-name", name]) == 2
     assert "no previous holder" in capsys.readouterr().err
+    assert main(["promote", "--rollback", "--lift-rollback", "--model-name", name]) == 2
+    assert "--lift-rollback" in capsys.readouterr().err
     assert main(["promote", "--rollback", "--model-name", "never-registered"]) == 2
     assert "not set" in capsys.readouterr().err
+
+
+def _copy_trial(t: optuna.trial.FrozenTrial, values: list[float], **attrs: float) -> optuna.trial.FrozenTrial:
+    return optuna.trial.create_trial(values=values, params=t.params, distributions=t.distributions,
+                                     user_attrs={**t.user_attrs, **attrs})
+
+
+def test_selection_is_by_validation_when_test_disagrees(sqlite_stores: Stores) -> None:
+    """Two trials whose recorded validation and test metrics order differently (a real multi-objective study
+    over two real logged models): promote picks by validation, whether ranking by the objective or by --metric;
+    the old test ranking would have picked the other."""
+    good, weak = _best(sqlite_stores, "good"), _best(sqlite_stores, "weak")
+    study = optuna.create_study(study_name="disagree", storage=make_storage(sqlite_stores.storage),
+                                directions=["maximize", "minimize"])
+    study.set_user_attr("objective_metrics", ["val_roc_auc", "params"])
+    # the good model recorded as best on test but worse on validation; the weak one the other way round
+    study.add_trial(_copy_trial(good, [0.60, 100.0], val_roc_auc=0.60, test_roc_auc=0.99))
+    study.add_trial(_copy_trial(weak, [0.90, 100.0], val_roc_auc=0.90, test_roc_auc=0.50))
+    for metric in (None, "val_roc_auc", "roc_auc", "test_roc_auc"):  # test_* is mapped to validation
+        d = promote("disagree", **sqlite_stores.kw(model_name="disagree", metric=metric, dry_run=True))
+        assert d.candidate["trial"] == 1 and d.candidate["model_uri"] == weak.user_attrs["model_uri"], metric
+    d = promote("disagree", **sqlite_stores.kw(model_name="disagree"))
+    version = _client(sqlite_stores).get_model_version("disagree", d.final_holder)
+    assert version.source == weak.user_attrs["model_uri"]  # the real logged model of the trial chosen on validation
+    assert version.tags["siamese_sweep.trial_number"] == "1"
+
+
+def test_champion_vs_challenger_is_decided_on_validation(sqlite_stores: Stores) -> None:
+    """Two real models of the `good` sweep that order one way on the validation pairs and the other way on the
+    test pairs: the one better on validation takes the alias from the one better on test."""
+    from sweeps.directions import better
+
+    trials = optuna.load_study(study_name="good", storage=make_storage(sqlite_stores.storage)).trials
+    found = [(a, b, m) for a in trials for b in trials for m in ("pair_accuracy", "roc_auc", "eer")
+             if better(a.user_attrs[f"val_{m}"], b.user_attrs[f"val_{m}"], m)
+             and better(b.user_attrs[f"test_{m}"], a.user_attrs[f"test_{m}"], m)]
+    assert found, "the good sweep's models order alike on validation and test: no disagreement to test with"
+    on_val, on_test, metric = found[0]
+    for study_name, t in (("by-test", on_test), ("by-val", on_val)):
+        study = optuna.create_study(study_name=study_name, storage=make_storage(sqlite_stores.storage))
+        study.set_user_attr("objective_metrics", [f"val_{metric}"])
+        study.add_trial(_copy_trial(t, [t.user_attrs[f"val_{metric}"]]))
+    name = "val-decides"
+    assert promote("by-test", **sqlite_stores.kw(model_name=name, metric=metric)).final_holder == "1"
+    d = promote("by-val", **sqlite_stores.kw(model_name=name, metric=metric))
+    c, h = d.candidate, d.holder
+    assert better(c["test_metrics"][metric], h["test_metrics"][metric], metric) is False  # test says keep ...
+    assert better(c["val_metrics"][metric], h["val_metrics"][metric], metric)           # ... validation decides
+    assert (d.action, d.final_holder) == ("promote", "2") and d.reason.startswith(f"val {metric}")
+    assert _alias(_client(sqlite_stores), name) == "2"
+    v2 = _client(sqlite_stores).get_model_version(name, "2")
+    assert v2.source == on_val.user_attrs["model_uri"]
+    assert float(v2.tags[f"siamese_sweep.test_{metric}"]) == pytest.approx(on_val.user_attrs[f"test_{metric}"],
+                                                                           abs=1e-6)  # reported as measured
 
 
 def test_default_model_name_comes_from_the_spec(sqlite_stores: Stores) -> None:

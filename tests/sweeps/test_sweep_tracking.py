@@ -113,6 +113,10 @@ def test_objective_value_is_the_last_epoch_metric(sweep: dict[str, Any]) -> None
         trial = by_number[int(run.data.tags["siamese_sweep.trial_number"])]
         history = sorted(client.get_metric_history(run.info.run_id, "val_roc_auc"), key=lambda m: m.step)
         assert trial.value == pytest.approx(history[-1].value)
+        if trial.state == optuna.trial.TrialState.COMPLETE:  # what `promote --metric` ranks by: never test_*
+            for key in ("val_roc_auc", "val_pair_accuracy", "val_eer"):
+                last = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)[-1]
+                assert trial.user_attrs[key] == pytest.approx(last.value)
 
 
 def test_trial_artifacts_and_logged_model(sweep: dict[str, Any]) -> None:
