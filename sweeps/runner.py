@@ -118,6 +118,7 @@ def finalize_parent(study: optuna.Study, tracker: Tracker, parent_run_id: str, *
     """Trials table, Optuna plots and the final best on the parent run; then set its status."""
     with tempfile.TemporaryDirectory(prefix="siamese-study-") as tmp:
         artifacts.write_study_artifacts(study, Path(tmp), plots=plots)
+        write_report(study, Path(tmp) / "report.md")
         tracker.retry("log study artifacts", lambda: tracker.client.log_artifacts(parent_run_id, tmp))
     counts = count_states(study)
     tags = {names.TAG_TRIALS_PREFIX + k.lower(): str(v) for k, v in counts.as_dict().items()}
@@ -128,6 +129,18 @@ def finalize_parent(study: optuna.Study, tracker: Tracker, parent_run_id: str, *
     if complete:
         updater(study, complete[-1])
     tracker.terminate(parent_run_id, status)
+
+
+def write_report(study: optuna.Study, path: Path) -> Path | None:
+    """`sweeps.report` as Markdown (best-effort: a report that cannot be built never fails the sweep)."""
+    from .report import build_report, render_markdown
+
+    try:
+        path.write_text(render_markdown(build_report(study)), encoding="utf-8")
+        return path
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not write the sweep report: %s: %s", type(exc).__name__, exc)
+        return None
 
 
 # ----------------------------------------------------------------- progress

@@ -49,6 +49,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--json", action="store_true", help="print the status as JSON")
     s.set_defaults(handler=cmd_status)
 
+    rp = sub.add_parser("report", help="what the sweep learned: best vs start-up, importances, failure map",
+                        description="One Markdown page: the best trial against the random start-up trials, "
+                                    "parameter importances, the failure map (which diagnostic or prune/fail "
+                                    "reason hit which trials, and in which region of the search space) and a "
+                                    "narrower search space. Also logged to the parent run as report.md.")
+    rp.add_argument("spec", nargs="?", help="sweep spec YAML (for its storage and study name)")
+    rp.add_argument("--storage", help=f"Optuna storage URL (default: ${names.ENV_OPTUNA_STORAGE}, else the spec's)")
+    add_study_option(rp, help="study name")
+    add_set_option(rp, what="spec")
+    rp.add_argument("--json", action="store_true", help="print the report as JSON")
+    rp.add_argument("-o", "--output", help="write the Markdown page to this file instead of stdout")
+    rp.set_defaults(handler=cmd_report)
+
     c = sub.add_parser("convert", help="turn a W&B sweep file into a siamese-sweep spec", description=(
         "Convert a Weights & Biases sweep config (method, metric {name, goal, target}, parameters, early_terminate, "
         "run_cap) into a spec and print it (or write it with -o). 'run' and 'worker' also read a W&B file "
@@ -128,13 +141,41 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from ..study import load_study, study_status
 
+    storage, study = _study_of(args)
+    loaded = load_study(study, storage)
+    status = study_status(loaded)
+    if args.json:  # the sweep report's findings too (best vs start-up, importances, failure map)
+        from ..report import build_report
+
+        status["report"] = build_report(loaded).to_dict()
+    _report(status, args.json)
+    return EXIT_OK
+
+
+def _study_of(args: argparse.Namespace) -> tuple[str, str]:
+    """(storage, study name) from the flags, the environment or the spec (as `status`)."""
     storage = flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE)  # like run/worker: keeps the password off argv
     if args.spec or args.overrides or not (storage and args.study):
         spec = _spec(args)
-        storage, study = storage or spec.study.storage, args.study or spec.study.name
+        return storage or spec.study.storage, args.study or spec.study.name
+    return storage, args.study
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..report import build_report, render_markdown
+    from ..study import load_study
+
+    storage, study = _study_of(args)
+    report = build_report(load_study(study, storage))
+    if args.json:
+        print_json(report.to_dict())
+    elif args.output:
+        Path(args.output).write_text(render_markdown(report), encoding="utf-8")
+        print(f"wrote {args.output}", file=sys.stderr)
     else:
-        study = args.study
-    _report(study_status(load_study(study, storage)), args.json)
+        print(render_markdown(report))
     return EXIT_OK
 
 

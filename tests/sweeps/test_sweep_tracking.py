@@ -5,6 +5,7 @@ Run twice: local SQLite MLflow store + SQLite Optuna storage, and a real
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -143,7 +144,12 @@ def test_parent_run_summarises_the_study(sweep: dict[str, Any]) -> None:
     client, parent_id = sweep["client"], sweep["result"].parent_run_id
     parent = client.get_run(parent_id)
     names = {a.path for a in client.list_artifacts(parent_id)}
-    assert {"trials.csv", "optimization_history.png", "intermediate_values.png"} <= names
+    assert {"trials.csv", "optimization_history.png", "intermediate_values.png", "report.md"} <= names
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        page = Path(client.download_artifacts(parent_id, "report.md", tmp)).read_text()
+    assert page.startswith(f"# Sweep report: {sweep['study'].study_name}") and "## Failure map" in page
     best = sweep["study"].best_trial
     assert parent.data.tags["siamese_sweep.best_trial"] == str(best.number)
     assert parent.data.tags["siamese_sweep.best_run_id"] == best.user_attrs["mlflow_run_id"]

@@ -1,0 +1,270 @@
+"""What a sweep learned, in one page: the best trial against the start-up phase, parameter importances, the
+failure map (which diagnostic or prune/fail reason hit how many trials, and in which region of the search
+space), and a narrower search space to try next.
+
+Everything is computed from the study alone (trial params, values, states and the reasons and diagnostic codes
+sweeps records as user attributes), so ``siamese-sweep report --study NAME`` works on any storage, and the same
+page is logged to the parent run (``report.md``) when a sweep finishes.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import optuna
+
+from . import names, outcomes
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Region", "FailureEntry", "SweepReport", "build_report", "render_markdown"]
+
+# a region is reported when it holds at least this share of its trials failing that way, and at least two of them
+_MIN_PRECISION = 0.6
+_MIN_HITS = 2
+# the suggested range spans the best quarter of complete trials, but never fewer than this many
+_MIN_TOP = 3
+_DEFAULT_STARTUP = 10  # Optuna's TPESampler default, when the study has no stored spec
+ANY_FAILURE = "any failure"  # the failure map's row for every diagnostic, NaN and crash together
+
+
+@dataclass(frozen=True)
+class Region:
+    """Where in the search space one failure concentrates: ``param op value`` (op: ``>``, ``<=``, ``==``)."""
+
+    param: str
+    op: str
+    value: Any
+    hits: int          # trials in the region that failed this way
+    trials: int        # trials in the region
+    hits_outside: int  # trials outside the region that failed this way
+    trials_outside: int
+
+    def describe(self) -> str:
+        value = f"{self.value:.3g}" if isinstance(self.value, float) else repr(self.value)
+        return (f"{self.hits} of {self.trials} trials with {self.param} {self.op} {value} "
+                f"(and {self.hits_outside} of {self.trials_outside} others)")
+
+
+@dataclass(frozen=True)
+class FailureEntry:
+    code: str                # a diagnostic code (collapse, nan_loss, ...) or a prune/fail reason
+    kind: str                # "diagnostic", "pruned", "failed", or "any" (the row of every failure together)
+    trials: tuple[int, ...]  # trial numbers it hit
+    region: Region | None
+
+
+@dataclass
+class SweepReport:
+    study: str
+    direction: str | None
+    counts: dict[str, int]
+    startup_trials: int
+    best: dict[str, Any] | None = None             # number, value, params, phase ("start-up" or "search")
+    best_startup_value: float | None = None
+    importances: dict[str, float] = field(default_factory=dict)
+    failures: list[FailureEntry] = field(default_factory=list)
+    suggested_space: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["failures"] = [{**asdict(f), "region": None if f.region is None else
+                            {**asdict(f.region), "text": f.region.describe()}} for f in self.failures]
+        return out
+
+
+def build_report(study: optuna.Study) -> SweepReport:
+    """The report of `study` (single- or multi-objective; importances and the best trial need one objective)."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    single = len(study.directions) == 1
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    report = SweepReport(study=study.study_name, direction=study.direction.name.lower() if single else None,
+                         counts=counts, startup_trials=_startup_trials(study))
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.values]
+    if single and complete:
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        best = study.best_trial
+        phase = "start-up" if best.number < report.startup_trials else "search"
+        report.best = {"number": best.number, "value": best.value, "params": dict(best.params), "phase": phase}
+        early = [float(t.value) for t in complete if t.number < report.startup_trials and t.value is not None]
+        if early:
+            report.best_startup_value = max(early) if maximize else min(early)
+        report.importances = _importances(study, len(complete))
+        report.suggested_space = _suggest(study, complete, maximize)
+    elif not single:
+        report.notes.append("multi-objective study: see the Pareto front plot; no single best trial or importances")
+    report.failures = _failure_map(study, trials)
+    if single and complete and report.best is not None and report.best["phase"] == "start-up":
+        report.notes.append(f"the best trial came from the {report.startup_trials} random start-up trials: the "
+                            "search phase has not improved on random sampling yet (more trials, or a narrower space)")
+    return report
+
+
+def _startup_trials(study: optuna.Study) -> int:
+    spec = study.user_attrs.get(names.STUDY_ATTR_SPEC) or {}
+    sampler = ((spec.get("study") or {}).get("sampler") or {}) if isinstance(spec, dict) else {}
+    n = sampler.get("n_startup_trials")
+    return int(n) if isinstance(n, int) else _DEFAULT_STARTUP
+
+
+def _importances(study: optuna.Study, n_complete: int) -> dict[str, float]:
+    if n_complete < 3:
+        return {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # fANOVA (Optuna's default) with a fixed seed: the same study gives the same numbers
+            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+            return {k: float(v) for k, v in optuna.importance.get_param_importances(study, evaluator=evaluator).items()}
+    except Exception as exc:  # noqa: BLE001 - e.g. a single distinct value per parameter
+        log.info("no parameter importances: %s", exc)
+        return {}
+
+
+def _codes(t: optuna.trial.FrozenTrial) -> list[tuple[str, str]]:
+    """(code, kind) of everything that went wrong in one trial."""
+    out: list[tuple[str, str]] = []
+    if t.state == optuna.trial.TrialState.COMPLETE:
+        out += [(str(c), "diagnostic") for c in (t.user_attrs.get(names.TRIAL_ATTR_DIAGNOSTIC_ERRORS) or [])]
+    elif t.state == optuna.trial.TrialState.PRUNED:
+        out.append((str(t.user_attrs.get(names.TRIAL_ATTR_REASON, outcomes.PRUNED.reason)), "pruned"))
+    elif t.state == optuna.trial.TrialState.FAIL:
+        out.append((str(t.user_attrs.get(names.TRIAL_ATTR_REASON, outcomes.STALE_HEARTBEAT.reason)), "failed"))
+    return out
+
+
+def _failure_map(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> list[FailureEntry]:
+    by_code: dict[tuple[str, str], list[int]] = {}
+    for t in trials:
+        for code_kind in _codes(t):
+            by_code.setdefault(code_kind, []).append(t.number)
+    # every failure together (the pruner's own verdicts aside): one region often explains several codes
+    failed = sorted({n for (code, _), ns in by_code.items() if code != outcomes.PRUNED.reason for n in ns})
+    if len(by_code) > 1 and failed:
+        by_code[(ANY_FAILURE, "any")] = failed
+    entries = []
+    for (code, kind), numbers in sorted(by_code.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        # the pruner's own verdict (a worse curve) is the search working, not a failure with a region
+        region = None if code == outcomes.PRUNED.reason else _region(trials, set(numbers))
+        entries.append(FailureEntry(code, kind, tuple(sorted(numbers)), region))
+    return entries
+
+
+def _region(trials: list[optuna.trial.FrozenTrial], hit: set[int]) -> Region | None:
+    """The one-parameter split (a threshold, or a categorical value) that best isolates the `hit` trials."""
+    if len(hit) < _MIN_HITS:
+        return None
+    best: tuple[float, Region] | None = None
+    params = sorted({p for t in trials for p in t.params})
+    for param in params:
+        having = [t for t in trials if param in t.params]
+        values = [t.params[param] for t in having]
+        candidates: list[tuple[str, Any, list[bool]]] = []
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            distinct = sorted(set(values))
+            for lo, hi in zip(distinct, distinct[1:], strict=False):
+                cut = math.sqrt(lo * hi) if lo > 0 and hi / lo > 4 else (lo + hi) / 2
+                inside = [v > cut for v in values]
+                candidates += [(">", cut, inside), ("<=", cut, [not x for x in inside])]
+        else:
+            for choice in sorted(set(values), key=repr):
+                candidates.append(("==", choice, [v == choice for v in values]))
+        for op, value, inside in candidates:
+            n_in = sum(inside)
+            hits_in = sum(1 for t, x in zip(having, inside, strict=True) if x and t.number in hit)
+            if n_in == 0 or hits_in < _MIN_HITS:
+                continue
+            precision, recall = hits_in / n_in, hits_in / len(hit)
+            if precision < _MIN_PRECISION or precision <= len(hit) / len(trials):
+                continue  # no more concentrated than everywhere
+            f1 = 2 * precision * recall / (precision + recall)
+            hits_out = sum(1 for t, x in zip(having, inside, strict=True) if not x and t.number in hit)
+            region = Region(param, op, value, hits_in, n_in, hits_out, len(having) - n_in)
+            if best is None or f1 > best[0] + 1e-12:
+                best = (f1, region)
+    return None if best is None else best[1]
+
+
+def _suggest(study: optuna.Study, complete: list[optuna.trial.FrozenTrial], maximize: bool) -> dict[str, Any]:
+    """Per numeric parameter, the range of the best quarter of complete trials (at least `_MIN_TOP`);
+    per categorical one, the choices those trials used."""
+    ranked = sorted(complete, key=lambda t: float(t.value or 0.0), reverse=maximize)
+    top = ranked[:max(_MIN_TOP, len(ranked) // 4)]
+    if len(top) < _MIN_TOP:
+        return {}
+    out: dict[str, Any] = {}
+    for param, dist in (study.best_trial.distributions or {}).items():
+        used = [t.params[param] for t in top if param in t.params]
+        if not used:
+            continue
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            kept = [c for c in dist.choices if c in used]
+            if len(kept) < len(dist.choices):
+                out[param] = {"type": "categorical", "choices": kept}
+        elif isinstance(dist, (optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution)):
+            lo, hi = min(used), max(used)
+            if (lo, hi) != (dist.low, dist.high) and lo < hi:
+                out[param] = {"type": "int" if isinstance(dist, optuna.distributions.IntDistribution) else "float",
+                              "low": lo, "high": hi, **({"log": True} if dist.log else {})}
+    return out
+
+
+def render_markdown(report: SweepReport) -> str:
+    """The report as one Markdown page (what is logged to the parent run as ``report.md``)."""
+    lines = [f"# Sweep report: {report.study}", ""]
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(report.counts.items()))
+    lines += [f"Trials finished: {counts or 'none'}.", ""]
+    if report.best is not None:
+        b = report.best
+        lines += ["## Best trial", "",
+                  f"Trial {b['number']} ({b['phase']} phase; the first {report.startup_trials} trials are random "
+                  f"start-up): {report.direction} objective = {b['value']:.6g}."]
+        if report.best_startup_value is not None:
+            lines.append(f"Best of the start-up trials: {report.best_startup_value:.6g}.")
+        lines += ["", "| parameter | value |", "|---|---|"]
+        lines += [f"| `{k}` | {_fmt(v)} |" for k, v in sorted(b["params"].items())]
+        lines.append("")
+    if report.importances:
+        lines += ["## Parameter importances (fANOVA)", "", "| parameter | importance |", "|---|---|"]
+        lines += [f"| `{k}` | {v:.3f} |" for k, v in report.importances.items()]
+        lines.append("")
+    lines += ["## Failure map", ""]
+    if not report.failures:
+        lines += ["No trial was pruned or failed, and no completed trial has an error-severity diagnostic.", ""]
+    else:
+        lines += ["| what | kind | trials | where |", "|---|---|---|---|"]
+        for f in report.failures:
+            where = f.region.describe() if f.region is not None else "no single-parameter region"
+            shown = ", ".join(str(n) for n in f.trials[:12]) + (" …" if len(f.trials) > 12 else "")
+            lines.append(f"| `{f.code}` | {f.kind} | {len(f.trials)} ({shown}) | {where} |")
+        lines.append("")
+    if report.suggested_space:
+        lines += ["## A narrower search space to try next", "",
+                  "The ranges of the best complete trials (paste into `search_space:`):", "", "```yaml"]
+        for k, d in report.suggested_space.items():
+            lines.append(f"{k}: {{{', '.join(f'{kk}: {_fmt(vv)}' for kk, vv in d.items())}}}")
+        lines += ["```", ""]
+        avoid = [f.region for f in report.failures if f.region is not None and f.region.op != "=="]
+        if avoid:
+            lines += ["Regions to leave out: " + "; ".join(
+                f"{r.param} {r.op} {_fmt(r.value)} (`{f.code}`)" for f in report.failures
+                if (r := f.region) is not None and r.op != "==") + ".", ""]
+    for note in report.notes:
+        lines += [f"Note: {note}.", ""]
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()  # YAML's spelling
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    return str(v)
