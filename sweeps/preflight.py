@@ -14,8 +14,9 @@ from siamese_core.errors import ConfigError
 from . import space
 from .spec import SweepSpec
 
-# as StudySpec.name: a name given with --study must also be usable inside MLflow search filters
-_STUDY_NAME = re.compile(r"[\w.\- ]{1,200}")
+# a name given with --study is quoted inside MLflow search filters ('...'): quotes, backticks and control
+# characters would break them (`--study "it's"` created a study, then failed on the filter)
+_STUDY_NAME = re.compile(r"[^'\"`\x00-\x1f\x7f]{1,200}")
 # a reachability check must answer quickly; the sweep's own calls keep their longer retry budget
 _PING_BUDGET_S = 5.0
 
@@ -66,7 +67,8 @@ def preflight_stores(*, storage: str, tracking_uri: str, study_name: str) -> Non
     from .storage import storage_kind
 
     if not _STUDY_NAME.fullmatch(study_name or ""):
-        raise ConfigError("--study", f"expected 1-200 letters, digits, '_', '-', '.', ' '; received: {study_name!r}")
+        raise ConfigError("--study", f"expected 1-200 characters without quotes, backticks or control characters; "
+                                     f"received: {study_name!r}")
     storage_kind(storage)
     if not tracking_uri.startswith(("http://", "https://")):
         return

@@ -106,9 +106,10 @@ def test_predict_and_promote_never_unpickle_the_model(sqlite_stores: Stores, pro
 
     from sweeps.cli import main
     from sweeps.reevaluation import load_wrapper
+    from sweeps.registry import download_model
 
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion", dst_path=str(tmp_path / "m"),
-                                                     tracking_uri=sqlite_stores.tracking_uri))
+    local = Path(download_model(f"models:/{NAME}@champion", tracking_uri=sqlite_stores.tracking_uri,
+                                dst=str(tmp_path / "m")))
     marker = tmp_path / "marker"
     (local / "python_model.pkl").write_bytes(pickle.dumps(_Marker(str(marker))))
     d: Path = promoted["dir"]

@@ -129,3 +129,15 @@ def test_runs_table_dataset_column_names_the_dataset(browser: Any, ui_sweep: dic
     rows = [r for r in page.locator("[role=row]").all_inner_texts() if f"digits ({digest})" in r]
     assert len(rows) == TRIALS, rows  # each trial's row, not "-"; the parent run has no dataset
     page.close()
+
+
+def test_parent_run_shows_the_sweep_report(browser: Any, ui_sweep: dict[str, Any]) -> None:
+    """The report.md artifact is listed on the parent run and its page renders in the artifact viewer."""
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.goto(f"{ui_sweep['url']}/#/experiments/{ui_sweep['exp']}/runs/{ui_sweep['parent']}/artifacts"
+              "?workflowType=machine_learning", wait_until="load")
+    _wait_text(page, "report.md")
+    page.get_by_text("report.md", exact=True).first.click()
+    _wait_text(page, "Sweep report: ui-study")
+    _wait_text(page, "Failure map")
+    page.close()
