@@ -203,6 +203,8 @@ class TrialAttempt:
         params["dataset.fingerprint"] = data.info.fingerprint
         params["dataset.source"] = data.info.source
         run.log_params(params)
+        # a metric, not only the tag: MLflow's compare view and charts plot metrics and params on their axes
+        run.log_metrics({"trial_number": self.trial.number}, step=0)
         self.dataset = dataset_entity(data.info)
         run.log_dataset(self.dataset)
         run.set_tags({names.TAG_SAMPLED_PARAMS: ",".join(sorted(self.trial.params))})

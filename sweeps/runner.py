@@ -21,7 +21,7 @@ import optuna
 import yaml
 from mlflow.entities import Metric, RunTag
 
-from . import artifacts, names
+from . import artifacts, names, study_plots
 from .errors import SweepFatal
 from .objective import worker_id
 from .preflight import preflight, preflight_stores
@@ -120,6 +120,8 @@ def finalize_parent(study: optuna.Study, tracker: Tracker, parent_run_id: str, *
         artifacts.write_study_artifacts(study, Path(tmp), plots=plots)
         write_report(study, Path(tmp) / "report.md")
         tracker.retry("log study artifacts", lambda: tracker.client.log_artifacts(parent_run_id, tmp))
+    if plots:
+        study_plots.log_study_html(study, tracker, parent_run_id)
     counts = count_states(study)
     tags = {names.TAG_TRIALS_PREFIX + k.lower(): str(v) for k, v in counts.as_dict().items()}
     tracker.retry("tag parent", lambda: tracker.client.log_batch(parent_run_id,
@@ -198,9 +200,12 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> Sw
     try:
         if options.workers <= 1:
             updater = parent_best_updater(tracker, parent)
+            refresh_plots = study_plots.plot_refresher(
+                tracker, parent, spec.tracking.plots_every if spec.tracking.log_plots else 0)
 
             def on_trial(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
                 updater(st, t)
+                refresh_plots(st, t)
                 progress.set(count_states(st).done, _postfix(st))
 
             reports.append(run_worker(spec, opened, tracker, budget=options.trials, timeout=options.timeout,

@@ -214,6 +214,7 @@ class TrackingSpec(_Section):
     experiment: str | None = None
     log_models: bool = True
     log_plots: bool = True
+    plots_every: int = Field(default=5, ge=0)  # re-log the HTML study plots every N finished trials; 0: at the end
     registered_model: str | None = None
     system_metrics: bool = False  # MLflow's CPU/memory/GPU monitor in each trial's run (extra: system-metrics)
 

@@ -29,13 +29,14 @@ def sweep(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     else:
         server = request.getfixturevalue("mlflow_server_sqlite")
         storage, uri = f"journal:///{d}/optuna.log", server.url
-    result = run_small_sweep(make_spec_dict(), storage=storage, tracking_uri=uri, study=f"s-{request.param}")
+    name = f"s-{request.param.replace('+', '-')}"  # a study name has no '+' (the --study check)
+    result = run_small_sweep(make_spec_dict(), storage=storage, tracking_uri=uri, study=name)
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment(result.experiment_id)
     runs = client.search_runs([exp.experiment_id], max_results=100)
     from sweeps.storage import make_storage
 
-    study = optuna.load_study(study_name=f"s-{request.param}", storage=make_storage(storage))
+    study = optuna.load_study(study_name=name, storage=make_storage(storage))
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
     return {"result": result, "client": client, "exp": exp, "runs": runs, "children": children, "study": study,
             "uri": uri}
@@ -78,6 +79,13 @@ def test_params_are_the_full_resolved_config_with_dotted_keys(sweep: dict[str, A
         assert int(params["encoder.depth"]) == trial.params["encoder.depth"]
         assert float(params["learning_rate"]) == pytest.approx(trial.params["learning_rate"], rel=1e-6)
         assert params["epochs"] == str(EPOCHS)
+
+
+def test_every_trial_run_has_its_number_as_a_metric(sweep: dict[str, Any]) -> None:
+    """`trial_number` (step 0): an axis for MLflow's compare view and charts, which plot metrics, not tags."""
+    for run in sweep["children"]:
+        history = sweep["client"].get_metric_history(run.info.run_id, "trial_number")
+        assert [(m.step, m.value) for m in history] == [(0, float(run.data.tags["siamese_sweep.trial_number"]))]
 
 
 def test_per_epoch_metric_histories_use_history_keys(sweep: dict[str, Any]) -> None:
@@ -156,6 +164,22 @@ def test_parent_run_summarises_the_study(sweep: dict[str, Any]) -> None:
     assert parent.data.tags["siamese_sweep.best_param.encoder.depth"] == str(best.params["encoder.depth"])
     history = client.get_metric_history(parent_id, "best_value")
     assert max(m.value for m in history) == pytest.approx(best.value)
+
+
+def test_parent_run_has_the_interactive_study_plots(sweep: dict[str, Any]) -> None:
+    import mlflow
+
+    parent_id = sweep["result"].parent_run_id
+    html = {a.path for a in sweep["client"].list_artifacts(parent_id, "study")}
+    assert {"study/optimization_history.html", "study/parallel_coordinate.html",
+            "study/intermediate_values.html"} <= html
+    complete = [t for t in sweep["study"].trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert ("study/param_importances.html" in html) == (len(complete) >= 2)
+    for path in html:
+        local = mlflow.artifacts.download_artifacts(run_id=parent_id, artifact_path=path, tracking_uri=sweep["uri"])
+        with open(local) as f:
+            text = f.read()
+        assert 'class="plotly-graph-div"' in text and "cdn.plot.ly" in text, path
 
 
 def test_status_reports_counts_and_best(sweep: dict[str, Any]) -> None:

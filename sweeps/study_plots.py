@@ -1,0 +1,83 @@
+"""Optuna's interactive (plotly) study plots on the parent run, refreshed while a sweep runs.
+
+The PNGs of `artifacts.write_study_artifacts` are written once, at the end; these HTML files
+(``study/<plot>.html``) can be zoomed and hovered in MLflow's artifact viewer and, with
+``tracking.plots_every``, show a long sweep's progress before it ends. Best-effort: a plot that
+cannot be drawn or logged is skipped with a warning and never fails a trial or the sweep.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_DIR = "study"
+
+
+def _figures(study: optuna.Study) -> dict[str, Callable[[], Any]]:
+    from optuna import visualization as vis
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        return {}
+    multi_objective = len(study.directions) > 1
+    target: Callable[[optuna.trial.FrozenTrial], float] | None = (
+        (lambda t: t.values[0]) if multi_objective else None)
+    figures: dict[str, Callable[[], Any]] = {
+        "optimization_history": lambda: vis.plot_optimization_history(study, target=target),
+        "parallel_coordinate": lambda: vis.plot_parallel_coordinate(study, target=target),
+        "intermediate_values": lambda: vis.plot_intermediate_values(study),
+    }
+    if len(complete) >= 2 and complete[0].params:  # importances need two trials with parameters
+        figures["param_importances"] = lambda: vis.plot_param_importances(study, target=target)
+    if multi_objective:
+        figures["pareto_front"] = lambda: vis.plot_pareto_front(study)
+    return figures
+
+
+def log_study_html(study: optuna.Study, tracker: Any, parent_run_id: str) -> list[str]:
+    """Log the study's plotly figures to ``study/<plot>.html`` on the parent run; returns the artifact paths.
+
+    `MlflowClient.log_figure` writes plotly's HTML with ``include_plotlyjs="cdn"`` (a few KB, not ~4 MB
+    per file): MLflow's artifact viewer shows HTML in an ``allow-scripts`` iframe, which loads the CDN
+    script; a browser without internet access shows an empty page (the PNGs are still there).
+    """
+    logged: list[str] = []
+    for name, make in _figures(study).items():
+        path = f"{ARTIFACT_DIR}/{name}.html"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning and friends
+                fig = make()
+            tracker.retry(f"log {path}", lambda fig=fig, path=path: tracker.client.log_figure(parent_run_id, fig, path))
+            logged.append(path)
+        except Exception as exc:  # noqa: BLE001 - plots are best-effort
+            log.warning("could not log the study plot %s: %s", path, exc)
+    return logged
+
+
+def plot_refresher(tracker: Any, parent_run_id: str, every: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial],
+                                                                              None]:
+    """An `on_trial` hook that re-logs the HTML plots after every `every` finished trials (0: never).
+
+    It runs between trials, on the sweep's own thread: one refresh of a 10-trial study (4 figures,
+    local SQLite MLflow store, 2 shared cores) took 0.11-0.15 s, the first one 3.7 s (importing
+    plotly), against seconds to hours per trial; hence no background thread.
+    """
+    finished = 0
+
+    def refresh(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        nonlocal finished
+        finished += 1
+        if every <= 0 or finished % every:
+            return
+        started = time.perf_counter()
+        logged = log_study_html(study, tracker, parent_run_id)
+        log.debug("refreshed %d study plots in %.2f s", len(logged), time.perf_counter() - started)
+    return refresh
