@@ -85,6 +85,31 @@ def tune() -> str:
     return _state
 
 
+_reasserted = 0
+
+
+def reassert() -> bool:
+    """Apply the tuned settings again where they are in effect; True if they were.
+
+    Libraries reset them: TensorFlow's ``from_generator`` op (the tfdata loader) prints "Memory patch applied:
+    M_TRIM_THRESHOLD=128 kb" when its pipeline starts, after `tune` ran at import. Called from inside that
+    pipeline's generator, so every epoch trains with our thresholds again (mallopt costs microseconds).
+    """
+    global _reasserted
+    if state() != TUNED:
+        return False
+    libc = _libc()
+    ok = libc is not None and all(libc.mallopt(param, value) == 1 for param, value in (
+        (M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD)))
+    _reasserted += int(ok)
+    return ok
+
+
+def reasserted() -> int:
+    """How often `reassert` re-applied the settings in this process (the tfdata loader: once per epoch)."""
+    return _reasserted
+
+
 def state() -> str:
     """What `tune` put in effect in this process (tuning first if nobody has)."""
     return _state if _state is not None else tune()

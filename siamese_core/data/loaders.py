@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .. import allocator
 from ..registry import LOADERS
 from .pairs import Tuples, TupleSampler
 from .types import Inputs, PairedSplit, Split, materialize
@@ -176,6 +177,7 @@ def build_dataset(plan: TrainingPlan, *, initial_epoch: int, epochs: int) -> tf.
 
     def epoch_indices() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for epoch in range(initial_epoch, epochs):
+            allocator.reassert()  # the op running this generator has just reset glibc's trim threshold
             t = plan.sampler.epoch(epoch)
             yield t.indices.astype(np.int32), t.targets
 

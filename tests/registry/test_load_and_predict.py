@@ -86,6 +86,9 @@ def test_cli_predict_with_npy_and_image_files(sqlite_stores: Stores, promoted: d
     np.save(d / "wrong.npy", np.zeros((3, 3)))
     assert main(["predict", uri, str(d / "a.npy"), str(d / "wrong.npy"), *tracking]) == 2
     assert "expected 64 values" in capsys.readouterr().err
+    np.save(d / "text.npy", np.array(["a"] * 64))  # strings: a DataError (exit 2), not a ValueError (exit 1)
+    assert main(["predict", uri, str(d / "a.npy"), str(d / "text.npy"), *tracking]) == 2
+    assert "expected numbers" in capsys.readouterr().err
 
 
 class _Marker:
