@@ -18,7 +18,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from . import runtime
+from . import allocator, runtime
 from .callbacks import EpochEvaluator, EpochPrinter, HistoryRecorder, NanGuard
 from .checkpoint import CheckpointError, EpochCheckpoint, clear, config_fingerprint, restore
 from .config import TrainConfig, as_config
@@ -105,6 +105,7 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, *,
     make_sampler(config, data)  # batch vs data size and unusable labels fail here, before a model is built
 
     runtime.seed_everything(config.seed, deterministic=config.deterministic)
+    allocator.reassert()  # an earlier tfdata run in this process (a sweep worker) may have reset the thresholds
     run = build_run(config, data)
     data = run.data  # its info names this config's evaluation tuples
     initial_epoch = 0
