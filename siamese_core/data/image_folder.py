@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from ..config import DatasetConfig
 from ..errors import DataError
@@ -287,8 +288,7 @@ def _declared_size(path: Path, fmt: str, head: bytes) -> tuple[int, int]:
     if fmt == "bmp" and len(head) >= 26:
         return abs(int.from_bytes(head[18:22], "little", signed=True)), abs(
             int.from_bytes(head[22:26], "little", signed=True))
-    from PIL import Image  # JPEG: the SOF marker may sit anywhere in the header; PIL reads only the header
-
+    # JPEG: the SOF marker may sit anywhere in the header; PIL reads only the header
     try:
         with Image.open(path) as img:
             return int(img.size[0]), int(img.size[1])
