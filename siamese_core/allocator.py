@@ -64,6 +64,12 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
+def _apply(libc: ctypes.CDLL) -> bool:
+    """Set the three thresholds; True if glibc accepted all of them."""
+    return all(libc.mallopt(param, value) == 1 for param, value in (
+        (M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD)))
+
+
 def tune() -> str:
     """Apply the settings once per process; returns what is in effect (`TUNED`, `SYSTEM`, ...)."""
     global _state
@@ -79,9 +85,7 @@ def tune() -> str:
         if libc is None:
             _state = UNSUPPORTED
         else:
-            ok = all(libc.mallopt(param, value) == 1 for param, value in (
-                (M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD)))
-            _state = TUNED if ok else UNSUPPORTED
+            _state = TUNED if _apply(libc) else UNSUPPORTED
     return _state
 
 
@@ -99,8 +103,7 @@ def reassert() -> bool:
     if state() != TUNED:
         return False
     libc = _libc()
-    ok = libc is not None and all(libc.mallopt(param, value) == 1 for param, value in (
-        (M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD)))
+    ok = libc is not None and _apply(libc)
     _reasserted += int(ok)
     return ok
 
