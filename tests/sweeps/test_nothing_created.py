@@ -21,10 +21,12 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(CLI + args, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _closed_port() -> socket.socket:
+    """A port bound but never listening: connections are refused, and while the socket is open no other
+    process can bind it (CI once saw a just-closed "free" port taken by another test's MLflow server)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 def _spec(tmp_path: Path, **sections) -> Path:
@@ -71,8 +73,9 @@ def test_bad_storage_scheme_creates_no_mlflow_store(tmp_path: Path) -> None:
 
 
 def test_unreachable_tracking_server_creates_no_study(tmp_path: Path) -> None:
-    done = _cli(["run", str(_spec(tmp_path)), "--storage", f"sqlite:///{tmp_path}/optuna.db", "--tracking-uri",
-                 f"http://127.0.0.1:{_free_port()}", "--quiet"], cwd=tmp_path)
+    with _closed_port() as sock:
+        done = _cli(["run", str(_spec(tmp_path)), "--storage", f"sqlite:///{tmp_path}/optuna.db", "--tracking-uri",
+                     f"http://127.0.0.1:{sock.getsockname()[1]}", "--quiet"], cwd=tmp_path)
     _assert_refused(done, tmp_path, text="cannot reach the MLflow server", code=1)
 
 
