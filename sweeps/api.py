@@ -71,10 +71,11 @@ def sweep(spec: SpecLike = None, *, trials: int | None = None, storage: str | No
     _positive("timeout", timeout)
 
     from .preflight import preflight
+    from .runner import options_from, run_sweep, set_worker_threads
 
+    if int(workers) <= 1:  # before the preflight's first TensorFlow op (worker processes set their own)
+        set_worker_threads(None)
     data = preflight(resolved)  # bad spec or data: before Optuna or MLflow create anything
-
-    from .runner import options_from, run_sweep
 
     options = options_from(resolved, trials=trials, timeout=timeout, workers=int(workers),
                            storage=storage or os.environ.get(names.ENV_OPTUNA_STORAGE) or None,

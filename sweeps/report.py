@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 
 from . import names, outcomes
+from .study import startup_trials
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,6 @@ _MIN_PRECISION = 0.6
 _MIN_HITS = 2
 # the suggested range spans the best quarter of complete trials, but never fewer than this many
 _MIN_TOP = 3
-_DEFAULT_STARTUP = 10  # Optuna's TPESampler default, when the study has no stored spec
 ANY_FAILURE = "any failure"  # the failure map's row for every diagnostic, NaN and crash together
 
 
@@ -85,7 +85,7 @@ def build_report(study: optuna.Study) -> SweepReport:
     for t in trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     report = SweepReport(study=study.study_name, direction=study.direction.name.lower() if single else None,
-                         counts=counts, startup_trials=_startup_trials(study))
+                         counts=counts, startup_trials=startup_trials(study))
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.values]
     if single and complete:
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
@@ -104,13 +104,6 @@ def build_report(study: optuna.Study) -> SweepReport:
         report.notes.append(f"the best trial came from the {report.startup_trials} random start-up trials: the "
                             "search phase has not improved on random sampling yet (more trials, or a narrower space)")
     return report
-
-
-def _startup_trials(study: optuna.Study) -> int:
-    spec = study.user_attrs.get(names.STUDY_ATTR_SPEC) or {}
-    sampler = ((spec.get("study") or {}).get("sampler") or {}) if isinstance(spec, dict) else {}
-    n = sampler.get("n_startup_trials")
-    return int(n) if isinstance(n, int) else _DEFAULT_STARTUP
 
 
 def _importances(study: optuna.Study, n_complete: int) -> dict[str, float]:

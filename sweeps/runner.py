@@ -180,8 +180,20 @@ def _postfix(study: optuna.Study) -> str:
 
 
 # ----------------------------------------------------------------- run
+def set_worker_threads(threads: int | None) -> int:
+    """TensorFlow's pools for this worker: `threads`, or the CPUs it may really use (affinity and cgroup quota,
+    which TensorFlow's defaults ignore). Before TensorFlow's first op; afterwards the existing pools stay."""
+    from siamese_core.runtime import configure_threads, usable_cores
+
+    n = threads or usable_cores()
+    configure_threads(n, n)
+    return n
+
+
 def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> SweepResult:
     """Create or resume the study and run it to its trial budget (`data`: the preflight's, to reuse)."""
+    if options.workers <= 1:  # with --workers N the children get their share (`_run_processes`)
+        set_worker_threads(options.threads)
     data = data if data is not None else preflight(spec)
     preflight_stores(storage=options.storage, tracking_uri=options.tracking_uri, study_name=options.study_name)
     tracker = Tracker(options.tracking_uri)
@@ -244,10 +256,7 @@ def _stopped_by(spec: SweepSpec, study: optuna.Study, reports: list[WorkerReport
 
 def join_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> SweepResult:
     """A worker joining a study from another shell or machine (creates the study if it is the first)."""
-    if options.threads:
-        from siamese_core.runtime import configure_threads
-
-        configure_threads(options.threads, options.threads)
+    set_worker_threads(options.threads)
     data = data if data is not None else preflight(spec)
     preflight_stores(storage=options.storage, tracking_uri=options.tracking_uri, study_name=options.study_name)
     tracker = Tracker(options.tracking_uri)
@@ -286,10 +295,17 @@ def write_resolved_spec(spec: SweepSpec, path: Path) -> Path:
     return path
 
 
+def threads_per_worker(workers: int) -> int:
+    """Each of `workers` processes gets an equal share of the usable CPUs, at least one thread (two TensorFlow
+    processes with default pools on 2 cores slowed an epoch from about 38 s to over 60 s)."""
+    from siamese_core.runtime import usable_cores
+
+    return max(1, usable_cores() // max(1, workers))
+
+
 def _run_processes(spec: SweepSpec, options: SweepOptions, study: optuna.Study,
                    progress: Progress) -> list[WorkerReport]:
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // options.workers)
+    threads = threads_per_worker(options.workers)
     with tempfile.TemporaryDirectory(prefix="siamese-sweep-") as tmp:
         spec_path = write_resolved_spec(spec, Path(tmp) / "spec.yaml")
         # URLs go through the environment, not argv: `ps` must not show passwords

@@ -250,6 +250,17 @@ def count_states(study: optuna.Study) -> Counts:
     return c
 
 
+TPE_DEFAULT_STARTUP = 10  # Optuna's TPESampler default, for a study without a stored spec
+
+
+def startup_trials(study: optuna.Study) -> int:
+    """How many of the study's first trials its sampler drew at random (`sampler.n_startup_trials`)."""
+    spec = study.user_attrs.get(names.STUDY_ATTR_SPEC) or {}
+    sampler = ((spec.get("study") or {}).get("sampler") or {}) if isinstance(spec, dict) else {}
+    n = sampler.get("n_startup_trials")
+    return int(n) if isinstance(n, int) else TPE_DEFAULT_STARTUP
+
+
 def study_status(study: optuna.Study) -> dict[str, Any]:
     """Counts by state, the best trial(s), and why trials were pruned or failed."""
     counts = count_states(study)
@@ -263,6 +274,12 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
         if len(study.directions) == 1:
             best = study.best_trial
             out["best"] = _trial_summary(best)
+            # did the search find it, or one of the sampler's random start-up trials?
+            startup = out["startup_trials"] = startup_trials(study)
+            out["best"]["phase"] = "start-up" if best.number < startup else "search"
+            early = [float(t.value) for t in complete if t.number < startup and t.value is not None]
+            maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+            out["best_startup_value"] = (max(early) if maximize else min(early)) if early else None
         else:
             out["best_trials"] = [_trial_summary(t) for t in study.best_trials]
     # a FAIL without a reason was failed by the heartbeat: its worker died before it could record one

@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     w = sub.add_parser("worker", help="join a running study from another shell or machine")
     w.add_argument("spec", nargs="?", help="sweep spec YAML; without it, --study joins with the spec stored with "
                                            "the study (a different spec is refused)")
-    w.add_argument("--threads", type=int, help="TensorFlow threads for this worker (default: all cores)")
+    w.add_argument("--threads", type=int, help="TensorFlow threads for this worker "
+                   "(default: the CPUs it may use: affinity mask and cgroup quota)")
     w.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     w.add_argument("--no-finalize", action="store_true", help=argparse.SUPPRESS)
     _common(w)
@@ -120,10 +121,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     spec = _spec(args, stored="required")
     _positive("--timeout", args.timeout)
     _positive("--threads", args.threads)
-    if args.threads:  # before TensorFlow initialises its thread pools
-        from siamese_core.runtime import configure_threads
+    from ..runner import set_worker_threads
 
-        configure_threads(args.threads, args.threads)
+    set_worker_threads(args.threads)  # before the preflight's first TensorFlow op
     data = preflight(spec)
 
     from ..runner import join_sweep, options_from
@@ -208,6 +208,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _phase_line(status: dict) -> str:
+    """Did the search find the best trial, or was it one of the random start-up trials?"""
+    best, startup, early = status.get("best") or {}, status.get("startup_trials"), status.get("best_startup_value")
+    if not best.get("phase") or not startup:
+        return ""
+    if best["phase"] == "search":
+        return (f"found by the search phase (after the {startup} random start-up trials"
+                + (f", whose best was {early:.4f})" if early is not None else ")"))
+    return f"from the {startup} random start-up trials: the search phase did not improve on it"
+
+
 def _report(status: dict, as_json: bool) -> None:
     if as_json:
         print_json(status)
@@ -220,6 +231,12 @@ def _report(status: dict, as_json: bool) -> None:
     best = status.get("best")
     if best:
         print(f"best trial #{best['number']}: value={best['value']:.4f}  run={best['run_id']}")
+        test = best.get("test") or {}
+        if test:  # chosen on validation above; test is the estimate to report
+            print("    test: " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(test.items())))
+        phase = _phase_line(status)
+        if phase:
+            print(f"    {phase}")
         for k, v in best["params"].items():
             print(f"    {k} = {v}")
     for b in status.get("best_trials", []):

@@ -1,0 +1,53 @@
+"""`usable_cores`: the CPUs a worker may really use (affinity mask, cgroup v1/v2 quota), which sizes TensorFlow's
+thread pools in sweep workers so a CPU-limited pod or a `taskset` never runs more threads than it has CPUs."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from siamese_core.runtime import cgroup_cpu_quota, usable_cores
+
+
+def _tree(tmp_path: Path, proc: str, files: dict[str, str]) -> tuple[Path, Path]:
+    root = tmp_path / "cgroup"
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    (tmp_path / "proc_cgroup").write_text(proc)
+    return root, tmp_path / "proc_cgroup"
+
+
+def test_cgroup_v2_quota_binds_and_a_parent_quota_binds_too(tmp_path: Path) -> None:
+    root, proc = _tree(tmp_path, "0::/kubepods/pod1/ctr\n", {
+        "kubepods/pod1/ctr/cpu.max": "max 100000\n",      # the container itself: no limit
+        "kubepods/pod1/cpu.max": "250000 100000\n",       # the pod: 2.5 CPUs
+        "kubepods/cpu.max": "max 100000\n"})
+    assert cgroup_cpu_quota(cgroup_root=root, proc_cgroup=proc) == pytest.approx(2.5)
+    assert usable_cores(cgroup_root=root, proc_cgroup=proc) == min(2, len(os.sched_getaffinity(0)))
+
+
+def test_cgroup_v1_cfs_quota_and_no_quota(tmp_path: Path) -> None:
+    root, proc = _tree(tmp_path, "4:memory:/x\n3:cpu,cpuacct:/\n", {
+        "cpu,cpuacct/cpu.cfs_quota_us": "100000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"})
+    assert cgroup_cpu_quota(cgroup_root=root, proc_cgroup=proc) == pytest.approx(1.0)
+    assert usable_cores(cgroup_root=root, proc_cgroup=proc) == 1
+    root2, proc2 = _tree(tmp_path / "b", "3:cpu:/\n", {"cpu/cpu.cfs_quota_us": "-1\n",
+                                                          "cpu/cpu.cfs_period_us": "100000\n"})
+    assert cgroup_cpu_quota(cgroup_root=root2, proc_cgroup=proc2) is None
+    assert usable_cores(cgroup_root=root2, proc_cgroup=proc2) == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None or os.cpu_count() == 1, reason="needs taskset and 2+ CPUs")
+def test_a_worker_under_taskset_sizes_tensorflow_to_its_cpus() -> None:
+    """What `siamese-sweep worker` / `run` do before the preflight: one CPU allowed -> one-thread pools."""
+    code = ("from sweeps.runner import set_worker_threads, threads_per_worker; import tensorflow as tf; "
+            "n = set_worker_threads(None); print(n, tf.config.threading.get_intra_op_parallelism_threads(), "
+            "tf.config.threading.get_inter_op_parallelism_threads(), threads_per_worker(2))")
+    done = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, check=True)
+    assert done.stdout.split() == ["1", "1", "1", "1"]

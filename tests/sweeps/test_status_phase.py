@@ -1,0 +1,45 @@
+"""`status` (and the summary `run` prints) says whether the best trial came from the search phase or from the
+sampler's random start-up trials, and shows the best trial's test numbers (chosen on validation)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from sweeps import names
+from sweeps.storage import make_storage
+from sweeps.study import study_status
+
+LR = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
+
+
+def _study(path: Path, values: list[float], startup: int) -> str:
+    url = f"sqlite:///{path}"
+    study = optuna.create_study(study_name="phase", storage=make_storage(url), direction="maximize")
+    study.set_user_attr(names.STUDY_ATTR_SPEC, {"study": {"sampler": {"type": "tpe", "n_startup_trials": startup}}})
+    for i, v in enumerate(values):
+        study.add_trial(optuna.trial.create_trial(
+            params={"learning_rate": 1e-3 * (i + 1)}, distributions={"learning_rate": LR}, value=v,
+            user_attrs={names.TRIAL_ATTR_TEST_PREFIX + "roc_auc": v - 0.01}))
+    return url
+
+
+@pytest.mark.parametrize("values, phase, line", [
+    ([0.90, 0.91, 0.95, 0.93], "search", "found by the search phase (after the 2 random start-up trials, whose "
+                                         "best was 0.9100)"),
+    ([0.96, 0.91, 0.95, 0.93], "start-up", "from the 2 random start-up trials: the search phase did not improve"),
+])
+def test_status_names_the_phase_of_the_best_trial(tmp_path: Path, values: list[float], phase: str,
+                                                  line: str) -> None:
+    url = _study(tmp_path / "optuna.db", values, startup=2)
+    status = study_status(optuna.load_study(study_name="phase", storage=make_storage(url)))
+    assert status["best"]["phase"] == phase and status["startup_trials"] == 2
+    assert status["best_startup_value"] == pytest.approx(max(values[:2]))
+    done = subprocess.run([sys.executable, "-m", "sweeps.cli", "status", "--study", "phase", "--storage", url],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert line in done.stdout
+    assert f"test: roc_auc={max(values) - 0.01:.4f}" in done.stdout
