@@ -287,16 +287,23 @@ def _identity_dict(portable: Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
-def spec_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
-    """Dotted keys (search-space keys kept whole) whose values differ between two portable specs."""
-    def flat(d: Mapping[str, Any]) -> dict[str, Any]:
-        ident = _identity_dict(d)
-        out = {f"search_space.{k}": v for k, v in (ident.pop("search_space", None) or {}).items()}
-        out.update(flatten(ident))
-        return out
+def spec_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Dotted keys (search-space keys kept whole) whose values differ between two portable specs.
 
-    fa, fb = flat(a), flat(b)
-    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
+    A key the stored spec lacks is no difference when the current spec holds its default: a field added by a
+    later version of siamese-sweep must not lock workers out of studies created before it existed.
+    """
+    fa, fb = _flat_identity(stored), _flat_identity(current)
+    defaults = _flat_identity(SweepSpec().portable())
+    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k)
+                  and not (k not in fa and k in defaults and fb.get(k) == defaults[k]))
+
+
+def _flat_identity(d: Mapping[str, Any]) -> dict[str, Any]:
+    ident = _identity_dict(d)
+    out = {f"search_space.{k}": v for k, v in (ident.pop("search_space", None) or {}).items()}
+    out.update(flatten(ident))
+    return out
 
 
 # ------------------------------------------------------------------- loading

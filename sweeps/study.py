@@ -114,6 +114,8 @@ def check_same_spec(study: optuna.Study, spec: SweepSpec) -> None:
     if stored == spec.identity():
         return
     diff = spec_differences(attrs.get(names.STUDY_ATTR_SPEC) or {}, spec.portable())
+    if not diff and attrs.get(names.STUDY_ATTR_SPEC):  # only fields newer than the study, at their defaults
+        return
     shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
     raise ConfigError("spec", f"study {study.study_name!r} was created with another spec (differs in: "
                               f"{shown or 'its stored hash'}); join it with 'siamese-sweep worker --study "

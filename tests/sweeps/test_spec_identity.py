@@ -108,3 +108,31 @@ def test_two_studies_of_one_name_on_one_tracking_store_stay_apart(tmp_path: Path
     assert len(parents) == 2 and len({p.data.tags["siamese_sweep.study_uid"] for p in parents}) == 2
     assert len(trials) == 2 and all(r.info.lifecycle_stage == "active" for r in trials)
     assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {p.info.run_id for p in parents}
+
+
+def test_a_field_newer_than_the_study_at_its_default_does_not_lock_workers_out() -> None:
+    """A study stored by an older siamese-sweep lacks fields added since; at their defaults they change nothing.
+    The same missing field with a non-default value is a real difference and is refused."""
+    import hashlib
+    import json
+
+    from siamese_core.errors import ConfigError
+    from sweeps import names
+    from sweeps.spec import _identity_dict
+    from sweeps.study import check_same_spec
+
+    spec = spec_from_dict(make_spec_dict())
+    old = spec.portable()
+    del old["tracking"]["plots_every"]  # as written before `tracking.plots_every` existed
+    del old["base"]["encoder"]["pooling"]
+    study = optuna.create_study(study_name="old")
+    study.set_user_attr(names.STUDY_ATTR_SPEC, old)
+    study.set_user_attr(names.STUDY_ATTR_SPEC_HASH, hashlib.sha256(
+        json.dumps(_identity_dict(old), sort_keys=True).encode()).hexdigest())
+    assert study.user_attrs[names.STUDY_ATTR_SPEC_HASH] != spec.identity()
+    check_same_spec(study, spec)  # joins
+    check_same_spec(study, spec_from_data(old))  # `worker --study old`: the stored spec read by this version
+    data = make_spec_dict()
+    data["tracking"] = {**data.get("tracking", {}), "plots_every": 3}
+    with pytest.raises(ConfigError, match="tracking.plots_every"):
+        check_same_spec(study, spec_from_dict(data))
