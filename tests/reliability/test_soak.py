@@ -1,0 +1,20 @@
+"""The soak's short version: 3 workers on a private PostgreSQL + MLflow server, one fault of each kind (worker
+SIGKILL, worker SIGTERM, MLflow restart, PostgreSQL restart); every "Failure handling" promise holds after it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .soak import KINDS, soak
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+
+def test_a_short_soak_with_every_fault_kind_keeps_every_promise(tmp_path: Path) -> None:
+    result = soak(tmp_path, workers=3, trials=8, faults=len(KINDS), seed=1, gap=(6.0, 10.0), kinds=KINDS,
+                  timeout=900)
+    print(result.table())
+    assert sum(result.faults.values()) == len(KINDS), result.table()
+    assert result.ok, result.table() + "\n" + "\n".join(result.complete_but_incomplete_run)
+
