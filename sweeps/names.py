@@ -22,7 +22,7 @@ TAG_ROLE = "siamese_sweep.role"                        # ROLE_PARENT | ROLE_TRIA
 TAG_STUDY = "siamese_sweep.study"                      # Optuna study name (also on registry versions)
 # a study's identity beyond its name (two storages may hold studies of one name logging to one MLflow server):
 # parent runs are found, and duplicate trial runs deleted, only within the same uid
-TAG_STUDY_UID = "siamese_sweep.study_uid"
+TAG_STUDY_UID = "siamese_sweep.study_uid"           # also on registry versions
 TAG_TRIAL_NUMBER = "siamese_sweep.trial_number"        # Optuna trial number (also on registry versions)
 TAG_STATE = "siamese_sweep.state"                      # Optuna state: RUNNING, COMPLETE, PRUNED, FAIL
 TAG_REASON = "siamese_sweep.reason"                    # why PRUNED/FAIL: a reason of sweeps.outcomes
@@ -64,17 +64,11 @@ TAG_INPUT_KIND = "siamese_sweep.input_kind"
 TAG_VALUE_RANGE = "siamese_sweep.value_range"          # raw input value range (how `predict` scales images)
 
 # ---------------------------------------------------------------- Model Registry: version and model tags
-TAG_RUN_ID = "siamese_sweep.run_id"
-TAG_MODEL_ID = "siamese_sweep.model_id"
-TAG_SELECTION_KEY = "siamese_sweep.selection_key"      # identifies (dataset, validation pairs): decides the alias
-TAG_VAL_PAIRS = "siamese_sweep.val_pairs"
-TAG_EVAL_KEY = "siamese_sweep.eval_key"                # identifies (dataset, test pairs): reported only
-TAG_TEST_PAIRS = "siamese_sweep.test_pairs"
-TAG_EVALUATED_AT = "siamese_sweep.evaluated_at"
-TAG_EMBEDDINGS_REPRODUCED = "siamese_sweep.embeddings_reproduced"
-TAG_VAL_METRIC_PREFIX = "siamese_sweep.val_"           # + pair_accuracy | roc_auc | eer: re-scored, decides
-TAG_TEST_METRIC_PREFIX = "siamese_sweep.test_"         # + pair_accuracy | roc_auc | eer: re-scored, reported
-TAG_EVAL_PREFIX = "siamese_sweep.eval."                # + eval key -> JSON metrics on that split
+# A version carries few tags: MLflow shows its run (run_id) and logged model (source = models:/<model_id>) as
+# fields, and the test metrics on the logged model (and in the version's description)
+TAG_EVAL_PREFIX = "siamese_sweep.eval."                # + validation pairs' key -> JSON metrics: ranks versions
+# read only: versions promoted by older releases name their logged model in this tag (`Registry.find_version`)
+TAG_LEGACY_MODEL_ID = "siamese_sweep.model_id"
 TAG_ELIGIBLE_PREFIX = "siamese_sweep.eligible."        # + alias -> ELIGIBLE_TRUE, "false", ...
 TAG_PREVIOUS_PREFIX = "siamese_sweep.previous."        # + alias -> version it replaced (version and model)
 TAG_PROMOTED_AT_PREFIX = "siamese_sweep.promoted_at."  # + alias

@@ -255,12 +255,15 @@ class Registry:
         return self.call("get version", lambda: self.client.get_model_version(self.name, version))
 
     def find_version(self, model_id: str) -> Any | None:
-        """The version registered from LoggedModel `model_id`, if any."""
+        """The version registered from LoggedModel `model_id`, if any: by the version's own fields (``source`` =
+        ``models:/<model_id>``; ``model_id``, which MLflow 3.17's SQL registry store leaves None), else by the
+        ``siamese_sweep.model_id`` tag older releases wrote (no longer written: the source says it)."""
         if not self.exists():
             return None
         source = logged_model_uri(model_id)
         for v in self.versions():
-            if v.source == source or v.tags.get(names.TAG_MODEL_ID) == model_id:
+            if (v.source == source or v.model_id == model_id
+                    or v.tags.get(names.TAG_LEGACY_MODEL_ID) == model_id):
                 return v
         return None
 

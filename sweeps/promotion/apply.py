@@ -2,8 +2,8 @@
 
 ``set_registered_model_alias`` is last-writer-wins, so a plain check-then-set can leave the alias on a
 worse version when two promoters race. So every promotion writes its evidence first —
-``siamese_sweep.eval.<key>`` (metrics on the pairs ``key``: the validation pairs that decide, and the test
-pairs, reported only) and ``siamese_sweep.eligible.<alias>`` =
+``siamese_sweep.eval.<key>`` (metrics on the validation pairs ``key``, which decide; the test metrics are
+reported, in the decision and the version's description, never tagged) and ``siamese_sweep.eligible.<alias>`` =
 ``true`` for a version that won its comparison (the incumbent counts too) — and the alias's target is
 *defined* as the best eligible version on the validation key (`decision.best_eligible`). Every promoter converges
 on it: compute the target, set the alias if it differs, re-read, repeat. Whoever writes last has just
@@ -18,7 +18,7 @@ import sys
 import time
 
 from .. import names
-from ..registry import READY, Registry, now
+from ..registry import READY, Registry
 from .decision import PROMOTE, Facts, PromotionDecision, best_eligible
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,8 @@ def apply(decision: PromotionDecision, facts: Facts, reg: Registry) -> Promotion
     assert decision.candidate is not None
     decision.candidate["version"] = version
     if holder is not None and holder.val is not None and holder.version != version:
-        evidence = {names.TAG_EVAL_PREFIX + key: holder.val.metrics_json(), eligible: names.ELIGIBLE_TRUE}
-        if holder.test is not None:
-            evidence[names.TAG_EVAL_PREFIX + facts.reported_on.key] = holder.test.metrics_json()
-        reg.tag(holder.version, evidence)
+        reg.tag(holder.version, {names.TAG_EVAL_PREFIX + key: holder.val.metrics_json(),
+                                 eligible: names.ELIGIBLE_TRUE})
     if decision.lifts_hold:  # a human released the rollback's hold (--lift-rollback or --force)
         reg.set_model_tag(names.per_alias(names.TAG_HOLD_PREFIX, alias), None)
         log.info("%s: rollback hold lifted", facts.target)
@@ -71,22 +69,20 @@ def apply(decision: PromotionDecision, facts: Facts, reg: Registry) -> Promotion
 
 
 def version_tags(facts: Facts) -> dict[str, str]:
-    """What a registered version records about where it came from and how it scored: on the validation pairs
-    (``siamese_sweep.val_*``, which decide) and on the test pairs (``siamese_sweep.test_*``, reported only)."""
-    c, val, test = facts.candidate, facts.decided_on, facts.reported_on
-    tags = {names.TAG_STUDY: facts.study, names.TAG_TRIAL_NUMBER: str(c.trial), names.TAG_RUN_ID: str(c.run_id),
-            names.TAG_MODEL_ID: str(c.model_id), names.TAG_DATASET_FINGERPRINT: val.fingerprint,
-            names.TAG_SELECTION_KEY: val.key, names.TAG_VAL_PAIRS: str(val.n_pairs),
-            names.TAG_EVAL_KEY: test.key, names.TAG_TEST_PAIRS: str(test.n_pairs),
-            names.TAG_THRESHOLD: repr(float(c.val.threshold)), names.TAG_EVALUATED_AT: now(),
-            names.TAG_EVAL_PREFIX + val.key: c.val.metrics_json(),
-            names.TAG_EVAL_PREFIX + test.key: c.test.metrics_json()}
+    """The few tags a registered version carries: what `promote` reads back to find and decide (study, trial,
+    the data fingerprints, the metrics on the validation pairs ``siamese_sweep.eval.<key>`` that rank eligible
+    versions) and the threshold a user needs at a glance.
+
+    Nothing MLflow already shows: the run and the logged model are the version's ``run_id``, ``model_id`` and
+    ``source``; the test metrics are on that logged model and in the description (`version_description`)."""
+    c, val = facts.candidate, facts.decided_on
+    tags = {names.TAG_STUDY: facts.study, names.TAG_TRIAL_NUMBER: str(c.trial),
+            names.TAG_THRESHOLD: repr(float(c.val.threshold)), names.TAG_DATASET_FINGERPRINT: val.fingerprint,
+            names.TAG_EVAL_PREFIX + val.key: c.val.metrics_json()}
+    if facts.study_uid:
+        tags[names.TAG_STUDY_UID] = facts.study_uid
     if val.eval_fingerprint:
         tags[names.TAG_EVAL_FINGERPRINT] = val.eval_fingerprint
-    tags.update({names.TAG_VAL_METRIC_PREFIX + k: repr(round(float(v), 6)) for k, v in c.val.metrics.items()})
-    tags.update({names.TAG_TEST_METRIC_PREFIX + k: repr(round(float(v), 6)) for k, v in c.test.metrics.items()})
-    if c.test.embeddings_reproduced is not None:
-        tags[names.TAG_EMBEDDINGS_REPRODUCED] = str(c.test.embeddings_reproduced).lower()
     return tags
 
 

@@ -97,6 +97,7 @@ class Facts:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     hold: dict[str, Any] | None = None  # set by ``--rollback``: {version, from, at}; routine promotions keep the alias
     lift_hold: bool = False             # ``--lift-rollback``: a human releases the hold, then the usual comparison
+    study_uid: str | None = None        # the study's identity beyond its name (recorded on the version)
 
     @property
     def same_model(self) -> bool:

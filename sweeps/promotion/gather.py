@@ -139,7 +139,8 @@ def gather(study_name: str, *, storage: str, tracking_uri: str, model_name: str 
                         val=h_val, test=h_test)
     facts = Facts(model_name=reg.name, alias=alias, study=study_name, force=force, decided_on=_split(val),
                   reported_on=_split(test), metric=metric or objective_counterpart(study_metric(study)),
-                  candidate=candidate, holder=holder, skipped=skipped, hold=reg.hold(alias), lift_hold=lift_hold)
+                  candidate=candidate, holder=holder, skipped=skipped, hold=reg.hold(alias), lift_hold=lift_hold,
+                  study_uid=study.user_attrs.get(names.STUDY_ATTR_UID))
     return facts, reg
 
 

@@ -46,19 +46,27 @@ def test_promotion_lifecycle(stores: Stores) -> None:
     assert v1.source == weak.user_attrs["model_uri"]  # the trial's own LoggedModel, not a copy
     lm = client.get_logged_model(model_id_from_uri(v1.source))
     assert client.get_model_version_download_uri(name, "1") == lm.artifact_location
+    assert v1.run_id == weak.user_attrs["mlflow_run_id"]  # run and model: MLflow's own fields (run_id, source)
     tags = v1.tags
+    val_key = d.decided_on["eval_key"]
+    study_uid = optuna.load_study(study_name="weak", storage=make_storage(stores.storage)).user_attrs[
+        "siamese_sweep_uid"]
+    assert set(tags) == {  # few tags: what promote reads back, and what a user needs at a glance
+        "siamese_sweep.study", "siamese_sweep.study_uid", "siamese_sweep.trial_number", "siamese_sweep.threshold",
+        "siamese_sweep.dataset_fingerprint", "siamese_sweep.eval_fingerprint", f"siamese_sweep.eval.{val_key}",
+        "siamese_sweep.eligible.champion", "siamese_sweep.decision.champion", "siamese_sweep.promoted_at.champion"}
     assert tags["siamese_sweep.study"] == "weak" and tags["siamese_sweep.trial_number"] == str(weak.number)
-    assert tags["siamese_sweep.run_id"] == weak.user_attrs["mlflow_run_id"]
+    assert tags["siamese_sweep.study_uid"] == study_uid
     assert tags["siamese_sweep.dataset_fingerprint"] == weak.user_attrs["dataset_fingerprint"]
     assert float(tags["siamese_sweep.threshold"]) == pytest.approx(weak.user_attrs["threshold"])
-    for k in ("pair_accuracy", "roc_auc", "eer"):  # re-scored on the rebuilt pairs = what the trial measured
-        assert float(tags[f"siamese_sweep.test_{k}"]) == pytest.approx(weak.user_attrs[f"test_{k}"], abs=1e-6)
-        assert float(tags[f"siamese_sweep.val_{k}"]) == pytest.approx(weak.user_attrs[f"val_{k}"], abs=1e-6)
     assert tags["siamese_sweep.eval_fingerprint"] == weak.user_attrs["eval_fingerprint"]
-    assert tags["siamese_sweep.selection_key"] != tags["siamese_sweep.eval_key"]  # validation vs test pairs
-    assert json.loads(tags["siamese_sweep.eval." + tags["siamese_sweep.selection_key"]])["roc_auc"] == \
-        pytest.approx(weak.user_attrs["val_roc_auc"], abs=1e-6)
-    assert "siamese_sweep.promoted_at.champion" in tags and tags["siamese_sweep.eligible.champion"] == "true"
+    on_val = json.loads(tags[f"siamese_sweep.eval.{val_key}"])
+    logged = {m.key: m.value for m in lm.metrics or []}
+    for k in ("pair_accuracy", "roc_auc", "eer"):  # re-scored on the rebuilt pairs = what the trial measured
+        assert on_val[k] == pytest.approx(weak.user_attrs[f"val_{k}"], abs=1e-6)
+        assert logged[f"test_{k}"] == pytest.approx(weak.user_attrs[f"test_{k}"], abs=1e-6)  # test: on the model
+    assert f"test AUC {weak.user_attrs['test_roc_auc']:.4f}" in v1.description  # ... and in the description
+    assert tags["siamese_sweep.eligible.champion"] == "true"
     assert _alias(client, name) == "1"
 
     d = promote("good", **stores.kw(model_name=name))  # better: moves
@@ -187,8 +195,9 @@ def test_champion_vs_challenger_is_decided_on_validation(sqlite_stores: Stores) 
     assert _alias(_client(sqlite_stores), name) == "2"
     v2 = _client(sqlite_stores).get_model_version(name, "2")
     assert v2.source == on_val.user_attrs["model_uri"]
-    assert float(v2.tags[f"siamese_sweep.test_{metric}"]) == pytest.approx(on_val.user_attrs[f"test_{metric}"],
-                                                                           abs=1e-6)  # reported as measured
+    model_id = model_id_from_uri(v2.source)
+    reported = {m.key: m.value for m in _client(sqlite_stores).get_logged_model(model_id).metrics or []}
+    assert reported[f"test_{metric}"] == pytest.approx(on_val.user_attrs[f"test_{metric}"], abs=1e-6)  # as measured
 
 
 def test_default_model_name_comes_from_the_spec(sqlite_stores: Stores) -> None:
@@ -252,3 +261,24 @@ def test_changed_dataset_is_refused(sqlite_stores: Stores, monkeypatch: pytest.M
     with pytest.raises(DataError, match="fingerprint .* differs"):
         promote("good", **sqlite_stores.kw(model_name="tampered"))
     assert not _client(sqlite_stores).search_registered_models("name='tampered'")
+
+
+def test_a_version_promoted_by_an_older_release_is_still_found(sqlite_stores: Stores) -> None:
+    """Older releases tagged the logged model (``siamese_sweep.model_id``) among many other tags; a version whose
+    source and ``model_id`` field do not name the model is still recognised by that tag, so promote does not
+    register the model twice and sees it already holds the alias."""
+    client, name = _client(sqlite_stores), "legacy"
+    best = _best(sqlite_stores, "good")
+    model_id = model_id_from_uri(best.user_attrs["model_uri"])
+    client.create_registered_model(name)
+    old = client.create_model_version(name, source=client.get_logged_model(model_id).artifact_location,
+                                      run_id=best.user_attrs["mlflow_run_id"],
+                                      tags={"siamese_sweep.model_id": model_id, "siamese_sweep.study": "good",
+                                            "siamese_sweep.run_id": best.user_attrs["mlflow_run_id"],
+                                            "siamese_sweep.trial_number": str(best.number),
+                                            "siamese_sweep.test_roc_auc": "0.9"})
+    assert old.source != best.user_attrs["model_uri"]
+    client.set_registered_model_alias(name, "champion", old.version)
+    d = promote("good", **sqlite_stores.kw(model_name=name))
+    assert d.candidate["version"] == str(old.version) and d.action == "keep" and "already holds" in d.reason
+    assert len(client.search_model_versions(f"name='{name}'")) == 1

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import optuna
+import pytest
 
 from sweeps import names
 from sweeps.report import build_report, render_markdown
 from sweeps.storage import make_storage
+
+from .conftest import run_small_sweep
 
 LR = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
 MARGIN = optuna.distributions.FloatDistribution(0.5, 2.0)
@@ -89,3 +92,55 @@ def test_report_command_reads_any_storage(tmp_path: Path) -> None:
     missing = subprocess.run([sys.executable, "-m", "sweeps.cli", "report", "--study", "nope", "--storage",
                               storage], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert missing.returncode == 2 and "nope" in missing.stderr
+
+
+# A real sweep built to fail in a known region: SGD with momentum on an unnormalised encoder (no batch norm, no
+# L2 normalisation) diverges within one epoch of digits once the learning rate passes ~2.5 (measured: 2.0 trains,
+# 3.0 and above are PRUNED nan_loss). The random sampler's seed 30 draws 8 rates from [0.03, 10] that stay clear of
+# that edge: 5 between 0.07 and 1.41 train, 3 between 6.8 and 9.6 diverge.
+FAILING_SPEC = {
+    "base": {"dataset": "digits", "epochs": 1, "batch_size": 64, "loader": "memory",
+             "pairs": {"pairs_per_epoch": 640, "val_pairs": 200, "test_pairs": 200},
+             "optimizer": {"name": "sgd", "momentum": 0.9}, "preprocessing": {"normalize": "none"},
+             "encoder": {"depth": 1, "width": 8, "embedding_dim": 16, "batch_norm": False, "activation": "elu",
+                         "l2_normalize": False}},
+    "search_space": {"learning_rate": {"type": "float", "low": 0.03, "high": 10.0, "log": True},
+                     "loss.margin": {"type": "float", "low": 0.5, "high": 1.5}},
+    "study": {"name": "built-to-fail", "trials": 8, "pruner": "none", "sampler": {"type": "random", "seed": 30}},
+    "tracking": {"log_plots": False, "log_models": False},
+}
+
+
+@pytest.mark.slow
+def test_failure_map_of_a_real_sweep_built_to_fail(tmp_path: Path) -> None:
+    """Real training, real NaN: the failure map names ``nan_loss`` and a learning-rate region that separates the
+    diverged trials from the trained ones, the suggested space stays below it, and the report on the parent run
+    (``report.md``) says the same."""
+    from mlflow import MlflowClient
+
+    storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
+    spec = {**FAILING_SPEC, "study": {**FAILING_SPEC["study"], "checkpoint_dir": str(tmp_path / "checkpoints")}}
+    result = run_small_sweep(spec, storage=storage, tracking_uri=uri)
+    study = optuna.load_study(study_name="built-to-fail", storage=make_storage(storage))
+    trials = study.trials
+    diverged = [t for t in trials if t.user_attrs.get(names.TRIAL_ATTR_REASON) == "nan_loss"]
+    trained = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(diverged) >= 2 and len(trained) >= 3, [(t.state.name, t.params) for t in trials]
+    assert len(diverged) + len(trained) == len(trials) == 8
+    lr_ok = max(t.params["learning_rate"] for t in trained)
+    lr_bad = min(t.params["learning_rate"] for t in diverged)
+    assert lr_ok < lr_bad  # the space really fails above a learning rate (a failing sweep, not a flaky one)
+
+    report = build_report(study)
+    by_code = {f.code: f for f in report.failures}
+    assert "nan_loss" in by_code, report.failures
+    region = by_code["nan_loss"].region
+    assert region is not None and (region.param, region.op) == ("learning_rate", ">"), region
+    assert lr_ok < region.value < lr_bad  # between the last rate that trained and the first that diverged
+    assert (region.hits, region.hits_outside) == (len(diverged), 0)
+    lr = report.suggested_space.get("learning_rate")
+    assert lr is not None and lr["high"] < region.value  # the next space leaves the failing region out
+
+    client = MlflowClient(tracking_uri=uri)
+    page = Path(client.download_artifacts(result.parent_run_id, "report.md", str(tmp_path))).read_text()
+    assert "`nan_loss`" in page and "learning_rate > " in page and "Regions to leave out: learning_rate > " in page
