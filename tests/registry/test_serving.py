@@ -199,7 +199,8 @@ def proxy(server: dict, tmp_path_factory: pytest.TempPathFactory) -> Any:
     upstream = server["url"].removeprefix("http://")
     (d / "scoring.conf").write_text(_render(NGINX_TEMPLATE.read_text(), {
         "SCORING_LISTEN": f"127.0.0.1:{port}", "SCORING_UPSTREAM": upstream, "SCORING_MAX_BODY": "256k"}))
-    temp = "\n".join(f"    {kind}_temp_path {d / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")  # every temp dir nginx creates at start-up
+    temp = "\n".join(f"    {kind}_temp_path {d / kind};" for kind in kinds)
     (d / "nginx.conf").write_text(f"""daemon off;
 master_process off;
 pid {d / 'nginx.pid'};
