@@ -3,7 +3,8 @@
 * ``keras``: ``mlflow.keras.load_model(uri)`` gives the exported Keras model (safe mode; import
   ``siamese_core.models.layers`` first so the custom layers are registered).
 * ``python_function``: `sweeps.serving.SiameseServingModel`, for ``mlflow.pyfunc.load_model`` and
-  ``mlflow models serve`` (pairs -> distance/score/same; ``mode="embed"`` -> embeddings).
+  ``mlflow models serve`` (pairs -> distance/score/same; ``mode="embed"`` -> embeddings). Logged as code
+  (``sweeps/serving_code.py``, MLflow's models-from-code): no ``python_model.pkl``, nothing is unpickled on load.
 
 Both flavors read the same file, ``artifacts/model.keras`` (the keras flavor's ``data`` points at
 ``artifacts/model``, its loader appends ``.keras``): one copy of the weights. The model directory also
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "model"
 FLAVOR_NAME = names.FLAVOR_KERAS_PYFUNC
 REFERENCE_ROWS = 256
+# The models-from-code file (a path, not an object: MLflow copies the file instead of cloudpickling a wrapper).
+CODE_FILE = Path(__file__).with_name("serving_code.py")
 # models serve with --env-manager local uses this environment; the project itself (siamese-sweep, which
 # provides siamese_core and sweeps.serving) must be installed wherever the model is loaded.
 _PINNED = (("tensorflow-cpu", "tensorflow"), ("keras", None), ("mlflow", None), ("numpy", None), ("pandas", None))
@@ -110,7 +113,7 @@ def save_model_dir(result: Any, path: Path, *, model_id: str | None = None, run_
         mlflow_model = Model(artifact_path=artifact_path, run_id=run_id, model_id=model_id, model_uuid=model_id,
                              metadata=model_metadata(result))
         with _quiet_pyfunc():
-            DualFlavor.save_model(str(path), mlflow_model, python_model=serving.SiameseServingModel(),
+            DualFlavor.save_model(str(path), mlflow_model, python_model=str(CODE_FILE),
                                   artifacts=artifacts, signature=serving.signature_for(result.model),
                                   input_example=serving.example_frame(result.model),
                                   pip_requirements=pip_requirements())
@@ -133,7 +136,7 @@ def quiet_artifacts() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _quiet_pyfunc() -> Iterator[None]:
-    """No per-trial CloudPickle warning (the wrapper is pickled by reference and holds no model)."""
+    """No per-trial INFO/WARNING lines from MLflow's pyfunc writer (nor artifact progress bars)."""
     logger = logging.getLogger("mlflow.pyfunc")
     level = logger.level
     logger.setLevel(logging.ERROR)

@@ -34,7 +34,9 @@ EMBED_COLUMN = "input"
 MODES = ("pair", "embed")
 BATCH = 512  # the batch size the trial embedded its test samples with: same batches -> identical floats
 # One request is scored in one process; 10,000 pairs of 28x28 images is ~60 MB of floats and ~20 s on 2 cores.
-# Larger batches belong to `score_arrays` in a job, not to an HTTP request (MLflow's server has no body limit).
+# Larger batches belong to `score_arrays` in a job, not to an HTTP request. Behind `mlflow models serve` this
+# check runs only after MLflow has parsed the whole body (no body limit there): the bound on the request size
+# is deploy/serving/scoring.conf.template (nginx) in front of it.
 MAX_ROWS = 10_000
 # No model input is meaningfully this large (pixels are <= 255, standardised features a few units): such values
 # (1e300, an unscaled ID) would give a confident but meaningless answer.
@@ -132,11 +134,12 @@ def input_spec(model: Any) -> list[tuple[tuple[int, ...], str]]:
 def load_model_dir(model_dir: str | Path) -> tuple[SiameseServingModel, dict[str, Any]]:
     """(wrapper, model metadata) from a downloaded MLflow model directory, without unpickling anything.
 
-    ``mlflow.pyfunc.load_model`` unpickles ``python_model.pkl`` with cloudpickle: whoever can write the
-    artifact store could run code on the host that loads it (a tampered model ran ``id`` during predict).
-    Here the wrapper comes from this installed package and only data is read from the directory: the
-    ``MLmodel`` YAML (safe_load), the Keras archive in safe mode and the reference embeddings without pickle.
-    `predict` and `promote` load models this way.
+    ``mlflow.pyfunc.load_model`` runs the model's code file (``serving_code.py``; models logged by earlier
+    versions: unpickles ``python_model.pkl``): whoever can write the artifact store could run code on the host
+    that loads it (a tampered model ran ``id`` during predict). Here the wrapper comes from this installed
+    package and only data is read from the directory: the ``MLmodel`` YAML (safe_load), the Keras archive in
+    safe mode and the reference embeddings without pickle. `predict` and `promote` load models this way, old
+    and new formats alike.
     """
     import yaml
 
@@ -168,7 +171,7 @@ def load_model_dir(model_dir: str | Path) -> tuple[SiameseServingModel, dict[str
 class SiameseServingModel(PythonModel):
     """Pair scoring and embedding for an exported Siamese model (see the module docstring)."""
 
-    def __getstate__(self) -> dict[str, Any]:  # never pickle the Keras model into python_model.pkl
+    def __getstate__(self) -> dict[str, Any]:  # logged as code now; should anyone pickle it, never the model
         return {k: v for k, v in self.__dict__.items() if k not in ("model", "_encoders", "_predict")}
 
     def load_context(self, context: Any) -> None:

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -101,10 +102,25 @@ class _Marker:
         return (Path.write_text, (Path(self.path), "pwned"))
 
 
-def test_predict_and_promote_never_unpickle_the_model(sqlite_stores: Stores, promoted: dict, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def _plant_pickle(model_dir: Path, marker: Path) -> None:
     import pickle
 
+    payload = pickle.dumps(_Marker(str(marker)))
+    (model_dir / "python_model.pkl").write_bytes(payload)  # where MLflow's pickled pyfunc models keep it
+    (model_dir / "artifacts" / "state.pkl").write_bytes(payload)
+
+
+def _pair_frame(promoted: dict) -> Any:
+    import pandas as pd
+
+    split = promoted["split"]
+    return pd.DataFrame({"left": [split.left[0].tolist()], "right": [split.right[0].tolist()]})
+
+
+def test_no_loader_unpickles_the_model(sqlite_stores: Stores, promoted: dict, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A pickle planted in the model directory runs neither in predict/promote nor in mlflow.pyfunc (models
+    from code: MLflow rebuilds the wrapper from serving_code.py and reads no python_model.pkl)."""
     import mlflow
 
     from sweeps.cli import main
@@ -114,7 +130,7 @@ def test_predict_and_promote_never_unpickle_the_model(sqlite_stores: Stores, pro
     local = Path(download_model(f"models:/{NAME}@champion", tracking_uri=sqlite_stores.tracking_uri,
                                 dst=str(tmp_path / "m")))
     marker = tmp_path / "marker"
-    (local / "python_model.pkl").write_bytes(pickle.dumps(_Marker(str(marker))))
+    _plant_pickle(local, marker)
     d: Path = promoted["dir"]
     np.save(d / "a.npy", promoted["split"].left[0])
     np.save(d / "b.npy", promoted["split"].right[0])
@@ -123,8 +139,48 @@ def test_predict_and_promote_never_unpickle_the_model(sqlite_stores: Stores, pro
     assert out["threshold"] == pytest.approx(promoted["trial"].user_attrs["threshold"])
     wrapper = load_wrapper(str(local), tracking_uri=sqlite_stores.tracking_uri, dst=str(tmp_path / "w"))
     assert wrapper.threshold == pytest.approx(out["threshold"])
+    model = mlflow.pyfunc.load_model(str(local))
+    pred = model.predict(_pair_frame(promoted))
+    assert pred["distance"][0] == pytest.approx(out["distance"], rel=1e-5)
     assert not marker.exists()
-    try:  # the same directory through mlflow.pyfunc does unpickle it (the README says so)
+
+
+def test_models_pickled_by_earlier_versions(sqlite_stores: Stores, promoted: dict, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A model in the old format (loader mlflow.pyfunc.model + python_model.pkl): predict reads only its data;
+    mlflow.pyfunc refuses it with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false and unpickles it otherwise
+    (what the README warns about)."""
+    import mlflow
+    import yaml
+    from mlflow.exceptions import MlflowException
+
+    from sweeps.cli import main
+    from sweeps.registry import download_model
+
+    local = Path(download_model(f"models:/{NAME}@champion", tracking_uri=sqlite_stores.tracking_uri,
+                                dst=str(tmp_path / "m")))
+    conf = yaml.safe_load((local / "MLmodel").read_text())
+    pyfunc = conf["flavors"]["python_function"]
+    del pyfunc["model_code_path"]
+    pyfunc.update(loader_module="mlflow.pyfunc.model", python_model="python_model.pkl")
+    (local / "MLmodel").write_text(yaml.safe_dump(conf))
+    (local / "serving_code.py").unlink()
+    marker = tmp_path / "marker"
+    _plant_pickle(local, marker)
+    d: Path = promoted["dir"]
+    np.save(d / "a.npy", promoted["split"].left[0])
+    np.save(d / "b.npy", promoted["split"].right[0])
+    assert main(["predict", str(local), str(d / "a.npy"), str(d / "b.npy"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["threshold"] == pytest.approx(
+        promoted["trial"].user_attrs["threshold"])
+    assert not marker.exists()
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    with pytest.raises(MlflowException, match="pickle is disallowed"):
+        mlflow.pyfunc.load_model(str(local))
+    assert not marker.exists()
+    monkeypatch.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION")
+    try:  # MLflow's default: the pickle runs
         mlflow.pyfunc.load_model(str(local))
     except Exception:  # noqa: BLE001 - the unpickled object is no model; only the side effect matters
         pass

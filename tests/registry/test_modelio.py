@@ -12,7 +12,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from sweeps import modelio
 from sweeps.registry import download_model, model_id_from_uri
+from sweeps.serving import load_model_dir
 from sweeps.storage import make_storage
 
 from .conftest import Stores, test_split
@@ -50,7 +52,11 @@ def test_mlmodel_has_both_flavors_over_one_weights_file(logged: dict[str, Any]) 
     mlmodel = yaml.safe_load((local / "MLmodel").read_text())
     keras_flavor, pyfunc = mlmodel["flavors"]["keras"], mlmodel["flavors"]["python_function"]
     assert keras_flavor["data"] == "artifacts/model" and keras_flavor["save_exported_model"] is False
-    assert pyfunc["loader_module"] == "mlflow.pyfunc.model"
+    # models-from-code: the wrapper is rebuilt by running a copy of sweeps/serving_code.py; nothing pickled
+    assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert Path(pyfunc["model_code_path"]).name == "serving_code.py" and "python_model" not in pyfunc
+    assert (local / "serving_code.py").read_text() == modelio.CODE_FILE.read_text()
+    assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*.pkl")) == []
     assert pyfunc["artifacts"]["keras_model"]["path"] == "artifacts/model.keras"
     assert [p.relative_to(local).as_posix() for p in local.rglob("*.keras")] == ["artifacts/model.keras"]
     assert (local / "artifacts" / "reference_embeddings.npz").is_file()
@@ -99,6 +105,8 @@ def test_pyfunc_pairs_embeddings_and_errors(logged: dict[str, Any]) -> None:
     with pytest.raises(Exception, match="left"):  # the signature keeps the nesting (as the server does)
         model.predict(flat)
     wrapper = model.unwrap_python_model()  # the wrapper itself reshapes flattened cells
+    data_only, _ = load_model_dir(logged["local"])  # what predict/promote load: the same numbers
+    np.testing.assert_array_equal(data_only.predict(None, df)["distance"], out["distance"])
     np.testing.assert_allclose(wrapper.predict(None, flat)["distance"], out["distance"][:2], rtol=1e-5)
     ints = pd.DataFrame({"left": [split.left[0].astype(int).tolist()],
                          "right": [split.right[0].astype(float).tolist()]})

@@ -1,14 +1,18 @@
-"""``mlflow models serve -m models:/NAME@champion`` answers the documented requests (real HTTP on 127.0.0.1)."""
+"""``mlflow models serve -m models:/NAME@champion`` answers the documented requests (real HTTP on 127.0.0.1), runs
+no pickle planted in the model's artifacts, and deploy/serving's nginx bounds the request body in front of it."""
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,9 @@ from sweeps.promotion import promote
 from .conftest import Stores
 
 pytestmark = pytest.mark.slow
-DOC = Path(__file__).resolve().parents[2] / "docs" / "registry.md"
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "registry.md"
+NGINX_TEMPLATE = ROOT / "deploy" / "serving" / "scoring.conf.template"
 NAME = "served"
 
 
@@ -48,8 +54,9 @@ def _get(url: str, timeout: float = 2.0) -> int:
         return 0
 
 
-def _post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+def _post(url: str, body: dict[str, Any] | bytes) -> tuple[int, Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read())
@@ -57,11 +64,41 @@ def _post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
         return e.code, e.read().decode()
 
 
+class _Marker:
+    """Unpickling this writes a file: what a tampered python_model.pkl could do on the serving host."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.path), "pwned"))
+
+
+def _artifact_dir(stores: Stores, name: str) -> Path:
+    """The local directory the champion's logged model was written to (the sqlite stores keep files locally)."""
+    from mlflow import MlflowClient
+
+    from sweeps.registry import model_id_from_uri
+
+    client = MlflowClient(tracking_uri=stores.tracking_uri)
+    source = client.get_model_version_by_alias(name, "champion").source
+    location = client.get_logged_model(model_id_from_uri(source)).artifact_location
+    path = Path(urllib.parse.urlparse(location).path if location.startswith("file:") else location)
+    assert (path / "MLmodel").is_file(), path
+    return path
+
+
 @pytest.fixture(scope="module")
 def server(sqlite_stores: Stores, tmp_path_factory: pytest.TempPathFactory) -> Any:
     promote("good", **sqlite_stores.kw(model_name=NAME))
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
+    # an attacker with write access to the artifact store drops pickles next to the model
+    marker = log.parent / "marker"
+    planted = [_artifact_dir(sqlite_stores, NAME) / "python_model.pkl",
+               _artifact_dir(sqlite_stores, NAME) / "artifacts" / "state.pkl"]
+    for path in planted:
+        path.write_bytes(pickle.dumps(_Marker(str(marker))))
     env = {**sqlite_stores.env(), "MLFLOW_TRACKING_URI": sqlite_stores.tracking_uri}
     with open(log, "w") as fh:  # the server gets its own process group: uvicorn is a child
         proc = subprocess.Popen(["mlflow", "models", "serve", "-m", f"models:/{NAME}@champion",
@@ -74,8 +111,10 @@ def server(sqlite_stores: Stores, tmp_path_factory: pytest.TempPathFactory) -> A
             assert proc.poll() is None, f"mlflow models serve exited {proc.returncode}:\n{log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"/ping never answered:\n{log.read_text()[-3000:]}"
             time.sleep(1.0)
-        yield {"url": base, "proc": proc, "log": log}
+        yield {"url": base, "proc": proc, "log": log, "marker": marker}
     finally:
+        for path in planted:
+            path.unlink(missing_ok=True)
         try:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
@@ -127,3 +166,85 @@ def test_invocations_embed_mode_and_bad_requests(server: dict) -> None:
                         {"dataframe_split": {"columns": ["left", "right"], "data": [[cell, huge]]}})
     assert status == 400 and "beyond" in str(out), out
     assert "Traceback" not in str(out) and "stack_trace" not in str(out)
+
+
+def _rows(n: int) -> bytes:
+    """A valid ``dataframe_split`` request of `n` pairs of zero 8x8x1 digits."""
+    cell = json.dumps([[[0]] * 8] * 8, separators=(",", ":"))
+    row = f"[{cell},{cell}]"
+    return ('{"dataframe_split": {"columns": ["left", "right"], "data": [' + ",".join([row] * n) + "]}}").encode()
+
+
+def test_served_model_runs_no_planted_pickle(server: dict) -> None:
+    status, out = _post(f"{server['url']}/invocations", documented_request("pairs"))
+    assert status == 200, out
+    assert not server["marker"].exists()
+
+
+def _render(template: str, values: dict[str, str]) -> str:
+    """What envsubst (the official nginx image's templates) does for these variables."""
+    out = re.sub(r"\$\{(SCORING_[A-Z_]+)\}", lambda m: values[m.group(1)], template)
+    assert "${" not in out
+    return out
+
+
+@pytest.fixture(scope="module")
+def proxy(server: dict, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """deploy/serving/scoring.conf.template in a real nginx (one process, temp paths under tmp)."""
+    nginx = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+    if nginx is None:
+        pytest.skip("nginx is not installed")
+    d = tmp_path_factory.mktemp("nginx")
+    port = _free_port()
+    upstream = server["url"].removeprefix("http://")
+    (d / "scoring.conf").write_text(_render(NGINX_TEMPLATE.read_text(), {
+        "SCORING_LISTEN": f"127.0.0.1:{port}", "SCORING_UPSTREAM": upstream, "SCORING_MAX_BODY": "256k"}))
+    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")  # every temp dir nginx creates at start-up
+    temp = "\n".join(f"    {kind}_temp_path {d / kind};" for kind in kinds)
+    (d / "nginx.conf").write_text(f"""daemon off;
+master_process off;
+pid {d / 'nginx.pid'};
+error_log {d / 'error.log'} warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+{temp}
+    include {d / 'scoring.conf'};
+}}
+""")
+    proc = subprocess.Popen([nginx, "-e", str(d / "error.log"), "-p", str(d), "-c", str(d / "nginx.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while _get(f"{base}/ping") != 200:
+            assert proc.poll() is None, (d / "error.log").read_text()
+            assert time.monotonic() < deadline, (d / "error.log").read_text()
+            time.sleep(0.2)
+        yield {"url": base}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _invocations_seen(server: dict) -> int:
+    return server["log"].read_text().count("POST /invocations")
+
+
+def test_nginx_template_refuses_an_oversized_body_before_mlflow_sees_it(server: dict, proxy: dict) -> None:
+    status, out = _post(f"{proxy['url']}/invocations", documented_request("pairs"))
+    assert status == 200 and len(out["predictions"]) == 2, out
+    seen = _invocations_seen(server)
+    assert seen >= 1  # uvicorn's access log names each request it received
+    big = _rows(600)  # 330 kB: above the 256k limit of this test
+    assert len(big) > 256 * 1024
+    status, out = _post(f"{proxy['url']}/invocations", big)
+    assert status == 413, out
+    err = json.loads(out)
+    assert err["error_code"] == "REQUEST_TOO_LARGE" and "larger than 256k" in err["message"]
+    assert _invocations_seen(server) == seen  # never forwarded: the scoring server parsed nothing
+    small = _rows(400)  # 220 kB: under the limit, forwarded and answered
+    assert len(small) < 256 * 1024
+    status, out = _post(f"{proxy['url']}/invocations", small)
+    assert status == 200 and len(out["predictions"]) == 400
+    assert _get(f"{proxy['url']}/") == 0  # nothing else of the server is exposed (404)
