@@ -261,11 +261,21 @@ class _RunCopier:
         if inputs:
             self.tracker.retry("log inputs", lambda: self.dst.log_inputs(
                 new_id, datasets=[DatasetInput(d.dataset, d.tags) for d in inputs]))
+        # a metric history does not say which LoggedModel (and dataset) a value was logged for; the model's own
+        # metrics do: those values are logged once, linked to the copied model (its Models-tab metrics)
+        linked: dict[tuple[str, int, int, float], Any] = {}
         for output in (run.outputs.model_outputs if run.outputs else []):
-            self._copy_model(output.model_id, new_id, exp_id, int(output.step), result)
-        metrics = [Metric(m.key, m.value, m.timestamp, m.step, model_id=result.models.get(m.model_id or ""),
-                          dataset_name=m.dataset_name, dataset_digest=m.dataset_digest)
-                   for key in run.data.metrics for m in self.src.get_metric_history(src_id, key)]
+            new_model = self._copy_model(output.model_id, new_id, exp_id, int(output.step), result)
+            for m in (self.src.get_logged_model(output.model_id).metrics or []) if new_model else []:
+                if m.run_id in (None, src_id):
+                    linked[(m.key, m.step, m.timestamp, m.value)] = (new_model, m)
+        metrics = []
+        for key in run.data.metrics:
+            for m in self.src.get_metric_history(src_id, key):
+                model_id, lm = linked.get((m.key, m.step, m.timestamp, m.value), (None, None))
+                metrics.append(Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id,
+                                      dataset_name=lm.dataset_name if lm else None,
+                                      dataset_digest=lm.dataset_digest if lm else None))
         for chunk in _chunks(metrics, MAX_METRICS_PER_CALL):
             self.tracker.retry("log metrics", lambda c=chunk: self.dst.log_batch(new_id, metrics=c))
         with tempfile.TemporaryDirectory(prefix="siamese-move-") as tmp:
@@ -277,7 +287,7 @@ class _RunCopier:
                                                                            end_time=run.info.end_time))
         return new_id
 
-    def _copy_model(self, model_id: str, run_id: str, exp_id: str, step: int, result: MoveResult) -> None:
+    def _copy_model(self, model_id: str, run_id: str, exp_id: str, step: int, result: MoveResult) -> str | None:
         """Copy a LoggedModel: its files are downloaded and re-logged through `modelio.log_model_dir`, the same
         function that logs a trial's model, with the MLmodel file's ids rewritten. MLflow 3 has no public
         "copy a LoggedModel between servers" API, and rebuilding it from the Keras file would re-save (and
@@ -289,7 +299,7 @@ class _RunCopier:
         model = self.src.get_logged_model(model_id)
         if model.status != LoggedModelStatus.READY:
             log.warning("logged model %s is %s on the source; not copied", model_id, model.status)
-            return
+            return None
 
         def write(path: Path, logged: Any) -> None:
             with tempfile.TemporaryDirectory(prefix="siamese-move-model-") as tmp:
@@ -308,3 +318,4 @@ class _RunCopier:
             self.dst, run_id=run_id, experiment_id=exp_id, name=model.name, step=step, write=write,
             params=dict(model.params), tags=tags, model_type=model.model_type))
         result.models[model_id] = str(model_id_from_uri(uri))
+        return result.models[model_id]

@@ -138,10 +138,14 @@ def test_a_laptop_study_moves_to_postgres_and_mlflow_server_and_continues(
         assert str(model.status) == "READY" and model.name == f"trial-{a.number}"
         assert model.tags["siamese_sweep.moved_from"] == a.user_attrs["model_uri"].removeprefix("models:/")
         assert [o.model_id for o in new.outputs.model_outputs] == [model_id]
-        assert {m.key for m in model.metrics} >= {"test_roc_auc", "threshold"}  # the run's metrics name it
+        src_model = src.get_logged_model(a.user_attrs["model_uri"].removeprefix("models:/"))
+        assert sorted((m.key, m.value, m.step, m.dataset_name) for m in model.metrics) == \
+               sorted((m.key, m.value, m.step, m.dataset_name) for m in src_model.metrics)  # its Models-tab metrics
+        assert {"test_roc_auc", "threshold"} <= {m.key for m in model.metrics}
     # the MLmodel file names the new model and run
     best = moved.best_trial
-    local = mlflow.artifacts.download_artifacts(artifact_uri=best.user_attrs["model_uri"],
+    location = dst.get_logged_model(best.user_attrs["model_uri"].removeprefix("models:/")).artifact_location
+    local = mlflow.artifacts.download_artifacts(artifact_uri=location,
                                                 dst_path=str(tmp_path / "dl"), tracking_uri=server)
     meta = Model.load(os.path.join(local, "MLmodel"))
     assert meta.model_id == best.user_attrs["model_uri"].removeprefix("models:/")
