@@ -9,8 +9,8 @@ with its trials' ``mlflow_run_id``/``mlflow_run_url``/``model_uri`` and its ``ml
 
 Refused before anything is written to the target: a storage or tracking URI of an unknown scheme, a source
 study that does not exist, a target that already has a study of that name (a second `move` is refused the
-same way), a source study with trials still RUNNING. Runs left on the target by an interrupted move (same
-study uid, no target study yet) are deleted and copied again.
+same way), a source study with trials still RUNNING, a target tracking store that already holds runs of this
+study (same study uid: an interrupted or earlier move) unless `replace_runs` says to delete and copy them again.
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def _target_has_study(url: str, study_name: str) -> bool:
 
 
 def move_study(study_name: str, *, from_storage: str, from_tracking_uri: str, to_storage: str,
-               to_tracking_uri: str) -> MoveResult:
+               to_tracking_uri: str, replace_runs: bool = False) -> MoveResult:
     """Copy study `study_name` and its MLflow runs and models to `to_storage` / `to_tracking_uri`.
 
     Refusals raise `ConfigError` (exit 2) before anything is created on the target."""
@@ -107,7 +107,8 @@ def move_study(study_name: str, *, from_storage: str, from_tracking_uri: str, to
     user_attrs = dict(source.user_attrs)
     if from_tracking_uri != to_tracking_uri and user_attrs.get(names.STUDY_ATTR_PARENT_RUN_ID):
         with modelio.quiet_artifacts():
-            _RunCopier(from_tracking_uri, to_tracking_uri).copy_study_runs(source, user_attrs, to_storage, result)
+            _RunCopier(from_tracking_uri, to_tracking_uri).copy_study_runs(source, user_attrs, to_storage, result,
+                                                                           replace_runs=replace_runs)
         user_attrs[names.STUDY_ATTR_EXPERIMENT_ID] = result.experiment_id
         user_attrs[names.STUDY_ATTR_PARENT_RUN_ID] = result.parent_run_id
     _copy_optuna_study(source, to_storage, user_attrs, result, to_tracking_uri)
@@ -199,7 +200,8 @@ class _RunCopier:
         self.tracker = Tracker(to_uri)
         self.dst = self.tracker.client
 
-    def copy_study_runs(self, study: optuna.Study, attrs: dict[str, Any], to_storage: str, result: MoveResult) -> None:
+    def copy_study_runs(self, study: optuna.Study, attrs: dict[str, Any], to_storage: str, result: MoveResult, *,
+                        replace_runs: bool = False) -> None:
         from mlflow.exceptions import MlflowException
 
         parent_id = str(attrs[names.STUDY_ATTR_PARENT_RUN_ID])
@@ -209,9 +211,20 @@ class _RunCopier:
             raise ConfigError("--from-tracking-uri", f"has no run {parent_id} (the study's parent run): is it the "
                                                      f"tracking store the study logged to?") from None
         experiment = self.src.get_experiment(parent.info.experiment_id)
+        uid = study_uid(study)
+        existing = self.tracker.retry("get experiment", lambda: self.dst.get_experiment_by_name(experiment.name))
+        leftovers = self._leftovers(existing.experiment_id, uid) if existing is not None else []
+        if leftovers and not replace_runs:
+            raise ConfigError("--to-tracking-uri", f"already has {len(leftovers)} run(s) of study "
+                                                   f"{study.study_name!r} (uid {uid}), left by an interrupted or "
+                                                   f"earlier move; --replace-runs deletes them and copies again")
         exp_id = self.tracker.experiment_id(experiment.name)
         result.experiment_id = exp_id
-        result.deleted_leftovers = self._delete_leftovers(exp_id, study_uid(study))
+        for run_id in leftovers:
+            self.dst.delete_run(run_id)
+        if leftovers:
+            log.warning("deleted %d run(s) of study uid %s on the target (--replace-runs)", len(leftovers), uid)
+        result.deleted_leftovers = len(leftovers)
         children = self._children(parent.info.experiment_id, parent_id)
         new_parent = self.copy_run(parent, exp_id, None, {names.TAG_STORAGE: mask_url(to_storage)}, result)
         result.parent_run_id = new_parent
@@ -231,16 +244,11 @@ class _RunCopier:
             if not token:
                 return runs
 
-    def _delete_leftovers(self, exp_id: str, uid: str) -> int:
-        """Runs of this study on the target with no study there: an interrupted move (the uid is random)."""
+    def _leftovers(self, exp_id: str, uid: str) -> list[str]:
+        """This study's runs already on the target (its uid is random: no other study's): parents, children."""
         parents = self.tracker.find_runs(exp_id, f"tags.`{names.TAG_STUDY_UID}` = '{uid}'")
-        doomed = [r.info.run_id for p in parents for r in self.tracker.find_runs(
+        return [r.info.run_id for p in parents for r in self.tracker.find_runs(
             exp_id, f"tags.`{names.MLFLOW_PARENT_RUN_ID}` = '{p.info.run_id}'")] + [p.info.run_id for p in parents]
-        for run_id in doomed:
-            self.dst.delete_run(run_id)
-        if doomed:
-            log.warning("deleted %d run(s) of study uid %s left on the target by an interrupted move", len(doomed), uid)
-        return len(doomed)
 
     def copy_run(self, run: Any, exp_id: str, parent_id: str | None, tags: dict[str, str], result: MoveResult) -> str:
         from mlflow.entities import DatasetInput, Metric, Param

@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the MLflow tracking store it logged to (default: sqlite:///mlflow.db)")
     p.add_argument("--to-storage", help=f"target Optuna storage (default: ${names.ENV_OPTUNA_STORAGE})")
     p.add_argument("--to-tracking-uri", help=f"target MLflow tracking URI (default: ${names.ENV_MLFLOW_TRACKING_URI})")
+    p.add_argument("--replace-runs", action="store_true",
+                   help="the target tracking store already has this study's runs (an interrupted move): delete "
+                        "them and copy again")
     p.add_argument("--json", action="store_true", help="print what was copied as JSON")
     p.set_defaults(handler=cmd_move)
 
@@ -46,7 +49,8 @@ def cmd_move(args: argparse.Namespace) -> int:
     from ..move import move_study
 
     result = move_study(args.study, from_storage=args.from_storage, from_tracking_uri=args.from_tracking_uri,
-                        to_storage=to_storage, to_tracking_uri=to_tracking)
+                        to_storage=to_storage, to_tracking_uri=to_tracking,
+                        replace_runs=args.replace_runs)
     if args.json:
         print_json(result.to_dict())
     else:
