@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,7 +32,7 @@ from . import modelio, names
 from .registry import logged_model_uri, model_id_from_uri
 from .secrets import mask_url
 from .storage import fail_stale_trials, make_storage, sqlite_path, storage_kind
-from .study import load_study, study_uid
+from .study import study_uid
 from .tracking import MAX_METRICS_PER_CALL, MAX_PARAMS_PER_CALL, Tracker, _chunks, run_url
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def move_study(study_name: str, *, from_storage: str, from_tracking_uri: str, to
     check_tracking_uri(to_tracking_uri, "--to-tracking-uri")
     if from_storage == to_storage:
         raise ConfigError("--to-storage", "is the source storage: the study is already there")
-    source = _source_study(study_name, from_storage)
+    source, source_storage = _source_study(study_name, from_storage)
     if _target_has_study(to_storage, study_name):
         raise ConfigError("--to-storage", f"{mask_url(to_storage)} already has a study named {study_name!r} "
                                           f"(moved already?); nothing copied")
@@ -111,37 +112,37 @@ def move_study(study_name: str, *, from_storage: str, from_tracking_uri: str, to
                                                                            replace_runs=replace_runs)
         user_attrs[names.STUDY_ATTR_EXPERIMENT_ID] = result.experiment_id
         user_attrs[names.STUDY_ATTR_PARENT_RUN_ID] = result.parent_run_id
-    _copy_optuna_study(source, to_storage, user_attrs, result, to_tracking_uri)
+    _copy_optuna_study(source, source_storage, to_storage, user_attrs, result, to_tracking_uri)
     return result
 
 
-def _source_study(study_name: str, from_storage: str) -> optuna.Study:
+def _source_study(study_name: str, from_storage: str) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
+    path = sqlite_path(from_storage)
+    if path is not None and not path.exists():  # opening it would create an empty database file
+        raise ConfigError("--from-storage", f"no such SQLite file: {path}")
+    storage = make_storage(from_storage)  # kept: a Study has no public accessor for its storage
     try:
-        source = load_study(study_name, from_storage)
-    except ConfigError as exc:
-        flag = "--from-storage" if "SQLite" in str(exc) else "--study"
-        raise ConfigError(flag, str(exc).split(": ", 1)[-1]) from None
-    if isinstance(source._storage, optuna.storages.RDBStorage):  # noqa: SLF001 - Study has no public storage
+        source = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise ConfigError("--study", f"no study named {study_name!r} in {mask_url(from_storage)}") from None
+    if isinstance(storage, optuna.storages.RDBStorage):
         fail_stale_trials(source)  # a dead worker's trial: failed (and retried) exactly as a resumed run would
     running = [t.number for t in source.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
     if running:
         raise ConfigError("--study", f"study {study_name!r} has trials still RUNNING ({running[:10]}): stop its "
                                      f"workers first, then move it")
-    return source
+    return source, storage
 
 
-def _copy_optuna_study(source: optuna.Study, to_storage: str, user_attrs: dict[str, Any], result: MoveResult,
-                       to_tracking_uri: str) -> None:
+def _copy_optuna_study(source: optuna.Study, src_storage: optuna.storages.BaseStorage, to_storage: str,
+                       user_attrs: dict[str, Any], result: MoveResult, to_tracking_uri: str) -> None:
     """Create the study on the target: directions, metric names, study system/user attrs, then every trial
     (params, distributions, values, intermediate values, attrs, times) with its MLflow ids rewritten."""
     target_storage = make_storage(to_storage)
     target = optuna.create_study(storage=target_storage, study_name=source.study_name, directions=source.directions)
     try:
-        if source.metric_names is not None:
-            target.set_metric_names(source.metric_names)
-        # `optuna.copy_study` (Optuna 5) copies these too, but it cannot rewrite a finished trial's user attrs;
-        # the storage API (public: BaseStorage) is how it reads and writes them
-        src_storage = source._storage  # noqa: SLF001 - Study has no public storage accessor
+        # study system attrs (Optuna's own, e.g. metric names): `optuna.copy_study` (Optuna 5) copies them too,
+        # but it cannot rewrite a finished trial's user attrs; it reads and writes them through the storage API
         src_id = src_storage.get_study_id_from_name(source.study_name)
         dst_id = target_storage.get_study_id_from_name(source.study_name)
         for key, value in src_storage.get_study_system_attrs(src_id).items():
@@ -235,7 +236,8 @@ class _RunCopier:
             self.dst.set_tag(new_parent, names.TAG_BEST_RUN_ID, result.runs[best])
 
     def _children(self, experiment_id: str, parent_id: str) -> list[Any]:
-        runs, token = [], None
+        runs: list[Any] = []
+        token: str | None = None
         while True:
             page = self.src.search_runs([experiment_id], f"tags.`{names.MLFLOW_PARENT_RUN_ID}` = '{parent_id}'",
                                         max_results=1000, page_token=token, order_by=["attributes.start_time ASC"])
@@ -264,7 +266,7 @@ class _RunCopier:
         result.runs[src_id] = new_id
         params = [Param(k, v) for k, v in run.data.params.items()]
         for chunk in _chunks(params, MAX_PARAMS_PER_CALL):
-            self.tracker.retry("log params", lambda c=chunk: self.dst.log_batch(new_id, params=c))
+            self.tracker.retry("log params", partial(self.dst.log_batch, new_id, params=chunk))
         inputs = run.inputs.dataset_inputs if run.inputs else []
         if inputs:
             self.tracker.retry("log inputs", lambda: self.dst.log_inputs(
@@ -277,15 +279,15 @@ class _RunCopier:
             for m in (self.src.get_logged_model(output.model_id).metrics or []) if new_model else []:
                 if m.run_id in (None, src_id):
                     linked[(m.key, m.step, m.timestamp, m.value)] = (new_model, m)
-        metrics = []
+        metrics: list[Metric] = []
         for key in run.data.metrics:
             for m in self.src.get_metric_history(src_id, key):
                 model_id, lm = linked.get((m.key, m.step, m.timestamp, m.value), (None, None))
                 metrics.append(Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id,
                                       dataset_name=lm.dataset_name if lm else None,
                                       dataset_digest=lm.dataset_digest if lm else None))
-        for chunk in _chunks(metrics, MAX_METRICS_PER_CALL):
-            self.tracker.retry("log metrics", lambda c=chunk: self.dst.log_batch(new_id, metrics=c))
+        for batch in _chunks(metrics, MAX_METRICS_PER_CALL):
+            self.tracker.retry("log metrics", partial(self.dst.log_batch, new_id, metrics=batch))
         with tempfile.TemporaryDirectory(prefix="siamese-move-") as tmp:
             if self.src.list_artifacts(src_id):
                 local = self.src.download_artifacts(src_id, "", tmp)

@@ -39,8 +39,8 @@ def _artifacts(client: Any, run_id: str, path: str = "") -> set[str]:
 
 def test_a_laptop_study_moves_to_postgres_and_mlflow_server_and_continues(
         postgres_server, mlflow_server_pg, mlflow_env, tmp_path: Path, capsys, monkeypatch) -> None:
-    import optuna
     import mlflow.artifacts
+    import optuna
     from mlflow import MlflowClient
     from mlflow.models import Model
 

@@ -23,6 +23,8 @@ def _laptop(tmp_path: Path) -> dict[str, Any]:
     storage, tracking = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
     study = optuna.create_study(study_name=STUDY, storage=storage, direction="maximize")
     study.set_user_attr(names.STUDY_ATTR_UID, "0123456789abcdef")
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        study.set_metric_names(["val_roc_auc"])  # a study system attr, as Optuna stores it
     tracker = Tracker(tracking)
     exp = tracker.experiment_id(names.default_experiment(STUDY))
     parent = tracker.create_parent_run(exp, STUDY, tags={names.TAG_STUDY_UID: "0123456789abcdef"})
@@ -74,6 +76,7 @@ def test_an_interrupted_move_is_redone_and_one_store_keeps_its_run_ids(tmp_path:
     assert (len(first.runs), first.deleted_leftovers) == (2, 0)
     moved = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/a.db")
     assert moved.trials[0].intermediate_values == {0: 0.5, 1: 0.7}
+    assert moved.metric_names == ["val_roc_auc"] and moved.user_attrs[names.STUDY_ATTR_UID] == "0123456789abcdef"
     new_run = moved.trials[0].user_attrs[names.TRIAL_ATTR_RUN_ID]
     assert new_run == first.runs[src["run_id"]] != src["run_id"]
     dst = MlflowClient(tracking_uri=to_tracking)
