@@ -5,7 +5,8 @@ Order matters, because Optuna refuses to change a finished trial's attributes: t
 first (the parent run, then each trial's run with its params, tags, metric histories, dataset inputs,
 artifacts and LoggedModel), which gives the new run and model ids; then the study is created on the target
 with its trials' ``mlflow_run_id``/``mlflow_run_url``/``model_uri`` and its ``mlflow_parent_run_id``/
-``mlflow_experiment_id`` rewritten to those ids. The source is only read.
+``mlflow_experiment_id`` rewritten to those ids. The source is only read, except that trials whose worker
+died (stale heartbeat) are failed there first, as a resumed worker would.
 
 Refused before anything is written to the target: a storage or tracking URI of an unknown scheme, a source
 study that does not exist, a target that already has a study of that name (a second `move` is refused the

@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Copy a study (trials, attrs, stored spec) to another Optuna storage and its parent and trial runs "
         "(params, tags, metric histories, datasets, artifacts, logged models) to another MLflow tracking store; "
         "the trials' run ids and model URIs are rewritten to the copies. Then 'run'/'worker'/'promote' with "
-        "the target storage and tracking URI continue the same study. The source is only read. Give the "
+        "the target storage and tracking URI continue the same study. The source is only read (trials whose "
+        "worker died are failed first). Give the "
         f"target's passwords through ${names.ENV_OPTUNA_STORAGE} / ${names.ENV_MLFLOW_TRACKING_URI} and "
         f"${names.ENV_MLFLOW_TRACKING_USERNAME}/${names.ENV_MLFLOW_TRACKING_PASSWORD} (or their *_FILE), "
         "not on the command line."))
