@@ -4,11 +4,13 @@ moved trial, `run` adds trials to the same study under the same parent run.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from ..sweeps.conftest import make_spec_dict, run_small_sweep
 
@@ -159,8 +161,13 @@ def test_a_laptop_study_moves_to_postgres_and_mlflow_server_and_continues(
     assert decision.candidate["embeddings_reproduced"] is True
     assert dst.get_model_version("moved-laptop", "1").source == best.user_attrs["model_uri"]
 
-    # ---- run continues the same study: budget counts the moved trials, one parent run
-    result = run_small_sweep(spec, storage=pg, tracking_uri=server, trials=3)
+    # ---- `siamese-sweep run SPEC` (storage and server from the environment) continues the same study:
+    # the budget counts the moved trials, the parent run is the moved one
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+    code, out, err = _cli(capsys, "run", str(spec_file), "--trials", "3", "--quiet", "--json")
+    assert code == 0, err[-2000:]
+    assert json.loads(out.strip().splitlines()[-1])["counts"]["COMPLETE"] == 3
     cont = optuna.load_study(study_name=STUDY, storage=pg)
     assert [t.number for t in cont.trials] == [0, 1, 2]
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in cont.trials) == 3
@@ -169,6 +176,5 @@ def test_a_laptop_study_moves_to_postgres_and_mlflow_server_and_continues(
     assert [p.info.run_id for p in parents] == [parent_id]
     new_run = dst.get_run(cont.trials[2].user_attrs["mlflow_run_id"])
     assert new_run.data.tags["mlflow.parentRunId"] == parent_id and "siamese_sweep.moved_from" not in new_run.data.tags
-    assert result is not None
     # the laptop's study is untouched
     assert len(optuna.load_study(study_name=STUDY, storage=laptop_storage).trials) == 2
