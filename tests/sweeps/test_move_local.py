@@ -10,9 +10,8 @@ from typing import Any
 import optuna
 import pytest
 
-from sweeps import names
+from sweeps import move_study, names
 from sweeps.cli import main
-from sweeps.move import move_study
 from sweeps.tracking import RUN_FINISHED, Tracker
 
 STUDY = "hand"
