@@ -2,6 +2,7 @@
 
     from sweeps import sweep
     result = sweep("my_sweep.yaml", trials=20)     # = siamese-sweep run my_sweep.yaml --trials 20
+    move_study("demo", from_storage=..., from_tracking_uri=..., to_storage=..., to_tracking_uri=...)  # = move
 
 Names load on first access, so ``import sweeps.names`` (and ``siamese-sweep --help``) stays light.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["StudyStop", "SweepResult", "SweepSpec", "load_spec", "resolve_spec", "sweep"]
+__all__ = ["MoveResult", "StudyStop", "SweepResult", "SweepSpec", "load_spec", "move_study", "resolve_spec", "sweep"]
 
 # public name -> (module, attribute)
 _LAZY = {
@@ -20,6 +21,8 @@ _LAZY = {
     "SweepSpec": ("spec", "SweepSpec"),
     "load_spec": ("spec", "load_spec"),
     "StudyStop": ("stopping", "StudyStop"),
+    "move_study": ("move", "move_study"),
+    "MoveResult": ("move", "MoveResult"),
 }
 
 

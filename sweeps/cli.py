@@ -22,7 +22,7 @@ EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_FINDINGS = 0, 1, 2, 3
 
 # modules that define `register(subparsers)`; imported lazily so `--help` stays fast
 COMMAND_MODULES = ("sweeps.commands.core", "sweeps.commands.sweep", "sweeps.commands.registry", "sweeps.commands.stack",
-                   "sweeps.commands.slurm")
+                   "sweeps.commands.slurm", "sweeps.commands.move")
 
 
 def print_json(data: Any) -> None:

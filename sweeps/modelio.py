@@ -23,7 +23,7 @@ import importlib.metadata as md
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,17 +151,30 @@ def log_trial_model(client: Any, *, run_id: str, experiment_id: str, result: Any
                     name: str = MODEL_NAME) -> str:
     """Log ``result.model`` as a keras+pyfunc LoggedModel `name` of `run_id`; returns ``models:/<model_id>``
     (sweeps name it after the trial; the URI, not the name, is what promotion and serving use)."""
+    meta = model_metadata(result)
+
+    def write(path: Path, logged: Any) -> None:
+        save_model_dir(result, path, model_id=logged.model_id, run_id=run_id, artifact_path=logged.artifact_location)
+    return log_model_dir(client, run_id=run_id, experiment_id=experiment_id, name=name, step=step, write=write,
+                         params={k: str(v) for k, v in meta.items()}, tags={names.TAG_FLAVOR: FLAVOR_NAME})
+
+
+def log_model_dir(client: Any, *, run_id: str, experiment_id: str, name: str, step: int,
+                  write: Callable[[Path, Any], None], params: dict[str, str], tags: dict[str, str],
+                  model_type: str | None = None) -> str:
+    """Create a LoggedModel of `run_id`, let `write(path, logged_model)` fill its directory, upload it and
+    mark it READY (FAILED if anything fails); returns ``models:/<model_id>``. `log_trial_model` writes a
+    trained model; `sweeps.move` writes a copy of another server's model."""
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 
-    meta = model_metadata(result)
-    logged = client.create_logged_model(experiment_id, name=name, source_run_id=run_id,
-                                        params={k: str(v) for k, v in meta.items()},
-                                        tags={names.TAG_FLAVOR: FLAVOR_NAME})
+    logged = client.create_logged_model(experiment_id, name=name, source_run_id=run_id, params=params, tags=tags,
+                                        model_type=model_type)
     try:
         with tempfile.TemporaryDirectory(prefix="siamese-mlmodel-") as tmp:
-            local = save_model_dir(result, Path(tmp) / "model", model_id=logged.model_id, run_id=run_id,
-                                   artifact_path=logged.artifact_location)
-            client.log_model_artifacts(logged.model_id, str(local))
+            local = Path(tmp) / "model"
+            write(local, logged)
+            with quiet_artifacts():
+                client.log_model_artifacts(logged.model_id, str(local))
         client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
     except BaseException:
         try:
@@ -171,4 +184,3 @@ def log_trial_model(client: Any, *, run_id: str, experiment_id: str, result: Any
         raise
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step)])
     return logged_model_uri(logged.model_id)
-

@@ -34,6 +34,7 @@ TAG_ALLOCATOR_REFAULTS = "siamese_sweep.allocator_refaults"  # allocator.probe()
 TAG_SAMPLED_PARAMS = "siamese_sweep.sampled_params"    # comma-separated names Optuna sampled
 TAG_RESUMED_FROM_EPOCH = "siamese_sweep.resumed_from_epoch"  # epochs restored from a checkpoint
 TAG_DIAGNOSTICS_PREFIX = "siamese_sweep.diagnostics."  # + finding code -> severity
+TAG_MOVED_FROM = "siamese_sweep.moved_from"            # `siamese-sweep move`: the source run's (or model's) id
 
 # ---------------------------------------------------------------- MLflow run tags: the study's parent run
 TAG_STORAGE = "siamese_sweep.storage"                  # Optuna storage URL, password masked

@@ -1,0 +1,102 @@
+"""`siamese-sweep move` between local stores (real SQLite Optuna storages and MLflow stores, no training):
+the refusals that must leave the target untouched, an interrupted move, and a move within one MLflow store.
+The full laptop -> PostgreSQL + MLflow server move is tests/distributed/test_move.py."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from sweeps import move_study, names
+from sweeps.cli import main
+from sweeps.tracking import RUN_FINISHED, Tracker
+
+STUDY = "hand"
+
+
+def _laptop(tmp_path: Path) -> dict[str, Any]:
+    """A study as siamese-sweep leaves it: uid, parent run, one COMPLETE trial whose run has a metric history."""
+    storage, tracking = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
+    study = optuna.create_study(study_name=STUDY, storage=storage, direction="maximize")
+    study.set_user_attr(names.STUDY_ATTR_UID, "0123456789abcdef")
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        study.set_metric_names(["val_roc_auc"])  # a study system attr, as Optuna stores it
+    tracker = Tracker(tracking)
+    exp = tracker.experiment_id(names.default_experiment(STUDY))
+    parent = tracker.create_parent_run(exp, STUDY, tags={names.TAG_STUDY_UID: "0123456789abcdef"})
+    study.set_user_attr(names.STUDY_ATTR_EXPERIMENT_ID, exp)
+    study.set_user_attr(names.STUDY_ATTR_PARENT_RUN_ID, parent)
+    trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)})
+    run = tracker.start_trial_run(exp, parent, study_name=STUDY, trial_number=trial.number)
+    for step, value in enumerate((0.5, 0.7)):
+        run.log_metrics({"val_roc_auc": value}, step=step)
+        trial.report(value, step)
+    trial.set_user_attr(names.TRIAL_ATTR_RUN_ID, run.run_id)
+    run.end(RUN_FINISHED)
+    study.tell(trial, 0.7)
+    tracker.terminate(parent, RUN_FINISHED)
+    return {"storage": storage, "tracking": tracking, "study": study, "run_id": run.run_id, "parent": parent}
+
+
+def _move(capsys: pytest.CaptureFixture[str], src: dict[str, Any], to_storage: str, to_tracking: str,
+          *extra: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(["move", "--study", STUDY, "--from-storage", src["storage"], "--from-tracking-uri", src["tracking"],
+                 "--to-storage", to_storage, "--to-tracking-uri", to_tracking, *extra])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_running_trial_or_a_bad_scheme_is_refused_and_nothing_is_created(tmp_path: Path, capsys) -> None:
+    src = _laptop(tmp_path)
+    target = tmp_path / "cluster"
+    to_storage, to_tracking = f"sqlite:///{target}/optuna.db", f"sqlite:///{target}/mlflow.db"
+    src["study"].ask()  # a worker is still running a trial
+    code, _, err = _move(capsys, src, to_storage, to_tracking)
+    assert code == 2 and "RUNNING" in err and len(err.strip().splitlines()) == 1, err
+    for storage, tracking, flag in ((f"mongodb://127.0.0.1/{target}", to_tracking, "--to-storage"),
+                                    (to_storage, f"s3://bucket/{target}", "--to-tracking-uri"),
+                                    (to_storage, to_tracking.replace("sqlite", "sqlit"), "--to-tracking-uri")):
+        code, _, err = _move(capsys, src, storage, tracking)
+        assert code == 2 and err.startswith(f"error: {flag}:") and len(err.strip().splitlines()) == 1, err
+    assert not target.exists()  # neither SQLite file was created
+
+
+def test_an_interrupted_move_is_redone_and_one_store_keeps_its_run_ids(tmp_path: Path, capsys) -> None:
+    from mlflow import MlflowClient
+
+    src = _laptop(tmp_path)
+    to_tracking = f"sqlite:///{tmp_path}/cluster-mlflow.db"
+    first = move_study(STUDY, from_storage=src["storage"], from_tracking_uri=src["tracking"],
+                       to_storage=f"sqlite:///{tmp_path}/a.db", to_tracking_uri=to_tracking)
+    assert (len(first.runs), first.deleted_leftovers) == (2, 0)
+    moved = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/a.db")
+    assert moved.trials[0].intermediate_values == {0: 0.5, 1: 0.7}
+    assert moved.metric_names == ["val_roc_auc"] and moved.user_attrs[names.STUDY_ATTR_UID] == "0123456789abcdef"
+    new_run = moved.trials[0].user_attrs[names.TRIAL_ATTR_RUN_ID]
+    assert new_run == first.runs[src["run_id"]] != src["run_id"]
+    dst = MlflowClient(tracking_uri=to_tracking)
+    assert [(m.step, m.value) for m in dst.get_metric_history(new_run, "val_roc_auc")] == [(0, 0.5), (1, 0.7)]
+
+    # the runs landed but the study did not (say, the connection broke): refused, then replaced on request
+    code, out, err = _move(capsys, src, f"sqlite:///{tmp_path}/b.db", to_tracking)
+    assert code == 2 and "already has 2 run(s) of study 'hand'" in err and "--replace-runs" in err, err
+    assert not (tmp_path / "b.db").exists()
+    code, out, err = _move(capsys, src, f"sqlite:///{tmp_path}/b.db", to_tracking, "--replace-runs", "--json")
+    assert code == 0, err
+    again = json.loads(out)
+    assert again["deleted_leftovers"] == 2 and again["runs"] == 2
+    live = dst.search_runs([first.experiment_id], f"tags.`{names.TAG_STUDY_UID}` = '0123456789abcdef'")
+    assert [r.info.run_id for r in live] == [again["parent_run_id"]]
+    assert dst.get_run(first.parent_run_id).info.lifecycle_stage == "deleted"
+
+    # within one MLflow store only the Optuna study moves: its runs stay where they are
+    same = move_study(STUDY, from_storage=src["storage"], from_tracking_uri=src["tracking"],
+                      to_storage=f"sqlite:///{tmp_path}/c.db", to_tracking_uri=src["tracking"])
+    assert same.runs == {} and same.parent_run_id is None
+    kept = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/c.db")
+    assert kept.trials[0].user_attrs[names.TRIAL_ATTR_RUN_ID] == src["run_id"]
+    assert kept.user_attrs[names.STUDY_ATTR_PARENT_RUN_ID] == src["parent"]
