@@ -79,7 +79,7 @@ class _QuietStops(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, (KeyboardInterrupt, TrackingUnavailable)):
+        if isinstance(exc, (KeyboardInterrupt, TrackingUnavailable, optuna.exceptions.UpdateFinishedTrialError)):
             record.exc_info, record.exc_text = None, None
         return True
 
@@ -187,12 +187,16 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
         with lock:  # Optuna's skip_if_exists is not atomic across processes: one worker at a time
             enqueue_known(study, spec)
 
+    current: list[int] = []  # the number of the trial this worker is running
+
     def guarded(trial: optuna.Trial) -> Any:
         lock.release()  # the trial exists now; let other workers start theirs
+        current[:] = [trial.number]
         return objective(trial)
 
     def after_trial(st: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         nonlocal consecutive_failures, last_reason
+        current.clear()  # told: from here on a ValueError is not about an ended trial
         report.trials_run += 1
         report.states[frozen.state.name] = report.states.get(frozen.state.name, 0) + 1
         if frozen.state == optuna.trial.TrialState.FAIL:
@@ -229,8 +233,18 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
                     if can_start:
                         with warnings.catch_warnings():
                             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                            study.optimize(guarded, n_trials=1, catch=(Exception,), gc_after_trial=True,
-                                           callbacks=[after_trial] + ([stopper] if stopper is not None else []))
+                            try:
+                                study.optimize(guarded, n_trials=1, catch=(Exception,), gc_after_trial=True,
+                                               callbacks=[after_trial] + ([stopper] if stopper is not None else []))
+                            except ValueError:  # Optuna's "Cannot tell a FAIL trial"
+                                if not _ended_elsewhere(study, current):
+                                    raise
+                                report.trials_run += 1
+                                log.warning(
+                                    "trial %d was failed by another worker while this one ran it: its heartbeat was "
+                                    "older than study.grace_period (%ss; a stalled machine or storage outage). Its "
+                                    "retry runs the same parameters; this worker goes on.", current[0],
+                                    spec.study.grace_period)
                 if can_start:
                     if last_reason == outcomes.TRACKING_UNAVAILABLE_AT_START.reason:
                         raise SweepFatal(f"MLflow tracking at {tracker!r} is unreachable")
@@ -245,6 +259,15 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
     if report.budget_met:
         clear_finished_checkpoints(study, checkpoint_root)
     return report
+
+
+def _ended_elsewhere(study: optuna.Study, current: list[int]) -> bool:
+    """Whether the trial this worker was running has been finished by someone else (the stale-heartbeat check
+    of another worker fails a trial whose heartbeat is late, e.g. across a storage restart)."""
+    if not current:
+        return False
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == current[0]), None)
+    return trial is not None and trial.state.is_finished()
 
 
 def clear_finished_checkpoints(study: optuna.Study, root: Path | None) -> int:

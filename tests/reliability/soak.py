@@ -29,6 +29,7 @@ from harness import (  # noqa: E402
     clean_env,
     spec_dict,
     try_load_study,
+    worker_pid,
     write_spec,
 )
 
@@ -120,7 +121,7 @@ def soak(workdir: Path, *, workers: int = 4, trials: int = 40, faults: int = 16,
                         live.append(start_worker())
                 if injected < faults and live and time.monotonic() >= next_fault:
                     kind = order[injected % len(order)]
-                    victim = _inject(kind, rng, live, pg, server)
+                    victim = _inject(kind, rng, live, pg, server, storage)
                     result.faults[kind] += 1
                     injected += 1
                     if victim is not None:
@@ -136,10 +137,10 @@ def soak(workdir: Path, *, workers: int = 4, trials: int = 40, faults: int = 16,
     return result
 
 
-def _inject(kind: str, rng: random.Random, live: list[Proc], pg: Any, server: Any) -> Proc | None:
+def _inject(kind: str, rng: random.Random, live: list[Proc], pg: Any, server: Any, storage: str) -> Proc | None:
     """Apply one fault; for a worker fault, the stopped worker (to be replaced, as a scheduler would)."""
     if kind.startswith("worker"):
-        victim = rng.choice(live)
+        victim = _busy_worker(rng, live, storage)
         victim.signal(signal.SIGKILL if kind == "worker SIGKILL" else signal.SIGTERM)
         try:
             victim.wait(120)
@@ -151,6 +152,25 @@ def _inject(kind: str, rng: random.Random, live: list[Proc], pg: Any, server: An
     else:
         pg.restart()
     return None
+
+
+def _busy_worker(rng: random.Random, live: list[Proc], storage: str, wait: float = 120.0) -> Proc:
+    """A live worker that is running a trial (a worker still importing TensorFlow tests nothing); any live one
+    if none is busy within `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        study = try_load_study(storage, STUDY)
+        busy = set()
+        for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)) if study is not None else []:
+            try:
+                busy.add(worker_pid(t))
+            except (KeyError, ValueError, IndexError):
+                continue
+        candidates = [p for p in live if p.pid in busy and p.popen is not None and p.popen.poll() is None]
+        if candidates:
+            return rng.choice(candidates)
+        time.sleep(0.5)
+    return rng.choice(live)
 
 
 def _measure(result: SoakResult, storage: str, client: Any, epochs: int, procs: list[Proc]) -> None:
