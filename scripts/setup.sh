@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything siamese-sweep needs on a Debian/Ubuntu machine (idempotent).
 #   scripts/setup.sh          runtime: the package + Fashion-MNIST
-#   scripts/setup.sh --test   also test tools: PostgreSQL, Slurm + MUNGE, Chromium, Playwright, docker compose plugin
+#   scripts/setup.sh --test   also test tools: PostgreSQL, pgbouncer, Slurm + MUNGE, Chromium, Playwright, docker compose plugin
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -24,8 +24,9 @@ apt_install() {
 
 packages=(dataset-fashion-mnist)
 # slurm-wlm (slurmctld, slurmd, client commands) + munge: tests/cluster starts a private one-node
-# cluster from these binaries; the packages' own services are not used (no systemd needed)
-[ $WITH_TEST -eq 1 ] && packages+=(postgresql chromium slurm-wlm munge)
+# cluster from these binaries; the packages' own services are not used (no systemd needed).
+# pgbouncer: tests/distributed runs the budget lock through a private transaction-pooling pgbouncer
+[ $WITH_TEST -eq 1 ] && packages+=(postgresql pgbouncer chromium slurm-wlm munge)
 apt_install "${packages[@]}"
 
 extras="distributed"
