@@ -16,7 +16,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import random
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -178,12 +180,19 @@ class FileLock(BudgetLock):
 class AdvisoryLock(BudgetLock):
     """A PostgreSQL transaction-scoped advisory lock (works across machines sharing the database).
 
-    `acquire` opens one connection, BEGINs and takes ``pg_advisory_xact_lock``; `release` ends that
-    transaction, which is what frees the lock. Nothing outlives the transaction, so the lock also holds
-    behind a transaction-pooling pgbouncer (it pins one server connection to a client for exactly one
-    transaction; a session lock could be taken on one server connection and left behind on it), and a
-    killed worker's lock goes with its connection (PostgreSQL or pgbouncer aborts the open transaction).
+    `acquire` opens one connection and tries ``pg_try_advisory_xact_lock`` in a transaction until it gets
+    the lock; `release` ends that transaction, which is what frees the lock. Nothing outlives the
+    transaction, so the lock holds behind a transaction-pooling pgbouncer (which pins one server connection
+    to a client for exactly one transaction; a session lock could be taken on one server connection and left
+    behind on it), and a killed worker's lock goes with its connection (the open transaction is aborted).
+
+    Waiting polls (ROLLBACK, sleep, try again) instead of blocking in ``pg_advisory_xact_lock``: a blocked
+    waiter would pin a pooled server connection, and with more waiting workers than pgbouncer's pool the
+    holder could not get a connection to finish its work (a deadlock until ``query_wait_timeout``).
     """
+
+    FIRST_POLL_S = 0.005
+    MAX_POLL_S = 0.2
 
     def __init__(self, url: str, key: str) -> None:
         import sqlalchemy
@@ -198,9 +207,15 @@ class AdvisoryLock(BudgetLock):
 
     def acquire(self) -> None:
         conn = self._engine.connect()
+        delay = self.FIRST_POLL_S
         try:
-            conn.begin()  # explicit: the lock lives exactly as long as this transaction
-            conn.execute(self._sql("SELECT pg_advisory_xact_lock(:k)"), {"k": self._key})
+            while True:
+                conn.begin()  # explicit: the lock lives exactly as long as this transaction
+                if conn.execute(self._sql("SELECT pg_try_advisory_xact_lock(:k)"), {"k": self._key}).scalar():
+                    break
+                conn.rollback()  # hand the (pooled) server connection back while we wait
+                time.sleep(delay * random.uniform(0.5, 1.0))  # jitter: waiters do not poll in step
+                delay = min(2 * delay, self.MAX_POLL_S)
         except BaseException:
             conn.close()
             raise

@@ -38,11 +38,12 @@ class PgBouncer:
     """Start/stop one pgbouncer (``pool_mode``, default ``transaction``) for the application user of `pg`."""
 
     def __init__(self, pg: PostgresServer, *, pool_mode: str = "transaction", pool_size: int = 20,
-                 max_client_conn: int = 200, host: str = "127.0.0.1") -> None:
+                 max_client_conn: int = 200, query_wait_timeout: int = 120, host: str = "127.0.0.1") -> None:
         self.pg = pg
         self.pool_mode = pool_mode
         self.pool_size = pool_size
         self.max_client_conn = max_client_conn
+        self.query_wait_timeout = query_wait_timeout  # seconds a client may wait for a server connection
         self.host = host
         self.port = 0
         self.binary = find_pgbouncer()
@@ -84,7 +85,7 @@ class PgBouncer:
             f"listen_addr = {self.host}\nlisten_port = {self.port}\nunix_socket_dir =\n"
             f"auth_type = scram-sha-256\nauth_file = {self._dir / 'userlist.txt'}\n"
             f"pool_mode = {self.pool_mode}\ndefault_pool_size = {self.pool_size}\n"
-            f"max_client_conn = {self.max_client_conn}\n"
+            f"max_client_conn = {self.max_client_conn}\nquery_wait_timeout = {self.query_wait_timeout}\n"
             f"logfile = {self._dir / 'pgbouncer.log'}\n"
             "ignore_startup_parameters = extra_float_digits,options\n"
         )

@@ -32,7 +32,12 @@ pytestmark = [pytest.mark.postgres]
 
 @pytest.fixture(scope="module")
 def pgbouncer(postgres_server: Any) -> Iterator[Any]:
-    """A private pgbouncer (pool_mode=transaction, 5 server connections) in front of ``postgres_server``."""
+    """A private pgbouncer (pool_mode=transaction) with fewer server connections (3) than the test has workers (4).
+
+    A worker blocked in ``pg_advisory_xact_lock`` would pin a server connection; with three waiters pinning all 3
+    the holder could not run its storage queries (pgbouncer fails it after ``query_wait_timeout``, 30 s here), so
+    the lock must wait without pinning one.
+    """
     from sweeps.stack.pgbouncer import PgBouncer, find_pgbouncer
 
     try:
@@ -41,7 +46,7 @@ def pgbouncer(postgres_server: Any) -> Iterator[Any]:
         if os.environ.get("CI"):
             raise
         pytest.skip(str(e))
-    with PgBouncer(postgres_server, pool_mode="transaction", pool_size=5) as bouncer:
+    with PgBouncer(postgres_server, pool_mode="transaction", pool_size=3, query_wait_timeout=30) as bouncer:
         yield bouncer
 
 
@@ -144,10 +149,12 @@ def test_a_sigkilled_holder_releases_the_lock_through_pgbouncer(pgbouncer: Any) 
         holder.wait()
 
 
-def _worker(url: str, study_name: str, budget: int, seen: Any) -> None:
+def _worker(url: str, study_name: str, budget: int, seen: Any, start: Any, started: Any) -> None:
     """One worker process: the project's coordination loop with an objective that does no training."""
-    study = optuna.load_study(study_name=study_name, storage=make_storage(url),
-                              sampler=optuna.samplers.RandomSampler())
+    with start:  # one at a time: Optuna's schema check holds a server connection while it opens a second
+        study = optuna.load_study(study_name=study_name, storage=make_storage(url),
+                                  sampler=optuna.samplers.RandomSampler())
+    started.wait()  # then all together
     lock = budget_lock(url, study_name)
 
     def objective(trial: optuna.Trial) -> float:
@@ -169,8 +176,9 @@ def test_worker_processes_through_pgbouncer_meet_the_exact_budget(pgbouncer: Any
     optuna.create_study(study_name="through-bouncer", storage=storage)
     storage.engine.dispose()  # the forked workers open their own connections
     ctx = multiprocessing.get_context("fork")
-    seen = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(url, "through-bouncer", budget, seen)) for _ in range(workers)]
+    seen, start, started = ctx.Queue(), ctx.Lock(), ctx.Barrier(workers)
+    procs = [ctx.Process(target=_worker, args=(url, "through-bouncer", budget, seen, start, started))
+             for _ in range(workers)]
     for p in procs:
         p.start()
     try:
