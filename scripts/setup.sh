@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything siamese-sweep needs on a Debian/Ubuntu machine (idempotent).
 #   scripts/setup.sh          runtime: the package + Fashion-MNIST
-#   scripts/setup.sh --test   also test tools: PostgreSQL, Slurm + MUNGE, nginx, Chromium, Playwright, docker compose plugin
+#   scripts/setup.sh --test   also test tools: PostgreSQL, pgbouncer, Slurm + MUNGE, nginx, Chromium, Playwright,
+#                             docker compose plugin
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -24,9 +25,10 @@ apt_install() {
 
 packages=(dataset-fashion-mnist)
 # slurm-wlm (slurmctld, slurmd, client commands) + munge: tests/cluster starts a private one-node
-# cluster from these binaries; the packages' own services are not used (no systemd needed)
+# cluster from these binaries; the packages' own services are not used (no systemd needed).
+# pgbouncer: tests/distributed runs the budget lock through a private transaction-pooling pgbouncer
 # nginx-light: tests/registry/test_serving.py runs deploy/serving's request-size proxy in a real nginx
-[ $WITH_TEST -eq 1 ] && packages+=(postgresql chromium slurm-wlm munge nginx-light)
+[ $WITH_TEST -eq 1 ] && packages+=(postgresql pgbouncer chromium slurm-wlm munge nginx-light)
 apt_install "${packages[@]}"
 
 extras="distributed"

@@ -8,15 +8,17 @@
 
 Starting a trial is "check the budget, then create the trial". Without a
 lock two workers can both see 9 of 10 trials and both start one; the
-`BudgetLock` (PostgreSQL advisory lock, or a file lock next to a SQLite or
-journal file) makes that step atomic across processes and machines.
+`BudgetLock` (a transaction-scoped PostgreSQL advisory lock, or a file lock next to a
+SQLite or journal file) makes that step atomic across processes and machines.
 """
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import os
+import random
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -176,29 +178,57 @@ class FileLock(BudgetLock):
 
 
 class AdvisoryLock(BudgetLock):
-    """A PostgreSQL session advisory lock (works across machines sharing the database)."""
+    """A PostgreSQL transaction-scoped advisory lock (works across machines sharing the database).
+
+    `acquire` opens one connection and tries ``pg_try_advisory_xact_lock`` in a transaction until it gets
+    the lock; `release` ends that transaction, which is what frees the lock. Nothing outlives the
+    transaction, so the lock holds behind a transaction-pooling pgbouncer (which pins one server connection
+    to a client for exactly one transaction; a session lock could be taken on one server connection and left
+    behind on it), and a killed worker's lock goes with its connection (the open transaction is aborted).
+
+    Waiting polls (ROLLBACK, sleep, try again) instead of blocking in ``pg_advisory_xact_lock``: a blocked
+    waiter would pin a pooled server connection, and with more waiting workers than pgbouncer's pool the
+    holder could not get a connection to finish its work (a deadlock until ``query_wait_timeout``).
+    """
+
+    FIRST_POLL_S = 0.005
+    MAX_POLL_S = 0.2
 
     def __init__(self, url: str, key: str) -> None:
         import sqlalchemy
 
         if url.startswith("postgres://"):
             url = "postgresql://" + url[len("postgres://"):]
+        # no pool: the connection exists only while the lock is wanted or held
         self._engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         self._key = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
         self._conn: Any = None
         self._sql = sqlalchemy.text
 
     def acquire(self) -> None:
-        self._conn = self._engine.connect()
-        self._conn.execute(self._sql("SELECT pg_advisory_lock(:k)"), {"k": self._key})
+        conn = self._engine.connect()
+        delay = self.FIRST_POLL_S
+        try:
+            while True:
+                conn.begin()  # explicit: the lock lives exactly as long as this transaction
+                if conn.execute(self._sql("SELECT pg_try_advisory_xact_lock(:k)"), {"k": self._key}).scalar():
+                    break
+                conn.rollback()  # hand the (pooled) server connection back while we wait
+                time.sleep(delay * random.uniform(0.5, 1.0))  # jitter: waiters do not poll in step
+                delay = min(2 * delay, self.MAX_POLL_S)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
 
     def release(self) -> None:
-        if self._conn is not None:
+        """End the lock's transaction (frees the lock); idempotent, the worker releases once more on exit."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
             try:
-                self._conn.execute(self._sql("SELECT pg_advisory_unlock(:k)"), {"k": self._key})
+                conn.rollback()  # nothing was written: ROLLBACK ends the transaction and its lock
             finally:
-                self._conn.close()
-                self._conn = None
+                conn.close()
 
 
 class ThreadLock(BudgetLock):

@@ -29,7 +29,7 @@ from .objective import Objective, TrialContext
 from .signals import StopRequest, stop_on_signals
 from .spec import SweepSpec
 from .stopping import from_spec as study_stop_from
-from .storage import budget_lock, fail_stale_trials, retried_trial_number, safe_filename
+from .storage import BudgetLock, budget_lock, fail_stale_trials, retried_trial_number, safe_filename
 from .study import OpenedStudy, count_states, enqueue_known, ensure_parent_run, trial_budget
 from .tracking import RUN_RUNNING, Retry, Tracker
 
@@ -176,16 +176,35 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
                        checkpoint_root=checkpoint_root)
     objective = Objective(ctx)
     lock = budget_lock(opened.storage_url, study.study_name)
-    report = WorkerReport()
     reconciled: set[int] = set()
-    consecutive_failures = 0
-    last_reason = ""
     deadline = None if timeout is None else time.monotonic() + timeout
     poll = poll_s if poll_s is not None else min(5.0, float(spec.study.heartbeat_interval))
-    stopper = study_stop_from(spec)
     if spec.study.enqueue:
         with lock:  # Optuna's skip_if_exists is not atomic across processes: one worker at a time
             enqueue_known(study, spec)
+    report = take_trials(study, lock, objective, default_budget=spec.study.trials,
+                         max_failures=spec.study.max_failures, poll_s=poll, deadline=deadline,
+                         stopper=study_stop_from(spec), on_trial=on_trial,
+                         under_lock=lambda: reconcile_runs(study, tracker, reconciled),
+                         tracker_name=repr(tracker))
+    if report.budget_met:
+        clear_finished_checkpoints(study, checkpoint_root)
+    return report
+
+
+def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optuna.Trial], Any], *,
+                default_budget: int, max_failures: int, poll_s: float, deadline: float | None = None,
+                stopper: Any = None, on_trial: OnTrial | None = None,
+                under_lock: Callable[[], Any] | None = None, tracker_name: str = "MLflow") -> WorkerReport:
+    """The coordination loop of one worker, apart from what a trial does (benchmarks/coordination.py runs it
+    with an objective that does no training, to measure the storage cost of coordination alone).
+
+    Under `lock`: fail stale trials, run `under_lock` (the worker reconciles MLflow runs), count, and create at
+    most one trial; `objective` runs after the lock is released. `deadline` is a ``time.monotonic()`` value.
+    """
+    report = WorkerReport()
+    consecutive_failures = 0
+    last_reason = ""
 
     current: list[int] = []  # the number of the trial this worker is running
 
@@ -216,9 +235,10 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
                     break
                 with lock:
                     fail_stale_trials(study)
-                    reconcile_runs(study, tracker, reconciled)
+                    if under_lock is not None:
+                        under_lock()
                     counts = count_states(study)
-                    target = trial_budget(study, spec.study.trials)
+                    target = trial_budget(study, default_budget)
                     if counts.done >= target:
                         report.budget_met, report.stopped_by = True, "budget"
                         break
@@ -242,22 +262,19 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
                                 report.trials_run += 1
                                 log.warning(
                                     "trial %d was failed by another worker while this one ran it: its heartbeat was "
-                                    "older than study.grace_period (%ss; a stalled machine or storage outage). Its "
-                                    "retry runs the same parameters; this worker goes on.", current[0],
-                                    spec.study.grace_period)
+                                    "older than study.grace_period (a stalled machine or storage outage). Its "
+                                    "retry runs the same parameters; this worker goes on.", current[0])
                 if can_start:
                     if last_reason == outcomes.TRACKING_UNAVAILABLE_AT_START.reason:
-                        raise SweepFatal(f"MLflow tracking at {tracker!r} is unreachable")
-                    if consecutive_failures >= spec.study.max_failures:
+                        raise SweepFatal(f"MLflow tracking at {tracker_name} is unreachable")
+                    if consecutive_failures >= max_failures:
                         raise SweepFatal(f"{consecutive_failures} trials in a row failed (last reason: "
                                          f"{last_reason}); stopping. See 'siamese-sweep status' and the failed runs "
                                          f"in MLflow.")
                     continue
-                _sleep(poll)  # other workers are running the remaining trials
+                _sleep(poll_s)  # other workers are running the remaining trials
         finally:
             lock.release()
-    if report.budget_met:
-        clear_finished_checkpoints(study, checkpoint_root)
     return report
 
 
