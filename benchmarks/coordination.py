@@ -122,7 +122,8 @@ def run(workers: int, trials: int, poll_s: float, via_pgbouncer: bool, pool_size
             url = bouncer.url_for(DATABASE) if bouncer is not None else direct_url
             storage = make_storage(url)
             optuna.create_study(study_name=STUDY, storage=storage)
-            storage.engine.dispose()
+            if isinstance(storage, optuna.storages.RDBStorage):  # no connection carried into forked workers
+                storage.engine.dispose()
             ctx = multiprocessing.get_context("fork")
             ready, results, go, start = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Lock()
             procs = [ctx.Process(target=worker, args=(url, trials, poll_s, start, ready, go, results))
@@ -151,7 +152,7 @@ def run(workers: int, trials: int, poll_s: float, via_pgbouncer: bool, pool_size
             sampler.start()
             t0 = time.time()
             go.set()
-            reports = []
+            reports: list[Any] = []
             while len(reports) < len(procs):
                 try:
                     reports.append(results.get(timeout=5))
