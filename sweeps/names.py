@@ -35,6 +35,11 @@ TAG_SAMPLED_PARAMS = "siamese_sweep.sampled_params"    # comma-separated names O
 TAG_RESUMED_FROM_EPOCH = "siamese_sweep.resumed_from_epoch"  # epochs restored from a checkpoint
 TAG_DIAGNOSTICS_PREFIX = "siamese_sweep.diagnostics."  # + finding code -> severity
 
+# ---------------------------------------------------------------- MLflow run artifacts of a trial run
+# the latest epoch checkpoint when `tracking.checkpoints` is on (overwritten every epoch, deleted when the trial
+# ends); not "checkpoints/", where mlflow.keras autolog puts its own
+ARTIFACT_RESUME_CHECKPOINT = "siamese_sweep_checkpoint"
+
 # ---------------------------------------------------------------- MLflow run tags: the study's parent run
 TAG_STORAGE = "siamese_sweep.storage"                  # Optuna storage URL, password masked
 TAG_DIRECTIONS = "siamese_sweep.directions"            # comma-separated, one per objective
