@@ -131,11 +131,8 @@ def test_a_tracking_server_that_is_down_costs_the_upload_not_the_training(
 
 
 # ---------------------------------------------------------------- two workers, two directories, two servers
-def _uploaded_epoch(client, storage: str, name: str, tmp: Path) -> tuple[object, int] | None:
+def _uploaded_epoch(client, study, tmp: Path) -> tuple[object, int] | None:
     """The RUNNING trial and the epoch its uploaded checkpoint resumes at, once that is >= 2."""
-    study = try_load_study(storage, name)
-    if study is None:
-        return None
     for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)):
         run_id = t.user_attrs.get("mlflow_run_id")
         if not run_id:
@@ -174,10 +171,12 @@ def test_a_trial_killed_on_one_machine_resumes_on_another_from_mlflow(
     first = Proc(args, machines["a"][0], env, name="a").start()
     second = None
     try:
-        wait_for(lambda: (s := try_load_study(storage, name)) and s.get_trials(states=(S.RUNNING,)), timeout=240,
+        # one storage object for all polls (a new one per poll would use up PostgreSQL's connection slots)
+        study = wait_for(lambda: try_load_study(storage, name), timeout=240, what="the study", procs=[first])
+        wait_for(lambda: study.get_trials(deepcopy=False, states=(S.RUNNING,)), timeout=240,
                  what="the first worker's trial", procs=[first])
         second = Proc(args, machines["b"][0], env, name="b").start()  # joins; the budget is taken, so it waits
-        victim, _ = wait_for(lambda: _uploaded_epoch(client, storage, name, tmp_path), timeout=300,
+        victim, _ = wait_for(lambda: _uploaded_epoch(client, study, tmp_path), timeout=300,
                              what="a checkpoint of epoch 2 in the trial's run", procs=[first, second])
         first.signal(signal.SIGKILL)
         assert first.wait(30) == -signal.SIGKILL
