@@ -12,10 +12,11 @@ deleted; a trial whose retry never runs (``max_retries`` used up) keeps its one 
 
 Cost: the upload runs in the training thread after each epoch. A checkpoint is about 12 bytes per parameter
 (float32 weights plus Adam's two moments). Measured against a local ``mlflow server`` (PostgreSQL backend, basic
-auth, proxied artifacts; median of 10 uploads on a busy 2-core machine): the default encoder (28 k parameters)
-0.40 MB in 0.06 s; a conv encoder of depth 4 and width 128 (6.5 M parameters) 78 MB in 2.1 s. A retry's
-download (list, then two files) took 1.3 s and 5.1 s for those two. Over a real network the large case scales
-with bandwidth: set ``tracking.checkpoints: local`` when epochs are short and checkpoints large.
+auth, proxied artifacts; medians of 10 uploads, two runs on a busy 2-core machine,
+``python benchmarks/checkpoint_upload.py``): the default encoder (28 k parameters) is 0.40 MB and uploads in
+0.03-0.06 s; a conv encoder of depth 4 and width 128 (6.5 M parameters) is 78 MB and uploads in 1.1-2.1 s. A
+retry's download (list, then two files) took 0.7-1.3 s and 1.8-5.1 s for those two. Over a real network the
+large case scales with bandwidth: set ``tracking.checkpoints: local`` when epochs are short and checkpoints large.
 
 An upload that fails (server down, refused) is logged and skipped: the next epoch overwrites it anyway, and
 the trial never fails for it.
