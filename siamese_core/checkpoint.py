@@ -24,8 +24,10 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import keras
 
@@ -115,20 +117,39 @@ def restore(directory: str | Path, model: keras.Model, *, fingerprint: str, epoc
     return Restored(next_epoch, history)
 
 
+def saved_epoch(directory: str | Path) -> int:
+    """The next epoch the checkpoint in `directory` would resume at; 0 when there is none or it is unreadable.
+
+    Only compares checkpoints (say, a local one and a downloaded one); `restore` does the real checks.
+    """
+    try:
+        return int(json.loads((Path(directory) / STATE).read_text())["next_epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def clear(directory: str | Path) -> None:
     """Delete the checkpoint directory (a finished or abandoned run)."""
     shutil.rmtree(directory, ignore_errors=True)
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Save a checkpoint at the end of every epoch (runs after the history recorder)."""
+    """Save a checkpoint at the end of every epoch (runs after the history recorder).
 
-    def __init__(self, directory: str | Path, history: list[dict[str, float]], *, fingerprint: str) -> None:
+    `listeners` are told ``on_checkpoint(directory, next_epoch)`` once each checkpoint is complete on disk
+    (a sweep copies it to where workers on other machines can reach it).
+    """
+
+    def __init__(self, directory: str | Path, history: list[dict[str, float]], *, fingerprint: str,
+                 listeners: Sequence[Any] = ()) -> None:
         super().__init__()
         self.directory = Path(directory)
         self.history = history  # the recorder's list: already holds this epoch's row
         self.fingerprint = fingerprint
+        self.listeners = list(listeners)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         save(self.directory, self.model, next_epoch=epoch + 1, history=list(self.history),
              fingerprint=self.fingerprint)
+        for listener in self.listeners:
+            listener.on_checkpoint(self.directory, epoch + 1)

@@ -92,7 +92,9 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, *,
     """Train one Siamese model and evaluate it.
 
     `callbacks` are Keras callbacks run by every loader; those that define
-    ``on_finding(finding)`` also hear diagnostics findings as they happen.
+    ``on_finding(finding)`` also hear diagnostics findings as they happen, and
+    those that define ``on_checkpoint(directory, next_epoch)`` hear of each
+    epoch checkpoint once it is on disk.
     Raises `ConfigError`/`DataError` before training for bad input and
     `TrainingFailed` when the run itself fails (NaN loss, collapse, ...).
     With `checkpoint_dir`, every epoch is checkpointed there and a later call
@@ -134,7 +136,8 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, *,
     cbs += list(callbacks)
     cbs.append(recorder)
     if checkpoint_dir is not None:
-        cbs.append(EpochCheckpoint(checkpoint_dir, recorder.history, fingerprint=config_fingerprint(config)))
+        cbs.append(EpochCheckpoint(checkpoint_dir, recorder.history, fingerprint=config_fingerprint(config),
+                                   listeners=[cb for cb in callbacks if callable(getattr(cb, "on_checkpoint", None))]))
     bus.attach(cbs)
 
     loader = get_loader(config.loader)

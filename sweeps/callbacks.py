@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -55,3 +56,20 @@ class OptunaReporter(keras.callbacks.Callback):
         self.trial.report(float(value), step=epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch + 1}: {self.metric}={float(value):.4f}")
+
+
+class CheckpointUploader(keras.callbacks.Callback):
+    """Copy each epoch checkpoint into the trial's MLflow run (`sweeps.checkpoints`); never fails the trial."""
+
+    def __init__(self, run: TrialRun) -> None:
+        super().__init__()
+        self.run = run
+        self.uploaded: list[int] = []  # epochs whose checkpoint reached MLflow
+
+    def on_checkpoint(self, directory: Path, next_epoch: int) -> None:
+        from . import checkpoints
+
+        seconds = checkpoints.upload(self.run.tracker, self.run.run_id, Path(directory))
+        if seconds is not None:
+            self.uploaded.append(next_epoch)
+            log.debug("checkpoint of epoch %d copied to MLflow run %s in %.3f s", next_epoch, self.run.run_id, seconds)

@@ -36,6 +36,11 @@ TAG_RESUMED_FROM_EPOCH = "siamese_sweep.resumed_from_epoch"  # epochs restored f
 TAG_DIAGNOSTICS_PREFIX = "siamese_sweep.diagnostics."  # + finding code -> severity
 TAG_MOVED_FROM = "siamese_sweep.moved_from"            # `siamese-sweep move`: the source run's (or model's) id
 
+# ---------------------------------------------------------------- MLflow run artifacts of a trial run
+# the latest epoch checkpoint when `tracking.checkpoints` is on (overwritten every epoch, deleted when the trial
+# ends); not "checkpoints/", where mlflow.keras autolog puts its own
+ARTIFACT_RESUME_CHECKPOINT = "siamese_sweep_checkpoint"
+
 # ---------------------------------------------------------------- MLflow run tags: the study's parent run
 TAG_STORAGE = "siamese_sweep.storage"                  # Optuna storage URL, password masked
 TAG_DIRECTIONS = "siamese_sweep.directions"            # comma-separated, one per objective

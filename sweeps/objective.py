@@ -7,7 +7,8 @@ MLflow run status, retried or not — is data in `sweeps.outcomes`; this module 
 Trials stopped from outside (interrupted, MLflow down, worker died) are queued again with the same
 parameters; the retry records the original in the system attr ``failed_trial`` and the run tag
 ``siamese_sweep.retry_of``, and resumes from the original's last epoch checkpoint
-(``<checkpoint root>/trial-<original number>``).
+(``<checkpoint root>/trial-<original number>``; with shared checkpoints, downloaded from the newest copy in an
+earlier attempt's MLflow run when this machine has none or an older one: `sweeps.checkpoints`).
 """
 from __future__ import annotations
 
@@ -90,6 +91,7 @@ class TrialContext:
     study_name: str
     load_data: Callable[[Any], Any]
     checkpoint_root: Path | None = None
+    share_checkpoints: bool = False  # also copy them into each trial's MLflow run (`sweeps.checkpoints`)
 
     def checkpoint_dir(self, original_number: int) -> Path | None:
         """Keyed by the original trial's number, so a retry finds the epochs its original saved."""
@@ -129,6 +131,7 @@ class TrialAttempt:
         self.trial = trial
         self.checkpoint: Path | None = None
         self.retry_of: int | None = None
+        self.earlier: list[int] = []  # numbers of the trials this one repeats, the original first
         self.mlflow_run: TrialRun | None = None
         self.dataset: Dataset | None = None  # the MLflow dataset input of this trial's run
 
@@ -137,7 +140,7 @@ class TrialAttempt:
         """Train and log the trial; returns its objective value(s), raises for any other outcome."""
         from siamese_core.training import train
 
-        from .callbacks import MlflowEpochLogger, OptunaReporter  # import Keras: only once a trial runs
+        from .callbacks import CheckpointUploader, MlflowEpochLogger, OptunaReporter  # Keras: once a trial runs
 
         overrides = self._begin()
         run = self.mlflow_run = self._start_run()
@@ -153,6 +156,10 @@ class TrialAttempt:
             callbacks: list[Any] = [stop_check_callback(), MlflowEpochLogger(run)]
             if not study.multi_objective:
                 callbacks.append(OptunaReporter(self.trial, study.objective_metrics[0]))
+            if self.ctx.share_checkpoints and self.checkpoint is not None:
+                callbacks.append(CheckpointUploader(run))
+                if self.earlier:
+                    self._fetch_checkpoint()
             result = train(config, callbacks=callbacks, data=data, checkpoint_dir=self.checkpoint)
         measured = {"params": float(result.models.training.count_params()), "train_seconds": float(result.seconds),
                     "latency_ms": measure_latency_ms(result)}
@@ -167,6 +174,9 @@ class TrialAttempt:
         trial, spec = self.trial, self.ctx.spec
         frozen = frozen_trial(trial)
         self.retry_of = retried_trial_number(frozen)
+        if self.retry_of is not None:
+            self.earlier = [int(n) for n in frozen.system_attrs.get(names.SYSTEM_ATTR_RETRY_HISTORY)
+                            or [self.retry_of]]
         if self.retry_of is not None and frozen.user_attrs.get(names.TRIAL_ATTR_RUN_ID):
             trial.set_user_attr(names.TRIAL_ATTR_RUN_ID, "")  # copied from the original: not this trial's run
         self.checkpoint = self.ctx.checkpoint_dir(trial.number if self.retry_of is None else self.retry_of)
@@ -327,6 +337,31 @@ class TrialAttempt:
             self.checkpoint.parent.rmdir()  # the study's checkpoint folder, once it is empty
         except OSError:
             pass
+        if self.ctx.share_checkpoints:
+            from . import checkpoints
+
+            checkpoints.delete(self.ctx.tracker, self._attempt_run_ids(include_own=True))
+
+    def _attempt_run_ids(self, *, include_own: bool) -> list[str]:
+        """The MLflow runs of the earlier attempts at this trial (newest first), and this one's if asked."""
+        own = [self.mlflow_run.run_id] if include_own and self.mlflow_run is not None else []
+        if not self.earlier:
+            return own
+        try:
+            by_number = {t.number: t for t in self.trial.study.get_trials(deepcopy=False)}
+        except Exception as exc:  # noqa: BLE001 - storage trouble: this attempt only
+            log.warning("could not look up the earlier attempts of trial %d: %s", self.trial.number, exc)
+            return own
+        runs = [by_number[n].user_attrs.get(names.TRIAL_ATTR_RUN_ID) for n in reversed(self.earlier)
+                if n in by_number]
+        return own + [r for r in runs if r]
+
+    def _fetch_checkpoint(self) -> None:
+        """A retry: bring the newest checkpoint of its earlier attempts here, unless this machine has it."""
+        from . import checkpoints
+
+        assert self.checkpoint is not None
+        checkpoints.fetch(self.ctx.tracker, self._attempt_run_ids(include_own=False), self.checkpoint)
 
     def _requeue(self) -> None:
         """Queue this trial again (same params) while it is still RUNNING, so the budget count never dips."""

@@ -217,6 +217,9 @@ class TrackingSpec(_Section):
     plots_every: int = Field(default=5, ge=0)  # re-log the HTML study plots every N finished trials; 0: at the end
     registered_model: str | None = None
     system_metrics: bool = False  # MLflow's CPU/memory/GPU monitor in each trial's run (extra: system-metrics)
+    # where epoch checkpoints live: "local" (study.checkpoint_dir only), "mlflow" (also copied into the trial's
+    # run, so a retry on another machine resumes), "auto" (mlflow when `uri` is an http(s) server)
+    checkpoints: Literal["auto", "local", "mlflow"] = "auto"
 
 
 class SweepSpec(_Section):
@@ -276,7 +279,7 @@ class SweepSpec(_Section):
 _MACHINE_KEYS = ("study.storage", "study.name", "study.checkpoint_dir", "tracking.uri")
 # stored with the study but a worker may differ in them without changing what its trials mean
 _RUNTIME_KEYS = ("study.trials", "study.timeout", "study.max_failures", "study.heartbeat_interval",
-                 "study.grace_period", "study.max_retries")
+                 "study.grace_period", "study.max_retries", "tracking.checkpoints")
 
 
 def _identity_dict(portable: Mapping[str, Any]) -> dict[str, Any]:

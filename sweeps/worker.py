@@ -24,6 +24,7 @@ import optuna
 from mlflow.entities import RunTag
 
 from . import names, outcomes
+from .checkpoints import shared_through_mlflow
 from .errors import SweepFatal, TrackingUnavailable
 from .objective import Objective, TrialContext
 from .signals import StopRequest, stop_on_signals
@@ -173,7 +174,8 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
         checkpoint_root = default_checkpoint_root(spec, study.study_name, parent_run_id)
     ctx = TrialContext(spec=spec, tracker=tracker, experiment_id=experiment_id, parent_run_id=parent_run_id,
                        study_name=study.study_name, load_data=data_cache or DataCache(),
-                       checkpoint_root=checkpoint_root)
+                       checkpoint_root=checkpoint_root,
+                       share_checkpoints=shared_through_mlflow(spec.tracking.checkpoints, tracker.uri))
     objective = Objective(ctx)
     lock = budget_lock(opened.storage_url, study.study_name)
     reconciled: set[int] = set()

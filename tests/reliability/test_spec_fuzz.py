@@ -34,7 +34,7 @@ STUDY_KEYS = ["study." + k for k in ("name", "direction", "directions", "metric"
                                      "sampler.n_startup_trials", "pruner", "pruner.type", "pruner.n_warmup_steps",
                                      "pruner.reduction_factor")]
 TRACKING_KEYS = ["tracking." + k for k in ("uri", "experiment", "log_models", "log_plots", "registered_model",
-                                          "system_metrics")]
+                                          "system_metrics", "checkpoints")]
 SPACE_KEYS = [f"search_space.{name}" for name in VALID["search_space"]] + [
     f"search_space.{name}.{f}" for name in VALID["search_space"] for f in ("type", "low", "high", "log", "step",
                                                                            "choices", "when")]

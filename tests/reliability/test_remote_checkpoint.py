@@ -1,0 +1,210 @@
+"""Issue 15.2: epoch checkpoints that travel through the MLflow tracking server.
+
+* in process, on the real PostgreSQL-backed MLflow server with basic auth: each epoch's checkpoint is copied into
+  the trial run (one copy, overwritten), a fresh directory gets it back and resumes from it, it is deleted on
+  request, and a server that is down costs the upload, never the training;
+* two `siamese-sweep worker` processes in two directories that share nothing but PostgreSQL (Optuna) and the
+  MLflow server: the first is SIGKILLed mid-trial, the retry on the second resumes at the epoch the first
+  uploaded and completes, and the copies are gone once it has.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from sweeps import checkpoints
+from sweeps.checkpoints import ARTIFACT_DIR, shared_through_mlflow
+
+from .harness import (
+    LONG_EPOCHS,
+    Proc,
+    S,
+    check_sweep_invariants,
+    clean_env,
+    load_study,
+    spec_dict,
+    try_load_study,
+    wait_for,
+    write_spec,
+)
+
+pytestmark = [pytest.mark.postgres]
+
+EPOCHS = 3
+
+
+def test_auto_shares_checkpoints_only_through_a_tracking_server() -> None:
+    assert shared_through_mlflow("auto", "http://mlflow.lan:5000")
+    assert shared_through_mlflow("auto", "https://mlflow.example.org/base")
+    assert not shared_through_mlflow("auto", "sqlite:///mlflow.db")
+    assert not shared_through_mlflow("auto", "/tmp/mlruns")
+    assert shared_through_mlflow("mlflow", "sqlite:///mlflow.db")
+    assert not shared_through_mlflow("local", "http://mlflow.lan:5000")
+
+
+def test_a_bad_checkpoints_mode_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    import subprocess
+
+    from .harness import cli
+
+    spec = write_spec(tmp_path / "spec.yaml", spec_dict(tmp_path, tracking={"checkpoints": "s3"}))
+    proc = subprocess.run(cli() + ["run", str(spec), "--storage", f"sqlite:///{tmp_path}/optuna.db"],
+                          cwd=tmp_path, env=clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db"),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "tracking.checkpoints" in proc.stderr
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.fixture
+def tracker(mlflow_server_pg, mlflow_env):
+    from sweeps.tracking import Tracker
+
+    return Tracker(mlflow_server_pg.url)
+
+
+def test_each_epoch_is_copied_to_the_run_then_fetched_resumed_and_deleted(
+        tracker, make_tiny, digits_data, tmp_path: Path) -> None:
+    from siamese_core import TrainConfig
+    from siamese_core.training import train
+    from sweeps.callbacks import CheckpointUploader
+    from sweeps.tracking import TrialRun
+
+    exp = tracker.experiment_id("ckpt-travel-unit")
+    run = TrialRun(tracker, tracker.client.create_run(exp).info.run_id)
+    config = TrainConfig.from_dict(make_tiny(epochs=EPOCHS, diagnostics={"enabled": False},
+                                             pairs={"pairs_per_epoch": 384, "val_pairs": 120, "test_pairs": 120}))
+    uploader = CheckpointUploader(run)
+    first = train(config, data=digits_data, checkpoint_dir=tmp_path / "here", callbacks=[uploader])
+    assert first.resumed_from_epoch == 0 and uploader.uploaded == [1, 2, 3]
+
+    # one copy, overwritten every epoch: the run holds exactly the two files of the last epoch
+    listed = tracker.client.list_artifacts(run.run_id, ARTIFACT_DIR)
+    assert sorted(Path(f.path).name for f in listed) == ["state.json", "weights.weights.h5"]
+    state = json.loads(Path(tracker.client.download_artifacts(run.run_id, f"{ARTIFACT_DIR}/state.json",
+                                                              str(tmp_path / "peek"))).read_text())
+    assert state["next_epoch"] == EPOCHS and len(state["history"]) == EPOCHS
+
+    # another machine: nothing local, so the copy comes down and the run resumes from it (checksum verified)
+    elsewhere = tmp_path / "elsewhere"
+    assert checkpoints.fetch(tracker, ["no-such-run", run.run_id], elsewhere) == EPOCHS
+    resumed = train(config, data=digits_data, checkpoint_dir=elsewhere)
+    assert resumed.resumed_from_epoch == EPOCHS
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in first.history]
+    # a local checkpoint that is as far along is kept (nothing downloaded over it)
+    before = (elsewhere / "state.json").stat().st_mtime_ns
+    assert checkpoints.fetch(tracker, [run.run_id], elsewhere) == EPOCHS
+    assert (elsewhere / "state.json").stat().st_mtime_ns == before
+
+    # deleting through the artifact repository (no MlflowClient call exists) really removes the copy
+    assert checkpoints.delete(tracker, [run.run_id]) == 1
+    assert tracker.client.list_artifacts(run.run_id, ARTIFACT_DIR) == []
+    assert checkpoints.delete(tracker, [run.run_id]) == 0
+    assert checkpoints.fetch(tracker, [run.run_id], tmp_path / "empty") == 0
+
+
+def test_a_tracking_server_that_is_down_costs_the_upload_not_the_training(
+        make_tiny, digits_data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from siamese_core import TrainConfig
+    from siamese_core.training import train
+    from sweeps.callbacks import CheckpointUploader
+    from sweeps.tracking import Tracker, TrialRun
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as held:  # bound, never listening: connections are refused while the test runs
+        held.bind(("127.0.0.1", 0))
+        down = Tracker(f"http://127.0.0.1:{held.getsockname()[1]}")
+        uploader = CheckpointUploader(TrialRun(down, "0" * 32))
+        config = TrainConfig.from_dict(make_tiny(epochs=2, diagnostics={"enabled": False},
+                                                 pairs={"pairs_per_epoch": 256, "val_pairs": 120,
+                                                        "test_pairs": 120}))
+        start = time.monotonic()
+        result = train(config, data=digits_data, checkpoint_dir=tmp_path / "ckpt", callbacks=[uploader])
+    assert len(result.history) == 2 and uploader.uploaded == []
+    assert (tmp_path / "ckpt" / "state.json").is_file()  # the local checkpoint is still written
+    assert time.monotonic() - start < 2 * (checkpoints.UPLOAD_BUDGET_S + 10)
+
+
+# ---------------------------------------------------------------- two workers, two directories, two servers
+def _uploaded_epoch(client, study, tmp: Path) -> tuple[object, int] | None:
+    """The RUNNING trial and the epoch its uploaded checkpoint resumes at, once that is >= 2."""
+    for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)):
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if not run_id:
+            continue
+        try:
+            if not client.list_artifacts(run_id, ARTIFACT_DIR):
+                continue
+            got = client.download_artifacts(run_id, f"{ARTIFACT_DIR}/state.json", str(tmp / f"poll-{time.time()}"))
+            epoch = int(json.loads(Path(got).read_text())["next_epoch"])
+        except Exception:  # noqa: BLE001 - mid-upload
+            continue
+        if epoch >= 2:
+            return t, epoch
+    return None
+
+
+@pytest.mark.slow
+def test_a_trial_killed_on_one_machine_resumes_on_another_from_mlflow(
+        postgres_server, mlflow_server_pg, mlflow_env, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    storage = postgres_server.create_database("optuna_ckpt_travel")
+    name = "travel"
+    epochs = LONG_EPOCHS["epochs"]
+    env = clean_env(OPTUNA_STORAGE=storage, **mlflow_server_pg.env())
+    machines = {}
+    for m in ("a", "b"):
+        home = tmp_path / m
+        home.mkdir()
+        data = spec_dict(home, name=name, trials=1, base=LONG_EPOCHS, study={"heartbeat_interval": 1,
+                                                                               "grace_period": 4})
+        data["study"].pop("checkpoint_dir")  # the default, relative: .siamese-sweep/checkpoints in each directory
+        machines[m] = (home, write_spec(home / "spec.yaml", data))  # tracking.checkpoints: auto (http server)
+    client = MlflowClient(tracking_uri=mlflow_server_pg.url)
+    args = ["worker", "spec.yaml", "--study", name, "--threads", "1"]
+    first = Proc(args, machines["a"][0], env, name="a").start()
+    second = None
+    try:
+        # one storage object for all polls (a new one per poll would use up PostgreSQL's connection slots)
+        study = wait_for(lambda: try_load_study(storage, name), timeout=240, what="the study", procs=[first])
+        wait_for(lambda: study.get_trials(deepcopy=False, states=(S.RUNNING,)), timeout=240,
+                 what="the first worker's trial", procs=[first])
+        second = Proc(args, machines["b"][0], env, name="b").start()  # joins; the budget is taken, so it waits
+        victim, _ = wait_for(lambda: _uploaded_epoch(client, study, tmp_path), timeout=300,
+                             what="a checkpoint of epoch 2 in the trial's run", procs=[first, second])
+        first.signal(signal.SIGKILL)
+        assert first.wait(30) == -signal.SIGKILL
+        # what the killed worker had uploaded when it died (it may have finished another epoch meanwhile)
+        got = client.download_artifacts(victim.user_attrs["mlflow_run_id"], f"{ARTIFACT_DIR}/state.json",
+                                        str(tmp_path / "at-kill"))
+        uploaded = json.loads(Path(got).read_text())["next_epoch"]
+        assert 2 <= uploaded < epochs
+        assert second.wait(420) == 0, second.stderr[-3000:]
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+
+    study = load_study(storage, name)
+    seen = check_sweep_invariants(study, client, epochs=epochs, budget=1)
+    trials = {t.number: t for t in study.trials}
+    assert trials[victim.number].state == S.FAIL
+    (retry,) = [t for t in trials.values() if t.system_attrs.get("failed_trial") == victim.number]
+    assert retry.state == S.COMPLETE and retry.params == victim.params
+    assert retry.user_attrs["worker"].rsplit(":", 1)[1] == str(second.pid)
+    # resumed on the second machine from the checkpoint the first one uploaded, not from scratch
+    assert retry.user_attrs["resumed_from_epoch"] == uploaded
+    retry_run = seen["runs"][retry.number]
+    assert retry_run.data.tags["siamese_sweep.resumed_from_epoch"] == str(uploaded)
+    assert retry_run.data.tags["siamese_sweep.retry_of"] == str(victim.number)
+    assert list((machines["a"][0] / ".siamese-sweep").glob("**/state.json")), "the killed worker's local copy"
+    # once the trial is COMPLETE, neither attempt's run keeps a checkpoint copy
+    for n in (victim.number, retry.number):
+        assert client.list_artifacts(seen["runs"][n].info.run_id, ARTIFACT_DIR) == []
+    assert "could not copy the epoch checkpoint" not in second.stderr
