@@ -75,7 +75,8 @@ class SoakResult:
                 ("worker logs with a traceback", str(self.tracebacks)),
                 ("wall", f"{self.seconds:.0f} s")]
         width = max(len(k) for k, _ in rows)
-        return "\n".join(f"| {k.ljust(width)} | {v} |" for k, v in rows)
+        head = f"| {'what'.ljust(width)} | result |\n|{'-' * (width + 2)}|---|\n"
+        return head + "\n".join(f"| {k.ljust(width)} | {v} |" for k, v in rows)
 
 
 def soak(workdir: Path, *, workers: int = 4, trials: int = 40, faults: int = 16, seed: int = 0,
