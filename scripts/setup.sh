@@ -33,7 +33,21 @@ apt_install "${packages[@]}"
 
 extras="distributed"
 [ $WITH_TEST -eq 1 ] && extras="distributed,test"
-"$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[${extras}]"
+# pip takes ~20 s even when nothing changed (measured: `time bash scripts/setup.sh` on an installed clone), a
+# third of the 5-minute quickstart: skip it while this clone is the installed one and pyproject.toml is the same
+stamp_of() { { cat pyproject.toml; echo "$1"; "$PYTHON" -c 'import sys; print(sys.executable)'; } | sha256sum | cut -d' ' -f1; }
+installed_here() {
+  [ "$(cd / && "$PYTHON" -c 'import pathlib, sweeps; print(pathlib.Path(sweeps.__file__).resolve().parents[1])' \
+        2>/dev/null)" = "$(pwd -P)" ]
+}
+stamp_dir=.siamese-sweep
+if installed_here && { [ "$(cat "$stamp_dir/setup-$extras" 2>/dev/null)" = "$(stamp_of "$extras")" ] \
+     || { [ $WITH_TEST -eq 0 ] && [ "$(cat "$stamp_dir/setup-distributed,test" 2>/dev/null)" = "$(stamp_of "distributed,test")" ]; }; }; then
+  echo "setup: siamese-sweep[$extras] already installed from here (pyproject.toml unchanged)"
+else
+  "$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[${extras}]"
+  mkdir -p "$stamp_dir" && stamp_of "$extras" > "$stamp_dir/setup-$extras"
+fi
 
 if [ $WITH_TEST -eq 1 ] && command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
   bash docker/install-compose-plugin.sh || echo "setup: docker compose plugin not installed; its config test will skip" >&2
