@@ -34,6 +34,7 @@ budget. Secondary, kept for comparison with earlier rounds: the anytime curve "b
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import statistics
@@ -75,6 +76,7 @@ SPACE: dict[str, Any] = {
 def child_optuna(method: str, seed: int, budget: float, base: dict[str, Any]) -> dict[str, Any]:
     """One siamese-sweep study; the returned trial is read from the study, epoch times from MLflow."""
     import keras  # noqa: F401 - imported off the clock, as the KerasTuner child imports them before its t0
+    import matplotlib
     import optuna
     import tensorflow  # noqa: F401
     from mlflow import MlflowClient
@@ -84,6 +86,9 @@ def child_optuna(method: str, seed: int, budget: float, base: dict[str, Any]) ->
     from sweeps import names
     from sweeps.runner import options_from, run_sweep
     from sweeps.spec import spec_from_dict
+
+    matplotlib.use("Agg", force=True)  # what the trials' plots select; pyplot's import is process start-up
+    importlib.import_module("matplotlib.pyplot")
 
     work, tracking = fresh_local_stores("bench-search-")
     tpe = method == OURS
@@ -389,7 +394,7 @@ def main() -> None:
     for method, runs in results.items():
         curves = [[best_by(r["epochs"], t) for t in checkpoints] for r in runs]
         rows2.append([method] + [median([c[i] for c in curves]) for i in range(len(checkpoints))]
-                     + [median([r["epochs_in_budget"] for r in runs])])
+                     + [f"{median([r['epochs_in_budget'] for r in runs]):g}"])
     print(markdown_table(headers2, rows2))
 
 
