@@ -69,7 +69,8 @@ def main() -> None:
     arrays = fetch()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
+    np.savez_compressed(tmp, x_train=arrays["x_train"], y_train=arrays["y_train"], x_test=arrays["x_test"],
+                        y_test=arrays["y_test"])
     tmp.replace(out)
     print(f"MNIST: 60,000 + 10,000 images, checksums verified -> {out}", file=sys.stderr)
 

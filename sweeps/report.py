@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 
 from . import names, outcomes
-from .study import startup_trials
+from .study import best_phase, startup_trials
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +90,9 @@ def build_report(study: optuna.Study) -> SweepReport:
     if single and complete:
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         best = study.best_trial
-        phase = "start-up" if best.number < report.startup_trials else "search"
-        report.best = {"number": best.number, "value": best.value, "params": dict(best.params), "phase": phase}
-        early = [float(t.value) for t in complete if t.number < report.startup_trials and t.value is not None]
-        if early:
-            report.best_startup_value = max(early) if maximize else min(early)
+        phase = best_phase(study, best, complete)
+        report.best = {"number": best.number, "value": best.value, "params": dict(best.params), "phase": phase.phase}
+        report.best_startup_value = phase.best_startup_value
         report.importances = _importances(study, len(complete))
         report.suggested_space = _suggest(study, complete, maximize)
     elif not single:

@@ -263,6 +263,25 @@ def startup_trials(study: optuna.Study) -> int:
     return int(n) if isinstance(n, int) else TPE_DEFAULT_STARTUP
 
 
+@dataclass(frozen=True)
+class BestPhase:
+    """Did the search find the best trial, or one of the sampler's random start-up trials?"""
+
+    startup_trials: int
+    phase: str                        # "start-up" or "search"
+    best_startup_value: float | None  # the best value among the start-up trials (None: none completed)
+
+
+def best_phase(study: optuna.Study, best: optuna.trial.FrozenTrial,
+               complete: list[optuna.trial.FrozenTrial]) -> BestPhase:
+    """`best`'s phase in a single-objective `study`; `complete` are its COMPLETE trials (status and report share it)."""
+    startup = startup_trials(study)
+    early = [float(t.value) for t in complete if t.number < startup and t.value is not None]
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return BestPhase(startup, "start-up" if best.number < startup else "search",
+                     (max(early) if maximize else min(early)) if early else None)
+
+
 def study_status(study: optuna.Study) -> dict[str, Any]:
     """Counts by state, the best trial(s), and why trials were pruned or failed."""
     counts = count_states(study)
@@ -276,12 +295,9 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
         if len(study.directions) == 1:
             best = study.best_trial
             out["best"] = _trial_summary(best)
-            # did the search find it, or one of the sampler's random start-up trials?
-            startup = out["startup_trials"] = startup_trials(study)
-            out["best"]["phase"] = "start-up" if best.number < startup else "search"
-            early = [float(t.value) for t in complete if t.number < startup and t.value is not None]
-            maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-            out["best_startup_value"] = (max(early) if maximize else min(early)) if early else None
+            phase = best_phase(study, best, complete)
+            out["startup_trials"], out["best"]["phase"] = phase.startup_trials, phase.phase
+            out["best_startup_value"] = phase.best_startup_value
         else:
             out["best_trials"] = [_trial_summary(t) for t in study.best_trials]
     # a FAIL without a reason was failed by the heartbeat: its worker died before it could record one
