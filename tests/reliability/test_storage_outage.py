@@ -194,3 +194,57 @@ def test_a_worker_runs_its_trial_across_a_postgresql_restart(private_pg: Any, ml
     study = load_study(storage, "pgrestart")
     assert [t.state for t in study.trials] == [S.COMPLETE], [(t.number, t.state.name) for t in study.trials]
     check_sweep_invariants(study, client, epochs=LONG_EPOCHS["epochs"], budget=1)
+
+
+@pytest.mark.postgres
+def test_the_budget_lock_waits_out_a_restart_and_a_dead_lock_releases_quietly(private_pg: Any) -> None:
+    from sweeps.storage import budget_lock
+
+    url = private_pg.create_database("optuna")
+    lock = budget_lock(url, "study")
+    lock.acquire()
+    thread, _ = _outage(private_pg)  # the lock's connection dies with the server...
+    try:
+        lock.release()  # ...and so does its lock: releasing it is not an error
+        lock.acquire()  # issued while the database is down: waits for it
+    finally:
+        thread.join()
+    other = budget_lock(url, "study")
+    got = threading.Event()
+    waiter = threading.Thread(target=lambda: (other.acquire(), got.set()))
+    waiter.start()
+    assert not got.wait(1.0), "the lock taken after the restart is not exclusive"
+    lock.release()
+    assert got.wait(10.0)
+    waiter.join()
+    other.release()
+
+
+def test_a_worker_whose_trial_creation_meets_an_outage_warns_and_tries_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Creating a trial is not retried by the storage (Optuna's own 5 attempts aside); when they all fail, the
+    worker loop logs one warning and tries again instead of dying with a traceback."""
+    from sweeps.storage import ThreadLock
+    from sweeps.worker import take_trials
+
+    storage = make_storage(f"sqlite:///{tmp_path}/o.db")
+    assert isinstance(storage, RetryingStorage)
+    study = optuna.create_study(study_name="create", storage=storage)
+    refusals = {"left": 5}  # Optuna's `_create_new_trial` tries 5 times
+
+    def refuse_new_trials(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if refusals["left"] and statement.lstrip().upper().startswith("INSERT INTO TRIALS"):
+            refusals["left"] -= 1
+            raise sqlalchemy.exc.OperationalError(statement, None, Exception("connection refused"))
+
+    sqlalchemy.event.listen(storage.rdb.engine, "before_cursor_execute", refuse_new_trials)
+    caplog.set_level(logging.WARNING, logger="sweeps.worker")
+    try:
+        report = take_trials(study, ThreadLock("create"), lambda t: t.suggest_float("x", 0, 1), default_budget=2,
+                             max_failures=2, poll_s=0.1)
+    finally:
+        sqlalchemy.event.remove(storage.rdb.engine, "before_cursor_execute", refuse_new_trials)
+    assert refusals["left"] == 0, "the creation never failed: nothing was tested"
+    assert report.budget_met and report.states == {"COMPLETE": 2}, report
+    assert [t.state for t in study.trials] == [S.COMPLETE, S.COMPLETE]
+    assert "Optuna storage was unreachable" in caplog.text
