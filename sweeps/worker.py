@@ -30,7 +30,7 @@ from .objective import Objective, TrialContext
 from .signals import StopRequest, stop_on_signals
 from .spec import SweepSpec
 from .stopping import from_spec as study_stop_from
-from .storage import BudgetLock, budget_lock, fail_stale_trials, is_transient, retried_trial_number, safe_filename
+from .storage import BudgetLock, budget_lock, fail_stale_trials, retried_trial_number, safe_filename
 from .study import OpenedStudy, count_states, enqueue_known, ensure_parent_run, trial_budget
 from .tracking import RUN_RUNNING, Retry, Tracker
 
@@ -266,14 +266,6 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
                                     "trial %d was failed by another worker while this one ran it: its heartbeat was "
                                     "older than study.grace_period (a stalled machine or storage outage). Its "
                                     "retry runs the same parameters; this worker goes on.", current[0])
-                            except Exception as exc:  # noqa: BLE001 - only a storage outage is handled here
-                                if not is_transient(exc):
-                                    raise
-                                # creating or claiming a trial is not retried by the storage (a lost answer
-                                # would leave a phantom trial), and any other call only after its budget ran out
-                                log.warning("the Optuna storage was unreachable while this worker started or ended "
-                                            "a trial (%s); trying again", type(exc).__name__)
-                                _sleep(poll_s)
                 if can_start:
                     if last_reason == outcomes.TRACKING_UNAVAILABLE_AT_START.reason:
                         raise SweepFatal(f"MLflow tracking at {tracker_name} is unreachable")

@@ -174,7 +174,7 @@ def test_worker_processes_through_pgbouncer_meet_the_exact_budget(pgbouncer: Any
     budget, workers = 24, 4
     storage = make_storage(url)
     optuna.create_study(study_name="through-bouncer", storage=storage)
-    storage.dispose_connections()  # the forked workers open their own connections
+    storage.engine.dispose()  # the forked workers open their own connections
     ctx = multiprocessing.get_context("fork")
     seen, start, started = ctx.Queue(), ctx.Lock(), ctx.Barrier(workers)
     procs = [ctx.Process(target=_worker, args=(url, "through-bouncer", budget, seen, start, started))
