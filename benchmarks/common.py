@@ -124,6 +124,16 @@ def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
+def mean_sd(values: Sequence[float | None], *, per_seed: bool = True) -> str:
+    """``mean ± sd (v1 / v2 / ...)`` over seeds, 4 decimals; None values (a row without that metric) skipped."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "-"
+    spread = f" ± {statistics.stdev(vals):.4f}" if len(vals) > 1 else ""
+    seeds = f" ({' / '.join(f'{v:.4f}' for v in vals)})" if per_seed else ""
+    return f"{statistics.mean(vals):.4f}{spread}{seeds}"
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     def fmt(v: Any) -> str:
         if isinstance(v, float):
@@ -154,6 +164,29 @@ def keras_io_encoder(input_shape: tuple[int, ...]) -> Any:
     x = layers.BatchNormalization()(x)
     x = layers.Dense(10, activation="tanh")(x)
     return keras.Model(inputs, x, name="keras_io_tower")
+
+
+def keras_io_distance_siamese(input_shape: tuple[int, ...]) -> Any:
+    """The keras.io example as published since 2026-01-28: tower -> euclidean distance as the output."""
+    import keras
+    from keras import layers, ops
+
+    def euclidean_distance(vects: Any) -> Any:
+        a, b = vects
+        return ops.sqrt(ops.maximum(ops.sum(ops.square(a - b), axis=1, keepdims=True), keras.backend.epsilon()))
+
+    tower = keras_io_encoder(input_shape)
+    in1, in2 = layers.Input(input_shape), layers.Input(input_shape)
+    return keras.Model([in1, in2], layers.Lambda(euclidean_distance)([tower(in1), tower(in2)]))
+
+
+def keras_io_distance_loss(margin: float = 1.0) -> Any:
+    """That example's contrastive loss on distances, with its label convention: 0 = same, 1 = different."""
+    from keras import ops
+
+    def contrastive_loss(y_true: Any, y_pred: Any) -> Any:
+        return ops.mean((1 - y_true) * ops.square(y_pred) + y_true * ops.square(ops.maximum(margin - y_pred, 0)))
+    return contrastive_loss
 
 
 def keras_io_siamese(input_shape: tuple[int, ...]) -> Any:

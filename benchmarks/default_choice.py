@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from common import markdown_table, run_child
+from common import markdown_table, mean_sd, run_child
 
 OLD = {"encoder.depth": 2, "encoder.width": 32, "encoder.l2_normalize": False, "encoder.pooling": "gap"}
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -79,18 +79,14 @@ def main() -> None:
     mean_b, sd_b, secs_b = stats[best]
     cheaper = [n for n in stats if stats[n][2] * 2 <= secs_b and stats[n][0] >= mean_b - sd_b]
     chosen = max(cheaper, key=lambda n: stats[n][0]) if cheaper else best
-    rows = [[n, f"{stats[n][0]:.4f} ± {stats[n][1]:.4f}",
-             f"{statistics.mean(vals(n, 'val_pair_accuracy')):.4f} ± "
-             f"{statistics.stdev(vals(n, 'val_pair_accuracy')):.4f}",
+    rows = [[n, mean_sd(vals(n, "val_roc_auc"), per_seed=False), mean_sd(vals(n, "val_pair_accuracy"), per_seed=False),
              round(stats[n][2], 1), "**chosen**" if n == chosen else ("best val AUC" if n == best else "")]
             for n in CANDIDATES]
     print(f"\n### Fashion-MNIST, 1 epoch x 25,600 pairs, seeds {' '.join(map(str, args.seeds))}: validation only\n")
     print(markdown_table(["candidate", "val ROC AUC (mean ± sd)", "val pair accuracy", "median s", "rule"], rows))
     print("\nTest (10,000 pairs), printed after the choice:\n")
-    test_rows = [[n, f"{statistics.mean(s[n]['test']['roc_auc'] for s in per_seed):.4f} ± "
-                     f"{statistics.stdev(s[n]['test']['roc_auc'] for s in per_seed):.4f}",
-                  f"{statistics.mean(s[n]['test']['pair_accuracy'] for s in per_seed):.4f} ± "
-                  f"{statistics.stdev(s[n]['test']['pair_accuracy'] for s in per_seed):.4f}"]
+    test_rows = [[n, mean_sd([s[n]["test"]["roc_auc"] for s in per_seed], per_seed=False),
+                  mean_sd([s[n]["test"]["pair_accuracy"] for s in per_seed], per_seed=False)]
                  for n in dict.fromkeys([chosen, SHIPPED])]
     print(markdown_table(["candidate", "test ROC AUC", "test pair accuracy"], test_rows))
 

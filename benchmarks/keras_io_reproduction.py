@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import keras_io_encoder, markdown_table, run_child
+from common import keras_io_distance_loss, keras_io_distance_siamese, markdown_table, mean_sd, run_child
 
 PUBLISHED_MNIST_TEST_ACC = 0.9577  # keras.io page output, "test loss, test acc: [0.0515, 0.9577]"
 
@@ -94,40 +94,31 @@ def _scores(distance: np.ndarray, labels: np.ndarray, d_val: np.ndarray, l_val: 
 
 def child_keras_io(dataset: str, seed: int) -> dict[str, Any]:
     import keras
-    from keras import layers, ops
+    from keras import ops
 
     t0 = time.perf_counter()
     keras.utils.set_random_seed(seed)
     data = example_pairs(dataset, seed)
 
-    def side(split: str, k: int) -> np.ndarray:
+    def sides(split: str) -> list[np.ndarray]:
         x, p, _ = data[split]
-        return x[p[:, k]].astype("float32")[..., None]  # the example's float32 0..255 images
-
-    def euclidean_distance(vects: Any) -> Any:
-        a, b = vects
-        return ops.sqrt(ops.maximum(ops.sum(ops.square(a - b), axis=1, keepdims=True), keras.backend.epsilon()))
-
-    def contrastive_loss(y_true: Any, y_pred: Any) -> Any:
-        margin = 1
-        return ops.mean((1 - y_true) * ops.square(y_pred) + y_true * ops.square(ops.maximum(margin - y_pred, 0)))
+        return [x[p[:, k]].astype("float32")[..., None] for k in (0, 1)]  # the example's float32 0..255 images
 
     def accuracy(y_true: Any, y_pred: Any) -> Any:
         y_true = ops.reshape(ops.cast(y_true, "float32"), [-1])
         return ops.mean(ops.equal(y_true, ops.cast(ops.reshape(y_pred, [-1]) > 0.5, "float32")))
 
-    tower = keras_io_encoder((28, 28, 1))
-    in1, in2 = layers.Input((28, 28, 1)), layers.Input((28, 28, 1))
-    siamese = keras.Model([in1, in2], layers.Lambda(euclidean_distance)([tower(in1), tower(in2)]))
+    siamese = keras_io_distance_siamese((28, 28, 1))
     # steps_per_execution runs 50 of the same batch-16 steps per call (the same updates in the same order; without
     # it one run took 980 s here, most of it per-step Python dispatch); validation only after the last epoch (it
     # never feeds back into training, and 60,000 pairs x 10 epochs of it cost minutes)
-    siamese.compile(loss=contrastive_loss, optimizer="RMSprop", metrics=[accuracy], steps_per_execution=50)
-    val = ([side("val", 0), side("val", 1)], data["val"][2])
-    hist = siamese.fit([side("train", 0), side("train", 1)], data["train"][2], validation_data=val,
+    siamese.compile(loss=keras_io_distance_loss(1.0), optimizer="RMSprop", metrics=[accuracy], steps_per_execution=50)
+    val = (sides("val"), data["val"][2])
+    hist = siamese.fit(sides("train"), data["train"][2], validation_data=val,
                        validation_freq=10, batch_size=16, epochs=10, verbose=0)
-    _, test_acc_keras = siamese.evaluate([side("test", 0), side("test", 1)], data["test"][2], verbose=0)
-    d_test = siamese.predict([side("test", 0), side("test", 1)], batch_size=1024, verbose=0).reshape(-1)
+    test = sides("test")
+    _, test_acc_keras = siamese.evaluate(test, data["test"][2], verbose=0)
+    d_test = siamese.predict(test, batch_size=1024, verbose=0).reshape(-1)
     d_val = siamese.predict(val[0], batch_size=1024, verbose=0).reshape(-1)
     out = {"row": "keras.io example", "dataset": dataset, "seed": seed,
            **_scores(d_test, data["test"][2], d_val, data["val"][2]),
@@ -164,14 +155,6 @@ def child_ours(dataset: str, seed: int) -> dict[str, Any]:
             "steps": 10 * 60000 // config.batch_size, "seconds": time.perf_counter() - t0}
 
 
-def _stat(values: list[float | None]) -> str:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "-"
-    spread = f" ± {statistics.stdev(vals):.4f}" if len(vals) > 1 else ""
-    return f"{statistics.mean(vals):.4f}{spread} ({' / '.join(f'{v:.4f}' for v in vals)})"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=["mnist", "fashion_mnist"])
@@ -206,8 +189,8 @@ def main() -> None:
         rows = []
         for name in dict.fromkeys(r["row"] for r in results):
             rs = [r for r in results if r["row"] == name and r["dataset"] == dataset]
-            rows.append([name, _stat([r["acc_0.5"] for r in rs]), _stat([r["acc_val_threshold"] for r in rs]),
-                         _stat([r["roc_auc"] for r in rs]), _stat([r["val_acc_last_epoch"] for r in rs]),
+            rows.append([name, mean_sd([r["acc_0.5"] for r in rs]), mean_sd([r["acc_val_threshold"] for r in rs]),
+                         mean_sd([r["roc_auc"] for r in rs]), mean_sd([r["val_acc_last_epoch"] for r in rs]),
                          rs[0]["steps"], statistics.median(r["seconds"] for r in rs)])
         print(f"\n### {dataset}: seeds {' '.join(map(str, args.seeds))}, 10 epochs x 60,000 pairs from 30,000 "
               f"images, 20,000 test pairs (mean ± sd (per seed))\n")

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from common import markdown_table, run_child
+from common import markdown_table, mean_sd, run_child
 
 
 def _config(args: argparse.Namespace, **extra: Any) -> Any:
@@ -59,8 +59,7 @@ def child_ours(args: argparse.Namespace, *, tower: bool) -> dict[str, Any]:
 def child_keras_io(args: argparse.Namespace) -> dict[str, Any]:
     import keras
     import numpy as np
-    from common import keras_io_encoder
-    from keras import layers, ops
+    from common import keras_io_distance_loss, keras_io_distance_siamese
 
     from siamese_core import verification as metrics
     from siamese_core.data.pairs import make_sampler
@@ -76,21 +75,12 @@ def child_keras_io(args: argparse.Namespace) -> dict[str, Any]:
     assert isinstance(data.train, LabeledSplit)  # keras.io's example: class-labelled images
     x = materialize(data.train.x).astype("float32")  # the example's float32 0..255 images
 
-    def distance(vects: Any) -> Any:
-        a, b = vects
-        return ops.sqrt(ops.maximum(ops.sum(ops.square(a - b), axis=1, keepdims=True), keras.backend.epsilon()))
-
-    def contrastive_loss(y_true: Any, y_pred: Any) -> Any:  # the example's: label 0 = same, margin 1
-        return ops.mean((1 - y_true) * ops.square(y_pred) + y_true * ops.square(ops.maximum(1.0 - y_pred, 0)))
-
-    tower = keras_io_encoder(x.shape[1:])
-    in1, in2 = layers.Input(x.shape[1:]), layers.Input(x.shape[1:])
-    model = keras.Model([in1, in2], layers.Lambda(distance)([tower(in1), tower(in2)]))
+    model = keras_io_distance_siamese(x.shape[1:])
     # 50 batch-16 steps per call: the same updates in the same order, without per-step Python dispatch
-    model.compile(loss=contrastive_loss, optimizer=keras.optimizers.RMSprop(), steps_per_execution=50)
+    model.compile(loss=keras_io_distance_loss(1.0), optimizer=keras.optimizers.RMSprop(), steps_per_execution=50)
     for epoch in range(config.epochs):
         t = sampler.epoch(epoch)
-        model.fit([x[t.indices[:, 0]], x[t.indices[:, 1]]], 1.0 - t.targets, batch_size=16,
+        model.fit([x[t.indices[:, 0]], x[t.indices[:, 1]]], 1.0 - t.targets, batch_size=16,  # its 0 = same
                   epochs=epoch + 1, initial_epoch=epoch, shuffle=True, verbose=0)
 
     def distances(which: Literal["val", "test"]) -> tuple[np.ndarray, np.ndarray]:
@@ -109,11 +99,6 @@ def child_keras_io(args: argparse.Namespace) -> dict[str, Any]:
             "roc_auc": metrics.roc_auc(d_test, y_test, higher_is_same=False),
             "eer": metrics.equal_error_rate(d_test, y_test, higher_is_same=False),
             "params": int(model.count_params()), "seconds": time.perf_counter() - t0}
-
-
-def _stat(values: list[float]) -> str:
-    sd = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
-    return f"{statistics.mean(values):.4f}{sd} ({' / '.join(f'{v:.4f}' for v in values)})"
 
 
 def main() -> None:
@@ -157,8 +142,8 @@ def main() -> None:
     rows = []
     for name in dict.fromkeys(r["name"] for r in results):
         rs = [r for r in results if r["name"] == name]
-        rows.append([name, _stat([r["acc_own"] for r in rs]), _stat([r["acc_calibrated"] for r in rs]),
-                     _stat([r["roc_auc"] for r in rs]), _stat([r["eer"] for r in rs]), rs[0]["params"],
+        rows.append([name, mean_sd([r["acc_own"] for r in rs]), mean_sd([r["acc_calibrated"] for r in rs]),
+                     mean_sd([r["roc_auc"] for r in rs]), mean_sd([r["eer"] for r in rs]), rs[0]["params"],
                      round(statistics.median(r["seconds"] for r in rs))])
     print(markdown_table(["model", "test pair acc (own threshold)", "test pair acc (threshold from validation)",
                           "ROC AUC", "EER", "params", "median s"], rows))
