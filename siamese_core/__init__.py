@@ -14,10 +14,11 @@ import importlib
 import os
 from typing import Any
 
-from . import allocator
+from . import allocator, quiet_import
 
 allocator.tune()  # before TensorFlow allocates anything: see allocator.py (halves a CPU trial's time)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any submodule imports TensorFlow
+quiet_import.install()  # TensorFlow's import-time log lines that TF_CPP_MIN_LOG_LEVEL misses: see quiet_import.py
 
 from .config import TrainConfig, load_config, parse_set_options  # noqa: E402
 from .data.pairs import DIFFERENT, SAME  # noqa: E402

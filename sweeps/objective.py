@@ -143,7 +143,7 @@ class TrialAttempt:
         from .callbacks import CheckpointUploader, MlflowEpochLogger, OptunaReporter  # Keras: once a trial runs
 
         overrides = self._begin()
-        run = self.mlflow_run = self._start_run()
+        run = self._start_run()
         try:
             config = space.trial_config(self.ctx.spec, overrides)
         except ConfigError as exc:
@@ -202,6 +202,7 @@ class TrialAttempt:
         trial.set_user_attr(names.TRIAL_ATTR_WORKER, tags[names.TAG_WORKER])  # which machine/process ran it
         run = ctx.tracker.start_trial_run(ctx.experiment_id, ctx.parent_run_id, study_name=ctx.study_name,
                                           trial_number=trial.number, tags=tags)
+        self.mlflow_run = run  # from here on a failure ends it, even if the storage refuses the next write
         trial.set_user_attr(names.TRIAL_ATTR_RUN_ID, run.run_id)
         url = run_url(ctx.tracker.uri, ctx.experiment_id, run.run_id)
         if url:  # optuna-dashboard shows user attrs: one click from a trial to its run

@@ -101,15 +101,41 @@ def default_checkpoint_root(spec: SweepSpec, study_name: str, parent_run_id: str
     return Path(base or ".siamese-sweep/checkpoints").expanduser() / f"{safe_filename(study_name)}-{parent_run_id[:12]}"
 
 
-def reconcile_runs(study: optuna.Study, tracker: Tracker, seen: set[int]) -> int:
-    """End the runs of FAIL trials that are still RUNNING in MLflow (worker died, MLflow was down) as
-    `outcomes.ORPHANED_RUN_STATUS`, tagged with the trial's reason (none recorded: its worker died)."""
+def reconcile_runs(study: optuna.Study, tracker: Tracker, seen: set[int], *, experiment_id: str | None = None,
+                   parent_run_id: str | None = None) -> int:
+    """End MLflow runs left RUNNING by trials that have ended, as `outcomes.ORPHANED_RUN_STATUS`, tagged with the
+    trial's reason (none recorded: its worker died); returns how many.
+
+    Two ways a run is left behind: the trial FAILed while its worker could not end the run (the worker died,
+    MLflow was down), or the worker died between creating the run and recording its id on the trial (a storage
+    restart at that moment): then only the run knows its trial, by its trial-number tag, so with
+    `parent_run_id` the sweep's RUNNING runs are looked up too (one query per call).
+    """
     fixed = 0
     quick = Retry(budget_s=5.0)  # best-effort and repeated every round: never stall the worker on it
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+    trials = study.get_trials(deepcopy=False)
+    orphans: list[tuple[optuna.trial.FrozenTrial, str]] = []
+    for t in trials:
         run_id = t.user_attrs.get(names.TRIAL_ATTR_RUN_ID)
-        if t.number in seen or not run_id:
-            continue
+        if t.state == optuna.trial.TrialState.FAIL and run_id and t.number not in seen:
+            orphans.append((t, run_id))
+    if parent_run_id and experiment_id:
+        by_number = {t.number: t for t in trials}
+        running = (f"tags.`{names.MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and "
+                   f"attributes.status = '{RUN_RUNNING}'")
+        found: list[Any] = []
+        try:
+            found = quick("find running runs", partial(tracker.client.search_runs, [experiment_id],
+                                                       filter_string=running, max_results=1000))
+        except Exception as exc:  # noqa: BLE001 - best-effort, retried next round
+            log.warning("could not look for runs left RUNNING: %s", exc)
+        for run in found:
+            number = str(run.data.tags.get(names.TAG_TRIAL_NUMBER, ""))
+            owner = by_number.get(int(number)) if number.isdigit() else None
+            if (owner is not None and owner.state.is_finished()
+                    and owner.user_attrs.get(names.TRIAL_ATTR_RUN_ID) != run.info.run_id):
+                orphans.append((owner, run.info.run_id))
+    for t, run_id in orphans:
         try:
             status = quick("get run", partial(tracker.client.get_run, run_id)).info.status
             if status == RUN_RUNNING:
@@ -118,7 +144,8 @@ def reconcile_runs(study: optuna.Study, tracker: Tracker, seen: set[int]) -> int
                 quick("tag run", partial(tracker.client.log_batch, run_id, tags=tags))
                 quick("end run", partial(tracker.client.set_terminated, run_id, outcomes.ORPHANED_RUN_STATUS))
                 fixed += 1
-            seen.add(t.number)
+            if t.user_attrs.get(names.TRIAL_ATTR_RUN_ID) == run_id:
+                seen.add(t.number)
         except Exception as exc:  # noqa: BLE001 - reconciliation is best-effort, retried next round
             log.warning("could not reconcile run %s of trial %d: %s", run_id, t.number, exc)
     return fixed
@@ -187,7 +214,8 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
     report = take_trials(study, lock, objective, default_budget=spec.study.trials,
                          max_failures=spec.study.max_failures, poll_s=poll, deadline=deadline,
                          stopper=study_stop_from(spec), on_trial=on_trial,
-                         under_lock=lambda: reconcile_runs(study, tracker, reconciled),
+                         under_lock=lambda: reconcile_runs(study, tracker, reconciled, experiment_id=experiment_id,
+                                                           parent_run_id=parent_run_id),
                          tracker_name=repr(tracker))
     if report.budget_met:
         clear_finished_checkpoints(study, checkpoint_root)

@@ -10,7 +10,7 @@ locally without it and fail under CI=true, like the PostgreSQL ones.
 """
 from __future__ import annotations
 
-import multiprocessing
+import json
 import os
 import signal
 import subprocess
@@ -25,7 +25,6 @@ import optuna
 import pytest
 
 from sweeps.storage import AdvisoryLock, budget_lock, make_storage
-from sweeps.worker import take_trials  # imported before the workers fork (importing MLflow takes seconds)
 
 pytestmark = [pytest.mark.postgres]
 
@@ -149,20 +148,28 @@ def test_a_sigkilled_holder_releases_the_lock_through_pgbouncer(pgbouncer: Any) 
         holder.wait()
 
 
-def _worker(url: str, study_name: str, budget: int, seen: Any, start: Any, started: Any) -> None:
-    """One worker process: the project's coordination loop with an objective that does no training."""
-    with start:  # one at a time: Optuna's schema check holds a server connection while it opens a second
-        study = optuna.load_study(study_name=study_name, storage=make_storage(url),
-                                  sampler=optuna.samplers.RandomSampler())
-    started.wait()  # then all together
+# One worker process: the project's coordination loop with an objective that does no training. A fresh
+# interpreter, not a fork of pytest: a fork taken after another test imported TensorFlow inherits its threads'
+# locks, and one such fork hung here. The storage URL comes through the environment, never argv.
+WORKER = textwrap.dedent("""
+    import json, os, sys, time
+    import optuna
+    from sweeps.storage import budget_lock, make_storage
+    from sweeps.worker import take_trials
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url, study_name, budget = os.environ["PGBOUNCER_TEST_URL"], sys.argv[1], int(sys.argv[2])
+    study = optuna.load_study(study_name=study_name, storage=make_storage(url), sampler=optuna.samplers.RandomSampler())
+    print("ready", flush=True)
+    sys.stdin.readline()  # then all together
     lock = budget_lock(url, study_name)
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial):
         time.sleep(0.02)  # long enough that workers overlap
         return trial.suggest_float("x", 0.0, 1.0)
 
     report = take_trials(study, lock, objective, default_budget=budget, max_failures=3, poll_s=0.1)
-    seen.put((os.getpid(), report.trials_run, report.budget_met))
+    print(json.dumps([os.getpid(), report.trials_run, report.budget_met]), flush=True)
+""")
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -174,21 +181,28 @@ def test_worker_processes_through_pgbouncer_meet_the_exact_budget(pgbouncer: Any
     budget, workers = 24, 4
     storage = make_storage(url)
     optuna.create_study(study_name="through-bouncer", storage=storage)
-    storage.engine.dispose()  # the forked workers open their own connections
-    ctx = multiprocessing.get_context("fork")
-    seen, start, started = ctx.Queue(), ctx.Lock(), ctx.Barrier(workers)
-    procs = [ctx.Process(target=_worker, args=(url, "through-bouncer", budget, seen, start, started))
-             for _ in range(workers)]
-    for p in procs:
-        p.start()
+    storage.engine.dispose()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PGBOUNCER_TEST_URL": url}
+    procs: list[subprocess.Popen] = []
     try:
-        reports = [seen.get(timeout=180) for _ in procs]
+        # started one at a time: Optuna's schema check holds a server connection while it opens a second
+        for _ in range(workers):
+            p = subprocess.Popen([sys.executable, "-c", WORKER, "through-bouncer", str(budget)], env=env, text=True,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            procs.append(p)
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        outs = [p.communicate(timeout=180)[0] for p in procs]
     finally:
         for p in procs:
-            p.join(30)
-            if p.is_alive():
+            if p.poll() is None:
                 p.kill()
-    assert all(p.exitcode == 0 for p in procs)
+                p.wait()
+    reports = [json.loads(out.strip().splitlines()[-1]) for out in outs]
+    assert all(p.returncode == 0 for p in procs)
     study = optuna.load_study(study_name="through-bouncer", storage=make_storage(url))
     states = [t.state for t in study.trials]
     assert len(states) == budget, f"{len(states)} trials for a budget of {budget} (over-run)"

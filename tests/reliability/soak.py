@@ -47,6 +47,7 @@ class SoakResult:
     left_running: int = 0              # Optuna trials RUNNING or WAITING at the end
     lost: list[int] = field(default_factory=list)          # FAIL trials whose parameters never finished
     runs_left_running: int = 0
+    running_runs: list[str] = field(default_factory=list)  # which runs, and what their trials say
     complete_but_incomplete_run: list[str] = field(default_factory=list)
     resumed: int = 0                   # trials that resumed from a checkpoint
     retried: int = 0                   # trials that re-ran a failed one
@@ -69,7 +70,7 @@ class SoakResult:
                 ("COMPLETE + PRUNED / budget", f"{self.finished} / {self.budget} (error {self.budget_error:+d})"),
                 ("trials lost (FAIL, never finished by a retry)", str(len(self.lost))),
                 ("trials left RUNNING/WAITING", str(self.left_running)),
-                ("MLflow runs left RUNNING", str(self.runs_left_running)),
+                ("MLflow runs left RUNNING", "; ".join([str(self.runs_left_running), *self.running_runs])),
                 ("COMPLETE trials whose run is incomplete", str(len(self.complete_but_incomplete_run))),
                 ("retries / resumed from a checkpoint", f"{self.retried} / {self.resumed}"),
                 ("worker logs with a traceback", str(self.tracebacks)),
@@ -81,8 +82,14 @@ class SoakResult:
 
 def soak(workdir: Path, *, workers: int = 4, trials: int = 40, faults: int = 16, seed: int = 0,
          gap: tuple[float, float] = (4.0, 12.0), kinds: tuple[str, ...] = KINDS, epochs: int = 4,
-         timeout: float = 3600.0) -> SoakResult:
-    """Run the soak in `workdir`; the servers are private and stopped at the end."""
+         timeout: float = 3600.0, paced: bool = False) -> SoakResult:
+    """Run the soak in `workdir`; the servers are private and stopped at the end.
+
+    Faults land `gap` seconds apart. `paced` also holds the k-th fault (from 0) until k trials have finished,
+    so that the faults are spread over the sweep rather than bunched at its start (the short test, with a short
+    `gap` so that all of them land before the budget is met: unpaced, with 6-10 s gaps, one run's 8 trials
+    finished in 34 s, before the third and fourth fault were due).
+    """
     from mlflow import MlflowClient
 
     from sweeps.stack import MlflowServer, PostgresServer
@@ -120,7 +127,8 @@ def soak(workdir: Path, *, workers: int = 4, trials: int = 40, faults: int = 16,
                     result.worker_exits[code] = result.worker_exits.get(code, 0) + 1
                     if code != 0:  # a worker that gave up (e.g. a store down too long): a scheduler restarts it
                         live.append(start_worker())
-                if injected < faults and live and time.monotonic() >= next_fault:
+                if injected < faults and live and time.monotonic() >= next_fault and (
+                        not paced or _finished(storage) >= injected):
                     kind = order[injected % len(order)]
                     victim = _inject(kind, rng, live, pg, server, storage)
                     result.faults[kind] += 1
@@ -136,6 +144,14 @@ def soak(workdir: Path, *, workers: int = 4, trials: int = 40, faults: int = 16,
             result.seconds = time.monotonic() - started
             _measure(result, storage, MlflowClient(tracking_uri=server.url), epochs, procs)
     return result
+
+
+def _finished(storage: str) -> int:
+    study = try_load_study(storage, STUDY)
+    try:
+        return sum(t.state in (S.COMPLETE, S.PRUNED) for t in study.get_trials(deepcopy=False)) if study else 0
+    except Exception:  # noqa: BLE001 - the storage is restarting: ask again next time
+        return 0
 
 
 def _inject(kind: str, rng: random.Random, live: list[Proc], pg: Any, server: Any, storage: str) -> Proc | None:
@@ -175,6 +191,7 @@ def _busy_worker(rng: random.Random, live: list[Proc], storage: str, wait: float
 
 
 def _measure(result: SoakResult, storage: str, client: Any, epochs: int, procs: list[Proc]) -> None:
+    from sweeps import names
     study = try_load_study(storage, STUDY)
     trials = study.get_trials(deepcopy=False) if study is not None else []
     result.trials_total = len(trials)
@@ -188,7 +205,17 @@ def _measure(result: SoakResult, storage: str, client: Any, epochs: int, procs: 
         parent = study.user_attrs.get("mlflow_parent_run_id")
         runs = client.search_runs([study.user_attrs["mlflow_experiment_id"]], max_results=5000)
         children = {r.info.run_id: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent}
-        result.runs_left_running = sum(r.info.status == "RUNNING" for r in children.values())
+        by_number = {t.number: t for t in trials}
+        for r in children.values():
+            if r.info.status != "RUNNING":
+                continue
+            result.runs_left_running += 1
+            number = r.data.tags.get(names.TAG_TRIAL_NUMBER, "")
+            t = by_number.get(int(number)) if number.isdigit() else None
+            known = t is not None and t.user_attrs.get("mlflow_run_id") == r.info.run_id
+            result.running_runs.append(f"run {r.info.run_id[:8]} of trial {number or '?'} "
+                                       f"({t.state.name if t else 'no such trial'}, "
+                                       f"{'its recorded run' if known else 'not the run the trial records'})")
         for t in trials:
             if t.state != S.COMPLETE:
                 continue

@@ -152,8 +152,9 @@ def test_sigterm_to_run_with_two_workers_reaches_both_workers(tmp_path: Path) ->
     from sweeps.stack._process import alive, descendants
 
     storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
-    # long trials, so that both workers are still inside theirs when the signal arrives
-    spec = write_spec(tmp_path / "spec.yaml", spec_dict(tmp_path, name="pair", trials=4, base={"epochs": 10}))
+    # trials that never end by themselves, so that both workers are still inside theirs when the signal arrives
+    # (with 10 epochs, ~3 s a trial, one CI run saw the first worker's trial COMPLETE before the signal)
+    spec = write_spec(tmp_path / "spec.yaml", spec_dict(tmp_path, name="pair", trials=4, base={"epochs": 2000}))
     parent = Proc(["run", str(spec), "--workers", "2", "--storage", storage, "--tracking-uri", uri, "--quiet"],
                   tmp_path, clean_env(), name="run").start()
     try:
