@@ -56,7 +56,7 @@ def test_train_json_contract(tmp_path):
     cfg = s["config"]
     assert cfg == TrainConfig.from_dict(cfg).to_dict()
     assert cfg["encoder"]["depth"] == 1 and cfg["encoder"]["width"] == 4 and cfg["loader"] == "memory"
-    assert cfg["optimizer"]["name"] == "adam" and cfg["loss"]["margin"] == 1.0
+    assert cfg["optimizer"]["name"] == "adam" and cfg["loss"]["margin"] == 0.5 and cfg["distance"] == "cosine"
     assert (out / "model.keras").is_file() and json.loads((out / "result.json").read_text())["threshold"] == \
         pytest.approx(s["threshold"])
 

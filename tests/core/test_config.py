@@ -55,7 +55,8 @@ def test_config_is_frozen_and_overrides_revalidate():
     ({"encoder": {"depth": 0}}, "encoder.depth", ["greater than or equal to 1", "depth=0"]),
     ({"pairs": {"pairs_per_epoch": 100}, "batch_size": 128}, "batch_size", ["pairs_per_epoch (100)", "batch_size=128"]),
     ({"distance": "cosine", "loss": {"margin": 3}}, "loss.margin", ["[0, 2]", "margin=3"]),
-    ({"encoder": {"l2_normalize": True}, "loss": {"margin": 2.5}}, "loss.margin", ["[0, 2]"]),
+    ({"distance": "euclidean", "encoder": {"l2_normalize": True}, "loss": {"margin": 2.5}}, "loss.margin",
+     ["[0, 2]", "l2_normalize"]),
     ({"distance": "sqeuclidean", "loss": {"margin": 4.5}}, "loss.margin", ["[0, 4]", "l2_normalize", "margin=4.5"]),
     ({"dataset": {"val_fraction": 0.5, "test_fraction": 0.4}}, "dataset.val_fraction", ["10%"]),
     ({"pairs": {"positive_fraction": 1.0}}, "pairs.positive_fraction", ["less than 1"]),
@@ -114,7 +115,7 @@ def test_bad_field_is_config_error_naming_field_and_allowed_values(data, field, 
 @pytest.mark.parametrize("data", [
     {"distance": "sqeuclidean", "loss": {"margin": 4.0}},                              # unit vectors: d <= 4
     {"distance": "sqeuclidean", "encoder": {"l2_normalize": False}, "loss": {"margin": 9.0}},  # unbounded
-    {"encoder": {"l2_normalize": False}, "loss": {"margin": 5.0}},
+    {"distance": "euclidean", "encoder": {"l2_normalize": False}, "loss": {"margin": 5.0}},   # unbounded
     {"distance": "cosine", "loss": {"type": "bce", "margin": 5.0}},                   # bce has no margin
 ])
 def test_margins_within_the_distance_range_are_accepted(data):

@@ -86,7 +86,7 @@ def test_per_sample_loss_reduced_once_as_mean():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 64).astype(np.float32)
     d = rng.random(64).astype(np.float32) * 2
-    loss = build_loss(LossConfig(), "euclidean")
+    loss = build_loss(LossConfig(margin=1.0), "euclidean")
     assert isinstance(loss, PerSampleLoss)
     per_sample = np_(contrastive_loss(y, d, 1.0))
     assert float(loss(y, d)) == pytest.approx(per_sample.mean(), rel=1e-5)

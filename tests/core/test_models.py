@@ -156,7 +156,7 @@ def test_user_encoder_by_import_path():
 
 # ------------------------------------------------------------------ assembly and export
 def test_pair_model_outputs_distance_and_triplet_model_stacks():
-    models = build_models(cfg(), info())
+    models = build_models(cfg(distance="euclidean"), info())
     x = np.random.default_rng(0).integers(0, 17, (3, 8, 8, 1)).astype(np.uint8)
     d = np.asarray(models.training([x, x[::-1]]))
     ea, eb = models.embed(x), models.embed(x[::-1])

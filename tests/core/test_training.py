@@ -60,7 +60,10 @@ def test_save_and_load_in_safe_mode_reproduce_outputs(result, digits_data, tmp_p
         np.testing.assert_allclose(np.asarray(got[key]), np.asarray(ref[key]), rtol=1e-5, atol=1e-6)
     assert loaded.get_layer("same").get_config()["threshold"] == pytest.approx(result.threshold)
     # the exported distance is the distance the metrics were computed on
-    d = np.linalg.norm(result.models.embed(a) - result.models.embed(b), axis=1)
+    ea, eb = np.asarray(result.models.embed(a)), np.asarray(result.models.embed(b))
+    assert result.config.distance == "cosine"  # the default
+    cos = (ea * eb).sum(1) / (np.linalg.norm(ea, axis=1) * np.linalg.norm(eb, axis=1))
+    d = 1.0 - cos
     np.testing.assert_allclose(np.asarray(got["distance"]), d, rtol=1e-4, atol=1e-5)
 
 

@@ -102,9 +102,15 @@ def run(cfg: dict, data=None) -> tuple[FindingCollector, BaseException | None]:
         return collector, exc
 
 
+# The failures below are reproduced with euclidean contrastive, margin 1 (the default until the default became
+# cosine, margin 0.5): a sum of squared distances to pull to zero, and an unbounded loss to explode.
+EUCLIDEAN = {"distance": "euclidean", "loss": {"margin": 1.0}}
+
+
 def test_positives_only_training_pairs_collapse(digits):
     """Pairs built by hand and passed to train(): no negatives, so everything is pulled to zero."""
-    cfg = {"dataset": "digits", "epochs": 10, "encoder": {"type": "mlp", "batch_norm": False, "l2_normalize": False}}
+    cfg = {**EUCLIDEAN, "dataset": "digits", "epochs": 10,
+           "encoder": {"type": "mlp", "batch_norm": False, "l2_normalize": False}}
     collector, exc = run(cfg, paired(digits, "positives_only"))
     assert exc is not None and exc.code == "collapse" and exc.epoch is not None and exc.epoch <= 7
     assert exc.finding is collector.findings[-1] and exc.finding.evidence["raw_embedding_norm_mean"] < 0.02
@@ -116,7 +122,7 @@ def test_raw_norm_and_direction_spread_show_the_collapse_unit_norms_hide(digits)
     histories = {}
     for name, l2, data in (("healthy", True, None), ("collapse", True, paired(digits, "positives_only")),
                            ("healthy_raw", False, None), ("collapse_raw", False, paired(digits, "positives_only"))):
-        cfg = {"dataset": "digits", "epochs": 4, "diagnostics": {"enabled": False},
+        cfg = {**EUCLIDEAN, "dataset": "digits", "epochs": 4, "diagnostics": {"enabled": False},
                "encoder": {"type": "mlp", "batch_norm": False, "l2_normalize": l2}}
         histories[name] = train(TrainConfig.from_dict(cfg), data=data).history
 
@@ -134,7 +140,7 @@ def test_raw_norm_and_direction_spread_show_the_collapse_unit_norms_hide(digits)
 
 
 def test_exploding_learning_rate_nan(digits):
-    cfg = {"dataset": "digits", "epochs": 2, "learning_rate": 10, "optimizer": {"name": "sgd"},
+    cfg = {**EUCLIDEAN, "dataset": "digits", "epochs": 2, "learning_rate": 10, "optimizer": {"name": "sgd"},
            "encoder": {"type": "mlp", "depth": 2, "width": 32, "batch_norm": False, "l2_normalize": False},
            "preprocessing": {"normalize": "none"}}
     collector, exc = run(cfg)
@@ -146,7 +152,7 @@ def test_exploding_learning_rate_nan(digits):
 
 def test_exploding_learning_rate_kills_every_unit(digits):
     """Adam at lr=10: the loss explodes, every ReLU dies, embeddings become exactly zero."""
-    cfg = {"dataset": "digits", "epochs": 3, "learning_rate": 10,
+    cfg = {**EUCLIDEAN, "dataset": "digits", "epochs": 3, "learning_rate": 10,
            "encoder": {"type": "mlp", "batch_norm": False, "l2_normalize": False}}
     collector, exc = run(cfg)
     assert exc is not None and exc.code in ("collapse", "nan_loss")

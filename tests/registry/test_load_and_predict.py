@@ -75,7 +75,9 @@ def test_cli_predict_with_npy_and_image_files(sqlite_stores: Stores, promoted: d
     assert set(out) >= {"distance", "score", "same", "threshold"}
     assert out["threshold"] == pytest.approx(promoted["trial"].user_attrs["threshold"])
     assert out["same"] == (out["distance"] <= out["threshold"])
-    assert out["score"] == pytest.approx(1 / (1 + out["distance"]), rel=1e-5)
+    distance = promoted["trial"].params.get("distance") or "cosine"  # the study's, else the default
+    score = 1 - out["distance"] / 2 if distance == "cosine" else 1 / (1 + out["distance"])
+    assert out["score"] == pytest.approx(score, rel=1e-5)
     # the PNG is decoded like an image folder and rescaled to the model's value range (0..16 for digits)
     assert main(["predict", uri, str(d / "a.png"), str(d / "b.npy"), *tracking]) == 0
     text = capsys.readouterr().out

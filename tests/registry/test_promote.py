@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -65,7 +66,11 @@ def test_promotion_lifecycle(stores: Stores) -> None:
     for k in ("pair_accuracy", "roc_auc", "eer"):  # re-scored on the rebuilt pairs = what the trial measured
         assert on_val[k] == pytest.approx(weak.user_attrs[f"val_{k}"], abs=1e-6)
         assert logged[f"test_{k}"] == pytest.approx(weak.user_attrs[f"test_{k}"], abs=1e-6)  # test: on the model
-    assert f"test AUC {weak.user_attrs['test_roc_auc']:.4f}" in v1.description  # ... and in the description
+    # ... and in the description, to 4 places. It is the test AUC re-scored by the registered model: this weak
+    # model's cosine distances nearly tie, and a float32 difference can swap one of the 100 x 100 positive-negative
+    # orderings of the 200 test pairs (1e-4 of AUC; seen: 0.6469 vs the trial's 0.6468)
+    shown = re.search(r"test AUC (\d\.\d{4})", v1.description or "")
+    assert shown and float(shown.group(1)) == pytest.approx(weak.user_attrs["test_roc_auc"], abs=1e-4 + 5e-5)
     assert tags["siamese_sweep.eligible.champion"] == "true"
     assert _alias(client, name) == "1"
 

@@ -19,6 +19,7 @@ def test_exploding_learning_rate_is_pruned_as_nan_loss_and_the_sweep_continues(t
     storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
     data = spec_dict(tmp_path, name="nan", trials=2,
                      base={"epochs": 2, "optimizer": {"name": "sgd", "momentum": 0.9},
+                           "distance": "euclidean", "loss": {"margin": 1.0},  # an unbounded loss
                            "preprocessing": {"normalize": "none"},
                            "encoder": {"depth": 1, "width": 8, "embedding_dim": 16, "batch_norm": False,
                                        "activation": "elu", "l2_normalize": False}},  # unbounded distances

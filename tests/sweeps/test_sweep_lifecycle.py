@@ -38,7 +38,7 @@ def test_rerunning_resumes_the_study_without_repeating_trials(local_stores: dict
 def test_exploding_learning_rate_is_pruned_with_reason_nan_loss(local_stores: dict[str, str]) -> None:
     # SGD with momentum at lr 10 on unnormalised inputs: the loss overflows to NaN within a few steps
     spec = make_spec_dict(search_space={"loss.margin": {"type": "float", "low": 0.5, "high": 1.5}},
-                          base={**make_spec_dict()["base"], "learning_rate": 10.0,
+                          base={**make_spec_dict()["base"], "learning_rate": 10.0, "distance": "euclidean",
                                 "optimizer": {"name": "sgd", "momentum": 0.9}, "preprocessing": {"normalize": "none"},
                                 "encoder": {"depth": 1, "width": 8, "embedding_dim": 16, "batch_norm": False,
                                             "activation": "elu", "l2_normalize": False}})
