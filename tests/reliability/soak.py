@@ -114,6 +114,7 @@ def soak(workdir: Path, *, workers: int = 4, trials: int = 40, faults: int = 16,
                 return p
 
             live = [start_worker() for _ in range(workers)]
+            watch = _StudyWatch(storage)
             # every kind once per round, in a random order: a short soak still sees each of them
             order = rng.sample(list(kinds), len(kinds))
             injected, next_fault = 0, time.monotonic() + rng.uniform(*gap)
@@ -128,9 +129,9 @@ def soak(workdir: Path, *, workers: int = 4, trials: int = 40, faults: int = 16,
                     if code != 0:  # a worker that gave up (e.g. a store down too long): a scheduler restarts it
                         live.append(start_worker())
                 if injected < faults and live and time.monotonic() >= next_fault and (
-                        not paced or _finished(storage) >= injected):
+                        not paced or _finished(watch) >= injected):
                     kind = order[injected % len(order)]
-                    victim = _inject(kind, rng, live, pg, server, storage)
+                    victim = _inject(kind, rng, live, pg, server, watch)
                     result.faults[kind] += 1
                     injected += 1
                     if victim is not None:
@@ -146,18 +147,31 @@ def soak(workdir: Path, *, workers: int = 4, trials: int = 40, faults: int = 16,
     return result
 
 
-def _finished(storage: str) -> int:
-    study = try_load_study(storage, STUDY)
+class _StudyWatch:
+    """The soak's one handle on the study while it runs: loading it per poll would build a new storage (and
+    connection pool) every half second, which could use up PostgreSQL's connection slots in a long soak."""
+
+    def __init__(self, storage: str) -> None:
+        self.storage, self._study = storage, None
+
+    def study(self) -> Any:
+        if self._study is None:  # not created yet until the first worker has started
+            self._study = try_load_study(self.storage, STUDY)
+        return self._study
+
+
+def _finished(watch: _StudyWatch) -> int:
+    study = watch.study()
     try:
         return sum(t.state in (S.COMPLETE, S.PRUNED) for t in study.get_trials(deepcopy=False)) if study else 0
     except Exception:  # noqa: BLE001 - the storage is restarting: ask again next time
         return 0
 
 
-def _inject(kind: str, rng: random.Random, live: list[Proc], pg: Any, server: Any, storage: str) -> Proc | None:
+def _inject(kind: str, rng: random.Random, live: list[Proc], pg: Any, server: Any, watch: _StudyWatch) -> Proc | None:
     """Apply one fault; for a worker fault, the stopped worker (to be replaced, as a scheduler would)."""
     if kind.startswith("worker"):
-        victim = _busy_worker(rng, live, storage)
+        victim = _busy_worker(rng, live, watch)
         victim.signal(signal.SIGKILL if kind == "worker SIGKILL" else signal.SIGTERM)
         try:
             victim.wait(120)
@@ -171,12 +185,12 @@ def _inject(kind: str, rng: random.Random, live: list[Proc], pg: Any, server: An
     return None
 
 
-def _busy_worker(rng: random.Random, live: list[Proc], storage: str, wait: float = 120.0) -> Proc:
+def _busy_worker(rng: random.Random, live: list[Proc], watch: _StudyWatch, wait: float = 120.0) -> Proc:
     """A live worker that is running a trial (a worker still importing TensorFlow tests nothing); any live one
     if none is busy within `wait` seconds."""
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        study = try_load_study(storage, STUDY)
+        study = watch.study()
         busy = set()
         for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)) if study is not None else []:
             try:
