@@ -26,6 +26,14 @@ def _plt() -> Any:
     return plt
 
 
+def warm_up() -> None:
+    """Import what the plots need (matplotlib, Optuna's matplotlib and plotly plots), in the background while
+    the first trial trains, instead of on the first trial's and the study's plots."""
+    _plt()
+    import optuna.visualization  # noqa: F401 - plotly, for `study_plots`
+    import optuna.visualization.matplotlib  # noqa: F401
+
+
 def _safe(what: str, fn: Any, *args: Any) -> Path | None:
     try:
         return fn(*args)

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,32 +48,71 @@ class MlflowEpochLogger(keras.callbacks.Callback):
 class OptunaReporter(keras.callbacks.Callback):
     """Report the objective metric each epoch and prune with a readable reason."""
 
-    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+    def __init__(self, trial: optuna.Trial, metric: str, *, before_prune: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.trial = trial
         self.metric = metric
+        self.before_prune = before_prune  # the worker's `Finisher.wait`: the previous trial is told first
+
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         value = (logs or {}).get(self.metric)
         if value is None or not math.isfinite(float(value)):
             return
         self.trial.report(float(value), step=epoch)
+        if self.before_prune is not None:
+            self.before_prune()
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch + 1}: {self.metric}={float(value):.4f}")
 
 
 class CheckpointUploader(keras.callbacks.Callback):
-    """Copy each epoch checkpoint into the trial's MLflow run (`sweeps.checkpoints`); never fails the trial."""
+    """Copy each epoch checkpoint into the trial's MLflow run (`sweeps.checkpoints`); never fails the trial.
+
+    The upload runs in a background thread while the next epoch trains, from a snapshot of the checkpoint
+    (the weights hard-linked, ``state.json`` copied: the next epoch's save replaces the files, not their
+    contents), one at a time; `close` (and the end of training) waits for the last one. An epoch's upload
+    is a few requests (two files, a listing, a delete): tens of milliseconds a trial kept off the epoch.
+    """
 
     def __init__(self, run: TrialRun) -> None:
+        from .finisher import Finisher
+
         super().__init__()
         self.run = run
         self.uploaded: list[int] = []  # epochs whose checkpoint reached MLflow
+        self._uploads = Finisher("siamese-sweep-checkpoint-upload")
 
     def on_checkpoint(self, directory: Path, next_epoch: int) -> None:
+        from siamese_core.checkpoint import STATE, WEIGHTS
+
+        snapshot = Path(tempfile.mkdtemp(prefix="siamese-ckpt-snap-"))
+        try:
+            try:
+                os.link(Path(directory) / WEIGHTS, snapshot / WEIGHTS)
+            except OSError:  # another file system, or links refused: a copy
+                shutil.copyfile(Path(directory) / WEIGHTS, snapshot / WEIGHTS)
+            shutil.copyfile(Path(directory) / STATE, snapshot / STATE)
+        except OSError as exc:
+            shutil.rmtree(snapshot, ignore_errors=True)
+            log.warning("could not snapshot the epoch-%d checkpoint for MLflow: %s", next_epoch, exc)
+            return
+        self._uploads.submit(lambda: self._upload(snapshot, next_epoch))
+
+    def _upload(self, snapshot: Path, next_epoch: int) -> None:
         from . import checkpoints
 
-        seconds = checkpoints.upload(self.run.tracker, self.run.run_id, Path(directory))
+        try:
+            seconds = checkpoints.upload(self.run.tracker, self.run.run_id, snapshot)
+        finally:
+            shutil.rmtree(snapshot, ignore_errors=True)
         if seconds is not None:
             self.uploaded.append(next_epoch)
             log.debug("checkpoint of epoch %d copied to MLflow run %s in %.3f s", next_epoch, self.run.run_id, seconds)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Wait for the upload in flight (before the trial's checkpoint copies are deleted or kept)."""
+        self._uploads.wait()

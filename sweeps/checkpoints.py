@@ -2,12 +2,18 @@
 
 Workers on different machines share only the Optuna storage and the MLflow tracking server. With
 ``tracking.checkpoints: mlflow`` (or ``auto`` and an ``http(s)://`` tracking URI) every epoch's local
-checkpoint (`siamese_core.checkpoint`) is also uploaded to the trial's run under
-``siamese_sweep_checkpoint/`` — overwritten each epoch, so a run holds one checkpoint, never one per epoch.
-A retry that finds no (or an older) local checkpoint downloads the newest one among its earlier attempts'
-runs (Optuna's ``retry_history``) and resumes from it; `restore` still checks the config fingerprint and the
-weights' SHA-256, so a half-uploaded pair (new weights, old ``state.json``) means a clean start, never a wrong
-resume. When the trial ends for good (COMPLETE, PRUNED, its own failure) the copies of every attempt are
+checkpoint (`siamese_core.checkpoint`) is also uploaded to the trial's run under ``siamese_sweep_checkpoint/``,
+crash-consistently: the weights go up under a name of their own, ``epoch-<N>.weights.h5`` (N: the epochs done),
+then ``state.json``, overwritten each epoch, which names them (``weights_artifact``) and is the commit point, then
+the weights no state names any more are deleted. So a run normally holds one checkpoint (two files), never one
+per epoch; a worker killed mid-upload leaves a third, orphaned weights file beside the previous epoch's
+consistent pair, and a retry resumes from that epoch instead of starting clean. (Overwriting one weights file
+instead, as before, let a kill between the two uploads pair epoch N+1's weights with epoch N's state, which
+`restore`'s checksum check rejected: the retry started from epoch 0.) A retry that finds no (or an older) local
+checkpoint reads the ``state.json`` of each of its earlier attempts' runs (Optuna's ``retry_history``), downloads
+the weights the newest one names and checks them against the SHA-256 in that state before it puts them in place
+(a copy that fails is skipped for the next newest); `restore` then checks the config fingerprint and the
+checksum again. When the trial ends for good (COMPLETE, PRUNED, its own failure) the copies of every attempt are
 deleted; a trial whose retry never runs (``max_retries`` used up) keeps its one copy.
 
 Cost: the upload runs in the training thread after each epoch. A checkpoint is about 12 bytes per parameter
@@ -17,12 +23,18 @@ auth, proxied artifacts; medians of 10 uploads, two runs on a busy 2-core machin
 0.03-0.06 s; a conv encoder of depth 4 and width 128 (6.5 M parameters) is 78 MB and uploads in 1.1-2.1 s. A
 retry's download (list, then two files) took 0.7-1.3 s and 1.8-5.1 s for those two. Over a real network the
 large case scales with bandwidth: set ``tracking.checkpoints: local`` when epochs are short and checkpoints large.
+Those figures were measured when an epoch's upload was the two files alone; it now also lists the folder and,
+from the second epoch on, deletes the previous epoch's weights (a ``get_run`` and a DELETE): three small
+requests more per epoch, not re-measured. A retry's download also reads the weights' name from ``state.json``
+before it downloads them, as before: list, state, weights.
 
-An upload that fails (server down, refused) is logged and skipped: the next epoch overwrites it anyway, and
-the trial never fails for it.
+An upload that fails (server down, refused) is logged and skipped: the next epoch's commits over it (and deletes
+any weights it left), and the trial never fails for it.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -31,6 +43,7 @@ import time
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from . import names
@@ -41,6 +54,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("auto", "local", "mlflow")
 ARTIFACT_DIR = names.ARTIFACT_RESUME_CHECKPOINT
+WEIGHTS_KEY = "weights_artifact"  # in the uploaded state.json: the weights file of ARTIFACT_DIR it was written with
 UPLOAD_BUDGET_S = 5.0    # per epoch, as buffered metrics: longer would stall training while MLflow is down
 FETCH_BUDGET_S = 30.0    # per call when a retry looks for its earlier attempts' checkpoints
 
@@ -55,27 +69,80 @@ def shared_through_mlflow(mode: str, tracking_uri: str) -> bool:
     return mode == "mlflow"
 
 
+def weights_artifact(next_epoch: int) -> str:
+    """The artifact name of the weights a checkpoint that resumes at `next_epoch` uploads."""
+    return f"epoch-{int(next_epoch)}.weights.h5"
+
+
 def upload(tracker: Tracker, run_id: str, directory: Path) -> float | None:
-    """Copy the checkpoint in `directory` to the run (weights first, state last); returns the seconds it took,
-    None when it failed (logged; never raised)."""
+    """Copy the checkpoint in `directory` to the run: its weights under this epoch's name, then ``state.json``
+    (naming them) as the commit point, then delete the weights no committed state names any more. Returns the
+    seconds it took, None when the checkpoint did not get committed (logged; never raised)."""
     from siamese_core.checkpoint import STATE, WEIGHTS  # Keras: only once a trial runs
 
     start = time.perf_counter()
     quick = Retry(budget_s=UPLOAD_BUDGET_S, sleep=tracker.retry.sleep)
     try:
-        for name in (WEIGHTS, STATE):
-            quick("upload checkpoint", partial(tracker.client.log_artifact, run_id, str(directory / name),
-                                               ARTIFACT_DIR))
+        state = json.loads((directory / STATE).read_text())
+        name = weights_artifact(state["next_epoch"])
+        with tempfile.TemporaryDirectory(prefix="siamese-ckpt-up-") as tmp:
+            weights = Path(tmp) / name
+            try:
+                weights.symlink_to((directory / WEIGHTS).resolve())  # uploaded under this epoch's name, not copied
+            except OSError:
+                shutil.copyfile(directory / WEIGHTS, weights)
+            (Path(tmp) / STATE).write_text(json.dumps({**state, WEIGHTS_KEY: name}))
+            for path in (weights, Path(tmp) / STATE):  # state last: until it lands, the old state names old weights
+                quick("upload checkpoint", partial(tracker.client.log_artifact, run_id, str(path), ARTIFACT_DIR))
     except Exception as exc:  # noqa: BLE001 - a missed upload costs a retry elsewhere some epochs, not the trial
         log.warning("could not copy the epoch checkpoint to MLflow run %s (%s); a retry on another machine "
                     "would resume from an earlier epoch", run_id, mask_secrets(str(exc))[:200])
         return None
+    _delete_stale_weights(tracker, run_id, keep=name, quick=quick)
     return time.perf_counter() - start
+
+
+def _delete_stale_weights(tracker: Tracker, run_id: str, *, keep: str, quick: Retry) -> None:
+    """Delete the weights files in the run other than `keep` (earlier epochs', or a killed upload's)."""
+    try:
+        stale = [f.path for f in quick("list checkpoint", partial(tracker.client.list_artifacts, run_id, ARTIFACT_DIR))
+                 if f.path.endswith(".weights.h5") and Path(f.path).name != keep]
+        if not stale:
+            return
+        repo = _artifact_repository(tracker, run_id, quick)
+        for path in stale:
+            quick("delete old checkpoint weights", partial(repo.delete_artifacts, path))
+    except Exception as exc:  # noqa: BLE001 - a leftover file costs storage until the next epoch or `delete`
+        log.warning("could not delete earlier checkpoint weights in MLflow run %s: %s", run_id,
+                    mask_secrets(str(exc))[:200])
+
+
+def _artifact_repository(tracker: Tracker, run_id: str, quick: Retry) -> Any:
+    """The run's artifact repository: it can delete artifacts, which MlflowClient cannot."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    uri = quick("get run", partial(tracker.client.get_run, run_id)).info.artifact_uri
+    return get_artifact_repository(uri, tracking_uri=tracker.uri)
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+    try:
+        state = json.loads(path.read_text())
+        return state if isinstance(state, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def fetch(tracker: Tracker, run_ids: Iterable[str], directory: Path) -> int:
     """Put the newest checkpoint among `run_ids`' copies into `directory` if it is ahead of the one there.
 
+    Each run's ``state.json`` is read first; it names the weights file it was committed with, which is downloaded
+    and checked against the SHA-256 in that state (a copy that fails the check is skipped for the next newest).
     Returns the epoch the checkpoint now in `directory` resumes at (0: none). Errors are logged: the retry then
     uses what it has (its local checkpoint, or none).
     """
@@ -87,41 +154,45 @@ def fetch(tracker: Tracker, run_ids: Iterable[str], directory: Path) -> int:
     quick = Retry(budget_s=FETCH_BUDGET_S, sleep=tracker.retry.sleep)
 
     def download(run_id: str, name: str, tmp: str) -> Path:
-        dst = os.path.join(tmp, run_id, name.split(".")[0])
+        dst = os.path.join(tmp, run_id, "state" if name == STATE else "weights")
         return Path(quick(f"download checkpoint {name}", lambda: tracker.client.download_artifacts(
             run_id, f"{ARTIFACT_DIR}/{name}", dst)))
 
     with tempfile.TemporaryDirectory(prefix="siamese-ckpt-") as tmp, quiet_artifacts():
-        best: tuple[int, str, Path] | None = None
+        found: list[tuple[int, str, str, Path]] = []  # (epoch, run id, weights artifact, state file)
         for run_id in run_ids:
             try:
                 listed = {Path(f.path).name for f in quick("list checkpoint", partial(
                     tracker.client.list_artifacts, run_id, ARTIFACT_DIR))}
-                if not {WEIGHTS, STATE} <= listed:
+                if STATE not in listed:
                     continue
                 state = download(run_id, STATE, tmp)
             except Exception as exc:  # noqa: BLE001 - one unreadable copy must not hide the others
                 log.warning("could not read the checkpoint of MLflow run %s: %s", run_id, mask_secrets(str(exc))[:200])
                 continue
+            name = str((_read_state(state) or {}).get(WEIGHTS_KEY, WEIGHTS))  # WEIGHTS: a copy from before the key
             epoch = saved_epoch(state.parent)
-            if epoch > have and (best is None or epoch > best[0]):
-                best = (epoch, run_id, state)
-        if best is None:
-            return have
-        epoch, run_id, state = best
-        try:
-            weights = download(run_id, WEIGHTS, tmp)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("could not download the checkpoint of MLflow run %s: %s", run_id,
-                        mask_secrets(str(exc))[:200])
-            return have
-        directory.mkdir(parents=True, exist_ok=True)
-        for name, src in ((WEIGHTS, weights), (STATE, state)):  # as `checkpoint.save`: renamed into place, state last
-            part = directory / f".tmp-{os.getpid()}.{name}"
-            shutil.copyfile(src, part)
-            os.replace(part, directory / name)
-    log.info("downloaded the epoch-%d checkpoint of MLflow run %s", epoch, run_id)
-    return epoch
+            if epoch > have and name in listed:
+                found.append((epoch, run_id, name, state))
+        for epoch, run_id, name, state in sorted(found, key=lambda c: c[0], reverse=True):
+            try:
+                weights = download(run_id, name, tmp)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("could not download the checkpoint of MLflow run %s: %s", run_id,
+                            mask_secrets(str(exc))[:200])
+                continue
+            if _sha256(weights) != (_read_state(state) or {}).get("weights_sha256"):
+                log.warning("the epoch-%d checkpoint of MLflow run %s does not match its recorded checksum "
+                            "(a copy uploaded before its weights were named in state.json); skipped", epoch, run_id)
+                continue
+            directory.mkdir(parents=True, exist_ok=True)
+            for local, src in ((WEIGHTS, weights), (STATE, state)):  # as `checkpoint.save`: renamed in, state last
+                part = directory / f".tmp-{os.getpid()}.{local}"
+                shutil.copyfile(src, part)
+                os.replace(part, directory / local)
+            log.info("downloaded the epoch-%d checkpoint of MLflow run %s", epoch, run_id)
+            return epoch
+    return have
 
 
 def delete(tracker: Tracker, run_ids: Iterable[str]) -> int:
@@ -132,16 +203,13 @@ def delete(tracker: Tracker, run_ids: Iterable[str]) -> int:
     server with proxied artifacts it is an HTTP DELETE on the server's artifact endpoint.
     tests/reliability/test_remote_checkpoint.py pins that it removes the copy.
     """
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
     quick = Retry(budget_s=5.0, sleep=tracker.retry.sleep)
     deleted = 0
     for run_id in run_ids:
         try:
             if not quick("list checkpoint", partial(tracker.client.list_artifacts, run_id, ARTIFACT_DIR)):
                 continue
-            uri = quick("get run", partial(tracker.client.get_run, run_id)).info.artifact_uri
-            repo = get_artifact_repository(uri, tracking_uri=tracker.uri)
+            repo = _artifact_repository(tracker, run_id, quick)
             quick("delete checkpoint", partial(repo.delete_artifacts, ARTIFACT_DIR))
             deleted += 1
         except Exception as exc:  # noqa: BLE001 - a leftover copy costs storage, not correctness

@@ -37,8 +37,8 @@ TAG_DIAGNOSTICS_PREFIX = "siamese_sweep.diagnostics."  # + finding code -> sever
 TAG_MOVED_FROM = "siamese_sweep.moved_from"            # `siamese-sweep move`: the source run's (or model's) id
 
 # ---------------------------------------------------------------- MLflow run artifacts of a trial run
-# the latest epoch checkpoint when `tracking.checkpoints` is on (overwritten every epoch, deleted when the trial
-# ends); not "checkpoints/", where mlflow.keras autolog puts its own
+# the latest epoch checkpoint when `tracking.checkpoints` is on (state.json overwritten every epoch, naming that
+# epoch's weights file; deleted when the trial ends); not "checkpoints/", where mlflow.keras autolog puts its own
 ARTIFACT_RESUME_CHECKPOINT = "siamese_sweep_checkpoint"
 
 # ---------------------------------------------------------------- MLflow run tags: the study's parent run

@@ -1,8 +1,10 @@
 """One Optuna trial = one `siamese_core.train` run, tracked in one MLflow child run.
 
-`Objective` is what ``study.optimize`` calls; every call makes a `TrialAttempt`, which holds what
-belongs to that one trial (its checkpoint folder, its MLflow run). How a trial ends — Optuna state,
-MLflow run status, retried or not — is data in `sweeps.outcomes`; this module only carries it out.
+`Objective` is what a worker (`sweeps.worker.take_trials`) or a plain ``study.optimize`` calls; every call makes
+a `TrialAttempt`, which holds what belongs to that one trial (its checkpoint folder, its MLflow run). With
+``tracking.finish_in_background`` the call returns once the trial is trained and scored, and hands its
+recording to the worker as a `sweeps.finisher.Deferred`. How a trial ends — Optuna state, MLflow run status,
+retried or not — is data in `sweeps.outcomes`; this module only carries it out.
 
 Trials stopped from outside (interrupted, MLflow down, worker died) are queued again with the same
 parameters; the retry records the original in the system attr ``failed_trial`` and the run tag
@@ -19,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import optuna
@@ -30,6 +32,7 @@ from siamese_core.errors import ConfigError
 from . import artifacts, modelio, names, outcomes, space
 from .directions import TRIAL_METRICS
 from .errors import Interrupted, InvalidTrialConfig, NonFiniteObjective
+from .finisher import Deferred, Finisher
 from .outcomes import Outcome
 from .registry import model_id_from_uri
 from .secrets import mask_secrets
@@ -92,6 +95,7 @@ class TrialContext:
     load_data: Callable[[Any], Any]
     checkpoint_root: Path | None = None
     share_checkpoints: bool = False  # also copy them into each trial's MLflow run (`sweeps.checkpoints`)
+    finisher: Finisher | None = None  # records trials in the background (`sweeps.finisher`); None: in line
 
     def checkpoint_dir(self, original_number: int) -> Path | None:
         """Keyed by the original trial's number, so a retry finds the epochs its original saved."""
@@ -99,28 +103,44 @@ class TrialContext:
 
 
 class Objective:
-    """Callable for ``study.optimize``: runs, tracks and scores one trial."""
+    """Callable for a worker or ``study.optimize``: runs, tracks and scores one trial."""
 
     def __init__(self, ctx: TrialContext) -> None:
         self.ctx = ctx
 
-    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+    def __call__(self, trial: optuna.Trial) -> float | list[float] | Deferred:
+        """Train and score the trial; then record it here, or return its recording as a `Deferred` when the
+        worker finishes trials in the background (`TrialContext.finisher`)."""
         attempt = TrialAttempt(self.ctx, trial)
         try:
             values = attempt.run()
-            attempt.conclude(outcomes.COMPLETED)
-            return values
         except BaseException as exc:  # noqa: BLE001 - every end is recorded, then re-raised for Optuna
-            outcome, cause = attempt.settle(exc)
-            if outcome.state == outcomes.PRUNED_STATE:
-                raise optuna.TrialPruned(str(cause)) from None
-            if outcome.reason == outcomes.INTERRUPTED.reason and not isinstance(cause, KeyboardInterrupt):
-                # the signal's exception came back as another type: Optuna would catch that and the worker
-                # would start the next trial (the queued retry) with the stop already spent
-                raise Interrupted(f"received signal {StopRequest.signum}") from cause
-            if cause is exc:
-                raise
-            raise cause from exc
+            self._raise_settled(attempt, exc)
+        if self.ctx is not None and self.ctx.finisher is not None:
+            return Deferred(lambda: self._finish(attempt, values), values)
+        return self._finish(attempt, values)
+
+    def _finish(self, attempt: TrialAttempt, values: float | list[float]) -> float | list[float]:
+        try:
+            attempt.record()
+            attempt.conclude(outcomes.COMPLETED)
+        except BaseException as exc:  # noqa: BLE001
+            self._raise_settled(attempt, exc)
+        return values
+
+    @staticmethod
+    def _raise_settled(attempt: TrialAttempt, exc: BaseException) -> NoReturn:
+        """Record the end `exc` stands for, then raise what Optuna should see."""
+        outcome, cause = attempt.settle(exc)
+        if outcome.state == outcomes.PRUNED_STATE:
+            raise optuna.TrialPruned(str(cause)) from None
+        if outcome.reason == outcomes.INTERRUPTED.reason and not isinstance(cause, KeyboardInterrupt):
+            # the signal's exception came back as another type: Optuna would catch that and the worker
+            # would start the next trial (the queued retry) with the stop already spent
+            raise Interrupted(f"received signal {StopRequest.signum}") from cause
+        if cause is exc:
+            raise exc
+        raise cause from exc
 
 
 class TrialAttempt:
@@ -134,6 +154,7 @@ class TrialAttempt:
         self.earlier: list[int] = []  # numbers of the trials this one repeats, the original first
         self.mlflow_run: TrialRun | None = None
         self.dataset: Dataset | None = None  # the MLflow dataset input of this trial's run
+        self._trained: tuple[TrialRun, Any, dict[str, float]] | None = None  # between `run` and `record`
 
     # ------------------------------------------------------------------ config -> train -> log result
     def run(self) -> float | list[float]:
@@ -155,19 +176,34 @@ class TrialAttempt:
             self._log_inputs(run, config, data)
             callbacks: list[Any] = [stop_check_callback(), MlflowEpochLogger(run)]
             if not study.multi_objective:
-                callbacks.append(OptunaReporter(self.trial, study.objective_metrics[0]))
+                finisher = self.ctx.finisher  # a pruner decides once the previous trial is told
+                callbacks.append(OptunaReporter(self.trial, study.objective_metrics[0],
+                                                before_prune=finisher.wait if finisher is not None else None))
+            uploader = None
             if self.ctx.share_checkpoints and self.checkpoint is not None:
-                callbacks.append(CheckpointUploader(run))
+                uploader = CheckpointUploader(run)
+                callbacks.append(uploader)
                 if self.earlier:
                     self._fetch_checkpoint()
-            result = train(config, callbacks=callbacks, data=data, checkpoint_dir=self.checkpoint)
+            try:
+                result = train(config, callbacks=callbacks, data=data, checkpoint_dir=self.checkpoint)
+            finally:
+                if uploader is not None:
+                    uploader.close()  # the last epoch's copy is in MLflow (or given up) before anything else
         measured = {"params": float(result.models.training.count_params()), "train_seconds": float(result.seconds),
                     "latency_ms": measure_latency_ms(result)}
         values = objective_values(self.ctx.spec, result, measured)
         if not all(math.isfinite(v) for v in values):
             raise NonFiniteObjective(f"objective {list(study.objective_metrics)} = {values}")
-        self._log_result(run, result, measured)
+        self._trained = (run, result, measured)
         return values[0] if len(values) == 1 else values
+
+    def record(self) -> None:
+        """Log what `run` trained (metrics, artifacts, the model, the trial's attrs); the trial is then told."""
+        assert self._trained is not None, "record() after run()"
+        run, result, measured = self._trained
+        self._log_result(run, result, measured)
+        self._trained = None  # the model and arrays can go
 
     def _begin(self) -> dict[str, Any]:
         """Find out whether this trial repeats another, and sample its train-config overrides."""

@@ -114,13 +114,14 @@ def parent_best_updater(tracker: Tracker, parent_run_id: str) -> Any:
 
 
 def finalize_parent(study: optuna.Study, tracker: Tracker, parent_run_id: str, *, status: str,
-                    plots: bool = True) -> None:
-    """Trials table, Optuna plots and the final best on the parent run; then set its status."""
+                    plots: bool = True, html: bool = True) -> None:
+    """Trials table, Optuna plots and the final best on the parent run; then set its status (`html`: False
+    when the HTML plots already show every finished trial)."""
     with tempfile.TemporaryDirectory(prefix="siamese-study-") as tmp:
         artifacts.write_study_artifacts(study, Path(tmp), plots=plots)
         write_report(study, Path(tmp) / "report.md")
         tracker.retry("log study artifacts", lambda: tracker.client.log_artifacts(parent_run_id, tmp))
-    if plots:
+    if plots and html:
         study_plots.log_study_html(study, tracker, parent_run_id)
     counts = count_states(study)
     tags = {names.TAG_TRIALS_PREFIX + k.lower(): str(v) for k, v in counts.as_dict().items()}
@@ -208,6 +209,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> Sw
     progress = Progress(options.trials, count_states(study).done, options.progress)
     status = RUN_FAILED
     reports: list[WorkerReport] = []
+    refresh_plots: study_plots.PlotRefresher | None = None
     stopped_by, budget_met = "", False
     try:
         if options.workers <= 1:
@@ -237,7 +239,8 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> Sw
             # retry budget per call on its way out: the rerun finalises the parent anyway
             closing = tracker if status == RUN_FINISHED else Tracker(options.tracking_uri, retry=Retry(budget_s=5.0))
             try:
-                finalize_parent(study, closing, parent, status=status, plots=spec.tracking.log_plots)
+                finalize_parent(study, closing, parent, status=status, plots=spec.tracking.log_plots,
+                                html=refresh_plots is None or not refresh_plots.up_to_date(study))
             except Exception as exc:  # noqa: BLE001 - never hide the sweep's own outcome
                 log.warning("could not finalise the parent run: %s", exc)
     return SweepResult(study_status(study), parent, experiment_id, budget_met, reports, stopped_by)

@@ -53,7 +53,15 @@ def _grid(spec: SweepSpec, seed: int | None) -> Any:
 
     from .space import grid_values
 
-    return optuna.samplers.GridSampler(grid_values(spec), seed=seed)
+    class GridSampler(optuna.samplers.GridSampler):
+        """Optuna's, without its ``study.stop()`` once the grid is covered: that call only works inside
+        ``study.optimize`` and workers ask and tell (`sweeps.worker`); the trial budget ends the sweep, as it
+        did when each worker ran ``optimize`` one trial at a time (where the stop ended only that call)."""
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            return None
+
+    return GridSampler(grid_values(spec), seed=seed)
 
 
 def _check_grid(spec: SweepSpec) -> None:

@@ -220,6 +220,9 @@ class TrackingSpec(_Section):
     # where epoch checkpoints live: "local" (study.checkpoint_dir only), "mlflow" (also copied into the trial's
     # run, so a retry on another machine resumes), "auto" (mlflow when `uri` is an http(s) server)
     checkpoints: Literal["auto", "local", "mlflow"] = "auto"
+    # a trial's plots, model, final metrics and run end (then Optuna's tell) run in the background while the
+    # next trial trains (`sweeps.finisher`); false: in line, the sampler then also sees the trial just trained
+    finish_in_background: bool = True
 
 
 class SweepSpec(_Section):

@@ -8,6 +8,7 @@ ordinary Optuna callback for a plain ``study.optimize(..., callbacks=[StudyStop(
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,10 +39,11 @@ class StudyStop:
         self.target = target
         self.patience_trials = patience_trials
 
-    def decision(self, study: optuna.Study) -> StopDecision | None:
-        """None while the study should go on."""
+    def decision(self, study: optuna.Study, *, assume: Sequence[optuna.trial.FrozenTrial] = ()) -> StopDecision | None:
+        """None while the study should go on; `assume`: finished trials not yet told (a worker's trial whose
+        recording runs in the background), so the study stops after the same trial as it would in line."""
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        trials = study.get_trials(deepcopy=False, states=_DONE)
+        trials = study.get_trials(deepcopy=False, states=_DONE) + list(assume)
         complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
         best = None
         if complete:

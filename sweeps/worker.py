@@ -10,6 +10,7 @@ another worker may still fail and need replacing.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -23,9 +24,10 @@ from typing import Any
 import optuna
 from mlflow.entities import RunTag
 
-from . import names, outcomes
+from . import artifacts, names, outcomes
 from .checkpoints import shared_through_mlflow
 from .errors import SweepFatal, TrackingUnavailable
+from .finisher import Deferred, Finisher, Heartbeat
 from .objective import Objective, TrialContext
 from .signals import StopRequest, stop_on_signals
 from .spec import SweepSpec
@@ -72,22 +74,6 @@ class DataCache:
         if key not in self._cache:
             self._cache[key] = load_dataset(config)
         return self._cache[key]
-
-
-class _QuietStops(logging.Filter):
-    """Optuna logs every failed trial with its traceback; for a Ctrl-C/SIGTERM or an MLflow outage the
-    one-line reason says it all, so drop the traceback there (crashes of the user's code keep theirs)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, (KeyboardInterrupt, TrackingUnavailable, optuna.exceptions.UpdateFinishedTrialError)):
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-_optuna_log = logging.getLogger("optuna.study._optimize")
-if not any(isinstance(f, _QuietStops) for f in _optuna_log.filters):
-    _optuna_log.addFilter(_QuietStops())
 
 
 def default_checkpoint_root(spec: SweepSpec, study_name: str, parent_run_id: str) -> Path | None:
@@ -202,7 +188,8 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
     ctx = TrialContext(spec=spec, tracker=tracker, experiment_id=experiment_id, parent_run_id=parent_run_id,
                        study_name=study.study_name, load_data=data_cache or DataCache(),
                        checkpoint_root=checkpoint_root,
-                       share_checkpoints=shared_through_mlflow(spec.tracking.checkpoints, tracker.uri))
+                       share_checkpoints=shared_through_mlflow(spec.tracking.checkpoints, tracker.uri),
+                       finisher=Finisher() if spec.tracking.finish_in_background else None)
     objective = Objective(ctx)
     lock = budget_lock(opened.storage_url, study.study_name)
     reconciled: set[int] = set()
@@ -216,7 +203,8 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
                          stopper=study_stop_from(spec), on_trial=on_trial,
                          under_lock=lambda: reconcile_runs(study, tracker, reconciled, experiment_id=experiment_id,
                                                            parent_run_id=parent_run_id),
-                         tracker_name=repr(tracker))
+                         tracker_name=repr(tracker), finisher=ctx.finisher,
+                         warm_up=artifacts.warm_up if ctx.finisher is not None and spec.tracking.log_plots else None)
     if report.budget_met:
         clear_finished_checkpoints(study, checkpoint_root)
     return report
@@ -225,44 +213,94 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
 def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optuna.Trial], Any], *,
                 default_budget: int, max_failures: int, poll_s: float, deadline: float | None = None,
                 stopper: Any = None, on_trial: OnTrial | None = None,
-                under_lock: Callable[[], Any] | None = None, tracker_name: str = "MLflow") -> WorkerReport:
+                under_lock: Callable[[], Any] | None = None, tracker_name: str = "MLflow",
+                finisher: Finisher | None = None, warm_up: Callable[[], None] | None = None) -> WorkerReport:
     """The coordination loop of one worker, apart from what a trial does (benchmarks/coordination.py runs it
     with an objective that does no training, to measure the storage cost of coordination alone).
 
-    Under `lock`: fail stale trials, run `under_lock` (the worker reconciles MLflow runs), count, and create at
-    most one trial; `objective` runs after the lock is released. `deadline` is a ``time.monotonic()`` value.
+    Under `lock`: fail stale trials, run `under_lock` (the worker reconciles MLflow runs), count, and ask for
+    at most one trial; `objective` runs after the lock is released. An objective may return a `Deferred`:
+    its finish then runs in `finisher`'s background thread while the next trial trains, and the trial is told
+    once it is done (the order is explained in `sweeps.finisher`); `warm_up` runs there while the first trial
+    trains (imports the recording needs). `deadline` is a ``time.monotonic()`` value.
     """
     report = WorkerReport()
-    consecutive_failures = 0
-    last_reason = ""
+    finisher = finisher if finisher is not None else Finisher()
+    heartbeat = Heartbeat(study)
+    failures = {"consecutive": 0}
+    last_reason = [""]
 
-    current: list[int] = []  # the number of the trial this worker is running
-
-    def guarded(trial: optuna.Trial) -> Any:
-        lock.release()  # the trial exists now; let other workers start theirs
-        current[:] = [trial.number]
-        return objective(trial)
-
-    def after_trial(st: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
-        nonlocal consecutive_failures, last_reason
-        current.clear()  # told: from here on a ValueError is not about an ended trial
+    def after_trial(frozen: optuna.trial.FrozenTrial) -> None:
+        """Counts and the caller's callback; in the finisher's thread, one trial at a time."""
         report.trials_run += 1
         report.states[frozen.state.name] = report.states.get(frozen.state.name, 0) + 1
         if frozen.state == optuna.trial.TrialState.FAIL:
-            consecutive_failures += 1
-            last_reason = frozen.user_attrs.get(names.TRIAL_ATTR_REASON, "unknown")
+            failures["consecutive"] += 1
+            last_reason[0] = frozen.user_attrs.get(names.TRIAL_ATTR_REASON, "unknown")
         else:
-            consecutive_failures = 0
+            failures["consecutive"] = 0
         if on_trial is not None:
-            on_trial(st, frozen)
+            on_trial(study, frozen)
 
-    with stop_on_signals():
+    def tell(trial: optuna.Trial, state: optuna.trial.TrialState, values: Any = None,
+             error: BaseException | None = None) -> None:
+        try:
+            frozen = study.tell(trial, values, state=state)
+        except ValueError:  # Optuna's "Cannot tell a FAIL trial": ended by another worker's stale-trial check?
+            ended = _ended_elsewhere(study, trial.number)
+            if ended is None:
+                raise
+            frozen = ended
+            log.warning("trial %d was failed by another worker while this one ran it: its heartbeat was older than "
+                        "study.grace_period (a stalled machine or storage outage). Its retry runs the same "
+                        "parameters; this worker goes on.", trial.number)
+        else:
+            log_outcome(study, frozen, error)
+        finally:
+            heartbeat.release(trial)
+        after_trial(frozen)
+        gc.collect()  # the trial's model and arrays (Optuna's gc_after_trial)
+
+    def settle(trial: optuna.Trial, run: Callable[[], Any]) -> Deferred | None:
+        """Run `run` (the objective, or a deferred finish) and tell its outcome; a `Deferred` is returned."""
+        try:
+            out = run()
+        except optuna.TrialPruned as exc:
+            tell(trial, optuna.trial.TrialState.PRUNED, error=exc)
+            return None
+        except BaseException as exc:  # noqa: BLE001 - told FAIL; all but errors of the trial itself go on up
+            tell(trial, optuna.trial.TrialState.FAIL, error=exc)
+            if not isinstance(exc, Exception):
+                raise
+            return None
+        if isinstance(out, Deferred):
+            return out
+        tell(trial, optuna.trial.TrialState.COMPLETE, values=out)
+        return None
+
+    def finish_job(trial: optuna.Trial, deferred: Deferred) -> Callable[[], None]:
+        def job() -> None:
+            settle(trial, deferred.finish)
+        return job
+
+    # the finish of the trial trained last, which starts after the next ask, and that trial as it will be told
+    pending: Callable[[], None] | None = warm_up
+    pending_complete: optuna.trial.FrozenTrial | None = None
+    with stop_on_signals(), heartbeat:
         try:
             while True:
+                finisher.wait()  # every earlier trial is told: counts, stop rules and the sampler see them
+                if last_reason[0] == outcomes.TRACKING_UNAVAILABLE_AT_START.reason:
+                    raise SweepFatal(f"MLflow tracking at {tracker_name} is unreachable")
+                if failures["consecutive"] >= max_failures:
+                    raise SweepFatal(f"{failures['consecutive']} trials in a row failed (last reason: "
+                                     f"{last_reason[0]}); stopping. See 'siamese-sweep status' and the failed "
+                                     f"runs in MLflow.")
                 StopRequest.check()  # a signal whose exception was swallowed (see sweeps.signals)
                 if deadline is not None and time.monotonic() >= deadline:
                     report.stopped_by = "timeout"
                     break
+                trial: optuna.Trial | None = None
                 with lock:
                     fail_stale_trials(study)
                     if under_lock is not None:
@@ -279,42 +317,62 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
                             study.set_user_attr(names.STUDY_ATTR_STOPPED, str(decision))
                             log.info("study %s stops before its budget: %s", study.study_name, decision)
                         break
-                    can_start = counts.waiting > 0 or counts.done + counts.running + counts.waiting < target
-                    if can_start:
+                    if pending_complete is not None and stopper is not None and stopper.decision(
+                            study, assume=[pending_complete]) is not None:
+                        pass  # the trial about to finish stops the study: told first, the check above decides
+                    elif counts.waiting > 0 or counts.done + counts.running + counts.waiting < target:
                         with warnings.catch_warnings():
                             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                            try:
-                                study.optimize(guarded, n_trials=1, catch=(Exception,), gc_after_trial=True,
-                                               callbacks=[after_trial] + ([stopper] if stopper is not None else []))
-                            except ValueError:  # Optuna's "Cannot tell a FAIL trial"
-                                if not _ended_elsewhere(study, current):
-                                    raise
-                                report.trials_run += 1
-                                log.warning(
-                                    "trial %d was failed by another worker while this one ran it: its heartbeat was "
-                                    "older than study.grace_period (a stalled machine or storage outage). Its "
-                                    "retry runs the same parameters; this worker goes on.", current[0])
-                if can_start:
-                    if last_reason == outcomes.TRACKING_UNAVAILABLE_AT_START.reason:
-                        raise SweepFatal(f"MLflow tracking at {tracker_name} is unreachable")
-                    if consecutive_failures >= max_failures:
-                        raise SweepFatal(f"{consecutive_failures} trials in a row failed (last reason: "
-                                         f"{last_reason}); stopping. See 'siamese-sweep status' and the failed runs "
-                                         f"in MLflow.")
-                    continue
-                _sleep(poll_s)  # other workers are running the remaining trials
+                            # this loop beats for its trials itself (`Heartbeat`), as study.optimize would
+                            warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
+                            trial = study.ask()
+                        heartbeat.hold(trial)
+                if pending is not None:  # asked first: the sampler did not see the trial about to finish
+                    finisher.submit(pending)
+                    pending, pending_complete = None, None
+                if trial is not None:
+                    deferred = settle(trial, partial(objective, trial))
+                    if deferred is not None:
+                        pending, pending_complete = finish_job(trial, deferred), deferred.as_complete(trial)
+                elif not finisher.busy:
+                    _sleep(poll_s)  # other workers are running the remaining trials
         finally:
             lock.release()
+            if pending is not None:  # trained: finish it even when the loop ends on an error or a signal
+                finisher.submit(pending)
+            finisher.wait()
     return report
 
 
-def _ended_elsewhere(study: optuna.Study, current: list[int]) -> bool:
-    """Whether the trial this worker was running has been finished by someone else (the stale-heartbeat check
-    of another worker fails a trial whose heartbeat is late, e.g. across a storage restart)."""
-    if not current:
-        return False
-    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == current[0]), None)
-    return trial is not None and trial.state.is_finished()
+def _ended_elsewhere(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial | None:
+    """The trial, if it has been finished by someone else (the stale-heartbeat check of another worker fails a
+    trial whose heartbeat is late, e.g. across a storage restart)."""
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    return trial if trial is not None and trial.state.is_finished() else None
+
+
+def log_outcome(study: optuna.Study, frozen: optuna.trial.FrozenTrial, error: BaseException | None) -> None:
+    """The line Optuna's own optimize loop logs for a finished trial, on Optuna's logger (its verbosity
+    applies). Stops (Ctrl-C/SIGTERM, MLflow outages) are one line; a crash of the user's code keeps its
+    traceback."""
+    logger = optuna.logging.get_logger("optuna.study.study")
+    if frozen.state == optuna.trial.TrialState.COMPLETE:
+        value = frozen.values[0] if frozen.values and len(frozen.values) == 1 else frozen.values
+        best = ""
+        if len(study.directions) == 1:
+            try:
+                best_trial = study.best_trial
+                best = f" Best is trial {best_trial.number} with value: {best_trial.value}."
+            except ValueError:
+                pass
+        logger.info("Trial %d finished with value%s: %s and parameters: %s.%s", frozen.number,
+                    "" if frozen.values and len(frozen.values) == 1 else "s", value, frozen.params, best)
+    elif frozen.state == optuna.trial.TrialState.PRUNED:
+        logger.info("Trial %d pruned. %s", frozen.number, error or "")
+    else:
+        quiet = isinstance(error, (KeyboardInterrupt, TrackingUnavailable))
+        logger.warning("Trial %d failed with parameters: %s because of the following error: %r.", frozen.number,
+                       frozen.params, error, exc_info=None if quiet or error is None else error)
 
 
 def clear_finished_checkpoints(study: optuna.Study, root: Path | None) -> int:

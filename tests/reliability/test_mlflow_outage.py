@@ -100,8 +100,11 @@ def test_long_outage_fails_the_trial_clearly_and_the_rerun_completes_it_without_
     assert not [t for t in states.values() if t.state == S.COMPLETE], "no COMPLETE trial while MLflow was down"
     assert states[victim.number].state == S.FAIL
     assert states[victim.number].user_attrs["reason"] == "tracking_unavailable"
-    (waiting,) = [t for t in states.values() if t.state == S.WAITING]
-    assert waiting.system_attrs["failed_trial"] == victim.number and waiting.params == victim.params
+    # the victim's retry is queued; with the recording in the background (`sweeps.finisher`) the next trial was
+    # asked before the victim's recording failed, and failed at its start: queued again too
+    queued = [t for t in states.values() if t.state == S.WAITING]
+    (waiting,) = [t for t in queued if t.system_attrs["failed_trial"] == victim.number]
+    assert waiting.params == victim.params and len(queued) <= 2
 
     server.start()
     rerun = Proc(["run", str(spec), "--storage", storage, "--quiet"], tmp_path,

@@ -1,8 +1,9 @@
 """Issue 15.2: epoch checkpoints that travel through the MLflow tracking server.
 
 * in process, on the real PostgreSQL-backed MLflow server with basic auth: each epoch's checkpoint is copied into
-  the trial run (one copy, overwritten), a fresh directory gets it back and resumes from it, it is deleted on
-  request, and a server that is down costs the upload, never the training;
+  the trial run (one copy: the epoch's weights, then the state.json that names them), a fresh directory gets it
+  back and resumes from it, it is deleted on request, and a server that is down costs the upload, never the
+  training (a kill halfway through an upload: test_checkpoint_half_upload.py);
 * two `siamese-sweep worker` processes in two directories that share nothing but PostgreSQL (Optuna) and the
   MLflow server: the first is SIGKILLed mid-trial, the retry on the second resumes at the epoch the first
   uploaded and completes, and the copies are gone once it has.
@@ -83,9 +84,9 @@ def test_each_epoch_is_copied_to_the_run_then_fetched_resumed_and_deleted(
     first = train(config, data=digits_data, checkpoint_dir=tmp_path / "here", callbacks=[uploader])
     assert first.resumed_from_epoch == 0 and uploader.uploaded == [1, 2, 3]
 
-    # one copy, overwritten every epoch: the run holds exactly the two files of the last epoch
+    # one copy: state.json overwritten every epoch, naming that epoch's weights; earlier epochs' weights deleted
     listed = tracker.client.list_artifacts(run.run_id, ARTIFACT_DIR)
-    assert sorted(Path(f.path).name for f in listed) == ["state.json", "weights.weights.h5"]
+    assert sorted(Path(f.path).name for f in listed) == [checkpoints.weights_artifact(EPOCHS), "state.json"]
     state = json.loads(Path(tracker.client.download_artifacts(run.run_id, f"{ARTIFACT_DIR}/state.json",
                                                               str(tmp_path / "peek"))).read_text())
     assert state["next_epoch"] == EPOCHS and len(state["history"]) == EPOCHS

@@ -47,7 +47,9 @@ def test_refresher_logs_the_html_plots_every_n_finished_trials(parent: tuple[Tra
     refresh = plot_refresher(tracker, run_id, 2)
     refresh(study, _add_trial(study, rng))
     assert _html(tracker, run_id) == {}  # one finished trial of every 2: nothing yet
+    assert not refresh.up_to_date(study)
     refresh(study, _add_trial(study, rng))
+    assert refresh.up_to_date(study)  # the end of the sweep need not log them again
     files = _html(tracker, run_id)
     assert set(files) == {"study/optimization_history.html", "study/parallel_coordinate.html",
                           "study/intermediate_values.html", "study/param_importances.html"}
@@ -55,6 +57,7 @@ def test_refresher_logs_the_html_plots_every_n_finished_trials(parent: tuple[Tra
         assert "<html>" in text and 'class="plotly-graph-div"' in text
     before = files["study/optimization_history.html"]
     refresh(study, _add_trial(study, rng))
+    assert not refresh.up_to_date(study)  # a third trial since
     refresh(study, _add_trial(study, rng))  # the 4th trial: the history now has four points
     assert _html(tracker, run_id)["study/optimization_history.html"] != before
 

@@ -1,0 +1,143 @@
+"""A trial's finishing work off the training critical path, and the heartbeat of the trials a worker holds.
+
+After a trial has trained and been scored, what is left — its plots, its logged model, its final metrics,
+ending its MLflow run, telling Optuna, the after-trial callbacks — runs in one background thread while the
+next trial trains (`tracking.finish_in_background`, on by default). Measured with
+``python benchmarks/tracking_overhead.py`` (BENCHMARKS.md §2): that work is about 1.5 s a trial, most of
+the tracking overhead; a 2-core machine has room for it while TensorFlow trains (a training process uses
+about 1.5 of 2 cores here), and the MLflow uploads wait on the network, not the CPU.
+
+The order is what keeps sweeps reproducible and "Optuna COMPLETE => MLflow run complete" true:
+
+* a trial is told only when its finish is done: a COMPLETE trial's run is FINISHED with its model and plots;
+* the next trial is asked *before* the previous one's finish starts, and only after every earlier one was
+  told: the sampler sees the same trials whatever the finish takes — one trial fewer than a sequential loop
+  (the trial just trained is still RUNNING), the view a second worker would give it;
+* a pruner decides only after the pending finish is told (`Finisher.wait` from `OptunaReporter`), so a
+  pruning decision never depends on how long a finish took.
+
+One job at a time: `submit` first waits for the previous one. An exception in a job is raised again by the
+next `wait` (in the worker's thread), so storage trouble while telling stops the worker as it did before.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """What an objective returns when the rest of its trial should run in the background: `finish` returns
+    the objective value(s), or raises as the objective would have (`optuna.TrialPruned`, any error);
+    `values` are what it will return if it succeeds (stop rules read them before it is told)."""
+
+    finish: Callable[[], Any]
+    values: float | list[float]
+
+    def as_complete(self, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+        """`trial` as it will be once told COMPLETE (for `sweeps.stopping.StudyStop.decision`)."""
+        values = self.values if isinstance(self.values, list) else [self.values]
+        frozen = optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, values=values,
+                                           params=trial.params, distributions=trial.distributions)
+        frozen.number = trial.number
+        return frozen
+
+
+class Finisher:
+    """One background job at a time; the worker's thread waits for it before anything that must see it."""
+
+    def __init__(self, name: str = "siamese-sweep-finish") -> None:
+        self.name = name
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run `job` in the background, once the previous job is done."""
+        self.wait()
+        thread = threading.Thread(target=self._run, args=(job,), name=self.name, daemon=True)
+        self._thread = thread
+        thread.start()
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as exc:  # noqa: BLE001 - handed to the worker's thread by `wait`
+            self._error = exc
+
+    def wait(self) -> None:
+        """Block until the current job is done; raise its exception, if it had one."""
+        thread = self._thread
+        if thread is not None:
+            thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+
+class Heartbeat:
+    """Optuna's heartbeat for every trial this worker holds: the one training in the worker's thread and the
+    one finishing in the background. ``study.optimize`` beats only while its objective runs; a trial told
+    after a background finish must beat until it is told, or another worker's ``fail_stale_trials`` fails it.
+
+    Optuna has no public accessor for a study's storage or a trial's id; its own optimize loop uses
+    ``study._storage`` and ``trial._trial_id`` the same way (``optuna/study/_optimize.py``).
+    tests/sweeps/test_finisher.py pins that a trial held here is not failed as stale.
+    """
+
+    def __init__(self, study: optuna.Study) -> None:
+        storage: Any = study._storage  # RDBStorage (and its cache) implement Optuna's BaseHeartbeat
+        interval = storage.get_heartbeat_interval() if hasattr(storage, "record_heartbeat") else None
+        self._storage = storage
+        self.interval: float | None = float(interval) if interval else None
+        self._held: dict[int, int] = {}  # trial number -> trial id
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Heartbeat:
+        if self.interval is not None:
+            self._thread = threading.Thread(target=self._beat, name="siamese-sweep-heartbeat", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def hold(self, trial: optuna.Trial) -> None:
+        with self._lock:
+            self._held[trial.number] = trial._trial_id
+        self._record([trial._trial_id])  # at once, as Optuna's own heartbeat thread does
+
+    def release(self, trial: optuna.Trial) -> None:
+        with self._lock:
+            self._held.pop(trial.number, None)
+
+    def _record(self, trial_ids: list[int]) -> None:
+        if self.interval is None:
+            return
+        for trial_id in trial_ids:
+            try:
+                self._storage.record_heartbeat(trial_id)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the grace period covers a few
+                log.warning("could not record the heartbeat of trial id %d: %s", trial_id, exc)
+
+    def _beat(self) -> None:
+        assert self.interval is not None
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                ids = list(self._held.values())
+            self._record(ids)

@@ -1,0 +1,135 @@
+"""Issue 11.4: a trial's recording (plots, model, final metrics, run end, Optuna's tell) runs in the background
+while the next trial trains, and still "Optuna COMPLETE => MLflow run complete"; sweeps stay reproducible.
+
+Real sweeps on digits with real SQLite stores; the heartbeat test uses a real RDB storage and Optuna's own
+stale-trial check.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from sweeps import names
+from sweeps.finisher import Deferred, Finisher, Heartbeat
+
+from .conftest import make_spec_dict
+
+S = optuna.trial.TrialState
+
+
+def _sweep(tmp_path: Path, *, background: bool, trials: int = 4, **sections: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """Run a sweep through `run_worker`; at each trial's tell, record what MLflow and Optuna say right then."""
+    from mlflow import MlflowClient
+
+    from sweeps.spec import spec_from_dict
+    from sweeps.study import open_study
+    from sweeps.tracking import Tracker
+    from sweeps.worker import run_worker
+
+    spec = spec_from_dict(make_spec_dict(study={"trials": trials, **sections.pop("study", {})},
+                                         tracking={"finish_in_background": background}, **sections))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    opened = open_study(spec, storage_url=f"sqlite:///{tmp_path}/optuna.db", study_name="fin")
+    client = MlflowClient(uri)
+    seen: list[dict[str, Any]] = []
+
+    def on_trial(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        run = client.get_run(frozen.user_attrs[names.TRIAL_ATTR_RUN_ID])
+        seen.append({"number": frozen.number, "state": frozen.state, "run_status": run.info.status,
+                     "model_uri": frozen.user_attrs.get(names.TRIAL_ATTR_MODEL_URI),
+                     "artifacts": {f.path for f in client.list_artifacts(run.info.run_id)},
+                     "running": [t.number for t in study.get_trials(deepcopy=False, states=(S.RUNNING,))]})
+
+    run_worker(spec, opened, Tracker(uri), on_trial=on_trial, checkpoint_root=tmp_path / "ckpt")
+    return opened.study, seen
+
+
+def test_a_complete_trial_is_told_after_its_run_is_finished_while_the_next_trial_trains(tmp_path: Path) -> None:
+    study, seen = _sweep(tmp_path, background=True)
+    assert [s["state"] for s in seen] == [S.COMPLETE] * 4
+    for s in seen:  # at the moment Optuna says COMPLETE, the run is FINISHED with its model and plots
+        assert s["run_status"] == "FINISHED", s
+        assert s["model_uri"] and {"curves.png", "distance_histogram.png"} <= s["artifacts"], s
+    # overlap: every trial but the last was recorded while the next one was already running in this worker
+    assert [s["running"] for s in seen] == [[1], [2], [3], []]
+
+
+def test_in_line_recording_tells_each_trial_before_the_next_is_asked(tmp_path: Path) -> None:
+    study, seen = _sweep(tmp_path, background=False, trials=3)
+    assert [s["running"] for s in seen] == [[], [], []]
+    assert all(s["run_status"] == "FINISHED" for s in seen)
+
+
+def test_the_same_seed_gives_the_same_sweep_with_background_recording(tmp_path: Path) -> None:
+    """The sampler and the pruner see the same trials whatever a recording takes: asked before the previous
+    trial's recording starts, pruned only once it is told."""
+    sections = {"study": {"pruner": {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+                          "sampler": {"type": "tpe", "seed": 3, "n_startup_trials": 2}},
+                "search_space": {"learning_rate": {"type": "float", "low": 1e-4, "high": 3e-1, "log": True},
+                                 "loss.margin": {"type": "float", "low": 0.5, "high": 1.5}}}
+    runs = []
+    for i in range(2):
+        (tmp_path / str(i)).mkdir()
+        study, _ = _sweep(tmp_path / str(i), background=True, trials=5, **sections)
+        runs.append([(t.number, t.state, t.params) for t in study.trials])
+    assert runs[0] == runs[1]
+
+
+def test_a_trial_held_by_the_heartbeat_is_not_failed_as_stale(tmp_path: Path) -> None:
+    """Pins Optuna's private storage and trial-id access in `Heartbeat`: a held trial beats, a released one
+    goes stale and Optuna's own ``fail_stale_trials`` fails it."""
+    from sweeps.storage import make_storage
+
+    study = optuna.create_study(storage=make_storage(f"sqlite:///{tmp_path}/o.db", heartbeat_interval=1,
+                                                     grace_period=2), study_name="hb")
+    with pytest.warns(UserWarning, match="Heartbeat"):
+        held, dropped = study.ask(), study.ask()
+    with Heartbeat(study) as heartbeat:
+        heartbeat.hold(held)
+        heartbeat.hold(dropped)
+        heartbeat.release(dropped)
+        time.sleep(4.5)
+        optuna.storages.fail_stale_trials(study)
+    states = {t.number: t.state for t in study.trials if t.number in (held.number, dropped.number)}
+    assert states == {held.number: S.RUNNING, dropped.number: S.FAIL}
+
+
+def test_the_finisher_runs_one_job_at_a_time_and_hands_its_error_to_the_worker() -> None:
+    finisher, order, inside = Finisher(), [], threading.Event()
+
+    def slow() -> None:
+        inside.set()
+        time.sleep(0.3)
+        order.append("first")
+
+    finisher.submit(slow)
+    inside.wait(5)
+    assert finisher.busy
+    finisher.submit(lambda: order.append("second"))  # waits for the first
+    finisher.wait()
+    assert order == ["first", "second"] and not finisher.busy
+
+    def broken() -> None:
+        raise RuntimeError("storage refused the tell")
+
+    finisher.submit(broken)
+    with pytest.raises(RuntimeError, match="refused the tell"):
+        finisher.wait()
+    finisher.wait()  # raised once
+
+
+def test_stop_rules_read_the_values_of_a_trial_not_yet_told() -> None:
+    from sweeps.stopping import StudyStop
+
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    stop = StudyStop(target=0.9)
+    assert stop.decision(study) is None
+    pending = Deferred(finish=lambda: 0.95, values=0.95).as_complete(trial)
+    decision = stop.decision(study, assume=[pending])
+    assert decision is not None and str(decision).startswith(f"target: trial {trial.number} reached 0.95")
