@@ -1,11 +1,12 @@
 """A trial's finishing work off the training critical path, and the heartbeat of the trials a worker holds.
 
-After a trial has trained and been scored, what is left — its plots, its logged model, its final metrics,
-ending its MLflow run, telling Optuna, the after-trial callbacks — runs in one background thread while the
-next trial trains (`tracking.finish_in_background`, on by default). Measured with
-``python benchmarks/tracking_overhead.py`` (BENCHMARKS.md §2): that work is about 1.5 s a trial, most of
-the tracking overhead; a 2-core machine has room for it while TensorFlow trains (a training process uses
-about 1.5 of 2 cores here), and the MLflow uploads wait on the network, not the CPU.
+With ``tracking.finish_in_background: true``, what is left of a trial once it has trained and been scored —
+its plots, its logged model, its final metrics, ending its MLflow run, telling Optuna, the after-trial
+callbacks — runs in one background thread while the next trial trains. Off by default: measured with
+``python benchmarks/tracking_overhead.py --trials 10 --repeats 2`` on 2 cores (BENCHMARKS.md §2) it saved
+nothing (+8.9 % over no tracking against +8.6 % in line, spread 1.7 %): that work is CPU (plots, the model
+file), and TensorFlow already keeps about 1.75 of the 2 cores busy, so moving it beside the training only
+moves it. It is for machines where training leaves CPU idle (more cores than a trial uses; not measured).
 
 The order is what keeps sweeps reproducible and "Optuna COMPLETE => MLflow run complete" true:
 

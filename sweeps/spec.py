@@ -220,9 +220,10 @@ class TrackingSpec(_Section):
     # where epoch checkpoints live: "local" (study.checkpoint_dir only), "mlflow" (also copied into the trial's
     # run, so a retry on another machine resumes), "auto" (mlflow when `uri` is an http(s) server)
     checkpoints: Literal["auto", "local", "mlflow"] = "auto"
-    # a trial's plots, model, final metrics and run end (then Optuna's tell) run in the background while the
-    # next trial trains (`sweeps.finisher`); false: in line, the sampler then also sees the trial just trained
-    finish_in_background: bool = True
+    # true: a trial's plots, model, final metrics and run end (then Optuna's tell) run in the background while
+    # the next trial trains (`sweeps.finisher`). Off by default: on 2 cores it saved nothing (BENCHMARKS.md §2),
+    # and the sampler then sees one trial fewer when it samples the next
+    finish_in_background: bool = False
 
 
 class SweepSpec(_Section):

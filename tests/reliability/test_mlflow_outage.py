@@ -100,8 +100,8 @@ def test_long_outage_fails_the_trial_clearly_and_the_rerun_completes_it_without_
     assert not [t for t in states.values() if t.state == S.COMPLETE], "no COMPLETE trial while MLflow was down"
     assert states[victim.number].state == S.FAIL
     assert states[victim.number].user_attrs["reason"] == "tracking_unavailable"
-    # the victim's retry is queued; with the recording in the background (`sweeps.finisher`) the next trial was
-    # asked before the victim's recording failed, and failed at its start: queued again too
+    # the victim's retry is queued; with `tracking.finish_in_background: true` the next trial would have been asked
+    # before the victim's recording failed, and failed at its start: queued again too (hence at most two)
     queued = [t for t in states.values() if t.state == S.WAITING]
     (waiting,) = [t for t in queued if t.system_attrs["failed_trial"] == victim.number]
     assert waiting.params == victim.params and len(queued) <= 2
