@@ -58,6 +58,15 @@ def _check_user_code(spec: SweepSpec) -> None:
             import_object(path, field=field)
 
 
+# an HTTP 401/403 as a status, not digits inside a port or a number ("port=56403" once failed CI as "refused")
+_AUTH_STATUS = re.compile(r"(?<![\w:=./-])(401|403)(?![\w.])|Unauthorized|PERMISSION_DENIED|UNAUTHENTICATED")
+
+
+def refused_credentials(message: str) -> bool:
+    """Whether an MLflow error message says the server refused the credentials (rather than could not be reached)."""
+    return _AUTH_STATUS.search(message) is not None
+
+
 def preflight_stores(*, storage: str, tracking_uri: str, study_name: str) -> None:
     """Everything about where a sweep writes that can be checked before it writes anything: the study name,
     the storage URL's scheme and, for an HTTP tracking server, that it answers and accepts the credentials
@@ -79,7 +88,7 @@ def preflight_stores(*, storage: str, tracking_uri: str, study_name: str) -> Non
         tracker.retry("reachability check", lambda: tracker.client.search_experiments(max_results=1))
     except TrackingUnavailable as exc:
         text = str(exc)
-        if any(code in text for code in ("401", "403", "Unauthorized", "PERMISSION_DENIED", "UNAUTHENTICATED")):
+        if refused_credentials(text):
             raise ConfigError("MLFLOW_TRACKING_USERNAME", f"the MLflow server at {mask_url(tracking_uri)} refused "
                                                           "the credentials (check MLFLOW_TRACKING_USERNAME/"
                                                           "MLFLOW_TRACKING_PASSWORD)") from None

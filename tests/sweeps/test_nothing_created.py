@@ -89,3 +89,20 @@ def test_status_with_a_mistyped_sqlite_path_creates_no_file(tmp_path: Path) -> N
 def test_non_finite_timeout_is_refused(tmp_path: Path, value: str) -> None:
     done = _cli(["run", str(_spec(tmp_path)), "--timeout", value, *_stores(tmp_path), "--quiet"], cwd=tmp_path)
     _assert_refused(done, tmp_path, text="--timeout")
+
+
+def test_a_port_with_401_or_403_in_it_is_not_refused_credentials() -> None:
+    """CI once saw a closed port 56403: the connection error named it, and "403" in it read as refused
+    credentials (exit 2) instead of an unreachable server (exit 1)."""
+    from sweeps.preflight import refused_credentials
+
+    unreachable = ("HTTPConnectionPool(host='127.0.0.1', port=56403): Max retries exceeded with url: "
+                   "/api/2.0/mlflow/experiments/search (Caused by NewConnectionError: [Errno 111] Connection refused)")
+    assert not refused_credentials(unreachable)
+    assert not refused_credentials(unreachable.replace("56403", "40123").replace("search", "search?x=54017"))
+    assert refused_credentials("API request to endpoint /api/2.0/mlflow/experiments/search failed with error code "
+                               "401 != 200. Response body: 'You are not authenticated.'")
+    assert refused_credentials("API request to endpoint /api/2.0/mlflow/experiments/search failed with error code 403 "
+                               "!= 200.")
+    assert refused_credentials("401 Client Error: Unauthorized for url: http://127.0.0.1:5000/api/2.0/mlflow")
+    assert refused_credentials("RESOURCE_DOES_NOT_EXIST? no: PERMISSION_DENIED")
