@@ -16,7 +16,8 @@ the weights the newest one names and checks them against the SHA-256 in that sta
 checksum again. When the trial ends for good (COMPLETE, PRUNED, its own failure) the copies of every attempt are
 deleted; a trial whose retry never runs (``max_retries`` used up) keeps its one copy.
 
-Cost: the upload runs in the training thread after each epoch. A checkpoint is about 12 bytes per parameter
+Cost: the upload runs in a background thread while the next epoch trains (`sweeps.callbacks.CheckpointUploader`,
+from a hard-linked snapshot of the two files), one at a time. A checkpoint is about 12 bytes per parameter
 (float32 weights plus Adam's two moments). Measured against a local ``mlflow server`` (PostgreSQL backend, basic
 auth, proxied artifacts; medians of 10 uploads, two runs on a busy 2-core machine,
 ``python benchmarks/checkpoint_upload.py``): the default encoder (28 k parameters) is 0.40 MB and uploads in
