@@ -47,6 +47,9 @@ class WorkerReport:
     stopped_by: str = ""
 
 
+_FROZEN = False  # `freeze_long_lived` ran in this process
+
+
 class DataCache:
     """Load each distinct dataset once per worker process."""
 
@@ -198,16 +201,37 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
     if spec.study.enqueue:
         with lock:  # Optuna's skip_if_exists is not atomic across processes: one worker at a time
             enqueue_known(study, spec)
+    import siamese_core.training  # noqa: F401 - TensorFlow and Keras: imported before the freeze below
+
+    background = ctx.finisher is not None
+    if spec.tracking.log_plots and not background:
+        artifacts.warm_up()  # imported by the first trial's plots anyway; the freeze then covers them too
+    freeze_long_lived()
     report = take_trials(study, lock, objective, default_budget=spec.study.trials,
                          max_failures=spec.study.max_failures, poll_s=poll, deadline=deadline,
                          stopper=study_stop_from(spec), on_trial=on_trial,
                          under_lock=lambda: reconcile_runs(study, tracker, reconciled, experiment_id=experiment_id,
                                                            parent_run_id=parent_run_id),
                          tracker_name=repr(tracker), finisher=ctx.finisher,
-                         warm_up=artifacts.warm_up if ctx.finisher is not None and spec.tracking.log_plots else None)
+                         warm_up=artifacts.warm_up if background and spec.tracking.log_plots else None)
     if report.budget_met:
         clear_finished_checkpoints(study, checkpoint_root)
     return report
+
+
+def freeze_long_lived() -> None:
+    """Move what exists before the first trial (TensorFlow, Keras, MLflow, the data) out of the collector's sight.
+
+    Each trial ends with a full ``gc.collect()`` (its model and arrays hold reference cycles). With TensorFlow
+    and MLflow imported that walks ~515,000 objects: 0.20 s per trial measured here, most of the collector's
+    cost, for objects that live as long as the process. ``gc.freeze()`` (once per process) leaves them out:
+    the same collect then took 2 us. Objects made later, every trial's model among them, are collected as before.
+    """
+    global _FROZEN
+    if not _FROZEN:
+        gc.collect()  # freeze survivors only, not garbage waiting for a collection
+        gc.freeze()
+        _FROZEN = True
 
 
 def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optuna.Trial], Any], *,
