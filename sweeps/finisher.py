@@ -6,7 +6,8 @@ callbacks — runs in one background thread while the next trial trains. Off by 
 ``benchmarks/tracking_overhead.py --trials 10 --repeats 2`` on 2 cores (BENCHMARKS.md §2) it saved little
 (+6.9 % over no tracking against +7.3 % in line, spread 3.6 %): that work is CPU (plots, the model file) in
 the same process, and TensorFlow already keeps about 1.75 of the 2 cores busy, so moving it beside the
-training mostly moves it. It is for machines where training leaves CPU idle (more cores than a trial uses; not measured).
+training mostly moves it. It is for machines where training leaves CPU idle (more cores than a trial uses;
+not measured).
 
 The order is what keeps sweeps reproducible and "Optuna COMPLETE => MLflow run complete" true:
 
