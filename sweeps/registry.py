@@ -168,6 +168,15 @@ FAILED_REGISTRATION = "FAILED_REGISTRATION"
 READY_TIMEOUT_S = 120.0                      # how long a new version may stay PENDING_REGISTRATION
 
 
+def alias_insert_race(exc: Exception) -> bool:
+    """MLflow's SQL registry sets an alias by reading, then inserting when no row exists (``session.merge``):
+    two promoters setting a new alias at once both insert, and the later one fails on the unique key
+    (SQLite's ``UNIQUE constraint failed``, PostgreSQL's ``duplicate key``; MLflow reports it as BAD_REQUEST,
+    which is otherwise permanent). Seen in CI with two racing ``promote`` processes."""
+    text = str(exc)
+    return "registered_model_aliases" in text and ("UNIQUE constraint failed" in text or "duplicate key" in text)
+
+
 class RegistryUnavailable(InfrastructureError, RuntimeError):
     """A version never became READY, so no alias may point at it."""
 
@@ -327,8 +336,19 @@ class Registry:
 
     def set_alias(self, alias: str, version: str) -> None:
         """Point `alias` at `version`, which must be READY (setting an alias is idempotent: retried freely)."""
+        from mlflow.exceptions import MlflowException
+
         self.wait_ready(version)
-        self.call("set alias", lambda: self.client.set_registered_model_alias(self.name, alias, version))
+
+        def set_alias() -> None:
+            try:
+                self.client.set_registered_model_alias(self.name, alias, version)
+            except MlflowException as exc:
+                if not alias_insert_race(exc):
+                    raise
+                # the row another promoter inserted a moment ago exists now: the same call updates it
+                self.client.set_registered_model_alias(self.name, alias, version)
+        self.call("set alias", set_alias)
 
     def move_alias(self, alias: str, version: str, previous: str | None) -> None:
         """Point the alias at `version`. The version it replaces is recorded *first*: if the move then fails,

@@ -110,3 +110,45 @@ def test_an_alias_waits_for_a_ready_version_and_never_points_at_a_failed_one(sql
         _promote_with(sqlite_stores, "good", name, tmp_path, fail={},
                       status_of=("1", ["FAILED_REGISTRATION"] * 1000))
     assert _alias(sqlite_stores, name) is None
+
+
+class LosesTheAliasRace(Faulty):
+    """A real client whose first alias write loses a race: another promoter inserts the alias row, then this
+    write fails as MLflow's SQL store fails the later of two inserts (the real SQLite unique-key error)."""
+
+    def __init__(self, client: MlflowClient, db: Any) -> None:
+        super().__init__(client, fail={})
+        self.db, self.raced = db, False
+
+    def set_registered_model_alias(self, name: str, alias: str, version: str) -> None:
+        self.calls.append("set_registered_model_alias")
+        if self.raced:
+            return self._client.set_registered_model_alias(name, alias, version)
+        self.raced = True
+        self._client.set_registered_model_alias(name, alias, version)  # the other promoter's insert
+        import sqlite3
+
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import BAD_REQUEST  # what MLflow's SQL store maps IntegrityError to
+
+        with sqlite3.connect(self.db) as con:  # this promoter's own insert of the same row
+            row = con.execute("SELECT * FROM registered_model_aliases WHERE name = ?", (name,)).fetchone()
+            cols = ", ".join("?" * len(row))
+            try:
+                con.execute(f"INSERT INTO registered_model_aliases VALUES ({cols})", row)
+            except sqlite3.IntegrityError as exc:
+                raise MlflowException(f"(sqlite3.IntegrityError) {exc}", error_code=BAD_REQUEST) from exc
+        raise AssertionError("the duplicate alias row was accepted")
+
+
+def test_two_promoters_inserting_the_same_new_alias_both_succeed(sqlite_stores: Stores, tmp_path: Any) -> None:
+    """CI caught it: two `promote` processes set a new alias at once and the later insert failed on the key."""
+    name = "alias-race"
+    with mlflow_internals_use(sqlite_stores.tracking_uri):
+        facts, reg = gather("good", storage=sqlite_stores.storage, tracking_uri=sqlite_stores.tracking_uri,
+                            model_name=name, alias="champion", metric=None, force=False, workdir=str(tmp_path))
+        reg.client = client = LosesTheAliasRace(reg.client, sqlite_stores.tracking_uri.removeprefix("sqlite:///"))
+        d = apply(decide(facts), facts, reg)
+    assert client.raced and (d.action, d.applied, d.final_holder) == ("promote", True, "1")
+    assert client.calls.count("set_registered_model_alias") == 2  # lost the race once, set it once more
+    assert _alias(sqlite_stores, name) == "1"
