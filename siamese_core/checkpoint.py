@@ -56,7 +56,8 @@ def config_fingerprint(config: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The checksum ``state.json`` records for its weights (also checked on a copy fetched from MLflow)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -72,7 +73,7 @@ def save(directory: str | Path, model: keras.Model, *, next_epoch: int, history:
     tmp_weights = d / f".tmp-{os.getpid()}.weights.h5"
     model.save_weights(tmp_weights)
     state = {"format": FORMAT, "next_epoch": int(next_epoch), "history": history, "config": fingerprint,
-             "weights_sha256": _sha256(tmp_weights)}
+             "weights_sha256": file_sha256(tmp_weights)}
     tmp_state = d / f".tmp-{os.getpid()}.state.json"
     tmp_state.write_text(json.dumps(state))
     os.replace(tmp_weights, d / WEIGHTS)
@@ -103,7 +104,7 @@ def restore(directory: str | Path, model: keras.Model, *, fingerprint: str, epoc
         raise CheckpointError(f"checkpoint says next epoch {next_epoch} with {len(history)} history rows "
                               f"(run has {epochs} epochs)")
     try:
-        actual = _sha256(d / WEIGHTS)
+        actual = file_sha256(d / WEIGHTS)
     except OSError as exc:
         raise CheckpointError(f"weights missing: {exc}") from None
     if actual != expected:

@@ -34,7 +34,6 @@ any weights it left), and the trial never fails for it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -134,11 +133,6 @@ def _read_state(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def fetch(tracker: Tracker, run_ids: Iterable[str], directory: Path) -> int:
     """Put the newest checkpoint among `run_ids`' copies into `directory` if it is ahead of the one there.
 
@@ -147,7 +141,7 @@ def fetch(tracker: Tracker, run_ids: Iterable[str], directory: Path) -> int:
     Returns the epoch the checkpoint now in `directory` resumes at (0: none). Errors are logged: the retry then
     uses what it has (its local checkpoint, or none).
     """
-    from siamese_core.checkpoint import STATE, WEIGHTS, saved_epoch
+    from siamese_core.checkpoint import STATE, WEIGHTS, file_sha256, saved_epoch
 
     from .modelio import quiet_artifacts
 
@@ -182,7 +176,7 @@ def fetch(tracker: Tracker, run_ids: Iterable[str], directory: Path) -> int:
                 log.warning("could not download the checkpoint of MLflow run %s: %s", run_id,
                             mask_secrets(str(exc))[:200])
                 continue
-            if _sha256(weights) != (_read_state(state) or {}).get("weights_sha256"):
+            if file_sha256(weights) != (_read_state(state) or {}).get("weights_sha256"):
                 log.warning("the epoch-%d checkpoint of MLflow run %s does not match its recorded checksum "
                             "(a copy uploaded before its weights were named in state.json); skipped", epoch, run_id)
                 continue

@@ -116,7 +116,7 @@ class Objective:
             values = attempt.run()
         except BaseException as exc:  # noqa: BLE001 - every end is recorded, then re-raised for Optuna
             self._raise_settled(attempt, exc)
-        if self.ctx is not None and self.ctx.finisher is not None:
+        if self.ctx.finisher is not None:
             return Deferred(lambda: self._finish(attempt, values), values)
         return self._finish(attempt, values)
 
