@@ -86,6 +86,12 @@ def configure_threads(intra_op: int | None = None, inter_op: int | None = None) 
         pass  # TF already initialised: the existing pools stay
 
 
+def thread_counts() -> tuple[int, int]:
+    """(intra-op, inter-op) pool sizes TensorFlow uses in this process (0: its default, one per core)."""
+    return (tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads())
+
+
 def seed_everything(seed: int, *, deterministic: bool = False) -> None:
     """Seed Python, NumPy and TF; optionally make TF ops bit-exact (slower)."""
     keras.utils.set_random_seed(int(seed))

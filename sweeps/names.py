@@ -31,6 +31,7 @@ TAG_RETRY_OF = "siamese_sweep.retry_of"                # number of the trial thi
 TAG_WORKER = "siamese_sweep.worker"                    # host:pid of the worker process
 TAG_ALLOCATOR = "siamese_sweep.allocator"              # siamese_core.allocator.state() in the worker
 TAG_ALLOCATOR_REFAULTS = "siamese_sweep.allocator_refaults"  # allocator.probe(): ~0 tuned, ~1 untuned
+TAG_THREADS = "siamese_sweep.threads"                  # TensorFlow "intra-op/inter-op" threads in the worker
 TAG_SAMPLED_PARAMS = "siamese_sweep.sampled_params"    # comma-separated names Optuna sampled
 TAG_RESUMED_FROM_EPOCH = "siamese_sweep.resumed_from_epoch"  # epochs restored from a checkpoint
 TAG_DIAGNOSTICS_PREFIX = "siamese_sweep.diagnostics."  # + finding code -> severity

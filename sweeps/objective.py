@@ -63,6 +63,15 @@ def allocator_tags() -> dict[str, str]:
     return {names.TAG_ALLOCATOR: allocator.state(), names.TAG_ALLOCATOR_REFAULTS: f"{allocator.probe():.3f}"}
 
 
+def thread_tags() -> dict[str, str]:
+    """TensorFlow's pool sizes as they are in this worker process (two workers on one machine must not
+    oversubscribe it; 0 is TensorFlow's own default, one thread per core)."""
+    from siamese_core.runtime import thread_counts
+
+    intra, inter = thread_counts()
+    return {names.TAG_THREADS: f"{intra}/{inter}"}
+
+
 def measure_latency_ms(result: Any, *, batch: int = 64, repeats: int = 3) -> float:
     """Median milliseconds to score one pair, measured on a batch of test-shaped inputs."""
     model = result.model
@@ -232,7 +241,7 @@ class TrialAttempt:
 
     def _start_run(self) -> TrialRun:
         ctx, trial = self.ctx, self.trial
-        tags: dict[str, Any] = {names.TAG_WORKER: worker_id(), **allocator_tags()}
+        tags: dict[str, Any] = {names.TAG_WORKER: worker_id(), **allocator_tags(), **thread_tags()}
         if self.retry_of is not None:
             tags[names.TAG_RETRY_OF] = self.retry_of
         trial.set_user_attr(names.TRIAL_ATTR_WORKER, tags[names.TAG_WORKER])  # which machine/process ran it

@@ -167,6 +167,26 @@ def _sleep(seconds: float) -> None:
         time.sleep(min(0.25, left))
 
 
+# While other workers run the study's last trials, an idle worker looks at which trials are running this often
+# (one small query) and goes round at once when one ends: it may have to replace a failed trial, else it is done.
+# The full round (lock, stale trials, MLflow reconciliation) still waits for `poll_s` (5 s by default), which
+# `run --workers 2` used to wait after the last trial: ~5 s of a 60 s sweep measured on 2 cores.
+_RUNNING_CHECK_S = 1.0
+
+
+def _await_running(study: optuna.Study, poll_s: float) -> None:
+    """Sleep up to `poll_s`, returning within `_RUNNING_CHECK_S` of a running trial's end."""
+    def running() -> set[int]:
+        return {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+
+    end = time.monotonic() + poll_s
+    before = running()
+    while (left := end - time.monotonic()) > 0:
+        _sleep(min(_RUNNING_CHECK_S, left))
+        if time.monotonic() < end and running() != before:
+            return
+
+
 OnTrial = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 
@@ -359,7 +379,7 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
                     if deferred is not None:
                         pending, pending_complete = finish_job(trial, deferred), deferred.as_complete(trial)
                 elif not finisher.busy:
-                    _sleep(poll_s)  # other workers are running the remaining trials
+                    _await_running(study, poll_s)  # other workers are running the remaining trials
         finally:
             lock.release()
             if pending is not None:  # trained: finish it even when the loop ends on an error or a signal

@@ -131,7 +131,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     options = options_from(spec, timeout=args.timeout, storage=flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE),
                            tracking_uri=flag_or_env(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI),
                            study_name=args.study, progress=False)
-    options.worker_index, options.finalize = args.worker_index, not args.no_finalize
+    # join_sweep sets the pools again: with None it would give this worker every usable core, and two
+    # `worker --threads 1` from `run --workers 2` ran with two threads each (a trial ~20 % slower beside the other)
+    options.worker_index, options.finalize, options.threads = args.worker_index, not args.no_finalize, args.threads
     result = join_sweep(spec, options, data=data)
     if args.json:
         print_json(result.status)

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from sweeps.runner import threads_per_worker
 from sweeps.storage import make_storage
 
 from .conftest import make_spec_dict
@@ -58,6 +59,10 @@ def test_two_worker_processes_meet_the_exact_global_budget(tmp_path: Path) -> No
     assert {r.data.tags["siamese_sweep.allocator"] for r in children} == {"glibc-tuned"}
     assert all(float(r.data.tags["siamese_sweep.allocator_refaults"]) < 0.3 for r in children), \
         [r.data.tags["siamese_sweep.allocator_refaults"] for r in children]
+    # each worker got its share of the cores and kept it (`worker --threads` was once reset to all cores
+    # inside the worker, so `--workers 2` on 2 cores ran 2 x 2 threads)
+    share = threads_per_worker(2)
+    assert {r.data.tags["siamese_sweep.threads"] for r in children} == {f"{share}/{share}"}
 
 
 def status_experiment(client: MlflowClient) -> str:
