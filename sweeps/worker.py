@@ -176,14 +176,17 @@ _RUNNING_CHECK_S = 1.0
 
 def _await_running(study: optuna.Study, poll_s: float) -> None:
     """Sleep up to `poll_s`, returning within `_RUNNING_CHECK_S` of a running trial's end."""
-    def running() -> set[int]:
-        return {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+    def running() -> set[int] | None:
+        try:
+            return {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+        except Exception:  # noqa: BLE001 - a storage outage is the full round's to handle, as before this check
+            return None
 
     end = time.monotonic() + poll_s
     before = running()
     while (left := end - time.monotonic()) > 0:
-        _sleep(min(_RUNNING_CHECK_S, left))
-        if time.monotonic() < end and running() != before:
+        _sleep(min(_RUNNING_CHECK_S if before is not None else poll_s, left))
+        if before is not None and time.monotonic() < end and running() not in (before, None):
             return
 
 

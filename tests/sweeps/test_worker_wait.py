@@ -61,3 +61,22 @@ def test_an_idle_worker_replaces_a_trial_that_failed_elsewhere(tmp_path: Path) -
     finisher.join()
     assert report.budget_met and ran == [1]  # the budget counts COMPLETE and PRUNED: the failed trial is replaced
     assert elapsed < 10.0, elapsed
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_the_idle_check_leaves_a_storage_outage_to_the_full_round(tmp_path: Path) -> None:
+    """The check every second must not end an idle worker on a storage error it would have slept through."""
+    from sweeps.worker import _await_running
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    storage = make_storage(url)
+    study = optuna.create_study(study_name="idle", storage=storage)
+    study.ask()
+    (tmp_path / "optuna.db").rename(tmp_path / "away.db")  # the database is gone: every query fails now
+    (tmp_path / "optuna.db").write_bytes(b"not a database" * 100)
+    storage.engine.dispose()
+    with pytest.raises(Exception):  # noqa: B017, PT011 - Optuna's error type for this is an internal one
+        study.get_trials(deepcopy=False)
+    t0 = time.monotonic()
+    _await_running(study, 1.5)  # sleeps its time, as before, instead of raising
+    assert time.monotonic() - t0 >= 1.4
