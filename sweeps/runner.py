@@ -257,9 +257,37 @@ def _stopped_by(spec: SweepSpec, study: optuna.Study, reports: list[WorkerReport
     return "timeout" if options.timeout is not None or any(r.stopped_by == "timeout" for r in reports) else ""
 
 
+def other_workers_here(study: optuna.Study) -> list[int]:
+    """Pids of live processes on this machine, other than this one, running a trial of `study` now."""
+    import socket
+
+    host, pids = socket.gethostname(), set()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker_host, _, pid = str(t.user_attrs.get(names.TRIAL_ATTR_WORKER, "")).rpartition(":")
+        if worker_host == host and pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)  # alive? (signal 0 sends nothing)
+            except ProcessLookupError:
+                continue
+            except PermissionError:
+                pass  # alive, another user's
+            pids.add(int(pid))
+    return sorted(pids)
+
+
+def warn_if_sharing_cores(study: optuna.Study, threads: int) -> None:
+    """A `worker` without --threads takes every usable core; say so when others of the study run beside it."""
+    others = other_workers_here(study)
+    if others:
+        log.warning("%d other worker process(es) of study %r run on this machine (pid %s) and this one uses all %d "
+                    "usable cores: together they oversubscribe it (trials slow down). Start each worker with "
+                    "--threads (usable cores / workers), or one 'run --workers N'.", len(others), study.study_name,
+                    ", ".join(map(str, others)), threads)
+
+
 def join_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> SweepResult:
     """A worker joining a study from another shell or machine (creates the study if it is the first)."""
-    set_worker_threads(options.threads)
+    threads = set_worker_threads(options.threads)
     data = data if data is not None else preflight(spec)
     preflight_stores(storage=options.storage, tracking_uri=options.tracking_uri, study_name=options.study_name)
     tracker = Tracker(options.tracking_uri)
@@ -267,6 +295,8 @@ def join_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> S
     # must differ between workers (1 + 1 == 2 + 0 made two workers sample the same parameters)
     opened = open_study(spec, storage_url=options.storage, study_name=options.study_name,
                         seed_offset=options.worker_index * 1_000_003 or _process_seed_offset())
+    if options.threads is None:
+        warn_if_sharing_cores(opened.study, threads)
     experiment_id, parent = ensure_parent_run(opened, tracker, spec)
     report = run_worker(spec, opened, tracker, budget=None, timeout=options.timeout,
                         on_trial=parent_best_updater(tracker, parent), data_cache=DataCache.seeded(spec.base, data))
