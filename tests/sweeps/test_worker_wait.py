@@ -3,62 +3,53 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 import pytest
 
 from sweeps.storage import budget_lock, make_storage
-from sweeps.worker import take_trials
+from sweeps.worker import WorkerReport, take_trials
+
+
+def _beside_another_worker(tmp_path: Path, other_ends: optuna.trial.TrialState,
+                           objective: Callable[[optuna.Trial], float]) -> tuple[WorkerReport, float]:
+    """Run a worker (budget 1) while another worker's trial runs, and ends as `other_ends` after 1 s; with the
+    seconds it took. poll_s is the full round's period (lock, stale trials, MLflow): the end of a running trial
+    must not wait for it (`run --workers 2` spent ~5 s after the last trial this way)."""
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="idle", storage=make_storage(url))
+    other = study.ask()
+    values = 0.5 if other_ends == optuna.trial.TrialState.COMPLETE else None
+    ender = threading.Timer(1.0, lambda: study.tell(other, values, state=other_ends))
+    ender.start()
+    t0 = time.monotonic()
+    report = take_trials(study, budget_lock(url, "idle"), objective, default_budget=1, max_failures=3, poll_s=30.0)
+    elapsed = time.monotonic() - t0
+    ender.join()
+    return report, elapsed
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_an_idle_worker_ends_soon_after_the_last_running_trial_not_a_poll_later(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/optuna.db"
-    study = optuna.create_study(study_name="idle", storage=make_storage(url))
-    other = study.ask()  # another worker's trial, the last of a budget of one
-
-    def other_worker_finishes() -> None:
-        time.sleep(1.0)
-        study.tell(other, 0.5)
-
     def objective(trial: optuna.Trial) -> float:
         raise AssertionError("the budget is taken: this worker must not run a trial")
 
-    finisher = threading.Thread(target=other_worker_finishes)
-    finisher.start()
-    t0 = time.monotonic()
-    # poll_s is the full round's period (lock, stale trials, MLflow); the end of a running trial must not wait
-    # for it (`run --workers 2` spent ~5 s after the last trial this way)
-    report = take_trials(study, budget_lock(url, "idle"), objective, default_budget=1, max_failures=3, poll_s=30.0)
-    elapsed = time.monotonic() - t0
-    finisher.join()
+    report, elapsed = _beside_another_worker(tmp_path, optuna.trial.TrialState.COMPLETE, objective)
     assert report.budget_met and report.trials_run == 0
     assert 1.0 <= elapsed < 10.0, elapsed
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_an_idle_worker_replaces_a_trial_that_failed_elsewhere(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/optuna.db"
-    study = optuna.create_study(study_name="idle", storage=make_storage(url))
-    other = study.ask()
-
-    def other_worker_fails() -> None:
-        time.sleep(1.0)
-        study.tell(other, state=optuna.trial.TrialState.FAIL)
-
     ran: list[int] = []
 
     def objective(trial: optuna.Trial) -> float:
         ran.append(trial.number)
         return 0.25
 
-    finisher = threading.Thread(target=other_worker_fails)
-    finisher.start()
-    t0 = time.monotonic()
-    report = take_trials(study, budget_lock(url, "idle"), objective, default_budget=1, max_failures=3, poll_s=30.0)
-    elapsed = time.monotonic() - t0
-    finisher.join()
+    report, elapsed = _beside_another_worker(tmp_path, optuna.trial.TrialState.FAIL, objective)
     assert report.budget_met and ran == [1]  # the budget counts COMPLETE and PRUNED: the failed trial is replaced
     assert elapsed < 10.0, elapsed
 
