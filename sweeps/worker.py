@@ -170,7 +170,8 @@ def _sleep(seconds: float) -> None:
 # While other workers run the study's last trials, an idle worker looks at which trials are running this often
 # (one small query) and goes round at once when one ends: it may have to replace a failed trial, else it is done.
 # The full round (lock, stale trials, MLflow reconciliation) still waits for `poll_s` (5 s by default), which
-# `run --workers 2` used to wait after the last trial: ~5 s of a 60 s sweep measured on 2 cores.
+# `run --workers 2` used to wait after the last trial: its closing took 5.3-7.0 s in probe runs of 1-minute
+# sweeps on 2 cores, 1.7 s now (BENCHMARKS.md §4).
 _RUNNING_CHECK_S = 1.0
 
 
