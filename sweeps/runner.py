@@ -26,7 +26,7 @@ from .errors import SweepFatal
 from .objective import worker_id
 from .preflight import preflight, preflight_stores
 from .secrets import mask_url
-from .signals import StopRequest, begin_cleanup, stop_on_signals
+from .signals import StopRequest, begin_cleanup, pid_alive, stop_on_signals
 from .spec import SweepSpec
 from .study import count_states, ensure_parent_run, open_study, study_status
 from .tracking import RUN_FAILED, RUN_FINISHED, RUN_KILLED, RUN_RUNNING, Retry, Tracker
@@ -264,13 +264,7 @@ def other_workers_here(study: optuna.Study) -> list[int]:
     host, pids = socket.gethostname(), set()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker_host, _, pid = str(t.user_attrs.get(names.TRIAL_ATTR_WORKER, "")).rpartition(":")
-        if worker_host == host and pid.isdigit() and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), 0)  # alive? (signal 0 sends nothing)
-            except ProcessLookupError:
-                continue
-            except PermissionError:
-                pass  # alive, another user's
+        if worker_host == host and pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
             pids.add(int(pid))
     return sorted(pids)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -25,6 +26,17 @@ from .errors import Interrupted
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (signal 0 checks without sending anything; another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class StopRequest:

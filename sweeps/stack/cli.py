@@ -34,6 +34,7 @@ from typing import Any
 from siamese_core.errors import ConfigError
 from sweeps import names
 from sweeps.secrets import mask_url, read_secret_files
+from sweeps.signals import pid_alive
 from sweeps.stack._process import ServerStartError, port_is_free
 from sweeps.stack.mlflow_auth import MIN_PASSWORD_LENGTH, AuthConfigError, ensure_user
 from sweeps.stack.mlflow_server import MlflowServer
@@ -145,16 +146,6 @@ class StackState:
             return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # ---------------------------------------------------------------- up
 def _check_ports(args: argparse.Namespace) -> None:
     ports = [("--pg-port", args.pg_port), ("--mlflow-port", args.mlflow_port)]
@@ -170,7 +161,7 @@ def up(args: argparse.Namespace) -> int:
     if args.detach:
         return _up_detached(args, stack_dir)
     previous = StackState.load(stack_dir)
-    if previous is not None and _alive(previous.pid) and previous.pid != os.getpid():
+    if previous is not None and pid_alive(previous.pid) and previous.pid != os.getpid():
         raise ConfigError("--dir", f"a stack is already running from {stack_dir} (pid {previous.pid}); "
                                    f"'siamese-sweep stack down --dir {args.dir}' stops it")
     _check_ports(args)
@@ -293,7 +284,7 @@ def _up_detached(args: argparse.Namespace, stack_dir: Path) -> int:
     """Start ``stack up`` in its own session, wait until it is ready, print its summary, return."""
     stack_dir.mkdir(parents=True, exist_ok=True)
     previous = StackState.load(stack_dir)
-    if previous is not None and _alive(previous.pid):
+    if previous is not None and pid_alive(previous.pid):
         raise ConfigError("--dir", f"a stack is already running from {stack_dir} (pid {previous.pid})")
     _check_ports(args)
     load_or_create_secrets(stack_dir)  # bad secrets: exit 2 here, not in the background
@@ -328,15 +319,15 @@ def _up_detached(args: argparse.Namespace, stack_dir: Path) -> int:
 def down(args: argparse.Namespace) -> int:
     stack_dir = Path(args.dir).resolve()
     state = StackState.load(stack_dir)
-    if state is None or not _alive(state.pid):
+    if state is None or not pid_alive(state.pid):
         StackState.path(stack_dir).unlink(missing_ok=True)
         print(f"no stack is running from {stack_dir}")
         return 0
     os.kill(state.pid, signal.SIGTERM)
     deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline and _alive(state.pid):
+    while time.monotonic() < deadline and pid_alive(state.pid):
         time.sleep(0.3)
-    if _alive(state.pid):
+    if pid_alive(state.pid):
         print(f"error: the stack (pid {state.pid}) did not stop within {args.timeout:.0f} s", file=sys.stderr)
         return 1
     print(f"stopped the stack from {stack_dir}")
@@ -348,7 +339,7 @@ def stack_status(stack_dir: Path) -> dict[str, Any]:
     import urllib.request
 
     state = StackState.load(stack_dir)
-    if state is None or not _alive(state.pid):
+    if state is None or not pid_alive(state.pid):
         return {"running": False, "dir": str(stack_dir)}
     healthy = False
     if state.mlflow:
