@@ -258,13 +258,14 @@ def _stopped_by(spec: SweepSpec, study: optuna.Study, reports: list[WorkerReport
 
 
 def other_workers_here(study: optuna.Study) -> list[int]:
-    """Pids of live processes on this machine, other than this one, running a trial of `study` now."""
-    import socket
-
-    host, pids = socket.gethostname(), set()
+    """Pids of live processes on this machine, other than this one, running a trial of `study` now (from the
+    trials' `worker_id` attribute)."""
+    me = worker_id()
+    host, pids = me.rpartition(":")[0], set()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        worker_host, _, pid = str(t.user_attrs.get(names.TRIAL_ATTR_WORKER, "")).rpartition(":")
-        if worker_host == host and pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
+        worker = str(t.user_attrs.get(names.TRIAL_ATTR_WORKER, ""))
+        worker_host, _, pid = worker.rpartition(":")
+        if worker != me and worker_host == host and pid.isdigit() and pid_alive(int(pid)):
             pids.add(int(pid))
     return sorted(pids)
 
