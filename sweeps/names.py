@@ -13,6 +13,7 @@ Only strings here (no MLflow/Optuna import): the CLI and the spec checks import 
 from __future__ import annotations
 
 from siamese_core.allocator import ENV_ALLOCATOR as _CORE_ENV_ALLOCATOR
+from siamese_core.data.cache import ENV_DATA_CACHE as _CORE_ENV_DATA_CACHE
 
 PREFIX = "siamese_sweep."
 ENV_PREFIX = "SIAMESE_SWEEP_"
@@ -133,6 +134,7 @@ ENV_TRACKING_RETRY_SECONDS = "SIAMESE_SWEEP_MLFLOW_RETRY_SECONDS"  # how long a 
 ENV_PROMOTE_PAUSE = "SIAMESE_SWEEP_PROMOTE_PAUSE"      # test hook: pause before a registry alias write
 ENV_PG_BIN = "SIAMESE_SWEEP_PG_BIN"                    # PostgreSQL binaries for `siamese-sweep stack`
 ENV_ALLOCATOR = _CORE_ENV_ALLOCATOR                    # "system": leave glibc's malloc alone (siamese_core)
+ENV_DATA_CACHE = _CORE_ENV_DATA_CACHE                  # the loaded-dataset cache's folder, or "off" (siamese_core)
 ENV_DASHBOARD_PASSWORD = "SIAMESE_SWEEP_DASHBOARD_PASSWORD"  # basic auth of `siamese-sweep dashboard`
 ENV_DASHBOARD_URL = "SIAMESE_SWEEP_DASHBOARD_URL"      # where users open the dashboard: parent runs link to it
 # the stack's (and docker compose's, Kubernetes') secrets: one PostgreSQL role per database, two MLflow users

@@ -7,18 +7,29 @@ Without PostgreSQL binaries those tests skip locally but fail under CI=true, so 
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from siamese_core.data.cache import ENV_DATA_CACHE
+
 if TYPE_CHECKING:
     from sweeps.stack import MlflowServer, PostgresServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# One data cache for the session (its sub-processes inherit it): nothing is written into the user's ~/.cache,
+# and every process after the first reads digits without importing sklearn.datasets (siamese_core.data.cache).
+if not os.environ.get(ENV_DATA_CACHE):
+    os.environ[ENV_DATA_CACHE] = tempfile.mkdtemp(prefix="siamese-test-data-cache-")
+    atexit.register(shutil.rmtree, os.environ[ENV_DATA_CACHE], True)
 
 # tests/fixtures/user_code holds tiny importable user encoders/losses (`user_code.encoders:tiny`)
 if str(FIXTURES) not in sys.path:

@@ -15,6 +15,7 @@ scikit-learn's bundled digits (``sklearn.datasets``, ~3.7 s).
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata as md
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ import numpy as np
 from ..config import DatasetConfig, TrainConfig
 from ..errors import DataError
 from ..registry import DATASETS, import_object
+from . import cache
 from . import validation as v
 from .idx import read_idx
 from .splits import SplitParams, eval_spec, shared_rows, split_labeled, split_paired
@@ -61,9 +63,22 @@ log = logging.getLogger(__name__)
 
 
 def load_dataset(config: TrainConfig) -> DatasetSplits:
-    """Load ``config.dataset``, split it deterministically from ``config.seed`` and describe it."""
+    """Load ``config.dataset``, split it deterministically from ``config.seed`` and describe it; from the
+    machine's data cache when an entry for this config and these source files is there (`cache`)."""
     ds = config.dataset
     params = SplitParams.from_config(config)
+    identity = source_identity(ds)
+    key = None if identity is None else cache.entry_key(ds.model_dump(mode="json"), params.as_dict(), identity)
+    data = None if key is None else cache.read(
+        key, verify=lambda splits, info: fingerprint(splits, params, class_ids=info.class_ids))
+    if data is None:
+        data = _load(ds, params)
+        if key is not None:
+            cache.write(key, data)
+    return replace(data, info=replace(data.info, evaluation=eval_spec(config)))
+
+
+def _load(ds: DatasetConfig, params: SplitParams) -> DatasetSplits:
     raw = DATASETS.get(ds.name)(ds)
     if isinstance(raw, RawPaired):
         splits: dict[str, Split] = dict(split_paired(raw.x1, raw.x2, raw.y, params, x1_test=raw.x1_test,
@@ -73,8 +88,27 @@ def load_dataset(config: TrainConfig) -> DatasetSplits:
         raw = dense_labels(raw)
         splits = dict(split_labeled(raw.x, raw.y, params, x_test=raw.x_test, y_test=raw.y_test, source=raw.source))
     _check_splits(splits, raw.source, params)
-    info = replace(_describe(ds.name, raw, splits, params), evaluation=eval_spec(config))
-    return DatasetSplits(**splits, info=info)
+    return DatasetSplits(**splits, info=_describe(ds.name, raw, splits, params))
+
+
+def source_identity(ds: DatasetConfig) -> list[dict[str, Any]] | None:
+    """What the built-in source of `ds` reads (files by path, size and time; bundled data by package version),
+    or None when its data is not cached: user-registered sources, lazy image folders, Keras downloads."""
+    loader = DATASETS.get(ds.name)
+    try:
+        if loader is load_fashion_mnist:
+            folder = fashion_folder(ds)
+            return None if folder is None else [cache.file_identity(folder / f) for f in FASHION_FILES]
+        if loader is load_digits:
+            return [{"package": "scikit-learn", "version": md.version("scikit-learn")}]
+        if loader in (load_mnist, load_npz, load_pairs_npz):
+            path = Path(ds.path or MNIST_FILE).expanduser()
+            if loader is load_mnist and path.is_dir():
+                path = path / "mnist.npz"
+            return [cache.file_identity(path)] if path.is_file() else None
+    except (OSError, md.PackageNotFoundError):
+        return None  # the source itself will say what is wrong
+    return None
 
 
 def dense_labels(raw: RawLabeled) -> RawLabeled:
@@ -96,18 +130,15 @@ def dense_labels(raw: RawLabeled) -> RawLabeled:
 # ----------------------------------------------------------------------- sources
 def load_fashion_mnist(ds: DatasetConfig) -> RawLabeled:
     """IDX files from ``dataset.path``, the Debian package, the Keras cache; else a Keras download."""
-    places = [ds.path] if ds.path else list(FASHION_DIRS)
-    for place in places:
-        folder = Path(place).expanduser()
-        present = [f for f in FASHION_FILES if (folder / f).is_file()]
-        if not present and not ds.path:
-            continue
-        missing = [f for f in FASHION_FILES if f not in present]
+    folder = fashion_folder(ds)
+    if folder is not None:
+        missing = [f for f in FASHION_FILES if not (folder / f).is_file()]
         if missing:
             raise DataError(str(folder), f"Fashion-MNIST files missing: {', '.join(missing)}; expected all of "
                                          f"{', '.join(FASHION_FILES)} (apt-get install dataset-fashion-mnist)")
         x, y, xt, yt = (read_idx(folder / f) for f in FASHION_FILES)
         return _idx_dataset(str(folder), x, y, xt, yt)
+    places = [ds.path] if ds.path else list(FASHION_DIRS)
     try:
         (x, y), (xt, yt) = _keras_fashion_mnist()
     except Exception as exc:  # noqa: BLE001 - any download failure means "not available here"
@@ -116,6 +147,18 @@ def load_fashion_mnist(ds: DatasetConfig) -> RawLabeled:
                                          f"dataset-fashion-mnist` or set dataset.path to a folder holding "
                                          f"{', '.join(FASHION_FILES)}") from None
     return _idx_dataset("keras.datasets.fashion_mnist", x, y, xt, yt)
+
+
+def fashion_folder(ds: DatasetConfig) -> Path | None:
+    """The folder Fashion-MNIST is read from: ``dataset.path``, else the first of `FASHION_DIRS` holding any of
+    its files; None when there is none (then Keras downloads it)."""
+    if ds.path:
+        return Path(ds.path).expanduser()
+    for place in FASHION_DIRS:
+        folder = Path(place).expanduser()
+        if any((folder / f).is_file() for f in FASHION_FILES):
+            return folder
+    return None
 
 
 def _keras_fashion_mnist() -> Any:

@@ -28,7 +28,8 @@ LAYERS: dict[str, int] = {
     # 1 - data: sources, splits, the one sampler, loaders
     "siamese_core.data": 1, "siamese_core.data.types": 1, "siamese_core.data.idx": 1,
     "siamese_core.data.validation": 1, "siamese_core.data.splits": 1, "siamese_core.data.pairs": 1,
-    "siamese_core.data.sources": 1, "siamese_core.data.image_folder": 1, "siamese_core.data.loaders": 1,
+    "siamese_core.data.sources": 1, "siamese_core.data.cache": 1, "siamese_core.data.image_folder": 1,
+    "siamese_core.data.loaders": 1,
     # 2 - models, losses, metric computations, evaluation
     "siamese_core.models": 2, "siamese_core.models.distances": 2, "siamese_core.models.layers": 2,
     "siamese_core.models.preprocessing": 2, "siamese_core.models.encoders": 2, "siamese_core.models.siamese": 2,
