@@ -148,6 +148,7 @@ def read(key: str, *, verify: Callable[[dict[str, Split], DataInfo], str]) -> Da
         os.utime(entry / META)  # most recently used: kept longest
     except OSError:
         pass
+    log.debug("%s: mapped from the data cache entry %s", info.source, entry)
     return DatasetSplits(**splits, info=info)
 
 

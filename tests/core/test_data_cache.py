@@ -178,3 +178,19 @@ def test_another_process_maps_the_entry_this_one_wrote(cache_dir, tiny_dict, tin
     mapped, fingerprint = out.stdout.split()
     assert mapped == "True"
     assert fingerprint == load_dataset(tiny_config).info.fingerprint
+
+
+def test_processes_racing_on_a_cold_cache_leave_one_whole_entry(cache_dir, tiny_dict):
+    """Two independent workers started at once on a cold cache: both load, one entry survives, no temp folders."""
+    code = ("import json, sys; from siamese_core import TrainConfig; "
+            "from siamese_core.data.sources import load_dataset; "
+            "print(load_dataset(TrainConfig.from_dict(json.loads(sys.argv[1]))).info.fingerprint)")
+    env = {**os.environ, cache.ENV_DATA_CACHE: str(cache_dir)}
+    procs = [subprocess.Popen([sys.executable, "-c", code, json.dumps(tiny_dict)], stdout=subprocess.PIPE, text=True,
+                              env=env) for _ in range(3)]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0]
+    assert len(set(outs)) == 1
+    assert len(_entries(cache_dir)) == 1
+    assert not [p for p in cache_dir.iterdir() if p.name.startswith(".")], "a writer left its temporary folder"
+    assert _mapped(load_dataset(TrainConfig.from_dict(tiny_dict)))
