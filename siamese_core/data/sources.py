@@ -138,12 +138,11 @@ def load_fashion_mnist(ds: DatasetConfig) -> RawLabeled:
                                          f"{', '.join(FASHION_FILES)} (apt-get install dataset-fashion-mnist)")
         x, y, xt, yt = (read_idx(folder / f) for f in FASHION_FILES)
         return _idx_dataset(str(folder), x, y, xt, yt)
-    places = [ds.path] if ds.path else list(FASHION_DIRS)
-    try:
+    try:  # only without dataset.path: a given path is always the folder above
         (x, y), (xt, yt) = _keras_fashion_mnist()
     except Exception as exc:  # noqa: BLE001 - any download failure means "not available here"
-        raise DataError("fashion_mnist", f"dataset not found in {', '.join(places)} and the Keras download failed "
-                                         f"({type(exc).__name__}: {exc}); install it with `apt-get install "
+        raise DataError("fashion_mnist", f"dataset not found in {', '.join(FASHION_DIRS)} and the Keras download "
+                                         f"failed ({type(exc).__name__}: {exc}); install it with `apt-get install "
                                          f"dataset-fashion-mnist` or set dataset.path to a folder holding "
                                          f"{', '.join(FASHION_FILES)}") from None
     return _idx_dataset("keras.datasets.fashion_mnist", x, y, xt, yt)
