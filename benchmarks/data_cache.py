@@ -89,7 +89,7 @@ def main() -> None:
     run_measured([*spec, "run", SPEC, *stores, "--quiet", "--set", "study.trials=1", "--set", "base.epochs=1",
                   "--set", "base.pairs.pairs_per_epoch=1000", "--set", "base.pairs.test_pairs=1000"],
                  env={ENV: cache})
-    # what `run --workers N` starts (sweeps.runner._run_processes): one thread, the parent finalizes
+    # what `run --workers N` starts (sweeps.launch.WorkerProcesses): one thread, the parent finalizes
     worker = [*spec, "worker", SPEC, *stores, "--threads", "1", "--no-finalize", "--quiet", "--set", "study.trials=1",
               "--set", "base.epochs=1", "--set", "base.pairs.pairs_per_epoch=1000", "--set",
               "base.pairs.test_pairs=1000"]

@@ -85,7 +85,8 @@ def child_optuna(method: str, seed: int, budget: float, base: dict[str, Any]) ->
     import siamese_core.run  # noqa: F401
     import siamese_core.training  # noqa: F401
     from sweeps import names
-    from sweeps.runner import options_from, run_sweep
+    from sweeps.options import options_from
+    from sweeps.runner import run_sweep
     from sweeps.spec import spec_from_dict
 
     matplotlib.use("Agg", force=True)  # what the trials' plots select; pyplot's import is process start-up

@@ -83,7 +83,8 @@ def child(condition: str, base: dict[str, Any], tracking_uri: str, trials: int, 
     spec = make_spec(base, tracking_uri, trials, name, plots="log_plots" not in condition,
                      background=condition == "siamese-sweep, background")
     if condition.startswith("siamese-sweep"):
-        from sweeps.runner import options_from, run_sweep
+        from sweeps.options import options_from
+        from sweeps.runner import run_sweep
 
         work = tempfile.mkdtemp(prefix="bench-overhead-")
         opts = options_from(spec, storage=f"sqlite:///{work}/optuna.db", tracking_uri=tracking_uri,

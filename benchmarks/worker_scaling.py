@@ -9,11 +9,14 @@ so every trial does the same work; no pruner. Three runs, interleaved per repeat
   ideal is 2x;
 * ``1 worker x 2 threads`` (``run``, the default on 2 cores): what one process gets from both cores.
 
-Wall time is the whole `python` process, from its launch to its exit — what a user waits for: interpreter and
-imports, preflight, worker start-up, trials, tracking and the closing study artifacts. "start-up" is the time from
-the launch to the first trial's start; "closing" from the last trial's end to the exit; "trial s" the median
-duration of one trial (Optuna's start to complete, recording included), which shows what the workers cost each other;
-"trial phase" the trials/hour from the first trial's start to the last one's end (what a longer sweep approaches).
+Each runs ``sweeps.api.sweep`` (what ``siamese-sweep run`` calls) in a fresh ``python`` process against a new
+SQLite Optuna storage and a new local MLflow store whose schema the benchmark creates before the launch (as any
+sweep after a user's first finds it). Wall time is the whole process, from its launch to its exit — what a user
+waits for: interpreter and imports, preflight, worker start-up, trials, tracking and the closing study artifacts.
+"start-up" is the time from the launch to the first trial's start; "closing" from the last trial's end to the exit;
+"trial s" the median duration of one trial (Optuna's start to complete, recording included), which shows what the
+workers cost each other; "trial phase" the trials/hour from the first trial's start to the last one's end (what a
+longer sweep approaches).
 
     python benchmarks/worker_scaling.py [--trials 8] [--repeats 2] [--quick]
 """
@@ -43,13 +46,11 @@ SPACE: dict[str, Any] = {
 CONDITIONS = {"1 worker x 1 thread": (1, 1), "2 workers x 1 thread": (2, None), "1 worker x 2 threads": (1, None)}
 
 
-def child(condition: str, base: dict[str, Any], trials: int, launched: float) -> dict[str, Any]:
-    import dataclasses
-
-    from sweeps.runner import options_from, run_sweep
+def child(condition: str, base: dict[str, Any], trials: int, launched: float, work: Path) -> dict[str, Any]:
+    from sweeps.api import sweep  # what `siamese-sweep run` calls: its imports are on the clock
     from sweeps.spec import spec_from_dict
 
-    work, tracking = fresh_local_stores("bench-workers-")
+    tracking = f"sqlite:///{work}/mlflow.db"
     workers, threads = CONDITIONS[condition]
     spec = spec_from_dict({
         "base": base, "search_space": SPACE,
@@ -57,10 +58,9 @@ def child(condition: str, base: dict[str, Any], trials: int, launched: float) ->
                   "sampler": {"type": "random", "seed": 0}, "pruner": {"type": "none"}},
         "tracking": {"uri": tracking},
     })
-    opts = dataclasses.replace(options_from(spec, storage=f"sqlite:///{work}/optuna.db", tracking_uri=tracking,
-                                            workers=workers, progress=False), threads=threads)
     t0, wall0 = time.perf_counter(), time.time()
-    result = run_sweep(spec, opts)
+    result = sweep(spec, storage=f"sqlite:///{work}/optuna.db", tracking_uri=tracking, workers=workers,
+                   threads=threads, progress=False)
     seconds = time.perf_counter() - t0
     complete = result.status["counts"].get("COMPLETE", 0)
     import optuna
@@ -82,9 +82,10 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--base", default="{}", help=argparse.SUPPRESS)
     ap.add_argument("--launched", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, json.loads(args.base), args.trials, args.launched)))
+        print(json.dumps(child(args.child, json.loads(args.base), args.trials, args.launched, Path(args.work))))
         return
     base = dict(BASE)
     if args.quick:
@@ -93,8 +94,10 @@ def main() -> None:
     for rep in range(args.repeats):
         for cond in CONDITIONS:
             print(f"# repeat {rep}: {cond}", file=sys.stderr, flush=True)
+            # an existing MLflow store, as for any sweep after a user's first: its schema is made off the clock
+            work, _ = fresh_local_stores("bench-workers-")
             r = run_child([__file__, "--child", cond, "--base", json.dumps(base), "--trials", str(args.trials),
-                           "--launched", repr(time.time())])
+                           "--launched", repr(time.time()), "--work", str(work)])
             if r["complete"] != args.trials:
                 raise SystemExit(f"{cond}: completed {r['complete']} of {args.trials} trials")
             results[cond].append(r)

@@ -58,27 +58,39 @@ def _positive(name: str, value: float | None) -> None:
 def sweep(spec: SpecLike = None, *, trials: int | None = None, storage: str | None = None,
           tracking_uri: str | None = None, study_name: str | None = None, workers: int = 1,
           timeout: float | None = None, overrides: Mapping[str, Any] | None = None,
-          progress: bool = True) -> SweepResult:
+          progress: bool = True, threads: int | None = None) -> SweepResult:
     """Create or resume a study and run it to its trial budget (or its ``study.stop``); see `resolve_spec`.
 
     `storage` / `tracking_uri` default to ``$OPTUNA_STORAGE`` / ``$MLFLOW_TRACKING_URI``, then the spec's.
     `trials` is the global budget (COMPLETE + PRUNED, across workers and resumes); `workers` > 1 starts
-    worker processes. Input errors raise `ConfigError` / `DataError` before anything is created.
+    worker processes; `threads`: TensorFlow threads per worker (default: the usable CPUs shared among the
+    workers). Input errors raise `ConfigError` / `DataError` before anything is created.
     """
     resolved = resolve_spec(spec, overrides)
     _positive("trials", trials)
     _positive("workers", workers)
     _positive("timeout", timeout)
+    _positive("threads", threads)
 
-    from .preflight import preflight
-    from .runner import options_from, run_sweep, set_worker_threads
-
-    if int(workers) <= 1:  # before the preflight's first TensorFlow op (worker processes set their own)
-        set_worker_threads(None)
-    data = preflight(resolved)  # bad spec or data: before Optuna or MLflow create anything
+    from .options import options_from
 
     options = options_from(resolved, trials=trials, timeout=timeout, workers=int(workers),
                            storage=storage or os.environ.get(names.ENV_OPTUNA_STORAGE) or None,
                            tracking_uri=tracking_uri or os.environ.get(names.ENV_MLFLOW_TRACKING_URI) or None,
-                           study_name=study_name, progress=progress)
-    return run_sweep(resolved, options, data=data)
+                           study_name=study_name, progress=progress, threads=threads)
+    started = None
+    if options.workers > 1:  # before this process's own imports and checks; they wait for the study (launch.py)
+        from .launch import WorkerProcesses
+
+        started = WorkerProcesses(resolved, options)
+    try:
+        from .preflight import preflight
+        from .runner import run_sweep, set_worker_threads
+
+        if options.workers <= 1:  # before the preflight's first TensorFlow op (worker processes set their own)
+            set_worker_threads(threads)
+        data = preflight(resolved)  # bad spec or data: before Optuna or MLflow create anything
+        return run_sweep(resolved, options, data=data, workers=started)
+    finally:
+        if started is not None:
+            started.close()  # never released (bad input, interrupted): they end having created nothing

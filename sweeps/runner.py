@@ -7,9 +7,6 @@ share the storage, each with ``cores // N`` TensorFlow threads.
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from mlflow.entities import Metric, RunTag
 
 from . import artifacts, names, study_plots
 from .errors import SweepFatal
+from .launch import WorkerProcesses
 from .objective import worker_id
+from .options import SweepOptions
 from .preflight import preflight, preflight_stores
 from .secrets import mask_url
 from .signals import StopRequest, begin_cleanup, pid_alive, stop_on_signals
@@ -33,20 +31,6 @@ from .tracking import RUN_FAILED, RUN_FINISHED, RUN_KILLED, RUN_RUNNING, Retry, 
 from .worker import DataCache, WorkerReport, run_worker
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SweepOptions:
-    study_name: str
-    storage: str
-    tracking_uri: str
-    trials: int
-    timeout: float | None = None
-    workers: int = 1
-    progress: bool = True
-    finalize: bool = True
-    threads: int | None = None       # TensorFlow intra-op threads in this process
-    worker_index: int = 0
 
 
 @dataclass
@@ -77,15 +61,6 @@ class SweepResult:
     @property
     def best_value(self) -> float | None:
         return self.best["value"] if self.best else None
-
-
-def options_from(spec: SweepSpec, *, trials: int | None = None, timeout: float | None = None, workers: int = 1,
-                 storage: str | None = None, tracking_uri: str | None = None, study_name: str | None = None,
-                 progress: bool = True) -> SweepOptions:
-    return SweepOptions(study_name=study_name or spec.study.name, storage=storage or spec.study.storage,
-                        tracking_uri=tracking_uri or spec.tracking.uri, trials=trials or spec.study.trials,
-                        timeout=timeout if timeout is not None else spec.study.timeout, workers=workers,
-                        progress=progress)
 
 
 # ----------------------------------------------------------------- parent run
@@ -184,15 +159,18 @@ def _postfix(study: optuna.Study) -> str:
 def set_worker_threads(threads: int | None) -> int:
     """TensorFlow's pools for this worker: `threads`, or the CPUs it may really use (affinity and cgroup quota,
     which TensorFlow's defaults ignore). Before TensorFlow's first op; afterwards the existing pools stay."""
-    from siamese_core.runtime import configure_threads, usable_cores
+    from siamese_core.cpus import usable_cores
+    from siamese_core.runtime import configure_threads
 
     n = threads or usable_cores()
     configure_threads(n, n)
     return n
 
 
-def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> SweepResult:
-    """Create or resume the study and run it to its trial budget (`data`: the preflight's, to reuse)."""
+def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None,
+              workers: WorkerProcesses | None = None) -> SweepResult:
+    """Create or resume the study and run it to its trial budget (`data`: the preflight's, to reuse;
+    `workers`: the worker processes `sweeps.api.sweep` started before it, released once the study exists)."""
     if options.workers <= 1:  # with --workers N the children get their share (`_run_processes`)
         set_worker_threads(options.threads)
     data = data if data is not None else preflight(spec)
@@ -225,7 +203,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> Sw
             reports.append(run_worker(spec, opened, tracker, budget=options.trials, timeout=options.timeout,
                                       on_trial=on_trial, data_cache=DataCache.seeded(spec.base, data)))
         else:
-            reports.extend(_run_processes(spec, options, study, progress))
+            reports.extend(_run_processes(spec, options, study, progress, workers))
         budget_met = count_states(study).done >= options.trials
         stopped_by = "budget" if budget_met else _stopped_by(spec, study, reports, options)
         status = RUN_FINISHED if budget_met or stopped_by in ("target", "patience") else RUN_KILLED
@@ -318,47 +296,22 @@ def _process_seed_offset() -> int:
     return 1 + zlib.crc32(worker_id().encode()) % 1_000_000_007
 
 
-def write_resolved_spec(spec: SweepSpec, path: Path) -> Path:
-    path.write_text(yaml.safe_dump(spec.resolved_dict(), sort_keys=False))
-    return path
-
-
-def threads_per_worker(workers: int) -> int:
-    """Each of `workers` processes gets an equal share of the usable CPUs, at least one thread (two TensorFlow
-    processes with default pools on 2 cores slowed an epoch from about 38 s to over 60 s)."""
-    from siamese_core.runtime import usable_cores
-
-    return max(1, usable_cores() // max(1, workers))
-
-
 _PROGRESS_TICKS = 8  # x 0.25 s: the progress bar re-reads the study every 2 s
 
 
-def _run_processes(spec: SweepSpec, options: SweepOptions, study: optuna.Study,
-                   progress: Progress) -> list[WorkerReport]:
-    threads = threads_per_worker(options.workers)
-    with tempfile.TemporaryDirectory(prefix="siamese-sweep-") as tmp:
-        spec_path = write_resolved_spec(spec, Path(tmp) / "spec.yaml")
-        # URLs go through the environment, not argv: `ps` must not show passwords
-        env = {k: v for k, v in os.environ.items() if k != names.ENV_MLFLOW_RUN_ID}
-        env.update({names.ENV_OPTUNA_STORAGE: options.storage, names.ENV_MLFLOW_TRACKING_URI: options.tracking_uri})
-        procs = []
-        from .devices import device_plan  # one CUDA_VISIBLE_DEVICES per worker; nothing without GPUs
-
-        devices = device_plan(options.workers)
-        for i in range(options.workers):
-            cmd = [sys.executable, "-m", "sweeps.cli", "worker", str(spec_path), "--study", options.study_name,
-                   "--threads", str(threads), "--worker-index", str(i + 1), "--no-finalize", "--quiet"]
-            if options.timeout is not None:
-                cmd += ["--timeout", str(options.timeout)]
-            procs.append(subprocess.Popen(cmd, env={**env, **devices.env_for(i)}))
-
+def _run_processes(spec: SweepSpec, options: SweepOptions, study: optuna.Study, progress: Progress,
+                   started: WorkerProcesses | None) -> list[WorkerReport]:
+    """Release the worker processes (`started` by `sweeps.api.sweep` before the preflight, else started now),
+    follow the study while they run, and forward a stop to them."""
+    workers = started if started is not None else WorkerProcesses(spec, options)
+    with workers:
+        workers.release()
         with stop_on_signals(raise_at_once=False):  # checked every 0.25 s below
             try:
                 ticks = 0
                 # the workers' exit is seen within 0.25 s (a 2 s poll added ~1 s to every `run --workers N`);
                 # the storage is read for the progress bar only every 2 s
-                while any(p.poll() is None for p in procs):
+                while workers.running():
                     if ticks % _PROGRESS_TICKS == 0:
                         progress.set(count_states(study).done, _postfix(study))
                     StopRequest.check()
@@ -366,23 +319,11 @@ def _run_processes(spec: SweepSpec, options: SweepOptions, study: optuna.Study,
                     ticks += 1
             except KeyboardInterrupt:
                 begin_cleanup()  # a repeated signal must not cut the clean-up short
-                _stop_workers(procs)
+                workers.stop()
                 raise
         progress.set(count_states(study).done, _postfix(study))
-        failed = [p.returncode for p in procs if p.returncode != 0]
+        failed = [p.returncode for p in workers.procs if p.returncode != 0]
         if failed:
-            raise SweepFatal(f"{len(failed)} of {len(procs)} worker processes exited with errors {failed}; "
+            raise SweepFatal(f"{len(failed)} of {len(workers.procs)} worker processes exited with errors {failed}; "
                              "see their messages above")
-    return [WorkerReport() for _ in procs]
-
-
-def _stop_workers(procs: list[subprocess.Popen]) -> None:
-    """Forward the stop to every worker (each ends its trial as interrupted) and wait for them."""
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    return [WorkerReport() for _ in workers.procs]

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 
 from .. import names, pruners, samplers
 from ..cli import EXIT_ERROR, EXIT_OK, add_set_option, add_study_option, flag_or_env, print_json
+from ..launch import WAIT_FLAG
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -29,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("spec", nargs="?", help="sweep spec YAML (default: the built-in quickstart)")
     r.add_argument("--trials", type=int, help="global trial budget (COMPLETE + PRUNED), across workers and restarts")
     r.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    r.add_argument("--threads", type=int, help="TensorFlow threads per worker (default: the CPUs this process may "
+                   "use, affinity mask and cgroup quota, divided among --workers)")
     _common(r)
     r.set_defaults(handler=cmd_run)
 
@@ -39,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: the CPUs it may use: affinity mask and cgroup quota)")
     w.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     w.add_argument("--no-finalize", action="store_true", help=argparse.SUPPRESS)
+    w.add_argument(WAIT_FLAG, dest="wait_for_go", action="store_true", help=argparse.SUPPRESS)  # from run --workers
     _common(w)
     w.set_defaults(handler=cmd_worker)
 
@@ -106,16 +111,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     _positive("--workers", args.workers)
     _positive("--trials", args.trials)
     _positive("--timeout", args.timeout)
+    _positive("--threads", args.threads)
     # `sweep` runs the preflight: a bad spec or data exits 2 before Optuna or MLflow create anything
     result = sweep(spec, trials=args.trials, timeout=args.timeout, workers=args.workers,
                    storage=flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE),
                    tracking_uri=flag_or_env(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI),
-                   study_name=args.study, progress=not args.quiet)
+                   study_name=args.study, progress=not args.quiet, threads=args.threads)
     _report(result.status, args.json)
     return EXIT_OK if result.finished or args.timeout else EXIT_ERROR
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    if args.wait_for_go:  # started by `run --workers N`, which stops its waiting workers itself on Ctrl-C
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     from ..preflight import preflight
 
     spec = _spec(args, stored="required")
@@ -124,9 +132,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from ..runner import set_worker_threads
 
     set_worker_threads(args.threads)  # before the preflight's first TensorFlow op
+    if args.wait_for_go:
+        from ..launch import wait_for_go
+
+        if not wait_for_go(spec):
+            return EXIT_OK  # the parent gave up before creating the study: nothing to join, nothing created
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     data = preflight(spec)
 
-    from ..runner import join_sweep, options_from
+    from ..options import options_from
+    from ..runner import join_sweep
 
     options = options_from(spec, timeout=args.timeout, storage=flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE),
                            tracking_uri=flag_or_env(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI),

@@ -24,7 +24,7 @@ LAYERS: dict[str, int] = {
     "siamese_core.allocator": 0, "siamese_core.quiet_import": 0, "siamese_core.errors": 0, "siamese_core.jsonable": 0,
     "siamese_core.findings": 0, "siamese_core.metrics": 0, "siamese_core.registry": 0,
     "siamese_core.diagnostics": 0, "siamese_core.diagnostics.codes": 0, "siamese_core.diagnostics.report": 0,
-    "siamese_core.config": 0, "siamese_core.runtime": 0, "siamese_core.checkpoint": 0,
+    "siamese_core.config": 0, "siamese_core.cpus": 0, "siamese_core.runtime": 0, "siamese_core.checkpoint": 0,
     # 1 - data: sources, splits, the one sampler, loaders
     "siamese_core.data": 1, "siamese_core.data.types": 1, "siamese_core.data.idx": 1,
     "siamese_core.data.validation": 1, "siamese_core.data.splits": 1, "siamese_core.data.pairs": 1,
@@ -52,7 +52,7 @@ LAYERS: dict[str, int] = {
 # `import siamese_core` stay fast; data loading stays TensorFlow-free so a sweep's preflight is instant.
 PURE = ("siamese_core", "siamese_core.config", "siamese_core.errors", "siamese_core.findings",
         "siamese_core.registry", "siamese_core.metrics", "siamese_core.diagnostics.codes",
-        "siamese_core.allocator", "siamese_core.quiet_import", "siamese_core.jsonable")
+        "siamese_core.allocator", "siamese_core.quiet_import", "siamese_core.jsonable", "siamese_core.cpus")
 NO_TENSORFLOW = PURE + ("siamese_core.data.sources", "siamese_core.data.pairs", "siamese_core.verification")
 HEAVY = {"tensorflow", "keras", "sklearn"}
 

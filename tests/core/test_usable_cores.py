@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from siamese_core.runtime import cgroup_cpu_quota, usable_cores
+from siamese_core.cpus import cgroup_cpu_quota, usable_cores
 
 
 def _tree(tmp_path: Path, proc: str, files: dict[str, str]) -> tuple[Path, Path]:
@@ -45,7 +45,8 @@ def test_cgroup_v1_cfs_quota_and_no_quota(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("taskset") is None or os.cpu_count() == 1, reason="needs taskset and 2+ CPUs")
 def test_a_worker_under_taskset_sizes_tensorflow_to_its_cpus() -> None:
     """What `siamese-sweep worker` / `run` do before the preflight: one CPU allowed -> one-thread pools."""
-    code = ("from sweeps.runner import set_worker_threads, threads_per_worker; import tensorflow as tf; "
+    code = ("from sweeps.launch import threads_per_worker; from sweeps.runner import set_worker_threads; "
+            "import tensorflow as tf; "
             "n = set_worker_threads(None); print(n, tf.config.threading.get_intra_op_parallelism_threads(), "
             "tf.config.threading.get_inter_op_parallelism_threads(), threads_per_worker(2))")
     done = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True,

@@ -62,7 +62,7 @@ class Stores:
 
 
 def run_sweep(spec: dict[str, Any], stores: Stores, *, trials: int | None = None) -> Any:
-    from sweeps.runner import options_from
+    from sweeps.options import options_from
     from sweeps.runner import run_sweep as run
     from sweeps.spec import spec_from_dict
 

@@ -12,7 +12,8 @@ from .harness import S, load_study, spec_dict
 
 
 def test_exploding_learning_rate_is_pruned_as_nan_loss_and_the_sweep_continues(tmp_path: Path) -> None:
-    from sweeps.runner import options_from, run_sweep
+    from sweeps.options import options_from
+    from sweeps.runner import run_sweep
     from sweeps.spec import spec_from_dict
     from sweeps.storage import make_storage
 

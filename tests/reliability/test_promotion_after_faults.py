@@ -24,7 +24,8 @@ def test_a_resumed_trial_is_promoted_by_racing_promoters_and_reproduces_its_embe
 
     from sweeps import objective
     from sweeps.errors import Interrupted
-    from sweeps.runner import options_from, run_sweep
+    from sweeps.options import options_from
+    from sweeps.runner import run_sweep
     from sweeps.spec import spec_from_dict
 
     storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"

@@ -66,7 +66,8 @@ def mlflow_server_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
 
 def run_small_sweep(spec_data: dict[str, Any], *, storage: str, tracking_uri: str, trials: int | None = None,
                     study: str | None = None, workers: int = 1) -> Any:
-    from sweeps.runner import options_from, run_sweep
+    from sweeps.options import options_from
+    from sweeps.runner import run_sweep
     from sweeps.spec import spec_from_dict
 
     spec = spec_from_dict(spec_data)

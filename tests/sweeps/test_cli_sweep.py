@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from sweeps.runner import threads_per_worker
+from sweeps.launch import threads_per_worker
 from sweeps.storage import make_storage
 
 from .conftest import make_spec_dict
@@ -35,11 +36,18 @@ def test_two_worker_processes_meet_the_exact_global_budget(tmp_path: Path) -> No
     spec = _write_spec(tmp_path / "spec.yaml")
     storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "SIAMESE_SWEEP_ALLOCATOR")}
-    proc = subprocess.Popen(CLI + ["run", str(spec), "--workers", "2", "--trials", "3", "--storage", storage,
+    # -X importtime lists on stderr the modules `run` itself imports (the workers are started without the flag)
+    cli = [sys.executable, "-X", "importtime", "-m", "sweeps.cli"]
+    proc = subprocess.Popen(cli + ["run", str(spec), "--workers", "2", "--trials", "3", "--storage", storage,
                                    "--tracking-uri", uri, "--quiet", "--json"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stdout, stderr = proc.communicate(timeout=600)
+    imported = {line.rpartition("|")[2].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+    stderr = "\n".join(line for line in stderr.splitlines() if not line.startswith("import time:"))
     assert proc.returncode == 0, stderr[-2000:]
+    # the parent never imports TensorFlow: only to count cores for the workers' threads it once took 4.8 s
+    # before the workers could start (siamese_core.cpus)
+    assert "sweeps.runner" in imported and not {"tensorflow", "keras"} & imported
     status = json.loads(stdout)
     assert status["counts"]["COMPLETE"] + status["counts"]["PRUNED"] == 3
     study = optuna.load_study(study_name="t", storage=make_storage(storage))
@@ -109,17 +117,55 @@ def test_bad_specs_exit_2_with_one_line_naming_the_field(tmp_path: Path, content
     assert not (tmp_path / "o.db").exists(), "nothing may be created for an invalid spec"
 
 
-def test_bad_data_exits_2_before_any_study_exists(tmp_path: Path) -> None:
+def _processes_with(text: str) -> list[int]:
+    """Live processes whose command line or environment mentions `text`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if text.encode() in (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bad_data_exits_2_before_any_study_exists(tmp_path: Path, workers: int) -> None:
+    """With --workers 2 the worker processes start before the preflight (sweeps.launch); the parent's one line
+    and exit 2 stay the same, and they end having created nothing."""
     data = tmp_path / "one_class.npz"
     np.savez(data, x=np.zeros((40, 8, 8), np.uint8), y=np.zeros(40, np.int64))
     spec = _write_spec(tmp_path / "spec.yaml", base={**make_spec_dict()["base"],
                                                      "dataset": {"name": "npz", "path": str(data)}})
-    proc = _run(["run", str(spec), "--storage", f"sqlite:///{tmp_path}/o.db",
+    proc = _run(["run", str(spec), "--workers", str(workers), "--storage", f"sqlite:///{tmp_path}/o.db",
                  "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "one_class.npz" in proc.stderr and "class" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "o.db").exists()
+    assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1, proc.stderr
+    assert not (tmp_path / "o.db").exists() and not (tmp_path / "m.db").exists()
+    assert _processes_with(f"{tmp_path}/o.db") == []  # no worker left behind, waiting or not
+
+
+def test_workers_start_before_the_parent_checks_and_wait_for_the_study(tmp_path: Path) -> None:
+    """`WorkerProcesses` as `sweeps.api.sweep` uses it: started, its workers import and wait; never released,
+    they exit having created nothing; their spec file goes too."""
+    from sweeps.launch import WorkerProcesses
+    from sweeps.options import options_from
+    from sweeps.spec import load_spec
+
+    spec = load_spec(_write_spec(tmp_path / "spec.yaml"), {})
+    options = options_from(spec, workers=2, storage=f"sqlite:///{tmp_path}/o.db",
+                           tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    with WorkerProcesses(spec, options) as started:
+        time.sleep(15)  # their imports take ~6 s here: long enough to be waiting on the parent by now
+        assert [p.poll() for p in started.procs] == [None, None]
+        pids = sorted(p.pid for p in started.procs)
+        assert sorted(_processes_with(f"{tmp_path}/o.db")) == pids
+    assert all(p.returncode is not None for p in started.procs)
+    assert _processes_with(f"{tmp_path}/o.db") == []
+    assert not (tmp_path / "o.db").exists() and not (tmp_path / "m.db").exists()
 
 
 def test_set_overrides_apply_to_the_spec(tmp_path: Path) -> None:

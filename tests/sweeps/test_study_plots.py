@@ -82,7 +82,8 @@ def test_plots_every_must_not_be_negative() -> None:
 
 def test_a_running_sweep_refreshes_the_parent_plots_before_it_ends(local_stores: dict[str, Any]) -> None:
     """finalize=False (what `run --workers N` children do): any HTML on the parent came from the refresher."""
-    from sweeps.runner import options_from, run_sweep
+    from sweeps.options import options_from
+    from sweeps.runner import run_sweep
 
     spec = spec_from_dict(make_spec_dict(study={"trials": 2}, tracking={"plots_every": 1}))
     opts = options_from(spec, storage=local_stores["storage"], tracking_uri=local_stores["tracking_uri"],

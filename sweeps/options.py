@@ -1,0 +1,33 @@
+"""How one sweep process runs: stores, study, budget, workers and threads (no Optuna or MLflow import).
+
+Apart from `sweeps.runner` so that `run --workers N` can start its workers (`sweeps.launch`) before it imports
+Optuna and MLflow itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .spec import SweepSpec
+
+
+@dataclass
+class SweepOptions:
+    study_name: str
+    storage: str
+    tracking_uri: str
+    trials: int
+    timeout: float | None = None
+    workers: int = 1
+    progress: bool = True
+    finalize: bool = True
+    threads: int | None = None       # TensorFlow intra-op threads per worker process (None: usable cores / workers)
+    worker_index: int = 0
+
+
+def options_from(spec: SweepSpec, *, trials: int | None = None, timeout: float | None = None, workers: int = 1,
+                 storage: str | None = None, tracking_uri: str | None = None, study_name: str | None = None,
+                 progress: bool = True, threads: int | None = None) -> SweepOptions:
+    return SweepOptions(study_name=study_name or spec.study.name, storage=storage or spec.study.storage,
+                        tracking_uri=tracking_uri or spec.tracking.uri, trials=trials or spec.study.trials,
+                        timeout=timeout if timeout is not None else spec.study.timeout, workers=workers,
+                        progress=progress, threads=threads)
