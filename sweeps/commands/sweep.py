@@ -122,8 +122,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    on_interrupt = None
     if args.wait_for_go:  # started by `run --workers N`, which stops its waiting workers itself on Ctrl-C
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        on_interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
     from ..preflight import preflight
 
     spec = _spec(args, stored="required")
@@ -137,7 +138,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         if not wait_for_go(spec):
             return EXIT_OK  # the parent gave up before creating the study: nothing to join, nothing created
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, on_interrupt)
     data = preflight(spec)
 
     from ..options import options_from
