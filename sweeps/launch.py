@@ -55,6 +55,7 @@ class WorkerProcesses:
         from .devices import device_plan  # one CUDA_VISIBLE_DEVICES per worker; nothing without GPUs
 
         threads = options.threads or threads_per_worker(options.workers)
+        devices = device_plan(options.workers)  # before the spec folder exists: if it raises, nothing is left
         self._tmp = tempfile.TemporaryDirectory(prefix="siamese-sweep-")
         self.released = False
         self.procs: list[subprocess.Popen] = []
@@ -62,7 +63,6 @@ class WorkerProcesses:
         # URLs go through the environment, not argv: `ps` must not show passwords
         env = {k: v for k, v in os.environ.items() if k != names.ENV_MLFLOW_RUN_ID}
         env.update({names.ENV_OPTUNA_STORAGE: options.storage, names.ENV_MLFLOW_TRACKING_URI: options.tracking_uri})
-        devices = device_plan(options.workers)
         try:
             for i in range(options.workers):
                 cmd = [sys.executable, "-m", "sweeps.cli", "worker", str(spec_path), "--study", options.study_name,
@@ -91,7 +91,7 @@ class WorkerProcesses:
 
     def stop(self) -> None:
         """Forward a stop to every released worker (each ends its trial as interrupted) and wait for them."""
-        self._end(signal.SIGTERM, _STOP_WAIT_S)
+        self._end(_STOP_WAIT_S)
 
     def close(self) -> None:
         """End workers that were never released (they have created nothing) and remove the spec file."""
@@ -102,13 +102,14 @@ class WorkerProcesses:
                         p.stdin.close()  # end of file: a worker already waiting exits at once
                     except OSError:
                         pass
-            self._end(signal.SIGTERM, _CANCEL_WAIT_S)
+            self._end(_CANCEL_WAIT_S)
         self._tmp.cleanup()
 
-    def _end(self, sig: int, wait_s: float) -> None:
+    def _end(self, wait_s: float) -> None:
+        """SIGTERM (a worker ends its trial as interrupted), then SIGKILL whatever is still there after `wait_s`."""
         for p in self.procs:
             if p.poll() is None:
-                p.send_signal(sig)
+                p.send_signal(signal.SIGTERM)
         for p in self.procs:
             try:
                 p.wait(timeout=wait_s)

@@ -168,6 +168,37 @@ def test_workers_start_before_the_parent_checks_and_wait_for_the_study(tmp_path:
     assert not (tmp_path / "o.db").exists() and not (tmp_path / "m.db").exists()
 
 
+def test_workers_that_cannot_be_planned_leave_no_spec_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device plan that fails (e.g. a bad CUDA_VISIBLE_DEVICES) raises before the spec folder is made: nothing
+    is left for the garbage collector, and no worker starts."""
+    import gc
+    import tempfile
+    import warnings
+
+    from sweeps import devices
+    from sweeps.launch import WorkerProcesses
+    from sweeps.options import options_from
+    from sweeps.spec import load_spec
+
+    def no_plan(workers: int) -> None:
+        raise RuntimeError("no devices")
+
+    spec = load_spec(_write_spec(tmp_path / "spec.yaml"), {})
+    options = options_from(spec, workers=2, storage=f"sqlite:///{tmp_path}/o.db",
+                           tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    monkeypatch.setattr(devices, "device_plan", no_plan)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(RuntimeError, match="no devices"):
+            WorkerProcesses(spec, options)
+        gc.collect()
+    assert list((tmp_path / "tmp").iterdir()) == []
+    # before the fix the folder existed and was removed by the garbage collector, which warns about it
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
+
+
 def test_set_overrides_apply_to_the_spec(tmp_path: Path) -> None:
     spec = _write_spec(tmp_path / "spec.yaml")
     storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
