@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import markdown_table  # noqa: E402
 
-from sweeps.storage import BudgetLock, budget_lock, make_storage  # noqa: E402
+from sweeps.storage import BudgetLock, RetryingStorage, budget_lock, make_storage  # noqa: E402
 from sweeps.worker import take_trials  # noqa: E402  (imported once, before the workers fork)
 
 STUDY = "coordination"
@@ -122,8 +122,8 @@ def run(workers: int, trials: int, poll_s: float, via_pgbouncer: bool, pool_size
             url = bouncer.url_for(DATABASE) if bouncer is not None else direct_url
             storage = make_storage(url)
             optuna.create_study(study_name=STUDY, storage=storage)
-            if isinstance(storage, optuna.storages.RDBStorage):  # no connection carried into forked workers
-                storage.engine.dispose()
+            if isinstance(storage, RetryingStorage):  # no connection carried into forked workers
+                storage.dispose_connections()
             ctx = multiprocessing.get_context("fork")
             ready, results, go, start = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Lock()
             procs = [ctx.Process(target=worker, args=(url, trials, poll_s, start, ready, go, results))

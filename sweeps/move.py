@@ -126,8 +126,8 @@ def _source_study(study_name: str, from_storage: str) -> tuple[optuna.Study, opt
         source = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         raise ConfigError("--study", f"no study named {study_name!r} in {mask_url(from_storage)}") from None
-    if isinstance(storage, optuna.storages.RDBStorage):
-        fail_stale_trials(source)  # a dead worker's trial: failed (and retried) exactly as a resumed run would
+    # a dead worker's trial: failed (and retried) exactly as a resumed run would (a no-op without heartbeats)
+    fail_stale_trials(source)
     running = [t.number for t in source.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
     if running:
         raise ConfigError("--study", f"study {study_name!r} has trials still RUNNING ({running[:10]}): stop its "

@@ -131,6 +131,7 @@ SYSTEM_ATTR_RETRY_HISTORY = "retry_history"
 
 # ---------------------------------------------------------------- environment variables we invent
 ENV_TRACKING_RETRY_SECONDS = "SIAMESE_SWEEP_MLFLOW_RETRY_SECONDS"  # how long a trial keeps retrying MLflow
+ENV_STORAGE_RETRY_SECONDS = "SIAMESE_SWEEP_STORAGE_RETRY_SECONDS"  # how long a storage call rides out an outage
 ENV_PROMOTE_PAUSE = "SIAMESE_SWEEP_PROMOTE_PAUSE"      # test hook: pause before a registry alias write
 ENV_PG_BIN = "SIAMESE_SWEEP_PG_BIN"                    # PostgreSQL binaries for `siamese-sweep stack`
 ENV_ALLOCATOR = _CORE_ENV_ALLOCATOR                    # "system": leave glibc's malloc alone (siamese_core)

@@ -6,6 +6,9 @@
   (no heartbeat: Optuna supports it on RDB storages only).
 * ``memory`` -> in-process storage (tests, notebooks).
 
+RDB storages come wrapped in `RetryingStorage`: a call that meets a database outage (a PostgreSQL
+restart, a dropped connection) is retried for up to `STORAGE_RETRY_BUDGET_S` instead of failing the trial.
+
 Starting a trial is "check the budget, then create the trial". Without a
 lock two workers can both see 9 of 10 trials and both start one; the
 `BudgetLock` (a transaction-scoped PostgreSQL advisory lock, or a file lock next to a
@@ -15,22 +18,37 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
+import math
 import os
 import random
 import threading
 import time
 import warnings
+from collections.abc import Callable, Container, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+# `_CachedStorage` and `BaseHeartbeat` are not public, and needed: Optuna runs heartbeats and `fail_stale_trials`
+# only for storages that are instances of `BaseHeartbeat`, and reads trials incrementally only through
+# `_CachedStorage` (which it adds on its own only around an `RDBStorage`, which our wrapper is not).
+# tests/sweeps/test_public_apis.py pins both.
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, _CachedStorage
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.trial import FrozenTrial, TrialState
 
 from siamese_core.errors import ConfigError
 
 from . import names
-from .secrets import mask_url
+from .secrets import mask_secrets, mask_url
 
+if TYPE_CHECKING:
+    from optuna.study._frozen import FrozenStudy  # what `get_all_studies` returns (Optuna exports no name for it)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 def _journal_path(url: str) -> Path | None:
     if url.startswith("journal://"):
@@ -88,9 +106,237 @@ def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 
         engine_kwargs["connect_args"] = {"timeout": 120}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                          grace_period=grace_period,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retries))
+        rdb = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                         grace_period=grace_period,
+                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retries))
+    return RetryingStorage(rdb, budget_s=storage_retry_budget_s())
+
+
+# ----------------------------------------------------------------- riding out a database outage
+# Measured: a PostgreSQL restart here (fast shutdown, start, first login; `PostgresServer.restart`) takes 0.4-0.5 s
+# on an idle 2-core machine and 0.7 s at load 5 (test_storage_outage.py prints it). Not measured here: a managed
+# database's failover, typically tens of seconds. 60 s covers a restart many times over and most failovers, and
+# stays below the MLflow budget (120 s); a storage gone for longer fails the call, as before.
+STORAGE_RETRY_BUDGET_S = 60.0
+STORAGE_FIRST_WAIT_S = 0.25
+STORAGE_MAX_WAIT_S = 4.0
+
+
+def storage_retry_budget_s() -> float:
+    """`STORAGE_RETRY_BUDGET_S`, or ``$SIAMESE_SWEEP_STORAGE_RETRY_SECONDS`` (0 switches retries off)."""
+    raw = os.environ.get(names.ENV_STORAGE_RETRY_SECONDS)
+    try:
+        return max(0.0, float(raw)) if raw else STORAGE_RETRY_BUDGET_S
+    except ValueError:
+        log.warning("%s=%r is not a number; using %.0f s", names.ENV_STORAGE_RETRY_SECONDS, raw,
+                    STORAGE_RETRY_BUDGET_S)
+        return STORAGE_RETRY_BUDGET_S
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether `exc` (or what it wraps: Optuna raises `StorageInternalError` from SQLAlchemy's error) is the
+    database being unreachable - refused or dropped connections, a server shutting down or starting up - rather
+    than a bad request (too long a value, a constraint), which a retry cannot fix."""
+    import sqlalchemy.exc as sa_exc
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+            return True
+        if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
+            return True
+        e = e.__cause__
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    orig = getattr(cause, "orig", None) or cause  # the driver's own message, without SQLAlchemy's SQL and params
+    text = str(orig).strip().splitlines()
+    return mask_secrets(text[0] if text else type(orig).__name__)[:160]
+
+
+class RetryingStorage(optuna.storages.BaseStorage, BaseHeartbeat):
+    """An Optuna RDB storage whose idempotent calls ride out a short database outage.
+
+    Without it a PostgreSQL restart that lands on a trial's own storage write (an intermediate value, a user
+    attr, a heartbeat, the final state) fails that trial, and when the re-queue falls in the same outage its
+    parameters are never tried again. Retried, with exponential backoff for at most `budget_s`, one warning line
+    per retry: reads, study and trial attrs, params, intermediate values, heartbeats (which give up with a
+    warning instead of killing Optuna's heartbeat thread), and the final state write (`set_trial_state_values`
+    to a finished state: a retry that finds the trial already in that state - the first attempt committed but
+    its answer was lost - counts as success).
+
+    Not retried (a lost answer would duplicate the row): ``create_new_trial`` (a second attempt could leave a
+    phantom RUNNING trial that has no worker and no heartbeat), ``create_new_study``, ``delete_study``, and the
+    WAITING -> RUNNING claim of a queued trial (a retry cannot tell its own claim from another worker's). They
+    fail as before; the worker loop (`sweeps.worker.take_trials`) logs one warning and tries again.
+
+    Wraps Optuna's own ``_CachedStorage`` (what ``optuna.load_study`` builds around a bare `RDBStorage`), so the
+    reads stay incremental.
+    """
+
+    def __init__(self, rdb: RDBStorage, *, budget_s: float = STORAGE_RETRY_BUDGET_S,
+                 first_wait_s: float = STORAGE_FIRST_WAIT_S, max_wait_s: float = STORAGE_MAX_WAIT_S,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.rdb = rdb
+        self._inner = _CachedStorage(rdb)
+        self.budget_s = budget_s
+        self.first_wait_s = first_wait_s
+        self.max_wait_s = max_wait_s
+        self._sleep = sleep
+        self._where = mask_url(str(rdb.engine.url.render_as_string(hide_password=True)))
+
+    def __repr__(self) -> str:
+        return f"RetryingStorage({self._where!r})"
+
+    def _retry(self, what: str, fn: Callable[[], T], on_retry: Callable[[BaseException], T | None] | None = None
+               ) -> T:
+        """``fn()``, called again while it fails with a transient error, for at most `budget_s` seconds.
+
+        `on_retry` runs before each new attempt (after the storage answers again); a non-None result is returned
+        instead of calling `fn` again.
+        """
+        deadline = time.monotonic() + self.budget_s
+        wait = self.first_wait_s
+        failed: BaseException | None = None
+        while True:
+            try:
+                if failed is not None and on_retry is not None:
+                    settled = on_retry(failed)
+                    if settled is not None:
+                        return settled
+                return fn()
+            except Exception as exc:
+                if not is_transient(exc) or time.monotonic() + wait > deadline:
+                    raise
+                log.warning("Optuna storage %s: %s failed (%s: %s); retrying in %.2fs", self._where, what,
+                            type(exc).__name__, _first_line(exc), wait)
+                failed = exc
+                self._sleep(wait)
+                wait = min(wait * 2, self.max_wait_s)
+
+    # ------------------------------------------------------------- studies
+    def create_new_study(self, directions: Sequence[optuna.study.StudyDirection], study_name: str | None = None
+                         ) -> int:
+        return self._inner.create_new_study(directions, study_name)  # not retried: see the class docstring
+
+    def delete_study(self, study_id: int) -> None:
+        self._inner.delete_study(study_id)
+
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._retry("set_study_user_attr", lambda: self._inner.set_study_user_attr(study_id, key, value))
+
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._retry("set_study_system_attr", lambda: self._inner.set_study_system_attr(study_id, key, value))
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        return self._retry("get_study_id_from_name", lambda: self._inner.get_study_id_from_name(study_name))
+
+    def get_study_name_from_id(self, study_id: int) -> str:
+        return self._retry("get_study_name_from_id", lambda: self._inner.get_study_name_from_id(study_id))
+
+    def get_study_directions(self, study_id: int) -> list[optuna.study.StudyDirection]:
+        return self._retry("get_study_directions", lambda: self._inner.get_study_directions(study_id))
+
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        return self._retry("get_study_user_attrs", lambda: self._inner.get_study_user_attrs(study_id))
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        return self._retry("get_study_system_attrs", lambda: self._inner.get_study_system_attrs(study_id))
+
+    def get_all_studies(self) -> list[FrozenStudy]:
+        return self._retry("get_all_studies", self._inner.get_all_studies)
+
+    # ------------------------------------------------------------- trials
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        return self._inner.create_new_trial(study_id, template_trial)  # not retried: see the class docstring
+
+    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                        distribution: optuna.distributions.BaseDistribution) -> None:
+        # a repeat of a committed insert hits the (trial, name) unique key, which Optuna ignores here
+        self._retry("set_trial_param", lambda: self._inner.set_trial_param(trial_id, param_name,
+                                                                            param_value_internal, distribution))
+
+    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
+        return self._retry("get_trial_id_from_study_id_trial_number",
+                           lambda: self._inner.get_trial_id_from_study_id_trial_number(study_id, trial_number))
+
+    def get_best_trial(self, study_id: int) -> FrozenTrial:
+        return self._retry("get_best_trial", lambda: self._inner.get_best_trial(study_id))
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+                               ) -> bool:
+        def call() -> bool:
+            return self._inner.set_trial_state_values(trial_id, state=state, values=values)
+
+        if not state.is_finished():  # the WAITING -> RUNNING claim: not retried, see the class docstring
+            return call()
+
+        def already_written(_: BaseException) -> bool | None:
+            trial = self._inner.get_trial(trial_id)
+            if trial.state == state and _same_values(trial.values, values):
+                log.warning("Optuna storage %s: trial %d was already %s (the write before the outage went "
+                            "through)", self._where, trial.number, state.name)
+                return True
+            return None  # not written: write it (or, if another worker failed it meanwhile, let Optuna say so)
+
+        return self._retry("set_trial_state_values", call, on_retry=already_written)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        self._retry("set_trial_intermediate_value",
+                    lambda: self._inner.set_trial_intermediate_value(trial_id, step, intermediate_value))
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._retry("set_trial_user_attr", lambda: self._inner.set_trial_user_attr(trial_id, key, value))
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._retry("set_trial_system_attr", lambda: self._inner.set_trial_system_attr(trial_id, key, value))
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        return self._retry("get_trial", lambda: self._inner.get_trial(trial_id))
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
+                       ) -> list[FrozenTrial]:
+        return self._retry("get_all_trials", lambda: self._inner.get_all_trials(study_id, deepcopy, states))
+
+    def remove_session(self) -> None:
+        self.rdb.remove_session()
+
+    def dispose_connections(self) -> None:
+        """Close the pooled connections (before forking worker processes: a connection must not be shared)."""
+        self.rdb.engine.dispose()
+
+    # ------------------------------------------------------------- heartbeats
+    def record_heartbeat(self, trial_id: int) -> None:
+        """Retried; if the storage stays away longer than the budget, a warning and the next beat tries again
+        (an exception here would end Optuna's heartbeat thread, with a traceback, for the rest of the trial)."""
+        try:
+            self._retry("record_heartbeat", lambda: self._inner.record_heartbeat(trial_id))
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("Optuna storage %s: heartbeat of trial id %d not recorded (%s); next beat tries again",
+                        self._where, trial_id, _first_line(exc))
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        return self._retry("get_stale_trial_ids", lambda: self._inner._get_stale_trial_ids(study_id))
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self._inner.get_heartbeat_interval()
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self._inner.get_heartbeat_stale_trial_callback()
+
+
+def _same_values(stored: Sequence[float] | None, wanted: Sequence[float] | None) -> bool:
+    if wanted is None:
+        return True
+    if stored is None or len(stored) != len(wanted):
+        return False
+    return all(a == b or (math.isnan(a) and math.isnan(b)) for a, b in zip(stored, wanted, strict=True))
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
@@ -206,6 +452,22 @@ class AdvisoryLock(BudgetLock):
         self._sql = sqlalchemy.text
 
     def acquire(self) -> None:
+        """Take the lock; a database outage (a restart) is waited out like a storage call (`RetryingStorage`)."""
+        deadline = time.monotonic() + storage_retry_budget_s()
+        wait = STORAGE_FIRST_WAIT_S
+        while True:
+            try:
+                self._acquire()
+                return
+            except Exception as exc:
+                if not is_transient(exc) or time.monotonic() + wait > deadline:
+                    raise
+                log.warning("budget lock: database unreachable (%s: %s); retrying in %.2fs", type(exc).__name__,
+                            _first_line(exc), wait)
+                time.sleep(wait)
+                wait = min(wait * 2, STORAGE_MAX_WAIT_S)
+
+    def _acquire(self) -> None:
         conn = self._engine.connect()
         delay = self.FIRST_POLL_S
         try:
@@ -227,6 +489,10 @@ class AdvisoryLock(BudgetLock):
         if conn is not None:
             try:
                 conn.rollback()  # nothing was written: ROLLBACK ends the transaction and its lock
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                # the connection died (a database restart): its transaction, and so the lock, died with it
             finally:
                 conn.close()
 

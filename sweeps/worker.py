@@ -32,7 +32,7 @@ from .objective import Objective, TrialContext
 from .signals import StopRequest, stop_on_signals
 from .spec import SweepSpec
 from .stopping import from_spec as study_stop_from
-from .storage import BudgetLock, budget_lock, fail_stale_trials, retried_trial_number, safe_filename
+from .storage import BudgetLock, budget_lock, fail_stale_trials, is_transient, retried_trial_number, safe_filename
 from .study import OpenedStudy, count_states, enqueue_known, ensure_parent_run, trial_budget
 from .tracking import RUN_RUNNING, Retry, Tracker
 
@@ -349,6 +349,7 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
                     report.stopped_by = "timeout"
                     break
                 trial: optuna.Trial | None = None
+                unreachable = False
                 with lock:
                     fail_stale_trials(study)
                     if under_lock is not None:
@@ -369,12 +370,22 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
                             study, assume=[pending_complete]) is not None:
                         pass  # the trial about to finish stops the study: told first, the check above decides
                     elif counts.waiting > 0 or counts.done + counts.running + counts.waiting < target:
-                        with warnings.catch_warnings():
-                            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                            # this loop beats for its trials itself (`Heartbeat`), as study.optimize would
-                            warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
-                            trial = study.ask()
-                        heartbeat.hold(trial)
+                        try:
+                            with warnings.catch_warnings():
+                                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                                # this loop beats for its trials itself (`Heartbeat`), as study.optimize would
+                                warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
+                                trial = study.ask()
+                        except Exception as exc:  # noqa: BLE001 - only a storage outage is handled here
+                            if not is_transient(exc):
+                                raise
+                            # creating or claiming a trial is not retried by the storage (a lost answer would
+                            # leave a phantom trial): one warning, and the loop asks again
+                            log.warning("the Optuna storage was unreachable while this worker started a trial "
+                                        "(%s); trying again", type(exc).__name__)
+                            unreachable = True
+                        else:
+                            heartbeat.hold(trial)
                 if pending is not None:  # asked first: the sampler did not see the trial about to finish
                     finisher.submit(pending)
                     pending, pending_complete = None, None
@@ -382,6 +393,8 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
                     deferred = settle(trial, partial(objective, trial))
                     if deferred is not None:
                         pending, pending_complete = finish_job(trial, deferred), deferred.as_complete(trial)
+                elif unreachable:
+                    _sleep(poll_s)
                 elif not finisher.busy:
                     _await_running(study, poll_s)  # other workers are running the remaining trials
         finally:

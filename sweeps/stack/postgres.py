@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
@@ -178,9 +179,12 @@ class PostgresServer:
             shutil.rmtree(self._base_dir, ignore_errors=True)
             self._base_dir = None
 
-    def restart(self) -> PostgresServer:
-        """Shut down and start again: same port, data, role and password (an outage for tests)."""
+    def restart(self, *, down_s: float = 0.0) -> PostgresServer:
+        """Shut down and start again after `down_s` seconds: same port, data, role and password (an outage for
+        tests)."""
         self._terminate()
+        if down_s > 0:
+            time.sleep(down_s)
         return self.start()
 
     def _terminate(self) -> None:

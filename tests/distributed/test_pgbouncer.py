@@ -181,7 +181,7 @@ def test_worker_processes_through_pgbouncer_meet_the_exact_budget(pgbouncer: Any
     budget, workers = 24, 4
     storage = make_storage(url)
     optuna.create_study(study_name="through-bouncer", storage=storage)
-    storage.engine.dispose()
+    storage.dispose_connections()  # the workers open their own connections
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PGBOUNCER_TEST_URL": url}
     procs: list[subprocess.Popen] = []
     try:

@@ -52,6 +52,7 @@ class SoakResult:
     resumed: int = 0                   # trials that resumed from a checkpoint
     retried: int = 0                   # trials that re-ran a failed one
     tracebacks: int = 0                # worker stderr files with a Python traceback
+    storage_retries: int = 0           # Optuna storage calls retried across an outage (sweeps.storage warnings)
     seconds: float = 0.0
 
     @property
@@ -74,6 +75,7 @@ class SoakResult:
                 ("COMPLETE trials whose run is incomplete", str(len(self.complete_but_incomplete_run))),
                 ("retries / resumed from a checkpoint", f"{self.retried} / {self.resumed}"),
                 ("worker logs with a traceback", str(self.tracebacks)),
+                ("Optuna storage calls retried across an outage", str(self.storage_retries)),
                 ("wall", f"{self.seconds:.0f} s")]
         width = max(len(k) for k, _ in rows)
         head = f"| {'what'.ljust(width)} | result |\n|{'-' * (width + 2)}|---|\n"
@@ -240,6 +242,8 @@ def _measure(result: SoakResult, storage: str, client: Any, epochs: int, procs: 
             except AssertionError as exc:
                 result.complete_but_incomplete_run.append(f"trial {t.number}: {exc}")
     result.tracebacks = sum("Traceback" in p.stderr for p in procs)
+    result.storage_retries = sum(line.count("sweeps.storage:") for p in procs for line in p.stderr.splitlines()
+                                 if "retrying in" in line)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,3 +62,30 @@ def test_keras_tuner_routes_every_hyperparameter_through_retrieve() -> None:
     assert hp.Fixed("fixed", 3) == 3
     assert trial.params == {"block/units": units, "block/on": on, "block/act": act, "block/rate": rate}
     assert hp.values["block/units"] == units
+
+
+def test_our_rdb_storage_keeps_optunas_heartbeat_and_cache(tmp_path: Path) -> None:
+    """`RetryingStorage` uses two non-public Optuna names: `BaseHeartbeat` (without it Optuna starts no heartbeat
+    thread and `fail_stale_trials` does nothing) and `_CachedStorage` (incremental reads, which Optuna adds by
+    itself only around a bare `RDBStorage`). Pin what a study actually gets, and that stale trials still fail."""
+    import time
+
+    from optuna.storages import RDBStorage, _CachedStorage
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+    from sweeps.storage import RetryingStorage, fail_stale_trials
+
+    storage = make_storage(f"sqlite:///{tmp_path}/o.db", heartbeat_interval=1, grace_period=1, max_retries=1)
+    study = optuna.create_study(study_name="pin", storage=storage)
+    got = study._storage  # what Optuna uses: not re-wrapped, since ours is not an RDBStorage
+    assert got is storage and isinstance(got, RetryingStorage) and isinstance(got, BaseHeartbeat)
+    assert isinstance(got._inner, _CachedStorage) and isinstance(got.rdb, RDBStorage)
+    assert is_heartbeat_enabled(got)
+    assert type(optuna.load_study(study_name="pin", storage=storage)._storage) is RetryingStorage
+    # a heartbeat recorded, then silence: the trial goes stale, is failed, and its retry is queued
+    trial = study.ask()
+    got.record_heartbeat(trial._trial_id)
+    time.sleep(2.2)
+    fail_stale_trials(study)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING], states

@@ -65,7 +65,7 @@ def test_the_idle_check_leaves_a_storage_outage_to_the_full_round(tmp_path: Path
     study.ask()
     (tmp_path / "optuna.db").rename(tmp_path / "away.db")  # the database is gone: every query fails now
     (tmp_path / "optuna.db").write_bytes(b"not a database" * 100)
-    storage.engine.dispose()
+    storage.dispose_connections()
     with pytest.raises(Exception):  # noqa: B017, PT011 - Optuna's error type for this is an internal one
         study.get_trials(deepcopy=False)
     t0 = time.monotonic()
