@@ -12,7 +12,10 @@ exactly the same parameter sets on the same pairs), each in its own process, int
   flavors), epoch checkpoints (copied to the server), study artifacts;
 * ``siamese-sweep, background`` — the same with ``tracking.finish_in_background: true``: each trial's recording
   runs in the background while the next trial trains (`sweeps.finisher`);
-* ``siamese-sweep, log_plots: false`` — in line, three matplotlib figures per trial less.
+* ``siamese-sweep, log_plots: false`` — in line, three matplotlib figures per trial less (and no study plots);
+* ``siamese-sweep, runs only`` — in line with ``log_plots: false``, ``log_models: false`` and ``checkpoints: local``
+  (epoch checkpoints on the local disk only, not copied to the server): what is left is the runs themselves
+  (params, per-epoch metrics, tags, small artifacts), the Optuna storage and the per-sweep work.
 
 Imports (TensorFlow, Keras, MLflow, Optuna) happen before the clock starts in every condition.
 
@@ -37,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import QUICK_BASE, markdown_table, median, run_child  # noqa: E402
 
 CONDITIONS = ("no tracking", "optuna MLflowCallback", "siamese-sweep, in line", "siamese-sweep, background",
-              "siamese-sweep, log_plots: false")
+              "siamese-sweep, log_plots: false", "siamese-sweep, runs only")
 TARGET_PCT = 1.0  # issue 11.4: tracking overhead < 1 % of trial time
 
 BASE: dict[str, Any] = {
@@ -52,14 +55,17 @@ SPACE: dict[str, Any] = {
 
 
 def make_spec(base: dict[str, Any], tracking_uri: str, trials: int, name: str, *, plots: bool = True,
-              background: bool = True) -> Any:
+              background: bool = True, runs_only: bool = False) -> Any:
     from sweeps.spec import spec_from_dict
 
+    tracking: dict[str, Any] = {"uri": tracking_uri, "log_plots": plots, "finish_in_background": background}
+    if runs_only:
+        tracking.update({"log_plots": False, "log_models": False, "checkpoints": "local"})
     return spec_from_dict({
         "base": base, "search_space": SPACE,
         "study": {"name": name, "metric": "val_roc_auc", "trials": trials,
                   "sampler": {"type": "random", "seed": 0}, "pruner": {"type": "none"}},
-        "tracking": {"uri": tracking_uri, "log_plots": plots, "finish_in_background": background},
+        "tracking": tracking,
     })
 
 
@@ -81,7 +87,8 @@ def child(condition: str, base: dict[str, Any], tracking_uri: str, trials: int, 
 
     name = f"overhead-{tag}"
     spec = make_spec(base, tracking_uri, trials, name, plots="log_plots" not in condition,
-                     background=condition == "siamese-sweep, background")
+                     background=condition == "siamese-sweep, background",
+                     runs_only=condition == "siamese-sweep, runs only")
     if condition.startswith("siamese-sweep"):
         from sweeps.options import options_from
         from sweeps.runner import run_sweep
