@@ -158,6 +158,34 @@ def _first_line(exc: BaseException) -> str:
     return mask_secrets(text[0] if text else type(orig).__name__)[:160]
 
 
+def retry_transient(what: str, fn: Callable[[], T], *, budget_s: float, first_wait_s: float = STORAGE_FIRST_WAIT_S,
+                    max_wait_s: float = STORAGE_MAX_WAIT_S, sleep: Callable[[float], None] | None = None,
+                    on_retry: Callable[[BaseException], T | None] | None = None) -> T:
+    """``fn()``, called again while it fails with a transient error (`is_transient`), with exponential backoff
+    for at most `budget_s` seconds; one warning line per retry, starting with `what`.
+
+    `on_retry` runs before each new attempt (after the storage answers again); a non-None result is returned
+    instead of calling `fn` again.
+    """
+    deadline = time.monotonic() + budget_s
+    wait = first_wait_s
+    failed: BaseException | None = None
+    while True:
+        try:
+            if failed is not None and on_retry is not None:
+                settled = on_retry(failed)
+                if settled is not None:
+                    return settled
+            return fn()
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() + wait > deadline:
+                raise
+            log.warning("%s failed (%s: %s); retrying in %.2fs", what, type(exc).__name__, _first_line(exc), wait)
+            failed = exc
+            (sleep or time.sleep)(wait)  # looked up per call: a test may patch time.sleep
+            wait = min(wait * 2, max_wait_s)
+
+
 class RetryingStorage(optuna.storages.BaseStorage, BaseHeartbeat):
     """An Optuna RDB storage whose idempotent calls ride out a short database outage.
 
@@ -194,29 +222,9 @@ class RetryingStorage(optuna.storages.BaseStorage, BaseHeartbeat):
 
     def _retry(self, what: str, fn: Callable[[], T], on_retry: Callable[[BaseException], T | None] | None = None
                ) -> T:
-        """``fn()``, called again while it fails with a transient error, for at most `budget_s` seconds.
-
-        `on_retry` runs before each new attempt (after the storage answers again); a non-None result is returned
-        instead of calling `fn` again.
-        """
-        deadline = time.monotonic() + self.budget_s
-        wait = self.first_wait_s
-        failed: BaseException | None = None
-        while True:
-            try:
-                if failed is not None and on_retry is not None:
-                    settled = on_retry(failed)
-                    if settled is not None:
-                        return settled
-                return fn()
-            except Exception as exc:
-                if not is_transient(exc) or time.monotonic() + wait > deadline:
-                    raise
-                log.warning("Optuna storage %s: %s failed (%s: %s); retrying in %.2fs", self._where, what,
-                            type(exc).__name__, _first_line(exc), wait)
-                failed = exc
-                self._sleep(wait)
-                wait = min(wait * 2, self.max_wait_s)
+        return retry_transient(f"Optuna storage {self._where}: {what}", fn, budget_s=self.budget_s,
+                               first_wait_s=self.first_wait_s, max_wait_s=self.max_wait_s, sleep=self._sleep,
+                               on_retry=on_retry)
 
     # ------------------------------------------------------------- studies
     def create_new_study(self, directions: Sequence[optuna.study.StudyDirection], study_name: str | None = None
@@ -453,19 +461,7 @@ class AdvisoryLock(BudgetLock):
 
     def acquire(self) -> None:
         """Take the lock; a database outage (a restart) is waited out like a storage call (`RetryingStorage`)."""
-        deadline = time.monotonic() + storage_retry_budget_s()
-        wait = STORAGE_FIRST_WAIT_S
-        while True:
-            try:
-                self._acquire()
-                return
-            except Exception as exc:
-                if not is_transient(exc) or time.monotonic() + wait > deadline:
-                    raise
-                log.warning("budget lock: database unreachable (%s: %s); retrying in %.2fs", type(exc).__name__,
-                            _first_line(exc), wait)
-                time.sleep(wait)
-                wait = min(wait * 2, STORAGE_MAX_WAIT_S)
+        retry_transient("budget lock: taking the lock", self._acquire, budget_s=storage_retry_budget_s())
 
     def _acquire(self) -> None:
         conn = self._engine.connect()
