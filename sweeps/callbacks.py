@@ -6,6 +6,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,36 +68,69 @@ class OptunaReporter(keras.callbacks.Callback):
 
 
 class CheckpointUploader(keras.callbacks.Callback):
-    """Copy each epoch checkpoint into the trial's MLflow run (`sweeps.checkpoints`); never fails the trial.
+    """Copy epoch checkpoints into the trial's MLflow run (`sweeps.checkpoints`); never fails the trial.
+
+    At most one copy per `every_s` seconds of training (``tracking.checkpoint_copy_seconds``; 0: every epoch):
+    an epoch that ends sooner after the last copy (or the start) stays local, and `copy_latest` copies it when
+    the trial is stopped to be retried (a signal, a lost server). The copies exist for a retry on another
+    machine after a worker died; a trial that ends for good deletes them, so on short epochs most copies were
+    uploaded to be deleted: 4 of every trial in benchmarks/tracking_overhead.py (BENCHMARKS.md §2). A worker
+    killed with SIGKILL loses at most `every_s` seconds and one epoch of that trial to a retry elsewhere (a
+    retry on the same machine resumes from the local checkpoint, which every epoch writes).
 
     The upload runs in a background thread while the next epoch trains, from a snapshot of the checkpoint
     (the weights hard-linked, ``state.json`` copied: the next epoch's save replaces the files, not their
     contents), one at a time; `close` (and the end of training) waits for the last one. An epoch's upload
-    is a few requests (two files, a listing, a delete): tens of milliseconds a trial kept off the epoch.
+    is a few requests (two files, a listing, a delete).
     """
 
-    def __init__(self, run: TrialRun) -> None:
+    def __init__(self, run: TrialRun, *, every_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         from .finisher import Finisher
 
         super().__init__()
         self.run = run
+        self.every_s = every_s
         self.uploaded: list[int] = []  # epochs whose checkpoint reached MLflow
+        self.copies = 0  # copies started (one that failed halfway may have left files in the run)
+        self._clock = clock
+        self._last_copy = clock()  # the trial's start, until the first copy
+        self._latest: tuple[Path, int] | None = None  # the newest checkpoint on disk, when it is not copied
         self._uploads = Finisher("siamese-sweep-checkpoint-upload")
 
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._last_copy = self._clock()
+
     def on_checkpoint(self, directory: Path, next_epoch: int) -> None:
+        if self.every_s > 0 and self._clock() - self._last_copy < self.every_s:
+            self._latest = (Path(directory), next_epoch)
+            return
+        self._latest = None
+        self._last_copy = self._clock()
+        self._copy(Path(directory), next_epoch)
+
+    def copy_latest(self) -> None:
+        """Copy the newest checkpoint if the interval kept it local, and wait for it (a trial stopped to be
+        retried, maybe elsewhere: the retry resumes from it)."""
+        latest, self._latest = self._latest, None
+        if latest is not None:
+            self._copy(*latest)
+        self.close()
+
+    def _copy(self, directory: Path, next_epoch: int) -> None:
         from siamese_core.checkpoint import STATE, WEIGHTS
 
         snapshot = Path(tempfile.mkdtemp(prefix="siamese-ckpt-snap-"))
         try:
             try:
-                os.link(Path(directory) / WEIGHTS, snapshot / WEIGHTS)
+                os.link(directory / WEIGHTS, snapshot / WEIGHTS)
             except OSError:  # another file system, or links refused: a copy
-                shutil.copyfile(Path(directory) / WEIGHTS, snapshot / WEIGHTS)
-            shutil.copyfile(Path(directory) / STATE, snapshot / STATE)
+                shutil.copyfile(directory / WEIGHTS, snapshot / WEIGHTS)
+            shutil.copyfile(directory / STATE, snapshot / STATE)
         except OSError as exc:
             shutil.rmtree(snapshot, ignore_errors=True)
             log.warning("could not snapshot the epoch-%d checkpoint for MLflow: %s", next_epoch, exc)
             return
+        self.copies += 1
         self._uploads.submit(lambda: self._upload(snapshot, next_epoch))
 
     def _upload(self, snapshot: Path, next_epoch: int) -> None:

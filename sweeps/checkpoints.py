@@ -1,20 +1,21 @@
 """Epoch checkpoints that travel: a copy in the trial's MLflow run, so a retry on another machine resumes.
 
 Workers on different machines share only the Optuna storage and the MLflow tracking server. With
-``tracking.checkpoints: mlflow`` (or ``auto`` and an ``http(s)://`` tracking URI) every epoch's local
-checkpoint (`siamese_core.checkpoint`) is also uploaded to the trial's run under ``siamese_sweep_checkpoint/``,
-crash-consistently: the weights go up under a name of their own, ``epoch-<N>.weights.h5`` (N: the epochs done),
-then ``state.json``, overwritten each epoch, which names them (``weights_artifact``) and is the commit point, then
-the weights no state names any more are deleted. So a run normally holds one checkpoint (two files), never one
-per epoch; a worker killed mid-upload leaves a third, orphaned weights file beside the previous epoch's
-consistent pair, and a retry resumes from that epoch instead of starting clean. (Overwriting one weights file
-instead, as before, let a kill between the two uploads pair epoch N+1's weights with epoch N's state, which
-`restore`'s checksum check rejected: the retry started from epoch 0.) A retry that finds no (or an older) local
-checkpoint reads the ``state.json`` of each of its earlier attempts' runs (Optuna's ``retry_history``), downloads
-the weights the newest one names and checks them against the SHA-256 in that state before it puts them in place
-(a copy that fails is skipped for the next newest); `restore` then checks the config fingerprint and the
-checksum again. When the trial ends for good (COMPLETE, PRUNED, its own failure) the copies of every attempt are
-deleted; a trial whose retry never runs (``max_retries`` used up) keeps its one copy.
+``tracking.checkpoints: mlflow`` (or ``auto`` and an ``http(s)://`` tracking URI) the local epoch checkpoint
+(`siamese_core.checkpoint`) is also uploaded to the trial's run under ``siamese_sweep_checkpoint/`` (at most once
+per ``tracking.checkpoint_copy_seconds`` of training, and the newest when the trial is stopped:
+`sweeps.callbacks.CheckpointUploader`), crash-consistently: the weights go up under a name of their own,
+``epoch-<N>.weights.h5`` (N: the epochs done), then ``state.json``, overwritten each epoch, which names them
+(``weights_artifact``) and is the commit point, then the weights no state names any more are deleted. So a run
+normally holds one checkpoint (two files), never one per epoch; a worker killed mid-upload leaves a third, orphaned
+weights file beside the previous epoch's consistent pair, and a retry resumes from that epoch instead of starting
+clean. (Overwriting one weights file instead, as before, let a kill between the two uploads pair epoch N+1's weights
+with epoch N's state, which `restore`'s checksum check rejected: the retry started from epoch 0.) A retry that finds
+no (or an older) local checkpoint reads the ``state.json`` of each of its earlier attempts' runs (Optuna's
+``retry_history``), downloads the weights the newest one names and checks them against the SHA-256 in that state
+before it puts them in place (a copy that fails is skipped for the next newest); `restore` then checks the config
+fingerprint and the checksum again. When the trial ends for good (COMPLETE, PRUNED, its own failure) the copies of
+every attempt are deleted; a trial whose retry never runs (``max_retries`` used up) keeps its one copy.
 
 Cost: the upload runs in a background thread while the next epoch trains (`sweeps.callbacks.CheckpointUploader`,
 from a hard-linked snapshot of the two files), one at a time. A checkpoint is about 12 bytes per parameter

@@ -164,6 +164,7 @@ class TrialAttempt:
         self.mlflow_run: TrialRun | None = None
         self.dataset: Dataset | None = None  # the MLflow dataset input of this trial's run
         self._trained: tuple[TrialRun, Any, dict[str, float]] | None = None  # between `run` and `record`
+        self._uploader: Any = None  # `sweeps.callbacks.CheckpointUploader` when checkpoints go to MLflow
 
     # ------------------------------------------------------------------ config -> train -> log result
     def run(self) -> float | list[float]:
@@ -190,7 +191,8 @@ class TrialAttempt:
                                                 before_prune=finisher.wait if finisher is not None else None))
             uploader = None
             if self.ctx.share_checkpoints and self.checkpoint is not None:
-                uploader = CheckpointUploader(run)
+                uploader = CheckpointUploader(run, every_s=self.ctx.spec.tracking.checkpoint_copy_seconds)
+                self._uploader = uploader
                 callbacks.append(uploader)
                 if self.earlier:
                     self._fetch_checkpoint()
@@ -369,6 +371,8 @@ class TrialAttempt:
     def _settle_checkpoint(self, outcome: Outcome) -> None:
         """A retried trial keeps its checkpoint for the retry; any other end deletes it."""
         if outcome.retried:
+            if self._uploader is not None:
+                self._uploader.copy_latest()  # a retry elsewhere resumes from the newest epoch, not the last copy
             self._requeue()
         else:
             self._clear_checkpoint()
@@ -386,7 +390,11 @@ class TrialAttempt:
         if self.ctx.share_checkpoints:
             from . import checkpoints
 
-            checkpoints.delete(self.ctx.tracker, self._attempt_run_ids(include_own=True))
+            # this attempt's run holds a copy only if it started one (the interval keeps most trials local)
+            own = self._uploader is not None and self._uploader.copies > 0
+            run_ids = self._attempt_run_ids(include_own=own)
+            if run_ids:
+                checkpoints.delete(self.ctx.tracker, run_ids)
 
     def _attempt_run_ids(self, *, include_own: bool) -> list[str]:
         """The MLflow runs of the earlier attempts at this trial (newest first), and this one's if asked."""

@@ -220,6 +220,12 @@ class TrackingSpec(_Section):
     # where epoch checkpoints live: "local" (study.checkpoint_dir only), "mlflow" (also copied into the trial's
     # run, so a retry on another machine resumes), "auto" (mlflow when `uri` is an http(s) server)
     checkpoints: Literal["auto", "local", "mlflow"] = "auto"
+    # with checkpoints copied to MLflow: at most one copy per this many seconds of a trial's training (0: every
+    # epoch), and the newest when a trial is stopped to be retried. A copy serves only a retry on another machine
+    # after a worker died (SIGKILL, a lost machine), which then loses at most this and one epoch; a trial that
+    # ends deletes its copies. Per epoch they were 4 uploads and a delete per trial of the tracking benchmark
+    # (BENCHMARKS.md §2); at 60 s an upload of the default encoder (0.03-0.06 s) is under 0.1 % of training.
+    checkpoint_copy_seconds: float = Field(default=60.0, ge=0)
     # true: a trial's plots, model, final metrics and run end (then Optuna's tell) run in the background while
     # the next trial trains (`sweeps.finisher`). Off by default: on 2 cores it saved nothing (BENCHMARKS.md §2),
     # and the sampler then sees one trial fewer when it samples the next
@@ -283,7 +289,8 @@ class SweepSpec(_Section):
 _MACHINE_KEYS = ("study.storage", "study.name", "study.checkpoint_dir", "tracking.uri")
 # stored with the study but a worker may differ in them without changing what its trials mean
 _RUNTIME_KEYS = ("study.trials", "study.timeout", "study.max_failures", "study.heartbeat_interval",
-                 "study.grace_period", "study.max_retries", "tracking.checkpoints")
+                 "study.grace_period", "study.max_retries", "tracking.checkpoints",
+                 "tracking.checkpoint_copy_seconds")
 
 
 def _identity_dict(portable: Mapping[str, Any]) -> dict[str, Any]:

@@ -109,6 +109,36 @@ def test_each_epoch_is_copied_to_the_run_then_fetched_resumed_and_deleted(
     assert checkpoints.fetch(tracker, [run.run_id], tmp_path / "empty") == 0
 
 
+def test_the_copy_interval_keeps_short_epochs_local_until_a_stop_copies_the_newest(
+        tracker, make_tiny, digits_data, tmp_path: Path) -> None:
+    from siamese_core import TrainConfig
+    from siamese_core.training import train
+    from sweeps.callbacks import CheckpointUploader
+    from sweeps.tracking import TrialRun
+
+    exp = tracker.experiment_id("ckpt-travel-interval")
+    config = TrainConfig.from_dict(make_tiny(epochs=EPOCHS, diagnostics={"enabled": False},
+                                             pairs={"pairs_per_epoch": 256, "val_pairs": 120, "test_pairs": 120}))
+    # a clock that advances 40 s per reading: with a 60 s interval every second epoch is copied
+    ticks = iter(range(0, 10_000, 40))
+    run = TrialRun(tracker, tracker.client.create_run(exp).info.run_id)
+    paced = CheckpointUploader(run, every_s=60, clock=lambda: float(next(ticks)))
+    train(config, data=digits_data, checkpoint_dir=tmp_path / "paced", callbacks=[paced])
+    assert paced.uploaded == [2]
+
+    # the default interval and epochs of a second: nothing leaves the machine while the trial trains...
+    run = TrialRun(tracker, tracker.client.create_run(exp).info.run_id)
+    uploader = CheckpointUploader(run, every_s=60)
+    train(config, data=digits_data, checkpoint_dir=tmp_path / "here", callbacks=[uploader])
+    assert uploader.uploaded == [] and tracker.client.list_artifacts(run.run_id, ARTIFACT_DIR) == []
+    # ...and a stop copies the newest epoch, which another machine then resumes from
+    uploader.copy_latest()
+    assert uploader.uploaded == [EPOCHS]
+    assert checkpoints.fetch(tracker, [run.run_id], tmp_path / "elsewhere") == EPOCHS
+    uploader.copy_latest()  # nothing newer: no second copy
+    assert uploader.uploaded == [EPOCHS]
+
+
 def test_a_tracking_server_that_is_down_costs_the_upload_not_the_training(
         make_tiny, digits_data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from siamese_core import TrainConfig
@@ -163,8 +193,10 @@ def test_a_trial_killed_on_one_machine_resumes_on_another_from_mlflow(
     for m in ("a", "b"):
         home = tmp_path / m
         home.mkdir()
+        # every epoch copied (the default copies at most once a minute: these epochs take a few seconds)
         data = spec_dict(home, name=name, trials=1, base=LONG_EPOCHS, study={"heartbeat_interval": 1,
-                                                                               "grace_period": 4})
+                                                                               "grace_period": 4},
+                         tracking={"checkpoint_copy_seconds": 0})
         data["study"].pop("checkpoint_dir")  # the default, relative: .siamese-sweep/checkpoints in each directory
         machines[m] = (home, write_spec(home / "spec.yaml", data))  # tracking.checkpoints: auto (http server)
     client = MlflowClient(tracking_uri=mlflow_server_pg.url)
@@ -209,3 +241,47 @@ def test_a_trial_killed_on_one_machine_resumes_on_another_from_mlflow(
     for n in (victim.number, retry.number):
         assert client.list_artifacts(seen["runs"][n].info.run_id, ARTIFACT_DIR) == []
     assert "could not copy the epoch checkpoint" not in second.stderr
+
+
+def _local_epoch(home: Path) -> int:
+    """The epoch the newest local checkpoint under `home` resumes at (0: none yet)."""
+    epochs = [0]
+    for state in home.glob(".siamese-sweep/checkpoints/**/state.json"):
+        try:
+            epochs.append(int(json.loads(state.read_text())["next_epoch"]))
+        except (OSError, ValueError, KeyError):  # mid-write
+            continue
+    return max(epochs)
+
+
+@pytest.mark.slow
+def test_a_worker_stopped_by_sigterm_copies_its_newest_epoch_for_the_retry(
+        postgres_server, mlflow_server_pg, mlflow_env, tmp_path: Path) -> None:
+    """With the default copy interval (60 s) these few-second epochs stay local while the trial trains; the
+    SIGTERM that stops the worker (a preemption) copies the newest one, so a retry elsewhere resumes there."""
+    from mlflow import MlflowClient
+
+    storage = postgres_server.create_database("optuna_ckpt_stop")
+    name = "stopped"
+    env = clean_env(OPTUNA_STORAGE=storage, **mlflow_server_pg.env())
+    data = spec_dict(tmp_path, name=name, trials=1, base=LONG_EPOCHS)
+    data["study"].pop("checkpoint_dir")
+    write_spec(tmp_path / "spec.yaml", data)
+    client = MlflowClient(tracking_uri=mlflow_server_pg.url)
+    worker = Proc(["worker", "spec.yaml", "--study", name, "--threads", "1"], tmp_path, env, name="w").start()
+    try:
+        study = wait_for(lambda: try_load_study(storage, name), timeout=240, what="the study", procs=[worker])
+        wait_for(lambda: _local_epoch(tmp_path) >= 2, timeout=300, what="a local checkpoint of epoch 2",
+                 procs=[worker])
+        (trial,) = study.get_trials(deepcopy=False, states=(S.RUNNING,))
+        run_id = trial.user_attrs["mlflow_run_id"]
+        assert client.list_artifacts(run_id, ARTIFACT_DIR) == [], "copied before the interval was up"
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(120) == 130, worker.stderr[-3000:]
+    finally:
+        worker.kill()
+    stopped_at = _local_epoch(tmp_path)
+    got = client.download_artifacts(run_id, f"{ARTIFACT_DIR}/state.json", str(tmp_path / "copied"))
+    assert json.loads(Path(got).read_text())["next_epoch"] == stopped_at >= 2
+    (queued,) = [t for t in load_study(storage, name).trials if t.system_attrs.get("failed_trial") == trial.number]
+    assert queued.state == S.WAITING
