@@ -93,12 +93,10 @@ class CheckpointUploader(keras.callbacks.Callback):
         self.uploaded: list[int] = []  # epochs whose checkpoint reached MLflow
         self.copies = 0  # copies started (one that failed halfway may have left files in the run)
         self._clock = clock
-        self._last_copy = clock()  # the trial's start, until the first copy
+        # made just before training starts; not reset in on_train_begin: the memory loader calls fit once an epoch
+        self._last_copy = clock()
         self._latest: tuple[Path, int] | None = None  # the newest checkpoint on disk, when it is not copied
         self._uploads = Finisher("siamese-sweep-checkpoint-upload")
-
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        self._last_copy = self._clock()
 
     def on_checkpoint(self, directory: Path, next_epoch: int) -> None:
         if self.every_s > 0 and self._clock() - self._last_copy < self.every_s:

@@ -119,12 +119,15 @@ def test_the_copy_interval_keeps_short_epochs_local_until_a_stop_copies_the_newe
     exp = tracker.experiment_id("ckpt-travel-interval")
     config = TrainConfig.from_dict(make_tiny(epochs=EPOCHS, diagnostics={"enabled": False},
                                              pairs={"pairs_per_epoch": 256, "val_pairs": 120, "test_pairs": 120}))
-    # a clock that advances 40 s per reading: with a 60 s interval every second epoch is copied
-    ticks = iter(range(0, 10_000, 40))
-    run = TrialRun(tracker, tracker.client.create_run(exp).info.run_id)
-    paced = CheckpointUploader(run, every_s=60, clock=lambda: float(next(ticks)))
-    train(config, data=digits_data, checkpoint_dir=tmp_path / "paced", callbacks=[paced])
-    assert paced.uploaded == [2]
+    # a clock that advances 40 s per reading: with a 60 s interval every second epoch is copied, whichever loader
+    # (the memory loader calls fit once an epoch: a reset in on_train_begin would never copy anything)
+    for loader in ("memory", "tfdata", "custom"):
+        ticks = iter(range(0, 10_000, 40))
+        run = TrialRun(tracker, tracker.client.create_run(exp).info.run_id)
+        paced = CheckpointUploader(run, every_s=60, clock=lambda ticks=ticks: float(next(ticks)))
+        train(TrainConfig.from_dict({**config.to_dict(), "loader": loader}), data=digits_data,
+              checkpoint_dir=tmp_path / f"paced-{loader}", callbacks=[paced])
+        assert paced.uploaded == [2], loader
 
     # the default interval and epochs of a second: nothing leaves the machine while the trial trains...
     run = TrialRun(tracker, tracker.client.create_run(exp).info.run_id)
