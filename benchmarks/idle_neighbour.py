@@ -27,7 +27,26 @@ TRAIN = ["train", "--set", "epochs=2", "--set", "pairs.pairs_per_epoch=20000", "
 QUICK = ["train", "--set", "dataset=digits", "--set", "epochs=2", "--json", "--quiet"]
 BURN = "while True:\n    pass\n"
 IDLE = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n" + BURN
+# A recording helper's work, bounded: a trial's three plots (sweeps.artifacts, at the benchmark's test shape:
+# 10,000 test-pair distances, 2,000 64-d embeddings) drawn every 5 s at idle priority.
+PLOTS = """import os, tempfile, time
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+from pathlib import Path
+import numpy as np
+from sweeps import artifacts
+rng = np.random.default_rng(0)
+distances, labels = rng.random(10_000), rng.integers(0, 2, 10_000)
+embeddings, classes = rng.normal(size=(2_000, 64)), rng.integers(0, 10, 2_000)
+history = [{"epoch": e, "loss": 1 / (e + 1), "val_loss": 1 / (e + 2), "val_roc_auc": 0.9} for e in range(4)]
+out = Path(tempfile.mkdtemp(prefix="idle-neighbour-"))
+while True:
+    artifacts.plot_curves(history, out / "curves.png")
+    artifacts.plot_distance_histogram(distances, labels, out / "hist.png", threshold=0.5)
+    artifacts.plot_embeddings(embeddings, classes, out / "pca.png")
+    time.sleep(5)
+"""
 CONDITIONS = {"alone": None, "beside an idle-priority (SCHED_IDLE) CPU burner": IDLE,
+              "beside an idle-priority plot renderer (a trial's three plots every 5 s)": PLOTS,
               "beside a normal-priority CPU burner": BURN}
 
 
