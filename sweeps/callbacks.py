@@ -99,11 +99,12 @@ class CheckpointUploader(keras.callbacks.Callback):
         self._uploads = Finisher("siamese-sweep-checkpoint-upload")
 
     def on_checkpoint(self, directory: Path, next_epoch: int) -> None:
-        if self.every_s > 0 and self._clock() - self._last_copy < self.every_s:
+        now = self._clock()
+        if self.every_s > 0 and now - self._last_copy < self.every_s:
             self._latest = (Path(directory), next_epoch)
             return
         self._latest = None
-        self._last_copy = self._clock()
+        self._last_copy = now
         self._copy(Path(directory), next_epoch)
 
     def copy_latest(self) -> None:
