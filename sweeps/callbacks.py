@@ -70,13 +70,13 @@ class OptunaReporter(keras.callbacks.Callback):
 class CheckpointUploader(keras.callbacks.Callback):
     """Copy epoch checkpoints into the trial's MLflow run (`sweeps.checkpoints`); never fails the trial.
 
-    At most one copy per `every_s` seconds of training (``tracking.checkpoint_copy_seconds``; 0: every epoch):
-    an epoch that ends sooner after the last copy (or the start) stays local, and `copy_latest` copies it when
-    the trial is stopped to be retried (a signal, a lost server). The copies exist for a retry on another
-    machine after a worker died; a trial that ends for good deletes them, so on short epochs most copies were
-    uploaded to be deleted: 4 of every trial in benchmarks/tracking_overhead.py (BENCHMARKS.md §2). A worker
-    killed with SIGKILL loses at most `every_s` seconds and one epoch of that trial to a retry elsewhere (a
-    retry on the same machine resumes from the local checkpoint, which every epoch writes).
+    At most one copy per `every_s` seconds of training (``tracking.checkpoint_copy_seconds``; 0: every epoch): an
+    epoch that ends sooner after the last copy (or the start) stays local, and `copy_latest` copies it when the
+    trial is stopped to be retried (a signal; with the server gone the upload gives up like any other). The copies
+    exist for a retry on another machine after a worker died; a trial that ends for good deletes them, so on short
+    epochs most copies were uploaded to be deleted: 4 of every trial in benchmarks/tracking_overhead.py
+    (BENCHMARKS.md §2). A worker killed with SIGKILL loses at most `every_s` seconds and one epoch of that trial to
+    a retry elsewhere (a retry on the same machine resumes from the local checkpoint, which every epoch writes).
 
     The upload runs in a background thread while the next epoch trains, from a snapshot of the checkpoint
     (the weights hard-linked, ``state.json`` copied: the next epoch's save replaces the files, not their
