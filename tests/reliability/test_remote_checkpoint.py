@@ -247,14 +247,10 @@ def test_a_trial_killed_on_one_machine_resumes_on_another_from_mlflow(
 
 
 def _local_epoch(home: Path) -> int:
-    """The epoch the newest local checkpoint under `home` resumes at (0: none yet)."""
-    epochs = [0]
-    for state in home.glob(".siamese-sweep/checkpoints/**/state.json"):
-        try:
-            epochs.append(int(json.loads(state.read_text())["next_epoch"]))
-        except (OSError, ValueError, KeyError):  # mid-write
-            continue
-    return max(epochs)
+    """The epoch the newest local checkpoint under `home` resumes at (0: none yet, or mid-write)."""
+    from siamese_core.checkpoint import saved_epoch
+
+    return max([0] + [saved_epoch(state.parent) for state in home.glob(".siamese-sweep/checkpoints/**/state.json")])
 
 
 @pytest.mark.slow
