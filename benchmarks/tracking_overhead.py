@@ -11,7 +11,8 @@ exactly the same parameter sets on the same pairs), each in its own process, int
   per trial with params, per-epoch metrics, tags, diagnostics, plots and the logged model (keras + pyfunc
   flavors), epoch checkpoints (copied to the server), study artifacts;
 * ``siamese-sweep, background`` — the same with ``tracking.finish_in_background: true``: each trial's recording
-  runs in the background while the next trial trains (`sweeps.finisher`);
+  runs in the background while the next trial trains (`sweeps.finisher`), its plots and model in a helper
+  process at idle priority (`sweeps.recorder`);
 * ``siamese-sweep, log_plots: false`` — in line, three matplotlib figures per trial less (and no study plots);
 * ``siamese-sweep, runs only`` — in line with ``log_plots: false``, ``log_models: false`` and ``checkpoints: local``
   (epoch checkpoints on the local disk only, not copied to the server): what is left is the runs themselves

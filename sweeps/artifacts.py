@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,29 +97,69 @@ def plot_embeddings(embeddings: np.ndarray, labels: np.ndarray, path: Path) -> P
     return path
 
 
-def write_trial_artifacts(result: Any, directory: Path, *, plots: bool = True) -> list[Path]:
-    """Resolved config, findings, summary and plots of one finished trial."""
-    directory.mkdir(parents=True, exist_ok=True)
-    files = []
-    cfg = directory / "config.yaml"
-    cfg.write_text(yaml.safe_dump(result.config.to_dict(), sort_keys=False))
-    files.append(cfg)
-    findings = directory / "diagnostics.json"
-    findings.write_text(json.dumps({"findings": [f.to_dict() for f in result.findings]}, indent=2))
-    files.append(findings)
-    if not plots:
-        return files
-    arrays = result.test_arrays or {}
+@dataclass(frozen=True)
+class PlotInputs:
+    """What a trial's three plots are drawn from: saved by the trial's process, drawn in line or by the
+    recording helper (`sweeps.recorder`), which never holds the trial's result."""
+
+    history: list[dict[str, float]]
+    arrays: dict[str, np.ndarray]  # distances, labels, embeddings, embedding_labels (those the trial measured)
+    threshold: float | None
+    higher_is_same: bool
+
+    @classmethod
+    def of(cls, result: Any) -> PlotInputs:
+        return cls(history=list(result.history), arrays=dict(result.test_arrays or {}),
+                   threshold=float(result.threshold), higher_is_same=bool(result.models.higher_is_same))
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, Any] = {k: np.asarray(v) for k, v in self.arrays.items()}
+        np.savez(directory / _PLOT_ARRAYS, **arrays)
+        (directory / _PLOT_META).write_text(json.dumps({"history": self.history, "threshold": self.threshold,
+                                                         "higher_is_same": self.higher_is_same}))
+
+    @classmethod
+    def load(cls, directory: Path) -> PlotInputs:
+        meta = json.loads((directory / _PLOT_META).read_text())
+        with np.load(directory / _PLOT_ARRAYS, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        return cls(history=meta["history"], arrays=arrays, threshold=meta["threshold"],
+                   higher_is_same=bool(meta["higher_is_same"]))
+
+
+_PLOT_ARRAYS, _PLOT_META = "plot_arrays.npz", "plot_inputs.json"
+
+
+def draw_trial_plots(inputs: PlotInputs, directory: Path) -> list[Path]:
+    """The curves, the test-distance histogram and the embedding projection (each best-effort)."""
+    arrays = inputs.arrays
     produced = [
-        _safe("curves", plot_curves, result.history, directory / "curves.png") if result.history else None,
+        _safe("curves", plot_curves, inputs.history, directory / "curves.png") if inputs.history else None,
         _safe("distance histogram", lambda: plot_distance_histogram(
             arrays["distances"], arrays["labels"], directory / "distance_histogram.png",
-            threshold=result.threshold, higher_is_same=result.models.higher_is_same))
+            threshold=inputs.threshold, higher_is_same=inputs.higher_is_same))
         if "distances" in arrays else None,
         _safe("embedding projection", plot_embeddings, arrays["embeddings"], arrays["embedding_labels"],
               directory / "embeddings_pca.png") if "embeddings" in arrays else None,
     ]
-    return files + [p for p in produced if p is not None]
+    return [p for p in produced if p is not None]
+
+
+def write_trial_files(result: Any, directory: Path) -> list[Path]:
+    """The resolved config and the findings of one finished trial (no plots)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = directory / "config.yaml"
+    cfg.write_text(yaml.safe_dump(result.config.to_dict(), sort_keys=False))
+    findings = directory / "diagnostics.json"
+    findings.write_text(json.dumps({"findings": [f.to_dict() for f in result.findings]}, indent=2))
+    return [cfg, findings]
+
+
+def write_trial_artifacts(result: Any, directory: Path, *, plots: bool = True) -> list[Path]:
+    """Resolved config, findings and plots of one finished trial."""
+    files = write_trial_files(result, directory)
+    return files + draw_trial_plots(PlotInputs.of(result), directory) if plots else files
 
 
 def write_study_artifacts(study: Any, directory: Path, *, plots: bool = True) -> list[Path]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata as md
+import json
 import logging
 import os
 import tempfile
@@ -71,18 +72,20 @@ def model_metadata(result: Any) -> dict[str, Any]:
 
 
 class DualFlavor:
-    """The ``flavor`` handed to MLflow's model writer: the native keras flavor + our pyfunc, one file."""
+    """The ``flavor`` handed to MLflow's model writer: the native keras flavor + our pyfunc, one file.
+
+    The Keras version and backend are given, not imported: the recording helper (`sweeps.recorder`) writes
+    model directories without importing Keras or TensorFlow."""
 
     __name__ = FLAVOR_NAME
 
     @staticmethod
-    def save_model(path: str, mlflow_model: Any, **kwargs: Any) -> None:
-        import keras
+    def save_model(path: str, mlflow_model: Any, *, keras_version: str, keras_backend: str, **kwargs: Any) -> None:
         import mlflow.pyfunc
 
         kwargs.pop("validate_serving_input", None)
-        mlflow_model.add_flavor("keras", data="artifacts/model", keras_version=keras.__version__,
-                                keras_backend=keras.backend.backend(), save_exported_model=False)
+        mlflow_model.add_flavor("keras", data="artifacts/model", keras_version=keras_version,
+                                keras_backend=keras_backend, save_exported_model=False)
         mlflow.pyfunc.save_model(path, mlflow_model=mlflow_model, **kwargs)
 
 
@@ -94,29 +97,54 @@ def reference_embeddings(result: Any) -> np.ndarray | None:
     return np.asarray(emb)[:REFERENCE_ROWS]
 
 
-def save_model_dir(result: Any, path: Path, *, model_id: str | None = None, run_id: str | None = None,
-                   artifact_path: str | None = None) -> Path:
-    """Write the dual-flavor MLflow model directory for `result` at `path` (must not exist)."""
+_KERAS_FILE = "model.keras"  # the basename must stay model.keras (the keras flavor's data path)
+_REFERENCE_FILE = "reference_embeddings.npz"
+_STAGED_JSON = "staged.json"
+
+
+def stage_model(result: Any, directory: Path) -> Path:
+    """What only the trial's process can write, because it holds the Keras model: the Keras archive, the
+    reference embeddings, and in ``staged.json`` the metadata, input spec and Keras version. `write_model_dir`
+    makes the MLflow model directory from it, here or in the recording helper."""
+    import keras
+
+    from . import serving
+
+    directory.mkdir(parents=True, exist_ok=True)
+    result.model.save(directory / _KERAS_FILE)
+    ref = reference_embeddings(result)
+    if ref is not None:
+        np.savez(directory / _REFERENCE_FILE, embeddings=ref, rows=np.arange(len(ref)))
+    staged = {"metadata": model_metadata(result),
+              "input_spec": [[list(shape), dtype] for shape, dtype in serving.input_spec(result.model)],
+              "keras_version": keras.__version__, "keras_backend": keras.backend.backend()}
+    (directory / _STAGED_JSON).write_text(json.dumps(staged))
+    return directory
+
+
+def staged_metadata(staged: Path) -> dict[str, Any]:
+    return dict(json.loads((staged / _STAGED_JSON).read_text())["metadata"])
+
+
+def write_model_dir(staged: Path, path: Path, *, model_id: str | None = None, run_id: str | None = None,
+                    artifact_path: str | None = None) -> Path:
+    """Write the dual-flavor MLflow model directory at `path` (must not exist) from a `stage_model` folder."""
     from mlflow.models import Model
 
     from . import serving
 
-    with tempfile.TemporaryDirectory(prefix="siamese-model-") as tmp:
-        keras_path = Path(tmp) / "model.keras"  # basename must stay model.keras (the keras flavor's data path)
-        result.model.save(keras_path)
-        artifacts = {serving.KERAS_ARTIFACT: str(keras_path)}
-        ref = reference_embeddings(result)
-        if ref is not None:
-            ref_path = Path(tmp) / "reference_embeddings.npz"
-            np.savez(ref_path, embeddings=ref, rows=np.arange(len(ref)))
-            artifacts[serving.REFERENCE_ARTIFACT] = str(ref_path)
-        mlflow_model = Model(artifact_path=artifact_path, run_id=run_id, model_id=model_id, model_uuid=model_id,
-                             metadata=model_metadata(result))
-        with _quiet_pyfunc():
-            DualFlavor.save_model(str(path), mlflow_model, python_model=str(CODE_FILE),
-                                  artifacts=artifacts, signature=serving.signature_for(result.model),
-                                  input_example=serving.example_frame(result.model),
-                                  pip_requirements=pip_requirements())
+    info = json.loads((staged / _STAGED_JSON).read_text())
+    spec = [(tuple(shape), str(dtype)) for shape, dtype in info["input_spec"]]
+    artifacts = {serving.KERAS_ARTIFACT: str(staged / _KERAS_FILE)}
+    if (staged / _REFERENCE_FILE).exists():
+        artifacts[serving.REFERENCE_ARTIFACT] = str(staged / _REFERENCE_FILE)
+    mlflow_model = Model(artifact_path=artifact_path, run_id=run_id, model_id=model_id, model_uuid=model_id,
+                         metadata=info["metadata"])
+    with _quiet_pyfunc():
+        DualFlavor.save_model(str(path), mlflow_model, keras_version=info["keras_version"],
+                              keras_backend=info["keras_backend"], python_model=str(CODE_FILE),
+                              artifacts=artifacts, signature=serving.signature_for(spec),
+                              input_example=serving.example_frame(spec), pip_requirements=pip_requirements())
     return path
 
 
@@ -151,10 +179,19 @@ def log_trial_model(client: Any, *, run_id: str, experiment_id: str, result: Any
                     name: str = MODEL_NAME) -> str:
     """Log ``result.model`` as a keras+pyfunc LoggedModel `name` of `run_id`; returns ``models:/<model_id>``
     (sweeps name it after the trial; the URI, not the name, is what promotion and serving use)."""
-    meta = model_metadata(result)
+    with tempfile.TemporaryDirectory(prefix="siamese-model-") as tmp:
+        staged = stage_model(result, Path(tmp))
+        return log_staged_model(client, run_id=run_id, experiment_id=experiment_id, staged=staged, step=step,
+                                name=name)
+
+
+def log_staged_model(client: Any, *, run_id: str, experiment_id: str, staged: Path, step: int = 0,
+                     name: str = MODEL_NAME) -> str:
+    """`log_trial_model` from a `stage_model` folder (the recording helper's half)."""
+    meta = staged_metadata(staged)
 
     def write(path: Path, logged: Any) -> None:
-        save_model_dir(result, path, model_id=logged.model_id, run_id=run_id, artifact_path=logged.artifact_location)
+        write_model_dir(staged, path, model_id=logged.model_id, run_id=run_id, artifact_path=logged.artifact_location)
     return log_model_dir(client, run_id=run_id, experiment_id=experiment_id, name=name, step=step, write=write,
                          params={k: str(v) for k, v in meta.items()}, tags={names.TAG_FLAVOR: FLAVOR_NAME})
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from .directions import TRIAL_METRICS
 from .errors import Interrupted, InvalidTrialConfig, NonFiniteObjective
 from .finisher import Deferred, Finisher
 from .outcomes import Outcome
+from .recorder import Job, Recorder
 from .registry import model_id_from_uri
 from .secrets import mask_secrets
 from .signals import StopRequest, begin_cleanup, stop_check_callback
@@ -105,6 +107,7 @@ class TrialContext:
     checkpoint_root: Path | None = None
     share_checkpoints: bool = False  # also copy them into each trial's MLflow run (`sweeps.checkpoints`)
     finisher: Finisher | None = None  # records trials in the background (`sweeps.finisher`); None: in line
+    recorder: Recorder | None = None  # with a finisher: plots, files and model in an idle helper process
 
     def checkpoint_dir(self, original_number: int) -> Path | None:
         """Keyed by the original trial's number, so a retry finds the epochs its original saved."""
@@ -126,6 +129,10 @@ class Objective:
         except BaseException as exc:  # noqa: BLE001 - every end is recorded, then re-raised for Optuna
             self._raise_settled(attempt, exc)
         if self.ctx.finisher is not None:
+            try:
+                attempt.send_to_recorder()
+            except BaseException as exc:  # noqa: BLE001
+                self._raise_settled(attempt, exc)
             return Deferred(lambda: self._finish(attempt, values), values)
         return self._finish(attempt, values)
 
@@ -165,6 +172,7 @@ class TrialAttempt:
         self.dataset: Dataset | None = None  # the MLflow dataset input of this trial's run
         self._trained: tuple[TrialRun, Any, dict[str, float]] | None = None  # between `run` and `record`
         self._uploader: Any = None  # `sweeps.callbacks.CheckpointUploader` when checkpoints go to MLflow
+        self._job: Job | None = None  # what the recording helper is doing for this trial (`sweeps.recorder`)
 
     # ------------------------------------------------------------------ config -> train -> log result
     def run(self) -> float | list[float]:
@@ -208,6 +216,26 @@ class TrialAttempt:
             raise NonFiniteObjective(f"objective {list(study.objective_metrics)} = {values}")
         self._trained = (run, result, measured)
         return values[0] if len(values) == 1 else values
+
+    def send_to_recorder(self) -> None:
+        """With a recording helper: stage what `run` trained and send it there; `record` collects the answer."""
+        recorder = self.ctx.recorder
+        if recorder is None:
+            return
+        from . import recorder as recording
+
+        assert self._trained is not None, "send_to_recorder() after run()"
+        run, result, _ = self._trained
+        tracking = self.ctx.spec.tracking
+        job = recording.stage(result, self.trial.number, run_id=run.run_id, experiment_id=self.ctx.experiment_id,
+                              plots=tracking.log_plots, step=len(result.history),
+                              model_name=names.logged_model_name(self.trial.number) if tracking.log_models else None)
+        try:
+            recorder.submit(job)
+        except BaseException:
+            shutil.rmtree(job.folder, ignore_errors=True)
+            raise
+        self._job = job
 
     def record(self) -> None:
         """Log what `run` trained (metrics, artifacts, the model, the trial's attrs); the trial is then told."""
@@ -279,14 +307,13 @@ class TrialAttempt:
                 run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
             run.set_tags({names.TAG_RESUMED_FROM_EPOCH: result.resumed_from_epoch})
             trial.set_user_attr(names.TRIAL_ATTR_RESUMED_FROM_EPOCH, int(result.resumed_from_epoch))
-        with tempfile.TemporaryDirectory(prefix="siamese-trial-") as tmp:
-            artifacts.write_trial_artifacts(result, Path(tmp), plots=ctx.spec.tracking.log_plots)
-            run.log_artifacts(tmp)
+        job, self._job = self._job, None
+        if job is not None and ctx.recorder is not None:
+            uri = ctx.recorder.result(job)  # the helper drew, uploaded and logged them
+        else:
+            uri = self._log_files_and_model(run, result)
         model_id = None
-        if ctx.spec.tracking.log_models:
-            uri = ctx.tracker.retry("log model", lambda: modelio.log_trial_model(
-                ctx.tracker.client, run_id=run.run_id, experiment_id=ctx.experiment_id, result=result,
-                step=len(result.history), name=names.logged_model_name(trial.number)))
+        if uri is not None:
             trial.set_user_attr(names.TRIAL_ATTR_MODEL_URI, uri)
             model_id = model_id_from_uri(uri)
         # final metrics are the LoggedModel's too (MLflow 3's Models tab, and registry versions made from it);
@@ -308,6 +335,18 @@ class TrialAttempt:
         trial.set_user_attr(names.TRIAL_ATTR_EVAL_FINGERPRINT, result.data_info.eval_fingerprint)
         trial.set_user_attr(names.TRIAL_ATTR_DIAGNOSTIC_ERRORS,
                             sorted({f.code for f in result.findings if f.is_error}))
+
+    def _log_files_and_model(self, run: TrialRun, result: Any) -> str | None:
+        """In line: the trial's files and plots, then its model; returns the model's URI (None: not logged)."""
+        ctx = self.ctx
+        with tempfile.TemporaryDirectory(prefix="siamese-trial-") as tmp:
+            artifacts.write_trial_artifacts(result, Path(tmp), plots=ctx.spec.tracking.log_plots)
+            run.log_artifacts(tmp)
+        if not ctx.spec.tracking.log_models:
+            return None
+        return ctx.tracker.retry("log model", lambda: modelio.log_trial_model(
+            ctx.tracker.client, run_id=run.run_id, experiment_id=ctx.experiment_id, result=result,
+            step=len(result.history), name=names.logged_model_name(self.trial.number)))
 
     # ------------------------------------------------------------------ recording the outcome
     def conclude(self, outcome: Outcome, *, detail: str = "") -> None:

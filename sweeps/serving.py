@@ -282,9 +282,9 @@ class SiameseServingModel(PythonModel):
                              "same": out["same"]})
 
 
-def signature_for(model: Any) -> Any:
+def signature_for(spec: list[tuple[tuple[int, ...], str]]) -> Any:
     """Explicit signature: optional columns left/right/input nested as deep as the input shape; params
-    mode/threshold/side.
+    mode/threshold/side. `spec` is `input_spec` of the model (the recording helper has no Keras model).
 
     The innermost type is ``Any``: MLflow refuses to convert integer cells to a ``double`` column
     ("Can not safely convert int64 to float64") and floats to a ``long`` one, and clients send both
@@ -308,7 +308,6 @@ def signature_for(model: Any) -> Any:
             t = Array(t)
         return t
 
-    spec = input_spec(model)
     cols: list[ColSpec | TensorSpec] = [ColSpec(array_type(spec[0][0]), "left", required=False),
                                         ColSpec(array_type(spec[-1][0]), "right", required=False),
                                         ColSpec(array_type(spec[0][0]), EMBED_COLUMN, required=False)]
@@ -319,9 +318,8 @@ def signature_for(model: Any) -> Any:
     return ModelSignature(inputs=Schema(cols), outputs=outputs, params=params)
 
 
-def example_frame(model: Any, n: int = 1) -> pd.DataFrame:
+def example_frame(spec: list[tuple[tuple[int, ...], str]], n: int = 1) -> pd.DataFrame:
     """A small valid request (zeros of the right shape), saved as the model's input example."""
-    spec = input_spec(model)
     zeros = [np.zeros(shape, dtype=int if np.issubdtype(np.dtype(dtype), np.integer) else float).tolist()
              for shape, dtype in (spec[0], spec[-1])]
     return pd.DataFrame({"left": [zeros[0]] * n, "right": [zeros[1]] * n})

@@ -29,6 +29,7 @@ from .checkpoints import shared_through_mlflow
 from .errors import SweepFatal, TrackingUnavailable
 from .finisher import Deferred, Finisher, Heartbeat
 from .objective import Objective, TrialContext
+from .recorder import Recorder
 from .signals import StopRequest, stop_on_signals
 from .spec import SweepSpec
 from .stopping import from_spec as study_stop_from
@@ -216,7 +217,8 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
                        study_name=study.study_name, load_data=data_cache or DataCache(),
                        checkpoint_root=checkpoint_root,
                        share_checkpoints=shared_through_mlflow(spec.tracking.checkpoints, tracker.uri),
-                       finisher=Finisher() if spec.tracking.finish_in_background else None)
+                       finisher=Finisher() if spec.tracking.finish_in_background else None,
+                       recorder=Recorder(tracker.uri) if spec.tracking.finish_in_background else None)
     objective = Objective(ctx)
     lock = budget_lock(opened.storage_url, study.study_name)
     reconciled: set[int] = set()
@@ -231,13 +233,19 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
     if spec.tracking.log_plots and not background:
         artifacts.warm_up()  # imported by the first trial's plots anyway; the freeze then covers them too
     freeze_long_lived()
-    report = take_trials(study, lock, objective, default_budget=spec.study.trials,
-                         max_failures=spec.study.max_failures, poll_s=poll, deadline=deadline,
-                         stopper=study_stop_from(spec), on_trial=on_trial,
-                         under_lock=lambda: reconcile_runs(study, tracker, reconciled, experiment_id=experiment_id,
-                                                           parent_run_id=parent_run_id),
-                         tracker_name=repr(tracker), finisher=ctx.finisher,
-                         warm_up=artifacts.warm_up if background and spec.tracking.log_plots else None)
+    if ctx.recorder is not None:
+        ctx.recorder.start()  # its imports run at idle priority while the first trial trains
+    try:
+        report = take_trials(study, lock, objective, default_budget=spec.study.trials,
+                             max_failures=spec.study.max_failures, poll_s=poll, deadline=deadline,
+                             stopper=study_stop_from(spec), on_trial=on_trial,
+                             under_lock=lambda: reconcile_runs(study, tracker, reconciled, experiment_id=experiment_id,
+                                                               parent_run_id=parent_run_id),
+                             tracker_name=repr(tracker), finisher=ctx.finisher,
+                             warm_up=artifacts.warm_up if background and spec.tracking.log_plots else None)
+    finally:
+        if ctx.recorder is not None:
+            ctx.recorder.close()
     if report.budget_met:
         clear_finished_checkpoints(study, checkpoint_root)
     return report

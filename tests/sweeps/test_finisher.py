@@ -1,11 +1,13 @@
 """Issue 11.4: a trial's recording (plots, model, final metrics, run end, Optuna's tell) runs in the background
-while the next trial trains, and still "Optuna COMPLETE => MLflow run complete"; sweeps stay reproducible.
+while the next trial trains (plots and model in an idle-priority helper process: tests/sweeps/test_recorder.py),
+and still "Optuna COMPLETE => MLflow run complete"; sweeps stay reproducible.
 
 Real sweeps on digits with real SQLite stores; the heartbeat test uses a real RDB storage and Optuna's own
 stale-trial check.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -43,10 +45,18 @@ def _sweep(tmp_path: Path, *, background: bool, trials: int = 4, **sections: Any
         seen.append({"number": frozen.number, "state": frozen.state, "run_status": run.info.status,
                      "model_uri": frozen.user_attrs.get(names.TRIAL_ATTR_MODEL_URI),
                      "artifacts": {f.path for f in client.list_artifacts(run.info.run_id)},
-                     "running": [t.number for t in study.get_trials(deepcopy=False, states=(S.RUNNING,))]})
+                     "running": [t.number for t in study.get_trials(deepcopy=False, states=(S.RUNNING,))],
+                     "idle_helpers": len(_idle_children())})
 
     run_worker(spec, opened, Tracker(uri), on_trial=on_trial, checkpoint_root=tmp_path / "ckpt")
     return opened.study, seen
+
+
+def _idle_children() -> list[int]:
+    """This process's children that run under SCHED_IDLE (the recording helper of `sweeps.recorder`)."""
+    pids = [int(p) for task in Path("/proc/self/task").iterdir()
+            for p in (task / "children").read_text().split()]
+    return [pid for pid in pids if os.sched_getscheduler(pid) == os.SCHED_IDLE]
 
 
 def test_a_complete_trial_is_told_after_its_run_is_finished_while_the_next_trial_trains(tmp_path: Path) -> None:
@@ -57,11 +67,13 @@ def test_a_complete_trial_is_told_after_its_run_is_finished_while_the_next_trial
         assert s["model_uri"] and {"curves.png", "distance_histogram.png"} <= s["artifacts"], s
     # overlap: every trial but the last was recorded while the next one was already running in this worker
     assert [s["running"] for s in seen] == [[1], [2], [3], []]
+    # the plots and the model were made by one helper process at idle priority, gone with the worker
+    assert [s["idle_helpers"] for s in seen] == [1, 1, 1, 1] and _idle_children() == []
 
 
 def test_in_line_recording_tells_each_trial_before_the_next_is_asked(tmp_path: Path) -> None:
     study, seen = _sweep(tmp_path, background=False, trials=3)
-    assert [s["running"] for s in seen] == [[], [], []]
+    assert [s["running"] for s in seen] == [[], [], []] and {s["idle_helpers"] for s in seen} == {0}
     assert all(s["run_status"] == "FINISHED" for s in seen)
 
 

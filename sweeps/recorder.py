@@ -1,0 +1,260 @@
+"""A trial's plots, files and model recorded by a helper process at idle priority (``finish_in_background``).
+
+Why a process, and why idle priority: what a trial records is CPU work in Python — matplotlib draws three
+figures, MLflow writes and uploads the model directory (0.5-1 CPU s per trial). In a thread of the worker it
+holds the GIL the training loop needs between steps, and on 2 cores it takes CPU TensorFlow would use: the
+background thread saved nothing (BENCHMARKS.md §2). A process under ``SCHED_IDLE`` runs only on CPU the
+training leaves idle: measured with benchmarks/idle_neighbour.py, the three plots drawn every 5 s at idle
+priority got 3.5 CPU s beside a trial that took 0.996x its time alone.
+
+The order that keeps "Optuna COMPLETE => MLflow run complete": the worker's thread stages what needs the
+trained Keras model (`stage`: the ``.keras`` archive, the reference embeddings, the plot inputs as arrays) in
+a job folder and sends the folder to the helper; the background finisher (`sweeps.finisher`) waits for the
+helper's answer, then logs the final metrics against the logged model, ends the run and tells Optuna. A job
+that fails in the helper fails the trial, as the same failure in line would; a helper that died is started
+again for the next trial.
+
+The helper imports MLflow, matplotlib and `sweeps.serving` (MLflow runs the models-from-code file while it
+saves), never TensorFlow. It reads its tracking URI from its stdin (no secret in process arguments) and
+answers on a copy of its stdout (MLflow's own prints go to stderr). It runs in its own session, so a Ctrl-C
+meant for the worker does not kill a job half-way; it exits when the worker closes its stdin or dies.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from . import names
+from .errors import TrackingUnavailable
+
+log = logging.getLogger(__name__)
+
+FILES, MODEL, PLOTS = "files", "model", "plots"  # the parts of a job folder
+CLOSE_WAIT_S = 30.0  # a job in flight when the worker ends: its upload usually takes well under a second
+# one BLAS/OpenMP thread: the PCA of the embedding plot must not start a thread per core beside the training
+_HELPER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+class RecordingFailed(RuntimeError):
+    """The helper could not record a trial (its error is in the message), or it died."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One trial's recording, staged in `folder` by the worker's thread."""
+
+    number: int
+    folder: Path
+    run_id: str
+    experiment_id: str
+    plots: bool
+    model_name: str | None  # None: no model (``tracking.log_models: false``)
+    step: int
+
+    def message(self) -> dict[str, Any]:
+        return {"number": self.number, "folder": str(self.folder), "run_id": self.run_id,
+                "experiment_id": self.experiment_id, "plots": self.plots, "model_name": self.model_name,
+                "step": self.step}
+
+
+def stage(result: Any, number: int, *, run_id: str, experiment_id: str, plots: bool, model_name: str | None,
+          step: int) -> Job:
+    """Write what the helper needs of a trained trial into a new job folder (in the trial's process: it needs
+    the Keras model). The folder is the job's; `Recorder.result` deletes it."""
+    from . import artifacts, modelio
+
+    folder = Path(tempfile.mkdtemp(prefix=f"siamese-record-{number}-"))
+    try:
+        artifacts.write_trial_files(result, folder / FILES)
+        if plots:
+            artifacts.PlotInputs.of(result).save(folder / PLOTS)
+        if model_name is not None:
+            modelio.stage_model(result, folder / MODEL)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return Job(number, folder, run_id, experiment_id, plots, model_name, step)
+
+
+class Recorder:
+    """The worker's side: one helper process, started at once (its imports run at idle priority while the
+    first trial trains) and again after it died; jobs are done one after another, in the order sent."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self._uri = tracking_uri
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._answers: dict[int, dict[str, Any]] = {}
+        self._send = threading.Lock()  # the worker's thread sends (and starts the helper)
+        self._read_lock = threading.Lock()  # the background finisher reads the answers
+        self.priority = ""  # what the helper reported: "idle", "nice 19" or "normal"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def start(self) -> None:
+        with self._send:
+            self._ensure_started()
+
+    def _ensure_started(self) -> subprocess.Popen[bytes]:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            return proc
+        root = str(Path(__file__).resolve().parent.parent)  # where this `sweeps` package is imported from
+        env = {**os.environ, **_HELPER_ENV,
+               "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+        proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                env=env, start_new_session=True)
+        assert proc.stdin is not None
+        proc.stdin.write((json.dumps({"uri": self._uri}) + "\n").encode())
+        proc.stdin.flush()
+        hello = self._read(proc)
+        if not hello:
+            raise RecordingFailed(f"the recording helper exited at start (code {proc.wait()})")
+        self.priority = str(hello.get("priority", ""))
+        self._proc = proc
+        return proc
+
+    def submit(self, job: Job) -> None:
+        """Send `job` to the helper (returns at once)."""
+        with self._send:
+            proc = self._ensure_started()
+            assert proc.stdin is not None
+            try:
+                proc.stdin.write((json.dumps(job.message()) + "\n").encode())
+                proc.stdin.flush()
+            except OSError as exc:
+                raise RecordingFailed(f"the recording helper is gone: {exc}") from None
+
+    def result(self, job: Job) -> str | None:
+        """Wait until the helper has recorded `job`; its logged model's URI (None without a model). Raises
+        what the trial would have raised in line: `TrackingUnavailable` when MLflow could not be reached,
+        `RecordingFailed` otherwise."""
+        try:
+            with self._read_lock:
+                answer = self._answers.pop(job.number, None)
+                while answer is None:
+                    proc = self._proc
+                    got = self._read(proc) if proc is not None else None
+                    if got is None:
+                        code = proc.wait() if proc is not None else None
+                        raise RecordingFailed(f"the recording helper exited (code {code}) before trial "
+                                              f"{job.number} was recorded")
+                    if int(got.get("number", -1)) == job.number:
+                        answer = got
+                    else:
+                        self._answers[int(got.get("number", -1))] = got
+        finally:
+            shutil.rmtree(job.folder, ignore_errors=True)
+        if "error" in answer:
+            kind = TrackingUnavailable if answer.get("kind") == TrackingUnavailable.__name__ else RecordingFailed
+            raise kind(str(answer["error"]))
+        uri = answer.get("model_uri")
+        return str(uri) if uri else None
+
+    @staticmethod
+    def _read(proc: subprocess.Popen[bytes] | None) -> dict[str, Any] | None:
+        if proc is None or proc.stdout is None:
+            return None
+        line = proc.stdout.readline()
+        return json.loads(line) if line.strip() else None
+
+    def close(self) -> None:
+        """Close the helper's stdin (it finishes the job in flight, then exits); kill it if it does not."""
+        with self._send:
+            proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=CLOSE_WAIT_S)
+        except subprocess.TimeoutExpired:
+            log.warning("the recording helper (pid %d) did not exit; killing it", proc.pid)
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+# ---------------------------------------------------------------------------- the helper process
+def lower_priority() -> str:
+    """Run on idle CPU only: ``SCHED_IDLE`` (Linux), else the lowest nice value; returns which one took."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return "idle"
+    except (AttributeError, OSError):
+        pass
+    try:
+        os.nice(19)
+        return "nice 19"
+    except OSError:
+        return "normal"
+
+
+def record(job: dict[str, Any], tracker: Any) -> str | None:
+    """Draw, upload and log one staged trial; returns the logged model's URI."""
+    from . import artifacts, modelio
+    from .tracking import TrialRun
+
+    folder = Path(job["folder"])
+    files = folder / FILES
+    if job["plots"]:
+        artifacts.draw_trial_plots(artifacts.PlotInputs.load(folder / PLOTS), files)
+    run = TrialRun(tracker, job["run_id"])
+    run.log_artifacts(str(files))
+    if job["model_name"] is None:
+        return None
+    return str(tracker.retry("log model", lambda: modelio.log_staged_model(
+        tracker.client, run_id=job["run_id"], experiment_id=job["experiment_id"], staged=folder / MODEL,
+        step=int(job["step"]), name=job["model_name"])))
+
+
+def _answer(out: IO[str], message: dict[str, Any]) -> None:
+    out.write(json.dumps(message) + "\n")
+    out.flush()
+
+
+def main() -> int:
+    """The helper: one JSON line in (the tracking URI), then one job per line, one answer per job."""
+    out = os.fdopen(os.dup(1), "w")  # the answers; fd 1 becomes stderr so library prints cannot corrupt them
+    os.dup2(2, 1)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s recorder: %(message)s")
+    priority = lower_priority()
+    first = sys.stdin.readline()
+    if not first.strip():
+        return 0
+    _answer(out, {"priority": priority, "pid": os.getpid()})  # before the imports: the worker goes on training
+    from .secrets import mask_secrets
+    from .tracking import Tracker
+
+    tracker = Tracker(json.loads(first)["uri"])
+    os.environ.setdefault(names.ENV_MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, "false")
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        job = json.loads(line)
+        try:
+            uri = record(job, tracker)
+        except Exception as exc:  # noqa: BLE001 - handed to the worker, which fails the trial with it
+            _answer(out, {"number": job["number"], "kind": type(exc).__name__,
+                          "error": mask_secrets(f"recording trial {job['number']}: {type(exc).__name__}: {exc}")})
+        else:
+            _answer(out, {"number": job["number"], "model_uri": uri})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

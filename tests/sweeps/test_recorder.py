@@ -1,0 +1,138 @@
+"""Issue 11.4: with ``finish_in_background`` a trial's plots, files and model are recorded by a helper process
+at idle priority that never imports TensorFlow, and what it logs is what the worker would have logged in line.
+
+A real trained model (digits), a real SQLite MLflow store, the real helper process.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from sweeps import modelio, names, recorder
+from sweeps.errors import TrackingUnavailable
+from sweeps.recorder import Recorder, RecordingFailed
+from sweeps.serving import load_model_dir
+
+TRIAL_FILES = {"config.yaml", "diagnostics.json", "curves.png", "distance_histogram.png", "embeddings_pca.png"}
+
+
+@pytest.fixture(scope="module")
+def trained(make_tiny: Any, digits_data: Any) -> Any:
+    from siamese_core import TrainConfig
+    from siamese_core.training import train
+
+    return train(TrainConfig.from_dict(make_tiny(epochs=2)), data=digits_data)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> tuple[str, MlflowClient, str]:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    return uri, client, client.create_experiment("recorder", artifact_location=str(tmp_path / "artifacts"))
+
+
+def _stage(trained: Any, client: MlflowClient, exp: str, number: int) -> recorder.Job:
+    run_id = client.create_run(exp).info.run_id
+    return recorder.stage(trained, number, run_id=run_id, experiment_id=exp, plots=True,
+                          model_name=names.logged_model_name(number), step=len(trained.history))
+
+
+def _model_dir(tracking_uri: str, model_uri: str, dst: Path) -> Path:
+    from sweeps.registry import download_model
+
+    return Path(download_model(model_uri, tracking_uri=tracking_uri, dst=str(dst)))
+
+
+def test_the_helper_runs_at_idle_priority_without_tensorflow_and_logs_what_in_line_logs(
+        trained: Any, store: Any, tmp_path: Path) -> None:
+    uri, client, exp = store
+    job = _stage(trained, client, exp, 0)
+    rec = Recorder(uri)
+    try:
+        rec.submit(job)
+        helper_uri = rec.result(job)
+        pid = rec.pid
+        assert pid is not None and rec.priority == "idle"
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+        assert os.getsid(pid) == pid  # its own session: a Ctrl-C for the worker does not cut a job short
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "/matplotlib/" in maps and "tensorflow" not in maps  # it drew, and never loaded TensorFlow
+        assert uri.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()  # the URI came through stdin
+    finally:
+        rec.close()
+    assert rec.pid is None and not job.folder.exists()
+    assert helper_uri is not None and helper_uri.startswith("models:/")
+    assert {f.path for f in client.list_artifacts(job.run_id)} == TRIAL_FILES
+
+    # the same trained model logged in line, in the worker's process
+    inline_run = client.create_run(exp).info.run_id
+    inline_uri = modelio.log_trial_model(client, run_id=inline_run, experiment_id=exp, result=trained,
+                                         step=len(trained.history), name="inline")
+    dirs = [_model_dir(uri, u, tmp_path / name) for u, name in ((helper_uri, "helper"), (inline_uri, "inline"))]
+    mlmodels = [yaml.safe_load((d / "MLmodel").read_text()) for d in dirs]
+    for m in mlmodels:  # where MLflow copied each artifact from: a temporary folder, another one each time
+        for artifact in m["flavors"]["python_function"]["artifacts"].values():
+            artifact.pop("uri")
+    for key in ("flavors", "signature", "metadata", "saved_input_example_info"):
+        assert mlmodels[0][key] == mlmodels[1][key], key
+    assert sorted(p.relative_to(dirs[0]).as_posix() for p in dirs[0].rglob("*")) == \
+        sorted(p.relative_to(dirs[1]).as_posix() for p in dirs[1].rglob("*"))
+    pairs = _pairs(trained)
+    out = [load_model_dir(d)[0].predict(None, pairs)["distance"].to_numpy() for d in dirs]
+    np.testing.assert_array_equal(out[0], out[1])
+    logged = client.get_logged_model(helper_uri.split("/")[-1])
+    assert logged.source_run_id == job.run_id and logged.name == names.logged_model_name(0)
+
+
+def _pairs(trained: Any) -> Any:
+    import pandas as pd
+
+    shape = tuple(int(d) for d in trained.model.inputs[0].shape[1:])
+    rng = np.random.default_rng(0)
+    rows = [rng.random(shape).tolist() for _ in range(4)]
+    return pd.DataFrame({"left": rows, "right": rows[::-1]})
+
+
+def test_a_helper_that_dies_fails_its_job_and_the_next_job_gets_a_new_helper(
+        trained: Any, store: Any) -> None:
+    uri, client, exp = store
+    rec = Recorder(uri)
+    try:
+        rec.start()
+        first = rec.pid
+        assert first is not None
+        os.kill(first, signal.SIGSTOP)  # hold it, so the job is in flight when it dies
+        job = _stage(trained, client, exp, 1)
+        rec.submit(job)
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(RecordingFailed, match="exited .* before trial 1 was recorded"):
+            rec.result(job)
+        assert not job.folder.exists()
+        again = _stage(trained, client, exp, 2)
+        rec.submit(again)
+        assert rec.pid not in (None, first)
+        assert rec.result(again) is not None
+    finally:
+        rec.close()
+
+
+def test_an_error_in_the_helper_is_raised_in_the_worker_as_the_in_line_error_would_be(
+        trained: Any, store: Any) -> None:
+    uri, client, exp = store
+    job = _stage(trained, client, exp, 3)
+    lost = recorder.Job(job.number, job.folder, "0" * 32, exp, True, None, job.step)  # a run that never existed
+    rec = Recorder(uri)
+    try:
+        rec.submit(lost)
+        with pytest.raises(TrackingUnavailable, match="recording trial 3: .*log artifacts"):
+            rec.result(lost)
+    finally:
+        rec.close()
+    assert not job.folder.exists()
