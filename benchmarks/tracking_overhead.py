@@ -21,7 +21,8 @@ exactly the same parameter sets on the same pairs), each in its own process, int
 Imports (TensorFlow, Keras, MLflow, Optuna) happen before the clock starts in every condition.
 
 Time per trial = wall time of the whole optimize loop / trials (so per-sweep costs are included); CPU per
-trial = the child's user + sys time over the same span (all its threads).
+trial = the child's user + sys time over the same span (all its threads), and that of its own child processes
+(the recording helper of the background condition, counted once the sweep's end has waited for it).
 
     pip install "siamese-sweep[bench]"      # optuna-integration, for the MLflowCallback condition
     python benchmarks/tracking_overhead.py [--trials 10] [--repeats 2] \
@@ -73,8 +74,8 @@ def make_spec(base: dict[str, Any], tracking_uri: str, trials: int, name: str, *
 def cpu_seconds() -> float:
     import resource
 
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def child(condition: str, base: dict[str, Any], tracking_uri: str, trials: int, tag: str) -> dict[str, Any]:
