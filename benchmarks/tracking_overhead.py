@@ -102,7 +102,7 @@ def child(condition: str, base: dict[str, Any], tracking_uri: str, trials: int, 
         result = run_sweep(spec, opts)
         seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         assert result.budget_met, result.status
-        return {"seconds": seconds, "cpu": cpu, "trials": trials}
+        return {"seconds": seconds, "cpu": cpu, "trials": trials, "train": logged_train_seconds(tracking_uri, name)}
 
     from siamese_core.training import train
     from sweeps import space
@@ -113,9 +113,12 @@ def child(condition: str, base: dict[str, Any], tracking_uri: str, trials: int, 
     cache = DataCache()
     values: list[float] = []
 
+    trained = [0.0]
+
     def objective(trial: optuna.Trial) -> float:
         config = space.trial_config(spec, space.sample_overrides(trial, spec))
         result = train(config, callbacks=[OptunaReporter(trial, "val_roc_auc")], data=cache(config))
+        trained[0] += result.seconds
         measure_latency_ms(result)
         values.append(float(result.history[-1]["val_roc_auc"]))
         return values[-1]
@@ -131,7 +134,21 @@ def child(condition: str, base: dict[str, Any], tracking_uri: str, trials: int, 
                                 sampler=optuna.samplers.RandomSampler(seed=0), pruner=optuna.pruners.NopPruner())
     t0, c0 = time.perf_counter(), cpu_seconds()
     study.optimize(objective, n_trials=trials, callbacks=callbacks)
-    return {"seconds": time.perf_counter() - t0, "cpu": cpu_seconds() - c0, "trials": trials, "values": values}
+    return {"seconds": time.perf_counter() - t0, "cpu": cpu_seconds() - c0, "trials": trials, "values": values,
+            "train": trained[0]}
+
+
+def logged_train_seconds(tracking_uri: str, study_name: str) -> float:
+    """The sum of the study's trials' ``train_seconds`` (what `siamese_core.training.train` took), off the clock."""
+    from mlflow import MlflowClient
+
+    from sweeps import names
+
+    client = MlflowClient(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, max_results=1000, filter_string=(
+        f"tags.`{names.TAG_STUDY}` = '{study_name}' and tags.`{names.TAG_ROLE}` = '{names.ROLE_TRIAL}'"))
+    return float(sum(r.data.metrics["train_seconds"] for r in runs))
 
 
 def main() -> None:
@@ -169,6 +186,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-server-"))
     results: dict[str, list[float]] = {c: [] for c in conditions}
     cpu: dict[str, list[float]] = {c: [] for c in conditions}
+    outside: dict[str, list[float]] = {c: [] for c in conditions}  # wall s / trial not spent in train()
     with MlflowServer(f"sqlite:///{work}/mlflow.db", artifacts_destination=work / "artifacts") as server:
         print(f"# mlflow server at {server.url}", file=sys.stderr)
         for rep in range(args.repeats):
@@ -178,6 +196,7 @@ def main() -> None:
                                "--trials", str(args.trials), "--tag", f"{rep}-{i}"])
                 results[condition].append(r["seconds"] / r["trials"])
                 cpu[condition].append(r["cpu"] / r["trials"])
+                outside[condition].append((r["seconds"] - r["train"]) / r["trials"])
     ref, ref_cpu = median(results["no tracking"]), median(cpu["no tracking"])
     rows = [[c, median(v), median(v) / ref, (median(v) / ref - 1) * 100, " / ".join(f"{x:.2f}" for x in v),
              median(cpu[c]), median(cpu[c]) / ref_cpu] for c, v in results.items()]
@@ -187,6 +206,18 @@ def main() -> None:
                           "CPU s / trial", "CPU x no tracking"], rows))
     spread = max(max(v) - min(v) for v in results.values()) / ref * 100
     print(f"\nlargest spread between repeats of one condition: {spread:.1f}% of the no-tracking trial time")
+    # the trial's critical path outside training (sampling, test evaluation, latency, the recording in line, the
+    # per-sweep work) moves far less between repeats than the training does on a shared machine
+    ref_out = median(outside["no tracking"])
+    paired = {c: [(x / n - 1) * 100 for x, n in zip(v, results["no tracking"], strict=True)]
+              for c, v in results.items()}
+    print("\nSplit of the wall time per trial: `train()` (training, validation, test; per-epoch logging and reports "
+          "are inside it) and the rest, per condition; overhead paired with the no-tracking run of the same repeat.\n")
+    print(markdown_table(["condition", "train() s / trial", "outside train() s / trial", "outside - no tracking s",
+                          "outside - no tracking, % of trial", "paired overhead % per repeat"],
+                         [[c, median(results[c]) - median(outside[c]), median(outside[c]), median(outside[c]) - ref_out,
+                           (median(outside[c]) - ref_out) / ref * 100, " / ".join(f"{x:+.1f}" for x in paired[c])]
+                          for c in conditions]))
     for c in conditions:
         if c.startswith("siamese-sweep"):
             ours = (median(results[c]) / ref - 1) * 100

@@ -2,12 +2,11 @@
 
 With ``tracking.finish_in_background: true``, what is left of a trial once it has trained and been scored —
 its plots, its logged model, its final metrics, ending its MLflow run, telling Optuna, the after-trial
-callbacks — runs in one background thread while the next trial trains. Off by default: measured with
-``benchmarks/tracking_overhead.py --trials 10 --repeats 2`` on 2 cores (BENCHMARKS.md §2) it saved little
-(+6.9 % over no tracking against +7.3 % in line, spread 3.6 %): that work is CPU (plots, the model file) in
-the same process, and TensorFlow already keeps about 1.75 of the 2 cores busy, so moving it beside the
-training mostly moves it. It is for machines where training leaves CPU idle (more cores than a trial uses;
-not measured).
+callbacks — runs in one background thread while the next trial trains. The CPU-heavy part (plots, the model
+directory and their uploads) is done by a helper process at idle priority (`sweeps.recorder`), which this
+thread waits for: in a thread of the worker that work held the GIL and took the CPU the training uses, and
+saved little (+6.9 % over no tracking against +7.3 % in line, BENCHMARKS.md §2). Off by default: the sampler
+then sees one trial fewer (below), which changes a seeded sweep.
 
 The order is what keeps sweeps reproducible and "Optuna COMPLETE => MLflow run complete" true:
 

@@ -35,7 +35,7 @@ from .directions import TRIAL_METRICS
 from .errors import Interrupted, InvalidTrialConfig, NonFiniteObjective
 from .finisher import Deferred, Finisher
 from .outcomes import Outcome
-from .recorder import Job, Recorder
+from .recorder import Job, Recorder, stage
 from .registry import model_id_from_uri
 from .secrets import mask_secrets
 from .signals import StopRequest, begin_cleanup, stop_check_callback
@@ -222,14 +222,12 @@ class TrialAttempt:
         recorder = self.ctx.recorder
         if recorder is None:
             return
-        from . import recorder as recording
-
         assert self._trained is not None, "send_to_recorder() after run()"
         run, result, _ = self._trained
         tracking = self.ctx.spec.tracking
-        job = recording.stage(result, self.trial.number, run_id=run.run_id, experiment_id=self.ctx.experiment_id,
-                              plots=tracking.log_plots, step=len(result.history),
-                              model_name=names.logged_model_name(self.trial.number) if tracking.log_models else None)
+        job = stage(result, self.trial.number, run_id=run.run_id, experiment_id=self.ctx.experiment_id,
+                    plots=tracking.log_plots, step=len(result.history),
+                    model_name=names.logged_model_name(self.trial.number) if tracking.log_models else None)
         try:
             recorder.submit(job)
         except BaseException:

@@ -226,9 +226,10 @@ class TrackingSpec(_Section):
     # ends deletes its copies. Per epoch they were 4 uploads and a delete per trial of the tracking benchmark
     # (BENCHMARKS.md §2); at 60 s an upload of the default encoder (0.03-0.06 s) is under 0.1 % of training.
     checkpoint_copy_seconds: float = Field(default=60.0, ge=0)
-    # true: a trial's plots, model, final metrics and run end (then Optuna's tell) run in the background while
-    # the next trial trains (`sweeps.finisher`). Off by default: on 2 cores it saved nothing (BENCHMARKS.md §2),
-    # and the sampler then sees one trial fewer when it samples the next
+    # true: a trial's recording runs while the next trial trains (`sweeps.finisher`): its plots, files and model
+    # in a helper process at idle priority (`sweeps.recorder`), then final metrics, run end and Optuna's tell.
+    # Off by default: the sampler then sees one trial fewer when it samples the next (a seeded sweep changes),
+    # and on 2 shared cores its gain was within the repeat noise (BENCHMARKS.md §2)
     finish_in_background: bool = False
 
 
