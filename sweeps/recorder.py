@@ -92,7 +92,8 @@ class Recorder:
     def __init__(self, tracking_uri: str) -> None:
         self._uri = tracking_uri
         self._proc: subprocess.Popen[bytes] | None = None
-        self._answers: dict[int, dict[str, Any]] = {}
+        self._answers: dict[int, dict[str, Any]] = {}  # read while waiting for another job's answer
+        self._sent_to: dict[int, subprocess.Popen[bytes]] = {}  # job number -> the helper that has it
         self._send = threading.Lock()  # the worker's thread sends (and starts the helper)
         self._read_lock = threading.Lock()  # the background finisher reads the answers
         self.priority = ""  # what the helper reported: "idle", "nice 19" or "normal"
@@ -134,6 +135,7 @@ class Recorder:
                 proc.stdin.flush()
             except OSError as exc:
                 raise RecordingFailed(f"the recording helper is gone: {exc}") from None
+            self._sent_to[job.number] = proc
 
     def result(self, job: Job) -> str | None:
         """Wait until the helper has recorded `job`; its logged model's URI (None without a model). Raises
@@ -142,8 +144,8 @@ class Recorder:
         try:
             with self._read_lock:
                 answer = self._answers.pop(job.number, None)
+                proc = self._sent_to.pop(job.number, None)  # a helper started after a death never had it
                 while answer is None:
-                    proc = self._proc
                     got = self._read(proc) if proc is not None else None
                     if got is None:
                         code = proc.wait() if proc is not None else None

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +114,26 @@ def test_a_helper_that_dies_fails_its_job_and_the_next_job_gets_a_new_helper(
         job = _stage(trained, client, exp, 1)
         rec.submit(job)
         os.kill(first, signal.SIGKILL)
-        with pytest.raises(RecordingFailed, match="exited .* before trial 1 was recorded"):
-            rec.result(job)
-        assert not job.folder.exists()
+        deadline = time.monotonic() + 30
+        while rec.pid == first and time.monotonic() < deadline:  # dead, as `submit` will see it
+            time.sleep(0.05)
         again = _stage(trained, client, exp, 2)
-        rec.submit(again)
+        rec.submit(again)  # before the lost job's answer was asked for: a new helper takes it
         assert rec.pid not in (None, first)
+        outcome: list[BaseException | None] = []
+
+        def ask() -> None:
+            try:
+                rec.result(job)
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                outcome.append(exc)
+        asking = threading.Thread(target=ask, daemon=True)
+        asking.start()
+        asking.join(timeout=120)  # the new helper never had job 1: its answer must not be waited for
+        assert not asking.is_alive() and isinstance(outcome[0], RecordingFailed), outcome
+        assert "before trial 1 was recorded" in str(outcome[0])
+        assert not job.folder.exists()
         assert rec.result(again) is not None
     finally:
         rec.close()
