@@ -97,6 +97,9 @@ def plot_embeddings(embeddings: np.ndarray, labels: np.ndarray, path: Path) -> P
     return path
 
 
+_PLOT_ARRAYS, _PLOT_META = "plot_arrays.npz", "plot_inputs.json"  # a `PlotInputs` on disk
+
+
 @dataclass(frozen=True)
 class PlotInputs:
     """What a trial's three plots are drawn from: saved by the trial's process, drawn in line or by the
@@ -128,9 +131,6 @@ class PlotInputs:
                    higher_is_same=bool(meta["higher_is_same"]))
 
 
-_PLOT_ARRAYS, _PLOT_META = "plot_arrays.npz", "plot_inputs.json"
-
-
 def draw_trial_plots(inputs: PlotInputs, directory: Path) -> list[Path]:
     """The curves, the test-distance histogram and the embedding projection (each best-effort)."""
     arrays = inputs.arrays
@@ -159,7 +159,7 @@ def write_trial_files(result: Any, directory: Path) -> list[Path]:
 def write_trial_artifacts(result: Any, directory: Path, *, plots: bool = True) -> list[Path]:
     """Resolved config, findings and plots of one finished trial."""
     files = write_trial_files(result, directory)
-    return files + draw_trial_plots(PlotInputs.of(result), directory) if plots else files
+    return (files + draw_trial_plots(PlotInputs.of(result), directory)) if plots else files
 
 
 def write_study_artifacts(study: Any, directory: Path, *, plots: bool = True) -> list[Path]:

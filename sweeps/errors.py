@@ -12,6 +12,10 @@ class TrackingUnavailable(InfrastructureError, RuntimeError):
     """MLflow did not accept a call after all retries."""
 
 
+class RecordingFailed(RuntimeError):
+    """The recording helper (`sweeps.recorder`) could not record a trial (its error is in the message), or died."""
+
+
 class InvalidTrialConfig(InputError, ValueError):
     """The sampled combination of parameters is not a valid train config."""
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import names
-from .errors import TrackingUnavailable
+from .errors import RecordingFailed, TrackingUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,6 @@ FILES, MODEL, PLOTS = "files", "model", "plots"  # the parts of a job folder
 CLOSE_WAIT_S = 30.0  # a job in flight when the worker ends: its upload usually takes well under a second
 # one BLAS/OpenMP thread: the PCA of the embedding plot must not start a thread per core beside the training
 _HELPER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-class RecordingFailed(RuntimeError):
-    """The helper could not record a trial (its error is in the message), or it died."""
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ import yaml
 from mlflow import MlflowClient
 
 from sweeps import modelio, names, recorder
-from sweeps.errors import TrackingUnavailable
-from sweeps.recorder import Recorder, RecordingFailed
+from sweeps.errors import RecordingFailed, TrackingUnavailable
+from sweeps.recorder import Recorder
 from sweeps.serving import load_model_dir
 
 TRIAL_FILES = {"config.yaml", "diagnostics.json", "curves.png", "distance_histogram.png", "embeddings_pca.png"}
