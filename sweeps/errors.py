@@ -12,7 +12,7 @@ class TrackingUnavailable(InfrastructureError, RuntimeError):
     """MLflow did not accept a call after all retries."""
 
 
-class RecordingFailed(RuntimeError):
+class RecordingFailed(InfrastructureError, RuntimeError):
     """The recording helper (`sweeps.recorder`) could not record a trial (its error is in the message), or died."""
 
 
