@@ -18,7 +18,8 @@ exactly the same parameter sets on the same pairs), each in its own process, int
   (epoch checkpoints on the local disk only, not copied to the server): what is left is the runs themselves
   (params, per-epoch metrics, tags, small artifacts), the Optuna storage and the per-sweep work.
 
-Imports (TensorFlow, Keras, MLflow, Optuna) happen before the clock starts in every condition.
+Imports (TensorFlow, Keras, MLflow, Optuna; for the sweeps also Optuna's RDB storage, alembic and matplotlib,
+which they import lazily, once per process) happen before the clock starts in every condition.
 
 Time per trial = wall time of the whole optimize loop / trials (so per-sweep costs are included); CPU per
 trial = the child's user + sys time over the same span (all its threads), and that of its own child processes
@@ -86,6 +87,12 @@ def child(condition: str, base: dict[str, Any], tracking_uri: str, trials: int, 
     import siamese_core.training  # noqa: F401
     import sweeps.callbacks  # noqa: F401
     import sweeps.runner  # noqa: F401
+
+    if condition.startswith("siamese-sweep"):  # what the sweeps import lazily, once per process (1.5-2 s here)
+        import alembic.command  # noqa: F401 - the Optuna RDB storage's schema check
+        import matplotlib.pyplot  # noqa: F401 - the study plots at the sweep's end
+        import optuna.storages._rdb.models  # noqa: F401
+        import optuna.visualization.matplotlib  # noqa: F401
 
     name = f"overhead-{tag}"
     spec = make_spec(base, tracking_uri, trials, name, plots="log_plots" not in condition,

@@ -156,12 +156,6 @@ def write_trial_files(result: Any, directory: Path) -> list[Path]:
     return [cfg, findings]
 
 
-def write_trial_artifacts(result: Any, directory: Path, *, plots: bool = True) -> list[Path]:
-    """Resolved config, findings and plots of one finished trial."""
-    files = write_trial_files(result, directory)
-    return (files + draw_trial_plots(PlotInputs.of(result), directory)) if plots else files
-
-
 def write_study_artifacts(study: Any, directory: Path, *, plots: bool = True) -> list[Path]:
     """The trials table and Optuna's plots for the parent run."""
     import optuna

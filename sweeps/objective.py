@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,12 +29,12 @@ from mlflow.entities import Dataset
 
 from siamese_core.errors import ConfigError
 
-from . import artifacts, modelio, names, outcomes, space
+from . import names, outcomes, space
 from .directions import TRIAL_METRICS
 from .errors import Interrupted, InvalidTrialConfig, NonFiniteObjective
 from .finisher import Deferred, Finisher
 from .outcomes import Outcome
-from .recorder import Job, Recorder, stage
+from .recorder import Job, Recorder, record, stage
 from .registry import model_id_from_uri
 from .secrets import mask_secrets
 from .signals import StopRequest, begin_cleanup, stop_check_callback
@@ -224,16 +223,20 @@ class TrialAttempt:
             return
         assert self._trained is not None, "send_to_recorder() after run()"
         run, result, _ = self._trained
-        tracking = self.ctx.spec.tracking
-        job = stage(result, self.trial.number, run_id=run.run_id, experiment_id=self.ctx.experiment_id,
-                    plots=tracking.log_plots, step=len(result.history),
-                    model_name=names.logged_model_name(self.trial.number) if tracking.log_models else None)
+        job = self._stage(run, result)
         try:
             recorder.submit(job)
         except BaseException:
             shutil.rmtree(job.folder, ignore_errors=True)
             raise
         self._job = job
+
+    def _stage(self, run: TrialRun, result: Any) -> Job:
+        """What needs the trained Keras model, written to a job folder (`sweeps.recorder.stage`)."""
+        tracking = self.ctx.spec.tracking
+        return stage(result, self.trial.number, run_id=run.run_id, experiment_id=self.ctx.experiment_id,
+                     plots=tracking.log_plots, step=len(result.history),
+                     model_name=names.logged_model_name(self.trial.number) if tracking.log_models else None)
 
     def record(self) -> None:
         """Log what `run` trained (metrics, artifacts, the model, the trial's attrs); the trial is then told."""
@@ -269,7 +272,8 @@ class TrialAttempt:
 
     def _start_run(self) -> TrialRun:
         ctx, trial = self.ctx, self.trial
-        tags: dict[str, Any] = {names.TAG_WORKER: worker_id(), **allocator_tags(), **thread_tags()}
+        tags: dict[str, Any] = {names.TAG_WORKER: worker_id(), **allocator_tags(), **thread_tags(),
+                                names.TAG_SAMPLED_PARAMS: ",".join(sorted(trial.params))}  # sampled by `_begin`
         if self.retry_of is not None:
             tags[names.TAG_RETRY_OF] = self.retry_of
         trial.set_user_attr(names.TRIAL_ATTR_WORKER, tags[names.TAG_WORKER])  # which machine/process ran it
@@ -286,12 +290,12 @@ class TrialAttempt:
         params = dict(config.flat())
         params["dataset.fingerprint"] = data.info.fingerprint
         params["dataset.source"] = data.info.source
+        # a metric, not only the tag: MLflow's compare view and charts plot metrics and params on their axes;
+        # queued, it goes in the params' request (each request cost ~20 ms at a trial's start, measured)
+        run.log_metrics({"trial_number": self.trial.number}, step=0, send=False)
         run.log_params(params)
-        # a metric, not only the tag: MLflow's compare view and charts plot metrics and params on their axes
-        run.log_metrics({"trial_number": self.trial.number}, step=0)
         self.dataset = dataset_entity(data.info)
         run.log_dataset(self.dataset)
-        run.set_tags({names.TAG_SAMPLED_PARAMS: ",".join(sorted(self.trial.params))})
         hp_only = {f"hp.{k}": v for k, v in self.trial.params.items() if k not in params}
         if hp_only:
             run.log_params({**hp_only, "hypermodel": self.ctx.spec.hypermodel})
@@ -308,8 +312,12 @@ class TrialAttempt:
         job, self._job = self._job, None
         if job is not None and ctx.recorder is not None:
             uri = ctx.recorder.result(job)  # the helper drew, uploaded and logged them
-        else:
-            uri = self._log_files_and_model(run, result)
+        else:  # in line: the same staging and recording, in this thread
+            job = self._stage(run, result)
+            try:
+                uri = record(job, ctx.tracker)
+            finally:
+                shutil.rmtree(job.folder, ignore_errors=True)
         model_id = None
         if uri is not None:
             trial.set_user_attr(names.TRIAL_ATTR_MODEL_URI, uri)
@@ -333,18 +341,6 @@ class TrialAttempt:
         trial.set_user_attr(names.TRIAL_ATTR_EVAL_FINGERPRINT, result.data_info.eval_fingerprint)
         trial.set_user_attr(names.TRIAL_ATTR_DIAGNOSTIC_ERRORS,
                             sorted({f.code for f in result.findings if f.is_error}))
-
-    def _log_files_and_model(self, run: TrialRun, result: Any) -> str | None:
-        """In line: the trial's files and plots, then its model; returns the model's URI (None: not logged)."""
-        ctx = self.ctx
-        with tempfile.TemporaryDirectory(prefix="siamese-trial-") as tmp:
-            artifacts.write_trial_artifacts(result, Path(tmp), plots=ctx.spec.tracking.log_plots)
-            run.log_artifacts(tmp)
-        if not ctx.spec.tracking.log_models:
-            return None
-        return ctx.tracker.retry("log model", lambda: modelio.log_trial_model(
-            ctx.tracker.client, run_id=run.run_id, experiment_id=ctx.experiment_id, result=result,
-            step=len(result.history), name=names.logged_model_name(self.trial.number)))
 
     # ------------------------------------------------------------------ recording the outcome
     def conclude(self, outcome: Outcome, *, detail: str = "") -> None:

@@ -272,6 +272,7 @@ class TrialRun:
 
         MLflow refuses a batch with two values for one key and any change of a logged value, so keys
         that sanitise to the same name get a ``_2`` suffix, and re-logging an identical value is skipped.
+        Metrics queued with ``send=False`` go in the same request (one request fewer at a trial's start).
         """
         items = []
         for k, v in params.items():
@@ -288,7 +289,10 @@ class TrialRun:
             self._params[key] = value
             items.append(Param(key, value))
         for chunk in _chunks(items, MAX_PARAMS_PER_CALL):
-            self.tracker.retry("log params", partial(self.client.log_batch, self.run_id, params=chunk))
+            metrics = self._pending[:MAX_METRICS_PER_CALL - len(chunk)]  # MLflow: <= 1000 entities per batch
+            self.tracker.retry("log params", partial(self.client.log_batch, self.run_id, params=chunk,
+                                                     metrics=metrics))
+            del self._pending[:len(metrics)]
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         merged: dict[str, str] = {}
@@ -299,11 +303,12 @@ class TrialRun:
             self.tracker.retry("set tags", partial(self.client.log_batch, self.run_id, tags=chunk))
 
     def log_metrics(self, metrics: Mapping[str, float], *, step: int, model_id: str | None = None,
-                    dataset: Dataset | None = None) -> None:
+                    dataset: Dataset | None = None, send: bool = True) -> None:
         """Queue one step's metrics and try to send everything queued (never raises).
 
         `model_id` also records them as metrics of that LoggedModel (MLflow 3's Models tab and the registry
-        versions made from it); `dataset` names the logged dataset input they were measured on.
+        versions made from it); `dataset` names the logged dataset input they were measured on. `send=False`
+        only queues them: the next request of this run takes them along.
         """
         now = int(time.time() * 1000)
         for key, value in metrics.items():
@@ -316,6 +321,8 @@ class TrialRun:
                 self._pending.append(Metric(sanitize_key(key), v, now, int(step), model_id=model_id,
                                             dataset_name=dataset.name if dataset else None,
                                             dataset_digest=dataset.digest if dataset else None))
+        if not send:
+            return
         try:
             self.flush(budget_s=5.0)
         except TrackingUnavailable as exc:

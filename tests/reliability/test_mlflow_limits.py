@@ -79,3 +79,23 @@ def test_every_sanitised_key_is_accepted_by_mlflows_validators(key: str) -> None
     _validate_metric_name(clean)
     if clean == key:  # valid keys are kept as they are
         assert sanitize_key(clean) == clean
+
+
+def test_metrics_queued_without_sending_go_in_the_params_request(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial's start sends its params and its ``trial_number`` metric in one request (issue 11.4: every
+    request at a trial's start is wall time outside training)."""
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = tracker.experiment_id("one-request")
+    run = tracker.start_trial_run(exp, tracker.create_parent_run(exp, "one-request"), study_name="one-request",
+                                  trial_number=3)
+    calls: list[dict] = []
+    send = tracker.client.log_batch
+    monkeypatch.setattr(tracker.client, "log_batch", lambda *a, **k: (calls.append(k), send(*a, **k))[1])
+    run.log_metrics({"trial_number": 3}, step=0, send=False)
+    assert calls == [] and run.pending == 1
+    run.log_params({f"p{i:03d}": i for i in range(150)})  # two requests of params; the metric goes with the first
+    assert [len(c["params"]) for c in calls] == [100, 50]
+    assert [m.key for m in calls[0]["metrics"]] == ["trial_number"] and not calls[1]["metrics"]
+    assert run.pending == 0
+    got = tracker.client.get_run(run.run_id).data
+    assert got.metrics["trial_number"] == 3 and len(got.params) == 150

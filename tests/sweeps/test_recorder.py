@@ -108,6 +108,7 @@ def test_a_helper_that_dies_fails_its_job_and_the_next_job_gets_a_new_helper(
     rec = Recorder(uri)
     try:
         rec.start()
+        assert rec.priority == ""  # start() did not wait for the helper's hello: it is read with the first answer
         first = rec.pid
         assert first is not None
         os.kill(first, signal.SIGSTOP)  # hold it, so the job is in flight when it dies
