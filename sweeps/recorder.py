@@ -9,10 +9,11 @@ priority got 3.5 CPU s beside a trial that took 0.996x its time alone.
 
 The order that keeps "Optuna COMPLETE => MLflow run complete": the worker's thread stages what needs the
 trained Keras model (`stage`: the ``.keras`` archive, the reference embeddings, the plot inputs as arrays) in
-a job folder and sends the folder to the helper; the background finisher (`sweeps.finisher`) waits for the
-helper's answer, then logs the final metrics against the logged model, ends the run and tells Optuna. A job
-that fails in the helper fails the trial, as the same failure in line would; a helper that died is started
-again for the next trial.
+a job folder and sends the folder to the helper (in line, the worker's thread runs the same `record` on it
+itself); the background finisher (`sweeps.finisher`) waits for the helper's answer, then logs the final
+metrics against the logged model, ends the run and tells Optuna. A job that fails in the helper fails the
+trial, as the same failure in line would. A job whose helper died is recorded in the worker's process
+instead (`Recorder.result`), and a new helper is started for the next trial.
 
 The helper imports MLflow, matplotlib and `sweeps.serving` (MLflow runs the models-from-code file while it
 saves), never TensorFlow. It reads its tracking URI from its stdin (no secret in process arguments) and
@@ -66,8 +67,8 @@ class Job:
 
 def stage(result: Any, number: int, *, run_id: str, experiment_id: str, plots: bool, model_name: str | None,
           step: int) -> Job:
-    """Write what the helper needs of a trained trial into a new job folder (in the trial's process: it needs
-    the Keras model). The folder is the job's; `Recorder.result` deletes it."""
+    """Write what `record` needs of a trained trial into a new job folder (in the trial's process: it needs
+    the Keras model). The folder is the job's: `Recorder.result` deletes it, or the caller of an in-line `record`."""
     from . import artifacts, modelio
 
     folder = Path(tempfile.mkdtemp(prefix=f"siamese-record-{number}-"))
@@ -118,7 +119,7 @@ class Recorder:
         assert proc.stdin is not None
         proc.stdin.write((json.dumps({"uri": self._uri}) + "\n").encode())
         proc.stdin.flush()
-        self._proc = proc  # not waiting for its hello: 0.3 s per sweep measured (the helper's Python start-up)
+        self._proc = proc  # not waiting for its hello: 0.33 s per sweep (benchmarks/tracking_profile.py)
         return proc
 
     def submit(self, job: Job) -> None:
@@ -134,23 +135,14 @@ class Recorder:
             self._sent_to[job.number] = proc
 
     def result(self, job: Job) -> str | None:
-        """Wait until the helper has recorded `job`; its logged model's URI (None without a model). Raises
-        what the trial would have raised in line: `TrackingUnavailable` when MLflow could not be reached,
-        `RecordingFailed` otherwise."""
+        """Wait until `job` is recorded; its logged model's URI (None without a model). Raises what the trial
+        would have raised in line: `TrackingUnavailable` when MLflow could not be reached, `RecordingFailed`
+        for any other error in the helper. If the helper died with the job, the job is recorded here, in this
+        process, from the same staged folder: a killed helper costs time, never a trained trial."""
         try:
-            with self._read_lock:
-                answer = self._answers.pop(job.number, None)
-                proc = self._sent_to.pop(job.number, None)  # a helper started after a death never had it
-                while answer is None:
-                    got = self._read(proc) if proc is not None else None
-                    if got is None:
-                        code = proc.wait() if proc is not None else None
-                        raise RecordingFailed(f"the recording helper exited (code {code}) before trial "
-                                              f"{job.number} was recorded")
-                    if int(got.get("number", -1)) == job.number:
-                        answer = got
-                    else:
-                        self._answers[int(got.get("number", -1))] = got
+            answer = self._answer_for(job)
+            if answer is None:
+                return self._record_here(job)
         finally:
             shutil.rmtree(job.folder, ignore_errors=True)
         if "error" in answer:
@@ -158,6 +150,32 @@ class Recorder:
             raise kind(str(answer["error"]))
         uri = answer.get("model_uri")
         return str(uri) if uri else None
+
+    def _answer_for(self, job: Job) -> dict[str, Any] | None:
+        """The helper's answer for `job`; None if the helper it was sent to exited first."""
+        with self._read_lock:
+            answer = self._answers.pop(job.number, None)
+            proc = self._sent_to.pop(job.number, None)  # a helper started after a death never had it
+            while answer is None:
+                got = self._read(proc) if proc is not None else None
+                if got is None:
+                    code = proc.wait() if proc is not None else None
+                    log.warning("the recording helper exited (code %s) before trial %d was recorded; recording "
+                                "it in the worker's process", code, job.number)
+                    return None
+                if int(got.get("number", -1)) == job.number:
+                    answer = got
+                else:
+                    self._answers[int(got.get("number", -1))] = got
+        return answer
+
+    def _record_here(self, job: Job) -> str | None:
+        from .tracking import Tracker
+
+        tracker = Tracker(self._uri)
+        if job.model_name is not None:
+            abandon_unfinished_models(tracker, job)
+        return record(job, tracker)
 
     def _read(self, proc: subprocess.Popen[bytes] | None) -> dict[str, Any] | None:
         """The helper's next answer (None: it exited); its hello line, first of all, sets `priority`."""
@@ -225,6 +243,26 @@ def record(job: Job, tracker: Any) -> str | None:
         step=job.step, name=name)))
 
 
+def abandon_unfinished_models(tracker: Any, job: Job) -> int:
+    """Mark FAILED the logged models a dead helper left PENDING for `job` (created, never finalized); returns
+    how many. Best-effort: a PENDING model only clutters the Models tab, it is never what the trial points to."""
+    from mlflow.entities import LoggedModelStatus
+
+    try:
+        found = tracker.client.search_logged_models(
+            [job.experiment_id], filter_string=f"source_run_id = '{job.run_id}' AND name = '{job.model_name}'")
+        stale = [m for m in found if m.status == LoggedModelStatus.PENDING]
+        for model in stale:
+            tracker.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+    except Exception as exc:  # noqa: BLE001 - the trial's own model is logged anyway
+        from .secrets import mask_secrets
+
+        log.warning("could not mark the unfinished models of trial %d FAILED: %s", job.number,
+                    mask_secrets(str(exc))[:200])
+        return 0
+    return len(stale)
+
+
 def _answer(out: IO[str], message: dict[str, Any]) -> None:
     out.write(json.dumps(message) + "\n")
     out.flush()
@@ -261,8 +299,8 @@ def main() -> int:
 if __name__ == "__main__":
     code = main()
     # Every answer is written and every upload done (MLflow's calls return when they are): skip the
-    # interpreter's teardown, which took 0.95 s with MLflow and matplotlib loaded, all of it spent while the
-    # worker's `close` waited at the end of the sweep.
+    # interpreter's teardown, which took ~1 s with MLflow and matplotlib loaded, all of it spent while the
+    # worker's `close` waited at the end of the sweep (1.07 s -> 0.07 s, benchmarks/tracking_profile.py).
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -1,0 +1,95 @@
+"""Where a tracked sweep spends the wall time outside ``train()``: the parts named, in seconds per trial.
+
+`tracking_overhead.py` says how much a trial spends outside training; this says on what. It runs one sweep
+(in line or with ``tracking.finish_in_background``) against a real local ``mlflow server`` under ``cProfile``,
+which sees the worker's thread only (the background finisher and the recording helper are not in it), and
+prints the cumulative time of each part. cProfile slows Python code several-fold and C code hardly at all, so
+the figures are upper bounds for the Python-heavy parts; their order, not their sum, is the point.
+
+Imports happen before the clock, as in `tracking_overhead.py`. The trials are the same shape as there, with
+fewer pairs per epoch (the calls a trial makes outside training do not depend on how long it trains).
+
+    python benchmarks/tracking_profile.py [--mode background|inline] [--trials 6]
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tracking_overhead import BASE, logged_train_seconds, make_spec  # noqa: E402
+
+# (label, per trial or per sweep, the function: "path suffix:function name")
+PARTS = (
+    ("start a trial's run (create, tags, duplicate check, trial attrs)", "trial", "sweeps/objective.py:_start_run"),
+    ("params, trial_number, dataset input", "trial", "sweeps/objective.py:_log_inputs"),
+    ("make the run MLflow's active run, and release it", "trial", "sweeps/tracking.py:active"),
+    ("stage the recording (Keras save, plot inputs, files)", "trial", "sweeps/recorder.py:stage"),
+    ("record in line (plots, uploads, model)", "trial", "sweeps/recorder.py:record"),
+    ("after training in the worker's thread (in line: includes `record`)", "trial", "sweeps/objective.py:_log_result"),
+    ("reconcile runs left RUNNING (each round)", "trial", "sweeps/worker.py:reconcile_runs"),
+    ("latency probe (no tracking does it too)", "trial", "sweeps/objective.py:measure_latency_ms"),
+    ("wait for the background finish", "trial", "sweeps/finisher.py:wait"),
+    ("open the Optuna study (RDB storage schema)", "sweep", "sweeps/study.py:open_study"),
+    ("parent run", "sweep", "sweeps/study.py:ensure_parent_run"),
+    ("collect and freeze long-lived objects", "sweep", "sweeps/worker.py:freeze_long_lived"),
+    ("start the recording helper", "sweep", "sweeps/recorder.py:start"),
+    ("stop the recording helper", "sweep", "sweeps/recorder.py:close"),
+    ("finalize the parent run (study plots, table, report, HTML)", "sweep", "sweeps/runner.py:finalize_parent"),
+)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=("background", "inline"), default="background")
+    ap.add_argument("--trials", type=int, default=6)
+    args = ap.parse_args()
+
+    import alembic.command  # noqa: F401 - imports before the clock, as in tracking_overhead.py
+    import keras  # noqa: F401
+    import matplotlib.pyplot  # noqa: F401
+    import optuna.storages._rdb.models  # noqa: F401
+    import optuna.visualization.matplotlib  # noqa: F401
+
+    import siamese_core.training  # noqa: F401
+    import sweeps.callbacks  # noqa: F401
+    from sweeps.options import options_from
+    from sweeps.runner import run_sweep
+    from sweeps.stack import MlflowServer
+
+    base = {**BASE, "epochs": 2, "pairs": {"pairs_per_epoch": 4000, "val_pairs": 1000, "test_pairs": 2000}}
+    work = Path(tempfile.mkdtemp(prefix="bench-tracking-profile-"))
+    with MlflowServer(f"sqlite:///{work}/mlflow.db", artifacts_destination=work / "artifacts") as server:
+        spec = make_spec(base, server.url, args.trials, "profile", background=args.mode == "background")
+        opts = options_from(spec, storage=f"sqlite:///{work}/optuna.db", tracking_uri=server.url,
+                            study_name="profile", progress=False)
+        profile = cProfile.Profile()
+        t0 = time.perf_counter()
+        profile.enable()
+        result = run_sweep(spec, opts)
+        profile.disable()
+        wall = time.perf_counter() - t0
+        assert result.budget_met, result.status
+        train = logged_train_seconds(server.url, "profile")
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]  # pstats keeps its table there
+    n = args.trials
+    print(f"\n{args.mode}, {n} trials x {base['epochs']} epochs x {base['pairs']['pairs_per_epoch']:,} pairs on "
+          f"{base['dataset']}, one sweep under cProfile (the worker's thread): wall {wall:.1f} s, train() "
+          f"{train:.1f} s, outside train() {(wall - train) / n:.3f} s per trial\n")
+    print("| part | per | calls | cumulative s | s per trial |\n|---|---|---|---|---|")
+    for label, per, where in PARTS:
+        suffix, name = where.rsplit(":", 1)
+        calls, cum = 0, 0.0
+        for (path, _line, func), (_cc, nc, _tt, ct, _callers) in stats.items():
+            if func == name and path.endswith(suffix):
+                calls, cum = calls + nc, cum + ct
+        print(f"| {label} | {per} | {calls} | {cum:.3f} | {cum / n:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
