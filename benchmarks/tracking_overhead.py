@@ -88,7 +88,7 @@ def child(condition: str, base: dict[str, Any], tracking_uri: str, trials: int, 
     import sweeps.callbacks  # noqa: F401
     import sweeps.runner  # noqa: F401
 
-    if condition.startswith("siamese-sweep"):  # what the sweeps import lazily, once per process (1.5-2 s here)
+    if condition.startswith("siamese-sweep"):  # what the sweeps import lazily, once per process
         import alembic.command  # noqa: F401 - the Optuna RDB storage's schema check
         import matplotlib.pyplot  # noqa: F401 - the study plots at the sweep's end
         import optuna.storages._rdb.models  # noqa: F401
