@@ -18,8 +18,9 @@ exactly the same parameter sets on the same pairs), each in its own process, int
   (epoch checkpoints on the local disk only, not copied to the server): what is left is the runs themselves
   (params, per-epoch metrics, tags, small artifacts), the Optuna storage and the per-sweep work.
 
-Imports (TensorFlow, Keras, MLflow, Optuna; for the sweeps also Optuna's RDB storage, alembic and matplotlib,
-which they import lazily, once per process) happen before the clock starts in every condition.
+Imports (TensorFlow, Keras, MLflow, Optuna; for the sweeps also Optuna's RDB storage, alembic, matplotlib and
+scikit-learn's forests, which they import lazily, once per process) happen before the clock starts in every
+condition.
 
 Time per trial = wall time of the whole optimize loop / trials (so per-sweep costs are included); CPU per
 trial = the child's user + sys time over the same span (all its threads), and that of its own child processes
@@ -79,20 +80,29 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def child(condition: str, base: dict[str, Any], tracking_uri: str, trials: int, tag: str) -> dict[str, Any]:
-    import keras  # noqa: F401 - every condition pays its imports before the clock starts
+def import_before_the_clock(*, sweep: bool) -> None:
+    """What a condition imports once per process, before its clock starts (`sweep`: also what siamese-sweep
+    imports lazily); `tracking_profile.py` calls it too, so both scripts leave the same imports outside."""
+    import keras  # noqa: F401
     import mlflow  # noqa: F401
-    import optuna
+    import optuna  # noqa: F401
 
     import siamese_core.training  # noqa: F401
     import sweeps.callbacks  # noqa: F401
     import sweeps.runner  # noqa: F401
 
-    if condition.startswith("siamese-sweep"):  # what the sweeps import lazily, once per process
+    if sweep:
         import alembic.command  # noqa: F401 - the Optuna RDB storage's schema check
         import matplotlib.pyplot  # noqa: F401 - the study plots at the sweep's end
         import optuna.storages._rdb.models  # noqa: F401
         import optuna.visualization.matplotlib  # noqa: F401
+        import sklearn.ensemble  # noqa: F401 - Optuna's fANOVA importances (the study's param_importances plots)
+
+
+def child(condition: str, base: dict[str, Any], tracking_uri: str, trials: int, tag: str) -> dict[str, Any]:
+    import optuna
+
+    import_before_the_clock(sweep=condition.startswith("siamese-sweep"))
 
     name = f"overhead-{tag}"
     spec = make_spec(base, tracking_uri, trials, name, plots="log_plots" not in condition,

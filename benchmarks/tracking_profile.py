@@ -6,10 +6,14 @@ which sees the worker's thread only (the background finisher and the recording h
 prints the cumulative time of each part. cProfile slows Python code several-fold and C code hardly at all, so
 the figures are upper bounds for the Python-heavy parts; their order, not their sum, is the point.
 
+It also prints the sweep's start (from the `run_sweep` call to the first ``train()``) and its end (from the last
+``train()``'s return to `run_sweep`'s), the parts of a sweep no trial overlaps; with ``--clock`` there is no
+cProfile, and those are real seconds.
+
 Imports happen before the clock, as in `tracking_overhead.py`. The trials are the same shape as there, with
 fewer pairs per epoch (the calls a trial makes outside training do not depend on how long it trains).
 
-    python benchmarks/tracking_profile.py [--mode background|inline] [--trials 6]
+    python benchmarks/tracking_profile.py [--mode background|inline] [--trials 6] [--clock]
 """
 from __future__ import annotations
 
@@ -20,9 +24,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tracking_overhead import BASE, logged_train_seconds, make_spec  # noqa: E402
+from tracking_overhead import BASE, import_before_the_clock, logged_train_seconds, make_spec  # noqa: E402
 
 # (label, per trial or per sweep, the function: "path suffix:function name")
 PARTS = (
@@ -40,6 +45,7 @@ PARTS = (
     ("collect and freeze long-lived objects", "sweep", "sweeps/worker.py:freeze_long_lived"),
     ("start the recording helper", "sweep", "sweeps/recorder.py:start"),
     ("stop the recording helper", "sweep", "sweeps/recorder.py:close"),
+    ("draw the study plots while the last trial is recorded", "sweep", "sweeps/artifacts.py:prepare"),
     ("finalize the parent run (study plots, table, report, HTML)", "sweep", "sweeps/runner.py:finalize_parent"),
 )
 
@@ -48,16 +54,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=("background", "inline"), default="background")
     ap.add_argument("--trials", type=int, default=6)
+    ap.add_argument("--clock", action="store_true", help="no cProfile: only the real seconds of start and end")
     args = ap.parse_args()
 
-    import alembic.command  # noqa: F401 - imports before the clock, as in tracking_overhead.py
-    import keras  # noqa: F401
-    import matplotlib.pyplot  # noqa: F401
-    import optuna.storages._rdb.models  # noqa: F401
-    import optuna.visualization.matplotlib  # noqa: F401
-
-    import siamese_core.training  # noqa: F401
-    import sweeps.callbacks  # noqa: F401
+    import_before_the_clock(sweep=True)
+    import siamese_core.training
     from sweeps.options import options_from
     from sweeps.runner import run_sweep
     from sweeps.stack import MlflowServer
@@ -68,19 +69,36 @@ def main() -> None:
         spec = make_spec(base, server.url, args.trials, "profile", background=args.mode == "background")
         opts = options_from(spec, storage=f"sqlite:///{work}/optuna.db", tracking_uri=server.url,
                             study_name="profile", progress=False)
+        spans: list[tuple[float, float]] = []  # (start, end) of every train() call
+        real_train = siamese_core.training.train
+
+        def timed_train(*a: Any, **k: Any) -> Any:  # `sweeps.objective` imports `train` when a trial runs
+            began = time.perf_counter()
+            try:
+                return real_train(*a, **k)
+            finally:
+                spans.append((began, time.perf_counter()))
+        siamese_core.training.train = timed_train
         profile = cProfile.Profile()
         t0 = time.perf_counter()
-        profile.enable()
+        if not args.clock:
+            profile.enable()
         result = run_sweep(spec, opts)
         profile.disable()
-        wall = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        siamese_core.training.train = real_train
+        wall = t1 - t0
         assert result.budget_met, result.status
         train = logged_train_seconds(server.url, "profile")
-    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]  # pstats keeps its table there
     n = args.trials
+    how = "no profiler" if args.clock else "under cProfile (the worker's thread)"
     print(f"\n{args.mode}, {n} trials x {base['epochs']} epochs x {base['pairs']['pairs_per_epoch']:,} pairs on "
-          f"{base['dataset']}, one sweep under cProfile (the worker's thread): wall {wall:.1f} s, train() "
-          f"{train:.1f} s, outside train() {(wall - train) / n:.3f} s per trial\n")
+          f"{base['dataset']}, one sweep {how}: wall {wall:.1f} s, train() {train:.1f} s, outside train() "
+          f"{(wall - train) / n:.3f} s per trial; the sweep's start (run_sweep -> first train()) "
+          f"{spans[0][0] - t0:.2f} s, its end (last train() -> run_sweep's return) {t1 - spans[-1][1]:.2f} s\n")
+    if args.clock:
+        return
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]  # pstats keeps its table there
     print("| part | per | calls | cumulative s | s per trial |\n|---|---|---|---|---|")
     for label, per, where in PARTS:
         suffix, name = where.rsplit(":", 1)

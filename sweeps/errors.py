@@ -13,7 +13,8 @@ class TrackingUnavailable(InfrastructureError, RuntimeError):
 
 
 class RecordingFailed(InfrastructureError, RuntimeError):
-    """The recording helper (`sweeps.recorder`) could not record a trial (its error is in the message), or died."""
+    """The recording helper (`sweeps.recorder`) could not record a trial (its error is in the message), or was
+    gone when a trial was sent to it (a helper that dies with a job no longer raises this: the worker records it)."""
 
 
 class InvalidTrialConfig(InputError, ValueError):

@@ -13,7 +13,8 @@ a job folder and sends the folder to the helper (in line, the worker's thread ru
 itself); the background finisher (`sweeps.finisher`) waits for the helper's answer, then logs the final
 metrics against the logged model, ends the run and tells Optuna. A job that fails in the helper fails the
 trial, as the same failure in line would. A job whose helper died is recorded in the worker's process
-instead (`Recorder.result`), and a new helper is started for the next trial.
+instead (`Recorder.result`; if the helper had finalized the model before it died, that model is the trial's),
+and a new helper is started for the next trial.
 
 The helper imports MLflow, matplotlib and `sweeps.serving` (MLflow runs the models-from-code file while it
 saves), never TensorFlow. It reads its tracking URI from its stdin (no secret in process arguments) and
@@ -32,9 +33,12 @@ import tempfile
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .errors import RecordingFailed, TrackingUnavailable
+
+if TYPE_CHECKING:
+    from .tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +92,9 @@ class Recorder:
     """The worker's side: one helper process, started at once (its imports run at idle priority while the
     first trial trains) and again after it died; jobs are done one after another, in the order sent."""
 
-    def __init__(self, tracking_uri: str) -> None:
-        self._uri = tracking_uri
+    def __init__(self, tracker: Tracker) -> None:
+        self._tracker = tracker  # the worker's `sweeps.tracking.Tracker`: its URI for the helper, and its client
+        # when a job whose helper died is recorded here
         self._proc: subprocess.Popen[bytes] | None = None
         self._answers: dict[int, dict[str, Any]] = {}  # read while waiting for another job's answer
         self._sent_to: dict[int, subprocess.Popen[bytes]] = {}  # job number -> the helper that has it
@@ -117,7 +122,7 @@ class Recorder:
         proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 env=env, start_new_session=True)
         assert proc.stdin is not None
-        proc.stdin.write((json.dumps({"uri": self._uri}) + "\n").encode())
+        proc.stdin.write((json.dumps({"uri": self._tracker.uri}) + "\n").encode())
         proc.stdin.flush()
         self._proc = proc  # not waiting for its hello: 0.33 s per sweep (benchmarks/tracking_profile.py)
         return proc
@@ -170,12 +175,13 @@ class Recorder:
         return answer
 
     def _record_here(self, job: Job) -> str | None:
-        from .tracking import Tracker
-
-        tracker = Tracker(self._uri)
         if job.model_name is not None:
-            abandon_unfinished_models(tracker, job)
-        return record(job, tracker)
+            done = settle_models_left(self._tracker, job)
+            if done is not None:  # it died after its last step, before its answer: nothing is missing
+                log.warning("the recording helper had logged trial %d's model before it exited: %s", job.number,
+                            done)
+                return done
+        return record(job, self._tracker)
 
     def _read(self, proc: subprocess.Popen[bytes] | None) -> dict[str, Any] | None:
         """The helper's next answer (None: it exited); its hello line, first of all, sets `priority`."""
@@ -243,24 +249,35 @@ def record(job: Job, tracker: Any) -> str | None:
         step=job.step, name=name)))
 
 
-def abandon_unfinished_models(tracker: Any, job: Job) -> int:
-    """Mark FAILED the logged models a dead helper left PENDING for `job` (created, never finalized); returns
-    how many. Best-effort: a PENDING model only clutters the Models tab, it is never what the trial points to."""
-    from mlflow.entities import LoggedModelStatus
+def settle_models_left(tracker: Any, job: Job) -> str | None:
+    """What a dead helper left of `job`'s model: a READY one is the trial's model (`record` logs the files
+    before the model and finalizes it last, so the job was done; its URI is returned, and recording again would
+    log a second copy); PENDING ones (created, never finalized) are marked FAILED. Best-effort: on an error
+    the job is recorded again, and a PENDING model only clutters the Models tab."""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 
+    from .registry import logged_model_uri
+
+    client = tracker.client
     try:
-        found = tracker.client.search_logged_models(
+        found = client.search_logged_models(
             [job.experiment_id], filter_string=f"source_run_id = '{job.run_id}' AND name = '{job.model_name}'")
-        stale = [m for m in found if m.status == LoggedModelStatus.PENDING]
-        for model in stale:
-            tracker.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        for model in found:
+            if model.status == LoggedModelStatus.PENDING:
+                client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        ready = [m for m in found if m.status == LoggedModelStatus.READY]
+        if ready:  # `log_model_dir` links the model to the run's outputs after finalizing it: the helper may not have
+            outputs = client.get_run(job.run_id).outputs
+            linked = {o.model_id for o in outputs.model_outputs} if outputs is not None else set()
+            if ready[0].model_id not in linked:
+                client.log_outputs(job.run_id, [LoggedModelOutput(ready[0].model_id, job.step)])
     except Exception as exc:  # noqa: BLE001 - the trial's own model is logged anyway
         from .secrets import mask_secrets
 
-        log.warning("could not mark the unfinished models of trial %d FAILED: %s", job.number,
+        log.warning("could not look up the models trial %d's helper left: %s", job.number,
                     mask_secrets(str(exc))[:200])
-        return 0
-    return len(stale)
+        return None
+    return str(logged_model_uri(ready[0].model_id)) if ready else None
 
 
 def _answer(out: IO[str], message: dict[str, Any]) -> None:

@@ -89,11 +89,12 @@ def parent_best_updater(tracker: Tracker, parent_run_id: str) -> Any:
 
 
 def finalize_parent(study: optuna.Study, tracker: Tracker, parent_run_id: str, *, status: str,
-                    plots: bool = True, html: bool = True) -> None:
+                    plots: bool = True, html: bool = True, drawn: artifacts.StudyPlotsAhead | None = None) -> None:
     """Trials table, Optuna plots and the final best on the parent run; then set its status (`html`: False
-    when the HTML plots already show every finished trial)."""
+    when the HTML plots already show every finished trial; `drawn`: PNGs drawn while the last trial was recorded,
+    used if they show the study as it is)."""
     with tempfile.TemporaryDirectory(prefix="siamese-study-") as tmp:
-        artifacts.write_study_artifacts(study, Path(tmp), plots=plots)
+        artifacts.write_study_artifacts(study, Path(tmp), plots=plots, drawn=drawn)
         write_report(study, Path(tmp) / "report.md")
         tracker.retry("log study artifacts", lambda: tracker.client.log_artifacts(parent_run_id, tmp))
     if plots and html:
@@ -188,6 +189,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None,
     status = RUN_FAILED
     reports: list[WorkerReport] = []
     refresh_plots: study_plots.PlotRefresher | None = None
+    drawn = _plots_ahead(spec)
     stopped_by, budget_met = "", False
     try:
         if options.workers <= 1:
@@ -201,7 +203,8 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None,
                 progress.set(count_states(st).done, _postfix(st))
 
             reports.append(run_worker(spec, opened, tracker, budget=options.trials, timeout=options.timeout,
-                                      on_trial=on_trial, data_cache=DataCache.seeded(spec.base, data)))
+                                      on_trial=on_trial, data_cache=DataCache.seeded(spec.base, data),
+                                      at_last_finish=drawn.prepare if drawn is not None else None))
         else:
             reports.extend(_run_processes(spec, options, study, progress, workers))
         budget_met = count_states(study).done >= options.trials
@@ -218,9 +221,11 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None,
             closing = tracker if status == RUN_FINISHED else Tracker(options.tracking_uri, retry=Retry(budget_s=5.0))
             try:
                 finalize_parent(study, closing, parent, status=status, plots=spec.tracking.log_plots,
-                                html=refresh_plots is None or not refresh_plots.up_to_date(study))
+                                html=refresh_plots is None or not refresh_plots.up_to_date(study), drawn=drawn)
             except Exception as exc:  # noqa: BLE001 - never hide the sweep's own outcome
                 log.warning("could not finalise the parent run: %s", exc)
+        if drawn is not None:
+            drawn.close()
     return SweepResult(study_status(study), parent, experiment_id, budget_met, reports, stopped_by)
 
 
@@ -271,17 +276,30 @@ def join_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> S
     if options.threads is None:
         warn_if_sharing_cores(opened.study, threads)
     experiment_id, parent = ensure_parent_run(opened, tracker, spec)
-    report = run_worker(spec, opened, tracker, budget=None, timeout=options.timeout,
-                        on_trial=parent_best_updater(tracker, parent), data_cache=DataCache.seeded(spec.base, data))
-    result = SweepResult(study_status(opened.study), parent, experiment_id, report.budget_met, [report],
-                         report.stopped_by)
-    if result.finished and options.finalize:
-        try:
-            finalize_parent(opened.study, tracker, parent, status=RUN_FINISHED, plots=spec.tracking.log_plots)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("could not finalise the parent run: %s", exc)
-        result.status = study_status(opened.study)
+    drawn = _plots_ahead(spec)
+    try:
+        report = run_worker(spec, opened, tracker, budget=None, timeout=options.timeout,
+                            on_trial=parent_best_updater(tracker, parent), data_cache=DataCache.seeded(spec.base, data),
+                            at_last_finish=drawn.prepare if drawn is not None else None)
+        result = SweepResult(study_status(opened.study), parent, experiment_id, report.budget_met, [report],
+                             report.stopped_by)
+        if result.finished and options.finalize:
+            try:
+                finalize_parent(opened.study, tracker, parent, status=RUN_FINISHED, plots=spec.tracking.log_plots,
+                                drawn=drawn)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("could not finalise the parent run: %s", exc)
+            result.status = study_status(opened.study)
+    finally:
+        if drawn is not None:
+            drawn.close()
     return result
+
+
+def _plots_ahead(spec: SweepSpec) -> artifacts.StudyPlotsAhead | None:
+    """With the recording in the background, the study's PNGs are drawn while its last trial is recorded."""
+    tracking = spec.tracking
+    return artifacts.StudyPlotsAhead() if tracking.log_plots and tracking.finish_in_background else None
 
 
 def _process_seed_offset() -> int:

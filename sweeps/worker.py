@@ -10,6 +10,7 @@ another worker may still fail and need replacing.
 """
 from __future__ import annotations
 
+import datetime
 import gc
 import logging
 import os
@@ -193,13 +194,16 @@ def _await_running(study: optuna.Study, poll_s: float) -> None:
 
 
 OnTrial = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
+# the study's trials as they will be once the last one is told, and its directions (`take_trials`)
+AtLastFinish = Callable[[list[optuna.trial.FrozenTrial], list[optuna.study.StudyDirection]], None]
 
 
 def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget: int | None = None,
                timeout: float | None = None, on_trial: OnTrial | None = None,
                checkpoint_root: Path | None = None, poll_s: float | None = None,
-               data_cache: DataCache | None = None) -> WorkerReport:
-    """Run trials of `opened.study` in this process until the budget is met, time is up, or it is interrupted."""
+               data_cache: DataCache | None = None, at_last_finish: AtLastFinish | None = None) -> WorkerReport:
+    """Run trials of `opened.study` in this process until the budget is met, time is up, or it is interrupted
+    (`at_last_finish`: see `take_trials`; with ``tracking.finish_in_background`` only)."""
     import mlflow
 
     os.environ.pop(names.ENV_MLFLOW_RUN_ID, None)  # would hijack run creation (MLflow 3: it overrides parent_run_id)
@@ -218,7 +222,7 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
                        checkpoint_root=checkpoint_root,
                        share_checkpoints=shared_through_mlflow(spec.tracking.checkpoints, tracker.uri),
                        finisher=Finisher() if spec.tracking.finish_in_background else None,
-                       recorder=Recorder(tracker.uri) if spec.tracking.finish_in_background else None)
+                       recorder=Recorder(tracker) if spec.tracking.finish_in_background else None)
     objective = Objective(ctx)
     lock = budget_lock(opened.storage_url, study.study_name)
     reconciled: set[int] = set()
@@ -242,7 +246,8 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
                              under_lock=lambda: reconcile_runs(study, tracker, reconciled, experiment_id=experiment_id,
                                                                parent_run_id=parent_run_id),
                              tracker_name=repr(tracker), finisher=ctx.finisher,
-                             warm_up=artifacts.warm_up if background and spec.tracking.log_plots else None)
+                             warm_up=artifacts.warm_up if background and spec.tracking.log_plots else None,
+                             at_last_finish=at_last_finish)
     finally:
         if ctx.recorder is not None:
             ctx.recorder.close()
@@ -258,10 +263,14 @@ def freeze_long_lived() -> None:
     and MLflow imported that walks ~515,000 objects: 0.20 s per trial measured here, most of the collector's
     cost, for objects that live as long as the process. ``gc.freeze()`` (once per process) leaves them out:
     the same collect then took 2 us. Objects made later, every trial's model among them, are collected as before.
+
+    Only the young generations are collected first: a full collection here took 0.32 s of every sweep's start to
+    find 20 unreachable objects among 569,000 (after the imports of `benchmarks/tracking_overhead.py`); those few,
+    already in the oldest generation, stay frozen with the rest.
     """
     global _FROZEN
     if not _FROZEN:
-        gc.collect()  # freeze survivors only, not garbage waiting for a collection
+        gc.collect(1)  # freeze survivors, not the garbage of the last imports (0.5 ms)
         gc.freeze()
         _FROZEN = True
 
@@ -270,7 +279,8 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
                 default_budget: int, max_failures: int, poll_s: float, deadline: float | None = None,
                 stopper: Any = None, on_trial: OnTrial | None = None,
                 under_lock: Callable[[], Any] | None = None, tracker_name: str = "MLflow",
-                finisher: Finisher | None = None, warm_up: Callable[[], None] | None = None) -> WorkerReport:
+                finisher: Finisher | None = None, warm_up: Callable[[], None] | None = None,
+                at_last_finish: AtLastFinish | None = None) -> WorkerReport:
     """The coordination loop of one worker, apart from what a trial does (benchmarks/coordination.py runs it
     with an objective that does no training, to measure the storage cost of coordination alone).
 
@@ -278,7 +288,12 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
     at most one trial; `objective` runs after the lock is released. An objective may return a `Deferred`:
     its finish then runs in `finisher`'s background thread while the next trial trains, and the trial is told
     once it is done (the order is explained in `sweeps.finisher`); `warm_up` runs there while the first trial
-    trains (imports the recording needs). `deadline` is a ``time.monotonic()`` value.
+    trains (imports the recording needs). In a round that hands a job to the background, `under_lock` runs
+    there after the job, not under the lock before the ask: the worker's reconcile is a search in MLflow
+    and a read of every trial, 0.044 s of each trial's critical path (benchmarks/tracking_profile.py), and it
+    needs no lock (two workers ending the same orphaned run both end it the same way).
+    `at_last_finish` runs in this thread while the finish of the study's last live trial runs in the background,
+    with the study's trials as they will be once it is told (`_as_told`). `deadline` is a ``time.monotonic()`` value.
     """
     report = WorkerReport()
     finisher = finisher if finisher is not None else Finisher()
@@ -360,8 +375,8 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
                 unreachable = False
                 with lock:
                     fail_stale_trials(study)
-                    if under_lock is not None:
-                        under_lock()
+                    if under_lock is not None and pending is None:
+                        under_lock()  # else in the background, after the pending finish (`_then` below)
                     counts = count_states(study)
                     target = trial_budget(study, default_budget)
                     if counts.done >= target:
@@ -394,16 +409,24 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
                             unreachable = True
                         else:
                             heartbeat.hold(trial)
+                handed: optuna.trial.FrozenTrial | None = None
                 if pending is not None:  # asked first: the sampler did not see the trial about to finish
-                    finisher.submit(pending)
-                    pending, pending_complete = None, None
+                    finisher.submit(_then(pending, under_lock))
+                    pending, pending_complete, handed = None, None, pending_complete
+                if trial is None and handed is not None and at_last_finish is not None:
+                    try:
+                        told = _as_told(study, handed)
+                        if told is not None:
+                            at_last_finish(told, list(study.directions))
+                    except Exception as exc:  # noqa: BLE001 - work done ahead; the sweep's end does it anyway
+                        log.warning("could not prepare the sweep's end while its last trial was recorded: %s", exc)
                 if trial is not None:
                     deferred = settle(trial, partial(objective, trial))
                     if deferred is not None:
                         pending, pending_complete = finish_job(trial, deferred), deferred.as_complete(trial)
                 elif unreachable:
                     _sleep(poll_s)
-                elif not finisher.busy:
+                elif handed is None and not finisher.busy:  # a finish just handed over: the next round waits for it
                     _await_running(study, poll_s)  # other workers are running the remaining trials
         finally:
             lock.release()
@@ -411,6 +434,33 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
                 finisher.submit(pending)
             finisher.wait()
     return report
+
+
+def _as_told(study: optuna.Study, handed: optuna.trial.FrozenTrial) -> list[optuna.trial.FrozenTrial] | None:
+    """The study's trials once `handed` (its values; `Deferred.as_complete`) is told COMPLETE; None while any
+    other trial is still running or waiting (then the end is not known yet)."""
+    trials = study.get_trials(deepcopy=True)
+    live = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    if any(t.state in live and t.number != handed.number for t in trials):
+        return None
+    told: list[optuna.trial.FrozenTrial] = []
+    for t in trials:
+        if t.number == handed.number:  # its reports and params as stored; the state and values it will be told
+            t.state, t.values = optuna.trial.TrialState.COMPLETE, handed.values
+            t.datetime_complete = t.datetime_complete or datetime.datetime.now()
+        told.append(t)
+    return told
+
+
+def _then(job: Callable[[], None], after: Callable[[], Any] | None) -> Callable[[], None]:
+    """`job`, then `after` (if any) in the same background run."""
+    if after is None:
+        return job
+
+    def both() -> None:
+        job()
+        after()
+    return both
 
 
 def _ended_elsewhere(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial | None:

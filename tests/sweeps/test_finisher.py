@@ -145,3 +145,93 @@ def test_stop_rules_read_the_values_of_a_trial_not_yet_told() -> None:
     pending = Deferred(finish=lambda: 0.95, values=0.95).as_complete(trial)
     decision = stop.decision(study, assume=[pending])
     assert decision is not None and str(decision).startswith(f"target: trial {trial.number} reached 0.95")
+
+
+def test_the_reconcile_of_a_round_that_hands_a_finish_to_the_background_runs_there_after_it() -> None:
+    """The worker's reconcile (an MLflow search and a read of every trial, 0.044 s a trial) left the critical path:
+    in a round with a finish to hand over, it runs in the finisher's thread once that trial is told."""
+    from sweeps.storage import ThreadLock
+    from sweeps.worker import take_trials
+
+    study = optuna.create_study()
+    calls: list[tuple[str, int]] = []
+
+    def reconcile() -> None:
+        done = len(study.get_trials(deepcopy=False, states=(S.COMPLETE,)))
+        calls.append((threading.current_thread().name, done))
+
+    def objective(trial: optuna.Trial) -> Deferred:
+        x = trial.suggest_float("x", 0, 1)
+        return Deferred(lambda: x, x)
+
+    finisher = Finisher()
+    report = take_trials(study, ThreadLock("bg"), objective, default_budget=3, max_failures=2, poll_s=0.05,
+                         under_lock=reconcile, finisher=finisher)
+    assert report.budget_met and report.states == {"COMPLETE": 3}, report
+    background = [done for name, done in calls if name == finisher.name]
+    assert background == [1, 2, 3], calls  # each after the finish it followed: that trial was told
+    assert all(name == threading.main_thread().name for name, _ in calls if name != finisher.name), calls
+
+
+def test_the_study_plots_are_drawn_while_the_last_trial_is_recorded_and_used_by_the_parent_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The end of a background sweep was serial (wait for the last recording, 0.90 s here; then draw the study
+    PNGs, 1.1 s): now the worker's thread draws them while the helper records, for the study as it will be."""
+    from mlflow import MlflowClient
+
+    from sweeps import artifacts
+    from sweeps.options import options_from
+    from sweeps.runner import run_sweep
+    from sweeps.spec import spec_from_dict
+
+    storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
+    drawn: list[tuple[str, list[str]]] = []  # (thread, the stored trials' states right then)
+    real = artifacts.write_study_plots
+
+    def spy(study: optuna.Study, directory: Path) -> list[Path]:
+        stored = optuna.load_study(study_name="ahead", storage=storage)
+        drawn.append((threading.current_thread().name, [t.state.name for t in stored.get_trials(deepcopy=False)]))
+        return real(study, directory)
+
+    monkeypatch.setattr(artifacts, "write_study_plots", spy)
+    spec = spec_from_dict(make_spec_dict(study={"trials": 3}, tracking={"finish_in_background": True}))
+    result = run_sweep(spec, options_from(spec, storage=storage, study_name="ahead", tracking_uri=uri,
+                                          progress=False))
+    assert result.budget_met
+    # once, in the worker's thread, before the last trial was told; the parent run's finalization drew nothing
+    assert drawn == [(threading.main_thread().name, ["COMPLETE", "COMPLETE", "RUNNING"])], drawn
+    client = MlflowClient(uri)
+    logged = {f.path for f in client.list_artifacts(result.parent_run_id)}
+    assert {"optimization_history.png", "param_importances.png", "parallel_coordinate.png",
+            "intermediate_values.png", "trials.csv"} <= logged, logged
+
+
+def test_plots_drawn_ahead_are_used_only_for_the_trials_they_show(tmp_path: Path) -> None:
+    """A recording that fails (the trial told FAIL, not COMPLETE) or another trial that ends meanwhile: the
+    plots drawn ahead show another study, and the parent run gets plots drawn again."""
+    from sweeps import artifacts
+
+    study = optuna.create_study(direction="maximize")
+    for x in (0.2, 0.6, 0.4):
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        trial.report(x / 2, 0)
+        study.tell(trial, x)
+    trials = study.get_trials()
+    ahead = artifacts.StudyPlotsAhead()
+    try:
+        ahead.prepare(trials, list(study.directions))
+        assert ahead.matches(study)
+        out, fresh, table = tmp_path / "out", tmp_path / "fresh", tmp_path / "table"
+        out.mkdir(), fresh.mkdir()
+        assert sorted(p.name for p in ahead.copy_into(out)) == \
+            sorted(p.name for p in artifacts.write_study_plots(study, fresh))
+        other = optuna.create_study(direction="maximize")
+        other.add_trials(trials[:2])
+        other.add_trial(optuna.trial.create_trial(params={"x": 0.4}, distributions=trials[2].distributions,
+                                                  state=S.FAIL))
+        assert not ahead.matches(other)
+        artifacts.write_study_artifacts(other, table, drawn=ahead)
+        history = "optimization_history.png"
+        assert (table / history).read_bytes() != (out / history).read_bytes()  # drawn again, for `other`
+    finally:
+        ahead.close()

@@ -21,6 +21,7 @@ from sweeps import modelio, names, recorder
 from sweeps.errors import TrackingUnavailable
 from sweeps.recorder import Recorder
 from sweeps.serving import load_model_dir
+from sweeps.tracking import Tracker
 
 TRIAL_FILES = {"config.yaml", "diagnostics.json", "curves.png", "distance_histogram.png", "embeddings_pca.png"}
 
@@ -56,7 +57,7 @@ def test_the_helper_runs_at_idle_priority_without_tensorflow_and_logs_what_in_li
         trained: Any, store: Any, tmp_path: Path) -> None:
     uri, client, exp = store
     job = _stage(trained, client, exp, 0)
-    rec = Recorder(uri)
+    rec = Recorder(Tracker(uri))
     try:
         rec.submit(job)
         helper_uri = rec.result(job)
@@ -109,7 +110,7 @@ def test_a_job_whose_helper_died_is_recorded_in_the_worker_and_the_next_job_gets
     from mlflow.entities import LoggedModelStatus
 
     uri, client, exp = store
-    rec = Recorder(uri)
+    rec = Recorder(Tracker(uri))
     try:
         rec.start()
         assert rec.priority == ""  # start() did not wait for the helper's hello: it is read with the first answer
@@ -151,12 +152,39 @@ def test_a_job_whose_helper_died_is_recorded_in_the_worker_and_the_next_job_gets
         rec.close()
 
 
+def test_a_helper_that_died_after_logging_the_model_but_before_answering_leaves_one_model(
+        trained: Any, store: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The window between finalizing the model READY and writing the answer: the worker takes that model
+    (before, it recorded the job again and the run had two READY models, the trial pointing at the second)."""
+    uri, client, exp = store
+    rec = Recorder(Tracker(uri))
+    try:
+        rec.start()
+        helper = rec.pid
+        assert helper is not None
+        os.kill(helper, signal.SIGSTOP)
+        job = _stage(trained, client, exp, 4)
+        rec.submit(job)
+        done = recorder.record(job, Tracker(uri))  # what the helper did before it was killed
+        os.kill(helper, signal.SIGKILL)
+        with caplog.at_level("WARNING", logger="sweeps.recorder"):
+            assert rec.result(job) == done
+        assert "had logged trial 4's model before it exited" in caplog.text
+        models = client.search_logged_models([exp], filter_string=f"source_run_id = '{job.run_id}'")
+        assert [m.model_id for m in models] == [done.split("/")[-1]]
+        outputs = client.get_run(job.run_id).outputs
+        assert outputs is not None and [o.model_id for o in outputs.model_outputs] == [models[0].model_id]
+        assert {f.path for f in client.list_artifacts(job.run_id)} == TRIAL_FILES
+    finally:
+        rec.close()
+
+
 def test_an_error_in_the_helper_is_raised_in_the_worker_as_the_in_line_error_would_be(
         trained: Any, store: Any) -> None:
     uri, client, exp = store
     job = _stage(trained, client, exp, 3)
     lost = recorder.Job(job.number, job.folder, "0" * 32, exp, True, None, job.step)  # a run that never existed
-    rec = Recorder(uri)
+    rec = Recorder(Tracker(uri))
     try:
         rec.submit(lost)
         with pytest.raises(TrackingUnavailable, match="recording trial 3: .*log artifacts"):

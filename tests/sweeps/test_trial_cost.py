@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from .conftest import make_spec_dict
 
@@ -38,3 +39,33 @@ def test_a_worker_freezes_its_long_lived_objects_before_the_first_trial(tmp_path
     assert [state for state, _ in report["seen"]] == ["COMPLETE", "COMPLETE"]
     # the permanent generation holds at least what importing TensorFlow and Keras made (~500,000 objects)
     assert all(frozen >= 0.9 * report["imported"] for _, frozen in report["seen"]), report
+
+
+def test_the_allocator_is_probed_once_per_worker_process_not_at_every_trial(monkeypatch: Any) -> None:
+    """The probe (20 rounds of 24 MiB) took 23 ms of every trial's start for the same answer each time."""
+    from siamese_core import allocator
+    from sweeps import names
+    from sweeps.objective import allocator_tags
+
+    calls: list[int] = []
+    monkeypatch.setattr(allocator, "probe", lambda: calls.append(1) or 0.5)
+    allocator_tags.cache_clear()
+    try:
+        first, second = allocator_tags(), allocator_tags()
+    finally:
+        allocator_tags.cache_clear()  # the next caller measures this process's allocator for itself
+    assert len(calls) == 1
+    assert first == second and first[names.TAG_ALLOCATOR_REFAULTS] == "0.500"
+
+
+def test_the_freeze_collects_only_the_young_generations_first(monkeypatch: Any) -> None:
+    """A full collection before the freeze took 0.32 s of every sweep's start to find 20 unreachable objects."""
+    from sweeps import worker
+
+    calls: list[tuple[int, ...]] = []
+    monkeypatch.setattr(worker, "_FROZEN", False)
+    monkeypatch.setattr(worker.gc, "collect", lambda *args: calls.append(args) or 0)
+    monkeypatch.setattr(worker.gc, "freeze", lambda: calls.append(("freeze",)))  # type: ignore[arg-type]
+    worker.freeze_long_lived()
+    worker.freeze_long_lived()  # once per process
+    assert calls == [(1,), ("freeze",)]
