@@ -33,6 +33,7 @@ from tracking_overhead import BASE, import_before_the_clock, logged_train_second
 PARTS = (
     ("start a trial's run (create, tags, duplicate check, trial attrs)", "trial", "sweeps/objective.py:_start_run"),
     ("params, trial_number, dataset input", "trial", "sweeps/objective.py:_log_inputs"),
+    ("probe the allocator (inside the run's start)", "trial", "sweeps/objective.py:allocator_tags"),
     ("make the run MLflow's active run, and release it", "trial", "sweeps/tracking.py:active"),
     ("stage the recording (Keras save, plot inputs, files)", "trial", "sweeps/recorder.py:stage"),
     ("record in line (plots, uploads, model)", "trial", "sweeps/recorder.py:record"),

@@ -37,7 +37,7 @@ def warm_up() -> None:
     _plt()
     import optuna.visualization  # noqa: F401 - plotly, for `study_plots`
     import optuna.visualization.matplotlib  # noqa: F401
-    import sklearn.ensemble  # noqa: F401 - Optuna's fANOVA importances load it on first use: 1.5 s (-X importtime)
+    import sklearn.ensemble  # noqa: F401 - Optuna's fANOVA importances load it on first use (~0.1 s, BENCHMARKS §2)
 
 
 def _safe(what: str, fn: Any, *args: Any) -> Path | None:
@@ -216,11 +216,12 @@ class StudyPlotsAhead:
     """The study's final PNGs, drawn while the sweep's last trial is still being recorded.
 
     With ``tracking.finish_in_background`` the end of a sweep was serial: the worker waited for the recording
-    helper to log the last trial (0.90 s here), and only then drew the four study PNGs (1.1 s). The trial's
-    values and reports are known before it is told, so the worker's thread draws the plots of the study as it will
-    be (`prepare`) while the helper records; the parent run's finalization uses them only if the study, once told,
-    shows exactly those trials (`matches`: numbers, states, values, params, reports), and draws them again
-    otherwise (the recording failed, another worker's trial ended meanwhile).
+    helper to log the last trial, and only then drew the four study PNGs. The trial's values and reports are
+    known before it is told, so the worker's thread draws the plots of the study as it will be (`prepare`) while
+    the helper records; the parent run's finalization uses them only if the study, once told, shows exactly those
+    trials (`matches`: numbers, states, values, params, reports), and draws them again otherwise (the recording
+    failed, another worker's trial ended meanwhile). The sweep's end went from 2.0-2.3 s to 1.7-1.8 s
+    (`benchmarks/tracking_profile.py --clock`, BENCHMARKS.md §2).
     """
 
     def __init__(self) -> None:

@@ -62,7 +62,7 @@ def worker_id() -> str:
 def allocator_tags() -> dict[str, str]:
     """The memory allocator as it is in this (worker) process: the setting and a measured re-fault share.
 
-    Measured once per process (the settings are made before TensorFlow loads and stay): the probe took 23 ms
+    Measured once per process (the settings are made before TensorFlow loads and stay): the probe took 24 ms
     of every trial's start (benchmarks/tracking_profile.py), for the same answer each time."""
     from siamese_core import allocator
 

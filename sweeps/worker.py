@@ -264,13 +264,13 @@ def freeze_long_lived() -> None:
     cost, for objects that live as long as the process. ``gc.freeze()`` (once per process) leaves them out:
     the same collect then took 2 us. Objects made later, every trial's model among them, are collected as before.
 
-    Only the young generations are collected first: a full collection here took 0.32 s of every sweep's start to
-    find 20 unreachable objects among 569,000 (after the imports of `benchmarks/tracking_overhead.py`); those few,
-    already in the oldest generation, stay frozen with the rest.
+    Only the young generations are collected first: a full collection here took 0.33 s of every sweep's start to
+    find 23 unreachable objects among 578,000 (the command is in BENCHMARKS.md §2); those few, already in the
+    oldest generation, stay frozen with the rest.
     """
     global _FROZEN
     if not _FROZEN:
-        gc.collect(1)  # freeze survivors, not the garbage of the last imports (0.5 ms)
+        gc.collect(1)  # freeze survivors, not the garbage of the last imports (0.4 ms)
         gc.freeze()
         _FROZEN = True
 
@@ -413,7 +413,7 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
                 if pending is not None:  # asked first: the sampler did not see the trial about to finish
                     finisher.submit(_then(pending, under_lock))
                     pending, pending_complete, handed = None, None, pending_complete
-                if trial is None and handed is not None and at_last_finish is not None:
+                if trial is None and not unreachable and handed is not None and at_last_finish is not None:
                     try:
                         told = _as_told(study, handed)
                         if told is not None:

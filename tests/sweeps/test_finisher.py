@@ -175,8 +175,8 @@ def test_the_reconcile_of_a_round_that_hands_a_finish_to_the_background_runs_the
 
 def test_the_study_plots_are_drawn_while_the_last_trial_is_recorded_and_used_by_the_parent_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The end of a background sweep was serial (wait for the last recording, 0.90 s here; then draw the study
-    PNGs, 1.1 s): now the worker's thread draws them while the helper records, for the study as it will be."""
+    """The end of a background sweep was serial (wait for the last recording, then draw the study PNGs): now the
+    worker's thread draws them while the helper records, for the study as it will be."""
     from mlflow import MlflowClient
 
     from sweeps import artifacts
