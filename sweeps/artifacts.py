@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,21 +214,22 @@ def write_study_plots(study: Any, directory: Path) -> list[Path]:
 
 
 class StudyPlotsAhead:
-    """The study's final PNGs, drawn while the sweep's last trial is still being recorded.
+    """The study's final plots (PNGs, HTML) and importances, made while the sweep's last trial is being recorded.
 
     With ``tracking.finish_in_background`` the end of a sweep was serial: the worker waited for the recording
-    helper to log the last trial, and only then drew the four study PNGs. The trial's values and reports are
+    helper to log the last trial, and only then drew the study's plots. The trial's values and reports are
     known before it is told, so the worker's thread draws the plots of the study as it will be (`prepare`) while
-    the helper records; the parent run's finalization uses them only if the study, once told, shows exactly those
-    trials (`matches`: numbers, states, values, params, reports), and draws them again otherwise (the recording
-    failed, another worker's trial ended meanwhile). The sweep's end went from 2.0-2.3 s to 1.7-1.8 s
-    (`benchmarks/tracking_profile.py --clock`, BENCHMARKS.md §2).
+    the helper records, and computes the parameter importances the sweep report shows; the parent run's
+    finalization uses them only if the study, once told, shows exactly those trials (`matches`: numbers, states,
+    values, params, reports), and makes them again otherwise (the recording failed, another worker's trial ended
+    meanwhile). Figures: BENCHMARKS.md §2 (`benchmarks/tracking_profile.py --clock`).
     """
 
     def __init__(self) -> None:
         self._dir: Path | None = None
         self._key: tuple[Any, ...] | None = None
         self._files: list[str] = []
+        self.last_number: int | None = None  # the trial the plots were drawn for as the study's last
 
     def prepare(self, trials: list[Any], directions: list[Any]) -> None:
         """Draw the plots of a study made of `trials` (FrozenTrials, the last trial as it will be told)."""
@@ -235,13 +237,24 @@ class StudyPlotsAhead:
 
         import optuna
 
+        from . import report, study_plots
+
         self.close()
+        self.last_number = trials[-1].number if trials else None
         storage = optuna.storages.InMemoryStorage()
-        storage.create_new_study(directions, "ahead")
-        study = optuna.Study("ahead", storage)  # not create_study: that logs "A new study created" to the user
+        quiet = _Drop("A new study created in memory")  # the user's log would show a study nobody made
+        created_by = logging.getLogger(optuna.storages.InMemoryStorage.__module__)
+        created_by.addFilter(quiet)
+        try:
+            storage.create_new_study(directions, _AHEAD)
+        finally:
+            created_by.removeFilter(quiet)
+        study = optuna.Study(_AHEAD, storage)
         study.add_trials(trials)
         self._dir = Path(tempfile.mkdtemp(prefix="siamese-study-plots-"))
         self._files = [p.name for p in write_study_plots(study, self._dir)]
+        study_plots.write_study_html(study, self._dir / "html")
+        report.parameter_importances(study)  # remembered for the same trials: the report at the end reads them
         self._key = plot_key(trials)
 
     def matches(self, study: Any) -> bool:
@@ -253,12 +266,31 @@ class StudyPlotsAhead:
         assert self._dir is not None, "copy_into() after prepare()"
         return [Path(shutil.copy2(self._dir / name, directory / name)) for name in self._files]
 
+    @property
+    def html_dir(self) -> Path | None:
+        """The study's HTML plots, drawn with the PNGs (`sweeps.study_plots.write_study_html`)."""
+        return None if self._dir is None else self._dir / "html"
+
     def close(self) -> None:
         import shutil
 
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
-        self._dir, self._key, self._files = None, None, []
+        self._dir, self._key, self._files, self.last_number = None, None, [], None
+
+
+_AHEAD = "siamese-sweep-study-ahead"
+
+
+class _Drop(logging.Filter):
+    """Drops the records of one logger that start with `prefix` (this thread's only)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix, self.thread = prefix, threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.thread == self.thread and record.getMessage().startswith(self.prefix))
 
 
 def plot_key(trials: list[Any]) -> tuple[Any, ...]:

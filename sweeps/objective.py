@@ -133,15 +133,17 @@ class Objective:
         except BaseException as exc:  # noqa: BLE001 - every end is recorded, then re-raised for Optuna
             self._raise_settled(attempt, exc)
         if self.ctx.finisher is not None:
-            try:
-                attempt.send_to_recorder()
-            except BaseException as exc:  # noqa: BLE001
-                self._raise_settled(attempt, exc)
-            return Deferred(lambda: self._finish(attempt, values), values)
+            return Deferred(lambda: self._finish(attempt, values, staged_here=False), values)
         return self._finish(attempt, values)
 
-    def _finish(self, attempt: TrialAttempt, values: float | list[float]) -> float | list[float]:
+    def _finish(self, attempt: TrialAttempt, values: float | list[float], *,
+                staged_here: bool = True) -> float | list[float]:
+        """Record the trial, then end its run. In the background (`staged_here` False) the trained model is
+        first staged for the recording helper there: the Keras save (0.08 s per trial, `benchmarks/
+        tracking_profile.py --clock`) then overlaps the next trial instead of delaying it."""
         try:
+            if not staged_here:
+                attempt.send_to_recorder()
             attempt.record()
             attempt.conclude(outcomes.COMPLETED)
         except BaseException as exc:  # noqa: BLE001
@@ -281,30 +283,39 @@ class TrialAttempt:
                                 names.TAG_SAMPLED_PARAMS: ",".join(sorted(trial.params))}  # sampled by `_begin`
         if self.retry_of is not None:
             tags[names.TAG_RETRY_OF] = self.retry_of
-        trial.set_user_attr(names.TRIAL_ATTR_WORKER, tags[names.TAG_WORKER])  # which machine/process ran it
         run = ctx.tracker.start_trial_run(ctx.experiment_id, ctx.parent_run_id, study_name=ctx.study_name,
                                           trial_number=trial.number, tags=tags)
         self.mlflow_run = run  # from here on a failure ends it, even if the storage refuses the next write
-        trial.set_user_attr(names.TRIAL_ATTR_RUN_ID, run.run_id)
+        # set while the trial trains, before it is told; a worker killed before they land leaves a run that
+        # `sweeps.worker.reconcile_runs` finds by its tags, not by these
+        attrs = {names.TRIAL_ATTR_RUN_ID: run.run_id, names.TRIAL_ATTR_WORKER: tags[names.TAG_WORKER]}
         url = run_url(ctx.tracker.uri, ctx.experiment_id, run.run_id)
         if url:  # optuna-dashboard shows user attrs: one click from a trial to its run
-            trial.set_user_attr(names.TRIAL_ATTR_RUN_URL, url)
+            attrs[names.TRIAL_ATTR_RUN_URL] = url
+
+        def set_attrs() -> None:
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+        run.in_background(set_attrs)
         return run
 
     def _log_inputs(self, run: TrialRun, config: Any, data: Any) -> None:
+        """The run's params and dataset input, sent while the trial trains (`TrialRun.in_background`)."""
         params = dict(config.flat())
         params["dataset.fingerprint"] = data.info.fingerprint
         params["dataset.source"] = data.info.source
-        # a metric, not only the tag: MLflow's compare view and charts plot metrics and params on their axes;
-        # queued, it goes in the params' request (with the tag in create_run's: 0.110 -> 0.056 s per trial here,
-        # benchmarks/tracking_profile.py)
-        run.log_metrics({"trial_number": self.trial.number}, step=0, send=False)
-        run.log_params(params)
-        self.dataset = dataset_entity(data.info)
-        run.log_dataset(self.dataset)
+        self.dataset = dataset = dataset_entity(data.info)
         hp_only = {f"hp.{k}": v for k, v in self.trial.params.items() if k not in params}
-        if hp_only:
-            run.log_params({**hp_only, "hypermodel": self.ctx.spec.hypermodel})
+        # a metric, not only the tag: MLflow's compare view and charts plot metrics and params on their axes;
+        # queued, it goes in the params' request
+        run.log_metrics({"trial_number": self.trial.number}, step=0, send=False)
+
+        def send() -> None:
+            run.log_params(params)
+            run.log_dataset(dataset)
+            if hp_only:
+                run.log_params({**hp_only, "hypermodel": self.ctx.spec.hypermodel})
+        run.in_background(send)
 
     def _log_result(self, run: TrialRun, result: Any, measured: dict[str, float]) -> None:
         """Everything a COMPLETE trial promises: metrics, artifacts, the model, then the trial's attrs."""

@@ -105,17 +105,34 @@ def build_report(study: optuna.Study) -> SweepReport:
 
 
 def _importances(study: optuna.Study, n_complete: int) -> dict[str, float]:
-    if n_complete < 3:
-        return {}
+    return parameter_importances(study) if n_complete >= 3 else {}
+
+
+_REMEMBERED: dict[tuple[Any, ...], dict[str, float]] = {}  # the last study's plot key -> its importances
+
+
+def parameter_importances(study: optuna.Study) -> dict[str, float]:
+    """fANOVA importances (Optuna's, seed 0: the same trials give the same numbers), remembered for the last
+    study they were computed for: `sweeps.artifacts.StudyPlotsAhead` computes them while a sweep's last trial is
+    recorded, and the report at the sweep's end reads them instead of computing them on its critical path."""
+    from .artifacts import plot_key
+
+    trials = study.get_trials(deepcopy=False)
+    key = (plot_key(trials), tuple(sorted((k, repr(d)) for t in trials for k, d in t.distributions.items())))
+    if key in _REMEMBERED:
+        return dict(_REMEMBERED[key])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            # fANOVA (Optuna's default) with a fixed seed: the same study gives the same numbers
             evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-            return {k: float(v) for k, v in optuna.importance.get_param_importances(study, evaluator=evaluator).items()}
+            got = optuna.importance.get_param_importances(study, evaluator=evaluator)
+            found = {k: float(v) for k, v in got.items()}
     except Exception as exc:  # noqa: BLE001 - e.g. a single distinct value per parameter
         log.info("no parameter importances: %s", exc)
-        return {}
+        found = {}
+    _REMEMBERED.clear()
+    _REMEMBERED[key] = found
+    return dict(found)
 
 
 def _codes(t: optuna.trial.FrozenTrial) -> list[tuple[str, str]]:

@@ -98,7 +98,10 @@ def finalize_parent(study: optuna.Study, tracker: Tracker, parent_run_id: str, *
         write_report(study, Path(tmp) / "report.md")
         tracker.retry("log study artifacts", lambda: tracker.client.log_artifacts(parent_run_id, tmp))
     if plots and html:
-        study_plots.log_study_html(study, tracker, parent_run_id)
+        if drawn is not None and drawn.html_dir is not None and drawn.matches(study):
+            study_plots.log_html_files(tracker, parent_run_id, drawn.html_dir)
+        else:
+            study_plots.log_study_html(study, tracker, parent_run_id)
     counts = count_states(study)
     tags = {names.TAG_TRIALS_PREFIX + k.lower(): str(v) for k, v in counts.as_dict().items()}
     tracker.retry("tag parent", lambda: tracker.client.log_batch(parent_run_id,
@@ -189,13 +192,14 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None,
     status = RUN_FAILED
     reports: list[WorkerReport] = []
     refresh_plots: study_plots.PlotRefresher | None = None
-    drawn = _plots_ahead(spec)
+    drawn = _plots_ahead(spec) if options.workers <= 1 and options.finalize else None  # what the end uses
     stopped_by, budget_met = "", False
     try:
         if options.workers <= 1:
             updater = parent_best_updater(tracker, parent)
             refresh_plots = study_plots.plot_refresher(
-                tracker, parent, spec.tracking.plots_every if spec.tracking.log_plots else 0)
+                tracker, parent, spec.tracking.plots_every if spec.tracking.log_plots else 0,
+                last_drawn=(lambda: drawn.last_number) if drawn is not None else None)
 
             def on_trial(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
                 updater(st, t)

@@ -175,8 +175,10 @@ def ensure_parent_run(opened: OpenedStudy, tracker: Tracker, spec: SweepSpec, *,
     uid = study_uid(study)
     # only this very study's parent (one whose creator died before recording it): a study of the same name in
     # another storage is another study, and reusing its parent would mix (and de-duplicate away) its runs
-    existing = tracker.find_runs(exp_id, f"tags.`{names.TAG_ROLE}` = '{names.ROLE_PARENT}' and "
-                                         f"tags.`{names.TAG_STUDY_UID}` = '{uid}'")
+    # a study this process has just created has a new identity: no run can carry it yet (0.09 s of the sweep's
+    # start saved, benchmarks/tracking_profile.py --clock)
+    existing = [] if opened.created else tracker.find_runs(
+        exp_id, f"tags.`{names.TAG_ROLE}` = '{names.ROLE_PARENT}' and tags.`{names.TAG_STUDY_UID}` = '{uid}'")
     if existing:
         parent = sorted(existing, key=lambda r: (r.info.start_time, r.info.run_id))[0].info.run_id
     else:

@@ -8,9 +8,11 @@ cannot be drawn or logged is skipped with a warning and never fails a trial or t
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -41,25 +43,44 @@ def _figures(study: optuna.Study) -> dict[str, Callable[[], Any]]:
     return figures
 
 
-def log_study_html(study: optuna.Study, tracker: Any, parent_run_id: str) -> list[str]:
-    """Log the study's plotly figures to ``study/<plot>.html`` on the parent run; returns the artifact paths.
-
-    `MlflowClient.log_figure` writes plotly's HTML with ``include_plotlyjs="cdn"`` (a few KB, not ~4 MB
-    per file): MLflow's artifact viewer shows HTML in an ``allow-scripts`` iframe, which loads the CDN
-    script; a browser without internet access shows an empty page (the PNGs are still there).
-    """
-    logged: list[str] = []
+def write_study_html(study: optuna.Study, directory: Path) -> list[Path]:
+    """The study's plotly figures as ``<plot>.html`` files in `directory`, written as `MlflowClient.log_figure`
+    writes them (``include_plotlyjs="cdn"``: a few KB, not ~4 MB per file). MLflow's artifact viewer shows HTML in
+    an ``allow-scripts`` iframe, which loads the CDN script; a browser without internet access shows an empty
+    page (the PNGs are still there)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
     for name, make in _figures(study).items():
-        path = f"{ARTIFACT_DIR}/{name}.html"
+        path = directory / f"{name}.html"
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna's ExperimentalWarning and friends
-                fig = make()
-            tracker.retry(f"log {path}", lambda fig=fig, path=path: tracker.client.log_figure(parent_run_id, fig, path))
-            logged.append(path)
+                make().write_html(path, include_plotlyjs="cdn", auto_open=False)
+            written.append(path)
         except Exception as exc:  # noqa: BLE001 - plots are best-effort
-            log.warning("could not log the study plot %s: %s", path, exc)
-    return logged
+            log.warning("could not draw the study plot %s: %s", name, exc)
+    return written
+
+
+def log_html_files(tracker: Any, parent_run_id: str, directory: Path) -> list[str]:
+    """Log the HTML files of `directory` to ``study/`` on the parent run (best-effort); returns their paths."""
+    files = sorted(p.name for p in directory.glob("*.html"))
+    if not files:
+        return []
+    try:
+        tracker.retry("log the study plots", lambda: tracker.client.log_artifacts(parent_run_id, str(directory),
+                                                                                  ARTIFACT_DIR))
+    except Exception as exc:  # noqa: BLE001 - plots are best-effort
+        log.warning("could not log the study plots: %s", exc)
+        return []
+    return [f"{ARTIFACT_DIR}/{name}" for name in files]
+
+
+def log_study_html(study: optuna.Study, tracker: Any, parent_run_id: str) -> list[str]:
+    """Log the study's plotly figures to ``study/<plot>.html`` on the parent run; returns the artifact paths."""
+    with tempfile.TemporaryDirectory(prefix="siamese-study-html-") as tmp:
+        write_study_html(study, Path(tmp))
+        return log_html_files(tracker, parent_run_id, Path(tmp))
 
 
 _FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
@@ -74,8 +95,10 @@ class PlotRefresher:
     of the same trials.
     """
 
-    def __init__(self, tracker: Any, parent_run_id: str, every: int) -> None:
+    def __init__(self, tracker: Any, parent_run_id: str, every: int, *, last_drawn: Callable[[], int | None] | None
+                 = None) -> None:
         self.tracker, self.parent_run_id, self.every = tracker, parent_run_id, every
+        self.last_drawn = last_drawn
         self.finished = 0
         self.logged_for: tuple[int, ...] | None = None  # the finished trials the logged plots show
 
@@ -83,6 +106,8 @@ class PlotRefresher:
         self.finished += 1
         if self.every <= 0 or self.finished % self.every:
             return
+        if self.last_drawn is not None and self.last_drawn() == trial.number:
+            return  # the sweep's last trial: its end logs these plots, drawn while the trial was recorded
         started = time.perf_counter()
         shown = _finished_numbers(study)
         logged = log_study_html(study, self.tracker, self.parent_run_id)
@@ -98,5 +123,8 @@ def _finished_numbers(study: optuna.Study) -> tuple[int, ...]:
     return tuple(t.number for t in study.get_trials(deepcopy=False, states=_FINISHED))
 
 
-def plot_refresher(tracker: Any, parent_run_id: str, every: int) -> PlotRefresher:
-    return PlotRefresher(tracker, parent_run_id, every)
+def plot_refresher(tracker: Any, parent_run_id: str, every: int, *,
+                   last_drawn: Callable[[], int | None] | None = None) -> PlotRefresher:
+    """`last_drawn`: the number of the trial whose study plots were drawn ahead as the sweep's last (no refresh
+    for it: the sweep's end logs those)."""
+    return PlotRefresher(tracker, parent_run_id, every, last_drawn=last_drawn)

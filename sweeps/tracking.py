@@ -19,8 +19,10 @@ import math
 import os
 import posixpath
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -219,19 +221,21 @@ class Tracker:
                       f"tags.`{names.TAG_TRIAL_NUMBER}` = '{trial_number}'")
         attempts = 0
 
-        def create() -> str:
+        def create() -> Any:
             nonlocal attempts
             attempts += 1
             if attempts > 1:  # the failed attempt may have reached the server after all
                 found = self.client.search_runs([experiment_id], filter_string=same_trial, max_results=1)
                 if found:
-                    return found[0].info.run_id
+                    return found[0]
             return self.client.create_run(experiment_id, run_name=names.trial_run_name(trial_number),
-                                          tags={k: _tag_value(v) for k, v in all_tags.items()}).info.run_id
+                                          tags={k: _tag_value(v) for k, v in all_tags.items()})
 
-        run_id = self.retry("create trial run", create)
-        self._drop_duplicate_runs(experiment_id, same_trial, keep=run_id)
-        return TrialRun(self, run_id)
+        created = self.retry("create trial run", create)
+        run = TrialRun(self, created.info.run_id, entity=created)
+        # nobody logs to a duplicate: it can be found and deleted while the trial trains
+        run.in_background(partial(self._drop_duplicate_runs, experiment_id, same_trial, keep=run.run_id))
+        return run
 
     def _drop_duplicate_runs(self, experiment_id: str, filter_string: str, *, keep: str) -> None:
         """One run per trial: MLflow's HTTP client re-sends a POST whose response timed out, which can
@@ -252,6 +256,18 @@ class Tracker:
             [experiment_id], filter_string=filter_string, max_results=max_results))
 
 
+_SIDE: dict[int, ThreadPoolExecutor] = {}  # pid -> the side thread (a forked child makes its own)
+
+
+def _side_thread() -> ThreadPoolExecutor:
+    """One thread per process for `TrialRun.in_background`: its requests wait on the network, not the CPU."""
+    pid = os.getpid()
+    if pid not in _SIDE:
+        _SIDE.clear()
+        _SIDE[pid] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="siamese-sweep-run-side")
+    return _SIDE[pid]
+
+
 @dataclass
 class TrialRun:
     """One child run; metrics are buffered until MLflow has accepted them."""
@@ -262,6 +278,26 @@ class TrialRun:
     closed: bool = False
     _params: dict[str, str] = field(default_factory=dict)     # logged key -> value (params are write-once)
     _param_keys: dict[str, str] = field(default_factory=dict)  # original key -> logged key
+    entity: Any = None  # the `mlflow.entities.Run` MLflow returned when the run was created (`active`)
+    _side: list[Future[None]] = field(default_factory=list)    # `in_background` work not yet waited for
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # guards `_pending`
+
+    def in_background(self, work: Callable[[], None]) -> None:
+        """Run `work` (requests for this run that training does not need) in this process's side thread.
+
+        A trial's start sent the duplicate check, the params, the dataset input and the trial's links before
+        training began (0.07-0.12 s per trial in the worker's thread, `benchmarks/tracking_profile.py --clock`);
+        they now overlap the data loading and training. `wait_side` (and so a strict `flush` and `end`) waits for
+        them and raises their error: a run is never ended, nor its trial told, before they landed.
+        """
+        self._side.append(_side_thread().submit(work))
+
+    def wait_side(self) -> None:
+        """Wait for the `in_background` work; raise the first error it had."""
+        side, self._side = self._side, []
+        errors = [exc for exc in (f.exception() for f in side) if exc is not None]
+        if errors:
+            raise errors[0]
 
     @property
     def client(self) -> MlflowClient:
@@ -289,10 +325,23 @@ class TrialRun:
             self._params[key] = value
             items.append(Param(key, value))
         for chunk in _chunks(items, MAX_PARAMS_PER_CALL):
-            metrics = self._pending[:MAX_METRICS_PER_CALL - len(chunk)]  # MLflow: <= 1000 entities per batch
-            self.tracker.retry("log params", partial(self.client.log_batch, self.run_id, params=chunk,
-                                                     metrics=metrics))
-            del self._pending[:len(metrics)]
+            with self._sending(MAX_METRICS_PER_CALL - len(chunk)) as metrics:  # MLflow: <= 1000 entities per batch
+                self.tracker.retry("log params", partial(self.client.log_batch, self.run_id, params=chunk,
+                                                         metrics=metrics))
+
+    @contextlib.contextmanager
+    def _sending(self, at_most: int) -> Iterator[list[Metric]]:
+        """Take up to `at_most` queued metrics to send; they go back to the queue if the block raises. The
+        queue is shared by the worker's thread (per-epoch metrics) and the side thread (`in_background`)."""
+        with self._lock:
+            taken = self._pending[:at_most]
+            del self._pending[:len(taken)]
+        try:
+            yield taken
+        except BaseException:
+            with self._lock:
+                self._pending[:0] = taken
+            raise
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         merged: dict[str, str] = {}
@@ -329,12 +378,15 @@ class TrialRun:
             log.warning("MLflow unavailable; %d metric values buffered (%s)", len(self._pending), exc)
 
     def flush(self, *, budget_s: float | None = None) -> None:
-        """Send buffered metrics; raises `TrackingUnavailable` if MLflow still refuses."""
+        """Send buffered metrics; raises `TrackingUnavailable` if MLflow still refuses. Without a `budget_s`
+        (the strict flush before a trial is told) also waits for the `in_background` work."""
         retry = self.tracker.retry if budget_s is None else Retry(budget_s=budget_s, sleep=self.tracker.retry.sleep)
         while self._pending:
-            chunk = self._pending[:MAX_METRICS_PER_CALL]
-            retry("log metrics", partial(self.client.log_batch, self.run_id, metrics=chunk))
-            del self._pending[:len(chunk)]
+            with self._sending(MAX_METRICS_PER_CALL) as chunk:
+                if chunk:
+                    retry("log metrics", partial(self.client.log_batch, self.run_id, metrics=chunk))
+        if budget_s is None:
+            self.wait_side()
 
     @property
     def pending(self) -> int:
@@ -366,17 +418,25 @@ class TrialRun:
         # fluent calls use the default client: point it at our store unless it is already (workers set it)
         same = mlflow.is_tracking_uri_set() and mlflow.get_tracking_uri() == self.tracker.uri
         with contextlib.nullcontext() if same else mlflow_internals_use(self.tracker.uri):
-            self.tracker.retry("activate run", lambda: mlflow.start_run(
-                run_id=self.run_id, nested=True, log_system_metrics=True if system_metrics else None))
+            stack = None if system_metrics else _active_run_stack(self.entity)
+            if stack is not None:
+                stack.append(mlflow.ActiveRun(self.entity))
+            else:
+                self.tracker.retry("activate run", lambda: mlflow.start_run(
+                    run_id=self.run_id, nested=True, log_system_metrics=True if system_metrics else None))
             try:
                 yield
             finally:
                 current = mlflow.active_run()
                 if current is not None and current.info.run_id == self.run_id:
-                    try:
-                        mlflow.end_run(status=RUN_RUNNING)  # stops the system-metrics monitor too
-                    except Exception as exc:  # noqa: BLE001 - `end` sets the status anyway
-                        log.warning("could not release MLflow run %s: %s", self.run_id, mask_secrets(str(exc))[:200])
+                    if stack is not None:
+                        stack.pop()
+                    else:
+                        try:
+                            mlflow.end_run(status=RUN_RUNNING)  # stops the system-metrics monitor too
+                        except Exception as exc:  # noqa: BLE001 - `end` sets the status anyway
+                            log.warning("could not release MLflow run %s: %s", self.run_id,
+                                        mask_secrets(str(exc))[:200])
                 else:
                     log.warning("the trial's MLflow run %s was no longer the active run after training (user "
                                 "code ended it or left another run active)", self.run_id)
@@ -394,6 +454,29 @@ class TrialRun:
             self.tracker.terminate(self.run_id, status)
             self.closed = True
 
+
+
+def _active_run_stack(entity: Any) -> list[Any] | None:
+    """MLflow's stack of active runs in this thread, when `entity` (the run as created) can go on it directly.
+
+    ``mlflow.start_run(run_id=...)`` makes an existing run active with three requests (read it, set it RUNNING,
+    read it again) and ``mlflow.end_run`` sends a fourth: 0.08 s per trial in the worker's thread
+    (`benchmarks/tracking_profile.py --clock`, BENCHMARKS.md §2), for a run we created a moment ago and whose
+    status `TrialRun.end` alone sets. MLflow has no public call to make a run active without them, so the run
+    MLflow returned at its creation goes on the fluent API's thread-local stack (``_active_run_stack``, a private
+    name) as the `mlflow.ActiveRun` that ``start_run`` would have put there. None (then ``start_run`` is used):
+    no entity, MLflow's system metrics asked for (their monitor starts in ``start_run``), or that stack is not
+    there in this MLflow version. tests/sweeps/test_tracking_active.py pins what users see: ``mlflow.active_run()``
+    and their ``mlflow.log_*`` calls go to the trial's run, which stays RUNNING, and nothing stays active after.
+    """
+    from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
+    from mlflow.tracking import fluent
+
+    if entity is None or MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING.get():
+        return None
+    holder = getattr(fluent, "_active_run_stack", None)
+    stack = holder.get() if holder is not None and hasattr(holder, "get") else None
+    return stack if isinstance(stack, list) else None
 
 
 # ---------------------------------------------------------------- datasets and links

@@ -209,6 +209,7 @@ def test_a_trial_never_keeps_two_runs_even_if_create_run_was_sent_twice(tmp_path
         "mlflow.parentRunId": parent, "siamese_sweep.study": "s", "siamese_sweep.trial_number": "3"})
     run = tracker.start_trial_run(exp, parent, study_name="s", trial_number=3)
     other = tracker.start_trial_run(exp, parent, study_name="s", trial_number=4)
+    run.flush(), other.flush()  # the check runs in the background while a trial trains; waited for before its tell
     active = {r.info.run_id for r in tracker.client.search_runs([exp])}
     assert active == {parent, run.run_id, other.run_id}
     assert tracker.client.get_run(ghost.info.run_id).info.lifecycle_stage == "deleted"

@@ -99,3 +99,32 @@ def test_metrics_queued_without_sending_go_in_the_params_request(tmp_path, monke
     assert run.pending == 0
     got = tracker.client.get_run(run.run_id).data
     assert got.metrics["trial_number"] == 3 and len(got.params) == 150
+
+
+def test_work_sent_in_the_background_is_waited_for_before_the_run_ends_and_its_error_raised(tmp_path) -> None:
+    """A trial's params go out from a side thread while it trains: the per-epoch send does not wait for them, the
+    strict flush before the trial is told and the run's end do, and an error there fails the trial then."""
+    import threading
+
+    from sweeps.errors import TrackingUnavailable
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = tracker.experiment_id("side")
+    parent = tracker.create_parent_run(exp, "side")
+    run = tracker.start_trial_run(exp, parent, study_name="side", trial_number=0)
+    gate = threading.Event()
+    run.log_metrics({"trial_number": 0}, step=0, send=False)
+    run.in_background(lambda: (gate.wait(60), run.log_params({"p": 1}))[1])
+    run.log_metrics({"loss": 0.5}, step=0)  # an epoch's metrics: sent now, the params still held at the gate
+    assert tracker.client.get_run(run.run_id).data.params == {}
+    gate.set()
+    run.end("FINISHED")
+    data = tracker.client.get_run(run.run_id).data
+    assert data.params == {"p": "1"} and data.metrics == {"trial_number": 0.0, "loss": 0.5}
+
+    failing = tracker.start_trial_run(exp, parent, study_name="side", trial_number=1)
+    failing.in_background(lambda: (_ for _ in ()).throw(TrackingUnavailable("log params: refused")))
+    failing.log_metrics({"loss": 0.5}, step=0)  # the lenient send never raises
+    with pytest.raises(TrackingUnavailable, match="refused"):
+        failing.flush()
+    failing.wait_side()  # raised once

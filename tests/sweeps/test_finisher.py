@@ -179,34 +179,58 @@ def test_the_study_plots_are_drawn_while_the_last_trial_is_recorded_and_used_by_
     worker's thread draws them while the helper records, for the study as it will be."""
     from mlflow import MlflowClient
 
-    from sweeps import artifacts
+    from sweeps import artifacts, study_plots
     from sweeps.options import options_from
     from sweeps.runner import run_sweep
     from sweeps.spec import spec_from_dict
 
     storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
-    drawn: list[tuple[str, list[str]]] = []  # (thread, the stored trials' states right then)
-    real = artifacts.write_study_plots
+    made: dict[str, list[tuple[str, bool, list[str]]]] = {}  # what -> (thread, drawn ahead, the stored states)
+    ahead: list[bool] = []
 
-    def spy(study: optuna.Study, directory: Path) -> list[Path]:
-        stored = optuna.load_study(study_name="ahead", storage=storage)
-        drawn.append((threading.current_thread().name, [t.state.name for t in stored.get_trials(deepcopy=False)]))
-        return real(study, directory)
+    def spy(what: str, real: Any) -> Any:
+        def wrapped(*a: Any, **k: Any) -> Any:
+            stored = optuna.load_study(study_name="ahead", storage=storage)
+            made.setdefault(what, []).append((threading.current_thread().name, bool(ahead),
+                                              [t.state.name for t in stored.get_trials(deepcopy=False)]))
+            return real(*a, **k)
+        return wrapped
 
-    monkeypatch.setattr(artifacts, "write_study_plots", spy)
+    def prepare(self: artifacts.StudyPlotsAhead, *a: Any) -> None:
+        ahead.append(True)
+        try:
+            real_prepare(self, *a)
+        finally:
+            ahead.clear()
+
+    real_prepare = artifacts.StudyPlotsAhead.prepare
+    monkeypatch.setattr(artifacts.StudyPlotsAhead, "prepare", prepare)
+    monkeypatch.setattr(artifacts, "write_study_plots", spy("png", artifacts.write_study_plots))
+    monkeypatch.setattr(study_plots, "write_study_html", spy("html", study_plots.write_study_html))
+    monkeypatch.setattr(optuna.importance.FanovaImportanceEvaluator, "evaluate",
+                        spy("importances", optuna.importance.FanovaImportanceEvaluator.evaluate))
     spec = spec_from_dict(make_spec_dict(study={"trials": 3}, tracking={"finish_in_background": True}))
     result = run_sweep(spec, options_from(spec, storage=storage, study_name="ahead", tracking_uri=uri,
                                           progress=False))
     assert result.budget_met
-    # once, in the worker's thread, before the last trial was told; the parent run's finalization drew nothing
-    assert drawn == [(threading.main_thread().name, ["COMPLETE", "COMPLETE", "RUNNING"])], drawn
+    # each once, drawn ahead in the worker's thread (the PNGs first: before the last trial was told); the parent
+    # run's finalization made none of them again
+    worker = threading.main_thread().name
+    assert made["png"] == [(worker, True, ["COMPLETE", "COMPLETE", "RUNNING"])], made
+    assert [m[:2] for m in made["html"]] == [m[:2] for m in made["importances"]] == [(worker, True)], made
     client = MlflowClient(uri)
     logged = {f.path for f in client.list_artifacts(result.parent_run_id)}
     assert {"optimization_history.png", "param_importances.png", "parallel_coordinate.png",
-            "intermediate_values.png", "trials.csv"} <= logged, logged
+            "intermediate_values.png", "trials.csv", "report.md"} <= logged, logged
+    assert {f.path for f in client.list_artifacts(result.parent_run_id, "study")} == {
+        "study/optimization_history.html", "study/parallel_coordinate.html", "study/intermediate_values.html",
+        "study/param_importances.html"}
+    report = Path(client.download_artifacts(result.parent_run_id, "report.md", str(tmp_path))).read_text()
+    assert "## Parameter importances (fANOVA)" in report  # read from what was computed ahead
 
 
-def test_plots_drawn_ahead_are_used_only_for_the_trials_they_show(tmp_path: Path) -> None:
+def test_plots_drawn_ahead_are_used_only_for_the_trials_they_show(tmp_path: Path,
+                                                                 capfd: pytest.CaptureFixture[str]) -> None:
     """A recording that fails (the trial told FAIL, not COMPLETE) or another trial that ends meanwhile: the
     plots drawn ahead show another study, and the parent run gets plots drawn again."""
     from sweeps import artifacts
@@ -218,8 +242,13 @@ def test_plots_drawn_ahead_are_used_only_for_the_trials_they_show(tmp_path: Path
         study.tell(trial, x)
     trials = study.get_trials()
     ahead = artifacts.StudyPlotsAhead()
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.INFO)
     try:
+        capfd.readouterr()
         ahead.prepare(trials, list(study.directions))
+        assert "A new study created" not in capfd.readouterr().err  # the user never sees the study drawn ahead
+        optuna.logging.set_verbosity(verbosity)
         assert ahead.matches(study)
         out, fresh, table = tmp_path / "out", tmp_path / "fresh", tmp_path / "table"
         out.mkdir(), fresh.mkdir()
@@ -234,4 +263,38 @@ def test_plots_drawn_ahead_are_used_only_for_the_trials_they_show(tmp_path: Path
         history = "optimization_history.png"
         assert (table / history).read_bytes() != (out / history).read_bytes()  # drawn again, for `other`
     finally:
+        optuna.logging.set_verbosity(verbosity)
         ahead.close()
+
+
+def test_a_trials_start_and_its_staging_leave_the_workers_thread_and_land_before_it_is_told(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The duplicate check, params, dataset input and trial links are sent from a side thread while the trial
+    trains; the Keras save for the helper runs in the finisher's thread. A told trial's run has all of them."""
+    from mlflow import MlflowClient
+
+    from sweeps import objective
+    from sweeps.tracking import Tracker, TrialRun
+
+    threads: dict[str, set[str]] = {}
+
+    def spy(name: str, fn: Any) -> Any:
+        def wrapped(*a: Any, **k: Any) -> Any:
+            threads.setdefault(name, set()).add(threading.current_thread().name.split("_")[0])
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(objective, "stage", spy("stage", objective.stage))
+    monkeypatch.setattr(TrialRun, "log_params", spy("log_params", TrialRun.log_params))
+    monkeypatch.setattr(TrialRun, "log_dataset", spy("log_dataset", TrialRun.log_dataset))
+    monkeypatch.setattr(Tracker, "_drop_duplicate_runs", spy("duplicates", Tracker._drop_duplicate_runs))
+    study, seen = _sweep(tmp_path, background=True, trials=2)
+    assert [s["state"] for s in seen] == [S.COMPLETE] * 2 and all(s["run_status"] == "FINISHED" for s in seen)
+    assert threads == {"stage": {"siamese-sweep-finish"}, "log_params": {"siamese-sweep-run-side"},
+                       "log_dataset": {"siamese-sweep-run-side"}, "duplicates": {"siamese-sweep-run-side"}}, threads
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    for trial in study.trials:
+        run = client.get_run(trial.user_attrs[names.TRIAL_ATTR_RUN_ID])
+        assert {"learning_rate", "dataset.fingerprint"} <= set(run.data.params) and run.inputs.dataset_inputs
+        assert run.data.metrics["trial_number"] == trial.number
+        assert trial.user_attrs[names.TRIAL_ATTR_WORKER] == objective.worker_id()

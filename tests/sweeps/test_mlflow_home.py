@@ -210,3 +210,37 @@ def test_the_active_run_is_per_thread_and_released_without_ending(tmp_path: Path
     assert tracker.client.get_run(run.run_id).data.metrics["user.metric"] == 3.0
     run.end("FAILED")
     assert tracker.client.get_run(run.run_id).info.status == "FAILED"
+
+
+def test_making_the_trial_run_active_sends_no_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mlflow.start_run(run_id=...)`` + ``end_run`` cost four requests per trial (read, set RUNNING, read, set
+    RUNNING again); the run MLflow returned at its creation goes on the fluent stack instead (a private name:
+    this pins that MLflow still reads the active run from there)."""
+    import mlflow
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from sweeps.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = tracker.experiment_id("active")
+    run = tracker.start_trial_run(exp, tracker.create_parent_run(exp, "active"), study_name="active",
+                                  trial_number=0)
+    run.wait_side()
+    calls: list[str] = []
+    for name in ("get_run", "update_run_info"):
+        real = getattr(SqlAlchemyStore, name)
+        monkeypatch.setattr(SqlAlchemyStore, name, lambda self, *a, _n=name, _r=real, **k: (calls.append(_n),
+                                                                                            _r(self, *a, **k))[1])
+    with run.active():
+        assert mlflow.active_run().info.run_id == run.run_id
+        assert calls == []
+        mlflow.log_metric("user.metric", 2.0)  # the user's fluent call lands in the trial's run
+    assert calls == [] and mlflow.active_run() is None
+    assert tracker.client.get_run(run.run_id).info.status == "RUNNING"
+    assert tracker.client.get_run(run.run_id).data.metrics["user.metric"] == 2.0
+    # without the entity (a run found, not created here) the public start_run/end_run path still works
+    run.entity = None
+    with run.active():
+        assert mlflow.active_run().info.run_id == run.run_id
+    assert calls.count("update_run_info") == 2 and mlflow.active_run() is None
+    assert tracker.client.get_run(run.run_id).info.status == "RUNNING"

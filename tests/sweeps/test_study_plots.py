@@ -62,6 +62,19 @@ def test_refresher_logs_the_html_plots_every_n_finished_trials(parent: tuple[Tra
     assert _html(tracker, run_id)["study/optimization_history.html"] != before
 
 
+def test_the_refresher_leaves_the_sweeps_last_trial_to_the_plots_drawn_ahead(parent: tuple[Tracker, str]) -> None:
+    """The trial whose study plots were drawn while it was recorded (the sweep's last): its end logs them."""
+    tracker, run_id = parent
+    study, rng = optuna.create_study(direction="maximize"), random.Random(2)
+    refresh = plot_refresher(tracker, run_id, 1, last_drawn=lambda: 1)
+    refresh(study, _add_trial(study, rng))  # trial 0: refreshed
+    assert refresh.up_to_date(study) and len(_html(tracker, run_id)) == 3  # one trial: no importances yet
+    refresh(study, _add_trial(study, rng))  # trial 1, drawn ahead: not refreshed
+    assert not refresh.up_to_date(study) and len(_html(tracker, run_id)) == 3
+    refresh(study, _add_trial(study, rng))  # trial 2 (a retry after trial 1 failed, say): refreshed again
+    assert refresh.up_to_date(study) and len(_html(tracker, run_id)) == 4
+
+
 def test_plots_every_zero_never_refreshes_and_no_complete_trial_logs_nothing(parent: tuple[Tracker, str]) -> None:
     tracker, run_id = parent
     study, rng = optuna.create_study(), random.Random(1)
