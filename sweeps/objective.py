@@ -139,8 +139,8 @@ class Objective:
     def _finish(self, attempt: TrialAttempt, values: float | list[float], *,
                 staged_here: bool = True) -> float | list[float]:
         """Record the trial, then end its run. In the background (`staged_here` False) the trained model is
-        first staged for the recording helper there: the Keras save (0.08 s per trial, `benchmarks/
-        tracking_profile.py --clock`) then overlaps the next trial instead of delaying it."""
+        first staged for the recording helper there: the Keras save (0.07 s per trial, `benchmarks/
+        tracking_profile.py --clock`, BENCHMARKS.md §2) then overlaps the next trial instead of delaying it."""
         try:
             if not staged_here:
                 attempt.send_to_recorder()

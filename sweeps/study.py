@@ -175,8 +175,8 @@ def ensure_parent_run(opened: OpenedStudy, tracker: Tracker, spec: SweepSpec, *,
     uid = study_uid(study)
     # only this very study's parent (one whose creator died before recording it): a study of the same name in
     # another storage is another study, and reusing its parent would mix (and de-duplicate away) its runs
-    # a study this process has just created has a new identity: no run can carry it yet (0.09 s of the sweep's
-    # start saved, benchmarks/tracking_profile.py --clock)
+    # a study this process has just created has a new identity: no run can carry it yet (the parent run's part of
+    # the sweep's start: 0.19 s -> 0.07 s, benchmarks/tracking_profile.py --clock, BENCHMARKS.md §2)
     existing = [] if opened.created else tracker.find_runs(
         exp_id, f"tags.`{names.TAG_ROLE}` = '{names.ROLE_PARENT}' and tags.`{names.TAG_STUDY_UID}` = '{uid}'")
     if existing:

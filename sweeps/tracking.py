@@ -286,9 +286,10 @@ class TrialRun:
         """Run `work` (requests for this run that training does not need) in this process's side thread.
 
         A trial's start sent the duplicate check, the params, the dataset input and the trial's links before
-        training began (0.07-0.12 s per trial in the worker's thread, `benchmarks/tracking_profile.py --clock`);
-        they now overlap the data loading and training. `wait_side` (and so a strict `flush` and `end`) waits for
-        them and raises their error: a run is never ended, nor its trial told, before they landed.
+        training began (0.05 s per trial in the worker's thread at 06b0cf0, `benchmarks/tracking_profile.py
+        --clock`, BENCHMARKS.md §2); they now overlap the data loading and training. `wait_side` (and so a strict
+        `flush` and `end`) waits for them and raises their error: a run is never ended, nor its trial told, before
+        they landed.
         """
         self._side.append(_side_thread().submit(work))
 
@@ -460,7 +461,7 @@ def _active_run_stack(entity: Any) -> list[Any] | None:
     """MLflow's stack of active runs in this thread, when `entity` (the run as created) can go on it directly.
 
     ``mlflow.start_run(run_id=...)`` makes an existing run active with three requests (read it, set it RUNNING,
-    read it again) and ``mlflow.end_run`` sends a fourth: 0.08 s per trial in the worker's thread
+    read it again) and ``mlflow.end_run`` sends a fourth: 0.07 s per trial in the worker's thread
     (`benchmarks/tracking_profile.py --clock`, BENCHMARKS.md §2), for a run we created a moment ago and whose
     status `TrialRun.end` alone sets. MLflow has no public call to make a run active without them, so the run
     MLflow returned at its creation goes on the fluent API's thread-local stack (``_active_run_stack``, a private
