@@ -456,7 +456,6 @@ class TrialRun:
             self.closed = True
 
 
-
 def _active_run_stack(entity: Any) -> list[Any] | None:
     """MLflow's stack of active runs in this thread, when `entity` (the run as created) can go on it directly.
 
@@ -467,7 +466,7 @@ def _active_run_stack(entity: Any) -> list[Any] | None:
     MLflow returned at its creation goes on the fluent API's thread-local stack (``_active_run_stack``, a private
     name) as the `mlflow.ActiveRun` that ``start_run`` would have put there. None (then ``start_run`` is used):
     no entity, MLflow's system metrics asked for (their monitor starts in ``start_run``), or that stack is not
-    there in this MLflow version. tests/sweeps/test_tracking_active.py pins what users see: ``mlflow.active_run()``
+    there in this MLflow version. tests/sweeps/test_mlflow_home.py pins what users see: ``mlflow.active_run()``
     and their ``mlflow.log_*`` calls go to the trial's run, which stays RUNNING, and nothing stays active after.
     """
     from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING
