@@ -17,6 +17,7 @@ import functools
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -86,12 +87,28 @@ def stop_on_signals(*, raise_at_once: bool = True) -> Iterator[None]:
     StopRequest.reset()
     handler = _handler if raise_at_once else functools.partial(_handler, raise_at_once=False)
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = functools.partial(_swallowed_stop, previous_hook)
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         for sig, old in previous.items():
             signal.signal(sig, old)
         StopRequest.reset()
+
+
+def _swallowed_stop(previous: Any, unraisable: Any) -> None:
+    """`sys.unraisablehook`: the handler's `Interrupted`, raised inside a ``__del__`` or weakref callback, is
+    swallowed there and Python would print its traceback to stderr, for a stop that `StopRequest.check` carries
+    out anyway. One log line instead (a soak's SIGTERM landed in SQLAlchemy's ``_collection_gced``; its worker
+    stopped and its trial was retried, but the log showed a traceback). Any other unraisable error goes to the
+    previous hook."""
+    if isinstance(unraisable.exc_value, Interrupted) and StopRequest.requested:
+        log.warning("signal %d arrived inside a clean-up callback (%s); stopping at the next check",
+                    StopRequest.signum, getattr(unraisable.object, "__qualname__", type(unraisable.object).__name__))
+        return
+    previous(unraisable)
 
 
 def stop_check_callback() -> Any:

@@ -64,6 +64,47 @@ def test_a_swallowed_signal_exception_still_stops_training_at_the_next_batch() -
         StopRequest.reset()
 
 
+def test_a_signal_inside_a_del_is_one_log_line_not_a_traceback_and_still_stops() -> None:
+    """The soak's SIGTERM once landed in SQLAlchemy's ``_collection_gced``: the worker stopped and its trial was
+    retried, but Python printed the swallowed `Interrupted`'s traceback to its log. A real signal, delivered
+    while a ``__del__`` runs, in a process of its own (the hook is process-wide)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import logging, os, signal, sys
+        from sweeps.errors import Interrupted
+        from sweeps.signals import StopRequest, stop_on_signals
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+
+        class Finalised:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(10000):  # the handler runs here, inside __del__
+                    pass
+
+        with stop_on_signals():
+            Finalised()
+            try:
+                StopRequest.check()
+            except Interrupted:
+                print("stopped at the check")
+        def bad():  # outside the handler's reach, any other swallowed error keeps Python's report
+            raise ValueError("kept")
+        class Other:
+            def __del__(self):
+                bad()
+        Other()
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "stopped at the check"
+    assert "signal 15 arrived inside a clean-up callback (Finalised.__del__)" in done.stderr, done.stderr
+    assert "Interrupted" not in done.stderr, done.stderr
+    assert done.stderr.count("Traceback") == 1 and "ValueError: kept" in done.stderr, done.stderr
+
+
 def test_a_stop_that_surfaced_as_another_exception_still_stops_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     """A signal's exception can come back wrapped (seen under load): the trial is `interrupted`, and Optuna
     must see a KeyboardInterrupt, or it would catch the error and the worker would start the next trial."""
