@@ -147,7 +147,12 @@ def is_transient(exc: BaseException) -> bool:
             return True
         if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
             return True
-        e = e.__cause__
+        # a query that met the dropped connection left its session's transaction invalid; Optuna's `_get_trials`
+        # then retries in that session ("falling back to a slower alternative") and raises PendingRollbackError
+        # *while handling* the OperationalError (its context, not its cause). Optuna rolls the session back as it
+        # raises, so the call succeeds once the database answers (a soak's PostgreSQL restart failed a trial so).
+        e = e.__cause__ if e.__cause__ is not None or not isinstance(e, sa_exc.PendingRollbackError) \
+            else e.__context__
     return False
 
 

@@ -76,6 +76,46 @@ def _outage(pg: Any, down_s: float = DOWN_S) -> tuple[threading.Thread, dict[str
 
 
 @pytest.mark.postgres
+def test_a_read_that_falls_back_in_a_broken_session_is_transient_too() -> None:
+    """Optuna's `_get_trials` meets the dropped connection, retries in the same session and raises
+    PendingRollbackError while handling the OperationalError; wrapped in StorageInternalError, that is the
+    restart too (a soak's PostgreSQL restart failed a trial at the first call). A PendingRollbackError on its
+    own, or a bad request, is not."""
+    import sqlalchemy.exc as sa_exc
+
+    from sweeps.storage import is_transient
+
+    def raised(make_inner: Any) -> BaseException:
+        try:
+            try:
+                make_inner()
+            except sa_exc.SQLAlchemyError as inner:
+                raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from inner
+        except optuna.exceptions.StorageInternalError as exc:
+            return exc
+        raise AssertionError("nothing raised")
+
+    def dropped_then_pending() -> None:
+        try:
+            raise sa_exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+        except sa_exc.OperationalError:
+            # noqa below: raised while handling, as in Optuna's fallback (a context, not a cause)
+            raise sa_exc.PendingRollbackError("Can't reconnect until invalid transaction is rolled back.")  # noqa: B904
+
+    def pending_alone() -> None:
+        raise sa_exc.PendingRollbackError("Can't reconnect until invalid transaction is rolled back.")
+
+    def too_long() -> None:
+        try:
+            raise sa_exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+        except sa_exc.OperationalError:
+            raise sa_exc.DataError("INSERT", {}, Exception("value too long"))  # noqa: B904
+
+    assert is_transient(raised(dropped_then_pending))
+    assert not is_transient(raised(pending_alone))
+    assert not is_transient(raised(too_long))  # only a pending rollback follows its context
+
+
 def test_a_storage_write_issued_while_postgresql_restarts_succeeds_after_it(
         private_pg: Any, caplog: pytest.LogCaptureFixture) -> None:
     url = private_pg.create_database("optuna")
