@@ -142,7 +142,8 @@ def wait_for(condition: Callable[[], Any], *, timeout: float, what: str, interva
                 raise AssertionError(f"{p.name} exited with {p.popen.returncode} while waiting for {what}; "
                                      f"stderr:\n{p.stderr[-3000:]}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            said = "".join(f"\n{p.name} stderr:\n{p.stderr[-3000:]}" for p in procs)
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{said}")
         time.sleep(interval)
 
 
@@ -159,8 +160,10 @@ def try_load_study(storage: str, name: str) -> optuna.Study | None:
         return None
 
 
-def running_trial_after_epoch(storage: str, name: str, client: Any, epoch: int) -> optuna.trial.FrozenTrial | None:
-    """A RUNNING trial whose MLflow run already holds the loss of `epoch` (so a checkpoint exists)."""
+def running_trial_after_epoch(storage: str, name: str, client: Any, epoch: int, *, before: int | None = None
+                              ) -> optuna.trial.FrozenTrial | None:
+    """A RUNNING trial whose MLflow run already holds the loss of `epoch` (so a checkpoint exists) and, with
+    `before`, not yet the loss of that epoch: it is still training (a trial stays RUNNING while it is recorded)."""
     study = try_load_study(storage, name)
     if study is None:
         return None
@@ -172,7 +175,7 @@ def running_trial_after_epoch(storage: str, name: str, client: Any, epoch: int) 
             steps = {m.step for m in client.get_metric_history(run_id, "loss")}
         except Exception:  # noqa: BLE001 - server restarting
             continue
-        if epoch in steps:
+        if epoch in steps and (before is None or before not in steps):
             return t
     return None
 
