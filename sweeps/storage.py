@@ -151,8 +151,10 @@ def is_transient(exc: BaseException) -> bool:
         # then retries in that session ("falling back to a slower alternative") and raises PendingRollbackError
         # *while handling* the OperationalError (its context, not its cause). Optuna rolls the session back as it
         # raises, so the call succeeds once the database answers (a soak's PostgreSQL restart failed a trial so).
-        e = e.__cause__ if e.__cause__ is not None or not isinstance(e, sa_exc.PendingRollbackError) \
-            else e.__context__
+        if e.__cause__ is None and isinstance(e, sa_exc.PendingRollbackError):
+            e = e.__context__
+        else:
+            e = e.__cause__
     return False
 
 

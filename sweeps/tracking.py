@@ -382,10 +382,16 @@ class TrialRun:
         """Send buffered metrics; raises `TrackingUnavailable` if MLflow still refuses. Without a `budget_s`
         (the strict flush before a trial is told) also waits for the `in_background` work."""
         retry = self.tracker.retry if budget_s is None else Retry(budget_s=budget_s, sleep=self.tracker.retry.sleep)
-        while self._pending:
-            with self._sending(MAX_METRICS_PER_CALL) as chunk:
-                if chunk:
-                    retry("log metrics", partial(self.client.log_batch, self.run_id, metrics=chunk))
+        try:
+            while self._pending:
+                with self._sending(MAX_METRICS_PER_CALL) as chunk:
+                    if chunk:
+                        retry("log metrics", partial(self.client.log_batch, self.run_id, metrics=chunk))
+        except Exception:
+            if budget_s is None:  # `end` terminates the run next: not while the side work still writes to it
+                with contextlib.suppress(Exception):  # the metrics' error is the one reported
+                    self.wait_side()
+            raise
         if budget_s is None:
             self.wait_side()
 

@@ -128,3 +128,38 @@ def test_work_sent_in_the_background_is_waited_for_before_the_run_ends_and_its_e
     with pytest.raises(TrackingUnavailable, match="refused"):
         failing.flush()
     failing.wait_side()  # raised once
+
+
+def test_a_run_whose_metrics_are_refused_is_ended_only_after_its_side_work(tmp_path, monkeypatch) -> None:
+    """The strict flush raises when MLflow refuses the metrics, and `end` then terminates the run: the params still
+    going out from the side thread land first, not after the run was ended (and their thread is free for the
+    next trial's start)."""
+    import threading
+
+    from sweeps.errors import TrackingUnavailable
+    from sweeps.tracking import Retry
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", retry=Retry(budget_s=0.0))
+    exp = tracker.experiment_id("side-fail")
+    run = tracker.start_trial_run(exp, tracker.create_parent_run(exp, "side-fail"), study_name="side-fail",
+                                  trial_number=0)
+    run.wait_side()  # the duplicate check
+    gate, order = threading.Event(), []
+    run.in_background(lambda: (gate.wait(60), run.log_params({"p": 1}), order.append("params"))[1])
+
+    def refuse(*args, **kwargs):
+        if kwargs.get("metrics") and not kwargs.get("params"):  # the params' request may take the metric along
+            raise OSError("connection refused")
+        return send(*args, **kwargs)
+
+    send = tracker.client.log_batch
+    monkeypatch.setattr(tracker.client, "log_batch", refuse)
+    terminate = tracker.terminate
+    monkeypatch.setattr(tracker, "terminate", lambda *a: (order.append("end"), terminate(*a))[1])
+    run.log_metrics({"loss": 0.5}, step=0, send=False)
+    threading.Timer(0.5, gate.set).start()
+    with pytest.raises(TrackingUnavailable, match="log metrics"):
+        run.end("FAILED")
+    assert order == ["params", "end"]
+    got = tracker.client.get_run(run.run_id)
+    assert got.info.status == "FAILED" and got.data.params == {"p": "1"}
