@@ -183,12 +183,14 @@ def write_study_plots(study: Any, directory: Path) -> list[Path]:
         return []
     from optuna.visualization import matplotlib as ovm
 
+    from . import importances
+
     plt = _plt()
     multi_objective = len(study.directions) > 1
     targets = [lambda t: t.values[0]] if multi_objective else [None]
     plotters = {
         "optimization_history": lambda: ovm.plot_optimization_history(study, target=targets[0]),
-        "param_importances": lambda: ovm.plot_param_importances(study, target=targets[0]),
+        "param_importances": lambda: ovm.plot_param_importances(study, importances.evaluator(), target=targets[0]),
         "parallel_coordinate": lambda: ovm.plot_parallel_coordinate(study, target=targets[0]),
         "intermediate_values": lambda: ovm.plot_intermediate_values(study),
     }
@@ -237,7 +239,7 @@ class StudyPlotsAhead:
 
         import optuna
 
-        from . import report, study_plots
+        from . import importances, study_plots
 
         self.close()
         self.last_number = trials[-1].number if trials else None
@@ -254,7 +256,7 @@ class StudyPlotsAhead:
         self._dir = Path(tempfile.mkdtemp(prefix="siamese-study-plots-"))
         self._files = [p.name for p in write_study_plots(study, self._dir)]
         study_plots.write_study_html(study, self._dir / "html")
-        report.parameter_importances(study)  # remembered for the same trials: the report at the end reads them
+        importances.parameter_importances(study)  # kept for these trials: the report at the end reads them
         self._key = plot_key(trials)
 
     def matches(self, study: Any) -> bool:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import optuna
 
-from . import names, outcomes
+from . import importances, names, outcomes
 from .study import best_phase, startup_trials
 
 log = logging.getLogger(__name__)
@@ -105,34 +104,8 @@ def build_report(study: optuna.Study) -> SweepReport:
 
 
 def _importances(study: optuna.Study, n_complete: int) -> dict[str, float]:
-    return parameter_importances(study) if n_complete >= 3 else {}
-
-
-_REMEMBERED: dict[tuple[Any, ...], dict[str, float]] = {}  # the last study's plot key -> its importances
-
-
-def parameter_importances(study: optuna.Study) -> dict[str, float]:
-    """fANOVA importances (Optuna's, seed 0: the same trials give the same numbers), remembered for the last
-    study they were computed for: `sweeps.artifacts.StudyPlotsAhead` computes them while a sweep's last trial is
-    recorded, and the report at the sweep's end reads them instead of computing them on its critical path."""
-    from .artifacts import plot_key
-
-    trials = study.get_trials(deepcopy=False)
-    key = (plot_key(trials), tuple(sorted((k, repr(d)) for t in trials for k, d in t.distributions.items())))
-    if key in _REMEMBERED:
-        return dict(_REMEMBERED[key])
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-            got = optuna.importance.get_param_importances(study, evaluator=evaluator)
-            found = {k: float(v) for k, v in got.items()}
-    except Exception as exc:  # noqa: BLE001 - e.g. a single distinct value per parameter
-        log.info("no parameter importances: %s", exc)
-        found = {}
-    _REMEMBERED.clear()
-    _REMEMBERED[key] = found
-    return dict(found)
+    """fANOVA, as the study's importance plots (`sweeps.importances`): drawn ahead, they computed it already."""
+    return importances.parameter_importances(study) if n_complete >= 3 else {}
 
 
 def _codes(t: optuna.trial.FrozenTrial) -> list[tuple[str, str]]:

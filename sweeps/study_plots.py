@@ -17,6 +17,8 @@ from typing import Any
 
 import optuna
 
+from . import importances
+
 log = logging.getLogger(__name__)
 
 ARTIFACT_DIR = "study"
@@ -37,7 +39,9 @@ def _figures(study: optuna.Study) -> dict[str, Callable[[], Any]]:
         "intermediate_values": lambda: vis.plot_intermediate_values(study),
     }
     if len(complete) >= 2 and complete[0].params:  # importances need two trials with parameters
-        figures["param_importances"] = lambda: vis.plot_param_importances(study, target=target)
+        # fANOVA, as the PNG and the report (`sweeps.importances`), not Optuna 5's default PED-ANOVA
+        figures["param_importances"] = lambda: vis.plot_param_importances(study, importances.evaluator(),
+                                                                          target=target)
     if multi_objective:
         figures["pareto_front"] = lambda: vis.plot_pareto_front(study)
     return figures
