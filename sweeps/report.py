@@ -15,7 +15,7 @@ from typing import Any
 
 import optuna
 
-from . import importances, names, outcomes
+from . import importances, margin, names, outcomes
 from .study import best_phase, startup_trials
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class SweepReport:
     startup_trials: int
     best: dict[str, Any] | None = None             # number, value, params, phase ("start-up" or "search")
     best_startup_value: float | None = None
+    margin: dict[str, Any] | None = None           # the best trial's lead vs sampling error (`sweeps.margin`)
     importances: dict[str, float] = field(default_factory=dict)
     failures: list[FailureEntry] = field(default_factory=list)
     suggested_space: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -92,6 +93,8 @@ def build_report(study: optuna.Study) -> SweepReport:
         phase = best_phase(study, best, complete)
         report.best = {"number": best.number, "value": best.value, "params": dict(best.params), "phase": phase.phase}
         report.best_startup_value = phase.best_startup_value
+        lead = margin.best_margin(study, complete)
+        report.margin = None if lead is None else lead.to_dict()
         report.importances = _importances(study, len(complete))
         report.suggested_space = _suggest(study, complete, maximize)
     elif not single:
@@ -211,6 +214,8 @@ def render_markdown(report: SweepReport) -> str:
         lines += ["", "| parameter | value |", "|---|---|"]
         lines += [f"| `{k}` | {_fmt(v)} |" for k, v in sorted(b["params"].items())]
         lines.append("")
+        if report.margin is not None:
+            lines += ["### Is its lead real?", "", margin.describe(report.margin), ""]
     if report.importances:
         lines += ["## Parameter importances (fANOVA)", "", "| parameter | importance |", "|---|---|"]
         lines += [f"| `{k}` | {v:.3f} |" for k, v in report.importances.items()]

@@ -141,7 +141,13 @@ def test_failure_map_of_a_real_sweep_built_to_fail(tmp_path: Path) -> None:
     assert (region.hits, region.hits_outside) == (len(diverged), 0)
     lr = report.suggested_space.get("learning_rate")
     assert lr is not None and lr["high"] < region.value  # the next space leaves the failing region out
+    # the sweep stored what the margin needs: the objective's name and the validation pairs' count
+    margin = report.margin
+    assert margin is not None and margin["metric"] == "val_roc_auc" and margin["val_pairs"] == 200
+    assert margin["best"] == study.best_trial.number and margin["runner_up"] in {t.number for t in trained}
+    assert margin["verdict"] == ("clear" if margin["lead"] > margin["clear_above"] else "not shown")
 
     client = MlflowClient(tracking_uri=uri)
     page = Path(client.download_artifacts(result.parent_run_id, "report.md", str(tmp_path))).read_text()
     assert "`nan_loss`" in page and "learning_rate > " in page and "Regions to leave out: learning_rate > " in page
+    assert "### Is its lead real?" in page and "on 200 validation pairs" in page
