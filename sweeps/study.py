@@ -19,6 +19,7 @@ import optuna
 from siamese_core.errors import ConfigError
 
 from . import names, outcomes, pruners, samplers
+from .margin import best_margin
 from .secrets import mask_url
 from .spec import SweepSpec, enqueued_params, spec_differences, spec_from_data
 from .storage import make_storage, sqlite_path
@@ -300,6 +301,8 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
             phase = best_phase(study, best, complete)
             out["startup_trials"], out["best"]["phase"] = phase.startup_trials, phase.phase
             out["best_startup_value"] = phase.best_startup_value
+            lead = best_margin(study, complete)  # is its lead over the runner-up more than sampling noise?
+            out["margin"] = None if lead is None else lead.to_dict()
         else:
             out["best_trials"] = [_trial_summary(t) for t in study.best_trials]
     # a FAIL without a reason was failed by the heartbeat: its worker died before it could record one

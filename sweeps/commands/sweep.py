@@ -241,6 +241,16 @@ def _phase_line(status: dict) -> str:
     return f"from the {startup} random start-up trials: the search phase did not improve on it"
 
 
+def _margin_line(margin: dict | None) -> str:
+    """The best trial's lead over the runner-up against the validation score's noise (`sweeps.margin`)."""
+    if not margin:
+        return ""
+    said = "clear" if margin["verdict"] == "clear" else (
+        f"not shown to be better; {len(margin['within'])} trial(s) within {margin['clear_above']:.2g}")
+    return (f"lead over trial #{margin['runner_up']}: {margin['lead']:.6f} ({said}; sampling error "
+            f"{margin['sampling_error']:.2g} on {margin['val_pairs']:,} validation pairs)")
+
+
 def _report(status: dict, as_json: bool) -> None:
     if as_json:
         print_json(status)
@@ -259,6 +269,9 @@ def _report(status: dict, as_json: bool) -> None:
         phase = _phase_line(status)
         if phase:
             print(f"    {phase}")
+        lead = _margin_line(status.get("margin"))
+        if lead:
+            print(f"    {lead}")
         for k, v in best["params"].items():
             print(f"    {k} = {v}")
     for b in status.get("best_trials", []):

@@ -46,3 +46,22 @@ def test_status_names_the_phase_of_the_best_trial(tmp_path: Path, values: list[f
     assert done.returncode == 0, done.stderr
     assert line in done.stdout
     assert f"test: roc_auc={max(values) - 0.01:.4f}" in done.stdout
+
+
+def test_status_says_whether_the_best_trials_lead_is_more_than_sampling_noise(tmp_path: Path) -> None:
+    """The quickstart's seed 0 again, now with the spec a sweep stores: 2,000 validation pairs, val_roc_auc."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="lead", storage=make_storage(url), direction="maximize")
+    study.set_user_attr(names.STUDY_ATTR_METRICS, ["val_roc_auc"])
+    study.set_user_attr(names.STUDY_ATTR_SPEC, {"base": {"pairs": {"val_pairs": 2000, "positive_fraction": 0.5}},
+                                                "study": {"sampler": {"type": "tpe", "n_startup_trials": 2}}})
+    for i, v in enumerate([0.968585, 0.90, 0.968587]):
+        study.add_trial(optuna.trial.create_trial(params={"learning_rate": 1e-3 * (i + 1)},
+                                                  distributions={"learning_rate": LR}, value=v))
+    status = study_status(study)
+    assert status["margin"]["verdict"] == "not shown" and status["margin"]["within"] == [0]
+    done = subprocess.run([sys.executable, "-m", "sweeps.cli", "status", "--study", "lead", "--storage", url],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert ("lead over trial #0: 0.000002 (not shown to be better; 1 trial(s) within 0.011; sampling error 0.004 "
+            "on 2,000 validation pairs)") in done.stdout
