@@ -52,6 +52,7 @@ class TrainResult:
     findings: list[Finding] = field(default_factory=list)
     seconds: float = 0.0
     test_arrays: dict[str, np.ndarray] = field(default_factory=dict)  # test distances/scores/labels, embeddings
+    val_arrays: dict[str, np.ndarray] = field(default_factory=dict)   # the last validation's (paired comparisons)
     resumed_from_epoch: int = 0      # > 0: epochs before this one were restored from a checkpoint
 
     @property
@@ -151,6 +152,7 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, *,
     return TrainResult(config=config, history=recorder.history, test=test, threshold=threshold, model=export,
                        models=models, data_info=data.info, findings=list(bus.findings),
                        seconds=time.perf_counter() - start, test_arrays=run.test.last_arrays,
+                       val_arrays=run.val.last_arrays,
                        resumed_from_epoch=initial_epoch)
 
 

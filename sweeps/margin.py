@@ -16,19 +16,35 @@ tell apart from the winner, from the study alone:
 Both formulas treat pairs as independent; validation pairs reuse images, which makes the true error larger, and
 Hanley & McNeil overstates it by up to a quarter near AUC 0.97 for binormal scores (tests/sweeps/test_margin.py
 compares it with Monte Carlo).
+
+Each trial also keeps its validation pairs' similarity ranks, labels and outcomes (`encode_per_pair`, the trial
+attr ``per_pair_validation``). When every ranked trial has them for the same pairs, the lead is tested **paired**
+on those pairs instead: DeLong, DeLong & Clarke-Pearson (1988) for the difference of two ROC AUCs, the paired
+difference of per-pair outcomes for pair accuracy; a lead above two errors of the difference is "clear". Two
+trials that rank the pairs alike have a small paired error, so the paired test separates leads the bound above
+cannot. EER has no paired formula here and keeps the bound.
 """
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import optuna
 
 from . import names
 
 CLEAR_IN_ERRORS = 2.0 * math.sqrt(2.0)  # a lead of two errors of the difference even for uncorrelated trials
+PAIRED_CLEAR_IN_ERRORS = 2.0            # paired: the error of the difference itself is known
+# A trial keeps its per-pair outcomes up to this many validation pairs: 2 bytes of rank and 2 bits per pair,
+# base64 (2,000 pairs: 6.1 KB of JSON in the trial's row; 20,000: 60 KB, under MySQL's 64 KB TEXT, where Optuna
+# keeps user attrs as JSON). Larger validation sets fall back to the unpaired bound (whose error falls with the
+# square root of the count).
+MAX_PER_PAIR = 20_000
+_PAIRED_METRICS = ("val_roc_auc", "val_pair_accuracy")
 
 
 def sampling_error(metric: str, value: float, positives: int, negatives: int) -> float | None:
@@ -49,6 +65,60 @@ def sampling_error(metric: str, value: float, positives: int, negatives: int) ->
     return None
 
 
+def encode_per_pair(similarity: np.ndarray, labels: np.ndarray, correct: np.ndarray) -> dict[str, Any] | None:
+    """A trial's validation pairs as its attr keeps them: the rank of each pair's `similarity` (higher: more
+    alike; ties kept), its label (same = 1) and whether the calibrated threshold decided it right. None for more
+    than `MAX_PER_PAIR` pairs or a non-finite similarity (no AUC to compare)."""
+    s = np.asarray(similarity, dtype=np.float64).reshape(-1)
+    y, ok = np.asarray(labels).reshape(-1).astype(bool), np.asarray(correct).reshape(-1).astype(bool)
+    if not 0 < len(s) <= MAX_PER_PAIR or len(y) != len(s) or len(ok) != len(s) or not np.isfinite(s).all():
+        return None
+    _, rank = np.unique(s, return_inverse=True)  # dense ranks: the order and the ties are all an AUC needs
+    return {"n": len(s), "rank": _b64(rank.astype("<u2").tobytes()), "label": _b64(np.packbits(y).tobytes()),
+            "correct": _b64(np.packbits(ok).tobytes())}
+
+
+def decode_per_pair(attr: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(rank, label, correct) from `encode_per_pair`'s dict; None for anything else."""
+    try:
+        n = int(attr["n"])
+        rank = np.frombuffer(base64.b64decode(attr["rank"]), dtype="<u2").astype(np.int64)
+        label = np.unpackbits(np.frombuffer(base64.b64decode(attr["label"]), dtype=np.uint8))[:n].astype(bool)
+        correct = np.unpackbits(np.frombuffer(base64.b64decode(attr["correct"]), dtype=np.uint8))[:n].astype(bool)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (rank, label, correct) if len(rank) == len(label) == len(correct) == n else None
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def delong(similarities: list[np.ndarray], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC AUCs of several scorings of the same pairs and their covariance (DeLong et al. 1988), with Sun & Xu's
+    (2014) midrank form: each positive's share of negatives it outranks, each negative's share of positives."""
+    y = np.asarray(labels).astype(bool)
+    m, n = int(y.sum()), int((~y).sum())
+    aucs, v10, v01 = [], [], []
+    for s in similarities:
+        x, z = np.asarray(s, dtype=np.float64)[y], np.asarray(s, dtype=np.float64)[~y]
+        both = _midranks(np.concatenate([x, z]))
+        v10.append((both[:m] - _midranks(x)) / n)          # negatives below each positive (ties count half)
+        v01.append(1.0 - (both[m:] - _midranks(z)) / m)    # positives above each negative
+        aucs.append(float(np.mean(v10[-1])))
+    cov = np.atleast_2d(np.cov(np.array(v10))) / m + np.atleast_2d(np.cov(np.array(v01))) / n
+    return np.array(aucs), cov
+
+
+def _midranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, tied values sharing the mean of their positions."""
+    order = np.argsort(x, kind="mergesort")
+    _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(x))
+    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
+    return ranks
+
+
 @dataclass(frozen=True)
 class Margin:
     """The best trial's lead over the runner-up, in the objective's units and in sampling errors."""
@@ -58,18 +128,27 @@ class Margin:
     runner_up: int
     lead: float                  # >= 0, in the objective's direction
     val_pairs: int
-    sampling_error: float        # of one trial's score
-    clear_above: float           # CLEAR_IN_ERRORS x sampling_error
-    within: tuple[int, ...]      # the other trials whose score is within `clear_above` of the best's
+    sampling_error: float        # of one trial's score (the best's)
+    clear_above: float           # unpaired: CLEAR_IN_ERRORS x sampling_error; paired: 2 x difference_error
+    within: tuple[int, ...]      # the other trials whose lead is not shown: within `clear_above` (paired: their own)
+    paired: bool = False         # tested on the trials' per-pair validation outcomes
+    difference_error: float | None = None  # paired: the standard error of the lead over the runner-up
 
     @property
     def verdict(self) -> str:
         return "clear" if self.lead > self.clear_above else "not shown"
 
+    @property
+    def method(self) -> str:
+        if not self.paired:
+            return "unpaired bound"
+        return "DeLong" if self.metric.endswith("roc_auc") else "paired outcomes"
+
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "best": self.best, "runner_up": self.runner_up, "lead": self.lead,
                 "val_pairs": self.val_pairs, "sampling_error": self.sampling_error, "clear_above": self.clear_above,
-                "within": list(self.within), "verdict": self.verdict}
+                "within": list(self.within), "verdict": self.verdict, "paired": self.paired,
+                "difference_error": self.difference_error, "method": self.method}
 
 
 def best_margin(study: optuna.Study, complete: list[optuna.trial.FrozenTrial]) -> Margin | None:
@@ -91,21 +170,71 @@ def best_margin(study: optuna.Study, complete: list[optuna.trial.FrozenTrial]) -
     se = sampling_error(str(metrics[0]), values[0], positives, n - positives)
     if se is None:
         return None
+    paired = _paired(str(metrics[0]), ranked)
+    if paired is not None:
+        return paired
     clear_above = CLEAR_IN_ERRORS * se
     within = tuple(t.number for t, v in zip(ranked[1:], values[1:], strict=True) if abs(v - values[0]) <= clear_above)
     return Margin(str(metrics[0]), best.number, ranked[1].number, abs(values[0] - values[1]), n, se, clear_above,
                   within)
 
 
+def _paired(metric: str, ranked: list[optuna.trial.FrozenTrial]) -> Margin | None:
+    """The margin tested on the trials' per-pair outcomes; None unless every trial has them for the same pairs
+    (equal eval fingerprints and labels) and they reproduce each trial's score."""
+    if metric not in _PAIRED_METRICS:
+        return None
+    kept = [decode_per_pair(t.user_attrs.get(names.TRIAL_ATTR_PER_PAIR_VAL)) for t in ranked]
+    prints = {t.user_attrs.get(names.TRIAL_ATTR_EVAL_FINGERPRINT) for t in ranked}
+    if any(k is None for k in kept) or len(prints) != 1:
+        return None
+    outcomes = [k for k in kept if k is not None]
+    label = outcomes[0][1]
+    if any(not np.array_equal(k[1], label) for k in outcomes) or label.all() or not label.any():
+        return None
+    if metric == "val_roc_auc":
+        scores = [k[0] for k in outcomes]
+        aucs, cov = delong(scores, label)
+        # the lead over each trial and its error, from one covariance: var(a - b) = var a + var b - 2 cov(a, b)
+        leads = aucs[0] - aucs[1:]
+        errors = np.sqrt(np.maximum(cov[0, 0] + np.diag(cov)[1:] - 2.0 * cov[0, 1:], 0.0))
+        own, values = math.sqrt(max(float(cov[0, 0]), 0.0)), aucs
+    else:
+        correct = np.array([k[2] for k in outcomes], dtype=np.float64)
+        differences = correct[0] - correct[1:]
+        leads = differences.mean(axis=1)
+        errors = differences.std(axis=1, ddof=1) / math.sqrt(correct.shape[1])
+        values = correct.mean(axis=1)
+        own = math.sqrt(values[0] * (1.0 - values[0]) / correct.shape[1])
+    if not np.allclose(values, [float(t.value) for t in ranked], rtol=0.0, atol=1e-6):  # type: ignore[arg-type]
+        return None  # the kept outcomes are not what the trials were scored on
+    clear = PAIRED_CLEAR_IN_ERRORS * errors
+    within = tuple(t.number for t, lead, c in zip(ranked[1:], leads, clear, strict=True) if lead <= c)
+    return Margin(metric, ranked[0].number, ranked[1].number, float(leads[0]), len(label), own, float(clear[0]),
+                  within, paired=True, difference_error=float(errors[0]))
+
+
 def describe(margin: Mapping[str, Any]) -> str:
     """Two sentences for the report, from `Margin.to_dict` (what the report keeps)."""
-    head = (f"Trial {margin['best']} leads trial {margin['runner_up']} by {margin['lead']:.3g} in "
-            f"`{margin['metric']}`; one trial's score on {margin['val_pairs']:,} validation pairs has a sampling "
-            f"error of about {margin['sampling_error']:.2g}.")
-    if margin["verdict"] == "clear":
-        return head + f" The lead is clear: above {margin['clear_above']:.2g}, two errors of the difference."
+    if margin.get("paired"):
+        test = ("DeLong's paired test over those pairs gives the lead" if margin["method"] == "DeLong" else
+                "compared pair by pair, the lead has")
+        head = (f"Trial {margin['best']} leads trial {margin['runner_up']} by {margin['lead']:.3g} in "
+                f"`{margin['metric']}`, both scored on the same {margin['val_pairs']:,} validation pairs; {test} "
+                f"a standard error of {margin['difference_error']:.2g}.")
+        if margin["verdict"] == "clear":
+            return head + f" The lead is clear: above {margin['clear_above']:.2g}, two errors of the difference."
+        bound = f"a lead below {margin['clear_above']:.2g} can be sampling noise"
+        band = "within two errors of the best"
+    else:
+        head = (f"Trial {margin['best']} leads trial {margin['runner_up']} by {margin['lead']:.3g} in "
+                f"`{margin['metric']}`; one trial's score on {margin['val_pairs']:,} validation pairs has a "
+                f"sampling error of about {margin['sampling_error']:.2g}.")
+        if margin["verdict"] == "clear":
+            return head + f" The lead is clear: above {margin['clear_above']:.2g}, two errors of the difference."
+        bound, band = f"a lead below {margin['clear_above']:.2g} can be sampling noise", "within it"
     within = list(margin["within"])
     shown = ", ".join(str(n) for n in within[:12]) + (" …" if len(within) > 12 else "")
-    return (head + f" **Not shown to be better**: a lead below {margin['clear_above']:.2g} can be sampling noise, "
-            f"and {len(within)} trial(s) are within it ({shown}). More `pairs.val_pairs` tell them apart (the "
-            "error falls with the square root of the count); the test scores are not for choosing.")
+    return (head + f" **Not shown to be better**: {bound}, and {len(within)} trial(s) are {band} ({shown}). More "
+            "`pairs.val_pairs` tell them apart (the error falls with the square root of the count); the test "
+            "scores are not for choosing.")

@@ -109,6 +109,7 @@ TRIAL_ATTR_RESUMED_FROM_EPOCH = "resumed_from_epoch"
 TRIAL_ATTR_THRESHOLD = "threshold"
 TRIAL_ATTR_DATASET_FINGERPRINT = "dataset_fingerprint"
 TRIAL_ATTR_EVAL_FINGERPRINT = "eval_fingerprint"
+TRIAL_ATTR_PER_PAIR_VAL = "per_pair_validation"        # each validation pair's rank and outcome (`sweeps.margin`)
 TRIAL_ATTR_TEST_PREFIX = "test_"                       # + pair_accuracy | roc_auc | eer
 TRIAL_ATTR_VAL_PREFIX = "val_"                         # + pair_accuracy | roc_auc | eer (last epoch): `promote` ranks
 

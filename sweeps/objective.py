@@ -29,8 +29,9 @@ import optuna
 from mlflow.entities import Dataset
 
 from siamese_core.errors import ConfigError
+from siamese_core.metrics import same_at_threshold
 
-from . import names, outcomes, space
+from . import margin, names, outcomes, space
 from .directions import TRIAL_METRICS
 from .errors import Interrupted, InvalidTrialConfig, NonFiniteObjective
 from .finisher import Deferred, Finisher
@@ -89,6 +90,18 @@ def measure_latency_ms(result: Any, *, batch: int = 64, repeats: int = 3) -> flo
         model(inputs, training=False)
         times.append(time.perf_counter() - t)
     return float(np.median(times) / batch * 1000.0)
+
+
+def per_pair_validation(result: Any) -> dict[str, Any] | None:
+    """The last validation's pairs as the trial keeps them for the report's paired test (`sweeps.margin`)."""
+    arrays = result.val_arrays or {}
+    if "scores" not in arrays or "labels" not in arrays:
+        return None
+    scores = np.asarray(arrays["scores"], dtype=np.float64).reshape(-1)
+    higher = bool(result.models.higher_is_same)
+    labels = np.asarray(arrays["labels"]).reshape(-1).astype(bool)
+    correct = same_at_threshold(scores, result.threshold, higher_is_same=higher) == labels
+    return margin.encode_per_pair(scores if higher else -scores, labels, correct)
 
 
 def objective_values(spec: SweepSpec, result: Any, measured: dict[str, float]) -> list[float]:
@@ -356,6 +369,9 @@ class TrialAttempt:
         trial.set_user_attr(names.TRIAL_ATTR_THRESHOLD, float(result.threshold))
         trial.set_user_attr(names.TRIAL_ATTR_DATASET_FINGERPRINT, result.data_info.fingerprint)
         trial.set_user_attr(names.TRIAL_ATTR_EVAL_FINGERPRINT, result.data_info.eval_fingerprint)
+        per_pair = per_pair_validation(result)
+        if per_pair is not None:
+            trial.set_user_attr(names.TRIAL_ATTR_PER_PAIR_VAL, per_pair)
         trial.set_user_attr(names.TRIAL_ATTR_DIAGNOSTIC_ERRORS,
                             sorted({f.code for f in result.findings if f.is_error}))
 

@@ -245,6 +245,11 @@ def _margin_line(margin: dict | None) -> str:
     """The best trial's lead over the runner-up against the validation score's noise (`sweeps.margin`)."""
     if not margin:
         return ""
+    if margin.get("paired"):  # paired over the same validation pairs: the lead's own error
+        said = "clear" if margin["verdict"] == "clear" else (
+            f"not shown to be better; {len(margin['within'])} trial(s) within two errors")
+        return (f"lead over trial #{margin['runner_up']}: {margin['lead']:.6f} ({said}; paired error "
+                f"{margin['difference_error']:.2g} on the same {margin['val_pairs']:,} validation pairs)")
     said = "clear" if margin["verdict"] == "clear" else (
         f"not shown to be better; {len(margin['within'])} trial(s) within {margin['clear_above']:.2g}")
     return (f"lead over trial #{margin['runner_up']}: {margin['lead']:.6f} ({said}; sampling error "

@@ -1,6 +1,7 @@
 """The report says whether the best trial's lead over the runner-up is more than the validation score's noise."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -8,7 +9,15 @@ import optuna
 import pytest
 
 from sweeps import names
-from sweeps.margin import CLEAR_IN_ERRORS, best_margin, sampling_error
+from sweeps.margin import (
+    CLEAR_IN_ERRORS,
+    MAX_PER_PAIR,
+    best_margin,
+    decode_per_pair,
+    delong,
+    encode_per_pair,
+    sampling_error,
+)
 from sweeps.report import build_report, render_markdown
 
 X = optuna.distributions.FloatDistribution(0.0, 1.0)
@@ -76,3 +85,136 @@ def test_no_margin_without_a_formula_a_spec_or_a_runner_up() -> None:
     report = build_report(bare)
     assert report.margin is None and "Is its lead real?" not in render_markdown(report)
     assert best_margin(bare, bare.trials) is None
+
+
+# ---------------------------------------------------------------- paired: the trials' per-pair validation outcomes
+
+def test_delong_is_its_definition_and_sklearns_auc() -> None:
+    """The midrank form against the O(m n) definition (each positive's share of negatives below it, ties half),
+    on scores with many ties."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(2)
+    y = rng.random(300) < 0.4
+    a, b = np.round(rng.normal(y * 1.0, 1), 1), np.round(rng.normal(y * 0.5, 1), 1)
+    aucs, cov = delong([a, b], y)
+    assert aucs == pytest.approx([roc_auc_score(y, a), roc_auc_score(y, b)], abs=1e-12)
+    psi = [(s[y][:, None] > s[~y][None, :]) + 0.5 * (s[y][:, None] == s[~y][None, :]) for s in (a, b)]
+    v10, v01 = np.array([p.mean(axis=1) for p in psi]), np.array([p.mean(axis=0) for p in psi])
+    assert cov == pytest.approx(np.cov(v10) / y.sum() + np.cov(v01) / (~y).sum(), rel=1e-9)
+
+
+def test_the_paired_error_of_a_difference_matches_monte_carlo() -> None:
+    """Two scorings of the same 1,000 + 1,000 pairs that share most of their signal (as two trials of one sweep
+    do): DeLong's error of the AUC difference against its spread over 400 fresh draws, and far below the
+    unpaired bound's."""
+    rng = np.random.default_rng(3)
+    y = np.r_[np.ones(1000, bool), np.zeros(1000, bool)]
+    diffs, errors = [], []
+    for _ in range(400):
+        shared = rng.normal(y * 2.0, 1)
+        a, b = shared + rng.normal(0, 0.3, 2000), shared + rng.normal(0, 0.3, 2000)
+        aucs, cov = delong([a, b], y)
+        diffs.append(aucs[0] - aucs[1])
+        errors.append(math.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]))
+    ratio = float(np.mean(errors)) / float(np.std(diffs))
+    assert 0.85 < ratio < 1.15, ratio
+    one = sampling_error("val_roc_auc", float(aucs[0]), 1000, 1000)
+    assert one is not None and float(np.mean(errors)) < 0.5 * math.sqrt(2) * one  # correlated: a far smaller error
+
+
+def test_per_pair_outcomes_round_trip_and_refuse_what_they_cannot_keep() -> None:
+    rng = np.random.default_rng(4)
+    s, y = np.round(rng.normal(size=2000), 2), rng.random(2000) < 0.5
+    ok = rng.random(2000) < 0.9
+    kept = decode_per_pair(encode_per_pair(s, y, ok))
+    assert kept is not None
+    rank, label, correct = kept
+    assert (label == y).all() and (correct == ok).all()
+    assert delong([rank], y)[0][0] == pytest.approx(delong([s], y)[0][0], abs=1e-12)  # ranks keep order and ties
+    attr = encode_per_pair(s, y, ok)
+    assert attr is not None and len(json.dumps(attr)) < 6_200  # 2,000 pairs: 6 KB in the trial's row
+    assert encode_per_pair(np.zeros(MAX_PER_PAIR + 1), np.ones(MAX_PER_PAIR + 1), np.ones(MAX_PER_PAIR + 1)) is None
+    assert encode_per_pair(np.r_[s[:-1], np.nan], y, ok) is None
+    assert decode_per_pair({"n": 3, "rank": "AAAA"}) is None and decode_per_pair(None) is None
+
+
+def _paired_study(scorings: list[np.ndarray], y: np.ndarray, *, metric: str = "val_roc_auc",
+                  fingerprints: list[str] | None = None) -> optuna.Study:
+    """A study whose trials kept their per-pair outcomes, valued as a sweep values them."""
+    from sklearn.metrics import roc_auc_score
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr(names.STUDY_ATTR_METRICS, [metric])
+    study.set_user_attr(names.STUDY_ATTR_SPEC, {"base": {"pairs": {"val_pairs": len(y), "positive_fraction": 0.5}}})
+    for i, s in enumerate(scorings):
+        correct = (s > 0.5) == y
+        value = roc_auc_score(y, s) if metric == "val_roc_auc" else float(correct.mean())
+        attrs = {names.TRIAL_ATTR_PER_PAIR_VAL: encode_per_pair(s, y, correct),
+                 names.TRIAL_ATTR_EVAL_FINGERPRINT: (fingerprints or ["f"] * len(scorings))[i]}
+        study.add_trial(optuna.trial.create_trial(params={"x": i / 10}, distributions={"x": X}, value=value,
+                                                  user_attrs=attrs))
+    return study
+
+
+def test_a_small_lead_that_holds_on_every_pair_is_clear_when_tested_paired() -> None:
+    """Trial 1 ranks the same 2,000 pairs as trial 0 with a little less of the same noise: its lead (0.0017 of
+    AUC) is inside the unpaired bound (0.012) and many paired errors (0.00016); trial 2 is far behind."""
+    rng = np.random.default_rng(5)
+    y = np.r_[np.ones(1000, bool), np.zeros(1000, bool)]
+    signal = rng.normal(y * 2.5, 1)
+    noise = rng.normal(0, 1, 2000)
+    scorings = [signal + 0.5 * noise, signal + 0.48 * noise, signal + rng.normal(0, 1, 2000)]
+    study = _paired_study(scorings, y)
+    m = build_report(study).margin
+    assert m is not None and m["paired"] and m["method"] == "DeLong"
+    assert (m["best"], m["runner_up"], m["verdict"], m["within"]) == (1, 0, "clear", []), m
+    assert m["lead"] < CLEAR_IN_ERRORS * m["sampling_error"]  # the unpaired bound would not have shown it
+    values = [t.value for t in study.trials]
+    unpaired = best_margin(_study(values), _study(values).trials)
+    assert unpaired is not None and unpaired.verdict == "not shown" and not unpaired.paired
+    assert "DeLong's paired test over those pairs gives the lead a standard error of" in render_markdown(
+        build_report(study))
+
+    tie = _paired_study([signal + 0.5 * noise, signal + 0.5 * rng.normal(0, 1, 2000)], y)
+    m = build_report(tie).margin
+    assert m is not None and m["paired"] and m["verdict"] == "not shown" and m["within"] == [m["runner_up"]]
+    assert "**Not shown to be better**" in render_markdown(build_report(tie))
+
+
+def test_pair_accuracy_is_tested_on_the_paired_outcomes() -> None:
+    rng = np.random.default_rng(6)
+    y = np.r_[np.ones(1000, bool), np.zeros(1000, bool)]
+    signal = rng.normal(np.where(y, 0.8, 0.2), 0.3)
+    better = np.where(rng.random(2000) < 0.03, np.where(y, 0.9, 0.1), signal)  # 3 % of pairs mended, none broken
+    m = build_report(_paired_study([signal, better], y, metric="val_pair_accuracy")).margin
+    assert m is not None and m["paired"] and m["method"] == "paired outcomes"
+    assert m["best"] == 1 and m["verdict"] == "clear" and m["lead"] == pytest.approx(
+        float(((better > 0.5) == y).mean() - ((signal > 0.5) == y).mean()))
+
+
+def test_the_paired_test_needs_the_same_pairs_in_every_trial_and_outcomes_that_reproduce_the_score() -> None:
+    rng = np.random.default_rng(7)
+    y = np.r_[np.ones(500, bool), np.zeros(500, bool)]
+    scorings = [rng.normal(y * 2.0, 1) for _ in range(3)]
+    assert build_report(_paired_study(scorings, y)).margin["paired"]
+    other_pairs = _paired_study(scorings, y, fingerprints=["f", "f", "g"])
+    assert build_report(other_pairs).margin["paired"] is False  # back to the unpaired bound
+    study = _paired_study(scorings, y)
+    changed = optuna.create_study(direction="maximize")
+    for key, value in study.user_attrs.items():
+        changed.set_user_attr(key, value)
+    for t in study.trials:  # a value the kept outcomes do not give: not what the trial was scored on
+        changed.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions,
+                                                    value=t.value + (0.01 if t.number == 0 else 0.0),
+                                                    user_attrs=t.user_attrs))
+    assert build_report(changed).margin["paired"] is False
+
+
+def test_the_status_line_of_a_paired_margin() -> None:
+    from sweeps.commands.sweep import _margin_line
+
+    line = _margin_line({"paired": True, "verdict": "not shown", "within": [3, 5], "runner_up": 3, "lead": 0.00041,
+                         "difference_error": 0.0012, "val_pairs": 2000})
+    assert line == ("lead over trial #3: 0.000410 (not shown to be better; 2 trial(s) within two errors; paired "
+                    "error 0.0012 on the same 2,000 validation pairs)")

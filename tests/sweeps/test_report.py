@@ -11,6 +11,7 @@ import optuna
 import pytest
 
 from sweeps import names
+from sweeps.margin import decode_per_pair, delong
 from sweeps.report import build_report, render_markdown
 from sweeps.storage import make_storage
 
@@ -146,8 +147,14 @@ def test_failure_map_of_a_real_sweep_built_to_fail(tmp_path: Path) -> None:
     assert margin is not None and margin["metric"] == "val_roc_auc" and margin["val_pairs"] == 200
     assert margin["best"] == study.best_trial.number and margin["runner_up"] in {t.number for t in trained}
     assert margin["verdict"] == ("clear" if margin["lead"] > margin["clear_above"] else "not shown")
+    # every trained trial kept its 200 validation pairs' outcomes, which give back its score: the lead is paired
+    for t in trained:
+        kept = decode_per_pair(t.user_attrs[names.TRIAL_ATTR_PER_PAIR_VAL])
+        assert kept is not None and len(kept[0]) == 200
+        assert delong([kept[0]], kept[1])[0][0] == pytest.approx(t.value, abs=1e-6)
+    assert margin["paired"] and margin["method"] == "DeLong" and margin["difference_error"] > 0
 
     client = MlflowClient(tracking_uri=uri)
     page = Path(client.download_artifacts(result.parent_run_id, "report.md", str(tmp_path))).read_text()
     assert "`nan_loss`" in page and "learning_rate > " in page and "Regions to leave out: learning_rate > " in page
-    assert "### Is its lead real?" in page and "on 200 validation pairs" in page
+    assert "### Is its lead real?" in page and "on the same 200 validation pairs" in page
