@@ -11,18 +11,20 @@ tell apart from the winner, from the study alone:
 - two trials scored on the same pairs are correlated (correlation rho >= 0), so the error of their difference is
   sqrt(2 (1 - rho)) se <= sqrt(2) se. Without the per-pair scores rho is unknown: a lead above
   ``2 sqrt(2) se`` is two errors of the difference whatever rho is ("clear"); below it the sweep has not shown
-  the winner better ("not shown": a paired test on the same pairs, e.g. DeLong's, might still separate them).
-
-Both formulas treat pairs as independent; validation pairs reuse images, which makes the true error larger, and
-Hanley & McNeil overstates it by up to a quarter near AUC 0.97 for binormal scores (tests/sweeps/test_margin.py
-compares it with Monte Carlo).
+  the winner better ("not shown").
 
 Each trial also keeps its validation pairs' similarity ranks, labels and outcomes (`encode_per_pair`, the trial
 attr ``per_pair_validation``). When every ranked trial has them for the same pairs, the lead is tested **paired**
 on those pairs instead: DeLong, DeLong & Clarke-Pearson (1988) for the difference of two ROC AUCs, the paired
 difference of per-pair outcomes for pair accuracy; a lead above two errors of the difference is "clear". Two
 trials that rank the pairs alike have a small paired error, so the paired test separates leads the bound above
-cannot. EER has no paired formula here and keeps the bound.
+cannot (tests/sweeps/test_margin.py checks DeLong's error of a difference against Monte Carlo). EER has no
+paired formula here and keeps the bound.
+
+All of these treat pairs as independent; validation pairs reuse images, which makes the true error larger, and
+Hanley & McNeil overstates it by up to a quarter near AUC 0.97 for binormal scores (tests/sweeps/test_margin.py
+compares it with Monte Carlo). Each trial is compared with the winner on its own, without a correction for the
+number of trials compared.
 """
 from __future__ import annotations
 
@@ -95,19 +97,23 @@ def _b64(raw: bytes) -> str:
 
 
 def delong(similarities: list[np.ndarray], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ROC AUCs of several scorings of the same pairs and their covariance (DeLong et al. 1988), with Sun & Xu's
-    (2014) midrank form: each positive's share of negatives it outranks, each negative's share of positives."""
+    """ROC AUCs of several scorings of the same pairs and their covariance (DeLong et al. 1988)."""
+    aucs, v10, v01 = _structural(similarities, labels)
+    return aucs, np.atleast_2d(np.cov(v10)) / v10.shape[1] + np.atleast_2d(np.cov(v01)) / v01.shape[1]
+
+
+def _structural(similarities: list[np.ndarray], labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DeLong's structural components in Sun & Xu's (2014) midrank form: for each scoring, each positive's share
+    of negatives it outranks (``v10``) and each negative's share of positives that outrank it (``v01``)."""
     y = np.asarray(labels).astype(bool)
     m, n = int(y.sum()), int((~y).sum())
-    aucs, v10, v01 = [], [], []
-    for s in similarities:
+    v10, v01 = np.empty((len(similarities), m)), np.empty((len(similarities), n))
+    for k, s in enumerate(similarities):
         x, z = np.asarray(s, dtype=np.float64)[y], np.asarray(s, dtype=np.float64)[~y]
         both = _midranks(np.concatenate([x, z]))
-        v10.append((both[:m] - _midranks(x)) / n)          # negatives below each positive (ties count half)
-        v01.append(1.0 - (both[m:] - _midranks(z)) / m)    # positives above each negative
-        aucs.append(float(np.mean(v10[-1])))
-    cov = np.atleast_2d(np.cov(np.array(v10))) / m + np.atleast_2d(np.cov(np.array(v01))) / n
-    return np.array(aucs), cov
+        v10[k] = (both[:m] - _midranks(x)) / n          # negatives below each positive (ties count half)
+        v01[k] = 1.0 - (both[m:] - _midranks(z)) / m    # positives above each negative
+    return v10.mean(axis=1), v10, v01
 
 
 def _midranks(x: np.ndarray) -> np.ndarray:
@@ -190,15 +196,16 @@ def _paired(metric: str, ranked: list[optuna.trial.FrozenTrial]) -> Margin | Non
         return None
     outcomes = [k for k in kept if k is not None]
     label = outcomes[0][1]
-    if any(not np.array_equal(k[1], label) for k in outcomes) or label.all() or not label.any():
+    if any(not np.array_equal(k[1], label) for k in outcomes) or min(label.sum(), (~label).sum()) < 2:
         return None
     if metric == "val_roc_auc":
-        scores = [k[0] for k in outcomes]
-        aucs, cov = delong(scores, label)
-        # the lead over each trial and its error, from one covariance: var(a - b) = var a + var b - 2 cov(a, b)
-        leads = aucs[0] - aucs[1:]
-        errors = np.sqrt(np.maximum(cov[0, 0] + np.diag(cov)[1:] - 2.0 * cov[0, 1:], 0.0))
-        own, values = math.sqrt(max(float(cov[0, 0]), 0.0)), aucs
+        values, v10, v01 = _structural([k[0] for k in outcomes], label)
+        leads = values[0] - values[1:]
+        # var(a - b) is the variance of the components' differences (= var a + var b - 2 cov(a, b)): linear in
+        # the number of trials, where the whole covariance matrix would be quadratic
+        errors = np.sqrt((v10[0] - v10[1:]).var(axis=1, ddof=1) / v10.shape[1]
+                         + (v01[0] - v01[1:]).var(axis=1, ddof=1) / v01.shape[1])
+        own = math.sqrt(v10[0].var(ddof=1) / v10.shape[1] + v01[0].var(ddof=1) / v01.shape[1])
     else:
         correct = np.array([k[2] for k in outcomes], dtype=np.float64)
         differences = correct[0] - correct[1:]
