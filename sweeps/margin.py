@@ -16,10 +16,11 @@ tell apart from the winner, from the study alone:
 Each trial also keeps its validation pairs' similarity ranks, labels and outcomes (`encode_per_pair`, the trial
 attr ``per_pair_validation``). When every ranked trial has them for the same pairs, the lead is tested **paired**
 on those pairs instead: DeLong, DeLong & Clarke-Pearson (1988) for the difference of two ROC AUCs, the paired
-difference of per-pair outcomes for pair accuracy; a lead above two errors of the difference is "clear". Two
-trials that rank the pairs alike have a small paired error, so the paired test separates leads the bound above
-cannot (tests/sweeps/test_margin.py checks DeLong's error of a difference against Monte Carlo). EER has no
-paired formula here and keeps the bound.
+difference of per-pair outcomes for pair accuracy, and for EER (which has no closed form) a paired bootstrap: the
+same resamples of the pairs, positives and negatives apart, score every trial. A lead above two errors of the
+difference is "clear". Two trials that rank the pairs alike have a small paired error, so the paired test
+separates leads the bound above cannot (tests/sweeps/test_margin.py checks DeLong's and the bootstrap's error of a
+difference against Monte Carlo).
 
 All of these treat pairs as independent; validation pairs reuse images, which makes the true error larger, and
 Hanley & McNeil overstates it by up to a quarter near AUC 0.97 for binormal scores (tests/sweeps/test_margin.py
@@ -46,7 +47,15 @@ PAIRED_CLEAR_IN_ERRORS = 2.0            # paired: the error of the difference it
 # keeps user attrs as JSON). Larger validation sets fall back to the unpaired bound (whose error falls with the
 # square root of the count).
 MAX_PER_PAIR = 20_000
-_PAIRED_METRICS = ("val_roc_auc", "val_pair_accuracy")
+# The paired EER test's resamples: a bootstrap error from B draws is itself off by about 1/sqrt(2 B), 5 % here.
+# Each trial costs B cumulative sums over its pairs: `best_margin` on 500 trials of 2,000 pairs took 3.4-4.1 s
+# (ad hoc, AMD EPYC), DeLong 0.24 s.
+BOOTSTRAP_DRAWS = 200
+BOOTSTRAP_SEED = 0  # fixed: `status` run twice on the same study says the same thing
+_COUNT_BITS = 20
+_LOW = (1 << _COUNT_BITS) - 1
+_PAIRED_METRICS = ("val_roc_auc", "val_pair_accuracy", "val_eer")
+_METHODS = {"val_roc_auc": "DeLong", "val_pair_accuracy": "paired outcomes", "val_eer": "paired bootstrap"}
 
 
 def sampling_error(metric: str, value: float, positives: int, negatives: int) -> float | None:
@@ -125,6 +134,46 @@ def _midranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def equal_error_rates(ranks: list[np.ndarray], labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """EER of each scoring of the same pairs (higher rank: more alike) with the pairs counted `weights` times, one
+    row of `weights` per resample: shape (rows, scorings). `siamese_core.verification.equal_error_rate`'s
+    definition (linear interpolation between the two ROC points where false rejects meet false accepts),
+    vectorised over the resamples."""
+    y = np.asarray(labels).astype(bool)
+    w = np.atleast_2d(np.asarray(weights)).astype(np.int64)
+    # one cumulative sum per scoring carries both counts: positives in the low bits, negatives above them (a
+    # class of up to 2**20 pairs); saves a second sum and gather
+    packed = np.where(y, w, w << _COUNT_BITS)
+    out = np.empty((len(w), len(ranks)))
+    for k, r in enumerate(ranks):
+        r = np.asarray(r)
+        order = np.argsort(-r, kind="stable")
+        ends = np.r_[np.flatnonzero(np.diff(r[order])), len(order) - 1]  # the ROC's points: each tie's last pair
+        counts = np.cumsum(packed[:, order], axis=1)[:, ends]
+        tp, fp = counts & _LOW, counts >> _COUNT_BITS
+        p, n = tp[:, -1:], fp[:, -1:]
+        # false rejects - false accepts = 1 - (tp n + fp p) / (p n) falls from 1 (nothing accepted) to -1
+        crossed = (tp * n + fp * p < p * n).sum(axis=1, keepdims=True)  # the first point at or below 0
+        hi = np.take_along_axis(counts, crossed, axis=1)
+        lo = np.where(crossed > 0, np.take_along_axis(counts, np.maximum(crossed - 1, 0), axis=1), 0)
+        fpr_lo, fpr_hi = (lo >> _COUNT_BITS) / n, (hi >> _COUNT_BITS) / n
+        d0, d1 = 1.0 - (lo & _LOW) / p - fpr_lo, 1.0 - (hi & _LOW) / p - fpr_hi
+        t = np.divide(d0, d0 - d1, out=np.zeros(d0.shape), where=d0 != d1)
+        out[:, k] = (fpr_lo + t * (fpr_hi - fpr_lo))[:, 0]
+    return out
+
+
+def bootstrap_weights(labels: np.ndarray, draws: int = BOOTSTRAP_DRAWS, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """`draws` resamples of the pairs as counts (draws, pairs), positives and negatives apart: every resample keeps
+    the validation set's class counts, as every sweep's validation pairs do."""
+    y = np.asarray(labels).astype(bool)
+    rng = np.random.default_rng(seed)
+    w = np.zeros((draws, len(y)), dtype=np.int32)
+    for part in (np.flatnonzero(y), np.flatnonzero(~y)):
+        w[:, part] = rng.multinomial(len(part), np.full(len(part), 1.0 / len(part)), size=draws)
+    return w
+
+
 @dataclass(frozen=True)
 class Margin:
     """The best trial's lead over the runner-up, in the objective's units and in sampling errors."""
@@ -146,9 +195,7 @@ class Margin:
 
     @property
     def method(self) -> str:
-        if not self.paired:
-            return "unpaired bound"
-        return "DeLong" if self.metric.endswith("roc_auc") else "paired outcomes"
+        return _METHODS.get(self.metric, "unpaired bound") if self.paired else "unpaired bound"
 
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "best": self.best, "runner_up": self.runner_up, "lead": self.lead,
@@ -206,6 +253,15 @@ def _paired(metric: str, ranked: list[optuna.trial.FrozenTrial]) -> Margin | Non
         errors = np.sqrt((v10[0] - v10[1:]).var(axis=1, ddof=1) / v10.shape[1]
                          + (v01[0] - v01[1:]).var(axis=1, ddof=1) / v01.shape[1])
         own = math.sqrt(v10[0].var(ddof=1) / v10.shape[1] + v01[0].var(ddof=1) / v01.shape[1])
+    elif metric == "val_eer":  # lower is better: the lead is the others' EER above the best's
+        ranks = [k[0] for k in outcomes]
+        values = equal_error_rates(ranks, label, np.ones((1, len(label))))[0]
+        if not _reproduce(values, ranked):
+            return None  # checked before the resamples, which cost 200 times as much
+        drawn = equal_error_rates(ranks, label, bootstrap_weights(label))
+        leads = values[1:] - values[0]
+        errors = (drawn[:, 1:] - drawn[:, :1]).std(axis=0, ddof=1)
+        own = float(drawn[:, 0].std(ddof=1))
     else:
         correct = np.array([k[2] for k in outcomes], dtype=np.float64)
         differences = correct[0] - correct[1:]
@@ -213,35 +269,55 @@ def _paired(metric: str, ranked: list[optuna.trial.FrozenTrial]) -> Margin | Non
         errors = differences.std(axis=1, ddof=1) / math.sqrt(correct.shape[1])
         values = correct.mean(axis=1)
         own = math.sqrt(values[0] * (1.0 - values[0]) / correct.shape[1])
-    if not np.allclose(values, [float(t.value) for t in ranked], rtol=0.0, atol=1e-6):  # type: ignore[arg-type]
-        return None  # the kept outcomes are not what the trials were scored on
+    if not _reproduce(values, ranked):
+        return None
     clear = PAIRED_CLEAR_IN_ERRORS * errors
     within = tuple(t.number for t, lead, c in zip(ranked[1:], leads, clear, strict=True) if lead <= c)
     return Margin(metric, ranked[0].number, ranked[1].number, float(leads[0]), len(label), own, float(clear[0]),
                   within, paired=True, difference_error=float(errors[0]))
 
 
+def _reproduce(values: np.ndarray, ranked: list[optuna.trial.FrozenTrial]) -> bool:
+    """Do the kept outcomes give each trial's value? If not, they are not what the trials were scored on."""
+    return bool(np.allclose(values, [float(t.value) for t in ranked], rtol=0.0, atol=1e-6))  # type: ignore[arg-type]
+
+
 def describe(margin: Mapping[str, Any]) -> str:
     """Two sentences for the report, from `Margin.to_dict` (what the report keeps)."""
+    head = f"Trial {margin['best']} leads trial {margin['runner_up']} by {margin['lead']:.3g} in `{margin['metric']}`"
     if margin.get("paired"):
-        test = ("DeLong's paired test over those pairs gives the lead" if margin["method"] == "DeLong" else
-                "compared pair by pair, the lead has")
-        head = (f"Trial {margin['best']} leads trial {margin['runner_up']} by {margin['lead']:.3g} in "
-                f"`{margin['metric']}`, both scored on the same {margin['val_pairs']:,} validation pairs; {test} "
-                f"a standard error of {margin['difference_error']:.2g}.")
-        if margin["verdict"] == "clear":
-            return head + f" The lead is clear: above {margin['clear_above']:.2g}, two errors of the difference."
-        bound = f"a lead below {margin['clear_above']:.2g} can be sampling noise"
+        test = _PAIRED_TESTS.get(str(margin.get("method")), _PAIRED_TESTS["paired outcomes"])
+        head += (f", both scored on the same {margin['val_pairs']:,} validation pairs; {test} a standard error of "
+                 f"{margin['difference_error']:.2g}.")
         band = "within two errors of the best"
     else:
-        head = (f"Trial {margin['best']} leads trial {margin['runner_up']} by {margin['lead']:.3g} in "
-                f"`{margin['metric']}`; one trial's score on {margin['val_pairs']:,} validation pairs has a "
-                f"sampling error of about {margin['sampling_error']:.2g}.")
-        if margin["verdict"] == "clear":
-            return head + f" The lead is clear: above {margin['clear_above']:.2g}, two errors of the difference."
-        bound, band = f"a lead below {margin['clear_above']:.2g} can be sampling noise", "within it"
+        head += (f"; one trial's score on {margin['val_pairs']:,} validation pairs has a sampling error of about "
+                 f"{margin['sampling_error']:.2g}.")
+        band = "within it"
+    if margin["verdict"] == "clear":
+        return head + f" The lead is clear: above {margin['clear_above']:.2g}, two errors of the difference."
     within = list(margin["within"])
     shown = ", ".join(str(n) for n in within[:12]) + (" …" if len(within) > 12 else "")
-    return (head + f" **Not shown to be better**: {bound}, and {len(within)} trial(s) are {band} ({shown}). More "
-            "`pairs.val_pairs` tell them apart (the error falls with the square root of the count); the test "
-            "scores are not for choosing.")
+    return (head + f" **Not shown to be better**: a lead below {margin['clear_above']:.2g} can be sampling noise, "
+            f"and {len(within)} trial(s) are {band} ({shown}). More `pairs.val_pairs` tell them apart (the error "
+            "falls with the square root of the count); the test scores are not for choosing.")
+
+
+def one_line(margin: Mapping[str, Any] | None) -> str:
+    """`describe` in one line, for `status`, `run`'s summary and `promote` ("" without a margin)."""
+    if not margin:
+        return ""
+    paired = bool(margin.get("paired"))  # paired over the same validation pairs: the lead's own error
+    said = "clear" if margin["verdict"] == "clear" else (
+        f"not shown to be better; {len(margin['within'])} trial(s) within "
+        + ("two errors" if paired else f"{margin['clear_above']:.2g}"))
+    error = (f"paired error {margin['difference_error']:.2g} on the same" if paired else
+             f"sampling error {margin['sampling_error']:.2g} on")
+    return (f"lead over trial #{margin['runner_up']}: {margin['lead']:.6f} ({said}; {error} "
+            f"{margin['val_pairs']:,} validation pairs)")
+
+
+_PAIRED_TESTS = {"DeLong": "DeLong's paired test over those pairs gives the lead",
+                 "paired outcomes": "compared pair by pair, the lead has",
+                 "paired bootstrap": f"a paired bootstrap over those pairs ({BOOTSTRAP_DRAWS:,} resamples) gives "
+                                     "the lead"}

@@ -141,6 +141,10 @@ def render(decision: Any) -> str:
             c.get("embeddings_reproduced"), "")
         lines.append(f"candidate  trial #{c['trial']} of study {d['study']} (run {c['run_id']}): {_scores(c)} "
                      f"at threshold {c['threshold']:.4g}{repro}")
+    if d.get("lead"):  # chosen on validation: is its lead over the study's runner-up more than noise?
+        from ..margin import one_line
+
+        lines.append(f"           {one_line(d['lead'])}")
     h = d.get("holder")
     if h:
         origin = f" (study {h['study']}, trial #{h['trial']})" if h.get("study") else ""

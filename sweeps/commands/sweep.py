@@ -165,7 +165,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:  # the sweep report's findings too (best vs start-up, importances, failure map)
         from ..report import build_report
 
-        status["report"] = build_report(loaded).to_dict()
+        status["report"] = build_report(loaded, status).to_dict()  # the margin status tested already
     _report(status, args.json)
     return EXIT_OK
 
@@ -241,25 +241,12 @@ def _phase_line(status: dict) -> str:
     return f"from the {startup} random start-up trials: the search phase did not improve on it"
 
 
-def _margin_line(margin: dict | None) -> str:
-    """The best trial's lead over the runner-up against the validation score's noise (`sweeps.margin`)."""
-    if not margin:
-        return ""
-    if margin.get("paired"):  # paired over the same validation pairs: the lead's own error
-        said = "clear" if margin["verdict"] == "clear" else (
-            f"not shown to be better; {len(margin['within'])} trial(s) within two errors")
-        return (f"lead over trial #{margin['runner_up']}: {margin['lead']:.6f} ({said}; paired error "
-                f"{margin['difference_error']:.2g} on the same {margin['val_pairs']:,} validation pairs)")
-    said = "clear" if margin["verdict"] == "clear" else (
-        f"not shown to be better; {len(margin['within'])} trial(s) within {margin['clear_above']:.2g}")
-    return (f"lead over trial #{margin['runner_up']}: {margin['lead']:.6f} ({said}; sampling error "
-            f"{margin['sampling_error']:.2g} on {margin['val_pairs']:,} validation pairs)")
-
-
 def _report(status: dict, as_json: bool) -> None:
     if as_json:
         print_json(status)
         return
+    from ..margin import one_line
+
     counts = status["counts"]
     print(f"study {status['study']}: " + ", ".join(f"{k.lower()} {v}" for k, v in counts.items() if v)
           + (f" (budget {status['budget']})" if status.get("budget") else ""))
@@ -274,7 +261,7 @@ def _report(status: dict, as_json: bool) -> None:
         phase = _phase_line(status)
         if phase:
             print(f"    {phase}")
-        lead = _margin_line(status.get("margin"))
+        lead = one_line(status.get("margin"))
         if lead:
             print(f"    {lead}")
         for k, v in best["params"].items():

@@ -98,6 +98,7 @@ class Facts:
     hold: dict[str, Any] | None = None  # set by ``--rollback``: {version, from, at}; routine promotions keep the alias
     lift_hold: bool = False             # ``--lift-rollback``: a human releases the hold, then the usual comparison
     study_uid: str | None = None        # the study's identity beyond its name (recorded on the version)
+    lead: dict[str, Any] | None = None  # the candidate's lead over the study's runner-up (`sweeps.margin`)
 
     @property
     def same_model(self) -> bool:
@@ -133,6 +134,7 @@ class PromotionDecision:
     reported_on: dict[str, Any] | None = None  # the test pairs, reported only
     skipped: list[dict[str, Any]] = field(default_factory=list)
     dry_run: bool = False
+    lead: dict[str, Any] | None = None  # the candidate's lead over the study's runner-up: is the winner real?
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,7 +184,7 @@ def decide(facts: Facts) -> PromotionDecision:
         final_holder=current, previous=current if action == PROMOTE and not facts.same_model else None,
         hold=facts.hold, lifts_hold=facts.hold is not None and (facts.force or facts.lift_hold),
         decided_on=facts.decided_on.describe(), reported_on=facts.reported_on.describe(),
-        skipped=list(facts.skipped))
+        skipped=list(facts.skipped), lead=facts.lead)
 
 
 def _same_data(holder: Holder, split: Split) -> bool:

@@ -18,6 +18,7 @@ from siamese_core.errors import ConfigError
 
 from .. import names
 from ..directions import sort_key
+from ..margin import best_margin
 from ..reevaluation import (
     METRICS,
     REPORT_SPLIT,
@@ -140,8 +141,18 @@ def gather(study_name: str, *, storage: str, tracking_uri: str, model_name: str 
     facts = Facts(model_name=reg.name, alias=alias, study=study_name, force=force, decided_on=_split(val),
                   reported_on=_split(test), metric=metric or objective_counterpart(study_metric(study)),
                   candidate=candidate, holder=holder, skipped=skipped, hold=reg.hold(alias), lift_hold=lift_hold,
-                  study_uid=study.user_attrs.get(names.STUDY_ATTR_UID))
+                  study_uid=study.user_attrs.get(names.STUDY_ATTR_UID), lead=_lead(study, trial, metric))
     return facts, reg
+
+
+def _lead(study: optuna.Study, candidate: optuna.trial.FrozenTrial, metric: str | None) -> dict[str, Any] | None:
+    """The study's margin (`sweeps.margin`) when the candidate is the trial it is about: the study's best by
+    its objective, ranked by that objective (None for a candidate that is not, or a study without a margin)."""
+    if len(study.directions) != 1 or (metric is not None and metric != objective_counterpart(study_metric(study))):
+        return None
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    lead = best_margin(study, complete)
+    return lead.to_dict() if lead is not None and lead.best == candidate.number else None
 
 
 def _split(pairs: EvalPairs) -> Split:

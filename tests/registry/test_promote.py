@@ -11,9 +11,11 @@ import pytest
 from mlflow import MlflowClient
 
 from siamese_core.errors import DataError
+from sweeps.margin import one_line
 from sweeps.promotion import promote, rollback
 from sweeps.registry import model_id_from_uri
 from sweeps.storage import make_storage
+from sweeps.study import study_status
 
 from .conftest import Stores, test_split
 
@@ -130,8 +132,18 @@ def test_cli_promote_json_dry_run_and_rollback_errors(sqlite_stores: Stores, cap
     assert decision["candidate"]["test_metrics"]["roc_auc"] == pytest.approx(best.user_attrs["test_roc_auc"], abs=1e-6)
     assert decision["candidate"]["val_metrics"]["roc_auc"] == pytest.approx(best.user_attrs["val_roc_auc"], abs=1e-6)
     assert decision["decided_on"]["split"] == "val" and decision["reported_on"]["split"] == "test"
+    # the candidate is the study's best: the decision carries its lead over the runner-up, tested paired
+    good = optuna.load_study(study_name="good", storage=make_storage(sqlite_stores.storage))
+    margin = study_status(good)["margin"]
+    assert margin["best"] == best.number and margin["paired"] and decision["lead"] == margin
+    assert main(["promote", "--study", "good", "--model-name", name, "--dry-run"]) == 0
+    assert f"           {one_line(margin)}\n" in capsys.readouterr().out
+    assert main(["promote", "--study", "good", "--model-name", name, "--dry-run", "--json",
+                 "--metric", "pair_accuracy"]) == 0  # ranked by another metric: the margin is not about it
+    assert json.loads(capsys.readouterr().out)["lead"] is None
     assert main(["promote", "--study", "weak", "--model-name", name, "--dry-run"]) == 0
     out = capsys.readouterr().out
+    assert "lead over trial" not in out  # one trial: no runner-up
     assert "KEEP" in out and "not better: val roc_auc" in out and "dry run" in out
     fp = best.user_attrs["eval_fingerprint"][:12]
     assert "decided on validation pairs (200 pairs, eval key " in out and f"eval fingerprint {fp}…" in out
