@@ -8,7 +8,7 @@ demo: setup                 ## the main job: a real sweep on Fashion-MNIST with 
 	siamese-sweep run quickstart
 
 test: setup-test            ## every test, slow end-to-end ones included (what CI runs)
-	$(PYTEST) -q
+	$(PYTEST) -q --durations=25
 
 test-fast: setup-test       ## the quick suite (no real-server end-to-end, no browser)
 	$(PYTEST) -q -m "not slow"

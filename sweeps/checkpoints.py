@@ -82,7 +82,7 @@ def upload(tracker: Tracker, run_id: str, directory: Path) -> float | None:
     from siamese_core.checkpoint import STATE, WEIGHTS  # Keras: only once a trial runs
 
     start = time.perf_counter()
-    quick = Retry(budget_s=UPLOAD_BUDGET_S, sleep=tracker.retry.sleep)
+    quick = tracker.retry.within(UPLOAD_BUDGET_S)
     try:
         state = json.loads((directory / STATE).read_text())
         name = weights_artifact(state["next_epoch"])
@@ -147,7 +147,7 @@ def fetch(tracker: Tracker, run_ids: Iterable[str], directory: Path) -> int:
     from .modelio import quiet_artifacts
 
     have = saved_epoch(directory)
-    quick = Retry(budget_s=FETCH_BUDGET_S, sleep=tracker.retry.sleep)
+    quick = tracker.retry.within(FETCH_BUDGET_S)
 
     def download(run_id: str, name: str, tmp: str) -> Path:
         dst = os.path.join(tmp, run_id, "state" if name == STATE else "weights")
@@ -199,7 +199,7 @@ def delete(tracker: Tracker, run_ids: Iterable[str]) -> int:
     server with proxied artifacts it is an HTTP DELETE on the server's artifact endpoint.
     tests/reliability/test_remote_checkpoint.py pins that it removes the copy.
     """
-    quick = Retry(budget_s=5.0, sleep=tracker.retry.sleep)
+    quick = tracker.retry.within(5.0)
     deleted = 0
     for run_id in run_ids:
         try:

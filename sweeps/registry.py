@@ -14,7 +14,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -190,12 +190,12 @@ class Registry:
     """
 
     def __init__(self, tracking_uri: str, name: str, *, retry: Any = None) -> None:
-        from .tracking import Retry, retry_budget_s
+        from .tracking import Retry, holds_signals, retry_budget_s
 
         self.client = client_for(tracking_uri)
         self.name = name
         self.uri = tracking_uri
-        self._retry = retry or Retry(budget_s=retry_budget_s())
+        self._retry = replace(retry or Retry(budget_s=retry_budget_s()), hold_signals=holds_signals(tracking_uri))
 
     def call(self, what: str, fn: Callable[[], T]) -> T:
         """`fn()` retried on transient errors; a permanent MLflow error is re-raised unchanged."""

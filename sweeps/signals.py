@@ -9,6 +9,12 @@ printed and *ignored* — a forwarded SIGTERM once left a worker training. So ev
 While the interrupted work is being cleaned up (`begin_cleanup`: the trial's run is being ended, or the
 parent is forwarding the signal to its workers), further signals (``docker stop`` repeats, an impatient
 Ctrl-C) are logged and ignored, so they cannot cut the clean-up short and leave a run RUNNING.
+
+Each call to a SQLite store (MLflow's or Optuna's) runs in `deferred_stop`: the signal is recorded and
+raised when the call is done. Cut in the middle, SQLAlchemy can leave the call's transaction open, and the
+file then stays locked for every later write of the process: a CI run's worker, stopped by Slurm's time-limit
+warning, spent its clean-up waiting out MLflow's 20 s lock timeout until the limit killed it.
+`tests/reliability/test_fault_units.py` finds the file locked within 30 interrupted bursts of writes without it.
 """
 from __future__ import annotations
 
@@ -46,6 +52,8 @@ class StopRequest:
     requested: bool = False
     cleaning: bool = False
     signum: int = 0
+    deferring: int = 0  # nesting depth of `deferred_stop` in the main thread
+    held: bool = False  # the handler would have raised, inside `deferred_stop`: raise when it ends
 
     @classmethod
     def check(cls) -> None:
@@ -55,7 +63,7 @@ class StopRequest:
 
     @classmethod
     def reset(cls) -> None:
-        cls.requested = cls.cleaning = False
+        cls.requested = cls.cleaning = cls.held = False
         cls.signum = 0
 
 
@@ -69,7 +77,9 @@ def _handler(signum: int, frame: Any, *, raise_at_once: bool = True) -> None:
         log.warning("signal %d again: still ending the interrupted work", signum)
         return
     StopRequest.requested, StopRequest.signum = True, signum
-    if raise_at_once:
+    if raise_at_once and StopRequest.deferring:
+        StopRequest.held = True
+    elif raise_at_once:
         raise Interrupted(f"received signal {signum}")  # may be swallowed: hence StopRequest.check
 
 
@@ -96,6 +106,27 @@ def stop_on_signals(*, raise_at_once: bool = True) -> Iterator[None]:
         for sig, old in previous.items():
             signal.signal(sig, old)
         StopRequest.reset()
+
+
+@contextlib.contextmanager
+def deferred_stop() -> Iterator[None]:
+    """Hold the `Interrupted` of a stop signal that arrives in this block until the block is done, then raise it.
+
+    For work that must not be cut in the middle (a database write). Only the main thread hears signals, so
+    elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    StopRequest.deferring += 1
+    try:
+        yield
+    finally:
+        StopRequest.deferring -= 1
+    if StopRequest.held and not StopRequest.deferring:
+        StopRequest.held = False
+        if not StopRequest.cleaning:
+            raise Interrupted(f"received signal {StopRequest.signum}")
 
 
 def _swallowed_stop(previous: Any, unraisable: Any) -> None:

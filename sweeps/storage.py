@@ -43,6 +43,7 @@ from siamese_core.errors import ConfigError
 
 from . import names
 from .secrets import mask_secrets, mask_url
+from .signals import deferred_stop
 
 if TYPE_CHECKING:
     from optuna.study._frozen import FrozenStudy  # what `get_all_studies` returns (Optuna exports no name for it)
@@ -211,6 +212,9 @@ class RetryingStorage(optuna.storages.BaseStorage, BaseHeartbeat):
 
     Wraps Optuna's own ``_CachedStorage`` (what ``optuna.load_study`` builds around a bare `RDBStorage`), so the
     reads stay incremental.
+
+    On SQLite every call runs in `sweeps.signals.deferred_stop`: a SIGTERM raised in the middle of one can leave
+    the file locked for the rest of the process (the clean-up's writes then wait out the 120 s lock timeout).
     """
 
     def __init__(self, rdb: RDBStorage, *, budget_s: float = STORAGE_RETRY_BUDGET_S,
@@ -223,23 +227,32 @@ class RetryingStorage(optuna.storages.BaseStorage, BaseHeartbeat):
         self.max_wait_s = max_wait_s
         self._sleep = sleep
         self._where = mask_url(str(rdb.engine.url.render_as_string(hide_password=True)))
+        self._hold_signals = rdb.engine.url.get_backend_name() == "sqlite"
 
     def __repr__(self) -> str:
         return f"RetryingStorage({self._where!r})"
 
     def _retry(self, what: str, fn: Callable[[], T], on_retry: Callable[[BaseException], T | None] | None = None
                ) -> T:
-        return retry_transient(f"Optuna storage {self._where}: {what}", fn, budget_s=self.budget_s,
+        settle = None if on_retry is None else (lambda exc: self._call(lambda: on_retry(exc)))
+        return retry_transient(f"Optuna storage {self._where}: {what}", lambda: self._call(fn), budget_s=self.budget_s,
                                first_wait_s=self.first_wait_s, max_wait_s=self.max_wait_s, sleep=self._sleep,
-                               on_retry=on_retry)
+                               on_retry=settle)
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        """One attempt (the waits between attempts stay interruptible)."""
+        if not self._hold_signals:
+            return fn()
+        with deferred_stop():
+            return fn()
 
     # ------------------------------------------------------------- studies
     def create_new_study(self, directions: Sequence[optuna.study.StudyDirection], study_name: str | None = None
                          ) -> int:
-        return self._inner.create_new_study(directions, study_name)  # not retried: see the class docstring
+        return self._call(lambda: self._inner.create_new_study(directions, study_name))  # not retried: see above
 
     def delete_study(self, study_id: int) -> None:
-        self._inner.delete_study(study_id)
+        self._call(lambda: self._inner.delete_study(study_id))
 
     def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
         self._retry("set_study_user_attr", lambda: self._inner.set_study_user_attr(study_id, key, value))
@@ -267,7 +280,7 @@ class RetryingStorage(optuna.storages.BaseStorage, BaseHeartbeat):
 
     # ------------------------------------------------------------- trials
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        return self._inner.create_new_trial(study_id, template_trial)  # not retried: see the class docstring
+        return self._call(lambda: self._inner.create_new_trial(study_id, template_trial))  # not retried: see above
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
                         distribution: optuna.distributions.BaseDistribution) -> None:
@@ -288,7 +301,7 @@ class RetryingStorage(optuna.storages.BaseStorage, BaseHeartbeat):
             return self._inner.set_trial_state_values(trial_id, state=state, values=values)
 
         if not state.is_finished():  # the WAITING -> RUNNING claim: not retried, see the class docstring
-            return call()
+            return self._call(call)
 
         def already_written(_: BaseException) -> bool | None:
             trial = self._inner.get_trial(trial_id)

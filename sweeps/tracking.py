@@ -23,9 +23,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, Metric, Param, RunStatus, RunTag
@@ -33,6 +34,7 @@ from mlflow.entities import Dataset, DatasetInput, Metric, Param, RunStatus, Run
 from . import names
 from .errors import TrackingUnavailable
 from .secrets import mask_secrets, mask_url
+from .signals import deferred_stop
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -134,21 +136,39 @@ def _chunks(items: list[T], size: int) -> list[list[T]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+def holds_signals(tracking_uri: str) -> bool:
+    """Whether a stop signal must wait for each call to `tracking_uri` to finish: yes for a SQLite file, whose
+    write cut in the middle can leave the file locked for the rest of the process (`sweeps.signals`). Not for a
+    server: its transactions are its own, and a call to a server that is down must stay interruptible. Not for
+    PostgreSQL given directly either: a call can wait on the network, and no lock left behind was seen there."""
+    return urlsplit(tracking_uri).scheme == "sqlite"
+
+
 @dataclass
 class Retry:
-    """Retry a tracking call with exponential backoff for at most `budget_s` seconds."""
+    """Retry a tracking call with exponential backoff for at most `budget_s` seconds.
+
+    `hold_signals`: each attempt runs in `sweeps.signals.deferred_stop` (see `holds_signals`); the waits between
+    attempts stay interruptible.
+    """
 
     budget_s: float = 60.0
     first_wait_s: float = 0.5
     max_wait_s: float = 8.0
     sleep: Callable[[float], None] = time.sleep
+    hold_signals: bool = False
+
+    def within(self, budget_s: float) -> Retry:
+        """This retry with another budget (a best-effort call that must not stall the worker)."""
+        return replace(self, budget_s=budget_s)
 
     def __call__(self, what: str, fn: Callable[[], T]) -> T:
         deadline = time.monotonic() + self.budget_s
         wait = self.first_wait_s
         while True:
             try:
-                return fn()
+                with deferred_stop() if self.hold_signals else contextlib.nullcontext():
+                    return fn()
             except Exception as exc:  # noqa: BLE001 - MLflow raises many types for transport errors
                 if _permanent(exc) or time.monotonic() + wait > deadline:
                     raise TrackingUnavailable(f"MLflow {what} failed: {mask_secrets(str(exc))[:300]}") from exc
@@ -175,7 +195,7 @@ class Tracker:
         configure_http_client()
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
-        self.retry = retry or Retry(budget_s=retry_budget_s())
+        self.retry = replace(retry or Retry(budget_s=retry_budget_s()), hold_signals=holds_signals(uri))
 
     def __repr__(self) -> str:
         return f"Tracker({mask_url(self.uri)!r})"
@@ -381,7 +401,7 @@ class TrialRun:
     def flush(self, *, budget_s: float | None = None) -> None:
         """Send buffered metrics; raises `TrackingUnavailable` if MLflow still refuses. Without a `budget_s`
         (the strict flush before a trial is told) also waits for the `in_background` work."""
-        retry = self.tracker.retry if budget_s is None else Retry(budget_s=budget_s, sleep=self.tracker.retry.sleep)
+        retry = self.tracker.retry if budget_s is None else self.tracker.retry.within(budget_s)
         try:
             while self._pending:
                 with self._sending(MAX_METRICS_PER_CALL) as chunk:
@@ -509,8 +529,6 @@ def dataset_entity(info: Any) -> Dataset:
 def ui_base_url(tracking_uri: str) -> str | None:
     """Where the MLflow UI of `tracking_uri` lives: the server's own URL without credentials; None for
     local stores (``sqlite:``, files), which have no URL until someone runs ``mlflow ui`` on them."""
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(tracking_uri)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return None

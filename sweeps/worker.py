@@ -36,7 +36,7 @@ from .spec import SweepSpec
 from .stopping import from_spec as study_stop_from
 from .storage import BudgetLock, budget_lock, fail_stale_trials, is_transient, retried_trial_number, safe_filename
 from .study import OpenedStudy, count_states, enqueue_known, ensure_parent_run, trial_budget
-from .tracking import RUN_RUNNING, Retry, Tracker
+from .tracking import RUN_RUNNING, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def reconcile_runs(study: optuna.Study, tracker: Tracker, seen: set[int], *, exp
     `parent_run_id` the sweep's RUNNING runs are looked up too (one query per call).
     """
     fixed = 0
-    quick = Retry(budget_s=5.0)  # best-effort and repeated every round: never stall the worker on it
+    quick = tracker.retry.within(5.0)  # best-effort and repeated every round: never stall the worker on it
     trials = study.get_trials(deepcopy=False)
     orphans: list[tuple[optuna.trial.FrozenTrial, str]] = []
     for t in trials:

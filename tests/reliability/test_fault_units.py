@@ -1,9 +1,12 @@
 """Fast, in-process checks of the fault-handling pieces the slow process tests rely on."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -125,6 +128,134 @@ def test_a_stop_that_surfaced_as_another_exception_still_stops_the_worker(monkey
     finally:
         StopRequest.reset()
     assert recorded == ["interrupted"] and [t.state for t in study.trials] == [S.FAIL]
+
+
+def test_a_stop_inside_a_deferred_block_is_raised_when_the_block_ends() -> None:
+    from sweeps.errors import Interrupted
+    from sweeps.signals import StopRequest, begin_cleanup, deferred_stop, stop_on_signals
+
+    finished = []
+    with stop_on_signals():
+        with pytest.raises(Interrupted, match="signal 15"):
+            with deferred_stop():
+                with deferred_stop():  # nested: held until the outer block ends
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    finished.append("inner")
+                finished.append("outer")
+        assert finished == ["inner", "outer"] and not StopRequest.held
+        begin_cleanup()
+        with deferred_stop():  # during the clean-up a repeat is ignored, as outside the block
+            os.kill(os.getpid(), signal.SIGTERM)
+    with stop_on_signals(raise_at_once=False):  # the parent of N workers: recorded only, inside the block too
+        with deferred_stop():
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert StopRequest.requested
+
+
+def _sigterm_writes(write: Callable[[int, int], None], db: Path, *, rounds: int = 30) -> tuple[int, list[int]]:
+    """`rounds` times: a thread sends SIGTERM to this (main) thread 0-30 ms into a burst of writes; after each,
+    whether another connection can take the SQLite file's write lock at once. Returns (bursts cut short by the
+    stop, rounds after which the file was locked). The interrupted burst's exception stays alive meanwhile,
+    as a failed trial's does while the trial is cleaned up."""
+    import queue
+    import random
+    import sqlite3
+    import threading
+
+    from sweeps.errors import Interrupted
+    from sweeps.signals import StopRequest, stop_on_signals
+
+    main, rng = threading.main_thread().ident, random.Random(0)
+    go: queue.Queue[float] = queue.Queue()
+    sent: queue.Queue[bool] = queue.Queue()
+
+    def sender() -> None:
+        while (delay := go.get()) >= 0:
+            time.sleep(delay)
+            signal.pthread_kill(main, signal.SIGTERM)  # type: ignore[arg-type]
+            sent.put(True)
+
+    def free() -> bool:
+        con = sqlite3.connect(db, timeout=0.2)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            return True
+        except sqlite3.OperationalError:  # "database is locked"
+            return False
+        finally:
+            con.close()
+
+    thread = threading.Thread(target=sender, daemon=True)
+    thread.start()
+    cut, locked = 0, []
+    with stop_on_signals():
+        for round_ in range(rounds):
+            kept: list[BaseException] = []
+            go.put(rng.uniform(0, 0.03))
+            try:
+                try:
+                    for k in range(40):
+                        write(round_, k)
+                except Interrupted as exc:
+                    cut += 1
+                    kept.append(exc)
+                sent.get()
+                with contextlib.suppress(Interrupted):
+                    StopRequest.check()  # the signal came after the burst: the pending stop
+                if not free():
+                    locked.append(round_)
+                    break
+            finally:
+                StopRequest.reset()
+    go.put(-1)
+    thread.join()
+    return cut, locked
+
+
+def test_sigterm_in_the_middle_of_mlflow_sqlite_writes_leaves_the_file_unlocked(tmp_path: Path) -> None:
+    """A CI run's worker, stopped by Slurm's time-limit warning, could not end its trial: every write of its
+    clean-up met "database is locked" (MLflow waits 20 s for the lock) until the limit killed it. The
+    interrupted write had left its transaction open. Each call through `Tracker.retry` now finishes first
+    (without it, three runs of this test found the file locked after rounds 3, 26 and 2 of 30; the Optuna
+    test below after rounds 5, 5 and 11)."""
+    from mlflow.entities import Metric
+
+    db = tmp_path / "mlflow.db"
+    tracker = Tracker(f"sqlite:///{db}", retry=Retry(budget_s=0.0))
+    assert tracker.retry.hold_signals and not Tracker("http://127.0.0.1:1").retry.hold_signals
+    run_id = tracker.client.create_run(tracker.experiment_id("signals")).info.run_id
+
+    def write(round_: int, k: int) -> None:
+        now = int(time.time() * 1000)
+        tracker.retry("log", lambda: tracker.client.log_batch(run_id, metrics=[Metric("loss", 1.0, now, k)]))
+        tracker.retry("tag", lambda: tracker.client.set_tag(run_id, "round", str(round_)))
+
+    cut, locked = _sigterm_writes(write, db)
+    assert locked == [] and cut >= 20, (cut, locked)  # the signals did land inside the bursts
+    tracker.client.set_tag(run_id, "after", "yes")  # the store still takes writes
+    assert tracker.client.get_run(run_id).data.tags["after"] == "yes"
+
+
+def test_sigterm_in_the_middle_of_optuna_sqlite_writes_leaves_the_file_unlocked(tmp_path: Path) -> None:
+    """The same for the Optuna storage (its SQLite lock timeout is 120 s: a locked file would stall the
+    interrupted trial's FAIL and its re-queue that long)."""
+    from sweeps.storage import make_storage
+
+    db = tmp_path / "optuna.db"
+    study = optuna.create_study(storage=make_storage(f"sqlite:///{db}"))
+
+    def write(round_: int, k: int) -> None:
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        trial.set_user_attr("round", round_)
+        study.tell(trial, float(k))
+
+    cut, locked = _sigterm_writes(write, db)
+    assert locked == [] and cut >= 20, (cut, locked)
+    trial = study.ask()
+    trial.set_user_attr("after", True)
+    study.tell(trial, 0.0)
+    assert study.trials[-1].user_attrs == {"after": True}
 
 
 # ------------------------------------------------------------------ retries of trials
