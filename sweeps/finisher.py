@@ -5,15 +5,14 @@ its plots, its logged model, its final metrics, ending its MLflow run, telling O
 callbacks — runs in one background thread while the next trial trains. The CPU-heavy part (plots, the model
 directory and their uploads) is done by a helper process at idle priority (`sweeps.recorder`), which this
 thread waits for: in a thread of the worker that work held the GIL and took the CPU the training uses, and
-saved little (+6.9 % over no tracking against +7.3 % in line, BENCHMARKS.md §2). Off by default: the sampler
-then sees one trial fewer (below), which changes a seeded sweep.
+saved little (+6.9 % over no tracking against +7.3 % in line, BENCHMARKS.md §2).
 
 The order is what keeps sweeps reproducible and "Optuna COMPLETE => MLflow run complete" true:
 
 * a trial is told only when its finish is done: a COMPLETE trial's run is FINISHED with its model and plots;
 * the next trial is asked *before* the previous one's finish starts, and only after every earlier one was
-  told: the sampler sees the same trials whatever the finish takes — one trial fewer than a sequential loop
-  (the trial just trained is still RUNNING), the view a second worker would give it;
+  told; its sampler sees the trial just trained as it will be told (`LookAhead`), so it sees the same trials
+  as in line whatever the finish takes, and a seeded sweep is the same sweep in both modes;
 * a pruner decides only after the pending finish is told (`Finisher.wait` from `OptunaReporter`), so a
   pruning decision never depends on how long a finish took.
 
@@ -22,9 +21,11 @@ next `wait` (in the worker's thread), so storage trouble while telling stops the
 """
 from __future__ import annotations
 
+import copy
+import datetime
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,60 @@ class Deferred:
                                            params=trial.params, distributions=trial.distributions)
         frozen.number = trial.number
         return frozen
+
+
+def as_told(stored: optuna.trial.FrozenTrial, values: list[float] | None) -> optuna.trial.FrozenTrial:
+    """A copy of `stored` (its params, reports and attributes as stored) told COMPLETE with `values`."""
+    told = copy.copy(stored)
+    told.state, told.values = optuna.trial.TrialState.COMPLETE, values
+    told.datetime_complete = stored.datetime_complete or datetime.datetime.now()
+    return told
+
+
+class LookAhead:
+    """Show the trial just trained, still RUNNING while its finish runs, as it will be told to the sampler of the
+    next trial — which a sequential loop would have asked after that tell.
+
+    Without it the background mode changed a seeded sweep: TPE counted one trial fewer towards its random
+    start-up and, with ``constant_liar``, weighed the trial just trained as a running one (its worst), so the
+    sweep left the start-up a trial later and drew other parameters (tests/sweeps/test_finisher.py).
+
+    Samplers read trials only through ``Study._get_trials`` (TPE from the per-ask cache and, with
+    ``constant_liar``, from the storage; GP, CMA-ES, QMC and NSGA-II the same way); Optuna has no public hook for
+    what a sampler sees, so this shadows that one method on the study while a worker runs, and only for the
+    worker's own thread (its sampler; the finisher's tell and callbacks read the storage as it is). A trial
+    already told (or failed) is shown as stored. The test above pins the behaviour: the same seed gives the same
+    trials, values and states with the finish in line and in the background.
+    """
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+        self._thread = threading.get_ident()
+        self._assumed: optuna.trial.FrozenTrial | None = None
+        self._own: Callable[..., list[optuna.trial.FrozenTrial]] = study._get_trials
+
+    def __enter__(self) -> LookAhead:
+        self._study._get_trials = self._get_trials  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self._study._get_trials  # the class's method again
+        self._assumed = None
+
+    def assume(self, told: optuna.trial.FrozenTrial | None) -> None:
+        """From now on, in this thread, show trial ``told.number`` as `told` says while it is RUNNING (None: none)."""
+        self._assumed = told
+
+    def _get_trials(self, deepcopy: bool = True, states: Container[optuna.trial.TrialState] | None = None,
+                    use_cache: bool = False) -> list[optuna.trial.FrozenTrial]:
+        assumed = self._assumed
+        if assumed is None or threading.get_ident() != self._thread:
+            return self._own(deepcopy, states, use_cache)
+        shown = [as_told(t, assumed.values) if t.number == assumed.number and t.state == optuna.trial.TrialState.RUNNING
+                 else t for t in self._own(False, None, use_cache)]
+        if states is not None:
+            shown = [t for t in shown if t.state in states]
+        return copy.deepcopy(shown) if deepcopy else shown
 
 
 class Finisher:

@@ -228,8 +228,9 @@ class TrackingSpec(_Section):
     checkpoint_copy_seconds: float = Field(default=60.0, ge=0)
     # true: a trial's recording runs while the next trial trains (`sweeps.finisher`): its plots, files and model
     # in a helper process at idle priority (`sweeps.recorder`), then final metrics, run end and Optuna's tell.
-    # Off by default: the sampler then sees one trial fewer when it samples the next (a seeded sweep changes),
-    # and on 2 shared cores its gain was within the repeat noise (BENCHMARKS.md §2)
+    # A seeded sweep is the same sweep either way (`sweeps.finisher.LookAhead`). Off by default: it adds a helper
+    # process per worker, and on 2 shared cores its whole-trial gain was within the repeat noise (BENCHMARKS.md
+    # §2); the quickstart turns it on
     finish_in_background: bool = False
 
 

@@ -10,7 +10,6 @@ another worker may still fail and need replacing.
 """
 from __future__ import annotations
 
-import datetime
 import gc
 import logging
 import os
@@ -28,7 +27,7 @@ from mlflow.entities import RunTag
 from . import artifacts, names, outcomes
 from .checkpoints import shared_through_mlflow
 from .errors import SweepFatal, TrackingUnavailable
-from .finisher import Deferred, Finisher, Heartbeat
+from .finisher import Deferred, Finisher, Heartbeat, LookAhead, as_told
 from .objective import Objective, TrialContext
 from .recorder import Recorder
 from .signals import StopRequest, stop_on_signals
@@ -357,10 +356,11 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
     # the finish of the trial trained last, which starts after the next ask, and that trial as it will be told
     pending: Callable[[], None] | None = warm_up
     pending_complete: optuna.trial.FrozenTrial | None = None
-    with stop_on_signals(), heartbeat:
+    with stop_on_signals(), heartbeat, LookAhead(study) as look_ahead:
         try:
             while True:
                 finisher.wait()  # every earlier trial is told: counts, stop rules and the sampler see them
+                look_ahead.assume(None)
                 if last_reason[0] == outcomes.TRACKING_UNAVAILABLE_AT_START.reason:
                     raise SweepFatal(f"MLflow tracking at {tracker_name} is unreachable")
                 if failures["consecutive"] >= max_failures:
@@ -409,8 +409,9 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
                             unreachable = True
                         else:
                             heartbeat.hold(trial)
+                            look_ahead.assume(pending_complete)  # its sampler sees the trial about to finish told
                 handed: optuna.trial.FrozenTrial | None = None
-                if pending is not None:  # asked first: the sampler did not see the trial about to finish
+                if pending is not None:  # asked first (its sampler saw this one as it will be told: `LookAhead`)
                     finisher.submit(_then(pending, under_lock))
                     pending, pending_complete, handed = None, None, pending_complete
                 if trial is None and not unreachable and handed is not None and at_last_finish is not None:
@@ -443,13 +444,8 @@ def _as_told(study: optuna.Study, handed: optuna.trial.FrozenTrial) -> list[optu
     live = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
     if any(t.state in live and t.number != handed.number for t in trials):
         return None
-    told: list[optuna.trial.FrozenTrial] = []
-    for t in trials:
-        if t.number == handed.number:  # its reports and params as stored; the state and values it will be told
-            t.state, t.values = optuna.trial.TrialState.COMPLETE, handed.values
-            t.datetime_complete = t.datetime_complete or datetime.datetime.now()
-        told.append(t)
-    return told
+    # its reports and params as stored; the state and values it will be told
+    return [as_told(t, handed.values) if t.number == handed.number else t for t in trials]
 
 
 def _then(job: Callable[[], None], after: Callable[[], Any] | None) -> Callable[[], None]:
