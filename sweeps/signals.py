@@ -109,13 +109,13 @@ def stop_on_signals(*, raise_at_once: bool = True) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def deferred_stop() -> Iterator[None]:
+def deferred_stop(when: bool = True) -> Iterator[None]:
     """Hold the `Interrupted` of a stop signal that arrives in this block until the block is done, then raise it.
 
-    For work that must not be cut in the middle (a database write). Only the main thread hears signals, so
-    elsewhere this does nothing.
+    For work that must not be cut in the middle (a database write); `when` False: do nothing (a store that needs
+    no holding). Only the main thread hears signals, so elsewhere this does nothing either.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if not when or threading.current_thread() is not threading.main_thread():
         yield
         return
     StopRequest.deferring += 1

@@ -241,9 +241,7 @@ class RetryingStorage(optuna.storages.BaseStorage, BaseHeartbeat):
 
     def _call(self, fn: Callable[[], T]) -> T:
         """One attempt (the waits between attempts stay interruptible)."""
-        if not self._hold_signals:
-            return fn()
-        with deferred_stop():
+        with deferred_stop(when=self._hold_signals):
             return fn()
 
     # ------------------------------------------------------------- studies

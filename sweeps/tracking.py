@@ -167,7 +167,7 @@ class Retry:
         wait = self.first_wait_s
         while True:
             try:
-                with deferred_stop() if self.hold_signals else contextlib.nullcontext():
+                with deferred_stop(when=self.hold_signals):
                     return fn()
             except Exception as exc:  # noqa: BLE001 - MLflow raises many types for transport errors
                 if _permanent(exc) or time.monotonic() + wait > deadline:

@@ -143,6 +143,11 @@ def test_a_stop_inside_a_deferred_block_is_raised_when_the_block_ends() -> None:
                     finished.append("inner")
                 finished.append("outer")
         assert finished == ["inner", "outer"] and not StopRequest.held
+        with pytest.raises(Interrupted, match="signal 15"):
+            with deferred_stop(when=False):  # a store that needs no holding: raised at once, as outside a block
+                os.kill(os.getpid(), signal.SIGTERM)
+                finished.append("not held")
+        assert finished == ["inner", "outer"]
         begin_cleanup()
         with deferred_stop():  # during the clean-up a repeat is ignored, as outside the block
             os.kill(os.getpid(), signal.SIGTERM)

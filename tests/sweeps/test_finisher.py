@@ -150,6 +150,34 @@ def test_stop_rules_read_the_values_of_a_trial_not_yet_told() -> None:
     assert decision is not None and str(decision).startswith(f"target: trial {trial.number} reached 0.95")
 
 
+def test_the_look_ahead_shows_a_running_trial_told_to_the_workers_thread_only_and_only_while_it_runs() -> None:
+    from sweeps.finisher import LookAhead
+
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.1)
+    trial.report(0.3, step=0)
+
+    def complete() -> list[tuple[int, float | None, dict[int, float]]]:
+        return [(t.number, t.value, t.intermediate_values)
+                for t in study.get_trials(deepcopy=False, states=(S.COMPLETE,))]
+
+    elsewhere: list[Any] = []
+    with LookAhead(study) as look_ahead:
+        assert complete() == [(1, 0.1, {})]  # nothing assumed: the storage as it is
+        look_ahead.assume(Deferred(finish=lambda: 0.9, values=0.9).as_complete(trial))
+        assert complete() == [(0, 0.9, {0: 0.3}), (1, 0.1, {})]  # its reports as stored, the value it will have
+        assert [t.state for t in study._get_trials(deepcopy=True, use_cache=True)] == [S.COMPLETE, S.COMPLETE]
+        thread = threading.Thread(target=lambda: elsewhere.append(complete()))
+        thread.start()
+        thread.join()
+        assert elsewhere == [[(1, 0.1, {})]]  # the finisher's thread (its tell, callbacks) reads the storage
+        study.tell(trial, state=S.FAIL)  # its finish failed: shown as stored once told
+        assert complete() == [(1, 0.1, {})]
+    assert "_get_trials" not in vars(study)  # the study's own method again
+    assert [t.state for t in study.get_trials(deepcopy=False)] == [S.FAIL, S.COMPLETE]
+
+
 def test_the_reconcile_of_a_round_that_hands_a_finish_to_the_background_runs_there_after_it() -> None:
     """The worker's reconcile (an MLflow search and a read of every trial, 0.044 s a trial) left the critical path:
     in a round with a finish to hand over, it runs in the finisher's thread once that trial is told."""
