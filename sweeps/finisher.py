@@ -68,8 +68,9 @@ class LookAhead:
     start-up and, with ``constant_liar``, weighed the trial just trained as a running one (its worst), so the
     sweep left the start-up a trial later and drew other parameters (tests/sweeps/test_finisher.py).
 
-    Samplers read trials only through ``Study._get_trials`` (TPE from the per-ask cache and, with
-    ``constant_liar``, from the storage; GP, CMA-ES, QMC and NSGA-II the same way); Optuna has no public hook for
+    Samplers read trials through ``Study._get_trials`` (TPE from the per-ask cache and, with ``constant_liar``,
+    from the storage; GP, CMA-ES, QMC and NSGA-II the same way; the grid sampler reads the storage itself, and
+    counts a running trial's point as taken, so it needs nothing here); Optuna has no public hook for
     what a sampler sees, so this shadows that one method on the study while a worker runs, and only for the
     worker's own thread (its sampler; the finisher's tell and callbacks read the storage as it is). A trial
     already told (or failed) is shown as stored. The test above pins the behaviour: the same seed gives the same
@@ -83,11 +84,15 @@ class LookAhead:
         self._own: Callable[..., list[optuna.trial.FrozenTrial]] = study._get_trials
 
     def __enter__(self) -> LookAhead:
+        self._before = vars(self._study).get("_get_trials")  # another loop's, on this study object (else None)
         self._study._get_trials = self._get_trials  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        del self._study._get_trials  # the class's method again
+        if self._before is None:
+            vars(self._study).pop("_get_trials", None)  # the class's method again
+        else:
+            self._study._get_trials = self._before  # type: ignore[method-assign]
         self._assumed = None
 
     def assume(self, told: optuna.trial.FrozenTrial | None) -> None:

@@ -165,6 +165,9 @@ def test_the_look_ahead_shows_a_running_trial_told_to_the_workers_thread_only_an
     elsewhere: list[Any] = []
     with LookAhead(study) as look_ahead:
         assert complete() == [(1, 0.1, {})]  # nothing assumed: the storage as it is
+        with LookAhead(study):  # another loop on the same study object: ours again when it ends
+            pass
+        assert vars(study)["_get_trials"] == look_ahead._get_trials
         look_ahead.assume(Deferred(finish=lambda: 0.9, values=0.9).as_complete(trial))
         assert complete() == [(0, 0.9, {0: 0.3}), (1, 0.1, {})]  # its reports as stored, the value it will have
         assert [t.state for t in study._get_trials(deepcopy=True, use_cache=True)] == [S.COMPLETE, S.COMPLETE]
