@@ -168,13 +168,18 @@ FAILED_REGISTRATION = "FAILED_REGISTRATION"
 READY_TIMEOUT_S = 120.0                      # how long a new version may stay PENDING_REGISTRATION
 
 
-def alias_insert_race(exc: Exception) -> bool:
-    """MLflow's SQL registry sets an alias by reading, then inserting when no row exists (``session.merge``):
-    two promoters setting a new alias at once both insert, and the later one fails on the unique key
-    (SQLite's ``UNIQUE constraint failed``, PostgreSQL's ``duplicate key``; MLflow reports it as BAD_REQUEST,
-    which is otherwise permanent). Seen in CI with two racing ``promote`` processes."""
+# the tables MLflow's SQL registry writes with ``session.merge`` (read, then insert when no row exists)
+_UPSERTED = ("registered_model_aliases", "registered_model_tags", "model_version_tags")
+
+
+def insert_race(exc: Exception) -> bool:
+    """MLflow's SQL registry sets an alias or a tag by reading, then inserting when no row exists
+    (``session.merge``): two promoters writing the same new alias or tag key at once both insert, and the later
+    one fails on the unique key (SQLite's ``UNIQUE constraint failed``, PostgreSQL's ``duplicate key``; MLflow
+    reports it as BAD_REQUEST, which is otherwise permanent). Seen in CI with two racing ``promote`` processes:
+    first on the alias, later on the version tags both write when they move it to the same version."""
     text = str(exc)
-    return "registered_model_aliases" in text and ("UNIQUE constraint failed" in text or "duplicate key" in text)
+    return any(table in text for table in _UPSERTED) and ("UNIQUE constraint failed" in text or "duplicate key" in text)
 
 
 class RegistryUnavailable(InfrastructureError, RuntimeError):
@@ -317,9 +322,23 @@ class Registry:
         self.call("describe version", partial(self.client.update_model_version, self.name, version,
                                               description=description))
 
+    def _upsert(self, what: str, fn: Callable[[], None]) -> None:
+        """An idempotent alias or tag write, retried like every call; an insert that lost a race with another
+        promoter (`insert_race`) is made once more: the row exists now, and the same call updates it."""
+        from mlflow.exceptions import MlflowException
+
+        def write() -> None:
+            try:
+                fn()
+            except MlflowException as exc:
+                if not insert_race(exc):
+                    raise
+                fn()
+        self.call(what, write)
+
     def tag(self, version: str, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
-            self.call("tag version", partial(self.client.set_model_version_tag, self.name, version, k, str(v)))
+            self._upsert("tag version", partial(self.client.set_model_version_tag, self.name, version, k, str(v)))
 
     def set_model_tag(self, key: str, value: str | None) -> None:
         """Set (or, with None, delete) a tag of the registered model."""
@@ -332,23 +351,12 @@ class Registry:
                 if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # a retried delete that had gone through
                     raise
         else:
-            self.call("tag model", lambda: self.client.set_registered_model_tag(self.name, key, value))
+            self._upsert("tag model", lambda: self.client.set_registered_model_tag(self.name, key, value))
 
     def set_alias(self, alias: str, version: str) -> None:
         """Point `alias` at `version`, which must be READY (setting an alias is idempotent: retried freely)."""
-        from mlflow.exceptions import MlflowException
-
         self.wait_ready(version)
-
-        def set_alias() -> None:
-            try:
-                self.client.set_registered_model_alias(self.name, alias, version)
-            except MlflowException as exc:
-                if not alias_insert_race(exc):
-                    raise
-                # the row another promoter inserted a moment ago exists now: the same call updates it
-                self.client.set_registered_model_alias(self.name, alias, version)
-        self.call("set alias", set_alias)
+        self._upsert("set alias", partial(self.client.set_registered_model_alias, self.name, alias, version))
 
     def move_alias(self, alias: str, version: str, previous: str | None) -> None:
         """Point the alias at `version`. The version it replaces is recorded *first*: if the move then fails,

@@ -78,3 +78,37 @@ def test_simultaneous_promotes_converge_on_the_best(sqlite_stores: Stores) -> No
     good_version = _version_of(client, name, "good")
     assert str(client.get_registered_model(name).aliases["champion"]) == good_version
     assert json.loads(outs[1][0])["final_holder"] == good_version
+
+
+def test_two_promoters_writing_the_same_new_tags_at_once_both_succeed(tmp_path: Path) -> None:
+    """MLflow's SQL registry writes a tag by reading, then inserting: two promoters moving the alias to the same
+    version write the same new tag keys, and the later insert failed on the unique key (BAD_REQUEST, so not
+    retried: the CI's simultaneous-promote test exited 1 so). Two threads, the same new keys in lockstep;
+    without the registry's second try this raised on most rounds (67 errors in 150 rounds here)."""
+    from sweeps.registry import Registry
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri, registry_uri=uri)
+    client.create_registered_model("m")
+    version = str(client.create_model_version("m", source=str(tmp_path / "art")).version)
+    rounds, start = 60, threading.Barrier(2)
+    errors: list[str] = []
+
+    def promoter() -> None:
+        reg = Registry(uri, "m")
+        for i in range(rounds):
+            start.wait()
+            try:
+                reg.tag(version, {f"k{i}": "v"})
+                reg.set_model_tag(f"r{i}", "v")
+            except Exception as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+
+    threads = [threading.Thread(target=promoter) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert {f"k{i}" for i in range(rounds)} <= set(client.get_model_version("m", version).tags)
+    assert {f"r{i}" for i in range(rounds)} <= set(client.get_registered_model("m").tags)
