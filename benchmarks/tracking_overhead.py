@@ -7,10 +7,11 @@ exactly the same parameter sets on the same pairs), each in its own process, int
   reports), test evaluation, latency probe. Nothing is sent anywhere.
 * ``optuna MLflowCallback`` — the same, plus ``optuna_integration.MLflowCallback`` (what people use today:
   after each trial one run with the params and the final value; no curves, no model, no plots).
-* ``siamese-sweep, in line`` — ``run_sweep`` with full tracking as it is by default: parent run, one child run
-  per trial with params, per-epoch metrics, tags, diagnostics, plots and the logged model (keras + pyfunc
-  flavors), epoch checkpoints (copied to the server), study artifacts;
-* ``siamese-sweep, background`` — the same with ``tracking.finish_in_background: true``: each trial's recording
+* ``siamese-sweep, in line`` — ``run_sweep`` with full tracking recorded in the worker's thread
+  (``tracking.finish_in_background: false``): parent run, one child run per trial with params, per-epoch
+  metrics, tags, diagnostics, plots and the logged model (keras + pyfunc flavors), epoch checkpoints (copied to
+  the server), study artifacts;
+* ``siamese-sweep, background`` — the default, ``tracking.finish_in_background: true``: each trial's recording
   runs in the background while the next trial trains (`sweeps.finisher`), its plots and model in a helper
   process at idle priority (`sweeps.recorder`);
 * ``siamese-sweep, log_plots: false`` — in line, three matplotlib figures per trial less (and no study plots);

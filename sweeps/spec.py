@@ -228,10 +228,10 @@ class TrackingSpec(_Section):
     checkpoint_copy_seconds: float = Field(default=60.0, ge=0)
     # true: a trial's recording runs while the next trial trains (`sweeps.finisher`): its plots, files and model
     # in a helper process at idle priority (`sweeps.recorder`), then final metrics, run end and Optuna's tell.
-    # A seeded sweep is the same sweep either way (`sweeps.finisher.LookAhead`). Off by default: it adds a helper
-    # process per worker, and on 2 shared cores its whole-trial gain was within the repeat noise (BENCHMARKS.md
-    # §2); the quickstart turns it on
-    finish_in_background: bool = False
+    # A seeded sweep is the same sweep either way (`sweeps.finisher.LookAhead`). On by default: in the one run that
+    # measured both, it left 0.74 s per trial outside training against 2.08 s in line (e00d640, BENCHMARKS.md
+    # §2; 0.36-0.47 s since). false: recorded in the worker's thread, without the helper process
+    finish_in_background: bool = True
 
 
 class SweepSpec(_Section):
