@@ -27,17 +27,26 @@ Time per trial = wall time of the whole optimize loop / trials (so per-sweep cos
 trial = the child's user + sys time over the same span (all its threads), and that of its own child processes
 (the recording helper of the background condition, counted once the sweep's end has waited for it).
 
+``--side-by-side``: why, and what it measures. Run one after the other, a condition's repeats differ by 5-24 %
+of a trial on these shared machines (BENCHMARKS.md §2): the machine's speed drifts over the minutes a sweep takes,
+and no number of sequential repeats we can afford shows 1 %. Side by side, each tracked sweep runs at the same
+time as a no-tracking sweep of the same trials, each pinned to its own core with one TensorFlow thread (what
+``--workers 2`` on 2 cores gives each worker), the tracked one's ``mlflow server`` and recording helper on its
+core too; the cores are swapped every repeat. Both see the same drift, so the paired ratio is the tracking's.
+
     pip install "siamese-sweep[bench]"      # optuna-integration, for the MLflowCallback condition
     python benchmarks/tracking_overhead.py [--trials 10] [--repeats 2] \
-        [--conditions "siamese-sweep, in line" "siamese-sweep, background"]
+        [--conditions "siamese-sweep, in line" "siamese-sweep, background"] [--side-by-side]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +109,48 @@ def import_before_the_clock(*, sweep: bool) -> None:
         import sklearn.ensemble  # noqa: F401 - Optuna's fANOVA importances (the study's param_importances plots)
 
 
-def child(condition: str, base: dict[str, Any], tracking_uri: str, trials: int, tag: str) -> dict[str, Any]:
+def pin_tree(pid: int, cpus: set[int]) -> int:
+    """Pin every thread of `pid` and of its descendants to `cpus`; the number of threads pinned.
+    Per thread: ``sched_setaffinity`` of a pid moves that one thread; threads started later inherit it."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:  # the field after "(comm)" is the state, then the parent's pid
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    todo, pinned = [pid], 0
+    while todo:
+        proc = todo.pop()
+        todo += children.get(proc, [])
+        for task in Path(f"/proc/{proc}/task").glob("*"):
+            try:
+                os.sched_setaffinity(int(task.name), cpus)
+                pinned += 1
+            except OSError:
+                pass  # a thread that ended meanwhile
+    return pinned
+
+
+def wait_for_start(barrier: str | None, tag: str) -> None:
+    """Side by side: say this child has done its imports, then wait until its partner has too."""
+    if barrier is None:
+        return
+    Path(f"{barrier}.{tag}.ready").touch()
+    while not Path(f"{barrier}.go").exists():
+        time.sleep(0.01)
+
+
+def child(condition: str, base: dict[str, Any], tracking_uri: str, trials: int, tag: str, *,
+          threads: int | None = None, barrier: str | None = None) -> dict[str, Any]:
     import optuna
 
     import_before_the_clock(sweep=condition.startswith("siamese-sweep"))
+    if threads:
+        from siamese_core.runtime import configure_threads
+
+        configure_threads(threads, threads)
 
     name = f"overhead-{tag}"
     spec = make_spec(base, tracking_uri, trials, name, plots="log_plots" not in condition,
@@ -115,7 +162,8 @@ def child(condition: str, base: dict[str, Any], tracking_uri: str, trials: int, 
 
         work = tempfile.mkdtemp(prefix="bench-overhead-")
         opts = options_from(spec, storage=f"sqlite:///{work}/optuna.db", tracking_uri=tracking_uri,
-                            study_name=name, progress=False)
+                            study_name=name, progress=False, threads=threads)
+        wait_for_start(barrier, tag)
         t0, c0 = time.perf_counter(), cpu_seconds()
         result = run_sweep(spec, opts)
         seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
@@ -150,6 +198,7 @@ def child(condition: str, base: dict[str, Any], tracking_uri: str, trials: int, 
     # no pruner, as in the sweeps' spec: Optuna's default (median) would prune these trials from the 6th on
     study = optuna.create_study(study_name=name, direction="maximize",
                                 sampler=optuna.samplers.RandomSampler(seed=0), pruner=optuna.pruners.NopPruner())
+    wait_for_start(barrier, tag)
     t0, c0 = time.perf_counter(), cpu_seconds()
     study.optimize(objective, n_trials=trials, callbacks=callbacks)
     return {"seconds": time.perf_counter() - t0, "cpu": cpu_seconds() - c0, "trials": trials, "values": values,
@@ -177,13 +226,22 @@ def main() -> None:
                     help="a subset of: " + ", ".join(f"'{c}'" for c in CONDITIONS)
                          + " ('no tracking' is always run: it is the reference)")
     ap.add_argument("--quick", action="store_true", help="digits, tiny trials (a smoke run; overhead looks large)")
+    ap.add_argument("--epochs", type=int, help=f"per trial (default {BASE['epochs']})")
+    ap.add_argument("--pairs-per-epoch", type=int, help=f"(default {BASE['pairs']['pairs_per_epoch']:,})")
+    ap.add_argument("--side-by-side", action="store_true",
+                    help="run each tracked sweep at the same time as a no-tracking one, a core each (see above)")
     ap.add_argument("--child", choices=CONDITIONS, help=argparse.SUPPRESS)
     ap.add_argument("--base", default="{}", help=argparse.SUPPRESS)
     ap.add_argument("--uri", help=argparse.SUPPRESS)
     ap.add_argument("--tag", default="0", help=argparse.SUPPRESS)
+    ap.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--barrier", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, json.loads(args.base), args.uri, args.trials, args.tag)))
+        if args.cpu is not None:  # before any thread starts: every later thread and child process inherits it
+            os.sched_setaffinity(0, {args.cpu})
+        print(json.dumps(child(args.child, json.loads(args.base), args.uri, args.trials, args.tag,
+                               threads=1 if args.cpu is not None else None, barrier=args.barrier)))
         return
 
     import importlib.util
@@ -199,6 +257,10 @@ def main() -> None:
     base = dict(BASE)
     if args.quick:
         base.update(QUICK_BASE)
+    if args.epochs:
+        base["epochs"] = args.epochs
+    if args.pairs_per_epoch:
+        base["pairs"] = {**base["pairs"], "pairs_per_epoch": args.pairs_per_epoch}
     from sweeps.stack import MlflowServer
 
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-server-"))
@@ -207,6 +269,9 @@ def main() -> None:
     outside: dict[str, list[float]] = {c: [] for c in conditions}  # wall s / trial not spent in train()
     with MlflowServer(f"sqlite:///{work}/mlflow.db", artifacts_destination=work / "artifacts") as server:
         print(f"# mlflow server at {server.url}", file=sys.stderr)
+        if args.side_by_side:
+            side_by_side(server.url, server.pid, conditions, base, args.trials, args.repeats)
+            return
         for rep in range(args.repeats):
             for i, condition in enumerate(conditions):
                 print(f"# repeat {rep}: {condition}", file=sys.stderr, flush=True)
@@ -241,6 +306,81 @@ def main() -> None:
             ours = (median(results[c]) / ref - 1) * 100
             verdict = "met" if ours < TARGET_PCT else "NOT met"
             print(f"Target: {c}: tracking overhead < {TARGET_PCT:g}% of trial time: {ours:+.2f}% -> {verdict}")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + sys CPU of `pid` and its live descendants so far (the ``mlflow server``'s uvicorn tree)."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            ticks = int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of proc(5)
+            stats[int(entry.name)] = (int(fields[1]), ticks / os.sysconf("SC_CLK_TCK"))
+    tree, todo = 0.0, [pid]
+    while todo:
+        proc = todo.pop()
+        tree += stats.get(proc, (0, 0.0))[1]
+        todo += [p for p, (ppid, _) in stats.items() if ppid == proc]
+    return tree
+
+
+def side_by_side(url: str, server_pid: int | None, conditions: list[str], base: dict[str, Any], trials: int,
+                 repeats: int) -> None:
+    """Each tracked condition at the same time as its own no-tracking partner, one core each (module docstring)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2 or server_pid is None:
+        raise SystemExit("--side-by-side needs two cores this process may use")
+    tracked = [c for c in conditions if c != "no tracking"]
+    barriers = Path(tempfile.mkdtemp(prefix="bench-overhead-barrier-"))
+    runs: dict[str, list[dict[str, Any]]] = {c: [] for c in tracked}
+    for rep in range(repeats):
+        for i, condition in enumerate(tracked):
+            mine, partner = (cores[0], cores[1]) if rep % 2 == 0 else (cores[1], cores[0])
+            pin_tree(server_pid, {mine})  # the tracked sweep's server runs on the tracked sweep's core
+            barrier, tags = str(barriers / f"{rep}-{i}"), (f"{rep}-{i}-t", f"{rep}-{i}-n")
+            print(f"# repeat {rep}: {condition} on cpu {mine}, no tracking on cpu {partner}", file=sys.stderr,
+                  flush=True)
+
+            def launch(cond: str, cpu: int, tag: str, barrier: str = barrier) -> dict[str, Any]:
+                return run_child([__file__, "--child", cond, "--base", json.dumps(base), "--uri", url, "--trials",
+                                  str(trials), "--tag", tag, "--cpu", str(cpu), "--barrier", barrier])
+
+            with ThreadPoolExecutor(2) as pool:
+                ours = pool.submit(launch, condition, mine, tags[0])
+                theirs = pool.submit(launch, "no tracking", partner, tags[1])
+                while not all(Path(f"{barrier}.{t}.ready").exists() for t in tags):
+                    if ours.done() or theirs.done():
+                        break  # a child failed before its clock: its result() raises below
+                    time.sleep(0.01)
+                server_cpu = tree_cpu_seconds(server_pid)
+                Path(f"{barrier}.go").touch()
+                a, b = ours.result(), theirs.result()
+                a["server_cpu"] = tree_cpu_seconds(server_pid) - server_cpu
+            runs[condition].append({"cpu": mine, "ours": a, "theirs": b})
+    print(f"\n{trials} trials x {base['epochs']} epochs x {base['pairs']['pairs_per_epoch']:,} pairs on "
+          f"{base['dataset']}, side by side: each tracked sweep beside a no-tracking sweep of the same trials, one "
+          "core and one TensorFlow thread each, cores swapped every repeat; local `mlflow server` (SQLite) on the "
+          "tracked sweep's core.\n")
+    rows, verdicts = [], []
+    for condition, pairs in runs.items():
+        for rep, pair in enumerate(pairs):
+            a, b = pair["ours"], pair["theirs"]
+            wall_a, wall_b = a["seconds"] / trials, b["seconds"] / trials
+            rows.append([condition, rep, pair["cpu"], wall_a, wall_b, (wall_a / wall_b - 1) * 100,
+                         (a["train"] / b["train"] - 1) * 100, (a["seconds"] - a["train"] - b["seconds"] + b["train"])
+                         / trials, a["cpu"] / trials, b["cpu"] / trials, a["server_cpu"] / trials])
+        paired = [r[5] for r in rows if r[0] == condition]
+        verdicts.append(f"Target: {condition}: tracking overhead < {TARGET_PCT:g}% of trial time: median "
+                        f"{median(paired):+.2f}%, repeats {min(paired):+.2f}% to {max(paired):+.2f}% -> "
+                        + ("met" if max(paired) < TARGET_PCT else "NOT met") + " (met: every repeat under it)")
+    print(markdown_table(["condition", "repeat", "its cpu", "wall s / trial", "no tracking, beside it",
+                          "paired overhead %", "train() paired %", "outside train() - no tracking s / trial",
+                          "CPU s / trial", "no tracking CPU s / trial", "server CPU s / trial"], rows))
+    print()
+    print("\n".join(verdicts))
 
 
 if __name__ == "__main__":
