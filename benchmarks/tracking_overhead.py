@@ -11,7 +11,8 @@ exactly the same parameter sets on the same pairs), each in its own process, int
   (``tracking.finish_in_background: false``): parent run, one child run per trial with params, per-epoch
   metrics, tags, diagnostics, plots and the logged model (keras + pyfunc flavors), epoch checkpoints (copied to
   the server), study artifacts;
-* ``siamese-sweep, background`` — the default, ``tracking.finish_in_background: true``: each trial's recording
+* ``siamese-sweep, background`` — ``tracking.finish_in_background: true`` (what the default, ``auto``, does with
+  a worker's TensorFlow threads on two or more cores, all it may use): each trial's recording
   runs in the background while the next trial trains (`sweeps.finisher`), its plots and model in a helper
   process at idle priority (`sweeps.recorder`);
 * ``siamese-sweep, log_plots: false`` — in line, three matplotlib figures per trial less (and no study plots);
@@ -109,28 +110,17 @@ def import_before_the_clock(*, sweep: bool) -> None:
         import sklearn.ensemble  # noqa: F401 - Optuna's fANOVA importances (the study's param_importances plots)
 
 
-def pin_tree(pid: int, cpus: set[int]) -> int:
-    """Pin every thread of `pid` and of its descendants to `cpus`; the number of threads pinned.
+def pin_tree(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of `pid` and of its descendants to `cpus`.
     Per thread: ``sched_setaffinity`` of a pid moves that one thread; threads started later inherit it."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:  # the field after "(comm)" is the state, then the parent's pid
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    todo, pinned = [pid], 0
-    while todo:
-        proc = todo.pop()
-        todo += children.get(proc, [])
+    from sweeps.stack._process import descendants
+
+    for proc in [pid, *descendants(pid)]:
         for task in Path(f"/proc/{proc}/task").glob("*"):
             try:
                 os.sched_setaffinity(int(task.name), cpus)
-                pinned += 1
             except OSError:
                 pass  # a thread that ended meanwhile
-    return pinned
 
 
 def wait_for_start(barrier: str | None, tag: str) -> None:
@@ -147,11 +137,6 @@ def child(condition: str, base: dict[str, Any], tracking_uri: str, trials: int, 
     import optuna
 
     import_before_the_clock(sweep=condition.startswith("siamese-sweep"))
-    if threads:
-        from siamese_core.runtime import configure_threads
-
-        configure_threads(threads, threads)
-
     name = f"overhead-{tag}"
     spec = make_spec(base, tracking_uri, trials, name, plots="log_plots" not in condition,
                      background=condition == "siamese-sweep, background",
@@ -172,6 +157,11 @@ def child(condition: str, base: dict[str, Any], tracking_uri: str, trials: int, 
 
     from siamese_core.training import train
     from sweeps import space
+
+    if threads:  # a sweep sets them from its options (`run_sweep`); here, as it would
+        from siamese_core.runtime import configure_threads
+
+        configure_threads(threads, threads)
     from sweeps.callbacks import OptunaReporter
     from sweeps.objective import measure_latency_ms
     from sweeps.worker import DataCache
@@ -310,21 +300,16 @@ def main() -> None:
 
 def tree_cpu_seconds(pid: int) -> float:
     """User + sys CPU of `pid` and its live descendants so far (the ``mlflow server``'s uvicorn tree)."""
-    stats: dict[int, tuple[int, float]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            ticks = int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of proc(5)
-            stats[int(entry.name)] = (int(fields[1]), ticks / os.sysconf("SC_CLK_TCK"))
-    tree, todo = 0.0, [pid]
-    while todo:
-        proc = todo.pop()
-        tree += stats.get(proc, (0, 0.0))[1]
-        todo += [p for p, (ppid, _) in stats.items() if ppid == proc]
-    return tree
+    from sweeps.stack._process import descendants
+
+    total = 0.0
+    for proc in [pid, *descendants(pid)]:
+        try:  # the fields after "(comm)": utime and stime are fields 14 and 15 of proc(5)
+            fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def side_by_side(url: str, server_pid: int | None, conditions: list[str], base: dict[str, Any], trials: int,

@@ -1,8 +1,8 @@
 """A trial's finishing work off the training critical path, and the heartbeat of the trials a worker holds.
 
-With ``tracking.finish_in_background: true``, what is left of a trial once it has trained and been scored —
-its plots, its logged model, its final metrics, ending its MLflow run, telling Optuna, the after-trial
-callbacks — runs in one background thread while the next trial trains. The CPU-heavy part (plots, the model
+With ``tracking.finish_in_background`` (`records_in_background`), what is left of a trial once it has trained
+and been scored — its plots, its logged model, its final metrics, ending its MLflow run, telling Optuna, the
+after-trial callbacks — runs in one background thread while the next trial trains. The CPU-heavy part (plots, the model
 directory and their uploads) is done by a helper process at idle priority (`sweeps.recorder`), which this
 thread waits for: in a thread of the worker that work held the GIL and took the CPU the training uses, and
 saved little (+6.9 % over no tracking against +7.3 % in line, BENCHMARKS.md §2).
@@ -32,6 +32,27 @@ from typing import Any
 import optuna
 
 log = logging.getLogger(__name__)
+
+
+def records_in_background(setting: bool | str) -> bool:
+    """``tracking.finish_in_background`` for this worker process, "auto" decided by its cores.
+
+    The helper runs at idle priority: it is free only where a core is idle. A worker whose TensorFlow pools span
+    two or more cores and all it may use leaves gaps between ops (a 2-thread trial on 2 cores used 12.5 CPU s
+    in 8.3 s), and there the background finish was faster: 8.70 s per trial against 8.95 s in line. On one core,
+    or on a share of them (``--workers N``, ``--threads`` below the usable cores: other workers take the rest),
+    the helper's own cost (its imports, the staged files read back) comes on top of the recording: +14.4 %
+    against +10.8 % in line beside a no-tracking sweep (benchmarks/tracking_overhead.py, sequential and
+    ``--side-by-side``, BENCHMARKS.md §2).
+    """
+    if setting != "auto":
+        return bool(setting)
+    from siamese_core.cpus import usable_cores
+    from siamese_core.runtime import thread_counts
+
+    cores = usable_cores()
+    threads = thread_counts()[0] or cores  # 0: TensorFlow's default, a thread per core
+    return cores >= 2 and threads >= cores
 
 
 @dataclass(frozen=True)

@@ -293,6 +293,8 @@ class TrialAttempt:
     def _start_run(self) -> TrialRun:
         ctx, trial = self.ctx, self.trial
         tags: dict[str, Any] = {names.TAG_WORKER: worker_id(), **allocator_tags(), **thread_tags(),
+                                names.TAG_RECORDING: (names.RECORDING_IN_LINE if ctx.finisher is None
+                                                      else names.RECORDING_BACKGROUND),
                                 names.TAG_SAMPLED_PARAMS: ",".join(sorted(trial.params))}  # sampled by `_begin`
         if self.retry_of is not None:
             tags[names.TAG_RETRY_OF] = self.retry_of

@@ -19,6 +19,7 @@ from mlflow.entities import Metric, RunTag
 
 from . import artifacts, names, study_plots
 from .errors import SweepFatal
+from .finisher import records_in_background
 from .launch import WorkerProcesses
 from .objective import worker_id
 from .options import SweepOptions
@@ -303,7 +304,8 @@ def join_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> S
 def _plots_ahead(spec: SweepSpec) -> artifacts.StudyPlotsAhead | None:
     """With the recording in the background, the study's PNGs are drawn while its last trial is recorded."""
     tracking = spec.tracking
-    return artifacts.StudyPlotsAhead() if tracking.log_plots and tracking.finish_in_background else None
+    return (artifacts.StudyPlotsAhead() if tracking.log_plots and records_in_background(tracking.finish_in_background)
+            else None)
 
 
 def _process_seed_offset() -> int:

@@ -209,6 +209,9 @@ class StudySpec(_Section):
         return len(self.objective_metrics) > 1
 
 
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
 class TrackingSpec(_Section):
     uri: str = DEFAULT_TRACKING_URI
     experiment: str | None = None
@@ -228,10 +231,21 @@ class TrackingSpec(_Section):
     checkpoint_copy_seconds: float = Field(default=60.0, ge=0)
     # true: a trial's recording runs while the next trial trains (`sweeps.finisher`): its plots, files and model
     # in a helper process at idle priority (`sweeps.recorder`), then final metrics, run end and Optuna's tell.
-    # A seeded sweep is the same sweep either way (`sweeps.finisher.LookAhead`). On by default: in the one run that
-    # measured both, it left 0.74 s per trial outside training against 2.08 s in line (e00d640, BENCHMARKS.md
-    # §2; 0.36-0.47 s since). false: recorded in the worker's thread, without the helper process
-    finish_in_background: bool = True
+    # false: recorded in the worker's thread, without the helper process. A seeded sweep is the same sweep either
+    # way (`sweeps.finisher.LookAhead`). auto (the default): true when the worker's TensorFlow threads span two or
+    # more cores and all it may use, where the helper gets the CPU the training leaves idle; false on one core or
+    # a share of them (``--workers N``), where it has none and costs more than recording in line
+    # (`sweeps.finisher.records_in_background`, BENCHMARKS.md §2)
+    finish_in_background: bool | Literal["auto"] = "auto"
+
+    @field_validator("finish_in_background", mode="before")
+    @classmethod
+    def _true_false_or_auto(cls, v: Any) -> Any:
+        if isinstance(v, bool) or v == "auto":
+            return v
+        if isinstance(v, str) and v.strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[v.strip().lower()]
+        raise ValueError(f"expected true, false or auto; received: {v!r}")
 
 
 class SweepSpec(_Section):
@@ -292,7 +306,8 @@ _MACHINE_KEYS = ("study.storage", "study.name", "study.checkpoint_dir", "trackin
 # stored with the study but a worker may differ in them without changing what its trials mean
 _RUNTIME_KEYS = ("study.trials", "study.timeout", "study.max_failures", "study.heartbeat_interval",
                  "study.grace_period", "study.max_retries", "tracking.checkpoints",
-                 "tracking.checkpoint_copy_seconds")
+                 "tracking.checkpoint_copy_seconds",
+                 "tracking.finish_in_background")  # the same trials either way (`sweeps.finisher.LookAhead`)
 
 
 def _identity_dict(portable: Mapping[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from mlflow.entities import RunTag
 from . import artifacts, names, outcomes
 from .checkpoints import shared_through_mlflow
 from .errors import SweepFatal, TrackingUnavailable
-from .finisher import Deferred, Finisher, Heartbeat, LookAhead, as_told
+from .finisher import Deferred, Finisher, Heartbeat, LookAhead, as_told, records_in_background
 from .objective import Objective, TrialContext
 from .recorder import Recorder
 from .signals import StopRequest, stop_on_signals
@@ -216,12 +216,15 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
     link_dashboard(opened, tracker, parent_run_id)
     if checkpoint_root is None:
         checkpoint_root = default_checkpoint_root(spec, study.study_name, parent_run_id)
+    background = records_in_background(spec.tracking.finish_in_background)
+    log.info("recording each trial %s (tracking.finish_in_background: %s)",
+             names.RECORDING_BACKGROUND if background else names.RECORDING_IN_LINE, spec.tracking.finish_in_background)
     ctx = TrialContext(spec=spec, tracker=tracker, experiment_id=experiment_id, parent_run_id=parent_run_id,
                        study_name=study.study_name, load_data=data_cache or DataCache(),
                        checkpoint_root=checkpoint_root,
                        share_checkpoints=shared_through_mlflow(spec.tracking.checkpoints, tracker.uri),
-                       finisher=Finisher() if spec.tracking.finish_in_background else None,
-                       recorder=Recorder(tracker) if spec.tracking.finish_in_background else None)
+                       finisher=Finisher() if background else None,
+                       recorder=Recorder(tracker) if background else None)
     objective = Objective(ctx)
     lock = budget_lock(opened.storage_url, study.study_name)
     reconciled: set[int] = set()

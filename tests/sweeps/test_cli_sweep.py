@@ -14,6 +14,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from siamese_core.cpus import usable_cores
 from sweeps.launch import threads_per_worker
 from sweeps.storage import make_storage
 
@@ -71,6 +72,9 @@ def test_two_worker_processes_meet_the_exact_global_budget(tmp_path: Path) -> No
     # inside the worker, so `--workers 2` on 2 cores ran 2 x 2 threads)
     share = threads_per_worker(2)
     assert {r.data.tags["siamese_sweep.threads"] for r in children} == {f"{share}/{share}"}
+    # a share of the cores leaves none idle for the recording helper: `finish_in_background: auto` records in line
+    assert {r.data.tags["siamese_sweep.recording"] for r in children} == (
+        {"in line"} if share < usable_cores() else {"background"})
 
 
 def status_experiment(client: MlflowClient) -> str:
@@ -89,6 +93,8 @@ def test_status_json_reports_counts_and_best(tmp_path: Path) -> None:
     assert {"number", "value", "params", "run_id"} <= set(best)
     run = MlflowClient(tracking_uri=uri).get_run(best["run_id"])
     assert run.data.tags["siamese_sweep.trial_number"] == str(best["number"])
+    # one worker with every core (`finish_in_background: auto`): the helper records while the next trial trains
+    assert run.data.tags["siamese_sweep.recording"] == ("background" if usable_cores() >= 2 else "in line")
     human = _run(["status", "--storage", storage, "--study", "t"], tmp_path)
     assert f"best trial #{best['number']}" in human.stdout
 

@@ -332,3 +332,28 @@ def test_a_trials_start_and_its_staging_leave_the_workers_thread_and_land_before
         assert {"learning_rate", "dataset.fingerprint"} <= set(run.data.params) and run.inputs.dataset_inputs
         assert run.data.metrics["trial_number"] == trial.number
         assert trial.user_attrs[names.TRIAL_ATTR_WORKER] == objective.worker_id()
+
+
+def test_auto_records_in_the_background_only_where_a_core_is_left_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``finish_in_background: auto`` (the default): the idle-priority helper only where the worker's TensorFlow
+    pools span every core it may use, two or more; on one core or a share of them (``--workers N``) in line."""
+    from siamese_core import runtime
+    from sweeps.finisher import records_in_background
+
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("needs two cores")
+    assert records_in_background(True) and not records_in_background(False)
+    monkeypatch.setattr(runtime, "thread_counts", lambda: (0, 0))  # TensorFlow's default pools: a thread per core
+    assert records_in_background("auto")
+    monkeypatch.setattr(runtime, "thread_counts", lambda: (len(cores), len(cores)))
+    assert records_in_background("auto")
+    monkeypatch.setattr(runtime, "thread_counts", lambda: (1, 1))  # what `run --workers 2` gives each on 2 cores
+    assert not records_in_background("auto") and records_in_background(True)
+    monkeypatch.setattr(runtime, "thread_counts", lambda: (0, 0))
+    os.sched_setaffinity(0, {cores[0]})  # one core (taskset, a 1-CPU Slurm task): nothing idle for the helper
+    try:
+        assert not records_in_background("auto")
+    finally:
+        os.sched_setaffinity(0, set(cores))
+    assert records_in_background("auto")

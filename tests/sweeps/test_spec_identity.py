@@ -38,7 +38,8 @@ def test_portable_spec_keeps_no_urls_and_identity_ignores_runtime_knobs() -> Non
     spec = spec_from_dict(data)
     assert "secret" not in yaml.safe_dump(spec.portable())
     other = spec_from_dict(make_spec_dict(study={"name": "b", "trials": 50, "timeout": 60, "max_failures": 9},
-                                          tracking={"uri": "sqlite:///elsewhere.db", "checkpoints": "local"}))
+                                          tracking={"uri": "sqlite:///elsewhere.db", "checkpoints": "local",
+                                                    "finish_in_background": False}))
     assert other.identity() == spec.identity()
     changed = spec_from_dict(make_spec_dict(base={**data["base"], "epochs": 5}))
     assert changed.identity() != spec.identity()

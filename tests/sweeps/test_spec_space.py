@@ -31,6 +31,18 @@ def test_quickstart_searches_margin_depth_learning_rate_and_loader() -> None:
     assert dists["learning_rate"].log and spec.base.dataset.name == "fashion_mnist"
 
 
+def test_recording_in_the_background_is_decided_by_the_cores_by_default() -> None:
+    """A spec that says nothing, the quickstart included, leaves it to `sweeps.finisher.records_in_background`;
+    true, false and their YAML spellings are kept, anything else is one clear error."""
+    assert spec_from_dict(make_spec_dict()).tracking.finish_in_background == "auto"
+    assert load_spec(resolve_spec_path("quickstart")).tracking.finish_in_background == "auto"
+    for given, kept in ((False, False), (True, True), ("off", False), ("yes", True), ("auto", "auto")):
+        assert spec_from_dict(make_spec_dict(tracking={"finish_in_background": given})).tracking \
+            .finish_in_background == kept
+    with pytest.raises(ConfigError, match="finish_in_background: expected true, false or auto; received: 'often'"):
+        spec_from_dict(make_spec_dict(tracking={"finish_in_background": "often"}))
+
+
 @pytest.mark.parametrize("sampler, cls", [
     ("tpe", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler),
     ("cmaes", optuna.samplers.CmaEsSampler), ("nsga2", optuna.samplers.NSGAIISampler)])
