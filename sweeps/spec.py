@@ -22,7 +22,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 from siamese_core.config import TrainConfig, config_error_from, flatten, read_yaml_mapping, set_dotted
 from siamese_core.errors import ConfigError
@@ -209,9 +217,6 @@ class StudySpec(_Section):
         return len(self.objective_metrics) > 1
 
 
-_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
-
-
 class TrackingSpec(_Section):
     uri: str = DEFAULT_TRACKING_URI
     experiment: str | None = None
@@ -238,14 +243,13 @@ class TrackingSpec(_Section):
     # (`sweeps.finisher.records_in_background`, BENCHMARKS.md §2)
     finish_in_background: bool | Literal["auto"] = "auto"
 
-    @field_validator("finish_in_background", mode="before")
+    @field_validator("finish_in_background", mode="wrap")
     @classmethod
-    def _true_false_or_auto(cls, v: Any) -> Any:
-        if isinstance(v, bool) or v == "auto":
-            return v
-        if isinstance(v, str) and v.strip().lower() in _BOOL_WORDS:
-            return _BOOL_WORDS[v.strip().lower()]
-        raise ValueError(f"expected true, false or auto; received: {v!r}")
+    def _true_false_or_auto(cls, v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(v)  # pydantic's booleans (true, off, 1, ...) or "auto"
+        except ValidationError:  # one line, not an error per member of the union
+            raise ValueError(f"expected true, false or auto; received: {v!r}") from None
 
 
 class SweepSpec(_Section):

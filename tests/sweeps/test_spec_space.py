@@ -39,8 +39,9 @@ def test_recording_in_the_background_is_decided_by_the_cores_by_default() -> Non
     for given, kept in ((False, False), (True, True), ("off", False), ("yes", True), ("auto", "auto")):
         assert spec_from_dict(make_spec_dict(tracking={"finish_in_background": given})).tracking \
             .finish_in_background == kept
-    with pytest.raises(ConfigError, match="finish_in_background: expected true, false or auto; received: 'often'"):
-        spec_from_dict(make_spec_dict(tracking={"finish_in_background": "often"}))
+    for bad in ("often", 3):
+        with pytest.raises(ConfigError, match=f"finish_in_background: expected true, false or auto; received: {bad!r}"):
+            spec_from_dict(make_spec_dict(tracking={"finish_in_background": bad}))
 
 
 @pytest.mark.parametrize("sampler, cls", [
