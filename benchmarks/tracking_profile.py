@@ -42,6 +42,8 @@ PARTS = (
     ("stage the recording (Keras save, plot inputs, files; background: in the finisher)", "trial",
      "sweeps/recorder.py:stage"),
     ("record in line (plots, uploads, model)", "trial", "sweeps/recorder.py:record"),
+    ("of which the three plots", "trial", "sweeps/artifacts.py:draw_trial_plots"),
+    ("write the epoch checkpoints (inside train(), every epoch)", "trial", "siamese_core/checkpoint.py:save"),
     ("after training in the worker's thread (in line: includes `record`)", "trial", "sweeps/objective.py:_log_result"),
     ("reconcile runs left RUNNING (each round)", "trial", "sweeps/worker.py:reconcile_runs"),
     ("latency probe (no tracking does it too)", "trial", "sweeps/objective.py:measure_latency_ms"),
@@ -79,7 +81,8 @@ class ClockedParts:
             module = importlib.import_module(suffix.removesuffix(".py").replace("/", "."))
             holders: list[Any] = [c for c in vars(module).values() if isinstance(c, type) and name in vars(c)]
             if name in vars(module):
-                holders += [m for m in list(sys.modules.values()) if getattr(m, "__name__", "").startswith("sweeps")
+                holders += [m for m in list(sys.modules.values())
+                            if getattr(m, "__name__", "").startswith(("sweeps", "siamese_core"))
                             and getattr(m, name, None) is vars(module)[name]]
             for holder in holders:
                 original = vars(holder)[name] if isinstance(holder, type) else getattr(holder, name)

@@ -5,7 +5,7 @@ Workers on different machines share only the Optuna storage and the MLflow track
 (`siamese_core.checkpoint`) is also uploaded to the trial's run under ``siamese_sweep_checkpoint/`` (at most once
 per ``tracking.checkpoint_copy_seconds`` of training, and the newest when the trial is stopped:
 `sweeps.callbacks.CheckpointUploader`), crash-consistently: the weights go up under a name of their own,
-``epoch-<N>.weights.h5`` (N: the epochs done), then ``state.json``, overwritten each epoch, which names them
+``epoch-<N>.weights.npz`` (N: the epochs done), then ``state.json``, overwritten each epoch, which names them
 (``weights_artifact``) and is the commit point, then the weights no state names any more are deleted. So a run
 normally holds one checkpoint (two files), never one per epoch; a worker killed mid-upload leaves a third, orphaned
 weights file beside the previous epoch's consistent pair, and a retry resumes from that epoch instead of starting
@@ -20,15 +20,12 @@ every attempt are deleted; a trial whose retry never runs (``max_retries`` used 
 Cost: the upload runs in a background thread while the next epoch trains (`sweeps.callbacks.CheckpointUploader`,
 from a hard-linked snapshot of the two files), one at a time. A checkpoint is about 12 bytes per parameter
 (float32 weights plus Adam's two moments). Measured against a local ``mlflow server`` (PostgreSQL backend, basic
-auth, proxied artifacts; medians of 10 uploads, two runs on a busy 2-core machine,
-``python benchmarks/checkpoint_upload.py``): the default encoder (28 k parameters) is 0.40 MB and uploads in
-0.03-0.06 s; a conv encoder of depth 4 and width 128 (6.5 M parameters) is 78 MB and uploads in 1.1-2.1 s. A
-retry's download (list, then two files) took 0.7-1.3 s and 1.8-5.1 s for those two. Over a real network the
-large case scales with bandwidth: set ``tracking.checkpoints: local`` when epochs are short and checkpoints large.
-Those figures were measured when an epoch's upload was the two files alone; it now also lists the folder and,
-from the second epoch on, deletes the previous epoch's weights (a ``get_run`` and a DELETE): three small
-requests more per epoch, not re-measured. A retry's download also reads the weights' name from ``state.json``
-before it downloads them, as before: list, state, weights.
+auth, proxied artifacts; medians of 10 uploads and 5 fetches, AMD EPYC 2-vCPU machine, format 2 checkpoints,
+``python benchmarks/checkpoint_upload.py``): the default encoder (28 k parameters) is 0.34 MB and an upload (two
+files and the listing; the benchmark re-uploads one epoch, so there is no earlier epoch to delete) takes 0.06 s,
+a retry's download (list, state, weights) 0.16 s; a conv encoder of depth 4 and width 128 (6.5 M parameters) is
+78 MB, 0.35 s and 0.75 s. Over a real network the large case scales with bandwidth: set
+``tracking.checkpoints: local`` when epochs are short and checkpoints large.
 
 An upload that fails (server down, refused) is logged and skipped: the next epoch's commits over it (and deletes
 any weights it left), and the trial never fails for it.
@@ -72,7 +69,9 @@ def shared_through_mlflow(mode: str, tracking_uri: str) -> bool:
 
 def weights_artifact(next_epoch: int) -> str:
     """The artifact name of the weights a checkpoint that resumes at `next_epoch` uploads."""
-    return f"epoch-{int(next_epoch)}.weights.h5"
+    from siamese_core.checkpoint import WEIGHTS  # Keras: only once a trial runs
+
+    return f"epoch-{int(next_epoch)}.{WEIGHTS}"
 
 
 def upload(tracker: Tracker, run_id: str, directory: Path) -> float | None:
@@ -105,9 +104,11 @@ def upload(tracker: Tracker, run_id: str, directory: Path) -> float | None:
 
 def _delete_stale_weights(tracker: Tracker, run_id: str, *, keep: str, quick: Retry) -> None:
     """Delete the weights files in the run other than `keep` (earlier epochs', or a killed upload's)."""
+    from siamese_core.checkpoint import STATE
+
     try:
         stale = [f.path for f in quick("list checkpoint", partial(tracker.client.list_artifacts, run_id, ARTIFACT_DIR))
-                 if f.path.endswith(".weights.h5") and Path(f.path).name != keep]
+                 if Path(f.path).name not in (keep, STATE)]
         if not stale:
             return
         repo = _artifact_repository(tracker, run_id, quick)

@@ -356,12 +356,13 @@ class TrialAttempt:
             model_id = model_id_from_uri(uri)
         # final metrics are the LoggedModel's too (MLflow 3's Models tab, and registry versions made from it);
         # test_* name the dataset they were measured on
+        # queued, then sent with the tags: one request (three before; each is server time on a busy core)
         step = len(result.history)
         run.log_metrics({f"test_{k}": v for k, v in result.test.items()}, step=step, model_id=model_id,
-                        dataset=self.dataset)
-        run.log_metrics({"threshold": result.threshold, **measured}, step=step, model_id=model_id)
-        run.set_tags({names.diagnostic_tag(f.code): f.severity for f in result.findings})
-        run.set_tags({names.TAG_EVAL_FINGERPRINT: result.data_info.eval_fingerprint or ""})
+                        dataset=self.dataset, send=False)
+        run.log_metrics({"threshold": result.threshold, **measured}, step=step, model_id=model_id, send=False)
+        run.set_tags({**{names.diagnostic_tag(f.code): f.severity for f in result.findings},
+                      names.TAG_EVAL_FINGERPRINT: result.data_info.eval_fingerprint or ""})
         run.flush()  # raises TrackingUnavailable: then the trial is FAIL, never COMPLETE with missing data
         last = result.history[-1] if result.history else {}
         for key in ("pair_accuracy", "roc_auc", "eer"):

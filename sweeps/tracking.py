@@ -365,12 +365,16 @@ class TrialRun:
             raise
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set tags (raises `TrackingUnavailable` if MLflow refuses); metrics queued with ``send=False`` go in the
+        same request, as with `log_params` (a trial's results and its tags: one request, not three)."""
         merged: dict[str, str] = {}
         for k, v in tags.items():
             merged[sanitize_key(k)] = _tag_value(v)  # tags may be overwritten: last value for a key wins
         items = [RunTag(k, v) for k, v in merged.items()]
         for chunk in _chunks(items, MAX_TAGS_PER_CALL):
-            self.tracker.retry("set tags", partial(self.client.log_batch, self.run_id, tags=chunk))
+            with self._sending(MAX_METRICS_PER_CALL - len(chunk)) as metrics:
+                self.tracker.retry("set tags", partial(self.client.log_batch, self.run_id, tags=chunk,
+                                                       metrics=metrics))
 
     def log_metrics(self, metrics: Mapping[str, float], *, step: int, model_id: str | None = None,
                     dataset: Dataset | None = None, send: bool = True) -> None:

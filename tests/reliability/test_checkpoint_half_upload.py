@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from siamese_core.checkpoint import STATE, WEIGHTS
+
 EPOCHS = 3
 
 
@@ -69,11 +71,12 @@ def test_a_kill_between_the_weights_and_the_state_upload_resumes_from_the_previo
     assert uploader.uploaded == [1, 2]
     # the epoch-3 weights did reach the run: this is the half-upload, not a missed one
     listed = {Path(f.path).name for f in tracker.client.list_artifacts(run_id, checkpoints.ARTIFACT_DIR)}
-    assert len([n for n in listed if n.endswith(".weights.h5")]) == (1 if "weights.weights.h5" in listed else 2)
-    local = (tmp_path / "a" / "weights.weights.h5").read_bytes()  # epoch 3, saved locally before the upload
+    weights_names = [n for n in listed if n != STATE]  # epoch 2's (committed) and epoch 3's (the state never came)
+    assert sorted(weights_names) == sorted([checkpoints.weights_artifact(2), checkpoints.weights_artifact(3)])
+    local = (tmp_path / "a" / WEIGHTS).read_bytes()  # epoch 3, saved locally before the upload
     weights_in_run = [Path(tracker.client.download_artifacts(run_id, f"{checkpoints.ARTIFACT_DIR}/{n}",
                                                              str(tmp_path / "peek" / n)))
-                      for n in listed if n.endswith(".weights.h5")]
+                      for n in weights_names]
     assert hashlib.sha256(local).hexdigest() in {hashlib.sha256(p.read_bytes()).hexdigest() for p in weights_in_run}
 
     # the retry on another machine resumes from epoch 2 (the last committed state), not from scratch
@@ -115,7 +118,7 @@ def test_a_copy_whose_weights_fail_the_checksum_gives_way_to_an_older_attempts_c
 
     def pair(where: Path, epoch: int, weights: bytes, recorded: bytes) -> Path:
         where.mkdir(parents=True)
-        (where / "weights.weights.h5").write_bytes(weights)
+        (where / WEIGHTS).write_bytes(weights)
         (where / "state.json").write_text(json.dumps({
             "format": 1, "next_epoch": epoch, "history": [{}] * epoch, "config": "x",
             "weights_sha256": hashlib.sha256(recorded).hexdigest()}))
@@ -126,12 +129,12 @@ def test_a_copy_whose_weights_fail_the_checksum_gives_way_to_an_older_attempts_c
     good = pair(tmp_path / "o", 1, b"w1", b"w1")
     half = pair(tmp_path / "n", 2, b"w3", b"w2")  # weights one epoch ahead of the state that went up with them
     for run_id, where in ((older, good), (newer, half)):
-        for name in ("weights.weights.h5", "state.json"):
+        for name in (WEIGHTS, STATE):
             tracker.client.log_artifact(run_id, str(where / name), checkpoints.ARTIFACT_DIR)
 
     target = tmp_path / "retry"
     assert checkpoints.fetch(tracker, [newer, older], target) == 1
-    assert (target / "weights.weights.h5").read_bytes() == b"w1"
+    assert (target / WEIGHTS).read_bytes() == b"w1"
     assert json.loads((target / "state.json").read_text())["next_epoch"] == 1
     assert checkpoints.fetch(tracker, [newer], tmp_path / "only-bad") == 0
     assert not (tmp_path / "only-bad" / "state.json").exists()

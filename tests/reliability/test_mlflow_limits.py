@@ -101,6 +101,43 @@ def test_metrics_queued_without_sending_go_in_the_params_request(tmp_path, monke
     assert got.metrics["trial_number"] == 3 and len(got.params) == 150
 
 
+def test_metrics_queued_without_sending_go_in_the_tags_request(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial's end sends its test metrics, its other final metrics and its tags in one request (three before:
+    each a request the server serves on the worker's core, issue 11.4); refused, the metrics stay queued."""
+    from sweeps.errors import TrackingUnavailable
+    from sweeps.tracking import Retry
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", retry=Retry(budget_s=0.0))
+    exp = tracker.experiment_id("end-request")
+    run = tracker.start_trial_run(exp, tracker.create_parent_run(exp, "end-request"), study_name="end-request",
+                                  trial_number=0)
+    run.wait_side()  # the duplicate check
+    calls: list[dict] = []
+    send = tracker.client.log_batch
+    refusing = [True]
+
+    def log_batch(*a, **k):
+        calls.append(k)
+        if refusing[0]:
+            raise OSError("connection refused")
+        return send(*a, **k)
+
+    monkeypatch.setattr(tracker.client, "log_batch", log_batch)
+    run.log_metrics({"test_roc_auc": 0.9}, step=4, send=False)
+    run.log_metrics({"threshold": 0.5, "latency_ms": 3.0}, step=4, send=False)
+    with pytest.raises(TrackingUnavailable, match="set tags"):
+        run.set_tags({"siamese_sweep.eval_fingerprint": "abc"})
+    assert run.pending == 3  # back in the queue for the next request
+    refusing[0], calls[:] = False, []
+    run.set_tags({"siamese_sweep.eval_fingerprint": "abc", "siamese_sweep.diag.x": "warning"})
+    assert len(calls) == 1 and len(calls[0]["tags"]) == 2
+    assert sorted(m.key for m in calls[0]["metrics"]) == ["latency_ms", "test_roc_auc", "threshold"]
+    assert run.pending == 0
+    got = tracker.client.get_run(run.run_id).data
+    assert got.metrics == {"test_roc_auc": 0.9, "threshold": 0.5, "latency_ms": 3.0}
+    assert got.tags["siamese_sweep.eval_fingerprint"] == "abc"
+
+
 def test_work_sent_in_the_background_is_waited_for_before_the_run_ends_and_its_error_raised(tmp_path) -> None:
     """A trial's params go out from a side thread while it trains: the per-epoch send does not wait for them, the
     strict flush before the trial is told and the run's end do, and an error there fails the trial then."""
