@@ -235,7 +235,6 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
             enqueue_known(study, spec)
     import siamese_core.training  # noqa: F401 - TensorFlow and Keras: imported before the freeze below
 
-    background = ctx.finisher is not None
     if spec.tracking.log_plots and not background:
         artifacts.warm_up()  # imported by the first trial's plots anyway; the freeze then covers them too
     freeze_long_lived()
