@@ -11,6 +11,11 @@ import math
 import os
 from pathlib import Path
 
+from threadpoolctl import threadpool_limits
+
+# the thread pools of BLAS (numpy's and scipy's OpenBLAS, MKL) and OpenMP (scikit-learn's libgomp): each library
+# reads its variable when it loads, so they also size the libraries a process loads later and its children
+ENV_MATH_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
 
@@ -69,3 +74,23 @@ def _read_quota(directory: Path, files: tuple[str, ...]) -> float | None:
         return float(quota) / float(period)
     except (OSError, ValueError):
         return None
+
+
+def cap_math_threads(threads: int) -> bool:
+    """BLAS and OpenMP pools of at most `threads` in this process and the processes it starts, as TensorFlow's
+    (`sweeps.runner.set_worker_threads`); False, and nothing changed, where the user has set any of
+    `ENV_MATH_THREADS`.
+
+    Why: a worker given one core of two (``run --workers 2``) sized TensorFlow's pools only. OpenBLAS started a
+    thread per core at its first call (the PCA of a trial's embedding plot) and they spin for a while after each
+    call: a trial's three plots took 310 ms of CPU with two BLAS threads against 211 ms with one, in 227 and 211 ms
+    of wall time (`benchmarks/trial_plots.py`, without and with ``--threads 1``): 0.1 s per trial taken from the
+    core the other worker trains on. Libraries already loaded (numpy's OpenBLAS) are resized through threadpoolctl,
+    the others by the variables.
+    """
+    if any(os.environ.get(name) for name in ENV_MATH_THREADS):
+        return False
+    for name in ENV_MATH_THREADS:
+        os.environ[name] = str(int(threads))
+    threadpool_limits(limits=int(threads))  # not a `with`: the limit stays for the process's life
+    return True

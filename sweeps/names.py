@@ -13,6 +13,7 @@ Only strings here (no MLflow/Optuna import): the CLI and the spec checks import 
 from __future__ import annotations
 
 from siamese_core.allocator import ENV_ALLOCATOR as _CORE_ENV_ALLOCATOR
+from siamese_core.cpus import ENV_MATH_THREADS as _CORE_ENV_MATH_THREADS
 from siamese_core.data.cache import ENV_DATA_CACHE as _CORE_ENV_DATA_CACHE
 
 PREFIX = "siamese_sweep."
@@ -170,6 +171,9 @@ ENV_MLFLOW_PRINT_MODEL_URLS_ON_CREATION = "MLFLOW_PRINT_MODEL_URLS_ON_CREATION"
 ENV_MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"  # off while copying models
 ENV_MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL = "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"  # seconds (default 10)
 ENV_POSTGRES_PASSWORD = "POSTGRES_PASSWORD"            # the postgres image's superuser (compose, Kubernetes)
+# the BLAS and OpenMP libraries' pools: a worker sets them to its TensorFlow threads, unless the user set one
+ENV_MATH_THREADS = _CORE_ENV_MATH_THREADS  # (siamese_core.cpus)
+ENV_OMP_NUM_THREADS, ENV_OPENBLAS_NUM_THREADS, ENV_MKL_NUM_THREADS = ENV_MATH_THREADS
 ENV_TF_CPP_MIN_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"      # the CLI defaults it to 2 (TensorFlow's C++ log noise)
 
 

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from . import names
 from .errors import RecordingFailed, TrackingUnavailable
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 FILES, MODEL, PLOTS = "files", "model", "plots"  # the parts of a job folder
 CLOSE_WAIT_S = 30.0  # a job in flight when the worker ends: its upload usually takes well under a second
 # one BLAS/OpenMP thread: the PCA of the embedding plot must not start a thread per core beside the training
-_HELPER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+_HELPER_ENV = dict.fromkeys(names.ENV_MATH_THREADS, "1")
 
 
 @dataclass(frozen=True)

@@ -162,13 +162,15 @@ def _postfix(study: optuna.Study) -> str:
 
 # ----------------------------------------------------------------- run
 def set_worker_threads(threads: int | None) -> int:
-    """TensorFlow's pools for this worker: `threads`, or the CPUs it may really use (affinity and cgroup quota,
-    which TensorFlow's defaults ignore). Before TensorFlow's first op; afterwards the existing pools stay."""
-    from siamese_core.cpus import usable_cores
+    """TensorFlow's pools for this worker, and its BLAS and OpenMP pools (unless the user sized those): `threads`,
+    or the CPUs it may really use (affinity and cgroup quota, which TensorFlow's defaults ignore). Before
+    TensorFlow's first op; afterwards the existing pools stay."""
+    from siamese_core.cpus import cap_math_threads, usable_cores
     from siamese_core.runtime import configure_threads
 
     n = threads or usable_cores()
     configure_threads(n, n)
+    cap_math_threads(n)
     return n
 
 

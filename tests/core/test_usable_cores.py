@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from siamese_core.cpus import cgroup_cpu_quota, usable_cores
+from siamese_core.cpus import ENV_MATH_THREADS, cgroup_cpu_quota, usable_cores
 
 
 def _tree(tmp_path: Path, proc: str, files: dict[str, str]) -> tuple[Path, Path]:
@@ -52,3 +52,35 @@ def test_a_worker_under_taskset_sizes_tensorflow_to_its_cpus() -> None:
     done = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300, check=True)
     assert done.stdout.split() == ["1", "1", "1", "1"]
+
+
+_POOLS = "from threadpoolctl import threadpool_info; print(sorted({i['num_threads'] for i in threadpool_info()}))"
+_WORKER_SHARE = f"""
+import subprocess, sys
+import numpy  # its OpenBLAS loads here, before the worker sizes anything
+from sweeps.runner import set_worker_threads
+set_worker_threads(1)
+import sklearn.decomposition  # scipy's OpenBLAS and libgomp load after it
+{_POOLS}
+print(subprocess.run([sys.executable, "-c", "import numpy, sklearn.decomposition; {_POOLS}"],
+                     capture_output=True, text=True, check=True).stdout.strip())
+"""
+
+
+@pytest.mark.skipif(usable_cores() < 2, reason="needs 2+ usable CPUs: on one, every pool has one thread anyway")
+def test_a_worker_given_one_thread_has_one_thread_blas_and_openmp_pools_and_so_do_its_children() -> None:
+    """`run --workers 2` on 2 cores gives each worker one TensorFlow thread; its BLAS threads (the PCA of the
+    embedding plot) spun on the other worker's core (benchmarks/trial_plots.py)."""
+    env = {k: v for k, v in os.environ.items() if k not in ENV_MATH_THREADS}
+    done = subprocess.run([sys.executable, "-c", _WORKER_SHARE], capture_output=True, text=True, timeout=300,
+                          check=True, env=env)
+    assert done.stdout.split("\n")[:2] == ["[1]", "[1]"], done.stdout
+
+
+def test_blas_and_openmp_pools_the_user_sized_are_left_alone() -> None:
+    code = ("import os; from siamese_core.cpus import cap_math_threads; print(cap_math_threads(1)); "
+            "print(os.environ['OPENBLAS_NUM_THREADS'], os.environ.get('OMP_NUM_THREADS'))")
+    env = {**{k: v for k, v in os.environ.items() if k not in ENV_MATH_THREADS}, "OPENBLAS_NUM_THREADS": "3"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
+                          env=env)
+    assert done.stdout.split() == ["False", "3", "None"]

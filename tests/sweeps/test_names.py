@@ -42,7 +42,7 @@ def test_one_prefix_for_what_we_invent() -> None:
     for const, value in _defined().items():
         if const.startswith("TAG_"):
             assert value.startswith(names.PREFIX), const
-        foreign = ("ENV_MLFLOW_", "ENV_OPTUNA_", "ENV_TF_", "ENV_POSTGRES_")
+        foreign = ("ENV_MLFLOW_", "ENV_OPTUNA_", "ENV_TF_", "ENV_POSTGRES_", "ENV_OMP_", "ENV_OPENBLAS_", "ENV_MKL_")
         if const.startswith("ENV_") and not const.startswith(foreign):
             assert value.startswith(names.ENV_PREFIX), const
 
