@@ -37,6 +37,12 @@ from .harness import (
 pytestmark = [pytest.mark.postgres]
 
 EPOCHS = 3
+# The two worker tests stop a trial once epoch 2 is saved and need it unfinished then. LONG_EPOCHS' epochs take
+# under a second here (epoch 2 was uploaded 2.3-2.6 s after the trial started, TensorFlow's start included), and
+# with its 4 epochs a poll that lagged by two epochs on a loaded CI machine saw the trial at its last one (CI at
+# 04788fd: `assert 2 <= uploaded < epochs` with 4 < 4). 12 epochs leave about 10 epochs of lag, ~1 s of test each.
+STOPPED_EPOCHS = 12
+STOPPED = {**LONG_EPOCHS, "epochs": STOPPED_EPOCHS}
 
 
 def test_auto_shares_checkpoints_only_through_a_tracking_server() -> None:
@@ -190,14 +196,14 @@ def test_a_trial_killed_on_one_machine_resumes_on_another_from_mlflow(
 
     storage = postgres_server.create_database("optuna_ckpt_travel")
     name = "travel"
-    epochs = LONG_EPOCHS["epochs"]
+    epochs = STOPPED_EPOCHS
     env = clean_env(OPTUNA_STORAGE=storage, **mlflow_server_pg.env())
     machines = {}
     for m in ("a", "b"):
         home = tmp_path / m
         home.mkdir()
         # every epoch copied (the default copies at most once a minute: these epochs take a few seconds)
-        data = spec_dict(home, name=name, trials=1, base=LONG_EPOCHS, study={"heartbeat_interval": 1,
+        data = spec_dict(home, name=name, trials=1, base=STOPPED, study={"heartbeat_interval": 1,
                                                                                "grace_period": 4},
                          tracking={"checkpoint_copy_seconds": 0})
         data["study"].pop("checkpoint_dir")  # the default, relative: .siamese-sweep/checkpoints in each directory
@@ -263,7 +269,7 @@ def test_a_worker_stopped_by_sigterm_copies_its_newest_epoch_for_the_retry(
     storage = postgres_server.create_database("optuna_ckpt_stop")
     name = "stopped"
     env = clean_env(OPTUNA_STORAGE=storage, **mlflow_server_pg.env())
-    data = spec_dict(tmp_path, name=name, trials=1, base=LONG_EPOCHS)
+    data = spec_dict(tmp_path, name=name, trials=1, base=STOPPED)
     data["study"].pop("checkpoint_dir")
     write_spec(tmp_path / "spec.yaml", data)
     client = MlflowClient(tracking_uri=mlflow_server_pg.url)
