@@ -137,19 +137,47 @@ def plot_distance_histogram(distances: np.ndarray, labels: np.ndarray, path: Pat
     return path
 
 
-def plot_embeddings(embeddings: np.ndarray, labels: np.ndarray, path: Path) -> Path:
-    """2-D PCA projection of test embeddings coloured by class."""
+# One colour per class up to tab20's 20; more classes than that get a continuous map, as colours no eye tells apart.
+_CLASS_COLOURS = 20
+
+
+def plot_embeddings(embeddings: np.ndarray, labels: np.ndarray, path: Path, *,
+                    class_names: list[str] | None = None) -> Path:
+    """2-D PCA projection of test embeddings coloured by class: one colour per class present and the colorbar
+    naming them (a class split tests on classes 7-9 only, which a map over all ten drew as three far-apart
+    colours with ticks at 7.25 and 7.75)."""
+    import matplotlib
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+    from matplotlib.ticker import FixedFormatter, FixedLocator, Formatter, Locator, MaxNLocator, ScalarFormatter
     from sklearn.decomposition import PCA
 
     emb = np.asarray(embeddings, dtype=np.float64)
     xy = PCA(n_components=2).fit_transform(emb) if emb.shape[1] > 2 else emb
+    classes, index = np.unique(np.asarray(labels).reshape(-1), return_inverse=True)
+    k = len(classes)
+    locator: Locator
+    formatter: Formatter
+    if class_names is not None and list(class_names) == [str(i) for i in range(len(class_names))]:
+        class_names = None  # digits' "0".."9" say nothing the indices do not
     with _Kept.drawing("embeddings", (6, 5), _MARGINS) as kept:
         fig, (ax,) = kept.figure, kept.axes
-        sc = ax.scatter(xy[:, 0], xy[:, 1], c=np.asarray(labels), cmap="tab10", s=6, alpha=0.7)
+        if k <= _CLASS_COLOURS:
+            colours = matplotlib.colormaps["tab10" if k <= 10 else "tab20"](np.arange(k))
+            sc = ax.scatter(xy[:, 0], xy[:, 1], c=index, cmap=ListedColormap(colours),
+                            norm=BoundaryNorm(np.arange(k + 1) - 0.5, k), s=6, alpha=0.7)
+            named = [class_names[int(c)] if class_names and 0 <= int(c) < len(class_names) else str(c)
+                     for c in classes]
+            locator, formatter = FixedLocator(list(range(k))), FixedFormatter(named)
+        else:
+            sc = ax.scatter(xy[:, 0], xy[:, 1], c=classes[index], cmap="viridis", s=6, alpha=0.7)
+            locator, formatter = MaxNLocator(integer=True), ScalarFormatter()
         if kept.colorbar is None:
             kept.colorbar = fig.colorbar(sc, ax=ax, label="class")
         else:
             kept.colorbar.update_normal(sc)  # this trial's classes and norm, as a new colorbar would show
+        kept.colorbar.locator, kept.colorbar.formatter = locator, formatter  # after update_normal, which resets
+        kept.colorbar.ax.tick_params(labelsize=8 if class_names else 10)
+        kept.colorbar.set_label(None if class_names else "class")  # the names say it; "class" did not fit beside them
         ax.set_title("test embeddings (PCA)")
         fig.savefig(path, dpi=90)
     return path
@@ -167,18 +195,22 @@ class PlotInputs:
     arrays: dict[str, np.ndarray]  # distances, labels, embeddings, embedding_labels (those the trial measured)
     threshold: float | None
     higher_is_same: bool
+    class_names: list[str] | None = None  # by class index, for the embedding plot's colorbar
 
     @classmethod
     def of(cls, result: Any) -> PlotInputs:
+        names = result.data_info.class_names
         return cls(history=list(result.history), arrays=dict(result.test_arrays or {}),
-                   threshold=float(result.threshold), higher_is_same=bool(result.models.higher_is_same))
+                   threshold=float(result.threshold), higher_is_same=bool(result.models.higher_is_same),
+                   class_names=list(names) if names else None)
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, Any] = {k: np.asarray(v) for k, v in self.arrays.items()}
         np.savez(directory / _PLOT_ARRAYS, **arrays)
         (directory / _PLOT_META).write_text(json.dumps({"history": self.history, "threshold": self.threshold,
-                                                         "higher_is_same": self.higher_is_same}))
+                                                         "higher_is_same": self.higher_is_same,
+                                                         "class_names": self.class_names}))
 
     @classmethod
     def load(cls, directory: Path) -> PlotInputs:
@@ -186,7 +218,7 @@ class PlotInputs:
         with np.load(directory / _PLOT_ARRAYS, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         return cls(history=meta["history"], arrays=arrays, threshold=meta["threshold"],
-                   higher_is_same=bool(meta["higher_is_same"]))
+                   higher_is_same=bool(meta["higher_is_same"]), class_names=meta.get("class_names"))
 
 
 def draw_trial_plots(inputs: PlotInputs, directory: Path) -> list[Path]:
@@ -198,8 +230,9 @@ def draw_trial_plots(inputs: PlotInputs, directory: Path) -> list[Path]:
             arrays["distances"], arrays["labels"], directory / "distance_histogram.png",
             threshold=inputs.threshold, higher_is_same=inputs.higher_is_same))
         if "distances" in arrays else None,
-        _safe("embedding projection", plot_embeddings, arrays["embeddings"], arrays["embedding_labels"],
-              directory / "embeddings_pca.png") if "embeddings" in arrays else None,
+        _safe("embedding projection", lambda: plot_embeddings(
+            arrays["embeddings"], arrays["embedding_labels"], directory / "embeddings_pca.png",
+            class_names=inputs.class_names)) if "embeddings" in arrays else None,
     ]
     return [p for p in produced if p is not None]
 
