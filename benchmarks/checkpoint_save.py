@@ -14,28 +14,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table  # noqa: E402
+from common import markdown_table, timed  # noqa: E402
 
 SMALL_PAIRS = {"pairs_per_epoch": 256, "val_pairs": 64, "test_pairs": 64}
 CONFIGS = {
     "default encoder (conv depth 3, width 16)": {},
     "conv depth 4, width 128, embedding 256": {"encoder": {"depth": 4, "width": 128, "embedding_dim": 256}},
 }
-
-
-def cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def keras_save_weights(directory: Path, model: Any, *, next_epoch: int, history: list[dict[str, float]],
@@ -55,9 +48,7 @@ def keras_save_weights(directory: Path, model: Any, *, next_epoch: int, history:
 
 def measure(save: Callable[..., None], directory: Path, model: Any, history: list[dict[str, float]]) -> tuple[float,
                                                                                                             float]:
-    c0, t0 = cpu(), time.perf_counter()
-    save(directory, model, next_epoch=len(history), history=history, fingerprint="benchmark")
-    return cpu() - c0, time.perf_counter() - t0
+    return timed(lambda: save(directory, model, next_epoch=len(history), history=history, fingerprint="benchmark"))
 
 
 def main() -> None:

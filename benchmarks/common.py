@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,21 @@ def fresh_local_stores(prefix: str) -> tuple[Path, str]:
     tracking = f"sqlite:///{work}/mlflow.db"
     MlflowClient(tracking).search_experiments()  # ~9 s the first time: not part of what is measured
     return work, tracking
+
+
+def cpu_seconds(*, children: bool = False) -> float:
+    """User + system CPU seconds of this process (`children`: plus its waited-for child processes')."""
+    import resource
+
+    who = [resource.RUSAGE_SELF] + ([resource.RUSAGE_CHILDREN] if children else [])
+    return sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, who))
+
+
+def timed(call: Callable[[], object]) -> tuple[float, float]:
+    """CPU and wall seconds of one call in this process."""
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    call()
+    return cpu_seconds() - c0, time.perf_counter() - t0
 
 
 def peak_rss_mb() -> float:

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import QUICK_BASE, markdown_table, median, run_child  # noqa: E402
+from common import QUICK_BASE, cpu_seconds, markdown_table, median, run_child  # noqa: E402
 
 CONDITIONS = ("no tracking", "optuna MLflowCallback", "siamese-sweep, in line", "siamese-sweep, background",
               "siamese-sweep, log_plots: false", "siamese-sweep, runs only")
@@ -82,13 +82,6 @@ def make_spec(base: dict[str, Any], tracking_uri: str, trials: int, name: str, *
                   "sampler": {"type": "random", "seed": 0}, "pruner": {"type": "none"}},
         "tracking": tracking,
     })
-
-
-def cpu_seconds() -> float:
-    import resource
-
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def import_before_the_clock(*, sweep: bool) -> None:
@@ -149,9 +142,9 @@ def child(condition: str, base: dict[str, Any], tracking_uri: str, trials: int, 
         opts = options_from(spec, storage=f"sqlite:///{work}/optuna.db", tracking_uri=tracking_uri,
                             study_name=name, progress=False, threads=threads)
         wait_for_start(barrier, tag)
-        t0, c0 = time.perf_counter(), cpu_seconds()
+        t0, c0 = time.perf_counter(), cpu_seconds(children=True)
         result = run_sweep(spec, opts)
-        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds(children=True) - c0
         assert result.budget_met, result.status
         return {"seconds": seconds, "cpu": cpu, "trials": trials, "train": logged_train_seconds(tracking_uri, name)}
 
@@ -189,10 +182,10 @@ def child(condition: str, base: dict[str, Any], tracking_uri: str, trials: int, 
     study = optuna.create_study(study_name=name, direction="maximize",
                                 sampler=optuna.samplers.RandomSampler(seed=0), pruner=optuna.pruners.NopPruner())
     wait_for_start(barrier, tag)
-    t0, c0 = time.perf_counter(), cpu_seconds()
+    t0, c0 = time.perf_counter(), cpu_seconds(children=True)
     study.optimize(objective, n_trials=trials, callbacks=callbacks)
-    return {"seconds": time.perf_counter() - t0, "cpu": cpu_seconds() - c0, "trials": trials, "values": values,
-            "train": trained[0]}
+    return {"seconds": time.perf_counter() - t0, "cpu": cpu_seconds(children=True) - c0, "trials": trials,
+            "values": values, "train": trained[0]}
 
 
 def logged_train_seconds(tracking_uri: str, study_name: str) -> float:

@@ -21,26 +21,19 @@ from __future__ import annotations
 
 import argparse
 import gc
-import resource
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table  # noqa: E402
+from common import markdown_table, timed  # noqa: E402
 
 from sweeps import artifacts  # noqa: E402
 from sweeps.artifacts import PlotInputs  # noqa: E402
-
-
-def cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def trial_inputs(seed: int) -> PlotInputs:
@@ -59,12 +52,6 @@ def trial_inputs(seed: int) -> PlotInputs:
     return PlotInputs(history=history, arrays={"distances": distances, "labels": labels, "embeddings": embeddings,
                                                "embedding_labels": classes},
                       threshold=float(np.median(distances)), higher_is_same=False)
-
-
-def measure(draw: Callable[[], None]) -> tuple[float, float]:
-    c0, t0 = cpu(), time.perf_counter()
-    draw()
-    return cpu() - c0, time.perf_counter() - t0
 
 
 def pixels(directory: Path) -> list[bytes]:
@@ -110,7 +97,7 @@ def main() -> None:
         inputs = trial_inputs(r)
         ways = [("kept figures (now)", kept(inputs)), ("a new figure per plot (before)", new(inputs))]
         for name, draw in (ways if r % 2 == 0 else ways[::-1]):
-            times[name].append(measure(draw))
+            times[name].append(timed(draw))
         same += pixels(kept_dir) == pixels(new_dir)
     medians = {name: (statistics.median(c for c, _ in pairs) * 1000, statistics.median(w for _, w in pairs) * 1000)
                for name, pairs in times.items()}
