@@ -202,9 +202,9 @@ def test_a_trial_killed_on_one_machine_resumes_on_another_from_mlflow(
     for m in ("a", "b"):
         home = tmp_path / m
         home.mkdir()
-        # every epoch copied (the default copies at most once a minute: these epochs take a few seconds)
+        # every epoch copied (the default copies at most once a minute: these epochs take under a second)
         data = spec_dict(home, name=name, trials=1, base=STOPPED, study={"heartbeat_interval": 1,
-                                                                               "grace_period": 4},
+                                                                           "grace_period": 4},
                          tracking={"checkpoint_copy_seconds": 0})
         data["study"].pop("checkpoint_dir")  # the default, relative: .siamese-sweep/checkpoints in each directory
         machines[m] = (home, write_spec(home / "spec.yaml", data))  # tracking.checkpoints: auto (http server)
