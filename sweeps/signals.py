@@ -10,11 +10,12 @@ While the interrupted work is being cleaned up (`begin_cleanup`: the trial's run
 parent is forwarding the signal to its workers), further signals (``docker stop`` repeats, an impatient
 Ctrl-C) are logged and ignored, so they cannot cut the clean-up short and leave a run RUNNING.
 
-Each call to a SQLite store (MLflow's or Optuna's) runs in `deferred_stop`: the signal is recorded and
-raised when the call is done. Cut in the middle, SQLAlchemy can leave the call's transaction open, and the
-file then stays locked for every later write of the process: a CI run's worker, stopped by Slurm's time-limit
-warning, spent its clean-up waiting out MLflow's 20 s lock timeout until the limit killed it.
-`tests/reliability/test_fault_units.py` finds the file locked within 30 interrupted bursts of writes without it.
+Each call to a SQLite store (MLflow's or Optuna's) or to an Optuna journal file runs in `deferred_stop`: the
+signal is recorded and raised when the call is done. Cut in the middle, SQLAlchemy can leave the call's
+transaction open, and the file then stays locked for every later write of the process: a CI run's worker,
+stopped by Slurm's time-limit warning, spent its clean-up waiting out MLflow's 20 s lock timeout until the limit
+killed it. `tests/reliability/test_fault_units.py` finds the file locked within 30 interrupted bursts of writes
+without it, and a journal's lock file left behind when the signal lands in the lock's release.
 """
 from __future__ import annotations
 
