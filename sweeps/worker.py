@@ -28,12 +28,20 @@ from . import artifacts, names, outcomes
 from .checkpoints import shared_through_mlflow
 from .errors import SweepFatal, TrackingUnavailable
 from .finisher import Deferred, Finisher, Heartbeat, LookAhead, as_told, records_in_background
-from .objective import Objective, TrialContext
+from .objective import Objective, TrialContext, fail_dead_local_trials
 from .recorder import Recorder
 from .signals import StopRequest, stop_on_signals
 from .spec import SweepSpec
 from .stopping import from_spec as study_stop_from
-from .storage import BudgetLock, budget_lock, fail_stale_trials, is_transient, retried_trial_number, safe_filename
+from .storage import (
+    BudgetLock,
+    budget_lock,
+    fail_stale_trials,
+    is_transient,
+    retried_trial_number,
+    safe_filename,
+    storage_kind,
+)
 from .study import OpenedStudy, count_states, enqueue_known, ensure_parent_run, trial_budget
 from .tracking import RUN_RUNNING, Tracker
 
@@ -248,7 +256,9 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
                                                                parent_run_id=parent_run_id),
                              tracker_name=repr(tracker), finisher=ctx.finisher,
                              warm_up=artifacts.warm_up if background and spec.tracking.log_plots else None,
-                             at_last_finish=at_last_finish)
+                             at_last_finish=at_last_finish,
+                             fail_dead=partial(fail_dead_local_trials, study, max_retries=spec.study.max_retries)
+                             if storage_kind(opened.storage_url) == "journal" else None)
     finally:
         if ctx.recorder is not None:
             ctx.recorder.close()
@@ -281,11 +291,13 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
                 stopper: Any = None, on_trial: OnTrial | None = None,
                 under_lock: Callable[[], Any] | None = None, tracker_name: str = "MLflow",
                 finisher: Finisher | None = None, warm_up: Callable[[], None] | None = None,
-                at_last_finish: AtLastFinish | None = None) -> WorkerReport:
+                at_last_finish: AtLastFinish | None = None,
+                fail_dead: Callable[[], Any] | None = None) -> WorkerReport:
     """The coordination loop of one worker, apart from what a trial does (benchmarks/coordination.py runs it
     with an objective that does no training, to measure the storage cost of coordination alone).
 
-    Under `lock`: fail stale trials, run `under_lock` (the worker reconciles MLflow runs), count, and ask for
+    Under `lock`: fail stale trials (and, with `fail_dead`, those of dead workers on a storage without
+    heartbeats), run `under_lock` (the worker reconciles MLflow runs), count, and ask for
     at most one trial; `objective` runs after the lock is released. An objective may return a `Deferred`:
     its finish then runs in `finisher`'s background thread while the next trial trains, and the trial is told
     once it is done (the order is explained in `sweeps.finisher`); `warm_up` runs there while the first trial
@@ -377,6 +389,8 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
                 unreachable = False
                 with lock:
                     fail_stale_trials(study)
+                    if fail_dead is not None:
+                        fail_dead()
                     if under_lock is not None and pending is None:
                         under_lock()  # else in the background, after the pending finish (`_then` below)
                     counts = count_states(study)

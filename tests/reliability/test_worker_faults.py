@@ -2,7 +2,8 @@
 
 * four workers share one SQLite study; one is SIGKILLed mid-trial: its trial is failed through the
   heartbeat and retried (same params, from its checkpoint), the budget is met exactly, no lock errors;
-* the only process is SIGKILLed: rerunning the same command finishes the budget, nothing left RUNNING;
+* the only process is SIGKILLed: rerunning the same command finishes the budget, nothing left RUNNING (on a
+  SQLite study through the heartbeat, on a journal file through the dead worker's pid);
 * SIGTERM: the trial is FAIL/KILLED, the process exits non-zero, and the rerun resumes the trial.
 """
 from __future__ import annotations
@@ -93,24 +94,28 @@ def test_four_workers_one_sigkilled_meet_the_exact_budget_without_lock_errors(
         assert "traceback" not in err, w.stderr[-3000:]
 
 
+@pytest.mark.parametrize("kind, reason", [("sqlite", "stale_heartbeat"), ("journal", "dead_worker")])
 def test_sigkill_of_the_only_process_then_rerun_finishes_with_nothing_left_running(
-        mlflow_server_pg, client, tmp_path: Path) -> None:
-    storage = f"sqlite:///{tmp_path}/optuna.db"
-    spec = write_spec(tmp_path / "spec.yaml", spec_dict(tmp_path, name="solo", trials=2, base=LONG_EPOCHS))
+        mlflow_server_pg, client, tmp_path: Path, kind: str, reason: str) -> None:
+    """On a journal file (no heartbeats) the rerun finds the trial's worker pid gone from this machine; before,
+    that trial stayed RUNNING and the rerun waited for it until killed."""
+    storage = f"sqlite:///{tmp_path}/optuna.db" if kind == "sqlite" else f"journal:///{tmp_path}/optuna.log"
+    name = f"solo-{kind}"  # one MLflow server for the module: each study its own parent run
+    spec = write_spec(tmp_path / "spec.yaml", spec_dict(tmp_path, name=name, trials=2, base=LONG_EPOCHS))
     env = clean_env(**mlflow_server_pg.env())
-    _, victim, _ = _signal_mid_trial(spec, storage, "solo", client, tmp_path, env, signal.SIGKILL, 30)
+    _, victim, _ = _signal_mid_trial(spec, storage, name, client, tmp_path, env, signal.SIGKILL, 30)
     # what a crash leaves behind: a RUNNING trial and a RUNNING run
-    assert load_study(storage, "solo").trials[victim.number].state == S.RUNNING
+    assert load_study(storage, name).trials[victim.number].state == S.RUNNING
     assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "RUNNING"
 
     rerun = Proc(_run_args(spec, storage), tmp_path, env, name="rerun").start()
     assert rerun.wait(300) == 0, rerun.stderr[-3000:]
-    study = load_study(storage, "solo")
+    study = load_study(storage, name)
     seen = check_sweep_invariants(study, client, epochs=EPOCHS, budget=2)
     (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
     assert retry.state == S.COMPLETE and retry.params == victim.params
     assert seen["runs"][victim.number].info.status == "KILLED"
-    assert seen["runs"][victim.number].data.tags["siamese_sweep.reason"] == "stale_heartbeat"
+    assert seen["runs"][victim.number].data.tags["siamese_sweep.reason"] == reason
     assert client.get_run(seen["parent_id"]).info.status == "FINISHED"
 
 

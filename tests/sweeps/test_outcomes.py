@@ -50,9 +50,10 @@ def test_classify(exc: BaseException, kw: dict, reason: str, state: str, status:
 
 def test_only_outside_stops_are_retried_and_the_reconciler_ends_what_the_trial_cannot() -> None:
     retried = {o.reason for o in outcomes.OUTCOMES if o.retried}
-    assert retried == {"tracking_unavailable", "tracking_unavailable_at_start", "interrupted", "stale_heartbeat"}
+    assert retried == {"tracking_unavailable", "tracking_unavailable_at_start", "interrupted", "stale_heartbeat",
+                       "dead_worker"}
     left = [o for o in outcomes.OUTCOMES if not o.ends_run and o.run_status is not None]
-    assert {o.reason for o in left} == {"tracking_unavailable", "stale_heartbeat"}
+    assert {o.reason for o in left} == {"tracking_unavailable", "stale_heartbeat", "dead_worker"}
     assert {o.run_status for o in left} == {outcomes.ORPHANED_RUN_STATUS}
 
 

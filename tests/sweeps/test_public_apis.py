@@ -14,6 +14,8 @@ from sweeps.hypermodel import OptunaHyperParameters
 from sweeps.registry import mlflow_internals_use
 from sweeps.storage import frozen_trial, make_storage
 
+S = optuna.trial.TrialState
+
 
 @pytest.mark.parametrize("global_uri, env_uri", [(None, None), (None, "sqlite:///env.db"),
                                                  ("sqlite:///global.db", "sqlite:///global.db"),
@@ -89,3 +91,34 @@ def test_our_rdb_storage_keeps_optunas_heartbeat_and_cache(tmp_path: Path) -> No
     fail_stale_trials(study)
     states = [t.state for t in study.get_trials(deepcopy=False)]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING], states
+
+
+def test_a_dead_local_workers_trial_on_a_journal_is_failed_with_its_reason_and_queued(tmp_path: Path) -> None:
+    """`fail_dead_local_trials` writes the reason through the storage (Optuna has no public user-attr write on a
+    trial this process did not ask for). Only a trial whose worker named this host and a pid that is gone is
+    failed; a live worker's, another host's and one with no worker yet stay RUNNING."""
+    import socket
+    import subprocess
+    import sys
+
+    from sweeps.objective import fail_dead_local_trials
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = socket.gethostname()
+    study = optuna.create_study(storage=make_storage(f"journal:///{tmp_path}/study.log"), direction="maximize")
+    workers = [f"{host}:{gone.pid}", f"{host}:{os.getppid()}", f"elsewhere:{gone.pid}", None]
+    for worker in workers:
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        trial.set_user_attr(names.TRIAL_ATTR_RUN_ID, "run-1")
+        if worker is not None:
+            trial.set_user_attr(names.TRIAL_ATTR_WORKER, worker)
+    assert fail_dead_local_trials(study, max_retries=2) == [0]
+    trials = study.get_trials()
+    assert [t.state for t in trials[:4]] == [S.FAIL, S.RUNNING, S.RUNNING, S.RUNNING]
+    assert trials[0].user_attrs[names.TRIAL_ATTR_REASON] == "dead_worker"
+    (retry,) = trials[4:]
+    assert retry.state == S.WAITING and retry.params == trials[0].params
+    assert retry.system_attrs[names.SYSTEM_ATTR_FAILED_TRIAL] == 0
+    assert names.TRIAL_ATTR_RUN_ID not in retry.user_attrs
+    assert fail_dead_local_trials(study, max_retries=2) == []  # once
