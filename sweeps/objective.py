@@ -59,6 +59,13 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def local_worker_pid(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The pid of the trial's worker (its ``worker`` attr, as `worker_id` wrote it) if that worker ran on this
+    machine; None for another machine's or a trial whose attr is not written yet."""
+    host, _, pid = str(trial.user_attrs.get(names.TRIAL_ATTR_WORKER, "")).rpartition(":")
+    return int(pid) if host == worker_id().rpartition(":")[0] and pid.isdigit() else None
+
+
 def fail_dead_local_trials(study: optuna.Study, *, max_retries: int) -> list[int]:
     """On a storage without heartbeats (a journal file): fail the RUNNING trials whose worker (their ``worker``
     attr, ``host:pid``) was a process on this machine that no longer exists, and queue them again, as Optuna's
@@ -68,11 +75,10 @@ def fail_dead_local_trials(study: optuna.Study, *, max_retries: int) -> list[int
     for it once the rest of the budget was done. A worker on another machine cannot be checked so: its trial
     still has to be failed by hand. A trial whose attr is not written yet (its first moments) is left alone.
     """
-    host = worker_id().rpartition(":")[0]
     failed = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        worker_host, _, pid = str(t.user_attrs.get(names.TRIAL_ATTR_WORKER, "")).rpartition(":")
-        if worker_host != host or not pid.isdigit() or pid_alive(int(pid)):
+        pid = local_worker_pid(t)
+        if pid is None or pid_alive(pid):
             continue
         queued = requeue_trial(study, t, max_retries=max_retries, drop_user_attrs=_NOT_INHERITED)  # while RUNNING
         # Optuna has no public call that sets a user attr on a trial this process did not ask for (its own

@@ -7,6 +7,7 @@ share the storage, each with ``cores // N`` TensorFlow threads.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -21,7 +22,7 @@ from . import artifacts, names, study_plots
 from .errors import SweepFatal
 from .finisher import records_in_background
 from .launch import WorkerProcesses
-from .objective import worker_id
+from .objective import local_worker_pid, worker_id
 from .options import SweepOptions
 from .preflight import preflight, preflight_stores
 from .secrets import mask_url
@@ -250,13 +251,11 @@ def _stopped_by(spec: SweepSpec, study: optuna.Study, reports: list[WorkerReport
 def other_workers_here(study: optuna.Study) -> list[int]:
     """Pids of live processes on this machine, other than this one, running a trial of `study` now (from the
     trials' `worker_id` attribute)."""
-    me = worker_id()
-    host, pids = me.rpartition(":")[0], set()
+    pids = set()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        worker = str(t.user_attrs.get(names.TRIAL_ATTR_WORKER, ""))
-        worker_host, _, pid = worker.rpartition(":")
-        if worker != me and worker_host == host and pid.isdigit() and pid_alive(int(pid)):
-            pids.add(int(pid))
+        pid = local_worker_pid(t)
+        if pid is not None and pid != os.getpid() and pid_alive(pid):
+            pids.add(pid)
     return sorted(pids)
 
 
