@@ -108,6 +108,7 @@ TRIAL_ATTR_REASON = "reason"                           # why PRUNED/FAIL (as TAG
 TRIAL_ATTR_MODEL_URI = "model_uri"                     # models:/<model_id> of the logged model
 TRIAL_ATTR_DIAGNOSTIC_ERRORS = "diagnostics_errors"    # error-severity finding codes; `promote` skips such trials
 TRIAL_ATTR_WORKER = "worker"                           # host:pid (as TAG_WORKER)
+TRIAL_ATTR_WORKER_PID_SPACE = "worker_pid_space"       # <boot id>/<pid namespace> where that pid is meant
 TRIAL_ATTR_RESUMED_FROM_EPOCH = "resumed_from_epoch"
 TRIAL_ATTR_THRESHOLD = "threshold"
 TRIAL_ATTR_DATASET_FINGERPRINT = "dataset_fingerprint"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -47,23 +48,46 @@ from .tracking import Tracker, TrialRun, dataset_entity, run_url
 log = logging.getLogger(__name__)
 
 MAX_DETAIL = 1000  # characters of the reason's message kept in the run tag
-# copied from the original by a retry, but not true of it
-_NOT_INHERITED = (names.TRIAL_ATTR_RUN_ID, names.TRIAL_ATTR_REASON, names.TRIAL_ATTR_MODEL_URI)
+# copied from the original by a retry, but not true of it (the dead worker's, copied, made a retry look dead
+# from the moment another worker took it until that worker wrote its own)
+_NOT_INHERITED = (names.TRIAL_ATTR_RUN_ID, names.TRIAL_ATTR_REASON, names.TRIAL_ATTR_MODEL_URI,
+                  names.TRIAL_ATTR_WORKER, names.TRIAL_ATTR_WORKER_PID_SPACE)
 
 
 def worker_id() -> str:
     """``host:pid`` of this worker process."""
-    import os
     import socket
 
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def pid_space() -> str:
+    """``<boot id>/<pid namespace>`` of this process: where its pid means this process. Two containers on one
+    kernel may share a host name and still number their processes apart; "" where Linux's /proc does not say."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
 def local_worker_pid(trial: optuna.trial.FrozenTrial) -> int | None:
     """The pid of the trial's worker (its ``worker`` attr, as `worker_id` wrote it) if that worker ran on this
-    machine; None for another machine's or a trial whose attr is not written yet."""
+    machine and in this process space; None for another machine's or container's, or a trial whose attr is not
+    written yet.
+
+    Same host name, same boot, another pid namespace: another container on this kernel, whose pids say nothing
+    here (left alone). Another boot id is taken as this machine rebooted (its workers are all gone), not as
+    another machine with the same host name: the pid is checked as before.
+    """
     host, _, pid = str(trial.user_attrs.get(names.TRIAL_ATTR_WORKER, "")).rpartition(":")
-    return int(pid) if host == worker_id().rpartition(":")[0] and pid.isdigit() else None
+    if host != worker_id().rpartition(":")[0] or not pid.isdigit():
+        return None
+    boot, _, namespace = str(trial.user_attrs.get(names.TRIAL_ATTR_WORKER_PID_SPACE, "")).partition("/")
+    here_boot, _, here_namespace = pid_space().partition("/")
+    if namespace and here_namespace and boot == here_boot and namespace != here_namespace:
+        return None
+    return int(pid)
 
 
 def fail_dead_local_trials(study: optuna.Study, *, max_retries: int) -> list[int]:
@@ -336,7 +360,9 @@ class TrialAttempt:
         self.mlflow_run = run  # from here on a failure ends it, even if the storage refuses the next write
         # set while the trial trains, before it is told; a worker killed before they land leaves a run that
         # `sweeps.worker.reconcile_runs` finds by its tags, not by these
-        attrs = {names.TRIAL_ATTR_RUN_ID: run.run_id, names.TRIAL_ATTR_WORKER: tags[names.TAG_WORKER]}
+        # the pid space before the pid: a reader that finds the worker attr finds where its pid is meant
+        attrs = {names.TRIAL_ATTR_RUN_ID: run.run_id, names.TRIAL_ATTR_WORKER_PID_SPACE: pid_space(),
+                 names.TRIAL_ATTR_WORKER: tags[names.TAG_WORKER]}
         url = run_url(ctx.tracker.uri, ctx.experiment_id, run.run_id)
         if url:  # optuna-dashboard shows user attrs: one click from a trial to its run
             attrs[names.TRIAL_ATTR_RUN_URL] = url

@@ -332,6 +332,7 @@ def test_a_trials_start_and_its_staging_leave_the_workers_thread_and_land_before
         assert {"learning_rate", "dataset.fingerprint"} <= set(run.data.params) and run.inputs.dataset_inputs
         assert run.data.metrics["trial_number"] == trial.number
         assert trial.user_attrs[names.TRIAL_ATTR_WORKER] == objective.worker_id()
+        assert trial.user_attrs[names.TRIAL_ATTR_WORKER_PID_SPACE] == objective.pid_space() != ""
 
 
 def test_auto_records_in_the_background_only_where_a_core_is_left_idle(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -122,3 +122,44 @@ def test_a_dead_local_workers_trial_on_a_journal_is_failed_with_its_reason_and_q
     assert retry.system_attrs[names.SYSTEM_ATTR_FAILED_TRIAL] == 0
     assert names.TRIAL_ATTR_RUN_ID not in retry.user_attrs
     assert fail_dead_local_trials(study, max_retries=2) == []  # once
+    # a worker takes the retry; until its own worker attr lands, the dead one's must not make it look dead too
+    # (it was copied to the retry before: the next round failed the retry as soon as it started)
+    assert study.ask().number == retry.number
+    assert fail_dead_local_trials(study, max_retries=2) == []
+    assert study.get_trials()[retry.number].state == S.RUNNING
+    assert names.TRIAL_ATTR_WORKER not in retry.user_attrs
+
+
+def test_a_worker_in_another_pid_namespace_of_this_machine_is_not_taken_for_dead(tmp_path: Path) -> None:
+    """A container on this kernel with this host name numbers its processes apart: its worker's pid, gone here,
+    says nothing. The pid space (boot id and pid namespace) is read from a real process in a new namespace."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    from sweeps.objective import fail_dead_local_trials, pid_space
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) (util-linux)")
+    inside = subprocess.run(["unshare", "--pid", "--fork", sys.executable, "-c",
+                             "import os; from sweeps.objective import pid_space; print(os.getpid(), pid_space())"],
+                            capture_output=True, text=True)
+    if inside.returncode != 0:
+        pytest.skip(f"cannot make a pid namespace here: {inside.stderr.strip()}")
+    pid, space = inside.stdout.split()
+    here = pid_space()
+    assert pid == "1" and space.partition("/")[0] == here.partition("/")[0] and space != here
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = socket.gethostname()
+    study = optuna.create_study(storage=make_storage(f"journal:///{tmp_path}/study.log"), direction="maximize")
+    rebooted = "another-boot-id/" + here.partition("/")[2]  # this machine before a reboot: its workers are gone
+    for attrs in ({names.TRIAL_ATTR_WORKER_PID_SPACE: space, names.TRIAL_ATTR_WORKER: f"{host}:{gone.pid}"},
+                  {names.TRIAL_ATTR_WORKER_PID_SPACE: here, names.TRIAL_ATTR_WORKER: f"{host}:{gone.pid}"},
+                  {names.TRIAL_ATTR_WORKER_PID_SPACE: rebooted, names.TRIAL_ATTR_WORKER: f"{host}:{gone.pid}"}):
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+    assert fail_dead_local_trials(study, max_retries=2) == [1, 2]
+    assert study.get_trials()[0].state == S.RUNNING
