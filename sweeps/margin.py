@@ -54,8 +54,14 @@ BOOTSTRAP_DRAWS = 200
 BOOTSTRAP_SEED = 0  # fixed: `status` run twice on the same study says the same thing
 _COUNT_BITS = 20
 _LOW = (1 << _COUNT_BITS) - 1
-_PAIRED_METRICS = ("val_roc_auc", "val_pair_accuracy", "val_eer")
-_METHODS = {"val_roc_auc": "DeLong", "val_pair_accuracy": "paired outcomes", "val_eer": "paired bootstrap"}
+# the metrics with a paired test: its name (kept in the report's margin) and what the report says of it
+_PAIRED_TESTS = {
+    "val_roc_auc": ("DeLong", "DeLong's paired test over those pairs gives the lead"),
+    "val_pair_accuracy": ("paired outcomes", "compared pair by pair, the lead has"),
+    "val_eer": ("paired bootstrap",
+                f"a paired bootstrap over those pairs ({BOOTSTRAP_DRAWS:,} resamples) gives the lead"),
+}
+_SAYS = dict(_PAIRED_TESTS.values())
 
 
 def sampling_error(metric: str, value: float, positives: int, negatives: int) -> float | None:
@@ -195,7 +201,7 @@ class Margin:
 
     @property
     def method(self) -> str:
-        return _METHODS.get(self.metric, "unpaired bound") if self.paired else "unpaired bound"
+        return _PAIRED_TESTS[self.metric][0] if self.paired and self.metric in _PAIRED_TESTS else "unpaired bound"
 
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "best": self.best, "runner_up": self.runner_up, "lead": self.lead,
@@ -235,7 +241,7 @@ def best_margin(study: optuna.Study, complete: list[optuna.trial.FrozenTrial]) -
 def _paired(metric: str, ranked: list[optuna.trial.FrozenTrial]) -> Margin | None:
     """The margin tested on the trials' per-pair outcomes; None unless every trial has them for the same pairs
     (equal eval fingerprints and labels) and they reproduce each trial's score."""
-    if metric not in _PAIRED_METRICS:
+    if metric not in _PAIRED_TESTS:
         return None
     kept = [decode_per_pair(t.user_attrs.get(names.TRIAL_ATTR_PER_PAIR_VAL)) for t in ranked]
     prints = {t.user_attrs.get(names.TRIAL_ATTR_EVAL_FINGERPRINT) for t in ranked}
@@ -286,7 +292,7 @@ def describe(margin: Mapping[str, Any]) -> str:
     """Two sentences for the report, from `Margin.to_dict` (what the report keeps)."""
     head = f"Trial {margin['best']} leads trial {margin['runner_up']} by {margin['lead']:.3g} in `{margin['metric']}`"
     if margin.get("paired"):
-        test = _PAIRED_TESTS.get(str(margin.get("method")), _PAIRED_TESTS["paired outcomes"])
+        test = _SAYS.get(str(margin.get("method")), _SAYS["paired outcomes"])
         head += (f", both scored on the same {margin['val_pairs']:,} validation pairs; {test} a standard error of "
                  f"{margin['difference_error']:.2g}.")
         band = "within two errors of the best"
@@ -316,8 +322,3 @@ def one_line(margin: Mapping[str, Any] | None) -> str:
     return (f"lead over trial #{margin['runner_up']}: {margin['lead']:.6f} ({said}; {error} "
             f"{margin['val_pairs']:,} validation pairs)")
 
-
-_PAIRED_TESTS = {"DeLong": "DeLong's paired test over those pairs gives the lead",
-                 "paired outcomes": "compared pair by pair, the lead has",
-                 "paired bootstrap": f"a paired bootstrap over those pairs ({BOOTSTRAP_DRAWS:,} resamples) gives "
-                                     "the lead"}
