@@ -90,27 +90,60 @@ def local_worker_pid(trial: optuna.trial.FrozenTrial) -> int | None:
     return int(pid)
 
 
-def fail_dead_local_trials(study: optuna.Study, *, max_retries: int) -> list[int]:
+def claim_trial(trial: optuna.Trial) -> None:
+    """Write which process runs `trial` (``worker_pid_space``, then ``worker``: a reader that finds the pid finds
+    where it is meant) before the trial does anything else. A worker killed before these land leaves a trial
+    that `UnclaimedTrials` finds; one killed after, a pid that `fail_dead_local_trials` checks."""
+    trial.set_user_attr(names.TRIAL_ATTR_WORKER_PID_SPACE, pid_space())
+    trial.set_user_attr(names.TRIAL_ATTR_WORKER, worker_id())
+
+
+class UnclaimedTrials:
+    """RUNNING trials seen without a ``worker`` attr, and since when by this process's clock (a trial's
+    ``datetime_start`` is the asking machine's local time, which says nothing here). A worker writes the attr
+    right after it asks for a trial (`claim_trial`); a trial still without it `grace_s` after this process first
+    saw it lost its worker in between: killed right after the ask."""
+
+    def __init__(self, grace_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.grace_s = grace_s
+        self.clock = clock
+        self._since: dict[int, float] = {}  # trial number -> when first seen unclaimed
+
+    def overdue(self, running: list[optuna.trial.FrozenTrial]) -> set[int]:
+        now = self.clock()
+        bare = [t.number for t in running if names.TRIAL_ATTR_WORKER not in t.user_attrs]
+        self._since = {n: self._since.get(n, now) for n in bare}
+        return {n for n, since in self._since.items() if now - since >= self.grace_s}
+
+
+def fail_dead_local_trials(study: optuna.Study, *, max_retries: int,
+                           unclaimed: UnclaimedTrials | None = None) -> list[int]:
     """On a storage without heartbeats (a journal file): fail the RUNNING trials whose worker (their ``worker``
-    attr, ``host:pid``) was a process on this machine that no longer exists, and queue them again, as Optuna's
-    heartbeat does on RDB storages. Returns their numbers.
+    attr, ``host:pid``) was a process on this machine that no longer exists, and, with `unclaimed`, those whose
+    worker never wrote that attr, and queue them again, as Optuna's heartbeat does on RDB storages. Returns
+    their numbers.
 
     Without it a SIGKILLed worker's trial stayed RUNNING for good, and the rerun, counting it as running, waited
     for it once the rest of the budget was done. A worker on another machine cannot be checked so: its trial
-    still has to be failed by hand. A trial whose attr is not written yet (its first moments) is left alone.
+    still has to be failed by hand.
     """
     failed = []
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        pid = local_worker_pid(t)
-        if pid is None or pid_alive(pid):
-            continue
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    overdue = unclaimed.overdue(running) if unclaimed is not None else set()
+    for t in running:
+        if unclaimed is not None and t.number in overdue:
+            gone = f"has had no worker for {unclaimed.grace_s:g}s (its worker died right after asking for it)"
+        else:
+            pid = local_worker_pid(t)
+            if pid is None or pid_alive(pid):
+                continue
+            gone = f"its worker {t.user_attrs[names.TRIAL_ATTR_WORKER]} is gone from this machine"
         queued = requeue_trial(study, t, max_retries=max_retries, drop_user_attrs=_NOT_INHERITED)  # while RUNNING
         # Optuna has no public call that sets a user attr on a trial this process did not ask for (its own
         # `fail_stale_trials` writes through the storage too); pinned by tests/sweeps/test_public_apis.py
         study._storage.set_trial_user_attr(t._trial_id, names.TRIAL_ATTR_REASON, outcomes.DEAD_WORKER.reason)
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        log.warning("trial %d: its worker %s is gone from this machine; failed (%s)%s", t.number,
-                    t.user_attrs[names.TRIAL_ATTR_WORKER], outcomes.DEAD_WORKER.reason,
+        log.warning("trial %d %s; failed (%s)%s", t.number, gone, outcomes.DEAD_WORKER.reason,
                     " and queued again" if queued else f", not queued again (retried {max_retries} times already)")
         failed.append(t.number)
     return failed
@@ -257,6 +290,7 @@ class TrialAttempt:
 
         from .callbacks import CheckpointUploader, MlflowEpochLogger, OptunaReporter  # Keras: once a trial runs
 
+        claim_trial(self.trial)
         overrides = self._begin()
         run = self._start_run()
         try:
@@ -360,9 +394,7 @@ class TrialAttempt:
         self.mlflow_run = run  # from here on a failure ends it, even if the storage refuses the next write
         # set while the trial trains, before it is told; a worker killed before they land leaves a run that
         # `sweeps.worker.reconcile_runs` finds by its tags, not by these
-        # the pid space before the pid: a reader that finds the worker attr finds where its pid is meant
-        attrs = {names.TRIAL_ATTR_RUN_ID: run.run_id, names.TRIAL_ATTR_WORKER_PID_SPACE: pid_space(),
-                 names.TRIAL_ATTR_WORKER: tags[names.TAG_WORKER]}
+        attrs = {names.TRIAL_ATTR_RUN_ID: run.run_id}
         url = run_url(ctx.tracker.uri, ctx.experiment_id, run.run_id)
         if url:  # optuna-dashboard shows user attrs: one click from a trial to its run
             attrs[names.TRIAL_ATTR_RUN_URL] = url

@@ -335,6 +335,24 @@ def test_a_trials_start_and_its_staging_leave_the_workers_thread_and_land_before
         assert trial.user_attrs[names.TRIAL_ATTR_WORKER_PID_SPACE] == objective.pid_space() != ""
 
 
+def test_a_trial_is_claimed_by_its_worker_before_it_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker attr is written before anything else the trial does, its sampling first (was: with its run, in
+    the background, so a worker killed in its first moments left a trial no one could tell was dead)."""
+    from sweeps import objective, space
+
+    claimed: list[dict[str, Any]] = []
+    real_sample = space.sample_overrides
+
+    def sample_overrides(trial: optuna.Trial, spec: Any) -> dict[str, Any]:
+        claimed.append(dict(trial.user_attrs))
+        return real_sample(trial, spec)
+
+    monkeypatch.setattr(space, "sample_overrides", sample_overrides)
+    _sweep(tmp_path, background=False, trials=1)
+    assert [c.get(names.TRIAL_ATTR_WORKER) for c in claimed] == [objective.worker_id()]
+    assert claimed[0][names.TRIAL_ATTR_WORKER_PID_SPACE] == objective.pid_space()
+
+
 def test_auto_records_in_the_background_only_where_a_core_is_left_idle(monkeypatch: pytest.MonkeyPatch) -> None:
     """``finish_in_background: auto`` (the default): the idle-priority helper only where the worker's TensorFlow
     pools span every core it may use, two or more; on one core or a share of them (``--workers N``) in line."""

@@ -130,6 +130,30 @@ def test_a_dead_local_workers_trial_on_a_journal_is_failed_with_its_reason_and_q
     assert names.TRIAL_ATTR_WORKER not in retry.user_attrs
 
 
+def test_a_trial_whose_worker_died_before_claiming_it_is_failed_after_the_grace_period(tmp_path: Path) -> None:
+    """A worker killed between the ask and its `claim_trial` leaves a RUNNING trial with no worker attr: failed
+    and queued once it has stayed so for `grace_s` of the checking process's clock (it hung the rerun before)."""
+    from sweeps.objective import UnclaimedTrials, claim_trial, fail_dead_local_trials
+
+    now = [100.0]
+    unclaimed = UnclaimedTrials(30.0, clock=lambda: now[0])
+    study = optuna.create_study(storage=make_storage(f"journal:///{tmp_path}/study.log"), direction="maximize")
+    bare = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # its worker died right here
+    late = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # a live worker, claiming a bit late
+    assert fail_dead_local_trials(study, max_retries=2, unclaimed=unclaimed) == []
+    now[0] += 20.0
+    claim_trial(late)
+    assert fail_dead_local_trials(study, max_retries=2, unclaimed=unclaimed) == []
+    now[0] += 10.0
+    assert fail_dead_local_trials(study, max_retries=2, unclaimed=unclaimed) == [bare.number]
+    trials = study.get_trials()
+    assert trials[bare.number].state == S.FAIL and trials[late.number].state == S.RUNNING
+    assert trials[bare.number].user_attrs[names.TRIAL_ATTR_REASON] == "dead_worker"
+    (retry,) = trials[2:]
+    assert retry.state == S.WAITING and retry.params == trials[bare.number].params
+    assert fail_dead_local_trials(study, max_retries=2, unclaimed=unclaimed) == []
+
+
 def test_a_worker_in_another_pid_namespace_of_this_machine_is_not_taken_for_dead(tmp_path: Path) -> None:
     """A container on this kernel with this host name numbers its processes apart: its worker's pid, gone here,
     says nothing. The pid space (boot id and pid namespace) is read from a real process in a new namespace."""
