@@ -3,7 +3,8 @@
 * four workers share one SQLite study; one is SIGKILLed mid-trial: its trial is failed through the
   heartbeat and retried (same params, from its checkpoint), the budget is met exactly, no lock errors;
 * the only process is SIGKILLed: rerunning the same command finishes the budget, nothing left RUNNING (on a
-  SQLite study through the heartbeat, on a journal file through the dead worker's pid);
+  SQLite study through the heartbeat, on a journal file through the dead worker's pid, or, for a worker killed
+  before it claimed its trial, through the trial staying unclaimed);
 * SIGTERM: the trial is FAIL/KILLED, the process exits non-zero, and the rerun resumes the trial.
 """
 from __future__ import annotations
@@ -117,6 +118,47 @@ def test_sigkill_of_the_only_process_then_rerun_finishes_with_nothing_left_runni
     assert seen["runs"][victim.number].info.status == "KILLED"
     assert seen["runs"][victim.number].data.tags["siamese_sweep.reason"] == reason
     assert client.get_run(seen["parent_id"]).info.status == "FINISHED"
+
+
+_ASK_THEN_DIE = """
+import os, signal, sys
+from sweeps.spec import load_spec
+from sweeps.study import ensure_parent_run, open_study
+from sweeps.tracking import Tracker
+spec = load_spec(sys.argv[1])
+opened = open_study(spec, storage_url=sys.argv[2], study_name=sys.argv[3])
+ensure_parent_run(opened, Tracker(os.environ["MLFLOW_TRACKING_URI"]), spec)  # as `run` does before any trial
+opened.study.ask()
+os.kill(os.getpid(), signal.SIGKILL)  # a worker killed right after asking, before it claimed the trial
+"""
+
+
+def test_a_worker_killed_right_after_asking_for_a_trial_on_a_journal_does_not_hang_the_rerun(
+        mlflow_server_pg, client, tmp_path: Path) -> None:
+    """The trial has no worker attr to check: the rerun fails it once it has stayed unclaimed for
+    `study.grace_period` (4 s here) and finishes the budget; before, it waited for that trial for good."""
+    import subprocess
+    import sys
+
+    storage, name = f"journal:///{tmp_path}/optuna.log", "unclaimed"
+    spec = write_spec(tmp_path / "spec.yaml", spec_dict(tmp_path, name=name, trials=2))
+    env = clean_env(**mlflow_server_pg.env())
+    died = subprocess.run([sys.executable, "-c", _ASK_THEN_DIE, str(spec), storage, name], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
+    (orphan,) = load_study(storage, name).trials
+    assert orphan.state == S.RUNNING and "worker" not in orphan.user_attrs
+
+    rerun = Proc(_run_args(spec, storage), tmp_path, env, name="rerun").start()
+    assert rerun.wait(300) == 0, rerun.stderr[-3000:]
+    study = load_study(storage, name)
+    check_sweep_invariants(study, client, epochs=spec_dict(tmp_path)["base"]["epochs"], budget=2)  # no run for it
+    trials = {t.number: t for t in study.trials}
+    assert trials[orphan.number].state == S.FAIL
+    assert trials[orphan.number].user_attrs["reason"] == "dead_worker"
+    (retry,) = [t for t in trials.values() if t.system_attrs.get("failed_trial") == orphan.number]
+    assert retry.state == S.COMPLETE and retry.user_attrs["worker"].endswith(f":{rerun.pid}")
+    assert "no worker for 4s" in rerun.stderr
 
 
 def test_sigterm_fails_the_trial_kills_its_run_and_the_rerun_resumes_it(
