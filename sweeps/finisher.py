@@ -25,11 +25,14 @@ import copy
 import datetime
 import logging
 import threading
+import time
 from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
+
+from . import names
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +175,8 @@ class Heartbeat:
     """Optuna's heartbeat for every trial this worker holds: the one training in the worker's thread and the
     one finishing in the background. ``study.optimize`` beats only while its objective runs; a trial told
     after a background finish must beat until it is told, or another worker's ``fail_stale_trials`` fails it.
+    On a journal storage, which Optuna gives no heartbeat, the beat is the trial's ``siamese_sweep_beat`` system
+    attr, rewritten every ``beat_interval``; `sweeps.objective.SilentTrials` fails a trial whose beat stops.
 
     Optuna has no public accessor for a study's storage or a trial's id; its own optimize loop uses
     ``study._storage`` and ``trial._trial_id`` the same way (``optuna/study/_optimize.py``).
@@ -180,7 +185,10 @@ class Heartbeat:
 
     def __init__(self, study: optuna.Study) -> None:
         storage: Any = study._storage  # RDBStorage (and its cache) implement Optuna's BaseHeartbeat
-        interval = storage.get_heartbeat_interval() if hasattr(storage, "record_heartbeat") else None
+        self._optuna_beats = hasattr(storage, "record_heartbeat")
+        # a journal storage has no heartbeat of Optuna's: the beat is a system attr (`names.SYSTEM_ATTR_BEAT`)
+        interval = (storage.get_heartbeat_interval() if self._optuna_beats
+                    else getattr(storage, "beat_interval", None))
         self._storage = storage
         self.interval: float | None = float(interval) if interval else None
         self._held: dict[int, int] = {}  # trial number -> trial id
@@ -213,7 +221,12 @@ class Heartbeat:
             return
         for trial_id in trial_ids:
             try:
-                self._storage.record_heartbeat(trial_id)
+                if self._optuna_beats:
+                    self._storage.record_heartbeat(trial_id)
+                else:
+                    self._storage.set_trial_system_attr(trial_id, names.SYSTEM_ATTR_BEAT, time.time())
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # told meanwhile (released after this beat's list was taken): it needs no beat
             except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the grace period covers a few
                 log.warning("could not record the heartbeat of trial id %d: %s", trial_id, exc)
 

@@ -133,6 +133,9 @@ STUDY_ATTR_STOPPED = "stopped"                         # why study.stop ended th
 # Written by RetryHeartbeatStaleTrialCallback on a stale trial's retry; `storage.requeue_trial` writes the same.
 SYSTEM_ATTR_FAILED_TRIAL = "failed_trial"
 SYSTEM_ATTR_RETRY_HISTORY = "retry_history"
+# journal storages (no Optuna heartbeat): the time.time() a worker last beat for its trial, every
+# study.heartbeat_interval (`sweeps.finisher.Heartbeat`); `sweeps.objective.SilentTrials` only sees it change
+SYSTEM_ATTR_BEAT = "siamese_sweep_beat"
 
 # ---------------------------------------------------------------- environment variables we invent
 ENV_TRACKING_RETRY_SECONDS = "SIAMESE_SWEEP_MLFLOW_RETRY_SECONDS"  # how long a trial keeps retrying MLflow

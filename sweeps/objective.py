@@ -92,52 +92,63 @@ def local_worker_pid(trial: optuna.trial.FrozenTrial) -> int | None:
 
 def claim_trial(trial: optuna.Trial) -> None:
     """Write which process runs `trial` (``worker_pid_space``, then ``worker``: a reader that finds the pid finds
-    where it is meant) before the trial does anything else. A worker killed before these land leaves a trial
-    that `UnclaimedTrials` finds; one killed after, a pid that `fail_dead_local_trials` checks."""
+    where it is meant) before the trial does anything else: a worker on this machine killed after these land
+    leaves a pid that `fail_dead_worker_trials` checks at once."""
     trial.set_user_attr(names.TRIAL_ATTR_WORKER_PID_SPACE, pid_space())
     trial.set_user_attr(names.TRIAL_ATTR_WORKER, worker_id())
 
 
-class UnclaimedTrials:
-    """RUNNING trials seen without a ``worker`` attr, and since when by this process's clock (a trial's
-    ``datetime_start`` is the asking machine's local time, which says nothing here). A worker writes the attr
-    right after it asks for a trial (`claim_trial`); a trial still without it `grace_s` after this process first
-    saw it lost its worker in between: killed right after the ask."""
+class SilentTrials:
+    """RUNNING trials that show no sign of a live worker, by this process's clock: their ``worker`` attr and
+    their beat (``siamese_sweep_beat``, rewritten every ``study.heartbeat_interval`` by the worker's
+    `sweeps.finisher.Heartbeat` on a journal storage) unchanged for `grace_s` since this process saw them so.
+
+    Only a change is looked for, never a time compared: a trial's start and beat are another machine's clock. So
+    a worker dead on any machine is found, one killed right after asking for its trial (no attr, no beat) too;
+    a trial is failed no sooner than `grace_s` after this process first saw it.
+    """
 
     def __init__(self, grace_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.grace_s = grace_s
         self.clock = clock
-        self._since: dict[int, float] = {}  # trial number -> when first seen unclaimed
+        self._seen: dict[int, tuple[Any, float]] = {}  # trial number -> (its signs, since when unchanged)
 
     def overdue(self, running: list[optuna.trial.FrozenTrial]) -> set[int]:
         now = self.clock()
-        bare = [t.number for t in running if names.TRIAL_ATTR_WORKER not in t.user_attrs]
-        self._since = {n: self._since.get(n, now) for n in bare}
-        return {n for n, since in self._since.items() if now - since >= self.grace_s}
+        signs = {t.number: (t.user_attrs.get(names.TRIAL_ATTR_WORKER), t.system_attrs.get(names.SYSTEM_ATTR_BEAT))
+                 for t in running}
+        seen = {}
+        for number, sign in signs.items():
+            before = self._seen.get(number)
+            seen[number] = before if before is not None and before[0] == sign else (sign, now)
+        self._seen = seen
+        return {n for n, (_, since) in seen.items() if now - since >= self.grace_s}
 
 
-def fail_dead_local_trials(study: optuna.Study, *, max_retries: int,
-                           unclaimed: UnclaimedTrials | None = None) -> list[int]:
-    """On a storage without heartbeats (a journal file): fail the RUNNING trials whose worker (their ``worker``
-    attr, ``host:pid``) was a process on this machine that no longer exists, and, with `unclaimed`, those whose
-    worker never wrote that attr, and queue them again, as Optuna's heartbeat does on RDB storages. Returns
-    their numbers.
+def fail_dead_worker_trials(study: optuna.Study, *, max_retries: int,
+                            silent: SilentTrials | None = None) -> list[int]:
+    """On a storage without Optuna's heartbeat (a journal file): fail the RUNNING trials whose worker (their
+    ``worker`` attr, ``host:pid``) was a process on this machine that no longer exists, and, with `silent`, those
+    whose worker shows no sign of life, and queue them again, as Optuna's heartbeat does on RDB storages.
+    Returns their numbers.
 
     Without it a SIGKILLed worker's trial stayed RUNNING for good, and the rerun, counting it as running, waited
-    for it once the rest of the budget was done. A worker on another machine cannot be checked so: its trial
-    still has to be failed by hand.
+    for it once the rest of the budget was done. The pid finds a dead worker on this machine at once; the
+    silence, on any machine, after ``study.grace_period``.
     """
     failed = []
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    overdue = unclaimed.overdue(running) if unclaimed is not None else set()
+    overdue = silent.overdue(running) if silent is not None else set()
     for t in running:
-        if unclaimed is not None and t.number in overdue:
-            gone = f"has had no worker for {unclaimed.grace_s:g}s (its worker died right after asking for it)"
+        worker = t.user_attrs.get(names.TRIAL_ATTR_WORKER)
+        pid = local_worker_pid(t)
+        if pid is not None and not pid_alive(pid):
+            gone = f"its worker {worker} is gone from this machine"
+        elif silent is not None and t.number in overdue:
+            gone = (f"has had no sign of its worker {worker or '(none: it died right after asking for it)'} for "
+                    f"{silent.grace_s:g}s")
         else:
-            pid = local_worker_pid(t)
-            if pid is None or pid_alive(pid):
-                continue
-            gone = f"its worker {t.user_attrs[names.TRIAL_ATTR_WORKER]} is gone from this machine"
+            continue
         queued = requeue_trial(study, t, max_retries=max_retries, drop_user_attrs=_NOT_INHERITED)  # while RUNNING
         # Optuna has no public call that sets a user attr on a trial this process did not ask for (its own
         # `fail_stale_trials` writes through the storage too); pinned by tests/sweeps/test_public_apis.py

@@ -14,7 +14,7 @@ tracking_unavailable_at_start  FAIL      -               yes      MLflow refused
 tracking_unavailable           FAIL      KILLED (later)  yes      MLflow refused calls for the whole retry budget
 interrupted                    FAIL      KILLED          yes      SIGTERM or Ctrl-C
 stale_heartbeat                FAIL      KILLED (later)  yes      its worker died: failed by Optuna's heartbeat
-dead_worker                    FAIL      KILLED (later)  yes      worker gone from this host, or never claimed (journal)
+dead_worker                    FAIL      KILLED (later)  yes      its worker died: pid gone or beat stopped (journal)
 <exception type>               FAIL      FAILED          no       an exception in training or in user code
 =============================  ========  ==============  =======  ======================================================
 
@@ -93,7 +93,7 @@ TRACKING_UNAVAILABLE = Outcome("tracking_unavailable", FAIL, KILLED, True, False
 INTERRUPTED = Outcome("interrupted", FAIL, KILLED, True, True, "SIGTERM or Ctrl-C", raised_by=(KeyboardInterrupt,))
 STALE_HEARTBEAT = Outcome("stale_heartbeat", FAIL, KILLED, True, False, "its worker died: failed by Optuna's heartbeat")
 DEAD_WORKER = Outcome("dead_worker", FAIL, KILLED, True, False,
-                      "worker gone from this host, or never claimed (journal)")
+                      "its worker died: pid gone or beat stopped (journal)")
 CRASH = Outcome("<exception type>", FAIL, FAILED, False, True, "an exception in training or in user code",
                 raised_by=(BaseException,), family=_type_name)
 

@@ -3,7 +3,8 @@
 * ``sqlite:///optuna.db`` (default), ``postgresql://...``, ``mysql://...`` -> `RDBStorage`
   with a heartbeat, so a dead worker's trial is failed and retried.
 * ``journal:///path/study.log`` (or a path ending in ``.log``/``.journal``) -> `SignalSafeJournalStorage`
-  (no heartbeat: Optuna supports it on RDB storages only).
+  (Optuna's heartbeat is for RDB storages only: workers beat here themselves, `sweeps.finisher.Heartbeat`, and
+  a trial whose beat stops is failed by `sweeps.objective.fail_dead_worker_trials`).
 * ``memory`` -> in-process storage (tests, notebooks).
 
 RDB storages come wrapped in `RetryingStorage`: a call that meets a database outage (a PostgreSQL
@@ -95,7 +96,9 @@ def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 
         path = _journal_path(url)
         assert path is not None
         path.parent.mkdir(parents=True, exist_ok=True)
-        return SignalSafeJournalStorage(JournalFileBackend(str(path)))
+        journal = SignalSafeJournalStorage(JournalFileBackend(str(path)))
+        journal.beat_interval = float(heartbeat_interval)
+        return journal
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://"):]
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
@@ -121,7 +124,12 @@ class SignalSafeJournalStorage(JournalStorage):
     writes, ad hoc), and every later write of the process, the interrupted trial's FAIL and re-queue among them,
     then waited out Optuna's 30 s grace period for a stale lock. A call cut between reading the log and applying
     it would leave the replayed state half-updated too. Each public method runs whole, then the stop is raised.
+
+    Optuna's heartbeat is for RDB storages only; `beat_interval` (``study.heartbeat_interval``) is how often a
+    worker's `sweeps.finisher.Heartbeat` writes its trials' beat here instead.
     """
+
+    beat_interval: float = 10.0
 
 
 def _held(method: Callable[..., T]) -> Callable[..., T]:
@@ -425,7 +433,8 @@ def requeue_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, max_r
     if len(history) > max_retries:
         return False
     # like RetryHeartbeatStaleTrialCallback: the first failed trial stays the one every retry names
-    system_attrs: dict[str, Any] = {names.SYSTEM_ATTR_FAILED_TRIAL: trial.number, **trial.system_attrs,
+    inherited = {k: v for k, v in trial.system_attrs.items() if k != names.SYSTEM_ATTR_BEAT}  # its worker's
+    system_attrs: dict[str, Any] = {names.SYSTEM_ATTR_FAILED_TRIAL: trial.number, **inherited,
                                     names.SYSTEM_ATTR_RETRY_HISTORY: history}
     user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in drop_user_attrs}
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, params=trial.params,

@@ -28,7 +28,7 @@ from . import artifacts, names, outcomes
 from .checkpoints import shared_through_mlflow
 from .errors import SweepFatal, TrackingUnavailable
 from .finisher import Deferred, Finisher, Heartbeat, LookAhead, as_told, records_in_background
-from .objective import Objective, TrialContext, UnclaimedTrials, fail_dead_local_trials
+from .objective import Objective, SilentTrials, TrialContext, fail_dead_worker_trials
 from .recorder import Recorder
 from .signals import StopRequest, stop_on_signals
 from .spec import SweepSpec
@@ -257,8 +257,8 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
                              tracker_name=repr(tracker), finisher=ctx.finisher,
                              warm_up=artifacts.warm_up if background and spec.tracking.log_plots else None,
                              at_last_finish=at_last_finish,
-                             fail_dead=partial(fail_dead_local_trials, study, max_retries=spec.study.max_retries,
-                                               unclaimed=UnclaimedTrials(spec.study.grace_period))
+                             fail_dead=partial(fail_dead_worker_trials, study, max_retries=spec.study.max_retries,
+                                               silent=SilentTrials(spec.study.grace_period))
                              if storage_kind(opened.storage_url) == "journal" else None)
     finally:
         if ctx.recorder is not None:

@@ -78,6 +78,7 @@ class Proc:
     cwd: Path
     env: dict[str, str]
     name: str = "proc"
+    prefix: list[str] = field(default_factory=list)  # run the CLI under this command (e.g. unshare)
     popen: subprocess.Popen | None = None
     out_path: Path = field(init=False)
     err_path: Path = field(init=False)
@@ -91,8 +92,8 @@ class Proc:
 
     def start(self) -> Proc:
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.popen = subprocess.Popen(cli() + self.args, cwd=self.cwd, env=self.env, stdout=out, stderr=err,
-                                          stdin=subprocess.DEVNULL)
+            self.popen = subprocess.Popen(self.prefix + cli() + self.args, cwd=self.cwd, env=self.env, stdout=out,
+                                          stderr=err, stdin=subprocess.DEVNULL)
         return self
 
     @property

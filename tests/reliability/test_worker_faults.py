@@ -135,8 +135,8 @@ os.kill(os.getpid(), signal.SIGKILL)  # a worker killed right after asking, befo
 
 def test_a_worker_killed_right_after_asking_for_a_trial_on_a_journal_does_not_hang_the_rerun(
         mlflow_server_pg, client, tmp_path: Path) -> None:
-    """The trial has no worker attr to check: the rerun fails it once it has stayed unclaimed for
-    `study.grace_period` (4 s here) and finishes the budget; before, it waited for that trial for good."""
+    """The trial has no worker attr nor beat: the rerun fails it once it has stayed so for `study.grace_period`
+    (4 s here) and finishes the budget; before, it waited for that trial for good."""
     import subprocess
     import sys
 
@@ -158,7 +158,48 @@ def test_a_worker_killed_right_after_asking_for_a_trial_on_a_journal_does_not_ha
     assert trials[orphan.number].user_attrs["reason"] == "dead_worker"
     (retry,) = [t for t in trials.values() if t.system_attrs.get("failed_trial") == orphan.number]
     assert retry.state == S.COMPLETE and retry.user_attrs["worker"].endswith(f":{rerun.pid}")
-    assert "no worker for 4s" in rerun.stderr
+    assert "no sign of its worker (none: it died right after asking for it) for 4s" in rerun.stderr
+
+
+def test_a_worker_dead_in_another_pid_space_on_a_journal_is_failed_by_its_silence_and_the_rerun_finishes(
+        mlflow_server_pg, client, tmp_path: Path) -> None:
+    """What a worker dead on another machine leaves, made here: `run` in its own pid namespace (its trial's
+    ``worker`` is ``host:1``, a pid that means another process here), SIGKILLed mid-trial. The rerun cannot
+    check that pid; it fails the trial once its beat has stopped for `study.grace_period` (4 s) and finishes the
+    budget. Before, the trial stayed RUNNING and the rerun waited for it for good."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) (util-linux)")
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--kill-child", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a pid namespace here: {probe.stderr.strip()}")
+    storage, name = f"journal:///{tmp_path}/optuna.log", "elsewhere"
+    spec = write_spec(tmp_path / "spec.yaml", spec_dict(tmp_path, name=name, trials=2, base=LONG_EPOCHS))
+    env = clean_env(**mlflow_server_pg.env())
+    # --kill-child: the SIGKILL of `unshare` reaches `run` (pid 1 there) and, with it, all of that namespace
+    first = Proc(_run_args(spec, storage), tmp_path, env, name="elsewhere",
+                 prefix=["unshare", "--pid", "--fork", "--kill-child", "--"]).start()
+    try:
+        victim = wait_for(lambda: running_trial_after_epoch(storage, name, client, 1), timeout=240,
+                          what="a trial past its second epoch", procs=[first])
+        first.signal(signal.SIGKILL)
+        first.wait(30)
+    finally:
+        first.kill()
+    assert victim.user_attrs["worker"].endswith(":1")
+    assert load_study(storage, name).trials[victim.number].state == S.RUNNING
+
+    rerun = Proc(_run_args(spec, storage), tmp_path, env, name="rerun").start()
+    assert rerun.wait(300) == 0, rerun.stderr[-3000:]
+    study = load_study(storage, name)
+    seen = check_sweep_invariants(study, client, epochs=EPOCHS, budget=2)
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert retry.state == S.COMPLETE and retry.params == victim.params
+    assert seen["runs"][victim.number].info.status == "KILLED"
+    assert seen["runs"][victim.number].data.tags["siamese_sweep.reason"] == "dead_worker"
+    assert f"no sign of its worker {victim.user_attrs['worker']} for 4s" in rerun.stderr
 
 
 def test_sigterm_fails_the_trial_kills_its_run_and_the_rerun_resumes_it(

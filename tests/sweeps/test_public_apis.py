@@ -94,14 +94,14 @@ def test_our_rdb_storage_keeps_optunas_heartbeat_and_cache(tmp_path: Path) -> No
 
 
 def test_a_dead_local_workers_trial_on_a_journal_is_failed_with_its_reason_and_queued(tmp_path: Path) -> None:
-    """`fail_dead_local_trials` writes the reason through the storage (Optuna has no public user-attr write on a
+    """`fail_dead_worker_trials` writes the reason through the storage (Optuna has no public user-attr write on a
     trial this process did not ask for). Only a trial whose worker named this host and a pid that is gone is
     failed; a live worker's, another host's and one with no worker yet stay RUNNING."""
     import socket
     import subprocess
     import sys
 
-    from sweeps.objective import fail_dead_local_trials
+    from sweeps.objective import fail_dead_worker_trials
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
@@ -113,7 +113,7 @@ def test_a_dead_local_workers_trial_on_a_journal_is_failed_with_its_reason_and_q
         trial.set_user_attr(names.TRIAL_ATTR_RUN_ID, "run-1")
         if worker is not None:
             trial.set_user_attr(names.TRIAL_ATTR_WORKER, worker)
-    assert fail_dead_local_trials(study, max_retries=2) == [0]
+    assert fail_dead_worker_trials(study, max_retries=2) == [0]
     trials = study.get_trials()
     assert [t.state for t in trials[:4]] == [S.FAIL, S.RUNNING, S.RUNNING, S.RUNNING]
     assert trials[0].user_attrs[names.TRIAL_ATTR_REASON] == "dead_worker"
@@ -121,11 +121,11 @@ def test_a_dead_local_workers_trial_on_a_journal_is_failed_with_its_reason_and_q
     assert retry.state == S.WAITING and retry.params == trials[0].params
     assert retry.system_attrs[names.SYSTEM_ATTR_FAILED_TRIAL] == 0
     assert names.TRIAL_ATTR_RUN_ID not in retry.user_attrs
-    assert fail_dead_local_trials(study, max_retries=2) == []  # once
+    assert fail_dead_worker_trials(study, max_retries=2) == []  # once
     # a worker takes the retry; until its own worker attr lands, the dead one's must not make it look dead too
     # (it was copied to the retry before: the next round failed the retry as soon as it started)
     assert study.ask().number == retry.number
-    assert fail_dead_local_trials(study, max_retries=2) == []
+    assert fail_dead_worker_trials(study, max_retries=2) == []
     assert study.get_trials()[retry.number].state == S.RUNNING
     assert names.TRIAL_ATTR_WORKER not in retry.user_attrs
 
@@ -133,25 +133,82 @@ def test_a_dead_local_workers_trial_on_a_journal_is_failed_with_its_reason_and_q
 def test_a_trial_whose_worker_died_before_claiming_it_is_failed_after_the_grace_period(tmp_path: Path) -> None:
     """A worker killed between the ask and its `claim_trial` leaves a RUNNING trial with no worker attr: failed
     and queued once it has stayed so for `grace_s` of the checking process's clock (it hung the rerun before)."""
-    from sweeps.objective import UnclaimedTrials, claim_trial, fail_dead_local_trials
+    from sweeps.objective import SilentTrials, claim_trial, fail_dead_worker_trials
 
     now = [100.0]
-    unclaimed = UnclaimedTrials(30.0, clock=lambda: now[0])
+    silent = SilentTrials(30.0, clock=lambda: now[0])
     study = optuna.create_study(storage=make_storage(f"journal:///{tmp_path}/study.log"), direction="maximize")
     bare = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # its worker died right here
     late = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # a live worker, claiming a bit late
-    assert fail_dead_local_trials(study, max_retries=2, unclaimed=unclaimed) == []
+    assert fail_dead_worker_trials(study, max_retries=2, silent=silent) == []
     now[0] += 20.0
     claim_trial(late)
-    assert fail_dead_local_trials(study, max_retries=2, unclaimed=unclaimed) == []
+    assert fail_dead_worker_trials(study, max_retries=2, silent=silent) == []
     now[0] += 10.0
-    assert fail_dead_local_trials(study, max_retries=2, unclaimed=unclaimed) == [bare.number]
+    assert fail_dead_worker_trials(study, max_retries=2, silent=silent) == [bare.number]
     trials = study.get_trials()
     assert trials[bare.number].state == S.FAIL and trials[late.number].state == S.RUNNING
     assert trials[bare.number].user_attrs[names.TRIAL_ATTR_REASON] == "dead_worker"
     (retry,) = trials[2:]
     assert retry.state == S.WAITING and retry.params == trials[bare.number].params
-    assert fail_dead_local_trials(study, max_retries=2, unclaimed=unclaimed) == []
+    assert fail_dead_worker_trials(study, max_retries=2, silent=silent) == []
+
+
+def test_a_trial_whose_worker_stopped_beating_on_another_machine_is_failed_after_the_grace_period(
+        tmp_path: Path) -> None:
+    """A journal storage has no heartbeat of Optuna's: a worker's `Heartbeat` rewrites its trials' beat attr, and
+    `SilentTrials` fails a trial whose beat has not changed for `grace_s` by the checker's own clock, wherever
+    its worker ran (the pid of another host's worker says nothing here). Before, such a trial stayed RUNNING."""
+    from sweeps.objective import SilentTrials, fail_dead_worker_trials
+
+    now = [0.0]
+    silent = SilentTrials(30.0, clock=lambda: now[0])
+    study = optuna.create_study(storage=make_storage(f"journal:///{tmp_path}/study.log"), direction="maximize")
+    trials = [study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}) for _ in range(2)]
+    for i, trial in enumerate(trials):
+        trial.set_user_attr(names.TRIAL_ATTR_WORKER, f"elsewhere-{i}:1234")
+        study._storage.set_trial_system_attr(trial._trial_id, names.SYSTEM_ATTR_BEAT, 1000.0)
+    assert fail_dead_worker_trials(study, max_retries=2, silent=silent) == []
+    for beat in (1010.0, 1020.0, 1030.0):  # the second one's worker beats every 10 s; the first one's died
+        now[0] += 10.0
+        study._storage.set_trial_system_attr(trials[1]._trial_id, names.SYSTEM_ATTR_BEAT, beat)
+        assert fail_dead_worker_trials(study, max_retries=2, silent=silent) == ([0] if now[0] >= 30 else [])
+    frozen = study.get_trials()
+    assert [t.state for t in frozen[:2]] == [S.FAIL, S.RUNNING]
+    assert frozen[0].user_attrs[names.TRIAL_ATTR_REASON] == "dead_worker"
+    (retry,) = frozen[2:]
+    assert retry.state == S.WAITING and names.SYSTEM_ATTR_BEAT not in retry.system_attrs  # the dead one's beat
+
+
+def test_the_heartbeat_beats_on_a_journal_until_the_trial_is_released(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """`Heartbeat` writes the beat attr at once when it takes a trial, then every `beat_interval`
+    (``study.heartbeat_interval``); a trial told meanwhile is no error."""
+    import time
+
+    from sweeps.finisher import Heartbeat
+
+    storage = make_storage(f"journal:///{tmp_path}/study.log", heartbeat_interval=1)
+    assert storage.beat_interval == 1.0
+    storage.beat_interval = 0.1
+    study = optuna.create_study(storage=storage, direction="maximize")
+    trial = study.ask()
+
+    def beat() -> float:
+        return float(study.get_trials()[0].system_attrs[names.SYSTEM_ATTR_BEAT])
+
+    with Heartbeat(study) as heartbeat:
+        heartbeat.hold(trial)
+        first = beat()
+        time.sleep(0.5)
+        assert beat() > first
+        study.tell(trial, 1.0)  # told before it is released: a beat may land on a finished trial
+        time.sleep(0.3)
+        heartbeat.release(trial)
+        told = beat()
+        time.sleep(0.3)
+        assert beat() == told
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
 
 
 def test_a_worker_in_another_pid_namespace_of_this_machine_is_not_taken_for_dead(tmp_path: Path) -> None:
@@ -162,7 +219,7 @@ def test_a_worker_in_another_pid_namespace_of_this_machine_is_not_taken_for_dead
     import subprocess
     import sys
 
-    from sweeps.objective import fail_dead_local_trials, pid_space
+    from sweeps.objective import fail_dead_worker_trials, pid_space
 
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare(1) (util-linux)")
@@ -185,5 +242,5 @@ def test_a_worker_in_another_pid_namespace_of_this_machine_is_not_taken_for_dead
         trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-    assert fail_dead_local_trials(study, max_retries=2) == [1, 2]
+    assert fail_dead_worker_trials(study, max_retries=2) == [1, 2]
     assert study.get_trials()[0].state == S.RUNNING
