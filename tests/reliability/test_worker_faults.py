@@ -95,6 +95,21 @@ def test_four_workers_one_sigkilled_meet_the_exact_budget_without_lock_errors(
         assert "traceback" not in err, w.stderr[-3000:]
 
 
+def _rerun_retries_the_killed_trial(spec: Path, storage: str, name: str, client, tmp_path: Path,
+                                    env: dict[str, str], victim: Any, reason: str) -> Proc:
+    """Rerun the sweep: it finishes the budget, the killed trial's run KILLED with `reason`, its retry COMPLETE."""
+    rerun = Proc(_run_args(spec, storage), tmp_path, env, name="rerun").start()
+    assert rerun.wait(300) == 0, rerun.stderr[-3000:]
+    study = load_study(storage, name)
+    seen = check_sweep_invariants(study, client, epochs=EPOCHS, budget=2)
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert retry.state == S.COMPLETE and retry.params == victim.params
+    assert seen["runs"][victim.number].info.status == "KILLED"
+    assert seen["runs"][victim.number].data.tags["siamese_sweep.reason"] == reason
+    assert client.get_run(seen["parent_id"]).info.status == "FINISHED"
+    return rerun
+
+
 @pytest.mark.parametrize("kind, reason", [("sqlite", "stale_heartbeat"), ("journal", "dead_worker")])
 def test_sigkill_of_the_only_process_then_rerun_finishes_with_nothing_left_running(
         mlflow_server_pg, client, tmp_path: Path, kind: str, reason: str) -> None:
@@ -109,15 +124,7 @@ def test_sigkill_of_the_only_process_then_rerun_finishes_with_nothing_left_runni
     assert load_study(storage, name).trials[victim.number].state == S.RUNNING
     assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "RUNNING"
 
-    rerun = Proc(_run_args(spec, storage), tmp_path, env, name="rerun").start()
-    assert rerun.wait(300) == 0, rerun.stderr[-3000:]
-    study = load_study(storage, name)
-    seen = check_sweep_invariants(study, client, epochs=EPOCHS, budget=2)
-    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
-    assert retry.state == S.COMPLETE and retry.params == victim.params
-    assert seen["runs"][victim.number].info.status == "KILLED"
-    assert seen["runs"][victim.number].data.tags["siamese_sweep.reason"] == reason
-    assert client.get_run(seen["parent_id"]).info.status == "FINISHED"
+    _rerun_retries_the_killed_trial(spec, storage, name, client, tmp_path, env, victim, reason)
 
 
 _ASK_THEN_DIE = """
@@ -191,14 +198,7 @@ def test_a_worker_dead_in_another_pid_space_on_a_journal_is_failed_by_its_silenc
     assert victim.user_attrs["worker"].endswith(":1")
     assert load_study(storage, name).trials[victim.number].state == S.RUNNING
 
-    rerun = Proc(_run_args(spec, storage), tmp_path, env, name="rerun").start()
-    assert rerun.wait(300) == 0, rerun.stderr[-3000:]
-    study = load_study(storage, name)
-    seen = check_sweep_invariants(study, client, epochs=EPOCHS, budget=2)
-    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
-    assert retry.state == S.COMPLETE and retry.params == victim.params
-    assert seen["runs"][victim.number].info.status == "KILLED"
-    assert seen["runs"][victim.number].data.tags["siamese_sweep.reason"] == "dead_worker"
+    rerun = _rerun_retries_the_killed_trial(spec, storage, name, client, tmp_path, env, victim, "dead_worker")
     assert f"no sign of its worker {victim.user_attrs['worker']} for 4s" in rerun.stderr
 
 
