@@ -61,9 +61,11 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+@functools.cache  # fixed for a process's life (a process cannot enter another pid namespace itself)
 def pid_space() -> str:
     """``<boot id>/<pid namespace>`` of this process: where its pid means this process. Two containers on one
-    kernel may share a host name and still number their processes apart; "" where Linux's /proc does not say."""
+    kernel may share a host name and still number their processes apart; "" where Linux's /proc does not say.
+    `local_worker_pid` asks for every RUNNING trial in every round of the dead-worker check: read once."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
         return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
