@@ -11,8 +11,10 @@ storage and MLflow's backend store at once), lets the sweep finish, then measure
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,12 +48,14 @@ class SoakResult:
     finished: int = 0                  # COMPLETE + PRUNED
     left_running: int = 0              # Optuna trials RUNNING or WAITING at the end
     lost: list[int] = field(default_factory=list)          # FAIL trials whose parameters never finished
+    lost_why: list[str] = field(default_factory=list)      # each lost trial's params, reason and attributes
     runs_left_running: int = 0
     running_runs: list[str] = field(default_factory=list)  # which runs, and what their trials say
     complete_but_incomplete_run: list[str] = field(default_factory=list)
     resumed: int = 0                   # trials that resumed from a checkpoint
     retried: int = 0                   # trials that re-ran a failed one
     tracebacks: int = 0                # worker stderr files with a Python traceback
+    stuck: list[str] = field(default_factory=list)  # workers that did not stop on SIGTERM: their threads' stacks
     storage_retries: int = 0           # Optuna storage calls retried across an outage (sweeps.storage warnings)
     seconds: float = 0.0
 
@@ -62,7 +66,7 @@ class SoakResult:
     @property
     def ok(self) -> bool:
         return (not self.lost and not self.left_running and not self.runs_left_running and self.budget_error == 0
-                and not self.complete_but_incomplete_run and not self.tracebacks)
+                and not self.complete_but_incomplete_run and not self.tracebacks and not self.stuck)
 
     def table(self) -> str:
         rows = [("faults injected", ", ".join(f"{k}: {v}" for k, v in self.faults.items())),
@@ -75,6 +79,7 @@ class SoakResult:
                 ("COMPLETE trials whose run is incomplete", str(len(self.complete_but_incomplete_run))),
                 ("retries / resumed from a checkpoint", f"{self.retried} / {self.resumed}"),
                 ("worker logs with a traceback", str(self.tracebacks)),
+                ("workers that did not stop on SIGTERM in 120 s", str(len(self.stuck))),
                 ("Optuna storage calls retried across an outage", str(self.storage_retries)),
                 ("wall", f"{self.seconds:.0f} s")]
         width = max(len(k) for k, _ in rows)
@@ -106,7 +111,8 @@ def soak(workdir: Path, *, workers: int = 4, trials: int = 40, faults: int = 16,
             spec = write_spec(workdir / "spec.yaml", spec_dict(
                 workdir, name=STUDY, trials=trials, base={**LONG_EPOCHS, "epochs": epochs},
                 study={"max_retries": 100, "max_failures": 10_000}))
-            env = clean_env(OPTUNA_STORAGE=storage, MLFLOW_TRACKING_URI=server.url)
+            # faulthandler: a worker that does not stop on SIGTERM is sent SIGABRT, which prints its stacks
+            env = clean_env(OPTUNA_STORAGE=storage, MLFLOW_TRACKING_URI=server.url, PYTHONFAULTHANDLER="1")
             procs: list[Proc] = []
 
             def start_worker() -> Proc:
@@ -133,7 +139,7 @@ def soak(workdir: Path, *, workers: int = 4, trials: int = 40, faults: int = 16,
                 if injected < faults and live and time.monotonic() >= next_fault and (
                         not paced or _finished(watch) >= injected):
                     kind = order[injected % len(order)]
-                    victim = _inject(kind, rng, live, pg, server, watch)
+                    victim = _inject(kind, rng, live, pg, server, watch, result.stuck)
                     result.faults[kind] += 1
                     injected += 1
                     if victim is not None:
@@ -170,15 +176,23 @@ def _finished(watch: _StudyWatch) -> int:
         return 0
 
 
-def _inject(kind: str, rng: random.Random, live: list[Proc], pg: Any, server: Any, watch: _StudyWatch) -> Proc | None:
-    """Apply one fault; for a worker fault, the stopped worker (to be replaced, as a scheduler would)."""
+def _inject(kind: str, rng: random.Random, live: list[Proc], pg: Any, server: Any, watch: _StudyWatch,
+            stuck: list[str]) -> Proc | None:
+    """Apply one fault; for a worker fault, the stopped worker (to be replaced, as a scheduler would). A worker
+    still there 120 s after SIGTERM gets SIGABRT (its stacks go to its stderr, kept in `stuck`), then SIGKILL,
+    as a scheduler's kill would follow."""
     if kind.startswith("worker"):
         victim = _busy_worker(rng, live, watch)
         victim.signal(signal.SIGKILL if kind == "worker SIGKILL" else signal.SIGTERM)
+        assert victim.popen is not None
         try:
-            victim.wait(120)
-        except AssertionError:  # did not stop on SIGTERM in time: the scheduler's SIGKILL follows
+            victim.popen.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            victim.signal(signal.SIGABRT)  # PYTHONFAULTHANDLER: every thread's stack to stderr
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                victim.popen.wait(timeout=30)
             victim.kill()
+            stuck.append(f"worker {victim.name} (pid {victim.pid}):\n{victim.stderr[-6000:]}")
         return victim
     if kind == "MLflow restart":
         server.restart()
@@ -213,8 +227,14 @@ def _measure(result: SoakResult, storage: str, client: Any, epochs: int, procs: 
     result.trials_total = len(trials)
     result.finished = sum(t.state in (S.COMPLETE, S.PRUNED) for t in trials)
     result.left_running = sum(t.state in (S.RUNNING, S.WAITING) for t in trials)
-    finished_params = [t.params for t in trials if t.state in (S.COMPLETE, S.PRUNED)]
-    result.lost = [t.number for t in trials if t.state == S.FAIL and t.params not in finished_params]
+    finished_params = [t.params.items() for t in trials if t.state in (S.COMPLETE, S.PRUNED)]
+    # a trial stopped before it had sampled every parameter is retried with those it had: its retry samples the
+    # rest (a worker is a fault's victim from its trial's first write on, `sweeps.objective.claim_trial`)
+    result.lost = [t.number for t in trials
+                   if t.state == S.FAIL and not any(t.params.items() <= done for done in finished_params)]
+    result.lost_why = [f"trial {t.number} lost: params {t.params}, reason {t.user_attrs.get(names.TRIAL_ATTR_REASON)}, "
+                       f"worker {t.user_attrs.get(names.TRIAL_ATTR_WORKER)}, system attrs {t.system_attrs}"
+                       for t in trials if t.number in result.lost]
     result.retried = sum(t.system_attrs.get("failed_trial") is not None for t in trials)
     result.resumed = sum(bool(t.user_attrs.get("resumed_from_epoch")) for t in trials)
     if study is not None:
@@ -253,16 +273,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--faults", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", help="work directory to keep (default: a temporary one)")
+    ap.add_argument("--paced", action="store_true",
+                    help="the k-th fault also waits for k finished trials (else a fast sweep can meet its budget "
+                         "before every fault has landed)")
     args = ap.parse_args(argv)
+    kwargs = dict(workers=args.workers, trials=args.trials, faults=args.faults, seed=args.seed, paced=args.paced)
     if args.keep:
         Path(args.keep).mkdir(parents=True, exist_ok=True)
-        result = soak(Path(args.keep), workers=args.workers, trials=args.trials, faults=args.faults, seed=args.seed)
+        result = soak(Path(args.keep), **kwargs)
     else:
         with tempfile.TemporaryDirectory(prefix="siamese-soak-") as tmp:
-            result = soak(Path(tmp), workers=args.workers, trials=args.trials, faults=args.faults, seed=args.seed)
-    print(f"soak: {args.workers} workers, {args.trials} trials, {args.faults} faults, seed {args.seed}\n")
+            result = soak(Path(tmp), **kwargs)
+    print(f"soak: {args.workers} workers, {args.trials} trials, {args.faults} faults, seed {args.seed}"
+          f"{', paced' if args.paced else ''}\n")
     print(result.table())
-    for line in result.complete_but_incomplete_run[:10]:
+    for line in [*result.complete_but_incomplete_run[:10], *result.lost_why, *result.stuck]:
         print("  " + line)
     return 0 if result.ok else 1
 

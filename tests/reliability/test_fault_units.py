@@ -157,6 +157,46 @@ def test_a_stop_inside_a_deferred_block_is_raised_when_the_block_ends() -> None:
         assert StopRequest.requested
 
 
+def test_a_stop_while_the_side_thread_starts_does_not_hang_the_worker_at_exit() -> None:
+    """A soak's SIGTERM landed while a trial's first `TrialRun.in_background` started the side thread: the pool's
+    thread was running but not yet registered for the interpreter's exit (``concurrent.futures.thread``), so
+    the worker cleaned up, then hung at exit joining that idle thread until the soak's SIGKILL 120 s later
+    (reproduced in 1 of 8 short soaks, the stacks read with py-spy). A stop that lands there is now recorded,
+    not raised, and the next `StopRequest.check` raises it. Here the signal is raised right after the pool's
+    ``Thread.start`` (where the race put it); raised there, this process never exits."""
+    import subprocess
+    import sys
+
+    code = """if True:
+        import signal, threading
+        from sweeps.errors import Interrupted
+        from sweeps.signals import StopRequest, stop_on_signals
+        from sweeps.tracking import TrialRun
+
+        real_start = threading.Thread.start
+        def start(self):
+            real_start(self)
+            if self.name.startswith("siamese-sweep-run-side"):
+                signal.raise_signal(signal.SIGTERM)  # before the pool registers the thread it started
+        threading.Thread.start = start
+
+        with stop_on_signals():
+            run = TrialRun(tracker=None, run_id="r")
+            try:
+                run.in_background(lambda: None)
+                StopRequest.check()  # the next check carries the stop out
+            except Interrupted:
+                print("interrupted", flush=True)
+            run.wait_side()
+        print("cleaned up", flush=True)
+    """
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"the process did not exit within 60 s; it printed {exc.stdout!r}") from None
+    assert done.returncode == 0 and done.stdout.split() == ["interrupted", "cleaned", "up"], done
+
+
 def _sigterm_writes(write: Callable[[int, int], None], db: Path, *, rounds: int = 30) -> tuple[int, list[int]]:
     """`rounds` times: a thread sends SIGTERM to this (main) thread 0-30 ms into a burst of writes; after each,
     whether another connection can take the SQLite file's write lock at once. Returns (bursts cut short by the

@@ -20,10 +20,10 @@ def test_a_short_soak_with_every_fault_kind_keeps_the_core_promises(tmp_path: Pa
     print(result.table())
     assert sum(result.faults.values()) == len(KINDS), result.table()
     # the two worker faults hit running trials: both were retried (SIGKILL via the heartbeat, SIGTERM at once)
-    assert result.retried >= 2 and result.worker_exits.get(130) == 1, result.table()
+    assert result.retried >= 2 and result.worker_exits.get(130) == 1, "\n".join([result.table(), *result.stuck])
     assert result.budget_error == 0 and not result.left_running and not result.runs_left_running, result.table()
     assert not result.complete_but_incomplete_run, "\n".join(result.complete_but_incomplete_run)
     # a PostgreSQL restart no longer costs a trial or prints a traceback: the storage's calls wait it out
     # (sweeps.storage.RetryingStorage; deterministic tests in test_storage_outage.py)
-    assert not result.lost and not result.tracebacks, result.table()
+    assert not result.lost and not result.tracebacks, "\n".join([result.table(), *result.lost_why])
 
