@@ -31,43 +31,24 @@ def run_child(args: Sequence[str], *, timeout: float = 3600) -> dict[str, Any]:
 
     Peak RSS is the child's own ``ru_maxrss`` from ``os.wait4`` (that process only, all its threads).
     """
-    import tempfile
-
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    env = {"PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "TF_CPP_MIN_LOG_LEVEL": "2"}
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=err, text=True, env=env)
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                os.wait4(proc.pid, 0)
-                raise TimeoutError(f"child {' '.join(args)} timed out after {timeout} s")
-            time.sleep(0.05)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        wall = time.perf_counter() - t0
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    lines = [line for line in stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join(stderr.strip().splitlines()[-15:])
-        raise RuntimeError(f"child {' '.join(args)} failed (exit {proc.returncode}):\n{tail}")
+    measured = run_measured([sys.executable, *args], env=env, timeout=timeout)
+    lines = [line for line in measured["stdout"].splitlines() if line.startswith("{")]
+    if not lines:
+        tail = "\n".join(measured["stderr"].strip().splitlines()[-15:])
+        raise RuntimeError(f"child {' '.join(args)} printed no JSON line:\n{tail}")
     result = json.loads(lines[-1])
-    result["peak_rss_mb"] = round(usage.ru_maxrss / 1024.0, 1)  # Linux: KiB
-    result["process_seconds"] = round(wall, 2)
+    result["peak_rss_mb"] = round(measured["peak_rss_mb"], 1)
+    result["process_seconds"] = round(measured["wall"], 2)
     return result
 
 
 def run_measured(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 3600) -> dict[str, Any]:
     """Run `cmd` as a new process; its wall time and its own CPU accounting (what ``/usr/bin/time -v`` shows).
 
-    Returns ``wall``, ``user``, ``sys`` (seconds), ``minor_faults``, ``peak_rss_mb`` and ``stdout``; CPU time
-    and faults come from ``os.wait4`` (that process and nothing else).
+    Returns ``wall``, ``user``, ``sys`` (seconds), ``minor_faults``, ``peak_rss_mb``, ``stdout`` and ``stderr``;
+    CPU time and faults come from ``os.wait4`` (that process and nothing else).
     """
     import tempfile
 
@@ -93,7 +74,7 @@ def run_measured(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeo
         tail = "\n".join(stderr.strip().splitlines()[-15:])
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {code}):\n{tail}")
     return {"wall": wall, "user": usage.ru_utime, "sys": usage.ru_stime, "minor_faults": usage.ru_minflt,
-            "peak_rss_mb": usage.ru_maxrss / 1024.0, "stdout": stdout}
+            "peak_rss_mb": usage.ru_maxrss / 1024.0, "stdout": stdout, "stderr": stderr}
 
 
 # --quick: a smoke run on scikit-learn digits (numbers not meaningful)

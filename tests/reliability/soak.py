@@ -47,8 +47,7 @@ class SoakResult:
     trials_total: int = 0
     finished: int = 0                  # COMPLETE + PRUNED
     left_running: int = 0              # Optuna trials RUNNING or WAITING at the end
-    lost: list[int] = field(default_factory=list)          # FAIL trials whose parameters never finished
-    lost_why: list[str] = field(default_factory=list)      # each lost trial's params, reason and attributes
+    lost: dict[int, str] = field(default_factory=dict)     # FAIL trials whose parameters never finished: why
     runs_left_running: int = 0
     running_runs: list[str] = field(default_factory=list)  # which runs, and what their trials say
     complete_but_incomplete_run: list[str] = field(default_factory=list)
@@ -230,11 +229,11 @@ def _measure(result: SoakResult, storage: str, client: Any, epochs: int, procs: 
     finished_params = [t.params.items() for t in trials if t.state in (S.COMPLETE, S.PRUNED)]
     # a trial stopped before it had sampled every parameter is retried with those it had: its retry samples the
     # rest (a worker is a fault's victim from its trial's first write on, `sweeps.objective.claim_trial`)
-    result.lost = [t.number for t in trials
-                   if t.state == S.FAIL and not any(t.params.items() <= done for done in finished_params)]
-    result.lost_why = [f"trial {t.number} lost: params {t.params}, reason {t.user_attrs.get(names.TRIAL_ATTR_REASON)}, "
-                       f"worker {t.user_attrs.get(names.TRIAL_ATTR_WORKER)}, system attrs {t.system_attrs}"
-                       for t in trials if t.number in result.lost]
+    result.lost = {t.number: f"trial {t.number} lost: params {t.params}, "
+                             f"reason {t.user_attrs.get(names.TRIAL_ATTR_REASON)}, "
+                             f"worker {t.user_attrs.get(names.TRIAL_ATTR_WORKER)}, system attrs {t.system_attrs}"
+                   for t in trials
+                   if t.state == S.FAIL and not any(t.params.items() <= done for done in finished_params)}
     result.retried = sum(t.system_attrs.get("failed_trial") is not None for t in trials)
     result.resumed = sum(bool(t.user_attrs.get("resumed_from_epoch")) for t in trials)
     if study is not None:
@@ -287,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"soak: {args.workers} workers, {args.trials} trials, {args.faults} faults, seed {args.seed}"
           f"{', paced' if args.paced else ''}\n")
     print(result.table())
-    for line in [*result.complete_but_incomplete_run[:10], *result.lost_why, *result.stuck]:
+    for line in [*result.complete_but_incomplete_run[:10], *result.lost.values(), *result.stuck]:
         print("  " + line)
     return 0 if result.ok else 1
 
