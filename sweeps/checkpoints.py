@@ -145,7 +145,7 @@ def fetch(tracker: Tracker, run_ids: Iterable[str], directory: Path) -> int:
     """
     from siamese_core.checkpoint import STATE, WEIGHTS, file_sha256, saved_epoch
 
-    from .modelio import quiet_artifacts
+    from .mlflow_globals import quiet_artifacts
 
     have = saved_epoch(directory)
     quick = tracker.retry.within(FETCH_BUDGET_S)

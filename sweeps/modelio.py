@@ -22,7 +22,6 @@ import contextlib
 import importlib.metadata as md
 import json
 import logging
-import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import names
+from .mlflow_globals import quiet_artifacts
 from .registry import logged_model_uri
 
 log = logging.getLogger(__name__)
@@ -146,20 +146,6 @@ def write_model_dir(staged: Path, path: Path, *, model_id: str | None = None, ru
                               artifacts=artifacts, signature=serving.signature_for(spec),
                               input_example=serving.example_frame(spec), pip_requirements=pip_requirements())
     return path
-
-
-@contextlib.contextmanager
-def quiet_artifacts() -> Iterator[None]:
-    """No tqdm progress bars while MLflow copies a handful of small files."""
-    old = os.environ.get(names.ENV_MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR)
-    os.environ[names.ENV_MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR] = "false"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(names.ENV_MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, None)
-        else:
-            os.environ[names.ENV_MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR] = old
 
 
 @contextlib.contextmanager

@@ -110,7 +110,7 @@ def trial_config(client: Any, run_id: str) -> dict[str, Any]:
     """The resolved train config a trial ran with: its config.yaml artifact, else its run params."""
     import yaml
 
-    from .modelio import quiet_artifacts
+    from .mlflow_globals import quiet_artifacts
 
     try:
         with tempfile.TemporaryDirectory(prefix="siamese-cfg-") as tmp, quiet_artifacts():

@@ -8,12 +8,10 @@ duration of the call.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -23,6 +21,7 @@ from typing import Any, TypeVar
 from siamese_core.errors import ConfigError, InfrastructureError
 
 from . import names
+from .mlflow_globals import mlflow_internals_use, quiet_artifacts
 
 SCHEME = "models:/"
 DEFAULT_ALIAS = "champion"
@@ -89,30 +88,6 @@ def validate_alias(alias: str) -> str:
 
 
 # ------------------------------------------------------------------ MLflow's default client
-@contextlib.contextmanager
-def mlflow_internals_use(tracking_uri: str) -> Iterator[None]:
-    """Make `tracking_uri` what MLflow's default client resolves to, then put back what was there.
-
-    Public API only: `mlflow.set_tracking_uri` also writes ``$MLFLOW_TRACKING_URI``, and
-    ``set_tracking_uri(None)`` deletes it, so the variable is restored by hand. A global URI that only
-    mirrored the variable comes back as the variable alone (MLflow resolves both the same way).
-    """
-    import mlflow
-
-    old_env = os.environ.get(names.ENV_MLFLOW_TRACKING_URI)
-    explicit = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    old_global = explicit if explicit != old_env else None
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(old_global)  # type: ignore[arg-type]  # None clears it: the code handles it, the hint omits it
-        if old_env is None:
-            os.environ.pop(names.ENV_MLFLOW_TRACKING_URI, None)
-        else:
-            os.environ[names.ENV_MLFLOW_TRACKING_URI] = old_env
-
-
 def client_for(tracking_uri: str) -> Any:
     """An `MlflowClient` whose tracking and registry stores are both `tracking_uri`."""
     from mlflow import MlflowClient
@@ -149,8 +124,6 @@ def download_model(uri: str, *, tracking_uri: str, dst: str) -> str:
     if Path(uri).exists():
         return uri
     from mlflow.artifacts import download_artifacts
-
-    from .modelio import quiet_artifacts
 
     with quiet_artifacts(), mlflow_internals_use(tracking_uri):  # runs:/ URIs resolve with the default client
         return download_artifacts(artifact_uri=artifact_location(uri, tracking_uri=tracking_uri), dst_path=dst,

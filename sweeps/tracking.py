@@ -33,6 +33,7 @@ from mlflow.entities import Dataset, DatasetInput, Metric, Param, RunStatus, Run
 
 from . import names
 from .errors import TrackingUnavailable
+from .mlflow_globals import mlflow_internals_use
 from .secrets import mask_secrets, mask_url
 from .signals import deferred_stop
 
@@ -443,8 +444,6 @@ class TrialRun:
         the final status is `end`'s, written once the trial's outcome and all its data are known.
         """
         import mlflow
-
-        from .registry import mlflow_internals_use
 
         # fluent calls use the default client: point it at our store unless it is already (workers set it)
         same = mlflow.is_tracking_uri_set() and mlflow.get_tracking_uri() == self.tracker.uri

@@ -26,8 +26,9 @@ import tempfile
 from siamese_core.errors import ConfigError
 
 from .. import names
+from ..mlflow_globals import mlflow_internals_use
 from ..reevaluation import selection_metric
-from ..registry import DEFAULT_ALIAS, Registry, mlflow_internals_use, validate_alias
+from ..registry import DEFAULT_ALIAS, Registry, validate_alias
 from ..study import load_study
 from .apply import apply, converge
 from .decision import Candidate, Facts, Holder, PromotionDecision, RollbackFacts, Split, decide, decide_rollback

@@ -15,8 +15,9 @@ import requests
 from mlflow import MlflowClient
 
 from sweeps.errors import TrackingUnavailable
+from sweeps.mlflow_globals import mlflow_internals_use
 from sweeps.promotion import apply, decide, gather, promote, rollback
-from sweeps.registry import RegistryUnavailable, mlflow_internals_use
+from sweeps.registry import RegistryUnavailable
 
 from .conftest import Stores
 

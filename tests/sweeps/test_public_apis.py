@@ -11,7 +11,7 @@ import pytest
 
 from sweeps import names
 from sweeps.hypermodel import OptunaHyperParameters
-from sweeps.registry import mlflow_internals_use
+from sweeps.mlflow_globals import mlflow_internals_use
 from sweeps.storage import frozen_trial, make_storage
 
 S = optuna.trial.TrialState
