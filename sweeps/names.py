@@ -137,6 +137,13 @@ SYSTEM_ATTR_RETRY_HISTORY = "retry_history"
 # study.heartbeat_interval (`sweeps.finisher.Heartbeat`); `sweeps.objective.SilentTrials` only sees it change
 SYSTEM_ATTR_BEAT = "siamese_sweep_beat"
 
+# What a retry does not copy from its original (`sweeps.storage.requeue_trial`): true of the original only. The
+# dead worker's identity and beat, copied, made a retry look dead from the moment another worker took it until
+# that worker wrote its own.
+RETRY_DROPS_USER_ATTRS = (TRIAL_ATTR_RUN_ID, TRIAL_ATTR_REASON, TRIAL_ATTR_MODEL_URI, TRIAL_ATTR_WORKER,
+                          TRIAL_ATTR_WORKER_PID_SPACE)
+RETRY_DROPS_SYSTEM_ATTRS = (SYSTEM_ATTR_BEAT,)
+
 # ---------------------------------------------------------------- environment variables we invent
 ENV_TRACKING_RETRY_SECONDS = "SIAMESE_SWEEP_MLFLOW_RETRY_SECONDS"  # how long a trial keeps retrying MLflow
 ENV_STORAGE_RETRY_SECONDS = "SIAMESE_SWEEP_STORAGE_RETRY_SECONDS"  # how long a storage call rides out an outage

@@ -48,10 +48,6 @@ from .tracking import Tracker, TrialRun, dataset_entity, run_url
 log = logging.getLogger(__name__)
 
 MAX_DETAIL = 1000  # characters of the reason's message kept in the run tag
-# copied from the original by a retry, but not true of it (the dead worker's, copied, made a retry look dead
-# from the moment another worker took it until that worker wrote its own)
-_NOT_INHERITED = (names.TRIAL_ATTR_RUN_ID, names.TRIAL_ATTR_REASON, names.TRIAL_ATTR_MODEL_URI,
-                  names.TRIAL_ATTR_WORKER, names.TRIAL_ATTR_WORKER_PID_SPACE)
 
 
 def worker_id() -> str:
@@ -151,7 +147,7 @@ def fail_dead_worker_trials(study: optuna.Study, *, max_retries: int,
                     f"{silent.grace_s:g}s")
         else:
             continue
-        queued = requeue_trial(study, t, max_retries=max_retries, drop_user_attrs=_NOT_INHERITED)  # while RUNNING
+        queued = requeue_trial(study, t, max_retries=max_retries)  # while RUNNING
         # Optuna has no public call that sets a user attr on a trial this process did not ask for (its own
         # `fail_stale_trials` writes through the storage too); pinned by tests/sweeps/test_public_apis.py
         study._storage.set_trial_user_attr(t._trial_id, names.TRIAL_ATTR_REASON, outcomes.DEAD_WORKER.reason)
@@ -594,8 +590,7 @@ class TrialAttempt:
         """Queue this trial again (same params) while it is still RUNNING, so the budget count never dips."""
         trial, max_retries = self.trial, self.ctx.spec.study.max_retries
         try:
-            queued = requeue_trial(trial.study, frozen_trial(trial), max_retries=max_retries,
-                                   drop_user_attrs=_NOT_INHERITED)
+            queued = requeue_trial(trial.study, frozen_trial(trial), max_retries=max_retries)
         except Exception as exc:  # noqa: BLE001 - storage trouble must not hide the original error
             log.warning("could not queue trial %d again: %s", trial.number, exc)
             return

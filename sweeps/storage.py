@@ -421,22 +421,22 @@ def frozen_trial(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
     return next(t for t in running if t.number == trial.number)
 
 
-def requeue_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, max_retries: int,
-                  drop_user_attrs: tuple[str, ...] = ()) -> bool:
+def requeue_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, max_retries: int) -> bool:
     """Queue a WAITING copy of `trial` (same params), recorded exactly as Optuna records heartbeat retries.
 
     Used for trials that stopped for reasons outside themselves (SIGTERM, MLflow down): the
-    retry's ``failed_trial`` system attr names the original trial, like a stale trial's retry.
+    retry's ``failed_trial`` system attr names the original trial, like a stale trial's retry. Attrs that are
+    true of the original only (`names.RETRY_DROPS_USER_ATTRS`, `names.RETRY_DROPS_SYSTEM_ATTRS`) are not copied.
     Returns False when `trial` was already retried `max_retries` times.
     """
     history = [*trial.system_attrs.get(names.SYSTEM_ATTR_RETRY_HISTORY, []), trial.number]
     if len(history) > max_retries:
         return False
     # like RetryHeartbeatStaleTrialCallback: the first failed trial stays the one every retry names
-    inherited = {k: v for k, v in trial.system_attrs.items() if k != names.SYSTEM_ATTR_BEAT}  # its worker's
+    inherited = {k: v for k, v in trial.system_attrs.items() if k not in names.RETRY_DROPS_SYSTEM_ATTRS}
     system_attrs: dict[str, Any] = {names.SYSTEM_ATTR_FAILED_TRIAL: trial.number, **inherited,
                                     names.SYSTEM_ATTR_RETRY_HISTORY: history}
-    user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in drop_user_attrs}
+    user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in names.RETRY_DROPS_USER_ATTRS}
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, params=trial.params,
                                               distributions=trial.distributions, user_attrs=user_attrs,
                                               system_attrs=system_attrs))

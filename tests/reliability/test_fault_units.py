@@ -350,7 +350,11 @@ def _running_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     trial.set_user_attr("mlflow_run_id", "run-1")
     trial.set_user_attr("reason", "interrupted")
+    trial.set_user_attr("model_uri", "models:/m-1")
+    trial.set_user_attr("worker", "host:1")
+    trial.set_user_attr("worker_pid_space", "boot/ns")
     trial.set_user_attr("keep", 1)
+    trial.storage.set_trial_system_attr(trial._trial_id, "siamese_sweep_beat", 1.0)
     return frozen_trial(trial)
 
 
@@ -359,13 +363,14 @@ def test_requeue_records_the_original_and_respects_max_retries(tmp_path: Path) -
 
     study = optuna.create_study(storage=make_storage(f"sqlite:///{tmp_path}/o.db"), study_name="s")
     original = _running_trial(study)
-    assert requeue_trial(study, original, max_retries=2, drop_user_attrs=("mlflow_run_id", "reason"))
+    assert requeue_trial(study, original, max_retries=2)
     study.tell(original.number, state=S.FAIL)
     retry = study.ask()  # a worker picks the queued copy first
     frozen = frozen_trial(retry)
     assert frozen.number != original.number and frozen.params == original.params
     assert retried_trial_number(frozen) == original.number
-    assert frozen.user_attrs == {"keep": 1}
+    assert frozen.user_attrs == {"keep": 1}  # the original's run, reason, model and worker are not the retry's
+    assert "siamese_sweep_beat" not in frozen.system_attrs
     # a retry of the retry still names the original; the third is refused
     assert requeue_trial(study, frozen, max_retries=2)
     study.tell(frozen.number, state=S.FAIL)
