@@ -30,6 +30,7 @@ import optuna
 from siamese_core.errors import ConfigError
 
 from . import modelio, names
+from .mlflow_globals import quiet_artifacts
 from .registry import logged_model_uri, model_id_from_uri
 from .secrets import mask_url
 from .storage import fail_stale_trials, make_storage, sqlite_path, storage_kind
@@ -108,7 +109,7 @@ def move_study(study_name: str, *, from_storage: str, from_tracking_uri: str, to
     result = MoveResult(study_name, len(source.trials))
     user_attrs = dict(source.user_attrs)
     if from_tracking_uri != to_tracking_uri and user_attrs.get(names.STUDY_ATTR_PARENT_RUN_ID):
-        with modelio.quiet_artifacts():
+        with quiet_artifacts():
             _RunCopier(from_tracking_uri, to_tracking_uri).copy_study_runs(source, user_attrs, to_storage, result,
                                                                            replace_runs=replace_runs)
         user_attrs[names.STUDY_ATTR_EXPERIMENT_ID] = result.experiment_id

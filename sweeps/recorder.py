@@ -235,12 +235,13 @@ def record(job: Job, tracker: Any) -> str | None:
     """Draw, upload and log one staged trial; returns the logged model's URI (None: no model). In the helper,
     or in the worker's thread when the trial is recorded in line."""
     from . import artifacts, modelio
+    from .mlflow_globals import quiet_artifacts
     from .tracking import TrialRun
 
     files = job.folder / FILES
     if job.plots:
         artifacts.draw_trial_plots(artifacts.PlotInputs.load(job.folder / PLOTS), files)
-    with modelio.quiet_artifacts():
+    with quiet_artifacts():
         TrialRun(tracker, job.run_id).log_artifacts(str(files))
     if job.model_name is None:
         return None
