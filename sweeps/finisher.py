@@ -2,8 +2,8 @@
 
 With ``tracking.finish_in_background`` (`records_in_background`), what is left of a trial once it has trained
 and been scored — its plots, its logged model, its final metrics, ending its MLflow run, telling Optuna, the
-after-trial callbacks — runs in one background thread while the next trial trains. The CPU-heavy part (plots, the model
-directory and their uploads) is done by a helper process at idle priority (`sweeps.recorder`), which this
+after-trial callbacks — runs in one background thread while the next trial trains. The CPU-heavy part (plots, the
+model directory and their uploads) is done by a helper process at idle priority (`sweeps.recorder`), which this
 thread waits for: in a thread of the worker that work held the GIL and took the CPU the training uses, and
 saved little (+6.9 % over no tracking against +7.3 % in line, BENCHMARKS.md §2).
 

@@ -31,7 +31,8 @@ def mlflow_internals_use(tracking_uri: str) -> Iterator[None]:
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(old_global)  # type: ignore[arg-type]  # None clears it: the code handles it, the hint omits it
+        # None clears it: MLflow's code handles it, its type hint omits it
+        mlflow.set_tracking_uri(old_global)  # type: ignore[arg-type]
         if old_env is None:
             os.environ.pop(names.ENV_MLFLOW_TRACKING_URI, None)
         else:
