@@ -102,7 +102,7 @@ EXPERIMENT_KIND_MODEL_TRAINING = "custom_model_development"
 UI_WORKFLOW_TYPE_TRAINING = "machine_learning"
 
 # ---------------------------------------------------------------- Optuna attributes: trial user attrs
-TRIAL_ATTR_RUN_ID = "mlflow_run_id"                    # the trial's MLflow run ("" on a retry until it has one)
+TRIAL_ATTR_RUN_ID = "mlflow_run_id"                    # the trial's MLflow run (none on a retry until it has one)
 TRIAL_ATTR_RUN_URL = "mlflow_run_url"                  # its page in the MLflow UI (http(s) tracking URIs only)
 TRIAL_ATTR_REASON = "reason"                           # why PRUNED/FAIL (as TAG_REASON)
 TRIAL_ATTR_MODEL_URI = "model_uri"                     # models:/<model_id> of the logged model
@@ -114,8 +114,9 @@ TRIAL_ATTR_THRESHOLD = "threshold"
 TRIAL_ATTR_DATASET_FINGERPRINT = "dataset_fingerprint"
 TRIAL_ATTR_EVAL_FINGERPRINT = "eval_fingerprint"
 TRIAL_ATTR_PER_PAIR_VAL = "per_pair_validation"        # each validation pair's rank and outcome (`sweeps.margin`)
-TRIAL_ATTR_TEST_PREFIX = "test_"                       # + pair_accuracy | roc_auc | eer
-TRIAL_ATTR_VAL_PREFIX = "val_"                         # + pair_accuracy | roc_auc | eer (last epoch): `promote` ranks
+TRIAL_ATTR_TEST_PREFIX = "test_"                       # + each of TRIAL_RESULT_METRICS
+TRIAL_ATTR_VAL_PREFIX = "val_"                         # + each of TRIAL_RESULT_METRICS (last epoch): `promote` ranks
+TRIAL_RESULT_METRICS = ("pair_accuracy", "roc_auc", "eer")
 
 # ---------------------------------------------------------------- Optuna attributes: study user attrs
 STUDY_ATTR_PARENT_RUN_ID = "mlflow_parent_run_id"
@@ -130,18 +131,23 @@ STUDY_ATTR_SPEC_HASH = "spec_sha256"                    # SweepSpec.identity(): 
 STUDY_ATTR_STOPPED = "stopped"                         # why study.stop ended the study early (target, patience)
 
 # ---------------------------------------------------------------- Optuna attributes: trial system attrs (Optuna's)
-# Written by RetryHeartbeatStaleTrialCallback on a stale trial's retry; `storage.requeue_trial` writes the same.
+# Optuna's names for a retry's origin (RetryHeartbeatStaleTrialCallback's); `storage.requeue_trial` writes them.
 SYSTEM_ATTR_FAILED_TRIAL = "failed_trial"
 SYSTEM_ATTR_RETRY_HISTORY = "retry_history"
 # journal storages (no Optuna heartbeat): the time.time() a worker last beat for its trial, every
 # study.heartbeat_interval (`sweeps.finisher.Heartbeat`); `sweeps.objective.SilentTrials` only sees it change
 SYSTEM_ATTR_BEAT = "siamese_sweep_beat"
 
-# What a retry does not copy from its original (`sweeps.storage.requeue_trial`): true of the original only. The
-# dead worker's identity and beat, copied, made a retry look dead from the moment another worker took it until
-# that worker wrote its own.
-RETRY_DROPS_USER_ATTRS = (TRIAL_ATTR_RUN_ID, TRIAL_ATTR_REASON, TRIAL_ATTR_MODEL_URI, TRIAL_ATTR_WORKER,
-                          TRIAL_ATTR_WORKER_PID_SPACE)
+# What a retry does not copy from its original (`sweeps.storage.requeue_trial`, for a stale trial too): every
+# trial attr siamese-sweep writes is true of the attempt that wrote it. The dead worker's identity and beat, copied,
+# made a retry look dead from the moment another worker took it until that worker wrote its own; its reason, run,
+# model and results, copied, showed as the retry's when the retry failed or was pruned before writing its own.
+RETRY_DROPS_USER_ATTRS = (TRIAL_ATTR_RUN_ID, TRIAL_ATTR_RUN_URL, TRIAL_ATTR_REASON, TRIAL_ATTR_MODEL_URI,
+                          TRIAL_ATTR_DIAGNOSTIC_ERRORS, TRIAL_ATTR_WORKER, TRIAL_ATTR_WORKER_PID_SPACE,
+                          TRIAL_ATTR_RESUMED_FROM_EPOCH, TRIAL_ATTR_THRESHOLD, TRIAL_ATTR_DATASET_FINGERPRINT,
+                          TRIAL_ATTR_EVAL_FINGERPRINT, TRIAL_ATTR_PER_PAIR_VAL,
+                          *(p + m for p in (TRIAL_ATTR_TEST_PREFIX, TRIAL_ATTR_VAL_PREFIX)
+                            for m in TRIAL_RESULT_METRICS))
 RETRY_DROPS_SYSTEM_ATTRS = (SYSTEM_ATTR_BEAT,)
 
 # ---------------------------------------------------------------- environment variables we invent

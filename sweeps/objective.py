@@ -374,7 +374,8 @@ class TrialAttempt:
             self.earlier = [int(n) for n in frozen.system_attrs.get(names.SYSTEM_ATTR_RETRY_HISTORY)
                             or [self.retry_of]]
         if self.retry_of is not None and frozen.user_attrs.get(names.TRIAL_ATTR_RUN_ID):
-            trial.set_user_attr(names.TRIAL_ATTR_RUN_ID, "")  # copied from the original: not this trial's run
+            # a retry queued before `requeue_trial` dropped the run id (an older siamese-sweep) has its original's
+            trial.set_user_attr(names.TRIAL_ATTR_RUN_ID, "")
         self.checkpoint = self.ctx.checkpoint_dir(trial.number if self.retry_of is None else self.retry_of)
         overrides = space.sample_overrides(trial, spec)
         if spec.hypermodel:
@@ -465,7 +466,7 @@ class TrialAttempt:
                       names.TAG_EVAL_FINGERPRINT: result.data_info.eval_fingerprint or ""})
         run.flush()  # raises TrackingUnavailable: then the trial is FAIL, never COMPLETE with missing data
         last = result.history[-1] if result.history else {}
-        for key in ("pair_accuracy", "roc_auc", "eer"):
+        for key in names.TRIAL_RESULT_METRICS:
             trial.set_user_attr(names.TRIAL_ATTR_TEST_PREFIX + key, float(result.test[key]))
             # what `promote --metric` ranks by (it never ranks by test)
             trial.set_user_attr(names.TRIAL_ATTR_VAL_PREFIX + key, float(last.get(f"val_{key}", math.nan)))

@@ -112,7 +112,7 @@ def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         rdb = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
                          grace_period=grace_period,
-                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retries))
+                         heartbeat_stale_trial_callback=RequeueStaleTrial(max_retries))
     return RetryingStorage(rdb, budget_s=storage_retry_budget_s())
 
 
@@ -422,16 +422,21 @@ def frozen_trial(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
 
 
 def requeue_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, max_retries: int) -> bool:
-    """Queue a WAITING copy of `trial` (same params), recorded exactly as Optuna records heartbeat retries.
+    """Queue a WAITING copy of `trial` (same params), with the system attrs Optuna gives its heartbeat retries.
 
-    Used for trials that stopped for reasons outside themselves (SIGTERM, MLflow down): the
-    retry's ``failed_trial`` system attr names the original trial, like a stale trial's retry. Attrs that are
+    Used for trials that stopped for reasons outside themselves (SIGTERM, MLflow down) and for stale trials
+    (`RequeueStaleTrial`): the retry's ``failed_trial`` system attr names the original trial. Attrs that are
     true of the original only (`names.RETRY_DROPS_USER_ATTRS`, `names.RETRY_DROPS_SYSTEM_ATTRS`) are not copied.
-    Returns False when `trial` was already retried `max_retries` times.
+    A trial has at most one retry: a worker queues it while the trial is RUNNING, and if the worker is then
+    killed before the trial is told, the trial goes stale and comes here again. Returns whether a retry of
+    `trial` is queued (by this call or an earlier one): False when it was already retried `max_retries` times.
     """
     history = [*trial.system_attrs.get(names.SYSTEM_ATTR_RETRY_HISTORY, []), trial.number]
     if len(history) > max_retries:
         return False
+    if any(list(t.system_attrs.get(names.SYSTEM_ATTR_RETRY_HISTORY) or [])[-1:] == [trial.number]
+           for t in study.get_trials(deepcopy=False)):
+        return True
     # like RetryHeartbeatStaleTrialCallback: the first failed trial stays the one every retry names
     inherited = {k: v for k, v in trial.system_attrs.items() if k not in names.RETRY_DROPS_SYSTEM_ATTRS}
     system_attrs: dict[str, Any] = {names.SYSTEM_ATTR_FAILED_TRIAL: trial.number, **inherited,
@@ -441,6 +446,21 @@ def requeue_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, *, max_r
                                               distributions=trial.distributions, user_attrs=user_attrs,
                                               system_attrs=system_attrs))
     return True
+
+
+class RequeueStaleTrial:
+    """The retry of a trial whose heartbeat went stale (RDB storages), made by `requeue_trial`.
+
+    Optuna's `RetryHeartbeatStaleTrialCallback` copies every user attr of the original to the retry: its run id
+    and URL, its reason, its model and its results then showed as the retry's own until the retry wrote them,
+    and for good when the retry failed or was pruned first (`status` gave the original's reason).
+    """
+
+    def __init__(self, max_retries: int) -> None:
+        self.max_retries = max_retries
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        requeue_trial(study, trial, max_retries=self.max_retries)
 
 
 # ----------------------------------------------------------------- budget lock

@@ -380,6 +380,61 @@ def test_requeue_records_the_original_and_respects_max_retries(tmp_path: Path) -
     assert not requeue_trial(study, third, max_retries=2)
 
 
+def test_every_trial_attr_siamese_sweep_writes_is_left_behind_by_a_retry() -> None:
+    from sweeps import names
+
+    written = {v for k, v in vars(names).items() if k.startswith("TRIAL_ATTR_") and not k.endswith("_PREFIX")}
+    written |= {p + m for p in (names.TRIAL_ATTR_TEST_PREFIX, names.TRIAL_ATTR_VAL_PREFIX)
+                for m in names.TRIAL_RESULT_METRICS}
+    assert written == set(names.RETRY_DROPS_USER_ATTRS)
+
+
+def _stale_after(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Beat once for `trial`, then let its heartbeat go stale and have the study fail it (as a worker does)."""
+    trial.storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+    time.sleep(2.2)  # grace period 1 s
+    optuna.storages.fail_stale_trials(study)
+
+
+def test_a_stale_trials_retry_copies_none_of_the_originals_own_attrs(tmp_path: Path) -> None:
+    """Optuna's own stale-trial retry copied every user attr: a retry that then went stale too showed the
+    original's reason in `status`, and its run, model and results until it wrote its own."""
+    from sweeps import names
+    from sweeps.storage import make_storage, retried_trial_number
+    from sweeps.study import study_status
+
+    storage = make_storage(f"sqlite:///{tmp_path}/o.db", heartbeat_interval=1, grace_period=1, max_retries=2)
+    study = optuna.create_study(storage=storage, study_name="s")
+    original = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    for attr in names.RETRY_DROPS_USER_ATTRS:
+        original.set_user_attr(attr, "the original's")
+    original.set_user_attr(names.TRIAL_ATTR_REASON, "interrupted")
+    original.set_user_attr("keep", 1)
+    _stale_after(study, original)
+    asked = study.ask()  # a worker takes the retry, then dies too
+    retry = frozen_trial(asked)
+    assert retried_trial_number(retry) == original.number and retry.params == original.params
+    assert retry.user_attrs == {"keep": 1}
+    _stale_after(study, asked)
+    reasons = study_status(study)["reasons"]
+    assert reasons[retry.number] == {"state": "FAIL", "reason": "stale_heartbeat"}
+    assert reasons[original.number]["reason"] == "interrupted"
+
+
+def test_a_trial_queued_again_then_gone_stale_has_one_retry(tmp_path: Path) -> None:
+    """A worker queues its trial again while the trial is RUNNING; killed before it tells the trial, the
+    trial goes stale and the heartbeat's retry would have been a second one with the same history."""
+    from sweeps.storage import make_storage, requeue_trial
+
+    storage = make_storage(f"sqlite:///{tmp_path}/o.db", heartbeat_interval=1, grace_period=1, max_retries=2)
+    study = optuna.create_study(storage=storage, study_name="s")
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    assert requeue_trial(study, frozen_trial(trial), max_retries=2)
+    _stale_after(study, trial)  # the worker died before its tell
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states == [S.FAIL, S.WAITING]
+
+
 # ------------------------------------------------------------------ MLflow retry policy
 def test_workers_bound_mlflows_own_http_retries_but_respect_the_users(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
