@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = [
-    "Direction", "MetricInfo", "METRICS", "HISTORY_KEYS", "TEST_KEYS", "MONITORS",
+    "Direction", "MetricInfo", "METRICS", "HISTORY_KEYS", "TEST_KEYS", "MONITORS", "GOALS",
     "lookup", "direction", "is_better", "history_key", "same_at_threshold",
 ]
 
@@ -116,12 +116,15 @@ def lookup(key: str) -> MetricInfo:
     raise ValueError(f"Expected a metric in {list(HISTORY_KEYS)} (or a test_ key), received: {key!r}")
 
 
+#: History keys with a better direction: what a sweep may optimise (the rest are readings).
+GOALS: tuple[str, ...] = tuple(k for k in HISTORY_KEYS if lookup(k).direction is not None)
+
+
 def direction(key: str) -> Direction:
     """``"min"`` or ``"max"`` for `key` (Keras' ``mode``); `ValueError` for unknown keys and plain readings."""
     info = lookup(key)
     if info.direction is None:
-        goals = [k for k in HISTORY_KEYS if lookup(k).direction is not None]
-        raise ValueError(f"{key!r} is a reading with no better direction ({info.doc}); expected one of {goals}")
+        raise ValueError(f"{key!r} is a reading with no better direction ({info.doc}); expected one of {list(GOALS)}")
     return info.direction
 
 

@@ -12,6 +12,8 @@ allows them only in the main thread, and a library must not take over the host's
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,9 +52,14 @@ def resolve_spec(spec: SpecLike = None, overrides: Mapping[str, Any] | None = No
                               f"received: {type(spec).__name__}")
 
 
-def _positive(name: str, value: float | None) -> None:
-    if value is not None and (isinstance(value, bool) or not value > 0):
-        raise ConfigError(name, f"expected a positive number; received: {value!r}")
+def check_positive(name: str, value: float | None, *, whole: bool = True) -> None:
+    """A ConfigError unless `value` is None or a positive finite number (whole for counts), for the CLI's flags and
+    this API's arguments alike: ``trials="3"`` was a TypeError here, ``workers=1.5`` ran one worker, and
+    ``--timeout nan`` passed a ``<= 0`` check."""
+    kind = numbers.Integral if whole else numbers.Real
+    if value is not None and (isinstance(value, bool) or not isinstance(value, kind)
+                              or not (value > 0 and math.isfinite(value))):
+        raise ConfigError(name, f"expected a positive {'whole ' if whole else ''}number; received: {value!r}")
 
 
 def sweep(spec: SpecLike = None, *, trials: int | None = None, storage: str | None = None,
@@ -67,10 +74,10 @@ def sweep(spec: SpecLike = None, *, trials: int | None = None, storage: str | No
     workers). Input errors raise `ConfigError` / `DataError` before anything is created.
     """
     resolved = resolve_spec(spec, overrides)
-    _positive("trials", trials)
-    _positive("workers", workers)
-    _positive("timeout", timeout)
-    _positive("threads", threads)
+    check_positive("trials", trials)
+    check_positive("workers", workers)
+    check_positive("timeout", timeout, whole=False)
+    check_positive("threads", threads)
 
     from .options import options_from
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -35,6 +36,17 @@ def print_json(data: Any) -> None:
 def _one_line(text: str) -> str:
     """Input errors are one line (a key may contain a newline)."""
     return " ".join(text.split("\n"))
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a number that is not nan or inf (the served model refuses those too)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, received {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, received {text!r}")
+    return value
 
 
 def flag_or_env(value: str | None, env: str) -> str | None:

@@ -134,6 +134,7 @@ STUDY_ATTR_STOPPED = "stopped"                         # why study.stop ended th
 # Optuna's names for a retry's origin (RetryHeartbeatStaleTrialCallback's); `storage.requeue_trial` writes them.
 SYSTEM_ATTR_FAILED_TRIAL = "failed_trial"
 SYSTEM_ATTR_RETRY_HISTORY = "retry_history"
+SYSTEM_ATTR_FIXED_PARAMS = "fixed_params"  # on a trial from study.enqueue: `status` calls its phase "enqueued"
 # journal storages (no Optuna heartbeat): the time.time() a worker last beat for its trial, every
 # study.heartbeat_interval (`sweeps.finisher.Heartbeat`); `sweeps.objective.SilentTrials` only sees it change
 SYSTEM_ATTR_BEAT = "siamese_sweep_beat"

@@ -22,6 +22,7 @@ class SweepOptions:
     finalize: bool = True
     threads: int | None = None       # TensorFlow intra-op threads per worker process (None: usable cores / workers)
     worker_index: int = 0
+    sets_budget: bool = False        # a `worker` given --trials sets the study's budget (`run` always does)
 
 
 def options_from(spec: SweepSpec, *, trials: int | None = None, timeout: float | None = None, workers: int = 1,

@@ -62,9 +62,10 @@ class SweepReport:
     study: str
     direction: str | None
     counts: dict[str, int]
-    startup_trials: int
-    best: dict[str, Any] | None = None             # number, value, params, phase ("start-up" or "search")
+    startup_trials: int | None                     # None: the sampler has no start-up phase (random, grid)
+    best: dict[str, Any] | None = None             # number, value, params, phase (`study.BestPhase.phase`)
     best_startup_value: float | None = None
+    search_trials: int = 0                         # finished trials past the start-up (`study.BestPhase.searched`)
     margin: dict[str, Any] | None = None           # the best trial's lead vs sampling error (`sweeps.margin`)
     importances: dict[str, float] = field(default_factory=dict)
     failures: list[FailureEntry] = field(default_factory=list)
@@ -95,7 +96,7 @@ def build_report(study: optuna.Study, status: Mapping[str, Any] | None = None) -
         best = study.best_trial
         phase = best_phase(study, best, complete)
         report.best = {"number": best.number, "value": best.value, "params": dict(best.params), "phase": phase.phase}
-        report.best_startup_value = phase.best_startup_value
+        report.best_startup_value, report.search_trials = phase.best_startup_value, phase.searched
         if status is not None and (status.get("best") or {}).get("number") == best.number:  # not a newer best
             report.margin = status.get("margin")
         else:
@@ -106,7 +107,7 @@ def build_report(study: optuna.Study, status: Mapping[str, Any] | None = None) -
     elif not single:
         report.notes.append("multi-objective study: see the Pareto front plot; no single best trial or importances")
     report.failures = _failure_map(study, trials)
-    if single and complete and report.best is not None and report.best["phase"] == "start-up":
+    if single and complete and report.best is not None and report.best["phase"] == "start-up" and report.search_trials:
         report.notes.append(f"the best trial came from the {report.startup_trials} random start-up trials: the "
                             "search phase has not improved on random sampling yet (more trials, or a narrower space)")
     return report
@@ -212,9 +213,9 @@ def render_markdown(report: SweepReport) -> str:
     lines += [f"Trials finished: {counts or 'none'}.", ""]
     if report.best is not None:
         b = report.best
-        lines += ["## Best trial", "",
-                  f"Trial {b['number']} ({b['phase']} phase; the first {report.startup_trials} trials are random "
-                  f"start-up): {report.direction} objective = {b['value']:.6g}."]
+        where = ("" if b["phase"] is None else " (enqueued by study.enqueue)" if b["phase"] == "enqueued"
+                 else f" ({b['phase']} phase; the first {report.startup_trials} trials are random start-up)")
+        lines += ["## Best trial", "", f"Trial {b['number']}{where}: {report.direction} objective = {b['value']:.6g}."]
         if report.best_startup_value is not None:
             lines.append(f"Best of the start-up trials: {report.best_startup_value:.6g}.")
         lines += ["", "| parameter | value |", "|---|---|"]

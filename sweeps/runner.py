@@ -28,7 +28,7 @@ from .preflight import preflight, preflight_stores
 from .secrets import mask_url
 from .signals import StopRequest, begin_cleanup, pid_alive, stop_on_signals
 from .spec import SweepSpec
-from .study import count_states, ensure_parent_run, open_study, study_status
+from .study import count_states, ensure_parent_run, open_study, study_status, trial_budget
 from .tracking import RUN_FAILED, RUN_FINISHED, RUN_KILLED, RUN_RUNNING, Retry, Tracker
 from .worker import DataCache, WorkerReport, run_worker
 
@@ -283,9 +283,17 @@ def join_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> S
         warn_if_sharing_cores(opened.study, threads)
     experiment_id, parent = ensure_parent_run(opened, tracker, spec)
     drawn = _plots_ahead(spec)
+    budget = options.trials if options.sets_budget else None
+    study = opened.study
+    progress = Progress(budget or trial_budget(study, spec.study.trials), count_states(study).done, options.progress)
+    updater = parent_best_updater(tracker, parent)
+
+    def on_trial(st: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+        updater(st, t)
+        progress.set(count_states(st).done, _postfix(st))
     try:
-        report = run_worker(spec, opened, tracker, budget=None, timeout=options.timeout,
-                            on_trial=parent_best_updater(tracker, parent), data_cache=DataCache.seeded(spec.base, data),
+        report = run_worker(spec, opened, tracker, budget=budget, timeout=options.timeout,
+                            on_trial=on_trial, data_cache=DataCache.seeded(spec.base, data),
                             at_last_finish=drawn.prepare if drawn is not None else None)
         result = SweepResult(study_status(opened.study), parent, experiment_id, report.budget_met, [report],
                              report.stopped_by)
@@ -297,6 +305,7 @@ def join_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> S
                 log.warning("could not finalise the parent run: %s", exc)
             result.status = study_status(opened.study)
     finally:
+        progress.close()
         if drawn is not None:
             drawn.close()
     return result

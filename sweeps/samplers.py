@@ -4,6 +4,7 @@ Optuna is imported inside the builders, so reading the names stays cheap (``siam
 """
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ class Sampler:
     build: Callable[[SweepSpec, int | None], Any]  # (spec, seed) -> optuna.samplers.BaseSampler
     multi_objective: bool = True
     check: Callable[[SweepSpec], None] | None = None  # extra spec checks (ConfigError) before anything runs
+    startup_phase: bool = True  # its first `n_startup_trials` are drawn at random, then it searches
 
 
 _SAMPLERS: ByName[Sampler] = ByName("sampler", field="study.sampler.type")
@@ -71,24 +73,24 @@ def _check_grid(spec: SweepSpec) -> None:
                                                      "for every numeric parameter")
 
 
+def _needs(module: str, what: str) -> Callable[[SweepSpec], None]:
+    """A check that `module` is installed, run with the spec's: the builder runs after the study and the parent
+    run exist, so an ImportError there left both behind."""
+    def check(spec: SweepSpec) -> None:
+        if importlib.util.find_spec(module) is None:  # without importing it (torch takes seconds)
+            raise ConfigError("study.sampler.type", f"'{spec.study.sampler.type}' needs {what}")
+    return check
+
+
 def _cmaes(spec: SweepSpec, seed: int | None) -> Any:
     import optuna
 
-    try:
-        import cmaes  # noqa: F401
-    except ImportError:
-        raise ConfigError("study.sampler.type", "'cmaes' needs the cmaes package: pip install cmaes") from None
     return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=spec.study.sampler.n_startup_trials)
 
 
 def _gp(spec: SweepSpec, seed: int | None) -> Any:
     import optuna
 
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise ConfigError("study.sampler.type",
-                          "'gp' needs PyTorch (pip install torch); use 'cmaes' or 'tpe'") from None
     return optuna.samplers.GPSampler(seed=seed, n_startup_trials=spec.study.sampler.n_startup_trials)
 
 
@@ -99,8 +101,10 @@ def _nsga2(spec: SweepSpec, seed: int | None) -> Any:
 
 
 _SAMPLERS.register("tpe", Sampler(_tpe))
-_SAMPLERS.register("random", Sampler(_random))
-_SAMPLERS.register("grid", Sampler(_grid, check=_check_grid))
-_SAMPLERS.register("cmaes", Sampler(_cmaes, multi_objective=False))
-_SAMPLERS.register("gp", Sampler(_gp, multi_objective=False))
-_SAMPLERS.register("nsga2", Sampler(_nsga2))
+_SAMPLERS.register("random", Sampler(_random, startup_phase=False))
+_SAMPLERS.register("grid", Sampler(_grid, check=_check_grid, startup_phase=False))
+_SAMPLERS.register("cmaes", Sampler(_cmaes, multi_objective=False,
+                                    check=_needs("cmaes", "the cmaes package: pip install cmaes")))
+_SAMPLERS.register("gp", Sampler(_gp, multi_objective=False,
+                                 check=_needs("torch", "PyTorch (pip install torch); use 'cmaes' or 'tpe'")))
+_SAMPLERS.register("nsga2", Sampler(_nsga2, startup_phase=False))  # generations, not a start-up and a search

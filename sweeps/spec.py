@@ -34,6 +34,7 @@ from pydantic import (
 
 from siamese_core.config import TrainConfig, config_error_from, flatten, read_yaml_mapping, set_dotted
 from siamese_core.errors import ConfigError
+from siamese_core.metrics import GOALS
 
 from . import names, pruners, samplers
 from .convert import from_wandb, looks_like_wandb
@@ -308,7 +309,7 @@ class SweepSpec(_Section):
 # per-machine: never stored with a study (URLs may hold passwords; paths are local)
 _MACHINE_KEYS = ("study.storage", "study.name", "study.checkpoint_dir", "tracking.uri")
 # stored with the study but a worker may differ in them without changing what its trials mean
-_RUNTIME_KEYS = ("study.trials", "study.timeout", "study.max_failures", "study.heartbeat_interval",
+_RUNTIME_KEYS = ("study.trials", "study.timeout", "study.stop", "study.max_failures", "study.heartbeat_interval",
                  "study.grace_period", "study.max_retries", "tracking.checkpoints",
                  "tracking.checkpoint_copy_seconds",
                  "tracking.finish_in_background")  # the same trials either way (`sweeps.finisher.LookAhead`)
@@ -435,10 +436,10 @@ def spec_from_dict(data: Mapping[str, Any], *, base_dir: Path | None = None) -> 
     except ValidationError as exc:
         raise config_error_from(exc, SweepSpec) from None
     for m in spec.study.objective_metrics:
-        if not (m in TRIAL_METRICS or m.startswith("val_") or m == "loss"):
-            raise ConfigError("study.metric", "expected a per-epoch validation metric (val_roc_auc, "
-                                              "val_pair_accuracy, val_eer, val_loss, ...) or one of "
-                                              f"{sorted(TRIAL_METRICS)}; received: {m!r}")
+        # a name no trial reports would prune every trial (nan_metric) instead of failing here
+        if not (m in TRIAL_METRICS or m in GOALS):
+            raise ConfigError("study.metric", f"expected a per-epoch metric with a direction ({', '.join(GOALS)}) "
+                                              f"or one of {', '.join(TRIAL_METRICS)}; received: {m!r}")
     check = samplers.get(spec.study.sampler.type).check
     if check is not None:
         check(spec)

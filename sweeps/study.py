@@ -258,31 +258,42 @@ def count_states(study: optuna.Study) -> Counts:
 TPE_DEFAULT_STARTUP = 10  # Optuna's TPESampler default, for a study without a stored spec
 
 
-def startup_trials(study: optuna.Study) -> int:
-    """How many of the study's first trials its sampler drew at random (`sampler.n_startup_trials`)."""
+def startup_trials(study: optuna.Study) -> int | None:
+    """How many of the study's first trials its sampler drew at random (`sampler.n_startup_trials`); None for a
+    sampler without a start-up phase (random, grid, NSGA-II)."""
     spec = study.user_attrs.get(names.STUDY_ATTR_SPEC) or {}
     sampler = ((spec.get("study") or {}).get("sampler") or {}) if isinstance(spec, dict) else {}
+    kind = sampler.get("type")
+    if isinstance(kind, str) and kind in samplers.names() and not samplers.get(kind).startup_phase:
+        return None
     n = sampler.get("n_startup_trials")
     return int(n) if isinstance(n, int) else TPE_DEFAULT_STARTUP
 
 
 @dataclass(frozen=True)
 class BestPhase:
-    """Did the search find the best trial, or one of the sampler's random start-up trials?"""
+    """Did the search find the best trial, one of the sampler's random start-up trials, or `study.enqueue`?"""
 
-    startup_trials: int
-    phase: str                        # "start-up" or "search"
+    startup_trials: int | None        # None: the sampler has no start-up phase
+    phase: str | None                 # "start-up", "search" or "enqueued"; None without a start-up phase
     best_startup_value: float | None  # the best value among the start-up trials (None: none completed)
+    searched: int = 0                 # finished (COMPLETE or PRUNED) trials past the start-up: 0, no search yet
 
 
 def best_phase(study: optuna.Study, best: optuna.trial.FrozenTrial,
                complete: list[optuna.trial.FrozenTrial]) -> BestPhase:
     """`best`'s phase in a single-objective `study`; `complete` are its COMPLETE trials (status and report share it)."""
     startup = startup_trials(study)
-    early = [float(t.value) for t in complete if t.number < startup and t.value is not None]
+    if startup is None:
+        return BestPhase(None, None, None)
+    early = [float(t.value) for t in complete if t.number < startup and t.value is not None
+             and t.system_attrs.get(names.SYSTEM_ATTR_FIXED_PARAMS) is None]
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return BestPhase(startup, "start-up" if best.number < startup else "search",
-                     (max(early) if maximize else min(early)) if early else None)
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    searched = sum(1 for t in study.get_trials(deepcopy=False, states=finished) if t.number >= startup)
+    phase = ("enqueued" if best.system_attrs.get(names.SYSTEM_ATTR_FIXED_PARAMS) is not None
+             else "start-up" if best.number < startup else "search")
+    return BestPhase(startup, phase, (max(early) if maximize else min(early)) if early else None, searched)
 
 
 def study_status(study: optuna.Study) -> dict[str, Any]:
@@ -300,7 +311,7 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
             out["best"] = _trial_summary(best)
             phase = best_phase(study, best, complete)
             out["startup_trials"], out["best"]["phase"] = phase.startup_trials, phase.phase
-            out["best_startup_value"] = phase.best_startup_value
+            out["best_startup_value"], out["search_trials"] = phase.best_startup_value, phase.searched
             lead = best_margin(study, complete)  # is its lead over the runner-up more than sampling noise?
             out["margin"] = None if lead is None else lead.to_dict()
         else:

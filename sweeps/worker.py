@@ -371,6 +371,7 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
     # the finish of the trial trained last, which starts after the next ask, and that trial as it will be told
     pending: Callable[[], None] | None = warm_up
     pending_complete: optuna.trial.FrozenTrial | None = None
+    went_on = False  # past the study.stop check once
     with stop_on_signals(), heartbeat, LookAhead(study) as look_ahead:
         try:
             while True:
@@ -406,6 +407,10 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
                             study.set_user_attr(names.STUDY_ATTR_STOPPED, str(decision))
                             log.info("study %s stops before its budget: %s", study.study_name, decision)
                         break
+                    if not went_on:  # a `stopped` from before this worker's study.stop let it go on is not true
+                        went_on = True
+                        if study.user_attrs.get(names.STUDY_ATTR_STOPPED):
+                            study.set_user_attr(names.STUDY_ATTR_STOPPED, None)
                     if pending_complete is not None and stopper is not None and stopper.decision(
                             study, assume=[pending_complete]) is not None:
                         pass  # the trial about to finish stops the study: told first, the check above decides

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import names
-from ..cli import EXIT_OK, add_set_option, add_study_option, flag_or_env, print_json
+from ..cli import EXIT_OK, add_set_option, add_study_option, finite_float, flag_or_env, print_json
 from ..registry import DEFAULT_ALIAS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("b", metavar="B")
     q.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI, "
                                           "sqlite:///mlflow.db)")
-    q.add_argument("--threshold", type=float, help="decide at this threshold instead of the stored one")
+    q.add_argument("--threshold", type=finite_float, help="decide at this threshold instead of the stored one")
     q.add_argument("--json", action="store_true", help='print {"distance", "score", "same", "threshold"} as JSON')
     q.set_defaults(handler=cmd_predict)
 
@@ -184,10 +184,20 @@ def _load_model(uri: str, tracking_uri: str, tmp: str) -> tuple[Any, dict[str, A
     path = Path(uri)
     if path.is_file() and path.suffix == ".keras":
         return SiameseServingModel.from_keras(load_keras(str(path))), {}
+    from mlflow.exceptions import MlflowException
+
+    from siamese_core.errors import DataError
+
     from ..registry import download_model
     from ..serving import load_model_dir
 
-    return load_model_dir(download_model(uri, tracking_uri=tracking_uri, dst=tmp))  # never unpickles
+    try:
+        folder = download_model(uri, tracking_uri=tracking_uri, dst=tmp)
+    except MlflowException as exc:  # the URI names nothing there (an unreachable server stays exit 1)
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise DataError(uri, f"no model there ({exc.message})") from None
+    return load_model_dir(folder)  # never unpickles
 
 
 def read_sample(path_str: str, shape: tuple[int, ...], dtype: str, meta: dict[str, Any], *, what: str) -> Any:

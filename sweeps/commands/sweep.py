@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import signal
 import sys
 
@@ -39,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     w = sub.add_parser("worker", help="join a running study from another shell or machine")
     w.add_argument("spec", nargs="?", help="sweep spec YAML; without it, --study joins with the spec stored with "
                                            "the study (a different spec is refused)")
+    w.add_argument("--trials", type=int, help="set the study's global trial budget (COMPLETE + PRUNED), as run "
+                   "--trials does (default: the budget the study has)")
     w.add_argument("--threads", type=int, help="TensorFlow threads for this worker "
                    "(default: the CPUs it may use: affinity mask and cgroup quota)")
     w.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
@@ -97,21 +98,14 @@ def _spec(args: argparse.Namespace, *, stored: str = "never"):
     return load_spec(resolve_spec_path(args.spec), overrides)
 
 
-def _positive(name: str, value: float | None) -> None:
-    if value is not None and not (value > 0 and math.isfinite(value)):  # `--timeout nan` passed `<= 0`
-        from siamese_core.errors import ConfigError
-
-        raise ConfigError(name, f"expected a positive number; received: {value}")
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..api import sweep
+    from ..api import check_positive, sweep
 
     spec = _spec(args, stored="if-exists")
-    _positive("--workers", args.workers)
-    _positive("--trials", args.trials)
-    _positive("--timeout", args.timeout)
-    _positive("--threads", args.threads)
+    check_positive("--workers", args.workers)
+    check_positive("--trials", args.trials)
+    check_positive("--timeout", args.timeout, whole=False)
+    check_positive("--threads", args.threads)
     # `sweep` runs the preflight: a bad spec or data exits 2 before Optuna or MLflow create anything
     result = sweep(spec, trials=args.trials, timeout=args.timeout, workers=args.workers,
                    storage=flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE),
@@ -125,11 +119,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     on_interrupt = None
     if args.wait_for_go:  # started by `run --workers N`, which stops its waiting workers itself on Ctrl-C
         on_interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from siamese_core.config import parse_set_options
+
+    from ..api import check_positive
     from ..preflight import preflight
 
     spec = _spec(args, stored="required")
-    _positive("--timeout", args.timeout)
-    _positive("--threads", args.threads)
+    check_positive("--trials", args.trials)
+    check_positive("--timeout", args.timeout, whole=False)
+    check_positive("--threads", args.threads)
     from ..runner import set_worker_threads
 
     set_worker_threads(args.threads)  # before the preflight's first TensorFlow op
@@ -144,9 +142,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from ..options import options_from
     from ..runner import join_sweep
 
-    options = options_from(spec, timeout=args.timeout, storage=flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE),
+    # a budget given here is the study's, as `run --trials` sets it (`--set study.trials=N` too: it was ignored)
+    budget = args.trials or (spec.study.trials if "study.trials" in parse_set_options(args.overrides) else None)
+    options = options_from(spec, trials=budget, timeout=args.timeout,
+                           storage=flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE),
                            tracking_uri=flag_or_env(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI),
-                           study_name=args.study, progress=False)
+                           study_name=args.study, progress=not args.quiet)
+    options.sets_budget = budget is not None
     # join_sweep sets the pools again: with None it would give this worker every usable core, and two
     # `worker --threads 1` from `run --workers 2` ran with two threads each (a trial ~20 % slower beside the other)
     options.worker_index, options.finalize, options.threads = args.worker_index, not args.no_finalize, args.threads
@@ -230,7 +232,9 @@ def _phase_line(status: dict) -> str:
     """Did the search find the best trial, or was it one of the random start-up trials?"""
     best, startup, early = status.get("best") or {}, status.get("startup_trials"), status.get("best_startup_value")
     if not best.get("phase") or not startup:
-        return ""
+        return ""  # a sampler without a start-up phase (random, grid), or none configured
+    if best["phase"] == "enqueued":
+        return "a configuration you enqueued (study.enqueue), not drawn by the sampler"
     if best["phase"] == "search":
         if early is None or best.get("value") is None:
             return f"found by the search phase (after the {startup} random start-up trials)"
@@ -238,6 +242,8 @@ def _phase_line(status: dict) -> str:
         # seed 0) is a tie, and the line must let a user see that rather than read it as the search winning
         return (f"found by the search phase: {best['value']:.6f} against {early:.6f}, the best of the {startup} "
                 f"random start-up trials ({best['value'] - early:+.6f})")
+    if not status.get("search_trials"):
+        return f"from the {startup} random start-up trials: no trial of the search phase has finished yet"
     return f"from the {startup} random start-up trials: the search phase did not improve on it"
 
 

@@ -25,6 +25,6 @@ def build_encoder(hp) -> keras.Model:
             x = keras.layers.Flatten()(x)
             x = keras.layers.Dense(hp.Int("units", 32, 128, step=32), activation="relu")(x)
     outputs = keras.layers.Dense(hp.Choice("embedding_dim", [16, 32]))(x)
-    hp.Float("learning_rate", 1e-3, 1e-2, sampling="log")
-    hp.Float("loss.margin", 0.5, 1.5)
+    hp.Float("learning_rate", 1e-3, 1e-2, sampling="log")  # named like train-config keys: these two set the
+    hp.Float("loss.margin", 0.5, 1.5)                       # trial's learning rate and margin
     return keras.Model(inputs, outputs, name="kt_encoder")

@@ -92,6 +92,14 @@ def test_cli_predict_with_npy_and_image_files(sqlite_stores: Stores, promoted: d
     np.save(d / "text.npy", np.array(["a"] * 64))  # strings: a DataError (exit 2), not a ValueError (exit 1)
     assert main(["predict", uri, str(d / "a.npy"), str(d / "text.npy"), *tracking]) == 2
     assert "expected numbers" in capsys.readouterr().err
+    # a URI that names no model, and a threshold the served model refuses: input errors too (were exit 1, and 0)
+    for bad in (f"models:/{NAME}@nope", f"models:/{NAME}/99"):
+        assert main(["predict", bad, str(d / "a.npy"), str(d / "b.npy"), *tracking]) == 2
+        assert f"{bad}: no model there" in capsys.readouterr().err
+    for value in ("nan", "inf", "high"):
+        with pytest.raises(SystemExit) as refused:  # argparse: usage and one line, exit 2
+            main(["predict", uri, str(d / "a.npy"), str(d / "b.npy"), "--threshold", value, *tracking])
+        assert refused.value.code == 2 and "--threshold" in capsys.readouterr().err
 
 
 class _Marker:

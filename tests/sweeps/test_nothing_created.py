@@ -61,6 +61,31 @@ def test_unimportable_choice_in_the_search_space_creates_nothing(tmp_path: Path)
     _assert_refused(done, tmp_path, text="search_space.encoder.type")
 
 
+@pytest.mark.parametrize("study, text", [
+    ({"metric": "val_rocauc"}, "study.metric"),  # a name no trial reports: every trial was pruned nan_metric
+    ({"metric": "val_threshold"}, "study.metric"),  # a reading with no better direction
+    ({"sampler": "gp"}, "'gp' needs PyTorch"),  # checked when the sampler was built: after the study and its run
+], ids=["unknown-metric", "reading-as-metric", "gp-without-torch"])
+def test_a_study_setting_that_cannot_run_creates_nothing(tmp_path: Path, study: dict, text: str) -> None:
+    if "sampler" in study:
+        try:
+            import torch  # noqa: F401
+            pytest.skip("torch is installed here")
+        except ImportError:
+            pass
+    done = _cli(["run", str(_spec(tmp_path, study=study)), *_stores(tmp_path), "--quiet"], cwd=tmp_path)
+    _assert_refused(done, tmp_path, text=text)
+
+
+def test_any_per_epoch_metric_with_a_direction_is_an_objective() -> None:
+    from siamese_core.metrics import GOALS
+    from sweeps.spec import spec_from_dict
+
+    assert {"val_roc_auc", "val_eer", "loss", "epoch_seconds"} <= set(GOALS)
+    for metric in (*GOALS, "params", "latency_ms", "train_seconds"):
+        assert spec_from_dict(make_spec_dict(study={"metric": metric})).study.objective_metrics[0] == metric
+
+
 def test_study_name_unusable_in_mlflow_filters_creates_nothing(tmp_path: Path) -> None:
     done = _cli(["run", str(_spec(tmp_path)), "--study", "it's", *_stores(tmp_path), "--quiet"], cwd=tmp_path)
     _assert_refused(done, tmp_path, text="--study")

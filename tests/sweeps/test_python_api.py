@@ -62,8 +62,9 @@ def test_sweep_refuses_bad_input_before_creating_anything(tmp_path: Path) -> Non
     import sweeps
 
     storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
-    with pytest.raises(ConfigError, match="trials"):
-        sweeps.sweep(_spec(), trials=0, storage=storage, tracking_uri=uri)
+    for bad in ({"trials": 0}, {"trials": "3"}, {"workers": 1.5}, {"timeout": float("nan")}, {"threads": True}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):  # "3" was a TypeError, 1.5 ran one worker
+            sweeps.sweep(_spec(), storage=storage, tracking_uri=uri, **bad)
     with pytest.raises(ConfigError, match=r"study\.sampler\.type"):
         sweeps.sweep(_spec(sampler={"type": "bayes"}), storage=storage, tracking_uri=uri)
     assert list(tmp_path.iterdir()) == []

@@ -82,6 +82,14 @@ def test_worker_joins_with_the_study_alone_and_a_different_spec_is_refused(tmp_p
         assert "Traceback" not in refused.stderr
     assert len(optuna.load_study(study_name="t", storage=make_storage(storage)).trials) == len(study.trials)
 
+    # a worker's budget is the study's, as run's is: `worker --set study.trials=3` ran nothing and said nothing
+    for args, budget in ((["--set", "study.trials=3"], 3), (["--trials", "4"], 4)):
+        grown = _cli(["worker", "--study", "t", "--quiet", *args, *stores], cwd=other)
+        assert grown.returncode == 0, grown.stderr[-2000:]
+        study = optuna.load_study(study_name="t", storage=make_storage(storage))
+        assert study.user_attrs["trial_budget"] == budget
+        assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == budget
+
     # an unknown study on a storage that does not exist: exit 2 and no database file created
     missing = _cli(["worker", "--study", "nope", "--storage", f"sqlite:///{other}/none.db"], cwd=other)
     assert missing.returncode == 2 and "no study named 'nope'" in missing.stderr

@@ -1,6 +1,8 @@
 """Spec validation, the search space, samplers/pruners, the KerasTuner adapter, multi-objective studies."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras_tuner as kt
 import optuna
 import pytest
@@ -166,3 +168,12 @@ def test_non_finite_int_bounds_are_a_config_error(bounds) -> None:
 
     with pytest.raises(ConfigError, match="search_space|high|low"):
         spec_from_dict({"search_space": {"encoder.depth": {"type": "int", **bounds}}})
+
+
+def test_the_readmes_keras_tuner_example_is_the_file_it_names() -> None:
+    import inspect
+
+    from sweeps.examples.keras_tuner_space import build_encoder
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert inspect.getsource(build_encoder) in readme

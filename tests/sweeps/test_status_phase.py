@@ -16,10 +16,10 @@ from sweeps.study import study_status
 LR = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
 
 
-def _study(path: Path, values: list[float], startup: int) -> str:
+def _study(path: Path, values: list[float], startup: int, sampler: str = "tpe") -> str:
     url = f"sqlite:///{path}"
     study = optuna.create_study(study_name="phase", storage=make_storage(url), direction="maximize")
-    study.set_user_attr(names.STUDY_ATTR_SPEC, {"study": {"sampler": {"type": "tpe", "n_startup_trials": startup}}})
+    study.set_user_attr(names.STUDY_ATTR_SPEC, {"study": {"sampler": {"type": sampler, "n_startup_trials": startup}}})
     for i, v in enumerate(values):
         study.add_trial(optuna.trial.create_trial(
             params={"learning_rate": 1e-3 * (i + 1)}, distributions={"learning_rate": LR}, value=v,
@@ -46,6 +46,44 @@ def test_status_names_the_phase_of_the_best_trial(tmp_path: Path, values: list[f
     assert done.returncode == 0, done.stderr
     assert line in done.stdout
     assert f"test: roc_auc={max(values) - 0.01:.4f}" in done.stdout
+
+
+def _status_text(url: str, cwd: Path) -> str:
+    done = subprocess.run([sys.executable, "-m", "sweeps.cli", "status", "--study", "phase", "--storage", url],
+                          capture_output=True, text=True, timeout=120, cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_no_phase_is_claimed_where_there_was_none(tmp_path: Path) -> None:
+    """The line said "from the 5 random start-up trials: the search phase did not improve on it" for a random
+    sampler (no search phase), for a study whose search had not started, and for an enqueued best trial."""
+    from sweeps.report import build_report, render_markdown
+
+    url = _study(tmp_path / "random.db", [0.90, 0.95, 0.91, 0.92], startup=2, sampler="random")
+    status = study_status(optuna.load_study(study_name="phase", storage=make_storage(url)))
+    assert status["startup_trials"] is None and status["best"]["phase"] is None
+    assert "start-up" not in _status_text(url, tmp_path) and "search phase" not in _status_text(url, tmp_path)
+    page = render_markdown(build_report(optuna.load_study(study_name="phase", storage=make_storage(url))))
+    assert "Trial 1: maximize objective" in page and "start-up" not in page
+
+    url = _study(tmp_path / "young.db", [0.90], startup=5)  # one trial of five start-up ones
+    status = study_status(optuna.load_study(study_name="phase", storage=make_storage(url)))
+    assert status["best"]["phase"] == "start-up" and status["search_trials"] == 0
+    assert "no trial of the search phase has finished yet" in _status_text(url, tmp_path)
+    assert "has not improved on random sampling" not in render_markdown(
+        build_report(optuna.load_study(study_name="phase", storage=make_storage(url))))
+
+    url = f"sqlite:///{tmp_path / 'enqueued.db'}"
+    study = optuna.create_study(study_name="phase", storage=make_storage(url), direction="maximize")
+    study.set_user_attr(names.STUDY_ATTR_SPEC, {"study": {"sampler": {"type": "tpe", "n_startup_trials": 2}}})
+    study.enqueue_trial({"learning_rate": 1e-3})
+    for v in (0.97, 0.90, 0.91):
+        trial = study.ask({"learning_rate": LR})
+        study.tell(trial, v)
+    status = study_status(optuna.load_study(study_name="phase", storage=make_storage(url)))
+    assert status["best"]["phase"] == "enqueued" and status["best_startup_value"] == pytest.approx(0.90)
+    assert "a configuration you enqueued (study.enqueue)" in _status_text(url, tmp_path)
 
 
 def test_status_says_whether_the_best_trials_lead_is_more_than_sampling_noise(tmp_path: Path) -> None:

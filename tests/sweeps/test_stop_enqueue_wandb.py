@@ -71,6 +71,12 @@ def test_a_reached_target_stops_the_sweep_before_its_budget(tmp_path: Path) -> N
     assert MlflowClient(uri).get_run(result.parent_run_id).info.status == "FINISHED"
     study = optuna.load_study(study_name="conv", storage=make_storage(storage))
     assert len(study.trials) == 1 and study.user_attrs["stopped"] == result.status["stopped"]
+    # resumed as the README says, with the stop rule raised on the command line: the study goes on to its budget
+    # (study.stop was part of the spec's identity: the resume was refused, "created with another spec")
+    assert main(["run", "--study", "conv", "--storage", storage, "--tracking-uri", uri, "--quiet",
+                 "--set", "study.stop.target=2.0"]) == 0
+    study = optuna.load_study(study_name="conv", storage=make_storage(storage))
+    assert len(study.trials) == 4 and not study.user_attrs.get("stopped")
 
 
 @pytest.mark.slow  # two worker processes, each importing TensorFlow: minutes on 2 busy cores
