@@ -1,13 +1,14 @@
 """Which way is better for a metric: the one function sweeps asks (spec defaults, promotion, re-evaluation).
 
-`metric_direction` is the single seam: when ``siamese_core.metrics`` carries a direction catalogue,
-its body becomes a lookup there (with `TRIAL_METRICS` for what sweeps measures itself), and nothing
-else in sweeps changes.
+`metric_direction` looks a name up in `siamese_core.metrics` (the catalogue of every history and test key and
+its direction), and in `TRIAL_METRICS` for what sweeps measures itself.
 """
 from __future__ import annotations
 
 import math
 from typing import Literal
+
+from siamese_core import metrics
 
 Direction = Literal["maximize", "minimize"]
 MAXIMIZE: Direction = "maximize"
@@ -15,15 +16,14 @@ MINIMIZE: Direction = "minimize"
 
 # Objectives measured per trial by sweeps (not in the per-epoch history), with their direction.
 TRIAL_METRICS: dict[str, Direction] = {"params": MINIMIZE, "latency_ms": MINIMIZE, "train_seconds": MINIMIZE}
-# History metrics where lower is better, by name part (val_loss, val_eer, pos_distance_mean, epoch_seconds).
-_LOWER_IS_BETTER = ("loss", "eer", "pos_distance", "seconds")
 
 
 def metric_direction(name: str) -> Direction:
-    """``"minimize"`` or ``"maximize"`` for a history, test or trial metric name."""
+    """``"minimize"`` or ``"maximize"`` for a history, test or trial metric name; `ValueError` for an unknown name
+    or a reading without a better direction (it was a guess from the name's parts: anything else maximised)."""
     if name in TRIAL_METRICS:
         return TRIAL_METRICS[name]
-    return MINIMIZE if any(part in name for part in _LOWER_IS_BETTER) else MAXIMIZE
+    return MINIMIZE if metrics.direction(name) == "min" else MAXIMIZE
 
 
 def lower_is_better(name: str) -> bool:

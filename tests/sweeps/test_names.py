@@ -119,3 +119,9 @@ def test_one_metric_direction_function() -> None:
         ["maximize", "minimize", "minimize", "minimize", "minimize", "minimize", "maximize", "maximize", "minimize"]
     spec = spec_from_dict({"study": {"metrics": ["val_roc_auc", "latency_ms"], "sampler": "nsga2"}})
     assert spec.study.objective_directions == ("maximize", "minimize")
+    # the catalogue's direction, not a guess from the name (a reading was "maximize")
+    from siamese_core.metrics import GOALS, direction
+
+    assert all(metric_direction(k) == {"min": "minimize", "max": "maximize"}[direction(k)] for k in GOALS)
+    with pytest.raises(ValueError, match="no better direction"):
+        metric_direction("val_threshold")
