@@ -94,7 +94,7 @@ def build_report(study: optuna.Study, status: Mapping[str, Any] | None = None) -
     if single and complete:
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         best = study.best_trial
-        phase = best_phase(study, best, complete)
+        phase = best_phase(study, best, trials)
         report.best = {"number": best.number, "value": best.value, "params": dict(best.params), "phase": phase.phase}
         report.best_startup_value, report.search_trials = phase.best_startup_value, phase.searched
         if status is not None and (status.get("best") or {}).get("number") == best.number:  # not a newer best

@@ -281,16 +281,17 @@ class BestPhase:
 
 
 def best_phase(study: optuna.Study, best: optuna.trial.FrozenTrial,
-               complete: list[optuna.trial.FrozenTrial]) -> BestPhase:
-    """`best`'s phase in a single-objective `study`; `complete` are its COMPLETE trials (status and report share it)."""
+               trials: list[optuna.trial.FrozenTrial]) -> BestPhase:
+    """`best`'s phase in a single-objective `study`; `trials` are its trials as the caller read them (status and
+    report share this; only COMPLETE and PRUNED ones count)."""
     startup = startup_trials(study)
     if startup is None:
         return BestPhase(None, None, None)
-    early = [float(t.value) for t in complete if t.number < startup and t.value is not None
-             and t.system_attrs.get(names.SYSTEM_ATTR_FIXED_PARAMS) is None]
+    S = optuna.trial.TrialState
+    early = [float(t.value) for t in trials if t.state == S.COMPLETE and t.number < startup
+             and t.value is not None and t.system_attrs.get(names.SYSTEM_ATTR_FIXED_PARAMS) is None]
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    searched = sum(1 for t in study.get_trials(deepcopy=False, states=finished) if t.number >= startup)
+    searched = sum(1 for t in trials if t.state in (S.COMPLETE, S.PRUNED) and t.number >= startup)
     phase = ("enqueued" if best.system_attrs.get(names.SYSTEM_ATTR_FIXED_PARAMS) is not None
              else "start-up" if best.number < startup else "search")
     return BestPhase(startup, phase, (max(early) if maximize else min(early)) if early else None, searched)
@@ -304,12 +305,13 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
                            "directions": [d.name.lower() for d in study.directions],
                            "parent_run_id": study.user_attrs.get(names.STUDY_ATTR_PARENT_RUN_ID),
                            "stopped": study.user_attrs.get(names.STUDY_ATTR_STOPPED)}
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if complete:
         if len(study.directions) == 1:
             best = study.best_trial
             out["best"] = _trial_summary(best)
-            phase = best_phase(study, best, complete)
+            phase = best_phase(study, best, trials)
             out["startup_trials"], out["best"]["phase"] = phase.startup_trials, phase.phase
             out["best_startup_value"], out["search_trials"] = phase.best_startup_value, phase.searched
             lead = best_margin(study, complete)  # is its lead over the runner-up more than sampling noise?
@@ -320,8 +322,7 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
     unrecorded = {"FAIL": outcomes.STALE_HEARTBEAT.reason, "PRUNED": outcomes.PRUNED.reason}
     out["reasons"] = {t.number: {"state": t.state.name,
                                  "reason": t.user_attrs.get(names.TRIAL_ATTR_REASON, unrecorded[t.state.name])}
-                      for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,
-                                                                        optuna.trial.TrialState.FAIL))}
+                      for t in trials if t.state in (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)}
     return out
 
 
