@@ -181,8 +181,10 @@ def worker_command(env: Mapping[str, str], extra: list[str]) -> tuple[list[str],
     child["MLFLOW_TRACKING_USERNAME"] = setting(env, "SIAMESE_SWEEP_MLFLOW_WORKER_USERNAME", DEFAULT_WORKER_USER)
     child["MLFLOW_TRACKING_PASSWORD"] = secret(env, "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD")
     # Empty SIAMESE_SWEEP_SPEC = the built-in quickstart spec; empty SIAMESE_SWEEP_STUDY = the spec's study.name.
+    # The spec is always named: `worker --study NAME` alone joins only a study that exists already, so the first
+    # worker of a new study named in SIAMESE_SWEEP_STUDY would exit 2 and the service stop after its restarts.
     # URLs travel in the environment (the CLI reads OPTUNA_STORAGE / MLFLOW_TRACKING_URI): argv is visible in `ps`.
-    argv = ["siamese-sweep", "worker", *([env["SIAMESE_SWEEP_SPEC"]] if env.get("SIAMESE_SWEEP_SPEC") else [])]
+    argv = ["siamese-sweep", "worker", env.get("SIAMESE_SWEEP_SPEC") or "quickstart"]
     if env.get("SIAMESE_SWEEP_STUDY"):
         argv += ["--study", env["SIAMESE_SWEEP_STUDY"]]
     argv += list(extra)

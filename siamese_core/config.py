@@ -66,7 +66,7 @@ LossType: TypeAlias = Annotated[str, AfterValidator(_registered(LOSSES, plugins=
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod

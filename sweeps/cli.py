@@ -13,6 +13,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .names import ENV_TF_CPP_MIN_LOG_LEVEL
@@ -47,6 +48,32 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, received {text!r}")
     return value
+
+
+def output_file(text: str) -> str:
+    """An argparse type: a file to write, in a folder that exists; checked before the work, which the write at its
+    end would otherwise throw away (exit 1, "FileNotFoundError")."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; expected a file to write")
+    return _writable(path.parent, text)
+
+
+def output_dir(text: str) -> str:
+    """An argparse type: a folder to write into (made if missing), checked before the work as `output_file`."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
+    return _writable(next(p for p in (path, *path.parents) if p.exists()), text)
+
+
+def _writable(folder: Path, text: str) -> str:
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {folder} is not a folder" if folder.exists()
+                                         else f"{text}: no such folder {folder}")
+    if not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text}: cannot write in {folder}")
+    return text
 
 
 def flag_or_env(value: str | None, env: str) -> str | None:
@@ -111,8 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(mask_secrets(traceback.format_exc()), file=sys.stderr, end="")
             return EXIT_ERROR
-        print(f"error: {type(exc).__name__}: {mask_secrets(str(exc))} (run with --debug for a traceback)",
-              file=sys.stderr)
+        print(f"error: {type(exc).__name__}: {mask_secrets(str(exc))} "
+              f"(siamese-sweep --debug {args.command} ... for a traceback)", file=sys.stderr)
         return EXIT_ERROR
 
 

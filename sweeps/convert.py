@@ -36,6 +36,9 @@ from siamese_core.errors import ConfigError
 METHODS = {"bayes": "tpe", "random": "random", "grid": "grid"}
 IGNORED_TOP = ("program", "command", "project", "entity", "description", "controller", "job")
 UNBOUNDED = ("normal", "q_normal", "log_normal", "q_log_normal")
+# what a W&B sweep file may hold (the rest is noted as ignored: W&B itself refuses unknown keys, so it is a typo)
+KNOWN_TOP = ("method", "parameters", "metric", "name", "run_cap", "early_terminate", *IGNORED_TOP)
+KNOWN_PARAMETER = ("value", "values", "distribution", "min", "max", "q", "mu", "sigma", "probabilities")
 
 
 def _number(field: str, value: Any) -> float:
@@ -48,6 +51,7 @@ def _parameter(field: str, p: Any, notes: list[str]) -> Any:
     """One W&B parameter -> a spec distribution (dict) or a fixed value."""
     if not isinstance(p, Mapping):
         raise ConfigError(field, f"expected a mapping with value, values or min/max; received: {p!r}")
+    notes.extend(f"{field}.{k} ignored: not a W&B parameter key" for k in p if k not in KNOWN_PARAMETER)
     if "value" in p:
         return p["value"]
     dist = p.get("distribution")
@@ -104,6 +108,7 @@ def from_wandb(data: Mapping[str, Any], *, base: Mapping[str, Any] | None = None
     if not isinstance(data, Mapping) or "parameters" not in data:
         raise ConfigError("parameters", "expected a W&B sweep config with a 'parameters' section")
     notes: list[str] = [f"{k} ignored (a W&B launcher setting)" for k in IGNORED_TOP if k in data]
+    notes += [f"{k} ignored: not a W&B sweep key" for k in data if k not in KNOWN_TOP]
     method = data.get("method", "bayes")
     if method not in METHODS:
         raise ConfigError("method", f"expected one of {sorted(METHODS)}; received: {method!r}")

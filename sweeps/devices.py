@@ -19,10 +19,12 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from . import names
+
 log = logging.getLogger(__name__)
 
-VISIBLE = "CUDA_VISIBLE_DEVICES"
-ALLOW_GROWTH = "TF_FORCE_GPU_ALLOW_GROWTH"
+VISIBLE = names.ENV_CUDA_VISIBLE_DEVICES
+ALLOW_GROWTH = names.ENV_TF_FORCE_GPU_ALLOW_GROWTH
 _NO_DEVICES = {"", "-1", "none", "void", "nodevfiles"}
 _GPU_LINE = re.compile(r"^GPU (\d+):.*?\(UUID: (GPU-[^)]+)\)")
 _MIG_LINE = re.compile(r"^\s+MIG .*?\(UUID: (MIG-[^)]+)\)")

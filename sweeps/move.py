@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,7 +33,15 @@ from . import modelio, names
 from .mlflow_globals import quiet_artifacts
 from .registry import logged_model_uri, model_id_from_uri
 from .secrets import mask_url
-from .storage import fail_stale_trials, make_storage, sqlite_path, storage_kind
+from .storage import (
+    check_sqlite_store,
+    fail_stale_trials,
+    make_storage,
+    require_existing,
+    sqlite_path,
+    storage_file,
+    storage_kind,
+)
 from .study import study_uid
 from .tracking import MAX_METRICS_PER_CALL, MAX_PARAMS_PER_CALL, Tracker, _chunks, run_url
 
@@ -73,6 +81,7 @@ def check_tracking_uri(uri: str, flag: str) -> None:
         path = sqlite_path(uri)
         if flag.startswith("--from") and path is not None and not path.exists():
             raise ConfigError(flag, f"no such SQLite file: {path}")  # MLflow would create an empty store
+        check_sqlite_store(uri, "mlflow", flag)
 
 
 def _check_storage(url: str, flag: str) -> None:
@@ -85,10 +94,18 @@ def _check_storage(url: str, flag: str) -> None:
 
 
 def _target_has_study(url: str, study_name: str) -> bool:
-    path = sqlite_path(url)
+    path = storage_file(url)
     if path is not None and not path.exists():
         return False  # opening it would create the file: nothing may be created before the checks pass
-    return study_name in optuna.study.get_all_study_names(storage=make_storage(url))
+    return study_name in optuna.study.get_all_study_names(storage=_opened(url, "--to-storage"))
+
+
+def _opened(url: str, flag: str) -> optuna.storages.BaseStorage:
+    """`make_storage`, its refusal (say, a SQLite file that is MLflow's) naming `flag`."""
+    try:
+        return make_storage(url)
+    except ConfigError as exc:
+        raise ConfigError(flag, str(exc).split(": ", 1)[-1]) from None
 
 
 def move_study(study_name: str, *, from_storage: str, from_tracking_uri: str, to_storage: str,
@@ -119,10 +136,8 @@ def move_study(study_name: str, *, from_storage: str, from_tracking_uri: str, to
 
 
 def _source_study(study_name: str, from_storage: str) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
-    path = sqlite_path(from_storage)
-    if path is not None and not path.exists():  # opening it would create an empty database file
-        raise ConfigError("--from-storage", f"no such SQLite file: {path}")
-    storage = make_storage(from_storage)  # kept: a Study has no public accessor for its storage
+    require_existing(from_storage, "--from-storage")  # opening it would create an empty database or journal file
+    storage = _opened(from_storage, "--from-storage")  # kept: a Study has no public accessor for its storage
     try:
         source = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
@@ -199,9 +214,18 @@ class _RunCopier:
         from mlflow import MlflowClient
 
         self.from_uri = from_uri
+        self.to_uri = to_uri
         self.src = MlflowClient(tracking_uri=from_uri)
-        self.tracker = Tracker(to_uri)
-        self.dst = self.tracker.client
+
+    @cached_property
+    def tracker(self) -> Tracker:
+        """The target's client, made on first use: on a ``sqlite:`` URI it creates the file, so not before the
+        source's checks (the parent run is there) have passed."""
+        return Tracker(self.to_uri)
+
+    @property
+    def dst(self) -> Any:
+        return self.tracker.client
 
     def copy_study_runs(self, study: optuna.Study, attrs: dict[str, Any], to_storage: str, result: MoveResult, *,
                         replace_runs: bool = False) -> None:
@@ -224,6 +248,10 @@ class _RunCopier:
         exp_id = self.tracker.experiment_id(experiment.name)
         result.experiment_id = exp_id
         for run_id in leftovers:
+            # their logged models too: the Models tab would list each trial's model twice, one of a deleted run
+            for model in self.tracker.retry("find models", partial(self.dst.search_logged_models, [exp_id],
+                                                                   filter_string=f"source_run_id = '{run_id}'")):
+                self.dst.delete_logged_model(model.model_id)
             self.dst.delete_run(run_id)
         if leftovers:
             log.warning("deleted %d run(s) of study uid %s on the target (--replace-runs)", len(leftovers), uid)

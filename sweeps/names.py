@@ -7,6 +7,8 @@ strings; the README's "Names" table lists exactly these (a test compares the two
 One prefix each: every tag or metadata key we invent is ``siamese_sweep.<name>``, every environment
 variable we invent is ``SIAMESE_SWEEP_<NAME>``. Names owned by MLflow or Optuna keep their own spelling.
 A name ending in ``.`` or ``_`` is a family: the README writes it with a placeholder (``<code>``).
+The container entrypoint (docker/entrypoint.py, outside the package) reads a few deployment settings of its
+own, listed under the README's table.
 
 Only strings here (no MLflow/Optuna import): the CLI and the spec checks import this before anything heavy.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 from siamese_core.allocator import ENV_ALLOCATOR as _CORE_ENV_ALLOCATOR
 from siamese_core.cpus import ENV_MATH_THREADS as _CORE_ENV_MATH_THREADS
 from siamese_core.data.cache import ENV_DATA_CACHE as _CORE_ENV_DATA_CACHE
+from siamese_core.data.cache import ENV_XDG_CACHE_HOME as _CORE_ENV_XDG_CACHE_HOME
 
 PREFIX = "siamese_sweep."
 ENV_PREFIX = "SIAMESE_SWEEP_"
@@ -170,6 +173,8 @@ ENV_WORKER_USERNAME = "SIAMESE_SWEEP_MLFLOW_WORKER_USERNAME"  # the non-admin ML
 ENV_WORKER_PASSWORD = "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD"
 ENV_SPEC = "SIAMESE_SWEEP_SPEC"                        # the container entrypoint's spec path (compose)
 ENV_STUDY = "SIAMESE_SWEEP_STUDY"                      # the container entrypoint's study name (compose)
+ENV_SPEC_DIR = "SIAMESE_SWEEP_SPEC_DIR"                # compose: the host folder mounted at /specs
+ENV_DATA_DIR = "SIAMESE_SWEEP_DATA_DIR"                # compose: the host folder mounted at /data
 
 # ---------------------------------------------------------------- environment variables of the ecosystem
 ENV_OPTUNA_STORAGE = "OPTUNA_STORAGE"                  # default --storage (keeps passwords off argv)
@@ -193,6 +198,9 @@ ENV_POSTGRES_PASSWORD = "POSTGRES_PASSWORD"            # the postgres image's su
 ENV_MATH_THREADS = _CORE_ENV_MATH_THREADS  # (siamese_core.cpus)
 ENV_OMP_NUM_THREADS, ENV_OPENBLAS_NUM_THREADS, ENV_MKL_NUM_THREADS = ENV_MATH_THREADS
 ENV_TF_CPP_MIN_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"      # the CLI defaults it to 2 (TensorFlow's C++ log noise)
+ENV_CUDA_VISIBLE_DEVICES = "CUDA_VISIBLE_DEVICES"      # --workers N on a GPU machine: one device each (devices.py)
+ENV_TF_FORCE_GPU_ALLOW_GROWTH = "TF_FORCE_GPU_ALLOW_GROWTH"  # set "true" when workers share a GPU (devices.py)
+ENV_XDG_CACHE_HOME = _CORE_ENV_XDG_CACHE_HOME          # the data cache's default parent folder (siamese_core)
 
 
 # Variables that carry secrets: each may be given as `<NAME>_FILE` instead, the path of a file holding the value

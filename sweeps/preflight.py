@@ -73,12 +73,14 @@ def preflight_stores(*, storage: str, tracking_uri: str, study_name: str) -> Non
     (a `ConfigError` for refused credentials, `SweepFatal` when it cannot be reached)."""
     from .errors import SweepFatal, TrackingUnavailable
     from .secrets import mask_url
-    from .storage import storage_kind
+    from .storage import check_sqlite_store, storage_kind
 
     if not _STUDY_NAME.fullmatch(study_name or ""):
         raise ConfigError("--study", f"expected 1-200 characters without quotes, backticks or control characters; "
                                      f"received: {study_name!r}")
     storage_kind(storage)
+    check_sqlite_store(storage, "optuna", "--storage")
+    check_sqlite_store(tracking_uri, "mlflow", "--tracking-uri")
     if not tracking_uri.startswith(("http://", "https://")):
         return
     from .tracking import Retry, Tracker

@@ -29,6 +29,14 @@ _URL_USERINFO = re.compile(
     r"(?P<secret>[^\s/'\"]*)"
     r"(?=@[^\s@/'\"]*(?:[/?#\s'\"]|$))"
 )
+# user:password@host without a well-formed scheme (a mistyped ``https//u:p@h`` or ``https:/u:p@h``, a bare
+# ``u:p@h/db``; the refusal of a bad URL quotes it back): it starts the text or follows whitespace, a quote, '(' or
+# '=' (not '/': ``/tmp/some:odd@path/file.db`` is a file)
+_BARE_USERINFO = re.compile(
+    r"(?P<prefix>(?<![^\s'\"(=])(?:[a-zA-Z][a-zA-Z0-9+.\-]*(?://|:/(?!/)))?[\w.%+~\-]+:)"
+    r"(?P<secret>[^\s/'\"]+)"
+    r"(?=@[\w.%\-\[\]:]+(?:[/?#\s'\"]|$))"
+)
 # ?password=...  &pwd=...  ;token=...
 _QUERY_SECRET = re.compile(
     rf"(?P<prefix>[?&;](?:{_SECRET_KEYS})=)(?P<secret>[^&;#\s'\"]+)", re.IGNORECASE
@@ -59,14 +67,14 @@ def mask_url(url: str) -> str:
     """
     if not isinstance(url, str):
         url = str(url)
-    return _sub(_QUERY_SECRET, _sub(_URL_USERINFO, url))
+    return _sub(_QUERY_SECRET, _sub(_BARE_USERINFO, _sub(_URL_USERINFO, url)))
 
 
 def mask_secrets(text: str) -> str:
     """Mask every URL password and ``password=...``-style value inside free text."""
     if not isinstance(text, str):
         text = str(text)
-    text = _sub(_URL_USERINFO, text)
+    text = _sub(_BARE_USERINFO, _sub(_URL_USERINFO, text))
     text = _sub(_QUERY_SECRET, text)
     return _sub(_ASSIGNED_SECRET, text)
 

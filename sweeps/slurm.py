@@ -65,6 +65,7 @@ import yaml
 
 from siamese_core.errors import ConfigError, InfrastructureError
 
+from . import names
 from .secrets import mask_secrets, mask_url
 from .spec import SweepSpec
 
@@ -77,7 +78,8 @@ DEFAULT_SIGNAL_SECONDS = 180  # > SIAMESE_SWEEP_MLFLOW_RETRY_SECONDS (120 s): th
 DEFAULT_RETRIES = 2
 RETRY_BACKOFF_S = 15
 # what the tasks read from the environment sbatch exports (values never enter the script)
-CONNECTION_ENV = ("OPTUNA_STORAGE", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+CONNECTION_ENV = (names.ENV_OPTUNA_STORAGE, names.ENV_MLFLOW_TRACKING_URI, names.ENV_MLFLOW_TRACKING_USERNAME,
+                  names.ENV_MLFLOW_TRACKING_PASSWORD)
 FILE_SUFFIX = "_FILE"
 
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
@@ -164,7 +166,7 @@ def time_limit_seconds(value: str) -> int | None:
 
 # ------------------------------------------------------------------ the spec
 # where each connection sits in a spec
-_SPEC_FIELDS = {"OPTUNA_STORAGE": ("study", "storage"), "MLFLOW_TRACKING_URI": ("tracking", "uri")}
+_SPEC_FIELDS = {names.ENV_OPTUNA_STORAGE: ("study", "storage"), names.ENV_MLFLOW_TRACKING_URI: ("tracking", "uri")}
 ENV_PLACEHOLDER = "env:"  # no storage or tracking URI has this scheme: a worker that falls back to it fails loudly
 
 
@@ -226,8 +228,8 @@ def check_spec_for_cluster(spec: SweepSpec, text: str, env: Mapping[str, str]) -
                                                     "(or *_FILE) in the environment instead")
     warnings: list[str] = []
     required: list[str] = []
-    for env_name, spec_field, spec_value in (("OPTUNA_STORAGE", "study.storage", spec.study.storage),
-                                              ("MLFLOW_TRACKING_URI", "tracking.uri", spec.tracking.uri)):
+    for env_name, spec_field, spec_value in ((names.ENV_OPTUNA_STORAGE, "study.storage", spec.study.storage),
+                                              (names.ENV_MLFLOW_TRACKING_URI, "tracking.uri", spec.tracking.uri)):
         if env.get(env_name + FILE_SUFFIX) and not env.get(env_name):
             required.append(env_name)  # read on the node: nothing more to check here
             continue

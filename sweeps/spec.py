@@ -166,6 +166,16 @@ class StudySpec(_Section):
     stop: StopSpec | None = None
     enqueue: tuple[dict[str, Any], ...] = ()  # known-good configurations, run first
 
+    @field_validator("checkpoint_dir", mode="before")
+    @classmethod
+    def _checkpoint_dir(cls, v: Any) -> Any:
+        # YAML reads an unquoted ``off`` (or ``false``/``no``) as False: the README's way to switch checkpoints off
+        if v is False:
+            return "off"
+        if v is True:
+            raise ValueError("expected a directory, or off to write no checkpoints; received: true")
+        return v
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:

@@ -17,6 +17,7 @@ SQLite or journal file) makes that step atomic across processes and machines.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -71,6 +72,53 @@ def sqlite_path(url: str) -> Path | None:
     return None
 
 
+def storage_file(url: str) -> Path | None:
+    """The file a SQLite or journal storage URL names (None for servers and memory)."""
+    return sqlite_path(url) or _journal_path(url)
+
+
+def require_existing(url: str, flag: str = "--storage") -> None:
+    """`ConfigError` naming `flag` if `url` names a SQLite or journal file that does not exist: a command that only
+    reads a study (status, report, promote, a worker joining by name, move's source) must not create one."""
+    path = storage_file(url)
+    if path is not None and not path.exists():
+        kind = "SQLite" if sqlite_path(url) is not None else "journal"
+        raise ConfigError(flag, f"no such {kind} file: {path}")
+
+
+# a table that tells each SQLite store apart (both also have alembic's `alembic_version`), and what to call it
+SQLITE_STORES = {"optuna": ("studies", "an Optuna storage"), "mlflow": ("experiments", "an MLflow tracking store")}
+
+
+def sqlite_tables(path: Path) -> set[str]:
+    """The tables of an existing SQLite file, read-only (a file that is not SQLite: ``{"?"}``; one that cannot be
+    read now, say locked by another process's write for longer than the wait: empty, as if it could not tell)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as db:
+            return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.OperationalError:
+        return set()
+    except sqlite3.DatabaseError:  # "file is not a database"
+        return {"?"}
+
+
+def check_sqlite_store(url: str, store: str, flag: str) -> None:
+    """`ConfigError` naming `flag` if `url` is a SQLite file that exists with tables, but not those of `store`
+    (``optuna`` or ``mlflow``): opening it would add that store's tables to another one's database (say,
+    ``--storage sqlite:///mlflow.db``), then fail on the mix."""
+    path = sqlite_path(url)
+    if path is None or not path.is_file() or path.stat().st_size == 0:
+        return
+    table, what = SQLITE_STORES[store]
+    tables = sqlite_tables(path)
+    if tables and table not in tables:
+        found = next((w for t, w in SQLITE_STORES.values() if t in tables),
+                     "not a SQLite database" if tables == {"?"} else "another database")
+        raise ConfigError(flag, f"{path} is not {what} (it is {found}); nothing was changed")
+
+
 def storage_kind(url: str) -> str:
     if url in ("memory", "inmemory", ":memory:"):
         return "memory"
@@ -86,6 +134,21 @@ def storage_kind(url: str) -> str:
 _MEMORY_STORAGES: dict[str, optuna.storages.InMemoryStorage] = {}
 
 
+def with_postgres_driver(url: str) -> str:
+    """A PostgreSQL URL without a driver (``postgresql://``, ``postgres://``) with psycopg2's named.
+
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, which the ``distributed`` extra does not install
+    (it installs psycopg2-binary): the bare URL failed with "Failed to import DB access module". Kept bare when
+    psycopg 3 is installed, so that what the user chose is what runs."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return url
+    driver = "postgresql" if importlib.util.find_spec("psycopg") is not None else "postgresql+psycopg2"
+    return f"{driver}://{rest}"
+
+
 def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 30,
                  max_retries: int = 2) -> optuna.storages.BaseStorage:
     """Build the Optuna storage for `url` (heartbeat + retry of stale trials on RDB storages)."""
@@ -99,12 +162,12 @@ def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 
         journal = SignalSafeJournalStorage(JournalFileBackend(str(path)))
         journal.beat_interval = float(heartbeat_interval)
         return journal
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://"):]
+    url = with_postgres_driver(url)
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if kind == "sqlite":
         path = sqlite_path(url)
         if path is not None:
+            check_sqlite_store(url, "optuna", "--storage")
             path.parent.mkdir(parents=True, exist_ok=True)
         # several worker processes share the file: wait for locks instead of failing
         engine_kwargs["connect_args"] = {"timeout": 120}
@@ -523,8 +586,7 @@ class AdvisoryLock(BudgetLock):
     def __init__(self, url: str, key: str) -> None:
         import sqlalchemy
 
-        if url.startswith("postgres://"):
-            url = "postgresql://" + url[len("postgres://"):]
+        url = with_postgres_driver(url)
         # no pool: the connection exists only while the lock is wanted or held
         self._engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         self._key = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)

@@ -22,7 +22,7 @@ from . import names, outcomes, pruners, samplers
 from .margin import best_margin
 from .secrets import mask_url
 from .spec import SweepSpec, enqueued_params, spec_differences, spec_from_data
-from .storage import make_storage, sqlite_path
+from .storage import make_storage, require_existing, storage_file
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,7 @@ def optuna_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
 
 def load_study(study_name: str, storage: str) -> optuna.Study:
     """An existing study (`ConfigError` naming --study if there is none), for status and promote."""
-    path = sqlite_path(storage)
-    if path is not None and not path.exists():  # opening it would create an empty database file
-        raise ConfigError("--storage", f"no such SQLite file: {path}")
+    require_existing(storage)  # opening it would create an empty database or journal file
     try:
         return optuna.load_study(study_name=study_name, storage=make_storage(storage))
     except KeyError:
@@ -131,11 +129,11 @@ def stored_spec(storage_url: str, study_name: str, overrides: dict[str, Any] | N
     None if `missing_ok`, else `ConfigError` naming --study."""
     missing = ConfigError("--study", f"no study named {study_name!r} in {mask_url(storage_url)}; start it with "
                                      f"'siamese-sweep run SPEC --study {study_name}', or pass the spec file")
-    path = sqlite_path(storage_url)
+    path = storage_file(storage_url)
     if path is not None and not path.exists():
         if missing_ok:
             return None
-        raise missing  # opening it would create an empty database file
+        raise missing  # opening it would create an empty database or journal file
     try:
         study = optuna.load_study(study_name=study_name, storage=make_storage(storage_url))
     except KeyError:

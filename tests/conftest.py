@@ -35,6 +35,23 @@ if not os.environ.get(ENV_DATA_CACHE):
 if str(FIXTURES) not in sys.path:
     sys.path.insert(0, str(FIXTURES))
 
+
+@pytest.fixture(scope="session", autouse=True)
+def scratch_working_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test runs in a scratch directory, not in the checkout it was started from.
+
+    A SQLite MLflow store without an artifact root puts its artifacts in ``./mlruns`` of the working directory
+    (MLflow's default), so the suite's in-process sweeps left about 300 runs' plots and models in the checkout's
+    ``mlruns/`` on every run; the sub-processes inherit this directory too. Session-scoped so that module- and
+    session-scoped fixtures that run sweeps are inside it as well."""
+    started_in = Path.cwd()
+    scratch = tmp_path_factory.mktemp("cwd")
+    os.chdir(scratch)
+    try:
+        yield scratch
+    finally:
+        os.chdir(started_in)
+
 TINY = {
     "dataset": {"name": "digits"},
     "epochs": 1,

@@ -39,6 +39,7 @@ import numpy as np
 from .types import DataInfo, DatasetSplits, LabeledSplit, PairedSplit, Split
 
 ENV_DATA_CACHE = "SIAMESE_SWEEP_DATA_CACHE"  # a folder, or "off"
+ENV_XDG_CACHE_HOME = "XDG_CACHE_HOME"  # the XDG base directory spec's cache folder (default ~/.cache)
 OFF = "off"
 FORMAT = 1  # bump when the layout of an entry changes
 # Least recently used entries beyond this are deleted when one is written: a Fashion-MNIST entry is 55 MB (the
@@ -59,7 +60,7 @@ def cache_dir() -> Path | None:
         return None
     if setting:
         return Path(setting).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME", "").strip() or "~/.cache"
+    base = os.environ.get(ENV_XDG_CACHE_HOME, "").strip() or "~/.cache"
     return Path(base).expanduser() / "siamese-sweep" / "datasets"
 
 

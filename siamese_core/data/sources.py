@@ -267,9 +267,13 @@ def read_npz(path: str | os.PathLike[str], *, required: tuple[str, ...],
     key = "<archive>"
     try:
         with open(p, "rb") as f:  # np.load would return a .npy's array, which is no archive (exit 1 before)
-            if f.read(6) == b"\x93NUMPY":
-                raise DataError(str(p), "expected an .npz archive (np.savez), found a single .npy array; save "
-                                        "with np.savez(path, x=..., y=...)")
+            head = f.read(6)
+        if head == b"\x93NUMPY":
+            raise DataError(str(p), "expected an .npz archive (np.savez), found a single .npy array; save "
+                                    "with np.savez(path, x=..., y=...)")
+        if not head.startswith(b"PK"):  # no zip at all: np.load reads it as a pickle and says "allow_pickle"
+            raise DataError(str(p), "not an .npz archive (np.savez writes a zip file); save the arrays with "
+                                    "np.savez(path, x=..., y=...)")
         with np.load(p, allow_pickle=False) as z:
             missing = [k for k in required if k not in z.files]
             if missing:

@@ -63,8 +63,8 @@ def check_class_labels(y: np.ndarray, source: str, *, what: str = "y") -> list[F
     ev = {"source": source, "array": what, "samples": int(y.size), "classes": int(classes.size),
           "largest_class_share": round(float(counts.max() / y.size), 4)}
     if classes.size < 2:
-        return [C.finding(C.SINGLE_CLASS, f"every label in '{what}' is class {classes[0]!r}: no negative pair can be "
-                                          f"built and the embedding collapses to a constant", evidence=ev)]
+        return [C.finding(C.SINGLE_CLASS, f"every label in '{what}' is class {classes[0].item()!r}: no negative pair "
+                                          f"can be built and the embedding collapses to a constant", evidence=ev)]
     if not np.any(counts >= 2):
         return [C.finding(C.PAIR_IMBALANCE, f"no class in '{what}' has two samples, so no positive pair exists",
                           evidence=ev, severity="error", fix="provide at least two samples of some classes")]

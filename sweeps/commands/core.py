@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli import EXIT_FINDINGS, EXIT_OK, add_set_option, print_json
+from ..cli import EXIT_FINDINGS, EXIT_OK, add_set_option, output_dir, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", nargs="?", help="YAML train config (defaults fill what it omits)")
     add_set_option(p)
     p.add_argument("--json", action="store_true", help="print the result summary as one JSON object on stdout")
-    p.add_argument("--output", metavar="DIR", help="save model.keras and result.json here")
+    p.add_argument("--output", metavar="DIR", type=output_dir, help="save model.keras and result.json here")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
     p.set_defaults(handler=cmd_train)
 

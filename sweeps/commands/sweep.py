@@ -6,7 +6,7 @@ import signal
 import sys
 
 from .. import names, pruners, samplers
-from ..cli import EXIT_ERROR, EXIT_OK, add_set_option, add_study_option, flag_or_env, print_json
+from ..cli import EXIT_ERROR, EXIT_OK, add_set_option, add_study_option, flag_or_env, output_file, print_json
 from ..launch import WAIT_FLAG
 
 
@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_study_option(rp, help="study name")
     add_set_option(rp, what="spec")
     rp.add_argument("--json", action="store_true", help="print the report as JSON")
-    rp.add_argument("-o", "--output", help="write the Markdown page to this file instead of stdout")
+    rp.add_argument("-o", "--output", type=output_file, help="write the Markdown page to this file instead of stdout")
     rp.set_defaults(handler=cmd_report)
 
     c = sub.add_parser("convert", help="turn a W&B sweep file into a siamese-sweep spec", description=(
@@ -74,7 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run_cap) into a spec and print it (or write it with -o). 'run' and 'worker' also read a W&B file "
         "directly; this shows what they make of it. What has no equivalent is listed on stderr."))
     c.add_argument("source", metavar="WANDB_YAML", help="the W&B sweep file")
-    c.add_argument("-o", "--output", metavar="SPEC_YAML", help="write the spec here instead of printing it")
+    c.add_argument("-o", "--output", metavar="SPEC_YAML", type=output_file,
+                   help="write the spec here instead of printing it")
     add_study_option(c, help="study name (default: the W&B sweep's name, else siamese-sweep)")
     c.set_defaults(handler=cmd_convert)
 
@@ -208,6 +209,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from siamese_core.errors import ConfigError
 
     from ..convert import from_wandb, looks_like_wandb
+    from ..space import check_space
     from ..spec import spec_from_dict
 
     source = Path(args.source)
@@ -216,7 +218,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise ConfigError("", f"{source} is not a W&B sweep file (expected a 'parameters' section and no "
                               "search_space or base); siamese-sweep specs need no conversion")
     spec, notes = from_wandb(data, study_name=args.study)
-    spec_from_dict(spec)  # a converted file that would not run is refused here, with the field named
+    check_space(spec_from_dict(spec))  # a converted file that would not run is refused here, with the field named
     text = f"# converted from {source.name} by siamese-sweep convert\n" + yaml.safe_dump(spec, sort_keys=False)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)

@@ -113,3 +113,30 @@ def test_unexpected_error_exit_1(capsys, monkeypatch):
     rc = main(["train", *TINY_SET])
     err = capsys.readouterr().err
     assert rc == 1 and "RuntimeError: disk on fire" in err and "Traceback" not in err
+    # the hint names a command line that works: `--debug` belongs before the command (after it, argparse exits 2)
+    assert "(siamese-sweep --debug train ... for a traceback)" in err
+    assert main(["--debug", "train", *TINY_SET]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(tmp_path, capsys, monkeypatch):
+    """``--output``/``-o`` are checked when parsed (exit 2, nothing trained or read); they failed at the end,
+    exit 1 with FileExistsError/FileNotFoundError, the trained model or the report lost."""
+    from siamese_core import training
+    from sweeps.cli import main
+
+    def never(*a, **k):
+        raise AssertionError("the work ran before the output was checked")
+
+    monkeypatch.setattr(training, "train", never)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("hi")
+    for argv, words in ((["train", *TINY_SET, "--output", "afile"], "afile exists and is not a folder"),
+                        (["train", *TINY_SET, "--output", "afile/model"], "afile is not a folder"),
+                        (["report", "--study", "x", "-o", "nodir/r.md"], "no such folder nodir"),
+                        (["convert", "w.yaml", "-o", str(tmp_path)], "is a folder; expected a file")):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and words in err, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

@@ -101,6 +101,9 @@ def test_config_is_frozen_and_overrides_revalidate():
     ({"dataset": {"image_size": [28, 28]}}, "dataset.image_size", ["image_folder"]),
     ({"dataset": {"color_mode": "rgb"}}, "dataset.color_mode", ["image_folder"]),
     ({"optimizer": {"momentum": 0.9}}, "optimizer.momentum", ["'rmsprop' and 'sgd'"]),
+    # not a number at all: said so, not "should be less than or equal to 10"
+    ({"learning_rate": float("nan")}, "learning_rate", ["finite number"]),
+    ({"loss": {"margin": float("inf")}}, "loss.margin", ["finite number"]),
 ])
 def test_bad_field_is_config_error_naming_field_and_allowed_values(data, field, words):
     err = error_for(data)

@@ -507,6 +507,10 @@ def test_npz_inputs_that_used_to_exit_1_are_data_errors(tmp_path):
     np.save(npy, np.zeros((40, 3), np.float32))
     with pytest.raises(DataError, match="expected an .npz archive"):
         load_dataset(cfg(name="npz", path=str(npy)))
+    text = tmp_path / "junk.npz"  # it was "array '<archive>' holds Python objects (dtype object)"
+    text.write_text("hello\n")
+    with pytest.raises(DataError, match=r"not an \.npz archive \(np\.savez writes a zip file\)"):
+        load_dataset(cfg(name="npz", path=str(text)))
 
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 8)})

@@ -48,6 +48,7 @@ def test_single_class_labels(write_npz):
     findings = diagnose({"dataset": {"name": "npz", "path": str(path)}})
     assert codes(findings) == {"single_class": "error"}
     assert findings[0].evidence["classes"] == 1
+    assert "every label in 'y' is class 7:" in findings[0].message  # not numpy's repr, np.int64(7)
 
 
 def test_negatives_only_is_an_error_imbalance(write_npz):

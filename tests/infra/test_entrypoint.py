@@ -9,6 +9,8 @@ from types import ModuleType
 
 import pytest
 
+from sweeps.cli import build_parser
+from sweeps.specs import resolve_spec_path
 from sweeps.stack.mlflow_auth import write_auth_ini
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,7 +133,12 @@ def test_worker_command_line(ep: ModuleType) -> None:
         "a worker holds only what it needs"
     # the quickstart spec, its study name
     bare, _ = ep.worker_command(_env(SIAMESE_SWEEP_SPEC="", SIAMESE_SWEEP_STUDY=""), [])
-    assert bare == ["siamese-sweep", "worker"]
+    assert bare == ["siamese-sweep", "worker", "quickstart"]
+    # the quickstart spec under another name: named, so that the first worker creates the study (`worker --study`
+    # alone joins only a stored one: exit 2 "no study named ...")
+    named, _ = ep.worker_command(_env(SIAMESE_SWEEP_SPEC="", SIAMESE_SWEEP_STUDY="mine"), [])
+    assert named == ["siamese-sweep", "worker", "quickstart", "--study", "mine"]
+    assert resolve_spec_path(named[2]).is_file() and build_parser().parse_args(named[1:]).study == "mine"
     with pytest.raises(SystemExit, match="SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD"):
         ep.worker_command(_env(SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD=""), [])
 

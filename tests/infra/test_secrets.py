@@ -22,6 +22,10 @@ from sweeps.secrets import SecretsFilter, install_secrets_filter, mask_secrets, 
         ("http://admin:hunter2hunter2@mlflow:5000", "http://admin:***@mlflow:5000"),
         ("postgresql://:onlypw@host/db", "postgresql://:***@host/db"),
         ("mysql://root:pw@host", "mysql://root:***@host"),
+        # a mistyped scheme or none: the refusal of the bad URL quotes it back (it leaked the password)
+        ("https//u:S3cret@host", "https//u:***@host"),
+        ("https:/u:S3cret@host:5000/x", "https:/u:***@host:5000/x"),
+        ("u:S3cret@h/db", "u:***@h/db"),
         # nothing to hide
         ("postgresql://user@host/db", "postgresql://user@host/db"),
         ("postgresql://host:5432/db", "postgresql://host:5432/db"),
@@ -59,6 +63,7 @@ def test_mask_url_is_idempotent() -> None:
         "POSTGRES_PASSWORD: topsecret",
         "url=postgresql://host/db?sslmode=disable&password=topsecret#frag",
         "two urls: postgresql://a:topsecret@h1/x and http://b:topsecret@h2:1/",
+        "error: --storage: expected sqlite:///FILE, ...; received: 'u:topsecret@h/db'",
     ],
 )
 def test_mask_secrets_hides_the_secret(text: str) -> None:
@@ -75,6 +80,9 @@ def test_mask_secrets_hides_the_secret(text: str) -> None:
         "connected to http://127.0.0.1:5000/health in 0.3 s",
         "sqlite:///tmp/x.db opened",
         "user@example.com wrote this",
+        "git@github.com:org/repo.git",
+        "models:/siamese-digits@champion",
+        "worker host-1:4242 took trial 3",
     ],
 )
 def test_mask_secrets_leaves_harmless_text_alone(text: str) -> None:

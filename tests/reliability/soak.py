@@ -234,11 +234,11 @@ def _measure(result: SoakResult, storage: str, client: Any, epochs: int, procs: 
                              f"worker {t.user_attrs.get(names.TRIAL_ATTR_WORKER)}, system attrs {t.system_attrs}"
                    for t in trials
                    if t.state == S.FAIL and not any(t.params.items() <= done for done in finished_params)}
-    result.retried = sum(t.system_attrs.get("failed_trial") is not None for t in trials)
-    result.resumed = sum(bool(t.user_attrs.get("resumed_from_epoch")) for t in trials)
+    result.retried = sum(t.system_attrs.get(names.SYSTEM_ATTR_FAILED_TRIAL) is not None for t in trials)
+    result.resumed = sum(bool(t.user_attrs.get(names.TRIAL_ATTR_RESUMED_FROM_EPOCH)) for t in trials)
     if study is not None:
-        parent = study.user_attrs.get("mlflow_parent_run_id")
-        runs = client.search_runs([study.user_attrs["mlflow_experiment_id"]], max_results=5000)
+        parent = study.user_attrs.get(names.STUDY_ATTR_PARENT_RUN_ID)
+        runs = client.search_runs([study.user_attrs[names.STUDY_ATTR_EXPERIMENT_ID]], max_results=5000)
         children = {r.info.run_id: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent}
         by_number = {t.number: t for t in trials}
         for r in children.values():
@@ -247,14 +247,14 @@ def _measure(result: SoakResult, storage: str, client: Any, epochs: int, procs: 
             result.runs_left_running += 1
             number = r.data.tags.get(names.TAG_TRIAL_NUMBER, "")
             t = by_number.get(int(number)) if number.isdigit() else None
-            known = t is not None and t.user_attrs.get("mlflow_run_id") == r.info.run_id
+            known = t is not None and t.user_attrs.get(names.TRIAL_ATTR_RUN_ID) == r.info.run_id
             result.running_runs.append(f"run {r.info.run_id[:8]} of trial {number or '?'} "
                                        f"({t.state.name if t else 'no such trial'}, "
                                        f"{'its recorded run' if known else 'not the run the trial records'})")
         for t in trials:
             if t.state != S.COMPLETE:
                 continue
-            run = children.get(t.user_attrs.get("mlflow_run_id", ""))
+            run = children.get(t.user_attrs.get(names.TRIAL_ATTR_RUN_ID, ""))
             try:
                 assert run is not None, "no run"
                 check_complete_run(client, run, t, epochs=epochs)

@@ -510,6 +510,9 @@ def test_permanent_errors_are_not_retried() -> None:
 
 
 def test_checkpoint_root_is_per_study_and_can_be_disabled(tmp_path: Path) -> None:
+    import yaml
+
+    from siamese_core.errors import ConfigError
     from sweeps.spec import spec_from_dict
     from sweeps.worker import default_checkpoint_root
 
@@ -517,6 +520,10 @@ def test_checkpoint_root_is_per_study_and_can_be_disabled(tmp_path: Path) -> Non
     root = default_checkpoint_root(spec, "my study/1", "0123456789abcdef0123")
     assert root == tmp_path / "my_study_1-0123456789ab"
     assert default_checkpoint_root(spec_from_dict({"study": {"checkpoint_dir": "none"}}), "s", "p") is None
+    # what the README writes, unquoted: YAML reads it as False (it was refused as "not a valid string")
+    assert default_checkpoint_root(spec_from_dict(yaml.safe_load("study: {checkpoint_dir: off}")), "s", "p") is None
+    with pytest.raises(ConfigError, match="expected a directory"):
+        spec_from_dict({"study": {"checkpoint_dir": True}})
     assert str(default_checkpoint_root(spec_from_dict({}), "s", "p")).startswith(".siamese-sweep/checkpoints")
 
 

@@ -63,6 +63,64 @@ def test_a_running_trial_or_a_bad_scheme_is_refused_and_nothing_is_created(tmp_p
         code, _, err = _move(capsys, src, storage, tracking)
         assert code == 2 and err.startswith(f"error: {flag}:") and len(err.strip().splitlines()) == 1, err
     assert not target.exists()  # neither SQLite file was created
+    # refused after the target's checks: the source tracking store has no parent run (a journal target, whose
+    # file its own check would create, and the target's MLflow store, which its client would create)
+    src["study"].tell(src["study"].trials[-1].number, state=optuna.trial.TrialState.FAIL)
+    elsewhere = f"sqlite:///{tmp_path}/elsewhere.db"
+    Tracker(elsewhere).experiment_id("another study's")
+    capsys.readouterr()
+    code = main(["move", "--study", STUDY, "--from-storage", src["storage"], "--from-tracking-uri", elsewhere,
+                 "--to-storage", f"journal:///{target}/optuna.journal", "--to-tracking-uri", to_tracking])
+    err = capsys.readouterr().err
+    assert code == 2 and "has no run" in err and len(err.strip().splitlines()) == 1, err
+    assert not target.exists()
+
+
+def test_the_wrong_sqlite_file_or_a_missing_journal_is_refused_and_left_as_it_was(tmp_path: Path, capsys) -> None:
+    """MLflow's database given as the Optuna storage (or the other way round) gets one line and exit 2: opening it
+    added Optuna's 12 tables to MLflow's file, then failed with exit 1 on the schema. A missing journal file is
+    refused as a missing SQLite file is, not created."""
+    from siamese_core.errors import ConfigError
+    from sweeps.preflight import preflight_stores
+    from sweeps.storage import sqlite_tables
+
+    src = _laptop(tmp_path)
+    mlflow_db, optuna_db = tmp_path / "mlflow.db", tmp_path / "optuna.db"
+    before = (sqlite_tables(mlflow_db), mlflow_db.read_bytes(), sqlite_tables(optuna_db))
+    for argv in (["status", "--study", STUDY, "--storage", src["tracking"]],
+                 ["move", "--study", STUDY, "--from-storage", src["storage"], "--from-tracking-uri", src["tracking"],
+                  "--to-storage", src["tracking"], "--to-tracking-uri", f"sqlite:///{tmp_path}/new-mlflow.db"],
+                 ["move", "--study", STUDY, "--from-storage", src["storage"], "--from-tracking-uri", src["storage"],
+                  "--to-storage", f"sqlite:///{tmp_path}/new.db", "--to-tracking-uri", src["tracking"]]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "is not an" in err and "nothing was changed" in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(ConfigError, match="is not an Optuna storage"):
+        preflight_stores(storage=src["tracking"], tracking_uri=src["tracking"], study_name=STUDY)
+    with pytest.raises(ConfigError, match="is not an MLflow tracking store"):
+        preflight_stores(storage=src["storage"], tracking_uri=src["storage"], study_name=STUDY)
+    assert (sqlite_tables(mlflow_db), mlflow_db.read_bytes(), sqlite_tables(optuna_db)) == before
+    assert not (tmp_path / "new.db").exists() and not (tmp_path / "new-mlflow.db").exists()
+
+    journal = tmp_path / "j" / "none.journal"
+    capsys.readouterr()
+    assert main(["status", "--study", STUDY, "--storage", f"journal:///{journal}"]) == 2
+    assert "no such journal file" in capsys.readouterr().err and not journal.parent.exists()
+
+
+def test_a_bare_postgresql_url_gets_the_installed_driver() -> None:
+    """SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3, which the distributed extra does not install:
+    the storage failed with "Failed to import DB access module"."""
+    import importlib.util
+
+    from sweeps.storage import with_postgres_driver
+
+    driver = "postgresql" if importlib.util.find_spec("psycopg") else "postgresql+psycopg2"
+    assert with_postgres_driver("postgresql://u@h/db") == f"{driver}://u@h/db"
+    assert with_postgres_driver("postgres://u@h:5/db") == f"{driver}://u@h:5/db"
+    for kept in ("postgresql+psycopg2://u@h/db", "sqlite:///x.db", "mysql://u@h/db"):
+        assert with_postgres_driver(kept) == kept
 
 
 def test_an_interrupted_move_is_redone_and_one_store_keeps_its_run_ids(tmp_path: Path, capsys) -> None:
@@ -81,6 +139,8 @@ def test_an_interrupted_move_is_redone_and_one_store_keeps_its_run_ids(tmp_path:
     dst = MlflowClient(tracking_uri=to_tracking)
     assert [(m.step, m.value) for m in dst.get_metric_history(new_run, "val_roc_auc")] == [(0, 0.5), (1, 0.7)]
 
+    # a copied trial's model, as `copy_run` logs it beside its run
+    dst.create_logged_model(experiment_id=first.experiment_id, source_run_id=new_run, name="model")
     # the runs landed but the study did not (say, the connection broke): refused, then replaced on request
     code, out, err = _move(capsys, src, f"sqlite:///{tmp_path}/b.db", to_tracking)
     assert code == 2 and "already has 2 run(s) of study 'hand'" in err and "--replace-runs" in err, err
@@ -89,6 +149,8 @@ def test_an_interrupted_move_is_redone_and_one_store_keeps_its_run_ids(tmp_path:
     assert code == 0, err
     again = json.loads(out)
     assert again["deleted_leftovers"] == 2 and again["runs"] == 2
+    assert dst.search_logged_models([first.experiment_id], filter_string=f"source_run_id = '{new_run}'") == [], \
+        "the deleted copy's model would be listed beside the new one's"
     live = dst.search_runs([first.experiment_id], f"tags.`{names.TAG_STUDY_UID}` = '0123456789abcdef'")
     assert [r.info.run_id for r in live] == [again["parent_run_id"]]
     assert dst.get_run(first.parent_run_id).info.lifecycle_stage == "deleted"

@@ -42,7 +42,8 @@ def test_one_prefix_for_what_we_invent() -> None:
     for const, value in _defined().items():
         if const.startswith("TAG_"):
             assert value.startswith(names.PREFIX), const
-        foreign = ("ENV_MLFLOW_", "ENV_OPTUNA_", "ENV_TF_", "ENV_POSTGRES_", "ENV_OMP_", "ENV_OPENBLAS_", "ENV_MKL_")
+        foreign = ("ENV_MLFLOW_", "ENV_OPTUNA_", "ENV_TF_", "ENV_POSTGRES_", "ENV_OMP_", "ENV_OPENBLAS_", "ENV_MKL_",
+                   "ENV_CUDA_", "ENV_XDG_")
         if const.startswith("ENV_") and not const.startswith(foreign):
             assert value.startswith(names.ENV_PREFIX), const
 
@@ -125,3 +126,13 @@ def test_one_metric_direction_function() -> None:
     assert all(metric_direction(k) == {"min": "minimize", "max": "maximize"}[direction(k)] for k in GOALS)
     with pytest.raises(ValueError, match="no better direction"):
         metric_direction("val_threshold")
+
+
+def test_every_setting_the_entrypoint_reads_is_documented() -> None:
+    """docker/entrypoint.py runs without the package (the MLflow image), so it spells names out: each one it reads
+    is in names.py (and the table) or in the README's list of its own settings under the table."""
+    source = (ROOT / "docker" / "entrypoint.py").read_text()
+    read = set(re.findall(r'(?:env\.get\(|env\[|setting\(env, |secret\(env, )"([A-Z][A-Z0-9_]+)"', source))
+    own = README.split("<!-- /NAMES -->", 1)[1].split("Every variable that carries a secret", 1)[0]
+    assert len(read) > 10, read
+    assert sorted(n for n in read if n not in set(_defined().values()) and f"`{n}`" not in own) == []

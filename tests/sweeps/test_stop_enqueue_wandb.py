@@ -185,3 +185,16 @@ def test_convert_prints_or_writes_the_spec_and_refuses_what_is_not_wandb(tmp_pat
     bad.write_text(yaml.safe_dump({"method": "random", "parameters": {"lr": {"min": 1, "max": 2}}}))
     assert main(["convert", str(bad), "-o", str(tmp_path / "y.yaml")]) == 2
     assert "search_space.lr" in capsys.readouterr().err and not (tmp_path / "y.yaml").exists()
+    # a range that no trial could use (a float bound on an integer field): refused as `run` refuses it; it was
+    # written, and `run` then exited 2
+    bad.write_text(yaml.safe_dump({"method": "random", "parameters": {"encoder.depth": {"min": 1, "max": 3.5}}}))
+    assert main(["convert", str(bad), "-o", str(tmp_path / "y.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "search_space.encoder.depth: value 3.5 is invalid" in err and not (tmp_path / "y.yaml").exists()
+    # keys W&B does not know (typos) are noted, not dropped in silence
+    bad.write_text(yaml.safe_dump({"method": "random", "foo": 1,
+                                   "parameters": {"learning_rate": {"min": 0.001, "max": 0.01, "scale": 2}}}))
+    assert main(["convert", str(bad)]) == 0
+    err = capsys.readouterr().err
+    assert "note: foo ignored: not a W&B sweep key" in err
+    assert "note: parameters.learning_rate.scale ignored: not a W&B parameter key" in err
