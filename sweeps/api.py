@@ -36,6 +36,9 @@ SpecLike = SweepSpec | Mapping[str, Any] | str | Path | None
 def resolve_spec(spec: SpecLike = None, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
     """A `SweepSpec` from a spec object, a mapping (ours or a W&B sweep config), a YAML path or the name of
     a built-in spec (``quickstart``, ``digits-smoke``...; None = ``quickstart``), with dotted overrides."""
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ConfigError("overrides", f"expected a mapping of dotted keys to values, such as {{'epochs': 2}}; "
+                                       f"received: {type(overrides).__name__}")
     if isinstance(spec, SweepSpec):
         return spec_from_data(spec.resolved_dict(), overrides) if overrides else spec
     if isinstance(spec, Mapping):
@@ -73,6 +76,9 @@ def sweep(spec: SpecLike = None, *, trials: int | None = None, storage: str | No
     worker processes; `threads`: TensorFlow threads per worker (default: the usable CPUs shared among the
     workers). Input errors raise `ConfigError` / `DataError` before anything is created.
     """
+    for name, text in (("storage", storage), ("tracking_uri", tracking_uri), ("study_name", study_name)):
+        if text is not None and not isinstance(text, str):
+            raise ConfigError(name, f"expected a string; received: {type(text).__name__}")
     resolved = resolve_spec(spec, overrides)
     check_positive("trials", trials)
     check_positive("workers", workers)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import names
 from .names import ENV_TF_CPP_MIN_LOG_LEVEL
 
 os.environ.setdefault(ENV_TF_CPP_MIN_LOG_LEVEL, "2")  # before anything imports TensorFlow
@@ -109,6 +110,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _masked_input_error(exc: Exception, mask: Callable[[str], str]) -> str:
+    """A ConfigError's message with its detail masked apart from its field: masked together, a field named after a
+    secret (``SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD: MLflow requires ...``) lost the detail's first word to ``***``."""
+    from siamese_core.errors import ConfigError
+
+    if isinstance(exc, ConfigError) and exc.field:
+        return f"{exc.field}: {mask(exc.detail)}"
+    return mask(str(exc))
+
+
+def _refused_by_mlflow(exc: BaseException) -> bool:
+    """An MLflow error that is the server refusing the credentials (HTTP 401/403): `promote` and `predict` met it
+    as MLflow's exception, exit 1, where `run` says so in one line, exit 2."""
+    if type(exc).__module__.split(".")[0] != "mlflow":
+        return False
+    from .preflight import refused_credentials
+
+    return refused_credentials(str(exc))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from siamese_core.errors import InputError, TrainingFailed
 
@@ -124,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         read_secret_files()  # OPTUNA_STORAGE_FILE=/run/secrets/... -> OPTUNA_STORAGE (Kubernetes/Docker secrets)
         return int(handler(args) or 0)
     except InputError as exc:
-        print(f"error: {_one_line(mask_secrets(str(exc)))}", file=sys.stderr)
+        print(f"error: {_one_line(_masked_input_error(exc, mask_secrets))}", file=sys.stderr)
         return EXIT_INPUT
     except TrainingFailed as exc:
         print(f"training failed: {mask_secrets(str(exc))}", file=sys.stderr)
@@ -133,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        if _refused_by_mlflow(exc) and not args.debug:  # what `run`'s preflight says, for every command
+            print(f"error: {names.ENV_MLFLOW_TRACKING_USERNAME}: the MLflow server refused the credentials (check "
+                  f"{names.ENV_MLFLOW_TRACKING_USERNAME}/{names.ENV_MLFLOW_TRACKING_PASSWORD})", file=sys.stderr)
+            return EXIT_INPUT
         if args.debug:  # the traceback too may quote a URL with its password
             import traceback
 

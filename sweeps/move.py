@@ -33,17 +33,9 @@ from . import modelio, names
 from .mlflow_globals import quiet_artifacts
 from .registry import logged_model_uri, model_id_from_uri
 from .secrets import mask_url
-from .storage import (
-    check_sqlite_store,
-    fail_stale_trials,
-    make_storage,
-    require_existing,
-    sqlite_path,
-    storage_file,
-    storage_kind,
-)
+from .storage import fail_stale_trials, make_storage, require_existing, storage_file, storage_kind
 from .study import study_uid
-from .tracking import MAX_METRICS_PER_CALL, MAX_PARAMS_PER_CALL, Tracker, _chunks, run_url
+from .tracking import MAX_METRICS_PER_CALL, MAX_PARAMS_PER_CALL, Tracker, _chunks, require_mlflow_store, run_url
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +69,7 @@ def check_tracking_uri(uri: str, flag: str) -> None:
     if scheme not in TRACKING_SCHEMES:
         raise ConfigError(flag, f"expected an MLflow tracking URI ({', '.join(s + '://' for s in TRACKING_SCHEMES)}"
                                 f"...); received: {mask_url(uri)!r}")
-    if scheme == "sqlite":
-        path = sqlite_path(uri)
-        if flag.startswith("--from") and path is not None and not path.exists():
-            raise ConfigError(flag, f"no such SQLite file: {path}")  # MLflow would create an empty store
-        check_sqlite_store(uri, "mlflow", flag)
+    require_mlflow_store(uri, flag, must_exist=flag.startswith("--from"))  # MLflow would create an empty store
 
 
 def _check_storage(url: str, flag: str) -> None:

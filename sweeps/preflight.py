@@ -74,13 +74,14 @@ def preflight_stores(*, storage: str, tracking_uri: str, study_name: str) -> Non
     from .errors import SweepFatal, TrackingUnavailable
     from .secrets import mask_url
     from .storage import check_sqlite_store, storage_kind
+    from .tracking import require_mlflow_store
 
     if not _STUDY_NAME.fullmatch(study_name or ""):
         raise ConfigError("--study", f"expected 1-200 characters without quotes, backticks or control characters; "
                                      f"received: {study_name!r}")
     storage_kind(storage)
     check_sqlite_store(storage, "optuna", "--storage")
-    check_sqlite_store(tracking_uri, "mlflow", "--tracking-uri")
+    require_mlflow_store(tracking_uri, must_exist=False)
     if not tracking_uri.startswith(("http://", "https://")):
         return
     from .tracking import Retry, Tracker

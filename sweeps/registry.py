@@ -71,6 +71,17 @@ def version_uri(name: str, version: str) -> str:
     return f"{SCHEME}{name}/{version}"
 
 
+def validate_model_name(name: str, flag: str = "--model-name") -> str:
+    """MLflow's rule for a registered model's name (not empty; no '/' or ':', which its URIs use), checked before
+    the registry is touched: ``promote --model-name bad/name`` was MLflow's exception, exit 1."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(flag, "expected a non-empty model name")
+    if "/" in name or ":" in name:
+        raise ConfigError(flag, f"expected a name without '/' or ':' (models:/NAME@ALIAS uses them); received: "
+                                f"{name!r}")
+    return name
+
+
 def validate_alias(alias: str) -> str:
     """MLflow's alias rules, checked before the registry is touched (`ConfigError` naming --alias)."""
     if not isinstance(alias, str) or not alias:

@@ -183,9 +183,10 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None,
         set_worker_threads(options.threads)
     data = data if data is not None else preflight(spec)
     preflight_stores(storage=options.storage, tracking_uri=options.tracking_uri, study_name=options.study_name)
-    tracker = Tracker(options.tracking_uri)
+    # the study first: MLflow's client creates a SQLite tracking file, which an unreachable storage would leave
     opened = open_study(spec, storage_url=options.storage, study_name=options.study_name,
                         seed_offset=options.worker_index)
+    tracker = Tracker(options.tracking_uri)
     study = opened.study
     study.set_user_attr(names.STUDY_ATTR_BUDGET, int(options.trials))
     experiment_id, parent = ensure_parent_run(opened, tracker, spec)
@@ -274,11 +275,11 @@ def join_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> S
     threads = set_worker_threads(options.threads)
     data = data if data is not None else preflight(spec)
     preflight_stores(storage=options.storage, tracking_uri=options.tracking_uri, study_name=options.study_name)
-    tracker = Tracker(options.tracking_uri)
     # index i (from `run --workers N`) -> offset i * 1_000_003: `offset + existing trials` in open_study
     # must differ between workers (1 + 1 == 2 + 0 made two workers sample the same parameters)
     opened = open_study(spec, storage_url=options.storage, study_name=options.study_name,
                         seed_offset=options.worker_index * 1_000_003 or _process_seed_offset())
+    tracker = Tracker(options.tracking_uri)  # after the study, as in `run_sweep`
     if options.threads is None:
         warn_if_sharing_cores(opened.study, threads)
     experiment_id, parent = ensure_parent_run(opened, tracker, spec)

@@ -209,7 +209,14 @@ class SiameseServingModel(PythonModel):
     # ------------------------------------------------------------------ arrays
     def score_arrays(self, left: np.ndarray, right: np.ndarray, *,
                      threshold: float | None = None) -> dict[str, np.ndarray]:
-        """distance, score, same (bool) and the native score the threshold applies to, for raw input arrays."""
+        """distance, score, same (bool) and the native score the threshold applies to, for raw input arrays.
+
+        The arrays are checked as a served request's are (`to_batch`: shape, finite values, the input dtype):
+        NaN gave finite scores, and left and right of different lengths TensorFlow's error."""
+        left = to_batch(list(np.asarray(left)), *self.inputs[0], what="left")
+        right = to_batch(list(np.asarray(right)), *self.inputs[-1], what="right")
+        if len(left) != len(right):
+            raise PredictError(f"left has {len(left)} samples and right {len(right)}: expected one right per left")
         outs: dict[str, list[np.ndarray]] = {"distance": [], "score": [], "same": []}
         for i in range(0, len(left), BATCH):
             res = self.model.predict_on_batch([left[i:i + BATCH], right[i:i + BATCH]])

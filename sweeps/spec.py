@@ -235,6 +235,13 @@ class TrackingSpec(_Section):
     log_plots: bool = True
     plots_every: int = Field(default=5, ge=0)  # re-log the HTML study plots every N finished trials; 0: at the end
     registered_model: str | None = None
+
+    @field_validator("registered_model")
+    @classmethod
+    def _registered_model(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or "/" in v or ":" in v):
+            raise ValueError(f"expected a name without '/' or ':' (models:/NAME@ALIAS uses them); received: {v!r}")
+        return v
     system_metrics: bool = False  # MLflow's CPU/memory/GPU monitor in each trial's run (extra: system-metrics)
     # where epoch checkpoints live: "local" (study.checkpoint_dir only), "mlflow" (also copied into the trial's
     # run, so a retry on another machine resumes), "auto" (mlflow when `uri` is an http(s) server)

@@ -8,11 +8,15 @@ ordinary Optuna callback for a plain ``study.optimize(..., callbacks=[StudyStop(
 from __future__ import annotations
 
 import datetime
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import optuna
+
+from siamese_core.errors import ConfigError
 
 if TYPE_CHECKING:
     from .spec import SweepSpec
@@ -35,7 +39,14 @@ class StudyStop:
 
     def __init__(self, *, target: float | None = None, patience_trials: int | None = None) -> None:
         if target is None and patience_trials is None:
-            raise ValueError("StudyStop needs target and/or patience_trials")
+            raise ConfigError("study.stop", "needs target and/or patience_trials")
+        if target is not None and (isinstance(target, bool) or not isinstance(target, numbers.Real)
+                                   or not math.isfinite(target)):
+            raise ConfigError("study.stop.target", f"expected a finite number; received: {target!r}")
+        patience = patience_trials
+        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, numbers.Integral)
+                                     or patience < 1):
+            raise ConfigError("study.stop.patience_trials", f"expected a whole number >= 1; received: {patience!r}")
         self.target = target
         self.patience_trials = patience_trials
 

@@ -43,7 +43,7 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from siamese_core.errors import ConfigError
+from siamese_core.errors import ConfigError, InfrastructureError
 
 from . import names
 from .secrets import mask_secrets, mask_url
@@ -162,7 +162,7 @@ def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 
         journal = SignalSafeJournalStorage(JournalFileBackend(str(path)))
         journal.beat_interval = float(heartbeat_interval)
         return journal
-    url = with_postgres_driver(url)
+    given, url = url, with_postgres_driver(url)
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if kind == "sqlite":
         path = sqlite_path(url)
@@ -171,11 +171,24 @@ def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 
             path.parent.mkdir(parents=True, exist_ok=True)
         # several worker processes share the file: wait for locks instead of failing
         engine_kwargs["connect_args"] = {"timeout": 120}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        rdb = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                         grace_period=grace_period,
-                         heartbeat_stale_trial_callback=RequeueStaleTrial(max_retries))
+    import sqlalchemy.exc
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            rdb = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                             grace_period=grace_period,
+                             heartbeat_stale_trial_callback=RequeueStaleTrial(max_retries))
+    except ImportError as exc:  # Optuna's "Failed to import DB access module": the URL's driver is not installed
+        raise ConfigError("--storage", f"no database driver for {mask_url(given)!r} is installed ({exc}); name an "
+                                       f"installed one in the URL, e.g. postgresql+psycopg2:// or mysql+pymysql://"
+                          ) from None
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.ProgrammingError) as exc:  # a malformed URL or DSN option
+        first = (mask_secrets(str(getattr(exc, "orig", None) or exc)).strip().splitlines() or [""])[0]
+        raise ConfigError("--storage", f"the database refused {mask_url(given)!r}: {first[:300]}") from None
+    except sqlalchemy.exc.OperationalError as exc:  # refused, unknown host, bad password: nothing was created
+        first = (mask_secrets(str(exc.orig or exc)).strip().splitlines() or [""])[0]
+        raise InfrastructureError(f"cannot open the Optuna storage at {mask_url(given)}: {first[:300]}") from None
     return RetryingStorage(rdb, budget_s=storage_retry_budget_s())
 
 

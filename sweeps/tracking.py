@@ -30,6 +30,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+
+from siamese_core.errors import ConfigError
 
 from . import names
 from .errors import TrackingUnavailable
@@ -187,6 +190,30 @@ def _permanent(exc: Exception) -> bool:
         return code in ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
                         "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST")
     return False
+
+
+# MLflow's database stores: their client creates the database when it is made, so `require_mlflow_store` makes none
+_DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def require_mlflow_store(uri: str, flag: str = "--tracking-uri", *, must_exist: bool = True) -> None:
+    """A `ConfigError` naming `flag`, before anything is created, for a tracking URI a command cannot use: a scheme
+    MLflow's client refuses (and the file store MLflow 3 keeps in maintenance mode), another store's SQLite file,
+    and with `must_exist` a SQLite file that does not exist. Each was MLflow's own exception (exit 1); `promote`
+    and `predict` created an empty store for a mistyped path, or added MLflow's tables to ``optuna.db``."""
+    from .storage import check_sqlite_store, sqlite_path
+
+    if urlsplit(uri).scheme.split("+")[0] not in _DATABASE_SCHEMES:
+        try:
+            MlflowClient(tracking_uri=uri)
+        except MlflowException as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise ConfigError(flag, f"MLflow cannot use {mask_url(uri)!r}: {first[:200]}") from None
+        return
+    path = sqlite_path(uri)
+    if must_exist and path is not None and not path.exists():
+        raise ConfigError(flag, f"no such SQLite file: {path}")
+    check_sqlite_store(uri, "mlflow", flag)
 
 
 class Tracker:

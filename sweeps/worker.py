@@ -28,6 +28,7 @@ from . import artifacts, names, outcomes
 from .checkpoints import shared_through_mlflow
 from .errors import SweepFatal, TrackingUnavailable
 from .finisher import Deferred, Finisher, Heartbeat, LookAhead, as_told, records_in_background
+from .mlflow_globals import mlflow_internals_use
 from .objective import Objective, SilentTrials, TrialContext, fail_dead_worker_trials
 from .recorder import Recorder
 from .signals import StopRequest, stop_on_signals
@@ -210,11 +211,25 @@ def run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget
                checkpoint_root: Path | None = None, poll_s: float | None = None,
                data_cache: DataCache | None = None, at_last_finish: AtLastFinish | None = None) -> WorkerReport:
     """Run trials of `opened.study` in this process until the budget is met, time is up, or it is interrupted
-    (`at_last_finish`: see `take_trials`; with ``tracking.finish_in_background`` only)."""
-    import mlflow
+    (`at_last_finish`: see `take_trials`; with ``tracking.finish_in_background`` only).
 
-    os.environ.pop(names.ENV_MLFLOW_RUN_ID, None)  # would hijack run creation (MLflow 3: it overrides parent_run_id)
-    mlflow.set_tracking_uri(tracker.uri)
+    MLflow's process-wide tracking URI (user code's fluent calls land in the trial's run) and ``$MLFLOW_RUN_ID``
+    are what they were afterwards: a notebook's next `sweeps.sweep` with another store, or its own run, kept
+    writing to this one's store (``sweep()`` twice, or ``mlflow.log_metric`` after it: "Run ... not found")."""
+    run_id = os.environ.pop(names.ENV_MLFLOW_RUN_ID, None)  # would hijack run creation (it overrides parent_run_id)
+    try:
+        with mlflow_internals_use(tracker.uri):
+            return _run_worker(spec, opened, tracker, budget=budget, timeout=timeout, on_trial=on_trial,
+                               checkpoint_root=checkpoint_root, poll_s=poll_s, data_cache=data_cache,
+                               at_last_finish=at_last_finish)
+    finally:
+        if run_id is not None:
+            os.environ[names.ENV_MLFLOW_RUN_ID] = run_id
+
+
+def _run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budget: int | None,
+                timeout: float | None, on_trial: OnTrial | None, checkpoint_root: Path | None, poll_s: float | None,
+                data_cache: DataCache | None, at_last_finish: AtLastFinish | None) -> WorkerReport:
     study = opened.study
     if budget is not None:
         study.set_user_attr(names.STUDY_ATTR_BUDGET, int(budget))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -179,18 +180,27 @@ def render(decision: Any) -> str:
 # ------------------------------------------------------------------ predict
 def _load_model(uri: str, tracking_uri: str, tmp: str) -> tuple[Any, dict[str, Any]]:
     """(SiameseServingModel, model metadata) for an MLflow URI, a local model directory or a .keras file."""
+    from siamese_core.errors import DataError
+
     from ..serving import SiameseServingModel, load_keras
 
     path = Path(uri)
     if path.is_file() and path.suffix == ".keras":
-        return SiameseServingModel.from_keras(load_keras(str(path))), {}
+        try:
+            return SiameseServingModel.from_keras(load_keras(str(path))), {}
+        except (ValueError, OSError, KeyError) as exc:  # Keras: "File not found" for a file that is no archive
+            raise DataError(uri, f"not a Keras model archive ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not (path.is_dir() or re.fullmatch(r"(models:/|runs:/)[^/].*", uri)):
+        raise DataError(uri, "expected models:/NAME@ALIAS, models:/NAME/VERSION, models:/<model_id>, runs:/<run_id>/"
+                             "PATH, an MLflow model directory or a model.keras file")
     from mlflow.exceptions import MlflowException
-
-    from siamese_core.errors import DataError
 
     from ..registry import download_model
     from ..serving import load_model_dir
+    from ..tracking import require_mlflow_store
 
+    if uri.startswith(("models:", "runs:")):  # resolved through the tracking store: a mistyped one is not created
+        require_mlflow_store(tracking_uri)
     try:
         folder = download_model(uri, tracking_uri=tracking_uri, dst=tmp)
     except MlflowException as exc:  # the URI names nothing there (an unreachable server stays exit 1)
@@ -221,6 +231,10 @@ def read_sample(path_str: str, shape: tuple[int, ...], dtype: str, meta: dict[st
         if len(shape) not in (2, 3):
             raise DataError(path_str, f"{what}: this model takes inputs of shape {list(shape)}, not images; "
                                       "pass a .npy")
+        if not meta:  # a bare model.keras: 0-255 pixels fed to a model trained on another range score wrongly
+            raise DataError(path_str, f"{what}: a model.keras file records no value range to scale an image to; "
+                                      "pass the MLflow model (its directory or models:/ URI) or a .npy in the model's "
+                                      "own input range")
         from siamese_core.data.image_folder import ImageFiles, check_image
 
         channels = shape[2] if len(shape) == 3 else 1

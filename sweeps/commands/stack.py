@@ -4,13 +4,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
+from typing import Any
 
 from .. import names
 from ..cli import EXIT_OK
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..stack.cli import add_parsers
+    from ..stack.cli import add_parsers, port_number
 
     add_parsers(sub)
     d = sub.add_parser("dashboard", help="optuna-dashboard on a study's storage: password-guarded, read-only",
@@ -18,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "storage). The storage URL never goes on a command line.")
     d.add_argument("spec", nargs="?", help="sweep spec YAML (for its storage, when OPTUNA_STORAGE is not set)")
     d.add_argument("--host", default="127.0.0.1", help="bind address; default 127.0.0.1")
-    d.add_argument("--port", type=int, default=8080, help="port (0 = any free port); default 8080")
+    d.add_argument("--port", type=port_number, default=8080, help="port (0 = any free port); default 8080")
     d.add_argument("--user", default="optuna", help="basic-auth user name; default optuna")
     d.add_argument("--allow-writes", action="store_true",
                    help="let the dashboard change studies (notes, deletions); default read-only")
@@ -26,7 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from ..dashboard import dashboard_password, make_app, serve
+    import shutil
+
+    from ..dashboard import dashboard_password, make_app
+    from ..storage import require_existing
 
     storage = os.environ.get(names.ENV_OPTUNA_STORAGE)
     if not storage:
@@ -34,8 +39,18 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         from ..specs import resolve_spec_path
 
         storage = load_spec(resolve_spec_path(args.spec)).study.storage
+    require_existing(storage)  # it only shows studies: a mistyped SQLite or journal path is not created
     password, path = dashboard_password()
-    app = make_app(storage, username=args.user, password=password, allow_writes=args.allow_writes)
+    try:
+        return _serve(make_app(storage, username=args.user, password=password, allow_writes=args.allow_writes),
+                      args, path)
+    finally:  # a generated password lives as long as the dashboard: no secret file left in /tmp
+        if path is not None:
+            shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def _serve(app: Any, args: argparse.Namespace, path: Path | None) -> int:
+    from ..dashboard import serve
 
     def ready(url: str) -> None:
         where = f"the password is in {path} (0600)" if path else "password from SIAMESE_SWEEP_DASHBOARD_PASSWORD"

@@ -28,8 +28,9 @@ from siamese_core.errors import ConfigError
 from .. import names
 from ..mlflow_globals import mlflow_internals_use
 from ..reevaluation import selection_metric
-from ..registry import DEFAULT_ALIAS, Registry, validate_alias
+from ..registry import DEFAULT_ALIAS, Registry, validate_alias, validate_model_name
 from ..study import load_study
+from ..tracking import require_mlflow_store
 from .apply import apply, converge
 from .decision import Candidate, Facts, Holder, PromotionDecision, RollbackFacts, Split, decide, decide_rollback
 from .gather import gather, model_name_for, pick_candidate, rank_trials
@@ -52,6 +53,9 @@ def promote(study_name: str, *, storage: str, tracking_uri: str, model_name: str
     validation counterpart with a logged notice, see `sweeps.reevaluation.selection_metric`).
     """
     validate_alias(alias)
+    if model_name is not None:
+        validate_model_name(model_name)
+    require_mlflow_store(tracking_uri)
     metric, notice = selection_metric(metric)
     if notice:
         log.warning("%s", notice)
@@ -68,6 +72,9 @@ def rollback(*, tracking_uri: str, model_name: str | None = None, study_name: st
              storage: str | None = None, alias: str = DEFAULT_ALIAS, dry_run: bool = False) -> PromotionDecision:
     """Move the alias back to the version that held it before the current holder."""
     validate_alias(alias)
+    if model_name is not None:
+        validate_model_name(model_name)
+    require_mlflow_store(tracking_uri)
     with mlflow_internals_use(tracking_uri):
         if model_name is None:
             if not study_name:

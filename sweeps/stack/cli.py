@@ -21,9 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -147,6 +150,35 @@ class StackState:
 
 
 # ---------------------------------------------------------------- up
+def _check_up(args: argparse.Namespace, stack_dir: Path) -> None:
+    """What `stack up` can check before it creates or starts anything: each of these was a Python exception or
+    a failed background start (exit 1) that left the state folder, a data directory or secrets behind."""
+    if stack_dir.exists() and not stack_dir.is_dir():
+        raise ConfigError("--dir", f"{stack_dir} exists and is not a folder")
+    try:
+        socket.getaddrinfo(args.host, None)
+    except (socket.gaierror, UnicodeError):
+        raise ConfigError("--host", f"cannot resolve {args.host!r} to an address to bind") from None
+    for flag, user in (("--admin-user", args.admin_user), ("--worker-user", args.worker_user)):
+        if not re.fullmatch(r"[^\s:]{1,255}", user):  # basic auth splits user:password at the first ':'
+            raise ConfigError(flag, f"expected 1-255 characters without spaces or ':'; received: {user!r}")
+    if args.admin_user == args.worker_user and not args.no_auth:
+        raise ConfigError("--worker-user", "must differ from --admin-user: workers log in as a non-admin user")
+    _check_ports(args)
+
+
+def _made_if_valid(stack_dir: Path) -> dict[str, str]:
+    """Create the state folder and its secrets; a refused secret (say, a short password) leaves no new folder."""
+    new = not stack_dir.exists()
+    stack_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return load_or_create_secrets(stack_dir)
+    except ConfigError:
+        if new:
+            shutil.rmtree(stack_dir, ignore_errors=True)
+        raise
+
+
 def _check_ports(args: argparse.Namespace) -> None:
     ports = [("--pg-port", args.pg_port), ("--mlflow-port", args.mlflow_port)]
     if args.dashboard:
@@ -164,10 +196,9 @@ def up(args: argparse.Namespace) -> int:
     if previous is not None and pid_alive(previous.pid) and previous.pid != os.getpid():
         raise ConfigError("--dir", f"a stack is already running from {stack_dir} (pid {previous.pid}); "
                                    f"'siamese-sweep stack down --dir {args.dir}' stops it")
-    _check_ports(args)
-    stack_dir.mkdir(parents=True, exist_ok=True)
+    _check_up(args, stack_dir)
+    creds = _made_if_valid(stack_dir)  # validated before anything starts
     os.chmod(stack_dir, 0o755)  # the postgres OS user must traverse it; secrets files are 0600
-    creds = load_or_create_secrets(stack_dir)  # validated before anything starts
 
     pg = PostgresServer(user="optuna", password=creds[names.ENV_DB_OPTUNA_PASSWORD], database="optuna", host=args.host,
                         port=args.pg_port or None, base_dir=stack_dir / "postgres")
@@ -282,12 +313,11 @@ def _print_summary(pg: PostgresServer, mlflow: MlflowServer, state: StackState, 
 
 def _up_detached(args: argparse.Namespace, stack_dir: Path) -> int:
     """Start ``stack up`` in its own session, wait until it is ready, print its summary, return."""
-    stack_dir.mkdir(parents=True, exist_ok=True)
+    _check_up(args, stack_dir)
     previous = StackState.load(stack_dir)
     if previous is not None and pid_alive(previous.pid):
         raise ConfigError("--dir", f"a stack is already running from {stack_dir} (pid {previous.pid})")
-    _check_ports(args)
-    load_or_create_secrets(stack_dir)  # bad secrets: exit 2 here, not in the background
+    _made_if_valid(stack_dir)  # bad secrets: exit 2 here, not in the background
     argv = [sys.executable, "-m", "sweeps.cli", "stack", "up", "--detached-child", "--dir", str(stack_dir),
             "--host", args.host, "--pg-port", str(args.pg_port), "--mlflow-port", str(args.mlflow_port),
             "--workers", str(args.workers), "--admin-user", args.admin_user, "--worker-user", args.worker_user,
@@ -367,6 +397,28 @@ def status(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- parser
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0-65535 (0: any free port); 70000 was Python's OverflowError, exit 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number; received {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535 (0: any free port); received {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (``--workers 0`` started a server anyway)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1; received {text!r}")
+    return value
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """``stack up|down|status`` under an existing subparsers action (``siamese-sweep stack ...``)."""
     stack = sub.add_parser("stack", help="start/stop PostgreSQL + MLflow server (+ dashboard) without Docker",
@@ -375,14 +427,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("up", help="start the stack (foreground; --detach for the background)")
     p.add_argument("--dir", default=".stack", help="state directory (data, logs, secrets); default .stack")
     p.add_argument("--host", default="127.0.0.1", help="bind address; default 127.0.0.1")
-    p.add_argument("--pg-port", type=int, default=5432, help="PostgreSQL port (0 = any free port)")
-    p.add_argument("--mlflow-port", type=int, default=5000, help="MLflow port (0 = any free port)")
-    p.add_argument("--workers", type=int, default=1, help="mlflow server worker processes")
+    p.add_argument("--pg-port", type=port_number, default=5432, help="PostgreSQL port (0 = any free port)")
+    p.add_argument("--mlflow-port", type=port_number, default=5000, help="MLflow port (0 = any free port)")
+    p.add_argument("--workers", type=positive_int, default=1, help="mlflow server worker processes")
     p.add_argument("--admin-user", default="admin", help="MLflow admin user name")
     p.add_argument("--worker-user", default="sweeps-worker", help="MLflow (non-admin) user the workers log as")
     p.add_argument("--no-auth", action="store_true", help="run MLflow without basic auth")
     p.add_argument("--dashboard", action="store_true", help="also start a read-only, password-guarded optuna-dashboard")
-    p.add_argument("--dashboard-port", type=int, default=8080, help="dashboard port (0 = any free port)")
+    p.add_argument("--dashboard-port", type=port_number, default=8080, help="dashboard port (0 = any free port)")
     p.add_argument("--detach", action="store_true", help="run in the background; 'stack down' stops it")
     p.add_argument("--detached-child", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(handler=up)

@@ -140,3 +140,27 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(tmp_path, c
         err = capsys.readouterr().err
         assert stop.value.code == 2 and words in err, (argv, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_refused_mlflow_credentials_are_one_line_exit_2_for_every_command(capsys, monkeypatch):
+    """What `run`'s preflight says; `promote` and `predict` met the 401 as MLflow's exception, exit 1."""
+    from mlflow.exceptions import MlflowException
+
+    from siamese_core import training
+    from sweeps.cli import main
+
+    def refused(*a, **k):
+        raise MlflowException("API request to endpoint /api/2.0/mlflow/registered-models/alias failed with error "
+                              "code 401 != 200. Response body: 'You are not authenticated.'")
+
+    monkeypatch.setattr(training, "train", refused)
+    assert main(["train", *TINY_SET]) == 2
+    assert capsys.readouterr().err == ("error: MLFLOW_TRACKING_USERNAME: the MLflow server refused the credentials "
+                                       "(check MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD)\n")
+
+    def unreachable(*a, **k):  # not a refusal: stays exit 1 (a port number is no status)
+        raise MlflowException("Max retries exceeded with url: http://127.0.0.1:56403/api (Connection refused)")
+
+    monkeypatch.setattr(training, "train", unreachable)
+    assert main(["train", *TINY_SET]) == 1
+    assert "MlflowException: Max retries" in capsys.readouterr().err

@@ -86,8 +86,66 @@ def test_bad_password_exits_2_in_one_line_before_anything_starts(tmp_path: Path,
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and var in lines[0] and expected in lines[0], proc.stderr
+    assert "***" not in lines[0], "the detail's first word was masked as if it were the password"
     assert value.strip() not in proc.stderr or len(value.strip()) < 6
-    assert not (stack / "postgres").exists() and not (stack / "secrets.env").exists()
+    assert not stack.exists()  # not even the folder (an empty one was left)
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--pg-port", "70000"], "argument --pg-port: expected a port from 0 to 65535"),  # OverflowError, exit 1
+    (["--dashboard", "--dashboard-port", "-5"], "argument --dashboard-port: expected a port"),
+    (["--workers", "0"], "argument --workers: expected a whole number >= 1"),  # started a stack
+    (["--host", "not_a_host!!"], "--host: cannot resolve 'not_a_host!!'"),  # failed in the background
+    (["--admin-user", ""], "--admin-user: expected 1-255 characters"),
+    (["--admin-user", "same", "--worker-user", "same"], "--worker-user: must differ from --admin-user"),
+])
+def test_bad_flags_exit_2_in_one_line_before_anything_starts(tmp_path: Path, flags: list[str], words: str) -> None:
+    stack = tmp_path / "stack"
+    proc = subprocess.run(CLI + ["stack", "up", "--detach", "--dir", str(stack), "--pg-port", "0", "--mlflow-port", "0",
+                                 *flags], env=_clean_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and words in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and not stack.exists()
+    (tmp_path / "afile").write_text("x")
+    proc = subprocess.run(CLI + ["stack", "up", "--detach", "--dir", str(tmp_path / "afile")], env=_clean_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--dir: " in proc.stderr and "is not a folder" in proc.stderr, proc.stderr
+
+
+def test_the_dashboard_refuses_a_missing_store_and_keeps_no_password_file(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture[str]
+                                                                          ) -> None:
+    """It only shows studies: a mistyped SQLite path was created as an empty database; a generated password's
+    file stayed in /tmp after the dashboard stopped."""
+    from sweeps import dashboard
+    from sweeps.cli import main
+
+    def never(*a: object, **k: object) -> None:
+        raise AssertionError("the dashboard served a store that does not exist")
+
+    monkeypatch.setattr(dashboard, "serve", never)
+    monkeypatch.delenv("SIAMESE_SWEEP_DASHBOARD_PASSWORD", raising=False)
+    monkeypatch.setenv("OPTUNA_STORAGE", f"sqlite:///{tmp_path}/nope.db")
+    assert main(["dashboard", "--port", "0"]) == 2
+    assert "no such SQLite file" in capsys.readouterr().err and not (tmp_path / "nope.db").exists()
+    with pytest.raises(SystemExit) as refused:
+        main(["dashboard", "--port", "70000"])
+    assert refused.value.code == 2
+
+    import optuna
+
+    optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/there.db")
+    monkeypatch.setenv("OPTUNA_STORAGE", f"sqlite:///{tmp_path}/there.db")
+    shown: list[Path] = []
+
+    def serve_once(app: object, *, host: str, port: int, ready: object) -> None:
+        ready(f"http://{host}:{port}/")  # type: ignore[operator]
+        shown.append(Path(capsys.readouterr().out.split("the password is in ")[1].split(" (0600)")[0]))
+        assert shown[0].is_file()
+
+    monkeypatch.setattr(dashboard, "serve", serve_once)
+    assert main(["dashboard", "--port", "0"]) == 0
+    assert shown and not shown[0].exists() and not shown[0].parent.exists()
 
 
 def test_secret_files_are_read_and_a_conflict_is_refused(tmp_path: Path, no_secret_env: None,

@@ -222,3 +222,64 @@ def test_bad_requests_are_one_clear_invalid_parameter_error(sqlite_stores: Store
     with pytest.raises(MlflowException, match="at most"):
         wrapper.predict(None, pd.DataFrame({"left": [a.tolist()] * (MAX_ROWS + 1),
                                             "right": [b.tolist()] * (MAX_ROWS + 1)}))
+
+
+def test_what_is_not_a_model_or_its_store_is_refused_and_nothing_is_touched(sqlite_stores: Stores, promoted: dict,
+                                                                             tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture[str]
+                                                                             ) -> None:
+    """One line, exit 2, nothing created or changed. Before: the Optuna database given as the tracking store got
+    MLflow's tables (then alembic's error, exit 1); a mistyped SQLite path became an empty MLflow store; a malformed
+    URI, a file that is no Keras archive and a bad model name were exit 1; an image given to a bare model.keras
+    was scored at 0-255 against a model trained on 0-16, a decision that flipped; `score_arrays` scored NaN."""
+    from PIL import Image
+
+    from sweeps.cli import main
+    from sweeps.registry import download_model
+    from sweeps.serving import PredictError, load_model_dir
+    from sweeps.storage import sqlite_tables
+
+    d, split = promoted["dir"], promoted["split"]
+    np.save(d / "a.npy", split.left[0])
+    np.save(d / "b.npy", split.right[0])
+    a, b = str(d / "a.npy"), str(d / "b.npy")
+    uri, typo = f"models:/{NAME}@champion", f"sqlite:///{tmp_path}/typo/mlflow.db"
+    optuna_db = Path(sqlite_stores.storage[len("sqlite:///"):])
+    before = (sqlite_tables(optuna_db), optuna_db.stat().st_size)
+    promote_args = ["promote", "--study", "good", "--dry-run", "--storage", sqlite_stores.storage]
+    for argv, words in (
+            (["predict", uri, a, b, "--tracking-uri", sqlite_stores.storage], "is not an MLflow tracking store"),
+            (["predict", uri, a, b, "--tracking-uri", typo], "no such SQLite file"),
+            (["predict", "models:/", a, b, "--tracking-uri", sqlite_stores.tracking_uri], "expected models:/NAME@"),
+            (["predict", "foo://bar", a, b, "--tracking-uri", sqlite_stores.tracking_uri], "expected models:/NAME@"),
+            ([*promote_args, "--tracking-uri", sqlite_stores.storage], "is not an MLflow tracking store"),
+            ([*promote_args, "--tracking-uri", typo], "no such SQLite file"),
+            ([*promote_args, "--tracking-uri", "foo://x"], "MLflow cannot use 'foo://x'"),
+            ([*promote_args, "--tracking-uri", sqlite_stores.tracking_uri, "--model-name", "bad/name"],
+             "--model-name: expected a name without '/' or ':'")):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert (sqlite_tables(optuna_db), optuna_db.stat().st_size) == before
+    assert not (tmp_path / "typo").exists()
+
+    fake = tmp_path / "fake.keras"
+    fake.write_text("x")
+    assert main(["predict", str(fake), a, b]) == 2
+    assert "not a Keras model archive" in capsys.readouterr().err
+    local = Path(download_model(uri, tracking_uri=sqlite_stores.tracking_uri, dst=str(tmp_path / "m")))
+    png = tmp_path / "a.png"
+    Image.fromarray((split.left[0][..., 0].astype(np.float64) * 255 / 16).round().astype(np.uint8)).save(png)
+    assert main(["predict", str(local / "artifacts" / "model.keras"), str(png), b]) == 2
+    assert "records no value range" in capsys.readouterr().err
+    assert main(["predict", str(local), str(png), b]) == 0  # the MLflow model knows its range (0..16)
+    capsys.readouterr()
+
+    model, _ = load_model_dir(local)
+    left, right = np.asarray(split.left[:3]), np.asarray(split.right[:3])
+    assert model.score_arrays(left, right)["same"].shape == (3,)
+    with pytest.raises(PredictError, match="NaN or infinite"):
+        model.score_arrays(np.full(left.shape, np.nan), right)
+    with pytest.raises(PredictError, match="expected one right per left"):
+        model.score_arrays(left, right[:2])

@@ -9,7 +9,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from siamese_core.errors import ConfigError
+from siamese_core.errors import ConfigError, InfrastructureError
 from sweeps.storage import make_storage
 
 from .conftest import make_spec_dict
@@ -67,7 +67,71 @@ def test_sweep_refuses_bad_input_before_creating_anything(tmp_path: Path) -> Non
             sweeps.sweep(_spec(), storage=storage, tracking_uri=uri, **bad)
     with pytest.raises(ConfigError, match=r"study\.sampler\.type"):
         sweeps.sweep(_spec(sampler={"type": "bayes"}), storage=storage, tracking_uri=uri)
+    # arguments of the wrong type (a TypeError and an AttributeError before), a tracking URI MLflow cannot use (its
+    # own exception, after the study existed)
+    for kwargs, words in (({"study_name": 5}, "study_name: expected a string"),
+                          ({"overrides": ["epochs=2"]}, "overrides: expected a mapping"),
+                          ({"tracking_uri": "foo://x"}, "--tracking-uri: MLflow cannot use 'foo://x'"),
+                          ({"tracking_uri": f"file://{tmp_path}/mlruns"}, "--tracking-uri: MLflow cannot use")):
+        with pytest.raises(ConfigError, match=words):
+            sweeps.sweep(_spec(), **{"storage": storage, "tracking_uri": uri, **kwargs})
+    named = _spec()
+    named["tracking"] = {**named.get("tracking", {}), "registered_model": "team/siamese"}  # MLflow refuses '/'
+    with pytest.raises(ConfigError, match=r"tracking\.registered_model: .*without '/' or ':'"):
+        sweeps.sweep(named, storage=storage, tracking_uri=uri)
+    # a storage that cannot be opened: one line naming it, and no MLflow store made before it was tried
+    with pytest.raises(InfrastructureError, match=r"cannot open the Optuna storage at postgresql://u:\*\*\*@"):
+        sweeps.sweep(_spec(), storage="postgresql://u:pw@127.0.0.1:9/db", tracking_uri=uri)
+    with pytest.raises(ConfigError, match="the database refused"):
+        sweeps.sweep(_spec(), storage="postgresql://u@127.0.0.1:9/db?no_such_option=1", tracking_uri=uri)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_leaves_mlflow_as_it_found_it(tmp_path: Path) -> None:
+    """MLflow's process-wide tracking URI, ``$MLFLOW_TRACKING_URI`` and ``$MLFLOW_RUN_ID`` are put back: the next
+    call's spec URI was ignored for the first call's (``$MLFLOW_TRACKING_URI`` left set), and a notebook's own run
+    failed with "Run ... not found" (the global URI left on the sweep's store)."""
+    import os
+
+    import mlflow
+
+    import sweeps
+
+    mine = f"sqlite:///{tmp_path}/mine.db"
+    mlflow.set_tracking_uri(mine)
+    try:
+        with mlflow.start_run() as own:
+            os.environ["MLFLOW_RUN_ID"] = own.info.run_id  # as `mlflow run` sets it: a worker must not adopt it
+            result = sweeps.sweep(_spec(trials=1), storage=f"sqlite:///{tmp_path}/optuna.db",
+                                  tracking_uri=f"sqlite:///{tmp_path}/sweep.db", progress=False)
+            assert result.budget_met
+            assert mlflow.get_tracking_uri() == mine and os.environ["MLFLOW_TRACKING_URI"] == mine
+            assert os.environ["MLFLOW_RUN_ID"] == own.info.run_id
+            mlflow.log_metric("after", 2.0)  # "Run ... not found" when the URI stayed on sweep.db
+        assert MlflowClient(mine).get_run(own.info.run_id).data.metrics == {"after": 2.0}
+        # a second sweep with no tracking_uri argument uses its spec's (it took the first one's)
+        os.environ.pop("MLFLOW_RUN_ID", None)  # MLflow's end_run unsets it
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        spec = _spec(trials=1)
+        spec["tracking"] = {**spec.get("tracking", {}), "uri": f"sqlite:///{tmp_path}/from-spec.db"}
+        sweeps.sweep(spec, storage=f"sqlite:///{tmp_path}/optuna2.db", progress=False)
+        assert (tmp_path / "from-spec.db").exists() and not mlflow.is_tracking_uri_set()
+    finally:
+        os.environ.pop("MLFLOW_RUN_ID", None)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+
+
+def test_a_study_stop_object_is_checked_as_the_spec_is() -> None:
+    from sweeps import StudyStop
+
+    for kwargs, field in (({}, "study.stop"), ({"patience_trials": 0}, "patience_trials"),
+                          ({"patience_trials": 2.5}, "patience_trials"), ({"target": float("nan")}, "target"),
+                          ({"target": "high"}, "target"), ({"target": True}, "target")):
+        with pytest.raises(ConfigError, match=field):
+            StudyStop(**kwargs)
+    assert StudyStop(target=0.9, patience_trials=3).patience_trials == 3
 
 
 def test_resolve_spec_takes_objects_mappings_w_and_b_configs_paths_and_builtin_names(tmp_path: Path) -> None:
