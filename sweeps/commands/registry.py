@@ -190,7 +190,8 @@ def _load_model(uri: str, tracking_uri: str, tmp: str) -> tuple[Any, dict[str, A
             return SiameseServingModel.from_keras(load_keras(str(path))), {}
         except (ValueError, OSError, KeyError) as exc:  # Keras: "File not found" for a file that is no archive
             raise DataError(uri, f"not a Keras model archive ({type(exc).__name__}: {str(exc)[:200]})") from None
-    if not (path.is_dir() or re.fullmatch(r"(models:/|runs:/)[^/].*", uri)):
+    # models:/ and runs:/ with something named, another artifact URI (s3://..., file://...), or a folder
+    if not (path.is_dir() or re.fullmatch(r"(models:/|runs:/)[^/].*|[A-Za-z][\w+.-]*://.+", uri)):
         raise DataError(uri, "expected models:/NAME@ALIAS, models:/NAME/VERSION, models:/<model_id>, runs:/<run_id>/"
                              "PATH, an MLflow model directory or a model.keras file")
     from mlflow.exceptions import MlflowException
@@ -204,7 +205,8 @@ def _load_model(uri: str, tracking_uri: str, tmp: str) -> tuple[Any, dict[str, A
     try:
         folder = download_model(uri, tracking_uri=tracking_uri, dst=tmp)
     except MlflowException as exc:  # the URI names nothing there (an unreachable server stays exit 1)
-        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        unknown_scheme = "registered artifact repository" in str(exc)  # foo://...: MLflow's INTERNAL_ERROR
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and not unknown_scheme:
             raise
         raise DataError(uri, f"no model there ({exc.message})") from None
     return load_model_dir(folder)  # never unpickles

@@ -251,7 +251,9 @@ def test_what_is_not_a_model_or_its_store_is_refused_and_nothing_is_touched(sqli
             (["predict", uri, a, b, "--tracking-uri", sqlite_stores.storage], "is not an MLflow tracking store"),
             (["predict", uri, a, b, "--tracking-uri", typo], "no such SQLite file"),
             (["predict", "models:/", a, b, "--tracking-uri", sqlite_stores.tracking_uri], "expected models:/NAME@"),
-            (["predict", "foo://bar", a, b, "--tracking-uri", sqlite_stores.tracking_uri], "expected models:/NAME@"),
+            (["predict", "foo://bar", a, b, "--tracking-uri", sqlite_stores.tracking_uri], "foo://bar: no model there"),
+            (["predict", "no-such-folder", a, b, "--tracking-uri", sqlite_stores.tracking_uri],
+             "expected models:/NAME@"),
             ([*promote_args, "--tracking-uri", sqlite_stores.storage], "is not an MLflow tracking store"),
             ([*promote_args, "--tracking-uri", typo], "no such SQLite file"),
             ([*promote_args, "--tracking-uri", "foo://x"], "MLflow cannot use 'foo://x'"),
@@ -274,6 +276,7 @@ def test_what_is_not_a_model_or_its_store_is_refused_and_nothing_is_touched(sqli
     assert main(["predict", str(local / "artifacts" / "model.keras"), str(png), b]) == 2
     assert "records no value range" in capsys.readouterr().err
     assert main(["predict", str(local), str(png), b]) == 0  # the MLflow model knows its range (0..16)
+    assert main(["predict", local.as_uri(), a, b]) == 0  # any artifact URI MLflow can download stays accepted
     capsys.readouterr()
 
     model, _ = load_model_dir(local)
