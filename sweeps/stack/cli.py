@@ -313,10 +313,10 @@ def _print_summary(pg: PostgresServer, mlflow: MlflowServer, state: StackState, 
 
 def _up_detached(args: argparse.Namespace, stack_dir: Path) -> int:
     """Start ``stack up`` in its own session, wait until it is ready, print its summary, return."""
-    _check_up(args, stack_dir)
-    previous = StackState.load(stack_dir)
+    previous = StackState.load(stack_dir)  # first: its ports are in use too, which is not the news
     if previous is not None and pid_alive(previous.pid):
         raise ConfigError("--dir", f"a stack is already running from {stack_dir} (pid {previous.pid})")
+    _check_up(args, stack_dir)
     _made_if_valid(stack_dir)  # bad secrets: exit 2 here, not in the background
     argv = [sys.executable, "-m", "sweeps.cli", "stack", "up", "--detached-child", "--dir", str(stack_dir),
             "--host", args.host, "--pg-port", str(args.pg_port), "--mlflow-port", str(args.mlflow_port),

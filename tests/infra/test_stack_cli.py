@@ -236,6 +236,11 @@ def test_status_reports_the_detached_stack_and_no_password_is_printed(detached_s
         assert (detached_stack / name).stat().st_mode & 0o777 == 0o600
     secrets_ = read_env_file(detached_stack / "secrets.env").values()
     assert not [cmd for cmd in _cmdlines().values() if any(v in cmd for v in secrets_)], "a password is in argv"
+    # a second `up` from the same folder says that, not that the first one's port is in use
+    port = info["mlflow"].rsplit(":", 1)[1].strip("/")
+    again = subprocess.run(CLI + ["stack", "up", "--detach", "--dir", str(detached_stack), "--pg-port", "0",
+                                  "--mlflow-port", port], env=_clean_env(), capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "a stack is already running from" in again.stderr, again.stderr
 
 
 @pytest.mark.slow
