@@ -9,11 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from . import names
@@ -38,43 +36,6 @@ def print_json(data: Any) -> None:
 def _one_line(text: str) -> str:
     """Input errors are one line (a key may contain a newline)."""
     return " ".join(text.split("\n"))
-
-
-def finite_float(text: str) -> float:
-    """An argparse type: a number that is not nan or inf (the served model refuses those too)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, received {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, received {text!r}")
-    return value
-
-
-def output_file(text: str) -> str:
-    """An argparse type: a file to write, in a folder that exists; checked before the work, which the write at its
-    end would otherwise throw away (exit 1, "FileNotFoundError")."""
-    path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a folder; expected a file to write")
-    return _writable(path.parent, text)
-
-
-def output_dir(text: str) -> str:
-    """An argparse type: a folder to write into (made if missing), checked before the work as `output_file`."""
-    path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
-    return _writable(next(p for p in (path, *path.parents) if p.exists()), text)
-
-
-def _writable(folder: Path, text: str) -> str:
-    if not folder.is_dir():
-        raise argparse.ArgumentTypeError(f"{text}: {folder} is not a folder" if folder.exists()
-                                         else f"{text}: no such folder {folder}")
-    if not os.access(folder, os.W_OK):
-        raise argparse.ArgumentTypeError(f"{text}: cannot write in {folder}")
-    return text
 
 
 def flag_or_env(value: str | None, env: str) -> str | None:

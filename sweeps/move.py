@@ -76,7 +76,7 @@ def _check_storage(url: str, flag: str) -> None:
     try:
         kind = storage_kind(url)
     except ConfigError as exc:
-        raise ConfigError(flag, str(exc).split(": ", 1)[-1]) from None
+        raise ConfigError(flag, exc.detail) from None
     if kind == "memory":
         raise ConfigError(flag, "an in-memory storage cannot be moved from or to")
 
@@ -93,7 +93,7 @@ def _opened(url: str, flag: str) -> optuna.storages.BaseStorage:
     try:
         return make_storage(url)
     except ConfigError as exc:
-        raise ConfigError(flag, str(exc).split(": ", 1)[-1]) from None
+        raise ConfigError(flag, exc.detail) from None
 
 
 def move_study(study_name: str, *, from_storage: str, from_tracking_uri: str, to_storage: str,

@@ -209,8 +209,8 @@ def evaluate(wrapper: Any, split: EvalPairs, *, uri: str) -> Evaluation:
     from siamese_core import verification as m
 
     shapes = wrapper.inputs
-    out = wrapper.score_arrays(split.left.astype(shapes[0][1], copy=False),
-                               split.right.astype(shapes[-1][1], copy=False))
+    out = wrapper.score_batches(split.left.astype(shapes[0][1], copy=False),
+                                split.right.astype(shapes[-1][1], copy=False))
     y = split.labels
     native = out["native"]
     result = {"pair_accuracy": float(np.mean(out["same"] == (y >= 0.5))),

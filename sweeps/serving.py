@@ -215,6 +215,12 @@ class SiameseServingModel(PythonModel):
         NaN gave finite scores, and left and right of different lengths TensorFlow's error."""
         left = to_batch(list(np.asarray(left)), *self.inputs[0], what="left")
         right = to_batch(list(np.asarray(right)), *self.inputs[-1], what="right")
+        return self.score_batches(left, right, threshold=threshold)
+
+    def score_batches(self, left: np.ndarray, right: np.ndarray, *,
+                      threshold: float | None = None) -> dict[str, np.ndarray]:
+        """`score_arrays` for batches already checked (`to_batch`) or built here (promote's test splits): the
+        per-row check is a Python loop over every sample, run once per input, not again."""
         if len(left) != len(right):
             raise PredictError(f"left has {len(left)} samples and right {len(right)}: expected one right per left")
         outs: dict[str, list[np.ndarray]] = {"distance": [], "score": [], "same": []}
@@ -284,7 +290,7 @@ class SiameseServingModel(PythonModel):
                 raise PredictError(f"params.threshold: expected a number; received: {threshold!r}") from None
             if not np.isfinite(threshold):
                 raise PredictError(f"params.threshold: expected a finite number; received: {threshold}")
-        out = self.score_arrays(left, right, threshold=threshold)
+        out = self.score_batches(left, right, threshold=threshold)
         return pd.DataFrame({"distance": out["distance"].astype(float), "score": out["score"].astype(float),
                              "same": out["same"]})
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli import EXIT_FINDINGS, EXIT_OK, add_set_option, output_dir, print_json
+from ..argtypes import output_dir
+from ..cli import EXIT_FINDINGS, EXIT_OK, add_set_option, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:

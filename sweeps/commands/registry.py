@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import names
-from ..cli import EXIT_OK, add_set_option, add_study_option, finite_float, flag_or_env, print_json
+from ..argtypes import finite_float
+from ..cli import EXIT_OK, add_set_option, add_study_option, flag_or_env, print_json
 from ..registry import DEFAULT_ALIAS
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -274,7 +275,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         (shape_a, dtype_a), (shape_b, dtype_b) = model.inputs[0], model.inputs[-1]
         a = read_sample(args.a, shape_a, dtype_a, meta, what="A")
         b = read_sample(args.b, shape_b, dtype_b, meta, what="B")
-        out = model.score_arrays(a, b, threshold=args.threshold)
+        out = model.score_batches(a, b, threshold=args.threshold)
     threshold = model.threshold if args.threshold is None else args.threshold
     result = {"distance": float(out["distance"][0]), "score": float(out["score"][0]), "same": bool(out["same"][0]),
               "threshold": float(threshold), "model_uri": args.model_uri}

@@ -12,7 +12,8 @@ from ..cli import EXIT_OK
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..stack.cli import add_parsers, port_number
+    from ..argtypes import port_number
+    from ..stack.cli import add_parsers
 
     add_parsers(sub)
     d = sub.add_parser("dashboard", help="optuna-dashboard on a study's storage: password-guarded, read-only",

@@ -6,7 +6,8 @@ import signal
 import sys
 
 from .. import names, pruners, samplers
-from ..cli import EXIT_ERROR, EXIT_OK, add_set_option, add_study_option, flag_or_env, output_file, print_json
+from ..argtypes import output_file
+from ..cli import EXIT_ERROR, EXIT_OK, add_set_option, add_study_option, flag_or_env, print_json
 from ..launch import WAIT_FLAG
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 from siamese_core.errors import ConfigError
 from sweeps import names
+from sweeps.argtypes import port_number, positive_int
 from sweeps.secrets import mask_url, read_secret_files
 from sweeps.signals import pid_alive
 from sweeps.stack._process import ServerStartError, port_is_free
@@ -397,28 +398,6 @@ def status(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- parser
-def port_number(text: str) -> int:
-    """An argparse type: a TCP port, 0-65535 (0: any free port); 70000 was Python's OverflowError, exit 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number; received {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535 (0: any free port); received {value}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1 (``--workers 0`` started a server anyway)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1; received {text!r}")
-    return value
-
-
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """``stack up|down|status`` under an existing subparsers action (``siamese-sweep stack ...``)."""
     stack = sub.add_parser("stack", help="start/stop PostgreSQL + MLflow server (+ dashboard) without Docker",
