@@ -220,7 +220,26 @@ class UserLoss(PerSampleFn):
         fn = import_object(config.type, field="loss.type")
         if not callable(fn):
             raise ConfigError("loss.type", f"{config.type!r} is not callable")
-        return cls(fn, triplet=config.kind == "triplet", margin=config.margin if _accepts(fn, "margin") else None)
+        triplet = config.kind == "triplet"
+        margin = config.margin if _accepts(fn, "margin") else None
+        _check_call(fn, config.type, triplet=triplet, margin=margin)
+        return cls(fn, triplet=triplet, margin=margin)
+
+
+def _check_call(fn: Callable[..., Any], path: str, *, triplet: bool, margin: float | None) -> None:
+    """A function that cannot take the call `UserLoss` makes is a `ConfigError` now (it was a TypeError in the
+    first training step: exit 1 from `train`)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: its call will tell
+    args = ("anchor", "positive", "negative") if triplet else ("y_true", "y_pred")
+    try:
+        signature.bind(*args, **({} if margin is None else {"margin": margin}))
+    except TypeError as exc:
+        raise ConfigError("loss.type", f"{path}{signature} cannot be called as a {'triplet' if triplet else 'pair'} "
+                                       f"loss, fn({', '.join(args)}{', margin=...' if margin is not None else ''}): "
+                                       f"{exc}") from None
 
 
 # ------------------------------------------------------------------ Keras wrapper

@@ -123,7 +123,7 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, *,
     recorder.history.extend(restored_history)
     cbs: list[keras.callbacks.Callback] = [NanGuard(bus=bus, config=config, info=data.info), evaluator_cb]
     if config.diagnostics.enabled:
-        cbs += training_watchers(config, data=data, models=models, bus=bus)
+        cbs += training_watchers(config, data=data, models=models, bus=bus, val_labels=run.val.eval_set.pairs.targets)
     if config.reduce_lr.enabled:
         r = config.reduce_lr
         cbs.append(keras.callbacks.ReduceLROnPlateau(monitor=r.monitor, factor=r.factor, patience=r.patience,

@@ -1,7 +1,8 @@
 """``siamese-sweep``: a thin command line over the Python API.
 
 Exit codes: 0 success, 2 invalid config/spec/data (one line on stderr, no
-traceback), 3 the doctor found an error-severity problem, 1 anything else.
+traceback), 3 the doctor found an error-severity problem, 141 the reader of stdout left
+(`... | head`), 1 anything else.
 Each command group lives in its own module and registers itself here.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .names import ENV_TF_CPP_MIN_LOG_LEVEL
 os.environ.setdefault(ENV_TF_CPP_MIN_LOG_LEVEL, "2")  # before anything imports TensorFlow
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_FINDINGS = 0, 1, 2, 3
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
 
 # modules that define `register(subparsers)`; imported lazily so `--help` stays fast
 COMMAND_MODULES = ("sweeps.commands.core", "sweeps.commands.sweep", "sweeps.commands.registry", "sweeps.commands.stack",
@@ -51,7 +53,18 @@ def add_set_option(parser: argparse.ArgumentParser, *, what: str = "config") -> 
 def add_study_option(parser: argparse.ArgumentParser, *, help: str = "study name (default: the spec's study.name)"
                      ) -> None:
     """``--study NAME``, also spelled ``--study-name`` (Optuna's own word: ``optuna.load_study(study_name=...)``)."""
-    parser.add_argument("--study", "--study-name", dest="study", metavar="NAME", help=help)
+    parser.add_argument("--study", "--study-name", dest="study", metavar="NAME", help=help, action=_OneStudy)
+
+
+class _OneStudy(argparse.Action):
+    """Both spellings, or one twice, naming two studies is a usage error (`--study a --study-name b` ran `b`)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        before = getattr(namespace, self.dest, None)
+        if before is not None and before != values:
+            parser.error(f"{option_string}: two study names given ({before!r} and {values!r}); give one")
+        setattr(namespace, self.dest, values)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,14 +94,17 @@ def _masked_input_error(exc: Exception, mask: Callable[[str], str]) -> str:
     return mask(str(exc))
 
 
-def _refused_by_mlflow(exc: BaseException) -> bool:
-    """An MLflow error that is the server refusing the credentials (HTTP 401/403): `promote` and `predict` met it
-    as MLflow's exception, exit 1, where `run` says so in one line, exit 2."""
-    if type(exc).__module__.split(".")[0] != "mlflow":
-        return False
-    from .preflight import refused_credentials
+def _refused_by_mlflow(exc: BaseException) -> str | None:
+    """The line for an MLflow server refusing the credentials (401) or a write (403), raised by MLflow or wrapped
+    in `TrackingUnavailable`: `promote` and `predict` met it as MLflow's exception, exit 1, where `run` says so in
+    one line, exit 2."""
+    from .errors import TrackingUnavailable
 
-    return refused_credentials(str(exc))
+    if type(exc).__module__.split(".")[0] != "mlflow" and not isinstance(exc, TrackingUnavailable):
+        return None
+    from .preflight import refusal
+
+    return refusal(exc)  # no URL: a flag may have named another server than the environment's
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,7 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         read_secret_files()  # OPTUNA_STORAGE_FILE=/run/secrets/... -> OPTUNA_STORAGE (Kubernetes/Docker secrets)
-        return int(handler(args) or 0)
+        code = int(handler(args) or 0)
+        sys.stdout.flush()  # a reader gone (`| head`) surfaces here, not at the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # the reader closed the pipe (`status | head -1`): quiet, with the shell's code for a write to a closed pipe;
+        # stdout goes to devnull so the interpreter's last flush does not raise again (Python's signal docs recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except InputError as exc:
         print(f"error: {_one_line(_masked_input_error(exc, mask_secrets))}", file=sys.stderr)
         return EXIT_INPUT
@@ -115,9 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
-        if _refused_by_mlflow(exc) and not args.debug:  # what `run`'s preflight says, for every command
-            print(f"error: {names.ENV_MLFLOW_TRACKING_USERNAME}: the MLflow server refused the credentials (check "
-                  f"{names.ENV_MLFLOW_TRACKING_USERNAME}/{names.ENV_MLFLOW_TRACKING_PASSWORD})", file=sys.stderr)
+        refused = None if args.debug else _refused_by_mlflow(exc)
+        if refused:  # what `run`'s preflight says, for every command
+            print(f"error: {names.ENV_MLFLOW_TRACKING_USERNAME}: {_one_line(mask_secrets(refused))}", file=sys.stderr)
             return EXIT_INPUT
         if args.debug:  # the traceback too may quote a URL with its password
             import traceback

@@ -67,6 +67,35 @@ def refused_credentials(message: str) -> bool:
     return _AUTH_STATUS.search(message) is not None
 
 
+_DENIED = re.compile(r"(?<![\w:=./-])403(?![\w.])|PERMISSION_DENIED|Permission denied")
+
+
+def refusal(exc: BaseException | None, tracking_uri: str | None = None) -> str | None:
+    """One line for an MLflow refusal anywhere in `exc`'s chain (a `TrackingUnavailable` wraps MLflow's error), or
+    None. HTTP 403 is a known user without the right, not a bad password: a worker denied the experiment that the
+    admin's `move` created was told the server "is unreachable", exit 1, and each retry added a failed trial."""
+    import os
+
+    from . import names
+    from .secrets import mask_url
+
+    seen: list[str] = []
+    while exc is not None and len(seen) < 8:
+        seen.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    text = " ".join(seen)
+    if not refused_credentials(text):
+        return None
+    where = f"the MLflow server at {mask_url(tracking_uri)}" if tracking_uri else "the MLflow server"
+    user = os.environ.get(names.ENV_MLFLOW_TRACKING_USERNAME) or "(none)"
+    if _DENIED.search(text):
+        return (f"{where} denied user {user!r} a write (HTTP 403 Permission denied): the experiment belongs to "
+                f"another user (say, the admin who ran `move`); run as its owner, or give {user!r} EDIT on it "
+                f"(MLflow's experiment permissions)")
+    return (f"{where} refused the credentials (check {names.ENV_MLFLOW_TRACKING_USERNAME}/"
+            f"{names.ENV_MLFLOW_TRACKING_PASSWORD})")
+
+
 def preflight_stores(*, storage: str, tracking_uri: str, study_name: str) -> None:
     """Everything about where a sweep writes that can be checked before it writes anything: the study name,
     the storage URL's scheme and, for an HTTP tracking server, that it answers and accepts the credentials

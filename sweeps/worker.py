@@ -24,12 +24,15 @@ from typing import Any
 import optuna
 from mlflow.entities import RunTag
 
+from siamese_core.errors import ConfigError
+
 from . import artifacts, names, outcomes
 from .checkpoints import shared_through_mlflow
 from .errors import SweepFatal, TrackingUnavailable
 from .finisher import Deferred, Finisher, Heartbeat, LookAhead, as_told, records_in_background
 from .mlflow_globals import mlflow_internals_use
 from .objective import Objective, SilentTrials, TrialContext, fail_dead_worker_trials
+from .preflight import refusal
 from .recorder import Recorder
 from .signals import StopRequest, stop_on_signals
 from .spec import SweepSpec
@@ -43,7 +46,7 @@ from .storage import (
     safe_filename,
     storage_kind,
 )
-from .study import OpenedStudy, count_states, enqueue_known, ensure_parent_run, trial_budget
+from .study import OpenedStudy, count_states, enqueue_known, ensure_parent_run, study_uid, trial_budget
 from .tracking import RUN_RUNNING, Tracker
 
 log = logging.getLogger(__name__)
@@ -150,6 +153,21 @@ def reconcile_runs(study: optuna.Study, tracker: Tracker, seen: set[int], *, exp
     return fixed
 
 
+def check_write_access(tracker: Tracker, parent_run_id: str, uid: str) -> None:
+    """Before the first trial is asked: a server with permissions that will refuse this user's runs (HTTP 403: the
+    experiment is another user's, say the admin's who ran `move`) is a `ConfigError` now, not one failed trial per
+    attempt. The write re-states the parent run's study uid: one request per worker, for http(s) servers only."""
+    if not tracker.uri.startswith(("http://", "https://")):
+        return
+    try:
+        tracker.retry("check write access", lambda: tracker.client.set_tag(parent_run_id, names.TAG_STUDY_UID, uid))
+    except TrackingUnavailable as exc:
+        refused = refusal(exc, tracker.uri)
+        if refused:
+            raise ConfigError(names.ENV_MLFLOW_TRACKING_USERNAME, refused) from None
+        log.warning("could not re-state the parent run's study uid: %s", exc)  # the trials' own calls will tell
+
+
 def link_dashboard(opened: OpenedStudy, tracker: Tracker, parent_run_id: str) -> str | None:
     """Tag the parent run with the study's optuna-dashboard page when ``$SIAMESE_SWEEP_DASHBOARD_URL`` says
     where the dashboard is served (`siamese-sweep dashboard`); best-effort, returns the URL."""
@@ -236,6 +254,7 @@ def _run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budge
     elif names.STUDY_ATTR_BUDGET not in study.user_attrs:
         study.set_user_attr(names.STUDY_ATTR_BUDGET, spec.study.trials)
     experiment_id, parent_run_id = ensure_parent_run(opened, tracker, spec)
+    check_write_access(tracker, parent_run_id, study_uid(study))
     link_dashboard(opened, tracker, parent_run_id)
     if checkpoint_root is None:
         checkpoint_root = default_checkpoint_root(spec, study.study_name, parent_run_id)
@@ -329,6 +348,7 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
     heartbeat = Heartbeat(study)
     failures = {"consecutive": 0}
     last_reason = [""]
+    last_error: list[BaseException | None] = [None]
 
     def after_trial(frozen: optuna.trial.FrozenTrial) -> None:
         """Counts and the caller's callback; in the finisher's thread, one trial at a time."""
@@ -369,6 +389,7 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
             tell(trial, optuna.trial.TrialState.PRUNED, error=exc)
             return None
         except BaseException as exc:  # noqa: BLE001 - told FAIL; all but errors of the trial itself go on up
+            last_error[0] = exc
             tell(trial, optuna.trial.TrialState.FAIL, error=exc)
             if not isinstance(exc, Exception):
                 raise
@@ -393,6 +414,9 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
                 finisher.wait()  # every earlier trial is told: counts, stop rules and the sampler see them
                 look_ahead.assume(None)
                 if last_reason[0] == outcomes.TRACKING_UNAVAILABLE_AT_START.reason:
+                    refused = refusal(last_error[0])
+                    if refused:  # not a server that is down: exit 2, as a supervisor must not start it again
+                        raise ConfigError(names.ENV_MLFLOW_TRACKING_USERNAME, refused)
                     raise SweepFatal(f"MLflow tracking at {tracker_name} is unreachable")
                 if failures["consecutive"] >= max_failures:
                     raise SweepFatal(f"{failures['consecutive']} trials in a row failed (last reason: "

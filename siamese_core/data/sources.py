@@ -21,13 +21,14 @@ import logging
 import os
 import zipfile
 import zlib
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 
-from ..config import DatasetConfig, TrainConfig
+from ..config import DatasetConfig, TrainConfig, as_config
 from ..errors import DataError
 from ..registry import DATASETS, import_object
 from . import cache
@@ -62,9 +63,11 @@ SKLEARN_DIGITS = "sklearn.datasets:load_digits"
 log = logging.getLogger(__name__)
 
 
-def load_dataset(config: TrainConfig) -> DatasetSplits:
+def load_dataset(config: TrainConfig | Mapping[str, Any] | str | Path | None) -> DatasetSplits:
     """Load ``config.dataset``, split it deterministically from ``config.seed`` and describe it; from the
-    machine's data cache when an entry for this config and these source files is there (`cache`)."""
+    machine's data cache when an entry for this config and these source files is there (`cache`). `config` is
+    whatever `train` takes (a mapping such as ``{"dataset": "digits"}`` was an AttributeError)."""
+    config = as_config(config)
     ds = config.dataset
     params = SplitParams.from_config(config)
     identity = source_identity(ds)

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 from ..config import TrainConfig
-from ..data.pairs import STREAM_PROBE, PairSampler, PairShuffler, TripletSampler
+from ..data.pairs import SAME, STREAM_PROBE, PairSampler, PairShuffler, TripletSampler
 from ..data.types import EVAL_POSITIVE_FRACTION, DataInfo, DatasetSplits, PairedSplit, Split, materialize
 from ..errors import TrainingFailed
 from ..findings import SEVERITY_ORDER, Finding, FindingBus
@@ -58,6 +58,10 @@ SPREAD_LOW, SPREAD_DROP = 1e-3, 0.02
 CONSTANT_STD = 1e-5
 CHANCE_BAND = 0.05           # |AUC - 0.5| below this is chance
 INVERTED_AUC = 0.3           # healthy runs never went below 0.6 after one epoch
+# ... on validation sets of hundreds of pairs. On 60 pairs (a small pre-paired set's validation split) a healthy
+# two-tower model read 0.293 after one epoch (1 seed in 6), 2.8 standard errors below chance; inverted labels
+# read ~0.1 there (z ~ -5). So an AUC below INVERTED_AUC must also lie INVERTED_Z null standard errors below 0.5.
+INVERTED_Z = 4.0
 
 
 def _f(row: dict[str, float], key: str) -> float:
@@ -73,9 +77,21 @@ def _scale(row: dict[str, float], distance: str, l2_normalize: bool) -> float:
     return norm * norm if distance == "sqeuclidean" else norm
 
 
+def below_chance(auc: float, counts: tuple[int, int] | None) -> bool:
+    """Whether `auc` lies `INVERTED_Z` standard errors below 0.5 for `counts` (same, different) pairs; the error of
+    an AUC at chance is sqrt((n1 + n2 + 1) / (12 n1 n2)) (Mann-Whitney U). Unknown counts: no such test."""
+    if counts is None:
+        return True
+    n1, n2 = counts
+    if n1 < 1 or n2 < 1:
+        return False
+    return (0.5 - auc) / math.sqrt((n1 + n2 + 1) / (12.0 * n1 * n2)) >= INVERTED_Z
+
+
 def epoch_findings(history: list[dict[str, float]], *, distance: str, l2_normalize: bool, higher_is_same: bool,
-                   patience: int) -> list[Finding]:
-    """Findings from the per-epoch validation metrics so far (the last row is the current epoch)."""
+                   patience: int, val_counts: tuple[int, int] | None = None) -> list[Finding]:
+    """Findings from the per-epoch validation metrics so far (the last row is the current epoch; `val_counts`:
+    the validation pairs, same and different)."""
     row, epoch = history[-1], len(history) - 1
     out: list[Finding] = []
     auc, norm = _f(row, "val_roc_auc"), _f(row, "raw_embedding_norm_mean")
@@ -115,7 +131,7 @@ def epoch_findings(history: list[dict[str, float]], *, distance: str, l2_normali
                                        "val_pair_accuracy": _f(row, "val_pair_accuracy")},
                              epoch=epoch))
 
-    if math.isfinite(auc) and auc < INVERTED_AUC:
+    if math.isfinite(auc) and auc < INVERTED_AUC and below_chance(auc, val_counts):
         out.append(C.finding(C.LABEL_INVERTED, f"validation AUC is {auc:.3f} at epoch {epoch} (well below 0.5): the "
                                                f"model ranks same pairs as different — the loss or the labels use the "
                                                f"opposite convention (1 = same here)",
@@ -267,10 +283,13 @@ class PreflightWatcher(_Watcher):
 class EpochWatcher(_Watcher):
     """Collapse, constant output, inverted labels, no learning — from the evaluator's ``val_*`` logs."""
 
-    def __init__(self, config: TrainConfig, bus: FindingBus, *, models: SiameseModels) -> None:
+    def __init__(self, config: TrainConfig, bus: FindingBus, *, models: SiameseModels,
+                 val_labels: np.ndarray | None = None) -> None:
         super().__init__(config, bus)
         self.models = models
         self.history: list[dict[str, float]] = []
+        self.val_counts = None if val_labels is None else (int(np.sum(val_labels == SAME)),
+                                                            int(np.sum(val_labels != SAME)))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
@@ -286,15 +305,16 @@ class EpochWatcher(_Watcher):
         found = epoch_findings(self.history, distance=self.models.distance,
                                l2_normalize=self.config.encoder.l2_normalize,
                                higher_is_same=self.models.higher_is_same,
-                               patience=self.config.diagnostics.no_learning_patience)
+                               patience=self.config.diagnostics.no_learning_patience, val_counts=self.val_counts)
         self.report(found)
 
 
 def training_watchers(config: TrainConfig, *, data: DatasetSplits, models: SiameseModels,
-                      bus: FindingBus) -> list[keras.callbacks.Callback]:
-    """The callbacks `training.train` adds after the evaluator when ``diagnostics.enabled``."""
+                      bus: FindingBus, val_labels: np.ndarray | None = None) -> list[keras.callbacks.Callback]:
+    """The callbacks `training.train` adds after the evaluator when ``diagnostics.enabled`` (`val_labels`: the
+    validation pairs' labels, for how far below chance an AUC must be to mean inverted labels)."""
     watchers: list[keras.callbacks.Callback] = []
     if config.diagnostics.preflight:
         watchers.append(PreflightWatcher(config, bus, data=data, models=models))
-    watchers.append(EpochWatcher(config, bus, models=models))
+    watchers.append(EpochWatcher(config, bus, models=models, val_labels=val_labels))
     return watchers

@@ -95,7 +95,19 @@ def _user_body(x: Any, cfg: EncoderConfig, input_shape: tuple[int, ...]) -> Any:
     if not isinstance(user_model, keras.layers.Layer):
         raise ConfigError("encoder.type", f"expected {cfg.type} to return a keras.Model; received: "
                                           f"{type(user_model).__name__}")
-    x = user_model(x)
+    inputs = getattr(user_model, "inputs", None)  # a functional or built Model declares them; a Layer does not
+    if inputs is not None and len(inputs) != 1:
+        raise ConfigError("encoder.type", f"expected {cfg.type} to return a model of one input (the sample, shape "
+                                          f"{input_shape}); it takes {len(inputs)}")
+    try:
+        x = user_model(x)
+    except Exception as exc:  # noqa: BLE001 - Keras raises ValueError, TypeError, ... for a model that does not fit
+        raise ConfigError("encoder.type", f"{cfg.type}: its model does not take the sample (shape {input_shape}): "
+                                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                          ) from exc
+    if isinstance(x, (list, tuple, dict)):
+        raise ConfigError("encoder.type", f"expected {cfg.type} to return a model with one output (the embedding); "
+                                          f"it has {len(x)}")
     if len(x.shape) > 2:
         x = keras.layers.Flatten(name="flatten_user")(x)
     return x

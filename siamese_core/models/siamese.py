@@ -22,6 +22,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..data.types import DataInfo
+from ..errors import DataError
 from ..losses import score_is_similarity
 from ..registry import OPTIMIZERS
 from .encoders import L2_LAYER, build_encoder
@@ -174,10 +175,23 @@ def build_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
 
 
 def load_model(path: str | Path) -> keras.Model:
-    """Load a saved Siamese model (``model.keras``) in Keras safe mode.
+    """Load a saved Siamese model (``model.keras``, or the folder `TrainResult.save` wrote it in) in Keras safe
+    mode; a path that holds no model is a `DataError` (Keras said "File not found" for a file that was there).
 
     Importing this module registers every custom layer and the loss, so exported pair models and
     compiled training models both reload without ``custom_objects``.
     """
-    model: keras.Model = keras.models.load_model(path, safe_mode=True)
+    file = Path(path)
+    if file.is_dir() and (file / "model.keras").is_file():
+        file = file / "model.keras"  # `load_model(result.save("out/"))`: save returns the folder
+    if not file.is_file():
+        raise DataError(str(path), "no such file" if not file.exists() else
+                        "a folder without a model.keras; expected a .keras file or the folder TrainResult.save wrote")
+    if file.suffix != ".keras":
+        raise DataError(str(path), f"expected a .keras file (Keras 3's format); received {file.suffix or 'no suffix'}")
+    try:
+        model: keras.Model = keras.models.load_model(file, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001 - Keras raises ValueError, zipfile.BadZipFile, OSError, ...
+        raise DataError(str(path), f"not a loadable Keras model ({type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
     return model

@@ -200,6 +200,17 @@ def test_bad_user_loss_is_config_error(path, words):
     assert info.value.field == "loss.type"
 
 
+@pytest.mark.parametrize("path, kind, words", [
+    ("user_code.losses:one_argument", "pair", r"one_argument\(y_true\) cannot be called as a pair loss"),
+    ("user_code.losses:squared_hinge", "triplet", "cannot be called as a triplet loss, fn.anchor, positive, "),
+])
+def test_a_user_loss_that_cannot_take_the_call_is_config_error(path, kind, words):
+    """It was a TypeError in the first training step: `siamese-sweep train` exited 1."""
+    with pytest.raises(ConfigError, match=words) as info:
+        build_loss_fn(LossConfig(type=path, kind=kind), "euclidean")
+    assert info.value.field == "loss.type"
+
+
 # ------------------------------------------------------------------ save / load
 @pytest.mark.parametrize("loss", [
     {"type": "contrastive", "margin": 0.7},

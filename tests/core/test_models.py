@@ -134,6 +134,10 @@ def test_sequence_encoder(rnn, bidirectional):
     ("tokens", {"type": "sequence", "vocab_size": 10}, "expected >= 50"),
     ("images", {"type": "user_code.encoders:not_a_model"}, "keras.Model"),
     ("images", {"type": "user_code.encoders:raises"}, "boom"),
+    # a model that breaks "one input, one embedding" was Keras' AttributeError or ValueError: exit 1
+    ("images", {"type": "user_code.encoders:two_outputs"}, "one output .* it has 2"),
+    ("images", {"type": "user_code.encoders:two_inputs"}, "one input .* it takes 2"),
+    ("images", {"type": "user_code.encoders:wrong_shape"}, r"does not take the sample \(shape \(8, 8, 1\)\)"),
     ("images", {"type": "user_code.nope:fn"}, "cannot import"),
 ])
 def test_encoder_mismatch_is_config_error(kind, encoder, words):

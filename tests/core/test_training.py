@@ -59,6 +59,9 @@ def test_save_and_load_in_safe_mode_reproduce_outputs(result, digits_data, tmp_p
     for key in ("distance", "score", "same"):
         np.testing.assert_allclose(np.asarray(got[key]), np.asarray(ref[key]), rtol=1e-5, atol=1e-6)
     assert loaded.get_layer("same").get_config()["threshold"] == pytest.approx(result.threshold)
+    # the folder `save` returns loads too (it was Keras' "File format not supported")
+    again = siamese_core.load_model(out)
+    np.testing.assert_allclose(np.asarray(again([a, b])["distance"]), np.asarray(got["distance"]), rtol=1e-6)
     # the exported distance is the distance the metrics were computed on
     ea, eb = np.asarray(result.models.embed(a)), np.asarray(result.models.embed(b))
     assert result.config.distance == "cosine"  # the default
@@ -251,3 +254,21 @@ def test_accepts_yaml_path_and_mapping(tmp_path, digits_data):
     r = train(str(path), data=digits_data)
     assert isinstance(r.config, TrainConfig) and r.config.pairs.pairs_per_epoch == 256
     assert r.history[0]["epoch"] == 0
+
+
+def test_what_is_no_model_is_a_data_error(tmp_path):
+    """Keras' ValueError ("File not found" for a file that was there) reached a notebook user."""
+    (tmp_path / "junk.keras").write_text("not a zip")
+    (tmp_path / "empty").mkdir()
+    for path, words in ((tmp_path / "nope.keras", "no such file"), (tmp_path / "junk.keras", "not a loadable Keras"),
+                        (tmp_path / "empty", "a folder without a model.keras")):
+        with pytest.raises(DataError, match=words):
+            siamese_core.load_model(path)
+
+
+def test_load_dataset_takes_what_train_takes(digits_data):
+    """`load_dataset({"dataset": "digits"})` was an AttributeError on the dict."""
+    data = siamese_core.load_dataset({"dataset": "digits"})
+    assert data.info.fingerprint == digits_data.info.fingerprint
+    with pytest.raises(ConfigError):
+        siamese_core.load_dataset({"dataset": "no-such-dataset"})

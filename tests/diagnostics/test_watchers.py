@@ -77,6 +77,20 @@ def test_rules_for_constant_inverted_and_stuck_runs():
     assert [codes(f) for f in findings_for(chance)] == [{}, {}, {"no_learning": "warning"}]
 
 
+def test_an_auc_below_0_3_on_few_validation_pairs_needs_to_be_far_below_chance():
+    """A healthy two-tower model read AUC 0.293 after one epoch on 60 validation pairs (a 600-pair pairs_npz set):
+    `label_inverted`, an error, stopped the doctor (exit 3). On 60 pairs 0.293 is 2.8 standard errors below 0.5."""
+    from siamese_core.diagnostics.watchers import below_chance
+
+    early = rows((0.3, 0.3, 0.293, 1.0, 0.2, 0.5, 0.4, 0.2))
+    assert findings_for(early, val_counts=(30, 30)) == [[]]
+    assert codes(findings_for(early, val_counts=(1000, 1000))[0]) == {"label_inverted": "error"}
+    assert codes(findings_for(early)[0]) == {"label_inverted": "error"}  # counts unknown: as before
+    inverted = rows((0.3, 0.3, 0.1, 1.0, 0.2, 0.5, 0.4, 0.2))  # what inverted labels read there
+    assert codes(findings_for(inverted, val_counts=(30, 30))[0]) == {"label_inverted": "error"}
+    assert not below_chance(0.0, (0, 60))  # one kind of pair: no AUC to test
+
+
 # ------------------------------------------------------------------ real trainings
 @pytest.fixture(scope="module")
 def digits():

@@ -161,6 +161,23 @@ def test_a_laptop_study_moves_to_postgres_and_mlflow_server_and_continues(
     assert decision.candidate["embeddings_reproduced"] is True
     assert dst.get_model_version("moved-laptop", "1").source == best.user_attrs["model_uri"]
 
+    # ---- a user who may not write to the admin's moved experiment (the stack's workers' account, default READ):
+    # one line naming the 403, exit 2, and no trial asked (it said "unreachable", exit 1, a FAIL trial per attempt)
+    from sweeps.stack.mlflow_auth import ensure_user
+
+    ensure_user(server, admin_username=mlflow_server_pg.admin_username,
+                admin_password=mlflow_server_pg.admin_password, username="reader-worker", password="x" * 16)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader-worker")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "x" * 16)
+    code, out, err = _cli(capsys, "worker", "--study", STUDY, "--quiet")
+    assert code == 2, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: MLFLOW_TRACKING_USERNAME: ") and "denied user 'reader-worker'" in last \
+        and "403" in last and "EDIT" in last, err[-2000:]
+    assert len(optuna.load_study(study_name=STUDY, storage=pg).trials) == 2
+    for key, value in mlflow_env.items():
+        monkeypatch.setenv(key, value)
+
     # ---- `siamese-sweep run SPEC` (storage and server from the environment) continues the same study:
     # the budget counts the moved trials, the parent run is the moved one
     spec_file = tmp_path / "spec.yaml"

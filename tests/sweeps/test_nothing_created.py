@@ -131,3 +131,36 @@ def test_a_port_with_401_or_403_in_it_is_not_refused_credentials() -> None:
                                "!= 200.")
     assert refused_credentials("401 Client Error: Unauthorized for url: http://127.0.0.1:5000/api/2.0/mlflow")
     assert refused_credentials("RESOURCE_DOES_NOT_EXIST? no: PERMISSION_DENIED")
+
+
+def test_worker_processes_on_an_in_memory_storage_are_refused(tmp_path: Path) -> None:
+    """Each process had a study of its own: a budget of 3 ran 6 trials, and parent runs stayed RUNNING."""
+    done = _cli(["run", str(_spec(tmp_path)), "--workers", "2", "--storage", "memory", "--tracking-uri",
+                 f"sqlite:///{tmp_path}/mlflow.db", "--quiet"], cwd=tmp_path)
+    _assert_refused(done, tmp_path, text="workers: 2 worker processes cannot share an in-memory storage")
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_two_study_names_are_a_usage_error(tmp_path: Path) -> None:
+    """`--study a --study-name b` created study 'b'; `status --study nosuch --study-name t` showed 't'."""
+    done = _cli(["run", str(_spec(tmp_path)), "--study", "a", "--study-name", "b", *_stores(tmp_path), "--quiet"],
+                cwd=tmp_path)
+    _assert_refused(done, tmp_path, text="two study names given ('a' and 'b')")
+    same = _cli(["status", "--study", "t", "--study-name", "t", "--storage", f"sqlite:///{tmp_path}/none.db"],
+                cwd=tmp_path)
+    _assert_refused(same, tmp_path, text="no such SQLite file")  # the same name twice is one name
+
+
+def test_a_reader_that_leaves_early_is_no_error(tmp_path: Path) -> None:
+    """`siamese-sweep status | head -1` printed "error: BrokenPipeError" and exited 1, now and then."""
+    from sweeps.cli import EXIT_BROKEN_PIPE
+
+    wandb = tmp_path / "wandb.yaml"
+    wandb.write_text(yaml.safe_dump({"method": "random", "metric": {"name": "val_roc_auc", "goal": "maximize"},
+                                     "parameters": {"learning_rate": {"min": 0.0001, "max": 0.01}}}))
+    proc = subprocess.Popen(CLI + ["convert", str(wandb)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the interpreter has started: its first write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == EXIT_BROKEN_PIPE and err == "", err

@@ -66,3 +66,52 @@ def test_a_new_exception_type_is_one_row(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(outcomes, "OUTCOMES", (*outcomes.OUTCOMES[:-1], row, outcomes.CRASH))
     assert outcomes.classify(DiskFull()) is row
     assert outcomes.classify(OSError()).reason == "OSError"
+
+
+def _wrapped(message: str) -> TrackingUnavailable:
+    """What `Tracker.retry` raises for an MLflow error that retrying cannot fix."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        try:
+            raise MlflowException(message)
+        except MlflowException as cause:
+            raise TrackingUnavailable(f"MLflow create trial run failed: {cause}") from cause
+    except TrackingUnavailable as exc:
+        return exc
+
+
+def test_a_refusal_says_whether_the_password_or_the_permission_was_refused(monkeypatch) -> None:
+    from sweeps.preflight import refusal
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "sweeps-worker")
+    denied = refusal(_wrapped("API request to endpoint /api/2.0/mlflow/runs/create failed with error code 403 != "
+                              "200. Response body: 'Permission denied'"), "http://u:secret@127.0.0.1:5000")
+    assert denied is not None and "denied user 'sweeps-worker'" in denied and "403" in denied
+    assert "secret" not in denied and "127.0.0.1:5000" in denied
+    bad_password = refusal(_wrapped("API request to endpoint /api/2.0/mlflow/runs/create failed with error code "
+                                    "401 != 200. Response body: 'You are not authenticated.'"))
+    assert bad_password is not None and "refused the credentials" in bad_password and "403" not in bad_password
+    assert refusal(_wrapped("Max retries exceeded with url: http://127.0.0.1:56403/api (Connection refused)")) is None
+    assert refusal(None) is None
+
+
+def test_a_worker_refused_its_trial_runs_exits_2_and_asks_no_second_trial(local_stores, spec_dict,
+                                                                            monkeypatch) -> None:
+    """A 403 at a trial's start (permissions changed under a running sweep) was "MLflow tracking ... is
+    unreachable" (exit 1, so a supervisor started the worker again, one FAIL trial per attempt)."""
+    from sweeps.tracking import Tracker
+
+    from .conftest import run_small_sweep
+
+    def denied(*args, **kwargs):
+        raise _wrapped("API request to endpoint /api/2.0/mlflow/runs/create failed with error code 403 != 200. "
+                       "Response body: 'Permission denied'")
+
+    monkeypatch.setattr(Tracker, "start_trial_run", denied)
+    with pytest.raises(ConfigError, match="denied user .* 403"):
+        run_small_sweep(spec_dict(), storage=local_stores["storage"], tracking_uri=local_stores["tracking_uri"],
+                        trials=3)
+    trials = optuna.load_study(study_name="t", storage=local_stores["storage"]).trials
+    assert [(t.state.name, t.user_attrs.get("reason")) for t in trials] == \
+        [("FAIL", "tracking_unavailable_at_start"), ("WAITING", None)]  # its retry, for a worker that may write
