@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from . import names
 from .names import ENV_TF_CPP_MIN_LOG_LEVEL
@@ -28,11 +28,16 @@ COMMAND_MODULES = ("sweeps.commands.core", "sweeps.commands.sweep", "sweeps.comm
                    "sweeps.commands.slurm", "sweeps.commands.move")
 
 
-def print_json(data: Any) -> None:
-    """One strict JSON object on stdout (NaN/inf become null)."""
+def json_text(data: Any) -> str:
+    """One strict JSON object (NaN/inf become null)."""
     from siamese_core.jsonable import jsonable
 
-    print(json.dumps(jsonable(data), default=str))
+    return json.dumps(jsonable(data), default=str)
+
+
+def print_json(data: Any) -> None:
+    """`json_text` on stdout."""
+    print(json_text(data))
 
 
 def _one_line(text: str) -> str:
@@ -67,10 +72,18 @@ class _OneStudy(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, as every other input error (argparse printed its usage block above it: 3 to 13
+    lines). The subcommands' parsers are of this class too (``add_subparsers`` makes them of the parent's)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="siamese-sweep", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="siamese-sweep", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:

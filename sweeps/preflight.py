@@ -96,6 +96,14 @@ def refusal(exc: BaseException | None, tracking_uri: str | None = None) -> str |
             f"{names.ENV_MLFLOW_TRACKING_PASSWORD})")
 
 
+def check_study_name(name: str | None, flag: str = "--study") -> None:
+    """A `ConfigError` for a study name MLflow's filters cannot quote, or that would break a line it is written on
+    (a newline in `slurm submit --study` ran the rest of the name as a command in the sbatch script)."""
+    if not _STUDY_NAME.fullmatch(name or ""):
+        raise ConfigError(flag, f"expected 1-200 characters without quotes, backticks or control characters; "
+                                f"received: {name!r}")
+
+
 def preflight_stores(*, storage: str, tracking_uri: str, study_name: str) -> None:
     """Everything about where a sweep writes that can be checked before it writes anything: the study name,
     the storage URL's scheme and, for an HTTP tracking server, that it answers and accepts the credentials
@@ -105,9 +113,7 @@ def preflight_stores(*, storage: str, tracking_uri: str, study_name: str) -> Non
     from .storage import check_sqlite_store, storage_kind
     from .tracking import require_mlflow_store
 
-    if not _STUDY_NAME.fullmatch(study_name or ""):
-        raise ConfigError("--study", f"expected 1-200 characters without quotes, backticks or control characters; "
-                                     f"received: {study_name!r}")
+    check_study_name(study_name)
     storage_kind(storage)
     check_sqlite_store(storage, "optuna", "--storage")
     require_mlflow_store(tracking_uri, must_exist=False)

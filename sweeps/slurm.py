@@ -84,6 +84,7 @@ FILE_SUFFIX = "_FILE"
 
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 _SBATCH_VALUE = re.compile(r"^[^\s'\"\\]+$")
+_MEM = re.compile(r"[0-9]+[KMGTkmgt]?")  # sbatch --mem: a size, units K, M, G or T (default M)
 
 
 class SlurmError(InfrastructureError, RuntimeError):
@@ -114,6 +115,12 @@ class SlurmOptions:
 
     def validate(self) -> None:
         """ConfigError (exit 2) naming the flag, before anything is submitted."""
+        from .preflight import check_study_name
+
+        check_study_name(self.study)  # what every task's `worker --study` would refuse, and it is in a comment line
+        if self.mem is not None and not _MEM.fullmatch(self.mem):
+            raise ConfigError("--mem", f"expected a size such as 4000, 16G or 512M (Slurm's --mem); received: "
+                                       f"{self.mem!r}")
         if self.tasks < 1:
             raise ConfigError("--tasks", f"expected a positive number of array tasks; received: {self.tasks}")
         if self.cpus_per_task < 1:

@@ -75,7 +75,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             raise ConfigError("--trials", f"expected a positive number; received: {args.trials}")
         overrides["study.trials"] = args.trials
     spec = load_spec(resolve_spec_path(args.spec), overrides)
-    study = args.study or spec.study.name
+    study = args.study if args.study is not None else spec.study.name  # `--study ''` is refused, not the spec's
     options = SlurmOptions(
         study=study, tasks=args.tasks, time=args.time, partition=args.partition, cpus_per_task=args.cpus_per_task,
         gpus_per_task=args.gpus_per_task, mem=args.mem, max_concurrent=args.max_concurrent,

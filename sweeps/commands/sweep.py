@@ -7,7 +7,7 @@ import sys
 
 from .. import names, pruners, samplers
 from ..argtypes import output_file
-from ..cli import EXIT_ERROR, EXIT_OK, add_set_option, add_study_option, flag_or_env, print_json
+from ..cli import EXIT_ERROR, EXIT_OK, add_set_option, add_study_option, flag_or_env, json_text, print_json
 from ..launch import WAIT_FLAG
 
 
@@ -67,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_study_option(rp, help="study name")
     add_set_option(rp, what="spec")
     rp.add_argument("--json", action="store_true", help="print the report as JSON")
-    rp.add_argument("-o", "--output", type=output_file, help="write the Markdown page to this file instead of stdout")
+    rp.add_argument("-o", "--output", type=output_file,
+                    help="write the report (Markdown, or JSON with --json) to this file instead of stdout")
     rp.set_defaults(handler=cmd_report)
 
     c = sub.add_parser("convert", help="turn a W&B sweep file into a siamese-sweep spec", description=(
@@ -191,13 +192,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     storage, study = _study_of(args)
     report = build_report(load_study(study, storage))
-    if args.json:
-        print_json(report.to_dict())
-    elif args.output:
-        Path(args.output).write_text(render_markdown(report), encoding="utf-8")
+    text = json_text(report.to_dict()) if args.json else render_markdown(report)
+    if args.output:  # with --json too: `--json -o FILE` printed the JSON and wrote no file
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
         print(f"wrote {args.output}", file=sys.stderr)
     else:
-        print(render_markdown(report))
+        print(text)
     return EXIT_OK
 
 

@@ -127,6 +127,11 @@ def test_no_requeue_and_defaults() -> None:
     ({"setup": ("a\nb",)}, "--setup"),
     ({"signal_seconds": 0}, "--preempt-signal-seconds"),
     ({"retries": -1}, "--retries"),
+    # the study's name is in a comment line of the script: a newline ran the rest as a command
+    ({"study": "x\ntouch /tmp/pwned #"}, "--study"),
+    ({"study": "it's"}, "--study"),  # every task's `worker --study` refused it (exit 2), after the submit
+    ({"study": ""}, "--study"),
+    ({"mem": "lots"}, "--mem"),  # was `#SBATCH --mem=lots`
 ])
 def test_bad_options_are_config_errors_naming_the_flag(kwargs: dict, flag: str) -> None:
     from siamese_core.errors import ConfigError
@@ -134,6 +139,11 @@ def test_bad_options_are_config_errors_naming_the_flag(kwargs: dict, flag: str) 
     with pytest.raises(ConfigError) as err:
         render_script("a: 1\n", SlurmOptions(**{"study": "s", "tasks": 1, **kwargs}))
     assert err.value.field == flag
+
+
+def test_memory_sizes_slurm_takes_are_accepted() -> None:
+    for mem in ("4000", "16G", "512M", "1T", "0"):
+        assert f"#SBATCH --mem={mem}" in render_script("a: 1\n", SlurmOptions(study="s", tasks=1, mem=mem))
 
 
 @pytest.mark.parametrize("value, seconds", [("30", 1800), ("1:30", 90), ("2:00:00", 7200), ("1-12", 129600),
@@ -208,14 +218,28 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
                           "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and res.stdout == ""
     assert len(res.stderr.strip().splitlines()) == 1 and "private study" in res.stderr
+    env["OPTUNA_STORAGE"], env["MLFLOW_TRACKING_URI"] = "postgresql://u@db/optuna", "http://m:5000"
+    for study in ("", "x\ntouch pwned #"):  # `--study ''` used the spec's name
+        res = subprocess.run([sys.executable, "-m", "sweeps.cli", "slurm", "submit", "digits-smoke", "--tasks", "2",
+                              "--study", study, "--dry-run"], env=env, capture_output=True, text=True, timeout=120,
+                             cwd=tmp_path)
+        assert res.returncode == 2 and res.stdout == "", res.stdout[-2000:]
+        assert len(res.stderr.strip().splitlines()) == 1 and "--study" in res.stderr
+    # an argparse refusal is one line too (its usage block was 13 lines)
+    res = subprocess.run([sys.executable, "-m", "sweeps.cli", "slurm", "submit", "digits-smoke", "--tasks", "abc"],
+                         env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "siamese-sweep slurm submit: error: argument --tasks: invalid int value: 'abc' "
+        "(see siamese-sweep slurm submit --help)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------ behaviour under bash
 def test_worker_gets_the_spec_in_a_private_temp_dir_which_is_removed(stub: Path, tmp_path: Path) -> None:
-    code, err = _run(_script(stub, study="it's"), tmp_path, STUB_EXITS="0")
+    code, err = _run(_script(stub, study="a $HOME; b"), tmp_path, STUB_EXITS="0")  # shell-quoted, not expanded
     assert code == 0, err
     (event,) = _events(tmp_path / "stub.log")
-    assert event["argv"][0] == "worker" and event["argv"][2:] == ["--study", "it's", "--threads", "3"]
+    assert event["argv"][0] == "worker" and event["argv"][2:] == ["--study", "a $HOME; b", "--threads", "3"]
     assert event["cwd"].startswith(str(tmp_path / "siamese-sweep."))
     assert event["argv"][1] == event["cwd"] + "/spec.yaml"
     assert yaml.safe_load(event["spec"])["study"]["name"] == "digits-smoke"

@@ -90,6 +90,10 @@ def test_report_command_reads_any_storage(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "sweeps.cli", "report", "--study", "fails", "--storage", storage,
                            "-o", str(page)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0 and page.read_text().startswith("# Sweep report: fails")
+    page_json = tmp_path / "report.json"  # `--json -o FILE` printed the JSON and wrote no file
+    done = subprocess.run([sys.executable, "-m", "sweeps.cli", "report", "--study", "fails", "--storage", storage,
+                           "--json", "-o", str(page_json)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout == "" and json.loads(page_json.read_text()) == out
     missing = subprocess.run([sys.executable, "-m", "sweeps.cli", "report", "--study", "nope", "--storage",
                               storage], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert missing.returncode == 2 and "nope" in missing.stderr
@@ -158,3 +162,15 @@ def test_failure_map_of_a_real_sweep_built_to_fail(tmp_path: Path) -> None:
     page = Path(client.download_artifacts(result.parent_run_id, "report.md", str(tmp_path))).read_text()
     assert "`nan_loss`" in page and "learning_rate > " in page and "Regions to leave out: learning_rate > " in page
     assert "### Is its lead real?" in page and "on the same 200 validation pairs" in page
+
+
+def test_a_fail_without_a_reason_in_a_study_siamese_sweep_did_not_run_is_unrecorded(tmp_path: Path) -> None:
+    """A plain Optuna study's ValueError was reported as `stale_heartbeat`: "its worker died"."""
+    from sweeps.study import study_status
+
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    assert study_status(study)["reasons"][0]["reason"] == "unrecorded"
+    assert [(f.code, f.trials) for f in build_report(study).failures] == [("unrecorded", (0,))]
+    study.set_user_attr("spec", {"study": {"name": "s"}})  # a study siamese-sweep runs: only the heartbeat is silent
+    assert study_status(study)["reasons"][0]["reason"] == "stale_heartbeat"
