@@ -33,15 +33,13 @@ checkpoint. A run the trial could not end itself (worker killed, MLflow down) is
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import optuna
 
 from siamese_core.errors import TrainingFailed
 
-from . import names
 from .errors import InvalidTrialConfig, NonFiniteObjective, TrackingUnavailable
 from .tracking import RUN_FAILED, RUN_FINISHED, RUN_KILLED
 
@@ -103,16 +101,6 @@ OUTCOMES: tuple[Outcome, ...] = (COMPLETED, PRUNED, DIAGNOSTIC, NAN_METRIC, INVA
                                  TRACKING_UNAVAILABLE_AT_START, TRACKING_UNAVAILABLE, INTERRUPTED, STALE_HEARTBEAT,
                                  DEAD_WORKER, CRASH)
 _ENDED_BY_TRAINING = PRUNED.raised_by + DIAGNOSTIC.raised_by + NAN_METRIC.raised_by
-
-
-UNRECORDED = "unrecorded"  # a FAIL of a study siamese-sweep did not run: who failed it, and why, is unknown
-
-
-def unrecorded_fail_reason(study_user_attrs: Mapping[str, Any]) -> str:
-    """The reason of a FAIL without one: in a study siamese-sweep runs (its spec is stored) every path records
-    one but Optuna's heartbeat, which fails a dead worker's trial; elsewhere nothing is known (a plain Optuna
-    study's ValueError read as "its worker died")."""
-    return STALE_HEARTBEAT.reason if names.STUDY_ATTR_SPEC in study_user_attrs else UNRECORDED
 
 
 def classify(exc: BaseException, *, stop_requested: bool = False, run_started: bool = True) -> Outcome:

@@ -118,23 +118,22 @@ def _importances(study: optuna.Study, n_complete: int) -> dict[str, float]:
     return importances.parameter_importances(study) if n_complete >= 3 else {}
 
 
-def _codes(t: optuna.trial.FrozenTrial, unrecorded_fail: str) -> list[tuple[str, str]]:
-    """(code, kind) of everything that went wrong in one trial (`unrecorded_fail`: a FAIL's without a reason)."""
+def _codes(t: optuna.trial.FrozenTrial) -> list[tuple[str, str]]:
+    """(code, kind) of everything that went wrong in one trial."""
     out: list[tuple[str, str]] = []
     if t.state == optuna.trial.TrialState.COMPLETE:
         out += [(str(c), "diagnostic") for c in (t.user_attrs.get(names.TRIAL_ATTR_DIAGNOSTIC_ERRORS) or [])]
     elif t.state == optuna.trial.TrialState.PRUNED:
         out.append((str(t.user_attrs.get(names.TRIAL_ATTR_REASON, outcomes.PRUNED.reason)), "pruned"))
     elif t.state == optuna.trial.TrialState.FAIL:
-        out.append((str(t.user_attrs.get(names.TRIAL_ATTR_REASON, unrecorded_fail)), "failed"))
+        out.append((str(t.user_attrs.get(names.TRIAL_ATTR_REASON, outcomes.STALE_HEARTBEAT.reason)), "failed"))
     return out
 
 
 def _failure_map(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> list[FailureEntry]:
     by_code: dict[tuple[str, str], list[int]] = {}
-    unrecorded_fail = outcomes.unrecorded_fail_reason(study.user_attrs)
     for t in trials:
-        for code_kind in _codes(t, unrecorded_fail):
+        for code_kind in _codes(t):
             by_code.setdefault(code_kind, []).append(t.number)
     # every failure together (the pruner's own verdicts aside): one region often explains several codes
     failed = sorted({n for (code, _), ns in by_code.items() if code != outcomes.PRUNED.reason for n in ns})

@@ -316,7 +316,8 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
             out["margin"] = None if lead is None else lead.to_dict()
         else:
             out["best_trials"] = [_trial_summary(t) for t in study.best_trials]
-    unrecorded = {"FAIL": outcomes.unrecorded_fail_reason(study.user_attrs), "PRUNED": outcomes.PRUNED.reason}
+    # a FAIL without a reason was failed by the heartbeat: its worker died before it could record one
+    unrecorded = {"FAIL": outcomes.STALE_HEARTBEAT.reason, "PRUNED": outcomes.PRUNED.reason}
     out["reasons"] = {t.number: {"state": t.state.name,
                                  "reason": t.user_attrs.get(names.TRIAL_ATTR_REASON, unrecorded[t.state.name])}
                       for t in trials if t.state in (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)}

@@ -163,14 +163,3 @@ def test_failure_map_of_a_real_sweep_built_to_fail(tmp_path: Path) -> None:
     assert "`nan_loss`" in page and "learning_rate > " in page and "Regions to leave out: learning_rate > " in page
     assert "### Is its lead real?" in page and "on the same 200 validation pairs" in page
 
-
-def test_a_fail_without_a_reason_in_a_study_siamese_sweep_did_not_run_is_unrecorded(tmp_path: Path) -> None:
-    """A plain Optuna study's ValueError was reported as `stale_heartbeat`: "its worker died"."""
-    from sweeps.study import study_status
-
-    study = optuna.create_study(direction="maximize")
-    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
-    assert study_status(study)["reasons"][0]["reason"] == "unrecorded"
-    assert [(f.code, f.trials) for f in build_report(study).failures] == [("unrecorded", (0,))]
-    study.set_user_attr("spec", {"study": {"name": "s"}})  # a study siamese-sweep runs: only the heartbeat is silent
-    assert study_status(study)["reasons"][0]["reason"] == "stale_heartbeat"
