@@ -10,6 +10,7 @@ sweeps/checkpoints.py come from this script.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import sys
@@ -30,6 +31,8 @@ CONFIGS = {
 
 
 def main() -> None:
+    # no options; parsed so that --help prints this text instead of starting servers and training
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ckpt-bench-"))
     with PostgresServer(user="sweeps", database="sweeps", fsync=False) as pg, MlflowServer(
             pg.create_database("mlflow"), auth=True, auth_database_uri=pg.create_database("mlflow_auth"),

@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import PydanticCustomError
 
 from .diagnostics.codes import CODES
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .metrics import MONITORS
 from .registry import (
     AUGMENTATIONS,
@@ -375,7 +375,7 @@ def read_yaml_mapping(path: str | Path, *, what: str = "config") -> dict[str, An
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or first_line(exc)
         raise ConfigError("", f"{p} is not valid YAML{where}: {problem}") from None
     if data is None:
         return {}

@@ -19,6 +19,13 @@ if TYPE_CHECKING:
     from .findings import Finding
 
 
+def first_line(text: object) -> str:
+    """The first line of an error's text, for a one-line message that quotes it (Keras, SQLAlchemy and MLflow
+    errors can run to dozens of lines); "" for an empty text."""
+    lines = str(text).strip().splitlines()
+    return lines[0] if lines else ""
+
+
 class SiameseError(Exception):
     """Base class for every error this project raises on purpose.
 

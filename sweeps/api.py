@@ -91,17 +91,16 @@ def sweep(spec: SpecLike = None, *, trials: int | None = None, storage: str | No
                            storage=storage or os.environ.get(names.ENV_OPTUNA_STORAGE) or None,
                            tracking_uri=tracking_uri or os.environ.get(names.ENV_MLFLOW_TRACKING_URI) or None,
                            study_name=study_name, progress=progress, threads=threads)
+    started = None
     if options.workers > 1:
+        from .launch import WorkerProcesses
         from .storage import storage_kind
 
         if storage_kind(options.storage) == "memory":  # each process had a study of its own: the budget N times
             raise ConfigError("workers", f"{options.workers} worker processes cannot share an in-memory storage "
                                          "(it lives in one process); use sqlite:///optuna.db or journal:///FILE, "
                                          "or one worker")
-    started = None
-    if options.workers > 1:  # before this process's own imports and checks; they wait for the study (launch.py)
-        from .launch import WorkerProcesses
-
+        # before this process's own imports and checks; they wait for the study (launch.py)
         started = WorkerProcesses(resolved, options)
     try:
         from .preflight import preflight

@@ -298,7 +298,8 @@ def write_study_plots(study: Any, directory: Path) -> list[Path]:
             fig.savefig(path, dpi=90, bbox_inches="tight")
             plt.close(fig)
             return path
-        if name == "param_importances" and (len(complete) < 2 or not study.best_trials[0].params):
+        few = len(complete) < importances.MIN_COMPLETE
+        if name == "param_importances" and (few or not study.best_trials[0].params):
             continue
         path = _safe(name, draw)
         if path is not None:

@@ -64,7 +64,8 @@ class OptunaReporter(keras.callbacks.Callback):
         if self.before_prune is not None:
             self.before_prune()
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {epoch + 1}: {self.metric}={float(value):.4f}")
+            # epochs counted from 0, as the MLflow step, Optuna's intermediate value and a nan_loss reason count
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}: {self.metric}={float(value):.4f}")
 
 
 class CheckpointUploader(keras.callbacks.Callback):

@@ -201,6 +201,9 @@ class _RunCopier:
     def __init__(self, from_uri: str, to_uri: str) -> None:
         from mlflow import MlflowClient
 
+        from .tracking import configure_http_client
+
+        configure_http_client()  # the source's calls too: bounded as the target's `Tracker` bounds its own
         self.from_uri = from_uri
         self.to_uri = to_uri
         self.src = MlflowClient(tracking_uri=from_uri)

@@ -402,6 +402,9 @@ class TrialAttempt:
         run = ctx.tracker.start_trial_run(ctx.experiment_id, ctx.parent_run_id, study_name=ctx.study_name,
                                           trial_number=trial.number, tags=tags)
         self.mlflow_run = run  # from here on a failure ends it, even if the storage refuses the next write
+        # a metric, not only the tag: MLflow's compare view and charts plot metrics and params on their axes;
+        # queued, it goes in the params' request (or the end's, for a trial whose config is refused)
+        run.log_metrics({"trial_number": trial.number}, step=0, send=False)
         # set while the trial trains, before it is told; a worker killed before they land leaves a run that
         # `sweeps.worker.reconcile_runs` finds by its tags, not by these
         attrs = {names.TRIAL_ATTR_RUN_ID: run.run_id}
@@ -422,9 +425,6 @@ class TrialAttempt:
         params["dataset.source"] = data.info.source
         self.dataset = dataset = dataset_entity(data.info)
         hp_only = {f"hp.{k}": v for k, v in self.trial.params.items() if k not in params}
-        # a metric, not only the tag: MLflow's compare view and charts plot metrics and params on their axes;
-        # queued, it goes in the params' request
-        run.log_metrics({"trial_number": self.trial.number}, step=0, send=False)
 
         def send() -> None:
             run.log_params(params)

@@ -6,12 +6,14 @@ file; nothing is created in Optuna or MLflow.
 from __future__ import annotations
 
 import importlib.util
+import inspect
+import logging
 import re
 from typing import Any
 
 from siamese_core.errors import ConfigError
 
-from . import space
+from . import names, space
 from .spec import SweepSpec
 
 # a name given with --study is quoted inside MLflow search filters ('...'): quotes, backticks and control
@@ -19,6 +21,8 @@ from .spec import SweepSpec
 _STUDY_NAME = re.compile(r"[^'\"`\x00-\x1f\x7f]{1,200}")
 # a reachability check must answer quickly; the sweep's own calls keep their longer retry budget
 _PING_BUDGET_S = 5.0
+
+log = logging.getLogger(__name__)
 
 
 def preflight(spec: SweepSpec) -> Any:
@@ -28,34 +32,94 @@ def preflight(spec: SweepSpec) -> Any:
 
     space.check_space(spec)
     _check_user_code(spec)
+    _try_user_code(spec)
     if spec.tracking.system_metrics and importlib.util.find_spec("psutil") is None:
         raise ConfigError("tracking.system_metrics", "MLflow's system metrics need psutil: "
                                                      "pip install 'siamese-sweep[system-metrics]'")
     data = load_dataset(spec.base)  # DataError now, not in trial 0
     make_sampler(spec.base, data)  # e.g. batch_size larger than the pairs per epoch
-    if spec.hypermodel:
-        from .hypermodel import load_hypermodel
-
-        load_hypermodel(spec.hypermodel)
+    for line in unused_options(spec):
+        log.warning("%s", line)
     return data
 
 
-def _check_user_code(spec: SweepSpec) -> None:
-    """Import every ``package.module:attr`` the base config or the search space names (encoder, loss), so an
-    unimportable one is one line and exit 2 before a study, a parent run or a failed trial exists."""
-    from siamese_core.registry import IMPORT_PATH, import_object
+def _user_paths(spec: SweepSpec) -> list[tuple[str, str]]:
+    """(config key, ``package.module:attr``) for every user encoder and loss the base config or the search space
+    names."""
+    from siamese_core.registry import IMPORT_PATH
 
-    named: list[tuple[str, str]] = [("base.encoder.type", spec.base.encoder.type),
-                                    ("base.loss.type", spec.base.loss.type)]
+    named: list[tuple[str, str]] = [("encoder.type", spec.base.encoder.type), ("loss.type", spec.base.loss.type)]
     for key, dist in spec.distributions().items():
         if key in ("encoder.type", "loss.type"):
-            named += [(f"search_space.{key}", str(c)) for c in (dist.choices or [])]
+            named += [(key, str(c)) for c in (dist.choices or [])]
     for key, value in spec.fixed().items():
         if key in ("encoder.type", "loss.type"):
-            named.append((f"search_space.{key}", str(value)))
-    for field, path in named:
-        if IMPORT_PATH.match(path):
-            import_object(path, field=field)
+            named.append((key, str(value)))
+    return [(key, path) for key, path in dict.fromkeys(named) if IMPORT_PATH.match(path)]
+
+
+def _check_user_code(spec: SweepSpec) -> None:
+    """Import every user encoder and loss, so an unimportable one is one line and exit 2 before a study, a
+    parent run or a failed trial exists (before the data is loaded, and without TensorFlow)."""
+    from siamese_core.registry import import_object
+
+    for key, path in _user_paths(spec):
+        where = "search_space" if path != spec.base.flat()[key] else "base"
+        import_object(path, field=f"{where}.{key}")
+    if spec.hypermodel:
+        from .hypermodel import load_hypermodel
+
+        build = load_hypermodel(spec.hypermodel)  # a HyperModel class is made here, once, as before a trial
+        try:
+            signature = inspect.signature(build)
+        except (TypeError, ValueError):
+            return  # no signature to check: its call will tell
+        try:
+            signature.bind(object())
+        except TypeError as exc:
+            raise ConfigError("hypermodel", f"{spec.hypermodel}{signature} cannot be called as build(hp): {exc}"
+                              ) from None
+
+
+def _try_user_code(spec: SweepSpec) -> None:
+    """Check each user encoder and loss the sweep can use against the call its trials will make, by its signature
+    (a hypermodel's `build(hp)`: `_check_user_code`): code that cannot take it is one line and exit 2 before a
+    study exists, as it is for `train` (a sweep failed trial after trial, with tracebacks, then exit 1). The code
+    is not run here: a user encoder that logs to MLflow (README) would log outside any run, and MLflow would start
+    one of its own. Checked on the base config with the search space's fixed values and the first value of each
+    conditional parameter active there."""
+    paths = _user_paths(spec)
+    if not paths:
+        return  # without user code, no Keras: `run --workers N` starts its workers and never imports TensorFlow
+    from siamese_core.losses import build_loss
+    from siamese_core.models.encoders import check_user_encoder_call
+
+    base = spec.base.with_overrides(spec.fixed()) if spec.fixed() else spec.base
+    for key, path in paths:
+        try:  # with the conditional values that hold for this path (a user triplet loss `when:` sets loss.kind)
+            config = base.with_overrides({**space.active_first_values(spec, base, {key: path}), key: path})
+        except ConfigError:
+            continue  # it needs values the search space draws: its trials will tell
+        if key == "encoder.type":
+            check_user_encoder_call(config.encoder)
+        else:
+            build_loss(config.loss, config.distance)  # checks the loss function's signature; calls nothing
+
+
+def unused_options(spec: SweepSpec) -> list[str]:
+    """A line for each `study.sampler` / `study.pruner` option set to other than its default that the chosen
+    sampler or pruner does not read (`random` with `n_startup_trials: 3` ran as if it were not there)."""
+    from . import pruners, samplers
+
+    lines = []
+    for section, reads in ((spec.study.sampler, samplers.get(spec.study.sampler.type).options),
+                           (spec.study.pruner, pruners.get(spec.study.pruner.type).options)):
+        kind = "sampler" if section is spec.study.sampler else "pruner"
+        for name, field in type(section).model_fields.items():
+            if name != "type" and name not in reads and getattr(section, name) != field.default:
+                lines.append(f"study.{kind}.{name} is not used by the {section.type!r} {kind} "
+                             f"(it reads: {', '.join(reads) or 'no options'})")
+    return lines
 
 
 # an HTTP 401/403 as a status, not digits inside a port or a number ("port=56403" once failed CI as "refused")
@@ -76,7 +140,6 @@ def refusal(exc: BaseException | None, tracking_uri: str | None = None) -> str |
     admin's `move` created was told the server "is unreachable", exit 1, and each retry added a failed trial."""
     import os
 
-    from . import names
     from .secrets import mask_url
 
     seen: list[str] = []
@@ -94,6 +157,13 @@ def refusal(exc: BaseException | None, tracking_uri: str | None = None) -> str |
                 f"(MLflow's experiment permissions)")
     return (f"{where} refused the credentials (check {names.ENV_MLFLOW_TRACKING_USERNAME}/"
             f"{names.ENV_MLFLOW_TRACKING_PASSWORD})")
+
+
+def raise_if_refused(exc: BaseException | None, tracking_uri: str | None = None) -> None:
+    """A `ConfigError` (exit 2: a supervisor must not start the process again) when `exc` is an MLflow refusal."""
+    refused = refusal(exc, tracking_uri)
+    if refused:
+        raise ConfigError(names.ENV_MLFLOW_TRACKING_USERNAME, refused) from None
 
 
 def check_study_name(name: str | None, flag: str = "--study") -> None:
@@ -125,10 +195,6 @@ def preflight_stores(*, storage: str, tracking_uri: str, study_name: str) -> Non
     try:
         tracker.retry("reachability check", lambda: tracker.client.search_experiments(max_results=1))
     except TrackingUnavailable as exc:
-        text = str(exc)
-        if refused_credentials(text):
-            raise ConfigError("MLFLOW_TRACKING_USERNAME", f"the MLflow server at {mask_url(tracking_uri)} refused "
-                                                          "the credentials (check MLFLOW_TRACKING_USERNAME/"
-                                                          "MLFLOW_TRACKING_PASSWORD)") from None
+        raise_if_refused(exc, tracking_uri)
         raise SweepFatal(f"cannot reach the MLflow server at {mask_url(tracking_uri)}; nothing was created "
-                         f"({text[:200]})") from None
+                         f"({str(exc)[:200]})") from None

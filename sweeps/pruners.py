@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Pruner:
     build: Callable[[SweepSpec], Any]  # spec -> optuna.pruners.BasePruner
+    options: tuple[str, ...] = ()  # the `study.pruner` fields `build` reads (others are noted as unused)
 
 
 _PRUNERS: ByName[Pruner] = ByName("pruner", field="study.pruner.type")
@@ -43,8 +44,21 @@ def _hyperband(spec: SweepSpec) -> Any:
     import optuna
 
     p = spec.study.pruner
-    return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=spec.base.epochs,
+    return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=most_epochs(spec),
                                           reduction_factor=p.reduction_factor)
+
+
+def most_epochs(spec: SweepSpec) -> int:
+    """The most epochs a trial can run (reports it can make): `epochs` fixed or searched in the search space
+    wins over the base config's (a converted W&B sweep fixes it there; Hyperband got the base's 5 for 1-epoch
+    trials)."""
+    fixed = spec.fixed()
+    if "epochs" in fixed:
+        return int(fixed["epochs"])
+    searched = spec.distributions().get("epochs")
+    if searched is not None:
+        return int(max(searched.choices or ()) if searched.type == "categorical" else searched.high or 0)
+    return int(spec.base.epochs)
 
 
 def _none(spec: SweepSpec) -> Any:
@@ -53,7 +67,7 @@ def _none(spec: SweepSpec) -> Any:
     return optuna.pruners.NopPruner()
 
 
-_PRUNERS.register("median", Pruner(_median))
-_PRUNERS.register("successive_halving", Pruner(_successive_halving))
-_PRUNERS.register("hyperband", Pruner(_hyperband))
+_PRUNERS.register("median", Pruner(_median, options=("n_startup_trials", "n_warmup_steps")))
+_PRUNERS.register("successive_halving", Pruner(_successive_halving, options=("min_resource", "reduction_factor")))
+_PRUNERS.register("hyperband", Pruner(_hyperband, options=("min_resource", "reduction_factor")))
 _PRUNERS.register("none", Pruner(_none))

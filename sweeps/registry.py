@@ -100,9 +100,14 @@ def validate_alias(alias: str) -> str:
 
 # ------------------------------------------------------------------ MLflow's default client
 def client_for(tracking_uri: str) -> Any:
-    """An `MlflowClient` whose tracking and registry stores are both `tracking_uri`."""
+    """An `MlflowClient` whose tracking and registry stores are both `tracking_uri`, with MLflow's HTTP retries
+    bounded as a worker's are (`promote` on an unreachable server took 8 minutes of MLflow's own retries before
+    its retry budget began to count)."""
     from mlflow import MlflowClient
 
+    from .tracking import configure_http_client
+
+    configure_http_client()
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 

@@ -115,7 +115,7 @@ def build_report(study: optuna.Study, status: Mapping[str, Any] | None = None) -
 
 def _importances(study: optuna.Study, n_complete: int) -> dict[str, float]:
     """fANOVA, as the study's importance plots (`sweeps.importances`): drawn ahead, they computed it already."""
-    return importances.parameter_importances(study) if n_complete >= 3 else {}
+    return importances.parameter_importances(study) if n_complete >= importances.MIN_COMPLETE else {}
 
 
 def _codes(t: optuna.trial.FrozenTrial) -> list[tuple[str, str]]:

@@ -23,6 +23,7 @@ class Sampler:
     multi_objective: bool = True
     check: Callable[[SweepSpec], None] | None = None  # extra spec checks (ConfigError) before anything runs
     startup_phase: bool = True  # its first `n_startup_trials` are drawn at random, then it searches
+    options: tuple[str, ...] = ("seed",)  # the `study.sampler` fields `build` reads (others are noted as unused)
 
 
 _SAMPLERS: ByName[Sampler] = ByName("sampler", field="study.sampler.type")
@@ -67,10 +68,20 @@ def _grid(spec: SweepSpec, seed: int | None) -> Any:
 
 
 def _check_grid(spec: SweepSpec) -> None:
+    from .space import grid_size
+
     for key, dist in spec.distributions().items():
         if dist.type != "categorical" and dist.step is None:
             raise ConfigError(f"search_space.{key}", "the grid sampler needs categorical choices or a 'step' "
                                                      "for every numeric parameter")
+        # the grid is the product of every parameter's values, whether its condition holds or not: a conditional
+        # parameter of one value is harmless, one of several repeats each trial where its condition does not hold
+        if dist.when and (size := grid_size(dist)) > 1:
+            raise ConfigError(f"search_space.{key}.when", f"the grid sampler runs every combination of every "
+                                                          f"parameter, so a conditional one of {size} values "
+                                                          f"repeats the trials where its condition does not hold; "
+                                                          f"drop 'when' (or sweep each branch as a study of its "
+                                                          f"own), or use another sampler")
 
 
 def _needs(module: str, what: str) -> Callable[[SweepSpec], None]:
@@ -100,11 +111,11 @@ def _nsga2(spec: SweepSpec, seed: int | None) -> Any:
     return optuna.samplers.NSGAIISampler(seed=seed)
 
 
-_SAMPLERS.register("tpe", Sampler(_tpe))
+_SAMPLERS.register("tpe", Sampler(_tpe, options=("seed", "n_startup_trials", "multivariate")))
 _SAMPLERS.register("random", Sampler(_random, startup_phase=False))
 _SAMPLERS.register("grid", Sampler(_grid, check=_check_grid, startup_phase=False))
-_SAMPLERS.register("cmaes", Sampler(_cmaes, multi_objective=False,
+_SAMPLERS.register("cmaes", Sampler(_cmaes, multi_objective=False, options=("seed", "n_startup_trials"),
                                     check=_needs("cmaes", "the cmaes package: pip install cmaes")))
-_SAMPLERS.register("gp", Sampler(_gp, multi_objective=False,
+_SAMPLERS.register("gp", Sampler(_gp, multi_objective=False, options=("seed", "n_startup_trials"),
                                  check=_needs("torch", "PyTorch (pip install torch); use 'cmaes' or 'tpe'")))
 _SAMPLERS.register("nsga2", Sampler(_nsga2, startup_phase=False))  # generations, not a start-up and a search

@@ -86,7 +86,10 @@ def _dense(cell: Any) -> np.ndarray:
     a = np.asarray(cell)
     if a.dtype == object:
         if a.ndim == 0:
-            return _dense(a.item())
+            item = a.item()
+            if not isinstance(item, (list, tuple, np.ndarray)):  # None (a JSON null) recursed without end
+                raise TypeError(f"received {type(item).__name__}")
+            return _dense(item)
         return np.stack([_dense(c) for c in a])
     return a
 

@@ -8,6 +8,7 @@ holds (e.g. ``loss.margin`` only for margin losses).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 import optuna
@@ -65,10 +66,32 @@ def sample_overrides(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
     return overrides
 
 
-def grid_values(spec: SweepSpec) -> dict[str, list[Any]]:
-    """Every value of every parameter, for ``GridSampler``."""
-    import numpy as np
+def active_first_values(spec: SweepSpec, config: TrainConfig, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The first value (first choice, or `low`) of each conditional parameter whose condition holds once `given`
+    is set on `config`: a setting the sweep can draw, for checks before the first trial."""
+    values: dict[str, Any] = {**config.flat(), **given}
+    out: dict[str, Any] = {}
+    space = spec.distributions()
+    for key in _ordered(space):
+        d = space[key]
+        if d.when and key not in given and _condition_holds(d.when, values):
+            out[key] = values[key] = (list(d.choices or ())[0] if d.type == "categorical"
+                                      else int(d.low or 0) if d.type == "int" else d.low)
+    return out
 
+
+def grid_size(d: Distribution) -> int:
+    """How many values `d` has in a grid, without listing them (a fine step over a wide range is billions)."""
+    if d.type == "categorical":
+        return len(d.choices or ())
+    assert d.low is not None and d.high is not None and d.step is not None  # the grid sampler's check
+    return int((Decimal(str(d.high)) - Decimal(str(d.low))) // Decimal(str(d.step))) + 1
+
+
+def grid_values(spec: SweepSpec) -> dict[str, list[Any]]:
+    """Every value of every parameter, for ``GridSampler``: ``low + k * step`` up to ``high``, the values Optuna's
+    stepped distributions contain (``numpy.arange`` went past ``high`` when the step did not divide the range:
+    0.5..1.0 step 0.3 gave 1.1, which Optuna refused mid-sweep, and 0.1..0.3 step 0.1 gave 0.30000000000000004)."""
     grid: dict[str, list[Any]] = {}
     for key, d in spec.distributions().items():
         if d.type == "categorical":
@@ -76,7 +99,9 @@ def grid_values(spec: SweepSpec) -> dict[str, list[Any]]:
         else:
             # bounds checked by Distribution, the step by the grid sampler's check
             assert d.low is not None and d.high is not None and d.step is not None
-            values = np.arange(d.low, d.high + d.step / 2, d.step)
+            # in decimal, as written in the spec and as Optuna adjusts a stepped range (0.1 + 2 * 0.1 is 0.3)
+            low, step = Decimal(str(d.low)), Decimal(str(d.step))
+            values = [low + k * step for k in range(grid_size(d))]
             grid[key] = [int(v) for v in values] if d.type == "int" else [float(v) for v in values]
     return grid
 
@@ -92,7 +117,11 @@ def check_space(spec: SweepSpec) -> None:
         fixed_config = base.with_overrides(spec.fixed()) if spec.fixed() else base
     except ConfigError as exc:
         raise ConfigError(f"search_space.{exc.field}", exc.detail) from None
+    base_flat = base.flat()
     for key, d in spec.distributions().items():
+        for other, expected in (d.when or {}).items():
+            if other in base_flat:
+                _check_condition_values(spec, fixed_config, key, other, expected)
         values: list[Any] = list(d.choices or ()) if d.type == "categorical" else [d.low, d.high]
         if d.type == "int":
             values = [int(v) for v in values]
@@ -105,6 +134,28 @@ def check_space(spec: SweepSpec) -> None:
                 if exc.field == key or exc.field.startswith(key + "."):
                     raise ConfigError(f"search_space.{key}", f"value {value!r} is invalid for the train config: "
                                                              f"{exc.detail}") from None
+
+
+
+def _check_condition_values(spec: SweepSpec, config: TrainConfig, key: str, other: str, expected: Any) -> None:
+    """A condition on a value its key cannot have (a typo: `when: {loss.type: tripplet}`) left `key` unsampled in
+    every trial, without a word. A value the spec can give `other` is fine (`loss.mining: batch_hard` is valid
+    only beside a triplet loss the space also draws), and so is a valid value this space never draws: it is a
+    narrowed space (`--set search_space.loss.type=contrastive` under a `when: {loss.type: triplet}`)."""
+    d = spec.distributions().get(other)
+    for value in expected if isinstance(expected, (list, tuple)) else [expected]:
+        if d is not None and d.type == "categorical" and value in (d.choices or ()):
+            continue
+        if d is not None and d.type != "categorical":
+            continue  # a range: its values are checked as a range
+        if d is None and value == config.flat().get(other):
+            continue
+        try:
+            config.with_overrides({other: value})
+        except ConfigError as exc:
+            if exc.field == other or exc.field.startswith(other + "."):  # not a clash with another base value
+                raise ConfigError(f"search_space.{key}.when", f"{other} can never be {value!r}: {exc.detail}"
+                                  ) from None
 
 
 def trial_config(spec: SweepSpec, overrides: Mapping[str, Any]) -> TrainConfig:

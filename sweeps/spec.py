@@ -73,6 +73,9 @@ class Distribution(_Section):
             for c in self.choices:
                 if not (c is None or isinstance(c, (bool, int, float, str))):
                     raise ValueError(f"choices: expected scalars (str, int, float, bool, null); received: {c!r}")
+            if self.log or self.step is not None:  # were accepted, and meant nothing
+                raise ValueError(f"{'log' if self.log else 'step'}: only for float and int parameters, not "
+                                 f"categorical ones")
             return self
         if self.choices is not None:
             raise ValueError(f"choices: only for categorical parameters; received type={self.type!r}")
@@ -94,6 +97,8 @@ class Distribution(_Section):
                 value = getattr(self, name)
                 if float(value) != int(value):
                     raise ValueError(f"{name}: an int parameter needs integer bounds; received: {value}")
+            if self.step is not None and float(self.step) != int(self.step):  # was truncated: 2.5 sampled step 2
+                raise ValueError(f"step: an int parameter needs a whole step; received: {self.step}")
         if abs(self.low) > 1e12 or abs(self.high) > 1e12:
             raise ValueError(f"high: bounds beyond ±1e12 are not meaningful; received: [{self.low}, {self.high}]")
         return self

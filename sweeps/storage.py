@@ -43,7 +43,7 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from siamese_core.errors import ConfigError, InfrastructureError
+from siamese_core.errors import ConfigError, InfrastructureError, first_line
 
 from . import names
 from .secrets import mask_secrets, mask_url
@@ -184,10 +184,10 @@ def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 
                                        f"installed one in the URL, e.g. postgresql+psycopg2:// or mysql+pymysql://"
                           ) from None
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.ProgrammingError) as exc:  # a malformed URL or DSN option
-        first = (mask_secrets(str(getattr(exc, "orig", None) or exc)).strip().splitlines() or [""])[0]
+        first = first_line(mask_secrets(str(getattr(exc, "orig", None) or exc)))
         raise ConfigError("--storage", f"the database refused {mask_url(given)!r}: {first[:300]}") from None
     except sqlalchemy.exc.OperationalError as exc:  # refused, unknown host, bad password: nothing was created
-        first = (mask_secrets(str(exc.orig or exc)).strip().splitlines() or [""])[0]
+        first = first_line(mask_secrets(str(exc.orig or exc)))
         raise InfrastructureError(f"cannot open the Optuna storage at {mask_url(given)}: {first[:300]}") from None
     return RetryingStorage(rdb, budget_s=storage_retry_budget_s())
 
@@ -271,8 +271,7 @@ def is_transient(exc: BaseException) -> bool:
 def _first_line(exc: BaseException) -> str:
     cause = exc.__cause__ if exc.__cause__ is not None else exc
     orig = getattr(cause, "orig", None) or cause  # the driver's own message, without SQLAlchemy's SQL and params
-    text = str(orig).strip().splitlines()
-    return mask_secrets(text[0] if text else type(orig).__name__)[:160]
+    return mask_secrets(first_line(orig) or type(orig).__name__)[:160]
 
 
 def retry_transient(what: str, fn: Callable[[], T], *, budget_s: float, first_wait_s: float = STORAGE_FIRST_WAIT_S,

@@ -7,6 +7,7 @@ Joiners wait for that id, so every trial nests under one parent run.
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 import uuid
@@ -22,7 +23,7 @@ from . import names, outcomes, pruners, samplers
 from .margin import best_margin
 from .secrets import mask_url
 from .spec import SweepSpec, enqueued_params, spec_differences, spec_from_data
-from .storage import make_storage, require_existing, storage_file
+from .storage import make_storage, require_existing, retried_trial_number, storage_file
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -286,12 +287,24 @@ def best_phase(study: optuna.Study, best: optuna.trial.FrozenTrial,
     if startup is None:
         return BestPhase(None, None, None)
     S = optuna.trial.TrialState
-    early = [float(t.value) for t in trials if t.state == S.COMPLETE and t.number < startup
+    finished = sorted(t.number for t in trials if t.state in (S.COMPLETE, S.PRUNED))
+
+    def random_start(t: optuna.trial.FrozenTrial) -> bool:
+        # TPE's rule: it draws at random while fewer than `startup` trials are COMPLETE or PRUNED, so a FAIL in
+        # the start-up moves the search's first trial on (by trial number, #5 was called "search" when trial 0
+        # had failed and #5 was drawn at random). Counted as a worker asks one trial after another; with parallel
+        # workers an earlier trial may still have been running, and CMA-ES and GP count COMPLETE ones only: an
+        # approximation there. A retry repeats its original's parameters, so it is judged as its original.
+        history = t.system_attrs.get(names.SYSTEM_ATTR_RETRY_HISTORY)
+        number = int(history[0]) if history else retried_trial_number(t)
+        return bisect.bisect_left(finished, t.number if number is None else number) < startup
+
+    early = [float(t.value) for t in trials if t.state == S.COMPLETE and random_start(t)
              and t.value is not None and t.system_attrs.get(names.SYSTEM_ATTR_FIXED_PARAMS) is None]
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    searched = sum(1 for t in trials if t.state in (S.COMPLETE, S.PRUNED) and t.number >= startup)
+    searched = sum(1 for t in trials if t.state in (S.COMPLETE, S.PRUNED) and not random_start(t))
     phase = ("enqueued" if best.system_attrs.get(names.SYSTEM_ATTR_FIXED_PARAMS) is not None
-             else "start-up" if best.number < startup else "search")
+             else "start-up" if random_start(best) else "search")
     return BestPhase(startup, phase, (max(early) if maximize else min(early)) if early else None, searched)
 
 

@@ -38,7 +38,7 @@ def _figures(study: optuna.Study) -> dict[str, Callable[[], Any]]:
         "parallel_coordinate": lambda: vis.plot_parallel_coordinate(study, target=target),
         "intermediate_values": lambda: vis.plot_intermediate_values(study),
     }
-    if len(complete) >= 2 and complete[0].params:  # importances need two trials with parameters
+    if len(complete) >= importances.MIN_COMPLETE and complete[0].params:  # and trials with parameters
         # fANOVA, as the PNG and the report (`sweeps.importances`), not Optuna 5's default PED-ANOVA
         figures["param_importances"] = lambda: vis.plot_param_importances(study, importances.evaluator(),
                                                                           target=target)

@@ -32,7 +32,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
-from siamese_core.errors import ConfigError
+from siamese_core.errors import ConfigError, first_line
 
 from . import names
 from .errors import TrackingUnavailable
@@ -207,7 +207,7 @@ def require_mlflow_store(uri: str, flag: str = "--tracking-uri", *, must_exist: 
         try:
             MlflowClient(tracking_uri=uri)
         except MlflowException as exc:
-            first = (str(exc).strip().splitlines() or [""])[0]
+            first = first_line(exc)
             raise ConfigError(flag, f"MLflow cannot use {mask_url(uri)!r}: {first[:200]}") from None
         return
     path = sqlite_path(uri)

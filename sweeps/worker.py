@@ -24,15 +24,13 @@ from typing import Any
 import optuna
 from mlflow.entities import RunTag
 
-from siamese_core.errors import ConfigError
-
 from . import artifacts, names, outcomes
 from .checkpoints import shared_through_mlflow
 from .errors import SweepFatal, TrackingUnavailable
 from .finisher import Deferred, Finisher, Heartbeat, LookAhead, as_told, records_in_background
 from .mlflow_globals import mlflow_internals_use
 from .objective import Objective, SilentTrials, TrialContext, fail_dead_worker_trials
-from .preflight import refusal
+from .preflight import raise_if_refused
 from .recorder import Recorder
 from .signals import StopRequest, stop_on_signals
 from .spec import SweepSpec
@@ -162,9 +160,7 @@ def check_write_access(tracker: Tracker, parent_run_id: str, uid: str) -> None:
     try:
         tracker.retry("check write access", lambda: tracker.client.set_tag(parent_run_id, names.TAG_STUDY_UID, uid))
     except TrackingUnavailable as exc:
-        refused = refusal(exc, tracker.uri)
-        if refused:
-            raise ConfigError(names.ENV_MLFLOW_TRACKING_USERNAME, refused) from None
+        raise_if_refused(exc, tracker.uri)
         log.warning("could not re-state the parent run's study uid: %s", exc)  # the trials' own calls will tell
 
 
@@ -414,9 +410,7 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
                 finisher.wait()  # every earlier trial is told: counts, stop rules and the sampler see them
                 look_ahead.assume(None)
                 if last_reason[0] == outcomes.TRACKING_UNAVAILABLE_AT_START.reason:
-                    refused = refusal(last_error[0])
-                    if refused:  # not a server that is down: exit 2, as a supervisor must not start it again
-                        raise ConfigError(names.ENV_MLFLOW_TRACKING_USERNAME, refused)
+                    raise_if_refused(last_error[0])  # not a server that is down: exit 2
                     raise SweepFatal(f"MLflow tracking at {tracker_name} is unreachable")
                 if failures["consecutive"] >= max_failures:
                     raise SweepFatal(f"{failures['consecutive']} trials in a row failed (last reason: "

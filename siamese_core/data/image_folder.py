@@ -31,7 +31,7 @@ import tensorflow as tf
 from PIL import Image
 
 from ..config import DatasetConfig
-from ..errors import DataError
+from ..errors import DataError, first_line
 from .types import RawLabeled
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -135,7 +135,7 @@ class ImageFiles:
 def _first_line(exc: Exception) -> str:
     text = getattr(exc, "message", None) or str(exc)
     text = re.sub(r"\{\{[^}]*\}\}\s*", "", text)
-    return text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+    return first_line(text)[:200] or type(exc).__name__
 
 
 # ---------------------------------------------------------------------- scanning

@@ -14,7 +14,7 @@ import keras
 
 from ..config import EncoderConfig, PreprocessingConfig
 from ..data.types import DataInfo
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from ..registry import ENCODERS, import_object
 from .preprocessing import preprocess
 
@@ -80,14 +80,35 @@ def sequence_body(x: Any, cfg: EncoderConfig, info: DataInfo) -> Any:
     return x
 
 
-def _user_body(x: Any, cfg: EncoderConfig, input_shape: tuple[int, ...]) -> Any:
-    factory = import_object(cfg.type, field="encoder.type")
-    kwargs = {}
+def _encoder_kwargs(factory: Any, cfg: EncoderConfig) -> dict[str, Any]:
     try:
         if "embedding_dim" in inspect.signature(factory).parameters:
-            kwargs["embedding_dim"] = cfg.embedding_dim
+            return {"embedding_dim": cfg.embedding_dim}
     except (TypeError, ValueError):
         pass
+    return {}
+
+
+def check_user_encoder_call(cfg: EncoderConfig) -> None:
+    """A `ConfigError` now for a user encoder that cannot take the call `build_encoder` makes, without making it:
+    the check a sweep runs before its first trial (calling the user's code there ran its MLflow calls outside any
+    run, which started one of MLflow's own)."""
+    factory = import_object(cfg.type, field="encoder.type")
+    kwargs = _encoder_kwargs(factory, cfg)
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return  # a builtin or C callable without a signature: its call will tell
+    try:
+        signature.bind((1,), **kwargs)
+    except TypeError as exc:
+        raise ConfigError("encoder.type", f"{cfg.type}{signature} cannot be called as build_encoder(input_shape"
+                                          f"{', embedding_dim=...' if kwargs else ''}): {exc}") from None
+
+
+def _user_body(x: Any, cfg: EncoderConfig, input_shape: tuple[int, ...]) -> Any:
+    factory = import_object(cfg.type, field="encoder.type")
+    kwargs = _encoder_kwargs(factory, cfg)
     try:
         user_model = factory(input_shape, **kwargs)
     except Exception as exc:
@@ -103,7 +124,7 @@ def _user_body(x: Any, cfg: EncoderConfig, input_shape: tuple[int, ...]) -> Any:
         x = user_model(x)
     except Exception as exc:  # noqa: BLE001 - Keras raises ValueError, TypeError, ... for a model that does not fit
         raise ConfigError("encoder.type", f"{cfg.type}: its model does not take the sample (shape {input_shape}): "
-                                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                                          f"{type(exc).__name__}: {first_line(exc)}"
                           ) from exc
     if isinstance(x, (list, tuple, dict)):
         raise ConfigError("encoder.type", f"expected {cfg.type} to return a model with one output (the embedding); "

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..data.types import DataInfo
-from ..errors import DataError
+from ..errors import DataError, first_line
 from ..losses import score_is_similarity
 from ..registry import OPTIMIZERS
 from .encoders import L2_LAYER, build_encoder
@@ -193,5 +193,5 @@ def load_model(path: str | Path) -> keras.Model:
         model: keras.Model = keras.models.load_model(file, safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - Keras raises ValueError, zipfile.BadZipFile, OSError, ...
         raise DataError(str(path), f"not a loadable Keras model ({type(exc).__name__}: "
-                                   f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+                                   f"{first_line(exc)})") from exc
     return model

@@ -115,7 +115,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                    tracking_uri=flag_or_env(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI),
                    study_name=args.study, progress=not args.quiet, threads=args.threads)
     _report(result.status, args.json)
-    return EXIT_OK if result.finished or args.timeout else EXIT_ERROR
+    # a timeout from --timeout or the spec's study.timeout is a planned end (the spec's exited 1 without a word)
+    return EXIT_OK if result.finished or result.stopped_by == "timeout" else EXIT_ERROR
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -56,7 +56,10 @@ def apply(decision: PromotionDecision, facts: Facts, reg: Registry) -> Promotion
         reg.tag(version, {eligible: names.ELIGIBLE_TRUE, note: decision.reason[:MAX_NOTE]})
         final = converge(reg, alias=alias, key=key, metric=facts.metric)
     elif not facts.same_model:
-        reg.tag(version, {eligible: names.ELIGIBLE_FALSE, note: decision.reason[:MAX_NOTE]})
+        # a version a rollback left stays marked so (the next routine promote wrote "false" over it)
+        was = reg.version(version).tags.get(eligible) if candidate.version is not None else None
+        mark = was if was == names.ELIGIBLE_ROLLED_BACK else names.ELIGIBLE_FALSE
+        reg.tag(version, {eligible: mark, note: decision.reason[:MAX_NOTE]})
         final = reg.holder(alias)
     else:
         final = decision.final_holder

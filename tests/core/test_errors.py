@@ -63,3 +63,12 @@ def test_codes_travel_on_exceptions():
     assert DataError("x.npz", "file not found").code is None
     assert TrainingFailed("nan_loss", "boom").code == "nan_loss"
     assert SiameseError("x").code is None
+
+
+def test_first_line_quotes_one_line_of_a_long_or_empty_error():
+    from siamese_core.errors import first_line
+
+    assert first_line(ValueError("\n  File not found: x.keras\nTraceback (most recent call last):\n ...")) == \
+        "File not found: x.keras"
+    assert first_line(ValueError()) == ""
+    assert first_line("") == ""

@@ -240,3 +240,15 @@ def test_docker_compose_config_fails_clearly_without_password(tmp_path: Path) ->
     res = _compose_config(env_file)
     assert res.returncode != 0
     assert "POSTGRES_PASSWORD" in res.stderr and ".env" in res.stderr
+
+
+def test_services_that_reuse_a_local_image_never_pull_it() -> None:
+    """`optuna-dashboard` and `mlflow-users` run images that other services build; with compose's default pull
+    policy a first `up` of them could ask a registry for an image that only exists on this host."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    built = {svc["image"]: name for name, svc in services.items() if "build" in svc}
+    reusers = {name: svc["image"] for name, svc in services.items() if "build" not in svc and svc["image"] in built}
+    assert set(reusers) == {"optuna-dashboard", "mlflow-users"}
+    for name in reusers:
+        assert services[name].get("pull_policy") == "never", name
+    assert "docker compose build" in (ROOT / "docs" / "distributed.md").read_text()

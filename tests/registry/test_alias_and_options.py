@@ -1,6 +1,7 @@
 """Alias and metric validation (before the registry is touched), and which trial `promote` picks."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import optuna
@@ -125,3 +126,17 @@ def test_no_usable_trial_is_a_clear_error() -> None:
     study = _study([{"value": 0.9, "attrs": {"model_uri": "models:/m-a", "diagnostics_errors": ["nan_loss"]}}])
     with pytest.raises(ConfigError, match="no COMPLETE trial"):
         pick_candidate(study, None)
+
+
+def test_registry_and_move_clients_bound_mlflows_http_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`promote` built its client without the bounds a worker's `Tracker` sets: against an unreachable server it
+    spent 8 minutes in MLflow's own 7 retries (twice) before its retry budget began to count."""
+    from sweeps.move import _RunCopier  # move's source client: the one it does not get from `Tracker`
+    from sweeps.registry import client_for
+    from sweeps.tracking import MLFLOW_HTTP_DEFAULTS
+
+    for make in (lambda: client_for("http://127.0.0.1:1"), lambda: _RunCopier("http://127.0.0.1:1", "sqlite:///x.db")):
+        for key in MLFLOW_HTTP_DEFAULTS:
+            monkeypatch.delenv(key, raising=False)
+        make()
+        assert {key: os.environ.get(key) for key in MLFLOW_HTTP_DEFAULTS} == MLFLOW_HTTP_DEFAULTS

@@ -216,6 +216,12 @@ def test_bad_requests_are_one_clear_invalid_parameter_error(sqlite_stores: Store
         with pytest.raises(MlflowException, match=text) as err:
             wrapper.predict(None, pd.DataFrame({"left": [a.tolist(), bad.tolist()], "right": [b.tolist()] * 2}))
         assert err.value.error_code == "INVALID_PARAMETER_VALUE" and "row 1" in err.value.message
+    nested_null = a.tolist()
+    nested_null[3][2] = [None]
+    for cell in (None, nested_null):  # a JSON null recursed without end (RecursionError, a 2,980-frame stack trace)
+        with pytest.raises(MlflowException, match="column 'left', row 1: .*received NoneType") as err:
+            wrapper.predict(None, pd.DataFrame({"left": [a.tolist(), cell], "right": [b.tolist()] * 2}))
+        assert err.value.error_code == "INVALID_PARAMETER_VALUE"
     with pytest.raises(MlflowException, match="params.threshold"):
         wrapper.predict(None, pd.DataFrame({"left": [a.tolist()], "right": [b.tolist()]}),
                         params={"threshold": float("nan")})

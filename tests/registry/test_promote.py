@@ -107,7 +107,7 @@ def test_promotion_lifecycle(stores: Stores) -> None:
     d = promote("good", **stores.kw(model_name=name))  # a routine promotion: the rollback holds
     assert (d.action, d.final_holder) == ("keep", "1") and "held at v1 by a rollback from v2" in d.reason
     assert _alias(client, name) == "1"
-    assert client.get_model_version(name, "2").tags["siamese_sweep.eligible.champion"] != "true"
+    assert client.get_model_version(name, "2").tags["siamese_sweep.eligible.champion"] == "rolled_back"
     d = promote("good", **stores.kw(model_name=name, lift_hold=True, dry_run=True))
     assert (d.action, d.lifts_hold) == ("promote", True) and _alias(client, name) == "1"  # a dry run lifts nothing
     assert "siamese_sweep.hold.champion" in client.get_registered_model(name).tags

@@ -166,6 +166,10 @@ def test_invocations_embed_mode_and_bad_requests(server: dict) -> None:
                         {"dataframe_split": {"columns": ["left", "right"], "data": [[cell, huge]]}})
     assert status == 400 and "beyond" in str(out), out
     assert "Traceback" not in str(out) and "stack_trace" not in str(out)
+    status, out = _post(f"{server['url']}/invocations",  # a JSON null recursed without end: RecursionError
+                        {"dataframe_split": {"columns": ["left", "right"], "data": [[None, cell]]}})
+    assert status == 400 and "column 'left', row 0" in str(out) and "NoneType" in str(out), out
+    assert "stack_trace" not in str(out) and "Recursion" not in str(out)
 
 
 def _rows(n: int) -> bytes:

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from siamese_core.errors import ConfigError
+
 from .conftest import make_spec_dict
 
 CLI = [sys.executable, "-m", "sweeps.cli"]
@@ -59,6 +61,52 @@ def test_unimportable_choice_in_the_search_space_creates_nothing(tmp_path: Path)
     space["encoder.type"] = {"type": "categorical", "choices": ["conv", "no_such_module:build"]}
     done = _cli(["run", str(_spec(tmp_path, search_space=space)), *_stores(tmp_path), "--quiet"], cwd=tmp_path)
     _assert_refused(done, tmp_path, text="search_space.encoder.type")
+
+
+_USER_CODE = """
+def needs_depth(input_shape, depth):
+    raise AssertionError("never called with a depth")
+
+def two_args(a, b, c):
+    return a
+
+def build_two(hp, extra):
+    raise AssertionError("never called with two")
+"""
+
+
+@pytest.mark.parametrize("section, text", [
+    ({"base": {"encoder": {"type": "user_code:needs_depth"}}},
+     "encoder.type: user_code:needs_depth(input_shape, depth) cannot be called as build_encoder(input_shape)"),
+    ({"base": {"loss": {"type": "user_code:two_args", "kind": "pair"}}},
+     "loss.type: user_code:two_args(a, b, c) cannot be called as a pair loss"),
+    ({"search_space": {"encoder.type": {"type": "categorical", "choices": ["mlp", "user_code:needs_depth"]}}},
+     "encoder.type: user_code:needs_depth(input_shape, depth) cannot be called as build_encoder(input_shape)"),
+    ({"hypermodel": "user_code:build_two"}, "hypermodel: user_code:build_two(hp, extra) cannot be called as build(hp)"),
+], ids=["encoder", "loss", "encoder-choice", "hypermodel"])
+def test_user_code_that_does_not_fit_its_call_creates_nothing(tmp_path: Path, section: dict, text: str) -> None:
+    """A sweep built the models only in its trials: one failed trial after another, each with a traceback, then
+    exit 1 with the study and its runs left behind (`train` refused the same code with one line)."""
+    (tmp_path / "user_code.py").write_text(_USER_CODE)
+    if "search_space" in section:
+        section = {"search_space": {**make_spec_dict()["search_space"], **section["search_space"]}}
+    path = _spec(tmp_path, **section)
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "OPTUNA_STORAGE", "MLFLOW_TRACKING_URI")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    done = subprocess.run(CLI + ["run", str(path), *_stores(tmp_path), "--quiet"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert text in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == ["spec.yaml", "user_code.py"]
+
+
+def test_a_timeout_in_the_spec_ends_the_run_as_planned(tmp_path: Path) -> None:
+    """`study.timeout` ended the sweep as `--timeout` does, but only the flag made it exit 0 (the spec's: exit 1,
+    without a word)."""
+    done = _cli(["run", str(_spec(tmp_path, study={"trials": 50, "timeout": 1})), *_stores(tmp_path), "--quiet"],
+                cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(budget 50)" in done.stdout
 
 
 @pytest.mark.parametrize("study, text", [
@@ -164,3 +212,45 @@ def test_a_reader_that_leaves_early_is_no_error(tmp_path: Path) -> None:
     proc.stdout.close()  # before the interpreter has started: its first write meets a closed pipe
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == EXIT_BROKEN_PIPE and err == "", err
+
+
+def test_user_code_is_checked_with_the_conditional_values_that_hold_for_it(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user triplet loss whose `loss.kind` the search space sets `when` it is drawn ran at 52adb8a; the first
+    check of user code built it on the base config alone and refused the spec (`loss.kind` unset)."""
+    from sweeps.preflight import preflight
+    from sweeps.spec import spec_from_dict
+
+    (tmp_path / "user_trip.py").write_text("def trip(anchor, positive, negative):\n    return anchor[:, 0]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    search = {**make_spec_dict()["search_space"],
+              "loss.type": {"type": "categorical", "choices": ["contrastive", "user_trip:trip"]},
+              "loss.kind": {"type": "categorical", "choices": ["triplet"], "when": {"loss.type": "user_trip:trip"}}}
+    preflight(spec_from_dict(make_spec_dict(search_space=search)))
+    search["loss.kind"]["choices"] = ["pair"]  # the same loss drawn as a pair loss: refused before any trial
+    with pytest.raises(ConfigError, match=r"loss.type: user_trip:trip\(anchor, positive, negative\) cannot be called "
+                                          r"as a pair loss"):
+        preflight(spec_from_dict(make_spec_dict(search_space=search)))
+
+
+def test_checking_user_code_keeps_the_dtype_policy_its_module_set(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check ended with `keras.utils.clear_session()`, which also reset the global dtype policy a user module
+    sets when imported: the trials then built `float32` models where `train` builds `mixed_bfloat16` ones."""
+    import keras
+
+    from sweeps.preflight import preflight
+    from sweeps.spec import spec_from_dict
+
+    (tmp_path / "user_policy.py").write_text(
+        "import keras\nkeras.config.set_dtype_policy('mixed_bfloat16')\n\n"
+        "def dense(input_shape):\n    x = keras.Input(input_shape)\n"
+        "    return keras.Model(x, keras.layers.Dense(8)(keras.layers.Flatten()(x)))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = keras.config.dtype_policy()
+    try:
+        preflight(spec_from_dict(make_spec_dict(base={**make_spec_dict()["base"],
+                                                      "encoder": {"type": "user_policy:dense"}})))
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"
+    finally:
+        keras.config.set_dtype_policy(before)

@@ -75,6 +75,18 @@ def test_a_clean_study_has_an_empty_failure_map() -> None:
     json.dumps(report.to_dict())  # the --json output is plain JSON
 
 
+def test_the_report_has_importances_whenever_the_plots_have_them() -> None:
+    """The parent run's importance plots began at two complete trials, the report's section at three: a parent
+    with `param_importances.png` had a report without importances."""
+    from sweeps.importances import MIN_COMPLETE
+    from sweeps.study_plots import _figures  # which HTML plots the parent run gets
+
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("x", -1, 1) ** 2 + t.suggest_float("y", -1, 1), n_trials=MIN_COMPLETE)
+    assert "param_importances" in _figures(study)
+    assert set(build_report(study).importances) == {"x", "y"}
+
+
 def test_report_command_reads_any_storage(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path}/optuna.db"
     _study_failing_above(storage)

@@ -177,3 +177,88 @@ def test_the_readmes_keras_tuner_example_is_the_file_it_names() -> None:
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert inspect.getsource(build_encoder) in readme
+
+
+@pytest.mark.parametrize("low, high, step, kind, values", [
+    (0.5, 1.0, 0.3, "float", [0.5, 0.8]),  # numpy.arange gave 1.1: Optuna refused it mid-sweep, a trial left RUNNING
+    (0.1, 0.3, 0.1, "float", [0.1, 0.2, 0.3]),  # not 0.30000000000000004
+    (8, 16, 3, "int", [8, 11, 14]),
+])
+def test_the_grid_holds_only_values_of_the_stepped_range(low: float, high: float, step: float, kind: str,
+                                                         values: list) -> None:
+    key = "loss.margin" if kind == "float" else "encoder.width"
+    spec = spec_from_dict(make_spec_dict(search_space={key: {"type": kind, "low": low, "high": high, "step": step}},
+                                         study={"sampler": "grid"}))
+    grid = space.grid_values(spec)[key]
+    assert grid == values
+    dist = (optuna.distributions.FloatDistribution(low, high, step=step) if kind == "float"
+            else optuna.distributions.IntDistribution(low, high, step=step))
+    assert all(dist._contains(dist.to_internal_repr(v)) for v in grid)  # what Optuna checks when it is told
+
+
+def test_the_grid_sampler_refuses_conditional_parameters() -> None:
+    """The grid is the product of every parameter's values: with `when`, the trials where the condition does not
+    hold repeated each other (two identical `loss.type: bce` trials)."""
+    search = {"loss.type": {"type": "categorical", "choices": ["contrastive", "bce"]},
+              "loss.margin": {"type": "float", "low": 0.5, "high": 1.0, "step": 0.5,
+                              "when": {"loss.type": "contrastive"}}}
+    with pytest.raises(ConfigError, match=r"search_space.loss.margin.when: the grid sampler runs every combination"):
+        spec_from_dict(make_spec_dict(search_space=search, study={"sampler": "grid"}))
+    spec_from_dict(make_spec_dict(search_space=search, study={"sampler": "tpe"}))
+
+
+@pytest.mark.parametrize("dist, text", [
+    ({"type": "int", "low": 8, "high": 16, "step": 0.5}, "an int parameter needs a whole step; received: 0.5"),
+    ({"type": "int", "low": 8, "high": 16, "step": 2.5}, "an int parameter needs a whole step; received: 2.5"),
+    ({"type": "categorical", "choices": [8, 16], "log": True}, "log: only for float and int parameters"),
+    ({"type": "categorical", "choices": [8, 16], "step": 3}, "step: only for float and int parameters"),
+])
+def test_options_a_parameter_type_cannot_honour_are_refused(dist: dict, text: str) -> None:
+    with pytest.raises(ConfigError, match=text):
+        spec_from_dict(make_spec_dict(search_space={"encoder.width": dist}))
+
+
+def test_a_condition_on_a_value_its_key_cannot_have_is_refused() -> None:
+    """A typo in a `when:` value left the parameter unsampled in every trial, without a word."""
+    search = {**make_spec_dict()["search_space"],
+              "loss.type": {"type": "categorical", "choices": ["contrastive", "bce"]},
+              "loss.margin": {"type": "float", "low": 0.5, "high": 1.5, "when": {"loss.type": ["tripplet"]}}}
+    with pytest.raises(ConfigError, match=r"search_space.loss.margin.when: loss.type can never be 'tripplet'"):
+        space.check_space(spec_from_dict(make_spec_dict(search_space=search)))
+    # valid values this space does not draw are a narrowed space, not a typo: README's
+    # `when: {loss.type: [contrastive, triplet]}`, or the shipped spec with one `--set` loss type
+    for when in ({"loss.type": ["contrastive", "triplet"]}, {"loss.type": "triplet"}, {"encoder.depth": 7}):
+        search["loss.margin"]["when"] = when
+        space.check_space(spec_from_dict(make_spec_dict(search_space=search)))
+    space.check_space(load_spec(resolve_spec_path("fashion-full"), {"search_space.loss.type": "contrastive"}))
+    # a value valid only beside another value the space draws (batch_hard mining needs a triplet loss)
+    search = {"loss.type": {"type": "categorical", "choices": ["contrastive", "triplet"]},
+              "loss.mining": {"type": "categorical", "choices": ["random", "batch_hard"],
+                              "when": {"loss.type": "triplet"}},
+              "batch_size": {"type": "categorical", "choices": [64, 128], "when": {"loss.mining": "batch_hard"}}}
+    space.check_space(spec_from_dict(make_spec_dict(search_space=search)))
+
+
+def test_hyperband_hears_up_to_the_epochs_the_search_space_sets() -> None:
+    from sweeps.pruners import most_epochs
+
+    assert most_epochs(spec_from_dict(make_spec_dict())) == 2  # the base config's
+    assert most_epochs(spec_from_dict(make_spec_dict(search_space={"epochs": 1}))) == 1  # a converted W&B sweep
+    spec = spec_from_dict(make_spec_dict(search_space={"epochs": {"type": "int", "low": 2, "high": 9}},
+                                         study={"pruner": "hyperband"}))
+    assert most_epochs(spec) == 9
+    assert optuna_pruner(spec)._max_resource == 9  # Optuna keeps it private; this pins what it was given
+
+
+def test_sampler_and_pruner_options_they_do_not_read_are_named() -> None:
+    from sweeps.preflight import unused_options
+
+    spec = spec_from_dict(make_spec_dict(study={"sampler": {"type": "random", "seed": 1, "n_startup_trials": 3,
+                                                            "multivariate": False},
+                                                "pruner": {"type": "median", "reduction_factor": 4}}))
+    assert unused_options(spec) == [
+        "study.sampler.n_startup_trials is not used by the 'random' sampler (it reads: seed)",
+        "study.sampler.multivariate is not used by the 'random' sampler (it reads: seed)",
+        "study.pruner.reduction_factor is not used by the 'median' pruner (it reads: n_startup_trials, "
+        "n_warmup_steps)"]
+    assert unused_options(spec_from_dict(make_spec_dict())) == []  # tpe with its options, no pruner

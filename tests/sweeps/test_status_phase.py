@@ -103,3 +103,36 @@ def test_status_says_whether_the_best_trials_lead_is_more_than_sampling_noise(tm
     assert done.returncode == 0, done.stderr
     assert ("lead over trial #0: 0.000002 (not shown to be better; 1 trial(s) within 0.011; sampling error 0.004 "
             "on 2,000 validation pairs)") in done.stdout
+
+
+def test_a_failed_start_up_trial_moves_the_search_phase_on(tmp_path: Path) -> None:
+    """Optuna's samplers draw at random while fewer than `n_startup_trials` trials are COMPLETE or PRUNED; a FAIL
+    does not count. By trial number, #2 here was called "search" (and "the search phase did not improve") though
+    it was drawn at random: only one trial had finished when it was asked."""
+    url = _study(tmp_path / "optuna.db", [], startup=2)
+    study = optuna.load_study(study_name="phase", storage=make_storage(url))
+    study.add_trial(optuna.trial.create_trial(params={"learning_rate": 1e-3}, distributions={"learning_rate": LR},
+                                              state=optuna.trial.TrialState.FAIL))
+    for i, v in enumerate([0.95, 0.90]):  # trials 1 and 2: both drawn at random
+        study.add_trial(optuna.trial.create_trial(params={"learning_rate": 2e-3 * (i + 1)},
+                                                  distributions={"learning_rate": LR}, value=v))
+    status = study_status(study)
+    assert (status["best"]["phase"], status["search_trials"]) == ("start-up", 0), status
+    assert status["best_startup_value"] == pytest.approx(0.95)
+    assert "no trial of the search phase has finished yet" in _status_text(url, tmp_path)
+    study.add_trial(optuna.trial.create_trial(params={"learning_rate": 9e-3}, distributions={"learning_rate": LR},
+                                              value=0.97))  # trial 3: two finished before it, so searched
+    status = study_status(study)
+    assert (status["best"]["phase"], status["search_trials"]) == ("search", 1), status
+
+
+def test_a_retried_start_up_trial_keeps_its_originals_phase(tmp_path: Path) -> None:
+    """A retry repeats its original's parameters: a start-up trial's retry, finishing after the search began,
+    was called "search" by its own number."""
+    url = _study(tmp_path / "optuna.db", [0.5, 0.6, 0.7], startup=2)  # trials 0-2 (#2 searched)
+    study = optuna.load_study(study_name="phase", storage=make_storage(url))
+    study.add_trial(optuna.trial.create_trial(params={"learning_rate": 1e-3}, distributions={"learning_rate": LR},
+                                              value=0.99, system_attrs={"failed_trial": 1,
+                                                                        names.SYSTEM_ATTR_RETRY_HISTORY: [1]}))
+    status = study_status(study)
+    assert status["best"]["number"] == 3 and status["best"]["phase"] == "start-up", status

@@ -107,5 +107,22 @@ def test_median_pruner_prunes_with_reason(local_stores: dict[str, str]) -> None:
     run = MlflowClient(tracking_uri=local_stores["tracking_uri"]).get_run(slow.user_attrs["mlflow_run_id"])
     assert run.data.tags["siamese_sweep.reason"] == "pruned"
     assert run.info.status == "FINISHED"
-    assert "pruned at epoch" in run.data.tags["siamese_sweep.reason_detail"]
+    # epochs from 0, as MLflow's steps and Optuna's intermediate values count them (the reason counted from 1)
+    last = max(slow.intermediate_values)
+    assert run.data.tags["siamese_sweep.reason_detail"].startswith(f"pruned at epoch {last}: val_roc_auc=")
     assert result.status["counts"] == {"COMPLETE": 1, "PRUNED": 1, "FAIL": 0, "RUNNING": 0, "WAITING": 0}
+
+
+def test_a_trial_whose_config_is_refused_still_has_its_trial_number_metric(local_stores: dict[str, str]) -> None:
+    """The `trial_number` metric was logged with the params, after the config was accepted: an `invalid_config`
+    trial's run had no metric at all, and left MLflow's Compare and Chart views."""
+    spec = make_spec_dict(base={**make_spec_dict()["base"], "distance": "sqeuclidean"},
+                          search_space={"distance": {"type": "categorical", "choices": ["sqeuclidean", "cosine"]},
+                                        "loss.margin": {"type": "float", "low": 0.5, "high": 3.0}},
+                          study={"enqueue": [{"distance": "cosine", "loss.margin": 3.0}]})
+    run_small_sweep(spec, storage=local_stores["storage"], tracking_uri=local_stores["tracking_uri"], trials=1)
+    study = optuna.load_study(study_name="t", storage=make_storage(local_stores["storage"]))
+    trial = study.trials[0]  # the enqueued one (a FAIL does not count against the budget: a trial follows)
+    assert (trial.state, trial.user_attrs["reason"]) == (optuna.trial.TrialState.FAIL, "invalid_config")
+    run = MlflowClient(tracking_uri=local_stores["tracking_uri"]).get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.metrics == {"trial_number": 0.0}
