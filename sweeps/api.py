@@ -11,11 +11,12 @@ allows them only in the main thread, and a library must not take over the host's
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from .convert import from_wandb, looks_like_wandb
 from .spec import SweepSpec, load_spec, spec_from_data
 
 if TYPE_CHECKING:
+    from .options import SweepOptions
     from .runner import SweepResult
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,8 @@ def sweep(spec: SpecLike = None, *, trials: int | None = None, storage: str | No
     for name, text in (("storage", storage), ("tracking_uri", tracking_uri), ("study_name", study_name)):
         if text is not None and not isinstance(text, str):
             raise ConfigError(name, f"expected a string; received: {type(text).__name__}")
+    if study_name == "":  # `--study ''` is refused; here it fell back to the spec's name
+        raise ConfigError("study_name", "expected a non-empty name; None for the spec's")
     resolved = resolve_spec(spec, overrides)
     check_positive("trials", trials)
     check_positive("workers", workers)
@@ -91,6 +95,30 @@ def sweep(spec: SpecLike = None, *, trials: int | None = None, storage: str | No
                            storage=storage or os.environ.get(names.ENV_OPTUNA_STORAGE) or None,
                            tracking_uri=tracking_uri or os.environ.get(names.ENV_MLFLOW_TRACKING_URI) or None,
                            study_name=study_name, progress=progress, threads=threads)
+    with _environment_kept():
+        return _sweep(resolved, options, threads)
+
+
+@contextlib.contextmanager
+def _environment_kept() -> Iterator[None]:
+    """The variables a sweep sets for its own process (BLAS/OpenMP pool sizes, MLflow's HTTP retries) as the call
+    found them: a notebook kept `OMP_NUM_THREADS=1` and MLflow's shortened retries after `sweep(threads=1)`."""
+    from siamese_core.cpus import ENV_MATH_THREADS
+
+    from .tracking import MLFLOW_HTTP_DEFAULTS
+
+    kept = {name: os.environ.get(name) for name in (*ENV_MATH_THREADS, *MLFLOW_HTTP_DEFAULTS)}
+    try:
+        yield
+    finally:
+        for name, value in kept.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _sweep(resolved: SweepSpec, options: SweepOptions, threads: int | None) -> SweepResult:
     started = None
     if options.workers > 1:
         from .launch import WorkerProcesses

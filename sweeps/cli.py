@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     parser = _Parser(prog="siamese-sweep", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks for unexpected errors, and for bad input the error behind it (user code)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -142,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except InputError as exc:
+        if args.debug and exc.__cause__ is not None:  # e.g. a user encoder that raised: the line in their code
+            import traceback
+
+            print(mask_secrets("".join(traceback.format_exception(exc.__cause__))), file=sys.stderr, end="")
         print(f"error: {_one_line(_masked_input_error(exc, mask_secrets))}", file=sys.stderr)
         return EXIT_INPUT
     except TrainingFailed as exc:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 from siamese_core.errors import ConfigError
@@ -45,6 +46,16 @@ def _number(field: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
         raise ConfigError(field, f"expected a finite number; received: {value!r}")
     return float(value)
+
+
+def _given(field: str, value: Any) -> int | float:
+    """A number as written (an int stays an int in the spec), checked like `_number`."""
+    _number(field, value)
+    return value
+
+
+def _plain(value: float) -> str:
+    return f"{value:g}"
 
 
 def _parameter(field: str, p: Any, notes: list[str]) -> Any:
@@ -71,20 +82,28 @@ def _parameter(field: str, p: Any, notes: list[str]) -> Any:
     both_int = all(isinstance(p[k], int) and not isinstance(p[k], bool) for k in ("min", "max"))
     dist = dist or ("int_uniform" if both_int else "uniform")
     q = p.get("q")
-    if dist == "int_uniform":
-        return {"type": "int", "low": int(low), "high": int(high)}
+    if dist == "int_uniform":  # the bounds as given: a fractional one is refused by the spec's check, not cut
+        return {"type": "int", "low": p["min"], "high": p["max"]}
     if dist == "uniform":
         return {"type": "float", "low": low, "high": high}
-    if dist == "q_uniform":
+    if dist == "q_uniform":  # W&B draws round(X / q) * q for X in [min, max]: the multiples of q nearest the range
         step = _number(f"{field}.q", q if q is not None else 1.0)
         kind = "int" if both_int and float(step).is_integer() else "float"
-        out: dict[str, Any] = {"type": kind, "low": low, "high": high, "step": step}
+        low_q, high_q = (float(round(Decimal(str(v)) / Decimal(str(step))) * Decimal(str(step))) for v in (low, high))
+        if not (math.isclose(low_q, low) and math.isclose(high_q, high)):
+            notes.append(f"{field}: W&B's q_uniform draws multiples of q={p.get('q', 1)}: range {_plain(low_q)}.."
+                         f"{_plain(high_q)} (given {_plain(low)}..{_plain(high)})")
+        out: dict[str, Any] = {"type": kind, "low": low_q, "high": high_q, "step": step}
         return {k: (int(v) if kind == "int" and k in ("low", "high", "step") else v) for k, v in out.items()}
     if dist in ("log_uniform_values", "inv_log_uniform_values", "q_log_uniform_values"):
         if dist == "q_log_uniform_values":
             notes.append(f"{field}.q dropped: Optuna cannot combine a log scale with a step")
         return {"type": "float", "low": low, "high": high, "log": True}
     if dist in ("log_uniform", "inv_log_uniform", "q_log_uniform"):  # W&B: min/max are natural-log exponents
+        if dist == "q_log_uniform":
+            notes.append(f"{field}.q dropped: Optuna cannot combine a log scale with a step")
+        if dist == "inv_log_uniform":  # W&B: log(1 / X) is uniform in [min, max], so X is in [e^-max, e^-min]
+            return {"type": "float", "low": math.exp(-high), "high": math.exp(-low), "log": True}
         return {"type": "float", "low": math.exp(low), "high": math.exp(high), "log": True}
     raise ConfigError(f"{field}.distribution", f"unknown W&B distribution {dist!r}")
 
@@ -121,6 +140,8 @@ def from_wandb(data: Mapping[str, Any], *, base: Mapping[str, Any] | None = None
             raise ConfigError("metric", f"expected {{name, goal}}; received: {metric!r}")
         study["metric"] = str(metric["name"])
         goal = metric.get("goal", "minimize")
+        if "goal" not in metric:
+            notes.append(f"metric.goal not given: minimize {metric['name']}, W&B's default")
         if goal not in ("minimize", "maximize"):
             raise ConfigError("metric.goal", f"expected 'minimize' or 'maximize'; received: {goal!r}")
         study["direction"] = goal
@@ -136,10 +157,11 @@ def from_wandb(data: Mapping[str, Any], *, base: Mapping[str, Any] | None = None
         if not isinstance(early, Mapping) or early.get("type") != "hyperband":
             raise ConfigError("early_terminate.type", f"expected 'hyperband'; received: {early!r}")
         pruner: dict[str, Any] = {"type": "hyperband"}
+        # as given: a fractional one is refused by the spec's check (int() cut 1.5 to 1 without a word)
         if "min_iter" in early:
-            pruner["min_resource"] = int(_number("early_terminate.min_iter", early["min_iter"]))
+            pruner["min_resource"] = _given("early_terminate.min_iter", early["min_iter"])
         if "eta" in early:
-            pruner["reduction_factor"] = int(_number("early_terminate.eta", early["eta"]))
+            pruner["reduction_factor"] = _given("early_terminate.eta", early["eta"])
         for key in ("max_iter", "s", "strict"):
             if key in early:
                 notes.append(f"early_terminate.{key} dropped: Optuna's Hyperband takes its maximum from the epochs")

@@ -90,13 +90,21 @@ def make_app(storage_url: str, *, username: str, password: str, allow_writes: bo
 
 def serve(app: WSGIApp, *, host: str, port: int, ready: Callable[[str], None] | None = None) -> None:
     """Serve `app` until interrupted (wsgiref, like optuna-dashboard's own ``run_server``)."""
-    from wsgiref.simple_server import WSGIRequestHandler, make_server
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from .signals import StopRequest
 
     class QuietHandler(WSGIRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
             log.debug("dashboard: " + format, *args)
 
-    with make_server(host, port, app, handler_class=QuietHandler) as server:
+    class StoppableServer(WSGIServer):
+        # SIGTERM/Ctrl-C only record the stop (`stop_on_signals(raise_at_once=False)`): raised inside a request,
+        # wsgiref's handler caught it as the app's error, answered 500 and served on
+        def service_actions(self) -> None:  # serve_forever calls it at least every 0.5 s
+            StopRequest.check()
+
+    with make_server(host, port, app, server_class=StoppableServer, handler_class=QuietHandler) as server:
         url = f"http://{host}:{server.server_port}"
         if ready is not None:
             ready(url)

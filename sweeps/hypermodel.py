@@ -22,6 +22,8 @@ from keras_tuner.engine import hyperparameters as hp_types  # the public export 
 
 from siamese_core.errors import ConfigError
 
+from .errors import InvalidTrialConfig
+
 CURRENT_ENCODER = "sweeps.hypermodel:current_encoder"
 _current: dict[str, Any] = {}
 
@@ -51,6 +53,20 @@ class OptunaHyperParameters(kt.HyperParameters):
         if value is None and not self.is_active(hp):
             return None
         name, trial = hp.name, self.trial
+        try:
+            v = self._answer(hp, name, trial)
+        except ValueError as exc:
+            # Optuna keeps one distribution per name across a study; KerasTuner allows a name in two conditional
+            # scopes with two kinds (`hp.Int("units")` and `hp.Choice("units")`): Optuna's ValueError named neither
+            if "different distribution" not in str(exc):
+                raise
+            raise InvalidTrialConfig(f"hp {name!r} is declared here as {type(hp).__name__} and elsewhere in the "
+                                     f"study with another kind of distribution; Optuna keeps one per name: give "
+                                     f"each its own name") from exc
+        self.values[name] = v
+        return v
+
+    def _answer(self, hp: Any, name: str, trial: optuna.Trial) -> Any:
         if name in trial.params:
             v = trial.params[name]
         elif isinstance(hp, hp_types.Fixed):
@@ -75,7 +91,6 @@ class OptunaHyperParameters(kt.HyperParameters):
                 v = trial.suggest_float(name, hp.min_value, hp.max_value, step=hp.step)
         else:
             raise TypeError(f"unsupported KerasTuner hyperparameter type {type(hp).__name__}")
-        self.values[name] = v
         return v
 
 
@@ -98,6 +113,8 @@ def build_for_trial(trial: optuna.Trial, path: str, train_keys: set[str]) -> tup
     """Call ``build(hp)``; returns the encoder model and the train-config overrides found in ``hp.values``."""
     hp = OptunaHyperParameters(trial)
     model = load_hypermodel(path)(hp)
+    if model is None:  # it said "no encoder was built for this trial" when training began
+        raise InvalidTrialConfig(f"{path} returned None: build(hp) must return the encoder (a Keras model)")
     overrides = {k: v for k, v in hp.values.items() if k in train_keys}
     return model, overrides
 

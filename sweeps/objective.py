@@ -302,6 +302,8 @@ class TrialAttempt:
         claim_trial(self.trial)
         overrides = self._begin()
         run = self._start_run()
+        if self.ctx.spec.hypermodel:  # the user's build(hp), after the run exists: its failure ends the run too
+            overrides.update(self._hypermodel_overrides(run))
         try:
             config = space.trial_config(self.ctx.spec, overrides)
         except ConfigError as exc:
@@ -377,17 +379,19 @@ class TrialAttempt:
             # a retry queued before `requeue_trial` dropped the run id (an older siamese-sweep) has its original's
             trial.set_user_attr(names.TRIAL_ATTR_RUN_ID, "")
         self.checkpoint = self.ctx.checkpoint_dir(trial.number if self.retry_of is None else self.retry_of)
-        overrides = space.sample_overrides(trial, spec)
-        if spec.hypermodel:
-            overrides.update(self._hypermodel_overrides())
-        return overrides
+        return space.sample_overrides(trial, spec)
 
-    def _hypermodel_overrides(self) -> dict[str, Any]:
-        """Build the KerasTuner-style encoder for this trial; train-config hyperparameters become overrides."""
+    def _hypermodel_overrides(self, run: TrialRun) -> dict[str, Any]:
+        """Build the KerasTuner-style encoder for this trial; train-config hyperparameters become overrides. Called
+        once the trial's run exists: a `build(hp)` that raises left a FAIL trial without a run."""
         from . import hypermodel
 
-        spec = self.ctx.spec
-        model, overrides = hypermodel.build_for_trial(self.trial, spec.hypermodel or "", set(spec.base.flat()))
+        spec, trial = self.ctx.spec, self.trial
+        try:
+            model, overrides = hypermodel.build_for_trial(trial, spec.hypermodel or "", set(spec.base.flat()))
+        finally:  # with build(hp)'s hyperparameters, those it drew before it raised too
+            sampled = ",".join(sorted(trial.params))
+            run.in_background(lambda: run.set_tags({names.TAG_SAMPLED_PARAMS: sampled}))
         hypermodel.set_current_encoder(model)
         return {**overrides, "encoder.type": hypermodel.CURRENT_ENCODER}
 

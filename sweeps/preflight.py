@@ -25,20 +25,20 @@ _PING_BUDGET_S = 5.0
 log = logging.getLogger(__name__)
 
 
-def preflight(spec: SweepSpec) -> Any:
-    """Validate the search space against the base config and load the base data; returns the data."""
+def preflight(spec: SweepSpec, *, warn: bool = True) -> Any:
+    """Validate the search space against the base config and load the base data; returns the data (`warn`: log
+    the warnings; the worker processes of `run --workers N` do not repeat their parent's)."""
     from siamese_core.data.pairs import make_sampler
     from siamese_core.data.sources import load_dataset
 
     space.check_space(spec)
     _check_user_code(spec)
-    _try_user_code(spec)
     if spec.tracking.system_metrics and importlib.util.find_spec("psutil") is None:
         raise ConfigError("tracking.system_metrics", "MLflow's system metrics need psutil: "
                                                      "pip install 'siamese-sweep[system-metrics]'")
     data = load_dataset(spec.base)  # DataError now, not in trial 0
     make_sampler(spec.base, data)  # e.g. batch_size larger than the pairs per epoch
-    for line in unused_options(spec):
+    for line in unused_options(spec) if warn else ():
         log.warning("%s", line)
     return data
 
@@ -59,36 +59,20 @@ def _user_paths(spec: SweepSpec) -> list[tuple[str, str]]:
 
 
 def _check_user_code(spec: SweepSpec) -> None:
-    """Import every user encoder and loss, so an unimportable one is one line and exit 2 before a study, a
-    parent run or a failed trial exists (before the data is loaded, and without TensorFlow)."""
+    """Import every user encoder and loss, and check each against the call its trials will make, by its signature
+    (a hypermodel's: `build(hp)`): code that cannot be imported or cannot take its call is one line and exit 2
+    before a study, a parent run or a failed trial exists, as it is for `train` (a sweep failed trial after trial,
+    with tracebacks, then exit 1). The code is not run here: a user encoder that logs to MLflow (README) would log
+    outside any run, and MLflow would start one of its own. Checked on the base config with the search space's
+    fixed values and the first value of each conditional parameter active there."""
     from siamese_core.registry import import_object
 
-    for key, path in _user_paths(spec):
+    paths = _user_paths(spec)
+    for key, path in paths:
         where = "search_space" if path != spec.base.flat()[key] else "base"
         import_object(path, field=f"{where}.{key}")
     if spec.hypermodel:
-        from .hypermodel import load_hypermodel
-
-        build = load_hypermodel(spec.hypermodel)  # a HyperModel class is made here, once, as before a trial
-        try:
-            signature = inspect.signature(build)
-        except (TypeError, ValueError):
-            return  # no signature to check: its call will tell
-        try:
-            signature.bind(object())
-        except TypeError as exc:
-            raise ConfigError("hypermodel", f"{spec.hypermodel}{signature} cannot be called as build(hp): {exc}"
-                              ) from None
-
-
-def _try_user_code(spec: SweepSpec) -> None:
-    """Check each user encoder and loss the sweep can use against the call its trials will make, by its signature
-    (a hypermodel's `build(hp)`: `_check_user_code`): code that cannot take it is one line and exit 2 before a
-    study exists, as it is for `train` (a sweep failed trial after trial, with tracebacks, then exit 1). The code
-    is not run here: a user encoder that logs to MLflow (README) would log outside any run, and MLflow would start
-    one of its own. Checked on the base config with the search space's fixed values and the first value of each
-    conditional parameter active there."""
-    paths = _user_paths(spec)
+        _check_hypermodel(spec.hypermodel)
     if not paths:
         return  # without user code, no Keras: `run --workers N` starts its workers and never imports TensorFlow
     from siamese_core.losses import build_loss
@@ -106,15 +90,30 @@ def _try_user_code(spec: SweepSpec) -> None:
             build_loss(config.loss, config.distance)  # checks the loss function's signature; calls nothing
 
 
+def _check_hypermodel(path: str) -> None:
+    from .hypermodel import load_hypermodel
+
+    build = load_hypermodel(path)  # a HyperModel class is made here, once, as before a trial
+    try:
+        signature = inspect.signature(build)
+    except (TypeError, ValueError):
+        return  # no signature to check: its call will tell
+    try:
+        signature.bind(object())
+    except TypeError as exc:
+        raise ConfigError("hypermodel", f"{path}{signature} cannot be called as build(hp): {exc}") from None
+
+
 def unused_options(spec: SweepSpec) -> list[str]:
     """A line for each `study.sampler` / `study.pruner` option set to other than its default that the chosen
     sampler or pruner does not read (`random` with `n_startup_trials: 3` ran as if it were not there)."""
     from . import pruners, samplers
 
     lines = []
-    for section, reads in ((spec.study.sampler, samplers.get(spec.study.sampler.type).options),
-                           (spec.study.pruner, pruners.get(spec.study.pruner.type).options)):
-        kind = "sampler" if section is spec.study.sampler else "pruner"
+    sections: list[tuple[str, Any, tuple[str, ...]]] = [
+        ("sampler", spec.study.sampler, samplers.get(spec.study.sampler.type).options),
+        ("pruner", spec.study.pruner, pruners.get(spec.study.pruner.type).options)]
+    for kind, section, reads in sections:
         for name, field in type(section).model_fields.items():
             if name != "type" and name not in reads and getattr(section, name) != field.default:
                 lines.append(f"study.{kind}.{name} is not used by the {section.type!r} {kind} "

@@ -6,6 +6,7 @@ share the storage, each with ``cores // N`` TensorFlow threads.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -28,7 +29,7 @@ from .preflight import preflight, preflight_stores
 from .secrets import mask_url
 from .signals import StopRequest, begin_cleanup, pid_alive, stop_on_signals
 from .spec import SweepSpec
-from .study import count_states, ensure_parent_run, open_study, study_status, trial_budget
+from .study import count_states, ensure_parent_run, open_study, set_trial_budget, study_status, trial_budget
 from .tracking import RUN_FAILED, RUN_FINISHED, RUN_KILLED, RUN_RUNNING, Retry, Tracker
 from .worker import DataCache, WorkerReport, run_worker
 
@@ -188,7 +189,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None,
                         seed_offset=options.worker_index)
     tracker = Tracker(options.tracking_uri)
     study = opened.study
-    study.set_user_attr(names.STUDY_ATTR_BUDGET, int(options.trials))
+    set_trial_budget(study, options.trials)
     experiment_id, parent = ensure_parent_run(opened, tracker, spec)
     tracker.retry("reopen parent", lambda: tracker.client.update_run(parent, status=RUN_RUNNING))
     log.info("study %r on %s; MLflow experiment %r on %s", study.study_name, mask_url(options.storage),
@@ -198,7 +199,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None,
     reports: list[WorkerReport] = []
     refresh_plots: study_plots.PlotRefresher | None = None
     drawn = _plots_ahead(spec) if options.workers <= 1 and options.finalize else None  # what the end uses
-    stopped_by, budget_met = "", False
+    stopped_by, budget_met, interrupted = "", False, False
     try:
         if options.workers <= 1:
             updater = parent_best_updater(tracker, parent)
@@ -220,7 +221,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None,
         stopped_by = "budget" if budget_met else _stopped_by(spec, study, reports, options)
         status = RUN_FINISHED if budget_met or stopped_by in ("target", "patience") else RUN_KILLED
     except KeyboardInterrupt:
-        status = RUN_KILLED
+        status, interrupted = RUN_KILLED, True
         raise
     finally:
         progress.close()
@@ -229,8 +230,11 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None,
             # retry budget per call on its way out: the rerun finalises the parent anyway
             closing = tracker if status == RUN_FINISHED else Tracker(options.tracking_uri, retry=Retry(budget_s=5.0))
             try:
-                finalize_parent(study, closing, parent, status=status, plots=spec.tracking.log_plots,
-                                html=refresh_plots is None or not refresh_plots.up_to_date(study), drawn=drawn)
+                # ending a stopped sweep is bounded (5 s a call): a second SIGTERM or Ctrl-C there is logged and
+                # ignored, as during a trial's clean-up; it killed the process and left the parent run RUNNING
+                with stop_on_signals(cleaning=True) if interrupted else contextlib.nullcontext():
+                    finalize_parent(study, closing, parent, status=status, plots=spec.tracking.log_plots,
+                                    html=refresh_plots is None or not refresh_plots.up_to_date(study), drawn=drawn)
             except Exception as exc:  # noqa: BLE001 - never hide the sweep's own outcome
                 log.warning("could not finalise the parent run: %s", exc)
         if drawn is not None:

@@ -107,17 +107,19 @@ def _handler(signum: int, frame: Any, *, raise_at_once: bool = True) -> None:
 
 
 @contextlib.contextmanager
-def stop_on_signals(*, raise_at_once: bool = True) -> Iterator[None]:
+def stop_on_signals(*, raise_at_once: bool = True, cleaning: bool = False) -> Iterator[None]:
     """Install the handler for SIGTERM and SIGINT (main thread only); restore the previous ones after.
 
     ``raise_at_once=False``: only record the stop, for a loop that calls `StopRequest.check` every few
     hundred milliseconds anyway and whose storage session must stay usable (the parent of N workers
-    still finalises the study's run after the stop).
+    still finalises the study's run after the stop). ``cleaning=True``: the block is a clean-up already
+    (a stopped sweep ending its parent run): a signal is logged and ignored from the handler's first moment.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     StopRequest.reset()
+    StopRequest.cleaning = cleaning  # before the handler is in: no moment where a repeat would raise
     handler = _handler if raise_at_once else functools.partial(_handler, raise_at_once=False)
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     previous_hook = sys.unraisablehook

@@ -91,6 +91,23 @@ class SlurmError(InfrastructureError, RuntimeError):
     """sbatch refused the job or could not reach the controller."""
 
 
+# sbatch refusing what the user asked for (a partition, a size, an option): exit 2, not the exit 1 of a controller
+# that could not be reached ("Batch job submission failed: Unable to contact slurm controller")
+# (not "Required partition not available (inactive or drain)", "Requested nodes are busy", "... presently disabled")
+_SBATCH_REFUSED_INPUT = re.compile(r"Batch job submission failed: (Invalid (?!.*(?:drain|busy|now\b))|"
+                                   r"Requested node configuration is not available|Requested time limit is invalid|"
+                                   r"Memory specification can not be satisfied|Node count specification invalid|"
+                                   r"More processors requested than permitted)|sbatch: unrecognized option|"
+                                   r"sbatch: invalid option")
+
+
+def job_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """What sbatch exports to the tasks: `env` without each secret the CLI read from its ``*_FILE`` (the CLI sets
+    ``NAME`` from the file for its own use). Only the path travels, as docs/cluster.md says: the job environment,
+    which Slurm's admins can read, held the password the file was meant to keep out of it."""
+    return {k: v for k, v in env.items() if not (k in names.SECRET_ENV and env.get(k + FILE_SUFFIX))}
+
+
 @dataclass(frozen=True)
 class SlurmOptions:
     """What goes into the ``#SBATCH`` lines and the task loop."""
@@ -395,6 +412,8 @@ def submit(script: str, *, sbatch: str | None = None, env: Mapping[str, str] | N
                          env=dict(os.environ if env is None else env))
     if res.returncode != 0:
         msg = " ".join(mask_secrets(res.stderr).split()) or f"exit {res.returncode}"
+        if _SBATCH_REFUSED_INPUT.search(msg):
+            raise ConfigError("sbatch", f"refused the job: {msg}")
         raise SlurmError(f"sbatch refused the job: {msg}")
     job_id = res.stdout.strip().split(";")[0]
     if not job_id.isdigit():

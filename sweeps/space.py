@@ -129,11 +129,18 @@ def check_space(spec: SweepSpec) -> None:
         condition = {k: (v[0] if isinstance(v, (list, tuple)) else v) for k, v in (d.when or {}).items()}
         for value in values:
             try:
-                fixed_config.with_overrides({**condition, key: value})
+                held = fixed_config.with_overrides({**condition, key: value}).flat().get(key)
             except ConfigError as exc:
                 if exc.field == key or exc.field.startswith(key + "."):
                     raise ConfigError(f"search_space.{key}", f"value {value!r} is invalid for the train config: "
                                                              f"{exc.detail}") from None
+                continue
+            # its bounds are whole numbers the config takes, the values between them are not: every trial failed
+            # (a whole-number step from a whole-number low draws whole numbers: W&B's q_uniform on batch_size)
+            whole_steps = d.step is not None and float(d.low or 0).is_integer() and float(d.step).is_integer()
+            if d.type == "float" and not whole_steps and isinstance(held, int) and not isinstance(held, bool):
+                raise ConfigError(f"search_space.{key}.type", f"{key} is a whole number in the train config, and a "
+                                                              f"float range draws fractions: use type: int")
 
 
 
@@ -141,21 +148,28 @@ def _check_condition_values(spec: SweepSpec, config: TrainConfig, key: str, othe
     """A condition on a value its key cannot have (a typo: `when: {loss.type: tripplet}`) left `key` unsampled in
     every trial, without a word. A value the spec can give `other` is fine (`loss.mining: batch_hard` is valid
     only beside a triplet loss the space also draws), and so is a valid value this space never draws: it is a
-    narrowed space (`--set search_space.loss.type=contrastive` under a `when: {loss.type: triplet}`)."""
+    narrowed space (`--set search_space.loss.type=contrastive` under a `when: {loss.type: triplet}`). A value the
+    config would convert (`encoder.depth: "2"`) never equals what a trial holds (2): `_condition_holds` compares."""
     d = spec.distributions().get(other)
+    current = config.flat().get(other)
+    where = f"search_space.{key}.when"
     for value in expected if isinstance(expected, (list, tuple)) else [expected]:
         if d is not None and d.type == "categorical" and value in (d.choices or ()):
             continue
         if d is not None and d.type != "categorical":
-            continue  # a range: its values are checked as a range
-        if d is None and value == config.flat().get(other):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                continue  # a range: its values are checked as a range
+            raise ConfigError(where, f"{other} is drawn as a number, never {value!r}")
+        if d is None and value == current:
             continue
         try:
-            config.with_overrides({other: value})
+            held = config.with_overrides({other: value}).flat().get(other)
         except ConfigError as exc:
             if exc.field == other or exc.field.startswith(other + "."):  # not a clash with another base value
-                raise ConfigError(f"search_space.{key}.when", f"{other} can never be {value!r}: {exc.detail}"
-                                  ) from None
+                raise ConfigError(where, f"{other} can never be {value!r}: {exc.detail}") from None
+            continue
+        if held != value:
+            raise ConfigError(where, f"{other} would hold {held!r}, never {value!r}: write {held!r}")
 
 
 def trial_config(spec: SweepSpec, overrides: Mapping[str, Any]) -> TrainConfig:

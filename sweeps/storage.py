@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import random
+import re
 import threading
 import time
 import warnings
@@ -49,6 +50,13 @@ from . import names
 from .secrets import mask_secrets, mask_url
 from .signals import deferred_stop
 
+# a database that refuses the login or does not have the database named is a wrong URL, not an outage: exit 2, not
+# the exit 1 that Slurm, Kubernetes and compose retry (libpq's texts carry no SQLSTATE at connect: psycopg2's
+# `pgcode` is None, so the server's own words; MySQL's 1045 and 1049 by their texts too)
+_LOGIN_REFUSED = re.compile(r"password authentication failed|no password supplied|role \".*\" does not exist|"
+                            r"database \".*\" does not exist|no pg_hba\.conf entry|Access denied for user|"
+                            r"Unknown database")
+
 if TYPE_CHECKING:
     from optuna.study._frozen import FrozenStudy  # what `get_all_studies` returns (Optuna exports no name for it)
 
@@ -56,8 +64,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 def _journal_path(url: str) -> Path | None:
-    if url.startswith("journal://"):
-        return Path(url[len("journal://"):])
+    if url.startswith("journal://"):  # journal:///abs and journal:////abs (as sqlite writes it) are one file
+        rest = url[len("journal://"):]
+        return Path("/" + rest.lstrip("/") if rest.startswith("//") else rest)
     if url.startswith("journal:"):
         return Path(url[len("journal:"):])
     if "://" not in url and url.endswith((".log", ".journal")):
@@ -104,11 +113,21 @@ def sqlite_tables(path: Path) -> set[str]:
         return {"?"}
 
 
+def require_not_a_folder(path: Path, flag: str) -> None:
+    """A store's file given as a directory: one line and exit 2 (SQLite's "unable to open database file" was exit 1,
+    and `run` created its study first, then retried MLflow's store for two minutes)."""
+    if path.exists() and not path.is_file():
+        raise ConfigError(flag, f"{path} is a directory, not a file (name a file in it)" if path.is_dir()
+                          else f"{path} is not a regular file")
+
+
 def check_sqlite_store(url: str, store: str, flag: str) -> None:
     """`ConfigError` naming `flag` if `url` is a SQLite file that exists with tables, but not those of `store`
     (``optuna`` or ``mlflow``): opening it would add that store's tables to another one's database (say,
     ``--storage sqlite:///mlflow.db``), then fail on the mix."""
     path = sqlite_path(url)
+    if path is not None:
+        require_not_a_folder(path, flag)
     if path is None or not path.is_file() or path.stat().st_size == 0:
         return
     table, what = SQLITE_STORES[store]
@@ -158,6 +177,7 @@ def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 
     if kind == "journal":
         path = _journal_path(url)
         assert path is not None
+        require_not_a_folder(path, "--storage")
         path.parent.mkdir(parents=True, exist_ok=True)
         journal = SignalSafeJournalStorage(JournalFileBackend(str(path)))
         journal.beat_interval = float(heartbeat_interval)
@@ -188,6 +208,9 @@ def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 
         raise ConfigError("--storage", f"the database refused {mask_url(given)!r}: {first[:300]}") from None
     except sqlalchemy.exc.OperationalError as exc:  # refused, unknown host, bad password: nothing was created
         first = first_line(mask_secrets(str(exc.orig or exc)))
+        if _LOGIN_REFUSED.search(first):
+            raise ConfigError("--storage", f"the database at {mask_url(given)} refused the login or has no such "
+                                           f"database: {first[:300]}") from None
         raise InfrastructureError(f"cannot open the Optuna storage at {mask_url(given)}: {first[:300]}") from None
     return RetryingStorage(rdb, budget_s=storage_retry_budget_s())
 

@@ -220,6 +220,17 @@ def trial_budget(study: optuna.Study, default: int) -> int:
     return int(study.user_attrs.get(names.STUDY_ATTR_BUDGET, default))
 
 
+def set_trial_budget(study: optuna.Study, budget: int) -> None:
+    """Store the study's global COMPLETE + PRUNED budget (`run --trials`, `worker --trials`). One below what the
+    study has done is kept (it is what the user asked), with a warning: `worker --trials 3` on a study of 4 done
+    trials ran nothing and exited 0 without a word."""
+    study.set_user_attr(names.STUDY_ATTR_BUDGET, int(budget))
+    done = count_states(study).done
+    if budget < done:
+        log.warning("study %s already has %d complete or pruned trial(s), more than the budget of %d given: no "
+                    "trial runs; give --trials above %d to add some", study.study_name, done, budget, done)
+
+
 @dataclass
 class Counts:
     complete: int = 0

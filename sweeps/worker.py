@@ -26,7 +26,7 @@ from mlflow.entities import RunTag
 
 from . import artifacts, names, outcomes
 from .checkpoints import shared_through_mlflow
-from .errors import SweepFatal, TrackingUnavailable
+from .errors import InvalidTrialConfig, SweepFatal, TrackingUnavailable
 from .finisher import Deferred, Finisher, Heartbeat, LookAhead, as_told, records_in_background
 from .mlflow_globals import mlflow_internals_use
 from .objective import Objective, SilentTrials, TrialContext, fail_dead_worker_trials
@@ -44,7 +44,15 @@ from .storage import (
     safe_filename,
     storage_kind,
 )
-from .study import OpenedStudy, count_states, enqueue_known, ensure_parent_run, study_uid, trial_budget
+from .study import (
+    OpenedStudy,
+    count_states,
+    enqueue_known,
+    ensure_parent_run,
+    set_trial_budget,
+    study_uid,
+    trial_budget,
+)
 from .tracking import RUN_RUNNING, Tracker
 
 log = logging.getLogger(__name__)
@@ -246,7 +254,7 @@ def _run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budge
                 data_cache: DataCache | None, at_last_finish: AtLastFinish | None) -> WorkerReport:
     study = opened.study
     if budget is not None:
-        study.set_user_attr(names.STUDY_ATTR_BUDGET, int(budget))
+        set_trial_budget(study, budget)
     elif names.STUDY_ATTR_BUDGET not in study.user_attrs:
         study.set_user_attr(names.STUDY_ATTR_BUDGET, spec.study.trials)
     experiment_id, parent_run_id = ensure_parent_run(opened, tracker, spec)
@@ -256,7 +264,8 @@ def _run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budge
         checkpoint_root = default_checkpoint_root(spec, study.study_name, parent_run_id)
     background = records_in_background(spec.tracking.finish_in_background)
     log.info("recording each trial %s (tracking.finish_in_background: %s)",
-             names.RECORDING_BACKGROUND if background else names.RECORDING_IN_LINE, spec.tracking.finish_in_background)
+             "in a background helper process" if background else names.RECORDING_IN_LINE,
+             spec.tracking.finish_in_background)
     ctx = TrialContext(spec=spec, tracker=tracker, experiment_id=experiment_id, parent_run_id=parent_run_id,
                        study_name=study.study_name, load_data=data_cache or DataCache(),
                        checkpoint_root=checkpoint_root,
@@ -540,7 +549,9 @@ def log_outcome(study: optuna.Study, frozen: optuna.trial.FrozenTrial, error: Ba
     elif frozen.state == optuna.trial.TrialState.PRUNED:
         logger.info("Trial %d pruned. %s", frozen.number, error or "")
     else:
-        quiet = isinstance(error, (KeyboardInterrupt, TrackingUnavailable))
+        # no traceback where it names nothing the user can act on beyond the message: a stop, an unreachable
+        # server, a sampled combination the config refuses (the trace is siamese-sweep's own frames)
+        quiet = isinstance(error, (KeyboardInterrupt, TrackingUnavailable, InvalidTrialConfig))
         logger.warning("Trial %d failed with parameters: %s because of the following error: %r.", frozen.number,
                        frozen.params, error, exc_info=None if quiet or error is None else error)
 

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .. import allocator
+from .. import allocator, runtime
 from ..registry import LOADERS
 from .pairs import Tuples, TupleSampler
 from .types import Inputs, PairedSplit, Split, materialize
@@ -192,7 +192,9 @@ def build_dataset(plan: TrainingPlan, *, initial_epoch: int, epochs: int) -> tf.
     def gather(idx: tf.Tensor, y: tf.Tensor) -> tuple[tuple[tf.Tensor, ...], tf.Tensor]:
         return tuple(src.gather_batch(idx[:, k]) for k, src in enumerate(sources)), y
 
-    ds = per_epoch.flat_map(slice_batches).map(gather, num_parallel_calls=PARALLEL_CALLS, deterministic=True)
+    calls = runtime.parallel_calls(PARALLEL_CALLS)
+    batches = per_epoch.flat_map(slice_batches)
+    ds = batches.map(gather) if calls is None else batches.map(gather, num_parallel_calls=calls, deterministic=True)
     options = tf.data.Options()
     options.autotune.enabled = False
     options.deterministic = True

@@ -48,7 +48,18 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"threshold={result.threshold:.4g} ({summary['seconds']:.1f}s)")
         if args.output:
             print(f"saved to {args.output}", file=sys.stderr)
+        _print_findings(result.findings)
     return EXIT_OK
+
+
+def _print_findings(findings: list) -> None:
+    """The training's warning and error findings on stderr, as the doctor shows them: a summed triplet loss
+    (`loss_reduction`, an error) trained to exit 0 and showed nothing but the test line without --json."""
+    from siamese_core.diagnostics import render_report
+
+    shown = [f for f in findings if f.severity != "info"]
+    if shown:
+        print(f"the checks that watched this training found:\n{render_report(shown)}", file=sys.stderr)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -33,6 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_move)
 
 
+def continue_hint(study: str, *, from_flags: bool) -> str:
+    """How to go on with the moved study, with the target's URLs in the environment: they hold passwords, and a
+    command line is shown by `ps` to every user (the hint once said `--storage <target> --tracking-uri <target>`)."""
+    env = f"${names.ENV_OPTUNA_STORAGE} and ${names.ENV_MLFLOW_TRACKING_URI}"
+    where = f"with {env} set to the target" if from_flags else f"in this environment ({env} name the target)"
+    return f"continue it with: siamese-sweep run --study {study}   ({where})"
+
+
 def cmd_move(args: argparse.Namespace) -> int:
     from siamese_core.errors import ConfigError
 
@@ -58,6 +66,5 @@ def cmd_move(args: argparse.Namespace) -> int:
         print(f"moved study {result.study!r}: {result.trials} trial(s), {len(result.runs)} MLflow run(s), "
               f"{len(result.models)} model(s) -> {mask_url(to_storage)}, {mask_url(to_tracking)}"
               + (f" (parent run {result.parent_run_id})" if result.parent_run_id else ""))
-        print(f"continue it with: siamese-sweep run --study {result.study} --storage <target> "
-              f"--tracking-uri <target>", file=sys.stderr)
+        print(continue_hint(result.study, from_flags=bool(args.to_storage or args.to_tracking_uri)), file=sys.stderr)
     return EXIT_OK

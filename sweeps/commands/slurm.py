@@ -63,7 +63,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     from siamese_core.config import parse_set_options
 
-    from ..slurm import SlurmOptions, check_spec_for_cluster, describe, exported_names, render_script, spec_yaml, submit
+    from ..slurm import (
+        SlurmOptions,
+        check_spec_for_cluster,
+        describe,
+        exported_names,
+        job_environment,
+        render_script,
+        spec_yaml,
+        submit,
+    )
     from ..spec import load_spec
     from ..specs import resolve_spec_path
 
@@ -82,6 +91,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         signal_seconds=args.preempt_signal_seconds, requeue=args.requeue, retries=args.retries,
         job_name=args.job_name, output=args.output, worker_command=tuple(shlex.split(args.worker_command)),
         setup=tuple(args.setup), sbatch_args=tuple(args.sbatch_arg))
+    options.validate()  # bad input is one line: before the warnings about the stores
+    env = job_environment(os.environ)  # what sbatch passes on; the checks see the values read from *_FILE too
     text = spec_yaml(spec)
     check = check_spec_for_cluster(spec, text, os.environ)
     for warning in check.warnings:
@@ -91,8 +102,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(script)
         return EXIT_OK
-    names = exported_names(os.environ)
-    job_id = submit(script)
+    names = exported_names(env)
+    job_id = submit(script, env=env)
     if args.json:
         print_json(describe(job_id, options))
     else:

@@ -32,6 +32,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     import shutil
 
     from ..dashboard import dashboard_password, make_app
+    from ..signals import stop_on_signals
     from ..storage import require_existing
 
     storage = os.environ.get(names.ENV_OPTUNA_STORAGE)
@@ -42,9 +43,10 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         storage = load_spec(resolve_spec_path(args.spec)).study.storage
     require_existing(storage)  # it only shows studies: a mistyped SQLite or journal path is not created
     password, path = dashboard_password()
-    try:
-        return _serve(make_app(storage, username=args.user, password=password, allow_writes=args.allow_writes),
-                      args, path)
+    try:  # SIGTERM (`timeout`, `kill`, a service manager) as Ctrl-C: it ended the process past this `finally`
+        with stop_on_signals(raise_at_once=False):  # checked between requests (`sweeps.dashboard.serve`)
+            return _serve(make_app(storage, username=args.user, password=password, allow_writes=args.allow_writes),
+                          args, path)
     finally:  # a generated password lives as long as the dashboard: no secret file left in /tmp
         if path is not None:
             shutil.rmtree(path.parent, ignore_errors=True)

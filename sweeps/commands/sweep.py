@@ -141,7 +141,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if not wait_for_go(spec):
             return EXIT_OK  # the parent gave up before creating the study: nothing to join, nothing created
         signal.signal(signal.SIGINT, on_interrupt)
-    data = preflight(spec)
+    data = preflight(spec, warn=args.worker_index == 0)  # a worker process of `run --workers N` does not repeat them
 
     from ..options import options_from
     from ..runner import join_sweep

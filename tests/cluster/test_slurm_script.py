@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -225,6 +226,21 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
                              cwd=tmp_path)
         assert res.returncode == 2 and res.stdout == "", res.stdout[-2000:]
         assert len(res.stderr.strip().splitlines()) == 1 and "--study" in res.stderr
+    # a bad option beside stores that are files: the option's line only (the two store warnings came first)
+    env["OPTUNA_STORAGE"], env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/o.db", f"sqlite:///{tmp_path}/m.db"
+    res = subprocess.run([sys.executable, "-m", "sweeps.cli", "slurm", "submit", "digits-smoke", "--tasks", "0",
+                          "--dry-run"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "error: --tasks: expected a positive number of array tasks; received: 0"], res.stderr
+    env["OPTUNA_STORAGE"], env["MLFLOW_TRACKING_URI"] = "postgresql://u@db/optuna", "http://m:5000"
+    # a store read from a *_FILE is checked like one given directly: a private SQLite file is still refused
+    secret = tmp_path / "storage-url"
+    secret.write_text("sqlite:///optuna.db\n")
+    file_env = {**{k: v for k, v in env.items() if k != "OPTUNA_STORAGE"}, "OPTUNA_STORAGE_FILE": str(secret)}
+    res = subprocess.run([sys.executable, "-m", "sweeps.cli", "slurm", "submit", "digits-smoke", "--tasks", "2",
+                          "--dry-run"], env=file_env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert res.returncode == 2 and "private study" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    secret.unlink()
     # an argparse refusal is one line too (its usage block was 13 lines)
     res = subprocess.run([sys.executable, "-m", "sweeps.cli", "slurm", "submit", "digits-smoke", "--tasks", "abc"],
                          env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
@@ -232,6 +248,32 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
         "siamese-sweep slurm submit: error: argument --tasks: invalid int value: 'abc' "
         "(see siamese-sweep slurm submit --help)"]
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("message", "bad_input"), [
+    ("sbatch: error: invalid partition specified: nosuch\nsbatch: error: Batch job submission failed: Invalid "
+     "partition name specified", True),
+    ("sbatch: error: Batch job submission failed: Requested node configuration is not available", True),
+    ("sbatch: error: Memory specification can not be satisfied\nsbatch: error: Batch job submission failed: "
+     "Requested node configuration is not available", True),
+    ("sbatch: unrecognized option '--nosuch'", True),
+    ("sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)", False),
+    ("sbatch: error: Batch job submission failed: Required partition not available (inactive or drain)", False),
+    ("sbatch: error: Batch job submission failed: Requested nodes are busy", False),
+    ("sbatch: error: Batch job submission failed: Requested operation is presently disabled", False),
+])
+def test_sbatch_refusing_the_input_is_bad_input_and_an_outage_is_not(tmp_path: Path, message: str,
+                                                                     bad_input: bool) -> None:
+    """A partition sbatch does not know was exit 1, as a controller it cannot reach is (and schedulers retry 1); a
+    drained partition or busy nodes stay exit 1: they pass. The texts are sbatch 22.05's."""
+    from siamese_core.errors import ConfigError
+    from sweeps.slurm import SlurmError, submit
+
+    fake = tmp_path / "sbatch"
+    fake.write_text(f"#!/bin/sh\ncat > /dev/null\nprintf '%s\\n' {shlex.quote(message)} >&2\nexit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(ConfigError if bad_input else SlurmError, match="refused the job"):
+        submit("#!/bin/bash\n", sbatch=str(fake))
 
 
 # ------------------------------------------------------------------ behaviour under bash

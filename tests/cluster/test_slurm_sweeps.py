@@ -331,3 +331,31 @@ def test_bad_data_exits_2_and_the_task_is_not_retried(slurm_cluster, make_sweep,
     assert "missing.npz" in out and "not retried" in out
     assert "attempt 1" in out and "attempt 2" not in out
     assert sweep.study() is None  # nothing was created
+
+
+def test_secrets_given_as_files_travel_as_paths_and_a_refused_partition_is_bad_input(slurm_cluster, make_sweep,
+                                                                                      tmp_path: Path) -> None:
+    """With MLFLOW_TRACKING_PASSWORD_FILE the job's environment (which Slurm's admins can read) held the password:
+    the CLI had read the file into its own environment and passed that to sbatch (docs/cluster.md). A partition
+    sbatch refuses was exit 1, as if the controller were down."""
+    sweep = make_sweep("files")
+    secret_file = tmp_path / "password"
+    secret_file.write_text(SECRET + "\n")
+    sweep.env.pop("MLFLOW_TRACKING_PASSWORD")
+    sweep.env["MLFLOW_TRACKING_PASSWORD_FILE"] = str(secret_file)
+    job = sweep.submit(_spec(tmp_path, "files", trials=1), "--tasks", "1", "--sbatch-arg=--hold")
+    try:
+        assert slurm_cluster.root is not None
+        (stored,) = (slurm_cluster.root / "state").glob(f"hash.*/job.{job}/environment")
+        environment = stored.read_bytes()
+        assert f"MLFLOW_TRACKING_PASSWORD_FILE={secret_file}".encode() in environment
+        assert SECRET.encode() not in environment and b"MLFLOW_TRACKING_PASSWORD=" not in environment
+    finally:
+        slurm_cluster.scancel(job)
+    cmd = [sys.executable, "-m", "sweeps.cli", "slurm", "submit", str(_spec(tmp_path, "files", trials=1)),
+           "--tasks", "1", "--partition", "nosuch"]
+    res = subprocess.run(cmd, env=sweep.env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    lines = [line for line in res.stderr.splitlines() if line.strip() and not line.startswith("warning: ")]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: sbatch: refused the job: ") and "nosuch" not in res.stdout
+    assert "Invalid partition" in lines[0] and "--debug" not in lines[0]

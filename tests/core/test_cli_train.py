@@ -102,6 +102,38 @@ def test_training_failure_exit_1_without_traceback(capsys, monkeypatch):
     assert "training failed: [nan_loss]" in err and "Traceback" not in err
 
 
+def test_a_user_encoder_that_raises_is_one_line_and_with_debug_its_traceback():
+    """--debug showed nothing more than the line (exit 2), so the user could not find the line of their own code."""
+    args = ("train", *TINY_SET, "--set", "encoder.type=user_code.encoders:raises", "--quiet")
+    assert_input_error(cli(*args), "encoder.type", "raised RuntimeError: boom")
+    proc = cli("--debug", *args)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" in proc.stderr and 'encoders.py", line' in proc.stderr and 'raise RuntimeError("boom")' \
+        in proc.stderr, proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-1].startswith("error: encoder.type: ")
+
+
+def test_the_findings_of_a_training_are_shown_without_json():
+    """A summed triplet loss trained to exit 0 with only the test line: its `loss_reduction` error was in --json
+    alone. Shown on stderr as the doctor shows them; a healthy training shows none."""
+    proc = cli("train", *TINY_SET, "--set", "loss.type=buggy.losses:summed_triplet", "--set", "loss.kind=triplet",
+               "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("test pair_accuracy=")
+    assert "the checks that watched this training found:" in proc.stderr
+    assert "ERROR    loss_reduction  — " in proc.stderr and "fix: " in proc.stderr, proc.stderr
+    healthy = cli("train", *TINY_SET, "--quiet")
+    assert healthy.returncode == 0 and "found:" not in healthy.stderr, healthy.stderr
+
+
+@pytest.mark.parametrize("loader", ["tfdata", "custom"])
+def test_a_deterministic_training_is_quiet_with_quiet(loader):
+    """`deterministic: true` printed TensorFlow's `NodeDef mentions attribute use_unbounded_threadpool ...` ERROR
+    line through --quiet (its op-determinism rewrite of the parallel map)."""
+    proc = cli("train", *TINY_SET, "--set", "deterministic=true", "--set", f"loader={loader}", "--quiet")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
 def test_unexpected_error_exit_1(capsys, monkeypatch):
     from siamese_core import training
     from sweeps.cli import main

@@ -148,6 +148,79 @@ def test_the_dashboard_refuses_a_missing_store_and_keeps_no_password_file(tmp_pa
     assert shown and not shown[0].exists() and not shown[0].parent.exists()
 
 
+_SLOW_DASHBOARD = """
+import sys, time
+from sweeps.dashboard import serve
+from sweeps.signals import stop_on_signals
+
+def app(environ, start_response):  # a request that takes a second, as a dashboard's study listing can
+    time.sleep(1.0)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"done"]
+
+def ready(url):
+    print(url, flush=True)
+
+try:
+    with stop_on_signals(raise_at_once=False):
+        serve(app, host="127.0.0.1", port=0, ready=ready)
+except KeyboardInterrupt:
+    print("stopped", flush=True)
+"""
+
+
+def test_a_sigterm_during_a_dashboard_request_stops_it_after_the_answer() -> None:
+    """Raised inside a request, the stop was caught by wsgiref as the app's error: the client got a 500 and the
+    dashboard served on. It is checked between requests: the request is answered, then it stops."""
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_DASHBOARD], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=_clean_env())
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.stderr else ""
+        import threading
+
+        answers: list[tuple[int, bytes]] = []
+
+        def ask() -> None:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                answers.append((response.status, response.read()))
+        client = threading.Thread(target=ask)
+        client.start()
+        time.sleep(0.4)  # inside the request's second
+        proc.send_signal(signal.SIGTERM)
+        client.join(30)
+        assert answers == [(200, b"done")]
+        assert proc.wait(timeout=10) == 0 and proc.stdout.read().strip() == "stopped"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_dashboard_stopped_with_sigterm_takes_its_password_file_along(tmp_path: Path) -> None:
+    """`timeout 60 siamese-sweep dashboard` (SIGTERM) left its generated password in /tmp: the default SIGTERM
+    ended the process without the cleanup Ctrl-C ran."""
+    import optuna
+
+    optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/there.db")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    proc = subprocess.Popen(CLI + ["dashboard", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=_clean_env(OPTUNA_STORAGE=f"sqlite:///{tmp_path}/there.db",
+                                                      TMPDIR=str(temp)))
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        password = Path(line.split("the password is in ")[1].split(" (0600)")[0])
+        assert password.is_file() and password.parent.parent == temp, line
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert list(temp.iterdir()) == []
+
+
 def test_secret_files_are_read_and_a_conflict_is_refused(tmp_path: Path, no_secret_env: None,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from siamese_core.errors import ConfigError

@@ -20,6 +20,54 @@ S = optuna.trial.TrialState
 
 
 # ------------------------------------------------------------------ signals
+_SECOND_STOP = """
+import json, os, signal, sys
+from sweeps import runner
+from sweeps.options import options_from
+from sweeps.spec import spec_from_dict
+
+spec = spec_from_dict(json.loads(sys.argv[1]))
+options = options_from(spec, trials=3, storage=sys.argv[2], tracking_uri=sys.argv[3], study_name="t", progress=False)
+real = runner.finalize_parent
+
+def stopped_again(*args, **kwargs):  # the second SIGTERM lands while the stopped sweep ends its parent run
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real(*args, **kwargs)
+
+def stopped(*args, **kwargs):  # the first stop, as a trial's Ctrl-C leaves the worker
+    raise KeyboardInterrupt
+
+runner.finalize_parent, runner.run_worker = stopped_again, stopped
+try:
+    runner.run_sweep(spec, options)
+except KeyboardInterrupt:
+    print("interrupted once")
+"""
+
+
+def test_a_second_stop_while_a_stopped_sweep_ends_its_parent_run_is_ignored(tmp_path: Path) -> None:
+    """A second SIGTERM or Ctrl-C after the worker had ended its trial killed `run` (exit 143) during the parent
+    run's end: the parent stayed RUNNING (docs/reliability.md: the repeat is logged and ignored)."""
+    import json
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    from .harness import spec_dict
+
+    storage, uri = f"sqlite:///{tmp_path}/o.db", f"sqlite:///{tmp_path}/m.db"
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "OPTUNA_STORAGE", "MLFLOW_TRACKING_URI")}
+    spec = json.dumps(spec_dict(tmp_path, name="t", trials=3))
+    proc = subprocess.run([sys.executable, "-c", _SECOND_STOP, spec, storage, uri], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "interrupted once", (proc.returncode, proc.stderr[-2000:])
+    assert "signal 15 again" in proc.stderr
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [(r.data.tags.get("siamese_sweep.role"), r.info.status) for r in runs] == [("parent", "KILLED")]
+
+
 def test_sigterm_interrupts_and_a_repeat_cannot_cut_the_cleanup_short(caplog: pytest.LogCaptureFixture) -> None:
     from sweeps.errors import Interrupted
     from sweeps.signals import StopRequest, begin_cleanup, stop_on_signals

@@ -34,7 +34,8 @@ def _write_spec(path: Path, **sections) -> Path:
 
 
 def test_two_worker_processes_meet_the_exact_global_budget(tmp_path: Path) -> None:
-    spec = _write_spec(tmp_path / "spec.yaml")
+    # an option the pruner does not read: the warning is `run`'s, once, not each worker process's again
+    spec = _write_spec(tmp_path / "spec.yaml", study={"pruner": {"type": "none", "reduction_factor": 4}})
     storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "SIAMESE_SWEEP_ALLOCATOR")}
     # -X importtime lists on stderr the modules `run` itself imports (the workers are started without the flag)
@@ -46,6 +47,7 @@ def test_two_worker_processes_meet_the_exact_global_budget(tmp_path: Path) -> No
     imported = {line.rpartition("|")[2].strip() for line in stderr.splitlines() if line.startswith("import time:")}
     stderr = "\n".join(line for line in stderr.splitlines() if not line.startswith("import time:"))
     assert proc.returncode == 0, stderr[-2000:]
+    assert stderr.count("study.pruner.reduction_factor is not used by the 'none' pruner") == 1, stderr[-2000:]
     # the parent never imports TensorFlow: only to count cores for the workers' threads it once took 4.8 s
     # before the workers could start (siamese_core.cpus)
     assert "sweeps.runner" in imported and not {"tensorflow", "keras"} & imported

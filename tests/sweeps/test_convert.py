@@ -75,3 +75,39 @@ def test_bad_method_and_goal_are_refused() -> None:
         from_wandb({"method": "evolution", "parameters": {"a": {"value": 1}}})
     with pytest.raises(ConfigError, match="metric.goal"):
         from_wandb({"metric": {"name": "val_loss", "goal": "lowest"}, "parameters": {"a": {"value": 1}}})
+
+
+def test_distributions_draw_what_wandb_draws_and_fractions_are_not_cut() -> None:
+    """inv_log_uniform gave [e^min, e^max] (W&B: log(1/X) uniform, so [e^-max, e^-min]); q_uniform's range started
+    at min (10, 18, 26, ... for q 8; W&B rounds to multiples of q); int() cut fractional int_uniform bounds and
+    Hyperband options without a word."""
+    from sweeps.spec import spec_from_dict
+
+    spec, notes = from_wandb({"metric": {"name": "val_roc_auc"}, "parameters": {
+        "learning_rate": {"distribution": "inv_log_uniform", "min": 4.6, "max": 9.2},
+        "encoder.width": {"distribution": "q_uniform", "min": 10, "max": 40, "q": 8},
+        "loss.margin": {"distribution": "q_log_uniform", "min": -1.0, "max": 0.4, "q": 0.1}}})
+    space = spec["search_space"]
+    lr = space["learning_rate"]
+    assert math.isclose(lr["low"], math.exp(-9.2)) and math.isclose(lr["high"], math.exp(-4.6)) and lr["log"]
+    assert space["encoder.width"] == {"type": "int", "low": 8, "high": 40, "step": 8}
+    assert "parameters.encoder.width: W&B's q_uniform draws multiples of q=8: range 8..40 (given 10..40)" in notes
+    assert "parameters.loss.margin.q dropped: Optuna cannot combine a log scale with a step" in notes
+    assert "metric.goal not given: minimize val_roc_auc, W&B's default" in notes and spec["study"]["direction"] == \
+        "minimize"
+    spec_from_dict(spec)
+    tenths, notes = from_wandb({"parameters": {"loss.margin": {"distribution": "q_uniform", "min": 0.1, "max": 0.3,
+                                                               "q": 0.1}}})
+    assert tenths["search_space"]["loss.margin"] == {"type": "float", "low": 0.1, "high": 0.3, "step": 0.1}
+    assert not any("q_uniform" in n for n in notes)  # 0.30000000000000004 and "range 0.1..0.3 (given 0.1..0.3)"
+    for params, early, field in (({"encoder.depth": {"distribution": "int_uniform", "min": 1.5, "max": 3}}, None,
+                                  "search_space.encoder.depth"),
+                                 ({"encoder.depth": {"min": 1, "max": 3}}, {"type": "hyperband", "eta": 2.7},
+                                  "study.pruner.reduction_factor"),
+                                 ({"encoder.depth": {"min": 1, "max": 3}}, {"type": "hyperband", "min_iter": 1.5},
+                                  "study.pruner.min_resource")):
+        data = {"parameters": params, **({"early_terminate": early} if early else {})}
+        converted, _ = from_wandb(data)
+        with pytest.raises(ConfigError) as refused:
+            spec_from_dict(converted)
+        assert refused.value.field.startswith(field), refused.value

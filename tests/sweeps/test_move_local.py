@@ -162,3 +162,22 @@ def test_an_interrupted_move_is_redone_and_one_store_keeps_its_run_ids(tmp_path:
     kept = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/c.db")
     assert kept.trials[0].user_attrs[names.TRIAL_ATTR_RUN_ID] == src["run_id"]
     assert kept.user_attrs[names.STUDY_ATTR_PARENT_RUN_ID] == src["parent"]
+
+
+def test_the_hint_after_a_move_keeps_the_targets_urls_off_the_command_line(tmp_path: Path, capsys,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """It said `run --study S --storage <target> --tracking-uri <target>`: URLs that hold passwords, on a command
+    line `ps` shows every user; `run --study S` with the target in the environment is what works."""
+    src = _laptop(tmp_path)
+    code, out, err = _move(capsys, src, f"sqlite:///{tmp_path}/a.db", f"sqlite:///{tmp_path}/a-mlflow.db")
+    assert code == 0, err
+    assert "continue it with: siamese-sweep run --study hand   (with $OPTUNA_STORAGE and $MLFLOW_TRACKING_URI " \
+           "set to the target)" in err and "--storage" not in err, err
+    monkeypatch.setenv(names.ENV_OPTUNA_STORAGE, f"sqlite:///{tmp_path}/b.db")
+    monkeypatch.setenv(names.ENV_MLFLOW_TRACKING_URI, f"sqlite:///{tmp_path}/b-mlflow.db")
+    capsys.readouterr()
+    code = main(["move", "--study", STUDY, "--from-storage", src["storage"], "--from-tracking-uri", src["tracking"]])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "continue it with: siamese-sweep run --study hand   (in this environment" in err, err
+    assert "--storage" not in err and "--tracking-uri" not in err

@@ -254,3 +254,25 @@ def test_checking_user_code_keeps_the_dtype_policy_its_module_set(tmp_path: Path
         assert keras.config.dtype_policy().name == "mixed_bfloat16"
     finally:
         keras.config.set_dtype_policy(before)
+
+
+@pytest.mark.parametrize("which", ["tracking-sqlite", "storage-sqlite", "storage-journal"])
+def test_a_folder_given_as_a_store_file_is_refused_and_creates_nothing(tmp_path: Path, which: str) -> None:
+    """`--tracking-uri sqlite:///DIR` created the study, retried MLflow's store for two minutes and exited 1; a
+    folder as `--storage` was "InfrastructureError ... unable to open database file" or IsADirectoryError, exit 1."""
+    spec = _spec(tmp_path)
+    folder = tmp_path / "sub"
+    folder.mkdir()
+    storage, tracking = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
+    flag, storage, tracking = {"tracking-sqlite": ("--tracking-uri", storage, f"sqlite:///{folder}"),
+                               "storage-sqlite": ("--storage", f"sqlite:///{folder}", tracking),
+                               "storage-journal": ("--storage", f"journal:///{folder}", tracking)}[which]
+    for args in (["run", str(spec), "--storage", storage, "--tracking-uri", tracking, "--quiet"],
+                 ["status", "--study", "t", "--storage", storage]):
+        done = _cli(args, cwd=tmp_path)
+        if args[0] == "status" and flag == "--tracking-uri":
+            continue  # status reads no tracking store
+        assert done.returncode == 2, done.stderr[-2000:]
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert lines == [f"error: {flag}: {folder} is a directory, not a file (name a file in it)"], done.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml", "sub"] and not any(folder.iterdir())

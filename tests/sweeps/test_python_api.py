@@ -70,6 +70,7 @@ def test_sweep_refuses_bad_input_before_creating_anything(tmp_path: Path) -> Non
     # arguments of the wrong type (a TypeError and an AttributeError before), a tracking URI MLflow cannot use (its
     # own exception, after the study existed)
     for kwargs, words in (({"study_name": 5}, "study_name: expected a string"),
+                          ({"study_name": ""}, "study_name: expected a non-empty name"),
                           ({"overrides": ["epochs=2"]}, "overrides: expected a mapping"),
                           ({"tracking_uri": "foo://x"}, "--tracking-uri: MLflow cannot use 'foo://x'"),
                           ({"tracking_uri": f"file://{tmp_path}/mlruns"}, "--tracking-uri: MLflow cannot use")):
@@ -151,3 +152,41 @@ def test_resolve_spec_takes_objects_mappings_w_and_b_configs_paths_and_builtin_n
     path.write_text(yaml.safe_dump(_spec()))
     assert resolve_spec(path).study.name == resolve_spec(str(path)).study.name == "api"
     assert resolve_spec("digits-smoke").base.dataset.name == "digits"
+
+
+_TWO_SWEEPS = """
+import json, logging, os, sys
+import sweeps
+from siamese_core.runtime import thread_counts
+
+logging.basicConfig(level=logging.WARNING)
+spec = json.loads(sys.argv[1])
+before = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")}
+sweeps.sweep(spec, threads=1, storage="memory", tracking_uri=sys.argv[2], progress=False)
+after = {k: os.environ.get(k) for k in before}
+print(json.dumps({"before": before, "after": after, "pools": thread_counts()}), flush=True)
+sweeps.sweep(spec, threads=2, trials=2, storage="memory", tracking_uri=sys.argv[2], progress=False)
+"""
+
+
+def test_a_notebook_keeps_its_environment_and_hears_when_threads_cannot_change(tmp_path: Path) -> None:
+    """`sweep(threads=1)` left OMP_NUM_THREADS=1 and MLflow's shortened HTTP retries in the notebook's environment;
+    a second `sweep(threads=2)` ran on the first call's one thread without a word (TensorFlow's pools are set
+    once per process)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_RUN_ID", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+           and not k.startswith("MLFLOW_HTTP")}
+    proc = subprocess.run([sys.executable, "-c", _TWO_SWEEPS, json.dumps(_spec(trials=1)),
+                           f"sqlite:///{tmp_path}/m.db"], capture_output=True, text=True, timeout=600, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = json.loads(proc.stdout.splitlines()[0])
+    assert first["before"] == first["after"] == {"OMP_NUM_THREADS": None, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": None}
+    assert first["pools"] == [1, 1]
+    assert "TensorFlow's thread pools in this process are already 1/1 (intra/inter-op, 0: one per core) and " \
+           "cannot change; 2/2 applies in a new process" in proc.stderr, proc.stderr[-3000:]

@@ -133,6 +133,38 @@ def test_keras_tuner_hyperparameters_are_driven_by_optuna() -> None:
     assert kinds == {"conv", "dense"}
 
 
+def test_one_hp_name_with_two_kinds_of_distribution_is_named() -> None:
+    """KerasTuner allows `hp.Int("units")` in one conditional scope and `hp.Choice("units")` in another; Optuna
+    keeps one distribution per name and raised "Cannot set different distribution kind ..." naming neither."""
+    from sweeps.errors import InvalidTrialConfig
+
+    study = optuna.create_study()
+    first = OptunaHyperParameters(study.ask())
+    first.Int("units", 8, 32)
+    study.tell(first.trial, 0.0)
+    with pytest.raises(InvalidTrialConfig, match=r"hp 'units' is declared here as Choice and elsewhere in the "
+                                                 r"study with another kind of distribution"):
+        OptunaHyperParameters(study.ask()).Choice("units", ["a", "b"])
+
+
+def test_a_build_hp_that_raises_fails_its_trial_with_a_run(local_stores: dict[str, str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """build(hp) ran before the trial's run existed: its exception left a FAIL trial without an MLflow run."""
+    from pathlib import Path
+
+    from sweeps.errors import SweepFatal
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "fixtures"))
+    spec = make_spec_dict(search_space={}, hypermodel="user_code.hypermodels:raises",
+                          study={"trials": 1, "max_failures": 1})
+    with pytest.raises(SweepFatal, match="RuntimeError"):
+        run_small_sweep(spec, storage=local_stores["storage"], tracking_uri=local_stores["tracking_uri"])
+    (trial,) = optuna.load_study(study_name="t", storage=make_storage(local_stores["storage"])).trials
+    assert trial.state == optuna.trial.TrialState.FAIL and "units" in trial.params
+    run = MlflowClient(tracking_uri=local_stores["tracking_uri"]).get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["siamese_sweep.sampled_params"] == "units"
+
+
 def test_hypermodel_sweep_trains_the_keras_tuner_encoder(local_stores: dict[str, str]) -> None:
     spec = make_spec_dict(search_space={}, hypermodel="sweeps.examples.keras_tuner_space:build_encoder",
                           study={"trials": 2})
@@ -239,6 +271,26 @@ def test_a_condition_on_a_value_its_key_cannot_have_is_refused() -> None:
     space.check_space(spec_from_dict(make_spec_dict(search_space=search)))
 
 
+def test_a_when_value_of_another_type_than_its_key_is_refused() -> None:
+    """`when: {encoder.depth: "2"}` was accepted (the config converts "2"), and the parameter was never drawn: a
+    trial holds 2, and 2 is not "2"."""
+    margin = {"type": "float", "low": 0.5, "high": 1.5}
+    for when, message in (({"encoder.depth": "2"}, r"encoder.depth would hold 2, never '2': write 2"),
+                          ({"epochs": "2"}, r"epochs would hold 2, never '2'")):
+        search = {"loss.margin": {**margin, "when": when}}
+        with pytest.raises(ConfigError, match=r"search_space.loss.margin.when: " + message):
+            space.check_space(spec_from_dict(make_spec_dict(search_space=search)))
+    search = {"encoder.depth": {"type": "int", "low": 1, "high": 3},
+              "loss.margin": {**margin, "when": {"encoder.depth": "2"}}}
+    with pytest.raises(ConfigError, match=r"encoder.depth is drawn as a number, never '2'"):
+        space.check_space(spec_from_dict(make_spec_dict(search_space=search)))
+    for when in ({"encoder.depth": 2}, {"encoder.depth": 2.0}, {"epochs": [1, 2]}):
+        search = {"loss.margin": {**margin, "when": when}}
+        space.check_space(spec_from_dict(make_spec_dict(search_space=search)))
+        search = {"encoder.depth": {"type": "int", "low": 1, "high": 3}, "loss.margin": {**margin, "when": when}}
+        space.check_space(spec_from_dict(make_spec_dict(search_space=search)))
+
+
 def test_hyperband_hears_up_to_the_epochs_the_search_space_sets() -> None:
     from sweeps.pruners import most_epochs
 
@@ -262,3 +314,21 @@ def test_sampler_and_pruner_options_they_do_not_read_are_named() -> None:
         "study.pruner.reduction_factor is not used by the 'median' pruner (it reads: n_startup_trials, "
         "n_warmup_steps)"]
     assert unused_options(spec_from_dict(make_spec_dict())) == []  # tpe with its options, no pruner
+
+
+def test_a_float_range_on_a_whole_number_key_is_refused() -> None:
+    """`encoder.depth: {type: float, low: 1, high: 3}` passed (both bounds are whole numbers), and every trial
+    failed on 2.5 (a W&B q_uniform of q 0.5 converts to it)."""
+    search = {"encoder.depth": {"type": "float", "low": 1, "high": 3}}
+    with pytest.raises(ConfigError, match=r"search_space.encoder.depth.type: encoder.depth is a whole number in "
+                                          r"the train config, and a float range draws fractions: use type: int"):
+        space.check_space(spec_from_dict(make_spec_dict(search_space=search)))
+    space.check_space(spec_from_dict(make_spec_dict(search_space={"loss.margin": {"type": "float", "low": 1,
+                                                                                  "high": 2}})))
+    # whole-number steps from a whole-number low draw whole numbers (W&B's q_uniform of q 32 converts to this)
+    for key in ("encoder.width", "batch_size"):
+        whole = {key: {"type": "float", "low": 32.0, "high": 128.0, "step": 32.0}}
+        space.check_space(spec_from_dict(make_spec_dict(search_space=whole)))
+    with pytest.raises(ConfigError, match="use type: int"):
+        space.check_space(spec_from_dict(make_spec_dict(search_space={"encoder.width": {
+            "type": "float", "low": 32, "high": 128, "step": 0.5}})))

@@ -16,7 +16,8 @@ def _children(uri: str, experiment_id: str, parent: str) -> list:
     return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
 
 
-def test_rerunning_resumes_the_study_without_repeating_trials(local_stores: dict[str, str]) -> None:
+def test_rerunning_resumes_the_study_without_repeating_trials(local_stores: dict[str, str],
+                                                               caplog: pytest.LogCaptureFixture) -> None:
     first = run_small_sweep(make_spec_dict(), storage=local_stores["storage"],
                             tracking_uri=local_stores["tracking_uri"], trials=2)
     second = run_small_sweep(make_spec_dict(), storage=local_stores["storage"],
@@ -33,6 +34,13 @@ def test_rerunning_resumes_the_study_without_repeating_trials(local_stores: dict
                             tracking_uri=local_stores["tracking_uri"], trials=3)
     assert third.workers[0].trials_run == 0
     assert len(optuna.load_study(study_name="t", storage=make_storage(local_stores["storage"])).trials) == 3
+    assert "more than the budget" not in caplog.text
+    # a budget below what is done runs nothing, as asked, and says so (it was silent, exit 0)
+    fourth = run_small_sweep(make_spec_dict(), storage=local_stores["storage"],
+                             tracking_uri=local_stores["tracking_uri"], trials=2)
+    assert fourth.workers[0].trials_run == 0
+    assert "study t already has 3 complete or pruned trial(s), more than the budget of 2 given: no trial runs; " \
+           "give --trials above 3 to add some" in caplog.text
 
 
 def test_exploding_learning_rate_is_pruned_with_reason_nan_loss(local_stores: dict[str, str]) -> None:
@@ -113,16 +121,24 @@ def test_median_pruner_prunes_with_reason(local_stores: dict[str, str]) -> None:
     assert result.status["counts"] == {"COMPLETE": 1, "PRUNED": 1, "FAIL": 0, "RUNNING": 0, "WAITING": 0}
 
 
-def test_a_trial_whose_config_is_refused_still_has_its_trial_number_metric(local_stores: dict[str, str]) -> None:
+def test_a_trial_whose_config_is_refused_still_has_its_trial_number_metric(local_stores: dict[str, str],
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
     """The `trial_number` metric was logged with the params, after the config was accepted: an `invalid_config`
     trial's run had no metric at all, and left MLflow's Compare and Chart views."""
     spec = make_spec_dict(base={**make_spec_dict()["base"], "distance": "sqeuclidean"},
                           search_space={"distance": {"type": "categorical", "choices": ["sqeuclidean", "cosine"]},
                                         "loss.margin": {"type": "float", "low": 0.5, "high": 3.0}},
                           study={"enqueue": [{"distance": "cosine", "loss.margin": 3.0}]})
-    run_small_sweep(spec, storage=local_stores["storage"], tracking_uri=local_stores["tracking_uri"], trials=1)
+    optuna.logging.enable_propagation()  # Optuna's logger, where the trial's line goes, to caplog's handler
+    try:
+        run_small_sweep(spec, storage=local_stores["storage"], tracking_uri=local_stores["tracking_uri"], trials=1)
+    finally:
+        optuna.logging.disable_propagation()
     study = optuna.load_study(study_name="t", storage=make_storage(local_stores["storage"]))
     trial = study.trials[0]  # the enqueued one (a FAIL does not count against the budget: a trial follows)
     assert (trial.state, trial.user_attrs["reason"]) == (optuna.trial.TrialState.FAIL, "invalid_config")
     run = MlflowClient(tracking_uri=local_stores["tracking_uri"]).get_run(trial.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED" and run.data.metrics == {"trial_number": 0.0}
+    # its warning names the reason without a traceback of siamese-sweep's own frames
+    (failed,) = [r for r in caplog.records if "Trial 0 failed" in r.getMessage()]
+    assert "InvalidTrialConfig" in failed.getMessage() and failed.exc_info is None
