@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Entrypoint of the images: ``entrypoint.py {mlflow|mlflow-users|dashboard|worker} [ARGS...]``.
+"""Entrypoint of the images: ``entrypoint.py {mlflow|mlflow-users|mlflow-login|dashboard|worker} [ARGS...]``.
 
 The compose services run it, and so do the Kubernetes mlflow Deployment and mlflow-setup Job (deploy/k8s),
 which give every secret as ``NAME_FILE``.
@@ -12,6 +12,8 @@ placeholder. Least privilege: each service gets only its own credentials —
 * ``mlflow``: the ``mlflow`` and ``mlflow_auth`` database roles, the MLflow admin password;
 * ``mlflow-users`` (one-shot; the compose service and the Kubernetes ``mlflow-setup`` Job): the admin
   password, to create the workers' non-admin MLflow user;
+* ``mlflow-login`` (the Kubernetes worker Job's init container): the workers' MLflow user, to wait until the
+  server accepts it (compose orders the services instead);
 * ``dashboard``/``worker``: the ``optuna`` database role (+ the workers' MLflow user); never the PostgreSQL
   superuser, never the MLflow admin.
 
@@ -21,7 +23,9 @@ not contain the project.
 
 from __future__ import annotations
 
+import http.client
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -30,9 +34,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 try:  # the worker image has the project installed
-    from sweeps.stack.mlflow_auth import AuthConfigError, auth_ini_text, ensure_user
+    from sweeps.stack.mlflow_auth import AuthConfigError, auth_ini_text, auth_request, ensure_user
 except ImportError:  # the MLflow image: a copy beside this file
-    from mlflow_auth import AuthConfigError, auth_ini_text, ensure_user  # type: ignore[no-redef]
+    from mlflow_auth import AuthConfigError, auth_ini_text, auth_request, ensure_user  # type: ignore[no-redef]
 
 PLACEHOLDER_PREFIX = "change-me"
 # database -> (role, the variable holding its password)
@@ -42,6 +46,9 @@ DATABASES = {
     "mlflow_auth": ("mlflow_auth", "SIAMESE_SWEEP_MLFLOW_AUTH_DB_PASSWORD"),
 }
 DEFAULT_WORKER_USER = "sweeps-worker"
+# how long a worker pod waits for the mlflow-setup Job to create its user: that Job waits up to 300 s for the
+# server, then is restarted; a worker that logged in first was refused (exit 2), which fails the whole Job
+LOGIN_WAIT_S = 900.0
 
 
 class ConfigError(SystemExit):
@@ -165,6 +172,34 @@ def create_worker_user(env: Mapping[str, str], *, timeout_s: float = 300.0) -> s
     return username
 
 
+def wait_for_login(env: Mapping[str, str], *, timeout_s: float = LOGIN_WAIT_S, poll_s: float = 2.0) -> str:
+    """Wait until the MLflow server accepts the workers' login (``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``, or
+    their ``*_FILE``); returns the user name. Exit 1 after `timeout_s` (the Job retries the pod). One line per
+    change of what the server answers; never the password."""
+    url = (env.get("MLFLOW_TRACKING_URI") or "http://mlflow:5000").rstrip("/")
+    username = setting(env, "MLFLOW_TRACKING_USERNAME", DEFAULT_WORKER_USER)
+    password = secret(env, "MLFLOW_TRACKING_PASSWORD")
+    deadline, said = time.monotonic() + timeout_s, ""
+    while True:
+        try:
+            status, _ = auth_request(url, "/api/2.0/mlflow/experiments/search?max_results=1", username=username,
+                                     password=password, timeout=10)
+            seen = f"HTTP {status}"
+        except (OSError, http.client.HTTPException) as exc:  # not up: refused, DNS, timeout, a cut answer
+            reason = getattr(exc, "reason", exc)
+            status, seen = 0, type(reason).__name__ if isinstance(reason, BaseException) else str(reason)
+        if status == 200:
+            return username
+        if seen != said:
+            hint = ": the mlflow-setup Job creates it" if status == 401 else ""
+            print(f"entrypoint: waiting for MLflow at {url} to accept user {username!r} ({seen}{hint})", flush=True)
+            said = seen
+        if time.monotonic() > deadline:
+            raise ConfigError(f"MLflow at {url} did not accept user {username!r} within {timeout_s:.0f} s "
+                              f"(last answer: {seen})")
+        time.sleep(poll_s)
+
+
 def dashboard_command(env: Mapping[str, str], extra: list[str]) -> tuple[list[str], dict[str, str]]:
     """`siamese-sweep dashboard`: password-guarded and read-only; storage and password via the environment."""
     child = _scrub(env)
@@ -192,13 +227,19 @@ def worker_command(env: Mapping[str, str], extra: list[str]) -> tuple[list[str],
 
 
 def main(argv: list[str]) -> None:
-    roles = ("mlflow", "mlflow-users", "dashboard", "worker")
+    roles = ("mlflow", "mlflow-users", "mlflow-login", "dashboard", "worker")
     if not argv or argv[0] not in roles:
         raise ConfigError(f"usage: entrypoint.py {{{'|'.join(roles)}}} [extra args]")
     role, extra = argv[0], argv[1:]
     env = dict(os.environ)
     if role == "mlflow-users":
         print(f"entrypoint: MLflow user {create_worker_user(env)!r} is ready", flush=True)
+        return
+    if role == "mlflow-login":
+        # PID 1 of its container: the kernel ignores a SIGTERM it has no handler for, so a drain or a delete
+        # waited out the grace period and SIGKILLed it (137, which the Job counts); 143 is ignored there
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        print(f"entrypoint: MLflow accepts user {wait_for_login(env)!r}", flush=True)
         return
     if role == "mlflow":
         config_dir = Path(env.get("STACK_CONFIG_DIR") or tempfile.mkdtemp(prefix="mlflow-"))

@@ -112,4 +112,6 @@ class EpochPrinter(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         parts = [f"{k}={float(logs[k]):.4g}" for k in self.keys if logs and k in logs]
-        print(f"epoch {epoch + 1}: " + " ".join(parts), file=sys.stderr, flush=True)
+        epochs = (self.params or {}).get("epochs")  # the run's, from every loader's callback list
+        of = f"/{epochs}" if isinstance(epochs, int) and epochs > epoch else ""
+        print(f"epoch {epoch + 1}{of}: " + " ".join(parts), file=sys.stderr, flush=True)

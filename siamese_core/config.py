@@ -192,8 +192,8 @@ class LossConfig(_Section):
             raise ValueError(f"loss.kind: the built-in loss {self.type!r} is a {builtin_kind} loss; omit kind or set "
                              f"kind: {builtin_kind}; received: kind={self.kind!r}")
         if not self.builtin and self.kind is None:
-            raise ValueError("loss.kind: a user loss needs kind 'pair' or 'triplet' (see README, 'User losses'); "
-                             "received: kind=None")
+            raise ValueError("loss.kind: a user loss needs kind 'pair' or 'triplet' (see README, 'Your own encoder, "
+                             "loss and data'); received: kind=None")
         if self.mining == "batch_hard" and not self.is_triplet:
             raise ValueError(f"loss.mining: 'batch_hard' mining applies to triplet losses only; "
                              f"received: type={self.type!r}")

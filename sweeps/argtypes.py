@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -42,6 +43,10 @@ def _writable(folder: Path, text: str) -> str:
                                          else f"{text}: no such folder {folder}")
     if not os.access(folder, os.W_OK):
         raise argparse.ArgumentTypeError(f"{text}: cannot write in {folder}")
+    try:  # os.access says yes to root everywhere, /proc and read-only mounts too: make and remove a folder there
+        os.rmdir(tempfile.mkdtemp(prefix=".siamese-sweep-check-", dir=folder))
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: cannot write in {folder} ({exc.strerror or exc})") from None
     return text
 
 

@@ -100,6 +100,9 @@ CRASH = Outcome("<exception type>", FAIL, FAILED, False, True, "an exception in 
 OUTCOMES: tuple[Outcome, ...] = (COMPLETED, PRUNED, DIAGNOSTIC, NAN_METRIC, INVALID_CONFIG,
                                  TRACKING_UNAVAILABLE_AT_START, TRACKING_UNAVAILABLE, INTERRUPTED, STALE_HEARTBEAT,
                                  DEAD_WORKER, CRASH)
+# a FAIL that recorded no reason, in a study siamese-sweep did not run, and not retried: who failed it, and why,
+# is unknown (`sweeps.study.reasons_of`)
+UNRECORDED = "unrecorded"
 _ENDED_BY_TRAINING = PRUNED.raised_by + DIAGNOSTIC.raised_by + NAN_METRIC.raised_by
 
 

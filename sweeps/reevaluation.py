@@ -112,6 +112,7 @@ def trial_config(client: Any, run_id: str) -> dict[str, Any]:
 
     from .mlflow_globals import quiet_artifacts
 
+    missed: Exception | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="siamese-cfg-") as tmp, quiet_artifacts():
             path = client.download_artifacts(run_id, "config.yaml", tmp)
@@ -119,10 +120,14 @@ def trial_config(client: Any, run_id: str) -> dict[str, Any]:
         if isinstance(saved, dict):
             return saved
     except Exception as exc:  # noqa: BLE001 - fall back to the params (older runs, no artifacts)
-        log.info("no config.yaml for run %s (%s); using its params", run_id, type(exc).__name__)
+        missed = exc
     from siamese_core.config import set_dotted
 
+    # read before saying so: with the server down, the fallback's error is the one to show, not a line about
+    # config.yaml before it (`promote` printed "no config.yaml for run ..." and then could not reach the server)
     params = client.get_run(run_id).data.params
+    if missed is not None:
+        log.info("no config.yaml for run %s (%s); using its params", run_id, type(missed).__name__)
     data: dict[str, Any] = {}
     for key, value in params.items():
         if key.startswith(("hp.", "dataset.fingerprint", "dataset.source")) or key == "hypermodel":

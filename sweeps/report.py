@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import optuna
 
 from . import importances, margin, names, outcomes
-from .study import best_phase, startup_trials
+from .study import best_phase, reasons_of, retried_numbers, startup_trials
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,12 @@ _MIN_HITS = 2
 # the suggested range spans the best quarter of complete trials, but never fewer than this many
 _MIN_TOP = 3
 ANY_FAILURE = "any failure"  # the failure map's row for every diagnostic, NaN and crash together
+# stopped from outside (a signal, a dead worker, MLflow down) and queued again with the same parameters: not a
+# failure of those parameters, so no region and not in "any failure" (an interrupted trial whose retry completed
+# was mapped as a failure of its region). Only with a retry: one whose retries ran out (a worker killed for
+# memory every time) is a failure of its parameters like any other.
+_RETRIED = frozenset(o.reason for o in outcomes.OUTCOMES if o.retried)
+RETRIED_WHERE = "stopped from outside the trial; queued again with the same parameters"
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class Region:
 @dataclass(frozen=True)
 class FailureEntry:
     code: str                # a diagnostic code (collapse, nan_loss, ...) or a prune/fail reason
-    kind: str                # "diagnostic", "pruned", "failed", or "any" (the row of every failure together)
+    kind: str                # "diagnostic", "pruned", "failed", "retried" (`_RETRIED`), or "any" (every failure)
     trials: tuple[int, ...]  # trial numbers it hit
     region: Region | None
 
@@ -118,31 +124,36 @@ def _importances(study: optuna.Study, n_complete: int) -> dict[str, float]:
     return importances.parameter_importances(study) if n_complete >= importances.MIN_COMPLETE else {}
 
 
-def _codes(t: optuna.trial.FrozenTrial) -> list[tuple[str, str]]:
-    """(code, kind) of everything that went wrong in one trial."""
+def _codes(t: optuna.trial.FrozenTrial, reason: Callable[[optuna.trial.FrozenTrial], str],
+           retried: set[int]) -> list[tuple[str, str]]:
+    """(code, kind) of everything that went wrong in one trial (`reason`: `sweeps.study.reasons_of`; `retried`:
+    the trials that have a retry)."""
     out: list[tuple[str, str]] = []
     if t.state == optuna.trial.TrialState.COMPLETE:
         out += [(str(c), "diagnostic") for c in (t.user_attrs.get(names.TRIAL_ATTR_DIAGNOSTIC_ERRORS) or [])]
     elif t.state == optuna.trial.TrialState.PRUNED:
-        out.append((str(t.user_attrs.get(names.TRIAL_ATTR_REASON, outcomes.PRUNED.reason)), "pruned"))
+        out.append((reason(t), "pruned"))
     elif t.state == optuna.trial.TrialState.FAIL:
-        out.append((str(t.user_attrs.get(names.TRIAL_ATTR_REASON, outcomes.STALE_HEARTBEAT.reason)), "failed"))
+        out.append((reason(t), "retried" if reason(t) in _RETRIED and t.number in retried else "failed"))
     return out
 
 
 def _failure_map(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> list[FailureEntry]:
     by_code: dict[tuple[str, str], list[int]] = {}
+    every = study.get_trials(deepcopy=False)  # a retry still WAITING or RUNNING counts: it is queued
+    reason, retried = reasons_of(study, every), retried_numbers(every)
     for t in trials:
-        for code_kind in _codes(t):
+        for code_kind in _codes(t, reason, retried):
             by_code.setdefault(code_kind, []).append(t.number)
     # every failure together (the pruner's own verdicts aside): one region often explains several codes
-    failed = sorted({n for (code, _), ns in by_code.items() if code != outcomes.PRUNED.reason for n in ns})
-    if len(by_code) > 1 and failed:
+    failures = [ns for (code, kind), ns in by_code.items() if code != outcomes.PRUNED.reason and kind != "retried"]
+    failed = sorted({n for ns in failures for n in ns})
+    if len(failures) > 1:  # one code alone: the row would repeat it
         by_code[(ANY_FAILURE, "any")] = failed
     entries = []
     for (code, kind), numbers in sorted(by_code.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         # the pruner's own verdict (a worse curve) is the search working, not a failure with a region
-        region = None if code == outcomes.PRUNED.reason else _region(trials, set(numbers))
+        region = None if code == outcomes.PRUNED.reason or kind == "retried" else _region(trials, set(numbers))
         entries.append(FailureEntry(code, kind, tuple(sorted(numbers)), region))
     return entries
 
@@ -183,8 +194,10 @@ def _region(trials: list[optuna.trial.FrozenTrial], hit: set[int]) -> Region | N
 
 
 def _suggest(study: optuna.Study, complete: list[optuna.trial.FrozenTrial], maximize: bool) -> dict[str, Any]:
-    """Per numeric parameter, the range of the best quarter of complete trials (at least `_MIN_TOP`);
-    per categorical one, the choices those trials used."""
+    """Per numeric parameter, the range of the best quarter of complete trials (at least `_MIN_TOP`), with its
+    step, and the one value as a single choice where they all used it (a spec's range needs low < high: that
+    parameter was left out, and pasting the suggestion kept its full range); per categorical one, the choices
+    those trials used."""
     ranked = sorted(complete, key=lambda t: float(t.value or 0.0), reverse=maximize)
     top = ranked[:max(_MIN_TOP, len(ranked) // 4)]
     if len(top) < _MIN_TOP:
@@ -200,9 +213,13 @@ def _suggest(study: optuna.Study, complete: list[optuna.trial.FrozenTrial], maxi
                 out[param] = {"type": "categorical", "choices": kept}
         elif isinstance(dist, (optuna.distributions.FloatDistribution, optuna.distributions.IntDistribution)):
             lo, hi = min(used), max(used)
-            if (lo, hi) != (dist.low, dist.high) and lo < hi:
-                out[param] = {"type": "int" if isinstance(dist, optuna.distributions.IntDistribution) else "float",
-                              "low": lo, "high": hi, **({"log": True} if dist.log else {})}
+            if lo == hi and len(used) >= 2:  # one trial (a conditional parameter) is no agreement
+                out[param] = {"type": "categorical", "choices": [lo]}
+            elif lo < hi and (lo, hi) != (dist.low, dist.high):
+                is_int = isinstance(dist, optuna.distributions.IntDistribution)
+                stepped = dist.step is not None and not (is_int and dist.step == 1)
+                out[param] = {"type": "int" if is_int else "float", "low": lo, "high": hi,
+                              **({"log": True} if dist.log else {}), **({"step": dist.step} if stepped else {})}
     return out
 
 
@@ -233,7 +250,8 @@ def render_markdown(report: SweepReport) -> str:
     else:
         lines += ["| what | kind | trials | where |", "|---|---|---|---|"]
         for f in report.failures:
-            where = f.region.describe() if f.region is not None else "no single-parameter region"
+            where = (f.region.describe() if f.region is not None else RETRIED_WHERE if f.kind == "retried"
+                     else "no single-parameter region")
             shown = ", ".join(str(n) for n in f.trials[:12]) + (" …" if len(f.trials) > 12 else "")
             lines.append(f"| `{f.code}` | {f.kind} | {len(f.trials)} ({shown}) | {where} |")
         lines.append("")

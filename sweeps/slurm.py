@@ -421,12 +421,22 @@ def submit(script: str, *, sbatch: str | None = None, env: Mapping[str, str] | N
     return job_id
 
 
-def exported_names(env: Mapping[str, str]) -> list[str]:
-    """Which connection variables the tasks will receive (names only, for the user's peace of mind)."""
+def exported_names(env: Mapping[str, str], sbatch_args: tuple[str, ...] = ()) -> list[str]:
+    """Which connection variables the tasks will receive (names only, for the user's peace of mind), as sbatch's
+    ``--export`` lets them through: ``SBATCH_EXPORT``, which sbatch puts above the script's ``#SBATCH`` lines,
+    else the last ``--sbatch-arg=--export=...`` (one of those lines), else ALL. ``--export=NONE`` printed every
+    name set here although the job got none of them."""
+    export = "ALL"
+    for arg in sbatch_args:
+        if arg.startswith("--export="):
+            export = arg.split("=", 1)[1]
+    export = env.get("SBATCH_EXPORT") or export
+    listed = [item.split("=", 1)[0] for item in export.split(",")]
+    kept = None if listed[0].upper() == "ALL" else set(listed)  # NONE and NIL list no variable of ours
     names = []
     for name in CONNECTION_ENV:
         for key in (name, name + FILE_SUFFIX):
-            if env.get(key):
+            if env.get(key) and (kept is None or key in kept):
                 names.append(key)
     return names
 

@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -265,19 +266,47 @@ def count_states(study: optuna.Study) -> Counts:
     return c
 
 
-TPE_DEFAULT_STARTUP = 10  # Optuna's TPESampler default, for a study without a stored spec
+TPE_DEFAULT_STARTUP = 10  # Optuna's TPESampler default, for a stored spec's sampler that does not say
 
 
 def startup_trials(study: optuna.Study) -> int | None:
     """How many of the study's first trials its sampler drew at random (`sampler.n_startup_trials`); None for a
-    sampler without a start-up phase (random, grid, NSGA-II)."""
-    spec = study.user_attrs.get(names.STUDY_ATTR_SPEC) or {}
-    sampler = ((spec.get("study") or {}).get("sampler") or {}) if isinstance(spec, dict) else {}
+    sampler without a start-up phase (random, grid, NSGA-II), and for a study that stores no spec: its sampler
+    is not in the storage (a plain Optuna RandomSampler study was said to have "10 random start-up trials")."""
+    spec = study.user_attrs.get(names.STUDY_ATTR_SPEC)
+    if not isinstance(spec, dict):
+        return None
+    sampler = (spec.get("study") or {}).get("sampler") or {}
     kind = sampler.get("type")
     if isinstance(kind, str) and kind in samplers.names() and not samplers.get(kind).startup_phase:
         return None
     n = sampler.get("n_startup_trials")
     return int(n) if isinstance(n, int) else TPE_DEFAULT_STARTUP
+
+
+def retried_numbers(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
+    """The numbers of the trials that have a retry: every entry of every retry's ``retry_history`` (its
+    ``failed_trial`` names the first trial of the chain only, not a retry that was retried again)."""
+    return {int(n) for t in trials for n in (t.system_attrs.get(names.SYSTEM_ATTR_RETRY_HISTORY) or [])}
+
+
+def reasons_of(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]
+               ) -> Callable[[optuna.trial.FrozenTrial], str]:
+    """The reason of a PRUNED or FAIL trial: the one it recorded, else what ended it. In a study siamese-sweep
+    runs (its spec is stored) every path records one but Optuna's heartbeat, which fails a dead worker's trial
+    and queues a retry; a FAIL that has a retry was failed that way too. Any other FAIL is
+    `outcomes.UNRECORDED`: a plain Optuna study's ValueError read as "its worker died" (`stale_heartbeat`)."""
+    heartbeat_only = names.STUDY_ATTR_SPEC in study.user_attrs
+    retried = retried_numbers(trials)
+
+    def reason(t: optuna.trial.FrozenTrial) -> str:
+        recorded = t.user_attrs.get(names.TRIAL_ATTR_REASON)
+        if recorded is not None:
+            return str(recorded)
+        if t.state != optuna.trial.TrialState.FAIL:
+            return outcomes.PRUNED.reason
+        return outcomes.STALE_HEARTBEAT.reason if heartbeat_only or t.number in retried else outcomes.UNRECORDED
+    return reason
 
 
 @dataclass(frozen=True)
@@ -329,6 +358,8 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
                            "stopped": study.user_attrs.get(names.STUDY_ATTR_STOPPED)}
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(study.directions) == 1:
+        out["best"] = None  # the key is always there (`status --json` had none before a trial completed)
     if complete:
         if len(study.directions) == 1:
             best = study.best_trial
@@ -340,10 +371,8 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
             out["margin"] = None if lead is None else lead.to_dict()
         else:
             out["best_trials"] = [_trial_summary(t) for t in study.best_trials]
-    # a FAIL without a reason was failed by the heartbeat: its worker died before it could record one
-    unrecorded = {"FAIL": outcomes.STALE_HEARTBEAT.reason, "PRUNED": outcomes.PRUNED.reason}
-    out["reasons"] = {t.number: {"state": t.state.name,
-                                 "reason": t.user_attrs.get(names.TRIAL_ATTR_REASON, unrecorded[t.state.name])}
+    reason = reasons_of(study, trials)
+    out["reasons"] = {t.number: {"state": t.state.name, "reason": reason(t)}
                       for t in trials if t.state in (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)}
     return out
 

@@ -208,7 +208,9 @@ def require_mlflow_store(uri: str, flag: str = "--tracking-uri", *, must_exist: 
             MlflowClient(tracking_uri=uri)
         except MlflowException as exc:
             first = first_line(exc)
-            raise ConfigError(flag, f"MLflow cannot use {mask_url(uri)!r}: {first[:200]}") from None
+            if len(first) > 250:  # whole sentences: 200 characters cut the file store's notice mid-word
+                first = first[:first.rfind(". ", 0, 250) + 1] or first[:250] + "..."
+            raise ConfigError(flag, f"MLflow cannot use {mask_url(uri)!r}: {first}") from None
         return
     path = sqlite_path(uri)
     if must_exist and path is not None and not path.exists():

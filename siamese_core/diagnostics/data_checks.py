@@ -153,5 +153,6 @@ def check_splits(config: TrainConfig, data: DatasetSplits) -> list[Finding]:
             out.append(C.finding(C.PAIR_IMBALANCE, f"pairs.positive_fraction={frac} makes {min(frac, 1 - frac):.0%} of "
                                                    f"the training pairs {'negatives' if frac > 0.5 else 'positives'}",
                                  evidence={"positive_fraction": frac},
-                                 fix="use pairs.positive_fraction between 0.3 and 0.7 (0.5 is the default)"))
+                                 fix=f"use pairs.positive_fraction between {IMBALANCE_LOW} and {IMBALANCE_HIGH} "
+                                     f"(the range this check flags outside), best near 0.5, the default"))
     return out

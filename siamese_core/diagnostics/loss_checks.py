@@ -69,11 +69,14 @@ def check_convention(config: TrainConfig, *, embedding_dim: int) -> list[Finding
     if not pulls and not pushes:
         return [C.finding(C.CANNOT_OVERFIT, "the loss does not depend on the pair score in the expected direction "
                                             "for either label", evidence=ev)]
-    if pulls and not pushes:
+    fix = "the negative term must fall as d grows: (1 - y) * max(margin - d, 0)^2, not max(d - margin, 0)"
+    if pulls and pushes_together:  # both terms fall as every pair closes in: a constant map is the minimum
+        return [C.finding(C.COLLAPSE, "the loss pulls different pairs (y=0) together as well as same pairs (a hinge "
+                                      "with the wrong sign?), so mapping every input to one point minimises it",
+                          evidence=ev, fix=fix)]
+    if pulls and not pushes:  # flat for different pairs here: only suggests it (their term may act elsewhere)
         return [C.finding(C.COLLAPSE, "nothing in the loss pushes different pairs (y=0) apart, so mapping every "
-                                      "input to one point minimises it", evidence=ev, severity="warning",
-                          fix="the negative term must fall as d grows: (1 - y) * max(margin - d, 0)^2, not "
-                              "max(d - margin, 0)")]
+                                      "input to one point minimises it", evidence=ev, severity="warning", fix=fix)]
     if pushes and not pulls:
         return [C.finding(C.LABEL_INVERTED, "the loss does not pull same pairs (y=1) together — check the label "
                                             "convention (1 = same)", evidence=ev, severity="warning")]

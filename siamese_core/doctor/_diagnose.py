@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import runtime
 from ..config import TrainConfig, as_config
-from ..data.loaders import Loader
+from ..data.loaders import Loader, TrainingPlan
 from ..data.pairs import make_sampler
 from ..data.sources import load_dataset
 from ..diagnostics import codes as C
@@ -80,7 +80,7 @@ def diagnose(config: TrainConfig | Mapping[str, Any] | str | Path | None, *,
         return merge(findings)
 
     clock = time.perf_counter()
-    findings += _probe("loader parity", lambda: loader_parity(run.plan, loaders)[0])
+    findings += _probe("loader parity", lambda: _loader_parity(run.plan, loaders, config.epochs))
     t["loader_parity"] = _lap(clock)
     clock = time.perf_counter()
     findings += _probe("overfit", lambda: overfit_probe(config, pdata)[0], crash_code=C.CANNOT_OVERFIT)
@@ -90,6 +90,16 @@ def diagnose(config: TrainConfig | Mapping[str, Any] | str | Path | None, *,
     t["short_run"] = _lap(clock)
     log.info("doctor stages (s): %s", {k: round(v, 1) for k, v in t.items()})
     return merge(findings)
+
+
+def _loader_parity(plan: TrainingPlan, loaders: Mapping[str, Loader] | None, epochs: int) -> list[Finding]:
+    """Epoch 0, then epoch 1 if training has one: a loader that fed epoch 0's tuples again in every epoch (a
+    cached pipeline) agreed at epoch 0 and passed. About 0.3 s more on digits."""
+    for epoch in range(min(2, epochs)):
+        found = loader_parity(plan, loaders, epoch=epoch)[0]
+        if found:
+            return found
+    return []
 
 
 def _lap(start: float) -> float:

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from ..argtypes import output_dir
 from ..cli import EXIT_FINDINGS, EXIT_OK, add_set_option, print_json
+
+if TYPE_CHECKING:  # the CLI imports the core (TensorFlow) only in the commands that train
+    from siamese_core.findings import Finding
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_findings(findings: list) -> None:
+def _print_findings(findings: list[Finding]) -> None:
     """The training's warning and error findings on stderr, as the doctor shows them: a summed triplet loss
     (`loss_reduction`, an error) trained to exit 0 and showed nothing but the test line without --json."""
     from siamese_core.diagnostics import render_report

@@ -183,7 +183,7 @@ def _load_model(uri: str, tracking_uri: str, tmp: str) -> tuple[Any, dict[str, A
     """(SiameseServingModel, model metadata) for an MLflow URI, a local model directory or a .keras file."""
     from siamese_core.errors import DataError
 
-    from ..serving import SiameseServingModel, load_keras
+    from ..serving import PredictError, SiameseServingModel, load_keras
 
     path = Path(uri)
     if path.is_file() and path.suffix == ".keras":
@@ -192,7 +192,8 @@ def _load_model(uri: str, tracking_uri: str, tmp: str) -> tuple[Any, dict[str, A
         except (ValueError, OSError, KeyError) as exc:  # Keras: "File not found" for a file that is no archive
             raise DataError(uri, f"not a Keras model archive ({type(exc).__name__}: {str(exc)[:200]})") from None
     # models:/ and runs:/ with something named, another artifact URI (s3://..., file://...), or a folder
-    if not (path.is_dir() or re.fullmatch(r"(models:/|runs:/)[^/].*|[A-Za-z][\w+.-]*://.+", uri)):
+    # runs:/ needs the model's path in the run (`runs:/ID` alone: MLflow's "Not a proper runs:/ URI", exit 1)
+    if not (path.is_dir() or re.fullmatch(r"models:/[^/].*|runs:/[^/]+/[^/].*|[A-Za-z][\w+.-]*://.+", uri)):
         raise DataError(uri, "expected models:/NAME@ALIAS, models:/NAME/VERSION, models:/<model_id>, runs:/<run_id>/"
                              "PATH, an MLflow model directory or a model.keras file")
     from mlflow.exceptions import MlflowException
@@ -210,7 +211,11 @@ def _load_model(uri: str, tracking_uri: str, tmp: str) -> tuple[Any, dict[str, A
         if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and not unknown_scheme:
             raise
         raise DataError(uri, f"no model there ({exc.message})") from None
-    return load_model_dir(folder)  # never unpickles
+    try:
+        return load_model_dir(folder)  # never unpickles
+    except PredictError as exc:  # a folder that is not a model, or not ours: what was given is wrong
+        message = str(exc).removeprefix(f"{folder}: ")  # named by what the user gave, not a download folder
+        raise DataError(uri, message) from None
 
 
 def read_sample(path_str: str, shape: tuple[int, ...], dtype: str, meta: dict[str, Any], *, what: str) -> Any:

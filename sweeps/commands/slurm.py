@@ -102,7 +102,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(script)
         return EXIT_OK
-    names = exported_names(env)
+    names = exported_names(env, options.sbatch_args)
     job_id = submit(script, env=env)
     if args.json:
         print_json(describe(job_id, options))

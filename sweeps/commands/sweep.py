@@ -258,7 +258,8 @@ def _report(status: dict, as_json: bool) -> None:
     from ..margin import one_line
 
     counts = status["counts"]
-    print(f"study {status['study']}: " + ", ".join(f"{k.lower()} {v}" for k, v in counts.items() if v)
+    print(f"study {status['study']}: " + (", ".join(f"{k.lower()} {v}" for k, v in counts.items() if v)
+                                          or "no trials yet")
           + (f" (budget {status['budget']})" if status.get("budget") else ""))
     if status.get("stopped"):
         print(f"stopped early by study.stop: {status['stopped']}")

@@ -22,6 +22,7 @@ from sweeps.slurm import (
     ClusterCheck,
     SlurmOptions,
     check_spec_for_cluster,
+    exported_names,
     render_script,
     spec_yaml,
     time_limit_seconds,
@@ -186,6 +187,29 @@ def test_connections_from_the_environment_are_placeholders_in_the_embedded_spec(
     # a worker that fell back to the spec's value would stop (exit 2), not open a private SQLite study
     with pytest.raises(ConfigError):
         make_storage(spec_from_dict(data).study.storage)
+
+
+@pytest.mark.parametrize("args, sbatch_export, expected", [
+    ((), None, ["OPTUNA_STORAGE", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_PASSWORD_FILE"]),
+    (("--export=ALL,FOO=1",), None, ["OPTUNA_STORAGE", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_PASSWORD_FILE"]),
+    (("--export=NONE",), None, []),
+    (("--export=NIL",), None, []),
+    (("--export=OPTUNA_STORAGE,PATH",), None, ["OPTUNA_STORAGE"]),
+    (("--account=a",), "NONE", []),
+    (("--export=ALL",), "NONE", []),  # sbatch's environment wins over the script's #SBATCH lines
+    (("--export=NONE",), "ALL", ["OPTUNA_STORAGE", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_PASSWORD_FILE"]),
+    (("--export=NONE", "--export=ALL"), None, ["OPTUNA_STORAGE", "MLFLOW_TRACKING_URI",
+                                               "MLFLOW_TRACKING_PASSWORD_FILE"]),
+])
+def test_the_names_said_to_pass_are_what_sbatchs_export_lets_through(args: tuple[str, ...],
+                                                                     sbatch_export: str | None,
+                                                                     expected: list[str]) -> None:
+    # `--sbatch-arg=--export=NONE` printed "environment passed: OPTUNA_STORAGE, ..." for a job that got none
+    env = {"OPTUNA_STORAGE": "postgresql://db/optuna", "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+           "MLFLOW_TRACKING_PASSWORD_FILE": "/run/secrets/pw"}
+    if sbatch_export is not None:
+        env["SBATCH_EXPORT"] = sbatch_export
+    assert exported_names(env, args) == expected
 
 
 def test_a_password_in_the_spec_is_refused() -> None:

@@ -126,6 +126,15 @@ def test_the_findings_of_a_training_are_shown_without_json():
     assert healthy.returncode == 0 and "found:" not in healthy.stderr, healthy.stderr
 
 
+@pytest.mark.parametrize("loader", ["memory", "tfdata", "custom"])
+def test_the_progress_lines_count_epochs_from_1_of_the_runs_epochs(loader):
+    # the README shows `epoch 1/3`; the lines said `epoch 1:`
+    proc = cli("train", *TINY_SET, "--set", "epochs=2", "--set", f"loader={loader}")
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split(":")[0] for line in proc.stderr.splitlines() if line.startswith("epoch ")] == [
+        "epoch 1/2", "epoch 2/2"], proc.stderr
+
+
 @pytest.mark.parametrize("loader", ["tfdata", "custom"])
 def test_a_deterministic_training_is_quiet_with_quiet(loader):
     """`deterministic: true` printed TensorFlow's `NodeDef mentions attribute use_unbounded_threadpool ...` ERROR
@@ -166,7 +175,10 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(tmp_path, c
     for argv, words in ((["train", *TINY_SET, "--output", "afile"], "afile exists and is not a folder"),
                         (["train", *TINY_SET, "--output", "afile/model"], "afile is not a folder"),
                         (["report", "--study", "x", "-o", "nodir/r.md"], "no such folder nodir"),
-                        (["convert", "w.yaml", "-o", str(tmp_path)], "is a folder; expected a file")):
+                        (["convert", "w.yaml", "-o", str(tmp_path)], "is a folder; expected a file"),
+                        # os.access says yes to root here: it trained, then FileNotFoundError, exit 1
+                        (["train", *TINY_SET, "--output", "/proc/nope"], "cannot write in /proc"),
+                        (["report", "--study", "x", "-o", "/proc/r.md"], "cannot write in /proc")):
         with pytest.raises(SystemExit) as stop:
             main(argv)
         err = capsys.readouterr().err

@@ -241,3 +241,18 @@ def test_compiled_training_model_round_trips_in_safe_mode(loss, digits_data, tmp
     np.testing.assert_allclose(np.asarray(loaded.predict_on_batch(x)), pred, rtol=1e-5, atol=1e-6)
     assert float(loaded.loss(y, pred)) == pytest.approx(float(run.loss(y, pred)), rel=1e-6)
     assert loaded.optimizer.iterations.numpy() == model.optimizer.iterations.numpy() == 2
+
+
+def test_a_user_loss_without_kind_names_a_readme_section_that_exists():
+    # it named 'User losses', a section the README does not have
+    import re
+    from pathlib import Path
+
+    from siamese_core import TrainConfig
+
+    with pytest.raises(ConfigError, match="loss.kind") as info:
+        TrainConfig.from_dict({"loss": {"type": "user_code.losses:contrastive"}})
+    section = re.search(r"see README, '([^']+)'", str(info.value))
+    assert section is not None, info.value
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert f"### {section.group(1)}\n" in readme

@@ -69,6 +69,9 @@ def test_few_negatives_is_a_warning(write_npz):
 def test_configured_positive_fraction_far_from_half():
     findings = diagnose({"dataset": "digits", "pairs": {"positive_fraction": 0.97}}, probes=False)
     assert codes(findings) == {"pair_imbalance": "warning"}
+    # its advice is the range it checks (it said 0.3-0.7, and 0.2 passed without a word)
+    assert "between 0.1 and 0.9" in findings[0].fix
+    assert not diagnose({"dataset": "digits", "pairs": {"positive_fraction": 0.2}}, probes=False)
 
 
 def test_keras_io_make_pairs_convention_is_flagged(write_npz):

@@ -106,7 +106,13 @@ def test_keras_io_contrastive_loss_is_inverted():
 
 
 def test_hinge_with_the_wrong_sign_predicts_collapse():
+    # it pulls different pairs together too: a constant map is its minimum, an error (was a warning, so the
+    # doctor exited 0, "healthy", and training ran on towards the collapse)
     cfg = TrainConfig.from_dict({"loss": {"type": "buggy.losses:flipped_margin_contrastive", "kind": "pair"}})
+    findings = check_convention(cfg, embedding_dim=8)
+    assert codes(findings) == {"collapse": "error"} and "wrong sign" in findings[0].message
+    # no term for different pairs: it only suggests a collapse
+    cfg = TrainConfig.from_dict({"loss": {"type": "buggy.losses:pull_only", "kind": "pair"}})
     assert codes(check_convention(cfg, embedding_dim=8)) == {"collapse": "warning"}
 
 

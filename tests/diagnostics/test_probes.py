@@ -53,6 +53,15 @@ class ReseededLoader(L.MemoryLoader):
         return L.gather(self._sources(plan), t), t.targets
 
 
+class StaleLoader(L.MemoryLoader):
+    """A cached pipeline: epoch 0's tuples again in every epoch (the sampler draws fresh ones each epoch)."""
+
+    name = "stale"
+
+    def epoch_arrays(self, plan, epoch):
+        return super().epoch_arrays(plan, 0)
+
+
 @pytest.fixture(scope="module")
 def digits_plan():
     cfg = TrainConfig.from_dict({"dataset": "digits", "batch_size": 64})
@@ -84,6 +93,14 @@ def test_another_seed_is_a_warning_not_an_error(digits_plan):
     findings, evidence = loader_parity(digits_plan, {"memory": L.MemoryLoader(), "reseeded": ReseededLoader()})
     assert codes(findings) == {"loader_mismatch": "warning"}
     assert evidence["reseeded"]["class_mix_tv_distance"] < 0.15
+
+
+def test_doctor_finds_a_loader_that_feeds_the_same_tuples_every_epoch():
+    # parity was checked at epoch 0 only, where a stale loader agrees: the doctor said nothing
+    findings = diagnose({"dataset": "digits", "seed": 1}, loaders={"memory": L.MemoryLoader(), "stale": StaleLoader()})
+    found = [f for f in findings if f.code == "loader_mismatch"]
+    assert len(found) == 1 and found[0].severity == "warning" and "'stale'" in found[0].message
+    assert found[0].evidence["epoch"] == 1
 
 
 def test_doctor_finds_a_divergent_registered_loader(monkeypatch):

@@ -242,6 +242,25 @@ def test_docker_compose_config_fails_clearly_without_password(tmp_path: Path) ->
     assert "POSTGRES_PASSWORD" in res.stderr and ".env" in res.stderr
 
 
+@needs_compose
+def test_a_dollar_in_a_password_is_written_twice_as_env_example_says(tmp_path: Path) -> None:
+    """.env.example said any character works; compose reads "$word" as a variable and drops it."""
+    assert '"$" as "$$"' in ENV_EXAMPLE.read_text()
+    rendered = {}
+    for name, written in (("single", "pa$word1#x"), ("double", "pa$$word1#x")):
+        env_file = tmp_path / f"{name}.env"
+        env_file.write_text("\n".join(f"SIAMESE_SWEEP_OPTUNA_DB_PASSWORD={written}"
+                                      if ln.startswith("SIAMESE_SWEEP_OPTUNA_DB_PASSWORD=") else ln
+                                      for ln in ENV_EXAMPLE.read_text().splitlines()) + "\n")
+        res = _compose_config(env_file)
+        assert res.returncode == 0, res.stderr
+        rendered[name] = (json.loads(res.stdout)["services"]["worker"]["environment"]
+                          ["SIAMESE_SWEEP_OPTUNA_DB_PASSWORD"], res.stderr)
+    single, warned = rendered["single"]
+    assert single == "pa#x" and "word1" in warned and "is not set" in warned
+    assert rendered["double"][0] == "pa$$word1#x"  # compose's own escaped form of the literal "pa$word1#x"
+
+
 def test_services_that_reuse_a_local_image_never_pull_it() -> None:
     """`optuna-dashboard` and `mlflow-users` run images that other services build; with compose's default pull
     policy a first `up` of them could ask a registry for an image that only exists on this host."""

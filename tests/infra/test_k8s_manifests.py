@@ -186,7 +186,7 @@ def test_nothing_is_exposed_outside_the_cluster_and_the_dashboard_not_at_all(obj
 def test_secrets_reach_pods_only_as_files(objects: list[dict[str, Any]]) -> None:
     for component, pod in _workloads(objects):
         secret_mounts = {v["name"] for v in pod.get("volumes", []) if "secret" in v}
-        for c in pod["containers"]:
+        for c in pod["containers"] + pod.get("initContainers", []):
             mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
             for e in c.get("env", []):
                 name = e["name"]
@@ -220,8 +220,10 @@ def test_worker_job_is_indexed_with_the_exit_code_policy(objects: list[dict[str,
     assert rules[0] == {"action": "FailJob",
                         "onExitCodes": {"containerName": "worker", "operator": "In", "values": [2]}}
     assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
-    ignored = [r for r in rules if r["action"] == "Ignore" and "onExitCodes" in r]
-    assert ignored and ignored[0]["onExitCodes"]["values"] == [130, 143]
+    ignored = {r["onExitCodes"]["containerName"]: r["onExitCodes"]["values"] for r in rules
+               if r["action"] == "Ignore" and "onExitCodes" in r}
+    # a SIGTERM (drain, kubectl delete) while the init container waits for the login does not count either
+    assert ignored == {"worker": [130, 143], "wait-for-mlflow-login": [143]}
     assert not any(1 in r.get("onExitCodes", {}).get("values", []) for r in rules), "exit 1 counts: backoffLimit"
     (container,) = pod["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -292,7 +294,7 @@ def test_every_environment_variable_set_is_read_somewhere(objects: list[dict[str
     corpus = _code_corpus()
     unknown = []
     for component, pod in _workloads(objects):
-        for c in pod["containers"]:
+        for c in pod["containers"] + pod.get("initContainers", []):
             for e in c.get("env", []):
                 name = e["name"]
                 if name.endswith("_FILE"):
@@ -302,6 +304,19 @@ def test_every_environment_variable_set_is_read_somewhere(objects: list[dict[str
                 if not ok:
                     unknown.append(f"{component}/{c['name']}: {name}")
     assert not unknown, "set in the manifests, read by nothing: " + ", ".join(unknown)
+
+
+def test_workers_wait_for_their_mlflow_login_before_starting(objects: list[dict[str, Any]]) -> None:
+    """A worker that logged in before the mlflow-setup Job had created its user was refused, exit 2: FailJob
+    ended the sweep (compose orders the two services; nothing ordered the Jobs)."""
+    pod = _worker(objects)["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    (worker,) = pod["containers"]
+    assert init["command"] == ["python", "/usr/local/bin/stack-entrypoint", "mlflow-login"]
+    assert init["image"] == worker["image"]
+    login = {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME_FILE", "MLFLOW_TRACKING_PASSWORD_FILE"}
+    assert {k: v for k, v in _env(init).items() if k in login} == {k: v for k, v in _env(worker).items() if k in login}
+    assert set(_env(init)) == login  # its own login only: not the Optuna storage
 
 
 # ------------------------------------------------------------------ one contract with docker compose
@@ -464,7 +479,7 @@ def _secret_files_used(objects: list[dict[str, Any]]) -> set[tuple[str, str]]:
     used = set()
     for _component, pod in _workloads(objects):
         volumes = {v["name"]: v["secret"] for v in pod.get("volumes", []) if "secret" in v}
-        for c in pod["containers"]:
+        for c in pod["containers"] + pod.get("initContainers", []):
             mounts = {m["mountPath"]: volumes[m["name"]] for m in c.get("volumeMounts", []) if m["name"] in volumes}
             for e in c.get("env", []):
                 if e["name"].endswith("_FILE"):

@@ -118,3 +118,71 @@ def test_the_job_command_works_in_the_mlflow_image_layout(tmp_path: Path) -> Non
     assert res.returncode == 1, res.stderr
     assert "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD_FILE: cannot read" in res.stderr
     assert "admin-pass-word" not in res.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_worker_pod_waits_for_its_login_until_the_setup_job_has_made_it(ep: ModuleType, mlflow_server_pg,
+                                                                          tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The worker Job's init container (`stack-entrypoint mlflow-login`, worker-job.yaml): without it a worker
+    that reached MLflow before the mlflow-setup Job had made its user was refused (exit 2) and FailJob ended
+    the sweep."""
+    import threading
+
+    server, user = mlflow_server_pg, WORKER + "-late"
+    login = {"MLFLOW_TRACKING_URI": server.url,
+             **_secret_files(tmp_path / "login", MLFLOW_TRACKING_USERNAME=user,
+                             MLFLOW_TRACKING_PASSWORD="late-pass-word-321")}
+    result: dict[str, object] = {}
+
+    def wait() -> None:
+        try:
+            result["user"] = ep.wait_for_login(login, timeout_s=120, poll_s=0.2)
+        except SystemExit as exc:
+            result["exit"] = exc
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    waiter.join(3)
+    assert waiter.is_alive() and not result  # refused (401): still waiting, not failed
+    admin = {"MLFLOW_URL": server.url, "SIAMESE_SWEEP_MLFLOW_ADMIN_USERNAME": server.admin_username,
+             "SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD": server.admin_password,
+             "SIAMESE_SWEEP_MLFLOW_WORKER_USERNAME": user, "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD": "late-pass-word-321"}
+    assert ep.create_worker_user(admin) == user  # the mlflow-setup Job, later
+    waiter.join(30)
+    assert not waiter.is_alive() and result == {"user": user}
+    out = capsys.readouterr().out
+    assert f"to accept user {user!r} (HTTP 401: the mlflow-setup Job creates it)" in out
+    assert "late-pass-word" not in out
+
+
+def test_the_login_wait_ends_with_143_on_sigterm(tmp_path: Path) -> None:
+    """The init container's Python is PID 1, which the kernel shields from a SIGTERM without a handler: a drain
+    waited out the grace period and SIGKILLed it (137, counted against backoffLimit; 143 is ignored)."""
+    import os
+    import signal
+    import time
+
+    env = {"PATH": os.environ["PATH"], "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+           **_secret_files(tmp_path, MLFLOW_TRACKING_USERNAME="w", MLFLOW_TRACKING_PASSWORD="pass-word-0123")}
+    proc = subprocess.Popen([sys.executable, str(ENTRYPOINT), "mlflow-login"], env=env, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    assert "waiting for MLflow at http://127.0.0.1:9" in proc.stdout.readline()  # in its loop, handler set
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143 and time.monotonic() - started < 10
+
+
+def test_the_login_wait_gives_up_with_exit_1_and_no_password(ep: ModuleType, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    login = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+             **_secret_files(tmp_path, MLFLOW_TRACKING_USERNAME="w", MLFLOW_TRACKING_PASSWORD="pass-word-0123")}
+    with pytest.raises(SystemExit) as stop:
+        ep.wait_for_login(login, timeout_s=0.5, poll_s=0.1)
+    assert "did not accept user 'w' within 0 s (last answer: ConnectionRefusedError)" in str(stop.value.code)
+    assert isinstance(stop.value.code, str)  # a message: exit status 1, the Job retries the pod
+    out = capsys.readouterr().out
+    assert out.count("waiting for MLflow at http://127.0.0.1:9") == 1 and "pass-word" not in out

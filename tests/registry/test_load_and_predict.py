@@ -260,6 +260,11 @@ def test_what_is_not_a_model_or_its_store_is_refused_and_nothing_is_touched(sqli
             (["predict", "foo://bar", a, b, "--tracking-uri", sqlite_stores.tracking_uri], "foo://bar: no model there"),
             (["predict", "no-such-folder", a, b, "--tracking-uri", sqlite_stores.tracking_uri],
              "expected models:/NAME@"),
+            # a run without the model's path in it, and a folder that is no model: were exit 1
+            (["predict", "runs:/" + "0" * 32, a, b, "--tracking-uri", sqlite_stores.tracking_uri],
+             "runs:/<run_id>/PATH"),
+            (["predict", str(tmp_path), a, b, "--tracking-uri", sqlite_stores.tracking_uri],
+             f"{tmp_path}: not an MLflow model directory"),
             ([*promote_args, "--tracking-uri", sqlite_stores.storage], "is not an MLflow tracking store"),
             ([*promote_args, "--tracking-uri", typo], "no such SQLite file"),
             ([*promote_args, "--tracking-uri", "foo://x"], "MLflow cannot use 'foo://x'"),

@@ -73,7 +73,8 @@ def test_sweep_refuses_bad_input_before_creating_anything(tmp_path: Path) -> Non
                           ({"study_name": ""}, "study_name: expected a non-empty name"),
                           ({"overrides": ["epochs=2"]}, "overrides: expected a mapping"),
                           ({"tracking_uri": "foo://x"}, "--tracking-uri: MLflow cannot use 'foo://x'"),
-                          ({"tracking_uri": f"file://{tmp_path}/mlruns"}, "--tracking-uri: MLflow cannot use")):
+                          # whole sentences (it was cut at 200 characters, mid-word)
+                          ({"tracking_uri": f"file://{tmp_path}/mlruns"}, "to access the latest MLflow features.")):
         with pytest.raises(ConfigError, match=words):
             sweeps.sweep(_spec(), **{"storage": storage, "tracking_uri": uri, **kwargs})
     named = _spec()

@@ -66,6 +66,48 @@ def test_failure_map_names_the_region_and_the_space_leaves_it_out() -> None:
     assert report.importances and abs(sum(report.importances.values()) - 1) < 1e-6
 
 
+def test_trials_stopped_from_outside_are_listed_as_retried_not_mapped_as_failures() -> None:
+    # an interrupted trial whose retry completed was a "failed" row with a region of its own, and counted in
+    # "any failure": the map blamed its parameters for a Ctrl-C
+    study = _study_failing_above(None)
+    for t in study.trials:
+        if t.state == optuna.trial.TrialState.COMPLETE and not t.user_attrs:  # trained ones, below the cut
+            for reason in ("interrupted", "stale_heartbeat", "interrupted"):
+                study.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions,
+                                                          state=optuna.trial.TrialState.FAIL,
+                                                          user_attrs={names.TRIAL_ATTR_REASON: reason}))
+                stopped_number = len(study.trials) - 1  # and its retry, which completed
+                study.add_trial(optuna.trial.create_trial(
+                    params=t.params, distributions=t.distributions, value=t.value,
+                    system_attrs={"failed_trial": stopped_number, "retry_history": [stopped_number]}))
+            break
+    stopped = {t.number for t in study.trials if t.state == optuna.trial.TrialState.FAIL}
+    report = build_report(study)
+    rows = {f.code: f for f in report.failures}
+    assert rows["interrupted"].kind == rows["stale_heartbeat"].kind == "retried"
+    assert rows["interrupted"].region is None and len(rows["interrupted"].trials) == 2
+    assert not stopped & set(rows["any failure"].trials)
+    assert rows["any failure"].trials == tuple(sorted(set(rows["collapse"].trials) | set(rows["nan_loss"].trials)))
+    page = render_markdown(report)
+    assert "| `interrupted` | retried | 2 (" in page and "queued again with the same parameters" in page
+    assert "(`interrupted`)" not in page  # not a region to leave out
+
+    # one failure code beside the retried ones: no "any failure" row repeating it
+    only = optuna.create_study(direction="maximize")
+    for i, (state, reason) in enumerate([(optuna.trial.TrialState.COMPLETE, None)] * 3 + [
+            (optuna.trial.TrialState.PRUNED, "nan_loss"), (optuna.trial.TrialState.PRUNED, "nan_loss"),
+            (optuna.trial.TrialState.FAIL, "interrupted")]):
+        only.add_trial(optuna.trial.create_trial(
+            params={"learning_rate": 1e-3 * (i + 1)}, distributions={"learning_rate": LR},
+            value=0.5 if state == optuna.trial.TrialState.COMPLETE else None, state=state,
+            user_attrs={} if reason is None else {names.TRIAL_ATTR_REASON: reason}))
+    only.add_trial(optuna.trial.create_trial(params={"learning_rate": 6e-3}, distributions={"learning_rate": LR},
+                                             state=optuna.trial.TrialState.WAITING,
+                                             system_attrs={"failed_trial": 5, "retry_history": [5]}))
+    assert {(f.code, f.kind) for f in build_report(only).failures} == {("nan_loss", "pruned"),
+                                                                        ("interrupted", "retried")}
+
+
 def test_a_clean_study_has_an_empty_failure_map() -> None:
     study = optuna.create_study(direction="minimize")
     study.optimize(lambda t: (t.suggest_float("x", -1, 1)) ** 2, n_trials=6)
