@@ -31,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 try:  # the worker image has the project installed
     from sweeps.stack.mlflow_auth import AuthConfigError, auth_ini_text, auth_request, ensure_user
@@ -177,6 +177,8 @@ def wait_for_login(env: Mapping[str, str], *, timeout_s: float = LOGIN_WAIT_S, p
     their ``*_FILE``); returns the user name. Exit 1 after `timeout_s` (the Job retries the pod). One line per
     change of what the server answers; never the password."""
     url = (env.get("MLFLOW_TRACKING_URI") or "http://mlflow:5000").rstrip("/")
+    if urlsplit(url).scheme not in ("http", "https"):  # urllib's "unknown url type" would be waited on for 15 min
+        raise ConfigError("MLFLOW_TRACKING_URI must start with http:// or https:// (the MLflow server's URL)")
     username = setting(env, "MLFLOW_TRACKING_USERNAME", DEFAULT_WORKER_USER)
     password = secret(env, "MLFLOW_TRACKING_PASSWORD")
     deadline, said = time.monotonic() + timeout_s, ""

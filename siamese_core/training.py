@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from .data.pairs import make_sampler
 from .data.sources import load_dataset
 from .data.types import DataInfo, DatasetSplits
 from .diagnostics.watchers import training_watchers
+from .errors import ConfigError
 from .findings import Finding, FindingBus
 from .jsonable import jsonable
 from .metrics import direction
@@ -87,6 +89,18 @@ class TrainResult:
         return out
 
 
+def _check_arguments(callbacks: Any, checkpoint_dir: Any) -> None:
+    """A wrong type is a `ConfigError` before anything runs (`checkpoint_dir=5` was a TypeError from deep inside)."""
+    if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+        raise ConfigError("checkpoint_dir", f"expected a directory path; received: {type(checkpoint_dir).__name__}")
+    if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Sequence):
+        raise ConfigError("callbacks", f"expected a list of Keras callbacks; received: {type(callbacks).__name__}")
+    for i, cb in enumerate(callbacks):
+        if not isinstance(cb, keras.callbacks.Callback):
+            raise ConfigError(f"callbacks[{i}]", f"expected a keras.callbacks.Callback; received: "
+                                                 f"{type(cb).__name__}")
+
+
 def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, *,
           callbacks: Sequence[keras.callbacks.Callback] = (), data: DatasetSplits | None = None,
           verbose: bool = False, checkpoint_dir: str | Path | None = None) -> TrainResult:
@@ -103,6 +117,7 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, *,
     unusable checkpoint is logged and ignored: the run starts clean).
     """
     start = time.perf_counter()
+    _check_arguments(callbacks, checkpoint_dir)
     config = as_config(config)
     data = data if data is not None else load_dataset(config)
     make_sampler(config, data)  # batch vs data size and unusable labels fail here, before a model is built

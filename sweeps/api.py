@@ -42,7 +42,8 @@ def resolve_spec(spec: SpecLike = None, overrides: Mapping[str, Any] | None = No
         raise ConfigError("overrides", f"expected a mapping of dotted keys to values, such as {{'epochs': 2}}; "
                                        f"received: {type(overrides).__name__}")
     if isinstance(spec, SweepSpec):
-        return spec_from_data(spec.resolved_dict(), overrides) if overrides else spec
+        # an object already validated (`sweeps.study.stored_spec` gives one): overrides re-check it as without them
+        return spec_from_data(spec.resolved_dict(), overrides, stored=True) if overrides else spec
     if isinstance(spec, Mapping):
         data: Mapping[str, Any] = spec
         if looks_like_wandb(data):
@@ -83,6 +84,10 @@ def sweep(spec: SpecLike = None, *, trials: int | None = None, storage: str | No
             raise ConfigError(name, f"expected a string; received: {type(text).__name__}")
     if study_name == "":  # `--study ''` is refused; here it fell back to the spec's name
         raise ConfigError("study_name", "expected a non-empty name; None for the spec's")
+    for name, text, env in (("storage", storage, names.ENV_OPTUNA_STORAGE),
+                            ("tracking_uri", tracking_uri, names.ENV_MLFLOW_TRACKING_URI)):
+        if text is not None and not text.strip():  # fell back to the spec's sqlite file and swept there
+            raise ConfigError(name, f"expected a URL; received an empty string (None: ${env}, else the spec's)")
     resolved = resolve_spec(spec, overrides)
     check_positive("trials", trials)
     check_positive("workers", workers)

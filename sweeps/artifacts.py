@@ -274,19 +274,23 @@ def write_study_plots(study: Any, directory: Path) -> list[Path]:
         return []
     from optuna.visualization import matplotlib as ovm
 
-    from . import importances
+    from . import importances, study_plots
 
     plt = _plt()
     multi_objective = len(study.directions) > 1
     targets = [lambda t: t.values[0]] if multi_objective else [None]
+    metrics = study_plots.objective_names(study)
+    title = metrics[0] if metrics else "Objective Value"  # Optuna's default
     plotters = {
-        "optimization_history": lambda: ovm.plot_optimization_history(study, target=targets[0]),
-        "param_importances": lambda: ovm.plot_param_importances(study, importances.evaluator(), target=targets[0]),
-        "parallel_coordinate": lambda: ovm.plot_parallel_coordinate(study, target=targets[0]),
-        "intermediate_values": lambda: ovm.plot_intermediate_values(study),
+        "optimization_history": lambda: ovm.plot_optimization_history(study, target=targets[0], target_name=title),
+        "param_importances": lambda: ovm.plot_param_importances(study, importances.evaluator(), target=targets[0],
+                                                                target_name=title),
+        "parallel_coordinate": lambda: ovm.plot_parallel_coordinate(study, target=targets[0], target_name=title),
     }
-    if multi_objective:
-        plotters["pareto_front"] = lambda: ovm.plot_pareto_front(study)
+    if multi_objective:  # such trials report no epochs (Optuna prunes one objective only): the plot was empty
+        plotters["pareto_front"] = lambda: ovm.plot_pareto_front(study, target_names=metrics)
+    else:
+        plotters["intermediate_values"] = lambda: ovm.plot_intermediate_values(study)
     files: list[Path] = []
     for name, make in plotters.items():
         def draw(name: str = name, make: Any = make) -> Path:
@@ -319,7 +323,8 @@ class StudyPlotsAhead:
     meanwhile). Figures: BENCHMARKS.md §2 (`benchmarks/tracking_profile.py --clock`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, metric_names: list[str] | None = None) -> None:
+        self.metric_names = metric_names  # the real study's objective names, for the copy's axis titles
         self._dir: Path | None = None
         self._key: tuple[Any, ...] | None = None
         self._files: list[str] = []
@@ -344,6 +349,8 @@ class StudyPlotsAhead:
         finally:
             created_by.removeFilter(quiet)
         study = optuna.Study(_AHEAD, storage)
+        if self.metric_names:
+            study.set_user_attr(names.STUDY_ATTR_METRICS, self.metric_names)
         study.add_trials(trials)
         self._dir = Path(tempfile.mkdtemp(prefix="siamese-study-plots-"))
         self._files = [p.name for p in write_study_plots(study, self._dir)]

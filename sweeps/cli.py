@@ -51,8 +51,10 @@ def flag_or_env(value: str | None, env: str) -> str | None:
 
 
 def add_set_option(parser: argparse.ArgumentParser, *, what: str = "config") -> None:
+    # a spec's train config sits under base: the config's example was refused by every spec command
+    example = "base.encoder.depth=3" if what == "spec" else "encoder.depth=3"
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"override a {what} field by dotted key, e.g. --set encoder.depth=3 (repeatable)")
+                        help=f"override a {what} field by dotted key, e.g. --set {example} (repeatable)")
 
 
 def add_study_option(parser: argparse.ArgumentParser, *, help: str = "study name (default: the spec's study.name)"

@@ -34,12 +34,15 @@ from typing import Any
 
 from siamese_core.errors import ConfigError
 
+from .directions import metric_direction
+
 METHODS = {"bayes": "tpe", "random": "random", "grid": "grid"}
 IGNORED_TOP = ("program", "command", "project", "entity", "description", "controller", "job")
 UNBOUNDED = ("normal", "q_normal", "log_normal", "q_log_normal")
+SHAPED = ("beta", "q_beta")  # W&B's beta(a, b) over [min, max]: Optuna draws uniform ranges, not shaped ones
 # what a W&B sweep file may hold (the rest is noted as ignored: W&B itself refuses unknown keys, so it is a typo)
 KNOWN_TOP = ("method", "parameters", "metric", "name", "run_cap", "early_terminate", *IGNORED_TOP)
-KNOWN_PARAMETER = ("value", "values", "distribution", "min", "max", "q", "mu", "sigma", "probabilities")
+KNOWN_PARAMETER = ("value", "values", "distribution", "min", "max", "q", "mu", "sigma", "probabilities", "a", "b")
 
 
 def _number(field: str, value: Any) -> float:
@@ -58,8 +61,28 @@ def _plain(value: float) -> str:
     return f"{value:g}"
 
 
-def _parameter(field: str, p: Any, notes: list[str]) -> Any:
-    """One W&B parameter -> a spec distribution (dict) or a fixed value."""
+def _multiples(low: float, high: float, q: float) -> tuple[Decimal, Decimal]:
+    """The least and greatest multiple of `q` that W&B's ``round(X / q) * q`` draws for X in [low, high] with a
+    chance above zero. A bound halfway between two multiples is drawn only when X equals it exactly, so it rounds
+    into the range (min 4, q 8 gives 8, not 0: round-half-to-even made the bound 0, a width W&B never draws)."""
+    lo, hi, step = Decimal(str(low)), Decimal(str(high)), Decimal(str(q))
+    return (math.floor(lo / step - Decimal("0.5")) + 1) * step, (math.ceil(hi / step + Decimal("0.5")) - 1) * step
+
+
+def _number_of(value: Decimal, whole: bool) -> int | float:
+    return int(value) if whole else float(value)
+
+
+def _grid_values(low: float, high: float, q: float, whole: bool) -> list[int | float]:
+    """W&B's grid of a ``q_uniform``: ``numpy.arange(min, max, q)``, which leaves `max` out."""
+    lo, hi, step = Decimal(str(low)), Decimal(str(high)), Decimal(str(q))
+    count = max(0, math.ceil((hi - lo) / step))
+    return [_number_of(lo + k * step, whole) for k in range(count)]
+
+
+def _parameter(field: str, p: Any, notes: list[str], *, grid: bool = False) -> Any:
+    """One W&B parameter -> a spec distribution (dict) or a fixed value; `grid`: ``method: grid``, whose W&B grid
+    enumerates ``int_uniform`` and ``q_uniform`` ranges."""
     if not isinstance(p, Mapping):
         raise ConfigError(field, f"expected a mapping with value, values or min/max; received: {p!r}")
     notes.extend(f"{field}.{k} ignored: not a W&B parameter key" for k in p if k not in KNOWN_PARAMETER)
@@ -76,6 +99,9 @@ def _parameter(field: str, p: Any, notes: list[str]) -> Any:
     if dist in UNBOUNDED:
         raise ConfigError(f"{field}.distribution", f"{dist!r} has no bounds; give min and max (uniform or "
                                                    f"log_uniform_values) for a search range")
+    if dist in SHAPED:
+        raise ConfigError(f"{field}.distribution", f"W&B's {dist!r} (a beta shape over the range) has no Optuna "
+                                                   f"equivalent; use uniform (or q_uniform) with min and max")
     if "min" not in p or "max" not in p:
         raise ConfigError(field, "expected value, values, or min and max")
     low, high = _number(f"{field}.min", p["min"]), _number(f"{field}.max", p["max"])
@@ -83,41 +109,69 @@ def _parameter(field: str, p: Any, notes: list[str]) -> Any:
     dist = dist or ("int_uniform" if both_int else "uniform")
     q = p.get("q")
     if dist == "int_uniform":  # the bounds as given: a fractional one is refused by the spec's check, not cut
-        return {"type": "int", "low": p["min"], "high": p["max"]}
+        # W&B's grid runs every whole number of the range; a grid sampler needs the step to enumerate it
+        return {"type": "int", "low": p["min"], "high": p["max"], **({"step": 1} if grid else {})}
     if dist == "uniform":
         return {"type": "float", "low": low, "high": high}
     if dist == "q_uniform":  # W&B draws round(X / q) * q for X in [min, max]: the multiples of q nearest the range
         step = _number(f"{field}.q", q if q is not None else 1.0)
-        kind = "int" if both_int and float(step).is_integer() else "float"
-        low_q, high_q = (float(round(Decimal(str(v)) / Decimal(str(step))) * Decimal(str(step))) for v in (low, high))
+        if step <= 0:  # a decimal.InvalidOperation (q 0) before
+            raise ConfigError(f"{field}.q", f"expected a positive number; received: {q!r}")
+        whole = both_int and float(step).is_integer()
+        if grid:  # W&B's grid is arange(min, max, q): max left out, min not rounded
+            return {"type": "categorical", "choices": _grid_values(low, high, step, whole)}
+        low_d, high_d = _multiples(low, high, step)
+        low_q, high_q = float(low_d), float(high_d)
         if not (math.isclose(low_q, low) and math.isclose(high_q, high)):
             notes.append(f"{field}: W&B's q_uniform draws multiples of q={p.get('q', 1)}: range {_plain(low_q)}.."
                          f"{_plain(high_q)} (given {_plain(low)}..{_plain(high)})")
-        out: dict[str, Any] = {"type": kind, "low": low_q, "high": high_q, "step": step}
-        return {k: (int(v) if kind == "int" and k in ("low", "high", "step") else v) for k, v in out.items()}
-    if dist in ("log_uniform_values", "inv_log_uniform_values", "q_log_uniform_values"):
-        if dist == "q_log_uniform_values":
-            notes.append(f"{field}.q dropped: Optuna cannot combine a log scale with a step")
-        return {"type": "float", "low": low, "high": high, "log": True}
+        return {"type": "int" if whole else "float", "low": _number_of(low_d, whole),
+                "high": _number_of(high_d, whole), "step": int(step) if whole else step}
     if dist in ("log_uniform", "inv_log_uniform", "q_log_uniform"):  # W&B: min/max are natural-log exponents
-        if dist == "q_log_uniform":
-            notes.append(f"{field}.q dropped: Optuna cannot combine a log scale with a step")
+        if dist == "log_uniform" and 0 < low < high <= 1:
+            notes.append(f"{field}: W&B's log_uniform takes natural-log exponents, so this draws "
+                         f"{_plain(math.exp(low))}..{_plain(math.exp(high))}; for the values "
+                         f"{_plain(low)}..{_plain(high)} use log_uniform_values")
         if dist == "inv_log_uniform":  # W&B: log(1 / X) is uniform in [min, max], so X is in [e^-max, e^-min]
             return {"type": "float", "low": math.exp(-high), "high": math.exp(-low), "log": True}
-        return {"type": "float", "low": math.exp(low), "high": math.exp(high), "log": True}
+        low, high = math.exp(low), math.exp(high)
+    if dist in ("q_log_uniform", "q_log_uniform_values") and q is not None and _number(f"{field}.q", q) <= 0:
+        raise ConfigError(f"{field}.q", f"expected a positive number; received: {q!r}")
+    if dist in ("q_log_uniform", "q_log_uniform_values") and isinstance(q, int) and not isinstance(q, bool):
+        # W&B gives whole numbers for an integer q (its tutorial's batch_size: q 1, e^3.47..e^5.55 = 32..256)
+        low_d, high_d = _multiples(low, high, q)
+        low_d = max(low_d, Decimal(q))  # 0 (min 0.1, q 1) has no log; W&B draws it only below q / 2
+        if high_d < low_d:  # min 1, max 3, q 8: W&B draws 0 alone
+            raise ConfigError(field, f"no multiple of q={q} above 0 lies in {_plain(low)}..{_plain(high)}: W&B "
+                                     f"would draw only 0; lower q or widen the range")
+        if q != 1:
+            notes.append(f"{field}.q dropped: Optuna cannot combine a log scale with a step (every whole number of "
+                         f"{int(low_d)}..{int(high_d)} can be drawn)")
+        return {"type": "int", "low": int(low_d), "high": int(high_d), "log": True}
+    if dist in ("log_uniform", "q_log_uniform", "log_uniform_values", "inv_log_uniform_values",
+                "q_log_uniform_values"):
+        if dist.startswith("q_"):
+            notes.append(f"{field}.q dropped: Optuna cannot combine a log scale with a step")
+        return {"type": "float", "low": low, "high": high, "log": True}
     raise ConfigError(f"{field}.distribution", f"unknown W&B distribution {dist!r}")
 
 
-def _flatten_parameters(params: Any, prefix: str, notes: list[str], field: str) -> dict[str, Any]:
+def _flatten_parameters(params: Any, prefix: str, notes: list[str], field: str, *, grid: bool = False
+                        ) -> dict[str, Any]:
     if not isinstance(params, Mapping):
         raise ConfigError(field, f"expected a mapping of parameters; received: {type(params).__name__}")
     out: dict[str, Any] = {}
     for name, p in params.items():
         key = f"{prefix}{name}"
         if isinstance(p, Mapping) and "parameters" in p:  # W&B nested parameters
-            out.update(_flatten_parameters(p["parameters"], key + ".", notes, f"{field}.{name}.parameters"))
+            inner = _flatten_parameters(p["parameters"], key + ".", notes, f"{field}.{name}.parameters", grid=grid)
         else:
-            out[key] = _parameter(f"{field}.{name}", p, notes)
+            inner = {key: _parameter(f"{field}.{name}", p, notes, grid=grid)}
+        for dotted in inner:
+            if dotted in out:  # a dotted name and a nested one: the second replaced the first in silence
+                raise ConfigError(f"{field}.{name}", f"{dotted} is given twice (as a dotted name and nested "
+                                                     f"parameters); keep one")
+        out.update(inner)
     return out
 
 
@@ -132,18 +186,31 @@ def from_wandb(data: Mapping[str, Any], *, base: Mapping[str, Any] | None = None
     if method not in METHODS:
         raise ConfigError("method", f"expected one of {sorted(METHODS)}; received: {method!r}")
     study: dict[str, Any] = {"sampler": {"type": METHODS[method]}}
+    if method == "bayes" and data.get("metric") is None:  # W&B refuses it; here the spec's default metric applies
+        notes.append("method bayes without metric: W&B requires one; the spec's default study.metric applies")
     if study_name or data.get("name"):
         study["name"] = study_name or str(data["name"])
     metric = data.get("metric")
     if metric is not None:
         if not isinstance(metric, Mapping) or "name" not in metric:
             raise ConfigError("metric", f"expected {{name, goal}}; received: {metric!r}")
-        study["metric"] = str(metric["name"])
+        study["metric"] = name = str(metric["name"])
+        try:
+            better = metric_direction(name)
+        except ValueError:  # a name no trial reports: the spec's check names it
+            better = None
         goal = metric.get("goal", "minimize")
-        if "goal" not in metric:
-            notes.append(f"metric.goal not given: minimize {metric['name']}, W&B's default")
         if goal not in ("minimize", "maximize"):
             raise ConfigError("metric.goal", f"expected 'minimize' or 'maximize'; received: {goal!r}")
+        if "goal" not in metric and better is not None:
+            goal = better  # W&B's default (minimize) on an AUC searched for the worst models
+            notes.append(f"metric.goal not given: {better} {name} (W&B's default is minimize; {name} is better "
+                         f"{'lower' if better == 'minimize' else 'higher'})")
+        elif "goal" not in metric:
+            notes.append(f"metric.goal not given: minimize {name}, W&B's default")
+        elif better is not None and goal != better:
+            raise ConfigError("metric.goal", f"{name} is better {'lower' if better == 'minimize' else 'higher'}: "
+                                             f"goal {goal} would search for the worst models; use goal: {better}")
         study["direction"] = goal
         if "target" in metric:
             study["stop"] = {"target": _number("metric.target", metric["target"])}
@@ -166,8 +233,8 @@ def from_wandb(data: Mapping[str, Any], *, base: Mapping[str, Any] | None = None
             if key in early:
                 notes.append(f"early_terminate.{key} dropped: Optuna's Hyperband takes its maximum from the epochs")
         study["pruner"] = pruner
-    spec: dict[str, Any] = {"search_space": _flatten_parameters(data["parameters"], "", notes, "parameters"),
-                            "study": study}
+    spec: dict[str, Any] = {"search_space": _flatten_parameters(data["parameters"], "", notes, "parameters",
+                                                                grid=method == "grid"), "study": study}
     if base:
         spec["base"] = dict(base)
     return spec, notes

@@ -13,6 +13,7 @@ port can delete studies (an HTTP ``DELETE`` answered 204). Here its WSGI app is 
 from __future__ import annotations
 
 import base64
+import errno
 import hmac
 import logging
 import os
@@ -21,6 +22,8 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from siamese_core.errors import ConfigError
 
 from . import names
 
@@ -104,7 +107,15 @@ def serve(app: WSGIApp, *, host: str, port: int, ready: Callable[[str], None] | 
         def service_actions(self) -> None:  # serve_forever calls it at least every 0.5 s
             StopRequest.check()
 
-    with make_server(host, port, app, server_class=StoppableServer, handler_class=QuietHandler) as server:
+    try:
+        server = make_server(host, port, app, server_class=StoppableServer, handler_class=QuietHandler)
+    except OSError as exc:  # a raw OSError, exit 1: the port taken by another dashboard, a host not on this machine
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError("--port", f"{port} is in use (pass 0 for a free port)") from None
+        if exc.errno == errno.EACCES:  # a port below 1024 without the privilege
+            raise ConfigError("--port", f"cannot listen on port {port}: {exc.strerror}") from None
+        raise ConfigError("--host", f"cannot listen on {host!r}: {exc.strerror or exc}") from None
+    with server:
         url = f"http://{host}:{server.server_port}"
         if ready is not None:
             ready(url)

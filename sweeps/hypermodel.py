@@ -43,6 +43,9 @@ class OptunaHyperParameters(kt.HyperParameters):
     def __init__(self, trial: optuna.Trial, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.trial = trial
+        # drawn before build(hp) runs: the spec's search_space. A hypermodel declaring one of them got the search
+        # space's value without a word (learning_rate 0.72 outside its own hp.Float(1e-3, 1e-2))
+        self.searched = frozenset(trial.params)
 
     # KerasTuner has no public hook for "answer a hyperparameter when it is declared": every public
     # hp.Int/Float/Choice/Boolean/Fixed builds the hyperparameter (name scopes and conditions applied) and
@@ -67,6 +70,9 @@ class OptunaHyperParameters(kt.HyperParameters):
         return v
 
     def _answer(self, hp: Any, name: str, trial: optuna.Trial) -> Any:
+        if name in self.searched:
+            raise InvalidTrialConfig(f"hp {name!r} is declared by the hypermodel and in search_space, each with its "
+                                     f"own range; declare it in one place")
         if name in trial.params:
             v = trial.params[name]
         elif isinstance(hp, hp_types.Fixed):

@@ -64,7 +64,9 @@ def evaluator() -> SharedFanova:
 
 def parameter_importances(study: optuna.Study) -> dict[str, float]:
     """Normalised importances of a single-objective study ({} when they cannot be computed, e.g. a parameter
-    with a single value in every trial)."""
+    with a single value in every trial, or for several objectives: the report points to the Pareto front)."""
+    if len(study.directions) > 1:  # Optuna's advice to pass a target was logged on every multi-objective sweep
+        return {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

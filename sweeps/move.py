@@ -81,11 +81,22 @@ def _check_storage(url: str, flag: str) -> None:
         raise ConfigError(flag, "an in-memory storage cannot be moved from or to")
 
 
-def _target_has_study(url: str, study_name: str) -> bool:
+def _target_study(url: str, study_name: str) -> optuna.Study | None:
     path = storage_file(url)
     if path is not None and not path.exists():
-        return False  # opening it would create the file: nothing may be created before the checks pass
-    return study_name in optuna.study.get_all_study_names(storage=_opened(url, "--to-storage"))
+        return None  # opening it would create the file: nothing may be created before the checks pass
+    storage = _opened(url, "--to-storage")
+    if study_name not in optuna.study.get_all_study_names(storage=storage):
+        return None
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def half_moved(study: optuna.Study) -> bool:
+    """A study a `move` created and did not finish copying: killed (SIGKILL, a dropped ssh session) after
+    ``create_study``, where its own clean-up cannot run. Marked from its first moment; with no mark and no attrs
+    or trials at all, it was killed before the mark was written."""
+    attrs = study.user_attrs
+    return bool(attrs.get(names.STUDY_ATTR_MOVING)) or (not attrs and not study.get_trials(deepcopy=False))
 
 
 def _opened(url: str, flag: str) -> optuna.storages.BaseStorage:
@@ -101,6 +112,10 @@ def move_study(study_name: str, *, from_storage: str, from_tracking_uri: str, to
     """Copy study `study_name` and its MLflow runs and models to `to_storage` / `to_tracking_uri`.
 
     Refusals raise `ConfigError` (exit 2) before anything is created on the target."""
+    for label, value in (("study_name", study_name), ("--from-storage", from_storage), ("--to-storage", to_storage),
+                         ("--from-tracking-uri", from_tracking_uri), ("--to-tracking-uri", to_tracking_uri)):
+        if not isinstance(value, str) or not value:  # from Python: 5 was an AttributeError from deep inside
+            raise ConfigError(label, f"expected a non-empty string; received: {value!r}")
     _check_storage(from_storage, "--from-storage")
     _check_storage(to_storage, "--to-storage")
     check_tracking_uri(from_tracking_uri, "--from-tracking-uri")
@@ -108,9 +123,19 @@ def move_study(study_name: str, *, from_storage: str, from_tracking_uri: str, to
     if from_storage == to_storage:
         raise ConfigError("--to-storage", "is the source storage: the study is already there")
     source, source_storage = _source_study(study_name, from_storage)
-    if _target_has_study(to_storage, study_name):
+    there = _target_study(to_storage, study_name)
+    if there is not None and not half_moved(there):
         raise ConfigError("--to-storage", f"{mask_url(to_storage)} already has a study named {study_name!r} "
                                           f"(moved already?); nothing copied")
+    if there is not None and not replace_runs:  # a retry was refused as "moved already", and `run` began anew
+        what = (f"from a move that did not finish ({len(there.trials)} trial(s) copied)"
+                if there.user_attrs.get(names.STUDY_ATTR_MOVING) else
+                "with no trials and no attributes (a move killed as it began, or an empty study)")
+        raise ConfigError("--to-storage", f"{mask_url(to_storage)} has study {study_name!r} {what}; move again "
+                                          f"with --replace-runs to replace it with a full copy")
+    if there is not None:
+        log.info("deleting the half-moved study %r on the target to copy it afresh", study_name)
+        optuna.delete_study(study_name=study_name, storage=_opened(to_storage, "--to-storage"))
     result = MoveResult(study_name, len(source.trials))
     user_attrs = dict(source.user_attrs)
     if from_tracking_uri != to_tracking_uri and user_attrs.get(names.STUDY_ATTR_PARENT_RUN_ID):
@@ -146,6 +171,7 @@ def _copy_optuna_study(source: optuna.Study, src_storage: optuna.storages.BaseSt
     target_storage = make_storage(to_storage)
     target = optuna.create_study(storage=target_storage, study_name=source.study_name, directions=source.directions)
     try:
+        target.set_user_attr(names.STUDY_ATTR_MOVING, True)  # first: a kill from here on leaves a marked study
         # study system attrs (Optuna's own, e.g. metric names): `optuna.copy_study` (Optuna 5) copies them too,
         # but it cannot rewrite a finished trial's user attrs; it reads and writes them through the storage API
         src_id = src_storage.get_study_id_from_name(source.study_name)
@@ -153,7 +179,8 @@ def _copy_optuna_study(source: optuna.Study, src_storage: optuna.storages.BaseSt
         for key, value in src_storage.get_study_system_attrs(src_id).items():
             target_storage.set_study_system_attr(dst_id, key, value)
         for key, value in user_attrs.items():
-            target.set_user_attr(key, value)
+            if key != names.STUDY_ATTR_MOVING:
+                target.set_user_attr(key, value)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             for t in source.get_trials(deepcopy=True):
@@ -162,6 +189,7 @@ def _copy_optuna_study(source: optuna.Study, src_storage: optuna.storages.BaseSt
         numbers = [t.number for t in target.get_trials(deepcopy=False)]
         if numbers != [t.number for t in source.get_trials(deepcopy=False)]:
             raise RuntimeError(f"trial numbers changed in the copy: {numbers[:20]}")
+        target.set_user_attr(names.STUDY_ATTR_MOVING, False)  # whole (Optuna has no way to delete an attr)
     except BaseException:
         optuna.delete_study(study_name=source.study_name, storage=target_storage)  # no half-moved study
         raise

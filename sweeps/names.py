@@ -132,6 +132,7 @@ STUDY_ATTR_UID = "siamese_sweep_uid"                   # random, set at creation
 STUDY_ATTR_SPEC = "spec"                                # SweepSpec.portable(): workers join with --study only
 STUDY_ATTR_SPEC_HASH = "spec_sha256"                    # SweepSpec.identity(): a worker with another spec is refused
 STUDY_ATTR_STOPPED = "stopped"                         # why study.stop ended the study early (target, patience)
+STUDY_ATTR_MOVING = "siamese_sweep_moving"             # true while `move` copies the study; false once it is whole
 
 # ---------------------------------------------------------------- Optuna attributes: trial system attrs (Optuna's)
 # Optuna's names for a retry's origin (RetryHeartbeatStaleTrialCallback's); `storage.requeue_trial` writes them.

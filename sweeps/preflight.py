@@ -110,6 +110,11 @@ def unused_options(spec: SweepSpec) -> list[str]:
     from . import pruners, samplers
 
     lines = []
+    pruner = spec.study.pruner  # compared with the default: a stored or resolved spec has every field set
+    if spec.study.multi_objective and pruner.type != "none" and pruner != type(pruner)():
+        # Optuna's Trial.report refuses several objectives, so trials are not reported: a hyperband ran as if on
+        lines.append(f"study.pruner ({spec.study.pruner.type!r}) is not used: Optuna does not prune a study with "
+                     f"several objectives, so every trial runs all its epochs")
     sections: list[tuple[str, Any, tuple[str, ...]]] = [
         ("sampler", spec.study.sampler, samplers.get(spec.study.sampler.type).options),
         ("pruner", spec.study.pruner, pruners.get(spec.study.pruner.type).options)]

@@ -64,6 +64,11 @@ def canonical_metric(name: str | None, *, option: str = "--metric") -> str | Non
     return selection_metric(name, option=option)[0]
 
 
+def has_counterpart(objective_metric: str | None) -> bool:
+    """Whether a study objective is a re-evaluated metric (``params`` or ``latency_ms`` are not)."""
+    return (objective_metric or "").lower() in _BY_NAME
+
+
 def objective_counterpart(objective_metric: str | None) -> str:
     """The re-evaluated metric that stands for a study objective (val_roc_auc -> roc_auc); roc_auc otherwise."""
     return _BY_NAME.get((objective_metric or "").lower(), "roc_auc")

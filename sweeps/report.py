@@ -134,7 +134,8 @@ def _codes(t: optuna.trial.FrozenTrial, reason: Callable[[optuna.trial.FrozenTri
     elif t.state == optuna.trial.TrialState.PRUNED:
         out.append((reason(t), "pruned"))
     elif t.state == optuna.trial.TrialState.FAIL:
-        out.append((reason(t), "retried" if reason(t) in _RETRIED and t.number in retried else "failed"))
+        code = reason(t)
+        out.append((code, "retried" if code in _RETRIED and t.number in retried else "failed"))
     return out
 
 

@@ -319,8 +319,9 @@ def join_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> S
 def _plots_ahead(spec: SweepSpec) -> artifacts.StudyPlotsAhead | None:
     """With the recording in the background, the study's PNGs are drawn while its last trial is recorded."""
     tracking = spec.tracking
-    return (artifacts.StudyPlotsAhead() if tracking.log_plots and records_in_background(tracking.finish_in_background)
-            else None)
+    if not (tracking.log_plots and records_in_background(tracking.finish_in_background)):
+        return None
+    return artifacts.StudyPlotsAhead(list(spec.study.objective_metrics))
 
 
 def _process_seed_offset() -> int:

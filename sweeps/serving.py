@@ -3,7 +3,9 @@
 ``mlflow.pyfunc.load_model(uri).predict(df, params=...)``:
 
 * ``mode="pair"`` (default): ``df`` has columns ``left`` and ``right``, one pair per row, each cell an
-  image/sequence/vector as nested lists or an array (a flattened cell is reshaped to the input shape).
+  image/sequence/vector as nested lists or an array with the input's shape (MLflow checks the nesting against
+  the signature; only this class called directly, e.g. `score_arrays`, reshapes a flattened cell), with the
+  values the model was trained on (an integer-input model refuses fractions: raw pixels, not scaled ones).
   Returns a DataFrame with ``distance`` (float), ``score`` (similarity, float; a same-probability for
   ``bce`` models) and ``same`` (bool, at the threshold stored inside the model, or ``params["threshold"]``).
 * ``mode="embed"``: one sample per row in column ``input`` (or ``left``; ``right`` with ``side="right"``).
@@ -41,6 +43,9 @@ MAX_ROWS = 10_000
 # No model input is meaningfully this large (pixels are <= 255, standardised features a few units): such values
 # (1e300, an unscaled ID) would give a confident but meaningless answer.
 MAX_ABS_INPUT = 1e6
+# An integer-input model (raw pixels) takes whole numbers. A float32 round trip (x * 0.1 * 10, a mean/std
+# undone) leaves up to ~1.5e-5 on values near 255; scaled pixels have fractions of at least 1/255 (0.0039).
+WHOLE_TOLERANCE = 1e-3
 
 
 class PredictError(SiameseError, ValueError):
@@ -123,9 +128,23 @@ def to_batch(column: Any, shape: tuple[int, ...], dtype: str, *, what: str) -> n
     else:
         raise PredictError(f"column {what!r}: expected numbers; received dtype {x.dtype}")
     target = np.dtype(dtype)
-    if np.issubdtype(target, np.integer) and not np.issubdtype(x.dtype, np.integer):
+    if np.issubdtype(target, np.integer):
+        # rounding and clipping in silence answered floats in 0-1 sent to a uint8 (raw pixel) model as images
+        # of 0s and 1s: every pair "same" (600 digits pairs: 100 % same, 10 % accuracy); astype wrapped 300 to 44
         info = np.iinfo(target)
-        x = np.clip(np.rint(x), info.min, info.max)
+        wide = x.astype(np.float64, copy=False)
+        fraction = np.abs(wide - np.rint(wide)) > WHOLE_TOLERANCE
+        if fraction.any():
+            row = int(np.argwhere(fraction)[0][0])
+            raise PredictError(f"column {what!r}, row {row}: values that are not whole numbers, but the model takes "
+                               f"{target.name} (raw values, as in training, not scaled to 0-1); send the raw values")
+        rounded = np.rint(wide)  # 255.000015 (a float32 round trip) is 255
+        outside = (rounded < info.min) | (rounded > info.max)
+        if outside.any():
+            row = int(np.argwhere(outside)[0][0])
+            raise PredictError(f"column {what!r}, row {row}: values outside {info.min}..{info.max}, the range of "
+                               f"the model's input type {target.name}")
+        x = rounded if x.dtype.kind == "f" else x
     return x.astype(target, copy=False)
 
 
@@ -271,7 +290,10 @@ class SiameseServingModel(PythonModel):
         if len(frame) > MAX_ROWS:
             raise PredictError(f"{len(frame)} rows in one request; at most {MAX_ROWS:,} (split the request)")
         if mode == "embed":
-            side = 1 if str(params.get("side") or "left") == "right" else 0
+            named = params.get("side") or "left"
+            if named not in PAIR_COLUMNS:  # "rihgt" embedded with the left tower, which a two-tower model answers
+                raise PredictError(f"params.side: expected one of {list(PAIR_COLUMNS)}; received: {named!r}")
+            side = PAIR_COLUMNS.index(named)
             column = EMBED_COLUMN if EMBED_COLUMN in frame else PAIR_COLUMNS[side]
             if column not in frame:
                 raise PredictError(f"mode 'embed' needs a column {EMBED_COLUMN!r} (or {PAIR_COLUMNS[side]!r}); "

@@ -427,8 +427,10 @@ def _check_conditions(space: dict[str, Any]) -> None:
                     raise ConfigError(f"search_space.{key}.when", "a parameter cannot depend on itself")
 
 
-def spec_from_dict(data: Mapping[str, Any], *, base_dir: Path | None = None) -> SweepSpec:
-    """Validate a spec mapping (already with ``--set`` overrides applied)."""
+def spec_from_dict(data: Mapping[str, Any], *, base_dir: Path | None = None, stored: bool = False) -> SweepSpec:
+    """Validate a spec mapping (already with ``--set`` overrides applied). `stored`: the spec a study was created
+    with (`sweeps.study.stored_spec`), which checks added since must not lock out of its own study: its identity
+    cannot change, so `--set` could not mend it."""
     if not isinstance(data, Mapping):
         raise ConfigError("", "expected a mapping with base/search_space/study/tracking; "
                               f"received: {type(data).__name__}")
@@ -465,8 +467,44 @@ def spec_from_dict(data: Mapping[str, Any], *, base_dir: Path | None = None) -> 
     check = samplers.get(spec.study.sampler.type).check
     if check is not None:
         check(spec)
+    if not stored:
+        _check_objectives(spec.study)
+        _check_pruner(spec)
     enqueued_params(spec)
     return spec
+
+
+def _check_objectives(study: StudySpec) -> None:
+    """Each ran to exit 0: minimising an AUC made the worst model the "best"; a `direction` next to several
+    `metrics`, or a `metric` outside them, was dropped without a word."""
+    if study.metrics is not None:
+        if study.direction is not None and len(study.metrics) > 1:  # one metric: its direction, as before
+            raise ConfigError("study.direction", "give study.directions (one per metric) with study.metrics")
+        if study.metric != StudySpec.model_fields["metric"].default and study.metric not in study.metrics:
+            raise ConfigError("study.metric", f"{study.metric!r} is not one of study.metrics; give the objectives "
+                                              f"in study.metrics alone")
+    for metric, way in zip(study.objective_metrics, study.objective_directions, strict=True):
+        try:
+            better = metric_direction(metric)
+        except ValueError:  # a name no trial reports: refused by spec_from_dict before this
+            continue
+        if way != better:
+            key = "study.directions" if study.directions else "study.direction"
+            raise ConfigError(key, f"{metric} is better {'lower' if better == 'minimize' else 'higher'}; "
+                                   f"{way[:-1]}ing it would search for the worst models (use {better})")
+
+
+def _check_pruner(spec: SweepSpec) -> None:
+    """A pruner that can never prune is refused: Hyperband with ``min_resource`` 50 and 2-epoch trials has no
+    bracket (Optuna builds it and never prunes), and ran to exit 0 as if pruning were on."""
+    p = spec.study.pruner
+    # a hypermodel may set epochs itself (hp.Int("epochs")): the most a trial runs is not known before it builds
+    if p.type in ("hyperband", "successive_halving") and not spec.study.multi_objective and not spec.hypermodel:
+        most = pruners.most_epochs(spec)
+        if p.min_resource > most:
+            raise ConfigError("study.pruner.min_resource", f"{p.min_resource} epochs before a first verdict, but "
+                                                           f"trials run at most {most}: the {p.type} pruner would "
+                                                           f"never prune; lower it (or use type: none)")
 
 
 # ------------------------------------------------------------------- warm start
@@ -534,7 +572,8 @@ def enqueued_params(spec: SweepSpec) -> list[dict[str, Any]]:
     return out
 
 
-def load_spec(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
+def load_spec(path: str | Path | None, overrides: Mapping[str, Any] | None = None, *, stored: bool = False
+              ) -> SweepSpec:
     """Read a spec YAML (optional: defaults + overrides) and apply dotted ``--set`` overrides.
 
     A Weights & Biases sweep file (`sweeps.convert.looks_like_wandb`) is converted first, so
@@ -545,14 +584,15 @@ def load_spec(path: str | Path | None, overrides: Mapping[str, Any] | None = Non
         data, notes = from_wandb(data)
         log.info("%s is a W&B sweep file: converted it (siamese-sweep convert %s prints the spec)%s", path, path,
                  "".join(f"; {note}" for note in notes))
-    return spec_from_data(data, overrides, base_dir=Path(path).resolve().parent if path is not None else None)
+    return spec_from_data(data, overrides, base_dir=Path(path).resolve().parent if path is not None else None,
+                          stored=stored)
 
 
 def spec_from_data(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, *,
-                   base_dir: Path | None = None) -> SweepSpec:
+                   base_dir: Path | None = None, stored: bool = False) -> SweepSpec:
     """A spec mapping with dotted overrides applied (``search_space.<key>.low`` included), validated."""
     if not isinstance(data, Mapping):
-        return spec_from_dict(data, base_dir=base_dir)  # the one error message for a non-mapping
+        return spec_from_dict(data, base_dir=base_dir, stored=stored)  # the one error message for a non-mapping
     raw: dict[str, Any] = copy.deepcopy(dict(data))
     for key, value in (overrides or {}).items():
         if key.startswith("base.") and isinstance(raw.get("base"), (str, Path)):
@@ -564,7 +604,7 @@ def spec_from_data(data: Mapping[str, Any], overrides: Mapping[str, Any] | None 
             _set_space_override(raw, key[len("search_space."):], value)
             continue
         set_dotted(raw, key, value)
-    return spec_from_dict(raw, base_dir=base_dir)
+    return spec_from_dict(raw, base_dir=base_dir, stored=stored)
 
 
 _DIST_FIELDS = {"type", "low", "high", "log", "step", "choices", "when"}

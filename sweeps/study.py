@@ -89,6 +89,9 @@ def open_study(spec: SweepSpec, *, storage_url: str, study_name: str, seed_offse
         except KeyError:
             raise ConfigError("study.name", f"no study named {study_name!r} in this storage; start it with "
                                             f"'siamese-sweep run'") from None
+        if existing.user_attrs.get(names.STUDY_ATTR_MOVING):  # its trials half there: a run began at trial 0
+            raise ConfigError("--study", f"study {study_name!r} is a move that did not finish (its copy was "
+                                         f"interrupted): run the same `siamese-sweep move` again with --replace-runs")
         check_same_spec(existing, spec)
         have = [d.name.lower() for d in existing.directions]
         if have != directions:
@@ -149,7 +152,7 @@ def stored_spec(storage_url: str, study_name: str, overrides: dict[str, Any] | N
         raise ConfigError("--study", f"study {study_name!r} has no stored spec (created by an older version or "
                                      f"by plain Optuna); pass its spec file")
     data = {**data, "study": {**data.get("study", {}), "name": study_name, "storage": storage_url}}
-    return spec_from_data(data, overrides)
+    return spec_from_data(data, overrides, stored=True)
 
 
 def ensure_parent_run(opened: OpenedStudy, tracker: Tracker, spec: SweepSpec, *,
@@ -354,6 +357,7 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
     out: dict[str, Any] = {"study": study.study_name, "counts": counts.as_dict(),
                            "budget": study.user_attrs.get(names.STUDY_ATTR_BUDGET),
                            "directions": [d.name.lower() for d in study.directions],
+                           "metrics": study.user_attrs.get(names.STUDY_ATTR_METRICS),  # None: a plain study
                            "parent_run_id": study.user_attrs.get(names.STUDY_ATTR_PARENT_RUN_ID),
                            "stopped": study.user_attrs.get(names.STUDY_ATTR_STOPPED)}
     trials = study.get_trials(deepcopy=False)
@@ -372,7 +376,8 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
         else:
             out["best_trials"] = [_trial_summary(t) for t in study.best_trials]
     reason = reasons_of(study, trials)
-    out["reasons"] = {t.number: {"state": t.state.name, "reason": reason(t)}
+    # epoch: the last one reported (counted from 0, as the prune message and the MLflow step); None before any
+    out["reasons"] = {t.number: {"state": t.state.name, "reason": reason(t), "epoch": t.last_step}
                       for t in trials if t.state in (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)}
     return out
 

@@ -17,11 +17,18 @@ from typing import Any
 
 import optuna
 
-from . import importances
+from . import importances, names
 
 log = logging.getLogger(__name__)
 
 ARTIFACT_DIR = "study"
+
+
+def objective_names(study: optuna.Study) -> list[str] | None:
+    """The objectives' metric names siamese-sweep stored on the study, one per direction (axis titles), or None
+    (a plain Optuna study: Optuna's "Objective 0")."""
+    metrics = study.user_attrs.get(names.STUDY_ATTR_METRICS)
+    return list(metrics) if isinstance(metrics, list) and len(metrics) == len(study.directions) else None
 
 
 def _figures(study: optuna.Study) -> dict[str, Callable[[], Any]]:
@@ -33,17 +40,20 @@ def _figures(study: optuna.Study) -> dict[str, Callable[[], Any]]:
     multi_objective = len(study.directions) > 1
     target: Callable[[optuna.trial.FrozenTrial], float] | None = (
         (lambda t: t.values[0]) if multi_objective else None)
+    metrics = objective_names(study)
+    title = metrics[0] if metrics else "Objective Value"  # Optuna's default
     figures: dict[str, Callable[[], Any]] = {
-        "optimization_history": lambda: vis.plot_optimization_history(study, target=target),
-        "parallel_coordinate": lambda: vis.plot_parallel_coordinate(study, target=target),
-        "intermediate_values": lambda: vis.plot_intermediate_values(study),
+        "optimization_history": lambda: vis.plot_optimization_history(study, target=target, target_name=title),
+        "parallel_coordinate": lambda: vis.plot_parallel_coordinate(study, target=target, target_name=title),
     }
+    if not multi_objective:  # several objectives report no epochs: Optuna warned and drew an empty plot
+        figures["intermediate_values"] = lambda: vis.plot_intermediate_values(study)
     if len(complete) >= importances.MIN_COMPLETE and complete[0].params:  # and trials with parameters
         # fANOVA, as the PNG and the report (`sweeps.importances`), not Optuna 5's default PED-ANOVA
         figures["param_importances"] = lambda: vis.plot_param_importances(study, importances.evaluator(),
-                                                                          target=target)
+                                                                          target=target, target_name=title)
     if multi_objective:
-        figures["pareto_front"] = lambda: vis.plot_pareto_front(study)
+        figures["pareto_front"] = lambda: vis.plot_pareto_front(study, target_names=metrics)
     return figures
 
 

@@ -256,6 +256,8 @@ def read_sample(path_str: str, shape: tuple[int, ...], dtype: str, meta: dict[st
         lo, hi = (meta.get(names.TAG_VALUE_RANGE) or [0.0, 255.0])[:2]
         if (lo, hi) != (0.0, 255.0):
             x = lo + x * (float(hi) - float(lo)) / 255.0
+            if np.issubdtype(np.dtype(dtype), np.integer):  # 0-255 resampled to 0-16: the nearest level, said here
+                x = np.rint(x)  # (the model refuses fractions: a request's would be pixels scaled to 0-1)
     else:
         raise DataError(path_str, f"{what}: expected an image ({', '.join(IMAGE_SUFFIXES)}) or a .npy file")
     try:

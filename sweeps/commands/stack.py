@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from siamese_core.errors import ConfigError
+
 from .. import names
 from ..cli import EXIT_OK
 
@@ -17,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     add_parsers(sub)
     d = sub.add_parser("dashboard", help="optuna-dashboard on a study's storage: password-guarded, read-only",
-                       description="Serve optuna-dashboard for OPTUNA_STORAGE (or OPTUNA_STORAGE_FILE, or --spec's "
-                                   "storage). The storage URL never goes on a command line.")
+                       description="Serve optuna-dashboard for OPTUNA_STORAGE (or OPTUNA_STORAGE_FILE, or the "
+                                   "spec's storage). The storage URL never goes on a command line.")
     d.add_argument("spec", nargs="?", help="sweep spec YAML (for its storage, when OPTUNA_STORAGE is not set)")
     d.add_argument("--host", default="127.0.0.1", help="bind address; default 127.0.0.1")
     d.add_argument("--port", type=port_number, default=8080, help="port (0 = any free port); default 8080")
@@ -33,15 +35,20 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     from ..dashboard import dashboard_password, make_app
     from ..signals import stop_on_signals
-    from ..storage import require_existing
+    from ..storage import require_existing, storage_kind
 
-    storage = os.environ.get(names.ENV_OPTUNA_STORAGE)
+    storage, given_as = os.environ.get(names.ENV_OPTUNA_STORAGE), f"${names.ENV_OPTUNA_STORAGE}"
     if not storage:
         from ..spec import load_spec
         from ..specs import resolve_spec_path
 
-        storage = load_spec(resolve_spec_path(args.spec)).study.storage
-    require_existing(storage)  # it only shows studies: a mistyped SQLite or journal path is not created
+        storage, given_as = load_spec(resolve_spec_path(args.spec)).study.storage, "study.storage"
+    # it only shows studies: a mistyped SQLite or journal path is not created (named as given: it has no --storage)
+    try:
+        storage_kind(storage)
+    except ConfigError as exc:
+        raise ConfigError(given_as, exc.detail) from None
+    require_existing(storage, given_as)
     password, path = dashboard_password()
     try:  # SIGTERM (`timeout`, `kill`, a service manager) as Ctrl-C: it ended the process past this `finally`
         with stop_on_signals(raise_at_once=False):  # checked between requests (`sweeps.dashboard.serve`)

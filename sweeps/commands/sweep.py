@@ -82,9 +82,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(handler=cmd_convert)
 
 
-def _spec(args: argparse.Namespace, *, stored: str = "never"):
+def _spec(args: argparse.Namespace, *, stored: str = "never", checked: bool = False):
     """The spec file's (default: the built-in quickstart); without a file but with --study, the spec stored
-    with that study: ``stored="required"`` (worker) or ``"if-exists"`` (run)."""
+    with that study: ``stored="required"`` (worker) or ``"if-exists"`` (run). `checked`: a file `run --workers N`
+    wrote for its workers, checked by the parent already (it may be a study's stored spec, which checks added
+    since must not refuse: `sweeps.spec.spec_from_dict`)."""
     from siamese_core.config import parse_set_options
 
     from ..spec import DEFAULT_STORAGE, load_spec
@@ -98,7 +100,7 @@ def _spec(args: argparse.Namespace, *, stored: str = "never"):
         spec = stored_spec(storage, args.study, overrides, missing_ok=stored == "if-exists")
         if spec is not None:
             return spec
-    return load_spec(resolve_spec_path(args.spec), overrides)
+    return load_spec(resolve_spec_path(args.spec), overrides, stored=checked)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -128,7 +130,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from ..api import check_positive
     from ..preflight import preflight
 
-    spec = _spec(args, stored="required")
+    spec = _spec(args, stored="required", checked=args.wait_for_go)
     check_positive("--trials", args.trials)
     check_positive("--timeout", args.timeout, whole=False)
     check_positive("--threads", args.threads)
@@ -215,6 +217,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from ..spec import spec_from_dict
 
     source = Path(args.source)
+    if args.output and Path(args.output).exists() and source.exists() and Path(args.output).samefile(source):
+        raise ConfigError("--output", f"{args.output} is the W&B file being converted; writing there would "
+                                      "replace it (its comments and launcher settings lost): name another file")
     data = read_yaml_mapping(source, what="W&B sweep")
     if not looks_like_wandb(data):
         raise ConfigError("", f"{source} is not a W&B sweep file (expected a 'parameters' section and no "
@@ -277,7 +282,15 @@ def _report(status: dict, as_json: bool) -> None:
             print(f"    {lead}")
         for k, v in best["params"].items():
             print(f"    {k} = {v}")
+    metrics = status.get("metrics") or []
     for b in status.get("best_trials", []):
-        print(f"pareto trial #{b['number']}: values={b['values']} run={b['run_id']}")
+        values = b["values"] or []
+        shown = ("  ".join(f"{m}={v:.4g}" for m, v in zip(metrics, values, strict=True))
+                 if len(metrics) == len(values) else f"values={values}")  # a plain study: no names stored
+        print(f"pareto trial #{b['number']}: {shown}  run={b['run_id']}")
     for number, info in sorted(status.get("reasons", {}).items()):
-        print(f"trial #{number}: {info['state'].lower()} ({info['reason']})", file=sys.stdout)
+        state, why, epoch = info["state"].lower(), info["reason"], info.get("epoch")
+        if why == state:  # the pruner's own (`outcomes.PRUNED`): "pruned (pruned)" said nothing; the epoch does
+            print(f"trial #{number}: {state} by the pruner" + ("" if epoch is None else f" at epoch {epoch}"))
+        else:
+            print(f"trial #{number}: {state} ({why})" + ("" if epoch is None else f", last epoch {epoch}"))

@@ -26,6 +26,7 @@ from ..reevaluation import (
     EvalPairs,
     build_eval_pairs,
     evaluate,
+    has_counterpart,
     load_wrapper,
     objective_counterpart,
     trial_config,
@@ -109,6 +110,11 @@ def gather(study_name: str, *, storage: str, tracking_uri: str, model_name: str 
            metric: str | None, force: bool, workdir: str, lift_hold: bool = False) -> tuple[Facts, Registry]:
     """`Facts` for `decide`, and the registry `apply` writes to. Models are downloaded under `workdir`."""
     study = load_study(study_name, storage)
+    first = study_metric(study)
+    if metric is None and len(study.directions) > 1 and not has_counterpart(first):
+        # the first objective (params, latency_ms) has no validation counterpart: said, not decided in silence
+        log.warning("the study's first objective, %s, is not a validation metric: promote decides by val %s "
+                    "(choose with --metric)", first, objective_counterpart(first))
     reg = Registry(tracking_uri, model_name or model_name_for(study, study_name))
     trial, skipped = pick_candidate(study, metric, recorded=_recorded_val(reg.client))
     run_id: str = trial.user_attrs[names.TRIAL_ATTR_RUN_ID]  # a COMPLETE trial always has its run

@@ -79,6 +79,19 @@ def test_nan_loss_fails_the_run(digits_data, tiny_dict, loader):
     assert "loss became nan" in str(info.value) and "learning_rate=" in str(info.value)
 
 
+@pytest.mark.parametrize(("kwargs", "field"), [({"checkpoint_dir": 5}, "checkpoint_dir"),
+                                               ({"callbacks": 5}, "callbacks"),
+                                               ({"callbacks": [keras.callbacks.History(), "x"]}, "callbacks[1]")])
+def test_arguments_of_the_wrong_type_are_a_config_error_before_anything_runs(digits_data, tiny_dict, kwargs, field,
+                                                                             tmp_path, monkeypatch):
+    """Each was a plain TypeError from deep inside (`checkpoint_dir=5` after the model was built)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        train(tiny_dict, data=digits_data, **kwargs)
+    assert refused.value.field == field
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("loader", ["memory", "tfdata", "custom"])
 def test_early_stopping_and_user_callbacks_with_every_loader(digits_data, tiny_dict, loader):
     seen: list[dict] = []

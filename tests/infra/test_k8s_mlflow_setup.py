@@ -7,9 +7,12 @@ Both run ``python /usr/local/bin/stack-entrypoint mlflow-users`` in the MLflow i
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -161,10 +164,6 @@ def test_a_worker_pod_waits_for_its_login_until_the_setup_job_has_made_it(ep: Mo
 def test_the_login_wait_ends_with_143_on_sigterm(tmp_path: Path) -> None:
     """The init container's Python is PID 1, which the kernel shields from a SIGTERM without a handler: a drain
     waited out the grace period and SIGKILLed it (137, counted against backoffLimit; 143 is ignored)."""
-    import os
-    import signal
-    import time
-
     env = {"PATH": os.environ["PATH"], "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
            **_secret_files(tmp_path, MLFLOW_TRACKING_USERNAME="w", MLFLOW_TRACKING_PASSWORD="pass-word-0123")}
     proc = subprocess.Popen([sys.executable, str(ENTRYPOINT), "mlflow-login"], env=env, stdout=subprocess.PIPE,
@@ -186,3 +185,15 @@ def test_the_login_wait_gives_up_with_exit_1_and_no_password(ep: ModuleType, tmp
     assert isinstance(stop.value.code, str)  # a message: exit status 1, the Job retries the pod
     out = capsys.readouterr().out
     assert out.count("waiting for MLflow at http://127.0.0.1:9") == 1 and "pass-word" not in out
+
+
+def test_the_login_wait_refuses_a_url_without_scheme_at_once(ep: ModuleType, tmp_path: Path) -> None:
+    # urllib answers "unknown url type" each poll: the pod waited 15 minutes for a typo (and named the URL,
+    # which may carry a password)
+    login = {"MLFLOW_TRACKING_URI": "user:pass-word-0123@mlflow:5000",
+             **_secret_files(tmp_path, MLFLOW_TRACKING_USERNAME="w", MLFLOW_TRACKING_PASSWORD="pass-word-0123")}
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as stop:
+        ep.wait_for_login(login, timeout_s=60, poll_s=0.1)
+    assert time.monotonic() - started < 5
+    assert "must start with http:// or https://" in str(stop.value.code) and "pass-word" not in str(stop.value.code)

@@ -127,7 +127,12 @@ def test_the_dashboard_refuses_a_missing_store_and_keeps_no_password_file(tmp_pa
     monkeypatch.delenv("SIAMESE_SWEEP_DASHBOARD_PASSWORD", raising=False)
     monkeypatch.setenv("OPTUNA_STORAGE", f"sqlite:///{tmp_path}/nope.db")
     assert main(["dashboard", "--port", "0"]) == 2
-    assert "no such SQLite file" in capsys.readouterr().err and not (tmp_path / "nope.db").exists()
+    # named as given: the dashboard has no --storage flag (it said "--storage", or "study.storage" for a scheme)
+    assert "error: $OPTUNA_STORAGE: no such SQLite file" in capsys.readouterr().err
+    assert not (tmp_path / "nope.db").exists()
+    monkeypatch.setenv("OPTUNA_STORAGE", "bogus://x")
+    assert main(["dashboard", "--port", "0"]) == 2
+    assert "error: $OPTUNA_STORAGE: expected sqlite:///FILE" in capsys.readouterr().err
     with pytest.raises(SystemExit) as refused:
         main(["dashboard", "--port", "70000"])
     assert refused.value.code == 2
@@ -448,3 +453,28 @@ def test_up_in_the_foreground_stops_on_ctrl_c_and_keeps_a_quote_ending_password(
         leftovers = [pid for pid, cmd in _cmdlines().items() if str(stack) in cmd]
         shutil.rmtree(stack, ignore_errors=True)
     assert leftovers == [], "servers outlived the CLI"
+
+
+def test_a_dashboard_port_in_use_or_a_host_it_cannot_bind_is_one_line_and_exit_2(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                                 capsys: pytest.CaptureFixture[str]
+                                                                                 ) -> None:
+    """Both were a raw OSError/gaierror, exit 1."""
+    import socket
+
+    import optuna
+
+    from sweeps.cli import main
+
+    optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/there.db")
+    monkeypatch.setenv("OPTUNA_STORAGE", f"sqlite:///{tmp_path}/there.db")
+    monkeypatch.setenv("SIAMESE_SWEEP_DASHBOARD_PASSWORD", "pass-word-0123")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["dashboard", "--port", str(port)]) == 2
+        assert f"error: --port: {port} is in use (pass 0 for a free port)" in capsys.readouterr().err
+    assert main(["dashboard", "--host", "256.1.1.1", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --host: cannot listen on '256.1.1.1'") and len(err.strip().splitlines()) == 1

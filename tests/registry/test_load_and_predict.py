@@ -225,6 +225,19 @@ def test_bad_requests_are_one_clear_invalid_parameter_error(sqlite_stores: Store
     with pytest.raises(MlflowException, match="params.threshold"):
         wrapper.predict(None, pd.DataFrame({"left": [a.tolist()], "right": [b.tolist()]}),
                         params={"threshold": float("nan")})
+    # a uint8 (raw pixel) model: floats scaled to 0-1 were rounded to 0s and 1s (every pair "same"), 300 wrapped
+    assert wrapper.inputs[0][1] == "uint8"
+    for left, text in ((a / 16.0, "row 0: values that are not whole numbers, but the model takes uint8"),
+                       (a + 300.0, "row 0: values outside 0..255"), (a - 1.0, "row 0: values outside 0..255")):
+        with pytest.raises(MlflowException, match=text) as err:
+            wrapper.predict(None, pd.DataFrame({"left": [left.tolist()], "right": [b.tolist()]}))
+        assert err.value.error_code == "INVALID_PARAMETER_VALUE"
+    with pytest.raises(MlflowException, match="values outside 0..255"):  # integers too: astype wrapped 300 to 44
+        wrapper.predict(None, pd.DataFrame({"left": [(a.astype(int) + 300).tolist()], "right": [b.tolist()]}))
+    with pytest.raises(MlflowException, match=r"params.side: expected one of \['left', 'right'\]; received: 'rihgt'"):
+        wrapper.predict(None, pd.DataFrame({"input": [a.tolist()]}), params={"mode": "embed", "side": "rihgt"})
+    right = wrapper.predict(None, pd.DataFrame({"input": [a.tolist()]}), params={"mode": "embed", "side": "right"})
+    assert len(right["embedding"][0]) > 0
     with pytest.raises(MlflowException, match="at most"):
         wrapper.predict(None, pd.DataFrame({"left": [a.tolist()] * (MAX_ROWS + 1),
                                             "right": [b.tolist()] * (MAX_ROWS + 1)}))
@@ -297,3 +310,18 @@ def test_what_is_not_a_model_or_its_store_is_refused_and_nothing_is_touched(sqli
         model.score_arrays(np.full(left.shape, np.nan), right)
     with pytest.raises(PredictError, match="expected one right per left"):
         model.score_arrays(left, right[:2])
+
+
+def test_whole_pixels_after_a_float32_round_trip_are_taken_and_scaled_ones_refused() -> None:
+    """A tolerance of 1e-6 refused 36 of the 256 pixel values after `x * 0.1 * 10` in float32."""
+    from sweeps.serving import PredictError, to_batch
+
+    pixels = np.arange(256, dtype=np.float32)
+    trip = pixels * np.float32(0.1) * np.float32(10)
+    assert np.any(np.abs(trip.astype(float) - pixels) > 1e-6)  # the case itself: not exact
+    np.testing.assert_array_equal(to_batch([trip], (256,), "uint8", what="left")[0], np.arange(256))
+    with pytest.raises(PredictError, match="not whole numbers"):
+        to_batch([pixels / 255.0], (256,), "uint8", what="left")
+    edges = np.array([np.float32(255) * np.float32(0.001) * (np.float32(1) / np.float32(0.001)), -1e-5])
+    assert edges[0] != 255.0  # 255.000015: "outside 0..255" when the range was checked before rounding
+    np.testing.assert_array_equal(to_batch([edges], (2,), "uint8", what="left")[0], [255, 0])

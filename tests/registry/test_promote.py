@@ -187,6 +187,28 @@ def test_selection_is_by_validation_when_test_disagrees(sqlite_stores: Stores) -
     assert version.tags["siamese_sweep.trial_number"] == "1"
 
 
+def test_a_study_led_by_params_says_which_validation_metric_decides(sqlite_stores: Stores,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """`metrics: [params, val_roc_auc]`: the first objective has no validation counterpart, and promote decided by
+    val roc_auc without a word."""
+    import logging
+
+    good = _best(sqlite_stores, "good")
+    study = optuna.create_study(study_name="by-params", storage=make_storage(sqlite_stores.storage),
+                                directions=["minimize", "maximize"])
+    study.set_user_attr("objective_metrics", ["params", "val_roc_auc"])
+    study.add_trial(_copy_trial(good, [100.0, 0.9], val_roc_auc=0.9))
+    with caplog.at_level(logging.WARNING, logger="sweeps.promotion.gather"):
+        d = promote("by-params", **sqlite_stores.kw(model_name="by-params", dry_run=True))
+    assert d.candidate["trial"] == 0
+    assert ("the study's first objective, params, is not a validation metric: promote decides by val roc_auc "
+            "(choose with --metric)") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sweeps.promotion.gather"):
+        promote("by-params", **sqlite_stores.kw(model_name="by-params", metric="roc_auc", dry_run=True))
+    assert "not a validation metric" not in caplog.text  # chosen: nothing to say
+
+
 def test_champion_vs_challenger_is_decided_on_validation(sqlite_stores: Stores) -> None:
     """Two real models of the `good` sweep that order one way on the validation pairs and the other way on the
     test pairs: the one better on validation takes the alias from the one better on test."""

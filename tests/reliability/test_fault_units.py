@@ -465,7 +465,7 @@ def test_a_stale_trials_retry_copies_none_of_the_originals_own_attrs(tmp_path: P
     assert retry.user_attrs == {"keep": 1}
     _stale_after(study, asked)
     reasons = study_status(study)["reasons"]
-    assert reasons[retry.number] == {"state": "FAIL", "reason": "stale_heartbeat"}
+    assert reasons[retry.number] == {"state": "FAIL", "reason": "stale_heartbeat", "epoch": None}
     assert reasons[original.number]["reason"] == "interrupted"
 
 

@@ -41,6 +41,26 @@ def test_every_command_with_study_also_takes_study_name() -> None:
     assert {a.dest for a in with_study.values()} == {"study"}
 
 
+def test_every_set_example_is_one_its_command_accepts() -> None:
+    """Spec commands showed `--set encoder.depth=3`, which a spec refuses (its train config is under base)."""
+    from sweeps.spec import load_spec
+    from sweeps.specs import resolve_spec_path
+
+    examples = {}
+    for path, parser in _commands(build_parser()).items():
+        for action in parser._actions:
+            if "--set" in action.option_strings:
+                examples[path] = (action.help or "").split("e.g. --set ")[1].split()[0]
+    assert {("run",), ("worker",), ("status",), ("promote",), ("train",)} <= set(examples)
+    for path, example in examples.items():
+        if path in (("train",), ("doctor",)):
+            assert example == "encoder.depth=3", path
+        else:
+            key, value = example.split("=")
+            spec = load_spec(resolve_spec_path("digits-smoke"), {key: int(value)})  # refused: encoder.depth=3
+            assert spec.base.encoder.depth == 3, path
+
+
 def test_status_finds_the_study_by_study_name(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     storage = f"sqlite:///{tmp_path}/optuna.db"
     study = optuna.create_study(study_name="aliased", storage=storage, direction="maximize")

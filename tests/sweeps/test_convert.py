@@ -93,8 +93,9 @@ def test_distributions_draw_what_wandb_draws_and_fractions_are_not_cut() -> None
     assert space["encoder.width"] == {"type": "int", "low": 8, "high": 40, "step": 8}
     assert "parameters.encoder.width: W&B's q_uniform draws multiples of q=8: range 8..40 (given 10..40)" in notes
     assert "parameters.loss.margin.q dropped: Optuna cannot combine a log scale with a step" in notes
-    assert "metric.goal not given: minimize val_roc_auc, W&B's default" in notes and spec["study"]["direction"] == \
-        "minimize"
+    # W&B's default goal (minimize) on an AUC searched for the worst models: the metric's own direction is used
+    assert ("metric.goal not given: maximize val_roc_auc (W&B's default is minimize; val_roc_auc is better higher)"
+            in notes and spec["study"]["direction"] == "maximize")
     spec_from_dict(spec)
     tenths, notes = from_wandb({"parameters": {"loss.margin": {"distribution": "q_uniform", "min": 0.1, "max": 0.3,
                                                                "q": 0.1}}})
@@ -111,3 +112,101 @@ def test_distributions_draw_what_wandb_draws_and_fractions_are_not_cut() -> None
         with pytest.raises(ConfigError) as refused:
             spec_from_dict(converted)
         assert refused.value.field.startswith(field), refused.value
+
+
+def test_integer_q_on_a_log_scale_gives_whole_numbers_as_wandb_does() -> None:
+    """W&B's own batch-size example (q_log_uniform, q 1, e^3.47..e^5.55) was refused: a float range for an integer
+    key; an integer q makes W&B draw whole numbers."""
+    from sweeps.spec import spec_from_dict
+
+    spec, notes = from_wandb({"metric": {"name": "val_roc_auc", "goal": "maximize"}, "parameters": {
+        "batch_size": {"distribution": "q_log_uniform", "q": 1, "min": math.log(32), "max": math.log(256)},
+        "encoder.width": {"distribution": "q_log_uniform_values", "q": 16, "min": 16, "max": 256},
+        "loss.margin": {"distribution": "q_log_uniform_values", "q": 0.1, "min": 0.5, "max": 2.0}}})
+    space = spec["search_space"]
+    assert space["batch_size"] == {"type": "int", "low": 32, "high": 256, "log": True}
+    assert space["encoder.width"] == {"type": "int", "low": 16, "high": 256, "log": True}
+    assert space["loss.margin"] == {"type": "float", "low": 0.5, "high": 2.0, "log": True}  # a float q: floats
+    assert any(n.startswith("parameters.encoder.width.q dropped") for n in notes)
+    assert not any(n.startswith("parameters.batch_size.q") for n in notes)  # q 1 drops nothing
+    spec_from_dict(spec)
+
+
+def test_q_uniform_bounds_are_multiples_wandb_draws() -> None:
+    """min 4, q 8 rounded half-to-even to 0 (a width W&B never draws: X equals min with probability 0), refused
+    as width 0; a lower bound halfway rounds up, an upper one down."""
+    spec, _ = from_wandb({"parameters": {
+        "encoder.width": {"distribution": "q_uniform", "min": 4, "max": 64, "q": 8},
+        "learning_rate": {"distribution": "q_uniform", "min": 0.001, "max": 0.01, "q": 0.002},
+        "loss.margin": {"distribution": "q_uniform", "min": 0.5, "max": 1.4, "q": 0.2}}})
+    space = spec["search_space"]
+    assert space["encoder.width"] == {"type": "int", "low": 8, "high": 64, "step": 8}
+    assert space["learning_rate"] == {"type": "float", "low": 0.002, "high": 0.01, "step": 0.002}
+    assert space["loss.margin"] == {"type": "float", "low": 0.6, "high": 1.4, "step": 0.2}
+
+
+def test_a_grid_enumerates_what_wandbs_grid_does() -> None:
+    """W&B's grid runs int_uniform as range(min, max + 1) (refused here: no step) and q_uniform as
+    arange(min, max, q), max left out (5 points here where W&B has 4)."""
+    from sweeps.space import check_space
+    from sweeps.spec import spec_from_dict
+
+    spec, _ = from_wandb({"method": "grid", "parameters": {
+        "encoder.depth": {"distribution": "int_uniform", "min": 1, "max": 3},
+        "encoder.width": {"min": 8, "max": 16},
+        "loss.margin": {"distribution": "q_uniform", "min": 0.5, "max": 1.5, "q": 0.25}}})
+    space = spec["search_space"]
+    assert space["encoder.depth"] == {"type": "int", "low": 1, "high": 3, "step": 1}
+    assert space["encoder.width"]["step"] == 1
+    assert space["loss.margin"] == {"type": "categorical", "choices": [0.5, 0.75, 1.0, 1.25]}
+    check_space(spec_from_dict(spec))
+
+
+def test_collisions_shapes_and_likely_mistakes_are_said() -> None:
+    with pytest.raises(ConfigError, match="encoder.depth is given twice") as twice:
+        from_wandb({"parameters": {"encoder.depth": {"values": [1, 2]},
+                                   "encoder": {"parameters": {"depth": {"values": [3, 4]}}}}})
+    assert twice.value.field == "parameters.encoder"
+    for extra in ({}, {"min": 0.1, "max": 0.9}):  # "expected value, values, or min and max" / "unknown ... 'beta'"
+        with pytest.raises(ConfigError, match="W&B's 'beta' .* has no Optuna equivalent"):
+            from_wandb({"parameters": {"loss.margin": {"distribution": "beta", "a": 2, "b": 5, **extra}}})
+    _, notes = from_wandb({"parameters": {"learning_rate": {"distribution": "log_uniform", "min": 1e-4,
+                                                             "max": 1e-2}}})
+    assert any("takes natural-log exponents" in n and "use log_uniform_values" in n for n in notes)
+    assert not any("not a W&B parameter key" in n for n in from_wandb(
+        {"parameters": {"loss.margin": {"values": [1.0], "a": 1, "b": 2}}})[1])
+    _, notes = from_wandb({"method": "bayes", "parameters": {"encoder.depth": {"values": [1, 2]}}})
+    assert any(n.startswith("method bayes without metric") for n in notes)
+
+
+def test_a_goal_against_the_metric_is_refused() -> None:
+    with pytest.raises(ConfigError, match="val_roc_auc is better higher: goal minimize would search for the worst"):
+        from_wandb({"metric": {"name": "val_roc_auc", "goal": "minimize"}, "parameters": {}})
+    spec, _ = from_wandb({"metric": {"name": "val_eer"}, "parameters": {}})
+    assert spec["study"]["direction"] == "minimize"
+
+
+def test_convert_refuses_to_write_over_its_source(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from sweeps.cli import main
+
+    source = tmp_path / "wandb.yaml"
+    text = "# my sweep\nprogram: train.py\nparameters:\n  encoder.depth: {values: [1, 2]}\n"
+    source.write_text(text)
+    assert main(["convert", str(source), "-o", str(source)]) == 2
+    assert "is the W&B file being converted" in capsys.readouterr().err
+    assert source.read_text() == text
+
+
+def test_a_zero_q_and_a_log_range_below_q_are_said() -> None:
+    with pytest.raises(ConfigError, match="expected a positive number") as zero:  # a decimal.InvalidOperation
+        from_wandb({"parameters": {"encoder.width": {"distribution": "q_uniform", "min": 8, "max": 64, "q": 0}}})
+    assert zero.value.field == "parameters.encoder.width.q"
+    spec, _ = from_wandb({"parameters": {"encoder.depth": {"distribution": "q_log_uniform_values", "q": 1,
+                                                           "min": 0.1, "max": 10}}})
+    assert spec["search_space"]["encoder.depth"] == {"type": "int", "low": 1, "high": 10, "log": True}  # not 0
+    for dist in ("q_log_uniform_values", "q_log_uniform"):
+        with pytest.raises(ConfigError, match="expected a positive number"):
+            from_wandb({"parameters": {"encoder.width": {"distribution": dist, "min": 1, "max": 3, "q": 0}}})
+    with pytest.raises(ConfigError, match="W&B would draw only 0"):  # "every whole number of 8..0"
+        from_wandb({"parameters": {"encoder.width": {"distribution": "q_log_uniform_values", "q": 8, "min": 1,
+                                                     "max": 3}}})

@@ -181,3 +181,42 @@ def test_the_hint_after_a_move_keeps_the_targets_urls_off_the_command_line(tmp_p
     assert code == 0, err
     assert "continue it with: siamese-sweep run --study hand   (in this environment" in err, err
     assert "--storage" not in err and "--tracking-uri" not in err
+
+
+def test_a_move_killed_while_copying_trials_is_refused_then_copied_afresh(tmp_path: Path, capsys) -> None:
+    """SIGKILL (or a dropped ssh session) after the target study was created skipped the clean-up: the empty
+    study made every retry "moved already?", and `run` on it began again at trial 0 with the budget reset."""
+    import os
+    import subprocess
+    import sys
+
+    from sweeps.spec import spec_from_dict
+    from sweeps.study import open_study
+
+    src = _laptop(tmp_path)
+    to_storage, to_tracking = f"sqlite:///{tmp_path}/cluster.db", f"sqlite:///{tmp_path}/cluster-mlflow.db"
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, sys, sweeps.move as m\n"
+        "m._rewrite_trial_attrs = lambda *a: os._exit(9)  # killed while copying the first trial\n"
+        "m.move_study(sys.argv[1], from_storage=sys.argv[2], from_tracking_uri=sys.argv[3], "
+        "to_storage=sys.argv[4], to_tracking_uri=sys.argv[5])\n"), STUDY, src["storage"], src["tracking"],
+        to_storage, to_tracking], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+    assert killed.returncode == 9
+    left = optuna.load_study(study_name=STUDY, storage=to_storage)
+    assert left.trials == [] and left.user_attrs[names.STUDY_ATTR_MOVING] is True
+    code, _, err = _move(capsys, src, to_storage, to_tracking)
+    assert code == 2 and "from a move that did not finish (0 trial(s) copied)" in err and "--replace-runs" in err
+    spec = spec_from_dict({"base": {"dataset": "digits"}, "study": {"name": STUDY}})
+    with pytest.raises(Exception, match="is a move that did not finish"):  # a run began again at trial 0
+        open_study(spec, storage_url=to_storage, study_name=STUDY, create=True)
+    code, _, err = _move(capsys, src, to_storage, to_tracking, "--replace-runs")
+    assert code == 0, err
+    moved = optuna.load_study(study_name=STUDY, storage=to_storage)
+    assert [t.value for t in moved.trials] == [0.7] and moved.user_attrs[names.STUDY_ATTR_MOVING] is False
+    code, _, err = _move(capsys, src, to_storage, to_tracking, "--replace-runs")  # whole now: moved already
+    assert code == 2 and "already has a study named 'hand'" in err
+    # killed before the mark was written: an empty study, said as such
+    empty = f"sqlite:///{tmp_path}/empty.db"
+    optuna.create_study(study_name=STUDY, storage=empty)
+    code, _, err = _move(capsys, src, empty, f"sqlite:///{tmp_path}/empty-mlflow.db")
+    assert code == 2 and "with no trials and no attributes" in err

@@ -124,3 +124,23 @@ def test_status_of_a_study_without_trials(tmp_path: Path) -> None:
     assert "best" in data and data["best"] is None
     text = subprocess.run(base, capture_output=True, text=True, timeout=120, check=True).stdout
     assert text.splitlines()[0] == "study empty: no trials yet"
+
+
+def test_status_says_at_which_epoch_the_pruner_stopped_a_trial(capsys) -> None:  # type: ignore[no-untyped-def]
+    # it printed "trial #0: pruned (pruned)"
+    from sweeps.commands.sweep import _report
+
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={"x": 0.0}, distributions={"x": X}, state=S.PRUNED,
+                                              intermediate_values={0: 0.5, 1: 0.55},
+                                              user_attrs={names.TRIAL_ATTR_REASON: "pruned"}))
+    study.add_trial(optuna.trial.create_trial(params={"x": 1.0}, distributions={"x": X}, state=S.PRUNED,
+                                              intermediate_values={0: float("nan")},
+                                              user_attrs={names.TRIAL_ATTR_REASON: "nan_loss"}))
+    study.add_trial(_fail(0.5))
+    status = study_status(study)
+    assert status["reasons"][0] == {"state": "PRUNED", "reason": "pruned", "epoch": 1}
+    _report(status, as_json=False)
+    out = capsys.readouterr().out
+    assert "trial #0: pruned by the pruner at epoch 1\n" in out
+    assert "trial #1: pruned (nan_loss), last epoch 0\n" in out and "trial #2: fail (unrecorded)\n" in out

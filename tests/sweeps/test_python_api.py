@@ -71,6 +71,9 @@ def test_sweep_refuses_bad_input_before_creating_anything(tmp_path: Path) -> Non
     # own exception, after the study existed)
     for kwargs, words in (({"study_name": 5}, "study_name: expected a string"),
                           ({"study_name": ""}, "study_name: expected a non-empty name"),
+                          # an empty URL fell back to the spec's sqlite file (optuna.db in the working directory)
+                          ({"storage": ""}, "storage: expected a URL; received an empty string"),
+                          ({"tracking_uri": " "}, "tracking_uri: expected a URL; received an empty string"),
                           ({"overrides": ["epochs=2"]}, "overrides: expected a mapping"),
                           ({"tracking_uri": "foo://x"}, "--tracking-uri: MLflow cannot use 'foo://x'"),
                           # whole sentences (it was cut at 200 characters, mid-word)
@@ -86,6 +89,13 @@ def test_sweep_refuses_bad_input_before_creating_anything(tmp_path: Path) -> Non
         sweeps.sweep(_spec(), storage="postgresql://u:pw@127.0.0.1:9/db", tracking_uri=uri)
     with pytest.raises(ConfigError, match="the database refused"):
         sweeps.sweep(_spec(), storage="postgresql://u@127.0.0.1:9/db?no_such_option=1", tracking_uri=uri)
+    assert list(tmp_path.iterdir()) == []
+    # move_study from Python: an int was an AttributeError from deep inside
+    for kwargs, words in (({"from_storage": 5}, "--from-storage: expected a non-empty string"),
+                          ({"to_tracking_uri": ""}, "--to-tracking-uri: expected a non-empty string")):
+        with pytest.raises(ConfigError, match=words):
+            sweeps.move_study("s", **{"from_storage": storage, "from_tracking_uri": uri,  # type: ignore[arg-type]
+                                      "to_storage": f"sqlite:///{tmp_path}/b.db", "to_tracking_uri": uri, **kwargs})
     assert list(tmp_path.iterdir()) == []
 
 

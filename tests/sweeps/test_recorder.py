@@ -99,7 +99,7 @@ def _pairs(trained: Any) -> Any:
 
     shape = tuple(int(d) for d in trained.model.inputs[0].shape[1:])
     rng = np.random.default_rng(0)
-    rows = [rng.random(shape).tolist() for _ in range(4)]
+    rows = [rng.integers(0, 17, shape).tolist() for _ in range(4)]  # digits' raw pixels (floats in 0-1 are refused)
     return pd.DataFrame({"left": rows, "right": rows[::-1]})
 
 

@@ -147,6 +147,21 @@ def test_one_hp_name_with_two_kinds_of_distribution_is_named() -> None:
         OptunaHyperParameters(study.ask()).Choice("units", ["a", "b"])
 
 
+def test_a_name_in_both_the_search_space_and_the_hypermodel_is_named() -> None:
+    """The search space draws first; the hypermodel's hp.Float("learning_rate", 1e-3, 1e-2) then got its 0.72
+    without a word. Declared twice within the hypermodel stays one value."""
+    from sweeps.errors import InvalidTrialConfig
+
+    study = optuna.create_study()
+    trial = study.ask()
+    trial.suggest_float("learning_rate", 0.5, 0.9)  # the spec's search_space
+    hp = OptunaHyperParameters(trial)
+    assert hp.Int("units", 8, 32) == hp.Int("units", 8, 32)
+    with pytest.raises(InvalidTrialConfig, match="hp 'learning_rate' is declared by the hypermodel and in "
+                                                 "search_space"):
+        hp.Float("learning_rate", 1e-3, 1e-2, sampling="log")
+
+
 def test_a_build_hp_that_raises_fails_its_trial_with_a_run(local_stores: dict[str, str],
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """build(hp) ran before the trial's run existed: its exception left a FAIL trial without an MLflow run."""
@@ -187,8 +202,15 @@ def test_multi_objective_study_keeps_a_pareto_front(local_stores: dict[str, str]
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert all(len(t.values) == 2 and t.values[1] > 100 for t in study.trials)
     assert result.status["best_trials"]
-    parent = MlflowClient(tracking_uri=local_stores["tracking_uri"]).get_run(result.parent_run_id)
+    client = MlflowClient(tracking_uri=local_stores["tracking_uri"])
+    parent = client.get_run(result.parent_run_id)
     assert parent.data.tags["siamese_sweep.pareto_trials"]
+    # its trials report no epochs: the intermediate-values plot was empty (and Optuna warned); axes were unnamed
+    files = {Path(f.path).name for f in client.list_artifacts(parent.info.run_id, "study")}
+    assert "pareto_front.html" in files and not any(f.startswith("intermediate_values") for f in files), files
+    html = Path(client.download_artifacts(parent.info.run_id, "study/pareto_front.html",
+                                          local_stores["dir"])).read_text()
+    assert '"val_roc_auc"' in html and '"params"' in html and "Objective 0" not in html
 
 
 @pytest.mark.parametrize("bounds", [{"low": 1, "high": float("inf")}, {"low": float("-inf"), "high": 3},
@@ -314,6 +336,52 @@ def test_sampler_and_pruner_options_they_do_not_read_are_named() -> None:
         "study.pruner.reduction_factor is not used by the 'median' pruner (it reads: n_startup_trials, "
         "n_warmup_steps)"]
     assert unused_options(spec_from_dict(make_spec_dict())) == []  # tpe with its options, no pruner
+    # Optuna does not prune several objectives: a hyperband there ran as if on, without a word
+    multi = spec_from_dict(make_spec_dict(study={"metrics": ["val_roc_auc", "params"], "sampler": "nsga2",
+                                                 "pruner": "hyperband"}))
+    assert unused_options(multi) == ["study.pruner ('hyperband') is not used: Optuna does not prune a study with "
+                                     "several objectives, so every trial runs all its epochs"]
+    assert unused_options(spec_from_dict(make_spec_dict(study={"metrics": ["val_roc_auc", "params"],
+                                                               "sampler": "nsga2", "pruner": "none"}))) == []
+
+
+@pytest.mark.parametrize(("study", "field", "text"), [
+    ({"metric": "val_roc_auc", "direction": "minimize"}, "study.direction",
+     "val_roc_auc is better higher; minimizing it would search for the worst models (use maximize)"),
+    ({"metric": "val_eer", "direction": "maximize"}, "study.direction", "val_eer is better lower"),
+    ({"metrics": ["val_roc_auc", "params"], "directions": ["minimize", "minimize"], "sampler": "nsga2"},
+     "study.directions", "val_roc_auc is better higher"),
+    ({"metrics": ["val_eer", "params"], "direction": "maximize", "sampler": "nsga2"}, "study.direction",
+     "give study.directions (one per metric) with study.metrics"),
+    ({"metric": "val_eer", "metrics": ["val_roc_auc", "params"], "sampler": "nsga2"}, "study.metric",
+     "'val_eer' is not one of study.metrics"),
+    ({"metric": "val_eer", "metrics": ["val_loss"]}, "study.metric", "'val_eer' is not one of study.metrics"),
+    ({"pruner": {"type": "hyperband", "min_resource": 50}}, "study.pruner.min_resource",
+     "50 epochs before a first verdict, but trials run at most 2: the hyperband pruner would never prune"),
+    ({"pruner": {"type": "successive_halving", "min_resource": 3}}, "study.pruner.min_resource", "at most 2"),
+])
+def test_an_objective_or_pruner_that_contradicts_itself_is_refused(study: dict, field: str, text: str) -> None:
+    """Each ran to exit 0: minimising an AUC made the worst model "best"; a direction next to metrics, or a metric
+    outside them, was dropped; a Hyperband without a bracket never pruned."""
+    with pytest.raises(ConfigError) as refused:
+        spec_from_dict(make_spec_dict(study=study))
+    assert refused.value.field.startswith(field) and text in str(refused.value), refused.value
+    spec_from_dict(make_spec_dict(study={"metric": "val_eer", "direction": "minimize"}))  # agreeing: fine
+    spec_from_dict(make_spec_dict(study={"pruner": {"type": "hyperband", "min_resource": 2}}))
+    spec_from_dict(make_spec_dict(study={"metrics": ["val_eer"], "direction": "minimize"}))  # one metric: its direction
+    # the spec a study was created with is not refused by a check added since: it could not be mended (--set
+    # changes its identity), so the study could not be resumed at all
+    spec_from_dict(make_spec_dict(study=study), stored=True)
+
+
+def test_a_multi_objective_study_joined_by_name_hears_of_no_pruner_it_did_not_choose() -> None:
+    """`worker --study NAME` rebuilds the stored spec, every field set: the default median pruner was named as
+    unused on every worker of the shipped multi-objective spec."""
+    from sweeps.preflight import unused_options
+
+    spec = load_spec(resolve_spec_path("multi-objective"))
+    assert spec.study.multi_objective and spec.study.pruner.type == "median"
+    assert unused_options(spec) == [] and unused_options(spec_from_dict(spec.portable(), stored=True)) == []
 
 
 def test_a_float_range_on_a_whole_number_key_is_refused() -> None:
@@ -332,3 +400,22 @@ def test_a_float_range_on_a_whole_number_key_is_refused() -> None:
     with pytest.raises(ConfigError, match="use type: int"):
         space.check_space(spec_from_dict(make_spec_dict(search_space={"encoder.width": {
             "type": "float", "low": 32, "high": 128, "step": 0.5}})))
+
+
+def test_a_studys_own_spec_reaches_its_workers_and_the_python_api_unrefused(tmp_path: Path) -> None:
+    """`run --study OLD --workers 2` loaded the stored spec unchecked, then wrote it to a file for its workers,
+    which re-read it as a user's spec: every worker exited 2. Overrides through the Python API re-checked a
+    spec object the same way."""
+    import argparse
+
+    from sweeps.api import resolve_spec
+    from sweeps.commands.sweep import _spec
+    from sweeps.launch import write_resolved_spec
+
+    old = spec_from_dict(make_spec_dict(study={"metric": "val_roc_auc", "direction": "minimize"}), stored=True)
+    path = write_resolved_spec(old, tmp_path / "spec.yaml")
+    args = argparse.Namespace(spec=str(path), study="t", overrides=[], storage=None)
+    assert _spec(args, stored="required", checked=True).study.objective_directions == ("minimize",)
+    with pytest.raises(ConfigError, match="val_roc_auc is better higher"):  # a user's own file: checked
+        _spec(args, stored="required")
+    assert resolve_spec(old, {"study.trials": 5}).study.trials == 5
