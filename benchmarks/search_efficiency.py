@@ -10,7 +10,8 @@ Compared, each in its own process, for several seeds (methods interleaved within
   Siamese network from the same config.
 
 All optimise validation ROC AUC measured the same way (our `Evaluator`, on the same validation pairs) after
-every epoch. What is scored is the model each method hands the user when the budget ends:
+every epoch. What is scored is the model each method hands the user when the budget ends — each tool's own
+choice, which is not the same epoch: a siamese-sweep trial is its last epoch, a KerasTuner trial its best one:
 
 * optuna: the study's best COMPLETE trial by validation ROC AUC (what ``siamese-sweep run`` reports as best),
   among the trials completed by the deadline, and the test ROC AUC that trial measured itself on the test

@@ -52,17 +52,31 @@ class ConfigError(InputError, ValueError):
         super().__init__(f"{field}: {message}" if field else message)
 
 
+class UserCodeError(ConfigError):
+    """User code named by a config field (``loss.type``) raised: bad input (exit 2), which keeps the user's
+    exception in `raised`. Keras re-raises errors from a traced function ``from None``, so ``__cause__`` does not
+    survive ``fit``: `raised` gives a sweep its failure reason (the user's ``ValueError``) and ``--debug`` the
+    traceback into the user's code."""
+
+    def __init__(self, field: str, message: str, *, raised: BaseException) -> None:
+        super().__init__(field, message)
+        self.raised = raised
+
+
 class DataError(InputError, ValueError):
     """A dataset cannot be used: unreadable, malformed, or unusable for pairs.
 
     `source` names the file or dataset; `problem` says what is wrong and how to fix it; `code` is the
-    diagnostic code when the refusal is a known Siamese failure (``single_class``, ``positives_only``, ...).
+    diagnostic code when the refusal is a known Siamese failure (``single_class``, ``positives_only``, ...);
+    `fix`, the doctor's fix for this refusal where the code's catalogue fix does not fit it (a split with no
+    class of two samples is ``pair_imbalance``, but rebalancing pairs cannot make positives).
     """
 
-    def __init__(self, source: str, problem: str, *, code: str | None = None) -> None:
+    def __init__(self, source: str, problem: str, *, code: str | None = None, fix: str | None = None) -> None:
         self.source = source
         self.problem = problem
         self.code = code
+        self.fix = fix
         super().__init__(f"{source}: {problem}")
 
 

@@ -30,7 +30,7 @@ import keras
 from keras import ops
 
 from .config import LossConfig
-from .errors import ConfigError
+from .errors import ConfigError, UserCodeError
 from .models import distances
 from .registry import LOSSES, import_object
 
@@ -203,9 +203,15 @@ class UserLoss(PerSampleFn):
 
     def __call__(self, y_true: Any, y_pred: Any) -> Any:
         kwargs = {} if self.margin is None else {"margin": self.margin}
-        if self.triplet:
-            return self.fn(y_pred[:, 0], y_pred[:, 1], y_pred[:, 2], **kwargs)
-        return self.fn(y_true, y_pred, **kwargs)
+        try:
+            if self.triplet:
+                return self.fn(y_pred[:, 0], y_pred[:, 1], y_pred[:, 2], **kwargs)
+            return self.fn(y_true, y_pred, **kwargs)
+        except Exception as exc:
+            # as for a user encoder that raises: one line naming the field, exit 2 (train said "RuntimeError",
+            # exit 1; the doctor blamed frozen layers, `cannot_overfit`)
+            name = f"{getattr(self.fn, '__module__', '?')}:{getattr(self.fn, '__qualname__', self.fn)}"
+            raise UserCodeError("loss.type", f"{name} raised {type(exc).__name__}: {exc}", raised=exc) from exc
 
     def get_config(self) -> dict[str, Any]:
         return {"fn": keras.saving.serialize_keras_object(self.fn), "triplet": self.triplet, "margin": self.margin}

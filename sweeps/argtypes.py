@@ -26,7 +26,18 @@ def output_file(text: str) -> str:
     path = Path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder; expected a file to write")
+    if _is_sqlite(path):  # `report -o optuna.db` beside `make demo`'s stores replaced every trial with Markdown
+        raise argparse.ArgumentTypeError(f"{text} is a SQLite database (a study's or MLflow's store?); writing "
+                                         "there would destroy it: name another file")
     return _writable(path.parent, text)
+
+
+def _is_sqlite(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(16) == b"SQLite format 3\x00"
+    except OSError:  # missing, or unreadable: the write's own checks speak
+        return False
 
 
 def output_dir(text: str) -> str:

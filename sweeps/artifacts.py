@@ -267,44 +267,25 @@ def write_study_artifacts(study: Any, directory: Path, *, plots: bool = True,
 
 def write_study_plots(study: Any, directory: Path) -> list[Path]:
     """Optuna's matplotlib plots of `study` as PNGs (none before a trial is complete)."""
-    import optuna
+    from . import study_plots
 
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
+    recipes = study_plots.plot_recipes(study)  # the HTML plots' list: the same plots, names and labels
+    if not recipes:
         return []
     from optuna.visualization import matplotlib as ovm
 
-    from . import importances, study_plots
-
     plt = _plt()
-    multi_objective = len(study.directions) > 1
-    targets = [lambda t: t.values[0]] if multi_objective else [None]
-    metrics = study_plots.objective_names(study)
-    title = metrics[0] if metrics else "Objective Value"  # Optuna's default
-    plotters = {
-        "optimization_history": lambda: ovm.plot_optimization_history(study, target=targets[0], target_name=title),
-        "param_importances": lambda: ovm.plot_param_importances(study, importances.evaluator(), target=targets[0],
-                                                                target_name=title),
-        "parallel_coordinate": lambda: ovm.plot_parallel_coordinate(study, target=targets[0], target_name=title),
-    }
-    if multi_objective:  # such trials report no epochs (Optuna prunes one objective only): the plot was empty
-        plotters["pareto_front"] = lambda: ovm.plot_pareto_front(study, target_names=metrics)
-    else:
-        plotters["intermediate_values"] = lambda: ovm.plot_intermediate_values(study)
     files: list[Path] = []
-    for name, make in plotters.items():
-        def draw(name: str = name, make: Any = make) -> Path:
+    for name, recipe in recipes.items():
+        def draw(name: str = name, recipe: Any = recipe) -> Path:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ax = make()
+                ax = recipe(ovm)
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
             path = directory / f"{name}.png"
             fig.savefig(path, dpi=90, bbox_inches="tight")
             plt.close(fig)
             return path
-        few = len(complete) < importances.MIN_COMPLETE
-        if name == "param_importances" and (few or not study.best_trials[0].params):
-            continue
         path = _safe(name, draw)
         if path is not None:
             files.append(path)

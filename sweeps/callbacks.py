@@ -30,16 +30,20 @@ def _is_number(v: Any) -> bool:
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
-    """One batched MLflow call per epoch, with ``step = epoch``; history keys as metric names."""
+    """One batched MLflow call per epoch, with ``step = epoch``; history keys as metric names. Findings are tagged
+    as they happen; `errors` keeps the error-severity codes heard (a pruned trial's, for the failure map)."""
 
     def __init__(self, run: TrialRun) -> None:
         super().__init__()
         self.run = run
+        self.errors: set[str] = set()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.run.log_metrics({k: float(v) for k, v in (logs or {}).items() if _is_number(v)}, step=epoch)
 
     def on_finding(self, finding: Any) -> None:
+        if finding.is_error:
+            self.errors.add(str(finding.code))
         try:
             self.run.set_tags({names.diagnostic_tag(finding.code): finding.severity})
         except TrackingUnavailable as exc:

@@ -145,10 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except InputError as exc:
-        if args.debug and exc.__cause__ is not None:  # e.g. a user encoder that raised: the line in their code
+        cause = exc.__cause__ or getattr(exc, "raised", None)  # `UserCodeError.raised`: Keras drops the cause
+        if args.debug and cause is not None:  # e.g. a user encoder that raised: the line in their code
             import traceback
 
-            print(mask_secrets("".join(traceback.format_exception(exc.__cause__))), file=sys.stderr, end="")
+            print(mask_secrets("".join(traceback.format_exception(cause))), file=sys.stderr, end="")
         print(f"error: {_one_line(_masked_input_error(exc, mask_secrets))}", file=sys.stderr)
         return EXIT_INPUT
     except TrainingFailed as exc:
@@ -167,9 +168,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(mask_secrets(traceback.format_exc()), file=sys.stderr, end="")
             return EXIT_ERROR
+        down = _storage_down(exc)
+        if down:
+            print(f"error: {down}", file=sys.stderr)
+            return EXIT_ERROR
         print(f"error: {type(exc).__name__}: {mask_secrets(str(exc))} "
               f"(siamese-sweep --debug {args.command} ... for a traceback)", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _storage_down(exc: BaseException) -> str | None:
+    """The line for a database that stopped answering for longer than the storage retries wait, or None. Optuna's
+    own text for it blamed "invalid data in the commit, e.g. exceeding max length"."""
+    if "optuna" not in sys.modules or "sqlalchemy" not in sys.modules:  # keep the light commands light
+        return None
+    from .storage import driver_message, from_optuna_storage, is_transient, storage_retry_budget_s
+
+    if not is_transient(exc) or not from_optuna_storage(exc):  # MLflow's SQL store raises the same errors
+        return None
+    return (f"the Optuna storage stopped answering ({driver_message(exc)}) for longer than the "
+            f"{storage_retry_budget_s():.0f} s the storage calls wait (${names.ENV_STORAGE_RETRY_SECONDS}); a "
+            "trial this process was running is retried by the next worker once the database is back")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from typing import Any
 
 from siamese_core.errors import ConfigError
 
-from .directions import metric_direction
+from .directions import better_way, metric_direction
 
 METHODS = {"bayes": "tpe", "random": "random", "grid": "grid"}
 IGNORED_TOP = ("program", "command", "project", "entity", "description", "controller", "job")
@@ -205,11 +205,11 @@ def from_wandb(data: Mapping[str, Any], *, base: Mapping[str, Any] | None = None
         if "goal" not in metric and better is not None:
             goal = better  # W&B's default (minimize) on an AUC searched for the worst models
             notes.append(f"metric.goal not given: {better} {name} (W&B's default is minimize; {name} is better "
-                         f"{'lower' if better == 'minimize' else 'higher'})")
+                         f"{better_way(better)})")
         elif "goal" not in metric:
             notes.append(f"metric.goal not given: minimize {name}, W&B's default")
         elif better is not None and goal != better:
-            raise ConfigError("metric.goal", f"{name} is better {'lower' if better == 'minimize' else 'higher'}: "
+            raise ConfigError("metric.goal", f"{name} is better {better_way(better)}: "
                                              f"goal {goal} would search for the worst models; use goal: {better}")
         study["direction"] = goal
         if "target" in metric:

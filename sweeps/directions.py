@@ -30,6 +30,11 @@ def lower_is_better(name: str) -> bool:
     return metric_direction(name) == MINIMIZE
 
 
+def better_way(direction: Direction) -> str:
+    """``"lower"`` or ``"higher"``: the words messages use for a direction ("val_loss is better lower")."""
+    return "lower" if direction == MINIMIZE else "higher"
+
+
 def better(a: float, b: float, metric: str) -> bool:
     """Is `a` strictly better than `b` on `metric`? NaN is never better; anything beats NaN."""
     if not math.isfinite(a):

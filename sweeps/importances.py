@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 # the fewest complete trials the report, the PNG and the HTML plot show importances for (the report asked for 3
 # while the plots began at 2: a parent run with the plots had a report without them)
 MIN_COMPLETE = 2
+# below this many complete trials the report says its ranking is a rough guide: on the 3-parameter study of
+# tests/sweeps/test_importances.py (TPE, seeds 0-9), the first n trials' top parameter was the one of 40 trials
+# for 2 seeds in 10 at n=3, 6 at n=5 and all 10 from n=8 on (`python benchmarks/importance_stability.py`, §8)
+FEW_FOR_A_RANKING = 8
 SEED = 0  # fANOVA's random forest: a fixed seed, so a report and its plots can be compared across runs
 
 _LOCK = threading.Lock()  # the worker's thread draws ahead while the finisher's thread refreshes plots

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import optuna
 
@@ -70,6 +70,41 @@ def check_tracking_uri(uri: str, flag: str) -> None:
         raise ConfigError(flag, f"expected an MLflow tracking URI ({', '.join(s + '://' for s in TRACKING_SCHEMES)}"
                                 f"...); received: {mask_url(uri)!r}")
     require_mlflow_store(uri, flag, must_exist=flag.startswith("--from"))  # MLflow would create an empty store
+
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+_DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def same_store(a: str, b: str) -> bool:
+    """Whether two storage or tracking URIs name one store, however spelled: ``sqlite:///mlflow.db`` and
+    ``sqlite:////abs/mlflow.db`` (the same file), ``http://localhost:5000/`` and ``http://127.0.0.1:5000``.
+    Compared as strings, the copy's target was its source: `--replace-runs` deleted the study's own runs."""
+    if a == b:
+        return True
+    files = [storage_file(u) or _file_uri_path(u) for u in (a, b)]
+    if files[0] is not None or files[1] is not None:
+        return None not in files and files[0].resolve() == files[1].resolve()  # type: ignore[union-attr]
+    return _server(a) == _server(b)
+
+
+def _file_uri_path(uri: str) -> Path | None:
+    parts = urlsplit(uri)
+    return Path(parts.path) if parts.scheme == "file" else None
+
+
+def _server(uri: str) -> tuple[str, str, int | None, str, tuple[tuple[str, str], ...]]:
+    """What names a server's store: its query too (libpq's ``?host=`` and ``options=-csearch_path=...`` name
+    other stores), but not a password given there."""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+")[0]
+    host = (parts.hostname or "").lower()
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:  # not a port: compared as written
+        port = None
+    query = tuple(sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "password"))
+    return scheme, "localhost" if host in _LOOPBACK else host, port, parts.path.rstrip("/"), query
 
 
 def _check_storage(url: str, flag: str) -> None:
@@ -120,7 +155,7 @@ def move_study(study_name: str, *, from_storage: str, from_tracking_uri: str, to
     _check_storage(to_storage, "--to-storage")
     check_tracking_uri(from_tracking_uri, "--from-tracking-uri")
     check_tracking_uri(to_tracking_uri, "--to-tracking-uri")
-    if from_storage == to_storage:
+    if same_store(from_storage, to_storage):
         raise ConfigError("--to-storage", "is the source storage: the study is already there")
     source, source_storage = _source_study(study_name, from_storage)
     there = _target_study(to_storage, study_name)
@@ -138,7 +173,7 @@ def move_study(study_name: str, *, from_storage: str, from_tracking_uri: str, to
         optuna.delete_study(study_name=study_name, storage=_opened(to_storage, "--to-storage"))
     result = MoveResult(study_name, len(source.trials))
     user_attrs = dict(source.user_attrs)
-    if from_tracking_uri != to_tracking_uri and user_attrs.get(names.STUDY_ATTR_PARENT_RUN_ID):
+    if not same_store(from_tracking_uri, to_tracking_uri) and user_attrs.get(names.STUDY_ATTR_PARENT_RUN_ID):
         with quiet_artifacts():
             _RunCopier(from_tracking_uri, to_tracking_uri).copy_study_runs(source, user_attrs, to_storage, result,
                                                                            replace_runs=replace_runs)
@@ -260,6 +295,10 @@ class _RunCopier:
         uid = study_uid(study)
         existing = self.tracker.retry("get experiment", lambda: self.dst.get_experiment_by_name(experiment.name))
         leftovers = self._leftovers(existing.experiment_id, uid) if existing is not None else []
+        if parent_id in leftovers:  # the source's own parent run: a spelling `same_store` could not see through
+            raise ConfigError("--to-tracking-uri", "holds the study's own parent run: it is the source tracking "
+                                                   "store under another name; give the --from-tracking-uri value to "
+                                                   "keep the runs where they are")
         if leftovers and not replace_runs:
             raise ConfigError("--to-tracking-uri", f"already has {len(leftovers)} run(s) of study "
                                                    f"{study.study_name!r} (uid {uid}), left by an interrupted or "

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 import optuna
-from mlflow.entities import Dataset
+from mlflow.entities import Dataset, RunTag
 
 from siamese_core.errors import ConfigError
 from siamese_core.metrics import same_at_threshold
@@ -36,56 +35,20 @@ from . import margin, names, outcomes, space
 from .directions import TRIAL_METRICS
 from .errors import Interrupted, InvalidTrialConfig, NonFiniteObjective
 from .finisher import Deferred, Finisher
+from .liveness import local_worker_pid, pid_space, worker_id
 from .outcomes import Outcome
 from .recorder import Job, Recorder, record, stage
 from .registry import model_id_from_uri
 from .secrets import mask_secrets
 from .signals import StopRequest, begin_cleanup, pid_alive, stop_check_callback
 from .spec import SweepSpec
-from .storage import frozen_trial, requeue_trial, retried_trial_number
+from .storage import driver_message, frozen_trial, requeue_trial, retried_trial_number
 from .tracking import Tracker, TrialRun, dataset_entity, run_url
 
 log = logging.getLogger(__name__)
 
 MAX_DETAIL = 1000  # characters of the reason's message kept in the run tag
-
-
-def worker_id() -> str:
-    """``host:pid`` of this worker process."""
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-@functools.cache  # fixed for a process's life (a process cannot enter another pid namespace itself)
-def pid_space() -> str:
-    """``<boot id>/<pid namespace>`` of this process: where its pid means this process. Two containers on one
-    kernel may share a host name and still number their processes apart; "" where Linux's /proc does not say.
-    `local_worker_pid` asks for every RUNNING trial in every round of the dead-worker check: read once."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
-    except OSError:
-        return ""
-
-
-def local_worker_pid(trial: optuna.trial.FrozenTrial) -> int | None:
-    """The pid of the trial's worker (its ``worker`` attr, as `worker_id` wrote it) if that worker ran on this
-    machine and in this process space; None for another machine's or container's, or a trial whose attr is not
-    written yet.
-
-    Same host name, same boot, another pid namespace: another container on this kernel, whose pids say nothing
-    here (left alone). Another boot id is taken as this machine rebooted (its workers are all gone), not as
-    another machine with the same host name: the pid is checked as before.
-    """
-    host, _, pid = str(trial.user_attrs.get(names.TRIAL_ATTR_WORKER, "")).rpartition(":")
-    if host != worker_id().rpartition(":")[0] or not pid.isdigit():
-        return None
-    boot, _, namespace = str(trial.user_attrs.get(names.TRIAL_ATTR_WORKER_PID_SPACE, "")).partition("/")
-    here_boot, _, here_namespace = pid_space().partition("/")
-    if namespace and here_namespace and boot == here_boot and namespace != here_namespace:
-        return None
-    return int(pid)
+QUICK_END_S = 5.0  # one short try to end a run after MLflow refused a call for its whole retry budget
 
 
 def claim_trial(trial: optuna.Trial) -> None:
@@ -291,6 +254,7 @@ class TrialAttempt:
         self._trained: tuple[TrialRun, Any, dict[str, float]] | None = None  # between `run` and `record`
         self._uploader: Any = None  # `sweeps.callbacks.CheckpointUploader` when checkpoints go to MLflow
         self._job: Job | None = None  # what the recording helper is doing for this trial (`sweeps.recorder`)
+        self._heard: set[str] = set()  # error-severity finding codes heard while training (`MlflowEpochLogger`)
 
     # ------------------------------------------------------------------ config -> train -> log result
     def run(self) -> float | list[float]:
@@ -313,7 +277,9 @@ class TrialAttempt:
         with run.active(system_metrics=self.ctx.spec.tracking.system_metrics):
             data = self.ctx.load_data(config)
             self._log_inputs(run, config, data)
-            callbacks: list[Any] = [stop_check_callback(), MlflowEpochLogger(run)]
+            logger = MlflowEpochLogger(run)
+            self._heard = logger.errors
+            callbacks: list[Any] = [stop_check_callback(), logger]
             if not study.multi_objective:
                 finisher = self.ctx.finisher  # a pruner decides once the previous trial is told
                 callbacks.append(OptunaReporter(self.trial, study.objective_metrics[0],
@@ -488,6 +454,8 @@ class TrialAttempt:
         """Record a COMPLETE or PRUNED outcome. An error here (MLflow down) is raised: the trial becomes FAIL."""
         if outcome.state != outcomes.COMPLETE:
             self.trial.set_user_attr(names.TRIAL_ATTR_REASON, outcome.reason)
+            if self._heard:  # collapse prunes a trial that also output one constant: the failure map counts both
+                self.trial.set_user_attr(names.TRIAL_ATTR_DIAGNOSTIC_ERRORS, sorted(self._heard))
         if self.mlflow_run is not None:
             self._end_run(self.mlflow_run, outcome, detail)
         self._settle_checkpoint(outcome)
@@ -521,9 +489,20 @@ class TrialAttempt:
         if run is None or run.closed:
             return
         if not outcome.ends_run:
-            # MLflow just refused calls for the whole retry budget: don't spend it again on tags and end_run.
-            log.warning("trial %d failed (%s); run %s is ended %s once MLflow answers", self.trial.number,
-                        outcome.reason, run.run_id, outcome.run_status)
+            # MLflow just refused calls for the whole retry budget: don't spend it again on tags and end_run. One
+            # short try: a server that answers but cannot store artifacts (a full disk) takes the end, and the
+            # run is not left RUNNING for a rerun that may never come
+            try:
+                quick = self.ctx.tracker.retry.within(QUICK_END_S)
+                quick("end run", lambda: run.client.log_batch(run.run_id, tags=[RunTag(k, str(v)) for k, v in {
+                    names.TAG_STATE: outcome.state, names.TAG_REASON: outcome.reason,
+                    names.TAG_REASON_DETAIL: mask_secrets(f"{type(exc).__name__}: {exc}")[:MAX_DETAIL]}.items()]))
+                quick("end run", lambda: run.client.set_terminated(
+                    run.run_id, outcome.run_status or outcomes.ORPHANED_RUN_STATUS))
+                run.closed = True
+            except Exception:  # noqa: BLE001 - still unreachable: the reconcile of a later worker ends it
+                log.warning("trial %d failed (%s); run %s is ended %s once MLflow answers", self.trial.number,
+                            outcome.reason, run.run_id, outcome.run_status)
             return
         try:
             self._end_run(run, outcome, f"{type(exc).__name__}: {exc}")
@@ -578,7 +557,8 @@ class TrialAttempt:
         try:
             by_number = {t.number: t for t in self.trial.study.get_trials(deepcopy=False)}
         except Exception as exc:  # noqa: BLE001 - storage trouble: this attempt only
-            log.warning("could not look up the earlier attempts of trial %d: %s", self.trial.number, exc)
+            log.warning("could not look up the earlier attempts of trial %d: %s", self.trial.number,
+                        driver_message(exc))
             return own
         runs = [by_number[n].user_attrs.get(names.TRIAL_ATTR_RUN_ID) for n in reversed(self.earlier)
                 if n in by_number]

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import optuna
 
-from siamese_core.errors import TrainingFailed
+from siamese_core.errors import ConfigError, TrainingFailed, UserCodeError
 
 from .errors import InvalidTrialConfig, NonFiniteObjective, TrackingUnavailable
 from .tracking import RUN_FAILED, RUN_FINISHED, RUN_KILLED
@@ -72,6 +72,12 @@ def _code(exc: BaseException) -> str:
 
 
 def _type_name(exc: BaseException) -> str:
+    """The exception's type; for user code that raised (a `ConfigError` naming its field, raised from the user's
+    own exception: `loss.type`, `encoder.type`) the user's exception's type, as before it was wrapped."""
+    if isinstance(exc, UserCodeError):
+        return type(exc.raised).__name__
+    if isinstance(exc, ConfigError) and exc.__cause__ is not None:
+        return type(exc.__cause__).__name__
     return type(exc).__name__
 
 

@@ -26,11 +26,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -45,6 +47,12 @@ log = logging.getLogger(__name__)
 
 FILES, MODEL, PLOTS = "files", "model", "plots"  # the parts of a job folder
 CLOSE_WAIT_S = 30.0  # a job in flight when the worker ends: its upload usually takes well under a second
+# A helper that neither answers nor uses CPU for this long while the worker waits for it is taken for hung (a
+# stopped process, a deadlock, a mount that never answers): killed, and its trial recorded in the worker, as for
+# a helper that died. A recording takes about 1 CPU s (BENCHMARKS.md §2); the bound is above the 120 s that one
+# MLflow call may spend retrying an outage (`SIAMESE_SWEEP_MLFLOW_RETRY_SECONDS`), several times over.
+HUNG_AFTER_S = 600.0
+POLL_S = 5.0  # how often a waiting worker looks at the helper's CPU time
 # one BLAS/OpenMP thread: the PCA of the embedding plot must not start a thread per core beside the training
 _HELPER_ENV = dict.fromkeys(names.ENV_MATH_THREADS, "1")
 
@@ -120,8 +128,9 @@ class Recorder:
         root = str(Path(__file__).resolve().parent.parent)  # where this `sweeps` package is imported from
         env = {**os.environ, **_HELPER_ENV,
                "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+        # unbuffered: `_readline` waits on the pipe with select(), which cannot see lines a buffer already holds
         proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                env=env, start_new_session=True)
+                                env=env, start_new_session=True, bufsize=0)
         assert proc.stdin is not None
         proc.stdin.write((json.dumps({"uri": self._tracker.uri}) + "\n").encode())
         proc.stdin.flush()
@@ -189,11 +198,29 @@ class Recorder:
         if proc is None or proc.stdout is None:
             return None
         while True:
-            line = proc.stdout.readline()
+            line = self._readline(proc)
             message = json.loads(line) if line.strip() else None
             if message is None or "number" in message:
                 return message
             self.priority = str(message.get("priority", ""))
+
+    def _readline(self, proc: subprocess.Popen[bytes]) -> bytes:
+        """The helper's next line; b"" once it exited, or once it is taken for hung (`HUNG_AFTER_S`) and killed."""
+        assert proc.stdout is not None
+        since, cpu = time.monotonic(), _cpu_ticks(proc.pid)
+        while True:
+            ready, _, _ = select.select([proc.stdout], [], [], POLL_S)
+            if ready:
+                return proc.stdout.readline()
+            now, used = time.monotonic(), _cpu_ticks(proc.pid)
+            if used != cpu:
+                since, cpu = now, used
+            elif now - since >= HUNG_AFTER_S:
+                log.warning("the recording helper (pid %d) has neither answered nor used CPU for %.0f s; killing it "
+                            "and recording in the worker's process", proc.pid, now - since)
+                proc.kill()
+                proc.wait()
+                return b""
 
     def close(self) -> None:
         """Close the helper's stdin (it finishes the job in flight, then exits); kill it if it does not."""
@@ -214,6 +241,16 @@ class Recorder:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    """User + system CPU ticks of process `pid` (Linux /proc); None where it cannot be read (then only the
+    clock decides)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of proc(5)
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------------------- the helper process

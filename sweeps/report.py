@@ -50,8 +50,7 @@ class Region:
     trials_outside: int
 
     def describe(self) -> str:
-        value = f"{self.value:.3g}" if isinstance(self.value, float) else repr(self.value)
-        return (f"{self.hits} of {self.trials} trials with {self.param} {self.op} {value} "
+        return (f"{self.hits} of {self.trials} trials with {self.param} {self.op} {_value(self.value)} "
                 f"(and {self.hits_outside} of {self.trials_outside} others)")
 
 
@@ -109,6 +108,10 @@ def build_report(study: optuna.Study, status: Mapping[str, Any] | None = None) -
             lead = margin.best_margin(study, complete)
             report.margin = None if lead is None else lead.to_dict()
         report.importances = _importances(study, len(complete))
+        if report.importances and len(complete) < importances.FEW_FOR_A_RANKING:
+            report.notes.append(f"the parameter importances come from {len(complete)} complete trials: with fewer "
+                                f"than {importances.FEW_FOR_A_RANKING} the ranking is a rough guide "
+                                "(one more trial can change the top parameter)")
         report.suggested_space = _suggest(study, complete, maximize)
     elif not single:
         report.notes.append("multi-objective study: see the Pareto front plot; no single best trial or importances")
@@ -132,7 +135,10 @@ def _codes(t: optuna.trial.FrozenTrial, reason: Callable[[optuna.trial.FrozenTri
     if t.state == optuna.trial.TrialState.COMPLETE:
         out += [(str(c), "diagnostic") for c in (t.user_attrs.get(names.TRIAL_ATTR_DIAGNOSTIC_ERRORS) or [])]
     elif t.state == optuna.trial.TrialState.PRUNED:
-        out.append((reason(t), "pruned"))
+        code = reason(t)
+        out.append((code, "pruned"))  # and what else its training found (collapse with constant_output)
+        out += [(str(c), "diagnostic") for c in (t.user_attrs.get(names.TRIAL_ATTR_DIAGNOSTIC_ERRORS) or [])
+                if c != code]
     elif t.state == optuna.trial.TrialState.FAIL:
         code = reason(t)
         out.append((code, "retried" if code in _RETRIED and t.number in retried else "failed"))
@@ -260,16 +266,44 @@ def render_markdown(report: SweepReport) -> str:
         lines += ["## A narrower search space to try next", "",
                   "The ranges of the best complete trials (paste into `search_space:`):", "", "```yaml"]
         for k, d in report.suggested_space.items():
-            lines.append(f"{k}: {{{', '.join(f'{kk}: {_fmt(vv)}' for kk, vv in d.items())}}}")
+            lines.append(f"{k}: {{{', '.join(f'{kk}: {_bound(kk, vv, d)}' for kk, vv in d.items())}}}")
         lines += ["```", ""]
         avoid = [f.region for f in report.failures if f.region is not None and f.region.op != "=="]
         if avoid:
             lines += ["Regions to leave out: " + "; ".join(
-                f"{r.param} {r.op} {_fmt(r.value)} (`{f.code}`)" for f in report.failures
+                f"{r.param} {r.op} {_value(r.value)} (`{f.code}`)" for f in report.failures
                 if (r := f.region) is not None and r.op != "==") + ".", ""]
     for note in report.notes:
         lines += [f"Note: {note}.", ""]
     return "\n".join(lines)
+
+
+def _value(v: Any) -> str:
+    """A region's threshold as the failure map and "Regions to leave out" both print it."""
+    return f"{v:.4g}" if isinstance(v, float) else repr(v)
+
+
+def _bound(key: str, v: Any, entry: Mapping[str, Any]) -> str:
+    """A suggested range's value, to be pasted into a spec: rounded outward (a low bound down, a high bound up),
+    exact where rounding would move it off the values trials used (a step's multiples, a categorical's choices).
+    Rounded to the nearest, ``low: 0.4125`` left out the best trial's own learning rate 0.41245, and a spec that
+    enqueued it was refused."""
+    if isinstance(v, float) and key in ("low", "high") and "step" not in entry:
+        return _fmt(_round_out(v, up=key == "high"))
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_bound(key, x, entry) for x in v) + "]"
+    return _fmt(v)
+
+
+def _round_out(v: float, *, up: bool) -> float:
+    """`v` to 4 significant figures, never below it (`up`) or above it."""
+    near = float(f"{v:.4g}")
+    if v == 0 or not math.isfinite(v) or (near >= v if up else near <= v):
+        return near
+    unit = 10.0 ** (math.floor(math.log10(abs(v))) - 3)
+    return float(f"{(math.ceil(v / unit) if up else math.floor(v / unit)) * unit:.4g}")
 
 
 def _fmt(v: Any) -> str:

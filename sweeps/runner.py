@@ -23,7 +23,7 @@ from . import artifacts, names, study_plots
 from .errors import SweepFatal
 from .finisher import records_in_background
 from .launch import WorkerProcesses
-from .objective import local_worker_pid, worker_id
+from .liveness import local_worker_pid, worker_id
 from .options import SweepOptions
 from .preflight import preflight, preflight_stores
 from .secrets import mask_url
@@ -95,7 +95,19 @@ def finalize_parent(study: optuna.Study, tracker: Tracker, parent_run_id: str, *
                     plots: bool = True, html: bool = True, drawn: artifacts.StudyPlotsAhead | None = None) -> None:
     """Trials table, Optuna plots and the final best on the parent run; then set its status (`html`: False
     when the HTML plots already show every finished trial; `drawn`: PNGs drawn while the last trial was recorded,
-    used if they show the study as it is)."""
+    used if they show the study as it is). The status is set even when the summary fails (an artifact store that
+    is full or read-only while the server answers): a parent left RUNNING said the sweep was still going."""
+    try:
+        _summarise_parent(study, tracker, parent_run_id, plots=plots, html=html, drawn=drawn)
+    except Exception:
+        with contextlib.suppress(Exception):  # the summary's error is the one reported
+            tracker.terminate(parent_run_id, status)
+        raise
+    tracker.terminate(parent_run_id, status)
+
+
+def _summarise_parent(study: optuna.Study, tracker: Tracker, parent_run_id: str, *, plots: bool, html: bool,
+                      drawn: artifacts.StudyPlotsAhead | None) -> None:
     with tempfile.TemporaryDirectory(prefix="siamese-study-") as tmp:
         artifacts.write_study_artifacts(study, Path(tmp), plots=plots, drawn=drawn)
         write_report(study, Path(tmp) / "report.md")
@@ -113,7 +125,6 @@ def finalize_parent(study: optuna.Study, tracker: Tracker, parent_run_id: str, *
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     if complete:
         updater(study, complete[-1])
-    tracker.terminate(parent_run_id, status)
 
 
 def write_report(study: optuna.Study, path: Path) -> Path | None:

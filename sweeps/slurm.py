@@ -129,6 +129,7 @@ class SlurmOptions:
     setup: tuple[str, ...] = ()
     sbatch_args: tuple[str, ...] = field(default_factory=tuple)
     retry_backoff_s: int = RETRY_BACKOFF_S  # before retry k: k * this (tests use 0)
+    trials: int | None = None  # the study's budget, set by each task's worker (None: the study's own)
 
     def validate(self) -> None:
         """ConfigError (exit 2) naming the flag, before anything is submitted."""
@@ -140,6 +141,8 @@ class SlurmOptions:
                                        f"{self.mem!r}")
         if self.tasks < 1:
             raise ConfigError("--tasks", f"expected a positive number of array tasks; received: {self.tasks}")
+        if self.trials is not None and self.trials < 1:
+            raise ConfigError("--trials", f"expected a positive number; received: {self.trials}")
         if self.cpus_per_task < 1:
             raise ConfigError("--cpus-per-task", f"expected a positive number; received: {self.cpus_per_task}")
         if self.gpus_per_task is not None and self.gpus_per_task < 0:
@@ -317,6 +320,7 @@ def render_script(spec_text: str, options: SlurmOptions, *, required_env: tuple[
     lines.append(_BODY.format(spec=spec_text.rstrip("\n"), tag=tag, setup=setup or "# (no --setup lines)",
                               guard=_env_guard(required_env),
                               worker=worker, study=shlex.quote(o.study), cpus=o.cpus_per_task,
+                              budget="" if o.trials is None else f" --trials {int(o.trials)}",
                               signal_seconds=o.signal_seconds, retries=o.retries, backoff=o.retry_backoff_s))
     return "\n".join(lines)
 
@@ -364,7 +368,7 @@ while :; do
   attempt=$((attempt + 1))
   job="${{SLURM_ARRAY_JOB_ID:-${{SLURM_JOB_ID:-?}}}}"
   echo "siamese-sweep: task ${{SLURM_ARRAY_TASK_ID:-0}} of job $job on $(hostname), attempt $attempt" >&2
-  {worker} "$work/spec.yaml" --study {study} --threads "$threads" &
+  {worker} "$work/spec.yaml" --study {study} --threads "$threads"{budget} &
   worker=$!
   rc=""; last=""
   while [ -z "$rc" ]; do

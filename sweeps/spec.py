@@ -38,7 +38,7 @@ from siamese_core.metrics import GOALS
 
 from . import names, pruners, samplers
 from .convert import from_wandb, looks_like_wandb
-from .directions import TRIAL_METRICS, Direction, metric_direction
+from .directions import TRIAL_METRICS, Direction, better_way, metric_direction
 
 log = logging.getLogger(__name__)
 
@@ -490,7 +490,7 @@ def _check_objectives(study: StudySpec) -> None:
             continue
         if way != better:
             key = "study.directions" if study.directions else "study.direction"
-            raise ConfigError(key, f"{metric} is better {'lower' if better == 'minimize' else 'higher'}; "
+            raise ConfigError(key, f"{metric} is better {better_way(better)}; "
                                    f"{way[:-1]}ing it would search for the worst models (use {better})")
 
 

@@ -291,7 +291,28 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def _first_line(exc: BaseException) -> str:
+def from_optuna_storage(exc: BaseException) -> bool:
+    """Whether `exc` came out of an Optuna storage (its traceback, or that of an error in its chain, passes
+    through ``optuna/storages``): an MLflow SQL store raises the same SQLAlchemy errors."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, optuna.exceptions.StorageInternalError):
+            return True
+        tb = e.__traceback__
+        while tb is not None:
+            if f"optuna{os.sep}storages" in tb.tb_frame.f_code.co_filename:
+                return True
+            tb = tb.tb_next
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def driver_message(exc: BaseException) -> str:
+    """The database driver's own one-line message under Optuna's and SQLAlchemy's wrappers (Optuna's says "An
+    exception is raised during the commit. This typically happens due to invalid data", for a refused connection
+    too), masked."""
     cause = exc.__cause__ if exc.__cause__ is not None else exc
     orig = getattr(cause, "orig", None) or cause  # the driver's own message, without SQLAlchemy's SQL and params
     return mask_secrets(first_line(orig) or type(orig).__name__)[:160]
@@ -319,7 +340,7 @@ def retry_transient(what: str, fn: Callable[[], T], *, budget_s: float, first_wa
         except Exception as exc:
             if not is_transient(exc) or time.monotonic() + wait > deadline:
                 raise
-            log.warning("%s failed (%s: %s); retrying in %.2fs", what, type(exc).__name__, _first_line(exc), wait)
+            log.warning("%s failed (%s: %s); retrying in %.2fs", what, type(exc).__name__, driver_message(exc), wait)
             failed = exc
             (sleep or time.sleep)(wait)  # looked up per call: a test may patch time.sleep
             wait = min(wait * 2, max_wait_s)
@@ -476,7 +497,7 @@ class RetryingStorage(optuna.storages.BaseStorage, BaseHeartbeat):
             if not is_transient(exc):
                 raise
             log.warning("Optuna storage %s: heartbeat of trial id %d not recorded (%s); next beat tries again",
-                        self._where, trial_id, _first_line(exc))
+                        self._where, trial_id, driver_message(exc))
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         return self._retry("get_stale_trial_ids", lambda: self._inner._get_stale_trial_ids(study_id))

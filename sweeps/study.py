@@ -21,6 +21,7 @@ import optuna
 from siamese_core.errors import ConfigError
 
 from . import names, outcomes, pruners, samplers
+from .liveness import gone_from_here
 from .margin import best_margin
 from .secrets import mask_url
 from .spec import SweepSpec, enqueued_params, spec_differences, spec_from_data
@@ -379,6 +380,10 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
     # epoch: the last one reported (counted from 0, as the prune message and the MLflow step); None before any
     out["reasons"] = {t.number: {"state": t.state.name, "reason": reason(t), "epoch": t.last_step}
                       for t in trials if t.state in (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)}
+    # after a kill -9 the trial reads RUNNING until a worker's check fails it: say which ones have no worker left
+    out["running"] = {t.number: {"worker": t.user_attrs.get(names.TRIAL_ATTR_WORKER), "epoch": t.last_step,
+                                 "worker_gone": gone_from_here(t)}
+                      for t in trials if t.state == optuna.trial.TrialState.RUNNING}
     return out
 
 

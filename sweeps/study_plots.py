@@ -7,12 +7,14 @@ cannot be drawn or logged is skipped with a warning and never fails a trial or t
 """
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import optuna
@@ -31,9 +33,10 @@ def objective_names(study: optuna.Study) -> list[str] | None:
     return list(metrics) if isinstance(metrics, list) and len(metrics) == len(study.directions) else None
 
 
-def _figures(study: optuna.Study) -> dict[str, Callable[[], Any]]:
-    from optuna import visualization as vis
-
+def plot_recipes(study: optuna.Study) -> dict[str, Callable[[ModuleType], Any]]:
+    """The study's plots by name, each drawn by a plotting module: ``optuna.visualization`` (plotly, the HTML
+    here) or ``optuna.visualization.matplotlib`` (the PNGs of `artifacts.write_study_plots`). Both have the same
+    functions and arguments, so one list decides which plots a study gets and how they are labelled."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         return {}
@@ -42,19 +45,26 @@ def _figures(study: optuna.Study) -> dict[str, Callable[[], Any]]:
         (lambda t: t.values[0]) if multi_objective else None)
     metrics = objective_names(study)
     title = metrics[0] if metrics else "Objective Value"  # Optuna's default
-    figures: dict[str, Callable[[], Any]] = {
-        "optimization_history": lambda: vis.plot_optimization_history(study, target=target, target_name=title),
-        "parallel_coordinate": lambda: vis.plot_parallel_coordinate(study, target=target, target_name=title),
+    recipes: dict[str, Callable[[ModuleType], Any]] = {
+        "optimization_history": lambda m: m.plot_optimization_history(study, target=target, target_name=title),
+        "parallel_coordinate": lambda m: m.plot_parallel_coordinate(study, target=target, target_name=title),
     }
     if not multi_objective:  # several objectives report no epochs: Optuna warned and drew an empty plot
-        figures["intermediate_values"] = lambda: vis.plot_intermediate_values(study)
+        recipes["intermediate_values"] = lambda m: m.plot_intermediate_values(study)
     if len(complete) >= importances.MIN_COMPLETE and complete[0].params:  # and trials with parameters
-        # fANOVA, as the PNG and the report (`sweeps.importances`), not Optuna 5's default PED-ANOVA
-        figures["param_importances"] = lambda: vis.plot_param_importances(study, importances.evaluator(),
+        # fANOVA, as the report (`sweeps.importances`), not Optuna 5's default PED-ANOVA
+        recipes["param_importances"] = lambda m: m.plot_param_importances(study, importances.evaluator(),
                                                                           target=target, target_name=title)
     if multi_objective:
-        figures["pareto_front"] = lambda: vis.plot_pareto_front(study, target_names=metrics)
-    return figures
+        recipes["pareto_front"] = lambda m: m.plot_pareto_front(study, target_names=metrics)
+    return recipes
+
+
+def _figures(study: optuna.Study) -> dict[str, Callable[[], Any]]:
+    """The plotly figures of `plot_recipes`, ready to draw."""
+    from optuna import visualization as vis
+
+    return {name: functools.partial(recipe, vis) for name, recipe in plot_recipes(study).items()}
 
 
 def write_study_html(study: optuna.Study, directory: Path) -> list[Path]:

@@ -175,10 +175,20 @@ class Retry:
                     return fn()
             except Exception as exc:  # noqa: BLE001 - MLflow raises many types for transport errors
                 if _permanent(exc) or time.monotonic() + wait > deadline:
-                    raise TrackingUnavailable(f"MLflow {what} failed: {mask_secrets(str(exc))[:300]}") from exc
+                    raise TrackingUnavailable(f"MLflow {what} failed: {clip(mask_secrets(str(exc)))}") from exc
                 log.warning("MLflow %s failed (%s); retrying in %.1fs", what, type(exc).__name__, wait)
                 self.sleep(wait)
                 wait = min(wait * 2, self.max_wait_s)
+
+
+def clip(text: str, limit: int = 300) -> str:
+    """`text` cut to about `limit` characters from both ends: requests puts the cause last ("Max retries exceeded
+    with url: /api/2.0/mlflow-artifacts/... (Caused by ResponseError('too many 500 error responses'))"), and
+    the first 300 characters kept the URL and lost the server's 500s (a full artifact disk read as an outage)."""
+    if len(text) <= limit:
+        return text
+    half = (limit - 5) // 2
+    return f"{text[:half]} ... {text[-half:]}"
 
 
 def _permanent(exc: Exception) -> bool:

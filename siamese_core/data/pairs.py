@@ -83,7 +83,7 @@ class _ClassIndex:
                                     "Provide at least two classes.", code=SINGLE_CLASS)
         if self.pos_eligible.size == 0:
             raise DataError(source, "no class has two or more samples — no positive pairs can be built",
-                            code=PAIR_IMBALANCE)
+                            code=PAIR_IMBALANCE, fix="give some class two or more samples (more data)")
 
     def same_class_partner(self, anchors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         c = self.class_of[anchors]

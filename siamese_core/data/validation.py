@@ -151,7 +151,7 @@ def check_pair_balance(y: np.ndarray, source: str, *, what: str) -> None:
     if n_pos == 0:
         raise DataError(source, f"negatives_only: pairs {what} are all labelled 0 (different), so there are no "
                                 f"positive pairs to learn similarity from. Add pairs labelled 1 (same).",
-                        code=PAIR_IMBALANCE)
+                        code=PAIR_IMBALANCE, fix="add pairs labelled 1 (same)")
 
 
 def check_classes(y: np.ndarray, source: str) -> None:
@@ -174,10 +174,10 @@ def check_split(split: Split, source: str, *, name: str, hint: str) -> None:
     classes, counts = np.unique(split.y, return_counts=True)
     if classes.size < 2:
         raise DataError(source, f"the {name} split has only {classes.size} class(es) {classes.tolist()}, so no "
-                                f"negative pairs are possible; {hint}", code=SINGLE_CLASS)
+                                f"negative pairs are possible; {hint}", code=SINGLE_CLASS, fix=hint)
     if not np.any(counts >= 2):
         raise DataError(source, f"no class in the {name} split has 2 or more samples, so no positive pairs are "
-                                f"possible; {hint}", code=PAIR_IMBALANCE)
+                                f"possible; {hint}", code=PAIR_IMBALANCE, fix=hint)
 
 
 def moments(arrays: list[np.ndarray]) -> Moments:

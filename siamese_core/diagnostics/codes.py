@@ -58,7 +58,7 @@ CATALOGUE: dict[str, CodeInfo] = {c.code: c for c in (
              "feed each preprocessing layer's output to the next layer (x = Rescaling(1/255)(inputs); "
              "x = Conv2D(...)(x)), or keep preprocessing.normalize: rescale"),
     CodeInfo(COLLAPSE, "error",
-             "all embeddings become (near) zero or identical; loss stuck near the margin",
+             "all embeddings become (near) zero, identical, or point one way; loss stuck near the margin",
              "the loss is minimised by a constant map: no or too few negatives, a hinge with the wrong sign, "
              "or a learning rate that killed every unit",
              "check that negatives are present and pushed apart (max(margin - d, 0)), lower the learning rate, "
@@ -97,7 +97,7 @@ CATALOGUE: dict[str, CodeInfo] = {c.code: c for c in (
              "check model.trainable_weights, remove stop_gradient/round/argmax from the model and the loss, "
              "make sure the loss uses y_pred"),
     CodeInfo(NO_LEARNING, "warning",
-             "validation AUC stays at chance (0.5) epoch after epoch",
+             "validation AUC stays at chance (0.5) epoch after epoch, or the training loss barely moves in 3 epochs",
              "the learning rate is far too small or too large, or the gradients do not reach the encoder",
              "try learning_rate 1e-3 with adam, check that the encoder's weights change between epochs"),
 )}

@@ -96,7 +96,7 @@ def from_data_error(exc: DataError) -> Finding | None:
     """The finding for a loader refusal that carries a diagnostic code (a refusal is always an error)."""
     if exc.code is None:
         return None
-    return C.finding(exc.code, exc.problem, evidence={"source": exc.source}, severity="error")
+    return C.finding(exc.code, exc.problem, evidence={"source": exc.source}, severity="error", fix=exc.fix)
 
 
 # Raw-input distance as a label-convention witness for user-built pairs: on digits, same pairs are closer

@@ -24,7 +24,7 @@ import numpy as np
 from ..config import TrainConfig
 from ..data.pairs import SAME, STREAM_PROBE, PairSampler, PairShuffler, TripletSampler
 from ..data.types import EVAL_POSITIVE_FRACTION, DataInfo, DatasetSplits, PairedSplit, Split, materialize
-from ..errors import TrainingFailed
+from ..errors import ConfigError, TrainingFailed
 from ..findings import SEVERITY_ORDER, Finding, FindingBus
 from ..losses import PerSampleLoss
 from ..metrics import HISTORY_KEYS
@@ -44,10 +44,18 @@ log = logging.getLogger(__name__)
 #   0.016-0.023 x within 5 epochs, dead networks to exactly 0. With l2_normalize, healthy runs kept >= 0.69 x
 #   (digits, 4-5 epochs, a ReLU-output user encoder at Adam 0.001-10 and SGD 5-10). Flag below 0.02 x.
 #   (Collapse under l2_normalize is one of directions, not of norms: positives-only pairs on digits drove
-#   embedding_spread to 0.03-0.07 in 4-6 epochs, healthy runs kept >= 0.24, while the raw norm *grew* —
-#   a scale-invariant loss has no gradient along the embedding. Reported, not yet a rule.)
+#   embedding_spread to 0.03-0.07 in 4-6 epochs while the raw norm *grew* — a scale-invariant loss has no
+#   gradient along the embedding. Hence the next rule.)
 NORM_DROP = 0.02
 NORM_ZERO = 1e-6
+# * direction collapse, read from embedding_spread (RMS distance of the unit directions from their mean; ~0.30
+#   untrained), for cosine or l2_normalize, from the second epoch on. 46 digits/Fashion-MNIST runs of the default
+#   conv config (session 40: lr 1e-8 to 10, adam/sgd, batch 16-256, embedding_dim 2-128, mlp, triplet, 5 epochs):
+#   every run with a decent test AUC kept >= 0.098 from its second epoch (>= 0.287 but for one with 99 %
+#   positive pairs; Fashion-MNIST >= 0.628), while adam at lr 3-10 sat at 0.013-0.034 with its loss stuck at
+#   the margin's value (test AUC 0.56-0.72). Its first epoch is no evidence: lr=0.3 and lr=1 read 0.066 and
+#   0.021 there, then trained to test AUC 0.95 and 0.88. Flag below 0.05.
+DIRECTION_SPREAD = 0.05
 # * point collapse: relative spread = val_distance_std / embedding scale (1 for unit-length embeddings and for
 #   cosine; else the raw norm, its square for sqeuclidean). Healthy minimum seen: 0.016 (BatchNorm conv on
 #   digits, early epochs) and 0.0043 (cosine); softmax-over-one-unit and dead networks give exactly 0. Flag
@@ -57,6 +65,12 @@ SPREAD_LOW, SPREAD_DROP = 1e-3, 0.02
 # * constant output: healthy val_score_std >= 0.008 (BCE, first epoch); constant models give 0.0.
 CONSTANT_STD = 1e-5
 CHANCE_BAND = 0.05           # |AUC - 0.5| below this is chance
+# * no learning from the start: the training loss over the first 3 epochs. In the 46 runs above every run that
+#   learned lowered it by >= 5.9 % from epoch 0 to epoch 2 (lr 1e-5, test AUC 0.78; >= 28 % for test AUC > 0.9),
+#   while adam at lr <= 3e-6 and sgd at 1e-3 moved it by -1.1 % to +1.0 % (the weights barely change; fresh pairs
+#   each epoch move it about 2.5 %), and the collapsed runs raised it. Their validation AUC stayed at the untrained
+#   model's 0.76-0.83, which the chance band cannot see. Flag a fall below 3 %.
+EARLY_EPOCHS, EARLY_LOSS_DROP = 3, 0.03
 INVERTED_AUC = 0.3           # healthy runs never went below 0.6 after one epoch
 # ... on validation sets of hundreds of pairs. On 60 pairs (a small pre-paired set's validation split) a healthy
 # two-tower model read 0.293 after one epoch (1 seed in 6), 2.8 standard errors below chance; inverted labels
@@ -111,11 +125,16 @@ def epoch_findings(history: list[dict[str, float]], *, distance: str, l2_normali
     zero = math.isfinite(norm) and (norm < NORM_ZERO or (len(norms) >= 2 and norm < NORM_DROP * max(norms)))
     point = math.isfinite(spread) and (spread < SPREAD_FLOOR or
                                        (spread < SPREAD_LOW and spread < SPREAD_DROP * best_spread))
-    if zero or point:
+    directions = _f(row, "embedding_spread")
+    one_way = ((distance == "cosine" or l2_normalize) and epoch >= 1 and math.isfinite(directions)
+               and directions < DIRECTION_SPREAD)
+    if zero or point or one_way:
         what = (f"embeddings shrank to near-zero vectors (mean norm before normalisation {norm:.3g}, best "
                 f"{max(norms):.3g})" if zero else
                 f"embeddings collapsed to one point (distance spread {spread:.2g} of the embedding scale, best "
-                f"{best_spread:.2g})")
+                f"{best_spread:.2g})" if point else
+                f"every embedding points the same way (direction spread {directions:.2g}; an untrained model "
+                f"has about 0.3, healthy runs kept 0.1 or more)")
         out.append(C.finding(C.COLLAPSE, f"{what} at epoch {epoch}; val_loss {_f(row, 'val_loss'):.4g}",
                              evidence=ev, epoch=epoch))
 
@@ -150,6 +169,15 @@ def epoch_findings(history: list[dict[str, float]], *, distance: str, l2_normali
             out.append(C.finding(C.NO_LEARNING, f"{why} (AUC {', '.join(f'{a:.3f}' for a in aucs)})",
                                  evidence={"epochs": patience, "val_roc_auc": aucs, "val_loss": losses,
                                            "train_loss": [_f(r, "loss") for r in recent]}, epoch=epoch))
+    if len(history) == EARLY_EPOCHS and not any(f.code == C.NO_LEARNING for f in out):
+        first, last = _f(history[0], "loss"), _f(row, "loss")
+        if math.isfinite(first) and math.isfinite(last) and first > 0 and (first - last) / first < EARLY_LOSS_DROP:
+            out.append(C.finding(
+                C.NO_LEARNING, f"the training loss changed by {100 * (last - first) / first:+.1f} % over the first "
+                               f"{EARLY_EPOCHS} epochs ({first:.4g} -> {last:.4g}; a model that learns lowers it "
+                               f"by more than {100 * EARLY_LOSS_DROP:.0f} %): the weights barely move",
+                evidence={"epochs": EARLY_EPOCHS, "train_loss": [_f(r, "loss") for r in history],
+                          "val_roc_auc": [_f(r, "val_roc_auc") for r in history]}, epoch=epoch))
     return out
 
 
@@ -219,11 +247,13 @@ class _Watcher(keras.callbacks.Callback):
                 raise TrainingFailed(f.code, f.message, finding=f, epoch=f.epoch)
 
 
-def safely(check: Callable[..., list[Finding]], *args: Any, **kwargs: Any) -> list[Finding]:
-    """A diagnostic that fails (on user code we cannot predict) must never break the run it watches."""
+def safely(check: Callable[..., list[Finding]], *args: Any, passing: type[Exception] = TrainingFailed,
+           **kwargs: Any) -> list[Finding]:
+    """A diagnostic that fails (on user code we cannot predict) must never break the run it watches (`passing`:
+    what does break it, besides `TrainingFailed`)."""
     try:
         return check(*args, **kwargs)
-    except TrainingFailed:
+    except (TrainingFailed, passing):
         raise
     except Exception as exc:  # noqa: BLE001
         log.warning("diagnostic %s skipped: %s: %s", getattr(check, "__name__", check), type(exc).__name__, exc)
@@ -249,13 +279,16 @@ def probe_tuples(config: TrainConfig, split: Split, *, n: int = PREFLIGHT_TUPLES
 
 def static_findings(config: TrainConfig, data: DatasetSplits, models: SiameseModels, *,
                     loss: PerSampleLoss) -> list[Finding]:
-    """The checks that need a model but no training (shared by the doctor and `PreflightWatcher`)."""
+    """The checks that need a model but no training (shared by the doctor and `PreflightWatcher`). A user's loss
+    that raises on a real batch raises its `ConfigError` (``loss.type``) here, as its first training step would:
+    the checks below would each have skipped themselves with a warning about it first."""
     out = safely(graph_checks.check_trainable, models)
     x, y = probe_tuples(config, data.val)
+    pred = np.asarray(models.training(x, training=False))
+    loss(keras.ops.convert_to_tensor(y), keras.ops.convert_to_tensor(pred))
     sides = x[:2] if len(models.encoders) == 2 else x[:1]
     out += safely(graph_checks.check_inputs, models.encoders, sides, config=config, info=data.info)
     out += safely(loss_checks.check_convention, config, embedding_dim=int(models.encoders[0].output.shape[-1]))
-    pred = np.asarray(models.training(x, training=False))
     out += safely(loss_checks.check_reduction, loss, y, pred)
     spread = score_spread(models, pred)
     if spread < 1e-6:
@@ -277,7 +310,7 @@ class PreflightWatcher(_Watcher):
         loss = getattr(self.models.training, "loss", None)
         if loss is None:
             return
-        self.report(safely(static_findings, self.config, self.data, self.models, loss=loss))
+        self.report(safely(static_findings, self.config, self.data, self.models, loss=loss, passing=ConfigError))
 
 
 class EpochWatcher(_Watcher):

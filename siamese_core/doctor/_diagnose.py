@@ -26,7 +26,7 @@ from ..diagnostics.data_checks import check_raw, check_splits, from_data_error
 from ..diagnostics.loss_checks import check_gradients
 from ..diagnostics.report import merge
 from ..diagnostics.watchers import probe_tuples, safely, static_findings
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..findings import Finding
 from ..run import build_run
 from .probes import loader_parity, overfit_probe, probe_data, short_run
@@ -110,7 +110,7 @@ def _probe(name: str, fn: Callable[[], Iterable[Finding]], *, crash_code: str | 
     """Run one probe; a crash in user code becomes a finding rather than hiding the others."""
     try:
         return list(fn())
-    except DataError:
+    except (DataError, ConfigError):  # bad data, or user code that raised (`loss.type`): exit 2, as `train`
         raise
     except Exception as exc:  # noqa: BLE001
         if crash_code is None:

@@ -4,8 +4,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 from ..cli import EXIT_OK, add_set_option, add_study_option, print_json
+from ..names import ENV_OPTUNA_STORAGE
+
+if TYPE_CHECKING:
+    from ..spec import SweepSpec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,10 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             "MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD (or the *_FILE variables "
             "naming files on the nodes) before submitting. Task exit codes: 0 done, 2 bad input (never retried), "
             "1 other error (retried in place --retries times), 130 interrupted (trial queued again)."))
-    p.add_argument("spec", nargs="?", help="sweep spec YAML (default: the built-in quickstart)")
+    p.add_argument("spec", nargs="?", help="sweep spec YAML (default: the spec stored with the --study named, if "
+                                           "$OPTUNA_STORAGE has it; else the built-in quickstart)")
     add_study_option(p)
     p.add_argument("--tasks", type=int, required=True, help="array tasks, i.e. worker processes (N)")
-    p.add_argument("--trials", type=int, help="global trial budget (default: the spec's study.trials)")
+    p.add_argument("--trials", type=int, help="global trial budget, set on the study by every task's worker "
+                                              "(default: the study's own, else the spec's study.trials)")
     p.add_argument("--time", help="time limit per task, e.g. 30, 4:00:00, 1-12 (sbatch --time)")
     p.add_argument("--partition", help="sbatch --partition")
     p.add_argument("--cpus-per-task", type=int, default=1,
@@ -58,6 +65,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_submit)
 
 
+def _existing_study_spec(storage: str, study: str, overrides: dict[str, Any]) -> SweepSpec | None:
+    """The spec stored with `study` in `storage`, its storage left to the tasks' environment (the URL may hold
+    a password, which the embedded spec must not); None for no such study, or, with a warning, when this host
+    cannot reach the storage (a database only the compute nodes reach): the spec argument decides then."""
+    from siamese_core.errors import InfrastructureError
+
+    from ..spec import DEFAULT_STORAGE
+    from ..study import stored_spec
+
+    try:
+        spec = stored_spec(storage, study, overrides, missing_ok=True)
+    except InfrastructureError as exc:
+        print(f"warning: could not read study {study!r}'s own spec from $OPTUNA_STORAGE here ({exc}); submitting "
+              "the built-in quickstart: pass the study's spec file if it exists", file=sys.stderr)
+        return None
+    if spec is None:
+        return None
+    return spec.model_copy(update={"study": spec.study.model_copy(update={"storage": DEFAULT_STORAGE})})
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     import shlex
 
@@ -83,14 +110,25 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
             raise ConfigError("--trials", f"expected a positive number; received: {args.trials}")
         overrides["study.trials"] = args.trials
-    spec = load_spec(resolve_spec_path(args.spec), overrides)
+    spec = None
+    storage = os.environ.get(ENV_OPTUNA_STORAGE)
+    if args.spec is None and args.study and storage:
+        # an existing study (a moved one, resumed on the cluster) runs its own spec: the quickstart's was refused
+        # by every task's worker ("created with another spec"), after the whole array had queued
+        spec = _existing_study_spec(storage, args.study, overrides)
+    if spec is None:
+        spec = load_spec(resolve_spec_path(args.spec), overrides)
     study = args.study if args.study is not None else spec.study.name  # `--study ''` is refused, not the spec's
     options = SlurmOptions(
         study=study, tasks=args.tasks, time=args.time, partition=args.partition, cpus_per_task=args.cpus_per_task,
         gpus_per_task=args.gpus_per_task, mem=args.mem, max_concurrent=args.max_concurrent,
         signal_seconds=args.preempt_signal_seconds, requeue=args.requeue, retries=args.retries,
         job_name=args.job_name, output=args.output, worker_command=tuple(shlex.split(args.worker_command)),
-        setup=tuple(args.setup), sbatch_args=tuple(args.sbatch_arg))
+        setup=tuple(args.setup), sbatch_args=tuple(args.sbatch_arg),
+        # a budget given here is the study's, as `worker --trials` sets it: in the spec alone, an existing study
+        # kept its own and the tasks ran nothing
+        trials=args.trials if args.trials is not None else
+        (spec.study.trials if "study.trials" in overrides else None))
     options.validate()  # bad input is one line: before the warnings about the stores
     env = job_environment(os.environ)  # what sbatch passes on; the checks see the values read from *_FILE too
     text = spec_yaml(spec)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from typing import Any
 
 from .. import names, pruners, samplers
 from ..argtypes import output_file
@@ -194,6 +195,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..study import load_study
 
     storage, study = _study_of(args)
+    if args.output:
+        from ..storage import storage_file
+
+        _refuse_writing_onto(args.output, {"the study's storage": storage_file(storage), "the spec": args.spec})
     report = build_report(load_study(study, storage))
     text = json_text(report.to_dict()) if args.json else render_markdown(report)
     if args.output:  # with --json too: `--json -o FILE` printed the JSON and wrote no file
@@ -202,6 +207,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         print(text)
     return EXIT_OK
+
+
+def _refuse_writing_onto(output: str, inputs: dict[str, Any]) -> None:
+    """`ConfigError` for ``--output`` if it names one of `inputs` (label -> path or None): the command would
+    replace what it reads."""
+    from pathlib import Path
+
+    from siamese_core.errors import ConfigError
+
+    target = Path(output)
+    for label, path in inputs.items():
+        if path is not None and target.exists() and Path(path).exists() and target.samefile(path):
+            raise ConfigError("--output", f"{output} is {label}; writing there would replace it: name another file")
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -217,9 +235,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from ..spec import spec_from_dict
 
     source = Path(args.source)
-    if args.output and Path(args.output).exists() and source.exists() and Path(args.output).samefile(source):
-        raise ConfigError("--output", f"{args.output} is the W&B file being converted; writing there would "
-                                      "replace it (its comments and launcher settings lost): name another file")
+    if args.output:  # its comments and launcher settings would be lost
+        _refuse_writing_onto(args.output, {"the W&B file being converted": source})
     data = read_yaml_mapping(source, what="W&B sweep")
     if not looks_like_wandb(data):
         raise ConfigError("", f"{source} is not a W&B sweep file (expected a 'parameters' section and no "
@@ -288,6 +305,10 @@ def _report(status: dict, as_json: bool) -> None:
         shown = ("  ".join(f"{m}={v:.4g}" for m, v in zip(metrics, values, strict=True))
                  if len(metrics) == len(values) else f"values={values}")  # a plain study: no names stored
         print(f"pareto trial #{b['number']}: {shown}  run={b['run_id']}")
+    for number, info in sorted(status.get("running", {}).items()):
+        if info.get("worker_gone"):  # otherwise "running N" above says it (another machine's: not known here)
+            print(f"trial #{number}: running, but its worker {info['worker']} is gone from this machine (killed?); "
+                  "the next worker's dead-worker check fails it (and queues it again while it has retries left)")
     for number, info in sorted(status.get("reasons", {}).items()):
         state, why, epoch = info["state"].lower(), info["reason"], info.get("epoch")
         if why == state:  # the pruner's own (`outcomes.PRUNED`): "pruned (pruned)" said nothing; the epoch does

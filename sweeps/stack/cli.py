@@ -57,6 +57,10 @@ MLFLOW_PASSWORDS = (names.ENV_ADMIN_PASSWORD, names.ENV_WORKER_PASSWORD)
 PLACEHOLDER_PREFIX = "change-me"
 STATE_FILE = "stack.json"
 READY_TIMEOUT_S = 300.0
+# PostgreSQL that exits under a running stack (a crash, an OOM kill, `pg_ctl stop`) is started again, as
+# docker-compose.yml's `restart: unless-stopped` does; more exits than this within the window stop the stack
+# instead of looping on a server that cannot stay up (a full disk, a broken data folder)
+PG_RESTARTS, PG_RESTART_WINDOW_S = 5, 300.0
 
 
 # ---------------------------------------------------------------- files
@@ -242,7 +246,10 @@ def up(args: argparse.Namespace) -> int:
         state.postgres, state.mlflow, state.ready = pg.masked_url, mlflow.url, True
         state.save(stack_dir)
         _print_summary(pg, mlflow, state, client_file, admin_file, args)
-        while pg.is_running() and mlflow.is_running() and (dashboard is None or dashboard.poll() is None):
+        restarts: list[float] = []
+        while mlflow.is_running() and (dashboard is None or dashboard.poll() is None):
+            if not pg.is_running() and not _start_again(pg, restarts):
+                break
             time.sleep(0.5)
         which = ("PostgreSQL" if not pg.is_running() else "mlflow server" if not mlflow.is_running()
                  else "optuna-dashboard")
@@ -270,6 +277,27 @@ def up(args: argparse.Namespace) -> int:
         StackState.path(stack_dir).unlink(missing_ok=True)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _start_again(pg: PostgresServer, restarts: list[float]) -> bool:
+    """Start PostgreSQL again after it exited (same port, data and roles: workers' storage retries and MLflow's
+    connection pool reconnect); False when it exited too often (`PG_RESTARTS`) or cannot start."""
+    now = time.monotonic()
+    restarts[:] = [t for t in restarts if now - t < PG_RESTART_WINDOW_S]
+    if len(restarts) >= PG_RESTARTS:
+        print(f"error: PostgreSQL exited {PG_RESTARTS + 1} times in {PG_RESTART_WINDOW_S:.0f} s (see "
+              f"{pg.log_path})", file=sys.stderr, flush=True)
+        return False
+    restarts.append(now)
+    print(f"warning: PostgreSQL exited (see {pg.log_path}); starting it again on the same port and data",
+          file=sys.stderr, flush=True)
+    try:
+        pg.restart()
+    except ServerStartError as e:
+        print(f"error: PostgreSQL could not be started again: {e}", file=sys.stderr, flush=True)
+        return False
+    print("PostgreSQL is up again", flush=True)
+    return True
 
 
 def _start_dashboard(args: argparse.Namespace, stack_dir: Path, storage: str,

@@ -374,3 +374,61 @@ def test_missing_connection_variables_stop_the_task_with_exit_2(stub: Path, tmp_
     assert not _events(tmp_path / "stub.log")
     code, err = _run(script, tmp_path, OPTUNA_STORAGE_FILE="/x", MLFLOW_TRACKING_URI="http://m")
     assert code == 0, err
+
+
+def test_an_existing_study_is_submitted_with_its_own_spec_and_a_given_budget(tmp_path: Path) -> None:
+    """Without a spec file the quickstart was embedded: every task's worker refused it ("created with another
+    spec", exit 2) after the whole array had queued. And `--trials` only went into the embedded spec, which an
+    existing study's budget ignores: the tasks ran nothing."""
+    import optuna
+
+    from sweeps import names
+    from sweeps.spec import load_spec
+    from sweeps.specs import resolve_spec_path
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="moved", storage=storage, direction="maximize")
+    study.set_user_attr(names.STUDY_ATTR_SPEC, load_spec(resolve_spec_path("digits-smoke")).portable())
+    env = {**os.environ, "OPTUNA_STORAGE": storage, "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+           "PYTHONPATH": str(ROOT)}
+
+    def dry_run(*extra: str) -> str:
+        res = subprocess.run([sys.executable, "-m", "sweeps.cli", "slurm", "submit", "--study", "moved", "--tasks",
+                              "2", *extra, "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    script = dry_run("--trials", "9")
+    assert "name: digits" in script and "fashion_mnist" not in script  # its spec, not the quickstart's
+    assert '--study moved --threads "$threads" --trials 9 &' in script
+    assert '--threads "$threads" &' in dry_run()  # no budget given: the study keeps its own
+    assert '--threads "$threads" --trials 5 &' in dry_run("--set", "study.trials=5")
+
+
+@pytest.mark.postgres
+def test_an_existing_study_on_a_password_protected_server_or_an_unreachable_one(postgres_server,
+                                                                                tmp_path: Path) -> None:
+    """The stored spec took `$OPTUNA_STORAGE` with its password as study.storage, and the check that the embedded
+    spec holds no password refused it (exit 2) for every `stack up` user. A database the submit host cannot reach
+    (only the compute nodes do) failed the submit, exit 1: it now falls back to the spec argument, with a warning."""
+    import optuna
+
+    from sweeps import names
+    from sweeps.spec import load_spec
+    from sweeps.specs import resolve_spec_path
+
+    url = postgres_server.url
+    study = optuna.create_study(study_name="moved-pg", storage=url, direction="maximize")
+    study.set_user_attr(names.STUDY_ATTR_SPEC, load_spec(resolve_spec_path("digits-smoke")).portable())
+    env = {**os.environ, "OPTUNA_STORAGE": url, "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+           "PYTHONPATH": str(ROOT), "SIAMESE_SWEEP_STORAGE_RETRY_SECONDS": "0"}
+    cmd = [sys.executable, "-m", "sweeps.cli", "slurm", "submit", "--study", "moved-pg", "--tasks", "2", "--dry-run"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "name: digits" in res.stdout and "storage: env:OPTUNA_STORAGE" in res.stdout
+    assert postgres_server.password not in res.stdout + res.stderr
+    env["OPTUNA_STORAGE"] = "postgresql://u:secretpw@127.0.0.1:1/optuna"
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "could not read study 'moved-pg'" in res.stderr and "secretpw" not in res.stdout + res.stderr
+    assert "fashion_mnist" in res.stdout  # the quickstart, as before

@@ -113,6 +113,21 @@ def test_a_user_encoder_that_raises_is_one_line_and_with_debug_its_traceback():
     assert proc.stderr.rstrip().splitlines()[-1].startswith("error: encoder.type: ")
 
 
+def test_a_user_loss_that_raises_is_one_line_exit_2_from_train_and_doctor():
+    """As for an encoder: `train` said "error: RuntimeError: boom" (exit 1), and the doctor reported
+    `cannot_overfit` with advice about frozen layers (exit 3)."""
+    sets = ("--set", "loss.type=user_code.losses:raises", "--set", "loss.kind=pair")
+    assert_input_error(cli("train", *TINY_SET, *sets, "--quiet"), "loss.type",
+                       "user_code.losses:raises raised RuntimeError: boom in the loss")
+    doctor = cli("doctor", "--set", "dataset=digits", *sets)
+    assert doctor.returncode == 2, doctor.stdout + doctor.stderr
+    assert doctor.stderr.rstrip().splitlines()[-1] == ("error: loss.type: user_code.losses:raises raised "
+                                                       "RuntimeError: boom in the loss")
+    assert "cannot_overfit" not in doctor.stdout + doctor.stderr
+    debug = cli("--debug", "train", *TINY_SET, *sets, "--quiet")  # Keras re-raised it `from None`: no cause left
+    assert debug.returncode == 2 and 'losses.py", line' in debug.stderr and "boom in the loss" in debug.stderr
+
+
 def test_the_findings_of_a_training_are_shown_without_json():
     """A summed triplet loss trained to exit 0 with only the test line: its `loss_reduction` error was in --json
     alone. Shown on stderr as the doctor shows them; a healthy training shows none."""
@@ -184,6 +199,51 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(tmp_path, c
         err = capsys.readouterr().err
         assert stop.value.code == 2 and words in err, (argv, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_database_that_stopped_answering_is_named_not_blamed_on_the_data(capsys, monkeypatch):
+    """A worker whose PostgreSQL went away ended, after its storage retries, with Optuna's text: "An exception is
+    raised during the commit. This typically happens due to invalid data in the commit, e.g. exceeding max length"."""
+    import optuna
+    import sqlalchemy.exc
+
+    from siamese_core import training
+    from sweeps.cli import main
+
+    def gone(*a, **k):
+        try:
+            raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception(
+                'connection to server at "127.0.0.1", port 5432 failed: Connection refused\n\tIs the server running?'))
+        except sqlalchemy.exc.OperationalError as exc:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit. This typically "
+                                                         "happens due to invalid data in the commit") from exc
+
+    monkeypatch.setattr(training, "train", gone)
+    monkeypatch.setenv("SIAMESE_SWEEP_STORAGE_RETRY_SECONDS", "15")
+    assert main(["train", *TINY_SET]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the Optuna storage stopped answering (connection to server at \"127.0.0.1\", port "
+                          "5432 failed: Connection refused) for longer than the 15 s"), err
+    assert "invalid data" not in err and len(err.strip().splitlines()) == 1
+
+    def too_long(*a, **k):  # a real bad request stays as it was: a retry cannot fix it
+        try:
+            raise sqlalchemy.exc.DataError("INSERT", {}, Exception("value too long for type character varying(512)"))
+        except sqlalchemy.exc.DataError as exc:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from exc
+
+    monkeypatch.setattr(training, "train", too_long)
+    assert main(["train", *TINY_SET]) == 1
+    assert "StorageInternalError: An exception is raised during the commit." in capsys.readouterr().err
+
+    def mlflow_db_gone(*a, **k):  # MLflow's SQL store raises the same error: not the Optuna storage's
+        raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("connection to server at \"127.0.0.1\", "
+                                                                      "port 1 failed: Connection refused"))
+
+    monkeypatch.setattr(training, "train", mlflow_db_gone)
+    assert main(["train", *TINY_SET]) == 1
+    err = capsys.readouterr().err
+    assert "Optuna storage" not in err and err.startswith("error: OperationalError: "), err
 
 
 def test_refused_mlflow_credentials_are_one_line_exit_2_for_every_command(capsys, monkeypatch):

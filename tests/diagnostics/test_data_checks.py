@@ -105,3 +105,20 @@ def test_loader_refusals_map_to_codes(refuse, problem, code, tmp_path, monkeypat
     assert problem in str(info.value) and info.value.code == code
     mapped = from_data_error(info.value)
     assert (mapped.code if mapped else None) == code
+
+
+def test_a_split_without_positive_pairs_gets_its_own_fix_not_the_rebalance_one():
+    """`doctor --set dataset.max_train_samples=3` said "fix: rebalance the pairs to roughly 1:1
+    (pairs.positive_fraction: 0.5 ...)" for a split where no class had two samples: no fraction makes positives."""
+    from siamese_core.diagnostics import codes
+
+    with pytest.raises(DataError) as info:
+        check_split(LabeledSplit(np.zeros((3, 2)), np.arange(3)), "digits", name="train",
+                    hint="use more data or raise dataset.max_train_samples")
+    mapped = from_data_error(info.value)
+    assert mapped is not None and mapped.code == "pair_imbalance"
+    assert mapped.fix == "use more data or raise dataset.max_train_samples"
+    assert mapped.fix != codes.CATALOGUE["pair_imbalance"].fix
+    with pytest.raises(DataError) as info:
+        check_pair_balance(np.zeros(6), "data.npz", what="'y'")  # negatives only: the catalogue fix is wrong too
+    assert from_data_error(info.value).fix == "add pairs labelled 1 (same)"

@@ -223,3 +223,43 @@ def test_watchers_do_not_change_the_run(tiny_dict):
         cfg = {**tiny_dict, "deterministic": True, "loader": "memory", "diagnostics": {"enabled": enabled}}
         histories.append([(round(r["loss"], 6), round(r["val_roc_auc"], 6)) for r in train(cfg).history])
     assert histories[0] == histories[1]
+
+
+# Measured (digits, the default conv config: cosine, l2_normalize; session 40's calibration of 46 runs):
+# loss, embedding_spread, val_roc_auc per epoch.
+def unit_rows(*values: tuple[float, float, float]) -> list[dict[str, float]]:
+    return [{"loss": loss, "embedding_spread": spread, "val_roc_auc": auc, "val_pos_distance_mean": 0.3,
+             "val_neg_distance_mean": 0.6} for loss, spread, auc in values]
+
+
+UNIT = {
+    "adam lr=10 (test AUC 0.63)": unit_rows((0.122, 0.013, 0.654), (0.125, 0.014, 0.653), (0.125, 0.015, 0.656)),
+    "adam lr=1e-7 (test AUC 0.75)": unit_rows((0.0676, 0.300, 0.761), (0.0681, 0.389, 0.760), (0.0683, 0.389, 0.759)),
+    "adam lr=1 (recovers: test AUC 0.88)": unit_rows((0.122, 0.021, 0.674), (0.124, 0.126, 0.700),
+                                                     (0.0842, 0.515, 0.779)),
+    "adam lr=1e-5 (slow: test AUC 0.78)": unit_rows((0.0665, 0.306, 0.765), (0.0646, 0.411, 0.773),
+                                                    (0.0625, 0.424, 0.778)),
+    "99 % positive pairs (test AUC 0.90)": unit_rows((0.0038, 0.096, 0.850), (0.0024, 0.098, 0.869),
+                                                     (0.0024, 0.111, 0.889)),
+}
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("adam lr=10 (test AUC 0.63)", {1: {"collapse": "error"}, 2: {"collapse": "error", "no_learning": "warning"}}),
+    ("adam lr=1e-7 (test AUC 0.75)", {2: {"no_learning": "warning"}}),
+    ("adam lr=1 (recovers: test AUC 0.88)", {}),  # epoch 0's 0.021 is no evidence: it trained
+    ("adam lr=1e-5 (slow: test AUC 0.78)", {}),  # -6 %: slow, but learning
+    ("99 % positive pairs (test AUC 0.90)", {}),
+])
+def test_direction_collapse_and_a_loss_that_does_not_move_under_unit_embeddings(name, expected):
+    """With cosine and l2_normalize (the default) the doctor found nothing at learning_rate=10 (every embedding
+    one way, loss stuck at the margin's value) or 1e-7 (AUC stays at the untrained model's 0.76)."""
+    per_epoch = findings_for(UNIT[name], distance="cosine", l2_normalize=True)
+    found = {epoch: codes(fs) for epoch, fs in enumerate(per_epoch) if fs}
+    assert found == expected, found
+
+
+def test_the_default_config_at_learning_rate_10_is_a_collapse(digits):
+    collector, exc = run({"dataset": "digits", "epochs": 3, "learning_rate": 10})
+    assert exc is not None and exc.code == "collapse" and exc.epoch == 1
+    assert "points the same way" in str(exc)

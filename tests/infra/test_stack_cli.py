@@ -413,6 +413,45 @@ def test_the_dashboard_needs_a_password_and_is_read_only(detached_stack: Path) -
 
 @pytest.mark.slow
 @pytest.mark.postgres
+def test_postgres_that_exits_under_the_stack_is_started_again(detached_stack: Path) -> None:
+    """`pg_ctl stop` (or a crash) under `stack up` took the whole stack down, MLflow too, and the stop's clean-up
+    removed the socket folder a manual restart needed; docker-compose.yml restarts it (`unless-stopped`)."""
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    url = make_url(_env_of(detached_stack / "client.env")["OPTUNA_STORAGE"])
+    admin = _env_of(detached_stack / "admin.env")
+    base, auth = admin["MLFLOW_TRACKING_URI"], (admin["MLFLOW_TRACKING_USERNAME"], admin["MLFLOW_TRACKING_PASSWORD"])
+    postmaster = [pid for pid, cmd in _cmdlines().items()
+                  if "postgres -D" in cmd and str(detached_stack) in cmd and "setpriv" not in cmd]
+    assert len(postmaster) == 1, postmaster
+    os.kill(postmaster[0], signal.SIGINT)  # what `pg_ctl stop -m fast` sends
+
+    def connect() -> None:
+        psycopg2.connect(host=url.host, port=url.port, user=url.username, password=url.password, dbname="optuna",
+                         connect_timeout=5).close()
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            connect()
+            break
+        except psycopg2.OperationalError:
+            assert time.monotonic() < deadline, (detached_stack / "stack.log").read_text()[-2000:]
+            time.sleep(1)
+    log = (detached_stack / "stack.log").read_text()
+    assert "PostgreSQL exited" in log and "starting it again on the same port and data" in log
+    assert "stopping the stack" not in log
+    # MLflow kept running and reaches its database again (its pool may drop one stale connection first)
+    codes = [_http(f"{base}/api/2.0/mlflow/experiments/search?max_results=1", auth=auth) for _ in range(3)]
+    assert codes[-1] == 200, codes
+    info = json.loads(subprocess.run(CLI + ["stack", "status", "--dir", str(detached_stack), "--json"],
+                                     env=_clean_env(), capture_output=True, text=True, timeout=60).stdout)
+    assert info["running"] and info["mlflow_healthy"]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
 def test_up_in_the_foreground_stops_on_ctrl_c_and_keeps_a_quote_ending_password(postgres_server: object) -> None:
     """Two starts of the same --dir: the saved password (ending in a quote) still lets clients in."""
     stack = Path(tempfile.mkdtemp(prefix="sweeps-stack-test-"))

@@ -66,3 +66,30 @@ def test_the_forest_is_fitted_once_for_the_report_and_the_plots(tmp_path: Path,
                + trial.suggest_int("c", 1, 3))
     build_report(study)  # another trial: computed again
     assert len(fits) == 2
+
+
+@pytest.mark.parametrize("shape", ["one objective", "few trials", "two objectives"])
+def test_the_pngs_and_the_html_show_the_same_plots(tmp_path: Path, shape: str) -> None:
+    if shape == "two objectives":
+        study = optuna.create_study(directions=["minimize", "minimize"], sampler=optuna.samplers.RandomSampler(0))
+        study.optimize(lambda t: (t.suggest_float("a", 0, 1), t.suggest_float("b", 0, 1)), n_trials=6)
+    else:
+        study = _study()
+        if shape == "few trials":
+            study = optuna.create_study()
+            study.add_trials(_study().trials[:1])  # fewer than importances.MIN_COMPLETE: no importances
+    pngs = {p.stem for p in artifacts.write_study_plots(study, tmp_path)}
+    html = {p.stem for p in study_plots.write_study_html(study, tmp_path / "html")}
+    assert pngs == html
+    assert ("param_importances" in pngs) == (shape != "few trials")
+    assert ("pareto_front" in pngs) == (shape == "two objectives") != ("intermediate_values" in pngs)
+
+
+def test_the_report_says_a_ranking_from_few_trials_is_a_rough_guide() -> None:
+    few = optuna.create_study()
+    few.add_trials(_study().trials[:importances.FEW_FOR_A_RANKING - 1])
+    report = build_report(few)
+    assert report.importances
+    assert any("rough guide" in note and f"{importances.FEW_FOR_A_RANKING - 1} complete" in note
+               for note in report.notes)
+    assert not any("rough guide" in note for note in build_report(_study()).notes)  # 12 trials

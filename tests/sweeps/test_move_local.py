@@ -220,3 +220,53 @@ def test_a_move_killed_while_copying_trials_is_refused_then_copied_afresh(tmp_pa
     optuna.create_study(study_name=STUDY, storage=empty)
     code, _, err = _move(capsys, src, empty, f"sqlite:///{tmp_path}/empty-mlflow.db")
     assert code == 2 and "with no trials and no attributes" in err
+
+
+def test_the_source_store_spelled_another_way_is_the_source_and_nothing_is_deleted(tmp_path: Path, capsys,
+                                                                                    monkeypatch) -> None:
+    """`--to-tracking-uri sqlite:////abs/mlflow.db` for the source's `sqlite:///mlflow.db` was taken for another
+    store: its runs were "left by an earlier move", and `--replace-runs`, as the refusal advised, deleted the
+    study's own runs and models (exit 0)."""
+    from mlflow import MlflowClient
+
+    from sweeps.move import same_store
+
+    src = _laptop(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    relative = "sqlite:///mlflow.db"  # the source, as `make demo` spells it
+    code, out, err = _move(capsys, {**src, "tracking": relative}, f"sqlite:///{tmp_path}/d.db", src["tracking"],
+                           "--replace-runs", "--json")
+    assert code == 0, err
+    assert json.loads(out)["runs"] == 0  # the same store: only the Optuna study moved, the runs stay
+    kept = MlflowClient(tracking_uri=src["tracking"]).get_run(src["run_id"])
+    assert kept.info.lifecycle_stage == "active"
+    moved = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path}/d.db")
+    assert moved.trials[0].user_attrs[names.TRIAL_ATTR_RUN_ID] == src["run_id"]
+    # the Optuna storage too: refused as the source, not found to "already have a study"
+    code, _, err = _move(capsys, {**src, "storage": "sqlite:///optuna.db"}, src["storage"], src["tracking"])
+    assert code == 2 and "is the source storage" in err, err
+    assert same_store("http://localhost:5000/", "http://127.0.0.1:5000")
+    assert same_store("postgresql+psycopg2://u:p@db/optuna", "postgresql://u:q@DB:5432/optuna")
+    assert not same_store("http://127.0.0.1:5000", "http://127.0.0.1:5001")
+    assert not same_store(f"sqlite:///{tmp_path}/a.db", f"sqlite:///{tmp_path}/b.db")
+    # libpq's host= and a schema in options= name other stores (the query was dropped: "is the source storage")
+    assert not same_store("postgresql://u@/optuna?host=db1.example.com", "postgresql://u@/optuna?host=db2.example.com")
+    assert not same_store("postgresql://u@db/o?options=-csearch_path%3Dold", "postgresql://u@db/o?options=-csearch_path%3Dnew")
+    assert same_store("postgresql://u@db/o?sslmode=require&password=a", "postgresql://u@db/o?password=b&sslmode=require")
+
+
+def test_a_target_holding_the_studys_own_parent_run_is_refused_even_with_replace_runs(tmp_path: Path, capsys,
+                                                                                      monkeypatch) -> None:
+    """A spelling `same_store` cannot see through (a host name for 127.0.0.1): the parent run gives it away."""
+    from mlflow import MlflowClient
+
+    from sweeps import move as move_module
+
+    src = _laptop(tmp_path)
+    monkeypatch.setattr(move_module, "same_store", lambda a, b: a == b)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _move(capsys, {**src, "tracking": "sqlite:///mlflow.db"}, f"sqlite:///{tmp_path}/e.db",
+                         src["tracking"], "--replace-runs")
+    assert code == 2 and "holds the study's own parent run" in err, err
+    assert MlflowClient(tracking_uri=src["tracking"]).get_run(src["run_id"]).info.lifecycle_stage == "active"
+    assert not (tmp_path / "e.db").exists()

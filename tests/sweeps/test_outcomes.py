@@ -115,3 +115,59 @@ def test_a_worker_refused_its_trial_runs_exits_2_and_asks_no_second_trial(local_
     trials = optuna.load_study(study_name="t", storage=local_stores["storage"]).trials
     assert [(t.state.name, t.user_attrs.get("reason")) for t in trials] == \
         [("FAIL", "tracking_unavailable_at_start"), ("WAITING", None)]  # its retry, for a worker that may write
+
+
+def test_a_pruned_trial_keeps_the_errors_its_training_found() -> None:
+    """The failure map reads them (`sweeps.report`): collapse prunes a trial whose run also has constant_output."""
+    from siamese_core.findings import Finding
+    from sweeps import names
+    from sweeps.callbacks import MlflowEpochLogger
+    from sweeps.objective import TrialAttempt
+
+    logger = MlflowEpochLogger(run=None)  # type: ignore[arg-type]  # its tags fail: logged, never raised
+    study = optuna.create_study()
+    trial = study.ask()
+    attempt = TrialAttempt(ctx=None, trial=trial)  # type: ignore[arg-type]
+    attempt._heard = logger.errors
+    for code, severity in (("collapse", "error"), ("constant_output", "error"), ("no_learning", "warning")):
+        try:
+            logger.on_finding(Finding(code=code, severity=severity, message=code))
+        except AttributeError:  # the run is None here: only the collection is under test
+            pass
+    outcome = outcomes.classify(TrainingFailed("collapse", "one point"), stop_requested=False, run_started=False)
+    attempt.conclude(outcome)
+    assert study.trials[0].user_attrs[names.TRIAL_ATTR_DIAGNOSTIC_ERRORS] == ["collapse", "constant_output"]
+    assert study.trials[0].user_attrs[names.TRIAL_ATTR_REASON] == "collapse"
+
+
+def test_a_run_whose_tracking_failed_is_ended_when_the_server_answers_again_at_once(tmp_path) -> None:
+    """A server that answers but cannot store artifacts (a full disk): the trial failed `tracking_unavailable`
+    and its run stayed RUNNING after the sweep's exit, "ended KILLED once MLflow answers" by a rerun that may
+    never come. One short try ends it now."""
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+
+    from sweeps import names
+    from sweeps.objective import TrialAttempt
+    from sweeps.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri)
+    exp = tracker.experiment_id("t")
+    parent = tracker.create_parent_run(exp, "s", tags={})
+    study = optuna.create_study()
+    trial = study.ask()
+    ctx = SimpleNamespace(tracker=tracker, share_checkpoints=False,
+                          spec=SimpleNamespace(study=SimpleNamespace(max_retries=2)))
+    attempt = TrialAttempt(ctx=ctx, trial=trial)  # type: ignore[arg-type]
+    attempt.mlflow_run = tracker.start_trial_run(exp, parent, study_name="s", trial_number=0)
+    exc = TrackingUnavailable("MLflow log artifact failed: ... (Caused by ResponseError('too many 500 error "
+                              "responses'))")
+    outcome = outcomes.classify(exc, stop_requested=False, run_started=True)
+    assert outcome.reason == "tracking_unavailable" and not outcome.ends_run
+    attempt._fail(outcome, exc)
+    run = MlflowClient(uri).get_run(attempt.mlflow_run.run_id)
+    assert run.info.status == RunStatus.to_string(RunStatus.KILLED)
+    assert run.data.tags[names.TAG_REASON] == "tracking_unavailable"
+    assert "too many 500 error responses" in run.data.tags[names.TAG_REASON_DETAIL]

@@ -152,6 +152,56 @@ def test_a_job_whose_helper_died_is_recorded_in_the_worker_and_the_next_job_gets
         rec.close()
 
 
+def test_a_helper_that_hangs_is_killed_and_its_trial_recorded_in_the_worker(
+        trained: Any, store: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopped helper (SIGSTOP standing in for a deadlock or a mount that never answers) held the sweep for
+    good, with no message: the worker's Heartbeat kept both trials alive, so no worker could fail them."""
+    monkeypatch.setattr(recorder, "HUNG_AFTER_S", 3.0)
+    monkeypatch.setattr(recorder, "POLL_S", 0.2)
+    uri, client, exp = store
+    rec = Recorder(Tracker(uri))
+    try:
+        rec.start()
+        hung = rec.pid
+        assert hung is not None
+        os.kill(hung, signal.SIGSTOP)
+        job = _stage(trained, client, exp, 1)
+        rec.submit(job)
+        start = time.monotonic()
+        with caplog.at_level("WARNING", logger="sweeps.recorder"):
+            uri_of_model = rec.result(job)
+        assert 3.0 <= time.monotonic() - start < 90
+        assert uri_of_model is not None and uri_of_model.startswith("models:/")
+        assert f"the recording helper (pid {hung}) has neither answered nor used CPU for" in caplog.text
+        assert {f.path for f in client.list_artifacts(job.run_id)} == TRIAL_FILES
+        with pytest.raises(ProcessLookupError):
+            os.kill(hung, 0)  # killed and reaped
+        again = _stage(trained, client, exp, 2)
+        rec.submit(again)  # a new helper
+        assert rec.pid not in (None, hung) and rec.result(again) is not None
+    finally:
+        rec.close()
+
+
+def test_a_helper_that_is_slow_but_working_is_waited_for(trained: Any, store: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bound is on a helper that uses no CPU: one that is busy (at idle priority, beside training) is waited
+    for however long it takes."""
+    monkeypatch.setattr(recorder, "HUNG_AFTER_S", 0.5)
+    monkeypatch.setattr(recorder, "POLL_S", 0.1)
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(recorder, "_cpu_ticks", lambda pid: next(ticks))  # always using CPU
+    uri, client, exp = store
+    rec = Recorder(Tracker(uri))
+    try:
+        job = _stage(trained, client, exp, 1)
+        rec.submit(job)  # the helper's imports and the recording take seconds: many 0.5 s bounds
+        first = rec.pid
+        assert rec.result(job) is not None and rec.pid == first  # answered by the helper, not killed
+    finally:
+        rec.close()
+
+
 def test_a_helper_that_died_after_logging_the_model_but_before_answering_leaves_one_model(
         trained: Any, store: Any, caplog: pytest.LogCaptureFixture) -> None:
     """The window between finalizing the model READY and writing the answer: the worker takes that model

@@ -66,6 +66,43 @@ def test_failure_map_names_the_region_and_the_space_leaves_it_out() -> None:
     assert report.importances and abs(sum(report.importances.values()) - 1) < 1e-6
 
 
+def test_the_suggested_space_pasted_as_printed_keeps_the_trials_it_comes_from() -> None:
+    """Rounded to the nearest, ``low: 0.4125`` shut out the best trial's learning rate 0.41245 (a spec enqueuing
+    it was refused), and ``high: 2.969`` a margin of 2.96914."""
+    import yaml
+
+    study = optuna.create_study(direction="maximize")
+    dists = {"learning_rate": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True), "loss.margin": MARGIN,
+             "keep": optuna.distributions.CategoricalDistribution([0.41245158906955215, 0.5])}
+    values = [(0.41245158906955215, 0.50001, 0.9), (0.76085, 1.96914, 0.8), (0.6, 1.5, 0.85), (0.55, 1.2, 0.7)]
+    values += [(0.002, 0.6, 0.1)] * 12  # the rest, far below: the top quarter is the four above
+    for lr, m, v in values:
+        study.add_trial(optuna.trial.create_trial(params={"learning_rate": lr, "loss.margin": m,
+                                                          "keep": 0.41245158906955215}, distributions=dists, value=v))
+    page = render_markdown(build_report(study))
+    block = page.split("```yaml\n", 1)[1].split("```", 1)[0]
+    space = yaml.safe_load(block)
+    for i, name in enumerate(("learning_rate", "loss.margin")):
+        used = [v[i] for v in values[:4]]
+        assert float(space[name]["low"]) <= min(used) and max(used) <= float(space[name]["high"]), (name, space)
+    assert space["keep"]["choices"] == [0.41245158906955215]  # a choice is printed whole, or it is another value
+
+
+def test_a_pruned_trial_counts_every_error_its_training_found() -> None:
+    """A trial pruned by collapse also had constant_output=error in its run; the map had no constant_output row."""
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(
+        params={"learning_rate": 0.5}, distributions={"learning_rate": LR_WIDE}, state=optuna.trial.TrialState.PRUNED,
+        user_attrs={names.TRIAL_ATTR_REASON: "collapse",
+                    names.TRIAL_ATTR_DIAGNOSTIC_ERRORS: ["collapse", "constant_output"]}))
+    rows = {(f.code, f.kind): f.trials for f in build_report(study).failures}
+    assert rows[("collapse", "pruned")] == (0,) and rows[("constant_output", "diagnostic")] == (0,)
+    assert ("collapse", "diagnostic") not in rows
+
+
+LR_WIDE = optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)
+
+
 def test_trials_stopped_from_outside_are_listed_as_retried_not_mapped_as_failures() -> None:
     # an interrupted trial whose retry completed was a "failed" row with a region of its own, and counted in
     # "any failure": the map blamed its parameters for a Ctrl-C
@@ -153,6 +190,28 @@ def test_report_command_reads_any_storage(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "nope" in missing.stderr
 
 
+def test_report_will_not_write_over_the_study_or_its_spec(tmp_path: Path) -> None:
+    """`report -o optuna.db` replaced every trial with Markdown (exit 0), `report spec.yaml -o spec.yaml` the spec."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    _study_failing_above(storage, n=4)
+    journal = tmp_path / "j.log"
+    _study_failing_above(f"journal:///{journal}", n=4)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"study: {{name: fails, storage: '{storage}'}}\n")
+    mlflow_db = tmp_path / "mlflow.db"
+    mlflow_db.write_bytes((tmp_path / "optuna.db").read_bytes())  # any SQLite store: MLflow's too
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for argv, words in ((["--storage", storage, "-o", "optuna.db"], "optuna.db is a SQLite database"),
+                        (["--storage", storage, "-o", "mlflow.db"], "mlflow.db is a SQLite database"),
+                        (["--storage", f"journal:///{journal}", "-o", "j.log"], "j.log is the study's storage"),
+                        ([str(spec), "-o", "spec.yaml"], "spec.yaml is the spec")):
+        done = subprocess.run([sys.executable, "-m", "sweeps.cli", "report", "--study", "fails", *argv],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert done.returncode == 2 and words in done.stderr, (argv, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1 or "usage:" in done.stderr, done.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 # A real sweep built to fail in a known region: SGD with momentum on an unnormalised encoder (no batch norm, no
 # L2 normalisation) diverges within one epoch of digits once the learning rate passes ~2.5 (measured: 2.0 trains,
 # 3.0 and above are PRUNED nan_loss). The random sampler's seed 30 draws 8 rates from [0.03, 10] that stay clear of
@@ -217,3 +276,47 @@ def test_failure_map_of_a_real_sweep_built_to_fail(tmp_path: Path) -> None:
     assert "`nan_loss`" in page and "learning_rate > " in page and "Regions to leave out: learning_rate > " in page
     assert "### Is its lead real?" in page and "on the same 200 validation pairs" in page
 
+
+
+@pytest.mark.parametrize("broken", ["artifacts", "nothing"])
+def test_the_parent_run_is_ended_even_when_its_summary_cannot_be_stored(tmp_path: Path, broken: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An artifact store that was full (the server answering, its uploads 500) left the parent run RUNNING after
+    the sweep's exit: the upload's error skipped setting its status."""
+    from mlflow import MlflowClient
+
+    from sweeps import runner
+    from sweeps.errors import TrackingUnavailable
+    from sweeps.tracking import RUN_FINISHED, Retry, Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", retry=Retry(budget_s=0.0))
+    exp = tracker.experiment_id("parent")
+    parent = tracker.create_parent_run(exp, "fails", tags={})
+    study = _study_failing_above(None, n=4)
+    if broken == "artifacts":
+        def full(*a, **k):
+            raise OSError(28, "No space left on device")
+        monkeypatch.setattr(tracker.client, "log_artifacts", full)
+        with pytest.raises(TrackingUnavailable, match="No space left on device"):
+            runner.finalize_parent(study, tracker, parent, status=RUN_FINISHED, plots=False)
+    else:
+        runner.finalize_parent(study, tracker, parent, status=RUN_FINISHED, plots=False)
+    assert MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(parent).info.status == RUN_FINISHED
+
+
+def test_a_tracking_error_keeps_the_servers_cause_at_its_end() -> None:
+    """requests puts the cause last; the first 300 characters kept the URL and dropped "too many 500 error
+    responses", so a full artifact disk read as a network outage."""
+    from sweeps.errors import TrackingUnavailable
+    from sweeps.tracking import Retry
+
+    message = ("HTTPConnectionPool(host='127.0.0.1', port=44485): Max retries exceeded with url: /api/2.0/mlflow-"
+               "artifacts/artifacts/7/" + "8a61c5be" * 30 + "/artifacts/model.keras (Caused by ResponseError("
+               "'too many 500 error responses'))")
+
+    def refuse():
+        raise ConnectionError(message)
+    with pytest.raises(TrackingUnavailable) as err:
+        Retry(budget_s=0.0, sleep=lambda s: None)("log artifact", refuse)
+    text = str(err.value)
+    assert "too many 500 error responses" in text and "Max retries exceeded" in text and len(text) < 340

@@ -136,3 +136,26 @@ def test_a_retried_start_up_trial_keeps_its_originals_phase(tmp_path: Path) -> N
                                                                         names.SYSTEM_ATTR_RETRY_HISTORY: [1]}))
     status = study_status(study)
     assert status["best"]["number"] == 3 and status["best"]["phase"] == "start-up", status
+
+
+def test_status_names_a_running_trial_whose_worker_is_gone(tmp_path: Path) -> None:
+    """After a kill -9 the trial read "running 1" until a worker's check failed it: nothing said it had no worker."""
+    from sweeps.liveness import pid_space, worker_id
+
+    url = _study(tmp_path / "optuna.db", [0.9, 0.91], startup=2)
+    study = optuna.load_study(study_name="phase", storage=make_storage(url))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid, now no process's
+    host = worker_id().rpartition(":")[0]
+    for number, pid in ((2, dead.pid), (3, 1)):  # pid 1 is alive: no line for that one
+        trial = study.ask()
+        trial.set_user_attr(names.TRIAL_ATTR_WORKER_PID_SPACE, pid_space())
+        trial.set_user_attr(names.TRIAL_ATTR_WORKER, f"{host}:{pid}")
+        assert trial.number == number
+    trial = study.ask()  # another machine's worker: not known here
+    trial.set_user_attr(names.TRIAL_ATTR_WORKER, "elsewhere:1234")
+    status = study_status(study)
+    assert {n: r["worker_gone"] for n, r in status["running"].items()} == {2: True, 3: False, 4: False}
+    text = _status_text(url, tmp_path)
+    assert f"trial #2: running, but its worker {host}:{dead.pid} is gone from this machine" in text
+    assert "trial #3" not in text and "trial #4" not in text and "running 3" in text
