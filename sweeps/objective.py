@@ -220,6 +220,8 @@ class Objective:
             if not staged_here:
                 attempt.send_to_recorder()
             attempt.record()
+            if staged_here:  # in line, in the worker's thread: a stop only recorded in Keras's save ends it too
+                StopRequest.check()
             attempt.conclude(outcomes.COMPLETED)
         except BaseException as exc:  # noqa: BLE001
             self._raise_settled(attempt, exc)
@@ -301,6 +303,7 @@ class TrialAttempt:
         values = objective_values(self.ctx.spec, result, measured)
         if not all(math.isfinite(v) for v in values):
             raise NonFiniteObjective(f"objective {list(study.objective_metrics)} = {values}")
+        StopRequest.check()  # a stop only recorded in TensorFlow after the last batch (`sweeps.signals`) stops it too
         self._trained = (run, result, measured)
         return values[0] if len(values) == 1 else values
 

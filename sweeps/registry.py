@@ -9,6 +9,7 @@ duration of the call.
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import time
 from collections.abc import Callable
@@ -72,13 +73,20 @@ def version_uri(name: str, version: str) -> str:
 
 
 def validate_model_name(name: str, flag: str = "--model-name") -> str:
-    """MLflow's rule for a registered model's name (not empty; no '/' or ':', which its URIs use), checked before
-    the registry is touched: ``promote --model-name bad/name`` was MLflow's exception, exit 1."""
+    """MLflow's rules for a registered model's name (``mlflow.utils.validation._validate_model_name``: not empty;
+    no '/' or ':', which its URIs use; not a path that resolves to another name), checked before the registry is
+    touched: ``promote --model-name bad/name`` (or ``..``) was MLflow's exception, exit 1."""
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(flag, "expected a non-empty model name")
     if "/" in name or ":" in name:
         raise ConfigError(flag, f"expected a name without '/' or ':' (models:/NAME@ALIAS uses them); received: "
                                 f"{name!r}")
+    # MLflow's `path_not_unique`, verbatim: it stores some models under their name, so '.', '..' and '..x'
+    # would resolve to another name (without '/', this refuses exactly '.' and names starting with '..')
+    norm = posixpath.normpath(name)
+    if norm != name or norm == "." or norm.startswith(".."):
+        raise ConfigError(flag, f"expected a name that is not '.' and does not start with '..' (MLflow treats names "
+                                f"as paths, where these resolve to other names); received: {name!r}")
     return name
 
 
@@ -257,41 +265,74 @@ class Registry:
     def version(self, version: str) -> Any:
         return self.call("get version", lambda: self.client.get_model_version(self.name, version))
 
-    def find_version(self, model_id: str) -> Any | None:
-        """The version registered from LoggedModel `model_id`, if any: by the version's own fields (``source`` =
-        ``models:/<model_id>``; ``model_id``, which MLflow 3.17's SQL registry store leaves None), else by the
-        ``siamese_sweep.model_id`` tag older releases wrote (no longer written: the source says it)."""
+    def registered_from(self, model_id: str) -> list[Any]:
+        """The versions registered from LoggedModel `model_id`, oldest first: by the version's own fields
+        (``source`` = ``models:/<model_id>``; ``model_id``, which MLflow 3.17's SQL registry store leaves None),
+        else by the ``siamese_sweep.model_id`` tag older releases wrote (no longer written: the source says it)."""
         if not self.exists():
-            return None
+            return []
         source = logged_model_uri(model_id)
-        for v in self.versions():
-            if (v.source == source or v.model_id == model_id
-                    or v.tags.get(names.TAG_LEGACY_MODEL_ID) == model_id):
-                return v
-        return None
+        found = [v for v in self.versions() if v.source == source or v.model_id == model_id
+                 or v.tags.get(names.TAG_LEGACY_MODEL_ID) == model_id]
+        return sorted(found, key=lambda v: int(v.version))
+
+    def find_version(self, model_id: str) -> Any | None:
+        """The first version registered from LoggedModel `model_id`, if any (see `registered_from`)."""
+        found = self.registered_from(model_id)
+        return found[0] if found else None
 
     def register(self, model_uri: str, run_id: str | None, tags: dict[str, str], *,
                  description: str | None = None) -> str:
         """A new version whose source is `model_uri` itself (no copy of the files), READY; returns its number.
 
-        From a LoggedModel (``models:/<model_id>``) the version carries that model's metrics and dataset.
-
-        A retried create first looks for the version an earlier attempt may have created (a timeout after the
-        server committed it), so a retry never registers the model twice.
+        From a LoggedModel (``models:/<model_id>``) the version carries that model's metrics and dataset, and the
+        model is registered once: a retried create first looks for the version an earlier attempt may have created
+        (a timeout after the server committed it), and two promoters that both found none and both created one
+        converge on the first (`_keep_first`).
         """
         self.ensure()
         model_id = model_id_from_uri(model_uri)
+        created: list[str] = []  # the version this call created, if it did
 
         def create() -> str:
             if model_id and (existing := self.find_version(model_id)) is not None:
                 return str(existing.version)
             # MLflow's SQL registry store resolves models:/ with the default client
             with mlflow_internals_use(self.uri):
-                return str(self.client.create_model_version(self.name, source=model_uri, run_id=run_id, tags=tags,
-                                                            model_id=model_id, description=description).version)
+                version = str(self.client.create_model_version(self.name, source=model_uri, run_id=run_id,
+                                                               tags=tags, model_id=model_id,
+                                                               description=description).version)
+            created.append(version)
+            return version
         version = self.call("create version", create)
+        if model_id and created:
+            version = self._keep_first(model_id, created[-1], tags)
         self.wait_ready(version)
         return version
+
+    def _keep_first(self, model_id: str, mine: str, tags: dict[str, str]) -> str:
+        """After creating `mine`: the first version registered from `model_id`, deleting `mine` if it is not.
+
+        The look-up before a create and the create are two calls, and MLflow has no unique constraint on a
+        version's source, so two promoters of one model can both find nothing and both create. Versions are
+        numbered in commit order, so whoever created the higher number sees the lower one when it re-reads here:
+        it deletes its own (never another promoter's, which may already be tagged or aliased) and adopts the
+        first, and both racers return the same version. The loser's tags go to the kept version: its evidence is
+        about the same model, and what it writes next (eligibility, the alias) goes there too.
+        """
+        from mlflow.exceptions import MlflowException
+
+        found = self.registered_from(model_id)
+        first = str(found[0].version) if found else mine
+        if int(first) >= int(mine):
+            return mine
+        try:
+            self.call("delete duplicate version", partial(self.client.delete_model_version, self.name, mine))
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # a retried delete that had gone through
+                raise
+        self.tag(first, tags)
+        return first
 
     def wait_ready(self, version: str, *, timeout_s: float = READY_TIMEOUT_S, poll_s: float = 0.5) -> None:
         """Return once `version` is READY; `RegistryUnavailable` if it failed or is still pending at the timeout."""

@@ -39,6 +39,7 @@ from siamese_core.metrics import GOALS
 from . import names, pruners, samplers
 from .convert import from_wandb, looks_like_wandb
 from .directions import TRIAL_METRICS, Direction, better_way, metric_direction
+from .registry import validate_model_name
 
 log = logging.getLogger(__name__)
 
@@ -244,8 +245,11 @@ class TrackingSpec(_Section):
     @field_validator("registered_model")
     @classmethod
     def _registered_model(cls, v: str | None) -> str | None:
-        if v is not None and (not v.strip() or "/" in v or ":" in v):
-            raise ValueError(f"expected a name without '/' or ':' (models:/NAME@ALIAS uses them); received: {v!r}")
+        if v is not None:
+            try:
+                validate_model_name(v, "tracking.registered_model")  # MLflow's rules, as for --model-name
+            except ConfigError as exc:
+                raise ValueError(exc.detail) from None
         return v
     system_metrics: bool = False  # MLflow's CPU/memory/GPU monitor in each trial's run (extra: system-metrics)
     # where epoch checkpoints live: "local" (study.checkpoint_dir only), "mlflow" (also copied into the trial's

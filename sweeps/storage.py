@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import json
 import logging
 import math
 import os
@@ -42,6 +43,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, _CachedStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages.journal._file import get_lock_file  # see `WholeLineJournalFile` for why a private name
 from optuna.trial import FrozenTrial, TrialState
 
 from siamese_core.errors import ConfigError, InfrastructureError, first_line
@@ -138,6 +140,94 @@ def check_sqlite_store(url: str, store: str, flag: str) -> None:
         raise ConfigError(flag, f"{path} is not {what} (it is {found}); nothing was changed")
 
 
+def make_parent(path: Path, flag: str) -> None:
+    """The folder of a store's file, created; one that cannot be (a file in the way, a read-only or virtual file
+    system) is `ConfigError` naming `flag`: it was a raw ``FileExistsError``, exit 1, the code a scheduler
+    retries."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(flag, f"cannot create the folder of {path}: {exc.strerror or exc}") from None
+
+
+JOURNAL_PEEK_BYTES = 1 << 20  # a journal's first record is a study's creation: a few hundred bytes
+JOURNAL_RECORD_START = b'{"op_code":'  # how every record Optuna's journal writer makes begins
+
+
+def require_a_journal(path: Path, flag: str) -> None:
+    """`ConfigError` naming `flag` if the existing file `path` does not start with an Optuna journal record: any
+    path ending in ``.log`` is taken for a journal, and an application's log given as the storage failed with a
+    raw ``JSONDecodeError``, exit 1. An empty file, or a first record cut before its end, is a journal. A first
+    line that has no newline and does not begin as a record is not one: the writer would remove it as a cut
+    record (a one-line note given as the storage was emptied)."""
+    try:
+        with path.open("rb") as f:
+            first = f.readline(JOURNAL_PEEK_BYTES)
+    except (FileNotFoundError, NotADirectoryError):  # a new journal (`make_parent` names a folder it cannot make)
+        return
+    except OSError as exc:
+        raise ConfigError(flag, f"cannot read {path}: {exc.strerror or exc}") from None
+    if not first.endswith(b"\n"):
+        if first[:len(JOURNAL_RECORD_START)] == JOURNAL_RECORD_START[:len(first)]:
+            return
+        record = None
+    else:
+        try:
+            record = json.loads(first)
+        except ValueError:
+            record = None
+    if not isinstance(record, dict) or "op_code" not in record:
+        raise ConfigError(flag, f"{path} is not an Optuna journal (its first line is not a journal record); "
+                                "nothing was changed")
+
+
+class WholeLineJournalFile(JournalFileBackend):
+    """A journal file whose writers first remove a record cut before its end (a writer killed in the middle of
+    its write, a full disk), under the journal's lock.
+
+    Optuna's reader skips a last line that does not end in a newline, but its writer appends after it: the next
+    record was glued onto the cut one, the line stopped being the last, and every later read of the study failed
+    with ``JSONDecodeError`` (exit 1, the study lost). Removing the cut record keeps what every reader has seen.
+    Optuna has no public hook around its append: this is its `append_logs` with that check first, on its private
+    `_lock` and `_file_path` and its lock helper (tests/sweeps/test_journal_storage.py pins the behaviour).
+    """
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        with get_lock_file(self._lock):
+            _remove_a_cut_record(Path(self._file_path))
+            what_to_write = "\n".join([json.dumps(log, separators=(",", ":")) for log in logs]) + "\n"
+            with open(self._file_path, "ab") as f:
+                f.write(what_to_write.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def _remove_a_cut_record(path: Path, chunk: int = 1 << 16) -> None:
+    """Truncate `path` after its last newline when it does not end with one (the caller holds the lock)."""
+    with path.open("rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        end = size
+        keep = 0
+        while end > 0:
+            start = max(0, end - chunk)
+            f.seek(start)
+            at = f.read(end - start).rfind(b"\n")
+            if at >= 0:
+                keep = start + at + 1
+                break
+            end = start
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    log.warning("the journal %s ended in a record cut before its end (%d bytes: a writer killed while it wrote, "
+                "or a full disk); removed it before writing (no reader had seen it)", path, size - keep)
+
+
 def storage_kind(url: str) -> str:
     if url in ("memory", "inmemory", ":memory:"):
         return "memory"
@@ -178,8 +268,13 @@ def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 
         path = _journal_path(url)
         assert path is not None
         require_not_a_folder(path, "--storage")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        journal = SignalSafeJournalStorage(JournalFileBackend(str(path)))
+        require_a_journal(path, "--storage")
+        make_parent(path, "--storage")
+        try:
+            backend = WholeLineJournalFile(str(path))
+        except OSError as exc:  # a folder that cannot hold files: /proc, a read-only mount
+            raise ConfigError("--storage", f"cannot create {path}: {exc.strerror or exc}") from None
+        journal = SignalSafeJournalStorage(backend)
         journal.beat_interval = float(heartbeat_interval)
         return journal
     given, url = url, with_postgres_driver(url)
@@ -188,7 +283,7 @@ def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 
         path = sqlite_path(url)
         if path is not None:
             check_sqlite_store(url, "optuna", "--storage")
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_parent(path, "--storage")
         # several worker processes share the file: wait for locks instead of failing
         engine_kwargs["connect_args"] = {"timeout": 120}
     import sqlalchemy.exc

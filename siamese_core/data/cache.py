@@ -12,8 +12,10 @@ Trust comes first:
   the source files (path, size, modification time) or of the package that ships them, and the source code of
   ``siamese_core.data`` itself (a change to how data is split or checked makes new entries);
 * every read is checked: the arrays must hash to the fingerprint `sources.fingerprint` gave them when they were
-  loaded from the source. An entry that fails the check or cannot be read is loaded again from the source and
-  rewritten; a cache that cannot be written is skipped with a log line, never an error;
+  loaded from the source, and the description beside them (value range, mean and standard deviation, which set
+  the model's input normalisation) to the digest it was written with. An entry that fails a check or cannot be
+  read is loaded again from the source and rewritten; a cache that cannot be written is skipped with a log
+  line, never an error;
 * entries are written into a temporary folder and renamed into place, so a reader sees a whole entry or none.
 
 Only built-in sources whose files can be named are cached (not user-registered ones, not ``image_folder``,
@@ -41,7 +43,7 @@ from .types import DataInfo, DatasetSplits, LabeledSplit, PairedSplit, Split
 ENV_DATA_CACHE = "SIAMESE_SWEEP_DATA_CACHE"  # a folder, or "off"
 ENV_XDG_CACHE_HOME = "XDG_CACHE_HOME"  # the XDG base directory spec's cache folder (default ~/.cache)
 OFF = "off"
-FORMAT = 1  # bump when the layout of an entry changes
+FORMAT = 2  # bump when the layout of an entry changes (it is in the entry's key: older entries are never read)
 # Least recently used entries beyond this are deleted when one is written: a Fashion-MNIST entry is 55 MB (the
 # uint8 pixels of all three splits), so the cache stays under ~0.5 GB for that dataset.
 MAX_ENTRIES = 8
@@ -113,6 +115,12 @@ def _info_from_json(data: dict[str, Any]) -> DataInfo:
     return DataInfo(**data)
 
 
+def _digest(info: dict[str, Any]) -> str:
+    """The description's own checksum: a `meta.json` whose mean or standard deviation was changed (a damaged
+    disk, a hand edit) trained a differently normalised model without a word, its arrays being intact."""
+    return hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()
+
+
 def read(key: str, *, verify: Callable[[dict[str, Split], DataInfo], str]) -> DatasetSplits | None:
     """The entry `key` with its arrays memory-mapped, if it exists and ``verify(splits, info)`` (the fingerprint
     of the mapped arrays) equals the fingerprint recorded in it; else None."""
@@ -122,7 +130,7 @@ def read(key: str, *, verify: Callable[[dict[str, Split], DataInfo], str]) -> Da
     entry = root / key
     try:
         meta = json.loads((entry / META).read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no entry, or no cache folder (a file there): nothing damaged
         return None
     except (OSError, ValueError) as exc:
         _discard(entry, f"{type(exc).__name__}: {exc}")
@@ -130,6 +138,9 @@ def read(key: str, *, verify: Callable[[dict[str, Split], DataInfo], str]) -> Da
     try:
         if meta.get("format") != FORMAT:
             _discard(entry, f"format {meta.get('format')}, expected {FORMAT}")
+            return None
+        if meta.get("info_sha256") != _digest(meta["info"]):
+            _discard(entry, "its description does not match its digest")
             return None
         splits: dict[str, Split] = {}
         for name in _SPLITS:
@@ -175,7 +186,9 @@ def write(key: str, data: DatasetSplits) -> Path | None:
         for name, parts in arrays.items():
             for part, array in parts.items():
                 np.save(tmp / f"{name}.{part}.npy", np.ascontiguousarray(array), allow_pickle=False)
-        meta = {"format": FORMAT, "splits": {n: sorted(p) for n, p in arrays.items()}, "info": _info_to_json(data.info)}
+        info = _info_to_json(data.info)
+        meta = {"format": FORMAT, "splits": {n: sorted(p) for n, p in arrays.items()}, "info": info,
+                "info_sha256": _digest(info)}
         (tmp / META).write_text(json.dumps(meta))
         entry = root / key
         try:

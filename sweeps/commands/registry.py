@@ -77,7 +77,9 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         or (spec.study.storage if spec else DEFAULT_STORAGE),
         "tracking_uri": flag_or_env(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI)
         or (spec.tracking.uri if spec else DEFAULT_TRACKING_URI),
-        "model_name": args.model_name or (spec.tracking.registered_model if spec else None),
+        # only an absent flag means the default: `--model-name ''` silently promoted to the default name
+        "model_name": args.model_name if args.model_name is not None
+        else (spec.tracking.registered_model if spec else None),
     }
 
 
@@ -85,9 +87,11 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from siamese_core.errors import ConfigError
 
     from ..promotion import promote, rollback
-    from ..registry import validate_alias
+    from ..registry import validate_alias, validate_model_name
 
     validate_alias(args.alias)  # before anything heavy is imported or touched
+    if args.model_name is not None:
+        validate_model_name(args.model_name)
     where = _resolve(args)
     if args.rollback:
         if args.force or args.metric or args.lift_rollback:

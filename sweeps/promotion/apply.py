@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import time
+from typing import Any
 
 from .. import names
 from ..registry import READY, Registry
@@ -65,10 +66,19 @@ def apply(decision: PromotionDecision, facts: Facts, reg: Registry) -> Promotion
         final = decision.final_holder
     decision.applied, decision.final_holder = True, final
     if final != version and decision.action == PROMOTE:
-        decision.reason += f"; a better version (v{final}) holds the alias after concurrent promotions"
+        if final is not None and _same_model(reg.version(final), reg.version(version)):
+            # e.g. two versions an older release registered from one model: equal scores, the older one wins
+            decision.reason += f"; v{final}, registered from the same model, holds the alias"
+        else:
+            decision.reason += f"; a better version (v{final}) holds the alias after concurrent promotions"
     previous_tag = names.per_alias(names.TAG_PREVIOUS_PREFIX, alias)
     decision.previous = reg.version(final).tags.get(previous_tag) if final else None
     return decision
+
+
+def _same_model(a: Any, b: Any) -> bool:
+    """Two registry versions of one model: by their source (``models:/<model_id>``), not their numbers."""
+    return (bool(a.source) and a.source == b.source) or (bool(a.model_id) and a.model_id == b.model_id)
 
 
 def version_tags(facts: Facts) -> dict[str, str]:

@@ -123,7 +123,11 @@ def gather(study_name: str, *, storage: str, tracking_uri: str, model_name: str 
     pairs = build_eval_pairs(trial_config(reg.client, run_id), what=f"trial #{trial.number}",
                              expected_fingerprint=trial.user_attrs.get(names.TRIAL_ATTR_DATASET_FINGERPRINT))
     val, test = pairs[SELECTION_SPLIT], pairs[REPORT_SPLIT]
-    existing = reg.find_version(model_id) if model_id else None
+    current = reg.holder(alias)
+    found = reg.registered_from(model_id) if model_id else []
+    # of several versions registered from this model (concurrent promotes of an older release), the one that holds
+    # the alias: taking another ranked the model against itself, and tagged that version ineligible
+    existing = next((v for v in found if str(v.version) == current), found[0] if found else None)
     wrapper = load_wrapper(model_uri, tracking_uri=tracking_uri, dst=f"{workdir}/candidate")
     candidate = Candidate(
         trial=trial.number, run_id=run_id, model_uri=model_uri, model_id=model_id,
@@ -132,7 +136,6 @@ def gather(study_name: str, *, storage: str, tracking_uri: str, model_name: str 
         trial_test={k: trial.user_attrs.get(names.TRIAL_ATTR_TEST_PREFIX + k) for k in METRICS},
         trial_val={k: trial.user_attrs.get(names.TRIAL_ATTR_VAL_PREFIX + k) for k in METRICS})
     holder = None
-    current = reg.holder(alias)
     if current is not None:
         hv = reg.version(current)
         fingerprint = hv.tags.get(names.TAG_DATASET_FINGERPRINT)

@@ -95,6 +95,24 @@ def test_a_damaged_entry_is_deleted_and_loaded_again(cache_dir, tiny_config, cap
     _same(fresh, third)
 
 
+@pytest.mark.parametrize("change", [{"mean": 8.89, "std": 2.02}, {"value_range": [0.0, 1.0]}])
+def test_a_changed_description_is_deleted_and_loaded_again(cache_dir, tiny_config, caplog, change):
+    """The description sets the model's input normalisation (mean, standard deviation, value range): changed in
+    `meta.json` with the arrays intact, it trained a different model with the same dataset fingerprint."""
+    fresh = load_dataset(tiny_config)
+    (entry,) = _entries(cache_dir)
+    meta = json.loads((entry / cache.META).read_text())
+    assert all(key in meta["info"] for key in change)
+    meta["info"].update(change)
+    (entry / cache.META).write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING, logger=cache.__name__):
+        again = load_dataset(tiny_config)
+    assert "its description does not match its digest" in caplog.text
+    assert not _mapped(again)
+    _same(fresh, again)  # the source's description, not the changed one
+    assert _mapped(load_dataset(tiny_config))  # written anew
+
+
 def test_unreadable_metadata_is_a_miss(cache_dir, tiny_config):
     load_dataset(tiny_config)
     (entry,) = _entries(cache_dir)
@@ -126,6 +144,7 @@ def test_an_unwritable_cache_is_skipped_with_a_warning(tmp_path, tiny_config, mo
         data = load_dataset(tiny_config)
     assert len(data.train) > 0
     assert "could not write the data cache" in caplog.text
+    assert "damaged" not in caplog.text  # nothing was read, so nothing was damaged or deleted
 
 
 def test_least_recently_used_entries_go_first(cache_dir, make_tiny, monkeypatch):

@@ -11,7 +11,9 @@ from siamese_core.errors import ConfigError
 from sweeps import directions
 from sweeps import reevaluation as rev
 from sweeps.promotion import pick_candidate, rank_trials
-from sweeps.registry import validate_alias
+from sweeps.registry import validate_alias, validate_model_name
+
+from .conftest import Stores
 
 
 @pytest.mark.parametrize("alias", ["latest", "LATEST", "Latest", "v1", "V22", "v007"])
@@ -140,3 +142,55 @@ def test_registry_and_move_clients_bound_mlflows_http_retries(monkeypatch: pytes
             monkeypatch.delenv(key, raising=False)
         make()
         assert {key: os.environ.get(key) for key in MLFLOW_HTTP_DEFAULTS} == MLFLOW_HTTP_DEFAULTS
+
+
+@pytest.mark.parametrize("name", ["..", ".", "..x", "...", "", " "])
+def test_model_names_mlflow_refuses_are_refused_first(name: str) -> None:
+    """MLflow also refuses a name that resolves to another as a path ('.', '..', '..x'): that was its exception,
+    exit 1, after the study had been re-evaluated."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name
+
+    with pytest.raises(ConfigError) as info:
+        validate_model_name(name)
+    assert info.value.field == "--model-name"
+    with pytest.raises(MlflowException):  # the rule mirrored is MLflow's
+        _validate_model_name(name)
+
+
+@pytest.mark.parametrize("name", ["..x", ".", "a/b", " "])
+def test_a_spec_names_its_registered_model_by_the_same_rules(name: str) -> None:
+    """A name from the spec reaches the registry unchecked by `promote` (only --model-name is checked there)."""
+    from sweeps.spec import spec_from_dict
+
+    with pytest.raises(ConfigError) as info:
+        spec_from_dict({"tracking": {"registered_model": name}})
+    assert info.value.field == "tracking.registered_model"
+
+
+@pytest.mark.parametrize("name", ["a..", "x.", "a.b", " ..", "siamese-digits", ".hidden"])
+def test_model_names_mlflow_accepts_are_accepted(name: str) -> None:
+    from mlflow.utils.validation import _validate_model_name
+
+    _validate_model_name(name)
+    assert validate_model_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "..", ".", "..x"])
+def test_cli_promote_bad_model_name_exits_2_and_creates_nothing(name: str, sqlite_stores: Stores,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """``--model-name ''`` promoted to the default name (exit 0); '..' and '.' were MLflow's exception (exit 1)."""
+    from mlflow import MlflowClient
+
+    from sweeps.cli import main
+
+    client = MlflowClient(sqlite_stores.tracking_uri, registry_uri=sqlite_stores.tracking_uri)
+    before = sorted(m.name for m in client.search_registered_models())
+    capsys.readouterr()
+    code = main(["promote", "--study", "weak", "--model-name", name, "--storage", sqlite_stores.storage,
+                 "--tracking-uri", sqlite_stores.tracking_uri])
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    [line] = [ln for ln in err.splitlines() if "error" in ln.lower()]
+    assert line.startswith("error: --model-name:") and "Traceback" not in err
+    assert sorted(m.name for m in client.search_registered_models()) == before

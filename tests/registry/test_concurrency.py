@@ -13,8 +13,10 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from .conftest import Stores, cli
@@ -112,3 +114,103 @@ def test_two_promoters_writing_the_same_new_tags_at_once_both_succeed(tmp_path: 
     assert errors == []
     assert {f"k{i}" for i in range(rounds)} <= set(client.get_model_version("m", version).tags)
     assert {f"r{i}" for i in range(rounds)} <= set(client.get_registered_model("m").tags)
+
+
+def _logged_model_uri(uri: str) -> str:
+    """A real (empty) LoggedModel in the store's default experiment: what a trial logs, without training one."""
+    client = MlflowClient(uri, registry_uri=uri)
+    return f"models:/{client.create_logged_model(experiment_id='0').model_id}"
+
+
+@pytest.mark.parametrize("where", ["sqlite", "server"])
+def test_two_registrations_of_one_model_at_once_make_one_version(where: str, tmp_path: Path,
+                                                                 request: pytest.FixtureRequest,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two promoters of one model both looked it up, found no version and both created one: two registry versions
+    with the same ``models:/m-...`` source (MLflow has no unique constraint on it). Both threads are held at
+    `create_model_version` (wrapped, not replaced) until both have passed the look-up; afterwards exactly one
+    version exists and both calls return it, with the tags on it."""
+    from sweeps.registry import Registry
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db" if where == "sqlite" else request.getfixturevalue("mlflow_server").url
+    # `mlflow_internals_use` swaps MLflow's process-wide default URI: with it already `uri`, two threads' swaps are
+    # harmless (two promote processes each have their own)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    name, model_uri = f"dup-race-{where}", _logged_model_uri(uri)
+    both_looked = threading.Barrier(2)
+    results: dict[int, str] = {}
+    errors: list[str] = []
+
+    def promoter(i: int) -> None:
+        reg = Registry(uri, name)
+        create = reg.client.create_model_version
+
+        def create_after_both_looked(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - passes MLflow's through
+            both_looked.wait(timeout=60)
+            return create(*args, **kwargs)
+        reg.client.create_model_version = create_after_both_looked
+        try:
+            results[i] = reg.register(model_uri, None, {"who": "a promoter", f"by{i}": "yes"})
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(f"{type(exc).__name__}: {str(exc)[:300]}")
+
+    threads = [threading.Thread(target=promoter, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    client = MlflowClient(uri, registry_uri=uri)
+    versions = client.search_model_versions(f"name='{name}'")
+    assert [(str(v.version), v.source) for v in versions] == [(results[0], model_uri)]
+    assert results[0] == results[1]
+    tags = client.get_model_version(name, results[0]).tags
+    assert {"who", "by0", "by1"} <= set(tags)  # the loser's tags went to the kept version
+
+
+def test_the_same_model_holding_the_alias_is_not_called_better(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two versions registered from one model (what concurrent promotes left before they converged): the alias
+    goes to the older of two equal ones, and the promotion of the newer said "a better version (v1) holds the
+    alias" — it is the same model."""
+    from sweeps.promotion import apply, decide
+    from sweeps.promotion.apply import version_tags
+    from sweeps.registry import Registry
+
+    from .test_decide import _facts
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # MLflow resolves a models:/ source with its default client
+    model_uri = _logged_model_uri(uri)
+    facts = _facts(auc=0.95)  # the alias was unset when this promoter gathered
+    facts = replace(facts, candidate=replace(facts.candidate, model_uri=model_uri, model_id=model_uri[8:],
+                                             version="2"))
+    client = MlflowClient(uri, registry_uri=uri)
+    client.create_registered_model(facts.model_name)
+    tags = version_tags(facts)
+    for _ in range(2):  # v1 and v2, one source (created directly: the state the race left)
+        client.create_model_version(facts.model_name, source=model_uri, tags=tags)
+    reg = Registry(uri, facts.model_name)
+    reg.tag("1", {"siamese_sweep.eligible.champion": "true"})  # the other promoter finished first
+    reg.set_alias("champion", "1")
+    decision = apply(decide(facts), facts, reg)
+    assert decision.final_holder == "1"
+    assert "better" not in decision.reason and "v1, registered from the same model" in decision.reason
+
+
+def test_the_version_holding_the_alias_is_the_candidate_of_its_model(sqlite_stores: Stores,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two versions registered from one model with the alias on the newer (what concurrent promotes of an older
+    release could leave): the candidate was the older one, ranked against the holder — itself — and tagged
+    ineligible ("not better: val roc_auc 0.7015 vs 0.7015 of v2"; a review of this change)."""
+    name = "dup-holder"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_stores.tracking_uri)  # MLflow resolves models:/ so
+    cli(["promote", "--study", "weak", "--model-name", name], sqlite_stores)
+    client = MlflowClient(sqlite_stores.tracking_uri, registry_uri=sqlite_stores.tracking_uri)
+    first = client.get_model_version(name, "1")
+    second = client.create_model_version(name, source=first.source, run_id=first.run_id, tags=first.tags)
+    client.set_registered_model_alias(name, "champion", second.version)
+    done = cli(["promote", "--study", "weak", "--model-name", name], sqlite_stores)
+    assert f"v{second.version} (this candidate) already holds {name}@champion" in done.stdout + done.stderr, done
+    assert client.get_model_version(name, "1").tags == first.tags  # not ranked against itself, nothing re-tagged
+    assert client.get_registered_model(name).aliases == {"champion": second.version}

@@ -54,6 +54,7 @@ class SoakResult:
     resumed: int = 0                   # trials that resumed from a checkpoint
     retried: int = 0                   # trials that re-ran a failed one
     tracebacks: int = 0                # worker stderr files with a Python traceback
+    traceback_texts: list[str] = field(default_factory=list)  # which worker, and the traceback's text
     stuck: list[str] = field(default_factory=list)  # workers that did not stop on SIGTERM: their threads' stacks
     storage_retries: int = 0           # Optuna storage calls retried across an outage (sweeps.storage warnings)
     seconds: float = 0.0
@@ -261,8 +262,18 @@ def _measure(result: SoakResult, storage: str, client: Any, epochs: int, procs: 
             except AssertionError as exc:
                 result.complete_but_incomplete_run.append(f"trial {t.number}: {exc}")
     result.tracebacks = sum("Traceback" in p.stderr for p in procs)
+    # the text itself, so that a soak that failed on CI says what raised (a count alone cannot be followed up)
+    result.traceback_texts = [f"worker {p.name} (pid {p.pid}):\n{_around_traceback(p.stderr)}"
+                              for p in procs if "Traceback" in p.stderr]
     result.storage_retries = sum(line.count("sweeps.storage:") for p in procs for line in p.stderr.splitlines()
                                  if "retrying in" in line)
+
+
+def _around_traceback(stderr: str, before: int = 15, after: int = 60) -> str:
+    """The lines of a worker's log around its first traceback: what it was doing and what raised."""
+    lines = stderr.splitlines()
+    first = next(i for i, line in enumerate(lines) if "Traceback" in line)
+    return "\n".join(lines[max(0, first - before):first + after])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"soak: {args.workers} workers, {args.trials} trials, {args.faults} faults, seed {args.seed}"
           f"{', paced' if args.paced else ''}\n")
     print(result.table())
-    for line in [*result.complete_but_incomplete_run[:10], *result.lost.values(), *result.stuck]:
+    for line in [*result.complete_but_incomplete_run[:10], *result.lost.values(), *result.stuck,
+                 *result.traceback_texts]:
         print("  " + line)
     return 0 if result.ok else 1
 

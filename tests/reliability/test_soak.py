@@ -25,5 +25,6 @@ def test_a_short_soak_with_every_fault_kind_keeps_the_core_promises(tmp_path: Pa
     assert not result.complete_but_incomplete_run, "\n".join(result.complete_but_incomplete_run)
     # a PostgreSQL restart no longer costs a trial or prints a traceback: the storage's calls wait it out
     # (sweeps.storage.RetryingStorage; deterministic tests in test_storage_outage.py)
-    assert not result.lost and not result.tracebacks, "\n".join([result.table(), *result.lost.values()])
+    assert not result.lost and not result.tracebacks, "\n".join([result.table(), *result.lost.values(),
+                                                                 *result.traceback_texts])
 

@@ -276,3 +276,40 @@ def test_a_folder_given_as_a_store_file_is_refused_and_creates_nothing(tmp_path:
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert lines == [f"error: {flag}: {folder} is a directory, not a file (name a file in it)"], done.stderr
         assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml", "sub"] and not any(folder.iterdir())
+
+
+@pytest.mark.parametrize("scheme", ["journal", "sqlite"])
+def test_a_store_file_whose_folder_cannot_be_created_is_refused(tmp_path: Path, scheme: str) -> None:
+    """A file where the store's folder should be: a raw ``FileExistsError``, exit 1 (the code a scheduler retries),
+    for both kinds of storage file."""
+    spec = _spec(tmp_path)
+    (tmp_path / "afile").write_text("in the way")
+    store = tmp_path / "afile" / ("j.log" if scheme == "journal" else "o.db")
+    done = _cli(["run", str(spec), "--storage", f"{scheme}:///{store}", "--tracking-uri",
+                 f"sqlite:///{tmp_path}/mlflow.db", "--quiet"], cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [f"error: --storage: cannot create the folder of {store}: File exists"], done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "spec.yaml"]
+    assert (tmp_path / "afile").read_text() == "in the way"
+
+
+@pytest.mark.parametrize("text", ["app started\nsomething happened\n", "build finished OK (do not delete)"])
+@pytest.mark.parametrize("command", ["run", "status"])
+def test_a_log_file_that_is_not_a_journal_is_refused_and_left_as_it_was(tmp_path: Path, command: str,
+                                                                         text: str) -> None:
+    """Any storage path ending in ``.log`` is a journal: an application's log given there failed with a raw
+    ``JSONDecodeError``, exit 1; a one-line note without its newline was taken for a journal record cut before
+    its end, and emptied by the first write (a review of this change)."""
+    spec = _spec(tmp_path)
+    app_log = tmp_path / "app.log"
+    app_log.write_text(text)
+    args = ({"run": ["run", str(spec), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--quiet"],
+             "status": ["status", "--study", "t"]}[command] + ["--storage", str(app_log)])
+    done = _cli(args, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [f"error: --storage: {app_log} is not an Optuna journal (its first line is not a journal "
+                     "record); nothing was changed"], done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.log", "spec.yaml"]
+    assert app_log.read_text() == text
