@@ -19,9 +19,8 @@ next batch, the worker loop) carries the stop out instead.
 Nor is it raised inside TensorFlow, Keras or the import machinery. Their C code calls back into Python (TensorFlow's
 `nest` imports while it flattens a structure); an exception raised by the handler in that call can come back
 as ``SystemError: <built-in function __import__> returned a result with an exception set``, printed with its
-traceback to the worker's log (the short soak's SIGTERM victim, in 1 of 7 runs here and on a CI run), and a
-stop raised in an import leaves the module half initialised. There too the next check carries it out: the next
-training batch, after `train` returns, or the worker loop.
+traceback to the worker's log (the short soak's SIGTERM victim, in 1 of 7 runs here and on a CI run). There too
+the next check carries it out: the next training batch, after `train` returns, or the worker loop.
 
 Each call to a SQLite store (MLflow's or Optuna's) or to an Optuna journal file runs in `deferred_stop`: the
 signal is recorded and raised when the call is done. Cut in the middle, SQLAlchemy can leave the call's
