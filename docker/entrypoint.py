@@ -52,8 +52,20 @@ LOGIN_WAIT_S = 900.0
 
 
 class ConfigError(SystemExit):
+    """Bad configuration: one line, exit 2, the CLI's code for "every retry would fail alike" (the worker Job's
+    podFailurePolicy fails the Job on it). As a plain ``SystemExit(message)`` it exited 1, which the Job retried
+    with back-off up to its backoffLimit."""
+
+    exit_code = 2
+
     def __init__(self, message: str) -> None:
         super().__init__(f"entrypoint: {message}")
+
+
+class Unavailable(ConfigError):
+    """A server that did not answer, or accept a login, in time: exit 1, which is retried (it may still come)."""
+
+    exit_code = 1
 
 
 def secret(env: Mapping[str, str], name: str) -> str:
@@ -162,7 +174,7 @@ def create_worker_user(env: Mapping[str, str], *, timeout_s: float = 300.0) -> s
                 break
         except OSError:
             if time.monotonic() > deadline:
-                raise ConfigError(f"MLflow at {url} did not answer within {timeout_s:.0f} s") from None
+                raise Unavailable(f"MLflow at {url} did not answer within {timeout_s:.0f} s") from None
             time.sleep(2)
     try:
         ensure_user(url, admin_username=admin_username, admin_password=admin_password, username=username,
@@ -197,7 +209,7 @@ def wait_for_login(env: Mapping[str, str], *, timeout_s: float = LOGIN_WAIT_S, p
             print(f"entrypoint: waiting for MLflow at {url} to accept user {username!r} ({seen}{hint})", flush=True)
             said = seen
         if time.monotonic() > deadline:
-            raise ConfigError(f"MLflow at {url} did not accept user {username!r} within {timeout_s:.0f} s "
+            raise Unavailable(f"MLflow at {url} did not accept user {username!r} within {timeout_s:.0f} s "
                               f"(last answer: {seen})")
         time.sleep(poll_s)
 
@@ -256,4 +268,8 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except ConfigError as exc:
+        print(exc, file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)

@@ -140,32 +140,39 @@ class Finisher:
 
     def __init__(self, name: str = "siamese-sweep-finish") -> None:
         self.name = name
-        self._thread: threading.Thread | None = None
+        self._done: threading.Event | None = None  # set when the current job has ended
         self._error: BaseException | None = None
 
     @property
     def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._done is not None and not self._done.is_set()
 
     def submit(self, job: Callable[[], None]) -> None:
         """Run `job` in the background, once the previous job is done."""
         self.wait()
-        thread = threading.Thread(target=self._run, args=(job,), name=self.name, daemon=True)
-        self._thread = thread
-        thread.start()
+        done = threading.Event()
+        self._done = done
+        threading.Thread(target=self._run, args=(job, done), name=self.name, daemon=True).start()
 
-    def _run(self, job: Callable[[], None]) -> None:
+    def _run(self, job: Callable[[], None], done: threading.Event) -> None:
         try:
             job()
         except BaseException as exc:  # noqa: BLE001 - handed to the worker's thread by `wait`
             self._error = exc
+        finally:
+            done.set()
 
     def wait(self) -> None:
-        """Block until the current job is done; raise its exception, if it had one."""
-        thread = self._thread
-        if thread is not None:
-            thread.join()
-            self._thread = None
+        """Block until the current job is done; raise its exception, if it had one.
+
+        An event, not `Thread.join`: a signal's exception raised inside ``join`` made CPython 3.11 mark the job's
+        thread stopped (the bpo-45274 branch of ``_wait_for_tstate_lock``), so the clean-up's next wait returned
+        at once, the helper was killed and the interpreter exited under the still-running job (an abort, exit 134,
+        the trial and its run left RUNNING)."""
+        done = self._done
+        if done is not None:
+            done.wait()
+            self._done = None
         error, self._error = self._error, None
         if error is not None:
             raise error

@@ -33,7 +33,7 @@ from siamese_core.metrics import same_at_threshold
 
 from . import margin, names, outcomes, space
 from .directions import TRIAL_METRICS
-from .errors import Interrupted, InvalidTrialConfig, NonFiniteObjective
+from .errors import Interrupted, InvalidTrialConfig, NonFiniteObjective, TrackingUnavailable
 from .finisher import Deferred, Finisher
 from .liveness import local_worker_pid, pid_space, worker_id
 from .outcomes import Outcome
@@ -491,10 +491,11 @@ class TrialAttempt:
         run = self.mlflow_run
         if run is None or run.closed:
             return
-        if not outcome.ends_run:
+        if not outcome.ends_run or isinstance(exc, TrackingUnavailable):
             # MLflow just refused calls for the whole retry budget: don't spend it again on tags and end_run. One
             # short try: a server that answers but cannot store artifacts (a full disk) takes the end, and the
-            # run is not left RUNNING for a rerun that may never come
+            # run is not left RUNNING for a rerun that may never come. Also when a stop came meanwhile (the
+            # outcome is `interrupted` then): a Ctrl-C with MLflow down took 8 minutes, the budget three times
             try:
                 quick = self.ctx.tracker.retry.within(QUICK_END_S)
                 quick("end run", lambda: run.client.log_batch(run.run_id, tags=[RunTag(k, str(v)) for k, v in {

@@ -178,19 +178,21 @@ def check_study_name(name: str | None, flag: str = "--study") -> None:
                                 f"received: {name!r}")
 
 
-def preflight_stores(*, storage: str, tracking_uri: str, study_name: str) -> None:
+def preflight_stores(*, storage: str, tracking_uri: str, study_name: str, experiment: str) -> None:
     """Everything about where a sweep writes that can be checked before it writes anything: the study name,
-    the storage URL's scheme and, for an HTTP tracking server, that it answers and accepts the credentials
-    (a `ConfigError` for refused credentials, `SweepFatal` when it cannot be reached)."""
+    the storage URL's scheme, for a SQLite tracking file the folders it and `experiment`'s artifacts need and,
+    for an HTTP tracking server, that it answers and accepts the credentials (a `ConfigError` for refused
+    credentials, `SweepFatal` when it cannot be reached)."""
     from .errors import SweepFatal, TrackingUnavailable
     from .secrets import mask_url
     from .storage import check_sqlite_store, storage_kind
-    from .tracking import require_mlflow_store
+    from .tracking import require_artifact_folder, require_mlflow_store
 
     check_study_name(study_name)
     storage_kind(storage)
     check_sqlite_store(storage, "optuna", "--storage")
     require_mlflow_store(tracking_uri, must_exist=False)
+    require_artifact_folder(tracking_uri, experiment)
     if not tracking_uri.startswith(("http://", "https://")):
         return
     from .tracking import Retry, Tracker

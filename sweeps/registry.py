@@ -68,6 +68,19 @@ def logged_model_uri(model_id: str) -> str:
     return f"{SCHEME}{model_id}"
 
 
+def made_from(version: Any) -> str | None:
+    """The LoggedModel a registry version was registered from: its ``model_id`` (which MLflow 3.17's SQL registry
+    store leaves None), else its ``source`` (``models:/<model_id>``), else the ``siamese_sweep.model_id`` tag older
+    releases wrote (no longer written: the source says it)."""
+    return (version.model_id or model_id_from_uri(version.source or "")
+            or version.tags.get(names.TAG_LEGACY_MODEL_ID) or None)
+
+
+def same_model(a: Any, b: Any) -> bool:
+    """Two registry versions of one model, whatever their numbers: one source, or one LoggedModel (`made_from`)."""
+    return (bool(a.source) and a.source == b.source) or (made_from(a) is not None and made_from(a) == made_from(b))
+
+
 def version_uri(name: str, version: str) -> str:
     return f"{SCHEME}{name}/{version}"
 
@@ -266,14 +279,10 @@ class Registry:
         return self.call("get version", lambda: self.client.get_model_version(self.name, version))
 
     def registered_from(self, model_id: str) -> list[Any]:
-        """The versions registered from LoggedModel `model_id`, oldest first: by the version's own fields
-        (``source`` = ``models:/<model_id>``; ``model_id``, which MLflow 3.17's SQL registry store leaves None),
-        else by the ``siamese_sweep.model_id`` tag older releases wrote (no longer written: the source says it)."""
+        """The versions registered from LoggedModel `model_id` (`made_from`), oldest first."""
         if not self.exists():
             return []
-        source = logged_model_uri(model_id)
-        found = [v for v in self.versions() if v.source == source or v.model_id == model_id
-                 or v.tags.get(names.TAG_LEGACY_MODEL_ID) == model_id]
+        found = [v for v in self.versions() if made_from(v) == model_id]
         return sorted(found, key=lambda v: int(v.version))
 
     def find_version(self, model_id: str) -> Any | None:

@@ -29,7 +29,15 @@ from .preflight import preflight, preflight_stores
 from .secrets import mask_url
 from .signals import StopRequest, begin_cleanup, pid_alive, stop_on_signals
 from .spec import SweepSpec
-from .study import count_states, ensure_parent_run, open_study, set_trial_budget, study_status, trial_budget
+from .study import (
+    count_states,
+    ensure_parent_run,
+    open_study,
+    require_its_tracking_store,
+    set_trial_budget,
+    study_status,
+    trial_budget,
+)
 from .tracking import RUN_FAILED, RUN_FINISHED, RUN_KILLED, RUN_RUNNING, Retry, Tracker
 from .worker import DataCache, WorkerReport, run_worker
 
@@ -194,14 +202,19 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None,
     if options.workers <= 1:  # with --workers N the children get their share (`_run_processes`)
         set_worker_threads(options.threads)
     data = data if data is not None else preflight(spec)
-    preflight_stores(storage=options.storage, tracking_uri=options.tracking_uri, study_name=options.study_name)
+    preflight_stores(storage=options.storage, tracking_uri=options.tracking_uri, study_name=options.study_name,
+                     experiment=spec.experiment_for(options.study_name))
     # the study first: MLflow's client creates a SQLite tracking file, which an unreachable storage would leave
     opened = open_study(spec, storage_url=options.storage, study_name=options.study_name,
                         seed_offset=options.worker_index)
+    require_its_tracking_store(opened, options.tracking_uri)
     tracker = Tracker(options.tracking_uri)
     study = opened.study
-    set_trial_budget(study, options.trials)
+    if opened.created:  # at once: a worker that joins meanwhile without --trials would write the spec's
+        set_trial_budget(study, options.trials)
     experiment_id, parent = ensure_parent_run(opened, tracker, spec)
+    if not opened.created:  # after the check that its parent run is in this tracking store
+        set_trial_budget(study, options.trials)
     tracker.retry("reopen parent", lambda: tracker.client.update_run(parent, status=RUN_RUNNING))
     log.info("study %r on %s; MLflow experiment %r on %s", study.study_name, mask_url(options.storage),
              spec.experiment_for(study.study_name), mask_url(options.tracking_uri))
@@ -289,11 +302,13 @@ def join_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> S
     """A worker joining a study from another shell or machine (creates the study if it is the first)."""
     threads = set_worker_threads(options.threads)
     data = data if data is not None else preflight(spec)
-    preflight_stores(storage=options.storage, tracking_uri=options.tracking_uri, study_name=options.study_name)
+    preflight_stores(storage=options.storage, tracking_uri=options.tracking_uri, study_name=options.study_name,
+                     experiment=spec.experiment_for(options.study_name))
     # index i (from `run --workers N`) -> offset i * 1_000_003: `offset + existing trials` in open_study
     # must differ between workers (1 + 1 == 2 + 0 made two workers sample the same parameters)
     opened = open_study(spec, storage_url=options.storage, study_name=options.study_name,
                         seed_offset=options.worker_index * 1_000_003 or _process_seed_offset())
+    require_its_tracking_store(opened, options.tracking_uri)
     tracker = Tracker(options.tracking_uri)  # after the study, as in `run_sweep`
     if options.threads is None:
         warn_if_sharing_cores(opened.study, threads)

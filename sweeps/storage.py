@@ -27,6 +27,7 @@ import math
 import os
 import random
 import re
+import tempfile
 import threading
 import time
 import warnings
@@ -42,8 +43,7 @@ import optuna
 # tests/sweeps/test_public_apis.py pins both.
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, _CachedStorage
 from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.storages.journal import JournalFileBackend, JournalStorage
-from optuna.storages.journal._file import get_lock_file  # see `WholeLineJournalFile` for why a private name
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from siamese_core.errors import ConfigError, InfrastructureError, first_line
@@ -150,6 +150,22 @@ def make_parent(path: Path, flag: str) -> None:
         raise ConfigError(flag, f"cannot create the folder of {path}: {exc.strerror or exc}") from None
 
 
+def require_creatable_folder(folder: Path, flag: str, what: str) -> None:
+    """A `ConfigError` naming `flag` for a folder that cannot be made (a file in the way, a read-only or virtual
+    file system), found without making it: a probe folder in its nearest existing ancestor, removed at once."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == folder and folder.is_dir():
+        return
+    if not existing.is_dir():
+        raise ConfigError(flag, f"cannot create {what} {folder}: {existing} is not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".siamese-sweep-probe-", dir=existing))
+    except OSError as exc:
+        raise ConfigError(flag, f"cannot create {what} {folder}: {exc.strerror or exc}") from None
+
+
 JOURNAL_PEEK_BYTES = 1 << 20  # a journal's first record is a study's creation: a few hundred bytes
 JOURNAL_RECORD_START = b'{"op_code":'  # how every record Optuna's journal writer makes begins
 
@@ -181,25 +197,34 @@ def require_a_journal(path: Path, flag: str) -> None:
                                 "nothing was changed")
 
 
-class WholeLineJournalFile(JournalFileBackend):
-    """A journal file whose writers first remove a record cut before its end (a writer killed in the middle of
-    its write, a full disk), under the journal's lock.
+class WholeLineJournalLock(JournalFileSymlinkLock):
+    """Optuna's journal lock, which removes a record cut before its end (a writer killed in the middle of its
+    write, a full disk) once it holds the lock, so before every write.
 
     Optuna's reader skips a last line that does not end in a newline, but its writer appends after it: the next
     record was glued onto the cut one, the line stopped being the last, and every later read of the study failed
     with ``JSONDecodeError`` (exit 1, the study lost). Removing the cut record keeps what every reader has seen.
-    Optuna has no public hook around its append: this is its `append_logs` with that check first, on its private
-    `_lock` and `_file_path` and its lock helper (tests/sweeps/test_journal_storage.py pins the behaviour).
+    Optuna has no hook around its append; its writer takes this lock (its public `lock_obj` argument) around
+    each append and nothing else, and its reader takes none (tests/sweeps/test_journal_storage.py pins both).
     """
 
-    def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        with get_lock_file(self._lock):
-            _remove_a_cut_record(Path(self._file_path))
-            what_to_write = "\n".join([json.dumps(log, separators=(",", ":")) for log in logs]) + "\n"
-            with open(self._file_path, "ab") as f:
-                f.write(what_to_write.encode("utf-8"))
-                f.flush()
-                os.fsync(f.fileno())
+    def __init__(self, journal: str) -> None:
+        super().__init__(journal)
+        self._journal = Path(journal)
+
+    def acquire(self) -> bool:
+        held = super().acquire()
+        try:
+            _remove_a_cut_record(self._journal)
+        except BaseException:
+            self.release()
+            raise
+        return held
+
+
+def whole_line_journal(path: Path) -> JournalFileBackend:
+    """Optuna's journal file backend for `path`, with `WholeLineJournalLock` as its lock."""
+    return JournalFileBackend(str(path), lock_obj=WholeLineJournalLock(str(path)))
 
 
 def _remove_a_cut_record(path: Path, chunk: int = 1 << 16) -> None:
@@ -271,7 +296,7 @@ def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 
         require_a_journal(path, "--storage")
         make_parent(path, "--storage")
         try:
-            backend = WholeLineJournalFile(str(path))
+            backend = whole_line_journal(path)
         except OSError as exc:  # a folder that cannot hold files: /proc, a read-only mount
             raise ConfigError("--storage", f"cannot create {path}: {exc.strerror or exc}") from None
         journal = SignalSafeJournalStorage(backend)

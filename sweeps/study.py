@@ -21,11 +21,12 @@ import optuna
 from siamese_core.errors import ConfigError
 
 from . import names, outcomes, pruners, samplers
+from .errors import TrackingUnavailable
 from .liveness import gone_from_here
 from .margin import best_margin
 from .secrets import mask_url
 from .spec import SweepSpec, enqueued_params, spec_differences, spec_from_data
-from .storage import make_storage, require_existing, retried_trial_number, storage_file
+from .storage import make_storage, require_existing, retried_trial_number, sqlite_path, storage_file
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class OpenedStudy:
     study: optuna.Study
     created: bool
     storage_url: str
+    parent_found: bool = False  # its stored parent run was found in the tracking store (checked once)
 
 
 def open_study(spec: SweepSpec, *, storage_url: str, study_name: str, seed_offset: int = 0,
@@ -74,10 +76,11 @@ def open_study(spec: SweepSpec, *, storage_url: str, study_name: str, seed_offse
             study = optuna.create_study(storage=storage, study_name=study_name, directions=directions,
                                         sampler=optuna_sampler(spec, seed_offset=seed_offset),
                                         pruner=optuna_pruner(spec))
-            study.set_user_attr(names.STUDY_ATTR_LEADER, True)
-            study.set_user_attr(names.STUDY_ATTR_UID, uuid.uuid4().hex)
+            # the spec first: a joiner that finds none on a study without trials waits for it (`check_same_spec`)
             study.set_user_attr(names.STUDY_ATTR_SPEC, spec.portable())
             study.set_user_attr(names.STUDY_ATTR_SPEC_HASH, spec.identity())
+            study.set_user_attr(names.STUDY_ATTR_LEADER, True)
+            study.set_user_attr(names.STUDY_ATTR_UID, uuid.uuid4().hex)
             study.set_user_attr(names.STUDY_ATTR_METRICS, list(study_spec.objective_metrics))  # read by `promote`
             if spec.tracking.registered_model:
                 study.set_user_attr(names.STUDY_ATTR_REGISTERED_MODEL, spec.tracking.registered_model)
@@ -105,13 +108,26 @@ def open_study(spec: SweepSpec, *, storage_url: str, study_name: str, seed_offse
     return OpenedStudy(study, created, storage_url)
 
 
-def check_same_spec(study: optuna.Study, spec: SweepSpec) -> None:
+# how long a joiner waits for the spec of a study without trials: its creator writes it right after creating it
+# (one storage write; a PostgreSQL round trip is milliseconds, a locked SQLite file can take seconds)
+SPEC_WAIT_S = 15.0
+
+
+def check_same_spec(study: optuna.Study, spec: SweepSpec, *, wait_s: float = SPEC_WAIT_S) -> None:
     """`ConfigError` (exit 2) if `study` was created with another spec: its trials would not compare.
 
-    A study created before specs were stored adopts the first joiner's spec.
+    A study created before specs were stored adopts the first joiner's spec. One without trials and without a
+    spec may be one another process has just created and is writing its spec to: that is waited for (adopted at
+    once, in 1 of 6 starts of two specs at the same moment the second joined the first's study, its spec
+    replacing the creator's).
     """
     attrs = study.user_attrs
     stored = attrs.get(names.STUDY_ATTR_SPEC_HASH)
+    deadline = time.monotonic() + wait_s
+    while stored is None and not study.get_trials(deepcopy=False) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        attrs = study.user_attrs
+        stored = attrs.get(names.STUDY_ATTR_SPEC_HASH)
     if stored is None:
         study.set_user_attr(names.STUDY_ATTR_SPEC, spec.portable())
         study.set_user_attr(names.STUDY_ATTR_SPEC_HASH, spec.identity())
@@ -156,13 +172,49 @@ def stored_spec(storage_url: str, study_name: str, overrides: dict[str, Any] | N
     return spec_from_data(data, overrides, stored=True)
 
 
+def wrong_tracking_store(study_name: str, parent: str, uri: str) -> str:
+    return (f"study {study_name!r} logs to another MLflow tracking store: its parent run {parent} is not in "
+            f"{mask_url(uri)} (or was deleted for good there); give the --tracking-uri it was run with")
+
+
+def _require_parent_run(study_name: str, parent: str, tracker: Tracker) -> None:
+    """A `ConfigError` for a study resumed against a tracking store without its parent run: the trials failed
+    against it, one by one, and the study was left with a FAIL, a retry queued and its budget changed."""
+    try:
+        tracker.retry("find the parent run", lambda: tracker.client.get_run(parent))
+    except TrackingUnavailable as exc:
+        code = getattr(exc.__cause__, "error_code", "")
+        if code == "RESOURCE_DOES_NOT_EXIST":
+            raise ConfigError("--tracking-uri", wrong_tracking_store(study_name, parent, tracker.uri)) from None
+        if code == "PERMISSION_DENIED":  # a server with logins answers so for a run it does not have, too
+            raise ConfigError("--tracking-uri", (
+                f"study {study_name!r}: MLflow at {mask_url(tracker.uri)} refuses to read its parent run {parent} "
+                "(HTTP 403, its answer for a run it does not have as well as for one this user may not read); "
+                "give the --tracking-uri the study was run with, or this user READ on its experiment")) from None
+        raise
+
+
+def require_its_tracking_store(opened: OpenedStudy, tracking_uri: str) -> None:
+    """A `ConfigError` before the tracking store is opened, for an existing study whose parent run cannot be in a
+    SQLite tracking file that does not exist (a resume from another folder: MLflow's client created the file,
+    the trial failed, and the study was left with a FAIL, a retry queued and its budget changed)."""
+    parent = opened.study.user_attrs.get(names.STUDY_ATTR_PARENT_RUN_ID)
+    path = sqlite_path(tracking_uri)
+    if parent and path is not None and not path.exists():
+        raise ConfigError("--tracking-uri", wrong_tracking_store(opened.study.study_name, parent, tracking_uri))
+
+
 def ensure_parent_run(opened: OpenedStudy, tracker: Tracker, spec: SweepSpec, *,
                       wait_s: float = 60.0) -> tuple[str, str]:
     """(experiment id, parent run id) for this study; created by the study's leader."""
     study = opened.study
     attrs = study.user_attrs
     if attrs.get(names.STUDY_ATTR_PARENT_RUN_ID):
-        return attrs[names.STUDY_ATTR_EXPERIMENT_ID], attrs[names.STUDY_ATTR_PARENT_RUN_ID]
+        parent = attrs[names.STUDY_ATTR_PARENT_RUN_ID]
+        if not (opened.created or opened.parent_found):
+            _require_parent_run(study.study_name, parent, tracker)
+            opened.parent_found = True
+        return attrs[names.STUDY_ATTR_EXPERIMENT_ID], parent
     if not opened.created:
         # a siamese-sweep leader creates the parent right after the study; a study made elsewhere has no leader
         if not attrs.get(names.STUDY_ATTR_LEADER):
@@ -229,7 +281,10 @@ def set_trial_budget(study: optuna.Study, budget: int) -> None:
     """Store the study's global COMPLETE + PRUNED budget (`run --trials`, `worker --trials`). One below what the
     study has done is kept (it is what the user asked), with a warning: `worker --trials 3` on a study of 4 done
     trials ran nothing and exited 0 without a word."""
+    before = study.user_attrs.get(names.STUDY_ATTR_BUDGET)
     study.set_user_attr(names.STUDY_ATTR_BUDGET, int(budget))
+    if before is not None and int(before) != int(budget):
+        log.warning("study %s: trial budget %s -> %d", study.study_name, before, budget)
     done = count_states(study).done
     if budget < done:
         log.warning("study %s already has %d complete or pruned trial(s), more than the budget of %d given: no "

@@ -25,8 +25,9 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, Metric, Param, RunStatus, RunTag
@@ -199,7 +200,8 @@ def _permanent(exc: Exception) -> bool:
         code = getattr(exc, "error_code", "")
         return code in ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST",
                         "PERMISSION_DENIED", "UNAUTHENTICATED", "BAD_REQUEST")
-    return False
+    # a local artifact folder in the way or refused: retried for the whole budget, as if MLflow were down
+    return isinstance(exc, (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError))
 
 
 # MLflow's database stores: their client creates the database when it is made, so `require_mlflow_store` makes none
@@ -226,6 +228,43 @@ def require_mlflow_store(uri: str, flag: str = "--tracking-uri", *, must_exist: 
     if must_exist and path is not None and not path.exists():
         raise ConfigError(flag, f"no such SQLite file: {path}")
     check_sqlite_store(uri, "mlflow", flag)
+
+
+def require_artifact_folder(uri: str, experiment: str, flag: str = "--tracking-uri") -> None:
+    """A `ConfigError` naming `flag`, before anything is created, for a database tracking store (a SQLite file)
+    whose artifact folder cannot be made: the experiment's location if it has one, else MLflow's default,
+    ``./mlruns``. Found at a trial's first upload instead, the ``NotADirectoryError`` looked like an outage: each
+    trial trained, was retried for two minutes, and queued again. Also the SQLite file's own folder (a raw
+    ``FileExistsError``, exit 1, after the study had been created)."""
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+
+    from .storage import require_creatable_folder, sqlite_path
+
+    path = sqlite_path(uri)
+    if path is None:  # an HTTP server has its own artifact store; another database is not connected to here
+        return
+    if not path.exists():
+        require_creatable_folder(path.parent, flag, "the folder of the SQLite file")
+    location = _experiment_artifact_location(path, experiment) or DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    parts = urlsplit(location)
+    if parts.scheme in ("", "file"):  # MLflow decodes a file: URI's path (`local_file_uri_to_path`)
+        folder = Path(unquote(parts.path) if parts.scheme else location).resolve()
+        require_creatable_folder(folder, flag, "the artifact folder")
+
+
+def _experiment_artifact_location(path: Path, experiment: str) -> str | None:
+    """The artifact location of `experiment` in MLflow's SQLite store `path`, read-only; None if it has none yet."""
+    import sqlite3
+
+    if not path.is_file():
+        return None
+    try:
+        # absolute: `as_uri` refuses the relative path of the default ``sqlite:///mlflow.db``
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT artifact_location FROM experiments WHERE name = ?", (experiment,)).fetchone()
+    except sqlite3.Error:  # no tables yet, or not MLflow's (`check_sqlite_store` says so)
+        return None
+    return str(row[0]) if row and row[0] else None
 
 
 class Tracker:

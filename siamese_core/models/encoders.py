@@ -94,6 +94,8 @@ def check_user_encoder_call(cfg: EncoderConfig) -> None:
     the check a sweep runs before its first trial (calling the user's code there ran its MLflow calls outside any
     run, which started one of MLflow's own)."""
     factory = import_object(cfg.type, field="encoder.type")
+    if not callable(factory):  # `inspect.signature` raises TypeError for it too, which the next lines let pass
+        raise ConfigError("encoder.type", f"{cfg.type!r} is not callable")
     kwargs = _encoder_kwargs(factory, cfg)
     try:
         signature = inspect.signature(factory)

@@ -16,10 +16,9 @@ import logging
 import os
 import sys
 import time
-from typing import Any
 
 from .. import names
-from ..registry import READY, Registry
+from ..registry import READY, Registry, same_model
 from .decision import PROMOTE, Facts, PromotionDecision, best_eligible
 
 log = logging.getLogger(__name__)
@@ -65,20 +64,16 @@ def apply(decision: PromotionDecision, facts: Facts, reg: Registry) -> Promotion
     else:
         final = decision.final_holder
     decision.applied, decision.final_holder = True, final
+    holding = reg.version(final) if final else None
     if final != version and decision.action == PROMOTE:
-        if final is not None and _same_model(reg.version(final), reg.version(version)):
+        if holding is not None and same_model(holding, reg.version(version)):
             # e.g. two versions an older release registered from one model: equal scores, the older one wins
             decision.reason += f"; v{final}, registered from the same model, holds the alias"
         else:
             decision.reason += f"; a better version (v{final}) holds the alias after concurrent promotions"
     previous_tag = names.per_alias(names.TAG_PREVIOUS_PREFIX, alias)
-    decision.previous = reg.version(final).tags.get(previous_tag) if final else None
+    decision.previous = holding.tags.get(previous_tag) if holding is not None else None
     return decision
-
-
-def _same_model(a: Any, b: Any) -> bool:
-    """Two registry versions of one model: by their source (``models:/<model_id>``), not their numbers."""
-    return (bool(a.source) and a.source == b.source) or (bool(a.model_id) and a.model_id == b.model_id)
 
 
 def version_tags(facts: Facts) -> dict[str, str]:

@@ -65,6 +65,17 @@ def _proc_stat(pid: int) -> tuple[int, int] | None:
     return ppid, pgrp
 
 
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks after boot (``/proc/<pid>/stat`` field 22): with the pid, it names one
+    process, not a later one given the same pid. None if it is gone (or a zombie)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2 :].split()
+    return None if fields[0] == "Z" else int(fields[19])
+
+
 def _all_pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 

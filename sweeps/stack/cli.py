@@ -11,14 +11,19 @@ detached stack; ``status`` says what runs where. Least privilege, as in docker-c
   (``promote``, the UI's user management).
 
 Passwords come from the environment (or ``NAME_FILE``) or are generated once into ``<dir>/secrets.env``
-(0600, shell-quoted) and reused, since the MLflow admin password only takes effect on an empty auth
-database. They are validated before anything starts and never printed: workers ``source <dir>/client.env``,
-operators ``source <dir>/admin.env``.
+(0600, shell-quoted) and reused. The MLflow admin password in MLflow's ini only takes effect on an empty auth
+database, so a new one is set through MLflow's API with the saved one, and saved once MLflow has it. They are
+validated before anything starts and never printed: workers ``source <dir>/client.env``, operators
+``source <dir>/admin.env``.
+
+A detached stack's supervisor records its servers' pids in ``stack.json``: if it is killed (SIGKILL, the OOM
+killer), ``down`` stops what it left running, and ``up`` refuses the folder until then.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -30,7 +35,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +43,8 @@ from siamese_core.errors import ConfigError
 from sweeps import names
 from sweeps.argtypes import port_number, positive_int
 from sweeps.secrets import mask_url, read_secret_files
-from sweeps.signals import pid_alive
-from sweeps.stack._process import ServerStartError, port_is_free
-from sweeps.stack.mlflow_auth import MIN_PASSWORD_LENGTH, AuthConfigError, ensure_user
+from sweeps.stack._process import ServerStartError, alive, port_is_free, start_ticks
+from sweeps.stack.mlflow_auth import MIN_PASSWORD_LENGTH, AuthConfigError, change_password, ensure_user
 from sweeps.stack.mlflow_server import MlflowServer
 from sweeps.stack.postgres import PostgresServer
 
@@ -56,6 +60,7 @@ SECRETS = {
 MLFLOW_PASSWORDS = (names.ENV_ADMIN_PASSWORD, names.ENV_WORKER_PASSWORD)
 PLACEHOLDER_PREFIX = "change-me"
 STATE_FILE = "stack.json"
+POSTGRES, MLFLOW, DASHBOARD = "PostgreSQL", "mlflow server", "optuna-dashboard"  # in stack.json and messages
 READY_TIMEOUT_S = 300.0
 # PostgreSQL that exits under a running stack (a crash, an OOM kill, `pg_ctl stop`) is started again, as
 # docker-compose.yml's `restart: unless-stopped` does; more exits than this within the window stop the stack
@@ -121,9 +126,25 @@ def load_or_create_secrets(stack_dir: Path) -> dict[str, str]:
             print(f"warning: {var} from the environment differs from {path}; using the environment", file=sys.stderr)
         values[var] = env_value or saved.get(var) or secrets.token_urlsafe(24)
     validate_secrets(values)
-    if values != {k: saved.get(k) for k in SECRETS}:
-        write_env_file(path, values)
+    keep = dict(values)
+    if saved.get(names.ENV_ADMIN_PASSWORD):  # the one MLflow has, until `_admin_password_set` changes it
+        keep[names.ENV_ADMIN_PASSWORD] = saved[names.ENV_ADMIN_PASSWORD]
+    if keep != {k: saved.get(k) for k in SECRETS}:
+        write_env_file(path, keep)
     return values
+
+
+def _admin_password_set(url: str, stack_dir: Path, admin_user: str, password: str) -> None:
+    """Give MLflow's admin `password` if it is not the saved one, then save it. Saved before MLflow had it (as
+    it was), the next start could no longer log in as the admin: every ``up`` failed, HTTP 401."""
+    path = stack_dir / "secrets.env"
+    saved = read_env_file(path)
+    old = saved.get(names.ENV_ADMIN_PASSWORD)
+    if old is None or old == password:
+        return
+    change_password(url, username=admin_user, old=old, new=password)
+    write_env_file(path, {**saved, names.ENV_ADMIN_PASSWORD: password})
+    print(f"changed the MLflow admin's password (saved in {path})", flush=True)
 
 
 # ---------------------------------------------------------------- state of a running stack
@@ -136,6 +157,8 @@ class StackState:
     mlflow: str = ""
     dashboard: str = ""
     ready: bool = False
+    # what it started -> [pid, start ticks], saved as each starts, for `down` if the supervisor is killed
+    servers: dict[str, list[int]] = field(default_factory=dict)
 
     @staticmethod
     def path(stack_dir: Path) -> Path:
@@ -184,6 +207,19 @@ def _made_if_valid(stack_dir: Path) -> dict[str, str]:
         raise
 
 
+def _refuse_left_running(previous: StackState | None, stack_dir: Path, given: str) -> None:
+    """A supervisor killed without its clean-up (SIGKILL, the OOM killer) leaves its servers running: a new
+    PostgreSQL on the same data failed on the lock file (exit 1, in the log only)."""
+    if previous is None or alive(previous.pid):
+        return
+    left = _left_running(previous, stack_dir)
+    if left:
+        servers = ", ".join(f"{name} (pid {pid})" for name, pid in left.items())
+        raise ConfigError("--dir", f"{servers} still run from {stack_dir}, left by a stack whose supervisor "
+                                   f"(pid {previous.pid}) was killed; 'siamese-sweep stack down --dir {given}' "
+                                   "stops them")
+
+
 def _check_ports(args: argparse.Namespace) -> None:
     ports = [("--pg-port", args.pg_port), ("--mlflow-port", args.mlflow_port)]
     if args.dashboard:
@@ -198,9 +234,10 @@ def up(args: argparse.Namespace) -> int:
     if args.detach:
         return _up_detached(args, stack_dir)
     previous = StackState.load(stack_dir)
-    if previous is not None and pid_alive(previous.pid) and previous.pid != os.getpid():
+    if previous is not None and alive(previous.pid) and previous.pid != os.getpid():
         raise ConfigError("--dir", f"a stack is already running from {stack_dir} (pid {previous.pid}); "
                                    f"'siamese-sweep stack down --dir {args.dir}' stops it")
+    _refuse_left_running(previous, stack_dir, args.dir)
     _check_up(args, stack_dir)
     creds = _made_if_valid(stack_dir)  # validated before anything starts
     os.chmod(stack_dir, 0o755)  # the postgres OS user must traverse it; secrets files are 0600
@@ -218,6 +255,8 @@ def up(args: argparse.Namespace) -> int:
     try:
         print(f"starting PostgreSQL in {stack_dir / 'postgres'} ...", flush=True)
         pg.start()
+        state.servers = _servers(pg, mlflow, dashboard)
+        state.save(stack_dir)  # not ready yet: but a `down` after a SIGKILL from here on finds its servers
         optuna_url = pg.url
         mlflow_db = pg.create_role("mlflow", creds[names.ENV_DB_MLFLOW_PASSWORD], database="mlflow")
         auth_db = pg.create_role("mlflow_auth", creds[names.ENV_DB_MLFLOW_AUTH_PASSWORD], database="mlflow_auth")
@@ -226,9 +265,12 @@ def up(args: argparse.Namespace) -> int:
                               admin_password=creds[names.ENV_ADMIN_PASSWORD], auth_database_uri=auth_db)
         print("starting mlflow server (15-35 s on a busy machine) ...", flush=True)
         mlflow.start()
+        state.servers = _servers(pg, mlflow, dashboard)
+        state.save(stack_dir)
         worker_env = {names.ENV_OPTUNA_STORAGE: optuna_url, names.ENV_MLFLOW_TRACKING_URI: mlflow.url}
         admin_env = dict(worker_env)
         if mlflow.auth:
+            _admin_password_set(mlflow.url, stack_dir, args.admin_user, creds[names.ENV_ADMIN_PASSWORD])
             ensure_user(mlflow.url, admin_username=args.admin_user, admin_password=creds[names.ENV_ADMIN_PASSWORD],
                         username=args.worker_user, password=creds[names.ENV_WORKER_PASSWORD])
             worker_env.update({names.ENV_MLFLOW_TRACKING_USERNAME: args.worker_user,
@@ -244,12 +286,16 @@ def up(args: argparse.Namespace) -> int:
         write_env_file(client_file, worker_env, export=True)
         write_env_file(admin_file, admin_env, export=True)
         state.postgres, state.mlflow, state.ready = pg.masked_url, mlflow.url, True
+        state.servers = _servers(pg, mlflow, dashboard)
         state.save(stack_dir)
         _print_summary(pg, mlflow, state, client_file, admin_file, args)
         restarts: list[float] = []
         while mlflow.is_running() and (dashboard is None or dashboard.poll() is None):
-            if not pg.is_running() and not _start_again(pg, restarts):
-                break
+            if not pg.is_running():
+                if not _start_again(pg, restarts):
+                    break
+                state.servers = _servers(pg, mlflow, dashboard)  # a new postmaster
+                state.save(stack_dir)
             time.sleep(0.5)
         which = ("PostgreSQL" if not pg.is_running() else "mlflow server" if not mlflow.is_running()
                  else "optuna-dashboard")
@@ -277,6 +323,68 @@ def up(args: argparse.Namespace) -> int:
         StackState.path(stack_dir).unlink(missing_ok=True)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _servers(pg: PostgresServer, mlflow: MlflowServer | None,
+             dashboard: subprocess.Popen[bytes] | None) -> dict[str, list[int]]:
+    found = {POSTGRES: pg.pid, MLFLOW: mlflow.pid if mlflow is not None else None,
+             DASHBOARD: dashboard.pid if dashboard is not None else None}
+    return {name: [pid, start_ticks(pid) or 0] for name, pid in found.items() if pid is not None}
+
+
+def _left_running(state: StackState, stack_dir: Path) -> dict[str, int]:
+    """The servers a stack whose supervisor is gone left running: those recorded in `state` still alive with the
+    start time recorded (a pid reused since, after a reboot say, is another process) and, as far as /proc shows
+    it, running from `stack_dir`."""
+    left = {}
+    for name, entry in state.servers.items():
+        try:
+            pid, started = int(entry[0]), int(entry[1])
+        except (TypeError, ValueError, IndexError):  # not what `_servers` writes
+            continue
+        if start_ticks(pid) != started or _runs_from(pid, stack_dir) is False:
+            continue
+        left[name] = pid
+    return left
+
+
+def _runs_from(pid: int, stack_dir: Path) -> bool | None:
+    """Whether `pid` has an argument in `stack_dir` (PostgreSQL's ``-D``) or works there (the others); None when
+    /proc shows neither (root without CAP_SYS_PTRACE cannot read the postgres user's working folder)."""
+    seen = False
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        seen = True
+        if any(Path(os.fsdecode(a)).is_relative_to(stack_dir) for a in args if a.startswith(b"/")):
+            return True
+    except OSError:
+        pass
+    try:
+        if Path(os.readlink(f"/proc/{pid}/cwd")).is_relative_to(stack_dir):
+            return True
+        seen = True
+    except OSError:
+        pass
+    return False if seen else None
+
+
+def _stop_left_running(left: dict[str, int], timeout: float) -> list[str]:
+    """Stop them as the supervisor would have (PostgreSQL's fast shutdown, SIGTERM to the others' process
+    groups: each was started in its own session), SIGKILL what outlives `timeout`; what could not be stopped."""
+    for name, pid in left.items():
+        with contextlib.suppress(ProcessLookupError):
+            if name == POSTGRES:
+                os.kill(pid, signal.SIGINT)
+            else:
+                os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(alive(pid) for pid in left.values()):
+        time.sleep(0.3)
+    for pid in left.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    return [f"{name} (pid {pid})" for name, pid in left.items() if alive(pid)]
 
 
 def _start_again(pg: PostgresServer, restarts: list[float]) -> bool:
@@ -308,7 +416,7 @@ def _start_dashboard(args: argparse.Namespace, stack_dir: Path, storage: str,
     log = open(stack_dir / "dashboard.log", "ab")  # noqa: SIM115 - kept open for the child's lifetime
     proc = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "dashboard", "--host", args.host, "--port", str(port)],
                             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, cwd=stack_dir)  # its folder: `_left_running` knows it so
     url = f"http://{args.host}:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -343,8 +451,9 @@ def _print_summary(pg: PostgresServer, mlflow: MlflowServer, state: StackState, 
 def _up_detached(args: argparse.Namespace, stack_dir: Path) -> int:
     """Start ``stack up`` in its own session, wait until it is ready, print its summary, return."""
     previous = StackState.load(stack_dir)  # first: its ports are in use too, which is not the news
-    if previous is not None and pid_alive(previous.pid):
+    if previous is not None and alive(previous.pid):
         raise ConfigError("--dir", f"a stack is already running from {stack_dir} (pid {previous.pid})")
+    _refuse_left_running(previous, stack_dir, args.dir)
     _check_up(args, stack_dir)
     _made_if_valid(stack_dir)  # bad secrets: exit 2 here, not in the background
     argv = [sys.executable, "-m", "sweeps.cli", "stack", "up", "--detached-child", "--dir", str(stack_dir),
@@ -378,15 +487,24 @@ def _up_detached(args: argparse.Namespace, stack_dir: Path) -> int:
 def down(args: argparse.Namespace) -> int:
     stack_dir = Path(args.dir).resolve()
     state = StackState.load(stack_dir)
-    if state is None or not pid_alive(state.pid):
+    if state is None or not alive(state.pid):
+        left = _left_running(state, stack_dir) if state is not None else {}
+        if not left:
+            StackState.path(stack_dir).unlink(missing_ok=True)
+            print(f"no stack is running from {stack_dir}")
+            return 0
+        stuck = _stop_left_running(left, args.timeout)
+        if stuck:  # stack.json kept: it is how the next `down` finds them
+            print(f"error: {', '.join(stuck)} did not stop within {args.timeout:.0f} s", file=sys.stderr)
+            return 1
         StackState.path(stack_dir).unlink(missing_ok=True)
-        print(f"no stack is running from {stack_dir}")
+        print(f"stopped {', '.join(left)}, left running from {stack_dir} by a stack whose supervisor was killed")
         return 0
     os.kill(state.pid, signal.SIGTERM)
     deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline and pid_alive(state.pid):
+    while time.monotonic() < deadline and alive(state.pid):
         time.sleep(0.3)
-    if pid_alive(state.pid):
+    if alive(state.pid):
         print(f"error: the stack (pid {state.pid}) did not stop within {args.timeout:.0f} s", file=sys.stderr)
         return 1
     print(f"stopped the stack from {stack_dir}")
@@ -398,7 +516,7 @@ def stack_status(stack_dir: Path) -> dict[str, Any]:
     import urllib.request
 
     state = StackState.load(stack_dir)
-    if state is None or not pid_alive(state.pid):
+    if state is None or not alive(state.pid):
         return {"running": False, "dir": str(stack_dir)}
     healthy = False
     if state.mlflow:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TypedDict
 from urllib.parse import quote
 
-__all__ = ["MIN_PASSWORD_LENGTH", "auth_ini_text", "auth_request", "ensure_user", "write_auth_ini"]
+__all__ = ["MIN_PASSWORD_LENGTH", "auth_ini_text", "auth_request", "change_password", "ensure_user",
+           "write_auth_ini"]
 
 MIN_PASSWORD_LENGTH = 12  # mlflow.utils.validation._validate_password refuses shorter ones
 PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
@@ -129,3 +130,24 @@ def ensure_user(url: str, *, admin_username: str, admin_password: str, username:
         raise AuthConfigError(f"could not {'create' if created else 'update'} MLflow user {username!r}: HTTP {status} "
                               f"{body[:200].decode(errors='replace')}")
     return created
+
+
+def change_password(url: str, *, username: str, old: str, new: str) -> None:
+    """Change `username`'s MLflow password from `old` to `new`, logged in as that user with `old`.
+
+    The ini's admin password only creates the admin on an empty auth database, so a new one given to a stack
+    that has run before must be set through the API (MLflow lets a user change its own password). Done
+    already (an earlier start changed it, then stopped before it saved it) counts as done."""
+    if len(new) < MIN_PASSWORD_LENGTH:
+        raise AuthConfigError(f"MLflow requires passwords of at least {MIN_PASSWORD_LENGTH} characters")
+    status, body = auth_request(url, "/api/2.0/mlflow/users/update-password", method="PATCH",
+                                body={"username": username, "password": new, "current_password": old},
+                                username=username, password=old)  # a user's own change must repeat the old one
+    if status == 200:
+        return
+    check, _ = auth_request(url, f"/api/2.0/mlflow/users/get?username={quote(username)}", username=username,
+                            password=new)
+    if check != 200:
+        raise AuthConfigError(f"could not change MLflow user {username!r}'s password: HTTP {status} with the saved "
+                              f"one ({body[:200].decode(errors='replace')}), HTTP {check} with the new one; give "
+                              "the password MLflow has")

@@ -146,6 +146,11 @@ class PostgresServer:
         state = "running" if self.is_running() else "stopped"
         return f"PostgresServer({self.masked_url if self.port else '<not started>'}, {state})"
 
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid (``setpriv`` execs it, so it is the child's own)."""
+        return self._proc.pid if self._proc is not None else None
+
     # ---------------------------------------------------------------- lifecycle
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None

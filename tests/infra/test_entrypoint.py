@@ -78,6 +78,35 @@ def test_missing_or_placeholder_secret_is_refused(ep: ModuleType, value: str) ->
         ep.pg_url(_env(SIAMESE_SWEEP_OPTUNA_DB_PASSWORD=value), "optuna")
 
 
+@pytest.mark.parametrize("role", ["worker", "mlflow-login", "mlflow-users", "no-such-role"])
+def test_bad_configuration_is_one_line_and_exit_2(role: str, tmp_path: Path) -> None:
+    """Exit 2 is what the worker Job's podFailurePolicy fails on at once; as ``SystemExit(message)`` every one
+    of these exited 1, which the Job retried with back-off up to its backoffLimit."""
+    import subprocess
+
+    env = {"PATH": "/usr/bin:/bin", "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD": "change-me-optuna-db-password",
+           "MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_TRACKING_PASSWORD_FILE": str(tmp_path / "absent"),
+           "MLFLOW_URL": "http://127.0.0.1:9"}
+    done = subprocess.run([sys.executable, str(ROOT / "docker" / "entrypoint.py"), role], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("entrypoint: "), done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_server_that_does_not_answer_in_time_is_exit_1(ep: ModuleType, tmp_path: Path) -> None:
+    """Not bad configuration: the server may still come, so the pod fails and the Job retries it."""
+    secret_file = tmp_path / "password"
+    secret_file.write_text("a-worker-password-1234\n")
+    env = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_TRACKING_PASSWORD_FILE": str(secret_file)}
+    with pytest.raises(ep.Unavailable, match="did not accept user") as raised:
+        ep.wait_for_login(env, timeout_s=0.5, poll_s=0.1)
+    assert raised.value.exit_code == 1
+    with pytest.raises(ep.ConfigError) as refused:
+        ep.secret({}, "SIAMESE_SWEEP_OPTUNA_DB_PASSWORD")
+    assert refused.value.exit_code == 2 and not isinstance(refused.value, ep.Unavailable)
+
+
 def test_secrets_may_come_from_files(ep: ModuleType, tmp_path: Path) -> None:
     (tmp_path / "pw").write_text(NASTY + "\n")
     env = _env(SIAMESE_SWEEP_OPTUNA_DB_PASSWORD="", SIAMESE_SWEEP_OPTUNA_DB_PASSWORD_FILE=str(tmp_path / "pw"))

@@ -219,6 +219,9 @@ def test_worker_job_is_indexed_with_the_exit_code_policy(objects: list[dict[str,
     rules = spec["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "FailJob",
                         "onExitCodes": {"containerName": "worker", "operator": "In", "values": [2]}}
+    # the init container's exit 2 too (docker/entrypoint.py: its secrets missing or placeholders)
+    assert {"action": "FailJob", "onExitCodes": {"containerName": "wait-for-mlflow-login", "operator": "In",
+                                                 "values": [2]}} in rules
     assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
     ignored = {r["onExitCodes"]["containerName"]: r["onExitCodes"]["values"] for r in rules
                if r["action"] == "Ignore" and "onExitCodes" in r}

@@ -118,7 +118,7 @@ def test_the_job_command_works_in_the_mlflow_image_layout(tmp_path: Path) -> Non
            "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD_FILE": str(tmp_path / "secrets" / "missing")}
     res = subprocess.run([sys.executable, "-c", image_python, str(bin_dir), "mlflow-users"], env=env,
                          capture_output=True, text=True, timeout=30)
-    assert res.returncode == 1, res.stderr
+    assert res.returncode == 2, res.stderr  # bad configuration: the Job's code for "do not retry"
     assert "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD_FILE: cannot read" in res.stderr
     assert "admin-pass-word" not in res.stderr
 

@@ -494,6 +494,106 @@ def test_up_in_the_foreground_stops_on_ctrl_c_and_keeps_a_quote_ending_password(
     assert leftovers == [], "servers outlived the CLI"
 
 
+def test_a_new_admin_password_is_saved_only_once_mlflow_has_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 no_secret_env: None) -> None:
+    """MLflow's ini sets the admin password only on an empty auth database: saved at once, the new one locked
+    the next start out (every `up` exit 1, HTTP 401)."""
+    first = load_or_create_secrets(tmp_path)
+    monkeypatch.setenv("SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD", "a-new-admin-password")
+    assert load_or_create_secrets(tmp_path)["SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD"] == "a-new-admin-password"
+    saved = read_env_file(tmp_path / "secrets.env")
+    assert saved["SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD"] == first["SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD"]
+
+
+def test_down_takes_only_the_recorded_processes_running_from_its_folder(tmp_path: Path) -> None:
+    """`down` signals what `_left_running` returns: a pid reused by another process, or a server of a sibling
+    folder (``/srv/stk2`` for ``/srv/stk``: a substring test took it), must not be in it."""
+    from sweeps.stack._process import start_ticks
+    from sweeps.stack.cli import StackState, _left_running
+
+    stack, sibling = tmp_path / "stk", tmp_path / "stk2"
+    procs = {where: subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
+                                      "-D", str(where / "postgres" / "data")], cwd=tmp_path)
+             for where in (stack, sibling)}
+    try:
+        time.sleep(0.3)
+        ours, theirs = procs[stack].pid, procs[sibling].pid
+        state = StackState(pid=2 ** 22 + 1, servers={"PostgreSQL": [ours, start_ticks(ours) or -1],
+                                                     "mlflow server": [theirs, start_ticks(theirs) or -1]})
+        assert _left_running(state, stack) == {"PostgreSQL": ours}
+        state.servers["PostgreSQL"][1] -= 1  # the same pid, another start: a reused pid
+        assert _left_running(state, stack) == {}
+        assert _left_running(StackState(pid=1, servers={"PostgreSQL": ours}), stack) == {}  # not what it writes
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+
+
+def _up_detached(stack: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(CLI + ["stack", "up", "--detach", "--dir", str(stack), "--pg-port", "0",
+                                 "--mlflow-port", "0"], env=_clean_env(**env), capture_output=True, text=True,
+                          timeout=400)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_killed_supervisor_is_cleaned_up_by_down_and_a_new_admin_password_is_set(postgres_server: object) -> None:
+    """A detached stack's supervisor SIGKILLed left PostgreSQL and MLflow running: `down` said "no stack" and
+    deleted stack.json, and `up` failed on PostgreSQL's lock file (exit 1). Then a new admin password on the same
+    folder: it was saved before MLflow had it, and every later `up` failed (HTTP 401)."""
+    stack = Path(tempfile.mkdtemp(prefix="sweeps-stack-test-"))
+    os.chmod(stack, 0o755)
+    folder = stack / "s"
+    try:
+        starting = subprocess.Popen(CLI + ["stack", "up", "--detach", "--dir", str(folder), "--pg-port", "0",
+                                           "--mlflow-port", "0"], env=_clean_env(), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+        early: dict = {}
+        while starting.poll() is None and not early.get("servers"):  # PostgreSQL is recorded before it is ready
+            with contextlib.suppress(OSError, ValueError):
+                early = json.loads((folder / "stack.json").read_text())
+            time.sleep(0.1)
+        out, err = starting.communicate(timeout=400)
+        assert starting.returncode == 0, out + err
+        assert list(early["servers"]) == ["PostgreSQL"] and early["ready"] is False, early
+        old = read_env_file(folder / "admin.env")["MLFLOW_TRACKING_PASSWORD"]
+        state = json.loads((folder / "stack.json").read_text())
+        assert set(state["servers"]) == {"PostgreSQL", "mlflow server"}
+        os.kill(state["pid"], signal.SIGKILL)
+        time.sleep(1)
+        assert all(pid in _cmdlines() for pid, _ in state["servers"].values())  # what it left running
+
+        refused = _up_detached(folder)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1 and "stack down --dir" in refused.stderr
+        assert "still run from" in refused.stderr and (folder / "stack.json").exists()
+
+        down = subprocess.run(CLI + ["stack", "down", "--dir", str(folder)], env=_clean_env(), capture_output=True,
+                              text=True, timeout=200)
+        assert down.returncode == 0 and "stopped PostgreSQL, mlflow server" in down.stdout, down.stdout + down.stderr
+        assert [pid for pid, cmd in _cmdlines().items() if str(folder) in cmd] == []
+
+        new = "a-new-admin-password-0123"
+        again = _up_detached(folder, SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD=new)
+        assert again.returncode == 0, again.stdout + again.stderr + (folder / "stack.log").read_text()[-3000:]
+        admin = read_env_file(folder / "admin.env")
+        assert admin["MLFLOW_TRACKING_PASSWORD"] == new != old
+        assert read_env_file(folder / "secrets.env")["SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD"] == new
+        search = f"{admin['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert _http(search, auth=(admin["MLFLOW_TRACKING_USERNAME"], new)) == 200
+        subprocess.run(CLI + ["stack", "down", "--dir", str(folder)], env=_clean_env(), capture_output=True,
+                       text=True, timeout=200, check=True)
+        plain = _up_detached(folder)  # and the next start, with nothing in the environment, logs in with it
+        assert plain.returncode == 0, plain.stdout + plain.stderr + (folder / "stack.log").read_text()[-3000:]
+    finally:
+        subprocess.run(CLI + ["stack", "down", "--dir", str(folder)], env=_clean_env(), capture_output=True,
+                       text=True, timeout=200)
+        leftovers = [pid for pid, cmd in _cmdlines().items() if str(stack) in cmd]
+        shutil.rmtree(stack, ignore_errors=True)
+    assert leftovers == [], "servers outlived 'stack down'"
+
+
 def test_a_dashboard_port_in_use_or_a_host_it_cannot_bind_is_one_line_and_exit_2(tmp_path: Path,
                                                                                  monkeypatch: pytest.MonkeyPatch,
                                                                                  capsys: pytest.CaptureFixture[str]

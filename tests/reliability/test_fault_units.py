@@ -610,6 +610,29 @@ def test_permanent_errors_are_not_retried() -> None:
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize("error", [NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError])
+def test_a_local_artifact_folder_in_the_way_is_not_retried(error: type[OSError]) -> None:
+    """A file where the artifact folder should be was retried for the whole budget (two minutes), as if MLflow
+    were down; a connection error still is retried."""
+    calls: list[int] = []
+
+    def upload() -> None:
+        calls.append(1)
+        raise error(20, "Not a directory")
+
+    with pytest.raises(TrackingUnavailable):
+        Retry(budget_s=5, sleep=lambda s: None)("log artifacts", upload)
+    assert len(calls) == 1
+
+    def unreachable() -> None:
+        calls.append(1)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    with pytest.raises(TrackingUnavailable):
+        Retry(budget_s=5, first_wait_s=1.0, sleep=lambda s: None)("log artifacts", unreachable)
+    assert len(calls) > 2
+
+
 def test_checkpoint_root_is_per_study_and_can_be_disabled(tmp_path: Path) -> None:
     import yaml
 

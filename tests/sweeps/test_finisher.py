@@ -376,3 +376,36 @@ def test_auto_records_in_the_background_only_where_a_core_is_left_idle(monkeypat
     finally:
         os.sched_setaffinity(0, set(cores))
     assert records_in_background("auto")
+
+
+def test_a_signal_during_the_wait_does_not_end_it_early() -> None:
+    """A signal's exception raised inside `Thread.join` made CPython 3.11 mark the job's thread stopped: the next
+    wait (the worker's clean-up) returned at once while the job still ran, and the interpreter exited under it
+    (an abort, exit 134, the trial and its run left RUNNING)."""
+    import signal
+
+    class Stop(Exception):
+        pass
+
+    def raise_stop(signum: int, frame: object) -> None:
+        raise Stop
+
+    finished = threading.Event()
+
+    def job() -> None:
+        time.sleep(1.5)
+        finished.set()
+
+    finisher = Finisher()
+    before = signal.signal(signal.SIGALRM, raise_stop)
+    try:
+        finisher.submit(job)
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(Stop):
+            finisher.wait()
+        assert finisher.busy and not finished.is_set()
+        finisher.wait()  # the clean-up's wait: for the job itself
+        assert finished.is_set() and not finisher.busy
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)

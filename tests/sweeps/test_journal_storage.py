@@ -1,4 +1,4 @@
-"""The journal file storage (`sweeps.storage.WholeLineJournalFile`): a record cut before its end (a writer
+"""The journal file storage (`sweeps.storage.WholeLineJournalLock`): a record cut before its end (a writer
 killed in the middle of its write, a full disk) is removed before the next write, so the study stays readable."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from sweeps.storage import make_storage
+from sweeps.storage import WholeLineJournalLock, make_storage, whole_line_journal
 
 
 def _study(path: Path) -> optuna.Study:
@@ -64,3 +64,29 @@ def test_a_whole_journal_is_written_to_as_optuna_writes_it(tmp_path: Path) -> No
                 for line in path.read_text().splitlines()]
 
     assert ours.read_bytes().endswith(b"\n") and records(ours) == records(theirs) and len(records(ours)) == 5
+
+
+def test_optuna_takes_the_journal_lock_around_each_write_and_never_to_read(tmp_path: Path) -> None:
+    """What the repair relies on (Optuna's own behaviour, not documented): its writer acquires the lock it was
+    given once per append and holds it while it writes; its reader never acquires it, so reading a study does
+    not wait for, or change, the file."""
+    path = tmp_path / "j.log"
+    events: list[str] = []
+
+    class Watched(WholeLineJournalLock):
+        def acquire(self) -> bool:
+            events.append("acquire")
+            return super().acquire()
+
+        def release(self) -> None:
+            events.append("release")
+            super().release()
+
+    backend = optuna.storages.journal.JournalFileBackend(str(path), lock_obj=Watched(str(path)))
+    backend.append_logs([{"op_code": 0, "worker_id": "w"}])
+    assert events == ["acquire", "release"]
+    path.write_bytes(path.read_bytes() + b'{"op_code":4,"wor')  # a cut record after the whole one
+    assert [log["op_code"] for log in backend.read_logs(0)] == [0] and events == ["acquire", "release"]
+    assert path.read_bytes().endswith(b'"wor')  # reading left the file alone
+    backend.append_logs([{"op_code": 1, "worker_id": "w"}])
+    assert [log["op_code"] for log in whole_line_journal(path).read_logs(0)] == [0, 1]

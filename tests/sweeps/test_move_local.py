@@ -97,9 +97,9 @@ def test_the_wrong_sqlite_file_or_a_missing_journal_is_refused_and_left_as_it_wa
         err = capsys.readouterr().err
         assert "is not an" in err and "nothing was changed" in err and len(err.strip().splitlines()) == 1, err
     with pytest.raises(ConfigError, match="is not an Optuna storage"):
-        preflight_stores(storage=src["tracking"], tracking_uri=src["tracking"], study_name=STUDY)
+        preflight_stores(storage=src["tracking"], tracking_uri=src["tracking"], study_name=STUDY, experiment=STUDY)
     with pytest.raises(ConfigError, match="is not an MLflow tracking store"):
-        preflight_stores(storage=src["storage"], tracking_uri=src["storage"], study_name=STUDY)
+        preflight_stores(storage=src["storage"], tracking_uri=src["storage"], study_name=STUDY, experiment=STUDY)
     assert (sqlite_tables(mlflow_db), mlflow_db.read_bytes(), sqlite_tables(optuna_db)) == before
     assert not (tmp_path / "new.db").exists() and not (tmp_path / "new-mlflow.db").exists()
 

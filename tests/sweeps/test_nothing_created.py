@@ -72,6 +72,8 @@ def two_args(a, b, c):
 
 def build_two(hp, extra):
     raise AssertionError("never called with two")
+
+NOT_CALLABLE = 3
 """
 
 
@@ -83,7 +85,11 @@ def build_two(hp, extra):
     ({"search_space": {"encoder.type": {"type": "categorical", "choices": ["mlp", "user_code:needs_depth"]}}},
      "encoder.type: user_code:needs_depth(input_shape, depth) cannot be called as build_encoder(input_shape)"),
     ({"hypermodel": "user_code:build_two"}, "hypermodel: user_code:build_two(hp, extra) cannot be called as build(hp)"),
-], ids=["encoder", "loss", "encoder-choice", "hypermodel"])
+    ({"base": {"encoder": {"type": "user_code:NOT_CALLABLE"}}},
+     "encoder.type: 'user_code:NOT_CALLABLE' is not callable"),
+    ({"search_space": {"encoder.type": {"type": "categorical", "choices": ["mlp", "user_code:NOT_CALLABLE"]}}},
+     "encoder.type: 'user_code:NOT_CALLABLE' is not callable"),
+], ids=["encoder", "loss", "encoder-choice", "hypermodel", "encoder-not-callable", "encoder-choice-not-callable"])
 def test_user_code_that_does_not_fit_its_call_creates_nothing(tmp_path: Path, section: dict, text: str) -> None:
     """A sweep built the models only in its trials: one failed trial after another, each with a traceback, then
     exit 1 with the study and its runs left behind (`train` refused the same code with one line)."""
@@ -292,6 +298,55 @@ def test_a_store_file_whose_folder_cannot_be_created_is_refused(tmp_path: Path, 
     assert lines == [f"error: --storage: cannot create the folder of {store}: File exists"], done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "spec.yaml"]
     assert (tmp_path / "afile").read_text() == "in the way"
+
+
+@pytest.mark.parametrize("command", ["run", "worker"])
+@pytest.mark.parametrize("where", ["afile", "proc", "mlruns-a-file"])
+def test_a_tracking_store_whose_folders_cannot_be_created_is_refused(tmp_path: Path, command: str,
+                                                                      where: str) -> None:
+    """A SQLite tracking file whose folder cannot be made was a raw FileExistsError or FileNotFoundError, exit 1,
+    after the study had been created; an artifact folder (MLflow's default ``./mlruns``) that cannot be made
+    trained each trial, retried its upload for two minutes as if MLflow were down, and queued it again."""
+    spec = _spec(tmp_path)
+    (tmp_path / "afile").write_text("in the way")
+    tracking = {"afile": tmp_path / "afile" / "m.db", "proc": Path("/proc/no-such-dir/m.db"),
+                "mlruns-a-file": tmp_path / "mlflow.db"}[where]
+    if where == "mlruns-a-file":
+        (tmp_path / "mlruns").write_text("not a folder")
+    args = ["run", str(spec)] if command == "run" else ["worker", str(spec), "--study", "t"]
+    done = _cli([*args, "--storage", f"sqlite:///{tmp_path}/optuna.db", "--tracking-uri", f"sqlite:///{tracking}",
+                 "--quiet"], cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    expected = {"afile": f"cannot create the folder of the SQLite file {tmp_path / 'afile'}: {tmp_path / 'afile'} "
+                         "is not a folder",
+                "proc": "cannot create the folder of the SQLite file /proc/no-such-dir: No such file or directory",
+                "mlruns-a-file": f"cannot create the artifact folder {tmp_path / 'mlruns'}: {tmp_path / 'mlruns'} "
+                                 "is not a folder"}[where]
+    assert lines == [f"error: --tracking-uri: {expected}"], done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["afile", "spec.yaml"]
+                                                                + (["mlruns"] if where == "mlruns-a-file" else []))
+
+
+def test_the_artifact_folder_check_reads_an_existing_experiment_of_a_relative_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default ``sqlite:///mlflow.db`` is relative: once it existed, every resumed `run` and `worker` failed on
+    it (ValueError, exit 1). An existing experiment's own location is the one checked, a ``file:`` URI decoded
+    as MLflow decodes it."""
+    from mlflow import MlflowClient
+
+    from sweeps.tracking import require_artifact_folder
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path.name}.db"  # relative; a name of its own: MLflow keeps one store per URI string
+    client = MlflowClient(uri)
+    client.create_experiment("fine")
+    (tmp_path / "a b").write_text("in the way")
+    client.create_experiment("blocked", artifact_location=(tmp_path / "a b" / "mlruns").as_uri())
+    require_artifact_folder(uri, "fine")
+    require_artifact_folder(uri, "not yet made")
+    with pytest.raises(ConfigError, match=r"cannot create the artifact folder .*a b/mlruns: .*a b is not a folder"):
+        require_artifact_folder(uri, "blocked")
 
 
 @pytest.mark.parametrize("text", ["app started\nsomething happened\n", "build finished OK (do not delete)"])

@@ -171,3 +171,34 @@ def test_a_run_whose_tracking_failed_is_ended_when_the_server_answers_again_at_o
     assert run.info.status == RunStatus.to_string(RunStatus.KILLED)
     assert run.data.tags[names.TAG_REASON] == "tracking_unavailable"
     assert "too many 500 error responses" in run.data.tags[names.TAG_REASON_DETAIL]
+
+
+def test_a_stop_while_mlflow_refused_ends_the_run_with_one_short_try(tmp_path, monkeypatch) -> None:
+    """A Ctrl-C while MLflow was down: the trial's `TrackingUnavailable` is classified `interrupted`, whose run
+    was ended the long way, each of its three calls retried for the whole budget (8 min to exit, past any
+    scheduler's grace period). MLflow refused already: one short try, as for `tracking_unavailable`."""
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+
+    from sweeps import names
+    from sweeps.objective import TrialAttempt
+    from sweeps.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri)
+    exp = tracker.experiment_id("t")
+    parent = tracker.create_parent_run(exp, "s", tags={})
+    trial = optuna.create_study().ask()
+    ctx = SimpleNamespace(tracker=tracker, share_checkpoints=False,
+                          spec=SimpleNamespace(study=SimpleNamespace(max_retries=2)))
+    attempt = TrialAttempt(ctx=ctx, trial=trial)  # type: ignore[arg-type]
+    attempt.mlflow_run = tracker.start_trial_run(exp, parent, study_name="s", trial_number=0)
+    monkeypatch.setattr(attempt, "_end_run", lambda *a, **k: pytest.fail("ended the long way"))
+    exc = TrackingUnavailable("MLflow log artifacts failed: Connection refused")
+    outcome = outcomes.classify(exc, stop_requested=True, run_started=True)
+    assert outcome.reason == "interrupted" and outcome.ends_run
+    attempt._fail(outcome, exc)
+    run = MlflowClient(uri).get_run(attempt.mlflow_run.run_id)
+    assert run.info.status == RunStatus.to_string(RunStatus.KILLED)
+    assert run.data.tags[names.TAG_REASON] == "interrupted"

@@ -145,3 +145,62 @@ def test_a_field_newer_than_the_study_at_its_default_does_not_lock_workers_out()
     data["tracking"] = {**data.get("tracking", {}), "plots_every": 3}
     with pytest.raises(ConfigError, match="tracking.plots_every"):
         check_same_spec(study, spec_from_dict(data))
+
+
+def test_a_joiner_waits_for_the_spec_of_a_study_just_created(tmp_path: Path) -> None:
+    """Two processes starting one new study with different specs: the creator writes its spec right after the
+    study; a joiner that came in that gap found no spec and adopted its own (1 of 6 simultaneous starts), so the
+    study mixed trials of two specs. It now waits for the creator's spec and is refused."""
+    import threading
+
+    from siamese_core.errors import ConfigError
+    from sweeps import names
+    from sweeps.study import check_same_spec
+
+    creator = spec_from_dict(make_spec_dict(base={"epochs": 2}))
+    joiner = spec_from_dict(make_spec_dict(base={"epochs": 1}))
+    study = optuna.create_study(study_name="s", storage=make_storage(f"sqlite:///{tmp_path}/o.db"))
+
+    def write_the_spec() -> None:
+        study.set_user_attr(names.STUDY_ATTR_SPEC, creator.portable())
+        study.set_user_attr(names.STUDY_ATTR_SPEC_HASH, creator.identity())
+
+    late = threading.Timer(0.5, write_the_spec)
+    late.start()
+    try:
+        with pytest.raises(ConfigError, match="created with another spec"):
+            check_same_spec(optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/o.db"), joiner)
+    finally:
+        late.join()
+    assert study.user_attrs[names.STUDY_ATTR_SPEC_HASH] == creator.identity()
+
+
+def test_a_study_with_trials_and_no_spec_is_adopted_at_once(tmp_path: Path) -> None:
+    """Not a study being created (it has trials): one made before specs were stored takes the joiner's spec."""
+    import time
+
+    from sweeps import names
+    from sweeps.study import check_same_spec
+
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/o.db")
+    study.tell(study.ask(), 1.0)
+    spec = spec_from_dict(make_spec_dict())
+    started = time.monotonic()
+    check_same_spec(study, spec, wait_s=30.0)
+    assert time.monotonic() - started < 5 and study.user_attrs[names.STUDY_ATTR_SPEC_HASH] == spec.identity()
+
+
+def test_a_changed_budget_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`run --study NAME` without --trials takes the stored spec's `study.trials`: a budget of 10 given earlier
+    with --trials became 4 without a word."""
+    import logging
+
+    from sweeps.study import set_trial_budget
+
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/o.db")
+    with caplog.at_level(logging.WARNING, logger="sweeps.study"):
+        set_trial_budget(study, 10)
+        set_trial_budget(study, 10)
+        assert caplog.text == ""
+        set_trial_budget(study, 4)
+    assert "study s: trial budget 10 -> 4" in caplog.text
