@@ -34,9 +34,15 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 try:  # the worker image has the project installed
-    from sweeps.stack.mlflow_auth import AuthConfigError, auth_ini_text, auth_request, ensure_user
+    from sweeps.stack.mlflow_auth import AuthConfigError, MlflowUnavailable, auth_ini_text, auth_request, ensure_user
 except ImportError:  # the MLflow image: a copy beside this file
-    from mlflow_auth import AuthConfigError, auth_ini_text, auth_request, ensure_user  # type: ignore[no-redef]
+    from mlflow_auth import (  # type: ignore[no-redef]
+        AuthConfigError,
+        MlflowUnavailable,
+        auth_ini_text,
+        auth_request,
+        ensure_user,
+    )
 
 PLACEHOLDER_PREFIX = "change-me"
 # database -> (role, the variable holding its password)
@@ -176,12 +182,17 @@ def create_worker_user(env: Mapping[str, str], *, timeout_s: float = 300.0) -> s
             if time.monotonic() > deadline:
                 raise Unavailable(f"MLflow at {url} did not answer within {timeout_s:.0f} s") from None
             time.sleep(2)
-    try:
-        ensure_user(url, admin_username=admin_username, admin_password=admin_password, username=username,
-                    password=password)
-    except AuthConfigError as exc:
-        raise ConfigError(str(exc)) from None
-    return username
+    while True:  # answering /health, it may still fail a users call (its auth database not ready): retried
+        try:
+            ensure_user(url, admin_username=admin_username, admin_password=admin_password, username=username,
+                        password=password)
+            return username
+        except AuthConfigError as exc:
+            raise ConfigError(str(exc)) from None
+        except (MlflowUnavailable, OSError) as exc:
+            if time.monotonic() > deadline:
+                raise Unavailable(f"MLflow at {url}: {exc}") from None
+            time.sleep(2)
 
 
 def wait_for_login(env: Mapping[str, str], *, timeout_s: float = LOGIN_WAIT_S, poll_s: float = 2.0) -> str:

@@ -49,7 +49,15 @@ class ConfigError(InputError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         self.field = field
         self.detail = message
+        self.cli_field: str | None = None  # the command line's name for `field` where it differs (`renamed`)
         super().__init__(f"{field}: {message}" if field else message)
+
+    def renamed(self, field: str) -> None:
+        """Name the field as the caller knows it (a Python argument, ``tracking_uri``, for the flag
+        ``--tracking-uri`` the code below the API names); the command line still shows its own name."""
+        self.cli_field = self.cli_field or self.field
+        self.field = field
+        self.args = (f"{field}: {self.detail}",)
 
 
 class UserCodeError(ConfigError):

@@ -24,6 +24,7 @@ from siamese_core.errors import ConfigError
 
 from . import names
 from .convert import from_wandb, looks_like_wandb
+from .errors import python_arguments
 from .spec import SweepSpec, load_spec, spec_from_data
 
 if TYPE_CHECKING:
@@ -48,7 +49,9 @@ def resolve_spec(spec: SpecLike = None, overrides: Mapping[str, Any] | None = No
         data: Mapping[str, Any] = spec
         if looks_like_wandb(data):
             data, notes = from_wandb(data)
-            log.info("a W&B sweep config: converted it (%s)", "; ".join(notes) or "nothing dropped")
+            # a warning: a library user has no logging set up, and Python shows warnings without it
+            (log.warning if notes else log.info)("a W&B sweep config: converted it (%s)",
+                                                 "; ".join(notes) or "nothing dropped")
         return spec_from_data(data, overrides)
     if spec is None or isinstance(spec, (str, Path)):
         from .specs import resolve_spec_path
@@ -68,6 +71,7 @@ def check_positive(name: str, value: float | None, *, whole: bool = True) -> Non
         raise ConfigError(name, f"expected a positive {'whole ' if whole else ''}number; received: {value!r}")
 
 
+@python_arguments
 def sweep(spec: SpecLike = None, *, trials: int | None = None, storage: str | None = None,
           tracking_uri: str | None = None, study_name: str | None = None, workers: int = 1,
           timeout: float | None = None, overrides: Mapping[str, Any] | None = None,

@@ -106,7 +106,7 @@ def _masked_input_error(exc: Exception, mask: Callable[[str], str]) -> str:
     from siamese_core.errors import ConfigError
 
     if isinstance(exc, ConfigError) and exc.field:
-        return f"{exc.field}: {mask(exc.detail)}"
+        return f"{exc.cli_field or exc.field}: {mask(exc.detail)}"  # the flag, not the Python API's argument
     return mask(str(exc))
 
 

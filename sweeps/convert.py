@@ -43,6 +43,10 @@ SHAPED = ("beta", "q_beta")  # W&B's beta(a, b) over [min, max]: Optuna draws un
 # what a W&B sweep file may hold (the rest is noted as ignored: W&B itself refuses unknown keys, so it is a typo)
 KNOWN_TOP = ("method", "parameters", "metric", "name", "run_cap", "early_terminate", *IGNORED_TOP)
 KNOWN_PARAMETER = ("value", "values", "distribution", "min", "max", "q", "mu", "sigma", "probabilities", "a", "b")
+KNOWN_METRIC = ("name", "goal", "target")
+KNOWN_EARLY_TERMINATE = ("type", "min_iter", "eta", "max_iter", "s", "strict")
+# the parameter keys each kind of distribution reads (the rest of KNOWN_PARAMETER is noted as unused by it)
+_USES_Q = ("q_uniform", "q_log_uniform", "q_log_uniform_values")
 
 
 def _number(field: str, value: Any) -> float:
@@ -93,6 +97,10 @@ def _parameter(field: str, p: Any, notes: list[str], *, grid: bool = False) -> A
         values = p["values"]
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{field}.values", f"expected a non-empty list; received: {values!r}")
+        if any(isinstance(v, (Mapping, list)) for v in values):  # the spec's check named the key as unknown
+            raise ConfigError(f"{field}.values", "categorical choices must be single values (str, number, bool, "
+                                                 "null), not mappings or lists; give each setting its own parameter "
+                                                 "(a dotted key such as optimizer.name, or nested parameters)")
         if "probabilities" in p:
             notes.append(f"{field}.probabilities dropped: Optuna samples categorical choices without weights")
         return {"type": "categorical", "choices": values}
@@ -108,6 +116,10 @@ def _parameter(field: str, p: Any, notes: list[str], *, grid: bool = False) -> A
     both_int = all(isinstance(p[k], int) and not isinstance(p[k], bool) for k in ("min", "max"))
     dist = dist or ("int_uniform" if both_int else "uniform")
     q = p.get("q")
+    unused = [k for k in ("q", "mu", "sigma", "a", "b") if k in p and not (k == "q" and dist in _USES_Q)]
+    notes.extend(f"{field}.{k} ignored: W&B's {dist} does not use it"
+                 + (" (a step needs q_uniform)" if k == "q" and dist in ("uniform", "int_uniform") else "")
+                 for k in unused)
     if dist == "int_uniform":  # the bounds as given: a fractional one is refused by the spec's check, not cut
         # W&B's grid runs every whole number of the range; a grid sampler needs the step to enumerate it
         return {"type": "int", "low": p["min"], "high": p["max"], **({"step": 1} if grid else {})}
@@ -195,6 +207,7 @@ def from_wandb(data: Mapping[str, Any], *, base: Mapping[str, Any] | None = None
         if not isinstance(metric, Mapping) or "name" not in metric:
             raise ConfigError("metric", f"expected {{name, goal}}; received: {metric!r}")
         study["metric"] = name = str(metric["name"])
+        notes += [f"metric.{k} ignored: not a W&B metric key" for k in metric if k not in KNOWN_METRIC]
         try:
             better = metric_direction(name)
         except ValueError:  # a name no trial reports: the spec's check names it
@@ -224,6 +237,8 @@ def from_wandb(data: Mapping[str, Any], *, base: Mapping[str, Any] | None = None
         if not isinstance(early, Mapping) or early.get("type") != "hyperband":
             raise ConfigError("early_terminate.type", f"expected 'hyperband'; received: {early!r}")
         pruner: dict[str, Any] = {"type": "hyperband"}
+        notes += [f"early_terminate.{k} ignored: not a W&B early_terminate key" for k in early
+                  if k not in KNOWN_EARLY_TERMINATE]
         # as given: a fractional one is refused by the spec's check (int() cut 1.5 to 1 without a word)
         if "min_iter" in early:
             pruner["min_resource"] = _given("early_terminate.min_iter", early["min_iter"])

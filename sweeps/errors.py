@@ -5,7 +5,30 @@ gives it and the sweep goes on; `SweepFatal` stops the sweep.
 """
 from __future__ import annotations
 
-from siamese_core.errors import InfrastructureError, InputError, SiameseError
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from siamese_core.errors import ConfigError, InfrastructureError, InputError, SiameseError
+
+from .names import ARGUMENT_OF_FLAG
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def python_arguments(func: F) -> F:
+    """A public function whose errors name its own arguments: the code under it is shared with the command line
+    and names the flags (``--tracking-uri``), which a Python caller never typed. The CLI prints the flag
+    (`ConfigError.cli_field`)."""
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            if exc.field in ARGUMENT_OF_FLAG:
+                exc.renamed(ARGUMENT_OF_FLAG[exc.field])
+            raise
+    return call  # type: ignore[return-value]
 
 
 class TrackingUnavailable(InfrastructureError, RuntimeError):

@@ -144,6 +144,7 @@ def write_model_dir(staged: Path, path: Path, *, model_id: str | None = None, ru
         DualFlavor.save_model(str(path), mlflow_model, keras_version=info["keras_version"],
                               keras_backend=info["keras_backend"], python_model=str(CODE_FILE),
                               artifacts=artifacts, signature=serving.signature_for(spec),
+                              model_config={serving.MODEL_CONFIG_RANGE: info["metadata"].get(names.TAG_VALUE_RANGE)},
                               input_example=serving.example_frame(spec), pip_requirements=pip_requirements())
     return path
 

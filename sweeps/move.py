@@ -30,6 +30,7 @@ import optuna
 from siamese_core.errors import ConfigError
 
 from . import modelio, names
+from .errors import python_arguments
 from .mlflow_globals import quiet_artifacts
 from .registry import logged_model_uri, model_id_from_uri
 from .secrets import mask_url
@@ -142,6 +143,7 @@ def _opened(url: str, flag: str) -> optuna.storages.BaseStorage:
         raise ConfigError(flag, exc.detail) from None
 
 
+@python_arguments
 def move_study(study_name: str, *, from_storage: str, from_tracking_uri: str, to_storage: str,
                to_tracking_uri: str, replace_runs: bool = False) -> MoveResult:
     """Copy study `study_name` and its MLflow runs and models to `to_storage` / `to_tracking_uri`.

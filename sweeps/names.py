@@ -22,6 +22,15 @@ from siamese_core.data.cache import ENV_XDG_CACHE_HOME as _CORE_ENV_XDG_CACHE_HO
 PREFIX = "siamese_sweep."
 ENV_PREFIX = "SIAMESE_SWEEP_"
 
+# the Python API's argument for each command-line flag the code under both names in its errors
+# (`sweeps.errors.python_arguments`): from Python a bad `tracking_uri=` is said as `tracking_uri`, not `--tracking-uri`
+ARGUMENT_OF_FLAG = {
+    "--tracking-uri": "tracking_uri", "--storage": "storage", "--study": "study_name", "--trials": "trials",
+    "--workers": "workers", "--timeout": "timeout", "--threads": "threads", "--model-name": "model_name",
+    "--alias": "alias", "--metric": "metric", "--from-storage": "from_storage", "--to-storage": "to_storage",
+    "--from-tracking-uri": "from_tracking_uri", "--to-tracking-uri": "to_tracking_uri",
+}
+
 # ---------------------------------------------------------------- MLflow run tags: every trial run
 TAG_ROLE = "siamese_sweep.role"                        # ROLE_PARENT | ROLE_TRIAL
 TAG_STUDY = "siamese_sweep.study"                      # Optuna study name (also on registry versions)

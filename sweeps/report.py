@@ -204,11 +204,23 @@ def _suggest(study: optuna.Study, complete: list[optuna.trial.FrozenTrial], maxi
     """Per numeric parameter, the range of the best quarter of complete trials (at least `_MIN_TOP`), with its
     step, and the one value as a single choice where they all used it (a spec's range needs low < high: that
     parameter was left out, and pasting the suggestion kept its full range); per categorical one, the choices
-    those trials used."""
+    those trials used. Trials tied with the last of them count among them: a cut through tied values is by trial
+    number (9 trials all at chance, 0.5, "suggested" the ranges of trials 0-2); when that makes most of the
+    trials, the ones strictly better than the tie, if two are, else no suggestion."""
     ranked = sorted(complete, key=lambda t: float(t.value or 0.0), reverse=maximize)
     top = ranked[:max(_MIN_TOP, len(ranked) // 4)]
     if len(top) < _MIN_TOP:
         return {}
+    cut = float(top[-1].value or 0.0)
+
+    def better(t: optuna.trial.FrozenTrial, *, or_equal: bool) -> bool:
+        v = float(t.value or 0.0)
+        return (v > cut or (or_equal and v == cut)) if maximize else (v < cut or (or_equal and v == cut))
+    top = [t for t in ranked if better(t, or_equal=True)]
+    if len(top) > len(ranked) // 2:  # the cut's tie holds most trials (all at chance): the ones strictly better
+        top = [t for t in ranked if better(t, or_equal=False)]
+        if len(top) < 2:
+            return {}
     out: dict[str, Any] = {}
     for param, dist in (study.best_trial.distributions or {}).items():
         used = [t.params[param] for t in top if param in t.params]

@@ -24,6 +24,8 @@ import pandas as pd
 
 from siamese_core.errors import SiameseError
 
+from .names import TAG_VALUE_RANGE
+
 try:  # the module must import without MLflow's pyfunc too (e.g. for `arrays_from_frame` in tools)
     from mlflow.pyfunc import PythonModel
 except ImportError:  # pragma: no cover
@@ -40,12 +42,21 @@ BATCH = 512  # the batch size the trial embedded its test samples with: same bat
 # check runs only after MLflow has parsed the whole body (no body limit there): the bound on the request size
 # is deploy/serving/scoring.conf.template (nginx) in front of it.
 MAX_ROWS = 10_000
+# a served model's signature drops the columns it does not declare before `predict` sees them: "received
+# columns []" for a request with columns a and b; said so, as the names the user sent are gone by then
+_DROPPED = "; a served model drops columns of other names before it sees them: check the spelling"
+MODEL_CONFIG_RANGE = "value_range"  # the key in the pyfunc model_config `load_context` reads
 # No model input is meaningfully this large (pixels are <= 255, standardised features a few units): such values
 # (1e300, an unscaled ID) would give a confident but meaningless answer.
 MAX_ABS_INPUT = 1e6
 # An integer-input model (raw pixels) takes whole numbers. A float32 round trip (x * 0.1 * 10, a mean/std
 # undone) leaves up to ~1.5e-5 on values near 255; scaled pixels have fractions of at least 1/255 (0.0039).
 WHOLE_TOLERANCE = 1e-3
+# Inputs beyond the training data's value range by more than its own width are data on another scale: digits
+# pixels (0-16) sent as 0-255 scored 600 pairs at 0.495 accuracy (0.95 on the right scale) without a word. A
+# range observed on training data (standardised features) is exceeded a little by new samples: a whole width of
+# slack leaves those alone and still refuses 0-255 for 0-16 or 0-1.
+RANGE_SLACK_WIDTHS = 1.0
 
 
 class PredictError(SiameseError, ValueError):
@@ -99,8 +110,31 @@ def _dense(cell: Any) -> np.ndarray:
     return a
 
 
-def to_batch(column: Any, shape: tuple[int, ...], dtype: str, *, what: str) -> np.ndarray:
-    """Stack a column of samples into ``[n, *shape]`` of the model's input dtype."""
+def value_range_of(value: Any) -> tuple[float, float] | None:
+    """The ``[low, high]`` a model records (`names.TAG_VALUE_RANGE`), or None when absent or of no width."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (lo, hi) if np.isfinite([lo, hi]).all() and hi > lo else None
+
+
+def _check_range(x: np.ndarray, value_range: tuple[float, float], what: str) -> None:
+    lo, hi = value_range
+    slack = RANGE_SLACK_WIDTHS * (hi - lo)
+    wide = x.astype(np.float64, copy=False)
+    outside = (wide < lo - slack) | (wide > hi + slack)
+    if outside.any():
+        row = int(np.argwhere(outside)[0][0])
+        raise PredictError(f"column {what!r}, row {row}: values from {wide[row].min():g} to {wide[row].max():g}, "
+                           f"but the model was trained on {lo:g}..{hi:g}; send the data on that scale (as in "
+                           f"training)")
+
+
+def to_batch(column: Any, shape: tuple[int, ...], dtype: str, *, what: str,
+             value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Stack a column of samples into ``[n, *shape]`` of the model's input dtype; with `value_range` (the
+    training data's), values far outside it are refused (`RANGE_SLACK_WIDTHS`)."""
     rows = []
     size = int(np.prod(shape))
     for i, cell in enumerate(column):
@@ -145,6 +179,8 @@ def to_batch(column: Any, shape: tuple[int, ...], dtype: str, *, what: str) -> n
             raise PredictError(f"column {what!r}, row {row}: values outside {info.min}..{info.max}, the range of "
                                f"the model's input type {target.name}")
         x = rounded if x.dtype.kind == "f" else x
+    if value_range is not None:  # after the input type's own checks, whose lines say more (scaled to 0-1, 300)
+        _check_range(x, value_range, what)
     return x.astype(target, copy=False)
 
 
@@ -187,11 +223,15 @@ def load_model_dir(model_dir: str | Path) -> tuple[SiameseServingModel, dict[str
     wrapper = SiameseServingModel().load(keras_path)
     wrapper.reference_path = artifact(REFERENCE_ARTIFACT)
     metadata = conf.get("metadata")
-    return wrapper, dict(metadata) if isinstance(metadata, dict) else {}
+    metadata = dict(metadata) if isinstance(metadata, dict) else {}
+    wrapper.value_range = value_range_of(metadata.get(TAG_VALUE_RANGE))  # models logged before model_config had it
+    return wrapper, metadata
 
 
 class SiameseServingModel(PythonModel):
     """Pair scoring and embedding for an exported Siamese model (see the module docstring)."""
+
+    value_range: tuple[float, float] | None = None  # the training data's raw range: inputs far outside it refused
 
     def __getstate__(self) -> dict[str, Any]:  # logged as code now; should anyone pickle it, never the model
         return {k: v for k, v in self.__dict__.items() if k not in ("model", "_encoders", "_predict")}
@@ -199,6 +239,8 @@ class SiameseServingModel(PythonModel):
     def load_context(self, context: Any) -> None:
         self.load(context.artifacts[KERAS_ARTIFACT])
         self.reference_path = context.artifacts.get(REFERENCE_ARTIFACT)
+        # the model's `model_config` (`modelio.write_model_dir`); none in models logged before it was written
+        self.value_range = value_range_of((getattr(context, "model_config", None) or {}).get(MODEL_CONFIG_RANGE))
 
     def reference_embeddings(self) -> np.ndarray | None:
         """Embeddings of the first test samples as the trial's in-memory model computed them (if recorded)."""
@@ -235,8 +277,8 @@ class SiameseServingModel(PythonModel):
 
         The arrays are checked as a served request's are (`to_batch`: shape, finite values, the input dtype):
         NaN gave finite scores, and left and right of different lengths TensorFlow's error."""
-        left = to_batch(list(np.asarray(left)), *self.inputs[0], what="left")
-        right = to_batch(list(np.asarray(right)), *self.inputs[-1], what="right")
+        left = to_batch(list(np.asarray(left)), *self.inputs[0], what="left", value_range=self.value_range)
+        right = to_batch(list(np.asarray(right)), *self.inputs[-1], what="right", value_range=self.value_range)
         return self.score_batches(left, right, threshold=threshold)
 
     def score_batches(self, left: np.ndarray, right: np.ndarray, *,
@@ -297,16 +339,17 @@ class SiameseServingModel(PythonModel):
             column = EMBED_COLUMN if EMBED_COLUMN in frame else PAIR_COLUMNS[side]
             if column not in frame:
                 raise PredictError(f"mode 'embed' needs a column {EMBED_COLUMN!r} (or {PAIR_COLUMNS[side]!r}); "
-                                   f"received columns {list(frame.columns)}")
+                                   f"received columns {list(frame.columns)}{_DROPPED}")
             shape, dtype = self.inputs[min(side, len(self.inputs) - 1)]
-            emb = self.embed_arrays(to_batch(frame[column], shape, dtype, what=column), side=side)
+            emb = self.embed_arrays(to_batch(frame[column], shape, dtype, what=column, value_range=self.value_range),
+                                    side=side)
             return pd.DataFrame({"embedding": [row.astype(float).tolist() for row in emb]})
         missing = [c for c in PAIR_COLUMNS if c not in frame]
         if missing:
             raise PredictError(f"mode 'pair' needs columns {list(PAIR_COLUMNS)}; missing {missing} "
-                               f"(received columns {list(frame.columns)})")
-        left = to_batch(frame["left"], *self.inputs[0], what="left")
-        right = to_batch(frame["right"], *self.inputs[-1], what="right")
+                               f"(received columns {list(frame.columns)}{_DROPPED})")
+        left = to_batch(frame["left"], *self.inputs[0], what="left", value_range=self.value_range)
+        right = to_batch(frame["right"], *self.inputs[-1], what="right", value_range=self.value_range)
         threshold = params.get("threshold")
         if threshold is not None:
             try:

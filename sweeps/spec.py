@@ -346,6 +346,10 @@ def _identity_dict(portable: Mapping[str, Any]) -> dict[str, Any]:
     for key in _RUNTIME_KEYS:
         section, _, field = key.partition(".")
         (data.get(section) or {}).pop(field, None)
+    for dist in (data.get("search_space") or {}).values():
+        # an int range's step 1 is Optuna's default: written or not, the same distribution (`space.suggest`)
+        if isinstance(dist, dict) and dist.get("type") == "int" and dist.get("step") == 1:
+            del dist["step"]
     return data
 
 
@@ -586,8 +590,9 @@ def load_spec(path: str | Path | None, overrides: Mapping[str, Any] | None = Non
     data = read_yaml_mapping(path, what="sweep spec") if path is not None else {}
     if looks_like_wandb(data):
         data, notes = from_wandb(data)
-        log.info("%s is a W&B sweep file: converted it (siamese-sweep convert %s prints the spec)%s", path, path,
-                 "".join(f"; {note}" for note in notes))
+        (log.warning if notes else log.info)(  # as in `sweeps.api.resolve_spec`: shown without logging set up
+            "%s is a W&B sweep file: converted it (siamese-sweep convert %s prints the spec)%s", path, path,
+            "".join(f"; {note}" for note in notes))
     return spec_from_data(data, overrides, base_dir=Path(path).resolve().parent if path is not None else None,
                           stored=stored)
 

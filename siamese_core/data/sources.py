@@ -199,7 +199,7 @@ def load_mnist(ds: DatasetConfig) -> RawLabeled:
     yt = v.as_class_labels(arrays["y_test"], source, key="y_test")
     v.check_same_length(source, x_train=x, y_train=y)
     v.check_same_length(source, x_test=xt, y_test=yt)
-    return RawLabeled(source, kind, x, y, xt, yt, _declared_range(x), tuple(str(i) for i in range(10)))
+    return RawLabeled(source, kind, x, y, xt, yt, _declared_range(x, xt), tuple(str(i) for i in range(10)))
 
 
 def _keras_mnist() -> Any:
@@ -230,7 +230,7 @@ def load_npz(ds: DatasetConfig) -> RawLabeled:
         _check_compatible(source, ("x", x, kind), ("x_test", xt, kind_t))
         yt = v.as_class_labels(a["y_test"], source, key="y_test")
         v.check_same_length(source, x_test=xt, y_test=yt)
-    return RawLabeled(source, kind, x, y, xt, yt, _declared_range(x))
+    return RawLabeled(source, kind, x, y, xt, yt, _declared_range(x, xt))
 
 
 def load_pairs_npz(ds: DatasetConfig) -> RawPaired:
@@ -264,6 +264,9 @@ def read_npz(path: str | os.PathLike[str], *, required: tuple[str, ...],
              optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """The named arrays of an ``.npz``; damaged archives and pickled arrays become `DataError`."""
     p = Path(path).expanduser()
+    if p.is_dir():  # "file not found" for a folder that is there
+        raise DataError(str(p), "is a folder, not an .npz file (dataset.path); a folder of images per class is "
+                                "dataset.name: image_folder")
     if not p.is_file():
         raise DataError(str(p), "file not found (dataset.path)")
     out: dict[str, np.ndarray] = {}
@@ -348,18 +351,49 @@ def _check_compatible(source: str, a: tuple[str, np.ndarray, str], b: tuple[str,
                                 f"'{ka}' ({ta}, {xa.shape[1:]}, {xa.dtype}); train and test inputs must agree")
 
 
-def _declared_range(x: np.ndarray) -> tuple[float, float] | None:
-    return (0.0, 255.0) if x.dtype == np.uint8 and x.ndim == 4 else None
+# uint8 images are pixels on 0..255 (a test image brighter than every training one is still on that scale). uint8
+# data far below it (binary masks 0/1, digits saved as 0..16) divided by 255 reached the encoder at |x| <= 0.004 and
+# collapsed (0/1 digits: collapse at epoch 0; the same pixels as float32 trained to 0.625 test ROC AUC): such data
+# takes its observed range, as float data does. Natural 8-bit images reach at least half the scale.
+UINT8_FULL_SCALE_MIN = 128
+
+
+def _declared_range(*arrays: np.ndarray | None) -> tuple[float, float] | None:
+    """0..255 for uint8 images reaching `UINT8_FULL_SCALE_MIN` in any of `arrays` (the train and the test inputs:
+    dark training images beside a test set that reaches 255 are still pixels), else None (the observed range)."""
+    given = [a for a in arrays if a is not None and a.size]
+    if not given or any(a.dtype != np.uint8 or a.ndim != 4 for a in given):
+        return None
+    return (0.0, 255.0) if max(int(a.max()) for a in given) >= UINT8_FULL_SCALE_MIN else None
 
 
 def _check_splits(splits: dict[str, Split], source: str, params: SplitParams) -> None:
     fix = {"train": "use more data or raise dataset.max_train_samples",
            "val": "raise dataset.val_fraction or dataset.max_eval_samples",
            "test": "raise dataset.test_fraction or dataset.max_eval_samples"}
+    rare = _rare_classes(splits) if params.mode != "class" else ""  # whole classes per split: "use more classes"
     for name, split in splits.items():
         extra = " (split: class holds out whole classes; use more classes or split: sample)" \
             if params.mode == "class" else ""
+        if rare:  # the split settings cannot help: "raise dataset.val_fraction" went round in circles
+            fix[name] = (f"the data has too few samples of {rare} to reach train, val and test (each needs samples of "
+                         f"2 classes): add samples of those classes, or drop them")
+            extra = ""
         v.check_split(split, source, name=name, hint=fix[name] + extra)
+
+
+def _rare_classes(splits: dict[str, Split]) -> str:
+    """"class 1 (1 sample)" for the classes with fewer samples than there are splits, when fewer than two classes
+    have enough: no split setting then gives every split two classes; "" otherwise (or for pre-paired data)."""
+    labeled = [s.y for s in splits.values() if isinstance(s, LabeledSplit)]
+    if len(labeled) != len(splits) or not labeled:
+        return ""
+    classes, counts = np.unique(np.concatenate(labeled), return_counts=True)
+    if int(np.sum(counts >= len(splits))) >= 2:
+        return ""
+    few = [f"class {c} ({n} sample{'s' if n != 1 else ''})" for c, n in zip(classes.tolist(), counts.tolist(),
+                                                                         strict=True) if n < len(splits)]
+    return ", ".join(few[:5]) + (f" and {len(few) - 5} more" if len(few) > 5 else "")
 
 
 # ---------------------------------------------------------------------- DataInfo

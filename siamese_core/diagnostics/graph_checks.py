@@ -26,6 +26,7 @@ import numpy as np
 from ..config import TrainConfig
 from ..data.types import DataInfo
 from ..findings import Finding
+from ..models.preprocessing import OWN_LAYERS
 from ..models.siamese import SiameseModels
 from ..registry import ENCODERS
 from . import codes as C
@@ -105,6 +106,19 @@ def bypassed_preprocessing(model: keras.Model) -> list[dict[str, str]]:
     return found
 
 
+def _rescales(model: Any, *, top: bool = True) -> bool:
+    """Whether a Rescaling or Normalization layer of the encoder's own (not `preprocessing.normalize`'s, which
+    sits at the encoder's top level: a user's model nested in it may name a layer alike) is among `model`'s
+    layers (nested models too)."""
+    for layer in getattr(model, "layers", []):
+        if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization)) and not (
+                top and layer.name in OWN_LAYERS):
+            return True
+        if isinstance(layer, keras.Model) and _rescales(layer, top=False):
+            return True
+    return False
+
+
 def _has_weights(op: Any) -> bool:
     return bool(getattr(op, "weights", None)) and not is_preprocessing(op)
 
@@ -170,7 +184,7 @@ def check_inputs(encoders: tuple[keras.Model, ...], batches: list[np.ndarray], *
                 stats = activation_stats(act)
         raw = stats is not None and (stats["abs_q99"] > ACT_ABS_Q99 or stats["spread"] > ACT_SPREAD)
         tiny = stats is not None and 0.0 < stats["abs_max"] < ACT_TINY_ABS_MAX
-        if tiny and stats is not None and not bypass:  # (tiny implies stats; mypy cannot see it)
+        if tiny and stats is not None and not bypass and _rescales(encoder):  # (tiny implies stats)
             findings.append(C.finding(
                 C.UNNORMALIZED_INPUT, f"inputs reaching {where} are scaled down twice: |x| max {stats['abs_max']:.3g} "
                                       f"(expected ~1) — preprocessing.normalize already maps the data to [0, 1] and "
@@ -179,6 +193,21 @@ def check_inputs(encoders: tuple[keras.Model, ...], batches: list[np.ndarray], *
                           **{f"input_{k}": round(v, 6) for k, v in stats.items()}},
                 fix="normalise once: set preprocessing.normalize: none when your encoder has its own Rescaling, "
                     "or remove the Rescaling from your encoder"))
+            continue
+        if tiny and stats is not None and not bypass:  # no Rescaling of its own: the data is far below its range
+            lo, hi = info.value_range
+            why = ("the data itself is that small, and preprocessing.normalize: none leaves it so"
+                   if config.preprocessing.normalize == "none" else
+                   f"the data's values lie far below the range they are scaled by ({lo:g}..{hi:g} -> [0, 1])")
+            findings.append(C.finding(
+                C.UNNORMALIZED_INPUT, f"inputs reaching {where} are tiny: |x| max {stats['abs_max']:.3g} (expected "
+                                      f"~1) — {why}", severity="warning",
+                evidence={"encoder": encoder.name, "normalize": config.preprocessing.normalize, "first_layer": where,
+                          "raw_value_range": list(info.value_range),
+                          **{f"input_{k}": round(v, 6) for k, v in stats.items()}},
+                fix=("set preprocessing.normalize: rescale (or standardize)" if config.preprocessing.normalize ==
+                     "none" else "give the data on its own scale (float arrays are scaled by their observed range), "
+                     "or set preprocessing.normalize: standardize")))
             continue
         if not raw and not bypass:
             continue

@@ -14,25 +14,30 @@ from ..config import PreprocessingConfig
 from ..data.types import DataInfo
 from ..registry import AUGMENTATIONS, NORMALIZATIONS
 
+# the layers these factories name: the doctor tells them from an encoder's own scaling (`graph_checks._rescales`)
+NORMALIZE_LAYER = "normalize"
+CAST_LAYER = "cast_to_float"
+OWN_LAYERS = (NORMALIZE_LAYER, CAST_LAYER)
+
 
 # ------------------------------------------------------------------ normalisations: factory(info) -> layer
 def rescale(info: DataInfo) -> keras.layers.Layer:
     """Map the data's value range to [0, 1]."""
     lo, hi = info.value_range
     span = (hi - lo) or 1.0
-    return keras.layers.Rescaling(1.0 / span, offset=-lo / span, name="normalize")
+    return keras.layers.Rescaling(1.0 / span, offset=-lo / span, name=NORMALIZE_LAYER)
 
 
 def standardize(info: DataInfo) -> keras.layers.Layer:
     """Zero mean, unit variance from training-split statistics (`rescale` when there are none)."""
     if info.mean is not None and info.std:
-        return keras.layers.Rescaling(1.0 / info.std, offset=-info.mean / info.std, name="normalize")
+        return keras.layers.Rescaling(1.0 / info.std, offset=-info.mean / info.std, name=NORMALIZE_LAYER)
     return rescale(info)
 
 
 def cast_to_float(info: DataInfo) -> keras.layers.Layer:
     """No normalisation (``normalize: none``): only a cast to float."""
-    return keras.layers.Rescaling(1.0, name="cast_to_float")
+    return keras.layers.Rescaling(1.0, name=CAST_LAYER)
 
 
 # ------------------------------------------------------------------ augmentations: factory(seed) -> layer

@@ -228,7 +228,7 @@ def read_sample(path_str: str, shape: tuple[int, ...], dtype: str, meta: dict[st
 
     from siamese_core.errors import DataError
 
-    from ..serving import PredictError, to_batch
+    from ..serving import PredictError, to_batch, value_range_of
 
     path = Path(path_str)
     if not path.is_file():
@@ -265,7 +265,7 @@ def read_sample(path_str: str, shape: tuple[int, ...], dtype: str, meta: dict[st
     else:
         raise DataError(path_str, f"{what}: expected an image ({', '.join(IMAGE_SUFFIXES)}) or a .npy file")
     try:
-        return to_batch([x], shape, dtype, what=what)
+        return to_batch([x], shape, dtype, what=what, value_range=value_range_of(meta.get(names.TAG_VALUE_RANGE)))
     except PredictError as exc:
         raise DataError(path_str, str(exc)) from None
 

@@ -26,6 +26,7 @@ import tempfile
 from siamese_core.errors import ConfigError
 
 from .. import names
+from ..errors import python_arguments
 from ..mlflow_globals import mlflow_internals_use
 from ..reevaluation import selection_metric
 from ..registry import DEFAULT_ALIAS, Registry, validate_alias, validate_model_name
@@ -43,6 +44,7 @@ __all__ = ["promote", "rollback", "gather", "decide", "apply", "converge", "deci
 log = logging.getLogger(__name__)
 
 
+@python_arguments
 def promote(study_name: str, *, storage: str, tracking_uri: str, model_name: str | None = None,
             alias: str = DEFAULT_ALIAS, metric: str | None = None, dry_run: bool = False,
             force: bool = False, lift_hold: bool = False) -> PromotionDecision:
@@ -68,6 +70,7 @@ def promote(study_name: str, *, storage: str, tracking_uri: str, model_name: str
         return decision if dry_run else apply(decision, facts, reg)
 
 
+@python_arguments
 def rollback(*, tracking_uri: str, model_name: str | None = None, study_name: str | None = None,
              storage: str | None = None, alias: str = DEFAULT_ALIAS, dry_run: bool = False) -> PromotionDecision:
     """Move the alias back to the version that held it before the current holder."""

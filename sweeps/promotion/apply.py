@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import time
+from typing import Any
 
 from .. import names
 from ..registry import READY, Registry, same_model
@@ -69,6 +70,8 @@ def apply(decision: PromotionDecision, facts: Facts, reg: Registry) -> Promotion
         if holding is not None and same_model(holding, reg.version(version)):
             # e.g. two versions an older release registered from one model: equal scores, the older one wins
             decision.reason += f"; v{final}, registered from the same model, holds the alias"
+        elif reg.hold(alias) is not None:  # a rollback landed while this promotion converged
+            decision.reason += f"; a rollback holds the alias at v{final}"
         else:
             decision.reason += f"; a better version (v{final}) holds the alias after concurrent promotions"
     previous_tag = names.per_alias(names.TAG_PREVIOUS_PREFIX, alias)
@@ -109,9 +112,10 @@ def version_description(facts: Facts) -> str:
 def converge(reg: Registry, *, alias: str, key: str, metric: str) -> str | None:
     """Set the alias to the best eligible version until a re-read confirms it (see the module docstring); never
     while a rollback holds the alias."""
+    written = None  # the version this promoter last pointed the alias at
     for _ in range(MAX_ROUNDS):
-        if reg.hold(alias) is not None:  # a rollback since this promoter decided: the alias stays where it is
-            return reg.holder(alias)
+        if (hold := reg.hold(alias)) is not None:  # a rollback since this promoter decided
+            return _keep_hold(reg, alias, hold, written)
         ready = [(str(v.version), dict(v.tags)) for v in reg.versions() if str(v.status or READY) == READY]
         target = best_eligible(ready, alias=alias, key=key, metric=metric)  # an alias only points at READY versions
         holder = reg.holder(alias)
@@ -119,7 +123,26 @@ def converge(reg: Registry, *, alias: str, key: str, metric: str) -> str | None:
             return holder
         _test_pause(f"{reg.name}@{alias} -> v{target}")
         reg.move_alias(alias, target, holder)
+        written = target
         log.info("%s@%s -> v%s (was %s)", reg.name, alias, target, f"v{holder}" if holder else "unset")
+    return reg.holder(alias)
+
+
+def _keep_hold(reg: Registry, alias: str, hold: dict[str, Any], written: str | None) -> str | None:
+    """The alias where the rollback put it: a rollback that landed between this promoter's check and its write
+    had its alias move undone by that write (its hold is recorded before it moves the alias). Only this
+    promoter's own write is undone: an alias someone moved since (another rollback, a human's --lift-rollback)
+    stays theirs."""
+    held, holder = hold.get("version"), reg.holder(alias)
+    if held is None or str(held) == holder or written is None or holder != written:
+        return holder
+    if str(held) not in {str(v.version) for v in reg.versions()}:  # deleted since: nothing to point at
+        return holder
+    if reg.hold(alias) != hold:  # changed meanwhile (a second rollback, a lift): theirs to say
+        return reg.holder(alias)
+    reg.set_alias(alias, str(held))
+    log.warning("%s@%s -> v%s: a rollback holds the alias there (this promotion's write came after it)",
+                reg.name, alias, held)
     return reg.holder(alias)
 
 

@@ -50,16 +50,25 @@ def model_name_for(study: optuna.Study, study_name: str) -> str:
     return study.user_attrs.get(names.STUDY_ATTR_REGISTERED_MODEL) or names.default_registered_model(study_name)
 
 
+def by_objective(study: optuna.Study) -> bool:
+    """Whether `promote` ranks trials by the study's objective value: one objective, one it re-evaluates (a study
+    that did not record its metric: its objective, as before metrics were recorded)."""
+    first = study_metric(study)
+    return len(study.directions) == 1 and (first is None or has_counterpart(first))
+
+
 def rank_trials(study: optuna.Study, metric: str | None, *,
                 recorded: Recorded | None = None) -> list[optuna.trial.FrozenTrial]:
-    """COMPLETE trials best first: by the objective (single-objective, no `metric`; objectives are validation or
-    trial metrics), else by the validation metric ``val_<metric>`` the trial recorded — never by a test metric.
+    """COMPLETE trials best first: by the objective (single-objective, no `metric`, an objective `promote`
+    re-evaluates), else by the validation metric ``val_<metric>`` the trial recorded — never by a test metric.
+    An objective it does not re-evaluate (``val_loss``, ``params``) ranks by ``val_roc_auc``: the trial is then
+    chosen by the metric the alias is decided on, which the registry's description names.
 
     `recorded(trial)` supplies the validation metrics of a trial that has no ``val_<metric>`` attribute (studies
     swept before it was recorded: the last ``val_<metric>`` of its MLflow run).
     """
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if metric is None and len(study.directions) == 1:
+    if metric is None and by_objective(study):
         sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
         return sorted(complete, key=lambda t: (sign * t.value if t.value is not None and math.isfinite(t.value)
                                                else math.inf, t.number))
@@ -111,10 +120,12 @@ def gather(study_name: str, *, storage: str, tracking_uri: str, model_name: str 
     """`Facts` for `decide`, and the registry `apply` writes to. Models are downloaded under `workdir`."""
     study = load_study(study_name, storage)
     first = study_metric(study)
-    if metric is None and len(study.directions) > 1 and not has_counterpart(first):
-        # the first objective (params, latency_ms) has no validation counterpart: said, not decided in silence
-        log.warning("the study's first objective, %s, is not a validation metric: promote decides by val %s "
-                    "(choose with --metric)", first, objective_counterpart(first))
+    if metric is None and not by_objective(study) and not has_counterpart(first):
+        # the (first) objective (val_loss, params, latency_ms) has no re-evaluated counterpart: said, not decided in
+        # silence (a val_loss study's best by loss was promoted, described as "chosen by validation roc_auc")
+        log.warning("the study's %sobjective, %s, is not a metric promote re-evaluates: it picks the trial and "
+                    "decides by val %s (choose with --metric)", "first " if len(study.directions) > 1 else "",
+                    first, objective_counterpart(first))
     reg = Registry(tracking_uri, model_name or model_name_for(study, study_name))
     trial, skipped = pick_candidate(study, metric, recorded=_recorded_val(reg.client))
     run_id: str = trial.user_attrs[names.TRIAL_ATTR_RUN_ID]  # a COMPLETE trial always has its run
@@ -157,7 +168,7 @@ def gather(study_name: str, *, storage: str, tracking_uri: str, model_name: str 
 def _lead(study: optuna.Study, candidate: optuna.trial.FrozenTrial, metric: str | None) -> dict[str, Any] | None:
     """The study's margin (`sweeps.margin`) when the candidate is the trial it is about: the study's best by
     its objective, ranked by that objective (None for a candidate that is not, or a study without a margin)."""
-    if len(study.directions) != 1 or (metric is not None and metric != objective_counterpart(study_metric(study))):
+    if not by_objective(study) or (metric is not None and metric != objective_counterpart(study_metric(study))):
         return None
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     lead = best_margin(study, complete)

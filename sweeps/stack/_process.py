@@ -51,29 +51,28 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
-def _proc_stat(pid: int) -> tuple[int, int] | None:
-    """(ppid, pgrp) of ``pid`` from /proc, or None if it is gone."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/<pid>/stat`` from field 3 (state) on, or None if ``pid`` is gone or a zombie (already dead)."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # comm may contain spaces/parens: split after the last ')'
     fields = raw[raw.rfind(")") + 2 :].split()
-    state, ppid, pgrp = fields[0], int(fields[1]), int(fields[2])
-    if state == "Z":  # a zombie is already dead
-        return None
-    return ppid, pgrp
+    return None if fields[0] == "Z" else fields
+
+
+def _proc_stat(pid: int) -> tuple[int, int] | None:
+    """(ppid, pgrp) of ``pid`` from /proc, or None if it is gone."""
+    fields = _stat_fields(pid)
+    return None if fields is None else (int(fields[1]), int(fields[2]))
 
 
 def start_ticks(pid: int) -> int | None:
     """When ``pid`` started, in clock ticks after boot (``/proc/<pid>/stat`` field 22): with the pid, it names one
     process, not a later one given the same pid. None if it is gone (or a zombie)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw[raw.rfind(")") + 2 :].split()
-    return None if fields[0] == "Z" else int(fields[19])
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[19])
 
 
 def _all_pids() -> list[int]:
@@ -111,37 +110,33 @@ def _signal(pids: list[int], sig: int) -> None:
             os.kill(p, sig)
 
 
-def terminate_tree(
-    proc: subprocess.Popen[bytes],
+def terminate_pid(
+    pid: int,
     *,
-    first_signal: int = signal.SIGTERM,
+    first_signal: int | None = signal.SIGTERM,
     signal_group: bool = True,
     timeout: float = 20.0,
-) -> None:
-    """Stop ``proc`` and everything it spawned; SIGKILL whatever outlives ``timeout``.
+    send_first: bool = True,
+) -> list[int]:
+    """Stop ``pid`` (a child of ours or not: a dead supervisor's server) and everything it spawned; SIGKILL
+    whatever outlives ``timeout``. What is still alive after that.
 
-    ``proc`` must have been started with ``start_new_session=True`` so its pid is
-    also its process-group id.
+    ``pid`` must have been started with ``start_new_session=True`` so it is also its process-group id.
+    ``send_first=False`` skips the first signal (a child already reaped: its pid may be another process's);
+    ``first_signal=None``: the caller has sent it (to several servers at once).
     """
-    pgid = proc.pid
-    tree = set(descendants(proc.pid))
-    if proc.poll() is None:
-        try:
+    tree = set(descendants(pid))
+    if send_first and first_signal is not None:
+        with contextlib.suppress(ProcessLookupError):
             if signal_group:
-                os.killpg(pgid, first_signal)
+                os.killpg(pid, first_signal)
             else:
-                proc.send_signal(first_signal)
-        except ProcessLookupError:
-            pass
+                os.kill(pid, first_signal)
     deadline = time.monotonic() + timeout
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
 
     def leftovers() -> list[int]:
-        rest = {p for p in tree if alive(p)} | set(group_members(pgid))
-        if proc.poll() is None:
-            rest.add(proc.pid)
-        return sorted(rest)
+        mine = tree | {pid} if send_first else tree
+        return sorted({p for p in mine if alive(p)} | set(group_members(pid)))
 
     while leftovers() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -151,6 +146,19 @@ def terminate_tree(
         end = time.monotonic() + 5.0
         while [p for p in rest if alive(p)] and time.monotonic() < end:
             time.sleep(0.05)
+    return leftovers()
+
+
+def terminate_tree(
+    proc: subprocess.Popen[bytes],
+    *,
+    first_signal: int = signal.SIGTERM,
+    signal_group: bool = True,
+    timeout: float = 20.0,
+) -> None:
+    """Stop ``proc`` and everything it spawned, and reap it (`terminate_pid`)."""
+    terminate_pid(proc.pid, first_signal=first_signal, signal_group=signal_group, timeout=timeout,
+                  send_first=proc.poll() is None)
     if proc.poll() is None:
         proc.kill()
     proc.wait()

@@ -43,8 +43,14 @@ from siamese_core.errors import ConfigError
 from sweeps import names
 from sweeps.argtypes import port_number, positive_int
 from sweeps.secrets import mask_url, read_secret_files
-from sweeps.stack._process import ServerStartError, alive, port_is_free, start_ticks
-from sweeps.stack.mlflow_auth import MIN_PASSWORD_LENGTH, AuthConfigError, change_password, ensure_user
+from sweeps.stack._process import ServerStartError, alive, port_is_free, start_ticks, terminate_pid
+from sweeps.stack.mlflow_auth import (
+    MIN_PASSWORD_LENGTH,
+    AuthConfigError,
+    MlflowUnavailable,
+    change_password,
+    ensure_user,
+)
 from sweeps.stack.mlflow_server import MlflowServer
 from sweeps.stack.postgres import PostgresServer
 
@@ -303,7 +309,7 @@ def up(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
-    except (ServerStartError, AuthConfigError) as e:
+    except (ServerStartError, AuthConfigError, MlflowUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
@@ -370,7 +376,9 @@ def _runs_from(pid: int, stack_dir: Path) -> bool | None:
 
 def _stop_left_running(left: dict[str, int], timeout: float) -> list[str]:
     """Stop them as the supervisor would have (PostgreSQL's fast shutdown, SIGTERM to the others' process
-    groups: each was started in its own session), SIGKILL what outlives `timeout`; what could not be stopped."""
+    groups: each was started in its own session), all at once, so that each has the whole `timeout` (one after the
+    other, an MLflow that outlived its SIGTERM left PostgreSQL no time for its shutdown); SIGKILL what outlives it.
+    What could not be stopped."""
     for name, pid in left.items():
         with contextlib.suppress(ProcessLookupError):
             if name == POSTGRES:
@@ -378,13 +386,9 @@ def _stop_left_running(left: dict[str, int], timeout: float) -> list[str]:
             else:
                 os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(alive(pid) for pid in left.values()):
-        time.sleep(0.3)
-    for pid in left.values():
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-    time.sleep(0.5)
-    return [f"{name} (pid {pid})" for name, pid in left.items() if alive(pid)]
+    return [f"{name} (pid {pid})" for name, pid in left.items()
+            if terminate_pid(pid, first_signal=None, signal_group=name != POSTGRES,
+                             timeout=max(0.0, deadline - time.monotonic()))]
 
 
 def _start_again(pg: PostgresServer, restarts: list[float]) -> bool:
@@ -517,7 +521,8 @@ def stack_status(stack_dir: Path) -> dict[str, Any]:
 
     state = StackState.load(stack_dir)
     if state is None or not alive(state.pid):
-        return {"running": False, "dir": str(stack_dir)}
+        left = _left_running(state, stack_dir) if state is not None else {}
+        return {"running": False, "dir": str(stack_dir), "left_running": left}
     healthy = False
     if state.mlflow:
         try:
@@ -536,6 +541,10 @@ def status(args: argparse.Namespace) -> int:
         print(json.dumps(info))
     elif not info["running"]:
         print(f"no stack is running from {info['dir']}")
+        if info["left_running"]:  # `down` stops them, `up` refuses the folder until then
+            servers = ", ".join(f"{name} (pid {pid})" for name, pid in info["left_running"].items())
+            print(f"but {servers} still run from it, left by a stack whose supervisor was killed: "
+                  f"'siamese-sweep stack down --dir {args.dir}' stops them")
     else:
         print(f"stack from {info['dir']} (pid {info['pid']}): PostgreSQL {info['postgres']}; MLflow {info['mlflow']} "
               f"({'healthy' if info['mlflow_healthy'] else 'NOT answering'})"

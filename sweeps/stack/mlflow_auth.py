@@ -16,21 +16,31 @@ from pathlib import Path
 from typing import TypedDict
 from urllib.parse import quote
 
-__all__ = ["MIN_PASSWORD_LENGTH", "auth_ini_text", "auth_request", "change_password", "ensure_user",
-           "write_auth_ini"]
+__all__ = ["MIN_PASSWORD_LENGTH", "AuthConfigError", "MlflowUnavailable", "auth_ini_text", "auth_request",
+           "change_password", "ensure_user", "write_auth_ini"]
 
 MIN_PASSWORD_LENGTH = 12  # mlflow.utils.validation._validate_password refuses shorter ones
 PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
 
 
 try:  # inside the project every error is a SiameseError; the MLflow image has only this file
+    from siamese_core.errors import InfrastructureError as _ProjectOutage
     from siamese_core.errors import InputError as _ProjectError
-except ImportError:  # pragma: no cover - exercised in the MLflow image
-    _ProjectError = Exception  # type: ignore[assignment,misc]
+except ImportError:  # the MLflow image (tests/infra/test_k8s_manifests.py imports this file so)
+    class _ProjectError(Exception):  # type: ignore[no-redef]
+        """Bare ``Exception`` as a first base before ``ValueError`` has no consistent MRO: the import failed."""
+
+    class _ProjectOutage(Exception):  # type: ignore[no-redef]
+        """The same, for `MlflowUnavailable`."""
 
 
 class AuthConfigError(_ProjectError, ValueError):
     """A value the auth ini cannot hold, or that MLflow would refuse (bad input: exit 2)."""
+
+
+class MlflowUnavailable(_ProjectOutage, RuntimeError):
+    """MLflow answered a users call with a server error (5xx: still starting, its database away): worth a retry,
+    not bad input (the images' entrypoint exits 1 for it, which the Job retries; 2 fails the Job)."""
 
 
 def _ini_value(name: str, value: str) -> str:
@@ -115,6 +125,9 @@ def ensure_user(url: str, *, admin_username: str, admin_password: str, username:
         raise AuthConfigError(f"the workers' MLflow user must not be the admin ({admin_username!r})")
     admin: _Credentials = {"username": admin_username, "password": admin_password}
     status, body = auth_request(url, f"/api/2.0/mlflow/users/get?username={quote(username)}", **admin)
+    if status >= 500:
+        raise MlflowUnavailable(f"could not look up MLflow user {username!r}: HTTP {status} "
+                                f"{body[:200].decode(errors='replace')}")
     created = status != 200
     was_admin = not created and bool(json.loads(body or b"{}").get("user", {}).get("is_admin"))
     if created:
@@ -126,9 +139,14 @@ def ensure_user(url: str, *, admin_username: str, admin_password: str, username:
     if status == 200 and was_admin:
         status, body = auth_request(url, "/api/2.0/mlflow/users/update-admin", method="PATCH",
                                     body={"username": username, "is_admin": False}, **admin)
+    if status >= 500:
+        raise MlflowUnavailable(f"could not {'create' if created else 'update'} MLflow user {username!r}: HTTP "
+                                f"{status} {body[:200].decode(errors='replace')}")
     if status != 200:
+        hint = ("; the admin password is not the one MLflow has (it takes the configured one only on an empty auth "
+                "database: change it through MLflow, docs/cluster.md)" if status == 401 else "")
         raise AuthConfigError(f"could not {'create' if created else 'update'} MLflow user {username!r}: HTTP {status} "
-                              f"{body[:200].decode(errors='replace')}")
+                              f"{body[:200].decode(errors='replace')}{hint}")
     return created
 
 
@@ -145,6 +163,9 @@ def change_password(url: str, *, username: str, old: str, new: str) -> None:
                                 username=username, password=old)  # a user's own change must repeat the old one
     if status == 200:
         return
+    if status >= 500:  # not a wrong password: a server still starting, or its database away
+        raise MlflowUnavailable(f"could not change MLflow user {username!r}'s password: HTTP {status} "
+                                f"{body[:200].decode(errors='replace')}")
     check, _ = auth_request(url, f"/api/2.0/mlflow/users/get?username={quote(username)}", username=username,
                             password=new)
     if check != 200:

@@ -107,6 +107,80 @@ def test_a_server_that_does_not_answer_in_time_is_exit_1(ep: ModuleType, tmp_pat
     assert refused.value.exit_code == 2 and not isinstance(refused.value, ep.Unavailable)
 
 
+class _StartingMlflow:
+    """A stand-in for an MLflow server whose users API answers 503 a few times (its auth database not ready)
+    while /health is up, then creates the user; or answers 401 (an admin password MLflow does not have)."""
+
+    def __init__(self, failures: int, status: int = 503) -> None:
+        import http.server
+        import threading
+
+        self.calls: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _answer(self) -> None:
+                outer.calls.append(self.path)
+                if self.path == "/health":
+                    code, body = 200, b"OK"
+                elif outer.failures > 0:
+                    outer.failures -= 1
+                    code, body = outer.status, b'{"error_code": "TEMPORARILY_UNAVAILABLE"}'
+                elif "/users/get" in self.path:
+                    code, body = 404, b'{"error_code": "RESOURCE_DOES_NOT_EXIST"}'
+                else:
+                    code, body = 200, b'{"user": {}}'
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            do_GET = do_POST = do_PATCH = _answer
+
+        self.failures, self.status = failures, status
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_a_users_call_answered_with_a_server_error_is_retried_then_exit_1(ep: ModuleType) -> None:
+    """A 503 from the users API (the server answering /health before its auth database) was bad configuration,
+    exit 2, which the setup Job does not retry (podFailurePolicy FailJob). Retried now; exit 1 if it lasts."""
+    starting = _StartingMlflow(failures=2)
+    try:
+        assert ep.create_worker_user(_env(MLFLOW_URL=starting.url), timeout_s=30) == ep.DEFAULT_WORKER_USER
+        assert sum("/users/create" in c for c in starting.calls) == 1
+        lasting = _StartingMlflow(failures=10_000)
+        with pytest.raises(ep.Unavailable, match="HTTP 503") as raised:
+            ep.create_worker_user(_env(MLFLOW_URL=lasting.url), timeout_s=1)
+        assert raised.value.exit_code == 1
+        lasting.server.shutdown()
+        refused = _StartingMlflow(failures=10_000, status=401)  # bad input: exit 2 at once, with what to do
+        with pytest.raises(ep.ConfigError, match="admin password is not the one MLflow has") as wrong:
+            ep.create_worker_user(_env(MLFLOW_URL=refused.url), timeout_s=30)
+        assert wrong.value.exit_code == 2 and not isinstance(wrong.value, ep.Unavailable)
+        refused.server.shutdown()
+    finally:
+        starting.server.shutdown()
+
+
+def test_a_server_error_is_an_outage_not_bad_input_and_a_password_change_says_so() -> None:
+    """`MlflowUnavailable` under `InputError` would be exit 2 wherever the CLI met it; and a 503 to a password
+    change was said as a wrong password."""
+    from siamese_core.errors import InfrastructureError, InputError
+    from sweeps.stack.mlflow_auth import MlflowUnavailable, change_password
+
+    assert issubclass(MlflowUnavailable, InfrastructureError) and not issubclass(MlflowUnavailable, InputError)
+    busy = _StartingMlflow(failures=10_000)
+    try:
+        with pytest.raises(MlflowUnavailable, match="HTTP 503"):
+            change_password(busy.url, username="admin", old="an-old-password-1", new="a-new-password-12")
+    finally:
+        busy.server.shutdown()
+
+
 def test_secrets_may_come_from_files(ep: ModuleType, tmp_path: Path) -> None:
     (tmp_path / "pw").write_text(NASTY + "\n")
     env = _env(SIAMESE_SWEEP_OPTUNA_DB_PASSWORD="", SIAMESE_SWEEP_OPTUNA_DB_PASSWORD_FILE=str(tmp_path / "pw"))

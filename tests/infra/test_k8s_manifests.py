@@ -415,6 +415,28 @@ def test_compose_and_kubernetes_give_the_entrypoint_the_same_variables(objects: 
     assert services["mlflow-users"]["entrypoint"] == _container(objects, "Job", "mlflow-setup")["command"]
 
 
+def test_the_mlflow_images_entrypoint_imports_without_the_project(tmp_path: Path) -> None:
+    """The MLflow image holds docker/entrypoint.py and a copy of sweeps/stack/mlflow_auth.py, not the project
+    (docker/mlflow/Dockerfile). Without `siamese_core` the auth module's errors were built on a bare `Exception`
+    before `ValueError`, which has no consistent MRO: the import raised TypeError and the image could not start."""
+    dockerfile = (ROOT / "docker" / "mlflow" / "Dockerfile").read_text()
+    assert "COPY sweeps/stack/mlflow_auth.py /usr/local/bin/mlflow_auth.py" in dockerfile
+    for name, source in (("stack-entrypoint.py", ENTRYPOINT), ("mlflow_auth.py",
+                                                               ROOT / "sweeps" / "stack" / "mlflow_auth.py")):
+        shutil.copy(source, tmp_path / name)
+    code = ("import sys; sys.modules['siamese_core'] = sys.modules['sweeps'] = None\n"
+            "import importlib.util as u\n"
+            "s = u.spec_from_file_location('ep', 'stack-entrypoint.py'); ep = u.module_from_spec(s)\n"
+            "s.loader.exec_module(ep)\n"
+            "import mlflow_auth\n"
+            "assert ep.ensure_user is mlflow_auth.ensure_user\n"
+            "assert issubclass(mlflow_auth.AuthConfigError, ValueError)\n"
+            "assert issubclass(mlflow_auth.MlflowUnavailable, RuntimeError)\n"
+            "print('imported')\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "imported", done.stderr[-2000:]
+
+
 def test_dashboard_runs_the_guarded_cli_from_the_worker_image(objects: list[dict[str, Any]]) -> None:
     from sweeps.cli import build_parser
     from sweeps.dashboard import PASSWORD_ENV

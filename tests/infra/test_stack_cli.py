@@ -536,6 +536,35 @@ def _up_detached(stack: Path, **env: str) -> subprocess.CompletedProcess[str]:
                           timeout=400)
 
 
+def test_left_servers_are_signalled_at_once_so_postgres_gets_its_shutdown(tmp_path: Path) -> None:
+    """One after the other, an MLflow that outlived its SIGTERM used up `--timeout` and PostgreSQL got SIGINT and
+    SIGKILL at the same moment: no clean shutdown. Stand-ins: one ignores SIGTERM, one takes 1 s after SIGINT."""
+    from sweeps.stack.cli import MLFLOW, POSTGRES, _stop_left_running
+
+    stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); "
+                "time.sleep(60)")
+    slow = ("import signal, sys, time\n"
+            "def down(*_):\n    time.sleep(1.0); open(sys.argv[1], 'w').write('clean'); sys.exit(0)\n"
+            "signal.signal(signal.SIGINT, down); print('up', flush=True); time.sleep(60)\n")
+    marker = tmp_path / "postgres-shut-down"
+    procs = {MLFLOW: subprocess.Popen([sys.executable, "-c", stubborn], start_new_session=True,
+                                      stdout=subprocess.PIPE, text=True),
+             POSTGRES: subprocess.Popen([sys.executable, "-c", slow, str(marker)], start_new_session=True,
+                                        stdout=subprocess.PIPE, text=True)}
+    try:
+        for proc in procs.values():
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+        stuck = _stop_left_running({name: proc.pid for name, proc in procs.items()}, timeout=3.0)
+        assert stuck == []
+        assert procs[POSTGRES].wait(timeout=10) == 0 and marker.read_text() == "clean"
+        assert procs[MLFLOW].wait(timeout=10) == -signal.SIGKILL  # it outlived the timeout
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_a_killed_supervisor_is_cleaned_up_by_down_and_a_new_admin_password_is_set(postgres_server: object) -> None:
@@ -563,6 +592,14 @@ def test_a_killed_supervisor_is_cleaned_up_by_down_and_a_new_admin_password_is_s
         os.kill(state["pid"], signal.SIGKILL)
         time.sleep(1)
         assert all(pid in _cmdlines() for pid, _ in state["servers"].values())  # what it left running
+        status = subprocess.run(CLI + ["stack", "status", "--dir", str(folder)], env=_clean_env(),
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 3 and "still run from it" in status.stdout, status.stdout + status.stderr
+        assert f"PostgreSQL (pid {state['servers']['PostgreSQL'][0]})" in status.stdout
+        status_json = subprocess.run(CLI + ["stack", "status", "--json", "--dir", str(folder)], env=_clean_env(),
+                                     capture_output=True, text=True, timeout=60)
+        assert json.loads(status_json.stdout)["left_running"] == {name: pid for name, (pid, _)
+                                                                  in state["servers"].items()}
 
         refused = _up_detached(folder)
         assert refused.returncode == 2, refused.stdout + refused.stderr

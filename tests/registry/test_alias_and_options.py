@@ -124,6 +124,27 @@ def test_best_trial_with_error_diagnostics_is_skipped() -> None:
     assert [t.number for t in rank_trials(old, "roc_auc", recorded=lambda t: logged[t.number])] == [1, 0]
 
 
+def test_a_val_loss_study_is_ranked_by_the_metric_the_alias_is_decided_on() -> None:
+    """A single-objective study of val_loss: promote picked its best by loss (trial 1 here) and described it as
+    "chosen by validation roc_auc", the metric it then decided the alias on, where trial 0 is the best."""
+    from sweeps import names
+
+    study = optuna.create_study(direction="minimize")
+    study.set_user_attr(names.STUDY_ATTR_METRICS, ["val_loss"])
+    for loss, auc in ((0.050, 0.864), (0.037, 0.837), (0.040, 0.757)):
+        study.add_trial(optuna.trial.create_trial(value=loss, user_attrs={"model_uri": "models:/m-x",
+                                                                          "val_roc_auc": auc}))
+    assert [t.number for t in rank_trials(study, None)] == [0, 1, 2]
+    assert pick_candidate(study, None)[0].number == 0
+    assert [t.number for t in rank_trials(study, "eer")] != []  # --metric still chooses
+    # an objective promote re-evaluates still ranks by the study's own values
+    auc_study = optuna.create_study(direction="maximize")
+    auc_study.set_user_attr(names.STUDY_ATTR_METRICS, ["val_roc_auc"])
+    for value, recorded in ((0.80, 0.90), (0.85, 0.70)):
+        auc_study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"val_roc_auc": recorded}))
+    assert [t.number for t in rank_trials(auc_study, None)] == [1, 0]
+
+
 def test_no_usable_trial_is_a_clear_error() -> None:
     study = _study([{"value": 0.9, "attrs": {"model_uri": "models:/m-a", "diagnostics_errors": ["nan_loss"]}}])
     with pytest.raises(ConfigError, match="no COMPLETE trial"):

@@ -8,6 +8,7 @@ The second starts both at the same moment.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -214,3 +215,56 @@ def test_the_version_holding_the_alias_is_the_candidate_of_its_model(sqlite_stor
     assert f"v{second.version} (this candidate) already holds {name}@champion" in done.stdout + done.stderr, done
     assert client.get_model_version(name, "1").tags == first.tags  # not ranked against itself, nothing re-tagged
     assert client.get_registered_model(name).aliases == {"champion": second.version}
+
+
+def test_a_rollback_landing_between_a_promoters_check_and_its_write_keeps_the_alias(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """v2 holds the alias (it replaced v1); a promoter decides to move it to the better v3 and, before its write, an
+    operator rolls back to v1 (hold recorded, alias moved). The promoter's write then lands on top: before, its
+    next round saw the hold and kept the alias where its own write had put it (v3), undoing the rollback."""
+    from sweeps import names
+    from sweeps.promotion.decision import PromotionDecision
+    from sweeps.promotion.rollback import apply_rollback
+    from sweeps.registry import Registry
+
+    apply_mod = importlib.import_module("sweeps.promotion.apply")  # the package's `apply` is the function
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri, registry_uri=uri)
+    client.create_registered_model("held")
+    eligible, evaluated = "siamese_sweep.eligible.champion", "siamese_sweep.eval.val"
+    for auc in (0.90, 0.95, 0.97):
+        v = client.create_model_version("held", source=_logged_model_uri(uri))
+        client.set_model_version_tag("held", v.version, eligible, "true")
+        client.set_model_version_tag("held", v.version, evaluated, json.dumps({"roc_auc": auc}))
+    reg = Registry(uri, "held")
+    reg.move_alias("champion", "1", None)
+    reg.move_alias("champion", "2", "1")
+    rolled: list[str] = []
+
+    def rollback_now(what: str) -> None:  # the operator's rollback, between the promoter's check and its write
+        if not rolled:
+            decision = PromotionDecision(action="rollback", applied=False, model_name="held", alias="champion",
+                                         reason="operator", final_holder="2", previous="1")
+            rolled.append(str(apply_rollback(decision, Registry(uri, "held")).final_holder))
+    monkeypatch.setattr(apply_mod, "_test_pause", rollback_now)
+    final = apply_mod.converge(reg, alias="champion", key="val", metric="roc_auc")
+    assert rolled == ["1"]
+    assert str(client.get_registered_model("held").aliases["champion"]) == "1"
+    assert final == "1"
+    assert json.loads(client.get_registered_model("held").tags[names.TAG_HOLD_PREFIX + "champion"])["version"] == "1"
+
+    # only this promoter's own write is undone: an alias someone moved after it (a second rollback here) stays
+    reg.move_alias("champion", "2", "1")
+    client.delete_registered_model_tag("held", names.TAG_HOLD_PREFIX + "champion")
+    rolled.clear()
+    move = reg.move_alias
+
+    def then_another_rollback(alias: str, version: str, previous: str | None) -> None:
+        move(alias, version, previous)
+        client.set_registered_model_tag("held", names.TAG_HOLD_PREFIX + "champion",
+                                        json.dumps({"version": "2", "from": version, "at": "now"}))
+        client.set_registered_model_alias("held", "champion", "2")
+    monkeypatch.setattr(reg, "move_alias", then_another_rollback)
+    assert apply_mod.converge(reg, alias="champion", key="val", metric="roc_auc") == "2"
+    assert rolled == ["1"] and str(client.get_registered_model("held").aliases["champion"]) == "2"

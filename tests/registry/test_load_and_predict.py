@@ -26,12 +26,18 @@ x = np.load(sys.argv[1])
 df = pd.DataFrame({"left": [x[0].tolist(), x[1].tolist()], "right": [x[2].tolist(), x[3].tolist()]})
 pairs = pyf.predict(df)
 emb = pyf.predict(pd.DataFrame({"input": [x[0].tolist()]}), params={"mode": "embed"})
+try:  # the training data's range comes with the model (its pyfunc model_config): 0..255 for a 0..16 model
+    pyf.predict(pd.DataFrame({"left": [(x[0].astype(float) * 255 / 16).round().tolist()], "right": [x[2].tolist()]}))
+    scale = "accepted"
+except Exception as exc:
+    scale = str(exc)
 import siamese_core.models.layers                          # what a user does before mlflow.keras.load_model
 km = mlflow.keras.load_model(uri, load_model_kwargs={"safe_mode": True})
 out = km.predict_on_batch([x[[0, 1]], x[[2, 3]]])
 print(json.dumps({"pairs": pairs.to_dict(orient="list"), "embedding": emb["embedding"][0],
                   "keras_class": type(km).__name__, "keras_distance": np.asarray(out["distance"]).tolist(),
-                  "keras_same": np.asarray(out["same"]).tolist(), "flavors": sorted(pyf.metadata.flavors)}))
+                  "keras_same": np.asarray(out["same"]).tolist(), "flavors": sorted(pyf.metadata.flavors),
+                  "scale": scale}))
 """.replace("%s", NAME)
 
 
@@ -55,6 +61,7 @@ def test_fresh_process_loads_pyfunc_and_keras_by_alias(sqlite_stores: Stores, pr
     thr = promoted["trial"].user_attrs["threshold"]
     assert out["pairs"]["same"] == [d <= thr for d in out["pairs"]["distance"]]
     assert len(out["embedding"]) == 16
+    assert "the model was trained on 0..16" in out["scale"], out["scale"]
 
 
 def test_cli_predict_with_npy_and_image_files(sqlite_stores: Stores, promoted: dict,
@@ -89,6 +96,9 @@ def test_cli_predict_with_npy_and_image_files(sqlite_stores: Stores, promoted: d
     np.save(d / "wrong.npy", np.zeros((3, 3)))
     assert main(["predict", uri, str(d / "a.npy"), str(d / "wrong.npy"), *tracking]) == 2
     assert "expected 64 values" in capsys.readouterr().err
+    np.save(d / "a_255.npy", (a.astype(np.float64) * 255 / 16).round())  # the right shape, the wrong scale
+    assert main(["predict", uri, str(d / "a_255.npy"), str(d / "b.npy"), *tracking]) == 2
+    assert "the model was trained on 0..16" in capsys.readouterr().err
     np.save(d / "text.npy", np.array(["a"] * 64))  # strings: a DataError (exit 2), not a ValueError (exit 1)
     assert main(["predict", uri, str(d / "a.npy"), str(d / "text.npy"), *tracking]) == 2
     assert "expected numbers" in capsys.readouterr().err
@@ -234,6 +244,14 @@ def test_bad_requests_are_one_clear_invalid_parameter_error(sqlite_stores: Store
         assert err.value.error_code == "INVALID_PARAMETER_VALUE"
     with pytest.raises(MlflowException, match="values outside 0..255"):  # integers too: astype wrapped 300 to 44
         wrapper.predict(None, pd.DataFrame({"left": [(a.astype(int) + 300).tolist()], "right": [b.tolist()]}))
+    # whole pixels on another scale: digits (0..16) sent as 0..255 scored at chance (0.495 accuracy) without a word
+    on_255 = (a * 255 / 16).round()
+    with pytest.raises(MlflowException, match="row 0: values from 0 to 255, but the model was trained on 0..16") \
+            as err:
+        wrapper.predict(None, pd.DataFrame({"left": [on_255.tolist()], "right": [b.tolist()]}))
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE" and wrapper.value_range == (0.0, 16.0)
+    assert len(wrapper.predict(None, pd.DataFrame({"left": [np.minimum(a + 20, 32).tolist()],  # slack: 16 above
+                                                   "right": [b.tolist()]}))) == 1
     with pytest.raises(MlflowException, match=r"params.side: expected one of \['left', 'right'\]; received: 'rihgt'"):
         wrapper.predict(None, pd.DataFrame({"input": [a.tolist()]}), params={"mode": "embed", "side": "rihgt"})
     right = wrapper.predict(None, pd.DataFrame({"input": [a.tolist()]}), params={"mode": "embed", "side": "right"})

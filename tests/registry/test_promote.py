@@ -201,12 +201,22 @@ def test_a_study_led_by_params_says_which_validation_metric_decides(sqlite_store
     with caplog.at_level(logging.WARNING, logger="sweeps.promotion.gather"):
         d = promote("by-params", **sqlite_stores.kw(model_name="by-params", dry_run=True))
     assert d.candidate["trial"] == 0
-    assert ("the study's first objective, params, is not a validation metric: promote decides by val roc_auc "
-            "(choose with --metric)") in caplog.text
+    assert ("the study's first objective, params, is not a metric promote re-evaluates: it picks the trial and "
+            "decides by val roc_auc (choose with --metric)") in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="sweeps.promotion.gather"):
         promote("by-params", **sqlite_stores.kw(model_name="by-params", metric="roc_auc", dry_run=True))
-    assert "not a validation metric" not in caplog.text  # chosen: nothing to say
+    assert "not a metric promote re-evaluates" not in caplog.text  # chosen: nothing to say
+    # one objective of the same kind (val_loss): said too, and the description names the metric that chose
+    by_loss = optuna.create_study(study_name="by-loss", storage=make_storage(sqlite_stores.storage))
+    by_loss.set_user_attr("objective_metrics", ["val_loss"])
+    by_loss.add_trial(_copy_trial(good, [0.05], val_roc_auc=0.9))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sweeps.promotion.gather"):
+        d = promote("by-loss", **sqlite_stores.kw(model_name="by-loss", dry_run=True))
+    assert ("the study's objective, val_loss, is not a metric promote re-evaluates: it picks the trial and decides "
+            "by val roc_auc") in caplog.text
+    assert d.metric == "roc_auc" and d.lead is None
 
 
 def test_champion_vs_challenger_is_decided_on_validation(sqlite_stores: Stores) -> None:

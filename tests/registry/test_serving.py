@@ -170,6 +170,13 @@ def test_invocations_embed_mode_and_bad_requests(server: dict) -> None:
                         {"dataframe_split": {"columns": ["left", "right"], "data": [[None, cell]]}})
     assert status == 400 and "column 'left', row 0" in str(out) and "NoneType" in str(out), out
     assert "stack_trace" not in str(out) and "Recursion" not in str(out)
+    status, out = _post(f"{server['url']}/invocations",  # misspelt: the served model never sees "rigth"
+                        {"dataframe_split": {"columns": ["left", "rigth"], "data": [[cell, cell]]}})
+    assert status == 400 and "missing ['right']" in str(out) and "check the spelling" in str(out), out
+    on_255 = [[[255.0]] * 8] * 8  # whole pixels on another scale than the model's 0..16 (served: its model_config)
+    status, out = _post(f"{server['url']}/invocations",
+                        {"dataframe_split": {"columns": ["left", "right"], "data": [[on_255, cell]]}})
+    assert status == 400 and "the model was trained on 0..16" in str(out), out
 
 
 def _rows(n: int) -> bytes:

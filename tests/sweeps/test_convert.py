@@ -210,3 +210,42 @@ def test_a_zero_q_and_a_log_range_below_q_are_said() -> None:
     with pytest.raises(ConfigError, match="W&B would draw only 0"):  # "every whole number of 8..0"
         from_wandb({"parameters": {"encoder.width": {"distribution": "q_log_uniform_values", "q": 8, "min": 1,
                                                      "max": 3}}})
+
+
+def test_keys_a_distribution_metric_or_early_terminate_does_not_read_are_said() -> None:
+    """A step asked of a plain range, a typo in `metric` (`targt`: the stop target was lost) or in
+    `early_terminate` (`min_itr`: Optuna's default minimum ran instead) were dropped without a word."""
+    spec, notes = from_wandb({
+        "metric": {"name": "val_roc_auc", "goal": "maximize", "targt": 0.9},
+        "early_terminate": {"type": "hyperband", "min_itr": 3, "eta": 3},
+        "parameters": {"loss.margin": {"distribution": "uniform", "min": 0.5, "max": 1.5, "q": 0.25},
+                       "encoder.width": {"distribution": "int_uniform", "min": 8, "max": 64, "q": 8},
+                       "learning_rate": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2, "mu": 1},
+                       "encoder.depth": {"distribution": "q_uniform", "min": 1, "max": 3, "q": 1}}})
+    assert "metric.targt ignored: not a W&B metric key" in notes and "stop" not in spec["study"]
+    assert "early_terminate.min_itr ignored: not a W&B early_terminate key" in notes
+    assert "parameters.loss.margin.q ignored: W&B's uniform does not use it (a step needs q_uniform)" in notes
+    assert "parameters.encoder.width.q ignored: W&B's int_uniform does not use it (a step needs q_uniform)" in notes
+    assert "parameters.learning_rate.mu ignored: W&B's log_uniform_values does not use it" in notes
+    assert not any(n.startswith("parameters.encoder.depth") for n in notes)  # q_uniform reads its q
+    assert spec["search_space"]["encoder.width"] == {"type": "int", "low": 8, "high": 64}
+
+
+def test_mapping_choices_are_refused_as_such() -> None:
+    """A list of mappings as categorical choices was passed through and refused later as an unknown key
+    ('optimizer'), which is a valid key."""
+    with pytest.raises(ConfigError, match=r"parameters\.optimizer\.values: categorical choices must be single values"):
+        from_wandb({"parameters": {"optimizer": {"values": [{"name": "sgd", "momentum": 0.9}, {"name": "adam"}]}}})
+
+
+def test_a_converted_config_with_notes_warns_a_library_user_without_logging_set_up() -> None:
+    """`sweep()`/`resolve_spec()` logged the notes at INFO, which a script without logging never shows; a
+    warning reaches stderr through Python's last-resort handler."""
+    import subprocess
+    import sys
+
+    code = ("from sweeps.api import resolve_spec; resolve_spec({'parameters': {'encoder.width': "
+            "{'distribution': 'int_uniform', 'min': 8, 'max': 64, 'q': 8}}})")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "parameters.encoder.width.q ignored" in done.stderr

@@ -75,7 +75,9 @@ def test_sweep_refuses_bad_input_before_creating_anything(tmp_path: Path) -> Non
                           ({"storage": ""}, "storage: expected a URL; received an empty string"),
                           ({"tracking_uri": " "}, "tracking_uri: expected a URL; received an empty string"),
                           ({"overrides": ["epochs=2"]}, "overrides: expected a mapping"),
-                          ({"tracking_uri": "foo://x"}, "--tracking-uri: MLflow cannot use 'foo://x'"),
+                          # the API's own argument, not the command line's flag (`--tracking-uri: ...` before)
+                          ({"tracking_uri": "foo://x"}, "^tracking_uri: MLflow cannot use 'foo://x'"),
+                          ({"study_name": "it's"}, "^study_name: expected 1-200 characters"),
                           # whole sentences (it was cut at 200 characters, mid-word)
                           ({"tracking_uri": f"file://{tmp_path}/mlruns"}, "to access the latest MLflow features.")):
         with pytest.raises(ConfigError, match=words):
@@ -91,11 +93,32 @@ def test_sweep_refuses_bad_input_before_creating_anything(tmp_path: Path) -> Non
         sweeps.sweep(_spec(), storage="postgresql://u@127.0.0.1:9/db?no_such_option=1", tracking_uri=uri)
     assert list(tmp_path.iterdir()) == []
     # move_study from Python: an int was an AttributeError from deep inside
-    for kwargs, words in (({"from_storage": 5}, "--from-storage: expected a non-empty string"),
-                          ({"to_tracking_uri": ""}, "--to-tracking-uri: expected a non-empty string")):
+    for kwargs, words in (({"from_storage": 5}, "^from_storage: expected a non-empty string"),
+                          ({"to_tracking_uri": ""}, "^to_tracking_uri: expected a non-empty string"),
+                          ({"from_tracking_uri": uri}, "^from_tracking_uri: no such SQLite file")):
         with pytest.raises(ConfigError, match=words):
             sweeps.move_study("s", **{"from_storage": storage, "from_tracking_uri": uri,  # type: ignore[arg-type]
                                       "to_storage": f"sqlite:///{tmp_path}/b.db", "to_tracking_uri": uri, **kwargs})
+    assert list(tmp_path.iterdir()) == []
+    from sweeps.promotion import promote, rollback
+
+    with pytest.raises(ConfigError, match="^tracking_uri: MLflow cannot use 'foo://x'"):
+        promote("s", storage=storage, tracking_uri="foo://x", dry_run=True)
+    with pytest.raises(ConfigError, match="^alias: "):
+        rollback(tracking_uri=uri, model_name="m", alias="bad alias!")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_command_line_still_names_its_flags(tmp_path: Path) -> None:
+    """The same code under `run`: its error names the flag the user typed (`ConfigError.cli_field`)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", "digits-smoke", "--storage",
+                           f"sqlite:///{tmp_path}/o.db", "--tracking-uri", "foo://x"], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith("error: --tracking-uri: MLflow cannot use 'foo://x'"), \
+        done.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []
 
 

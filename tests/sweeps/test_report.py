@@ -320,3 +320,28 @@ def test_a_tracking_error_keeps_the_servers_cause_at_its_end() -> None:
         Retry(budget_s=0.0, sleep=lambda s: None)("log artifact", refuse)
     text = str(err.value)
     assert "too many 500 error responses" in text and "Max retries exceeded" in text and len(text) < 340
+
+
+def test_no_narrower_space_is_suggested_from_trials_that_all_tie() -> None:
+    """Nine trials all at chance (0.5): the report 'suggested' the ranges of trials 0-2, picked by trial number.
+    A tie at the cut takes the tied trials in; two better trials and the rest tied still suggest from the group."""
+    def study_of(values: list[float]) -> optuna.Study:
+        study = optuna.create_study(direction="maximize")
+        for i, v in enumerate(values):
+            study.add_trial(optuna.trial.create_trial(params={"learning_rate": 1e-3 * (i + 1)},
+                                                      distributions={"learning_rate": LR_WIDE}, value=v))
+        return study
+
+    assert build_report(study_of([0.5] * 9)).suggested_space == {}
+    assert "narrower search space" not in render_markdown(build_report(study_of([0.5] * 9)))
+    tied_at_cut = build_report(study_of([0.9, 0.8, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])).suggested_space
+    # the third best ties with all the rest: the two clear winners, not every trial and not nothing
+    assert tied_at_cut["learning_rate"]["low"] == 1e-3 and tied_at_cut["learning_rate"]["high"] == 2e-3
+    assert build_report(study_of([0.9, 0.5, 0.5, 0.5, 0.5, 0.5])).suggested_space == {}  # one winner: no range
+    assert build_report(study_of([0.5] * 9 + [0.4])).suggested_space == {}  # one worse trial: still all at chance
+    worse = build_report(study_of([0.9, 0.8] + [0.5] * 9 + [0.1])).suggested_space  # not 11 of 12 trials
+    assert worse["learning_rate"]["low"] == 1e-3 and worse["learning_rate"]["high"] == 2e-3
+    five = build_report(study_of([0.9] * 5 + [0.5] * 11)).suggested_space  # a tie at the top: kept together
+    assert five["learning_rate"]["low"] == 1e-3 and five["learning_rate"]["high"] == 5e-3
+    clear = build_report(study_of([0.9, 0.8, 0.85, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])).suggested_space
+    assert clear["learning_rate"]["low"] == 1e-3 and clear["learning_rate"]["high"] == 3e-3

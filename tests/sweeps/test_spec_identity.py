@@ -147,6 +147,45 @@ def test_a_field_newer_than_the_study_at_its_default_does_not_lock_workers_out()
         check_same_spec(study, spec_from_dict(data))
 
 
+def test_an_int_range_with_step_1_is_the_same_as_one_without_step() -> None:
+    """`step: 1` is Optuna's default for an int range: the same distribution, so the same study. It was refused
+    against the stored spec written without it (the raw dicts differ). Another step is a difference."""
+    import hashlib
+    import json
+
+    from siamese_core.errors import ConfigError
+    from sweeps import names
+    from sweeps.spec import _identity_dict
+    from sweeps.study import check_same_spec
+
+    def with_depth(**extra: object) -> dict:
+        data = make_spec_dict()
+        data["search_space"] = {**data["search_space"],
+                                "encoder.depth": {"type": "int", "low": 1, "high": 3, **extra}}
+        return data
+
+    plain, stepped = spec_from_dict(with_depth()), spec_from_dict(with_depth(step=1))
+    assert plain.identity() == stepped.identity()
+    assert spec_differences(plain.portable(), stepped.portable()) == []
+    for stored in (plain, stepped):
+        study = optuna.create_study(study_name="s")
+        study.set_user_attr(names.STUDY_ATTR_SPEC, stored.portable())
+        study.set_user_attr(names.STUDY_ATTR_SPEC_HASH, stored.identity())
+        check_same_spec(study, plain)
+        check_same_spec(study, stepped)
+        with pytest.raises(ConfigError, match="search_space.encoder.depth"):
+            check_same_spec(study, spec_from_dict(with_depth(step=2)))
+    # a study stored before: its hash was of the raw dict with `step: 1`; the current spec without it joins
+    old = stepped.portable()
+    study = optuna.create_study(study_name="old")
+    study.set_user_attr(names.STUDY_ATTR_SPEC, old)
+    study.set_user_attr(names.STUDY_ATTR_SPEC_HASH, hashlib.sha256(json.dumps(old, sort_keys=True).encode()
+                                                                    ).hexdigest())
+    assert _identity_dict(old)["search_space"]["encoder.depth"] == {"type": "int", "low": 1.0, "high": 3.0,
+                                                                    "log": False}
+    check_same_spec(study, plain)
+
+
 def test_a_joiner_waits_for_the_spec_of_a_study_just_created(tmp_path: Path) -> None:
     """Two processes starting one new study with different specs: the creator writes its spec right after the
     study; a joiner that came in that gap found no spec and adopted its own (1 of 6 simultaneous starts), so the
