@@ -208,7 +208,8 @@ def _suggest(study: optuna.Study, complete: list[optuna.trial.FrozenTrial], maxi
     number (9 trials all at chance, 0.5, "suggested" the ranges of trials 0-2); when that makes most of the
     trials, the ones strictly better than the tie, if two are, else no suggestion."""
     ranked = sorted(complete, key=lambda t: float(t.value or 0.0), reverse=maximize)
-    top = ranked[:max(_MIN_TOP, len(ranked) // 4)]
+    quarter = max(_MIN_TOP, len(ranked) // 4)
+    top = ranked[:quarter]
     if len(top) < _MIN_TOP:
         return {}
     cut = float(top[-1].value or 0.0)
@@ -217,7 +218,8 @@ def _suggest(study: optuna.Study, complete: list[optuna.trial.FrozenTrial], maxi
         v = float(t.value or 0.0)
         return (v > cut or (or_equal and v == cut)) if maximize else (v < cut or (or_equal and v == cut))
     top = [t for t in ranked if better(t, or_equal=True)]
-    if len(top) > len(ranked) // 2:  # the cut's tie holds most trials (all at chance): the ones strictly better
+    if len(top) > max(quarter, len(ranked) // 2) or len(top) == len(ranked):  # a tie at the cut holds most
+        # trials (all at chance), or the top is every trial: the ones strictly better (4 or 5, no tie: the best 3)
         top = [t for t in ranked if better(t, or_equal=False)]
         if len(top) < 2:
             return {}

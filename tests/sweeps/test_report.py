@@ -342,6 +342,9 @@ def test_no_narrower_space_is_suggested_from_trials_that_all_tie() -> None:
     worse = build_report(study_of([0.9, 0.8] + [0.5] * 9 + [0.1])).suggested_space  # not 11 of 12 trials
     assert worse["learning_rate"]["low"] == 1e-3 and worse["learning_rate"]["high"] == 2e-3
     five = build_report(study_of([0.9] * 5 + [0.5] * 11)).suggested_space  # a tie at the top: kept together
+    small = build_report(study_of([0.9, 0.8, 0.7, 0.5])).suggested_space  # no tie: the best 3 of 4, as before
+    assert small["learning_rate"]["low"] == 1e-3 and small["learning_rate"]["high"] == 3e-3
+    assert build_report(study_of([0.5, 0.5, 0.5])).suggested_space == {}  # three at chance: every trial, no range
     assert five["learning_rate"]["low"] == 1e-3 and five["learning_rate"]["high"] == 5e-3
     clear = build_report(study_of([0.9, 0.8, 0.85, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])).suggested_space
     assert clear["learning_rate"]["low"] == 1e-3 and clear["learning_rate"]["high"] == 3e-3
