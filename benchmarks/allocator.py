@@ -1,10 +1,13 @@
 """The memory allocator: one training command with glibc's defaults vs siamese_core's tuned glibc (and
-tcmalloc, where Debian's libtcmalloc-minimal4 is installed), interleaved A B C A B C ...
+tcmalloc, where Debian's libtcmalloc-minimal4 is installed), interleaved and rotated: A B C, B C A, C A B, ...
+(no setting always runs first).
 
     python benchmarks/allocator.py [--repeats 3] [--quick]
 
-Prints per setting the medians of wall, user and sys seconds, minor page faults, peak RSS and the second
-epoch's ``epoch_seconds``, the ratios to the tuned setting, and whether the test metrics were identical.
+Prints each repeat, then per setting the medians of wall, user and sys seconds, minor page faults, peak RSS and
+the second epoch's ``epoch_seconds``, the range of the wall times over the repeats, the ratios to the tuned
+setting (of the medians, and the lowest and highest of the per-repeat ratios), and whether the test metrics were
+identical.
 """
 from __future__ import annotations
 
@@ -35,8 +38,10 @@ def main() -> None:
     if TCMALLOC.exists():
         settings["tcmalloc preloaded"] = {"LD_PRELOAD": str(TCMALLOC)}
     runs: dict[str, list[dict]] = {name: [] for name in settings}
+    names = list(settings)
     for i in range(args.repeats):
-        for name, env in settings.items():
+        for name in names[i % len(names):] + names[:i % len(names)]:  # rotated: no setting always runs first
+            env = settings[name]
             r = run_measured(cmd, env=env)
             out = json.loads(r.pop("stdout").strip().splitlines()[-1])
             r["epoch2"] = out["history"][-1]["epoch_seconds"]
@@ -48,13 +53,17 @@ def main() -> None:
     keys = ("wall", "user", "sys", "minor_faults", "peak_rss_mb", "epoch2")
     med = {name: {k: median([r[k] for r in rs]) for k in keys} for name, rs in runs.items()}
     same = {name: all(r["test"] == runs[ref][0]["test"] for r in rs) for name, rs in runs.items()}
-    rows = [[n, med[n]["wall"], med[n]["user"], med[n]["sys"], med[n]["minor_faults"] / 1e6, med[n]["peak_rss_mb"],
-             med[n]["epoch2"], med[n]["wall"] / med[ref]["wall"], med[n]["sys"] / max(med[ref]["sys"], 1e-9),
+    walls = {n: [r["wall"] for r in rs] for n, rs in runs.items()}
+    paired = {n: [w / t for w, t in zip(walls[n], walls[ref], strict=True)] for n in settings}  # repeat by repeat
+    rows = [[n, med[n]["wall"], f"{min(walls[n]):.1f}-{max(walls[n]):.1f}", med[n]["user"], med[n]["sys"],
+             med[n]["minor_faults"] / 1e6, med[n]["peak_rss_mb"], med[n]["epoch2"], med[n]["wall"] / med[ref]["wall"],
+             f"{min(paired[n]):.2f}-{max(paired[n]):.2f}", med[n]["sys"] / max(med[ref]["sys"], 1e-9),
              "yes" if same[n] else "NO"] for n in settings]
     print(f"\n{'digits smoke run' if args.quick else 'quickstart trial shape'}: {' '.join(cmd[1:])}; "
-          f"medians of {args.repeats} interleaved repeats\n")
-    print(markdown_table(["allocator", "wall s", "user s", "sys s", "minor faults (M)", "peak RSS MB",
-                          "epoch 2 s", "wall / tuned", "sys / tuned", "same test metrics"], rows))
+          f"medians of {args.repeats} interleaved, rotated repeats\n")
+    print(markdown_table(["allocator", "wall s", "wall range s", "user s", "sys s", "minor faults (M)", "peak RSS MB",
+                          "epoch 2 s", "wall / tuned", "per-repeat wall / tuned", "sys / tuned",
+                          "same test metrics"], rows))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Worker scaling: trials/hour of N workers x 1 TensorFlow thread vs 1 worker x 1 thread (coordination cost).
 
 Same spec, same trial budget, a search space over cost-neutral parameters only (learning rate, margin),
-so every trial does the same work; no pruner. Three runs, interleaved per repeat:
+so every trial does the same work; no pruner. Three runs, interleaved per repeat and rotated (no condition
+always runs first: drift within a repeat does not fall on one side of a ratio):
 
 * ``1 worker x 1 thread`` (``run --threads 1``): the unit of work;
 * ``2 workers x 1 thread`` (``run --workers 2``: each worker gets ``usable cores // 2`` = 1 thread): on 2 cores the
@@ -13,7 +14,8 @@ Each runs ``sweeps.api.sweep`` (what ``siamese-sweep run`` calls) in a fresh ``p
 SQLite Optuna storage and a new local MLflow store whose schema the benchmark creates before the launch (as any
 sweep after a user's first finds it). Wall time is the whole process, from its launch to its exit — what a user
 waits for: interpreter and imports, preflight, worker start-up, trials, tracking and the closing study artifacts.
-"start-up" is the time from the launch to the first trial's start; "closing" from the last trial's end to the exit;
+"start-up" is the time from the launch to the first trial's start; "closing" from the last trial's end to
+``sweep()``'s return (the exit is in the wall time);
 "trial s" the median duration of one trial (Optuna's start to complete, recording included), which shows what the
 workers cost each other; "trial phase" the trials/hour from the first trial's start to the last one's end (what a
 longer sweep approaches).
@@ -91,8 +93,9 @@ def main() -> None:
     if args.quick:
         base.update(QUICK_BASE)
     results: dict[str, list[dict[str, Any]]] = {c: [] for c in CONDITIONS}
+    conditions = list(CONDITIONS)
     for rep in range(args.repeats):
-        for cond in CONDITIONS:
+        for cond in conditions[rep % len(conditions):] + conditions[:rep % len(conditions)]:
             print(f"# repeat {rep}: {cond}", file=sys.stderr, flush=True)
             # an existing MLflow store, as for any sweep after a user's first: its schema is made off the clock
             work, _ = fresh_local_stores("bench-workers-")

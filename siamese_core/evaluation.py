@@ -6,13 +6,22 @@ reports are catalogued in `siamese_core.metrics`.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from . import verification
-from .data.pairs import STREAM_TEST, STREAM_VAL, PairSampler, PairShuffler, TripletSampler, Tuples
+from .data.pairs import (
+    STREAM_TEST,
+    STREAM_VAL,
+    PairSampler,
+    PairShuffler,
+    TripletSampler,
+    Tuples,
+    distinct_pairs,
+)
 from .data.types import (
     EVAL_POSITIVE_FRACTION,
     RETRIEVAL_SAMPLES,
@@ -29,7 +38,10 @@ from .models import distances
 from .models.siamese import SiameseModels
 
 RECALL_K = 5
+MIN_EVAL_PAIRS = 20  # pairs.val_pairs' own lower bound (config.PairsConfig)
 _STREAMS = {"val": STREAM_VAL, "test": STREAM_TEST}
+_NAMES = {stream: name for name, stream in _STREAMS.items()}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,16 +70,28 @@ class EvalSet:
             raise ValueError(f"Expected an EvalSpec (data.info.evaluation), received: spec=None for {which!r}")
         n_pairs = spec.val_pairs if which == "val" else spec.test_pairs
         return cls.build(data.splits()[which], n_pairs=n_pairs, seed=spec.seed, stream=_STREAMS[which],
-                         triplets=triplets, retrieval_samples=spec.retrieval_samples)
+                         triplets=triplets, retrieval_samples=spec.retrieval_samples,
+                         distinct=which in spec.distinct)
 
     @classmethod
     def build(cls, split: Split, *, n_pairs: int, seed: int, stream: int, triplets: bool,
-              retrieval_samples: int = RETRIEVAL_SAMPLES) -> EvalSet:
+              retrieval_samples: int = RETRIEVAL_SAMPLES, distinct: bool = False) -> EvalSet:
+        """`distinct`: the split has fewer different pairs than `n_pairs` (`EvalSpec.distinct`, which names them
+        in the fingerprint): each is scored once, balanced."""
         if isinstance(split, PairedSplit):
             pairs = PairShuffler(split.y, seed=seed, pairs_per_epoch=min(n_pairs, len(split)), stream=stream).epoch(0)
             return cls(split, pairs, None, None)
-        pairs = PairSampler(split.y, seed=seed, pairs_per_epoch=n_pairs, positive_fraction=EVAL_POSITIVE_FRACTION,
-                            stream=stream, source="evaluation split").epoch(0)
+        if distinct:
+            pairs = distinct_pairs(split.y, seed=seed, stream=stream, n_pairs=n_pairs,
+                                   positive_fraction=EVAL_POSITIVE_FRACTION, source="evaluation split")
+            if len(pairs) < MIN_EVAL_PAIRS:  # 100 classes of one sample and one of two: 2 pairs decided it all
+                log.warning("the %s split has only %d different balanced pairs (%d asked): its scores, the "
+                            "threshold and anything chosen by them are noise; give it more samples per class",
+                            _NAMES.get(stream, "evaluation"), len(pairs), n_pairs)
+        else:
+            pairs = PairSampler(split.y, seed=seed, pairs_per_epoch=n_pairs,
+                                positive_fraction=EVAL_POSITIVE_FRACTION, stream=stream,
+                                source="evaluation split").epoch(0)
         trips = (TripletSampler(split.y, seed=seed, triplets_per_epoch=n_pairs, stream=stream).epoch(0)
                  if triplets else None)
         rng = np.random.default_rng([seed, stream, 99])

@@ -38,7 +38,7 @@ def build_run(config: TrainConfig, data: DatasetSplits) -> Run:
     `data` may have been loaded for another config of the same split (a sweep worker's cache): the run's
     ``data.info.evaluation`` is set to what this config's evaluation tuples are drawn from.
     """
-    spec = eval_spec(config)
+    spec = eval_spec(config, data.splits())
     if data.info.evaluation != spec:
         data = replace(data, info=replace(data.info, evaluation=spec))
     plan = TrainingPlan(data.train, make_sampler(config, data), config.batch_size)

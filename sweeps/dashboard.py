@@ -7,8 +7,10 @@ port can delete studies (an HTTP ``DELETE`` answered 204). Here its WSGI app is 
   ``OPTUNA_STORAGE_FILE``), never from argv, where ``ps`` would show it;
 * every request needs HTTP basic auth (``SIAMESE_SWEEP_DASHBOARD_PASSWORD`` or ``..._FILE``; when neither
   is set a password is generated and written to a 0600 file whose *path* is printed);
-* only ``GET``/``HEAD`` pass unless ``--allow-writes`` is given (notes, deletions and trial edits
-  change the study that workers are running).
+* only ``GET``/``HEAD`` pass unless ``--allow-writes`` is given (notes, renames and deletions change the study
+  that workers are running);
+* a trial's state, values and user attributes are never written from the dashboard, writes allowed or not
+  (`TRIAL_RECORD_WRITES`; notes and artifacts are not what siamese-sweep records).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import errno
 import hmac
 import logging
 import os
+import re
 import secrets
 import tempfile
 from collections.abc import Callable, Iterable
@@ -33,6 +36,11 @@ PASSWORD_ENV = names.ENV_DASHBOARD_PASSWORD
 DEFAULT_USER = "optuna"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 REALM = "siamese-sweep dashboard"
+# optuna-dashboard's routes that tell a trial (a state and values), set its user attributes or mark it skipped.
+# siamese-sweep writes those itself, with the MLflow run behind them: a running trial told COMPLETE 0.9999 here
+# had no run, model or test score, yet `run` and `status` reported it as the best with a "clear" lead, and
+# attributes are what `promote` reads (`model_uri`, `val_*`). Refused even with --allow-writes.
+TRIAL_RECORD_WRITES = re.compile(r"/api/trials/\d+/(tell|user-attrs)|/api/studies/\d+/\d+/skip")
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -61,6 +69,10 @@ class GuardedApp:
         if method not in SAFE_METHODS and not self.allow_writes:
             start_response("403 Forbidden", [("Content-Type", "text/plain")])
             return [b"read-only dashboard: restart it with --allow-writes to change studies\n"]
+        if method not in SAFE_METHODS and TRIAL_RECORD_WRITES.fullmatch(environ.get("PATH_INFO", "")):
+            start_response("403 Forbidden", [("Content-Type", "text/plain")])
+            return [b"siamese-sweep records trial states, values and user attributes itself, with the trial's "
+                    b"MLflow run; the dashboard may change notes, names and studies (--allow-writes), not trials\n"]
         return self.app(environ, start_response)
 
 
@@ -81,14 +93,15 @@ def dashboard_password(*, state_dir: Path | None = None) -> tuple[str, Path | No
     return value, path
 
 
-def make_app(storage_url: str, *, username: str, password: str, allow_writes: bool = False) -> GuardedApp:
-    """optuna-dashboard's WSGI app on `storage_url`, guarded."""
+def make_app(storage_url: str, *, username: str, password: str, allow_writes: bool = False,
+             given_as: str = "--storage") -> GuardedApp:
+    """optuna-dashboard's WSGI app on `storage_url` (named `given_as` in errors), guarded."""
     import optuna_dashboard
 
     from .storage import make_storage
 
-    return GuardedApp(optuna_dashboard.wsgi(make_storage(storage_url)), username=username, password=password,
-                      allow_writes=allow_writes)
+    return GuardedApp(optuna_dashboard.wsgi(make_storage(storage_url, field=given_as)), username=username,
+                      password=password, allow_writes=allow_writes)
 
 
 def serve(app: WSGIApp, *, host: str, port: int, ready: Callable[[str], None] | None = None) -> None:

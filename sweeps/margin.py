@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import optuna
 
+from siamese_core.data.types import EVAL_POSITIVE_FRACTION
+
 from . import names
 
 CLEAR_IN_ERRORS = 2.0 * math.sqrt(2.0)  # a lead of two errors of the difference even for uncorrelated trials
@@ -223,9 +225,15 @@ def best_margin(study: optuna.Study, complete: list[optuna.trial.FrozenTrial]) -
     ranked = sorted(scored, key=lambda t: float(t.value), reverse=maximize)  # type: ignore[arg-type]
     values = [float(t.value) for t in ranked]  # type: ignore[arg-type]
     best = ranked[0]
-    n = int(best.params.get("pairs.val_pairs", pairs["val_pairs"]))
-    fraction = float(best.params.get("pairs.positive_fraction", pairs.get("positive_fraction", 0.5)))
-    positives = round(n * fraction)
+    kept = decode_per_pair(best.user_attrs.get(names.TRIAL_ATTR_PER_PAIR_VAL))
+    counted = best.user_attrs.get(names.TRIAL_ATTR_VAL_PAIRS)
+    if kept is not None:  # the pairs it was scored on: a small split's are fewer than asked (each pair once)
+        n, positives = len(kept[1]), int(kept[1].sum())
+    elif isinstance(counted, dict) and int(counted.get("pairs") or 0) > 0:  # too many pairs to keep their outcomes
+        n, positives = int(counted["pairs"]), int(counted.get("positives") or 0)
+    else:  # balanced whatever the training pairs' pairs.positive_fraction (its 0.15 gave 300 positives of 2,000)
+        n = int(best.params.get("pairs.val_pairs", pairs["val_pairs"]))
+        positives = round(n * EVAL_POSITIVE_FRACTION)
     se = sampling_error(str(metrics[0]), values[0], positives, n - positives)
     if se is None:
         return None

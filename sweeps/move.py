@@ -16,6 +16,7 @@ study (same study uid: an interrupted or earlier move) unless `replace_runs` say
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import warnings
@@ -43,7 +44,9 @@ log = logging.getLogger(__name__)
 # MLflow tracking URI schemes a study can be moved from or to (a bare path is MLflow's file store)
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file")
 # MLflow's tags that name the old run or are set by create_run itself: not copied verbatim
-_RUN_TAGS_NOT_COPIED = (names.MLFLOW_PARENT_RUN_ID, "mlflow.runName", "mlflow.log-model.history")
+# set on the copy itself (a move of a moved study: the copy is finished when this move is)
+_RUN_TAGS_NOT_COPIED = (names.MLFLOW_PARENT_RUN_ID, "mlflow.runName", "mlflow.log-model.history",
+                        names.TAG_MOVE_FINISHED)
 
 
 @dataclass
@@ -182,6 +185,11 @@ def move_study(study_name: str, *, from_storage: str, from_tracking_uri: str, to
         user_attrs[names.STUDY_ATTR_EXPERIMENT_ID] = result.experiment_id
         user_attrs[names.STUDY_ATTR_PARENT_RUN_ID] = result.parent_run_id
     _copy_optuna_study(source, source_storage, to_storage, user_attrs, result, to_tracking_uri)
+    if result.parent_run_id:  # the runs of a finished move are a study's that lives there: never "leftovers"
+        target = Tracker(to_tracking_uri)
+        parent_run = result.parent_run_id
+        target.retry("mark the move finished",
+                     lambda: target.client.set_tag(parent_run, names.TAG_MOVE_FINISHED, "true"))
     return result
 
 
@@ -287,20 +295,47 @@ class _RunCopier:
                         replace_runs: bool = False) -> None:
         from mlflow.exceptions import MlflowException
 
+        from .errors import TrackingUnavailable
+        from .preflight import refusal
+
         parent_id = str(attrs[names.STUDY_ATTR_PARENT_RUN_ID])
         try:
             parent = self.src.get_run(parent_id)
-        except MlflowException:
+        except MlflowException as exc:
+            # a server that is down or refuses the login was "has no run ... is it the tracking store?", exit 2
+            if refusal(exc, self.from_uri):
+                user = os.environ.get(names.ENV_MLFLOW_TRACKING_USERNAME) or "(none)"
+                raise ConfigError("--from-tracking-uri", f"the MLflow server at {mask_url(self.from_uri)} refused "
+                                                         f"to let user {user!r} read the study's runs (check "
+                                                         f"{names.ENV_MLFLOW_TRACKING_USERNAME}/"
+                                                         f"{names.ENV_MLFLOW_TRACKING_PASSWORD}; with permissions, "
+                                                         f"READ on the experiment)") from None
+            if exc.error_code == "ENDPOINT_NOT_FOUND":  # a wrong path prefix, another kind of server: a typo
+                raise ConfigError("--from-tracking-uri", f"{mask_url(self.from_uri)} does not answer as an MLflow "
+                                                         f"tracking server (no such API endpoint)") from None
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise TrackingUnavailable(f"cannot read the study's parent run from {mask_url(self.from_uri)}: "
+                                          f"{str(exc).splitlines()[0][:300]}") from None
             raise ConfigError("--from-tracking-uri", f"has no run {parent_id} (the study's parent run): is it the "
                                                      f"tracking store the study logged to?") from None
         experiment = self.src.get_experiment(parent.info.experiment_id)
         uid = study_uid(study)
         existing = self.tracker.retry("get experiment", lambda: self.dst.get_experiment_by_name(experiment.name))
-        leftovers = self._leftovers(existing.experiment_id, uid) if existing is not None else []
+        there = self._leftovers(existing.experiment_id, uid) if existing is not None else []
+        leftovers = [r.info.run_id for r in there]
         if parent_id in leftovers:  # the source's own parent run: a spelling `same_store` could not see through
             raise ConfigError("--to-tracking-uri", "holds the study's own parent run: it is the source tracking "
                                                    "store under another name; give the --from-tracking-uri value to "
                                                    "keep the runs where they are")
+        lives_there = [r for r in there if names.TAG_MOVED_FROM not in r.data.tags
+                       or r.data.tags.get(names.TAG_MOVE_FINISHED)]
+        if lives_there:  # --replace-runs deleted a finished move's runs, trials trained there since included
+            where = next((r.data.tags[names.TAG_STORAGE] for r in there if r.data.tags.get(names.TAG_STORAGE)), "")
+            raise ConfigError("--to-tracking-uri", f"already has study {study.study_name!r}'s runs (uid {uid}) from a "
+                                                   f"move that finished or trials trained there: the study lives "
+                                                   f"there{f' (its storage: {where})' if where else ''}; move it from "
+                                                   f"there, or delete those runs in MLflow first (--replace-runs "
+                                                   f"only replaces the copies of a move that did not finish)")
         if leftovers and not replace_runs:
             raise ConfigError("--to-tracking-uri", f"already has {len(leftovers)} run(s) of study "
                                                    f"{study.study_name!r} (uid {uid}), left by an interrupted or "
@@ -336,11 +371,11 @@ class _RunCopier:
             if not token:
                 return runs
 
-    def _leftovers(self, exp_id: str, uid: str) -> list[str]:
-        """This study's runs already on the target (its uid is random: no other study's): parents, children."""
+    def _leftovers(self, exp_id: str, uid: str) -> list[Any]:
+        """This study's runs already on the target (its uid is random: no other study's): children, parents."""
         parents = self.tracker.find_runs(exp_id, f"tags.`{names.TAG_STUDY_UID}` = '{uid}'")
-        return [r.info.run_id for p in parents for r in self.tracker.find_runs(
-            exp_id, f"tags.`{names.MLFLOW_PARENT_RUN_ID}` = '{p.info.run_id}'")] + [p.info.run_id for p in parents]
+        return [r for p in parents for r in self.tracker.find_runs(
+            exp_id, f"tags.`{names.MLFLOW_PARENT_RUN_ID}` = '{p.info.run_id}'")] + list(parents)
 
     def copy_run(self, run: Any, exp_id: str, parent_id: str | None, tags: dict[str, str], result: MoveResult) -> str:
         from mlflow.entities import DatasetInput, Metric, Param

@@ -52,6 +52,7 @@ TAG_SAMPLED_PARAMS = "siamese_sweep.sampled_params"    # the trial's search-spac
 TAG_RESUMED_FROM_EPOCH = "siamese_sweep.resumed_from_epoch"  # epochs restored from a checkpoint
 TAG_DIAGNOSTICS_PREFIX = "siamese_sweep.diagnostics."  # + finding code -> severity
 TAG_MOVED_FROM = "siamese_sweep.moved_from"            # `siamese-sweep move`: the source run's (or model's) id
+TAG_MOVE_FINISHED = "siamese_sweep.move_finished"      # on a moved parent run: the whole study was copied
 
 # ---------------------------------------------------------------- MLflow run artifacts of a trial run
 # the latest epoch checkpoint when `tracking.checkpoints` is on (state.json overwritten every epoch, naming that
@@ -125,6 +126,7 @@ TRIAL_ATTR_RESUMED_FROM_EPOCH = "resumed_from_epoch"
 TRIAL_ATTR_THRESHOLD = "threshold"
 TRIAL_ATTR_DATASET_FINGERPRINT = "dataset_fingerprint"
 TRIAL_ATTR_EVAL_FINGERPRINT = "eval_fingerprint"
+TRIAL_ATTR_VAL_PAIRS = "val_pairs_scored"              # how many validation pairs its val_* were measured on
 TRIAL_ATTR_PER_PAIR_VAL = "per_pair_validation"        # each validation pair's rank and outcome (`sweeps.margin`)
 TRIAL_ATTR_TEST_PREFIX = "test_"                       # + each of TRIAL_RESULT_METRICS
 TRIAL_ATTR_VAL_PREFIX = "val_"                         # + each of TRIAL_RESULT_METRICS (last epoch): `promote` ranks
@@ -159,7 +161,7 @@ SYSTEM_ATTR_BEAT = "siamese_sweep_beat"
 RETRY_DROPS_USER_ATTRS = (TRIAL_ATTR_RUN_ID, TRIAL_ATTR_RUN_URL, TRIAL_ATTR_REASON, TRIAL_ATTR_MODEL_URI,
                           TRIAL_ATTR_DIAGNOSTIC_ERRORS, TRIAL_ATTR_WORKER, TRIAL_ATTR_WORKER_PID_SPACE,
                           TRIAL_ATTR_RESUMED_FROM_EPOCH, TRIAL_ATTR_THRESHOLD, TRIAL_ATTR_DATASET_FINGERPRINT,
-                          TRIAL_ATTR_EVAL_FINGERPRINT, TRIAL_ATTR_PER_PAIR_VAL,
+                          TRIAL_ATTR_EVAL_FINGERPRINT, TRIAL_ATTR_PER_PAIR_VAL, TRIAL_ATTR_VAL_PAIRS,
                           *(p + m for p in (TRIAL_ATTR_TEST_PREFIX, TRIAL_ATTR_VAL_PREFIX)
                             for m in TRIAL_RESULT_METRICS))
 RETRY_DROPS_SYSTEM_ATTRS = (SYSTEM_ATTR_BEAT,)

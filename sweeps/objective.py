@@ -393,7 +393,10 @@ class TrialAttempt:
 
     def _log_inputs(self, run: TrialRun, config: Any, data: Any) -> None:
         """The run's params and dataset input, sent while the trial trains (`TrialRun.in_background`)."""
-        params = dict(config.flat())
+        from siamese_core.models.encoders import unread_by_user_code
+
+        unread = {f"encoder.{name}" for name in unread_by_user_code(config.encoder)} - set(self.trial.params)
+        params = {k: v for k, v in config.flat().items() if k not in unread}
         params["dataset.fingerprint"] = data.info.fingerprint
         params["dataset.source"] = data.info.source
         self.dataset = dataset = dataset_entity(data.info)
@@ -449,6 +452,10 @@ class TrialAttempt:
         per_pair = per_pair_validation(result)
         if per_pair is not None:
             trial.set_user_attr(names.TRIAL_ATTR_PER_PAIR_VAL, per_pair)
+        labels = (result.val_arrays or {}).get("labels")
+        if labels is not None:  # a small split's are fewer than pairs.val_pairs: the margin's count (`sweeps.margin`)
+            same = np.asarray(labels).reshape(-1) >= 0.5
+            trial.set_user_attr(names.TRIAL_ATTR_VAL_PAIRS, {"pairs": int(same.size), "positives": int(same.sum())})
         trial.set_user_attr(names.TRIAL_ATTR_DIAGNOSTIC_ERRORS,
                             sorted({f.code for f in result.findings if f.is_error}))
 

@@ -175,7 +175,7 @@ def build_eval_pairs(raw_config: dict[str, Any], *, expected_fingerprint: str | 
                                           f"and tested on ({expected_fingerprint[:12]}…): the data or its split "
                                           f"changed since training, so its validation and test pairs cannot be "
                                           f"rebuilt; restore the data or re-run the sweep")
-    spec = eval_spec(config)
+    spec = eval_spec(config, data.splits())
     out = {}
     for name in which:
         split = data.splits()[name]

@@ -115,6 +115,12 @@ def build_report(study: optuna.Study, status: Mapping[str, Any] | None = None) -
         report.suggested_space = _suggest(study, complete, maximize)
     elif not single:
         report.notes.append("multi-objective study: see the Pareto front plot; no single best trial or importances")
+    sets = {t.user_attrs.get(names.TRIAL_ATTR_EVAL_FINGERPRINT) for t in complete} - {None}
+    if len(sets) > 1:  # silent before: the paired margin test fell back to the bound, the ranking went on
+        report.notes.append(f"the complete trials were scored on {len(sets)} different sets of evaluation pairs "
+                            f"(validation or test: their eval fingerprints differ, from a searched seed, dataset or "
+                            f"pair count, or a resume across a version that changed how evaluation pairs are "
+                            f"drawn): where the validation pairs differ, their val_* compare only roughly")
     report.failures = _failure_map(study, trials)
     if single and complete and report.best is not None and report.best["phase"] == "start-up" and report.search_trials:
         report.notes.append(f"the best trial came from the {report.startup_trials} random start-up trials: the "
@@ -207,15 +213,16 @@ def _suggest(study: optuna.Study, complete: list[optuna.trial.FrozenTrial], maxi
     those trials used. Trials tied with the last of them count among them: a cut through tied values is by trial
     number (9 trials all at chance, 0.5, "suggested" the ranges of trials 0-2); when that makes most of the
     trials, the ones strictly better than the tie, if two are, else no suggestion."""
-    ranked = sorted(complete, key=lambda t: float(t.value or 0.0), reverse=maximize)
+    value = {t.number: float(t.value or 0.0) for t in complete}
+    ranked = sorted(complete, key=lambda t: value[t.number], reverse=maximize)
     quarter = max(_MIN_TOP, len(ranked) // 4)
     top = ranked[:quarter]
     if len(top) < _MIN_TOP:
         return {}
-    cut = float(top[-1].value or 0.0)
+    cut = value[top[-1].number]
 
     def better(t: optuna.trial.FrozenTrial, *, or_equal: bool) -> bool:
-        v = float(t.value or 0.0)
+        v = value[t.number]
         return (v > cut or (or_equal and v == cut)) if maximize else (v < cut or (or_equal and v == cut))
     top = [t for t in ranked if better(t, or_equal=True)]
     if len(top) > max(quarter, len(ranked) // 2) or len(top) == len(ranked):  # a tie at the cut holds most

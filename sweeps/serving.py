@@ -119,10 +119,10 @@ def value_range_of(value: Any) -> tuple[float, float] | None:
     return (lo, hi) if np.isfinite([lo, hi]).all() and hi > lo else None
 
 
-def _check_range(x: np.ndarray, value_range: tuple[float, float], what: str) -> None:
+def _check_range(wide: np.ndarray, value_range: tuple[float, float], what: str) -> None:
+    """``wide``: the batch as float64 (`to_batch` has it already)."""
     lo, hi = value_range
     slack = RANGE_SLACK_WIDTHS * (hi - lo)
-    wide = x.astype(np.float64, copy=False)
     outside = (wide < lo - slack) | (wide > hi + slack)
     if outside.any():
         row = int(np.argwhere(outside)[0][0])
@@ -154,7 +154,8 @@ def to_batch(column: Any, shape: tuple[int, ...], dtype: str, *, what: str,
         if not finite.all():
             row = int(np.argwhere(~finite)[0][0])
             raise PredictError(f"column {what!r}, row {row}: NaN or infinite values; inputs must be finite")
-        big = np.abs(x.astype(np.float64, copy=False)) > MAX_ABS_INPUT
+        wide = x.astype(np.float64, copy=False)
+        big = np.abs(wide) > MAX_ABS_INPUT
         if big.any():
             row = int(np.argwhere(big)[0][0])
             raise PredictError(f"column {what!r}, row {row}: values beyond ±{MAX_ABS_INPUT:g}; no model input is "
@@ -166,7 +167,6 @@ def to_batch(column: Any, shape: tuple[int, ...], dtype: str, *, what: str,
         # rounding and clipping in silence answered floats in 0-1 sent to a uint8 (raw pixel) model as images
         # of 0s and 1s: every pair "same" (600 digits pairs: 100 % same, 10 % accuracy); astype wrapped 300 to 44
         info = np.iinfo(target)
-        wide = x.astype(np.float64, copy=False)
         fraction = np.abs(wide - np.rint(wide)) > WHOLE_TOLERANCE
         if fraction.any():
             row = int(np.argwhere(fraction)[0][0])
@@ -179,8 +179,9 @@ def to_batch(column: Any, shape: tuple[int, ...], dtype: str, *, what: str,
             raise PredictError(f"column {what!r}, row {row}: values outside {info.min}..{info.max}, the range of "
                                f"the model's input type {target.name}")
         x = rounded if x.dtype.kind == "f" else x
+        wide = rounded
     if value_range is not None:  # after the input type's own checks, whose lines say more (scaled to 0-1, 300)
-        _check_range(x, value_range, what)
+        _check_range(wide, value_range, what)
     return x.astype(target, copy=False)
 
 

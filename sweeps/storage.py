@@ -284,21 +284,22 @@ def with_postgres_driver(url: str) -> str:
 
 
 def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 30,
-                 max_retries: int = 2) -> optuna.storages.BaseStorage:
-    """Build the Optuna storage for `url` (heartbeat + retry of stale trials on RDB storages)."""
+                 max_retries: int = 2, field: str = "--storage") -> optuna.storages.BaseStorage:
+    """Build the Optuna storage for `url` (heartbeat + retry of stale trials on RDB storages); `field`: what errors
+    name it as (the dashboard's is an environment variable or the spec's ``study.storage``)."""
     kind = storage_kind(url)
     if kind == "memory":
         return _MEMORY_STORAGES.setdefault(url, optuna.storages.InMemoryStorage())
     if kind == "journal":
         path = _journal_path(url)
         assert path is not None
-        require_not_a_folder(path, "--storage")
-        require_a_journal(path, "--storage")
-        make_parent(path, "--storage")
+        require_not_a_folder(path, field)
+        require_a_journal(path, field)
+        make_parent(path, field)
         try:
             backend = whole_line_journal(path)
         except OSError as exc:  # a folder that cannot hold files: /proc, a read-only mount
-            raise ConfigError("--storage", f"cannot create {path}: {exc.strerror or exc}") from None
+            raise ConfigError(field, f"cannot create {path}: {exc.strerror or exc}") from None
         journal = SignalSafeJournalStorage(backend)
         journal.beat_interval = float(heartbeat_interval)
         return journal
@@ -307,8 +308,8 @@ def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 
     if kind == "sqlite":
         path = sqlite_path(url)
         if path is not None:
-            check_sqlite_store(url, "optuna", "--storage")
-            make_parent(path, "--storage")
+            check_sqlite_store(url, "optuna", field)
+            make_parent(path, field)
         # several worker processes share the file: wait for locks instead of failing
         engine_kwargs["connect_args"] = {"timeout": 120}
     import sqlalchemy.exc
@@ -320,16 +321,16 @@ def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 
                              grace_period=grace_period,
                              heartbeat_stale_trial_callback=RequeueStaleTrial(max_retries))
     except ImportError as exc:  # Optuna's "Failed to import DB access module": the URL's driver is not installed
-        raise ConfigError("--storage", f"no database driver for {mask_url(given)!r} is installed ({exc}); name an "
+        raise ConfigError(field, f"no database driver for {mask_url(given)!r} is installed ({exc}); name an "
                                        f"installed one in the URL, e.g. postgresql+psycopg2:// or mysql+pymysql://"
                           ) from None
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.ProgrammingError) as exc:  # a malformed URL or DSN option
         first = first_line(mask_secrets(str(getattr(exc, "orig", None) or exc)))
-        raise ConfigError("--storage", f"the database refused {mask_url(given)!r}: {first[:300]}") from None
+        raise ConfigError(field, f"the database refused {mask_url(given)!r}: {first[:300]}") from None
     except sqlalchemy.exc.OperationalError as exc:  # refused, unknown host, bad password: nothing was created
         first = first_line(mask_secrets(str(exc.orig or exc)))
         if _LOGIN_REFUSED.search(first):
-            raise ConfigError("--storage", f"the database at {mask_url(given)} refused the login or has no such "
+            raise ConfigError(field, f"the database at {mask_url(given)} refused the login or has no such "
                                            f"database: {first[:300]}") from None
         raise InfrastructureError(f"cannot open the Optuna storage at {mask_url(given)}: {first[:300]}") from None
     return RetryingStorage(rdb, budget_s=storage_retry_budget_s())

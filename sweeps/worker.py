@@ -376,9 +376,14 @@ def take_trials(study: optuna.Study, lock: BudgetLock, objective: Callable[[optu
             if ended is None:
                 raise
             frozen = ended
-            log.warning("trial %d was failed by another worker while this one ran it: its heartbeat was older than "
-                        "study.grace_period (a stalled machine or storage outage). Its retry runs the same "
-                        "parameters; this worker goes on.", trial.number)
+            if ended.state == optuna.trial.TrialState.FAIL:
+                log.warning("trial %d was failed by another worker while this one ran it: its heartbeat was older "
+                            "than study.grace_period (a stalled machine or storage outage). Its retry runs the same "
+                            "parameters; this worker goes on.", trial.number)
+            else:  # told by hand (Optuna's API on the storage): this worker's outcome is not the recorded one
+                log.warning("trial %d was told %s by another process while this one ran it (not by siamese-sweep: "
+                            "its MLflow run has this worker's outcome, not that value); this worker goes on.",
+                            trial.number, ended.state.name)
         else:
             log_outcome(study, frozen, error)
         finally:

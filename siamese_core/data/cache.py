@@ -9,8 +9,8 @@ page cache instead of each holding its own.
 Trust comes first:
 
 * an entry is keyed by everything the loaded splits depend on: the dataset and split settings, the identity of
-  the source files (path, size, modification time) or of the package that ships them, and the source code of
-  ``siamese_core.data`` itself (a change to how data is split or checked makes new entries);
+  the source files (path, size, modification and status-change times, inode) or of the package that ships them,
+  and the source code of ``siamese_core.data`` itself (a change to how data is split or checked makes new entries);
 * every read is checked: the arrays must hash to the fingerprint `sources.fingerprint` gave them when they were
   loaded from the source, and the description beside them (value range, mean and standard deviation, which set
   the model's input normalisation) to the digest it was written with. An entry that fails a check or cannot be
@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -50,6 +51,12 @@ MAX_ENTRIES = 8
 META = "meta.json"
 STALE_WRITE_S = 3600.0  # a temporary folder this old belongs to a writer that was killed (one takes < 1 s)
 _SPLITS = ("train", "val", "test")
+# the names this cache gives what it writes: an entry is its key (`entry_key`: 32 hex digits), a write in
+# progress ``.{key}.`` plus `tempfile`'s suffix. Eviction touches nothing else: the folder may be one the user
+# named for other things too (a project folder, a shared disk), where "every dot-folder older than an hour"
+# deleted .git and .venv
+_ENTRY = re.compile(r"[0-9a-f]{32}")
+_WRITING = re.compile(r"\.[0-9a-f]{32}\.[A-Za-z0-9_]+")
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +85,12 @@ def code_version() -> str:
 
 
 def file_identity(path: Path) -> dict[str, Any]:
-    """What tells a changed source file from the one an entry was made from, without reading it."""
+    """What tells a changed source file from the one an entry was made from, without reading it: with the inode
+    and the status-change time too, as a copy that keeps the modification time (``cp -p``, ``rsync -a``, ``tar
+    x``) of a file of the same size was served from the entry of the file it replaced."""
     st = path.stat()
-    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino,
+            "ctime_ns": st.st_ctime_ns}
 
 
 def entry_key(dataset: dict[str, Any], split: dict[str, Any], sources: list[dict[str, Any]]) -> str:
@@ -214,10 +224,10 @@ def _evict(root: Path, *, keep: Path) -> None:
     now = time.time()
     for path in root.iterdir():
         try:
-            if path.name.startswith("."):
+            if _WRITING.fullmatch(path.name) and path.is_dir():
                 if now - path.stat().st_mtime > STALE_WRITE_S:
                     shutil.rmtree(path, ignore_errors=True)
-            elif path != keep:
+            elif _ENTRY.fullmatch(path.name) and path != keep and path.is_dir():
                 entries.append(((path / META).stat().st_mtime, path))
         except OSError:
             continue

@@ -78,7 +78,7 @@ def load_dataset(config: TrainConfig | Mapping[str, Any] | str | Path | None) ->
         data = _load(ds, params)
         if key is not None:
             cache.write(key, data)
-    return replace(data, info=replace(data.info, evaluation=eval_spec(config)))
+    return replace(data, info=replace(data.info, evaluation=eval_spec(config, data.splits())))
 
 
 def _load(ds: DatasetConfig, params: SplitParams) -> DatasetSplits:

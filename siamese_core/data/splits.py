@@ -24,7 +24,8 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import ConfigError, DataError
-from .types import EvalSpec, Inputs, LabeledSplit, PairedSplit, take
+from .pairs import short_of_distinct
+from .types import EVAL_POSITIVE_FRACTION, EvalSpec, Inputs, LabeledSplit, PairedSplit, Split, take
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,13 @@ class SplitParams:
         return np.random.default_rng([self.seed, stream])
 
 
-def eval_spec(config: TrainConfig) -> EvalSpec:
-    """The validation/test tuples `config` is scored on: its pair counts and the seed of its split."""
-    return EvalSpec(config.pairs.val_pairs, config.pairs.test_pairs, seed=SplitParams.from_config(config).seed)
+def eval_spec(config: TrainConfig, splits: dict[str, Split]) -> EvalSpec:
+    """The validation/test tuples `config` is scored on: its pair counts, the seed of its split and which of
+    `splits` are too small for their count, so are scored on each of their pairs once (`distinct_pairs`)."""
+    counts = {"val": config.pairs.val_pairs, "test": config.pairs.test_pairs}
+    distinct = tuple(name for name, n in counts.items() if isinstance(splits[name], LabeledSplit)
+                     and short_of_distinct(splits[name].y, n, EVAL_POSITIVE_FRACTION))
+    return EvalSpec(counts["val"], counts["test"], seed=SplitParams.from_config(config).seed, distinct=distinct)
 
 
 def stratified_choice(y: np.ndarray, n: int, *, rng: np.random.Generator) -> np.ndarray:

@@ -118,9 +118,17 @@ class EvalSpec:
     positive_fraction: float = EVAL_POSITIVE_FRACTION
     retrieval_samples: int = RETRIEVAL_SAMPLES
     scheme: int = EVAL_SCHEME
+    # the splits too small for their count, scored on each of their pairs once (`data.pairs.distinct_pairs`);
+    # left out of the fingerprint when empty, so the splits drawn as before keep their fingerprints
+    distinct: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.distinct:
+            d["distinct"] = list(self.distinct)
+        else:
+            del d["distinct"]
+        return d
 
     def fingerprint(self, data_fingerprint: str) -> str:
         """sha256 of the data fingerprint (content and split) and this spec: equal <=> the same eval tuples."""

@@ -89,6 +89,17 @@ def _encoder_kwargs(factory: Any, cfg: EncoderConfig) -> dict[str, Any]:
     return {}
 
 
+def unread_by_user_code(cfg: EncoderConfig) -> list[str]:
+    """The ``encoder.*`` fields a user encoder (``encoder.type: module:function``, a hypermodel's) does not read:
+    it builds its own body, and only `l2_normalize` and, where its function takes it, `embedding_dim` apply. Empty
+    for a built-in encoder. A trial's MLflow params listed ``encoder.depth=3`` and ``encoder.width=16`` for a
+    hypermodel that built two Dense(24) layers."""
+    if cfg.type in ENCODERS:
+        return []
+    reads = {"type", "l2_normalize"} | set(_encoder_kwargs(import_object(cfg.type, field="encoder.type"), cfg))
+    return [name for name in type(cfg).model_fields if name not in reads]
+
+
 def check_user_encoder_call(cfg: EncoderConfig) -> None:
     """A `ConfigError` now for a user encoder that cannot take the call `build_encoder` makes, without making it:
     the check a sweep runs before its first trial (calling the user's code there ran its MLflow calls outside any

@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "worker died are failed first). Give the "
         f"target's passwords through ${names.ENV_OPTUNA_STORAGE} / ${names.ENV_MLFLOW_TRACKING_URI} and "
         f"${names.ENV_MLFLOW_TRACKING_USERNAME}/${names.ENV_MLFLOW_TRACKING_PASSWORD} (or their *_FILE), "
-        "not on the command line."))
+        "not on the command line; those credentials go to both servers (for a source server with other ones, "
+        "move in two steps through local sqlite files)."))
     add_study_option(p, help="the study to move")
     p.add_argument("--from-storage", default="sqlite:///optuna.db",
                    help="the study's Optuna storage now (default: sqlite:///optuna.db)")
@@ -56,10 +57,13 @@ def cmd_move(args: argparse.Namespace) -> int:
         raise ConfigError("--to-tracking-uri", f"where to? give --to-tracking-uri or set "
                                                f"${names.ENV_MLFLOW_TRACKING_URI}")
     from ..move import move_study
+    from ..signals import stop_on_signals
 
-    result = move_study(args.study, from_storage=args.from_storage, from_tracking_uri=args.from_tracking_uri,
-                        to_storage=to_storage, to_tracking_uri=to_tracking,
-                        replace_runs=args.replace_runs)
+    # SIGTERM as Ctrl-C: the half-copied study is deleted on the way out (killed by SIGTERM, `move` left one,
+    # marked, that `status` showed as a study)
+    with stop_on_signals():
+        result = move_study(args.study, from_storage=args.from_storage, from_tracking_uri=args.from_tracking_uri,
+                            to_storage=to_storage, to_tracking_uri=to_tracking, replace_runs=args.replace_runs)
     if args.json:
         print_json(result.to_dict())
     else:

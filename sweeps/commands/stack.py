@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--port", type=port_number, default=8080, help="port (0 = any free port); default 8080")
     d.add_argument("--user", default="optuna", help="basic-auth user name; default optuna")
     d.add_argument("--allow-writes", action="store_true",
-                   help="let the dashboard change studies (notes, deletions); default read-only")
+                   help="let the dashboard change studies (notes, renames, deletions; never a trial's state, "
+                        "values or user attributes); default read-only")
     d.set_defaults(handler=cmd_dashboard)
 
 
@@ -52,8 +53,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     password, path = dashboard_password()
     try:  # SIGTERM (`timeout`, `kill`, a service manager) as Ctrl-C: it ended the process past this `finally`
         with stop_on_signals(raise_at_once=False):  # checked between requests (`sweeps.dashboard.serve`)
-            return _serve(make_app(storage, username=args.user, password=password, allow_writes=args.allow_writes),
-                          args, path)
+            return _serve(make_app(storage, username=args.user, password=password, allow_writes=args.allow_writes,
+                                   given_as=given_as), args, path)
     finally:  # a generated password lives as long as the dashboard: no secret file left in /tmp
         if path is not None:
             shutil.rmtree(path.parent, ignore_errors=True)

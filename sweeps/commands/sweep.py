@@ -285,6 +285,9 @@ def _report(status: dict, as_json: bool) -> None:
           + (f" (budget {status['budget']})" if status.get("budget") else ""))
     if status.get("stopped"):
         print(f"stopped early by study.stop: {status['stopped']}")
+    if status.get("move_unfinished"):  # the counts and the best below are of the trials copied so far
+        print("a move that did not finish: only some trials are here; run the same `siamese-sweep move` again "
+              "with --replace-runs")
     best = status.get("best")
     if best:
         print(f"best trial #{best['number']}: value={best['value']:.4f}  run={best['run_id']}")

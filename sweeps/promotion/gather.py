@@ -32,7 +32,7 @@ from ..reevaluation import (
     trial_config,
 )
 from ..registry import Registry, model_id_from_uri, version_uri
-from ..study import load_study
+from ..study import load_study, refuse_unfinished_move
 from .decision import Candidate, Facts, Holder, Split
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ def gather(study_name: str, *, storage: str, tracking_uri: str, model_name: str 
            metric: str | None, force: bool, workdir: str, lift_hold: bool = False) -> tuple[Facts, Registry]:
     """`Facts` for `decide`, and the registry `apply` writes to. Models are downloaded under `workdir`."""
     study = load_study(study_name, storage)
+    refuse_unfinished_move(study)
     first = study_metric(study)
     if metric is None and not by_objective(study) and not has_counterpart(first):
         # the (first) objective (val_loss, params, latency_ms) has no re-evaluated counterpart: said, not decided in

@@ -110,6 +110,16 @@ def _signal(pids: list[int], sig: int) -> None:
             os.kill(p, sig)
 
 
+def send_signal(pid: int, sig: int, *, signal_group: bool) -> None:
+    """Send ``sig`` to ``pid``'s process group (``pid`` started in its own session) or to ``pid`` alone; one
+    already gone is not an error."""
+    with contextlib.suppress(ProcessLookupError):
+        if signal_group:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+
+
 def terminate_pid(
     pid: int,
     *,
@@ -127,11 +137,7 @@ def terminate_pid(
     """
     tree = set(descendants(pid))
     if send_first and first_signal is not None:
-        with contextlib.suppress(ProcessLookupError):
-            if signal_group:
-                os.killpg(pid, first_signal)
-            else:
-                os.kill(pid, first_signal)
+        send_signal(pid, first_signal, signal_group=signal_group)
     deadline = time.monotonic() + timeout
 
     def leftovers() -> list[int]:

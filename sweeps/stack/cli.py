@@ -23,7 +23,6 @@ killer), ``down`` stops what it left running, and ``up`` refuses the folder unti
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -43,7 +42,14 @@ from siamese_core.errors import ConfigError
 from sweeps import names
 from sweeps.argtypes import port_number, positive_int
 from sweeps.secrets import mask_url, read_secret_files
-from sweeps.stack._process import ServerStartError, alive, port_is_free, start_ticks, terminate_pid
+from sweeps.stack._process import (
+    ServerStartError,
+    alive,
+    port_is_free,
+    send_signal,
+    start_ticks,
+    terminate_pid,
+)
 from sweeps.stack.mlflow_auth import (
     MIN_PASSWORD_LENGTH,
     AuthConfigError,
@@ -380,11 +386,7 @@ def _stop_left_running(left: dict[str, int], timeout: float) -> list[str]:
     other, an MLflow that outlived its SIGTERM left PostgreSQL no time for its shutdown); SIGKILL what outlives it.
     What could not be stopped."""
     for name, pid in left.items():
-        with contextlib.suppress(ProcessLookupError):
-            if name == POSTGRES:
-                os.kill(pid, signal.SIGINT)
-            else:
-                os.killpg(pid, signal.SIGTERM)
+        send_signal(pid, signal.SIGINT if name == POSTGRES else signal.SIGTERM, signal_group=name != POSTGRES)
     deadline = time.monotonic() + timeout
     return [f"{name} (pid {pid})" for name, pid in left.items()
             if terminate_pid(pid, first_signal=None, signal_group=name != POSTGRES,

@@ -147,6 +147,45 @@ def test_an_unwritable_cache_is_skipped_with_a_warning(tmp_path, tiny_config, mo
     assert "damaged" not in caplog.text  # nothing was read, so nothing was damaged or deleted
 
 
+def test_a_replaced_file_with_the_old_size_and_time_is_not_served_from_the_cache(cache_dir, tmp_path, make_tiny):
+    """`cp -p`, `rsync -a` or `tar x` keep a file's modification time: a new file of the same size put in place
+    that way was served from the entry of the one it replaced (session 44's review)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.random((200, 6), dtype=np.float32), np.repeat(np.arange(4), 50)
+    path, other = tmp_path / "data.npz", tmp_path / "other.npz"
+    np.savez(path, x=x, y=y)
+    np.savez(other, x=x + 1.0, y=y)
+    assert path.stat().st_size == other.stat().st_size
+    config = TrainConfig.from_dict(make_tiny(dataset={"name": "npz", "path": str(path)}))
+    before = load_dataset(config)
+    kept = path.stat().st_mtime_ns
+    shutil.copyfile(other, path)
+    os.utime(path, ns=(kept, kept))  # what cp -p does
+    assert path.stat().st_mtime_ns == kept
+    after = load_dataset(config)
+    assert not _mapped(after) and after.info.fingerprint != before.info.fingerprint
+
+
+def test_eviction_touches_only_what_the_cache_wrote(cache_dir, make_tiny, monkeypatch):
+    """A cache folder named by the user may hold other things (README: a shared disk): "every dot-folder older
+    than an hour" deleted a project's .git and .venv, and a folder with a meta.json of its own was evicted."""
+    cache_dir.mkdir(parents=True)
+    theirs = [cache_dir / ".git", cache_dir / ".venv", cache_dir / "notes"]
+    for folder in theirs:
+        folder.mkdir()
+        (folder / cache.META).write_text("{}")
+        os.utime(folder, (1, 1))
+    stale = cache_dir / f".{'0' * 32}.abc_12"  # a killed writer's temporary folder
+    stale.mkdir()
+    os.utime(stale, (1, 1))
+    monkeypatch.setattr(cache, "MAX_ENTRIES", 1)
+    for seed in range(2):
+        load_dataset(TrainConfig.from_dict(make_tiny(seed=seed)))
+    assert all(folder.is_dir() and (folder / cache.META).is_file() for folder in theirs)
+    assert not stale.exists()
+    assert len([p for p in cache_dir.iterdir() if cache._ENTRY.fullmatch(p.name)]) == 1
+
+
 def test_least_recently_used_entries_go_first(cache_dir, make_tiny, monkeypatch):
     monkeypatch.setattr(cache, "MAX_ENTRIES", 2)
     configs = [TrainConfig.from_dict(make_tiny(seed=s)) for s in range(3)]

@@ -15,6 +15,9 @@ from siamese_core.data.pairs import (
     PairShuffler,
     TripletSampler,
     default_pairs_per_epoch,
+    distinct_pair_counts,
+    distinct_pairs,
+    short_of_distinct,
 )
 from siamese_core.errors import DataError
 
@@ -173,3 +176,48 @@ def test_triplet_properties_hold_for_any_labels(counts, n, seed):
     t = TripletSampler(labels, seed=seed, triplets_per_epoch=n).epoch(0)
     a, p, neg = t.indices.T
     assert np.all(labels[a] == labels[p]) and np.all(a != p) and np.all(labels[a] != labels[neg])
+
+
+@settings(max_examples=40, deadline=None)
+@given(counts=st.lists(st.integers(1, 12), min_size=2, max_size=8).filter(lambda c: max(c) >= 2),
+       n=st.integers(2, 4000), seed=st.integers(0, 2**31 - 1))
+def test_evaluation_pairs_of_a_small_split_are_each_drawn_once_and_balanced(counts, n, seed):
+    """A split with fewer different pairs than asked: drawn with replacement, 4 samples gave 4,000 pairs of 6
+    different ones, which the report's margin tests counted as 4,000 independent pairs."""
+    labels = np.random.default_rng(seed).permutation(np.repeat(np.arange(len(counts)) * 7 + 3, counts))
+    positives, negatives = distinct_pair_counts(labels)
+    if not short_of_distinct(labels, n, 0.5):
+        return
+    t = distinct_pairs(labels, seed=seed, stream=1, n_pairs=n, positive_fraction=0.5, source="val")
+    k = min(round(n / 2), positives, negatives)
+    check_pairs(labels, t, 2 * k, 0.5)
+    ordered = np.sort(t.indices, axis=1)
+    assert len(np.unique(ordered, axis=0)) == len(t)  # no pair twice, either way round
+    again = distinct_pairs(labels, seed=seed, stream=1, n_pairs=n, positive_fraction=0.5, source="val")
+    np.testing.assert_array_equal(t.indices, again.indices)
+
+
+def test_four_samples_give_their_pairs_once() -> None:
+    labels = np.array([0, 0, 1, 1])
+    assert distinct_pair_counts(labels) == (2, 4) and short_of_distinct(labels, 4000, 0.5)
+    t = distinct_pairs(labels, seed=0, stream=1, n_pairs=4000, positive_fraction=0.5, source="val")
+    assert sorted(map(tuple, np.sort(t.indices, axis=1).tolist())) in (
+        [(0, 1), (0, 2), (1, 3), (2, 3)], [(0, 1), (0, 3), (1, 2), (2, 3)], [(0, 1), (0, 2), (0, 3), (2, 3)],
+        [(0, 1), (1, 2), (1, 3), (2, 3)], [(0, 1), (0, 2), (1, 2), (2, 3)], [(0, 1), (0, 3), (1, 3), (2, 3)])
+    # Fashion-MNIST's validation split (600 a class): 2,000 positives of 1.8 M would repeat 0.06 %: drawn as before
+    assert not short_of_distinct(np.repeat(np.arange(10), 600), 4000, 0.5)
+    # 100 a class: 2,000 of 49,500 positives would repeat about 2 % of them (REPEAT_SHARE 1 %)
+    assert short_of_distinct(np.repeat(np.arange(10), 100), 4000, 0.5)
+
+
+def test_a_large_population_is_drawn_and_deduplicated_not_listed() -> None:
+    """3,000 classes of 2: 3,000 positives (short of 4,000 asked), 18 million negatives (beyond
+    LIST_PAIRS_UP_TO: drawn from, not listed)."""
+    labels = np.repeat(np.arange(3000), 2)
+    tracemalloc.start()
+    t = distinct_pairs(labels, seed=0, stream=2, n_pairs=8000, positive_fraction=0.5, source="test")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    check_pairs(labels, t, 6000, 0.5)
+    assert len(np.unique(np.sort(t.indices, axis=1), axis=0)) == 6000
+    assert peak < 50e6  # listing the 18 M negatives would take 288 MB

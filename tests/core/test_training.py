@@ -177,10 +177,62 @@ def test_evaluation_pairs_do_not_follow_the_training_positive_fraction(digits_da
     assert result.eval_fingerprint == fingerprint == result.summary()["dataset"]["eval_fingerprint"]
     assert result.summary()["dataset"]["evaluation"] == {"val_pairs": 300, "test_pairs": 300, "seed": 0,
                                                          "positive_fraction": 0.5, "retrieval_samples": 2000,
-                                                         "scheme": 1}
+                                                         "scheme": 1, "distinct": ["val", "test"]}
     fresh = load_dataset(config(positive_fraction=0.15))
     assert fresh.info.eval_fingerprint == fingerprint
     np.testing.assert_array_equal(EvalSet.of(fresh, "test").pairs.indices, balanced.test.eval_set.pairs.indices)
+
+
+def test_a_small_evaluation_split_is_scored_on_each_of_its_pairs_once(make_tiny):
+    """20 validation samples have about 190 different pairs, 10 of them positive: 300 pairs drawn with
+    replacement repeated each positive 15 times, and the report's margin tests counted them as 300 independent
+    pairs. The split is scored on each of its positives once and as many negatives; the fingerprint says so, and
+    promote's rebuild of the pairs matches. Fashion-MNIST's splits (1.8 M positive pairs) keep the pairs and
+    fingerprints they had."""
+    import dataclasses
+
+    from siamese_core.data.sources import load_dataset
+    from siamese_core.run import build_run
+    from sweeps.reevaluation import build_eval_pairs
+
+    small = make_tiny(dataset={"name": "digits", "max_eval_samples": 20})
+    cfg = TrainConfig.from_dict(small)
+    data = load_dataset(cfg)
+    run = build_run(cfg, data)
+    assert data.info.evaluation is not None and data.info.evaluation.distinct == ("val", "test")
+    for evaluator in (run.val, run.test):
+        pairs = evaluator.eval_set.pairs
+        assert 0 < len(pairs) < 100 and pairs.positive_fraction() == 0.5
+        assert len(np.unique(np.sort(pairs.indices, axis=1), axis=0)) == len(pairs)  # no pair twice
+    result = train(cfg, data=data)
+    assert result.summary()["dataset"]["evaluation"]["distinct"] == ["val", "test"]
+    as_before = dataclasses.replace(data.info.evaluation, distinct=()).fingerprint(data.info.fingerprint)
+    assert result.eval_fingerprint not in (None, as_before)  # not the name of the pairs drawn as before
+    rebuilt = build_eval_pairs(small, expected_fingerprint=data.info.fingerprint, what="the test")
+    assert rebuilt["test"].eval_fingerprint == result.eval_fingerprint
+    assert rebuilt["test"].n_pairs == len(run.test.eval_set.pairs)
+    np.testing.assert_array_equal(rebuilt["val"].labels, run.val.eval_set.pairs.targets)
+    from siamese_core.data.splits import eval_spec
+    from siamese_core.data.types import LabeledSplit
+
+    fashion = TrainConfig.from_dict({"dataset": "fashion_mnist", "pairs": {"val_pairs": 2000, "test_pairs": 10000}})
+    sizes = {"val": 6000, "test": 10000}  # the quickstart's splits: 600 and 1,000 a class
+    splits = {k: LabeledSplit(np.zeros((n, 1), np.float32), np.repeat(np.arange(10), n // 10))
+              for k, n in sizes.items()}
+    assert eval_spec(fashion, splits).distinct == ()
+
+
+def test_a_split_with_a_handful_of_different_pairs_is_said_to_be_noise(caplog):
+    """100 classes of one sample and one of two: 2 different balanced pairs decided the threshold and val_*."""
+    from siamese_core.data.pairs import STREAM_VAL
+    from siamese_core.data.types import LabeledSplit
+    from siamese_core.evaluation import EvalSet
+
+    y = np.concatenate([np.arange(100), [100, 100]])
+    split = LabeledSplit(np.zeros((y.size, 1), np.float32), y)
+    with caplog.at_level("WARNING", logger="siamese_core.evaluation"):
+        es = EvalSet.build(split, n_pairs=300, seed=0, stream=STREAM_VAL, triplets=False, distinct=True)
+    assert len(es.pairs) == 2 and "the val split has only 2 different balanced pairs (300 asked)" in caplog.text
 
 
 def _without_timings(history: list[dict[str, float]]) -> list[dict[str, float]]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
+from pathlib import Path
 
 import pytest
 
+from siamese_core.errors import ConfigError
 from sweeps.secrets import SecretsFilter, install_secrets_filter, mask_secrets, mask_url
 
 
@@ -168,3 +170,52 @@ def test_dashboard_guard_needs_the_password_and_refuses_writes() -> None:
     assert request(guard, "DELETE", good).startswith("403") and calls == ["GET"]
     writable = GuardedApp(app, username="optuna", password="pw-123", allow_writes=True)
     assert request(writable, "DELETE", good).startswith("200")
+
+
+def test_the_dashboard_never_tells_a_trial_or_sets_its_attributes(tmp_path: Path) -> None:
+    """With --allow-writes a POST to optuna-dashboard's /api/trials/<id>/tell told a running trial COMPLETE 0.9999:
+    no MLflow run, model or test score, and `run`/`status` reported it as the best (session 44's review). Notes
+    still pass; the real optuna-dashboard app on a real SQLite storage answers."""
+    import base64
+    import json as _json
+    from wsgiref.util import setup_testing_defaults
+
+    import optuna
+
+    from sweeps.dashboard import make_app
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    running = study.ask()
+    trial_id = running._trial_id
+    app = make_app(url, username="optuna", password="pw-123", allow_writes=True)
+    auth = "Basic " + base64.b64encode(b"optuna:pw-123").decode()
+
+    def request(method: str, path: str, body: dict) -> tuple[str, bytes]:
+        raw = _json.dumps(body).encode()
+        env: dict = {}
+        setup_testing_defaults(env)
+        env.update({"REQUEST_METHOD": method, "PATH_INFO": path, "HTTP_AUTHORIZATION": auth,
+                    "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(raw)), "wsgi.input": io.BytesIO(raw)})
+        status: list[str] = []
+        out = b"".join(app(env, lambda s, h, *_: status.append(s)))
+        return status[0], out
+
+    status, body = request("POST", f"/api/trials/{trial_id}/tell", {"state": "Complete", "values": [0.9999]})
+    assert status.startswith("403") and b"records trial states" in body
+    status, _ = request("POST", f"/api/trials/{trial_id}/user-attrs", {"user_attrs": {"model_uri": "x"}})
+    assert status.startswith("403")
+    stored = optuna.load_study(study_name="s", storage=url).trials[0]
+    assert stored.state == optuna.trial.TrialState.RUNNING and stored.user_attrs == {}
+    status, _ = request("PUT", f"/api/studies/{study._study_id}/note", {"version": 1, "body": "looks good"})
+    assert status.startswith("20"), status
+
+
+def test_the_dashboard_names_its_storage_as_it_was_given(tmp_path: Path) -> None:
+    """`dashboard` has no --storage: a file that is not a SQLite database was said as '--storage: ...'."""
+    from sweeps.dashboard import make_app
+
+    (tmp_path / "notdb.db").write_text("hi\n")
+    with pytest.raises(ConfigError) as info:
+        make_app(f"sqlite:///{tmp_path / 'notdb.db'}", username="u", password="p", given_as="$OPTUNA_STORAGE")
+    assert info.value.field == "$OPTUNA_STORAGE" and "not an Optuna storage" in str(info.value)

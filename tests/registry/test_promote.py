@@ -65,8 +65,14 @@ def test_promotion_lifecycle(stores: Stores) -> None:
     assert tags["siamese_sweep.eval_fingerprint"] == weak.user_attrs["eval_fingerprint"]
     on_val = json.loads(tags[f"siamese_sweep.eval.{val_key}"])
     logged = {m.key: m.value for m in lm.metrics or []}
-    for k in ("pair_accuracy", "roc_auc", "eer"):  # re-scored on the rebuilt pairs = what the trial measured
-        assert on_val[k] == pytest.approx(weak.user_attrs[f"val_{k}"], abs=1e-6)
+    # re-scored on the rebuilt pairs = what the trial measured, up to one pair: this weak model's cosine distances
+    # nearly tie, and the served graph's float32 scores may put one pair on the other side of the threshold, or
+    # swap one positive-negative ordering, that the trainer's evaluation had on this side (seen since session 44's
+    # pairs, each drawn once: pair accuracy 0.645 vs the trial's 0.65 on 200 pairs)
+    n = d.decided_on["pairs"]
+    one_pair = {"pair_accuracy": 1.0 / n, "roc_auc": 1.0 / (n / 2) ** 2, "eer": 1.0 / (n / 2)}
+    for k in ("pair_accuracy", "roc_auc", "eer"):
+        assert on_val[k] == pytest.approx(weak.user_attrs[f"val_{k}"], abs=one_pair[k] + 1e-9), k
         assert logged[f"test_{k}"] == pytest.approx(weak.user_attrs[f"test_{k}"], abs=1e-6)  # test: on the model
     # ... and in the description, to 4 places. It is the test AUC re-scored by the registered model: this weak
     # model's cosine distances nearly tie, and a float32 difference can swap one of the 100 x 100 positive-negative

@@ -277,10 +277,12 @@ def _running_with_runs(storage: str) -> list:
     return [t for t in study.get_trials(deepcopy=False, states=(S.RUNNING,)) if t.user_attrs.get("mlflow_run_id")]
 
 
-def test_a_trial_failed_elsewhere_while_it_runs_does_not_stop_its_worker(tmp_path: Path) -> None:
+@pytest.mark.parametrize("told", ["FAIL", "COMPLETE"])
+def test_a_trial_failed_elsewhere_while_it_runs_does_not_stop_its_worker(tmp_path: Path, told: str) -> None:
     """What a late heartbeat causes (a storage restart, a stalled machine): another worker fails the trial while
     its worker still runs it. That worker's next write is refused by Optuna; it says so in one warning and goes
-    on with the next trial (the soak found it exiting 1 with a traceback instead)."""
+    on with the next trial (the soak found it exiting 1 with a traceback instead). A trial told COMPLETE by hand
+    (Optuna's API on the storage) was said to be "failed by another worker" with a retry that never came."""
     from mlflow import MlflowClient
 
     storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
@@ -290,11 +292,18 @@ def test_a_trial_failed_elsewhere_while_it_runs_does_not_stop_its_worker(tmp_pat
     try:
         victim = wait_for(lambda: running_trial_after_epoch(storage, "late", MlflowClient(uri), 1), timeout=300,
                           what="a trial past its second epoch", procs=[worker])
-        load_study(storage, "late").tell(victim.number, state=S.FAIL)  # as another worker's heartbeat check does
+        if told == "FAIL":  # as another worker's heartbeat check does
+            load_study(storage, "late").tell(victim.number, state=S.FAIL)
+        else:
+            load_study(storage, "late").tell(victim.number, 0.9999)
         assert worker.wait(420) == 0, worker.stderr[-3000:]
     finally:
         worker.kill()
-    assert f"trial {victim.number} was failed by another worker" in worker.stderr
+    if told == "FAIL":
+        assert f"trial {victim.number} was failed by another worker" in worker.stderr
+    else:
+        assert f"trial {victim.number} was told COMPLETE by another process" in worker.stderr
+        assert "failed by another worker" not in worker.stderr
     assert "Traceback" not in worker.stderr and "Cannot tell" not in worker.stderr
     done = [t for t in load_study(storage, "late").trials if t.state in (S.COMPLETE, S.PRUNED)]
     assert len(done) == 2

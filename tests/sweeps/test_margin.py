@@ -79,6 +79,43 @@ def test_a_lead_beyond_the_noise_is_clear_and_more_pairs_make_a_small_lead_clear
     assert eer["best"] == 0 and eer["verdict"] == "clear" and math.isclose(eer["lead"], 0.07)
 
 
+def test_the_unpaired_bound_counts_the_pairs_the_trials_were_scored_on() -> None:
+    """Validation pairs are balanced whatever the training pairs' positive_fraction (0.15 counted 300 positives of
+    2,000); a small split is scored on each of its pairs once, fewer than pairs.val_pairs asks: the best trial's
+    kept outcomes say how many (20 pairs, not 2,000), where the paired test cannot run (another fingerprint)."""
+    study = _study([0.967000, 0.967002])
+    study.set_user_attr(names.STUDY_ATTR_SPEC, {"base": {"pairs": {"val_pairs": 2000, "positive_fraction": 0.15}}})
+    assert build_report(study).margin["sampling_error"] == pytest.approx(
+        sampling_error("val_roc_auc", 0.967002, 1000, 1000))
+    y = np.array([1, 0] * 10)
+    kept = encode_per_pair(np.linspace(0, 1, 20), y, np.ones(20, bool))
+    small = _study([0.70])
+    small.add_trial(optuna.trial.create_trial(params={"x": 0.1}, distributions={"x": X}, value=0.75, user_attrs={
+        names.TRIAL_ATTR_PER_PAIR_VAL: kept, names.TRIAL_ATTR_EVAL_FINGERPRINT: "new"}))
+    m = build_report(small).margin
+    assert m["val_pairs"] == 20 and m["sampling_error"] == pytest.approx(sampling_error("val_roc_auc", 0.75, 10, 10))
+    assert m["verdict"] == "not shown"
+    # more than MAX_PER_PAIR pairs keep no outcomes: the count of pairs scored is kept on its own
+    large = _study([0.70])
+    large.add_trial(optuna.trial.create_trial(params={"x": 0.1}, distributions={"x": X}, value=0.75, user_attrs={
+        names.TRIAL_ATTR_VAL_PAIRS: {"pairs": 40_000, "positives": 4_000}}))  # pre-paired: its own share
+    large.set_user_attr(names.STUDY_ATTR_SPEC, {"base": {"pairs": {"val_pairs": 100_000}}})
+    m = build_report(large).margin
+    assert m["val_pairs"] == 40_000
+    assert m["sampling_error"] == pytest.approx(sampling_error("val_roc_auc", 0.75, 4_000, 36_000))
+
+
+def test_trials_scored_on_different_pairs_are_said_to_compare_only_roughly() -> None:
+    """A study resumed across the change of session 44 (a small split's pairs drawn once each) ranked trials
+    scored on two sets of pairs together without a word; the paired test fell back in silence."""
+    study = _study([0.70])
+    for value, fingerprint in ((0.72, "old"), (0.75, "new")):
+        study.add_trial(optuna.trial.create_trial(params={"x": 0.1}, distributions={"x": X}, value=value,
+                                                  user_attrs={names.TRIAL_ATTR_EVAL_FINGERPRINT: fingerprint}))
+    assert any("scored on 2 different sets of evaluation pairs" in n for n in build_report(study).notes)
+    assert not any("different sets" in n for n in build_report(_study([0.7, 0.72])).notes)
+
+
 def test_no_margin_without_a_formula_a_spec_or_a_runner_up() -> None:
     assert build_report(_study([0.3, 0.4], metric="val_loss")).margin is None
     assert build_report(_study([0.9])).margin is None

@@ -41,6 +41,18 @@ def _laptop(tmp_path: Path) -> dict[str, Any]:
     return {"storage": storage, "tracking": tracking, "study": study, "run_id": run.run_id, "parent": parent}
 
 
+def _move_in_a_child(script: str, src: dict[str, Any], to_storage: str, to_tracking: str) -> Any:
+    """`script` in a fresh interpreter, its argv: study, source storage and tracking URI, target's (a kill or a
+    signal there does not reach the test)."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", script, STUDY, src["storage"], src["tracking"], to_storage,
+                           to_tracking], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300,
+                          capture_output=True, text=True)
+
+
 def _move(capsys: pytest.CaptureFixture[str], src: dict[str, Any], to_storage: str, to_tracking: str,
           *extra: str) -> tuple[int, str, str]:
     capsys.readouterr()
@@ -141,7 +153,21 @@ def test_an_interrupted_move_is_redone_and_one_store_keeps_its_run_ids(tmp_path:
 
     # a copied trial's model, as `copy_run` logs it beside its run
     dst.create_logged_model(experiment_id=first.experiment_id, source_run_id=new_run, name="model")
-    # the runs landed but the study did not (say, the connection broke): refused, then replaced on request
+    # the move finished: its runs are the study's where it lives (a.db), and --replace-runs deleted them all,
+    # trials trained there after the move included (session 44's review)
+    assert dst.get_run(first.parent_run_id).data.tags[names.TAG_MOVE_FINISHED] == "true"
+    code, out, err = _move(capsys, src, f"sqlite:///{tmp_path}/b.db", to_tracking, "--replace-runs")
+    assert code == 2 and "from a move that finished or trials trained there: the study lives there" in err, err
+    assert dst.get_run(new_run).info.lifecycle_stage == "active" and not (tmp_path / "b.db").exists()
+    # the runs landed but the study did not (say, the connection broke): no finished mark
+    dst.delete_tag(first.parent_run_id, names.TAG_MOVE_FINISHED)
+    trained = Tracker(to_tracking).start_trial_run(first.experiment_id, first.parent_run_id, study_name=STUDY,
+                                                   trial_number=1)  # a trial trained on the target: not a copy
+    trained.end(RUN_FINISHED)
+    code, out, err = _move(capsys, src, f"sqlite:///{tmp_path}/b.db", to_tracking, "--replace-runs")
+    assert code == 2 and "the study lives there" in err and dst.get_run(new_run).info.lifecycle_stage == "active"
+    dst.delete_run(trained.run_id)
+    # refused, then replaced on request
     code, out, err = _move(capsys, src, f"sqlite:///{tmp_path}/b.db", to_tracking)
     assert code == 2 and "already has 2 run(s) of study 'hand'" in err and "--replace-runs" in err, err
     assert not (tmp_path / "b.db").exists()
@@ -186,24 +212,27 @@ def test_the_hint_after_a_move_keeps_the_targets_urls_off_the_command_line(tmp_p
 def test_a_move_killed_while_copying_trials_is_refused_then_copied_afresh(tmp_path: Path, capsys) -> None:
     """SIGKILL (or a dropped ssh session) after the target study was created skipped the clean-up: the empty
     study made every retry "moved already?", and `run` on it began again at trial 0 with the budget reset."""
-    import os
-    import subprocess
-    import sys
-
     from sweeps.spec import spec_from_dict
     from sweeps.study import open_study
 
     src = _laptop(tmp_path)
     to_storage, to_tracking = f"sqlite:///{tmp_path}/cluster.db", f"sqlite:///{tmp_path}/cluster-mlflow.db"
-    killed = subprocess.run([sys.executable, "-c", (
+    killed = _move_in_a_child(
         "import os, sys, sweeps.move as m\n"
         "m._rewrite_trial_attrs = lambda *a: os._exit(9)  # killed while copying the first trial\n"
         "m.move_study(sys.argv[1], from_storage=sys.argv[2], from_tracking_uri=sys.argv[3], "
-        "to_storage=sys.argv[4], to_tracking_uri=sys.argv[5])\n"), STUDY, src["storage"], src["tracking"],
-        to_storage, to_tracking], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
-    assert killed.returncode == 9
+        "to_storage=sys.argv[4], to_tracking_uri=sys.argv[5])\n", src, to_storage, to_tracking)
+    assert killed.returncode == 9, killed.stderr[-2000:]
     left = optuna.load_study(study_name=STUDY, storage=to_storage)
     assert left.trials == [] and left.user_attrs[names.STUDY_ATTR_MOVING] is True
+    # status said it as a study of its own, and promote picked a best among the trials copied so far
+    capsys.readouterr()
+    assert main(["status", "--study", STUDY, "--storage", to_storage, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["move_unfinished"] is True
+    assert main(["status", "--study", STUDY, "--storage", to_storage]) == 0
+    assert "a move that did not finish: only some trials are here" in capsys.readouterr().out
+    assert main(["promote", "--study", STUDY, "--storage", to_storage, "--tracking-uri", to_tracking]) == 2
+    assert "is a move that did not finish" in capsys.readouterr().err
     code, _, err = _move(capsys, src, to_storage, to_tracking)
     assert code == 2 and "from a move that did not finish (0 trial(s) copied)" in err and "--replace-runs" in err
     spec = spec_from_dict({"base": {"dataset": "digits"}, "study": {"name": STUDY}})
@@ -220,6 +249,69 @@ def test_a_move_killed_while_copying_trials_is_refused_then_copied_afresh(tmp_pa
     optuna.create_study(study_name=STUDY, storage=empty)
     code, _, err = _move(capsys, src, empty, f"sqlite:///{tmp_path}/empty-mlflow.db")
     assert code == 2 and "with no trials and no attributes" in err
+
+
+def test_sigterm_stops_a_move_as_ctrl_c_does(tmp_path: Path) -> None:
+    """SIGTERM (a scheduler's stop, `timeout`) ended `move` at once with no clean-up: a marked half-study stayed on
+    the target, which `status` showed as a study. Now it is deleted on the way out, as for Ctrl-C."""
+    src = _laptop(tmp_path)
+    to_storage, to_tracking = f"sqlite:///{tmp_path}/cluster.db", f"sqlite:///{tmp_path}/cluster-mlflow.db"
+    stopped = _move_in_a_child(
+        "import os, signal, sys, sweeps.move as m\n"
+        "from sweeps.cli import main\n"
+        "m._rewrite_trial_attrs = lambda attrs, *a: (os.kill(os.getpid(), signal.SIGTERM), attrs)[1]\n"
+        "sys.exit(main(['move', '--study', sys.argv[1], '--from-storage', sys.argv[2], '--from-tracking-uri', "
+        "sys.argv[3], '--to-storage', sys.argv[4], '--to-tracking-uri', sys.argv[5]]))\n",
+        src, to_storage, to_tracking)
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    assert STUDY not in [s.study_name for s in optuna.get_all_study_summaries(to_storage)]
+
+
+def test_a_source_server_that_is_down_is_said_as_such(tmp_path: Path, capsys) -> None:
+    """It was "has no run ... is it the tracking store the study logged to?", exit 2: a supervisor would not
+    retry a move whose server was restarting, and the user looked for a wrong URL."""
+    import socket
+
+    src = _laptop(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, _, err = _move(capsys, {**src, "tracking": f"http://127.0.0.1:{port}"}, f"sqlite:///{tmp_path}/t.db",
+                         f"sqlite:///{tmp_path}/t-mlflow.db")
+    assert code == 1 and "cannot read the study's parent run from http://127.0.0.1:" in err, err
+    assert "has no run" not in err and not (tmp_path / "t.db").exists() and not (tmp_path / "t-mlflow.db").exists()
+    # a server that is not MLflow's (a wrong path prefix, another service): a typo, exit 2, not retried as an outage
+    import http.server
+    import socketserver
+    import threading
+
+    def move_from(handler: type) -> tuple[int, str, str]:
+        with socketserver.TCPServer(("127.0.0.1", 0), handler) as server:
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            try:
+                return _move(capsys, {**src, "tracking": f"http://127.0.0.1:{server.server_address[1]}"},
+                             f"sqlite:///{tmp_path}/t.db", f"sqlite:///{tmp_path}/t-mlflow.db")
+            finally:
+                server.shutdown()
+
+    code, _, err = move_from(http.server.SimpleHTTPRequestHandler)
+    assert code == 2 and "does not answer as an MLflow tracking server" in err, err
+
+    class Refuses(http.server.BaseHTTPRequestHandler):  # MLflow's basic-auth app's answer to a wrong password
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            body = b'{"error_code": "UNAUTHENTICATED", "message": "You are not authenticated."}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    code, _, err = move_from(Refuses)
+    assert code == 2 and "refused to let user" in err and "read the study's runs" in err, err
+    assert not (tmp_path / "t.db").exists() and not (tmp_path / "t-mlflow.db").exists()
 
 
 def test_the_source_store_spelled_another_way_is_the_source_and_nothing_is_deleted(tmp_path: Path, capsys,

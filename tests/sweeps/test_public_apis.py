@@ -53,6 +53,7 @@ def test_keras_tuner_routes_every_hyperparameter_through_retrieve() -> None:
     """`OptunaHyperParameters` overrides KerasTuner's `_retrieve` (no public hook exists): every public
     hp.* call, with name scopes and conditions applied, must still pass through it."""
     assert callable(getattr(kt.HyperParameters, "_retrieve", None)), "KerasTuner renamed _retrieve: update hypermodel"
+    assert callable(getattr(kt.HyperParameters, "_exists", None)), "KerasTuner renamed _exists: update hypermodel"
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     trial = study.ask()
     hp = OptunaHyperParameters(trial)

@@ -142,9 +142,82 @@ def test_one_hp_name_with_two_kinds_of_distribution_is_named() -> None:
     first = OptunaHyperParameters(study.ask())
     first.Int("units", 8, 32)
     study.tell(first.trial, 0.0)
-    with pytest.raises(InvalidTrialConfig, match=r"hp 'units' is declared here as Choice and elsewhere in the "
-                                                 r"study with another kind of distribution"):
+    with pytest.raises(InvalidTrialConfig, match=r"hp 'units' is declared here as Choice\(\['a', 'b'\]\) and "
+                                                 r"elsewhere in the study with another kind of distribution"):
         OptunaHyperParameters(study.ask()).Choice("units", ["a", "b"])
+
+
+def test_one_hp_name_with_other_choices_in_another_scope_is_named() -> None:
+    """`hp.Choice("act", ["relu", "tanh"])` under one block and `["gelu", "elu"]` under another is valid KerasTuner;
+    Optuna's "CategoricalDistribution does not support dynamic value space" failed the trial naming neither."""
+    from sweeps.errors import InvalidTrialConfig
+
+    study = optuna.create_study()
+    first = OptunaHyperParameters(study.ask())
+    first.Choice("act", ["relu", "tanh"])
+    study.tell(first.trial, 0.0)
+    with pytest.raises(InvalidTrialConfig, match=r"hp 'act' is declared here as Choice\(\['gelu', 'elu'\]\) and "
+                                                 r"elsewhere in the study with another kind of distribution or "
+                                                 r"other choices"):
+        OptunaHyperParameters(study.ask()).Choice("act", ["gelu", "elu"])
+
+
+def test_keras_tuner_declarations_are_answered_as_keras_tuner_would() -> None:
+    """Session 44's review: reverse_log was drawn as log (median 11 of 1..100; KerasTuner's 90); a name declared
+    again after hp.Fixed drew a new value over the fixed one (KerasTuner keeps the first); an enqueued value outside
+    the declared range trained (999 units of an Int(8, 32)) and then crashed the sweep when it was recorded."""
+    from sweeps.errors import InvalidTrialConfig
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    hp = OptunaHyperParameters(study.ask())
+    with pytest.raises(InvalidTrialConfig, match="sampling='reverse_log' has no Optuna distribution"):
+        hp.Float("b", 1.0, 100.0, sampling="reverse_log")
+    with pytest.raises(InvalidTrialConfig, match="sampling='reverse_log'"):
+        hp.Int("c", 1, 100, sampling="reverse_log")
+    assert hp.Fixed("units", 7) == 7
+    assert [hp.Int("units", 1, 100) for _ in range(5)] == [7] * 5 and hp.values["units"] == 7
+    study.enqueue_trial({"width": 999, "act": "swish"})
+    enqueued = OptunaHyperParameters(study.ask())
+    with pytest.raises(InvalidTrialConfig, match=r"hp 'width' = 999 \(from study.enqueue\?\) is outside the "
+                                                 r"hypermodel's Int\(8..32, step 8\)"):
+        enqueued.Int("width", 8, 32, step=8)
+    with pytest.raises(InvalidTrialConfig, match=r"hp 'act' = 'swish'.*Choice\(\['relu', 'tanh'\]\)"):
+        enqueued.Choice("act", ["relu", "tanh"])
+    study.enqueue_trial({"u": 999})  # a log range with a step is a grid (a categorical): not on it
+    with pytest.raises(InvalidTrialConfig, match=r"hp 'u' = '999' \(from study.enqueue\?\) is outside"):
+        OptunaHyperParameters(study.ask()).Int("u", 8, 64, step=2, sampling="log")
+    # the top of a log grid may pass its bound by a rounding error: not "outside"
+    from keras_tuner.engine import hyperparameters as hp_types
+
+    from sweeps.hypermodel import _check_inside, _geometric
+
+    top = hp_types.Float("x", 0.1, 53144.1, step=3, sampling="log")
+    _check_inside(top, _geometric(top, float)[-1])
+
+
+def test_a_hypermodel_that_cannot_be_made_or_returns_no_model_is_named(monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A HyperModel class whose __init__ needs arguments was a TypeError, exit 1 (README: exit 2); build(hp)
+    returning a string was blamed on sweeps.hypermodel:current_encoder; a compiled model's searched learning
+    rate changed nothing, without a word."""
+    from pathlib import Path
+
+    from sweeps.errors import InvalidTrialConfig
+    from sweeps.hypermodel import build_for_trial, load_hypermodel
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "fixtures"))
+    with pytest.raises(ConfigError, match=r"user_code.hypermodels:NeedsArgs cannot be made without arguments") as info:
+        load_hypermodel("user_code.hypermodels:NeedsArgs")
+    assert info.value.field == "hypermodel"
+    study = optuna.create_study()
+    with pytest.raises(InvalidTrialConfig, match=r"user_code.hypermodels:returns_text returned str: build\(hp\) "
+                                                 r"must return the encoder"):
+        build_for_trial(study.ask(), "user_code.hypermodels:returns_text", {"learning_rate"})
+    with caplog.at_level("WARNING", logger="sweeps.hypermodel"):
+        model, overrides = build_for_trial(study.ask(), "user_code.hypermodels:compiled", {"learning_rate"})
+    assert overrides == {} and model.optimizer is not None
+    assert "returns a compiled model: its optimizer, loss and metrics are not used" in caplog.text
+    assert "the others (lr, units)" in caplog.text
 
 
 def test_a_name_in_both_the_search_space_and_the_hypermodel_is_named() -> None:
@@ -192,6 +265,9 @@ def test_hypermodel_sweep_trains_the_keras_tuner_encoder(local_stores: dict[str,
         # hyperparameters named like train-config keys set the config; the rest are logged as hp.*
         assert float(run.data.params["learning_rate"]) == pytest.approx(t.params["learning_rate"])
         assert run.data.params["hp.block"] == t.params["block"]
+        # the encoder fields build(hp)'s model does not read are not logged as if they had built it
+        assert not {"encoder.depth", "encoder.width", "encoder.embedding_dim"} & set(run.data.params)
+        assert run.data.params["encoder.l2_normalize"] == "True"
 
 
 def test_multi_objective_study_keeps_a_pareto_front(local_stores: dict[str, str]) -> None:
