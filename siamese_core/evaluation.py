@@ -76,8 +76,8 @@ class EvalSet:
     @classmethod
     def build(cls, split: Split, *, n_pairs: int, seed: int, stream: int, triplets: bool,
               retrieval_samples: int = RETRIEVAL_SAMPLES, distinct: bool = False) -> EvalSet:
-        """`distinct`: the split has fewer different pairs than `n_pairs` (`EvalSpec.distinct`, which names them
-        in the fingerprint): each is scored once, balanced."""
+        """`distinct`: the split is too small to draw `n_pairs` with replacement (`EvalSpec.distinct`, which names
+        it in the fingerprint): no pair is drawn twice, positives and negatives alike many."""
         if isinstance(split, PairedSplit):
             pairs = PairShuffler(split.y, seed=seed, pairs_per_epoch=min(n_pairs, len(split)), stream=stream).epoch(0)
             return cls(split, pairs, None, None)

@@ -23,6 +23,7 @@ from keras_tuner.engine import hyperparameters as hp_types  # the public export 
 
 from siamese_core.errors import ConfigError
 
+from . import names
 from .errors import InvalidTrialConfig
 
 CURRENT_ENCODER = "sweeps.hypermodel:current_encoder"
@@ -177,6 +178,7 @@ def build_for_trial(trial: optuna.Trial, path: str, train_keys: set[str]) -> tup
         raise InvalidTrialConfig(f"{path} returned {type(model).__name__}: build(hp) must return the encoder (a "
                                  f"Keras model)")
     overrides = {k: v for k, v in hp.values.items() if k in train_keys}
+    _warn_unused_enqueued(trial)
     if getattr(model, "optimizer", None) is not None and path not in _warned:
         _warned.add(path)
         # KerasTuner's build(hp) returns a compiled model; here it is the encoder, trained by the spec's loss and
@@ -189,6 +191,22 @@ def build_for_trial(trial: optuna.Trial, path: str, train_keys: set[str]) -> tup
                     "those; the others (%s) reach training only through the model build(hp) returns.",
                     path, ", ".join(unused) or "none")
     return model, overrides
+
+
+def _warn_unused_enqueued(trial: optuna.Trial) -> None:
+    """A warning for ``study.enqueue`` names this trial never asked for: a hypermodel's names are not known before
+    its build(hp) runs, and a misspelt one (``unit_1`` for ``units_1``) was dropped without a word, the trial
+    training with a drawn value instead."""
+    from .storage import frozen_trial
+
+    try:
+        fixed = frozen_trial(trial).system_attrs.get(names.SYSTEM_ATTR_FIXED_PARAMS) or {}
+    except StopIteration:  # no longer RUNNING (ended by another worker): its own outcome will say so
+        return
+    unused = sorted(k for k in fixed if k not in trial.params)
+    if unused:
+        log.warning("trial %d: study.enqueue gives %s, which build(hp) did not declare in this trial (a misspelt "
+                    "name, or a branch this trial did not take): no effect", trial.number, ", ".join(unused))
 
 
 def set_current_encoder(model: Any) -> None:

@@ -30,8 +30,9 @@ STREAM_TRAIN, STREAM_VAL, STREAM_TEST, STREAM_PROBE = 0, 1, 2, 3
 # below it and keeps the pairs (and the fingerprints) it had.
 REPEAT_SHARE = 0.01  # it and LIST_PAIRS_UP_TO decide which pairs: bump types.EVAL_SCHEME when either changes
 # Where a kind (positives, negatives) has at most this many pairs, or at most twice the count wanted, all of them
-# are listed and drawn from; else drawn with replacement and deduplicated. Listing peaks at about 48 bytes a pair
-# (1 M pairs: ~50 MB, 0.1 s; an outside review measured 201 MB for 4.2 M).
+# are listed and drawn from; else drawn with replacement and deduplicated. Listing peaks at 48 bytes a pair
+# (tracemalloc, ad hoc: the 2.1 M negatives of 1,024 classes of 2 took 101 MB and 0.19 s), so about 50 MB here;
+# twice a count wanted above it is a user's `pairs.val_pairs` / `test_pairs` in the millions.
 LIST_PAIRS_UP_TO = 1 << 20
 # float32 (the dtype of Keras targets) holds every integer below 2**24 exactly: triplet targets carry class
 # indices, and two classes whose ids round to one float32 would be merged by batch-hard mining.

@@ -62,7 +62,8 @@ class SplitParams:
 
 def eval_spec(config: TrainConfig, splits: dict[str, Split]) -> EvalSpec:
     """The validation/test tuples `config` is scored on: its pair counts, the seed of its split and which of
-    `splits` are too small for their count, so are scored on each of their pairs once (`distinct_pairs`)."""
+    `splits` are too small to draw their count with replacement, so are drawn without repeats
+    (`pairs.short_of_distinct`, `pairs.distinct_pairs`)."""
     counts = {"val": config.pairs.val_pairs, "test": config.pairs.test_pairs}
     distinct = tuple(name for name, n in counts.items() if isinstance(splits[name], LabeledSplit)
                      and short_of_distinct(splits[name].y, n, EVAL_POSITIVE_FRACTION))

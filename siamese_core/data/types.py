@@ -118,8 +118,9 @@ class EvalSpec:
     positive_fraction: float = EVAL_POSITIVE_FRACTION
     retrieval_samples: int = RETRIEVAL_SAMPLES
     scheme: int = EVAL_SCHEME
-    # the splits too small for their count, scored on each of their pairs once (`data.pairs.distinct_pairs`);
-    # left out of the fingerprint when empty, so the splits drawn as before keep their fingerprints
+    # the splits drawn without repeats, too small to draw their count with replacement
+    # (`data.pairs.short_of_distinct`, `distinct_pairs`); left out of the fingerprint when empty, so the splits
+    # drawn as before keep their fingerprints
     distinct: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:

@@ -218,6 +218,13 @@ def test_a_hypermodel_that_cannot_be_made_or_returns_no_model_is_named(monkeypat
     assert overrides == {} and model.optimizer is not None
     assert "returns a compiled model: its optimizer, loss and metrics are not used" in caplog.text
     assert "the others (lr, units)" in caplog.text
+    # an enqueued name build(hp) never declares (a typo) was dropped without a word
+    study.enqueue_trial({"units": 16, "unit_1": 8})
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sweeps.hypermodel"):
+        build_for_trial(study.ask(), "user_code.hypermodels:dense", set())
+    assert "study.enqueue gives unit_1, which build(hp) did not declare in this trial" in caplog.text
+    assert "units," not in caplog.text
 
 
 def test_a_name_in_both_the_search_space_and_the_hypermodel_is_named() -> None:
