@@ -33,6 +33,12 @@ BASE = {
 # For tests that kill or interrupt a trial "after epoch 1": epochs long enough (~1 s each on a quiet
 # machine, more on a busy one) that the trial is still running when the signal lands.
 LONG_EPOCHS = {"epochs": 4, "pairs": {"pairs_per_epoch": 3200, "val_pairs": 200, "test_pairs": 200}}
+# For tests that act on a trial after epoch 1 through a second client (a tell, an upload check) and need it
+# unfinished then. LONG_EPOCHS' epochs take under a second on a fast machine (epoch 2 was uploaded 2.3-2.6 s after
+# the trial started, TensorFlow's start included); with 4 epochs a poll or a tell that lagged by two epochs on a
+# loaded CI machine met a finished trial (CI at 04788fd: `assert 2 <= uploaded < epochs` with 4 < 4; CI at b5ab94c:
+# "Cannot tell a COMPLETE trial"). 12 epochs leave about 10 epochs of lag, ~1 s of test each.
+ROOMY_EPOCHS = {**LONG_EPOCHS, "epochs": 12}
 SPACE = {
     "loss.margin": {"type": "float", "low": 0.5, "high": 1.5},
     "learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},

@@ -22,7 +22,7 @@ from sweeps import checkpoints
 from sweeps.checkpoints import ARTIFACT_DIR, shared_through_mlflow
 
 from .harness import (
-    LONG_EPOCHS,
+    ROOMY_EPOCHS,
     Proc,
     S,
     check_sweep_invariants,
@@ -37,12 +37,9 @@ from .harness import (
 pytestmark = [pytest.mark.postgres]
 
 EPOCHS = 3
-# The two worker tests stop a trial once epoch 2 is saved and need it unfinished then. LONG_EPOCHS' epochs take
-# under a second here (epoch 2 was uploaded 2.3-2.6 s after the trial started, TensorFlow's start included), and
-# with its 4 epochs a poll that lagged by two epochs on a loaded CI machine saw the trial at its last one (CI at
-# 04788fd: `assert 2 <= uploaded < epochs` with 4 < 4). 12 epochs leave about 10 epochs of lag, ~1 s of test each.
-STOPPED_EPOCHS = 12
-STOPPED = {**LONG_EPOCHS, "epochs": STOPPED_EPOCHS}
+# The two worker tests stop a trial once epoch 2 is saved and need it unfinished then (ROOMY_EPOCHS says why 12)
+STOPPED = ROOMY_EPOCHS
+STOPPED_EPOCHS = STOPPED["epochs"]
 
 
 def test_auto_shares_checkpoints_only_through_a_tracking_server() -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from .harness import (
     LONG_EPOCHS,
+    ROOMY_EPOCHS,
     Proc,
     S,
     check_sweep_invariants,
@@ -286,12 +287,14 @@ def test_a_trial_failed_elsewhere_while_it_runs_does_not_stop_its_worker(tmp_pat
     from mlflow import MlflowClient
 
     storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
-    spec = write_spec(tmp_path / "spec.yaml", spec_dict(tmp_path, name="late", trials=2, base=LONG_EPOCHS))
+    # ROOMY_EPOCHS: with LONG_EPOCHS' 4 the trial had finished before the tell on the CI machine at b5ab94c
+    epochs = ROOMY_EPOCHS["epochs"]
+    spec = write_spec(tmp_path / "spec.yaml", spec_dict(tmp_path, name="late", trials=2, base=ROOMY_EPOCHS))
     worker = Proc(["worker", str(spec), "--threads", "1"], tmp_path,
                   clean_env(OPTUNA_STORAGE=storage, MLFLOW_TRACKING_URI=uri), name="w").start()
     try:
-        victim = wait_for(lambda: running_trial_after_epoch(storage, "late", MlflowClient(uri), 1), timeout=300,
-                          what="a trial past its second epoch", procs=[worker])
+        victim = wait_for(lambda: running_trial_after_epoch(storage, "late", MlflowClient(uri), 1, before=epochs - 1),
+                          timeout=300, what="a trial past its second epoch and still training", procs=[worker])
         if told == "FAIL":  # as another worker's heartbeat check does
             load_study(storage, "late").tell(victim.number, state=S.FAIL)
         else:
