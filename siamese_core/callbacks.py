@@ -11,6 +11,9 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
 
 import keras
 import numpy as np
@@ -24,7 +27,8 @@ from .evaluation import Evaluator, as_epoch_logs
 from .findings import FindingBus
 from .models.siamese import SiameseModels
 
-__all__ = ["NanGuard", "EpochEvaluator", "HistoryRecorder", "EpochPrinter"]
+__all__ = ["NanGuard", "EpochEvaluator", "HistoryRecorder", "EpochPrinter", "ResumedEarlyStopping",
+           "ResumedReduceLROnPlateau"]
 
 
 class NanGuard(keras.callbacks.Callback):
@@ -102,6 +106,52 @@ class HistoryRecorder(keras.callbacks.Callback):
             except (TypeError, ValueError):
                 continue
         self.history.append(row)
+
+
+def replay(callback: keras.callbacks.Callback, rows: Sequence[dict[str, float]]) -> bool:
+    """Feed a resumed run's restored epochs (their history rows) to `callback.on_epoch_end`, against a stand-in
+    model, so that its counters (best, wait, cooldown) are those of the run that was never stopped, and nothing it
+    did to the model then is done twice (the checkpoint holds the learning rate ReduceLROnPlateau lowered). True
+    when the replay stops training (the uninterrupted run stopped early at the last restored epoch). Keras's own
+    `on_epoch_end` is what runs: no copy of its rules here."""
+    real = callback.model
+    stand_in = SimpleNamespace(stop_training=False, optimizer=SimpleNamespace(learning_rate=0.0), metrics=[])
+    callback.set_model(stand_in)
+    try:
+        for epoch, row in enumerate(rows):
+            stand_in.optimizer.learning_rate = float(row.get("learning_rate", 0.0))
+            callback.on_epoch_end(epoch, dict(row))
+    finally:
+        callback.set_model(real)
+    return bool(stand_in.stop_training)
+
+
+class _Resumed(keras.callbacks.Callback):
+    """A Keras callback with counters whose `on_train_begin` resets them, then replays the restored epochs."""
+
+    def __init__(self, *args: Any, restored: Sequence[dict[str, float]] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.restored = list(restored)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        super().on_train_begin(logs)
+        replay(self, self.restored)
+
+
+class ResumedEarlyStopping(_Resumed, keras.callbacks.EarlyStopping):
+    """`EarlyStopping` that continues a resumed run's patience. Rebuilt fresh, a trial resumed at epoch 4 trained
+    all 8 epochs where the same trial never stopped ended at epoch 6 (the review of checkpoint resume)."""
+
+    def stopped_before_resume(self) -> bool:
+        """The uninterrupted run stopped at the last restored epoch (killed between its checkpoint and its end)."""
+        stopped = replay(self, self.restored)
+        keras.callbacks.EarlyStopping.on_train_begin(self)  # the counters as new: `on_train_begin` replays again
+        return stopped
+
+
+class ResumedReduceLROnPlateau(_Resumed, keras.callbacks.ReduceLROnPlateau):
+    """`ReduceLROnPlateau` whose wait and cooldown continue a resumed run's: rebuilt fresh, a resumed trial kept
+    its learning rate where the uninterrupted one halved it twice."""
 
 
 class EpochPrinter(keras.callbacks.Callback):

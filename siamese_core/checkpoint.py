@@ -165,6 +165,19 @@ def saved_epoch(directory: str | Path) -> int:
         return 0
 
 
+def intact_epoch(directory: str | Path) -> int:
+    """`saved_epoch` of a checkpoint whose weights match the checksum its state records, else 0: a local copy
+    that fails it gives way to a good copy elsewhere (it won over a good MLflow copy of the same epoch, and the
+    retry, which then discarded it, trained from epoch 0)."""
+    d = Path(directory)
+    epoch = saved_epoch(d)
+    try:
+        expected = json.loads((d / STATE).read_text()).get("weights_sha256")
+        return epoch if epoch and file_sha256(d / WEIGHTS) == expected else 0
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
 def clear(directory: str | Path) -> None:
     """Delete the checkpoint directory (a finished or abandoned run)."""
     shutil.rmtree(directory, ignore_errors=True)

@@ -20,7 +20,14 @@ import keras
 import numpy as np
 
 from . import allocator, runtime
-from .callbacks import EpochEvaluator, EpochPrinter, HistoryRecorder, NanGuard
+from .callbacks import (
+    EpochEvaluator,
+    EpochPrinter,
+    HistoryRecorder,
+    NanGuard,
+    ResumedEarlyStopping,
+    ResumedReduceLROnPlateau,
+)
 from .checkpoint import CheckpointError, EpochCheckpoint, clear, config_fingerprint, restore
 from .config import TrainConfig, as_config
 from .data.loaders import get_loader
@@ -109,7 +116,8 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, *,
     `callbacks` are Keras callbacks run by every loader; those that define
     ``on_finding(finding)`` also hear diagnostics findings as they happen, and
     those that define ``on_checkpoint(directory, next_epoch)`` hear of each
-    epoch checkpoint once it is on disk.
+    epoch checkpoint once it is on disk, and those that define
+    ``on_resume(history)`` get the restored epochs' rows before a resumed run trains.
     Raises `ConfigError`/`DataError` before training for bad input and
     `TrainingFailed` when the run itself fails (NaN loss, collapse, ...).
     With `checkpoint_dir`, every epoch is checkpointed there and a later call
@@ -130,6 +138,9 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, *,
     restored_history: list[dict[str, float]] = []
     if checkpoint_dir is not None:
         run, initial_epoch, restored_history = _resume(config, data, run, Path(checkpoint_dir))
+        for cb in callbacks:
+            if restored_history and callable(getattr(cb, "on_resume", None)):
+                cb.on_resume([dict(row) for row in restored_history])
     models = run.models
 
     bus = FindingBus()
@@ -139,14 +150,17 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, *,
     cbs: list[keras.callbacks.Callback] = [NanGuard(bus=bus, config=config, info=data.info), evaluator_cb]
     if config.diagnostics.enabled:
         cbs += training_watchers(config, data=data, models=models, bus=bus, val_labels=run.val.eval_set.pairs.targets)
+    stopped = False
     if config.reduce_lr.enabled:
         r = config.reduce_lr
-        cbs.append(keras.callbacks.ReduceLROnPlateau(monitor=r.monitor, factor=r.factor, patience=r.patience,
-                                                     min_lr=r.min_lr, mode=direction(r.monitor)))
+        cbs.append(ResumedReduceLROnPlateau(monitor=r.monitor, factor=r.factor, patience=r.patience,
+                                            min_lr=r.min_lr, mode=direction(r.monitor), restored=restored_history))
     if config.early_stopping.enabled:
         e = config.early_stopping
-        cbs.append(keras.callbacks.EarlyStopping(monitor=e.monitor, patience=e.patience, min_delta=e.min_delta,
-                                                 mode=direction(e.monitor)))
+        early = ResumedEarlyStopping(monitor=e.monitor, patience=e.patience, min_delta=e.min_delta,
+                                     mode=direction(e.monitor), restored=restored_history)
+        cbs.append(early)
+        stopped = early.stopped_before_resume()
     if verbose:
         cbs.append(EpochPrinter())
     cbs += list(callbacks)
@@ -157,7 +171,7 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path | None = None, *,
     bus.attach(cbs)
 
     loader = get_loader(config.loader)
-    if initial_epoch < config.epochs:
+    if initial_epoch < config.epochs and not stopped:
         loader.run(models.training, run.plan, cbs, epochs=config.epochs, initial_epoch=initial_epoch)
 
     val = evaluator_cb.last or run.val.evaluate(models)

@@ -98,10 +98,11 @@ def sweep(spec: SpecLike = None, *, trials: int | None = None, storage: str | No
     check_positive("timeout", timeout, whole=False)
     check_positive("threads", threads)
 
-    from .options import options_from
+    from .options import options_from, storage_source
 
     options = options_from(resolved, trials=trials, timeout=timeout, workers=int(workers),
                            storage=storage or os.environ.get(names.ENV_OPTUNA_STORAGE) or None,
+                           storage_given_as=storage_source(storage),
                            tracking_uri=tracking_uri or os.environ.get(names.ENV_MLFLOW_TRACKING_URI) or None,
                            study_name=study_name, progress=progress, threads=threads)
     with _environment_kept():
@@ -133,7 +134,8 @@ def _sweep(resolved: SweepSpec, options: SweepOptions, threads: int | None) -> S
         from .launch import WorkerProcesses
         from .storage import storage_kind
 
-        if storage_kind(options.storage) == "memory":  # each process had a study of its own: the budget N times
+        # each process had a study of its own: the budget N times
+        if storage_kind(options.storage, options.storage_given_as) == "memory":
             raise ConfigError("workers", f"{options.workers} worker processes cannot share an in-memory storage "
                                          "(it lives in one process); use sqlite:///optuna.db or journal:///FILE, "
                                          "or one worker")

@@ -60,6 +60,16 @@ class OptunaReporter(keras.callbacks.Callback):
         self.before_prune = before_prune  # the worker's `Finisher.wait`: the previous trial is told first
 
 
+    def on_resume(self, history: list[dict[str, float]]) -> None:
+        """A retry resumed from a checkpoint reports the restored epochs' values too, without pruning (they were
+        judged when they ran): its intermediate values had no steps before the resume (none at all when the
+        checkpoint was the last epoch's), so the study's curves showed it cut short and pruners comparing
+        trials at those steps counted it out."""
+        for row in history:
+            value = row.get(self.metric)
+            if value is not None and math.isfinite(float(value)):
+                self.trial.report(float(value), step=int(row["epoch"]))
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         value = (logs or {}).get(self.metric)
         if value is None or not math.isfinite(float(value)):

@@ -143,11 +143,11 @@ def fetch(tracker: Tracker, run_ids: Iterable[str], directory: Path) -> int:
     Returns the epoch the checkpoint now in `directory` resumes at (0: none). Errors are logged: the retry then
     uses what it has (its local checkpoint, or none).
     """
-    from siamese_core.checkpoint import STATE, WEIGHTS, file_sha256, saved_epoch
+    from siamese_core.checkpoint import STATE, WEIGHTS, file_sha256, intact_epoch, saved_epoch
 
     from .mlflow_globals import quiet_artifacts
 
-    have = saved_epoch(directory)
+    have = intact_epoch(directory)
     quick = tracker.retry.within(FETCH_BUDGET_S)
 
     def download(run_id: str, name: str, tmp: str) -> Path:

@@ -10,8 +10,8 @@ W&B                             siamese-sweep
 ``metric.name`` / ``goal``      ``study.metric`` / ``study.direction``
 ``metric.target``               ``study.stop.target`` (no worker starts a trial once one reached it)
 ``run_cap``                     ``study.trials`` (the global COMPLETE + PRUNED budget)
-``early_terminate: hyperband``  ``study.pruner: {type: hyperband, min_resource: min_iter,
-                                reduction_factor: eta}``
+``early_terminate: hyperband``  ``study.pruner: {type: hyperband, min_resource: min_iter (or the
+                                first band of max_iter and s), reduction_factor: eta}``
 ``values`` / ``value``          ``{type: categorical, choices}`` / a fixed value
 ``min``/``max`` (+ distribution) ``{type: float|int, low, high, log, step}``
 nested ``parameters``           dotted keys (``optimizer.parameters.name`` -> ``optimizer.name``)
@@ -59,6 +59,39 @@ def _given(field: str, value: Any) -> int | float:
     """A number as written (an int stays an int in the spec), checked like `_number`."""
     _number(field, value)
     return value
+
+
+def _first_band(early: Mapping[str, Any], notes: list[str]) -> int:
+    """The first epoch W&B's Hyperband judges a run at, given ``max_iter`` and ``s``: its bands are
+    ``int(max_iter / eta**i)`` for i = 1..s while at least 1, and ``max_iter`` with ``s`` wins over ``min_iter``
+    (wandb/sweeps, ``hyperband_stopping.py``). Dropping both pruned from epoch 1 where W&B waited for its first
+    band (epoch 3 of ``max_iter: 27, s: 2, eta: 3``)."""
+    max_iter = _number("early_terminate.max_iter", early["max_iter"])
+    eta = _number("early_terminate.eta", early.get("eta", 3))  # W&B's default
+    if "s" not in early:
+        raise ConfigError("early_terminate.s", "max_iter needs s, the number of bands W&B cuts it into (W&B "
+                                               "refuses it without); or give min_iter instead")
+    s = early["s"]
+    if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+        raise ConfigError("early_terminate.s", f"expected a positive whole number of bands; received: {s!r}")
+    if eta <= 1:
+        raise ConfigError("early_terminate.eta", f"expected a number above 1; received: {early.get('eta')!r}")
+    bands, band = [], max_iter
+    for _ in range(s):  # divided step by step, as W&B does (eta ** i differs in the last digit for eta 1.1)
+        band /= eta
+        if band < 1:
+            break
+        bands.append(int(band))
+    if not bands:
+        raise ConfigError("early_terminate.max_iter", f"max_iter {_plain(max_iter)} / eta {_plain(eta)} is below 1: "
+                                                      f"W&B has no band to stop a run at; raise max_iter")
+    first = min(bands)
+    if "min_iter" in early:
+        notes.append("early_terminate.min_iter ignored: W&B builds its bands from max_iter and s when both are given")
+    notes.append(f"early_terminate.max_iter and s: min_resource {first} (W&B's first band: the smallest of "
+                 f"max_iter / eta**i, i = 1..s, that is at least 1); Optuna's Hyperband takes its maximum from the "
+                 f"epochs")
+    return first
 
 
 def _plain(value: float) -> str:
@@ -240,13 +273,16 @@ def from_wandb(data: Mapping[str, Any], *, base: Mapping[str, Any] | None = None
         notes += [f"early_terminate.{k} ignored: not a W&B early_terminate key" for k in early
                   if k not in KNOWN_EARLY_TERMINATE]
         # as given: a fractional one is refused by the spec's check (int() cut 1.5 to 1 without a word)
-        if "min_iter" in early:
-            pruner["min_resource"] = _given("early_terminate.min_iter", early["min_iter"])
         if "eta" in early:
             pruner["reduction_factor"] = _given("early_terminate.eta", early["eta"])
-        for key in ("max_iter", "s", "strict"):
-            if key in early:
-                notes.append(f"early_terminate.{key} dropped: Optuna's Hyperband takes its maximum from the epochs")
+        if "max_iter" in early and ("s" in early or "min_iter" not in early):
+            pruner["min_resource"] = _first_band(early, notes)
+        elif "min_iter" in early:
+            if "max_iter" in early:
+                notes.append("early_terminate.max_iter ignored: without s it makes no bands; min_iter's are used")
+            pruner["min_resource"] = _given("early_terminate.min_iter", early["min_iter"])
+        if "strict" in early:
+            notes.append("early_terminate.strict dropped: Optuna's Hyperband has no strict mode")
         study["pruner"] = pruner
     spec: dict[str, Any] = {"search_space": _flatten_parameters(data["parameters"], "", notes, "parameters",
                                                                 grid=method == "grid"), "study": study}

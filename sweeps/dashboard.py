@@ -67,13 +67,17 @@ class GuardedApp:
             return [b"authentication required\n"]
         method = environ.get("REQUEST_METHOD", "GET").upper()
         if method not in SAFE_METHODS and not self.allow_writes:
-            start_response("403 Forbidden", [("Content-Type", "text/plain")])
-            return [b"read-only dashboard: restart it with --allow-writes to change studies\n"]
+            return _forbidden(start_response, b"read-only dashboard: restart it with --allow-writes to change studies")
         if method not in SAFE_METHODS and TRIAL_RECORD_WRITES.fullmatch(environ.get("PATH_INFO", "")):
-            start_response("403 Forbidden", [("Content-Type", "text/plain")])
-            return [b"siamese-sweep records trial states, values and user attributes itself, with the trial's "
-                    b"MLflow run; the dashboard may change notes, names and studies (--allow-writes), not trials\n"]
+            return _forbidden(start_response, b"siamese-sweep records trial states, values and user attributes "
+                              b"itself, with the trial's MLflow run; the dashboard may change notes, names and "
+                              b"studies (--allow-writes), not trials")
         return self.app(environ, start_response)
+
+
+def _forbidden(start_response: Callable[..., Any], text: bytes) -> list[bytes]:
+    start_response("403 Forbidden", [("Content-Type", "text/plain")])
+    return [text + b"\n"]
 
 
 def dashboard_password(*, state_dir: Path | None = None) -> tuple[str, Path | None]:

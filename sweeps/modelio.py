@@ -100,6 +100,7 @@ def reference_embeddings(result: Any) -> np.ndarray | None:
 _KERAS_FILE = "model.keras"  # the basename must stay model.keras (the keras flavor's data path)
 _REFERENCE_FILE = "reference_embeddings.npz"
 _STAGED_JSON = "staged.json"
+_SAID_USER_MODULES: list[bool] = []  # the user-code warning once per process, not once per trial
 
 
 def stage_model(result: Any, directory: Path) -> Path:
@@ -115,9 +116,16 @@ def stage_model(result: Any, directory: Path) -> Path:
     ref = reference_embeddings(result)
     if ref is not None:
         np.savez(directory / _REFERENCE_FILE, embeddings=ref, rows=np.arange(len(ref)))
+    user_modules = sorted({module for module, _ in serving.user_classes(directory / _KERAS_FILE)} - {"__main__"})
+    if user_modules and not _SAID_USER_MODULES:
+        _SAID_USER_MODULES.append(True)
+        log.warning("the logged models hold Keras classes of %s: loading one needs that code importable (predict "
+                    "and promote: --import MODULE; mlflow models serve and mlflow.pyfunc.load_model import it "
+                    "themselves when its package is on PYTHONPATH)", ", ".join(user_modules))
     staged = {"metadata": model_metadata(result),
               "input_spec": [[list(shape), dtype] for shape, dtype in serving.input_spec(result.model)],
-              "keras_version": keras.__version__, "keras_backend": keras.backend.backend()}
+              "keras_version": keras.__version__, "keras_backend": keras.backend.backend(),
+              "user_modules": user_modules}
     (directory / _STAGED_JSON).write_text(json.dumps(staged))
     return directory
 
@@ -144,7 +152,8 @@ def write_model_dir(staged: Path, path: Path, *, model_id: str | None = None, ru
         DualFlavor.save_model(str(path), mlflow_model, keras_version=info["keras_version"],
                               keras_backend=info["keras_backend"], python_model=str(CODE_FILE),
                               artifacts=artifacts, signature=serving.signature_for(spec),
-                              model_config={serving.MODEL_CONFIG_RANGE: info["metadata"].get(names.TAG_VALUE_RANGE)},
+                              model_config={serving.MODEL_CONFIG_RANGE: info["metadata"].get(names.TAG_VALUE_RANGE),
+                                            serving.MODEL_CONFIG_USER_MODULES: info.get("user_modules", [])},
                               input_example=serving.example_frame(spec), pip_requirements=pip_requirements())
     return path
 

@@ -16,7 +16,6 @@ study (same study uid: an interrupted or earlier move) unless `replace_runs` say
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import warnings
@@ -112,11 +111,7 @@ def _server(uri: str) -> tuple[str, str, int | None, str, tuple[tuple[str, str],
 
 
 def _check_storage(url: str, flag: str) -> None:
-    try:
-        kind = storage_kind(url)
-    except ConfigError as exc:
-        raise ConfigError(flag, exc.detail) from None
-    if kind == "memory":
+    if storage_kind(url, flag) == "memory":
         raise ConfigError(flag, "an in-memory storage cannot be moved from or to")
 
 
@@ -124,7 +119,7 @@ def _target_study(url: str, study_name: str) -> optuna.Study | None:
     path = storage_file(url)
     if path is not None and not path.exists():
         return None  # opening it would create the file: nothing may be created before the checks pass
-    storage = _opened(url, "--to-storage")
+    storage = make_storage(url, field="--to-storage")
     if study_name not in optuna.study.get_all_study_names(storage=storage):
         return None
     return optuna.load_study(study_name=study_name, storage=storage)
@@ -136,14 +131,6 @@ def half_moved(study: optuna.Study) -> bool:
     or trials at all, it was killed before the mark was written."""
     attrs = study.user_attrs
     return bool(attrs.get(names.STUDY_ATTR_MOVING)) or (not attrs and not study.get_trials(deepcopy=False))
-
-
-def _opened(url: str, flag: str) -> optuna.storages.BaseStorage:
-    """`make_storage`, its refusal (say, a SQLite file that is MLflow's) naming `flag`."""
-    try:
-        return make_storage(url)
-    except ConfigError as exc:
-        raise ConfigError(flag, exc.detail) from None
 
 
 @python_arguments
@@ -175,7 +162,7 @@ def move_study(study_name: str, *, from_storage: str, from_tracking_uri: str, to
                                           f"with --replace-runs to replace it with a full copy")
     if there is not None:
         log.info("deleting the half-moved study %r on the target to copy it afresh", study_name)
-        optuna.delete_study(study_name=study_name, storage=_opened(to_storage, "--to-storage"))
+        optuna.delete_study(study_name=study_name, storage=make_storage(to_storage, field="--to-storage"))
     result = MoveResult(study_name, len(source.trials))
     user_attrs = dict(source.user_attrs)
     if not same_store(from_tracking_uri, to_tracking_uri) and user_attrs.get(names.STUDY_ATTR_PARENT_RUN_ID):
@@ -195,7 +182,7 @@ def move_study(study_name: str, *, from_storage: str, from_tracking_uri: str, to
 
 def _source_study(study_name: str, from_storage: str) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
     require_existing(from_storage, "--from-storage")  # opening it would create an empty database or journal file
-    storage = _opened(from_storage, "--from-storage")  # kept: a Study has no public accessor for its storage
+    storage = make_storage(from_storage, field="--from-storage")  # kept: a Study has no public accessor for its storage
     try:
         source = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
@@ -213,7 +200,7 @@ def _copy_optuna_study(source: optuna.Study, src_storage: optuna.storages.BaseSt
                        user_attrs: dict[str, Any], result: MoveResult, to_tracking_uri: str) -> None:
     """Create the study on the target: directions, metric names, study system/user attrs, then every trial
     (params, distributions, values, intermediate values, attrs, times) with its MLflow ids rewritten."""
-    target_storage = make_storage(to_storage)
+    target_storage = make_storage(to_storage, field="--to-storage")
     target = optuna.create_study(storage=target_storage, study_name=source.study_name, directions=source.directions)
     try:
         target.set_user_attr(names.STUDY_ATTR_MOVING, True)  # first: a kill from here on leaves a marked study
@@ -303,13 +290,9 @@ class _RunCopier:
             parent = self.src.get_run(parent_id)
         except MlflowException as exc:
             # a server that is down or refuses the login was "has no run ... is it the tracking store?", exit 2
-            if refusal(exc, self.from_uri):
-                user = os.environ.get(names.ENV_MLFLOW_TRACKING_USERNAME) or "(none)"
-                raise ConfigError("--from-tracking-uri", f"the MLflow server at {mask_url(self.from_uri)} refused "
-                                                         f"to let user {user!r} read the study's runs (check "
-                                                         f"{names.ENV_MLFLOW_TRACKING_USERNAME}/"
-                                                         f"{names.ENV_MLFLOW_TRACKING_PASSWORD}; with permissions, "
-                                                         f"READ on the experiment)") from None
+            said = refusal(exc, self.from_uri, reading="the study's runs")
+            if said:
+                raise ConfigError("--from-tracking-uri", said) from None
             if exc.error_code == "ENDPOINT_NOT_FOUND":  # a wrong path prefix, another kind of server: a typo
                 raise ConfigError("--from-tracking-uri", f"{mask_url(self.from_uri)} does not answer as an MLflow "
                                                          f"tracking server (no such API endpoint)") from None

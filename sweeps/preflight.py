@@ -86,8 +86,29 @@ def _check_user_code(spec: SweepSpec) -> None:
             continue  # it needs values the search space draws: its trials will tell
         if key == "encoder.type":
             check_user_encoder_call(config.encoder)
+            _refuse_unread_searches(spec, config.encoder)
         else:
             build_loss(config.loss, config.distance)  # checks the loss function's signature; calls nothing
+
+
+def _refuse_unread_searches(spec: SweepSpec, encoder: Any) -> None:
+    """A `ConfigError` for an ``encoder.*`` key searched where every trial's encoder is a user one that does not
+    read it (``encoder.depth`` for ``fn(input_shape, embedding_dim)``): its trials differed only in a value
+    nothing used, with no word, and the report ranked the dead dimension's importance. Not when ``encoder.type``
+    itself is searched (a built-in among the choices reads it)."""
+    from siamese_core.models.encoders import unread_by_user_code
+
+    searched = spec.distributions()
+    if "encoder.type" in searched:
+        return
+    unread = set(unread_by_user_code(encoder))
+    for key in searched:
+        head, _, name = key.partition(".")
+        if head == "encoder" and name in unread:
+            raise ConfigError(f"search_space.{key}", f"the encoder {encoder.type} does not read {key} (it is called "
+                                                     f"with input_shape and the encoder.* fields it names): its "
+                                                     f"trials would differ in a value nothing uses; remove it from "
+                                                     f"the search space")
 
 
 def _check_hypermodel(path: str) -> None:
@@ -138,10 +159,11 @@ def refused_credentials(message: str) -> bool:
 _DENIED = re.compile(r"(?<![\w:=./-])403(?![\w.])|PERMISSION_DENIED|Permission denied")
 
 
-def refusal(exc: BaseException | None, tracking_uri: str | None = None) -> str | None:
+def refusal(exc: BaseException | None, tracking_uri: str | None = None, *, reading: str | None = None) -> str | None:
     """One line for an MLflow refusal anywhere in `exc`'s chain (a `TrackingUnavailable` wraps MLflow's error), or
     None. HTTP 403 is a known user without the right, not a bad password: a worker denied the experiment that the
-    admin's `move` created was told the server "is unreachable", exit 1, and each retry added a failed trial."""
+    admin's `move` created was told the server "is unreachable", exit 1, and each retry added a failed trial.
+    `reading`: what was being read (a refused read, `move`'s source, is either cause: both are named)."""
     import os
 
     from .secrets import mask_url
@@ -155,6 +177,9 @@ def refusal(exc: BaseException | None, tracking_uri: str | None = None) -> str |
         return None
     where = f"the MLflow server at {mask_url(tracking_uri)}" if tracking_uri else "the MLflow server"
     user = os.environ.get(names.ENV_MLFLOW_TRACKING_USERNAME) or "(none)"
+    if reading is not None:
+        return (f"{where} refused to let user {user!r} read {reading} (check {names.ENV_MLFLOW_TRACKING_USERNAME}/"
+                f"{names.ENV_MLFLOW_TRACKING_PASSWORD}; with permissions, READ on the experiment)")
     if _DENIED.search(text):
         return (f"{where} denied user {user!r} a write (HTTP 403 Permission denied): the experiment belongs to "
                 f"another user (say, the admin who ran `move`); run as its owner, or give {user!r} EDIT on it "
@@ -178,7 +203,8 @@ def check_study_name(name: str | None, flag: str = "--study") -> None:
                                 f"received: {name!r}")
 
 
-def preflight_stores(*, storage: str, tracking_uri: str, study_name: str, experiment: str) -> None:
+def preflight_stores(*, storage: str, tracking_uri: str, study_name: str, experiment: str,
+                     storage_given_as: str = "--storage") -> None:
     """Everything about where a sweep writes that can be checked before it writes anything: the study name,
     the storage URL's scheme, for a SQLite tracking file the folders it and `experiment`'s artifacts need and,
     for an HTTP tracking server, that it answers and accepts the credentials (a `ConfigError` for refused
@@ -189,8 +215,8 @@ def preflight_stores(*, storage: str, tracking_uri: str, study_name: str, experi
     from .tracking import require_artifact_folder, require_mlflow_store
 
     check_study_name(study_name)
-    storage_kind(storage)
-    check_sqlite_store(storage, "optuna", "--storage")
+    storage_kind(storage, storage_given_as)
+    check_sqlite_store(storage, "optuna", storage_given_as)
     require_mlflow_store(tracking_uri, must_exist=False)
     require_artifact_folder(tracking_uri, experiment)
     if not tracking_uri.startswith(("http://", "https://")):

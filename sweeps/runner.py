@@ -203,10 +203,10 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None,
         set_worker_threads(options.threads)
     data = data if data is not None else preflight(spec)
     preflight_stores(storage=options.storage, tracking_uri=options.tracking_uri, study_name=options.study_name,
-                     experiment=spec.experiment_for(options.study_name))
+                     experiment=spec.experiment_for(options.study_name), storage_given_as=options.storage_given_as)
     # the study first: MLflow's client creates a SQLite tracking file, which an unreachable storage would leave
     opened = open_study(spec, storage_url=options.storage, study_name=options.study_name,
-                        seed_offset=options.worker_index)
+                        seed_offset=options.worker_index, storage_given_as=options.storage_given_as)
     require_its_tracking_store(opened, options.tracking_uri)
     tracker = Tracker(options.tracking_uri)
     study = opened.study
@@ -303,11 +303,12 @@ def join_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> S
     threads = set_worker_threads(options.threads)
     data = data if data is not None else preflight(spec)
     preflight_stores(storage=options.storage, tracking_uri=options.tracking_uri, study_name=options.study_name,
-                     experiment=spec.experiment_for(options.study_name))
+                     experiment=spec.experiment_for(options.study_name), storage_given_as=options.storage_given_as)
     # index i (from `run --workers N`) -> offset i * 1_000_003: `offset + existing trials` in open_study
     # must differ between workers (1 + 1 == 2 + 0 made two workers sample the same parameters)
     opened = open_study(spec, storage_url=options.storage, study_name=options.study_name,
-                        seed_offset=options.worker_index * 1_000_003 or _process_seed_offset())
+                        seed_offset=options.worker_index * 1_000_003 or _process_seed_offset(),
+                        storage_given_as=options.storage_given_as)
     require_its_tracking_store(opened, options.tracking_uri)
     tracker = Tracker(options.tracking_uri)  # after the study, as in `run_sweep`
     if options.threads is None:

@@ -16,13 +16,18 @@ Only pandas, numpy and siamese_core's pure-Python errors here at import time: Ke
 """
 from __future__ import annotations
 
+import importlib
+import json
+import sys
+import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from siamese_core.errors import SiameseError
+from siamese_core.errors import InputError, SiameseError
 
 from .names import TAG_VALUE_RANGE
 
@@ -46,6 +51,11 @@ MAX_ROWS = 10_000
 # columns []" for a request with columns a and b; said so, as the names the user sent are gone by then
 _DROPPED = "; a served model drops columns of other names before it sees them: check the spelling"
 MODEL_CONFIG_RANGE = "value_range"  # the key in the pyfunc model_config `load_context` reads
+# the modules of the user code whose Keras classes the model holds (a user encoder's custom layer), in the
+# pyfunc model_config: `load_context` imports them, as Keras finds a registered class only once it is imported
+MODEL_CONFIG_USER_MODULES = "user_modules"
+# the top-level packages whose classes a model holds without any user code
+_OWN_PACKAGES = ("keras", "siamese_core")
 # No model input is meaningfully this large (pixels are <= 255, standardised features a few units): such values
 # (1e300, an unscaled ID) would give a confident but meaningless answer.
 MAX_ABS_INPUT = 1e6
@@ -63,13 +73,74 @@ class PredictError(SiameseError, ValueError):
     """A request the model cannot answer (missing column, wrong shape, unknown mode)."""
 
 
+class MissingUserCode(InputError, PredictError):
+    """The model holds a Keras class of user code that is not imported here (exit 2: the caller can import it)."""
+
+
+def user_classes(keras_path: str | Path) -> list[tuple[str, str]]:
+    """(module, class name) of every object in a Keras archive's ``config.json`` that neither Keras nor
+    siamese-sweep defines: a user encoder's own layers (``keras.saving.register_keras_serializable``). Keras looks
+    them up by name and does not import their module (safe mode or not), so the archive alone cannot be loaded."""
+    try:
+        with zipfile.ZipFile(keras_path) as archive:
+            stack: list[Any] = [json.loads(archive.read("config.json"))]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return []
+    found: set[tuple[str, str]] = set()
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            module, name = item.get("module"), item.get("class_name")
+            if isinstance(module, str) and isinstance(name, str) and module.split(".")[0] not in _OWN_PACKAGES:
+                found.add((module, name))
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return sorted(found)
+
+
+def import_user_modules(modules: Iterable[str], *, field: str) -> None:
+    """Import each module (user code whose Keras classes a model holds); one line naming it if it cannot be."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - ImportError, or user code that raises at import
+            fix = ("put its package on PYTHONPATH" if isinstance(exc, ModuleNotFoundError)
+                   else "its own code raised while it was imported")
+            raise MissingUserCode(f"{field}: cannot import {module} (user code the model holds Keras classes of): "
+                                  f"{type(exc).__name__}: {exc}; {fix}") from None
+
+
+def _missing_user_code(keras_path: str | Path) -> str | None:
+    """The line for a model whose user classes are not imported here, or None (another failure)."""
+    missing = [(module, name) for module, name in user_classes(keras_path)
+               if module == "__main__" or module not in sys.modules]
+    if not missing:
+        return None
+    held = ", ".join(f"{name} (module {module})" for module, name in missing)
+    modules = sorted({module for module, _ in missing})
+    if "__main__" in modules:
+        return (f"the model holds {held}: a class defined in a script or notebook (__main__) cannot be found by "
+                f"another process; define it in a module (register_keras_serializable) and train again")
+    return (f"the model holds {held}, user code Keras finds only once it is imported: import it first (its "
+            f"package on PYTHONPATH): `--import {' --import '.join(modules)}` for predict and promote, "
+            f"`import {', '.join(modules)}` in Python")
+
+
 def load_keras(path: str) -> Any:
-    """Load the exported ``model.keras`` in safe mode, with the custom layers registered first."""
+    """Load the exported ``model.keras`` in safe mode, with the custom layers registered first. A model with a
+    user encoder's own layer that is not imported here raised Keras's TypeError (a 3 kB config dump, exit 1)."""
     import keras
 
     import siamese_core.models.layers  # noqa: F401  (registers PairDistance, ThresholdDecision, ...)
 
-    return keras.saving.load_model(path, compile=False, safe_mode=True)
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except (TypeError, ValueError):
+        said = _missing_user_code(path)
+        if said is None:
+            raise
+        raise MissingUserCode(said) from None
 
 
 def decision_layer(model: Any) -> Any:
@@ -238,10 +309,14 @@ class SiameseServingModel(PythonModel):
         return {k: v for k, v in self.__dict__.items() if k not in ("model", "_encoders", "_predict")}
 
     def load_context(self, context: Any) -> None:
+        # MLflow runs this model's code file to load it (see `load_model_dir`), so the user code the model was
+        # trained with is imported here too, as `mlflow models serve` gives no other place to import it
+        config = getattr(context, "model_config", None) or {}
+        import_user_modules(config.get(MODEL_CONFIG_USER_MODULES) or (), field="model_config.user_modules")
         self.load(context.artifacts[KERAS_ARTIFACT])
         self.reference_path = context.artifacts.get(REFERENCE_ARTIFACT)
         # the model's `model_config` (`modelio.write_model_dir`); none in models logged before it was written
-        self.value_range = value_range_of((getattr(context, "model_config", None) or {}).get(MODEL_CONFIG_RANGE))
+        self.value_range = value_range_of(config.get(MODEL_CONFIG_RANGE))
 
     def reference_embeddings(self) -> np.ndarray | None:
         """Embeddings of the first test samples as the trial's in-memory model computed them (if recorded)."""

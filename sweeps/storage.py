@@ -253,7 +253,9 @@ def _remove_a_cut_record(path: Path, chunk: int = 1 << 16) -> None:
                 "or a full disk); removed it before writing (no reader had seen it)", path, size - keep)
 
 
-def storage_kind(url: str) -> str:
+def storage_kind(url: str, field: str = "study.storage") -> str:
+    """The storage's kind from its URL's scheme; `field`: what a refusal names it as (the flag, the environment
+    variable or the spec key it came from)."""
     if url in ("memory", "inmemory", ":memory:"):
         return "memory"
     if _journal_path(url) is not None:
@@ -261,8 +263,8 @@ def storage_kind(url: str) -> str:
     scheme = url.split("://", 1)[0].split("+")[0]
     if scheme in ("sqlite", "postgresql", "postgres", "mysql"):
         return "postgresql" if scheme == "postgres" else scheme
-    raise ConfigError("study.storage", f"expected sqlite:///FILE, postgresql://..., mysql://..., journal:///FILE or "
-                                       f"'memory'; received: {mask_url(url)!r}")
+    raise ConfigError(field, f"expected sqlite:///FILE, postgresql://..., mysql://..., journal:///FILE or "
+                             f"'memory'; received: {mask_url(url)!r}")
 
 
 _MEMORY_STORAGES: dict[str, optuna.storages.InMemoryStorage] = {}
@@ -287,7 +289,7 @@ def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 
                  max_retries: int = 2, field: str = "--storage") -> optuna.storages.BaseStorage:
     """Build the Optuna storage for `url` (heartbeat + retry of stale trials on RDB storages); `field`: what errors
     name it as (the dashboard's is an environment variable or the spec's ``study.storage``)."""
-    kind = storage_kind(url)
+    kind = storage_kind(url, field)
     if kind == "memory":
         return _MEMORY_STORAGES.setdefault(url, optuna.storages.InMemoryStorage())
     if kind == "journal":

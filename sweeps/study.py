@@ -77,11 +77,12 @@ class OpenedStudy:
 
 
 def open_study(spec: SweepSpec, *, storage_url: str, study_name: str, seed_offset: int = 0,
-               create: bool = True) -> OpenedStudy:
+               create: bool = True, storage_given_as: str = "--storage") -> OpenedStudy:
     """Create the study (this process becomes the leader) or load it if it exists."""
     study_spec = spec.study
     storage = make_storage(storage_url, heartbeat_interval=study_spec.heartbeat_interval,
-                           grace_period=study_spec.grace_period, max_retries=study_spec.max_retries)
+                           grace_period=study_spec.grace_period, max_retries=study_spec.max_retries,
+                           field=storage_given_as)
     directions = list(study_spec.objective_directions)
     created = False
     if create:

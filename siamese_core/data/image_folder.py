@@ -20,6 +20,7 @@ datasets load without it.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -33,6 +34,8 @@ from PIL import Image
 from ..config import DatasetConfig
 from ..errors import DataError, first_line
 from .types import RawLabeled
+
+log = logging.getLogger(__name__)
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 _SIGNATURES = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg", b"BM": "bmp", b"GIF87a": "gif",
@@ -163,12 +166,28 @@ def scan_image_folder(root: str | Path, *, index: str | None = None, image_size:
                                    f"<folder>/<class name>/<image> or an index CSV")
     classes = _sorted_classes(set(names))
     lookup = {c: i for i, c in enumerate(classes)}
-    sizes = [check_image(base / r) for r in rel]
+    checked = [_check_image(base / r) for r in rel]
+    sizes = [n for n, _ in checked]
     channels = 1 if color_mode == "grayscale" else 3
     size = image_size if image_size is not None else _first_size(base / rel[0])
+    if image_size is None:
+        _warn_mixed_sizes(base, rel[0], size, [wh for _, wh in checked])
     files = ImageFiles(base, rel, sizes, image_size=size, channels=channels)
     files.subset(np.array([0])).load()  # decode the first image now: fails fast on a broken pipeline
     return files, np.array([lookup[n] for n in names], dtype=np.int64), tuple(classes)
+
+
+def _warn_mixed_sizes(base: Path, first: str, size: tuple[int, int], declared: list[tuple[int, int]]) -> None:
+    """Images of different sizes are all resized to the first file's, without keeping their aspect ratio: with no
+    word, one large photo sorted first made every input (and the memory) its size."""
+    counts: dict[tuple[int, int], int] = {}
+    for wh in declared:
+        counts[wh] = counts.get(wh, 0) + 1
+    if len(counts) > 1:
+        common = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sorted(counts.items(), key=lambda c: -c[1])[:4])
+        log.warning("the images under %s have %d sizes (width x height: %s%s); all are resized to %dx%d, the size "
+                    "of the first file (%s), without keeping their aspect ratio: set dataset.image_size to choose",
+                    base, len(counts), common, ", ..." if len(counts) > 4 else "", size[1], size[0], first)
 
 
 def _walk_classes(base: Path) -> tuple[list[str], list[str]]:
@@ -177,10 +196,12 @@ def _walk_classes(base: Path) -> tuple[list[str], list[str]]:
     rel: list[str] = []
     names: list[str] = []
     root = base.resolve()
+    empty: list[str] = []
     for cls in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if not cls.resolve().is_relative_to(root):
+        if not _resolved(cls, str(cls)).is_relative_to(root):
             raise DataError(str(cls), f"class folder resolves to {cls.resolve()}, outside the data folder {root} "
                                       f"(symlink?); refusing to read it")
+        before = len(rel)
         for dirpath, dirnames, filenames in os.walk(cls):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fn in sorted(filenames):
@@ -188,7 +209,19 @@ def _walk_classes(base: Path) -> tuple[list[str], list[str]]:
                     path = os.path.join(dirpath, fn)
                     rel.append(_safe_relpath(base, os.path.relpath(path, base), path))
                     names.append(cls.name)
+        if len(rel) == before:
+            empty.append(cls.name)
+    if empty and rel:
+        log.warning("class folders without an image under %s are not classes: %s", base, ", ".join(empty))
     return rel, names
+
+
+def _resolved(path: Path, where: str) -> Path:
+    """`path` with its symlinks resolved; a loop is a `DataError` (Python 3.11 raises RuntimeError: exit 1)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:
+        raise DataError(where, f"cannot resolve the path ({exc}): a symlink loop?; remove the link") from None
 
 
 def _index_path(base: Path, index: str) -> Path:
@@ -230,7 +263,7 @@ def _safe_relpath(base: Path, raw: str, where: str) -> str:
     if pure.is_absolute() or PureWindowsPath(raw).drive or ".." in pure.parts:
         raise DataError(where, f"path {raw!r} points outside the data folder {base} (absolute or '..'); index "
                                f"paths must be relative to the folder")
-    target = (base / pure).resolve()
+    target = _resolved(base / pure, where)
     if not target.is_relative_to(base):
         raise DataError(where, f"path {raw!r} resolves to {target}, outside the data folder {base} (symlink?); "
                                f"refusing to read it")
@@ -248,6 +281,11 @@ def _sorted_classes(names: set[str]) -> list[str]:
 
 def check_image(path: Path) -> int:
     """Cheap per-file check (stat + a few bytes at both ends); returns the size in bytes."""
+    return _check_image(path)[0]
+
+
+def _check_image(path: Path) -> tuple[int, tuple[int, int]]:
+    """`check_image`, and the (width, height) the file declares."""
     try:
         size = path.stat().st_size
         if not path.is_file():
@@ -276,12 +314,14 @@ def check_image(path: Path) -> int:
     if width * height > MAX_IMAGE_PIXELS:
         raise DataError(str(path), f"image declares {width} x {height} pixels (more than {MAX_IMAGE_PIXELS:,}); "
                                    f"refusing to decode it (downscale it first)")
-    return size
+    return size, (width, height)
 
 
 def _declared_size(path: Path, fmt: str, head: bytes) -> tuple[int, int]:
     """(width, height) from the file's header, without decoding pixels."""
     if fmt == "png" and len(head) >= 24:
+        if head[12:16] != b"IHDR":  # a damaged file: its "size" was random bytes, "too large, downscale it"
+            raise DataError(str(path), "damaged PNG file (its first chunk is not IHDR); replace or remove it")
         return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     if fmt == "gif" and len(head) >= 10:
         return int.from_bytes(head[6:8], "little"), int.from_bytes(head[8:10], "little")

@@ -43,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                                  "as usual (better on validation moves it)")
     p.add_argument("--json", action="store_true", help="print the decision as one JSON object")
     add_set_option(p, what="spec")
+    _add_import_option(p)
     p.set_defaults(handler=cmd_promote)
 
     q = sub.add_parser("predict", help="score one pair with a logged or registered model",
@@ -56,7 +57,26 @@ def register(sub: argparse._SubParsersAction) -> None:
                                           "sqlite:///mlflow.db)")
     q.add_argument("--threshold", type=finite_float, help="decide at this threshold instead of the stored one")
     q.add_argument("--json", action="store_true", help='print {"distance", "score", "same", "threshold"} as JSON')
+    _add_import_option(q)
     q.set_defaults(handler=cmd_predict)
+
+
+def _add_import_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import this module first: user code whose Keras classes the model holds (a user "
+                             "encoder's own layer); Keras finds them only once imported (repeatable)")
+
+
+def _import_user_code(args: argparse.Namespace) -> None:
+    """The modules of --import, as the user asked: a model's stored data never names code to run here."""
+    from siamese_core.errors import ConfigError
+
+    from ..serving import MissingUserCode, import_user_modules
+
+    try:
+        import_user_modules(args.imports, field="--import")
+    except MissingUserCode as exc:
+        raise ConfigError("--import", str(exc).removeprefix("--import: ")) from None
 
 
 # ------------------------------------------------------------------ promote
@@ -90,6 +110,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from ..registry import validate_alias, validate_model_name
 
     validate_alias(args.alias)  # before anything heavy is imported or touched
+    _import_user_code(args)
     if args.model_name is not None:
         validate_model_name(args.model_name)
     where = _resolve(args)
@@ -187,12 +208,14 @@ def _load_model(uri: str, tracking_uri: str, tmp: str) -> tuple[Any, dict[str, A
     """(SiameseServingModel, model metadata) for an MLflow URI, a local model directory or a .keras file."""
     from siamese_core.errors import DataError
 
-    from ..serving import PredictError, SiameseServingModel, load_keras
+    from ..serving import MissingUserCode, PredictError, SiameseServingModel, load_keras
 
     path = Path(uri)
     if path.is_file() and path.suffix == ".keras":
         try:
             return SiameseServingModel.from_keras(load_keras(str(path))), {}
+        except MissingUserCode as exc:
+            raise DataError(uri, str(exc)) from None
         except (ValueError, OSError, KeyError) as exc:  # Keras: "File not found" for a file that is no archive
             raise DataError(uri, f"not a Keras model archive ({type(exc).__name__}: {str(exc)[:200]})") from None
     # models:/ and runs:/ with something named, another artifact URI (s3://..., file://...), or a folder
@@ -278,6 +301,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for what, p in (("A", args.a), ("B", args.b)):  # before the (slow) model load
         if not Path(p).is_file():
             raise DataError(p, f"{what}: no such file")
+    _import_user_code(args)
     from ..spec import DEFAULT_TRACKING_URI
 
     tracking_uri = flag_or_env(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI) or DEFAULT_TRACKING_URI

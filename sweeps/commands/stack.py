@@ -7,8 +7,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from siamese_core.errors import ConfigError
-
 from .. import names
 from ..cli import EXIT_OK
 
@@ -45,10 +43,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
         storage, given_as = load_spec(resolve_spec_path(args.spec)).study.storage, "study.storage"
     # it only shows studies: a mistyped SQLite or journal path is not created (named as given: it has no --storage)
-    try:
-        storage_kind(storage)
-    except ConfigError as exc:
-        raise ConfigError(given_as, exc.detail) from None
+    storage_kind(storage, given_as)
     require_existing(storage, given_as)
     password, path = dashboard_password()
     try:  # SIGTERM (`timeout`, `kill`, a service manager) as Ctrl-C: it ended the process past this `finally`

@@ -114,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_positive("--threads", args.threads)
     # `sweep` runs the preflight: a bad spec or data exits 2 before Optuna or MLflow create anything
     result = sweep(spec, trials=args.trials, timeout=args.timeout, workers=args.workers,
-                   storage=flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE),
+                   storage=args.storage or None,  # else $OPTUNA_STORAGE, read (and named) by `sweep`
                    tracking_uri=flag_or_env(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI),
                    study_name=args.study, progress=not args.quiet, threads=args.threads)
     _report(result.status, args.json)
@@ -146,7 +146,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, on_interrupt)
     data = preflight(spec, warn=args.worker_index == 0)  # a worker process of `run --workers N` does not repeat them
 
-    from ..options import options_from
+    from ..options import options_from, storage_source
     from ..runner import join_sweep
 
     # a budget given here is the study's, as `run --trials` sets it (`--set study.trials=N` too: it was ignored)
@@ -154,7 +154,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     options = options_from(spec, trials=budget, timeout=args.timeout,
                            storage=flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE),
                            tracking_uri=flag_or_env(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI),
-                           study_name=args.study, progress=not args.quiet)
+                           study_name=args.study, progress=not args.quiet,
+                           storage_given_as=storage_source(args.storage))
     options.sets_budget = budget is not None
     # join_sweep sets the pools again: with None it would give this worker every usable core, and two
     # `worker --threads 1` from `run --workers 2` ran with two threads each (a trial ~20 % slower beside the other)

@@ -496,6 +496,38 @@ def test_corrupt_or_missing_images_are_named(tmp_path):
         load_dataset(folder_cfg(root, index="index.csv"))
 
 
+def test_odd_image_folders_are_said_or_refused_in_one_line(tmp_path, caplog):
+    """The review of image_folder: a symlink loop was a RuntimeError (exit 1); a damaged PNG header was "declares
+    2266943774 x 2688186891 pixels ... downscale it first"; images of other sizes were resized to the first file's,
+    an empty class folder dropped, both without a word."""
+    import logging
+
+    root = make_folder(tmp_path / "imgs")  # 12x10, 20x20 and 9x16 images (width x height)
+    (root / "bird").mkdir()
+    with caplog.at_level(logging.WARNING, logger="siamese_core.data.image_folder"):
+        d = load_dataset(folder_cfg(root))
+    assert d.info.input_shape == (10, 12, 1) and d.info.class_names == ("cat", "dog")
+    assert "have 3 sizes" in caplog.text and "all are resized to 12x10, the size of the first file" in caplog.text
+    assert "class folders without an image under" in caplog.text and "not classes: bird" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="siamese_core.data.image_folder"):
+        load_dataset(folder_cfg(root, image_size=(6, 5)))
+    assert "sizes" not in caplog.text  # a size chosen: nothing to say about it
+
+    damaged = root / "dog" / "4.png"
+    good = damaged.read_bytes()
+    damaged.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(np.random.default_rng(0).integers(0, 256, 200, dtype=np.uint8))
+                        + b"IEND\xaeB`\x82")
+    with pytest.raises(DataError, match="damaged PNG file") as err:
+        load_dataset(folder_cfg(root))
+    assert err.value.source == str(damaged)
+    damaged.write_bytes(good)
+
+    os.symlink("loop.png", root / "cat" / "loop.png")
+    with pytest.raises(DataError, match="symlink loop"):
+        load_dataset(folder_cfg(root))
+
+
 def test_npz_inputs_that_used_to_exit_1_are_data_errors(tmp_path):
     """A .npy given as the archive, a header declaring a huge array, zero-width features, ids beyond any
     vocabulary: each a DataError naming the file (exit 2), before anything large is allocated."""

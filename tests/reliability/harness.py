@@ -252,6 +252,8 @@ def check_complete_run(client: Any, run: Any, trial: optuna.trial.FrozenTrial, *
         assert steps == list(range(epochs)), f"trial {trial.number}: {key} logged at steps {steps}"
     for key in ("test_pair_accuracy", "test_roc_auc", "threshold", "latency_ms"):
         assert key in run.data.metrics, f"trial {trial.number}: final metric {key} missing"
+    if len(trial.values or ()) == 1:  # Optuna's curve too: a resumed retry had no values for its restored epochs
+        assert sorted(trial.intermediate_values) == list(range(epochs)), (trial.number, trial.intermediate_values)
     uri = trial.user_attrs.get("model_uri")
     assert uri and uri.startswith("models:/"), trial.user_attrs
     model = client.get_logged_model(uri[len("models:/"):])

@@ -47,6 +47,7 @@ def test_a_resumed_trial_is_promoted_by_racing_promoters_and_reproduces_its_embe
     first, retry = load_study(storage, "champ").trials
     assert first.state == S.FAIL and retry.state == S.COMPLETE
     assert retry.system_attrs["failed_trial"] == first.number and retry.user_attrs["resumed_from_epoch"] == 2
+    assert sorted(retry.intermediate_values) == [0, 1, 2]  # the restored epochs reported too (it had only 2)
 
     env = clean_env(OPTUNA_STORAGE=storage, MLFLOW_TRACKING_URI=uri, TF_CPP_MIN_LOG_LEVEL="3")
     procs = [subprocess.Popen(cli() + ["promote", "--study", "champ", "--json"], cwd=tmp_path, env=env,

@@ -104,6 +104,12 @@ def test_each_epoch_is_copied_to_the_run_then_fetched_resumed_and_deleted(
     before = (elsewhere / "state.json").stat().st_mtime_ns
     assert checkpoints.fetch(tracker, [run.run_id], elsewhere) == EPOCHS
     assert (elsewhere / "state.json").stat().st_mtime_ns == before
+    # one that fails its checksum gives way to the copy of the same epoch (it was kept, then discarded by the
+    # retry, which trained from epoch 0: the review of checkpoint resume)
+    weights = elsewhere / "weights.npz"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert checkpoints.fetch(tracker, [run.run_id], elsewhere) == EPOCHS
+    assert train(config, data=digits_data, checkpoint_dir=elsewhere).resumed_from_epoch == EPOCHS
 
     # deleting through the artifact repository (no MlflowClient call exists) really removes the copy
     assert checkpoints.delete(tracker, [run.run_id]) == 1

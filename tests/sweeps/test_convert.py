@@ -231,6 +231,35 @@ def test_keys_a_distribution_metric_or_early_terminate_does_not_read_are_said() 
     assert spec["search_space"]["encoder.width"] == {"type": "int", "low": 8, "high": 64}
 
 
+def test_hyperband_max_iter_and_s_give_wandbs_first_band() -> None:
+    """max_iter and s were dropped with a note, so the study pruned from epoch 1 where W&B waits for its first band:
+    ``int(max_iter / eta**i)`` for i = 1..s (27, s 2, eta 3: bands 9 and 3)."""
+    from sweeps.spec import spec_from_dict
+
+    params = {"loss.margin": {"min": 0.5, "max": 1.5}}
+    for early, first in (({"max_iter": 363, "s": 2, "eta": 1.1}, 300),  # divided step by step: 299 by eta**2
+                         ({"max_iter": 27, "s": 2, "eta": 3}, 3), ({"max_iter": 27, "s": 2}, 3),
+                         ({"max_iter": 10, "s": 5, "eta": 2}, 1), ({"max_iter": 81, "s": 1, "eta": 3}, 27),
+                         ({"max_iter": 27, "s": 2, "eta": 3, "min_iter": 1}, 3)):
+        spec, notes = from_wandb({"parameters": params, "early_terminate": {"type": "hyperband", **early}})
+        assert spec["study"]["pruner"]["min_resource"] == first, early
+        assert any(n.startswith(f"early_terminate.max_iter and s: min_resource {first} ") for n in notes), notes
+        assert ("early_terminate.min_iter ignored: W&B builds its bands from max_iter and s when both are given"
+                in notes) == ("min_iter" in early)
+    spec_from_dict({**spec, "base": {"epochs": 30}})
+    # W&B takes max_iter without s through its min_iter branch (the review of this change: it was refused)
+    spec, notes = from_wandb({"parameters": params, "early_terminate": {"type": "hyperband", "min_iter": 3,
+                                                                        "max_iter": 27, "eta": 3}})
+    assert spec["study"]["pruner"]["min_resource"] == 3
+    assert "early_terminate.max_iter ignored: without s it makes no bands; min_iter's are used" in notes
+    for early, field in (({"max_iter": 27}, "early_terminate.s"), ({"max_iter": 27, "s": 0}, "early_terminate.s"),
+                         ({"max_iter": 2, "s": 1, "eta": 3}, "early_terminate.max_iter"),
+                         ({"max_iter": 27, "s": 1, "eta": 1}, "early_terminate.eta")):
+        with pytest.raises(ConfigError) as refused:
+            from_wandb({"parameters": params, "early_terminate": {"type": "hyperband", **early}})
+        assert refused.value.field == field, (early, refused.value)
+
+
 def test_mapping_choices_are_refused_as_such() -> None:
     """A list of mappings as categorical choices was passed through and refused later as an unknown key
     ('optimizer'), which is a valid key."""

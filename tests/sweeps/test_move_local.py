@@ -99,15 +99,26 @@ def test_the_wrong_sqlite_file_or_a_missing_journal_is_refused_and_left_as_it_wa
     src = _laptop(tmp_path)
     mlflow_db, optuna_db = tmp_path / "mlflow.db", tmp_path / "optuna.db"
     before = (sqlite_tables(mlflow_db), mlflow_db.read_bytes(), sqlite_tables(optuna_db))
-    for argv in (["status", "--study", STUDY, "--storage", src["tracking"]],
-                 ["move", "--study", STUDY, "--from-storage", src["storage"], "--from-tracking-uri", src["tracking"],
-                  "--to-storage", src["tracking"], "--to-tracking-uri", f"sqlite:///{tmp_path}/new-mlflow.db"],
-                 ["move", "--study", STUDY, "--from-storage", src["storage"], "--from-tracking-uri", src["storage"],
-                  "--to-storage", f"sqlite:///{tmp_path}/new.db", "--to-tracking-uri", src["tracking"]]):
+    for named, argv in (
+            ("--storage", ["status", "--study", STUDY, "--storage", src["tracking"]]),
+            ("--to-storage", ["move", "--study", STUDY, "--from-storage", src["storage"], "--from-tracking-uri",
+                              src["tracking"], "--to-storage", src["tracking"], "--to-tracking-uri",
+                              f"sqlite:///{tmp_path}/new-mlflow.db"]),
+            ("--from-tracking-uri", ["move", "--study", STUDY, "--from-storage", src["storage"], "--from-tracking-uri",
+                                     src["storage"], "--to-storage", f"sqlite:///{tmp_path}/new.db",
+                                     "--to-tracking-uri", src["tracking"]])):
         capsys.readouterr()
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert "is not an" in err and "nothing was changed" in err and len(err.strip().splitlines()) == 1, err
+        assert err.startswith(f"error: {named}: "), err
+    for flag in ("--from-storage", "--to-storage"):  # a scheme no storage has, named as the flag that gave it
+        argv = ["move", "--study", STUDY, "--from-storage", src["storage"], "--from-tracking-uri", src["tracking"],
+                "--to-storage", f"sqlite:///{tmp_path}/new.db", "--to-tracking-uri", f"sqlite:///{tmp_path}/n.db"]
+        argv[argv.index(flag) + 1] = "redis://localhost/0"
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        assert capsys.readouterr().err.startswith(f"error: {flag}: expected sqlite:///FILE")
     with pytest.raises(ConfigError, match="is not an Optuna storage"):
         preflight_stores(storage=src["tracking"], tracking_uri=src["tracking"], study_name=STUDY, experiment=STUDY)
     with pytest.raises(ConfigError, match="is not an MLflow tracking store"):

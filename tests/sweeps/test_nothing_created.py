@@ -74,6 +74,9 @@ def build_two(hp, extra):
     raise AssertionError("never called with two")
 
 NOT_CALLABLE = 3
+
+def reads_embedding_dim(input_shape, embedding_dim=8):
+    raise AssertionError("never called by the preflight")
 """
 
 
@@ -89,7 +92,11 @@ NOT_CALLABLE = 3
      "encoder.type: 'user_code:NOT_CALLABLE' is not callable"),
     ({"search_space": {"encoder.type": {"type": "categorical", "choices": ["mlp", "user_code:NOT_CALLABLE"]}}},
      "encoder.type: 'user_code:NOT_CALLABLE' is not callable"),
-], ids=["encoder", "loss", "encoder-choice", "hypermodel", "encoder-not-callable", "encoder-choice-not-callable"])
+    # the review of 6a: a searched depth the user encoder never reads trained, logged and was ranked by the report
+    ({"base": {"encoder": {"type": "user_code:reads_embedding_dim"}}},
+     "error: search_space.encoder.depth: the encoder user_code:reads_embedding_dim does not read encoder.depth"),
+], ids=["encoder", "loss", "encoder-choice", "hypermodel", "encoder-not-callable", "encoder-choice-not-callable",
+        "unread-encoder-search"])
 def test_user_code_that_does_not_fit_its_call_creates_nothing(tmp_path: Path, section: dict, text: str) -> None:
     """A sweep built the models only in its trials: one failed trial after another, each with a traceback, then
     exit 1 with the study and its runs left behind (`train` refused the same code with one line)."""
@@ -104,6 +111,25 @@ def test_user_code_that_does_not_fit_its_call_creates_nothing(tmp_path: Path, se
     assert done.returncode == 2, done.stderr[-2000:]
     assert text in done.stderr and "Traceback" not in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == ["spec.yaml", "user_code.py"]
+
+
+def test_a_searched_key_a_user_encoder_reads_or_a_built_in_choice_reads_passes_the_preflight(tmp_path: Path,
+                                                                                             monkeypatch) -> None:
+    from sweeps.preflight import _check_user_code
+    from sweeps.spec import spec_from_dict
+
+    (tmp_path / "user_code.py").write_text(_USER_CODE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    space = make_spec_dict()["search_space"]
+    user = {"type": "user_code:reads_embedding_dim", "embedding_dim": 8}
+    dim = {"encoder.embedding_dim": {"type": "categorical", "choices": [8, 16]}}
+    _check_user_code(spec_from_dict(make_spec_dict(base={"encoder": user}, search_space={
+        k: v for k, v in {**space, **dim}.items() if k != "encoder.depth"})))
+    _check_user_code(spec_from_dict(make_spec_dict(search_space={**space, "encoder.type": {
+        "type": "categorical", "choices": ["mlp", "user_code:reads_embedding_dim"]}})))
+    with pytest.raises(ConfigError) as refused:
+        _check_user_code(spec_from_dict(make_spec_dict(base={"encoder": user}, search_space={**space, **dim})))
+    assert refused.value.field == "search_space.encoder.depth"
 
 
 def test_a_timeout_in_the_spec_ends_the_run_as_planned(tmp_path: Path) -> None:
@@ -145,10 +171,42 @@ def test_study_name_unusable_in_mlflow_filters_creates_nothing(tmp_path: Path) -
     _assert_refused(done, tmp_path, text="--study")
 
 
-def test_bad_storage_scheme_creates_no_mlflow_store(tmp_path: Path) -> None:
-    done = _cli(["run", str(_spec(tmp_path)), "--storage", "redis://localhost/0", "--tracking-uri",
+@pytest.mark.parametrize("given, workers", [("--storage", "1"), ("--storage", "2"), ("study.storage", "1"),
+                                            ("$OPTUNA_STORAGE", "2")])
+def test_bad_storage_scheme_creates_no_mlflow_store_and_names_where_it_came_from(tmp_path: Path, given: str,
+                                                                                  workers: str) -> None:
+    """A scheme given with --storage was refused as "study.storage", a key the user never wrote (with --workers 2
+    too, checked on another path); one from the environment is named as the environment variable."""
+    where = {"--storage": ["--storage", "redis://localhost/0"],
+             "study.storage": ["--set", "study.storage=redis://localhost/0"]}.get(given, [])
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "OPTUNA_STORAGE", "MLFLOW_TRACKING_URI")}
+    if given == "$OPTUNA_STORAGE":
+        env["OPTUNA_STORAGE"] = "redis://localhost/0"
+    done = subprocess.run(CLI + ["run", str(_spec(tmp_path)), *where, "--workers", workers, "--tracking-uri",
+                                 f"sqlite:///{tmp_path}/mlflow.db", "--quiet"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env=env)
+    _assert_refused(done, tmp_path, text=f"error: {given}: expected sqlite:///FILE")
+
+
+def test_a_spec_storage_that_cannot_be_created_is_named_as_the_spec_key(tmp_path: Path) -> None:
+    """The spec's journal path under a file was refused as "--storage", a flag the user never gave."""
+    (tmp_path / "afile").write_text("in the way")
+    store = tmp_path / "afile" / "j.log"
+    done = _cli(["run", str(_spec(tmp_path)), "--set", f"study.storage=journal:///{store}", "--tracking-uri",
                  f"sqlite:///{tmp_path}/mlflow.db", "--quiet"], cwd=tmp_path)
-    _assert_refused(done, tmp_path, text="study.storage")
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines == [f"error: study.storage: cannot create the folder of {store}: File exists"], done.stderr
+
+
+def test_a_bad_storage_scheme_from_python_names_the_argument(tmp_path: Path) -> None:
+    from sweeps.api import sweep
+
+    with pytest.raises(ConfigError) as caught:
+        sweep(make_spec_dict(), storage="redis://localhost/0", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+              progress=False)
+    assert caught.value.field == "storage"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_unreachable_tracking_server_creates_no_study(tmp_path: Path) -> None:
