@@ -170,11 +170,10 @@ def intact_epoch(directory: str | Path) -> int:
     that fails it gives way to a good copy elsewhere (it won over a good MLflow copy of the same epoch, and the
     retry, which then discarded it, trained from epoch 0)."""
     d = Path(directory)
-    epoch = saved_epoch(d)
     try:
-        expected = json.loads((d / STATE).read_text()).get("weights_sha256")
-        return epoch if epoch and file_sha256(d / WEIGHTS) == expected else 0
-    except (OSError, ValueError, AttributeError):
+        state = json.loads((d / STATE).read_text())
+        return int(state["next_epoch"]) if file_sha256(d / WEIGHTS) == state["weights_sha256"] else 0
+    except (OSError, ValueError, KeyError, TypeError):
         return 0
 
 

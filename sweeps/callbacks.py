@@ -59,7 +59,6 @@ class OptunaReporter(keras.callbacks.Callback):
         self.metric = metric
         self.before_prune = before_prune  # the worker's `Finisher.wait`: the previous trial is told first
 
-
     def on_resume(self, history: list[dict[str, float]]) -> None:
         """A retry resumed from a checkpoint reports the restored epochs' values too, without pruning (they were
         judged when they ran): its intermediate values had no steps before the resume (none at all when the

@@ -100,7 +100,7 @@ def reference_embeddings(result: Any) -> np.ndarray | None:
 _KERAS_FILE = "model.keras"  # the basename must stay model.keras (the keras flavor's data path)
 _REFERENCE_FILE = "reference_embeddings.npz"
 _STAGED_JSON = "staged.json"
-_SAID_USER_MODULES: list[bool] = []  # the user-code warning once per process, not once per trial
+_SAID_USER_MODULES: list[bool] = []  # the user-code warning said (`stage_model`)
 
 
 def stage_model(result: Any, directory: Path) -> Path:
@@ -116,12 +116,17 @@ def stage_model(result: Any, directory: Path) -> Path:
     ref = reference_embeddings(result)
     if ref is not None:
         np.savez(directory / _REFERENCE_FILE, embeddings=ref, rows=np.arange(len(ref)))
-    user_modules = sorted({module for module, _ in serving.user_classes(directory / _KERAS_FILE)} - {"__main__"})
-    if user_modules and not _SAID_USER_MODULES:
+    classes = serving.user_classes(directory / _KERAS_FILE)
+    user_modules = sorted({module for module, _, _ in classes} - {"__main__"})
+    if classes and not _SAID_USER_MODULES:  # once per process, not once per trial
         _SAID_USER_MODULES.append(True)
-        log.warning("the logged models hold Keras classes of %s: loading one needs that code importable (predict "
-                    "and promote: --import MODULE; mlflow models serve and mlflow.pyfunc.load_model import it "
-                    "themselves when its package is on PYTHONPATH)", ", ".join(user_modules))
+        why = serving.unloadable(classes)
+        if why:
+            log.warning("the logged models cannot be loaded by another process: they hold %s", why)
+        else:
+            log.warning("the logged models hold Keras classes of %s: loading one needs that code importable "
+                        "(predict and promote: --import MODULE; mlflow models serve and mlflow.pyfunc.load_model "
+                        "import it themselves when its package is on PYTHONPATH)", ", ".join(user_modules))
     staged = {"metadata": model_metadata(result),
               "input_spec": [[list(shape), dtype] for shape, dtype in serving.input_spec(result.model)],
               "keras_version": keras.__version__, "keras_backend": keras.backend.backend(),

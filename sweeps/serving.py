@@ -20,7 +20,7 @@ import importlib
 import json
 import sys
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,26 +77,48 @@ class MissingUserCode(InputError, PredictError):
     """The model holds a Keras class of user code that is not imported here (exit 2: the caller can import it)."""
 
 
-def user_classes(keras_path: str | Path) -> list[tuple[str, str]]:
-    """(module, class name) of every object in a Keras archive's ``config.json`` that neither Keras nor
-    siamese-sweep defines: a user encoder's own layers (``keras.saving.register_keras_serializable``). Keras looks
-    them up by name and does not import their module (safe mode or not), so the archive alone cannot be loaded."""
+def user_classes(keras_path: str | Path) -> list[tuple[str, str, str]]:
+    """(module, class name, registered name) of every object in a Keras archive's ``config.json`` that neither
+    Keras nor siamese-sweep defines: a user encoder's own layers (``keras.saving.register_keras_serializable``).
+    Keras looks them up by their registered name and does not import their module (safe mode or not), so the
+    archive alone cannot be loaded. Keras writes ``"module": null`` for a class defined in ``__main__`` (a script
+    or notebook): named ``__main__`` here."""
     try:
         with zipfile.ZipFile(keras_path) as archive:
             stack: list[Any] = [json.loads(archive.read("config.json"))]
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return []
-    found: set[tuple[str, str]] = set()
+    found: set[tuple[str, str, str]] = set()
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            module, name = item.get("module"), item.get("class_name")
-            if isinstance(module, str) and isinstance(name, str) and module.split(".")[0] not in _OWN_PACKAGES:
-                found.add((module, name))
+            module, name, registered = item.get("module", ""), item.get("class_name"), item.get("registered_name")
+            module = "__main__" if module is None and isinstance(registered, str) else module
+            if isinstance(module, str) and module and isinstance(name, str) and \
+                    module.split(".")[0] not in _OWN_PACKAGES:
+                found.add((module, name, registered if isinstance(registered, str) else name))
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
     return sorted(found)
+
+
+def unloadable(classes: Sequence[tuple[str, str, str]]) -> str | None:
+    """Why no other process can load a model holding `classes` (from `user_classes`), or None: a class defined in
+    ``__main__``, or one Keras has not registered (it finds classes by registered name only)."""
+    import keras
+
+    main = [name for module, name, _ in classes if module == "__main__"]
+    if main:
+        return (f"{', '.join(main)}: defined in a script or notebook (__main__), which no other process can import; "
+                f"define it in a module, register it (@keras.saving.register_keras_serializable()) and train again")
+    unregistered = [f"{name} (module {module})" for module, name, registered in classes
+                    if module in sys.modules and keras.saving.get_registered_object(registered) is None]
+    if unregistered:
+        return (f"{', '.join(unregistered)}: not registered with Keras, which finds classes by registered name "
+                f"only; register it (@keras.saving.register_keras_serializable()) and train again (from Python, "
+                f"keras.saving.load_model(..., custom_objects=...) loads this one)")
+    return None
 
 
 def import_user_modules(modules: Iterable[str], *, field: str) -> None:
@@ -112,16 +134,18 @@ def import_user_modules(modules: Iterable[str], *, field: str) -> None:
 
 
 def _missing_user_code(keras_path: str | Path) -> str | None:
-    """The line for a model whose user classes are not imported here, or None (another failure)."""
-    missing = [(module, name) for module, name in user_classes(keras_path)
-               if module == "__main__" or module not in sys.modules]
+    """The line for a model whose user classes are not imported (or not loadable) here, or None (another
+    failure)."""
+    classes = user_classes(keras_path)
+    why = unloadable([c for c in classes if c[0] == "__main__"])
+    if why:
+        return f"the model holds {why}"
+    missing = [(module, name) for module, name, _ in classes if module not in sys.modules]
     if not missing:
-        return None
+        why = unloadable(classes)  # imported (--import) but not registered: `--import` was not the fix
+        return f"the model holds {why}" if why else None
     held = ", ".join(f"{name} (module {module})" for module, name in missing)
     modules = sorted({module for module, _ in missing})
-    if "__main__" in modules:
-        return (f"the model holds {held}: a class defined in a script or notebook (__main__) cannot be found by "
-                f"another process; define it in a module (register_keras_serializable) and train again")
     return (f"the model holds {held}, user code Keras finds only once it is imported: import it first (its "
             f"package on PYTHONPATH): `--import {' --import '.join(modules)}` for predict and promote, "
             f"`import {', '.join(modules)}` in Python")

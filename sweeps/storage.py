@@ -286,10 +286,12 @@ def with_postgres_driver(url: str) -> str:
 
 
 def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 30,
-                 max_retries: int = 2, field: str = "--storage") -> optuna.storages.BaseStorage:
+                 max_retries: int = 2, field: str | None = None) -> optuna.storages.BaseStorage:
     """Build the Optuna storage for `url` (heartbeat + retry of stale trials on RDB storages); `field`: what errors
-    name it as (the dashboard's is an environment variable or the spec's ``study.storage``)."""
-    kind = storage_kind(url, field)
+    name it as (`sweeps.options.storage_source`: the flag, the environment variable or the spec's
+    ``study.storage``; not given: a scheme is the spec's, a path the flag's, as before it could be said)."""
+    kind = storage_kind(url, field or "study.storage")
+    field = field or "--storage"
     if kind == "memory":
         return _MEMORY_STORAGES.setdefault(url, optuna.storages.InMemoryStorage())
     if kind == "journal":

@@ -46,11 +46,12 @@ def optuna_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
     return pruners.get(spec.study.pruner.type).build(spec)
 
 
-def load_study(study_name: str, storage: str) -> optuna.Study:
-    """An existing study (`ConfigError` naming --study if there is none), for status and promote."""
-    require_existing(storage)  # opening it would create an empty database or journal file
+def load_study(study_name: str, storage: str, *, field: str | None = None) -> optuna.Study:
+    """An existing study (`ConfigError` naming --study if there is none), for status and promote; `field`: where
+    `storage` came from (`make_storage`)."""
+    require_existing(storage, field or "--storage")  # opening it would create an empty database or journal file
     try:
-        return optuna.load_study(study_name=study_name, storage=make_storage(storage))
+        return optuna.load_study(study_name=study_name, storage=make_storage(storage, field=field))
     except KeyError:
         raise ConfigError("--study", f"no study named {study_name!r} in this storage") from None
 
@@ -157,7 +158,7 @@ def check_same_spec(study: optuna.Study, spec: SweepSpec, *, wait_s: float = SPE
 
 
 def stored_spec(storage_url: str, study_name: str, overrides: dict[str, Any] | None = None, *,
-                missing_ok: bool = False) -> SweepSpec | None:
+                missing_ok: bool = False, field: str | None = None) -> SweepSpec | None:
     """The spec `study_name` was created with (`SweepSpec.portable`, stored with the study), with ``--set``
     overrides applied (which then must not change its identity). Without such a study or stored spec:
     None if `missing_ok`, else `ConfigError` naming --study."""
@@ -169,7 +170,7 @@ def stored_spec(storage_url: str, study_name: str, overrides: dict[str, Any] | N
             return None
         raise missing  # opening it would create an empty database or journal file
     try:
-        study = optuna.load_study(study_name=study_name, storage=make_storage(storage_url))
+        study = optuna.load_study(study_name=study_name, storage=make_storage(storage_url, field=field))
     except KeyError:
         if missing_ok:
             return None

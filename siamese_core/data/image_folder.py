@@ -23,6 +23,7 @@ import csv
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -180,11 +181,9 @@ def scan_image_folder(root: str | Path, *, index: str | None = None, image_size:
 def _warn_mixed_sizes(base: Path, first: str, size: tuple[int, int], declared: list[tuple[int, int]]) -> None:
     """Images of different sizes are all resized to the first file's, without keeping their aspect ratio: with no
     word, one large photo sorted first made every input (and the memory) its size."""
-    counts: dict[tuple[int, int], int] = {}
-    for wh in declared:
-        counts[wh] = counts.get(wh, 0) + 1
+    counts = Counter(declared)
     if len(counts) > 1:
-        common = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sorted(counts.items(), key=lambda c: -c[1])[:4])
+        common = ", ".join(f"{w}x{h} ({n})" for (w, h), n in counts.most_common(4))
         log.warning("the images under %s have %d sizes (width x height: %s%s); all are resized to %dx%d, the size "
                     "of the first file (%s), without keeping their aspect ratio: set dataset.image_size to choose",
                     base, len(counts), common, ", ..." if len(counts) > 4 else "", size[1], size[0], first)

@@ -95,10 +95,12 @@ def _spec(args: argparse.Namespace, *, stored: str = "never", checked: bool = Fa
 
     overrides = parse_set_options(args.overrides)
     if stored != "never" and args.spec is None and args.study:
+        from ..options import storage_source
         from ..study import stored_spec
 
         storage = flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE) or DEFAULT_STORAGE
-        spec = stored_spec(storage, args.study, overrides, missing_ok=stored == "if-exists")
+        spec = stored_spec(storage, args.study, overrides, missing_ok=stored == "if-exists",
+                           field=storage_source(args.storage))
         if spec is not None:
             return spec
     return load_spec(resolve_spec_path(args.spec), overrides, stored=checked)
@@ -169,8 +171,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from ..study import load_study, study_status
 
-    storage, study = _study_of(args)
-    loaded = load_study(study, storage)
+    storage, study, given_as = _study_of(args)
+    loaded = load_study(study, storage, field=given_as)
     status = study_status(loaded)
     if args.json:  # the sweep report's findings too (best vs start-up, importances, failure map)
         from ..report import build_report
@@ -180,13 +182,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _study_of(args: argparse.Namespace) -> tuple[str, str]:
-    """(storage, study name) from the flags, the environment or the spec (as `status`)."""
+def _study_of(args: argparse.Namespace) -> tuple[str, str, str]:
+    """(storage, study name, where the storage came from) from the flags, the environment or the spec (as
+    `status`)."""
+    from ..options import storage_source
+
     storage = flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE)  # like run/worker: keeps the password off argv
     if args.spec or args.overrides or not (storage and args.study):
         spec = _spec(args)
-        return storage or spec.study.storage, args.study or spec.study.name
-    return storage, args.study
+        return storage or spec.study.storage, args.study or spec.study.name, storage_source(args.storage)
+    return storage, args.study, storage_source(args.storage)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -195,12 +200,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..report import build_report, render_markdown
     from ..study import load_study
 
-    storage, study = _study_of(args)
+    storage, study, given_as = _study_of(args)
     if args.output:
         from ..storage import storage_file
 
         _refuse_writing_onto(args.output, {"the study's storage": storage_file(storage), "the spec": args.spec})
-    report = build_report(load_study(study, storage))
+    report = build_report(load_study(study, storage, field=given_as))
     text = json_text(report.to_dict()) if args.json else render_markdown(report)
     if args.output:  # with --json too: `--json -o FILE` printed the JSON and wrote no file
         Path(args.output).write_text(text + "\n", encoding="utf-8")

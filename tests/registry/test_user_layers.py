@@ -113,3 +113,45 @@ def test_promote_needs_the_import_and_then_registers(layered: dict[str, Any]) ->
     done = _cli(["promote", "--study", "layered", "--import", MODULE], _env(stores, with_user_code=True))
     assert done.returncode == 0, done.stderr[-3000:]
     assert MlflowClient(tracking_uri=stores.tracking_uri).search_registered_models(f"name = '{NAME}'")
+
+
+SAVE = r"""
+import sys
+import keras
+import unreg_mod
+
+@keras.saving.register_keras_serializable(package="nb")
+class Twice(keras.layers.Layer):
+    def call(self, x):
+        return x * 2.0
+
+i = keras.Input((4,))
+keras.Model(i, Twice()(i)).save(sys.argv[1] + "/main.keras")
+keras.Model(i, unreg_mod.Half()(i)).save(sys.argv[1] + "/unregistered.keras")
+"""
+
+
+def test_a_class_of_a_script_or_one_keras_never_registered_is_named(tmp_path: Path, monkeypatch) -> None:
+    """The second review of this change: Keras writes ``"module": null`` for a class defined in a script or notebook
+    (``__main__``), which was not seen as user code (exit 1, the dump); a class imported but never registered with
+    Keras gave "--import it", then the dump again once imported."""
+    from sweeps.serving import MissingUserCode, load_keras, user_classes
+
+    (tmp_path / "unreg_mod.py").write_text("import keras\n\nclass Half(keras.layers.Layer):\n"
+                                           "    def call(self, x):\n        return x * 0.5\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", SAVE, str(tmp_path)], capture_output=True, text=True, env=env,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert user_classes(tmp_path / "main.keras") == [("__main__", "Twice", "nb>Twice")]
+    with pytest.raises(MissingUserCode, match=r"Twice: defined in a script or notebook \(__main__\)"):
+        load_keras(str(tmp_path / "main.keras"))
+    with pytest.raises(MissingUserCode, match="--import unreg_mod"):
+        load_keras(str(tmp_path / "unregistered.keras"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "unreg_mod", raising=False)
+    import unreg_mod  # noqa: F401  (as --import does)
+
+    with pytest.raises(MissingUserCode, match=r"Half \(module unreg_mod\): not registered with Keras"):
+        load_keras(str(tmp_path / "unregistered.keras"))
+    monkeypatch.delitem(sys.modules, "unreg_mod")

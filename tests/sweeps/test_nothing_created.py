@@ -118,15 +118,15 @@ def test_a_searched_key_a_user_encoder_reads_or_a_built_in_choice_reads_passes_t
     from sweeps.preflight import _check_user_code
     from sweeps.spec import spec_from_dict
 
-    (tmp_path / "user_code.py").write_text(_USER_CODE)
+    (tmp_path / "unread_code.py").write_text(_USER_CODE)  # not user_code: the fixtures' package has that name
     monkeypatch.syspath_prepend(str(tmp_path))
     space = make_spec_dict()["search_space"]
-    user = {"type": "user_code:reads_embedding_dim", "embedding_dim": 8}
+    user = {"type": "unread_code:reads_embedding_dim", "embedding_dim": 8}
     dim = {"encoder.embedding_dim": {"type": "categorical", "choices": [8, 16]}}
     _check_user_code(spec_from_dict(make_spec_dict(base={"encoder": user}, search_space={
         k: v for k, v in {**space, **dim}.items() if k != "encoder.depth"})))
     _check_user_code(spec_from_dict(make_spec_dict(search_space={**space, "encoder.type": {
-        "type": "categorical", "choices": ["mlp", "user_code:reads_embedding_dim"]}})))
+        "type": "categorical", "choices": ["mlp", "unread_code:reads_embedding_dim"]}})))
     with pytest.raises(ConfigError) as refused:
         _check_user_code(spec_from_dict(make_spec_dict(base={"encoder": user}, search_space={**space, **dim})))
     assert refused.value.field == "search_space.encoder.depth"
@@ -222,6 +222,23 @@ def test_status_with_a_mistyped_sqlite_path_creates_no_file(tmp_path: Path) -> N
     _assert_refused(done, tmp_path, text="no such SQLite file")
 
 
+@pytest.mark.parametrize("command", ["status", "report", "worker"])
+def test_status_report_and_a_worker_by_name_say_where_a_bad_storage_came_from(tmp_path: Path, command: str) -> None:
+    """The second review of this change: with `storage_kind` naming its field, `status` and `report` of a spec
+    whose study.storage was bad, and a `--study` worker with a bad $OPTUNA_STORAGE, named "--storage"."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "OPTUNA_STORAGE", "MLFLOW_TRACKING_URI")}
+    by_spec = [command, str(_spec(tmp_path, study={**make_spec_dict()["study"], "storage": "redis://h/0"}))]
+    by_name = [command, "--study", "t"] if command != "worker" else [command, "--study", "t", "--quiet"]
+    for argv, extra, named in ((by_spec, {}, "study.storage"), (by_name, {"OPTUNA_STORAGE": "redis://h/0"},
+                                                                   "$OPTUNA_STORAGE"),
+                               (by_name + ["--storage", "redis://h/0"], {}, "--storage")):
+        done = subprocess.run(CLI + argv, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env={**env, **extra})
+        assert done.returncode == 2, (argv, done.stderr[-2000:])
+        assert f"error: {named}: expected sqlite:///FILE" in done.stderr, (argv, done.stderr[-2000:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "-1"])
 def test_non_finite_timeout_is_refused(tmp_path: Path, value: str) -> None:
     done = _cli(["run", str(_spec(tmp_path)), "--timeout", value, *_stores(tmp_path), "--quiet"], cwd=tmp_path)
@@ -313,8 +330,11 @@ def test_checking_user_code_keeps_the_dtype_policy_its_module_set(tmp_path: Path
     monkeypatch.syspath_prepend(str(tmp_path))
     before = keras.config.dtype_policy()
     try:
+        # without the default space's encoder.depth, which a user encoder does not read (refused)
+        space = {k: v for k, v in make_spec_dict()["search_space"].items() if k != "encoder.depth"}
         preflight(spec_from_dict(make_spec_dict(base={**make_spec_dict()["base"],
-                                                      "encoder": {"type": "user_policy:dense"}})))
+                                                      "encoder": {"type": "user_policy:dense"}},
+                                                search_space=space)))
         assert keras.config.dtype_policy().name == "mixed_bfloat16"
     finally:
         keras.config.set_dtype_policy(before)
