@@ -38,6 +38,12 @@ def storage_source(given: str | None) -> str:
     return f"${names.ENV_OPTUNA_STORAGE}" if os.environ.get(names.ENV_OPTUNA_STORAGE) else "study.storage"
 
 
+def given_storage(flag: str | None) -> tuple[str | None, str]:
+    """The storage URL of --storage, else of the environment variable (None: the spec's, which the caller reads),
+    and where it came from (`storage_source`). The environment keeps a password off command lines."""
+    return flag or os.environ.get(names.ENV_OPTUNA_STORAGE) or None, storage_source(flag)
+
+
 def options_from(spec: SweepSpec, *, trials: int | None = None, timeout: float | None = None, workers: int = 1,
                  storage: str | None = None, tracking_uri: str | None = None, study_name: str | None = None,
                  progress: bool = True, threads: int | None = None,

@@ -97,6 +97,14 @@ def require_existing(url: str, flag: str = "--storage") -> None:
         raise ConfigError(flag, f"no such {kind} file: {path}")
 
 
+def require_study_storage(url: str, field: str) -> None:
+    """`ConfigError` naming `field` unless `url` is a storage a command that only reads a study can open: a
+    known scheme and, for a file, an existing one. For a check made before the URL reaches `load_study`, which
+    does not know where it came from (`promote`, the dashboard)."""
+    storage_kind(url, field)
+    require_existing(url, field)
+
+
 # a table that tells each SQLite store apart (both also have alembic's `alembic_version`), and what to call it
 SQLITE_STORES = {"optuna": ("studies", "an Optuna storage"), "mlflow": ("experiments", "an MLflow tracking store")}
 

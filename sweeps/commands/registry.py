@@ -89,12 +89,14 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         from ..specs import resolve_spec_path
 
         spec = load_spec(resolve_spec_path(args.spec), parse_set_options(args.overrides))
+    from ..options import given_storage
     from ..spec import DEFAULT_STORAGE, DEFAULT_TRACKING_URI
 
+    storage, given_as = given_storage(args.storage)
     return {
         "study": args.study or (spec.study.name if spec else None),
-        "storage": flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE)
-        or (spec.study.storage if spec else DEFAULT_STORAGE),
+        "storage": storage or (spec.study.storage if spec else DEFAULT_STORAGE),
+        "storage_given_as": given_as,
         "tracking_uri": flag_or_env(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI)
         or (spec.tracking.uri if spec else DEFAULT_TRACKING_URI),
         # only an absent flag means the default: `--model-name ''` silently promoted to the default name
@@ -114,6 +116,11 @@ def cmd_promote(args: argparse.Namespace) -> int:
     if args.model_name is not None:
         validate_model_name(args.model_name)
     where = _resolve(args)
+    if not args.rollback or (where["model_name"] is None and where["study"]):  # a rollback by name reads no study
+        from ..storage import require_study_storage
+
+        # named as given: `promote` of the Python API (no flags) names a bad storage "--storage"
+        require_study_storage(where["storage"], where["storage_given_as"])
     if args.rollback:
         if args.force or args.metric or args.lift_rollback:
             raise ConfigError("--rollback", "takes no --force, --metric or --lift-rollback")

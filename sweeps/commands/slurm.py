@@ -75,7 +75,7 @@ def _existing_study_spec(storage: str, study: str, overrides: dict[str, Any]) ->
     from ..study import stored_spec
 
     try:
-        spec = stored_spec(storage, study, overrides, missing_ok=True)
+        spec = stored_spec(storage, study, overrides, missing_ok=True, field=f"${ENV_OPTUNA_STORAGE}")
     except InfrastructureError as exc:
         print(f"warning: could not read study {study!r}'s own spec from $OPTUNA_STORAGE here ({exc}); submitting "
               "the built-in quickstart: pass the study's spec file if it exists", file=sys.stderr)

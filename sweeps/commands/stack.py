@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from .. import names
 from ..cli import EXIT_OK
 
 
@@ -33,18 +31,18 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     import shutil
 
     from ..dashboard import dashboard_password, make_app
+    from ..options import given_storage
     from ..signals import stop_on_signals
-    from ..storage import require_existing, storage_kind
+    from ..storage import require_study_storage
 
-    storage, given_as = os.environ.get(names.ENV_OPTUNA_STORAGE), f"${names.ENV_OPTUNA_STORAGE}"
+    storage, given_as = given_storage(None)  # it has no --storage: the environment, else the spec
     if not storage:
         from ..spec import load_spec
         from ..specs import resolve_spec_path
 
         storage, given_as = load_spec(resolve_spec_path(args.spec)).study.storage, "study.storage"
     # it only shows studies: a mistyped SQLite or journal path is not created (named as given: it has no --storage)
-    storage_kind(storage, given_as)
-    require_existing(storage, given_as)
+    require_study_storage(storage, given_as)
     password, path = dashboard_password()
     try:  # SIGTERM (`timeout`, `kill`, a service manager) as Ctrl-C: it ended the process past this `finally`
         with stop_on_signals(raise_at_once=False):  # checked between requests (`sweeps.dashboard.serve`)

@@ -95,12 +95,12 @@ def _spec(args: argparse.Namespace, *, stored: str = "never", checked: bool = Fa
 
     overrides = parse_set_options(args.overrides)
     if stored != "never" and args.spec is None and args.study:
-        from ..options import storage_source
+        from ..options import given_storage
         from ..study import stored_spec
 
-        storage = flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE) or DEFAULT_STORAGE
-        spec = stored_spec(storage, args.study, overrides, missing_ok=stored == "if-exists",
-                           field=storage_source(args.storage))
+        storage, given_as = given_storage(args.storage)
+        spec = stored_spec(storage or DEFAULT_STORAGE, args.study, overrides, missing_ok=stored == "if-exists",
+                           field=given_as)
         if spec is not None:
             return spec
     return load_spec(resolve_spec_path(args.spec), overrides, stored=checked)
@@ -148,16 +148,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, on_interrupt)
     data = preflight(spec, warn=args.worker_index == 0)  # a worker process of `run --workers N` does not repeat them
 
-    from ..options import options_from, storage_source
+    from ..options import given_storage, options_from
     from ..runner import join_sweep
 
     # a budget given here is the study's, as `run --trials` sets it (`--set study.trials=N` too: it was ignored)
     budget = args.trials or (spec.study.trials if "study.trials" in parse_set_options(args.overrides) else None)
-    options = options_from(spec, trials=budget, timeout=args.timeout,
-                           storage=flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE),
+    storage, given_as = given_storage(args.storage)
+    options = options_from(spec, trials=budget, timeout=args.timeout, storage=storage,
                            tracking_uri=flag_or_env(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI),
-                           study_name=args.study, progress=not args.quiet,
-                           storage_given_as=storage_source(args.storage))
+                           study_name=args.study, progress=not args.quiet, storage_given_as=given_as)
     options.sets_budget = budget is not None
     # join_sweep sets the pools again: with None it would give this worker every usable core, and two
     # `worker --threads 1` from `run --workers 2` ran with two threads each (a trial ~20 % slower beside the other)
@@ -185,13 +184,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _study_of(args: argparse.Namespace) -> tuple[str, str, str]:
     """(storage, study name, where the storage came from) from the flags, the environment or the spec (as
     `status`)."""
-    from ..options import storage_source
+    from ..options import given_storage
 
-    storage = flag_or_env(args.storage, names.ENV_OPTUNA_STORAGE)  # like run/worker: keeps the password off argv
+    storage, given_as = given_storage(args.storage)
     if args.spec or args.overrides or not (storage and args.study):
         spec = _spec(args)
-        return storage or spec.study.storage, args.study or spec.study.name, storage_source(args.storage)
-    return storage, args.study, storage_source(args.storage)
+        return storage or spec.study.storage, args.study or spec.study.name, given_as
+    return storage, args.study, given_as
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -222,10 +222,11 @@ def test_status_with_a_mistyped_sqlite_path_creates_no_file(tmp_path: Path) -> N
     _assert_refused(done, tmp_path, text="no such SQLite file")
 
 
-@pytest.mark.parametrize("command", ["status", "report", "worker"])
+@pytest.mark.parametrize("command", ["status", "report", "worker", "promote"])
 def test_status_report_and_a_worker_by_name_say_where_a_bad_storage_came_from(tmp_path: Path, command: str) -> None:
     """The second review of this change: with `storage_kind` naming its field, `status` and `report` of a spec
-    whose study.storage was bad, and a `--study` worker with a bad $OPTUNA_STORAGE, named "--storage"."""
+    whose study.storage was bad, and a `--study` worker with a bad $OPTUNA_STORAGE, named "--storage". `promote`
+    named --storage "study.storage", and a spec's or $OPTUNA_STORAGE's missing file "--storage"."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "OPTUNA_STORAGE", "MLFLOW_TRACKING_URI")}
     by_spec = [command, str(_spec(tmp_path, study={**make_spec_dict()["study"], "storage": "redis://h/0"}))]
     by_name = [command, "--study", "t"] if command != "worker" else [command, "--study", "t", "--quiet"]
@@ -237,6 +238,22 @@ def test_status_report_and_a_worker_by_name_say_where_a_bad_storage_came_from(tm
         assert done.returncode == 2, (argv, done.stderr[-2000:])
         assert f"error: {named}: expected sqlite:///FILE" in done.stderr, (argv, done.stderr[-2000:])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+def test_promote_names_a_missing_storage_file_where_it_came_from(tmp_path: Path) -> None:
+    """`promote` named a spec's or $OPTUNA_STORAGE's missing SQLite file "--storage"; it is checked before the
+    tracking store, which does not exist here either."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "OPTUNA_STORAGE", "MLFLOW_TRACKING_URI")}
+    missing = f"sqlite:///{tmp_path}/optuan.db"
+    for argv, extra, named in ((["--set", f"study.storage={missing}"], {}, "study.storage"),
+                               (["--study", "t"], {"OPTUNA_STORAGE": missing}, "$OPTUNA_STORAGE"),
+                               (["--study", "t", "--storage", missing], {}, "--storage")):
+        done = subprocess.run(CLI + ["promote", *argv, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**env, **extra})
+        assert done.returncode == 2, (argv, done.stderr[-2000:])
+        assert done.stderr.strip().splitlines() == [f"error: {named}: no such SQLite file: {tmp_path}/optuan.db"], (
+            argv, done.stderr[-2000:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-1"])
