@@ -47,12 +47,14 @@ def resolve_spec(spec: SpecLike = None, overrides: Mapping[str, Any] | None = No
         return spec_from_data(spec.resolved_dict(), overrides, stored=True) if overrides else spec
     if isinstance(spec, Mapping):
         data: Mapping[str, Any] = spec
-        if looks_like_wandb(data):
-            data, notes = from_wandb(data)
-            # a warning: a library user has no logging set up, and Python shows warnings without it
-            (log.warning if notes else log.info)("a W&B sweep config: converted it (%s)",
-                                                 "; ".join(notes) or "nothing dropped")
-        return spec_from_data(data, overrides)
+        if not looks_like_wandb(data):
+            return spec_from_data(data, overrides)
+        data, notes = from_wandb(data)
+        resolved = spec_from_data(data, overrides)
+        # once it is valid; a warning: a library user has no logging set up, and Python shows warnings without it
+        (log.warning if notes else log.info)("a W&B sweep config: converted it (%s)",
+                                             "; ".join(notes) or "nothing dropped")
+        return resolved
     if spec is None or isinstance(spec, (str, Path)):
         from .specs import resolve_spec_path
 
@@ -98,11 +100,11 @@ def sweep(spec: SpecLike = None, *, trials: int | None = None, storage: str | No
     check_positive("timeout", timeout, whole=False)
     check_positive("threads", threads)
 
-    from .options import options_from, storage_source
+    from .options import given_storage, options_from
 
-    options = options_from(resolved, trials=trials, timeout=timeout, workers=int(workers),
-                           storage=storage or os.environ.get(names.ENV_OPTUNA_STORAGE) or None,
-                           storage_given_as=storage_source(storage),
+    url, given_as = given_storage(storage)
+    options = options_from(resolved, trials=trials, timeout=timeout, workers=int(workers), storage=url,
+                           storage_given_as=given_as,
                            tracking_uri=tracking_uri or os.environ.get(names.ENV_MLFLOW_TRACKING_URI) or None,
                            study_name=study_name, progress=progress, threads=threads)
     with _environment_kept():

@@ -35,6 +35,7 @@ from typing import Any
 from siamese_core.errors import ConfigError
 
 from .directions import better_way, metric_direction
+from .grid import values_in_grid
 
 METHODS = {"bayes": "tpe", "random": "random", "grid": "grid"}
 IGNORED_TOP = ("program", "command", "project", "entity", "description", "controller", "job")
@@ -117,6 +118,9 @@ def _grid_values(low: float, high: float, q: float, whole: bool) -> list[int | f
     return [_number_of(lo + k * step, whole) for k in range(count)]
 
 
+_ONE_KEY_EACH = "give each setting its own parameter (a dotted key such as optimizer.name, or nested parameters)"
+
+
 def _parameter(field: str, p: Any, notes: list[str], *, grid: bool = False) -> Any:
     """One W&B parameter -> a spec distribution (dict) or a fixed value; `grid`: ``method: grid``, whose W&B grid
     enumerates ``int_uniform`` and ``q_uniform`` ranges."""
@@ -124,6 +128,9 @@ def _parameter(field: str, p: Any, notes: list[str], *, grid: bool = False) -> A
         raise ConfigError(field, f"expected a mapping with value, values or min/max; received: {p!r}")
     notes.extend(f"{field}.{k} ignored: not a W&B parameter key" for k in p if k not in KNOWN_PARAMETER)
     if "value" in p:
+        if isinstance(p["value"], (Mapping, list)):  # "unknown train-config key 'encoder'" said nothing of why
+            raise ConfigError(f"{field}.value", f"a fixed value must be a single value, not a mapping or a list; "
+                                                f"{_ONE_KEY_EACH}")
         return p["value"]
     dist = p.get("distribution")
     if "values" in p:
@@ -132,8 +139,7 @@ def _parameter(field: str, p: Any, notes: list[str], *, grid: bool = False) -> A
             raise ConfigError(f"{field}.values", f"expected a non-empty list; received: {values!r}")
         if any(isinstance(v, (Mapping, list)) for v in values):  # the spec's check named the key as unknown
             raise ConfigError(f"{field}.values", "categorical choices must be single values (str, number, bool, "
-                                                 "null), not mappings or lists; give each setting its own parameter "
-                                                 "(a dotted key such as optimizer.name, or nested parameters)")
+                                                 f"null), not mappings or lists; {_ONE_KEY_EACH}")
         if "probabilities" in p:
             notes.append(f"{field}.probabilities dropped: Optuna samples categorical choices without weights")
         return {"type": "categorical", "choices": values}
@@ -269,6 +275,9 @@ def from_wandb(data: Mapping[str, Any], *, base: Mapping[str, Any] | None = None
     if early is not None:
         if not isinstance(early, Mapping) or early.get("type") != "hyperband":
             raise ConfigError("early_terminate.type", f"expected 'hyperband'; received: {early!r}")
+        if "min_iter" not in early and "max_iter" not in early:  # W&B's schema refuses it; here it pruned from 1
+            raise ConfigError("early_terminate", "hyperband needs min_iter, or max_iter with s (as W&B requires): "
+                                                 "the epoch of its first band")
         pruner: dict[str, Any] = {"type": "hyperband"}
         notes += [f"early_terminate.{k} ignored: not a W&B early_terminate key" for k in early
                   if k not in KNOWN_EARLY_TERMINATE]
@@ -284,8 +293,23 @@ def from_wandb(data: Mapping[str, Any], *, base: Mapping[str, Any] | None = None
         if "strict" in early:
             notes.append("early_terminate.strict dropped: Optuna's Hyperband has no strict mode")
         study["pruner"] = pruner
-    spec: dict[str, Any] = {"search_space": _flatten_parameters(data["parameters"], "", notes, "parameters",
-                                                                grid=method == "grid"), "study": study}
+    search = _flatten_parameters(data["parameters"], "", notes, "parameters", grid=method == "grid")
+    if not data["parameters"]:  # W&B's schema refuses it too (minProperties 1)
+        raise ConfigError("parameters", "empty: nothing to search")
+    if method == "grid":
+        # W&B runs each combination once, then ends the sweep; without run_cap the spec's default budget (10)
+        # repeated a small grid's combinations and left a larger one's unrun, without a word
+        # a range without a step is refused by the spec's grid check, naming it (counting it was a KeyError)
+        size = math.prod(values_in_grid(d) for d in search.values()
+                         if isinstance(d, Mapping) and ("choices" in d or "step" in d))
+        if "trials" not in study:
+            study["trials"] = size
+            notes.append(f"study.trials: {size}, the grid's combinations (W&B runs each once; no run_cap given)")
+        elif study["trials"] > size:
+            notes.append(f"run_cap {study['trials']} is more than the grid's {size} combinations: the sweep runs "
+                         f"{size} (W&B ends a grid once each combination has run)")
+            study["trials"] = size
+    spec: dict[str, Any] = {"search_space": search, "study": study}
     if base:
         spec["base"] = dict(base)
     return spec, notes

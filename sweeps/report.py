@@ -16,6 +16,7 @@ from typing import Any
 
 import optuna
 
+from . import best as ranking
 from . import importances, margin, names, outcomes
 from .study import best_phase, reasons_of, retried_numbers, startup_trials
 
@@ -95,11 +96,16 @@ def build_report(study: optuna.Study, status: Mapping[str, Any] | None = None) -
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     report = SweepReport(study=study.study_name, direction=study.direction.name.lower() if single else None,
                          counts=counts, startup_trials=startup_trials(study))
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.values]
+    complete, told = ranking.split_complete(study, trials)
+    if told:
+        report.notes.append(f"trial(s) {', '.join(f'#{t.number}' for t in told)} told COMPLETE outside "
+                            "siamese-sweep (Optuna's own tell or add_trial: no results recorded by a worker): not "
+                            "ranked")
     if single and complete:
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        best = study.best_trial
-        phase = best_phase(study, best, trials)
+        best = ranking.best_of(study, complete)
+        assert best is not None
+        phase = best_phase(study, best, trials, not_ranked=[t.number for t in told])
         report.best = {"number": best.number, "value": best.value, "params": dict(best.params), "phase": phase.phase}
         report.best_startup_value, report.search_trials = phase.best_startup_value, phase.searched
         if status is not None and (status.get("best") or {}).get("number") == best.number:  # not a newer best
@@ -231,7 +237,7 @@ def _suggest(study: optuna.Study, complete: list[optuna.trial.FrozenTrial], maxi
         if len(top) < 2:
             return {}
     out: dict[str, Any] = {}
-    for param, dist in (study.best_trial.distributions or {}).items():
+    for param, dist in (ranked[0].distributions or {}).items():
         used = [t.params[param] for t in top if param in t.params]
         if not used:
             continue

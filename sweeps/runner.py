@@ -20,6 +20,7 @@ import optuna
 from mlflow.entities import Metric, RunTag
 
 from . import artifacts, names, study_plots
+from .best import best_trial, pareto_front, split_complete
 from .errors import SweepFatal
 from .finisher import records_in_background
 from .launch import WorkerProcesses
@@ -82,8 +83,9 @@ def parent_best_updater(tracker: Tracker, parent_run_id: str) -> Any:
             return
         try:
             if len(study.directions) == 1:
-                best = study.best_trial
-                assert best.value is not None  # a best trial is a complete one
+                best = best_trial(study)  # of the trials siamese-sweep measured (`sweeps.best`)
+                if best is None or best.value is None:
+                    return
                 now = int(time.time() * 1000)
                 tags = {names.TAG_BEST_TRIAL: str(best.number), names.TAG_BEST_VALUE: f"{best.value:.6g}",
                         names.TAG_BEST_RUN_ID: str(best.user_attrs.get(names.TRIAL_ATTR_RUN_ID, ""))}
@@ -93,7 +95,7 @@ def parent_best_updater(tracker: Tracker, parent_run_id: str) -> Any:
                                          tags=[RunTag(k, v) for k, v in tags.items()])
             else:
                 tracker.client.log_batch(parent_run_id, tags=[RunTag(names.TAG_PARETO_TRIALS, ",".join(
-                    str(t.number) for t in study.best_trials))])
+                    str(t.number) for t in pareto_front(study, split_complete(study)[0])))])
         except Exception as exc:  # noqa: BLE001 - the parent summary is refreshed at the end anyway
             log.warning("could not update the parent run: %s", exc)
     return update
@@ -173,12 +175,8 @@ class Progress:
 
 
 def _postfix(study: optuna.Study) -> str:
-    try:
-        if len(study.directions) == 1 and any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
-            return f"best={study.best_value:.4f}"
-    except ValueError:
-        pass
-    return ""
+    best = best_trial(study) if len(study.directions) == 1 else None  # of the measured trials (`sweeps.best`)
+    return "" if best is None else f"best={best.values[0]:.4f}"
 
 
 # ----------------------------------------------------------------- run
@@ -211,10 +209,10 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None,
     tracker = Tracker(options.tracking_uri)
     study = opened.study
     if opened.created:  # at once: a worker that joins meanwhile without --trials would write the spec's
-        set_trial_budget(study, options.trials)
+        set_trial_budget(study, options.trials, spec)
     experiment_id, parent = ensure_parent_run(opened, tracker, spec)
     if not opened.created:  # after the check that its parent run is in this tracking store
-        set_trial_budget(study, options.trials)
+        set_trial_budget(study, options.trials, spec)
     tracker.retry("reopen parent", lambda: tracker.client.update_run(parent, status=RUN_RUNNING))
     log.info("study %r on %s; MLflow experiment %r on %s", study.study_name, mask_url(options.storage),
              spec.experiment_for(study.study_name), mask_url(options.tracking_uri))

@@ -80,11 +80,20 @@ RETRY_BACKOFF_S = 15
 # what the tasks read from the environment sbatch exports (values never enter the script)
 CONNECTION_ENV = (names.ENV_OPTUNA_STORAGE, names.ENV_MLFLOW_TRACKING_URI, names.ENV_MLFLOW_TRACKING_USERNAME,
                   names.ENV_MLFLOW_TRACKING_PASSWORD)
-FILE_SUFFIX = "_FILE"
+FILE_SUFFIX = names.SECRET_FILE_SUFFIX
 
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 _SBATCH_VALUE = re.compile(r"^[^\s'\"\\]+$")
 _MEM = re.compile(r"[0-9]+[KMGTkmgt]?")  # sbatch --mem: a size, units K, M, G or T (default M)
+
+
+# the #SBATCH options `render_script` writes itself, and the flag that sets each: one given again through
+# --sbatch-arg would win (sbatch takes the last), and the job would not be the one this command describes
+RENDERED_OPTIONS = {"--array": "--tasks, --max-concurrent", "--job-name": "--job-name", "--output": "--output",
+                    "--ntasks": "one worker per task", "--cpus-per-task": "--cpus-per-task", "--time": "--time",
+                    "--partition": "--partition", "--gpus-per-task": "--gpus-per-task", "--mem": "--mem",
+                    "--signal": "--preempt-signal-seconds", "--requeue": "--requeue / --no-requeue",
+                    "--no-requeue": "--requeue / --no-requeue", "--open-mode": "append, for retries' logs"}
 
 
 class SlurmError(InfrastructureError, RuntimeError):
@@ -104,8 +113,12 @@ _SBATCH_REFUSED_INPUT = re.compile(r"Batch job submission failed: (Invalid (?!.*
 def job_environment(env: Mapping[str, str]) -> dict[str, str]:
     """What sbatch exports to the tasks: `env` without each secret the CLI read from its ``*_FILE`` (the CLI sets
     ``NAME`` from the file for its own use). Only the path travels, as docs/cluster.md says: the job environment,
-    which Slurm's admins can read, held the password the file was meant to keep out of it."""
-    return {k: v for k, v in env.items() if not (k in names.SECRET_ENV and env.get(k + FILE_SUFFIX))}
+    which Slurm's admins can read, held the password the file was meant to keep out of it. A relative ``*_FILE``
+    path is made absolute: each task runs in a temporary folder, where `storage-url` named no file (exit 2 in
+    every task, after submit said nothing)."""
+    secret_files = {name + FILE_SUFFIX for name in names.SECRET_ENV}
+    return {k: (os.path.abspath(v) if k in secret_files and v else v) for k, v in env.items()
+            if not (k in names.SECRET_ENV and env.get(k + FILE_SUFFIX))}
 
 
 @dataclass(frozen=True)
@@ -164,6 +177,13 @@ class SlurmOptions:
             if not value.startswith("--") or "\n" in value or not _SBATCH_VALUE.match(value):
                 raise ConfigError("--sbatch-arg", f"expected one long sbatch option such as --account=NAME "
                                                   f"(no spaces or quotes); received: {value!r}")
+            given = value.split("=", 1)[0]
+            # sbatch takes the last of a repeated option: --array=0-5 queued 6 tasks where this command said 2, and
+            # --job-name or --output moved what the docs point at. By name: a prefix may be an option of its own
+            # (--gpus, per job, beside --gpus-per-task)
+            if given in RENDERED_OPTIONS:
+                raise ConfigError("--sbatch-arg", f"{given} is written by siamese-sweep slurm submit "
+                                                  f"({RENDERED_OPTIONS[given]}); received: {value!r}")
         for line in self.setup:
             if "\n" in line or "\r" in line:
                 raise ConfigError("--setup", "one shell line per --setup (repeat the flag for more)")
@@ -235,6 +255,9 @@ def _is_local_file_url(url: str) -> bool:
 class ClusterCheck:
     warnings: tuple[str, ...] = ()
     required_env: tuple[str, ...] = ()  # the script stops with exit 2 if a task lacks all of these
+    # where the tasks run their worker: a SQLite tracking store's folder, for MLflow puts its artifacts in
+    # ./mlruns of the working directory, and the task's own one is deleted when it ends (every model was lost)
+    workdir: str | None = None
 
 
 def check_spec_for_cluster(spec: SweepSpec, text: str, env: Mapping[str, str]) -> ClusterCheck:
@@ -255,6 +278,7 @@ def check_spec_for_cluster(spec: SweepSpec, text: str, env: Mapping[str, str]) -
                                                     "(or *_FILE) in the environment instead")
     warnings: list[str] = []
     required: list[str] = []
+    workdir = None
     for env_name, spec_field, spec_value in ((names.ENV_OPTUNA_STORAGE, "study.storage", spec.study.storage),
                                               (names.ENV_MLFLOW_TRACKING_URI, "tracking.uri", spec.tracking.uri)):
         if env.get(env_name + FILE_SUFFIX) and not env.get(env_name):
@@ -271,7 +295,14 @@ def check_spec_for_cluster(spec: SweepSpec, text: str, env: Mapping[str, str]) -
         if _is_local_file_url(value):
             warnings.append(f"{where} = {mask_url(value)!r} is a file: every task must see the same file "
                             f"(one node, or a shared file system with working locks)")
-    return ClusterCheck(tuple(warnings), tuple(required))
+            from .storage import sqlite_path  # as `_is_relative_file_url`: Optuna's storages load with it
+
+            path = sqlite_path(value) if env_name == names.ENV_MLFLOW_TRACKING_URI else None
+            if path is not None:
+                workdir = str(path.parent)
+                warnings.append(f"the tasks run their worker in {workdir}: a SQLite tracking store keeps its "
+                                f"artifacts (models, plots) in ./mlruns of the working directory")
+    return ClusterCheck(tuple(warnings), tuple(required), workdir)
 
 
 # ------------------------------------------------------------------ rendering
@@ -292,10 +323,12 @@ def _env_guard(names: tuple[str, ...]) -> str:
     return "\n".join(lines) or "# (no connection variables required)"
 
 
-def render_script(spec_text: str, options: SlurmOptions, *, required_env: tuple[str, ...] = ()) -> str:
+def render_script(spec_text: str, options: SlurmOptions, *, required_env: tuple[str, ...] = (),
+                  workdir: str | None = None) -> str:
     """The sbatch script: #SBATCH lines, the embedded spec, and a loop that runs and supervises one worker.
 
-    `required_env`: variables (each, or its ``*_FILE`` twin) a task must find in its environment.
+    `required_env`: variables (each, or its ``*_FILE`` twin) a task must find in its environment; `workdir`: the
+    folder the worker runs in (`ClusterCheck.workdir`), else the task's temporary one.
     """
     options.validate()
     o = options
@@ -317,7 +350,10 @@ def render_script(spec_text: str, options: SlurmOptions, *, required_env: tuple[
     setup = "\n".join(o.setup)
     lines = ["#!/bin/bash", *(f"#SBATCH {d}" for d in directives), _HEADER.format(
         study=o.study, tasks=o.tasks, retries=o.retries, env=", ".join(CONNECTION_ENV))]
+    chdir = ("" if workdir is None else f"# a SQLite tracking store's artifacts go to ./mlruns: beside it, not in "
+             f"$work (deleted at exit)\ncd {shlex.quote(workdir)} || exit 2\n")
     lines.append(_BODY.format(spec=spec_text.rstrip("\n"), tag=tag, setup=setup or "# (no --setup lines)",
+                              chdir=chdir,
                               guard=_env_guard(required_env),
                               worker=worker, study=shlex.quote(o.study), cpus=o.cpus_per_task,
                               budget="" if o.trials is None else f" --trials {int(o.trials)}",
@@ -347,7 +383,7 @@ cat > "$work/spec.yaml" <<'{tag}'
 {tag}
 cd "$work" || exit 1
 {setup}
-
+{chdir}
 worker=""    # pid of the running worker
 stop=""      # set once a stop was asked for: no retry after that
 pending=0    # a trapped signal interrupted `wait`

@@ -7,6 +7,7 @@ holds (e.g. ``loss.margin`` only for margin losses).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
@@ -16,6 +17,7 @@ import optuna
 from siamese_core.config import TrainConfig
 from siamese_core.errors import ConfigError
 
+from .grid import values_in_grid
 from .spec import Distribution, SweepSpec
 
 
@@ -81,11 +83,17 @@ def active_first_values(spec: SweepSpec, config: TrainConfig, given: Mapping[str
 
 
 def grid_size(d: Distribution) -> int:
-    """How many values `d` has in a grid, without listing them (a fine step over a wide range is billions)."""
-    if d.type == "categorical":
-        return len(d.choices or ())
-    assert d.low is not None and d.high is not None and d.step is not None  # the grid sampler's check
-    return int((Decimal(str(d.high)) - Decimal(str(d.low))) // Decimal(str(d.step))) + 1
+    """How many values `d` has in a grid (`sweeps.grid.values_in_grid`)."""
+    if d.type != "categorical":
+        assert d.low is not None and d.high is not None and d.step is not None  # the grid sampler's check
+    return values_in_grid({"type": d.type, "choices": d.choices, "low": d.low, "high": d.high, "step": d.step})
+
+
+def grid_combinations(spec: SweepSpec) -> int | None:
+    """How many trials the grid sampler has to run (each combination once), None for another sampler."""
+    if spec.study.sampler.type != "grid":
+        return None
+    return math.prod(grid_size(d) for d in spec.distributions().values())
 
 
 def grid_values(spec: SweepSpec) -> dict[str, list[Any]]:

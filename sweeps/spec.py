@@ -588,13 +588,16 @@ def load_spec(path: str | Path | None, overrides: Mapping[str, Any] | None = Non
     ``--set base.dataset=digits`` and the like apply to the converted spec.
     """
     data = read_yaml_mapping(path, what="sweep spec") if path is not None else {}
+    notes = None
     if looks_like_wandb(data):
         data, notes = from_wandb(data)
+    spec = spec_from_data(data, overrides, base_dir=Path(path).resolve().parent if path is not None else None,
+                          stored=stored)
+    if notes is not None:  # once it is valid: a refused file is one line (it was this one, then the error)
         (log.warning if notes else log.info)(  # as in `sweeps.api.resolve_spec`: shown without logging set up
             "%s is a W&B sweep file: converted it (siamese-sweep convert %s prints the spec)%s", path, path,
             "".join(f"; {note}" for note in notes))
-    return spec_from_data(data, overrides, base_dir=Path(path).resolve().parent if path is not None else None,
-                          stored=stored)
+    return spec
 
 
 def spec_from_data(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, *,

@@ -18,6 +18,8 @@ import optuna
 
 from siamese_core.errors import ConfigError
 
+from .best import split_complete
+
 if TYPE_CHECKING:
     from .spec import SweepSpec
 
@@ -54,8 +56,12 @@ class StudyStop:
         """None while the study should go on; `assume`: finished trials not yet told (a worker's trial whose
         recording runs in the background), so the study stops after the same trial as it would in line."""
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        trials = study.get_trials(deepcopy=False, states=_DONE) + list(assume)
-        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+        stored = study.get_trials(deepcopy=False, states=_DONE)
+        trials = stored + list(assume)
+        # the measured ones (`sweeps.best`): a value told through Optuna's API stopped the study at a "target" its
+        # status never showed; an assumed trial is this worker's own, measured, its recording still running
+        complete = [t for t in split_complete(study, stored)[0] + list(assume)
+                    if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
         best = None
         if complete:
             best = (max if maximize else min)(complete, key=lambda t: float(t.value or 0.0))

@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,11 +20,13 @@ import optuna
 
 from siamese_core.errors import ConfigError
 
+from . import best as ranking
 from . import names, outcomes, pruners, samplers
 from .errors import TrackingUnavailable
 from .liveness import gone_from_here
 from .margin import best_margin
 from .secrets import mask_url
+from .space import grid_combinations
 from .spec import SweepSpec, enqueued_params, spec_differences, spec_from_data
 from .storage import make_storage, require_existing, retried_trial_number, sqlite_path, storage_file
 from .tracking import Tracker
@@ -145,16 +147,35 @@ def check_same_spec(study: optuna.Study, spec: SweepSpec, *, wait_s: float = SPE
         study.set_user_attr(names.STUDY_ATTR_SPEC, spec.portable())
         study.set_user_attr(names.STUDY_ATTR_SPEC_HASH, spec.identity())
         return
-    if stored == spec.identity():
+    _refuse_if_another(study.study_name, attrs, spec)
+
+
+def _refuse_if_another(study_name: str, attrs: dict[str, Any], spec: SweepSpec) -> None:
+    """`ConfigError` if the study's stored spec (in its user `attrs`) is not `spec`."""
+    stored = attrs.get(names.STUDY_ATTR_SPEC_HASH)
+    if stored is None or stored == spec.identity():
         return
     diff = spec_differences(attrs.get(names.STUDY_ATTR_SPEC) or {}, spec.portable())
     if not diff and attrs.get(names.STUDY_ATTR_SPEC):  # only fields newer than the study, at their defaults
         return
     shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
-    raise ConfigError("spec", f"study {study.study_name!r} was created with another spec (differs in: "
+    raise ConfigError("spec", f"study {study_name!r} was created with another spec (differs in: "
                               f"{shown or 'its stored hash'}); join it with 'siamese-sweep worker --study "
-                              f"{study.study_name}' and no spec file (its own spec is stored with it), or use "
+                              f"{study_name}' and no spec file (its own spec is stored with it), or use "
                               f"another --study name")
+
+
+def refuse_another_spec(storage_url: str, study_name: str, spec: SweepSpec, *, field: str | None = None) -> None:
+    """`check_same_spec` without opening a study for writing: for `slurm submit`, whose tasks' workers would each
+    refuse the spec. No such study (or storage file): nothing to compare."""
+    path = storage_file(storage_url)
+    if path is not None and not path.exists():
+        return
+    try:
+        study = optuna.load_study(study_name=study_name, storage=make_storage(storage_url, field=field))
+    except KeyError:
+        return
+    _refuse_if_another(study_name, study.user_attrs, spec)
 
 
 def stored_spec(storage_url: str, study_name: str, overrides: dict[str, Any] | None = None, *,
@@ -290,11 +311,21 @@ def trial_budget(study: optuna.Study, default: int) -> int:
     return int(study.user_attrs.get(names.STUDY_ATTR_BUDGET, default))
 
 
-def set_trial_budget(study: optuna.Study, budget: int) -> None:
+def set_trial_budget(study: optuna.Study, budget: int, spec: SweepSpec | None = None) -> None:
     """Store the study's global COMPLETE + PRUNED budget (`run --trials`, `worker --trials`). One below what the
     study has done is kept (it is what the user asked), with a warning: `worker --trials 3` on a study of 4 done
-    trials ran nothing and exited 0 without a word."""
+    trials ran nothing and exited 0 without a word. With `spec`'s grid sampler, at most its combinations (and
+    enqueued trials), each run once: a budget above it (the default 10 over a grid of 4) re-ran combinations, and
+    Optuna only warned."""
     before = study.user_attrs.get(names.STUDY_ATTR_BUDGET)
+    combinations = grid_combinations(spec) if spec is not None else None
+    if spec is not None and combinations is not None and budget > combinations + len(spec.study.enqueue):
+        cap = combinations + len(spec.study.enqueue)
+        if before is None or int(before) != cap:  # said once, by whichever process stores it first
+            log.warning("the grid has %d combination(s)%s, each run once: the study's budget is %d trials, not %d",
+                        combinations, f" and {len(spec.study.enqueue)} enqueued trial(s)" if spec.study.enqueue
+                        else "", cap, budget)
+        budget = cap
     study.set_user_attr(names.STUDY_ATTR_BUDGET, int(budget))
     if before is not None and int(before) != int(budget):
         log.warning("study %s: trial budget %s -> %d", study.study_name, before, budget)
@@ -392,9 +423,10 @@ class BestPhase:
 
 
 def best_phase(study: optuna.Study, best: optuna.trial.FrozenTrial,
-               trials: list[optuna.trial.FrozenTrial]) -> BestPhase:
+               trials: list[optuna.trial.FrozenTrial], *, not_ranked: Collection[int] = ()) -> BestPhase:
     """`best`'s phase in a single-objective `study`; `trials` are its trials as the caller read them (status and
-    report share this; only COMPLETE and PRUNED ones count)."""
+    report share this; only COMPLETE and PRUNED ones count). The values of `not_ranked` trials (told outside
+    siamese-sweep, `sweeps.best`) are not the start-up's best; they still count where the sampler counts them."""
     startup = startup_trials(study)
     if startup is None:
         return BestPhase(None, None, None)
@@ -412,7 +444,8 @@ def best_phase(study: optuna.Study, best: optuna.trial.FrozenTrial,
         return bisect.bisect_left(finished, t.number if number is None else number) < startup
 
     early = [float(t.value) for t in trials if t.state == S.COMPLETE and random_start(t)
-             and t.value is not None and t.system_attrs.get(names.SYSTEM_ATTR_FIXED_PARAMS) is None]
+             and t.value is not None and t.number not in not_ranked
+             and t.system_attrs.get(names.SYSTEM_ATTR_FIXED_PARAMS) is None]
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     searched = sum(1 for t in trials if t.state in (S.COMPLETE, S.PRUNED) and not random_start(t))
     phase = ("enqueued" if best.system_attrs.get(names.SYSTEM_ATTR_FIXED_PARAMS) is not None
@@ -431,20 +464,23 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
                            "stopped": study.user_attrs.get(names.STUDY_ATTR_STOPPED),
                            "move_unfinished": unfinished_move(study)}
     trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    complete, told = ranking.split_complete(study, trials)
+    # COMPLETE with a value siamese-sweep never measured (Optuna's own tell or add_trial): shown, never the best
+    out["not_ranked"] = [t.number for t in told]
     if len(study.directions) == 1:
         out["best"] = None  # the key is always there (`status --json` had none before a trial completed)
     if complete:
         if len(study.directions) == 1:
-            best = study.best_trial
+            best = ranking.best_of(study, complete)
+            assert best is not None
             out["best"] = _trial_summary(best)
-            phase = best_phase(study, best, trials)
+            phase = best_phase(study, best, trials, not_ranked=out["not_ranked"])
             out["startup_trials"], out["best"]["phase"] = phase.startup_trials, phase.phase
             out["best_startup_value"], out["search_trials"] = phase.best_startup_value, phase.searched
             lead = best_margin(study, complete)  # is its lead over the runner-up more than sampling noise?
             out["margin"] = None if lead is None else lead.to_dict()
         else:
-            out["best_trials"] = [_trial_summary(t) for t in study.best_trials]
+            out["best_trials"] = [_trial_summary(t) for t in ranking.pareto_front(study, complete)]
     reason = reasons_of(study, trials)
     # epoch: the last one reported (counted from 0, as the prune message and the MLflow step); None before any
     out["reasons"] = {t.number: {"state": t.state.name, "reason": reason(t), "epoch": t.last_step}

@@ -25,6 +25,7 @@ import optuna
 from mlflow.entities import RunTag
 
 from . import artifacts, names, outcomes
+from .best import best_trial
 from .checkpoints import shared_through_mlflow
 from .errors import InvalidTrialConfig, SweepFatal, TrackingUnavailable
 from .finisher import Deferred, Finisher, Heartbeat, LookAhead, as_told, records_in_background
@@ -254,9 +255,9 @@ def _run_worker(spec: SweepSpec, opened: OpenedStudy, tracker: Tracker, *, budge
                 data_cache: DataCache | None, at_last_finish: AtLastFinish | None) -> WorkerReport:
     study = opened.study
     if budget is not None:
-        set_trial_budget(study, budget)
+        set_trial_budget(study, budget, spec)
     elif names.STUDY_ATTR_BUDGET not in study.user_attrs:
-        study.set_user_attr(names.STUDY_ATTR_BUDGET, spec.study.trials)
+        set_trial_budget(study, spec.study.trials, spec)
     experiment_id, parent_run_id = ensure_parent_run(opened, tracker, spec)
     check_write_access(tracker, parent_run_id, study_uid(study))
     link_dashboard(opened, tracker, parent_run_id)
@@ -544,11 +545,9 @@ def log_outcome(study: optuna.Study, frozen: optuna.trial.FrozenTrial, error: Ba
         value = frozen.values[0] if frozen.values and len(frozen.values) == 1 else frozen.values
         best = ""
         if len(study.directions) == 1:
-            try:
-                best_trial = study.best_trial
-                best = f" Best is trial {best_trial.number} with value: {best_trial.value}."
-            except ValueError:
-                pass
+            top = best_trial(study)  # of the trials siamese-sweep measured (`sweeps.best`)
+            if top is not None:
+                best = f" Best is trial {top.number} with value: {top.value}."
         logger.info("Trial %d finished with value%s: %s and parameters: %s.%s", frozen.number,
                     "" if frozen.values and len(frozen.values) == 1 else "s", value, frozen.params, best)
     elif frozen.state == optuna.trial.TrialState.PRUNED:

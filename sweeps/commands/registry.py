@@ -267,7 +267,7 @@ def read_sample(path_str: str, shape: tuple[int, ...], dtype: str, meta: dict[st
     if suffix == ".npy":
         try:
             x = np.load(path, allow_pickle=False)
-        except ValueError as exc:
+        except (ValueError, EOFError) as exc:  # numpy: EOFError for an empty file (exit 1 before)
             raise DataError(path_str, f"{what}: not a readable .npy array ({exc})") from None
     elif suffix in IMAGE_SUFFIXES:
         if len(shape) not in (2, 3):

@@ -85,12 +85,28 @@ def _existing_study_spec(storage: str, study: str, overrides: dict[str, Any]) ->
     return spec.model_copy(update={"study": spec.study.model_copy(update={"storage": DEFAULT_STORAGE})})
 
 
+def _refuse_another_spec(storage: str, study: str, spec: SweepSpec) -> None:
+    """`ConfigError` if `study` exists in `storage` with another spec: every task's worker refused it (exit 2),
+    after the whole array had queued. A storage this host cannot reach is left to the tasks, with a warning."""
+    from siamese_core.errors import InfrastructureError
+
+    from ..study import refuse_another_spec
+
+    try:
+        refuse_another_spec(storage, study, spec, field=f"${ENV_OPTUNA_STORAGE}")
+    except InfrastructureError as exc:
+        print(f"warning: could not compare the spec with study {study!r}'s own here ({exc}); each task's worker "
+              "compares it", file=sys.stderr)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     import shlex
 
     from siamese_core.config import parse_set_options
+    from siamese_core.errors import ConfigError
 
     from ..slurm import (
+        FILE_SUFFIX,
         SlurmOptions,
         check_spec_for_cluster,
         describe,
@@ -106,8 +122,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
     overrides = parse_set_options(args.overrides)
     if args.trials is not None:
         if args.trials < 1:
-            from siamese_core.errors import ConfigError
-
             raise ConfigError("--trials", f"expected a positive number; received: {args.trials}")
         overrides["study.trials"] = args.trials
     spec = None
@@ -135,12 +149,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
     check = check_spec_for_cluster(spec, text, os.environ)
     for warning in check.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    names = exported_names(env, options.sbatch_args)
+    unexported = [name for name in check.required_env if name not in names and name + FILE_SUFFIX not in names]
+    if unexported:  # every task would stop with exit 2, after the whole array had queued
+        # named where the export came from: sbatch reads $SBATCH_EXPORT before the script's lines
+        raise ConfigError("$SBATCH_EXPORT" if env.get("SBATCH_EXPORT") else "--sbatch-arg",
+                          f"the job's --export passes none of {', '.join(unexported)} (or its {FILE_SUFFIX} twin) "
+                          f"that the tasks need: add them to --export")
+    if args.spec is not None and args.study and storage:
+        _refuse_another_spec(storage, args.study, spec)
     text = spec_yaml(spec, from_env=check.required_env)
-    script = render_script(text, options, required_env=check.required_env)
+    script = render_script(text, options, required_env=check.required_env, workdir=check.workdir)
     if args.dry_run:
         print(script)
         return EXIT_OK
-    names = exported_names(env, options.sbatch_args)
     job_id = submit(script, env=env)
     if args.json:
         print_json(describe(job_id, options))

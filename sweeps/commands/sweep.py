@@ -307,6 +307,9 @@ def _report(status: dict, as_json: bool) -> None:
             print(f"    {lead}")
         for k, v in best["params"].items():
             print(f"    {k} = {v}")
+    if status.get("not_ranked"):
+        print(f"not ranked: trial(s) {', '.join(f'#{n}' for n in status['not_ranked'])} told COMPLETE outside "
+              "siamese-sweep (Optuna's own tell or add_trial): no results recorded by a worker")
     metrics = status.get("metrics") or []
     for b in status.get("best_trials", []):
         values = b["values"] or []

@@ -17,6 +17,7 @@ import optuna
 from siamese_core.errors import ConfigError
 
 from .. import names
+from ..best import measured, split_complete
 from ..directions import sort_key
 from ..margin import best_margin
 from ..reevaluation import (
@@ -103,6 +104,14 @@ def pick_candidate(study: optuna.Study, metric: str | None, *, recorded: Recorde
     """The best trial `promote` may use, and the better ones it skipped (with why)."""
     skipped = []
     for t in rank_trials(study, metric, recorded=recorded):
+        if not measured(t):
+            skipped.append({"trial": t.number, "reason": "no results recorded by a siamese-sweep worker (told "
+                                                         "COMPLETE through Optuna's own API?)"})
+            continue
+        if not t.user_attrs.get(names.TRIAL_ATTR_RUN_ID):  # read below: a deleted attribute was a KeyError (exit 1)
+            skipped.append({"trial": t.number, "reason": "no MLflow run (a run `move` could not copy, or an "
+                                                         "attribute deleted)"})
+            continue
         if not t.user_attrs.get(names.TRIAL_ATTR_MODEL_URI):
             skipped.append({"trial": t.number, "reason": "no logged model (tracking.log_models: false?)"})
             continue
@@ -129,7 +138,7 @@ def gather(study_name: str, *, storage: str, tracking_uri: str, model_name: str 
                     first, objective_counterpart(first))
     reg = Registry(tracking_uri, model_name or model_name_for(study, study_name))
     trial, skipped = pick_candidate(study, metric, recorded=_recorded_val(reg.client))
-    run_id: str = trial.user_attrs[names.TRIAL_ATTR_RUN_ID]  # a COMPLETE trial always has its run
+    run_id: str = trial.user_attrs[names.TRIAL_ATTR_RUN_ID]  # a measured trial has its run (`pick_candidate`)
     model_uri = trial.user_attrs[names.TRIAL_ATTR_MODEL_URI]
     model_id = model_id_from_uri(model_uri)
     pairs = build_eval_pairs(trial_config(reg.client, run_id), what=f"trial #{trial.number}",
@@ -171,8 +180,7 @@ def _lead(study: optuna.Study, candidate: optuna.trial.FrozenTrial, metric: str 
     its objective, ranked by that objective (None for a candidate that is not, or a study without a margin)."""
     if not by_objective(study) or (metric is not None and metric != objective_counterpart(study_metric(study))):
         return None
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    lead = best_margin(study, complete)
+    lead = best_margin(study, split_complete(study)[0])  # as `status` measures it: among the measured trials
     return lead.to_dict() if lead is not None and lead.best == candidate.number else None
 
 

@@ -134,6 +134,11 @@ def test_no_requeue_and_defaults() -> None:
     ({"study": "it's"}, "--study"),  # every task's `worker --study` refused it (exit 2), after the submit
     ({"study": ""}, "--study"),
     ({"mem": "lots"}, "--mem"),  # was `#SBATCH --mem=lots`
+    # options the script writes itself: sbatch takes the last (--array=0-5 queued 6 tasks where it said 2)
+    ({"sbatch_args": ("--array=0-5",)}, "--sbatch-arg"),
+    ({"sbatch_args": ("--account=ml", "--job-name=x")}, "--sbatch-arg"),
+    ({"sbatch_args": ("--output=elsewhere.out",)}, "--sbatch-arg"),
+    ({"sbatch_args": ("--no-requeue",)}, "--sbatch-arg"),
 ])
 def test_bad_options_are_config_errors_naming_the_flag(kwargs: dict, flag: str) -> None:
     from siamese_core.errors import ConfigError
@@ -141,6 +146,13 @@ def test_bad_options_are_config_errors_naming_the_flag(kwargs: dict, flag: str) 
     with pytest.raises(ConfigError) as err:
         render_script("a: 1\n", SlurmOptions(**{"study": "s", "tasks": 1, **kwargs}))
     assert err.value.field == flag
+
+
+def test_other_sbatch_options_pass() -> None:
+    script = render_script("a: 1\n", SlurmOptions(study="s", tasks=1, sbatch_args=(
+        "--account=ml", "--qos=low", "--mem-per-cpu=2G", "--exclusive", "--time-min=10", "--gpus=1")))
+    assert "#SBATCH --account=ml" in script and "#SBATCH --time-min=10" in script
+    assert "#SBATCH --gpus=1" in script  # GPUs per job: an option of its own, not --gpus-per-task abbreviated
 
 
 def test_memory_sizes_slurm_takes_are_accepted() -> None:
@@ -432,3 +444,69 @@ def test_an_existing_study_on_a_password_protected_server_or_an_unreachable_one(
     assert res.returncode == 0, res.stderr
     assert "could not read study 'moved-pg'" in res.stderr and "secretpw" not in res.stdout + res.stderr
     assert "fashion_mnist" in res.stdout  # the quickstart, as before
+
+
+def test_a_sqlite_tracking_store_keeps_its_artifacts_beside_it(stub: Path, tmp_path: Path) -> None:
+    """MLflow puts a SQLite store's artifacts in ./mlruns of the working directory: the task's temporary one,
+    deleted at its end with every model (promote then failed: "No such artifact")."""
+    spec = load_spec(ROOT / "sweeps/specs/digits-smoke.yaml")
+    store = tmp_path / "stores"
+    store.mkdir()
+    env = {"OPTUNA_STORAGE": "postgresql://u@db/optuna", "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db"}
+    check = check_spec_for_cluster(spec, spec_yaml(spec), env)
+    assert check.workdir == str(store)
+    assert any(f"the tasks run their worker in {store}" in w for w in check.warnings)
+    assert check_spec_for_cluster(spec, spec_yaml(spec), {**env, "MLFLOW_TRACKING_URI": "http://m:5000"}
+                                  ).workdir is None
+    options = SlurmOptions(study="s", tasks=1, worker_command=(sys.executable, str(stub)), retry_backoff_s=0)
+    code, err = _run(render_script(spec_yaml(spec), options, workdir=check.workdir), tmp_path, STUB_EXITS="0")
+    assert code == 0, err
+    (event,) = _events(tmp_path / "stub.log")
+    assert event["cwd"] == str(store) and event["argv"][1].startswith(str(tmp_path / "siamese-sweep."))
+    assert not list(tmp_path.glob("siamese-sweep.*"))
+
+
+def test_submit_refuses_what_every_task_would_refuse(tmp_path: Path) -> None:
+    """Each was submitted (exit 0), then every task stopped with exit 2: a spec file other than the existing
+    study's, a job whose --export passes none of the connection variables, and a relative *_FILE path (the tasks
+    run in a temporary folder)."""
+    import optuna
+
+    from sweeps import names
+    from sweeps.slurm import job_environment
+    from sweeps.specs import resolve_spec_path
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    smoke = load_spec(resolve_spec_path("digits-smoke"))
+    study = optuna.create_study(study_name="there", storage=storage, direction="maximize")
+    study.set_user_attr(names.STUDY_ATTR_SPEC, smoke.portable())
+    study.set_user_attr(names.STUDY_ATTR_SPEC_HASH, smoke.identity())
+    env = {**os.environ, "OPTUNA_STORAGE": storage, "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+           "PYTHONPATH": str(ROOT)}
+
+    def submit(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "sweeps.cli", "slurm", "submit", "--tasks", "2", *extra,
+                               "--dry-run"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    done = submit("digits-smoke", "--study", "there", "--set", "base.epochs=5")
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "error: spec: study 'there' was created with another spec (differs in: base.epochs)"), done.stderr
+    assert submit("digits-smoke", "--study", "there", "--trials", "9").returncode == 0  # its own spec, a budget
+    assert submit("digits-smoke", "--study", "elsewhere", "--set", "base.epochs=5").returncode == 0  # a new study
+    done = submit("digits-smoke", "--study", "there", "--sbatch-arg=--export=NONE")
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
+        "error: --sbatch-arg: the job's --export passes none of OPTUNA_STORAGE, MLFLOW_TRACKING_URI (or its _FILE "
+        "twin) that the tasks need: add them to --export"), done.stderr
+    assert submit("digits-smoke", "--study", "there",
+                  "--sbatch-arg=--export=OPTUNA_STORAGE,MLFLOW_TRACKING_URI").returncode == 0
+    env["SBATCH_EXPORT"] = "NONE"  # what sbatch reads before the script's lines: named, not --sbatch-arg
+    done = submit("digits-smoke", "--study", "there")
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(
+        "error: $SBATCH_EXPORT: the job's --export passes none of"), done.stderr
+    del env["SBATCH_EXPORT"]
+    relative = job_environment({"OPTUNA_STORAGE_FILE": "storage-url", "MLFLOW_TRACKING_URI_FILE": "/abs/url",
+                                "OTHER_FILE": "x"})
+    assert relative == {"OPTUNA_STORAGE_FILE": os.path.abspath("storage-url"), "MLFLOW_TRACKING_URI_FILE": "/abs/url",
+                        "OTHER_FILE": "x"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["optuna.db"]

@@ -233,6 +233,14 @@ def test_job_array_of_two_workers_meets_the_exact_budget(slurm_cluster, make_swe
     assert states.count(S.COMPLETE) + states.count(S.PRUNED) == 3, [(t.number, t.state.name) for t in study.trials]
     assert S.RUNNING not in states and S.WAITING not in states
     sweep.assert_no_run_left_running()
+    # a SQLite tracking store's artifacts go to ./mlruns of the worker's working directory: it was the task's
+    # temporary folder, deleted at its end, with every run's files (the review of session 46)
+    client = sweep.client()
+    experiment = client.get_experiment_by_name(f"siamese-sweep/{sweep.name}")
+    where = experiment.artifact_location.removeprefix("file://")
+    assert where.startswith(str(tmp_path / "mlruns")), experiment.artifact_location
+    done = [t for t in study.trials if t.state == S.COMPLETE]
+    assert done and all(client.list_artifacts(t.user_attrs[USER_ATTR_RUN]) for t in done)
 
 
 def test_scancel_of_a_running_task_requeues_its_trial_and_kills_its_run(slurm_cluster, make_sweep,

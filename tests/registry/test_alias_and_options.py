@@ -90,10 +90,17 @@ def test_eer_is_lower_is_better_and_nan_never_wins() -> None:
     assert rev.objective_counterpart("val_loss") == "roc_auc"
 
 
+def _measured(i: int) -> dict:
+    """What a worker records with a trial it measured (`sweeps.best.measured`): its run and its threshold."""
+    from sweeps import names
+
+    return {names.TRIAL_ATTR_RUN_ID: f"run-{i}", names.TRIAL_ATTR_THRESHOLD: 0.5}
+
+
 def _study(trials: list[dict]) -> optuna.Study:
     study = optuna.create_study(direction="maximize")
-    for t in trials:
-        study.add_trial(optuna.trial.create_trial(value=t["value"], user_attrs=t["attrs"]))
+    for i, t in enumerate(trials):
+        study.add_trial(optuna.trial.create_trial(value=t["value"], user_attrs={**_measured(i), **t["attrs"]}))
     return study
 
 
@@ -131,9 +138,9 @@ def test_a_val_loss_study_is_ranked_by_the_metric_the_alias_is_decided_on() -> N
 
     study = optuna.create_study(direction="minimize")
     study.set_user_attr(names.STUDY_ATTR_METRICS, ["val_loss"])
-    for loss, auc in ((0.050, 0.864), (0.037, 0.837), (0.040, 0.757)):
+    for i, (loss, auc) in enumerate(((0.050, 0.864), (0.037, 0.837), (0.040, 0.757))):
         study.add_trial(optuna.trial.create_trial(value=loss, user_attrs={"model_uri": "models:/m-x",
-                                                                          "val_roc_auc": auc}))
+                                                                          "val_roc_auc": auc, **_measured(i)}))
     assert [t.number for t in rank_trials(study, None)] == [0, 1, 2]
     assert pick_candidate(study, None)[0].number == 0
     assert [t.number for t in rank_trials(study, "eer")] != []  # --metric still chooses

@@ -93,6 +93,9 @@ def test_cli_predict_with_npy_and_image_files(sqlite_stores: Stores, promoted: d
     assert fields["same"] == str(out["same"]).lower() and "threshold" in text
     assert main(["predict", uri, str(d / "a.npy"), str(d / "missing.npy"), *tracking]) == 2
     assert "missing.npy" in capsys.readouterr().err
+    (d / "empty.npy").write_bytes(b"")  # numpy's EOFError was exit 1 (a truncated file's ValueError was one line)
+    assert main(["predict", uri, str(d / "empty.npy"), str(d / "b.npy"), *tracking]) == 2
+    assert "empty.npy: A: not a readable .npy array" in capsys.readouterr().err
     np.save(d / "wrong.npy", np.zeros((3, 3)))
     assert main(["predict", uri, str(d / "a.npy"), str(d / "wrong.npy"), *tracking]) == 2
     assert "expected 64 values" in capsys.readouterr().err

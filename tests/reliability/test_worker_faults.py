@@ -310,3 +310,12 @@ def test_a_trial_failed_elsewhere_while_it_runs_does_not_stop_its_worker(tmp_pat
     assert "Traceback" not in worker.stderr and "Cannot tell" not in worker.stderr
     done = [t for t in load_study(storage, "late").trials if t.state in (S.COMPLETE, S.PRUNED)]
     assert len(done) == 2
+    if told == "COMPLETE":  # 0.9999, measured by nobody, was the best of status, the report and the parent run
+        from sweeps import names
+        from sweeps.study import study_status
+
+        status = study_status(load_study(storage, "late"))
+        assert status["not_ranked"] == [victim.number], status
+        assert status["best"] is None or status["best"]["number"] != victim.number, status
+        tags = MlflowClient(uri).get_run(status["parent_run_id"]).data.tags
+        assert tags.get(names.TAG_BEST_TRIAL) != str(victim.number), tags

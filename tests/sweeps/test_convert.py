@@ -103,7 +103,8 @@ def test_distributions_draw_what_wandb_draws_and_fractions_are_not_cut() -> None
     assert not any("q_uniform" in n for n in notes)  # 0.30000000000000004 and "range 0.1..0.3 (given 0.1..0.3)"
     for params, early, field in (({"encoder.depth": {"distribution": "int_uniform", "min": 1.5, "max": 3}}, None,
                                   "search_space.encoder.depth"),
-                                 ({"encoder.depth": {"min": 1, "max": 3}}, {"type": "hyperband", "eta": 2.7},
+                                 ({"encoder.depth": {"min": 1, "max": 3}}, {"type": "hyperband", "eta": 2.7,
+                                                                            "min_iter": 1},
                                   "study.pruner.reduction_factor"),
                                  ({"encoder.depth": {"min": 1, "max": 3}}, {"type": "hyperband", "min_iter": 1.5},
                                   "study.pruner.min_resource")):
@@ -179,10 +180,13 @@ def test_collisions_shapes_and_likely_mistakes_are_said() -> None:
     assert any(n.startswith("method bayes without metric") for n in notes)
 
 
+ONE = {"loader": {"values": ["memory", "tfdata"]}}
+
+
 def test_a_goal_against_the_metric_is_refused() -> None:
     with pytest.raises(ConfigError, match="val_roc_auc is better higher: goal minimize would search for the worst"):
-        from_wandb({"metric": {"name": "val_roc_auc", "goal": "minimize"}, "parameters": {}})
-    spec, _ = from_wandb({"metric": {"name": "val_eer"}, "parameters": {}})
+        from_wandb({"metric": {"name": "val_roc_auc", "goal": "minimize"}, "parameters": ONE})
+    spec, _ = from_wandb({"metric": {"name": "val_eer"}, "parameters": ONE})
     assert spec["study"]["direction"] == "minimize"
 
 
@@ -217,13 +221,16 @@ def test_keys_a_distribution_metric_or_early_terminate_does_not_read_are_said() 
     `early_terminate` (`min_itr`: Optuna's default minimum ran instead) were dropped without a word."""
     spec, notes = from_wandb({
         "metric": {"name": "val_roc_auc", "goal": "maximize", "targt": 0.9},
-        "early_terminate": {"type": "hyperband", "min_itr": 3, "eta": 3},
+        "early_terminate": {"type": "hyperband", "min_itr": 3, "min_iter": 2, "eta": 3},
         "parameters": {"loss.margin": {"distribution": "uniform", "min": 0.5, "max": 1.5, "q": 0.25},
                        "encoder.width": {"distribution": "int_uniform", "min": 8, "max": 64, "q": 8},
                        "learning_rate": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2, "mu": 1},
                        "encoder.depth": {"distribution": "q_uniform", "min": 1, "max": 3, "q": 1}}})
     assert "metric.targt ignored: not a W&B metric key" in notes and "stop" not in spec["study"]
     assert "early_terminate.min_itr ignored: not a W&B early_terminate key" in notes
+    with pytest.raises(ConfigError, match="hyperband needs min_iter, or max_iter with s") as alone:
+        from_wandb({"early_terminate": {"type": "hyperband", "min_itr": 3}, "parameters": {"loader": {"value": "x"}}})
+    assert alone.value.field == "early_terminate"  # the typo alone: pruned from epoch 1, a note only
     assert "parameters.loss.margin.q ignored: W&B's uniform does not use it (a step needs q_uniform)" in notes
     assert "parameters.encoder.width.q ignored: W&B's int_uniform does not use it (a step needs q_uniform)" in notes
     assert "parameters.learning_rate.mu ignored: W&B's log_uniform_values does not use it" in notes
@@ -278,3 +285,55 @@ def test_a_converted_config_with_notes_warns_a_library_user_without_logging_set_
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "parameters.encoder.width.q ignored" in done.stderr
+
+
+def test_a_grid_runs_each_combination_once_as_wandb_does() -> None:
+    """A W&B grid without run_cap ran the spec's default 10 trials: a grid of 4 repeated 6 combinations, one of 12
+    left 2 unrun, without a word (the review of session 46)."""
+    small = {"method": "grid", "parameters": {"encoder.depth": {"distribution": "int_uniform", "min": 1, "max": 2},
+                                              "loader": {"values": ["memory", "tfdata"]}, "epochs": {"value": 1}}}
+    spec, notes = from_wandb(small)
+    assert spec["study"]["trials"] == 4
+    assert "study.trials: 4, the grid's combinations (W&B runs each once; no run_cap given)" in notes
+    large = {**small, "run_cap": 50, "parameters": {**small["parameters"], "loss.margin": {
+        "distribution": "q_uniform", "min": 0.5, "max": 1.5, "q": 0.5}}}  # W&B's arange: 0.5, 1.0
+    spec, notes = from_wandb(large)
+    assert spec["study"]["trials"] == 8 and any("run_cap 50 is more than the grid's 8" in n for n in notes)
+    spec, notes = from_wandb({**small, "run_cap": 3})
+    assert spec["study"]["trials"] == 3 and not any("grid" in n for n in notes)
+    assert "trials" not in from_wandb({**small, "method": "random"})[0]["study"]
+    # a range W&B's grid cannot enumerate: the spec's check names it (counting it was a KeyError, exit 1)
+    from sweeps.spec import spec_from_dict
+
+    spec, _ = from_wandb({"method": "grid", "parameters": {"learning_rate": {"min": 0.001, "max": 0.01},
+                                                           "loader": {"values": ["memory", "tfdata"]}}})
+    with pytest.raises(ConfigError, match="the grid sampler needs categorical choices or a 'step'") as refused:
+        spec_from_dict(spec)
+    assert refused.value.field == "search_space.learning_rate"
+
+
+@pytest.mark.parametrize("parameters, field, text", [
+    ({}, "parameters", "empty: nothing to search"),
+    ({"encoder": {"value": {"type": "mlp", "depth": 2}}}, "parameters.encoder.value",
+     "a fixed value must be a single value, not a mapping or a list; give each setting its own parameter"),
+])
+def test_files_wandb_refuses_are_refused_with_the_field(parameters: dict, field: str, text: str) -> None:
+    """An empty `parameters` converted to an empty search; a constant given as a mapping was refused as an
+    "unknown train-config key 'encoder'"."""
+    with pytest.raises(ConfigError) as refused:
+        from_wandb({"method": "random", "parameters": parameters})
+    assert refused.value.field == field and text in str(refused.value), refused.value
+
+
+def test_running_a_refused_wandb_file_is_one_line(tmp_path) -> None:
+    """`run` logged "... is a W&B sweep file: converted it" before the spec's check refused the file: two lines."""
+    import subprocess
+    import sys
+
+    (tmp_path / "w.yaml").write_text("method: random\nparameters:\n  lr: {values: [1, 2]}\n")
+    done = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", "w.yaml", "--quiet"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: search_space.lr: unknown train-config key"), lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.yaml"]

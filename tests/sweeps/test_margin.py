@@ -52,8 +52,14 @@ def _study(values: list[float], *, metric: str = "val_roc_auc", val_pairs: int =
     study.set_user_attr(names.STUDY_ATTR_SPEC, {"base": {"pairs": {"val_pairs": val_pairs, "positive_fraction": 0.5}},
                                                 "study": {"sampler": {"type": "tpe", "n_startup_trials": 2}}})
     for i, v in enumerate(values):
-        study.add_trial(optuna.trial.create_trial(params={"x": i / 10}, distributions={"x": X}, value=v))
+        study.add_trial(optuna.trial.create_trial(params={"x": i / 10}, distributions={"x": X}, value=v,
+                                                  user_attrs=measured(i)))
     return study
+
+
+def measured(i: int) -> dict:
+    """What a worker records with a trial it measured (`sweeps.best.measured`): its run and its threshold."""
+    return {names.TRIAL_ATTR_RUN_ID: f"run-{i}", names.TRIAL_ATTR_THRESHOLD: 0.5}
 
 
 def test_a_lead_inside_the_noise_is_not_shown_and_names_the_trials_inside_it() -> None:
@@ -91,14 +97,14 @@ def test_the_unpaired_bound_counts_the_pairs_the_trials_were_scored_on() -> None
     kept = encode_per_pair(np.linspace(0, 1, 20), y, np.ones(20, bool))
     small = _study([0.70])
     small.add_trial(optuna.trial.create_trial(params={"x": 0.1}, distributions={"x": X}, value=0.75, user_attrs={
-        names.TRIAL_ATTR_PER_PAIR_VAL: kept, names.TRIAL_ATTR_EVAL_FINGERPRINT: "new"}))
+        **measured(1), names.TRIAL_ATTR_PER_PAIR_VAL: kept, names.TRIAL_ATTR_EVAL_FINGERPRINT: "new"}))
     m = build_report(small).margin
     assert m["val_pairs"] == 20 and m["sampling_error"] == pytest.approx(sampling_error("val_roc_auc", 0.75, 10, 10))
     assert m["verdict"] == "not shown"
     # more than MAX_PER_PAIR pairs keep no outcomes: the count of pairs scored is kept on its own
     large = _study([0.70])
     large.add_trial(optuna.trial.create_trial(params={"x": 0.1}, distributions={"x": X}, value=0.75, user_attrs={
-        names.TRIAL_ATTR_VAL_PAIRS: {"pairs": 40_000, "positives": 4_000}}))  # pre-paired: its own share
+        **measured(1), names.TRIAL_ATTR_VAL_PAIRS: {"pairs": 40_000, "positives": 4_000}}))  # pre-paired: its own share
     large.set_user_attr(names.STUDY_ATTR_SPEC, {"base": {"pairs": {"val_pairs": 100_000}}})
     m = build_report(large).margin
     assert m["val_pairs"] == 40_000
@@ -111,7 +117,8 @@ def test_trials_scored_on_different_pairs_are_said_to_compare_only_roughly() -> 
     study = _study([0.70])
     for value, fingerprint in ((0.72, "old"), (0.75, "new")):
         study.add_trial(optuna.trial.create_trial(params={"x": 0.1}, distributions={"x": X}, value=value,
-                                                  user_attrs={names.TRIAL_ATTR_EVAL_FINGERPRINT: fingerprint}))
+                                                  user_attrs={**measured(1), names.TRIAL_ATTR_EVAL_FINGERPRINT:
+                                                              fingerprint}))
     assert any("scored on 2 different sets of evaluation pairs" in n for n in build_report(study).notes)
     assert not any("different sets" in n for n in build_report(_study([0.7, 0.72])).notes)
 
@@ -197,7 +204,7 @@ def _paired_study(scorings: list[np.ndarray], y: np.ndarray, *, metric: str = "v
             value = equal_error_rate(s, y, higher_is_same=True)
         else:
             value = float(correct.mean())
-        attrs = {names.TRIAL_ATTR_PER_PAIR_VAL: encode_per_pair(s, y, correct),
+        attrs = {**measured(i), names.TRIAL_ATTR_PER_PAIR_VAL: encode_per_pair(s, y, correct),
                  names.TRIAL_ATTR_EVAL_FINGERPRINT: (fingerprints or ["f"] * len(scorings))[i]}
         study.add_trial(optuna.trial.create_trial(params={"x": i / 10}, distributions={"x": X}, value=value,
                                                   user_attrs=attrs))

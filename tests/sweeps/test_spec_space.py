@@ -502,3 +502,29 @@ def test_a_studys_own_spec_reaches_its_workers_and_the_python_api_unrefused(tmp_
     with pytest.raises(ConfigError, match="val_roc_auc is better higher"):  # a user's own file: checked
         _spec(args, stored="required")
     assert resolve_spec(old, {"study.trials": 5}).study.trials == 5
+
+
+def test_a_grid_budget_is_at_most_its_combinations(caplog: pytest.LogCaptureFixture) -> None:
+    """The spec's default budget (10) over a grid of 4 re-ran 6 combinations (Optuna only warned "re-evaluating a
+    configuration"); the budget stored is now the grid's combinations plus its enqueued trials, said once."""
+    from sweeps.study import set_trial_budget, trial_budget
+
+    search = {"encoder.depth": {"type": "int", "low": 1, "high": 2, "step": 1},
+              "loader": {"type": "categorical", "choices": ["memory", "tfdata"]}}
+    grid = spec_from_dict(make_spec_dict(search_space=search, study={"sampler": "grid", "trials": 10}))
+    study = optuna.create_study(direction="maximize")
+    with caplog.at_level("WARNING", logger="sweeps.study"):
+        set_trial_budget(study, 10, grid)
+        set_trial_budget(study, 12, grid)  # another worker's, or `run --trials 12` again: not said twice
+    assert trial_budget(study, 0) == 4
+    assert [r.getMessage() for r in caplog.records] == [
+        "the grid has 4 combination(s), each run once: the study's budget is 4 trials, not 10"]
+    set_trial_budget(study, 3, grid)
+    assert trial_budget(study, 0) == 3  # fewer than the grid: as asked
+    enqueued = spec_from_dict(make_spec_dict(search_space=search, study={
+        "sampler": "grid", "trials": 10, "enqueue": [{"encoder.depth": 2, "loader": "memory"}]}))
+    set_trial_budget(study, 10, enqueued)
+    assert trial_budget(study, 0) == 5
+    tpe = spec_from_dict(make_spec_dict(search_space=search, study={"sampler": "tpe", "trials": 10}))
+    set_trial_budget(study, 10, tpe)
+    assert trial_budget(study, 0) == 10

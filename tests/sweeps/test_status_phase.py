@@ -95,7 +95,9 @@ def test_status_says_whether_the_best_trials_lead_is_more_than_sampling_noise(tm
                                                 "study": {"sampler": {"type": "tpe", "n_startup_trials": 2}}})
     for i, v in enumerate([0.968585, 0.90, 0.968587]):
         study.add_trial(optuna.trial.create_trial(params={"learning_rate": 1e-3 * (i + 1)},
-                                                  distributions={"learning_rate": LR}, value=v))
+                                                  distributions={"learning_rate": LR}, value=v,
+                                                  user_attrs={names.TRIAL_ATTR_RUN_ID: f"run-{i}",
+                                                              names.TRIAL_ATTR_THRESHOLD: 0.5}))
     status = study_status(study)
     assert status["margin"]["verdict"] == "not shown" and status["margin"]["within"] == [0]
     done = subprocess.run([sys.executable, "-m", "sweeps.cli", "status", "--study", "lead", "--storage", url],
