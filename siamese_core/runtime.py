@@ -17,6 +17,9 @@ import tensorflow as tf
 log = logging.getLogger(__name__)
 
 
+_SAID_POOLS: set[tuple[tuple[int, int], tuple[int, int]]] = set()  # (asked, have) pools already warned about
+
+
 def configure_threads(intra_op: int | None = None, inter_op: int | None = None) -> None:
     """Cap TensorFlow's thread pools (call before any TF op runs in this process)."""
     try:
@@ -27,7 +30,9 @@ def configure_threads(intra_op: int | None = None, inter_op: int | None = None) 
     except RuntimeError:  # TF already initialised: the existing pools stay; said when they differ from the ask
         asked = (int(intra_op or 0), int(inter_op or 0))
         have = thread_counts()
-        if any(a and a != h for a, h in zip(asked, have, strict=True)):
+        # once per ask: `sweep()` sets the pools, then its run again for the command line's path (said twice)
+        if any(a and a != h for a, h in zip(asked, have, strict=True)) and (asked, have) not in _SAID_POOLS:
+            _SAID_POOLS.add((asked, have))
             log.warning("TensorFlow's thread pools in this process are already %d/%d (intra/inter-op, 0: one per "
                         "core) and cannot change; %d/%d applies in a new process (a notebook's second sweep with "
                         "other threads, say)", *have, *asked)

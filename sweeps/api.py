@@ -113,13 +113,21 @@ def sweep(spec: SpecLike = None, *, trials: int | None = None, storage: str | No
 
 @contextlib.contextmanager
 def _environment_kept() -> Iterator[None]:
-    """The variables a sweep sets for its own process (BLAS/OpenMP pool sizes, MLflow's HTTP retries) as the call
-    found them: a notebook kept `OMP_NUM_THREADS=1` and MLflow's shortened retries after `sweep(threads=1)`."""
+    """The variables a sweep sets for its own process (BLAS/OpenMP pool sizes, MLflow's HTTP retries), the BLAS
+    and OpenMP pools themselves and Python's and NumPy's random states as the call found them: a notebook kept
+    `OMP_NUM_THREADS=1` and MLflow's shortened retries after `sweep(threads=1)`, then numpy on one thread, and
+    its `np.random` draws repeated run after run (each trial seeds them). TensorFlow's global seed stays set."""
+    import random
+
+    import numpy as np
+    from threadpoolctl import ThreadpoolController
+
     from siamese_core.cpus import ENV_MATH_THREADS
 
     from .tracking import MLFLOW_HTTP_DEFAULTS
 
     kept = {name: os.environ.get(name) for name in (*ENV_MATH_THREADS, *MLFLOW_HTTP_DEFAULTS)}
+    pools, states = ThreadpoolController().info(), (random.getstate(), np.random.get_state())
     try:
         yield
     finally:
@@ -128,6 +136,23 @@ def _environment_kept() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        _restore_pools(pools)
+
+
+def _restore_pools(before: list[dict[str, Any]]) -> None:
+    """Each BLAS/OpenMP library's pool as `before` (threadpoolctl's info) had it; one loaded during the call, under
+    the capped variables, as the libraries of its kind were."""
+    from threadpoolctl import ThreadpoolController
+
+    sizes = {info["filepath"]: info["num_threads"] for info in before}
+    by_api = {info["user_api"]: info["num_threads"] for info in before}
+    controller = ThreadpoolController()
+    for info in controller.info():
+        size = sizes.get(info["filepath"], by_api.get(info["user_api"]))
+        if size and size != info["num_threads"]:
+            controller.select(filepath=info["filepath"]).limit(limits=size)  # not a `with`: it stays
 
 
 def _sweep(resolved: SweepSpec, options: SweepOptions, threads: int | None) -> SweepResult:

@@ -240,6 +240,21 @@ def test_status_report_and_a_worker_by_name_say_where_a_bad_storage_came_from(tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
 
 
+def test_one_sqlite_file_for_both_stores_is_refused_before_anything_is_created(tmp_path: Path) -> None:
+    """A new file given as both stores: the study was created in it, then MLflow's schema failed on Optuna's
+    tables ("Can't locate revision identified by ...", exit 1), the study left behind (the review of session 46)."""
+    from sweeps.api import sweep
+
+    same = f"sqlite:///{tmp_path}/same.db"
+    done = _cli(["run", str(_spec(tmp_path)), "--storage", same, "--tracking-uri", same, "--quiet"], cwd=tmp_path)
+    _assert_refused(done, tmp_path, text=f"error: --tracking-uri: is the same SQLite file as the Optuna storage "
+                                         f"({tmp_path}/same.db): give each store its own file")
+    with pytest.raises(ConfigError) as caught:
+        sweep(make_spec_dict(), storage=same, tracking_uri=same, progress=False)
+    assert caught.value.field == "tracking_uri"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
 def test_promote_names_a_missing_storage_file_where_it_came_from(tmp_path: Path) -> None:
     """`promote` named a spec's or $OPTUNA_STORAGE's missing SQLite file "--storage"; it is checked before the
     tracking store, which does not exist here either."""

@@ -189,16 +189,23 @@ def test_resolve_spec_takes_objects_mappings_w_and_b_configs_paths_and_builtin_n
 
 
 _TWO_SWEEPS = """
-import json, logging, os, sys
+import json, logging, os, random, sys
+import numpy as np
+from threadpoolctl import threadpool_info
 import sweeps
 from siamese_core.runtime import thread_counts
 
 logging.basicConfig(level=logging.WARNING)
 spec = json.loads(sys.argv[1])
 before = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")}
+blas = sorted({i["num_threads"] for i in threadpool_info()})
+random.seed(123); np.random.seed(123)
+state = (random.getstate(), np.random.get_state()[1].tolist())
 sweeps.sweep(spec, threads=1, storage="memory", tracking_uri=sys.argv[2], progress=False)
 after = {k: os.environ.get(k) for k in before}
-print(json.dumps({"before": before, "after": after, "pools": thread_counts()}), flush=True)
+print(json.dumps({"before": before, "after": after, "pools": thread_counts(),
+                  "blas": [blas, sorted({i["num_threads"] for i in threadpool_info()})],
+                  "random": state == (random.getstate(), np.random.get_state()[1].tolist())}), flush=True)
 sweeps.sweep(spec, threads=2, trials=2, storage="memory", tracking_uri=sys.argv[2], progress=False)
 """
 
@@ -222,5 +229,11 @@ def test_a_notebook_keeps_its_environment_and_hears_when_threads_cannot_change(t
     first = json.loads(proc.stdout.splitlines()[0])
     assert first["before"] == first["after"] == {"OMP_NUM_THREADS": None, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": None}
     assert first["pools"] == [1, 1]
-    assert "TensorFlow's thread pools in this process are already 1/1 (intra/inter-op, 0: one per core) and " \
-           "cannot change; 2/2 applies in a new process" in proc.stderr, proc.stderr[-3000:]
+    # numpy's BLAS pool stayed at 1 thread and its random draws were the trials' seed's (the review of session 46);
+    # a BLAS library loaded during the call (scikit-learn's) is sized as numpy's was
+    before, after = first["blas"]
+    assert after == before and (max(before) > 1 or os.cpu_count() == 1), first["blas"]
+    assert first["random"] is True
+    said = ("TensorFlow's thread pools in this process are already 1/1 (intra/inter-op, 0: one per core) and "
+            "cannot change; 2/2 applies in a new process")
+    assert proc.stderr.count(said) == 1, proc.stderr[-3000:]  # it was said twice
