@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 from siamese_core.errors import ConfigError
 
 from . import names
-from .convert import from_wandb, looks_like_wandb
+from .convert import looks_like_wandb
 from .errors import python_arguments
-from .spec import SweepSpec, load_spec, spec_from_data
+from .spec import SweepSpec, load_spec, spec_from_data, spec_from_wandb
 
 if TYPE_CHECKING:
     from .options import SweepOptions
@@ -47,14 +47,7 @@ def resolve_spec(spec: SpecLike = None, overrides: Mapping[str, Any] | None = No
         return spec_from_data(spec.resolved_dict(), overrides, stored=True) if overrides else spec
     if isinstance(spec, Mapping):
         data: Mapping[str, Any] = spec
-        if not looks_like_wandb(data):
-            return spec_from_data(data, overrides)
-        data, notes = from_wandb(data)
-        resolved = spec_from_data(data, overrides)
-        # once it is valid; a warning: a library user has no logging set up, and Python shows warnings without it
-        (log.warning if notes else log.info)("a W&B sweep config: converted it (%s)",
-                                             "; ".join(notes) or "nothing dropped")
-        return resolved
+        return spec_from_wandb(data, overrides) if looks_like_wandb(data) else spec_from_data(data, overrides)
     if spec is None or isinstance(spec, (str, Path)):
         from .specs import resolve_spec_path
 
@@ -141,16 +134,27 @@ def _environment_kept() -> Iterator[None]:
         _restore_pools(pools)
 
 
+# the variables a library of each kind reads for its pool size at load (first set wins), else one per usable core
+_POOL_VARIABLES = {"openmp": ("OMP_NUM_THREADS",), "blas": ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                                             "OMP_NUM_THREADS")}
+
+
 def _restore_pools(before: list[dict[str, Any]]) -> None:
     """Each BLAS/OpenMP library's pool as `before` (threadpoolctl's info) had it; one loaded during the call, under
-    the capped variables, as the libraries of its kind were."""
+    the capped variables, as the libraries of its kind were, else as it would have started under the variables
+    as they are again (scikit-learn's OpenMP, loaded by the sweep, stayed on one thread)."""
     from threadpoolctl import ThreadpoolController
+
+    from siamese_core.cpus import usable_cores
 
     sizes = {info["filepath"]: info["num_threads"] for info in before}
     by_api = {info["user_api"]: info["num_threads"] for info in before}
     controller = ThreadpoolController()
     for info in controller.info():
+        given = next((os.environ[v] for v in _POOL_VARIABLES.get(info["user_api"], ()) if os.environ.get(v)), None)
         size = sizes.get(info["filepath"], by_api.get(info["user_api"]))
+        if size is None:
+            size = int(given) if given and given.isdigit() else usable_cores()
         if size and size != info["num_threads"]:
             controller.select(filepath=info["filepath"]).limit(limits=size)  # not a `with`: it stays
 

@@ -54,6 +54,23 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     return best_of(study, split_complete(study)[0])
 
 
+def ranked_view(study: optuna.Study) -> optuna.Study:
+    """`study` itself, or, when some trials were told outside siamese-sweep, an in-memory copy in which they are
+    FAIL (no value): Optuna's plots and importances read every COMPLETE trial, and the optimization history drew
+    0.999 as the best value. Every trial is copied, in order, so the numbers stay."""
+    told = {t.number for t in split_complete(study)[1]}
+    if not told:
+        return study
+    view = optuna.create_study(directions=study.directions, study_name=study.study_name)
+    for key, value in study.user_attrs.items():
+        view.set_user_attr(key, value)
+    view.add_trials([t if t.number not in told else optuna.trial.create_trial(
+        state=optuna.trial.TrialState.FAIL, params=t.params, distributions=t.distributions,
+        user_attrs=t.user_attrs, system_attrs=t.system_attrs, intermediate_values=t.intermediate_values)
+        for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)])
+    return view
+
+
 def pareto_front(study: optuna.Study, ranked: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     """The trials of `ranked` no other one of them dominates (multi-objective), by number. Optuna's
     `best_trials` is the front of every COMPLETE trial: a trial told outside siamese-sweep could hide measured

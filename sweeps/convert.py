@@ -128,9 +128,9 @@ def _parameter(field: str, p: Any, notes: list[str], *, grid: bool = False) -> A
         raise ConfigError(field, f"expected a mapping with value, values or min/max; received: {p!r}")
     notes.extend(f"{field}.{k} ignored: not a W&B parameter key" for k in p if k not in KNOWN_PARAMETER)
     if "value" in p:
-        if isinstance(p["value"], (Mapping, list)):  # "unknown train-config key 'encoder'" said nothing of why
-            raise ConfigError(f"{field}.value", f"a fixed value must be a single value, not a mapping or a list; "
-                                                f"{_ONE_KEY_EACH}")
+        # "unknown train-config key 'encoder'" said nothing of why; a list is a value (dataset.image_size: [32, 32])
+        if isinstance(p["value"], Mapping):
+            raise ConfigError(f"{field}.value", f"a fixed value must not be a mapping; {_ONE_KEY_EACH}")
         return p["value"]
     dist = p.get("distribution")
     if "values" in p:
@@ -304,7 +304,7 @@ def from_wandb(data: Mapping[str, Any], *, base: Mapping[str, Any] | None = None
                          if isinstance(d, Mapping) and ("choices" in d or "step" in d))
         if "trials" not in study:
             study["trials"] = size
-            notes.append(f"study.trials: {size}, the grid's combinations (W&B runs each once; no run_cap given)")
+            notes.append(grid_budget_note(size))
         elif study["trials"] > size:
             notes.append(f"run_cap {study['trials']} is more than the grid's {size} combinations: the sweep runs "
                          f"{size} (W&B ends a grid once each combination has run)")
@@ -313,6 +313,10 @@ def from_wandb(data: Mapping[str, Any], *, base: Mapping[str, Any] | None = None
     if base:
         spec["base"] = dict(base)
     return spec, notes
+
+
+def grid_budget_note(size: int) -> str:
+    return f"study.trials: {size}, the grid's combinations (W&B runs each once; no run_cap given)"
 
 
 def looks_like_wandb(data: Any) -> bool:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import datetime
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Container
@@ -77,9 +78,12 @@ class Deferred:
 
 
 def as_told(stored: optuna.trial.FrozenTrial, values: list[float] | None) -> optuna.trial.FrozenTrial:
-    """A copy of `stored` (its params, reports and attributes as stored) told COMPLETE with `values`."""
+    """A copy of `stored` (its params, reports and attributes as stored) told COMPLETE with `values`, and measured
+    (`sweeps.best`): its worker writes the threshold with its results just before the tell. Without it the study
+    plots drawn ahead showed the last trial as failed (`sweeps.best.ranked_view`)."""
     told = copy.copy(stored)
     told.state, told.values = optuna.trial.TrialState.COMPLETE, values
+    told.user_attrs = {names.TRIAL_ATTR_THRESHOLD: math.nan, **stored.user_attrs}
     told.datetime_complete = stored.datetime_complete or datetime.datetime.now()
     return told
 

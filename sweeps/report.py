@@ -136,7 +136,8 @@ def build_report(study: optuna.Study, status: Mapping[str, Any] | None = None) -
 
 def _importances(study: optuna.Study, n_complete: int) -> dict[str, float]:
     """fANOVA, as the study's importance plots (`sweeps.importances`): drawn ahead, they computed it already."""
-    return importances.parameter_importances(study) if n_complete >= importances.MIN_COMPLETE else {}
+    return (importances.parameter_importances(ranking.ranked_view(study)) if n_complete >= importances.MIN_COMPLETE
+            else {})
 
 
 def _codes(t: optuna.trial.FrozenTrial, reason: Callable[[optuna.trial.FrozenTrial], str],

@@ -95,6 +95,9 @@ RENDERED_OPTIONS = {"--array": "--tasks, --max-concurrent", "--job-name": "--job
                     "--signal": "--preempt-signal-seconds", "--requeue": "--requeue / --no-requeue",
                     "--no-requeue": "--requeue / --no-requeue", "--open-mode": "append, for retries' logs"}
 
+# sbatch options whose names begin a rendered one's (sbatch's man page, 22.05): an exact name wins over a prefix
+SBATCH_OWN_PREFIXES = frozenset({"--gpus"})
+
 
 class SlurmError(InfrastructureError, RuntimeError):
     """sbatch refused the job or could not reach the controller."""
@@ -178,12 +181,14 @@ class SlurmOptions:
                 raise ConfigError("--sbatch-arg", f"expected one long sbatch option such as --account=NAME "
                                                   f"(no spaces or quotes); received: {value!r}")
             given = value.split("=", 1)[0]
-            # sbatch takes the last of a repeated option: --array=0-5 queued 6 tasks where this command said 2, and
-            # --job-name or --output moved what the docs point at. By name: a prefix may be an option of its own
-            # (--gpus, per job, beside --gpus-per-task)
-            if given in RENDERED_OPTIONS:
-                raise ConfigError("--sbatch-arg", f"{given} is written by siamese-sweep slurm submit "
-                                                  f"({RENDERED_OPTIONS[given]}); received: {value!r}")
+            # sbatch takes the last of a repeated option, and a long option's unique prefix (--arr for --array):
+            # --array=0-5 queued 6 tasks where this command said 2, and --job-name or --output moved what the docs
+            # point at. A prefix that is an option of its own (--gpus, per job) is that option
+            written = [r for r in RENDERED_OPTIONS if r == given or (r.startswith(given) and len(given) > 3
+                                                                     and given not in SBATCH_OWN_PREFIXES)]
+            if written:
+                raise ConfigError("--sbatch-arg", f"{written[0]} is written by siamese-sweep slurm submit "
+                                                  f"({RENDERED_OPTIONS[written[0]]}); received: {value!r}")
         for line in self.setup:
             if "\n" in line or "\r" in line:
                 raise ConfigError("--setup", "one shell line per --setup (repeat the flag for more)")

@@ -37,8 +37,9 @@ from siamese_core.errors import ConfigError
 from siamese_core.metrics import GOALS
 
 from . import names, pruners, samplers
-from .convert import from_wandb, looks_like_wandb
+from .convert import from_wandb, grid_budget_note, looks_like_wandb
 from .directions import TRIAL_METRICS, Direction, better_way, metric_direction
+from .grid import values_in_grid
 from .registry import validate_model_name
 
 log = logging.getLogger(__name__)
@@ -588,15 +589,34 @@ def load_spec(path: str | Path | None, overrides: Mapping[str, Any] | None = Non
     ``--set base.dataset=digits`` and the like apply to the converted spec.
     """
     data = read_yaml_mapping(path, what="sweep spec") if path is not None else {}
-    notes = None
+    base_dir = Path(path).resolve().parent if path is not None else None
     if looks_like_wandb(data):
-        data, notes = from_wandb(data)
-    spec = spec_from_data(data, overrides, base_dir=Path(path).resolve().parent if path is not None else None,
-                          stored=stored)
-    if notes is not None:  # once it is valid: a refused file is one line (it was this one, then the error)
-        (log.warning if notes else log.info)(  # as in `sweeps.api.resolve_spec`: shown without logging set up
-            "%s is a W&B sweep file: converted it (siamese-sweep convert %s prints the spec)%s", path, path,
+        return spec_from_wandb(data, overrides, base_dir=base_dir, stored=stored, source=str(path))
+    return spec_from_data(data, overrides, base_dir=base_dir, stored=stored)
+
+
+def spec_from_wandb(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, *,
+                    base_dir: Path | None = None, stored: bool = False, source: str | None = None) -> SweepSpec:
+    """A W&B sweep config converted (`sweeps.convert.from_wandb`), the overrides applied and validated, then said
+    in one warning (notes) or info line, naming the file `source` if any: a library user has no logging set up,
+    and Python shows warnings without it. Said once valid: a refused file is one line, the error. A grid without
+    ``run_cap`` runs each combination of the grid the overrides make (a ``--set`` adding choices left them unrun)."""
+    converted, notes = from_wandb(data)
+    spec = spec_from_data(converted, overrides, base_dir=base_dir, stored=stored)
+    if data.get("method") == "grid" and "run_cap" not in data and "study.trials" not in (overrides or {}):
+        size = math.prod(values_in_grid(d.model_dump()) for d in spec.distributions().values())
+        if size != spec.study.trials:
+            spec = spec_from_data(converted, {**(overrides or {}), "study.trials": size}, base_dir=base_dir,
+                                  stored=stored)
+            notes = [grid_budget_note(size) if note == grid_budget_note(int(converted["study"]["trials"]))
+                     else note for note in notes]
+    if source is not None:
+        (log.warning if notes else log.info)(
+            "%s is a W&B sweep file: converted it (siamese-sweep convert %s prints the spec)%s", source, source,
             "".join(f"; {note}" for note in notes))
+    else:
+        (log.warning if notes else log.info)("a W&B sweep config: converted it (%s)",
+                                             "; ".join(notes) or "nothing dropped")
     return spec
 
 

@@ -8,6 +8,7 @@ Joiners wait for that id, so every trial nests under one parent run.
 from __future__ import annotations
 
 import bisect
+import json
 import logging
 import time
 import uuid
@@ -319,12 +320,13 @@ def set_trial_budget(study: optuna.Study, budget: int, spec: SweepSpec | None = 
     Optuna only warned."""
     before = study.user_attrs.get(names.STUDY_ATTR_BUDGET)
     combinations = grid_combinations(spec) if spec is not None else None
-    if spec is not None and combinations is not None and budget > combinations + len(spec.study.enqueue):
-        cap = combinations + len(spec.study.enqueue)
+    # an entry enqueued twice is queued once (`enqueue_known`: skip_if_exists)
+    enqueued = len({json.dumps(e, sort_keys=True, default=str) for e in spec.study.enqueue}) if spec else 0
+    if combinations is not None and budget > combinations + enqueued:
+        cap = combinations + enqueued
         if before is None or int(before) != cap:  # said once, by whichever process stores it first
             log.warning("the grid has %d combination(s)%s, each run once: the study's budget is %d trials, not %d",
-                        combinations, f" and {len(spec.study.enqueue)} enqueued trial(s)" if spec.study.enqueue
-                        else "", cap, budget)
+                        combinations, f" and {enqueued} enqueued trial(s)" if enqueued else "", cap, budget)
         budget = cap
     study.set_user_attr(names.STUDY_ATTR_BUDGET, int(budget))
     if before is not None and int(before) != int(budget):

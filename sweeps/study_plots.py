@@ -20,6 +20,7 @@ from typing import Any
 import optuna
 
 from . import importances, names
+from .best import ranked_view
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,9 @@ def objective_names(study: optuna.Study) -> list[str] | None:
 def plot_recipes(study: optuna.Study) -> dict[str, Callable[[ModuleType], Any]]:
     """The study's plots by name, each drawn by a plotting module: ``optuna.visualization`` (plotly, the HTML
     here) or ``optuna.visualization.matplotlib`` (the PNGs of `artifacts.write_study_plots`). Both have the same
-    functions and arguments, so one list decides which plots a study gets and how they are labelled."""
+    functions and arguments, so one list decides which plots a study gets and how they are labelled. Trials told
+    COMPLETE outside siamese-sweep are drawn as failed ones (`sweeps.best.ranked_view`)."""
+    study = ranked_view(study)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         return {}

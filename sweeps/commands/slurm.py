@@ -156,8 +156,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise ConfigError("$SBATCH_EXPORT" if env.get("SBATCH_EXPORT") else "--sbatch-arg",
                           f"the job's --export passes none of {', '.join(unexported)} (or its {FILE_SUFFIX} twin) "
                           f"that the tasks need: add them to --export")
-    if args.spec is not None and args.study and storage:
-        _refuse_another_spec(storage, args.study, spec)
+    if storage:  # the study the tasks join: --study, else the spec's own name (the quickstart's without a spec)
+        _refuse_another_spec(storage, study, spec)
     text = spec_yaml(spec, from_env=check.required_env)
     script = render_script(text, options, required_env=check.required_env, workdir=check.workdir)
     if args.dry_run:

@@ -139,6 +139,10 @@ def test_no_requeue_and_defaults() -> None:
     ({"sbatch_args": ("--account=ml", "--job-name=x")}, "--sbatch-arg"),
     ({"sbatch_args": ("--output=elsewhere.out",)}, "--sbatch-arg"),
     ({"sbatch_args": ("--no-requeue",)}, "--sbatch-arg"),
+    # and a unique prefix sbatch takes for it (`sbatch -v`: `--arr=0-5` is `array : 0-5`)
+    ({"sbatch_args": ("--arr=0-5",)}, "--sbatch-arg"),
+    ({"sbatch_args": ("--job=x",)}, "--sbatch-arg"),
+    ({"sbatch_args": ("--no-req",)}, "--sbatch-arg"),
 ])
 def test_bad_options_are_config_errors_naming_the_flag(kwargs: dict, flag: str) -> None:
     from siamese_core.errors import ConfigError
@@ -150,7 +154,8 @@ def test_bad_options_are_config_errors_naming_the_flag(kwargs: dict, flag: str) 
 
 def test_other_sbatch_options_pass() -> None:
     script = render_script("a: 1\n", SlurmOptions(study="s", tasks=1, sbatch_args=(
-        "--account=ml", "--qos=low", "--mem-per-cpu=2G", "--exclusive", "--time-min=10", "--gpus=1")))
+        "--account=ml", "--qos=low", "--mem-per-cpu=2G", "--exclusive", "--time-min=10", "--gpus=1",
+        "--ntasks-per-node=1", "--error=e.out")))
     assert "#SBATCH --account=ml" in script and "#SBATCH --time-min=10" in script
     assert "#SBATCH --gpus=1" in script  # GPUs per job: an option of its own, not --gpus-per-task abbreviated
 
@@ -493,6 +498,11 @@ def test_submit_refuses_what_every_task_would_refuse(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines()[-1].startswith(
         "error: spec: study 'there' was created with another spec (differs in: base.epochs)"), done.stderr
     assert submit("digits-smoke", "--study", "there", "--trials", "9").returncode == 0  # its own spec, a budget
+    named = optuna.create_study(study_name="digits-smoke", storage=storage, direction="maximize")
+    named.set_user_attr(names.STUDY_ATTR_SPEC, smoke.portable())
+    named.set_user_attr(names.STUDY_ATTR_SPEC_HASH, smoke.identity())
+    done = submit("digits-smoke", "--set", "base.epochs=5")  # no --study: the spec's own name (the final review)
+    assert done.returncode == 2 and "study 'digits-smoke' was created with another spec" in done.stderr
     assert submit("digits-smoke", "--study", "elsewhere", "--set", "base.epochs=5").returncode == 0  # a new study
     done = submit("digits-smoke", "--study", "there", "--sbatch-arg=--export=NONE")
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (

@@ -115,3 +115,25 @@ def test_the_pareto_front_is_of_the_measured_trials(with_told: bool) -> None:
     assert [t.number for t in told] == ([4] if with_told else [])
     assert [b["number"] for b in study_status(study)["best_trials"]] == [0, 1, 3]
     assert all(measured(t) for t in ranked)
+
+
+def test_the_studys_plots_and_importances_draw_a_told_trial_as_failed() -> None:
+    """The optimization history drew 0.999 as the best value, and fANOVA ranked parameters by it (the final
+    review of session 46)."""
+    from sweeps.best import ranked_view
+    from sweeps.study_plots import plot_recipes
+
+    study = _study()
+    for i in range(4, 8):  # enough complete trials for the importances
+        study.add_trial(optuna.trial.create_trial(params={"x": i / 10}, distributions={"x": X}, value=0.8 + i / 100,
+                                                  user_attrs=_attrs(i)))
+    view = ranked_view(study)
+    assert [t.number for t in view.trials] == [t.number for t in study.trials]  # numbers kept
+    assert view.trials[3].state == optuna.trial.TrialState.FAIL and view.trials[3].values is None
+    assert view.best_trial.number == best_trial(study).number == 1
+    assert ranked_view(optuna.create_study()) is not None and ranked_view(view) is view  # nothing told: itself
+    import optuna.visualization as plotly
+
+    figure = plot_recipes(study)["optimization_history"](plotly)
+    best_line = [trace for trace in figure.data if trace.name == "Best Value"][0]
+    assert max(best_line.y) == pytest.approx(0.93), list(best_line.y)

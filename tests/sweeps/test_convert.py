@@ -310,12 +310,19 @@ def test_a_grid_runs_each_combination_once_as_wandb_does() -> None:
     with pytest.raises(ConfigError, match="the grid sampler needs categorical choices or a 'step'") as refused:
         spec_from_dict(spec)
     assert refused.value.field == "search_space.learning_rate"
+    # a --set that makes the grid larger: its combinations, not the file's (6 of 12 never ran)
+    from sweeps.spec import spec_from_wandb
+
+    spec = spec_from_wandb(small, {"search_space.loader.choices": ["memory", "tfdata", "custom"]})
+    assert spec.study.trials == 6
+    assert spec_from_wandb({**small, "run_cap": 3}, {"search_space.loader.choices": ["memory"]}).study.trials == 3
+    assert spec_from_wandb(small, {"study.trials": 2}).study.trials == 2  # asked for
 
 
 @pytest.mark.parametrize("parameters, field, text", [
     ({}, "parameters", "empty: nothing to search"),
     ({"encoder": {"value": {"type": "mlp", "depth": 2}}}, "parameters.encoder.value",
-     "a fixed value must be a single value, not a mapping or a list; give each setting its own parameter"),
+     "a fixed value must not be a mapping; give each setting its own parameter"),
 ])
 def test_files_wandb_refuses_are_refused_with_the_field(parameters: dict, field: str, text: str) -> None:
     """An empty `parameters` converted to an empty search; a constant given as a mapping was refused as an
@@ -323,6 +330,11 @@ def test_files_wandb_refuses_are_refused_with_the_field(parameters: dict, field:
     with pytest.raises(ConfigError) as refused:
         from_wandb({"method": "random", "parameters": parameters})
     assert refused.value.field == field and text in str(refused.value), refused.value
+    from sweeps.spec import spec_from_dict  # a list is a value: a tuple-typed key's (the diff review)
+
+    spec, _ = from_wandb({"method": "random", "parameters": {"dataset.image_size": {"value": [16, 16]},
+                                                             "loader": {"values": ["memory", "tfdata"]}}})
+    assert spec_from_dict(spec).search_space["dataset.image_size"] == [16, 16]
 
 
 def test_running_a_refused_wandb_file_is_one_line(tmp_path) -> None:

@@ -252,6 +252,8 @@ def test_one_sqlite_file_for_both_stores_is_refused_before_anything_is_created(t
     with pytest.raises(ConfigError) as caught:
         sweep(make_spec_dict(), storage=same, tracking_uri=same, progress=False)
     assert caught.value.field == "tracking_uri"
+    with pytest.raises(ConfigError, match="is the same SQLite file as the Optuna storage"):  # a journal on it too
+        sweep(make_spec_dict(), storage=f"journal:///{tmp_path}/same.db", tracking_uri=same, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
 
 

@@ -237,3 +237,38 @@ def test_a_notebook_keeps_its_environment_and_hears_when_threads_cannot_change(t
     said = ("TensorFlow's thread pools in this process are already 1/1 (intra/inter-op, 0: one per core) and "
             "cannot change; 2/2 applies in a new process")
     assert proc.stderr.count(said) == 1, proc.stderr[-3000:]  # it was said twice
+
+
+_POOLS = """
+import json
+from threadpoolctl import threadpool_info
+from siamese_core.cpus import cap_math_threads, usable_cores
+from sweeps.api import _environment_kept
+
+before = {i["filepath"]: i["num_threads"] for i in threadpool_info()}
+with _environment_kept():
+    cap_math_threads(1)  # what sweep(threads=1) does
+    import sklearn.decomposition, sklearn.ensemble  # what a sweep loads: scikit-learn's OpenMP among them
+    during = {i["internal_api"]: i["num_threads"] for i in threadpool_info()}
+after = [(i["internal_api"], i["num_threads"], before.get(i["filepath"])) for i in threadpool_info()]
+print(json.dumps({"during": during, "after": after, "cores": usable_cores()}))
+"""
+
+
+def test_pools_loaded_during_a_call_start_as_they_would_have_without_it(tmp_path: Path) -> None:
+    """scikit-learn's OpenMP, loaded by the sweep under the capped variables, stayed on one thread in the
+    notebook: no library of its kind existed before the call to take the size from (the final review)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                            "MKL_NUM_THREADS")}
+    proc = subprocess.run([sys.executable, "-c", _POOLS], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["during"].get("openmp") == 1, out  # capped while the call ran
+    for _api, size, was in out["after"]:
+        assert size == (was if was is not None else out["cores"]), out

@@ -521,8 +521,8 @@ def test_a_grid_budget_is_at_most_its_combinations(caplog: pytest.LogCaptureFixt
         "the grid has 4 combination(s), each run once: the study's budget is 4 trials, not 10"]
     set_trial_budget(study, 3, grid)
     assert trial_budget(study, 0) == 3  # fewer than the grid: as asked
-    enqueued = spec_from_dict(make_spec_dict(search_space=search, study={
-        "sampler": "grid", "trials": 10, "enqueue": [{"encoder.depth": 2, "loader": "memory"}]}))
+    enqueued = spec_from_dict(make_spec_dict(search_space=search, study={  # one entry twice is queued once
+        "sampler": "grid", "trials": 10, "enqueue": [{"encoder.depth": 2, "loader": "memory"}] * 2}))
     set_trial_budget(study, 10, enqueued)
     assert trial_budget(study, 0) == 5
     tpe = spec_from_dict(make_spec_dict(search_space=search, study={"sampler": "tpe", "trials": 10}))
