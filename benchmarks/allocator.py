@@ -20,7 +20,7 @@ from pathlib import Path
 from common import markdown_table, median, run_measured
 
 TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
-# The quickstart trial shape (Fashion-MNIST, default conv encoder)
+# The issue's trial shape (Fashion-MNIST, default conv encoder; round 1's quickstart trial, not today's MLP one)
 TRAIN = ["train", "--set", "epochs=2", "--set", "pairs.pairs_per_epoch=20000", "--set", "pairs.val_pairs=2000",
          "--set", "pairs.test_pairs=10000", "--json", "--quiet"]
 QUICK = ["train", "--set", "dataset=digits", "--set", "epochs=2", "--json", "--quiet"]
@@ -59,7 +59,7 @@ def main() -> None:
              med[n]["minor_faults"] / 1e6, med[n]["peak_rss_mb"], med[n]["epoch2"], med[n]["wall"] / med[ref]["wall"],
              f"{min(paired[n]):.2f}-{max(paired[n]):.2f}", med[n]["sys"] / max(med[ref]["sys"], 1e-9),
              "yes" if same[n] else "NO"] for n in settings]
-    print(f"\n{'digits smoke run' if args.quick else 'quickstart trial shape'}: {' '.join(cmd[1:])}; "
+    print(f"\n{'digits smoke run' if args.quick else 'the issue 11 trial shape (conv)'}: {' '.join(cmd[1:])}; "
           f"medians of {args.repeats} interleaved, rotated repeats\n")
     print(markdown_table(["allocator", "wall s", "wall range s", "user s", "sys s", "minor faults (M)", "peak RSS MB",
                           "epoch 2 s", "wall / tuned", "per-repeat wall / tuned", "sys / tuned",

@@ -6,11 +6,11 @@ One process, one run (so the ratios are measured on the same machine state):
    pools training uses: FLOP/s = 2 n^3 / time (the best the CPU does on dense math here);
 2. **FLOPs per training step** — TensorFlow's own count (``tf.compat.v1.profiler``) of the compiled training
    step's graph (forward, gradients, optimizer) for one batch of the default encoder;
-3. **an epoch, decomposed** — the quickstart trial shape (Fashion-MNIST, default conv encoder, 20,000 pairs
-   and 2,000 validation pairs an epoch, batch 128, the ``tfdata`` loader) trained for ``--epochs`` epochs with
-   a timing callback: training steps (first batch to last batch), pipeline start (epoch begin to first batch),
-   validation (``eval_seconds``: metrics and retrieval), the other epoch-end callbacks, and the boundary to the
-   next epoch; then achieved FLOP/s of the steps against the roofline.
+3. **an epoch, decomposed** — the issue's trial shape (Fashion-MNIST, default conv encoder — round 1's quickstart
+   trial, not today's MLP one — 20,000 pairs and 2,000 validation pairs an epoch, batch 128, the ``tfdata`` loader)
+   trained for ``--epochs`` epochs with a timing callback: training steps (first batch to last batch), pipeline start
+   (epoch begin to first batch), validation (``eval_seconds``: metrics and retrieval), the other epoch-end callbacks,
+   and the boundary to the next epoch; then achieved FLOP/s of the steps against the roofline.
 
     python benchmarks/epoch_profile.py [--epochs 3] [--loader tfdata] [--quick]
 """

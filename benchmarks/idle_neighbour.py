@@ -21,7 +21,8 @@ import sys
 
 from common import markdown_table, median, run_measured
 
-# The quickstart trial shape (Fashion-MNIST, default conv encoder), as benchmarks/allocator.py
+# The issue's trial shape (Fashion-MNIST, default conv encoder; round 1's quickstart trial, not today's MLP one),
+# as benchmarks/allocator.py
 TRAIN = ["train", "--set", "epochs=2", "--set", "pairs.pairs_per_epoch=20000", "--set", "pairs.val_pairs=2000",
          "--set", "pairs.test_pairs=10000", "--json", "--quiet"]
 QUICK = ["train", "--set", "dataset=digits", "--set", "epochs=2", "--json", "--quiet"]
@@ -90,7 +91,7 @@ def main() -> None:
         rows.append([name, wall, wall / ref["wall"], epoch2, epoch2 / ref["epoch2"],
                      " / ".join(f"{r['epoch2']:.2f}" for r in rs), median([r["neighbour_cpu"] for r in rs]),
                      median([r["user"] + r["sys"] for r in rs])])
-    print(f"\n{'digits smoke run' if args.quick else 'quickstart trial shape'}: {' '.join(cmd[1:])}; "
+    print(f"\n{'digits smoke run' if args.quick else 'the issue 11 trial shape (conv)'}: {' '.join(cmd[1:])}; "
           f"medians of {args.repeats} interleaved repeats, {os.cpu_count()} CPUs\n")
     print(markdown_table(["condition", "trial wall s", "x alone", "epoch 2 s", "epoch 2 x alone",
                           "repeats epoch 2 s", "neighbour CPU s", "trial CPU s"], rows))

@@ -247,6 +247,8 @@ def worker_command(env: Mapping[str, str], extra: list[str]) -> tuple[list[str],
     argv = ["siamese-sweep", "worker", env.get("SIAMESE_SWEEP_SPEC") or "quickstart"]
     if env.get("SIAMESE_SWEEP_STUDY"):
         argv += ["--study", env["SIAMESE_SWEEP_STUDY"]]
+    if env.get("SIAMESE_SWEEP_THREADS"):  # `--scale worker=N` on one host: each container saw every core
+        argv += ["--threads", env["SIAMESE_SWEEP_THREADS"]]
     argv += list(extra)
     return argv, child
 

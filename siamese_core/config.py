@@ -150,6 +150,17 @@ class EncoderConfig(_Section):
     bidirectional: bool = False
 
 
+# The encoder.* fields each built-in body reads (`siamese_core.models.encoders`, with `build_encoder` around it);
+# a body registered since reads what it likes. tests/core/test_models.py builds each built-in with every other
+# field changed and finds the same model.
+_READ_BY_EVERY_ENCODER = frozenset({"type", "depth", "width", "embedding_dim", "l2_normalize", "dropout"})
+BUILTIN_ENCODER_READS: dict[str, frozenset[str]] = {
+    "conv": _READ_BY_EVERY_ENCODER | {"batch_norm", "activation", "kernel_size", "pooling"},
+    "mlp": _READ_BY_EVERY_ENCODER | {"batch_norm", "activation"},
+    "sequence": _READ_BY_EVERY_ENCODER | {"vocab_size", "token_embedding_dim", "rnn", "bidirectional"},
+}
+
+
 class PreprocessingConfig(_Section):
     """In-model preprocessing: normalisation, then augmentation (training only)."""
 

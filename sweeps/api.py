@@ -72,6 +72,8 @@ def sweep(spec: SpecLike = None, *, trials: int | None = None, storage: str | No
           timeout: float | None = None, overrides: Mapping[str, Any] | None = None,
           progress: bool = True, threads: int | None = None) -> SweepResult:
     """Create or resume a study and run it to its trial budget (or its ``study.stop``); see `resolve_spec`.
+    Without a spec but with `study_name`, an existing study resumes with the spec stored with it (as
+    ``siamese-sweep run --study NAME`` does); a new one starts from the quickstart.
 
     `storage` / `tracking_uri` default to ``$OPTUNA_STORAGE`` / ``$MLFLOW_TRACKING_URI``, then the spec's.
     `trials` is the global budget (COMPLETE + PRUNED, across workers and resumes); `workers` > 1 starts
@@ -87,7 +89,6 @@ def sweep(spec: SpecLike = None, *, trials: int | None = None, storage: str | No
                             ("tracking_uri", tracking_uri, names.ENV_MLFLOW_TRACKING_URI)):
         if text is not None and not text.strip():  # fell back to the spec's sqlite file and swept there
             raise ConfigError(name, f"expected a URL; received an empty string (None: ${env}, else the spec's)")
-    resolved = resolve_spec(spec, overrides)
     check_positive("trials", trials)
     check_positive("workers", workers)
     check_positive("timeout", timeout, whole=False)
@@ -96,12 +97,28 @@ def sweep(spec: SpecLike = None, *, trials: int | None = None, storage: str | No
     from .options import given_storage, options_from
 
     url, given_as = given_storage(storage)
+    resolved = _stored(study_name, url, given_as, overrides) if spec is None else None
+    if resolved is None:
+        resolved = resolve_spec(spec, overrides)
     options = options_from(resolved, trials=trials, timeout=timeout, workers=int(workers), storage=url,
                            storage_given_as=given_as,
                            tracking_uri=tracking_uri or os.environ.get(names.ENV_MLFLOW_TRACKING_URI) or None,
                            study_name=study_name, progress=progress, threads=threads)
     with _environment_kept():
         return _sweep(resolved, options, threads)
+
+
+def _stored(study_name: str | None, url: str | None, given_as: str,
+            overrides: Mapping[str, Any] | None) -> SweepSpec | None:
+    """The spec stored with an existing `study_name` (None: no name, no such study): ``sweep(study_name="demo")``
+    resumed with the quickstart's spec and was refused ("created with another spec"), where ``siamese-sweep run
+    --study demo`` resumes with the study's own."""
+    if not study_name or (overrides is not None and not isinstance(overrides, Mapping)):
+        return None  # `resolve_spec` refuses bad overrides with the field
+    from .spec import DEFAULT_STORAGE
+    from .study import stored_spec
+
+    return stored_spec(url or DEFAULT_STORAGE, study_name, dict(overrides or {}), missing_ok=True, field=given_as)
 
 
 @contextlib.contextmanager

@@ -39,8 +39,9 @@ REALM = "siamese-sweep dashboard"
 # optuna-dashboard's routes that tell a trial (a state and values), set its user attributes or mark it skipped.
 # siamese-sweep writes those itself, with the MLflow run behind them: a running trial told COMPLETE 0.9999 here
 # had no run, model or test score, yet `run` and `status` reported it as the best with a "clear" lead, and
-# attributes are what `promote` reads (`model_uri`, `val_*`). Refused even with --allow-writes.
-TRIAL_RECORD_WRITES = re.compile(r"/api/trials/\d+/(tell|user-attrs)|/api/studies/\d+/\d+/skip")
+# attributes are what `promote` reads (`model_uri`, `val_*`). Refused even with --allow-writes, matched on the path
+# as the router sees it (`routed_path`), any id.
+TRIAL_RECORD_WRITES = re.compile(r"/api/trials/[^/]+/(tell|user-attrs)|/api/studies/[^/]+/[^/]+/skip")
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -68,11 +69,19 @@ class GuardedApp:
         method = environ.get("REQUEST_METHOD", "GET").upper()
         if method not in SAFE_METHODS and not self.allow_writes:
             return _forbidden(start_response, b"read-only dashboard: restart it with --allow-writes to change studies")
-        if method not in SAFE_METHODS and TRIAL_RECORD_WRITES.fullmatch(environ.get("PATH_INFO", "")):
+        if method not in SAFE_METHODS and TRIAL_RECORD_WRITES.fullmatch(routed_path(environ)):
             return _forbidden(start_response, b"siamese-sweep records trial states, values and user attributes "
                               b"itself, with the trial's MLflow run; the dashboard may change notes, names and "
                               b"studies (--allow-writes), not trials")
         return self.app(environ, start_response)
+
+
+def routed_path(environ: dict[str, Any]) -> str:
+    """The path optuna-dashboard's router (bottle) matches: it decodes WSGI's latin-1 ``PATH_INFO`` as UTF-8 and
+    drops what does not decode (`bottle.Bottle._handle`), then optuna-dashboard strips trailing slashes (its
+    `remove_trailing_slashes_hook`), so ``/api/trials/4/%FFtell`` and ``/api/trials/4/tell/`` were routed to
+    ``tell`` past a guard that matched the raw path (tests/infra/test_secrets.py pins both against the real app)."""
+    return str(environ.get("PATH_INFO", "")).encode("latin1", "ignore").decode("utf8", "ignore").rstrip("/")
 
 
 def _forbidden(start_response: Callable[..., Any], text: bytes) -> list[bytes]:

@@ -34,9 +34,24 @@ from .errors import python_arguments
 from .mlflow_globals import quiet_artifacts
 from .registry import logged_model_uri, model_id_from_uri
 from .secrets import mask_url
-from .storage import fail_stale_trials, make_storage, require_existing, storage_file, storage_kind
+from .storage import (
+    fail_stale_trials,
+    make_storage,
+    refuse_one_file_for_both,
+    require_existing,
+    storage_file,
+    storage_kind,
+)
 from .study import study_uid
-from .tracking import MAX_METRICS_PER_CALL, MAX_PARAMS_PER_CALL, Tracker, _chunks, require_mlflow_store, run_url
+from .tracking import (
+    MAX_METRICS_PER_CALL,
+    MAX_PARAMS_PER_CALL,
+    Tracker,
+    _chunks,
+    require_artifact_folder,
+    require_mlflow_store,
+    run_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +162,7 @@ def move_study(study_name: str, *, from_storage: str, from_tracking_uri: str, to
     _check_storage(to_storage, "--to-storage")
     check_tracking_uri(from_tracking_uri, "--from-tracking-uri")
     check_tracking_uri(to_tracking_uri, "--to-tracking-uri")
+    refuse_one_file_for_both(to_storage, to_tracking_uri, "--to-tracking-uri")  # it copied every run in first
     if same_store(from_storage, to_storage):
         raise ConfigError("--to-storage", "is the source storage: the study is already there")
     source, source_storage = _source_study(study_name, from_storage)
@@ -302,6 +318,9 @@ class _RunCopier:
             raise ConfigError("--from-tracking-uri", f"has no run {parent_id} (the study's parent run): is it the "
                                                      f"tracking store the study logged to?") from None
         experiment = self.src.get_experiment(parent.info.experiment_id)
+        # before the target's store is opened (that creates a SQLite file): found at the first upload, it was
+        # exit 1 with a run copied, and the next try refused until --replace-runs
+        require_artifact_folder(self.to_uri, experiment.name, "--to-tracking-uri")
         uid = study_uid(study)
         existing = self.tracker.retry("get experiment", lambda: self.dst.get_experiment_by_name(experiment.name))
         there = self._leftovers(existing.experiment_id, uid) if existing is not None else []

@@ -185,6 +185,7 @@ ENV_WORKER_USERNAME = "SIAMESE_SWEEP_MLFLOW_WORKER_USERNAME"  # the non-admin ML
 ENV_WORKER_PASSWORD = "SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD"
 ENV_SPEC = "SIAMESE_SWEEP_SPEC"                        # the container entrypoint's spec path (compose)
 ENV_STUDY = "SIAMESE_SWEEP_STUDY"                      # the container entrypoint's study name (compose)
+ENV_THREADS = "SIAMESE_SWEEP_THREADS"                  # the container entrypoint's worker --threads (compose)
 ENV_SPEC_DIR = "SIAMESE_SWEEP_SPEC_DIR"                # compose: the host folder mounted at /specs
 ENV_DATA_DIR = "SIAMESE_SWEEP_DATA_DIR"                # compose: the host folder mounted at /data
 

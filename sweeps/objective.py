@@ -499,28 +499,40 @@ class TrialAttempt:
         if run is None or run.closed:
             return
         if not outcome.ends_run or isinstance(exc, TrackingUnavailable):
-            # MLflow just refused calls for the whole retry budget: don't spend it again on tags and end_run. One
-            # short try: a server that answers but cannot store artifacts (a full disk) takes the end, and the
-            # run is not left RUNNING for a rerun that may never come. Also when a stop came meanwhile (the
-            # outcome is `interrupted` then): a Ctrl-C with MLflow down took 8 minutes, the budget three times
-            try:
-                quick = self.ctx.tracker.retry.within(QUICK_END_S)
-                quick("end run", lambda: run.client.log_batch(run.run_id, tags=[RunTag(k, str(v)) for k, v in {
-                    names.TAG_STATE: outcome.state, names.TAG_REASON: outcome.reason,
-                    names.TAG_REASON_DETAIL: mask_secrets(f"{type(exc).__name__}: {exc}")[:MAX_DETAIL]}.items()]))
-                quick("end run", lambda: run.client.set_terminated(
-                    run.run_id, outcome.run_status or outcomes.ORPHANED_RUN_STATUS))
-                run.closed = True
-            except Exception:  # noqa: BLE001 - still unreachable: the reconcile of a later worker ends it
-                log.warning("trial %d failed (%s); run %s is ended %s once MLflow answers", self.trial.number,
-                            outcome.reason, run.run_id, outcome.run_status)
+            # MLflow just refused calls for the whole retry budget: don't spend it again on tags and end_run. Also
+            # when a stop came meanwhile (the outcome is `interrupted` then): a Ctrl-C with MLflow down took 8
+            # minutes, the budget three times
+            self._end_quickly(run, outcome, exc)
             return
         try:
             self._end_run(run, outcome, f"{type(exc).__name__}: {exc}")
+        except TrackingUnavailable:
+            # the tags' request refused for the whole budget: a SIGTERM's clean-up with MLflow down then spent it
+            # twice more on the metrics and the end (6 minutes, past the 180 s grace of the Kubernetes Job and
+            # of Slurm's signal); now one budget and two short tries
+            self._end_quickly(run, outcome, exc)
         except Exception as end_exc:  # noqa: BLE001
             log.warning("could not end MLflow run %s as %s: %s", run.run_id, outcome.run_status, end_exc)
 
+    def _end_quickly(self, run: TrialRun, outcome: Outcome, exc: BaseException) -> None:
+        """One short try to tag and end `run` after MLflow refused a call for its whole retry budget: a server that
+        answers but cannot store artifacts (a full disk) takes the end, and the run is not left RUNNING for a
+        rerun that may never come; still unreachable, the reconcile of a later worker ends it."""
+        try:
+            quick = self.ctx.tracker.retry.within(QUICK_END_S)
+            quick("end run", lambda: run.client.log_batch(run.run_id, tags=[RunTag(k, str(v)) for k, v in {
+                names.TAG_STATE: outcome.state, names.TAG_REASON: outcome.reason,
+                names.TAG_REASON_DETAIL: mask_secrets(f"{type(exc).__name__}: {exc}")[:MAX_DETAIL]}.items()]))
+            quick("end run", lambda: run.client.set_terminated(
+                run.run_id, outcome.run_status or outcomes.ORPHANED_RUN_STATUS))
+            run.closed = True
+        except Exception:  # noqa: BLE001 - still unreachable
+            log.warning("trial %d failed (%s); run %s is ended %s once MLflow answers", self.trial.number,
+                        outcome.reason, run.run_id, outcome.run_status)
+
     def _end_run(self, run: TrialRun, outcome: Outcome, detail: str) -> None:
+        """Tag and end `run`; a `TrackingUnavailable` from the tags is raised without ending it (each of the two
+        requests of the end would spend the retry budget again: the caller's short try ends it)."""
         tags: dict[str, Any] = {names.TAG_STATE: outcome.state}
         if outcome.state != outcomes.COMPLETE:
             tags[names.TAG_REASON] = outcome.reason
@@ -528,8 +540,12 @@ class TrialAttempt:
             tags[names.TAG_REASON_DETAIL] = mask_secrets(detail)[:MAX_DETAIL]
         try:
             run.set_tags(tags)
-        finally:
+        except TrackingUnavailable:
+            raise
+        except BaseException:
             run.end(outcome.run_status or outcomes.ORPHANED_RUN_STATUS)
+            raise
+        run.end(outcome.run_status or outcomes.ORPHANED_RUN_STATUS)
 
     # ------------------------------------------------------------------ checkpoints and retries
     def _settle_checkpoint(self, outcome: Outcome) -> None:

@@ -211,19 +211,14 @@ def preflight_stores(*, storage: str, tracking_uri: str, study_name: str, experi
     credentials, `SweepFatal` when it cannot be reached)."""
     from .errors import SweepFatal, TrackingUnavailable
     from .secrets import mask_url
-    from .storage import check_sqlite_store, sqlite_path, storage_file, storage_kind
+    from .storage import check_sqlite_store, refuse_one_file_for_both, storage_kind
     from .tracking import require_artifact_folder, require_mlflow_store
 
     check_study_name(study_name)
     storage_kind(storage, storage_given_as)
     check_sqlite_store(storage, "optuna", storage_given_as)
     require_mlflow_store(tracking_uri, must_exist=False)
-    both = storage_file(storage), sqlite_path(tracking_uri)  # a journal on the tracking store's file too
-    if both[0] is not None and both[1] is not None and both[0].resolve() == both[1].resolve():
-        # each store's check knows a file by its tables: a new one has none, so the study was created in it and
-        # MLflow's schema then failed on Optuna's ("Can't locate revision", exit 1)
-        raise ConfigError("--tracking-uri", f"is the same SQLite file as the Optuna storage ({both[1]}): give each "
-                                            f"store its own file")
+    refuse_one_file_for_both(storage, tracking_uri, "--tracking-uri")
     require_artifact_folder(tracking_uri, experiment)
     if not tracking_uri.startswith(("http://", "https://")):
         return

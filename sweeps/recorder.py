@@ -19,7 +19,8 @@ and a new helper is started for the next trial.
 The helper imports MLflow, matplotlib and `sweeps.serving` (MLflow runs the models-from-code file while it
 saves), never TensorFlow. It reads its tracking URI from its stdin (no secret in process arguments) and
 answers on a copy of its stdout (MLflow's own prints go to stderr). It runs in its own session, so a Ctrl-C
-meant for the worker does not kill a job half-way; it exits when the worker closes its stdin or dies.
+meant for the worker does not kill a job half-way; it exits when the worker closes its stdin or dies, and logs no
+model for a worker that died meanwhile (its trial is failed and retried: the retry logs its own).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -268,9 +270,10 @@ def lower_priority() -> str:
         return "normal"
 
 
-def record(job: Job, tracker: Any) -> str | None:
+def record(job: Job, tracker: Any, *, wanted: Callable[[], bool] | None = None) -> str | None:
     """Draw, upload and log one staged trial; returns the logged model's URI (None: no model). In the helper,
-    or in the worker's thread when the trial is recorded in line."""
+    or in the worker's thread when the trial is recorded in line. `wanted` (the helper's): whether the worker
+    that sent the job is still there to tell its trial, asked before the model is logged."""
     from . import artifacts, modelio
     from .mlflow_globals import quiet_artifacts
     from .tracking import TrialRun
@@ -282,6 +285,10 @@ def record(job: Job, tracker: Any) -> str | None:
         TrialRun(tracker, job.run_id).log_artifacts(str(files))
     if job.model_name is None:
         return None
+    if wanted is not None and not wanted():
+        # a worker killed while its trial was recorded: the trial is failed (its heartbeat stops) and retried, and
+        # its run ended KILLED, yet the helper went on and left a READY model of it beside the retry's own
+        raise RecordingFailed(f"trial {job.number}'s worker is gone: its model is not logged")
     name = job.model_name
     return str(tracker.retry("log model", lambda: modelio.log_staged_model(
         tracker.client, run_id=job.run_id, experiment_id=job.experiment_id, staged=job.folder / MODEL,
@@ -330,6 +337,11 @@ def main() -> int:
     os.dup2(2, 1)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s recorder: %(message)s")
     priority = lower_priority()
+    worker = os.getppid()  # a worker that dies leaves this process to another parent
+
+    def wanted() -> bool:
+        return os.getppid() == worker
+
     first = sys.stdin.readline()
     if not first.strip():
         return 0
@@ -342,8 +354,10 @@ def main() -> int:
         if not line.strip():
             continue
         job = Job.from_message(json.loads(line))
+        if not wanted():
+            return 0  # its worker is gone: nobody reads the answer, and its trial is failed and retried
         try:
-            uri = record(job, tracker)
+            uri = record(job, tracker, wanted=wanted)
         except Exception as exc:  # noqa: BLE001 - handed to the worker, which fails the trial with it
             _answer(out, {"number": job.number, "kind": type(exc).__name__,
                           "error": mask_secrets(f"recording trial {job.number}: {type(exc).__name__}: {exc}")})

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from siamese_core.errors import ConfigError, InfrastructureError
 
 from . import names
-from .mlflow_globals import mlflow_internals_use, quiet_artifacts
+from .mlflow_globals import forget_deleted_sqlite_stores, mlflow_internals_use, quiet_artifacts
 
 SCHEME = "models:/"
 DEFAULT_ALIAS = "champion"
@@ -129,6 +129,7 @@ def client_for(tracking_uri: str) -> Any:
     from .tracking import configure_http_client
 
     configure_http_client()
+    forget_deleted_sqlite_stores()  # a store whose file a notebook deleted since MLflow opened it
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 

@@ -89,12 +89,16 @@ def storage_file(url: str) -> Path | None:
 
 
 def require_existing(url: str, flag: str = "--storage") -> None:
-    """`ConfigError` naming `flag` if `url` names a SQLite or journal file that does not exist: a command that only
-    reads a study (status, report, promote, a worker joining by name, move's source) must not create one."""
+    """`ConfigError` naming `flag` if `url` names a SQLite or journal file that does not exist, or an empty SQLite
+    file: a command that only reads a study (status, report, promote, the dashboard, move's source) must not
+    create one, nor write Optuna's tables into one."""
     path = storage_file(url)
     if path is not None and not path.exists():
         kind = "SQLite" if sqlite_path(url) is not None else "journal"
         raise ConfigError(flag, f"no such {kind} file: {path}")
+    if path is not None and sqlite_path(url) is not None and path.is_file() and path.stat().st_size == 0:
+        # Optuna writes its tables into an empty file it opens: `status` and the read-only dashboard did
+        raise ConfigError(flag, f"{path} is an empty file: no study in it")
 
 
 def require_study_storage(url: str, field: str) -> None:
@@ -146,6 +150,17 @@ def check_sqlite_store(url: str, store: str, flag: str) -> None:
         found = next((w for t, w in SQLITE_STORES.values() if t in tables),
                      "not a SQLite database" if tables == {"?"} else "another database")
         raise ConfigError(flag, f"{path} is not {what} (it is {found}); nothing was changed")
+
+
+def refuse_one_file_for_both(storage: str, tracking_uri: str, flag: str) -> None:
+    """`ConfigError` naming `flag` (the tracking URI's) when it is the SQLite file of the Optuna `storage` (a
+    journal on it too): each store's check knows a file by its tables, a new one has none, so the study was
+    created in it and MLflow's schema then failed on Optuna's ("Can't locate revision", exit 1); `move` copied
+    every run into it first."""
+    both = storage_file(storage), sqlite_path(tracking_uri)
+    if both[0] is not None and both[1] is not None and both[0].resolve() == both[1].resolve():
+        raise ConfigError(flag, f"is the same SQLite file as the Optuna storage ({both[1]}): give each store its "
+                                f"own file")
 
 
 def make_parent(path: Path, flag: str) -> None:

@@ -161,9 +161,9 @@ def _refuse_if_another(study_name: str, attrs: dict[str, Any], spec: SweepSpec) 
         return
     shown = ", ".join(diff[:6]) + (f" and {len(diff) - 6} more" if len(diff) > 6 else "")
     raise ConfigError("spec", f"study {study_name!r} was created with another spec (differs in: "
-                              f"{shown or 'its stored hash'}); join it with 'siamese-sweep worker --study "
-                              f"{study_name}' and no spec file (its own spec is stored with it), or use "
-                              f"another --study name")
+                              f"{shown or 'its stored hash'}); join it without a spec, which runs the one stored "
+                              f"with it ('siamese-sweep worker --study {study_name}'; from Python: "
+                              f"sweep(study_name={study_name!r})), or use another --study name")
 
 
 def refuse_another_spec(storage_url: str, study_name: str, spec: SweepSpec, *, field: str | None = None) -> None:
@@ -183,20 +183,30 @@ def stored_spec(storage_url: str, study_name: str, overrides: dict[str, Any] | N
                 missing_ok: bool = False, field: str | None = None) -> SweepSpec | None:
     """The spec `study_name` was created with (`SweepSpec.portable`, stored with the study), with ``--set``
     overrides applied (which then must not change its identity). Without such a study or stored spec:
-    None if `missing_ok`, else `ConfigError` naming --study."""
+    None if `missing_ok`, else `ConfigError` naming --study. A study with nothing in it at all (no attrs, no
+    trials) is waited for as `check_same_spec` waits (its creator is writing its spec), then, still empty (a
+    `move` or `run` killed as it created it), a `ConfigError` either way: `run --study` without a spec filled a
+    half-moved study with the quickstart's trials, and the move could not be finished."""
     missing = ConfigError("--study", f"no study named {study_name!r} in {mask_url(storage_url)}; start it with "
                                      f"'siamese-sweep run SPEC --study {study_name}', or pass the spec file")
     path = storage_file(storage_url)
-    if path is not None and not path.exists():
+    if path is not None and (not path.exists() or (path.is_file() and path.stat().st_size == 0)):
         if missing_ok:
             return None
-        raise missing  # opening it would create an empty database or journal file
+        raise missing  # opening it would create an empty database or journal file, or Optuna's tables in one
     try:
         study = optuna.load_study(study_name=study_name, storage=make_storage(storage_url, field=field))
     except KeyError:
         if missing_ok:
             return None
         raise missing from None
+    deadline = time.monotonic() + SPEC_WAIT_S
+    while not study.user_attrs and not study.get_trials(deepcopy=False):
+        if time.monotonic() >= deadline:
+            raise ConfigError("--study", f"study {study_name!r} is empty, with no spec stored (a move or run killed "
+                                         f"as it created it): pass its spec file, or finish the move with "
+                                         f"'siamese-sweep move ... --replace-runs'")
+        time.sleep(0.2)
     data = study.user_attrs.get(names.STUDY_ATTR_SPEC)
     if not isinstance(data, dict):
         if missing_ok:

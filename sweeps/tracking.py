@@ -37,7 +37,7 @@ from siamese_core.errors import ConfigError, first_line
 
 from . import names
 from .errors import TrackingUnavailable
-from .mlflow_globals import mlflow_internals_use
+from .mlflow_globals import forget_deleted_sqlite_stores, mlflow_internals_use
 from .secrets import mask_secrets, mask_url
 from .signals import deferred_stop
 
@@ -272,6 +272,7 @@ class Tracker:
 
     def __init__(self, uri: str, *, retry: Retry | None = None) -> None:
         configure_http_client()
+        forget_deleted_sqlite_stores()  # a store whose file a notebook deleted since MLflow opened it
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         self.retry = replace(retry or Retry(budget_s=retry_budget_s()), hold_signals=holds_signals(uri))

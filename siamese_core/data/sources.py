@@ -29,7 +29,7 @@ from typing import Any, cast
 import numpy as np
 
 from ..config import DatasetConfig, TrainConfig, as_config
-from ..errors import DataError
+from ..errors import DataError, first_line
 from ..registry import DATASETS, import_object
 from . import cache
 from . import validation as v
@@ -186,9 +186,11 @@ def load_mnist(ds: DatasetConfig) -> RawLabeled:
     if not path.is_file() and not ds.path:
         try:
             (x, y), (xt, yt) = _keras_mnist()
-        except Exception as exc:  # noqa: BLE001
-            raise DataError(str(path), f"MNIST not found and the Keras download failed ({type(exc).__name__}); "
-                                       f"set dataset.path to a Keras-format mnist.npz") from None
+        except Exception as exc:  # noqa: BLE001 - Keras' `get_file` raises a bare Exception, its text says why
+            why = first_line(exc)[:300] or type(exc).__name__
+            raise DataError(str(path), f"MNIST not found and the Keras download failed ({why}); set dataset.path to "
+                                       f"a Keras-format mnist.npz (without Google's servers, the repository's "
+                                       f"benchmarks/get_mnist.py fetches LeCun's files)") from None
         arrays, source = {"x_train": x, "y_train": y, "x_test": xt, "y_test": yt}, "keras.datasets.mnist"
     else:
         arrays, source = read_npz(path, required=("x_train", "y_train", "x_test", "y_test")), str(path)

@@ -108,10 +108,31 @@ def below_chance(auc: float, counts: tuple[int, int] | None) -> bool:
     return (0.5 - auc) / math.sqrt((n1 + n2 + 1) / (12.0 * n1 * n2)) >= INVERTED_Z
 
 
+# Each optimizer's usual learning rates (Keras' defaults: 1e-3 for adam and rmsprop, 1e-2 for sgd, each the middle
+# of its range), for the no_learning fix: outside them the rate is the likely cause, inside them it is not.
+USUAL_LEARNING_RATES = {"adam": (1e-4, 1e-2, 1e-3), "rmsprop": (1e-4, 1e-2, 1e-3), "sgd": (1e-3, 1e-1, 1e-2)}
+
+
+def no_learning_fix(optimizer: str, learning_rate: float) -> str:
+    """The advice for no_learning, by the run's own learning rate: "try learning_rate 1e-3 with adam" was said to
+    a run at adam's 1e-3 whose labels did not describe its pairs."""
+    low, high, usual = USUAL_LEARNING_RATES.get(optimizer, USUAL_LEARNING_RATES["adam"])
+    if learning_rate < low or learning_rate > high:
+        return (f"learning_rate {learning_rate:g} is {'small' if learning_rate < low else 'large'} for {optimizer} "
+                f"(usually {low:g}-{high:g}): try {usual:g}")
+    return (f"learning_rate {learning_rate:g} is within {optimizer}'s usual {low:g}-{high:g}, so look elsewhere: "
+            f"that the labels describe the pairs (1 = same), that the gradients reach the encoder (layers frozen "
+            f"or not trainable, a constant or a stop_gradient in user code) and that its weights change between "
+            f"epochs")
+
+
 def epoch_findings(history: list[dict[str, float]], *, distance: str, l2_normalize: bool, higher_is_same: bool,
-                   patience: int, val_counts: tuple[int, int] | None = None) -> list[Finding]:
+                   patience: int, val_counts: tuple[int, int] | None = None,
+                   optimizer: tuple[str, float] | None = None) -> list[Finding]:
     """Findings from the per-epoch validation metrics so far (the last row is the current epoch; `val_counts`:
-    the validation pairs, same and different)."""
+    the validation pairs, same and different; `optimizer`: its name and the learning rate, for the
+    no_learning fix)."""
+    stuck_fix = no_learning_fix(*optimizer) if optimizer is not None else None
     row, epoch = history[-1], len(history) - 1
     out: list[Finding] = []
     auc, norm = _f(row, "val_roc_auc"), _f(row, "raw_embedding_norm_mean")
@@ -174,7 +195,8 @@ def epoch_findings(history: list[dict[str, float]], *, distance: str, l2_normali
                    f"validation metrics did not change at all for {patience} epochs: the weights are not updating")
             out.append(C.finding(C.NO_LEARNING, f"{why} (AUC {', '.join(f'{a:.3f}' for a in aucs)})",
                                  evidence={"epochs": patience, "val_roc_auc": aucs, "val_loss": losses,
-                                           "train_loss": [_f(r, "loss") for r in recent]}, epoch=epoch))
+                                           "train_loss": [_f(r, "loss") for r in recent]}, epoch=epoch,
+                                 fix=stuck_fix))
     if len(history) == EARLY_EPOCHS and not any(f.code == C.NO_LEARNING for f in out):
         first, last = _f(history[0], "loss"), _f(row, "loss")
         rise = _f(row, "val_roc_auc") - _f(history[0], "val_roc_auc")
@@ -186,7 +208,7 @@ def epoch_findings(history: list[dict[str, float]], *, distance: str, l2_normali
                                f"{EARLY_EPOCHS} epochs ({first:.4g} -> {last:.4g}; a model that learns lowers it "
                                f"by more than {100 * EARLY_LOSS_DROP:.0f} %): the weights barely move",
                 evidence={"epochs": EARLY_EPOCHS, "train_loss": [_f(r, "loss") for r in history],
-                          "val_roc_auc": [_f(r, "val_roc_auc") for r in history]}, epoch=epoch))
+                          "val_roc_auc": [_f(r, "val_roc_auc") for r in history]}, epoch=epoch, fix=stuck_fix))
     return out
 
 
@@ -347,7 +369,8 @@ class EpochWatcher(_Watcher):
         found = epoch_findings(self.history, distance=self.models.distance,
                                l2_normalize=self.config.encoder.l2_normalize,
                                higher_is_same=self.models.higher_is_same,
-                               patience=self.config.diagnostics.no_learning_patience, val_counts=self.val_counts)
+                               patience=self.config.diagnostics.no_learning_patience, val_counts=self.val_counts,
+                               optimizer=(self.config.optimizer.name, self.config.learning_rate))
         self.report(found)
 
 

@@ -126,7 +126,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
             raise ConfigError("--rollback", "takes no --force, --metric or --lift-rollback")
         decision = rollback(tracking_uri=where["tracking_uri"], model_name=where["model_name"],
                             study_name=where["study"], storage=where["storage"], alias=args.alias,
-                            dry_run=args.dry_run)
+                            dry_run=args.dry_run, storage_given_as=where["storage_given_as"])
     else:
         if not where["study"]:
             raise ConfigError("--study", "which study? give --study NAME (or a spec file)")
@@ -137,7 +137,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
             print(f"promote: {notice}", file=sys.stderr)
         decision = promote(where["study"], storage=where["storage"], tracking_uri=where["tracking_uri"],
                            model_name=where["model_name"], alias=args.alias, metric=metric,
-                           dry_run=args.dry_run, force=args.force, lift_hold=args.lift_rollback)
+                           dry_run=args.dry_run, force=args.force, lift_hold=args.lift_rollback,
+                           storage_given_as=where["storage_given_as"])
     if args.json:
         print_json(decision.to_dict())
     else:

@@ -77,8 +77,8 @@ def _existing_study_spec(storage: str, study: str, overrides: dict[str, Any]) ->
     try:
         spec = stored_spec(storage, study, overrides, missing_ok=True, field=f"${ENV_OPTUNA_STORAGE}")
     except InfrastructureError as exc:
-        print(f"warning: could not read study {study!r}'s own spec from $OPTUNA_STORAGE here ({exc}); submitting "
-              "the built-in quickstart: pass the study's spec file if it exists", file=sys.stderr)
+        print(f"warning: could not read the spec stored with study {study!r} from $OPTUNA_STORAGE here ({exc}); "
+              "submitting the built-in quickstart: pass the study's spec file if it exists", file=sys.stderr)
         return None
     if spec is None:
         return None
@@ -95,8 +95,8 @@ def _refuse_another_spec(storage: str, study: str, spec: SweepSpec) -> None:
     try:
         refuse_another_spec(storage, study, spec, field=f"${ENV_OPTUNA_STORAGE}")
     except InfrastructureError as exc:
-        print(f"warning: could not compare the spec with study {study!r}'s own here ({exc}); each task's worker "
-              "compares it", file=sys.stderr)
+        print(f"warning: could not compare the spec with the one stored with study {study!r} here ({exc}); "
+              "each task's worker compares it", file=sys.stderr)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

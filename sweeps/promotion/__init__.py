@@ -47,10 +47,11 @@ log = logging.getLogger(__name__)
 @python_arguments
 def promote(study_name: str, *, storage: str, tracking_uri: str, model_name: str | None = None,
             alias: str = DEFAULT_ALIAS, metric: str | None = None, dry_run: bool = False,
-            force: bool = False, lift_hold: bool = False) -> PromotionDecision:
+            force: bool = False, lift_hold: bool = False, storage_given_as: str = "--storage") -> PromotionDecision:
     """Promote the study's best model to ``models:/<model_name>@<alias>`` if it beats the holder on validation.
 
-    `lift_hold`: release a rollback's hold on the alias, then decide as usual.
+    `lift_hold`: release a rollback's hold on the alias, then decide as usual. `storage_given_as`: where
+    `storage` came from (``$OPTUNA_STORAGE``, a spec's ``study.storage``), named by a refusal.
     `metric`: the selection metric (``val_roc_auc``, ``roc_auc``, ...; a ``test_*`` name is mapped to its
     validation counterpart with a logged notice, see `sweeps.reevaluation.selection_metric`).
     """
@@ -64,7 +65,7 @@ def promote(study_name: str, *, storage: str, tracking_uri: str, model_name: str
     with mlflow_internals_use(tracking_uri), tempfile.TemporaryDirectory(prefix="siamese-promote-") as tmp:
         facts, reg = gather(study_name, storage=storage, tracking_uri=tracking_uri, model_name=model_name,
                             alias=alias, metric=metric, force=force, workdir=tmp,
-                            lift_hold=lift_hold)
+                            lift_hold=lift_hold, storage_given_as=storage_given_as)
         decision = decide(facts)
         decision.dry_run = dry_run
         return decision if dry_run else apply(decision, facts, reg)
@@ -72,7 +73,8 @@ def promote(study_name: str, *, storage: str, tracking_uri: str, model_name: str
 
 @python_arguments
 def rollback(*, tracking_uri: str, model_name: str | None = None, study_name: str | None = None,
-             storage: str | None = None, alias: str = DEFAULT_ALIAS, dry_run: bool = False) -> PromotionDecision:
+             storage: str | None = None, alias: str = DEFAULT_ALIAS, dry_run: bool = False,
+             storage_given_as: str = "--storage") -> PromotionDecision:
     """Move the alias back to the version that held it before the current holder."""
     validate_alias(alias)
     if model_name is not None:
@@ -82,7 +84,8 @@ def rollback(*, tracking_uri: str, model_name: str | None = None, study_name: st
         if model_name is None:
             if not study_name:
                 raise ConfigError("--model-name", "rollback needs --model-name (or --study to derive it)")
-            model_name = (model_name_for(load_study(study_name, storage), study_name) if storage
+            model_name = (model_name_for(load_study(study_name, storage, field=storage_given_as), study_name)
+                          if storage
                           else names.default_registered_model(study_name))
         reg = Registry(tracking_uri, model_name)
         decision = decide_rollback(gather_rollback(reg, alias, study=study_name))

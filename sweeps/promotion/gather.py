@@ -125,9 +125,10 @@ def pick_candidate(study: optuna.Study, metric: str | None, *, recorded: Recorde
 
 
 def gather(study_name: str, *, storage: str, tracking_uri: str, model_name: str | None, alias: str,
-           metric: str | None, force: bool, workdir: str, lift_hold: bool = False) -> tuple[Facts, Registry]:
+           metric: str | None, force: bool, workdir: str, lift_hold: bool = False,
+           storage_given_as: str = "--storage") -> tuple[Facts, Registry]:
     """`Facts` for `decide`, and the registry `apply` writes to. Models are downloaded under `workdir`."""
-    study = load_study(study_name, storage)
+    study = load_study(study_name, storage, field=storage_given_as)  # a refusal names where it came from
     refuse_unfinished_move(study)
     first = study_metric(study)
     if metric is None and not by_objective(study) and not has_counterpart(first):

@@ -191,6 +191,20 @@ def test_fashion_mnist_not_found_anywhere_says_how_to_install(tmp_path, monkeypa
     assert str(tmp_path / "none") in str(err.value)
 
 
+def test_mnist_offline_says_why_the_download_failed_and_what_to_do(tmp_path, monkeypatch):
+    """It said "the Keras download failed (Exception)": Keras' `get_file` raises a bare Exception whose text is the
+    reason (session 47's review)."""
+    monkeypatch.setattr(sources, "MNIST_FILE", str(tmp_path / "mnist.npz"))
+
+    def offline():  # what keras.utils.get_file raises without a route to Google's servers
+        raise Exception("URL fetch failure on https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz: "
+                        "None -- [Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr(sources, "_keras_mnist", offline)
+    with pytest.raises(DataError) as err:
+        load_dataset(cfg(name="mnist"))
+    assert "Temporary failure in name resolution" in str(err.value) and "benchmarks/get_mnist.py" in str(err.value)
+
+
 def test_truncated_idx_gzip_names_the_file(tmp_path):
     path = write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.zeros((50, 28, 28), np.uint8) + 7)
     data = path.read_bytes()

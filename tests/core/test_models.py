@@ -128,6 +128,37 @@ def test_sequence_encoder(rnn, bidirectional):
     assert np.asarray(enc(tokens)).shape == (3, 6)
 
 
+def _layers(model: keras.Model) -> list:
+    return [(type(layer).__name__, {k: v for k, v in layer.get_config().items() if k != "name"})
+            for layer in all_layers(model)]
+
+
+# a value other than the default for each encoder field (`type` aside)
+_OTHER = {"depth": 2, "width": 5, "embedding_dim": 7, "l2_normalize": False, "dropout": 0.3, "batch_norm": False,
+          "activation": "tanh", "kernel_size": 5, "pooling": "flatten", "vocab_size": 60, "token_embedding_dim": 8,
+          "rnn": "gru", "bidirectional": True}
+
+
+@pytest.mark.parametrize("kind", ["conv", "mlp", "sequence"])
+def test_each_builtin_encoder_reads_the_fields_its_table_says_and_no_other(kind):
+    """`siamese_core.config.BUILTIN_ENCODER_READS`, by which a sweep refuses a search over a field the encoder does
+    not read: every field it names changes the model, every other one leaves it as it was."""
+    from siamese_core.config import BUILTIN_ENCODER_READS, EncoderConfig
+
+    i = {"conv": info(), "mlp": info(kind="vectors", shapes=((12,),), dtype="float32"),
+         "sequence": info(kind="tokens", shapes=((20,),), dtype="int32", value_range=(0, 49), vocab=50)}[kind]
+    assert set(_OTHER) == set(EncoderConfig.model_fields) - {"type"}
+
+    def built(**changed) -> list:
+        c = cfg(encoder={"type": kind, **changed})
+        keras.utils.clear_session()
+        return _layers(build_encoder(i, c.encoder, c.preprocessing, seed=0))
+
+    default = built()
+    for field, value in _OTHER.items():
+        assert (built(**{field: value}) != default) == (field in BUILTIN_ENCODER_READS[kind]), field
+
+
 @pytest.mark.parametrize("kind, encoder, words", [
     ("vectors", {"type": "conv"}, "image inputs"),
     ("images", {"type": "sequence"}, "token ids"),

@@ -77,6 +77,18 @@ def test_rules_for_constant_inverted_and_stuck_runs():
     assert [codes(f) for f in findings_for(chance)] == [{}, {}, {"no_learning": "warning"}]
 
 
+def test_the_no_learning_fix_follows_the_runs_own_learning_rate():
+    chance = rows(*[(0.3, 0.3, a, 1.0, 0.2, 0.5, 0.5, 0.2) for a in (0.52, 0.49, 0.51)])
+    (usual,) = findings_for(chance, optimizer=("adam", 1e-3))[2]
+    assert usual.fix.startswith("learning_rate 0.001 is within adam's usual 0.0001-0.01, so look elsewhere: that the "
+                                "labels describe the pairs")
+    (slow,) = findings_for(UNIT["adam lr=1e-7 (test AUC 0.75)"], distance="cosine", l2_normalize=True,
+                           optimizer=("adam", 1e-7))[2]
+    assert slow.fix == "learning_rate 1e-07 is small for adam (usually 0.0001-0.01): try 0.001"
+    (fast,) = findings_for(chance, optimizer=("sgd", 5.0))[2]
+    assert fast.fix == "learning_rate 5 is large for sgd (usually 0.001-0.1): try 0.01"
+
+
 def test_an_auc_below_0_3_on_few_validation_pairs_needs_to_be_far_below_chance():
     """A healthy two-tower model read AUC 0.293 after one epoch on 60 validation pairs (a 600-pair pairs_npz set):
     `label_inverted`, an error, stopped the doctor (exit 3). On 60 pairs 0.293 is 2.8 standard errors below 0.5."""
@@ -200,6 +212,9 @@ def test_shuffled_labels_do_not_learn(digits):
     cfg = {"dataset": "digits", "epochs": 3, "encoder": {"type": "mlp"}}
     collector, exc = run(cfg, data)
     assert exc is None and codes(collector.findings) == {"no_learning": "warning"}
+    # the advice was "try learning_rate 1e-3 with adam", the rate this run had: it points past the rate now
+    usual = "learning_rate 0.001 is within adam's usual 0.0001-0.01"
+    assert {f.fix.split(",")[0] for f in collector.findings} == {usual}
 
 
 def test_preflight_reports_bypassed_rescaling_before_the_first_step(digits255_npz):

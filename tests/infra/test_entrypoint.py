@@ -241,6 +241,10 @@ def test_worker_command_line(ep: ModuleType) -> None:
     # alone joins only a stored one: exit 2 "no study named ...")
     named, _ = ep.worker_command(_env(SIAMESE_SWEEP_SPEC="", SIAMESE_SWEEP_STUDY="mine"), [])
     assert named == ["siamese-sweep", "worker", "quickstart", "--study", "mine"]
+    # `--scale worker=N` on one host: each container saw every core and started a thread per core
+    shared, _ = ep.worker_command(_env(SIAMESE_SWEEP_SPEC="", SIAMESE_SWEEP_STUDY="", SIAMESE_SWEEP_THREADS="1"), [])
+    assert shared == ["siamese-sweep", "worker", "quickstart", "--threads", "1"]
+    assert build_parser().parse_args(shared[1:]).threads == 1
     assert resolve_spec_path(named[2]).is_file() and build_parser().parse_args(named[1:]).study == "mine"
     with pytest.raises(SystemExit, match="SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD"):
         ep.worker_command(_env(SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD=""), [])

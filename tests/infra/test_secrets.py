@@ -205,6 +205,13 @@ def test_the_dashboard_never_tells_a_trial_or_sets_its_attributes(tmp_path: Path
     assert status.startswith("403") and b"records trial states" in body
     status, _ = request("POST", f"/api/trials/{trial_id}/user-attrs", {"user_attrs": {"model_uri": "x"}})
     assert status.startswith("403")
+    # a byte that is not UTF-8 (`%FF`, which wsgiref hands over as latin-1 '\xff'): the router drops it, the
+    # guard matched the raw path and the trial was told COMPLETE 0.9999 (session 47's review)
+    for path in (f"/api/trials/{trial_id}/\xfftell", f"/api/trials/{trial_id}/user-\xffattrs",
+                 f"/api/trials/{trial_id}\xff/tell", f"/api/trials/{trial_id}/tell/", f"/api/trials/{trial_id}/tell//",
+                 f"/api/trials/{trial_id}/user-attrs/"):  # and the trailing slashes optuna-dashboard strips
+        status, _ = request("POST", path, {"state": "Complete", "values": [0.9999], "user_attrs": {"model_uri": "x"}})
+        assert status.startswith("403"), (path, status)
     stored = optuna.load_study(study_name="s", storage=url).trials[0]
     assert stored.state == optuna.trial.TrialState.RUNNING and stored.user_attrs == {}
     status, _ = request("PUT", f"/api/studies/{study._study_id}/note", {"version": 1, "body": "looks good"})

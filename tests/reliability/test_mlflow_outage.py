@@ -9,6 +9,8 @@ once the server is back, finishes the budget; no trial ever has two runs.
 """
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,3 +123,31 @@ def test_long_outage_fails_the_trial_clearly_and_the_rerun_completes_it_without_
     assert seen["runs"][victim.number].info.status in ("FAILED", "KILLED")
     assert seen["runs"][victim.number].data.tags["siamese_sweep.reason"] == "tracking_unavailable"
     assert client.get_run(seen["parent_id"]).info.status == "FINISHED"
+
+
+def test_a_stop_while_mlflow_is_down_ends_within_one_retry_budget(server, client, tmp_path: Path) -> None:
+    """SIGTERM with the MLflow server down: the interrupted trial's clean-up spent the retry budget three times (its
+    tags, its metrics, its end: 6 minutes at the default 120 s, past the 180 s grace of the Kubernetes Job and of
+    Slurm's signal, which then SIGKILL it; session 47's review). Now one budget and two short tries."""
+    budget = 30
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    spec = write_spec(tmp_path / "spec.yaml", spec_dict(tmp_path, name="stop", trials=2,
+                                                        base={**LONG_EPOCHS, "epochs": 60}))
+    env = clean_env(MLFLOW_TRACKING_URI=server.url, SIAMESE_SWEEP_MLFLOW_RETRY_SECONDS=str(budget))
+    worker = Proc(["worker", str(spec), "--storage", storage, "--quiet"], tmp_path, env, name="worker").start()
+    try:
+        wait_for(lambda: running_trial_after_epoch(storage, "stop", client, 1), timeout=240,
+                 what="trial 0 past its second epoch", procs=[worker])
+        server.kill()
+        started = time.monotonic()
+        worker.signal(signal.SIGTERM)
+        code = worker.wait(4 * budget)
+        took = time.monotonic() - started
+    finally:
+        worker.kill()
+    assert code == 130, worker.stderr[-3000:]
+    assert took < 2 * budget, f"{took:.0f} s: {worker.stderr[-3000:]}"  # 3 budgets and more before
+    assert "is ended KILLED once MLflow answers" in worker.stderr, worker.stderr[-3000:]
+    study = load_study(storage, "stop")
+    assert [t.state for t in study.trials][:1] == [S.FAIL]
+    assert study.trials[0].user_attrs["reason"] == "interrupted"

@@ -132,6 +132,43 @@ def test_the_wrong_sqlite_file_or_a_missing_journal_is_refused_and_left_as_it_wa
     assert "no such journal file" in capsys.readouterr().err and not journal.parent.exists()
 
 
+def test_one_file_for_both_targets_or_an_artifact_folder_it_cannot_make_creates_nothing(
+        tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both refused before the first write (session 47's review): one new SQLite file given as both targets had
+    every run and model copied into it, then "is not an Optuna storage ...; nothing was changed"; a target whose
+    artifact folder (``./mlruns``) is a file was exit 1 after a run was copied, and the next try refused."""
+    src = _laptop(tmp_path)
+    target = tmp_path / "cluster"
+    both = f"sqlite:///{target}/both.db"
+    code, _, err = _move(capsys, src, both, both)
+    assert code == 2 and err.startswith("error: --to-tracking-uri: is the same SQLite file as the Optuna storage")
+    assert len(err.strip().splitlines()) == 1 and not target.exists(), err
+    target.mkdir()
+    (target / "mlruns").write_text("")  # a new SQLite store keeps its artifacts in ./mlruns
+    monkeypatch.chdir(target)
+    code, _, err = _move(capsys, src, "sqlite:///optuna.db", "sqlite:///mlflow.db")
+    assert code == 2 and err.startswith("error: --to-tracking-uri: ") and "artifact folder" in err, err
+    assert len(err.strip().splitlines()) == 1 and sorted(p.name for p in target.iterdir()) == ["mlruns"]
+
+
+def test_a_study_killed_as_its_move_created_it_is_not_run_with_the_quickstart(tmp_path: Path, capsys) -> None:
+    """A move killed between creating the target study and marking it left an empty study with no attrs: `run
+    --study` without a spec filled it with the quickstart's trials (Fashion-MNIST), and the move could never be
+    finished (session 47's review). Now the run is refused and the move finishes it."""
+    src = _laptop(tmp_path)
+    to_storage, to_tracking = f"sqlite:///{tmp_path}/t.db", f"sqlite:///{tmp_path}/tm.db"
+    optuna.create_study(study_name=STUDY, storage=to_storage, direction="maximize")  # what the kill leaves
+    capsys.readouterr()
+    assert main(["run", "--study", STUDY, "--storage", to_storage, "--tracking-uri", to_tracking, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --study: study '{STUDY}' is empty, with no spec stored") and "--replace-runs" in err
+    assert not (tmp_path / "tm.db").exists()
+    code, _, err = _move(capsys, src, to_storage, to_tracking, "--replace-runs")
+    assert code == 0, err
+    moved = optuna.load_study(study_name=STUDY, storage=to_storage)
+    assert [t.value for t in moved.trials] == [0.7] and moved.user_attrs[names.STUDY_ATTR_MOVING] is False
+
+
 def test_a_bare_postgresql_url_gets_the_installed_driver() -> None:
     """SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3, which the distributed extra does not install:
     the storage failed with "Failed to import DB access module"."""

@@ -56,6 +56,19 @@ def test_unimportable_user_code_creates_nothing(tmp_path: Path, field: str) -> N
     _assert_refused(done, tmp_path, text=f"base.{field}.type")
 
 
+@pytest.mark.parametrize("encoder, key, choices", [("conv", "encoder.rnn", ["lstm", "gru"]),
+                                                    ("mlp", "encoder.kernel_size", [3, 5])])
+def test_searching_a_key_the_builtin_encoder_does_not_read_creates_nothing(tmp_path: Path, encoder: str, key: str,
+                                                                           choices: list) -> None:
+    """`encoder.rnn` searched for the conv encoder: every trial built the same model, differing in a value nothing
+    read, and the report ranked the dead dimension's importance (user encoders were refused already)."""
+    base = {**make_spec_dict()["base"], "encoder": {**make_spec_dict()["base"]["encoder"], "type": encoder}}
+    space = {**make_spec_dict()["search_space"], key: {"type": "categorical", "choices": choices}}
+    done = _cli(["run", str(_spec(tmp_path, base=base, search_space=space)), *_stores(tmp_path), "--quiet"],
+                cwd=tmp_path)
+    _assert_refused(done, tmp_path, text=f"error: search_space.{key}: the built-in {encoder} encoder does not read")
+
+
 def test_unimportable_choice_in_the_search_space_creates_nothing(tmp_path: Path) -> None:
     space = dict(make_spec_dict()["search_space"])
     space["encoder.type"] = {"type": "categorical", "choices": ["conv", "no_such_module:build"]}
@@ -220,6 +233,50 @@ def test_status_with_a_mistyped_sqlite_path_creates_no_file(tmp_path: Path) -> N
     _spec(tmp_path)
     done = _cli(["status", "--study", "t", "--storage", f"sqlite:///{tmp_path}/optuan.db"], cwd=tmp_path)
     _assert_refused(done, tmp_path, text="no such SQLite file")
+
+
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "{}\n"])
+def test_an_empty_spec_file_creates_nothing(tmp_path: Path, text: str) -> None:
+    """A spec file left empty (a failed `sed`) ran 10 identical trials of the default config on Fashion-MNIST,
+    searching nothing (session 47's review)."""
+    (tmp_path / "spec.yaml").write_text(text)
+    done = _cli(["run", "spec.yaml", *_stores(tmp_path), "--quiet"], cwd=tmp_path)
+    _assert_refused(done, tmp_path, text="error: spec.yaml is empty: a spec names at least")
+
+
+def test_promote_names_the_environment_for_a_storage_it_cannot_open(tmp_path: Path) -> None:
+    """`promote` checked $OPTUNA_STORAGE's scheme and file under its name, then opened it as "--storage": a wrong
+    password said "--storage: the database ... refused the login" to a user who never passed --storage (session
+    47's review; a file that is not a database fails at the same place)."""
+    from mlflow import MlflowClient
+
+    (tmp_path / "notdb.db").write_text("hi\n")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    MlflowClient(uri).search_experiments()
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+           "OPTUNA_STORAGE": f"sqlite:///{tmp_path}/notdb.db"}
+    for argv in (["promote", "--study", "t", "--dry-run"], ["promote", "--study", "t", "--rollback"]):
+        done = subprocess.run([*CLI, *argv, "--tracking-uri", uri], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300, env=env)
+        assert done.returncode == 2 and "error: $OPTUNA_STORAGE: " in done.stderr, (argv, done.stderr[-2000:])
+        assert "not an Optuna storage" in done.stderr, done.stderr[-2000:]
+
+
+def test_reading_an_empty_sqlite_file_leaves_it_empty(tmp_path: Path) -> None:
+    """`status` (and the read-only dashboard) on a 0-byte file wrote Optuna's 13 tables into it (session 47's
+    review): refused, the file left as it was."""
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    done = _cli(["status", "--study", "t", "--storage", f"sqlite:///{empty}"], cwd=tmp_path)
+    assert done.returncode == 2 and f"error: --storage: {empty} is an empty file" in done.stderr, done.stderr
+    joined = _cli(["worker", "--study", "t", "--storage", f"sqlite:///{empty}", "--tracking-uri",
+                   f"sqlite:///{tmp_path}/mlflow.db", "--quiet"], cwd=tmp_path)
+    assert joined.returncode == 2 and "error: --study: no study named 't'" in joined.stderr, joined.stderr
+    env = {**os.environ, "OPTUNA_STORAGE": f"sqlite:///{empty}", "SIAMESE_SWEEP_DASHBOARD_PASSWORD": "pw-123"}
+    served = subprocess.run([*CLI, "dashboard", "--port", "0"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert served.returncode == 2 and "error: $OPTUNA_STORAGE: " in served.stderr, served.stderr
+    assert empty.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
 
 
 @pytest.mark.parametrize("command", ["status", "report", "worker", "promote"])

@@ -57,6 +57,31 @@ def test_sweep_from_python_then_resumed_from_a_non_main_thread(tmp_path: Path) -
     runs = MlflowClient(uri).search_runs([again.experiment_id])
     assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]) == 3
 
+    # no spec, the study's name: it resumes with the spec stored with it, as `run --study api` does (it was
+    # resumed with the quickstart's spec and refused: "created with another spec")
+    resumed = sweeps.sweep(study_name="api", trials=3, storage=storage, tracking_uri=uri, progress=False)
+    assert resumed.finished and resumed.budget_met and resumed.parent_run_id == result.parent_run_id
+
+
+def test_a_deleted_tracking_store_is_made_anew_in_the_same_kernel(tmp_path: Path) -> None:
+    """A notebook deleted its ``mlflow.db`` and called `sweep` again: MLflow's cached store (one per URI, an engine
+    per database, for the life of the process) wrote through its connection to the deleted file and the sweep
+    failed ("attempt to write a readonly database"). This pins the private caches
+    `sweeps.mlflow_globals.forget_deleted_sqlite_stores` clears."""
+    from sweeps.registry import client_for as client
+    from sweeps.tracking import Tracker
+
+    uri, db = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "mlflow.db"
+    first = Tracker(uri).experiment_id("a")
+    client(uri).create_registered_model("m")
+    db.unlink()
+    again = Tracker(uri)
+    made = again.experiment_id("b")
+    assert db.exists() and again.client.get_experiment(made).name == "b"
+    assert [e.name for e in MlflowClient(uri).search_experiments()] == ["b", "Default"] and first == made
+    client(uri).create_registered_model("m")  # the registry's store is made anew too: no "already exists"
+    assert [m.name for m in MlflowClient(uri).search_registered_models()] == ["m"]
+
 
 def test_sweep_refuses_bad_input_before_creating_anything(tmp_path: Path) -> None:
     import sweeps

@@ -152,6 +152,39 @@ def test_a_job_whose_helper_died_is_recorded_in_the_worker_and_the_next_job_gets
         rec.close()
 
 
+def test_a_helper_whose_worker_died_logs_no_model_of_its_trial(trained: Any, store: Any) -> None:
+    """A worker killed while its helper recorded a trial: the trial failed (its heartbeat stopped) and was
+    retried, its run ended KILLED, yet the helper went on and left a READY model of it beside the retry's own
+    (session 47's review). The worker here is a child process that sends the job and dies at once."""
+    import json
+    import subprocess
+    import sys
+
+    uri, client, exp = store
+    first, job = _stage(trained, client, exp, 6), _stage(trained, client, exp, 7)
+    worker = ("import json, os, sys\nfrom sweeps.recorder import Job, Recorder\nfrom sweeps.tracking import Tracker\n"
+              "rec = Recorder(Tracker(sys.argv[1]))\njobs = [Job.from_message(json.loads(a)) for a in sys.argv[2:]]\n"
+              "rec.submit(jobs[0])\nprint(rec.result(jobs[0]), flush=True)\n"  # the helper is at work
+              "rec.submit(jobs[1])\nprint(rec.pid, flush=True)\nos._exit(0)\n")  # killed while it records
+    done = subprocess.run([sys.executable, "-c", worker, uri, json.dumps(first.message()), json.dumps(job.message())],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    recorded, helper = done.stdout.split()[-2], int(done.stdout.split()[-1])
+    deadline = time.monotonic() + 120
+    while _alive(helper) and time.monotonic() < deadline:  # it works on, then sees its stdin's end
+        time.sleep(0.1)
+    assert not _alive(helper)
+    assert [m.model_id for m in client.search_logged_models([exp])] == [recorded.split("/")[-1]]
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie no reaper has collected yet (a container's pid 1 may not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def test_a_helper_that_hangs_is_killed_and_its_trial_recorded_in_the_worker(
         trained: Any, store: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stopped helper (SIGSTOP standing in for a deadlock or a mount that never answers) held the sweep for

@@ -78,6 +78,8 @@ def test_worker_joins_with_the_study_alone_and_a_different_spec_is_refused(tmp_p
         refused = _cli([*args, *stores], cwd=other)
         assert refused.returncode == 2, refused.stderr[-2000:]
         assert "was created with another spec" in refused.stderr
+        # the way out for both callers: the CLI's and the Python API's
+        assert "'siamese-sweep worker --study t'" in refused.stderr and "sweep(study_name='t')" in refused.stderr
         assert ("search_space.learning_rate" in refused.stderr) or ("base.epochs" in refused.stderr)
         assert "Traceback" not in refused.stderr
     assert len(optuna.load_study(study_name="t", storage=make_storage(storage)).trials) == len(study.trials)
@@ -243,3 +245,35 @@ def test_a_changed_budget_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixtu
         assert caplog.text == ""
         set_trial_budget(study, 4)
     assert "study s: trial budget 10 -> 4" in caplog.text
+
+
+def test_a_joiner_without_a_spec_waits_for_the_creators_and_an_old_stored_spec_still_loads(tmp_path: Path) -> None:
+    """`run --study X` without a spec, started as another `run` created X and before it wrote its spec, was refused
+    as "empty ... killed as it created it" (session 47's review of its own change): it waits, as a joiner with a
+    spec does. And a study whose stored spec searches a key its built-in encoder does not read (refused for new
+    specs since) still resumes."""
+    import threading
+
+    from siamese_core.errors import ConfigError
+    from sweeps import names
+    from sweeps.study import stored_spec
+
+    data = make_spec_dict()
+    data["search_space"]["encoder.rnn"] = {"type": "categorical", "choices": ["lstm", "gru"]}
+    with pytest.raises(ConfigError, match="the built-in conv encoder does not read encoder.rnn"):
+        spec_from_dict(data)
+    old = spec_from_data(data, stored=True)
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="race", storage=make_storage(url))
+
+    def write_the_spec() -> None:
+        study.set_user_attr(names.STUDY_ATTR_SPEC, old.portable())
+        study.set_user_attr(names.STUDY_ATTR_SPEC_HASH, old.identity())
+
+    late = threading.Timer(1.0, write_the_spec)
+    late.start()
+    try:
+        got = stored_spec(url, "race", missing_ok=True)
+    finally:
+        late.join()
+    assert got is not None and got.identity() == old.identity() and "encoder.rnn" in got.distributions()
