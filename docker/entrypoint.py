@@ -247,8 +247,11 @@ def worker_command(env: Mapping[str, str], extra: list[str]) -> tuple[list[str],
     argv = ["siamese-sweep", "worker", env.get("SIAMESE_SWEEP_SPEC") or "quickstart"]
     if env.get("SIAMESE_SWEEP_STUDY"):
         argv += ["--study", env["SIAMESE_SWEEP_STUDY"]]
-    if env.get("SIAMESE_SWEEP_THREADS"):  # `--scale worker=N` on one host: each container saw every core
-        argv += ["--threads", env["SIAMESE_SWEEP_THREADS"]]
+    threads = env.get("SIAMESE_SWEEP_THREADS", "").strip()
+    if threads:  # `--scale worker=N` on one host: each container saw every core
+        if not threads.isdigit() or int(threads) < 1:  # the CLI's refusal named a --threads nobody typed
+            raise ConfigError(f"SIAMESE_SWEEP_THREADS: expected a positive whole number; received: {threads!r}")
+        argv += ["--threads", threads]
     argv += list(extra)
     return argv, child
 

@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 import optuna
-from mlflow.entities import Dataset, RunTag
+from mlflow.entities import Dataset
 
 from siamese_core.errors import ConfigError
 from siamese_core.metrics import same_at_threshold
@@ -519,13 +519,9 @@ class TrialAttempt:
         answers but cannot store artifacts (a full disk) takes the end, and the run is not left RUNNING for a
         rerun that may never come; still unreachable, the reconcile of a later worker ends it."""
         try:
-            quick = self.ctx.tracker.retry.within(QUICK_END_S)
-            quick("end run", lambda: run.client.log_batch(run.run_id, tags=[RunTag(k, str(v)) for k, v in {
-                names.TAG_STATE: outcome.state, names.TAG_REASON: outcome.reason,
-                names.TAG_REASON_DETAIL: mask_secrets(f"{type(exc).__name__}: {exc}")[:MAX_DETAIL]}.items()]))
-            quick("end run", lambda: run.client.set_terminated(
-                run.run_id, outcome.run_status or outcomes.ORPHANED_RUN_STATUS))
-            run.closed = True
+            run.end_now({names.TAG_STATE: outcome.state, names.TAG_REASON: outcome.reason,
+                         names.TAG_REASON_DETAIL: mask_secrets(f"{type(exc).__name__}: {exc}")[:MAX_DETAIL]},
+                        outcome.run_status or outcomes.ORPHANED_RUN_STATUS, budget_s=QUICK_END_S)
         except Exception:  # noqa: BLE001 - still unreachable
             log.warning("trial %d failed (%s); run %s is ended %s once MLflow answers", self.trial.number,
                         outcome.reason, run.run_id, outcome.run_status)

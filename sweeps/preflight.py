@@ -111,6 +111,45 @@ def _refuse_unread_searches(spec: SweepSpec, encoder: Any) -> None:
                                                      f"the search space")
 
 
+def refuse_dead_searches_of_a_new_study(spec: SweepSpec, *, storage: str, study_name: str,
+                                        storage_given_as: str = "--storage") -> None:
+    """`_refuse_searches_a_builtin_ignores` for a study about to be created, before anything is: a study that
+    exists resumes with the spec it was made with (the check came later; refusing its spec file locked it out,
+    and removing the key made it "another spec")."""
+    import optuna
+
+    from .storage import make_storage, storage_file
+
+    path = storage_file(storage)
+    if path is None or (path.is_file() and path.stat().st_size > 0):
+        if study_name in optuna.study.get_all_study_names(storage=make_storage(storage, field=storage_given_as)):
+            return
+    _refuse_searches_a_builtin_ignores(spec)
+
+
+def _refuse_searches_a_builtin_ignores(spec: SweepSpec) -> None:
+    """A `ConfigError` for an ``encoder.*`` key searched where every trial's encoder is a built-in that does not
+    read it (``encoder.rnn`` or ``encoder.vocab_size`` for ``conv``, ``encoder.kernel_size`` for ``mlp``): its
+    trials differed only in a value nothing used, and the report ranked the dead dimension's importance. Not when
+    ``encoder.type`` itself is searched, nor for a hypermodel (it builds its own model)."""
+    from siamese_core.config import BUILTIN_ENCODER_READS
+
+    searched = spec.distributions()
+    if "encoder.type" in searched or spec.hypermodel:
+        return
+    kind = str(spec.fixed().get("encoder.type", spec.base.encoder.type))  # not the whole config: checked later
+    reads = BUILTIN_ENCODER_READS.get(kind)
+    if reads is None:  # a user encoder (`_refuse_unread_searches`), or a body registered since
+        return
+    for key in searched:
+        head, _, name = key.partition(".")
+        if head == "encoder" and name not in reads:
+            raise ConfigError(f"search_space.{key}", f"the built-in {kind} encoder does not read {key}: its trials "
+                                                     f"would differ in a value nothing uses; remove it from the "
+                                                     f"search space (it reads encoder."
+                                                     f"{', encoder.'.join(sorted(reads - {'type'}))})")
+
+
 def _check_hypermodel(path: str) -> None:
     from .hypermodel import load_hypermodel
 

@@ -32,14 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from siamese_core.config import (
-    BUILTIN_ENCODER_READS,
-    TrainConfig,
-    config_error_from,
-    flatten,
-    read_yaml_mapping,
-    set_dotted,
-)
+from siamese_core.config import TrainConfig, config_error_from, flatten, read_yaml_mapping, set_dotted
 from siamese_core.errors import ConfigError
 from siamese_core.metrics import GOALS
 
@@ -486,31 +479,8 @@ def spec_from_dict(data: Mapping[str, Any], *, base_dir: Path | None = None, sto
     if not stored:
         _check_objectives(spec.study)
         _check_pruner(spec)
-        _check_builtin_encoder_searches(spec)
     enqueued_params(spec)
     return spec
-
-
-def _check_builtin_encoder_searches(spec: SweepSpec) -> None:
-    """A `ConfigError` for an ``encoder.*`` key searched where every trial's encoder is a built-in that does not
-    read it (``encoder.rnn`` or ``encoder.vocab_size`` for ``conv``, ``encoder.kernel_size`` for ``mlp``): its
-    trials differed only in a value nothing used, and the report ranked the dead dimension's importance. Not when
-    ``encoder.type`` itself is searched, nor for a hypermodel (it builds its own model), nor for a study's stored
-    spec (a study that searched one before this check must still resume)."""
-    searched = spec.distributions()
-    if "encoder.type" in searched or spec.hypermodel:
-        return
-    kind = str(spec.fixed().get("encoder.type", spec.base.encoder.type))  # not the whole config: checked later
-    reads = BUILTIN_ENCODER_READS.get(kind)
-    if reads is None:  # a user encoder (`sweeps.preflight._refuse_unread_searches`), or a body registered since
-        return
-    for key in searched:
-        head, _, name = key.partition(".")
-        if head == "encoder" and name not in reads:
-            raise ConfigError(f"search_space.{key}", f"the built-in {kind} encoder does not read {key}: its trials "
-                                                     f"would differ in a value nothing uses; remove it from the "
-                                                     f"search space (it reads encoder."
-                                                     f"{', encoder.'.join(sorted(reads - {'type'}))})")
 
 
 def _check_objectives(study: StudySpec) -> None:

@@ -203,9 +203,9 @@ def stored_spec(storage_url: str, study_name: str, overrides: dict[str, Any] | N
     deadline = time.monotonic() + SPEC_WAIT_S
     while not study.user_attrs and not study.get_trials(deepcopy=False):
         if time.monotonic() >= deadline:
-            raise ConfigError("--study", f"study {study_name!r} is empty, with no spec stored (a move or run killed "
-                                         f"as it created it): pass its spec file, or finish the move with "
-                                         f"'siamese-sweep move ... --replace-runs'")
+            raise ConfigError("--study", f"study {study_name!r} is empty, with no spec stored (made by plain Optuna, "
+                                         f"or by a move or run killed as it created it): pass its spec file, or "
+                                         f"finish such a move with 'siamese-sweep move ... --replace-runs'")
         time.sleep(0.2)
     data = study.user_attrs.get(names.STUDY_ATTR_SPEC)
     if not isinstance(data, dict):

@@ -456,6 +456,17 @@ class TrialRun:
                 self.tracker.retry("set tags", partial(self.client.log_batch, self.run_id, tags=chunk,
                                                        metrics=metrics))
 
+    def end_now(self, tags: Mapping[str, Any], status: str, *, budget_s: float) -> None:
+        """Tag and end the run, each of its two requests given `budget_s` (after MLflow refused a call for its whole
+        retry budget): the queued metrics go in the tags' request, as with `set_tags` (the short end sent the tags
+        alone, and a failed run lost its last epochs' curves)."""
+        retry = self.tracker.retry.within(budget_s)
+        items = [RunTag(sanitize_key(k), _tag_value(v)) for k, v in tags.items()][:MAX_TAGS_PER_CALL]
+        with self._sending(MAX_METRICS_PER_CALL - len(items)) as metrics:
+            retry("end run", partial(self.client.log_batch, self.run_id, tags=items, metrics=metrics))
+        retry("end run", lambda: self.client.set_terminated(self.run_id, status))
+        self.closed = True
+
     def log_metrics(self, metrics: Mapping[str, float], *, step: int, model_id: str | None = None,
                     dataset: Dataset | None = None, send: bool = True) -> None:
         """Queue one step's metrics and try to send everything queued (never raises).

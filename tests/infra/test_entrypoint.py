@@ -245,6 +245,9 @@ def test_worker_command_line(ep: ModuleType) -> None:
     shared, _ = ep.worker_command(_env(SIAMESE_SWEEP_SPEC="", SIAMESE_SWEEP_STUDY="", SIAMESE_SWEEP_THREADS="1"), [])
     assert shared == ["siamese-sweep", "worker", "quickstart", "--threads", "1"]
     assert build_parser().parse_args(shared[1:]).threads == 1
+    for bad in ("0", "auto", "2.5"):
+        with pytest.raises(ep.ConfigError, match="^entrypoint: SIAMESE_SWEEP_THREADS: expected a positive whole"):
+            ep.worker_command(_env(SIAMESE_SWEEP_THREADS=bad), [])
     assert resolve_spec_path(named[2]).is_file() and build_parser().parse_args(named[1:]).study == "mine"
     with pytest.raises(SystemExit, match="SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD"):
         ep.worker_command(_env(SIAMESE_SWEEP_MLFLOW_WORKER_PASSWORD=""), [])

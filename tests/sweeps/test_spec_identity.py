@@ -250,20 +250,23 @@ def test_a_changed_budget_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixtu
 def test_a_joiner_without_a_spec_waits_for_the_creators_and_an_old_stored_spec_still_loads(tmp_path: Path) -> None:
     """`run --study X` without a spec, started as another `run` created X and before it wrote its spec, was refused
     as "empty ... killed as it created it" (session 47's review of its own change): it waits, as a joiner with a
-    spec does. And a study whose stored spec searches a key its built-in encoder does not read (refused for new
-    specs since) still resumes."""
+    spec does. And a study whose spec searches a key its built-in encoder does not read (refused for new studies
+    since) still resumes, by its stored spec or its spec file: the first draft refused the file, which `status`,
+    `report` and `promote` read too, and removing the key made it "another spec" (session 47's final review)."""
     import threading
 
     from siamese_core.errors import ConfigError
     from sweeps import names
+    from sweeps.preflight import refuse_dead_searches_of_a_new_study
     from sweeps.study import stored_spec
 
     data = make_spec_dict()
     data["search_space"]["encoder.rnn"] = {"type": "categorical", "choices": ["lstm", "gru"]}
-    with pytest.raises(ConfigError, match="the built-in conv encoder does not read encoder.rnn"):
-        spec_from_dict(data)
-    old = spec_from_data(data, stored=True)
+    old = spec_from_dict(data)  # a spec file that reads the study: loaded as before
     url = f"sqlite:///{tmp_path}/optuna.db"
+    with pytest.raises(ConfigError, match="the built-in conv encoder does not read encoder.rnn"):
+        refuse_dead_searches_of_a_new_study(old, storage=url, study_name="race")  # a new study: refused
+    assert not (tmp_path / "optuna.db").exists()
     study = optuna.create_study(study_name="race", storage=make_storage(url))
 
     def write_the_spec() -> None:
@@ -277,3 +280,4 @@ def test_a_joiner_without_a_spec_waits_for_the_creators_and_an_old_stored_spec_s
     finally:
         late.join()
     assert got is not None and got.identity() == old.identity() and "encoder.rnn" in got.distributions()
+    refuse_dead_searches_of_a_new_study(old, storage=url, study_name="race")  # it exists: it resumes as it was made

@@ -206,3 +206,22 @@ def test_trials_link_to_their_run_page_on_a_server_only(sweep: dict[str, Any]) -
                 "?workflowType=machine_learning")
         else:
             assert "mlflow_run_url" not in trial.user_attrs
+
+
+def test_the_short_end_after_an_outage_takes_the_queued_metrics_along(tmp_path: Path) -> None:
+    """After MLflow refused a call for its whole retry budget a trial's run is tagged and ended in two short tries;
+    the tags' request sent the tags alone, and the run lost the epochs still queued (session 47's final review)."""
+    from sweeps.tracking import RUN_KILLED, Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri)
+    exp = tracker.experiment_id("short-end")
+    parent = tracker.create_parent_run(exp, "short-end", tags={})
+    run = tracker.start_trial_run(exp, parent, study_name="short-end", trial_number=0)
+    for step, value in enumerate((0.61, 0.72, 0.78)):
+        run.log_metrics({"val_roc_auc": value}, step=step, send=False)  # what an outage left queued
+    run.end_now({"siamese_sweep.state": "FAIL", "siamese_sweep.reason": "interrupted"}, RUN_KILLED, budget_s=5.0)
+    got = MlflowClient(uri).get_run(run.run_id)
+    assert run.closed and got.info.status == RUN_KILLED and got.data.tags["siamese_sweep.reason"] == "interrupted"
+    history = MlflowClient(uri).get_metric_history(run.run_id, "val_roc_auc")
+    assert [(m.step, m.value) for m in history] == [(0, 0.61), (1, 0.72), (2, 0.78)]
