@@ -21,11 +21,28 @@ def _similarity(scores: np.ndarray, higher_is_same: bool) -> np.ndarray:
     return s if higher_is_same else -s
 
 
+def _float_kind(scores: np.ndarray) -> np.dtype:
+    """The float type `scores` are compared in by `same_at_threshold` (float32 from a model): NumPy 2 compares a
+    float32 array with a Python float in float32, and the exported model's decision layer is float32 too."""
+    kind = np.asarray(scores).dtype
+    return kind if np.issubdtype(kind, np.floating) else np.dtype(np.float64)
+
+
+def _cut_above(cut: float, floor: float, kind: np.dtype) -> float:
+    """`cut` as a value of `kind` strictly above `floor` (a score of `kind`): a float64 midpoint between two
+    float32 scores a few rounding steps apart, or 1e-6 above the top one, rounded onto a score when compared in
+    float32, and the pairs there fell on the wrong side (pair accuracy 0.5 at a threshold tuned for 1.0)."""
+    value, low = kind.type(cut), kind.type(floor)
+    return float(value if value > low else np.nextafter(low, kind.type(np.inf)))
+
+
 def calibrate_threshold(scores: np.ndarray, y: np.ndarray, *, higher_is_same: bool) -> float:
-    """The threshold that maximises pair accuracy on (validation) `scores`.
+    """The threshold that maximises pair accuracy on (validation) `scores`, as a value of their float type, so
+    that `same_at_threshold` in that type splits them where the search did.
 
     Vectorised over all candidate cut points (midpoints between sorted scores).
     """
+    kind = _float_kind(scores)
     s = _similarity(scores, higher_is_same)
     y = np.asarray(y).reshape(-1).astype(bool)
     finite = np.isfinite(s)
@@ -42,13 +59,14 @@ def calibrate_threshold(scores: np.ndarray, y: np.ndarray, *, higher_is_same: bo
     valid = np.ones(len(s_sorted) + 1, dtype=bool)
     valid[1:-1] = s_sorted[:-1] != s_sorted[1:]
     k = int(np.argmax(np.where(valid, correct, -1)))
+    # similarity >= cut is "same" (negating a distance is exact in any float type)
     if k == 0:
-        cut = s_sorted[0] + 1e-6
+        cut = _cut_above(s_sorted[0] + 1e-6, s_sorted[0], kind)
     elif k == len(s_sorted):
-        cut = s_sorted[-1] - 1e-6
+        cut = float(kind.type(s_sorted[-1] - 1e-6))  # at most the lowest score, as ">=" needs
     else:
-        cut = (s_sorted[k - 1] + s_sorted[k]) / 2.0
-    return float(cut if higher_is_same else -cut)
+        cut = _cut_above((s_sorted[k - 1] + s_sorted[k]) / 2.0, s_sorted[k], kind)
+    return cut if higher_is_same else -cut
 
 
 def pair_accuracy(scores: np.ndarray, y: np.ndarray, threshold: float, *, higher_is_same: bool) -> float:

@@ -97,7 +97,7 @@ def sweep(spec: SpecLike = None, *, trials: int | None = None, storage: str | No
     from .options import given_storage, options_from
 
     url, given_as = given_storage(storage)
-    resolved = _stored(study_name, url, given_as, overrides) if spec is None else None
+    resolved = _stored(study_name, storage, overrides) if spec is None else None
     if resolved is None:
         resolved = resolve_spec(spec, overrides)
     options = options_from(resolved, trials=trials, timeout=timeout, workers=int(workers), storage=url,
@@ -108,17 +108,15 @@ def sweep(spec: SpecLike = None, *, trials: int | None = None, storage: str | No
         return _sweep(resolved, options, threads)
 
 
-def _stored(study_name: str | None, url: str | None, given_as: str,
-            overrides: Mapping[str, Any] | None) -> SweepSpec | None:
+def _stored(study_name: str | None, storage: str | None, overrides: Mapping[str, Any] | None) -> SweepSpec | None:
     """The spec stored with an existing `study_name` (None: no name, no such study): ``sweep(study_name="demo")``
     resumed with the quickstart's spec and was refused ("created with another spec"), where ``siamese-sweep run
     --study demo`` resumes with the study's own."""
     if not study_name or (overrides is not None and not isinstance(overrides, Mapping)):
         return None  # `resolve_spec` refuses bad overrides with the field
-    from .spec import DEFAULT_STORAGE
-    from .study import stored_spec
+    from .study import spec_stored_with
 
-    return stored_spec(url or DEFAULT_STORAGE, study_name, dict(overrides or {}), missing_ok=True, field=given_as)
+    return spec_stored_with(storage, study_name, dict(overrides or {}), missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -78,17 +78,26 @@ def _check_user_code(spec: SweepSpec) -> None:
     from siamese_core.losses import build_loss
     from siamese_core.models.encoders import check_user_encoder_call
 
-    base = spec.base.with_overrides(spec.fixed()) if spec.fixed() else spec.base
-    for key, path in paths:
-        try:  # with the conditional values that hold for this path (a user triplet loss `when:` sets loss.kind)
-            config = base.with_overrides({**space.active_first_values(spec, base, {key: path}), key: path})
-        except ConfigError:
-            continue  # it needs values the search space draws: its trials will tell
+    for key, config in _user_code_configs(spec, paths):
         if key == "encoder.type":
             check_user_encoder_call(config.encoder)
-            _refuse_unread_searches(spec, config.encoder)
         else:
             build_loss(config.loss, config.distance)  # checks the loss function's signature; calls nothing
+
+
+def _user_code_configs(spec: SweepSpec, paths: list[tuple[str, str]]) -> list[tuple[str, Any]]:
+    """(config key, the trial config its user code gets) for each of `paths`: the base config with the search
+    space's fixed values and the conditional values that hold for that path (a user triplet loss `when:` sets
+    loss.kind). A path that needs values the search space draws is left out: its trials will tell."""
+    base = spec.base.with_overrides(spec.fixed()) if spec.fixed() else spec.base
+    configs = []
+    for key, path in paths:
+        try:
+            configs.append((key, base.with_overrides({**space.active_first_values(spec, base, {key: path}),
+                                                      key: path})))
+        except ConfigError:
+            continue
+    return configs
 
 
 def _refuse_unread_searches(spec: SweepSpec, encoder: Any) -> None:
@@ -113,18 +122,24 @@ def _refuse_unread_searches(spec: SweepSpec, encoder: Any) -> None:
 
 def refuse_dead_searches_of_a_new_study(spec: SweepSpec, *, storage: str, study_name: str,
                                         storage_given_as: str = "--storage") -> None:
-    """`_refuse_searches_a_builtin_ignores` for a study about to be created, before anything is: a study that
-    exists resumes with the spec it was made with (the check came later; refusing its spec file locked it out,
-    and removing the key made it "another spec")."""
+    """A `ConfigError` for a search over an ``encoder.*`` key the trials' encoder does not read, built-in
+    (`_refuse_searches_a_builtin_ignores`) or the user's (`_refuse_unread_searches`), for a study about to be
+    created, before anything is: a study that exists resumes with the spec it was made with (for a built-in the
+    check came later, and refusing its spec file locked it out, removing the key made it "another spec"; a user
+    encoder's study was locked out the same way once its function stopped reading a key). Called after
+    `preflight`, which imported the user code."""
     import optuna
 
-    from .storage import make_storage, storage_file
+    from .storage import empty_file, make_storage, storage_file
 
     path = storage_file(storage)
-    if path is None or (path.is_file() and path.stat().st_size > 0):
+    if path is None or (path.is_file() and not empty_file(path)):
         if study_name in optuna.study.get_all_study_names(storage=make_storage(storage, field=storage_given_as)):
             return
     _refuse_searches_a_builtin_ignores(spec)
+    for key, config in _user_code_configs(spec, _user_paths(spec)):
+        if key == "encoder.type":
+            _refuse_unread_searches(spec, config.encoder)
 
 
 def _refuse_searches_a_builtin_ignores(spec: SweepSpec) -> None:

@@ -18,7 +18,7 @@ from siamese_core.config import TrainConfig
 from siamese_core.errors import ConfigError
 
 from .grid import values_in_grid
-from .spec import Distribution, SweepSpec
+from .spec import Distribution, SweepSpec, conditional_order
 
 
 def _condition_holds(when: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
@@ -27,23 +27,6 @@ def _condition_holds(when: Mapping[str, Any], values: Mapping[str, Any]) -> bool
         if values.get(key) not in allowed:
             return False
     return True
-
-
-def _ordered(space: Mapping[str, Distribution]) -> list[str]:
-    """Unconditional parameters first, then those whose conditions are resolved (stable order)."""
-    done: list[str] = []
-    pending = list(space)
-    while pending:
-        progressed = False
-        for key in list(pending):
-            deps = set((space[key].when or {}).keys()) & set(space)
-            if deps <= set(done):
-                done.append(key)
-                pending.remove(key)
-                progressed = True
-        if not progressed:
-            raise ConfigError(f"search_space.{pending[0]}.when", "circular conditions between parameters")
-    return done
 
 
 def suggest(trial: optuna.Trial, name: str, dist: Distribution) -> Any:
@@ -60,7 +43,7 @@ def sample_overrides(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
     base_flat = spec.base.flat()
     overrides: dict[str, Any] = dict(spec.fixed())
     space = spec.distributions()
-    for key in _ordered(space):
+    for key in conditional_order(space):
         dist = space[key]
         if dist.when and not _condition_holds(dist.when, {**base_flat, **overrides}):
             continue
@@ -74,7 +57,7 @@ def active_first_values(spec: SweepSpec, config: TrainConfig, given: Mapping[str
     values: dict[str, Any] = {**config.flat(), **given}
     out: dict[str, Any] = {}
     space = spec.distributions()
-    for key in _ordered(space):
+    for key in conditional_order(space):
         d = space[key]
         if d.when and key not in given and _condition_holds(d.when, values):
             out[key] = values[key] = (list(d.choices or ())[0] if d.type == "categorical"
@@ -134,7 +117,7 @@ def check_space(spec: SweepSpec) -> None:
         if d.type == "int":
             values = [int(v) for v in values]
         # a conditional parameter is checked in the setting where it is active
-        condition = {k: (v[0] if isinstance(v, (list, tuple)) else v) for k, v in (d.when or {}).items()}
+        condition = {k: (v[0] if isinstance(v, (list, tuple)) and v else v) for k, v in (d.when or {}).items()}
         for value in values:
             try:
                 held = fixed_config.with_overrides({**condition, key: value}).flat().get(key)
@@ -165,9 +148,10 @@ def _check_condition_values(spec: SweepSpec, config: TrainConfig, key: str, othe
         if d is not None and d.type == "categorical" and value in (d.choices or ()):
             continue
         if d is not None and d.type != "categorical":
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                continue  # a range: its values are checked as a range
-            raise ConfigError(where, f"{other} is drawn as a number, never {value!r}")
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(where, f"{other} is drawn as a number, never {value!r}")
+            # a number the range does not draw is a narrowed space, as a choice is; checked against the config
+            # below (a continuous float range: `spec._check_conditions_on_ranges`)
         if d is None and value == current:
             continue
         try:

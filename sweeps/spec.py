@@ -396,15 +396,8 @@ def _parse_space(raw: Any) -> dict[str, Any]:
     if not isinstance(raw, Mapping):
         raise ConfigError("search_space", f"expected a mapping of train-config keys to distributions; "
                                           f"received: {type(raw).__name__}")
-    flat: dict[str, Any] = {}
-    for key, value in raw.items():
-        # nested form {encoder: {depth: {...}}} is accepted too
-        if isinstance(value, Mapping) and "type" not in value and str(key) in _SECTION_KEYS:
-            flat.update(_nested(value, f"{key}."))
-        else:
-            flat[str(key)] = value
     out: dict[str, Any] = {}
-    for key, value in flat.items():
+    for key, value in flat_space(raw).items():
         _validate_space_key(key, value)
         if isinstance(value, Mapping):
             try:
@@ -416,10 +409,31 @@ def _parse_space(raw: Any) -> dict[str, Any]:
     return out
 
 
+def flat_space(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The search space with the nested form (``{encoder: {depth: {...}}}``) as dotted keys; the flat form as
+    it is. Before ``--set search_space.encoder.depth.low=2`` too, which named an unknown key in a nested space."""
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        # a section's own fixed type beside its searched keys (`loss: {type: contrastive, margin: {...}}`): a key
+        # no distribution has makes it a section
+        if str(key) in _SECTION_KEYS and (_is_section(value) or (
+                isinstance(value, Mapping) and bool(set(map(str, value)) - _DIST_FIELDS))):
+            flat.update(_nested(value, f"{key}."))
+        else:
+            flat[str(key)] = value
+    return flat
+
+
+def _is_section(value: Any) -> bool:
+    """A nested section, not a distribution: no ``type``, or a searched one (``loss: {type: {type: categorical,
+    ...}, margin: {...}}`` was read as one distribution of the type ``{...}``)."""
+    return isinstance(value, Mapping) and ("type" not in value or isinstance(value["type"], Mapping))
+
+
 def _nested(mapping: Mapping[str, Any], prefix: str) -> list[tuple[str, Any]]:
     items: list[tuple[str, Any]] = []
     for k, v in mapping.items():
-        if isinstance(v, Mapping) and "type" not in v:
+        if _is_section(v):
             items.extend(_nested(v, f"{prefix}{k}."))
         else:
             items.append((f"{prefix}{k}", v))
@@ -434,6 +448,31 @@ def _check_conditions(space: dict[str, Any]) -> None:
                     raise ConfigError(f"search_space.{key}.when", f"condition refers to unknown key {other!r}")
                 if other == key:
                     raise ConfigError(f"search_space.{key}.when", "a parameter cannot depend on itself")
+                if isinstance(dist.when[other], (list, tuple)) and not dist.when[other]:
+                    raise ConfigError(f"search_space.{key}.when", f"an empty list for {other}: the condition "
+                                                                  f"never holds")
+    conditional_order(space)  # a cycle failed every trial, after the study and the parent run were made
+
+
+def conditional_order(space: Mapping[str, Any]) -> list[str]:
+    """The parameters in the order they can be drawn: unconditional ones first, then those whose conditions are
+    resolved (stable order); `ConfigError` for circular conditions."""
+    def deps(key: str) -> set[str]:
+        value = space[key]
+        return set(value.when or {}) & set(space) if isinstance(value, Distribution) else set()
+
+    done: list[str] = []
+    pending = list(space)
+    while pending:  # this order decides which draws of a seeded sampler each parameter gets: keep it
+        progressed = False
+        for key in list(pending):
+            if deps(key) <= set(done):
+                done.append(key)
+                pending.remove(key)
+                progressed = True
+        if not progressed:
+            raise ConfigError(f"search_space.{pending[0]}.when", "circular conditions between parameters")
+    return done
 
 
 def spec_from_dict(data: Mapping[str, Any], *, base_dir: Path | None = None, stored: bool = False) -> SweepSpec:
@@ -479,8 +518,23 @@ def spec_from_dict(data: Mapping[str, Any], *, base_dir: Path | None = None, sto
     if not stored:
         _check_objectives(spec.study)
         _check_pruner(spec)
-    enqueued_params(spec)
+        _check_conditions_on_ranges(spec)
+    enqueued_params(spec, strict=not stored)
     return spec
+
+
+def _check_conditions_on_ranges(spec: SweepSpec) -> None:
+    """A condition on one value of a continuous float range holds with probability 0: its parameter was never
+    drawn, without a word. (A value a stepped or int range does not draw is accepted, as a choice the space does
+    not draw is: a narrowed space, `sweeps.space._check_condition_values`.)"""
+    space = spec.distributions()
+    for key, dist in space.items():
+        for other in dist.when or {}:
+            d = space.get(other)
+            if d is not None and d.type == "float" and d.step is None:
+                raise ConfigError(f"search_space.{key}.when", f"{other} is drawn from a continuous range, so it "
+                                                              f"equals a given value with probability 0: give "
+                                                              f"{other} a step, or make it categorical")
 
 
 def _check_objectives(study: StudySpec) -> None:
@@ -545,9 +599,11 @@ def _enqueued_value(field: str, dist: Distribution, value: Any) -> Any:
     return int(value) if dist.type == "int" else float(value)
 
 
-def enqueued_params(spec: SweepSpec) -> list[dict[str, Any]]:
+def enqueued_params(spec: SweepSpec, *, strict: bool = True) -> list[dict[str, Any]]:
     """``study.enqueue`` checked against the search space, as Optuna params (``ConfigError`` naming
-    ``study.enqueue[i].<param>`` otherwise). A parameter left out is sampled as usual."""
+    ``study.enqueue[i].<param>`` otherwise). A parameter left out is sampled as usual, except by the grid
+    sampler, which takes whole grid points only; a conditional parameter's entry names what its condition reads.
+    Those two checks are `strict`'s: a study's stored spec from before them still resumes."""
     space = spec.distributions()
     out: list[dict[str, Any]] = []
     for i, entry in enumerate(spec.study.enqueue):
@@ -568,6 +624,12 @@ def enqueued_params(spec: SweepSpec) -> list[dict[str, Any]]:
                 raise ConfigError(field, f"not a parameter of the search space; expected one of {sorted(space)}")
         # what decides a condition: the entry's own values, fixed values, and base values nobody samples
         known = {k: v for k, v in {**spec.base.flat(), **spec.fixed()}.items() if k not in space} | params
+        missing = sorted(key for key in set(space) - set(params) if not _decided_off(space[key], known))
+        if strict and spec.study.sampler.type == "grid" and spec.hypermodel is None and missing:
+            # Optuna's GridSampler fails such a trial ("All parameters must be specified"), and a retry ran a
+            # combination twice; a parameter the entry's own values switch off is not drawn
+            raise ConfigError(where, f"the grid sampler runs whole grid points: give every parameter (missing: "
+                                     f"{', '.join(missing)})")
         for key in params:
             dist = space.get(key)
             if dist is None or not dist.when:
@@ -577,8 +639,19 @@ def enqueued_params(spec: SweepSpec) -> list[dict[str, Any]]:
                 if other in known and known[other] not in allowed:
                     raise ConfigError(f"{where}.{key}", f"never sampled when {other}={known[other]!r} (its "
                                                         f"condition: {other} in {allowed}); drop it from this entry")
+                if strict and other not in known:  # drawn by the sampler: the value was dropped where it missed
+                    raise ConfigError(f"{where}.{key}", f"used only when {other} is in {allowed}, which this "
+                                                        f"entry leaves to the sampler; give {other} here too")
         out.append(params)
     return out
+
+
+def _decided_off(dist: Distribution, known: Mapping[str, Any]) -> bool:
+    """A conditional parameter whose condition `known` values already fail: it is not drawn."""
+    for other, allowed in (dist.when or {}).items():
+        if other in known and known[other] not in (list(allowed) if isinstance(allowed, (list, tuple)) else [allowed]):
+            return True
+    return False
 
 
 def load_spec(path: str | Path | None, overrides: Mapping[str, Any] | None = None, *, stored: bool = False
@@ -646,7 +719,10 @@ _DIST_FIELDS = {"type", "low", "high", "log", "step", "choices", "when"}
 
 
 def _set_space_override(data: dict[str, Any], rest: str, value: Any) -> None:
-    space = data.setdefault("search_space", {}) or {}
+    space = data.get("search_space") or {}
+    if not isinstance(space, Mapping):
+        return  # refused by the spec's validation, with the field (a TypeError here, exit 1)
+    space = flat_space(space)
     data["search_space"] = space
     head, _, last = rest.rpartition(".")
     if head and last in _DIST_FIELDS and isinstance(space.get(head), dict):

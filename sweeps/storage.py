@@ -88,6 +88,12 @@ def storage_file(url: str) -> Path | None:
     return sqlite_path(url) or _journal_path(url)
 
 
+def empty_file(path: Path) -> bool:
+    """An existing regular file of 0 bytes: what SQLite creates when it opens a path, and what a store opened on
+    it would fill with its tables (`status` and the read-only dashboard wrote Optuna's 13 into one)."""
+    return path.is_file() and path.stat().st_size == 0
+
+
 def require_existing(url: str, flag: str = "--storage") -> None:
     """`ConfigError` naming `flag` if `url` names a SQLite or journal file that does not exist, or an empty SQLite
     file: a command that only reads a study (status, report, promote, the dashboard, move's source) must not
@@ -96,8 +102,7 @@ def require_existing(url: str, flag: str = "--storage") -> None:
     if path is not None and not path.exists():
         kind = "SQLite" if sqlite_path(url) is not None else "journal"
         raise ConfigError(flag, f"no such {kind} file: {path}")
-    if path is not None and sqlite_path(url) is not None and path.is_file() and path.stat().st_size == 0:
-        # Optuna writes its tables into an empty file it opens: `status` and the read-only dashboard did
+    if path is not None and sqlite_path(url) is not None and empty_file(path):
         raise ConfigError(flag, f"{path} is an empty file: no study in it")
 
 
@@ -142,7 +147,7 @@ def check_sqlite_store(url: str, store: str, flag: str) -> None:
     path = sqlite_path(url)
     if path is not None:
         require_not_a_folder(path, flag)
-    if path is None or not path.is_file() or path.stat().st_size == 0:
+    if path is None or not path.is_file() or empty_file(path):
         return
     table, what = SQLITE_STORES[store]
     tables = sqlite_tables(path)

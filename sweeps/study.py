@@ -26,10 +26,11 @@ from . import names, outcomes, pruners, samplers
 from .errors import TrackingUnavailable
 from .liveness import gone_from_here
 from .margin import best_margin
+from .options import given_storage
 from .secrets import mask_url
 from .space import grid_combinations
-from .spec import SweepSpec, enqueued_params, spec_differences, spec_from_data
-from .storage import make_storage, require_existing, retried_trial_number, sqlite_path, storage_file
+from .spec import DEFAULT_STORAGE, SweepSpec, enqueued_params, spec_differences, spec_from_data
+from .storage import empty_file, make_storage, require_existing, retried_trial_number, sqlite_path, storage_file
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -137,18 +138,25 @@ def check_same_spec(study: optuna.Study, spec: SweepSpec, *, wait_s: float = SPE
     once, in 1 of 6 starts of two specs at the same moment the second joined the first's study, its spec
     replacing the creator's).
     """
-    attrs = study.user_attrs
-    stored = attrs.get(names.STUDY_ATTR_SPEC_HASH)
-    deadline = time.monotonic() + wait_s
-    while stored is None and not study.get_trials(deepcopy=False) and time.monotonic() < deadline:
-        time.sleep(0.2)
-        attrs = study.user_attrs
-        stored = attrs.get(names.STUDY_ATTR_SPEC_HASH)
-    if stored is None:
+    attrs = _attrs_once_created(study, wait_s)
+    if attrs.get(names.STUDY_ATTR_SPEC_HASH) is None:
         study.set_user_attr(names.STUDY_ATTR_SPEC, spec.portable())
         study.set_user_attr(names.STUDY_ATTR_SPEC_HASH, spec.identity())
         return
     _refuse_if_another(study.study_name, attrs, spec)
+
+
+def _attrs_once_created(study: optuna.Study, wait_s: float) -> dict[str, Any]:
+    """The study's user attrs once its spec is stored, or it has trials or a move's mark, or after `wait_s`: a
+    study without any of them may be one another process has just created and is writing its spec to (one
+    storage write; `move` writes its mark first)."""
+    deadline = time.monotonic() + wait_s
+    attrs = study.user_attrs
+    while (attrs.get(names.STUDY_ATTR_SPEC_HASH) is None and names.STUDY_ATTR_MOVING not in attrs
+           and not study.get_trials(deepcopy=False) and time.monotonic() < deadline):
+        time.sleep(0.2)
+        attrs = study.user_attrs
+    return attrs
 
 
 def _refuse_if_another(study_name: str, attrs: dict[str, Any], spec: SweepSpec) -> None:
@@ -182,15 +190,16 @@ def refuse_another_spec(storage_url: str, study_name: str, spec: SweepSpec, *, f
 def stored_spec(storage_url: str, study_name: str, overrides: dict[str, Any] | None = None, *,
                 missing_ok: bool = False, field: str | None = None) -> SweepSpec | None:
     """The spec `study_name` was created with (`SweepSpec.portable`, stored with the study), with ``--set``
-    overrides applied (which then must not change its identity). Without such a study or stored spec:
-    None if `missing_ok`, else `ConfigError` naming --study. A study with nothing in it at all (no attrs, no
-    trials) is waited for as `check_same_spec` waits (its creator is writing its spec), then, still empty (a
-    `move` or `run` killed as it created it), a `ConfigError` either way: `run --study` without a spec filled a
-    half-moved study with the quickstart's trials, and the move could not be finished."""
+    overrides applied (which then must not change its identity). Without such a study: None if `missing_ok`
+    (`run --study NEW` starts the quickstart), else `ConfigError` naming --study. A study that exists without a
+    stored spec is a `ConfigError` either way: `run --study` and ``sweep(study_name=)`` without a spec filled a
+    plain Optuna study with the quickstart's trials and stored the quickstart as its spec, and a half-moved one
+    (killed between create and mark; waited for first, as `check_same_spec` waits, since its creator may be
+    writing the spec) could then never be moved."""
     missing = ConfigError("--study", f"no study named {study_name!r} in {mask_url(storage_url)}; start it with "
                                      f"'siamese-sweep run SPEC --study {study_name}', or pass the spec file")
     path = storage_file(storage_url)
-    if path is not None and (not path.exists() or (path.is_file() and path.stat().st_size == 0)):
+    if path is not None and (not path.exists() or empty_file(path)):
         if missing_ok:
             return None
         raise missing  # opening it would create an empty database or journal file, or Optuna's tables in one
@@ -200,21 +209,28 @@ def stored_spec(storage_url: str, study_name: str, overrides: dict[str, Any] | N
         if missing_ok:
             return None
         raise missing from None
-    deadline = time.monotonic() + SPEC_WAIT_S
-    while not study.user_attrs and not study.get_trials(deepcopy=False):
-        if time.monotonic() >= deadline:
-            raise ConfigError("--study", f"study {study_name!r} is empty, with no spec stored (made by plain Optuna, "
-                                         f"or by a move or run killed as it created it): pass its spec file, or "
-                                         f"finish such a move with 'siamese-sweep move ... --replace-runs'")
-        time.sleep(0.2)
-    data = study.user_attrs.get(names.STUDY_ATTR_SPEC)
+    attrs = _attrs_once_created(study, SPEC_WAIT_S)
+    refuse_unfinished_move(study)  # before its spec is there: the move names the fix, a spec file did not
+    if not attrs and not study.get_trials(deepcopy=False):
+        raise ConfigError("--study", f"study {study_name!r} is empty, with no spec stored (made by plain Optuna, "
+                                     f"or by a move or run killed as it created it): pass its spec file, or "
+                                     f"finish such a move with 'siamese-sweep move ... --replace-runs'")
+    data = attrs.get(names.STUDY_ATTR_SPEC)
     if not isinstance(data, dict):
-        if missing_ok:
-            return None
-        raise ConfigError("--study", f"study {study_name!r} has no stored spec (created by an older version or "
-                                     f"by plain Optuna); pass its spec file")
+        raise ConfigError("--study", f"study {study_name!r} has no stored spec (created by plain Optuna or by an "
+                                     f"older version): pass the spec file its trials ran with ('quickstart' for "
+                                     f"the built-in one)")
     data = {**data, "study": {**data.get("study", {}), "name": study_name, "storage": storage_url}}
     return spec_from_data(data, overrides, stored=True)
+
+
+def spec_stored_with(storage: str | None, study_name: str, overrides: dict[str, Any], *,
+                     missing_ok: bool) -> SweepSpec | None:
+    """`stored_spec` of a study named by --study (``sweep(study_name=)``) in the storage of --storage
+    (``sweep(storage=)``), else of $OPTUNA_STORAGE, else the default file: one place for `run`, `worker` and the
+    Python call, which resumed with the quickstart's spec and was refused where `run --study` resumed."""
+    url, given_as = given_storage(storage)
+    return stored_spec(url or DEFAULT_STORAGE, study_name, overrides, missing_ok=missing_ok, field=given_as)
 
 
 def wrong_tracking_store(study_name: str, parent: str, uri: str) -> str:
@@ -310,7 +326,7 @@ def enqueue_known(study: optuna.Study, spec: SweepSpec) -> int:
     before = len(study.get_trials(deepcopy=False))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        for params in enqueued_params(spec):
+        for params in enqueued_params(spec, strict=False):  # checked when the spec was read (a stored one: laxer)
             study.enqueue_trial(params, skip_if_exists=True)
     queued = len(study.get_trials(deepcopy=False)) - before
     if queued:

@@ -90,17 +90,14 @@ def _spec(args: argparse.Namespace, *, stored: str = "never", checked: bool = Fa
     since must not refuse: `sweeps.spec.spec_from_dict`)."""
     from siamese_core.config import parse_set_options
 
-    from ..spec import DEFAULT_STORAGE, load_spec
+    from ..spec import load_spec
     from ..specs import resolve_spec_path
 
     overrides = parse_set_options(args.overrides)
     if stored != "never" and args.spec is None and args.study:
-        from ..options import given_storage
-        from ..study import stored_spec
+        from ..study import spec_stored_with
 
-        storage, given_as = given_storage(args.storage)
-        spec = stored_spec(storage or DEFAULT_STORAGE, args.study, overrides, missing_ok=stored == "if-exists",
-                           field=given_as)
+        spec = spec_stored_with(args.storage, args.study, overrides, missing_ok=stored == "if-exists")
         if spec is not None:
             return spec
     return load_spec(resolve_spec_path(args.spec), overrides, stored=checked)

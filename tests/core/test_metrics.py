@@ -42,6 +42,30 @@ def test_calibrated_threshold_maximises_accuracy(seed, higher_is_same, ties):
     assert acc == pytest.approx(brute_accuracy_best(scores, y, higher_is_same), abs=1e-12)
 
 
+@pytest.mark.parametrize("higher_is_same", [False, True])
+@pytest.mark.parametrize("kind", [np.float32, np.float16, np.float64])
+def test_the_threshold_splits_scores_of_their_own_float_type_where_the_search_did(higher_is_same, kind):
+    """Model scores are float32, and NumPy 2 compares them with a Python float in float32: a float64 midpoint
+    between two scores a rounding step apart landed on one of them, and 1e-6 above the top score vanished from
+    about 8 up, so the accuracy at the tuned threshold was below what the search found (0.5 for two pairs it
+    split perfectly; 5,712 of 40,000 random cases; session 48's review of siamese_core)."""
+    a = np.nextafter(kind(0.5), kind(1))
+    close, y = np.array([a, np.nextafter(a, kind(1))], kind), np.array([1, 0])
+    far = np.array([200, 200, 210, 210], kind)  # best: every pair "different" (3 of 4)
+    assert m.verification_metrics(close, y, higher_is_same=False)["pair_accuracy"] == 1.0
+    assert m.verification_metrics(far, np.array([0, 0, 0, 1]), higher_is_same=False)["pair_accuracy"] == 0.75
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        base = kind(rng.choice([0.5, 3.0, 40.0, 900.0]))
+        steps = rng.integers(-3, 4, size=int(rng.integers(2, 9)))
+        scores = np.array([base + kind(s) * np.spacing(base) for s in steps], kind)
+        labels = rng.integers(0, 2, scores.size)
+        oriented = scores if higher_is_same else -scores
+        t = m.calibrate_threshold(oriented, labels, higher_is_same=higher_is_same)
+        assert m.pair_accuracy(oriented, labels, t, higher_is_same=higher_is_same) == \
+            brute_accuracy_best(oriented, labels, higher_is_same)
+
+
 def test_threshold_orientation_and_edge_cases():
     y = np.array([1, 1, 0, 0])
     assert m.pair_accuracy([0.1, 0.2, 0.8, 0.9], y, m.calibrate_threshold([0.1, 0.2, 0.8, 0.9], y,

@@ -169,6 +169,36 @@ def test_a_study_killed_as_its_move_created_it_is_not_run_with_the_quickstart(tm
     assert [t.value for t in moved.trials] == [0.7] and moved.user_attrs[names.STUDY_ATTR_MOVING] is False
 
 
+def test_a_half_moved_study_resumed_by_name_is_told_to_finish_the_move_at_once(tmp_path: Path, capsys,
+                                                                               monkeypatch) -> None:
+    """A study a killed move left marked, with no spec yet (and with a trial copied), resumed by name without a
+    spec: told "has no stored spec: pass the spec file" after waiting 15 s for a spec (session 48's diff, read by
+    its review), where the fix is the move again with --replace-runs, as `open_study` says."""
+    import types
+
+    import sweeps.study as study_module
+
+    def no_wait(seconds: float) -> None:
+        raise AssertionError("waited for the spec of a study a move marked")
+
+    monkeypatch.setattr(study_module, "time", types.SimpleNamespace(monotonic=study_module.time.monotonic,
+                                                                    sleep=no_wait))
+    to_storage, to_tracking = f"sqlite:///{tmp_path}/t.db", f"sqlite:///{tmp_path}/tm.db"
+    x = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    for name, copied in (("marked", 0), ("copied", 1)):
+        study = optuna.create_study(study_name=name, storage=to_storage, direction="maximize")
+        study.set_user_attr(names.STUDY_ATTR_MOVING, True)  # what `move` writes first
+        for _ in range(copied):
+            study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, value=0.5, distributions=x))
+    capsys.readouterr()
+    for name in ("marked", "copied"):
+        assert main(["run", "--study", name, "--storage", to_storage, "--tracking-uri", to_tracking, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --study: study '{name}' is a move that did not finish"), err
+        assert "--replace-runs" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "tm.db").exists()
+
+
 def test_a_bare_postgresql_url_gets_the_installed_driver() -> None:
     """SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3, which the distributed extra does not install:
     the storage failed with "Failed to import DB access module"."""

@@ -128,21 +128,27 @@ def test_user_code_that_does_not_fit_its_call_creates_nothing(tmp_path: Path, se
 
 def test_a_searched_key_a_user_encoder_reads_or_a_built_in_choice_reads_passes_the_preflight(tmp_path: Path,
                                                                                              monkeypatch) -> None:
-    from sweeps.preflight import _check_user_code
+    from sweeps.preflight import _check_user_code, refuse_dead_searches_of_a_new_study
     from sweeps.spec import spec_from_dict
+
+    def checked(data: dict) -> None:  # the user code's checks, then the new study's
+        spec = spec_from_dict(data)
+        _check_user_code(spec)
+        refuse_dead_searches_of_a_new_study(spec, storage=f"sqlite:///{tmp_path}/optuna.db", study_name="new")
 
     (tmp_path / "unread_code.py").write_text(_USER_CODE)  # not user_code: the fixtures' package has that name
     monkeypatch.syspath_prepend(str(tmp_path))
     space = make_spec_dict()["search_space"]
     user = {"type": "unread_code:reads_embedding_dim", "embedding_dim": 8}
     dim = {"encoder.embedding_dim": {"type": "categorical", "choices": [8, 16]}}
-    _check_user_code(spec_from_dict(make_spec_dict(base={"encoder": user}, search_space={
-        k: v for k, v in {**space, **dim}.items() if k != "encoder.depth"})))
-    _check_user_code(spec_from_dict(make_spec_dict(search_space={**space, "encoder.type": {
-        "type": "categorical", "choices": ["mlp", "unread_code:reads_embedding_dim"]}})))
+    checked(make_spec_dict(base={"encoder": user}, search_space={
+        k: v for k, v in {**space, **dim}.items() if k != "encoder.depth"}))
+    checked(make_spec_dict(search_space={**space, "encoder.type": {
+        "type": "categorical", "choices": ["mlp", "unread_code:reads_embedding_dim"]}}))
     with pytest.raises(ConfigError) as refused:
-        _check_user_code(spec_from_dict(make_spec_dict(base={"encoder": user}, search_space={**space, **dim})))
+        checked(make_spec_dict(base={"encoder": user}, search_space={**space, **dim}))
     assert refused.value.field == "search_space.encoder.depth"
+    assert not (tmp_path / "optuna.db").exists()
 
 
 def test_a_timeout_in_the_spec_ends_the_run_as_planned(tmp_path: Path) -> None:

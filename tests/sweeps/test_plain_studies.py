@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 
 from sweeps import names
 from sweeps.report import build_report, render_markdown
@@ -144,3 +145,31 @@ def test_status_says_at_which_epoch_the_pruner_stopped_a_trial(capsys) -> None: 
     out = capsys.readouterr().out
     assert "trial #0: pruned by the pruner at epoch 1\n" in out
     assert "trial #1: pruned (nan_loss), last epoch 0\n" in out and "trial #2: fail (unrecorded)\n" in out
+
+
+def test_a_plain_study_with_trials_is_not_resumed_with_the_quickstart(tmp_path: Path, capsys, monkeypatch) -> None:
+    """`run --study NAME` and ``sweep(study_name=NAME)`` without a spec, on a plain Optuna study with trials,
+    took the quickstart, stored it as the study's spec and added 16 Fashion-MNIST trials beside the study's own
+    (`worker --study` and an empty plain study were refused; session 48's review of resumed sweeps). Both are
+    refused in one line now, the storage file untouched and no tracking store made."""
+    from siamese_core.errors import ConfigError
+    from sweeps.api import sweep
+    from sweeps.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("OPTUNA_STORAGE", "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    storage = f"sqlite:///{tmp_path}/plain.db"
+    plain = optuna.create_study(study_name="plain", storage=storage, direction="maximize")
+    plain.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    before = (tmp_path / "plain.db").read_bytes()
+    capsys.readouterr()
+    stores = ["--storage", storage, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    assert main(["run", "--study", "plain", *stores, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --study: study 'plain' has no stored spec") and len(err.strip().splitlines()) == 1
+    with pytest.raises(ConfigError, match="has no stored spec"):
+        sweep(study_name="plain", storage=storage, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", progress=False)
+    assert (tmp_path / "plain.db").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.db"]
+    assert len(optuna.load_study(study_name="plain", storage=storage).trials) == 2

@@ -281,3 +281,30 @@ def test_a_joiner_without_a_spec_waits_for_the_creators_and_an_old_stored_spec_s
         late.join()
     assert got is not None and got.identity() == old.identity() and "encoder.rnn" in got.distributions()
     refuse_dead_searches_of_a_new_study(old, storage=url, study_name="race")  # it exists: it resumes as it was made
+
+
+def test_a_user_encoders_study_resumes_with_a_search_its_function_no_longer_reads(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    """A search over an ``encoder.*`` key a user encoder does not read is refused for a new study, as for a
+    built-in one, and a study that exists resumes with it: the user encoder's refusal sat in the preflight of
+    every run, so a study whose function stopped reading ``encoder.depth`` was locked out by its own spec, where a
+    built-in's resumed (the rule differed by encoder; session 47's read of its diff)."""
+    from siamese_core.errors import ConfigError
+    from sweeps import names
+    from sweeps.preflight import preflight, refuse_dead_searches_of_a_new_study
+
+    (tmp_path / "s48_encoders.py").write_text("def reads_embedding_dim(input_shape, embedding_dim=8):\n"
+                                              "    raise AssertionError('the checks never call it')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = make_spec_dict()
+    data["base"]["encoder"] = {"type": "s48_encoders:reads_embedding_dim", "embedding_dim": 16}
+    spec = spec_from_dict(data)  # make_spec_dict searches encoder.depth, which this function does not read
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    preflight(spec, warn=False)  # imports and checks the user code; whether the search is dead: the study decides
+    with pytest.raises(ConfigError, match="the encoder s48_encoders:reads_embedding_dim does not read encoder.depth"):
+        refuse_dead_searches_of_a_new_study(spec, storage=url, study_name="mine")
+    assert not (tmp_path / "optuna.db").exists()
+    study = optuna.create_study(study_name="mine", storage=make_storage(url))  # made when the function read depth
+    study.set_user_attr(names.STUDY_ATTR_SPEC, spec.portable())
+    study.set_user_attr(names.STUDY_ATTR_SPEC_HASH, spec.identity())
+    refuse_dead_searches_of_a_new_study(spec, storage=url, study_name="mine")  # it exists: it resumes as made

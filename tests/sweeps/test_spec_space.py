@@ -528,3 +528,91 @@ def test_a_grid_budget_is_at_most_its_combinations(caplog: pytest.LogCaptureFixt
     tpe = spec_from_dict(make_spec_dict(search_space=search, study={"sampler": "tpe", "trials": 10}))
     set_trial_budget(study, 10, tpe)
     assert trial_budget(study, 0) == 10
+
+
+_GRID = {"encoder.depth": {"type": "int", "low": 1, "high": 2, "step": 1},
+         "learning_rate": {"type": "categorical", "choices": [0.001, 0.01]}}
+_LOSS = {"loss.type": {"type": "categorical", "choices": ["bce", "contrastive"]},
+         "loss.margin": {"type": "float", "low": 0.5, "high": 1.5, "when": {"loss.type": "contrastive"}}}
+
+
+@pytest.mark.parametrize("space_, study, field, text", [
+    # Optuna's GridSampler failed the trial ("All parameters must be specified"); a retry ran a combination twice
+    (_GRID, {"sampler": "grid", "enqueue": [{"encoder.depth": 2}]}, "study.enqueue[0]", "missing: learning_rate"),
+    # the margin was dropped where the sampler drew bce: the entry never ran as listed
+    (_LOSS, {"enqueue": [{"loss.margin": 1.0}]}, "study.enqueue[0].loss.margin", "give loss.type here too"),
+    # a cycle created the study and the parent run, then failed every trial
+    ({"loss.type": {"type": "categorical", "choices": ["bce", "contrastive"], "when": {"loader": "memory"}},
+      "loader": {"type": "categorical", "choices": ["memory", "tfdata"], "when": {"loss.type": "bce"}}}, {},
+     "search_space.loss.type.when", "circular conditions"),
+    # an IndexError, exit 1
+    ({"loss.margin": {"type": "float", "low": 0.5, "high": 2.0, "when": {"loss.type": []}}}, {},
+     "search_space.loss.margin.when", "an empty list for loss.type"),
+    # never drawn, without a word
+    ({"learning_rate": {"type": "float", "low": 1e-3, "high": 1e-2},
+      "encoder.depth": {"type": "int", "low": 1, "high": 3, "when": {"learning_rate": 0.005}}}, {},
+     "search_space.encoder.depth.when", "continuous range"),
+], ids=["grid-enqueue-partial", "enqueue-conditional-parent-sampled", "circular-when", "empty-when",
+        "when-on-a-continuous-float"])
+def test_specs_that_ran_other_trials_than_they_said_are_refused_by_field(space_: dict, study: dict, field: str,
+                                                                         text: str) -> None:
+    """Session 48's review of a spec author's specs: each of these ran to exit 0 or 1 doing something else than it
+    said, or crashed; now one line names the field (and a study's stored spec from before still resumes)."""
+    data = make_spec_dict(search_space=space_, study={"pruner": "none", **study})
+    with pytest.raises(ConfigError) as refused:
+        spec_from_dict(data)
+    assert refused.value.field == field and text in refused.value.detail, refused.value
+    if study.get("enqueue"):
+        assert list(spec_from_dict(data, stored=True).study.enqueue) == study["enqueue"]
+
+
+def test_the_nested_search_space_takes_set_overrides_and_a_searched_section_type() -> None:
+    """The nested form refused `--set search_space.encoder.depth.low=2` ("unknown train-config key
+    'encoder.depth.low'") and read `loss: {type: {...}, margin: {...}}` as one distribution."""
+    from sweeps.spec import spec_from_data
+
+    data = make_spec_dict(search_space={"encoder": {"depth": {"type": "int", "low": 1, "high": 3}},
+                                        "loss": {"type": {"type": "categorical", "choices": ["contrastive", "triplet"]},
+                                                 "margin": {"type": "float", "low": 0.5, "high": 1.5}}})
+    spec = spec_from_data(data, {"search_space.encoder.depth.low": 2})
+    searched = spec.distributions()
+    assert sorted(searched) == ["encoder.depth", "loss.margin", "loss.type"]
+    assert (searched["encoder.depth"].low, searched["encoder.depth"].high) == (2, 3)
+    assert list(searched["loss.type"].choices or ()) == ["contrastive", "triplet"]
+
+
+def test_the_order_conditional_parameters_are_drawn_in_is_kept() -> None:
+    """The order decides which draws of a seeded sampler each parameter gets, so the same spec and seed give the
+    same trials only while it stays: a parameter whose condition was met earlier in the same pass comes next
+    (session 48 moved the ordering to `spec.conditional_order`, where it also refuses cycles when a spec is read;
+    a first draft deferred such a parameter to the next pass)."""
+    from sweeps.spec import conditional_order
+
+    data = make_spec_dict(search_space={
+        "loss.margin": {"type": "float", "low": 0.5, "high": 1.5, "when": {"loss.type": "contrastive"}},
+        "loss.type": {"type": "categorical", "choices": ["contrastive", "triplet"]},
+        "encoder.depth": {"type": "int", "low": 1, "high": 3, "when": {"loss.type": ["contrastive", "triplet"]}}})
+    spec = spec_from_dict(data)
+    assert conditional_order(spec.distributions()) == ["loss.type", "encoder.depth", "loss.margin"]
+
+
+def test_a_grid_entry_on_a_branch_that_switches_a_parameter_off_and_other_nested_forms_are_read() -> None:
+    """From the review of the refusals above: a grid entry need not give a conditional parameter its own values
+    switch off (it was refused "missing: loss.margin", and giving it was refused "never sampled"); a fixed
+    section type beside a searched key is a fixed value; `--set search_space.*` on a space that is not a mapping
+    is the spec's one line (a TypeError, exit 1)."""
+    from sweeps.spec import enqueued_params, spec_from_data
+
+    grid = make_spec_dict(search_space={
+        "loss.type": {"type": "categorical", "choices": ["contrastive", "bce"]},
+        "loss.margin": {"type": "categorical", "choices": [1.0], "when": {"loss.type": "contrastive"}},
+        "encoder.depth": {"type": "int", "low": 1, "high": 2, "step": 1}},
+        study={"pruner": "none", "sampler": "grid", "trials": 4,
+               "enqueue": [{"loss.type": "bce", "encoder.depth": 2}]})
+    assert enqueued_params(spec_from_dict(grid)) == [{"loss.type": "bce", "encoder.depth": 2}]
+    nested = spec_from_dict(make_spec_dict(search_space={
+        "loss": {"type": "contrastive", "margin": {"type": "float", "low": 0.5, "high": 1.5}}}))
+    assert nested.fixed() == {"loss.type": "contrastive"} and list(nested.distributions()) == ["loss.margin"]
+    with pytest.raises(ConfigError) as refused:
+        spec_from_data(make_spec_dict(search_space=[1, 2]), {"search_space.encoder.depth": 2})
+    assert refused.value.field == "search_space"
