@@ -26,7 +26,7 @@ from .finisher import records_in_background
 from .launch import WorkerProcesses
 from .liveness import local_worker_pid, worker_id
 from .options import SweepOptions
-from .preflight import preflight, preflight_stores, refuse_dead_searches_of_a_new_study
+from .preflight import preflight, preflight_stores, refuse_for_a_new_study
 from .secrets import mask_url
 from .signals import StopRequest, begin_cleanup, pid_alive, stop_on_signals
 from .spec import SweepSpec
@@ -202,8 +202,8 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None,
     data = data if data is not None else preflight(spec)
     preflight_stores(storage=options.storage, tracking_uri=options.tracking_uri, study_name=options.study_name,
                      experiment=spec.experiment_for(options.study_name), storage_given_as=options.storage_given_as)
-    refuse_dead_searches_of_a_new_study(spec, storage=options.storage, study_name=options.study_name,
-                                        storage_given_as=options.storage_given_as)
+    refuse_for_a_new_study(spec, storage=options.storage, study_name=options.study_name,
+                           storage_given_as=options.storage_given_as)
     # the study first: MLflow's client creates a SQLite tracking file, which an unreachable storage would leave
     opened = open_study(spec, storage_url=options.storage, study_name=options.study_name,
                         seed_offset=options.worker_index, storage_given_as=options.storage_given_as)
@@ -304,8 +304,8 @@ def join_sweep(spec: SweepSpec, options: SweepOptions, *, data: Any = None) -> S
     data = data if data is not None else preflight(spec)
     preflight_stores(storage=options.storage, tracking_uri=options.tracking_uri, study_name=options.study_name,
                      experiment=spec.experiment_for(options.study_name), storage_given_as=options.storage_given_as)
-    refuse_dead_searches_of_a_new_study(spec, storage=options.storage, study_name=options.study_name,
-                                        storage_given_as=options.storage_given_as)
+    refuse_for_a_new_study(spec, storage=options.storage, study_name=options.study_name,
+                           storage_given_as=options.storage_given_as)
     # index i (from `run --workers N`) -> offset i * 1_000_003: `offset + existing trials` in open_study
     # must differ between workers (1 + 1 == 2 + 0 made two workers sample the same parameters)
     opened = open_study(spec, storage_url=options.storage, study_name=options.study_name,

@@ -376,6 +376,7 @@ def _flat_identity(d: Mapping[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------- loading
 _TRAIN_KEYS = set(flatten(TrainConfig().to_dict()))
 _SECTION_KEYS = {k.split(".")[0] for k in _TRAIN_KEYS}
+_NESTED_SECTIONS = {k.split(".")[0] for k in _TRAIN_KEYS if "." in k}  # encoder, loss, pairs, ...
 
 
 def _validate_space_key(key: str, value: Any) -> None:
@@ -414,10 +415,11 @@ def flat_space(raw: Mapping[str, Any]) -> dict[str, Any]:
     it is. Before ``--set search_space.encoder.depth.low=2`` too, which named an unknown key in a nested space."""
     flat: dict[str, Any] = {}
     for key, value in raw.items():
-        # a section's own fixed type beside its searched keys (`loss: {type: contrastive, margin: {...}}`): a key
-        # no distribution has makes it a section
-        if str(key) in _SECTION_KEYS and (_is_section(value) or (
-                isinstance(value, Mapping) and bool(set(map(str, value)) - _DIST_FIELDS))):
+        # a section's own fixed type beside a searched key (`loss: {type: contrastive, margin: {...}}`); a
+        # distribution has no mapping among its fields, so a misspelt field (`learning_rate: {..., hihg: 1}`)
+        # stays a distribution and is named
+        if str(key) in _NESTED_SECTIONS and (_is_section(value) or (
+                isinstance(value, Mapping) and any(isinstance(v, Mapping) for k, v in value.items() if k != "when"))):
             flat.update(_nested(value, f"{key}."))
         else:
             flat[str(key)] = value
@@ -518,9 +520,16 @@ def spec_from_dict(data: Mapping[str, Any], *, base_dir: Path | None = None, sto
     if not stored:
         _check_objectives(spec.study)
         _check_pruner(spec)
-        _check_conditions_on_ranges(spec)
-    enqueued_params(spec, strict=not stored)
+    enqueued_params(spec, strict=False)
     return spec
+
+
+def refuse_for_a_new_study(spec: SweepSpec) -> None:
+    """The spec's checks added after studies were made with what they refuse (`sweeps.preflight.
+    refuse_for_a_new_study` runs them for a study about to be created only: an existing study resumes with its
+    spec, whose file `run`, `status` and `report` read)."""
+    _check_conditions_on_ranges(spec)
+    enqueued_params(spec, strict=True)
 
 
 def _check_conditions_on_ranges(spec: SweepSpec) -> None:
@@ -622,14 +631,12 @@ def enqueued_params(spec: SweepSpec, *, strict: bool = True) -> list[dict[str, A
                                          f"parameters can be enqueued")
             else:
                 raise ConfigError(field, f"not a parameter of the search space; expected one of {sorted(space)}")
-        # what decides a condition: the entry's own values, fixed values, and base values nobody samples
-        known = {k: v for k, v in {**spec.base.flat(), **spec.fixed()}.items() if k not in space} | params
-        missing = sorted(key for key in set(space) - set(params) if not _decided_off(space[key], known))
-        if strict and spec.study.sampler.type == "grid" and spec.hypermodel is None and missing:
+        known, drawn = _entry_values(spec, params)
+        if strict and spec.study.sampler.type == "grid" and spec.hypermodel is None and drawn:
             # Optuna's GridSampler fails such a trial ("All parameters must be specified"), and a retry ran a
             # combination twice; a parameter the entry's own values switch off is not drawn
             raise ConfigError(where, f"the grid sampler runs whole grid points: give every parameter (missing: "
-                                     f"{', '.join(missing)})")
+                                     f"{', '.join(sorted(drawn))})")
         for key in params:
             dist = space.get(key)
             if dist is None or not dist.when:
@@ -639,19 +646,30 @@ def enqueued_params(spec: SweepSpec, *, strict: bool = True) -> list[dict[str, A
                 if other in known and known[other] not in allowed:
                     raise ConfigError(f"{where}.{key}", f"never sampled when {other}={known[other]!r} (its "
                                                         f"condition: {other} in {allowed}); drop it from this entry")
-                if strict and other not in known:  # drawn by the sampler: the value was dropped where it missed
+                if strict and other in drawn:  # drawn by the sampler: the value was dropped where it missed
                     raise ConfigError(f"{where}.{key}", f"used only when {other} is in {allowed}, which this "
                                                         f"entry leaves to the sampler; give {other} here too")
         out.append(params)
     return out
 
 
-def _decided_off(dist: Distribution, known: Mapping[str, Any]) -> bool:
-    """A conditional parameter whose condition `known` values already fail: it is not drawn."""
-    for other, allowed in (dist.when or {}).items():
-        if other in known and known[other] not in (list(allowed) if isinstance(allowed, (list, tuple)) else [allowed]):
-            return True
-    return False
+def _entry_values(spec: SweepSpec, params: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """What a trial of an enqueued entry holds before the sampler draws (the entry's values, fixed values, and
+    base values for keys nobody draws, a conditional parameter switched off included, as `sweeps.space.
+    sample_overrides` decides conditions), and which parameters the sampler draws (those the entry leaves out
+    that are on, or whose condition waits on a drawn one)."""
+    space = spec.distributions()
+    known: dict[str, Any] = {**spec.base.flat(), **spec.fixed(), **params}
+    drawn: set[str] = set()
+    for key in conditional_order(space):
+        if key in params:
+            continue
+        when = space[key].when or {}
+        if any(other in drawn for other in when) or all(
+                known.get(other) in (list(v) if isinstance(v, (list, tuple)) else [v]) for other, v in when.items()):
+            drawn.add(key)
+            known.pop(key, None)
+    return known, drawn
 
 
 def load_spec(path: str | Path | None, overrides: Mapping[str, Any] | None = None, *, stored: bool = False

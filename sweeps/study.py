@@ -147,13 +147,16 @@ def check_same_spec(study: optuna.Study, spec: SweepSpec, *, wait_s: float = SPE
 
 
 def _attrs_once_created(study: optuna.Study, wait_s: float) -> dict[str, Any]:
-    """The study's user attrs once its spec is stored, or it has trials or a move's mark, or after `wait_s`: a
-    study without any of them may be one another process has just created and is writing its spec to (one
-    storage write; `move` writes its mark first)."""
+    """The study's user attrs once its creator has written its spec, or after `wait_s`: a study with no attrs
+    and no trials may be one another process has just created, and one with the spec but not yet its hash is
+    being written (`open_study` writes the spec first). Other attrs (a move's mark, a plain study's own) are no
+    creator writing: not waited for (a plain study with attrs waited 15 s for its refusal)."""
+    def being_written(attrs: dict[str, Any]) -> bool:
+        return not attrs or (names.STUDY_ATTR_SPEC in attrs and names.STUDY_ATTR_SPEC_HASH not in attrs)
+
     deadline = time.monotonic() + wait_s
     attrs = study.user_attrs
-    while (attrs.get(names.STUDY_ATTR_SPEC_HASH) is None and names.STUDY_ATTR_MOVING not in attrs
-           and not study.get_trials(deepcopy=False) and time.monotonic() < deadline):
+    while being_written(attrs) and not study.get_trials(deepcopy=False) and time.monotonic() < deadline:
         time.sleep(0.2)
         attrs = study.user_attrs
     return attrs

@@ -128,13 +128,13 @@ def test_user_code_that_does_not_fit_its_call_creates_nothing(tmp_path: Path, se
 
 def test_a_searched_key_a_user_encoder_reads_or_a_built_in_choice_reads_passes_the_preflight(tmp_path: Path,
                                                                                              monkeypatch) -> None:
-    from sweeps.preflight import _check_user_code, refuse_dead_searches_of_a_new_study
+    from sweeps.preflight import _check_user_code, refuse_for_a_new_study
     from sweeps.spec import spec_from_dict
 
     def checked(data: dict) -> None:  # the user code's checks, then the new study's
         spec = spec_from_dict(data)
         _check_user_code(spec)
-        refuse_dead_searches_of_a_new_study(spec, storage=f"sqlite:///{tmp_path}/optuna.db", study_name="new")
+        refuse_for_a_new_study(spec, storage=f"sqlite:///{tmp_path}/optuna.db", study_name="new")
 
     (tmp_path / "unread_code.py").write_text(_USER_CODE)  # not user_code: the fixtures' package has that name
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -162,6 +162,8 @@ def test_a_plain_study_with_trials_is_not_resumed_with_the_quickstart(tmp_path: 
     storage = f"sqlite:///{tmp_path}/plain.db"
     plain = optuna.create_study(study_name="plain", storage=storage, direction="maximize")
     plain.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    owned = optuna.create_study(study_name="owned", storage=storage, direction="maximize")
+    owned.set_user_attr("owner", "me")  # attrs, no trials: no creator is writing a spec (it waited 15 s)
     before = (tmp_path / "plain.db").read_bytes()
     capsys.readouterr()
     stores = ["--storage", storage, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
@@ -170,6 +172,17 @@ def test_a_plain_study_with_trials_is_not_resumed_with_the_quickstart(tmp_path: 
     assert err.startswith("error: --study: study 'plain' has no stored spec") and len(err.strip().splitlines()) == 1
     with pytest.raises(ConfigError, match="has no stored spec"):
         sweep(study_name="plain", storage=storage, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", progress=False)
+    import types
+
+    import sweeps.study as study_module
+
+    def no_wait(seconds: float) -> None:
+        raise AssertionError("waited for a spec no creator is writing")
+
+    monkeypatch.setattr(study_module, "time", types.SimpleNamespace(monotonic=study_module.time.monotonic,
+                                                                    sleep=no_wait))
+    assert main(["run", "--study", "owned", *stores, "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith("error: --study: study 'owned' has no stored spec")
     assert (tmp_path / "plain.db").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.db"]
     assert len(optuna.load_study(study_name="plain", storage=storage).trials) == 2

@@ -257,7 +257,7 @@ def test_a_joiner_without_a_spec_waits_for_the_creators_and_an_old_stored_spec_s
 
     from siamese_core.errors import ConfigError
     from sweeps import names
-    from sweeps.preflight import refuse_dead_searches_of_a_new_study
+    from sweeps.preflight import refuse_for_a_new_study
     from sweeps.study import stored_spec
 
     data = make_spec_dict()
@@ -265,7 +265,7 @@ def test_a_joiner_without_a_spec_waits_for_the_creators_and_an_old_stored_spec_s
     old = spec_from_dict(data)  # a spec file that reads the study: loaded as before
     url = f"sqlite:///{tmp_path}/optuna.db"
     with pytest.raises(ConfigError, match="the built-in conv encoder does not read encoder.rnn"):
-        refuse_dead_searches_of_a_new_study(old, storage=url, study_name="race")  # a new study: refused
+        refuse_for_a_new_study(old, storage=url, study_name="race")  # a new study: refused
     assert not (tmp_path / "optuna.db").exists()
     study = optuna.create_study(study_name="race", storage=make_storage(url))
 
@@ -280,7 +280,7 @@ def test_a_joiner_without_a_spec_waits_for_the_creators_and_an_old_stored_spec_s
     finally:
         late.join()
     assert got is not None and got.identity() == old.identity() and "encoder.rnn" in got.distributions()
-    refuse_dead_searches_of_a_new_study(old, storage=url, study_name="race")  # it exists: it resumes as it was made
+    refuse_for_a_new_study(old, storage=url, study_name="race")  # it exists: it resumes as it was made
 
 
 def test_a_user_encoders_study_resumes_with_a_search_its_function_no_longer_reads(tmp_path: Path,
@@ -291,7 +291,7 @@ def test_a_user_encoders_study_resumes_with_a_search_its_function_no_longer_read
     built-in's resumed (the rule differed by encoder; session 47's read of its diff)."""
     from siamese_core.errors import ConfigError
     from sweeps import names
-    from sweeps.preflight import preflight, refuse_dead_searches_of_a_new_study
+    from sweeps.preflight import preflight, refuse_for_a_new_study
 
     (tmp_path / "s48_encoders.py").write_text("def reads_embedding_dim(input_shape, embedding_dim=8):\n"
                                               "    raise AssertionError('the checks never call it')\n")
@@ -302,9 +302,9 @@ def test_a_user_encoders_study_resumes_with_a_search_its_function_no_longer_read
     url = f"sqlite:///{tmp_path}/optuna.db"
     preflight(spec, warn=False)  # imports and checks the user code; whether the search is dead: the study decides
     with pytest.raises(ConfigError, match="the encoder s48_encoders:reads_embedding_dim does not read encoder.depth"):
-        refuse_dead_searches_of_a_new_study(spec, storage=url, study_name="mine")
+        refuse_for_a_new_study(spec, storage=url, study_name="mine")
     assert not (tmp_path / "optuna.db").exists()
     study = optuna.create_study(study_name="mine", storage=make_storage(url))  # made when the function read depth
     study.set_user_attr(names.STUDY_ATTR_SPEC, spec.portable())
     study.set_user_attr(names.STUDY_ATTR_SPEC_HASH, spec.identity())
-    refuse_dead_searches_of_a_new_study(spec, storage=url, study_name="mine")  # it exists: it resumes as made
+    refuse_for_a_new_study(spec, storage=url, study_name="mine")  # it exists: it resumes as made
