@@ -14,8 +14,7 @@ from typing import Any
 from siamese_core.errors import ConfigError
 
 from . import names, space
-from .spec import SweepSpec
-from .spec import refuse_for_a_new_study as spec_checks_for_a_new_study
+from .spec import SweepSpec, new_study_checks
 
 # a name given with --study is quoted inside MLflow search filters ('...'): quotes, backticks and control
 # characters would break them (`--study "it's"` created a study, then failed on the filter)
@@ -126,7 +125,7 @@ def refuse_for_a_new_study(spec: SweepSpec, *, storage: str, study_name: str,
     """The checks added after studies were made with what they refuse, for a study about to be created, before
     anything is: a search over an ``encoder.*`` key the trials' encoder does not read, built-in
     (`_refuse_searches_a_builtin_ignores`) or the user's (`_refuse_unread_searches`), and the spec's own
-    (`sweeps.spec.refuse_for_a_new_study`: conditions on a continuous float, enqueue entries that would not run
+    (`sweeps.spec.new_study_checks`: conditions on a continuous float, enqueue entries that would not run
     as listed). A study that exists resumes with the spec it was made with: refusing its spec file locked it out
     (`run`, `status` and `report` read it), and changing the spec made it "another spec". Called after
     `preflight`, which imported the user code."""
@@ -138,7 +137,7 @@ def refuse_for_a_new_study(spec: SweepSpec, *, storage: str, study_name: str,
     if path is None or (path.is_file() and not empty_file(path)):
         if study_name in optuna.study.get_all_study_names(storage=make_storage(storage, field=storage_given_as)):
             return
-    spec_checks_for_a_new_study(spec)
+    new_study_checks(spec)
     _refuse_searches_a_builtin_ignores(spec)
     for key, config in _user_code_configs(spec, _user_paths(spec)):
         if key == "encoder.type":

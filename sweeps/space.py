@@ -18,15 +18,7 @@ from siamese_core.config import TrainConfig
 from siamese_core.errors import ConfigError
 
 from .grid import values_in_grid
-from .spec import Distribution, SweepSpec, conditional_order
-
-
-def _condition_holds(when: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
-    for key, expected in when.items():
-        allowed = expected if isinstance(expected, (list, tuple)) else [expected]
-        if values.get(key) not in allowed:
-            return False
-    return True
+from .spec import Distribution, SweepSpec, allowed_values, condition_holds, conditional_order
 
 
 def suggest(trial: optuna.Trial, name: str, dist: Distribution) -> Any:
@@ -45,7 +37,7 @@ def sample_overrides(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
     space = spec.distributions()
     for key in conditional_order(space):
         dist = space[key]
-        if dist.when and not _condition_holds(dist.when, {**base_flat, **overrides}):
+        if dist.when and not condition_holds(dist.when, {**base_flat, **overrides}):
             continue
         overrides[key] = suggest(trial, key, dist)
     return overrides
@@ -59,7 +51,7 @@ def active_first_values(spec: SweepSpec, config: TrainConfig, given: Mapping[str
     space = spec.distributions()
     for key in conditional_order(space):
         d = space[key]
-        if d.when and key not in given and _condition_holds(d.when, values):
+        if d.when and key not in given and condition_holds(d.when, values):
             out[key] = values[key] = (list(d.choices or ())[0] if d.type == "categorical"
                                       else int(d.low or 0) if d.type == "int" else d.low)
     return out
@@ -140,11 +132,12 @@ def _check_condition_values(spec: SweepSpec, config: TrainConfig, key: str, othe
     every trial, without a word. A value the spec can give `other` is fine (`loss.mining: batch_hard` is valid
     only beside a triplet loss the space also draws), and so is a valid value this space never draws: it is a
     narrowed space (`--set search_space.loss.type=contrastive` under a `when: {loss.type: triplet}`). A value the
-    config would convert (`encoder.depth: "2"`) never equals what a trial holds (2): `_condition_holds` compares."""
+    config would convert (`encoder.depth: "2"`) never equals what a trial holds (2): `sweeps.spec.condition_holds`
+    compares."""
     d = spec.distributions().get(other)
     current = config.flat().get(other)
     where = f"search_space.{key}.when"
-    for value in expected if isinstance(expected, (list, tuple)) else [expected]:
+    for value in allowed_values(expected):
         if d is not None and d.type == "categorical" and value in (d.choices or ()):
             continue
         if d is not None and d.type != "categorical":

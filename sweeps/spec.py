@@ -456,6 +456,17 @@ def _check_conditions(space: dict[str, Any]) -> None:
     conditional_order(space)  # a cycle failed every trial, after the study and the parent run were made
 
 
+def allowed_values(expected: Any) -> list[Any]:
+    """The values a ``when:`` entry allows: one value, or a list of them."""
+    return list(expected) if isinstance(expected, (list, tuple)) else [expected]
+
+
+def condition_holds(when: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
+    """Does a parameter's ``when:`` hold for `values` (dotted keys)? Sampling (`sweeps.space`) and the enqueue
+    checks below decide it here, so the two cannot disagree."""
+    return all(values.get(key) in allowed_values(expected) for key, expected in when.items())
+
+
 def conditional_order(space: Mapping[str, Any]) -> list[str]:
     """The parameters in the order they can be drawn: unconditional ones first, then those whose conditions are
     resolved (stable order); `ConfigError` for circular conditions."""
@@ -524,7 +535,7 @@ def spec_from_dict(data: Mapping[str, Any], *, base_dir: Path | None = None, sto
     return spec
 
 
-def refuse_for_a_new_study(spec: SweepSpec) -> None:
+def new_study_checks(spec: SweepSpec) -> None:
     """The spec's checks added after studies were made with what they refuse (`sweeps.preflight.
     refuse_for_a_new_study` runs them for a study about to be created only: an existing study resumes with its
     spec, whose file `run`, `status` and `report` read)."""
@@ -641,9 +652,12 @@ def enqueued_params(spec: SweepSpec, *, strict: bool = True) -> list[dict[str, A
             dist = space.get(key)
             if dist is None or not dist.when:
                 continue
-            for other, allowed in dist.when.items():
-                allowed = list(allowed) if isinstance(allowed, (list, tuple)) else [allowed]
-                if other in known and known[other] not in allowed:
+            for other, expected in dist.when.items():
+                allowed = allowed_values(expected)
+                # a searched parameter the entry leaves switched off decides by its base value, as sampling
+                # does; a stored spec is read as before that rule (from session 48), which accepted its entries
+                decides = strict or other in params or other not in space
+                if other in known and decides and known[other] not in allowed:
                     raise ConfigError(f"{where}.{key}", f"never sampled when {other}={known[other]!r} (its "
                                                         f"condition: {other} in {allowed}); drop it from this entry")
                 if strict and other in drawn:  # drawn by the sampler: the value was dropped where it missed
@@ -665,8 +679,7 @@ def _entry_values(spec: SweepSpec, params: Mapping[str, Any]) -> tuple[dict[str,
         if key in params:
             continue
         when = space[key].when or {}
-        if any(other in drawn for other in when) or all(
-                known.get(other) in (list(v) if isinstance(v, (list, tuple)) else [v]) for other, v in when.items()):
+        if any(other in drawn for other in when) or condition_holds(when, known):
             drawn.add(key)
             known.pop(key, None)
     return known, drawn

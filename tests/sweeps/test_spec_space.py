@@ -558,13 +558,13 @@ def test_specs_that_ran_other_trials_than_they_said_are_refused_by_field(space_:
                                                                          text: str) -> None:
     """Session 48's review of a spec author's specs: each of these ran to exit 0 or 1 doing something else than it
     said, or crashed; now one line names the field. The checks a study made before them could have passed are
-    made for a new study only (`refuse_for_a_new_study`): its spec file still reads, as `run`, `status` and
+    made for a new study only (`new_study_checks`): its spec file still reads, as `run`, `status` and
     `report` read it (the diff review: the first draft refused it when read, and locked such a study out)."""
-    from sweeps.spec import refuse_for_a_new_study
+    from sweeps.spec import new_study_checks
 
     data = make_spec_dict(search_space=space_, study={"pruner": "none", **study})
     with pytest.raises(ConfigError) as refused:
-        refuse_for_a_new_study(spec_from_dict(data))
+        new_study_checks(spec_from_dict(data))
     assert refused.value.field == field and text in refused.value.detail, refused.value
     if "circular" not in text and "empty list" not in text:  # those never ran a trial: refused when read
         assert spec_from_dict(data).distributions().keys() == spec_from_dict(data, stored=True).distributions().keys()
@@ -632,3 +632,22 @@ def test_a_grid_entry_on_a_branch_that_switches_a_parameter_off_and_other_nested
     with pytest.raises(ConfigError) as refused:
         spec_from_data(make_spec_dict(search_space=[1, 2]), {"search_space.encoder.depth": 2})
     assert refused.value.field == "search_space"
+
+
+def test_an_entry_that_a_switched_off_parent_never_runs_is_refused_for_a_new_study_only() -> None:
+    """Since session 48 a searched parameter that an entry switches off decides its dependents by its base value,
+    as sampling does; that rule also refused the stored spec of a study made before it, which `run`, `status`
+    and `report` read (a lock-out). A study about to be created is still refused the entry."""
+    from sweeps.spec import enqueued_params, new_study_checks
+
+    data = make_spec_dict(base={"loss": {"margin": 0.5}}, search_space={
+        "loss.type": {"type": "categorical", "choices": ["contrastive", "bce"]},
+        "loss.margin": {"type": "categorical", "choices": [2.0], "when": {"loss.type": "contrastive"}},
+        "encoder.depth": {"type": "categorical", "choices": [2], "when": {"loss.margin": 2.0}}},
+        study={"pruner": "none", "trials": 2, "enqueue": [{"loss.type": "bce", "encoder.depth": 2}]})
+    stored = spec_from_dict(data)  # as a stored spec is read: accepted, as it was when its study was made
+    assert enqueued_params(stored, strict=False) == [{"loss.type": "bce", "encoder.depth": 2}]
+    with pytest.raises(ConfigError) as refused:
+        new_study_checks(stored)
+    assert refused.value.field == "study.enqueue[0].encoder.depth", refused.value
+    assert "never sampled when loss.margin=0.5" in refused.value.detail
