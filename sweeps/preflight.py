@@ -137,11 +137,17 @@ def refuse_for_a_new_study(spec: SweepSpec, *, storage: str, study_name: str,
     if path is None or (path.is_file() and not empty_file(path)):
         if study_name in optuna.study.get_all_study_names(storage=make_storage(storage, field=storage_given_as)):
             return
-    new_study_checks(spec)
-    _refuse_searches_a_builtin_ignores(spec)
+    refuse_spec_of_a_new_study(spec)
     for key, config in _user_code_configs(spec, _user_paths(spec)):
         if key == "encoder.type":
             _refuse_unread_searches(spec, config.encoder)
+
+
+def refuse_spec_of_a_new_study(spec: SweepSpec) -> None:
+    """The checks of `refuse_for_a_new_study` that read the spec alone, no user code: also for `slurm submit`,
+    whose array's tasks each ran them (exit 2) after the whole array had queued."""
+    new_study_checks(spec)
+    _refuse_searches_a_builtin_ignores(spec)
 
 
 def _refuse_searches_a_builtin_ignores(spec: SweepSpec) -> None:

@@ -462,8 +462,8 @@ def allowed_values(expected: Any) -> list[Any]:
 
 
 def condition_holds(when: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
-    """Does a parameter's ``when:`` hold for `values` (dotted keys)? Sampling (`sweeps.space`) and the enqueue
-    checks below decide it here, so the two cannot disagree."""
+    """Does a parameter's ``when:`` hold for `values` (dotted keys; a key missing is None)? Sampling
+    (`sweeps.space`) and `_entry_values`, which decides what an enqueue entry leaves to the sampler, ask here."""
     return all(values.get(key) in allowed_values(expected) for key, expected in when.items())
 
 
@@ -657,9 +657,12 @@ def enqueued_params(spec: SweepSpec, *, strict: bool = True) -> list[dict[str, A
                 # a searched parameter the entry leaves switched off decides by its base value, as sampling
                 # does; a stored spec is read as before that rule (from session 48), which accepted its entries
                 decides = strict or other in params or other not in space
-                if other in known and decides and known[other] not in allowed:
-                    raise ConfigError(f"{where}.{key}", f"never sampled when {other}={known[other]!r} (its "
-                                                        f"condition: {other} in {allowed}); drop it from this entry")
+                # strict: a key nothing gives is None to sampling (`dataset` when only `dataset.name` is set)
+                held = other in known or (strict and other not in drawn)
+                if held and decides and known.get(other) not in allowed:
+                    said = f"{other}={known[other]!r}" if other in known else f"{other} is not set"
+                    raise ConfigError(f"{where}.{key}", f"never sampled when {said} (its condition: {other} in "
+                                                        f"{allowed}); drop it from this entry")
                 if strict and other in drawn:  # drawn by the sampler: the value was dropped where it missed
                     raise ConfigError(f"{where}.{key}", f"used only when {other} is in {allowed}, which this "
                                                         f"entry leaves to the sampler; give {other} here too")

@@ -177,17 +177,18 @@ def _refuse_if_another(study_name: str, attrs: dict[str, Any], spec: SweepSpec) 
                               f"sweep(study_name={study_name!r})), or use another --study name")
 
 
-def refuse_another_spec(storage_url: str, study_name: str, spec: SweepSpec, *, field: str | None = None) -> None:
+def refuse_another_spec(storage_url: str, study_name: str, spec: SweepSpec, *, field: str | None = None) -> bool:
     """`check_same_spec` without opening a study for writing: for `slurm submit`, whose tasks' workers would each
-    refuse the spec. No such study (or storage file): nothing to compare."""
+    refuse the spec. No such study (or storage file): nothing to compare, False."""
     path = storage_file(storage_url)
-    if path is not None and not path.exists():
-        return
+    if path is not None and (not path.exists() or empty_file(path)):
+        return False
     try:
         study = optuna.load_study(study_name=study_name, storage=make_storage(storage_url, field=field))
     except KeyError:
-        return
+        return False
     _refuse_if_another(study_name, study.user_attrs, spec)
+    return True
 
 
 def stored_spec(storage_url: str, study_name: str, overrides: dict[str, Any] | None = None, *,

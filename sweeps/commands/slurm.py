@@ -86,17 +86,22 @@ def _existing_study_spec(storage: str, study: str, overrides: dict[str, Any]) ->
 
 
 def _refuse_another_spec(storage: str, study: str, spec: SweepSpec) -> None:
-    """`ConfigError` if `study` exists in `storage` with another spec: every task's worker refused it (exit 2),
-    after the whole array had queued. A storage this host cannot reach is left to the tasks, with a warning."""
+    """`ConfigError` if `study` exists in `storage` with another spec, or does not and the spec fails the checks
+    of a new study: every task's worker refused it (exit 2), after the whole array had queued. A storage this
+    host cannot reach is left to the tasks, with a warning."""
     from siamese_core.errors import InfrastructureError
 
+    from ..preflight import refuse_spec_of_a_new_study
     from ..study import refuse_another_spec
 
     try:
-        refuse_another_spec(storage, study, spec, field=f"${ENV_OPTUNA_STORAGE}")
+        exists = refuse_another_spec(storage, study, spec, field=f"${ENV_OPTUNA_STORAGE}")
     except InfrastructureError as exc:
         print(f"warning: could not compare the spec with the one stored with study {study!r} here ({exc}); "
               "each task's worker compares it", file=sys.stderr)
+        return
+    if not exists:
+        refuse_spec_of_a_new_study(spec)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

@@ -472,6 +472,43 @@ def test_a_sqlite_tracking_store_keeps_its_artifacts_beside_it(stub: Path, tmp_p
     assert not list(tmp_path.glob("siamese-sweep.*"))
 
 
+def test_submit_runs_a_new_studys_spec_checks_and_resumes_an_existing_study_with_its_own(tmp_path: Path) -> None:
+    """The spec checks made for a new study only (`preflight.refuse_spec_of_a_new_study`) were not made by
+    `slurm submit`: an enqueue entry that would never run as listed queued the whole array, and every task's worker
+    refused it (exit 2). A study made with such a spec is still submitted (its tasks resume it)."""
+    import optuna
+
+    from sweeps import names
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(
+        "base: {dataset: digits, epochs: 1, loss: {margin: 0.5}}\n"
+        "search_space:\n"
+        "  loss.type: {type: categorical, choices: [contrastive, bce]}\n"
+        "  loss.margin: {type: categorical, choices: [2.0], when: {loss.type: contrastive}}\n"
+        "  encoder.depth: {type: categorical, choices: [2], when: {loss.margin: 2.0}}\n"
+        "study: {name: offbranch, trials: 2, pruner: none, enqueue: [{loss.type: bce, encoder.depth: 2}]}\n")
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    env = {**os.environ, "OPTUNA_STORAGE": storage, "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+           "PYTHONPATH": str(ROOT)}
+
+    def submit() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "sweeps.cli", "slurm", "submit", str(spec_file), "--tasks", "2",
+                               "--dry-run"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    done = submit()
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(
+        "error: study.enqueue[0].encoder.depth: never sampled when loss.margin=0.5"), done.stderr
+    assert not (tmp_path / "optuna.db").exists()  # nothing created
+    spec = load_spec(spec_file)
+    study = optuna.create_study(study_name="offbranch", storage=storage, direction="maximize")
+    study.set_user_attr(names.STUDY_ATTR_SPEC, spec.portable())
+    study.set_user_attr(names.STUDY_ATTR_SPEC_HASH, spec.identity())
+    done = submit()
+    assert done.returncode == 0 and "#SBATCH" in done.stdout, done.stderr
+
+
 def test_submit_refuses_what_every_task_would_refuse(tmp_path: Path) -> None:
     """Each was submitted (exit 0), then every task stopped with exit 2: a spec file other than the existing
     study's, a job whose --export passes none of the connection variables, and a relative *_FILE path (the tasks

@@ -651,3 +651,26 @@ def test_an_entry_that_a_switched_off_parent_never_runs_is_refused_for_a_new_stu
         new_study_checks(stored)
     assert refused.value.field == "study.enqueue[0].encoder.depth", refused.value
     assert "never sampled when loss.margin=0.5" in refused.value.detail
+
+
+def test_an_entry_whose_condition_reads_a_key_nothing_sets_is_refused_for_a_new_study() -> None:
+    """The review of e9667c8: `dataset` searched but switched off (only `dataset.name` is in the base) is None to
+    sampling, so an entry's `encoder.width` under `when: {dataset: digits}` was never used; the new-study check
+    skipped a key it did not know and accepted the entry."""
+    import optuna
+
+    from sweeps.space import sample_overrides
+    from sweeps.spec import new_study_checks
+
+    data = make_spec_dict(search_space={
+        "dataset": {"type": "categorical", "choices": ["digits", "mnist"], "when": {"epochs": 3}},
+        "encoder.width": {"type": "categorical", "choices": [16, 32], "when": {"dataset": "digits"}}},
+        study={"pruner": "none", "trials": 2, "enqueue": [{"encoder.width": 16}]})
+    spec = spec_from_dict(data)  # a stored spec reads as before
+    study = optuna.create_study()
+    study.enqueue_trial({"encoder.width": 16})
+    assert "encoder.width" not in sample_overrides(study.ask(), spec)  # what the entry would have run
+    with pytest.raises(ConfigError) as refused:
+        new_study_checks(spec)
+    assert refused.value.field == "study.enqueue[0].encoder.width", refused.value
+    assert "never sampled when dataset is not set" in refused.value.detail
