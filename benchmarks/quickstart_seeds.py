@@ -10,8 +10,8 @@ seed are the spec's, so a seed changes which parameters are tried and nothing el
 Per seed it prints the best trial (chosen on validation), its phase (the 5 random start-up trials or the TPE
 search), the best start-up trial's validation ROC AUC, and whether the search's lead over that start-up trial is
 *shown*: its number is not among the trials the paired test (`sweeps.margin`, on the 2,000 validation pairs)
-finds within two errors of the best. The best trial's test ROC AUC is what the sweep returns (reported, never
-chosen on).
+finds within two errors of the best ("no" where no paired test could be made). The best trial's test ROC AUC is
+what the sweep returns (reported, never chosen on).
 
     python benchmarks/quickstart_seeds.py [--seeds 0 1 2 3 4] [--quick]
 """
@@ -55,12 +55,13 @@ def one_seed(seed: int, quick: bool) -> dict[str, Any]:
         # the start-up trial that scored the start-up's best (`study.best_phase` gives its value)
         startup_number = min((t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
                               and t.value == report.best_startup_value), default=None)
-        within = (report.margin or {}).get("within") or []
+        margin = report.margin or {}  # None: no test made; unpaired: the bound, not the paired test
+        within = margin.get("within") or []
         return {"seed": seed, "best": best.number, "phase": report.best["phase"], "val": best.value,
                 "best_startup": startup_number, "startup_val": report.best_startup_value,
                 "lead_shown": (report.best["phase"] == "search" and startup_number is not None
-                               and startup_number not in within),
-                "paired": bool((report.margin or {}).get("paired")),
+                               and bool(margin.get("paired")) and startup_number not in within),
+                "paired": bool(margin.get("paired")),
                 "test_roc_auc": best.user_attrs.get("test_roc_auc"), "counts": report.counts,
                 "wall": measured["wall"]}
     finally:

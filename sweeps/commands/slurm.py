@@ -85,7 +85,7 @@ def _existing_study_spec(storage: str, study: str, overrides: dict[str, Any]) ->
     return spec.model_copy(update={"study": spec.study.model_copy(update={"storage": DEFAULT_STORAGE})})
 
 
-def _refuse_another_spec(storage: str, study: str, spec: SweepSpec) -> None:
+def _refuse_another_spec(storage: str, study: str, spec: SweepSpec, *, field: str) -> None:
     """`ConfigError` if `study` exists in `storage` with another spec, or does not and the spec fails the checks
     of a new study: every task's worker refused it (exit 2), after the whole array had queued. A storage this
     host cannot reach is left to the tasks, with a warning."""
@@ -95,7 +95,7 @@ def _refuse_another_spec(storage: str, study: str, spec: SweepSpec) -> None:
     from ..study import refuse_another_spec
 
     try:
-        exists = refuse_another_spec(storage, study, spec, field=f"${ENV_OPTUNA_STORAGE}")
+        exists = refuse_another_spec(storage, study, spec, field=field)
     except InfrastructureError as exc:
         print(f"warning: could not compare the spec with the one stored with study {study!r} here ({exc}); "
               "each task's worker compares it", file=sys.stderr)
@@ -161,8 +161,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise ConfigError("$SBATCH_EXPORT" if env.get("SBATCH_EXPORT") else "--sbatch-arg",
                           f"the job's --export passes none of {', '.join(unexported)} (or its {FILE_SUFFIX} twin) "
                           f"that the tasks need: add them to --export")
+    given_as = f"${ENV_OPTUNA_STORAGE}"
+    if not storage and not os.environ.get(ENV_OPTUNA_STORAGE + FILE_SUFFIX):
+        # the tasks then use the spec's own storage (a relative file was refused above): with only $OPTUNA_STORAGE
+        # looked at, a spec naming its storage queued an array whose every task refused it
+        storage, given_as = spec.study.storage, "study.storage"
     if storage:  # the study the tasks join: --study, else the spec's own name (the quickstart's without a spec)
-        _refuse_another_spec(storage, study, spec)
+        _refuse_another_spec(storage, study, spec, field=given_as)
     text = spec_yaml(spec, from_env=check.required_env)
     script = render_script(text, options, required_env=check.required_env, workdir=check.workdir)
     if args.dry_run:

@@ -27,7 +27,7 @@ from sweeps.slurm import (
     spec_yaml,
     time_limit_seconds,
 )
-from sweeps.spec import load_spec, spec_from_dict
+from sweeps.spec import SweepSpec, load_spec, spec_from_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -393,19 +393,28 @@ def test_missing_connection_variables_stop_the_task_with_exit_2(stub: Path, tmp_
     assert code == 0, err
 
 
+def _study_made_with(spec: SweepSpec, storage: str, name: str) -> None:
+    """A study as siamese-sweep makes one: its spec and the spec's hash (a spec alone, with no trials, is a creator
+    still writing, which each submit waited 15 s for: `sweeps.study._attrs_once_created`)."""
+    import optuna
+
+    from sweeps import names
+
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    study.set_user_attr(names.STUDY_ATTR_SPEC, spec.portable())
+    study.set_user_attr(names.STUDY_ATTR_SPEC_HASH, spec.identity())
+
+
 def test_an_existing_study_is_submitted_with_its_own_spec_and_a_given_budget(tmp_path: Path) -> None:
     """Without a spec file the quickstart was embedded: every task's worker refused it ("created with another
     spec", exit 2) after the whole array had queued. And `--trials` only went into the embedded spec, which an
     existing study's budget ignores: the tasks ran nothing."""
-    import optuna
 
-    from sweeps import names
     from sweeps.spec import load_spec
     from sweeps.specs import resolve_spec_path
 
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    study = optuna.create_study(study_name="moved", storage=storage, direction="maximize")
-    study.set_user_attr(names.STUDY_ATTR_SPEC, load_spec(resolve_spec_path("digits-smoke")).portable())
+    _study_made_with(load_spec(resolve_spec_path("digits-smoke")), storage, "moved")
     env = {**os.environ, "OPTUNA_STORAGE": storage, "MLFLOW_TRACKING_URI": "http://mlflow:5000",
            "PYTHONPATH": str(ROOT)}
 
@@ -476,9 +485,7 @@ def test_submit_runs_a_new_studys_spec_checks_and_resumes_an_existing_study_with
     """The spec checks made for a new study only (`preflight.refuse_spec_of_a_new_study`) were not made by
     `slurm submit`: an enqueue entry that would never run as listed queued the whole array, and every task's worker
     refused it (exit 2). A study made with such a spec is still submitted (its tasks resume it)."""
-    import optuna
 
-    from sweeps import names
 
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(
@@ -501,10 +508,21 @@ def test_submit_runs_a_new_studys_spec_checks_and_resumes_an_existing_study_with
     assert done.stderr.strip().splitlines()[-1].startswith(
         "error: study.enqueue[0].encoder.depth: never sampled when loss.margin=0.5"), done.stderr
     assert not (tmp_path / "optuna.db").exists()  # nothing created
-    spec = load_spec(spec_file)
-    study = optuna.create_study(study_name="offbranch", storage=storage, direction="maximize")
-    study.set_user_attr(names.STUDY_ATTR_SPEC, spec.portable())
-    study.set_user_attr(names.STUDY_ATTR_SPEC_HASH, spec.identity())
+    _study_made_with(load_spec(spec_file), storage, "offbranch")
+    done = submit()
+    assert done.returncode == 0 and "#SBATCH" in done.stdout, done.stderr
+    # the storage named in the spec, not in $OPTUNA_STORAGE: the tasks use it, so it is looked up too (the review
+    # of dbdbadf: only $OPTUNA_STORAGE was, and such a spec was submitted)
+    own = f"sqlite:///{tmp_path}/own.db"
+    spec_file.write_text(spec_file.read_text().replace("study: {name: offbranch,", f"study: {{storage: '{own}', "
+                                                                                   f"name: offbranch,"))
+    for name in ("OPTUNA_STORAGE", "OPTUNA_STORAGE_FILE"):
+        env.pop(name, None)
+    done = submit()
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(
+        "error: study.enqueue[0].encoder.depth: never sampled when loss.margin=0.5"), done.stderr
+    assert not (tmp_path / "own.db").exists()
+    _study_made_with(load_spec(spec_file), own, "offbranch")
     done = submit()
     assert done.returncode == 0 and "#SBATCH" in done.stdout, done.stderr
 
@@ -513,17 +531,13 @@ def test_submit_refuses_what_every_task_would_refuse(tmp_path: Path) -> None:
     """Each was submitted (exit 0), then every task stopped with exit 2: a spec file other than the existing
     study's, a job whose --export passes none of the connection variables, and a relative *_FILE path (the tasks
     run in a temporary folder)."""
-    import optuna
 
-    from sweeps import names
     from sweeps.slurm import job_environment
     from sweeps.specs import resolve_spec_path
 
     storage = f"sqlite:///{tmp_path}/optuna.db"
     smoke = load_spec(resolve_spec_path("digits-smoke"))
-    study = optuna.create_study(study_name="there", storage=storage, direction="maximize")
-    study.set_user_attr(names.STUDY_ATTR_SPEC, smoke.portable())
-    study.set_user_attr(names.STUDY_ATTR_SPEC_HASH, smoke.identity())
+    _study_made_with(smoke, storage, "there")
     env = {**os.environ, "OPTUNA_STORAGE": storage, "MLFLOW_TRACKING_URI": "http://mlflow:5000",
            "PYTHONPATH": str(ROOT)}
 
@@ -536,9 +550,7 @@ def test_submit_refuses_what_every_task_would_refuse(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines()[-1].startswith(
         "error: spec: study 'there' was created with another spec (differs in: base.epochs)"), done.stderr
     assert submit("digits-smoke", "--study", "there", "--trials", "9").returncode == 0  # its own spec, a budget
-    named = optuna.create_study(study_name="digits-smoke", storage=storage, direction="maximize")
-    named.set_user_attr(names.STUDY_ATTR_SPEC, smoke.portable())
-    named.set_user_attr(names.STUDY_ATTR_SPEC_HASH, smoke.identity())
+    _study_made_with(smoke, storage, "digits-smoke")
     done = submit("digits-smoke", "--set", "base.epochs=5")  # no --study: the spec's own name (the final review)
     assert done.returncode == 2 and "study 'digits-smoke' was created with another spec" in done.stderr
     assert submit("digits-smoke", "--study", "elsewhere", "--set", "base.epochs=5").returncode == 0  # a new study
