@@ -123,6 +123,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     )
     from ..spec import load_spec
     from ..specs import resolve_spec_path
+    from ..storage import storage_file
 
     overrides = parse_set_options(args.overrides)
     if args.trials is not None:
@@ -161,10 +162,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise ConfigError("$SBATCH_EXPORT" if env.get("SBATCH_EXPORT") else "--sbatch-arg",
                           f"the job's --export passes none of {', '.join(unexported)} (or its {FILE_SUFFIX} twin) "
                           f"that the tasks need: add them to --export")
-    given_as = f"${ENV_OPTUNA_STORAGE}"
-    if not storage and not os.environ.get(ENV_OPTUNA_STORAGE + FILE_SUFFIX):
-        # the tasks then use the spec's own storage (a relative file was refused above): with only $OPTUNA_STORAGE
-        # looked at, a spec naming its storage queued an array whose every task refused it
+    given_as = f"${ENV_OPTUNA_STORAGE}"  # (the CLI has read $OPTUNA_STORAGE_FILE into it: `sweeps.secrets`)
+    if not storage and storage_file(spec.study.storage) is not None:
+        # the tasks use the spec's own storage then; a file (a relative one was refused above) is looked up here: a
+        # spec naming its storage queued an array whose every task refused it. A server in the spec is left to the
+        # tasks: opened from this host it can refuse a login the nodes have, and it writes Optuna's tables into an
+        # empty database
         storage, given_as = spec.study.storage, "study.storage"
     if storage:  # the study the tasks join: --study, else the spec's own name (the quickstart's without a spec)
         _refuse_another_spec(storage, study, spec, field=given_as)

@@ -525,6 +525,11 @@ def test_submit_runs_a_new_studys_spec_checks_and_resumes_an_existing_study_with
     _study_made_with(load_spec(spec_file), own, "offbranch")
     done = submit()
     assert done.returncode == 0 and "#SBATCH" in done.stdout, done.stderr
+    # a server named in the spec is not opened from the submit host (the review of b6fddaf: a login only the nodes
+    # are allowed was refused, and an empty database got Optuna's tables): the tasks check it
+    spec_file.write_text(spec_file.read_text().replace(own, "postgresql://siamese@127.0.0.1:9/optuna"))
+    done = submit()
+    assert done.returncode == 0 and "could not compare" not in done.stderr, done.stderr
 
 
 def test_submit_refuses_what_every_task_would_refuse(tmp_path: Path) -> None:
