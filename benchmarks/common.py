@@ -44,8 +44,10 @@ def run_child(args: Sequence[str], *, timeout: float = 3600) -> dict[str, Any]:
     return result
 
 
-def run_measured(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 3600) -> dict[str, Any]:
-    """Run `cmd` as a new process; its wall time and its own CPU accounting (what ``/usr/bin/time -v`` shows).
+def run_measured(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 3600,
+                 cwd: Path | None = None) -> dict[str, Any]:
+    """Run `cmd` as a new process (in `cwd`, default this one's); its wall time and its own CPU accounting (what
+    ``/usr/bin/time -v`` shows).
 
     Returns ``wall``, ``user``, ``sys`` (seconds), ``minor_faults``, ``peak_rss_mb``, ``stdout`` and ``stderr``;
     CPU time and faults come from ``os.wait4`` (that process and nothing else).
@@ -54,7 +56,8 @@ def run_measured(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeo
 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, text=True, env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, text=True, env={**os.environ, **(env or {})},
+                                cwd=cwd)
         deadline = time.monotonic() + timeout
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
