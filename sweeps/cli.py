@@ -135,7 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        read_secret_files()  # OPTUNA_STORAGE_FILE=/run/secrets/... -> OPTUNA_STORAGE (Kubernetes/Docker secrets)
+        # OPTUNA_STORAGE_FILE=/run/secrets/... -> OPTUNA_STORAGE (Kubernetes/Docker secrets); `slurm submit` passes
+        # on a file only the compute nodes have
+        read_secret_files(absent_ok=getattr(args, "secret_files_on_nodes", False))
         code = int(handler(args) or 0)
         sys.stdout.flush()  # a reader gone (`| head`) surfaces here, not at the interpreter's exit
         return code

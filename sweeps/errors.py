@@ -40,6 +40,12 @@ class RecordingFailed(InfrastructureError, RuntimeError):
     gone when a trial was sent to it (a helper that dies with a job no longer raises this: the worker records it)."""
 
 
+class HostNotAdmitted(ConfigError):
+    """A database that admits no login from this host (PostgreSQL's pg_hba.conf lists other hosts): exit 2 for a
+    worker here, as a refused login is; `slurm submit` leaves the study's checks to its tasks then, whose nodes a
+    database for the cluster admits."""
+
+
 class InvalidTrialConfig(InputError, ValueError):
     """The sampled combination of parameters is not a valid train config."""
 

@@ -131,10 +131,9 @@ def refuse_for_a_new_study(spec: SweepSpec, *, storage: str, study_name: str,
     `preflight`, which imported the user code."""
     import optuna
 
-    from .storage import empty_file, make_storage, storage_file
+    from .storage import holds_no_study, make_storage
 
-    path = storage_file(storage)
-    if path is None or (path.is_file() and not empty_file(path)):
+    if not holds_no_study(storage, storage_given_as):
         if study_name in optuna.study.get_all_study_names(storage=make_storage(storage, field=storage_given_as)):
             return
     refuse_spec_of_a_new_study(spec)

@@ -117,11 +117,13 @@ FILE_SUFFIX = names.SECRET_FILE_SUFFIX
 MAX_SECRET_FILE_BYTES = 64 * 1024  # a password or URL; anything larger is a wrong path
 
 
-def read_secret_files(environ: dict[str, str] | None = None, names: tuple[str, ...] = SECRET_VARIABLES) -> list[str]:
+def read_secret_files(environ: dict[str, str] | None = None, names: tuple[str, ...] = SECRET_VARIABLES, *,
+                      absent_ok: bool = False) -> list[str]:
     """Set each ``NAME`` from the file named by ``NAME_FILE`` (one trailing newline dropped); returns the names set.
 
     Both set with different values is an input error, as is a file that cannot be read: one line naming
-    the variable and the file, never the value.
+    the variable and the file, never the value. With `absent_ok`, a file that does not exist is left unread
+    (``NAME`` stays unset): `slurm submit`, whose tasks read such files on the compute nodes.
     """
     from siamese_core.errors import ConfigError
 
@@ -134,6 +136,10 @@ def read_secret_files(environ: dict[str, str] | None = None, names: tuple[str, .
         try:
             with open(path, "rb") as fh:
                 raw = fh.read(MAX_SECRET_FILE_BYTES + 1)
+        except FileNotFoundError as exc:
+            if absent_ok:
+                continue
+            raise ConfigError(name + FILE_SUFFIX, f"cannot read the secret file {path}: {exc.strerror}") from None
         except OSError as exc:
             raise ConfigError(name + FILE_SUFFIX, f"cannot read the secret file {path}: {exc.strerror}") from None
         if len(raw) > MAX_SECRET_FILE_BYTES:

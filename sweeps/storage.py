@@ -49,6 +49,7 @@ from optuna.trial import FrozenTrial, TrialState
 from siamese_core.errors import ConfigError, InfrastructureError, first_line
 
 from . import names
+from .errors import HostNotAdmitted
 from .secrets import mask_secrets, mask_url
 from .signals import deferred_stop
 
@@ -56,10 +57,13 @@ from .signals import deferred_stop
 # the exit 1 that Slurm, Kubernetes and compose retry (libpq's texts carry no SQLSTATE at connect: psycopg2's
 # `pgcode` is None, so the server's own words; MySQL's 1045 and 1049 by their texts too)
 _LOGIN_REFUSED = re.compile(r"password authentication failed|no password supplied|role \".*\" does not exist|"
-                            r"database \".*\" does not exist|no pg_hba\.conf entry|Access denied for user|"
-                            r"Unknown database")
+                            r"database \".*\" does not exist|Access denied for user|Unknown database")
+# a database that admits logins from some hosts only (pg_hba.conf lists the compute nodes): a refusal of this host,
+# which another host's worker may not meet (`HostNotAdmitted`)
+_HOST_NOT_ADMITTED = re.compile(r"no pg_hba\.conf entry|pg_hba\.conf rejects connection")
 
 if TYPE_CHECKING:
+    import sqlalchemy.exc
     from optuna.study._frozen import FrozenStudy  # what `get_all_studies` returns (Optuna exports no name for it)
 
 log = logging.getLogger(__name__)
@@ -94,40 +98,92 @@ def empty_file(path: Path) -> bool:
     return path.is_file() and path.stat().st_size == 0
 
 
-def require_existing(url: str, flag: str = "--storage") -> None:
-    """`ConfigError` naming `flag` if `url` names a SQLite or journal file that does not exist, or an empty SQLite
-    file: a command that only reads a study (status, report, promote, the dashboard, move's source) must not
-    create one, nor write Optuna's tables into one."""
+def holds_no_study(url: str, field: str | None = None) -> bool:
+    """Whether the storage `url` names certainly holds no study, told without writing to it: a SQLite or journal
+    file that does not exist or is empty, a SQLite file without tables, a database server without Optuna's
+    ``studies`` table. Opening any of them to read a study would create the file, or Optuna's tables in it (an
+    `RDBStorage` creates its schema when it opens). False where it cannot tell (a locked file, another store's
+    file): whoever opens it then says why. A server that refuses the connection raises what `make_storage`
+    would (`field`: where the URL came from), at once: asked again, an unreachable one cost its timeout twice."""
     path = storage_file(url)
-    if path is not None and not path.exists():
-        kind = "SQLite" if sqlite_path(url) is not None else "journal"
-        raise ConfigError(flag, f"no such {kind} file: {path}")
-    if path is not None and sqlite_path(url) is not None and empty_file(path):
-        raise ConfigError(flag, f"{path} is an empty file: no study in it")
+    if path is not None:
+        return not path.exists() or empty_file(path) or (sqlite_path(url) is not None and path.is_file()
+                                                          and sqlite_tables(path) == set())
+    try:
+        server = storage_kind(url) in ("postgresql", "mysql")
+    except ConfigError:  # an unknown scheme: refused by whoever opens it, naming where the URL came from
+        return False
+    return server and _server_lacks_optuna_tables(url, field or "--storage")
 
 
-def require_study_storage(url: str, field: str) -> None:
+def _server_lacks_optuna_tables(url: str, field: str) -> bool:
+    """A database server's database without Optuna's ``studies`` table, asked read-only over one connection that
+    is not kept. A connection refused is `make_storage`'s error; another failure, False (its opener reports)."""
+    import sqlalchemy
+    import sqlalchemy.exc
+
+    try:
+        engine = sqlalchemy.create_engine(with_postgres_driver(url), poolclass=sqlalchemy.pool.NullPool)
+    except (ImportError, sqlalchemy.exc.ArgumentError):  # no driver, a malformed URL: `make_storage`'s lines
+        return False
+    try:
+        try:
+            connection = engine.connect()
+        except sqlalchemy.exc.OperationalError as exc:
+            raise _connect_refusal(exc, url, field) from None
+        except sqlalchemy.exc.SQLAlchemyError:
+            return False
+        with connection:
+            return not sqlalchemy.inspect(connection).has_table("studies")
+    except sqlalchemy.exc.SQLAlchemyError:
+        return False
+    finally:
+        engine.dispose()
+
+
+def require_existing(url: str, flag: str = "--storage", *, servers: bool = True) -> None:
+    """`ConfigError` naming `flag` if `url` is a storage that holds no study (`holds_no_study`): a command that
+    only reads a study (status, report, promote, move's source) must not create a SQLite or journal file, nor
+    write Optuna's tables into a file or a database. `servers` False: a database server is not asked (the
+    dashboard serves the database of a stack whose workers have not made its tables yet)."""
+    if storage_file(url) is None and not servers:
+        return
+    if not holds_no_study(url, flag):
+        return
+    path = storage_file(url)
+    if path is None:
+        raise ConfigError(flag, f"the database at {mask_url(url)} has no Optuna tables: no study in it (nothing "
+                                f"was written to it)")
+    if not path.exists():
+        raise ConfigError(flag, f"no such {'SQLite' if sqlite_path(url) is not None else 'journal'} file: {path}")
+    if sqlite_path(url) is not None:
+        raise ConfigError(flag, f"{path} is an empty file: no study in it" if empty_file(path) else
+                                f"{path} is a SQLite file without tables: no study in it")
+
+
+def require_study_storage(url: str, field: str, *, servers: bool = True) -> None:
     """`ConfigError` naming `field` unless `url` is a storage a command that only reads a study can open: a
-    known scheme and, for a file, an existing one. For a check made before the URL reaches `load_study`, which
-    does not know where it came from (`promote`, the dashboard)."""
+    known scheme and, for a file, an existing one (`require_existing`, which `servers` is passed to). For a
+    check made before the URL reaches `load_study`, which does not know where it came from (`promote`, the
+    dashboard)."""
     storage_kind(url, field)
-    require_existing(url, field)
+    require_existing(url, field, servers=servers)
 
 
 # a table that tells each SQLite store apart (both also have alembic's `alembic_version`), and what to call it
 SQLITE_STORES = {"optuna": ("studies", "an Optuna storage"), "mlflow": ("experiments", "an MLflow tracking store")}
 
 
-def sqlite_tables(path: Path) -> set[str]:
+def sqlite_tables(path: Path) -> set[str] | None:
     """The tables of an existing SQLite file, read-only (a file that is not SQLite: ``{"?"}``; one that cannot be
-    read now, say locked by another process's write for longer than the wait: empty, as if it could not tell)."""
+    read now, say locked by another process's write for longer than the wait: None, it cannot tell)."""
     import sqlite3
 
     try:
         with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as db:
             return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.OperationalError:
-        return set()
+        return None
     except sqlite3.DatabaseError:  # "file is not a database"
         return {"?"}
 
@@ -360,12 +416,21 @@ def make_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 
         first = first_line(mask_secrets(str(getattr(exc, "orig", None) or exc)))
         raise ConfigError(field, f"the database refused {mask_url(given)!r}: {first[:300]}") from None
     except sqlalchemy.exc.OperationalError as exc:  # refused, unknown host, bad password: nothing was created
-        first = first_line(mask_secrets(str(exc.orig or exc)))
-        if _LOGIN_REFUSED.search(first):
-            raise ConfigError(field, f"the database at {mask_url(given)} refused the login or has no such "
-                                           f"database: {first[:300]}") from None
-        raise InfrastructureError(f"cannot open the Optuna storage at {mask_url(given)}: {first[:300]}") from None
+        raise _connect_refusal(exc, given, field) from None
     return RetryingStorage(rdb, budget_s=storage_retry_budget_s())
+
+
+def _connect_refusal(exc: sqlalchemy.exc.OperationalError, given: str, field: str) -> Exception:
+    """The error for a database server's `OperationalError` at connect (`exc`; `given`: its URL as given): a
+    host it does not admit, a refused login, else an outage (exit 1, which schedulers retry)."""
+    first = first_line(mask_secrets(str(exc.orig or exc)))
+    if _HOST_NOT_ADMITTED.search(first):
+        return HostNotAdmitted(field, f"the database at {mask_url(given)} does not admit a login from this host: "
+                                      f"{first[:300]}")
+    if _LOGIN_REFUSED.search(first):
+        return ConfigError(field, f"the database at {mask_url(given)} refused the login or has no such database: "
+                                  f"{first[:300]}")
+    return InfrastructureError(f"cannot open the Optuna storage at {mask_url(given)}: {first[:300]}")
 
 
 class SignalSafeJournalStorage(JournalStorage):

@@ -30,7 +30,7 @@ from .options import given_storage
 from .secrets import mask_url
 from .space import grid_combinations
 from .spec import DEFAULT_STORAGE, SweepSpec, enqueued_params, spec_differences, spec_from_data
-from .storage import empty_file, make_storage, require_existing, retried_trial_number, sqlite_path, storage_file
+from .storage import holds_no_study, make_storage, require_existing, retried_trial_number, sqlite_path
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -179,9 +179,8 @@ def _refuse_if_another(study_name: str, attrs: dict[str, Any], spec: SweepSpec) 
 
 def refuse_another_spec(storage_url: str, study_name: str, spec: SweepSpec, *, field: str | None = None) -> bool:
     """`check_same_spec` without opening a study for writing: for `slurm submit`, whose tasks' workers would each
-    refuse the spec. No such study (or storage file): nothing to compare, False."""
-    path = storage_file(storage_url)
-    if path is not None and (not path.exists() or empty_file(path)):
+    refuse the spec. No such study (or a storage that holds none): nothing to compare, False."""
+    if holds_no_study(storage_url, field):
         return False
     try:
         study = optuna.load_study(study_name=study_name, storage=make_storage(storage_url, field=field))
@@ -202,8 +201,7 @@ def stored_spec(storage_url: str, study_name: str, overrides: dict[str, Any] | N
     writing the spec) could then never be moved."""
     missing = ConfigError("--study", f"no study named {study_name!r} in {mask_url(storage_url)}; start it with "
                                      f"'siamese-sweep run SPEC --study {study_name}', or pass the spec file")
-    path = storage_file(storage_url)
-    if path is not None and (not path.exists() or empty_file(path)):
+    if holds_no_study(storage_url, field):
         if missing_ok:
             return None
         raise missing  # opening it would create an empty database or journal file, or Optuna's tables in one

@@ -7,7 +7,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..cli import EXIT_OK, add_set_option, add_study_option, print_json
-from ..names import ENV_OPTUNA_STORAGE
+from ..names import ENV_OPTUNA_STORAGE, SECRET_ENV, SECRET_FILE_SUFFIX
 
 if TYPE_CHECKING:
     from ..spec import SweepSpec
@@ -62,41 +62,53 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the batch script; submit nothing")
     p.add_argument("--json", action="store_true", help='print {"job_id", "study", "tasks", "array"} as JSON')
     add_set_option(p, what="spec")
-    p.set_defaults(handler=cmd_submit)
+    # a *_FILE that names a file only the compute nodes have is the tasks' to read (docs/cluster.md): it was refused
+    # here, as `cannot read the secret file`, by the CLI's reading of every *_FILE (`sweeps.secrets`)
+    p.set_defaults(handler=cmd_submit, secret_files_on_nodes=True)
 
 
-def _existing_study_spec(storage: str, study: str, overrides: dict[str, Any]) -> SweepSpec | None:
+def _existing_study_spec(storage: str, study: str, overrides: dict[str, Any]) -> tuple[SweepSpec | None, bool]:
     """The spec stored with `study` in `storage`, its storage left to the tasks' environment (the URL may hold
     a password, which the embedded spec must not); None for no such study, or, with a warning, when this host
-    cannot reach the storage (a database only the compute nodes reach): the spec argument decides then."""
+    cannot reach the storage or is not admitted to it (a database only the compute nodes reach or may log in
+    to): the spec argument decides then. And whether the storage answered (asked again, an unreachable one
+    cost its connection timeout twice)."""
     from siamese_core.errors import InfrastructureError
 
+    from ..errors import HostNotAdmitted
     from ..spec import DEFAULT_STORAGE
     from ..study import stored_spec
 
     try:
         spec = stored_spec(storage, study, overrides, missing_ok=True, field=f"${ENV_OPTUNA_STORAGE}")
-    except InfrastructureError as exc:
-        print(f"warning: could not read the spec stored with study {study!r} from $OPTUNA_STORAGE here ({exc}); "
-              "submitting the built-in quickstart: pass the study's spec file if it exists", file=sys.stderr)
-        return None
+    except (InfrastructureError, HostNotAdmitted) as exc:
+        _say_quickstart(study, f"from $OPTUNA_STORAGE here ({exc})")
+        return None, False
     if spec is None:
-        return None
-    return spec.model_copy(update={"study": spec.study.model_copy(update={"storage": DEFAULT_STORAGE})})
+        return None, True
+    return spec.model_copy(update={"study": spec.study.model_copy(update={"storage": DEFAULT_STORAGE})}), True
+
+
+def _say_quickstart(study: str, why: str) -> None:
+    """The warning for a study whose stored spec could not be read here: its tasks' workers refuse the quickstart
+    if the study exists with another spec, after the whole array has queued."""
+    print(f"warning: could not read the spec stored with study {study!r} {why}; submitting the built-in "
+          f"quickstart: pass the study's spec file if it exists", file=sys.stderr)
 
 
 def _refuse_another_spec(storage: str, study: str, spec: SweepSpec, *, field: str) -> None:
     """`ConfigError` if `study` exists in `storage` with another spec, or does not and the spec fails the checks
     of a new study: every task's worker refused it (exit 2), after the whole array had queued. A storage this
-    host cannot reach is left to the tasks, with a warning."""
+    host cannot reach, or that does not admit its login, is left to the tasks, with a warning."""
     from siamese_core.errors import InfrastructureError
 
+    from ..errors import HostNotAdmitted
     from ..preflight import refuse_spec_of_a_new_study
     from ..study import refuse_another_spec
 
     try:
         exists = refuse_another_spec(storage, study, spec, field=field)
-    except InfrastructureError as exc:
+    except (InfrastructureError, HostNotAdmitted) as exc:
         print(f"warning: could not compare the spec with the one stored with study {study!r} here ({exc}); "
               "each task's worker compares it", file=sys.stderr)
         return
@@ -130,12 +142,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if args.trials < 1:
             raise ConfigError("--trials", f"expected a positive number; received: {args.trials}")
         overrides["study.trials"] = args.trials
-    spec = None
+    spec, reached = None, True
     storage = os.environ.get(ENV_OPTUNA_STORAGE)
+    for name in SECRET_ENV:
+        if os.environ.get(name + SECRET_FILE_SUFFIX) and not os.environ.get(name):  # absent here (`absent_ok`)
+            print(f"warning: {name}{SECRET_FILE_SUFFIX} names {os.environ[name + SECRET_FILE_SUFFIX]}, which this "
+                  f"host does not have: the tasks read it on their nodes, and what submit would check with it here "
+                  f"is left to them", file=sys.stderr)
     if args.spec is None and args.study and storage:
         # an existing study (a moved one, resumed on the cluster) runs its own spec: the quickstart's was refused
         # by every task's worker ("created with another spec"), after the whole array had queued
-        spec = _existing_study_spec(storage, args.study, overrides)
+        spec, reached = _existing_study_spec(storage, args.study, overrides)
+    elif args.spec is None and args.study and os.environ.get(ENV_OPTUNA_STORAGE + SECRET_FILE_SUFFIX):
+        _say_quickstart(args.study, f"(${ENV_OPTUNA_STORAGE}{SECRET_FILE_SUFFIX} is read on the nodes)")
     if spec is None:
         spec = load_spec(resolve_spec_path(args.spec), overrides)
     study = args.study if args.study is not None else spec.study.name  # `--study ''` is refused, not the spec's
@@ -163,13 +182,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
                           f"the job's --export passes none of {', '.join(unexported)} (or its {FILE_SUFFIX} twin) "
                           f"that the tasks need: add them to --export")
     given_as = f"${ENV_OPTUNA_STORAGE}"  # (the CLI has read $OPTUNA_STORAGE_FILE into it: `sweeps.secrets`)
-    if not storage and storage_file(spec.study.storage) is not None:
+    if not storage and not os.environ.get(ENV_OPTUNA_STORAGE + SECRET_FILE_SUFFIX) \
+            and storage_file(spec.study.storage) is not None:
         # the tasks use the spec's own storage then; a file (a relative one was refused above) is looked up here: a
         # spec naming its storage queued an array whose every task refused it. A server in the spec is left to the
         # tasks: opened from this host it can refuse a login the nodes have, and it writes Optuna's tables into an
         # empty database
         storage, given_as = spec.study.storage, "study.storage"
-    if storage:  # the study the tasks join: --study, else the spec's own name (the quickstart's without a spec)
+    if storage and reached:  # the study the tasks join: --study, else the spec's own (the quickstart's without one)
         _refuse_another_spec(storage, study, spec, field=given_as)
     text = spec_yaml(spec, from_env=check.required_env)
     script = render_script(text, options, required_env=check.required_env, workdir=check.workdir)

@@ -41,8 +41,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         from ..specs import resolve_spec_path
 
         storage, given_as = load_spec(resolve_spec_path(args.spec)).study.storage, "study.storage"
-    # it only shows studies: a mistyped SQLite or journal path is not created (named as given: it has no --storage)
-    require_study_storage(storage, given_as)
+    # it only shows studies: a mistyped SQLite or journal path is not created (named as given: it has no --storage);
+    # a database server's is served without Optuna's tables too (`stack up --dashboard` starts it before any worker)
+    require_study_storage(storage, given_as, servers=False)
     password, path = dashboard_password()
     try:  # SIGTERM (`timeout`, `kill`, a service manager) as Ctrl-C: it ended the process past this `finally`
         with stop_on_signals(raise_at_once=False):  # checked between requests (`sweeps.dashboard.serve`)

@@ -28,6 +28,7 @@ from sweeps.slurm import (
     time_limit_seconds,
 )
 from sweeps.spec import SweepSpec, load_spec, spec_from_dict
+from sweeps.specs import resolve_spec_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -530,6 +531,36 @@ def test_submit_runs_a_new_studys_spec_checks_and_resumes_an_existing_study_with
     spec_file.write_text(spec_file.read_text().replace(own, "postgresql://siamese@127.0.0.1:9/optuna"))
     done = submit()
     assert done.returncode == 0 and "could not compare" not in done.stderr, done.stderr
+
+
+def test_a_storage_file_only_the_nodes_have_is_theirs_to_read(tmp_path: Path) -> None:
+    """docs/cluster.md: "export *_FILE variables instead, naming files readable on the nodes". One the submit host
+    does not have was refused there ("cannot read the secret file", exit 2): the CLI read every *_FILE at start.
+    Now it is passed on with a warning, and the spec's own storage, which the tasks will not use, is not looked
+    up in its place. Every other command still refuses it."""
+    on_nodes = "/nonexistent/on-the-nodes/storage-url"
+    own = tmp_path / "own.db"
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(f"base: {{dataset: digits, epochs: 1}}\nsearch_space: {{}}\n"
+                         f"study: {{name: s, trials: 1, storage: 'sqlite:///{own}'}}\n")
+    _study_made_with(load_spec(resolve_spec_path("digits-smoke")), f"sqlite:///{own}", "s")  # another spec
+    env = {**{k: v for k, v in os.environ.items() if k not in ("OPTUNA_STORAGE", "MLFLOW_TRACKING_URI")},
+           "OPTUNA_STORAGE_FILE": on_nodes, "MLFLOW_TRACKING_URI": "http://mlflow:5000", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "sweeps.cli", "slurm", "submit", str(spec_file), "--tasks", "2",
+                           "--dry-run"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"warning: OPTUNA_STORAGE_FILE names {on_nodes}, which this host does not have" in done.stderr
+    assert "OPTUNA_STORAGE (or OPTUNA_STORAGE_FILE) is not set" in done.stdout  # the task's own check
+    # a study by name, without a spec file: its stored spec cannot be read here, and the quickstart goes, said so
+    by_name = subprocess.run([sys.executable, "-m", "sweeps.cli", "slurm", "submit", "--study", "s", "--tasks", "2",
+                              "--dry-run"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert by_name.returncode == 0 and "name: quickstart" in by_name.stdout, by_name.stderr
+    assert "could not read the spec stored with study 's' ($OPTUNA_STORAGE_FILE is read on the nodes); submitting " \
+           "the built-in quickstart" in by_name.stderr, by_name.stderr
+    refused = subprocess.run([sys.executable, "-m", "sweeps.cli", "status", "--study", "s"], env=env,
+                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"error: OPTUNA_STORAGE_FILE: cannot read the secret file {on_nodes}: No such file or directory"]
 
 
 def test_submit_refuses_what_every_task_would_refuse(tmp_path: Path) -> None:

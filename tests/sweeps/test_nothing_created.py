@@ -2,6 +2,7 @@
 study, database file or MLflow store created."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -283,6 +284,27 @@ def test_reading_an_empty_sqlite_file_leaves_it_empty(tmp_path: Path) -> None:
                             timeout=120, env=env)
     assert served.returncode == 2 and "error: $OPTUNA_STORAGE: " in served.stderr, served.stderr
     assert empty.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
+
+
+def test_reading_a_sqlite_file_without_tables_leaves_it_as_it_was(tmp_path: Path) -> None:
+    """A SQLite file with a header and no tables (made by `sqlite3 FILE 'PRAGMA user_version=1'`, or a tool that
+    opened it and wrote nothing) passed the empty-file check, and `status` wrote Optuna's tables into it (session
+    49's review): refused as the empty file is; a worker joining a study by name finds none there."""
+    import sqlite3
+
+    bare = tmp_path / "bare.db"
+    with contextlib.closing(sqlite3.connect(bare)) as db:
+        db.execute("PRAGMA user_version = 1")
+        db.commit()
+    before = bare.read_bytes()
+    assert before  # not an empty file: the header is written
+    done = _cli(["status", "--study", "t", "--storage", f"sqlite:///{bare}"], cwd=tmp_path)
+    assert done.returncode == 2 and f"error: --storage: {bare} is a SQLite file without tables" in done.stderr, \
+        done.stderr
+    joined = _cli(["worker", "--study", "t", "--storage", f"sqlite:///{bare}", "--tracking-uri",
+                   f"sqlite:///{tmp_path}/mlflow.db", "--quiet"], cwd=tmp_path)
+    assert joined.returncode == 2 and "error: --study: no study named 't'" in joined.stderr, joined.stderr
+    assert bare.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["bare.db"]
 
 
 @pytest.mark.parametrize("command", ["status", "report", "worker", "promote"])
