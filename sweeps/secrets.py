@@ -122,8 +122,9 @@ def read_secret_files(environ: dict[str, str] | None = None, names: tuple[str, .
     """Set each ``NAME`` from the file named by ``NAME_FILE`` (one trailing newline dropped); returns the names set.
 
     Both set with different values is an input error, as is a file that cannot be read: one line naming
-    the variable and the file, never the value. With `absent_ok`, a file that does not exist is left unread
-    (``NAME`` stays unset): `slurm submit`, whose tasks read such files on the compute nodes.
+    the variable and the file, never the value. With `absent_ok`, a file named by an absolute path that does
+    not exist is left unread when ``NAME`` is not set: `slurm submit`, whose tasks read such files on the compute
+    nodes (a relative path is the submit folder's, a typo there; beside ``NAME``, the two could not be compared).
     """
     from siamese_core.errors import ConfigError
 
@@ -137,7 +138,7 @@ def read_secret_files(environ: dict[str, str] | None = None, names: tuple[str, .
             with open(path, "rb") as fh:
                 raw = fh.read(MAX_SECRET_FILE_BYTES + 1)
         except FileNotFoundError as exc:
-            if absent_ok:
+            if absent_ok and os.path.isabs(path) and not env.get(name):
                 continue
             raise ConfigError(name + FILE_SUFFIX, f"cannot read the secret file {path}: {exc.strerror}") from None
         except OSError as exc:

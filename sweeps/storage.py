@@ -58,8 +58,8 @@ from .signals import deferred_stop
 # `pgcode` is None, so the server's own words; MySQL's 1045 and 1049 by their texts too)
 _LOGIN_REFUSED = re.compile(r"password authentication failed|no password supplied|role \".*\" does not exist|"
                             r"database \".*\" does not exist|Access denied for user|Unknown database")
-# a database that admits logins from some hosts only (pg_hba.conf lists the compute nodes): a refusal of this host,
-# which another host's worker may not meet (`HostNotAdmitted`)
+# no pg_hba.conf line for this host, user and database: a database that admits the compute nodes only, which another
+# host's worker may not meet (`HostNotAdmitted`), or a wrong user or database name, which PostgreSQL words the same
 _HOST_NOT_ADMITTED = re.compile(r"no pg_hba\.conf entry|pg_hba\.conf rejects connection")
 
 if TYPE_CHECKING:
@@ -425,8 +425,8 @@ def _connect_refusal(exc: sqlalchemy.exc.OperationalError, given: str, field: st
     host it does not admit, a refused login, else an outage (exit 1, which schedulers retry)."""
     first = first_line(mask_secrets(str(exc.orig or exc)))
     if _HOST_NOT_ADMITTED.search(first):
-        return HostNotAdmitted(field, f"the database at {mask_url(given)} does not admit a login from this host: "
-                                      f"{first[:300]}")
+        return HostNotAdmitted(field, f"the database at {mask_url(given)} admits no login from this host with this "
+                                      f"user and database (pg_hba.conf): {first[:300]}")
     if _LOGIN_REFUSED.search(first):
         return ConfigError(field, f"the database at {mask_url(given)} refused the login or has no such database: "
                                   f"{first[:300]}")

@@ -557,6 +557,16 @@ def test_a_storage_file_only_the_nodes_have_is_theirs_to_read(tmp_path: Path) ->
     assert by_name.returncode == 0 and "name: quickstart" in by_name.stdout, by_name.stderr
     assert "could not read the spec stored with study 's' ($OPTUNA_STORAGE_FILE is read on the nodes); submitting " \
            "the built-in quickstart" in by_name.stderr, by_name.stderr
+    # still refused (the review of 5587652): a relative path, which is the submit folder's (a typo there), and a file
+    # beside $OPTUNA_STORAGE, which the tasks would not use while submit checked the other
+    for extra in ({"OPTUNA_STORAGE_FILE": "storage-url"}, {"OPTUNA_STORAGE": f"sqlite:///{own}"}):
+        refused = subprocess.run([sys.executable, "-m", "sweeps.cli", "slurm", "submit", str(spec_file), "--tasks",
+                                  "2", "--dry-run"], env={**env, **extra}, capture_output=True, text=True,
+                                 timeout=120, cwd=tmp_path)
+        assert refused.returncode == 2 and refused.stdout == "", refused.stdout
+        assert refused.stderr.strip().splitlines() == [
+            f"error: OPTUNA_STORAGE_FILE: cannot read the secret file {extra.get('OPTUNA_STORAGE_FILE', on_nodes)}: "
+            f"No such file or directory"], refused.stderr
     refused = subprocess.run([sys.executable, "-m", "sweeps.cli", "status", "--study", "s"], env=env,
                              capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [

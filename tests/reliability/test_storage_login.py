@@ -130,7 +130,8 @@ def test_a_database_that_does_not_admit_this_host_is_left_to_slurms_nodes(tmp_pa
             conn.close()
         proc = _status(pg.url, tmp_path)
         assert proc.returncode == 2, proc.stderr
-        assert "does not admit a login from this host" in proc.stderr and "no pg_hba.conf entry" in proc.stderr
+        assert "admits no login from this host with this user and database (pg_hba.conf)" in proc.stderr
+        assert "no pg_hba.conf entry" in proc.stderr
         submitted = _submit(pg.url, tmp_path)
         assert submitted.returncode == 0, submitted.stderr
         assert "could not read the spec stored with study 'demo'" in submitted.stderr, submitted.stderr
