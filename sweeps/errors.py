@@ -41,9 +41,10 @@ class RecordingFailed(InfrastructureError, RuntimeError):
 
 
 class HostNotAdmitted(ConfigError):
-    """A database that admits no login from this host with this user and database (no pg_hba.conf line matches:
-    one that lists other hosts, or a wrong name): exit 2 for a worker here, as a refused login is; `slurm submit`
-    leaves the study's checks to its tasks then, whose nodes a database for the cluster admits."""
+    """A database that admits no login from this host with this user and database (no pg_hba.conf line matches,
+    in one that lists other hosts or for a wrong name, or a ``reject`` line does): exit 2 for a worker here, as a
+    refused login is; `slurm submit` leaves the study's checks to its tasks then, whose nodes a database for the
+    cluster admits."""
 
 
 class InvalidTrialConfig(InputError, ValueError):

@@ -36,6 +36,7 @@ from .registry import logged_model_uri, model_id_from_uri
 from .secrets import mask_url
 from .storage import (
     fail_stale_trials,
+    holds_no_study,
     make_storage,
     refuse_one_file_for_both,
     require_existing,
@@ -131,9 +132,10 @@ def _check_storage(url: str, flag: str) -> None:
 
 
 def _target_study(url: str, study_name: str) -> optuna.Study | None:
-    path = storage_file(url)
-    if path is not None and not path.exists():
-        return None  # opening it would create the file: nothing may be created before the checks pass
+    if holds_no_study(url, "--to-storage"):
+        # opening it would create the file, or Optuna's tables in a file or database: nothing may be created
+        # before the checks pass (the runs' copy refuses a wrong source tracking store after this)
+        return None
     storage = make_storage(url, field="--to-storage")
     if study_name not in optuna.study.get_all_study_names(storage=storage):
         return None

@@ -58,8 +58,9 @@ from .signals import deferred_stop
 # `pgcode` is None, so the server's own words; MySQL's 1045 and 1049 by their texts too)
 _LOGIN_REFUSED = re.compile(r"password authentication failed|no password supplied|role \".*\" does not exist|"
                             r"database \".*\" does not exist|Access denied for user|Unknown database")
-# no pg_hba.conf line for this host, user and database: a database that admits the compute nodes only, which another
-# host's worker may not meet (`HostNotAdmitted`), or a wrong user or database name, which PostgreSQL words the same
+# no pg_hba.conf line for this host, user and database (or a `reject` line for them): a database that admits the
+# compute nodes only, which another host's worker may not meet (`HostNotAdmitted`), or a wrong user or database
+# name, which PostgreSQL words the same
 _HOST_NOT_ADMITTED = re.compile(r"no pg_hba\.conf entry|pg_hba\.conf rejects connection")
 
 if TYPE_CHECKING:
@@ -142,10 +143,11 @@ def _server_lacks_optuna_tables(url: str, field: str) -> bool:
 
 
 def require_existing(url: str, flag: str = "--storage", *, servers: bool = True) -> None:
-    """`ConfigError` naming `flag` if `url` is a storage that holds no study (`holds_no_study`): a command that
-    only reads a study (status, report, promote, move's source) must not create a SQLite or journal file, nor
-    write Optuna's tables into a file or a database. `servers` False: a database server is not asked (the
-    dashboard serves the database of a stack whose workers have not made its tables yet)."""
+    """`ConfigError` naming `flag` if `url` is a storage that holds no study (`holds_no_study`), but an empty
+    journal file, which reading writes nothing to (`load_study` then finds no such study): a command that only
+    reads a study (status, report, promote, move's source) must not create a SQLite or journal file, nor write
+    Optuna's tables into a file or a database. `servers` False: a database server is not asked (the dashboard
+    serves the database of a stack whose workers have not made its tables yet)."""
     if storage_file(url) is None and not servers:
         return
     if not holds_no_study(url, flag):

@@ -144,17 +144,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         overrides["study.trials"] = args.trials
     spec, reached = None, True
     storage = os.environ.get(ENV_OPTUNA_STORAGE)
-    for name in SECRET_ENV:
-        if os.environ.get(name + SECRET_FILE_SUFFIX) and not os.environ.get(name):  # absent here (`absent_ok`)
-            print(f"warning: {name}{SECRET_FILE_SUFFIX} names {os.environ[name + SECRET_FILE_SUFFIX]}, which this "
-                  f"host does not have: the tasks read it on their nodes, and what submit would check with it here "
-                  f"is left to them", file=sys.stderr)
+    unread = [name for name in SECRET_ENV  # files only the nodes have (`absent_ok`)
+              if os.environ.get(name + SECRET_FILE_SUFFIX) and not os.environ.get(name)]
     if args.spec is None and args.study and storage:
         # an existing study (a moved one, resumed on the cluster) runs its own spec: the quickstart's was refused
         # by every task's worker ("created with another spec"), after the whole array had queued
         spec, reached = _existing_study_spec(storage, args.study, overrides)
-    elif args.spec is None and args.study and os.environ.get(ENV_OPTUNA_STORAGE + SECRET_FILE_SUFFIX):
-        _say_quickstart(args.study, f"(${ENV_OPTUNA_STORAGE}{SECRET_FILE_SUFFIX} is read on the nodes)")
     if spec is None:
         spec = load_spec(resolve_spec_path(args.spec), overrides)
     study = args.study if args.study is not None else spec.study.name  # `--study ''` is refused, not the spec's
@@ -169,6 +164,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         trials=args.trials if args.trials is not None else
         (spec.study.trials if "study.trials" in overrides else None))
     options.validate()  # bad input is one line: before the warnings about the stores
+    for name in unread:
+        print(f"warning: {name}{SECRET_FILE_SUFFIX} names {os.environ[name + SECRET_FILE_SUFFIX]}, which this host "
+              f"does not have: the tasks read it on their nodes, and what submit would check with it here is left "
+              f"to them", file=sys.stderr)
+    if args.spec is None and args.study and ENV_OPTUNA_STORAGE in unread:
+        _say_quickstart(args.study, f"(${ENV_OPTUNA_STORAGE}{SECRET_FILE_SUFFIX} is read on the nodes)")
     env = job_environment(os.environ)  # what sbatch passes on; the checks see the values read from *_FILE too
     text = spec_yaml(spec)
     check = check_spec_for_cluster(spec, text, os.environ)
@@ -186,8 +187,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             and storage_file(spec.study.storage) is not None:
         # the tasks use the spec's own storage then; a file (a relative one was refused above) is looked up here: a
         # spec naming its storage queued an array whose every task refused it. A server in the spec is left to the
-        # tasks: opened from this host it can refuse a login the nodes have, and it writes Optuna's tables into an
-        # empty database
+        # tasks: its URL holds no password (refused above), so the login is the nodes' own (a ~/.pgpass, a trusted
+        # address), which this host's can be refused where theirs is not
         storage, given_as = spec.study.storage, "study.storage"
     if storage and reached:  # the study the tasks join: --study, else the spec's own (the quickstart's without one)
         _refuse_another_spec(storage, study, spec, field=given_as)

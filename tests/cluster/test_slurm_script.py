@@ -557,6 +557,11 @@ def test_a_storage_file_only_the_nodes_have_is_theirs_to_read(tmp_path: Path) ->
     assert by_name.returncode == 0 and "name: quickstart" in by_name.stdout, by_name.stderr
     assert "could not read the spec stored with study 's' ($OPTUNA_STORAGE_FILE is read on the nodes); submitting " \
            "the built-in quickstart" in by_name.stderr, by_name.stderr
+    # bad input is still one line, the warnings about the stores after it (the review of 03d51ed)
+    bad = subprocess.run([sys.executable, "-m", "sweeps.cli", "slurm", "submit", "--study", "s", "--tasks", "0",
+                          "--dry-run"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: --tasks: expected a positive number of array tasks; received: 0"], bad.stderr
     # still refused (the review of 5587652): a relative path, which is the submit folder's (a typo there), and a file
     # beside $OPTUNA_STORAGE, which the tasks would not use while submit checked the other
     for extra in ({"OPTUNA_STORAGE_FILE": "storage-url"}, {"OPTUNA_STORAGE": f"sqlite:///{own}"}):

@@ -151,6 +151,34 @@ def test_one_file_for_both_targets_or_an_artifact_folder_it_cannot_make_creates_
     assert len(err.strip().splitlines()) == 1 and sorted(p.name for p in target.iterdir()) == ["mlruns"]
 
 
+def test_a_target_file_without_tables_is_left_as_it_was_by_a_refused_move(tmp_path: Path, capsys) -> None:
+    """The target was opened as an Optuna storage before the runs' copy could refuse the move: an empty file, or a
+    SQLite file with a header and no tables, got Optuna's tables, and README says nothing is created on the
+    target (the review of 5587652)."""
+    import contextlib
+    import sqlite3
+
+    from mlflow import MlflowClient
+
+    src = _laptop(tmp_path)
+    other_tracking = f"sqlite:///{tmp_path}/other-mlflow.db"
+    MlflowClient(other_tracking).search_experiments()  # a tracking store without the study's runs
+    empty, bare = tmp_path / "empty.db", tmp_path / "bare.db"
+    empty.touch()
+    with contextlib.closing(sqlite3.connect(bare)) as db:
+        db.execute("PRAGMA user_version = 1")
+        db.commit()
+    for target in (empty, bare):
+        before = target.read_bytes()
+        capsys.readouterr()
+        code = main(["move", "--study", STUDY, "--from-storage", src["storage"], "--from-tracking-uri",
+                     other_tracking, "--to-storage", f"sqlite:///{target}", "--to-tracking-uri",
+                     f"sqlite:///{tmp_path}/to-mlflow.db"])
+        err = capsys.readouterr().err
+        assert code == 2 and "error: --from-tracking-uri: has no run" in err, err
+        assert target.read_bytes() == before, target
+
+
 def test_a_study_killed_as_its_move_created_it_is_not_run_with_the_quickstart(tmp_path: Path, capsys) -> None:
     """A move killed between creating the target study and marking it left an empty study with no attrs: `run
     --study` without a spec filled it with the quickstart's trials (Fashion-MNIST), and the move could never be
