@@ -132,8 +132,6 @@ def _server_lacks_optuna_tables(url: str, field: str) -> bool:
             connection = engine.connect()
         except sqlalchemy.exc.OperationalError as exc:
             raise _connect_refusal(exc, url, field) from None
-        except sqlalchemy.exc.SQLAlchemyError:
-            return False
         with connection:
             return not sqlalchemy.inspect(connection).has_table("studies")
     except sqlalchemy.exc.SQLAlchemyError:

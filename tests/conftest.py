@@ -52,6 +52,22 @@ def scratch_working_directory(tmp_path_factory: pytest.TempPathFactory) -> Itera
     finally:
         os.chdir(started_in)
 
+
+@pytest.fixture(autouse=True)
+def no_secret_outlives_its_test() -> Iterator[None]:
+    """A test leaves the secret variables in ``os.environ`` as it found them.
+
+    Code that reads ``NAME_FILE`` sets ``NAME`` in ``os.environ`` itself, past monkeypatch: an MLflow admin
+    password left there by a test of test_stack_cli.py made a later file's MLflow setup log in with it (HTTP 401).
+    The serial order ran that file last; pytest-xdist runs the files in another order, so a leak fails here, in
+    the test that made it."""
+    from sweeps.names import SECRET_ENV
+
+    before = {name: os.environ.get(name) for name in SECRET_ENV}
+    yield
+    changed = sorted(name for name in SECRET_ENV if os.environ.get(name) != before[name])
+    assert not changed, f"the test left {changed} changed in os.environ"
+
 TINY = {
     "dataset": {"name": "digits"},
     "epochs": 1,

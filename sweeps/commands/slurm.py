@@ -183,8 +183,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                           f"the job's --export passes none of {', '.join(unexported)} (or its {FILE_SUFFIX} twin) "
                           f"that the tasks need: add them to --export")
     given_as = f"${ENV_OPTUNA_STORAGE}"  # (the CLI has read $OPTUNA_STORAGE_FILE into it: `sweeps.secrets`)
-    if not storage and not os.environ.get(ENV_OPTUNA_STORAGE + SECRET_FILE_SUFFIX) \
-            and storage_file(spec.study.storage) is not None:
+    if not storage and ENV_OPTUNA_STORAGE not in unread and storage_file(spec.study.storage) is not None:
         # the tasks use the spec's own storage then; a file (a relative one was refused above) is looked up here: a
         # spec naming its storage queued an array whose every task refused it. A server in the spec is left to the
         # tasks: its URL holds no password (refused above), so the login is the nodes' own (a ~/.pgpass, a trusted

@@ -195,5 +195,5 @@ def test_the_login_wait_refuses_a_url_without_scheme_at_once(ep: ModuleType, tmp
     started = time.monotonic()
     with pytest.raises(SystemExit) as stop:
         ep.wait_for_login(login, timeout_s=60, poll_s=0.1)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 15  # at once, not after timeout_s
     assert "must start with http:// or https://" in str(stop.value.code) and "pass-word" not in str(stop.value.code)

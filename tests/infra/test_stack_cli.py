@@ -34,9 +34,14 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def no_secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The secrets unset during the test, and unset again after it: `load_or_create_secrets` sets a ``NAME`` read
+    from ``NAME_FILE`` in ``os.environ`` itself, which a plain ``delenv`` of an absent name would not undo. Left
+    set, the admin password read here from a file outlived the test, and a later file's MLflow setup in the same
+    process logged in with it (HTTP 401; under pytest-xdist, which runs the files in another order)."""
     for var in SECRETS:
-        monkeypatch.delenv(var, raising=False)
-        monkeypatch.delenv(var + "_FILE", raising=False)
+        for name in (var, var + "_FILE"):
+            monkeypatch.setenv(name, "")  # recorded, so monkeypatch puts back what was there before the test
+            monkeypatch.delenv(name)
 
 
 def test_secrets_generated_once_saved_0600_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -481,8 +486,8 @@ def test_up_in_the_foreground_stops_on_ctrl_c_and_keeps_a_quote_ending_password(
                              auth=auth) == 200, attempt
             finally:
                 proc.send_signal(signal.SIGINT)
-                try:
-                    rest, _ = proc.communicate(timeout=60)
+                try:  # a clean stop takes 2-10 s; 60 s ran out once beside another test process (no output at all)
+                    rest, _ = proc.communicate(timeout=180)
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     rest, _ = proc.communicate()
@@ -490,6 +495,9 @@ def test_up_in_the_foreground_stops_on_ctrl_c_and_keeps_a_quote_ending_password(
             assert "stopping" in rest
     finally:
         leftovers = [pid for pid, cmd in _cmdlines().items() if str(stack) in cmd]
+        for pid in leftovers:  # a failed run must not leave its servers to the rest of the suite
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(stack, ignore_errors=True)
     assert leftovers == [], "servers outlived the CLI"
 

@@ -435,7 +435,7 @@ def test_sigterm_in_the_lock_release_of_a_journal_write_leaves_no_stale_lock(tmp
     assert signalled and not Path(f"{log_file}.lock").exists()  # the lock was released before the stop
     began = time.monotonic()
     study.tell(study.ask(), 2.0)
-    assert time.monotonic() - began < 5.0
+    assert time.monotonic() - began < 15.0  # not Optuna's 30 s grace for a stale lock
     assert [t.state for t in study.trials] == [S.COMPLETE, S.COMPLETE]  # the interrupted tell was written whole
 
 

@@ -228,7 +228,8 @@ def test_a_study_with_trials_and_no_spec_is_adopted_at_once(tmp_path: Path) -> N
     spec = spec_from_dict(make_spec_dict())
     started = time.monotonic()
     check_same_spec(study, spec, wait_s=30.0)
-    assert time.monotonic() - started < 5 and study.user_attrs[names.STUDY_ATTR_SPEC_HASH] == spec.identity()
+    # at once, not after wait_s (the bound leaves room for a second test process on the same cores)
+    assert time.monotonic() - started < 15 and study.user_attrs[names.STUDY_ATTR_SPEC_HASH] == spec.identity()
 
 
 def test_a_changed_budget_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
