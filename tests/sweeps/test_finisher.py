@@ -213,11 +213,14 @@ def test_the_study_plots_are_drawn_while_the_last_trial_is_recorded_and_used_by_
     worker's thread draws them while the helper records, for the study as it will be."""
     from mlflow import MlflowClient
 
-    from sweeps import artifacts, study_plots
+    from sweeps import artifacts, importances, study_plots
     from sweeps.options import options_from
     from sweeps.runner import run_sweep
     from sweeps.spec import spec_from_dict
 
+    # the fit is remembered per set of complete trials, process-wide: an earlier test's sweep of the same spec in
+    # this process (same seed, same trials) left this one nothing to fit (under pytest-xdist's order)
+    monkeypatch.setattr(importances, "_LAST", {})
     storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
     made: dict[str, list[tuple[str, bool, list[str]]]] = {}  # what -> (thread, drawn ahead, the stored states)
     ahead: list[bool] = []

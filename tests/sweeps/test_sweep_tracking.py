@@ -140,8 +140,10 @@ def test_trial_artifacts_and_logged_model(sweep: dict[str, Any]) -> None:
                                          filter_string=f"source_run_id = '{run.info.run_id}'")
     assert len(models) == 1
     assert float(models[0].params["siamese_sweep.threshold"]) == pytest.approx(run.data.metrics["threshold"], rel=1e-5)
-    mlflow.set_tracking_uri(sweep["uri"])
-    model = mlflow.keras.load_model(f"models:/{models[0].model_id}")
+    from sweeps.mlflow_globals import mlflow_internals_use
+
+    with mlflow_internals_use(sweep["uri"]):  # `models:/` resolves through the global URI; put back after
+        model = mlflow.keras.load_model(f"models:/{models[0].model_id}")
     x = np.zeros((4, 8, 8, 1), dtype="uint8")
     out = model([x, x], training=False)
     assert set(out) == {"distance", "score", "same"}
