@@ -22,7 +22,8 @@ S = optuna.trial.TrialState
                                                  ("sqlite:///global.db", "sqlite:///other.db")])
 def test_mlflow_internals_use_puts_back_what_was_there(global_uri: str | None, env_uri: str | None,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(names.ENV_MLFLOW_TRACKING_URI, raising=False)
+    monkeypatch.setenv(names.ENV_MLFLOW_TRACKING_URI, "")  # recorded: the teardown puts back what was there
+    monkeypatch.delenv(names.ENV_MLFLOW_TRACKING_URI)
     mlflow.set_tracking_uri(global_uri)
     if env_uri is None:
         os.environ.pop(names.ENV_MLFLOW_TRACKING_URI, None)
