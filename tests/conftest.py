@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -67,6 +68,18 @@ def no_secret_outlives_its_test() -> Iterator[None]:
     yield
     changed = sorted(name for name in SECRET_ENV if os.environ.get(name) != before[name])
     assert not changed, f"the test left {changed} changed in os.environ"
+
+
+@pytest.fixture(autouse=True)
+def no_signal_handler_outlives_its_test() -> Iterator[None]:
+    """A test leaves SIGINT and SIGTERM as it found them: the servers and CLIs later tests start inherit an
+    ignored signal (a caught one resets on exec), so a leak would change what a later, unrelated test sees."""
+    stops = (signal.SIGINT, signal.SIGTERM)
+    before = {sig: signal.getsignal(sig) for sig in stops}
+    yield
+    changed = sorted(sig.name for sig in stops if signal.getsignal(sig) != before[sig])
+    assert not changed, f"the test left the handlers of {changed} changed"
+
 
 TINY = {
     "dataset": {"name": "digits"},

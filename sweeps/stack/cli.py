@@ -260,10 +260,13 @@ def up(args: argparse.Namespace) -> int:
     dashboard: subprocess.Popen[bytes] | None = None
     state = StackState(pid=os.getpid())
 
-    def on_sigterm(signum: int, frame: object) -> None:
+    def on_stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    # SIGINT too, and not only Python's default: a process started with SIGINT ignored (`stack up &` in a script,
+    # a test runner launched that way) keeps it ignored, so "Ctrl-C stops the stack" was false there and the
+    # stack ran on until SIGKILL; as a worker's `signals.stop_on_signals`, `up` takes both signals itself
+    handlers_before = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         print(f"starting PostgreSQL in {stack_dir / 'postgres'} ...", flush=True)
         pg.start()
@@ -333,8 +336,8 @@ def up(args: argparse.Namespace) -> int:
             mlflow.stop()
         pg.stop()
         StackState.path(stack_dir).unlink(missing_ok=True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for sig, handler in handlers_before.items():  # None: one not set from Python
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 def _servers(pg: PostgresServer, mlflow: MlflowServer | None,

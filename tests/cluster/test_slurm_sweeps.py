@@ -50,8 +50,10 @@ BASE = {
     "pairs": {"pairs_per_epoch": 640, "val_pairs": 200, "test_pairs": 200},
     "encoder": {"depth": 1, "width": 8, "embedding_dim": 16},
 }
-# a trial still running when the test signals it after its first epoch (~1-3 s an epoch on 2 busy cores)
-SIGNALLED = {"epochs": 4, "pairs": {"pairs_per_epoch": 1600, "val_pairs": 200, "test_pairs": 200}}
+# a trial still running when the test signals it after its first epoch (~0.5-3 s an epoch on 2 cores): with 4
+# epochs a quick machine's trials ended 5 s after they started, between two polls ("the job ended while
+# waiting for a trial in training"); 12 give the polls 11 epochs instead of 3
+SIGNALLED = {"epochs": 12, "pairs": {"pairs_per_epoch": 1600, "val_pairs": 200, "test_pairs": 200}}
 # a trial that never ends by itself: with 50 epochs a CI run's trial COMPLETEd before the time-limit warning
 # came; the test signals this one within ~3 min of its start
 ENDLESS = {"epochs": 5000, "pairs": {"pairs_per_epoch": 3200, "val_pairs": 200, "test_pairs": 200}}

@@ -458,13 +458,20 @@ def test_postgres_that_exits_under_the_stack_is_started_again(detached_stack: Pa
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_up_in_the_foreground_stops_on_ctrl_c_and_keeps_a_quote_ending_password(postgres_server: object) -> None:
-    """Two starts of the same --dir: the saved password (ending in a quote) still lets clients in."""
+    """Two starts of the same --dir: the saved password (ending in a quote) still lets clients in. The second
+    starts with SIGINT ignored, as `stack up &` in a script does: Python then keeps it ignored and the stack ran
+    on after Ctrl-C until SIGKILL (this test failed so on a pytest-xdist worker that a `( ... & )` launch of the
+    suite had given an ignored SIGINT, and passed where an earlier test in the same worker had set a handler)."""
     stack = Path(tempfile.mkdtemp(prefix="sweeps-stack-test-"))
     os.chmod(stack, 0o755)
     try:
         envs = (_clean_env(SIAMESE_SWEEP_MLFLOW_ADMIN_PASSWORD="admin-password-ends-with'"), _clean_env())
-        for attempt, env in enumerate(envs):
-            proc = subprocess.Popen(CLI + ["stack", "up", "--dir", str(stack), "--pg-port", "0", "--mlflow-port", "0"],
+        for attempt, (env, sigint) in enumerate(zip(envs, ("SIG_DFL", "SIG_IGN"), strict=True)):
+            # the CLI exec'd with that SIGINT, whatever the test process has (a caught handler resets on exec)
+            launch = [sys.executable, "-c", f"import os, signal, sys; signal.signal(signal.SIGINT, signal.{sigint}); "
+                                            "os.execv(sys.argv[1], sys.argv[1:])"]
+            up = ["stack", "up", "--dir", str(stack), "--pg-port", "0", "--mlflow-port", "0"]
+            proc = subprocess.Popen(launch + CLI + up,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                     start_new_session=True)
             out: list[str] = []
@@ -486,8 +493,8 @@ def test_up_in_the_foreground_stops_on_ctrl_c_and_keeps_a_quote_ending_password(
                              auth=auth) == 200, attempt
             finally:
                 proc.send_signal(signal.SIGINT)
-                try:  # a clean stop takes 2-10 s; 60 s ran out once beside another test process (no output at all)
-                    rest, _ = proc.communicate(timeout=180)
+                try:  # a clean stop takes 2-10 s (the ignored SIGINT, above, was what outlasted 180 s)
+                    rest, _ = proc.communicate(timeout=60)
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     rest, _ = proc.communicate()
