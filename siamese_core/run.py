@@ -44,6 +44,7 @@ def build_run(config: TrainConfig, data: DatasetSplits) -> Run:
     plan = TrainingPlan(data.train, make_sampler(config, data), config.batch_size)
     models = build_models(config, data.info)
     loss = build_loss(config.loss, config.distance)
+    # no XLA: it made the default encoder's step 1.72x slower on 2 CPU cores (benchmarks/step_variants.py)
     models.training.compile(optimizer=build_optimizer(config), loss=loss, jit_compile=False)
     triplets = config.loss.is_triplet
     return Run(config, data, plan, models, loss,
