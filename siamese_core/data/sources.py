@@ -90,7 +90,7 @@ def _load(ds: DatasetConfig, params: SplitParams) -> DatasetSplits:
         v.check_classes(raw.y if raw.y_test is None else np.concatenate([raw.y, raw.y_test]), raw.source)
         raw = dense_labels(raw)
         splits = dict(split_labeled(raw.x, raw.y, params, x_test=raw.x_test, y_test=raw.y_test, source=raw.source))
-    _check_splits(splits, raw.source, params)
+    _check_splits(splits, raw, params)
     return DatasetSplits(**splits, info=_describe(ds.name, raw, splits, params))
 
 
@@ -369,11 +369,11 @@ def _declared_range(*arrays: np.ndarray | None) -> tuple[float, float] | None:
     return (0.0, 255.0) if max(int(a.max()) for a in given) >= UINT8_FULL_SCALE_MIN else None
 
 
-def _check_splits(splits: dict[str, Split], source: str, params: SplitParams) -> None:
+def _check_splits(splits: dict[str, Split], raw: RawLabeled | RawPaired, params: SplitParams) -> None:
     fix = {"train": "use more data or raise dataset.max_train_samples",
            "val": "raise dataset.val_fraction or dataset.max_eval_samples",
            "test": "raise dataset.test_fraction or dataset.max_eval_samples"}
-    rare = _rare_classes(splits) if params.mode != "class" else ""  # whole classes per split: "use more classes"
+    rare = _rare_classes(splits, raw) if params.mode != "class" else ""  # whole classes per split: "more classes"
     for name, split in splits.items():
         extra = " (split: class holds out whole classes; use more classes or split: sample)" \
             if params.mode == "class" else ""
@@ -381,11 +381,21 @@ def _check_splits(splits: dict[str, Split], source: str, params: SplitParams) ->
             fix[name] = (f"the data has too few samples of {rare} to reach train, val and test (each needs samples of "
                          f"2 classes): add samples of those classes, or drop them")
             extra = ""
-        v.check_split(split, source, name=name, hint=fix[name] + extra)
+        v.check_split(split, raw.source, name=name, hint=fix[name] + extra)
 
 
-def _rare_classes(splits: dict[str, Split]) -> str:
-    """"class 1 (1 sample)" for the classes with fewer samples than there are splits, when fewer than two classes
+def _class_label(raw: RawLabeled | RawPaired, dense: int) -> str:
+    """A class as the user knows it: its folder name, or the label in their data (dense ids are ours: the
+    user's labels 3 and 7 were shown as classes 0 and 1, an image folder's 'dog' as class 1)."""
+    if isinstance(raw, RawLabeled) and raw.class_names is not None:
+        return repr(raw.class_names[dense])
+    if isinstance(raw, RawLabeled) and raw.class_ids:
+        return str(raw.class_ids[dense])
+    return str(dense)
+
+
+def _rare_classes(splits: dict[str, Split], raw: RawLabeled | RawPaired) -> str:
+    """"class 7 (1 sample)" for the classes with fewer samples than there are splits, when fewer than two classes
     have enough: no split setting then gives every split two classes; "" otherwise (or for pre-paired data)."""
     labeled = [s.y for s in splits.values() if isinstance(s, LabeledSplit)]
     if len(labeled) != len(splits) or not labeled:
@@ -393,8 +403,8 @@ def _rare_classes(splits: dict[str, Split]) -> str:
     classes, counts = np.unique(np.concatenate(labeled), return_counts=True)
     if int(np.sum(counts >= len(splits))) >= 2:
         return ""
-    few = [f"class {c} ({n} sample{'s' if n != 1 else ''})" for c, n in zip(classes.tolist(), counts.tolist(),
-                                                                         strict=True) if n < len(splits)]
+    few = [f"class {_class_label(raw, c)} ({n} sample{'s' if n != 1 else ''})"
+           for c, n in zip(classes.tolist(), counts.tolist(), strict=True) if n < len(splits)]
     return ", ".join(few[:5]) + (f" and {len(few) - 5} more" if len(few) > 5 else "")
 
 

@@ -440,6 +440,15 @@ def test_image_folder_is_lazy_and_load_matches_tf_data(tmp_path):
         np.testing.assert_array_equal(dense[i, ..., 0], np.asarray(Image.open(x.paths[i])))
 
 
+def test_a_class_folder_too_rare_for_every_split_is_named_by_its_folder(tmp_path):
+    """The refusal named the class by our dense id ("class 1"); an image folder's user knows it as 'dog'."""
+    root = make_folder(tmp_path / "imgs", classes=("cat",))
+    make_folder(tmp_path / "one", per_class=1, classes=("dog",))
+    (tmp_path / "one" / "dog").rename(root / "dog")
+    with pytest.raises(DataError, match=r"too few samples of class 'dog' \(1 sample\) to reach train"):
+        load_dataset(folder_cfg(root))
+
+
 def test_image_folder_resize_and_rgb(tmp_path):
     root = make_folder(tmp_path / "imgs")
     d = load_dataset(folder_cfg(root, image_size=(6, 5), color_mode="rgb"))

@@ -81,6 +81,9 @@ def test_a_class_too_rare_to_reach_every_split_is_named(write_npz) -> None:
     keep = np.concatenate([np.flatnonzero(y == 0), np.flatnonzero(y == 1)[:1]])
     with pytest.raises(DataError, match=r"too few samples of class 1 \(1 sample\) to reach train, val and test"):
         load_dataset(_config(write_npz("rare.npz", x=x[keep], y=y[keep])))
+    # named as in the user's data, not by our dense ids: labels 3 and 7 read "class 1" before
+    with pytest.raises(DataError, match=r"too few samples of class 7 \(1 sample\) to reach"):
+        load_dataset(_config(write_npz("rare37.npz", x=x[keep], y=np.where(y[keep] == 0, 3, 7))))
     few = np.concatenate([np.flatnonzero(y == c)[:1] for c in range(8)])  # whole classes per split: more classes
     with pytest.raises(DataError, match="use more classes") as by_class:
         load_dataset(TrainConfig.from_dict({"dataset": {"name": "npz", "split": "class", "path": str(
