@@ -460,8 +460,9 @@ def test_postgres_that_exits_under_the_stack_is_started_again(detached_stack: Pa
 def test_up_in_the_foreground_stops_on_ctrl_c_and_keeps_a_quote_ending_password(postgres_server: object) -> None:
     """Two starts of the same --dir: the saved password (ending in a quote) still lets clients in. The second
     starts with SIGINT ignored, as `stack up &` in a script does: Python then keeps it ignored and the stack ran
-    on after Ctrl-C until SIGKILL (this test failed so on a pytest-xdist worker that a `( ... & )` launch of the
-    suite had given an ignored SIGINT, and passed where an earlier test in the same worker had set a handler)."""
+    on after Ctrl-C until SIGKILL. This test failed so whenever the suite was started as `( pytest ... & )`: bash
+    starts a background command with SIGINT ignored, and every process below inherits it (`( cd x && pytest ... & )`
+    runs pytest from a subshell that puts the signals back, which is why other runs passed)."""
     stack = Path(tempfile.mkdtemp(prefix="sweeps-stack-test-"))
     os.chmod(stack, 0o755)
     try:
