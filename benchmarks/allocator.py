@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from common import markdown_table, median, run_measured
+from common import markdown_table, median, rotated, run_measured
 
 TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
 # The issue's trial shape (Fashion-MNIST, default conv encoder; round 1's quickstart trial, not today's MLP one)
@@ -40,7 +40,7 @@ def main() -> None:
     runs: dict[str, list[dict]] = {name: [] for name in settings}
     names = list(settings)
     for i in range(args.repeats):
-        for name in names[i % len(names):] + names[:i % len(names)]:  # rotated: no setting always runs first
+        for name in rotated(names, i):
             env = settings[name]
             r = run_measured(cmd, env=env)
             out = json.loads(r.pop("stdout").strip().splitlines()[-1])

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -121,6 +121,16 @@ def peak_rss_mb() -> float:
 
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
+
+
+T = TypeVar("T")
+
+
+def rotated(items: Sequence[T], turn: int) -> list[T]:
+    """`items` started at position ``turn`` (mod its length): run repeat ``turn`` in this order, so that no
+    setting always runs first (cold caches, a machine that speeds up or slows down during the run)."""
+    k = turn % len(items)
+    return [*items[k:], *items[:k]]
 
 
 def mean_sd(values: Sequence[float | None], *, per_seed: bool = True) -> str:

@@ -25,7 +25,7 @@ import sys
 import time
 from typing import Any
 
-from common import markdown_table, median, peak_rss_mb, run_child
+from common import markdown_table, median, peak_rss_mb, rotated, run_child
 
 LOADERS = ("memory", "tfdata", "custom")
 
@@ -164,8 +164,7 @@ def main() -> None:
     print(f"# loaders on Fashion-MNIST: {args.pairs:,} pairs/epoch x {args.epochs} epochs, batch {args.batch}, "
           f"model {args.model}, median of {args.repeats} interleaved repeats", file=sys.stderr)
     for rep in range(args.repeats):
-        order = names[rep % len(names):] + names[:rep % len(names)]  # rotate: no loader always runs first
-        for name in order:
+        for name in rotated(names, rep):
             r = run_child(child_args(name, args, pairs=args.pairs, epochs=args.epochs))
             results[name].append(r)
             print(f"  repeat {rep + 1} {name:7s} {r['pairs_per_s']:8.0f} pairs/s  first epoch {r['first_epoch_s']:.1f}s"

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import QUICK_BASE, fresh_local_stores, markdown_table, median, run_child  # noqa: E402
+from common import QUICK_BASE, fresh_local_stores, markdown_table, median, rotated, run_child  # noqa: E402
 
 METHODS = ("optuna-tpe+prune", "optuna-random", "kt-random", "kt-hyperband")
 DEFAULT_METHODS = ("optuna-tpe+prune", "kt-random", "kt-hyperband")
@@ -338,9 +338,7 @@ def main() -> None:
     methods = list(dict.fromkeys(args.methods))
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for i, seed in enumerate(seeds):
-        # interleaved within each seed, the order rotated per seed: no method always runs first (cold caches)
-        order = methods[i % len(methods):] + methods[:i % len(methods)]
-        for method in order:
+        for method in rotated(methods, i):  # interleaved within each seed, the order rotated per seed
             print(f"# seed {seed}: {method} ({args.budget:.0f} s)", file=sys.stderr, flush=True)
             r = run_method(method, seed, args.budget, base)
             r["seed"] = seed

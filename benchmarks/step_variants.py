@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import QUICK_BASE, markdown_table, median, run_child  # noqa: E402
+from common import QUICK_BASE, markdown_table, median, rotated, run_child  # noqa: E402
 
 VARIANTS = ("float32 (shipped)", "XLA (jit_compile=True)", "mixed_bfloat16")
 BASE = {"dataset": "fashion_mnist", "batch_size": 128, "epochs": 1,
@@ -66,7 +65,7 @@ def child(variant: str, quick: bool) -> None:
             loss = step(x, y)
         float(loss)  # waits for the last step
         passes.append((time.perf_counter() - t0) / len(batches))
-    print(json.dumps({"variant": variant, "step_s": statistics.median(passes), "first_s": first,
+    print(json.dumps({"variant": variant, "step_s": median(passes), "first_s": first,
                       "loss": float(loss)}))
 
 
@@ -81,7 +80,7 @@ def main() -> None:
         return
     runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for i in range(args.repeats):
-        for variant in VARIANTS[i % len(VARIANTS):] + VARIANTS[:i % len(VARIANTS)]:  # rotated
+        for variant in rotated(VARIANTS, i):
             r = run_child([__file__, "--child", variant] + (["--quick"] if args.quick else []))
             runs[variant].append(r)
             print(f"repeat {i + 1} {variant}: step {r['step_s'] * 1000:.1f} ms, first call {r['first_s']:.2f} s, "

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import QUICK_BASE, fresh_local_stores, markdown_table, median, run_child  # noqa: E402
+from common import QUICK_BASE, fresh_local_stores, markdown_table, median, rotated, run_child  # noqa: E402
 
 BASE: dict[str, Any] = {
     "dataset": "fashion_mnist", "loader": "tfdata", "epochs": 2, "batch_size": 128,
@@ -95,7 +95,7 @@ def main() -> None:
     results: dict[str, list[dict[str, Any]]] = {c: [] for c in CONDITIONS}
     conditions = list(CONDITIONS)
     for rep in range(args.repeats):
-        for cond in conditions[rep % len(conditions):] + conditions[:rep % len(conditions)]:
+        for cond in rotated(conditions, rep):
             print(f"# repeat {rep}: {cond}", file=sys.stderr, flush=True)
             # an existing MLflow store, as for any sweep after a user's first: its schema is made off the clock
             work, _ = fresh_local_stores("bench-workers-")
