@@ -7,6 +7,7 @@ stale-trial check.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -53,10 +54,19 @@ def _sweep(tmp_path: Path, *, background: bool, trials: int = 4, **sections: Any
 
 
 def _idle_children() -> list[int]:
-    """This process's children that run under SCHED_IDLE (the recording helper of `sweeps.recorder`)."""
-    pids = [int(p) for task in Path("/proc/self/task").iterdir()
-            for p in (task / "children").read_text().split()]
-    return [pid for pid in pids if os.sched_getscheduler(pid) == os.SCHED_IDLE]
+    """This process's children that run under SCHED_IDLE (the recording helper of `sweeps.recorder`). A thread
+    or a child may end between the listing and the read (a thread's ``children`` file was gone once under
+    pytest-xdist, failing a trial of the sweep under test): those are skipped."""
+    pids = []
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            pids += [int(p) for p in (task / "children").read_text().split()]
+    idle = []
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            if os.sched_getscheduler(pid) == os.SCHED_IDLE:
+                idle.append(pid)
+    return idle
 
 
 def test_a_complete_trial_is_told_after_its_run_is_finished_while_the_next_trial_trains(tmp_path: Path) -> None:
