@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from . import names
+from . import names, scratch
 
 log = logging.getLogger(__name__)
 # Fixed margins for the per-trial figures instead of ``tight_layout``, which draws each figure once more to
@@ -313,8 +313,6 @@ class StudyPlotsAhead:
 
     def prepare(self, trials: list[Any], directions: list[Any]) -> None:
         """Draw the plots of a study made of `trials` (FrozenTrials, the last trial as it will be told)."""
-        import tempfile
-
         import optuna
 
         from . import importances, study_plots
@@ -333,7 +331,7 @@ class StudyPlotsAhead:
         if self.metric_names:
             study.set_user_attr(names.STUDY_ATTR_METRICS, self.metric_names)
         study.add_trials(trials)
-        self._dir = Path(tempfile.mkdtemp(prefix="siamese-study-plots-"))
+        self._dir = scratch.mkdtemp("siamese-study-plots-")
         self._files = [p.name for p in write_study_plots(study, self._dir)]
         study_plots.write_study_html(study, self._dir / "html")
         importances.parameter_importances(study)  # kept for these trials: the report at the end reads them

@@ -5,7 +5,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 import keras
 import optuna
 
-from . import names
+from . import names, scratch
 from .errors import TrackingUnavailable
 from .tracking import TrialRun
 
@@ -132,7 +131,7 @@ class CheckpointUploader(keras.callbacks.Callback):
     def _copy(self, directory: Path, next_epoch: int) -> None:
         from siamese_core.checkpoint import STATE, WEIGHTS
 
-        snapshot = Path(tempfile.mkdtemp(prefix="siamese-ckpt-snap-"))
+        snapshot = scratch.mkdtemp("siamese-ckpt-snap-")
         try:
             try:
                 os.link(directory / WEIGHTS, snapshot / WEIGHTS)

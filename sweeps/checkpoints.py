@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterable
 from functools import partial
@@ -44,7 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import names
+from . import names, scratch
 from .secrets import mask_secrets
 from .tracking import Retry, Tracker
 
@@ -85,7 +84,7 @@ def upload(tracker: Tracker, run_id: str, directory: Path) -> float | None:
     try:
         state = json.loads((directory / STATE).read_text())
         name = weights_artifact(state["next_epoch"])
-        with tempfile.TemporaryDirectory(prefix="siamese-ckpt-up-") as tmp:
+        with scratch.temporary_directory("siamese-ckpt-up-") as tmp:
             weights = Path(tmp) / name
             try:
                 weights.symlink_to((directory / WEIGHTS).resolve())  # uploaded under this epoch's name, not copied
@@ -155,7 +154,7 @@ def fetch(tracker: Tracker, run_ids: Iterable[str], directory: Path) -> int:
         return Path(quick(f"download checkpoint {name}", lambda: tracker.client.download_artifacts(
             run_id, f"{ARTIFACT_DIR}/{name}", dst)))
 
-    with tempfile.TemporaryDirectory(prefix="siamese-ckpt-") as tmp, quiet_artifacts():
+    with scratch.temporary_directory("siamese-ckpt-") as tmp, quiet_artifacts():
         found: list[tuple[int, str, str, Path]] = []  # (epoch, run id, weights artifact, state file)
         for run_id in run_ids:
             try:

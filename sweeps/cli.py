@@ -126,6 +126,7 @@ def _refused_by_mlflow(exc: BaseException) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     from siamese_core.errors import InputError, TrainingFailed
 
+    from .scratch import remove_orphans
     from .secrets import install_secrets_filter, mask_secrets, read_secret_files
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -134,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    remove_orphans()  # the temporary files of this machine's killed siamese-sweep processes (`sweeps.scratch`)
     try:
         # OPTUNA_STORAGE_FILE=/run/secrets/... -> OPTUNA_STORAGE (Kubernetes/Docker secrets); `slurm submit` passes
         # on a file only the compute nodes have

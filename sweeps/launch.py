@@ -16,13 +16,12 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from types import TracebackType
 
 import yaml
 
-from . import names
+from . import names, scratch
 from .options import SweepOptions
 from .spec import SweepSpec
 
@@ -56,7 +55,7 @@ class WorkerProcesses:
 
         threads = options.threads or threads_per_worker(options.workers)
         devices = device_plan(options.workers)  # before the spec folder exists: if it raises, nothing is left
-        self._tmp = tempfile.TemporaryDirectory(prefix="siamese-sweep-")
+        self._tmp = scratch.temporary_directory("siamese-sweep-")
         self.released = False
         self.procs: list[subprocess.Popen] = []
         spec_path = write_resolved_spec(spec, Path(self._tmp.name) / "spec.yaml")

@@ -10,6 +10,7 @@ from pathlib import Path
 import optuna
 
 from . import names
+from .procfs import pid_namespace
 from .signals import pid_alive
 
 
@@ -25,9 +26,10 @@ def pid_space() -> str:
     `local_worker_pid` asks for every RUNNING trial in every round of the dead-worker check: read once."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
     except OSError:
         return ""
+    namespace = pid_namespace()
+    return f"{boot}/{namespace}" if namespace else ""
 
 
 def local_worker_pid(trial: optuna.trial.FrozenTrial) -> int | None:

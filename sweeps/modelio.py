@@ -22,14 +22,13 @@ import contextlib
 import importlib.metadata as md
 import json
 import logging
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import names
+from . import names, scratch
 from .mlflow_globals import quiet_artifacts
 from .registry import logged_model_uri
 
@@ -180,7 +179,7 @@ def log_trial_model(client: Any, *, run_id: str, experiment_id: str, result: Any
                     name: str = MODEL_NAME) -> str:
     """Log ``result.model`` as a keras+pyfunc LoggedModel `name` of `run_id`; returns ``models:/<model_id>``
     (sweeps name it after the trial; the URI, not the name, is what promotion and serving use)."""
-    with tempfile.TemporaryDirectory(prefix="siamese-model-") as tmp:
+    with scratch.temporary_directory("siamese-model-") as tmp:
         staged = stage_model(result, Path(tmp))
         return log_staged_model(client, run_id=run_id, experiment_id=experiment_id, staged=staged, step=step,
                                 name=name)
@@ -208,7 +207,7 @@ def log_model_dir(client: Any, *, run_id: str, experiment_id: str, name: str, st
     logged = client.create_logged_model(experiment_id, name=name, source_run_id=run_id, params=params, tags=tags,
                                         model_type=model_type)
     try:
-        with tempfile.TemporaryDirectory(prefix="siamese-mlmodel-") as tmp:
+        with scratch.temporary_directory("siamese-mlmodel-") as tmp:
             local = Path(tmp) / "model"
             write(local, logged)
             with quiet_artifacts():

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from functools import cached_property, partial
@@ -29,7 +28,7 @@ import optuna
 
 from siamese_core.errors import ConfigError
 
-from . import modelio, names
+from . import modelio, names, scratch
 from .errors import python_arguments
 from .mlflow_globals import quiet_artifacts
 from .registry import logged_model_uri, model_id_from_uri
@@ -417,7 +416,7 @@ class _RunCopier:
                                       dataset_digest=lm.dataset_digest if lm else None))
         for batch in _chunks(metrics, MAX_METRICS_PER_CALL):
             self.tracker.retry("log metrics", partial(self.dst.log_batch, new_id, metrics=batch))
-        with tempfile.TemporaryDirectory(prefix="siamese-move-") as tmp:
+        with scratch.temporary_directory("siamese-move-") as tmp:
             if self.src.list_artifacts(src_id):
                 local = self.src.download_artifacts(src_id, "", tmp)
                 self.tracker.retry("log artifacts", lambda: self.dst.log_artifacts(new_id, local))
@@ -441,7 +440,7 @@ class _RunCopier:
             return None
 
         def write(path: Path, logged: Any) -> None:
-            with tempfile.TemporaryDirectory(prefix="siamese-move-model-") as tmp:
+            with scratch.temporary_directory("siamese-move-model-") as tmp:
                 local = mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location, dst_path=tmp,
                                                             tracking_uri=self.from_uri)
                 shutil.copytree(local, path)

@@ -31,7 +31,6 @@ import select
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from . import names
+from . import names, scratch
 from .errors import RecordingFailed, TrackingUnavailable
 
 if TYPE_CHECKING:
@@ -86,7 +85,7 @@ def stage(result: Any, number: int, *, run_id: str, experiment_id: str, plots: b
     the Keras model). The folder is the job's: `Recorder.result` deletes it, or the caller of an in-line `record`."""
     from . import artifacts, modelio
 
-    folder = Path(tempfile.mkdtemp(prefix=f"siamese-record-{number}-"))
+    folder = scratch.mkdtemp(f"siamese-record-{number}-")
     try:
         artifacts.write_trial_files(result, folder / FILES)
         if plots:
@@ -373,4 +372,5 @@ if __name__ == "__main__":
     # worker's `close` waited at the end of the sweep (1.07 s -> 0.07 s, benchmarks/tracking_profile.py).
     sys.stdout.flush()
     sys.stderr.flush()
+    scratch.remove_own()  # what atexit would have done (the models it staged were uploaded or failed)
     os._exit(code)

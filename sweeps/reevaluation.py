@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from siamese_core.errors import ConfigError, DataError
+
+from . import scratch
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def trial_config(client: Any, run_id: str) -> dict[str, Any]:
 
     missed: Exception | None = None
     try:
-        with tempfile.TemporaryDirectory(prefix="siamese-cfg-") as tmp, quiet_artifacts():
+        with scratch.temporary_directory("siamese-cfg-") as tmp, quiet_artifacts():
             path = client.download_artifacts(run_id, "config.yaml", tmp)
             saved = yaml.safe_load(Path(path).read_text())
         if isinstance(saved, dict):

@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import optuna
 from mlflow.entities import Metric, RunTag
 
-from . import artifacts, names, study_plots
+from . import artifacts, names, scratch, study_plots
 from .best import best_trial, pareto_front, split_complete
 from .errors import SweepFatal
 from .finisher import records_in_background
@@ -118,7 +117,7 @@ def finalize_parent(study: optuna.Study, tracker: Tracker, parent_run_id: str, *
 
 def _summarise_parent(study: optuna.Study, tracker: Tracker, parent_run_id: str, *, plots: bool, html: bool,
                       drawn: artifacts.StudyPlotsAhead | None) -> None:
-    with tempfile.TemporaryDirectory(prefix="siamese-study-") as tmp:
+    with scratch.temporary_directory("siamese-study-") as tmp:
         artifacts.write_study_artifacts(study, Path(tmp), plots=plots, drawn=drawn)
         write_report(study, Path(tmp) / "report.md")
         tracker.retry("log study artifacts", lambda: tracker.client.log_artifacts(parent_run_id, tmp))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from typing import Any
 
 import optuna
 
-from . import importances, names
+from . import importances, names, scratch
 from .best import ranked_view
 
 log = logging.getLogger(__name__)
@@ -105,7 +104,7 @@ def log_html_files(tracker: Any, parent_run_id: str, directory: Path) -> list[st
 
 def log_study_html(study: optuna.Study, tracker: Any, parent_run_id: str) -> list[str]:
     """Log the study's plotly figures to ``study/<plot>.html`` on the parent run; returns the artifact paths."""
-    with tempfile.TemporaryDirectory(prefix="siamese-study-html-") as tmp:
+    with scratch.temporary_directory("siamese-study-html-") as tmp:
         write_study_html(study, Path(tmp))
         return log_html_files(tracker, parent_run_id, Path(tmp))
 

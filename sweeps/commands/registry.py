@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .. import names
+from .. import names, scratch
 from ..argtypes import finite_float
 from ..cli import EXIT_OK, add_set_option, add_study_option, flag_or_env, print_json
 from ..registry import DEFAULT_ALIAS
@@ -302,8 +302,6 @@ def read_sample(path_str: str, shape: tuple[int, ...], dtype: str, meta: dict[st
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import tempfile
-
     from siamese_core.errors import DataError
 
     for what, p in (("A", args.a), ("B", args.b)):  # before the (slow) model load
@@ -313,7 +311,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..spec import DEFAULT_TRACKING_URI
 
     tracking_uri = flag_or_env(args.tracking_uri, names.ENV_MLFLOW_TRACKING_URI) or DEFAULT_TRACKING_URI
-    with tempfile.TemporaryDirectory(prefix="siamese-predict-") as tmp:
+    with scratch.temporary_directory("siamese-predict-") as tmp:
         model, meta = _load_model(args.model_uri, tracking_uri, tmp)
         (shape_a, dtype_a), (shape_b, dtype_b) = model.inputs[0], model.inputs[-1]
         a = read_sample(args.a, shape_a, dtype_a, meta, what="A")

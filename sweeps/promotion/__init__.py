@@ -21,11 +21,10 @@ registered model): routine promotions keep the alias until a human lifts the hol
 from __future__ import annotations
 
 import logging
-import tempfile
 
 from siamese_core.errors import ConfigError
 
-from .. import names
+from .. import names, scratch
 from ..errors import python_arguments
 from ..mlflow_globals import mlflow_internals_use
 from ..reevaluation import selection_metric
@@ -62,7 +61,7 @@ def promote(study_name: str, *, storage: str, tracking_uri: str, model_name: str
     metric, notice = selection_metric(metric)
     if notice:
         log.warning("%s", notice)
-    with mlflow_internals_use(tracking_uri), tempfile.TemporaryDirectory(prefix="siamese-promote-") as tmp:
+    with mlflow_internals_use(tracking_uri), scratch.temporary_directory("siamese-promote-") as tmp:
         facts, reg = gather(study_name, storage=storage, tracking_uri=tracking_uri, model_name=model_name,
                             alias=alias, metric=metric, force=force, workdir=tmp,
                             lift_hold=lift_hold, storage_given_as=storage_given_as)

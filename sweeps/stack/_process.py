@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from siamese_core.errors import InfrastructureError
+from sweeps.procfs import stat_fields
 
 __all__ = [
     "ServerStartError",
@@ -51,28 +52,10 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """``/proc/<pid>/stat`` from field 3 (state) on, or None if ``pid`` is gone or a zombie (already dead)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # comm may contain spaces/parens: split after the last ')'
-    fields = raw[raw.rfind(")") + 2 :].split()
-    return None if fields[0] == "Z" else fields
-
-
 def _proc_stat(pid: int) -> tuple[int, int] | None:
     """(ppid, pgrp) of ``pid`` from /proc, or None if it is gone."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return None if fields is None else (int(fields[1]), int(fields[2]))
-
-
-def start_ticks(pid: int) -> int | None:
-    """When ``pid`` started, in clock ticks after boot (``/proc/<pid>/stat`` field 22): with the pid, it names one
-    process, not a later one given the same pid. None if it is gone (or a zombie)."""
-    fields = _stat_fields(pid)
-    return None if fields is None else int(fields[19])
 
 
 def _all_pids() -> list[int]:

@@ -41,13 +41,13 @@ from typing import Any
 from siamese_core.errors import ConfigError
 from sweeps import names
 from sweeps.argtypes import port_number, positive_int
+from sweeps.procfs import start_ticks
 from sweeps.secrets import mask_url, read_secret_files
 from sweeps.stack._process import (
     ServerStartError,
     alive,
     port_is_free,
     send_signal,
-    start_ticks,
     terminate_pid,
 )
 from sweeps.stack.mlflow_auth import (

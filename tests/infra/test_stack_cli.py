@@ -536,7 +536,7 @@ def test_a_new_admin_password_is_saved_only_once_mlflow_has_it(tmp_path: Path, m
 def test_down_takes_only_the_recorded_processes_running_from_its_folder(tmp_path: Path) -> None:
     """`down` signals what `_left_running` returns: a pid reused by another process, or a server of a sibling
     folder (``/srv/stk2`` for ``/srv/stk``: a substring test took it), must not be in it."""
-    from sweeps.stack._process import start_ticks
+    from sweeps.procfs import start_ticks
     from sweeps.stack.cli import StackState, _left_running
 
     stack, sibling = tmp_path / "stk", tmp_path / "stk2"

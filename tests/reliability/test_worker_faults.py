@@ -9,7 +9,10 @@
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from .harness import (
     S,
     check_sweep_invariants,
     clean_env,
+    cli,
     load_study,
     running_trial_after_epoch,
     spec_dict,
@@ -234,29 +238,45 @@ def test_sigterm_fails_the_trial_kills_its_run_and_the_rerun_resumes_it(
     assert client.get_run(seen["parent_id"]).info.status == "FINISHED"
 
 
-def test_sigterm_to_run_with_two_workers_reaches_both_workers(tmp_path: Path) -> None:
-    """`run --workers 2` forwards SIGTERM; both trials end FAIL/KILLED and are queued again; no worker is left."""
-    from mlflow import MlflowClient
+def _two_workers_inside_trials(tmp_path: Path, storage: str, uri: str, temp: Path) -> tuple[Proc, list[int]]:
+    """`run --workers 2` with $TMPDIR at `temp`, once both workers are inside a trial; the parent and its tree."""
+    from sweeps.stack._process import descendants
 
-    from sweeps.stack._process import alive, descendants
-
-    storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
     # trials that never end by themselves, so that both workers are still inside theirs when the signal arrives
     # (with 10 epochs, ~3 s a trial, one CI run saw the first worker's trial COMPLETE before the signal)
     spec = write_spec(tmp_path / "spec.yaml", spec_dict(tmp_path, name="pair", trials=4, base={"epochs": 2000}))
     parent = Proc(["run", str(spec), "--workers", "2", "--storage", storage, "--tracking-uri", uri, "--quiet"],
-                  tmp_path, clean_env(), name="run").start()
+                  tmp_path, clean_env(TMPDIR=str(temp)), name="run").start()
     try:
         wait_for(lambda: len(_running_with_runs(storage)) == 2, timeout=240, what="both workers inside a trial",
                  procs=[parent], interval=0.5)
-        workers = descendants(parent.pid)
-        assert len(workers) >= 2
+    except BaseException:
+        parent.kill()
+        raise
+    workers = descendants(parent.pid)
+    assert len(workers) >= 2
+    return parent, workers
+
+
+def test_sigterm_to_run_with_two_workers_reaches_both_workers(tmp_path: Path) -> None:
+    """`run --workers 2` forwards SIGTERM; both trials end FAIL/KILLED and are queued again; no worker is left,
+    nor any temporary file of theirs."""
+    from mlflow import MlflowClient
+
+    from sweeps.stack._process import alive
+
+    storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    parent, workers = _two_workers_inside_trials(tmp_path, storage, uri, temp)
+    try:
         parent.signal(signal.SIGTERM)
         code = parent.wait(90)
     finally:
         parent.kill()
     assert code == 130, parent.stderr[-3000:]
     assert not [p for p in workers if alive(p)], "a worker outlived the interrupted `run`"
+    assert list(temp.iterdir()) == []
     study = load_study(storage, "pair")
     interrupted = [t for t in study.trials if t.state == S.FAIL]
     assert len(interrupted) == 2 and all(t.user_attrs["reason"] == "interrupted" for t in interrupted), \
@@ -267,6 +287,32 @@ def test_sigterm_to_run_with_two_workers_reaches_both_workers(tmp_path: Path) ->
     assert interrupted[0].params != interrupted[1].params, "the two workers sampled the same parameters"
     client = MlflowClient(tracking_uri=uri)
     assert {client.get_run(t.user_attrs["mlflow_run_id"]).info.status for t in interrupted} == {"KILLED"}
+
+
+def test_sigkill_of_run_with_two_workers_leaves_no_temporary_file_after_the_next_command(tmp_path: Path) -> None:
+    """kill -9 of `run --workers 2` and of all its processes (the OOM killer, a node's time limit) runs no
+    clean-up. Before, the spec file the parent wrote for its workers stayed in $TMPDIR for good, like any other
+    temporary folder open at the kill; now the next `siamese-sweep` command on the machine removes them."""
+    from sweeps.stack._process import alive
+
+    storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    parent, workers = _two_workers_inside_trials(tmp_path, storage, uri, temp)
+    try:
+        assert len(list(temp.rglob("spec.yaml"))) == 1  # the spec file the workers were started with
+        for pid in [parent.pid, *workers]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        parent.wait(30)
+    finally:
+        parent.kill()
+    wait_for(lambda: not [p for p in workers if alive(p)], timeout=30, what="the killed workers gone")
+    assert list(temp.rglob("spec.yaml")), "a kill runs no clean-up"
+    status = subprocess.run([*cli(), "status", "--storage", storage, "--study", "pair"], cwd=tmp_path,
+                            env=clean_env(TMPDIR=str(temp)), capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr[-3000:]
+    assert list(temp.iterdir()) == []
 
 
 def _running_with_runs(storage: str) -> list:

@@ -54,9 +54,12 @@ def _model_dir(tracking_uri: str, model_uri: str, dst: Path) -> Path:
 
 
 def test_the_helper_runs_at_idle_priority_without_tensorflow_and_logs_what_in_line_logs(
-        trained: Any, store: Any, tmp_path: Path) -> None:
+        trained: Any, store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     uri, client, exp = store
     job = _stage(trained, client, exp, 0)
+    helper_tmp = tmp_path / "helper-tmp"  # the helper's $TMPDIR
+    helper_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(helper_tmp))
     rec = Recorder(Tracker(uri))
     try:
         rec.submit(job)
@@ -71,6 +74,7 @@ def test_the_helper_runs_at_idle_priority_without_tensorflow_and_logs_what_in_li
     finally:
         rec.close()
     assert rec.pid is None and not job.folder.exists()
+    assert list(helper_tmp.iterdir()) == []  # it leaves through os._exit: its scratch folder is removed before
     assert helper_uri is not None and helper_uri.startswith("models:/")
     assert {f.path for f in client.list_artifacts(job.run_id)} == TRIAL_FILES
 

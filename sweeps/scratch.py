@@ -1,0 +1,116 @@
+"""One scratch folder per process for the temporary files of a command, so that a killed process leaves nothing.
+
+A process killed with SIGKILL (the OOM killer, ``kill -9``, a node's time limit) runs no ``finally`` and no
+``atexit``. Before, each ``tempfile`` folder it had open stayed in $TMPDIR for good: the spec file `run --workers N`
+hands its workers, checkpoint snapshots, staged models, study plots. Now they are all made inside one folder per
+process (`root`), removed at its exit (`remove_own`), and the folders of processes that are gone are removed by
+the next ``siamese-sweep`` command on the machine (`remove_orphans`).
+
+The folder is ``$TMPDIR/siamese-scratch-<pid namespace>-<pid>-<start ticks>``: the pid with its start time names
+one process, never a later one given the same pid; the namespace keeps two containers that share /tmp (a
+Kubernetes pod's emptyDir) from removing each other's folders, since their pids mean nothing to each other.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import re
+import shutil
+import stat
+import tempfile
+import threading
+from pathlib import Path
+
+from . import procfs
+
+__all__ = ["PREFIX", "mkdtemp", "remove_orphans", "remove_own", "root", "temporary_directory"]
+
+log = logging.getLogger(__name__)
+
+PREFIX = "siamese-scratch-"
+_NAME = re.compile(rf"{PREFIX}(\d+)-(\d+)-(\d+)")
+
+_lock = threading.Lock()  # the background finisher's thread asks for folders too
+_made: dict[int, Path] = {}  # pid -> its folder: a forked child makes its own and removes only that one
+
+
+def _namespace() -> str:
+    return re.sub(r"\D", "", procfs.pid_namespace())
+
+
+def _ours(folder: Path) -> bool:
+    """A real folder (not a link), this user's, closed to others: what `root` makes."""
+    try:
+        st = os.lstat(folder)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o077 == 0
+
+
+def root() -> Path:
+    """This process's scratch folder (mode 0700), made on first use and removed when the process exits."""
+    pid = os.getpid()
+    with _lock:
+        folder = _made.get(pid)
+        if folder is not None and folder.is_dir():
+            return folder
+        folder = Path(tempfile.gettempdir()) / f"{PREFIX}{_namespace() or 0}-{pid}-{procfs.start_ticks(pid) or 0}"
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            if not _ours(folder):
+                # the name is predictable: a link or another user's folder planted in a shared /tmp gets a random
+                # name instead (removed at exit like the other; only a kill leaves it)
+                folder = Path(tempfile.mkdtemp(prefix=PREFIX))
+        _made[pid] = folder
+        return folder
+
+
+def mkdtemp(prefix: str) -> Path:
+    """`tempfile.mkdtemp` inside this process's `root`: the caller removes it; a kill leaves it to `remove_orphans`."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=root()))
+
+
+def temporary_directory(prefix: str) -> tempfile.TemporaryDirectory[str]:
+    """`tempfile.TemporaryDirectory` inside this process's `root`."""
+    return tempfile.TemporaryDirectory(prefix=prefix, dir=root())
+
+
+@atexit.register
+def remove_own() -> None:
+    """Remove this process's folder (at its exit; a process that leaves through ``os._exit`` calls it first)."""
+    with _lock:
+        folder = _made.pop(os.getpid(), None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_orphans() -> list[Path]:
+    """Remove the scratch folders, in $TMPDIR, of this user's processes in this pid namespace that are gone.
+
+    Never raises: a folder that cannot be listed or removed is left for the next command. Without /proc nothing
+    is removed (whether a pid is still its process cannot be told).
+    """
+    namespace = _namespace()
+    if not namespace:
+        return []
+    removed: list[Path] = []
+    try:
+        with os.scandir(tempfile.gettempdir()) as entries:
+            for entry in entries:
+                found = _NAME.fullmatch(entry.name)
+                if found is None or found.group(1) != namespace:
+                    continue
+                if procfs.start_ticks(int(found.group(2))) == int(found.group(3)):
+                    continue  # its process is running
+                folder = Path(entry.path)
+                if _ours(folder):
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed.append(folder)
+    except OSError as exc:
+        log.debug("could not look for the scratch folders of killed processes: %s", exc)
+    if removed:
+        log.debug("removed the scratch folders of %d processes that are gone: %s", len(removed),
+                  ", ".join(p.name for p in removed))
+    return removed

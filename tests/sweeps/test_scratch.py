@@ -1,0 +1,114 @@
+"""`sweeps.scratch`: one temporary folder per process, removed at its exit, and by the next command after a kill.
+
+Real processes: each case starts Python with its own $TMPDIR (a pytest folder), so what is left there is what
+the process left.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from sweeps import procfs, scratch
+
+_MAKE = """
+import os, signal, sys
+from sweeps import scratch
+made = scratch.mkdtemp("siamese-x-")
+(made / "spec.yaml").write_text("kept until exit")
+kept = scratch.temporary_directory("siamese-y-")
+print(scratch.root(), made, kept.name, flush=True)
+if sys.argv[1] == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+if sys.argv[1] == "wait":
+    sys.stdin.read()
+"""
+
+
+def _python(tmp: Path, how: str, **kwargs: object) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", _MAKE, how], env={**os.environ, "TMPDIR": str(tmp)},
+                            stdout=subprocess.PIPE, text=True, **kwargs)  # type: ignore[call-overload]
+
+
+@pytest.fixture
+def tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """$TMPDIR for the processes started here, and `tempfile`'s folder for `remove_orphans` in this one."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_a_process_keeps_its_temporary_folders_in_one_folder_removed_at_its_exit(tmp: Path) -> None:
+    proc = _python(tmp, "wait", stdin=subprocess.PIPE)
+    assert proc.stdout is not None
+    root, made, kept = (Path(p) for p in proc.stdout.readline().split())
+    assert root.parent == tmp and made.parent == root and kept.parent == root
+    assert root.name == f"{scratch.PREFIX}{procfs.pid_namespace()[5:-1]}-{proc.pid}-{procfs.start_ticks(proc.pid)}"
+    assert root.stat().st_mode & 0o777 == 0o700
+    assert scratch.remove_orphans() == [] and (made / "spec.yaml").exists()  # its process is running: kept
+    proc.communicate("")
+    assert proc.returncode == 0
+    assert list(tmp.iterdir()) == []
+
+
+def test_the_folder_of_a_killed_process_is_removed_by_the_next_command(tmp: Path) -> None:
+    """SIGKILL runs no clean-up: the folder stays (before, each `tempfile` folder stayed in $TMPDIR for good);
+    the next `siamese-sweep` command, any of them, removes it."""
+    proc = _python(tmp, "kill")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    root = Path(out.split()[0])
+    assert list(root.glob("siamese-x-*/spec.yaml"))
+    cli = subprocess.run([sys.executable, "-m", "sweeps.cli", "convert", str(tmp / "absent.yaml")],
+                         env={**os.environ, "TMPDIR": str(tmp)}, capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2, cli.stderr  # bad input, as usual: one line, nothing else said
+    assert len(cli.stderr.strip().splitlines()) == 1, cli.stderr
+    assert list(tmp.iterdir()) == []
+
+
+def test_only_this_users_folders_of_gone_processes_in_this_pid_namespace_are_removed(tmp: Path) -> None:
+    namespace = procfs.pid_namespace()[5:-1]
+    me, ticks = os.getpid(), procfs.start_ticks(os.getpid())
+    assert namespace.isdigit() and ticks is not None
+
+    def folder(name: str, mode: int = 0o700) -> Path:
+        path = tmp / name
+        path.mkdir()
+        path.chmod(mode)
+        (path / "file").write_text("x")
+        return path
+
+    gone = folder(f"{scratch.PREFIX}{namespace}-{me}-{ticks + 1}")  # this pid, but a later process
+    alive = folder(f"{scratch.PREFIX}{namespace}-{me}-{ticks}")
+    elsewhere = folder(f"{scratch.PREFIX}{int(namespace) + 1}-999999999-1")  # another container's
+    open_to_all = folder(f"{scratch.PREFIX}{namespace}-999999999-2", 0o755)  # not made by `root`
+    other = folder("siamese-sweep-999999999")
+    target = folder("target")
+    link = tmp / f"{scratch.PREFIX}{namespace}-999999999-3"
+    link.symlink_to(target)
+    assert scratch.remove_orphans() == [gone]
+    assert not gone.exists()
+    for kept in (alive, elsewhere, open_to_all, other, target, link):
+        assert (kept / "file").exists(), kept
+
+
+def test_a_planted_folder_with_this_process_name_is_not_used(tmp: Path) -> None:
+    """The name is predictable, so a link planted in a shared /tmp must not be followed: a random name instead."""
+    target = tmp / "target"
+    target.mkdir()
+    code = ("import os, sys; from sweeps import procfs, scratch; pid = os.getpid(); "
+            "name = f'{scratch.PREFIX}' + procfs.pid_namespace()[5:-1] + f'-{pid}-{procfs.start_ticks(pid)}'; "
+            "os.symlink(sys.argv[1], os.path.join(os.environ['TMPDIR'], name)); "
+            "print(scratch.root(), scratch.mkdtemp('siamese-x-'))")
+    done = subprocess.run([sys.executable, "-c", code, str(target)], env={**os.environ, "TMPDIR": str(tmp)},
+                          capture_output=True, text=True, timeout=60, check=True)
+    root, made = (Path(p) for p in done.stdout.split())
+    assert root.parent == tmp and not root.is_symlink() and made.parent == root
+    assert list(target.iterdir()) == []
+    assert not root.exists()  # removed at exit like the other
