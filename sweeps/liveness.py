@@ -5,12 +5,11 @@ from __future__ import annotations
 import functools
 import os
 import socket
-from pathlib import Path
 
 import optuna
 
 from . import names
-from .procfs import pid_namespace
+from .procfs import boot_id, pid_namespace
 from .signals import pid_alive
 
 
@@ -24,12 +23,8 @@ def pid_space() -> str:
     """``<boot id>/<pid namespace>`` of this process: where its pid means this process. Two containers on one
     kernel may share a host name and still number their processes apart; "" where Linux's /proc does not say.
     `local_worker_pid` asks for every RUNNING trial in every round of the dead-worker check: read once."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-    namespace = pid_namespace()
-    return f"{boot}/{namespace}" if namespace else ""
+    boot, namespace = boot_id(), pid_namespace()
+    return f"{boot}/{namespace}" if boot and namespace else ""
 
 
 def local_worker_pid(trial: optuna.trial.FrozenTrial) -> int | None:

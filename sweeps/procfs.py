@@ -1,4 +1,4 @@
-"""What Linux's /proc says about a process: its state fields, when it started, its pid namespace.
+"""What Linux's /proc says about a process: its state fields, when it started, its pid namespace, the boot.
 
 Kept apart from `sweeps.stack` (servers) and `sweeps.liveness` (trials, imports Optuna) because the CLI's start
 reads it too (`sweeps.scratch`), before any heavy import.
@@ -9,7 +9,7 @@ import functools
 import os
 from pathlib import Path
 
-__all__ = ["pid_namespace", "start_ticks", "stat_fields"]
+__all__ = ["boot_id", "pid_namespace", "proc_is_ours", "start_ticks", "stat_fields"]
 
 
 def stat_fields(pid: int) -> list[str] | None:
@@ -37,3 +37,22 @@ def pid_namespace() -> str:
         return os.readlink("/proc/self/ns/pid")
     except OSError:
         return ""
+
+
+@functools.cache  # new at every boot, fixed until the next
+def boot_id() -> str:
+    """This boot's id (a UUID): with the pid namespace, where a pid means one process; "" where /proc does not
+    say. Two machines never share one, so it also tells their processes apart in a /tmp they share."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def proc_is_ours() -> bool:
+    """Whether /proc numbers processes as this one's pid namespace does. Not so in a new pid namespace without
+    its own /proc mount (``unshare --pid --fork`` alone): there ``/proc/<pid>`` is another process than ours."""
+    try:
+        return os.readlink("/proc/self") == str(os.getpid())
+    except OSError:
+        return False

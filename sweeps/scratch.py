@@ -6,9 +6,12 @@ hands its workers, checkpoint snapshots, staged models, study plots. Now they ar
 process (`root`), removed at its exit (`remove_own`), and the folders of processes that are gone are removed by
 the next ``siamese-sweep`` command on the machine (`remove_orphans`).
 
-The folder is ``$TMPDIR/siamese-scratch-<pid namespace>-<pid>-<start ticks>``: the pid with its start time names
-one process, never a later one given the same pid; the namespace keeps two containers that share /tmp (a
-Kubernetes pod's emptyDir) from removing each other's folders, since their pids mean nothing to each other.
+The folder is ``$TMPDIR/siamese-scratch-<boot id>-<pid namespace>-<pid>-<start ticks>``: the pid with its start
+time names one process, never a later one given the same pid; the boot id and the namespace keep machines that
+share a $TMPDIR (a cluster's shared scratch) and containers that share /tmp (a Kubernetes pod's emptyDir) from
+removing each other's folders, since their pids mean nothing to each other. Where /proc cannot name this process
+(no /proc; a new pid namespace without its own /proc mount) the folder gets a random name instead, which
+`remove_orphans` never matches: it is removed at exit, and only a kill leaves it.
 """
 from __future__ import annotations
 
@@ -29,14 +32,19 @@ __all__ = ["PREFIX", "mkdtemp", "remove_orphans", "remove_own", "root", "tempora
 log = logging.getLogger(__name__)
 
 PREFIX = "siamese-scratch-"
-_NAME = re.compile(rf"{PREFIX}(\d+)-(\d+)-(\d+)")
+_NAME = re.compile(rf"{PREFIX}([0-9a-f]+-\d+)-(\d+)-(\d+)")  # where (boot, namespace), pid, start ticks
 
 _lock = threading.Lock()  # the background finisher's thread asks for folders too
 _made: dict[int, Path] = {}  # pid -> its folder: a forked child makes its own and removes only that one
 
 
-def _namespace() -> str:
-    return re.sub(r"\D", "", procfs.pid_namespace())
+def _where() -> str | None:
+    """``<boot id>-<pid namespace>`` (hex, then digits), where this process's pids mean what /proc says; None
+    where /proc cannot say."""
+    boot, namespace = procfs.boot_id().replace("-", ""), re.sub(r"\D", "", procfs.pid_namespace())
+    if not (procfs.proc_is_ours() and re.fullmatch(r"[0-9a-f]+", boot) and namespace):
+        return None
+    return f"{boot}-{namespace}"
 
 
 def _ours(folder: Path) -> bool:
@@ -55,14 +63,17 @@ def root() -> Path:
         folder = _made.get(pid)
         if folder is not None and folder.is_dir():
             return folder
-        folder = Path(tempfile.gettempdir()) / f"{PREFIX}{_namespace() or 0}-{pid}-{procfs.start_ticks(pid) or 0}"
-        try:
-            folder.mkdir(mode=0o700)
-        except FileExistsError:
-            if not _ours(folder):
-                # the name is predictable: a link or another user's folder planted in a shared /tmp gets a random
-                # name instead (removed at exit like the other; only a kill leaves it)
-                folder = Path(tempfile.mkdtemp(prefix=PREFIX))
+        where = _where()
+        ticks = None if where is None else procfs.start_ticks(pid)
+        named = None if ticks is None else Path(tempfile.gettempdir()) / f"{PREFIX}{where}-{pid}-{ticks}"
+        if named is not None:
+            try:
+                named.mkdir(mode=0o700)
+            except FileExistsError:
+                if not _ours(named):  # the name is predictable: a link or another user's folder planted in /tmp
+                    named = None
+        # a random name otherwise, which `remove_orphans` never matches: removed at exit, left only by a kill
+        folder = named or Path(tempfile.mkdtemp(prefix=PREFIX))
         _made[pid] = folder
         return folder
 
@@ -87,20 +98,21 @@ def remove_own() -> None:
 
 
 def remove_orphans() -> list[Path]:
-    """Remove the scratch folders, in $TMPDIR, of this user's processes in this pid namespace that are gone.
+    """Remove the scratch folders, in $TMPDIR, of this user's processes of this boot and pid namespace that are
+    gone.
 
-    Never raises: a folder that cannot be listed or removed is left for the next command. Without /proc nothing
-    is removed (whether a pid is still its process cannot be told).
+    Never raises: a folder that cannot be listed or removed is left for the next command. Where /proc cannot
+    name this process nothing is removed (whether a pid is still its process cannot be told).
     """
-    namespace = _namespace()
-    if not namespace:
+    where = _where()
+    if where is None:
         return []
     removed: list[Path] = []
     try:
         with os.scandir(tempfile.gettempdir()) as entries:
             for entry in entries:
                 found = _NAME.fullmatch(entry.name)
-                if found is None or found.group(1) != namespace:
+                if found is None or found.group(1) != where:
                     continue
                 if procfs.start_ticks(int(found.group(2))) == int(found.group(3)):
                     continue  # its process is running

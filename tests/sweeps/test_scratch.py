@@ -6,6 +6,7 @@ the process left.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +36,11 @@ def _python(tmp: Path, how: str, **kwargs: object) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, text=True, **kwargs)  # type: ignore[call-overload]
 
 
+def _where() -> str:
+    """``<boot id>-<pid namespace>`` of this process, as the folder names spell them."""
+    return f"{procfs.boot_id().replace('-', '')}-{procfs.pid_namespace()[5:-1]}"
+
+
 @pytest.fixture
 def tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """$TMPDIR for the processes started here, and `tempfile`'s folder for `remove_orphans` in this one."""
@@ -49,7 +55,7 @@ def test_a_process_keeps_its_temporary_folders_in_one_folder_removed_at_its_exit
     assert proc.stdout is not None
     root, made, kept = (Path(p) for p in proc.stdout.readline().split())
     assert root.parent == tmp and made.parent == root and kept.parent == root
-    assert root.name == f"{scratch.PREFIX}{procfs.pid_namespace()[5:-1]}-{proc.pid}-{procfs.start_ticks(proc.pid)}"
+    assert root.name == f"{scratch.PREFIX}{_where()}-{proc.pid}-{procfs.start_ticks(proc.pid)}"
     assert root.stat().st_mode & 0o777 == 0o700
     assert scratch.remove_orphans() == [] and (made / "spec.yaml").exists()  # its process is running: kept
     proc.communicate("")
@@ -72,10 +78,12 @@ def test_the_folder_of_a_killed_process_is_removed_by_the_next_command(tmp: Path
     assert list(tmp.iterdir()) == []
 
 
-def test_only_this_users_folders_of_gone_processes_in_this_pid_namespace_are_removed(tmp: Path) -> None:
-    namespace = procfs.pid_namespace()[5:-1]
+def test_only_this_users_folders_of_gone_processes_of_this_boot_and_pid_namespace_are_removed(tmp: Path) -> None:
+    """Another boot's folder may be another machine's, in a $TMPDIR that machines share; another namespace's,
+    another container's: their pids mean nothing here, so their folders are left alone."""
+    boot, namespace = procfs.boot_id().replace("-", ""), procfs.pid_namespace()[5:-1]
     me, ticks = os.getpid(), procfs.start_ticks(os.getpid())
-    assert namespace.isdigit() and ticks is not None
+    assert len(boot) == 32 and namespace.isdigit() and ticks is not None
 
     def folder(name: str, mode: int = 0o700) -> Path:
         path = tmp / name
@@ -84,17 +92,18 @@ def test_only_this_users_folders_of_gone_processes_in_this_pid_namespace_are_rem
         (path / "file").write_text("x")
         return path
 
-    gone = folder(f"{scratch.PREFIX}{namespace}-{me}-{ticks + 1}")  # this pid, but a later process
-    alive = folder(f"{scratch.PREFIX}{namespace}-{me}-{ticks}")
-    elsewhere = folder(f"{scratch.PREFIX}{int(namespace) + 1}-999999999-1")  # another container's
-    open_to_all = folder(f"{scratch.PREFIX}{namespace}-999999999-2", 0o755)  # not made by `root`
+    gone = folder(f"{scratch.PREFIX}{boot}-{namespace}-{me}-{ticks + 1}")  # this pid, but a later process
+    alive = folder(f"{scratch.PREFIX}{boot}-{namespace}-{me}-{ticks}")
+    container = folder(f"{scratch.PREFIX}{boot}-{int(namespace) + 1}-999999999-1")
+    machine = folder(f"{scratch.PREFIX}{'0' * 32}-{namespace}-999999999-1")
+    open_to_all = folder(f"{scratch.PREFIX}{boot}-{namespace}-999999999-2", 0o755)  # not made by `root`
     other = folder("siamese-sweep-999999999")
     target = folder("target")
-    link = tmp / f"{scratch.PREFIX}{namespace}-999999999-3"
+    link = tmp / f"{scratch.PREFIX}{boot}-{namespace}-999999999-3"
     link.symlink_to(target)
     assert scratch.remove_orphans() == [gone]
     assert not gone.exists()
-    for kept in (alive, elsewhere, open_to_all, other, target, link):
+    for kept in (alive, container, machine, open_to_all, other, target, link):
         assert (kept / "file").exists(), kept
 
 
@@ -103,7 +112,7 @@ def test_a_planted_folder_with_this_process_name_is_not_used(tmp: Path) -> None:
     target = tmp / "target"
     target.mkdir()
     code = ("import os, sys; from sweeps import procfs, scratch; pid = os.getpid(); "
-            "name = f'{scratch.PREFIX}' + procfs.pid_namespace()[5:-1] + f'-{pid}-{procfs.start_ticks(pid)}'; "
+            "name = f'{scratch.PREFIX}{scratch._where()}-{pid}-{procfs.start_ticks(pid)}'; "
             "os.symlink(sys.argv[1], os.path.join(os.environ['TMPDIR'], name)); "
             "print(scratch.root(), scratch.mkdtemp('siamese-x-'))")
     done = subprocess.run([sys.executable, "-c", code, str(target)], env={**os.environ, "TMPDIR": str(tmp)},
@@ -112,3 +121,23 @@ def test_a_planted_folder_with_this_process_name_is_not_used(tmp: Path) -> None:
     assert root.parent == tmp and not root.is_symlink() and made.parent == root
     assert list(target.iterdir()) == []
     assert not root.exists()  # removed at exit like the other
+
+
+def test_where_proc_cannot_name_the_process_its_folder_has_a_random_name_and_nothing_is_removed(tmp: Path) -> None:
+    """In a new pid namespace without its own /proc mount, /proc/<pid> is another process than ours: a name
+    with our pid and its start time would be checked against that process (and removed when it ends). The
+    folder gets a random name instead, and `remove_orphans` there removes nothing, not even a dead one's."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) (util-linux)")
+    dead = tmp / f"{scratch.PREFIX}{_where()}-999999999-1"
+    dead.mkdir(mode=0o700)
+    code = ("import os; from sweeps import procfs, scratch; "
+            "print(os.getpid(), procfs.proc_is_ours(), scratch.root().name, len(scratch.remove_orphans()))")
+    inside = subprocess.run(["unshare", "--pid", "--fork", sys.executable, "-c", code],
+                            env={**os.environ, "TMPDIR": str(tmp)}, capture_output=True, text=True, timeout=60)
+    if inside.returncode != 0:
+        pytest.skip(f"cannot make a pid namespace here: {inside.stderr.strip()}")
+    pid, ours, name, removed = inside.stdout.split()
+    assert (pid, ours, removed) == ("1", "False", "0")
+    assert name.startswith(scratch.PREFIX) and scratch._NAME.fullmatch(name) is None
+    assert [p.name for p in tmp.iterdir()] == [dead.name]  # its own removed at exit; the other left alone
