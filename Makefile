@@ -8,8 +8,8 @@ demo: setup                 ## the main job: a real sweep on Fashion-MNIST with 
 	siamese-sweep run quickstart
 
 # pytest-xdist workers, each given whole files (a file's module fixtures start once); much of the suite waits on
-# servers and sub-processes, so 2 workers on the 2-core CI machine ran it in 28-33 min against 74 min serially
-# (sessions 51-53, Intel Xeon). `make test TEST_WORKERS=0` runs it in one process.
+# servers and sub-processes, so 2 workers on the 2-core CI machine ran it in 26-33 min against 74 min serially
+# (sessions 51-54, Intel Xeon). `make test TEST_WORKERS=0` runs it in one process.
 TEST_WORKERS ?= 2
 XDIST = -n $(TEST_WORKERS) --dist loadfile
 
