@@ -7,12 +7,9 @@ Without PostgreSQL binaries those tests skip locally but fail under CI=true, so 
 """
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from siamese_core.data.cache import ENV_DATA_CACHE
+from sweeps import scratch
 
 if TYPE_CHECKING:
     from sweeps.stack import MlflowServer, PostgresServer
@@ -28,9 +26,10 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 # One data cache for the session (its sub-processes inherit it): nothing is written into the user's ~/.cache,
 # and every process after the first reads digits without importing sklearn.datasets (siamese_core.data.cache).
+# In this process's scratch folder: removed at exit, or, after a killed run, by the next siamese-sweep command
+# (a plain mkdtemp with an atexit removal was left in /tmp by every killed run: 7 of them on one machine).
 if not os.environ.get(ENV_DATA_CACHE):
-    os.environ[ENV_DATA_CACHE] = tempfile.mkdtemp(prefix="siamese-test-data-cache-")
-    atexit.register(shutil.rmtree, os.environ[ENV_DATA_CACHE], True)
+    os.environ[ENV_DATA_CACHE] = str(scratch.mkdtemp("siamese-test-data-cache-"))
 
 # tests/fixtures/user_code holds tiny importable user encoders/losses (`user_code.encoders:tiny`)
 if str(FIXTURES) not in sys.path:
