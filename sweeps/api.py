@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from siamese_core.errors import ConfigError
 
-from . import names
+from . import names, scratch
 from .convert import looks_like_wandb
 from .errors import python_arguments
 from .spec import SweepSpec, load_spec, spec_from_data, spec_from_wandb
@@ -93,6 +93,7 @@ def sweep(spec: SpecLike = None, *, trials: int | None = None, storage: str | No
     check_positive("workers", workers)
     check_positive("timeout", timeout, whole=False)
     check_positive("threads", threads)
+    scratch.remove_orphans()  # what a killed sweep left (a notebook kernel the OOM killer took), as the CLI does
 
     from .options import given_storage, options_from
 

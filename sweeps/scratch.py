@@ -4,7 +4,7 @@ A process killed with SIGKILL (the OOM killer, ``kill -9``, a node's time limit)
 ``atexit``. Before, each ``tempfile`` folder it had open stayed in $TMPDIR for good: the spec file `run --workers N`
 hands its workers, checkpoint snapshots, staged models, study plots. Now they are all made inside one folder per
 process (`root`), removed at its exit (`remove_own`), and the folders of processes that are gone are removed by
-the next ``siamese-sweep`` command on the machine (`remove_orphans`).
+the next ``siamese-sweep`` command or `sweeps.sweep` call on the machine (`remove_orphans`).
 
 The folder is ``$TMPDIR/siamese-scratch-<boot id>-<pid namespace>-<pid>-<start ticks>``: the pid with its start
 time names one process, never a later one given the same pid; the boot id and the namespace keep machines that

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,3 +142,17 @@ def test_where_proc_cannot_name_the_process_its_folder_has_a_random_name_and_not
     assert (pid, ours, removed) == ("1", "False", "0")
     assert name.startswith(scratch.PREFIX) and scratch._NAME.fullmatch(name) is None
     assert [p.name for p in tmp.iterdir()] == [dead.name]  # its own removed at exit; the other left alone
+
+
+def test_a_sweep_started_from_python_removes_them_too(tmp: Path, tmp_path: Path, spec_dict: Any) -> None:
+    """A notebook's kernel killed by the OOM killer runs no clean-up either; the next `sweep()` removes what it
+    left, as the next command does."""
+    from sweeps import sweep
+
+    proc = _python(tmp, "kill")
+    out, _ = proc.communicate(timeout=60)
+    killed = Path(out.split()[0])
+    assert proc.returncode == -signal.SIGKILL and killed.is_dir()
+    sweep(spec_dict(study={"trials": 1}), storage=f"sqlite:///{tmp_path}/optuna.db",
+          tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", progress=False)
+    assert not killed.exists()
