@@ -1,4 +1,4 @@
-"""What Linux's /proc says about a process: its state fields, when it started, its pid namespace, the boot.
+"""What Linux's /proc says about a process: its state fields, when it started, its namespaces, the boot.
 
 Kept apart from `sweeps.stack` (servers) and `sweeps.liveness` (trials, imports Optuna) because the CLI's start
 reads it too (`sweeps.scratch`), before any heavy import.
@@ -9,7 +9,7 @@ import functools
 import os
 from pathlib import Path
 
-__all__ = ["boot_id", "pid_namespace", "proc_is_ours", "start_ticks", "stat_fields"]
+__all__ = ["boot_id", "pid_namespace", "proc_is_ours", "start_ticks", "stat_fields", "time_namespace"]
 
 
 def stat_fields(pid: int) -> list[str] | None:
@@ -35,6 +35,17 @@ def pid_namespace() -> str:
     """``pid:[<inode>]``, the pid namespace this process's pids mean something in; "" where /proc does not say."""
     try:
         return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+@functools.cache  # fixed for a process's life, as the pid namespace
+def time_namespace() -> str:
+    """``time:[<inode>]`` (Linux 5.6 on; "" before, or where /proc does not say). The start ticks /proc shows
+    for a process are shifted by the reader's time namespace (its boot-time offset): two processes compare them
+    only within one."""
+    try:
+        return os.readlink("/proc/self/ns/time")
     except OSError:
         return ""
 

@@ -6,10 +6,11 @@ hands its workers, checkpoint snapshots, staged models, study plots. Now they ar
 process (`root`), removed at its exit (`remove_own`), and the folders of processes that are gone are removed by
 the next ``siamese-sweep`` command or `sweeps.sweep` call on the machine (`remove_orphans`).
 
-The folder is ``$TMPDIR/siamese-scratch-<boot id>-<pid namespace>-<pid>-<start ticks>``: the pid with its start
-time names one process, never a later one given the same pid; the boot id and the namespace keep machines that
-share a $TMPDIR (a cluster's shared scratch) and containers that share /tmp (a Kubernetes pod's emptyDir) from
-removing each other's folders, since their pids mean nothing to each other. Where /proc cannot name this process
+The folder is ``$TMPDIR/siamese-scratch-<boot id>-<pid namespace>-<time namespace>-<pid>-<start ticks>``: the pid
+with its start time names one process, never a later one given the same pid; the boot id and the namespaces keep
+machines that share a $TMPDIR (a cluster's shared scratch) and containers that share /tmp (a Kubernetes pod's
+emptyDir) from removing each other's folders, since their pids and start times mean nothing to each other (a
+time namespace shifts the start times /proc shows; 0 for a kernel without them). Where /proc cannot name this process
 (no /proc; a new pid namespace without its own /proc mount) the folder gets a random name instead, which
 `remove_orphans` never matches: it is removed at exit, and only a kill leaves it.
 """
@@ -32,19 +33,19 @@ __all__ = ["PREFIX", "mkdtemp", "remove_orphans", "remove_own", "root", "tempora
 log = logging.getLogger(__name__)
 
 PREFIX = "siamese-scratch-"
-_NAME = re.compile(rf"{PREFIX}([0-9a-f]+-\d+)-(\d+)-(\d+)")  # where (boot, namespace), pid, start ticks
+_NAME = re.compile(rf"{PREFIX}([0-9a-f]+-\d+-\d+)-(\d+)-(\d+)")  # where (boot, namespaces), pid, start ticks
 
 _lock = threading.Lock()  # the background finisher's thread asks for folders too
 _made: dict[int, Path] = {}  # pid -> its folder: a forked child makes its own and removes only that one
 
 
 def _where() -> str | None:
-    """``<boot id>-<pid namespace>`` (hex, then digits), where this process's pids mean what /proc says; None
-    where /proc cannot say."""
+    """``<boot id>-<pid namespace>-<time namespace>`` (hex, then digits), where this process's pids and start
+    times mean what /proc says; None where /proc cannot say."""
     boot, namespace = procfs.boot_id().replace("-", ""), re.sub(r"\D", "", procfs.pid_namespace())
     if not (procfs.proc_is_ours() and re.fullmatch(r"[0-9a-f]+", boot) and namespace):
         return None
-    return f"{boot}-{namespace}"
+    return f"{boot}-{namespace}-{re.sub(r'[^0-9]', '', procfs.time_namespace()) or 0}"
 
 
 def _ours(folder: Path) -> bool:

@@ -30,6 +30,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 # (a plain mkdtemp with an atexit removal was left in /tmp by every killed run: 7 of them on one machine).
 if not os.environ.get(ENV_DATA_CACHE):
     os.environ[ENV_DATA_CACHE] = str(scratch.mkdtemp("siamese-test-data-cache-"))
+scratch.root()  # now, in the real $TMPDIR, in every xdist worker too: not first in a test's patched tempfile.tempdir
 
 # tests/fixtures/user_code holds tiny importable user encoders/losses (`user_code.encoders:tiny`)
 if str(FIXTURES) not in sys.path:

@@ -189,7 +189,10 @@ def test_a_worker_dead_in_another_pid_space_on_a_journal_is_failed_by_its_silenc
         pytest.skip(f"cannot make a pid namespace here: {probe.stderr.strip()}")
     storage, name = f"journal:///{tmp_path}/optuna.log", "elsewhere"
     spec = write_spec(tmp_path / "spec.yaml", spec_dict(tmp_path, name=name, trials=2, base=LONG_EPOCHS))
-    env = clean_env(**mlflow_server_pg.env())
+    # its $TMPDIR here: /proc cannot name a process of that namespace, so its scratch folder has a random name that
+    # no later command removes after the kill (sweeps.scratch); in the real /tmp, every run of the suite left one
+    (tmp_path / "tmp").mkdir()
+    env = clean_env(**mlflow_server_pg.env(), TMPDIR=str(tmp_path / "tmp"))
     # --kill-child: the SIGKILL of `unshare` reaches `run` (pid 1 there) and, with it, all of that namespace
     first = Proc(_run_args(spec, storage), tmp_path, env, name="elsewhere",
                  prefix=["unshare", "--pid", "--fork", "--kill-child", "--"]).start()

@@ -38,8 +38,8 @@ def _python(tmp: Path, how: str, **kwargs: object) -> subprocess.Popen[str]:
 
 
 def _where() -> str:
-    """``<boot id>-<pid namespace>`` of this process, as the folder names spell them."""
-    return f"{procfs.boot_id().replace('-', '')}-{procfs.pid_namespace()[5:-1]}"
+    """``<boot id>-<pid namespace>-<time namespace>`` of this process, as the folder names spell them."""
+    return f"{procfs.boot_id().replace('-', '')}-{procfs.pid_namespace()[5:-1]}-{procfs.time_namespace()[6:-1] or 0}"
 
 
 @pytest.fixture
@@ -79,12 +79,15 @@ def test_the_folder_of_a_killed_process_is_removed_by_the_next_command(tmp: Path
     assert list(tmp.iterdir()) == []
 
 
-def test_only_this_users_folders_of_gone_processes_of_this_boot_and_pid_namespace_are_removed(tmp: Path) -> None:
-    """Another boot's folder may be another machine's, in a $TMPDIR that machines share; another namespace's,
-    another container's: their pids mean nothing here, so their folders are left alone."""
+def test_only_this_users_folders_of_gone_processes_of_this_boot_and_namespaces_are_removed(tmp: Path) -> None:
+    """Another boot's folder may be another machine's, in a $TMPDIR that machines share; another pid namespace's,
+    another container's: their pids mean nothing here, and in another time namespace start times differ, so
+    their folders are left alone."""
     boot, namespace = procfs.boot_id().replace("-", ""), procfs.pid_namespace()[5:-1]
+    where = _where()
     me, ticks = os.getpid(), procfs.start_ticks(os.getpid())
-    assert len(boot) == 32 and namespace.isdigit() and ticks is not None
+    assert len(boot) == 32 and namespace.isdigit() and ticks is not None and where.startswith(f"{boot}-{namespace}-")
+    times = where.rpartition("-")[2]
 
     def folder(name: str, mode: int = 0o700) -> Path:
         path = tmp / name
@@ -93,19 +96,24 @@ def test_only_this_users_folders_of_gone_processes_of_this_boot_and_pid_namespac
         (path / "file").write_text("x")
         return path
 
-    gone = folder(f"{scratch.PREFIX}{boot}-{namespace}-{me}-{ticks + 1}")  # this pid, but a later process
-    alive = folder(f"{scratch.PREFIX}{boot}-{namespace}-{me}-{ticks}")
-    container = folder(f"{scratch.PREFIX}{boot}-{int(namespace) + 1}-999999999-1")
-    machine = folder(f"{scratch.PREFIX}{'0' * 32}-{namespace}-999999999-1")
-    open_to_all = folder(f"{scratch.PREFIX}{boot}-{namespace}-999999999-2", 0o755)  # not made by `root`
+    gone = folder(f"{scratch.PREFIX}{where}-{me}-{ticks + 1}")  # this pid, but a later process
+    alive = folder(f"{scratch.PREFIX}{where}-{me}-{ticks}")
+    container = folder(f"{scratch.PREFIX}{boot}-{int(namespace) + 1}-{times}-999999999-1")
+    clock = folder(f"{scratch.PREFIX}{boot}-{namespace}-{int(times) + 1}-999999999-1")
+    machine = folder(f"{scratch.PREFIX}{'0' * 32}-{namespace}-{times}-999999999-1")
+    open_to_all = folder(f"{scratch.PREFIX}{where}-999999999-2", 0o755)  # not made by `root`
+    kept = [alive, container, clock, machine, open_to_all]
+    if os.geteuid() == 0:  # another user's (root can give it away)
+        kept.append(folder(f"{scratch.PREFIX}{where}-999999999-4"))
+        os.chown(kept[-1], 65534, 65534)
     other = folder("siamese-sweep-999999999")
     target = folder("target")
-    link = tmp / f"{scratch.PREFIX}{boot}-{namespace}-999999999-3"
+    link = tmp / f"{scratch.PREFIX}{where}-999999999-3"
     link.symlink_to(target)
     assert scratch.remove_orphans() == [gone]
     assert not gone.exists()
-    for kept in (alive, container, machine, open_to_all, other, target, link):
-        assert (kept / "file").exists(), kept
+    for left in (*kept, other, target, link):
+        assert (left / "file").exists(), left
 
 
 def test_a_planted_folder_with_this_process_name_is_not_used(tmp: Path) -> None:
@@ -142,6 +150,30 @@ def test_where_proc_cannot_name_the_process_its_folder_has_a_random_name_and_not
     assert (pid, ours, removed) == ("1", "False", "0")
     assert name.startswith(scratch.PREFIX) and scratch._NAME.fullmatch(name) is None
     assert [p.name for p in tmp.iterdir()] == [dead.name]  # its own removed at exit; the other left alone
+
+
+def test_a_live_process_in_another_time_namespace_keeps_its_folder(tmp: Path) -> None:
+    """/proc shows a process's start ticks shifted by the reader's time namespace: read from here, a process
+    in another one seems to have started at another time, as a later process with its pid would. By the pid and
+    the ticks alone its live folder was removed; the time namespace in the name keeps it apart."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) (util-linux)")
+    code = "from sweeps import scratch; print(scratch.root(), flush=True); input()"
+    proc = subprocess.Popen(["unshare", "--time", "--boottime", "100000", "--fork", sys.executable, "-c", code],
+                            env={**os.environ, "TMPDIR": str(tmp)}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            pytest.skip(f"cannot make a time namespace here: {proc.communicate(timeout=30)[1].strip()}")
+        root = Path(line.strip())
+        pid, ticks = (int(part) for part in root.name.rsplit("-", 2)[1:])
+        assert procfs.start_ticks(pid) != ticks  # what this process reads for it: 100,000 s of ticks earlier
+        assert scratch.remove_orphans() == [] and root.is_dir()
+    finally:
+        proc.communicate("\n", timeout=60)
+    assert proc.returncode == 0 and not root.exists()
 
 
 def test_a_sweep_started_from_python_removes_them_too(tmp: Path, tmp_path: Path, spec_dict: Any) -> None:
