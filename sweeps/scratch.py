@@ -45,7 +45,8 @@ def _where() -> str | None:
     boot, namespace = procfs.boot_id().replace("-", ""), re.sub(r"\D", "", procfs.pid_namespace())
     if not (procfs.proc_is_ours() and re.fullmatch(r"[0-9a-f]+", boot) and namespace):
         return None
-    return f"{boot}-{namespace}-{re.sub(r'[^0-9]', '', procfs.time_namespace()) or 0}"
+    times = re.sub(r"\D", "", procfs.time_namespace()) or "0"
+    return f"{boot}-{namespace}-{times}"
 
 
 def _ours(folder: Path) -> bool:
@@ -99,8 +100,7 @@ def remove_own() -> None:
 
 
 def remove_orphans() -> list[Path]:
-    """Remove the scratch folders, in $TMPDIR, of this user's processes of this boot and pid namespace that are
-    gone.
+    """Remove the scratch folders, in $TMPDIR, of this user's processes of this boot and namespaces that are gone.
 
     Never raises: a folder that cannot be listed or removed is left for the next command. Where /proc cannot
     name this process nothing is removed (whether a pid is still its process cannot be told).
